@@ -1,0 +1,37 @@
+"""``create_app(settings)``: the API server as an ASGI app; nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from api_server.routes import routes
+from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.middleware import RequestContextMiddleware
+from shared.problems import EXCEPTION_HANDLERS
+from shared.settings import Settings
+from shared.state_secrets import ServerSecrets
+
+
+def create_app(settings: Settings) -> Starlette:
+    engine = create_metadata_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = create_session_factory(engine)
+    app.state.secrets = ServerSecrets.load(settings)
+    return app

@@ -1,0 +1,349 @@
+"""JSON:API 1.1 plumbing: media types, request documents, collection queries, response documents."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from jsonapi_pydantic.v1_0 import Resource as ResourceEnvelope
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.errors import (
+    AppError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidQueryParameter,
+    MalformedJSON,
+    NotAcceptable,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+    ValidationErrors,
+)
+from shared.problems import JSONAPI_MEDIA_TYPE
+
+JSON_MEDIA_TYPE = "application/json"
+MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+_ALLOWED_MEDIA_PARAMS = {"ext", "profile"}
+
+
+# ---------------------------------------------------------------- media types
+
+
+def _media_ranges(header: str) -> list[tuple[str, dict[str, str]]]:
+    ranges = []
+    for part in header.split(","):
+        pieces = [p.strip() for p in part.split(";")]
+        if not pieces[0]:
+            continue
+        params = {}
+        for piece in pieces[1:]:
+            key, _, value = piece.partition("=")
+            params[key.strip().lower()] = value.strip().strip('"')
+        ranges.append((pieces[0].lower(), params))
+    return ranges
+
+
+def accepts(request: Request, produced: str) -> bool:
+    """Whether the request's Accept admits ``produced`` (JSON:API: a range with params doesn't)."""
+    header = request.headers.get("accept")
+    if not header:
+        return True
+    main, _, _sub = produced.partition("/")
+    for media, params in _media_ranges(header):
+        if params.get("q") in ("0", "0.0", "0.00", "0.000"):
+            continue
+        params.pop("q", None)
+        if media in ("*/*", f"{main}/*"):
+            return True
+        if media == produced and (produced != JSONAPI_MEDIA_TYPE or not params):
+            return True
+    return False
+
+
+def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> None:
+    if not accepts(request, produced):
+        raise NotAcceptable(
+            f"This endpoint produces {produced}; the Accept header does not allow it."
+        )
+
+
+def endpoint(produced: str = JSONAPI_MEDIA_TYPE) -> Callable[[Callable[[Request], Response]], Any]:
+    """Turn a sync endpoint into a Starlette one: 406 first, body read (bounded), then a thread.
+
+    Endpoints stay plain functions that may block on the database; the event loop never does.
+    """
+
+    def decorate(func: Callable[[Request], Response]) -> Callable[[Request], Any]:
+        @functools.wraps(func)
+        async def wrapper(request: Request) -> Response:
+            require_acceptable(request, produced)
+            request.state.body = await _read_bounded_body(request)
+            return await run_in_threadpool(func, request)
+
+        return wrapper
+
+    return decorate
+
+
+async def _read_bounded_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- request documents
+
+
+def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
+    """Check the media type, then parse the body read by ``endpoint``; bad JSON is 400."""
+    media, params = (_media_ranges(request.headers.get("content-type", "")) or [("", {})])[0]
+    if media != expected or (
+        expected == JSONAPI_MEDIA_TYPE and set(params) - _ALLOWED_MEDIA_PARAMS
+    ):
+        raise UnsupportedMediaType(f"Send the request body as Content-Type: {expected}.")
+    try:
+        return orjson.loads(request.state.body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(f"The request body is not valid JSON: {exc.msg}.") from None
+
+
+@dataclass
+class ResourceInput:
+    attributes: dict[str, Any]
+    relationships: dict[str, Any]
+
+
+def parse_resource_document(
+    document: Any, resource_type: str, resource_id: str | None = None
+) -> ResourceInput:
+    """Validate the ``{"data": {...}}`` envelope; attribute values are the caller's to check."""
+    if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
+        raise BadRequest("The document must hold one resource object in 'data'.", pointer="/data")
+    data = document["data"]
+    try:
+        envelope = ResourceEnvelope.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        pointer = "/data/" + "/".join(str(p) for p in first["loc"])
+        raise BadRequest(f"Invalid resource object: {first['msg']}.", pointer=pointer) from None
+    if envelope.type != resource_type:
+        raise Conflict(
+            f"This endpoint takes resources of type '{resource_type}'.", pointer="/data/type"
+        )
+    if resource_id is None and envelope.id is not None:
+        raise Forbidden("Client-generated ids are not supported.", pointer="/data/id")
+    if resource_id is not None and envelope.id != resource_id:
+        raise Conflict("The id in the body does not match the URL.", pointer="/data/id")
+    if data.get("attributes") is not None and not isinstance(data["attributes"], dict):
+        raise BadRequest("'attributes' must be an object.", pointer="/data/attributes")
+    relationships = data.get("relationships") or {}
+    if not isinstance(relationships, dict):
+        raise BadRequest("'relationships' must be an object.", pointer="/data/relationships")
+    return ResourceInput(attributes=data.get("attributes") or {}, relationships=relationships)
+
+
+_ERROR_CODES = {
+    "missing": ("missing_attribute", "is required"),
+    "extra_forbidden": ("unknown_attribute", "is not an attribute of this resource"),
+    "string_too_long": ("too_long", None),
+    "string_too_short": ("too_short", None),
+}
+
+
+def validate_attributes(
+    model: type[BaseModel], attributes: dict[str, Any], read_only: Iterable[str] = ()
+) -> BaseModel:
+    """Validate attributes into ``model``; every problem becomes one 422 with a pointer."""
+    read_only = set(read_only)
+    errors: list[AppError] = [
+        Unprocessable(
+            f"'{name}' is read-only.",
+            pointer=f"/data/attributes/{name}",
+            code="read_only_attribute",
+        )
+        for name in attributes
+        if name in read_only
+    ]
+    try:
+        result = model.model_validate({k: v for k, v in attributes.items() if k not in read_only})
+    except ValidationError as exc:
+        for item in exc.errors():
+            name = str(item["loc"][0]) if item["loc"] else ""
+            code, message = _ERROR_CODES.get(item["type"], ("invalid_attribute", None))
+            if item["type"].endswith("_type") or item["type"].endswith("_parsing"):
+                code = "invalid_type"
+            reason = item["msg"].removeprefix("Value error, ")
+            detail = f"'{name}' {message}." if message else f"'{name}': {reason}."
+            errors.append(Unprocessable(detail, pointer=f"/data/attributes/{name}", code=code))
+        result = None
+    if errors:
+        raise ValidationErrors(errors)
+    assert result is not None
+    return result
+
+
+# ---------------------------------------------------------------- collection queries
+
+
+@dataclass
+class CollectionQuery:
+    page_number: int = 1
+    page_size: int = DEFAULT_PAGE_SIZE
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (attribute, descending)
+    filters: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, set[str]] = field(default_factory=dict)
+    include: set[str] = field(default_factory=set)
+
+    @property
+    def offset(self) -> int:
+        return (self.page_number - 1) * self.page_size
+
+
+_FAMILY = re.compile(r"^(page|filter|fields)\[([a-z_]+)\]$")
+
+
+def parse_collection_query(
+    request: Request,
+    *,
+    sortable: Sequence[str] = (),
+    filterable: Sequence[str] = (),
+    fields_by_type: dict[str, Iterable[str]] | None = None,
+    includable: Sequence[str] = (),
+    collection: bool = True,
+) -> CollectionQuery:
+    """Parse and check every query parameter; anything unknown is a 400 naming it."""
+    query = CollectionQuery()
+    fields_by_type = fields_by_type or {}
+    for name, value in request.query_params.multi_items():
+        match = _FAMILY.match(name)
+        family, member = (match.group(1), match.group(2)) if match else (name, "")
+        if family == "page" and collection and member in ("number", "size"):
+            number = _positive_int(name, value)
+            if member == "size" and number > MAX_PAGE_SIZE:
+                raise InvalidQueryParameter(
+                    f"page[size] may be at most {MAX_PAGE_SIZE}.", parameter=name
+                )
+            setattr(query, f"page_{member}", number)
+        elif family == "sort" and collection:
+            query.sort = _parse_sort(value, sortable)
+        elif family == "filter" and collection and member in filterable:
+            query.filters[member] = value
+        elif family == "fields" and member in fields_by_type:
+            wanted = {f for f in value.split(",") if f}
+            unknown = wanted - set(fields_by_type[member])
+            if unknown:
+                raise InvalidQueryParameter(
+                    f"Unknown field(s) for {member}: {', '.join(sorted(unknown))}.", parameter=name
+                )
+            query.fields[member] = wanted
+        elif family == "include" and includable:
+            wanted = {i for i in value.split(",") if i}
+            unknown = wanted - set(includable)
+            if unknown:
+                raise InvalidQueryParameter(
+                    f"Cannot include {', '.join(sorted(unknown))}; allowed: {', '.join(includable)}.",
+                    parameter="include",
+                )
+            query.include = wanted
+        else:
+            raise InvalidQueryParameter(f"Unsupported query parameter '{name}'.", parameter=name)
+    return query
+
+
+def _positive_int(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidQueryParameter(f"{name} must be a positive integer.", parameter=name)
+    return int(value)
+
+
+def _parse_sort(value: str, sortable: Sequence[str]) -> list[tuple[str, bool]]:
+    keys = []
+    for item in value.split(","):
+        descending = item.startswith("-")
+        name = item[1:] if descending else item
+        if name not in sortable:
+            raise InvalidQueryParameter(
+                f"Cannot sort by '{name}'; sortable: {', '.join(sortable)}.", parameter="sort"
+            )
+        keys.append((name, descending))
+    return keys
+
+
+# ---------------------------------------------------------------- response documents
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def render(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document, default=_default, option=orjson.OPT_UTC_Z)
+
+
+def response(
+    document: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        render(document), status_code=status_code, media_type=JSONAPI_MEDIA_TYPE, headers=headers
+    )
+
+
+def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
+    """Plain JSON, for Cluvio's action operations."""
+    return Response(render(payload), status_code=status_code, media_type=JSON_MEDIA_TYPE)
+
+
+def apply_sparse_fields(resource: dict[str, Any], query: CollectionQuery) -> dict[str, Any]:
+    wanted = query.fields.get(resource["type"])
+    if wanted is None:
+        return resource
+    trimmed = dict(resource)
+    for member in ("attributes", "relationships"):
+        if member in resource:
+            kept = {k: v for k, v in resource[member].items() if k in wanted}
+            if kept:
+                trimmed[member] = kept
+            else:
+                trimmed.pop(member)
+    return trimmed
+
+
+def pagination_links(request: Request, query: CollectionQuery, total: int) -> dict[str, str | None]:
+    last = max(1, -(-total // query.page_size))
+
+    def page_url(number: int) -> str:
+        params = [
+            (k, v) for k, v in request.query_params.multi_items() if not k.startswith("page[")
+        ]
+        params += [("page[number]", str(number)), ("page[size]", str(query.page_size))]
+        return f"{request.url.path}?{urlencode(params)}"
+
+    return {
+        "self": page_url(query.page_number),
+        "first": page_url(1),
+        "prev": page_url(query.page_number - 1) if query.page_number > 1 else None,
+        "next": page_url(query.page_number + 1) if query.page_number < last else None,
+        "last": page_url(last),
+    }

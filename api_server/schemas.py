@@ -1,0 +1,110 @@
+"""What a client may send for each resource: types, lengths, enums; unknown attributes refused."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+ShortText = Annotated[str, StringConstraints(max_length=255)]
+LongText = Annotated[str, StringConstraints(max_length=1024)]
+
+# Datasource types of this release; Cluvio's other types are answered with a clear 422.
+CREATABLE_DATABASE_TYPES = ("duckdb", "files")
+BUILT_IN_DATABASE_TYPES = ("sample",)
+
+# Read-only attributes of Cluvio's datasource resource: sending one is a 422 that says so.
+DATASOURCE_READ_ONLY = (
+    "created_at",
+    "updated_at",
+    "schema_updated_at",
+    "total_row_count",
+    "total_row_count_exact",
+    "default_schema_name",
+    "server_version",
+)
+
+
+def check_time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r}") from None
+    if value not in available_timezones() and value != "UTC":
+        raise ValueError(f"unknown IANA time zone {value!r}")
+    return value
+
+
+def check_database_type(value: str) -> str:
+    if value in BUILT_IN_DATABASE_TYPES:
+        raise ValueError("the sample datasource is built in and cannot be created")
+    if value not in CREATABLE_DATABASE_TYPES:
+        raise ValueError(
+            f"database_type {value!r} is not supported; supported: {', '.join(CREATABLE_DATABASE_TYPES)}"
+        )
+    return value
+
+
+class _DatasourceFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    host: ShortText | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    username: ShortText | None = None
+    password: LongText | None = None
+    database: LongText | None = None
+    # Cluvio attributes of database types dataferry does not offer: accepted only as null.
+    ssh_tunnel_host: None = None
+    ssh_tunnel_port: None = None
+    ssh_tunnel_user: None = None
+    athena_region: None = None
+    athena_workgroup: None = None
+    databricks_http_path: None = None
+    snowflake_identifier: None = None
+    snowflake_region: None = None
+    snowflake_warehouse: None = None
+    bigquery_service_key: None = None
+
+
+class DatasourceCreate(_DatasourceFields):
+    name: Name
+    database_type: str
+    connection_mode: str = "direct"
+    data_time_zone: str = "UTC"
+    require_ssl: bool = True
+    verify_ssl: bool = False
+    enabled: bool = True
+    max_concurrent_executions: Annotated[int, Field(ge=1, le=100)] = 20
+    update_schema_nightly: bool = False
+    update_schema_row_counts: bool = False
+
+    @field_validator("data_time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return check_time_zone(value)
+
+    @field_validator("database_type")
+    @classmethod
+    def _creatable_type(cls, value: str) -> str:
+        return check_database_type(value)
+
+    @field_validator("connection_mode")
+    @classmethod
+    def _direct_only(cls, value: str) -> str:
+        if value != "direct":
+            raise ValueError(
+                "only connection_mode 'direct' is supported (agents are not available yet)"
+            )
+        return value
+
+
+class DatasourceUpdate(DatasourceCreate):
+    """Every attribute optional; only those sent change. ``null`` is refused where create needs a value."""
+
+    name: Name = None  # type: ignore[assignment]
+    database_type: str = None  # type: ignore[assignment]
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}

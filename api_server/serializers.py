@@ -1,0 +1,81 @@
+"""Model → JSON:API resource, with an explicit attribute allow-list per type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api_server.auth import Principal
+from api_server.permissions import Permission
+from shared.db.models import ApiKey, Datasource
+from shared.state_secrets import ServerSecrets
+
+DATASOURCE_ATTRIBUTES = (
+    "name",
+    "database_type",
+    "connection_mode",
+    "host",
+    "port",
+    "username",
+    "database",
+    "data_time_zone",
+    "require_ssl",
+    "verify_ssl",
+    "enabled",
+    "max_concurrent_executions",
+    "update_schema_nightly",
+    "update_schema_row_counts",
+    "created_at",
+    "updated_at",
+    "schema_updated_at",
+    "default_schema_name",
+    "server_version",
+    "total_row_count",
+    "total_row_count_exact",
+)
+DATASOURCE_FIELDS = (*DATASOURCE_ATTRIBUTES, "password", "agents")
+
+API_KEY_ATTRIBUTES = ("name", "prefix", "permissions", "enabled", "created_at", "last_used_at")
+
+
+def datasource(
+    ds: Datasource, principal: Principal, server_secrets: ServerSecrets
+) -> dict[str, Any]:
+    attributes = {name: getattr(ds, name) for name in DATASOURCE_ATTRIBUTES}
+    if Permission.MANAGE_DATASOURCES in principal.permissions:
+        encrypted = ds.password_encrypted
+        attributes["password"] = server_secrets.decrypt(encrypted) if encrypted else None
+    return {
+        "type": "datasources",
+        "id": ds.id,
+        "attributes": attributes,
+        "relationships": {"agents": {"data": []}},
+        "links": {"self": f"/datasources/{ds.id}"},
+    }
+
+
+def api_key(key: ApiKey) -> dict[str, Any]:
+    datasource_ids = key.datasource_ids
+    relationships: dict[str, Any] = {
+        "organization": {"data": {"type": "organizations", "id": key.organization_id}},
+        "datasources": {
+            "data": None
+            if datasource_ids is None
+            else [{"type": "datasources", "id": d} for d in datasource_ids]
+        },
+    }
+    return {
+        "type": "api_keys",
+        "id": key.id,
+        "attributes": {
+            "name": key.name,
+            "prefix": key.secret_prefix,
+            "permissions": list(key.permissions),
+            "datasource_ids": datasource_ids,
+            "organization_id": key.organization_id,
+            "enabled": key.enabled,
+            "created_at": key.created_at,
+            "last_used_at": key.last_used_at,
+        },
+        "relationships": relationships,
+        "links": {"self": "/api_key"},
+    }

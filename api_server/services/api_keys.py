@@ -1,0 +1,100 @@
+"""API keys: ``dfk_<random>_<checksum>``, shown once, stored as HMAC-SHA256 with the pepper."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api_server.permissions import Permission
+from shared.db.models import ApiKey, ApiKeyDatasource, Datasource
+from shared.errors import NotFound
+from shared.state_secrets import ServerSecrets
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_RANDOM_LENGTH = 40  # 40 base62 characters: about 238 bits
+_SECRET_PATTERN = re.compile(r"^dfk_([0-9A-Za-z]{40})_([0-9A-Za-z]{6})$")
+
+
+def _checksum(random_part: str) -> str:
+    value = zlib.crc32(random_part.encode())
+    digits = []
+    for _ in range(6):
+        value, digit = divmod(value, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def generate_secret() -> str:
+    random_part = "".join(secrets.choice(_BASE62) for _ in range(_RANDOM_LENGTH))
+    return f"dfk_{random_part}_{_checksum(random_part)}"
+
+
+def is_well_formed_secret(secret: str) -> bool:
+    """Format and checksum: rejects typos and truncations before any database work."""
+    match = _SECRET_PATTERN.match(secret)
+    return bool(match) and hmac.compare_digest(_checksum(match.group(1)), match.group(2))
+
+
+def hash_secret(server_secrets: ServerSecrets, secret: str) -> str:
+    return hmac.new(server_secrets.api_key_pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def find_enabled_api_key(
+    session: Session, server_secrets: ServerSecrets, secret: str
+) -> ApiKey | None:
+    digest = hash_secret(server_secrets, secret)
+    key = session.scalar(select(ApiKey).where(ApiKey.secret_hash == digest))
+    if key is None or not hmac.compare_digest(key.secret_hash, digest) or not key.enabled:
+        return None
+    return key
+
+
+def create_api_key(
+    session: Session,
+    server_secrets: ServerSecrets,
+    *,
+    organization_id: str,
+    name: str,
+    permissions: Sequence[Permission],
+    datasource_ids: Sequence[str] | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its plaintext secret, which is never stored."""
+    if datasource_ids is not None:
+        _check_datasources_belong(session, organization_id, datasource_ids)
+    secret = generate_secret()
+    key = ApiKey(
+        organization_id=organization_id,
+        name=name,
+        secret_hash=hash_secret(server_secrets, secret),
+        secret_prefix=secret[:8],
+        permissions=[p.value for p in permissions],
+        restricted_to_datasources=datasource_ids is not None,
+        datasource_grants=[
+            ApiKeyDatasource(datasource_id=d) for d in dict.fromkeys(datasource_ids or [])
+        ],
+    )
+    session.add(key)
+    session.flush()
+    return key, secret
+
+
+def _check_datasources_belong(
+    session: Session, organization_id: str, datasource_ids: Sequence[str]
+) -> None:
+    found = set(
+        session.scalars(
+            select(Datasource.id).where(
+                Datasource.organization_id == organization_id, Datasource.id.in_(datasource_ids)
+            )
+        )
+    )
+    missing = [d for d in datasource_ids if d not in found]
+    if missing:
+        raise NotFound(f"No datasource {missing[0]} in this organisation.")

@@ -1,0 +1,159 @@
+"""Datasources of one organisation, as the calling key may see and change them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api_server.auth import Principal
+from api_server.jsonapi import CollectionQuery
+from api_server.schemas import DatasourceCreate, DatasourceUpdate
+from shared.datapaths import relative_to_root, resolve_in_data_root
+from shared.db.models import Datasource
+from shared.errors import Conflict, Forbidden, NotFound
+from shared.settings import Settings
+from shared.state_secrets import ServerSecrets
+
+SORTABLE = ("name", "database_type", "created_at", "updated_at")
+FILTERABLE = ("name", "database_type")
+SAMPLE_DATASOURCE_NAME = "Sample Data"
+
+_NOT_FOUND_DETAIL = "No datasource with this id exists."
+
+
+def _visible(principal: Principal) -> Any:
+    """The WHERE clause every datasource query starts from: own organisation, own scope."""
+    clause = Datasource.organization_id == principal.organization_id
+    if principal.datasource_ids is not None:
+        clause = clause & Datasource.id.in_(principal.datasource_ids)
+    return clause
+
+
+def list_datasources(
+    session: Session, principal: Principal, query: CollectionQuery
+) -> tuple[list[Datasource], int]:
+    where = _visible(principal)
+    for name, value in query.filters.items():
+        where = where & (getattr(Datasource, name) == value)
+    total = session.scalar(select(func.count()).select_from(Datasource).where(where)) or 0
+    order = [
+        getattr(Datasource, name).desc() if descending else getattr(Datasource, name).asc()
+        for name, descending in query.sort
+    ] or [Datasource.created_at.asc()]
+    rows = session.scalars(
+        select(Datasource)
+        .where(where)
+        .order_by(*order, Datasource.id)
+        .offset(query.offset)
+        .limit(query.page_size)
+    ).all()
+    return list(rows), total
+
+
+def get_datasource(session: Session, principal: Principal, datasource_id: str) -> Datasource:
+    """404 alike for a foreign, out-of-scope or unknown id: nothing tells them apart."""
+    ds = session.scalar(
+        select(Datasource).where(_visible(principal), Datasource.id == datasource_id)
+    )
+    if ds is None:
+        raise NotFound(_NOT_FOUND_DETAIL)
+    return ds
+
+
+def create_datasource(
+    session: Session,
+    principal: Principal,
+    data: DatasourceCreate,
+    settings: Settings,
+    server_secrets: ServerSecrets,
+) -> Datasource:
+    if principal.datasource_ids is not None:
+        raise Forbidden(
+            "A key restricted to listed datasources cannot create datasources.",
+            code="datasource_scope_restricted",
+        )
+    _check_datasource_limit(session, principal.organization_id, settings.max_datasources)
+    values = data.model_dump(exclude={"password"}, exclude_none=True)
+    values = {k: v for k, v in values.items() if hasattr(Datasource, k)}
+    values["database"] = _checked_database_path(settings, data.database_type, data.database)
+    ds = Datasource(organization_id=principal.organization_id, **values)
+    if data.password is not None:
+        ds.password_encrypted = server_secrets.encrypt(data.password)
+    session.add(ds)
+    session.flush()
+    return ds
+
+
+def update_datasource(
+    session: Session,
+    principal: Principal,
+    datasource_id: str,
+    data: DatasourceUpdate,
+    settings: Settings,
+    server_secrets: ServerSecrets,
+) -> Datasource:
+    ds = get_datasource(session, principal, datasource_id)
+    changes = data.changes()
+    if ds.database_type == "sample":
+        fixed = set(changes) - {"name", "enabled", "data_time_zone", "max_concurrent_executions"}
+        if fixed:
+            raise Conflict(
+                "The sample datasource only allows changing name, enabled, data_time_zone "
+                "and max_concurrent_executions.",
+                pointer=f"/data/attributes/{sorted(fixed)[0]}",
+                code="sample_datasource_fixed",
+            )
+    if "database_type" in changes or "database" in changes:
+        database_type = changes.get("database_type", ds.database_type)
+        changes["database"] = _checked_database_path(
+            settings, database_type, changes.get("database", ds.database)
+        )
+    if "password" in changes:
+        password = changes.pop("password")
+        ds.password_encrypted = server_secrets.encrypt(password) if password is not None else None
+    for name, value in changes.items():
+        if hasattr(Datasource, name):
+            setattr(ds, name, value)
+    session.flush()
+    return ds
+
+
+def delete_datasource(session: Session, principal: Principal, datasource_id: str) -> None:
+    session.delete(get_datasource(session, principal, datasource_id))
+    session.flush()
+
+
+def create_sample_datasource(session: Session, organization_id: str) -> Datasource:
+    ds = Datasource(
+        organization_id=organization_id,
+        name=SAMPLE_DATASOURCE_NAME,
+        database_type="sample",
+        default_schema_name="main",
+        require_ssl=False,
+    )
+    session.add(ds)
+    session.flush()
+    return ds
+
+
+def _check_datasource_limit(session: Session, organization_id: str, limit: int) -> None:
+    owned = session.scalar(
+        select(func.count())
+        .select_from(Datasource)
+        .where(Datasource.organization_id == organization_id, Datasource.database_type != "sample")
+    )
+    if (owned or 0) >= limit:
+        raise Conflict(
+            f"This organisation already has {limit} datasources, the most it may have.",
+            code="datasource_limit_reached",
+        )
+
+
+def _checked_database_path(settings: Settings, database_type: str, database: str | None) -> str:
+    pointer = "/data/attributes/database"
+    resolved = resolve_in_data_root(
+        settings.data_root, database or "", want_dir=database_type == "files", pointer=pointer
+    )
+    return relative_to_root(settings.data_root, resolved)

@@ -1,0 +1,59 @@
+"""``python -m data_server serve``: the data plane of one region under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from data_server.app import create_app
+from data_server.sample import ensure_sample_database
+from shared.db.engine import create_metadata_engine
+from shared.db.migrate import upgrade_to_head
+from shared.errors import ConfigurationError
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    upgrade_to_head(create_metadata_engine(settings.database_url))
+    ensure_sample_database(settings.state_dir, settings.sample_scale)
+    settings = settings.with_overrides(
+        data_host=args.host or settings.data_host, data_port=args.port or settings.data_port
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.data_host,
+        port=settings.data_port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the data server under uvicorn")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
+        args.run(settings, args)
+    except ConfigurationError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Start the API server and data server of one region and stop both cleanly on Ctrl-C.
+
+``make run`` calls ``python deploy/launch.py --demo``: migrate, create the demo organisation once,
+start both servers, wait until they are ready, print the API key and a curl example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_SECONDS = 180
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def run_json(env: dict[str, str], *args: str) -> dict[str, str]:
+    output = subprocess.run(
+        [sys.executable, "-m", "api_server", *args], env=env, check=True, capture_output=True, text=True
+    )
+    return json.loads(output.stdout)
+
+
+def wait_ready(url: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            raise SystemExit("a server exited during start-up; see its log above")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not become ready within {READY_TIMEOUT_SECONDS} s")
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def banner(env: dict[str, str], credentials: dict[str, str]) -> str:
+    api = f"http://{env.get('DATAFERRY_API_HOST', '127.0.0.1')}:{env.get('DATAFERRY_API_PORT', '8000')}"
+    data = f"http://{env.get('DATAFERRY_DATA_HOST', '127.0.0.1')}:{env.get('DATAFERRY_DATA_PORT', '8001')}"
+    return (
+        "\n"
+        f"dataferry is running: API server {api}, data server {data}\n"
+        f"demo organisation: {credentials['organization_id']}\n"
+        f"API key (keep it secret): {credentials['api_key']}\n\n"
+        "Try it:\n"
+        f"  export API={api} KEY={credentials['api_key']}\n"
+        '  curl -s -H "Authorization: Api $KEY" $API/datasources\n\n'
+        "README.md walks through the whole API. Press Ctrl-C to stop both servers.\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--env-file", type=Path, help="settings for this region (KEY=VALUE lines)")
+    parser.add_argument("--demo", action="store_true", help="create/reuse the demo organisation")
+    args = parser.parse_args()
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.env_file:
+        env.update(read_env_file(args.env_file))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+
+    subprocess.run([sys.executable, "-m", "api_server", "migrate"], env=env, check=True)
+    credentials = run_json(env, "ensure-demo-organization") if args.demo else None
+
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "api_server", "serve"], env=env),
+        subprocess.Popen([sys.executable, "-m", "data_server", "serve"], env=env),
+    ]
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        api_port = env.get("DATAFERRY_API_PORT", "8000")
+        data_port = env.get("DATAFERRY_DATA_PORT", "8001")
+        wait_ready(f"http://127.0.0.1:{api_port}", processes)
+        wait_ready(f"http://127.0.0.1:{data_port}", processes)
+        if credentials:
+            print(banner(env, credentials), flush=True)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        print("a server stopped; stopping the other", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(processes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

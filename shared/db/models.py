@@ -1,0 +1,142 @@
+"""SQLAlchemy models of the metadata DB. Every tenant row carries its organisation's id."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.ids import new_resource_id
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """A secret held by a client; only its HMAC is stored (``secret_hash``)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_prefix: Mapped[str] = mapped_column(String(16))
+    permissions: Mapped[list[str]] = mapped_column(JSON)
+    restricted_to_datasources: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    datasource_grants: Mapped[list[ApiKeyDatasource]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def datasource_ids(self) -> list[str] | None:
+        """None when the key reaches every datasource of its organisation."""
+        if not self.restricted_to_datasources:
+            return None
+        return sorted(grant.datasource_id for grant in self.datasource_grants)
+
+
+class ApiKeyDatasource(Base):
+    """One datasource a restricted key may reach. Deleting the datasource drops the grant."""
+
+    __tablename__ = "api_key_datasources"
+
+    api_key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    datasource_id: Mapped[str] = mapped_column(
+        ForeignKey("datasources.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class Datasource(Base):
+    __tablename__ = "datasources"
+    __table_args__ = (Index("ix_datasources_organization_id_name", "organization_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    database_type: Mapped[str] = mapped_column(String(32))
+    connection_mode: Mapped[str] = mapped_column(String(16), default="direct")
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    username: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    password_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
+    database: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    data_time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    require_ssl: Mapped[bool] = mapped_column(Boolean, default=True)
+    verify_ssl: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    max_concurrent_executions: Mapped[int] = mapped_column(Integer, default=20)
+    update_schema_nightly: Mapped[bool] = mapped_column(Boolean, default=False)
+    update_schema_row_counts: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_schema_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    server_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    total_row_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total_row_count_exact: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    schema_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,109 @@
+"""The error hierarchy: every failure a client can see, with its HTTP status and stable code.
+
+Services raise these; ``shared.problems`` renders them as JSON:API error documents. Nothing here
+imports a web framework.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigurationError(Exception):
+    """The deployment is misconfigured; raised at start-up, never answered to a client."""
+
+
+class AppError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        pointer: str | None = None,
+        parameter: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.pointer = pointer
+        self.parameter = parameter
+        self.headers = headers or {}
+        if code:
+            self.code = code
+
+    def to_error_object(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "status": str(self.status),
+            "code": self.code,
+            "title": self.title,
+            "detail": self.detail,
+        }
+        if self.pointer is not None:
+            error["source"] = {"pointer": self.pointer}
+        elif self.parameter is not None:
+            error["source"] = {"parameter": self.parameter}
+        return error
+
+
+class BadRequest(AppError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class InvalidQueryParameter(BadRequest):
+    code, title = "invalid_query_parameter", "Invalid query parameter"
+
+
+class MalformedJSON(BadRequest):
+    code, title = "malformed_json", "Malformed JSON"
+
+
+class Unauthorized(AppError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(AppError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(AppError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class MethodNotAllowed(AppError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class NotAcceptable(AppError):
+    status, code, title = 406, "not_acceptable", "Not acceptable"
+
+
+class Conflict(AppError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(AppError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class UnsupportedMediaType(AppError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class Unprocessable(AppError):
+    status, code, title = 422, "invalid_attribute", "Unprocessable entity"
+
+
+class ServiceUnavailable(AppError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+class ValidationErrors(Unprocessable):
+    """Several attribute problems found at once; each becomes its own error object."""
+
+    def __init__(self, errors: list[AppError]) -> None:
+        super().__init__(errors[0].detail if errors else None)
+        self.errors = errors

@@ -1,0 +1,32 @@
+"""One Route per path with a handler per method, so a 405 names every method the path allows."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shared.errors import MethodNotAllowed
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def resource_route(path: str, **handlers: Handler) -> Route:
+    """``resource_route("/things/{id}", GET=show, PATCH=update)``."""
+    by_method = {method.upper(): handler for method, handler in handlers.items()}
+    if "GET" in by_method:
+        by_method.setdefault("HEAD", by_method["GET"])
+    allowed = ", ".join(sorted(by_method))
+
+    async def dispatch(request: Request) -> Response:
+        handler = by_method.get(request.method)
+        if handler is None:
+            raise MethodNotAllowed(
+                f"Method {request.method} is not allowed here; allowed: {allowed}.",
+                headers={"Allow": allowed},
+            )
+        return await handler(request)
+
+    return Route(path, dispatch, methods=list(by_method), name=path)

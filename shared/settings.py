@@ -1,0 +1,143 @@
+"""Settings, read once from the environment (prefix ``DATAFERRY_``).
+
+Every field carries the name of its variable and a one-line description; ``deploy/env.example``
+documents each of them and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigurationError
+
+PREFIX = "DATAFERRY_"
+
+
+class Secret:
+    """A string that never shows its value when printed or logged."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _setting(env: str, doc: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"env": PREFIX + env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a server of one region needs to know about its deployment."""
+
+    region: str = _setting("REGION", "Region this deployment serves (eu, us, ...).", "eu")
+    state_dir: Path = _setting(
+        "STATE_DIR", "Directory for the SQLite file, generated keys and results.", Path("var")
+    )
+    database_url: str = _setting(
+        "DATABASE_URL",
+        "SQLAlchemy URL of the metadata DB; default: SQLite file in the state dir.",
+        "",
+    )
+    data_root: Path = _setting(
+        "DATA_ROOT",
+        "The only directory file datasources may point into; default <state dir>/data.",
+        Path(),
+    )
+    api_host: str = _setting("API_HOST", "Address the API server binds to.", "127.0.0.1")
+    api_port: int = _setting("API_PORT", "Port the API server listens on.", 8000)
+    data_host: str = _setting("DATA_HOST", "Address the data server binds to.", "127.0.0.1")
+    data_port: int = _setting("DATA_PORT", "Port the data server listens on.", 8001)
+    public_api_url: str = _setting(
+        "PUBLIC_API_URL", "Base URL clients use for the API server (links, token issuer).", ""
+    )
+    public_data_url: str = _setting(
+        "PUBLIC_DATA_URL", "Base URL clients use for the data server (token audience).", ""
+    )
+    api_key_pepper: Secret | None = _setting(
+        "API_KEY_PEPPER", "HMAC key for API key hashes; generated into the state dir if unset."
+    )
+    encryption_key: Secret | None = _setting(
+        "ENCRYPTION_KEY",
+        "Fernet key encrypting datasource passwords; generated into the state dir if unset.",
+    )
+    max_datasources: int = _setting(
+        "MAX_DATASOURCES", "Datasources an organisation may own (the sample one is free).", 100
+    )
+    sample_scale: float = _setting(
+        "SAMPLE_SCALE", "Size of the generated sample datasource (1.0 = a few million rows).", 1.0
+    )
+    log_level: str = _setting("LOG_LEVEL", "Python logging level.", "INFO")
+
+    def __post_init__(self) -> None:
+        state_dir = Path(self.state_dir).absolute()
+        object.__setattr__(self, "state_dir", state_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{state_dir / 'dataferry.db'}")
+        data_root = self.data_root if str(self.data_root) not in ("", ".") else state_dir / "data"
+        object.__setattr__(self, "data_root", Path(data_root).absolute())
+        if not self.public_api_url:
+            object.__setattr__(self, "public_api_url", f"http://{self.api_host}:{self.api_port}")
+        if not self.public_data_url:
+            object.__setattr__(self, "public_data_url", f"http://{self.data_host}:{self.data_port}")
+        if not self.region.isidentifier() or self.region != self.region.lower():
+            raise ConfigurationError(
+                f"{PREFIX}REGION must be a lower-case name, got {self.region!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); fail fast on bad values."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(spec.metadata["env"])
+            if raw is not None and raw != "":
+                values[spec.name] = _cast(spec.metadata["env"], spec.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def documented_variables(cls) -> dict[str, str]:
+        return {spec.metadata["env"]: spec.metadata["doc"] for spec in fields(cls)}
+
+
+def _cast(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if kind == "Path":
+            return Path(raw)
+        if kind.startswith("Secret"):
+            return Secret(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: cannot read {raw!r} as {kind}") from exc
+    return raw

@@ -1,0 +1,116 @@
+"""Small factories for tests: organisations, keys and datasources made through the real services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+from starlette.testclient import TestClient
+
+from api_server.app import create_app
+from api_server.permissions import Permission
+from api_server.services import api_keys, organizations
+from shared.settings import Settings
+
+JSONAPI = "application/vnd.api+json"
+
+
+@dataclass
+class Org:
+    id: str
+    key: str
+    sample_datasource_id: str
+
+
+@dataclass
+class Api:
+    """An API server app in process, with helpers to seed it."""
+
+    client: TestClient
+    settings: Settings
+
+    @classmethod
+    @contextmanager
+    def start(cls, settings: Settings) -> Iterator[Api]:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            yield cls(client=client, settings=settings)
+
+    @property
+    def app(self) -> Any:
+        return self.client.app
+
+    def create_org(self, name: str = "Org") -> Org:
+        with self.app.state.sessions.begin() as session:
+            created = organizations.create_organization(session, self.app.state.secrets, name)
+        ds = self.get("/datasources", created.api_key).json()["data"][0]["id"]
+        return Org(created.organization_id, created.api_key, ds)
+
+    def create_key(
+        self,
+        org: Org,
+        permissions: Sequence[Permission],
+        datasource_ids: Sequence[str] | None = None,
+    ) -> str:
+        with self.app.state.sessions.begin() as session:
+            _, secret = api_keys.create_api_key(
+                session,
+                self.app.state.secrets,
+                organization_id=org.id,
+                name="test key",
+                permissions=list(permissions),
+                datasource_ids=datasource_ids,
+            )
+        return secret
+
+    def duckdb_file(self, name: str = "shop.duckdb") -> str:
+        path = self.settings.data_root / name
+        with duckdb.connect(str(path)) as connection:
+            connection.execute("CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS a")
+        return name
+
+    def create_datasource(self, key: str, **attributes: Any) -> dict[str, Any]:
+        attributes.setdefault("name", "Shop")
+        attributes.setdefault("database_type", "duckdb")
+        if "database" not in attributes:
+            attributes["database"] = self.duckdb_file()
+        response = self.post("/datasources", key, resource("datasources", **attributes))
+        assert response.status_code == 201, response.text
+        return response.json()["data"]
+
+    # HTTP helpers ------------------------------------------------------------------------
+    def get(self, path: str, key: str | None, **kwargs: Any) -> Any:
+        return self.client.get(path, headers=auth(key), **kwargs)
+
+    def delete(self, path: str, key: str | None) -> Any:
+        return self.client.delete(path, headers=auth(key))
+
+    def post(self, path: str, key: str | None, document: Any, content_type: str = JSONAPI) -> Any:
+        return self._send("POST", path, key, document, content_type)
+
+    def patch(self, path: str, key: str | None, document: Any, content_type: str = JSONAPI) -> Any:
+        return self._send("PATCH", path, key, document, content_type)
+
+    def _send(self, method: str, path: str, key: str | None, document: Any, content_type: str) -> Any:
+        body = document if isinstance(document, (bytes, str)) else _dumps(document)
+        headers = {**auth(key), "Content-Type": content_type}
+        return self.client.request(method, path, content=body, headers=headers)
+
+
+def _dumps(document: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(document)
+
+
+def auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Api {key}"} if key else {}
+
+
+def resource(type_: str, id_: str | None = None, **attributes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": type_, "attributes": attributes}
+    if id_ is not None:
+        data["id"] = id_
+    return {"data": data}
