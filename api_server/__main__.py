@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import orjson
 import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
 
 from api_server.app import create_app
 from api_server.permissions import parse_permissions
@@ -27,6 +28,13 @@ def _emit(payload: dict[str, str]) -> None:
 
 def _split(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _sessions(settings: Settings) -> sessionmaker[Session]:
+    """Operator commands bring the schema up to date first, as ``serve`` does."""
+    engine = create_metadata_engine(settings.database_url)
+    upgrade_to_head(engine)
+    return create_session_factory(engine)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -49,7 +57,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_create_organization(settings: Settings, args: argparse.Namespace) -> None:
-    sessions = create_session_factory(create_metadata_engine(settings.database_url))
+    sessions = _sessions(settings)
     with sessions.begin() as session:
         created = organizations.create_organization(
             session, ServerSecrets.load(settings), args.name
@@ -58,7 +66,7 @@ def cmd_create_organization(settings: Settings, args: argparse.Namespace) -> Non
 
 
 def cmd_ensure_demo_organization(settings: Settings, args: argparse.Namespace) -> None:
-    sessions = create_session_factory(create_metadata_engine(settings.database_url))
+    sessions = _sessions(settings)
     with sessions() as session:
         created = organizations.ensure_demo_organization(
             session, ServerSecrets.load(settings), settings
@@ -68,7 +76,7 @@ def cmd_ensure_demo_organization(settings: Settings, args: argparse.Namespace) -
 
 def cmd_create_api_key(settings: Settings, args: argparse.Namespace) -> None:
     permissions = parse_permissions(_split(args.permissions) or [])
-    sessions = create_session_factory(create_metadata_engine(settings.database_url))
+    sessions = _sessions(settings)
     with sessions.begin() as session:
         organizations.get_organization(session, args.organization)
         key, secret = api_keys.create_api_key(

@@ -33,7 +33,11 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def run_json(env: dict[str, str], *args: str) -> dict[str, str]:
     output = subprocess.run(
-        [sys.executable, "-m", "api_server", *args], env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-m", "api_server", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(output.stdout)
 

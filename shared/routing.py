@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from shared.errors import MethodNotAllowed
 
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -29,4 +30,5 @@ def resource_route(path: str, **handlers: Handler) -> Route:
             )
         return await handler(request)
 
-    return Route(path, dispatch, methods=list(by_method), name=path)
+    # The Route takes every method so that dispatch, not Starlette, answers 405 (with a stable Allow).
+    return Route(path, dispatch, methods=_ALL_METHODS, name=path)

@@ -18,7 +18,8 @@ from shared.settings import Settings
 from tests.factories import Api
 
 POSTGRES_ENV = "DATAFERRY_TEST_POSTGRES_URL"
-POSTGRES_SCHEMA = "dataferry_test"
+# One schema per pytest process, so concurrent runs on one server never collide.
+POSTGRES_SCHEMA = f"dataferry_test_{os.getpid()}"
 
 
 def postgres_url_from_env() -> str | None:
@@ -48,14 +49,18 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_url() -> Iterator[str]:
     url = postgres_url_from_env()
     if url is None:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        )
     engine = create_metadata_engine(url)
     with engine.begin() as connection:
         connection.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
         connection.execute(text(f"CREATE SCHEMA {POSTGRES_SCHEMA}"))
     upgrade_to_head(engine)
-    engine.dispose()
     yield url
+    with engine.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
+    engine.dispose()
 
 
 def _truncate_postgres(url: str) -> None:
@@ -82,7 +87,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def settings(tmp_path: Path, database_url: str) -> Settings:
     (tmp_path / "state" / "data").mkdir(parents=True)
     return Settings(
-        state_dir=tmp_path / "state", database_url=database_url, sample_scale=0.001, max_datasources=5
+        state_dir=tmp_path / "state",
+        database_url=database_url,
+        sample_scale=0.001,
+        max_datasources=5,
     )
 
 

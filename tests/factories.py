@@ -93,7 +93,9 @@ class Api:
     def patch(self, path: str, key: str | None, document: Any, content_type: str = JSONAPI) -> Any:
         return self._send("PATCH", path, key, document, content_type)
 
-    def _send(self, method: str, path: str, key: str | None, document: Any, content_type: str) -> Any:
+    def _send(
+        self, method: str, path: str, key: str | None, document: Any, content_type: str
+    ) -> Any:
         body = document if isinstance(document, (bytes, str)) else _dumps(document)
         headers = {**auth(key), "Content-Type": content_type}
         return self.client.request(method, path, content=body, headers=headers)
@@ -114,3 +116,17 @@ def resource(type_: str, id_: str | None = None, **attributes: Any) -> dict[str,
     if id_ is not None:
         data["id"] = id_
     return {"data": data}
+
+
+def dump_tables(app: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, ordered: compare before/after, or grep for secrets."""
+    from sqlalchemy import text
+
+    from shared.db.models import Base
+
+    dump = {}
+    with app.state.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            rows = connection.execute(text(f"SELECT * FROM {table.name}")).all()
+            dump[table.name] = sorted((tuple(row) for row in rows), key=repr)
+    return dump

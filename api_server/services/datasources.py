@@ -39,7 +39,7 @@ def list_datasources(
         where = where & (getattr(Datasource, name) == value)
     total = session.scalar(select(func.count()).select_from(Datasource).where(where)) or 0
     order = [
-        getattr(Datasource, name).desc() if descending else getattr(Datasource, name).asc()
+        _sort_key(name).desc() if descending else _sort_key(name).asc()
         for name, descending in query.sort
     ] or [Datasource.created_at.asc()]
     rows = session.scalars(
@@ -50,6 +50,12 @@ def list_datasources(
         .limit(query.page_size)
     ).all()
     return list(rows), total
+
+
+def _sort_key(name: str) -> Any:
+    """Text sorts case-insensitively, the same on SQLite and PostgreSQL whatever the collation."""
+    column = getattr(Datasource, name)
+    return func.lower(column) if name in ("name", "database_type") else column
 
 
 def get_datasource(session: Session, principal: Principal, datasource_id: str) -> Datasource:
