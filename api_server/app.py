@@ -12,8 +12,10 @@ from api_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
+from shared.results import open_result_store
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
+from shared.tokens import load_signing_key
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -34,4 +36,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.engine = engine
     app.state.sessions = create_session_factory(engine)
     app.state.secrets = ServerSecrets.load(settings)
+    app.state.signing_key = load_signing_key(settings)
+    app.state.result_store = open_result_store(settings)
     return app

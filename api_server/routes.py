@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from api_server.endpoints import api_keys, datasources
+from api_server.endpoints import api_keys, datasource_actions, datasources, executions, keys
 from shared.health import database_answers, health_routes
 from shared.routing import resource_route
 
 routes = [
     *health_routes(("database", database_answers)),
+    resource_route("/.well-known/jwks.json", GET=keys.jwks_document),
     resource_route("/api_key", GET=api_keys.show_calling_api_key),
     resource_route(
         "/datasources", GET=datasources.list_datasources, POST=datasources.create_datasource
@@ -18,4 +19,13 @@ routes = [
         PATCH=datasources.update_datasource,
         DELETE=datasources.delete_datasource,
     ),
+    resource_route("/datasources/{id}/executions", POST=executions.run_execution),
+    resource_route("/datasources/{id}/test_connection", POST=datasource_actions.test_connection),
+    resource_route("/datasources/{id}/refresh", POST=datasource_actions.refresh_datasource),
+    resource_route("/datasources/{id}/schema", GET=datasource_actions.datasource_schema),
+    resource_route(
+        "/executions/{id}", GET=executions.show_execution, DELETE=executions.delete_execution
+    ),
+    resource_route("/executions/{id}/data", GET=executions.execution_data),
+    resource_route("/executions/{id}/cancel", POST=executions.cancel_execution),
 ]

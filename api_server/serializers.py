@@ -6,7 +6,7 @@ from typing import Any
 
 from api_server.auth import Principal
 from api_server.permissions import Permission
-from shared.db.models import ApiKey, Datasource
+from shared.db.models import ApiKey, Datasource, Execution
 from shared.state_secrets import ServerSecrets
 
 DATASOURCE_ATTRIBUTES = (
@@ -78,4 +78,37 @@ def api_key(key: ApiKey) -> dict[str, Any]:
         },
         "relationships": relationships,
         "links": {"self": "/api_key"},
+    }
+
+
+EXECUTION_ATTRIBUTES = (
+    "result_columns",
+    "result_rows",
+    "result_size",
+    "result_truncated",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+)
+
+
+def execution(ex: Execution) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "execution_id": ex.id,
+        "execution_type": ex.execution_type,
+        "execution_status": ex.status,
+        **{name: getattr(ex, name) for name in EXECUTION_ATTRIBUTES},
+    }
+    if ex.status in ("failed", "cancelled"):
+        attributes["error_code"] = ex.error_code
+        attributes["error_message"] = ex.error_message
+    elif ex.cancel_requested:
+        attributes["cancel_requested"] = True
+    return {
+        "type": "executions",
+        "id": ex.id,
+        "attributes": attributes,
+        "relationships": {"datasource": {"data": {"type": "datasources", "id": ex.datasource_id}}},
+        "links": {"self": f"/executions/{ex.id}"},
     }

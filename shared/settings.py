@@ -86,6 +86,58 @@ class Settings:
         "SAMPLE_SCALE", "Size of the generated sample datasource (1.0 = a few million rows).", 1.0
     )
     log_level: str = _setting("LOG_LEVEL", "Python logging level.", "INFO")
+    execution_retention_hours: float = _setting(
+        "EXECUTION_RETENTION_HOURS", "How long an execution stays visible after it started.", 24.0
+    )
+    result_retention_hours: float = _setting(
+        "RESULT_RETENTION_HOURS", "How long a result stays fetchable after it completed.", 24.0
+    )
+    data_token_ttl_seconds: int = _setting(
+        "DATA_TOKEN_TTL_SECONDS", "Lifetime of a data access token (at most 600).", 120
+    )
+    signing_key_file: Path | None = _setting(
+        "SIGNING_KEY_FILE",
+        "Ed25519 private key (PEM) signing data tokens; default: generated into the state dir.",
+    )
+    jwks_url: str = _setting(
+        "JWKS_URL",
+        "Where the data server fetches the public keys; default: read them from the state dir.",
+        "",
+    )
+    results_dir: Path = _setting(
+        "RESULTS_DIR", "Directory of the local result store; default <state dir>/results.", Path()
+    )
+    worker_processes: int = _setting(
+        "WORKER_PROCESSES", "Sandboxed DuckDB child processes per data server.", 2
+    )
+    query_timeout_seconds: float = _setting(
+        "QUERY_TIMEOUT_SECONDS", "Longest an execution may run before it fails with timeout.", 300.0
+    )
+    query_memory_limit_mb: int = _setting(
+        "QUERY_MEMORY_LIMIT_MB", "DuckDB memory_limit per execution, in MiB.", 1024
+    )
+    query_threads: int = _setting("QUERY_THREADS", "DuckDB threads per execution.", 2)
+    query_temp_space_mb: int = _setting(
+        "QUERY_TEMP_SPACE_MB", "Spill space an execution may use, in MiB.", 4096
+    )
+    max_result_rows: int = _setting(
+        "MAX_RESULT_ROWS", "Rows kept of a result; beyond that it is truncated.", 10_000_000
+    )
+    max_result_bytes: int = _setting(
+        "MAX_RESULT_BYTES", "Bytes kept of a result; beyond that it is truncated.", 2 * 1024**3
+    )
+    max_sql_length: int = _setting(
+        "MAX_SQL_LENGTH", "Longest sql_query accepted, in characters.", 100_000
+    )
+    lease_seconds: float = _setting(
+        "LEASE_SECONDS", "A worker's claim on an execution; renewed by heartbeats.", 30.0
+    )
+    max_attempts: int = _setting(
+        "MAX_ATTEMPTS", "Attempts before an execution whose worker vanished is failed.", 3
+    )
+    poll_interval_seconds: float = _setting(
+        "POLL_INTERVAL_SECONDS", "How often an idle worker looks for new executions.", 0.2
+    )
 
     def __post_init__(self) -> None:
         state_dir = Path(self.state_dir).absolute()
@@ -98,6 +150,16 @@ class Settings:
             object.__setattr__(self, "public_api_url", f"http://{self.api_host}:{self.api_port}")
         if not self.public_data_url:
             object.__setattr__(self, "public_data_url", f"http://{self.data_host}:{self.data_port}")
+        results_dir = (
+            self.results_dir if str(self.results_dir) not in ("", ".") else state_dir / "results"
+        )
+        object.__setattr__(self, "results_dir", Path(results_dir).absolute())
+        if not 1 <= self.data_token_ttl_seconds <= 600:
+            raise ConfigurationError(f"{PREFIX}DATA_TOKEN_TTL_SECONDS must be between 1 and 600")
+        if self.worker_processes < 1 or self.max_attempts < 1:
+            raise ConfigurationError(
+                f"{PREFIX}WORKER_PROCESSES and {PREFIX}MAX_ATTEMPTS must be positive"
+            )
         if not self.region.isidentifier() or self.region != self.region.lower():
             raise ConfigurationError(
                 f"{PREFIX}REGION must be a lower-case name, got {self.region!r}"
@@ -134,7 +196,7 @@ def _cast(name: str, type_name: Any, raw: str) -> Any:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes")
-        if kind == "Path":
+        if kind.startswith("Path"):
             return Path(raw)
         if kind.startswith("Secret"):
             return Secret(raw)

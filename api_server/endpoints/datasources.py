@@ -9,7 +9,7 @@ from api_server import jsonapi, serializers
 from api_server.auth import Principal, authenticate
 from api_server.permissions import Permission, require
 from api_server.schemas import DATASOURCE_READ_ONLY, DatasourceCreate, DatasourceUpdate
-from api_server.services import datasources
+from api_server.services import datasources, executions
 from shared.db.models import Datasource
 from shared.errors import Unprocessable
 
@@ -90,6 +90,7 @@ def create_datasource(request: Request) -> Response:
     state = request.app.state
     with state.sessions.begin() as session:
         ds = datasources.create_datasource(session, principal, data, state.settings, state.secrets)
+        executions.create_system_execution(session, ds, executions.DATASOURCE_REFRESH)
         return _document(request, ds, principal, status_code=201)
 
 

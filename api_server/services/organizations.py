@@ -9,7 +9,7 @@ import orjson
 from sqlalchemy.orm import Session
 
 from api_server.permissions import Permission
-from api_server.services import api_keys, datasources
+from api_server.services import api_keys, datasources, executions
 from shared.db.models import Organization
 from shared.errors import NotFound, Unprocessable
 from shared.settings import Settings
@@ -33,7 +33,8 @@ def create_organization(
     organization = Organization(name=name)
     session.add(organization)
     session.flush()
-    datasources.create_sample_datasource(session, organization.id)
+    sample = datasources.create_sample_datasource(session, organization.id)
+    executions.create_system_execution(session, sample, executions.DATASOURCE_REFRESH)
     _, secret = api_keys.create_api_key(
         session,
         server_secrets,

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -140,3 +141,59 @@ class Datasource(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     schema_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The newest recorded schema: its key in the result store and the schema names it holds.
+    schema_data_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    schema_names: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+
+
+class Execution(Base):
+    """One run of SQL (or a schema refresh) on a datasource; the rows of this table are the queue.
+
+    ``attempt`` is the fencing token: a worker may only write back under the attempt it claimed.
+    """
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        Index("ix_executions_status_created_at", "status", "created_at"),
+        Index("ix_executions_datasource_id_status", "datasource_id", "status"),
+        Index(
+            "uq_executions_idempotency",
+            "organization_id",
+            "api_key_id",
+            "idempotency_key",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    datasource_id: Mapped[str] = mapped_column(ForeignKey("datasources.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True
+    )
+    execution_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="starting")
+    sql_query: Mapped[str] = mapped_column(Text, default="")
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    expanded_sql: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bound_parameters: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    result_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    result_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    data_key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    data_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,102 @@
+"""Cluvio's datasource actions: Test Connection, Refresh Datasource, Get Datasource Schema.
+
+Each answers plain JSON. The work itself (opening the datasource) happens on a data server: the API
+server queues an execution and, for a connection test, waits for its outcome.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api_server import jsonapi
+from api_server.auth import authenticate
+from api_server.permissions import Permission, require
+from api_server.services import datasources, executions
+from shared.db.models import Execution
+from shared.errors import Conflict, InvalidQueryParameter, NotFound
+from shared.tokens import Scope, mint_data_token
+
+CONNECTION_TEST_TIMEOUT_SECONDS = 30
+_SCHEMA_NAME = re.compile(r"^[^\x00-\x1f]{1,255}$")
+
+
+@jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
+def test_connection(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, Permission.MANAGE_DATASOURCES)
+    sessions = request.app.state.sessions
+    with sessions.begin() as session:
+        datasource = datasources.get_datasource(session, principal, request.path_params["id"])
+        execution_id = executions.create_system_execution(
+            session, datasource, executions.CONNECTION_TEST
+        ).id
+    deadline = time.monotonic() + CONNECTION_TEST_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            execution = session.get(Execution, execution_id)
+            assert execution is not None
+            if execution.status in executions.TERMINAL_STATUSES:
+                if execution.status == "completed":
+                    return jsonapi.json_response({"status": "ok", "error_message": None})
+                return jsonapi.json_response(
+                    {"status": "error", "error_message": execution.error_message}
+                )
+        time.sleep(0.1)
+    with sessions.begin() as session:
+        execution = session.get(Execution, execution_id)
+        if execution is not None and execution.status not in executions.TERMINAL_STATUSES:
+            executions.request_cancel(session, execution)
+    message = f"No data server answered within {CONNECTION_TEST_TIMEOUT_SECONDS} s."
+    return jsonapi.json_response({"status": "error", "error_message": message})
+
+
+@jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
+def refresh_datasource(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, Permission.MANAGE_DATASOURCES)
+    with request.app.state.sessions.begin() as session:
+        datasource = datasources.get_datasource(session, principal, request.path_params["id"])
+        execution = executions.create_system_execution(
+            session, datasource, executions.DATASOURCE_REFRESH
+        )
+        return jsonapi.json_response({"execution_id": execution.id})
+
+
+@jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
+def datasource_schema(request: Request) -> Response:
+    """A data key and token for the newest recorded schema JSON (``?name=`` is checked here and
+    applied by the data server, which narrows the document to that schema)."""
+    principal = authenticate(request)
+    require(principal, Permission.VIEW_DATASOURCES)
+    name = request.query_params.get("name")
+    unknown = set(request.query_params) - {"name"}
+    if unknown:
+        raise InvalidQueryParameter(
+            f"Unsupported query parameter '{sorted(unknown)[0]}'.", parameter=sorted(unknown)[0]
+        )
+    if name is not None and not _SCHEMA_NAME.match(name):
+        raise InvalidQueryParameter("name must be a schema name.", parameter="name")
+    state = request.app.state
+    with state.sessions() as session:
+        datasource = datasources.get_datasource(session, principal, request.path_params["id"])
+        if datasource.schema_data_key is None:
+            raise Conflict(
+                "No schema has been recorded for this datasource yet: refresh it and wait until the "
+                "refresh execution completes.",
+                code="schema_not_available",
+            )
+        if name is not None and name not in (datasource.schema_names or []):
+            raise NotFound(f"The datasource has no schema named {name!r}.", code="schema_not_found")
+        data_key = datasource.schema_data_key
+    token = mint_data_token(
+        state.signing_key,
+        state.settings,
+        organization_id=principal.organization_id,
+        data_key=data_key,
+        scope=Scope.DATASOURCE_SCHEMA,
+    )
+    return jsonapi.json_response({"data_key": data_key, "data_access_token": token})

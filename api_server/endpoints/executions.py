@@ -1,0 +1,157 @@
+"""Execution endpoints (Cluvio's Run Execution, Get Execution, Get Execution Data, and more)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api_server import jsonapi, serializers
+from api_server.auth import Principal, authenticate
+from api_server.permissions import Permission, require
+from api_server.services import executions
+from shared.db.models import Execution
+from shared.errors import InvalidQueryParameter, Unprocessable
+from shared.results import result_object_key
+from shared.tokens import Scope, mint_data_token
+
+# Cluvio: keys with Manage Dashboards or Manage Alerts may run SQL on (their) datasources.
+RUN_PERMISSIONS = (
+    Permission.MANAGE_DATASOURCES,
+    Permission.MANAGE_DASHBOARDS,
+    Permission.MANAGE_ALERTS,
+)
+READ_PERMISSIONS = (
+    Permission.VIEW_DATASOURCES,
+    Permission.MANAGE_DASHBOARDS,
+    Permission.MANAGE_ALERTS,
+)
+MAX_WAIT_SECONDS = 30
+_IDEMPOTENCY_KEY_MAX = 255
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise Unprocessable(
+            f"Idempotency-Key must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters.",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+@jsonapi.endpoint()
+def run_execution(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, *RUN_PERMISSIONS)
+    jsonapi.parse_collection_query(request, collection=False)
+    body = jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE)
+    state = request.app.state
+    run = executions.parse_run_request(body, state.settings)
+    idempotency_key = _idempotency_key(request)
+    with state.sessions.begin() as session:
+        execution = executions.run_execution(
+            session, principal, request.path_params["id"], run, idempotency_key
+        )
+        return jsonapi.response({"data": serializers.execution(execution)})
+
+
+def _wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise InvalidQueryParameter(
+            f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds.", parameter="wait"
+        )
+    return seconds
+
+
+def _load(request: Request, principal: Principal) -> Execution:
+    with request.app.state.sessions() as session:
+        return executions.get_execution(
+            session, principal, request.path_params["id"], request.app.state.settings
+        )
+
+
+@jsonapi.endpoint()
+def show_execution(request: Request) -> Response:
+    """With ``?wait=N`` the answer waits until the status changes or N seconds pass."""
+    principal = authenticate(request)
+    require(principal, *READ_PERMISSIONS)
+    wait = _wait_seconds(request)
+    if set(request.query_params) - {"wait"}:
+        jsonapi.parse_collection_query(request, collection=False)
+    execution = _load(request, principal)
+    deadline, pause = time.monotonic() + wait, 0.05
+    while execution.status not in executions.TERMINAL_STATUSES and time.monotonic() < deadline:
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 1.5, 0.25)
+        latest = _load(request, principal)
+        if latest.status != execution.status:
+            execution = latest
+            break
+        execution = latest
+    return jsonapi.response({"data": serializers.execution(execution)})
+
+
+@jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
+def execution_data(request: Request) -> Response:
+    """Cluvio's Get Execution Data: a data key and a fresh short-lived token, or 204."""
+    principal = authenticate(request)
+    require(principal, *READ_PERMISSIONS)
+    state = request.app.state
+    execution = _load(request, principal)
+    if not executions.data_available(execution, state.settings):
+        return Response(status_code=204)
+    assert execution.data_key is not None and execution.completed_at is not None
+    token = mint_data_token(
+        state.signing_key,
+        state.settings,
+        organization_id=principal.organization_id,
+        data_key=execution.data_key,
+        scope=Scope.EXECUTION_RESULT,
+    )
+    return jsonapi.json_response(
+        {
+            "data_key": execution.data_key,
+            "data_access_token": token,
+            "data_timestamp": int(execution.completed_at.timestamp()),
+        }
+    )
+
+
+@jsonapi.endpoint()
+def cancel_execution(request: Request) -> Response:
+    principal = authenticate(request)
+    require(principal, *RUN_PERMISSIONS)
+    state = request.app.state
+    with state.sessions.begin() as session:
+        execution = executions.get_execution(
+            session, principal, request.path_params["id"], state.settings
+        )
+        executions.request_cancel(session, execution)
+        return jsonapi.response({"data": serializers.execution(execution)})
+
+
+@jsonapi.endpoint()
+def delete_execution(request: Request) -> Response:
+    """Purge the stored result now (beyond Cluvio); the execution stays visible, its data 404s."""
+    principal = authenticate(request)
+    require(principal, *RUN_PERMISSIONS)
+    state = request.app.state
+    with state.sessions.begin() as session:
+        execution = executions.get_execution(
+            session, principal, request.path_params["id"], state.settings
+        )
+        data_key = executions.purge_result(session, execution)
+    if data_key is not None:
+        state.result_store.delete(result_object_key(data_key))
+    return Response(status_code=204)

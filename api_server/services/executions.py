@@ -1,0 +1,228 @@
+"""Executions as the control plane sees them: create (queue), read, cancel, purge, grant data.
+
+The API server never runs tenant SQL: it writes rows that data server workers claim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api_server.auth import Principal
+from api_server.services.datasources import get_datasource
+from shared.db.models import Datasource, Execution, utcnow
+from shared.errors import Conflict, NotFound, Unprocessable
+from shared.settings import Settings
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+SQL_QUERY = "sql_query"
+DATASOURCE_REFRESH = "datasource_refresh"
+CONNECTION_TEST = "connection_test"
+
+_NOT_FOUND_DETAIL = "No execution with this id exists."
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    sql_query: str
+    parameters: dict[str, Any]
+
+    def fingerprint(self, datasource_id: str) -> str:
+        canonical = orjson.dumps(
+            {
+                "datasource": datasource_id,
+                "sql_query": self.sql_query,
+                "parameters": self.parameters,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return hashlib.sha256(canonical).hexdigest()
+
+
+def parse_run_request(body: Any, settings: Settings) -> RunRequest:
+    """Cluvio's Run Execution body: ``{"sql_query", "r_query", "parameters"}``."""
+    if not isinstance(body, dict):
+        raise Unprocessable("The body must be a JSON object.", pointer="")
+    unknown = sorted(set(body) - {"sql_query", "r_query", "parameters"})
+    if unknown:
+        raise Unprocessable(
+            f"Unknown member '{unknown[0]}'.", pointer=f"/{unknown[0]}", code="unknown_attribute"
+        )
+    if body.get("r_query") not in (None, ""):
+        raise Unprocessable(
+            "r_query is not supported by dataferry: post-process results in your client.",
+            pointer="/r_query",
+            code="r_query_not_supported",
+        )
+    sql = body.get("sql_query")
+    if not isinstance(sql, str) or not sql.strip():
+        raise Unprocessable(
+            "sql_query must be a non-empty string.", pointer="/sql_query", code="invalid_sql_query"
+        )
+    if len(sql) > settings.max_sql_length:
+        raise Unprocessable(
+            f"sql_query may have at most {settings.max_sql_length} characters.",
+            pointer="/sql_query",
+            code="too_long",
+        )
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise Unprocessable(
+            "parameters must be an object.", pointer="/parameters", code="invalid_type"
+        )
+    if parameters:
+        raise Unprocessable(
+            "Cluvio parameters are not supported yet; send an empty object.",
+            pointer="/parameters",
+            code="parameters_not_supported",
+        )
+    return RunRequest(sql_query=sql, parameters=parameters)
+
+
+def run_execution(
+    session: Session,
+    principal: Principal,
+    datasource_id: str,
+    request: RunRequest,
+    idempotency_key: str | None,
+) -> Execution:
+    datasource = get_datasource(session, principal, datasource_id)
+    fingerprint = request.fingerprint(datasource_id)
+    if idempotency_key is not None:
+        existing = _find_idempotent(session, principal, idempotency_key)
+        if existing is not None:
+            return _same_request_or_422(existing, fingerprint)
+    _require_enabled(datasource)
+    execution = Execution(
+        id=str(uuid.uuid4()),
+        organization_id=principal.organization_id,
+        datasource_id=datasource.id,
+        api_key_id=principal.api_key_id,
+        execution_type=SQL_QUERY,
+        sql_query=request.sql_query,
+        parameters=request.parameters,
+        expanded_sql=request.sql_query,
+        bound_parameters=[],
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+    )
+    try:
+        with session.begin_nested():
+            session.add(execution)
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        existing = _find_idempotent(session, principal, idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_request_or_422(existing, fingerprint)
+    return execution
+
+
+def _find_idempotent(session: Session, principal: Principal, key: str) -> Execution | None:
+    return session.scalar(
+        select(Execution).where(
+            Execution.organization_id == principal.organization_id,
+            Execution.api_key_id == principal.api_key_id,
+            Execution.idempotency_key == key,
+        )
+    )
+
+
+def _same_request_or_422(existing: Execution, fingerprint: str) -> Execution:
+    if existing.request_fingerprint != fingerprint:
+        raise Unprocessable(
+            "This Idempotency-Key was already used for a different request.",
+            code="idempotency_key_reused",
+        )
+    return existing
+
+
+def _require_enabled(datasource: Datasource) -> None:
+    if not datasource.enabled:
+        raise Conflict("This datasource is disabled.", code="datasource_disabled")
+
+
+def create_system_execution(
+    session: Session, datasource: Datasource, execution_type: str
+) -> Execution:
+    """A refresh or connection test: queued like any execution, run by a data server."""
+    _require_enabled(datasource)
+    execution = Execution(
+        id=str(uuid.uuid4()),
+        organization_id=datasource.organization_id,
+        datasource_id=datasource.id,
+        execution_type=execution_type,
+    )
+    session.add(execution)
+    session.flush()
+    return execution
+
+
+def get_execution(
+    session: Session, principal: Principal, execution_id: str, settings: Settings
+) -> Execution:
+    """404 alike for unknown, foreign, out-of-scope and expired executions."""
+    try:
+        uuid.UUID(execution_id)
+    except ValueError:
+        raise NotFound(_NOT_FOUND_DETAIL) from None
+    execution = session.scalar(
+        select(Execution).where(
+            Execution.id == execution_id,
+            Execution.organization_id == principal.organization_id,
+            Execution.execution_type != CONNECTION_TEST,
+        )
+    )
+    if execution is None or not principal.reaches_datasource(execution.datasource_id):
+        raise NotFound(_NOT_FOUND_DETAIL)
+    if _older_than(execution.created_at, settings.execution_retention_hours):
+        raise NotFound(_NOT_FOUND_DETAIL)
+    return execution
+
+
+def data_available(execution: Execution, settings: Settings) -> bool:
+    """True when a completed result can be fetched; 404 once it expired or was purged."""
+    if execution.status != "completed" or execution.data_key is None:
+        return False
+    if execution.data_purged_at is not None or _older_than(
+        execution.completed_at, settings.result_retention_hours
+    ):
+        raise NotFound("The data of this execution has expired or was deleted.", code="result_gone")
+    return True
+
+
+def request_cancel(session: Session, execution: Execution) -> Execution:
+    if execution.status in TERMINAL_STATUSES:
+        raise Conflict(
+            f"The execution already ended ({execution.status}).", code="execution_finished"
+        )
+    if execution.status == "starting":
+        now = utcnow()
+        execution.status = "cancelled"
+        execution.completed_at = now
+        execution.error_code = "cancelled"
+        execution.error_message = "Cancelled before it started."
+    execution.cancel_requested = True
+    session.flush()
+    return execution
+
+
+def purge_result(session: Session, execution: Execution) -> str | None:
+    """Forget the result now; returns the data key whose stored object the caller deletes."""
+    if execution.status not in TERMINAL_STATUSES:
+        request_cancel(session, execution)
+    data_key = execution.data_key
+    execution.data_purged_at = execution.data_purged_at or utcnow()
+    session.flush()
+    return data_key
+
+
+def _older_than(moment: datetime | None, hours: float) -> bool:
+    return moment is not None and moment + timedelta(hours=hours) < utcnow()

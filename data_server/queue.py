@@ -1,0 +1,242 @@
+"""The executions table as a queue: claim with a lease, heartbeat, publish under a fence, reap.
+
+The attempt number is the fencing token: every write-back names the attempt it claimed, so a
+worker whose lease expired (and whose execution was re-queued) can no longer change the row.
+PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` and locks the datasource row while it counts
+running executions; SQLite serialises the claim with ``BEGIN IMMEDIATE``. Either way
+``max_concurrent_executions`` holds across every worker of the region.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import Datasource, Execution, utcnow
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_CANDIDATES_PER_CLAIM = 16
+
+
+@dataclass(frozen=True)
+class Claim:
+    execution_id: str
+    attempt: int
+    organization_id: str
+    execution_type: str
+    sql: str
+    bound_parameters: list[Any]
+    datasource_id: str
+    database_type: str
+    database: str | None
+    data_time_zone: str
+
+
+def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settings) -> Claim | None:
+    """Take the oldest queued execution whose datasource has a free slot, or None."""
+    try:
+        with sessions.begin() as session:
+            _begin_immediate_on_sqlite(session)
+            return _claim_in(session, worker_id, settings)
+    except OperationalError as exc:  # SQLite busy under contention: nothing claimed, try again
+        logger.debug("claim contention: %s", type(exc.orig).__name__)
+        return None
+
+
+def _begin_immediate_on_sqlite(session: Session) -> None:
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:
+    candidates = session.execute(
+        select(Execution.id, Execution.datasource_id)
+        .where(Execution.status == "starting")
+        .order_by(Execution.created_at, Execution.id)
+        .limit(_CANDIDATES_PER_CLAIM)
+        .with_for_update(skip_locked=True)
+    ).all()
+    full: set[str] = set()
+    for execution_id, datasource_id in candidates:
+        if datasource_id in full:
+            continue
+        datasource = session.scalar(
+            select(Datasource).where(Datasource.id == datasource_id).with_for_update()
+        )
+        if datasource is None:
+            continue
+        running = session.scalar(
+            select(func.count())
+            .select_from(Execution)
+            .where(Execution.datasource_id == datasource_id, Execution.status == "running")
+        )
+        if (running or 0) >= datasource.max_concurrent_executions:
+            full.add(datasource_id)
+            continue
+        now = utcnow()
+        claimed = session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id, Execution.status == "starting")
+            .values(
+                status="running",
+                attempt=Execution.attempt + 1,
+                lease_owner=worker_id,
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+                started_at=func.coalesce(Execution.started_at, now),
+                updated_at=now,
+            )
+            .returning(Execution)
+        ).scalar_one_or_none()
+        if claimed is not None:
+            return Claim(
+                execution_id=claimed.id,
+                attempt=claimed.attempt,
+                organization_id=claimed.organization_id,
+                execution_type=claimed.execution_type,
+                sql=claimed.expanded_sql or claimed.sql_query,
+                bound_parameters=list(claimed.bound_parameters or []),
+                datasource_id=datasource.id,
+                database_type=datasource.database_type,
+                database=datasource.database,
+                data_time_zone=datasource.data_time_zone,
+            )
+    return None
+
+
+def _fenced(claim: Claim) -> Any:
+    return (
+        (Execution.id == claim.execution_id)
+        & (Execution.attempt == claim.attempt)
+        & (Execution.status == "running")
+    )
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    held: bool
+    cancel_requested: bool
+
+
+def renew_lease(sessions: sessionmaker[Session], claim: Claim, settings: Settings) -> LeaseState:
+    """Heartbeat: extend the lease if it is still ours, and report a cancel request."""
+    now = utcnow()
+    with sessions.begin() as session:
+        row = session.execute(
+            update(Execution)
+            .where(_fenced(claim))
+            .values(lease_expires_at=now + timedelta(seconds=settings.lease_seconds))
+            .returning(Execution.cancel_requested)
+        ).first()
+    if row is None:
+        return LeaseState(held=False, cancel_requested=False)
+    return LeaseState(held=True, cancel_requested=bool(row[0]))
+
+
+def complete(
+    session: Session,
+    claim: Claim,
+    *,
+    rows: int,
+    columns: int,
+    size: int,
+    truncated: bool,
+    data_key: str,
+) -> bool:
+    """Mark completed under the fence, in the caller's transaction; False if the lease was lost."""
+    now = utcnow()
+    result = session.execute(
+        update(Execution)
+        .where(_fenced(claim))
+        .values(
+            status="completed",
+            completed_at=now,
+            updated_at=now,
+            result_rows=rows,
+            result_columns=columns,
+            result_size=size,
+            result_truncated=truncated,
+            data_key=data_key,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def finish_unsuccessfully(
+    sessions: sessionmaker[Session], claim: Claim, code: str, message: str
+) -> bool:
+    """``failed`` with a stable code, or ``cancelled``; False if the lease was lost meanwhile."""
+    now = utcnow()
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Execution)
+            .where(_fenced(claim))
+            .values(
+                status="cancelled" if code == "cancelled" else "failed",
+                completed_at=now,
+                updated_at=now,
+                error_code=code,
+                error_message=message[:2000],
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+    return result.rowcount == 1
+
+
+def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> int:
+    """Re-queue executions whose worker vanished, or fail them after ``max_attempts``."""
+    now = utcnow()
+    expired = (Execution.status == "running") & (Execution.lease_expires_at < now)
+    with sessions.begin() as session:
+        cancelled = session.execute(
+            update(Execution)
+            .where(expired & Execution.cancel_requested.is_(True))
+            .values(
+                status="cancelled",
+                completed_at=now,
+                updated_at=now,
+                error_code="cancelled",
+                error_message="Cancelled.",
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        ).rowcount
+        failed = session.execute(
+            update(Execution)
+            .where(expired & (Execution.attempt >= settings.max_attempts))
+            .values(
+                status="failed",
+                completed_at=now,
+                updated_at=now,
+                error_code="worker_lost",
+                error_message=f"The data server running this execution stopped answering "
+                f"{settings.max_attempts} times.",
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        ).rowcount
+        requeued = session.execute(
+            update(Execution)
+            .where(expired & (Execution.attempt < settings.max_attempts))
+            .values(status="starting", updated_at=now, lease_owner=None, lease_expires_at=None)
+        ).rowcount
+    if cancelled or failed or requeued:
+        logger.warning(
+            "reaped expired leases requeued=%d failed=%d cancelled=%d", requeued, failed, cancelled
+        )
+    return cancelled + failed + requeued
+
+
+def lease_deadline(settings: Settings) -> datetime:
+    return utcnow() + timedelta(seconds=settings.lease_seconds)

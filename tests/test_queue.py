@@ -1,0 +1,116 @@
+"""The queue: claims honour order and concurrency limits, the attempt fences late writers, the
+reaper re-queues or fails executions whose worker vanished. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from api_server.services import executions
+from data_server import queue
+from shared.db.models import Datasource, Execution, utcnow
+
+
+@pytest.fixture
+def org(api):
+    return api.create_org()
+
+
+def _queue_sql(api, org, n=1, datasource_id=None):
+    ids = []
+    with api.app.state.sessions.begin() as session:
+        # Organisation creation queued a refresh of the sample datasource: take it out of the way.
+        session.execute(update(Execution).where(Execution.status == "starting").values(status="completed"))
+        datasource = session.get(Datasource, datasource_id or org.sample_datasource_id)
+        for _ in range(n):
+            execution = executions.create_system_execution(session, datasource, executions.SQL_QUERY)
+            ids.append(execution.id)
+    return ids
+
+
+def _settings(api, **changes):
+    return api.settings.with_overrides(**changes)
+
+
+def test_claims_come_oldest_first_and_carry_the_attempt(api, org):
+    first, second = _queue_sql(api, org, 2)
+    sessions = api.app.state.sessions
+    claim = queue.claim_next(sessions, "w1", api.settings)
+    assert (claim.execution_id, claim.attempt, claim.database_type) == (first, 1, "sample")
+    assert queue.claim_next(sessions, "w1", api.settings).execution_id == second
+    assert queue.claim_next(sessions, "w1", api.settings) is None
+
+
+def test_max_concurrent_executions_holds_across_claimers(api, org):
+    with api.app.state.sessions.begin() as session:
+        session.get(Datasource, org.sample_datasource_id).max_concurrent_executions = 3
+    _queue_sql(api, org, 10)
+    sessions = api.app.state.sessions
+    claims, lock = [], threading.Lock()
+
+    def claimer():
+        for _ in range(10):
+            claim = queue.claim_next(sessions, threading.current_thread().name, api.settings)
+            if claim is not None:
+                with lock:
+                    claims.append(claim)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claims) == 3
+    assert len({c.execution_id for c in claims}) == 3
+
+
+def test_late_writer_is_fenced_off_after_its_lease_was_reaped(api, org):
+    (execution_id,) = _queue_sql(api, org)
+    sessions = api.app.state.sessions
+    settings = _settings(api, max_attempts=3)
+    stale = queue.claim_next(sessions, "slow", settings)
+    with sessions.begin() as session:  # the slow worker's lease runs out
+        session.execute(update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    assert queue.reap_expired_leases(sessions, settings) == 1
+    fresh = queue.claim_next(sessions, "fast", settings)
+    assert fresh.attempt == stale.attempt + 1
+    assert not queue.renew_lease(sessions, stale, settings).held
+    with sessions.begin() as session:
+        assert not queue.complete(session, stale, rows=1, columns=1, size=1, truncated=False, data_key="r_stale")
+    assert not queue.finish_unsuccessfully(sessions, stale, "execution_error", "late")
+    with sessions.begin() as session:
+        assert queue.complete(session, fresh, rows=2, columns=1, size=9, truncated=False, data_key="r_fresh")
+    with sessions() as session:
+        row = session.get(Execution, execution_id)
+        assert (row.status, row.data_key, row.result_rows) == ("completed", "r_fresh", 2)
+
+
+def test_reaper_fails_after_max_attempts(api, org):
+    (execution_id,) = _queue_sql(api, org)
+    sessions = api.app.state.sessions
+    settings = _settings(api, max_attempts=2)
+    for _ in range(2):
+        assert queue.claim_next(sessions, "dies", settings) is not None
+        with sessions.begin() as session:
+            session.execute(update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        queue.reap_expired_leases(sessions, settings)
+    with sessions() as session:
+        row = session.get(Execution, execution_id)
+        assert (row.status, row.error_code, row.attempt) == ("failed", "worker_lost", 2)
+
+
+def test_heartbeat_extends_the_lease_and_reports_cancel(api, org):
+    (execution_id,) = _queue_sql(api, org)
+    sessions = api.app.state.sessions
+    claim = queue.claim_next(sessions, "w", api.settings)
+    state = queue.renew_lease(sessions, claim, api.settings)
+    assert state.held and not state.cancel_requested
+    with sessions.begin() as session:
+        session.get(Execution, execution_id).cancel_requested = True
+    assert queue.renew_lease(sessions, claim, api.settings).cancel_requested
+    assert queue.finish_unsuccessfully(sessions, claim, "cancelled", "Cancelled.")
+    with sessions() as session:
+        assert session.get(Execution, execution_id).status == "cancelled"
