@@ -149,7 +149,7 @@ def complete(
     columns: int,
     size: int,
     truncated: bool,
-    data_key: str,
+    data_key: str | None,
 ) -> bool:
     """Mark completed under the fence, in the caller's transaction; False if the lease was lost."""
     now = utcnow()

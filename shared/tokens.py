@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -230,9 +230,13 @@ def invalid_token() -> Unauthorized:
     )
 
 
+class KeyLookup(Protocol):
+    def get(self, kid: str) -> Ed25519PublicKey | None: ...
+
+
 def verify_data_token(
     token: str,
-    public_keys: dict[str, Ed25519PublicKey],
+    public_keys: KeyLookup,
     settings: Settings,
     *,
     data_key: str,

@@ -90,7 +90,8 @@ def create_datasource(request: Request) -> Response:
     state = request.app.state
     with state.sessions.begin() as session:
         ds = datasources.create_datasource(session, principal, data, state.settings, state.secrets)
-        executions.create_system_execution(session, ds, executions.DATASOURCE_REFRESH)
+        if ds.enabled:  # record the schema right away, so GET .../schema works without a refresh
+            executions.create_system_execution(session, ds, executions.DATASOURCE_REFRESH)
         return _document(request, ds, principal, status_code=201)
 
 

@@ -73,7 +73,8 @@ def parse_run_request(body: Any, settings: Settings) -> RunRequest:
             pointer="/sql_query",
             code="too_long",
         )
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise Unprocessable(
             "parameters must be an object.", pointer="/parameters", code="invalid_type"
@@ -189,7 +190,9 @@ def get_execution(
 
 def data_available(execution: Execution, settings: Settings) -> bool:
     """True when a completed result can be fetched; 404 once it expired or was purged."""
-    if execution.status != "completed" or execution.data_key is None:
+    if execution.execution_type != SQL_QUERY or execution.status != "completed":
+        return False
+    if execution.data_key is None:
         return False
     if execution.data_purged_at is not None or _older_than(
         execution.completed_at, settings.result_retention_hours

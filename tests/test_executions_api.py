@@ -1,0 +1,193 @@
+"""Execution operations on the API server, without a worker: validation, idempotency, visibility,
+204 before completion, cancel, purge."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import update
+
+from api_server.permissions import Permission
+from shared.db.models import Execution
+
+JSON = "application/json"
+
+
+def _run(api, key, datasource_id, body, headers=None):
+    import orjson
+
+    return api.client.post(
+        f"/datasources/{datasource_id}/executions",
+        content=orjson.dumps(body) if not isinstance(body, bytes) else body,
+        headers={"Authorization": f"Api {key}", "Content-Type": JSON, **(headers or {})},
+    )
+
+
+def test_run_execution_answers_200_with_the_cluvio_resource(api):
+    org = api.create_org()
+    response = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1", "parameters": {}})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["type"] == "executions"
+    attributes = data["attributes"]
+    assert uuid.UUID(attributes["execution_id"]) and data["id"] == attributes["execution_id"]
+    assert attributes["execution_type"] == "sql_query"
+    assert attributes["execution_status"] == "starting"
+    for name in ("result_columns", "result_rows", "result_size", "created_at", "updated_at", "started_at", "completed_at"):
+        assert name in attributes
+    assert "error_code" not in attributes
+
+
+@pytest.mark.parametrize(
+    ("body", "pointer", "code"),
+    [
+        ({"sql_query": "SELECT 1", "r_query": "summary(sql.data)"}, "/r_query", "r_query_not_supported"),
+        ({"sql_query": ""}, "/sql_query", "invalid_sql_query"),
+        ({"sql_query": 5}, "/sql_query", "invalid_sql_query"),
+        ({}, "/sql_query", "invalid_sql_query"),
+        ({"sql_query": "SELECT 1", "parameters": []}, "/parameters", "invalid_type"),
+        ({"sql_query": "SELECT 1", "extra": 1}, "/extra", "unknown_attribute"),
+        ({"sql_query": "SELECT 1 -- " + "x" * 100_000}, "/sql_query", "too_long"),
+    ],
+)
+def test_bad_run_bodies_are_422_and_create_nothing(api, body, pointer, code):
+    org = api.create_org()
+    response = _run(api, org.key, org.sample_datasource_id, body)
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert (error["code"], error["source"]["pointer"]) == (code, pointer)
+    with api.app.state.sessions() as session:
+        assert session.query(Execution).filter_by(execution_type="sql_query").count() == 0
+
+
+def test_run_execution_needs_json_content_type(api):
+    org = api.create_org()
+    response = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=b'{"sql_query": "SELECT 1"}',
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "text/plain"},
+    )
+    assert response.status_code == 415
+
+
+def test_malformed_json_is_400(api):
+    org = api.create_org()
+    response = _run(api, org.key, org.sample_datasource_id, b"{nope")
+    assert response.status_code == 400
+
+
+def test_idempotency_key_returns_the_same_execution_or_422(api):
+    org = api.create_org()
+    body = {"sql_query": "SELECT 42"}
+    first = _run(api, org.key, org.sample_datasource_id, body, {"Idempotency-Key": "abc"})
+    again = _run(api, org.key, org.sample_datasource_id, body, {"Idempotency-Key": "abc"})
+    assert first.json()["data"]["id"] == again.json()["data"]["id"]
+    different = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 43"}, {"Idempotency-Key": "abc"})
+    assert different.status_code == 422
+    assert different.json()["errors"][0]["code"] == "idempotency_key_reused"
+    other = _run(api, org.key, org.sample_datasource_id, body, {"Idempotency-Key": "xyz"})
+    assert other.json()["data"]["id"] != first.json()["data"]["id"]
+
+
+@pytest.mark.parametrize(
+    ("permissions", "status"),
+    [
+        ([Permission.VIEW_DATASOURCES], 403),
+        ([Permission.VIEW_DASHBOARDS], 403),
+        ([Permission.MANAGE_DASHBOARDS], 200),
+        ([Permission.MANAGE_ALERTS], 200),
+        ([Permission.MANAGE_DATASOURCES], 200),
+    ],
+)
+def test_run_execution_permissions(api, permissions, status):
+    org = api.create_org()
+    key = api.create_key(org, permissions)
+    assert _run(api, key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).status_code == status
+
+
+def test_foreign_or_out_of_scope_execution_is_404_like_a_random_id(api):
+    mine, theirs = api.create_org("Mine"), api.create_org("Theirs")
+    theirs_execution = _run(api, theirs.key, theirs.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    other_ds = api.create_datasource(mine.key)
+    mine_execution = _run(api, mine.key, other_ds["id"], {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    restricted = api.create_key(mine, [Permission.MANAGE_DASHBOARDS], [mine.sample_datasource_id])
+    for key, execution_id in ((mine.key, theirs_execution), (restricted, mine_execution)):
+        for suffix in ("", "/data"):
+            response = api.get(f"/executions/{execution_id}{suffix}", key)
+            random = api.get(f"/executions/{uuid.uuid4()}{suffix}", key)
+            assert response.status_code == 404
+            assert response.content == random.content
+    assert _run(api, restricted, other_ds["id"], {"sql_query": "SELECT 1"}).status_code == 404
+    assert api.get("/executions/not-a-uuid", mine.key).status_code == 404
+
+
+def test_data_is_204_until_completed_and_after_failure(api):
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    response = api.get(f"/executions/{execution_id}/data", org.key)
+    assert response.status_code == 204 and response.content == b""
+    with api.app.state.sessions.begin() as session:
+        session.execute(update(Execution).where(Execution.id == execution_id).values(status="failed", error_code="syntax_error", error_message="bad"))
+    assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
+    shown = api.get(f"/executions/{execution_id}", org.key).json()["data"]["attributes"]
+    assert (shown["error_code"], shown["error_message"]) == ("syntax_error", "bad")
+
+
+@pytest.mark.parametrize("wait", ["31", "-1", "abc"])
+def test_wait_is_bounded(api, wait):
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    response = api.get(f"/executions/{execution_id}?wait={wait}", org.key)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["source"] == {"parameter": "wait"}
+
+
+def test_wait_returns_after_the_timeout_when_nothing_changes(api):
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    response = api.get(f"/executions/{execution_id}?wait=0.3", org.key)
+    assert response.json()["data"]["attributes"]["execution_status"] == "starting"
+
+
+def test_cancel_before_start_and_purge(api):
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    cancelled = api.client.post(f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"})
+    assert cancelled.status_code == 200
+    assert cancelled.json()["data"]["attributes"]["execution_status"] == "cancelled"
+    again = api.client.post(f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"})
+    assert again.status_code == 409
+    assert api.delete(f"/executions/{execution_id}", org.key).status_code == 204
+
+
+def test_disabled_datasource_refuses_executions(api):
+    org = api.create_org()
+    ds = api.create_datasource(org.key, enabled=False)
+    response = _run(api, org.key, ds["id"], {"sql_query": "SELECT 1"})
+    assert response.status_code == 409
+    assert response.json()["errors"][0]["code"] == "datasource_disabled"
+
+
+def test_schema_before_any_refresh_is_409(api):
+    org = api.create_org()
+    response = api.get(f"/datasources/{org.sample_datasource_id}/schema", org.key)
+    assert response.status_code == 409
+    assert response.json()["errors"][0]["code"] == "schema_not_available"
+
+
+def test_refresh_returns_an_execution_id(api):
+    org = api.create_org()
+    response = api.client.post(f"/datasources/{org.sample_datasource_id}/refresh", headers={"Authorization": f"Api {org.key}"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    execution_id = response.json()["execution_id"]
+    shown = api.get(f"/executions/{execution_id}", org.key).json()["data"]["attributes"]
+    assert shown["execution_type"] == "datasource_refresh"
+
+
+def test_jwks_publishes_only_public_keys(api):
+    document = api.client.get("/.well-known/jwks.json").json()
+    (key,) = document["keys"]
+    assert (key["kty"], key["crv"], key["alg"]) == ("OKP", "Ed25519", "EdDSA")
+    assert "d" not in key
