@@ -33,5 +33,8 @@ format: install
 
 check: lint test
 
+bench: install
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import uvicorn
 
-from data_server.app import create_app
+from data_server.app import create_app, start_workers, stop_workers
 from data_server.sample import ensure_sample_database
-from shared.db.engine import create_metadata_engine
+from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.errors import ConfigurationError
 from shared.logging import configure_logging
+from shared.results import open_result_store
 from shared.settings import Settings
 
 
@@ -24,7 +27,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         data_host=args.host or settings.data_host, data_port=args.port or settings.data_port
     )
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, run_workers=not args.no_workers),
         host=settings.data_host,
         port=settings.data_port,
         access_log=False,
@@ -33,13 +36,30 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_work(settings: Settings, args: argparse.Namespace) -> None:
+    upgrade_to_head(create_metadata_engine(settings.database_url))
+    ensure_sample_database(settings.state_dir, settings.sample_scale)
+    engine = create_metadata_engine(settings.database_url)
+    worker = start_workers(settings, create_session_factory(engine), open_result_store(settings))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    stop_workers(worker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the data server under uvicorn")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--no-workers", action="store_true", help="serve data only, run no executions"
+    )
     serve.set_defaults(run=cmd_serve)
+    work = commands.add_parser("work", help="run execution workers only, without HTTP")
+    work.set_defaults(run=cmd_work)
     return parser
 
 

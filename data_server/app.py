@@ -1,4 +1,5 @@
-"""``create_app(settings)``: the data server as an ASGI app (data endpoints arrive with executions)."""
+"""``create_app(settings)``: the data server as an ASGI app; with ``run_workers`` it also runs the
+execution workers (and their sandbox pool) for as long as the app lives."""
 
 from __future__ import annotations
 
@@ -6,22 +7,35 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 
+from data_server.auth import PublicKeyring
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
+from shared.results import open_result_store
 from shared.settings import Settings
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     engine = create_metadata_engine(settings.database_url)
+    sessions = create_session_factory(engine)
+    store = open_result_store(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        worker = None
+        if run_workers:
+            worker = await run_in_threadpool(start_workers, settings, sessions, store)
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await run_in_threadpool(stop_workers, worker)
+            engine.dispose()
 
     app = Starlette(
         routes=routes,
@@ -30,5 +44,22 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.sessions = create_session_factory(engine)
+    app.state.sessions = sessions
+    app.state.result_store = store
+    app.state.keyring = PublicKeyring(settings)
     return app
+
+
+def start_workers(settings: Settings, sessions, store):  # type: ignore[no-untyped-def]
+    from data_server.sandbox_pool import SandboxPool
+    from data_server.worker import Worker
+
+    pool = SandboxPool(settings.worker_processes)
+    worker = Worker(settings, sessions, store, pool)
+    worker.start()
+    return worker
+
+
+def stop_workers(worker) -> None:  # type: ignore[no-untyped-def]
+    worker.stop()
+    worker.pool.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from data_server import endpoints
 from data_server.sample import sample_database_path
 from shared.errors import ServiceUnavailable
 from shared.health import database_answers, health_routes
+from shared.routing import resource_route
 from shared.settings import Settings
 
 
@@ -16,6 +18,23 @@ def sample_is_generated(request: Request) -> None:
         raise ServiceUnavailable("the sample datasource has not been generated yet")
 
 
+def result_store_works(request: Request) -> None:
+    request.app.state.result_store.check()
+
+
+def public_keys_loaded(request: Request) -> None:
+    if len(request.app.state.keyring) == 0:
+        request.app.state.keyring.reload()
+        if len(request.app.state.keyring) == 0:
+            raise ServiceUnavailable("no public key to verify data tokens with")
+
+
 routes = [
-    *health_routes(("database", database_answers), ("sample_datasource", sample_is_generated)),
+    *health_routes(
+        ("database", database_answers),
+        ("result_store", result_store_works),
+        ("public_keys", public_keys_loaded),
+        ("sample_datasource", sample_is_generated),
+    ),
+    resource_route("/data/{data_key}", GET=endpoints.fetch_data),
 ]

@@ -78,7 +78,7 @@ def banner(env: dict[str, str], credentials: dict[str, str]) -> str:
         f"demo organisation: {credentials['organization_id']}\n"
         f"API key (keep it secret): {credentials['api_key']}\n\n"
         "Try it:\n"
-        f"  export API={api} KEY={credentials['api_key']}\n"
+        f"  export API={api} DATA={data} KEY={credentials['api_key']}\n"
         '  curl -s -H "Authorization: Api $KEY" $API/datasources\n\n'
         "README.md walks through the whole API. Press Ctrl-C to stop both servers.\n"
     )

@@ -81,7 +81,7 @@ class LocalResultStore:
 
     def open(self, key: str) -> pa.NativeFile:
         try:
-            return pa.memory_map(str(self._path(key)), "r")
+            return pa.OSFile(str(self._path(key)), "rb")  # read per batch: RSS stays flat
         except FileNotFoundError:
             raise ResultGone("This result is no longer available.") from None
 

@@ -62,6 +62,30 @@ class Region:
     def log(self) -> str:
         return (self.cwd / "servers.log").read_text(errors="replace")
 
+    @property
+    def data_server(self) -> subprocess.Popen[bytes]:
+        return self.processes[1]
+
+    def restart_data_server(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the data server (SIGKILL by default: no clean hand-back) and start a new one."""
+        old = self.data_server
+        old.send_signal(sig)
+        old.wait(timeout=30)
+        with open(self.cwd / "servers.log", "ab") as log:
+            self.processes[1] = subprocess.Popen(
+                [sys.executable, "-m", "data_server", "serve"],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=log,
+            )
+        _wait_ready(self.data_url, self)
+
+    def sandbox_children(self) -> list[int]:
+        """Pids of the data server's sandbox child processes."""
+        children = Path(f"/proc/{self.data_server.pid}/task/{self.data_server.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
 
 @contextmanager
 def running_region(cwd: Path, extra_env: dict[str, str] | None = None) -> Iterator[Region]:

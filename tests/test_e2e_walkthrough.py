@@ -17,7 +17,7 @@ def walkthrough_blocks() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## API walkthrough", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
-    # The first block is the export line with the placeholder key; the test sets API and KEY.
+    # The first block is the export line with the placeholder key; the test sets API, DATA, KEY.
     return [block for block in blocks if "dfk_…" not in block]
 
 
@@ -31,13 +31,21 @@ def test_readme_walkthrough_runs_verbatim(region):
     blocks = walkthrough_blocks()
     assert len(blocks) >= 5
     credentials = region.create_organization()
-    env = {**region.env, "API": region.api_url, "KEY": credentials["api_key"]}
+    env = {
+        **region.env,
+        "API": region.api_url,
+        "DATA": region.data_url,
+        "KEY": credentials["api_key"],
+    }
     script = "set -euo pipefail\n" + "\n".join(blocks)
     result = subprocess.run(
         ["bash", "-c", script], env=env, cwd=region.cwd, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert "created datasource" in result.stdout
+    assert '"execution_status":"completed"' in result.stdout
+    assert '"rows":[[1,' in result.stdout  # the JSON fetch of the query's rows
+    assert '"order_id","amount"' in result.stdout  # the CSV fetch
     assert "path_outside_data_root" in result.stdout
     assert credentials["api_key"] not in region.log()
 

@@ -26,7 +26,9 @@ def _run(api, key, datasource_id, body, headers=None):
 
 def test_run_execution_answers_200_with_the_cluvio_resource(api):
     org = api.create_org()
-    response = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1", "parameters": {}})
+    response = _run(
+        api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1", "parameters": {}}
+    )
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert data["type"] == "executions"
@@ -34,7 +36,15 @@ def test_run_execution_answers_200_with_the_cluvio_resource(api):
     assert uuid.UUID(attributes["execution_id"]) and data["id"] == attributes["execution_id"]
     assert attributes["execution_type"] == "sql_query"
     assert attributes["execution_status"] == "starting"
-    for name in ("result_columns", "result_rows", "result_size", "created_at", "updated_at", "started_at", "completed_at"):
+    for name in (
+        "result_columns",
+        "result_rows",
+        "result_size",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+    ):
         assert name in attributes
     assert "error_code" not in attributes
 
@@ -42,7 +52,11 @@ def test_run_execution_answers_200_with_the_cluvio_resource(api):
 @pytest.mark.parametrize(
     ("body", "pointer", "code"),
     [
-        ({"sql_query": "SELECT 1", "r_query": "summary(sql.data)"}, "/r_query", "r_query_not_supported"),
+        (
+            {"sql_query": "SELECT 1", "r_query": "summary(sql.data)"},
+            "/r_query",
+            "r_query_not_supported",
+        ),
         ({"sql_query": ""}, "/sql_query", "invalid_sql_query"),
         ({"sql_query": 5}, "/sql_query", "invalid_sql_query"),
         ({}, "/sql_query", "invalid_sql_query"),
@@ -83,7 +97,13 @@ def test_idempotency_key_returns_the_same_execution_or_422(api):
     first = _run(api, org.key, org.sample_datasource_id, body, {"Idempotency-Key": "abc"})
     again = _run(api, org.key, org.sample_datasource_id, body, {"Idempotency-Key": "abc"})
     assert first.json()["data"]["id"] == again.json()["data"]["id"]
-    different = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 43"}, {"Idempotency-Key": "abc"})
+    different = _run(
+        api,
+        org.key,
+        org.sample_datasource_id,
+        {"sql_query": "SELECT 43"},
+        {"Idempotency-Key": "abc"},
+    )
     assert different.status_code == 422
     assert different.json()["errors"][0]["code"] == "idempotency_key_reused"
     other = _run(api, org.key, org.sample_datasource_id, body, {"Idempotency-Key": "xyz"})
@@ -108,9 +128,13 @@ def test_run_execution_permissions(api, permissions, status):
 
 def test_foreign_or_out_of_scope_execution_is_404_like_a_random_id(api):
     mine, theirs = api.create_org("Mine"), api.create_org("Theirs")
-    theirs_execution = _run(api, theirs.key, theirs.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    theirs_execution = _run(
+        api, theirs.key, theirs.sample_datasource_id, {"sql_query": "SELECT 1"}
+    ).json()["data"]["id"]
     other_ds = api.create_datasource(mine.key)
-    mine_execution = _run(api, mine.key, other_ds["id"], {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    mine_execution = _run(api, mine.key, other_ds["id"], {"sql_query": "SELECT 1"}).json()["data"][
+        "id"
+    ]
     restricted = api.create_key(mine, [Permission.MANAGE_DASHBOARDS], [mine.sample_datasource_id])
     for key, execution_id in ((mine.key, theirs_execution), (restricted, mine_execution)):
         for suffix in ("", "/data"):
@@ -124,11 +148,17 @@ def test_foreign_or_out_of_scope_execution_is_404_like_a_random_id(api):
 
 def test_data_is_204_until_completed_and_after_failure(api):
     org = api.create_org()
-    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
     response = api.get(f"/executions/{execution_id}/data", org.key)
     assert response.status_code == 204 and response.content == b""
     with api.app.state.sessions.begin() as session:
-        session.execute(update(Execution).where(Execution.id == execution_id).values(status="failed", error_code="syntax_error", error_message="bad"))
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(status="failed", error_code="syntax_error", error_message="bad")
+        )
     assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
     shown = api.get(f"/executions/{execution_id}", org.key).json()["data"]["attributes"]
     assert (shown["error_code"], shown["error_message"]) == ("syntax_error", "bad")
@@ -137,7 +167,9 @@ def test_data_is_204_until_completed_and_after_failure(api):
 @pytest.mark.parametrize("wait", ["31", "-1", "abc"])
 def test_wait_is_bounded(api, wait):
     org = api.create_org()
-    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
     response = api.get(f"/executions/{execution_id}?wait={wait}", org.key)
     assert response.status_code == 400
     assert response.json()["errors"][0]["source"] == {"parameter": "wait"}
@@ -145,18 +177,26 @@ def test_wait_is_bounded(api, wait):
 
 def test_wait_returns_after_the_timeout_when_nothing_changes(api):
     org = api.create_org()
-    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
     response = api.get(f"/executions/{execution_id}?wait=0.3", org.key)
     assert response.json()["data"]["attributes"]["execution_status"] == "starting"
 
 
 def test_cancel_before_start_and_purge(api):
     org = api.create_org()
-    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()["data"]["id"]
-    cancelled = api.client.post(f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"})
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
+    cancelled = api.client.post(
+        f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"}
+    )
     assert cancelled.status_code == 200
     assert cancelled.json()["data"]["attributes"]["execution_status"] == "cancelled"
-    again = api.client.post(f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"})
+    again = api.client.post(
+        f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"}
+    )
     assert again.status_code == 409
     assert api.delete(f"/executions/{execution_id}", org.key).status_code == 204
 
@@ -178,7 +218,10 @@ def test_schema_before_any_refresh_is_409(api):
 
 def test_refresh_returns_an_execution_id(api):
     org = api.create_org()
-    response = api.client.post(f"/datasources/{org.sample_datasource_id}/refresh", headers={"Authorization": f"Api {org.key}"})
+    response = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/refresh",
+        headers={"Authorization": f"Api {org.key}"},
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     execution_id = response.json()["execution_id"]

@@ -23,10 +23,14 @@ def _queue_sql(api, org, n=1, datasource_id=None):
     ids = []
     with api.app.state.sessions.begin() as session:
         # Organisation creation queued a refresh of the sample datasource: take it out of the way.
-        session.execute(update(Execution).where(Execution.status == "starting").values(status="completed"))
+        session.execute(
+            update(Execution).where(Execution.status == "starting").values(status="completed")
+        )
         datasource = session.get(Datasource, datasource_id or org.sample_datasource_id)
         for _ in range(n):
-            execution = executions.create_system_execution(session, datasource, executions.SQL_QUERY)
+            execution = executions.create_system_execution(
+                session, datasource, executions.SQL_QUERY
+            )
             ids.append(execution.id)
     return ids
 
@@ -79,10 +83,14 @@ def test_late_writer_is_fenced_off_after_its_lease_was_reaped(api, org):
     assert fresh.attempt == stale.attempt + 1
     assert not queue.renew_lease(sessions, stale, settings).held
     with sessions.begin() as session:
-        assert not queue.complete(session, stale, rows=1, columns=1, size=1, truncated=False, data_key="r_stale")
+        assert not queue.complete(
+            session, stale, rows=1, columns=1, size=1, truncated=False, data_key="r_stale"
+        )
     assert not queue.finish_unsuccessfully(sessions, stale, "execution_error", "late")
     with sessions.begin() as session:
-        assert queue.complete(session, fresh, rows=2, columns=1, size=9, truncated=False, data_key="r_fresh")
+        assert queue.complete(
+            session, fresh, rows=2, columns=1, size=9, truncated=False, data_key="r_fresh"
+        )
     with sessions() as session:
         row = session.get(Execution, execution_id)
         assert (row.status, row.data_key, row.result_rows) == ("completed", "r_fresh", 2)
@@ -95,7 +103,9 @@ def test_reaper_fails_after_max_attempts(api, org):
     for _ in range(2):
         assert queue.claim_next(sessions, "dies", settings) is not None
         with sessions.begin() as session:
-            session.execute(update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+            session.execute(
+                update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            )
         queue.reap_expired_leases(sessions, settings)
     with sessions() as session:
         row = session.get(Execution, execution_id)

@@ -1,0 +1,82 @@
+"""``Authorization: Data <token>`` → DataGrant, decided before any storage is touched.
+
+The data server holds public keys only. It reads them from the region's key directory, or from
+the API server's JWKS document when ``DATAFERRY_JWKS_URL`` is set; an unknown ``kid`` triggers at
+most one reload per interval, so a newly published key is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from starlette.requests import Request
+
+from shared.settings import Settings
+from shared.tokens import (
+    DataGrant,
+    invalid_token,
+    load_public_keys,
+    public_keys_from_jwks,
+    scope_of_data_key,
+    verify_data_token,
+)
+
+logger = logging.getLogger(__name__)
+RELOAD_INTERVAL_SECONDS = 10.0
+
+
+class PublicKeyring:
+    """The region's public keys by ``kid``, reloaded lazily when an unknown kid shows up."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._loaded_at = float("-inf")
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            keys = self._fetch()
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot load public keys: %s", exc)
+            return
+        with self._lock:
+            self._keys = keys
+            self._loaded_at = time.monotonic()
+
+    def _fetch(self) -> dict[str, Ed25519PublicKey]:
+        url = self._settings.jwks_url
+        if not url:
+            return load_public_keys(self._settings)
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("DATAFERRY_JWKS_URL must be an http(s) URL")
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - scheme checked above
+            return public_keys_from_jwks(json.loads(response.read()))
+
+    def get(self, kid: str) -> Ed25519PublicKey | None:
+        key = self._keys.get(kid)
+        if key is None and time.monotonic() - self._loaded_at > RELOAD_INTERVAL_SECONDS:
+            self.reload()
+            key = self._keys.get(kid)
+        return key
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def authorize_data_request(request: Request, data_key: str) -> DataGrant:
+    """One 401 for every kind of bad token; the data key's prefix says which scope is asked."""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    scope = scope_of_data_key(data_key)
+    if scheme.lower() != "data" or not token.strip() or scope is None:
+        raise invalid_token()
+    state = request.app.state
+    return verify_data_token(
+        token.strip(), state.keyring, state.settings, data_key=data_key, scope=scope
+    )

@@ -1,0 +1,398 @@
+"""One stored Arrow IPC file, served as Arrow, JSON, NDJSON, CSV or Parquet, a batch at a time.
+
+Memory stays bounded by one record batch whatever the result size: batches are read from the file
+one by one, encoded and handed on. The JSON mapping is lossless (docs/result-formats.md): integers
+stay exact numbers, decimals become strings with their scale, NaN and infinities become strings,
+times are ISO 8601, blobs base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from shared.errors import InvalidQueryParameter, NotAcceptable
+
+CHUNK_BYTES = 256 * 1024
+MAX_ROW_WINDOW = 2**63 - 1
+
+
+class ResultFormat(enum.Enum):
+    #        ?format=   media type                              extension
+    ARROW = ("arrow", "application/vnd.apache.arrow.stream", "arrows")
+    JSON = ("json", "application/json", "json")
+    NDJSON = ("ndjson", "application/x-ndjson", "ndjson")
+    CSV = ("csv", "text/csv", "csv")
+    PARQUET = ("parquet", "application/vnd.apache.parquet", "parquet")
+
+    @property
+    def name_in_query(self) -> str:
+        return self.value[0]
+
+    @property
+    def media_type(self) -> str:
+        return self.value[1]
+
+    @property
+    def extension(self) -> str:
+        return self.value[2]
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.media_type}; charset=utf-8" if self is ResultFormat.CSV else self.media_type
+
+
+_BY_QUERY_NAME = {fmt.name_in_query: fmt for fmt in ResultFormat}
+_BY_MEDIA_TYPE = {fmt.media_type: fmt for fmt in ResultFormat} | {
+    "application/ndjson": ResultFormat.NDJSON,
+    "application/jsonl": ResultFormat.NDJSON,
+}
+# What a wildcard picks, best first: JSON is the default.
+_PREFERENCE = [ResultFormat.JSON, ResultFormat.NDJSON, ResultFormat.CSV, ResultFormat.ARROW]
+_PREFERENCE.append(ResultFormat.PARQUET)
+
+
+# ---------------------------------------------------------------------------- negotiation
+
+
+def _media_ranges(accept: str | None) -> list[tuple[str, float, int]]:
+    """``(media range, q, position)`` for each entry of an Accept header."""
+    ranges = []
+    for position, entry in enumerate((accept or "").split(",")):
+        media, *params = (part.strip() for part in entry.split(";"))
+        if not media:
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = min(1.0, max(0.0, float(value)))
+                except ValueError:
+                    quality = 0.0
+        ranges.append((media.lower(), quality, position))
+    return ranges
+
+
+def _matches(media_range: str, media_type: str) -> bool:
+    if media_range in ("*/*", media_type):
+        return True
+    kind, _, subtype = media_range.partition("/")
+    return subtype == "*" and media_type.startswith(kind + "/")
+
+
+def _quality(ranges: list[tuple[str, float, int]], media_type: str) -> tuple[float, int] | None:
+    """The q of the most specific range naming ``media_type`` (RFC 9110 §12.5.1)."""
+    best: tuple[int, float, int] | None = None
+    for media_range, quality, position in ranges:
+        if _matches(media_range, media_type):
+            specificity = 0 if media_range == "*/*" else 1 if media_range.endswith("/*") else 2
+            if best is None or specificity > best[0]:
+                best = (specificity, quality, position)
+    return None if best is None else (best[1], best[2])
+
+
+def negotiate(accept: str | None, format_param: str | None) -> ResultFormat:
+    """``?format=`` wins; otherwise the best acceptable type of Accept; no Accept means JSON."""
+    if format_param is not None:
+        fmt = _BY_QUERY_NAME.get(format_param.strip().lower())
+        if fmt is None:
+            allowed = ", ".join(_BY_QUERY_NAME)
+            raise InvalidQueryParameter(
+                f"Unknown format {format_param!r}; use one of {allowed}.", parameter="format"
+            )
+        return fmt
+    ranges = _media_ranges(accept)
+    if not ranges:
+        return ResultFormat.JSON
+    candidates = []
+    for media_type, fmt in _BY_MEDIA_TYPE.items():
+        found = _quality(ranges, media_type)
+        if found and found[0] > 0:
+            candidates.append((-found[0], found[1], _PREFERENCE.index(fmt), fmt))
+    if not candidates:
+        supported = ", ".join(fmt.media_type for fmt in ResultFormat)
+        raise NotAcceptable(f"Results can be served as {supported}.")
+    return min(candidates, key=lambda c: c[:3])[3]
+
+
+def accepts_json(accept: str | None) -> bool:
+    ranges = _media_ranges(accept)
+    found = _quality(ranges, "application/json")
+    return not ranges or bool(found and found[0] > 0)
+
+
+def parse_row_window(offset: str | None, limit: str | None) -> tuple[int, int | None]:
+    """``?offset=&limit=`` as non-negative integers; a missing limit means every row."""
+    return _row_count(offset, "offset") or 0, _row_count(limit, "limit")
+
+
+def _row_count(raw: str | None, name: str) -> int | None:
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_ROW_WINDOW:
+        raise InvalidQueryParameter(
+            f"{name} must be a non-negative integer, not {raw[:40]!r}.", parameter=name
+        )
+    return int(text)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _batches(
+    reader: pa.ipc.RecordBatchFileReader, offset: int, limit: int | None
+) -> Iterator[pa.RecordBatch]:
+    """The batches holding rows ``[offset, offset + limit)``, edge batches sliced."""
+    remaining = limit
+    skip = offset
+    for index in range(reader.num_record_batches):
+        if remaining is not None and remaining <= 0:
+            return
+        batch = reader.get_batch(index)
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        if skip or (remaining is not None and remaining < batch.num_rows - skip):
+            batch = batch.slice(skip, remaining)
+        skip = 0
+        if remaining is not None:
+            remaining -= batch.num_rows
+        if batch.num_rows:
+            yield batch
+
+
+def encode_result(
+    source: pa.NativeFile, fmt: ResultFormat, offset: int = 0, limit: int | None = None
+) -> Iterator[bytes]:
+    """Encoded chunks of the result; opening the file happens on the first ``next()``."""
+    reader = pa.ipc.open_file(source)
+    batches = _batches(reader, offset, limit)
+    encoder = _ENCODERS[fmt]
+    yield from _coalesce(encoder(reader.schema, batches))
+
+
+def _coalesce(chunks: Iterator[bytes | pa.Buffer]) -> Iterator[bytes]:
+    """Fewer, larger writes: small encoded pieces are gathered up to ``CHUNK_BYTES``."""
+    pending: list[bytes | pa.Buffer] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= CHUNK_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    yield b"".join(pending)
+
+
+class _Sink:
+    """A write-only file object whose writes are collected and drained by the generator."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> list[bytes]:
+        parts, self.parts = self.parts, []
+        return parts
+
+
+# ---------------------------------------------------------------------------- Arrow, Parquet, CSV
+
+
+def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    sink = _Sink()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            yield from sink.drain()
+    yield from sink.drain()
+
+
+def _parquet(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    sink = _Sink()
+    target = _parquet_schema(schema)
+    with pq.ParquetWriter(sink, target, compression="zstd") as writer:
+        for batch in batches:
+            writer.write_batch(_conform(batch, target))
+            yield from sink.drain()
+    yield from sink.drain()
+
+
+def _parquet_schema(schema: pa.Schema) -> pa.Schema:
+    """Parquet has no month-day-nano interval: such columns travel as their JSON text."""
+    return pa.schema(
+        [field.with_type(pa.string()) if _has_interval(field.type) else field for field in schema]
+    )
+
+
+def _has_interval(data_type: pa.DataType) -> bool:
+    if pa.types.is_interval(data_type):
+        return True
+    return any(_has_interval(data_type.field(i).type) for i in range(data_type.num_fields))
+
+
+def _csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    target = pa.schema([field.with_type(_csv_type(field.type)) for field in schema])
+    sink = _Sink()
+    with pa_csv.CSVWriter(sink, target) as writer:
+        yield from sink.drain()
+        for batch in batches:
+            writer.write_batch(_conform(batch, target))
+            yield from sink.drain()
+    yield from sink.drain()
+
+
+def _csv_type(data_type: pa.DataType) -> pa.DataType:
+    """CSV cells are text: nested values, blobs and intervals become their JSON text."""
+    if (
+        pa.types.is_nested(data_type)
+        or pa.types.is_binary(data_type)
+        or pa.types.is_large_binary(data_type)
+        or pa.types.is_fixed_size_binary(data_type)
+        or pa.types.is_interval(data_type)
+        or pa.types.is_duration(data_type)
+    ):
+        return pa.string()
+    return data_type
+
+
+def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """Columns whose target type is text but whose data is not: their JSON text, or their string."""
+    if batch.schema.equals(target):
+        return batch
+    columns = []
+    for column, field in zip(batch.columns, target, strict=True):
+        if column.type.equals(field.type):
+            columns.append(column)
+        elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            columns.append(pa.array(_json_values(column), pa.string()))
+        else:
+            texts = [None if v is None else orjson.dumps(v).decode() for v in _json_values(column)]
+            columns.append(pa.array(texts, pa.string()))
+    return pa.RecordBatch.from_arrays(columns, schema=target)
+
+
+# ---------------------------------------------------------------------------- JSON and NDJSON
+
+
+def _json(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    columns = [{"name": field.name, "type": str(field.type)} for field in schema]
+    yield b'{"columns":' + orjson.dumps(columns) + b',"rows":['
+    count = 0
+    for batch in batches:
+        rows = orjson.dumps(list(zip(*map(_json_values, batch.columns), strict=True)))
+        yield (b"," if count else b"") + rows[1:-1]
+        count += batch.num_rows
+    yield b'],"row_count":' + str(count).encode() + b"}"
+
+
+def _ndjson(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    names = schema.names
+    for batch in batches:
+        values = zip(*map(_json_values, batch.columns), strict=True)
+        yield b"".join(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n" for row in values)
+
+
+def _json_values(column: pa.Array) -> list[Any]:
+    """A column as JSON-ready Python values, vectorised where the type allows."""
+    data_type = column.type
+    if pa.types.is_dictionary(data_type):
+        return _json_values(column.dictionary_decode())
+    if (
+        pa.types.is_integer(data_type)
+        or pa.types.is_boolean(data_type)
+        or pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_null(data_type)
+    ):
+        return column.to_pylist()
+    if pa.types.is_floating(data_type):
+        values = column.to_pylist()
+        if pc.any(pc.invert(pc.is_finite(column))).as_py():
+            return [_float(v) for v in values]
+        return values
+    if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
+        return pc.cast(column, pa.string()).to_pylist()
+    if pa.types.is_time(data_type):
+        return pc.cast(column, pa.string()).to_pylist()
+    if pa.types.is_timestamp(data_type):
+        return _timestamps(column)
+    return [_plain(value) for value in column.to_pylist()]
+
+
+def _timestamps(column: pa.Array) -> list[str | None]:
+    """ISO 8601 at the column's precision; zoned values in UTC with ``+00:00``."""
+    data_type = column.type
+    if data_type.tz is None:
+        return pc.strftime(column, "%Y-%m-%dT%H:%M:%S").to_pylist()
+    naive = column.cast(pa.timestamp(data_type.unit))  # the UTC wall clock
+    texts = pc.binary_join_element_wise(pc.strftime(naive, "%Y-%m-%dT%H:%M:%S"), "+00:00", "")
+    return texts.to_pylist()
+
+
+def _float(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _plain(value: Any) -> Any:
+    """Nested and rare values, one at a time, by the same mapping as the vectorised path."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "+00:00"
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return {"days": value.days, "seconds": value.seconds, "microseconds": value.microseconds}
+    if isinstance(value, pa.MonthDayNano):
+        return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return str(value)
+
+
+_ENCODERS: dict[ResultFormat, Callable[[pa.Schema, Iterator[pa.RecordBatch]], Iterator[Any]]] = {
+    ResultFormat.ARROW: _arrow,
+    ResultFormat.JSON: _json,
+    ResultFormat.NDJSON: _ndjson,
+    ResultFormat.CSV: _csv,
+    ResultFormat.PARQUET: _parquet,
+}

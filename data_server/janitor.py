@@ -1,0 +1,97 @@
+"""Retention: results are deleted once expired, executions once invisible. Idempotent; safe to run
+on every data server at once (deleting a deleted object is a no-op)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import Execution, utcnow
+from shared.results import LocalResultStore, result_object_key
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = ("completed", "failed", "cancelled")
+STALE_SCRATCH_SECONDS = 24 * 3600
+_BATCH = 500
+
+
+def sweep(sessions: sessionmaker[Session], store: LocalResultStore, settings: Settings) -> None:
+    expired_results = purge_expired_results(sessions, store, settings)
+    deleted_executions = delete_expired_executions(sessions, store, settings)
+    removed_scratch = remove_stale_scratch(store)
+    if expired_results or deleted_executions or removed_scratch:
+        logger.info(
+            "janitor results=%d executions=%d scratch=%d",
+            expired_results,
+            deleted_executions,
+            removed_scratch,
+        )
+
+
+def purge_expired_results(
+    sessions: sessionmaker[Session], store: LocalResultStore, settings: Settings
+) -> int:
+    cutoff = utcnow() - timedelta(hours=settings.result_retention_hours)
+    with sessions() as session:
+        rows = session.execute(
+            select(Execution.id, Execution.data_key)
+            .where(
+                Execution.data_key.is_not(None),
+                Execution.data_purged_at.is_(None),
+                Execution.completed_at < cutoff,
+            )
+            .limit(_BATCH)
+        ).all()
+    for execution_id, data_key in rows:
+        store.delete(result_object_key(data_key))  # first the object, then the row: never a row
+        with sessions.begin() as session:  # pointing at nothing that still claims to exist
+            session.execute(
+                update(Execution)
+                .where(Execution.id == execution_id)
+                .values(data_purged_at=utcnow())
+            )
+    return len(rows)
+
+
+def delete_expired_executions(
+    sessions: sessionmaker[Session], store: LocalResultStore, settings: Settings
+) -> int:
+    cutoff = utcnow() - timedelta(hours=settings.execution_retention_hours)
+    with sessions() as session:
+        rows = session.execute(
+            select(Execution.id, Execution.data_key)
+            .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL))
+            .limit(_BATCH)
+        ).all()
+    for _, data_key in rows:
+        if data_key:
+            store.delete(result_object_key(data_key))
+    if rows:
+        with sessions.begin() as session:
+            session.execute(delete(Execution).where(Execution.id.in_([r[0] for r in rows])))
+    return len(rows)
+
+
+def remove_stale_scratch(store: LocalResultStore) -> int:
+    """Scratch files of crashed attempts; a live attempt renews nothing here, so be generous."""
+    removed = 0
+    cutoff = time.time() - STALE_SCRATCH_SECONDS
+    for path in (store.root / "tmp").iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                if path.is_dir():
+                    import shutil
+
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -1,0 +1,70 @@
+"""The sandbox child: runs one engine call at a time for the pool, over two pipes.
+
+Started by ``sandbox_pool`` as ``python -m data_server.sandbox_child READ_FD WRITE_FD``. Requests
+and replies are length-prefixed JSON frames (never pickle: the parent must not unpickle what a
+process running tenant SQL wrote). The child exits when its parent goes away, so a killed data
+server leaves no query running behind it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from data_server import engine
+from data_server.framing import read_frame, write_frame
+
+
+def _limits(raw: dict[str, Any]) -> engine.Limits:
+    return engine.Limits(**raw)
+
+
+def _spec(raw: dict[str, Any]) -> engine.DatasourceSpec:
+    return engine.DatasourceSpec(**raw)
+
+
+def handle(request: dict[str, Any]) -> Any:
+    operation = request["op"]
+    if operation == "query":
+        job = dict(request["job"])
+        job["datasource"] = _spec(job["datasource"])
+        job["limits"] = _limits(job["limits"])
+        return asdict(engine.run_query(engine.QueryJob(**job)))
+    spec, limits, temp_dir = _spec(request["spec"]), _limits(request["limits"]), request["temp_dir"]
+    if operation == "schema":
+        return engine.schema_of(spec, limits, temp_dir)
+    if operation == "check":
+        engine.check_connection(spec, limits, temp_dir)
+        return None
+    raise ValueError(f"unknown operation {operation!r}")
+
+
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def main(read_fd: int, write_fd: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    while (request := read_frame(read_fd)) is not None:
+        try:
+            reply = {"ok": True, "value": handle(orjson.loads(request))}
+        except engine.QueryFailed as failure:
+            reply = {"ok": False, "code": failure.code, "message": failure.message}
+        except Exception as exc:  # report, stay alive for the next call
+            reply = {"ok": False, "code": "execution_error", "message": type(exc).__name__}
+        write_frame(write_fd, orjson.dumps(reply))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,253 @@
+"""A small pool of reusable sandbox child processes, and the watchdog that keeps them honest.
+
+Each call runs in a child (``data_server.sandbox_child``) that opens a fresh DuckDB instance for it.
+The child interrupts its own query at the time limit; the watchdog here kills it if that does not
+work within a grace period, if its memory grows past the limit, or if the caller cancels. A killed
+or crashed child is replaced, so one bad query costs one execution, never the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, QueryOutcome
+from data_server.framing import read_frame, write_frame
+
+logger = logging.getLogger(__name__)
+
+KILL_GRACE_SECONDS = 1.5
+WATCH_INTERVAL_SECONDS = 0.05
+# Python, DuckDB and Arrow themselves, on top of DuckDB's own memory limit.
+BASE_RSS_MB = 300
+_CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "TZ", "TMPDIR")
+
+
+class _Child:
+    """One sandbox process and the two pipes to it."""
+
+    def __init__(self) -> None:
+        to_child_read, self.to_child = os.pipe()
+        self.from_child, from_child_write = os.pipe()
+        environment = {key: os.environ[key] for key in _CHILD_ENVIRONMENT if key in os.environ}
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(
+                None, [str(Path(__file__).resolve().parent.parent), environment.get("PYTHONPATH")]
+            )
+        )
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "data_server.sandbox_child",
+                str(to_child_read),
+                str(from_child_write),
+            ],
+            pass_fds=(to_child_read, from_child_write),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env=environment,
+        )
+        os.close(to_child_read)
+        os.close(from_child_write)
+        self._pipes_open = True
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_mb(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as handle:
+                resident_pages = int(handle.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0.0
+        return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        """Idempotent: closing a descriptor twice could close one another thread just opened."""
+        if self._pipes_open:
+            self._pipes_open = False
+            os.close(self.to_child)
+            os.close(self.from_child)
+
+
+class SandboxPool:
+    """At most ``size`` children; ``run`` and friends are thread-safe and block for a free child."""
+
+    def __init__(self, size: int, scratch_root: str | None = None) -> None:
+        self.size = size
+        self.scratch_root = scratch_root
+        self._idle: list[_Child] = []
+        self._children = 0
+        self._closed = False
+        self._available = threading.Condition()
+        self._start_warm_up()
+
+    # ------------------------------------------------------------------ public operations
+
+    def run(self, job: QueryJob, cancel_event: threading.Event | None = None) -> QueryOutcome:
+        value = self._call({"op": "query", "job": asdict(job)}, job.limits, cancel_event)
+        return QueryOutcome(**value)
+
+    def schema_of(
+        self, spec: DatasourceSpec, limits: Limits, cancel_event: threading.Event | None = None
+    ) -> dict[str, Any]:
+        return self._call_with_scratch("schema", spec, limits, cancel_event)
+
+    def check_connection(
+        self, spec: DatasourceSpec, limits: Limits, cancel_event: threading.Event | None = None
+    ) -> None:
+        self._call_with_scratch("check", spec, limits, cancel_event)
+
+    def child_pids(self) -> list[int]:
+        with self._available:
+            return [child.pid for child in self._idle]
+
+    def close(self) -> None:
+        """Stop every idle child; busy ones are killed by their watchdogs as calls return."""
+        with self._available:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._children -= len(idle)
+            self._available.notify_all()
+        for child in idle:
+            child.close_pipes()  # EOF: the child leaves its loop
+            try:
+                child.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    # ------------------------------------------------------------------ internals
+
+    def _call_with_scratch(
+        self, operation: str, spec: DatasourceSpec, limits: Limits, cancel: threading.Event | None
+    ) -> Any:
+        scratch = tempfile.mkdtemp(prefix="dataferry-", dir=self.scratch_root)
+        try:
+            request = {"op": operation, "spec": asdict(spec), "limits": asdict(limits)}
+            return self._call({**request, "temp_dir": scratch}, limits, cancel)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _call(self, request: dict[str, Any], limits: Limits, cancel: threading.Event | None) -> Any:
+        child = self._acquire()
+        healthy = False
+        try:
+            try:
+                write_frame(child.to_child, orjson.dumps(request))
+            except OSError:
+                raise _crashed(child) from None
+            reply = self._watch(child, limits, cancel)
+            healthy = True
+        finally:
+            self._release(child, healthy)
+        if not reply["ok"]:
+            raise QueryFailed(reply["code"], reply["message"])
+        return reply["value"]
+
+    def _watch(self, child: _Child, limits: Limits, cancel: threading.Event | None) -> dict:
+        """Wait for the reply, killing the child on cancel, overtime, overuse of memory or death."""
+        kill_at = time.monotonic() + limits.timeout_seconds + KILL_GRACE_SECONDS
+        memory_cap_mb = limits.memory_limit_mb * 1.5 + BASE_RSS_MB
+        poller = select.poll()
+        poller.register(child.from_child, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while True:
+            if poller.poll(WATCH_INTERVAL_SECONDS * 1000):
+                frame = read_frame(child.from_child)
+                if frame is None:
+                    raise _crashed(child)
+                return orjson.loads(frame)
+            if cancel is not None and cancel.is_set():
+                child.kill()
+                raise QueryFailed("cancelled", "The execution was cancelled.")
+            if time.monotonic() > kill_at:
+                child.kill()
+                raise QueryFailed("timeout", "The query exceeded its time limit.")
+            if child.rss_mb() > memory_cap_mb:
+                child.kill()
+                raise QueryFailed(
+                    "out_of_memory",
+                    f"The query exceeded its memory limit of {limits.memory_limit_mb} MB.",
+                )
+            if child.process.poll() is not None:
+                raise _crashed(child)
+
+    def _acquire(self) -> _Child:
+        with self._available:
+            while True:
+                if self._closed:
+                    raise QueryFailed("worker_stopping", "The data server is shutting down.")
+                if self._idle:
+                    return self._idle.pop()
+                if self._children < self.size:
+                    self._children += 1
+                    break
+                self._available.wait()
+        try:
+            return _Child()
+        except BaseException:
+            with self._available:
+                self._children -= 1
+                self._available.notify()
+            raise
+
+    def _release(self, child: _Child, healthy: bool) -> None:
+        alive = healthy and child.process.poll() is None
+        if not alive:
+            child.kill()
+        with self._available:
+            if alive and not self._closed:
+                self._idle.append(child)
+            else:
+                self._children -= 1
+                if alive:
+                    child.kill()
+            self._available.notify()
+        if not alive:
+            self._start_warm_up()
+
+    def _start_warm_up(self) -> None:
+        threading.Thread(target=self._warm_up, name="sandbox-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Start the children ahead of the first query, so it does not pay for their start-up."""
+        while True:
+            with self._available:
+                if self._closed or self._children >= self.size:
+                    return
+                self._children += 1
+            try:
+                child = _Child()
+            except OSError:
+                logger.exception("could not start a sandbox child")
+                with self._available:
+                    self._children -= 1
+                return
+            self._release(child, healthy=True)
+
+
+def _crashed(child: _Child) -> QueryFailed:
+    child.kill()
+    status = child.process.returncode
+    how = f"signal {-status}" if status is not None and status < 0 else f"exit status {status}"
+    logger.warning("sandbox child %d died (%s)", child.pid, how)
+    return QueryFailed("worker_crashed", f"The query process died unexpectedly ({how}).")

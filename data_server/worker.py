@@ -1,0 +1,291 @@
+"""Claim → run → publish: the data server's execution loop, with heartbeats and maintenance.
+
+Each executor thread claims one execution at a time and runs it in a sandboxed DuckDB child
+process of the pool. A heartbeat thread renews the leases of running executions and relays cancel
+requests; a maintenance thread reaps expired leases and runs the janitor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from data_server import janitor, queue
+from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
+from data_server.sample import ensure_sample_database
+from data_server.sandbox_pool import SandboxPool
+from shared.datapaths import resolve_in_data_root
+from shared.db.models import Datasource, Execution, utcnow
+from shared.errors import AppError
+from shared.results import LocalResultStore, result_object_key, schema_object_key
+from shared.settings import Settings
+from shared.tokens import Scope, new_data_key
+
+logger = logging.getLogger(__name__)
+
+SQL_QUERY, DATASOURCE_REFRESH, CONNECTION_TEST = (
+    "sql_query",
+    "datasource_refresh",
+    "connection_test",
+)
+MAINTENANCE_INTERVAL_SECONDS = 5.0
+JANITOR_INTERVAL_SECONDS = 60.0
+
+
+@dataclass
+class _Running:
+    claim: queue.Claim
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lease_lost: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: LocalResultStore,
+        pool: SandboxPool,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.pool = pool
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stopping = threading.Event()
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        targets = [self._execute_loop] * self.settings.worker_processes
+        targets += [self._heartbeat_loop, self._maintenance_loop]
+        for index, target in enumerate(targets):
+            thread = threading.Thread(target=target, name=f"worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming, hand running executions back to the queue, and wait for the threads."""
+        self._stopping.set()
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            job.cancel.set()
+            self._release(job.claim)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _release(self, claim: queue.Claim) -> None:
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Execution)
+                .where(
+                    (Execution.id == claim.execution_id)
+                    & (Execution.attempt == claim.attempt)
+                    & (Execution.status == "running")
+                )
+                .values(status="starting", lease_owner=None, lease_expires_at=None)
+            )
+
+    # ------------------------------------------------------------------ loops
+
+    def _execute_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                claim = queue.claim_next(self.sessions, self.worker_id, self.settings)
+            except Exception:  # the DB may be briefly unavailable: back off, never die
+                logger.exception("claiming failed")
+                claim = None
+            if claim is None:
+                self._stopping.wait(self.settings.poll_interval_seconds)
+                continue
+            self._run(claim)
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(0.2, self.settings.lease_seconds / 3)
+        while not self._stopping.wait(interval):
+            with self._lock:
+                running = list(self._running.values())
+            for job in running:
+                try:
+                    state = queue.renew_lease(self.sessions, job.claim, self.settings)
+                except Exception:
+                    logger.exception("heartbeat failed id=%s", job.claim.execution_id)
+                    continue
+                if not state.held:
+                    logger.warning(
+                        "lease lost id=%s attempt=%d", job.claim.execution_id, job.claim.attempt
+                    )
+                    job.lease_lost = True
+                    job.cancel.set()
+                elif state.cancel_requested:
+                    job.cancel.set()
+
+    def _maintenance_loop(self) -> None:
+        last_janitor = float("-inf")
+        while not self._stopping.wait(MAINTENANCE_INTERVAL_SECONDS):
+            try:
+                queue.reap_expired_leases(self.sessions, self.settings)
+                if time.monotonic() - last_janitor > JANITOR_INTERVAL_SECONDS:
+                    janitor.sweep(self.sessions, self.store, self.settings)
+                    last_janitor = time.monotonic()
+            except Exception:
+                logger.exception("maintenance failed")
+
+    # ------------------------------------------------------------------ one execution
+
+    def _run(self, claim: queue.Claim) -> None:
+        job = _Running(claim)
+        with self._lock:
+            self._running[claim.execution_id] = job
+        started = time.monotonic()
+        try:
+            spec = self._datasource_spec(claim)
+            if claim.execution_type == SQL_QUERY:
+                self._run_query(job, spec)
+            elif claim.execution_type == DATASOURCE_REFRESH:
+                self._run_refresh(job, spec)
+            else:
+                self.pool.check_connection(spec, self._limits(), cancel_event=job.cancel)
+                self._complete_without_result(job)
+        except QueryFailed as failure:
+            if not job.lease_lost and not self._stopping.is_set():
+                queue.finish_unsuccessfully(self.sessions, claim, failure.code, failure.message)
+            logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)
+        except Exception:
+            logger.exception("execution crashed id=%s", claim.execution_id)
+            queue.finish_unsuccessfully(
+                self.sessions,
+                claim,
+                "internal_error",
+                "The data server failed to run this execution.",
+            )
+        finally:
+            with self._lock:
+                self._running.pop(claim.execution_id, None)
+            logger.info(
+                "execution done id=%s type=%s attempt=%d %.0fms",
+                claim.execution_id,
+                claim.execution_type,
+                claim.attempt,
+                (time.monotonic() - started) * 1000,
+            )
+
+    def _limits(self) -> Limits:
+        s = self.settings
+        return Limits(
+            timeout_seconds=s.query_timeout_seconds,
+            memory_limit_mb=s.query_memory_limit_mb,
+            threads=s.query_threads,
+            max_temp_directory_size_mb=s.query_temp_space_mb,
+            max_result_rows=s.max_result_rows,
+            max_result_bytes=s.max_result_bytes,
+        )
+
+    def _datasource_spec(self, claim: queue.Claim) -> DatasourceSpec:
+        """Confine the path again at run time: a symlink may have changed since it was checked."""
+        if claim.database_type == "sample":
+            path = ensure_sample_database(self.settings.state_dir, self.settings.sample_scale)
+        else:
+            try:
+                path = resolve_in_data_root(
+                    self.settings.data_root,
+                    claim.database or "",
+                    want_dir=claim.database_type == "files",
+                )
+            except AppError as exc:
+                raise QueryFailed("datasource_unavailable", exc.detail) from exc
+        return DatasourceSpec(
+            database_type=claim.database_type, path=str(path), data_time_zone=claim.data_time_zone
+        )
+
+    def _run_query(self, job: _Running, spec: DatasourceSpec) -> None:
+        claim = job.claim
+        scratch = self.store.temp_path(f"{claim.execution_id}-{claim.attempt}")
+        result_path = scratch.with_suffix(".arrow")
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            query = QueryJob(
+                datasource=spec,
+                sql=claim.sql,
+                parameters=claim.bound_parameters,
+                limits=self._limits(),
+                result_path=str(result_path),
+                temp_dir=str(scratch),
+            )
+            outcome = self.pool.run(query, cancel_event=job.cancel)
+            if job.lease_lost or self._stopping.is_set():
+                return
+            data_key = new_data_key(Scope.EXECUTION_RESULT)
+            object_key = result_object_key(data_key)
+            self.store.publish(result_path, object_key)
+            with self.sessions.begin() as session:
+                published = queue.complete(
+                    session,
+                    claim,
+                    rows=outcome.rows,
+                    columns=outcome.columns,
+                    size=outcome.size_bytes,
+                    truncated=outcome.truncated,
+                    data_key=data_key,
+                )
+            if not published:  # fenced off: a newer attempt owns the execution now
+                self.store.delete(object_key)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            result_path.unlink(missing_ok=True)
+
+    def _run_refresh(self, job: _Running, spec: DatasourceSpec) -> None:
+        claim = job.claim
+        schema = self.pool.schema_of(spec, self._limits(), cancel_event=job.cancel)
+        if job.lease_lost or self._stopping.is_set():
+            return
+        data_key = new_data_key(Scope.DATASOURCE_SCHEMA)
+        payload = orjson.dumps(schema)
+        self.store.put_bytes(schema_object_key(data_key), payload)
+        previous: str | None = None
+        with self.sessions.begin() as session:
+            published = queue.complete(
+                session, claim, rows=0, columns=0, size=len(payload), truncated=False, data_key=None
+            )
+            datasource = session.get(Datasource, claim.datasource_id)
+            if published and datasource is not None:
+                previous = datasource.schema_data_key
+                datasource.schema_data_key = data_key
+                datasource.schema_names = [s["name"] for s in schema.get("schemas", [])]
+                datasource.schema_updated_at = utcnow()
+                datasource.total_row_count = _total_rows(schema)
+                datasource.total_row_count_exact = True
+                datasource.server_version = schema.get("server_version")
+        if not published:
+            self.store.delete(schema_object_key(data_key))
+        elif previous:
+            self.store.delete(schema_object_key(previous))
+
+    def _complete_without_result(self, job: _Running) -> None:
+        if job.lease_lost or self._stopping.is_set():
+            return
+        with self.sessions.begin() as session:
+            queue.complete(
+                session, job.claim, rows=0, columns=0, size=0, truncated=False, data_key=None
+            )
+
+
+def _total_rows(schema: dict) -> int | None:
+    counts = [t.get("row_count") for s in schema.get("schemas", []) for t in s.get("tables", [])]
+    known = [c for c in counts if isinstance(c, int)]
+    return sum(known) if known else None

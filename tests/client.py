@@ -1,0 +1,80 @@
+"""A small dataferry client for end-to-end tests: run → wait → data grant → fetch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class DataferryClient:
+    api_url: str
+    data_url: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Api {self.key}"}
+
+    def run(
+        self, datasource_id: str, sql: str, parameters: dict | None = None, **headers: str
+    ) -> dict[str, Any]:
+        response = httpx.post(
+            f"{self.api_url}/datasources/{datasource_id}/executions",
+            json={"sql_query": sql, "parameters": parameters or {}},
+            headers={**self.headers, **headers},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["attributes"]
+
+    def execution(self, execution_id: str, wait: float = 0) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.api_url}/executions/{execution_id}",
+            params={"wait": wait} if wait else None,
+            headers=self.headers,
+            timeout=wait + 30,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["attributes"]
+
+    def wait_until_done(self, execution_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            attributes = self.execution(
+                execution_id, wait=min(10, max(0.1, deadline - time.monotonic()))
+            )
+            if attributes["execution_status"] in ("completed", "failed", "cancelled"):
+                return attributes
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"execution {execution_id} still {attributes['execution_status']}"
+                )
+
+    def grant(self, execution_id: str) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.api_url}/executions/{execution_id}/data", headers=self.headers, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def fetch(
+        self, grant: dict[str, Any], accept: str | None = None, **params: Any
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Data {grant['data_access_token']}"}
+        if accept:
+            headers["Accept"] = accept
+        return httpx.get(
+            f"{self.data_url}/data/{grant['data_key']}", headers=headers, params=params, timeout=60
+        )
+
+    def query(
+        self, datasource_id: str, sql: str, accept: str | None = None, **params: Any
+    ) -> httpx.Response:
+        execution = self.run(datasource_id, sql)
+        done = self.wait_until_done(execution["execution_id"])
+        assert done["execution_status"] == "completed", done
+        return self.fetch(self.grant(execution["execution_id"]), accept, **params)
