@@ -70,7 +70,7 @@ def timed_fetch(client: DataferryClient, grant: dict, fmt: str, pid: int) -> tup
     headers = {"Authorization": f"Data {grant['data_access_token']}"}
     received = 0
     started = time.perf_counter()
-    with httpx.stream(
+    with client.http.stream(
         "GET",
         f"{client.data_url}/data/{grant['data_key']}",
         params={"format": fmt},
@@ -92,7 +92,7 @@ def one_row_latency(client: DataferryClient, datasource_id: str) -> float:
     client.wait_until_done(execution["execution_id"])
     grant = client.grant(execution["execution_id"])
     headers = {"Authorization": f"Data {grant['data_access_token']}"}
-    with httpx.stream(
+    with client.http.stream(
         "GET", f"{client.data_url}/data/{grant['data_key']}", headers=headers
     ) as response:
         next(response.iter_raw(1))

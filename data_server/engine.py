@@ -94,33 +94,40 @@ class QueryFailed(Exception):
 # ---------------------------------------------------------------------------- checking the SQL
 
 
-def check_sql(sql: str) -> None:
-    """Refuse anything but one SELECT/EXPLAIN whose table functions are all allow-listed."""
-    with duckdb.connect(":memory:", config=_BASE_CONFIG) as scratch:
-        try:
-            statements = scratch.extract_statements(sql)
-        except duckdb.ParserException as exc:
-            raise QueryFailed("syntax_error", _first_line(exc)) from None
-        if not statements:
-            raise QueryFailed("syntax_error", "The query is empty.")
-        if len(statements) > 1:
-            raise QueryFailed(
-                "multiple_statements", "Only a single statement may be run per execution."
-            )
-        statement = statements[0]
-        if statement.type not in _ALLOWED_STATEMENTS:
-            kind = statement.type.name.replace("_", " ")
-            raise QueryFailed(
-                "not_a_select", f"Only SELECT (or EXPLAIN) statements may be run, not {kind}."
-            )
-        inner = _EXPLAIN_PREFIX.sub("", sql.strip().rstrip(";"), count=1)
-        serialized = orjson.loads(
-            scratch.execute("SELECT json_serialize_sql($1)", [inner]).fetchone()[0]
+def check_sql(sql: str, connection: duckdb.DuckDBPyConnection | None = None) -> None:
+    """Refuse anything but one SELECT/EXPLAIN whose table functions are all allow-listed.
+
+    Parsing needs a DuckDB instance; the sandbox's own is reused when given, because starting
+    one costs more than the rest of a small query.
+    """
+    if connection is None:
+        with duckdb.connect(":memory:", config=_BASE_CONFIG) as scratch:
+            return check_sql(sql, scratch)
+    try:
+        statements = connection.extract_statements(sql)
+    except duckdb.ParserException as exc:
+        raise QueryFailed("syntax_error", _first_line(exc)) from None
+    if not statements:
+        raise QueryFailed("syntax_error", "The query is empty.")
+    if len(statements) > 1:
+        raise QueryFailed(
+            "multiple_statements", "Only a single statement may be run per execution."
         )
+    statement = statements[0]
+    if statement.type not in _ALLOWED_STATEMENTS:
+        kind = statement.type.name.replace("_", " ")
+        raise QueryFailed(
+            "not_a_select", f"Only SELECT (or EXPLAIN) statements may be run, not {kind}."
+        )
+    inner = _EXPLAIN_PREFIX.sub("", sql.strip().rstrip(";"), count=1)
+    serialized = orjson.loads(
+        connection.execute("SELECT json_serialize_sql($1)", [inner]).fetchone()[0]
+    )
     if serialized.get("error"):
         raise QueryFailed("not_a_select", "Only SELECT (or EXPLAIN SELECT) statements may be run.")
     for node in _walk(serialized):
         _check_node(node)
+    return None
 
 
 def _check_node(node: dict[str, Any]) -> None:
@@ -294,9 +301,9 @@ class _Deadline:
 
 def run_query(job: QueryJob) -> QueryOutcome:
     """Check, run and stream the result into an Arrow IPC file at ``job.result_path``."""
-    check_sql(job.sql)
     sandbox = Sandbox(job.datasource, job.limits, job.temp_dir)
     try:
+        check_sql(job.sql, sandbox.connection)
         with _Deadline(sandbox.connection, job.limits.timeout_seconds) as deadline:
             try:
                 result = sandbox.connection.execute(job.sql, job.parameters or None)

@@ -53,7 +53,9 @@ def region(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(region):
     credentials = region.create_organization()
-    return DataferryClient(region.api_url, region.data_url, credentials["api_key"])
+    client = DataferryClient(region.api_url, region.data_url, credentials["api_key"])
+    yield client
+    client.http.close()
 
 
 @pytest.fixture(scope="module")

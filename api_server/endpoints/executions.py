@@ -81,6 +81,10 @@ def _load(request: Request, principal: Principal) -> Execution:
         )
 
 
+# A status change is seen within this long after it happens; each check is one indexed read.
+LONG_POLL_MAX_PAUSE_SECONDS = 0.1
+
+
 @jsonapi.endpoint()
 def show_execution(request: Request) -> Response:
     """With ``?wait=N`` the answer waits until the status changes or N seconds pass."""
@@ -90,10 +94,10 @@ def show_execution(request: Request) -> Response:
     if set(request.query_params) - {"wait"}:
         jsonapi.parse_collection_query(request, collection=False)
     execution = _load(request, principal)
-    deadline, pause = time.monotonic() + wait, 0.05
+    deadline, pause = time.monotonic() + wait, 0.01
     while execution.status not in executions.TERMINAL_STATUSES and time.monotonic() < deadline:
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 1.5, 0.25)
+        pause = min(pause * 1.5, LONG_POLL_MAX_PAUSE_SECONDS)
         latest = _load(request, principal)
         if latest.status != execution.status:
             execution = latest
