@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from api_server.endpoints import api_keys, datasource_actions, datasources, executions, keys
+from api_server.endpoints import (
+    api_keys,
+    datasource_actions,
+    datasources,
+    executions,
+    keys,
+    sql_snippets,
+)
 from shared.health import database_answers, health_routes
 from shared.routing import resource_route
 
@@ -28,4 +35,13 @@ routes = [
     ),
     resource_route("/executions/{id}/data", GET=executions.execution_data),
     resource_route("/executions/{id}/cancel", POST=executions.cancel_execution),
+    resource_route(
+        "/sql_snippets", GET=sql_snippets.list_sql_snippets, POST=sql_snippets.create_sql_snippet
+    ),
+    resource_route(
+        "/sql_snippets/{id}",
+        GET=sql_snippets.show_sql_snippet,
+        PATCH=sql_snippets.update_sql_snippet,
+        DELETE=sql_snippets.delete_sql_snippet,
+    ),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -105,6 +106,56 @@ class DatasourceUpdate(DatasourceCreate):
 
     name: Name = None  # type: ignore[assignment]
     database_type: str = None  # type: ignore[assignment]
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+SQL_SNIPPET_READ_ONLY = ("created_at", "updated_at")
+SnippetSql = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
+Description = Annotated[str, StringConstraints(max_length=2000)]
+
+
+SNIPPET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+RESERVED_SNIPPET_PREFIX = "CLUVIO_"  # Cluvio's built-in snippets
+
+
+def check_snippet_name(name: str) -> str:
+    """A name that ``[name]`` can reference, and not one of the built-ins' namespace."""
+    if not SNIPPET_NAME.match(name):
+        raise ValueError("must start with a letter or _ and hold only letters, digits and _")
+    if name.upper().startswith(RESERVED_SNIPPET_PREFIX):
+        raise ValueError(f"names starting with {RESERVED_SNIPPET_PREFIX} are reserved")
+    return name
+
+
+class SqlSnippetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    description: Description | None = None
+    sql: SnippetSql
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_snippet_name(value)
+
+    @field_validator("sql")
+    @classmethod
+    def _sql(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class SqlSnippetUpdate(SqlSnippetCreate):
+    """Every attribute optional; only those sent change."""
+
+    name: Annotated[  # type: ignore[assignment]
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)
+    ] = None
+    sql: SnippetSql = None  # type: ignore[assignment]
 
     def changes(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}

@@ -6,7 +6,7 @@ from typing import Any
 
 from api_server.auth import Principal
 from api_server.permissions import Permission
-from shared.db.models import ApiKey, Datasource, Execution
+from shared.db.models import ApiKey, Datasource, Execution, SqlSnippet
 from shared.state_secrets import ServerSecrets
 
 DATASOURCE_ATTRIBUTES = (
@@ -111,4 +111,19 @@ def execution(ex: Execution) -> dict[str, Any]:
         "attributes": attributes,
         "relationships": {"datasource": {"data": {"type": "datasources", "id": ex.datasource_id}}},
         "links": {"self": f"/executions/{ex.id}"},
+    }
+
+
+SQL_SNIPPET_ATTRIBUTES = ("name", "description", "sql", "created_at", "updated_at")
+
+
+def sql_snippet(snippet: SqlSnippet) -> dict[str, Any]:
+    link = {"type": "sql_snippets", "id": snippet.id}
+    return {
+        "type": "sql_snippets",
+        "id": snippet.id,
+        "attributes": {name: getattr(snippet, name) for name in SQL_SNIPPET_ATTRIBUTES},
+        # Cluvio's changelog (2024-06-04) adds this relationship to every SqlSnippet object.
+        "relationships": {"sql_snippet": {"data": link}},
+        "links": {"self": f"/sql_snippets/{snippet.id}"},
     }

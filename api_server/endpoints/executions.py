@@ -54,7 +54,7 @@ def run_execution(request: Request) -> Response:
     idempotency_key = _idempotency_key(request)
     with state.sessions.begin() as session:
         execution = executions.run_execution(
-            session, principal, request.path_params["id"], run, idempotency_key
+            session, principal, request.path_params["id"], run, idempotency_key, state.settings
         )
         return jsonapi.response({"data": serializers.execution(execution)})
 

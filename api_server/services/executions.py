@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api_server.auth import Principal
 from api_server.services.datasources import get_datasource
+from api_server.services.sql_snippets import expand_snippets, snippet_lookup
 from shared.db.models import Datasource, Execution, utcnow
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.settings import Settings
@@ -94,6 +95,7 @@ def run_execution(
     datasource_id: str,
     request: RunRequest,
     idempotency_key: str | None,
+    settings: Settings,
 ) -> Execution:
     datasource = get_datasource(session, principal, datasource_id)
     fingerprint = request.fingerprint(datasource_id)
@@ -102,6 +104,8 @@ def run_execution(
         if existing is not None:
             return _same_request_or_422(existing, fingerprint)
     _require_enabled(datasource)
+    lookup = snippet_lookup(session, principal.organization_id)
+    expanded_sql = expand_snippets(request.sql_query, lookup, settings.max_sql_length)
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=principal.organization_id,
@@ -110,7 +114,7 @@ def run_execution(
         execution_type=SQL_QUERY,
         sql_query=request.sql_query,
         parameters=request.parameters,
-        expanded_sql=request.sql_query,
+        expanded_sql=expanded_sql,
         bound_parameters=[],
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,

@@ -197,3 +197,22 @@ class Execution(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SqlSnippet(Base):
+    """Reusable SQL text, expanded where ``[name]`` appears in a query of the same organisation."""
+
+    __tablename__ = "sql_snippets"
+    __table_args__ = (
+        Index("uq_sql_snippets_organization_id_name", "organization_id", "name", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sql: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

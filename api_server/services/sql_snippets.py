@@ -1,0 +1,241 @@
+"""SQL snippets of one organisation, and their expansion into a query's ``[name]`` references.
+
+A reference is ``[name]`` where ``name`` is an identifier and the bracket does not index something
+(``arr[i]``, ``ARRAY[x]``, ``m['k']`` stay as they are). Text in string literals, quoted
+identifiers, comments and Cluvio ``{…}`` placeholders is never touched. Snippets nest at most
+``MAX_DEPTH`` levels; a cycle, an unknown name or a too-deep chain is a 422 naming the snippet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api_server.auth import Principal
+from api_server.jsonapi import CollectionQuery
+from shared.db.models import SqlSnippet
+from shared.errors import Conflict, NotFound, Unprocessable
+
+MAX_DEPTH = 10
+SORTABLE = ("name", "created_at", "updated_at")
+FILTERABLE = ("name",)
+# Cluvio's built-ins describe the viewing user or dashboard; an API execution has neither.
+BUILT_INS = frozenset(
+    {
+        "CLUVIO_USER_EMAIL",
+        "CLUVIO_USER_FIRSTNAME",
+        "CLUVIO_USER_LASTNAME",
+        "CLUVIO_USER_ROLE",
+        "CLUVIO_DASHBOARD_NAME",
+        "CLUVIO_DASHBOARD_ID",
+    }
+)
+_REFERENCE = re.compile(r"\[\s*([A-Za-z_][A-Za-z0-9_]*)\s*\]")
+_INDEXABLE_BEFORE = re.compile(r"[A-Za-z0-9_\]\)\"'$]")
+_NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
+
+
+# ---------------------------------------------------------------------------- scanning
+
+
+def _skip_quoted(sql: str, start: int, quote: str) -> int:
+    """Index after the literal or identifier opened at ``start`` (a doubled quote escapes)."""
+    index = start + 1
+    while index < len(sql):
+        if sql[index] == quote:
+            if sql.startswith(quote * 2, index):
+                index += 2
+                continue
+            return index + 1
+        index += 1
+    return len(sql)
+
+
+def _skip_placeholder(sql: str, start: int) -> int:
+    """Index after a balanced ``{…}`` placeholder, strings inside it included."""
+    depth, index = 0, start
+    while index < len(sql):
+        char = sql[index]
+        if char in "'\"":
+            index = _skip_quoted(sql, index, char)
+            continue
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        index += 1
+        if depth == 0:
+            return index
+    return len(sql)
+
+
+def snippet_references(sql: str) -> Iterator[tuple[int, int, str]]:
+    """``(start, end, name)`` of each ``[name]`` reference outside literals and comments."""
+    index = 0
+    while index < len(sql):
+        char = sql[index]
+        if char in "'\"":
+            index = _skip_quoted(sql, index, char)
+        elif sql.startswith("--", index):
+            newline = sql.find("\n", index)
+            index = len(sql) if newline < 0 else newline + 1
+        elif sql.startswith("/*", index):
+            close = sql.find("*/", index + 2)
+            index = len(sql) if close < 0 else close + 2
+        elif char == "{":
+            index = _skip_placeholder(sql, index)
+        elif char == "[":
+            match = _REFERENCE.match(sql, index)
+            indexing = index > 0 and _INDEXABLE_BEFORE.match(sql[index - 1])
+            if match and not indexing:
+                yield index, match.end(), match.group(1)
+                index = match.end()
+            else:
+                index += 1
+        else:
+            index += 1
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+def expand_snippets(sql: str, lookup: Callable[[str], str | None], max_length: int) -> str:
+    """The query with every reference replaced, recursively; built-ins become ``NULL``."""
+    return _expand(sql, lookup, (), max_length)
+
+
+def _expand(
+    sql: str, lookup: Callable[[str], str | None], chain: tuple[str, ...], max_length: int
+) -> str:
+    parts: list[str] = []
+    position = size = 0
+    for start, end, name in snippet_references(sql):
+        if name in BUILT_INS:
+            text = "NULL"
+        else:
+            text = _expand(_resolve(name, lookup, chain), lookup, (*chain, name), max_length)
+        parts += [sql[position:start], text]
+        size += start - position + len(text)
+        position = end
+        if size > max_length:
+            raise Unprocessable(
+                f"With its SQL snippets expanded, sql_query exceeds {max_length} characters.",
+                pointer="/sql_query",
+                code="too_long",
+            )
+    parts.append(sql[position:])
+    return "".join(parts)
+
+
+def _resolve(name: str, lookup: Callable[[str], str | None], chain: tuple[str, ...]) -> str:
+    if name in chain:
+        path = " → ".join((*chain[chain.index(name) :], name))
+        raise Unprocessable(
+            f"SQL snippet [{name}] refers to itself: {path}.",
+            pointer="/sql_query",
+            code="sql_snippet_cycle",
+        )
+    if len(chain) >= MAX_DEPTH:
+        raise Unprocessable(
+            f"SQL snippet [{name}] is nested more than {MAX_DEPTH} levels deep "
+            f"(via {' → '.join(chain)}).",
+            pointer="/sql_query",
+            code="sql_snippet_too_deep",
+        )
+    text = lookup(name)
+    if text is None:
+        where = f" (used in [{chain[-1]}])" if chain else ""
+        raise Unprocessable(
+            f"There is no SQL snippet named [{name}]{where}.",
+            pointer="/sql_query",
+            code="unknown_sql_snippet",
+        )
+    return text
+
+
+def snippet_lookup(session: Session, organization_id: str) -> Callable[[str], str | None]:
+    """Name → SQL for one organisation only, each name read at most once per expansion."""
+    cache: dict[str, str | None] = {}
+
+    def lookup(name: str) -> str | None:
+        if name not in cache:
+            cache[name] = session.scalar(
+                select(SqlSnippet.sql).where(
+                    SqlSnippet.organization_id == organization_id, SqlSnippet.name == name
+                )
+            )
+        return cache[name]
+
+    return lookup
+
+
+# ---------------------------------------------------------------------------- CRUD
+
+
+def list_snippets(
+    session: Session, principal: Principal, query: CollectionQuery
+) -> tuple[list[SqlSnippet], int]:
+    where = SqlSnippet.organization_id == principal.organization_id
+    for name, value in query.filters.items():
+        where = where & (getattr(SqlSnippet, name) == value)
+    total = session.scalar(select(func.count()).select_from(SqlSnippet).where(where)) or 0
+    order = [
+        getattr(SqlSnippet, name).desc() if descending else getattr(SqlSnippet, name).asc()
+        for name, descending in query.sort
+    ] or [SqlSnippet.name.asc()]
+    rows = session.scalars(
+        select(SqlSnippet)
+        .where(where)
+        .order_by(*order, SqlSnippet.id)
+        .offset(query.offset)
+        .limit(query.page_size)
+    ).all()
+    return list(rows), total
+
+
+def get_snippet(session: Session, principal: Principal, snippet_id: str) -> SqlSnippet:
+    snippet = session.scalar(
+        select(SqlSnippet).where(
+            SqlSnippet.organization_id == principal.organization_id, SqlSnippet.id == snippet_id
+        )
+    )
+    if snippet is None:
+        raise NotFound(_NOT_FOUND_DETAIL)
+    return snippet
+
+
+def create_snippet(session: Session, principal: Principal, values: dict[str, Any]) -> SqlSnippet:
+    snippet = SqlSnippet(organization_id=principal.organization_id, **values)
+    _save(session, snippet)
+    return snippet
+
+
+def update_snippet(
+    session: Session, principal: Principal, snippet_id: str, changes: dict[str, Any]
+) -> SqlSnippet:
+    snippet = get_snippet(session, principal, snippet_id)
+    for name, value in changes.items():
+        setattr(snippet, name, value)
+    _save(session, snippet)
+    return snippet
+
+
+def delete_snippet(session: Session, principal: Principal, snippet_id: str) -> None:
+    session.delete(get_snippet(session, principal, snippet_id))
+    session.flush()
+
+
+def _save(session: Session, snippet: SqlSnippet) -> None:
+    """Flush in a savepoint, so a duplicate name is a 409 and the transaction lives on."""
+    try:
+        with session.begin_nested():
+            session.add(snippet)
+            session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"This organisation already has a SQL snippet named {snippet.name!r}.",
+            pointer="/data/attributes/name",
+            code="sql_snippet_name_taken",
+        ) from None
