@@ -47,19 +47,24 @@ class _Child:
                 None, [str(Path(__file__).resolve().parent.parent), environment.get("PYTHONPATH")]
             )
         )
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "data_server.sandbox_child",
-                str(to_child_read),
-                str(from_child_write),
-            ],
-            pass_fds=(to_child_read, from_child_write),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            env=environment,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "data_server.sandbox_child",
+                    str(to_child_read),
+                    str(from_child_write),
+                ],
+                pass_fds=(to_child_read, from_child_write),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=environment,
+            )
+        except BaseException:
+            for fd in (to_child_read, self.to_child, self.from_child, from_child_write):
+                os.close(fd)
+            raise
         os.close(to_child_read)
         os.close(from_child_write)
         self._pipes_open = True
