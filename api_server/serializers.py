@@ -93,7 +93,8 @@ EXECUTION_ATTRIBUTES = (
 )
 
 
-def execution(ex: Execution) -> dict[str, Any]:
+def execution(ex: Execution, *, show_query: bool = False) -> dict[str, Any]:
+    """``show_query``: the SQL that ran and its bound values, for the key that ran it only."""
     attributes: dict[str, Any] = {
         "execution_id": ex.id,
         "execution_type": ex.execution_type,
@@ -105,6 +106,9 @@ def execution(ex: Execution) -> dict[str, Any]:
         attributes["error_message"] = ex.error_message
     elif ex.cancel_requested:
         attributes["cancel_requested"] = True
+    if show_query and ex.execution_type == "sql_query":
+        attributes["expanded_sql"] = ex.expanded_sql
+        attributes["bound_parameters"] = ex.bound_parameters
     return {
         "type": "executions",
         "id": ex.id,

@@ -75,9 +75,14 @@ class DataferryClient:
         )
 
     def query(
-        self, datasource_id: str, sql: str, accept: str | None = None, **params: Any
+        self,
+        datasource_id: str,
+        sql: str,
+        accept: str | None = None,
+        parameters: dict | None = None,
+        **params: Any,
     ) -> httpx.Response:
-        execution = self.run(datasource_id, sql)
+        execution = self.run(datasource_id, sql, parameters)
         done = self.wait_until_done(execution["execution_id"])
         assert done["execution_status"] == "completed", done
         return self.fetch(self.grant(execution["execution_id"]), accept, **params)

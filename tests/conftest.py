@@ -98,3 +98,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 def api(settings: Settings) -> Iterator[Api]:
     with Api.start(settings) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def client(region):
+    """End-to-end modules: a client of a new organisation in the module's own ``region``."""
+    with region.organization_client() as client:
+        yield client

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.client import DataferryClient
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,6 +61,16 @@ class Region:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    @contextmanager
+    def organization_client(self, name: str = "E2E") -> Iterator[DataferryClient]:
+        """A client holding the key of a new organisation; its connections close afterwards."""
+        credentials = self.create_organization(name)
+        client = DataferryClient(self.api_url, self.data_url, credentials["api_key"])
+        try:
+            yield client
+        finally:
+            client.http.close()
+
     def log(self) -> str:
         return (self.cwd / "servers.log").read_text(errors="replace")
 
@@ -98,6 +110,7 @@ def running_region(cwd: Path, extra_env: dict[str, str] | None = None) -> Iterat
             **(extra_env or {}),
         }
     )
+    (cwd / "var" / "data").mkdir(parents=True, exist_ok=True)  # the default data root
     region = Region(cwd, env, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{data_port}")
     log = open(cwd / "servers.log", "ab")  # noqa: SIM115 - closed in finally
     try:

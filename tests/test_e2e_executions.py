@@ -17,7 +17,6 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.client import DataferryClient
 from tests.processes import running_region
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +37,6 @@ ORDER BY id
 @pytest.fixture(scope="module")
 def region(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("exec-region")
-    (cwd / "var" / "data").mkdir(parents=True)
     env = {
         "DATAFERRY_QUERY_TIMEOUT_SECONDS": "5",
         "DATAFERRY_LEASE_SECONDS": "3",
@@ -48,14 +46,6 @@ def region(tmp_path_factory):
     }
     with running_region(cwd, env) as started:
         yield started
-
-
-@pytest.fixture(scope="module")
-def client(region):
-    credentials = region.create_organization()
-    client = DataferryClient(region.api_url, region.data_url, credentials["api_key"])
-    yield client
-    client.http.close()
 
 
 @pytest.fixture(scope="module")

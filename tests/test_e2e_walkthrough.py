@@ -46,6 +46,7 @@ def test_readme_walkthrough_runs_verbatim(region):
     assert '"execution_status":"completed"' in result.stdout
     assert '"rows":[[1,' in result.stdout  # the JSON fetch of the query's rows
     assert '"order_id","amount"' in result.stdout  # the CSV fetch
+    assert '"bound_parameters":[2]' in result.stdout  # the run with a Cluvio filter
     assert "path_outside_data_root" in result.stdout
     assert credentials["api_key"] not in region.log()
 

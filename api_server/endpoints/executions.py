@@ -56,7 +56,13 @@ def run_execution(request: Request) -> Response:
         execution = executions.run_execution(
             session, principal, request.path_params["id"], run, idempotency_key, state.settings
         )
-        return jsonapi.response({"data": serializers.execution(execution)})
+        return _document(execution, principal)
+
+
+def _document(execution: Execution, principal: Principal) -> Response:
+    """Bound values may be private to the application that sent them: only its key sees them."""
+    owner = execution.api_key_id is not None and execution.api_key_id == principal.api_key_id
+    return jsonapi.response({"data": serializers.execution(execution, show_query=owner)})
 
 
 def _wait_seconds(request: Request) -> float:
@@ -103,7 +109,7 @@ def show_execution(request: Request) -> Response:
             execution = latest
             break
         execution = latest
-    return jsonapi.response({"data": serializers.execution(execution)})
+    return _document(execution, principal)
 
 
 @jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
@@ -142,7 +148,7 @@ def cancel_execution(request: Request) -> Response:
             session, principal, request.path_params["id"], state.settings
         )
         executions.request_cancel(session, execution)
-        return jsonapi.response({"data": serializers.execution(execution)})
+        return _document(execution, principal)
 
 
 @jsonapi.endpoint()

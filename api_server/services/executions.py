@@ -18,6 +18,11 @@ from sqlalchemy.orm import Session
 
 from api_server.auth import Principal
 from api_server.services.datasources import get_datasource
+from api_server.services.sql_parameters import (
+    InputParameters,
+    bind_parameters,
+    parse_input_parameters,
+)
 from api_server.services.sql_snippets import expand_snippets, snippet_lookup
 from shared.db.models import Datasource, Execution, utcnow
 from shared.errors import Conflict, NotFound, Unprocessable
@@ -35,6 +40,7 @@ _NOT_FOUND_DETAIL = "No execution with this id exists."
 class RunRequest:
     sql_query: str
     parameters: dict[str, Any]
+    inputs: InputParameters
 
     def fingerprint(self, datasource_id: str) -> str:
         canonical = orjson.dumps(
@@ -80,13 +86,8 @@ def parse_run_request(body: Any, settings: Settings) -> RunRequest:
         raise Unprocessable(
             "parameters must be an object.", pointer="/parameters", code="invalid_type"
         )
-    if parameters:
-        raise Unprocessable(
-            "Cluvio parameters are not supported yet; send an empty object.",
-            pointer="/parameters",
-            code="parameters_not_supported",
-        )
-    return RunRequest(sql_query=sql, parameters=parameters)
+    inputs = parse_input_parameters(parameters)
+    return RunRequest(sql_query=sql, parameters=parameters, inputs=inputs)
 
 
 def run_execution(
@@ -106,6 +107,7 @@ def run_execution(
     _require_enabled(datasource)
     lookup = snippet_lookup(session, principal.organization_id)
     expanded_sql = expand_snippets(request.sql_query, lookup, settings.max_sql_length)
+    bound = bind_parameters(expanded_sql, request.inputs, datasource.data_time_zone)
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=principal.organization_id,
@@ -114,8 +116,8 @@ def run_execution(
         execution_type=SQL_QUERY,
         sql_query=request.sql_query,
         parameters=request.parameters,
-        expanded_sql=expanded_sql,
-        bound_parameters=[],
+        expanded_sql=bound.sql,
+        bound_parameters=bound.values,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
     )

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api_server.auth import Principal
 from api_server.jsonapi import CollectionQuery
+from api_server.services.sql_text import skip_protected
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound, Unprocessable
 
@@ -43,28 +44,15 @@ _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
 # ---------------------------------------------------------------------------- scanning
 
 
-def _skip_quoted(sql: str, start: int, quote: str) -> int:
-    """Index after the literal or identifier opened at ``start`` (a doubled quote escapes)."""
-    index = start + 1
-    while index < len(sql):
-        if sql[index] == quote:
-            if sql.startswith(quote * 2, index):
-                index += 2
-                continue
-            return index + 1
-        index += 1
-    return len(sql)
-
-
 def _skip_placeholder(sql: str, start: int) -> int:
-    """Index after a balanced ``{…}`` placeholder, strings inside it included."""
+    """Index after a balanced ``{…}`` placeholder, literals inside it included."""
     depth, index = 0, start
     while index < len(sql):
-        char = sql[index]
-        if char in "'\"":
-            index = _skip_quoted(sql, index, char)
+        protected_end = skip_protected(sql, index)
+        if protected_end is not None:
+            index = protected_end
             continue
-        depth += {"{": 1, "}": -1}.get(char, 0)
+        depth += {"{": 1, "}": -1}.get(sql[index], 0)
         index += 1
         if depth == 0:
             return index
@@ -75,15 +63,10 @@ def snippet_references(sql: str) -> Iterator[tuple[int, int, str]]:
     """``(start, end, name)`` of each ``[name]`` reference outside literals and comments."""
     index = 0
     while index < len(sql):
+        protected_end = skip_protected(sql, index)
         char = sql[index]
-        if char in "'\"":
-            index = _skip_quoted(sql, index, char)
-        elif sql.startswith("--", index):
-            newline = sql.find("\n", index)
-            index = len(sql) if newline < 0 else newline + 1
-        elif sql.startswith("/*", index):
-            close = sql.find("*/", index + 2)
-            index = len(sql) if close < 0 else close + 2
+        if protected_end is not None:
+            index = protected_end
         elif char == "{":
             index = _skip_placeholder(sql, index)
         elif char == "[":
