@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from sqlalchemy import update
@@ -164,7 +165,8 @@ class Worker:
                 self._complete_without_result(job)
         except QueryFailed as failure:
             if not job.lease_lost and not self._stopping.is_set():
-                queue.finish_unsuccessfully(self.sessions, claim, failure.code, failure.message)
+                message = without_bound_values(failure.message, claim.bound_parameters)
+                queue.finish_unsuccessfully(self.sessions, claim, failure.code, message)
             logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)
         except Exception:
             logger.exception("execution crashed id=%s", claim.execution_id)
@@ -289,3 +291,13 @@ def _total_rows(schema: dict) -> int | None:
     counts = [t.get("row_count") for s in schema.get("schemas", []) for t in s.get("tables", [])]
     known = [c for c in counts if isinstance(c, int)]
     return sum(known) if known else None
+
+
+def without_bound_values(message: str, values: list[Any]) -> str:
+    """DuckDB quotes a value it could not convert; only the key that ran it may see values."""
+    for position, value in enumerate(values, 1):
+        if isinstance(value, str) and value:
+            message = message.replace(f"'{value}'", f"(the value of ${position})")
+            if len(value) >= 8:
+                message = message.replace(value, f"(the value of ${position})")
+    return message
