@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import orjson
 import uvicorn
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from api_server.app import create_app
+from api_server.audit import record_event
 from api_server.permissions import parse_permissions
 from api_server.services import api_keys, organizations
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
+from shared.db.models import ApiKey
 from shared.errors import AppError, ConfigurationError
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
 
 
-def _emit(payload: dict[str, str]) -> None:
+def _emit(payload: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(payload).decode() + "\n")
     sys.stdout.flush()
 
@@ -30,11 +34,17 @@ def _split(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _sessions(settings: Settings) -> sessionmaker[Session]:
-    """Operator commands bring the schema up to date first, as ``serve`` does."""
+@contextmanager
+def _transaction(settings: Settings) -> Iterator[Session]:
+    """One transaction of an operator command; the schema is brought up to date first, as
+    ``serve`` does, and the engine's connections are closed afterwards."""
     engine = create_metadata_engine(settings.database_url)
-    upgrade_to_head(engine)
-    return create_session_factory(engine)
+    try:
+        upgrade_to_head(engine)
+        with create_session_factory(engine).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -57,8 +67,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_create_organization(settings: Settings, args: argparse.Namespace) -> None:
-    sessions = _sessions(settings)
-    with sessions.begin() as session:
+    with _transaction(settings) as session:
         created = organizations.create_organization(
             session, ServerSecrets.load(settings), args.name
         )
@@ -66,8 +75,7 @@ def cmd_create_organization(settings: Settings, args: argparse.Namespace) -> Non
 
 
 def cmd_ensure_demo_organization(settings: Settings, args: argparse.Namespace) -> None:
-    sessions = _sessions(settings)
-    with sessions() as session:
+    with _transaction(settings) as session:
         created = organizations.ensure_demo_organization(
             session, ServerSecrets.load(settings), settings
         )
@@ -76,8 +84,7 @@ def cmd_ensure_demo_organization(settings: Settings, args: argparse.Namespace) -
 
 def cmd_create_api_key(settings: Settings, args: argparse.Namespace) -> None:
     permissions = parse_permissions(_split(args.permissions) or [])
-    sessions = _sessions(settings)
-    with sessions.begin() as session:
+    with _transaction(settings) as session:
         organizations.get_organization(session, args.organization)
         key, secret = api_keys.create_api_key(
             session,
@@ -89,6 +96,79 @@ def cmd_create_api_key(settings: Settings, args: argparse.Namespace) -> None:
         )
         key_id = key.id
     _emit({"id": key_id, "api_key": secret})
+
+
+def _change_key(
+    settings: Settings, key_id: str, action: str, change: Callable[[Session, ApiKey], None]
+) -> None:
+    """Operator changes to a key are audited like the API's, with no key as the actor."""
+    with _transaction(settings) as session:
+        key = api_keys.find_key_anywhere(session, key_id)
+        organization_id = key.organization_id
+        change(session, key)
+        record_event(
+            session,
+            organization_id=organization_id,
+            action=action,
+            method="CLI",
+            path=f"python -m api_server {action}",
+            status=0,
+            resource_id=key_id,
+        )
+    _emit({"id": key_id, "action": action})
+
+
+def cmd_disable_api_key(settings: Settings, args: argparse.Namespace) -> None:
+    _change_key(
+        settings,
+        args.id,
+        "api_key.disable",
+        lambda s, k: api_keys.update_key(s, k, {"enabled": False}),
+    )
+
+
+def cmd_enable_api_key(settings: Settings, args: argparse.Namespace) -> None:
+    _change_key(
+        settings,
+        args.id,
+        "api_key.enable",
+        lambda s, k: api_keys.update_key(s, k, {"enabled": True}),
+    )
+
+
+def cmd_delete_api_key(settings: Settings, args: argparse.Namespace) -> None:
+    _change_key(settings, args.id, "api_key.delete", api_keys.delete_key)
+
+
+def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) -> None:
+    """0 returns a limit to the deployment's default."""
+    changes = {
+        name: value
+        for name, value in (
+            ("rate_limit_per_minute", args.per_minute),
+            ("rate_limit_per_hour", args.per_hour),
+            ("max_running_executions", args.max_running_executions),
+        )
+        if value is not None
+    }
+    if any(value < 0 for value in changes.values()):
+        raise ConfigurationError("limits are whole numbers, 0 for the deployment default")
+    with _transaction(settings) as session:
+        organization = organizations.get_organization(session, args.organization)
+        for name, value in changes.items():
+            setattr(organization, name, value or None)
+        session.flush()
+        _emit(
+            {
+                "organization_id": organization.id,
+                "rate_limit_per_minute": organization.rate_limit_per_minute
+                or settings.rate_limit_per_minute,
+                "rate_limit_per_hour": organization.rate_limit_per_hour
+                or settings.rate_limit_per_hour,
+                "max_running_executions": organization.max_running_executions
+                or settings.max_running_executions,
+            }
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--datasources", help="comma-separated datasource ids the key is limited to")
     key.add_argument("--name", default="API key")
     key.set_defaults(run=cmd_create_api_key)
+
+    for name, run, text in (
+        ("disable-api-key", cmd_disable_api_key, "stop a key working (401), keeping it"),
+        ("enable-api-key", cmd_enable_api_key, "let a disabled key work again"),
+        ("delete-api-key", cmd_delete_api_key, "remove a key for good"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--id", required=True, help="the key's id (not its secret)")
+        command.set_defaults(run=run)
+
+    limits = commands.add_parser(
+        "set-organization-limits", help="rate limits and execution cap of one organisation"
+    )
+    limits.add_argument("--organization", required=True)
+    limits.add_argument("--per-minute", type=int, help="requests per key per minute")
+    limits.add_argument("--per-hour", type=int, help="requests per key per hour")
+    limits.add_argument("--max-running-executions", type=int, help="unfinished executions at once")
+    limits.set_defaults(run=cmd_set_organization_limits)
     return parser
 
 

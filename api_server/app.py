@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from api_server.audit import AuditMiddleware
+from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.middleware import RequestContextMiddleware
@@ -28,7 +30,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[Middleware(RequestContextMiddleware), Middleware(AuditMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
@@ -38,4 +40,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.secrets = ServerSecrets.load(settings)
     app.state.signing_key = load_signing_key(settings)
     app.state.result_store = open_result_store(settings)
+    app.state.rate_limiter = RateLimiter(settings.redis_url)
     return app

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from api_server.permissions import Permission, effective_permissions
+from api_server.rate_limits import Policy
 from api_server.services import api_keys
-from shared.errors import Unauthorized
+from shared.db.models import Organization
+from shared.errors import TooManyRequests, Unauthorized
+from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,30 @@ def authenticate(request: Request) -> Principal:
             permissions=effective_permissions(Permission(p) for p in key.permissions),
             datasource_ids=None if key.datasource_ids is None else frozenset(key.datasource_ids),
         )
+        policy = rate_policy(session.get_one(Organization, key.organization_id), app_state.settings)
+        api_keys.note_use(session, key)
     request.state.principal = principal
+    _count_request(request, principal, policy)
     return principal
+
+
+def rate_policy(organization: Organization, settings: Settings) -> Policy:
+    return Policy(
+        per_minute=organization.rate_limit_per_minute or settings.rate_limit_per_minute,
+        per_hour=organization.rate_limit_per_hour or settings.rate_limit_per_hour,
+    )
+
+
+def _count_request(request: Request, principal: Principal, policy: Policy) -> None:
+    """Every response to this request carries the key's standing (shared.middleware adds it)."""
+    decision = request.app.state.rate_limiter.hit(principal.api_key_id, policy)
+    request.state.response_headers = decision.headers()
+    if not decision.allowed:
+        window = decision.tightest
+        raise TooManyRequests(
+            f"This API key may make {window.limit} requests per {window.name}; "
+            f"try again in {decision.headers()['Retry-After']} s.",
+        )
 
 
 def _secret_from_header(header: str) -> str | None:

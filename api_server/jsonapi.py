@@ -270,6 +270,12 @@ def parse_collection_query(
     return query
 
 
+def parse_boolean(name: str, value: str) -> bool:
+    if value not in ("true", "false"):
+        raise InvalidQueryParameter(f"{name} must be true or false.", parameter=name)
+    return value == "true"
+
+
 def _positive_int(name: str, value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise InvalidQueryParameter(f"{name} must be a positive integer.", parameter=name)
@@ -328,6 +334,22 @@ def apply_sparse_fields(resource: dict[str, Any], query: CollectionQuery) -> dic
             else:
                 trimmed.pop(member)
     return trimmed
+
+
+def collection_response(
+    request: Request, query: CollectionQuery, data: list[dict[str, Any]], total: int
+) -> Response:
+    """A page of a collection with its paging links and the total count."""
+    return response(
+        {
+            "data": data,
+            "links": pagination_links(request, query, total),
+            "meta": {
+                "total": total,
+                "page": {"number": query.page_number, "size": query.page_size},
+            },
+        }
+    )
 
 
 def pagination_links(request: Request, query: CollectionQuery, total: int) -> dict[str, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from api_server.endpoints import (
     api_keys,
+    audit_events,
     datasource_actions,
     datasources,
     executions,
@@ -17,6 +18,14 @@ routes = [
     *health_routes(("database", database_answers)),
     resource_route("/.well-known/jwks.json", GET=keys.jwks_document),
     resource_route("/api_key", GET=api_keys.show_calling_api_key),
+    resource_route("/api_keys", GET=api_keys.list_api_keys),
+    resource_route(
+        "/api_keys/{id}",
+        GET=api_keys.show_api_key,
+        PATCH=api_keys.update_api_key,
+        DELETE=api_keys.delete_api_key,
+    ),
+    resource_route("/audit_events", GET=audit_events.list_audit_events),
     resource_route(
         "/datasources", GET=datasources.list_datasources, POST=datasources.create_datasource
     ),

@@ -162,3 +162,26 @@ class SqlSnippetUpdate(SqlSnippetCreate):
 
     def changes(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+# Attributes of an API key that only the server sets; sending one is a 422 that says so.
+API_KEY_READ_ONLY = (
+    "prefix",
+    "permissions",
+    "datasource_ids",
+    "organization_id",
+    "created_at",
+    "last_used_at",
+)
+
+
+class ApiKeyUpdate(BaseModel):
+    """What a key with Manage Users may change: the name, and whether the key works."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Name = None  # type: ignore[assignment]
+    enabled: bool = None  # type: ignore[assignment]
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}

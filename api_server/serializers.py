@@ -6,7 +6,7 @@ from typing import Any
 
 from api_server.auth import Principal
 from api_server.permissions import Permission
-from shared.db.models import ApiKey, Datasource, Execution, SqlSnippet
+from shared.db.models import ApiKey, AuditEvent, Datasource, Execution, SqlSnippet
 from shared.state_secrets import ServerSecrets
 
 DATASOURCE_ATTRIBUTES = (
@@ -53,7 +53,19 @@ def datasource(
     }
 
 
-def api_key(key: ApiKey) -> dict[str, Any]:
+API_KEY_ATTRIBUTES = (
+    "name",
+    "prefix",
+    "permissions",
+    "datasource_ids",
+    "organization_id",
+    "enabled",
+    "created_at",
+    "last_used_at",
+)
+
+
+def api_key(key: ApiKey, self_link: str = "/api_key") -> dict[str, Any]:
     datasource_ids = key.datasource_ids
     relationships: dict[str, Any] = {
         "organization": {"data": {"type": "organizations", "id": key.organization_id}},
@@ -77,7 +89,7 @@ def api_key(key: ApiKey) -> dict[str, Any]:
             "last_used_at": key.last_used_at,
         },
         "relationships": relationships,
-        "links": {"self": "/api_key"},
+        "links": {"self": self_link},
     }
 
 
@@ -130,4 +142,27 @@ def sql_snippet(snippet: SqlSnippet) -> dict[str, Any]:
         # Cluvio's changelog (2024-06-04) adds this relationship to every SqlSnippet object.
         "relationships": {"sql_snippet": {"data": link}},
         "links": {"self": f"/sql_snippets/{snippet.id}"},
+    }
+
+
+AUDIT_EVENT_ATTRIBUTES = (
+    "action",
+    "method",
+    "path",
+    "resource_id",
+    "status",
+    "api_key_id",
+    "remote_addr",
+    "request_id",
+    "created_at",
+)
+
+
+def audit_event(event: AuditEvent) -> dict[str, Any]:
+    key = None if event.api_key_id is None else {"type": "api_keys", "id": event.api_key_id}
+    return {
+        "type": "audit_events",
+        "id": event.id,
+        "attributes": {name: getattr(event, name) for name in AUDIT_EVENT_ATTRIBUTES},
+        "relationships": {"api_key": {"data": key}},
     }

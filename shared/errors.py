@@ -97,6 +97,10 @@ class Unprocessable(AppError):
     status, code, title = 422, "invalid_attribute", "Unprocessable entity"
 
 
+class TooManyRequests(AppError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
 class ServiceUnavailable(AppError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 

@@ -1,4 +1,8 @@
-"""Request id and one access-log line per request, as a pure ASGI middleware (streams untouched)."""
+"""Request id and one access-log line per request, as a pure ASGI middleware (streams untouched).
+
+Headers an endpoint leaves in ``request.state.response_headers`` (the rate-limit standing) are
+added to whatever response the request ends with, errors included.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +37,12 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = scope.get("state", {}).get("response_headers", {})
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    *((name.lower().encode(), value.encode()) for name, value in extra.items()),
+                ]
             await send(message)
 
         try:

@@ -31,4 +31,6 @@ def resource_route(path: str, **handlers: Handler) -> Route:
         return await handler(request)
 
     # The Route takes every method so that dispatch, not Starlette, answers 405 (with a stable Allow).
-    return Route(path, dispatch, methods=_ALL_METHODS, name=path)
+    route = Route(path, dispatch, methods=_ALL_METHODS, name=path)
+    route.handled_methods = frozenset(by_method)  # type: ignore[attr-defined]
+    return route

@@ -104,6 +104,26 @@ class Settings:
         "Where the data server fetches the public keys; default: read them from the state dir.",
         "",
     )
+    redis_url: str = _setting(
+        "REDIS_URL",
+        "Redis holding rate-limit counters shared by API servers; default: each process counts.",
+        "",
+    )
+    rate_limit_per_minute: int = _setting(
+        "RATE_LIMIT_PER_MINUTE",
+        "Requests per API key per minute, unless its organisation's differs.",
+        600,
+    )
+    rate_limit_per_hour: int = _setting(
+        "RATE_LIMIT_PER_HOUR",
+        "Requests per API key per hour, unless its organisation's differs.",
+        20000,
+    )
+    max_running_executions: int = _setting(
+        "MAX_RUNNING_EXECUTIONS",
+        "Unfinished executions an organisation may have at once, unless its own cap differs.",
+        20,
+    )
     results_dir: Path = _setting(
         "RESULTS_DIR", "Directory of the local result store; default <state dir>/results.", Path()
     )

@@ -56,6 +56,7 @@ def run_execution(request: Request) -> Response:
         execution = executions.run_execution(
             session, principal, request.path_params["id"], run, idempotency_key, state.settings
         )
+        request.state.audit_resource_id = execution.id
         return _document(execution, principal)
 
 

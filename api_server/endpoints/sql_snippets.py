@@ -45,16 +45,7 @@ def list_sql_snippets(request: Request) -> Response:
     with request.app.state.sessions() as session:
         rows, total = sql_snippets.list_snippets(session, principal, query)
         data = [jsonapi.apply_sparse_fields(serializers.sql_snippet(s), query) for s in rows]
-    return jsonapi.response(
-        {
-            "data": data,
-            "links": jsonapi.pagination_links(request, query, total),
-            "meta": {
-                "total": total,
-                "page": {"number": query.page_number, "size": query.page_size},
-            },
-        }
-    )
+    return jsonapi.collection_response(request, query, data, total)
 
 
 @jsonapi.endpoint()

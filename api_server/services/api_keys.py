@@ -8,12 +8,16 @@ import re
 import secrets
 import zlib
 from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from api_server.jsonapi import CollectionQuery
 from api_server.permissions import Permission
-from shared.db.models import ApiKey, ApiKeyDatasource, Datasource
+from api_server.services.listing import list_page
+from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, utcnow
 from shared.errors import NotFound
 from shared.state_secrets import ServerSecrets
 
@@ -54,6 +58,17 @@ def find_enabled_api_key(
     if key is None or not hmac.compare_digest(key.secret_hash, digest) or not key.enabled:
         return None
     return key
+
+
+# last_used_at is written at most this often per key, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def note_use(session: Session, key: ApiKey) -> None:
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        session.commit()
 
 
 def create_api_key(
@@ -98,3 +113,47 @@ def _check_datasources_belong(
     missing = [d for d in datasource_ids if d not in found]
     if missing:
         raise NotFound(f"No datasource {missing[0]} in this organisation.")
+
+
+# ---------------------------------------------------------------------------- administration
+
+KEY_SORTABLE = ("name", "created_at", "last_used_at")
+KEY_FILTERABLE = ("name", "enabled")
+_KEY_NOT_FOUND = "No API key with this id exists."
+
+
+def list_keys(
+    session: Session, organization_id: str, query: CollectionQuery
+) -> tuple[list[ApiKey], int]:
+    where = ApiKey.organization_id == organization_id
+    return list_page(session, ApiKey, where, query, ApiKey.created_at.asc())
+
+
+def get_key(session: Session, organization_id: str, key_id: str) -> ApiKey:
+    """404 alike for an unknown key and a key of another organisation."""
+    key = session.scalar(
+        select(ApiKey).where(ApiKey.organization_id == organization_id, ApiKey.id == key_id)
+    )
+    if key is None:
+        raise NotFound(_KEY_NOT_FOUND)
+    return key
+
+
+def update_key(session: Session, key: ApiKey, changes: dict[str, Any]) -> ApiKey:
+    for name, value in changes.items():
+        setattr(key, name, value)
+    session.flush()
+    return key
+
+
+def delete_key(session: Session, key: ApiKey) -> None:
+    session.delete(key)
+    session.flush()
+
+
+def find_key_anywhere(session: Session, key_id: str) -> ApiKey:
+    """The operator's view (CLI): any organisation's key by id."""
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(_KEY_NOT_FOUND)
+    return key

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,8 +24,8 @@ from api_server.services.sql_parameters import (
     parse_input_parameters,
 )
 from api_server.services.sql_snippets import expand_snippets, snippet_lookup
-from shared.db.models import Datasource, Execution, utcnow
-from shared.errors import Conflict, NotFound, Unprocessable
+from shared.db.models import Datasource, Execution, Organization, utcnow
+from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from shared.settings import Settings
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -105,6 +105,7 @@ def run_execution(
         if existing is not None:
             return _same_request_or_422(existing, fingerprint)
     _require_enabled(datasource)
+    _require_capacity(session, principal.organization_id, settings)
     lookup = snippet_lookup(session, principal.organization_id)
     expanded_sql = expand_snippets(request.sql_query, lookup, settings.max_sql_length)
     bound = bind_parameters(expanded_sql, request.inputs, datasource.data_time_zone)
@@ -149,6 +150,33 @@ def _same_request_or_422(existing: Execution, fingerprint: str) -> Execution:
             code="idempotency_key_reused",
         )
     return existing
+
+
+def _require_capacity(session: Session, organization_id: str, settings: Settings) -> None:
+    """At most N unfinished SQL executions per organisation (refreshes do not count).
+
+    The organisation row's lock makes concurrent runs take turns, so the cap cannot be overshot.
+    """
+    organization = session.scalars(
+        select(Organization).where(Organization.id == organization_id).with_for_update()
+    ).one()
+    cap = organization.max_running_executions or settings.max_running_executions
+    unfinished = session.scalar(
+        select(func.count())
+        .select_from(Execution)
+        .where(
+            Execution.organization_id == organization_id,
+            Execution.execution_type == SQL_QUERY,
+            Execution.status.in_(("starting", "running")),
+        )
+    )
+    if (unfinished or 0) >= cap:
+        raise TooManyRequests(
+            f"This organisation already has {cap} executions starting or running; "
+            "wait for one to finish.",
+            code="too_many_running_executions",
+            headers={"Retry-After": "1"},
+        )
 
 
 def _require_enabled(datasource: Datasource) -> None:

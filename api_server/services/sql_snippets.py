@@ -12,12 +12,13 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_server.auth import Principal
 from api_server.jsonapi import CollectionQuery
+from api_server.services.listing import list_page
 from api_server.services.sql_text import skip_protected
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound, Unprocessable
@@ -161,21 +162,7 @@ def list_snippets(
     session: Session, principal: Principal, query: CollectionQuery
 ) -> tuple[list[SqlSnippet], int]:
     where = SqlSnippet.organization_id == principal.organization_id
-    for name, value in query.filters.items():
-        where = where & (getattr(SqlSnippet, name) == value)
-    total = session.scalar(select(func.count()).select_from(SqlSnippet).where(where)) or 0
-    order = [
-        getattr(SqlSnippet, name).desc() if descending else getattr(SqlSnippet, name).asc()
-        for name, descending in query.sort
-    ] or [SqlSnippet.name.asc()]
-    rows = session.scalars(
-        select(SqlSnippet)
-        .where(where)
-        .order_by(*order, SqlSnippet.id)
-        .offset(query.offset)
-        .limit(query.page_size)
-    ).all()
-    return list(rows), total
+    return list_page(session, SqlSnippet, where, query, SqlSnippet.name.asc())
 
 
 def get_snippet(session: Session, principal: Principal, snippet_id: str) -> SqlSnippet:

@@ -63,6 +63,10 @@ class Organization(Base):
 
     id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
     name: Mapped[str] = mapped_column(String(255))
+    # Per-organisation limits; None means the deployment's default (DATAFERRY_RATE_LIMIT_*).
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_limit_per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_running_executions: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -216,3 +220,27 @@ class SqlSnippet(Base):
     sql: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class AuditEvent(Base):
+    """One write or data grant: who (key), what (method, route, resource), when, from where.
+
+    No foreign key to the API key: deleting a key must not erase what it did.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_organization_id_created_at", "organization_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(String(14), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(255))
+    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,127 @@
+"""The audit log: every successful write and every data grant, recorded as it is answered.
+
+A pure ASGI middleware sees the matched route, the caller (``request.state.principal``) and the
+status, so no endpoint can forget to record itself; a test checks that every write route has an
+action name here. The row holds who (key), what (action, route, resource id), when and from which
+address — never a body, a secret or a parameter value.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.db.models import AuditEvent
+from shared.logging import request_id_var
+
+logger = logging.getLogger("dataferry.audit")
+
+# (method, route) → action. Reads are not recorded, except those that hand out data.
+ACTIONS = {
+    ("POST", "/datasources"): "datasource.create",
+    ("PATCH", "/datasources/{id}"): "datasource.update",
+    ("DELETE", "/datasources/{id}"): "datasource.delete",
+    ("POST", "/datasources/{id}/executions"): "execution.run",
+    ("POST", "/datasources/{id}/test_connection"): "datasource.test_connection",
+    ("POST", "/datasources/{id}/refresh"): "datasource.refresh",
+    ("GET", "/datasources/{id}/schema"): "data_grant.schema",
+    ("DELETE", "/executions/{id}"): "execution.purge",
+    ("GET", "/executions/{id}/data"): "data_grant.execution",
+    ("POST", "/executions/{id}/cancel"): "execution.cancel",
+    ("POST", "/sql_snippets"): "sql_snippet.create",
+    ("PATCH", "/sql_snippets/{id}"): "sql_snippet.update",
+    ("DELETE", "/sql_snippets/{id}"): "sql_snippet.delete",
+    ("PATCH", "/api_keys/{id}"): "api_key.update",
+    ("DELETE", "/api_keys/{id}"): "api_key.delete",
+}
+
+
+def record_event(
+    session: Session,
+    *,
+    organization_id: str,
+    action: str,
+    method: str,
+    path: str,
+    status: int,
+    api_key_id: str | None = None,
+    resource_id: str | None = None,
+    remote_addr: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            organization_id=organization_id,
+            api_key_id=api_key_id,
+            action=action,
+            method=method,
+            path=path,
+            resource_id=resource_id,
+            status=status,
+            remote_addr=remote_addr,
+            request_id=request_id,
+        )
+    )
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_after_recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await self._record(scope, message)
+            await send(message)
+
+        await self.app(scope, receive, send_after_recording)
+
+    async def _record(self, scope: Scope, message: Message) -> None:
+        route = scope.get("route")
+        action = ACTIONS.get((scope["method"], getattr(route, "path", "")))
+        state: dict[str, Any] = scope.get("state", {})
+        principal = state.get("principal")
+        # 204 from Get Execution Data means "not ready": no data was handed out.
+        if action is None or principal is None or message["status"] not in (200, 201, 204):
+            return
+        if action.startswith("data_grant.") and message["status"] != 200:
+            return
+        client = scope.get("client")
+        event = {
+            "organization_id": principal.organization_id,
+            "api_key_id": principal.api_key_id,
+            "action": action,
+            "method": scope["method"],
+            "path": route.path,
+            "status": message["status"],
+            "resource_id": state.get("audit_resource_id")
+            or scope.get("path_params", {}).get("id")
+            or _created_id(message),
+            "remote_addr": client[0] if client else None,
+            "request_id": request_id_var.get(),
+        }
+        sessions = scope["app"].state.sessions
+
+        def write() -> None:
+            with sessions.begin() as session:
+                record_event(session, **event)
+
+        try:
+            await anyio.to_thread.run_sync(write)
+        except Exception:
+            logger.exception("could not record audit event %s", action)
+
+
+def _created_id(message: Message) -> str | None:
+    for name, value in message.get("headers", []):
+        if name.lower() == b"location":
+            return value.decode("latin-1").rstrip("/").rsplit("/", 1)[-1]
+    return None
