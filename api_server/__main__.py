@@ -20,6 +20,7 @@ from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import ApiKey
 from shared.errors import AppError, ConfigurationError
+from shared.http_limits import uvicorn_options
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
@@ -56,9 +57,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),
     )
 
 

@@ -12,6 +12,7 @@ from api_server.audit import AuditMiddleware
 from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.http_limits import HeaderLimitMiddleware
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
 from shared.results import open_result_store
@@ -30,7 +31,11 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware), Middleware(AuditMiddleware)],
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(HeaderLimitMiddleware),
+            Middleware(AuditMiddleware),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

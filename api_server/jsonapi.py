@@ -25,11 +25,11 @@ from shared.errors import (
     InvalidQueryParameter,
     MalformedJSON,
     NotAcceptable,
-    PayloadTooLarge,
     Unprocessable,
     UnsupportedMediaType,
     ValidationErrors,
 )
+from shared.http_limits import read_body_within
 from shared.problems import JSONAPI_MEDIA_TYPE
 
 JSON_MEDIA_TYPE = "application/json"
@@ -99,16 +99,7 @@ def endpoint(produced: str = JSONAPI_MEDIA_TYPE) -> Callable[[Callable[[Request]
 
 
 async def _read_bounded_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body_within(request, MAX_BODY_BYTES)
 
 
 # ---------------------------------------------------------------- request documents

@@ -15,6 +15,7 @@ from data_server.sample import ensure_sample_database
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.errors import ConfigurationError
+from shared.http_limits import uvicorn_options
 from shared.logging import configure_logging
 from shared.results import open_result_store
 from shared.settings import Settings
@@ -30,9 +31,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         create_app(settings, run_workers=not args.no_workers),
         host=settings.data_host,
         port=settings.data_port,
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),
     )
 
 

@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from data_server.auth import PublicKeyring
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.http_limits import HeaderLimitMiddleware
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
 from shared.results import open_result_store
@@ -39,7 +40,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[Middleware(RequestContextMiddleware), Middleware(HeaderLimitMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

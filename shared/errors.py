@@ -85,6 +85,10 @@ class Conflict(AppError):
     status, code, title = 409, "conflict", "Conflict"
 
 
+class RequestTimeout(AppError):
+    status, code, title = 408, "request_timeout", "Request timeout"
+
+
 class PayloadTooLarge(AppError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
@@ -95,6 +99,10 @@ class UnsupportedMediaType(AppError):
 
 class Unprocessable(AppError):
     status, code, title = 422, "invalid_attribute", "Unprocessable entity"
+
+
+class HeaderFieldsTooLarge(AppError):
+    status, code, title = 431, "header_fields_too_large", "Request header fields too large"
 
 
 class TooManyRequests(AppError):

@@ -104,6 +104,9 @@ class Settings:
         "Where the data server fetches the public keys; default: read them from the state dir.",
         "",
     )
+    max_connections: int = _setting(
+        "MAX_CONNECTIONS", "Concurrent connections a server process accepts; beyond: 503.", 1000
+    )
     redis_url: str = _setting(
         "REDIS_URL",
         "Redis holding rate-limit counters shared by API servers; default: each process counts.",
