@@ -1,0 +1,120 @@
+"""The authorisation matrix, as data: every route of both servers, who may call it, what it answers.
+
+``RULES`` lists each (method, route) of the API server with the permissions that admit a key (any
+one of them; none listed: any valid key), whether the route's object belongs to a datasource (a
+key restricted to other datasources then gets 404), which object fills ``{id}``, and the status a
+permitted key gets. ``expected_status`` turns a rule and a caller into the one right answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from api_server.permissions import Permission, effective_permissions
+
+P = Permission
+RUN = (P.MANAGE_DATASOURCES, P.MANAGE_DASHBOARDS, P.MANAGE_ALERTS)
+READ_EXECUTION = (P.VIEW_DATASOURCES, P.MANAGE_DASHBOARDS, P.MANAGE_ALERTS)
+
+
+@dataclass(frozen=True)
+class Rule:
+    method: str
+    path: str
+    permissions: tuple[Permission, ...]
+    success: int
+    target: str = ""  # "datasource", "execution", "snippet", "api_key": the object in {id}
+    scoped: bool = False  # the object belongs to a datasource
+    public: bool = False  # no key needed at all
+    unrestricted_only: bool = False  # keys restricted to listed datasources get 403
+    body: Callable[[Any], Any] | None = field(default=None, compare=False)
+    json_body: bool = False  # plain JSON (Cluvio's action operations) instead of JSON:API
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _resource(kind: str, target: str, **attributes: Any) -> Callable[[Any], Any]:
+    """A JSON:API update document for the world's ``target`` object."""
+    return lambda world: {"data": {"type": kind, "id": world.ids[target], "attributes": attributes}}
+
+
+RULES = [
+    Rule("GET", "/healthz", (), 200, public=True),
+    Rule("GET", "/readyz", (), 200, public=True),
+    Rule("GET", "/.well-known/jwks.json", (), 200, public=True),
+    Rule("GET", "/api_key", (), 200),
+    Rule("GET", "/api_keys", (P.MANAGE_USERS,), 200),
+    Rule("GET", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key"),
+    Rule("PATCH", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key",
+         body=_resource("api_keys", "api_key", name="renamed")),
+    Rule("DELETE", "/api_keys/{id}", (P.MANAGE_USERS,), 204, target="api_key"),
+    Rule("GET", "/audit_events", (P.MANAGE_USERS,), 200),
+    Rule("GET", "/datasources", (P.VIEW_DATASOURCES,), 200),
+    Rule("POST", "/datasources", (P.MANAGE_DATASOURCES,), 201, unrestricted_only=True,
+         body=lambda world: {"data": {"type": "datasources", "attributes": {
+             "name": "new", "database_type": "duckdb", "database": world.database}}}),
+    Rule("GET", "/datasources/{id}", (P.VIEW_DATASOURCES,), 200, target="datasource", scoped=True),
+    Rule("PATCH", "/datasources/{id}", (P.MANAGE_DATASOURCES,), 200, target="datasource",
+         scoped=True, body=_resource("datasources", "datasource", name="renamed")),
+    Rule("DELETE", "/datasources/{id}", (P.MANAGE_DATASOURCES,), 204, target="datasource",
+         scoped=True),
+    Rule("POST", "/datasources/{id}/executions", RUN, 200, target="datasource", scoped=True,
+         body=lambda world: {"sql_query": "SELECT 1"}, json_body=True),
+    Rule("POST", "/datasources/{id}/test_connection", (P.MANAGE_DATASOURCES,), 200,
+         target="datasource", scoped=True),
+    Rule("POST", "/datasources/{id}/refresh", (P.MANAGE_DATASOURCES,), 200, target="datasource",
+         scoped=True),
+    # No refresh has completed in process (no data server runs): 409 once authorised.
+    Rule("GET", "/datasources/{id}/schema", (P.VIEW_DATASOURCES,), 409, target="datasource",
+         scoped=True),
+    Rule("GET", "/executions/{id}", READ_EXECUTION, 200, target="execution", scoped=True),
+    Rule("DELETE", "/executions/{id}", RUN, 204, target="execution", scoped=True),
+    # Not completed (no data server runs): 204, "no data yet", once authorised.
+    Rule("GET", "/executions/{id}/data", READ_EXECUTION, 204, target="execution", scoped=True),
+    Rule("POST", "/executions/{id}/cancel", RUN, 200, target="execution", scoped=True),
+    Rule("GET", "/sql_snippets", (P.VIEW_DASHBOARDS,), 200),
+    Rule("POST", "/sql_snippets", (P.MANAGE_DASHBOARDS,), 201,
+         body=lambda world: {"data": {"type": "sql_snippets", "attributes": {
+             "name": "fresh", "sql": "SELECT 1"}}}),
+    Rule("GET", "/sql_snippets/{id}", (P.VIEW_DASHBOARDS,), 200, target="snippet"),
+    Rule("PATCH", "/sql_snippets/{id}", (P.MANAGE_DASHBOARDS,), 200, target="snippet",
+         body=_resource("sql_snippets", "snippet", sql="SELECT 2")),
+    Rule("DELETE", "/sql_snippets/{id}", (P.MANAGE_DASHBOARDS,), 204, target="snippet"),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls: no key, a bad key, or a key of some organisation with some permissions."""
+
+    name: str
+    key: str | None = None
+    same_organization: bool = True
+    permissions: frozenset[Permission] = frozenset(Permission)
+    restricted: bool = False  # limited to listed datasources
+    reaches_target_datasource: bool = True
+
+
+def expected_status(rule: Rule, caller: Caller) -> int:
+    if rule.public:
+        return rule.success
+    if caller.key is None:
+        return 401
+    held = _with_implied(caller.permissions)
+    if rule.permissions and not held & set(rule.permissions):
+        return 403
+    if rule.unrestricted_only and caller.restricted:
+        return 403
+    if rule.target and not caller.same_organization:
+        return 404
+    if rule.scoped and not caller.reaches_target_datasource:
+        return 404
+    return rule.success
+
+
+def _with_implied(permissions: frozenset[Permission]) -> set[Permission]:
+    return set(effective_permissions(permissions))
