@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from tests.log_watch import remember
+
 
 @dataclass
 class DataferryClient:
@@ -62,6 +64,7 @@ class DataferryClient:
             f"{self.api_url}/executions/{execution_id}/data", headers=self.headers, timeout=30
         )
         assert response.status_code == 200, response.text
+        remember(response.json()["data_access_token"])
         return response.json()
 
     def fetch(

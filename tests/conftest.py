@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,15 @@ from shared.db.migrate import upgrade_to_head
 from shared.db.models import Base
 from shared.settings import Settings
 from tests.factories import Api
+from tests.log_watch import CAPTURE
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Log as production does (INFO) and keep every line for the no-secrets-in-logs test."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(CAPTURE)
+
 
 POSTGRES_ENV = "DATAFERRY_TEST_POSTGRES_URL"
 # One schema per pytest process, so concurrent runs on one server never collide.

@@ -14,6 +14,7 @@ from api_server.app import create_app
 from api_server.permissions import Permission
 from api_server.services import api_keys, organizations
 from shared.settings import Settings
+from tests.log_watch import remember
 
 JSONAPI = "application/vnd.api+json"
 
@@ -45,6 +46,7 @@ class Api:
     def create_org(self, name: str = "Org") -> Org:
         with self.app.state.sessions.begin() as session:
             created = organizations.create_organization(session, self.app.state.secrets, name)
+        remember(created.api_key)
         ds = self.get("/datasources", created.api_key).json()["data"][0]["id"]
         return Org(created.organization_id, created.api_key, ds)
 
@@ -63,6 +65,7 @@ class Api:
                 permissions=list(permissions),
                 datasource_ids=datasource_ids,
             )
+        remember(secret)
         return secret
 
     def duckdb_file(self, name: str = "shop.duckdb") -> str:
@@ -72,6 +75,7 @@ class Api:
         return name
 
     def create_datasource(self, key: str, **attributes: Any) -> dict[str, Any]:
+        remember(attributes.get("password"))
         attributes.setdefault("name", "Shop")
         attributes.setdefault("database_type", "duckdb")
         if "database" not in attributes:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.client import DataferryClient
+from tests.log_watch import LOG_FILES, remember
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,9 @@ class Region:
     def create_organization(self, name: str = "E2E") -> dict[str, str]:
         result = run_cli(self.env, self.cwd, "create-organization", "--name", name)
         assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        credentials = json.loads(result.stdout)
+        remember(credentials["api_key"])
+        return credentials
 
     @contextmanager
     def organization_client(self, name: str = "E2E") -> Iterator[DataferryClient]:
@@ -112,6 +115,7 @@ def running_region(cwd: Path, extra_env: dict[str, str] | None = None) -> Iterat
     )
     (cwd / "var" / "data").mkdir(parents=True, exist_ok=True)  # the default data root
     region = Region(cwd, env, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{data_port}")
+    LOG_FILES.add(cwd / "servers.log")
     log = open(cwd / "servers.log", "ab")  # noqa: SIM115 - closed in finally
     try:
         migrate = run_cli(env, cwd, "migrate")

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.client import DataferryClient
+from tests.log_watch import remember
 from tests.processes import running_region
 
 pytestmark = pytest.mark.e2e
@@ -320,6 +321,7 @@ def test_bad_parameters_are_refused_through_the_server(client, datasources):
 
 def test_bound_values_never_reach_the_logs(region, client, datasources):
     secret = "bound-value-9f1c2e7a"
+    remember(secret)
     ok = client.run(datasources["UTC"], IDS.format("{country=country}"), pick("country", secret))
     failing = client.run(
         datasources["UTC"], "SELECT id FROM events WHERE qty = {q.value}", pick("q", secret)

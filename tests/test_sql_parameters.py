@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from api_server.permissions import Permission
 from api_server.services.sql_parameters import (
+    MAX_INTEGER,
     InputParameters,
     bind_parameters,
     parse_input_parameters,
@@ -129,7 +130,10 @@ def test_snippet_brackets_inside_a_placeholder_are_its_expression():
 @settings(max_examples=200, deadline=None)
 @given(
     values=st.lists(
-        st.text(max_size=40) | st.integers() | st.floats(allow_nan=False) | st.booleans(),
+        st.text(max_size=40)
+        | st.integers(-MAX_INTEGER, MAX_INTEGER)
+        | st.floats(allow_nan=False)
+        | st.booleans(),
         min_size=1,
         max_size=4,
     )

@@ -1,0 +1,40 @@
+"""What must never appear in a log, and every log line written while the suite runs.
+
+Factories and clients ``remember`` each API key secret, data token, datasource password and
+bound value they hand out; conftest installs ``CAPTURE`` on the root logger, and end-to-end
+regions register their server log files. tests/test_zz_logs_hold_no_secrets.py, collected last,
+greps all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+SENSITIVE: set[str] = set()
+LOG_FILES: set[Path] = set()
+MIN_LENGTH = 6  # shorter values would match by accident
+
+
+def remember(*values: object) -> None:
+    SENSITIVE.update(str(v) for v in values if v is not None and len(str(v)) >= MIN_LENGTH)
+
+
+class _Capture(logging.Handler):
+    """Keeps every formatted record, tracebacks included."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+CAPTURE = _Capture()
+
+
+def everything_logged() -> str:
+    files = [path.read_text(errors="replace") for path in sorted(LOG_FILES) if path.exists()]
+    return "\n".join([*CAPTURE.lines, *files])

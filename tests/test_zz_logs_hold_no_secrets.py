@@ -1,0 +1,49 @@
+"""Collected last: no log line of the whole run holds a secret the suite handed out.
+
+The scenario here makes sure there is something to check even when this file runs alone: a
+password datasource, a bad and a good key, a rate-limited key, bound values, a data grant.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from api_server.permissions import Permission
+from tests.factories import Api
+from tests.log_watch import CAPTURE, SENSITIVE, everything_logged, remember
+
+
+def _scenario(api: Api) -> None:
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, password="pw-for-the-log-test-41f7")["id"]
+    narrow = api.create_key(org, [Permission.VIEW_ALERTS])
+    assert api.get("/datasources", narrow).status_code == 403
+    assert api.get("/datasources", org.key[:-2] + "zz").status_code == 401
+    value = "bound-in-the-log-test-8c2d"
+    remember(value)
+    run = api.client.post(
+        f"/datasources/{datasource}/executions",
+        content=orjson.dumps(
+            {
+                "sql_query": "SELECT * FROM t WHERE {a=v}",
+                "parameters": {"filters": [{"variable_name": "v", "selected_values": [value]}]},
+            }
+        ),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    assert run.status_code == 200, run.text
+    bad = api.client.post(
+        f"/datasources/{datasource}/executions",
+        content=orjson.dumps({"sql_query": "SELECT {v.value}", "parameters": {"tz": value}}),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    assert bad.status_code == 422
+
+
+def test_no_log_line_holds_a_key_token_password_or_bound_value(api):
+    _scenario(api)
+    logged = everything_logged()
+    assert CAPTURE.lines, "nothing was captured: the log handler is not installed"
+    assert len(SENSITIVE) >= 3
+    leaked = sorted(value[:12] + "…" for value in SENSITIVE if value in logged)
+    assert leaked == []
