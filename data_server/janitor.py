@@ -4,6 +4,7 @@ on every data server at once (deleting a deleted object is a no-op)."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from datetime import timedelta
 
@@ -11,7 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Execution, utcnow
-from shared.results import LocalResultStore, result_object_key
+from shared.results import ResultStore, result_object_key
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ STALE_SCRATCH_SECONDS = 24 * 3600
 _BATCH = 500
 
 
-def sweep(sessions: sessionmaker[Session], store: LocalResultStore, settings: Settings) -> None:
+def sweep(sessions: sessionmaker[Session], store: ResultStore, settings: Settings) -> None:
     expired_results = purge_expired_results(sessions, store, settings)
     deleted_executions = delete_expired_executions(sessions, store, settings)
     removed_scratch = remove_stale_scratch(store)
@@ -35,7 +36,7 @@ def sweep(sessions: sessionmaker[Session], store: LocalResultStore, settings: Se
 
 
 def purge_expired_results(
-    sessions: sessionmaker[Session], store: LocalResultStore, settings: Settings
+    sessions: sessionmaker[Session], store: ResultStore, settings: Settings
 ) -> int:
     cutoff = utcnow() - timedelta(hours=settings.result_retention_hours)
     with sessions() as session:
@@ -60,7 +61,7 @@ def purge_expired_results(
 
 
 def delete_expired_executions(
-    sessions: sessionmaker[Session], store: LocalResultStore, settings: Settings
+    sessions: sessionmaker[Session], store: ResultStore, settings: Settings
 ) -> int:
     cutoff = utcnow() - timedelta(hours=settings.execution_retention_hours)
     with sessions() as session:
@@ -78,16 +79,14 @@ def delete_expired_executions(
     return len(rows)
 
 
-def remove_stale_scratch(store: LocalResultStore) -> int:
+def remove_stale_scratch(store: ResultStore) -> int:
     """Scratch files of crashed attempts; a live attempt renews nothing here, so be generous."""
     removed = 0
     cutoff = time.time() - STALE_SCRATCH_SECONDS
-    for path in (store.root / "tmp").iterdir():
+    for path in store.scratch_dir.iterdir():
         try:
             if path.stat().st_mtime < cutoff:
                 if path.is_dir():
-                    import shutil
-
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)

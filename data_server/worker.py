@@ -28,7 +28,7 @@ from data_server.sandbox_pool import SandboxPool
 from shared.datapaths import resolve_in_data_root
 from shared.db.models import Datasource, Execution, utcnow
 from shared.errors import AppError
-from shared.results import LocalResultStore, result_object_key, schema_object_key
+from shared.results import ResultStore, result_object_key, schema_object_key
 from shared.settings import Settings
 from shared.tokens import Scope, new_data_key
 
@@ -55,7 +55,7 @@ class Worker:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        store: LocalResultStore,
+        store: ResultStore,
         pool: SandboxPool,
     ) -> None:
         self.settings = settings

@@ -1,8 +1,11 @@
 """The result store: where finished results and schemas live until they expire.
 
-An interface with a local-directory implementation; an S3-compatible one plugs in behind the same
-methods. Objects are published whole (temporary name → fsync → rename), so a reader never sees a
-partial result, and deletes are idempotent.
+Two implementations behind one interface: a local directory (the embedded default) and an
+S3-compatible bucket (``DATAFERRY_RESULTS_URL=s3://bucket/prefix``), through pyarrow's S3
+filesystem. Either way an object is published whole — a local file by rename after fsync, an S3
+object by a PUT or multipart upload that becomes visible only once complete — so a reader never
+sees a partial result; deletes are idempotent. Workers always write a result to local scratch
+space first (``scratch_dir``) and publish it from there.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
-from shared.errors import NotFound
+from shared.errors import ConfigurationError, NotFound, ServiceUnavailable
 from shared.settings import Settings
 
 
@@ -23,6 +28,11 @@ class ResultGone(NotFound):
 
 
 class ResultStore(Protocol):
+    scratch_dir: Path
+
+    def temp_path(self, name: str) -> Path:
+        """Local scratch space for a result being written."""
+
     def publish(self, local_path: Path, key: str) -> None:
         """Move a finished local file into the store under ``key``; atomic for readers."""
 
@@ -40,6 +50,9 @@ class ResultStore(Protocol):
         """Raise if the store cannot be used (readiness)."""
 
 
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+
+
 def result_object_key(data_key: str) -> str:
     return f"results/{data_key}.arrow"
 
@@ -51,6 +64,7 @@ def schema_object_key(data_key: str) -> str:
 class LocalResultStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.scratch_dir = root / "tmp"
         for sub in ("results", "schemas", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -62,7 +76,7 @@ class LocalResultStore:
 
     def temp_path(self, name: str) -> Path:
         """A scratch file on the store's filesystem, so that publishing is a rename."""
-        return self.root / "tmp" / name
+        return self.scratch_dir / name
 
     def publish(self, local_path: Path, key: str) -> None:
         target = self._path(key)
@@ -109,5 +123,77 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def open_result_store(settings: Settings) -> LocalResultStore:
+class S3ResultStore:
+    """Objects under ``s3://bucket/prefix``; credentials come from the usual AWS variables."""
+
+    def __init__(
+        self, url: str, scratch_dir: Path, endpoint_url: str = "", region: str = ""
+    ) -> None:
+        parsed = urlsplit(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ConfigurationError(
+                f"DATAFERRY_RESULTS_URL must look like s3://bucket/prefix, not {url!r}"
+            )
+        self.base = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+        options: dict[str, Any] = {}
+        if endpoint_url:
+            endpoint = urlsplit(endpoint_url)
+            options |= {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme or "https"}
+        if region:
+            options["region"] = region
+        self.fs = pafs.S3FileSystem(**options)
+        self.scratch_dir = scratch_dir
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        if ".." in key.split("/") or key.startswith("/"):
+            raise ResultGone("No such result.")
+        return f"{self.base}/{key}"
+
+    def temp_path(self, name: str) -> Path:
+        return self.scratch_dir / name
+
+    def publish(self, local_path: Path, key: str) -> None:
+        """Upload, then drop the local file; the object appears only when the upload completes."""
+        with (
+            open(local_path, "rb") as source,
+            self.fs.open_output_stream(self._path(key)) as target,
+        ):
+            while chunk := source.read(UPLOAD_CHUNK_BYTES):
+                target.write(chunk)
+        local_path.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.fs.open_output_stream(self._path(key)) as target:
+            target.write(data)
+
+    def open(self, key: str) -> pa.NativeFile:
+        """Ranged reads on demand: a result is streamed, never downloaded whole first."""
+        try:
+            return self.fs.open_input_file(self._path(key))
+        except FileNotFoundError:
+            raise ResultGone("This result is no longer available.") from None
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as handle:
+            return handle.read()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self._path(key))
+
+    def check(self) -> None:
+        info = self.fs.get_file_info(self.base.split("/", 1)[0])
+        if info.type == pafs.FileType.NotFound:
+            raise ServiceUnavailable("the result bucket does not exist")
+
+
+def open_result_store(settings: Settings) -> LocalResultStore | S3ResultStore:
+    if settings.results_url:
+        return S3ResultStore(
+            settings.results_url,
+            settings.state_dir / "scratch",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
     return LocalResultStore(settings.results_dir)

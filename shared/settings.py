@@ -130,6 +130,15 @@ class Settings:
     results_dir: Path = _setting(
         "RESULTS_DIR", "Directory of the local result store; default <state dir>/results.", Path()
     )
+    results_url: str = _setting(
+        "RESULTS_URL",
+        "s3://bucket/prefix of an S3-compatible result store; default: the local results dir.",
+        "",
+    )
+    s3_endpoint_url: str = _setting(
+        "S3_ENDPOINT_URL", "Endpoint of an S3-compatible server (MinIO, Ceph); default: AWS.", ""
+    )
+    s3_region: str = _setting("S3_REGION", "Region of the result bucket; default: AWS's own.", "")
     worker_processes: int = _setting(
         "WORKER_PROCESSES", "Sandboxed DuckDB child processes per data server.", 2
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from shared.db.models import Base
 from shared.settings import Settings
 from tests.factories import Api
 from tests.log_watch import CAPTURE
+from tests.object_store import ObjectStore, running_object_store
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,16 +35,36 @@ POSTGRES_ENV = "DATAFERRY_TEST_POSTGRES_URL"
 POSTGRES_SCHEMA = f"dataferry_test_{os.getpid()}"
 
 
-def postgres_url_from_env() -> str | None:
+def postgres_url_from_env(schema: str = POSTGRES_SCHEMA) -> str | None:
     raw = os.environ.get(POSTGRES_ENV)
     if not raw:
         return None
     url = make_url(raw)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    return url.update_query_dict({"options": f"-csearch_path={POSTGRES_SCHEMA}"}).render_as_string(
+    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
         hide_password=False
     )
+
+
+@contextmanager
+def fresh_postgres_schema(schema: str) -> Iterator[str]:
+    """An empty schema of its own on the test server (skips without it); dropped afterwards."""
+    url = postgres_url_from_env(schema)
+    if url is None:
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        )
+    engine = create_metadata_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield url
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -57,20 +80,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    url = postgres_url_from_env()
-    if url is None:
-        pytest.skip(
-            f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
-        )
-    engine = create_metadata_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
-        connection.execute(text(f"CREATE SCHEMA {POSTGRES_SCHEMA}"))
-    upgrade_to_head(engine)
-    yield url
-    with engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
-    engine.dispose()
+    with fresh_postgres_schema(POSTGRES_SCHEMA) as url:
+        engine = create_metadata_engine(url)
+        upgrade_to_head(engine)
+        engine.dispose()
+        yield url
 
 
 def _truncate_postgres(url: str) -> None:
@@ -115,3 +129,26 @@ def client(region):
     """End-to-end modules: a client of a new organisation in the module's own ``region``."""
     with region.organization_client() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[ObjectStore]:
+    """moto's S3 server on 127.0.0.1 (a dev dependency, so it is always there)."""
+    with running_object_store() as store:
+        yield store
+
+
+@pytest.fixture(
+    scope="module", params=["embedded", pytest.param("scale-out", marks=pytest.mark.postgres)]
+)
+def deployment(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Settings of the two tested configurations: "embedded" (SQLite and a local directory) and
+    "scale-out" (PostgreSQL as metadata DB and queue, results in an S3-compatible bucket)."""
+    if request.param == "embedded":
+        yield {}
+        return
+    schema = f"dataferry_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with fresh_postgres_schema(schema) as url:
+        object_store = request.getfixturevalue("object_store")
+        bucket = object_store.new_bucket_url()
+        yield {"DATAFERRY_DATABASE_URL": url, **object_store.settings_env(bucket)}

@@ -35,9 +35,10 @@ ORDER BY id
 
 
 @pytest.fixture(scope="module")
-def region(tmp_path_factory):
+def region(tmp_path_factory, deployment):
     cwd = tmp_path_factory.mktemp("exec-region")
     env = {
+        **deployment,
         "DATAFERRY_QUERY_TIMEOUT_SECONDS": "5",
         "DATAFERRY_LEASE_SECONDS": "3",
         "DATAFERRY_QUERY_MEMORY_LIMIT_MB": "256",
@@ -404,3 +405,19 @@ def test_idempotent_retry_and_cancel_of_a_running_execution(client, shop):
     assert cancelled.status_code == 200
     done = client.wait_until_done(first["execution_id"], timeout=30)
     assert done["execution_status"] == "cancelled"
+
+
+def test_results_live_in_the_configured_store(region, client, shop, deployment, request):
+    datasource_id, _ = shop
+    execution = client.run(datasource_id, "SELECT 42 AS answer")
+    client.wait_until_done(execution["execution_id"])
+    data_key = client.grant(execution["execution_id"])["data_key"]
+    local = region.cwd / "var" / "results" / "results" / f"{data_key}.arrow"
+    if "DATAFERRY_RESULTS_URL" in deployment:
+        object_store = request.getfixturevalue("object_store")
+        keys = object_store.keys(deployment["DATAFERRY_RESULTS_URL"])
+        assert f"results/results/{data_key}.arrow" in keys
+        assert not local.exists()
+        assert deployment["DATAFERRY_DATABASE_URL"].startswith("postgresql")
+    else:
+        assert local.exists()
