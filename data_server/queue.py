@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db import new_work
 from shared.db.models import Datasource, Execution, utcnow
 from shared.settings import Settings
 
@@ -169,6 +170,7 @@ def complete(
             lease_expires_at=None,
         )
     )
+    new_work.announce(session)  # a slot of the datasource is free again
     return result.rowcount == 1
 
 
@@ -191,6 +193,7 @@ def finish_unsuccessfully(
                 lease_expires_at=None,
             )
         )
+        new_work.announce(session)
     return result.rowcount == 1
 
 
@@ -231,6 +234,8 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
             .where(expired & (Execution.attempt < settings.max_attempts))
             .values(status="starting", updated_at=now, lease_owner=None, lease_expires_at=None)
         ).rowcount
+        if cancelled or failed or requeued:
+            new_work.announce(session)
     if cancelled or failed or requeued:
         logger.warning(
             "reaped expired leases requeued=%d failed=%d cancelled=%d", requeued, failed, cancelled

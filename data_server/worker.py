@@ -26,6 +26,7 @@ from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
 from data_server.sample import ensure_sample_database
 from data_server.sandbox_pool import SandboxPool
 from shared.datapaths import resolve_in_data_root
+from shared.db import new_work
 from shared.db.models import Datasource, Execution, utcnow
 from shared.errors import AppError
 from shared.results import ResultStore, result_object_key, schema_object_key
@@ -40,6 +41,7 @@ SQL_QUERY, DATASOURCE_REFRESH, CONNECTION_TEST = (
     "connection_test",
 )
 MAINTENANCE_INTERVAL_SECONDS = 5.0
+FALLBACK_POLL_SECONDS = 2.0
 JANITOR_INTERVAL_SECONDS = 60.0
 
 
@@ -67,12 +69,23 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._new_work = threading.Event()
+        engine = sessions.kw["bind"]
+        self._listening = new_work.supported(engine)
+        # With notifications the poll is only a safety net; without them it is the mechanism.
+        self._idle_wait = (
+            max(settings.poll_interval_seconds, FALLBACK_POLL_SECONDS)
+            if self._listening
+            else settings.poll_interval_seconds
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         targets = [self._execute_loop] * self.settings.worker_processes
         targets += [self._heartbeat_loop, self._maintenance_loop]
+        if self._listening:
+            targets.append(self._listen_loop)
         for index, target in enumerate(targets):
             thread = threading.Thread(target=target, name=f"worker-{index}", daemon=True)
             thread.start()
@@ -81,6 +94,7 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, hand running executions back to the queue, and wait for the threads."""
         self._stopping.set()
+        self._new_work.set()
         with self._lock:
             running = list(self._running.values())
         for job in running:
@@ -101,6 +115,7 @@ class Worker:
                 )
                 .values(status="starting", lease_owner=None, lease_expires_at=None)
             )
+            new_work.announce(session)
 
     # ------------------------------------------------------------------ loops
 
@@ -112,9 +127,13 @@ class Worker:
                 logger.exception("claiming failed")
                 claim = None
             if claim is None:
-                self._stopping.wait(self.settings.poll_interval_seconds)
+                if self._new_work.wait(self._idle_wait):
+                    self._new_work.clear()
                 continue
             self._run(claim)
+
+    def _listen_loop(self) -> None:
+        new_work.listen(self.sessions.kw["bind"], self._new_work, self._stopping)
 
     def _heartbeat_loop(self) -> None:
         interval = max(0.2, self.settings.lease_seconds / 3)

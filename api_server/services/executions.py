@@ -24,6 +24,7 @@ from api_server.services.sql_parameters import (
     parse_input_parameters,
 )
 from api_server.services.sql_snippets import expand_snippets, snippet_lookup
+from shared.db import new_work
 from shared.db.models import Datasource, Execution, Organization, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from shared.settings import Settings
@@ -125,6 +126,7 @@ def run_execution(
     try:
         with session.begin_nested():
             session.add(execution)
+        new_work.announce(session)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         existing = _find_idempotent(session, principal, idempotency_key or "")
         if existing is None:
@@ -197,6 +199,7 @@ def create_system_execution(
     )
     session.add(execution)
     session.flush()
+    new_work.announce(session)
     return execution
 
 
