@@ -13,6 +13,7 @@ from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.http_limits import HeaderLimitMiddleware
+from shared.metrics import Metrics, MetricsMiddleware
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
 from shared.results import open_result_store
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         middleware=[
             Middleware(RequestContextMiddleware),
+            Middleware(MetricsMiddleware),
             Middleware(HeaderLimitMiddleware),
             Middleware(AuditMiddleware),
         ],
@@ -46,4 +48,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.signing_key = load_signing_key(settings)
     app.state.result_store = open_result_store(settings)
     app.state.rate_limiter = RateLimiter(settings.redis_url)
+    app.state.metrics = Metrics(app.state.sessions)
     return app

@@ -12,9 +12,11 @@ from api_server.endpoints import (
     sql_snippets,
 )
 from shared.health import database_answers, health_routes
+from shared.metrics import metrics_route
 from shared.routing import resource_route
 
 routes = [
+    metrics_route(),
     *health_routes(("database", database_answers)),
     resource_route("/.well-known/jwks.json", GET=keys.jwks_document),
     resource_route("/api_key", GET=api_keys.show_calling_api_key),

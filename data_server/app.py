@@ -14,6 +14,7 @@ from data_server.auth import PublicKeyring
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.http_limits import HeaderLimitMiddleware
+from shared.metrics import Metrics, MetricsMiddleware
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
 from shared.results import open_result_store
@@ -29,7 +30,9 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         worker = None
         if run_workers:
-            worker = await run_in_threadpool(start_workers, settings, sessions, store)
+            worker = await run_in_threadpool(
+                start_workers, settings, sessions, store, app.state.metrics
+            )
         app.state.worker = worker
         try:
             yield
@@ -40,23 +43,28 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware), Middleware(HeaderLimitMiddleware)],
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(MetricsMiddleware),
+            Middleware(HeaderLimitMiddleware),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.sessions = sessions
+    app.state.metrics = Metrics(sessions)
     app.state.result_store = store
     app.state.keyring = PublicKeyring(settings)
     return app
 
 
-def start_workers(settings: Settings, sessions, store):  # type: ignore[no-untyped-def]
+def start_workers(settings: Settings, sessions, store, metrics=None):  # type: ignore[no-untyped-def]
     from data_server.sandbox_pool import SandboxPool
     from data_server.worker import Worker
 
     pool = SandboxPool(settings.worker_processes)
-    worker = Worker(settings, sessions, store, pool)
+    worker = Worker(settings, sessions, store, pool, metrics)
     worker.start()
     return worker
 

@@ -8,6 +8,7 @@ from data_server import endpoints
 from data_server.sample import sample_database_path
 from shared.errors import ServiceUnavailable
 from shared.health import database_answers, health_routes
+from shared.metrics import metrics_route
 from shared.routing import resource_route
 from shared.settings import Settings
 
@@ -30,6 +31,7 @@ def public_keys_loaded(request: Request) -> None:
 
 
 routes = [
+    metrics_route(),
     *health_routes(
         ("database", database_answers),
         ("result_store", result_store_works),

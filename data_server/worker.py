@@ -29,6 +29,7 @@ from shared.datapaths import resolve_in_data_root
 from shared.db import new_work
 from shared.db.models import Datasource, Execution, utcnow
 from shared.errors import AppError
+from shared.metrics import Metrics
 from shared.results import ResultStore, result_object_key, schema_object_key
 from shared.settings import Settings
 from shared.tokens import Scope, new_data_key
@@ -59,8 +60,10 @@ class Worker:
         sessions: sessionmaker[Session],
         store: ResultStore,
         pool: SandboxPool,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.sessions = sessions
         self.store = store
         self.pool = pool
@@ -172,7 +175,7 @@ class Worker:
         job = _Running(claim)
         with self._lock:
             self._running[claim.execution_id] = job
-        started = time.monotonic()
+        started, outcome = time.monotonic(), "completed"
         try:
             spec = self._datasource_spec(claim)
             if claim.execution_type == SQL_QUERY:
@@ -183,11 +186,13 @@ class Worker:
                 self.pool.check_connection(spec, self._limits(), cancel_event=job.cancel)
                 self._complete_without_result(job)
         except QueryFailed as failure:
+            outcome = failure.code
             if not job.lease_lost and not self._stopping.is_set():
                 message = without_bound_values(failure.message, claim.bound_parameters)
                 queue.finish_unsuccessfully(self.sessions, claim, failure.code, message)
             logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)
         except Exception:
+            outcome = "internal_error"
             logger.exception("execution crashed id=%s", claim.execution_id)
             queue.finish_unsuccessfully(
                 self.sessions,
@@ -198,12 +203,17 @@ class Worker:
         finally:
             with self._lock:
                 self._running.pop(claim.execution_id, None)
+            elapsed = time.monotonic() - started
+            if self.metrics is not None:
+                self.metrics.execution_duration.labels(claim.execution_type, outcome).observe(
+                    elapsed
+                )
             logger.info(
                 "execution done id=%s type=%s attempt=%d %.0fms",
                 claim.execution_id,
                 claim.execution_type,
                 claim.attempt,
-                (time.monotonic() - started) * 1000,
+                elapsed * 1000,
             )
 
     def _limits(self) -> Limits:

@@ -45,6 +45,7 @@ def _resource(kind: str, target: str, **attributes: Any) -> Callable[[Any], Any]
 RULES = [
     Rule("GET", "/healthz", (), 200, public=True),
     Rule("GET", "/readyz", (), 200, public=True),
+    Rule("GET", "/metrics", (), 200, public=True),
     Rule("GET", "/.well-known/jwks.json", (), 200, public=True),
     Rule("GET", "/api_key", (), 200),
     Rule("GET", "/api_keys", (P.MANAGE_USERS,), 200),

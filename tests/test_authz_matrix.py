@@ -135,6 +135,7 @@ def test_the_matrix_covers_every_route_of_both_servers(api, tmp_path):
 DATA_SERVER_RULES = {
     ("GET", "/healthz"): "public",
     ("GET", "/readyz"): "public",
+    ("GET", "/metrics"): "public (restrict it at the load balancer)",
     ("GET", "/data/{data_key}"): "data token for exactly this data key",
 }
 

@@ -1,0 +1,126 @@
+"""Prometheus metrics of one server process, served at ``GET /metrics`` (text format 0.0.4).
+
+Requests are counted and timed by route template (``/executions/{id}``, never an id), so the
+label set stays small and no tenant's ids leak. Queue depth and running executions are read from
+the metadata DB when scraped; execution durations are observed by this process's workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.db.models import Execution
+
+logger = logging.getLogger(__name__)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _QueueCollector(Collector):
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self.sessions() as session:
+                counts = dict(
+                    session.execute(
+                        select(Execution.status, func.count())
+                        .where(Execution.status.in_(("starting", "running")))
+                        .group_by(Execution.status)
+                    ).all()
+                )
+        except Exception as exc:  # a scrape must not fail because the DB is briefly away
+            logger.warning("metrics: cannot read the queue (%s)", type(exc).__name__)
+            return
+        yield GaugeMetricFamily(
+            "dataferry_queue_depth", "Executions waiting to be claimed.", counts.get("starting", 0)
+        )
+        yield GaugeMetricFamily(
+            "dataferry_running_executions",
+            "Executions running now, in the whole region.",
+            counts.get("running", 0),
+        )
+
+
+class Metrics:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "dataferry_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dataferry_http_request_duration_seconds",
+            "Time from request to the end of the response body.",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.bytes_sent = Counter(
+            "dataferry_http_response_bytes",
+            "Response body bytes sent, by route template.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.execution_duration = Histogram(
+            "dataferry_execution_duration_seconds",
+            "Wall time of executions run by this process's workers, by type and outcome.",
+            ["execution_type", "outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.registry.register(_QueueCollector(sessions))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def metrics_route() -> Route:
+    async def metrics(request: Request) -> Response:
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return Route("/metrics", metrics, methods=["GET"], name="metrics")
+
+
+class MetricsMiddleware:
+    """Counts, times and sizes every HTTP response; streaming bodies are timed to their end."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status, sent = 500, 0
+
+        async def measure(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, measure)
+        finally:
+            metrics: Metrics = scope["app"].state.metrics
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(scope["method"], route, str(status)).inc()
+            metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+            metrics.bytes_sent.labels(route).inc(sent)
