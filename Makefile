@@ -20,6 +20,9 @@ install: $(STAMP)
 run: install
 	$(PY) deploy/launch.py --demo
 
+run-regions: install
+	$(PY) deploy/launch.py --demo --env-file deploy/regions/eu.env --env-file deploy/regions/us.env
+
 test: install
 	$(PY) -m pytest
 

@@ -1,7 +1,9 @@
-"""Start the API server and data server of one region and stop both cleanly on Ctrl-C.
+"""Start the API server and data server of one region or more, and stop them all on Ctrl-C.
 
 ``make run`` calls ``python deploy/launch.py --demo``: migrate, create the demo organisation once,
 start both servers, wait until they are ready, print the API key and a curl example.
+``make run-regions`` passes ``--env-file`` once per region (deploy/regions/eu.env, us.env): each
+region gets its own state directory, metadata DB, result store, secrets and signing keys.
 """
 
 from __future__ import annotations
@@ -74,45 +76,65 @@ def banner(env: dict[str, str], credentials: dict[str, str]) -> str:
     data = f"http://{env.get('DATAFERRY_DATA_HOST', '127.0.0.1')}:{env.get('DATAFERRY_DATA_PORT', '8001')}"
     return (
         "\n"
-        f"dataferry is running: API server {api}, data server {data}\n"
+        f"dataferry region {env.get('DATAFERRY_REGION', 'eu')} is running: "
+        f"API server {api}, data server {data}\n"
         f"demo organisation: {credentials['organization_id']}\n"
         f"API key (keep it secret): {credentials['api_key']}\n\n"
         "Try it:\n"
         f"  export API={api} DATA={data} KEY={credentials['api_key']}\n"
-        '  curl -s -H "Authorization: Api $KEY" $API/datasources\n\n'
-        "README.md walks through the whole API. Press Ctrl-C to stop both servers.\n"
+        '  curl -s -H "Authorization: Api $KEY" $API/datasources\n'
     )
+
+
+def region_environment(env_file: Path | None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if env_file:
+        env.update(read_env_file(env_file))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_region(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    subprocess.run([sys.executable, "-m", "api_server", "migrate"], env=env, check=True)
+    return [
+        subprocess.Popen([sys.executable, "-m", "api_server", "serve"], env=env),
+        subprocess.Popen([sys.executable, "-m", "data_server", "serve"], env=env),
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--env-file", type=Path, help="settings for this region (KEY=VALUE lines)")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        action="append",
+        help="settings of one region (KEY=VALUE lines); repeat for several regions",
+    )
     parser.add_argument("--demo", action="store_true", help="create/reuse the demo organisation")
     args = parser.parse_args()
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if args.env_file:
-        env.update(read_env_file(args.env_file))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-
-    subprocess.run([sys.executable, "-m", "api_server", "migrate"], env=env, check=True)
-    credentials = run_json(env, "ensure-demo-organization") if args.demo else None
-
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "api_server", "serve"], env=env),
-        subprocess.Popen([sys.executable, "-m", "data_server", "serve"], env=env),
-    ]
+    environments = [region_environment(path) for path in args.env_file or [None]]
+    processes: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        api_port = env.get("DATAFERRY_API_PORT", "8000")
-        data_port = env.get("DATAFERRY_DATA_PORT", "8001")
-        wait_ready(f"http://127.0.0.1:{api_port}", processes)
-        wait_ready(f"http://127.0.0.1:{data_port}", processes)
-        if credentials:
-            print(banner(env, credentials), flush=True)
+        banners = []
+        for env in environments:
+            credentials = run_json(env, "ensure-demo-organization") if args.demo else None
+            processes += start_region(env)
+            if credentials:
+                banners.append(banner(env, credentials))
+        for env in environments:
+            wait_ready(f"http://127.0.0.1:{env.get('DATAFERRY_API_PORT', '8000')}", processes)
+            wait_ready(f"http://127.0.0.1:{env.get('DATAFERRY_DATA_PORT', '8001')}", processes)
+        if banners:
+            print("".join(banners), flush=True)
+            print(
+                "\nREADME.md walks through the whole API. Press Ctrl-C to stop every server.",
+                flush=True,
+            )
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
-        print("a server stopped; stopping the other", file=sys.stderr)
+        print("a server stopped; stopping the others", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
