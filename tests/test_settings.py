@@ -21,6 +21,12 @@ def test_env_example_documents_exactly_the_settings():
     assert documented == set(Settings.documented_variables())
 
 
+def test_operator_guide_places_every_setting():
+    guide = (ENV_EXAMPLE.parent / "README.md").read_text()
+    missing = [name for name in Settings.documented_variables() if f"`{name}`" not in guide]
+    assert missing == [], "deploy/README.md does not mention these settings"
+
+
 def test_defaults_live_in_the_state_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({})
