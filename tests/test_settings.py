@@ -16,7 +16,7 @@ ENV_EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "env.example"
 
 def test_env_example_documents_exactly_the_settings():
     documented = set(
-        re.findall(r"^#?\s*(DATAFERRY_[A-Z_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE)
+        re.findall(r"^#?\s*(DATAFERRY_[A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE)
     )
     assert documented == set(Settings.documented_variables())
 
