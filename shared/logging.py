@@ -15,6 +15,19 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record, not at set-up: a stream
+    swapped out meanwhile (by a test runner's capture, say) is then never written after closing."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
     """One line per record on stderr, with the request id; idempotent."""
     root = logging.getLogger()
@@ -22,7 +35,7 @@ def configure_logging(level: str = "INFO") -> None:
     for handler in root.handlers:
         if getattr(handler, "_dataferry", False):
             return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler._dataferry = True  # type: ignore[attr-defined]
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
