@@ -11,8 +11,10 @@ from api_server.endpoints import (
     keys,
     sql_snippets,
 )
+from api_server.openapi import build_document
 from shared.health import database_answers, health_routes
 from shared.metrics import metrics_route
+from shared.openapi import openapi_routes
 from shared.routing import resource_route
 
 routes = [
@@ -55,4 +57,5 @@ routes = [
         PATCH=sql_snippets.update_sql_snippet,
         DELETE=sql_snippets.delete_sql_snippet,
     ),
+    *openapi_routes(build_document),
 ]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from data_server import endpoints
+from data_server.openapi import build_document
 from data_server.sample import sample_database_path
 from shared.errors import ServiceUnavailable
 from shared.health import database_answers, health_routes
 from shared.metrics import metrics_route
+from shared.openapi import openapi_routes
 from shared.routing import resource_route
 from shared.settings import Settings
 
@@ -39,4 +41,5 @@ routes = [
         ("sample_datasource", sample_is_generated),
     ),
     resource_route("/data/{data_key}", GET=endpoints.fetch_data),
+    *openapi_routes(build_document),
 ]

@@ -46,6 +46,8 @@ RULES = [
     Rule("GET", "/healthz", (), 200, public=True),
     Rule("GET", "/readyz", (), 200, public=True),
     Rule("GET", "/metrics", (), 200, public=True),
+    Rule("GET", "/openapi.json", (), 200, public=True),
+    Rule("GET", "/docs", (), 200, public=True),
     Rule("GET", "/.well-known/jwks.json", (), 200, public=True),
     Rule("GET", "/api_key", (), 200),
     Rule("GET", "/api_keys", (P.MANAGE_USERS,), 200),

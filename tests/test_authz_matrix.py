@@ -136,6 +136,8 @@ DATA_SERVER_RULES = {
     ("GET", "/healthz"): "public",
     ("GET", "/readyz"): "public",
     ("GET", "/metrics"): "public (restrict it at the load balancer)",
+    ("GET", "/openapi.json"): "public",
+    ("GET", "/docs"): "public",
     ("GET", "/data/{data_key}"): "data token for exactly this data key",
 }
 

@@ -1,0 +1,155 @@
+"""The data server's OpenAPI document: every route and method of ``data_server.routes``.
+
+Formats, their media types and the accepted query parameters are read from the code that serves
+them; tests/test_openapi.py checks that every route is described and every description routed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from data_server.formats import MAX_ROW_WINDOW, ResultFormat
+from shared import openapi as oa
+
+READINESS_CHECKS = ("database", "result_store", "public_keys", "sample_datasource")
+DATA_TAG = "Data"
+TAGS = {
+    DATA_TAG: "Results of executions and recorded datasource schemas, for a data access token.",
+    **oa.SHARED_TAGS,
+}
+
+DESCRIPTION = """\
+The data plane of a dataferry region: it streams stored results, in the format the client asks \
+for, to requests carrying `Authorization: Data <token>`. Tokens come from the API server (Get \
+Execution Data, Get Datasource Schema), are valid for one data key and expire quickly; every \
+other request gets one and the same 401 before any storage is read.
+
+Every GET also answers HEAD. Any request may get 404 (no such route), 405 (the path does not take \
+the method; `Allow` lists those it takes), 431 (headers above 32 KiB) or 500, and every response \
+carries `X-Request-Id`. Every error is a JSON:API error document (`Errors`).\
+"""
+
+
+def build_document() -> dict[str, Any]:
+    return oa.document(
+        "dataferry data server",
+        oa.package_version(),
+        DESCRIPTION,
+        TAGS,
+        {**oa.shared_paths(READINESS_CHECKS), "/data/{data_key}": {"get": _fetch_data()}},
+        _schemas(),
+    )
+
+
+def _schemas() -> dict[str, oa.Schema]:
+    column = oa.obj(
+        {"name": oa.string(), "type": oa.string("The Arrow type, e.g. `decimal128(10, 2)`.")},
+        ["name", "type"],
+    )
+    table = oa.obj(
+        {
+            "name": oa.string(),
+            "type": oa.enum(["table", "view"]),
+            "row_count": oa.nullable(oa.integer("An estimate; null for views.")),
+            "columns": oa.array(
+                oa.obj(
+                    {"name": oa.string(), "type": oa.string(), "nullable": oa.boolean()},
+                    ["name", "type", "nullable"],
+                )
+            ),
+        },
+        ["name", "type", "columns"],
+        closed=False,
+    )
+    schema = oa.obj({"name": oa.string(), "tables": oa.array(table)}, ["name", "tables"])
+    return {
+        "ResultDocument": oa.obj(
+            {
+                "columns": oa.array(column),
+                "rows": oa.array(
+                    oa.array({}),
+                    "One array per row; values mapped losslessly (docs/result-formats.md).",
+                ),
+                "row_count": oa.integer("Rows in this response, after `offset`/`limit`."),
+            },
+            ["columns", "rows", "row_count"],
+            "A result as JSON.",
+        ),
+        "DatasourceSchema": schema,
+        "SchemaDocument": oa.obj(
+            {"server_version": oa.string(), "schemas": oa.array(oa.ref("DatasourceSchema"))},
+            ["schemas"],
+            "A datasource's recorded schema; with `name`, only that `DatasourceSchema`.",
+            closed=False,
+        ),
+    }
+
+
+def _result_content() -> dict[str, Any]:
+    """One entry per format, JSON also carrying a schema grant's schema document."""
+    media: dict[str, Any] = {}
+    for fmt in ResultFormat:
+        if fmt is ResultFormat.JSON:
+            schema: oa.Schema = {"oneOf": [oa.ref("ResultDocument"), oa.ref("SchemaDocument")]}
+        elif fmt in (ResultFormat.ARROW, ResultFormat.PARQUET):
+            schema = oa.string(f"Binary ({fmt.name_in_query}).", contentMediaType=fmt.media_type)
+        else:
+            schema = oa.string(f"Text ({fmt.name_in_query}), streamed.")
+        media[fmt.content_type] = {"schema": schema}
+    return media
+
+
+def _row_count(name: str, description: str) -> dict[str, Any]:
+    return oa.query_parameter(
+        name, f"{description} Results only.", oa.integer(minimum=0, maximum=MAX_ROW_WINDOW)
+    )
+
+
+def _fetch_data() -> dict[str, Any]:
+    formats = ", ".join(f"`{fmt.name_in_query}`" for fmt in ResultFormat)
+    parameters = [
+        oa.path_parameter(
+            "data_key",
+            "As returned with the token; its prefix says whether it names a result or a schema.",
+        ),
+        oa.query_parameter(
+            "format",
+            f"The format ({formats}); wins over `Accept`. Schemas are `json` only.",
+            oa.enum(fmt.name_in_query for fmt in ResultFormat),
+        ),
+        _row_count("offset", "Skip this many rows of the stored result."),
+        _row_count("limit", "Answer at most this many rows."),
+        oa.query_parameter("name", "Schemas only: narrow the document to the schema of this name."),
+    ]
+    response = {
+        "description": "The data, streamed. Formats other than JSON carry `Content-Disposition: "
+        'inline; filename="<data key>.<extension>"`; all carry `Cache-Control: private, '
+        "no-store`.",
+        "content": _result_content(),
+    }
+    return oa.operation(
+        "fetchData",
+        DATA_TAG,
+        "Fetch data",
+        "A stored execution result in the format asked for (`?format=`, else `Accept`, else "
+        "JSON), rows selected with `offset`/`limit` without re-running anything; or, for a "
+        "schema grant's data key, the datasource's schema JSON.",
+        {
+            "200": response,
+            **oa.error_responses(
+                (400, 401, 404, 406),
+                {
+                    400: "An unknown query parameter (`name` on a result, `offset`/`limit` on a "
+                    "schema), an unknown `format`, or a malformed `offset`/`limit` "
+                    "(`invalid_query_parameter`).",
+                    401: "The token is missing, expired, of another region or for another data "
+                    "key (`invalid_data_token`): always the same answer.",
+                    404: "The result expired or was deleted (`result_gone`), or the schema has "
+                    "no such `name` (`schema_not_found`).",
+                    406: "`Accept` admits none of the formats (a schema: not JSON).",
+                },
+            ),
+        },
+        security="DataToken",
+        parameters=parameters,
+    )

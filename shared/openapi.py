@@ -1,0 +1,663 @@
+"""OpenAPI 3.1 building blocks shared by both servers, and the routes that publish a document.
+
+Each server describes its own operations (``<server>/openapi.py``); this module holds what they
+share: schema helpers, the JSON:API error document and the reusable error responses, the security
+schemes, the operations both servers have (health, metrics, these docs), and an offline HTML
+rendering of a document for ``/docs``.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from shared.errors import (
+    AppError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HeaderFieldsTooLarge,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from shared.metrics import CONTENT_TYPE as PROMETHEUS_MEDIA_TYPE
+from shared.problems import JSONAPI_MEDIA_TYPE
+
+OPENAPI_VERSION = "3.1.0"
+JSON_MEDIA_TYPE = "application/json"
+
+Schema = dict[str, Any]
+
+
+# ---------------------------------------------------------------- schema helpers
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def string(description: str | None = None, **constraints: Any) -> Schema:
+    return _described({"type": "string", **constraints}, description)
+
+
+def integer(description: str | None = None, **constraints: Any) -> Schema:
+    return _described({"type": "integer", **constraints}, description)
+
+
+def boolean(description: str | None = None) -> Schema:
+    return _described({"type": "boolean"}, description)
+
+
+def timestamp(description: str | None = None) -> Schema:
+    return string(description, format="date-time")
+
+
+def enum(values: Iterable[str], description: str | None = None) -> Schema:
+    return string(description, enum=list(values))
+
+
+def const(value: str, description: str | None = None) -> Schema:
+    return string(description, const=value)
+
+
+def nullable(schema: Schema) -> Schema:
+    """OpenAPI 3.1 spells "or null" as a type list (3.0's ``nullable`` is gone)."""
+    if isinstance(schema.get("type"), str) and "enum" not in schema and "const" not in schema:
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def array(items: Schema, description: str | None = None, **constraints: Any) -> Schema:
+    return _described({"type": "array", "items": items, **constraints}, description)
+
+
+def obj(
+    properties: Mapping[str, Schema],
+    required: Iterable[str] = (),
+    description: str | None = None,
+    *,
+    closed: bool = True,
+) -> Schema:
+    """An object schema; ``closed`` (no other members) is how the server reads request bodies."""
+    schema: Schema = {"type": "object", "properties": dict(properties)}
+    if required := list(required):
+        schema["required"] = required
+    if closed:
+        schema["additionalProperties"] = False
+    return _described(schema, description)
+
+
+def model_schema(model: type[BaseModel], **refinements: Schema) -> Schema:
+    """A pydantic model's JSON Schema without pydantic's noise (titles, ``default: null``),
+    with ``refinements`` merged into the named properties (enums a validator enforces)."""
+    schema = _without_noise(model.model_json_schema())
+    for name, extra in refinements.items():
+        schema["properties"][name] = {**schema["properties"][name], **extra}
+    return schema
+
+
+def _without_noise(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            key: _without_noise(value)
+            for key, value in schema.items()
+            if key != "title" and not (key == "default" and value is None)
+        }
+    if isinstance(schema, list):
+        return [_without_noise(item) for item in schema]
+    return schema
+
+
+def _described(schema: Schema, description: str | None) -> Schema:
+    return {**schema, "description": description} if description else schema
+
+
+# ---------------------------------------------------------------- operations
+
+
+def content(schema: Schema, media_type: str = JSON_MEDIA_TYPE) -> dict[str, Any]:
+    return {media_type: {"schema": schema}}
+
+
+def response(
+    description: str,
+    schema: Schema | None = None,
+    media_type: str = JSON_MEDIA_TYPE,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A success response; ``headers`` maps a header name to its description."""
+    answer: dict[str, Any] = {"description": description}
+    if schema is not None:
+        answer["content"] = content(schema, media_type)
+    if headers:
+        answer["headers"] = {
+            name: {"description": text, "schema": string()} for name, text in headers.items()
+        }
+    return answer
+
+
+def parameter(
+    name: str,
+    location: str,
+    schema: Schema,
+    description: str,
+    *,
+    required: bool = False,
+) -> dict[str, Any]:
+    param = {"name": name, "in": location, "description": description, "schema": schema}
+    if required or location == "path":
+        param["required"] = True
+    return param
+
+
+def path_parameter(name: str, description: str, schema: Schema | None = None) -> dict[str, Any]:
+    return parameter(name, "path", schema or string(), description)
+
+
+def query_parameter(name: str, description: str, schema: Schema | None = None) -> dict[str, Any]:
+    return parameter(name, "query", schema or string(), description)
+
+
+def request_body(schema: Schema, media_type: str, description: str) -> dict[str, Any]:
+    return {"required": True, "description": description, "content": content(schema, media_type)}
+
+
+def operation(
+    operation_id: str,
+    tag: str,
+    summary: str,
+    description: str,
+    responses: dict[str, Any],
+    *,
+    security: str | None = None,
+    parameters: Iterable[dict[str, Any]] = (),
+    body: dict[str, Any] | None = None,
+    **extensions: Any,
+) -> dict[str, Any]:
+    """One operation object; ``security`` names a scheme, ``None`` means no credentials at all."""
+    op: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        "description": description,
+        "security": [{security: []}] if security else [],
+    }
+    if parameters := list(parameters):
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    op["responses"] = responses
+    op.update({f"x-{name.replace('_', '-')}": value for name, value in extensions.items()})
+    return op
+
+
+# ---------------------------------------------------------------- errors and security
+
+# Each error class the servers raise, with what its status means in this API.
+_ERROR_RESPONSES: dict[type[AppError], str] = {
+    BadRequest: "A query parameter, or the request body, is malformed or not supported here; "
+    "`source.parameter` or `source.pointer` names it.",
+    Unauthorized: "The credentials are missing or not valid: every cause gets the same answer.",
+    Forbidden: "The credentials are valid but do not allow this operation.",
+    NotFound: "No such object, or it belongs to another organisation or lies outside the key's "
+    "datasources: the answers are the same.",
+    MethodNotAllowed: "The path does not take this method; `Allow` lists those it takes.",
+    NotAcceptable: "The `Accept` header admits no media type this operation produces.",
+    RequestTimeout: "The request body did not fully arrive within 30 s.",
+    Conflict: "The request conflicts with the current state of the object (see `code`).",
+    PayloadTooLarge: "The request body exceeds 1 MiB.",
+    UnsupportedMediaType: "The request body was not sent with the media type this operation takes.",
+    Unprocessable: "The body is well-formed but its values are not valid; each problem is one "
+    "error object whose `source.pointer` names the member at fault. Nothing was changed.",
+    TooManyRequests: "A rate limit is used up; retry after `Retry-After` seconds.",
+    HeaderFieldsTooLarge: "The request headers exceed 32 KiB.",
+    ServiceUnavailable: "A dependency of the server cannot be reached right now.",
+}
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": "The scheme to authenticate with (`Api` or `Data`)."},
+    405: {"Allow": "The methods this path takes."},
+    429: {"Retry-After": "Seconds to wait before trying again."},
+}
+
+
+def error_response_name(status: int) -> str:
+    return next(cls.__name__ for cls in _ERROR_RESPONSES if cls.status == status)
+
+
+def error_responses(statuses: Iterable[int], notes: Mapping[int, str] | None = None) -> dict:
+    """References to the shared error responses; a note (the codes an operation gives, say)
+    overrides the shared description, as OpenAPI 3.1 lets a reference do."""
+    notes = notes or {}
+    answers = {}
+    for status in sorted(set(statuses) | set(notes)):
+        answer = {"$ref": f"#/components/responses/{error_response_name(status)}"}
+        if status in notes:
+            answer["description"] = notes[status]
+        answers[str(status)] = answer
+    return answers
+
+
+def _error_components() -> dict[str, Any]:
+    error_object = obj(
+        {
+            "status": string("The HTTP status, as a string.", pattern=r"^[45][0-9]{2}$"),
+            "code": string("Stable and machine-readable, e.g. `invalid_query_parameter`."),
+            "title": string("The same for every error of this status."),
+            "detail": string("What went wrong in this request, for a human."),
+            "source": {
+                "description": "Which part of the request is at fault, when one is.",
+                "oneOf": [
+                    obj({"pointer": string("A JSON Pointer into the request body.")}, ["pointer"]),
+                    obj({"parameter": string("The query parameter at fault.")}, ["parameter"]),
+                ],
+            },
+        },
+        ["status", "code", "title", "detail"],
+    )
+    errors = obj(
+        {"errors": array(ref("ErrorObject"), minItems=1)},
+        ["errors"],
+        "A JSON:API error document: every failure of either server looks like this.",
+    )
+    responses = {
+        cls.__name__: response(
+            f"{cls.title}. {meaning}",
+            ref("Errors"),
+            JSONAPI_MEDIA_TYPE,
+            _ERROR_HEADERS.get(cls.status),
+        )
+        for cls, meaning in _ERROR_RESPONSES.items()
+    }
+    return {"schemas": {"ErrorObject": error_object, "Errors": errors}, "responses": responses}
+
+
+SECURITY_SCHEMES = {
+    "ApiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "An API key of the organisation: `Authorization: Api <secret>`, where the "
+        "secret looks like `dfk_<40 characters>_<checksum>`.",
+    },
+    "DataToken": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "A short-lived data access token for exactly one data key, as issued by the "
+        "API server: `Authorization: Data <token>`.",
+    },
+}
+
+
+# ---------------------------------------------------------------- the document
+
+
+def package_version() -> str:
+    try:
+        return version("dataferry")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0.0.0"
+
+
+def document(
+    title: str,
+    version: str,
+    description: str,
+    tags: Mapping[str, str],
+    paths: Mapping[str, dict[str, Any]],
+    schemas: Mapping[str, Schema] | None = None,
+) -> dict[str, Any]:
+    """A whole OpenAPI 3.1 document; no ``servers``, so every path is relative to this server."""
+    shared = _error_components()
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": version, "description": description},
+        "tags": [{"name": name, "description": text} for name, text in tags.items()],
+        "paths": dict(paths),
+        "components": {
+            "schemas": {**shared["schemas"], **(schemas or {})},
+            "responses": shared["responses"],
+            "securitySchemes": SECURITY_SCHEMES,
+        },
+    }
+
+
+# ---------------------------------------------------------------- operations of both servers
+
+OPERATIONS_TAG = "Operations"
+DOCUMENTATION_TAG = "Documentation"
+SHARED_TAGS = {
+    OPERATIONS_TAG: "Liveness, readiness and metrics, for load balancers and monitoring.",
+    DOCUMENTATION_TAG: "This reference, as OpenAPI and as HTML.",
+}
+
+
+def shared_paths(readiness_checks: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and ``/docs``: public on both."""
+    checks = list(readiness_checks)
+    readiness = obj(
+        {
+            "status": enum(["ready", "not_ready"]),
+            "checks": obj({name: enum(["ok", "failing"]) for name in checks}, checks),
+        },
+        ["status", "checks"],
+    )
+    return {
+        "/healthz": {
+            "get": operation(
+                "checkLiveness",
+                OPERATIONS_TAG,
+                "Liveness",
+                "Answers while the process runs; checks nothing else.",
+                {"200": response("The process runs.", obj({"status": const("ok")}, ["status"]))},
+            )
+        },
+        "/readyz": {
+            "get": operation(
+                "checkReadiness",
+                OPERATIONS_TAG,
+                "Readiness",
+                f"Runs every readiness check ({', '.join(f'`{c}`' for c in checks)}) and reports "
+                "each; ready only if all pass.",
+                {
+                    "200": response("Every check passed.", readiness),
+                    "503": response("At least one check failed (its name says which).", readiness),
+                },
+            )
+        },
+        "/metrics": {
+            "get": operation(
+                "getMetrics",
+                OPERATIONS_TAG,
+                "Prometheus metrics",
+                "Requests and latency by route template, bytes served, queue depth, running "
+                "executions and execution durations, in the Prometheus text format. It needs no "
+                "credentials: restrict it at the load balancer.",
+                {"200": response("The metrics.", string(), PROMETHEUS_MEDIA_TYPE)},
+            )
+        },
+        "/openapi.json": {
+            "get": operation(
+                "getOpenApiDocument",
+                DOCUMENTATION_TAG,
+                "OpenAPI document",
+                "This server's API as an OpenAPI 3.1 document.",
+                {"200": response("The document.", {"type": "object"})},
+            )
+        },
+        "/docs": {
+            "get": operation(
+                "getApiReference",
+                DOCUMENTATION_TAG,
+                "API reference",
+                "This server's API as one self-contained HTML page (no scripts, no external "
+                "assets), rendered from the OpenAPI document.",
+                {"200": response("The page.", string(), "text/html; charset=utf-8")},
+            )
+        },
+    }
+
+
+# ---------------------------------------------------------------- routes
+
+
+def openapi_routes(build_document: Callable[[], dict[str, Any]]) -> list[Route]:
+    """``GET /openapi.json`` and ``GET /docs``, built on first use and then kept: the document
+    describes code, which does not change while the process runs."""
+
+    @functools.cache
+    def rendered() -> tuple[bytes, str]:
+        spec = build_document()
+        return json.dumps(spec, indent=2).encode(), render_html(spec)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(rendered()[0], media_type=JSON_MEDIA_TYPE)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(rendered()[1])
+
+    return [
+        Route("/openapi.json", openapi_json, methods=["GET"], name="openapi"),
+        Route("/docs", docs, methods=["GET"], name="docs"),
+    ]
+
+
+# ---------------------------------------------------------------- HTML
+
+_METHODS = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
+_CSS = """
+body{font:15px/1.5 system-ui,sans-serif;margin:0;color:#1b1f24;background:#fff}
+main{max-width:60rem;margin:0 auto;padding:1rem 1.5rem 4rem}
+h1{margin-bottom:.2rem}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2rem;margin-top:2.5rem}
+h3{font-size:1.05rem;margin:0}
+nav ul{columns:2;padding-left:1.2rem}
+code{font:13px/1.4 ui-monospace,monospace;background:#f3f4f6;padding:0 .2rem;border-radius:3px}
+.op{border:1px solid #d0d7de;border-radius:6px;padding:.8rem 1rem;margin:1rem 0}
+.method{display:inline-block;min-width:4.2rem;text-align:center;font:600 12px/1.8 monospace;
+color:#fff;border-radius:4px;margin-right:.5rem}
+.get{background:#0969da}.post{background:#1a7f37}.patch{background:#9a6700}
+.delete{background:#cf222e}.put{background:#8250df}
+.meta{color:#57606a;font-size:13px}
+table{border-collapse:collapse;width:100%;margin:.4rem 0}
+th,td{text-align:left;vertical-align:top;border-bottom:1px solid #eaeef2;padding:.25rem .4rem}
+th{font-size:13px;color:#57606a}
+ul.props{list-style:none;padding-left:1rem;margin:.2rem 0;border-left:2px solid #eaeef2}
+"""
+
+
+def render_html(spec: dict[str, Any]) -> str:
+    """The whole document as one page: operations by tag, then the shared schemas."""
+    info = spec["info"]
+    by_tag = _operations_by_tag(spec)
+    tag_text = {tag["name"]: tag.get("description", "") for tag in spec.get("tags", [])}
+    nav = "".join(
+        f'<li><a href="#tag-{_slug(tag)}">{_e(tag)}</a> ({len(ops)})</li>'
+        for tag, ops in by_tag.items()
+    )
+    sections = "".join(
+        f'<section id="tag-{_slug(tag)}"><h2>{_e(tag)}</h2>{_text(tag_text.get(tag, ""))}'
+        + "".join(_render_operation(spec, method, path, op) for method, path, op in ops)
+        + "</section>"
+        for tag, ops in by_tag.items()
+    )
+    components = spec.get("components", {})
+    schemes = "".join(
+        f"<tr><td><code>{_e(name)}</code></td><td>{_text(scheme.get('description', ''))}</td></tr>"
+        for name, scheme in components.get("securitySchemes", {}).items()
+    )
+    schemas = "".join(
+        f'<div class="op" id="schema-{_e(name)}"><h3><code>{_e(name)}</code></h3>'
+        f"{_render_schema(schema)}</div>"
+        for name, schema in components.get("schemas", {}).items()
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(info['title'])}</title><style>{_CSS}</style></head><body><main>"
+        f"<h1>{_e(info['title'])}</h1><p class=meta>version {_e(info['version'])} · "
+        f'OpenAPI {_e(spec["openapi"])} · <a href="openapi.json">openapi.json</a></p>'
+        f"{_text(info.get('description', ''))}<nav><ul>{nav}"
+        '<li><a href="#security">Authentication</a></li><li><a href="#schemas">Schemas</a></li>'
+        f"</ul></nav>{sections}"
+        f'<section id="security"><h2>Authentication</h2><table>{schemes}</table></section>'
+        f'<section id="schemas"><h2>Schemas</h2>{schemas}</section>'
+        "</main></body></html>"
+    )
+
+
+def _operations_by_tag(spec: dict[str, Any]) -> dict[str, list[tuple[str, str, dict]]]:
+    by_tag: dict[str, list[tuple[str, str, dict]]] = {
+        tag["name"]: [] for tag in spec.get("tags", [])
+    }
+    for path, item in spec["paths"].items():
+        for method in _METHODS:
+            if method in item:
+                # Parameters of the path belong to each of its operations.
+                shared = item.get("parameters", [])
+                op = {**item[method], "parameters": [*shared, *item[method].get("parameters", [])]}
+                for tag in op.get("tags") or ["Other"]:
+                    by_tag.setdefault(tag, []).append((method, path, op))
+    return {tag: ops for tag, ops in by_tag.items() if ops}
+
+
+def _render_operation(spec: dict[str, Any], method: str, path: str, op: dict[str, Any]) -> str:
+    security = ", ".join(name for need in op.get("security", []) for name in need)
+    parts = [
+        f'<article class="op" id="op-{_e(op["operationId"])}">'
+        f'<h3><span class="method {method}">{method.upper()}</span><code>{_e(path)}</code> '
+        f"{_e(op.get('summary', ''))}</h3>"
+        f"<p class=meta>operationId <code>{_e(op['operationId'])}</code> · "
+        f"{_e(security) or 'no credentials'}"
+    ]
+    if permissions := op.get("x-permissions"):
+        parts.append(f" · permission: {_e(' or '.join(permissions))}")
+    parts.append(f"</p>{_text(op.get('description', ''))}")
+    if params := op.get("parameters"):
+        rows = "".join(
+            f"<tr><td><code>{_e(p['name'])}</code>{' *' if p.get('required') else ''}</td>"
+            f"<td>{_e(p['in'])}</td><td>{_type_label(p.get('schema', {}))}</td>"
+            f"<td>{_text(p.get('description', ''))}</td></tr>"
+            for p in params
+        )
+        parts.append(
+            "<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>type</th>"
+            f"<th>description</th></tr>{rows}</table>"
+        )
+    if body := op.get("requestBody"):
+        parts.append(f"<h4>Request body</h4>{_text(body.get('description', ''))}")
+        parts.append(_render_content(body.get("content", {})))
+    rows = "".join(
+        f"<tr><td><code>{_e(status)}</code></td><td>{_render_response(spec, answer)}</td></tr>"
+        for status, answer in op.get("responses", {}).items()
+    )
+    parts.append(
+        f"<h4>Responses</h4><table><tr><th>status</th><th>answer</th></tr>{rows}</table></article>"
+    )
+    return "".join(parts)
+
+
+def _render_response(spec: dict[str, Any], answer: dict[str, Any]) -> str:
+    resolved = _resolve(spec, answer)
+    description = answer.get("description", resolved.get("description", ""))
+    headers = ", ".join(f"<code>{_e(name)}</code>" for name in resolved.get("headers", {}))
+    return (
+        _text(description)
+        + (f"<p class=meta>headers: {headers}</p>" if headers else "")
+        + _render_content(resolved.get("content", {}))
+    )
+
+
+def _render_content(media: dict[str, Any]) -> str:
+    return "".join(
+        f"<div><code>{_e(media_type)}</code> {_render_schema(item.get('schema', {}))}</div>"
+        for media_type, item in media.items()
+    )
+
+
+def _render_schema(schema: Schema, depth: int = 0) -> str:
+    """A type label, then (for objects, arrays of objects) the members as a nested list."""
+    label = _type_label(schema)
+    description = f" — {_inline(schema['description'])}" if schema.get("description") else ""
+    members = _members(schema)
+    if not members or depth > 6:
+        return f"{label}{description}"
+    required = set(schema.get("required", []))
+    items = "".join(
+        f"<li><code>{_e(name)}</code>{' *' if name in required else ''}: "
+        f"{_render_schema(member, depth + 1)}</li>"
+        for name, member in members.items()
+    )
+    return f'{label}{description}<ul class="props">{items}</ul>'
+
+
+def _members(schema: Schema) -> dict[str, Schema]:
+    if "properties" in schema:
+        return schema["properties"]
+    if schema.get("type") == "array" and "properties" in schema.get("items", {}):
+        return schema["items"]["properties"]
+    variants = schema.get("oneOf") or schema.get("anyOf") or []
+    if len(variants) > 1 and all("properties" in v for v in variants):
+        merged: dict[str, Schema] = {}
+        for variant in variants:
+            merged.update(variant["properties"])
+        return merged
+    return {}
+
+
+def _type_label(schema: Schema) -> str:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return f'<a href="#schema-{_e(name)}"><code>{_e(name)}</code></a>'
+    if "const" in schema:
+        return f"<code>{_e(json.dumps(schema['const']))}</code>"
+    if "enum" in schema:
+        return "one of " + ", ".join(f"<code>{_e(json.dumps(v))}</code>" for v in schema["enum"])
+    for combinator, joiner in (("oneOf", " or "), ("anyOf", " or "), ("allOf", " and ")):
+        if combinator in schema and "properties" not in schema:
+            labels = [_type_label(variant) for variant in schema[combinator]]
+            return joiner.join(label for label in labels if label) or "object"
+    kind = schema.get("type", "")
+    kinds = kind if isinstance(kind, list) else [kind]
+    labels = []
+    for name in kinds:
+        if name == "array":
+            labels.append(f"array of {_type_label(schema.get('items', {}))}")
+        elif name:
+            fmt = schema.get("format")
+            labels.append(f"{_e(name)} ({_e(fmt)})" if fmt else _e(name))
+    bounds = [
+        f"{_e(key)} {_e(str(schema[key]))}"
+        for key in ("minimum", "maximum", "minLength", "maxLength", "maxItems", "pattern")
+        if key in schema
+    ]
+    label = " | ".join(labels)
+    return f"{label} <span class=meta>[{', '.join(bounds)}]</span>" if bounds else label
+
+
+def _resolve(spec: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    pointer = item.get("$ref")
+    if not isinstance(pointer, str) or not pointer.startswith("#/"):
+        return item
+    target: Any = spec
+    for part in pointer[2:].split("/"):
+        target = target[part]
+    return target
+
+
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    """Escape, then show `backticked` words as code (the only markup descriptions use)."""
+    return _CODE.sub(r"<code>\1</code>", _e(text))
+
+
+def _text(text: str) -> str:
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    return "".join(f"<p>{_inline(p)}</p>" for p in paragraphs)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
