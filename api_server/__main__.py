@@ -24,6 +24,7 @@ from shared.http_limits import uvicorn_options
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
+from shared.tokens import rotate_signing_key
 
 
 def _emit(payload: dict[str, Any]) -> None:
@@ -170,6 +171,20 @@ def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) ->
         )
 
 
+def cmd_rotate_signing_key(settings: Settings, args: argparse.Namespace) -> None:
+    """Prints kids and times only: the private key never leaves its file."""
+    rotation = rotate_signing_key(settings, overlap_seconds=args.overlap_seconds)
+    _emit(
+        {
+            "kid": rotation.kid,
+            "signs_from": rotation.signs_from,
+            "previous_kid": rotation.previous_kid,
+            "previous_retire_at": rotation.previous_retire_at,
+            "pruned": rotation.pruned,
+        }
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m api_server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--per-hour", type=int, help="requests per key per hour")
     limits.add_argument("--max-running-executions", type=int, help="unfinished executions at once")
     limits.set_defaults(run=cmd_set_organization_limits)
+
+    rotate = commands.add_parser(
+        "rotate-signing-key",
+        help="publish a new data-token signing key; the old one works until the overlap ends",
+    )
+    rotate.add_argument(
+        "--overlap-seconds",
+        type=int,
+        help="how long tokens of the old key stay valid once the new one signs "
+        "(default: the token lifetime + 30 s)",
+    )
+    rotate.set_defaults(run=cmd_rotate_signing_key)
     return parser
 
 

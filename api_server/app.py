@@ -19,7 +19,7 @@ from shared.problems import EXCEPTION_HANDLERS
 from shared.results import open_result_store
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
-from shared.tokens import load_signing_key
+from shared.tokens import SigningKeyring
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.engine = engine
     app.state.sessions = create_session_factory(engine)
     app.state.secrets = ServerSecrets.load(settings)
-    app.state.signing_key = load_signing_key(settings)
+    app.state.signing_keys = SigningKeyring(settings)
     app.state.result_store = open_result_store(settings)
     app.state.rate_limiter = RateLimiter(settings.redis_url)
     app.state.metrics = Metrics(app.state.sessions)

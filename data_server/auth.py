@@ -1,8 +1,10 @@
 """``Authorization: Data <token>`` → DataGrant, decided before any storage is touched.
 
 The data server holds public keys only. It reads them from the region's key directory, or from
-the API server's JWKS document when ``DATAFERRY_JWKS_URL`` is set; an unknown ``kid`` triggers at
-most one reload per interval, so a newly published key is picked up without a restart.
+the API server's JWKS document when ``DATAFERRY_JWKS_URL`` is set. A rotation (a new key, an old
+one retired) is picked up without a restart: the directory is re-read when it changes, the JWKS
+document every ``REFRESH_SECONDS`` and, at most once per ``UNKNOWN_KID_RELOAD_SECONDS``, when a
+token names a kid not yet known. A key past its ``retire_at`` verifies nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from starlette.requests import Request
 from shared.settings import Settings
 from shared.tokens import (
     DataGrant,
+    DirectoryWatch,
+    PublicKey,
     invalid_token,
+    keys_dir,
     load_public_keys,
     public_keys_from_jwks,
     scope_of_data_key,
@@ -27,17 +32,19 @@ from shared.tokens import (
 )
 
 logger = logging.getLogger(__name__)
-RELOAD_INTERVAL_SECONDS = 10.0
+REFRESH_SECONDS = 30.0
+UNKNOWN_KID_RELOAD_SECONDS = 10.0
 
 
 class PublicKeyring:
-    """The region's public keys by ``kid``, reloaded lazily when an unknown kid shows up."""
+    """The region's public keys by ``kid``, kept fresh as described above."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._keys: dict[str, PublicKey] = {}
         self._loaded_at = float("-inf")
+        self._watch = None if settings.jwks_url else DirectoryWatch(keys_dir(settings))
         self.reload()
 
     def reload(self) -> None:
@@ -50,7 +57,7 @@ class PublicKeyring:
             self._keys = keys
             self._loaded_at = time.monotonic()
 
-    def _fetch(self) -> dict[str, Ed25519PublicKey]:
+    def _fetch(self) -> dict[str, PublicKey]:
         url = self._settings.jwks_url
         if not url:
             return load_public_keys(self._settings)
@@ -59,12 +66,22 @@ class PublicKeyring:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - scheme checked above
             return public_keys_from_jwks(json.loads(response.read()))
 
+    def _stale(self, kid: str) -> bool:
+        if self._watch is not None:
+            return self._watch.changed()
+        age = time.monotonic() - self._loaded_at
+        return age > REFRESH_SECONDS or (kid not in self._keys and age > UNKNOWN_KID_RELOAD_SECONDS)
+
     def get(self, kid: str) -> Ed25519PublicKey | None:
-        key = self._keys.get(kid)
-        if key is None and time.monotonic() - self._loaded_at > RELOAD_INTERVAL_SECONDS:
+        """The key that may verify a token under ``kid`` now; None if unknown or retired."""
+        if self._stale(kid):
             self.reload()
-            key = self._keys.get(kid)
-        return key
+        published = self._keys.get(kid)
+        if published is None or (
+            published.retire_at is not None and time.time() >= published.retire_at
+        ):
+            return None
+        return published.key
 
     def __len__(self) -> int:
         return len(self._keys)

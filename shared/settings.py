@@ -99,6 +99,11 @@ class Settings:
         "SIGNING_KEY_FILE",
         "Ed25519 private key (PEM) signing data tokens; default: generated into the state dir.",
     )
+    signing_key_publish_delay_seconds: int = _setting(
+        "SIGNING_KEY_PUBLISH_DELAY_SECONDS",
+        "After rotate-signing-key, how long the new public key is published before it signs.",
+        30,
+    )
     jwks_url: str = _setting(
         "JWKS_URL",
         "Where the data server fetches the public keys; default: read them from the state dir.",
@@ -188,6 +193,10 @@ class Settings:
         object.__setattr__(self, "results_dir", Path(results_dir).absolute())
         if not 1 <= self.data_token_ttl_seconds <= 600:
             raise ConfigurationError(f"{PREFIX}DATA_TOKEN_TTL_SECONDS must be between 1 and 600")
+        if self.signing_key_publish_delay_seconds < 0:
+            raise ConfigurationError(
+                f"{PREFIX}SIGNING_KEY_PUBLISH_DELAY_SECONDS must not be negative"
+            )
         if self.worker_processes < 1 or self.max_attempts < 1:
             raise ConfigurationError(
                 f"{PREFIX}WORKER_PROCESSES and {PREFIX}MAX_ATTEMPTS must be positive"

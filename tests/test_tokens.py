@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from starlette.testclient import TestClient
 
 from data_server.app import create_app as create_data_app
@@ -244,7 +244,8 @@ def test_token_lifetime_defaults_to_120_seconds(settings, signing_key):
 def test_data_server_holds_no_private_key(data_client):
     keyring = data_client.app.state.keyring
     assert len(keyring) == 1
-    assert all(not hasattr(key, "sign") for key in keyring._keys.values())
+    assert all(not hasattr(published.key, "sign") for published in keyring._keys.values())
+    assert all(isinstance(published.key, Ed25519PublicKey) for published in keyring._keys.values())
 
 
 def test_signing_key_is_generated_once_with_private_permissions(settings):

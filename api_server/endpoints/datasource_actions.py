@@ -93,7 +93,7 @@ def datasource_schema(request: Request) -> Response:
             raise NotFound(f"The datasource has no schema named {name!r}.", code="schema_not_found")
         data_key = datasource.schema_data_key
     token = mint_data_token(
-        state.signing_key,
+        state.signing_keys,
         state.settings,
         organization_id=principal.organization_id,
         data_key=data_key,

@@ -124,7 +124,7 @@ def execution_data(request: Request) -> Response:
         return Response(status_code=204)
     assert execution.data_key is not None and execution.completed_at is not None
     token = mint_data_token(
-        state.signing_key,
+        state.signing_keys,
         state.settings,
         organization_id=principal.organization_id,
         data_key=execution.data_key,
