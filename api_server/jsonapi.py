@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ JSON_MEDIA_TYPE = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# Keeps the row offset ((number - 1) * size) a 64-bit integer, as every database needs it.
+MAX_PAGE_NUMBER = 1_000_000_000
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 _ALLOWED_MEDIA_PARAMS = {"ext", "profile"}
 
 
@@ -112,10 +116,45 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
         expected == JSONAPI_MEDIA_TYPE and set(params) - _ALLOWED_MEDIA_PARAMS
     ):
         raise UnsupportedMediaType(f"Send the request body as Content-Type: {expected}.")
+    body = request.state.body
     try:
-        return orjson.loads(request.state.body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedJSON(f"The request body is not valid JSON: {exc.msg}.") from None
+    try:
+        if _LONG_DIGIT_RUN.search(body):
+            # orjson reads an integer beyond 64 bits as a float, losing digits; the standard
+            # library keeps it exact, so that validation can refuse it, not match other rows.
+            document = json.loads(body)
+        pointer = _nul_pointer(document, "") if b"\\u0000" in body else None
+    except RecursionError:
+        raise MalformedJSON("The request body nests too deeply.") from None
+    if pointer is not None:
+        raise Unprocessable(
+            "Text may not hold a NUL character (\\u0000): no database stores it.",
+            pointer=pointer or "/",
+            code="nul_character",
+        )
+    return document
+
+
+def _nul_pointer(value: Any, pointer: str) -> str | None:
+    """The JSON Pointer of the first string (or member name) holding U+0000, if any."""
+    if isinstance(value, str):
+        return pointer if "\x00" in value else None
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for name, member in items:
+        escaped = str(name).replace("~", "~0").replace("/", "~1")
+        if "\x00" in str(name):
+            return f"{pointer}/{escaped}"
+        if (found := _nul_pointer(member, f"{pointer}/{escaped}")) is not None:
+            return found
+    return None
 
 
 @dataclass
@@ -137,6 +176,12 @@ def parse_resource_document(
         first = exc.errors()[0]
         pointer = "/data/" + "/".join(str(p) for p in first["loc"])
         raise BadRequest(f"Invalid resource object: {first['msg']}.", pointer=pointer) from None
+    except TypeError:
+        # jsonapi-pydantic's own validators take len() of members they expect to be objects or
+        # strings ("relationships": {"a": null}, "links": {"self": 1}): a malformed document.
+        raise BadRequest(
+            "Invalid resource object: a member has the wrong JSON type.", pointer="/data"
+        ) from None
     if envelope.type != resource_type:
         raise Conflict(
             f"This endpoint takes resources of type '{resource_type}'.", pointer="/data/type"
@@ -230,10 +275,9 @@ def parse_collection_query(
         family, member = (match.group(1), match.group(2)) if match else (name, "")
         if family == "page" and collection and member in ("number", "size"):
             number = _positive_int(name, value)
-            if member == "size" and number > MAX_PAGE_SIZE:
-                raise InvalidQueryParameter(
-                    f"page[size] may be at most {MAX_PAGE_SIZE}.", parameter=name
-                )
+            maximum = MAX_PAGE_SIZE if member == "size" else MAX_PAGE_NUMBER
+            if number > maximum:
+                raise InvalidQueryParameter(f"{name} may be at most {maximum}.", parameter=name)
             setattr(query, f"page_{member}", number)
         elif family == "sort" and collection:
             query.sort = _parse_sort(value, sortable)
@@ -268,7 +312,8 @@ def parse_boolean(name: str, value: str) -> bool:
 
 
 def _positive_int(name: str, value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    # ASCII digits only: str.isdigit() also admits "²", which int() refuses.
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise InvalidQueryParameter(f"{name} must be a positive integer.", parameter=name)
     return int(value)
 

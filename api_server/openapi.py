@@ -7,6 +7,7 @@ every route is described and every described operation is routed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from api_server.permissions import Permission
 from api_server.schemas import (
     BUILT_IN_DATABASE_TYPES,
     CREATABLE_DATABASE_TYPES,
+    RESERVED_SNIPPET_PREFIX,
+    SNIPPET_NAME,
     ApiKeyUpdate,
     DatasourceCreate,
     DatasourceUpdate,
@@ -94,14 +97,17 @@ def collection_parameters(
     filterable: Iterable[str],
     fields: Iterable[str],
     filter_notes: Mapping[str, str] | None = None,
+    filter_schemas: Mapping[str, oa.Schema] | None = None,
 ) -> list[dict[str, Any]]:
     """JSON:API paging, sorting, filtering and sparse fieldsets, as ``parse_collection_query``
     reads them; any other query parameter is a 400."""
-    notes = filter_notes or {}
+    notes, schemas = filter_notes or {}, filter_schemas or {}
     sort_keys = "|".join(sortable)
     return [
         oa.query_parameter(
-            "page[number]", "The page to answer, from 1.", oa.integer(minimum=1, default=1)
+            "page[number]",
+            "The page to answer, from 1.",
+            oa.integer(minimum=1, maximum=jsonapi.MAX_PAGE_NUMBER, default=1),
         ),
         oa.query_parameter(
             "page[size]",
@@ -115,7 +121,9 @@ def collection_parameters(
         ),
         *(
             oa.query_parameter(
-                f"filter[{name}]", notes.get(name, f"Only resources whose `{name}` equals this.")
+                f"filter[{name}]",
+                notes.get(name, f"Only resources whose `{name}` equals this."),
+                schemas.get(name),
             )
             for name in filterable
         ),
@@ -123,15 +131,27 @@ def collection_parameters(
     ]
 
 
+def comma_list(names: Iterable[str]) -> oa.Schema:
+    """A comma-separated list of ``names`` as ``parse_collection_query`` reads one: empty members
+    (and so an empty value) are ignored, anything else is a 400."""
+    one = f"({'|'.join(re.escape(name) for name in names)})?"
+    return oa.string(pattern=rf"^{one}(,{one})*$")
+
+
 def fields_parameter(resource_type: str, fields: Iterable[str]) -> dict[str, Any]:
+    fields = list(fields)
     return oa.query_parameter(
         f"fields[{resource_type}]",
-        f"Sparse fieldset: a comma-separated list of {_codes(fields)}.",
+        f"Sparse fieldset: a comma-separated list of {_codes(fields)}; an empty list leaves only "
+        "`type`, `id` and `links`.",
+        comma_list(fields),
     )
 
 
 INCLUDE_AGENTS = oa.query_parameter(
-    "include", "`agents` is accepted; datasource agents are not available yet, so it adds nothing."
+    "include",
+    "`agents` is accepted; datasource agents are not available yet, so it adds nothing.",
+    comma_list(["agents"]),
 )
 
 WAIT = oa.query_parameter(
@@ -215,7 +235,8 @@ def resource(
     }
     if self_link:
         properties["links"] = oa.obj({"self": oa.string()}, ["self"], closed=False)
-    return oa.obj(properties, ["type", "id", "attributes"], closed=False)
+    # JSON:API: `attributes` may be absent, and is when a sparse fieldset names no attribute.
+    return oa.obj(properties, ["type", "id"], closed=False)
 
 
 def single(resource_schema: str, **extra: oa.Schema) -> oa.Schema:
@@ -285,6 +306,25 @@ def _datasource_attribute_types() -> dict[str, oa.Schema]:
     }
 
 
+# Names are stripped before their length is checked: one of spaces only is too short.
+NOT_BLANK = {"pattern": r"\S"}
+
+
+def snippet_name_schema() -> oa.Schema:
+    """``check_snippet_name`` as a pattern: an identifier, not in the reserved namespace (any case),
+    surrounding whitespace stripped first."""
+    reserved = "".join(
+        f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c)
+        for c in RESERVED_SNIPPET_PREFIX
+    )
+    identifier = SNIPPET_NAME.pattern.removesuffix(r"\Z")
+    return {"pattern": rf"^\s*(?!{reserved}){identifier}\s*$"}
+
+
+def snippet_attributes_schema(model: type[SqlSnippetCreate]) -> oa.Schema:
+    return oa.model_schema(model, name=snippet_name_schema(), sql=NOT_BLANK)
+
+
 def datasource_attributes_schema(model: type[DatasourceCreate]) -> oa.Schema:
     return oa.model_schema(
         model,
@@ -295,6 +335,7 @@ def datasource_attributes_schema(model: type[DatasourceCreate]) -> oa.Schema:
             "cannot be created.",
         ),
         connection_mode=oa.enum(["direct"]),
+        name=NOT_BLANK,
         data_time_zone={"description": "An IANA time zone name."},
         database={
             "description": "A path relative to the data root (absolute ones must lie inside it)."
@@ -455,7 +496,7 @@ def _schemas() -> dict[str, oa.Schema]:
         "SqlSnippetAttributes": attributes(
             serializers.SQL_SNIPPET_ATTRIBUTES,
             {
-                **oa.model_schema(SqlSnippetCreate)["properties"],
+                **snippet_attributes_schema(SqlSnippetCreate)["properties"],
                 **_timestamps("created_at", "updated_at"),
             },
         ),
@@ -466,8 +507,8 @@ def _schemas() -> dict[str, oa.Schema]:
         ),
         "SqlSnippetDocument": single("SqlSnippet"),
         "SqlSnippetCollection": collection("SqlSnippet"),
-        "SqlSnippetCreateAttributes": oa.model_schema(SqlSnippetCreate),
-        "SqlSnippetUpdateAttributes": oa.model_schema(SqlSnippetUpdate),
+        "SqlSnippetCreateAttributes": snippet_attributes_schema(SqlSnippetCreate),
+        "SqlSnippetUpdateAttributes": snippet_attributes_schema(SqlSnippetUpdate),
         "SqlSnippetCreateDocument": write_document(
             "sql_snippets", "SqlSnippetCreateAttributes", with_id=False
         ),
@@ -488,7 +529,7 @@ def _schemas() -> dict[str, oa.Schema]:
         ),
         "ApiKeyDocument": single("ApiKey"),
         "ApiKeyCollection": collection("ApiKey"),
-        "ApiKeyUpdateAttributes": oa.model_schema(ApiKeyUpdate),
+        "ApiKeyUpdateAttributes": oa.model_schema(ApiKeyUpdate, name=NOT_BLANK),
         "ApiKeyUpdateDocument": write_document("api_keys", "ApiKeyUpdateAttributes", with_id=True),
         # audit events
         "AuditEventAttributes": attributes(serializers.AUDIT_EVENT_ATTRIBUTES, _AUDIT_EVENT_TYPES),
@@ -627,6 +668,7 @@ def _api_key_paths() -> dict[str, Any]:
                     api_key_service.KEY_FILTERABLE,
                     _API_KEY_FIELDS,
                     {"enabled": "`true` or `false`."},
+                    {"enabled": oa.enum(["true", "false"])},
                 ),
                 responses={
                     "200": _jsonapi("A page of keys.", "ApiKeyCollection"),
@@ -697,6 +739,7 @@ def _audit_paths() -> dict[str, Any]:
                     audit_events.FILTERABLE,
                     (*serializers.AUDIT_EVENT_ATTRIBUTES, "api_key"),
                     notes,
+                    {"since": oa.timestamp(), "until": oa.timestamp()},
                 ),
                 responses={
                     "200": _jsonapi("A page of events.", "AuditEventCollection"),
@@ -852,7 +895,7 @@ def _datasource_paths() -> dict[str, Any]:
                     oa.query_parameter(
                         "name",
                         "Only this schema (checked here, applied by the data server).",
-                        oa.string(maxLength=255),
+                        oa.string(pattern=datasource_actions.SCHEMA_NAME.pattern),
                     )
                 ],
                 responses={

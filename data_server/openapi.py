@@ -11,6 +11,8 @@ from typing import Any
 from data_server.formats import MAX_ROW_WINDOW, ResultFormat
 from shared import openapi as oa
 
+# shared.tokens.new_data_key: a scope prefix, then 160 random bits as URL-safe base64.
+DATA_KEY_PATTERN = r"^[rs]_[A-Za-z0-9_-]{27}$"
 READINESS_CHECKS = ("database", "result_store", "public_keys", "sample_datasource")
 DATA_TAG = "Data"
 TAGS = {
@@ -110,7 +112,9 @@ def _fetch_data() -> dict[str, Any]:
     parameters = [
         oa.path_parameter(
             "data_key",
-            "As returned with the token; its prefix says whether it names a result or a schema.",
+            "As returned with the token; its prefix says whether it names a result (`r_`) or a "
+            "schema (`s_`).",
+            oa.string(pattern=DATA_KEY_PATTERN),
         ),
         oa.query_parameter(
             "format",

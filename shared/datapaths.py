@@ -28,14 +28,19 @@ def resolve_in_data_root(
     candidate = Path(value)
     if not candidate.is_absolute():
         candidate = root / candidate
-    resolved = candidate.resolve(strict=False)
-    if not resolved.is_relative_to(root):
-        raise PathOutsideDataRoot(
-            "The path must lie inside the server's data root (DATAFERRY_DATA_ROOT).",
-            pointer=pointer,
-        )
     kind = "directory" if want_dir else "file"
-    exists = resolved.is_dir() if want_dir else resolved.is_file()
+    try:
+        resolved = candidate.resolve(strict=False)
+        if not resolved.is_relative_to(root):
+            raise PathOutsideDataRoot(
+                "The path must lie inside the server's data root (DATAFERRY_DATA_ROOT).",
+                pointer=pointer,
+            )
+        exists = resolved.is_dir() if want_dir else resolved.is_file()
+    except OSError as exc:  # a name too long, a loop of links, no permission: nothing usable
+        raise PathNotFound(
+            f"No usable {kind} at this path ({exc.strerror or 'unreadable'}).", pointer=pointer
+        ) from exc
     if not exists:
         raise PathNotFound(f"No such {kind} in the data root: {value!r}.", pointer=pointer)
     return resolved

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,4 +48,7 @@ def _moment(value: str, name: str) -> datetime:
             f"filter[{name}] must be an ISO 8601 time with a zone, e.g. 2026-11-23T09:00:00Z.",
             parameter=f"filter[{name}]",
         )
-    return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # in year 1 or 9999 and beyond it in UTC: before or after every event
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)

@@ -21,7 +21,7 @@ from shared.errors import Conflict, InvalidQueryParameter, NotFound
 from shared.tokens import Scope, mint_data_token
 
 CONNECTION_TEST_TIMEOUT_SECONDS = 30
-_SCHEMA_NAME = re.compile(r"^[^\x00-\x1f]{1,255}$")
+SCHEMA_NAME = re.compile(r"^[^\x00-\x1f]{1,255}$")
 
 
 @jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
@@ -78,7 +78,7 @@ def datasource_schema(request: Request) -> Response:
         raise InvalidQueryParameter(
             f"Unsupported query parameter '{sorted(unknown)[0]}'.", parameter=sorted(unknown)[0]
         )
-    if name is not None and not _SCHEMA_NAME.match(name):
+    if name is not None and not SCHEMA_NAME.match(name):
         raise InvalidQueryParameter("name must be a schema name.", parameter="name")
     state = request.app.state
     with state.sessions() as session:

@@ -186,9 +186,7 @@ def update_snippet(
     session: Session, principal: Principal, snippet_id: str, changes: dict[str, Any]
 ) -> SqlSnippet:
     snippet = get_snippet(session, principal, snippet_id)
-    for name, value in changes.items():
-        setattr(snippet, name, value)
-    _save(session, snippet)
+    _save(session, snippet, changes)
     return snippet
 
 
@@ -197,10 +195,16 @@ def delete_snippet(session: Session, principal: Principal, snippet_id: str) -> N
     session.flush()
 
 
-def _save(session: Session, snippet: SqlSnippet) -> None:
-    """Flush in a savepoint, so a duplicate name is a 409 and the transaction lives on."""
+def _save(session: Session, snippet: SqlSnippet, changes: dict[str, Any] | None = None) -> None:
+    """Change and flush in a savepoint, so a duplicate name is a 409 and the transaction lives on.
+
+    The changes are made inside it: opening a savepoint flushes what is pending first, and a
+    rename onto a taken name flushed there would fail the whole transaction (a 500), not the
+    savepoint."""
     try:
         with session.begin_nested():
+            for name, value in (changes or {}).items():
+                setattr(snippet, name, value)
             session.add(snippet)
             session.flush()
     except IntegrityError:
