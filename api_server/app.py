@@ -12,7 +12,7 @@ from api_server.audit import AuditMiddleware
 from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
-from shared.http_limits import HeaderLimitMiddleware
+from shared.http_limits import RequestLimitsMiddleware
 from shared.metrics import Metrics, MetricsMiddleware
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(MetricsMiddleware),
-            Middleware(HeaderLimitMiddleware),
+            Middleware(RequestLimitsMiddleware),
             Middleware(AuditMiddleware),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -105,8 +105,17 @@ EXECUTION_ATTRIBUTES = (
 )
 
 
+# DuckDB's messages may quote a value as it saw it ("invalid date field format: …"), so with bound
+# values the message is shown to the key that ran the query only, as the values themselves are.
+WITHHELD_ERROR_MESSAGE = (
+    "The execution failed (see error_code). Its message may quote bound parameter values, so "
+    "only the API key that ran it sees the message."
+)
+
+
 def execution(ex: Execution, *, show_query: bool = False) -> dict[str, Any]:
-    """``show_query``: the SQL that ran and its bound values, for the key that ran it only."""
+    """``show_query``: the SQL that ran, its bound values and the full error message, for the key
+    that ran it only."""
     attributes: dict[str, Any] = {
         "execution_id": ex.id,
         "execution_type": ex.execution_type,
@@ -115,7 +124,9 @@ def execution(ex: Execution, *, show_query: bool = False) -> dict[str, Any]:
     }
     if ex.status in ("failed", "cancelled"):
         attributes["error_code"] = ex.error_code
-        attributes["error_message"] = ex.error_message
+        attributes["error_message"] = (
+            ex.error_message if show_query or not ex.bound_parameters else WITHHELD_ERROR_MESSAGE
+        )
     elif ex.cancel_requested:
         attributes["cancel_requested"] = True
     if show_query and ex.execution_type == "sql_query":

@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from data_server.auth import PublicKeyring
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
-from shared.http_limits import HeaderLimitMiddleware
+from shared.http_limits import RequestLimitsMiddleware
 from shared.metrics import Metrics, MetricsMiddleware
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(MetricsMiddleware),
-            Middleware(HeaderLimitMiddleware),
+            Middleware(RequestLimitsMiddleware),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

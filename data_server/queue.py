@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -19,7 +19,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import new_work
-from shared.db.models import Datasource, Execution, utcnow
+from shared.db.engine import database_now, write_lock_on_sqlite
+from shared.db.models import Datasource, Execution
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,17 +46,11 @@ def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settin
     """Take the oldest queued execution whose datasource has a free slot, or None."""
     try:
         with sessions.begin() as session:
-            _begin_immediate_on_sqlite(session)
+            write_lock_on_sqlite(session)
             return _claim_in(session, worker_id, settings)
     except OperationalError as exc:  # SQLite busy under contention: nothing claimed, try again
         logger.debug("claim contention: %s", type(exc.orig).__name__)
         return None
-
-
-def _begin_immediate_on_sqlite(session: Session) -> None:
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:
@@ -83,7 +78,7 @@ def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | N
         if (running or 0) >= datasource.max_concurrent_executions:
             full.add(datasource_id)
             continue
-        now = utcnow()
+        now = database_now(session)
         claimed = session.execute(
             update(Execution)
             .where(Execution.id == execution_id, Execution.status == "starting")
@@ -129,8 +124,8 @@ class LeaseState:
 
 def renew_lease(sessions: sessionmaker[Session], claim: Claim, settings: Settings) -> LeaseState:
     """Heartbeat: extend the lease if it is still ours, and report a cancel request."""
-    now = utcnow()
     with sessions.begin() as session:
+        now = database_now(session)
         row = session.execute(
             update(Execution)
             .where(_fenced(claim))
@@ -153,7 +148,7 @@ def complete(
     data_key: str | None,
 ) -> bool:
     """Mark completed under the fence, in the caller's transaction; False if the lease was lost."""
-    now = utcnow()
+    now = database_now(session)
     result = session.execute(
         update(Execution)
         .where(_fenced(claim))
@@ -178,8 +173,8 @@ def finish_unsuccessfully(
     sessions: sessionmaker[Session], claim: Claim, code: str, message: str
 ) -> bool:
     """``failed`` with a stable code, or ``cancelled``; False if the lease was lost meanwhile."""
-    now = utcnow()
     with sessions.begin() as session:
+        now = database_now(session)
         result = session.execute(
             update(Execution)
             .where(_fenced(claim))
@@ -199,9 +194,9 @@ def finish_unsuccessfully(
 
 def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> int:
     """Re-queue executions whose worker vanished, or fail them after ``max_attempts``."""
-    now = utcnow()
-    expired = (Execution.status == "running") & (Execution.lease_expires_at < now)
     with sessions.begin() as session:
+        now = database_now(session)
+        expired = (Execution.status == "running") & (Execution.lease_expires_at < now)
         cancelled = session.execute(
             update(Execution)
             .where(expired & Execution.cancel_requested.is_(True))
@@ -241,7 +236,3 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
             "reaped expired leases requeued=%d failed=%d cancelled=%d", requeued, failed, cancelled
         )
     return cancelled + failed + requeued
-
-
-def lease_deadline(settings: Settings) -> datetime:
-    return utcnow() + timedelta(seconds=settings.lease_seconds)

@@ -118,7 +118,7 @@ BAD_ATTRIBUTES = [
     ({"database": "/etc/passwd"}, "path_outside_data_root", "/data/attributes/database"),
     ({"database": "missing.duckdb"}, "path_not_found", "/data/attributes/database"),
     ({"database": ""}, "path_not_found", "/data/attributes/database"),
-    ({"database": "a\x00b"}, "path_not_found", "/data/attributes/database"),
+    ({"database": "a\x00b"}, "nul_character", "/data/attributes/database"),
 ]
 
 

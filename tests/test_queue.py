@@ -4,13 +4,15 @@ reaper re-queues or fails executions whose worker vanished. Runs on SQLite and P
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
 from api_server.services import executions
 from data_server import queue
+from shared.db import engine as engine_module
+from shared.db import models as models_module
 from shared.db.models import Datasource, Execution, utcnow
 
 
@@ -124,3 +126,24 @@ def test_heartbeat_extends_the_lease_and_reports_cancel(api, org):
     assert queue.finish_unsuccessfully(sessions, claim, "cancelled", "Cancelled.")
     with sessions() as session:
         assert session.get(Execution, execution_id).status == "cancelled"
+
+
+def test_a_data_server_whose_clock_runs_ahead_reaps_no_live_lease(api, org, monkeypatch):
+    """Leases are stamped and compared by PostgreSQL's clock, not by each data server's."""
+    if api.settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite is one machine's file: there is only one clock")
+    (execution_id,) = _queue_sql(api, org)
+    sessions = api.app.state.sessions
+    settings = _settings(api, lease_seconds=30)
+    assert queue.claim_next(sessions, "honest", settings) is not None
+
+    class AnHourAhead(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(hours=1)
+
+    monkeypatch.setattr(engine_module, "datetime", AnHourAhead)
+    monkeypatch.setattr(models_module, "datetime", AnHourAhead)
+    assert queue.reap_expired_leases(sessions, settings) == 0
+    with sessions() as session:
+        assert session.get(Execution, execution_id).status == "running"

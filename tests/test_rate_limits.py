@@ -7,13 +7,15 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 
 import orjson
 import pytest
+from sqlalchemy import func, select
 
 from api_server.rate_limits import Policy, RateLimiter
-from shared.db.models import Organization
+from shared.db.models import Execution, Organization
 from tests.factories import Api
 
 REDIS_ENV = "DATAFERRY_TEST_REDIS_URL"
@@ -107,6 +109,34 @@ def test_running_executions_are_capped_per_organisation(api):
     assert refused.json()["errors"][0]["code"] == "too_many_running_executions"
     assert refused.headers["retry-after"] == "1"
     assert run(other).status_code == 200
+
+
+def test_concurrent_runs_never_overshoot_the_cap(api):
+    """Eight runs at once against a cap of two: the count and the insert are one critical
+    section on both backends (SQLite ignores FOR UPDATE; it takes the write lock first)."""
+    org = api.create_org()
+    with api.app.state.sessions.begin() as session:
+        session.get_one(Organization, org.id).max_running_executions = 2
+    barrier = threading.Barrier(8)
+
+    def run(_):
+        barrier.wait(timeout=30)
+        return api.client.post(
+            f"/datasources/{org.sample_datasource_id}/executions",
+            content=orjson.dumps({"sql_query": "SELECT 1"}),
+            headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+        ).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(run, range(8)))
+    assert statuses == [200, 200] + [429] * 6
+    with api.app.state.sessions() as session:
+        stored = session.scalar(
+            select(func.count())
+            .select_from(Execution)
+            .where(Execution.organization_id == org.id, Execution.execution_type == "sql_query")
+        )
+    assert stored == 2
 
 
 # ---------------------------------------------------------------------------- Redis

@@ -9,21 +9,28 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import update
 
 from api_server.permissions import Permission
+from api_server.serializers import WITHHELD_ERROR_MESSAGE
 from api_server.services.sql_parameters import (
     MAX_INTEGER,
+    MIN_INTEGER,
     InputParameters,
     bind_parameters,
     parse_input_parameters,
 )
 from api_server.services.sql_text import skip_protected
+from shared.db.models import Execution
 from shared.errors import AppError, ValidationErrors
+from shared.settings import Settings
 from tests.factories import dump_tables
+
+MAX_SQL_LENGTH = Settings().max_sql_length
 
 
 def bind(sql: str, parameters: dict | None = None, zone: str = "UTC"):
-    return bind_parameters(sql, parse_input_parameters(parameters or {}), zone)
+    return bind_parameters(sql, parse_input_parameters(parameters or {}), zone, MAX_SQL_LENGTH)
 
 
 def errors_of(call) -> list[dict]:
@@ -131,7 +138,7 @@ def test_snippet_brackets_inside_a_placeholder_are_its_expression():
 @given(
     values=st.lists(
         st.text(max_size=40)
-        | st.integers(-MAX_INTEGER, MAX_INTEGER)
+        | st.integers(MIN_INTEGER, MAX_INTEGER)
         | st.floats(allow_nan=False)
         | st.booleans(),
         min_size=1,
@@ -192,6 +199,10 @@ BAD_INPUT = [
     ("filter-values-not-array", "{c=v}", {"filters": [{"variable_name": "v", "selected_values": "a"}]}, "/parameters/filters/0/selected_values", "invalid_type"),
     ("filter-nested-value", "{c=v}", pick("v", "a", ["b"]), "/parameters/filters/0/selected_values/1", "invalid_type"),
     ("filter-huge-integer", "{c=v}", pick("v", 2**200), "/parameters/filters/0/selected_values/0", "number_out_of_range"),
+    ("filter-integer-beyond-bigint", "{c=v}", pick("v", 1, -(2**63) - 1), "/parameters/filters/0/selected_values/1", "number_out_of_range"),
+    ("placeholders-eleven-deep", "SELECT " + "{[" * 11 + "x" + "]:aggregation}" * 11, {}, "/sql_query", "placeholders_too_deep"),
+    ("placeholders-a-thousand-deep", "SELECT " + "{[" * 1000 + "x" + "]:aggregation}" * 1000, {}, "/sql_query", "placeholders_too_deep"),
+    ("ranges-doubling-past-the-limit", "SELECT 1 WHERE " + "{[" * 10 + "x" * 500 + "]=timerange}" * 10, {"timerange": "1~2"}, "/sql_query", "too_long"),
     ("filter-unknown-member", "{c=v}", {"filters": [{"variable_name": "v", "selected_values": [], "x": 1}]}, "/parameters/filters/0/x", "unknown_attribute"),
     ("filter-bad-range", "{c=v}", pick("v", "9~1"), "/parameters/filters/0/selected_values/0", "invalid_timerange"),
     ("value-of-several", "SELECT {v.value}", pick("v", 1, 2), "/parameters/filters/0/selected_values", "invalid_parameter"),
@@ -243,8 +254,15 @@ def test_every_problem_of_the_parameters_is_reported_at_once():
     ]
 
 
+def test_placeholders_nest_ten_deep():
+    sql = "SELECT " + "{[" * 10 + "x" + "]:aggregation}" * 10
+    bound = bind(sql, {"aggregation": "week"})
+    assert bound.sql.count("date_trunc") == 10
+    assert bound.values == [False, "week"]
+
+
 def test_no_parameters_bind_nothing():
-    assert bind_parameters("SELECT 1", InputParameters(), "UTC").values == []
+    assert bind_parameters("SELECT 1", InputParameters(), "UTC", MAX_SQL_LENGTH).values == []
 
 
 # ---------------------------------------------------------------------------- through the API
@@ -273,6 +291,41 @@ def test_the_api_answers_422_and_stores_nothing(api, sql, parameters, pointer, c
     assert dump_tables(api.app) == before
 
 
+@pytest.mark.parametrize("digits", ["12345678901234567890123", "-9223372036854775809"])
+def test_an_integer_beyond_bigint_is_refused_not_rounded(api, digits):
+    """Over HTTP, not only in process: a JSON parser that reads it as a double would match
+    other rows than the one asked for."""
+    org = api.create_org()
+    body = (
+        '{"sql_query": "SELECT * FROM orders WHERE {order_id=v}", "parameters": {"filters": '
+        f'[{{"variable_name": "v", "selected_values": ["x", {digits}]}}]}}}}'
+    )
+    response = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=body.encode(),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert error["code"] == "number_out_of_range"
+    assert error["source"] == {"pointer": "/parameters/filters/0/selected_values/1"}
+
+
+def test_the_largest_bigint_is_bound_exactly(api):
+    org = api.create_org()
+    body = (
+        '{"sql_query": "SELECT {v.value} AS v", "parameters": {"filters": '
+        '[{"variable_name": "v", "selected_values": [9223372036854775807]}]}}'
+    )
+    response = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=body.encode(),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["attributes"]["bound_parameters"] == [2**63 - 1]
+
+
 def test_only_the_key_that_ran_it_sees_the_bound_values(api):
     org = api.create_org()
     other_key = api.create_key(org, [Permission.MANAGE_DATASOURCES, Permission.VIEW_DATASOURCES])
@@ -290,6 +343,28 @@ def test_only_the_key_that_ran_it_sees_the_bound_values(api):
     assert "bound_parameters" not in seen_by_other.json()["data"]["attributes"]
     assert "expanded_sql" not in seen_by_other.json()["data"]["attributes"]
     assert "paid" not in seen_by_other.text
+
+
+def test_only_the_key_that_ran_it_sees_an_error_message_that_may_quote_values(api):
+    """DuckDB quotes values in some messages (``invalid date field format: "pin42"``)."""
+    org = api.create_org()
+    other_key = api.create_key(org, [Permission.VIEW_DATASOURCES])
+    body = {"sql_query": "SELECT CAST({d.value} AS DATE)", "parameters": pick("d", "pin42")}
+    created = _run(api, org.key, org.sample_datasource_id, body)
+    execution_id = created.json()["data"]["id"]
+    message = 'Conversion Error: invalid date field format: "pin42"'
+    with api.app.state.sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(status="failed", error_code="execution_error", error_message=message)
+        )
+    path = f"/executions/{execution_id}"
+    assert api.get(path, org.key).json()["data"]["attributes"]["error_message"] == message
+    seen_by_other = api.get(path, other_key)
+    assert seen_by_other.json()["data"]["attributes"]["error_code"] == "execution_error"
+    assert seen_by_other.json()["data"]["attributes"]["error_message"] == WITHHELD_ERROR_MESSAGE
+    assert "pin42" not in seen_by_other.text
 
 
 def test_the_same_idempotency_key_with_other_parameters_is_refused(api):

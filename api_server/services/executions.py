@@ -25,6 +25,7 @@ from api_server.services.sql_parameters import (
 )
 from api_server.services.sql_snippets import expand_snippets, snippet_lookup
 from shared.db import new_work
+from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Organization, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from shared.settings import Settings
@@ -109,7 +110,9 @@ def run_execution(
     _require_capacity(session, principal.organization_id, settings)
     lookup = snippet_lookup(session, principal.organization_id)
     expanded_sql = expand_snippets(request.sql_query, lookup, settings.max_sql_length)
-    bound = bind_parameters(expanded_sql, request.inputs, datasource.data_time_zone)
+    bound = bind_parameters(
+        expanded_sql, request.inputs, datasource.data_time_zone, settings.max_sql_length
+    )
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=principal.organization_id,
@@ -157,10 +160,15 @@ def _same_request_or_422(existing: Execution, fingerprint: str) -> Execution:
 def _require_capacity(session: Session, organization_id: str, settings: Settings) -> None:
     """At most N unfinished SQL executions per organisation (refreshes do not count).
 
-    The organisation row's lock makes concurrent runs take turns, so the cap cannot be overshot.
+    Concurrent runs of one organisation take turns (its row locked on PostgreSQL, the database
+    on SQLite), so the cap cannot be overshot. ``key_share``: the lock does not block inserts
+    that only reference the organisation (audit events, other resources).
     """
+    write_lock_on_sqlite(session)
     organization = session.scalars(
-        select(Organization).where(Organization.id == organization_id).with_for_update()
+        select(Organization)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
     ).one()
     cap = organization.max_running_executions or settings.max_running_executions
     unfinished = session.scalar(

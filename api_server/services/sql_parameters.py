@@ -31,8 +31,13 @@ MAX_FILTERS = 100
 MAX_SELECTED_VALUES = 10_000
 # Unix seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC: the instants a TIMESTAMPTZ can carry.
 MIN_UNIX_SECONDS, MAX_UNIX_SECONDS = -62_135_596_800, 253_402_300_799
-# DuckDB's HUGEINT: larger JSON integers would silently become doubles.
-MAX_INTEGER = 2**127 - 1
+# BIGINT: an integer is compared exactly (as it would not be as a double) and echoed exactly.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
+# A bracketed expression may hold placeholders of its own, this deep at most: each level can
+# repeat its expression (a range writes it twice), so depth is what bounds the work.
+MAX_PLACEHOLDER_NESTING = 10
+# The SQL that runs, placeholders rendered, may be this many times DATAFERRY_MAX_SQL_LENGTH.
+BOUND_SQL_GROWTH = 4
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _VARIABLE = re.compile(rf"{_NAME}\Z")
@@ -251,9 +256,14 @@ def _check_scalar(value: Any, pointer: str) -> None:
         raise _invalid(
             "A selected value is a string, number, boolean or null.", pointer, "invalid_type"
         )
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not (MIN_INTEGER <= value <= MAX_INTEGER)
+    ):
         raise _invalid(
-            "Integers beyond 128 bits cannot be compared exactly; send the number as a string.",
+            "Integers beyond 64 bits (BIGINT) cannot be compared exactly; send the number as a "
+            "string, which DuckDB converts to the column's type.",
             pointer,
             "number_out_of_range",
         )
@@ -274,9 +284,12 @@ class BoundQuery:
     values: list[Scalar]
 
 
-def bind_parameters(sql: str, inputs: InputParameters, data_time_zone: str) -> BoundQuery:
-    """Replace every placeholder in ``sql`` (snippets already expanded) by bound SQL."""
-    binder = _Binder(sql, inputs, data_time_zone)
+def bind_parameters(
+    sql: str, inputs: InputParameters, data_time_zone: str, max_sql_length: int
+) -> BoundQuery:
+    """Replace every placeholder in ``sql`` (snippets already expanded) by bound SQL, which may
+    grow to ``BOUND_SQL_GROWTH`` times ``max_sql_length``."""
+    binder = _Binder(sql, inputs, data_time_zone, max_sql_length * BOUND_SQL_GROWTH)
     bound_sql = binder.rewrite(0, len(sql))
     binder.check_every_filter_used()
     return BoundQuery(bound_sql, binder.values)
@@ -293,10 +306,14 @@ class _Placeholder:
 
 
 class _Binder:
-    def __init__(self, sql: str, inputs: InputParameters, data_time_zone: str) -> None:
+    def __init__(
+        self, sql: str, inputs: InputParameters, data_time_zone: str, max_length: int
+    ) -> None:
         self.sql = sql
         self.inputs = inputs
         self.data_time_zone = data_time_zone
+        self.max_length = max_length
+        self._nesting = 0
         self.values: list[Scalar] = []
         self._slots: dict[tuple[Any, ...], str] = {}
         self._roles: dict[str, tuple[str, int]] = {}
@@ -308,6 +325,7 @@ class _Binder:
         """``sql[start:end]`` with placeholders replaced; braces and brackets must balance."""
         sql, parts, open_marks = self.sql, [], []
         index = copied = start
+        length = 0
         while index < end:
             protected_end = skip_protected(sql, index)
             if protected_end is not None:
@@ -318,6 +336,9 @@ class _Binder:
                 placeholder = self._placeholder_at(index, end)
                 if placeholder is not None:
                     parts += [sql[copied:index], self._render(placeholder)]
+                    length += len(parts[-2]) + len(parts[-1])
+                    if length > self.max_length:
+                        raise self._too_long()
                     index = copied = placeholder.end
                     continue
             if char in "{[":
@@ -361,7 +382,18 @@ class _Binder:
                     start, "A placeholder {[expression]…} continues with =variable} or :variable}."
                 )
             kind = "condition" if tail.group(1) == "=" else "transformation"
-            expression = self.rewrite(opening.end(), close)
+            if self._nesting >= MAX_PLACEHOLDER_NESTING:
+                raise self._syntax_error(
+                    start,
+                    f"Placeholders nest at most {MAX_PLACEHOLDER_NESTING} deep inside "
+                    "{[expression]…}.",
+                    code="placeholders_too_deep",
+                )
+            self._nesting += 1
+            try:
+                expression = self.rewrite(opening.end(), close)
+            finally:
+                self._nesting -= 1
             return _Placeholder(
                 start, tail.end(), kind, tail.group(2), tail.group(3), expression.strip()
             )
@@ -382,6 +414,14 @@ class _Binder:
                 return index
             index += 1
         raise self._syntax_error(start, "This '[' of a placeholder is never closed.")
+
+    def _too_long(self) -> AppError:
+        return _invalid(
+            f"With its placeholders rendered the query would exceed {self.max_length} "
+            "characters; repeat expressions less, or nest fewer placeholders.",
+            "/sql_query",
+            "too_long",
+        )
 
     def _syntax_error(self, index: int, detail: str, code: str = "invalid_placeholder") -> AppError:
         excerpt = self.sql[index : index + 40].split("\n")[0]

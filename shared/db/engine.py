@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
 def create_metadata_engine(url: str) -> Engine:
+    """``hide_parameters``: a database error's text (which is logged) never quotes the values of
+    the statement, some of which are bound parameters, secrets' digests or tenant data."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    )
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -33,3 +38,23 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def write_lock_on_sqlite(session: Session) -> None:
+    """On SQLite, take the database's write lock now (``BEGIN IMMEDIATE``), so that a count read
+    next stays true until commit: SQLite ignores ``FOR UPDATE``. A connection already in a
+    transaction holds the lock from its first write, or is the caller's own to begin first."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    if not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def database_now(session: Session) -> datetime:
+    """The time by the database server's clock: leases are stamped and reaped by many data
+    servers, and one whose clock runs ahead must not reap the others' live leases. SQLite is
+    one machine's file, so its clock is this machine's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(select(func.clock_timestamp()))
+    return datetime.now(UTC)
