@@ -47,7 +47,8 @@ TAGS = {
     **oa.SHARED_TAGS,
 }
 
-DESCRIPTION = """\
+DESCRIPTION = (
+    """\
 The control plane of a dataferry region, compatible with the Cluvio public API. Resources speak \
 JSON:API (`application/vnd.api+json`); Cluvio's action operations (Run Execution, Test \
 Connection, Refresh, Get Schema, Get Execution Data) speak plain `application/json`.
@@ -57,12 +58,10 @@ gets one and the same 401; a key without the permission an operation names gets 
 another organisation, or outside the key's datasources, gets the same 404 as an id that never \
 existed. Every response to a request with a valid key carries its rate-limit standing \
 (`RateLimit`, `RateLimit-Policy`, `X-RateLimit-Limit`, `X-RateLimit-Remaining`, \
-`X-RateLimit-Reset`); a key beyond its limit gets 429 with `Retry-After`.
-
-Every GET also answers HEAD. Any request may get 404 (no such route), 405 (the path does not take \
-the method; `Allow` lists those it takes), 431 (headers above 32 KiB) or 500, and every response \
-carries `X-Request-Id`. Every error is a JSON:API error document (`Errors`).\
+`X-RateLimit-Reset`); a key beyond its limit gets 429 with `Retry-After`.\
 """
+    + oa.COMMON_BEHAVIOUR
+)
 
 
 def build_document() -> dict[str, Any]:

@@ -20,16 +20,15 @@ TAGS = {
     **oa.SHARED_TAGS,
 }
 
-DESCRIPTION = """\
+DESCRIPTION = (
+    """\
 The data plane of a dataferry region: it streams stored results, in the format the client asks \
 for, to requests carrying `Authorization: Data <token>`. Tokens come from the API server (Get \
 Execution Data, Get Datasource Schema), are valid for one data key and expire quickly; every \
-other request gets one and the same 401 before any storage is read.
-
-Every GET also answers HEAD. Any request may get 404 (no such route), 405 (the path does not take \
-the method; `Allow` lists those it takes), 431 (headers above 32 KiB) or 500, and every response \
-carries `X-Request-Id`. Every error is a JSON:API error document (`Errors`).\
+other request gets one and the same 401 before any storage is read.\
 """
+    + oa.COMMON_BEHAVIOUR
+)
 
 
 def build_document() -> dict[str, Any]:

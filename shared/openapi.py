@@ -309,6 +309,13 @@ SECURITY_SCHEMES = {
 
 # ---------------------------------------------------------------- the document
 
+COMMON_BEHAVIOUR = """
+
+Every GET also answers HEAD. Any request may get 400 (a NUL character in the path or query), \
+404 (no such route), 405 (the path does not take the method; `Allow` lists those it takes), 431 \
+(headers above 32 KiB) or 500, and every response carries `X-Request-Id`. Every error is a \
+JSON:API error document (`Errors`)."""
+
 
 def package_version() -> str:
     try:
