@@ -11,27 +11,37 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Execution, utcnow
-from shared.results import ResultStore, result_object_key
+from shared.db.models import Datasource, Execution, utcnow
+from shared.results import ResultStore, data_key_of, result_object_key
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = ("completed", "failed", "cancelled")
 STALE_SCRATCH_SECONDS = 24 * 3600
+ORPHAN_GRACE_SECONDS = 3600
 _BATCH = 500
 
 
-def sweep(sessions: sessionmaker[Session], store: ResultStore, settings: Settings) -> None:
+def sweep(
+    sessions: sessionmaker[Session],
+    store: ResultStore,
+    settings: Settings,
+    *,
+    with_orphans: bool = False,
+) -> None:
+    """``with_orphans`` adds a listing of the whole store: the caller asks for it rarely."""
     expired_results = purge_expired_results(sessions, store, settings)
     deleted_executions = delete_expired_executions(sessions, store, settings)
     removed_scratch = remove_stale_scratch(store)
-    if expired_results or deleted_executions or removed_scratch:
+    orphans = remove_orphaned_objects(sessions, store) if with_orphans else 0
+    if expired_results or deleted_executions or removed_scratch or orphans:
         logger.info(
-            "janitor results=%d executions=%d scratch=%d",
+            "janitor results=%d executions=%d scratch=%d orphans=%d",
             expired_results,
             deleted_executions,
             removed_scratch,
+            orphans,
         )
 
 
@@ -77,6 +87,31 @@ def delete_expired_executions(
         with sessions.begin() as session:
             session.execute(delete(Execution).where(Execution.id.in_([r[0] for r in rows])))
     return len(rows)
+
+
+def remove_orphaned_objects(
+    sessions: sessionmaker[Session], store: ResultStore, now: float | None = None
+) -> int:
+    """Delete objects that no row references and that are older than ``ORPHAN_GRACE_SECONDS``:
+    uploads whose commit never happened (a crash between the two, a fenced-off attempt that died
+    before its own clean-up). Their data keys were never handed out, so nothing ever served them;
+    the grace keeps an upload whose commit is still coming."""
+    cutoff = (time.time() if now is None else now) - ORPHAN_GRACE_SECONDS
+    removed = 0
+    for prefix, column in (
+        ("results/", Execution.data_key),
+        ("schemas/", Datasource.schema_data_key),
+    ):
+        keys = store.keys_older_than(prefix, cutoff)
+        for start in range(0, len(keys), _BATCH):
+            by_data_key = {data_key_of(key): key for key in keys[start : start + _BATCH]}
+            with sessions() as session:
+                referenced = set(session.scalars(select(column).where(column.in_(by_data_key))))
+            for data_key, key in by_data_key.items():
+                if data_key not in referenced:
+                    store.delete(key)
+                    removed += 1
+    return removed
 
 
 def remove_stale_scratch(store: ResultStore) -> int:

@@ -44,6 +44,7 @@ SQL_QUERY, DATASOURCE_REFRESH, CONNECTION_TEST = (
 MAINTENANCE_INTERVAL_SECONDS = 5.0
 FALLBACK_POLL_SECONDS = 2.0
 JANITOR_INTERVAL_SECONDS = 60.0
+ORPHAN_SWEEP_SECONDS = 3600.0  # lists the whole result store: hourly is enough
 
 
 @dataclass
@@ -159,13 +160,18 @@ class Worker:
                     job.cancel.set()
 
     def _maintenance_loop(self) -> None:
-        last_janitor = float("-inf")
+        last_janitor = last_orphan_sweep = float("-inf")
         while not self._stopping.wait(MAINTENANCE_INTERVAL_SECONDS):
             try:
                 queue.reap_expired_leases(self.sessions, self.settings)
                 if time.monotonic() - last_janitor > JANITOR_INTERVAL_SECONDS:
-                    janitor.sweep(self.sessions, self.store, self.settings)
+                    with_orphans = time.monotonic() - last_orphan_sweep > ORPHAN_SWEEP_SECONDS
+                    janitor.sweep(
+                        self.sessions, self.store, self.settings, with_orphans=with_orphans
+                    )
                     last_janitor = time.monotonic()
+                    if with_orphans:
+                        last_orphan_sweep = last_janitor
             except Exception:
                 logger.exception("maintenance failed")
 

@@ -46,6 +46,9 @@ class ResultStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove the object; no error if it is already gone."""
 
+    def keys_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        """Keys directly under ``prefix`` (``results/``) last written before ``cutoff`` (epoch)."""
+
     def check(self) -> None:
         """Raise if the store cannot be used (readiness)."""
 
@@ -59,6 +62,11 @@ def result_object_key(data_key: str) -> str:
 
 def schema_object_key(data_key: str) -> str:
     return f"schemas/{data_key}.json"
+
+
+def data_key_of(object_key: str) -> str:
+    """The data key an object key was made from (the inverse of the two functions above)."""
+    return object_key.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
 class LocalResultStore:
@@ -108,6 +116,14 @@ class LocalResultStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def keys_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        keys = []
+        for path in self._path(prefix).iterdir():
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    keys.append(f"{prefix.rstrip('/')}/{path.name}")
+        return keys
 
     def check(self) -> None:
         probe = self.temp_path(f".probe-{os.getpid()}")
@@ -181,6 +197,17 @@ class S3ResultStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self._path(key))
+
+    def keys_older_than(self, prefix: str, cutoff: float) -> list[str]:
+        directory = self._path(prefix.rstrip("/"))
+        found = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+        return [
+            f"{prefix.rstrip('/')}/{info.base_name}"
+            for info in found
+            if info.type == pafs.FileType.File
+            and info.mtime is not None
+            and info.mtime.timestamp() < cutoff
+        ]
 
     def check(self) -> None:
         info = self.fs.get_file_info(self.base.split("/", 1)[0])

@@ -1,0 +1,128 @@
+"""The janitor on both result stores: expired results go, orphaned uploads go, and nothing that a
+row still references is touched. Every sweep is idempotent."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from api_server.services import executions
+from data_server import janitor
+from shared.db.models import Datasource, Execution, utcnow
+from shared.results import (
+    LocalResultStore,
+    ResultGone,
+    S3ResultStore,
+    result_object_key,
+    schema_object_key,
+)
+from shared.tokens import Scope, new_data_key
+
+LATER = time.time() + 2 * janitor.ORPHAN_GRACE_SECONDS  # every object is past the grace by then
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path, monkeypatch):
+    if request.param == "local":
+        return LocalResultStore(tmp_path / "results")
+    object_store = request.getfixturevalue("object_store")
+    for name, value in object_store.settings_env("s3://unused").items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    return S3ResultStore(
+        object_store.new_bucket_url(), tmp_path / "scratch", endpoint_url=object_store.endpoint_url
+    )
+
+
+def _completed_execution(api, org, data_key: str, completed_hours_ago: float = 0) -> str:
+    with api.app.state.sessions.begin() as session:
+        datasource = session.get(Datasource, org.sample_datasource_id)
+        execution = executions.create_system_execution(session, datasource, executions.SQL_QUERY)
+        execution.status = "completed"
+        execution.data_key = data_key
+        execution.completed_at = utcnow() - timedelta(hours=completed_hours_ago)
+        return execution.id
+
+
+def _exists(store, key: str) -> bool:
+    try:
+        store.read_bytes(key)
+    except ResultGone:
+        return False
+    return True
+
+
+def test_orphans_go_and_referenced_objects_stay(api, store):
+    org = api.create_org()
+    kept_result = new_data_key(Scope.EXECUTION_RESULT)
+    orphan_result = new_data_key(Scope.EXECUTION_RESULT)
+    orphan_schema = new_data_key(Scope.DATASOURCE_SCHEMA)
+    _completed_execution(api, org, kept_result)
+    with api.app.state.sessions.begin() as session:
+        kept_schema = session.get(Datasource, org.sample_datasource_id).schema_data_key
+        if kept_schema is None:  # no refresh ran in process: record one as a worker would
+            kept_schema = new_data_key(Scope.DATASOURCE_SCHEMA)
+            session.execute(
+                update(Datasource)
+                .where(Datasource.id == org.sample_datasource_id)
+                .values(schema_data_key=kept_schema)
+            )
+    keys = {
+        "kept result": result_object_key(kept_result),
+        "kept schema": schema_object_key(kept_schema),
+        "orphan result": result_object_key(orphan_result),
+        "orphan schema": schema_object_key(orphan_schema),
+    }
+    for key in keys.values():
+        store.put_bytes(key, b"x")
+
+    sessions = api.app.state.sessions
+    assert janitor.remove_orphaned_objects(sessions, store) == 0, "within the grace: kept"
+    assert janitor.remove_orphaned_objects(sessions, store, now=LATER) == 2
+    assert {name: _exists(store, key) for name, key in keys.items()} == {
+        "kept result": True,
+        "kept schema": True,
+        "orphan result": False,
+        "orphan schema": False,
+    }
+    assert janitor.remove_orphaned_objects(sessions, store, now=LATER) == 0
+
+
+def test_an_orphan_of_one_organisation_is_not_saved_by_a_row_of_another(api, store):
+    """References are looked up by data key, which is random and never shared across rows."""
+    first, second = api.create_org("A"), api.create_org("B")
+    mine = new_data_key(Scope.EXECUTION_RESULT)
+    _completed_execution(api, first, mine)
+    orphan = new_data_key(Scope.EXECUTION_RESULT)
+    _completed_execution(api, second, new_data_key(Scope.EXECUTION_RESULT))
+    for data_key in (mine, orphan):
+        store.put_bytes(result_object_key(data_key), b"x")
+    assert janitor.remove_orphaned_objects(api.app.state.sessions, store, now=LATER) == 1
+    assert _exists(store, result_object_key(mine))
+    assert not _exists(store, result_object_key(orphan))
+
+
+def test_expired_results_are_purged_once(api, store):
+    org = api.create_org()
+    expired, fresh = new_data_key(Scope.EXECUTION_RESULT), new_data_key(Scope.EXECUTION_RESULT)
+    expired_id = _completed_execution(api, org, expired, completed_hours_ago=25)
+    fresh_id = _completed_execution(api, org, fresh)
+    for data_key in (expired, fresh):
+        store.put_bytes(result_object_key(data_key), b"x")
+    sessions, settings = api.app.state.sessions, api.settings
+
+    assert janitor.purge_expired_results(sessions, store, settings) == 1
+    assert janitor.purge_expired_results(sessions, store, settings) == 0
+    assert not _exists(store, result_object_key(expired))
+    assert _exists(store, result_object_key(fresh))
+    with sessions() as session:
+        assert session.get(Execution, expired_id).data_purged_at is not None
+        assert session.get(Execution, fresh_id).data_purged_at is None
+
+
+def test_a_full_sweep_with_orphans_runs_on_an_empty_store(api, store):
+    janitor.sweep(api.app.state.sessions, store, api.settings, with_orphans=True)
+    assert janitor.remove_orphaned_objects(api.app.state.sessions, store, now=LATER) == 0
