@@ -132,7 +132,7 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
     if pointer is not None:
         raise Unprocessable(
             "Text may not hold a NUL character (\\u0000): no database stores it.",
-            pointer=pointer or "/",
+            pointer=pointer,
             code="nul_character",
         )
     return document

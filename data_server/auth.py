@@ -77,9 +77,7 @@ class PublicKeyring:
         if self._stale(kid):
             self.reload()
         published = self._keys.get(kid)
-        if published is None or (
-            published.retire_at is not None and time.time() >= published.retire_at
-        ):
+        if published is None or published.retired(time.time()):
             return None
         return published.key
 

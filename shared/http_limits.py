@@ -1,8 +1,9 @@
 """Limits every HTTP request of both servers lives within, so no client can hold a server.
 
 uvicorn enforces what it can (connections, idle keep-alive, h11's header buffer); the middleware
-here refuses oversized header blocks and NUL characters in the URL before any endpoint runs, and ``read_body_within`` gives up
-on a body that trickles in more slowly than ``BODY_TIMEOUT_SECONDS`` allows.
+here refuses oversized header blocks and NUL characters in the URL before any endpoint runs,
+and ``read_body_within`` gives up on a body that trickles in more slowly than
+``BODY_TIMEOUT_SECONDS`` allows.
 """
 
 from __future__ import annotations

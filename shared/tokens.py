@@ -105,6 +105,9 @@ class PublicKey:
     key: Ed25519PublicKey
     retire_at: int | None = None
 
+    def retired(self, now: float) -> bool:
+        return KeySchedule(retire_at=self.retire_at).retired(now)
+
 
 def _kid_of(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -113,11 +116,6 @@ def _kid_of(public_key: Ed25519PublicKey) -> str:
 
 def keys_dir(settings: Settings) -> Path:
     return settings.state_dir / "keys" / settings.region
-
-
-def load_signing_key(settings: Settings, now: float | None = None) -> SigningKey:
-    """The key signing at ``now``: the operator's file, or the state dir's (generated once)."""
-    return SigningKeyring(settings).signing_key(now)
 
 
 class DirectoryWatch:

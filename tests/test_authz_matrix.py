@@ -21,7 +21,7 @@ from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.settings import Settings
-from shared.tokens import Scope, load_signing_key, mint_data_token, new_data_key
+from shared.tokens import Scope, SigningKeyring, mint_data_token, new_data_key
 from tests.authz_matrix import RULES, Caller, Rule, expected_status
 from tests.factories import JSONAPI, Api, Org, dump_tables
 
@@ -145,7 +145,7 @@ DATA_SERVER_RULES = {
 @pytest.fixture
 def data_server(tmp_path):
     settings = Settings(state_dir=tmp_path, sample_scale=0.001)
-    signing_key = load_signing_key(settings)
+    signing_key = SigningKeyring(settings).signing_key()
     with TestClient(create_data_app(settings), raise_server_exceptions=False) as client:
         yield client, settings, signing_key
 

@@ -114,8 +114,9 @@ def test_both_servers_run_uvicorn_with_the_limits():
             "application/json",
             "/parameters/filters/0/selected_values/1",
         ),
+        ("/datasources/{sample}/executions", b'"\\u0000"', "application/json", ""),
     ],
-    ids=["resource-attribute", "sql-query", "bound-value"],
+    ids=["resource-attribute", "sql-query", "bound-value", "whole-body"],
 )
 def test_a_nul_in_body_text_is_422_at_its_member_and_stores_nothing(
     api, path, document, content_type, pointer

@@ -18,10 +18,10 @@ from shared.tokens import (
     TOKEN_TYPE,
     Scope,
     SigningKey,
+    SigningKeyring,
     audience,
     data_key_digest,
     issuer,
-    load_signing_key,
     mint_data_token,
     new_data_key,
 )
@@ -51,7 +51,7 @@ def settings(tmp_path):
 
 @pytest.fixture
 def signing_key(settings):
-    return load_signing_key(settings)
+    return SigningKeyring(settings).signing_key()
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def test_data_server_holds_no_private_key(data_client):
 
 
 def test_signing_key_is_generated_once_with_private_permissions(settings):
-    first, second = load_signing_key(settings), load_signing_key(settings)
+    first, second = SigningKeyring(settings).signing_key(), SigningKeyring(settings).signing_key()
     assert first.kid == second.kid
     key_file = settings.state_dir / "keys" / settings.region / "signing-key.pem"
     assert key_file.stat().st_mode & 0o777 == 0o600
