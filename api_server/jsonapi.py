@@ -61,7 +61,11 @@ def _media_ranges(header: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def accepts(request: Request, produced: str) -> bool:
-    """Whether the request's Accept admits ``produced`` (JSON:API: a range with params doesn't)."""
+    """Whether the request's Accept admits ``produced`` (JSON:API: a range with params doesn't).
+
+    A plain-JSON action also takes the JSON:API media type: Cluvio's clients send
+    ``Accept: application/vnd.api+json`` on every request, and a JSON:API document is JSON.
+    """
     header = request.headers.get("accept")
     if not header:
         return True
@@ -73,6 +77,8 @@ def accepts(request: Request, produced: str) -> bool:
         if media in ("*/*", f"{main}/*"):
             return True
         if media == produced and (produced != JSONAPI_MEDIA_TYPE or not params):
+            return True
+        if produced == JSON_MEDIA_TYPE and media == JSONAPI_MEDIA_TYPE:
             return True
     return False
 
@@ -266,11 +272,19 @@ def parse_collection_query(
     fields_by_type: dict[str, Iterable[str]] | None = None,
     includable: Sequence[str] = (),
     collection: bool = True,
+    read_by_endpoint: Iterable[str] = (),
 ) -> CollectionQuery:
-    """Parse and check every query parameter; anything unknown is a 400 naming it."""
+    """Parse and check every query parameter; anything unknown is a 400 naming it.
+
+    ``read_by_endpoint`` names the parameters the endpoint parses itself (``wait``), which are
+    therefore known here, so that an unknown one next to them is the one blamed.
+    """
     query = CollectionQuery()
     fields_by_type = fields_by_type or {}
+    own = set(read_by_endpoint)
     for name, value in request.query_params.multi_items():
+        if name in own:
+            continue
         match = _FAMILY.match(name)
         family, member = (match.group(1), match.group(2)) if match else (name, "")
         if family == "page" and collection and member in ("number", "size"):
@@ -319,7 +333,9 @@ def _positive_int(name: str, value: str) -> int:
 
 
 def _parse_sort(value: str, sortable: Sequence[str]) -> list[tuple[str, bool]]:
-    keys = []
+    """Each sortable field at most once: a repeated key orders nothing further, and so the
+    number of sort keys stays within every database's ORDER BY limit."""
+    keys: list[tuple[str, bool]] = []
     for item in value.split(","):
         descending = item.startswith("-")
         name = item[1:] if descending else item
@@ -327,6 +343,8 @@ def _parse_sort(value: str, sortable: Sequence[str]) -> list[tuple[str, bool]]:
             raise InvalidQueryParameter(
                 f"Cannot sort by '{name}'; sortable: {', '.join(sortable)}.", parameter="sort"
             )
+        if any(name == seen for seen, _ in keys):
+            raise InvalidQueryParameter(f"sort names '{name}' more than once.", parameter="sort")
         keys.append((name, descending))
     return keys
 

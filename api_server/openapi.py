@@ -427,7 +427,7 @@ def _run_request_schemas() -> dict[str, oa.Schema]:
                 "timerange": oa.nullable(
                     oa.string(
                         "`<start>~<end>` in unix seconds, start included, end excluded.",
-                        pattern=r"^\s*-?\d{1,15}\s*~\s*-?\d{1,15}\s*$",
+                        pattern=sql_parameters.TIMERANGE_PATTERN,
                     )
                 ),
                 "aggregation": oa.nullable(

@@ -97,9 +97,8 @@ def show_execution(request: Request) -> Response:
     """With ``?wait=N`` the answer waits until the status changes or N seconds pass."""
     principal = authenticate(request)
     require(principal, *READ_PERMISSIONS)
+    jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
     wait = _wait_seconds(request)
-    if set(request.query_params) - {"wait"}:
-        jsonapi.parse_collection_query(request, collection=False)
     execution = _load(request, principal)
     deadline, pause = time.monotonic() + wait, 0.01
     while execution.status not in executions.TERMINAL_STATUSES and time.monotonic() < deadline:

@@ -41,7 +41,11 @@ BOUND_SQL_GROWTH = 4
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _VARIABLE = re.compile(rf"{_NAME}\Z")
-_TIMERANGE = re.compile(r"\s*(-?\d{1,15})\s*~\s*(-?\d{1,15})\s*\Z")
+# ASCII digits and blanks only: \d would read Arabic-Indic "\u0661~\u0662" as 1~2. One pattern for
+# the parser and the OpenAPI document, so it is written in syntax Python and ECMA-262 read alike.
+_BLANKS = r"[ \t\n\r\f\v]*"
+TIMERANGE_PATTERN = rf"^{_BLANKS}(-?[0-9]{{1,15}}){_BLANKS}~{_BLANKS}(-?[0-9]{{1,15}}){_BLANKS}$"
+_TIMERANGE = re.compile(TIMERANGE_PATTERN)
 _VALUE_FORM = re.compile(rf"\{{\s*({_NAME})\.({_NAME})\s*\}}")
 _SIMPLE_FORM = re.compile(
     rf"\{{\s*({_NAME}(?:\.{_NAME})*)\s*([=:])\s*({_NAME})(?:\.({_NAME}))?\s*\}}"
@@ -120,7 +124,7 @@ def _invalid(detail: str, pointer: str, code: str = "invalid_parameter") -> Unpr
 def _parse_timerange(value: Any, pointer: str = "/parameters/timerange") -> TimeRange | None:
     if value is None:
         return None
-    match = _TIMERANGE.match(value) if isinstance(value, str) else None
+    match = _TIMERANGE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise _invalid(
             "A time range is '<start>~<end>', two whole unix seconds, e.g. "
