@@ -21,6 +21,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 180
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def interrupt(signum: int, _frame: object) -> None:
+    """SIGINT and SIGTERM both stop everything. Installed explicitly for SIGINT too: a launcher
+    started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+    leaves it ignored, so a supervisor's ``kill -INT`` did nothing."""
+    raise KeyboardInterrupt
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -115,7 +123,8 @@ def main() -> int:
 
     environments = [region_environment(path) for path in args.env_file or [None]]
     processes: list[subprocess.Popen[bytes]] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, interrupt)
     try:
         banners = []
         for env in environments:
@@ -139,6 +148,8 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        for signum in STOP_SIGNALS:  # a second signal must not cut the stopping short
+            signal.signal(signum, signal.SIG_IGN)
         stop(processes)
 
 

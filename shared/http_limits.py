@@ -8,11 +8,18 @@ and ``read_body_within`` gives up on a body that trickles in more slowly than
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import anyio
+import h11
+import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
+from uvicorn.server import ServerState
 
 from shared.errors import (
     AppError,
@@ -20,13 +27,20 @@ from shared.errors import (
     HeaderFieldsTooLarge,
     PayloadTooLarge,
     RequestTimeout,
+    ServiceUnavailable,
 )
-from shared.problems import error_response
+from shared.problems import JSONAPI_MEDIA_TYPE, error_document, error_response
 from shared.settings import Settings
 
 MAX_HEADER_BYTES = 32 * 1024
 BODY_TIMEOUT_SECONDS = 30.0
 KEEP_ALIVE_SECONDS = 5
+# From the moment a connection may send a request head (it opened, or the previous response
+# ended) until the whole head has arrived; then the connection is closed. Half-open connections
+# would otherwise count against DATAFERRY_MAX_CONNECTIONS for ever.
+REQUEST_HEAD_TIMEOUT_SECONDS = 10.0
+
+logger = logging.getLogger(__name__)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -39,9 +53,102 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "limit_concurrency": settings.max_connections,
         # h11, not httptools: httptools has no limit on the header block, so a client could make
         # the server buffer any amount before the middleware here sees a byte of it.
-        "http": "h11",
+        "http": BoundedH11Protocol,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
     }
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head, and JSON:API documents for
+    the answers uvicorn gives before any app runs (an unparsable request, too many connections).
+
+    A request head is complete when uvicorn starts a new request cycle for it; until then the
+    deadline armed when the connection opened or the previous response ended stays armed, however
+    many bytes trickle in.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.head_deadline: asyncio.TimerHandle | None = None
+        # The limit is checked by ``_admit`` instead of uvicorn, whose 503 is plain text.
+        self.connection_limit, self.limit_concurrency = self.limit_concurrency, None
+        self.app_within_limit, self.app = self.app, self._admit
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:
+            self._disarm_head_deadline()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if self.cycle is cycle and not self.transport.is_closing():
+            self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        error = BadRequest("The request is not valid HTTP/1.1.", code="invalid_http_request")
+        body = orjson.dumps(error_document(error))
+        headers = [
+            (b"content-type", JSONAPI_MEDIA_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=STATUS_PHRASES[400]),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event) or b"")
+        except h11.LocalProtocolError:
+            pass  # a response had already begun on this connection: closing is all that is left
+        self.transport.close()
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """uvicorn's own test, counted once this request's task exists: the task is one of
+        ``self.tasks`` here, while uvicorn counted before adding it."""
+        limit = self.connection_limit
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
+            logger.warning("refused a request: %d connections are open", len(self.connections))
+            error = ServiceUnavailable(
+                f"The server holds its limit of {limit} connections; try again shortly.",
+                code="too_many_connections",
+                headers={"Connection": "close"},
+            )
+            await error_response(error)(scope, receive, send)
+            return
+        await self.app_within_limit(scope, receive, send)
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        self.head_deadline = self.loop.call_later(
+            REQUEST_HEAD_TIMEOUT_SECONDS, self._head_deadline_passed
+        )
+
+    def _disarm_head_deadline(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _head_deadline_passed(self) -> None:
+        self.head_deadline = None
+        if not self.transport.is_closing() and self.transport.get_protocol() is self:
+            self.transport.close()
 
 
 class RequestLimitsMiddleware:

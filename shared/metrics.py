@@ -1,7 +1,8 @@
 """Prometheus metrics of one server process, served at ``GET /metrics`` (text format 0.0.4).
 
-Requests are counted and timed by route template (``/executions/{id}``, never an id), so the
-label set stays small and no tenant's ids leak. Queue depth and running executions are read from
+Requests are counted and timed by route template (``/executions/{id}``, never an id) and by
+method, any method outside ``HTTP_METHODS`` counted as ``other``, so the label set stays small
+whatever clients send and no tenant's ids leak. Queue depth and running executions are read from
 the metadata DB when scraped; execution durations are observed by this process's workers.
 """
 
@@ -25,6 +26,10 @@ from shared.db.models import Execution
 
 logger = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+OTHER_METHOD = "other"
 
 
 class _QueueCollector(Collector):
@@ -121,6 +126,7 @@ class MetricsMiddleware:
         finally:
             metrics: Metrics = scope["app"].state.metrics
             route = getattr(scope.get("route"), "path", "unmatched")
-            metrics.requests.labels(scope["method"], route, str(status)).inc()
-            metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else OTHER_METHOD
+            metrics.requests.labels(method, route, str(status)).inc()
+            metrics.latency.labels(method, route).observe(time.perf_counter() - started)
             metrics.bytes_sent.labels(route).inc(sent)

@@ -311,10 +311,13 @@ SECURITY_SCHEMES = {
 
 COMMON_BEHAVIOUR = """
 
-Every GET also answers HEAD. Any request may get 400 (a NUL character in the path or query), \
-404 (no such route), 405 (the path does not take the method; `Allow` lists those it takes), 431 \
-(headers above 32 KiB) or 500, and every response carries `X-Request-Id`. Every error is a \
-JSON:API error document (`Errors`)."""
+Every GET also answers HEAD. Any request may get 400 (a NUL character in the path or query; \
+`invalid_http_request` for bytes that are not HTTP/1.1), 404 (no such route), 405 (the path does \
+not take the method; `Allow` lists those it takes), 431 (headers above 32 KiB), 500, or 503 \
+(`too_many_connections`: the server holds its connection limit), and every response carries \
+`X-Request-Id`, except the 400 for bytes that are not HTTP/1.1 and the 503, which are answered \
+before any route and close the connection. Every error is a JSON:API error document \
+(`Errors`)."""
 
 
 def package_version() -> str:

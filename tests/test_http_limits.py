@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
+import time
 
 import anyio
 import httpx
@@ -83,6 +86,7 @@ def test_both_servers_run_uvicorn_with_the_limits():
     assert options["limit_concurrency"] == 50
     assert options["timeout_keep_alive"] == http_limits.KEEP_ALIVE_SECONDS
     assert options["h11_max_incomplete_event_size"] == http_limits.MAX_HEADER_BYTES
+    assert options["http"] is http_limits.BoundedH11Protocol
 
 
 # ---------------------------------------------------------------------------- NUL characters
@@ -172,3 +176,103 @@ def test_a_real_server_refuses_a_huge_header_block_and_stays_up(tmp_path):
             answer = connection.recv(200)
         assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer
         assert httpx.get(f"{region.api_url}/healthz", timeout=5).status_code == 200
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or 30 s pass)."""
+    connection.settimeout(30)
+    received = b""
+    for _ in range(1000):
+        chunk = connection.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"the server kept talking: {received[:200]!r}")
+
+
+def _read_response(connection: socket.socket) -> bytes:
+    """One whole response (head and a Content-Length body) from a kept-alive connection."""
+    received = b""
+    for _ in range(1000):
+        head, separator, body = received.partition(b"\r\n\r\n")
+        if separator:
+            length = re.search(rb"(?i)content-length: (\d+)", head)
+            if length and len(body) >= int(length.group(1)):
+                return received
+        chunk = connection.recv(65536)
+        assert chunk, f"the server closed the connection: {received[:200]!r}"
+        received += chunk
+    raise AssertionError("no whole response")
+
+
+def _jsonapi_error(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert headers["content-type"] == "application/vnd.api+json", answer
+    return int(lines[0].split()[1]), json.loads(body)["errors"][0]
+
+
+@pytest.fixture(scope="module")
+def small_region(tmp_path_factory):
+    """Both servers, each accepting at most 4 connections."""
+    with running_region(
+        tmp_path_factory.mktemp("small-region"), {"DATAFERRY_MAX_CONNECTIONS": "4"}
+    ) as region:
+        yield region
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("server", ["api", "data"])
+def test_an_unparsable_request_is_a_jsonapi_400(small_region, server):
+    url = small_region.api_url if server == "api" else small_region.data_url
+    with socket.create_connection(_address(url), timeout=10) as connection:
+        connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        status, error = _jsonapi_error(_read_until_closed(connection))
+    assert (status, error["status"], error["code"]) == (400, "400", "invalid_http_request")
+
+
+@pytest.mark.e2e
+def test_half_open_connections_are_closed_after_the_head_deadline(small_region):
+    """Four connections that never finish (or never start) a request head fill the limit of 4:
+    others get a JSON:API 503 until the head deadline closes them; then they are served again.
+    One of them first has a whole request answered: the deadline starts again after a response."""
+    urls = (small_region.api_url, small_region.data_url)
+    held = []
+    try:
+        for url in urls:
+            answered = socket.create_connection(_address(url), timeout=10)
+            held.append(answered)
+            answered.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_response(answered).startswith(b"HTTP/1.1 200")
+            answered.sendall(b"GET /healthz HTTP/1.1\r\n")
+            for partial in (b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"GET /h"):
+                connection = socket.create_connection(_address(url), timeout=10)
+                held.append(connection)
+                if partial:
+                    connection.sendall(partial)
+        opened = time.monotonic()
+        time.sleep(0.5)  # the servers have accepted every connection
+        for url in urls:
+            refused = httpx.get(f"{url}/healthz", timeout=10)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"] == "application/vnd.api+json"
+            assert refused.json()["errors"][0]["code"] == "too_many_connections"
+        for connection in held:
+            assert _read_until_closed(connection) == b""
+        waited = time.monotonic() - opened
+        deadline = http_limits.REQUEST_HEAD_TIMEOUT_SECONDS
+        assert deadline - 1 < waited < deadline + 5
+        for url in urls:
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        for connection in held:
+            connection.close()

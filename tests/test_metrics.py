@@ -51,3 +51,25 @@ def test_data_server_reports_executions_and_bytes_served(region, client):
         if s.labels["route"] == "/data/{data_key}" and s.name.endswith("_total")
     ]
     assert served and served[0] >= len(body)
+
+
+def test_unknown_methods_share_one_label_value(api):
+    """Each made-up method name was a new label value: unauthenticated clients grew the page
+    without bound."""
+    for number in range(20):
+        answer = api.client.request(f"BREW{number}", "/datasources")
+        assert answer.status_code == 405
+    api.client.request("DELETE", "/datasources")
+    found = samples(api.client.get("/metrics").text)
+    methods = {
+        s.labels["method"]
+        for name in ("dataferry_http_requests", "dataferry_http_request_duration_seconds")
+        for s in found[name]
+    }
+    assert methods == {"DELETE", "other"}
+    brewed = [
+        s.value
+        for s in found["dataferry_http_requests"]
+        if s.labels["method"] == "other" and s.name.endswith("_total")
+    ]
+    assert brewed == [20]

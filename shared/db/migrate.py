@@ -1,14 +1,27 @@
-"""Alembic, driven from code: ``upgrade_to_head`` is what ``migrate`` and ``serve`` call."""
+"""Alembic, driven from code: ``upgrade_to_head`` is what ``migrate`` and ``serve`` call.
+
+Processes started together (an API server and a data server on an empty database, say) each
+upgrade the schema; a lock per database makes them take turns, so the first migrates and the
+others find the schema at head. Alembic's DDL on SQLite runs outside any transaction, so a
+transaction cannot serialise it: a file lock beside the database file does. PostgreSQL has
+transactional DDL, but two transactions creating one table still collide: an advisory lock,
+keyed by the schema, does.
+"""
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# PostgreSQL's two-key advisory lock of migrations: "dfmg", then the schema they run in.
+_ADVISORY_LOCK_KEY = f"{0x64666D67}, hashtext(coalesce(current_schema(), ''))"
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -19,4 +32,30 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade_to_head(engine: Engine) -> None:
-    command.upgrade(alembic_config(engine), "head")
+    with migration_lock(engine):
+        command.upgrade(alembic_config(engine), "head")
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held by one process at a time per database (per schema on PostgreSQL); waits for it."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text(f"SELECT pg_advisory_lock({_ADVISORY_LOCK_KEY})"))
+            connection.commit()  # no transaction stays open while the migration runs
+            try:
+                yield
+            finally:
+                connection.execute(text(f"SELECT pg_advisory_unlock({_ADVISORY_LOCK_KEY})"))
+                connection.commit()
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield  # a private in-memory database has no second process to race
+        return
+    with open(f"{database}.migrate-lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
