@@ -1,37 +1,32 @@
 """One execution on one fresh, locked-down DuckDB instance (DESIGN.md §2).
 
 This module runs inside a sandbox child process (see ``sandbox_pool``); nothing here touches the
-metadata DB or the network. Tenant SQL is checked before it runs — a single SELECT or EXPLAIN,
-table functions from an allow-list, no file or URL scans — and then executed on an instance whose
-configuration was set up in the order DESIGN.md §2 gives and locked, so that even SQL that slips
-past the checks cannot reach files, settings, extensions or the network.
+metadata DB or the network. Tenant SQL is checked before it runs (``sql_check``: a single SELECT
+or EXPLAIN, allow-listed table functions, catalog views and settings, no file or URL scans) and
+then executed on an instance whose configuration was set up in the order DESIGN.md §2 gives and
+locked, so that even SQL that slips past the checks cannot reach files, settings, extensions or the
+network. What the catalog shows is kept free of server paths too (docs/sql-sandbox.md).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import orjson
 import pyarrow as pa
+
+from data_server.sql_check import BASE_CONFIG, QueryFailed, check_sql, first_line
 
 BATCH_ROWS = 65_536
 DATASOURCE_ALIAS = "ds"
+# The files datasource's {file name: absolute path}; its views read through it (see
+# _create_file_views), and sql_check refuses getvariable() so tenants never see the paths.
+FILES_VARIABLE = "dataferry_files"
 
-# Table functions a query may call; everything else (read_csv, glob, query, pragma_*, …) is refused.
-ALLOWED_TABLE_FUNCTIONS = frozenset(
-    {"range", "generate_series", "unnest", "json_each", "json_tree"}
-)
-_FILE_SUFFIXES = (
-    ".csv", ".tsv", ".txt", ".parquet", ".json", ".jsonl", ".ndjson", ".arrow", ".gz", ".zst",
-    ".db", ".duckdb", ".sqlite", ".xlsx",
-)  # fmt: skip
 _FILE_VIEW_READERS = {
     ".parquet": "read_parquet",
     ".csv": "read_csv",
@@ -40,8 +35,6 @@ _FILE_VIEW_READERS = {
     ".jsonl": "read_json",
     ".ndjson": "read_json",
 }
-_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN(\s+ANALY[SZ]E)?\s+", re.IGNORECASE)
-_ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
 @dataclass(frozen=True)
@@ -79,94 +72,7 @@ class QueryOutcome:
     truncated: bool
 
 
-@dataclass
-class QueryFailed(Exception):
-    """A failure the client is told about: a stable ``code`` and a message without server paths."""
-
-    code: str
-    message: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-# ---------------------------------------------------------------------------- checking the SQL
-
-
-def check_sql(sql: str, connection: duckdb.DuckDBPyConnection | None = None) -> None:
-    """Refuse anything but one SELECT/EXPLAIN whose table functions are all allow-listed.
-
-    Parsing needs a DuckDB instance; the sandbox's own is reused when given, because starting
-    one costs more than the rest of a small query.
-    """
-    if connection is None:
-        with duckdb.connect(":memory:", config=_BASE_CONFIG) as scratch:
-            return check_sql(sql, scratch)
-    try:
-        statements = connection.extract_statements(sql)
-    except duckdb.ParserException as exc:
-        raise QueryFailed("syntax_error", _first_line(exc)) from None
-    if not statements:
-        raise QueryFailed("syntax_error", "The query is empty.")
-    if len(statements) > 1:
-        raise QueryFailed(
-            "multiple_statements", "Only a single statement may be run per execution."
-        )
-    statement = statements[0]
-    if statement.type not in _ALLOWED_STATEMENTS:
-        kind = statement.type.name.replace("_", " ")
-        raise QueryFailed(
-            "not_a_select", f"Only SELECT (or EXPLAIN) statements may be run, not {kind}."
-        )
-    inner = _EXPLAIN_PREFIX.sub("", sql.strip().rstrip(";"), count=1)
-    serialized = orjson.loads(
-        connection.execute("SELECT json_serialize_sql($1)", [inner]).fetchone()[0]
-    )
-    if serialized.get("error"):
-        raise QueryFailed("not_a_select", "Only SELECT (or EXPLAIN SELECT) statements may be run.")
-    for node in _walk(serialized):
-        _check_node(node)
-    return None
-
-
-def _check_node(node: dict[str, Any]) -> None:
-    kind = node.get("type")
-    if kind == "TABLE_FUNCTION":
-        name = str((node.get("function") or {}).get("function_name", "")).lower()
-        if name not in ALLOWED_TABLE_FUNCTIONS:
-            allowed = ", ".join(sorted(ALLOWED_TABLE_FUNCTIONS))
-            raise QueryFailed(
-                "forbidden_function",
-                f"The table function {name}() is not allowed; allowed are: {allowed}.",
-            )
-    elif kind == "BASE_TABLE":
-        name = str(node.get("table_name", ""))
-        lowered = name.lower()
-        if "/" in name or "\\" in name or "://" in name or lowered.endswith(_FILE_SUFFIXES):
-            raise QueryFailed(
-                "forbidden_operation",
-                f"'{name}' looks like a file or URL; queries may only read the datasource's tables.",
-            )
-
-
-def _walk(value: Any) -> Iterator[dict[str, Any]]:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            yield item
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 # ---------------------------------------------------------------------------- the instance
-
-_BASE_CONFIG = {
-    "autoinstall_known_extensions": "false",
-    "autoload_known_extensions": "false",
-}
 
 
 class Sandbox:
@@ -176,7 +82,7 @@ class Sandbox:
         self.spec = spec
         self._paths = {spec.path: "<datasource>", temp_dir: "<temp>"}
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
-        self.connection = duckdb.connect(":memory:", config=dict(_BASE_CONFIG))
+        self.connection = duckdb.connect(":memory:", config=dict(BASE_CONFIG))
         try:
             self._attach()
             allowed = [temp_dir]
@@ -185,6 +91,8 @@ class Sandbox:
             self._set("allowed_directories", allowed)
             self._set("temp_directory", temp_dir)
             self._set("extension_directory", str(Path(temp_dir) / "no-extensions"))
+            # The default is ~/.duckdb/stored_secrets: it would name the service's home and user.
+            self._set("secret_directory", str(Path(temp_dir) / "no-secrets"))
             self._set("threads", max(1, limits.threads))
             self._set("memory_limit", f"{max(16, limits.memory_limit_mb)}MB")
             self._set("max_temp_directory_size", f"{max(1, limits.max_temp_directory_size_mb)}MB")
@@ -219,24 +127,33 @@ class Sandbox:
             )
 
     def _create_file_views(self, folder: Path) -> None:
-        """Each Parquet/CSV/JSON file becomes a view named after its stem (first one wins)."""
+        """Each Parquet/CSV/JSON file becomes a view named after its stem (first one wins).
+
+        A view's SQL is what duckdb_views(), information_schema.views and sqlite_master show, so
+        it names the file, not its path: the path comes from a variable the tenant cannot read.
+        """
         if not folder.is_dir():
             raise QueryFailed("datasource_unavailable", "The datasource folder does not exist.")
-        seen: set[str] = set()
+        files: dict[str, tuple[str, Path]] = {}
         for path in sorted(folder.iterdir()):
             reader = _FILE_VIEW_READERS.get(path.suffix.lower())
-            if reader is None or not path.is_file() or path.stem.lower() in seen:
-                continue
-            seen.add(path.stem.lower())
-            # DDL takes no bound parameters; both names are quoted, the reader is from a fixed map.
+            if reader is not None and path.is_file():
+                files.setdefault(path.stem.lower(), (reader, path))
+        names = [path.name for _, path in files.values()]
+        self.connection.execute(
+            f"SET VARIABLE {FILES_VARIABLE} = MAP($1::VARCHAR[], $2::VARCHAR[])",
+            [names, [str(path) for _, path in files.values()]],
+        )
+        for reader, path in files.values():
+            # DDL takes no bound parameters; names are quoted, the reader is from a fixed map.
             self.connection.execute(
-                f"CREATE VIEW {_identifier(path.stem)} AS "  # noqa: S608
-                f"SELECT * FROM {reader}({_literal(str(path))})"
+                f"CREATE VIEW {_identifier(path.stem)} AS SELECT * FROM "  # noqa: S608
+                f"{reader}(getvariable('{FILES_VARIABLE}')[{_literal(path.name)}])"
             )
 
     def clean(self, error: BaseException) -> str:
         """The error's first line with server paths replaced, so no filesystem layout leaks."""
-        message = _first_line(error)
+        message = first_line(error)
         for path, label in self._paths.items():
             message = message.replace(path, label)
         return message
@@ -251,11 +168,6 @@ def _literal(text: str) -> str:
 
 def _identifier(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def classify(error: duckdb.Error, interrupted_for: str | None) -> str:

@@ -219,3 +219,80 @@ def test_missing_datasource_is_unavailable(tmp_path):
         engine.check_connection(spec, LIMITS, str(tmp_path / "scratch"))
     assert failure.value.code == "datasource_unavailable"
     assert not (tmp_path / "gone.duckdb").exists()
+
+
+def _rows(tmp_path: Path) -> list[dict[str, object]]:
+    return pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().to_pylist()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "PIVOT numbers ON n USING count(*)",
+        "SELECT * FROM (PIVOT numbers ON n USING count(*))",
+        "WITH p AS (PIVOT numbers ON n USING count(*)) SELECT * FROM p",
+        "EXPLAIN PIVOT numbers ON n USING count(*)",
+        "PIVOT numbers ON n IN (1, 2), (n % 3) USING count(*)",
+    ],
+)
+def test_a_pivot_without_listed_values_is_refused_with_a_hint(datasource, tmp_path, sql):
+    with pytest.raises(QueryFailed) as failure:
+        engine.run_query(_job(datasource, sql, tmp_path))
+    assert failure.value.code == "dynamic_pivot"
+    assert "IN (" in failure.value.message
+    assert not (tmp_path / "out.arrow").exists()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "PIVOT (SELECT n % 3 AS k FROM numbers) ON k IN (0, 1, 2) USING count(*)",
+        "FROM (SELECT n % 3 AS k FROM numbers) PIVOT (count(*) FOR k IN (0, 1, 2))",
+    ],
+)
+def test_a_pivot_with_listed_values_runs(datasource, tmp_path, sql):
+    engine.run_query(_job(datasource, sql, tmp_path))
+    assert _rows(tmp_path) == [{"0": 66_667, "1": 66_667, "2": 66_666}]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'WITH "secret.csv" AS (SELECT 1 AS a) SELECT * FROM "secret.csv"',
+        'WITH "SECRET.CSV" AS (SELECT 1 AS a) SELECT * FROM "secret.csv"',
+        'WITH "secret.csv" AS (SELECT 1 AS a) SELECT (SELECT a FROM "secret.csv") AS a',
+        'WITH "secret.csv" AS (SELECT 1 AS a), b AS (SELECT * FROM "secret.csv") SELECT * FROM b',
+        'WITH "secret.csv" AS (SELECT 1 AS a) SELECT * FROM (WITH b AS (FROM "secret.csv") FROM b)',
+        'SELECT * FROM (WITH "secret.csv" AS (SELECT 1 AS a) SELECT * FROM "secret.csv")',
+        'WITH "secret.csv" AS (SELECT 1 AS a) (FROM "secret.csv" UNION FROM "secret.csv")',
+        'WITH RECURSIVE "secret.csv" AS (SELECT 1 AS a UNION ALL '
+        'SELECT a + 1 FROM "secret.csv" WHERE a < 1) SELECT * FROM "secret.csv"',
+        'WITH "/etc/passwd" AS (SELECT 1 AS a) SELECT * FROM "/etc/passwd"',
+    ],
+)
+def test_a_cte_named_like_a_file_is_not_a_file(datasource, tmp_path, sql):
+    engine.run_query(_job(datasource, sql, tmp_path))
+    assert _rows(tmp_path) == [{"a": 1}]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # outside the subquery that defines the CTE, the name is a file again
+        'SELECT * FROM (WITH "secret.csv" AS (SELECT 1 AS a) FROM "secret.csv") UNION FROM "secret.csv"',
+        'SELECT * FROM (WITH "secret.csv" AS (SELECT 1 AS a) FROM "secret.csv"), "secret.csv"',
+        'SELECT (WITH "secret.csv" AS (SELECT 1) FROM "secret.csv"), (FROM "secret.csv" LIMIT 1)',
+        # DuckDB does not look forward, and a CTE that is not recursive does not see itself
+        'WITH b AS (SELECT * FROM "secret.csv"), "secret.csv" AS (SELECT 1 AS a) SELECT * FROM b',
+        'WITH "secret.csv" AS (SELECT * FROM "secret.csv") SELECT * FROM "secret.csv"',
+        # a recursive CTE's anchor part does not see the CTE either
+        'WITH RECURSIVE "secret.csv" AS (SELECT password FROM "secret.csv" UNION ALL '
+        'SELECT password FROM "secret.csv" WHERE false) SELECT * FROM "secret.csv"',
+        # a qualified name is never a CTE
+        'WITH "secret.csv" AS (SELECT 1 AS a) SELECT * FROM main."secret.csv"',
+    ],
+)
+def test_a_file_that_shares_a_cte_name_out_of_its_scope_is_refused(datasource, tmp_path, sql):
+    with pytest.raises(QueryFailed) as failure:
+        engine.run_query(_job(datasource, sql, tmp_path))
+    assert failure.value.code == "forbidden_operation"

@@ -1,0 +1,230 @@
+"""What tenant SQL can learn about the server: no path, directory, home or setting leaks out.
+
+Every vector below runs through the engine as an execution does (check, then the locked
+instance) against each kind of datasource; whether it is refused or answered, neither the error
+message nor any cell of the result may contain a server path. The policy is docs/sql-sandbox.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from data_server import engine
+from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, Sandbox
+from data_server.sample import ensure_sample_database
+
+LIMITS = Limits(
+    timeout_seconds=10,
+    memory_limit_mb=256,
+    threads=1,
+    max_temp_directory_size_mb=64,
+    max_result_rows=100_000,
+    max_result_bytes=1 << 26,
+)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A data server's directories, laid out as in production, and one datasource of each kind."""
+
+    state_dir: Path
+    data_root: Path
+    specs: dict[str, DatasourceSpec]
+
+    def secrets(self, tmp_path: Path) -> list[str]:
+        home = str(Path.home())
+        paths = [str(self.state_dir), str(self.data_root), str(tmp_path), home + "/", "/root"]
+        return paths + [spec.path for spec in self.specs.values()] + ["stored_secrets"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    base = tmp_path_factory.mktemp("server")
+    state_dir, data_root = base / "state", base / "data"
+    (data_root / "files").mkdir(parents=True)
+    with duckdb.connect(str(data_root / "shop.duckdb")) as connection:
+        connection.execute("CREATE TABLE orders AS SELECT range AS order_id FROM range(5)")
+        connection.execute("CREATE VIEW recent AS SELECT * FROM orders WHERE order_id > 2")
+    (data_root / "files" / "orders.csv").write_text("order_id,amount\n1,9.5\n2,3.25\n")
+    sample = ensure_sample_database(state_dir, 0.001)
+    return Server(
+        state_dir,
+        data_root,
+        {
+            "duckdb": DatasourceSpec("duckdb", str(data_root / "shop.duckdb")),
+            "files": DatasourceSpec("files", str(data_root / "files")),
+            "sample": DatasourceSpec("sample", str(sample)),
+        },
+    )
+
+
+def _system_views() -> list[str]:
+    with duckdb.connect() as connection:
+        rows = connection.execute(
+            "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = 'system' "
+            "ORDER BY 1, 2"
+        ).fetchall()
+    return [f"SELECT * FROM {schema}.{view}" for schema, view in rows]
+
+
+PATH_SETTINGS = [
+    "temp_directory", "allowed_directories", "allowed_paths", "secret_directory",
+    "home_directory", "extension_directory", "custom_extension_repository", "file_search_path",
+    "TEMP_DIRECTORY", "profiling_output", "log_query_path", "duckdb_api",
+]  # fmt: skip
+
+VECTORS = [
+    *(f"SELECT current_setting('{name}')" for name in PATH_SETTINGS),
+    "SELECT current_setting(name) FROM (VALUES ('temp_directory')) AS t(name)",
+    "SELECT 'temp_directory'.current_setting()",
+    "SELECT list_transform(['temp_directory'], x -> current_setting(x))",
+    "SELECT sql FROM sqlite_master",
+    "SELECT sql FROM sqlite_schema",
+    "SELECT * FROM information_schema.views",
+    "SELECT view_definition FROM information_schema.views",
+    "SELECT * FROM duckdb_databases",
+    "SELECT * FROM duckdb_databases()",
+    "SELECT path FROM system.main.duckdb_databases",
+    "SELECT * FROM system.duckdb_databases",
+    "SELECT * FROM pg_catalog.pg_settings",
+    "SELECT * FROM pg_settings",
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * FROM duckdb_extensions()",
+    "SELECT * FROM duckdb_secrets()",
+    "SELECT * FROM which_secret('s3://bucket/key', 's3')",
+    "SELECT * FROM duckdb_temporary_files()",
+    "SELECT * FROM duckdb_variables()",
+    "SELECT getvariable('dataferry_files')",
+    "SELECT getenv('HOME')",
+    "SELECT * FROM pragma_database_list",
+    "SELECT * FROM pragma_database_list()",
+    "SELECT * FROM pragma_version()",
+    "SELECT * FROM pragma_database_size()",
+    "SELECT * FROM duckdb_profiling_settings()",
+    "SELECT * FROM duckdb_logs",
+    "SELECT * FROM duckdb_views()",
+    "SELECT sql FROM duckdb_views",
+    "SELECT * FROM duckdb_tables()",
+    "SELECT * FROM duckdb_columns()",
+    "SELECT * FROM duckdb_schemas()",
+    "SELECT * FROM pg_catalog.pg_views",
+    "SELECT pg_get_viewdef(oid) FROM pg_catalog.pg_class",
+    "SELECT * FROM pg_catalog.pg_database",
+    "SHOW databases",
+    "SHOW ALL TABLES",
+    "DESCRIBE",
+    "EXPLAIN SELECT * FROM orders",
+    "EXPLAIN ANALYZE SELECT * FROM orders",
+    "SELECT * FROM no_such_table",
+    "SELECT * FROM read_csv('orders.csv')",
+    "SELECT * FROM 'orders.csv'",
+    "SELECT version(), current_user, current_database(), current_schemas(true)",
+    *_system_views(),
+]
+VECTORS = list(dict.fromkeys(VECTORS))
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "files", "sample"])
+@pytest.mark.parametrize("sql", VECTORS)
+def test_catalog_and_settings_never_show_a_server_path(server, tmp_path, kind, sql):
+    cells = _run(server.specs[kind], sql, tmp_path)
+    for secret in server.secrets(tmp_path):
+        leaks = [cell for cell in cells if secret in cell]
+        assert not leaks, f"{secret!r} leaked: {leaks[:3]}"
+
+
+def _run(spec: DatasourceSpec, sql: str, tmp_path: Path) -> list[str]:
+    """The error message, or every cell of the result, as strings."""
+    result_path = tmp_path / "results" / "out.arrow"
+    result_path.parent.mkdir(exist_ok=True)
+    job = QueryJob(spec, sql, None, LIMITS, str(result_path), str(tmp_path / "tmp" / "job"))
+    try:
+        engine.run_query(job)
+    except QueryFailed as failure:
+        return [failure.message]
+    table = pa.ipc.open_file(str(result_path)).read_all()
+    return list(_strings(table.to_pylist()))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif value is not None:
+        yield str(value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("SELECT current_setting('temp_directory')", "forbidden_function"),
+        (
+            "SELECT current_setting(name) FROM (VALUES ('TimeZone')) AS t(name)",
+            "forbidden_function",
+        ),
+        ("SELECT getvariable('dataferry_files')", "forbidden_function"),
+        ("SELECT * FROM duckdb_databases", "forbidden_catalog"),
+        ("SELECT * FROM system.main.duckdb_databases", "forbidden_catalog"),
+        ("SELECT * FROM pg_settings", "forbidden_catalog"),
+        ("SELECT * FROM pg_catalog.pg_settings", "forbidden_catalog"),
+        ("SELECT * FROM pragma_database_list", "forbidden_catalog"),
+        ("SELECT * FROM duckdb_settings()", "forbidden_function"),
+        ("SELECT * FROM duckdb_databases()", "forbidden_function"),
+    ],
+)
+def test_revealing_catalog_objects_are_refused_with_a_stable_code(server, tmp_path, sql, code):
+    job = QueryJob(server.specs["duckdb"], sql, None, LIMITS, str(tmp_path / "o"), str(tmp_path))
+    with pytest.raises(QueryFailed) as failure:
+        engine.run_query(job)
+    assert failure.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT table_name FROM information_schema.tables ORDER BY 1", ["orders", "recent"]),
+        (
+            "SELECT DISTINCT table_name FROM information_schema.columns ORDER BY 1",
+            ["orders", "recent"],
+        ),
+        ("SELECT table_name FROM duckdb_tables() WHERE NOT internal", ["orders"]),
+        ("SELECT view_name FROM duckdb_views() WHERE NOT internal", ["recent"]),
+        ("SELECT column_name FROM duckdb_columns() WHERE table_name = 'orders'", ["order_id"]),
+        ("SELECT table_name FROM information_schema.views WHERE table_catalog = 'ds'", ["recent"]),
+        ("SHOW TABLES", ["orders", "recent"]),
+        ("SELECT current_setting('TimeZone')", ["UTC"]),
+    ],
+)
+def test_schema_exploration_still_works(server, tmp_path, sql, expected):
+    assert _run(server.specs["duckdb"], sql, tmp_path) == expected
+
+
+def test_a_files_view_definition_names_the_file_not_its_path(server, tmp_path):
+    """Defence in depth: even read without the SQL check, the catalog shows a name, not a path."""
+    sandbox = Sandbox(server.specs["files"], LIMITS, str(tmp_path / "scratch"))
+    try:
+        (definition,) = sandbox.connection.execute(
+            "SELECT sql FROM duckdb_views() WHERE NOT internal"
+        ).fetchone()
+        secret = sandbox.connection.execute("SELECT current_setting('secret_directory')").fetchone()
+    finally:
+        sandbox.close()
+    assert "'orders.csv'" in definition
+    assert str(server.data_root) not in definition
+    assert str(Path.home()) not in secret[0]
+    assert _run(server.specs["files"], "SELECT sum(amount) FROM orders", tmp_path) == ["12.75"]
+
+
+def test_an_empty_files_datasource_still_connects(tmp_path):
+    (tmp_path / "empty").mkdir()
+    engine.check_connection(DatasourceSpec("files", str(tmp_path / "empty")), LIMITS, str(tmp_path))
