@@ -123,7 +123,7 @@ def cmd_disable_api_key(settings: Settings, args: argparse.Namespace) -> None:
         settings,
         args.id,
         "api_key.disable",
-        lambda s, k: api_keys.update_key(s, k, {"enabled": False}),
+        lambda s, k: api_keys.set_enabled_by_operator(s, k, enabled=False),
     )
 
 
@@ -132,12 +132,12 @@ def cmd_enable_api_key(settings: Settings, args: argparse.Namespace) -> None:
         settings,
         args.id,
         "api_key.enable",
-        lambda s, k: api_keys.update_key(s, k, {"enabled": True}),
+        lambda s, k: api_keys.set_enabled_by_operator(s, k, enabled=True),
     )
 
 
 def cmd_delete_api_key(settings: Settings, args: argparse.Namespace) -> None:
-    _change_key(settings, args.id, "api_key.delete", api_keys.delete_key)
+    _change_key(settings, args.id, "api_key.delete", api_keys.delete_key_by_operator)
 
 
 def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) -> None:
@@ -217,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     key.set_defaults(run=cmd_create_api_key)
 
     for name, run, text in (
-        ("disable-api-key", cmd_disable_api_key, "stop a key working (401), keeping it"),
+        (
+            "disable-api-key",
+            cmd_disable_api_key,
+            "stop a key working (401), keeping it; only enable-api-key undoes it",
+        ),
         ("enable-api-key", cmd_enable_api_key, "let a disabled key work again"),
         ("delete-api-key", cmd_delete_api_key, "remove a key for good"),
     ):

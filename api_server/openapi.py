@@ -90,6 +90,13 @@ SNIPPET_ID = _id("SQL snippet")
 API_KEY_ID = _id("API key")
 
 
+def _sort_pattern(sort_keys: str) -> str:
+    """Keys from ``sort_keys`` (an alternation), none named twice (the lookahead refuses a key
+    that comes again later, with or without its `-`)."""
+    repeated = rf"(?:.*,)?-?({sort_keys})(?:,.*)?,-?\1(?:,|$)"
+    return rf"^(?!{repeated})-?({sort_keys})(,-?({sort_keys}))*$"
+
+
 def collection_parameters(
     resource_type: str,
     sortable: Sequence[str],
@@ -115,8 +122,9 @@ def collection_parameters(
         ),
         oa.query_parameter(
             "sort",
-            f"Comma-separated sort keys, `-` for descending; sortable: {_codes(sortable)}.",
-            oa.string(pattern=rf"^-?({sort_keys})(,-?({sort_keys}))*$"),
+            f"Comma-separated sort keys, `-` for descending, each field at most once; "
+            f"sortable: {_codes(sortable)}.",
+            oa.string(pattern=_sort_pattern(sort_keys)),
         ),
         *(
             oa.query_parameter(
@@ -635,6 +643,12 @@ def _jwks_paths() -> dict[str, Any]:
 
 
 _API_KEY_FIELDS = (*serializers.API_KEY_ATTRIBUTES, "organization", "datasources")
+_KEY_SCOPE = (
+    "datasource restriction is at least as narrow as the caller's (an unrestricted caller: any) "
+    "and whose permissions the caller holds itself."
+)
+_KEY_NOT_FOUND = f"No such key in the organisation, or not one whose {_KEY_SCOPE}"
+_OPERATOR_HOLD = "An operator disabled the key; only the operator enables or deletes it"
 
 
 def _api_key_paths() -> dict[str, Any]:
@@ -659,8 +673,9 @@ def _api_key_paths() -> dict[str, Any]:
                 "listApiKeys",
                 tag,
                 "List API keys",
-                "The organisation's keys, paged. Keys are created by the operator "
-                "(`create-api-key`), not over the API.",
+                "The organisation's keys within the caller's scope, paged: keys whose "
+                f"{_KEY_SCOPE} Others are left out of the page and of `meta.total`. Keys "
+                "are created by the operator (`create-api-key`), not over the API.",
                 parameters=collection_parameters(
                     "api_keys",
                     api_key_service.KEY_SORTABLE,
@@ -682,11 +697,11 @@ def _api_key_paths() -> dict[str, Any]:
                 "showApiKey",
                 tag,
                 "Get an API key",
-                "One key of the organisation.",
+                "One key of the organisation within the caller's scope.",
                 parameters=[fields],
                 responses={
                     "200": _jsonapi("The key.", "ApiKeyDocument"),
-                    **errors(403, 404, e400=_BAD_QUERY[400]),
+                    **errors(403, 404, e400=_BAD_QUERY[400], e404=_KEY_NOT_FOUND),
                 },
                 **manage,
             ),
@@ -695,13 +710,20 @@ def _api_key_paths() -> dict[str, Any]:
                 tag,
                 "Rename, disable or enable an API key",
                 "Only `name` and `enabled` change; a disabled key gets 401 until it is enabled "
-                "again. Other attributes are read-only (422 `read_only_attribute`).",
+                "again. Other attributes are read-only (422 `read_only_attribute`). A key the "
+                "operator disabled (`disable-api-key`) is enabled again only by the operator.",
                 parameters=[fields],
                 body=_body("ApiKeyUpdateDocument", "The attributes to change."),
                 responses={
                     "200": _jsonapi("The key as it is now.", "ApiKeyDocument"),
                     **errors(
-                        403, 404, 422, *_WITH_BODY, e400=_BAD_DOCUMENT, e409=_WRONG_TYPE_OR_ID
+                        403,
+                        404,
+                        422,
+                        *_WITH_BODY,
+                        e400=_BAD_DOCUMENT,
+                        e404=_KEY_NOT_FOUND,
+                        e409=f"{_OPERATOR_HOLD} (`disabled_by_operator`); or {_WRONG_TYPE_OR_ID}",
                     ),
                 },
                 **manage,
@@ -711,7 +733,15 @@ def _api_key_paths() -> dict[str, Any]:
                 tag,
                 "Delete an API key",
                 "The key stops working at once.",
-                responses={**_DELETED, **errors(403, 404)},
+                responses={
+                    **_DELETED,
+                    **errors(
+                        403,
+                        404,
+                        e404=_KEY_NOT_FOUND,
+                        e409=f"{_OPERATOR_HOLD} (`disabled_by_operator`).",
+                    ),
+                },
                 **manage,
             ),
         },
@@ -731,7 +761,8 @@ def _audit_paths() -> dict[str, Any]:
                 "List audit events",
                 "Every successful write (create, update, delete, run, cancel, purge, refresh, "
                 "test connection) and every data grant, newest first, paged. Never a body, a "
-                "secret or a parameter value.",
+                "secret or a parameter value. The log is organisation-wide: a key restricted "
+                "to listed datasources is refused it (403 `datasource_scope_restricted`).",
                 parameters=collection_parameters(
                     "audit_events",
                     audit_events.SORTABLE,
@@ -742,7 +773,12 @@ def _audit_paths() -> dict[str, Any]:
                 ),
                 responses={
                     "200": _jsonapi("A page of events.", "AuditEventCollection"),
-                    **errors(403, e400=_BAD_QUERY[400]),
+                    **errors(
+                        403,
+                        e400=_BAD_QUERY[400],
+                        e403="The key lacks the permission or is restricted to listed "
+                        "datasources (`datasource_scope_restricted`).",
+                    ),
                 },
                 **needs(Permission.MANAGE_USERS),
             )

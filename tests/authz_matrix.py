@@ -26,7 +26,7 @@ class Rule:
     permissions: tuple[Permission, ...]
     success: int
     target: str = ""  # "datasource", "execution", "snippet", "api_key": the object in {id}
-    scoped: bool = False  # the object belongs to a datasource
+    scoped: bool = False  # the object belongs to (a key: is restricted to) the target datasource
     public: bool = False  # no key needed at all
     unrestricted_only: bool = False  # keys restricted to listed datasources get 403
     body: Callable[[Any], Any] | None = field(default=None, compare=False)
@@ -51,11 +51,13 @@ RULES = [
     Rule("GET", "/.well-known/jwks.json", (), 200, public=True),
     Rule("GET", "/api_key", (), 200),
     Rule("GET", "/api_keys", (P.MANAGE_USERS,), 200),
-    Rule("GET", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key"),
-    Rule("PATCH", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key",
+    # The target key is restricted to the target datasource: a key restricted to another one
+    # does not reach it (services.api_keys.within_scope).
+    Rule("GET", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key", scoped=True),
+    Rule("PATCH", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key", scoped=True,
          body=_resource("api_keys", "api_key", name="renamed")),
-    Rule("DELETE", "/api_keys/{id}", (P.MANAGE_USERS,), 204, target="api_key"),
-    Rule("GET", "/audit_events", (P.MANAGE_USERS,), 200),
+    Rule("DELETE", "/api_keys/{id}", (P.MANAGE_USERS,), 204, target="api_key", scoped=True),
+    Rule("GET", "/audit_events", (P.MANAGE_USERS,), 200, unrestricted_only=True),
     Rule("GET", "/datasources", (P.VIEW_DATASOURCES,), 200),
     Rule("POST", "/datasources", (P.MANAGE_DATASOURCES,), 201, unrestricted_only=True,
          body=lambda world: {"data": {"type": "datasources", "attributes": {

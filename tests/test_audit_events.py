@@ -96,3 +96,24 @@ def test_only_manage_users_reads_and_only_its_organisation(api):
     reader = api.create_key(org, [Permission.VIEW_USERS, Permission.MANAGE_DASHBOARDS])
     assert api.get("/audit_events", reader).status_code == 403
     assert _events(api, org.key)["data"] == []
+
+
+def test_a_key_restricted_to_datasources_reads_no_audit_event(api):
+    org = api.create_org()
+    outside = api.create_datasource(org.key, name="Outside")["id"]
+    run = api.client.post(
+        f"/datasources/{outside}/executions",
+        content=orjson.dumps({"sql_query": "SELECT 1"}),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    execution = run.json()["data"]["id"]
+    restricted = api.create_key(org, list(Permission), [org.sample_datasource_id])
+    assert {e["attributes"]["resource_id"] for e in _events(api, org.key)["data"]} >= {
+        outside,
+        execution,
+    }
+    for query in ("", f"?filter[resource_id]={outside}", f"?filter[resource_id]={execution}"):
+        answer = api.get(f"/audit_events{query}", restricted)
+        assert answer.status_code == 403, (query, answer.text)
+        assert answer.json()["errors"][0]["code"] == "datasource_scope_restricted"
+        assert outside not in answer.text and execution not in answer.text

@@ -62,7 +62,8 @@ def build_world(api: Api) -> World:
         {"data": {"type": "sql_snippets", "attributes": {"name": "s", "sql": "SELECT 1"}}},
     )
     world.ids["snippet"] = snippet.json()["data"]["id"]
-    spare = api.create_key(org, [Permission.VIEW_DATASOURCES])
+    # Within the scope of any Manage Users key that reaches the datasource (api_keys.within_scope).
+    spare = api.create_key(org, [Permission.VIEW_USERS], datasource_ids=[datasource])
     world.ids["api_key"] = api.get("/api_key", spare).json()["data"]["id"]
     everything = list(Permission)
     lacking = [Permission.VIEW_ALERTS]

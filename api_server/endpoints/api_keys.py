@@ -1,4 +1,5 @@
-"""API keys: the calling key (any key), and the organisation's keys (Manage Users)."""
+"""API keys: the calling key (any key), and the organisation's keys within the caller's scope
+(Manage Users; the scope rule is ``services.api_keys.within_scope``)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def list_api_keys(request: Request) -> Response:
             "filter[enabled]", query.filters["enabled"]
         )
     with request.app.state.sessions() as session:
-        rows, total = api_keys.list_keys(session, principal.organization_id, query)
+        rows, total = api_keys.list_keys(session, principal, query)
         data = [_resource(key, query) for key in rows]
     return jsonapi.collection_response(request, query, data, total)
 
@@ -65,7 +66,7 @@ def show_api_key(request: Request) -> Response:
     principal = _admin(request)
     query = _query(request, collection=False)
     with request.app.state.sessions() as session:
-        key = api_keys.get_key(session, principal.organization_id, request.path_params["id"])
+        key = api_keys.get_key(session, principal, request.path_params["id"])
         return jsonapi.response({"data": _resource(key, query)})
 
 
@@ -79,7 +80,7 @@ def update_api_key(request: Request) -> Response:
     attributes = jsonapi.parse_resource_document(document, "api_keys", key_id).attributes
     data = jsonapi.validate_attributes(ApiKeyUpdate, attributes, API_KEY_READ_ONLY)
     with request.app.state.sessions.begin() as session:
-        key = api_keys.get_key(session, principal.organization_id, key_id)
+        key = api_keys.get_key(session, principal, key_id)
         api_keys.update_key(session, key, data.changes())
         return jsonapi.response({"data": _resource(key, query)})
 
@@ -88,6 +89,6 @@ def update_api_key(request: Request) -> Response:
 def delete_api_key(request: Request) -> Response:
     principal = _admin(request)
     with request.app.state.sessions.begin() as session:
-        key = api_keys.get_key(session, principal.organization_id, request.path_params["id"])
+        key = api_keys.get_key(session, principal, request.path_params["id"])
         api_keys.delete_key(session, key)
     return Response(status_code=204)

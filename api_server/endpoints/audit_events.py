@@ -1,4 +1,11 @@
-"""``GET /audit_events``: the organisation's audit log, newest first, for keys with Manage Users."""
+"""``GET /audit_events``: the organisation's audit log, newest first, for keys with Manage Users.
+
+The log is organisation-wide: its events name datasources, executions (also purged ones, whose
+datasource is gone from the record), snippets and the keys that acted. A key restricted to listed
+datasources is refused it whole (403 ``datasource_scope_restricted``) rather than shown a filtered
+log whose filters, paging totals and ``api_key`` relationships could still reveal what lies outside
+its scope.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server import jsonapi, serializers
-from api_server.auth import authenticate
+from api_server.auth import Principal, authenticate
 from api_server.permissions import Permission, require
 from api_server.services.listing import list_page
 from shared.db.models import AuditEvent
-from shared.errors import InvalidQueryParameter
+from shared.errors import Forbidden, InvalidQueryParameter
 
 SORTABLE = ("created_at", "action")
 FILTERABLE = ("action", "api_key_id", "resource_id", "method", "since", "until")
@@ -22,8 +29,7 @@ _FIELDS = {"audit_events": (*serializers.AUDIT_EVENT_ATTRIBUTES, "api_key")}
 @jsonapi.endpoint()
 def list_audit_events(request: Request) -> Response:
     """``filter[since]`` / ``filter[until]`` take ISO 8601 times (since inclusive, until not)."""
-    principal = authenticate(request)
-    require(principal, Permission.MANAGE_USERS)
+    principal = _auditor(request)
     query = jsonapi.parse_collection_query(
         request, sortable=SORTABLE, filterable=FILTERABLE, fields_by_type=_FIELDS
     )
@@ -36,6 +42,17 @@ def list_audit_events(request: Request) -> Response:
         rows, total = list_page(session, AuditEvent, where, query, AuditEvent.created_at.desc())
         data = [jsonapi.apply_sparse_fields(serializers.audit_event(e), query) for e in rows]
     return jsonapi.collection_response(request, query, data, total)
+
+
+def _auditor(request: Request) -> Principal:
+    principal = authenticate(request)
+    require(principal, Permission.MANAGE_USERS)
+    if principal.datasource_ids is not None:
+        raise Forbidden(
+            "A key restricted to listed datasources cannot read the organisation's audit log.",
+            code="datasource_scope_restricted",
+        )
+    return principal
 
 
 def _moment(value: str, name: str) -> datetime:

@@ -9,7 +9,7 @@ import secrets
 import zlib
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -18,8 +18,11 @@ from api_server.jsonapi import CollectionQuery
 from api_server.permissions import Permission
 from api_server.services.listing import list_page
 from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, utcnow
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.state_secrets import ServerSecrets
+
+if TYPE_CHECKING:  # auth imports this module
+    from api_server.auth import Principal
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_LENGTH = 40  # 40 base62 characters: about 238 bits
@@ -116,30 +119,57 @@ def _check_datasources_belong(
 
 
 # ---------------------------------------------------------------------------- administration
+#
+# A key administers only keys within its own scope: keys of its organisation whose datasource
+# restriction is at least as narrow as its own (an unrestricted key's scope is every datasource;
+# a restricted key's is the datasources it lists, so it never reaches an unrestricted key) and
+# whose permissions it holds itself. Any other key answers 404, like one that does not exist, so a
+# restricted key can neither see, disable, re-enable nor delete a key that reaches further.
 
 KEY_SORTABLE = ("name", "created_at", "last_used_at")
 KEY_FILTERABLE = ("name", "enabled")
 _KEY_NOT_FOUND = "No API key with this id exists."
 
 
+def within_scope(principal: Principal, key: ApiKey) -> bool:
+    """The one definition of "a key the caller may administer" (see above)."""
+    if key.organization_id != principal.organization_id:
+        return False
+    if principal.datasource_ids is not None and (
+        key.datasource_ids is None or not set(key.datasource_ids) <= principal.datasource_ids
+    ):
+        return False
+    held = {str(p) for p in principal.permissions}  # includes what Manage implies
+    return set(key.permissions) <= held
+
+
 def list_keys(
-    session: Session, organization_id: str, query: CollectionQuery
+    session: Session, principal: Principal, query: CollectionQuery
 ) -> tuple[list[ApiKey], int]:
-    where = ApiKey.organization_id == organization_id
-    return list_page(session, ApiKey, where, query, ApiKey.created_at.asc())
+    """Only keys within scope, so neither the rows nor the total reveal the others."""
+    keys = session.scalars(
+        select(ApiKey).where(ApiKey.organization_id == principal.organization_id)
+    ).all()
+    in_scope = [key.id for key in keys if within_scope(principal, key)]
+    return list_page(session, ApiKey, ApiKey.id.in_(in_scope), query, ApiKey.created_at.asc())
 
 
-def get_key(session: Session, organization_id: str, key_id: str) -> ApiKey:
-    """404 alike for an unknown key and a key of another organisation."""
+def get_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
+    """404 alike for an unknown key, a key of another organisation and one outside scope."""
     key = session.scalar(
-        select(ApiKey).where(ApiKey.organization_id == organization_id, ApiKey.id == key_id)
+        select(ApiKey).where(
+            ApiKey.organization_id == principal.organization_id, ApiKey.id == key_id
+        )
     )
-    if key is None:
+    if key is None or not within_scope(principal, key):
         raise NotFound(_KEY_NOT_FOUND)
     return key
 
 
 def update_key(session: Session, key: ApiKey, changes: dict[str, Any]) -> ApiKey:
+    """The API's change: enabling a key the operator disabled is refused (409)."""
+    if changes.get("enabled") is True and key.disabled_by_operator:
+        raise _held_by_operator("enabled")
     for name, value in changes.items():
         setattr(key, name, value)
     session.flush()
@@ -147,8 +177,22 @@ def update_key(session: Session, key: ApiKey, changes: dict[str, Any]) -> ApiKey
 
 
 def delete_key(session: Session, key: ApiKey) -> None:
+    """The API's delete: a key the operator disabled is kept until the operator decides."""
+    if key.disabled_by_operator:
+        raise _held_by_operator("deleted")
     session.delete(key)
     session.flush()
+
+
+def _held_by_operator(verb: str) -> Conflict:
+    return Conflict(
+        f"An operator disabled this API key; it can be {verb} only by an operator "
+        "(enable-api-key or delete-api-key), not over the API.",
+        code="disabled_by_operator",
+    )
+
+
+# ---------------------------------------------------------------------------- operator (CLI)
 
 
 def find_key_anywhere(session: Session, key_id: str) -> ApiKey:
@@ -157,3 +201,15 @@ def find_key_anywhere(session: Session, key_id: str) -> ApiKey:
     if key is None:
         raise NotFound(_KEY_NOT_FOUND)
     return key
+
+
+def set_enabled_by_operator(session: Session, key: ApiKey, enabled: bool) -> None:
+    """disable-api-key / enable-api-key: the operator's disable holds against the API."""
+    key.enabled = enabled
+    key.disabled_by_operator = not enabled
+    session.flush()
+
+
+def delete_key_by_operator(session: Session, key: ApiKey) -> None:
+    session.delete(key)
+    session.flush()
