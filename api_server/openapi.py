@@ -879,7 +879,9 @@ def _datasource_paths() -> dict[str, Any]:
                 "deleteDatasource",
                 tag,
                 "Delete a datasource",
-                "Its executions go with it.",
+                "Its executions, their stored results and its schema go with it: queued and "
+                "running executions end without storing anything, and data tokens handed out "
+                "before answer 404 `result_gone` on the data server.",
                 responses={**_DELETED, **errors(403, 404)},
                 **manage,
             ),
@@ -1014,7 +1016,8 @@ def _execution_paths() -> dict[str, Any]:
                 tag,
                 "Purge an execution's result",
                 "Deletes the stored result now (beyond Cluvio); the execution stays visible and "
-                "Get Execution Data answers 404 `result_gone`.",
+                "Get Execution Data answers 404 `result_gone`. An unfinished execution is "
+                "cancelled as by Cancel, so it never stores a result.",
                 responses={**_DELETED, **errors(403, 404)},
                 **run,
             ),
@@ -1046,7 +1049,9 @@ def _execution_paths() -> dict[str, Any]:
                 tag,
                 "Cancel an execution",
                 "Beyond Cluvio: asks the worker to stop; `cancel_requested` shows until it has. "
-                "Takes no body.",
+                "A 200 is final: the execution ends `cancelled` even if its query finishes "
+                "meanwhile (that result is refused and deleted). 409 if it ended before the "
+                "cancel reached it. Takes no body.",
                 responses={
                     "200": _jsonapi("The execution.", "ExecutionDocument"),
                     **errors(403, 404, e409="It already ended (`execution_finished`)."),

@@ -1,5 +1,7 @@
 """Retention: results are deleted once expired, executions once invisible. Idempotent; safe to run
-on every data server at once (deleting a deleted object is a no-op)."""
+on every data server at once (deleting a deleted object is a no-op). Like every other deleter, it
+first commits the rows' change and then deletes the objects (``delete_stored_data``): a failed
+delete leaves an object no live row offers, which the orphan sweep removes."""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ import shutil
 import time
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Datasource, Execution, utcnow
-from shared.results import ResultStore, data_key_of, result_object_key
+from shared.results import ResultStore, data_key_of, delete_stored_data
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,14 +61,14 @@ def purge_expired_results(
             )
             .limit(_BATCH)
         ).all()
-    for execution_id, data_key in rows:
-        store.delete(result_object_key(data_key))  # first the object, then the row: never a row
-        with sessions.begin() as session:  # pointing at nothing that still claims to exist
+    if rows:
+        with sessions.begin() as session:
             session.execute(
                 update(Execution)
-                .where(Execution.id == execution_id)
+                .where(Execution.id.in_([r[0] for r in rows]))
                 .values(data_purged_at=utcnow())
             )
+        delete_stored_data(store, results=[r[1] for r in rows])
     return len(rows)
 
 
@@ -80,33 +82,34 @@ def delete_expired_executions(
             .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL))
             .limit(_BATCH)
         ).all()
-    for _, data_key in rows:
-        if data_key:
-            store.delete(result_object_key(data_key))
     if rows:
         with sessions.begin() as session:
             session.execute(delete(Execution).where(Execution.id.in_([r[0] for r in rows])))
+        delete_stored_data(store, results=[r[1] for r in rows])
     return len(rows)
 
 
 def remove_orphaned_objects(
     sessions: sessionmaker[Session], store: ResultStore, now: float | None = None
 ) -> int:
-    """Delete objects that no row references and that are older than ``ORPHAN_GRACE_SECONDS``:
-    uploads whose commit never happened (a crash between the two, a fenced-off attempt that died
-    before its own clean-up). Their data keys were never handed out, so nothing ever served them;
-    the grace keeps an upload whose commit is still coming."""
+    """Delete objects that no live row references and that are older than
+    ``ORPHAN_GRACE_SECONDS``: uploads whose commit never happened (a crash between the two, a
+    fenced-off attempt that died before its own clean-up), and objects whose row was purged or
+    deleted but whose delete failed. No row offers their data keys, so nothing can be granted
+    them again; the grace keeps an upload whose commit is still coming."""
     cutoff = (time.time() if now is None else now) - ORPHAN_GRACE_SECONDS
     removed = 0
-    for prefix, column in (
-        ("results/", Execution.data_key),
-        ("schemas/", Datasource.schema_data_key),
+    for prefix, column, live in (
+        ("results/", Execution.data_key, Execution.data_purged_at.is_(None)),
+        ("schemas/", Datasource.schema_data_key, true()),
     ):
         keys = store.keys_older_than(prefix, cutoff)
         for start in range(0, len(keys), _BATCH):
             by_data_key = {data_key_of(key): key for key in keys[start : start + _BATCH]}
             with sessions() as session:
-                referenced = set(session.scalars(select(column).where(column.in_(by_data_key))))
+                referenced = set(
+                    session.scalars(select(column).where(column.in_(by_data_key), live))
+                )
             for data_key, key in by_data_key.items():
                 if data_key not in referenced:
                     store.delete(key)

@@ -1,7 +1,9 @@
 """The executions table as a queue: claim with a lease, heartbeat, publish under a fence, reap.
 
 The attempt number is the fencing token: every write-back names the attempt it claimed, so a
-worker whose lease expired (and whose execution was re-queued) can no longer change the row.
+worker whose lease expired (and whose execution was re-queued) can no longer change the row. A
+cancel the API server accepted is part of the fence: whatever the run came to, the row then ends
+``cancelled``, and a refused completion tells the worker to delete the result it uploaded.
 PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` and locks the datasource row while it counts
 running executions; SQLite serialises the claim with ``BEGIN IMMEDIATE``. Either way
 ``max_concurrent_executions`` holds across every worker of the region.
@@ -26,6 +28,7 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 _CANDIDATES_PER_CLAIM = 16
+CANCELLED_MESSAGE = "Cancelled."
 
 
 @dataclass(frozen=True)
@@ -147,49 +150,73 @@ def complete(
     truncated: bool,
     data_key: str | None,
 ) -> bool:
-    """Mark completed under the fence, in the caller's transaction; False if the lease was lost."""
+    """Mark completed under the fence, in the caller's transaction; False if the lease was lost
+    or a cancel (or purge) was accepted meanwhile: the row then ends ``cancelled``, and the
+    caller deletes what it stored for this attempt."""
     now = database_now(session)
-    result = session.execute(
-        update(Execution)
-        .where(_fenced(claim))
-        .values(
-            status="completed",
-            completed_at=now,
-            updated_at=now,
-            result_rows=rows,
-            result_columns=columns,
-            result_size=size,
-            result_truncated=truncated,
-            data_key=data_key,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+    ended = _finish(
+        session,
+        claim,
+        status="completed",
+        completed_at=now,
+        updated_at=now,
+        result_rows=rows,
+        result_columns=columns,
+        result_size=size,
+        result_truncated=truncated,
+        data_key=data_key,
     )
-    new_work.announce(session)  # a slot of the datasource is free again
-    return result.rowcount == 1
+    return ended == "completed"
 
 
 def finish_unsuccessfully(
     sessions: sessionmaker[Session], claim: Claim, code: str, message: str
 ) -> bool:
-    """``failed`` with a stable code, or ``cancelled``; False if the lease was lost meanwhile."""
+    """``failed`` with a stable code, or ``cancelled`` if a cancel was accepted meanwhile; False if
+    the lease was lost."""
     with sessions.begin() as session:
         now = database_now(session)
-        result = session.execute(
-            update(Execution)
-            .where(_fenced(claim))
-            .values(
-                status="cancelled" if code == "cancelled" else "failed",
-                completed_at=now,
-                updated_at=now,
-                error_code=code,
-                error_message=message[:2000],
-                lease_owner=None,
-                lease_expires_at=None,
-            )
+        ended = _finish(
+            session,
+            claim,
+            status="cancelled" if code == "cancelled" else "failed",
+            completed_at=now,
+            updated_at=now,
+            error_code=code,
+            error_message=message[:2000],
         )
-        new_work.announce(session)
-    return result.rowcount == 1
+    return ended is not None
+
+
+def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
+    """End the attempt; the status it ended with, or None if the fence refused it.
+
+    An accepted cancel wins over whatever the run came to: the API server locks the row to set
+    ``cancel_requested``, so either this update commits first (and the cancel is refused as too
+    late) or it sees the flag and the row ends ``cancelled`` instead."""
+    lease = {"lease_owner": None, "lease_expires_at": None}
+    finished = session.execute(
+        update(Execution)
+        .where(_fenced(claim) & Execution.cancel_requested.is_(False))
+        .values(**values, **lease)
+    ).rowcount
+    status: str | None = values["status"] if finished else None
+    if not finished:
+        cancelled = session.execute(
+            update(Execution)
+            .where(_fenced(claim) & Execution.cancel_requested.is_(True))
+            .values(
+                status="cancelled",
+                completed_at=values["completed_at"],
+                updated_at=values["updated_at"],
+                error_code="cancelled",
+                error_message=CANCELLED_MESSAGE,
+                **lease,
+            )
+        ).rowcount
+        status = "cancelled" if cancelled else None
+    new_work.announce(session)  # a slot of the datasource is free again
+    return status
 
 
 def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> int:
@@ -205,7 +232,7 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
                 completed_at=now,
                 updated_at=now,
                 error_code="cancelled",
-                error_message="Cancelled.",
+                error_message=CANCELLED_MESSAGE,
                 lease_owner=None,
                 lease_expires_at=None,
             )

@@ -30,7 +30,7 @@ from shared.db import new_work
 from shared.db.models import Datasource, Execution, utcnow
 from shared.errors import AppError
 from shared.metrics import Metrics
-from shared.results import ResultStore, result_object_key, schema_object_key
+from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
 from shared.settings import Settings
 from shared.tokens import Scope, new_data_key
 
@@ -268,8 +268,7 @@ class Worker:
             if job.lease_lost or self._stopping.is_set():
                 return
             data_key = new_data_key(Scope.EXECUTION_RESULT)
-            object_key = result_object_key(data_key)
-            self.store.publish(result_path, object_key)
+            self.store.publish(result_path, result_object_key(data_key))
             with self.sessions.begin() as session:
                 published = queue.complete(
                     session,
@@ -280,8 +279,8 @@ class Worker:
                     truncated=outcome.truncated,
                     data_key=data_key,
                 )
-            if not published:  # fenced off: a newer attempt owns the execution now
-                self.store.delete(object_key)
+            if not published:  # fenced off: cancelled, purged, deleted or owned by a newer attempt
+                delete_stored_data(self.store, results=[data_key])
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             result_path.unlink(missing_ok=True)
@@ -308,10 +307,7 @@ class Worker:
                 datasource.total_row_count = _total_rows(schema)
                 datasource.total_row_count_exact = True
                 datasource.server_version = schema.get("server_version")
-        if not published:
-            self.store.delete(schema_object_key(data_key))
-        elif previous:
-            self.store.delete(schema_object_key(previous))
+        delete_stored_data(self.store, schemas=[previous if published else data_key])
 
     def _complete_without_result(self, job: _Running) -> None:
         if job.lease_lost or self._stopping.is_set():

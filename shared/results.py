@@ -11,7 +11,9 @@ space first (``scratch_dir``) and publish it from there.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -21,6 +23,8 @@ import pyarrow.fs as pafs
 
 from shared.errors import ConfigurationError, NotFound, ServiceUnavailable
 from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class ResultGone(NotFound):
@@ -67,6 +71,30 @@ def schema_object_key(data_key: str) -> str:
 def data_key_of(object_key: str) -> str:
     """The data key an object key was made from (the inverse of the two functions above)."""
     return object_key.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def delete_stored_data(
+    store: ResultStore,
+    *,
+    results: Iterable[str | None] = (),
+    schemas: Iterable[str | None] = (),
+) -> None:
+    """The one way to delete what executions stored: result and schema objects by data key.
+
+    Callers first commit the change that makes every row forget the keys (purged, deleted or
+    never completed), then call this: a key a row no longer offers cannot be granted again, so
+    nothing can be served once its object is gone. A store that fails here is logged, not raised:
+    the change is committed already, and the janitor's orphan sweep deletes what is left."""
+    keys = [result_object_key(k) for k in results if k] + [
+        schema_object_key(k) for k in schemas if k
+    ]
+    for key in keys:
+        try:
+            store.delete(key)
+        except OSError as exc:
+            logger.warning(
+                "result store delete failed (%s); the orphan sweep retries", type(exc).__name__
+            )
 
 
 class LocalResultStore:

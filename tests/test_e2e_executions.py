@@ -421,3 +421,41 @@ def test_results_live_in_the_configured_store(region, client, shop, deployment, 
         assert deployment["DATAFERRY_DATABASE_URL"].startswith("postgresql")
     else:
         assert local.exists()
+
+
+def test_deleting_a_datasource_ends_its_tokens_and_stored_results(
+    region, client, deployment, request
+):
+    path = region.cwd / "var" / "data" / "doomed.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE t AS SELECT 1 AS a")
+    created = httpx.post(
+        f"{client.api_url}/datasources",
+        headers={**client.headers, "Content-Type": "application/vnd.api+json"},
+        json={
+            "data": {
+                "type": "datasources",
+                "attributes": {"name": "doomed", "database_type": "duckdb", "database": path.name},
+            }
+        },
+    )
+    assert created.status_code == 201, created.text
+    datasource_id = created.json()["data"]["id"]
+    execution = client.run(datasource_id, "SELECT a FROM t")
+    assert client.wait_until_done(execution["execution_id"])["execution_status"] == "completed"
+    grant = client.grant(execution["execution_id"])
+    assert client.fetch(grant).status_code == 200
+
+    deleted = httpx.delete(f"{client.api_url}/datasources/{datasource_id}", headers=client.headers)
+    assert deleted.status_code == 204
+
+    gone = client.fetch(grant)
+    assert gone.status_code == 404, gone.text
+    assert gone.json()["errors"][0]["code"] == "result_gone"
+    if "DATAFERRY_RESULTS_URL" in deployment:
+        keys = request.getfixturevalue("object_store").keys(deployment["DATAFERRY_RESULTS_URL"])
+        assert not [key for key in keys if grant["data_key"] in key]
+    else:
+        assert not (
+            region.cwd / "var" / "results" / "results" / f"{grant['data_key']}.arrow"
+        ).exists()

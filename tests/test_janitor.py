@@ -105,6 +105,21 @@ def test_an_orphan_of_one_organisation_is_not_saved_by_a_row_of_another(api, sto
     assert not _exists(store, result_object_key(orphan))
 
 
+def test_an_object_whose_row_was_purged_is_an_orphan(api, store):
+    """A purge commits first and deletes after: if that delete failed, the sweep finishes it."""
+    org = api.create_org()
+    purged, kept = new_data_key(Scope.EXECUTION_RESULT), new_data_key(Scope.EXECUTION_RESULT)
+    purged_id = _completed_execution(api, org, purged)
+    _completed_execution(api, org, kept)
+    with api.app.state.sessions.begin() as session:
+        session.get(Execution, purged_id).data_purged_at = utcnow()
+    for data_key in (purged, kept):
+        store.put_bytes(result_object_key(data_key), b"x")
+    assert janitor.remove_orphaned_objects(api.app.state.sessions, store, now=LATER) == 1
+    assert not _exists(store, result_object_key(purged))
+    assert _exists(store, result_object_key(kept))
+
+
 def test_expired_results_are_purged_once(api, store):
     org = api.create_org()
     expired, fresh = new_data_key(Scope.EXECUTION_RESULT), new_data_key(Scope.EXECUTION_RESULT)

@@ -128,6 +128,30 @@ def test_heartbeat_extends_the_lease_and_reports_cancel(api, org):
         assert session.get(Execution, execution_id).status == "cancelled"
 
 
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_an_accepted_cancel_fences_off_the_outcome_and_ends_cancelled(api, org, outcome):
+    (execution_id,) = _queue_sql(api, org)
+    sessions = api.app.state.sessions
+    claim = queue.claim_next(sessions, "w", api.settings)
+    with sessions.begin() as session:  # the API server accepted a cancel (or a purge)
+        session.get(Execution, execution_id).cancel_requested = True
+    if outcome == "completed":
+        with sessions.begin() as session:
+            assert not queue.complete(
+                session, claim, rows=1, columns=1, size=1, truncated=False, data_key="r_late"
+            )
+    else:
+        assert queue.finish_unsuccessfully(sessions, claim, "timeout", "late")
+    with sessions() as session:
+        row = session.get(Execution, execution_id)
+        assert (row.status, row.error_code, row.data_key, row.lease_owner) == (
+            "cancelled",
+            "cancelled",
+            None,
+            None,
+        )
+
+
 def test_a_data_server_whose_clock_runs_ahead_reaps_no_live_lease(api, org, monkeypatch):
     """Leases are stamped and compared by PostgreSQL's clock, not by each data server's."""
     if api.settings.database_url.startswith("sqlite"):

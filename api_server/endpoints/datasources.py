@@ -12,6 +12,7 @@ from api_server.schemas import DATASOURCE_READ_ONLY, DatasourceCreate, Datasourc
 from api_server.services import datasources, executions
 from shared.db.models import Datasource
 from shared.errors import Unprocessable
+from shared.results import delete_stored_data
 
 _FIELDS = {"datasources": serializers.DATASOURCE_FIELDS}
 
@@ -114,6 +115,8 @@ def update_datasource(request: Request) -> Response:
 def delete_datasource(request: Request) -> Response:
     principal = authenticate(request)
     require(principal, Permission.MANAGE_DATASOURCES)
-    with request.app.state.sessions.begin() as session:
-        datasources.delete_datasource(session, principal, request.path_params["id"])
+    state = request.app.state
+    with state.sessions.begin() as session:
+        deleted = datasources.delete_datasource(session, principal, request.path_params["id"])
+    delete_stored_data(state.result_store, results=deleted.results, schemas=deleted.schemas)
     return Response(status_code=204)

@@ -13,7 +13,7 @@ from api_server.permissions import Permission, require
 from api_server.services import executions
 from shared.db.models import Execution
 from shared.errors import InvalidQueryParameter, Unprocessable
-from shared.results import result_object_key
+from shared.results import delete_stored_data
 from shared.tokens import Scope, mint_data_token
 
 # Cluvio: keys with Manage Dashboards or Manage Alerts may run SQL on (their) datasources.
@@ -162,6 +162,5 @@ def delete_execution(request: Request) -> Response:
             session, principal, request.path_params["id"], state.settings
         )
         data_key = executions.purge_result(session, execution)
-    if data_key is not None:
-        state.result_store.delete(result_object_key(data_key))
+    delete_stored_data(state.result_store, results=[data_key])
     return Response(status_code=204)

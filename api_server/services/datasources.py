@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from api_server.auth import Principal
 from api_server.jsonapi import CollectionQuery
 from api_server.schemas import DatasourceCreate, DatasourceUpdate
 from shared.datapaths import relative_to_root, resolve_in_data_root
-from shared.db.models import Datasource
+from shared.db.engine import write_lock_on_sqlite
+from shared.db.models import Datasource, Execution
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
@@ -126,9 +128,32 @@ def update_datasource(
     return ds
 
 
-def delete_datasource(session: Session, principal: Principal, datasource_id: str) -> None:
-    session.delete(get_datasource(session, principal, datasource_id))
+@dataclass(frozen=True)
+class DeletedData:
+    """What a deleted datasource had stored, for the caller to delete after the commit."""
+
+    results: list[str]
+    schemas: list[str]
+
+
+def delete_datasource(session: Session, principal: Principal, datasource_id: str) -> DeletedData:
+    """Delete the datasource with all its executions, as a purge would: their tokens find nothing.
+
+    Executions go first, row by row locked: a worker's completion committed before is returned
+    here, and one after finds its row gone, so the queue refuses it and the worker deletes its own
+    upload (a running query also loses its lease and stops). Then the datasource row is locked and
+    read afresh for the newest schema. Execution rows before the datasource row: the order a
+    worker's refresh takes them, so the two cannot deadlock."""
+    write_lock_on_sqlite(session)
+    ds = get_datasource(session, principal, datasource_id)
+    results = session.scalars(
+        delete(Execution).where(Execution.datasource_id == ds.id).returning(Execution.data_key)
+    ).all()
+    session.refresh(ds, with_for_update=True)
+    schema = ds.schema_data_key
+    session.delete(ds)
     session.flush()
+    return DeletedData(results=[key for key in results if key], schemas=[schema] if schema else [])
 
 
 def create_sample_datasource(session: Session, organization_id: str) -> Datasource:

@@ -247,10 +247,20 @@ def data_available(execution: Execution, settings: Settings) -> bool:
 
 
 def request_cancel(session: Session, execution: Execution) -> Execution:
+    """Accepted (the row marked) means the execution ends ``cancelled``: a worker's completion
+    after this is refused by the queue's fence and its object deleted. 409 if it already ended.
+    The row is locked and read afresh first, so a completion committed a moment ago is seen."""
+    _lock(session, execution)
     if execution.status in TERMINAL_STATUSES:
         raise Conflict(
             f"The execution already ended ({execution.status}).", code="execution_finished"
         )
+    _mark_cancelled(execution)
+    session.flush()
+    return execution
+
+
+def _mark_cancelled(execution: Execution) -> None:
     if execution.status == "starting":
         now = utcnow()
         execution.status = "cancelled"
@@ -258,18 +268,25 @@ def request_cancel(session: Session, execution: Execution) -> Execution:
         execution.error_code = "cancelled"
         execution.error_message = "Cancelled before it started."
     execution.cancel_requested = True
-    session.flush()
-    return execution
 
 
 def purge_result(session: Session, execution: Execution) -> str | None:
-    """Forget the result now; returns the data key whose stored object the caller deletes."""
+    """Forget the result now; returns the data key whose stored object the caller deletes after
+    the commit (``delete_stored_data``). An unfinished execution is cancelled, so that its worker
+    can never publish a result (it deletes its own upload); one that completed before the lock
+    was taken returns its key here."""
+    _lock(session, execution)
     if execution.status not in TERMINAL_STATUSES:
-        request_cancel(session, execution)
-    data_key = execution.data_key
+        _mark_cancelled(execution)
     execution.data_purged_at = execution.data_purged_at or utcnow()
     session.flush()
-    return data_key
+    return execution.data_key
+
+
+def _lock(session: Session, execution: Execution) -> None:
+    """Hold the row until commit (the database's write lock on SQLite) and re-read it."""
+    write_lock_on_sqlite(session)
+    session.refresh(execution, with_for_update=True)
 
 
 def _older_than(moment: datetime | None, hours: float) -> bool:
