@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-regions test lint format check bench clean
+.PHONY: install run run-regions test lint typecheck format check bench clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dataferry needs Python 3.11 or newer")'
@@ -30,11 +30,14 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+typecheck: install
+	$(PY) -m mypy
+
 format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-check: lint test
+check: lint typecheck test
 
 bench: install
 	$(PY) bench/run.py

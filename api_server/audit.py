@@ -90,7 +90,12 @@ class AuditMiddleware:
         state: dict[str, Any] = scope.get("state", {})
         principal = state.get("principal")
         # 204 from Get Execution Data means "not ready": no data was handed out.
-        if action is None or principal is None or message["status"] not in (200, 201, 204):
+        if (
+            route is None
+            or action is None
+            or principal is None
+            or message["status"] not in (200, 201, 204)
+        ):
             return
         if action.startswith("data_grant.") and message["status"] != 200:
             return

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import orjson
@@ -41,6 +41,7 @@ MAX_PAGE_SIZE = 100
 MAX_PAGE_NUMBER = 1_000_000_000
 _LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 _ALLOWED_MEDIA_PARAMS = {"ext", "profile"}
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 # ---------------------------------------------------------------- media types
@@ -213,8 +214,8 @@ _ERROR_CODES = {
 
 
 def validate_attributes(
-    model: type[BaseModel], attributes: dict[str, Any], read_only: Iterable[str] = ()
-) -> BaseModel:
+    model: type[ModelT], attributes: dict[str, Any], read_only: Iterable[str] = ()
+) -> ModelT:
     """Validate attributes into ``model``; every problem becomes one 422 with a pointer."""
     read_only = set(read_only)
     errors: list[AppError] = [
@@ -252,7 +253,7 @@ class CollectionQuery:
     page_number: int = 1
     page_size: int = DEFAULT_PAGE_SIZE
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (attribute, descending)
-    filters: dict[str, str] = field(default_factory=dict)
+    filters: dict[str, Any] = field(default_factory=dict)  # text, or a value parsed from it
     fields: dict[str, set[str]] = field(default_factory=dict)
     include: set[str] = field(default_factory=set)
 
@@ -269,7 +270,7 @@ def parse_collection_query(
     *,
     sortable: Sequence[str] = (),
     filterable: Sequence[str] = (),
-    fields_by_type: dict[str, Iterable[str]] | None = None,
+    fields_by_type: Mapping[str, Iterable[str]] | None = None,
     includable: Sequence[str] = (),
     collection: bool = True,
     read_by_endpoint: Iterable[str] = (),

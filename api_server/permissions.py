@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import Protocol
 
 from shared.errors import Forbidden, Unprocessable
 
@@ -54,10 +55,11 @@ def parse_permissions(names: Iterable[str]) -> list[Permission]:
     return parsed
 
 
-class HasPermissions:
+class HasPermissions(Protocol):
     """Anything that carries a permission set (a Principal)."""
 
-    permissions: frozenset[Permission]
+    @property
+    def permissions(self) -> frozenset[Permission]: ...
 
 
 def require(principal: HasPermissions, *any_of: Permission) -> None:

@@ -85,11 +85,12 @@ class RateLimiter:
         self._memory = FixedWindowRateLimiter(MemoryStorage())
         self._shared: FixedWindowRateLimiter | None = None
         if redis_url:
-            storage: Storage = storage_from_string(
+            storage = storage_from_string(
                 redis_url,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
+            assert isinstance(storage, Storage)  # a redis:// URL names the synchronous storage
             self._shared = FixedWindowRateLimiter(storage)
         self._shared_down_until = 0.0
         self._lock = threading.Lock()

@@ -132,10 +132,13 @@ def check_snippet_name(name: str) -> str:
     return name
 
 
+SnippetName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+
+
 class SqlSnippetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    name: SnippetName
     description: Description | None = None
     sql: SnippetSql
 
@@ -155,9 +158,7 @@ class SqlSnippetCreate(BaseModel):
 class SqlSnippetUpdate(SqlSnippetCreate):
     """Every attribute optional; only those sent change."""
 
-    name: Annotated[  # type: ignore[assignment]
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)
-    ] = None
+    name: SnippetName = None  # type: ignore[assignment]
     sql: SnippetSql = None  # type: ignore[assignment]
 
     def changes(self) -> dict[str, Any]:

@@ -34,8 +34,6 @@ DATASOURCE_ATTRIBUTES = (
 )
 DATASOURCE_FIELDS = (*DATASOURCE_ATTRIBUTES, "password", "agents")
 
-API_KEY_ATTRIBUTES = ("name", "prefix", "permissions", "enabled", "created_at", "last_used_at")
-
 
 def datasource(
     ds: Datasource, principal: Principal, server_secrets: ServerSecrets

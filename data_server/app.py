@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -17,8 +19,11 @@ from shared.http_limits import RequestLimitsMiddleware
 from shared.metrics import Metrics, MetricsMiddleware
 from shared.middleware import RequestContextMiddleware
 from shared.problems import EXCEPTION_HANDLERS
-from shared.results import open_result_store
+from shared.results import ResultStore, open_result_store
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # the worker (and its sandbox pool) is imported only where workers run
+    from data_server.worker import Worker
 
 
 def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
@@ -59,7 +64,12 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     return app
 
 
-def start_workers(settings: Settings, sessions, store, metrics=None):  # type: ignore[no-untyped-def]
+def start_workers(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    store: ResultStore,
+    metrics: Metrics | None = None,
+) -> Worker:
     from data_server.sandbox_pool import SandboxPool
     from data_server.worker import Worker
 
@@ -69,6 +79,6 @@ def start_workers(settings: Settings, sessions, store, metrics=None):  # type: i
     return worker
 
 
-def stop_workers(worker) -> None:  # type: ignore[no-untyped-def]
+def stop_workers(worker: Worker) -> None:
     worker.stop()
     worker.pool.close()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Result, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -188,6 +188,11 @@ def finish_unsuccessfully(
     return ended is not None
 
 
+def _rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE changed: the fence's verdict."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
     """End the attempt; the status it ended with, or None if the fence refused it.
 
@@ -195,25 +200,29 @@ def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
     ``cancel_requested``, so either this update commits first (and the cancel is refused as too
     late) or it sees the flag and the row ends ``cancelled`` instead."""
     lease = {"lease_owner": None, "lease_expires_at": None}
-    finished = session.execute(
-        update(Execution)
-        .where(_fenced(claim) & Execution.cancel_requested.is_(False))
-        .values(**values, **lease)
-    ).rowcount
+    finished = _rows_changed(
+        session.execute(
+            update(Execution)
+            .where(_fenced(claim) & Execution.cancel_requested.is_(False))
+            .values(**values, **lease)
+        )
+    )
     status: str | None = values["status"] if finished else None
     if not finished:
-        cancelled = session.execute(
-            update(Execution)
-            .where(_fenced(claim) & Execution.cancel_requested.is_(True))
-            .values(
-                status="cancelled",
-                completed_at=values["completed_at"],
-                updated_at=values["updated_at"],
-                error_code="cancelled",
-                error_message=CANCELLED_MESSAGE,
-                **lease,
+        cancelled = _rows_changed(
+            session.execute(
+                update(Execution)
+                .where(_fenced(claim) & Execution.cancel_requested.is_(True))
+                .values(
+                    status="cancelled",
+                    completed_at=values["completed_at"],
+                    updated_at=values["updated_at"],
+                    error_code="cancelled",
+                    error_message=CANCELLED_MESSAGE,
+                    **lease,
+                )
             )
-        ).rowcount
+        )
         status = "cancelled" if cancelled else None
     new_work.announce(session)  # a slot of the datasource is free again
     return status
@@ -224,38 +233,44 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
     with sessions.begin() as session:
         now = database_now(session)
         expired = (Execution.status == "running") & (Execution.lease_expires_at < now)
-        cancelled = session.execute(
-            update(Execution)
-            .where(expired & Execution.cancel_requested.is_(True))
-            .values(
-                status="cancelled",
-                completed_at=now,
-                updated_at=now,
-                error_code="cancelled",
-                error_message=CANCELLED_MESSAGE,
-                lease_owner=None,
-                lease_expires_at=None,
+        cancelled = _rows_changed(
+            session.execute(
+                update(Execution)
+                .where(expired & Execution.cancel_requested.is_(True))
+                .values(
+                    status="cancelled",
+                    completed_at=now,
+                    updated_at=now,
+                    error_code="cancelled",
+                    error_message=CANCELLED_MESSAGE,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
-        ).rowcount
-        failed = session.execute(
-            update(Execution)
-            .where(expired & (Execution.attempt >= settings.max_attempts))
-            .values(
-                status="failed",
-                completed_at=now,
-                updated_at=now,
-                error_code="worker_lost",
-                error_message=f"The data server running this execution stopped answering "
-                f"{settings.max_attempts} times.",
-                lease_owner=None,
-                lease_expires_at=None,
+        )
+        failed = _rows_changed(
+            session.execute(
+                update(Execution)
+                .where(expired & (Execution.attempt >= settings.max_attempts))
+                .values(
+                    status="failed",
+                    completed_at=now,
+                    updated_at=now,
+                    error_code="worker_lost",
+                    error_message=f"The data server running this execution stopped answering "
+                    f"{settings.max_attempts} times.",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
-        ).rowcount
-        requeued = session.execute(
-            update(Execution)
-            .where(expired & (Execution.attempt < settings.max_attempts))
-            .values(status="starting", updated_at=now, lease_owner=None, lease_expires_at=None)
-        ).rowcount
+        )
+        requeued = _rows_changed(
+            session.execute(
+                update(Execution)
+                .where(expired & (Execution.attempt < settings.max_attempts))
+                .values(status="starting", updated_at=now, lease_owner=None, lease_expires_at=None)
+            )
+        )
         if cancelled or failed or requeued:
             new_work.announce(session)
     if cancelled or failed or requeued:

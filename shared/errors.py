@@ -6,6 +6,7 @@ imports a web framework.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -116,6 +117,6 @@ class ServiceUnavailable(AppError):
 class ValidationErrors(Unprocessable):
     """Several attribute problems found at once; each becomes its own error object."""
 
-    def __init__(self, errors: list[AppError]) -> None:
+    def __init__(self, errors: Sequence[AppError]) -> None:
         super().__init__(errors[0].detail if errors else None)
-        self.errors = errors
+        self.errors = list(errors)

@@ -162,7 +162,12 @@ def parameter(
     *,
     required: bool = False,
 ) -> dict[str, Any]:
-    param = {"name": name, "in": location, "description": description, "schema": schema}
+    param: dict[str, Any] = {
+        "name": name,
+        "in": location,
+        "description": description,
+        "schema": schema,
+    }
     if required or location == "path":
         param["required"] = True
     return param

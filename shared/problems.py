@@ -43,11 +43,12 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         return error_response(NotFound("No such route."))
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
-        error = MethodNotAllowed(
-            f"Method {request.method} is not allowed here; allowed: {allowed}.",
-            headers={"Allow": allowed} if allowed else None,
+        return error_response(
+            MethodNotAllowed(
+                f"Method {request.method} is not allowed here; allowed: {allowed}.",
+                headers={"Allow": allowed} if allowed else None,
+            )
         )
-        return error_response(error)
     error = AppError(str(exc.detail))
     error.status = exc.status_code
     error.code = "http_error"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,7 +35,7 @@ def _document(
 ) -> Response:
     resource = serializers.datasource(ds, principal, request.app.state.secrets)
     query = _query(request, collection=False)
-    document = {"data": jsonapi.apply_sparse_fields(resource, query)}
+    document: dict[str, Any] = {"data": jsonapi.apply_sparse_fields(resource, query)}
     if "agents" in query.include:
         document["included"] = []
     headers = {"Location": resource["links"]["self"]} if status_code == 201 else None

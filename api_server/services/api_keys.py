@@ -46,7 +46,7 @@ def generate_secret() -> str:
 def is_well_formed_secret(secret: str) -> bool:
     """Format and checksum: rejects typos and truncations before any database work."""
     match = _SECRET_PATTERN.match(secret)
-    return bool(match) and hmac.compare_digest(_checksum(match.group(1)), match.group(2))
+    return match is not None and hmac.compare_digest(_checksum(match.group(1)), match.group(2))
 
 
 def hash_secret(server_secrets: ServerSecrets, secret: str) -> str:

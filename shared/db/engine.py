@@ -47,7 +47,8 @@ def write_lock_on_sqlite(session: Session) -> None:
     connection = session.connection()
     if connection.dialect.name != "sqlite":
         return
-    if not connection.connection.dbapi_connection.in_transaction:
+    dbapi_connection = connection.connection.dbapi_connection
+    if dbapi_connection is not None and not dbapi_connection.in_transaction:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -56,5 +57,5 @@ def database_now(session: Session) -> datetime:
     servers, and one whose clock runs ahead must not reap the others' live leases. SQLite is
     one machine's file, so its clock is this machine's."""
     if session.get_bind().dialect.name == "postgresql":
-        return session.scalar(select(func.clock_timestamp()))
+        return session.execute(select(func.clock_timestamp())).scalar_one()
     return datetime.now(UTC)

@@ -36,6 +36,7 @@ def listen(engine: Engine, wake: threading.Event, stopping: threading.Event) -> 
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 connection.exec_driver_sql(f"LISTEN {CHANNEL}")
                 driver = connection.connection.driver_connection
+                assert driver is not None  # an open psycopg connection
                 wake.set()  # whatever arrived while not listening: look once
                 while not stopping.is_set():
                     for _ in driver.notifies(timeout=0.5, stop_after=1):
