@@ -29,9 +29,9 @@ from api_server.services import api_keys as api_key_service
 from api_server.services import datasources as datasource_service
 from api_server.services import sql_parameters
 from api_server.services import sql_snippets as snippet_service
-from api_server.services.executions import DATASOURCE_REFRESH, SQL_QUERY
 from shared import openapi as oa
 from shared.ids import RESOURCE_ID_PATTERN
+from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.problems import JSONAPI_MEDIA_TYPE
 
 JSON = oa.JSON_MEDIA_TYPE
@@ -363,11 +363,10 @@ _API_KEY_TYPES = {
     "last_used_at": oa.nullable(oa.timestamp("Written at most once a minute.")),
 }
 
-_EXECUTION_STATUSES = ("starting", "running", "completed", "failed", "cancelled")
 _EXECUTION_TYPES = {
     "execution_id": oa.string("The same UUID as the resource id.", format="uuid"),
-    "execution_type": oa.enum((SQL_QUERY, DATASOURCE_REFRESH)),
-    "execution_status": oa.enum(_EXECUTION_STATUSES),
+    "execution_type": oa.enum((ExecutionType.SQL_QUERY, ExecutionType.DATASOURCE_REFRESH)),
+    "execution_status": oa.enum(tuple(ExecutionStatus)),
     "result_columns": oa.nullable(oa.integer("Columns of the result.")),
     "result_rows": oa.nullable(oa.integer("Rows of the stored result.")),
     "result_size": oa.nullable(oa.integer("Bytes of the stored result.")),

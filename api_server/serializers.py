@@ -7,6 +7,7 @@ from typing import Any
 from api_server.auth import Principal
 from api_server.permissions import Permission
 from shared.db.models import ApiKey, AuditEvent, Datasource, Execution, SqlSnippet
+from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.state_secrets import ServerSecrets
 
 DATASOURCE_ATTRIBUTES = (
@@ -120,14 +121,14 @@ def execution(ex: Execution, *, show_query: bool = False) -> dict[str, Any]:
         "execution_status": ex.status,
         **{name: getattr(ex, name) for name in EXECUTION_ATTRIBUTES},
     }
-    if ex.status in ("failed", "cancelled"):
+    if ex.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
         attributes["error_code"] = ex.error_code
         attributes["error_message"] = (
             ex.error_message if show_query or not ex.bound_parameters else WITHHELD_ERROR_MESSAGE
         )
     elif ex.cancel_requested:
         attributes["cancel_requested"] = True
-    if show_query and ex.execution_type == "sql_query":
+    if show_query and ex.execution_type == ExecutionType.SQL_QUERY:
         attributes["expanded_sql"] = ex.expanded_sql
         attributes["bound_parameters"] = ex.bound_parameters
     return {

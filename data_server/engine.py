@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from data_server.sql_check import BASE_CONFIG, QueryFailed, check_sql, first_line
+from shared.lifecycle import ErrorCode
 
 BATCH_ROWS = 65_536
 DATASOURCE_ALIAS = "ds"
@@ -173,7 +174,7 @@ def _identifier(text: str) -> str:
 def classify(error: duckdb.Error, interrupted_for: str | None) -> str:
     """Map a DuckDB exception to a stable ``error_code``."""
     if isinstance(error, duckdb.InterruptException):
-        return interrupted_for or "cancelled"
+        return interrupted_for or ErrorCode.CANCELLED
     if isinstance(error, duckdb.OutOfMemoryException):
         return "temp_space_exceeded" if "max_temp_directory_size" in str(error) else "out_of_memory"
     if isinstance(error, duckdb.ParserException):
@@ -208,7 +209,7 @@ class _Deadline:
 
     def check(self) -> None:
         if self.fired:
-            raise QueryFailed("timeout", "The query exceeded its time limit.")
+            raise QueryFailed(ErrorCode.TIMEOUT, "The query exceeded its time limit.")
 
 
 def run_query(job: QueryJob) -> QueryOutcome:
@@ -222,9 +223,11 @@ def run_query(job: QueryJob) -> QueryOutcome:
                 reader = result.to_arrow_reader(BATCH_ROWS)
                 outcome = _write_result(reader, job.result_path, job.limits, deadline)
             except duckdb.Error as exc:
-                code = classify(exc, "timeout" if deadline.fired else None)
-                if code == "timeout":
-                    raise QueryFailed("timeout", "The query exceeded its time limit.") from None
+                code = classify(exc, ErrorCode.TIMEOUT if deadline.fired else None)
+                if code == ErrorCode.TIMEOUT:
+                    raise QueryFailed(
+                        ErrorCode.TIMEOUT, "The query exceeded its time limit."
+                    ) from None
                 raise QueryFailed(code, sandbox.clean(exc)) from None
             except pa.ArrowException as exc:
                 deadline.check()

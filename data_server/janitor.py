@@ -14,12 +14,12 @@ from sqlalchemy import delete, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Datasource, Execution, utcnow
+from shared.lifecycle import TERMINAL_STATUSES
 from shared.results import ResultStore, data_key_of, delete_stored_data
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TERMINAL = ("completed", "failed", "cancelled")
 STALE_SCRATCH_SECONDS = 24 * 3600
 ORPHAN_GRACE_SECONDS = 3600
 _BATCH = 500
@@ -79,7 +79,7 @@ def delete_expired_executions(
     with sessions() as session:
         rows = session.execute(
             select(Execution.id, Execution.data_key)
-            .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL))
+            .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL_STATUSES))
             .limit(_BATCH)
         ).all()
     if rows:
@@ -105,15 +105,18 @@ def remove_orphaned_objects(
     ):
         keys = store.keys_older_than(prefix, cutoff)
         for start in range(0, len(keys), _BATCH):
-            by_data_key = {data_key_of(key): key for key in keys[start : start + _BATCH]}
+            by_data_key: dict[str, list[str]] = {}  # a result has its variants beside it
+            for key in keys[start : start + _BATCH]:
+                by_data_key.setdefault(data_key_of(key), []).append(key)
             with sessions() as session:
                 referenced = set(
                     session.scalars(select(column).where(column.in_(by_data_key), live))
                 )
-            for data_key, key in by_data_key.items():
+            for data_key, objects in by_data_key.items():
                 if data_key not in referenced:
-                    store.delete(key)
-                    removed += 1
+                    for key in objects:
+                        store.delete(key)
+                        removed += 1
     return removed
 
 

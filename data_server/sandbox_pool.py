@@ -25,6 +25,7 @@ import orjson
 
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, QueryOutcome
 from data_server.framing import read_frame, write_frame
+from shared.lifecycle import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +184,10 @@ class SandboxPool:
                 return orjson.loads(frame)
             if cancel is not None and cancel.is_set():
                 child.kill()
-                raise QueryFailed("cancelled", "The execution was cancelled.")
+                raise QueryFailed(ErrorCode.CANCELLED, "The execution was cancelled.")
             if time.monotonic() > kill_at:
                 child.kill()
-                raise QueryFailed("timeout", "The query exceeded its time limit.")
+                raise QueryFailed(ErrorCode.TIMEOUT, "The query exceeded its time limit.")
             if child.rss_mb() > memory_cap_mb:
                 child.kill()
                 raise QueryFailed(
@@ -200,7 +201,9 @@ class SandboxPool:
         with self._available:
             while True:
                 if self._closed:
-                    raise QueryFailed("worker_stopping", "The data server is shutting down.")
+                    raise QueryFailed(
+                        ErrorCode.WORKER_STOPPING, "The data server is shutting down."
+                    )
                 if self._idle:
                     return self._idle.pop()
                 if self._children < self.size:
@@ -255,4 +258,4 @@ def _crashed(child: _Child) -> QueryFailed:
     status = child.process.returncode
     how = f"signal {-status}" if status is not None and status < 0 else f"exit status {status}"
     logger.warning("sandbox child %d died (%s)", child.pid, how)
-    return QueryFailed("worker_crashed", f"The query process died unexpectedly ({how}).")
+    return QueryFailed(ErrorCode.WORKER_CRASHED, f"The query process died unexpectedly ({how}).")

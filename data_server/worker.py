@@ -18,17 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from data_server import janitor, queue
+from data_server import janitor
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
 from data_server.sample import ensure_sample_database
 from data_server.sandbox_pool import SandboxPool
+from shared import lifecycle
 from shared.datapaths import resolve_in_data_root
 from shared.db import new_work
-from shared.db.models import Datasource, Execution, utcnow
+from shared.db.models import Datasource, utcnow
 from shared.errors import AppError
+from shared.lifecycle import ErrorCode, ExecutionStatus, ExecutionType
 from shared.metrics import Metrics
 from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
 from shared.settings import Settings
@@ -36,11 +37,6 @@ from shared.tokens import Scope, new_data_key
 
 logger = logging.getLogger(__name__)
 
-SQL_QUERY, DATASOURCE_REFRESH, CONNECTION_TEST = (
-    "sql_query",
-    "datasource_refresh",
-    "connection_test",
-)
 MAINTENANCE_INTERVAL_SECONDS = 5.0
 FALLBACK_POLL_SECONDS = 2.0
 JANITOR_INTERVAL_SECONDS = 60.0
@@ -49,7 +45,7 @@ ORPHAN_SWEEP_SECONDS = 3600.0  # lists the whole result store: hourly is enough
 
 @dataclass
 class _Running:
-    claim: queue.Claim
+    claim: lifecycle.Claim
     cancel: threading.Event = field(default_factory=threading.Event)
     lease_lost: bool = False
 
@@ -103,30 +99,17 @@ class Worker:
             running = list(self._running.values())
         for job in running:
             job.cancel.set()
-            self._release(job.claim)
+            lifecycle.release(self.sessions, job.claim)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _release(self, claim: queue.Claim) -> None:
-        with self.sessions.begin() as session:
-            session.execute(
-                update(Execution)
-                .where(
-                    (Execution.id == claim.execution_id)
-                    & (Execution.attempt == claim.attempt)
-                    & (Execution.status == "running")
-                )
-                .values(status="starting", lease_owner=None, lease_expires_at=None)
-            )
-            new_work.announce(session)
 
     # ------------------------------------------------------------------ loops
 
     def _execute_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                claim = queue.claim_next(self.sessions, self.worker_id, self.settings)
+                claim = lifecycle.claim_next(self.sessions, self.worker_id, self.settings)
             except Exception:  # the DB may be briefly unavailable: back off, never die
                 logger.exception("claiming failed")
                 claim = None
@@ -146,7 +129,7 @@ class Worker:
                 running = list(self._running.values())
             for job in running:
                 try:
-                    state = queue.renew_lease(self.sessions, job.claim, self.settings)
+                    state = lifecycle.renew_lease(self.sessions, job.claim, self.settings)
                 except Exception:
                     logger.exception("heartbeat failed id=%s", job.claim.execution_id)
                     continue
@@ -163,7 +146,7 @@ class Worker:
         last_janitor = last_orphan_sweep = float("-inf")
         while not self._stopping.wait(MAINTENANCE_INTERVAL_SECONDS):
             try:
-                queue.reap_expired_leases(self.sessions, self.settings)
+                lifecycle.reap_expired_leases(self.sessions, self.settings)
                 if time.monotonic() - last_janitor > JANITOR_INTERVAL_SECONDS:
                     with_orphans = time.monotonic() - last_orphan_sweep > ORPHAN_SWEEP_SECONDS
                     janitor.sweep(
@@ -177,16 +160,16 @@ class Worker:
 
     # ------------------------------------------------------------------ one execution
 
-    def _run(self, claim: queue.Claim) -> None:
+    def _run(self, claim: lifecycle.Claim) -> None:
         job = _Running(claim)
         with self._lock:
             self._running[claim.execution_id] = job
-        started, outcome = time.monotonic(), "completed"
+        started, outcome = time.monotonic(), str(ExecutionStatus.COMPLETED)
         try:
             spec = self._datasource_spec(claim)
-            if claim.execution_type == SQL_QUERY:
+            if claim.execution_type == ExecutionType.SQL_QUERY:
                 self._run_query(job, spec)
-            elif claim.execution_type == DATASOURCE_REFRESH:
+            elif claim.execution_type == ExecutionType.DATASOURCE_REFRESH:
                 self._run_refresh(job, spec)
             else:
                 self.pool.check_connection(spec, self._limits(), cancel_event=job.cancel)
@@ -195,15 +178,15 @@ class Worker:
             outcome = failure.code
             if not job.lease_lost and not self._stopping.is_set():
                 message = without_bound_values(failure.message, claim.bound_parameters)
-                queue.finish_unsuccessfully(self.sessions, claim, failure.code, message)
+                lifecycle.finish_unsuccessfully(self.sessions, claim, failure.code, message)
             logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)
         except Exception:
-            outcome = "internal_error"
+            outcome = ErrorCode.INTERNAL_ERROR
             logger.exception("execution crashed id=%s", claim.execution_id)
-            queue.finish_unsuccessfully(
+            lifecycle.finish_unsuccessfully(
                 self.sessions,
                 claim,
-                "internal_error",
+                ErrorCode.INTERNAL_ERROR,
                 "The data server failed to run this execution.",
             )
         finally:
@@ -233,7 +216,7 @@ class Worker:
             max_result_bytes=s.max_result_bytes,
         )
 
-    def _datasource_spec(self, claim: queue.Claim) -> DatasourceSpec:
+    def _datasource_spec(self, claim: lifecycle.Claim) -> DatasourceSpec:
         """Confine the path again at run time: a symlink may have changed since it was checked."""
         if claim.database_type == "sample":
             path = ensure_sample_database(self.settings.state_dir, self.settings.sample_scale)
@@ -270,7 +253,7 @@ class Worker:
             data_key = new_data_key(Scope.EXECUTION_RESULT)
             self.store.publish(result_path, result_object_key(data_key))
             with self.sessions.begin() as session:
-                published = queue.complete(
+                published = lifecycle.complete(
                     session,
                     claim,
                     rows=outcome.rows,
@@ -295,7 +278,7 @@ class Worker:
         self.store.put_bytes(schema_object_key(data_key), payload)
         previous: str | None = None
         with self.sessions.begin() as session:
-            published = queue.complete(
+            published = lifecycle.complete(
                 session, claim, rows=0, columns=0, size=len(payload), truncated=False, data_key=None
             )
             datasource = session.get(Datasource, claim.datasource_id)
@@ -313,7 +296,7 @@ class Worker:
         if job.lease_lost or self._stopping.is_set():
             return
         with self.sessions.begin() as session:
-            queue.complete(
+            lifecycle.complete(
                 session, job.claim, rows=0, columns=0, size=0, truncated=False, data_key=None
             )
 

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db.models import Execution
+from shared.lifecycle import UNFINISHED_STATUSES, ExecutionStatus
 
 logger = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,7 +43,7 @@ class _QueueCollector(Collector):
                 counts = dict(
                     session.execute(
                         select(Execution.status, func.count())
-                        .where(Execution.status.in_(("starting", "running")))
+                        .where(Execution.status.in_(UNFINISHED_STATUSES))
                         .group_by(Execution.status)
                     ).all()
                 )
@@ -50,12 +51,14 @@ class _QueueCollector(Collector):
             logger.warning("metrics: cannot read the queue (%s)", type(exc).__name__)
             return
         yield GaugeMetricFamily(
-            "dataferry_queue_depth", "Executions waiting to be claimed.", counts.get("starting", 0)
+            "dataferry_queue_depth",
+            "Executions waiting to be claimed.",
+            counts.get(ExecutionStatus.STARTING, 0),
         )
         yield GaugeMetricFamily(
             "dataferry_running_executions",
             "Executions running now, in the whole region.",
-            counts.get("running", 0),
+            counts.get(ExecutionStatus.RUNNING, 0),
         )
 
 

@@ -24,11 +24,10 @@ from shared.db import new_work
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Datasource, Execution
+from shared.lifecycle import TERMINAL_STATUSES
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
 from tests.processes import clean_environment
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 class Cluster:
@@ -125,7 +124,7 @@ class Cluster:
             done = session.scalar(
                 select(func.count())
                 .select_from(Execution)
-                .where(Execution.id.in_(ids), Execution.status.in_(TERMINAL))
+                .where(Execution.id.in_(ids), Execution.status.in_(TERMINAL_STATUSES))
             )
         return done == len(ids)
 

@@ -20,17 +20,16 @@ from tests.postgres import fresh_postgres_schema
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-TERMINAL = ("completed", "failed", "cancelled")
 # Run before the worker: the process dies the moment an SQL result is uploaded, before the commit.
 CRASH_AFTER_UPLOAD = """
 import os
-import data_server.queue as queue
-real_complete = queue.complete
+import shared.lifecycle as lifecycle
+real_complete = lifecycle.complete
 def crash(session, claim, **values):
     if claim.execution_type == "sql_query":
         os._exit(17)
     return real_complete(session, claim, **values)
-queue.complete = crash
+lifecycle.complete = crash
 """
 SLOW_SQL = "SELECT sum(hash(range)) AS h FROM range(600000000)"  # a few seconds on 2 threads
 

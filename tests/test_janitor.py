@@ -12,6 +12,7 @@ from sqlalchemy import update
 from api_server.services import executions
 from data_server import janitor
 from shared.db.models import Datasource, Execution, utcnow
+from shared.lifecycle import ExecutionType
 from shared.results import (
     LocalResultStore,
     ResultGone,
@@ -40,7 +41,7 @@ def store(request, tmp_path, monkeypatch):
 def _completed_execution(api, org, data_key: str, completed_hours_ago: float = 0) -> str:
     with api.app.state.sessions.begin() as session:
         datasource = session.get(Datasource, org.sample_datasource_id)
-        execution = executions.create_system_execution(session, datasource, executions.SQL_QUERY)
+        execution = executions.create_system_execution(session, datasource, ExecutionType.SQL_QUERY)
         execution.status = "completed"
         execution.data_key = data_key
         execution.completed_at = utcnow() - timedelta(hours=completed_hours_ago)

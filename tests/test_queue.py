@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import update
 
 from api_server.services import executions
-from data_server import queue
+from shared import lifecycle
 from shared.db import engine as engine_module
 from shared.db import models as models_module
 from shared.db.models import Datasource, Execution, utcnow
+from shared.lifecycle import ExecutionType
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def _queue_sql(api, org, n=1, datasource_id=None):
         datasource = session.get(Datasource, datasource_id or org.sample_datasource_id)
         for _ in range(n):
             execution = executions.create_system_execution(
-                session, datasource, executions.SQL_QUERY
+                session, datasource, ExecutionType.SQL_QUERY
             )
             ids.append(execution.id)
     return ids
@@ -44,10 +45,10 @@ def _settings(api, **changes):
 def test_claims_come_oldest_first_and_carry_the_attempt(api, org):
     first, second = _queue_sql(api, org, 2)
     sessions = api.app.state.sessions
-    claim = queue.claim_next(sessions, "w1", api.settings)
+    claim = lifecycle.claim_next(sessions, "w1", api.settings)
     assert (claim.execution_id, claim.attempt, claim.database_type) == (first, 1, "sample")
-    assert queue.claim_next(sessions, "w1", api.settings).execution_id == second
-    assert queue.claim_next(sessions, "w1", api.settings) is None
+    assert lifecycle.claim_next(sessions, "w1", api.settings).execution_id == second
+    assert lifecycle.claim_next(sessions, "w1", api.settings) is None
 
 
 def test_max_concurrent_executions_holds_across_claimers(api, org):
@@ -59,7 +60,7 @@ def test_max_concurrent_executions_holds_across_claimers(api, org):
 
     def claimer():
         for _ in range(10):
-            claim = queue.claim_next(sessions, threading.current_thread().name, api.settings)
+            claim = lifecycle.claim_next(sessions, threading.current_thread().name, api.settings)
             if claim is not None:
                 with lock:
                     claims.append(claim)
@@ -77,20 +78,20 @@ def test_late_writer_is_fenced_off_after_its_lease_was_reaped(api, org):
     (execution_id,) = _queue_sql(api, org)
     sessions = api.app.state.sessions
     settings = _settings(api, max_attempts=3)
-    stale = queue.claim_next(sessions, "slow", settings)
+    stale = lifecycle.claim_next(sessions, "slow", settings)
     with sessions.begin() as session:  # the slow worker's lease runs out
         session.execute(update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-    assert queue.reap_expired_leases(sessions, settings) == 1
-    fresh = queue.claim_next(sessions, "fast", settings)
+    assert lifecycle.reap_expired_leases(sessions, settings) == 1
+    fresh = lifecycle.claim_next(sessions, "fast", settings)
     assert fresh.attempt == stale.attempt + 1
-    assert not queue.renew_lease(sessions, stale, settings).held
+    assert not lifecycle.renew_lease(sessions, stale, settings).held
     with sessions.begin() as session:
-        assert not queue.complete(
+        assert not lifecycle.complete(
             session, stale, rows=1, columns=1, size=1, truncated=False, data_key="r_stale"
         )
-    assert not queue.finish_unsuccessfully(sessions, stale, "execution_error", "late")
+    assert not lifecycle.finish_unsuccessfully(sessions, stale, "execution_error", "late")
     with sessions.begin() as session:
-        assert queue.complete(
+        assert lifecycle.complete(
             session, fresh, rows=2, columns=1, size=9, truncated=False, data_key="r_fresh"
         )
     with sessions() as session:
@@ -103,12 +104,12 @@ def test_reaper_fails_after_max_attempts(api, org):
     sessions = api.app.state.sessions
     settings = _settings(api, max_attempts=2)
     for _ in range(2):
-        assert queue.claim_next(sessions, "dies", settings) is not None
+        assert lifecycle.claim_next(sessions, "dies", settings) is not None
         with sessions.begin() as session:
             session.execute(
                 update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1))
             )
-        queue.reap_expired_leases(sessions, settings)
+        lifecycle.reap_expired_leases(sessions, settings)
     with sessions() as session:
         row = session.get(Execution, execution_id)
         assert (row.status, row.error_code, row.attempt) == ("failed", "worker_lost", 2)
@@ -117,13 +118,13 @@ def test_reaper_fails_after_max_attempts(api, org):
 def test_heartbeat_extends_the_lease_and_reports_cancel(api, org):
     (execution_id,) = _queue_sql(api, org)
     sessions = api.app.state.sessions
-    claim = queue.claim_next(sessions, "w", api.settings)
-    state = queue.renew_lease(sessions, claim, api.settings)
+    claim = lifecycle.claim_next(sessions, "w", api.settings)
+    state = lifecycle.renew_lease(sessions, claim, api.settings)
     assert state.held and not state.cancel_requested
     with sessions.begin() as session:
         session.get(Execution, execution_id).cancel_requested = True
-    assert queue.renew_lease(sessions, claim, api.settings).cancel_requested
-    assert queue.finish_unsuccessfully(sessions, claim, "cancelled", "Cancelled.")
+    assert lifecycle.renew_lease(sessions, claim, api.settings).cancel_requested
+    assert lifecycle.finish_unsuccessfully(sessions, claim, "cancelled", "Cancelled.")
     with sessions() as session:
         assert session.get(Execution, execution_id).status == "cancelled"
 
@@ -132,16 +133,16 @@ def test_heartbeat_extends_the_lease_and_reports_cancel(api, org):
 def test_an_accepted_cancel_fences_off_the_outcome_and_ends_cancelled(api, org, outcome):
     (execution_id,) = _queue_sql(api, org)
     sessions = api.app.state.sessions
-    claim = queue.claim_next(sessions, "w", api.settings)
+    claim = lifecycle.claim_next(sessions, "w", api.settings)
     with sessions.begin() as session:  # the API server accepted a cancel (or a purge)
         session.get(Execution, execution_id).cancel_requested = True
     if outcome == "completed":
         with sessions.begin() as session:
-            assert not queue.complete(
+            assert not lifecycle.complete(
                 session, claim, rows=1, columns=1, size=1, truncated=False, data_key="r_late"
             )
     else:
-        assert queue.finish_unsuccessfully(sessions, claim, "timeout", "late")
+        assert lifecycle.finish_unsuccessfully(sessions, claim, "timeout", "late")
     with sessions() as session:
         row = session.get(Execution, execution_id)
         assert (row.status, row.error_code, row.data_key, row.lease_owner) == (
@@ -159,7 +160,7 @@ def test_a_data_server_whose_clock_runs_ahead_reaps_no_live_lease(api, org, monk
     (execution_id,) = _queue_sql(api, org)
     sessions = api.app.state.sessions
     settings = _settings(api, lease_seconds=30)
-    assert queue.claim_next(sessions, "honest", settings) is not None
+    assert lifecycle.claim_next(sessions, "honest", settings) is not None
 
     class AnHourAhead(datetime):
         @classmethod
@@ -168,6 +169,6 @@ def test_a_data_server_whose_clock_runs_ahead_reaps_no_live_lease(api, org, monk
 
     monkeypatch.setattr(engine_module, "datetime", AnHourAhead)
     monkeypatch.setattr(models_module, "datetime", AnHourAhead)
-    assert queue.reap_expired_leases(sessions, settings) == 0
+    assert lifecycle.reap_expired_leases(sessions, settings) == 0
     with sessions() as session:
         assert session.get(Execution, execution_id).status == "running"

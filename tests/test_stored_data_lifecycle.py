@@ -17,10 +17,11 @@ from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from api_server.services import executions as execution_service
-from data_server import janitor, queue
+from data_server import janitor
 from data_server.app import create_app as create_data_app
 from data_server.engine import QueryFailed, QueryOutcome
 from data_server.worker import Worker
+from shared import lifecycle
 from shared.db.models import Execution
 from tests.factories import auth
 
@@ -123,8 +124,8 @@ def _run_sql(api, org, datasource_id: str | None = None) -> str:
     return response.json()["data"]["id"]
 
 
-def _claim(api, execution_id: str) -> queue.Claim:
-    claim = queue.claim_next(api.app.state.sessions, "test-worker", api.settings)
+def _claim(api, execution_id: str) -> lifecycle.Claim:
+    claim = lifecycle.claim_next(api.app.state.sessions, "test-worker", api.settings)
     assert claim is not None and claim.execution_id == execution_id
     return claim
 
@@ -269,7 +270,7 @@ def test_deleting_a_datasource_while_its_query_runs_leaves_nothing(api, org, wor
     assert [a.status_code for a in answers] == [204]
     assert _row(api, running_id) is None and _row(api, queued_id) is None
     assert _stored(api) == []
-    assert queue.claim_next(api.app.state.sessions, "test-worker", api.settings) is None
+    assert lifecycle.claim_next(api.app.state.sessions, "test-worker", api.settings) is None
 
 
 def _row_ids(api, datasource_id: str) -> list[str]:

@@ -17,8 +17,10 @@ from api_server import jsonapi
 from api_server.auth import authenticate
 from api_server.permissions import Permission, require
 from api_server.services import datasources, executions
+from shared import lifecycle
 from shared.db.models import Execution
 from shared.errors import Conflict, InvalidQueryParameter, NotFound
+from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.tokens import Scope, mint_data_token
 
 CONNECTION_TEST_TIMEOUT_SECONDS = 30
@@ -33,15 +35,15 @@ def test_connection(request: Request) -> Response:
     with sessions.begin() as session:
         datasource = datasources.get_datasource(session, principal, request.path_params["id"])
         execution_id = executions.create_system_execution(
-            session, datasource, executions.CONNECTION_TEST
+            session, datasource, ExecutionType.CONNECTION_TEST
         ).id
     deadline = time.monotonic() + CONNECTION_TEST_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         with sessions() as session:
             execution = session.get(Execution, execution_id)
             assert execution is not None
-            if execution.status in executions.TERMINAL_STATUSES:
-                if execution.status == "completed":
+            if execution.status in lifecycle.TERMINAL_STATUSES:
+                if execution.status == ExecutionStatus.COMPLETED:
                     return jsonapi.json_response({"status": "ok", "error_message": None})
                 return jsonapi.json_response(
                     {"status": "error", "error_message": execution.error_message}
@@ -49,9 +51,9 @@ def test_connection(request: Request) -> Response:
         time.sleep(0.1)
     with sessions.begin() as session:
         execution = session.get(Execution, execution_id)
-        if execution is not None and execution.status not in executions.TERMINAL_STATUSES:
+        if execution is not None and execution.status not in lifecycle.TERMINAL_STATUSES:
             with contextlib.suppress(Conflict):  # it ended a moment ago: nothing to stop
-                executions.request_cancel(session, execution)
+                lifecycle.request_cancel(session, execution)
     message = f"No data server answered within {CONNECTION_TEST_TIMEOUT_SECONDS} s."
     return jsonapi.json_response({"status": "error", "error_message": message})
 
@@ -63,7 +65,7 @@ def refresh_datasource(request: Request) -> Response:
     with request.app.state.sessions.begin() as session:
         datasource = datasources.get_datasource(session, principal, request.path_params["id"])
         execution = executions.create_system_execution(
-            session, datasource, executions.DATASOURCE_REFRESH
+            session, datasource, ExecutionType.DATASOURCE_REFRESH
         )
         return jsonapi.json_response({"execution_id": execution.id})
 

@@ -14,6 +14,7 @@ from api_server.schemas import DATASOURCE_READ_ONLY, DatasourceCreate, Datasourc
 from api_server.services import datasources, executions
 from shared.db.models import Datasource
 from shared.errors import Unprocessable
+from shared.lifecycle import ExecutionType
 from shared.results import delete_stored_data
 
 _FIELDS = {"datasources": serializers.DATASOURCE_FIELDS}
@@ -94,7 +95,7 @@ def create_datasource(request: Request) -> Response:
     with state.sessions.begin() as session:
         ds = datasources.create_datasource(session, principal, data, state.settings, state.secrets)
         if ds.enabled:  # record the schema right away, so GET .../schema works without a refresh
-            executions.create_system_execution(session, ds, executions.DATASOURCE_REFRESH)
+            executions.create_system_execution(session, ds, ExecutionType.DATASOURCE_REFRESH)
         return _document(request, ds, principal, status_code=201)
 
 

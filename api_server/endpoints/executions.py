@@ -11,6 +11,7 @@ from api_server import jsonapi, serializers
 from api_server.auth import Principal, authenticate
 from api_server.permissions import Permission, require
 from api_server.services import executions
+from shared import lifecycle
 from shared.db.models import Execution
 from shared.errors import InvalidQueryParameter, Unprocessable
 from shared.results import delete_stored_data
@@ -101,7 +102,7 @@ def show_execution(request: Request) -> Response:
     wait = _wait_seconds(request)
     execution = _load(request, principal)
     deadline, pause = time.monotonic() + wait, 0.01
-    while execution.status not in executions.TERMINAL_STATUSES and time.monotonic() < deadline:
+    while execution.status not in lifecycle.TERMINAL_STATUSES and time.monotonic() < deadline:
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 1.5, LONG_POLL_MAX_PAUSE_SECONDS)
         latest = _load(request, principal)
@@ -147,7 +148,7 @@ def cancel_execution(request: Request) -> Response:
         execution = executions.get_execution(
             session, principal, request.path_params["id"], state.settings
         )
-        executions.request_cancel(session, execution)
+        lifecycle.request_cancel(session, execution)
         return _document(execution, principal)
 
 
@@ -161,6 +162,6 @@ def delete_execution(request: Request) -> Response:
         execution = executions.get_execution(
             session, principal, request.path_params["id"], state.settings
         )
-        data_key = executions.purge_result(session, execution)
+        data_key = lifecycle.purge_result(session, execution)
     delete_stored_data(state.result_store, results=[data_key])
     return Response(status_code=204)

@@ -1,4 +1,5 @@
-"""Executions as the control plane sees them: create (queue), read, cancel, purge, grant data.
+"""Executions as the control plane sees them: create (queue), read, and when data is available.
+Cancel and purge are row transitions: they live in ``shared.lifecycle``.
 
 The API server never runs tenant SQL: it writes rows that data server workers claim.
 """
@@ -28,12 +29,8 @@ from shared.db import new_work
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Organization, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from shared.lifecycle import UNFINISHED_STATUSES, ExecutionStatus, ExecutionType
 from shared.settings import Settings
-
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-SQL_QUERY = "sql_query"
-DATASOURCE_REFRESH = "datasource_refresh"
-CONNECTION_TEST = "connection_test"
 
 _NOT_FOUND_DETAIL = "No execution with this id exists."
 
@@ -118,7 +115,7 @@ def run_execution(
         organization_id=principal.organization_id,
         datasource_id=datasource.id,
         api_key_id=principal.api_key_id,
-        execution_type=SQL_QUERY,
+        execution_type=ExecutionType.SQL_QUERY,
         sql_query=request.sql_query,
         parameters=request.parameters,
         expanded_sql=bound.sql,
@@ -176,8 +173,8 @@ def _require_capacity(session: Session, organization_id: str, settings: Settings
         .select_from(Execution)
         .where(
             Execution.organization_id == organization_id,
-            Execution.execution_type == SQL_QUERY,
-            Execution.status.in_(("starting", "running")),
+            Execution.execution_type == ExecutionType.SQL_QUERY,
+            Execution.status.in_(UNFINISHED_STATUSES),
         )
     )
     if (unfinished or 0) >= cap:
@@ -195,7 +192,7 @@ def _require_enabled(datasource: Datasource) -> None:
 
 
 def create_system_execution(
-    session: Session, datasource: Datasource, execution_type: str
+    session: Session, datasource: Datasource, execution_type: ExecutionType
 ) -> Execution:
     """A refresh or connection test: queued like any execution, run by a data server."""
     _require_enabled(datasource)
@@ -223,7 +220,7 @@ def get_execution(
         select(Execution).where(
             Execution.id == execution_id,
             Execution.organization_id == principal.organization_id,
-            Execution.execution_type != CONNECTION_TEST,
+            Execution.execution_type != ExecutionType.CONNECTION_TEST,
         )
     )
     if execution is None or not principal.reaches_datasource(execution.datasource_id):
@@ -235,7 +232,10 @@ def get_execution(
 
 def data_available(execution: Execution, settings: Settings) -> bool:
     """True when a completed result can be fetched; 404 once it expired or was purged."""
-    if execution.execution_type != SQL_QUERY or execution.status != "completed":
+    if (
+        execution.execution_type != ExecutionType.SQL_QUERY
+        or execution.status != ExecutionStatus.COMPLETED
+    ):
         return False
     if execution.data_key is None:
         return False
@@ -244,49 +244,6 @@ def data_available(execution: Execution, settings: Settings) -> bool:
     ):
         raise NotFound("The data of this execution has expired or was deleted.", code="result_gone")
     return True
-
-
-def request_cancel(session: Session, execution: Execution) -> Execution:
-    """Accepted (the row marked) means the execution ends ``cancelled``: a worker's completion
-    after this is refused by the queue's fence and its object deleted. 409 if it already ended.
-    The row is locked and read afresh first, so a completion committed a moment ago is seen."""
-    _lock(session, execution)
-    if execution.status in TERMINAL_STATUSES:
-        raise Conflict(
-            f"The execution already ended ({execution.status}).", code="execution_finished"
-        )
-    _mark_cancelled(execution)
-    session.flush()
-    return execution
-
-
-def _mark_cancelled(execution: Execution) -> None:
-    if execution.status == "starting":
-        now = utcnow()
-        execution.status = "cancelled"
-        execution.completed_at = now
-        execution.error_code = "cancelled"
-        execution.error_message = "Cancelled before it started."
-    execution.cancel_requested = True
-
-
-def purge_result(session: Session, execution: Execution) -> str | None:
-    """Forget the result now; returns the data key whose stored object the caller deletes after
-    the commit (``delete_stored_data``). An unfinished execution is cancelled, so that its worker
-    can never publish a result (it deletes its own upload); one that completed before the lock
-    was taken returns its key here."""
-    _lock(session, execution)
-    if execution.status not in TERMINAL_STATUSES:
-        _mark_cancelled(execution)
-    execution.data_purged_at = execution.data_purged_at or utcnow()
-    session.flush()
-    return execution.data_key
-
-
-def _lock(session: Session, execution: Execution) -> None:
-    """Hold the row until commit (the database's write lock on SQLite) and re-read it."""
-    write_lock_on_sqlite(session)
-    session.refresh(execution, with_for_update=True)
 
 
 def _older_than(moment: datetime | None, hours: float) -> bool:

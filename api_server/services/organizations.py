@@ -12,6 +12,7 @@ from api_server.permissions import Permission
 from api_server.services import api_keys, datasources, executions
 from shared.db.models import Organization
 from shared.errors import NotFound, Unprocessable
+from shared.lifecycle import ExecutionType
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
 
@@ -34,7 +35,7 @@ def create_organization(
     session.add(organization)
     session.flush()
     sample = datasources.create_sample_datasource(session, organization.id)
-    executions.create_system_execution(session, sample, executions.DATASOURCE_REFRESH)
+    executions.create_system_execution(session, sample, ExecutionType.DATASOURCE_REFRESH)
     _, secret = api_keys.create_api_key(
         session,
         server_secrets,

@@ -1,11 +1,14 @@
-"""The executions table as a queue: claim with a lease, heartbeat, publish under a fence, reap.
+"""The execution lifecycle, in one place: its statuses, types and error codes, and every
+transition of an ``executions`` row, whichever server makes it.
 
-The attempt number is the fencing token: every write-back names the attempt it claimed, so a
-worker whose lease expired (and whose execution was re-queued) can no longer change the row. A
-cancel the API server accepted is part of the fence: whatever the run came to, the row then ends
-``cancelled``, and a refused completion tells the worker to delete the result it uploaded.
-PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` and locks the datasource row while it counts
-running executions; SQLite serialises the claim with ``BEGIN IMMEDIATE``. Either way
+The table is the queue. The API server enqueues, cancels and purges; data server workers claim
+with a lease, renew it, complete or fail under a fence, and release on shutdown; maintenance reaps
+expired leases. The attempt number is the fencing token: every write-back names the attempt it
+claimed, so a worker whose lease expired (and whose execution was re-queued) can no longer change
+the row. A cancel the API server accepted is part of the fence: whatever the run came to, the row
+then ends ``cancelled``, and a refused completion tells the worker to delete the result it
+uploaded. PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` and locks the datasource row while it
+counts running executions; SQLite serialises the claim with ``BEGIN IMMEDIATE``. Either way
 ``max_concurrent_executions`` holds across every worker of the region.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Result, func, select, update
@@ -22,10 +26,44 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import new_work
 from shared.db.engine import database_now, write_lock_on_sqlite
-from shared.db.models import Datasource, Execution
+from shared.db.models import Datasource, Execution, utcnow
+from shared.errors import Conflict
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+class ExecutionStatus(StrEnum):
+    STARTING = "starting"  # queued, waiting for a worker
+    RUNNING = "running"  # claimed under a lease
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
+)
+UNFINISHED_STATUSES = frozenset({ExecutionStatus.STARTING, ExecutionStatus.RUNNING})
+
+
+class ExecutionType(StrEnum):
+    SQL_QUERY = "sql_query"  # Run Execution: the only kind with a result to fetch
+    DATASOURCE_REFRESH = "datasource_refresh"  # produces the schema JSON
+    CONNECTION_TEST = "connection_test"  # never listed: Test Connection answers its outcome
+
+
+class ErrorCode(StrEnum):
+    """``error_code`` of an execution that did not complete. The SQL check and the engine add
+    their own, more specific codes (docs/sql-sandbox.md); these are the lifecycle's."""
+
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"  # its data server stopped renewing the lease too often
+    WORKER_CRASHED = "worker_crashed"  # its sandbox child died
+    WORKER_STOPPING = "worker_stopping"
+    INTERNAL_ERROR = "internal_error"
+
 
 _CANDIDATES_PER_CLAIM = 16
 CANCELLED_MESSAGE = "Cancelled."
@@ -59,7 +97,7 @@ def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settin
 def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:
     candidates = session.execute(
         select(Execution.id, Execution.datasource_id)
-        .where(Execution.status == "starting")
+        .where(Execution.status == ExecutionStatus.STARTING)
         .order_by(Execution.created_at, Execution.id)
         .limit(_CANDIDATES_PER_CLAIM)
         .with_for_update(skip_locked=True)
@@ -76,7 +114,10 @@ def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | N
         running = session.scalar(
             select(func.count())
             .select_from(Execution)
-            .where(Execution.datasource_id == datasource_id, Execution.status == "running")
+            .where(
+                Execution.datasource_id == datasource_id,
+                Execution.status == ExecutionStatus.RUNNING,
+            )
         )
         if (running or 0) >= datasource.max_concurrent_executions:
             full.add(datasource_id)
@@ -84,9 +125,9 @@ def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | N
         now = database_now(session)
         claimed = session.execute(
             update(Execution)
-            .where(Execution.id == execution_id, Execution.status == "starting")
+            .where(Execution.id == execution_id, Execution.status == ExecutionStatus.STARTING)
             .values(
-                status="running",
+                status=ExecutionStatus.RUNNING,
                 attempt=Execution.attempt + 1,
                 lease_owner=worker_id,
                 lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
@@ -115,7 +156,7 @@ def _fenced(claim: Claim) -> Any:
     return (
         (Execution.id == claim.execution_id)
         & (Execution.attempt == claim.attempt)
-        & (Execution.status == "running")
+        & (Execution.status == ExecutionStatus.RUNNING)
     )
 
 
@@ -157,7 +198,7 @@ def complete(
     ended = _finish(
         session,
         claim,
-        status="completed",
+        status=ExecutionStatus.COMPLETED,
         completed_at=now,
         updated_at=now,
         result_rows=rows,
@@ -166,7 +207,7 @@ def complete(
         result_truncated=truncated,
         data_key=data_key,
     )
-    return ended == "completed"
+    return ended == ExecutionStatus.COMPLETED
 
 
 def finish_unsuccessfully(
@@ -179,7 +220,9 @@ def finish_unsuccessfully(
         ended = _finish(
             session,
             claim,
-            status="cancelled" if code == "cancelled" else "failed",
+            status=(
+                ExecutionStatus.CANCELLED if code == ErrorCode.CANCELLED else ExecutionStatus.FAILED
+            ),
             completed_at=now,
             updated_at=now,
             error_code=code,
@@ -214,16 +257,16 @@ def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
                 update(Execution)
                 .where(_fenced(claim) & Execution.cancel_requested.is_(True))
                 .values(
-                    status="cancelled",
+                    status=ExecutionStatus.CANCELLED,
                     completed_at=values["completed_at"],
                     updated_at=values["updated_at"],
-                    error_code="cancelled",
+                    error_code=ErrorCode.CANCELLED,
                     error_message=CANCELLED_MESSAGE,
                     **lease,
                 )
             )
         )
-        status = "cancelled" if cancelled else None
+        status = ExecutionStatus.CANCELLED if cancelled else None
     new_work.announce(session)  # a slot of the datasource is free again
     return status
 
@@ -232,16 +275,16 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
     """Re-queue executions whose worker vanished, or fail them after ``max_attempts``."""
     with sessions.begin() as session:
         now = database_now(session)
-        expired = (Execution.status == "running") & (Execution.lease_expires_at < now)
+        expired = (Execution.status == ExecutionStatus.RUNNING) & (Execution.lease_expires_at < now)
         cancelled = _rows_changed(
             session.execute(
                 update(Execution)
                 .where(expired & Execution.cancel_requested.is_(True))
                 .values(
-                    status="cancelled",
+                    status=ExecutionStatus.CANCELLED,
                     completed_at=now,
                     updated_at=now,
-                    error_code="cancelled",
+                    error_code=ErrorCode.CANCELLED,
                     error_message=CANCELLED_MESSAGE,
                     lease_owner=None,
                     lease_expires_at=None,
@@ -253,10 +296,10 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
                 update(Execution)
                 .where(expired & (Execution.attempt >= settings.max_attempts))
                 .values(
-                    status="failed",
+                    status=ExecutionStatus.FAILED,
                     completed_at=now,
                     updated_at=now,
-                    error_code="worker_lost",
+                    error_code=ErrorCode.WORKER_LOST,
                     error_message=f"The data server running this execution stopped answering "
                     f"{settings.max_attempts} times.",
                     lease_owner=None,
@@ -268,7 +311,12 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
             session.execute(
                 update(Execution)
                 .where(expired & (Execution.attempt < settings.max_attempts))
-                .values(status="starting", updated_at=now, lease_owner=None, lease_expires_at=None)
+                .values(
+                    status=ExecutionStatus.STARTING,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
         )
         if cancelled or failed or requeued:
@@ -278,3 +326,60 @@ def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> 
             "reaped expired leases requeued=%d failed=%d cancelled=%d", requeued, failed, cancelled
         )
     return cancelled + failed + requeued
+
+
+def release(sessions: sessionmaker[Session], claim: Claim) -> None:
+    """A worker shutting down hands its running execution back to the queue (still fenced)."""
+    with sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(_fenced(claim))
+            .values(status=ExecutionStatus.STARTING, lease_owner=None, lease_expires_at=None)
+        )
+        new_work.announce(session)
+
+
+# ---------------------------------------------------------------------------- the API server's
+
+
+def request_cancel(session: Session, execution: Execution) -> Execution:
+    """Accepted (the row marked) means the execution ends ``cancelled``: a worker's completion
+    after this is refused by the queue's fence and its object deleted. 409 if it already ended.
+    The row is locked and read afresh first, so a completion committed a moment ago is seen."""
+    _lock(session, execution)
+    if execution.status in TERMINAL_STATUSES:
+        raise Conflict(
+            f"The execution already ended ({execution.status}).", code="execution_finished"
+        )
+    _mark_cancelled(execution)
+    session.flush()
+    return execution
+
+
+def _mark_cancelled(execution: Execution) -> None:
+    if execution.status == ExecutionStatus.STARTING:
+        now = utcnow()
+        execution.status = ExecutionStatus.CANCELLED
+        execution.completed_at = now
+        execution.error_code = ErrorCode.CANCELLED
+        execution.error_message = "Cancelled before it started."
+    execution.cancel_requested = True
+
+
+def purge_result(session: Session, execution: Execution) -> str | None:
+    """Forget the result now; returns the data key whose stored object the caller deletes after
+    the commit (``delete_stored_data``). An unfinished execution is cancelled, so that its worker
+    can never publish a result (it deletes its own upload); one that completed before the lock
+    was taken returns its key here."""
+    _lock(session, execution)
+    if execution.status not in TERMINAL_STATUSES:
+        _mark_cancelled(execution)
+    execution.data_purged_at = execution.data_purged_at or utcnow()
+    session.flush()
+    return execution.data_key
+
+
+def _lock(session: Session, execution: Execution) -> None:
+    """Hold the row until commit (the database's write lock on SQLite) and re-read it."""
+    write_lock_on_sqlite(session)
+    session.refresh(execution, with_for_update=True)
