@@ -472,7 +472,9 @@ color:#fff;border-radius:4px;margin-right:.5rem}
 .delete{background:#cf222e}.put{background:#8250df}
 .meta{color:#57606a;font-size:13px}
 table{border-collapse:collapse;width:100%;margin:.4rem 0}
-th,td{text-align:left;vertical-align:top;border-bottom:1px solid #eaeef2;padding:.25rem .4rem}
+th,td{text-align:left;vertical-align:top;border-bottom:1px solid #eaeef2;padding:.25rem .4rem;
+overflow-wrap:anywhere}
+td:first-child,td:nth-child(2):not(:last-child){white-space:nowrap;overflow-wrap:normal}
 th{font-size:13px;color:#57606a}
 ul.props{list-style:none;padding-left:1rem;margin:.2rem 0;border-left:2px solid #eaeef2}
 """
