@@ -1,0 +1,101 @@
+"""Where the client finds its API URL, key and data URL: arguments, environment, profile file.
+
+Precedence, per value: an explicit argument, then ``DATAFERRY_API_URL`` / ``DATAFERRY_API_KEY`` /
+``DATAFERRY_DATA_URL``, then the profile (``--profile``, ``DATAFERRY_PROFILE`` or ``default``) in
+``$XDG_CONFIG_HOME/dataferry/profiles.toml`` (``~/.config/…`` when unset). The file holds a key,
+so it is written with mode 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataferry_client.errors import ConfigurationError
+
+ENV_API_URL = "DATAFERRY_API_URL"
+ENV_API_KEY = "DATAFERRY_API_KEY"
+ENV_DATA_URL = "DATAFERRY_DATA_URL"
+ENV_PROFILE = "DATAFERRY_PROFILE"
+DEFAULT_PROFILE = "default"
+_FIELDS = ("api_url", "api_key", "data_url")
+
+
+@dataclass(frozen=True)
+class Config:
+    api_url: str
+    api_key: str = ""
+    data_url: str | None = None
+
+    def __repr__(self) -> str:  # never print the key
+        return f"Config(api_url={self.api_url!r}, data_url={self.data_url!r})"
+
+
+def profiles_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dataferry" / "profiles.toml"
+
+
+def read_profiles(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the profile file {path}: {exc}") from exc
+    return {
+        name: {k: str(v) for k, v in table.items() if k in _FIELDS}
+        for name, table in document.items()
+        if isinstance(table, dict)
+    }
+
+
+def write_profile(path: Path, name: str, values: Mapping[str, str]) -> None:
+    """Add or replace one profile; the file is (re)created with mode 0600."""
+    profiles = read_profiles(path)
+    profiles[name] = {k: v for k, v in values.items() if k in _FIELDS and v}
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lines = []
+    for profile, table in profiles.items():
+        lines.append(f"[{json.dumps(profile)}]")  # a JSON string is a valid TOML basic string
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in table.items())
+        lines.append("")
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines))
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+def resolve_config(
+    api_url: str | None = None,
+    api_key: str | None = None,
+    data_url: str | None = None,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    environ = os.environ if environ is None else environ
+    name = profile or environ.get(ENV_PROFILE) or DEFAULT_PROFILE
+    profiles = read_profiles(profiles_path(environ))
+    if profile and profile not in profiles:
+        raise ConfigurationError(f"no profile {profile!r} in {profiles_path(environ)}")
+    stored = profiles.get(name, {})
+    url = api_url or environ.get(ENV_API_URL) or stored.get("api_url")
+    key = api_key or environ.get(ENV_API_KEY) or stored.get("api_key")
+    data = data_url or environ.get(ENV_DATA_URL) or stored.get("data_url")
+    if not url:
+        raise ConfigurationError(
+            f"no API URL: pass api_url, set {ENV_API_URL} or run 'dataferry configure'"
+        )
+    if not key:
+        raise ConfigurationError(
+            f"no API key: pass api_key, set {ENV_API_KEY} or run 'dataferry configure'"
+        )
+    return Config(url.rstrip("/"), key, data.rstrip("/") if data else None)

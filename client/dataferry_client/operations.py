@@ -1,0 +1,287 @@
+"""Every API operation once, as a generator that yields :class:`Call` s and receives :class:`Reply` s.
+
+The sync and the asyncio client drive the same generators (``transport.py``), so an operation's
+URL, body and parsing are written once. A generator never does I/O itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from dataferry_client.errors import DataNotAvailable, ExecutionFailed, NotFound, QueryTimeout
+from dataferry_client.models import (
+    ApiKey,
+    ConnectionTest,
+    DataGrant,
+    Datasource,
+    Execution,
+    ExecutionStatus,
+    SqlSnippet,
+)
+
+T = TypeVar("T")
+JSON_API = "application/vnd.api+json"
+MAX_WAIT_SECONDS = 30  # the server's cap on ?wait
+PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request to the API server (or, with ``data_token``, the data server)."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] | None = None
+    body: Any = None
+    content_type: str = JSON_API
+    headers: Mapping[str, str] = field(default_factory=dict)
+    expect: tuple[int, ...] = (200,)
+    read_timeout: float | None = None
+    data_token: str | None = None  # set: a data-server request with this token
+
+    @property
+    def retry_safe(self) -> bool:
+        """Sending it twice does no harm (a run carries an Idempotency-Key)."""
+        return self.method in ("GET", "PUT", "PATCH", "DELETE") or "Idempotency-Key" in (
+            self.headers
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    content: bytes
+    headers: Mapping[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+Operation = Generator[Call, Reply, T]
+PollCallback = Callable[[Execution, float], None]
+
+
+def _document(type_: str, attributes: Mapping[str, Any], id_: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": type_, "attributes": dict(attributes)}
+    if id_ is not None:
+        data["id"] = id_
+    return {"data": data}
+
+
+def _collection(path: str, params: Mapping[str, Any]) -> Operation[list[dict[str, Any]]]:
+    """Every resource of a collection, page by page."""
+    resources: list[dict[str, Any]] = []
+    number = 1
+    while True:
+        query = {**params, "page[number]": number, "page[size]": PAGE_SIZE}
+        document = (yield Call("GET", path, params=query)).json()
+        resources.extend(document["data"])
+        total = document.get("meta", {}).get("total", len(resources))
+        if not document["data"] or len(resources) >= total:
+            return resources
+        number += 1
+
+
+def _filters(filters: Mapping[str, Any], sort: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {f"filter[{k}]": v for k, v in filters.items()}
+    if sort:
+        params["sort"] = sort
+    return params
+
+
+# ---------------------------------------------------------------------------- the calling key
+
+
+def calling_api_key() -> Operation[ApiKey]:
+    reply = yield Call("GET", "/api_key")
+    return ApiKey.from_resource(reply.json()["data"])
+
+
+# ---------------------------------------------------------------------------- datasources
+
+
+def list_datasources(sort: str | None = None, **filters: Any) -> Operation[list[Datasource]]:
+    resources = yield from _collection("/datasources", _filters(filters, sort))
+    return [Datasource.from_resource(r) for r in resources]
+
+
+def get_datasource(datasource_id: str) -> Operation[Datasource]:
+    reply = yield Call("GET", f"/datasources/{datasource_id}")
+    return Datasource.from_resource(reply.json()["data"])
+
+
+def create_datasource(attributes: Mapping[str, Any]) -> Operation[Datasource]:
+    body = _document("datasources", attributes)
+    reply = yield Call("POST", "/datasources", body=body, expect=(201,))
+    return Datasource.from_resource(reply.json()["data"])
+
+
+def update_datasource(datasource_id: str, attributes: Mapping[str, Any]) -> Operation[Datasource]:
+    body = _document("datasources", attributes, datasource_id)
+    reply = yield Call("PATCH", f"/datasources/{datasource_id}", body=body)
+    return Datasource.from_resource(reply.json()["data"])
+
+
+def delete_datasource(datasource_id: str) -> Operation[None]:
+    yield Call("DELETE", f"/datasources/{datasource_id}", expect=(204,))
+
+
+def resolve_datasource(name_or_id: str) -> Operation[str]:
+    """An id as given, or the id of the one datasource with that name."""
+    try:
+        return (yield from get_datasource(name_or_id)).id
+    except NotFound:
+        named = yield from list_datasources(name=name_or_id)
+        if len(named) != 1:
+            raise
+        return named[0].id
+
+
+def test_datasource_connection(datasource_id: str) -> Operation[ConnectionTest]:
+    reply = yield Call("POST", f"/datasources/{datasource_id}/test_connection")
+    answer = reply.json()
+    return ConnectionTest(answer["status"], answer.get("error_message"))
+
+
+def refresh_datasource(datasource_id: str) -> Operation[str]:
+    """Starts a refresh; returns the id of its execution."""
+    reply = yield Call("POST", f"/datasources/{datasource_id}/refresh")
+    return str(reply.json()["execution_id"])
+
+
+def datasource_schema(datasource_id: str, name: str | None = None) -> Operation[Any]:
+    """The recorded schema JSON (grant, then the data server)."""
+    reply = yield Call("GET", f"/datasources/{datasource_id}/schema")
+    grant = DataGrant.from_json(reply.json())
+    params = {"name": name} if name else None
+    schema = yield Call(
+        "GET", f"/data/{grant.data_key}", params=params, data_token=grant.data_access_token
+    )
+    return schema.json()
+
+
+# ---------------------------------------------------------------------------- executions
+
+
+def run_execution(
+    datasource_id: str,
+    sql: str,
+    parameters: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Operation[Execution]:
+    """Queue an execution; the Idempotency-Key makes a retried POST return the same one."""
+    reply = yield Call(
+        "POST",
+        f"/datasources/{datasource_id}/executions",
+        body={"sql_query": sql, "parameters": dict(parameters or {})},
+        content_type="application/json",
+        headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+    )
+    return Execution.from_resource(reply.json()["data"])
+
+
+def get_execution(execution_id: str, wait: float = 0) -> Operation[Execution]:
+    params = {"wait": f"{wait:g}"} if wait > 0 else None
+    reply = yield Call("GET", f"/executions/{execution_id}", params=params, read_timeout=wait + 30)
+    return Execution.from_resource(reply.json()["data"])
+
+
+def wait_for_execution(
+    execution_id: str, timeout: float | None = None, on_poll: PollCallback | None = None
+) -> Operation[Execution]:
+    """Long-polls until the execution ended. The one place to switch to run-and-wait."""
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    longest = 1.0 if on_poll else MAX_WAIT_SECONDS  # a progress display wants frequent news
+    while True:
+        remaining = longest if deadline is None else deadline - time.monotonic()
+        execution = yield from get_execution(execution_id, max(0.0, min(longest, remaining)))
+        if on_poll is not None:
+            on_poll(execution, time.monotonic() - started)
+        if execution.status.ended:
+            return execution
+        if deadline is not None and time.monotonic() >= deadline:
+            raise QueryTimeout(
+                f"execution {execution_id} still {execution.status} after {timeout:g} s",
+                execution_id=execution_id,
+            )
+
+
+def cancel_execution(execution_id: str) -> Operation[Execution]:
+    reply = yield Call("POST", f"/executions/{execution_id}/cancel")
+    return Execution.from_resource(reply.json()["data"])
+
+
+def delete_execution(execution_id: str) -> Operation[None]:
+    yield Call("DELETE", f"/executions/{execution_id}", expect=(204,))
+
+
+def grant_execution_data(execution_id: str) -> Operation[DataGrant]:
+    reply = yield Call("GET", f"/executions/{execution_id}/data", expect=(200, 204))
+    if reply.status == 204:
+        raise DataNotAvailable(
+            f"execution {execution_id} has no data: it has not completed, or it failed"
+        )
+    return DataGrant.from_json(reply.json())
+
+
+def ensure_completed(execution: Execution) -> Execution:
+    if execution.status is not ExecutionStatus.COMPLETED:
+        raise ExecutionFailed(
+            f"execution {execution.id} {execution.status}: "
+            f"{execution.error_message or 'no message'}",
+            execution_id=execution.id,
+            execution_status=str(execution.status),
+            code=execution.error_code,
+        )
+    return execution
+
+
+def query(
+    datasource: str,
+    sql: str,
+    parameters: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    on_poll: PollCallback | None = None,
+) -> Operation[Execution]:
+    """Run and wait; a completed execution or ExecutionFailed / QueryTimeout."""
+    datasource_id = yield from resolve_datasource(datasource)
+    execution = yield from run_execution(datasource_id, sql, parameters)
+    if not execution.status.ended:
+        execution = yield from wait_for_execution(execution.id, timeout, on_poll)
+    return ensure_completed(execution)
+
+
+# ---------------------------------------------------------------------------- SQL snippets
+
+
+def list_snippets(sort: str | None = None, **filters: Any) -> Operation[list[SqlSnippet]]:
+    resources = yield from _collection("/sql_snippets", _filters(filters, sort))
+    return [SqlSnippet.from_resource(r) for r in resources]
+
+
+def get_snippet(snippet_id: str) -> Operation[SqlSnippet]:
+    reply = yield Call("GET", f"/sql_snippets/{snippet_id}")
+    return SqlSnippet.from_resource(reply.json()["data"])
+
+
+def create_snippet(attributes: Mapping[str, Any]) -> Operation[SqlSnippet]:
+    reply = yield Call(
+        "POST", "/sql_snippets", body=_document("sql_snippets", attributes), expect=(201,)
+    )
+    return SqlSnippet.from_resource(reply.json()["data"])
+
+
+def update_snippet(snippet_id: str, attributes: Mapping[str, Any]) -> Operation[SqlSnippet]:
+    body = _document("sql_snippets", attributes, snippet_id)
+    reply = yield Call("PATCH", f"/sql_snippets/{snippet_id}", body=body)
+    return SqlSnippet.from_resource(reply.json()["data"])
+
+
+def delete_snippet(snippet_id: str) -> Operation[None]:
+    yield Call("DELETE", f"/sql_snippets/{snippet_id}", expect=(204,))

@@ -1,0 +1,91 @@
+"""What the ``dataferry`` command shows: a progress line on stderr, tables and documents."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import pyarrow as pa
+
+from dataferry_client.download import Progress
+from dataferry_client.models import Resource
+
+TABLE_ROWS = 100  # rows a terminal table shows; the rest are counted
+CELL_WIDTH = 40
+
+
+class ProgressLine:
+    """Rows, bytes and elapsed time on one rewritten stderr line, at most ten times a second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._shown = 0.0
+        self._dirty = False
+
+    def __call__(self, event: Progress) -> None:
+        now = time.monotonic()
+        if now - self._shown < 0.1:
+            return
+        self._shown = now
+        if event.phase == "waiting":
+            text = f"execution {event.status}, {event.elapsed:.1f} s elapsed"
+        else:
+            rows = f"{event.rows:,} rows, " if event.rows else ""
+            text = f"downloading: {rows}{event.bytes / 1e6:,.1f} MB, {event.elapsed:.1f} s elapsed"
+        self._stream.write(f"\r\x1b[K{text}")
+        self._stream.flush()
+        self._dirty = True
+
+    def clear(self) -> None:
+        if self._dirty:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
+def _cell(value: Any) -> str:
+    text = "NULL" if value is None else str(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
+
+
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def render_arrow(table: pa.Table, out: TextIO) -> None:
+    shown = table.slice(0, TABLE_ROWS)
+    rows = list(zip(*(column.to_pylist() for column in shown.columns), strict=True))
+    render_table(table.column_names, rows, out)
+    more = table.num_rows - shown.num_rows
+    tail = f", {more:,} not shown: use --format or -o FILE" if more else ""
+    out.write(f"({table.num_rows:,} row{'s' if table.num_rows != 1 else ''}{tail})\n")
+
+
+def print_resources(items: Sequence[Resource], fields: Sequence[str], as_json: bool) -> None:
+    if as_json:
+        json.dump([item.to_dict() for item in items], sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return
+    render_table(
+        ["id", *fields], [[i.id, *(i.attributes.get(f) for f in fields)] for i in items], sys.stdout
+    )
+
+
+def print_document(value: Any, as_json: bool) -> None:
+    document = value.to_dict() if isinstance(value, Resource) else value
+    if as_json or not isinstance(document, dict):
+        json.dump(document, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return
+    width = max((len(k) for k in document), default=0)
+    for key, item in document.items():
+        text = json.dumps(item, default=str) if isinstance(item, dict | list) else item
+        sys.stdout.write(f"{key.ljust(width)}  {'' if text is None else text}\n")

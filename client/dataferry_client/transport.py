@@ -1,0 +1,181 @@
+"""Drive the operations of ``operations.py`` over httpx: one sync and one asyncio driver.
+
+Both apply the same rules, written once in :class:`RetryRule`: a 429 (or 503) is waited out for
+its ``Retry-After``, a broken connection is retried only when resending does no harm, and both
+are bounded; any other answer outside the call's expected statuses becomes a typed exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from dataferry_client import __version__
+from dataferry_client.config import Config
+from dataferry_client.errors import ConfigurationError, DataferryError, TransportError, api_error
+from dataferry_client.operations import Call, Operation, Reply
+
+T = TypeVar("T")
+logger = logging.getLogger("dataferry_client")
+RETRY_STATUSES = (429, 503)
+
+
+@dataclass(frozen=True)
+class RetryRule:
+    """How often and how long the client retries before it raises."""
+
+    max_retries: int = 5
+    max_retry_wait: float = 60.0  # seconds; a longer Retry-After is not waited for
+
+    def delay(self, call: Call, reply: Reply | None, attempt: int) -> float | None:
+        """Seconds to wait before resending, or None to give up now."""
+        if attempt >= self.max_retries:
+            return None
+        if reply is None:  # the connection failed: a restarting server is back soon, or not
+            return 0.2 * 2**attempt if call.retry_safe and attempt < 3 else None
+        if reply.status not in RETRY_STATUSES:
+            return None
+        seconds = retry_after(reply.headers)
+        seconds = min(5.0, 0.5 * 2**attempt) if seconds is None else seconds
+        return seconds if seconds <= self.max_retry_wait else None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return max(0.0, float(headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
+    """Keyword arguments of ``httpx.Client.request`` for ``call``."""
+    if call.data_token is not None:
+        if not config.data_url:
+            raise ConfigurationError(
+                "no data server URL: pass data_url, set DATAFERRY_DATA_URL or add data_url "
+                "to the profile"
+            )
+        url, authorization = config.data_url + call.path, f"Data {call.data_token}"
+    else:
+        url, authorization = config.api_url + call.path, f"Api {config.api_key}"
+    headers = {
+        "Authorization": authorization,
+        "User-Agent": f"dataferry-client/{__version__}",
+        **call.headers,
+    }
+    content = None
+    if call.body is not None:
+        headers["Content-Type"] = call.content_type
+        content = json.dumps(call.body).encode()
+    read = call.read_timeout if call.read_timeout is not None else timeout
+    return {
+        "method": call.method,
+        "url": url,
+        "params": call.params,
+        "headers": headers,
+        "content": content,
+        "timeout": httpx.Timeout(timeout, read=read),
+    }
+
+
+def _finish(call: Call, reply: Reply | None, failure: Exception | None) -> Reply:
+    if reply is None:
+        raise TransportError(f"cannot reach the server: {failure}") from failure
+    if reply.status not in call.expect:
+        raise api_error(reply.status, reply.content, retry_after(reply.headers))
+    return reply
+
+
+def _log_retry(call: Call, reply: Reply | None, failure: Exception | None, delay: float) -> None:
+    reason = f"HTTP {reply.status}" if reply is not None else f"connection failed ({failure})"
+    logger.info("%s %s: %s; retrying in %.1f s", call.method, call.path, reason, delay)
+
+
+class SyncTransport:
+    def __init__(self, config: Config, *, timeout: float, retry: RetryRule) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.retry = retry
+        self.http = httpx.Client()
+
+    def send(self, call: Call) -> Reply:
+        request = _request(self.config, call, self.timeout)
+        for attempt in range(self.retry.max_retries + 1):
+            reply, failure = None, None
+            try:
+                response = self.http.request(**request)
+                reply = Reply(response.status_code, response.content, response.headers)
+            except httpx.TransportError as exc:
+                failure = exc
+            delay = self.retry.delay(call, reply, attempt)
+            if delay is None:
+                break
+            _log_retry(call, reply, failure, delay)
+            time.sleep(delay)
+        return _finish(call, reply, failure)
+
+    def drive(self, operation: Operation[T]) -> T:
+        """Run ``operation`` to its end; errors are thrown into it, so it may handle them."""
+        try:
+            call = next(operation)
+            while True:
+                try:
+                    reply = self.send(call)
+                except DataferryError as exc:
+                    call = operation.throw(exc)
+                else:
+                    call = operation.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class AsyncTransport:
+    def __init__(self, config: Config, *, timeout: float, retry: RetryRule) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.retry = retry
+        self.http = httpx.AsyncClient()
+
+    async def send(self, call: Call) -> Reply:
+        request = _request(self.config, call, self.timeout)
+        for attempt in range(self.retry.max_retries + 1):
+            reply, failure = None, None
+            try:
+                response = await self.http.request(**request)
+                reply = Reply(response.status_code, response.content, response.headers)
+            except httpx.TransportError as exc:
+                failure = exc
+            delay = self.retry.delay(call, reply, attempt)
+            if delay is None:
+                break
+            _log_retry(call, reply, failure, delay)
+            await asyncio.sleep(delay)
+        return _finish(call, reply, failure)
+
+    async def drive(self, operation: Operation[T]) -> T:
+        try:
+            call = next(operation)
+            while True:
+                try:
+                    reply = await self.send(call)
+                except DataferryError as exc:
+                    call = operation.throw(exc)
+                else:
+                    call = operation.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def close(self) -> None:
+        await self.http.aclose()
