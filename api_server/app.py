@@ -41,6 +41,8 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # "/datasources/" is a 404 like any unknown path, not a redirect built from the Host header.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = create_session_factory(engine)

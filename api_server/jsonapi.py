@@ -6,7 +6,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -18,6 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api_server.auth import authenticate
+from api_server.services.listing import CollectionQuery
 from shared.errors import (
     AppError,
     BadRequest,
@@ -35,7 +37,6 @@ from shared.problems import JSONAPI_MEDIA_TYPE
 
 JSON_MEDIA_TYPE = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 # Keeps the row offset ((number - 1) * size) a 64-bit integer, as every database needs it.
 MAX_PAGE_NUMBER = 1_000_000_000
@@ -92,15 +93,19 @@ def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> 
 
 
 def endpoint(produced: str = JSONAPI_MEDIA_TYPE) -> Callable[[Callable[[Request], Response]], Any]:
-    """Turn a sync endpoint into a Starlette one: 406 first, body read (bounded), then a thread.
+    """Turn a sync endpoint into a Starlette one: 406 first, then the caller authenticated (401,
+    429), then the body read (bounded), then the endpoint in a thread.
 
-    Endpoints stay plain functions that may block on the database; the event loop never does.
+    The caller is known before its body is read, so an anonymous client cannot hold a connection
+    for the body's deadline. Endpoints stay plain functions that may block on the database (they
+    find the principal cached by ``authenticate``); the event loop never blocks.
     """
 
     def decorate(func: Callable[[Request], Response]) -> Callable[[Request], Any]:
         @functools.wraps(func)
         async def wrapper(request: Request) -> Response:
             require_acceptable(request, produced)
+            await run_in_threadpool(authenticate, request)
             request.state.body = await _read_bounded_body(request)
             return await run_in_threadpool(func, request)
 
@@ -248,20 +253,6 @@ def validate_attributes(
 # ---------------------------------------------------------------- collection queries
 
 
-@dataclass
-class CollectionQuery:
-    page_number: int = 1
-    page_size: int = DEFAULT_PAGE_SIZE
-    sort: list[tuple[str, bool]] = field(default_factory=list)  # (attribute, descending)
-    filters: dict[str, Any] = field(default_factory=dict)  # text, or a value parsed from it
-    fields: dict[str, set[str]] = field(default_factory=dict)
-    include: set[str] = field(default_factory=set)
-
-    @property
-    def offset(self) -> int:
-        return (self.page_number - 1) * self.page_size
-
-
 _FAMILY = re.compile(r"^(page|filter|fields)\[([a-z_]+)\]$")
 
 
@@ -283,7 +274,11 @@ def parse_collection_query(
     query = CollectionQuery()
     fields_by_type = fields_by_type or {}
     own = set(read_by_endpoint)
+    seen: set[str] = set()
     for name, value in request.query_params.multi_items():
+        if name in seen:
+            raise InvalidQueryParameter(f"'{name}' is given more than once.", parameter=name)
+        seen.add(name)
         if name in own:
             continue
         match = _FAMILY.match(name)

@@ -27,7 +27,7 @@ from api_server.schemas import (
 )
 from api_server.services import api_keys as api_key_service
 from api_server.services import datasources as datasource_service
-from api_server.services import sql_parameters
+from api_server.services import listing, sql_parameters
 from api_server.services import sql_snippets as snippet_service
 from shared import openapi as oa
 from shared.ids import RESOURCE_ID_PATTERN
@@ -117,8 +117,8 @@ def collection_parameters(
         ),
         oa.query_parameter(
             "page[size]",
-            f"Resources per page (default {jsonapi.DEFAULT_PAGE_SIZE}).",
-            oa.integer(minimum=1, maximum=jsonapi.MAX_PAGE_SIZE, default=jsonapi.DEFAULT_PAGE_SIZE),
+            f"Resources per page (default {listing.DEFAULT_PAGE_SIZE}).",
+            oa.integer(minimum=1, maximum=jsonapi.MAX_PAGE_SIZE, default=listing.DEFAULT_PAGE_SIZE),
         ),
         oa.query_parameter(
             "sort",

@@ -90,6 +90,13 @@ class RequestTimeout(AppError):
     status, code, title = 408, "request_timeout", "Request timeout"
 
 
+class ClientGone(AppError):
+    """The client hung up mid-request: nobody reads this answer, but the request ends as the
+    client's doing (a 4xx in the metrics), not as a server error with a traceback."""
+
+    status, code, title = 400, "client_disconnected", "Client closed the request"
+
+
 class PayloadTooLarge(AppError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 

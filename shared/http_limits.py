@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import h11
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
@@ -24,6 +24,7 @@ from uvicorn.server import ServerState
 from shared.errors import (
     AppError,
     BadRequest,
+    ClientGone,
     HeaderFieldsTooLarge,
     PayloadTooLarge,
     RequestTimeout,
@@ -39,6 +40,10 @@ KEEP_ALIVE_SECONDS = 5
 # ended) until the whole head has arrived; then the connection is closed. Half-open connections
 # would otherwise count against DATAFERRY_MAX_CONNECTIONS for ever.
 REQUEST_HEAD_TIMEOUT_SECONDS = 10.0
+# How long a response may sit unsent because the client stopped reading (the write buffer stays
+# above its high-water mark); then the connection is dropped. Without it a client that pipelines
+# requests, or starts a large download, and never reads would hold its connection for ever.
+SEND_STALL_TIMEOUT_SECONDS = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # the server buffer any amount before the middleware here sees a byte of it.
         "http": BoundedH11Protocol,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        # No WebSocket route exists: an upgrade is an ordinary request (404), not a plain-text 403.
+        "ws": "none",
     }
 
 
@@ -76,6 +83,7 @@ class BoundedH11Protocol(H11Protocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.send_deadline: asyncio.TimerHandle | None = None
         # The limit is checked by ``_admit`` instead of uvicorn, whose 503 is plain text.
         self.connection_limit, self.limit_concurrency = self.limit_concurrency, None
         self.app_within_limit, self.app = self.app, self._admit
@@ -98,7 +106,19 @@ class BoundedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
+        self._disarm_send_deadline()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.send_deadline is None:
+            self.send_deadline = self.loop.call_later(
+                SEND_STALL_TIMEOUT_SECONDS, self._send_stalled
+            )
+
+    def resume_writing(self) -> None:
+        self._disarm_send_deadline()
+        super().resume_writing()
 
     def send_400_response(self, msg: str) -> None:
         error = BadRequest("The request is not valid HTTP/1.1.", code="invalid_http_request")
@@ -120,10 +140,10 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """uvicorn's own test, counted once this request's task exists: the task is one of
-        ``self.tasks`` here, while uvicorn counted before adding it."""
+        """At most ``limit`` connections, this one included, and as many running requests (this
+        request's task is already one of ``self.tasks`` here)."""
         limit = self.connection_limit
-        if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
+        if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
             logger.warning("refused a request: %d connections are open", len(self.connections))
             error = ServiceUnavailable(
                 f"The server holds its limit of {limit} connections; try again shortly.",
@@ -144,6 +164,17 @@ class BoundedH11Protocol(H11Protocol):
         if self.head_deadline is not None:
             self.head_deadline.cancel()
             self.head_deadline = None
+
+    def _disarm_send_deadline(self) -> None:
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
+
+    def _send_stalled(self) -> None:
+        """Nothing was read for the whole deadline: drop the connection and its unsent bytes."""
+        self.send_deadline = None
+        logger.info("dropped a connection whose client stopped reading")
+        self.transport.abort()
 
     def _head_deadline_passed(self) -> None:
         self.head_deadline = None
@@ -195,6 +226,9 @@ async def read_body_within(request: Request, max_bytes: int) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(
-            f"The request body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s."
+            f"The request body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s.",
+            headers={"Connection": "close"},  # the rest of the body would be read as a request
         ) from None
+    except ClientDisconnect:
+        raise ClientGone("The client closed the connection before its body arrived.") from None
     return b"".join(chunks)

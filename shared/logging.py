@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from typing import TextIO
@@ -29,6 +30,22 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _OneLineFormatter(logging.Formatter):
+    """A record is one line, whatever text it quotes: a control character a client sent (a
+    decoded ``%0a`` in a path, say) is written escaped, so no client can forge a log line.
+    Tracebacks, appended after the message, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _CONTROL.sub(_escape, super().formatMessage(record))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 def configure_logging(level: str = "INFO") -> None:
     """One line per record on stderr, with the request id; idempotent."""
     root = logging.getLogger()
@@ -40,6 +57,6 @@ def configure_logging(level: str = "INFO") -> None:
     handler._dataferry = True  # type: ignore[attr-defined]
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        _OneLineFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
     root.addHandler(handler)

@@ -20,6 +20,13 @@ logger = logging.getLogger("dataferry.access")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+def _path_as_sent(scope: Scope) -> str:
+    """The path still percent-encoded, as the client sent it (``%0a`` stays three characters);
+    never the query, which may carry a data token."""
+    raw = scope.get("raw_path")
+    return raw.decode("ascii", "backslashreplace") if raw else scope["path"]
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -51,7 +58,7 @@ class RequestContextMiddleware:
             logger.info(
                 "%s %s %d %.1fms",
                 scope["method"],
-                scope["path"],
+                _path_as_sent(scope),
                 status["code"],
                 (time.perf_counter() - started) * 1000,
             )

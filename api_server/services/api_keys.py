@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api_server.jsonapi import CollectionQuery
 from api_server.permissions import Permission
-from api_server.services.listing import list_page
+from api_server.services.listing import CollectionQuery, list_page
 from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, utcnow
 from shared.errors import Conflict, NotFound
 from shared.state_secrets import ServerSecrets

@@ -9,8 +9,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from api_server.auth import Principal
-from api_server.jsonapi import CollectionQuery
 from api_server.schemas import DatasourceCreate, DatasourceUpdate
+from api_server.services.listing import CollectionQuery
 from shared.datapaths import relative_to_root, resolve_in_data_root
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution

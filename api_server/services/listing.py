@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from api_server.jsonapi import CollectionQuery
+DEFAULT_PAGE_SIZE = 20
+
+
+@dataclass
+class CollectionQuery:
+    page_number: int = 1
+    page_size: int = DEFAULT_PAGE_SIZE
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (attribute, descending)
+    filters: dict[str, Any] = field(default_factory=dict)  # text, or a value parsed from it
+    fields: dict[str, set[str]] = field(default_factory=dict)
+    include: set[str] = field(default_factory=set)
+
+    @property
+    def offset(self) -> int:
+        return (self.page_number - 1) * self.page_size
 
 
 def list_page(

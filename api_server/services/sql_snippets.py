@@ -17,8 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_server.auth import Principal
-from api_server.jsonapi import CollectionQuery
-from api_server.services.listing import list_page
+from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.sql_text import skip_protected
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound, Unprocessable
