@@ -564,8 +564,9 @@ def _schemas() -> dict[str, oa.Schema]:
                     "A short-lived token for exactly this data key: send it to the data server "
                     "as `Authorization: Data <token>`."
                 ),
+                "data_url": DATA_URL,
             },
-            ["data_key", "data_access_token"],
+            ["data_key", "data_access_token", "data_url"],
             closed=False,
         ),
         "ConnectionTestResult": oa.obj(
@@ -951,6 +952,13 @@ def _datasource_paths() -> dict[str, Any]:
     }
 
 
+DATA_URL = oa.string(
+    "The data on the region's public data-server address with the token in its query "
+    "(`?token=`), for clients that cannot send headers: it expires with the token.",
+    format="uri",
+)
+
+
 def _execution_paths() -> dict[str, Any]:
     tag = "Executions"
     run, read = needs(*executions.RUN_PERMISSIONS), needs(*executions.READ_PERMISSIONS)
@@ -959,8 +967,9 @@ def _execution_paths() -> dict[str, Any]:
             "data_key": oa.string("Where the data server finds the result."),
             "data_access_token": oa.string("Send as `Authorization: Data <token>`."),
             "data_timestamp": oa.integer("When the execution completed, in unix seconds."),
+            "data_url": DATA_URL,
         },
-        ["data_key", "data_access_token", "data_timestamp"],
+        ["data_key", "data_access_token", "data_timestamp", "data_url"],
         closed=False,
     )
     return {

@@ -1,63 +1,228 @@
-"""Encoder throughput without HTTP: each result format against in-process DuckDB → Arrow.
+"""Result formats: encoder throughput in process, then server-bound rates through a real data
+server, each as a ratio to the in-process baseline.
 
-Baseline: in-process DuckDB streaming the result as Arrow batches. Then the stored Arrow IPC file
-is encoded in every format by ``data_server.formats.encode_result`` (the data server's code path
-minus the socket), and each rate is printed as a ratio to the baseline.
+Baseline: in-process DuckDB streaming the result as Arrow batches. Then:
+
+1. the stored Arrow IPC file encoded in every format by ``data_server.formats.encode_result``
+   (the data server's code path minus the socket and the store);
+2. a real data server (``python -m data_server serve --no-workers``) on 127.0.0.1, the result
+   published into its store and a token minted from its keys: each format fetched whole twice
+   (the first fetch materialises the representation, the second serves the stored one), with
+   and without ``Accept-Encoding`` / ``?compression=``; rate, bytes on the wire;
+3. with ``--memory-rows``: two clients fetching one large result as JSON at once, the data
+   server's RSS growth sampled from /proc (the issue's "1 GB result" figure).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import duckdb
+import httpx
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_server.formats import ResultFormat, encode_result
+from shared.results import open_result_store, result_object_key
+from shared.settings import Settings
+from shared.tokens import Scope, SigningKeyring, mint_data_token, new_data_key
 
+ROOT = Path(__file__).resolve().parent.parent
+# The issue's table: ints, doubles, strings and timestamps, seven columns.
 RESULT_SQL = (
-    "SELECT range AS id, range * 0.5 AS amount, 'name' || range AS name,"
-    " DATE '2024-01-01' + (range % 365)::INTEGER AS day FROM range({rows})"
+    "SELECT range AS id, range * 7 AS qty, (range * 0.37)::DOUBLE AS price,"
+    " ((range % 1000) / 3.0)::DOUBLE AS score, 'name ' || range AS name,"
+    " 'city ' || (range % 50) AS city,"
+    " TIMESTAMP '2024-01-01' + INTERVAL (range) SECOND AS at FROM range({rows})"
 )
+WIDE_SQL = "SELECT range AS id, repeat('x', 200) || range AS padding FROM range({rows})"
+SERVED = [
+    ("arrow", {}, {}),
+    ("arrow", {"compression": "zstd"}, {}),
+    ("parquet", {}, {}),
+    ("csv", {}, {}),
+    ("csv", {}, {"Accept-Encoding": "zstd"}),
+    ("json", {}, {}),
+    ("json", {}, {"Accept-Encoding": "gzip"}),
+    ("json", {}, {"Accept-Encoding": "zstd"}),
+    ("json", {}, {"Accept-Encoding": "br"}),
+    ("records", {}, {}),
+    ("ndjson", {}, {}),
+    ("ndjson", {}, {"Accept-Encoding": "zstd"}),
+]
+
+
+def _write_arrow(connection: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
+    reader = connection.execute(sql).to_arrow_reader(65536)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+
+
+def in_process(connection: duckdb.DuckDBPyConnection, rows: int, path: Path) -> float:
+    started = time.perf_counter()
+    reader = connection.execute(RESULT_SQL.format(rows=rows)).to_arrow_reader(65536)
+    assert sum(batch.num_rows for batch in reader) == rows
+    baseline = rows / (time.perf_counter() - started)
+    print(f"baseline in-process DuckDB→Arrow {baseline / 1e6:8.2f} M rows/s   ratio 1.00")
+    for fmt in ResultFormat:
+        started = time.perf_counter()
+        size = sum(map(len, encode_result(pa.OSFile(str(path), "rb"), fmt)))
+        rate = rows / (time.perf_counter() - started)
+        print(
+            f"encode {fmt.name_in_query:8}                 {rate / 1e6:8.2f} M rows/s"
+            f"   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB)"
+        )
+    return baseline
+
+
+class DataServer:
+    """A data server without workers on 127.0.0.1, serving results published into its store."""
+
+    def __init__(self, state_dir: Path) -> None:
+        port = _free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")},
+            "PYTHONPATH": str(ROOT),
+            "DATAFERRY_STATE_DIR": str(state_dir),
+            "DATAFERRY_DATA_PORT": str(port),
+            "DATAFERRY_SAMPLE_SCALE": "0.001",
+            "DATAFERRY_LOG_LEVEL": "WARNING",
+        }
+        self.settings = Settings.from_env(self.env)
+        self.url = f"http://127.0.0.1:{port}"
+        self.store = open_result_store(self.settings)
+        self.signing_keys = SigningKeyring(
+            self.settings
+        )  # the key pair, before the server reads it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "data_server", "serve", "--no-workers"],
+            env=self.env,
+            cwd=state_dir,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the data server did not become ready")
+
+    def publish(self, path: Path) -> tuple[str, str]:
+        data_key = new_data_key(Scope.EXECUTION_RESULT)
+        self.store.publish(path, result_object_key(data_key))
+        token = mint_data_token(
+            self.signing_keys,
+            self.settings,
+            organization_id="bench",
+            data_key=data_key,
+            scope=Scope.EXECUTION_RESULT,
+        )
+        return data_key, token
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fetch(url: str, token: str, params: dict, headers: dict) -> tuple[float, int]:
+    started = time.perf_counter()
+    size = 0
+    with httpx.stream(
+        "GET",
+        url,
+        params=params,
+        headers={"Accept-Encoding": "identity", **headers, "Authorization": f"Data {token}"},
+        timeout=600,
+    ) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw(1 << 20):
+            size += len(chunk)
+    return time.perf_counter() - started, size
+
+
+def served(server: DataServer, path: Path, rows: int, baseline: float) -> None:
+    data_key, token = server.publish(path)
+    url = f"{server.url}/data/{data_key}"
+    print("\nserved by a real data server (first fetch materialises, then served as stored):")
+    for fmt, params, headers in SERVED:
+        label = fmt + "".join(f" {v}" for v in [*params.values(), *headers.values()])
+        first, size = _fetch(url, token, {"format": fmt, **params}, headers)
+        again, _ = _fetch(url, token, {"format": fmt, **params}, headers)
+        print(
+            f"{label:20} first {rows / first / 1e6:7.2f} M rows/s (ratio {rows / first / baseline:.2f})"
+            f"   stored {rows / again / 1e6:7.2f} M rows/s (ratio {rows / again / baseline:.2f})"
+            f"   {size / 1e6:8.1f} MB on the wire"
+        )
+
+
+def memory(server: DataServer, connection: duckdb.DuckDBPyConnection, rows: int, tmp: Path) -> None:
+    path = tmp / "wide.arrow"
+    _write_arrow(connection, WIDE_SQL.format(rows=rows), path)
+    data_key, token = server.publish(path)
+    url = f"{server.url}/data/{data_key}"
+    baseline, peak, sizes = server.rss(), 0, []
+
+    def fetch() -> None:
+        sizes.append(_fetch(url, token, {"format": "json"}, {})[1])
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        peak = max(peak, server.rss())
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    print(
+        f"\ntwo clients fetching one {sizes[0] / 1e9:.2f} GB JSON result at once ({elapsed:.1f} s):"
+        f" data server RSS {baseline / 1e6:.0f} MB → peak {peak / 1e6:.0f} MB"
+        f" (growth {(peak - baseline) / 1e6:.0f} MB)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--memory-rows", type=int, default=0, help="e.g. 4500000 for ~1 GB JSON")
     args = parser.parse_args()
-    rows = args.rows
-
-    with tempfile.TemporaryDirectory() as tmp, duckdb.connect() as connection:
-        path = str(Path(tmp) / "result.arrow")
-        started = time.perf_counter()
-        reader = connection.execute(RESULT_SQL.format(rows=rows)).to_arrow_reader(65536)
-        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-        stored = time.perf_counter() - started
-
-        started = time.perf_counter()
-        reader = connection.execute(RESULT_SQL.format(rows=rows)).to_arrow_reader(65536)
-        assert sum(batch.num_rows for batch in reader) == rows
-        baseline = rows / (time.perf_counter() - started)
-        print(f"baseline in-process DuckDB→Arrow {baseline / 1e6:8.2f} M rows/s   ratio 1.00")
-        print(
-            f"store as Arrow IPC file          {rows / stored / 1e6:8.2f} M rows/s"
-            f"   ratio {rows / stored / baseline:.2f}"
-        )
-        for fmt in ResultFormat:
-            started = time.perf_counter()
-            size = sum(map(len, encode_result(pa.OSFile(path, "rb"), fmt)))
-            rate = rows / (time.perf_counter() - started)
-            print(
-                f"encode {fmt.name_in_query:8}                 {rate / 1e6:8.2f} M rows/s"
-                f"   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB)"
-            )
+    with tempfile.TemporaryDirectory() as tmp_name, duckdb.connect() as connection:
+        tmp = Path(tmp_name)
+        path = tmp / "result.arrow"
+        _write_arrow(connection, RESULT_SQL.format(rows=args.rows), path)
+        baseline = in_process(connection, args.rows, path)
+        server = DataServer(tmp / "state")
+        try:
+            served(server, path, args.rows, baseline)
+            if args.memory_rows:
+                memory(server, connection, args.memory_rows, tmp)
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from data_server.auth import PublicKeyring
 from data_server.routes import routes
@@ -51,17 +52,49 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(MetricsMiddleware),
+            *_cors(settings),
             Middleware(RequestLimitsMiddleware),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # "/data/x/" is a 404 like any unknown path, not a redirect built from the Host header.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.metrics = Metrics(sessions)
     app.state.result_store = store
     app.state.keyring = PublicKeyring(settings)
     return app
+
+
+# What a browser page may send and read: the token header, ranges and validators.
+CORS_REQUEST_HEADERS = ["Authorization", "Range", "If-Range", "If-None-Match", "Accept"]
+CORS_EXPOSED_HEADERS = [
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "ETag",
+    "Content-Encoding",
+    "Content-Disposition",
+    "X-Request-Id",
+]
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS for the configured origins only (``DATAFERRY_CORS_ORIGINS``); off by default."""
+    if not settings.cors_origin_list:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "HEAD"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
+    ]
 
 
 def start_workers(

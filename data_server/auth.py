@@ -1,4 +1,5 @@
-"""``Authorization: Data <token>`` → DataGrant, decided before any storage is touched.
+"""``Authorization: Data <token>`` (or ``?token=``) → DataGrant, decided before any storage is
+touched.
 
 The data server holds public keys only. It reads them from the region's key directory, or from
 the API server's JWKS document when ``DATAFERRY_JWKS_URL`` is set. A rotation (a new key, an old
@@ -20,6 +21,7 @@ from starlette.requests import Request
 
 from shared.settings import Settings
 from shared.tokens import (
+    URL_TOKEN_PARAMETER,
     DataGrant,
     DirectoryWatch,
     PublicKey,
@@ -86,8 +88,14 @@ class PublicKeyring:
 
 
 def authorize_data_request(request: Request, data_key: str) -> DataGrant:
-    """One 401 for every kind of bad token; the data key's prefix says which scope is asked."""
+    """One 401 for every kind of bad token; the data key's prefix says which scope is asked.
+
+    The token comes from ``Authorization: Data <token>`` or, for clients that cannot send
+    headers (URL readers, browsers), from ``?token=`` of a grant's ``data_url``; both are
+    verified alike. The header wins when both are sent. The access log never holds the query."""
     scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    if not request.headers.get("authorization"):
+        scheme, token = "data", request.query_params.get(URL_TOKEN_PARAMETER, "")
     scope = scope_of_data_key(data_key)
     if scheme.lower() != "data" or not token.strip() or scope is None:
         raise invalid_token()

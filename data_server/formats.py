@@ -1,7 +1,10 @@
-"""One stored Arrow IPC file, served as Arrow, JSON, NDJSON, CSV or Parquet, a batch at a time.
+"""One stored Arrow IPC file, served as Arrow, JSON, records JSON, NDJSON, CSV or Parquet.
 
-Memory stays bounded by one record batch whatever the result size: batches are read from the file
-one by one, encoded and handed on. The JSON mapping is lossless (docs/result-formats.md): integers
+Memory stays bounded by bytes whatever the result size: batches are read from the file one by
+one and cut into slices of at most ``SLICE_BYTES`` of Arrow data, each encoded and handed on. The
+encoders are deterministic (same file, format and options → same bytes), which lets the data
+server materialise a representation once and serve ranges of it (data_server/representations.py).
+JSON text is built a column at a time by data_server/json_text.py. The JSON mapping is lossless (docs/result-formats.md): integers
 stay exact numbers, decimals become strings with their scale, NaN and infinities become strings,
 times are ISO 8601, blobs base64.
 """
@@ -22,9 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from data_server import json_text
 from shared.errors import InvalidQueryParameter, NotAcceptable
 
 CHUNK_BYTES = 256 * 1024
+SLICE_BYTES = 4 * 1024 * 1024
 MAX_ROW_WINDOW = 2**63 - 1
 
 
@@ -35,6 +40,9 @@ class ResultFormat(enum.Enum):
     NDJSON = ("ndjson", "application/x-ndjson", "ndjson")
     CSV = ("csv", "text/csv", "csv")
     PARQUET = ("parquet", "application/vnd.apache.parquet", "parquet")
+    # An array of objects, one per row: what pandas, polars and DuckDB read as a table. Chosen
+    # with ?format=records only (its media type is JSON's, which keeps the default document).
+    RECORDS = ("records", "application/json", "records.json")
 
     @property
     def name_in_query(self) -> str:
@@ -54,13 +62,47 @@ class ResultFormat(enum.Enum):
 
 
 _BY_QUERY_NAME = {fmt.name_in_query: fmt for fmt in ResultFormat}
-_BY_MEDIA_TYPE = {fmt.media_type: fmt for fmt in ResultFormat} | {
+_BY_MEDIA_TYPE = {
+    fmt.media_type: fmt for fmt in ResultFormat if fmt is not ResultFormat.RECORDS
+} | {
     "application/ndjson": ResultFormat.NDJSON,
     "application/jsonl": ResultFormat.NDJSON,
 }
 # What a wildcard picks, best first: JSON is the default.
 _PREFERENCE = [ResultFormat.JSON, ResultFormat.NDJSON, ResultFormat.CSV, ResultFormat.ARROW]
 _PREFERENCE.append(ResultFormat.PARQUET)
+TEXT_FORMATS = frozenset(
+    {ResultFormat.JSON, ResultFormat.RECORDS, ResultFormat.NDJSON, ResultFormat.CSV}
+)
+
+
+class ArrowCompression(enum.Enum):
+    """Arrow IPC buffer compression, asked for with ``?compression=`` (Arrow only)."""
+
+    NONE = "none"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+    @property
+    def codec(self) -> str | None:
+        return {"none": None, "lz4": "lz4", "zstd": "zstd"}[self.value]
+
+
+def parse_compression(raw: str | None, fmt: ResultFormat) -> ArrowCompression:
+    if raw is None:
+        return ArrowCompression.NONE
+    try:
+        compression = ArrowCompression(raw.strip().lower())
+    except ValueError:
+        compression = None
+    if compression is None or (fmt is not ResultFormat.ARROW and compression.codec):
+        allowed = ", ".join(c.value for c in ArrowCompression)
+        raise InvalidQueryParameter(
+            f"compression is one of {allowed}, and other than none for arrow only; text "
+            "formats are compressed by Accept-Encoding, Parquet always is.",
+            parameter="compression",
+        )
+    return compression
 
 
 # ---------------------------------------------------------------------------- negotiation
@@ -155,6 +197,16 @@ def _row_count(raw: str | None, name: str) -> int | None:
 def _batches(
     reader: pa.ipc.RecordBatchFileReader, offset: int, limit: int | None
 ) -> Iterator[pa.RecordBatch]:
+    """Rows ``[offset, offset + limit)`` in slices of at most about ``SLICE_BYTES``."""
+    for batch in _window(reader, offset, limit):
+        rows = max(1, batch.num_rows * SLICE_BYTES // max(1, batch.get_total_buffer_size()))
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
+
+
+def _window(
+    reader: pa.ipc.RecordBatchFileReader, offset: int, limit: int | None
+) -> Iterator[pa.RecordBatch]:
     """The batches holding rows ``[offset, offset + limit)``, edge batches sliced."""
     remaining = limit
     skip = offset
@@ -175,13 +227,19 @@ def _batches(
 
 
 def encode_result(
-    source: pa.NativeFile, fmt: ResultFormat, offset: int = 0, limit: int | None = None
+    source: pa.NativeFile,
+    fmt: ResultFormat,
+    offset: int = 0,
+    limit: int | None = None,
+    compression: ArrowCompression = ArrowCompression.NONE,
 ) -> Iterator[bytes]:
     """Encoded chunks of the result; opening the file happens on the first ``next()``."""
     reader = pa.ipc.open_file(source)
     batches = _batches(reader, offset, limit)
-    encoder = _ENCODERS[fmt]
-    yield from _coalesce(encoder(reader.schema, batches))
+    if fmt is ResultFormat.ARROW:
+        yield from _coalesce(_arrow(reader.schema, batches, compression.codec))
+        return
+    yield from _coalesce(_ENCODERS[fmt](reader.schema, batches))
 
 
 def _coalesce(chunks: Iterator[bytes | pa.Buffer]) -> Iterator[bytes]:
@@ -223,9 +281,12 @@ class _Sink:
 # ---------------------------------------------------------------------------- Arrow, Parquet, CSV
 
 
-def _arrow(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+def _arrow(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch], codec: str | None = None
+) -> Iterator[bytes]:
     sink = _Sink()
-    with pa.ipc.new_stream(sink, schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=codec)
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
         for batch in batches:
             writer.write_batch(batch)
             yield from sink.drain()
@@ -299,22 +360,38 @@ def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
 # ---------------------------------------------------------------------------- JSON and NDJSON
 
 
-def _json(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+def _json(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
     columns = [{"name": field.name, "type": str(field.type)} for field in schema]
     yield b'{"columns":' + orjson.dumps(columns) + b',"rows":['
     count = 0
     for batch in batches:
-        rows = orjson.dumps(list(zip(*map(_json_values, batch.columns), strict=True)))
-        yield (b"," if count else b"") + rows[1:-1]
+        body = _rows(batch, keys=None, prefix=",", suffix="")
+        yield body[1:] if not count else body
         count += batch.num_rows
     yield b'],"row_count":' + str(count).encode() + b"}"
 
 
-def _ndjson(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
-    names = schema.names
+def _records(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
+    yield b"["
+    count = 0
     for batch in batches:
-        values = zip(*map(_json_values, batch.columns), strict=True)
-        yield b"".join(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n" for row in values)
+        body = _rows(batch, keys=schema.names, prefix=",\n", suffix="")
+        yield body[2:] if not count else body
+        count += batch.num_rows
+    yield b"]\n"
+
+
+def _ndjson(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
+    for batch in batches:
+        yield _rows(batch, keys=schema.names, prefix="", suffix="\n")
+
+
+def _rows(batch: pa.RecordBatch, *, keys: list[str] | None, prefix: str, suffix: str) -> pa.Buffer:
+    """The rows of a (non-empty) batch as JSON text, each framed by ``prefix`` and ``suffix``."""
+    if batch.num_columns:
+        return json_text.rows_body(batch, _json_values, keys=keys, prefix=prefix, suffix=suffix)
+    empty = b"{}" if keys is not None else b"[]"
+    return (prefix.encode() + empty + suffix.encode()) * batch.num_rows
 
 
 def _json_values(column: pa.Array) -> list[Any]:
@@ -393,6 +470,7 @@ _ENCODERS: dict[ResultFormat, Callable[[pa.Schema, Iterator[pa.RecordBatch]], It
     ResultFormat.ARROW: _arrow,
     ResultFormat.JSON: _json,
     ResultFormat.NDJSON: _ndjson,
+    ResultFormat.RECORDS: _records,
     ResultFormat.CSV: _csv,
     ResultFormat.PARQUET: _parquet,
 }

@@ -105,6 +105,10 @@ class UnsupportedMediaType(AppError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
 
+class RangeNotSatisfiable(AppError):
+    status, code, title = 416, "range_not_satisfiable", "Range not satisfiable"
+
+
 class Unprocessable(AppError):
     status, code, title = 422, "invalid_attribute", "Unprocessable entity"
 

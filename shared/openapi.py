@@ -31,6 +31,7 @@ from shared.errors import (
     NotAcceptable,
     NotFound,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     RequestTimeout,
     ServiceUnavailable,
     TooManyRequests,
@@ -40,6 +41,7 @@ from shared.errors import (
 )
 from shared.metrics import CONTENT_TYPE as PROMETHEUS_MEDIA_TYPE
 from shared.problems import JSONAPI_MEDIA_TYPE
+from shared.tokens import URL_TOKEN_PARAMETER
 
 OPENAPI_VERSION = "3.1.0"
 JSON_MEDIA_TYPE = "application/json"
@@ -232,6 +234,8 @@ _ERROR_RESPONSES: dict[type[AppError], str] = {
     UnsupportedMediaType: "The request body was not sent with the media type this operation takes.",
     Unprocessable: "The body is well-formed but its values are not valid; each problem is one "
     "error object whose `source.pointer` names the member at fault. Nothing was changed.",
+    RangeNotSatisfiable: "No range of the `Range` header starts within the representation; "
+    "`Content-Range: bytes */<size>` gives its size.",
     TooManyRequests: "A rate limit is used up; retry after `Retry-After` seconds.",
     HeaderFieldsTooLarge: "The request headers exceed 32 KiB.",
     ServiceUnavailable: "A dependency of the server cannot be reached right now.",
@@ -239,6 +243,7 @@ _ERROR_RESPONSES: dict[type[AppError], str] = {
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": "The scheme to authenticate with (`Api` or `Data`)."},
     405: {"Allow": "The methods this path takes."},
+    416: {"Content-Range": "`bytes */<size>`: the size of the representation."},
     429: {"Retry-After": "Seconds to wait before trying again."},
 }
 
@@ -308,6 +313,13 @@ SECURITY_SCHEMES = {
         "name": "Authorization",
         "description": "A short-lived data access token for exactly one data key, as issued by the "
         "API server: `Authorization: Data <token>`.",
+    },
+    "DataTokenInUrl": {
+        "type": "apiKey",
+        "in": "query",
+        "name": URL_TOKEN_PARAMETER,
+        "description": "The same data access token in the query, as a grant's `data_url` carries "
+        "it, for clients that cannot send headers. Ignored when `Authorization` is sent.",
     },
 }
 

@@ -6,6 +6,12 @@ filesystem. Either way an object is published whole — a local file by rename a
 object by a PUT or multipart upload that becomes visible only once complete — so a reader never
 sees a partial result; deletes are idempotent. Workers always write a result to local scratch
 space first (``scratch_dir``) and publish it from there.
+
+Next to a result's Arrow file the data server may store *variants*: the result encoded once in
+another representation (a format, its options, a content coding), published the same way, so
+that ranges and ETags of it are stable (docs/result-formats.md). Their names come from the
+closed catalogue ``VARIANTS``, which makes them enumerable per data key and lets
+``delete_stored_data`` remove them with the result.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ class ResultStore(Protocol):
 
     def read_bytes(self, key: str) -> bytes: ...
 
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes; None if it does not exist."""
+
     def delete(self, key: str) -> None:
         """Remove the object; no error if it is already gone."""
 
@@ -68,8 +77,32 @@ def schema_object_key(data_key: str) -> str:
     return f"schemas/{data_key}.json"
 
 
+# Every variant a result may have: the representations (a format and its options) and, for the
+# text ones, a content coding. data_server/representations.py names its variants from these.
+BINARY_VARIANTS = ("arrows", "arrows.lz4", "arrows.zstd", "parquet")
+TEXT_VARIANTS = ("json", "records.json", "ndjson", "csv")
+CODING_SUFFIXES = {"gzip": "gz", "zstd": "zst", "br": "br"}
+VARIANTS = frozenset(
+    [*BINARY_VARIANTS, *TEXT_VARIANTS]
+    + [f"{text}.{suffix}" for text in TEXT_VARIANTS for suffix in CODING_SUFFIXES.values()]
+)
+
+
+def variant_object_key(data_key: str, variant: str) -> str:
+    """Where a result's variant lives: beside the Arrow file, so data_key_of maps it back."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown result variant {variant!r}")
+    return f"results/{data_key}.v.{variant}"
+
+
+def stored_variants(store: ResultStore, data_key: str) -> dict[str, int]:
+    """The variants stored for a result, with their sizes in bytes (for storage accounting)."""
+    sizes = {name: store.size(variant_object_key(data_key, name)) for name in sorted(VARIANTS)}
+    return {name: size for name, size in sizes.items() if size is not None}
+
+
 def data_key_of(object_key: str) -> str:
-    """The data key an object key was made from (the inverse of the two functions above)."""
+    """The data key an object key was made from (the inverse of the object key functions)."""
     return object_key.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
@@ -79,15 +112,22 @@ def delete_stored_data(
     results: Iterable[str | None] = (),
     schemas: Iterable[str | None] = (),
 ) -> None:
-    """The one way to delete what executions stored: result and schema objects by data key.
+    """The one way to delete what executions stored: result objects with every variant, and
+    schema objects, by data key.
 
     Callers first commit the change that makes every row forget the keys (purged, deleted or
     never completed), then call this: a key a row no longer offers cannot be granted again, so
     nothing can be served once its object is gone. A store that fails here is logged, not raised:
     the change is committed already, and the janitor's orphan sweep deletes what is left."""
-    keys = [result_object_key(k) for k in results if k] + [
-        schema_object_key(k) for k in schemas if k
-    ]
+    keys = [
+        key
+        for data_key in results
+        if data_key
+        for key in (
+            result_object_key(data_key),
+            *(variant_object_key(data_key, name) for name in sorted(VARIANTS)),
+        )
+    ] + [schema_object_key(k) for k in schemas if k]
     for key in keys:
         try:
             store.delete(key)
@@ -140,6 +180,12 @@ class LocalResultStore:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise ResultGone("This result is no longer available.") from None
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -198,17 +244,19 @@ class S3ResultStore:
         return self.scratch_dir / name
 
     def publish(self, local_path: Path, key: str) -> None:
-        """Upload, then drop the local file; the object appears only when the upload completes."""
+        """Upload, then drop the local file; the object appears only when the upload completes.
+        (``compression=None``: pyarrow would otherwise compress keys ending in ``.zst``, ``.gz``
+        or ``.lz4`` once more.)"""
         with (
             open(local_path, "rb") as source,
-            self.fs.open_output_stream(self._path(key)) as target,
+            self.fs.open_output_stream(self._path(key), compression=None) as target,
         ):
             while chunk := source.read(UPLOAD_CHUNK_BYTES):
                 target.write(chunk)
         local_path.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        with self.fs.open_output_stream(self._path(key)) as target:
+        with self.fs.open_output_stream(self._path(key), compression=None) as target:
             target.write(data)
 
     def open(self, key: str) -> pa.NativeFile:
@@ -221,6 +269,10 @@ class S3ResultStore:
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as handle:
             return handle.read()
+
+    def size(self, key: str) -> int | None:
+        info = self.fs.get_file_info(self._path(key))
+        return info.size if info.type == pafs.FileType.File else None
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -70,7 +70,14 @@ class Settings:
         "PUBLIC_API_URL", "Base URL clients use for the API server (links, token issuer).", ""
     )
     public_data_url: str = _setting(
-        "PUBLIC_DATA_URL", "Base URL clients use for the data server (token audience).", ""
+        "PUBLIC_DATA_URL",
+        "Base URL clients use for the data server (grants' data_url); default from its host/port.",
+        "",
+    )
+    cors_origins: str = _setting(
+        "CORS_ORIGINS",
+        "Comma-separated origins whose browser pages may fetch data (CORS); default: none.",
+        "",
     )
     api_key_pepper: Secret | None = _setting(
         "API_KEY_PEPPER", "HMAC key for API key hashes; generated into the state dir if unset."
@@ -186,7 +193,9 @@ class Settings:
         if not self.public_api_url:
             object.__setattr__(self, "public_api_url", f"http://{self.api_host}:{self.api_port}")
         if not self.public_data_url:
-            object.__setattr__(self, "public_data_url", f"http://{self.data_host}:{self.data_port}")
+            host = _reachable(self.data_host)
+            object.__setattr__(self, "public_data_url", f"http://{host}:{self.data_port}")
+        object.__setattr__(self, "public_data_url", self.public_data_url.rstrip("/"))
         results_dir = (
             self.results_dir if str(self.results_dir) not in ("", ".") else state_dir / "results"
         )
@@ -221,9 +230,20 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
     @classmethod
     def documented_variables(cls) -> dict[str, str]:
         return {spec.metadata["env"]: spec.metadata["doc"] for spec in fields(cls)}
+
+
+def _reachable(host: str) -> str:
+    """A bind address as clients can reach it: a wildcard address means this host."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - mapping a wildcard, not binding to it
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _cast(name: str, type_name: Any, raw: str) -> Any:

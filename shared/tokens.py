@@ -1,7 +1,10 @@
 """Data access tokens (DESIGN.md §3): EdDSA JWTs bound to one data key, one scope, one region.
 
 The API server mints them with the region's private key; the data server verifies them with the
-public keys alone. Every way a token can be wrong ends in the same ``Unauthorized``.
+public keys alone. Every way a token can be wrong ends in the same ``Unauthorized``, except one:
+a token that would be valid in every other respect but has expired is told apart
+(``token_expired``), so a client knows to ask for a fresh grant. Telling it apart needs a valid
+signature, so forgeries stay indistinguishable from each other.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ ALGORITHM = "EdDSA"
 TOKEN_TYPE = "dataferry-data+jwt"  # noqa: S105 - a JWT "typ", not a secret
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "org", "scope", "iat", "nbf", "exp", "jti"]
 CLOCK_LEEWAY_SECONDS = 5
+# The query parameter of a grant's data_url that carries the token (never logged: the access log
+# writes the path alone).
+URL_TOKEN_PARAMETER = "token"  # noqa: S105 - a parameter name, not a token
 
 
 class Scope(StrEnum):
@@ -436,6 +442,14 @@ def invalid_token() -> Unauthorized:
     )
 
 
+def expired_token() -> Unauthorized:
+    return Unauthorized(
+        "This data access token has expired: ask the API server for a fresh grant.",
+        code="token_expired",
+        headers={"WWW-Authenticate": 'Data realm="dataferry", error="invalid_token"'},
+    )
+
+
 class KeyLookup(Protocol):
     def get(self, kid: str) -> Ed25519PublicKey | None: ...
 
@@ -448,23 +462,51 @@ def verify_data_token(
     data_key: str,
     scope: Scope,
 ) -> DataGrant:
-    """Check signature, algorithm, type, every claim, region, key digest and scope; else 401."""
+    """Check signature, algorithm, type, every claim, region, key digest and scope; else 401
+    (``token_expired`` only for a token that passes every check but its expiry)."""
+    try:
+        claims = _decode(token, public_keys, settings, verify_exp=True)
+    except jwt.ExpiredSignatureError:
+        claims = _decode(token, public_keys, settings, verify_exp=False)
+        _check_binding(claims, data_key, scope)
+        raise expired_token() from None
+    _check_binding(claims, data_key, scope)
+    return DataGrant(claims["org"], data_key, scope, int(claims["exp"]))
+
+
+def _decode(
+    token: str, public_keys: KeyLookup, settings: Settings, *, verify_exp: bool
+) -> dict[str, Any]:
+    """The verified claims; ExpiredSignatureError passes only when ``verify_exp`` (it is raised
+    after the signature has been checked); every other failure is the one 401."""
     try:
         header = jwt.get_unverified_header(token)
         key = public_keys.get(header.get("kid", ""))
         if key is None or header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE:
             raise invalid_token()
-        claims = jwt.decode(
+        return jwt.decode(
             token,
             key,
             algorithms=[ALGORITHM],
             audience=audience(settings),
             issuer=issuer(settings),
             leeway=CLOCK_LEEWAY_SECONDS,
-            options={"require": REQUIRED_CLAIMS, "verify_nbf": True, "verify_iat": True},
+            options={
+                "require": REQUIRED_CLAIMS,
+                "verify_nbf": True,
+                "verify_iat": True,
+                "verify_exp": verify_exp,
+            },
         )
+    except jwt.ExpiredSignatureError:
+        if verify_exp:
+            raise
+        raise invalid_token() from None
     except jwt.PyJWTError:
         raise invalid_token() from None
+
+
+def _check_binding(claims: dict[str, Any], data_key: str, scope: Scope) -> None:
     digest_ok = isinstance(claims.get("sub"), str) and hmac.compare_digest(
         claims["sub"], data_key_digest(data_key)
     )
@@ -474,4 +516,3 @@ def verify_data_token(
         or not isinstance(claims.get("org"), str)
     ):
         raise invalid_token()
-    return DataGrant(claims["org"], data_key, scope, int(claims["exp"]))

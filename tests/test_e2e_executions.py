@@ -117,7 +117,10 @@ def test_every_format_returns_the_in_process_values(client, shop):
     assert (done["result_rows"], done["result_columns"]) == (2, expected.num_columns)
     assert done["result_size"] > 0 and done["result_truncated"] is False
     grant = client.grant(execution["execution_id"])
-    assert set(grant) == {"data_key", "data_access_token", "data_timestamp"}
+    assert set(grant) == {"data_key", "data_access_token", "data_timestamp", "data_url"}
+    assert grant["data_url"] == (
+        f"{client.data_url}/data/{grant['data_key']}?token={grant['data_access_token']}"
+    )
 
     arrow = client.fetch(grant, "application/vnd.apache.arrow.stream")
     assert arrow.headers["content-type"] == "application/vnd.apache.arrow.stream"
@@ -293,7 +296,8 @@ def test_schema_refresh_and_fetch(client, shop):
     grant = httpx.get(
         f"{client.api_url}/datasources/{datasource_id}/schema", headers=client.headers
     ).json()
-    assert set(grant) == {"data_key", "data_access_token"}
+    assert set(grant) == {"data_key", "data_access_token", "data_url"}
+    assert httpx.get(grant["data_url"]).json() == client.fetch(grant).json()
     document = client.fetch(grant).json()
     tables = {t["name"] for s in document["schemas"] for t in s["tables"]}
     assert {"everything", "numbers"} <= tables

@@ -6,6 +6,7 @@ import io
 import json
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -210,3 +211,54 @@ def test_a_corrupt_file_fails_on_the_first_chunk(tmp_path):
     chunks = encode_result(pa.OSFile(str(path), "rb"), ResultFormat.JSON, 0, None)
     with pytest.raises(pa.ArrowInvalid):
         next(chunks)
+
+
+# ---------------------------------------------------------------------------- fast JSON text
+
+
+FAST_PATH_SQL = r"""
+SELECT * FROM (VALUES
+  (1::TINYINT, (-9223372036854775808)::BIGINT, 18446744073709551615::UBIGINT, 1.0::DOUBLE,
+   'NaN'::DOUBLE, 'a "quoted" \ back', E'tab\there', TRUE, DATE '2024-02-29',
+   TIME '13:45:31.5', TIMESTAMP '2024-03-31 01:30:00.123456', TIMESTAMP_NS '2024-01-01 00:00:00.123456789',
+   TIMESTAMP_S '1969-12-31 23:59:59', TIMESTAMPTZ '2024-03-31 01:30:00+02', 12.50::DECIMAL(10, 2),
+   'x'::ENUM('x', 'y'), 0.1::FLOAT, 'héllo ✓'),
+  (NULL, NULL, NULL, -0.0, 'Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+   NULL, NULL, NULL),
+  (3, 0, 0, 1e300, '-Infinity', '', '', FALSE, DATE '0001-01-01', TIME '00:00:00',
+   TIMESTAMP '0001-01-01 00:00:00', NULL, NULL, NULL, -0.01, 'y', NULL, ''),
+  (4, 1, 1, 5e-324, 2.5, 'plain', 'plain', TRUE, DATE '9999-12-31', TIME '23:59:59.999999',
+   TIMESTAMP '9999-12-31 23:59:59.999999', NULL, NULL, NULL, 0, 'x', 1.5, 'x')
+) AS t(i8, i64, u64, d, special, quoted, control, b, day, tod, ts, ns, s, tz, dec, e, f, utf)
+"""
+
+
+def _value_by_value(path: str, keys: bool) -> bytes:
+    """What the encoders wrote before the column-wise path: orjson of the mapped values."""
+    table = pa.ipc.open_file(path).read_all()
+    columns = [formats._json_values(column.combine_chunks()) for column in table.columns]
+    rows = list(zip(*columns, strict=True))
+    if keys:
+        return b"".join(
+            orjson.dumps(dict(zip(table.column_names, r, strict=True))) + b"\n" for r in rows
+        )
+    return orjson.dumps(rows)
+
+
+def test_column_wise_json_text_equals_the_value_by_value_mapping(tmp_path):
+    path = _store(tmp_path, FAST_PATH_SQL, batch_rows=2)
+    document = _encode(path, ResultFormat.JSON)
+    rows = document[document.index(b'"rows":') + 7 : document.rindex(b',"row_count"')]
+    assert rows == _value_by_value(path, keys=False)
+    assert _encode(path, ResultFormat.NDJSON) == _value_by_value(path, keys=True)
+    records = json.loads(_encode(path, ResultFormat.RECORDS))
+    assert records == [json.loads(line) for line in _value_by_value(path, keys=True).splitlines()]
+
+
+def test_slices_are_bounded_by_bytes_not_rows(tmp_path):
+    path = _store(tmp_path, "SELECT repeat('x', 1000) || range AS wide FROM range(20000)", 20000)
+    reader = pa.ipc.open_file(pa.OSFile(path, "rb"))
+    slices = list(formats._batches(reader, 0, None))
+    assert len(slices) > 1
+    assert sum(s.num_rows for s in slices) == 20000
+    assert max(s.nbytes for s in slices) <= 2 * formats.SLICE_BYTES

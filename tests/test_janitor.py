@@ -19,6 +19,7 @@ from shared.results import (
     S3ResultStore,
     result_object_key,
     schema_object_key,
+    variant_object_key,
 )
 from shared.tokens import Scope, new_data_key
 
@@ -73,8 +74,11 @@ def test_orphans_go_and_referenced_objects_stay(api, store):
             )
     keys = {
         "kept result": result_object_key(kept_result),
+        "kept variant": variant_object_key(kept_result, "csv.gz"),
         "kept schema": schema_object_key(kept_schema),
         "orphan result": result_object_key(orphan_result),
+        "orphan variant": variant_object_key(orphan_result, "json"),
+        "other orphan variant": variant_object_key(orphan_result, "parquet"),
         "orphan schema": schema_object_key(orphan_schema),
     }
     for key in keys.values():
@@ -82,11 +86,14 @@ def test_orphans_go_and_referenced_objects_stay(api, store):
 
     sessions = api.app.state.sessions
     assert janitor.remove_orphaned_objects(sessions, store) == 0, "within the grace: kept"
-    assert janitor.remove_orphaned_objects(sessions, store, now=LATER) == 2
+    assert janitor.remove_orphaned_objects(sessions, store, now=LATER) == 4
     assert {name: _exists(store, key) for name, key in keys.items()} == {
         "kept result": True,
+        "kept variant": True,
         "kept schema": True,
         "orphan result": False,
+        "orphan variant": False,
+        "other orphan variant": False,
         "orphan schema": False,
     }
     assert janitor.remove_orphaned_objects(sessions, store, now=LATER) == 0

@@ -97,9 +97,27 @@ def _bad_tokens(settings, key):
     yield "wrong-scheme", ("Bearer", _sign(_claims(settings), key))
     yield "malformed", ("Data", "not.a.jwt")
     yield "garbage", ("Data", "x" * 500)
+    # An expired token is told apart (token_expired) only when it is genuine in every other way.
+    expired = {"iat": now - 600, "nbf": now - 600, "exp": now - 300}
     yield (
-        "expired",
-        ("Data", _sign(_claims(settings, iat=now - 600, nbf=now - 600, exp=now - 300), key)),
+        "expired-wrong-signature",
+        ("Data", _sign(_claims(settings, **expired), SigningKey(key.kid, other))),
+    )
+    yield (
+        "expired-other-data-key",
+        (
+            "Data",
+            _sign(
+                _claims(
+                    settings, sub=data_key_digest(new_data_key(Scope.EXECUTION_RESULT)), **expired
+                ),
+                key,
+            ),
+        ),
+    )
+    yield (
+        "expired-wrong-audience",
+        ("Data", _sign(_claims(settings, aud=audience(other_region), **expired), key)),
     )
     yield "not-yet-valid", ("Data", _sign(_claims(settings, nbf=now + 300, exp=now + 600), key))
     yield "wrong-signature", ("Data", _sign(_claims(settings), SigningKey(key.kid, other)))

@@ -1,14 +1,21 @@
 """Collected last: no log line of the whole run holds a secret the suite handed out.
 
 The scenario here makes sure there is something to check even when this file runs alone: a
-password datasource, a bad and a good key, a rate-limited key, bound values, a data grant.
+password datasource, a bad and a good key, a rate-limited key, bound values, a data grant, and a
+fetch through a data URL (``?token=``), whose access-log line must hold the path only.
 """
 
 from __future__ import annotations
 
+import logging
+
 import orjson
+from starlette.testclient import TestClient
 
 from api_server.permissions import Permission
+from api_server.services.data_grants import data_url
+from data_server.app import create_app as create_data_app
+from shared.tokens import Scope, SigningKeyring, mint_data_token, new_data_key
 from tests.factories import Api
 from tests.log_watch import CAPTURE, SENSITIVE, everything_logged, remember
 
@@ -38,6 +45,29 @@ def _scenario(api: Api) -> None:
         headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
     )
     assert bad.status_code == 422
+    _fetch_by_data_url(api)
+
+
+def _fetch_by_data_url(api: Api) -> None:
+    """The data server's access log, for a request whose URL holds a token. (The test client's
+    own logger, which writes whole URLs, is not the server's and is kept quiet.)"""
+    settings = api.app.state.settings
+    data_key = new_data_key(Scope.EXECUTION_RESULT)
+    token = mint_data_token(
+        SigningKeyring(settings), settings, organization_id="o", data_key=data_key,
+        scope=Scope.EXECUTION_RESULT,
+    )  # fmt: skip
+    remember(token)
+    client_logger = logging.getLogger("httpx2")
+    level = client_logger.level
+    client_logger.setLevel(logging.WARNING)
+    try:
+        with TestClient(create_data_app(settings)) as data:
+            url = data_url(settings, data_key, token).removeprefix(settings.public_data_url)
+            assert data.get(url).status_code == 404  # authorised; nothing stored under the key
+    finally:
+        client_logger.setLevel(level)
+    assert any(f"GET /data/{data_key} 404" in line for line in CAPTURE.lines)
 
 
 def test_no_log_line_holds_a_key_token_password_or_bound_value(api):

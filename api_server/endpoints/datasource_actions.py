@@ -16,12 +16,12 @@ from starlette.responses import Response
 from api_server import jsonapi
 from api_server.auth import authenticate
 from api_server.permissions import Permission, require
-from api_server.services import datasources, executions
+from api_server.services import data_grants, datasources, executions
 from shared import lifecycle
 from shared.db.models import Execution
 from shared.errors import Conflict, InvalidQueryParameter, NotFound
 from shared.lifecycle import ExecutionStatus, ExecutionType
-from shared.tokens import Scope, mint_data_token
+from shared.tokens import Scope
 
 CONNECTION_TEST_TIMEOUT_SECONDS = 30
 SCHEMA_NAME = re.compile(r"^[^\x00-\x1f]{1,255}$")
@@ -96,11 +96,12 @@ def datasource_schema(request: Request) -> Response:
         if name is not None and name not in (datasource.schema_names or []):
             raise NotFound(f"The datasource has no schema named {name!r}.", code="schema_not_found")
         data_key = datasource.schema_data_key
-    token = mint_data_token(
-        state.signing_keys,
-        state.settings,
-        organization_id=principal.organization_id,
-        data_key=data_key,
-        scope=Scope.DATASOURCE_SCHEMA,
+    return jsonapi.json_response(
+        data_grants.grant_data(
+            state.signing_keys,
+            state.settings,
+            organization_id=principal.organization_id,
+            data_key=data_key,
+            scope=Scope.DATASOURCE_SCHEMA,
+        )
     )
-    return jsonapi.json_response({"data_key": data_key, "data_access_token": token})

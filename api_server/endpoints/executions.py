@@ -10,12 +10,12 @@ from starlette.responses import Response
 from api_server import jsonapi, serializers
 from api_server.auth import Principal, authenticate
 from api_server.permissions import Permission, require
-from api_server.services import executions
+from api_server.services import data_grants, executions
 from shared import lifecycle
 from shared.db.models import Execution
 from shared.errors import InvalidQueryParameter, Unprocessable
 from shared.results import delete_stored_data
-from shared.tokens import Scope, mint_data_token
+from shared.tokens import Scope
 
 # Cluvio: keys with Manage Dashboards or Manage Alerts may run SQL on (their) datasources.
 RUN_PERMISSIONS = (
@@ -115,7 +115,8 @@ def show_execution(request: Request) -> Response:
 
 @jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
 def execution_data(request: Request) -> Response:
-    """Cluvio's Get Execution Data: a data key and a fresh short-lived token, or 204."""
+    """Cluvio's Get Execution Data: a data key, a fresh short-lived token and ``data_url``, or
+    204."""
     principal = authenticate(request)
     require(principal, *READ_PERMISSIONS)
     state = request.app.state
@@ -123,19 +124,15 @@ def execution_data(request: Request) -> Response:
     if not executions.data_available(execution, state.settings):
         return Response(status_code=204)
     assert execution.data_key is not None and execution.completed_at is not None
-    token = mint_data_token(
-        state.signing_keys,
-        state.settings,
-        organization_id=principal.organization_id,
-        data_key=execution.data_key,
-        scope=Scope.EXECUTION_RESULT,
-    )
     return jsonapi.json_response(
-        {
-            "data_key": execution.data_key,
-            "data_access_token": token,
-            "data_timestamp": int(execution.completed_at.timestamp()),
-        }
+        data_grants.grant_data(
+            state.signing_keys,
+            state.settings,
+            organization_id=principal.organization_id,
+            data_key=execution.data_key,
+            scope=Scope.EXECUTION_RESULT,
+            data_timestamp=int(execution.completed_at.timestamp()),
+        )
     )
 
 

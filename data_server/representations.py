@@ -1,0 +1,187 @@
+"""Stable bytes per representation: a result encoded once per (format, options, content coding),
+stored beside its Arrow file, then served with a length, an ETag and ranges.
+
+A representation is materialised lazily, on its first request: encoded into the store's scratch
+space, compressed if a content coding was negotiated, and published like a result (rename after
+fsync, or a complete S3 upload), so a reader sees it whole or not at all. The encoders and
+compressors are deterministic (no timestamps in gzip headers, fixed levels, single-threaded), so
+two servers that race on a first request publish the same bytes and the race is benign; within
+one process the second request waits for the first. The ETag is derived from the data key and the
+variant name, so it is the same across grants, servers and re-materialisations.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+import brotli
+import pyarrow as pa
+import zstandard
+
+from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat, encode_result
+from shared.results import (
+    CODING_SUFFIXES,
+    ResultGone,
+    ResultStore,
+    result_object_key,
+    variant_object_key,
+)
+
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+BROTLI_QUALITY = 5
+
+
+class ContentCoding(enum.Enum):
+    """``Accept-Encoding`` codings for text formats, in the order preferred on a tie."""
+
+    ZSTD = "zstd"
+    BR = "br"
+    GZIP = "gzip"
+    IDENTITY = "identity"
+
+
+@dataclass(frozen=True)
+class Representation:
+    fmt: ResultFormat
+    compression: ArrowCompression = ArrowCompression.NONE
+    coding: ContentCoding = ContentCoding.IDENTITY
+
+    @property
+    def variant(self) -> str:
+        """The name of its stored object, from the catalogue in shared/results.py."""
+        name = self.fmt.extension
+        if self.fmt is ResultFormat.ARROW and self.compression.codec:
+            name += f".{self.compression.value}"
+        if self.coding is not ContentCoding.IDENTITY:
+            name += f".{CODING_SUFFIXES[self.coding.value]}"
+        return name
+
+    def etag(self, data_key: str) -> str:
+        digest = hashlib.sha256(f"{data_key}/{self.variant}".encode()).hexdigest()[:32]
+        return f'"{digest}"'
+
+
+def negotiate_coding(accept_encoding: str | None, fmt: ResultFormat) -> ContentCoding:
+    """The best coding the client accepts for a text format (RFC 9110 §12.5.3); identity for
+    binary formats (Arrow and Parquet compress inside the format) or when none is acceptable."""
+    if fmt not in TEXT_FORMATS or not accept_encoding:
+        return ContentCoding.IDENTITY
+    qualities: dict[str, float] = {}
+    for entry in accept_encoding.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if name:
+            qualities[name.lower()] = quality
+    best, best_q = ContentCoding.IDENTITY, 0.0
+    for coding in ContentCoding:
+        if coding is ContentCoding.IDENTITY:
+            break
+        quality = qualities.get(coding.value, qualities.get("*", 0.0))
+        if quality > best_q:
+            best, best_q = coding, quality
+    return best
+
+
+# ---------------------------------------------------------------------------- materialising
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _one_at_a_time(key: str) -> Iterator[None]:
+    with _locks_guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
+    with _locks_guard:
+        if not lock.locked():
+            _locks.pop(key, None)
+
+
+def open_representation(
+    store: ResultStore, data_key: str, representation: Representation
+) -> pa.NativeFile:
+    """A random-access reader of the representation, materialised first if it is not stored.
+
+    The Arrow file is checked first: a purged result is gone even if a variant written by a
+    request racing the purge is left over (the orphan sweep removes that)."""
+    source = store.open(result_object_key(data_key))
+    key = variant_object_key(data_key, representation.variant)
+    try:
+        try:
+            return store.open(key)
+        except ResultGone:
+            pass
+        with _one_at_a_time(key):
+            try:
+                return store.open(key)
+            except ResultGone:
+                _materialise(store, source, key, representation)
+        return store.open(key)
+    finally:
+        source.close()
+
+
+def _materialise(
+    store: ResultStore, source: pa.NativeFile, key: str, representation: Representation
+) -> None:
+    temp = store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}")
+    try:
+        with open(temp, "wb") as raw, _compressed(raw, representation.coding) as target:
+            for chunk in encode_result(
+                source, representation.fmt, compression=representation.compression
+            ):
+                target.write(chunk)
+        store.publish(temp, key)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _compressed(raw: IO[bytes], coding: ContentCoding) -> Iterator[Any]:
+    """A writer that compresses into ``raw``; identical input gives identical bytes. (Publishing
+    fsyncs the file.)"""
+    if coding is ContentCoding.GZIP:
+        with gzip.GzipFile(
+            filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
+        ) as out:
+            yield out
+    elif coding is ContentCoding.ZSTD:
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        with compressor.stream_writer(raw, closefd=False) as out:
+            yield out
+    elif coding is ContentCoding.BR:
+        writer = _BrotliWriter(raw)
+        yield writer
+        writer.finish()
+    else:
+        yield raw
+
+
+class _BrotliWriter:
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._compressor = brotli.Compressor(quality=BROTLI_QUALITY)
+
+    def write(self, data: Any) -> None:
+        self._raw.write(self._compressor.process(bytes(data)))
+
+    def finish(self) -> None:
+        self._raw.write(self._compressor.finish())
