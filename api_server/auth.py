@@ -22,6 +22,7 @@ class Principal:
     api_key_id: str
     permissions: frozenset[Permission]
     datasource_ids: frozenset[str] | None  # None: every datasource of the organisation
+    rate_policy: Policy  # the organisation's request limits, applied by ``limit_rate``
 
     def reaches_datasource(self, datasource_id: str) -> bool:
         return self.datasource_ids is None or datasource_id in self.datasource_ids
@@ -35,7 +36,8 @@ def unauthorized() -> Unauthorized:
 
 
 def authenticate(request: Request) -> Principal:
-    """Resolve the calling key once per request; the result is cached on ``request.state``."""
+    """Resolve the calling key once per request; the result is cached on ``request.state``.
+    Counting the request against its limits is the next, separate step: ``limit_rate``."""
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
@@ -52,11 +54,12 @@ def authenticate(request: Request) -> Principal:
             api_key_id=key.id,
             permissions=effective_permissions(Permission(p) for p in key.permissions),
             datasource_ids=None if key.datasource_ids is None else frozenset(key.datasource_ids),
+            rate_policy=rate_policy(
+                session.get_one(Organization, key.organization_id), app_state.settings
+            ),
         )
-        policy = rate_policy(session.get_one(Organization, key.organization_id), app_state.settings)
         api_keys.note_use(session, key)
     request.state.principal = principal
-    _count_request(request, principal, policy)
     return principal
 
 
@@ -67,9 +70,10 @@ def rate_policy(organization: Organization, settings: Settings) -> Policy:
     )
 
 
-def _count_request(request: Request, principal: Principal, policy: Policy) -> None:
-    """Every response to this request carries the key's standing (shared.middleware adds it)."""
-    decision = request.app.state.rate_limiter.hit(principal.api_key_id, policy)
+def limit_rate(request: Request, principal: Principal) -> None:
+    """Count this request against the key's limits (429 past them). Every response to the
+    request carries the key's standing (shared.middleware adds it)."""
+    decision = request.app.state.rate_limiter.hit(principal.api_key_id, principal.rate_policy)
     request.state.response_headers = decision.headers()
     if not decision.allowed:
         window = decision.tightest

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_server.auth import authenticate
+from api_server.auth import authenticate, limit_rate
 from api_server.services.listing import CollectionQuery
 from shared.errors import (
     AppError,
@@ -93,8 +93,9 @@ def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> 
 
 
 def endpoint(produced: str = JSONAPI_MEDIA_TYPE) -> Callable[[Callable[[Request], Response]], Any]:
-    """Turn a sync endpoint into a Starlette one: 406 first, then the caller authenticated (401,
-    429), then the body read (bounded), then the endpoint in a thread.
+    """Turn a sync endpoint into a Starlette one: 406 first, then the caller authenticated (401)
+    and counted against its rate limits (429), then the body read (bounded), then the endpoint in
+    a thread.
 
     The caller is known before its body is read, so an anonymous client cannot hold a connection
     for the body's deadline. Endpoints stay plain functions that may block on the database (they
@@ -105,13 +106,20 @@ def endpoint(produced: str = JSONAPI_MEDIA_TYPE) -> Callable[[Callable[[Request]
         @functools.wraps(func)
         async def wrapper(request: Request) -> Response:
             require_acceptable(request, produced)
-            await run_in_threadpool(authenticate, request)
+            await run_in_threadpool(_admit_caller, request)
             request.state.body = await _read_bounded_body(request)
             return await run_in_threadpool(func, request)
 
         return wrapper
 
     return decorate
+
+
+def _admit_caller(request: Request) -> None:
+    """Who calls (401), then whether it may call now (429): two steps, in this order, in a
+    thread (both may wait on the database or Redis)."""
+    principal = authenticate(request)
+    limit_rate(request, principal)
 
 
 async def _read_bounded_body(request: Request) -> bytes:

@@ -13,7 +13,9 @@ from contextlib import contextmanager, suppress
 import orjson
 import pytest
 from sqlalchemy import func, select
+from starlette.requests import Request
 
+from api_server.auth import authenticate
 from api_server.rate_limits import Policy, RateLimiter
 from shared.db.models import Execution, Organization
 from tests.factories import Api
@@ -57,6 +59,25 @@ def test_limit_plus_one_request_is_429_with_the_headers(limited):
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     error = refused.json()["errors"][0]
     assert (error["status"], error["code"]) == ("429", "rate_limited")
+
+
+def test_authentication_alone_counts_nothing(limited):
+    """Rate limiting is its own step of a request (``limit_rate``), not a side effect of
+    resolving the key: code that authenticates does not spend the caller's budget."""
+    org = limited.create_org()  # one request counted
+    for _ in range(3 * LIMIT):
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "headers": [(b"authorization", f"Api {org.key}".encode())],
+            "app": limited.app,
+            "state": {},
+        }
+        assert authenticate(Request(scope)).organization_id == org.id
+    answer = limited.get("/api_key", org.key)
+    assert answer.status_code == 200
+    assert answer.headers["x-ratelimit-remaining"] == str(LIMIT - 2)
 
 
 def test_another_organisation_and_another_key_are_unaffected(limited):
