@@ -107,10 +107,11 @@ class ResultDownload:
         timeout: float = 60.0,
         progress: ProgressCallback | None = None,
     ) -> None:
+        data_url = data_url or grants.current().data_server
         if not data_url:
             raise ConfigurationError(
-                "no data server URL: pass data_url, set DATAFERRY_DATA_URL or add data_url to "
-                "the profile"
+                "no data server URL: the grant names none; pass data_url, set "
+                "DATAFERRY_DATA_URL or add data_url to the profile"
             )
         self._url = urllib.parse.urlsplit(data_url)
         self._grants = grants

@@ -7,6 +7,7 @@ versions add are readable (``model.attributes["…"]``) before this client names
 from __future__ import annotations
 
 import enum
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -108,12 +109,25 @@ class DataGrant:
     data_key: str
     data_access_token: str = field(repr=False)
     data_timestamp: Any = None
+    data_url: str | None = field(default=None, repr=False)  # carries the token: never shown
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> DataGrant:
         return cls(
-            document["data_key"], document["data_access_token"], document.get("data_timestamp")
+            document["data_key"],
+            document["data_access_token"],
+            document.get("data_timestamp"),
+            document.get("data_url"),
         )
+
+    @property
+    def data_server(self) -> str | None:
+        """The region's public data-server address, read off ``data_url`` (servers that hand
+        out ``data_url`` say where their data lives, so no configuration is needed)."""
+        if not self.data_url:
+            return None
+        parts = urllib.parse.urlsplit(self.data_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,19 @@ def test_query_converts_to_arrow_polars_pandas_and_duckdb(dataferry, org):
         )
 
 
+def test_the_data_server_is_found_through_the_grant(org, monkeypatch, tmp_path):
+    """No data server configured: the grant's data_url says where the data lives."""
+    monkeypatch.delenv("DATAFERRY_DATA_URL", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with Client(org.api_url, org.api_key) as client:
+        assert client.config.data_url is None
+        result = client.query(org.sample_id, ORDERS)
+        assert result.to_arrow().num_rows == result.row_count > 1000
+        grant = client.executions.grant(result.execution.id)
+    assert grant.data_server == org.data_url
+    assert grant.data_access_token not in repr(grant)
+
+
 def test_query_by_datasource_name_with_parameters(dataferry):
     result = dataferry.query(
         "Sample Data",
