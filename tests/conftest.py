@@ -20,6 +20,7 @@ from tests.factories import Api
 from tests.log_watch import CAPTURE
 from tests.object_store import ObjectStore, running_object_store
 from tests.postgres import POSTGRES_SCHEMA, fresh_postgres_schema
+from tests.processes import Region, running_region
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -114,3 +115,13 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         object_store = request.getfixturevalue("object_store")
         bucket = object_store.new_bucket_url()
         yield {"DATAFERRY_DATABASE_URL": url, **object_store.settings_env(bucket)}
+
+
+@pytest.fixture(scope="session")
+def small_region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Region]:
+    """Real API and data servers, each accepting at most 4 connections: the connection tests
+    of several modules share them (each closes what it opens)."""
+    with running_region(
+        tmp_path_factory.mktemp("small-region"), {"DATAFERRY_MAX_CONNECTIONS": "4"}
+    ) as region:
+        yield region

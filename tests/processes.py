@@ -28,6 +28,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def socket_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http://host:port`` URL, for raw-socket tests."""
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
 def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment without DATAFERRY_* settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}

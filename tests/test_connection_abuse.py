@@ -22,7 +22,7 @@ from shared import http_limits
 from shared.errors import ClientGone, RequestTimeout
 from shared.logging import configure_logging
 from shared.settings import Settings
-from tests.processes import free_port, running_region
+from tests.processes import free_port, socket_address
 
 # ---------------------------------------------------------------------------- a reader that stops
 
@@ -150,30 +150,18 @@ def test_a_traceback_keeps_its_lines():
 # ---------------------------------------------------------------------------- real servers
 
 
-@pytest.fixture(scope="module")
-def region(tmp_path_factory):
-    """Both servers, each accepting at most 4 connections."""
-    with running_region(
-        tmp_path_factory.mktemp("abuse-region"), {"DATAFERRY_MAX_CONNECTIONS": "4"}
-    ) as started:
-        yield started
-
-
-def _address(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def _log(region) -> str:
-    return (region.cwd / "servers.log").read_text(errors="replace")
+def _log(small_region) -> str:
+    return (small_region.cwd / "servers.log").read_text(errors="replace")
 
 
 @pytest.mark.e2e
-def test_hanging_up_mid_body_leaves_no_traceback_and_no_500(region):
-    key = region.create_organization("Hangs up")["api_key"]
-    before = _log(region).count("Traceback")
+def test_hanging_up_mid_body_leaves_no_traceback_and_no_500(small_region):
+    key = small_region.create_organization("Hangs up")["api_key"]
+    before = _log(small_region).count("Traceback")
     for _ in range(3):
-        with socket.create_connection(_address(region.api_url), timeout=10) as connection:
+        with socket.create_connection(
+            socket_address(small_region.api_url), timeout=10
+        ) as connection:
             connection.sendall(
                 b"POST /datasources HTTP/1.1\r\nHost: x\r\nAuthorization: Api "
                 + key.encode()
@@ -181,39 +169,41 @@ def test_hanging_up_mid_body_leaves_no_traceback_and_no_500(region):
             )
             time.sleep(0.3)
     time.sleep(0.5)
-    assert _log(region).count("Traceback") == before
-    metrics = httpx.get(f"{region.api_url}/metrics", timeout=10).text
+    assert _log(small_region).count("Traceback") == before
+    metrics = httpx.get(f"{small_region.api_url}/metrics", timeout=10).text
     assert 'status="500"' not in metrics
 
 
 @pytest.mark.e2e
-def test_a_path_cannot_forge_a_log_line(region):
-    httpx.get(f"{region.api_url}/x%0aFORGED-LINE%0d", timeout=10)
+def test_a_path_cannot_forge_a_log_line(small_region):
+    httpx.get(f"{small_region.api_url}/x%0aFORGED-LINE%0d", timeout=10)
     time.sleep(0.3)
-    log = _log(region)
+    log = _log(small_region)
     assert "FORGED-LINE" in log
     assert not any(line.startswith("FORGED-LINE") for line in log.splitlines())
 
 
 @pytest.mark.e2e
-def test_the_connection_limit_counts_the_asking_connection_once(region):
+def test_the_connection_limit_counts_the_asking_connection_once(small_region):
     """With a limit of 4: three idle connections and one asking are served; a fourth idle one
     makes the asking connection the fifth, refused."""
-    idle = [socket.create_connection(_address(region.api_url), timeout=10) for _ in range(3)]
+    idle = [
+        socket.create_connection(socket_address(small_region.api_url), timeout=10) for _ in range(3)
+    ]
     try:
         time.sleep(0.3)
-        assert httpx.get(f"{region.api_url}/healthz", timeout=10).status_code == 200
-        idle.append(socket.create_connection(_address(region.api_url), timeout=10))
+        assert httpx.get(f"{small_region.api_url}/healthz", timeout=10).status_code == 200
+        idle.append(socket.create_connection(socket_address(small_region.api_url), timeout=10))
         time.sleep(0.3)
-        assert httpx.get(f"{region.api_url}/healthz", timeout=10).status_code == 503
+        assert httpx.get(f"{small_region.api_url}/healthz", timeout=10).status_code == 503
     finally:
         for connection in idle:
             connection.close()
 
 
 @pytest.mark.e2e
-def test_an_anonymous_body_is_refused_before_it_is_read(region):
-    with socket.create_connection(_address(region.api_url), timeout=10) as connection:
+def test_an_anonymous_body_is_refused_before_it_is_read(small_region):
+    with socket.create_connection(socket_address(small_region.api_url), timeout=10) as connection:
         connection.sendall(
             b"POST /datasources HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/vnd.api+json\r\nContent-Length: 100000\r\n\r\n"
@@ -226,8 +216,8 @@ def test_an_anonymous_body_is_refused_before_it_is_read(region):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("server", ["api", "data"])
-def test_a_websocket_upgrade_is_an_ordinary_jsonapi_404(region, server):
-    url = region.api_url if server == "api" else region.data_url
+def test_a_websocket_upgrade_is_an_ordinary_jsonapi_404(small_region, server):
+    url = small_region.api_url if server == "api" else small_region.data_url
     response = httpx.get(
         f"{url}/no-such-socket",
         headers={

@@ -22,7 +22,7 @@ from shared.db.models import SqlSnippet
 from shared.errors import RequestTimeout
 from shared.settings import Settings
 from tests.factories import JSONAPI, dump_tables, resource
-from tests.processes import running_region
+from tests.processes import running_region, socket_address
 
 
 @pytest.fixture
@@ -181,11 +181,6 @@ def test_a_real_server_refuses_a_huge_header_block_and_stays_up(tmp_path):
 # ---------------------------------------------------------------------------- connections
 
 
-def _address(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
 def _read_until_closed(connection: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (or 30 s pass)."""
     connection.settimeout(30)
@@ -221,20 +216,11 @@ def _jsonapi_error(answer: bytes) -> tuple[int, dict]:
     return int(lines[0].split()[1]), json.loads(body)["errors"][0]
 
 
-@pytest.fixture(scope="module")
-def small_region(tmp_path_factory):
-    """Both servers, each accepting at most 4 connections."""
-    with running_region(
-        tmp_path_factory.mktemp("small-region"), {"DATAFERRY_MAX_CONNECTIONS": "4"}
-    ) as region:
-        yield region
-
-
 @pytest.mark.e2e
 @pytest.mark.parametrize("server", ["api", "data"])
 def test_an_unparsable_request_is_a_jsonapi_400(small_region, server):
     url = small_region.api_url if server == "api" else small_region.data_url
-    with socket.create_connection(_address(url), timeout=10) as connection:
+    with socket.create_connection(socket_address(url), timeout=10) as connection:
         connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         status, error = _jsonapi_error(_read_until_closed(connection))
     assert (status, error["status"], error["code"]) == (400, "400", "invalid_http_request")
@@ -249,13 +235,13 @@ def test_half_open_connections_are_closed_after_the_head_deadline(small_region):
     held = []
     try:
         for url in urls:
-            answered = socket.create_connection(_address(url), timeout=10)
+            answered = socket.create_connection(socket_address(url), timeout=10)
             held.append(answered)
             answered.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert _read_response(answered).startswith(b"HTTP/1.1 200")
             answered.sendall(b"GET /healthz HTTP/1.1\r\n")
             for partial in (b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"GET /h"):
-                connection = socket.create_connection(_address(url), timeout=10)
+                connection = socket.create_connection(socket_address(url), timeout=10)
                 held.append(connection)
                 if partial:
                     connection.sendall(partial)
