@@ -187,17 +187,24 @@ def test_a_path_cannot_forge_a_log_line(small_region):
 
 
 @pytest.mark.e2e
+def _kept_alive(url: str) -> socket.socket:
+    """A connection the server has certainly accepted: one request answered, then idle (for
+    less than the 5 s keep-alive)."""
+    connection = socket.create_connection(socket_address(url), timeout=10)
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+    return connection
+
+
 def test_the_connection_limit_counts_the_asking_connection_once(small_region):
     """With a limit of 4: three idle connections and one asking are served; a fourth idle one
     makes the asking connection the fifth, refused."""
-    idle = [
-        socket.create_connection(socket_address(small_region.api_url), timeout=10) for _ in range(3)
-    ]
+    idle: list[socket.socket] = []
     try:
-        time.sleep(0.3)
+        for _ in range(3):
+            idle.append(_kept_alive(small_region.api_url))
         assert httpx.get(f"{small_region.api_url}/healthz", timeout=10).status_code == 200
-        idle.append(socket.create_connection(socket_address(small_region.api_url), timeout=10))
-        time.sleep(0.3)
+        idle.append(_kept_alive(small_region.api_url))
         assert httpx.get(f"{small_region.api_url}/healthz", timeout=10).status_code == 503
     finally:
         for connection in idle:
