@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from api_server.endpoints import datasource_actions
 from api_server.permissions import Permission, effective_permissions
 from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
@@ -42,6 +43,12 @@ class World:
         granted = permissions[:1] or (Permission.VIEW_ALERTS,)
         key = self.api.create_key(self.org, list(granted))
         return Caller("permitted", key, permissions=frozenset(granted))
+
+
+@pytest.fixture(autouse=True)
+def prompt_connection_tests(monkeypatch):
+    """No data server runs here, so Test Connection answers its own time-out: 1 s, not 30."""
+    monkeypatch.setattr(datasource_actions, "CONNECTION_TEST_TIMEOUT_SECONDS", 1)
 
 
 def build_world(api: Api) -> World:
