@@ -36,6 +36,21 @@ class DataferryClient:
         assert response.status_code == 200, response.text
         return response.json()["data"]["attributes"]
 
+    def create_duckdb_datasource(self, name: str, file_name: str) -> str:
+        """A datasource over a DuckDB file in the data root, created through the API; its id."""
+        response = self.http.post(
+            f"{self.api_url}/datasources",
+            headers={**self.headers, "Content-Type": "application/vnd.api+json"},
+            json={
+                "data": {
+                    "type": "datasources",
+                    "attributes": {"name": name, "database_type": "duckdb", "database": file_name},
+                }
+            },
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["data"]["id"]
+
     def execution(self, execution_id: str, wait: float = 0) -> dict[str, Any]:
         response = self.http.get(
             f"{self.api_url}/executions/{execution_id}",

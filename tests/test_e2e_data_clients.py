@@ -57,18 +57,7 @@ def datasource(region, client):
                 'customer ' || (range % 1000) AS name,
                 TIMESTAMP '2024-01-01' + INTERVAL (range) SECOND AS sold_at FROM range({ROWS})"""
         )
-    response = httpx.post(
-        f"{client.api_url}/datasources",
-        headers={**client.headers, "Content-Type": "application/vnd.api+json"},
-        json={
-            "data": {
-                "type": "datasources",
-                "attributes": {"name": "clients", "database_type": "duckdb", "database": path.name},
-            }
-        },
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["data"]["id"]
+    return client.create_duckdb_datasource("clients", path.name)
 
 
 @pytest.fixture(scope="module")

@@ -56,22 +56,7 @@ def shop(region, client):
     with duckdb.connect(str(path)) as connection:
         connection.execute(f"CREATE TABLE everything AS {TYPES_SQL}")
         connection.execute("CREATE TABLE numbers AS SELECT range AS n FROM range(250000)")
-    response = httpx.post(
-        f"{client.api_url}/datasources",
-        headers={**client.headers, "Content-Type": "application/vnd.api+json"},
-        json={
-            "data": {
-                "type": "datasources",
-                "attributes": {
-                    "name": "types",
-                    "database_type": "duckdb",
-                    "database": "types.duckdb",
-                },
-            }
-        },
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["data"]["id"], path
+    return client.create_duckdb_datasource("types", "types.duckdb"), path
 
 
 # What the JSON format must say for TYPES_SQL: exact integers beyond 2^53, decimals as strings with
@@ -337,20 +322,7 @@ def test_test_connection_reports_ok_and_error(region, client, shop):
     broken_path = region.cwd / "var" / "data" / "gone.duckdb"
     with duckdb.connect(str(broken_path)) as connection:
         connection.execute("CREATE TABLE t AS SELECT 1")
-    created = httpx.post(
-        f"{client.api_url}/datasources",
-        headers={**client.headers, "Content-Type": "application/vnd.api+json"},
-        json={
-            "data": {
-                "type": "datasources",
-                "attributes": {
-                    "name": "gone",
-                    "database_type": "duckdb",
-                    "database": "gone.duckdb",
-                },
-            }
-        },
-    ).json()["data"]["id"]
+    created = client.create_duckdb_datasource("gone", "gone.duckdb")
     broken_path.unlink()
     error = httpx.post(
         f"{client.api_url}/datasources/{created}/test_connection",
@@ -433,18 +405,7 @@ def test_deleting_a_datasource_ends_its_tokens_and_stored_results(
     path = region.cwd / "var" / "data" / "doomed.duckdb"
     with duckdb.connect(str(path)) as connection:
         connection.execute("CREATE TABLE t AS SELECT 1 AS a")
-    created = httpx.post(
-        f"{client.api_url}/datasources",
-        headers={**client.headers, "Content-Type": "application/vnd.api+json"},
-        json={
-            "data": {
-                "type": "datasources",
-                "attributes": {"name": "doomed", "database_type": "duckdb", "database": path.name},
-            }
-        },
-    )
-    assert created.status_code == 201, created.text
-    datasource_id = created.json()["data"]["id"]
+    datasource_id = client.create_duckdb_datasource("doomed", path.name)
     execution = client.run(datasource_id, "SELECT a FROM t")
     assert client.wait_until_done(execution["execution_id"])["execution_status"] == "completed"
     grant = client.grant(execution["execution_id"])
