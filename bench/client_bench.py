@@ -19,15 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from big_result import DATABASE_FILE, region_with_big_table
 from dataferry_client import Client
 
-from tests.processes import running_region
-
-RESULT_SQL = "SELECT range AS id, range * 0.5 AS amount, 'name' || range AS name, DATE '2024-01-01' + (range % 365)::INTEGER AS day FROM range({rows})"
 TARGET = 0.8
 SHM = Path("/dev/shm")  # noqa: S108 - memory-backed; the bench makes a private directory in it
 CPU: list[float] = []
@@ -62,64 +58,53 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        cwd = Path(tmp)
-        data = cwd / "var" / "data"
-        data.mkdir(parents=True)
-        with duckdb.connect(str(data / "bench.duckdb")) as connection:
-            connection.execute(f"CREATE TABLE big AS {RESULT_SQL.format(rows=args.rows)}")
-        env = {
-            "DATAFERRY_MAX_RESULT_ROWS": str(args.rows * 2),
-            "DATAFERRY_LOG_LEVEL": "WARNING",
-            "DATAFERRY_POLL_INTERVAL_SECONDS": "0.02",
-        }
-        with (
-            running_region(cwd, env) as region,
-            Client(
-                region.api_url, region.create_organization()["api_key"], data_url=region.data_url
-            ) as client,
-        ):
-            datasource = client.datasources.create(
-                name="bench", database_type="duckdb", database="bench.duckdb"
-            )
-            started = time.perf_counter()
-            result = client.query(datasource.id, "SELECT * FROM big", timeout=600)
+    with (
+        region_with_big_table(args.rows) as region,
+        Client(
+            region.api_url, region.create_organization()["api_key"], data_url=region.data_url
+        ) as client,
+    ):
+        datasource = client.datasources.create(
+            name="bench", database_type="duckdb", database=DATABASE_FILE
+        )
+        started = time.perf_counter()
+        result = client.query(datasource.id, "SELECT * FROM big", timeout=600)
+        print(
+            f"Client.query of {args.rows:,} rows (run and wait)   {time.perf_counter() - started:6.2f} s"
+            f"   ({result.execution.result_size / 1e6:.0f} MB stored)"
+        )
+        curl, kept, python = [], [], []
+        with tempfile.TemporaryDirectory(dir=SHM if SHM.is_dir() else None) as in_memory:
+            for _ in range(args.rounds):
+                curl.append(curl_seconds(client, result.execution_id))
+                python.append(client_seconds(client, result.execution_id, args.rows))
+                kept.append(curl_seconds(client, result.execution_id, f"{in_memory}/r.arrows"))
+        curl_rate = args.rows / statistics.median(curl)
+        client_rate = args.rows / statistics.median(python)
+        ratio = client_rate / curl_rate
+        print(
+            f"curl -o /dev/null (Arrow)              {curl_rate / 1e6:8.2f} M rows/s   (median of {args.rounds})"
+        )
+        print(
+            f"Client…result(id).to_arrow()           {client_rate / 1e6:8.2f} M rows/s   ratio {ratio:.2f} to curl (target ≥ {TARGET})"
+        )
+        print(
+            f"  for scale: curl -o <tmpfs file> (keeps the bytes, as the client must) "
+            f"{args.rows / statistics.median(kept) / 1e6:.2f} M rows/s; "
+            f"client ratio to it {statistics.median(kept) / statistics.median(python):.2f}"
+        )
+        print(
+            f"  client CPU per to_arrow: median {statistics.median(CPU):.2f} s "
+            f"(wall {statistics.median(python):.2f} s; curl wall {statistics.median(curl):.2f} s)"
+        )
+        print(
+            f"  per round, client/curl: {', '.join(f'{c / p:.2f}' for c, p in zip(curl, python, strict=True))}"
+        )
+        if ratio < TARGET:
             print(
-                f"Client.query of {args.rows:,} rows (run and wait)   {time.perf_counter() - started:6.2f} s"
-                f"   ({result.execution.result_size / 1e6:.0f} MB stored)"
+                f"  below the target of {TARGET}: curl to /dev/null keeps no bytes, the client "
+                "writes every one into memory (compare the tmpfs line)"
             )
-            curl, kept, python = [], [], []
-            with tempfile.TemporaryDirectory(dir=SHM if SHM.is_dir() else None) as in_memory:
-                for _ in range(args.rounds):
-                    curl.append(curl_seconds(client, result.execution_id))
-                    python.append(client_seconds(client, result.execution_id, args.rows))
-                    kept.append(curl_seconds(client, result.execution_id, f"{in_memory}/r.arrows"))
-            curl_rate = args.rows / statistics.median(curl)
-            client_rate = args.rows / statistics.median(python)
-            ratio = client_rate / curl_rate
-            print(
-                f"curl -o /dev/null (Arrow)              {curl_rate / 1e6:8.2f} M rows/s   (median of {args.rounds})"
-            )
-            print(
-                f"Client…result(id).to_arrow()           {client_rate / 1e6:8.2f} M rows/s   ratio {ratio:.2f} to curl (target ≥ {TARGET})"
-            )
-            print(
-                f"  for scale: curl -o <tmpfs file> (keeps the bytes, as the client must) "
-                f"{args.rows / statistics.median(kept) / 1e6:.2f} M rows/s; "
-                f"client ratio to it {statistics.median(kept) / statistics.median(python):.2f}"
-            )
-            print(
-                f"  client CPU per to_arrow: median {statistics.median(CPU):.2f} s "
-                f"(wall {statistics.median(python):.2f} s; curl wall {statistics.median(curl):.2f} s)"
-            )
-            print(
-                f"  per round, client/curl: {', '.join(f'{c / p:.2f}' for c, p in zip(curl, python, strict=True))}"
-            )
-            if ratio < TARGET:
-                print(
-                    f"  below the target of {TARGET}: curl to /dev/null keeps no bytes, the client "
-                    "writes every one into memory (compare the tmpfs line)"
-                )
 
 
 if __name__ == "__main__":

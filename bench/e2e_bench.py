@@ -11,21 +11,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.client import DataferryClient
-from tests.processes import running_region
+from big_result import DATABASE_FILE, RESULT_SQL, region_with_big_table
 
-RESULT_SQL = "SELECT range AS id, range * 0.5 AS amount, 'name' || range AS name, DATE '2024-01-01' + (range % 365)::INTEGER AS day FROM range({rows})"
+from tests.client import DataferryClient
 
 
 def baseline_rows_per_second(rows: int) -> float:
@@ -115,63 +112,37 @@ def main() -> None:
     one_row_baseline = in_process_one_row_seconds()
     print(f"baseline in-process DuckDB→Arrow   {baseline / 1e6:8.2f} M rows/s   ratio 1.00")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cwd = Path(tmp)
-        data = cwd / "var" / "data"
-        data.mkdir(parents=True)
-        with duckdb.connect(str(data / "bench.duckdb")) as connection:
-            connection.execute(f"CREATE TABLE big AS {RESULT_SQL.format(rows=args.rows)}")
-        env = {
-            "DATAFERRY_MAX_RESULT_ROWS": str(args.rows * 2),
-            "DATAFERRY_LOG_LEVEL": "WARNING",
-            "DATAFERRY_POLL_INTERVAL_SECONDS": "0.02",
-        }
-        with running_region(cwd, env) as region:
-            client = DataferryClient(
-                region.api_url, region.data_url, region.create_organization()["api_key"]
-            )
-            created = httpx.post(
-                f"{client.api_url}/datasources",
-                headers={**client.headers, "Content-Type": "application/vnd.api+json"},
-                json={
-                    "data": {
-                        "type": "datasources",
-                        "attributes": {
-                            "name": "bench",
-                            "database_type": "duckdb",
-                            "database": "bench.duckdb",
-                        },
-                    }
-                },
-            ).json()["data"]["id"]
-            started = time.perf_counter()
-            execution = client.run(created, "SELECT * FROM big")
-            done = client.wait_until_done(execution["execution_id"], timeout=600)
-            assert done["execution_status"] == "completed", done
-            run_seconds = time.perf_counter() - started
+    with region_with_big_table(args.rows) as region:
+        client = DataferryClient(
+            region.api_url, region.data_url, region.create_organization()["api_key"]
+        )
+        created = client.create_duckdb_datasource("bench", DATABASE_FILE)
+        started = time.perf_counter()
+        execution = client.run(created, "SELECT * FROM big")
+        done = client.wait_until_done(execution["execution_id"], timeout=600)
+        assert done["execution_status"] == "completed", done
+        run_seconds = time.perf_counter() - started
+        print(
+            f"execution of SELECT * ({args.rows:,} rows)   {args.rows / run_seconds / 1e6:8.2f} M rows/s   ratio {args.rows / run_seconds / baseline:.2f}   ({done['result_size'] / 1e6:.0f} MB stored)"
+        )
+        pid = region.data_server.pid
+        for fmt in ("arrow", "json", "ndjson"):
+            grant = client.grant(execution["execution_id"])
+            seconds, size, growth = timed_fetch(client, grant, fmt, pid)
+            rate = args.rows / seconds
             print(
-                f"execution of SELECT * (10M rows)   {args.rows / run_seconds / 1e6:8.2f} M rows/s   ratio {args.rows / run_seconds / baseline:.2f}   ({done['result_size'] / 1e6:.0f} MB stored)"
+                f"data server fetch {fmt:7}           {rate / 1e6:8.2f} M rows/s   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB, RSS growth {growth / 1024:.0f} MB)"
             )
-            pid = region.data_server.pid
-            for fmt in ("arrow", "json", "ndjson"):
-                grant = client.grant(execution["execution_id"])
-                seconds, size, growth = timed_fetch(client, grant, fmt, pid)
-                rate = args.rows / seconds
-                print(
-                    f"data server fetch {fmt:7}           {rate / 1e6:8.2f} M rows/s   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB, RSS growth {growth / 1024:.0f} MB)"
-                )
 
-            for concurrency in (1, 16):
-                runs = args.latency_runs if concurrency == 1 else args.latency_runs * 4
-                with ThreadPoolExecutor(concurrency) as pool:
-                    samples = list(
-                        pool.map(lambda _: one_row_latency(client, created), range(runs))
-                    )
-                p50, p99 = percentiles(samples)
-                print(
-                    f"one-row execution, {concurrency:2} clients     p50 {p50 * 1000:7.1f} ms   p99 {p99 * 1000:7.1f} ms   "
-                    f"ratio to in-process one-row query: p50 {p50 / one_row_baseline:.0f}x"
-                )
+        for concurrency in (1, 16):
+            runs = args.latency_runs if concurrency == 1 else args.latency_runs * 4
+            with ThreadPoolExecutor(concurrency) as pool:
+                samples = list(pool.map(lambda _: one_row_latency(client, created), range(runs)))
+            p50, p99 = percentiles(samples)
+            print(
+                f"one-row execution, {concurrency:2} clients     p50 {p50 * 1000:7.1f} ms   p99 {p99 * 1000:7.1f} ms   "
+                f"ratio to in-process one-row query: p50 {p50 / one_row_baseline:.0f}x"
+            )
 
 
 if __name__ == "__main__":
