@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from data_server.sql_check import BASE_CONFIG, QueryFailed, check_sql, first_line
-from shared.lifecycle import ErrorCode
+from shared.execution_states import ErrorCode
 
 BATCH_ROWS = 65_536
 DATASOURCE_ALIAS = "ds"

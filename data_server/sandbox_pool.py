@@ -25,7 +25,7 @@ import orjson
 
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, QueryOutcome
 from data_server.framing import read_frame, write_frame
-from shared.lifecycle import ErrorCode
+from shared.execution_states import ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Result, func, select, update
@@ -28,41 +27,17 @@ from shared.db import new_work
 from shared.db.engine import database_now, write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, utcnow
 from shared.errors import Conflict
+
+# The vocabulary lives apart (see shared.execution_states) and is re-exported here, so that
+# the lifecycle reads, and is imported, as one module.
+from shared.execution_states import TERMINAL_STATUSES as TERMINAL_STATUSES
+from shared.execution_states import UNFINISHED_STATUSES as UNFINISHED_STATUSES
+from shared.execution_states import ErrorCode as ErrorCode
+from shared.execution_states import ExecutionStatus as ExecutionStatus
+from shared.execution_states import ExecutionType as ExecutionType
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-class ExecutionStatus(StrEnum):
-    STARTING = "starting"  # queued, waiting for a worker
-    RUNNING = "running"  # claimed under a lease
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_STATUSES = frozenset(
-    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
-)
-UNFINISHED_STATUSES = frozenset({ExecutionStatus.STARTING, ExecutionStatus.RUNNING})
-
-
-class ExecutionType(StrEnum):
-    SQL_QUERY = "sql_query"  # Run Execution: the only kind with a result to fetch
-    DATASOURCE_REFRESH = "datasource_refresh"  # produces the schema JSON
-    CONNECTION_TEST = "connection_test"  # never listed: Test Connection answers its outcome
-
-
-class ErrorCode(StrEnum):
-    """``error_code`` of an execution that did not complete. The SQL check and the engine add
-    their own, more specific codes (docs/sql-sandbox.md); these are the lifecycle's."""
-
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    WORKER_LOST = "worker_lost"  # its data server stopped renewing the lease too often
-    WORKER_CRASHED = "worker_crashed"  # its sandbox child died
-    WORKER_STOPPING = "worker_stopping"
-    INTERNAL_ERROR = "internal_error"
 
 
 _CANDIDATES_PER_CLAIM = 16
