@@ -113,6 +113,10 @@ class Unprocessable(AppError):
     status, code, title = 422, "invalid_attribute", "Unprocessable entity"
 
 
+class UriTooLong(AppError):
+    status, code, title = 414, "uri_too_long", "URI too long"
+
+
 class HeaderFieldsTooLarge(AppError):
     status, code, title = 431, "header_fields_too_large", "Request header fields too large"
 

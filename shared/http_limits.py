@@ -29,11 +29,15 @@ from shared.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
+    UriTooLong,
 )
 from shared.problems import JSONAPI_MEDIA_TYPE, error_document, error_response
 from shared.settings import Settings
 
 MAX_HEADER_BYTES = 32 * 1024
+# Path plus query. h11 bounds only heads that arrive in pieces, so a request line sent whole could
+# be up to a socket read (64 KiB) long; no route needs more than a few hundred bytes.
+MAX_REQUEST_TARGET_BYTES = 16 * 1024
 BODY_TIMEOUT_SECONDS = 30.0
 KEEP_ALIVE_SECONDS = 5
 # From the moment a connection may send a request head (it opened, or the previous response
@@ -183,7 +187,7 @@ class BoundedH11Protocol(H11Protocol):
 
 
 class RequestLimitsMiddleware:
-    """Oversized header blocks (431) and NUL characters in the path or query (400) end here:
+    """Oversized request targets (414) and header blocks (431) and NUL characters in the path or query (400) end here:
     no database stores a NUL in text, so one must never reach a lookup."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -199,6 +203,11 @@ class RequestLimitsMiddleware:
 
 
 def _refusal(scope: Scope) -> AppError | None:
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    if target > MAX_REQUEST_TARGET_BYTES:
+        return UriTooLong(
+            f"The path and query take {target} bytes; at most {MAX_REQUEST_TARGET_BYTES} are read."
+        )
     size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
     if size > MAX_HEADER_BYTES:
         return HeaderFieldsTooLarge(

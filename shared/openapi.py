@@ -38,6 +38,7 @@ from shared.errors import (
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
+    UriTooLong,
 )
 from shared.metrics import CONTENT_TYPE as PROMETHEUS_MEDIA_TYPE
 from shared.problems import JSONAPI_MEDIA_TYPE
@@ -237,6 +238,7 @@ _ERROR_RESPONSES: dict[type[AppError], str] = {
     RangeNotSatisfiable: "No range of the `Range` header starts within the representation; "
     "`Content-Range: bytes */<size>` gives its size.",
     TooManyRequests: "A rate limit is used up; retry after `Retry-After` seconds.",
+    UriTooLong: "The path and query exceed 16 KiB.",
     HeaderFieldsTooLarge: "The request headers exceed 32 KiB.",
     ServiceUnavailable: "A dependency of the server cannot be reached right now.",
 }
@@ -330,7 +332,8 @@ COMMON_BEHAVIOUR = """
 
 Every GET also answers HEAD. Any request may get 400 (a NUL character in the path or query; \
 `invalid_http_request` for bytes that are not HTTP/1.1), 404 (no such route), 405 (the path does \
-not take the method; `Allow` lists those it takes), 431 (headers above 32 KiB), 500, or 503 \
+not take the method; `Allow` lists those it takes), 414 (path and query above 16 KiB), 431 \
+(headers above 32 KiB), 500, or 503 \
 (`too_many_connections`: the server holds its connection limit), and every response carries \
 `X-Request-Id`, except the 400 for bytes that are not HTTP/1.1 and the 503, which are answered \
 before any route and close the connection. Every error is a JSON:API error document \

@@ -1,4 +1,5 @@
-"""Limits on requests: header size (431), body size (413), slow bodies (408), uvicorn options."""
+"""Limits on requests: target size (414), header size (431), body size (413), slow bodies (408),
+uvicorn options."""
 
 from __future__ import annotations
 
@@ -224,6 +225,28 @@ def test_an_unparsable_request_is_a_jsonapi_400(small_region, server):
         connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         status, error = _jsonapi_error(_read_until_closed(connection))
     assert (status, error["status"], error["code"]) == (400, "400", "invalid_http_request")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("server", ["api", "data"])
+@pytest.mark.parametrize("where", ["path", "query"])
+def test_a_60_kb_request_line_sent_whole_is_a_jsonapi_414(small_region, server, where):
+    """h11 bounds only heads that arrive in pieces; one sent in a single write got through."""
+    url = small_region.api_url if server == "api" else small_region.data_url
+    target = "/datasources/" + "x" * 60_000 if where == "path" else "/datasources?q=" + "x" * 60_000
+    head = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    with socket.create_connection(socket_address(url), timeout=10) as connection:
+        connection.sendall(head)
+        status, error = _jsonapi_error(_read_until_closed(connection))
+    assert (status, error["status"], error["code"]) == (414, "414", "uri_too_long")
+
+
+def test_a_request_target_at_the_limit_passes(api):
+    org = api.create_org()
+    query = "/datasources?filter[name]="
+    target = query + "x" * (http_limits.MAX_REQUEST_TARGET_BYTES - len(query))
+    answer = api.get(target, org.key)
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.e2e

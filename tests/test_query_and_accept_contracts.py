@@ -21,10 +21,11 @@ JSONAPI = "application/vnd.api+json"
         ("/audit_events", audit_events.SORTABLE),
     ],
 )
-def test_two_thousand_sort_keys_are_400_not_500(api, collection, sortable):
+def test_a_thousand_sort_keys_are_400_not_500(api, collection, sortable):
+    """As many as the 16 KiB request-target limit lets through (2,000 are a 414 now)."""
     org = api.create_org()
     sort_key = sortable[0]
-    response = api.get(f"{collection}?sort={','.join([sort_key] * 2000)}", org.key)
+    response = api.get(f"{collection}?sort={','.join([sort_key] * 1000)}", org.key)
     assert response.status_code == 400
     error = response.json()["errors"][0]
     assert error["code"] == "invalid_query_parameter"
