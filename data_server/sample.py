@@ -89,14 +89,43 @@ def ensure_sample_database(state_dir: Path, scale: float) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_drafts(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
     counts = {name: max(1, int(rows * scale)) for name, rows in _BASE_ROWS.items()}
     logger.info("generating sample datasource scale=%s at %s", scale, path)
-    with duckdb.connect(str(tmp)) as connection:
-        connection.execute(_SCRIPT.format(**counts))
-        connection.execute("CHECKPOINT")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        _remove_draft(tmp)
+        with duckdb.connect(str(tmp)) as connection:
+            connection.execute(_SCRIPT.format(**counts))
+            connection.execute("CHECKPOINT")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        _remove_draft(tmp)
     return path
+
+
+def _remove_draft(tmp: Path) -> None:
+    tmp.unlink(missing_ok=True)
+    tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+
+
+def _remove_abandoned_drafts(path: Path) -> None:
+    """Drafts of processes that died mid-generation (killed, out of memory) would stay for ever:
+    each is named after its writer's pid, so one whose writer is gone is removed."""
+    for draft in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = draft.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        if pid.isdigit() and not _process_exists(int(pid)):
+            logger.info("removing an abandoned sample draft %s", draft.name)
+            _remove_draft(draft)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
