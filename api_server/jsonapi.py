@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -169,12 +169,17 @@ def _nul_pointer(value: Any, pointer: str) -> str | None:
     else:
         return None
     for name, member in items:
-        escaped = str(name).replace("~", "~0").replace("/", "~1")
+        escaped = _pointer_token(str(name))
         if "\x00" in str(name):
             return f"{pointer}/{escaped}"
         if (found := _nul_pointer(member, f"{pointer}/{escaped}")) is not None:
             return found
     return None
+
+
+def _pointer_token(name: str) -> str:
+    """One reference token of a JSON pointer (RFC 6901)."""
+    return name.replace("~", "~0").replace("/", "~1")
 
 
 @dataclass
@@ -184,9 +189,16 @@ class ResourceInput:
 
 
 def parse_resource_document(
-    document: Any, resource_type: str, resource_id: str | None = None
+    document: Any,
+    resource_type: str,
+    resource_id: str | None = None,
+    *,
+    settable_relationships: Collection[str] = (),
 ) -> ResourceInput:
-    """Validate the ``{"data": {...}}`` envelope; attribute values are the caller's to check."""
+    """Validate the ``{"data": {...}}`` envelope; attribute values are the caller's to check.
+
+    A relationship the operation cannot set is refused, never ignored: a client that sent one
+    would otherwise believe it took effect."""
     if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
         raise BadRequest("The document must hold one resource object in 'data'.", pointer="/data")
     data = document["data"]
@@ -215,6 +227,13 @@ def parse_resource_document(
     relationships = data.get("relationships") or {}
     if not isinstance(relationships, dict):
         raise BadRequest("'relationships' must be an object.", pointer="/data/relationships")
+    for name in relationships:
+        if name not in settable_relationships:
+            raise Unprocessable(
+                f"The relationship '{name}' cannot be set on {resource_type} by this request.",
+                pointer=f"/data/relationships/{_pointer_token(name)}",
+                code="relationship_not_settable",
+            )
     return ResourceInput(attributes=data.get("attributes") or {}, relationships=relationships)
 
 

@@ -8,6 +8,7 @@ import pytest
 from api_server.endpoints import audit_events
 from api_server.permissions import Permission
 from api_server.services import api_keys, datasources, sql_snippets
+from tests.factories import dump_tables, resource
 
 JSONAPI = "application/vnd.api+json"
 
@@ -120,3 +121,40 @@ def test_test_connection_takes_the_jsonapi_accept_too(api, accept, status):
         headers={"Authorization": f"Api {viewer}", "Accept": accept},
     )
     assert response.status_code == status
+
+
+def _with_relationship(document, name):
+    document["data"]["relationships"] = {name: {"data": [{"type": "datasources", "id": "x"}]}}
+    return document
+
+
+def test_a_relationship_an_update_cannot_set_is_422_and_nothing_changes(api):
+    """PATCH /api_keys with a `datasources` relationship used to answer 200 having ignored it."""
+    org = api.create_org()
+    scoped = api.create_key(
+        org, [Permission.VIEW_DATASOURCES], datasource_ids=[org.sample_datasource_id]
+    )
+    key_id = api.get("/api_key", scoped).json()["data"]["id"]
+    snippet = api.post("/sql_snippets", org.key, resource("sql_snippets", name="s", sql="1"))
+    snippet_id = snippet.json()["data"]["id"]
+    before = dump_tables(api.app)
+    for path, type_, name in [
+        (f"/api_keys/{key_id}", "api_keys", "datasources"),
+        (f"/sql_snippets/{snippet_id}", "sql_snippets", "owner"),
+        (f"/datasources/{org.sample_datasource_id}", "datasources", "organization"),
+    ]:
+        document = _with_relationship(resource(type_, path.rsplit("/", 1)[1], name="n"), name)
+        answer = api.patch(path, org.key, document)
+        assert answer.status_code == 422, (path, answer.text)
+        error = answer.json()["errors"][0]
+        assert error["code"] == "relationship_not_settable"
+        assert error["source"] == {"pointer": f"/data/relationships/{name}"}
+    assert dump_tables(api.app) == before
+
+
+def test_a_relationship_a_create_cannot_set_is_422(api):
+    org = api.create_org()
+    document = _with_relationship(resource("sql_snippets", name="s", sql="1"), "datasources")
+    answer = api.post("/sql_snippets", org.key, document)
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["source"] == {"pointer": "/data/relationships/datasources"}

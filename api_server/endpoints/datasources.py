@@ -45,7 +45,9 @@ def _document(
 
 def _read(request: Request, datasource_id: str | None = None) -> jsonapi.ResourceInput:
     document = jsonapi.read_json_body(request)
-    resource = jsonapi.parse_resource_document(document, "datasources", datasource_id)
+    resource = jsonapi.parse_resource_document(
+        document, "datasources", datasource_id, settable_relationships=("agents",)
+    )
     agents = resource.relationships.get("agents")
     if agents not in (None, {"data": []}):
         raise Unprocessable(
