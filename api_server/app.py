@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from api_server.audit import AuditMiddleware
+from api_server.execution_waits import ExecutionWaits
 from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
@@ -24,11 +25,16 @@ from shared.tokens import SigningKeyring
 
 def create_app(settings: Settings) -> Starlette:
     engine = create_metadata_engine(settings.database_url)
+    waits = ExecutionWaits(engine)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        await waits.start()
+        try:
+            yield
+        finally:
+            await waits.stop()
+            engine.dispose()
 
     app = Starlette(
         routes=routes,
@@ -51,4 +57,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.result_store = open_result_store(settings)
     app.state.rate_limiter = RateLimiter(settings.redis_url)
     app.state.metrics = Metrics(app.state.sessions)
+    app.state.metrics.registry.register(waits.collector())
+    app.state.execution_waits = waits
     return app

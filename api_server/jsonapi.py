@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -92,23 +93,50 @@ def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> 
         )
 
 
-def endpoint(produced: str = JSONAPI_MEDIA_TYPE) -> Callable[[Callable[[Request], Response]], Any]:
-    """Turn a sync endpoint into a Starlette one: 406 first, then the caller authenticated (401)
-    and counted against its rate limits (429), then the body read (bounded), then the endpoint in
-    a thread.
+def endpoint(
+    produced: str = JSONAPI_MEDIA_TYPE,
+) -> Callable[[Callable[[Request], Response | Awaitable[Response]]], Any]:
+    """Turn an endpoint into a Starlette one: 406 first, then the caller authenticated (401)
+    and counted against its rate limits (429), then the body read (bounded), then the endpoint:
+    a plain function in a thread, or a coroutine function on the event loop.
 
     The caller is known before its body is read, so an anonymous client cannot hold a connection
-    for the body's deadline. Endpoints stay plain functions that may block on the database (they
-    find the principal cached by ``authenticate``); the event loop never blocks.
+    for the body's deadline. Plain endpoints may block on the database (they find the principal
+    cached by ``authenticate``); a coroutine endpoint is one that waits (for an execution to
+    end) and so must hold no thread: it runs its blocking steps with ``run_in_threadpool``. The
+    event loop never blocks.
     """
 
-    def decorate(func: Callable[[Request], Response]) -> Callable[[Request], Any]:
+    def decorate(func: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        waits = inspect.iscoroutinefunction(func)
+
         @functools.wraps(func)
         async def wrapper(request: Request) -> Response:
             require_acceptable(request, produced)
             await run_in_threadpool(_admit_caller, request)
             request.state.body = await _read_bounded_body(request)
-            return await run_in_threadpool(func, request)
+            if waits:
+                return cast(Response, await func(request))
+            return cast(Response, await run_in_threadpool(func, request))
+
+        return wrapper
+
+    return decorate
+
+
+def streaming_endpoint(
+    produced: str = JSONAPI_MEDIA_TYPE,
+) -> Callable[[Callable[[Request], Awaitable[Response]]], Any]:
+    """For an async endpoint that reads its own body as a stream (an upload, which the 1 MiB
+    limit of ``endpoint`` does not fit): the same 406, 401 and 429, in the same order, before
+    the endpoint runs. The endpoint authorises before it reads a byte of the body."""
+
+    def decorate(func: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Any]:
+        @functools.wraps(func)
+        async def wrapper(request: Request) -> Response:
+            require_acceptable(request, produced)
+            await run_in_threadpool(_admit_caller, request)
+            return await func(request)
 
         return wrapper
 

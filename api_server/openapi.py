@@ -26,10 +26,21 @@ from api_server.schemas import (
     SqlSnippetUpdate,
 )
 from api_server.services import api_keys as api_key_service
+from api_server.services import datasource_files as file_service
 from api_server.services import datasources as datasource_service
 from api_server.services import listing, sql_parameters
 from api_server.services import sql_snippets as snippet_service
+from shared import http_limits
 from shared import openapi as oa
+from shared.database_types import DATABASE_TYPES, SSH_TUNNEL_ATTRIBUTES
+from shared.datapaths import PATH_ERRORS
+from shared.file_formats import (
+    DATABASE_FILE_FORMATS,
+    VIEW_FILE_SUFFIXES,
+    FileFormat,
+    FileKind,
+    accepted_media_types,
+)
 from shared.ids import RESOURCE_ID_PATTERN
 from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.problems import JSONAPI_MEDIA_TYPE
@@ -41,6 +52,8 @@ TAGS = {
     "API keys": "The calling key, and the organisation's keys (Manage Users).",
     "Audit log": "Every successful write and data grant of the organisation (Manage Users).",
     "Datasources": "JSON:API resource `datasources` and Cluvio's datasource actions.",
+    "Datasource files": "The files of a datasource in its organisation's area: upload, list, "
+    "delete (resource `datasource_files`).",
     "Executions": "Run SQL on a datasource, follow it, and get a token for its data.",
     "SQL snippets": "JSON:API resource `sql_snippets`: SQL that `[name]` pulls into a query.",
     "Keys": "The region's public signing keys, for data servers that verify data tokens.",
@@ -163,7 +176,8 @@ INCLUDE_AGENTS = oa.query_parameter(
 
 WAIT = oa.query_parameter(
     "wait",
-    "Hold the answer until the status changes or this many seconds pass (a long poll).",
+    "Hold the answer until the execution ends (`completed`, `failed` or `cancelled`) or this "
+    "many seconds pass (a long poll; the wait holds no server thread).",
     {"type": "number", "minimum": 0, "maximum": executions.MAX_WAIT_SECONDS},
 )
 
@@ -303,7 +317,6 @@ def _datasource_attribute_types() -> dict[str, oa.Schema]:
     return {
         **writable,
         "database_type": oa.enum((*CREATABLE_DATABASE_TYPES, *BUILT_IN_DATABASE_TYPES)),
-        "password": oa.nullable(oa.string("Read back only by keys with Manage Datasources.")),
         **_timestamps("created_at", "updated_at"),
         "schema_updated_at": oa.nullable(oa.timestamp()),
         "default_schema_name": oa.nullable(oa.string()),
@@ -332,20 +345,66 @@ def snippet_attributes_schema(model: type[SqlSnippetCreate]) -> oa.Schema:
     return oa.model_schema(model, name=snippet_name_schema(), sql=NOT_BLANK)
 
 
+def _path_error_codes() -> str:
+    return ", ".join(f"`{error.code}`" for error in PATH_ERRORS)
+
+
+def _connection_attribute_descriptions() -> dict[str, oa.Schema]:
+    """Which types require or take each connection attribute, from their one declaration."""
+
+    def types(attribute: str, which: str) -> str:
+        kinds = [
+            f"`{kind.name}`"
+            for kind in DATABASE_TYPES.values()
+            if attribute in (kind.required if which == "required" else kind.optional)
+        ]
+        return ", ".join(kinds)
+
+    notes = {
+        "port": "Defaults to the type's port (postgres 5432, mysql 3306; s3 443, or 80 when "
+        "require_ssl is false).",
+        "s3_region": "Not a Cluvio attribute: the region an s3 datasource's requests are signed "
+        "for (null: us-east-1). AWS needs the bucket's region; S3-compatible servers their own.",
+        "password": "Write-only: encrypted at rest and never returned.",
+        "ssh_tunnel_host": "Stored; a datasource that sets it cannot run yet: its executions, "
+        "Test Connection and Refresh answer 422 `ssh_tunnel_not_supported`.",
+    }
+    described: dict[str, oa.Schema] = {}
+    for attribute in ("host", "port", "username", "password", *SSH_TUNNEL_ATTRIBUTES, "s3_region"):
+        required, optional = types(attribute, "required"), types(attribute, "optional")
+        text = " ".join(
+            part
+            for part in (
+                f"Required for {required}." if required else "",
+                f"Taken by {optional}." if optional else "",
+                "Any other type refuses it.",
+                notes.get(attribute, ""),
+            )
+            if part
+        )
+        described[attribute] = {"description": text}
+    return described
+
+
 def datasource_attributes_schema(model: type[DatasourceCreate]) -> oa.Schema:
     return oa.model_schema(
         model,
         database_type=oa.enum(
             CREATABLE_DATABASE_TYPES,
-            "`duckdb`: `database` is a DuckDB file inside the data root; `files`: a folder "
-            "inside it whose Parquet, CSV and JSON files become views. The built-in `sample` "
-            "cannot be created.",
+            " ".join(f"`{kind.name}`: {kind.description}" for kind in DATABASE_TYPES.values())
+            + " The built-in `sample` cannot be created.",
         ),
+        **_connection_attribute_descriptions(),
         connection_mode=oa.enum(["direct"]),
         name=NOT_BLANK,
         data_time_zone={"description": "An IANA time zone name."},
         database={
-            "description": "A path relative to the data root (absolute ones must lie inside it)."
+            "description": "For file types: a path relative to the organisation's file area "
+            "(`<data root>/<organisation id>/`), stored normalised; `shared/NAME/…` reaches a "
+            "folder the operator granted. Absolute paths, `..`, backslashes, control characters, "
+            "non-ASCII punctuation and symbols, names NFKC would change and links leading out of "
+            f"the area are refused ({_path_error_codes()}). For `postgres` and `mysql`: the "
+            "database's name."
         },
     )
 
@@ -483,7 +542,7 @@ def _schemas() -> dict[str, oa.Schema]:
         ),
         # datasources
         "DatasourceAttributes": attributes(
-            (*serializers.DATASOURCE_ATTRIBUTES, "password"), _datasource_attribute_types()
+            serializers.DATASOURCE_ATTRIBUTES, _datasource_attribute_types()
         ),
         "Datasource": resource(
             "datasources", "DatasourceAttributes", {"agents": to_many("agents", "Always empty.")}
@@ -498,6 +557,7 @@ def _schemas() -> dict[str, oa.Schema]:
         "DatasourceUpdateDocument": write_document(
             "datasources", "DatasourceUpdateAttributes", with_id=True, relationships=_NO_AGENTS
         ),
+        **_datasource_file_schemas(),
         # SQL snippets
         "SqlSnippetAttributes": attributes(
             serializers.SQL_SNIPPET_ATTRIBUTES,
@@ -624,6 +684,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         **_api_key_paths(),
         **_audit_paths(),
         **_datasource_paths(),
+        **_datasource_file_paths(),
         **_execution_paths(),
         **_snippet_paths(),
     }
@@ -792,8 +853,8 @@ def _datasource_paths() -> dict[str, Any]:
     fields = fields_parameter("datasources", serializers.DATASOURCE_FIELDS)
     one = [fields, INCLUDE_AGENTS]
     invalid = (
-        "An attribute is unknown, read-only or invalid; `path_outside_data_root` or "
-        "`path_not_found` for `database`; agents in `relationships` are not available yet."
+        "An attribute is unknown, read-only or invalid; for `database` of a file type: "
+        f"{_path_error_codes()}; agents in `relationships` are not available yet."
     )
     return {
         "/datasources": {
@@ -846,7 +907,7 @@ def _datasource_paths() -> dict[str, Any]:
                 "showDatasource",
                 tag,
                 "Get a datasource",
-                "`password` is shown only to keys with Manage Datasources.",
+                "`password` is write-only: no response holds it.",
                 parameters=one,
                 responses={
                     "200": _jsonapi("The datasource.", "DatasourceDocument"),
@@ -952,6 +1013,258 @@ def _datasource_paths() -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- datasource files
+
+
+def _datasource_file_schemas() -> dict[str, oa.Schema]:
+    storage = oa.obj(
+        {
+            "used_bytes": oa.integer("Files and stored results together."),
+            "quota_bytes": oa.integer("`DATAFERRY_MAX_ORGANIZATION_STORAGE_MB`, in bytes."),
+            "files_bytes": oa.integer("Every file in the organisation's area."),
+            "results_bytes": oa.integer("Stored results of its executions not yet purged."),
+        },
+        ["used_bytes", "quota_bytes", "files_bytes", "results_bytes"],
+        "The organisation's storage against its quota.",
+    )
+    change = oa.obj(
+        {
+            "refresh_execution_id": oa.nullable(
+                oa.string(
+                    "The `datasource_refresh` execution queued so that the schema follows the "
+                    "change; null when the datasource is disabled.",
+                    format="uuid",
+                )
+            ),
+            "storage": oa.ref("StorageUsage"),
+        },
+        ["refresh_execution_id", "storage"],
+    )
+    collection_meta = oa.obj(
+        {
+            "total": oa.integer("Files in the whole collection."),
+            "page": oa.obj({"number": oa.integer(), "size": oa.integer()}),
+            "storage": oa.ref("StorageUsage"),
+        },
+        ["total", "page", "storage"],
+        closed=False,
+    )
+    types = {
+        "name": oa.string("The file's name, which is also its id; its stem names the view."),
+        "format": oa.enum(f.value for f in FileFormat),
+        "size": oa.integer("Bytes."),
+        "modified_at": oa.timestamp(),
+    }
+    return {
+        "StorageUsage": storage,
+        "FileChangeMeta": change,
+        "DatasourceFileAttributes": attributes(serializers.DATASOURCE_FILE_ATTRIBUTES, types),
+        "DatasourceFile": resource("datasource_files", "DatasourceFileAttributes", {}, oa.string()),
+        "DatasourceFileDocument": single("DatasourceFile"),
+        "DatasourceFileChangeDocument": single("DatasourceFile", meta=oa.ref("FileChangeMeta")),
+        "DatasourceFileCollection": oa.obj(
+            {
+                "data": oa.array(oa.ref("DatasourceFile")),
+                "links": oa.ref("PaginationLinks"),
+                "meta": collection_meta,
+            },
+            ["data", "links", "meta"],
+            closed=False,
+        ),
+        "FileDeletedDocument": oa.obj({"meta": oa.ref("FileChangeMeta")}, ["meta"], closed=False),
+    }
+
+
+def _upload_body(kinds: Iterable[tuple[str, FileKind]], what: str) -> dict[str, Any]:
+    media_types = sorted({media for _, kind in kinds for media in accepted_media_types(kind)})
+    binary = {"type": "string", "format": "binary"}
+    return {
+        "required": True,
+        "description": what,
+        "content": {media: {"schema": binary} for media in media_types},
+    }
+
+
+def _datasource_file_paths() -> dict[str, Any]:
+    tag = "Datasource files"
+    view, manage = needs(Permission.VIEW_DATASOURCES), needs(Permission.MANAGE_DATASOURCES)
+    fields = fields_parameter("datasource_files", serializers.DATASOURCE_FILE_ATTRIBUTES)
+    name = oa.path_parameter(
+        "name",
+        "The file's name, percent-encoded: one path segment with a suffix the views read "
+        f"({_codes(VIEW_FILE_SUFFIXES)}), at most {file_service.MAX_NAME_BYTES} bytes, not "
+        "starting with a dot or a space; the characters datasource paths allow.",
+        oa.string(minLength=1),
+    )
+    quota = (
+        "The organisation's storage (files in its area plus stored results) is counted against "
+        "`DATAFERRY_MAX_ORGANIZATION_STORAGE_MB`; the usage comes back in `meta.storage`."
+    )
+    wrong_type = "`wrong_database_type`: the datasource is not of a type that has these files"
+    put_errors = {
+        "e400": "A query parameter other than `fields[datasource_files]` was sent, or the client "
+        "closed the connection mid-upload (`client_disconnected`).",
+        "e404": "No such datasource (or outside the key's datasources).",
+        "e408": f"No data arrived for {http_limits.BODY_TIMEOUT_SECONDS:.0f} s; nothing written.",
+        "e409": f"{wrong_type}; `datasource_read_only` (an operator's shared folder); "
+        "`file_name_taken` (another file gives the same view name, or a folder has this name); "
+        "`datasource_unavailable` (its path no longer resolves).",
+        "e413": "Past `DATAFERRY_MAX_UPLOAD_MB` (`upload_too_large`) or the organisation's "
+        "storage quota (`storage_quota_exceeded`), decided from `Content-Length` before the body "
+        "is read and again as it arrives; nothing written, the connection closes.",
+        "e415": "`Content-Type` is neither `application/octet-stream` nor the format's own.",
+        "e422": "`invalid_file_name` or `unsupported_file_type` (`source.parameter` is `name`); "
+        "`file_not_parsable`: the body does not read as its format; nothing written.",
+        "e503": "The server could not store the file (`storage_unavailable`); nothing written.",
+    }
+    refresh = (
+        "Then a refresh of the datasource is queued (`meta.refresh_execution_id`) so that its "
+        "schema follows."
+    )
+    return {
+        "/datasources/{id}/files": {
+            "parameters": [DATASOURCE_ID],
+            "get": api_operation(
+                "listDatasourceFiles",
+                tag,
+                "List a files datasource's files",
+                "The files whose views the datasource makes (temporary files of uploads under way "
+                f"are not listed), paged, sortable by name, size and modified_at. {quota}",
+                parameters=[
+                    *collection_parameters(
+                        "datasource_files",
+                        file_service.SORTABLE,
+                        (),
+                        serializers.DATASOURCE_FILE_ATTRIBUTES,
+                    )
+                ],
+                responses={
+                    "200": _jsonapi("A page of files.", "DatasourceFileCollection"),
+                    **errors(403, 404, e400=_BAD_QUERY[400], e409=f"{wrong_type}."),
+                },
+                **view,
+            ),
+        },
+        "/datasources/{id}/files/{name}": {
+            "parameters": [DATASOURCE_ID, name],
+            "get": api_operation(
+                "showDatasourceFile",
+                tag,
+                "Get a file's metadata",
+                "Its name, format, size and modification time (not its content).",
+                parameters=[fields],
+                responses={
+                    "200": _jsonapi("The file.", "DatasourceFileDocument"),
+                    **errors(
+                        403,
+                        404,
+                        409,
+                        422,
+                        e400=_BAD_QUERY[400],
+                        e404="No such datasource, or no such file (`file_not_found`).",
+                        e409=f"{wrong_type}.",
+                    ),
+                },
+                **view,
+            ),
+            "put": api_operation(
+                "uploadDatasourceFile",
+                tag,
+                "Upload a file",
+                "The body is the file itself, streamed to disk beside its target: it replaces "
+                "a file of that name whole (200) or creates it (201), only after it was checked "
+                "to read as its format (Parquet footer; CSV, TSV and JSON sniffed on their first "
+                "rows), and never partly: a refused, failed or interrupted upload writes nothing. "
+                f"Two files may not share a view name (their stem, case-insensitively). {quota} "
+                f"{refresh}",
+                parameters=[fields],
+                body=_upload_body(VIEW_FILE_SUFFIXES.items(), "The file's bytes."),
+                responses={
+                    "200": _jsonapi("Replaced.", "DatasourceFileChangeDocument"),
+                    "201": _jsonapi(
+                        "Created.", "DatasourceFileChangeDocument", headers=_CREATED_HEADERS
+                    ),
+                    **errors(403, 404, 408, 409, 413, 415, 422, 503, **put_errors),
+                },
+                **manage,
+            ),
+            "delete": api_operation(
+                "deleteDatasourceFile",
+                tag,
+                "Delete a file",
+                f"Its view goes with the next refresh. {refresh}",
+                responses={
+                    "200": _jsonapi("Deleted.", "FileDeletedDocument"),
+                    **errors(
+                        403,
+                        404,
+                        409,
+                        422,
+                        e400=_BAD_QUERY[400],
+                        e404="No such datasource, or no such file (`file_not_found`).",
+                        e409=f"{wrong_type}; `datasource_read_only`.",
+                        e422=put_errors["e422"],
+                    ),
+                },
+                **manage,
+            ),
+        },
+        "/datasources/{id}/database_file": {
+            "parameters": [DATASOURCE_ID],
+            "get": api_operation(
+                "showDatabaseFile",
+                tag,
+                "Get a database file's metadata",
+                "The DuckDB or SQLite file a `duckdb` or `sqlite` datasource attaches.",
+                parameters=[fields],
+                responses={
+                    "200": _jsonapi("The file.", "DatasourceFileDocument"),
+                    **errors(
+                        403,
+                        404,
+                        409,
+                        e400=_BAD_QUERY[400],
+                        e404="No such datasource, or its file does not exist (`file_not_found`).",
+                        e409=f"{wrong_type}.",
+                    ),
+                },
+                **view,
+            ),
+            "put": api_operation(
+                "uploadDatabaseFile",
+                tag,
+                "Upload a database file",
+                "The body is a DuckDB (`duckdb` datasource) or SQLite (`sqlite`) database file. It "
+                "is checked by opening it read-only (DuckDB with external access off) and then "
+                "replaces the datasource's file atomically: executions running meanwhile finish "
+                f"on the old one. {quota} {refresh}",
+                parameters=[fields],
+                body=_upload_body(DATABASE_FILE_FORMATS.items(), "The database file's bytes."),
+                responses={
+                    "200": _jsonapi("Replaced.", "DatasourceFileChangeDocument"),
+                    "201": _jsonapi(
+                        "Created (the datasource's file did not exist).",
+                        "DatasourceFileChangeDocument",
+                        headers=_CREATED_HEADERS,
+                    ),
+                    **errors(
+                        403,
+                        404,
+                        408,
+                        409,
+                        413,
+                        415,
+                        422,
+                        503,
+                        **{**put_errors, "e422": "`file_not_parsable`; nothing written."},
+                    ),
+                },
+                **manage,
+            ),
+        },
+    }
+
+
 DATA_URL = oa.string(
     "The data on the region's public data-server address with the token in its query "
     "(`?token=`), for clients that cannot send headers: it expires with the token.",
@@ -981,17 +1294,28 @@ def _execution_paths() -> dict[str, Any]:
                 "Run Execution",
                 "Queues the SQL and answers at once with status `starting`; follow it with "
                 "Get Execution. Snippets are expanded and parameters bound before anything is "
-                "queued: a problem is a 422 and no execution is created.",
-                parameters=[IDEMPOTENCY_KEY],
+                "queued: a problem is a 422 and no execution is created. Run-and-wait (beyond "
+                "Cluvio): with `?wait=N` the answer comes when the execution ended or N seconds "
+                "passed, in whatever state it reached; a completed one carries its data grant "
+                "in `meta` (as Get Execution Data hands it out), so run and fetch are two "
+                "requests. Without `wait` the answer is exactly Cluvio's.",
+                parameters=[IDEMPOTENCY_KEY, WAIT],
                 body=_body("RunExecutionRequest", "The SQL and its parameters.", JSON),
                 responses={
-                    "200": _jsonapi("The queued execution.", "ExecutionDocument"),
+                    "200": oa.response(
+                        "The queued execution; with `wait`, as it is then, and `meta` the data "
+                        "grant once it completed.",
+                        oa.obj(
+                            {"data": oa.ref("Execution"), "meta": grant}, ["data"], closed=False
+                        ),
+                        JSONAPI_MEDIA_TYPE,
+                    ),
                     **errors(
                         403,
                         404,
                         *_WITH_BODY,
-                        e400="A query parameter was sent (none are accepted), or the body is "
-                        "not JSON (`malformed_json`).",
+                        e400="`wait` is out of range, another query parameter was sent, or the "
+                        "body is not JSON (`malformed_json`); nothing is queued.",
                         e409="The datasource is disabled (`datasource_disabled`).",
                         e422="The body or its parameters are not valid: `invalid_sql_query`, "
                         "`too_long`, `r_query_not_supported`, `unknown_attribute`, the "

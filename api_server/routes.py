@@ -6,6 +6,7 @@ from api_server.endpoints import (
     api_keys,
     audit_events,
     datasource_actions,
+    datasource_files,
     datasources,
     executions,
     keys,
@@ -43,6 +44,18 @@ routes = [
     resource_route("/datasources/{id}/test_connection", POST=datasource_actions.test_connection),
     resource_route("/datasources/{id}/refresh", POST=datasource_actions.refresh_datasource),
     resource_route("/datasources/{id}/schema", GET=datasource_actions.datasource_schema),
+    resource_route("/datasources/{id}/files", GET=datasource_files.list_datasource_files),
+    resource_route(
+        "/datasources/{id}/files/{name:path}",
+        GET=datasource_files.show_datasource_file,
+        PUT=datasource_files.upload_datasource_file,
+        DELETE=datasource_files.delete_datasource_file,
+    ),
+    resource_route(
+        "/datasources/{id}/database_file",
+        GET=datasource_files.show_database_file,
+        PUT=datasource_files.upload_database_file,
+    ),
     resource_route(
         "/executions/{id}", GET=executions.show_execution, DELETE=executions.delete_execution
     ),

@@ -9,12 +9,15 @@ from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from shared import object_storage
+from shared.database_types import DATABASE_TYPES
+
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 ShortText = Annotated[str, StringConstraints(max_length=255)]
 LongText = Annotated[str, StringConstraints(max_length=1024)]
 
-# Datasource types of this release; Cluvio's other types are answered with a clear 422.
-CREATABLE_DATABASE_TYPES = ("duckdb", "files")
+# Datasource types of this release (shared.database_types); Cluvio's others get a clear 422.
+CREATABLE_DATABASE_TYPES = tuple(DATABASE_TYPES)
 BUILT_IN_DATABASE_TYPES = ("sample",)
 
 # Read-only attributes of Cluvio's datasource resource: sending one is a 422 that says so.
@@ -59,10 +62,13 @@ class _DatasourceFields(BaseModel):
     username: ShortText | None = None
     password: LongText | None = None
     database: LongText | None = None
+    # Stored, but a datasource that sets them cannot run yet (ssh_tunnel_not_supported).
+    ssh_tunnel_host: ShortText | None = None
+    ssh_tunnel_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    ssh_tunnel_user: ShortText | None = None
+    # Not Cluvio's: an s3 datasource's signing region (shared.object_storage).
+    s3_region: Annotated[str, StringConstraints(max_length=64)] | None = None
     # Cluvio attributes of database types dataferry does not offer: accepted only as null.
-    ssh_tunnel_host: None = None
-    ssh_tunnel_port: None = None
-    ssh_tunnel_user: None = None
     athena_region: None = None
     athena_workgroup: None = None
     databricks_http_path: None = None
@@ -70,6 +76,11 @@ class _DatasourceFields(BaseModel):
     snowflake_region: None = None
     snowflake_warehouse: None = None
     bigquery_service_key: None = None
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return None if value is None else object_storage.check_region(value)
 
 
 class DatasourceCreate(_DatasourceFields):

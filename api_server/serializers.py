@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_server.auth import Principal
-from api_server.permissions import Permission
+from api_server.services.datasource_files import FileEntry
 from shared.db.models import ApiKey, AuditEvent, Datasource, Execution, SqlSnippet
 from shared.lifecycle import ExecutionStatus, ExecutionType
-from shared.state_secrets import ServerSecrets
 
 DATASOURCE_ATTRIBUTES = (
     "name",
@@ -18,6 +16,10 @@ DATASOURCE_ATTRIBUTES = (
     "port",
     "username",
     "database",
+    "ssh_tunnel_host",
+    "ssh_tunnel_port",
+    "ssh_tunnel_user",
+    "s3_region",
     "data_time_zone",
     "require_ssl",
     "verify_ssl",
@@ -33,16 +35,13 @@ DATASOURCE_ATTRIBUTES = (
     "total_row_count",
     "total_row_count_exact",
 )
-DATASOURCE_FIELDS = (*DATASOURCE_ATTRIBUTES, "password", "agents")
+DATASOURCE_FIELDS = (*DATASOURCE_ATTRIBUTES, "agents")
 
 
-def datasource(
-    ds: Datasource, principal: Principal, server_secrets: ServerSecrets
-) -> dict[str, Any]:
+def datasource(ds: Datasource) -> dict[str, Any]:
+    """The password is write-only: it is decrypted only by the data server, for the sandbox
+    child that connects, and never sent back (not even to the key that set it)."""
     attributes = {name: getattr(ds, name) for name in DATASOURCE_ATTRIBUTES}
-    if Permission.MANAGE_DATASOURCES in principal.permissions:
-        encrypted = ds.password_encrypted
-        attributes["password"] = server_secrets.decrypt(encrypted) if encrypted else None
     return {
         "type": "datasources",
         "id": ds.id,
@@ -175,4 +174,17 @@ def audit_event(event: AuditEvent) -> dict[str, Any]:
         "id": event.id,
         "attributes": {name: getattr(event, name) for name in AUDIT_EVENT_ATTRIBUTES},
         "relationships": {"api_key": {"data": key}},
+    }
+
+
+DATASOURCE_FILE_ATTRIBUTES = ("name", "format", "size", "modified_at")
+
+
+def datasource_file(entry: FileEntry, self_link: str) -> dict[str, Any]:
+    """A file of a datasource; its id is its name (unique within the datasource)."""
+    return {
+        "type": "datasource_files",
+        "id": entry.name,
+        "attributes": {name: getattr(entry, name) for name in DATASOURCE_FILE_ATTRIBUTES},
+        "links": {"self": self_link},
     }

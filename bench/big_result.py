@@ -6,6 +6,7 @@ policy limit raised, the result-row cap (a 10M-row result exceeds the default), 
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,14 +28,20 @@ DATABASE_FILE = "bench.duckdb"
 
 @contextmanager
 def region_with_big_table(rows: int) -> Iterator[Region]:
-    """Both servers of one region; ``bench.duckdb`` in the data root holds ``big`` of ``rows``."""
+    """Both servers of one region; ``bench.duckdb`` holds ``big`` of ``rows`` (organisations of
+    ``new_organization`` find it in their area)."""
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        data = cwd / "var" / "data"
-        data.mkdir(parents=True)
-        with duckdb.connect(str(data / DATABASE_FILE)) as connection:
+        with duckdb.connect(str(cwd / DATABASE_FILE)) as connection:
             connection.execute(f"CREATE TABLE big AS {RESULT_SQL.format(rows=rows)}")
         raised = {"DATAFERRY_MAX_RESULT_ROWS": str(rows * 2), "DATAFERRY_LOG_LEVEL": "WARNING"}
         print(f"policy limit raised for the bench: DATAFERRY_MAX_RESULT_ROWS={rows * 2}")
         with running_region(cwd, raised) as region:
             yield region
+
+
+def new_organization(region: Region) -> dict[str, str]:
+    """A new organisation of the region with the big table's file in its area (a hard link)."""
+    credentials = region.create_organization()
+    os.link(region.cwd / DATABASE_FILE, region.area(credentials["organization_id"]) / DATABASE_FILE)
+    return credentials

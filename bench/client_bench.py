@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from big_result import DATABASE_FILE, region_with_big_table
+from big_result import DATABASE_FILE, new_organization, region_with_big_table
 from dataferry_client import Client
 
 TARGET = 0.8
@@ -61,7 +61,7 @@ def main() -> None:
     with (
         region_with_big_table(args.rows) as region,
         Client(
-            region.api_url, region.create_organization()["api_key"], data_url=region.data_url
+            region.api_url, new_organization(region)["api_key"], data_url=region.data_url
         ) as client,
     ):
         datasource = client.datasources.create(

@@ -20,7 +20,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from big_result import DATABASE_FILE, RESULT_SQL, region_with_big_table
+from big_result import DATABASE_FILE, RESULT_SQL, new_organization, region_with_big_table
 
 from tests.client import DataferryClient
 
@@ -114,7 +114,7 @@ def main() -> None:
 
     with region_with_big_table(args.rows) as region:
         client = DataferryClient(
-            region.api_url, region.data_url, region.create_organization()["api_key"]
+            region.api_url, region.data_url, new_organization(region)["api_key"]
         )
         created = client.create_duckdb_datasource("bench", DATABASE_FILE)
         started = time.perf_counter()

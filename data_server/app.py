@@ -3,6 +3,7 @@ execution workers (and their sandbox pool) for as long as the app lives."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -40,9 +41,12 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
                 start_workers, settings, sessions, store, app.state.metrics
             )
         app.state.worker = worker
+        keys_kept_fresh = asyncio.create_task(app.state.keyring.keep_fresh())
         try:
             yield
         finally:
+            keys_kept_fresh.cancel()
+            app.state.keyring.close()
             if worker is not None:
                 await run_in_threadpool(stop_workers, worker)
             engine.dispose()

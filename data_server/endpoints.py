@@ -41,7 +41,7 @@ def _reject_unknown_parameters(request: Request, allowed: set[str]) -> None:
 
 async def fetch_data(request: Request) -> Response:
     data_key = request.path_params["data_key"]
-    grant = authorize_data_request(request, data_key)
+    grant = await authorize_data_request(request, data_key)
     if grant.scope is Scope.DATASOURCE_SCHEMA:
         return await _schema_response(request, data_key)
     _reject_unknown_parameters(request, _RESULT_PARAMETERS)

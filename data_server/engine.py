@@ -19,30 +19,42 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from data_server.object_storage import ObjectStorage, ObjectStorageSpec
+from data_server.remote_databases import (
+    RemoteDatabaseSpec,
+    RemoteSession,
+    attach_sqlite,
+    connect_failure,
+    describe_sqlite,
+)
 from data_server.sql_check import BASE_CONFIG, QueryFailed, check_sql, first_line
 from shared.execution_states import ErrorCode
+from shared.file_formats import VIEW_FILE_SUFFIXES
 
 BATCH_ROWS = 65_536
 DATASOURCE_ALIAS = "ds"
+# Types whose database is attached as DATASOURCE_ALIAS (the others are views in "memory").
+ATTACHED_DATABASE_TYPES = ("duckdb", "sample", "sqlite", "postgres", "mysql")
+# The child exits with this when a remote database has not answered within the connect timeout
+# (a driver without a timeout of its own would otherwise hold the child until the query's).
+CONNECT_TIMEOUT_EXIT_STATUS = 75
 # The files datasource's {file name: absolute path}; its views read through it (see
 # _create_file_views), and sql_check refuses getvariable() so tenants never see the paths.
 FILES_VARIABLE = "dataferry_files"
 
+# Suffix → DuckDB reader, from the one declaration of what a files datasource reads.
 _FILE_VIEW_READERS = {
-    ".parquet": "read_parquet",
-    ".csv": "read_csv",
-    ".tsv": "read_csv",
-    ".json": "read_json",
-    ".jsonl": "read_json",
-    ".ndjson": "read_json",
+    suffix: kind.reader for suffix, kind in VIEW_FILE_SUFFIXES.items() if kind.reader
 }
 
 
 @dataclass(frozen=True)
 class DatasourceSpec:
-    database_type: str  # duckdb | sample | files
-    path: str  # absolute, already confined to the data root (or the sample file)
+    database_type: str  # duckdb | sample | files | sqlite | postgres | mysql | s3
+    path: str  # absolute, already confined to the data root (or the sample file); s3: its URL
     data_time_zone: str = "UTC"
+    object_storage: ObjectStorageSpec | None = None  # s3 only
+    remote: RemoteDatabaseSpec | None = None  # postgres and mysql only
 
 
 @dataclass(frozen=True)
@@ -81,19 +93,31 @@ class Sandbox:
 
     def __init__(self, spec: DatasourceSpec, limits: Limits, temp_dir: str) -> None:
         self.spec = spec
-        self._paths = {spec.path: "<datasource>", temp_dir: "<temp>"}
+        self._paths = {
+            path: label
+            for path, label in ((spec.path, "<datasource>"), (temp_dir, "<temp>"))
+            if path
+        }
+        self._storage: ObjectStorage | None = None
+        self.remote: RemoteSession | None = None
+        self._timeout_seconds = limits.timeout_seconds
+        if spec.remote is not None and spec.remote.password:
+            self._paths[spec.remote.password] = "<redacted>"
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         self.connection = duckdb.connect(":memory:", config=dict(BASE_CONFIG))
         try:
+            # The default is ~/.duckdb/stored_secrets: it would name the service's home and user.
+            # Set before the attach: an s3 datasource's secret puts the secret manager in use.
+            self._set("secret_directory", str(Path(temp_dir) / "no-secrets"))
             self._attach()
             allowed = [temp_dir]
             if spec.database_type == "files":
                 allowed.append(spec.path)
+            if self._storage is not None:  # the prefix, and no other remote location
+                allowed.append(self._storage.spec.url)
             self._set("allowed_directories", allowed)
             self._set("temp_directory", temp_dir)
             self._set("extension_directory", str(Path(temp_dir) / "no-extensions"))
-            # The default is ~/.duckdb/stored_secrets: it would name the service's home and user.
-            self._set("secret_directory", str(Path(temp_dir) / "no-secrets"))
             self._set("threads", max(1, limits.threads))
             self._set("memory_limit", f"{max(16, limits.memory_limit_mb)}MB")
             self._set("max_temp_directory_size", f"{max(1, limits.max_temp_directory_size_mb)}MB")
@@ -105,7 +129,7 @@ class Sandbox:
             raise
         except duckdb.Error as exc:
             self.close()
-            raise QueryFailed("datasource_unavailable", self.clean(exc)) from None
+            raise self.failure(exc, "datasource_unavailable") from None
 
     def _set(self, name: str, value: Any) -> None:
         self.connection.execute(f"SET {name} = $1", [value])
@@ -120,12 +144,43 @@ class Sandbox:
                 f"ATTACH {_literal(spec.path)} AS {DATASOURCE_ALIAS} (READ_ONLY)"
             )
             self.connection.execute(f"USE {DATASOURCE_ALIAS}")
+        elif spec.database_type == "sqlite":
+            if not Path(spec.path).is_file():
+                raise QueryFailed("datasource_unavailable", "The datasource file does not exist.")
+            attach_sqlite(self.connection, spec.path, DATASOURCE_ALIAS)
+            self.connection.execute(f"USE {DATASOURCE_ALIAS}")
+        elif spec.remote is not None and spec.database_type in ("postgres", "mysql"):
+            self._attach_remote(spec.remote)
         elif spec.database_type == "files":
             self._create_file_views(Path(spec.path))
+        elif spec.database_type == "s3" and spec.object_storage is not None:
+            self._open_object_storage(spec.object_storage)
         else:
             raise QueryFailed(
                 "datasource_unavailable", f"Unsupported database type {spec.database_type!r}."
             )
+
+    def _attach_remote(self, remote: RemoteDatabaseSpec) -> None:
+        """Attach within the connect timeout; a driver stuck past it ends the child (the pool
+        reports ``connection_timed_out``), since a blocked connect cannot be interrupted."""
+        guard = threading.Timer(
+            remote.connect_timeout_seconds + 1, os._exit, [CONNECT_TIMEOUT_EXIT_STATUS]
+        )
+        guard.daemon = True
+        guard.start()
+        try:
+            self.remote = RemoteSession(
+                self.connection,
+                self.spec.database_type,
+                remote,
+                DATASOURCE_ALIAS,
+                self._timeout_seconds,
+            )
+        except duckdb.Error as exc:
+            raise connect_failure(exc, self.clean(exc)) from None
+        finally:
+            guard.cancel()
+        self.connection.execute(f"USE {DATASOURCE_ALIAS}")
 
     def _create_file_views(self, folder: Path) -> None:
         """Each Parquet/CSV/JSON file becomes a view named after its stem (first one wins).
@@ -135,32 +190,65 @@ class Sandbox:
         """
         if not folder.is_dir():
             raise QueryFailed("datasource_unavailable", "The datasource folder does not exist.")
-        files: dict[str, tuple[str, Path]] = {}
-        for path in sorted(folder.iterdir()):
-            reader = _FILE_VIEW_READERS.get(path.suffix.lower())
-            if reader is not None and path.is_file():
-                files.setdefault(path.stem.lower(), (reader, path))
-        names = [path.name for _, path in files.values()]
+        inside = folder.resolve()
+        self._create_views(
+            {
+                path.name: str(path)
+                for path in sorted(folder.iterdir())
+                # A link that leads out of the folder (into another organisation's area) is skipped.
+                if path.is_file() and path.resolve().is_relative_to(inside)
+            }
+        )
+
+    def _open_object_storage(self, storage_spec: ObjectStorageSpec) -> None:
+        """The objects directly under the prefix become views, as a folder's files do."""
+        self._paths.pop(self.spec.path, None)  # the tenant's own bucket URL is no server secret
+        self._storage = ObjectStorage(self.connection, storage_spec)
+        for secret in self._storage.secrets():
+            self._paths[secret] = "<redacted>"
+        names = self._storage.list_objects(self.connection)
+        self._create_views({name: storage_spec.url + name for name in names})
+
+    def _create_views(self, locations: dict[str, str]) -> None:
+        """A view per readable file name, named after its stem (first one wins), reading
+        ``locations[name]``: a path or an s3:// URL."""
+        files: dict[str, tuple[str, str, str]] = {}
+        for name in locations:
+            stem, suffix = os.path.splitext(name)
+            reader = _FILE_VIEW_READERS.get(suffix.lower())
+            if reader is not None and stem:
+                files.setdefault(stem.lower(), (reader, stem, name))
         self.connection.execute(
             f"SET VARIABLE {FILES_VARIABLE} = MAP($1::VARCHAR[], $2::VARCHAR[])",
-            [names, [str(path) for _, path in files.values()]],
+            [[name for *_, name in files.values()], [locations[n] for *_, n in files.values()]],
         )
-        for reader, path in files.values():
+        for reader, stem, name in files.values():
             # DDL takes no bound parameters; names are quoted, the reader is from a fixed map.
             self.connection.execute(
-                f"CREATE VIEW {_identifier(path.stem)} AS SELECT * FROM "  # noqa: S608
-                f"{reader}(getvariable('{FILES_VARIABLE}')[{_literal(path.name)}])"
+                f"CREATE VIEW {_identifier(stem)} AS SELECT * FROM "  # noqa: S608
+                f"{reader}(getvariable('{FILES_VARIABLE}')[{_literal(name)}])"
             )
 
     def clean(self, error: BaseException) -> str:
-        """The error's first line with server paths replaced, so no filesystem layout leaks."""
+        """The error's first line with server paths (and credentials) replaced, so neither
+        the filesystem layout nor a secret leaks."""
         message = first_line(error)
         for path, label in self._paths.items():
             message = message.replace(path, label)
         return message
 
+    def failure(self, error: duckdb.Error, code: str) -> QueryFailed:
+        """``code``, or what an object store's answer says more precisely, with a clean message."""
+        if self._storage is not None and isinstance(error, duckdb.IOException):
+            return self._storage.failure(error, self.clean(error))
+        if self.remote is not None:
+            return self.remote.failure(error, self.clean(error), code)
+        return QueryFailed(code, self.clean(error))
+
     def close(self) -> None:
         self.connection.close()
+        if self._storage is not None:
+            self._storage.close()
 
 
 def _literal(text: str) -> str:
@@ -190,15 +278,23 @@ def classify(error: duckdb.Error, interrupted_for: str | None) -> str:
 class _Deadline:
     """Interrupts the connection when the time limit passes; the parent kills us if that fails."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, seconds: float) -> None:
+    def __init__(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        seconds: float,
+        remote: RemoteSession | None = None,
+    ) -> None:
         self.fired = False
         self._connection = connection
+        self._remote = remote
         self._timer = threading.Timer(max(0.01, seconds), self._fire)
         self._timer.daemon = True
 
     def _fire(self) -> None:
         self.fired = True
         self._connection.interrupt()
+        if self._remote is not None:  # an interrupt does not reach a query the server runs
+            self._remote.cancel()
 
     def __enter__(self) -> _Deadline:
         self._timer.start()
@@ -217,18 +313,19 @@ def run_query(job: QueryJob) -> QueryOutcome:
     sandbox = Sandbox(job.datasource, job.limits, job.temp_dir)
     try:
         check_sql(job.sql, sandbox.connection)
-        with _Deadline(sandbox.connection, job.limits.timeout_seconds) as deadline:
+        seconds = job.limits.timeout_seconds
+        with _Deadline(sandbox.connection, seconds, sandbox.remote) as deadline:
             try:
                 result = sandbox.connection.execute(job.sql, job.parameters or None)
                 reader = result.to_arrow_reader(BATCH_ROWS)
                 outcome = _write_result(reader, job.result_path, job.limits, deadline)
             except duckdb.Error as exc:
                 code = classify(exc, ErrorCode.TIMEOUT if deadline.fired else None)
-                if code == ErrorCode.TIMEOUT:
+                if code == ErrorCode.TIMEOUT or deadline.fired:
                     raise QueryFailed(
                         ErrorCode.TIMEOUT, "The query exceeded its time limit."
                     ) from None
-                raise QueryFailed(code, sandbox.clean(exc)) from None
+                raise sandbox.failure(exc, code) from None
             except pa.ArrowException as exc:
                 deadline.check()
                 raise QueryFailed("execution_error", sandbox.clean(exc)) from None
@@ -270,16 +367,25 @@ def _write_result(
 
 
 def schema_of(spec: DatasourceSpec, limits: Limits, temp_dir: str) -> dict[str, Any]:
-    """Schemas, tables/views with row counts, and columns of the attached datasource."""
+    """Schemas, tables/views with row counts, and columns of the attached datasource.
+
+    ``row_counts_exact`` says whether the counts are exact (a remote server's are its planner's
+    estimates); the worker records it and keeps it out of the stored schema.
+    """
     sandbox = Sandbox(spec, limits, temp_dir)
-    database = DATASOURCE_ALIAS if spec.database_type in ("duckdb", "sample") else "memory"
+    attached = spec.database_type in ATTACHED_DATABASE_TYPES
     try:
-        with _Deadline(sandbox.connection, limits.timeout_seconds) as deadline:
+        with _Deadline(sandbox.connection, limits.timeout_seconds, sandbox.remote) as deadline:
             try:
-                return _describe(sandbox.connection, database)
+                schema = _describe(sandbox.connection, DATASOURCE_ALIAS if attached else "memory")
+                if sandbox.remote is not None:
+                    sandbox.remote.describe(sandbox.connection, schema)
+                elif spec.database_type == "sqlite":
+                    describe_sqlite(sandbox.connection, DATASOURCE_ALIAS, schema)
+                return schema
             except duckdb.Error as exc:
                 deadline.check()
-                raise QueryFailed("datasource_unavailable", sandbox.clean(exc)) from None
+                raise sandbox.failure(exc, "datasource_unavailable") from None
     finally:
         sandbox.close()
 
@@ -322,6 +428,7 @@ def _describe(connection: duckdb.DuckDBPyConnection, database: str) -> dict[str,
     return {
         "server_version": f"DuckDB {duckdb.__version__}",
         "schemas": [{"name": name, "tables": items} for name, items in schemas.items()],
+        "row_counts_exact": True,
     }
 
 
@@ -331,6 +438,6 @@ def check_connection(spec: DatasourceSpec, limits: Limits, temp_dir: str) -> Non
     try:
         sandbox.connection.execute("SELECT 1").fetchall()
     except duckdb.Error as exc:
-        raise QueryFailed("datasource_unavailable", sandbox.clean(exc)) from None
+        raise sandbox.failure(exc, "datasource_unavailable") from None
     finally:
         sandbox.close()

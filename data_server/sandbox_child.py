@@ -20,6 +20,8 @@ import orjson
 
 from data_server import engine
 from data_server.framing import read_frame, write_frame
+from data_server.object_storage import ObjectStorageSpec
+from data_server.remote_databases import RemoteDatabaseSpec
 
 
 def _limits(raw: dict[str, Any]) -> engine.Limits:
@@ -27,6 +29,12 @@ def _limits(raw: dict[str, Any]) -> engine.Limits:
 
 
 def _spec(raw: dict[str, Any]) -> engine.DatasourceSpec:
+    storage = raw.get("object_storage")
+    if storage is not None:
+        raw = {**raw, "object_storage": ObjectStorageSpec(**storage)}
+    remote = raw.get("remote")
+    if remote is not None:
+        raw = {**raw, "remote": RemoteDatabaseSpec(**remote)}
     return engine.DatasourceSpec(**raw)
 
 

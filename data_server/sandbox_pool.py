@@ -23,7 +23,14 @@ from typing import Any
 
 import orjson
 
-from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, QueryOutcome
+from data_server.engine import (
+    CONNECT_TIMEOUT_EXIT_STATUS,
+    DatasourceSpec,
+    Limits,
+    QueryFailed,
+    QueryJob,
+    QueryOutcome,
+)
 from data_server.framing import read_frame, write_frame
 from shared.execution_states import ErrorCode
 
@@ -256,6 +263,11 @@ class SandboxPool:
 def _crashed(child: _Child) -> QueryFailed:
     child.kill()
     status = child.process.returncode
+    if status == CONNECT_TIMEOUT_EXIT_STATUS:  # the child gave up on a connect (engine)
+        return QueryFailed(
+            "connection_timed_out",
+            "The database did not accept the connection within the connect timeout.",
+        )
     how = f"signal {-status}" if status is not None and status < 0 else f"exit status {status}"
     logger.warning("sandbox child %d died (%s)", child.pid, how)
     return QueryFailed(ErrorCode.WORKER_CRASHED, f"The query process died unexpectedly ({how}).")

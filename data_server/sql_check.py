@@ -29,6 +29,20 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 
+# The remote-database extensions' functions that take SQL text or a connection string: they would
+# run the server's own dialect with no bound parameters (postgres_query, mysql_query), write
+# (postgres_execute, mysql_execute), or connect to any host or file they name (postgres_scan,
+# postgres_attach, sqlite_scan, …). Refused like every function off the allow-list, but with the
+# reason: a remote datasource is queried in DuckDB's dialect, through its attached tables.
+PASS_THROUGH_FUNCTIONS = frozenset(
+    {
+        "postgres_query", "postgres_execute", "postgres_scan", "postgres_scan_pushdown",
+        "postgres_attach", "postgres_configure_pool", "pg_clear_cache", "read_postgres_binary",
+        "mysql_query", "mysql_execute", "mysql_clear_cache", "mysql_debug_execution_plan",
+        "mysql_explain_federated", "sqlite_query", "sqlite_scan", "sqlite_attach",
+    }
+)  # fmt: skip
+
 # DuckDB's built-in catalog views that show names, types and definitions only. Every other view of
 # the ``system`` catalog (duckdb_databases and pragma_database_list hold the datasource's path,
 # pg_settings every setting, duckdb_logs what the engine logged) is refused, and so is any view a
@@ -139,6 +153,13 @@ def _check_node(node: dict[str, Any], ctes: frozenset[str]) -> None:
     kind = node.get("type")
     if kind == "TABLE_FUNCTION":
         name = str((node.get("function") or {}).get("function_name", "")).lower()
+        if name in PASS_THROUGH_FUNCTIONS:
+            raise QueryFailed(
+                "forbidden_function",
+                f"The table function {name}() is not allowed: a database's tables are read "
+                "directly, in DuckDB's dialect (schema.table); no text in the server's own "
+                "dialect is passed through.",
+            )
         if name not in ALLOWED_TABLE_FUNCTIONS:
             allowed = ", ".join(sorted(ALLOWED_TABLE_FUNCTIONS))
             raise QueryFailed(

@@ -2,7 +2,8 @@
 
 Each executor thread claims one execution at a time and runs it in a sandboxed DuckDB child
 process of the pool. A heartbeat thread renews the leases of running executions and relays cancel
-requests; a maintenance thread reaps expired leases and runs the janitor.
+requests; a maintenance thread reaps expired leases and runs the janitor. A listener thread wakes
+idle executors when new work is announced (shared.notifications); their poll is a safety net.
 """
 
 from __future__ import annotations
@@ -14,25 +15,34 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.orm import Session, sessionmaker
 
 from data_server import janitor
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
+from data_server.object_storage import ObjectStorageSpec
+from data_server.remote_databases import RemoteDatabaseSpec
 from data_server.sample import ensure_sample_database
 from data_server.sandbox_pool import SandboxPool
-from shared import lifecycle
-from shared.datapaths import resolve_in_data_root
-from shared.db import new_work
+from shared import lifecycle, object_storage
+from shared.database_types import DATABASE_TYPES, REMOTE_DATABASE_TYPES
+from shared.datapaths import FILE_DATABASE_TYPES, resolve_datasource_path
 from shared.db.models import Datasource, utcnow
+from shared.egress import check_destination
 from shared.errors import AppError
 from shared.lifecycle import ErrorCode, ExecutionStatus, ExecutionType
 from shared.metrics import Metrics
+from shared.notifications import can_listen, listen_for_new_work
 from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
 from shared.settings import Settings
+from shared.shared_folders import granted_folder
+from shared.state_secrets import load_fernet
+from shared.storage_quota import StorageUsage, storage_usage
 from shared.tokens import Scope, new_data_key
 
 logger = logging.getLogger(__name__)
@@ -64,6 +74,7 @@ class Worker:
         self.sessions = sessions
         self.store = store
         self.pool = pool
+        self._fernet: Fernet | None = None  # loaded when a remote datasource first needs it
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = threading.Event()
         self._running: dict[str, _Running] = {}
@@ -71,7 +82,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._new_work = threading.Event()
         engine = sessions.kw["bind"]
-        self._listening = new_work.supported(engine)
+        self._listening = can_listen(engine)
         # With notifications the poll is only a safety net; without them it is the mechanism.
         self._idle_wait = (
             max(settings.poll_interval_seconds, FALLBACK_POLL_SECONDS)
@@ -107,20 +118,22 @@ class Worker:
     # ------------------------------------------------------------------ loops
 
     def _execute_loop(self) -> None:
+        """Cleared before each claim, so a notification that arrives while claiming (its row
+        perhaps committed too late to be seen) makes the wait below return at once."""
         while not self._stopping.is_set():
+            self._new_work.clear()
             try:
                 claim = lifecycle.claim_next(self.sessions, self.worker_id, self.settings)
             except Exception:  # the DB may be briefly unavailable: back off, never die
                 logger.exception("claiming failed")
                 claim = None
             if claim is None:
-                if self._new_work.wait(self._idle_wait):
-                    self._new_work.clear()
+                self._new_work.wait(self._idle_wait)
                 continue
             self._run(claim)
 
     def _listen_loop(self) -> None:
-        new_work.listen(self.sessions.kw["bind"], self._new_work, self._stopping)
+        listen_for_new_work(self.sessions.kw["bind"], self._new_work, self._stopping)
 
     def _heartbeat_loop(self) -> None:
         interval = max(0.2, self.settings.lease_seconds / 3)
@@ -217,21 +230,107 @@ class Worker:
         )
 
     def _datasource_spec(self, claim: lifecycle.Claim) -> DatasourceSpec:
-        """Confine the path again at run time: a symlink may have changed since it was checked."""
+        if claim.database_type in REMOTE_DATABASE_TYPES:
+            return DatasourceSpec(
+                database_type=claim.database_type,
+                path="",
+                data_time_zone=claim.data_time_zone,
+                remote=self._remote_spec(claim),
+            )
+        if claim.database_type == object_storage.DATABASE_TYPE:
+            storage = self._object_storage_spec(claim)
+            return DatasourceSpec(
+                database_type=claim.database_type,
+                path=storage.url,
+                data_time_zone=claim.data_time_zone,
+                object_storage=storage,
+            )
         if claim.database_type == "sample":
             path = ensure_sample_database(self.settings.state_dir, self.settings.sample_scale)
         else:
-            try:
-                path = resolve_in_data_root(
-                    self.settings.data_root,
-                    claim.database or "",
-                    want_dir=claim.database_type == "files",
-                )
-            except AppError as exc:
-                raise QueryFailed("datasource_unavailable", exc.detail) from exc
+            path = self._confined_file_path(claim)
         return DatasourceSpec(
             database_type=claim.database_type, path=str(path), data_time_zone=claim.data_time_zone
         )
+
+    def _remote_spec(self, claim: lifecycle.Claim) -> RemoteDatabaseSpec:
+        """The host checked against the egress policy again, now (its answer is the address the
+        child connects to), and the password decrypted only to be handed to that child."""
+        port = claim.port or DATABASE_TYPES[claim.database_type].default_port or 0
+        address = self._checked_address(claim.host or "", port)
+        password = self._password(claim)
+        return RemoteDatabaseSpec(
+            host=claim.host or "",
+            address=address,
+            port=port,
+            database=claim.database or "",
+            username=claim.username or "",
+            password=password,
+            require_ssl=claim.require_ssl,
+            verify_ssl=claim.verify_ssl,
+            connect_timeout_seconds=self.settings.connect_timeout_seconds,
+        )
+
+    def _object_storage_spec(self, claim: lifecycle.Claim) -> ObjectStorageSpec:
+        """As for a remote database: the endpoint's host (the bucket's own name, for AWS)
+        checked now and the secret key decrypted only for the child."""
+        region = claim.s3_region or object_storage.DEFAULT_REGION
+        try:
+            location = object_storage.parse_location(claim.database or "")
+        except ValueError as exc:
+            raise QueryFailed("datasource_unavailable", f"database: {exc}.") from None
+        endpoint = object_storage.endpoint_for(
+            location, claim.host, claim.port, region, claim.require_ssl
+        )
+        return ObjectStorageSpec.of(
+            location,
+            endpoint,
+            region=region,
+            verify_ssl=claim.verify_ssl,
+            address=self._checked_address(endpoint.connect_host, endpoint.connect_port),
+            connect_timeout_seconds=self.settings.connect_timeout_seconds,
+            key_id=claim.username,
+            secret=self._password(claim),
+        )
+
+    def _checked_address(self, host: str, port: int) -> str:
+        try:
+            return check_destination(host, port, self.settings)
+        except AppError as exc:
+            raise QueryFailed(exc.code, exc.detail) from None
+
+    def _password(self, claim: lifecycle.Claim) -> str | None:
+        if not claim.password_encrypted:
+            return None
+        if self._fernet is None:
+            self._fernet = load_fernet(self.settings)
+        try:
+            return self._fernet.decrypt(claim.password_encrypted.encode()).decode()
+        except InvalidToken:
+            raise QueryFailed(
+                "datasource_unavailable",
+                "The stored password cannot be decrypted: the data server's "
+                "DATAFERRY_ENCRYPTION_KEY differs from the API server's.",
+            ) from None
+
+    def _confined_file_path(self, claim: lifecycle.Claim) -> Path:
+        """Confine the path again at run time, in the organisation's area or a folder granted to
+        it: a symlink may have changed, or the grant been revoked, since the API server checked."""
+
+        def granted(name: str) -> Path | None:
+            with self.sessions() as session:
+                return granted_folder(session, claim.organization_id, name)
+
+        try:
+            return resolve_datasource_path(
+                self.settings.data_root,
+                claim.organization_id,
+                claim.database or "",
+                want_dir=FILE_DATABASE_TYPES.get(claim.database_type, False),
+                granted_folder=granted,
+            ).path
+        except AppError as exc:
+            raise QueryFailed("datasource_unavailable", exc.detail) from exc
 
     def _run_query(self, job: _Running, spec: DatasourceSpec) -> None:
         claim = job.claim
@@ -239,17 +338,21 @@ class Worker:
         result_path = scratch.with_suffix(".arrow")
         scratch.mkdir(parents=True, exist_ok=True)
         try:
+            limits, usage = self._limits_within_quota(claim)
             query = QueryJob(
                 datasource=spec,
                 sql=claim.sql,
                 parameters=claim.bound_parameters,
-                limits=self._limits(),
+                limits=limits,
                 result_path=str(result_path),
                 temp_dir=str(scratch),
             )
             outcome = self.pool.run(query, cancel_event=job.cancel)
             if job.lease_lost or self._stopping.is_set():
                 return
+            cut_by_quota = limits.max_result_bytes < self.settings.max_result_bytes
+            if outcome.truncated and cut_by_quota and outcome.rows < limits.max_result_rows:
+                raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
             data_key = new_data_key(Scope.EXECUTION_RESULT)
             self.store.publish(result_path, result_object_key(data_key))
             with self.sessions.begin() as session:
@@ -268,9 +371,21 @@ class Worker:
             shutil.rmtree(scratch, ignore_errors=True)
             result_path.unlink(missing_ok=True)
 
+    def _limits_within_quota(self, claim: lifecycle.Claim) -> tuple[Limits, StorageUsage]:
+        """A result may take only what the organisation's storage quota leaves; none left fails
+        the execution before it runs, and a result cut short by the quota fails it after."""
+        with self.sessions() as session:
+            usage = storage_usage(session, self.settings, claim.organization_id)
+        if usage.remaining_bytes <= 0:
+            raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
+        limits = self._limits()
+        cap = min(limits.max_result_bytes, usage.remaining_bytes)
+        return replace(limits, max_result_bytes=cap), usage
+
     def _run_refresh(self, job: _Running, spec: DatasourceSpec) -> None:
         claim = job.claim
         schema = self.pool.schema_of(spec, self._limits(), cancel_event=job.cancel)
+        exact = bool(schema.pop("row_counts_exact", True))  # recorded, not part of the schema
         if job.lease_lost or self._stopping.is_set():
             return
         data_key = new_data_key(Scope.DATASOURCE_SCHEMA)
@@ -288,7 +403,7 @@ class Worker:
                 datasource.schema_names = [s["name"] for s in schema.get("schemas", [])]
                 datasource.schema_updated_at = utcnow()
                 datasource.total_row_count = _total_rows(schema)
-                datasource.total_row_count_exact = True
+                datasource.total_row_count_exact = exact
                 datasource.server_version = schema.get("server_version")
         delete_stored_data(self.store, schemas=[previous if published else data_key])
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 180
+# The demo's datasources may reach databases on this machine; a deployment allows none by default.
+DEMO_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -87,9 +89,12 @@ def banner(env: dict[str, str], credentials: dict[str, str]) -> str:
         f"dataferry region {env.get('DATAFERRY_REGION', 'eu')} is running: "
         f"API server {api}, data server {data}\n"
         f"demo organisation: {credentials['organization_id']}\n"
-        f"API key (keep it secret): {credentials['api_key']}\n\n"
+        f"API key (keep it secret): {credentials['api_key']}\n"
+        "datasources may also reach: "
+        f"{env.get('DATAFERRY_DATASOURCE_ALLOWED_NETWORKS') or 'public addresses only'}\n\n"
         "Try it:\n"
-        f"  export API={api} DATA={data} KEY={credentials['api_key']}\n"
+        f"  export API={api} DATA={data} KEY={credentials['api_key']} "
+        f"ORG={credentials['organization_id']}\n"
         '  curl -s -H "Authorization: Api $KEY" $API/datasources\n'
     )
 
@@ -122,6 +127,9 @@ def main() -> int:
     args = parser.parse_args()
 
     environments = [region_environment(path) for path in args.env_file or [None]]
+    if args.demo:
+        for env in environments:
+            env.setdefault("DATAFERRY_DATASOURCE_ALLOWED_NETWORKS", DEMO_ALLOWED_NETWORKS)
     processes: list[subprocess.Popen[bytes]] = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, interrupt)

@@ -117,6 +117,18 @@ class UriTooLong(AppError):
     status, code, title = 414, "uri_too_long", "URI too long"
 
 
+class DestinationNotAllowed(Unprocessable):
+    """A datasource's host is outside the region's egress policy (shared.egress)."""
+
+    code, title = "destination_not_allowed", "Destination not allowed"
+
+
+class HostNotFound(Unprocessable):
+    """A datasource's host name does not resolve (in time) to any address."""
+
+    code, title = "host_not_found", "Host not found"
+
+
 class HeaderFieldsTooLarge(AppError):
     status, code, title = 431, "header_fields_too_large", "Request header fields too large"
 

@@ -40,3 +40,5 @@ class ErrorCode(StrEnum):
     WORKER_CRASHED = "worker_crashed"  # its sandbox child died
     WORKER_STOPPING = "worker_stopping"
     INTERNAL_ERROR = "internal_error"
+    # The organisation's stored results and files reach DATAFERRY_MAX_ORGANIZATION_STORAGE_MB.
+    STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"

@@ -32,5 +32,9 @@ def resource_route(path: str, **handlers: Handler) -> Route:
 
     # The Route takes every method so that dispatch, not Starlette, answers 405 (with a stable Allow).
     route = Route(path, dispatch, methods=_ALL_METHODS, name=path)
+    # A converter ("{name:path}": a name that may hold "/", so that the endpoint, not the router,
+    # refuses it) is how the route matches, not part of its template: the audit log, metrics and
+    # the OpenAPI document name "/files/{name}".
+    route.path = route.path_format
     route.handled_methods = frozenset(by_method)  # type: ignore[attr-defined]
     return route

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from shared.egress import NetworkRule, parse_allowed_networks
 from shared.errors import ConfigurationError
 
 PREFIX = "DATAFERRY_"
@@ -59,7 +61,8 @@ class Settings:
     )
     data_root: Path = _setting(
         "DATA_ROOT",
-        "The only directory file datasources may point into; default <state dir>/data.",
+        "Holds one area per organisation, <data root>/<organisation id>/, where its file "
+        "datasources' paths resolve; default <state dir>/data.",
         Path(),
     )
     api_host: str = _setting("API_HOST", "Address the API server binds to.", "127.0.0.1")
@@ -119,6 +122,11 @@ class Settings:
     max_connections: int = _setting(
         "MAX_CONNECTIONS", "Concurrent connections a server process accepts; beyond: 503.", 1000
     )
+    datasource_allowed_networks: str = _setting(
+        "DATASOURCE_ALLOWED_NETWORKS",
+        "Networks (CIDR[:port[-port]], comma-separated) datasources may reach besides public ones.",
+        "",
+    )
     redis_url: str = _setting(
         "REDIS_URL",
         "Redis holding rate-limit counters shared by API servers; default: each process counts.",
@@ -136,7 +144,8 @@ class Settings:
     )
     max_running_executions: int = _setting(
         "MAX_RUNNING_EXECUTIONS",
-        "Unfinished executions an organisation may have at once, unless its own cap differs.",
+        "SQL executions an organisation may have unfinished, and executions of any kind running, "
+        "at once, unless its own cap differs.",
         20,
     )
     results_dir: Path = _setting(
@@ -157,6 +166,11 @@ class Settings:
     query_timeout_seconds: float = _setting(
         "QUERY_TIMEOUT_SECONDS", "Longest an execution may run before it fails with timeout.", 300.0
     )
+    connect_timeout_seconds: float = _setting(
+        "CONNECT_TIMEOUT_SECONDS",
+        "Longest a remote datasource (PostgreSQL, MySQL, object storage) may take to connect.",
+        10.0,
+    )
     query_memory_limit_mb: int = _setting(
         "QUERY_MEMORY_LIMIT_MB", "DuckDB memory_limit per execution, in MiB.", 1024
     )
@@ -169,6 +183,14 @@ class Settings:
     )
     max_result_bytes: int = _setting(
         "MAX_RESULT_BYTES", "Bytes kept of a result; beyond that it is truncated.", 2 * 1024**3
+    )
+    max_upload_mb: int = _setting(
+        "MAX_UPLOAD_MB", "Largest file one upload may store, in MiB; beyond: 413.", 1024
+    )
+    max_organization_storage_mb: int = _setting(
+        "MAX_ORGANIZATION_STORAGE_MB",
+        "Storage quota of an organisation (its area's files and stored results), in MiB.",
+        10240,
     )
     max_sql_length: int = _setting(
         "MAX_SQL_LENGTH", "Longest sql_query accepted, in characters.", 100_000
@@ -210,6 +232,11 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}WORKER_PROCESSES and {PREFIX}MAX_ATTEMPTS must be positive"
             )
+        self.allowed_networks  # noqa: B018 - parse now: a bad entry stops start-up
+        if self.max_upload_mb < 1 or self.max_organization_storage_mb < 1:
+            raise ConfigurationError(
+                f"{PREFIX}MAX_UPLOAD_MB and {PREFIX}MAX_ORGANIZATION_STORAGE_MB must be positive"
+            )
         if not self.region.isidentifier() or self.region != self.region.lower():
             raise ConfigurationError(
                 f"{PREFIX}REGION must be a lower-case name, got {self.region!r}"
@@ -229,6 +256,14 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    @cached_property
+    def allowed_networks(self) -> tuple[NetworkRule, ...]:
+        """DATAFERRY_DATASOURCE_ALLOWED_NETWORKS, parsed (see shared.egress)."""
+        try:
+            return parse_allowed_networks(self.datasource_allowed_networks)
+        except ValueError as exc:
+            raise ConfigurationError(f"{PREFIX}DATASOURCE_ALLOWED_NETWORKS: {exc}") from None
 
     @property
     def cors_origin_list(self) -> list[str]:

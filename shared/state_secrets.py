@@ -33,6 +33,21 @@ def load_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
     return value
 
 
+def load_fernet(settings: Settings) -> Fernet:
+    """The key datasource credentials are encrypted with: the API server encrypts, and the data
+    server decrypts for the sandbox child that connects, so both need the same one."""
+    if settings.encryption_key is not None:
+        key = settings.encryption_key.reveal().encode()
+    else:
+        key = load_or_create(settings.state_dir / "secrets" / "encryption_key", Fernet.generate_key)
+    try:
+        return Fernet(key)
+    except ValueError as exc:
+        raise ConfigurationError(
+            "DATAFERRY_ENCRYPTION_KEY must be 32 url-safe base64-encoded bytes (a Fernet key)"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class ServerSecrets:
     api_key_pepper: bytes
@@ -47,19 +62,9 @@ class ServerSecrets:
             pepper = load_or_create(
                 secrets_dir / "api_key_pepper", lambda: secrets.token_urlsafe(48).encode()
             )
-        if settings.encryption_key is not None:
-            key = settings.encryption_key.reveal().encode()
-        else:
-            key = load_or_create(secrets_dir / "encryption_key", Fernet.generate_key)
         if len(pepper) < 32:
             raise ConfigurationError("DATAFERRY_API_KEY_PEPPER must be at least 32 characters")
-        try:
-            fernet = Fernet(key)
-        except ValueError as exc:
-            raise ConfigurationError(
-                "DATAFERRY_ENCRYPTION_KEY must be 32 url-safe base64-encoded bytes (a Fernet key)"
-            ) from exc
-        return cls(api_key_pepper=pepper, fernet=fernet)
+        return cls(api_key_pepper=pepper, fernet=load_fernet(settings))
 
     def encrypt(self, plaintext: str) -> str:
         return self.fernet.encrypt(plaintext.encode()).decode()

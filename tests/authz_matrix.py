@@ -25,12 +25,16 @@ class Rule:
     path: str
     permissions: tuple[Permission, ...]
     success: int
-    target: str = ""  # "datasource", "execution", "snippet", "api_key": the object in {id}
+    # "datasource", "files_datasource", "execution", "snippet", "api_key": the object in {id}
+    # ({name} is the files datasource's file)
+    target: str = ""
     scoped: bool = False  # the object belongs to (a key: is restricted to) the target datasource
     public: bool = False  # no key needed at all
     unrestricted_only: bool = False  # keys restricted to listed datasources get 403
     body: Callable[[Any], Any] | None = field(default=None, compare=False)
     json_body: bool = False  # plain JSON (Cluvio's action operations) instead of JSON:API
+    # An upload: (Content-Type, the file's bytes) for the world.
+    upload: Callable[[Any], tuple[str, bytes]] | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -76,6 +80,20 @@ RULES = [
     # No refresh has completed in process (no data server runs): 409 once authorised.
     Rule("GET", "/datasources/{id}/schema", (P.VIEW_DATASOURCES,), 409, target="datasource",
          scoped=True),
+    Rule("GET", "/datasources/{id}/files", (P.VIEW_DATASOURCES,), 200, target="files_datasource",
+         scoped=True),
+    Rule("GET", "/datasources/{id}/files/{name}", (P.VIEW_DATASOURCES,), 200,
+         target="files_datasource", scoped=True),
+    Rule("PUT", "/datasources/{id}/files/{name}", (P.MANAGE_DATASOURCES,), 200,
+         target="files_datasource", scoped=True,
+         upload=lambda world: ("text/csv", b"order_id,amount\n2,3.5\n")),
+    Rule("DELETE", "/datasources/{id}/files/{name}", (P.MANAGE_DATASOURCES,), 200,
+         target="files_datasource", scoped=True),
+    Rule("GET", "/datasources/{id}/database_file", (P.VIEW_DATASOURCES,), 200,
+         target="datasource", scoped=True),
+    Rule("PUT", "/datasources/{id}/database_file", (P.MANAGE_DATASOURCES,), 200,
+         target="datasource", scoped=True,
+         upload=lambda world: ("application/octet-stream", world.database_bytes())),
     Rule("GET", "/executions/{id}", READ_EXECUTION, 200, target="execution", scoped=True),
     Rule("DELETE", "/executions/{id}", RUN, 204, target="execution", scoped=True),
     # Not completed (no data server runs): 204, "no data yet", once authorised.

@@ -19,6 +19,7 @@ class DataferryClient:
     # One connection pool, as a backend application would keep: a new client per call costs more
     # (TLS context, connection set-up) than the server spends answering. Safe across threads.
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60), repr=False)
+    organization_id: str = ""  # the key's organisation: its files live in <data root>/<this id>
 
     @property
     def headers(self) -> dict[str, str]:
@@ -37,7 +38,8 @@ class DataferryClient:
         return response.json()["data"]["attributes"]
 
     def create_duckdb_datasource(self, name: str, file_name: str) -> str:
-        """A datasource over a DuckDB file in the data root, created through the API; its id."""
+        """A datasource over a DuckDB file in the organisation's area (``file_name`` relative to
+        it), created through the API; its id."""
         response = self.http.post(
             f"{self.api_url}/datasources",
             headers={**self.headers, "Content-Type": "application/vnd.api+json"},

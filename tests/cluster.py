@@ -20,14 +20,14 @@ from sqlalchemy import func, select
 
 from api_server.services import organizations
 from data_server.sample import ensure_sample_database
-from shared.db import new_work
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Datasource, Execution
 from shared.lifecycle import TERMINAL_STATUSES
+from shared.notifications import announce_new_work
 from shared.settings import Settings
 from shared.state_secrets import ServerSecrets
-from tests.processes import clean_environment
+from tests.processes import LOOPBACK_NETWORKS, clean_environment
 
 
 class Cluster:
@@ -36,7 +36,12 @@ class Cluster:
     def __init__(self, url: str, state_dir: Path) -> None:
         self.url = url
         self.state_dir = state_dir
-        self.settings = Settings(state_dir=state_dir, database_url=url, sample_scale=0.001)
+        self.settings = Settings(
+            state_dir=state_dir,
+            database_url=url,
+            sample_scale=0.001,
+            datasource_allowed_networks=LOOPBACK_NETWORKS,
+        )
         self.engine = create_metadata_engine(url)
         self.sessions = create_session_factory(self.engine)
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -48,6 +53,7 @@ class Cluster:
                 "DATAFERRY_STATE_DIR": str(self.state_dir),
                 "DATAFERRY_DATABASE_URL": self.url,
                 "DATAFERRY_SAMPLE_SCALE": "0.001",
+                "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
                 "DATAFERRY_WORKER_PROCESSES": "2",
                 "DATAFERRY_LEASE_SECONDS": "2",
                 "PGAPPNAME": self.app_name,  # lets a test find (and cut) the workers' connections
@@ -104,7 +110,7 @@ class Cluster:
                 )
                 for execution_id in ids
             )
-            new_work.announce(session)
+            announce_new_work(session)
         return ids
 
     def rows(self, ids: list[str]) -> list[Execution]:

@@ -20,7 +20,7 @@ from tests.factories import Api
 from tests.log_watch import CAPTURE
 from tests.object_store import ObjectStore, running_object_store
 from tests.postgres import POSTGRES_SCHEMA, fresh_postgres_schema
-from tests.processes import Region, running_region
+from tests.processes import LOOPBACK_NETWORKS, Region, running_region
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,6 +78,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_url=database_url,
         sample_scale=0.001,
         max_datasources=5,
+        datasource_allowed_networks=LOOPBACK_NETWORKS,
     )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -13,10 +14,22 @@ from starlette.testclient import TestClient
 from api_server.app import create_app
 from api_server.permissions import Permission
 from api_server.services import api_keys, organizations
+from shared.datapaths import ensure_organization_area
 from shared.settings import Settings
 from tests.log_watch import remember
 
 JSONAPI = "application/vnd.api+json"
+# A remote datasource's attributes: enough for the API (nothing connects until a query runs).
+# Not port 5432: where the metadata DB is the test PostgreSQL on 127.0.0.1:5432, the egress policy
+# refuses that address and port to every datasource (it is the region's own database).
+POSTGRES_DATASOURCE = {
+    "database_type": "postgres",
+    "host": "127.0.0.1",
+    "port": 15432,
+    "database": "test",
+    "username": "reader",
+    "require_ssl": False,
+}
 
 
 @dataclass
@@ -32,6 +45,8 @@ class Api:
 
     client: TestClient
     settings: Settings
+    # Which organisation each key (secret) made here belongs to, for create_datasource's file.
+    organization_of_key: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     @contextmanager
@@ -47,6 +62,7 @@ class Api:
         with self.app.state.sessions.begin() as session:
             created = organizations.create_organization(session, self.app.state.secrets, name)
         remember(created.api_key)
+        self.organization_of_key[created.api_key] = created.organization_id
         ds = self.get("/datasources", created.api_key).json()["data"][0]["id"]
         return Org(created.organization_id, created.api_key, ds)
 
@@ -66,11 +82,18 @@ class Api:
                 datasource_ids=datasource_ids,
             )
         remember(secret)
+        self.organization_of_key[secret] = org.id
         return secret
 
-    def duckdb_file(self, name: str = "shop.duckdb") -> str:
-        path = self.settings.data_root / name
-        with duckdb.connect(str(path)) as connection:
+    def area(self, org: Org | str) -> Path:
+        """The organisation's file area (``<data root>/<org id>``), created as the server does."""
+        organization_id = org.id if isinstance(org, Org) else org
+        return ensure_organization_area(self.settings.data_root, organization_id)
+
+    def duckdb_file(self, org: Org | str, name: str = "shop.duckdb") -> str:
+        """A DuckDB file with table t (a) in the organisation's area; its path as datasources
+        name it (relative to the area)."""
+        with duckdb.connect(str(self.area(org) / name)) as connection:
             connection.execute("CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS a")
         return name
 
@@ -79,7 +102,7 @@ class Api:
         attributes.setdefault("name", "Shop")
         attributes.setdefault("database_type", "duckdb")
         if "database" not in attributes:
-            attributes["database"] = self.duckdb_file()
+            attributes["database"] = self.duckdb_file(self.organization_of_key[key])
         response = self.post("/datasources", key, resource("datasources", **attributes))
         assert response.status_code == 201, response.text
         return response.json()["data"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import ssl
 import subprocess
 import sys
 import time
@@ -9,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -47,19 +50,26 @@ class ObjectStore:
 
 
 @contextmanager
-def running_object_store() -> Iterator[ObjectStore]:
+def running_object_store(
+    extra_env: dict[str, str] | None = None, certificate: tuple[Path, Path] | None = None
+) -> Iterator[ObjectStore]:
+    """``extra_env`` configures moto (e.g. INITIAL_NO_AUTH_ACTION_COUNT: then it checks
+    signatures); with ``certificate`` (cert, key PEM files) it speaks HTTPS only."""
     port = free_port()
+    tls = ["-c", str(certificate[0]), "-k", str(certificate[1])] if certificate else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port), *tls],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(extra_env or {})},
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if certificate else 'http'}://127.0.0.1:{port}"
+    verify = ssl.create_default_context(cafile=str(certificate[0])) if certificate else True
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{url}/moto-api/", timeout=1)
+                httpx.get(f"{url}/moto-api/", timeout=1, verify=verify)
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or process.poll() is not None:

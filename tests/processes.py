@@ -16,10 +16,14 @@ from pathlib import Path
 
 import httpx
 
+from shared.datapaths import ensure_organization_area
 from tests.client import DataferryClient
 from tests.log_watch import LOG_FILES, remember
 
 ROOT = Path(__file__).resolve().parent.parent
+# Test servers (PostgreSQL, MariaDB, moto) listen on loopback, which the egress policy denies by
+# default: every test deployment allows it explicitly, as `make run` does.
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 def free_port() -> int:
@@ -74,11 +78,21 @@ class Region:
     def organization_client(self, name: str = "E2E") -> Iterator[DataferryClient]:
         """A client holding the key of a new organisation; its connections close afterwards."""
         credentials = self.create_organization(name)
-        client = DataferryClient(self.api_url, self.data_url, credentials["api_key"])
+        client = DataferryClient(
+            self.api_url,
+            self.data_url,
+            credentials["api_key"],
+            organization_id=credentials["organization_id"],
+        )
         try:
             yield client
         finally:
             client.http.close()
+
+    def area(self, organization_id: str) -> Path:
+        """The organisation's file area in this region's (default) data root, made as the servers
+        make it: where its file datasources' paths resolve."""
+        return ensure_organization_area(self.cwd / "var" / "data", organization_id)
 
     def log(self) -> str:
         return (self.cwd / "servers.log").read_text(errors="replace")
@@ -116,6 +130,7 @@ def running_region(cwd: Path, extra_env: dict[str, str] | None = None) -> Iterat
             "DATAFERRY_API_PORT": str(api_port),
             "DATAFERRY_DATA_PORT": str(data_port),
             "DATAFERRY_SAMPLE_SCALE": "0.01",
+            "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
             **(extra_env or {}),
         }
     )

@@ -117,7 +117,7 @@ def test_permissions_decide_datasource_routes(api, permissions, method, path_kin
                 "attributes": {
                     "name": "n",
                     "database_type": "duckdb",
-                    "database": api.duckdb_file(),
+                    "database": api.duckdb_file(org),
                 },
             }
         }

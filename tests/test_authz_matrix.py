@@ -39,6 +39,10 @@ class World:
     callers: dict[str, Caller] = field(default_factory=dict)
     keys_by_profile: dict[tuple, str] = field(default_factory=dict)
 
+    def database_bytes(self) -> bytes:
+        """The DuckDB file of the world's datasource, as an upload replacing it sends it."""
+        return (self.api.area(self.org) / self.database).read_bytes()
+
     def caller_with(self, permissions: tuple[Permission, ...]) -> Caller:
         granted = permissions[:1] or (Permission.VIEW_ALERTS,)
         key = self.api.create_key(self.org, list(granted))
@@ -53,10 +57,18 @@ def prompt_connection_tests(monkeypatch):
 
 def build_world(api: Api) -> World:
     org, other = api.create_org("A"), api.create_org("B")
-    database = api.duckdb_file()
+    database = api.duckdb_file(org)
+    api.duckdb_file(other, database)  # each organisation creates datasources over its own file
     world = World(api, org, other, database)
     datasource = api.create_datasource(org.key, name="D1", database=database)["id"]
     world.ids["datasource"] = datasource
+    folder = api.area(org) / "shop"
+    folder.mkdir()
+    (folder / "orders.csv").write_text("order_id,amount\n1,9.5\n")
+    world.ids["files_datasource"] = api.create_datasource(
+        org.key, name="F1", database_type="files", database="shop"
+    )["id"]
+    world.ids["file"] = "orders.csv"
     run = api.client.post(
         f"/datasources/{datasource}/executions",
         content=orjson.dumps({"sql_query": "SELECT 1"}),
@@ -96,11 +108,14 @@ def build_world(api: Api) -> World:
 
 def call(world: World, rule: Rule, key: str | None):
     path = rule.path.replace("{id}", world.ids.get(rule.target, "x"))
+    path = path.replace("{name}", world.ids["file"])
     headers = {"Authorization": f"Api {key}"} if key else {}
     content = None
     if rule.body is not None:
         content = orjson.dumps(rule.body(world))
         headers["Content-Type"] = "application/json" if rule.json_body else JSONAPI
+    if rule.upload is not None:
+        headers["Content-Type"], content = rule.upload(world)
     return world.api.client.request(rule.method, path, content=content, headers=headers)
 
 
@@ -239,7 +254,12 @@ def _key_for(world: World, permissions, same_organization: bool, restriction: st
         org = world.org if same_organization else world.other
         reach = {
             "none": None,
-            "target datasource": [world.ids["datasource"]] if same_organization else None,
+            # Every datasource a rule may target: the world's duckdb and files datasources.
+            "target datasource": (
+                [world.ids["datasource"], world.ids["files_datasource"]]
+                if same_organization
+                else None
+            ),
             "other datasource": [org.sample_datasource_id],
         }[restriction]
         world.keys_by_profile[profile] = world.api.create_key(org, list(permissions), reach)

@@ -7,11 +7,11 @@ import os
 import pytest
 
 from api_server.permissions import Permission
-from tests.factories import dump_tables, resource
+from tests.factories import POSTGRES_DATASOURCE, dump_tables, resource
 
 
-def _create_body(api, **overrides):
-    attributes = {"name": "Shop", "database_type": "duckdb", "database": api.duckdb_file()}
+def _create_body(api, org, **overrides):
+    attributes = {"name": "Shop", "database_type": "duckdb", "database": api.duckdb_file(org)}
     attributes.update(overrides)
     return resource("datasources", **attributes)
 
@@ -19,7 +19,7 @@ def _create_body(api, **overrides):
 def test_create_duckdb_datasource_returns_201_with_cluvio_attributes(api):
     org = api.create_org()
     response = api.post(
-        "/datasources", org.key, _create_body(api, port=5432, data_time_zone="Europe/Berlin")
+        "/datasources", org.key, _create_body(api, org, data_time_zone="Europe/Berlin")
     )
     assert response.status_code == 201, response.text
     assert response.headers["content-type"] == "application/vnd.api+json"
@@ -39,20 +39,23 @@ def test_create_duckdb_datasource_returns_201_with_cluvio_attributes(api):
 
 def test_create_files_datasource_points_at_a_folder(api):
     org = api.create_org()
-    (api.settings.data_root / "shop").mkdir()
+    (api.area(org) / "shop").mkdir()
     response = api.post(
-        "/datasources", org.key, _create_body(api, database_type="files", database="shop")
+        "/datasources", org.key, _create_body(api, org, database_type="files", database="shop")
     )
     assert response.status_code == 201, response.text
     assert response.json()["data"]["attributes"]["database"] == "shop"
 
 
-def test_absolute_path_inside_data_root_is_stored_relative(api):
+def test_path_is_stored_normalised_relative_to_the_area(api):
     org = api.create_org()
-    absolute = str(api.settings.data_root / api.duckdb_file())
-    response = api.post("/datasources", org.key, _create_body(api, database=absolute))
-    assert response.status_code == 201
-    assert response.json()["data"]["attributes"]["database"] == "shop.duckdb"
+    (api.area(org) / "sub").mkdir()
+    api.duckdb_file(org, "sub/shop.duckdb")
+    response = api.post(
+        "/datasources", org.key, _create_body(api, org, database="./sub//shop.duckdb/")
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["attributes"]["database"] == "sub/shop.duckdb"
 
 
 def test_read_update_delete_round_trip(api):
@@ -70,25 +73,38 @@ def test_read_update_delete_round_trip(api):
     assert api.get(path, org.key).status_code == 404
 
 
-def test_password_is_returned_only_to_managing_keys(api):
+def test_password_is_never_returned_not_even_to_the_key_that_set_it(api):
     org = api.create_org()
-    created = api.create_datasource(org.key, password="hunter2-secret")
-    assert created["attributes"]["password"] == "hunter2-secret"
+    created = api.create_datasource(org.key, password="hunter2-secret", **POSTGRES_DATASOURCE)
+    assert "password" not in created["attributes"]
     viewer = api.create_key(org, [Permission.VIEW_DATASOURCES])
-    seen = api.get(f"/datasources/{created['id']}", viewer)
-    assert "password" not in seen.json()["data"]["attributes"]
-    assert "hunter2-secret" not in seen.text
-    assert "hunter2-secret" not in api.get("/datasources", viewer).text
+    for key in (org.key, viewer):
+        for path in (f"/datasources/{created['id']}", "/datasources"):
+            seen = api.get(path, key)
+            assert seen.status_code == 200
+            assert "hunter2-secret" not in seen.text and '"password"' not in seen.text
+
+
+def _stored_password(api, datasource_id):
+    from shared.db.models import Datasource
+
+    with api.app.state.sessions() as session:
+        return session.get(Datasource, datasource_id).password_encrypted
 
 
 def test_password_can_be_changed_and_cleared(api):
     org = api.create_org()
-    created = api.create_datasource(org.key, password="first")
+    created = api.create_datasource(org.key, password="first", **POSTGRES_DATASOURCE)
     path = f"/datasources/{created['id']}"
+    first = _stored_password(api, created["id"])
     changed = api.patch(path, org.key, resource("datasources", created["id"], password="second"))
-    assert changed.json()["data"]["attributes"]["password"] == "second"
+    assert changed.status_code == 200 and "second" not in changed.text
+    second = _stored_password(api, created["id"])
+    assert first and second and second != first
+    assert api.app.state.secrets.decrypt(second) == "second"
     cleared = api.patch(path, org.key, resource("datasources", created["id"], password=None))
-    assert cleared.json()["data"]["attributes"]["password"] is None
+    assert cleared.status_code == 200
+    assert _stored_password(api, created["id"]) is None
 
 
 BAD_ATTRIBUTES = [
@@ -108,16 +124,18 @@ BAD_ATTRIBUTES = [
         "/data/attributes/max_concurrent_executions",
     ),
     ({"data_time_zone": "Mars/Olympus"}, "invalid_attribute", "/data/attributes/data_time_zone"),
-    ({"database_type": "postgres"}, "invalid_attribute", "/data/attributes/database_type"),
+    ({"database_type": "oracle"}, "invalid_attribute", "/data/attributes/database_type"),
+    ({"port": 5432}, "invalid_attribute", "/data/attributes/port"),  # a file type takes none
+    ({"username": "u"}, "invalid_attribute", "/data/attributes/username"),
     ({"database_type": "sample"}, "invalid_attribute", "/data/attributes/database_type"),
     ({"connection_mode": "agent"}, "invalid_attribute", "/data/attributes/connection_mode"),
     ({"ssh_tunnel_host": "bastion"}, "invalid_attribute", "/data/attributes/ssh_tunnel_host"),
     ({"host": "h" * 300}, "too_long", "/data/attributes/host"),
     ({"password": "p" * 2000}, "too_long", "/data/attributes/password"),
-    ({"database": "../outside.duckdb"}, "path_outside_data_root", "/data/attributes/database"),
-    ({"database": "/etc/passwd"}, "path_outside_data_root", "/data/attributes/database"),
+    ({"database": "../outside.duckdb"}, "path_traversal", "/data/attributes/database"),
+    ({"database": "/etc/passwd"}, "path_not_relative", "/data/attributes/database"),
     ({"database": "missing.duckdb"}, "path_not_found", "/data/attributes/database"),
-    ({"database": ""}, "path_not_found", "/data/attributes/database"),
+    ({"database": ""}, "path_empty", "/data/attributes/database"),
     ({"database": "a\x00b"}, "nul_character", "/data/attributes/database"),
 ]
 
@@ -126,7 +144,7 @@ BAD_ATTRIBUTES = [
 def test_bad_attribute_is_422_with_pointer_and_changes_nothing(api, overrides, code, pointer):
     org = api.create_org()
     before = dump_tables(api.app)
-    response = api.post("/datasources", org.key, _create_body(api, **overrides))
+    response = api.post("/datasources", org.key, _create_body(api, org, **overrides))
     assert response.status_code == 422, response.text
     errors = response.json()["errors"]
     assert {(e["code"], e["source"]["pointer"]) for e in errors} == {(code, pointer)}
@@ -160,25 +178,25 @@ def test_missing_required_attributes_are_each_reported(api):
     assert {e["code"] for e in response.json()["errors"]} == {"missing_attribute"}
 
 
-def test_symlink_leading_out_of_data_root_is_refused(api, tmp_path):
+def test_symlink_leading_out_of_the_area_is_refused(api, tmp_path):
     org = api.create_org()
     outside = tmp_path / "outside.duckdb"
     outside.write_bytes(b"not really")
-    os.symlink(outside, api.settings.data_root / "link.duckdb")
-    (api.settings.data_root / "dirlink").symlink_to(tmp_path)
+    os.symlink(outside, api.area(org) / "link.duckdb")
+    (api.area(org) / "dirlink").symlink_to(tmp_path)
     for database_type, database in (("duckdb", "link.duckdb"), ("files", "dirlink")):
         response = api.post(
             "/datasources",
             org.key,
-            _create_body(api, database_type=database_type, database=database),
+            _create_body(api, org, database_type=database_type, database=database),
         )
         assert response.status_code == 422
-        assert response.json()["errors"][0]["code"] == "path_outside_data_root"
+        assert response.json()["errors"][0]["code"] == "path_outside_area"
 
 
 def test_files_datasource_must_be_a_folder(api):
     org = api.create_org()
-    response = api.post("/datasources", org.key, _create_body(api, database_type="files"))
+    response = api.post("/datasources", org.key, _create_body(api, org, database_type="files"))
     assert response.status_code == 422
     assert response.json()["errors"][0]["code"] == "path_not_found"
 
@@ -233,7 +251,7 @@ def test_patch_with_mismatched_id_is_409(api):
 )
 def test_write_without_jsonapi_content_type_is_415(api, content_type):
     org = api.create_org()
-    response = api.post("/datasources", org.key, _create_body(api), content_type=content_type)
+    response = api.post("/datasources", org.key, _create_body(api, org), content_type=content_type)
     assert response.status_code == 415
     assert response.json()["errors"][0]["code"] == "unsupported_media_type"
 
@@ -242,7 +260,9 @@ def test_jsonapi_content_type_with_profile_is_accepted(api):
     org = api.create_org()
     content_type = 'application/vnd.api+json; profile="https://example.com/p"'
     assert (
-        api.post("/datasources", org.key, _create_body(api), content_type=content_type).status_code
+        api.post(
+            "/datasources", org.key, _create_body(api, org), content_type=content_type
+        ).status_code
         == 201
     )
 
@@ -271,7 +291,7 @@ def test_accept_is_negotiated(api, accept, status):
 
 def test_oversized_body_is_413(api):
     org = api.create_org()
-    body = _create_body(api, description="x" * (2 * 1024 * 1024))
+    body = _create_body(api, org, description="x" * (2 * 1024 * 1024))
     response = api.post("/datasources", org.key, body)
     assert response.status_code == 413
 
@@ -299,7 +319,7 @@ def test_collection_pages_sorts_filters_and_sparse_fields(api):
 
 def test_default_page_size_is_20(api):
     org = api.create_org()
-    api.settings.data_root.joinpath("many").mkdir()
+    api.area(org).joinpath("many").mkdir()
     with api.app.state.sessions.begin() as session:
         from shared.db.models import Datasource
 
@@ -363,7 +383,7 @@ def test_datasource_limit_excludes_the_sample_and_is_409(api):
     for i in range(api.settings.max_datasources):
         api.create_datasource(org.key, name=f"ds{i}")
     before = dump_tables(api.app)
-    response = api.post("/datasources", org.key, _create_body(api))
+    response = api.post("/datasources", org.key, _create_body(api, org))
     assert response.status_code == 409
     assert response.json()["errors"][0]["code"] == "datasource_limit_reached"
     assert dump_tables(api.app) == before

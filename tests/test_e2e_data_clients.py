@@ -50,7 +50,7 @@ def region(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def datasource(region, client):
-    path = region.cwd / "var" / "data" / "clients.duckdb"
+    path = region.area(client.organization_id) / "clients.duckdb"
     with duckdb.connect(str(path)) as connection:
         connection.execute(
             f"""CREATE TABLE sales AS SELECT range AS id, range * 0.25 AS amount,

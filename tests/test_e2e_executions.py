@@ -52,7 +52,7 @@ def region(tmp_path_factory, deployment):
 @pytest.fixture(scope="module")
 def shop(region, client):
     """A DuckDB datasource with a table of every type, created through the API."""
-    path = region.cwd / "var" / "data" / "types.duckdb"
+    path = region.area(client.organization_id) / "types.duckdb"
     with duckdb.connect(str(path)) as connection:
         connection.execute(f"CREATE TABLE everything AS {TYPES_SQL}")
         connection.execute("CREATE TABLE numbers AS SELECT range AS n FROM range(250000)")
@@ -319,7 +319,7 @@ def test_test_connection_reports_ok_and_error(region, client, shop):
         timeout=60,
     )
     assert ok.json() == {"status": "ok", "error_message": None}
-    broken_path = region.cwd / "var" / "data" / "gone.duckdb"
+    broken_path = region.area(client.organization_id) / "gone.duckdb"
     with duckdb.connect(str(broken_path)) as connection:
         connection.execute("CREATE TABLE t AS SELECT 1")
     created = client.create_duckdb_datasource("gone", "gone.duckdb")
@@ -402,7 +402,7 @@ def test_results_live_in_the_configured_store(region, client, shop, deployment, 
 def test_deleting_a_datasource_ends_its_tokens_and_stored_results(
     region, client, deployment, request
 ):
-    path = region.cwd / "var" / "data" / "doomed.duckdb"
+    path = region.area(client.organization_id) / "doomed.duckdb"
     with duckdb.connect(str(path)) as connection:
         connection.execute("CREATE TABLE t AS SELECT 1 AS a")
     datasource_id = client.create_duckdb_datasource("doomed", path.name)

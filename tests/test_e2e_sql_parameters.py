@@ -198,8 +198,8 @@ def region(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def database(region):
-    path = region.cwd / "var" / "data" / "events.duckdb"
+def database(region, client):
+    path = region.area(client.organization_id) / "events.duckdb"
     with duckdb.connect(str(path)) as connection:
         connection.execute(EVENTS_SQL)
         connection.execute("CREATE TABLE words (id INTEGER, word VARCHAR)")

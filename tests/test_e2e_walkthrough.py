@@ -17,7 +17,8 @@ def walkthrough_blocks() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## API walkthrough", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
-    # The first block is the export line with the placeholder key; the test sets API, DATA, KEY.
+    # The first block is the export line with the placeholder key; the test sets API, DATA, KEY
+    # and ORG.
     return [block for block in blocks if "dfk_…" not in block]
 
 
@@ -36,6 +37,7 @@ def test_readme_walkthrough_runs_verbatim(region):
         "API": region.api_url,
         "DATA": region.data_url,
         "KEY": credentials["api_key"],
+        "ORG": credentials["organization_id"],
     }
     script = "set -euo pipefail\n" + "\n".join(blocks)
     result = subprocess.run(
@@ -43,11 +45,12 @@ def test_readme_walkthrough_runs_verbatim(region):
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert "created datasource" in result.stdout
+    assert '"type":"datasource_files","id":"customers.csv"' in result.stdout  # the upload
     assert '"execution_status":"completed"' in result.stdout
     assert '"rows":[[1,' in result.stdout  # the JSON fetch of the query's rows
     assert '"order_id","amount"' in result.stdout  # the CSV fetch
     assert '"bound_parameters":[2]' in result.stdout  # the run with a Cluvio filter
-    assert "path_outside_data_root" in result.stdout
+    assert "path_traversal" in result.stdout
     assert credentials["api_key"] not in region.log()
 
 

@@ -121,6 +121,12 @@ CONFIG = {
             **_accepting("runExecution", "422"),
             "parameters": {"body.sql_query": _sometimes_from("queries")},
         },
+        # Whether a name is one a files datasource reads, and whether an upload's bytes read as
+        # their format (422); whether the datasource is of the type that has such files (409).
+        _accepting("showDatasourceFile", "422"),
+        _accepting("deleteDatasourceFile", "422"),
+        _accepting("uploadDatasourceFile", "413", "422"),
+        _accepting("uploadDatabaseFile", "413", "422"),
         # The data plane has one operation and every request is cheap: fuzz it harder.
         {**_accepting("fetchData", "400", "406"), "generation": {"max-examples": 50}},
     ],
@@ -136,6 +142,10 @@ KINDS = {  # the first path segment of each kind's URLs
     "api_keys": "api_key",
 }
 ROLES = ("read", "changed", "deleted")
+# A files datasource's files (/datasources/{id}/files…) belong to a files datasource of the role.
+FILES_KIND = "files_datasource"
+SEEDED_KINDS = (*KINDS.values(), FILES_KIND)
+FILE_NAME = "t.csv"
 
 
 @dataclass
@@ -191,10 +201,17 @@ def _schema_data_key(api: Api, key: str, datasource_id: str) -> str:
 
 def _seed(api: Api, org: Org, role: str, read_datasource: str | None) -> dict[str, str]:
     datasource = api.create_datasource(org.key, name=role, database="shop.duckdb")["id"]
+    folder = api.area(org) / f"files-{role}"
+    folder.mkdir()
+    (folder / FILE_NAME).write_text("a,b\n1,x\n")
+    files = api.create_datasource(
+        org.key, name=f"{role} files", database_type="files", database=folder.name
+    )["id"]
     snippet = {"data": {"type": "sql_snippets", "attributes": {"name": role, "sql": "SELECT 1"}}}
     spare_key = api.create_key(org, [Permission.VIEW_DATASOURCES])
     return {
         "datasource": datasource,
+        FILES_KIND: files,
         # On the read datasource, so that deleting the deleted one leaves them alone.
         "execution": _run_to_completion(api, org.key, read_datasource or datasource),
         "snippet": api.post("/sql_snippets", org.key, snippet).json()["data"]["id"],
@@ -208,10 +225,10 @@ def seeded_world(state: Path) -> Iterator[World]:
     settings = _settings(state)
     upgrade_to_head(create_metadata_engine(settings.database_url))
     with TestClient(create_data_app(settings, run_workers=True)), Api.start(settings) as api:
-        api.duckdb_file("shop.duckdb")  # table t (a); and a folder for `files` datasources
-        (settings.data_root / "files").mkdir()
-        (settings.data_root / "files" / "t.csv").write_text("a,b\n1,x\n")
         org = api.create_org("Schemathesis")
+        api.duckdb_file(org, "shop.duckdb")  # table t (a); and a folder for `files` datasources
+        (api.area(org) / "files").mkdir()
+        (api.area(org) / "files" / "t.csv").write_text("a,b\n1,x\n")
         key_id = api.get("/api_key", org.key).json()["data"]["id"]
         world = World(settings, org.key, key_id, org.id, api.create_org("Other").key)
         read = world.ids["read"] = _seed(api, org, "read", None)
@@ -232,6 +249,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _kind(path: str) -> str | None:
+    if path.startswith("/datasources/{id}/files"):
+        return FILES_KIND
     return KINDS.get(path.strip("/").partition("/")[0]) if "{id}" in path else None
 
 
@@ -262,7 +281,7 @@ def _retargeting(world: World) -> dict[str, dict[str, str]]:
             **{
                 world.ids[other][kind]: world.ids[role][kind]
                 for other in ROLES
-                for kind in KINDS.values()
+                for kind in SEEDED_KINDS
             },
             world.key_id: world.ids[role]["api_key"],
         }
@@ -298,7 +317,7 @@ def load_api_schema(world: World) -> Any:
         assert op is not None
         kind = _kind(op.path)
         real = [world.ids[_role(op.method)][kind]] if kind else []
-        return _sometimes("id", real)(path_parameters)
+        return _sometimes("id", real)(path_parameters).flatmap(_sometimes("name", [FILE_NAME]))
 
     @schema.hook("map_case")
     def objects_of_the_role(

@@ -66,7 +66,11 @@ def test_restricted_key_cannot_create_datasources(api):
     body = {
         "data": {
             "type": "datasources",
-            "attributes": {"name": "n", "database_type": "duckdb", "database": api.duckdb_file()},
+            "attributes": {
+                "name": "n",
+                "database_type": "duckdb",
+                "database": api.duckdb_file(org),
+            },
         }
     }
     response = api.post("/datasources", key, body)

@@ -1,7 +1,7 @@
 """Collected last: no log line of the whole run holds a secret the suite handed out.
 
 The scenario here makes sure there is something to check even when this file runs alone: a
-password datasource, a bad and a good key, a rate-limited key, bound values, a data grant, and a
+password datasource, an object-storage datasource's key, a bad and a good key, a rate-limited key, bound values, a data grant, and a
 fetch through a data URL (``?token=``), whose access-log line must hold the path only.
 """
 
@@ -16,13 +16,20 @@ from api_server.permissions import Permission
 from api_server.services.data_grants import data_url
 from data_server.app import create_app as create_data_app
 from shared.tokens import Scope, SigningKeyring, mint_data_token, new_data_key
-from tests.factories import Api
+from tests.factories import POSTGRES_DATASOURCE, Api
 from tests.log_watch import CAPTURE, SENSITIVE, everything_logged, remember
 
 
 def _scenario(api: Api) -> None:
     org = api.create_org()
-    datasource = api.create_datasource(org.key, password="pw-for-the-log-test-41f7")["id"]
+    api.create_datasource(org.key, password="pw-for-the-log-test-41f7", **POSTGRES_DATASOURCE)
+    remember("S3KEYIDFORTHELOGTEST")  # an object-storage key: id and secret
+    api.create_datasource(
+        org.key, name="Bucket", database_type="s3", database="s3://logged/data/",
+        host="127.0.0.1", port=9000, require_ssl=False, username="S3KEYIDFORTHELOGTEST",
+        password="s3-secret-for-the-log-test-2b9d",
+    )  # fmt: skip
+    datasource = api.create_datasource(org.key)["id"]
     narrow = api.create_key(org, [Permission.VIEW_ALERTS])
     assert api.get("/datasources", narrow).status_code == 403
     assert api.get("/datasources", org.key[:-2] + "zz").status_code == 401

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
+from collections.abc import Awaitable
 
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server import jsonapi
-from api_server.auth import authenticate
+from api_server.auth import Principal, authenticate
+from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission, require
 from api_server.services import data_grants, datasources, executions
 from shared import lifecycle
@@ -28,34 +31,57 @@ SCHEMA_NAME = re.compile(r"^[^\x00-\x1f]{1,255}$")
 
 
 @jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
-def test_connection(request: Request) -> Response:
+async def test_connection(request: Request) -> Response:
+    """The answer waits for the test's outcome on the event loop (holding no thread), at most
+    ``CONNECTION_TEST_TIMEOUT_SECONDS``; then the test is cancelled."""
     principal = authenticate(request)
     require(principal, Permission.MANAGE_DATASOURCES)
     sessions = request.app.state.sessions
-    with sessions.begin() as session:
+    execution_id = await run_in_threadpool(_queue_connection_test, request, principal)
+
+    def read() -> Awaitable[Execution | None]:
+        return run_in_threadpool(_read_execution, sessions, execution_id)
+
+    waits: ExecutionWaits = request.app.state.execution_waits
+    execution = await waits.wait_until_ended(
+        execution_id, CONNECTION_TEST_TIMEOUT_SECONDS, read, _ended_or_gone
+    )
+    if execution is None:  # its datasource was deleted meanwhile
+        return jsonapi.json_response(
+            {"status": "error", "error_message": "The datasource was deleted."}
+        )
+    if execution.status == ExecutionStatus.COMPLETED:
+        return jsonapi.json_response({"status": "ok", "error_message": None})
+    if execution.status in lifecycle.TERMINAL_STATUSES:
+        return jsonapi.json_response({"status": "error", "error_message": execution.error_message})
+    await run_in_threadpool(_cancel_if_unfinished, sessions, execution_id)
+    message = f"No data server answered within {CONNECTION_TEST_TIMEOUT_SECONDS} s."
+    return jsonapi.json_response({"status": "error", "error_message": message})
+
+
+def _queue_connection_test(request: Request, principal: Principal) -> str:
+    with request.app.state.sessions.begin() as session:
         datasource = datasources.get_datasource(session, principal, request.path_params["id"])
-        execution_id = executions.create_system_execution(
+        return executions.create_system_execution(
             session, datasource, ExecutionType.CONNECTION_TEST
         ).id
-    deadline = time.monotonic() + CONNECTION_TEST_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        with sessions() as session:
-            execution = session.get(Execution, execution_id)
-            assert execution is not None
-            if execution.status in lifecycle.TERMINAL_STATUSES:
-                if execution.status == ExecutionStatus.COMPLETED:
-                    return jsonapi.json_response({"status": "ok", "error_message": None})
-                return jsonapi.json_response(
-                    {"status": "error", "error_message": execution.error_message}
-                )
-        time.sleep(0.1)
+
+
+def _read_execution(sessions: sessionmaker[Session], execution_id: str) -> Execution | None:
+    with sessions() as session:
+        return session.get(Execution, execution_id)
+
+
+def _ended_or_gone(execution: Execution | None) -> bool:
+    return execution is None or execution.status in lifecycle.TERMINAL_STATUSES
+
+
+def _cancel_if_unfinished(sessions: sessionmaker[Session], execution_id: str) -> None:
     with sessions.begin() as session:
         execution = session.get(Execution, execution_id)
         if execution is not None and execution.status not in lifecycle.TERMINAL_STATUSES:
             with contextlib.suppress(Conflict):  # it ended a moment ago: nothing to stop
                 lifecycle.request_cancel(session, execution)
-    message = f"No data server answered within {CONNECTION_TEST_TIMEOUT_SECONDS} s."
-    return jsonapi.json_response({"status": "error", "error_message": message})
 
 
 @jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)

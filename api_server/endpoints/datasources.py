@@ -34,7 +34,7 @@ def _query(request: Request, collection: bool) -> jsonapi.CollectionQuery:
 def _document(
     request: Request, ds: Datasource, principal: Principal, status_code: int = 200
 ) -> Response:
-    resource = serializers.datasource(ds, principal, request.app.state.secrets)
+    resource = serializers.datasource(ds)
     query = _query(request, collection=False)
     document: dict[str, Any] = {"data": jsonapi.apply_sparse_fields(resource, query)}
     if "agents" in query.include:
@@ -63,11 +63,7 @@ def list_datasources(request: Request) -> Response:
     query = _query(request, collection=True)
     with request.app.state.sessions() as session:
         rows, total = datasources.list_datasources(session, principal, query)
-        secrets = request.app.state.secrets
-        data = [
-            jsonapi.apply_sparse_fields(serializers.datasource(ds, principal, secrets), query)
-            for ds in rows
-        ]
+        data = [jsonapi.apply_sparse_fields(serializers.datasource(ds), query) for ds in rows]
     document = {
         "data": data,
         "links": jsonapi.pagination_links(request, query, total),
@@ -96,7 +92,9 @@ def create_datasource(request: Request) -> Response:
     state = request.app.state
     with state.sessions.begin() as session:
         ds = datasources.create_datasource(session, principal, data, state.settings, state.secrets)
-        if ds.enabled:  # record the schema right away, so GET .../schema works without a refresh
+        # Record the schema right away, so GET .../schema works without a refresh (a tunnelled
+        # datasource cannot run yet: its refresh would be refused).
+        if ds.enabled and not ds.ssh_tunnel_host:
             executions.create_system_execution(session, ds, ExecutionType.DATASOURCE_REFRESH)
         return _document(request, ds, principal, status_code=201)
 

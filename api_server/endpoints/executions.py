@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Awaitable
+from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server import jsonapi, serializers
 from api_server.auth import Principal, authenticate
+from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission, require
 from api_server.services import data_grants, executions
 from shared import lifecycle
 from shared.db.models import Execution
-from shared.errors import InvalidQueryParameter, Unprocessable
+from shared.errors import InvalidQueryParameter, NotFound, Unprocessable
 from shared.results import delete_stored_data
 from shared.tokens import Scope
 
@@ -45,10 +48,23 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 @jsonapi.endpoint()
-def run_execution(request: Request) -> Response:
+async def run_execution(request: Request) -> Response:
+    """Cluvio's Run Execution. With ``?wait=N`` (beyond Cluvio) the answer waits, holding no
+    thread, until the execution ends or N seconds pass; a completed one carries its data grant
+    in ``meta``, so that run and fetch are two requests."""
     principal = authenticate(request)
     require(principal, *RUN_PERMISSIONS)
-    jsonapi.parse_collection_query(request, collection=False)
+    jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
+    wait = _wait_seconds(request)  # checked before anything is queued
+    execution = await run_in_threadpool(_queue, request, principal)
+    if not wait:
+        return _document(execution, principal)
+    execution = await _until_ended(request, principal, execution.id, wait)
+    meta = await run_in_threadpool(_grant_if_completed, request, principal, execution)
+    return _document(execution, principal, meta)
+
+
+def _queue(request: Request, principal: Principal) -> Execution:
     body = jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE)
     state = request.app.state
     run = executions.parse_run_request(body, state.settings)
@@ -58,13 +74,18 @@ def run_execution(request: Request) -> Response:
             session, principal, request.path_params["id"], run, idempotency_key, state.settings
         )
         request.state.audit_resource_id = execution.id
-        return _document(execution, principal)
+    return execution
 
 
-def _document(execution: Execution, principal: Principal) -> Response:
+def _document(
+    execution: Execution, principal: Principal, meta: dict[str, Any] | None = None
+) -> Response:
     """Bound values may be private to the application that sent them: only its key sees them."""
     owner = execution.api_key_id is not None and execution.api_key_id == principal.api_key_id
-    return jsonapi.response({"data": serializers.execution(execution, show_query=owner)})
+    document: dict[str, Any] = {"data": serializers.execution(execution, show_query=owner)}
+    if meta:
+        document["meta"] = meta
+    return jsonapi.response(document)
 
 
 def _wait_seconds(request: Request) -> float:
@@ -82,35 +103,71 @@ def _wait_seconds(request: Request) -> float:
     return seconds
 
 
-def _load(request: Request, principal: Principal) -> Execution:
+def _load(request: Request, principal: Principal, execution_id: str | None = None) -> Execution:
     with request.app.state.sessions() as session:
         return executions.get_execution(
-            session, principal, request.path_params["id"], request.app.state.settings
+            session,
+            principal,
+            execution_id or request.path_params["id"],
+            request.app.state.settings,
         )
 
 
-# A status change is seen within this long after it happens; each check is one indexed read.
-LONG_POLL_MAX_PAUSE_SECONDS = 0.1
+async def _until_ended(
+    request: Request, principal: Principal, execution_id: str, seconds: float
+) -> Execution:
+    """The execution once it ended or ``seconds`` passed: waited for on the event loop, each
+    read in a thread."""
+
+    def read() -> Awaitable[Execution]:
+        return run_in_threadpool(_load, request, principal, execution_id)
+
+    waits: ExecutionWaits = request.app.state.execution_waits
+    return await waits.wait_until_ended(execution_id, seconds, read, _ended)
+
+
+def _ended(execution: Execution) -> bool:
+    return execution.status in lifecycle.TERMINAL_STATUSES
 
 
 @jsonapi.endpoint()
-def show_execution(request: Request) -> Response:
-    """With ``?wait=N`` the answer waits until the status changes or N seconds pass."""
+async def show_execution(request: Request) -> Response:
+    """With ``?wait=N`` the answer waits, holding no thread, until the execution ends or N
+    seconds pass."""
     principal = authenticate(request)
     require(principal, *READ_PERMISSIONS)
     jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
     wait = _wait_seconds(request)
-    execution = _load(request, principal)
-    deadline, pause = time.monotonic() + wait, 0.01
-    while execution.status not in lifecycle.TERMINAL_STATUSES and time.monotonic() < deadline:
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 1.5, LONG_POLL_MAX_PAUSE_SECONDS)
-        latest = _load(request, principal)
-        if latest.status != execution.status:
-            execution = latest
-            break
-        execution = latest
+    execution = await _until_ended(request, principal, request.path_params["id"], wait)
     return _document(execution, principal)
+
+
+def _grant(request: Request, principal: Principal, execution: Execution) -> dict[str, Any] | None:
+    """Get Execution Data's grant for a completed execution; None before completion or after a
+    failure; 404 ``result_gone`` once its data expired or was purged."""
+    state = request.app.state
+    if not executions.data_available(execution, state.settings):
+        return None
+    assert execution.data_key is not None and execution.completed_at is not None
+    return data_grants.grant_data(
+        state.signing_keys,
+        state.settings,
+        organization_id=principal.organization_id,
+        data_key=execution.data_key,
+        scope=Scope.EXECUTION_RESULT,
+        data_timestamp=int(execution.completed_at.timestamp()),
+    )
+
+
+def _grant_if_completed(
+    request: Request, principal: Principal, execution: Execution
+) -> dict[str, Any] | None:
+    """Run-and-wait's ``meta``: the grant, or nothing (a result purged the moment it completed
+    is not an error of the run)."""
+    try:
+        return _grant(request, principal, execution)
+    except NotFound:
+        return None
 
 
 @jsonapi.endpoint(jsonapi.JSON_MEDIA_TYPE)
@@ -119,21 +176,10 @@ def execution_data(request: Request) -> Response:
     204."""
     principal = authenticate(request)
     require(principal, *READ_PERMISSIONS)
-    state = request.app.state
-    execution = _load(request, principal)
-    if not executions.data_available(execution, state.settings):
+    grant = _grant(request, principal, _load(request, principal))
+    if grant is None:
         return Response(status_code=204)
-    assert execution.data_key is not None and execution.completed_at is not None
-    return jsonapi.json_response(
-        data_grants.grant_data(
-            state.signing_keys,
-            state.settings,
-            organization_id=principal.organization_id,
-            data_key=execution.data_key,
-            scope=Scope.EXECUTION_RESULT,
-            data_timestamp=int(execution.completed_at.timestamp()),
-        )
-    )
+    return jsonapi.json_response(grant)
 
 
 @jsonapi.endpoint()

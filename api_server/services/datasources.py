@@ -11,11 +11,21 @@ from sqlalchemy.orm import Session
 from api_server.auth import Principal
 from api_server.schemas import DatasourceCreate, DatasourceUpdate
 from api_server.services.listing import CollectionQuery
-from shared.datapaths import relative_to_root, resolve_in_data_root
+from shared import object_storage
+from shared.database_types import CONNECTION_ATTRIBUTES, check_connection_attributes
+from shared.datapaths import (
+    FILE_DATABASE_TYPES,
+    default_datasource_path,
+    ensure_organization_area,
+    resolve_datasource_path,
+)
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution
+from shared.egress import check_destination
 from shared.errors import Conflict, Forbidden, NotFound
+from shared.ids import new_resource_id
 from shared.settings import Settings
+from shared.shared_folders import granted_folder
 from shared.state_secrets import ServerSecrets
 
 SORTABLE = ("name", "database_type", "created_at", "updated_at")
@@ -85,8 +95,28 @@ def create_datasource(
     _check_datasource_limit(session, principal.organization_id, settings.max_datasources)
     values = data.model_dump(exclude={"password"}, exclude_none=True)
     values = {k: v for k, v in values.items() if hasattr(Datasource, k)}
-    values["database"] = _checked_database_path(settings, data.database_type, data.database)
-    ds = Datasource(organization_id=principal.organization_id, **values)
+    datasource_id = new_resource_id()
+    assigned = data.database is None and data.database_type in FILE_DATABASE_TYPES
+    if assigned:  # a folder or file of its own, which uploads then fill
+        values["database"] = default_datasource_path(data.database_type, datasource_id)
+    values.update(
+        check_connection_attributes(data.database_type, {**values, "password": data.password})
+    )
+    _check_destination(
+        settings,
+        values.get("host"),
+        _destination_port(data.database_type, values.get("port"), data.require_ssl),
+    )
+    # Last: for a file type it may make the datasource's folder, which no later check undoes.
+    values["database"] = _checked_database_path(
+        session,
+        settings,
+        principal.organization_id,
+        data.database_type,
+        values.get("database"),
+        create_missing=assigned,
+    )
+    ds = Datasource(id=datasource_id, organization_id=principal.organization_id, **values)
     if data.password is not None:
         ds.password_encrypted = server_secrets.encrypt(data.password)
     session.add(ds)
@@ -116,8 +146,22 @@ def update_datasource(
     if "database_type" in changes or "database" in changes:
         database_type = changes.get("database_type", ds.database_type)
         changes["database"] = _checked_database_path(
-            settings, database_type, changes.get("database", ds.database)
+            session,
+            settings,
+            ds.organization_id,
+            database_type,
+            changes.get("database", ds.database),
         )
+    _check_changed_connection(ds, changes)
+    _check_destination(
+        settings,
+        changes.get("host"),
+        _destination_port(
+            changes.get("database_type", ds.database_type),
+            changes.get("port"),
+            changes.get("require_ssl", ds.require_ssl),
+        ),
+    )
     if "password" in changes:
         password = changes.pop("password")
         ds.password_encrypted = server_secrets.encrypt(password) if password is not None else None
@@ -126,6 +170,34 @@ def update_datasource(
             setattr(ds, name, value)
     session.flush()
     return ds
+
+
+def _check_changed_connection(ds: Datasource, changes: dict[str, Any]) -> None:
+    """What the datasource's type requires and takes, judged on its attributes after the change;
+    fills the type's default port into ``changes``."""
+    touched = {"database_type", *CONNECTION_ATTRIBUTES} & set(changes)
+    if ds.database_type == "sample" or not touched:
+        return
+    after = {name: getattr(ds, name) for name in CONNECTION_ATTRIBUTES if name != "password"}
+    after["password"] = ds.password_encrypted
+    after.update({name: changes[name] for name in CONNECTION_ATTRIBUTES if name in changes})
+    database_type = changes.get("database_type", ds.database_type)
+    changes.update(check_connection_attributes(database_type, after))
+
+
+def _destination_port(database_type: str, port: int | None, require_ssl: bool) -> int | None:
+    """An s3 endpoint without a port is reached on the standard one of its scheme."""
+    if database_type == object_storage.DATABASE_TYPE and port is None:
+        return object_storage.default_port(require_ssl)
+    return port
+
+
+def _check_destination(settings: Settings, host: str | None, port: int | None) -> None:
+    """The egress policy on a host being saved (an update re-judges it only when a connection
+    attribute changes); the worker checks again right before it connects, and connects to the
+    address that check returns."""
+    if host and port:
+        check_destination(host, port, settings, pointer="/data/attributes/host")
 
 
 @dataclass(frozen=True)
@@ -182,9 +254,26 @@ def _check_datasource_limit(session: Session, organization_id: str, limit: int) 
         )
 
 
-def _checked_database_path(settings: Settings, database_type: str, database: str | None) -> str:
-    pointer = "/data/attributes/database"
-    resolved = resolve_in_data_root(
-        settings.data_root, database or "", want_dir=database_type == "files", pointer=pointer
+def _checked_database_path(
+    session: Session,
+    settings: Settings,
+    organization_id: str,
+    database_type: str,
+    database: str | None,
+    *,
+    create_missing: bool = False,
+) -> str | None:
+    """A file type's path, normalised and confined to the organisation's area or a grant."""
+    if database_type not in FILE_DATABASE_TYPES:
+        return database
+    ensure_organization_area(settings.data_root, organization_id)
+    located = resolve_datasource_path(
+        settings.data_root,
+        organization_id,
+        database or "",
+        want_dir=FILE_DATABASE_TYPES[database_type],
+        granted_folder=lambda name: granted_folder(session, organization_id, name),
+        pointer="/data/attributes/database",
+        create_missing=create_missing,
     )
-    return relative_to_root(settings.data_root, resolved)
+    return located.relative

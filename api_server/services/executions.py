@@ -25,11 +25,12 @@ from api_server.services.sql_parameters import (
     parse_input_parameters,
 )
 from api_server.services.sql_snippets import expand_snippets, snippet_lookup
-from shared.db import new_work
+from shared.database_types import refuse_ssh_tunnel
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Organization, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from shared.lifecycle import UNFINISHED_STATUSES, ExecutionStatus, ExecutionType
+from shared.notifications import announce_new_work
 from shared.settings import Settings
 
 _NOT_FOUND_DETAIL = "No execution with this id exists."
@@ -126,7 +127,7 @@ def run_execution(
     try:
         with session.begin_nested():
             session.add(execution)
-        new_work.announce(session)
+        announce_new_work(session)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         existing = _find_idempotent(session, principal, idempotency_key or "")
         if existing is None:
@@ -189,6 +190,7 @@ def _require_capacity(session: Session, organization_id: str, settings: Settings
 def _require_enabled(datasource: Datasource) -> None:
     if not datasource.enabled:
         raise Conflict("This datasource is disabled.", code="datasource_disabled")
+    refuse_ssh_tunnel(datasource.ssh_tunnel_host)
 
 
 def create_system_execution(
@@ -204,7 +206,7 @@ def create_system_execution(
     )
     session.add(execution)
     session.flush()
-    new_work.announce(session)
+    announce_new_work(session)
     return execution
 
 

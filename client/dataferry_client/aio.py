@@ -122,7 +122,7 @@ class AsyncClient:
         self, execution: Execution, progress: ProgressCallback | None = None
     ) -> AsyncResult:
         ops.ensure_completed(execution)
-        first = await self._drive(ops.grant_execution_data(execution.id))
+        first = execution.grant or await self._drive(ops.grant_execution_data(execution.id))
         loop = asyncio.get_running_loop()
 
         def grant() -> DataGrant:  # called from the download's worker thread

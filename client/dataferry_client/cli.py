@@ -320,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = actions.add_parser("create", parents=[common])
     create.add_argument("--name", required=True)
     create.add_argument("--type", required=True, help="duckdb or files")
-    create.add_argument("--database", required=True, help="path inside the server's data root")
+    create.add_argument(
+        "--database", required=True, help="path in your organisation's file area on the server"
+    )
     create.add_argument("--set", action="append", metavar="ATTR=VALUE")
     update = actions.add_parser("update", parents=[common])
     update.add_argument("id")

@@ -102,7 +102,7 @@ class Client:
         def grant() -> DataGrant:
             return self._drive(ops.grant_execution_data(execution.id))
 
-        grants = Grants(grant, grant())
+        grants = Grants(grant, execution.grant or grant())  # run-and-wait brought one
 
         def download(progress: ProgressCallback | None) -> ResultDownload:
             return ResultDownload(

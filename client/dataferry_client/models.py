@@ -55,6 +55,16 @@ class Datasource(Resource):
 
 @dataclass(frozen=True)
 class Execution(Resource):
+    # Run-and-wait's grant (the answer's ``meta``) when the run answered a completed execution.
+    grant: DataGrant | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Execution:
+        meta = document.get("meta")
+        grant = DataGrant.from_json(meta) if isinstance(meta, dict) and "data_key" in meta else None
+        data = document["data"]
+        return cls(id=data["id"], type=data["type"], attributes=data["attributes"], grant=grant)
+
     @property
     def status(self) -> ExecutionStatus:
         return ExecutionStatus(self.attributes["execution_status"])

@@ -13,7 +13,13 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dataferry_client.errors import DataNotAvailable, ExecutionFailed, NotFound, QueryTimeout
+from dataferry_client.errors import (
+    DataNotAvailable,
+    ExecutionFailed,
+    NotFound,
+    QueryTimeout,
+    api_error,
+)
 from dataferry_client.models import (
     ApiKey,
     ConnectionTest,
@@ -173,16 +179,30 @@ def run_execution(
     sql: str,
     parameters: Mapping[str, Any] | None = None,
     idempotency_key: str | None = None,
+    wait: float = 0,
 ) -> Operation[Execution]:
-    """Queue an execution; the Idempotency-Key makes a retried POST return the same one."""
+    """Queue an execution; the Idempotency-Key makes a retried POST return the same one.
+
+    With ``wait`` (run-and-wait) the answer comes once the execution ended or ``wait`` seconds
+    passed, a completed one with its grant. A server without run-and-wait refuses ``?wait``
+    (400, before it queues anything): the run is then sent again without it."""
+    key = idempotency_key or str(uuid.uuid4())
     reply = yield Call(
         "POST",
         f"/datasources/{datasource_id}/executions",
+        params={"wait": f"{wait:g}"} if wait > 0 else None,
         body={"sql_query": sql, "parameters": dict(parameters or {})},
         content_type="application/json",
-        headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+        headers={"Idempotency-Key": key},
+        expect=(200, 400) if wait > 0 else (200,),
+        read_timeout=wait + 30 if wait > 0 else None,
     )
-    return Execution.from_resource(reply.json()["data"])
+    if reply.status == 400:
+        refused = api_error(reply.status, reply.content)
+        if refused.pointer != "?wait":
+            raise refused
+        return (yield from run_execution(datasource_id, sql, parameters, key))
+    return Execution.from_document(reply.json())
 
 
 def get_execution(execution_id: str, wait: float = 0) -> Operation[Execution]:
@@ -191,16 +211,22 @@ def get_execution(execution_id: str, wait: float = 0) -> Operation[Execution]:
     return Execution.from_resource(reply.json()["data"])
 
 
+def _next_wait(deadline: float | None, on_poll: PollCallback | None) -> float:
+    """How long the next long poll may last: the server's cap, 1 s while a progress line is
+    shown (it wants frequent news), never past the caller's deadline."""
+    longest = 1.0 if on_poll else MAX_WAIT_SECONDS
+    remaining = longest if deadline is None else deadline - time.monotonic()
+    return max(0.0, min(longest, remaining))
+
+
 def wait_for_execution(
     execution_id: str, timeout: float | None = None, on_poll: PollCallback | None = None
 ) -> Operation[Execution]:
-    """Long-polls until the execution ended. The one place to switch to run-and-wait."""
+    """Long-polls until the execution ended (``query`` first waits in the run itself)."""
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
-    longest = 1.0 if on_poll else MAX_WAIT_SECONDS  # a progress display wants frequent news
     while True:
-        remaining = longest if deadline is None else deadline - time.monotonic()
-        execution = yield from get_execution(execution_id, max(0.0, min(longest, remaining)))
+        execution = yield from get_execution(execution_id, _next_wait(deadline, on_poll))
         if on_poll is not None:
             on_poll(execution, time.monotonic() - started)
         if execution.status.ended:
@@ -249,11 +275,24 @@ def query(
     timeout: float | None = None,
     on_poll: PollCallback | None = None,
 ) -> Operation[Execution]:
-    """Run and wait; a completed execution or ExecutionFailed / QueryTimeout."""
+    """Run and wait (in the run itself where the server offers run-and-wait, so a quick query
+    takes one request and brings its grant); a completed execution or ExecutionFailed /
+    QueryTimeout."""
     datasource_id = yield from resolve_datasource(datasource)
-    execution = yield from run_execution(datasource_id, sql, parameters)
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    first_wait = _next_wait(deadline, on_poll)
+    execution = yield from run_execution(datasource_id, sql, parameters, wait=first_wait)
     if not execution.status.ended:
-        execution = yield from wait_for_execution(execution.id, timeout, on_poll)
+        if on_poll is not None:
+            on_poll(execution, time.monotonic() - started)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise QueryTimeout(
+                f"execution {execution.id} still {execution.status} after {timeout:g} s",
+                execution_id=execution.id,
+            )
+        execution = yield from wait_for_execution(execution.id, remaining, on_poll)
     return ensure_completed(execution)
 
 

@@ -136,6 +136,12 @@ class Datasource(Base):
     username: Mapped[str | None] = mapped_column(String(255), nullable=True)
     password_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
     database: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # Cluvio's tunnel attributes: stored, but no tunnel is opened yet (ssh_tunnel_not_supported).
+    ssh_tunnel_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    ssh_tunnel_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ssh_tunnel_user: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # s3 only (not a Cluvio attribute): the region requests are signed for; null: us-east-1.
+    s3_region: Mapped[str | None] = mapped_column(String(64), nullable=True)
     data_time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
     require_ssl: Mapped[bool] = mapped_column(Boolean, default=True)
     verify_ssl: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -248,4 +254,22 @@ class AuditEvent(Base):
     status: Mapped[int] = mapped_column(Integer)
     remote_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SharedFolder(Base):
+    """A folder outside the data root that an operator let one organisation read (CLI only).
+
+    Its datasources reach it as ``shared/<name>/…``; deleting the row (revoking) makes them fail.
+    """
+
+    __tablename__ = "shared_folders"
+    __table_args__ = (
+        Index("uq_shared_folders_organization_id_name", "organization_id", "name", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

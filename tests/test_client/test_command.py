@@ -125,8 +125,8 @@ def test_resource_commands_with_json_output(org, tmp_path, client_region):
     assert ok("datasources", "test", org.sample_id)["status"] == "ok"
     assert ok("datasources", "refresh", org.sample_id, "--wait")["execution_status"] == "completed"
     assert "orders" in json.dumps(ok("datasources", "schema", org.sample_id))
-    (client_region.cwd / "var" / "data" / "cli_shop").mkdir(exist_ok=True)
-    (client_region.cwd / "var" / "data" / "cli_shop" / "t.csv").write_text("a\n1\n")
+    (client_region.area(org.organization_id) / "cli_shop").mkdir(exist_ok=True)
+    (client_region.area(org.organization_id) / "cli_shop" / "t.csv").write_text("a\n1\n")
     created = ok(
         "datasources", "create", "--name", "CLI shop", "--type", "files", "--database", "cli_shop"
     )

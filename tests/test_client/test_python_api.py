@@ -253,8 +253,8 @@ def test_errors_carry_status_code_detail_and_pointer(org):
     assert invalid.value.status == 422 and invalid.value.pointer.startswith("/parameters/filters")
 
 
-def test_datasources_every_method(dataferry, client_region):
-    folder = client_region.cwd / "var" / "data" / "client_shop"
+def test_datasources_every_method(dataferry, client_region, org):
+    folder = client_region.area(org.organization_id) / "client_shop"
     folder.mkdir(exist_ok=True)
     (folder / "orders.csv").write_text("order_id,amount\n1,9.50\n2,20.00\n")
     created = dataferry.datasources.create(

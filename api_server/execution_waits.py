@@ -1,0 +1,211 @@
+"""Waiting for an execution to end without holding a thread: ``?wait`` of Get Execution and Run
+Execution, and Test Connection.
+
+One listener per API-server process, started by the app's lifespan, receives "execution X ended"
+(``shared.notifications``: ``LISTEN`` on an asyncio PostgreSQL connection, or the SQLite mailbox
+socket served by the event loop) and wakes X's waiters. A waiter is an ``asyncio.Event``, so a
+parked request costs memory, never a thread, and thousands of them never slow other requests.
+
+A notification is only a hint: a waiter re-reads its row when woken and at its deadline. Whenever
+the listener (re)starts, every waiter re-reads once (something may have ended while nobody
+listened); while nothing listens (before start-up, between reconnects, without a transport),
+waiters re-read every ``UNLISTENED_RECHECK_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+
+from shared.notifications import (
+    SEND_TIMEOUT_SECONDS,
+    Mailbox,
+    Topic,
+    mailbox_directory,
+    split_payloads,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+UNLISTENED_RECHECK_SECONDS = 0.5
+# The listening connection is checked this often; a dead one is replaced.
+KEEPALIVE_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 5.0
+# A notifier writes a few lines and closes; anything longer is not one.
+_MAX_MESSAGE_BYTES = 1 << 20
+
+
+class ExecutionWaits:
+    """The waiters of this process by execution id, and the listener that wakes them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._listening = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._engine.dialect.name == "postgresql":
+            self._task = asyncio.create_task(self._keep_listening(self._listen_postgres))
+            return
+        directory = mailbox_directory(self._engine.url)
+        if directory is not None:
+            self._task = asyncio.create_task(
+                self._keep_listening(lambda: self._listen_mailbox(directory))
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task, self._listening = None, False
+
+    @property
+    def parked(self) -> int:
+        return sum(len(events) for events in self._waiters.values())
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_until_ended(
+        self,
+        execution_id: str,
+        seconds: float,
+        read: Callable[[], Awaitable[T]],
+        ended: Callable[[T], bool],
+    ) -> T:
+        """``read()`` now, and again whenever the execution may have ended, until ``ended`` says
+        so or ``seconds`` pass; the last reading. Registered before the first read, so an end
+        between that read and the wait is not missed."""
+        loop = asyncio.get_running_loop()
+        with self._parked(execution_id, loop) as event:
+            current = await read()
+            deadline = loop.time() + seconds
+            while not ended(current) and (remaining := deadline - loop.time()) > 0:
+                if not (self._listening and loop is self._loop):
+                    remaining = min(remaining, UNLISTENED_RECHECK_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+                event.clear()
+                current = await read()
+            return current
+
+    @contextlib.contextmanager
+    def _parked(
+        self, execution_id: str, loop: asyncio.AbstractEventLoop
+    ) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        if loop is not self._loop:  # not this listener's loop: its wake-ups cannot reach us
+            yield event
+            return
+        waiters = self._waiters.setdefault(execution_id, set())
+        waiters.add(event)
+        try:
+            yield event
+        finally:
+            waiters.discard(event)
+            if not waiters and self._waiters.get(execution_id) is waiters:
+                del self._waiters[execution_id]
+
+    def _wake(self, execution_id: str) -> None:
+        for event in self._waiters.get(execution_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    # ------------------------------------------------------------------ listening
+
+    async def _keep_listening(self, listen: Callable[[], Awaitable[None]]) -> None:
+        """Run ``listen`` for ever; after a failure, again after a growing pause."""
+        backoff = 0.1
+        while True:
+            try:
+                await listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("listening for ended executions failed (%s)", type(exc).__name__)
+            finally:
+                self._listening = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _listening_now(self) -> None:
+        self._listening = True
+        self._wake_all()
+
+    async def _listen_postgres(self) -> None:
+        args, kwargs = self._engine.dialect.create_connect_args(self._engine.url)
+        kwargs.pop("context", None)  # SQLAlchemy's adapters: not a connection parameter
+        kwargs.setdefault("connect_timeout", 10)
+        connection = await psycopg.AsyncConnection.connect(*args, autocommit=True, **kwargs)
+        async with connection:
+            listen = f"LISTEN {Topic.EXECUTION_ENDED.value}"
+            await connection.execute(listen)
+            self._listening_now()
+            while True:
+                async for notification in connection.notifies(timeout=KEEPALIVE_SECONDS):
+                    self._wake(notification.payload)
+                # A connection that died without a word shows here, not in notifies(); LISTEN
+                # again is a no-op round trip.
+                await asyncio.wait_for(connection.execute(listen), KEEPALIVE_SECONDS)
+
+    async def _listen_mailbox(self, directory: Path) -> None:
+        mailbox = Mailbox(directory, Topic.EXECUTION_ENDED)
+        try:
+            server = await asyncio.start_unix_server(self._on_notifier, sock=mailbox.socket)
+            async with server:
+                self._listening_now()
+                while mailbox.path.exists():  # removed from outside: listen on a new one
+                    await asyncio.sleep(KEEPALIVE_SECONDS / 2)
+        finally:
+            mailbox.close()
+
+    async def _on_notifier(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        data = b""
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS * 2):
+                while len(data) < _MAX_MESSAGE_BYTES and (chunk := await reader.read(65536)):
+                    data += chunk
+        except (TimeoutError, OSError):
+            pass  # keep the complete lines that came
+        finally:
+            writer.close()
+        for execution_id in split_payloads(data):
+            self._wake(execution_id)
+
+    # ------------------------------------------------------------------ metrics
+
+    def collector(self) -> Collector:
+        return _ParkedCollector(self)
+
+
+class _ParkedCollector(Collector):
+    def __init__(self, waits: ExecutionWaits) -> None:
+        self._waits = waits
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "dataferry_parked_waits",
+            "Requests of this process waiting for an execution to end (no thread held).",
+            self._waits.parked,
+        )

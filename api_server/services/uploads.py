@@ -1,0 +1,317 @@
+"""Uploads into a datasource's files: decided before the body is read, committed by one rename.
+
+An upload is decided first (who may write, which file, how many bytes it may have: the per-file
+limit and what the organisation's storage quota leaves), then written to a temporary file beside
+its target (``.upload-<random>.part``: the engine's views and the listing ignore it, the quota
+counts it), checked to parse in a child process (``api_server.file_check``), and committed by one
+rename under the organisation's area lock, after the quota is checked again. The rename is the
+commit: a reader, or a concurrent upload of the same name, sees one whole file or the other, never
+a torn one. A refused, failed or abandoned upload removes its temporary file: it writes nothing.
+
+Directory operations go through a file descriptor of the folder resolved (and confined to the
+area) when the upload began, so a path changed meanwhile cannot redirect them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_server.auth import Principal
+from api_server.file_check import FileNotParsable, check_file
+from api_server.services.datasource_files import (
+    DatasourceUnavailable,
+    FileEntry,
+    FileNameTaken,
+    check_file_name,
+    file_entry,
+    find_datasource,
+    locate,
+    queue_refresh,
+    scan,
+)
+from shared.db.models import Datasource
+from shared.errors import PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from shared.file_formats import DATABASE_FILE_FORMATS, FileKind, accepted_media_types
+from shared.settings import Settings
+from shared.storage_quota import MIB, StorageUsage, storage_usage
+
+TEMP_PREFIX, TEMP_SUFFIX = ".upload-", ".part"
+# A temporary file this old belongs to an upload that died with its server: removed on sight.
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+class UploadTooLarge(PayloadTooLarge):
+    code = "upload_too_large"
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Everything decided before the body is read."""
+
+    datasource_id: str
+    organization_id: str
+    area: Path
+    folder: Path
+    name: str
+    kind: FileKind
+    file_limit: int  # DATAFERRY_MAX_UPLOAD_MB
+    quota_limit: int  # what the quota leaves for this file (a replaced file's bytes included)
+    usage: StorageUsage
+    views: bool  # a files datasource's folder: one file per view name
+
+    @property
+    def max_bytes(self) -> int:
+        return min(self.file_limit, self.quota_limit)
+
+    def refusal(self, size: int) -> PayloadTooLarge:
+        """Why ``size`` bytes are too many (the per-file limit, else the quota)."""
+        if size > self.file_limit:
+            return UploadTooLarge(
+                f"A file may have at most {self.file_limit // MIB} MiB (DATAFERRY_MAX_UPLOAD_MB).",
+                headers={"Connection": "close"},
+            )
+        return self.usage.refusal(size)
+
+
+def prepare_file_upload(
+    session: Session,
+    principal: Principal,
+    settings: Settings,
+    datasource_id: str,
+    name: str,
+    content_type: str | None,
+    declared_length: int | None,
+) -> UploadTarget:
+    """Decide a file upload into a files datasource: 404, 409, 422, 415, then 413."""
+    ds = find_datasource(session, principal, datasource_id, database_file=False)
+    name, kind = check_file_name(name)
+    location = locate(session, settings, ds, writing=True)
+    return _target(session, settings, ds, location.area, location.folder, name, kind,
+                   content_type, declared_length, views=True)  # fmt: skip
+
+
+def prepare_database_upload(
+    session: Session,
+    principal: Principal,
+    settings: Settings,
+    datasource_id: str,
+    content_type: str | None,
+    declared_length: int | None,
+) -> UploadTarget:
+    """Decide the upload of a duckdb or sqlite datasource's database file."""
+    ds = find_datasource(session, principal, datasource_id, database_file=True)
+    location = locate(session, settings, ds, writing=True)
+    kind = DATABASE_FILE_FORMATS[ds.database_type]
+    return _target(session, settings, ds, location.area, location.folder,
+                   location.file_name or "", kind, content_type, declared_length,
+                   views=False)  # fmt: skip
+
+
+def _target(
+    session: Session,
+    settings: Settings,
+    ds: Datasource,
+    area: Path,
+    folder: Path,
+    name: str,
+    kind: FileKind,
+    content_type: str | None,
+    declared_length: int | None,
+    *,
+    views: bool,
+) -> UploadTarget:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    accepted = accepted_media_types(kind)
+    if media not in accepted:
+        raise UnsupportedMediaType(
+            f"Send a {kind.format.value} file as Content-Type: {' or '.join(accepted)}."
+        )
+    replaced = _existing_size(folder, name)
+    if views:
+        _check_view_name_free(folder, name)
+    usage = storage_usage(session, settings, ds.organization_id)
+    target = UploadTarget(
+        datasource_id=ds.id,
+        organization_id=ds.organization_id,
+        area=area,
+        folder=folder,
+        name=name,
+        kind=kind,
+        file_limit=settings.max_upload_mb * MIB,
+        quota_limit=usage.remaining_bytes + (replaced or 0),
+        usage=usage,
+        views=views,
+    )
+    if declared_length is not None and declared_length > target.max_bytes:
+        raise target.refusal(declared_length)
+    return target
+
+
+def _existing_size(folder: Path, name: str) -> int | None:
+    """The size of the file an upload replaces; None if there is none. Only a regular file is
+    replaced: a folder or a link of that name is not the upload's to overwrite."""
+    try:
+        info = (folder / name).lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DatasourceUnavailable(f"The file cannot be replaced ({exc.strerror}).") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FileNameTaken(f"{name!r} exists and is not a regular file: it is not replaced.")
+    return info.st_size
+
+
+def _check_view_name_free(folder: Path, name: str) -> None:
+    """A view is named after its file's stem (case-insensitively): two files may not share one."""
+    stem = name.rsplit(".", 1)[0].lower()
+    for other in scan(folder):
+        if other.name != name and other.name.rsplit(".", 1)[0].lower() == stem:
+            raise FileNameTaken(
+                f"{other.name!r} already provides the view {stem!r}; delete it first, or "
+                "upload under its name."
+            )
+
+
+class Upload:
+    """The temporary file of one upload, beside its target, created exclusively."""
+
+    def __init__(self, target: UploadTarget) -> None:
+        self.target = target
+        self.size = 0
+        self.committed = False
+        self.temp_name = f"{TEMP_PREFIX}{os.urandom(12).hex()}{TEMP_SUFFIX}"
+        try:
+            self.dir_fd = os.open(target.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DatasourceUnavailable(
+                f"The datasource's folder cannot be opened ({exc.strerror})."
+            ) from None
+        try:
+            _remove_stale_temporaries(self.dir_fd)
+            self.fd: int | None = os.open(
+                self.temp_name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self.dir_fd,
+            )
+        except OSError as exc:
+            os.close(self.dir_fd)
+            raise _storage_failed(exc) from None
+        except BaseException:
+            os.close(self.dir_fd)
+            raise
+
+    @property
+    def temp_path(self) -> Path:
+        return self.target.folder / self.temp_name
+
+    def admit(self, size: int) -> None:
+        """Count ``size`` more bytes before they are written: 413 past the limits."""
+        if self.size + size > self.target.max_bytes:
+            raise self.target.refusal(self.size + size)
+        self.size += size
+
+    def write(self, data: bytes | bytearray) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:  # the disk is full, say: the server's trouble, not the file's
+            raise _storage_failed(exc) from None
+
+    def finish(self) -> None:
+        """Everything written is on disk."""
+        assert self.fd is not None
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _storage_failed(exc) from None
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def close(self) -> None:
+        """Release the descriptors; an uncommitted temporary file is removed."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp_name, dir_fd=self.dir_fd)
+        os.close(self.dir_fd)
+
+
+def _storage_failed(exc: OSError) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"The server could not store the file ({exc.strerror or 'I/O error'}); nothing was "
+        "changed.",
+        code="storage_unavailable",
+    )
+
+
+def _remove_stale_temporaries(dir_fd: int) -> None:
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for entry in os.scandir(dir_fd):
+        if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+
+
+@dataclass(frozen=True)
+class Committed:
+    entry: FileEntry
+    created: bool
+    refresh_execution_id: str | None
+    usage: StorageUsage
+
+
+def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: Upload) -> Committed:
+    """Check the file parses (422), then, under the area lock, the quota again (413) and the view
+    name, and rename it into place; a refresh of the datasource is queued."""
+    target = upload.target
+    upload.finish()
+    if upload.size == 0:
+        raise FileNotParsable(f"{target.name} is empty.")
+    check_file(upload.temp_path, target.kind.format, target.name)
+    with _area_locked(target.area):
+        with sessions() as session:
+            usage = storage_usage(session, settings, target.organization_id)
+        replaced = _existing_size(target.folder, target.name)
+        # The usage counts this upload's temporary file already, and the file it replaces.
+        if usage.used_bytes - (replaced or 0) > usage.quota_bytes:
+            raise replace(usage, files_bytes=usage.files_bytes - upload.size).refusal(upload.size)
+        if target.views:
+            _check_view_name_free(target.folder, target.name)
+        os.rename(upload.temp_name, target.name, src_dir_fd=upload.dir_fd, dst_dir_fd=upload.dir_fd)
+        upload.committed = True
+        os.fsync(upload.dir_fd)
+    entry = file_entry(target.folder, target.name, target.kind.format.value)
+    assert entry is not None
+    return Committed(
+        entry=entry,
+        created=replaced is None,
+        refresh_execution_id=queue_refresh(sessions, target.datasource_id),
+        usage=replace(usage, files_bytes=usage.files_bytes - (replaced or 0)),
+    )
+
+
+@contextlib.contextmanager
+def _area_locked(area: Path) -> Iterator[None]:
+    """The organisation's uploads commit one at a time, across the processes of this host."""
+    fd = os.open(area, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,403 @@
+"""The egress policy: which addresses and ports a tenant's datasource may make us connect to.
+
+A datasource names a host; connecting to it is a request the *server* makes from inside the
+region's network, so without a policy a tenant could reach the cloud metadata service, the
+region's own metadata database and Redis, or anything else on the private network. One function,
+``check_destination``, decides: the API calls it when a datasource is saved, the worker again
+right before it connects. The host is resolved once per check; every address it resolves to must
+be allowed, and the caller connects to the address returned, never to the name again, so a DNS
+answer that changes between the check and the connection (rebinding) reaches nothing unchecked.
+
+Policy: public unicast addresses are allowed; loopback, link-local, private, shared (CGNAT),
+documentation, benchmarking and reserved ranges are denied unless an entry of
+``DATAFERRY_DATASOURCE_ALLOWED_NETWORKS`` opens them (entries ``CIDR``, ``CIDR:port`` or
+``CIDR:low-high``; IPv6 in brackets when a port follows: ``[fd00::/8]:5432``). Never allowed,
+whatever the list says: unspecified, multicast and broadcast addresses, and the host and port of
+the region's own metadata database and Redis (on any loopback address when they are local).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from shared.errors import DestinationNotAllowed, HostNotFound, ServiceUnavailable, Unprocessable
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SETTING = "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS"
+RESOLVE_TIMEOUT_SECONDS = 5.0
+_RESOLVER_SLOTS = threading.BoundedSemaphore(16)  # lookups in flight; a hung DNS holds no more
+
+_net = ipaddress.ip_network
+
+# Ranges denied unless allowed explicitly, with the word a refusal uses for them.
+_DENIED_V4: tuple[tuple[IPNetwork, str], ...] = (
+    (_net("10.0.0.0/8"), "private"),
+    (_net("100.64.0.0/10"), "shared (CGNAT)"),
+    (_net("127.0.0.0/8"), "loopback"),
+    (_net("169.254.0.0/16"), "link-local (cloud metadata)"),
+    (_net("172.16.0.0/12"), "private"),
+    (_net("192.0.0.0/24"), "IETF protocol"),
+    (_net("192.0.2.0/24"), "documentation"),
+    (_net("192.88.99.0/24"), "6to4 relay"),
+    (_net("192.168.0.0/16"), "private"),
+    (_net("198.18.0.0/15"), "benchmarking"),
+    (_net("198.51.100.0/24"), "documentation"),
+    (_net("203.0.113.0/24"), "documentation"),
+    (_net("240.0.0.0/4"), "reserved"),
+)
+_DENIED_V6_IN_GLOBAL: tuple[tuple[IPNetwork, str], ...] = (
+    (_net("2001::/23"), "IETF protocol (incl. Teredo)"),
+    (_net("2001:db8::/32"), "documentation"),
+    (_net("3fff::/20"), "documentation"),
+)
+_NAMED_V6: tuple[tuple[IPNetwork, str], ...] = (
+    (_net("::1/128"), "loopback"),
+    (_net("fe80::/10"), "link-local"),
+    (_net("fc00::/7"), "private (unique local)"),
+    (_net("fec0::/10"), "site-local"),
+    (_net("64:ff9b:1::/48"), "local NAT64"),
+)
+_GLOBAL_UNICAST_V6 = _net("2000::/3")
+_NAT64 = _net("64:ff9b::/96")
+_SIX_TO_FOUR = _net("2002::/16")
+_IPV4_MAPPED = _net("::ffff:0:0/96")
+# Never a destination: "this host/network", group and broadcast addresses.
+_NEVER: tuple[tuple[IPNetwork, str], ...] = (
+    (_net("0.0.0.0/8"), "unspecified"),
+    (_net("224.0.0.0/4"), "multicast"),
+    (_net("255.255.255.255/32"), "broadcast"),
+    (_net("::/128"), "unspecified"),
+    (_net("ff00::/8"), "multicast"),
+)
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379}
+# A label of a host name (punycode for international names); a last label that is a number
+# makes the name an IPv4 literal in some non-canonical form (127.1, 0x7f.1, 2130706433).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+_NUMBER = re.compile(r"(0[xX][0-9A-Fa-f]*|[0-9]+)\Z")
+
+
+@dataclass(frozen=True)
+class NetworkRule:
+    """One entry of the allow-list: a network and, optionally, an inclusive port range."""
+
+    network: IPNetwork
+    ports: tuple[int, int] | None = None
+
+    def permits(self, address: IPAddress, port: int) -> bool:
+        if address.version != self.network.version or address not in self.network:
+            return False
+        return self.ports is None or self.ports[0] <= port <= self.ports[1]
+
+    def __str__(self) -> str:
+        if self.ports is None:
+            return str(self.network)
+        low, high = self.ports
+        net = f"[{self.network}]" if self.network.version == 6 else str(self.network)
+        return f"{net}:{low}" if low == high else f"{net}:{low}-{high}"
+
+
+def parse_allowed_networks(text: str) -> tuple[NetworkRule, ...]:
+    """Read the allow-list setting; ``ValueError`` names the entry that is wrong and why."""
+    return tuple(_parse_rule(entry.strip()) for entry in text.split(",") if entry.strip())
+
+
+def _parse_rule(entry: str) -> NetworkRule:
+    network_text, ports_text = _split_rule(entry)
+    try:
+        network = ipaddress.ip_network(network_text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{entry!r}: not an IP address or network in CIDR form ({exc})") from exc
+    if _within(network, _IPV4_MAPPED):
+        raise ValueError(f"{entry!r}: write IPv4 networks in IPv4 form (e.g. 10.0.0.0/8)")
+    for never, label in _NEVER:
+        if _within(network, never):
+            raise ValueError(f"{entry!r}: {label} addresses are never a datasource destination")
+    return NetworkRule(network, None if ports_text is None else _parse_ports(entry, ports_text))
+
+
+def _split_rule(entry: str) -> tuple[str, str | None]:
+    """``(network, ports)`` of ``10.0.0.0/8``, ``10.0.0.0/8:5432``, ``[fd00::/8]:5432``,
+    ``[fd00::]/8:5432`` or a bare IPv6 network ``fd00::/8``."""
+    if entry.startswith("["):
+        address, bracket, rest = entry[1:].partition("]")
+        prefix, colon, ports = rest.partition(":")
+        if not bracket or (prefix and not prefix.startswith("/")) or (colon and not ports):
+            raise ValueError(
+                f"{entry!r}: write an IPv6 network with a port in brackets: [fd00::/8]:5432"
+            )
+        return address + prefix, ports if colon else None
+    if entry.count(":") == 1:
+        network, _, ports = entry.partition(":")
+        return network, ports
+    return entry, None
+
+
+def _within(network: IPNetwork, outer: IPNetwork) -> bool:
+    return network.version == outer.version and network.subnet_of(outer)  # type: ignore[arg-type]
+
+
+def _parse_ports(entry: str, text: str) -> tuple[int, int]:
+    low_text, dash, high_text = text.partition("-")
+    try:
+        low = int(low_text)
+        high = int(high_text) if dash else low
+    except ValueError:
+        raise ValueError(
+            f"{entry!r}: the port must be a number or a range like 5432-5439"
+        ) from None
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{entry!r}: ports must lie in 1-65535, the lower one first")
+    return (low, high)
+
+
+def check_destination(
+    host: str, port: int, settings: Settings, *, pointer: str | None = None
+) -> str:
+    """The address to connect to for ``host:port``, or a 422 saying why the policy refuses it.
+
+    Callers connect to the returned address (text; an IPv6 one without brackets, see
+    ``url_host``), never to ``host`` again: that is what closes the DNS-rebinding window.
+    """
+    if not 1 <= port <= 65535:
+        raise Unprocessable(f"Port {port} is not in 1-65535.", pointer=pointer, code="invalid_port")
+    addresses = resolve(host, port, pointer=pointer)
+    literal = _literal(host) is not None
+    for address in addresses:
+        reason = _refusal(address, port, settings)
+        if reason:
+            shown = f"{address}" if literal else f"{host} resolves to an address that"
+            raise DestinationNotAllowed(
+                f"{shown} {reason}; datasources may not connect there.", pointer=pointer
+            )
+    return str(addresses[0])
+
+
+def url_host(address: str) -> str:
+    """An address as the host part of a URL: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
+
+
+def resolve(host: str, port: int, *, pointer: str | None = None) -> list[IPAddress]:
+    """Every address ``host`` stands for, IPv4-mapped IPv6 ones as IPv4, in the resolver's order.
+
+    IP literals must be canonical; names are looked up once, within RESOLVE_TIMEOUT_SECONDS."""
+    literal = _literal(host)
+    if literal is not None:
+        return [literal]
+    name = _checked_name(host, pointer)
+    try:
+        infos = _getaddrinfo_within(name, port, RESOLVE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise HostNotFound(
+            f"Host {host!r} did not resolve within {RESOLVE_TIMEOUT_SECONDS:g} s.", pointer=pointer
+        ) from None
+    except (OSError, UnicodeError):
+        raise HostNotFound(
+            f"Host {host!r} does not resolve to any address.", pointer=pointer
+        ) from None
+    addresses = list(dict.fromkeys(_unmapped(_sockaddr_ip(info[4][0])) for info in infos))
+    if not addresses:
+        raise HostNotFound(f"Host {host!r} does not resolve to any address.", pointer=pointer)
+    return addresses
+
+
+def _literal(host: str) -> IPAddress | None:
+    """``host`` as a canonical IP literal (IPv6 optionally in brackets), else None."""
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return None  # a zone (fe80::1%eth0) is refused by _checked_name
+    return _unmapped(address)
+
+
+def _checked_name(host: str, pointer: str | None) -> str:
+    """A syntactically valid DNS name, or a 422: no ports, paths, spaces or odd IP literals."""
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise Unprocessable(
+            f"{host!r} is not a host name or IP address (letters, digits, '-', '_' and '.'; "
+            "punycode for international names; no port, scheme or path).",
+            pointer=pointer,
+            code="invalid_host",
+        )
+    if _NUMBER.match(labels[-1]):
+        raise Unprocessable(
+            f"{host!r} is not a canonical IP address: write IPv4 addresses as four decimal "
+            "numbers, such as 192.0.2.10.",
+            pointer=pointer,
+            code="invalid_host",
+        )
+    return name
+
+
+def _getaddrinfo_within(
+    name: str, port: int, timeout: float
+) -> list[tuple[object, object, object, object, tuple[object, ...]]]:
+    """``getaddrinfo`` in a daemon thread, given up after ``timeout`` (the C call cannot be
+    cancelled; it finishes on its own, and at most 16 such lookups are ever in flight)."""
+    if not _RESOLVER_SLOTS.acquire(timeout=timeout):
+        raise TimeoutError
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome["infos"] = socket.getaddrinfo(
+                name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except (OSError, UnicodeError) as exc:
+            outcome["error"] = exc
+        finally:
+            _RESOLVER_SLOTS.release()
+            done.set()
+
+    threading.Thread(target=lookup, name="egress-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError
+    error = outcome.get("error")
+    if isinstance(error, (OSError, UnicodeError)):
+        raise error
+    return outcome["infos"]  # type: ignore[return-value]
+
+
+def _sockaddr_ip(text: object) -> IPAddress:
+    return ipaddress.ip_address(str(text).partition("%")[0])
+
+
+def _unmapped(address: IPAddress) -> IPAddress:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _refusal(address: IPAddress, port: int, settings: Settings) -> str | None:
+    """Why ``address:port`` may not be reached, or None when it may."""
+    for network, label in _NEVER:
+        if address.version == network.version and address in network:
+            return f"is a {label} address"
+    if _is_own_service(address, port, settings):
+        return f"and port {port} belong to this region's own services"
+    if any(rule.permits(address, port) for rule in settings.allowed_networks):
+        return None
+    denied_class = default_denial(address)
+    if denied_class is None:
+        return None
+    return f"is a {denied_class} address, which the operator has not allowed ({SETTING})"
+
+
+def default_denial(address: IPAddress) -> str | None:
+    """The class of a non-public address (e.g. "loopback"), or None for a public one."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return _first_label(address, _DENIED_V4)
+    if address.ipv4_mapped is not None:
+        return default_denial(address.ipv4_mapped)
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        inner = default_denial(embedded)
+        return f"{inner} (embedded in IPv6)" if inner else None
+    if address in _GLOBAL_UNICAST_V6:
+        return _first_label(address, _DENIED_V6_IN_GLOBAL)
+    return _first_label(address, _NAMED_V6) or "reserved"
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address leads to."""
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _SIX_TO_FOUR:
+        return address.sixtofour
+    return None
+
+
+def _first_label(address: IPAddress, table: Iterable[tuple[IPNetwork, str]]) -> str | None:
+    return next((label for network, label in table if address in network), None)
+
+
+def _is_own_service(address: IPAddress, port: int, settings: Settings) -> bool:
+    """Whether ``address:port`` is the metadata DB or Redis of this region. A local service
+    answers on every loopback address, so any loopback address with its port counts."""
+    for host, service_port in own_service_endpoints(settings):
+        if service_port != port:
+            continue
+        for service_address in _service_addresses(host, port):
+            if address == service_address or (_is_local(address) and _is_local(service_address)):
+                return True
+    return False
+
+
+def _is_local(address: IPAddress) -> bool:
+    return address.is_loopback or address.is_unspecified
+
+
+def _service_addresses(host: str, port: int) -> list[IPAddress]:
+    """The addresses of one of our own services; failing to resolve fails closed: without them,
+    nothing tells a tenant's destination apart from our own database."""
+    try:
+        return resolve(host, port)
+    except (HostNotFound, Unprocessable) as exc:
+        raise ServiceUnavailable(
+            "The egress policy cannot resolve this region's own services right now.",
+            code="egress_policy_unavailable",
+        ) from exc
+
+
+def own_service_endpoints(settings: Settings) -> list[tuple[str, int]]:
+    """``(host, port)`` of the metadata database and the Redis this region uses (TCP only)."""
+    return list(_database_endpoints(settings.database_url)) + list(
+        _redis_endpoints(settings.redis_url)
+    )
+
+
+def _database_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(url_text)
+    except ArgumentError:
+        return
+    backend = url.get_backend_name()
+    default_port = _DEFAULT_PORTS.get(backend)
+    if default_port is None:
+        return  # SQLite: a file, no network
+    if url.host:
+        yield url.host, url.port or default_port
+    query_hosts = url.query.get("host", ())
+    for entry in (query_hosts,) if isinstance(query_hosts, str) else query_hosts:
+        for part in entry.split(","):  # libpq's host=a,b and host=a:5432 forms
+            if part and not part.startswith("/"):
+                yield _split_host_port(part, url.port or default_port)
+
+
+def _redis_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
+    if not url_text:
+        return
+    parts = urlsplit(url_text)
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        yield parts.hostname, parts.port or _DEFAULT_PORTS["redis"]
+
+
+def _split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+    host, colon, port = text.rpartition(":")
+    if colon and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return text, default_port

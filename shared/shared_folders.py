@@ -1,0 +1,97 @@
+"""Shared folders: a folder outside the data root that an operator granted one organisation to read.
+
+Granted and revoked only by the operator's CLI (``python -m api_server grant-shared-folder`` …),
+never through the API. Datasources reach a grant as ``shared/<name>/…`` (see ``shared.datapaths``);
+the API server checks that at create/update and the data server again at every run, so a revoke
+takes effect on the next execution. DuckDB attaches every datasource read-only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Datasource, SharedFolder
+from shared.errors import Conflict, NotFound, Unprocessable
+from shared.settings import Settings
+
+# ``shared/<name>`` is also the audit log's resource id (64 characters at most).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}\Z")
+
+
+def granted_folder(session: Session, organization_id: str, name: str) -> Path | None:
+    """The folder granted to the organisation under ``name``, or None."""
+    path = session.scalar(
+        select(SharedFolder.path).where(
+            SharedFolder.organization_id == organization_id, SharedFolder.name == name
+        )
+    )
+    return Path(path) if path is not None else None
+
+
+def list_shared_folders(session: Session, organization_id: str | None = None) -> list[SharedFolder]:
+    query = select(SharedFolder).order_by(SharedFolder.organization_id, SharedFolder.name)
+    if organization_id is not None:
+        query = query.where(SharedFolder.organization_id == organization_id)
+    return list(session.scalars(query).all())
+
+
+def grant_shared_folder(
+    session: Session, settings: Settings, organization_id: str, name: str, path: str
+) -> SharedFolder:
+    """Record the grant of an existing absolute folder that holds none of the server's own data."""
+    if not NAME_PATTERN.match(name):
+        raise Unprocessable(
+            "A shared folder's name has 1 to 48 letters, digits, '-' or '_' (starting with a "
+            "letter or digit).",
+            code="invalid_shared_folder_name",
+        )
+    folder = Path(path)
+    if not folder.is_absolute() or not folder.resolve().is_dir():
+        raise Unprocessable(
+            "The shared folder must be given as the absolute path of an existing directory.",
+            code="invalid_shared_folder_path",
+        )
+    folder = folder.resolve()
+    for own in (settings.data_root, settings.state_dir, settings.results_dir):
+        own = own.resolve()
+        if folder.is_relative_to(own) or own.is_relative_to(folder):
+            raise Unprocessable(
+                f"{folder} overlaps the server's own data ({own}): organisations' areas, results "
+                "and secrets are never shared. Grant a folder outside them.",
+                code="invalid_shared_folder_path",
+            )
+    if granted_folder(session, organization_id, name) is not None:
+        raise Conflict(
+            f"The organisation already has a shared folder {name!r}; revoke it first.",
+            code="shared_folder_exists",
+        )
+    grant = SharedFolder(organization_id=organization_id, name=name, path=str(folder))
+    session.add(grant)
+    session.flush()
+    return grant
+
+
+def revoke_shared_folder(session: Session, organization_id: str, name: str) -> list[str]:
+    """Delete the grant; the ids of the datasources that used it (they now fail), for the record."""
+    grant = session.scalar(
+        select(SharedFolder).where(
+            SharedFolder.organization_id == organization_id, SharedFolder.name == name
+        )
+    )
+    if grant is None:
+        raise NotFound(f"The organisation has no shared folder {name!r}.")
+    session.delete(grant)
+    session.flush()
+    prefix = f"shared/{name}"
+    users = session.scalars(
+        select(Datasource.id).where(
+            Datasource.organization_id == organization_id,
+            (Datasource.database == prefix)
+            | Datasource.database.startswith(f"{prefix}/", autoescape=True),
+        )
+    )
+    return sorted(users)

@@ -1,0 +1,114 @@
+"""What an organisation stores, counted against ``DATAFERRY_MAX_ORGANIZATION_STORAGE_MB``.
+
+Two things count: every regular file in the organisation's area (uploads, files an operator put
+there, and uploads still arriving, whose temporary files live beside their targets), and the
+stored results of its executions that are still retained (``result_size`` of each completed,
+unpurged execution: the Arrow file). Not counted: folders an operator granted from outside the
+area (symlinks are not followed), schema documents, and a result's other stored representations,
+which the data server derives from the Arrow file on request and which expire with it
+(docs/result-formats.md).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.datapaths import organization_area
+from shared.db.models import Execution
+from shared.errors import PayloadTooLarge
+from shared.settings import Settings
+
+MIB = 1024 * 1024
+
+
+class StorageQuotaExceeded(PayloadTooLarge):
+    code = "storage_quota_exceeded"
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    files_bytes: int
+    results_bytes: int
+    quota_bytes: int
+
+    @property
+    def used_bytes(self) -> int:
+        return self.files_bytes + self.results_bytes
+
+    @property
+    def remaining_bytes(self) -> int:
+        return max(0, self.quota_bytes - self.used_bytes)
+
+    def as_meta(self) -> dict[str, int]:
+        return {
+            "used_bytes": self.used_bytes,
+            "quota_bytes": self.quota_bytes,
+            "files_bytes": self.files_bytes,
+            "results_bytes": self.results_bytes,
+        }
+
+    def exceeded_message(self) -> str:
+        """Why an execution's result cannot be stored (its ``error_message``)."""
+        return (
+            f"The result would take the organisation past its storage quota: "
+            f"{self.used_bytes / MIB:.1f} MiB of {self.quota_bytes / MIB:.0f} MiB are in use. "
+            "Purge results (DELETE /executions/{id}) or delete files, then run it again."
+        )
+
+    def refusal(self, upload_bytes: int) -> StorageQuotaExceeded:
+        """413 for an upload of ``upload_bytes`` that does not fit; its body may be unread, so
+        the connection closes."""
+        return StorageQuotaExceeded(
+            f"The upload ({upload_bytes / MIB:.1f} MiB) would take the organisation past its "
+            f"storage quota: {self.used_bytes / MIB:.1f} MiB of {self.quota_bytes / MIB:.0f} MiB "
+            "are in use (DATAFERRY_MAX_ORGANIZATION_STORAGE_MB). Delete files, or purge results "
+            "(DELETE /executions/{id}), to make room.",
+            headers={"Connection": "close"},
+        )
+
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes of every regular file below ``folder``; symlinks are neither followed nor counted."""
+    total = 0
+    pending = [str(folder)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed while we looked: it no longer counts
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(entry.path)
+            elif stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
+
+
+def stored_result_bytes(session: Session, organization_id: str) -> int:
+    """Bytes of the organisation's results that are still stored."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Execution.result_size), 0)).where(
+            Execution.organization_id == organization_id,
+            Execution.data_key.is_not(None),
+            Execution.data_purged_at.is_(None),
+        )
+    )
+    return int(total or 0)
+
+
+def storage_usage(session: Session, settings: Settings, organization_id: str) -> StorageUsage:
+    return StorageUsage(
+        files_bytes=tree_bytes(organization_area(settings.data_root, organization_id)),
+        results_bytes=stored_result_bytes(session, organization_id),
+        quota_bytes=settings.max_organization_storage_mb * MIB,
+    )

@@ -1,0 +1,51 @@
+"""The client's run-and-wait, driven by hand (no server): the generator's requests and how it
+reads the answers, a server without run-and-wait included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dataferry_client import operations as ops
+from dataferry_client.errors import BadRequest
+from dataferry_client.operations import Call, Reply
+
+EXECUTION = {"id": "e1", "type": "executions", "attributes": {"execution_status": "completed"}}
+GRANT = {"data_key": "r_k", "data_access_token": "t", "data_timestamp": 1, "data_url": "http://d"}
+
+
+def _reply(status: int, document: dict) -> Reply:
+    return Reply(status, json.dumps(document).encode(), {})
+
+
+def _refused(parameter: str) -> Reply:
+    error = {"status": "400", "code": "invalid_parameter", "source": {"parameter": parameter}}
+    return _reply(400, {"errors": [error]})
+
+
+def test_run_and_wait_sends_wait_and_keeps_the_grant_of_the_answer():
+    operation = ops.run_execution("ds", "SELECT 1", wait=30)
+    call: Call = next(operation)
+    assert call.params == {"wait": "30"} and call.read_timeout == 60
+    with pytest.raises(StopIteration) as done:
+        operation.send(_reply(200, {"data": EXECUTION, "meta": GRANT}))
+    execution = done.value.value
+    assert execution.status.ended and execution.grant.data_key == "r_k"
+
+
+def test_a_server_without_run_and_wait_gets_the_same_run_without_wait():
+    operation = ops.run_execution("ds", "SELECT 1", wait=30)
+    first: Call = next(operation)
+    again: Call = operation.send(_refused("wait"))
+    assert again.params is None
+    assert again.headers["Idempotency-Key"] == first.headers["Idempotency-Key"]
+    with pytest.raises(StopIteration) as done:
+        operation.send(_reply(200, {"data": EXECUTION}))
+    assert done.value.value.grant is None
+
+
+def test_another_bad_request_is_raised_not_retried():
+    operation = ops.run_execution("ds", "SELECT 1", wait=30)
+    next(operation)
+    with pytest.raises(BadRequest):
+        operation.send(_refused("sort"))
