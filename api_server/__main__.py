@@ -260,7 +260,7 @@ def _file_problem(session: Session, settings: Settings, ds: Datasource) -> AppEr
             ds.database or "",
             want_dir=FILE_DATABASE_TYPES[ds.database_type],
             granted_folder=lambda name: shared_folders.granted_folder(
-                session, ds.organization_id, name
+                session, settings, ds.organization_id, name
             ),
         )
     except AppError as exc:

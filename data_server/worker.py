@@ -319,7 +319,7 @@ class Worker:
 
         def granted(name: str) -> Path | None:
             with self.sessions() as session:
-                return granted_folder(session, claim.organization_id, name)
+                return granted_folder(session, self.settings, claim.organization_id, name)
 
         try:
             return resolve_datasource_path(

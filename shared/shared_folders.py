@@ -22,14 +22,32 @@ from shared.settings import Settings
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}\Z")
 
 
-def granted_folder(session: Session, organization_id: str, name: str) -> Path | None:
-    """The folder granted to the organisation under ``name``, or None."""
+def granted_folder(
+    session: Session, settings: Settings, organization_id: str, name: str
+) -> Path | None:
+    """The folder granted to the organisation under ``name``, resolved now, or None.
+
+    Checked again at every use, not only when granted: if the folder (or a folder above it) is
+    later replaced by a link into the server's own data, another organisation's area say, the
+    grant reaches nothing."""
     path = session.scalar(
         select(SharedFolder.path).where(
             SharedFolder.organization_id == organization_id, SharedFolder.name == name
         )
     )
-    return Path(path) if path is not None else None
+    if path is None:
+        return None
+    folder = Path(path).resolve()
+    return None if _server_data_overlapping(settings, folder) is not None else folder
+
+
+def _server_data_overlapping(settings: Settings, folder: Path) -> Path | None:
+    """The server's own folder (data root, state, results) that ``folder`` overlaps, if any."""
+    for own in (settings.data_root, settings.state_dir, settings.results_dir):
+        own = own.resolve()
+        if folder.is_relative_to(own) or own.is_relative_to(folder):
+            return own
+    return None
 
 
 def list_shared_folders(session: Session, organization_id: str | None = None) -> list[SharedFolder]:
@@ -56,15 +74,19 @@ def grant_shared_folder(
             code="invalid_shared_folder_path",
         )
     folder = folder.resolve()
-    for own in (settings.data_root, settings.state_dir, settings.results_dir):
-        own = own.resolve()
-        if folder.is_relative_to(own) or own.is_relative_to(folder):
-            raise Unprocessable(
-                f"{folder} overlaps the server's own data ({own}): organisations' areas, results "
-                "and secrets are never shared. Grant a folder outside them.",
-                code="invalid_shared_folder_path",
-            )
-    if granted_folder(session, organization_id, name) is not None:
+    own = _server_data_overlapping(settings, folder)
+    if own is not None:
+        raise Unprocessable(
+            f"{folder} overlaps the server's own data ({own}): organisations' areas, results "
+            "and secrets are never shared. Grant a folder outside them.",
+            code="invalid_shared_folder_path",
+        )
+    exists = session.scalar(
+        select(SharedFolder.id).where(
+            SharedFolder.organization_id == organization_id, SharedFolder.name == name
+        )
+    )
+    if exists is not None:
         raise Conflict(
             f"The organisation already has a shared folder {name!r}; revoke it first.",
             code="shared_folder_exists",

@@ -498,3 +498,27 @@ def test_area_names_only_resource_ids():
     for bad in ("..", "", "a/b", "aaaa-aaaa-aaa\u0430", "AAAA-AAAA-AAAA"):
         with pytest.raises(ValueError):
             ensure_organization_area(Path("/nonexistent"), bad)
+
+
+def test_a_granted_folder_later_swapped_for_a_link_into_another_area_reaches_nothing(world):
+    """The grant is checked again at every use: the folder an operator granted may be replaced
+    by a link (by whoever may write where it lies) into the server's own data, B's area say."""
+    folder = world.cwd / "swapped"
+    _folder(folder, "A")
+    with world.api.app.state.sessions.begin() as session:
+        shared_folders.grant_shared_folder(
+            session, world.settings, world.a.id, "swapped", str(folder)
+        )
+    datasource = world.api.create_datasource(
+        world.a.key, name="swapped", database_type="files", database="shared/swapped"
+    )["id"]
+    assert _run(world, world.a.key, datasource)[1]["execution_status"] == "completed"
+
+    folder.rename(world.cwd / "swapped.orig")
+    folder.symlink_to(world.b_area / "bfiles")
+    _unavailable(_run(world, world.a.key, datasource)[1])
+    patch = resource("datasources", datasource, database="shared/swapped")
+    _refused(
+        world.api.patch(f"/datasources/{datasource}", world.a.key, patch),
+        "shared_folder_not_granted",
+    )

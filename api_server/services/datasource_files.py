@@ -158,7 +158,7 @@ def locate(session: Session, settings: Settings, ds: Datasource, *, writing: boo
     want_dir = FILE_DATABASE_TYPES[ds.database_type]
 
     def granted(name: str) -> Path | None:
-        return granted_folder(session, ds.organization_id, name)
+        return granted_folder(session, settings, ds.organization_id, name)
 
     def resolve(value: str, directory: bool) -> Path:
         return resolve_datasource_path(

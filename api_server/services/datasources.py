@@ -272,7 +272,7 @@ def _checked_database_path(
         organization_id,
         database or "",
         want_dir=FILE_DATABASE_TYPES[database_type],
-        granted_folder=lambda name: granted_folder(session, organization_id, name),
+        granted_folder=lambda name: granted_folder(session, settings, organization_id, name),
         pointer="/data/attributes/database",
         create_missing=create_missing,
     )
