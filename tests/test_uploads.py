@@ -37,7 +37,7 @@ from shared.shared_folders import grant_shared_folder
 from shared.storage_quota import MIB
 from shared.tokens import Scope, new_data_key
 from tests.client import DataferryClient
-from tests.factories import Api, Org, dump_tables
+from tests.factories import Api, Org, dump_tables, resource
 from tests.processes import run_cli, running_region, socket_address
 
 ORDERS_CSV = b"order_id,amount\n1,9.5\n2,20.0\n"
@@ -413,6 +413,28 @@ def test_a_folder_swapped_for_a_link_into_another_area_is_not_followed(api):
     assert error_of(api.delete(f"/datasources/{ds}/files/v.csv", org.key), 409)
     assert error_of(api.get(f"/datasources/{ds}/files", org.key), 409)
     assert snapshot(victim) == {"v.csv": ORDERS_CSV}
+
+
+def test_a_link_out_of_the_folder_is_no_file_of_the_datasource(api):
+    """Neither listed nor shown: its target's size and time would describe another
+    organisation's file (the engine makes no view of it either)."""
+    org, other = api.create_org("A"), api.create_org("B")
+    ds, folder = files_datasource(api, org)
+    secret = api.area(other) / "secret.csv"
+    secret.write_bytes(b"s\n" + b"x" * 12345 + b"\n")
+    (folder / "leak.csv").symlink_to(secret)
+    (folder / "inside.csv").symlink_to(folder / "orders.csv")  # within the folder: a file
+    listed = api.get(f"/datasources/{ds}/files", org.key).json()["data"]
+    assert sorted(item["id"].rsplit("/", 1)[-1] for item in listed) == ["inside.csv", "orders.csv"]
+    assert error_of(api.get(f"/datasources/{ds}/files/leak.csv", org.key), 404)
+    assert "12347" not in api.get(f"/datasources/{ds}/files", org.key).text
+
+    created = api.post(
+        "/datasources", org.key, resource("datasources", name="duck", database_type="duckdb")
+    )
+    duck, attributes = created.json()["data"]["id"], created.json()["data"]["attributes"]
+    (api.area(org) / attributes["database"]).symlink_to(secret)  # where an upload would go
+    assert error_of(api.get(f"/datasources/{duck}/database_file", org.key), 404)
 
 
 @SQLITE_ONLY

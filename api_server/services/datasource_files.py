@@ -240,12 +240,18 @@ def scan(folder: Path) -> Iterator[FileEntry]:
 
 
 def file_entry(folder: Path, name: str, file_format: str | None = None) -> FileEntry | None:
-    """The file's metadata, following symlinks as the engine's views do; None if not a file."""
+    """The file's metadata, or None if it is not a file. A symlink is followed only as far as
+    the engine follows it, within the folder: one that leads out of it (into another
+    organisation's area, say) is no file of this datasource, and its target's size and time are
+    not shown."""
     if not name:
         return None
     try:
-        info = (folder / name).stat()
-    except OSError:
+        target = (folder / name).resolve(strict=True)
+        if not target.is_relative_to(folder.resolve(strict=True)):
+            return None
+        info = target.stat()
+    except (OSError, RuntimeError):  # gone, a loop of links, no access
         return None
     if not stat.S_ISREG(info.st_mode):
         return None
