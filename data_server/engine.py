@@ -11,6 +11,7 @@ network. What the catalog shows is kept free of server paths too (docs/sql-sandb
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,8 @@ class Sandbox:
             self.connection.execute(
                 f"ATTACH {_literal(spec.path)} AS {DATASOURCE_ALIAS} (READ_ONLY)"
             )
+            if spec.database_type == "duckdb":
+                self._check_stored_code()
             self.connection.execute(f"USE {DATASOURCE_ALIAS}")
         elif spec.database_type == "sqlite":
             if not Path(spec.path).is_file():
@@ -159,6 +162,37 @@ class Sandbox:
             raise QueryFailed(
                 "datasource_unavailable", f"Unsupported database type {spec.database_type!r}."
             )
+
+    def _check_stored_code(self) -> None:
+        """Views and macros stored in a DuckDB file run SQL that a tenant's query only names, so
+        the check of that query never sees it (a view over ``duckdb_settings()`` would show the
+        server's paths): each body must pass the same check, or nothing runs."""
+        views = self.connection.execute(
+            "SELECT view_name, sql FROM duckdb_views() WHERE database_name = $1 AND NOT internal",
+            [DATASOURCE_ALIAS],
+        ).fetchall()
+        macros = self.connection.execute(
+            "SELECT function_name, function_type, macro_definition FROM duckdb_functions() "
+            "WHERE database_name = $1 AND function_type IN ('macro', 'table_macro')",
+            [DATASOURCE_ALIAS],
+        ).fetchall()
+        bodies = [(f"view {name}", _view_query(sql)) for name, sql in views]
+        bodies += [
+            (f"macro {name}", body if kind == "table_macro" else f"SELECT {body}")
+            for name, kind, body in macros
+        ]
+        for what, body in bodies:
+            try:
+                if body is None:
+                    raise QueryFailed("forbidden_operation", "its definition cannot be read")
+                check_sql(body, self.connection)
+            except QueryFailed as refusal:
+                raise QueryFailed(
+                    "datasource_unavailable",
+                    f"The DuckDB file's {what} uses what queries may not "
+                    f"({refusal.code}: {refusal.message}); views and macros stored in a "
+                    "datasource's file keep to the same rules as queries (docs/sql-sandbox.md).",
+                ) from None
 
     def _attach_remote(self, remote: RemoteDatabaseSpec) -> None:
         """Attach within the connect timeout; a driver stuck past it ends the child (the pool
@@ -249,6 +283,21 @@ class Sandbox:
         self.connection.close()
         if self._storage is not None:
             self._storage.close()
+
+
+# DuckDB writes a view's SQL as CREATE VIEW <name> [(<columns>)] AS <query>;
+_IDENTIFIER = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_VIEW_SQL = re.compile(
+    rf"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+{_IDENTIFIER}(?:\.{_IDENTIFIER})*\s*"
+    r'(?:\((?:[^()"]|"(?:[^"]|"")*")*\)\s*)?AS\s+(.*?);?\s*\Z',
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _view_query(sql: str | None) -> str | None:
+    """The query of a view's ``CREATE VIEW`` text, or None if it cannot be told apart."""
+    found = _VIEW_SQL.match(sql or "")
+    return found.group(1) if found else None
 
 
 def _literal(text: str) -> str:

@@ -296,3 +296,44 @@ def test_a_file_that_shares_a_cte_name_out_of_its_scope_is_refused(datasource, t
     with pytest.raises(QueryFailed) as failure:
         engine.run_query(_job(datasource, sql, tmp_path))
     assert failure.value.code == "forbidden_operation"
+
+
+def _duckdb_file(path: Path, *statements: str) -> DatasourceSpec:
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE numbers AS SELECT range AS n FROM range(10)")
+        for statement in statements:
+            connection.execute(statement)
+    return DatasourceSpec("duckdb", str(path))
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "CREATE VIEW v AS SELECT name, value FROM duckdb_settings()",
+        "CREATE VIEW v AS SELECT * FROM duckdb_databases()",
+        "CREATE VIEW v AS SELECT * FROM read_csv('/etc/passwd')",
+        "CREATE VIEW \"odd (name)\"(a) AS SELECT current_setting('allowed_paths')",
+        "CREATE MACRO leak() AS current_setting('allowed_paths')",
+        "CREATE MACRO rows_of() AS TABLE SELECT * FROM query('SELECT * FROM duckdb_settings()')",
+    ],
+)
+def test_views_and_macros_stored_in_the_file_keep_to_the_rules_of_queries(tmp_path, stored):
+    """An uploaded DuckDB file's views ran SQL the query check never saw: the server's paths and
+    settings came back through `SELECT * FROM v` (found by the outside probe)."""
+    spec = _duckdb_file(tmp_path / "stored.duckdb", stored)
+    with pytest.raises(QueryFailed) as refused:
+        engine.run_query(_job(spec, "SELECT count(*) FROM numbers", tmp_path))
+    assert refused.value.code == "datasource_unavailable"
+    assert str(tmp_path) not in refused.value.message
+
+
+def test_views_and_macros_that_keep_to_the_rules_work(tmp_path):
+    spec = _duckdb_file(
+        tmp_path / "kept.duckdb",
+        "CREATE VIEW evens AS SELECT n FROM numbers WHERE n % 2 = 0",
+        "CREATE MACRO twice(x) AS x * 2",
+    )
+    outcome = engine.run_query(
+        _job(spec, "SELECT sum(twice(n)) FROM evens UNION ALL SELECT count(*) FROM evens", tmp_path)
+    )
+    assert outcome.rows == 2
