@@ -21,6 +21,7 @@ Run the physical check whenever the path is used: a symlink can change after it 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import unicodedata
 from collections.abc import Callable
@@ -87,6 +88,19 @@ def default_datasource_path(database_type: str, datasource_id: str) -> str:
     or a database file of its own, made or awaited for uploads to fill."""
     suffix = "" if FILE_DATABASE_TYPES[database_type] else f".{database_type}"
     return f"datasources/{datasource_id}{suffix}"
+
+
+def remove_own_place(data_root: Path, organization_id: str, relative: str) -> None:
+    """Delete a deleted datasource's own place (``default_datasource_path``) with what uploads
+    put there. Links are removed, never followed: only what lies in the area goes."""
+    area = organization_area(data_root, organization_id)
+    place = area / relative
+    if not place.parent.resolve().is_relative_to(area):
+        return
+    if place.is_symlink() or place.is_file():
+        place.unlink(missing_ok=True)
+    elif place.is_dir():
+        shutil.rmtree(place, ignore_errors=True)
 
 
 def organization_area(data_root: Path, organization_id: str) -> Path:

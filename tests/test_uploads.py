@@ -437,6 +437,48 @@ def test_a_link_out_of_the_folder_is_no_file_of_the_datasource(api):
     assert error_of(api.get(f"/datasources/{duck}/database_file", org.key), 404)
 
 
+def _own_datasource(api: Api, org: Org, database_type: str, **attributes: object) -> tuple:
+    created = api.post(
+        "/datasources",
+        org.key,
+        resource("datasources", name=database_type, database_type=database_type, **attributes),
+    )
+    assert created.status_code == 201, created.text
+    data = created.json()["data"]
+    return data["id"], api.area(org) / data["attributes"]["database"]
+
+
+def test_deleting_a_datasource_deletes_the_files_of_its_own_place(api, tmp_path):
+    """Its uploads stayed on disk, counted against the quota, reachable by nobody but a new
+    datasource given the old path (found by the outside probe)."""
+    org = api.create_org()
+    ds, folder = _own_datasource(api, org, "files")
+    assert put(api, org.key, f"/datasources/{ds}/files/o.csv", ORDERS_CSV).status_code == 201
+    duck, database = _own_datasource(api, org, "duckdb")
+    body = duckdb_bytes(tmp_path, "CREATE TABLE t AS SELECT 1 AS v")
+    answer = put(
+        api, org.key, f"/datasources/{duck}/database_file", body, "application/octet-stream"
+    )
+    assert answer.status_code == 201, answer.text
+    assert folder.is_dir() and database.is_file()
+
+    assert api.delete(f"/datasources/{ds}", org.key).status_code == 204
+    assert api.delete(f"/datasources/{duck}", org.key).status_code == 204
+    assert not folder.exists() and not database.exists()
+    usage = api.get(f"/datasources/{files_datasource(api, org)[0]}/files", org.key).json()
+    assert usage["meta"]["storage"]["files_bytes"] == len(ORDERS_CSV)  # the new one's file only
+
+
+def test_a_place_another_datasource_reads_stays(api):
+    org = api.create_org()
+    ds, folder = _own_datasource(api, org, "files")
+    assert put(api, org.key, f"/datasources/{ds}/files/o.csv", ORDERS_CSV).status_code == 201
+    relative = folder.relative_to(api.area(org)).as_posix()
+    api.create_datasource(org.key, name="reader", database_type="files", database=relative)
+    assert api.delete(f"/datasources/{ds}", org.key).status_code == 204
+    assert (folder / "o.csv").read_bytes() == ORDERS_CSV
+
+
 @SQLITE_ONLY
 def test_a_key_without_manage_datasources_is_403_before_its_body_is_read(api):
     org = api.create_org()

@@ -12,6 +12,7 @@ from api_server.auth import Principal, authenticate
 from api_server.permissions import Permission, require
 from api_server.schemas import DATASOURCE_READ_ONLY, DatasourceCreate, DatasourceUpdate
 from api_server.services import datasources, executions
+from shared.datapaths import remove_own_place
 from shared.db.models import Datasource
 from shared.errors import Unprocessable
 from shared.lifecycle import ExecutionType
@@ -122,4 +123,6 @@ def delete_datasource(request: Request) -> Response:
     with state.sessions.begin() as session:
         deleted = datasources.delete_datasource(session, principal, request.path_params["id"])
     delete_stored_data(state.result_store, results=deleted.results, schemas=deleted.schemas)
+    if deleted.own_place is not None:
+        remove_own_place(state.settings.data_root, deleted.organization_id, deleted.own_place)
     return Response(status_code=204)

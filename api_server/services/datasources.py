@@ -206,6 +206,10 @@ class DeletedData:
 
     results: list[str]
     schemas: list[str]
+    organization_id: str = ""
+    # The datasource's own place in the area (``default_datasource_path``), when nothing else
+    # reads it: its uploads go with it.
+    own_place: str | None = None
 
 
 def delete_datasource(session: Session, principal: Principal, datasource_id: str) -> DeletedData:
@@ -223,9 +227,35 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     ).all()
     session.refresh(ds, with_for_update=True)
     schema = ds.schema_data_key
+    own_place = _own_place_of(session, ds)
     session.delete(ds)
     session.flush()
-    return DeletedData(results=[key for key in results if key], schemas=[schema] if schema else [])
+    return DeletedData(
+        results=[key for key in results if key],
+        schemas=[schema] if schema else [],
+        organization_id=ds.organization_id,
+        own_place=own_place,
+    )
+
+
+def _own_place_of(session: Session, ds: Datasource) -> str | None:
+    """The place the server assigned the datasource, if it still uses it and no other
+    datasource of its organisation reads it (one created with that path later, say)."""
+    if ds.database_type not in FILE_DATABASE_TYPES or ds.database != default_datasource_path(
+        ds.database_type, ds.id
+    ):
+        return None
+    shared = session.scalar(
+        select(func.count())
+        .select_from(Datasource)
+        .where(
+            Datasource.organization_id == ds.organization_id,
+            Datasource.id != ds.id,
+            (Datasource.database == ds.database)
+            | Datasource.database.startswith(f"{ds.database}/", autoescape=True),
+        )
+    )
+    return None if shared else ds.database
 
 
 def create_sample_datasource(session: Session, organization_id: str) -> Datasource:
