@@ -164,7 +164,9 @@ def test_data_is_204_until_completed_and_after_failure(api):
     assert (shown["error_code"], shown["error_message"]) == ("syntax_error", "bad")
 
 
-@pytest.mark.parametrize("wait", ["31", "-1", "abc"])
+@pytest.mark.parametrize(
+    "wait", ["31", "-1", "abc", "nan", "1_0", " 1", "\uff11", "\u0661", "30.0001", "1e309"]
+)
 def test_wait_is_bounded(api, wait):
     org = api.create_org()
     execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[

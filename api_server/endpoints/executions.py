@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable
 from typing import Any
 
@@ -32,6 +33,7 @@ READ_PERMISSIONS = (
     Permission.MANAGE_ALERTS,
 )
 MAX_WAIT_SECONDS = 30
+_NUMBER_CHARACTERS = re.compile(r"[0-9.eE+-]+")
 _IDEMPOTENCY_KEY_MAX = 255
 
 
@@ -93,7 +95,9 @@ def _wait_seconds(request: Request) -> float:
     if raw is None:
         return 0
     try:
-        seconds = float(raw)
+        # A JSON number's characters only: Python's float() also reads "1_0", padding spaces and
+        # other scripts' digits (Arabic-Indic, fullwidth), which no other server would.
+        seconds = float(raw) if _NUMBER_CHARACTERS.fullmatch(raw) else -1
     except ValueError:
         seconds = -1
     if not 0 <= seconds <= MAX_WAIT_SECONDS:
