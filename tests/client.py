@@ -37,21 +37,26 @@ class DataferryClient:
         assert response.status_code == 200, response.text
         return response.json()["data"]["attributes"]
 
-    def create_duckdb_datasource(self, name: str, file_name: str) -> str:
-        """A datasource over a DuckDB file in the organisation's area (``file_name`` relative to
-        it), created through the API; its id."""
+    def create_datasource(
+        self, name: str, database_type: str, database: str | None = None
+    ) -> dict[str, Any]:
+        """A datasource created through the API (``database`` left out when None); its
+        resource."""
+        attributes = {"name": name, "database_type": database_type}
+        if database is not None:
+            attributes["database"] = database
         response = self.http.post(
             f"{self.api_url}/datasources",
             headers={**self.headers, "Content-Type": "application/vnd.api+json"},
-            json={
-                "data": {
-                    "type": "datasources",
-                    "attributes": {"name": name, "database_type": "duckdb", "database": file_name},
-                }
-            },
+            json={"data": {"type": "datasources", "attributes": attributes}},
         )
         assert response.status_code == 201, response.text
-        return response.json()["data"]["id"]
+        return response.json()["data"]
+
+    def create_duckdb_datasource(self, name: str, file_name: str) -> str:
+        """A datasource over a DuckDB file in the organisation's area (``file_name`` relative to
+        it); its id."""
+        return self.create_datasource(name, "duckdb", file_name)["id"]
 
     def execution(self, execution_id: str, wait: float = 0) -> dict[str, Any]:
         response = self.http.get(

@@ -14,9 +14,20 @@ from starlette.testclient import TestClient
 from api_server.app import create_app
 from api_server.permissions import Permission
 from api_server.services import api_keys, organizations
+from data_server.engine import Limits
 from shared.datapaths import ensure_organization_area
 from shared.settings import Settings
 from tests.log_watch import remember
+
+# What a sandbox may use in tests that call the engine or the pool directly.
+SANDBOX_LIMITS = Limits(
+    timeout_seconds=20,
+    memory_limit_mb=256,
+    threads=1,
+    max_temp_directory_size_mb=64,
+    max_result_rows=1_000_000,
+    max_result_bytes=1 << 30,
+)
 
 JSONAPI = "application/vnd.api+json"
 # A remote datasource's attributes: enough for the API (nothing connects until a query runs).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -11,15 +12,9 @@ import pytest
 
 from data_server import engine
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, Sandbox
+from tests.factories import SANDBOX_LIMITS
 
-LIMITS = Limits(
-    timeout_seconds=5,
-    memory_limit_mb=256,
-    threads=1,
-    max_temp_directory_size_mb=64,
-    max_result_rows=1_000_000,
-    max_result_bytes=1 << 30,
-)
+LIMITS = replace(SANDBOX_LIMITS, timeout_seconds=5)
 
 
 @pytest.fixture

@@ -34,25 +34,18 @@ from starlette.testclient import TestClient
 
 from data_server import engine
 from data_server.app import create_app as create_data_app
-from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, Sandbox
+from data_server.engine import DatasourceSpec, QueryFailed, QueryJob, Sandbox
 from data_server.object_storage import ObjectStorageSpec
 from data_server.worker import Worker
 from shared import lifecycle
 from shared.object_storage import Endpoint, endpoint_for, parse_location
 from shared.settings import Settings
-from tests.factories import Api, resource
+from tests.factories import SANDBOX_LIMITS, Api, resource
 from tests.log_watch import remember
 from tests.object_store import CREDENTIALS, ObjectStore, running_object_store
 from tests.processes import LOOPBACK_NETWORKS
 
-LIMITS = Limits(
-    timeout_seconds=20,
-    memory_limit_mb=256,
-    threads=1,
-    max_temp_directory_size_mb=64,
-    max_result_rows=1_000_000,
-    max_result_bytes=1 << 30,
-)
+LIMITS = SANDBOX_LIMITS
 ORDERS = pa.table({"id": [1, 2, 3], "amount": [9.5, 20.0, 7.25], "city": ["Bern", "Oslo", "Rome"]})
 
 

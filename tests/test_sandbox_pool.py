@@ -13,15 +13,9 @@ import pytest
 
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
 from data_server.sandbox_pool import SandboxPool
+from tests.factories import SANDBOX_LIMITS
 
-LIMITS = Limits(
-    timeout_seconds=20,
-    memory_limit_mb=256,
-    threads=1,
-    max_temp_directory_size_mb=64,
-    max_result_rows=1_000_000,
-    max_result_bytes=1 << 30,
-)
+LIMITS = SANDBOX_LIMITS
 ENDLESS = "SELECT count(*) FROM range(1000000000000)"
 
 

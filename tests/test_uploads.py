@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -46,17 +47,9 @@ SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    """Small limits, so that the refusals need only small bodies."""
-    (tmp_path / "state" / "data").mkdir(parents=True)
-    return Settings(
-        state_dir=tmp_path / "state",
-        database_url=database_url,
-        sample_scale=0.001,
-        max_datasources=5,
-        max_upload_mb=1,
-        max_organization_storage_mb=2,
-    )
+def settings(settings: Settings) -> Settings:
+    """The suite's, with small limits, so that the refusals need only small bodies."""
+    return replace(settings, max_upload_mb=1, max_organization_storage_mb=2)
 
 
 def files_datasource(api: Api, org: Org, folder: str = "shop") -> tuple[str, Path]:
@@ -567,21 +560,6 @@ def e2e(region, client) -> tuple[DataferryClient, Path]:
     return client, region.area(client.organization_id)
 
 
-def create_datasource(client, name: str, database_type: str, database: str) -> str:
-    response = client.http.post(
-        f"{client.api_url}/datasources",
-        headers={**client.headers, "Content-Type": "application/vnd.api+json"},
-        json={
-            "data": {
-                "type": "datasources",
-                "attributes": {"name": name, "database_type": database_type, "database": database},
-            }
-        },
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["data"]["id"]
-
-
 def upload(
     client, url: str, body, content_type: str = "application/octet-stream"
 ) -> httpx.Response:
@@ -603,7 +581,7 @@ def records(client, datasource_id: str, sql: str) -> list[dict]:
 def test_each_type_uploads_and_queries(e2e, tmp_path):
     client, area = e2e
     (area / "lake").mkdir()
-    ds = create_datasource(client, "lake", "files", "lake")
+    ds = client.create_datasource("lake", "files", "lake")["id"]
     bodies = {
         "p.parquet": parquet_bytes(pa.table({"v": [1, 2, 3]})),
         "c.csv": b"v\n1\n2\n3\n",
@@ -621,7 +599,7 @@ def test_each_type_uploads_and_queries(e2e, tmp_path):
     assert {row["f"]: row["s"] for row in records(client, ds, sql)} == dict.fromkeys(bodies, 6)
 
     (area / "db.duckdb").write_bytes(duckdb_bytes(tmp_path, "CREATE TABLE t AS SELECT 1 AS v"))
-    duck = create_datasource(client, "duck", "duckdb", "db.duckdb")
+    duck = client.create_datasource("duck", "duckdb", "db.duckdb")["id"]
     new = duckdb_bytes(tmp_path, "CREATE TABLE t AS SELECT 2 AS v UNION ALL SELECT 40")
     assert upload(client, f"/datasources/{duck}/database_file", new).status_code == 200
     assert records(client, duck, "SELECT sum(v)::INTEGER AS s FROM t") == [{"s": 42}]
@@ -634,18 +612,7 @@ def test_a_new_organisation_starts_from_the_api_alone(region, tmp_path):
     with region.organization_client("Fresh") as client:
         created = {}
         for database_type in ("files", "duckdb", "sqlite"):
-            answer = client.http.post(
-                f"{client.api_url}/datasources",
-                headers={**client.headers, "Content-Type": "application/vnd.api+json"},
-                json={
-                    "data": {
-                        "type": "datasources",
-                        "attributes": {"name": database_type, "database_type": database_type},
-                    }
-                },
-            )
-            assert answer.status_code == 201, answer.text
-            data = answer.json()["data"]
+            data = client.create_datasource(database_type, database_type)
             suffix = "" if database_type == "files" else f".{database_type}"
             assert data["attributes"]["database"] == f"datasources/{data['id']}{suffix}"
             created[database_type] = data["id"]
@@ -675,7 +642,7 @@ def test_a_new_organisation_starts_from_the_api_alone(region, tmp_path):
 def test_a_sqlite_file_uploads_and_queries(e2e, tmp_path):
     client, area = e2e
     (area / "app.sqlite").write_bytes(sqlite_bytes(tmp_path, "CREATE TABLE t (v INTEGER)"))
-    ds = create_datasource(client, "app", "sqlite", "app.sqlite")
+    ds = client.create_datasource("app", "sqlite", "app.sqlite")["id"]
     body = sqlite_bytes(tmp_path, "CREATE TABLE t (v INTEGER)", "INSERT INTO t VALUES (40), (2)")
     answer = upload(client, f"/datasources/{ds}/database_file", body, "application/vnd.sqlite3")
     assert answer.status_code == 200, answer.text
@@ -719,7 +686,7 @@ class PeakRss:
 def test_a_200_mb_upload_streams_in_bounded_memory(region, e2e):
     client, area = e2e
     (area / "big").mkdir()
-    ds = create_datasource(client, "big", "files", "big")
+    ds = client.create_datasource("big", "files", "big")["id"]
     line = b"1234567890,abcdefghijklmnopqrstuvwxyz,3.14159\n"
     lines = 200 * MIB // len(line)
     block = line * 1000
@@ -754,7 +721,7 @@ def test_concurrent_uploads_of_one_name_never_leave_a_torn_file(e2e):
     client, area = e2e
     folder = area / "race"
     folder.mkdir()
-    ds = create_datasource(client, "race", "files", "race")
+    ds = client.create_datasource("race", "files", "race")["id"]
     bodies = [b"v\n" + str(k).encode() * (2 * MIB // 2) + b"\n" for k in range(1, 5)]
     target = folder / "same.csv"
     url = f"/datasources/{ds}/files/same.csv"
@@ -806,7 +773,7 @@ def _answer(connection: socket.socket) -> tuple[int, dict]:
 def test_a_declared_length_over_the_limit_is_refused_before_the_body(region, e2e):
     client, area = e2e
     (area / "cl").mkdir()
-    ds = create_datasource(client, "cl", "files", "cl")
+    ds = client.create_datasource("cl", "files", "cl")["id"]
     with _raw_put(region, f"/datasources/{ds}/files/x.csv", client.key, 2 * 1024**3, b"") as conn:
         status, document = _answer(conn)  # answered although no byte of the body was sent
     assert (status, document["errors"][0]["code"]) == (413, "upload_too_large")
@@ -821,7 +788,7 @@ def test_a_client_hanging_up_mid_body_leaves_nothing(region, e2e):
     client, area = e2e
     folder = area / "gone"
     folder.mkdir()
-    ds = create_datasource(client, "gone", "files", "gone")
+    ds = client.create_datasource("gone", "files", "gone")["id"]
     connection = _raw_put(
         region, f"/datasources/{ds}/files/x.csv", client.key, 50 * MIB, b"v\n" + b"1\n" * (2 * MIB)
     )
@@ -848,7 +815,7 @@ def test_the_quota_bounds_stored_results_too(region):
 
 def _fill_the_quota(region, client: DataferryClient, area: Path) -> None:
     (area / "q").mkdir()
-    ds = create_datasource(client, "q", "files", "q")
+    ds = client.create_datasource("q", "files", "q")["id"]
     with open(area / "filler.bin", "wb") as filler:
         filler.truncate(QUOTA_MB * MIB - MIB)  # 1 MiB left
     small = client.wait_until_done(client.run(ds, "SELECT 1 AS one")["execution_id"])

@@ -109,44 +109,32 @@ def show_database_file(request: Request) -> Response:
 @jsonapi.streaming_endpoint()
 async def upload_datasource_file(request: Request) -> Response:
     """PUT the file's bytes as the body: created (201) or replaced (200) whole, or not at all."""
-
-    def prepare() -> UploadTarget:
-        principal = _manager(request)
-        state = request.app.state
-        with state.sessions() as session:
-            return uploads.prepare_file_upload(
-                session,
-                principal,
-                state.settings,
-                request.path_params["id"],
-                request.path_params["name"],
-                request.headers.get("content-type"),
-                declared_length(request),
-            )
-
-    target = await run_in_threadpool(prepare)
+    target = await run_in_threadpool(_prepare, request, request.path_params["name"])
     return await _receive(request, target, file_link(target.datasource_id, target.name))
 
 
 @jsonapi.streaming_endpoint()
 async def upload_database_file(request: Request) -> Response:
     """PUT a duckdb or sqlite datasource's database file, replacing the attached one atomically."""
-
-    def prepare() -> UploadTarget:
-        principal = _manager(request)
-        state = request.app.state
-        with state.sessions() as session:
-            return uploads.prepare_database_upload(
-                session,
-                principal,
-                state.settings,
-                request.path_params["id"],
-                request.headers.get("content-type"),
-                declared_length(request),
-            )
-
-    target = await run_in_threadpool(prepare)
+    target = await run_in_threadpool(_prepare, request, None)
     return await _receive(request, target, database_file_link(target.datasource_id))
+
+
+def _prepare(request: Request, name: str | None) -> UploadTarget:
+    """Everything an upload can be refused for, decided before its body is read: a file of a
+    files datasource (``name``), or a database file (None)."""
+    principal = _manager(request)
+    state = request.app.state
+    datasource_id = request.path_params["id"]
+    content_type, length = request.headers.get("content-type"), declared_length(request)
+    with state.sessions() as session:
+        if name is None:
+            return uploads.prepare_database_upload(
+                session, principal, state.settings, datasource_id, content_type, length
+            )
+        return uploads.prepare_file_upload(
+            session, principal, state.settings, datasource_id, name, content_type, length
+        )
 
 
 @jsonapi.endpoint()
