@@ -1,7 +1,7 @@
 """The API server's OpenAPI document: every route and method of ``api_server.routes``.
 
 Attribute lists, sortable and filterable names, permissions and limits are read from the code that
-enforces them, so the document cannot quietly drift from it; tests/test_openapi.py checks that
+enforces them, so the document cannot quietly drift from it; tests/contract/test_openapi.py checks that
 every route is described and every described operation is routed.
 """
 

@@ -17,7 +17,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.processes import Region, running_region
+from tests.support.processes import Region, running_region
 
 RESULT_SQL = (
     "SELECT range AS id, range * 0.5 AS amount, 'name' || range AS name, "

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from big_result import DATABASE_FILE, RESULT_SQL, new_organization, region_with_big_table
 
-from tests.client import DataferryClient
+from tests.support.client import DataferryClient
 
 
 def baseline_rows_per_second(rows: int) -> float:

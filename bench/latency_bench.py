@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.client import DataferryClient
-from tests.postgres import POSTGRES_ENV, postgres_url_from_env
-from tests.processes import Region, running_region
+from tests.support.client import DataferryClient
+from tests.support.postgres import POSTGRES_ENV, postgres_url_from_env
+from tests.support.processes import Region, running_region
 
 # 16 clients send ~4 requests per execution, hundreds per second: the default per-key limit
 # (600/min) would answer most of them 429.

@@ -21,8 +21,8 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.client import DataferryClient
-from tests.processes import running_region
+from tests.support.client import DataferryClient
+from tests.support.processes import running_region
 
 ROWS = 1_000_000
 REPEATS = 3

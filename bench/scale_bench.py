@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.cluster import cluster_on_postgres
-from tests.postgres import POSTGRES_ENV, fresh_postgres_schema
+from tests.support.cluster import cluster_on_postgres
+from tests.support.postgres import POSTGRES_ENV, fresh_postgres_schema
 
 EXECUTIONS = 600
 

@@ -1,7 +1,7 @@
 """The data server's OpenAPI document: every route and method of ``data_server.routes``.
 
 Formats, their media types and the accepted query parameters are read from the code that serves
-them; tests/test_openapi.py checks that every route is described and every description routed.
+them; tests/contract/test_openapi.py checks that every route is described and every description routed.
 """
 
 from __future__ import annotations

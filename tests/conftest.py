@@ -16,11 +16,11 @@ from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Base
 from shared.settings import Settings
-from tests.factories import Api
-from tests.log_watch import CAPTURE
-from tests.object_store import ObjectStore, running_object_store
-from tests.postgres import POSTGRES_SCHEMA, fresh_postgres_schema
-from tests.processes import LOOPBACK_NETWORKS, Region, running_region
+from tests.support.factories import Api
+from tests.support.log_watch import CAPTURE, leaked_secrets
+from tests.support.object_store import ObjectStore, running_object_store
+from tests.support.postgres import POSTGRES_SCHEMA, fresh_postgres_schema
+from tests.support.processes import LOOPBACK_NETWORKS, Region, running_region
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +28,18 @@ def pytest_configure(config: pytest.Config) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.addHandler(CAPTURE)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every test, in whatever order they ran: no log line of the run holds a secret the
+    suite handed out (tests/contract/test_logs_hold_no_secrets.py checks its own scenario)."""
+    leaked = leaked_secrets()
+    if leaked:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"secrets found in the logs of this run (first 12 characters): {leaked}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

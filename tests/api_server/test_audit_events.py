@@ -1,0 +1,119 @@
+"""The audit log: every write and data grant recorded, readable with Manage Users, never a secret."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from api_server.audit import ACTIONS
+from api_server.permissions import Permission
+from tests.support.factories import dump_tables, resource
+
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _events(api, key, query=""):
+    answer = api.get(f"/audit_events{query}", key)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_every_write_route_has_an_audit_action(api):
+    handled = {
+        (method, route.path)
+        for route in api.app.routes
+        for method in getattr(route, "handled_methods", ())
+    }
+    writes = {(method, path) for method, path in handled if method in WRITE_METHODS}
+    assert len(writes) >= 10, "few write routes found: the route walk is broken"
+    assert writes <= set(ACTIONS), sorted(writes - set(ACTIONS))
+    assert set(ACTIONS) <= handled, sorted(set(ACTIONS) - handled)
+
+
+def test_writes_and_data_grants_are_recorded_with_who_what_where(api):
+    org = api.create_org()
+    key_id = api.get("/api_key", org.key).json()["data"]["id"]
+    created = api.post(
+        "/sql_snippets", org.key, resource("sql_snippets", name="s", sql="SELECT 1")
+    ).json()["data"]["id"]
+    api.get("/sql_snippets", org.key)  # reads are not recorded
+    run = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=orjson.dumps({"sql_query": "SELECT 1"}),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    execution_id = run.json()["data"]["id"]
+    api.get(f"/executions/{execution_id}/data", org.key)  # 204, not ready: no grant
+    api.delete(f"/sql_snippets/{created}", org.key)
+
+    events = _events(api, org.key)["data"]
+    assert [e["attributes"]["action"] for e in events] == [
+        "sql_snippet.delete",
+        "execution.run",
+        "sql_snippet.create",
+    ]
+    run_event = events[1]["attributes"]
+    assert run_event["resource_id"] == execution_id
+    assert run_event["api_key_id"] == key_id
+    assert run_event["path"] == "/datasources/{id}/executions"
+    assert run_event["remote_addr"] == "testclient"
+    assert run_event["request_id"] == run.headers["x-request-id"]
+    assert events[2]["attributes"]["resource_id"] == created
+    assert org.key not in str(events)
+
+
+def test_failed_writes_are_not_recorded_and_change_nothing(api):
+    org = api.create_org()
+    before = dump_tables(api.app)
+    assert api.post("/sql_snippets", org.key, resource("sql_snippets", name="")).status_code == 422
+    assert dump_tables(api.app) == before
+
+
+def test_filters_and_paging(api):
+    org = api.create_org()
+    for name in ("a", "b", "c"):
+        api.post("/sql_snippets", org.key, resource("sql_snippets", name=name, sql="SELECT 1"))
+    page = _events(api, org.key, "?page[size]=2&filter[action]=sql_snippet.create")
+    assert page["meta"]["total"] == 3 and len(page["data"]) == 2
+    assert page["links"]["next"]
+    oldest_first = _events(api, org.key, "?sort=created_at")["data"]
+    assert (
+        oldest_first[0]["attributes"]["created_at"] <= oldest_first[-1]["attributes"]["created_at"]
+    )
+    assert _events(api, org.key, "?filter[since]=2999-01-01T00:00:00%2B00:00")["data"] == []
+    assert len(_events(api, org.key, "?filter[until]=2999-01-01T00:00:00%2B00:00")["data"]) == 3
+
+
+@pytest.mark.parametrize("query", ["?filter[since]=yesterday", "?filter[until]=2026-01-01", "?x=1"])
+def test_bad_filters_are_400(api, query):
+    org = api.create_org()
+    assert api.get(f"/audit_events{query}", org.key).status_code == 400
+
+
+def test_only_manage_users_reads_and_only_its_organisation(api):
+    org, other = api.create_org("A"), api.create_org("B")
+    api.post("/sql_snippets", other.key, resource("sql_snippets", name="x", sql="SELECT 1"))
+    reader = api.create_key(org, [Permission.VIEW_USERS, Permission.MANAGE_DASHBOARDS])
+    assert api.get("/audit_events", reader).status_code == 403
+    assert _events(api, org.key)["data"] == []
+
+
+def test_a_key_restricted_to_datasources_reads_no_audit_event(api):
+    org = api.create_org()
+    outside = api.create_datasource(org.key, name="Outside")["id"]
+    run = api.client.post(
+        f"/datasources/{outside}/executions",
+        content=orjson.dumps({"sql_query": "SELECT 1"}),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    execution = run.json()["data"]["id"]
+    restricted = api.create_key(org, list(Permission), [org.sample_datasource_id])
+    assert {e["attributes"]["resource_id"] for e in _events(api, org.key)["data"]} >= {
+        outside,
+        execution,
+    }
+    for query in ("", f"?filter[resource_id]={outside}", f"?filter[resource_id]={execution}"):
+        answer = api.get(f"/audit_events{query}", restricted)
+        assert answer.status_code == 403, (query, answer.text)
+        assert answer.json()["errors"][0]["code"] == "datasource_scope_restricted"
+        assert outside not in answer.text and execution not in answer.text

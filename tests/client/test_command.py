@@ -1,0 +1,179 @@
+"""The ``dataferry`` command as a subprocess against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import stat
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+from dataferry_client.cli import ExitCode
+
+from tests.client.conftest import DATAFERRY, run_command
+from tests.support.processes import ROOT
+
+pytestmark = pytest.mark.e2e
+
+SLOW = "SELECT sum(hash(range)) FROM range(20000000000)"
+
+
+def run_under_pty(org, home, *args: str) -> tuple[int, str]:
+    """Run the command with stdout and stderr on a pseudo-terminal; returns (code, output)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(DATAFERRY), *args], env=org.env(home), stdin=subprocess.DEVNULL,
+        stdout=terminal, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    output = bytearray()
+    while True:
+        ready, _, _ = select.select([controller], [], [], 60)
+        if not ready:
+            process.kill()
+            break
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's other end closed
+            break
+        if not chunk:
+            break
+        output.extend(chunk)
+    os.close(controller)
+    return process.wait(timeout=30), output.decode(errors="replace")
+
+
+def test_query_shows_progress_and_a_table_on_a_terminal(org, tmp_path):
+    code, output = run_under_pty(org, tmp_path, "query", "Sample Data", "SELECT * FROM orders")
+    assert code == 0, output
+    assert "elapsed" in output  # the progress line, on stderr
+    assert "\x1b[Korder_id  customer_id" in output  # the table starts on the cleared line
+    assert "not shown: use --format or -o FILE" in output
+
+
+def test_query_without_a_terminal_prints_csv_and_no_progress(org, tmp_path):
+    result = run_command(org, tmp_path, "query", org.sample_id, "SELECT 1 AS a, 'x' AS b")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == '"a","b"\n1,"x"\n'
+
+
+def test_query_reads_sql_from_stdin_and_files_and_takes_parameters(org, tmp_path):
+    sql = "SELECT order_id FROM orders WHERE {order_id=picked} ORDER BY order_id"
+    piped = run_command(
+        org, tmp_path, "query", org.sample_id, "--param", "picked=2", "--param", "picked=5",
+        "--format", "ndjson", stdin=sql,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(line) for line in piped.stdout.splitlines()] == [
+        {"order_id": 2}, {"order_id": 5},
+    ]  # fmt: skip
+    (tmp_path / "q.sql").write_text("SELECT count(*) AS n FROM orders WHERE {ordered_at=timerange}")
+    out = tmp_path / "out.parquet"
+    saved = run_command(
+        org, tmp_path, "query", org.sample_id, "-f", str(tmp_path / "q.sql"),
+        "--timerange", "2023-01-01~2023-01-02", "-o", str(out),
+    )  # fmt: skip
+    assert (saved.returncode, saved.stdout, saved.stderr) == (0, "", "")
+    with org.client() as client:
+        expected = client.query(
+            org.sample_id,
+            "SELECT count(*) AS n FROM orders "
+            "WHERE ordered_at >= TIMESTAMP '2023-01-01' AND ordered_at < TIMESTAMP '2023-01-02'",
+        ).to_arrow()
+    assert pq.read_table(out).column("n").to_pylist() == expected.column("n").to_pylist() != [0]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "fragment"),
+    [
+        (["whoami"], {"DATAFERRY_API_KEY": "dfk_" + "x" * 40 + "_000000"},
+         ExitCode.AUTHENTICATION, "[unauthorized]"),
+        (["query", "zzzz-zzzz-zzzz", "SELECT 1"], {}, ExitCode.NOT_FOUND, "not_found"),
+        (["query", "Sample Data", "SELECT * FROM nowhere"], {}, ExitCode.EXECUTION_FAILED, "nowhere"),
+        (["query", "Sample Data", SLOW, "--timeout", "0.3"], {}, ExitCode.TIMEOUT, "client_timeout"),
+        (["query", "Sample Data", "SELECT 1", "--param", "unused=1"], {}, ExitCode.INVALID, "/parameters/filters"),
+        (["whoami"], {"DATAFERRY_API_URL": ""}, ExitCode.CONFIGURATION, "no API URL"),
+        (["query", "Sample Data", "SELECT 1", "--param", "x"], {}, ExitCode.USAGE, "NAME=VALUE"),
+        (["query", "Sample Data", "SELECT 1", "-o", "x.txt"], {}, ExitCode.USAGE, "cannot tell the format"),
+        (["whoami"], {"DATAFERRY_API_URL": "http://127.0.0.1:9"}, ExitCode.UNAVAILABLE, "cannot reach"),
+    ],
+    ids=["wrong-key", "unknown-datasource", "failed", "timeout", "invalid", "no-config", "usage", "bad-output", "down"],
+)  # fmt: skip
+def test_bad_input_gets_one_line_and_a_distinct_exit_code(org, tmp_path, args, env, code, fragment):
+    result = run_command(org, tmp_path, *args, **env)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith("dataferry: ") and result.stderr.count("\n") == 1
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    if code == ExitCode.TIMEOUT:  # leave no slow execution behind
+        execution_id = result.stderr.split("execution ", 1)[1].split()[0]
+        run_command(org, tmp_path, "executions", "cancel", execution_id)
+
+
+def test_resource_commands_with_json_output(org, tmp_path, client_region):
+    def ok(*args: str) -> object:
+        result = run_command(org, tmp_path, *args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout) if result.stdout else None
+
+    assert ok("whoami")["organization_id"] == org.organization_id
+    assert org.sample_id in [d["id"] for d in ok("datasources", "list")]
+    assert ok("datasources", "show", org.sample_id)["name"] == "Sample Data"
+    assert ok("datasources", "test", org.sample_id)["status"] == "ok"
+    assert ok("datasources", "refresh", org.sample_id, "--wait")["execution_status"] == "completed"
+    assert "orders" in json.dumps(ok("datasources", "schema", org.sample_id))
+    (client_region.area(org.organization_id) / "cli_shop").mkdir(exist_ok=True)
+    (client_region.area(org.organization_id) / "cli_shop" / "t.csv").write_text("a\n1\n")
+    created = ok(
+        "datasources", "create", "--name", "CLI shop", "--type", "files", "--database", "cli_shop"
+    )
+    assert ok("datasources", "update", created["id"], "--name", "CLI")["name"] == "CLI"
+    ok("datasources", "delete", created["id"])
+
+    snippet = ok("snippets", "create", "--name", "cli_one", "--sql", "SELECT 1 AS one")
+    assert snippet["id"] in [s["id"] for s in ok("snippets", "list")]
+    assert (
+        ok("snippets", "update", snippet["id"], "--sql", "SELECT 2 AS one")["sql"]
+        == "SELECT 2 AS one"
+    )
+    assert ok("snippets", "show", snippet["id"])["name"] == "cli_one"
+    ok("snippets", "delete", snippet["id"])
+
+    from dataferry_client import Client
+
+    with Client(org.api_url, org.api_key) as client:
+        slow = client.executions.run(org.sample_id, SLOW)
+    assert ok("executions", "show", slow.id)["execution_status"] in ("starting", "running")
+    assert ok("executions", "cancel", slow.id)["id"] == slow.id
+    assert ok("executions", "wait", slow.id, "--timeout", "30")["execution_status"] == "cancelled"
+
+
+def test_configure_writes_a_private_profile_that_queries_use(org, tmp_path):
+    env = {"DATAFERRY_API_URL": "", "DATAFERRY_API_KEY": "", "DATAFERRY_DATA_URL": ""}
+    written = run_command(
+        org, tmp_path, "configure", "--profile", "eu", "--api-url", org.api_url,
+        "--data-url", org.data_url, stdin=org.api_key + "\n", **env,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    path = tmp_path / "dataferry" / "profiles.toml"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    result = run_command(
+        org, tmp_path, "--profile", "eu", "query", "Sample Data", "SELECT 3 AS n", **env
+    )
+    assert (result.returncode, result.stdout) == (0, '"n"\n3\n'), result.stderr
+    missing = run_command(
+        org, tmp_path, "query", "--profile", "us", "Sample Data", "SELECT 1", **env
+    )
+    assert missing.returncode == ExitCode.CONFIGURATION and "no profile 'us'" in missing.stderr
+
+
+def test_exit_codes_are_documented():
+    docs = (ROOT / "docs" / "client.md").read_text()
+    for code in ExitCode:
+        assert f"| {code.value} | `{code.name.lower()}` |" in docs, code
+    help_text = subprocess.run([str(DATAFERRY), "--help"], capture_output=True, text=True).stdout
+    assert all(code.name.lower().replace("_", " ") in help_text for code in ExitCode)

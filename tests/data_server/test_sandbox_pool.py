@@ -1,0 +1,141 @@
+"""The sandbox pool: children are reused, and a killed, cancelled or stuck one is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import duckdb
+import pytest
+
+from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
+from data_server.sandbox_pool import SandboxPool
+from tests.support.factories import SANDBOX_LIMITS
+
+LIMITS = SANDBOX_LIMITS
+ENDLESS = "SELECT count(*) FROM range(1000000000000)"
+
+
+@pytest.fixture
+def spec(tmp_path) -> DatasourceSpec:
+    path = tmp_path / "shop.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE numbers AS SELECT range AS n FROM range(1000)")
+    return DatasourceSpec("duckdb", str(path))
+
+
+@pytest.fixture
+def pool(tmp_path):
+    pool = SandboxPool(2, scratch_root=str(tmp_path))
+    yield pool
+    pool.close()
+
+
+def _job(spec, sql, tmp_path, name="out", limits=LIMITS) -> QueryJob:
+    return QueryJob(spec, sql, None, limits, str(tmp_path / f"{name}.arrow"), str(tmp_path / name))
+
+
+def _busy_child(pool: SandboxPool, warm: set[int]) -> int:
+    """The warm child that left the idle list: this process may have other children (a server
+    a session fixture started), so only the pool's own count."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = (warm & _children_of_this_process()) - set(pool.child_pids())
+        if children:
+            return children.pop()
+        time.sleep(0.05)
+    raise AssertionError("no busy sandbox child appeared")
+
+
+def _children_of_this_process() -> set[int]:
+    path = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+    with open(path) as handle:
+        return {int(pid) for pid in handle.read().split()}
+
+
+def _warmed(pool: SandboxPool) -> set[int]:
+    deadline = time.monotonic() + 10
+    while len(pool.child_pids()) < pool.size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return set(pool.child_pids())
+
+
+def test_children_are_reused_between_calls(pool, spec, tmp_path):
+    warm = _warmed(pool)
+    assert len(warm) == 2
+    for index in range(3):
+        assert pool.run(_job(spec, "SELECT n FROM numbers", tmp_path, f"r{index}")).rows == 1000
+    assert set(pool.child_pids()) == warm
+
+
+def test_a_query_that_fails_leaves_its_child_usable(pool, spec, tmp_path):
+    with pytest.raises(QueryFailed) as failure:
+        pool.run(_job(spec, "SELECT * FROM missing", tmp_path))
+    assert failure.value.code == "execution_error"
+    assert pool.run(_job(spec, "SELECT 1", tmp_path)).rows == 1
+
+
+def test_timeout_interrupts_and_the_next_call_succeeds(pool, spec, tmp_path):
+    limits = Limits(**{**LIMITS.__dict__, "timeout_seconds": 0.5})
+    with pytest.raises(QueryFailed) as failure:
+        pool.run(_job(spec, ENDLESS, tmp_path, limits=limits))
+    assert failure.value.code == "timeout"
+    assert pool.run(_job(spec, "SELECT 1", tmp_path)).rows == 1
+
+
+def test_cancel_kills_the_child_and_a_new_one_takes_its_place(pool, spec, tmp_path):
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(QueryFailed) as failure:
+        pool.run(_job(spec, ENDLESS, tmp_path), cancel_event=cancel)
+    assert failure.value.code == "cancelled"
+    assert pool.run(_job(spec, "SELECT 2", tmp_path)).rows == 1
+
+
+def test_sigkilled_child_fails_the_call_as_crashed_and_is_replaced(pool, spec, tmp_path):
+    idle = _warmed(pool)
+    with ThreadPoolExecutor(1) as executor:
+        running = executor.submit(pool.run, _job(spec, ENDLESS, tmp_path))
+        victim = _busy_child(pool, idle)
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(QueryFailed) as failure:
+            running.result(timeout=10)
+    assert failure.value.code == "worker_crashed"
+    assert "signal 9" in failure.value.message
+    assert pool.run(_job(spec, "SELECT 3", tmp_path)).rows == 1
+    assert victim not in pool.child_pids()
+
+
+def test_calls_run_concurrently_up_to_the_pool_size(pool, spec, tmp_path):
+    with ThreadPoolExecutor(4) as executor:
+        outcomes = list(
+            executor.map(
+                lambda i: pool.run(_job(spec, f"SELECT {i} AS i", tmp_path, f"c{i}")), range(8)
+            )
+        )
+    assert [o.rows for o in outcomes] == [1] * 8
+    assert len(pool.child_pids()) <= 2
+
+
+def test_schema_and_connection_check_run_in_the_sandbox(pool, spec, tmp_path):
+    schema = pool.schema_of(spec, LIMITS)
+    assert schema["schemas"][0]["tables"][0]["name"] == "numbers"
+    pool.check_connection(spec, LIMITS)
+    with pytest.raises(QueryFailed) as failure:
+        pool.check_connection(DatasourceSpec("duckdb", str(tmp_path / "gone.duckdb")), LIMITS)
+    assert failure.value.code == "datasource_unavailable"
+
+
+def test_close_leaves_no_children(tmp_path, spec):
+    pool = SandboxPool(2, scratch_root=str(tmp_path))
+    pool.run(_job(spec, "SELECT 1", tmp_path))
+    pids = pool.child_pids()
+    pool.close()
+    time.sleep(0.1)
+    assert not (set(pids) & _children_of_this_process())
+    with pytest.raises(QueryFailed) as failure:
+        pool.run(_job(spec, "SELECT 1", tmp_path))
+    assert failure.value.code == "worker_stopping"

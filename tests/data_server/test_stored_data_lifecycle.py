@@ -1,0 +1,302 @@
+"""Once purged, cancelled or deleted, nothing stays stored or served: every interleaving of the API
+server's purge, cancel and datasource delete with a worker's upload and commit, driven in process
+at the exact point where the race happens. A worker runs with a stand-in for the sandbox pool that
+writes a real Arrow file; a data server app in process serves the grants. Runs on SQLite and
+PostgreSQL, with the local and the S3-compatible result store."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from sqlalchemy import select, update
+from starlette.testclient import TestClient
+
+from api_server.services import executions as execution_service
+from data_server import janitor
+from data_server.app import create_app as create_data_app
+from data_server.engine import QueryFailed, QueryOutcome
+from data_server.worker import Worker
+from shared import lifecycle
+from shared.db.models import Execution
+from tests.support.factories import auth
+
+FAR_FUTURE = time.time() + 365 * 24 * 3600  # every stored object was written before this
+
+
+@pytest.fixture(params=["local", "s3"])
+def settings(request, settings, monkeypatch):
+    """The conftest's settings, with results in a local directory or in an S3 bucket."""
+    if request.param == "local":
+        return settings
+    object_store = request.getfixturevalue("object_store")
+    env = object_store.settings_env(object_store.new_bucket_url())
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    return settings.with_overrides(
+        results_url=env["DATAFERRY_RESULTS_URL"],
+        s3_endpoint_url=env["DATAFERRY_S3_ENDPOINT_URL"],
+        s3_region=env["DATAFERRY_S3_REGION"],
+    )
+
+
+class StandInPool:
+    """The sandbox pool's interface without DuckDB: a query writes one row as an Arrow file.
+
+    ``during`` runs after the query finished and before the worker publishes: the moment a cancel
+    that the heartbeat has not relayed yet, or a delete, lands. ``failure`` makes the run fail."""
+
+    def __init__(self) -> None:
+        self.during: Callable[[], None] | None = None
+        self.failure: QueryFailed | None = None
+
+    def run(self, job: Any, cancel_event: Any = None) -> QueryOutcome:
+        table = pa.table({"one": [1]})
+        with pa.OSFile(job.result_path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        self._interleave()
+        if self.failure is not None:
+            raise self.failure
+        size = os.path.getsize(job.result_path)
+        return QueryOutcome(rows=1, columns=1, size_bytes=size, truncated=False)
+
+    def schema_of(self, spec: Any, limits: Any, cancel_event: Any = None) -> dict[str, Any]:
+        self._interleave()
+        return {"schemas": [{"name": "main", "tables": [{"name": "t", "row_count": 1}]}]}
+
+    def _interleave(self) -> None:
+        during, self.during = self.during, None
+        if during is not None:
+            during()
+
+
+@pytest.fixture
+def pool() -> StandInPool:
+    return StandInPool()
+
+
+@pytest.fixture
+def worker(api, pool) -> Worker:
+    state = api.app.state
+    return Worker(api.settings, state.sessions, state.result_store, pool)
+
+
+@pytest.fixture
+def data_client(api) -> Iterator[TestClient]:
+    with TestClient(create_data_app(api.settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def org(api):
+    org = api.create_org()
+    _queue_nothing_else(api)
+    return org
+
+
+def _queue_nothing_else(api) -> None:
+    """Take queued executions (the sample's first refresh) out of the way of the next claim."""
+    with api.app.state.sessions.begin() as session:
+        session.execute(
+            update(Execution).where(Execution.status == "starting").values(status="failed")
+        )
+
+
+def _stored(api) -> list[str]:
+    store = api.app.state.result_store
+    return store.keys_older_than("results/", FAR_FUTURE) + store.keys_older_than(
+        "schemas/", FAR_FUTURE
+    )
+
+
+def _run_sql(api, org, datasource_id: str | None = None) -> str:
+    response = api.client.post(
+        f"/datasources/{datasource_id or org.sample_datasource_id}/executions",
+        json={"sql_query": "SELECT 1 AS one"},
+        headers=auth(org.key),
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["id"]
+
+
+def _claim(api, execution_id: str) -> lifecycle.Claim:
+    claim = lifecycle.claim_next(api.app.state.sessions, "test-worker", api.settings)
+    assert claim is not None and claim.execution_id == execution_id
+    return claim
+
+
+def _row(api, execution_id: str) -> Execution | None:
+    with api.app.state.sessions() as session:
+        return session.get(Execution, execution_id)
+
+
+def _fetch(data_client, grant: dict[str, Any]) -> Any:
+    return data_client.get(
+        f"/data/{grant['data_key']}",
+        headers={"Authorization": f"Data {grant['data_access_token']}"},
+    )
+
+
+def test_purge_between_upload_and_commit_leaves_no_object(api, org, worker, monkeypatch):
+    execution_id = _run_sql(api, org)
+    claim = _claim(api, execution_id)
+    store, answers = api.app.state.result_store, []
+    real_publish = store.publish
+
+    def publish_then_purge(local_path, key):
+        real_publish(local_path, key)
+        answers.append(api.delete(f"/executions/{execution_id}", org.key).status_code)
+
+    monkeypatch.setattr(store, "publish", publish_then_purge)
+    worker._run(claim)
+
+    assert answers == [204]
+    row = _row(api, execution_id)
+    assert (row.status, row.data_key) == ("cancelled", None)
+    assert _stored(api) == []
+    assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
+
+
+def test_purge_of_a_row_read_as_running_deletes_what_completed_meanwhile(
+    api, org, worker, monkeypatch
+):
+    """The worker commits after the purge read the row as running: the purge must see it."""
+    execution_id = _run_sql(api, org)
+    claim = _claim(api, execution_id)
+    real_get = execution_service.get_execution
+
+    def read_then_worker_completes(*args, **kwargs):
+        execution = real_get(*args, **kwargs)
+        assert execution.status == "running"
+        monkeypatch.setattr(execution_service, "get_execution", real_get)
+        worker._run(claim)
+        return execution
+
+    monkeypatch.setattr(execution_service, "get_execution", read_then_worker_completes)
+    assert api.delete(f"/executions/{execution_id}", org.key).status_code == 204
+
+    row = _row(api, execution_id)
+    assert row.status == "completed" and row.data_purged_at is not None
+    assert _stored(api) == []
+    response = api.get(f"/executions/{execution_id}/data", org.key)
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["code"] == "result_gone"
+
+
+@pytest.mark.parametrize(
+    "failure", [None, QueryFailed("timeout", "late")], ids=["query-completed", "query-failed"]
+)
+def test_a_cancel_answered_200_while_running_ends_cancelled(api, org, worker, pool, failure):
+    """The query ends before the heartbeat relays the cancel: the cancel still wins."""
+    execution_id = _run_sql(api, org)
+    claim = _claim(api, execution_id)
+    answers = []
+    pool.during = lambda: answers.append(
+        api.client.post(f"/executions/{execution_id}/cancel", headers=auth(org.key))
+    )
+    pool.failure = failure
+    worker._run(claim)
+
+    assert [a.status_code for a in answers] == [200]
+    assert answers[0].json()["data"]["attributes"]["execution_status"] == "running"
+    row = _row(api, execution_id)
+    assert (row.status, row.error_code, row.data_key) == ("cancelled", "cancelled", None)
+    assert _stored(api) == []
+    assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
+
+
+def test_a_cancel_that_reads_running_after_the_commit_is_409(api, org, worker, monkeypatch):
+    """A 200 promises ``cancelled``: a cancel too late for that is refused, the result kept."""
+    execution_id = _run_sql(api, org)
+    claim = _claim(api, execution_id)
+    real_get = execution_service.get_execution
+
+    def read_then_worker_completes(*args, **kwargs):
+        execution = real_get(*args, **kwargs)
+        monkeypatch.setattr(execution_service, "get_execution", real_get)
+        worker._run(claim)
+        return execution
+
+    monkeypatch.setattr(execution_service, "get_execution", read_then_worker_completes)
+    response = api.client.post(f"/executions/{execution_id}/cancel", headers=auth(org.key))
+
+    assert response.status_code == 409, response.text
+    assert response.json()["errors"][0]["code"] == "execution_finished"
+    row = _row(api, execution_id)
+    assert (row.status, row.cancel_requested) == ("completed", False)
+    assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 200
+
+
+def test_deleting_a_datasource_deletes_its_results_and_schema_and_their_tokens_find_nothing(
+    api, org, worker, data_client
+):
+    ds = api.create_datasource(org.key)
+    refresh_id = _row_ids(api, ds["id"])[0]  # creating it queued a refresh
+    worker._run(_claim(api, refresh_id))
+    execution_id = _run_sql(api, org, ds["id"])
+    worker._run(_claim(api, execution_id))
+    result_grant = api.get(f"/executions/{execution_id}/data", org.key).json()
+    schema_grant = api.get(f"/datasources/{ds['id']}/schema", org.key).json()
+    assert _fetch(data_client, result_grant).status_code == 200
+    assert _fetch(data_client, schema_grant).status_code == 200
+    # The Arrow file, the JSON variant the fetch materialised beside it, the schema.
+    assert len(_stored(api)) == 3
+
+    assert api.delete(f"/datasources/{ds['id']}", org.key).status_code == 204
+
+    assert _stored(api) == []
+    for grant in (result_grant, schema_grant):
+        response = _fetch(data_client, grant)
+        assert response.status_code == 404, response.text
+        assert response.headers["content-type"] == "application/vnd.api+json"
+        (error,) = response.json()["errors"]
+        assert (error["status"], error["code"]) == ("404", "result_gone")
+    assert api.get(f"/executions/{execution_id}", org.key).status_code == 404
+
+
+def test_deleting_a_datasource_while_its_query_runs_leaves_nothing(api, org, worker, pool):
+    ds = api.create_datasource(org.key)
+    _queue_nothing_else(api)
+    running_id, queued_id = _run_sql(api, org, ds["id"]), _run_sql(api, org, ds["id"])
+    claim = _claim(api, running_id)
+    answers = []
+    pool.during = lambda: answers.append(api.delete(f"/datasources/{ds['id']}", org.key))
+    worker._run(claim)
+
+    assert [a.status_code for a in answers] == [204]
+    assert _row(api, running_id) is None and _row(api, queued_id) is None
+    assert _stored(api) == []
+    assert lifecycle.claim_next(api.app.state.sessions, "test-worker", api.settings) is None
+
+
+def _row_ids(api, datasource_id: str) -> list[str]:
+    with api.app.state.sessions() as session:
+        return list(
+            session.scalars(select(Execution.id).where(Execution.datasource_id == datasource_id))
+        )
+
+
+def test_a_store_that_fails_to_delete_does_not_fail_the_purge_and_the_sweep_finishes_it(
+    api, org, worker, monkeypatch
+):
+    execution_id = _run_sql(api, org)
+    worker._run(_claim(api, execution_id))
+    store = api.app.state.result_store
+
+    def unreachable(key):
+        raise OSError("the store is unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "delete", unreachable)
+        assert api.delete(f"/executions/{execution_id}", org.key).status_code == 204
+    assert len(_stored(api)) == 1
+    assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 404
+
+    later = time.time() + 2 * janitor.ORPHAN_GRACE_SECONDS
+    assert janitor.remove_orphaned_objects(api.app.state.sessions, store, now=later) == 1
+    assert _stored(api) == []

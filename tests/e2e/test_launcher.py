@@ -1,0 +1,76 @@
+"""The launcher behind ``make run`` stops every server on SIGINT or SIGTERM sent to it alone,
+as a supervisor or ``kill`` sends them (Ctrl-C in a terminal signals the whole group instead)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.log_watch import LOG_FILES, remember
+from tests.support.processes import ROOT, clean_environment, free_port
+
+pytestmark = pytest.mark.e2e
+
+START_TIMEOUT_SECONDS = 180
+STOP_TIMEOUT_SECONDS = 40
+
+
+def _start_launcher_in_background(cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """As ``python deploy/launch.py --demo &`` from a script: SIGINT starts out ignored."""
+    env = clean_environment(
+        {
+            "DATAFERRY_API_PORT": str(free_port()),
+            "DATAFERRY_DATA_PORT": str(free_port()),
+            "DATAFERRY_SAMPLE_SCALE": "0.01",
+        }
+    )
+    (cwd / "var" / "data").mkdir(parents=True)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
+    try:
+        with open(log_path, "wb") as log:
+            return subprocess.Popen(
+                [sys.executable, str(ROOT / "deploy" / "launch.py"), "--demo"],
+                env=env,
+                cwd=cwd,
+                stdout=log,
+                stderr=log,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _wait_until_running(launcher: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while "Press Ctrl-C" not in log_path.read_text(errors="replace"):
+        assert launcher.poll() is None, log_path.read_text(errors="replace")
+        assert time.monotonic() < deadline, "the launcher did not start the servers"
+        time.sleep(0.5)
+    remember(*re.findall(r"API key \(keep it secret\): (\S+)", log_path.read_text()))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_launcher_alone_stops_both_servers(tmp_path, signum):
+    log_path = tmp_path / "launcher.log"
+    LOG_FILES.add(log_path)
+    launcher = _start_launcher_in_background(tmp_path, log_path)
+    try:
+        _wait_until_running(launcher, log_path)
+        servers = _children(launcher.pid)
+        assert len(servers) == 2, servers
+        launcher.send_signal(signum)
+        assert launcher.wait(timeout=STOP_TIMEOUT_SECONDS) == 0
+        assert [pid for pid in servers if Path(f"/proc/{pid}").exists()] == []
+    finally:
+        if launcher.poll() is None:
+            launcher.terminate()
+            launcher.wait(timeout=60)

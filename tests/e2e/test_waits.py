@@ -1,0 +1,213 @@
+"""Event-driven hand-offs through real servers, in both configurations: a queued execution is
+picked up and its waiters woken by notifications, not polls; waiting requests hold no thread, so
+a thousand of them never slow another organisation; run-and-wait hands out the grant.
+
+The data server is stopped (SIGSTOP) where a test needs executions to stay unfinished while
+requests wait for them; it is always continued. Every loop here is bounded and on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import Region, running_region, socket_address
+
+pytestmark = pytest.mark.e2e
+
+# The poll is far longer than any wait below: only notifications can make these tests pass.
+POLL_SECONDS = "120"
+WAITERS = 1000
+CONNECTION_TESTS = 60  # more than the API server's 40 request threads
+PARKED = re.compile(r"^dataferry_parked_waits (\d+(?:\.\d+)?)$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory, deployment) -> Iterator[Region]:
+    env = {
+        **deployment,
+        "DATAFERRY_POLL_INTERVAL_SECONDS": POLL_SECONDS,
+        "DATAFERRY_MAX_CONNECTIONS": str(WAITERS + 200),
+        "DATAFERRY_RATE_LIMIT_PER_MINUTE": "100000",
+        "DATAFERRY_RATE_LIMIT_PER_HOUR": "1000000",
+    }
+    with running_region(tmp_path_factory.mktemp("waits-region"), env) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def other(region):
+    """A second organisation, whose requests must not wait behind the first one's."""
+    with region.organization_client("Other") as client:
+        yield client
+
+
+@contextmanager
+def data_server_stopped(region: Region) -> Iterator[None]:
+    """Nothing is picked up meanwhile: executions stay ``starting``."""
+    os.kill(region.data_server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(region.data_server.pid, signal.SIGCONT)
+
+
+def _sample(client) -> str:
+    response = client.http.get(f"{client.api_url}/datasources", headers=client.headers)
+    assert response.status_code == 200, response.text
+    return next(
+        d["id"] for d in response.json()["data"] if d["attributes"]["database_type"] == "sample"
+    )
+
+
+def test_queued_work_is_picked_up_and_its_waiter_woken_without_a_poll(client):
+    """Each execution must end within one ``?wait=20``: the workers poll every 120 s and the
+    API server's waiters not at all, so three in a row cannot all be a lucky poll."""
+    sample = _sample(client)
+    for n in range(3):
+        execution = client.run(sample, f"SELECT {n} AS n")
+        shown = client.execution(execution["execution_id"], wait=20)
+        assert shown["execution_status"] == "completed", shown
+
+
+def test_run_and_wait_answers_the_completed_execution_with_its_grant(client):
+    response = client.http.post(
+        f"{client.api_url}/datasources/{_sample(client)}/executions?wait=20",
+        json={"sql_query": "SELECT 41 + 1 AS answer", "parameters": {}},
+        headers=client.headers,
+    )
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["data"]["attributes"]["execution_status"] == "completed"
+    grant = document["meta"]
+    assert set(grant) == {"data_key", "data_access_token", "data_timestamp", "data_url"}
+    # The URL alone is the second request.
+    fetched = httpx.get(grant["data_url"] + "&format=records", timeout=30)
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json() == [{"answer": 42}]
+
+
+def test_run_and_wait_answers_an_unfinished_execution_without_a_grant(region, client):
+    sample = _sample(client)
+    with data_server_stopped(region):
+        waited = client.http.post(
+            f"{client.api_url}/datasources/{sample}/executions?wait=0.5",
+            json={"sql_query": "SELECT 1", "parameters": {}},
+            headers=client.headers,
+        )
+        plain = client.http.post(
+            f"{client.api_url}/datasources/{sample}/executions",
+            json={"sql_query": "SELECT 1", "parameters": {}},
+            headers=client.headers,
+        )
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["data"]["attributes"]["execution_status"] == "starting"
+    assert "meta" not in waited.json()
+    assert "meta" not in plain.json(), "without ?wait the answer is Cluvio's, unchanged"
+    for execution in (waited, plain):
+        client.wait_until_done(execution.json()["data"]["id"])
+
+
+def _parked(region: Region) -> float:
+    match = PARKED.search(httpx.get(f"{region.api_url}/metrics", timeout=10).text)
+    assert match, "the API server exports dataferry_parked_waits"
+    return float(match.group(1))
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE).group(1))
+
+
+async def _raw_get(url: str, path: str, key: str) -> tuple[int, bytes]:
+    """One request on its own connection (1,000 httpx clients would cost more than the test)."""
+    host, port = socket_address(url)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Api {key}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _connections_to(url: str) -> int:
+    """Established connections whose server end is ``url``'s port (IPv4 loopback)."""
+    port = f":{socket_address(url)[1]:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(port) and line.split()[3] == "01")
+
+
+def _others_answered_while_parked(region: Region, other, waiting: int) -> None:
+    """Once the ``waiting`` requests are connected and parked (bounded waits), the other
+    organisation is answered at once, over and over, and the server grew no thread per
+    waiter."""
+    deadline = time.monotonic() + 60
+    while _connections_to(region.api_url) < waiting:
+        assert time.monotonic() < deadline, f"only {_connections_to(region.api_url)} connected"
+        time.sleep(0.2)
+    while _parked(region) < waiting:  # read, authorised, and waiting (thread per waiter: never)
+        assert time.monotonic() < deadline, f"only {_parked(region)} of {waiting} parked"
+        time.sleep(0.2)
+    for _ in range(20):
+        # A thread-per-waiter server queues this behind the waiters' 30 s: the timeout fails it.
+        answer = other.http.get(f"{other.api_url}/datasources", headers=other.headers, timeout=5)
+        assert answer.status_code == 200, answer.text
+    assert _threads(region.processes[0].pid) < 100, "waiting requests must not hold threads"
+
+
+def test_a_thousand_long_polls_park_without_threads_and_wake_on_one_notification(
+    region, client, other
+):
+    sample = _sample(client)
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        with data_server_stopped(region):
+            execution_id = client.run(sample, "SELECT 7 AS seven")["execution_id"]
+            path = f"/executions/{execution_id}?wait=30"
+            waiters = [
+                asyncio.create_task(_raw_get(region.api_url, path, client.key))
+                for _ in range(WAITERS)
+            ]
+            await asyncio.to_thread(_others_answered_while_parked, region, other, WAITERS)
+        # Continued: the execution runs, its end is announced once, every waiter wakes.
+        return await asyncio.wait_for(asyncio.gather(*waiters), 60)
+
+    answers = asyncio.run(scenario())
+    assert {status for status, _ in answers} == {200}
+    assert all(b'"execution_status":"completed"' in body for _, body in answers)
+
+
+def test_connection_tests_wait_without_holding_threads(region, client, other):
+    path = f"{client.api_url}/datasources/{_sample(client)}/test_connection"
+
+    async def scenario() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=CONNECTION_TESTS)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            with data_server_stopped(region):
+                tests = [
+                    asyncio.create_task(http.post(path, headers=client.headers))
+                    for _ in range(CONNECTION_TESTS)
+                ]
+                await asyncio.to_thread(
+                    _others_answered_while_parked, region, other, CONNECTION_TESTS
+                )
+            return await asyncio.wait_for(asyncio.gather(*tests), 60)
+
+    answers = asyncio.run(scenario())
+    assert {answer.status_code for answer in answers} == {200}
+    assert {answer.json()["status"] for answer in answers} == {"ok"}

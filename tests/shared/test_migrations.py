@@ -1,0 +1,213 @@
+"""Upgrading an empty database to head yields exactly the models' schema, however many
+processes do it at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from shared.datapaths import resolve_datasource_path
+from shared.db.engine import create_metadata_engine
+from shared.db.migrate import alembic_config, upgrade_to_head
+from shared.db.models import Base
+from shared.errors import AppError
+from tests.support.postgres import fresh_postgres_schema
+
+
+def test_migrations_match_models(database_url):
+    engine = create_metadata_engine(database_url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
+
+
+def test_upgrade_is_idempotent(database_url):
+    engine = create_metadata_engine(database_url)
+    upgrade_to_head(engine)
+    upgrade_to_head(engine)
+    engine.dispose()
+
+
+# ------------------------------------------------------------------ concurrent start-up
+
+RACERS = 4
+ROUNDS = 4
+
+
+def _migrate_each_at_once(urls: list[str], barrier: Any, failures: Any) -> None:
+    """One racer (in its own process): every racer upgrades each database at the same moment."""
+    for url in urls:
+        engine = create_metadata_engine(url)
+        try:
+            barrier.wait(timeout=60)
+            upgrade_to_head(engine)
+        except Exception as exc:  # reported to the test, which names it
+            failures.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        finally:
+            engine.dispose()
+
+
+def _race(urls: list[str]) -> list[str]:
+    context = multiprocessing.get_context("spawn")
+    barrier, failures = context.Barrier(RACERS), context.SimpleQueue()
+    racers = [
+        context.Process(target=_migrate_each_at_once, args=(urls, barrier, failures))
+        for _ in range(RACERS)
+    ]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=180)
+        if racer.exitcode is None:
+            racer.kill()
+    assert [racer.exitcode for racer in racers] == [0] * RACERS
+    found = []
+    while not failures.empty():
+        found.append(failures.get())
+    return found
+
+
+def _assert_at_head(url: str) -> None:
+    engine = create_metadata_engine(url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            (ScriptDirectory.from_config(alembic_config(engine)).get_current_head(),)
+        ]
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_servers_starting_together_migrate_one_empty_database_once(tmp_path, backend):
+    """An API server and a data server started at once on an empty database both migrate it:
+    without a lock one of them died on `table organizations already exists`."""
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            urls = [f"sqlite:///{tmp_path / f'round-{n}.db'}" for n in range(ROUNDS)]
+        else:
+            urls = [
+                stack.enter_context(fresh_postgres_schema(f"dataferry_race_{os.getpid()}_{n}"))
+                for n in range(ROUNDS)
+            ]
+        assert _race(urls) == []
+        for url in urls:
+            _assert_at_head(url)
+
+
+# ------------------------------------------------------------------ 0006: per-organisation file areas
+
+ORG_A, ORG_B = "aaaa-aaaa-aaaa", "bbbb-bbbb-bbbb"
+# id → (organisation, database_type, database before 0006, database after 0006)
+FILE_AREA_ROWS = {
+    "own-duck": (ORG_A, "duckdb", f"{ORG_A}/shop.duckdb", "shop.duckdb"),
+    "own-folder": (ORG_A, "files", f"{ORG_A}/exports/daily", "exports/daily"),
+    "whole-area": (ORG_A, "files", ORG_A, ORG_A),  # nothing left to name: stays, finds nothing
+    "into-b": (ORG_A, "duckdb", f"{ORG_B}/secret.duckdb", f"{ORG_B}/secret.duckdb"),
+    "root-file": (ORG_A, "duckdb", "common.duckdb", "common.duckdb"),
+    "b-own": (ORG_B, "duckdb", f"{ORG_B}/secret.duckdb", "secret.duckdb"),
+    "sample": (ORG_A, "sample", None, None),
+}
+
+
+def _insert_pre_area_rows(engine: Any) -> None:
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        for org in (ORG_A, ORG_B):
+            connection.execute(
+                text(
+                    "INSERT INTO organizations (id, name, created_at, updated_at) "
+                    "VALUES (:id, :id, :now, :now)"
+                ),
+                {"id": org, "now": now},
+            )
+        for ds_id, (org, database_type, before, _) in FILE_AREA_ROWS.items():
+            connection.execute(
+                text(
+                    "INSERT INTO datasources (id, organization_id, name, database_type, "
+                    "connection_mode, database, data_time_zone, require_ssl, verify_ssl, enabled, "
+                    "max_concurrent_executions, update_schema_nightly, update_schema_row_counts, "
+                    "created_at, updated_at) VALUES (:id, :org, :id, :type, 'direct', :db, 'UTC', "
+                    "false, false, true, 20, false, false, :now, :now)"
+                ),
+                {"id": ds_id, "org": org, "type": database_type, "db": before, "now": now},
+            )
+
+
+def _databases(engine: Any) -> dict[str, str | None]:
+    with engine.connect() as connection:
+        return dict(connection.execute(text("SELECT id, database FROM datasources")).all())
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_file_area_migration_moves_own_paths_and_leaves_no_path_into_another_area(
+    tmp_path, backend
+):
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'pre-areas.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_schema(f"dataferry_file_areas_{os.getpid()}"))
+        engine = create_metadata_engine(url)
+        stack.callback(engine.dispose)
+        config = alembic_config(engine)
+        command.upgrade(config, "0005")
+        _insert_pre_area_rows(engine)
+
+        command.upgrade(config, "0006")
+        after = {ds_id: row[3] for ds_id, row in FILE_AREA_ROWS.items()}
+        assert _databases(engine) == after
+
+        # The data root as it was: B's secret in B's folder, A's shop in A's folder.
+        root = tmp_path / "data"
+        (root / ORG_A).mkdir(parents=True)
+        (root / ORG_B).mkdir()
+        (root / ORG_A / "shop.duckdb").write_bytes(b"a")
+        (root / ORG_B / "secret.duckdb").write_bytes(b"b")
+        (root / "common.duckdb").write_bytes(b"c")
+
+        def resolve(ds_id: str) -> str:
+            org, database_type, _, database = FILE_AREA_ROWS[ds_id]
+            try:
+                found = resolve_datasource_path(
+                    root,
+                    org,
+                    database,
+                    want_dir=database_type == "files",
+                    granted_folder=lambda name: None,
+                )
+            except AppError as exc:
+                return exc.code
+            return found.path.read_bytes().decode()
+
+        assert resolve("own-duck") == "a"
+        assert resolve("b-own") == "b"
+        # Every other old path now resolves inside its own organisation's area, where it finds
+        # nothing: not B's secret, not the file at the root of the data root.
+        assert {resolve(ds_id) for ds_id in ("into-b", "root-file", "whole-area")} == {
+            "path_not_found"
+        }
+
+        # Downgrading names the same files relative to the data root again; upgrading is stable.
+        command.downgrade(config, "0005")
+        downgraded = _databases(engine)
+        assert downgraded["own-duck"] == f"{ORG_A}/shop.duckdb"
+        assert downgraded["into-b"] == f"{ORG_A}/{ORG_B}/secret.duckdb"
+        assert downgraded["sample"] is None
+        command.upgrade(config, "0006")
+        assert _databases(engine) == after

@@ -1,0 +1,323 @@
+"""Notifications and the waits built on them, in process: the SQLite mailboxes, the API server's
+waiters (woken by every terminal transition, and never held past their deadline when a
+notification is lost), run-and-wait's validation, and the data server's JWKS refresh off the
+event loop. The same through real servers: test_e2e_waits.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import func, select, text, update
+
+from data_server.app import create_app as create_data_app
+from shared import lifecycle
+from shared.db.models import Execution, utcnow
+from shared.notifications import Mailbox, Topic, mailbox_directory, post
+from shared.settings import Settings
+from shared.tokens import (
+    Scope,
+    SigningKeyring,
+    jwks,
+    load_public_keys,
+    mint_data_token,
+    new_data_key,
+)
+
+JSON = "application/json"
+
+
+# ---------------------------------------------------------------------------- SQLite mailboxes
+
+
+def test_a_post_reaches_every_mailbox_of_its_topic_and_no_other(tmp_path):
+    directory = tmp_path / "db.notify"
+    ended = [Mailbox(directory, Topic.EXECUTION_ENDED) for _ in range(2)]
+    work = Mailbox(directory, Topic.NEW_WORK)
+    try:
+        post(directory, {Topic.EXECUTION_ENDED: ["a", "b"]})
+        assert [box.receive(timeout=5) for box in ended] == [["a", "b"], ["a", "b"]]
+        assert work.receive(timeout=0.2) == []
+        post(directory, {Topic.NEW_WORK: [""]})
+        assert work.receive(timeout=5) == [""]
+    finally:
+        for box in (*ended, work):
+            box.close()
+    assert list(directory.iterdir()) == [], "a closed mailbox leaves nothing behind"
+
+
+def test_the_socket_of_a_process_that_is_gone_is_removed_by_the_next_post(tmp_path):
+    directory = tmp_path / "db.notify"
+    directory.mkdir()
+    stale = directory / f"{Topic.EXECUTION_ENDED.socket_prefix}999999.dead00"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(stale))  # bound, never listening again: as after a SIGKILL
+    live = Mailbox(directory, Topic.EXECUTION_ENDED)
+    try:
+        post(directory, {Topic.EXECUTION_ENDED: ["x"]})
+        assert not stale.exists()
+        assert live.receive(timeout=5) == ["x"]
+    finally:
+        live.close()
+
+
+def test_a_directory_too_long_for_a_socket_path_still_works(tmp_path):
+    directory = tmp_path.joinpath(*["d" * 50] * 3, "db.notify")
+    assert len(str(directory)) > 108
+    box = Mailbox(directory, Topic.NEW_WORK)
+    try:
+        post(directory, {Topic.NEW_WORK: ["", ""]})
+        assert box.receive(timeout=5) == ["", ""]
+    finally:
+        box.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:////srv/state/dataferry.db", Path("/srv/state/dataferry.db.notify")),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("postgresql+psycopg://u@127.0.0.1/db", None),
+    ],
+)
+def test_mailboxes_live_beside_the_sqlite_file(url, expected):
+    from sqlalchemy.engine import make_url
+
+    assert mailbox_directory(make_url(url)) == expected
+
+
+# ---------------------------------------------------------------------------- waiters
+
+
+def _run(api, org, sql: str = "SELECT 1", query: str = "") -> httpx.Response:
+    return api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions{query}",
+        content=orjson.dumps({"sql_query": sql}),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": JSON},
+    )
+
+
+class Waiter(threading.Thread):
+    """``GET /executions/{id}?wait=N`` in a thread; ``answer`` once it returned."""
+
+    def __init__(self, api, org, execution_id: str, wait: float) -> None:
+        super().__init__(daemon=True)
+        self.args_ = (api, org.key, f"/executions/{execution_id}?wait={wait}")
+        self.answer: dict | None = None
+
+    def run(self) -> None:
+        api, key, path = self.args_
+        with contextlib.suppress(RuntimeError):  # the app stopped first: a test failed already
+            self.answer = api.get(path, key).json()["data"]["attributes"]
+
+    def parked(self, api) -> Waiter:
+        self.start()
+        deadline = time.monotonic() + 30
+        while api.app.state.execution_waits.parked < 1:
+            assert time.monotonic() < deadline, "the waiter never parked"
+            time.sleep(0.01)
+        return self
+
+
+def _status_within(waiter: Waiter, seconds: float) -> str:
+    """Far shorter than the 30 s the waiter asked for: only a notification ends it this soon."""
+    waiter.join(seconds)
+    assert not waiter.is_alive(), "the waiter was not woken"
+    assert waiter.answer is not None
+    return waiter.answer["execution_status"]
+
+
+def test_a_cancel_wakes_the_waiters_of_the_execution(api):
+    org = api.create_org()
+    execution_id = _run(api, org).json()["data"]["id"]
+    waiter = Waiter(api, org, execution_id, 30).parked(api)
+    cancel = api.client.post(
+        f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"}
+    )
+    assert cancel.status_code == 200
+    assert _status_within(waiter, 15) == "cancelled"
+    assert api.app.state.execution_waits.parked == 0
+
+
+def test_reaping_a_lost_execution_wakes_its_waiters(api):
+    org = api.create_org()
+    execution_id = _run(api, org).json()["data"]["id"]
+    with api.app.state.sessions.begin() as session:  # claimed by a worker that then vanished
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(
+                status="running",
+                attempt=api.settings.max_attempts,
+                lease_owner="gone",
+                lease_expires_at=utcnow() - timedelta(minutes=1),
+            )
+        )
+    waiter = Waiter(api, org, execution_id, 30).parked(api)
+    assert lifecycle.reap_expired_leases(api.app.state.sessions, api.settings) == 1
+    assert _status_within(waiter, 15) == "failed"
+
+
+def test_a_lost_notification_holds_a_waiter_no_longer_than_its_deadline(api):
+    """The row ends without any notification (as if it were lost): the waiter reads it again
+    at its deadline and answers what it finds."""
+    org = api.create_org()
+    execution_id = _run(api, org).json()["data"]["id"]
+    waiter = Waiter(api, org, execution_id, 2).parked(api)
+    time.sleep(0.5)  # its first read done: only the one at its deadline can see the change
+    with api.app.state.sessions.begin() as session:
+        session.execute(
+            update(Execution).where(Execution.id == execution_id).values(status="failed")
+        )
+    assert _status_within(waiter, 15) == "failed"
+
+
+@pytest.mark.postgres
+def test_waiters_are_woken_after_the_listening_connection_is_cut(postgres_url, tmp_path):
+    """The listener reconnects, and every waiter reads its row again meanwhile."""
+    from tests.support.factories import Api
+
+    name = f"dataferry-waits-{time.monotonic_ns()}"
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        database_url=f"{postgres_url}&application_name={name}",
+        sample_scale=0.001,
+    )
+    with Api.start(settings) as api:
+        org = api.create_org()
+        execution_id = _run(api, org).json()["data"]["id"]
+        waiter = Waiter(api, org, execution_id, 30).parked(api)
+        with api.app.state.sessions.begin() as session:
+            cut = session.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name AND query LIKE 'LISTEN%'"
+                ),
+                {"name": name},
+            ).scalar_one()
+        assert cut == 1, "the API server's one listening connection"
+        cancel = api.client.post(
+            f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"}
+        )
+        assert cancel.status_code == 200
+        assert _status_within(waiter, 15) == "cancelled"
+
+
+# ---------------------------------------------------------------------------- run-and-wait
+
+
+def _count_executions(api) -> int:
+    with api.app.state.sessions() as session:
+        return session.scalar(select(func.count()).select_from(Execution)) or 0
+
+
+@pytest.mark.parametrize("wait", ["31", "-1", "abc", "nan"])
+def test_run_and_wait_refuses_a_bad_wait_before_queueing_anything(api, wait):
+    org = api.create_org()
+    before = _count_executions(api)
+    response = _run(api, org, query=f"?wait={wait}")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["source"] == {"parameter": "wait"}
+    assert _count_executions(api) == before
+
+
+def test_run_and_wait_past_its_deadline_answers_the_unfinished_execution(api):
+    """No data server runs here: the execution is still starting, so no grant."""
+    org = api.create_org()
+    response = _run(api, org, query="?wait=0.2")
+    assert response.status_code == 200
+    assert response.json()["data"]["attributes"]["execution_status"] == "starting"
+    assert "meta" not in response.json()
+
+
+# ---------------------------------------------------------------------------- JWKS off the loop
+
+
+class SlowJwks(ThreadingHTTPServer):
+    """A JWKS endpoint on 127.0.0.1 that, once ``hold`` is set, answers only when released."""
+
+    def __init__(self, document: dict) -> None:
+        self.document = orjson.dumps(document)
+        self.hold, self.released, self.held = threading.Event(), threading.Event(), 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(handler) -> None:
+                if self.hold.is_set():
+                    self.held += 1
+                    self.released.wait(30)
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/json")
+                handler.end_headers()
+                handler.wfile.write(self.document)
+
+            def log_message(handler, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/.well-known/jwks.json"
+
+
+@pytest.fixture
+def slow_jwks(tmp_path):
+    region = Settings(state_dir=tmp_path / "api", signing_key_publish_delay_seconds=0)
+    signer = SigningKeyring(region)
+    server = SlowJwks(jwks(load_public_keys(region)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server, signer, region
+    finally:
+        server.released.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unknown_kid_delays_only_its_own_request(slow_jwks, tmp_path):
+    server, signer, region = slow_jwks
+    settings = Settings(state_dir=tmp_path / "data", jwks_url=server.url, sample_scale=0.001)
+    app = create_data_app(settings)  # loads the JWKS once, at start-up
+    data_key = new_data_key(Scope.EXECUTION_RESULT)
+    known = mint_data_token(
+        signer, region, organization_id="o", data_key=data_key, scope=Scope.EXECUTION_RESULT
+    )
+    foreign_signer = SigningKeyring(Settings(state_dir=tmp_path / "elsewhere"))
+    unknown = mint_data_token(
+        foreign_signer, region, organization_id="o", data_key=data_key, scope=Scope.EXECUTION_RESULT
+    )
+    server.hold.set()
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://data") as http:
+
+            def fetch(token: str):
+                return http.get(f"/data/{data_key}", headers={"Authorization": f"Data {token}"})
+
+            stuck = asyncio.create_task(fetch(unknown))
+            async with asyncio.timeout(10):
+                while server.held == 0:  # its refresh is under way, held by the JWKS endpoint
+                    assert not stuck.done(), "an unknown kid must trigger a refresh"
+                    await asyncio.sleep(0.01)
+            others = await asyncio.wait_for(asyncio.gather(http.get("/healthz"), fetch(known)), 10)
+            assert [r.status_code for r in others] == [200, 404]  # 404: verified, no result
+            assert not stuck.done(), "the unknown kid's request waits for its refresh alone"
+            again = await asyncio.wait_for(fetch(unknown), 10)
+            assert again.status_code == 401, "one refresh per interval: the next one fails fast"
+            server.released.set()
+            assert (await asyncio.wait_for(stuck, 10)).status_code == 401
+
+    asyncio.run(scenario())
+    assert server.held == 1, "an unknown kid triggers at most one refresh"
+    app.state.keyring.close()

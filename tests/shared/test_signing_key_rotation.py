@@ -1,0 +1,153 @@
+"""Signing-key rotation (``python -m api_server rotate-signing-key``): publish first, sign later,
+keep the previous key's tokens working through the overlap and refuse them after it.
+
+The API server's ``SigningKeyring`` and the data server's ``PublicKeyring`` share one key
+directory, as they do on one machine or on a shared volume; neither is restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+from starlette.testclient import TestClient
+
+from data_server.app import create_app as create_data_app
+from shared.results import ResultGone
+from shared.settings import Settings
+from shared.tokens import (
+    Scope,
+    SigningKeyring,
+    keys_dir,
+    load_public_keys,
+    mint_data_token,
+    new_data_key,
+    prune_signing_keys,
+    rotate_signing_key,
+)
+from tests.support.processes import clean_environment, run_cli
+
+DATA_KEY = new_data_key(Scope.EXECUTION_RESULT)
+
+
+class EmptyStore:
+    """Every result is gone: a 404 proves the token passed, a 401 that it did not."""
+
+    def open(self, *args, **kwargs):
+        raise ResultGone("This result is no longer available.")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(state_dir=tmp_path, sample_scale=0.001, signing_key_publish_delay_seconds=0)
+
+
+@pytest.fixture
+def data_server(settings):
+    app = create_data_app(settings)
+    app.state.result_store = EmptyStore()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def _token(signer, settings) -> str:
+    return mint_data_token(
+        signer, settings, organization_id="o", data_key=DATA_KEY, scope=Scope.EXECUTION_RESULT
+    )
+
+
+def _status(data_server, token: str) -> int:
+    answer = data_server.get(f"/data/{DATA_KEY}", headers={"Authorization": f"Data {token}"})
+    return answer.status_code
+
+
+def _kid(token: str) -> str:
+    return jwt.get_unverified_header(token)["kid"]
+
+
+def test_previous_key_works_during_the_overlap_and_is_refused_after(settings, data_server):
+    signer = SigningKeyring(settings)
+    before = _token(signer, settings)
+    assert _status(data_server, before) == 404
+
+    rotation = rotate_signing_key(settings, overlap_seconds=2)
+    after = _token(signer, settings)  # the same keyring object: no restart of the API server
+    assert _kid(before) == rotation.previous_kid
+    assert _kid(after) == rotation.kid != rotation.previous_kid
+    assert _status(data_server, before) == 404, "the old key must work during the overlap"
+    assert _status(data_server, after) == 404, "the new key must work at once"
+
+    time.sleep(max(0.0, rotation.previous_retire_at - time.time()) + 0.2)
+    refused = data_server.get(f"/data/{DATA_KEY}", headers={"Authorization": f"Data {before}"})
+    assert refused.status_code == 401, "a retired key must verify nothing"
+    assert refused.json()["errors"][0]["code"] == "invalid_data_token"
+    assert _status(data_server, after) == 404
+    assert _kid(_token(signer, settings)) == rotation.kid
+
+
+def test_new_key_is_published_before_it_signs(tmp_path):
+    settings = Settings(state_dir=tmp_path, signing_key_publish_delay_seconds=600)
+    signer = SigningKeyring(settings)
+    old_kid = _kid(_token(signer, settings))
+
+    rotation = rotate_signing_key(settings)
+    assert rotation.signs_from >= time.time() + 590
+    assert set(load_public_keys(settings)) == {old_kid, rotation.kid}, "published at once"
+    assert _kid(_token(signer, settings)) == old_kid, "signing only after the publish delay"
+    assert _kid(_token(signer, settings)) == old_kid
+    later = rotation.signs_from + 1
+    assert signer.signing_key(later).kid == rotation.kid
+    # The default overlap outlasts the last token the old key signed, plus clock skew.
+    assert rotation.previous_retire_at >= rotation.signs_from + settings.data_token_ttl_seconds
+
+
+def test_retired_keys_leave_the_jwks_and_their_files_are_pruned(settings):
+    first = SigningKeyring(settings).signing_key().kid
+    rotation = rotate_signing_key(settings, overlap_seconds=0, now=time.time() - 60)
+    assert first not in load_public_keys(settings), "retired: no longer published"
+    assert prune_signing_keys(settings) == [first]
+    assert not any(path.name.startswith(first) for path in keys_dir(settings).iterdir())
+    assert SigningKeyring(settings).signing_key().kid == rotation.kid
+    private_files = [p for p in keys_dir(settings).iterdir() if p.name.endswith(".key.pem")]
+    assert [p.stat().st_mode & 0o777 for p in private_files] == [0o600]
+
+
+def test_data_server_refuses_a_key_it_was_never_given(settings, data_server, tmp_path):
+    """A key of another state directory (another region, an attacker's) is unknown here, even
+    when its files look exactly like ours."""
+    foreign = Settings(state_dir=tmp_path / "elsewhere", signing_key_publish_delay_seconds=0)
+    assert _status(data_server, _token(SigningKeyring(foreign), settings)) == 401
+    assert _status(data_server, _token(SigningKeyring(settings), settings)) == 404
+
+
+def test_rotate_signing_key_command_prints_kids_and_never_key_material(tmp_path):
+    env = clean_environment({"DATAFERRY_STATE_DIR": str(tmp_path / "state")})
+    first = run_cli(env, tmp_path, "rotate-signing-key", "--overlap-seconds", "5")
+    assert first.returncode == 0, first.stderr
+    printed = json.loads(first.stdout)
+    assert set(printed) == {"kid", "signs_from", "previous_kid", "previous_retire_at", "pruned"}
+    assert printed["previous_retire_at"] == printed["signs_from"] + 5
+    assert "PRIVATE KEY" not in first.stdout + first.stderr
+    published = {p.name for p in (tmp_path / "state" / "keys" / "eu").glob("*.pub.pem")}
+    assert published == {f"{printed['kid']}.pub.pem", f"{printed['previous_kid']}.pub.pem"}
+
+    refused = run_cli(env, tmp_path, "rotate-signing-key", "--overlap-seconds", "-1")
+    assert refused.returncode == 2
+    assert "must not be negative" in refused.stderr
+
+
+def test_a_fixed_key_file_cannot_be_rotated_by_the_command(tmp_path):
+    pem_source = Settings(state_dir=tmp_path / "source")
+    SigningKeyring(pem_source)
+    key_file = keys_dir(pem_source) / "signing-key.pem"
+    env = clean_environment(
+        {
+            "DATAFERRY_STATE_DIR": str(tmp_path / "state"),
+            "DATAFERRY_SIGNING_KEY_FILE": str(key_file),
+        }
+    )
+    refused = run_cli(env, tmp_path, "rotate-signing-key")
+    assert refused.returncode == 2
+    assert "DATAFERRY_SIGNING_KEY_FILE" in refused.stderr

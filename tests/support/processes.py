@@ -1,0 +1,179 @@
+"""Real uvicorn processes of both servers, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.datapaths import ensure_organization_area
+from tests.support.client import DataferryClient
+from tests.support.log_watch import LOG_FILES, remember
+
+ROOT = Path(__file__).resolve().parents[2]
+# Test servers (PostgreSQL, MariaDB, moto) listen on loopback, which the egress policy denies by
+# default: every test deployment allows it explicitly, as `make run` does.
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def socket_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http://host:port`` URL, for raw-socket tests."""
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without DATAFERRY_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api_server", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@dataclass
+class Region:
+    """One region's API and data server, running as child processes in ``cwd``."""
+
+    cwd: Path
+    env: dict[str, str]
+    api_url: str
+    data_url: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def create_organization(self, name: str = "E2E") -> dict[str, str]:
+        result = run_cli(self.env, self.cwd, "create-organization", "--name", name)
+        assert result.returncode == 0, result.stderr
+        credentials = json.loads(result.stdout)
+        remember(credentials["api_key"])
+        return credentials
+
+    @contextmanager
+    def organization_client(self, name: str = "E2E") -> Iterator[DataferryClient]:
+        """A client holding the key of a new organisation; its connections close afterwards."""
+        credentials = self.create_organization(name)
+        client = DataferryClient(
+            self.api_url,
+            self.data_url,
+            credentials["api_key"],
+            organization_id=credentials["organization_id"],
+        )
+        try:
+            yield client
+        finally:
+            client.http.close()
+
+    def area(self, organization_id: str) -> Path:
+        """The organisation's file area in this region's (default) data root, made as the servers
+        make it: where its file datasources' paths resolve."""
+        return ensure_organization_area(self.cwd / "var" / "data", organization_id)
+
+    def log(self) -> str:
+        return (self.cwd / "servers.log").read_text(errors="replace")
+
+    @property
+    def data_server(self) -> subprocess.Popen[bytes]:
+        return self.processes[1]
+
+    def restart_data_server(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the data server (SIGKILL by default: no clean hand-back) and start a new one."""
+        old = self.data_server
+        old.send_signal(sig)
+        old.wait(timeout=30)
+        with open(self.cwd / "servers.log", "ab") as log:
+            self.processes[1] = subprocess.Popen(
+                [sys.executable, "-m", "data_server", "serve"],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=log,
+            )
+        _wait_ready(self.data_url, self)
+
+    def sandbox_children(self) -> list[int]:
+        """Pids of the data server's sandbox child processes."""
+        children = Path(f"/proc/{self.data_server.pid}/task/{self.data_server.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+@contextmanager
+def running_region(cwd: Path, extra_env: dict[str, str] | None = None) -> Iterator[Region]:
+    api_port, data_port = free_port(), free_port()
+    env = clean_environment(
+        {
+            "DATAFERRY_API_PORT": str(api_port),
+            "DATAFERRY_DATA_PORT": str(data_port),
+            "DATAFERRY_SAMPLE_SCALE": "0.01",
+            "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
+            **(extra_env or {}),
+        }
+    )
+    (cwd / "var" / "data").mkdir(parents=True, exist_ok=True)  # the default data root
+    region = Region(cwd, env, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{data_port}")
+    LOG_FILES.add(cwd / "servers.log")
+    log = open(cwd / "servers.log", "ab")  # noqa: SIM115 - closed in finally
+    try:
+        migrate = run_cli(env, cwd, "migrate")
+        assert migrate.returncode == 0, migrate.stderr
+        for package in ("api_server", "data_server"):
+            region.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", package, "serve"],
+                    env=env,
+                    cwd=cwd,
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+        for url in (region.api_url, region.data_url):
+            _wait_ready(url, region)
+        yield region
+    finally:
+        for process in region.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in region.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def _wait_ready(url: str, region: Region, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in region.processes):
+            raise AssertionError(f"a server exited during start-up:\n{region.log()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready after {timeout} s:\n{region.log()}")
