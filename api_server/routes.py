@@ -15,8 +15,7 @@ from api_server.endpoints import (
 from api_server.openapi import build_document
 from shared.health import database_answers, health_routes
 from shared.metrics import metrics_route
-from shared.openapi import openapi_routes
-from shared.routing import resource_route
+from shared.routing import openapi_routes, resource_route
 
 routes = [
     metrics_route(),

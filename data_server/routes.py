@@ -10,8 +10,7 @@ from data_server.sample import sample_database_path
 from shared.errors import ServiceUnavailable
 from shared.health import database_answers, health_routes
 from shared.metrics import metrics_route
-from shared.openapi import openapi_routes
-from shared.routing import resource_route
+from shared.routing import openapi_routes, resource_route
 from shared.settings import Settings
 
 

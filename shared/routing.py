@@ -1,14 +1,20 @@
-"""One Route per path with a handler per method, so a 405 names every method the path allows."""
+"""Routes: one per path with a handler per method (so a 405 names every method the path allows),
+and the two that publish a server's OpenAPI document."""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from shared.errors import MethodNotAllowed
+from shared.openapi import JSON_MEDIA_TYPE
+from shared.reference_page import render_html
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 Handler = Callable[[Request], Awaitable[Response]]
@@ -38,3 +44,24 @@ def resource_route(path: str, **handlers: Handler) -> Route:
     route.path = route.path_format
     route.handled_methods = frozenset(by_method)  # type: ignore[attr-defined]
     return route
+
+
+def openapi_routes(build_document: Callable[[], dict[str, Any]]) -> list[Route]:
+    """``GET /openapi.json`` and ``GET /docs``, built on first use and then kept: the document
+    describes code, which does not change while the process runs."""
+
+    @functools.cache
+    def rendered() -> tuple[bytes, str]:
+        spec = build_document()
+        return json.dumps(spec, indent=2).encode(), render_html(spec)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(rendered()[0], media_type=JSON_MEDIA_TYPE)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(rendered()[1])
+
+    return [
+        Route("/openapi.json", openapi_json, methods=["GET"], name="openapi"),
+        Route("/docs", docs, methods=["GET"], name="docs"),
+    ]

@@ -20,7 +20,7 @@ from data_server import endpoints as data_endpoints
 from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
-from shared.openapi import render_html
+from shared.reference_page import render_html
 from shared.settings import Settings
 from tests.support.authz_matrix import RULES
 
