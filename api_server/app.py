@@ -13,14 +13,15 @@ from api_server.execution_waits import ExecutionWaits
 from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
-from shared.http_limits import RequestLimitsMiddleware
-from shared.metrics import Metrics, MetricsMiddleware
-from shared.middleware import RequestContextMiddleware
-from shared.problems import EXCEPTION_HANDLERS
+from shared.metrics import Metrics
 from shared.results import open_result_store
 from shared.settings import Settings
+from shared.signing_keys import SigningKeyring
 from shared.state_secrets import ServerSecrets
-from shared.tokens import SigningKeyring
+from shared.web.http_limits import RequestLimitsMiddleware
+from shared.web.metrics import MetricsMiddleware
+from shared.web.middleware import RequestContextMiddleware
+from shared.web.problems import EXCEPTION_HANDLERS
 
 
 def create_app(settings: Settings) -> Starlette:

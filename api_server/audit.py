@@ -1,8 +1,9 @@
 """The audit log: every successful write and every data grant, recorded as it is answered.
 
 A pure ASGI middleware sees the matched route, the caller (``request.state.principal``) and the
-status, so no endpoint can forget to record itself; a test checks that every write route has an
-action name here. The row holds who (key), what (action, route, resource id), when and from which
+status, so no endpoint can forget to record itself. Each operation declares its action
+(``resource_layer.operations``), which its route carries; a test checks that every write route has
+one. Reads are not recorded, except those that hand out data. The row holds who (key), what (action, route, resource id), when and from which
 address — never a body, a secret or a parameter value.
 """
 
@@ -19,28 +20,6 @@ from shared.db.models import AuditEvent
 from shared.logging import request_id_var
 
 logger = logging.getLogger("dataferry.audit")
-
-# (method, route) → action. Reads are not recorded, except those that hand out data.
-ACTIONS = {
-    ("POST", "/datasources"): "datasource.create",
-    ("PATCH", "/datasources/{id}"): "datasource.update",
-    ("DELETE", "/datasources/{id}"): "datasource.delete",
-    ("POST", "/datasources/{id}/executions"): "execution.run",
-    ("POST", "/datasources/{id}/test_connection"): "datasource.test_connection",
-    ("POST", "/datasources/{id}/refresh"): "datasource.refresh",
-    ("GET", "/datasources/{id}/schema"): "data_grant.schema",
-    ("PUT", "/datasources/{id}/files/{name}"): "datasource_file.upload",
-    ("DELETE", "/datasources/{id}/files/{name}"): "datasource_file.delete",
-    ("PUT", "/datasources/{id}/database_file"): "datasource.database_file.upload",
-    ("DELETE", "/executions/{id}"): "execution.purge",
-    ("GET", "/executions/{id}/data"): "data_grant.execution",
-    ("POST", "/executions/{id}/cancel"): "execution.cancel",
-    ("POST", "/sql_snippets"): "sql_snippet.create",
-    ("PATCH", "/sql_snippets/{id}"): "sql_snippet.update",
-    ("DELETE", "/sql_snippets/{id}"): "sql_snippet.delete",
-    ("PATCH", "/api_keys/{id}"): "api_key.update",
-    ("DELETE", "/api_keys/{id}"): "api_key.delete",
-}
 
 
 def record_event(
@@ -89,7 +68,7 @@ class AuditMiddleware:
 
     async def _record(self, scope: Scope, message: Message) -> None:
         route = scope.get("route")
-        action = ACTIONS.get((scope["method"], getattr(route, "path", "")))
+        action = getattr(route, "audit_actions", {}).get(scope["method"])
         state: dict[str, Any] = scope.get("state", {})
         principal = state.get("principal")
         # 204 from Get Execution Data means "not ready": no data was handed out.

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from starlette.requests import Request
 
 from api_server.permissions import Permission, effective_permissions
+from api_server.principals import Principal
 from api_server.rate_limits import Policy
 from api_server.services import api_keys
 from shared.db.models import Organization
 from shared.errors import TooManyRequests, Unauthorized
 from shared.settings import Settings
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: an API key of one organisation, with its permissions and datasource scope."""
-
-    organization_id: str
-    api_key_id: str
-    permissions: frozenset[Permission]
-    datasource_ids: frozenset[str] | None  # None: every datasource of the organisation
-    rate_policy: Policy  # the organisation's request limits, applied by ``limit_rate``
-
-    def reaches_datasource(self, datasource_id: str) -> bool:
-        return self.datasource_ids is None or datasource_id in self.datasource_ids
 
 
 def unauthorized() -> Unauthorized:
@@ -72,7 +57,7 @@ def rate_policy(organization: Organization, settings: Settings) -> Policy:
 
 def limit_rate(request: Request, principal: Principal) -> None:
     """Count this request against the key's limits (429 past them). Every response to the
-    request carries the key's standing (shared.middleware adds it)."""
+    request carries the key's standing (shared.web.middleware adds it)."""
     decision = request.app.state.rate_limiter.hit(principal.api_key_id, principal.rate_policy)
     request.state.response_headers = decision.headers()
     if not decision.allowed:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import orjson
 from jsonapi_pydantic.v1_0 import Resource as ResourceEnvelope
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_server.auth import authenticate, limit_rate
 from api_server.services.listing import CollectionQuery
 from shared.errors import (
     AppError,
@@ -33,8 +29,8 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationErrors,
 )
-from shared.http_limits import read_body_within
 from shared.problems import JSONAPI_MEDIA_TYPE
+from shared.web.http_limits import read_body_within
 
 JSON_MEDIA_TYPE = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
@@ -93,64 +89,7 @@ def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> 
         )
 
 
-def endpoint(
-    produced: str = JSONAPI_MEDIA_TYPE,
-) -> Callable[[Callable[[Request], Response | Awaitable[Response]]], Any]:
-    """Turn an endpoint into a Starlette one: 406 first, then the caller authenticated (401)
-    and counted against its rate limits (429), then the body read (bounded), then the endpoint:
-    a plain function in a thread, or a coroutine function on the event loop.
-
-    The caller is known before its body is read, so an anonymous client cannot hold a connection
-    for the body's deadline. Plain endpoints may block on the database (they find the principal
-    cached by ``authenticate``); a coroutine endpoint is one that waits (for an execution to
-    end) and so must hold no thread: it runs its blocking steps with ``run_in_threadpool``. The
-    event loop never blocks.
-    """
-
-    def decorate(func: Callable[[Request], Any]) -> Callable[[Request], Any]:
-        waits = inspect.iscoroutinefunction(func)
-
-        @functools.wraps(func)
-        async def wrapper(request: Request) -> Response:
-            require_acceptable(request, produced)
-            await run_in_threadpool(_admit_caller, request)
-            request.state.body = await _read_bounded_body(request)
-            if waits:
-                return cast(Response, await func(request))
-            return cast(Response, await run_in_threadpool(func, request))
-
-        return wrapper
-
-    return decorate
-
-
-def streaming_endpoint(
-    produced: str = JSONAPI_MEDIA_TYPE,
-) -> Callable[[Callable[[Request], Awaitable[Response]]], Any]:
-    """For an async endpoint that reads its own body as a stream (an upload, which the 1 MiB
-    limit of ``endpoint`` does not fit): the same 406, 401 and 429, in the same order, before
-    the endpoint runs. The endpoint authorises before it reads a byte of the body."""
-
-    def decorate(func: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Any]:
-        @functools.wraps(func)
-        async def wrapper(request: Request) -> Response:
-            require_acceptable(request, produced)
-            await run_in_threadpool(_admit_caller, request)
-            return await func(request)
-
-        return wrapper
-
-    return decorate
-
-
-def _admit_caller(request: Request) -> None:
-    """Who calls (401), then whether it may call now (429): two steps, in this order, in a
-    thread (both may wait on the database or Redis)."""
-    principal = authenticate(request)
-    limit_rate(request, principal)
-
-
-async def _read_bounded_body(request: Request) -> bytes:
+async def read_bounded_body(request: Request) -> bytes:
     return await read_body_within(request, MAX_BODY_BYTES)
 
 
@@ -439,22 +378,6 @@ def apply_sparse_fields(resource: dict[str, Any], query: CollectionQuery) -> dic
             else:
                 trimmed.pop(member)
     return trimmed
-
-
-def collection_response(
-    request: Request, query: CollectionQuery, data: list[dict[str, Any]], total: int
-) -> Response:
-    """A page of a collection with its paging links and the total count."""
-    return response(
-        {
-            "data": data,
-            "links": pagination_links(request, query, total),
-            "meta": {
-                "total": total,
-                "page": {"number": query.page_number, "size": query.page_size},
-            },
-        }
-    )
 
 
 def pagination_links(request: Request, query: CollectionQuery, total: int) -> dict[str, str | None]:

@@ -3,7 +3,7 @@ server, each as a ratio to the in-process baseline.
 
 Baseline: in-process DuckDB streaming the result as Arrow batches. Then:
 
-1. the stored Arrow IPC file encoded in every format by ``data_server.formats.encode_result``
+1. the stored Arrow IPC file encoded in every format by ``data_server.encoders.encode_result``
    (the data server's code path minus the socket and the store);
 2. a real data server (``python -m data_server serve --no-workers``) on 127.0.0.1, the result
    published into its store and a token minted from its keys: each format fetched whole twice
@@ -31,10 +31,12 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_server.formats import ResultFormat, encode_result
+from data_server.encoders import encode_result
+from data_server.formats import ResultFormat
 from shared.results import open_result_store, result_object_key
 from shared.settings import Settings
-from shared.tokens import Scope, SigningKeyring, mint_data_token, new_data_key
+from shared.signing_keys import SigningKeyring
+from shared.tokens import Scope, mint_data_token, new_data_key
 
 ROOT = Path(__file__).resolve().parent.parent
 # The table: ints, doubles, strings and timestamps, seven columns.

@@ -10,7 +10,10 @@ is set), through real uvicorn processes on 127.0.0.1:
   whole): p50 with 1 client.
 
 Every figure is also printed as a ratio to the issue's target (≤ 1.00 for latencies, ≥ 1.00 for
-throughput meets it).
+throughput meets it). The 1-client four-request line is followed by the CPU time each server
+process spent per execution (API server, data server, its sandbox children): wall times swing with
+whatever else runs on a shared machine, CPU per execution much less, and 200 executions/s on two
+cores leave 10 ms of it for everything.
 """
 
 from __future__ import annotations
@@ -135,17 +138,58 @@ def measure(
     return samples, time.perf_counter() - started
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(pid: int) -> float:
+    """User plus system CPU time of one process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * 1000 / _CLOCK_TICKS
+
+
+def server_cpu_ms(region: Region) -> dict[str, float]:
+    """CPU so far of the API server, the data server and each sandbox child (by pid)."""
+    return {
+        "API server": cpu_ms(region.processes[0].pid),
+        "data server": cpu_ms(region.data_server.pid),
+        **{f"child {pid}": cpu_ms(pid) for pid in region.sandbox_children()},
+    }
+
+
+def print_cpu_per_execution(
+    label: str, before: dict[str, float], after: dict[str, float], executions: int
+) -> None:
+    children = sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("child"))
+    spent = {
+        "API server": after["API server"] - before["API server"],
+        "data server": after["data server"] - before["data server"],
+        "sandbox children": children,
+    }
+    print(
+        f"{label}   CPU per execution:"
+        + "".join(f" {name} {ms / executions:5.1f} ms," for name, ms in spent.items())
+        + f" in all {sum(spent.values()) / executions:5.1f} ms"
+    )
+
+
 def bench(configuration: str, runs: int) -> None:
     with region_of(configuration) as region, region.organization_client("Bench") as client:
         datasource_id = sample_datasource(client)
         label = f"{configuration:9}"
 
+        before = server_cpu_ms(region)
         samples, _ = measure([client], datasource_id, four_requests, runs)
+        after = server_cpu_ms(region)
         p50 = statistics.median(samples)
         print(
             f"{label} one-row, 4 requests, 1 client    p50 {p50 * 1000:7.1f} ms"
             f"   ratio to 10 ms target {p50 / TARGET_P50_SECONDS:.2f}"
         )
+        print_cpu_per_execution(label, before, after, runs + 1)  # + the warm-up execution
 
         clients = [DataferryClient(region.api_url, region.data_url, client.key) for _ in range(16)]
         try:

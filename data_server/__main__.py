@@ -15,10 +15,10 @@ from data_server.sample import ensure_sample_database
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.errors import ConfigurationError
-from shared.http_limits import uvicorn_options
 from shared.logging import configure_logging
 from shared.results import open_result_store
 from shared.settings import Settings
+from shared.web.http_limits import uvicorn_options
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:

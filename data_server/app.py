@@ -17,12 +17,13 @@ from starlette.middleware.cors import CORSMiddleware
 from data_server.auth import PublicKeyring
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
-from shared.http_limits import RequestLimitsMiddleware
-from shared.metrics import Metrics, MetricsMiddleware
-from shared.middleware import RequestContextMiddleware
-from shared.problems import EXCEPTION_HANDLERS
+from shared.metrics import Metrics
 from shared.results import ResultStore, open_result_store
 from shared.settings import Settings
+from shared.web.http_limits import RequestLimitsMiddleware
+from shared.web.metrics import MetricsMiddleware
+from shared.web.middleware import RequestContextMiddleware
+from shared.web.problems import EXCEPTION_HANDLERS
 
 if TYPE_CHECKING:  # the worker (and its sandbox pool) is imported only where workers run
     from data_server.worker import Worker
@@ -108,9 +109,9 @@ def start_workers(
     metrics: Metrics | None = None,
 ) -> Worker:
     from data_server.sandbox_pool import SandboxPool
-    from data_server.worker import Worker
+    from data_server.worker import Worker, executor_count
 
-    pool = SandboxPool(settings.worker_processes)
+    pool = SandboxPool(executor_count(settings))
     worker = Worker(settings, sessions, store, pool, metrics)
     worker.start()
     return worker

@@ -30,15 +30,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.requests import Request
 
 from shared.settings import Settings
-from shared.tokens import (
-    URL_TOKEN_PARAMETER,
-    DataGrant,
+from shared.signing_keys import (
     DirectoryWatch,
     PublicKey,
-    invalid_token,
     keys_dir,
     load_public_keys,
     public_keys_from_jwks,
+)
+from shared.tokens import (
+    URL_TOKEN_PARAMETER,
+    DataGrant,
+    invalid_token,
     scope_of_data_key,
     verify_data_token,
 )

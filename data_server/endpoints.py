@@ -3,11 +3,15 @@ byte one.
 
 A whole result is served from its materialised representation (data_server/representations.py)
 with a length, an ETag and ranges (data_server/ranges.py). A row window (``offset``/``limit``) is
-encoded on the fly and streamed, without ranges or content coding (docs/result-formats.md)."""
+encoded on the fly and streamed, without ranges or content coding (docs/result-formats.md).
+
+The operation is declared here, once (``OPERATIONS``): the route and the OpenAPI document derive
+from it (``shared.web.operations``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,11 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from data_server import formats, ranges, representations
+from data_server import encoders, formats, ranges, representations
 from data_server.auth import authorize_data_request
+from shared import openapi as oa
 from shared.errors import InvalidQueryParameter, NotAcceptable, NotFound
 from shared.results import result_object_key, schema_object_key
-from shared.tokens import URL_TOKEN_PARAMETER, Scope
+from shared.tokens import URL_TOKEN_PARAMETER, DataGrant, Scope
+from shared.web import operations as web
 
 _RESULT_PARAMETERS = {"format", "offset", "limit", "compression", URL_TOKEN_PARAMETER}
 _SCHEMA_PARAMETERS = {"name", "format", URL_TOKEN_PARAMETER}
@@ -39,9 +45,174 @@ def _reject_unknown_parameters(request: Request, allowed: set[str]) -> None:
         seen.add(name)
 
 
-async def fetch_data(request: Request) -> Response:
+@dataclass(frozen=True, eq=False)
+class DataOperation(web.Operation):
+    """An operation on one data key (``{data_key}``): admitted by a data token for that key, in
+    the header or the URL, with one 401 for every bad token before any storage is read."""
+
+    security: tuple[str, ...] = ("DataToken", "DataTokenInUrl")
+
+    async def admit(self, request: Request) -> tuple[DataGrant]:
+        return (await authorize_data_request(request, request.path_params["data_key"]),)
+
+    def documented_errors(self) -> dict[int, str | None]:
+        return {401: None, **self.errors}
+
+
+OPERATIONS = web.Operations(
+    "Data",
+    "Results of executions and recorded datasource schemas, for a data access token.",
+    DataOperation,
+)
+
+# shared.tokens.new_data_key: a scope prefix, then 160 random bits as URL-safe base64.
+DATA_KEY_PATTERN = r"^[rs]_[A-Za-z0-9_-]{27}$"
+_REPRESENTATION_HEADERS = {
+    "ETag": "Strong; the same for the same data, format, options and content coding, whatever "
+    "the grant.",
+    "Accept-Ranges": "`bytes` for a whole result; `none` for a row window.",
+    "Content-Length": "The length of the body (absent for a row window, which is streamed).",
+    "Content-Encoding": "gzip, zstd or br when negotiated (text formats only).",
+}
+
+
+def _result_content() -> dict[str, Any]:
+    """One entry per media type: JSON carries the default document, the records form or a schema
+    grant's document; every other format is bytes (``format: binary``) for generated clients."""
+    media: dict[str, Any] = {}
+    for fmt in formats.ResultFormat:
+        if fmt is formats.ResultFormat.RECORDS:
+            continue  # shares application/json with the default document
+        if fmt is formats.ResultFormat.JSON:
+            schema: oa.Schema = {
+                "oneOf": [
+                    oa.ref("ResultDocument"),
+                    oa.ref("ResultRecords"),
+                    oa.ref("SchemaDocument"),
+                ]
+            }
+        else:
+            schema = oa.string(
+                f"{fmt.name_in_query}: bytes.", format="binary", contentMediaType=fmt.media_type
+            )
+        media[fmt.content_type] = {"schema": schema}
+    return media
+
+
+def _partial_content() -> dict[str, Any]:
+    media = {
+        content_type: {"schema": oa.string("The requested bytes.", format="binary")}
+        for content_type in _result_content()
+    }
+    media["multipart/byteranges"] = {
+        "schema": oa.string("One part per range (several ranges).", format="binary")
+    }
+    return media
+
+
+def _row_count(name: str, description: str) -> dict[str, Any]:
+    return oa.query_parameter(
+        name, f"{description} Results only.", oa.integer(minimum=0, maximum=formats.MAX_ROW_WINDOW)
+    )
+
+
+def _parameters() -> tuple[dict[str, Any], ...]:
+    """Each query parameter ``fetch_data`` reads (the token's is its security scheme's) and each
+    request header it honours."""
+    names = [fmt.name_in_query for fmt in formats.ResultFormat]
+    listed = ", ".join(f"`{name}`" for name in names)
+    codings = [c.value for c in representations.ContentCoding if c.value != "identity"]
+    return (
+        oa.query_parameter(
+            "format",
+            f"The format ({listed}); wins over `Accept`. Schemas are `json` only.",
+            oa.enum(names),
+        ),
+        _row_count("offset", "Skip this many rows of the stored result."),
+        _row_count("limit", "Answer at most this many rows."),
+        oa.query_parameter("name", "Schemas only: narrow the document to the schema of this name."),
+        oa.query_parameter(
+            "compression",
+            "Arrow IPC buffer compression (`arrow` only). Text formats are compressed by "
+            "`Accept-Encoding`; Parquet always is (zstd).",
+            oa.enum(c.value for c in formats.ArrowCompression),
+        ),
+        oa.parameter(
+            "Range",
+            "header",
+            oa.string(),
+            "`bytes=first-last`, `bytes=first-` or `bytes=-suffix`, several separated by commas "
+            "(a whole result only; a compressed one answers several ranges with the whole body).",
+        ),
+        oa.parameter("If-Range", "header", oa.string(), "An ETag: ranges only if it matches."),
+        oa.parameter("If-None-Match", "header", oa.string(), "ETags: 304 if one matches."),
+        oa.parameter(
+            "Accept-Encoding", "header", oa.string(), f"Text formats: {', '.join(codings)}."
+        ),
+    )
+
+
+def _responses() -> dict[str, Any]:
+    headers = {
+        name: {"description": text, "schema": oa.string()}
+        for name, text in _REPRESENTATION_HEADERS.items()
+    }
+    return {
+        "200": {
+            "description": "The data. Formats other than JSON carry `Content-Disposition: "
+            'inline; filename="<data key>.<extension>"`; all carry `Cache-Control: private, '
+            "no-store` and `Vary: Accept, Accept-Encoding`.",
+            "headers": headers,
+            "content": _result_content(),
+        },
+        "206": {
+            "description": "The requested range (`Content-Range`), or several as "
+            "`multipart/byteranges`.",
+            "headers": {
+                **headers,
+                "Content-Range": {"description": "`bytes first-last/size`.", "schema": oa.string()},
+            },
+            "content": _partial_content(),
+        },
+        "304": {
+            "description": "`If-None-Match` named the current ETag: no body.",
+            "headers": {"ETag": headers["ETag"]},
+        },
+    }
+
+
+@OPERATIONS.get(
+    "/data/{data_key}",
+    operation_id="fetchData",
+    summary="Fetch data",
+    description="A stored execution result in the format asked for (`?format=`, else `Accept`, "
+    "else JSON), rows selected with `offset`/`limit` without re-running anything; or, for a "
+    "schema grant's data key, the datasource's schema JSON.",
+    path_parameters=(
+        oa.path_parameter(
+            "data_key",
+            "As returned with the token; its prefix says whether it names a result (`r_`) or a "
+            "schema (`s_`).",
+            oa.string(pattern=DATA_KEY_PATTERN),
+        ),
+    ),
+    parameters=_parameters(),
+    responses=_responses(),
+    errors={
+        400: "An unknown query parameter (`name` on a result, `offset`/`limit` on a schema), an "
+        "unknown `format` or `compression`, or a malformed `offset`/`limit` "
+        "(`invalid_query_parameter`).",
+        401: "The token is missing, forged, of another region or for another data key "
+        "(`invalid_data_token`): always the same answer; a genuine token past its expiry gets "
+        "`token_expired`.",
+        404: "The result expired or was deleted (`result_gone`), or the schema has no such `name` "
+        "(`schema_not_found`).",
+        406: "`Accept` admits none of the formats (a schema: not JSON).",
+        416: "No range starts within the representation (`range_not_satisfiable`).",
+    },
+)
+async def fetch_data(request: Request, grant: DataGrant) -> Response:
     data_key = request.path_params["data_key"]
-    grant = await authorize_data_request(request, data_key)
     if grant.scope is Scope.DATASOURCE_SCHEMA:
         return await _schema_response(request, data_key)
     _reject_unknown_parameters(request, _RESULT_PARAMETERS)
@@ -82,7 +253,7 @@ async def _window_response(
 ) -> Response:
     """A row window, encoded as it is sent: no length, no ranges."""
     source = await run_in_threadpool(store.open, result_object_key(data_key))
-    chunks = formats.encode_result(source, fmt, offset, limit, compression)
+    chunks = encoders.encode_result(source, fmt, offset, limit, compression)
     first = await run_in_threadpool(
         next, chunks, b""
     )  # errors surface here, before any byte is sent

@@ -1,71 +1,38 @@
-"""One execution on one fresh, locked-down DuckDB instance (DESIGN.md §2).
+"""One execution, schema read or connection test on a locked-down DuckDB instance.
 
 This module runs inside a sandbox child process (see ``sandbox_pool``); nothing here touches the
 metadata DB or the network. Tenant SQL is checked before it runs (``sql_check``: a single SELECT
 or EXPLAIN, allow-listed table functions, catalog views and settings, no file or URL scans) and
-then executed on an instance whose configuration was set up in the order DESIGN.md §2 gives and
-locked, so that even SQL that slips past the checks cannot reach files, settings, extensions or the
-network. What the catalog shows is kept free of server paths too (docs/sql-sandbox.md).
+then executed on a locked instance (``sandbox``): a fresh one, or one kept warm for the same
+datasource (``warm_sandboxes``), each execution in a client context of its own.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
-from dataclasses import dataclass
-from pathlib import Path
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from data_server.object_storage import ObjectStorage, ObjectStorageSpec
-from data_server.remote_databases import (
-    RemoteDatabaseSpec,
-    RemoteSession,
-    attach_sqlite,
-    connect_failure,
-    describe_sqlite,
+from data_server.remote_databases import RemoteSession, describe_sqlite
+from data_server.sandbox import (
+    ATTACHED_DATABASE_TYPES,
+    DATASOURCE_ALIAS,
+    DatasourceSpec,
+    Limits,
+    Sandbox,
 )
-from data_server.sql_check import BASE_CONFIG, QueryFailed, check_sql, first_line
+from data_server.sql_check import QueryFailed, check_sql
+from data_server.warm_sandboxes import WarmSandboxes
 from shared.execution_states import ErrorCode
-from shared.file_formats import VIEW_FILE_SUFFIXES
 
 BATCH_ROWS = 65_536
-DATASOURCE_ALIAS = "ds"
-# Types whose database is attached as DATASOURCE_ALIAS (the others are views in "memory").
-ATTACHED_DATABASE_TYPES = ("duckdb", "sample", "sqlite", "postgres", "mysql")
-# The child exits with this when a remote database has not answered within the connect timeout
-# (a driver without a timeout of its own would otherwise hold the child until the query's).
-CONNECT_TIMEOUT_EXIT_STATUS = 75
-# The files datasource's {file name: absolute path}; its views read through it (see
-# _create_file_views), and sql_check refuses getvariable() so tenants never see the paths.
-FILES_VARIABLE = "dataferry_files"
-
-# Suffix → DuckDB reader, from the one declaration of what a files datasource reads.
-_FILE_VIEW_READERS = {
-    suffix: kind.reader for suffix, kind in VIEW_FILE_SUFFIXES.items() if kind.reader
-}
-
-
-@dataclass(frozen=True)
-class DatasourceSpec:
-    database_type: str  # duckdb | sample | files | sqlite | postgres | mysql | s3
-    path: str  # absolute, already confined to the data root (or the sample file); s3: its URL
-    data_time_zone: str = "UTC"
-    object_storage: ObjectStorageSpec | None = None  # s3 only
-    remote: RemoteDatabaseSpec | None = None  # postgres and mysql only
-
-
-@dataclass(frozen=True)
-class Limits:
-    timeout_seconds: float
-    memory_limit_mb: int
-    threads: int
-    max_temp_directory_size_mb: int
-    max_result_rows: int
-    max_result_bytes: int
 
 
 @dataclass(frozen=True)
@@ -84,228 +51,7 @@ class QueryOutcome:
     columns: int
     size_bytes: int
     truncated: bool
-
-
-# ---------------------------------------------------------------------------- the instance
-
-
-class Sandbox:
-    """A fresh in-memory DuckDB instance with the datasource attached read-only, then locked."""
-
-    def __init__(self, spec: DatasourceSpec, limits: Limits, temp_dir: str) -> None:
-        self.spec = spec
-        self._paths = {
-            path: label
-            for path, label in ((spec.path, "<datasource>"), (temp_dir, "<temp>"))
-            if path
-        }
-        self._storage: ObjectStorage | None = None
-        self.remote: RemoteSession | None = None
-        self._timeout_seconds = limits.timeout_seconds
-        if spec.remote is not None and spec.remote.password:
-            self._paths[spec.remote.password] = "<redacted>"
-        Path(temp_dir).mkdir(parents=True, exist_ok=True)
-        self.connection = duckdb.connect(":memory:", config=dict(BASE_CONFIG))
-        try:
-            # The default is ~/.duckdb/stored_secrets: it would name the service's home and user.
-            # Set before the attach: an s3 datasource's secret puts the secret manager in use.
-            self._set("secret_directory", str(Path(temp_dir) / "no-secrets"))
-            self._attach()
-            allowed = [temp_dir]
-            if spec.database_type == "files":
-                allowed.append(spec.path)
-            if self._storage is not None:  # the prefix, and no other remote location
-                allowed.append(self._storage.spec.url)
-            self._set("allowed_directories", allowed)
-            self._set("temp_directory", temp_dir)
-            self._set("extension_directory", str(Path(temp_dir) / "no-extensions"))
-            self._set("threads", max(1, limits.threads))
-            self._set("memory_limit", f"{max(16, limits.memory_limit_mb)}MB")
-            self._set("max_temp_directory_size", f"{max(1, limits.max_temp_directory_size_mb)}MB")
-            self._set("TimeZone", spec.data_time_zone or "UTC")
-            self.connection.execute("SET enable_external_access = false")
-            self.connection.execute("SET lock_configuration = true")
-        except QueryFailed:
-            self.close()
-            raise
-        except duckdb.Error as exc:
-            self.close()
-            raise self.failure(exc, "datasource_unavailable") from None
-
-    def _set(self, name: str, value: Any) -> None:
-        self.connection.execute(f"SET {name} = $1", [value])
-
-    def _attach(self) -> None:
-        spec = self.spec
-        if spec.database_type in ("duckdb", "sample"):
-            if not Path(spec.path).is_file():
-                raise QueryFailed("datasource_unavailable", "The datasource file does not exist.")
-            # ATTACH takes no bound parameters: the path is quoted as a literal.
-            self.connection.execute(
-                f"ATTACH {_literal(spec.path)} AS {DATASOURCE_ALIAS} (READ_ONLY)"
-            )
-            if spec.database_type == "duckdb":
-                self._check_stored_code()
-            self.connection.execute(f"USE {DATASOURCE_ALIAS}")
-        elif spec.database_type == "sqlite":
-            if not Path(spec.path).is_file():
-                raise QueryFailed("datasource_unavailable", "The datasource file does not exist.")
-            attach_sqlite(self.connection, spec.path, DATASOURCE_ALIAS)
-            self.connection.execute(f"USE {DATASOURCE_ALIAS}")
-        elif spec.remote is not None and spec.database_type in ("postgres", "mysql"):
-            self._attach_remote(spec.remote)
-        elif spec.database_type == "files":
-            self._create_file_views(Path(spec.path))
-        elif spec.database_type == "s3" and spec.object_storage is not None:
-            self._open_object_storage(spec.object_storage)
-        else:
-            raise QueryFailed(
-                "datasource_unavailable", f"Unsupported database type {spec.database_type!r}."
-            )
-
-    def _check_stored_code(self) -> None:
-        """Views and macros stored in a DuckDB file run SQL that a tenant's query only names, so
-        the check of that query never sees it (a view over ``duckdb_settings()`` would show the
-        server's paths): each body must pass the same check, or nothing runs."""
-        views = self.connection.execute(
-            "SELECT view_name, sql FROM duckdb_views() WHERE database_name = $1 AND NOT internal",
-            [DATASOURCE_ALIAS],
-        ).fetchall()
-        macros = self.connection.execute(
-            "SELECT function_name, function_type, macro_definition FROM duckdb_functions() "
-            "WHERE database_name = $1 AND function_type IN ('macro', 'table_macro')",
-            [DATASOURCE_ALIAS],
-        ).fetchall()
-        bodies = [(f"view {name}", _view_query(sql)) for name, sql in views]
-        bodies += [
-            (f"macro {name}", body if kind == "table_macro" else f"SELECT {body}")
-            for name, kind, body in macros
-        ]
-        for what, body in bodies:
-            try:
-                if body is None:
-                    raise QueryFailed("forbidden_operation", "its definition cannot be read")
-                check_sql(body, self.connection)
-            except QueryFailed as refusal:
-                raise QueryFailed(
-                    "datasource_unavailable",
-                    f"The DuckDB file's {what} uses what queries may not "
-                    f"({refusal.code}: {refusal.message}); views and macros stored in a "
-                    "datasource's file keep to the same rules as queries (docs/sql-sandbox.md).",
-                ) from None
-
-    def _attach_remote(self, remote: RemoteDatabaseSpec) -> None:
-        """Attach within the connect timeout; a driver stuck past it ends the child (the pool
-        reports ``connection_timed_out``), since a blocked connect cannot be interrupted."""
-        guard = threading.Timer(
-            remote.connect_timeout_seconds + 1, os._exit, [CONNECT_TIMEOUT_EXIT_STATUS]
-        )
-        guard.daemon = True
-        guard.start()
-        try:
-            self.remote = RemoteSession(
-                self.connection,
-                self.spec.database_type,
-                remote,
-                DATASOURCE_ALIAS,
-                self._timeout_seconds,
-            )
-        except duckdb.Error as exc:
-            raise connect_failure(exc, self.clean(exc)) from None
-        finally:
-            guard.cancel()
-        self.connection.execute(f"USE {DATASOURCE_ALIAS}")
-
-    def _create_file_views(self, folder: Path) -> None:
-        """Each Parquet/CSV/JSON file becomes a view named after its stem (first one wins).
-
-        A view's SQL is what duckdb_views(), information_schema.views and sqlite_master show, so
-        it names the file, not its path: the path comes from a variable the tenant cannot read.
-        """
-        if not folder.is_dir():
-            raise QueryFailed("datasource_unavailable", "The datasource folder does not exist.")
-        inside = folder.resolve()
-        self._create_views(
-            {
-                path.name: str(path)
-                for path in sorted(folder.iterdir())
-                # A link that leads out of the folder (into another organisation's area) is skipped.
-                if path.is_file() and path.resolve().is_relative_to(inside)
-            }
-        )
-
-    def _open_object_storage(self, storage_spec: ObjectStorageSpec) -> None:
-        """The objects directly under the prefix become views, as a folder's files do."""
-        self._paths.pop(self.spec.path, None)  # the tenant's own bucket URL is no server secret
-        self._storage = ObjectStorage(self.connection, storage_spec)
-        for secret in self._storage.secrets():
-            self._paths[secret] = "<redacted>"
-        names = self._storage.list_objects(self.connection)
-        self._create_views({name: storage_spec.url + name for name in names})
-
-    def _create_views(self, locations: dict[str, str]) -> None:
-        """A view per readable file name, named after its stem (first one wins), reading
-        ``locations[name]``: a path or an s3:// URL."""
-        files: dict[str, tuple[str, str, str]] = {}
-        for name in locations:
-            stem, suffix = os.path.splitext(name)
-            reader = _FILE_VIEW_READERS.get(suffix.lower())
-            if reader is not None and stem:
-                files.setdefault(stem.lower(), (reader, stem, name))
-        self.connection.execute(
-            f"SET VARIABLE {FILES_VARIABLE} = MAP($1::VARCHAR[], $2::VARCHAR[])",
-            [[name for *_, name in files.values()], [locations[n] for *_, n in files.values()]],
-        )
-        for reader, stem, name in files.values():
-            # DDL takes no bound parameters; names are quoted, the reader is from a fixed map.
-            self.connection.execute(
-                f"CREATE VIEW {_identifier(stem)} AS SELECT * FROM "  # noqa: S608
-                f"{reader}(getvariable('{FILES_VARIABLE}')[{_literal(name)}])"
-            )
-
-    def clean(self, error: BaseException) -> str:
-        """The error's first line with server paths (and credentials) replaced, so neither
-        the filesystem layout nor a secret leaks."""
-        message = first_line(error)
-        for path, label in self._paths.items():
-            message = message.replace(path, label)
-        return message
-
-    def failure(self, error: duckdb.Error, code: str) -> QueryFailed:
-        """``code``, or what an object store's answer says more precisely, with a clean message."""
-        if self._storage is not None and isinstance(error, duckdb.IOException):
-            return self._storage.failure(error, self.clean(error))
-        if self.remote is not None:
-            return self.remote.failure(error, self.clean(error), code)
-        return QueryFailed(code, self.clean(error))
-
-    def close(self) -> None:
-        self.connection.close()
-        if self._storage is not None:
-            self._storage.close()
-
-
-# DuckDB writes a view's SQL as CREATE VIEW <name> [(<columns>)] AS <query>;
-_IDENTIFIER = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
-_VIEW_SQL = re.compile(
-    rf"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+{_IDENTIFIER}(?:\.{_IDENTIFIER})*\s*"
-    r'(?:\((?:[^()"]|"(?:[^"]|"")*")*\)\s*)?AS\s+(.*?);?\s*\Z',
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-def _view_query(sql: str | None) -> str | None:
-    """The query of a view's ``CREATE VIEW`` text, or None if it cannot be told apart."""
-    found = _VIEW_SQL.match(sql or "")
-    return found.group(1) if found else None
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _identifier(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
+    reused_instance: bool = False  # ran on an instance kept warm from the datasource's last run
 
 
 def classify(error: duckdb.Error, interrupted_for: str | None) -> str:
@@ -336,36 +82,74 @@ class _Deadline:
         self.fired = False
         self._connection = connection
         self._remote = remote
-        self._timer = threading.Timer(max(0.01, seconds), self._fire)
-        self._timer.daemon = True
+        self._seconds = max(0.01, seconds)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         self.fired = True
         self._connection.interrupt()
         if self._remote is not None:  # an interrupt does not reach a query the server runs
             self._remote.cancel()
 
     def __enter__(self) -> _Deadline:
-        self._timer.start()
+        _DEADLINES.arm(self, time.monotonic() + self._seconds)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+        _DEADLINES.disarm(self)
 
     def check(self) -> None:
         if self.fired:
             raise QueryFailed(ErrorCode.TIMEOUT, "The query exceeded its time limit.")
 
 
-def run_query(job: QueryJob) -> QueryOutcome:
-    """Check, run and stream the result into an Arrow IPC file at ``job.result_path``."""
-    sandbox = Sandbox(job.datasource, job.limits, job.temp_dir)
-    try:
-        check_sql(job.sql, sandbox.connection)
+class _Deadlines:
+    """One thread fires every deadline of the process: starting a timer thread per execution
+    cost more than a small query (and, on a busy machine, a wait for the scheduler)."""
+
+    def __init__(self) -> None:
+        self._armed: dict[_Deadline, float] = {}
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: _Deadline, at: float) -> None:
+        with self._changed:
+            self._armed[deadline] = at
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def disarm(self, deadline: _Deadline) -> None:
+        with self._changed:
+            self._armed.pop(deadline, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [deadline for deadline, at in self._armed.items() if at <= now]
+                for deadline in due:
+                    del self._armed[deadline]
+                if not due:
+                    self._changed.wait(min(self._armed.values(), default=now + 60) - now)
+            for deadline in due:  # outside the lock: a remote cancel may take a while
+                # Its query may have ended and its connection closed meanwhile.
+                with suppress(duckdb.Error):
+                    deadline.fire()
+
+
+_DEADLINES = _Deadlines()
+
+
+def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOutcome:
+    """Check, run and stream the result into an Arrow IPC file at ``job.result_path``, on an
+    instance of ``sandboxes`` (a sandbox child's), else on a fresh one."""
+    with _sandbox_for(job, sandboxes) as (sandbox, reused), sandbox.session() as session:
+        check_sql(job.sql, session)
         seconds = job.limits.timeout_seconds
-        with _Deadline(sandbox.connection, seconds, sandbox.remote) as deadline:
+        with _Deadline(session, seconds, sandbox.remote) as deadline:
             try:
-                result = sandbox.connection.execute(job.sql, job.parameters or None)
+                result = session.execute(job.sql, job.parameters or None)
                 reader = result.to_arrow_reader(BATCH_ROWS)
                 outcome = _write_result(reader, job.result_path, job.limits, deadline)
             except duckdb.Error as exc:
@@ -378,7 +162,18 @@ def run_query(job: QueryJob) -> QueryOutcome:
             except pa.ArrowException as exc:
                 deadline.check()
                 raise QueryFailed("execution_error", sandbox.clean(exc)) from None
-        return outcome
+        return replace(outcome, reused_instance=reused)
+
+
+@contextmanager
+def _sandbox_for(job: QueryJob, sandboxes: WarmSandboxes | None) -> Iterator[tuple[Sandbox, bool]]:
+    if sandboxes is not None:
+        with sandboxes.lease(job.datasource, job.limits, job.temp_dir) as leased:
+            yield leased
+        return
+    sandbox = Sandbox(job.datasource, job.limits, job.temp_dir)
+    try:
+        yield sandbox, False
     finally:
         sandbox.close()
 
@@ -386,32 +181,31 @@ def run_query(job: QueryJob) -> QueryOutcome:
 def _write_result(
     reader: pa.RecordBatchReader, path: str, limits: Limits, deadline: _Deadline
 ) -> QueryOutcome:
-    """Copy batches into the IPC file until the reader ends or a row/byte cap cuts it."""
+    """Copy batches into the IPC file until the reader ends or a row/byte cap cuts it; the file
+    is on disk (fsync) before this returns."""
     rows = size = 0
     truncated = False
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
-        for batch in reader:
-            deadline.check()
-            keep = min(batch.num_rows, limits.max_result_rows - rows)
-            if batch.num_rows and batch.nbytes:
-                per_row = batch.nbytes / batch.num_rows
-                keep = min(keep, int((limits.max_result_bytes - size) / per_row))
-            if keep < batch.num_rows:
-                truncated = True
-                batch = batch.slice(0, max(0, keep))
-            if batch.num_rows:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-                size += batch.nbytes
-            if truncated:
-                break
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+    with pa.OSFile(path, "wb") as sink:
+        with pa.ipc.new_file(sink, reader.schema) as writer:
+            for batch in reader:
+                deadline.check()
+                keep = min(batch.num_rows, limits.max_result_rows - rows)
+                if batch.num_rows and batch.nbytes:
+                    per_row = batch.nbytes / batch.num_rows
+                    keep = min(keep, int((limits.max_result_bytes - size) / per_row))
+                if keep < batch.num_rows:
+                    truncated = True
+                    batch = batch.slice(0, max(0, keep))
+                if batch.num_rows:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+                    size += batch.nbytes
+                if truncated:
+                    break
+        os.fsync(sink.fileno())
+        file_size = sink.tell()
     return QueryOutcome(
-        rows=rows,
-        columns=len(reader.schema),
-        size_bytes=os.path.getsize(path),
-        truncated=truncated,
+        rows=rows, columns=len(reader.schema), size_bytes=file_size, truncated=truncated
     )
 
 

@@ -1,20 +1,20 @@
 """Retention: results are deleted once expired, executions once invisible. Idempotent; safe to run
 on every data server at once (deleting a deleted object is a no-op). Like every other deleter, it
-first commits the rows' change and then deletes the objects (``delete_stored_data``): a failed
-delete leaves an object no live row offers, which the orphan sweep removes."""
+first commits the rows' change (a lifecycle transition) and then deletes the objects
+(``delete_stored_data``): a failed delete leaves an object no live row offers, which the orphan
+sweep removes."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import time
-from datetime import timedelta
 
-from sqlalchemy import delete, select, true, update
+from sqlalchemy import select, true
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Datasource, Execution, utcnow
-from shared.lifecycle import TERMINAL_STATUSES
+from shared import lifecycle
+from shared.db.models import Datasource, Execution
 from shared.results import ResultStore, data_key_of, delete_stored_data
 from shared.settings import Settings
 
@@ -50,43 +50,17 @@ def sweep(
 def purge_expired_results(
     sessions: sessionmaker[Session], store: ResultStore, settings: Settings
 ) -> int:
-    cutoff = utcnow() - timedelta(hours=settings.result_retention_hours)
-    with sessions() as session:
-        rows = session.execute(
-            select(Execution.id, Execution.data_key)
-            .where(
-                Execution.data_key.is_not(None),
-                Execution.data_purged_at.is_(None),
-                Execution.completed_at < cutoff,
-            )
-            .limit(_BATCH)
-        ).all()
-    if rows:
-        with sessions.begin() as session:
-            session.execute(
-                update(Execution)
-                .where(Execution.id.in_([r[0] for r in rows]))
-                .values(data_purged_at=utcnow())
-            )
-        delete_stored_data(store, results=[r[1] for r in rows])
-    return len(rows)
+    data_keys = lifecycle.expire_results(sessions, settings, _BATCH)
+    delete_stored_data(store, results=data_keys)
+    return len(data_keys)
 
 
 def delete_expired_executions(
     sessions: sessionmaker[Session], store: ResultStore, settings: Settings
 ) -> int:
-    cutoff = utcnow() - timedelta(hours=settings.execution_retention_hours)
-    with sessions() as session:
-        rows = session.execute(
-            select(Execution.id, Execution.data_key)
-            .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL_STATUSES))
-            .limit(_BATCH)
-        ).all()
-    if rows:
-        with sessions.begin() as session:
-            session.execute(delete(Execution).where(Execution.id.in_([r[0] for r in rows])))
-        delete_stored_data(store, results=[r[1] for r in rows])
-    return len(rows)
+    data_keys = lifecycle.delete_expired_executions(sessions, settings, _BATCH)
+    delete_stored_data(store, results=data_keys)
+    return len(data_keys)
 
 
 def remove_orphaned_objects(

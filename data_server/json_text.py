@@ -4,7 +4,7 @@ formats.
 Each column becomes an Arrow string array holding one JSON value per row (``null`` for nulls),
 built with Arrow compute kernels and numpy instead of one Python object per value; rows are then
 glued by ``binary_join_element_wise``, and the joined array's data buffer *is* the body. The
-mapping is the one of docs/result-formats.md, exactly as ``formats._json_values`` produces it
+mapping is the one of docs/result-formats.md, exactly as ``encoders._json_values`` produces it
 (integers exact, floats in their shortest round-trip form with ``.0`` on whole numbers, ``"NaN"``
 and ``"Infinity"`` as strings, timestamps ISO 8601 at the column's precision, zoned ones in UTC
 with ``+00:00``); types without a vectorised rule go through that function value by value.

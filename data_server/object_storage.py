@@ -1,6 +1,6 @@
 """The sandbox side of ``s3`` datasources: objects under a bucket prefix read through httpfs.
 
-Set up inside the sandbox child before the instance is locked (``engine.Sandbox``), in this order:
+Set up inside the sandbox child before the instance is locked (``sandbox.Sandbox``), in this order:
 httpfs loaded from its Python package under its own name (``httpfs.duckdb_extension``; autoload
 and autoinstall stay off), every HTTP request routed through a ``PinnedProxy`` that connects
 only to the address the worker checked against the egress policy, the credentials given as a

@@ -1,6 +1,6 @@
 """The sandbox side of PostgreSQL, MySQL/MariaDB and SQLite datasources: DuckDB's own extensions.
 
-Set up inside the sandbox child before the instance is locked (``engine.Sandbox``): the extension
+Set up inside the sandbox child before the instance is locked (``sandbox.Sandbox``): the extension
 is loaded from its Python package under its own name (``postgres_scanner.duckdb_extension``, …;
 autoload and autoinstall stay off), the connection goes into a TEMPORARY secret by bound values
 (so the attach path that ``duckdb_databases()`` shows stays empty) which is dropped again once the
@@ -152,7 +152,8 @@ def load_extension(connection: duckdb.DuckDBPyConnection, database_type: str) ->
 def attach_sqlite(connection: duckdb.DuckDBPyConnection, path: str, alias: str) -> None:
     """A SQLite file, read-only; the file's path is the attach path (duckdb_databases is refused)."""
     load_extension(connection, "sqlite")
-    connection.execute("SET sqlite_all_varchar = false")
+    # GLOBAL: each execution on a reused instance runs in a session of its own (Sandbox.session).
+    connection.execute("SET GLOBAL sqlite_all_varchar = false")
     connection.execute(f"ATTACH '{path.replace(chr(39), chr(39) * 2)}' AS {alias} "
                        "(TYPE sqlite, READ_ONLY)")  # fmt: skip
 

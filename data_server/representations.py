@@ -26,7 +26,8 @@ import brotli
 import pyarrow as pa
 import zstandard
 
-from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat, encode_result
+from data_server.encoders import encode_result
+from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
 from shared.results import (
     CODING_SUFFIXES,
     ResultGone,

@@ -1,44 +1,8 @@
-"""The data server's whole URL map."""
+"""The data server's whole URL map, derived from its declared operations."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from data_server.openapi import operations
+from shared.web.operations import routes as declared_routes
 
-from data_server import endpoints
-from data_server.openapi import build_document
-from data_server.sample import sample_database_path
-from shared.errors import ServiceUnavailable
-from shared.health import database_answers, health_routes
-from shared.metrics import metrics_route
-from shared.routing import openapi_routes, resource_route
-from shared.settings import Settings
-
-
-def sample_is_generated(request: Request) -> None:
-    settings: Settings = request.app.state.settings
-    if not sample_database_path(settings.state_dir, settings.sample_scale).exists():
-        raise ServiceUnavailable("the sample datasource has not been generated yet")
-
-
-def result_store_works(request: Request) -> None:
-    request.app.state.result_store.check()
-
-
-def public_keys_loaded(request: Request) -> None:
-    if len(request.app.state.keyring) == 0:
-        request.app.state.keyring.reload()
-        if len(request.app.state.keyring) == 0:
-            raise ServiceUnavailable("no public key to verify data tokens with")
-
-
-routes = [
-    metrics_route(),
-    *health_routes(
-        ("database", database_answers),
-        ("result_store", result_store_works),
-        ("public_keys", public_keys_loaded),
-        ("sample_datasource", sample_is_generated),
-    ),
-    resource_route("/data/{data_key}", GET=endpoints.fetch_data),
-    *openapi_routes(build_document),
-]
+routes = declared_routes(operations())

@@ -3,12 +3,14 @@
 Started by ``sandbox_pool`` as ``python -m data_server.sandbox_child READ_FD WRITE_FD``. Requests
 and replies are length-prefixed JSON frames (never pickle: the parent must not unpickle what a
 process running tenant SQL wrote). The child exits when its parent goes away, so a killed data
-server leaves no query running behind it.
+server leaves no query running behind it. Between calls it tidies its warm instance
+(``warm_sandboxes``): closing what is done with happens after the reply, not before it.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -22,6 +24,7 @@ from data_server import engine
 from data_server.framing import read_frame, write_frame
 from data_server.object_storage import ObjectStorageSpec
 from data_server.remote_databases import RemoteDatabaseSpec
+from data_server.warm_sandboxes import WarmSandboxes
 
 
 def _limits(raw: dict[str, Any]) -> engine.Limits:
@@ -38,13 +41,13 @@ def _spec(raw: dict[str, Any]) -> engine.DatasourceSpec:
     return engine.DatasourceSpec(**raw)
 
 
-def handle(request: dict[str, Any]) -> Any:
+def handle(request: dict[str, Any], sandboxes: WarmSandboxes) -> Any:
     operation = request["op"]
     if operation == "query":
         job = dict(request["job"])
         job["datasource"] = _spec(job["datasource"])
         job["limits"] = _limits(job["limits"])
-        return asdict(engine.run_query(engine.QueryJob(**job)))
+        return asdict(engine.run_query(engine.QueryJob(**job), sandboxes))
     spec, limits, temp_dir = _spec(request["spec"]), _limits(request["limits"]), request["temp_dir"]
     if operation == "schema":
         return engine.schema_of(spec, limits, temp_dir)
@@ -64,14 +67,30 @@ def _exit_with_parent(parent: int) -> None:
 def main(read_fd: int, write_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    while (request := read_frame(read_fd)) is not None:
+    sandboxes = WarmSandboxes()
+    while True:
+        sandboxes.tidy()
+        if not _call_arrives(read_fd, sandboxes.seconds_until_idle()):
+            continue  # the warm instance idled out: tidy closes it
+        request = read_frame(read_fd)
+        if request is None:
+            break
         try:
-            reply = {"ok": True, "value": handle(orjson.loads(request))}
+            reply = {"ok": True, "value": handle(orjson.loads(request), sandboxes)}
         except engine.QueryFailed as failure:
             reply = {"ok": False, "code": failure.code, "message": failure.message}
         except Exception as exc:  # report, stay alive for the next call
             reply = {"ok": False, "code": "execution_error", "message": type(exc).__name__}
         write_frame(write_fd, orjson.dumps(reply))
+    sandboxes.close()
+
+
+def _call_arrives(read_fd: int, within_seconds: float | None) -> bool:
+    """Whether the pipe has something to read (a call, or EOF) within the time; None: wait."""
+    poller = select.poll()
+    poller.register(read_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    timeout = None if within_seconds is None else max(1, round(within_seconds * 1000))
+    return bool(poller.poll(timeout))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """A small pool of reusable sandbox child processes, and the watchdog that keeps them honest.
 
-Each call runs in a child (``data_server.sandbox_child``) that opens a fresh DuckDB instance for it.
-The child interrupts its own query at the time limit; the watchdog here kills it if that does not
-work within a grace period, if its memory grows past the limit, or if the caller cancels. A killed
-or crashed child is replaced, so one bad query costs one execution, never the server.
+Each call runs in a child (``data_server.sandbox_child``) on a locked DuckDB instance: a fresh one,
+or the one the child kept warm from the last execution of the same datasource (``warm_sandboxes``);
+a query goes to the idle child whose warm instance fits it, if there is one. The child interrupts
+its own query at the time limit; the watchdog here kills it if that does not work within a grace
+period, if its memory grows past the limit, or if the caller cancels. A killed or crashed child is
+replaced, so one bad query costs one execution, never the server.
 """
 
 from __future__ import annotations
@@ -23,15 +25,11 @@ from typing import Any
 
 import orjson
 
-from data_server.engine import (
-    CONNECT_TIMEOUT_EXIT_STATUS,
-    DatasourceSpec,
-    Limits,
-    QueryFailed,
-    QueryJob,
-    QueryOutcome,
-)
+from data_server.engine import QueryJob, QueryOutcome
 from data_server.framing import read_frame, write_frame
+from data_server.sandbox import CONNECT_TIMEOUT_EXIT_STATUS, DatasourceSpec, Limits
+from data_server.sql_check import QueryFailed
+from data_server.warm_sandboxes import affinity_of
 from shared.execution_states import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -76,6 +74,7 @@ class _Child:
         os.close(to_child_read)
         os.close(from_child_write)
         self._pipes_open = True
+        self.warm_for: str | None = None  # the affinity of the instance it may have kept warm
 
     @property
     def pid(self) -> int:
@@ -118,7 +117,9 @@ class SandboxPool:
     # ------------------------------------------------------------------ public operations
 
     def run(self, job: QueryJob, cancel_event: threading.Event | None = None) -> QueryOutcome:
-        value = self._call({"op": "query", "job": asdict(job)}, job.limits, cancel_event)
+        affinity = affinity_of(job.datasource)
+        request = {"op": "query", "job": asdict(job)}
+        value = self._call(request, job.limits, cancel_event, affinity=affinity)
         return QueryOutcome(**value)
 
     def schema_of(
@@ -161,8 +162,16 @@ class SandboxPool:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _call(self, request: dict[str, Any], limits: Limits, cancel: threading.Event | None) -> Any:
-        child = self._acquire()
+    def _call(
+        self,
+        request: dict[str, Any],
+        limits: Limits,
+        cancel: threading.Event | None,
+        affinity: str | None = None,
+    ) -> Any:
+        """``affinity``: a query's, to find the child whose warm instance may serve it (the
+        child itself decides whether it can)."""
+        child = self._acquire(affinity)
         healthy = False
         try:
             try:
@@ -171,6 +180,8 @@ class SandboxPool:
                 raise _crashed(child) from None
             reply = self._watch(child, limits, cancel)
             healthy = True
+            if request["op"] == "query":  # the child keeps a succeeded query's instance if it may
+                child.warm_for = affinity if reply["ok"] else None
         finally:
             self._release(child, healthy)
         if not reply["ok"]:
@@ -204,7 +215,7 @@ class SandboxPool:
             if child.process.poll() is not None:
                 raise _crashed(child)
 
-    def _acquire(self) -> _Child:
+    def _acquire(self, affinity: str | None = None) -> _Child:
         with self._available:
             while True:
                 if self._closed:
@@ -212,7 +223,7 @@ class SandboxPool:
                         ErrorCode.WORKER_STOPPING, "The data server is shutting down."
                     )
                 if self._idle:
-                    return self._idle.pop()
+                    return self._idle.pop(_pick(self._idle, affinity))
                 if self._children < self.size:
                     self._children += 1
                     break
@@ -258,6 +269,16 @@ class SandboxPool:
                     self._children -= 1
                 return
             self._release(child, healthy=True)
+
+
+def _pick(idle: list[_Child], affinity: str | None) -> int:
+    """The idle child warm for ``affinity``; else one warm for nothing; else the one idle the
+    longest (its warm instance the least likely to be wanted again)."""
+    for wanted in (affinity, None) if affinity is not None else (None,):
+        for index in range(len(idle) - 1, -1, -1):
+            if idle[index].warm_for == wanted:
+                return index
+    return 0
 
 
 def _crashed(child: _Child) -> QueryFailed:

@@ -155,6 +155,9 @@ def main() -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except subprocess.CalledProcessError as failed:  # e.g. a setting refused: its line, no trace
+        sys.stderr.write(failed.stderr or "")  # captured by run_json; migrate's is already out
+        return failed.returncode
     finally:
         for signum in STOP_SIGNALS:  # a second signal must not cut the stopping short
             signal.signal(signum, signal.SIG_IGN)

@@ -4,9 +4,10 @@ A datasource names a host; connecting to it is a request the *server* makes from
 region's network, so without a policy a tenant could reach the cloud metadata service, the
 region's own metadata database and Redis, or anything else on the private network. One function,
 ``check_destination``, decides: the API calls it when a datasource is saved, the worker again
-right before it connects. The host is resolved once per check; every address it resolves to must
-be allowed, and the caller connects to the address returned, never to the name again, so a DNS
-answer that changes between the check and the connection (rebinding) reaches nothing unchecked.
+right before it connects. The host is resolved once per check (shared/host_resolution.py); every
+address it resolves to must be allowed, and the caller connects to the address returned, never to
+the name again, so a DNS answer that changes between the check and the connection (rebinding)
+reaches nothing unchecked.
 
 Policy: public unicast addresses are allowed; loopback, link-local, private, shared (CGNAT),
 documentation, benchmarking and reserved ranges are denied unless an entry of
@@ -19,25 +20,20 @@ the region's own metadata database and Redis (on any loopback address when they 
 from __future__ import annotations
 
 import ipaddress
-import re
-import socket
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from shared.errors import DestinationNotAllowed, HostNotFound, ServiceUnavailable, Unprocessable
+from shared.host_resolution import IPAddress, literal_address, resolve
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SETTING = "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS"
-RESOLVE_TIMEOUT_SECONDS = 5.0
-_RESOLVER_SLOTS = threading.BoundedSemaphore(16)  # lookups in flight; a hung DNS holds no more
 
 _net = ipaddress.ip_network
 
@@ -82,10 +78,6 @@ _NEVER: tuple[tuple[IPNetwork, str], ...] = (
     (_net("ff00::/8"), "multicast"),
 )
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379}
-# A label of a host name (punycode for international names); a last label that is a number
-# makes the name an IPv4 literal in some non-canonical form (127.1, 0x7f.1, 2130706433).
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
-_NUMBER = re.compile(r"(0[xX][0-9A-Fa-f]*|[0-9]+)\Z")
 
 
 @dataclass(frozen=True)
@@ -173,7 +165,7 @@ def check_destination(
     if not 1 <= port <= 65535:
         raise Unprocessable(f"Port {port} is not in 1-65535.", pointer=pointer, code="invalid_port")
     addresses = resolve(host, port, pointer=pointer)
-    literal = _literal(host) is not None
+    literal = literal_address(host) is not None
     for address in addresses:
         reason = _refusal(address, port, settings)
         if reason:
@@ -187,103 +179,6 @@ def check_destination(
 def url_host(address: str) -> str:
     """An address as the host part of a URL: IPv6 in brackets."""
     return f"[{address}]" if ":" in address else address
-
-
-def resolve(host: str, port: int, *, pointer: str | None = None) -> list[IPAddress]:
-    """Every address ``host`` stands for, IPv4-mapped IPv6 ones as IPv4, in the resolver's order.
-
-    IP literals must be canonical; names are looked up once, within RESOLVE_TIMEOUT_SECONDS."""
-    literal = _literal(host)
-    if literal is not None:
-        return [literal]
-    name = _checked_name(host, pointer)
-    try:
-        infos = _getaddrinfo_within(name, port, RESOLVE_TIMEOUT_SECONDS)
-    except TimeoutError:
-        raise HostNotFound(
-            f"Host {host!r} did not resolve within {RESOLVE_TIMEOUT_SECONDS:g} s.", pointer=pointer
-        ) from None
-    except (OSError, UnicodeError):
-        raise HostNotFound(
-            f"Host {host!r} does not resolve to any address.", pointer=pointer
-        ) from None
-    addresses = list(dict.fromkeys(_unmapped(_sockaddr_ip(info[4][0])) for info in infos))
-    if not addresses:
-        raise HostNotFound(f"Host {host!r} does not resolve to any address.", pointer=pointer)
-    return addresses
-
-
-def _literal(host: str) -> IPAddress | None:
-    """``host`` as a canonical IP literal (IPv6 optionally in brackets), else None."""
-    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        return None  # a zone (fe80::1%eth0) is refused by _checked_name
-    return _unmapped(address)
-
-
-def _checked_name(host: str, pointer: str | None) -> str:
-    """A syntactically valid DNS name, or a 422: no ports, paths, spaces or odd IP literals."""
-    name = host[:-1] if host.endswith(".") else host
-    labels = name.split(".")
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise Unprocessable(
-            f"{host!r} is not a host name or IP address (letters, digits, '-', '_' and '.'; "
-            "punycode for international names; no port, scheme or path).",
-            pointer=pointer,
-            code="invalid_host",
-        )
-    if _NUMBER.match(labels[-1]):
-        raise Unprocessable(
-            f"{host!r} is not a canonical IP address: write IPv4 addresses as four decimal "
-            "numbers, such as 192.0.2.10.",
-            pointer=pointer,
-            code="invalid_host",
-        )
-    return name
-
-
-def _getaddrinfo_within(
-    name: str, port: int, timeout: float
-) -> list[tuple[object, object, object, object, tuple[object, ...]]]:
-    """``getaddrinfo`` in a daemon thread, given up after ``timeout`` (the C call cannot be
-    cancelled; it finishes on its own, and at most 16 such lookups are ever in flight)."""
-    if not _RESOLVER_SLOTS.acquire(timeout=timeout):
-        raise TimeoutError
-    outcome: dict[str, object] = {}
-    done = threading.Event()
-
-    def lookup() -> None:
-        try:
-            outcome["infos"] = socket.getaddrinfo(
-                name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except (OSError, UnicodeError) as exc:
-            outcome["error"] = exc
-        finally:
-            _RESOLVER_SLOTS.release()
-            done.set()
-
-    threading.Thread(target=lookup, name="egress-resolve", daemon=True).start()
-    if not done.wait(timeout):
-        raise TimeoutError
-    error = outcome.get("error")
-    if isinstance(error, (OSError, UnicodeError)):
-        raise error
-    return outcome["infos"]  # type: ignore[return-value]
-
-
-def _sockaddr_ip(text: object) -> IPAddress:
-    return ipaddress.ip_address(str(text).partition("%")[0])
-
-
-def _unmapped(address: IPAddress) -> IPAddress:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _refusal(address: IPAddress, port: int, settings: Settings) -> str | None:

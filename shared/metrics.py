@@ -1,15 +1,15 @@
-"""Prometheus metrics of one server process, served at ``GET /metrics`` (text format 0.0.4).
+"""Prometheus metrics of one server process: the registry, its counters and histograms, and the
+queue gauges read from the metadata DB when scraped. Framework-free, so workers record execution
+durations here; ``shared.web.metrics`` serves ``GET /metrics`` and counts HTTP requests.
 
 Requests are counted and timed by route template (``/executions/{id}``, never an id) and by
 method, any method outside ``HTTP_METHODS`` counted as ``other``, so the label set stays small
-whatever clients send and no tenant's ids leak. Queue depth and running executions are read from
-the metadata DB when scraped; execution durations are observed by this process's workers.
+whatever clients send and no tenant's ids leak.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -17,10 +17,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db.models import Execution
 from shared.lifecycle import UNFINISHED_STATUSES, ExecutionStatus
@@ -94,42 +90,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def metrics_route() -> Route:
-    async def metrics(request: Request) -> Response:
-        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
-
-    return Route("/metrics", metrics, methods=["GET"], name="metrics")
-
-
-class MetricsMiddleware:
-    """Counts, times and sizes every HTTP response; streaming bodies are timed to their end."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status, sent = 500, 0
-
-        async def measure(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, measure)
-        finally:
-            metrics: Metrics = scope["app"].state.metrics
-            route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"] if scope["method"] in HTTP_METHODS else OTHER_METHOD
-            metrics.requests.labels(method, route, str(status)).inc()
-            metrics.latency.labels(method, route).observe(time.perf_counter() - started)
-            metrics.bytes_sent.labels(route).inc(sent)

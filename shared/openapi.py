@@ -3,7 +3,7 @@
 Each server describes its own operations (``<server>/openapi.py``); this module holds what they
 share: schema helpers, the JSON:API error document and the reusable error responses, the security
 schemes, and the operations both servers have (health, metrics, these docs). The routes that
-publish a document are in ``shared.routing``; its HTML rendering for ``/docs`` in
+publish a document are in ``shared.web.routing``; its HTML rendering for ``/docs`` in
 ``shared.reference_page``.
 """
 
@@ -34,7 +34,6 @@ from shared.errors import (
     UnsupportedMediaType,
     UriTooLong,
 )
-from shared.metrics import CONTENT_TYPE as PROMETHEUS_MEDIA_TYPE
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.tokens import URL_TOKEN_PARAMETER
 
@@ -105,19 +104,59 @@ def obj(
 def model_schema(model: type[BaseModel], **refinements: Schema) -> Schema:
     """A pydantic model's JSON Schema without pydantic's noise (titles, ``default: null``),
     with ``refinements`` merged into the named properties (enums a validator enforces)."""
-    schema = _without_noise(model.model_json_schema())
+    schema = model.model_json_schema()
+    schema = _without_noise(_inlined(schema, schema.pop("$defs", {})))
     for name, extra in refinements.items():
         schema["properties"][name] = {**schema["properties"][name], **extra}
     return schema
 
 
+def model_schemas(models: Mapping[str, type[BaseModel]]) -> dict[str, Schema]:
+    """Component schemas of models that nest one another (a request body and its parts): where
+    one uses another of ``models``, it refers to that one's component by name."""
+    components = {model.__name__: name for name, model in models.items()}
+    schemas = {}
+    for name, model in models.items():
+        schema = model.model_json_schema()
+        schemas[name] = _without_noise(_inlined(schema, schema.pop("$defs", {}), components))
+    return schemas
+
+
+def _inlined(
+    schema: Any, definitions: Mapping[str, Schema], components: Mapping[str, str] | None = None
+) -> Any:
+    """``$ref``s into pydantic's ``$defs`` replaced by what they name (an enum a field uses), so
+    the schema stands alone inside the document's components; or, for a model that has a
+    component of its own (``components``: class name → component name), by a ``$ref`` to it."""
+    components = components or {}
+    if isinstance(schema, dict):
+        target = schema.get("$ref", "")
+        if target.startswith("#/$defs/"):
+            rest = {k: v for k, v in schema.items() if k != "$ref"}
+            defined = target.removeprefix("#/$defs/")
+            if defined in components:
+                return {**ref(components[defined]), **rest}
+            return {**_inlined(definitions[defined], definitions, components), **rest}
+        return {key: _inlined(value, definitions, components) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions, components) for item in schema]
+    return schema
+
+
 def _without_noise(schema: Any) -> Any:
     if isinstance(schema, dict):
-        return {
+        cleaned = {
             key: _without_noise(value)
             for key, value in schema.items()
             if key != "title" and not (key == "default" and value is None)
         }
+        members = cleaned.get("anyOf")
+        if isinstance(members, list) and len(members) == 2 and {"type": "null"} in members:
+            # pydantic's "X | None" as this module spells it (``nullable``)
+            other = next(m for m in members if m != {"type": "null"})
+            rest = {key: value for key, value in cleaned.items() if key != "anyOf"}
+            return {**nullable(other), **rest} if "anyOf" not in nullable(other) else cleaned
+        return cleaned
     if isinstance(schema, list):
         return [_without_noise(item) for item in schema]
     return schema
@@ -189,18 +228,19 @@ def operation(
     description: str,
     responses: dict[str, Any],
     *,
-    security: str | None = None,
+    security: Iterable[str] = (),
     parameters: Iterable[dict[str, Any]] = (),
     body: dict[str, Any] | None = None,
     **extensions: Any,
 ) -> dict[str, Any]:
-    """One operation object; ``security`` names a scheme, ``None`` means no credentials at all."""
+    """One operation object; ``security`` names the schemes any one of which admits a request,
+    none: no credentials at all."""
     op: dict[str, Any] = {
         "operationId": operation_id,
         "tags": [tag],
         "summary": summary,
         "description": description,
-        "security": [{security: []}] if security else [],
+        "security": [{scheme: []} for scheme in security],
     }
     if parameters := list(parameters):
         op["parameters"] = parameters
@@ -325,11 +365,12 @@ SECURITY_SCHEMES = {
 COMMON_BEHAVIOUR = """
 
 Every GET also answers HEAD. Any request may get 400 (a NUL character in the path or query; \
-`invalid_http_request` for bytes that are not HTTP/1.1), 404 (no such route), 405 (the path does \
+`invalid_http_request` for bytes that are not HTTP/1.1 or a body length declared both by \
+`Content-Length` and `Transfer-Encoding`), 404 (no such route), 405 (the path does \
 not take the method; `Allow` lists those it takes), 414 (path and query above 16 KiB), 431 \
 (headers above 32 KiB), 500, or 503 \
 (`too_many_connections`: the server holds its connection limit), and every response carries \
-`X-Request-Id`, except the 400 for bytes that are not HTTP/1.1 and the 503, which are answered \
+`X-Request-Id`, except the `invalid_http_request` 400 and the 503, which are answered \
 before any route and close the connection. Every error is a JSON:API error document \
 (`Errors`)."""
 
@@ -372,69 +413,3 @@ SHARED_TAGS = {
     OPERATIONS_TAG: "Liveness, readiness and metrics, for load balancers and monitoring.",
     DOCUMENTATION_TAG: "This reference, as OpenAPI and as HTML.",
 }
-
-
-def shared_paths(readiness_checks: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and ``/docs``: public on both."""
-    checks = list(readiness_checks)
-    readiness = obj(
-        {
-            "status": enum(["ready", "not_ready"]),
-            "checks": obj({name: enum(["ok", "failing"]) for name in checks}, checks),
-        },
-        ["status", "checks"],
-    )
-    return {
-        "/healthz": {
-            "get": operation(
-                "checkLiveness",
-                OPERATIONS_TAG,
-                "Liveness",
-                "Answers while the process runs; checks nothing else.",
-                {"200": response("The process runs.", obj({"status": const("ok")}, ["status"]))},
-            )
-        },
-        "/readyz": {
-            "get": operation(
-                "checkReadiness",
-                OPERATIONS_TAG,
-                "Readiness",
-                f"Runs every readiness check ({', '.join(f'`{c}`' for c in checks)}) and reports "
-                "each; ready only if all pass.",
-                {
-                    "200": response("Every check passed.", readiness),
-                    "503": response("At least one check failed (its name says which).", readiness),
-                },
-            )
-        },
-        "/metrics": {
-            "get": operation(
-                "getMetrics",
-                OPERATIONS_TAG,
-                "Prometheus metrics",
-                "Requests and latency by route template, bytes served, queue depth, running "
-                "executions and execution durations, in the Prometheus text format. It needs no "
-                "credentials: restrict it at the load balancer.",
-                {"200": response("The metrics.", string(), PROMETHEUS_MEDIA_TYPE)},
-            )
-        },
-        "/openapi.json": {
-            "get": operation(
-                "getOpenApiDocument",
-                DOCUMENTATION_TAG,
-                "OpenAPI document",
-                "This server's API as an OpenAPI 3.1 document.",
-                {"200": response("The document.", {"type": "object"})},
-            )
-        },
-        "/docs": {
-            "get": operation(
-                "getApiReference",
-                DOCUMENTATION_TAG,
-                "API reference",
-                "This server's API as one self-contained HTML page (no scripts, no external "
-                "assets), rendered from the OpenAPI document.",
-                {"200": response("The page.", string(), "text/html; charset=utf-8")},
-            )
-        },
-    }

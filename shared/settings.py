@@ -1,22 +1,32 @@
-"""Settings, read once from the environment (prefix ``DATAFERRY_``).
+"""Settings: one typed model, read once from the environment (prefix ``DATAFERRY_``).
 
-Every field carries the name of its variable and a one-line description; ``deploy/env.example``
-documents each of them and a test keeps the two in step.
+Each field declares its type, default, bounds and a one-line description; its variable is
+``DATAFERRY_`` + the field's name in capitals. A value out of bounds stops start-up with one line
+naming the variable and what it may be (never a secret's value). ``deploy/env.example`` documents
+every field, and a test holds it to the names, defaults and bounds declared here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
+from collections.abc import Callable, Mapping
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import core_schema
 
 from shared.egress import NetworkRule, parse_allowed_networks
 from shared.errors import ConfigurationError
-
-PREFIX = "DATAFERRY_"
+from shared.setting_fields import SettingDoc, refusal, setting, setting_docs, url_bounds
 
 
 class Secret:
@@ -30,6 +40,10 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    def __len__(self) -> int:
+        """What ``Field(min_length=...)`` checks: the length, never the value, is compared."""
+        return len(self._value)
+
     def __repr__(self) -> str:
         return "Secret('**********')"
 
@@ -41,237 +55,324 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Callable[[Any], Any]) -> Any:
+        """A setting of this type takes a ``Secret`` or the string read from the environment."""
+        return core_schema.no_info_before_validator_function(
+            lambda value: cls(value) if isinstance(value, str) else value,
+            core_schema.is_instance_schema(cls),
+        )
 
-def _setting(env: str, doc: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"env": PREFIX + env, "doc": doc})
+
+_ORIGIN = r"\s*(\*|[a-z][a-z0-9+.-]*://[^\s,/]+)?\s*"
+_SECRETS_DIR = "<generated into <state dir>/secrets/{}>"
+_ANY_DIRECTORY = "any directory this process may create and write"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseModel):
     """Everything a server of one region needs to know about its deployment."""
 
-    region: str = _setting("REGION", "Region this deployment serves (eu, us, ...).", "eu")
-    state_dir: Path = _setting(
-        "STATE_DIR", "Directory for the SQLite file, generated keys and results.", Path("var")
-    )
-    database_url: str = _setting(
-        "DATABASE_URL",
-        "SQLAlchemy URL of the metadata DB; default: SQLite file in the state dir.",
-        "",
-    )
-    data_root: Path = _setting(
-        "DATA_ROOT",
-        "Holds one area per organisation, <data root>/<organisation id>/, where its file "
-        "datasources' paths resolve; default <state dir>/data.",
-        Path(),
-    )
-    api_host: str = _setting("API_HOST", "Address the API server binds to.", "127.0.0.1")
-    api_port: int = _setting("API_PORT", "Port the API server listens on.", 8000)
-    data_host: str = _setting("DATA_HOST", "Address the data server binds to.", "127.0.0.1")
-    data_port: int = _setting("DATA_PORT", "Port the data server listens on.", 8001)
-    public_api_url: str = _setting(
-        "PUBLIC_API_URL", "Base URL clients use for the API server (links, token issuer).", ""
-    )
-    public_data_url: str = _setting(
-        "PUBLIC_DATA_URL",
-        "Base URL clients use for the data server (grants' data_url); default from its host/port.",
-        "",
-    )
-    cors_origins: str = _setting(
-        "CORS_ORIGINS",
-        "Comma-separated origins whose browser pages may fetch data (CORS); default: none.",
-        "",
-    )
-    api_key_pepper: Secret | None = _setting(
-        "API_KEY_PEPPER", "HMAC key for API key hashes; generated into the state dir if unset."
-    )
-    encryption_key: Secret | None = _setting(
-        "ENCRYPTION_KEY",
-        "Fernet key encrypting datasource passwords; generated into the state dir if unset.",
-    )
-    max_datasources: int = _setting(
-        "MAX_DATASOURCES", "Datasources an organisation may own (the sample one is free).", 100
-    )
-    sample_scale: float = _setting(
-        "SAMPLE_SCALE", "Size of the generated sample datasource (1.0 = a few million rows).", 1.0
-    )
-    log_level: str = _setting("LOG_LEVEL", "Python logging level.", "INFO")
-    execution_retention_hours: float = _setting(
-        "EXECUTION_RETENTION_HOURS", "How long an execution stays visible after it started.", 24.0
-    )
-    result_retention_hours: float = _setting(
-        "RESULT_RETENTION_HOURS", "How long a result stays fetchable after it completed.", 24.0
-    )
-    data_token_ttl_seconds: int = _setting(
-        "DATA_TOKEN_TTL_SECONDS", "Lifetime of a data access token (at most 600).", 120
-    )
-    signing_key_file: Path | None = _setting(
-        "SIGNING_KEY_FILE",
-        "Ed25519 private key (PEM) signing data tokens; default: generated into the state dir.",
-    )
-    signing_key_publish_delay_seconds: int = _setting(
-        "SIGNING_KEY_PUBLISH_DELAY_SECONDS",
-        "After rotate-signing-key, how long the new public key is published before it signs.",
-        30,
-    )
-    jwks_url: str = _setting(
-        "JWKS_URL",
-        "Where the data server fetches the public keys; default: read them from the state dir.",
-        "",
-    )
-    max_connections: int = _setting(
-        "MAX_CONNECTIONS", "Concurrent connections a server process accepts; beyond: 503.", 1000
-    )
-    datasource_allowed_networks: str = _setting(
-        "DATASOURCE_ALLOWED_NETWORKS",
-        "Networks (CIDR[:port[-port]], comma-separated) datasources may reach besides public ones.",
-        "",
-    )
-    redis_url: str = _setting(
-        "REDIS_URL",
-        "Redis holding rate-limit counters shared by API servers; default: each process counts.",
-        "",
-    )
-    rate_limit_per_minute: int = _setting(
-        "RATE_LIMIT_PER_MINUTE",
-        "Requests per API key per minute, unless its organisation's differs.",
-        600,
-    )
-    rate_limit_per_hour: int = _setting(
-        "RATE_LIMIT_PER_HOUR",
-        "Requests per API key per hour, unless its organisation's differs.",
-        20000,
-    )
-    max_running_executions: int = _setting(
-        "MAX_RUNNING_EXECUTIONS",
-        "SQL executions an organisation may have unfinished, and executions of any kind running, "
-        "at once, unless its own cap differs.",
-        20,
-    )
-    results_dir: Path = _setting(
-        "RESULTS_DIR", "Directory of the local result store; default <state dir>/results.", Path()
-    )
-    results_url: str = _setting(
-        "RESULTS_URL",
-        "s3://bucket/prefix of an S3-compatible result store; default: the local results dir.",
-        "",
-    )
-    s3_endpoint_url: str = _setting(
-        "S3_ENDPOINT_URL", "Endpoint of an S3-compatible server (MinIO, Ceph); default: AWS.", ""
-    )
-    s3_region: str = _setting("S3_REGION", "Region of the result bucket; default: AWS's own.", "")
-    worker_processes: int = _setting(
-        "WORKER_PROCESSES", "Sandboxed DuckDB child processes per data server.", 2
-    )
-    query_timeout_seconds: float = _setting(
-        "QUERY_TIMEOUT_SECONDS", "Longest an execution may run before it fails with timeout.", 300.0
-    )
-    connect_timeout_seconds: float = _setting(
-        "CONNECT_TIMEOUT_SECONDS",
-        "Longest a remote datasource (PostgreSQL, MySQL, object storage) may take to connect.",
-        10.0,
-    )
-    query_memory_limit_mb: int = _setting(
-        "QUERY_MEMORY_LIMIT_MB", "DuckDB memory_limit per execution, in MiB.", 1024
-    )
-    query_threads: int = _setting("QUERY_THREADS", "DuckDB threads per execution.", 2)
-    query_temp_space_mb: int = _setting(
-        "QUERY_TEMP_SPACE_MB", "Spill space an execution may use, in MiB.", 4096
-    )
-    max_result_rows: int = _setting(
-        "MAX_RESULT_ROWS", "Rows kept of a result; beyond that it is truncated.", 10_000_000
-    )
-    max_result_bytes: int = _setting(
-        "MAX_RESULT_BYTES", "Bytes kept of a result; beyond that it is truncated.", 2 * 1024**3
-    )
-    max_upload_mb: int = _setting(
-        "MAX_UPLOAD_MB", "Largest file one upload may store, in MiB; beyond: 413.", 1024
-    )
-    max_organization_storage_mb: int = _setting(
-        "MAX_ORGANIZATION_STORAGE_MB",
-        "Storage quota of an organisation (its area's files and stored results), in MiB.",
-        10240,
-    )
-    max_sql_length: int = _setting(
-        "MAX_SQL_LENGTH", "Longest sql_query accepted, in characters.", 100_000
-    )
-    lease_seconds: float = _setting(
-        "LEASE_SECONDS", "A worker's claim on an execution; renewed by heartbeats.", 30.0
-    )
-    max_attempts: int = _setting(
-        "MAX_ATTEMPTS", "Attempts before an execution whose worker vanished is failed.", 3
-    )
-    poll_interval_seconds: float = _setting(
-        "POLL_INTERVAL_SECONDS", "How often an idle worker looks for new executions.", 0.2
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True
     )
 
-    def __post_init__(self) -> None:
-        state_dir = Path(self.state_dir).absolute()
-        object.__setattr__(self, "state_dir", state_dir)
-        if not self.database_url:
-            object.__setattr__(self, "database_url", f"sqlite:///{state_dir / 'dataferry.db'}")
-        data_root = self.data_root if str(self.data_root) not in ("", ".") else state_dir / "data"
-        object.__setattr__(self, "data_root", Path(data_root).absolute())
-        if not self.public_api_url:
-            object.__setattr__(self, "public_api_url", f"http://{self.api_host}:{self.api_port}")
-        if not self.public_data_url:
-            host = _reachable(self.data_host)
-            object.__setattr__(self, "public_data_url", f"http://{host}:{self.data_port}")
-        object.__setattr__(self, "public_data_url", self.public_data_url.rstrip("/"))
-        results_dir = (
-            self.results_dir if str(self.results_dir) not in ("", ".") else state_dir / "results"
-        )
-        object.__setattr__(self, "results_dir", Path(results_dir).absolute())
-        if not 1 <= self.data_token_ttl_seconds <= 600:
-            raise ConfigurationError(f"{PREFIX}DATA_TOKEN_TTL_SECONDS must be between 1 and 600")
-        if self.signing_key_publish_delay_seconds < 0:
-            raise ConfigurationError(
-                f"{PREFIX}SIGNING_KEY_PUBLISH_DELAY_SECONDS must not be negative"
-            )
-        if self.worker_processes < 1 or self.max_attempts < 1:
-            raise ConfigurationError(
-                f"{PREFIX}WORKER_PROCESSES and {PREFIX}MAX_ATTEMPTS must be positive"
-            )
-        self.allowed_networks  # noqa: B018 - parse now: a bad entry stops start-up
-        if self.max_upload_mb < 1 or self.max_organization_storage_mb < 1:
-            raise ConfigurationError(
-                f"{PREFIX}MAX_UPLOAD_MB and {PREFIX}MAX_ORGANIZATION_STORAGE_MB must be positive"
-            )
-        if not self.region.isidentifier() or self.region != self.region.lower():
-            raise ConfigurationError(
-                f"{PREFIX}REGION must be a lower-case name, got {self.region!r}"
-            )
+    region: str = setting(
+        "eu",
+        "Region this deployment serves (eu, us, ...).",
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        allowed="a lower-case name: a letter, then letters, digits or _ (at most 32)",
+    )
+    state_dir: Path = setting(
+        Path("var"),
+        "Directory for the SQLite file, generated keys and results.",
+        unbounded=_ANY_DIRECTORY,
+    )
+    database_url: str = setting(
+        "",
+        "SQLAlchemy URL of the metadata DB; default: SQLite file in the state dir.",
+        pattern=r"^$|^[a-z][a-z0-9]*(\+[a-z0-9_]+)?://",
+        allowed="an SQLAlchemy URL: dialect[+driver]://...",
+        shown="sqlite:///<state dir>/dataferry.db",
+        hidden=True,
+    )
+    data_root: Path = setting(
+        Path(),
+        "Holds one area per organisation, <data root>/<organisation id>/, where its file "
+        "datasources' paths resolve; default <state dir>/data.",
+        unbounded=_ANY_DIRECTORY,
+        shown="<state dir>/data",
+    )
+    api_host: str = setting(
+        "127.0.0.1",
+        "Address the API server binds to.",
+        pattern=r"^[A-Za-z0-9._:%-]+$",
+        max_length=253,
+        allowed="a host name or IP address",
+    )
+    api_port: int = setting(8000, "Port the API server listens on.", ge=1, le=65535)
+    data_host: str = setting(
+        "127.0.0.1",
+        "Address the data server binds to.",
+        pattern=r"^[A-Za-z0-9._:%-]+$",
+        max_length=253,
+        allowed="a host name or IP address",
+    )
+    data_port: int = setting(8001, "Port the data server listens on.", ge=1, le=65535)
+    public_api_url: str = setting(
+        "",
+        "Base URL clients use for the API server (links, token issuer).",
+        shown="http://<api host>:<api port>",
+        **url_bounds("http", "https"),
+    )
+    public_data_url: str = setting(
+        "",
+        "Base URL clients use for the data server (grants' data_url); default from its host/port.",
+        shown="http://<data host>:<data port>",
+        **url_bounds("http", "https"),
+    )
+    cors_origins: str = setting(
+        "",
+        "Comma-separated origins whose browser pages may fetch data (CORS); default: none.",
+        pattern=rf"^{_ORIGIN}(,{_ORIGIN})*$",
+        allowed="origins (scheme://host[:port], no path) or *, comma-separated",
+    )
+    api_key_pepper: Secret | None = setting(
+        None,
+        "HMAC key for API key hashes; generated into the state dir if unset.",
+        min_length=32,
+        shown=_SECRETS_DIR.format("api_key_pepper"),
+        hidden=True,
+    )
+    encryption_key: Secret | None = setting(
+        None,
+        "Fernet key encrypting datasource passwords; generated into the state dir if unset.",
+        min_length=44,
+        max_length=44,
+        allowed="a Fernet key: 44 url-safe base64 characters",
+        shown=_SECRETS_DIR.format("encryption_key"),
+        hidden=True,
+    )
+    max_datasources: int = setting(
+        100, "Datasources an organisation may own (the sample one is free).", ge=0, le=1_000_000
+    )
+    sample_scale: float = setting(
+        1.0, "Size of the generated sample datasource (1.0 = a few million rows).", gt=0, le=100
+    )
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = setting(
+        "INFO", "Python logging level."
+    )
+    execution_retention_hours: float = setting(
+        24.0, "How long an execution stays visible after it started.", gt=0, le=8760
+    )
+    result_retention_hours: float = setting(
+        24.0, "How long a result stays fetchable after it completed.", gt=0, le=8760
+    )
+    data_token_ttl_seconds: int = setting(120, "Lifetime of a data access token.", ge=1, le=600)
+    signing_key_file: Path | None = setting(
+        None,
+        "Ed25519 private key (PEM) signing data tokens; default: generated into the state dir.",
+        unbounded="a file path; start-up refuses a file that is not an Ed25519 private key",
+        shown="<generated into <state dir>/keys/<region>/signing-key.pem>",
+    )
+    signing_key_publish_delay_seconds: int = setting(
+        30,
+        "After rotate-signing-key, how long the new public key is published before it signs.",
+        ge=0,
+        le=86400,
+    )
+    jwks_url: str = setting(
+        "",
+        "Where the data server fetches the public keys; default: read them from the state dir.",
+        **url_bounds("http", "https"),
+    )
+    max_connections: int = setting(
+        1000, "Concurrent connections a server process accepts; beyond: 503.", ge=1, le=1_000_000
+    )
+    datasource_allowed_networks: str = setting(
+        "",
+        "Networks (CIDR[:port[-port]], comma-separated) datasources may reach besides public ones.",
+        allowed="CIDR, CIDR:port or CIDR:low-high entries, comma-separated",
+    )
+    redis_url: str = setting(
+        "",
+        "Redis holding rate-limit counters shared by API servers; default: each process counts.",
+        hidden=True,
+        **url_bounds("redis", "rediss", "unix"),
+    )
+    rate_limit_per_minute: int = setting(
+        600,
+        "Requests per API key per minute, unless its organisation's differs.",
+        ge=1,
+        le=1_000_000_000,
+    )
+    rate_limit_per_hour: int = setting(
+        20000,
+        "Requests per API key per hour, unless its organisation's differs.",
+        ge=1,
+        le=1_000_000_000,
+    )
+    max_running_executions: int = setting(
+        20,
+        "SQL executions an organisation may have starting or running at once, unless its own "
+        "cap differs (refreshes and connection tests do not count).",
+        ge=1,
+        le=1_000_000,
+    )
+    results_dir: Path = setting(
+        Path(),
+        "Directory of the local result store; default <state dir>/results.",
+        unbounded=_ANY_DIRECTORY,
+        shown="<state dir>/results",
+    )
+    results_url: str = setting(
+        "",
+        "s3://bucket/prefix of an S3-compatible result store; default: the local results dir.",
+        **url_bounds("s3"),
+    )
+    s3_endpoint_url: str = setting(
+        "",
+        "Endpoint of an S3-compatible server (MinIO, Ceph); default: AWS.",
+        **url_bounds("http", "https"),
+    )
+    s3_region: str = setting(
+        "",
+        "Region of the result bucket; default: AWS's own.",
+        pattern=r"^[A-Za-z0-9_-]*$",
+        max_length=64,
+        allowed="a region name: letters, digits, - and _ (at most 64)",
+    )
+    worker_processes: int = setting(
+        2,
+        "Executions one organisation may run at once on a data server, each in a sandboxed "
+        "DuckDB child; the server runs one more, kept for the other organisations.",
+        ge=1,
+        le=256,
+    )
+    query_timeout_seconds: float = setting(
+        300.0, "Longest an execution may run before it fails with timeout.", gt=0, le=86400
+    )
+    connect_timeout_seconds: float = setting(
+        10.0,
+        "Longest a remote datasource (PostgreSQL, MySQL, object storage) may take to connect.",
+        gt=0,
+        le=3600,
+    )
+    query_memory_limit_mb: int = setting(
+        1024, "DuckDB memory_limit per execution, in MiB.", ge=16, le=1_048_576
+    )
+    query_threads: int = setting(2, "DuckDB threads per execution.", ge=1, le=256)
+    query_temp_space_mb: int = setting(
+        4096, "Spill space an execution may use, in MiB.", ge=0, le=16_777_216
+    )
+    max_result_rows: int = setting(
+        10_000_000, "Rows kept of a result; beyond that it is truncated.", ge=1, le=10**12
+    )
+    max_result_bytes: int = setting(
+        2 * 1024**3, "Bytes kept of a result; beyond that it is truncated.", ge=1, le=2**40
+    )
+    max_upload_mb: int = setting(
+        1024, "Largest file one upload may store, in MiB; beyond: 413.", ge=1, le=1_048_576
+    )
+    max_organization_storage_mb: int = setting(
+        10240,
+        "Storage quota of an organisation (its area's files and stored results), in MiB.",
+        ge=1,
+        le=2**30,
+    )
+    # At most a request body's 1 MiB (api_server.jsonapi.MAX_BODY_BYTES): no longer one arrives.
+    max_sql_length: int = setting(
+        100_000, "Longest sql_query accepted, in characters.", ge=1, le=1_048_576
+    )
+    lease_seconds: float = setting(
+        30.0, "A worker's claim on an execution; renewed by heartbeats.", ge=1, le=3600
+    )
+    max_attempts: int = setting(
+        3, "Attempts before an execution whose worker vanished is failed.", ge=1, le=100
+    )
+    poll_interval_seconds: float = setting(
+        0.2, "How often an idle worker looks for new executions.", gt=0, le=600
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _refuse_bad_values(cls, values: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Whoever builds settings (``from_env``, a CLI override, a test) gets one
+        ``ConfigurationError`` line per refused value, never pydantic's report with the input."""
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            refused = [refusal(error, cls.docs()) for error in exc.errors()]
+            raise ConfigurationError("; ".join(refused)) from None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("datasource_allowed_networks")
+    @classmethod
+    def _networks_parse(cls, text: str) -> str:
+        parse_allowed_networks(text)  # its ValueError names the entry that is wrong and why
+        return text
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        """Fill the settings whose default depends on others (the state dir, a host and port)."""
+        state_dir = self.state_dir.absolute()
+        data_host = _reachable(self.data_host)
+        derived = {
+            "state_dir": state_dir,
+            "database_url": self.database_url or f"sqlite:///{state_dir / 'dataferry.db'}",
+            "data_root": _or_default(self.data_root, state_dir / "data").absolute(),
+            "results_dir": _or_default(self.results_dir, state_dir / "results").absolute(),
+            "public_api_url": self.public_api_url or f"http://{self.api_host}:{self.api_port}",
+            "public_data_url": (
+                self.public_data_url or f"http://{data_host}:{self.data_port}"
+            ).rstrip("/"),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen for everyone after this point
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``); fail fast on bad values."""
+        """Build settings from ``environ`` (default ``os.environ``); an empty variable is unset."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            raw = environ.get(spec.metadata["env"])
-            if raw is not None and raw != "":
-                values[spec.name] = _cast(spec.metadata["env"], spec.type, raw)
-        values.update(overrides)
-        return cls(**values)
+        values: dict[str, Any] = {
+            name: environ[doc.variable]
+            for name, doc in cls.docs().items()
+            if environ.get(doc.variable)
+        }
+        return cls(**{**values, **overrides})
 
     def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        """A copy with ``changes``, checked against the same bounds."""
+        current = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**current, **changes})
 
     @cached_property
     def allowed_networks(self) -> tuple[NetworkRule, ...]:
         """DATAFERRY_DATASOURCE_ALLOWED_NETWORKS, parsed (see shared.egress)."""
-        try:
-            return parse_allowed_networks(self.datasource_allowed_networks)
-        except ValueError as exc:
-            raise ConfigurationError(f"{PREFIX}DATASOURCE_ALLOWED_NETWORKS: {exc}") from None
+        return parse_allowed_networks(self.datasource_allowed_networks)
 
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @classmethod
+    @cache
+    def docs(cls) -> dict[str, SettingDoc]:
+        """Every setting as deploy/env.example documents it, by field name."""
+        return setting_docs(cls.model_fields)
+
+    @classmethod
     def documented_variables(cls) -> dict[str, str]:
-        return {spec.metadata["env"]: spec.metadata["doc"] for spec in fields(cls)}
+        return {doc.variable: doc.description for doc in cls.docs().values()}
+
+
+def _or_default(path: Path, default: Path) -> Path:
+    """An unset path setting (``Path()``) takes its default."""
+    return path if str(path) not in ("", ".") else default
 
 
 def _reachable(host: str) -> str:
@@ -279,23 +380,3 @@ def _reachable(host: str) -> str:
     if host in ("", "0.0.0.0", "::"):  # noqa: S104 - mapping a wildcard, not binding to it
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
-
-
-def _cast(name: str, type_name: Any, raw: str) -> Any:
-    kind = str(type_name)
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if kind.startswith("Path"):
-            return Path(raw)
-        if kind.startswith("Secret"):
-            return Secret(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"{name}: cannot read {raw!r} as {kind}") from exc
-    return raw

@@ -9,19 +9,17 @@ import secrets
 import zlib
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api_server.permissions import Permission
+from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, list_page
 from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, utcnow
 from shared.errors import Conflict, NotFound
 from shared.state_secrets import ServerSecrets
-
-if TYPE_CHECKING:  # auth imports this module
-    from api_server.auth import Principal
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_LENGTH = 40  # 40 base62 characters: about 238 bits
@@ -125,8 +123,6 @@ def _check_datasources_belong(
 # whose permissions it holds itself. Any other key answers 404, like one that does not exist, so a
 # restricted key can neither see, disable, re-enable nor delete a key that reaches further.
 
-KEY_SORTABLE = ("name", "created_at", "last_used_at")
-KEY_FILTERABLE = ("name", "enabled")
 _KEY_NOT_FOUND = "No API key with this id exists."
 
 

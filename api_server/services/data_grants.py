@@ -11,8 +11,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from api_server.services.executions import data_available
+from shared.db.models import Execution
 from shared.settings import Settings
-from shared.tokens import URL_TOKEN_PARAMETER, Scope, SigningKeyring, mint_data_token
+from shared.signing_keys import SigningKeyring
+from shared.tokens import URL_TOKEN_PARAMETER, Scope, mint_data_token
 
 
 def data_url(settings: Settings, data_key: str, token: str) -> str:
@@ -37,3 +40,21 @@ def grant_data(
         grant["data_timestamp"] = data_timestamp
     grant["data_url"] = data_url(settings, data_key, token)
     return grant
+
+
+def grant_execution_data(
+    signing_keys: SigningKeyring, settings: Settings, execution: Execution
+) -> dict[str, Any] | None:
+    """Get Execution Data's grant for a completed execution; None before completion or after a
+    failure; 404 ``result_gone`` once its data expired or was purged."""
+    if not data_available(execution, settings):
+        return None
+    assert execution.data_key is not None and execution.completed_at is not None
+    return grant_data(
+        signing_keys,
+        settings,
+        organization_id=execution.organization_id,
+        data_key=execution.data_key,
+        scope=Scope.EXECUTION_RESULT,
+        data_timestamp=int(execution.completed_at.timestamp()),
+    )

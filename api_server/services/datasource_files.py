@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_server.auth import Principal
+from api_server.principals import Principal
 from api_server.services import datasources, executions
 from api_server.services.listing import CollectionQuery
 from shared.datapaths import (
@@ -37,7 +37,6 @@ from shared.settings import Settings
 from shared.shared_folders import granted_folder
 from shared.storage_quota import StorageUsage, storage_usage
 
-SORTABLE = ("name", "size", "modified_at")
 MAX_NAME_BYTES = 255
 _FILES_TYPE = "files"
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from api_server.auth import Principal
-from api_server.schemas import DatasourceCreate, DatasourceUpdate
+from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery
 from shared import object_storage
 from shared.database_types import CONNECTION_ATTRIBUTES, check_connection_attributes
@@ -28,8 +28,6 @@ from shared.settings import Settings
 from shared.shared_folders import granted_folder
 from shared.state_secrets import ServerSecrets
 
-SORTABLE = ("name", "database_type", "created_at", "updated_at")
-FILTERABLE = ("name", "database_type")
 SAMPLE_DATASOURCE_NAME = "Sample Data"
 
 _NOT_FOUND_DETAIL = "No datasource with this id exists."
@@ -83,42 +81,45 @@ def get_datasource(session: Session, principal: Principal, datasource_id: str) -
 def create_datasource(
     session: Session,
     principal: Principal,
-    data: DatasourceCreate,
+    attributes: Mapping[str, Any],
     settings: Settings,
     server_secrets: ServerSecrets,
 ) -> Datasource:
+    """``attributes``: every writable attribute, validated, defaults filled in."""
     if principal.datasource_ids is not None:
         raise Forbidden(
             "A key restricted to listed datasources cannot create datasources.",
             code="datasource_scope_restricted",
         )
     _check_datasource_limit(session, principal.organization_id, settings.max_datasources)
-    values = data.model_dump(exclude={"password"}, exclude_none=True)
-    values = {k: v for k, v in values.items() if hasattr(Datasource, k)}
+    password, database_type = attributes.get("password"), attributes["database_type"]
+    values = {
+        name: value
+        for name, value in attributes.items()
+        if value is not None and name != "password" and hasattr(Datasource, name)
+    }
     datasource_id = new_resource_id()
-    assigned = data.database is None and data.database_type in FILE_DATABASE_TYPES
+    assigned = "database" not in values and database_type in FILE_DATABASE_TYPES
     if assigned:  # a folder or file of its own, which uploads then fill
-        values["database"] = default_datasource_path(data.database_type, datasource_id)
-    values.update(
-        check_connection_attributes(data.database_type, {**values, "password": data.password})
-    )
+        values["database"] = default_datasource_path(database_type, datasource_id)
+    values.update(check_connection_attributes(database_type, {**values, "password": password}))
     _check_destination(
         settings,
         values.get("host"),
-        _destination_port(data.database_type, values.get("port"), data.require_ssl),
+        _destination_port(database_type, values.get("port"), values["require_ssl"]),
     )
     # Last: for a file type it may make the datasource's folder, which no later check undoes.
     values["database"] = _checked_database_path(
         session,
         settings,
         principal.organization_id,
-        data.database_type,
+        database_type,
         values.get("database"),
         create_missing=assigned,
     )
     ds = Datasource(id=datasource_id, organization_id=principal.organization_id, **values)
-    if data.password is not None:
-        ds.password_encrypted = server_secrets.encrypt(data.password)
+    if password is not None:
+        ds.password_encrypted = server_secrets.encrypt(password)
     session.add(ds)
     session.flush()
     return ds
@@ -128,12 +129,13 @@ def update_datasource(
     session: Session,
     principal: Principal,
     datasource_id: str,
-    data: DatasourceUpdate,
+    changes: dict[str, Any],
     settings: Settings,
     server_secrets: ServerSecrets,
 ) -> Datasource:
+    """``changes``: the attributes the request sent, validated (only these change)."""
     ds = get_datasource(session, principal, datasource_id)
-    changes = data.changes()
+    changes = dict(changes)
     if ds.database_type == "sample":
         fixed = set(changes) - {"name", "enabled", "data_time_zone", "max_concurrent_executions"}
         if fixed:

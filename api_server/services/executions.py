@@ -10,28 +10,34 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import AfterValidator, Field, ValidationInfo
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api_server.auth import Principal
+from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
-from api_server.services.sql_parameters import (
-    InputParameters,
-    bind_parameters,
-    parse_input_parameters,
-)
-from api_server.services.sql_snippets import expand_snippets, snippet_lookup
+from api_server.services.sql_snippets import snippet_lookup
+from shared import lifecycle
 from shared.database_types import refuse_ssh_tunnel
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Organization, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
-from shared.lifecycle import UNFINISHED_STATUSES, ExecutionStatus, ExecutionType
+from shared.input_models import InputModel, Problem, problem, validate_input
+from shared.lifecycle import (
+    ORGANIZATION_CAP_COUNTS,
+    UNFINISHED_STATUSES,
+    ExecutionStatus,
+    ExecutionType,
+)
 from shared.notifications import announce_new_work
 from shared.settings import Settings
+from sql_templating.binding import bind_parameters
+from sql_templating.parameters import InputParameters
+from sql_templating.snippets import expand_snippets
 
 _NOT_FOUND_DETAIL = "No execution with this id exists."
 
@@ -54,40 +60,58 @@ class RunRequest:
         return hashlib.sha256(canonical).hexdigest()
 
 
-def parse_run_request(body: Any, settings: Settings) -> RunRequest:
-    """Cluvio's Run Execution body: ``{"sql_query", "r_query", "parameters"}``."""
-    if not isinstance(body, dict):
-        raise Unprocessable("The body must be a JSON object.", pointer="")
-    unknown = sorted(set(body) - {"sql_query", "r_query", "parameters"})
-    if unknown:
-        raise Unprocessable(
-            f"Unknown member '{unknown[0]}'.", pointer=f"/{unknown[0]}", code="unknown_attribute"
-        )
-    if body.get("r_query") not in (None, ""):
-        raise Unprocessable(
+def _not_blank(text: str) -> str:
+    """Its ValueError is reported as the field's ``Problem`` says (``invalid_sql_query``)."""
+    if not text.strip():
+        raise ValueError("blank")
+    return text
+
+
+def _within_max_sql_length(text: str, info: ValidationInfo) -> str:
+    """``DATAFERRY_MAX_SQL_LENGTH``, a setting: given in the validation context."""
+    limit: int = (info.context or {})["max_sql_length"]
+    if len(text) > limit:
+        raise problem("too_long", f"sql_query may have at most {limit} characters.")
+    return text
+
+
+class RunExecutionRequest(InputModel):
+    """Cluvio's Run Execution body."""
+
+    not_an_object = Problem("invalid_attribute", "The body must be a JSON object.")
+
+    sql_query: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="One SELECT (or EXPLAIN); `[name]` pulls in a SQL snippet and `{…}` "
+            "placeholders take the parameters. At most `DATAFERRY_MAX_SQL_LENGTH` characters.",
+        ),
+        AfterValidator(_not_blank),
+        Problem("invalid_sql_query", "sql_query must be a non-empty string."),
+        AfterValidator(_within_max_sql_length),
+    ]
+    r_query: Annotated[
+        str | None,
+        Field(max_length=0, description="Not supported: anything but null or empty is 422."),
+        Problem(
+            "r_query_not_supported",
             "r_query is not supported by dataferry: post-process results in your client.",
-            pointer="/r_query",
-            code="r_query_not_supported",
-        )
-    sql = body.get("sql_query")
-    if not isinstance(sql, str) or not sql.strip():
-        raise Unprocessable(
-            "sql_query must be a non-empty string.", pointer="/sql_query", code="invalid_sql_query"
-        )
-    if len(sql) > settings.max_sql_length:
-        raise Unprocessable(
-            f"sql_query may have at most {settings.max_sql_length} characters.",
-            pointer="/sql_query",
-            code="too_long",
-        )
-    parameters = body.get("parameters")
-    parameters = {} if parameters is None else parameters
-    if not isinstance(parameters, dict):
-        raise Unprocessable(
-            "parameters must be an object.", pointer="/parameters", code="invalid_type"
-        )
-    inputs = parse_input_parameters(parameters)
-    return RunRequest(sql_query=sql, parameters=parameters, inputs=inputs)
+        ),
+    ] = None
+    parameters: InputParameters | None = None
+
+
+def parse_run_request(body: Any, settings: Settings) -> RunRequest:
+    """Cluvio's Run Execution body (``RunExecutionRequest``); the parameters are kept as sent,
+    for the execution's record and the idempotency fingerprint."""
+    context = {"max_sql_length": settings.max_sql_length}
+    run = validate_input(RunExecutionRequest, body, context=context)
+    return RunRequest(
+        sql_query=run.sql_query,
+        parameters=body.get("parameters") or {},
+        inputs=run.parameters or InputParameters(),
+    )
 
 
 def run_execution(
@@ -156,7 +180,8 @@ def _same_request_or_422(existing: Execution, fingerprint: str) -> Execution:
 
 
 def _require_capacity(session: Session, organization_id: str, settings: Settings) -> None:
-    """At most N unfinished SQL executions per organisation (refreshes do not count).
+    """At most N unfinished executions per organisation, of the kinds its cap counts at claim
+    too (``ORGANIZATION_CAP_COUNTS``: SQL queries).
 
     Concurrent runs of one organisation take turns (its row locked on PostgreSQL, the database
     on SQLite), so the cap cannot be overshot. ``key_share``: the lock does not block inserts
@@ -174,7 +199,7 @@ def _require_capacity(session: Session, organization_id: str, settings: Settings
         .select_from(Execution)
         .where(
             Execution.organization_id == organization_id,
-            Execution.execution_type == ExecutionType.SQL_QUERY,
+            Execution.execution_type.in_(ORGANIZATION_CAP_COUNTS),
             Execution.status.in_(UNFINISHED_STATUSES),
         )
     )
@@ -250,3 +275,12 @@ def data_available(execution: Execution, settings: Settings) -> bool:
 
 def _older_than(moment: datetime | None, hours: float) -> bool:
     return moment is not None and moment + timedelta(hours=hours) < utcnow()
+
+
+def purge_execution_result(
+    session: Session, principal: Principal, execution_id: str, settings: Settings
+) -> str | None:
+    """Purge (beyond Cluvio): the execution stays, its result goes; the data key whose stored
+    object the caller deletes once this transaction commits (None: nothing was stored)."""
+    execution = get_execution(session, principal, execution_id, settings)
+    return lifecycle.purge_result(session, execution)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_server.auth import Principal
 from api_server.file_check import FileNotParsable, check_file
+from api_server.principals import Principal
 from api_server.services.datasource_files import (
     DatasourceUnavailable,
     FileEntry,

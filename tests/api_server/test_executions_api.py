@@ -57,12 +57,15 @@ def test_run_execution_answers_200_with_the_cluvio_resource(api):
             "/r_query",
             "r_query_not_supported",
         ),
+        ({"sql_query": "SELECT 1", "r_query": 5}, "/r_query", "r_query_not_supported"),
         ({"sql_query": ""}, "/sql_query", "invalid_sql_query"),
+        ({"sql_query": " \n\t"}, "/sql_query", "invalid_sql_query"),
         ({"sql_query": 5}, "/sql_query", "invalid_sql_query"),
         ({}, "/sql_query", "invalid_sql_query"),
         ({"sql_query": "SELECT 1", "parameters": []}, "/parameters", "invalid_type"),
         ({"sql_query": "SELECT 1", "extra": 1}, "/extra", "unknown_attribute"),
         ({"sql_query": "SELECT 1 -- " + "x" * 100_000}, "/sql_query", "too_long"),
+        (["SELECT 1"], "", "invalid_attribute"),
     ],
 )
 def test_bad_run_bodies_are_422_and_create_nothing(api, body, pointer, code):
@@ -73,6 +76,19 @@ def test_bad_run_bodies_are_422_and_create_nothing(api, body, pointer, code):
     assert (error["code"], error["source"]["pointer"]) == (code, pointer)
     with api.app.state.sessions() as session:
         assert session.query(Execution).filter_by(execution_type="sql_query").count() == 0
+
+
+def test_every_problem_of_a_run_body_is_reported_at_once(api):
+    org = api.create_org()
+    body = {"sql_query": 5, "r_query": "x", "parameters": {"tz": "Mars/Olympus"}, "extra": 1}
+    response = _run(api, org.key, org.sample_datasource_id, body)
+    assert response.status_code == 422, response.text
+    assert [(e["code"], e["source"]["pointer"]) for e in response.json()["errors"]] == [
+        ("invalid_sql_query", "/sql_query"),
+        ("r_query_not_supported", "/r_query"),
+        ("invalid_time_zone", "/parameters/tz"),
+        ("unknown_attribute", "/extra"),
+    ]
 
 
 def test_run_execution_needs_json_content_type(api):

@@ -1,4 +1,5 @@
-"""SQL snippets: the JSON:API resource, tenancy, permissions, and ``[name]`` expansion."""
+"""SQL snippets: the JSON:API resource, tenancy, permissions, and ``[name]`` expansion in an
+execution. Expansion itself is tested in process in tests/sql_templating/test_snippets.py."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from api_server.permissions import Permission
-from api_server.services.sql_snippets import MAX_DEPTH, expand_snippets, snippet_references
 from shared.db.models import Execution
-from shared.errors import Unprocessable
+from sql_templating.snippets import MAX_DEPTH
 from tests.support.factories import dump_tables, resource
 
 
@@ -180,33 +180,3 @@ def test_unknown_snippet_is_422_naming_it(api):
     response = _run(api, org.key, org.sample_datasource_id, "SELECT * FROM [nowhere]")
     assert response.status_code == 422
     assert "[nowhere]" in response.json()["errors"][0]["detail"]
-
-
-@pytest.mark.parametrize(
-    ("sql", "expected"),
-    [
-        ("SELECT [x]", "SELECT X"),
-        ("SELECT [ x ] AS a", "SELECT X AS a"),
-        ("SELECT '[x]', \"[x]\" FROM t", "SELECT '[x]', \"[x]\" FROM t"),
-        ("SELECT 'it''s [x]'", "SELECT 'it''s [x]'"),
-        ("SELECT 1 -- [x]\n, [x]", "SELECT 1 -- [x]\n, X"),
-        ("SELECT /* [x] */ [x]", "SELECT /* [x] */ X"),
-        ("SELECT arr[x], ARRAY[x], (a)[x], m['k']", "SELECT arr[x], ARRAY[x], (a)[x], m['k']"),
-        ("SELECT [1, 2], [x, y]", "SELECT [1, 2], [x, y]"),
-        ("WHERE {[x]=region} AND {x=timerange}", "WHERE {[x]=region} AND {x=timerange}"),
-        ("SELECT [CLUVIO_USER_EMAIL], [CLUVIO_DASHBOARD_ID]", "SELECT NULL, NULL"),
-    ],
-)
-def test_references_outside_literals_comments_and_placeholders(sql, expected):
-    assert expand_snippets(sql, {"x": "X"}.get, 10_000) == expected
-
-
-def test_expansion_size_is_capped():
-    lookup = {"a": "[b] [b] [b] [b]", "b": "[c] [c] [c] [c]", "c": "x" * 1000}.get
-    with pytest.raises(Unprocessable) as error:
-        expand_snippets("[a] [a] [a]", lookup, 20_000)
-    assert error.value.code == "too_long"
-
-
-def test_references_report_positions():
-    assert list(snippet_references("a [b] c")) == [(2, 5, "b")]

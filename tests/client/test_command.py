@@ -11,7 +11,7 @@ import subprocess
 
 import pyarrow.parquet as pq
 import pytest
-from dataferry_client.cli import ExitCode
+from dataferry_client.commands.exit_codes import ExitCode
 
 from tests.client.conftest import DATAFERRY, run_command
 from tests.support.processes import ROOT

@@ -16,13 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from api_server.endpoints import datasource_actions
 from api_server.permissions import Permission, effective_permissions
+from api_server.resources import datasource_actions
 from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.settings import Settings
-from shared.tokens import Scope, SigningKeyring, mint_data_token, new_data_key
+from shared.signing_keys import SigningKeyring
+from shared.tokens import Scope, mint_data_token, new_data_key
 from tests.support.authz_matrix import RULES, Caller, Rule, expected_status
 from tests.support.factories import JSONAPI, Api, Org, dump_tables
 

@@ -6,11 +6,13 @@ parameters)."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import httpx
@@ -18,10 +20,10 @@ import pytest
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
 
-from shared import http_limits
 from shared.errors import ClientGone, RequestTimeout
 from shared.logging import configure_logging
 from shared.settings import Settings
+from shared.web import http_limits
 from tests.support.processes import free_port, socket_address
 
 # ---------------------------------------------------------------------------- a reader that stops
@@ -40,12 +42,12 @@ async def _large_body(scope, receive, send):
     await send({"type": "http.response.body", "body": b""})
 
 
-@pytest.fixture
-def stall_server(monkeypatch) -> Iterator[tuple[uvicorn.Server, int]]:
-    monkeypatch.setattr(http_limits, "SEND_STALL_TIMEOUT_SECONDS", 1.0)
+@contextmanager
+def _served(app) -> Iterator[tuple[uvicorn.Server, int]]:
+    """``app`` behind uvicorn with both servers' options, on a free port of 127.0.0.1."""
     port = free_port()
     options = http_limits.uvicorn_options(Settings(max_connections=10))
-    config = uvicorn.Config(_large_body, host="127.0.0.1", port=port, lifespan="off", **options)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -53,9 +55,18 @@ def stall_server(monkeypatch) -> Iterator[tuple[uvicorn.Server, int]]:
         if server.started:
             break
         time.sleep(0.05)
-    yield server, port
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield server, port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def stall_server(monkeypatch) -> Iterator[tuple[uvicorn.Server, int]]:
+    monkeypatch.setattr(http_limits, "SEND_STALL_TIMEOUT_SECONDS", 1.0)
+    with _served(_large_body) as served:
+        yield served
 
 
 def test_a_client_that_stops_reading_is_dropped_after_the_send_deadline(stall_server):
@@ -83,6 +94,135 @@ def _held_connections(server: uvicorn.Server, wanted, seconds: float = 10) -> bo
             return True
         time.sleep(0.05)
     return False
+
+
+# ---------------------------------------------------------------------------- message framing
+
+# The outside probe's finding: h11 read the body by Transfer-Encoding, so a proxy that trusts
+# Content-Length would have sent the second request inside the first one's body.
+SMUGGLED = (
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n"
+    b"\r\n0\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+)
+CHUNKED_ABC = b"3\r\nabc\r\n0\r\n\r\n"
+
+
+async def _echo_body(scope, receive, send):
+    """Answers 200 with the path and the body as the server read them."""
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    answer = scope["path"].encode() + b" " + body
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[int]:
+    with _served(_echo_body) as (_, port):
+        yield port
+
+
+def _exchange(address: tuple[str, int], request: bytes) -> bytes:
+    """All the server answers to ``request`` before it closes the connection."""
+    with socket.create_connection(address, timeout=10) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+def _only_response(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def _assert_refused_and_closed(answer: bytes, detail_starts: str) -> None:
+    status, headers, body = _only_response(answer)
+    error = json.loads(body)["errors"][0]
+    assert (status, error["code"]) == (400, "invalid_http_request"), answer
+    assert error["detail"].startswith(detail_starts), error
+    assert headers["content-type"] == "application/vnd.api+json"
+    assert headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "detail_starts"),
+    [
+        (SMUGGLED, "The request has both Content-Length and Transfer-Encoding"),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n"
+            b"\r\n" + CHUNKED_ABC + b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "The request has both Content-Length and Transfer-Encoding",
+        ),
+        (
+            b"POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_ABC,
+            "An HTTP/1.0 request cannot use Transfer-Encoding",
+        ),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            + CHUNKED_ABC,
+            "The request is not valid HTTP/1.1",
+        ),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+            + CHUNKED_ABC,
+            "The request is not valid HTTP/1.1",
+        ),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKED_ABC,
+            "The request is not valid HTTP/1.1",
+        ),
+        (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n" + CHUNKED_ABC,
+            "The request is not valid HTTP/1.1",
+        ),
+    ],
+    ids=[
+        "content-length-then-chunked",
+        "chunked-then-content-length",
+        "http-1.0-chunked",
+        "gzip-chunked",
+        "chunked-chunked",
+        "two-transfer-encodings",
+        "space-before-colon",
+    ],
+)
+def test_an_ambiguous_body_length_is_a_jsonapi_400_and_the_connection_closes(
+    echo_port, request_bytes, detail_starts
+):
+    """RFC 9112 §6.1, §6.3: what a proxy could frame differently is refused, and nothing sent
+    after it on the connection is read as a request."""
+    answer = _exchange(("127.0.0.1", echo_port), request_bytes)
+    _assert_refused_and_closed(answer, detail_starts)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKED_ABC,
+        b"Transfer-Encoding: CHUNKED\r\n\r\n" + CHUNKED_ABC,
+        b"Transfer-Encoding:\tChunked \r\n\r\n" + CHUNKED_ABC,
+        b"Content-Length: 3\r\n\r\nabc",
+        b"Content-Length: 3, 3\r\n\r\nabc",
+    ],
+    ids=["chunked", "upper-case", "mixed-case-padded", "content-length", "repeated-length"],
+)
+def test_a_body_length_declared_one_way_is_read(echo_port, framing):
+    """Transfer-coding names are case-insensitive and padding is no part of a value (RFC 9110
+    §5.5, RFC 9112 §7); a list of equal lengths is one length (RFC 9110 §8.6)."""
+    request = b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + framing
+    status, _, body = _only_response(_exchange(("127.0.0.1", echo_port), request))
+    assert (status, body) == (200, b"/a abc")
 
 
 # ---------------------------------------------------------------------------- bodies
@@ -155,6 +295,14 @@ def _log(small_region) -> str:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("server", ["api", "data"])
+def test_a_smuggled_request_is_refused_by_both_servers(small_region, server):
+    url = small_region.api_url if server == "api" else small_region.data_url
+    answer = _exchange(socket_address(url), SMUGGLED)
+    _assert_refused_and_closed(answer, "The request has both Content-Length and Transfer-Encoding")
+
+
+@pytest.mark.e2e
 def test_hanging_up_mid_body_leaves_no_traceback_and_no_500(small_region):
     key = small_region.create_organization("Hangs up")["api_key"]
     before = _log(small_region).count("Traceback")
@@ -186,7 +334,6 @@ def test_a_path_cannot_forge_a_log_line(small_region):
     assert not any(line.startswith("FORGED-LINE") for line in log.splitlines())
 
 
-@pytest.mark.e2e
 def _kept_alive(url: str) -> socket.socket:
     """A connection the server has certainly accepted: one request answered, then idle (for
     less than the 5 s keep-alive)."""
@@ -196,6 +343,7 @@ def _kept_alive(url: str) -> socket.socket:
     return connection
 
 
+@pytest.mark.e2e
 def test_the_connection_limit_counts_the_asking_connection_once(small_region):
     """With a limit of 4: three idle connections and one asking are served; a fourth idle one
     makes the asking connection the fifth, refused."""

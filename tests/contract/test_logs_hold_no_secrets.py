@@ -17,7 +17,8 @@ from starlette.testclient import TestClient
 from api_server.permissions import Permission
 from api_server.services.data_grants import data_url
 from data_server.app import create_app as create_data_app
-from shared.tokens import Scope, SigningKeyring, mint_data_token, new_data_key
+from shared.signing_keys import SigningKeyring
+from shared.tokens import Scope, mint_data_token, new_data_key
 from tests.support.factories import POSTGRES_DATASOURCE, Api
 from tests.support.log_watch import CAPTURE, SENSITIVE, leaked_secrets, remember
 

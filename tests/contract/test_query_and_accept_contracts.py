@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from api_server.endpoints import audit_events
 from api_server.permissions import Permission
-from api_server.services import api_keys, datasources, sql_snippets
+from api_server.resources.api_keys import API_KEYS
+from api_server.resources.audit_events import AUDIT_EVENTS
+from api_server.resources.datasources import DATASOURCES
+from api_server.resources.sql_snippets import SQL_SNIPPETS
 from tests.support.factories import dump_tables, resource
 
 JSONAPI = "application/vnd.api+json"
@@ -16,10 +18,10 @@ JSONAPI = "application/vnd.api+json"
 @pytest.mark.parametrize(
     ("collection", "sortable"),
     [
-        ("/datasources", datasources.SORTABLE),
-        ("/sql_snippets", sql_snippets.SORTABLE),
-        ("/api_keys", api_keys.KEY_SORTABLE),
-        ("/audit_events", audit_events.SORTABLE),
+        ("/datasources", DATASOURCES.sortable),
+        ("/sql_snippets", SQL_SNIPPETS.sortable),
+        ("/api_keys", API_KEYS.sortable),
+        ("/audit_events", AUDIT_EVENTS.sortable),
     ],
 )
 def test_a_thousand_sort_keys_are_400_not_500(api, collection, sortable):

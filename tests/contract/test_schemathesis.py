@@ -42,7 +42,8 @@ from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.settings import Settings
-from shared.tokens import SigningKeyring, mint_data_token, scope_of_data_key
+from shared.signing_keys import SigningKeyring
+from shared.tokens import mint_data_token, scope_of_data_key
 from tests.support.factories import Api, Org, resource
 
 MAX_EXAMPLES = 10  # fuzzed per operation; the coverage phase adds its boundary cases
@@ -122,10 +123,12 @@ CONFIG = {
             "parameters": {"body.sql_query": _sometimes_from("queries")},
         },
         # Whether a name is one a files datasource reads, and whether an upload's bytes read as
-        # their format (422); whether the datasource is of the type that has such files (409).
+        # their format (422); whether the media type is one of those the name's suffix takes
+        # (415: the document lists every upload type, for every name); whether the datasource is
+        # of the type that has such files (409).
         _accepting("showDatasourceFile", "422"),
         _accepting("deleteDatasourceFile", "422"),
-        _accepting("uploadDatasourceFile", "413", "422"),
+        _accepting("uploadDatasourceFile", "413", "415", "422"),
         _accepting("uploadDatabaseFile", "413", "422"),
         # The data plane has one operation and every request is cheap: fuzz it harder.
         {**_accepting("fetchData", "400", "406"), "generation": {"max-examples": 50}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,17 +131,52 @@ def test_forbidden_sql_fails_before_running_and_changes_nothing(datasource, tmp_
         "INSERT INTO numbers VALUES (1)",
     ],
 )
-def test_the_locked_instance_refuses_even_without_the_check(datasource, tmp_path, sql):
-    """Defence in depth: what the SQL check rejects, the instance's own configuration refuses."""
+@pytest.mark.parametrize("through", ["instance", "session"])
+def test_the_locked_instance_refuses_even_without_the_check(datasource, tmp_path, sql, through):
+    """Defence in depth: what the SQL check rejects, the instance's own configuration refuses,
+    on its own connection and in the per-execution session of a reused instance alike."""
     data_root = Path(datasource.path).parent
     before = _digest(data_root)
     sandbox = Sandbox(datasource, LIMITS, str(tmp_path / "scratch"))
     try:
-        with pytest.raises(duckdb.Error):
-            sandbox.connection.execute(sql.format(root=data_root)).fetchall()
+        with sandbox.session() as session, pytest.raises(duckdb.Error):
+            connection = session if through == "session" else sandbox.connection
+            connection.execute(sql.format(root=data_root)).fetchall()
     finally:
         sandbox.close()
     assert _digest(data_root) == before
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "sqlite", "files"])
+def test_a_session_sees_every_setting_of_its_instance(tmp_path, kind):
+    """A reused instance runs each execution in a session of its own, which reads the global
+    value of each setting: one set for the instance's own connection only would be lost."""
+    root = tmp_path / "data"
+    root.mkdir()
+    if kind == "files":
+        (root / "orders.csv").write_text("id\n1\n")
+        path = root
+    elif kind == "sqlite":
+        path = root / "shop.sqlite"
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE orders (id INTEGER)")
+    else:
+        path = root / "shop.duckdb"
+        duckdb.connect(str(path)).close()
+    spec = DatasourceSpec(kind, str(path), data_time_zone="Asia/Tokyo")
+    sandbox = Sandbox(spec, LIMITS, str(tmp_path / "scratch"))
+    settings = "SELECT name, value FROM duckdb_settings() ORDER BY name"
+    where = "SELECT current_database(), current_schema(), getvariable('dataferry_files')"
+    try:
+        with sandbox.session() as session:
+            assert session is not sandbox.connection
+            assert (
+                session.execute(settings).fetchall()
+                == sandbox.connection.execute(settings).fetchall()
+            )
+            assert session.execute(where).fetchall() == sandbox.connection.execute(where).fetchall()
+    finally:
+        sandbox.close()
 
 
 def test_allowed_table_functions_and_explain_run(datasource, tmp_path):
@@ -327,8 +363,109 @@ def test_views_and_macros_that_keep_to_the_rules_work(tmp_path):
         tmp_path / "kept.duckdb",
         "CREATE VIEW evens AS SELECT n FROM numbers WHERE n % 2 = 0",
         "CREATE MACRO twice(x) AS x * 2",
+        "CREATE SEQUENCE ids",
+        "CREATE TABLE orders (id BIGINT DEFAULT nextval('ids'), amount DECIMAL(9, 2) "
+        "CHECK (amount >= 0), net DECIMAL(9, 2) AS (amount / 1.2), label VARCHAR AS "
+        "(upper(left(CAST(amount AS VARCHAR), 3))), placed TIMESTAMPTZ DEFAULT current_timestamp)",
+        "INSERT INTO orders (amount) VALUES (12), (6)",
     )
     outcome = engine.run_query(
         _job(spec, "SELECT sum(twice(n)) FROM evens UNION ALL SELECT count(*) FROM evens", tmp_path)
     )
     assert outcome.rows == 2
+    engine.run_query(_job(spec, "SELECT sum(net), max(label), max(id) FROM orders", tmp_path))
+    table = pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all()
+    assert list(table.to_pylist()[0].values()) == [15, "6.0", 2]
+
+
+@pytest.mark.parametrize(
+    "setting", ["allowed_paths", "temp_directory", "extension_directory", "secret_directory"]
+)
+def test_generated_columns_stored_in_the_file_keep_to_the_rules_of_queries(tmp_path, setting):
+    """A generated column is computed as its table is read: `SELECT * FROM g` showed the server's
+    paths through `b VARCHAR AS (current_setting(...))` (found by the outside probe)."""
+    spec = _duckdb_file(
+        tmp_path / "generated.duckdb",
+        "CREATE TABLE kept (a INT DEFAULT 1, b INT AS (a * 2))",
+        f"CREATE TABLE g (a INT, b VARCHAR AS (current_setting('{setting}')::VARCHAR))",
+        "INSERT INTO g (a) VALUES (1)",
+    )
+    with pytest.raises(QueryFailed) as refused:
+        engine.run_query(_job(spec, "SELECT * FROM g", tmp_path))
+    assert refused.value.code == "datasource_unavailable"
+    assert "column g.b" in refused.value.message
+    assert str(tmp_path) not in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "CREATE TABLE t (a INT, b VARCHAR GENERATED ALWAYS AS (getvariable('dataferry_files')) "
+        "VIRTUAL)",
+        "CREATE TABLE t (a INT, b VARCHAR AS (CASE WHEN a > 0 THEN "
+        "lower(current_setting('home_directory')) END))",
+        "CREATE TABLE t (a INT, b VARCHAR DEFAULT current_setting('temp_directory'))",
+    ],
+)
+def test_column_expressions_stored_in_the_file_are_checked(tmp_path, stored):
+    """Defaults run only on inserts, which the read-only attach refuses; the catalog lists them
+    with generated expressions, and both keep to the rules of queries."""
+    spec = _duckdb_file(tmp_path / "columns.duckdb", stored)
+    with pytest.raises(QueryFailed) as refused:
+        engine.run_query(_job(spec, "SELECT count(*) FROM numbers", tmp_path))
+    assert refused.value.code == "datasource_unavailable"
+
+
+def test_check_constraints_and_index_expressions_never_run_on_a_read(tmp_path):
+    """They run when a row is written, which the read-only attach refuses: a file whose CHECK
+    constraint and index read a server setting attaches, and nothing read from it shows one."""
+    spec = _duckdb_file(
+        tmp_path / "writes.duckdb",
+        "CREATE TABLE t (a INT CHECK (length(current_setting('temp_directory')) > a))",
+        "INSERT INTO t VALUES (1)",
+        "CREATE INDEX t_setting ON t ((a + length(current_setting('temp_directory'))))",
+    )
+    for sql in ("SELECT * FROM t", "SELECT * FROM t WHERE a = 1"):
+        engine.run_query(_job(spec, sql, tmp_path))
+        table = pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all()
+        assert table.to_pylist() == [{"a": 1}], sql
+
+
+def _sqlite_file(path: Path, *views: str) -> DatasourceSpec:
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE numbers (n INTEGER)")
+        connection.execute("INSERT INTO numbers VALUES (1), (2)")
+        for view in views:
+            connection.execute(view)
+    return DatasourceSpec("sqlite", str(path))
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        "CREATE VIEW v AS SELECT current_setting('temp_directory') AS t FROM numbers",
+        "CREATE VIEW IF NOT EXISTS v AS SELECT * FROM duckdb_settings()",
+        "CREATE VIEW \"odd (name)\" (a) AS SELECT getvariable('dataferry_files')",
+    ],
+)
+def test_sqlite_views_keep_to_the_rules_of_queries(tmp_path, view):
+    """DuckDB parses a SQLite file's views as DuckDB SQL and runs them itself: `SELECT * FROM v`
+    showed the execution's scratch directory."""
+    spec = _sqlite_file(tmp_path / "stored.sqlite", view)
+    with pytest.raises(QueryFailed) as refused:
+        engine.run_query(_job(spec, "SELECT count(*) FROM numbers", tmp_path))
+    assert refused.value.code == "datasource_unavailable"
+    assert "SQLite file's view" in refused.value.message
+    assert str(tmp_path) not in refused.value.message
+
+
+def test_sqlite_views_duckdb_cannot_parse_are_left_alone(tmp_path):
+    spec = _sqlite_file(
+        tmp_path / "dialect.sqlite",
+        "CREATE VIEW doubled AS SELECT n * 2 AS twice FROM numbers",
+        "CREATE VIEW indexed AS SELECT n FROM numbers NOT INDEXED",
+    )
+    assert engine.run_query(_job(spec, "SELECT sum(twice) FROM doubled", tmp_path)).rows == 1
+    with pytest.raises(QueryFailed) as failure:
+        engine.run_query(_job(spec, "SELECT * FROM indexed", tmp_path))
+    assert failure.value.code == "syntax_error"

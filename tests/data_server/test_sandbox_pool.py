@@ -1,4 +1,5 @@
-"""The sandbox pool: children are reused, and a killed, cancelled or stuck one is replaced."""
+"""The sandbox pool: children are reused, a query goes to the child whose warm instance fits it,
+and a killed, cancelled or stuck one is replaced."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import duckdb
 import pytest
@@ -76,6 +78,39 @@ def test_a_query_that_fails_leaves_its_child_usable(pool, spec, tmp_path):
         pool.run(_job(spec, "SELECT * FROM missing", tmp_path))
     assert failure.value.code == "execution_error"
     assert pool.run(_job(spec, "SELECT 1", tmp_path)).rows == 1
+
+
+def test_a_query_goes_to_the_child_that_keeps_its_datasource_warm(pool, spec, tmp_path):
+    """Two datasources, two children, alternating: each stays warm in a child of its own."""
+    first, second = replace(spec, owner="org-a/ds-1"), replace(spec, owner="org-a/ds-2")
+    reused = [
+        pool.run(_job(each, "SELECT n FROM numbers LIMIT 1", tmp_path, f"w{i}")).reused_instance
+        for i, each in enumerate([first, second] * 3)
+    ]
+    assert reused == [False, False, True, True, True, True]
+
+
+def test_a_warm_instance_never_serves_another_organisation(tmp_path, spec):
+    pool = SandboxPool(1, scratch_root=str(tmp_path))
+    try:
+        ours, theirs = replace(spec, owner="org-a/ds-1"), replace(spec, owner="org-b/ds-1")
+        reused = [
+            pool.run(_job(each, "SELECT 1", tmp_path, f"o{i}")).reused_instance
+            for i, each in enumerate([ours, ours, theirs, ours])
+        ]
+    finally:
+        pool.close()
+    assert reused == [False, True, False, False]
+
+
+def test_a_timed_out_query_takes_its_warm_instance_with_it(pool, spec, tmp_path):
+    owned = replace(spec, owner="org-a/ds-1")
+    pool.run(_job(owned, "SELECT 1", tmp_path, "before"))
+    limits = replace(LIMITS, timeout_seconds=0.5)
+    with pytest.raises(QueryFailed):
+        pool.run(_job(owned, ENDLESS, tmp_path, "endless", limits=limits))
+    reused = [pool.run(_job(owned, "SELECT 1", tmp_path, f"a{i}")).reused_instance for i in (1, 2)]
+    assert reused == [False, True]
 
 
 def test_timeout_interrupts_and_the_next_call_succeeds(pool, spec, tmp_path):

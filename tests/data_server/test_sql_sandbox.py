@@ -1,14 +1,16 @@
 """What tenant SQL can learn about the server: no path, directory, home or setting leaks out.
 
 Every vector below runs through the engine as an execution does (check, then the locked
-instance) against each kind of datasource; whether it is refused or answered, neither the error
-message nor any cell of the result may contain a server path. The policy is docs/sql-sandbox.md.
+instance) against each kind of datasource, on a fresh instance and on one kept warm through all
+the vectors before it; whether it is refused or answered, neither the error message nor any cell
+of the result may contain a server path. The policy is docs/sql-sandbox.md.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from data_server import engine
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, Sandbox
 from data_server.sample import ensure_sample_database
+from data_server.warm_sandboxes import WarmSandboxes
 
 LIMITS = Limits(
     timeout_seconds=10,
@@ -36,11 +39,13 @@ class Server:
 
     state_dir: Path
     data_root: Path
+    scratch: Path  # where the warm instances' scratch directories are
     specs: dict[str, DatasourceSpec]
 
     def secrets(self, tmp_path: Path) -> list[str]:
         home = str(Path.home())
         paths = [str(self.state_dir), str(self.data_root), str(tmp_path), home + "/", "/root"]
+        paths.append(str(self.scratch))
         return paths + [spec.path for spec in self.specs.values()] + ["stored_secrets"]
 
 
@@ -57,6 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     return Server(
         state_dir,
         data_root,
+        base / "scratch",
         {
             "duckdb": DatasourceSpec("duckdb", str(data_root / "shop.duckdb")),
             "files": DatasourceSpec("files", str(data_root / "files")),
@@ -122,6 +128,11 @@ VECTORS = [
     "DESCRIBE",
     "EXPLAIN SELECT * FROM orders",
     "EXPLAIN ANALYZE SELECT * FROM orders",
+    "EXPLAIN ANALYSE SELECT * FROM orders",
+    "EXPLAIN (ANALYZE) SELECT * FROM orders",
+    "EXPLAIN (FORMAT json, ANALYZE) SELECT * FROM orders",
+    "EXPLAIN /* profile */ ANALYZE SELECT * FROM orders",
+    "EXPLAIN (FORMAT json) SELECT * FROM orders",
     "SELECT * FROM no_such_table",
     "SELECT * FROM read_csv('orders.csv')",
     "SELECT * FROM 'orders.csv'",
@@ -131,24 +142,57 @@ VECTORS = [
 VECTORS = list(dict.fromkeys(VECTORS))
 
 
+@pytest.fixture(scope="module")
+def warm() -> Iterator[WarmSandboxes]:
+    """One child's warm instances, shared by every vector of the module, in order."""
+    sandboxes = WarmSandboxes()
+    yield sandboxes
+    sandboxes.close()
+
+
+@pytest.mark.parametrize("instance", ["fresh", "warm"])
 @pytest.mark.parametrize("kind", ["duckdb", "files", "sample"])
 @pytest.mark.parametrize("sql", VECTORS)
-def test_catalog_and_settings_never_show_a_server_path(server, tmp_path, kind, sql):
-    cells = _run(server.specs[kind], sql, tmp_path)
+def test_catalog_and_settings_never_show_a_server_path(server, warm, tmp_path, kind, sql, instance):
+    if instance == "warm":
+        spec = replace(server.specs[kind], owner=f"org/{kind}")
+        _run(spec, "SELECT 1", tmp_path, warm, server.scratch)
+        assert warm.seconds_until_idle() is not None  # the vector runs on a warm instance
+        cells = _run(spec, sql, tmp_path, warm, server.scratch)
+    else:
+        cells = _run(server.specs[kind], sql, tmp_path)
     for secret in server.secrets(tmp_path):
-        leaks = [cell for cell in cells if secret in cell]
+        leaks = [cell for cell in cells if _unwrapped(secret) in _unwrapped(cell)]
         assert not leaks, f"{secret!r} leaked: {leaks[:3]}"
 
 
-def _run(spec: DatasourceSpec, sql: str, tmp_path: Path) -> list[str]:
+# A plan's boxes wrap long text: a path can come back as "│  /srv/data/or  │\n│  g/x.csv  │".
+_LAYOUT = re.compile(r"[\s\u2500-\u257f]+")
+
+
+def _unwrapped(text: str) -> str:
+    return _LAYOUT.sub("", text)
+
+
+def _run(
+    spec: DatasourceSpec,
+    sql: str,
+    tmp_path: Path,
+    sandboxes: WarmSandboxes | None = None,
+    scratch: Path | None = None,
+) -> list[str]:
     """The error message, or every cell of the result, as strings."""
     result_path = tmp_path / "results" / "out.arrow"
     result_path.parent.mkdir(exist_ok=True)
-    job = QueryJob(spec, sql, None, LIMITS, str(result_path), str(tmp_path / "tmp" / "job"))
+    temp_dir = (scratch or tmp_path / "tmp") / "job"
+    job = QueryJob(spec, sql, None, LIMITS, str(result_path), str(temp_dir))
     try:
-        engine.run_query(job)
+        engine.run_query(job, sandboxes)
     except QueryFailed as failure:
         return [failure.message]
+    finally:
+        if sandboxes is not None:
+            sandboxes.tidy()
     table = pa.ipc.open_file(str(result_path)).read_all()
     return list(_strings(table.to_pylist()))
 
@@ -180,6 +224,12 @@ def _strings(value: Any) -> Iterator[str]:
         ("SELECT * FROM pragma_database_list", "forbidden_catalog"),
         ("SELECT * FROM duckdb_settings()", "forbidden_function"),
         ("SELECT * FROM duckdb_databases()", "forbidden_function"),
+        ("EXPLAIN ANALYZE SELECT * FROM orders", "explain_analyze"),
+        ("explain analyse SELECT * FROM orders", "explain_analyze"),
+        ("EXPLAIN (ANALYZE) SELECT * FROM orders", "explain_analyze"),
+        ("EXPLAIN (FORMAT json, ANALYZE) SELECT * FROM orders", "explain_analyze"),
+        ("EXPLAIN ANALYZE/**/SELECT * FROM orders", "explain_analyze"),
+        ("EXPLAIN /* profile */ ANALYZE SELECT * FROM orders", "not_a_select"),
     ],
 )
 def test_revealing_catalog_objects_are_refused_with_a_stable_code(server, tmp_path, sql, code):

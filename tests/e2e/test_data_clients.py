@@ -42,7 +42,8 @@ def quiet_client_logs():
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory):
-    """Embedded only (the S3 store's ranges are tested in process, tests/data_server/test_data_http.py)."""
+    """Embedded only (the S3 store's ranges are tested in process, in
+    tests/data_server/data_http/test_data_encodings_and_variants.py)."""
     cwd = tmp_path_factory.mktemp("data-clients")
     with running_region(cwd, {"DATAFERRY_POLL_INTERVAL_SECONDS": "0.05"}) as started:
         yield started
@@ -134,7 +135,8 @@ def _expired_token(region, grant) -> str:
 
     script = (
         "import sys, time; from shared.settings import Settings; "
-        "from shared.tokens import SigningKeyring, Scope, mint_data_token; "
+        "from shared.signing_keys import SigningKeyring; "
+        "from shared.tokens import Scope, mint_data_token; "
         "s = Settings.from_env(); "
         "print(mint_data_token(SigningKeyring(s), s, organization_id='o', "
         f"data_key={grant['data_key']!r}, scope=Scope.EXECUTION_RESULT, now=time.time() - 3600))"

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from data_server.app import create_app as create_data_app
-from shared import http_limits
 from shared.db.engine import create_metadata_engine
 from shared.db.models import SqlSnippet
 from shared.errors import RequestTimeout
 from shared.settings import Settings
+from shared.web import http_limits
 from tests.support.factories import JSONAPI, dump_tables, resource
 from tests.support.processes import running_region, socket_address
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,3 +76,21 @@ def test_unknown_methods_share_one_label_value(api):
         if s.labels["method"] == "other" and s.name.endswith("_total")
     ]
     assert brewed == [20]
+
+
+def test_a_scrape_reads_the_queue_off_the_event_loop(api, monkeypatch):
+    """Rendering reads the metadata DB: on the event loop, a slow database would stall every
+    other request of the process."""
+    metrics = api.app.state.metrics
+    render, loops = metrics.render, []
+
+    def recording_render() -> bytes:
+        try:
+            loops.append(asyncio.get_running_loop())
+        except RuntimeError:  # no loop runs in this thread: a worker thread
+            loops.append(None)
+        return render()
+
+    monkeypatch.setattr(metrics, "render", recording_render)
+    assert api.client.get("/metrics").status_code == 200
+    assert loops == [None]

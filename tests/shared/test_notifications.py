@@ -24,14 +24,8 @@ from shared import lifecycle
 from shared.db.models import Execution, utcnow
 from shared.notifications import Mailbox, Topic, mailbox_directory, post
 from shared.settings import Settings
-from shared.tokens import (
-    Scope,
-    SigningKeyring,
-    jwks,
-    load_public_keys,
-    mint_data_token,
-    new_data_key,
-)
+from shared.signing_keys import SigningKeyring, jwks, load_public_keys
+from shared.tokens import Scope, mint_data_token, new_data_key
 
 JSON = "application/json"
 

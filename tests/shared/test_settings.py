@@ -1,8 +1,11 @@
-"""Settings: read once from the environment, documented in deploy/env.example."""
+"""Settings: one typed model with declared bounds, read once from the environment and
+documented in deploy/env.example."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,15 +13,36 @@ import pytest
 from shared.errors import ConfigurationError
 from shared.settings import Secret, Settings
 from shared.state_secrets import ServerSecrets
+from tests.support.processes import ROOT, clean_environment
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "env.example"
+DOCS = Settings.docs()
+BY_VARIABLE = {doc.variable: doc for doc in DOCS.values()}
 
 
-def test_env_example_documents_exactly_the_settings():
-    documented = set(
-        re.findall(r"^#?\s*(DATAFERRY_[A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE)
-    )
-    assert documented == set(Settings.documented_variables())
+def _env_example_entries() -> dict[str, tuple[list[str], str]]:
+    """Variable → (the comment lines above it, the default it shows), in the file's order."""
+    entries = {}
+    for block in ENV_EXAMPLE.read_text().split("\n\n"):
+        *comments, last = block.strip().splitlines()
+        variable = re.fullmatch(r"# (DATAFERRY_[A-Z0-9_]+)=(.*)", last)
+        if variable:
+            entries[variable[1]] = ([line.removeprefix("# ") for line in comments], variable[2])
+    return entries
+
+
+def test_env_example_documents_every_setting_in_the_models_order():
+    assert list(_env_example_entries()) == [doc.variable for doc in DOCS.values()]
+
+
+@pytest.mark.parametrize("variable", list(BY_VARIABLE))
+def test_env_example_shows_the_models_description_default_and_bounds(variable):
+    doc = BY_VARIABLE[variable]
+    comments, default = _env_example_entries()[variable]
+    assert " ".join(comments).startswith(doc.description)
+    assert default == doc.default
+    allowed_lines = [line for line in comments if line.startswith("Allowed: ")]
+    assert allowed_lines == ([f"Allowed: {doc.allowed}"] if doc.allowed else [])
 
 
 def test_operator_guide_places_every_setting():
@@ -48,26 +72,138 @@ def test_environment_values_are_cast():
     )
     assert (settings.region, settings.api_port, settings.sample_scale) == ("us", 9000, 0.5)
     assert isinstance(settings.api_key_pepper, Secret)
+    assert Settings.from_env({"DATAFERRY_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    assert Settings.from_env({"DATAFERRY_API_PORT": "9000"}, api_port=9100).api_port == 9100
+    assert Settings.from_env({"DATAFERRY_API_PORT": ""}).api_port == 8000  # empty means unset
+
+
+def _numeric_bounds() -> list[tuple[str, str, float]]:
+    """(field, ge/gt/le/lt, bound) of every numeric bound the model declares."""
+    return [
+        (name, key, getattr(item, key))
+        for name, info in Settings.model_fields.items()
+        for item in info.metadata
+        for key in ("ge", "gt", "le", "lt")
+        if hasattr(item, key)
+    ]
+
+
+@pytest.mark.parametrize("name", list(DOCS))
+def test_every_setting_has_bounds_or_says_why_not(name):
+    doc = DOCS[name]
+    assert bool(doc.allowed) != bool(doc.unbounded), "declare bounds or unbounded=<why>, not both"
+    info = Settings.model_fields[name]
+    if any(getattr(item, "pattern", None) for item in info.metadata):
+        assert info.json_schema_extra["allowed"], "put the pattern in words: allowed=..."
 
 
 @pytest.mark.parametrize(
-    "environ",
+    ("name", "kind", "bound"),
+    _numeric_bounds(),
+    ids=[f"{name}-{kind}" for name, kind, _ in _numeric_bounds()],
+)
+def test_every_numeric_bound_holds_at_its_edge(name, kind, bound):
+    variable, allowed = DOCS[name].variable, DOCS[name].allowed
+    outside = {"ge": bound - 1, "gt": bound, "le": bound + 1, "lt": bound}[kind]
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({variable: str(outside)})
+    size = "small" if kind in ("ge", "gt") else "large"
+    assert str(refused.value) == f"{variable}={str(outside)!r} is too {size}; allowed: {allowed}"
+    if kind in ("ge", "le"):
+        assert getattr(Settings.from_env({variable: str(bound)}), name) == bound
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
     [
-        {"DATAFERRY_API_PORT": "eighty"},
-        {"DATAFERRY_SAMPLE_SCALE": "big"},
-        {"DATAFERRY_REGION": "EU West"},
+        ("DATAFERRY_API_PORT", "eighty", "is not a whole number"),
+        ("DATAFERRY_MAX_ATTEMPTS", "2.5", "is not a whole number"),
+        ("DATAFERRY_SAMPLE_SCALE", "big", "is not a number"),
+        ("DATAFERRY_QUERY_TIMEOUT_SECONDS", "inf", "is not a finite number"),
+        ("DATAFERRY_POLL_INTERVAL_SECONDS", "nan", "is not a finite number"),
+        ("DATAFERRY_REGION", "EU West", "does not have the expected form"),
+        ("DATAFERRY_LOG_LEVEL", "LOUD", "is not one of the choices"),
+        ("DATAFERRY_API_HOST", "local host", "does not have the expected form"),
+        ("DATAFERRY_PUBLIC_DATA_URL", "data.example.com:8001", "does not have the expected form"),
+        ("DATAFERRY_JWKS_URL", "file:///etc/passwd", "does not have the expected form"),
+        ("DATAFERRY_RESULTS_URL", "https://bucket.example/results", "does not have the expected"),
+        ("DATAFERRY_CORS_ORIGINS", "https://app.example/notebooks", "does not have the expected"),
+        ("DATAFERRY_S3_REGION", "eu west 1", "does not have the expected form"),
+        (
+            "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS",
+            "10.0.0.0/8,intranet",
+            "is refused: 'intranet': not an IP address",
+        ),
     ],
 )
-def test_bad_values_fail_fast(environ):
-    with pytest.raises(ConfigurationError):
-        Settings.from_env(environ)
+def test_a_malformed_value_is_refused_in_one_line_naming_the_variable(variable, value, problem):
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({variable: value})
+    message = str(refused.value)
+    assert message.startswith(f"{variable}={value!r} {problem}")
+    assert message.endswith(f"; allowed: {BY_VARIABLE[variable].allowed}")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("DATAFERRY_API_KEY_PEPPER", "hunter2-but-short", "is too short"),
+        ("DATAFERRY_ENCRYPTION_KEY", "hunter2" * 7, "is too long"),
+        ("DATAFERRY_DATABASE_URL", "postgres ql://meta:hunter2@db/meta", "does not have the"),
+        ("DATAFERRY_REDIS_URL", "http://:hunter2@redis.internal:6379/0", "does not have the"),
+    ],
+)
+def test_a_refused_secret_is_named_never_shown(variable, value, problem):
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({variable: value})
+    assert str(refused.value).startswith(f"{variable} (value hidden) {problem}")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_keyword_arguments_and_overrides_are_held_to_the_same_bounds():
+    with pytest.raises(ConfigurationError, match="DATAFERRY_DATA_TOKEN_TTL_SECONDS=601 is too"):
+        Settings(data_token_ttl_seconds=601)
+    with pytest.raises(ConfigurationError, match="DATAFERRY_API_PORT=70000 is too large"):
+        Settings().with_overrides(api_port=70000)
+    with pytest.raises(ConfigurationError, match="no_such_setting"):
+        Settings(no_such_setting=1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "api_server", "serve"],
+        ["-m", "data_server", "serve"],
+        [str(ROOT / "deploy" / "launch.py"), "--demo"],
+    ],
+    ids=["api_server", "data_server", "launcher"],
+)
+def test_a_server_with_a_bad_setting_refuses_to_start_in_one_line(tmp_path, command):
+    env = clean_environment({"DATAFERRY_QUERY_THREADS": "0", "DATAFERRY_API_KEY_PEPPER": "hunter2"})
+    started = subprocess.run(
+        [sys.executable, *command],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (started.returncode, started.stdout) == (2, "")
+    assert started.stderr.splitlines() == [
+        "error: DATAFERRY_API_KEY_PEPPER (value hidden) is too short; allowed: at least 32 "
+        "characters; DATAFERRY_QUERY_THREADS='0' is too small; allowed: 1 to 256"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_secret_never_shows_its_value():
     secret = Secret("hunter2")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
-    settings = Settings(api_key_pepper=Secret("q" * 40))
-    assert "q" * 40 not in repr(settings)
+    settings = Settings(
+        api_key_pepper=Secret("q" * 40), database_url="postgresql+psycopg://meta:hunter2@db/meta"
+    )
+    assert "q" * 40 not in repr(settings) and "hunter2" not in repr(settings)
 
 
 def test_generated_secrets_are_created_once_with_mode_0600(tmp_path):
@@ -92,10 +228,7 @@ def test_operator_supplied_secrets_win(tmp_path):
     assert not (tmp_path / "secrets").exists()
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("api_key_pepper", "short"), ("encryption_key", "not-a-fernet-key")]
-)
-def test_weak_or_malformed_secrets_fail_fast(tmp_path, field, value):
-    settings = Settings(state_dir=tmp_path, **{field: Secret(value)})
-    with pytest.raises(ConfigurationError):
+def test_a_key_of_the_right_length_that_is_no_fernet_key_fails_fast(tmp_path):
+    settings = Settings(state_dir=tmp_path, encryption_key=Secret("!" * 43 + "="))
+    with pytest.raises(ConfigurationError, match="DATAFERRY_ENCRYPTION_KEY"):
         ServerSecrets.load(settings)

@@ -1,5 +1,7 @@
-"""Signing-key rotation (``python -m api_server rotate-signing-key``): publish first, sign later,
-keep the previous key's tokens working through the overlap and refuse them after it.
+"""Signing keys (``shared.signing_keys``): the first key is generated once and kept private, the
+data server holds public keys only, and rotation (``python -m api_server rotate-signing-key``)
+publishes first, signs later, keeps the previous key's tokens working through the overlap and
+refuses them after it.
 
 The API server's ``SigningKeyring`` and the data server's ``PublicKeyring`` share one key
 directory, as they do on one machine or on a shared volume; neither is restarted.
@@ -12,21 +14,20 @@ import time
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.testclient import TestClient
 
 from data_server.app import create_app as create_data_app
 from shared.results import ResultGone
 from shared.settings import Settings
-from shared.tokens import (
-    Scope,
+from shared.signing_keys import (
     SigningKeyring,
     keys_dir,
     load_public_keys,
-    mint_data_token,
-    new_data_key,
     prune_signing_keys,
     rotate_signing_key,
 )
+from shared.tokens import Scope, mint_data_token, new_data_key
 from tests.support.processes import clean_environment, run_cli
 
 DATA_KEY = new_data_key(Scope.EXECUTION_RESULT)
@@ -151,3 +152,19 @@ def test_a_fixed_key_file_cannot_be_rotated_by_the_command(tmp_path):
     refused = run_cli(env, tmp_path, "rotate-signing-key")
     assert refused.returncode == 2
     assert "DATAFERRY_SIGNING_KEY_FILE" in refused.stderr
+
+
+def test_data_server_holds_no_private_key(settings):
+    SigningKeyring(settings).signing_key()
+    with TestClient(create_data_app(settings)) as data_server:
+        keyring = data_server.app.state.keyring
+    assert len(keyring) == 1
+    assert all(not hasattr(published.key, "sign") for published in keyring._keys.values())
+    assert all(isinstance(published.key, Ed25519PublicKey) for published in keyring._keys.values())
+
+
+def test_signing_key_is_generated_once_with_private_permissions(settings):
+    first, second = SigningKeyring(settings).signing_key(), SigningKeyring(settings).signing_key()
+    assert first.kid == second.kid
+    key_file = settings.state_dir / "keys" / settings.region / "signing-key.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600

@@ -7,18 +7,16 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.testclient import TestClient
 
 from data_server.app import create_app as create_data_app
 from shared.results import ResultGone
 from shared.settings import Settings
+from shared.signing_keys import ALGORITHM, SigningKey, SigningKeyring
 from shared.tokens import (
-    ALGORITHM,
     TOKEN_TYPE,
     Scope,
-    SigningKey,
-    SigningKeyring,
     audience,
     data_key_digest,
     issuer,
@@ -257,17 +255,3 @@ def test_token_lifetime_defaults_to_120_seconds(settings, signing_key):
         "kid": signing_key.kid,
         "typ": TOKEN_TYPE,
     }
-
-
-def test_data_server_holds_no_private_key(data_client):
-    keyring = data_client.app.state.keyring
-    assert len(keyring) == 1
-    assert all(not hasattr(published.key, "sign") for published in keyring._keys.values())
-    assert all(isinstance(published.key, Ed25519PublicKey) for published in keyring._keys.values())
-
-
-def test_signing_key_is_generated_once_with_private_permissions(settings):
-    first, second = SigningKeyring(settings).signing_key(), SigningKeyring(settings).signing_key()
-    assert first.kid == second.kid
-    key_file = settings.state_dir / "keys" / settings.region / "signing-key.pem"
-    assert key_file.stat().st_mode & 0o777 == 0o600

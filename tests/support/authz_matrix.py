@@ -1,9 +1,11 @@
 """The authorisation matrix, as data: every route of both servers, who may call it, what it answers.
 
-``RULES`` lists each (method, route) of the API server with the permissions that admit a key (any
-one of them; none listed: any valid key), whether the route's object belongs to a datasource (a
-key restricted to other datasources then gets 404), which object fills ``{id}``, and the status a
-permitted key gets. ``expected_status`` turns a rule and a caller into the one right answer.
+``RULES`` lists each (method, route) of the API server with what the test world needs to call it:
+whether the route's object belongs to a datasource (a key restricted to other datasources then
+gets 404), which object fills ``{id}``, and the status a permitted key gets. The permissions that
+admit a key (any one of them; none: any valid key) and whether a route needs a key at all are read
+from the operation's declaration (``api_server.resources``), the one place the server enforces
+them from; ``expected_status`` turns a rule and a caller into the one right answer.
 """
 
 from __future__ import annotations
@@ -13,23 +15,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api_server.permissions import Permission, effective_permissions
+from api_server.resource_layer.operations import Operation
+from api_server.resources import all_operations
 
-P = Permission
-RUN = (P.MANAGE_DATASOURCES, P.MANAGE_DASHBOARDS, P.MANAGE_ALERTS)
-READ_EXECUTION = (P.VIEW_DATASOURCES, P.MANAGE_DASHBOARDS, P.MANAGE_ALERTS)
+DECLARED: dict[tuple[str, str], Operation] = {
+    (op.method, op.template): op for op in all_operations()
+}
 
 
 @dataclass(frozen=True)
 class Rule:
     method: str
     path: str
-    permissions: tuple[Permission, ...]
     success: int
     # "datasource", "files_datasource", "execution", "snippet", "api_key": the object in {id}
     # ({name} is the files datasource's file)
     target: str = ""
     scoped: bool = False  # the object belongs to (a key: is restricted to) the target datasource
-    public: bool = False  # no key needed at all
     unrestricted_only: bool = False  # keys restricted to listed datasources get 403
     body: Callable[[Any], Any] | None = field(default=None, compare=False)
     json_body: bool = False  # plain JSON (Cluvio's action operations) instead of JSON:API
@@ -40,6 +42,19 @@ class Rule:
     def name(self) -> str:
         return f"{self.method} {self.path}"
 
+    @property
+    def declared(self) -> Operation | None:
+        """None for the routes both servers share (health, metrics, documentation): public."""
+        return DECLARED.get((self.method, self.path))
+
+    @property
+    def permissions(self) -> tuple[Permission, ...]:
+        return self.declared.permissions if self.declared else ()
+
+    @property
+    def public(self) -> bool:
+        return self.declared is None or self.declared.public
+
 
 def _resource(kind: str, target: str, **attributes: Any) -> Callable[[Any], Any]:
     """A JSON:API update document for the world's ``target`` object."""
@@ -47,66 +62,66 @@ def _resource(kind: str, target: str, **attributes: Any) -> Callable[[Any], Any]
 
 
 RULES = [
-    Rule("GET", "/healthz", (), 200, public=True),
-    Rule("GET", "/readyz", (), 200, public=True),
-    Rule("GET", "/metrics", (), 200, public=True),
-    Rule("GET", "/openapi.json", (), 200, public=True),
-    Rule("GET", "/docs", (), 200, public=True),
-    Rule("GET", "/.well-known/jwks.json", (), 200, public=True),
-    Rule("GET", "/api_key", (), 200),
-    Rule("GET", "/api_keys", (P.MANAGE_USERS,), 200),
+    Rule("GET", "/healthz", 200),
+    Rule("GET", "/readyz", 200),
+    Rule("GET", "/metrics", 200),
+    Rule("GET", "/openapi.json", 200),
+    Rule("GET", "/docs", 200),
+    Rule("GET", "/.well-known/jwks.json", 200),
+    Rule("GET", "/api_key", 200),
+    Rule("GET", "/api_keys", 200),
     # The target key is restricted to the target datasource: a key restricted to another one
     # does not reach it (services.api_keys.within_scope).
-    Rule("GET", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key", scoped=True),
-    Rule("PATCH", "/api_keys/{id}", (P.MANAGE_USERS,), 200, target="api_key", scoped=True,
+    Rule("GET", "/api_keys/{id}", 200, target="api_key", scoped=True),
+    Rule("PATCH", "/api_keys/{id}", 200, target="api_key", scoped=True,
          body=_resource("api_keys", "api_key", name="renamed")),
-    Rule("DELETE", "/api_keys/{id}", (P.MANAGE_USERS,), 204, target="api_key", scoped=True),
-    Rule("GET", "/audit_events", (P.MANAGE_USERS,), 200, unrestricted_only=True),
-    Rule("GET", "/datasources", (P.VIEW_DATASOURCES,), 200),
-    Rule("POST", "/datasources", (P.MANAGE_DATASOURCES,), 201, unrestricted_only=True,
+    Rule("DELETE", "/api_keys/{id}", 204, target="api_key", scoped=True),
+    Rule("GET", "/audit_events", 200, unrestricted_only=True),
+    Rule("GET", "/datasources", 200),
+    Rule("POST", "/datasources", 201, unrestricted_only=True,
          body=lambda world: {"data": {"type": "datasources", "attributes": {
              "name": "new", "database_type": "duckdb", "database": world.database}}}),
-    Rule("GET", "/datasources/{id}", (P.VIEW_DATASOURCES,), 200, target="datasource", scoped=True),
-    Rule("PATCH", "/datasources/{id}", (P.MANAGE_DATASOURCES,), 200, target="datasource",
+    Rule("GET", "/datasources/{id}", 200, target="datasource", scoped=True),
+    Rule("PATCH", "/datasources/{id}", 200, target="datasource",
          scoped=True, body=_resource("datasources", "datasource", name="renamed")),
-    Rule("DELETE", "/datasources/{id}", (P.MANAGE_DATASOURCES,), 204, target="datasource",
+    Rule("DELETE", "/datasources/{id}", 204, target="datasource",
          scoped=True),
-    Rule("POST", "/datasources/{id}/executions", RUN, 200, target="datasource", scoped=True,
+    Rule("POST", "/datasources/{id}/executions", 200, target="datasource", scoped=True,
          body=lambda world: {"sql_query": "SELECT 1"}, json_body=True),
-    Rule("POST", "/datasources/{id}/test_connection", (P.MANAGE_DATASOURCES,), 200,
+    Rule("POST", "/datasources/{id}/test_connection", 200,
          target="datasource", scoped=True),
-    Rule("POST", "/datasources/{id}/refresh", (P.MANAGE_DATASOURCES,), 200, target="datasource",
+    Rule("POST", "/datasources/{id}/refresh", 200, target="datasource",
          scoped=True),
     # No refresh has completed in process (no data server runs): 409 once authorised.
-    Rule("GET", "/datasources/{id}/schema", (P.VIEW_DATASOURCES,), 409, target="datasource",
+    Rule("GET", "/datasources/{id}/schema", 409, target="datasource",
          scoped=True),
-    Rule("GET", "/datasources/{id}/files", (P.VIEW_DATASOURCES,), 200, target="files_datasource",
+    Rule("GET", "/datasources/{id}/files", 200, target="files_datasource",
          scoped=True),
-    Rule("GET", "/datasources/{id}/files/{name}", (P.VIEW_DATASOURCES,), 200,
+    Rule("GET", "/datasources/{id}/files/{name}", 200,
          target="files_datasource", scoped=True),
-    Rule("PUT", "/datasources/{id}/files/{name}", (P.MANAGE_DATASOURCES,), 200,
+    Rule("PUT", "/datasources/{id}/files/{name}", 200,
          target="files_datasource", scoped=True,
          upload=lambda world: ("text/csv", b"order_id,amount\n2,3.5\n")),
-    Rule("DELETE", "/datasources/{id}/files/{name}", (P.MANAGE_DATASOURCES,), 200,
+    Rule("DELETE", "/datasources/{id}/files/{name}", 200,
          target="files_datasource", scoped=True),
-    Rule("GET", "/datasources/{id}/database_file", (P.VIEW_DATASOURCES,), 200,
+    Rule("GET", "/datasources/{id}/database_file", 200,
          target="datasource", scoped=True),
-    Rule("PUT", "/datasources/{id}/database_file", (P.MANAGE_DATASOURCES,), 200,
+    Rule("PUT", "/datasources/{id}/database_file", 200,
          target="datasource", scoped=True,
          upload=lambda world: ("application/octet-stream", world.database_bytes())),
-    Rule("GET", "/executions/{id}", READ_EXECUTION, 200, target="execution", scoped=True),
-    Rule("DELETE", "/executions/{id}", RUN, 204, target="execution", scoped=True),
+    Rule("GET", "/executions/{id}", 200, target="execution", scoped=True),
+    Rule("DELETE", "/executions/{id}", 204, target="execution", scoped=True),
     # Not completed (no data server runs): 204, "no data yet", once authorised.
-    Rule("GET", "/executions/{id}/data", READ_EXECUTION, 204, target="execution", scoped=True),
-    Rule("POST", "/executions/{id}/cancel", RUN, 200, target="execution", scoped=True),
-    Rule("GET", "/sql_snippets", (P.VIEW_DASHBOARDS,), 200),
-    Rule("POST", "/sql_snippets", (P.MANAGE_DASHBOARDS,), 201,
+    Rule("GET", "/executions/{id}/data", 204, target="execution", scoped=True),
+    Rule("POST", "/executions/{id}/cancel", 200, target="execution", scoped=True),
+    Rule("GET", "/sql_snippets", 200),
+    Rule("POST", "/sql_snippets", 201,
          body=lambda world: {"data": {"type": "sql_snippets", "attributes": {
              "name": "fresh", "sql": "SELECT 1"}}}),
-    Rule("GET", "/sql_snippets/{id}", (P.VIEW_DASHBOARDS,), 200, target="snippet"),
-    Rule("PATCH", "/sql_snippets/{id}", (P.MANAGE_DASHBOARDS,), 200, target="snippet",
+    Rule("GET", "/sql_snippets/{id}", 200, target="snippet"),
+    Rule("PATCH", "/sql_snippets/{id}", 200, target="snippet",
          body=_resource("sql_snippets", "snippet", sql="SELECT 2")),
-    Rule("DELETE", "/sql_snippets/{id}", (P.MANAGE_DASHBOARDS,), 204, target="snippet"),
+    Rule("DELETE", "/sql_snippets/{id}", 204, target="snippet"),
 ]  # fmt: skip
 
 

@@ -1,0 +1,55 @@
+"""What every operator command shares: the one JSON object it prints on stdout, its transaction
+(on a schema brought up to date first, as ``serve`` does) and its line in the audit log."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from sqlalchemy.orm import Session
+
+from api_server.audit import record_event
+from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.db.migrate import upgrade_to_head
+from shared.settings import Settings
+
+
+def emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(payload).decode() + "\n")
+    sys.stdout.flush()
+
+
+def comma_list(value: str | None) -> list[str] | None:
+    """``--permissions a, b`` and the like: the non-empty items, None when the option is absent."""
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+@contextmanager
+def transaction(settings: Settings) -> Iterator[Session]:
+    """One transaction of an operator command; the schema is brought up to date first, as
+    ``serve`` does, and the engine's connections are closed afterwards."""
+    engine = create_metadata_engine(settings.database_url)
+    try:
+        upgrade_to_head(engine)
+        with create_session_factory(engine).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def record_operator_event(
+    session: Session, organization_id: str, action: str, resource_id: str
+) -> None:
+    """An operator's command in the organisation's audit log: method CLI, no key as the actor."""
+    record_event(
+        session,
+        organization_id=organization_id,
+        action=action,
+        method="CLI",
+        path=f"python -m api_server {action}",
+        status=0,
+        resource_id=resource_id,
+    )

@@ -1,0 +1,26 @@
+"""Who is calling: the Principal that authentication yields and every service is given.
+
+Apart from ``api_server.auth`` (which reads it from a request) so that services, which take a
+principal but never a request, import no web framework.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from api_server.permissions import Permission
+from api_server.rate_limits import Policy
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key of one organisation, with its permissions and datasource scope."""
+
+    organization_id: str
+    api_key_id: str
+    permissions: frozenset[Permission]
+    datasource_ids: frozenset[str] | None  # None: every datasource of the organisation
+    rate_policy: Policy  # the organisation's request limits, applied by ``limit_rate``
+
+    def reaches_datasource(self, datasource_id: str) -> bool:
+        return self.datasource_ids is None or datasource_id in self.datasource_ids

@@ -1,0 +1,125 @@
+"""The API server's operations: a shared declaration (``shared.web.operations``) plus what this
+server checks before a handler runs.
+
+``@OPERATIONS.get("/things/{id}", ...)`` registers a handler with everything the rest of the server
+needs to know about it. The request steps every operation shares run here, in one order: the
+``Accept`` header (406), the caller (401), its rate limits (429), the declared permission (403),
+then the body (bounded: 413, 408) — so no handler can forget one, and a reader of a handler sees
+only its own work. ``routes`` builds the URL map from the declarations; the OpenAPI document
+(``shared.web.operations.paths``) and the audit log read the same objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import Route
+
+from api_server.auth import authenticate, limit_rate
+from api_server.jsonapi import read_bounded_body, require_acceptable
+from api_server.permissions import Permission, require
+from api_server.principals import Principal
+from api_server.resource_layer.documentation import id_parameter
+from api_server.resource_layer.resource_types import ResourceType
+from shared.problems import JSONAPI_MEDIA_TYPE
+from shared.web import operations as web
+
+API_KEY = "ApiKey"  # the security scheme of every operation that is not public
+# What ``admit`` answers: Accept (406), the key (401), its rate limits (429); then the body's.
+ADMISSION_ERRORS = (401, 406, 429)
+BODY_ERRORS: dict[int, str | None] = {408: None, 413: None, 415: None}
+
+
+class Body(Enum):
+    """How an operation reads its request body."""
+
+    NONE = "none"  # none expected; any sent is not read
+    BOUNDED = "bounded"  # read whole before the handler runs, at most 1 MiB
+    STREAM = "stream"  # the handler streams it (an upload), after every check above
+
+
+@dataclass(frozen=True, eq=False)
+class Operation(web.Operation):
+    security: tuple[str, ...] = (API_KEY,)  # web.PUBLIC: no credentials at all
+    permissions: tuple[Permission, ...] = ()  # any one admits; none: any valid key
+    audit: str | None = None  # the audit log's action; None: not recorded
+    subject: ResourceType | None = None  # the type whose id is ``{id}``
+    body: Body = Body.NONE
+    produces: str = JSONAPI_MEDIA_TYPE
+
+    @property
+    def public(self) -> bool:
+        return not self.security
+
+    async def admit(self, request: Request) -> tuple[Any, ...]:
+        """406 → 401 → 429 → 403, then the body; the handler gets the principal. A public
+        document (the JWKS) is served whatever the client accepts."""
+        arguments: tuple[Any, ...] = ()
+        if not self.public:
+            require_acceptable(request, self.produces)
+            arguments = (await run_in_threadpool(_admit, request, self.permissions),)
+        if self.body is Body.BOUNDED:
+            request.state.body = await read_bounded_body(request)
+        return arguments
+
+    def documented_errors(self) -> dict[int, str | None]:
+        statuses: dict[int, str | None] = {}
+        if not self.public:
+            statuses.update(dict.fromkeys(ADMISSION_ERRORS))
+            if self.permissions:
+                statuses[403] = None
+        if self.body is Body.BOUNDED:
+            statuses.update(BODY_ERRORS)
+        return {**statuses, **self.errors}
+
+    def documented_path_parameters(self) -> list[dict[str, Any]]:
+        """``{id}`` from the subject type, then the others declared."""
+        own = [id_parameter(self.subject)] if self.subject is not None else []
+        return [*own, *self.path_parameters]
+
+    def documented_extensions(self) -> dict[str, Any]:
+        if self.public:
+            return dict(self.extensions)
+        return {**self.extensions, "permissions": [str(p) for p in self.permissions]}
+
+
+class Operations(web.Operations[Operation]):
+    """The operations of one module, with the resource types whose schemas they may name."""
+
+    def __init__(
+        self,
+        tag: str,
+        description: str,
+        resource_types: Sequence[ResourceType] = (),
+        schemas: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(tag, description, Operation, schemas)
+        self.resource_types = tuple(resource_types)
+
+
+def _admit(request: Request, permissions: Sequence[Permission]) -> Principal:
+    """Who calls (401), whether it may call now (429), whether it may do this (403): in this
+    order, in a thread (each may wait on the database or Redis)."""
+    principal = authenticate(request)
+    limit_rate(request, principal)
+    if permissions:
+        require(principal, *permissions)
+    return principal
+
+
+def routes(operations: Iterable[web.Operation]) -> list[Route]:
+    """One route per path, a handler per method; each route knows its methods' audit actions
+    (the operations both servers have record none)."""
+    built = []
+    for ops in web.by_path(operations).values():
+        route = web.route(ops)
+        route.audit_actions = {  # type: ignore[attr-defined]
+            op.method: op.audit for op in ops if isinstance(op, Operation) and op.audit
+        }
+        built.append(route)
+    return built

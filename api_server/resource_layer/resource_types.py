@@ -1,0 +1,224 @@
+"""A JSON:API resource type, declared once.
+
+One pydantic model names every attribute with its type, bounds, validators and description;
+``READ_ONLY`` and ``WRITE_ONLY`` in an attribute's ``Annotated`` metadata say which way it flows.
+Everything else is derived: the create and update models (writable attributes; on update each is
+optional and only those sent change), the read-only attributes a request may not send, the
+serialiser's allow-list, sparse fieldsets, the collection query parser and the OpenAPI schemas
+(``api_server.resource_layer.schemas``). Validators live in the annotations (``AfterValidator``),
+so that the derived models keep them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, create_model
+from pydantic.fields import FieldInfo
+from starlette.requests import Request
+
+from api_server import jsonapi
+from shared.ids import RESOURCE_ID_PATTERN
+from shared.openapi import Schema, string
+
+
+class _Access:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+READ_ONLY = _Access("READ_ONLY")  # the server sets it; a request that sends it gets a 422
+WRITE_ONLY = _Access("WRITE_ONLY")  # accepted, never sent back (a password)
+
+ID_SCHEMA = string(pattern=RESOURCE_ID_PATTERN.pattern)
+
+
+class Attributes(BaseModel):
+    """The base of every attributes model: unknown attributes refused, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    def changes(self) -> dict[str, Any]:
+        """The attributes the request sent (an update changes only these)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+# Spelled once outside ResourceType, whose ``type`` field would shadow the builtin inside it.
+AttributesModel = type[Attributes]
+
+
+@dataclass(frozen=True)
+class Relationship:
+    """``linked`` reads the related id (to-one) or ids (to-many) from a row; None: null data."""
+
+    type: str
+    linked: Callable[[Any], Any]
+    to_many: bool = False
+    nullable: bool = False  # a to-many's data may be null (a to-one's always may)
+    description: str | None = None
+    accepted: Schema | None = None  # what a request may send, when the type lets it be set
+
+
+@dataclass(frozen=True)
+class Filter:
+    """``filter[name]``; ``parse`` turns the text into the value compared (400 when it cannot)."""
+
+    name: str
+    description: str | None = None
+    schema: Schema | None = None
+    parse: Callable[[str, str], Any] | None = None  # (parameter name, text) → value
+
+
+@dataclass(frozen=True, eq=False)
+class ResourceType:
+    type: str
+    schema_name: str  # "SqlSnippet": the OpenAPI schemas' stem
+    noun: str  # "SQL snippet": how the documentation names one
+    attributes: AttributesModel
+    path: str | None  # the collection's path; a resource's self link is path/id (None: no link)
+    relationships: Mapping[str, Relationship] = field(default_factory=dict)
+    settable_relationships: tuple[str, ...] = ()
+    sortable: tuple[str, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    includable: tuple[str, ...] = ()
+    included_note: str = ""  # what ``included`` holds, for the documentation
+    id_schema: Schema = field(default_factory=lambda: ID_SCHEMA)
+    # How an attribute is read from a row when it is not the row's own attribute of that name.
+    readers: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # OpenAPI only: what the served attributes' schemas say beyond the model (an enum that differs
+    # from what may be written).
+    output_refinements: Mapping[str, Schema] = field(default_factory=dict)
+    # For resources named by something else than ``id`` (a file by its name).
+    id_attribute: str = "id"
+    # Each self link is given to ``serialize`` (a URL not path/id: a datasource's files).
+    self_links_given: bool = False
+    # OpenAPI only: a collection's ``meta`` when it holds more than the count and the page.
+    collection_meta: Schema | None = None
+
+    # ------------------------------------------------------------ derived from the declaration
+
+    def _access(self, name: str) -> _Access | None:
+        metadata = self.attributes.model_fields[name].metadata
+        return next((m for m in metadata if isinstance(m, _Access)), None)
+
+    @cached_property
+    def output_attributes(self) -> tuple[str, ...]:
+        return tuple(n for n in self.attributes.model_fields if self._access(n) is not WRITE_ONLY)
+
+    @cached_property
+    def writable_attributes(self) -> tuple[str, ...]:
+        return tuple(n for n in self.attributes.model_fields if self._access(n) is not READ_ONLY)
+
+    @cached_property
+    def read_only_attributes(self) -> tuple[str, ...]:
+        return tuple(n for n in self.attributes.model_fields if self._access(n) is READ_ONLY)
+
+    @cached_property
+    def fields(self) -> tuple[str, ...]:
+        """What ``fields[type]`` may name: attributes and relationships."""
+        return (*self.output_attributes, *self.relationships)
+
+    @cached_property
+    def create_model(self) -> AttributesModel:
+        return self._model("Create", self.writable_attributes, optional=False)
+
+    @cached_property
+    def update_model(self) -> AttributesModel:
+        return self._model("Update", self.writable_attributes, optional=True)
+
+    @cached_property
+    def output_model(self) -> AttributesModel:
+        return self._model("", self.output_attributes, optional=False)
+
+    def _model(self, suffix: str, names: tuple[str, ...], *, optional: bool) -> AttributesModel:
+        """A model of ``names``; ``optional``: each defaults to None, which is not validated, so
+        a null sent for an attribute whose type has no None is still refused."""
+        declared = self.attributes.model_fields
+
+        def field_of(info: FieldInfo) -> FieldInfo:
+            return FieldInfo.merge_field_infos(info, default=None) if optional else info
+
+        definitions: dict[str, Any] = {
+            n: (declared[n].annotation, field_of(declared[n])) for n in names
+        }
+        return create_model(
+            f"{self.schema_name}{suffix}Attributes", __base__=Attributes, **definitions
+        )
+
+    def _read(self, row: Any, name: str) -> Any:
+        reader = self.readers.get(name)
+        return reader(row) if reader is not None else getattr(row, name)
+
+    # ------------------------------------------------------------ requests
+
+    def query(self, request: Request, *, collection: bool, **extra: Any) -> jsonapi.CollectionQuery:
+        """The query parameters of a request on this type (400 for any other), filters parsed."""
+        query = jsonapi.parse_collection_query(
+            request,
+            sortable=self.sortable,
+            filterable=tuple(f.name for f in self.filters) if collection else (),
+            fields_by_type={self.type: self.fields},
+            includable=self.includable,
+            collection=collection,
+            **extra,
+        )
+        for declared in self.filters:
+            if declared.parse is not None and declared.name in query.filters:
+                name = f"filter[{declared.name}]"
+                query.filters[declared.name] = declared.parse(name, query.filters[declared.name])
+        return query
+
+    def read(self, request: Request, resource_id: str | None = None) -> jsonapi.ResourceInput:
+        """The request's resource document, envelope checked (attributes not yet)."""
+        document = jsonapi.read_json_body(request)
+        return jsonapi.parse_resource_document(
+            document, self.type, resource_id, settable_relationships=self.settable_relationships
+        )
+
+    def validate(self, resource: jsonapi.ResourceInput, *, update: bool) -> Attributes:
+        """The attributes as the create or update model reads them: every problem one 422."""
+        model = self.update_model if update else self.create_model
+        return jsonapi.validate_attributes(model, resource.attributes, self.read_only_attributes)
+
+    # ------------------------------------------------------------ responses
+
+    def serialize(
+        self,
+        row: Any,
+        *,
+        resource_id: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        self_link: str | None = None,
+    ) -> dict[str, Any]:
+        """A resource object: the declared attributes (or ``attributes``, for a type that shows
+        some only to some callers), the relationships, the self link."""
+        resource_id = getattr(row, self.id_attribute) if resource_id is None else resource_id
+        resource: dict[str, Any] = {
+            "type": self.type,
+            "id": resource_id,
+            "attributes": dict(attributes)
+            if attributes is not None
+            else {name: self._read(row, name) for name in self.output_attributes},
+        }
+        if self.relationships:
+            resource["relationships"] = {
+                name: {"data": _linkage(relationship, relationship.linked(row))}
+                for name, relationship in self.relationships.items()
+            }
+        if self_link is not None or self.path is not None:
+            resource["links"] = {"self": self_link or f"{self.path}/{resource_id}"}
+        return resource
+
+
+def _linkage(relationship: Relationship, linked: Any) -> Any:
+    if linked is None:
+        return None
+    if relationship.to_many:
+        return [{"type": relationship.type, "id": i} for i in linked]
+    return {"type": relationship.type, "id": linked}

@@ -1,0 +1,436 @@
+"""Executions: Cluvio's Run Execution, Get Execution and Get Execution Data, plus cancel and purge.
+
+A waiting request (``?wait``) holds no thread: its handler is a coroutine that awaits the
+execution's end (``ExecutionWaits``) and runs each database read in a thread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api_server import jsonapi
+from api_server.auth import Principal
+from api_server.execution_waits import ExecutionWaits
+from api_server.permissions import Permission
+from api_server.resource_layer import documentation as doc
+from api_server.resource_layer.operations import Body, Operations
+from api_server.resource_layer.resource_types import (
+    ID_SCHEMA,
+    READ_ONLY,
+    Attributes,
+    Relationship,
+    ResourceType,
+)
+from api_server.services import data_grants, executions
+from shared import lifecycle
+from shared import openapi as oa
+from shared.db.models import Execution
+from shared.errors import InvalidQueryParameter, NotFound, Unprocessable
+from shared.execution_states import ExecutionStatus, ExecutionType
+from shared.results import delete_stored_data
+from sql_templating.parameters import Filter, InputParameters
+
+# Cluvio: keys with Manage Dashboards or Manage Alerts may run SQL on (their) datasources.
+RUN_PERMISSIONS = (
+    Permission.MANAGE_DATASOURCES,
+    Permission.MANAGE_DASHBOARDS,
+    Permission.MANAGE_ALERTS,
+)
+READ_PERMISSIONS = (
+    Permission.VIEW_DATASOURCES,
+    Permission.MANAGE_DASHBOARDS,
+    Permission.MANAGE_ALERTS,
+)
+MAX_WAIT_SECONDS = 30
+_NUMBER_CHARACTERS = re.compile(r"[0-9.eE+-]+")
+_IDEMPOTENCY_KEY_MAX = 255
+# DuckDB's messages may quote a value as it saw it ("invalid date field format: …"), so with bound
+# values the message is shown to the key that ran the query only, as the values themselves are.
+WITHHELD_ERROR_MESSAGE = (
+    "The execution failed (see error_code). Its message may quote bound parameter values, so "
+    "only the API key that ran it sees the message."
+)
+
+
+class ExecutionAttributes(Attributes):
+    execution_id: Annotated[
+        str,
+        READ_ONLY,
+        Field(
+            description="The same UUID as the resource id.", json_schema_extra={"format": "uuid"}
+        ),
+    ]
+    execution_type: Annotated[ExecutionType, READ_ONLY]
+    execution_status: Annotated[ExecutionStatus, READ_ONLY]
+    result_columns: Annotated[int | None, READ_ONLY, Field(description="Columns of the result.")]
+    result_rows: Annotated[int | None, READ_ONLY, Field(description="Rows of the stored result.")]
+    result_size: Annotated[int | None, READ_ONLY, Field(description="Bytes of the stored result.")]
+    result_truncated: Annotated[
+        bool, READ_ONLY, Field(description="The result was cut at the row or byte limit.")
+    ]
+    created_at: Annotated[datetime, READ_ONLY]
+    updated_at: Annotated[datetime, READ_ONLY]
+    started_at: Annotated[datetime | None, READ_ONLY]
+    completed_at: Annotated[datetime | None, READ_ONLY]
+    error_code: Annotated[
+        str | None,
+        READ_ONLY,
+        Field(description="Once failed or cancelled: a stable code (`timeout`, …)."),
+    ]
+    error_message: Annotated[str | None, READ_ONLY, Field(description="Once failed or cancelled.")]
+    cancel_requested: Annotated[
+        bool, READ_ONLY, Field(description="Present (true) while a cancel is pending.")
+    ]
+    expanded_sql: Annotated[
+        str,
+        READ_ONLY,
+        Field(
+            description="Only for the key that ran it: the SQL that runs, snippets expanded, "
+            "placeholders bound."
+        ),
+    ]
+    bound_parameters: Annotated[
+        list[str | float | bool | None],
+        READ_ONLY,
+        Field(description="Only for the key that ran it: the values of `$1`, `$2`, …."),
+    ]
+
+
+EXECUTIONS = ResourceType(
+    type="executions",
+    schema_name="Execution",
+    noun="execution (a UUID)",
+    attributes=ExecutionAttributes,
+    path="/executions",
+    relationships={"datasource": Relationship("datasources", linked=lambda ex: ex.datasource_id)},
+    id_schema=oa.string(format="uuid"),
+    output_refinements={
+        "execution_type": oa.enum((ExecutionType.SQL_QUERY, ExecutionType.DATASOURCE_REFRESH)),
+        "bound_parameters": {"items": {"type": ["string", "number", "boolean", "null"]}},
+    },
+)
+
+
+def execution_attributes(ex: Execution, *, show_query: bool) -> dict[str, Any]:
+    """What a caller sees: error fields once it ended badly; ``show_query`` (the key that ran
+    it only): the SQL that ran, its bound values and the full error message."""
+    attributes: dict[str, Any] = {
+        "execution_id": ex.id,
+        "execution_type": ex.execution_type,
+        "execution_status": ex.status,
+        **{
+            name: getattr(ex, name)
+            for name in (
+                "result_columns",
+                "result_rows",
+                "result_size",
+                "result_truncated",
+                "created_at",
+                "updated_at",
+                "started_at",
+                "completed_at",
+            )
+        },
+    }
+    if ex.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        attributes["error_code"] = ex.error_code
+        attributes["error_message"] = (
+            ex.error_message if show_query or not ex.bound_parameters else WITHHELD_ERROR_MESSAGE
+        )
+    elif ex.cancel_requested:
+        attributes["cancel_requested"] = True
+    if show_query and ex.execution_type == ExecutionType.SQL_QUERY:
+        attributes["expanded_sql"] = ex.expanded_sql
+        attributes["bound_parameters"] = ex.bound_parameters
+    return attributes
+
+
+DATA_URL = oa.string(
+    "The data on the region's public data-server address with the token in its query "
+    "(`?token=`), for clients that cannot send headers: it expires with the token.",
+    format="uri",
+)
+_GRANT = oa.obj(
+    {
+        "data_key": oa.string("Where the data server finds the result."),
+        "data_access_token": oa.string("Send as `Authorization: Data <token>`."),
+        "data_timestamp": oa.integer("When the execution completed, in unix seconds."),
+        "data_url": DATA_URL,
+    },
+    ["data_key", "data_access_token", "data_timestamp", "data_url"],
+    closed=False,
+)
+WAIT = oa.query_parameter(
+    "wait",
+    "Hold the answer until the execution ends (`completed`, `failed` or `cancelled`) or this "
+    "many seconds pass (a long poll; the wait holds no server thread).",
+    {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+)
+IDEMPOTENCY_KEY = oa.parameter(
+    "Idempotency-Key",
+    "header",
+    oa.string(minLength=1, maxLength=_IDEMPOTENCY_KEY_MAX),
+    "Repeating a request with the same key answers the execution it created (only once per key "
+    "and API key); a different body with a used key is 422 `idempotency_key_reused`.",
+)
+
+
+OPERATIONS = Operations(
+    "Executions",
+    "Run SQL on a datasource, follow it, and get a token for its data.",
+    [EXECUTIONS],
+    schemas=oa.model_schemas(
+        {
+            "RunExecutionRequest": executions.RunExecutionRequest,
+            "RunParameters": InputParameters,
+            "Filter": Filter,
+        }
+    ),
+)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise Unprocessable(
+            f"Idempotency-Key must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters.",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def _wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0
+    try:
+        # A JSON number's characters only: Python's float() also reads "1_0", padding spaces and
+        # other scripts' digits (Arabic-Indic, fullwidth), which no other server would.
+        seconds = float(raw) if _NUMBER_CHARACTERS.fullmatch(raw) else -1
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise InvalidQueryParameter(
+            f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds.", parameter="wait"
+        )
+    return seconds
+
+
+def _document(
+    execution: Execution, principal: Principal, meta: dict[str, Any] | None = None
+) -> Response:
+    """Bound values may be private to the application that sent them: only its key sees them."""
+    owner = execution.api_key_id is not None and execution.api_key_id == principal.api_key_id
+    attributes = execution_attributes(execution, show_query=owner)
+    document: dict[str, Any] = {"data": EXECUTIONS.serialize(execution, attributes=attributes)}
+    if meta:
+        document["meta"] = meta
+    return jsonapi.response(document)
+
+
+@OPERATIONS.post(
+    "/datasources/{id}/executions",
+    operation_id="runExecution",
+    summary="Run Execution",
+    description="Queues the SQL and answers at once with status `starting`; follow it with Get "
+    "Execution. Snippets are expanded and parameters bound before anything is queued: a problem "
+    "is a 422 and no execution is created. Run-and-wait (beyond Cluvio): with `?wait=N` the "
+    "answer comes when the execution ended or N seconds passed, in whatever state it reached; a "
+    "completed one carries its data grant in `meta` (as Get Execution Data hands it out), so run "
+    "and fetch are two requests. Without `wait` the answer is exactly Cluvio's.",
+    permissions=RUN_PERMISSIONS,
+    audit="execution.run",
+    path_parameters=(oa.path_parameter("id", "The id of the datasource.", ID_SCHEMA),),
+    parameters=(IDEMPOTENCY_KEY, WAIT),
+    body=Body.BOUNDED,
+    request_body=doc.request_body(
+        "RunExecutionRequest", "The SQL and its parameters.", oa.JSON_MEDIA_TYPE
+    ),
+    responses={
+        "200": oa.response(
+            "The queued execution; with `wait`, as it is then, and `meta` the data grant once it "
+            "completed.",
+            oa.obj({"data": oa.ref("Execution"), "meta": _GRANT}, ["data"], closed=False),
+            jsonapi.JSONAPI_MEDIA_TYPE,
+        )
+    },
+    errors={
+        400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
+        "(`malformed_json`); nothing is queued.",
+        404: None,
+        409: "The datasource is disabled (`datasource_disabled`).",
+        422: "The body or its parameters are not valid: `invalid_sql_query`, `too_long`, "
+        "`r_query_not_supported`, `unknown_attribute`, the parameter codes of "
+        "docs/sql-parameters.md, a snippet problem, `invalid_idempotency_key` or "
+        "`idempotency_key_reused`.",
+        429: "The key's rate limit (`rate_limited`), or the organisation already has its most "
+        "executions running (`too_many_running_executions`, `Retry-After: 1`).",
+    },
+)
+async def run_execution(request: Request, principal: Principal) -> Response:
+    """With ``?wait=N`` (beyond Cluvio) the answer waits, holding no thread, until the execution
+    ends or N seconds pass; a completed one carries its data grant in ``meta``, so that run and
+    fetch are two requests."""
+    jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
+    wait = _wait_seconds(request)  # checked before anything is queued
+    execution = await run_in_threadpool(_queue, request, principal)
+    if not wait:
+        return _document(execution, principal)
+    execution = await _until_ended(request, principal, execution.id, wait)
+    meta = await run_in_threadpool(_grant_if_completed, request, principal, execution)
+    return _document(execution, principal, meta)
+
+
+def _queue(request: Request, principal: Principal) -> Execution:
+    body = jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE)
+    state = request.app.state
+    run = executions.parse_run_request(body, state.settings)
+    idempotency_key = _idempotency_key(request)
+    with state.sessions.begin() as session:
+        execution = executions.run_execution(
+            session, principal, request.path_params["id"], run, idempotency_key, state.settings
+        )
+        request.state.audit_resource_id = execution.id
+    return execution
+
+
+def _load(request: Request, principal: Principal, execution_id: str | None = None) -> Execution:
+    with request.app.state.sessions() as session:
+        return executions.get_execution(
+            session,
+            principal,
+            execution_id or request.path_params["id"],
+            request.app.state.settings,
+        )
+
+
+async def _until_ended(
+    request: Request, principal: Principal, execution_id: str, seconds: float
+) -> Execution:
+    """The execution once it ended or ``seconds`` passed: waited for on the event loop, each
+    read in a thread."""
+
+    def read() -> Awaitable[Execution]:
+        return run_in_threadpool(_load, request, principal, execution_id)
+
+    waits: ExecutionWaits = request.app.state.execution_waits
+    return await waits.wait_until_ended(execution_id, seconds, read, _ended)
+
+
+def _ended(execution: Execution) -> bool:
+    return execution.status in lifecycle.TERMINAL_STATUSES
+
+
+@OPERATIONS.get(
+    "/executions/{id}",
+    operation_id="getExecution",
+    summary="Get Execution",
+    description="Executions are visible for 24 hours after they started (then 404).",
+    permissions=READ_PERMISSIONS,
+    subject=EXECUTIONS,
+    parameters=(WAIT,),
+    responses={"200": doc.jsonapi_response("The execution.", "ExecutionDocument")},
+    errors={400: "`wait` is out of range, or another parameter sent.", 404: None},
+)
+async def show_execution(request: Request, principal: Principal) -> Response:
+    """With ``?wait=N`` the answer waits, holding no thread, until the execution ends or N
+    seconds pass."""
+    jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
+    wait = _wait_seconds(request)
+    execution = await _until_ended(request, principal, request.path_params["id"], wait)
+    return _document(execution, principal)
+
+
+def _grant_if_completed(
+    request: Request, principal: Principal, execution: Execution
+) -> dict[str, Any] | None:
+    """Run-and-wait's ``meta``: the grant, or nothing (a result purged the moment it completed
+    is not an error of the run)."""
+    state = request.app.state
+    try:
+        return data_grants.grant_execution_data(state.signing_keys, state.settings, execution)
+    except NotFound:
+        return None
+
+
+@OPERATIONS.get(
+    "/executions/{id}/data",
+    operation_id="getExecutionData",
+    summary="Get Execution Data",
+    description="A data key and a fresh short-lived token for the result, to fetch from the data "
+    "server. Data is kept 24 hours after completion.",
+    permissions=READ_PERMISSIONS,
+    audit="data_grant.execution",
+    subject=EXECUTIONS,
+    produces=oa.JSON_MEDIA_TYPE,
+    responses={
+        "200": oa.response("A data grant.", _GRANT, oa.JSON_MEDIA_TYPE),
+        "204": oa.response("No data: not completed yet, failed or cancelled."),
+    },
+    errors={404: "No such execution, or its data expired or was deleted (`result_gone`)."},
+)
+def execution_data(request: Request, principal: Principal) -> Response:
+    """Cluvio's Get Execution Data: a data key, a fresh short-lived token and ``data_url``, or
+    204."""
+    state = request.app.state
+    execution = _load(request, principal)
+    grant = data_grants.grant_execution_data(state.signing_keys, state.settings, execution)
+    if grant is None:
+        return Response(status_code=204)
+    return jsonapi.json_response(grant)
+
+
+@OPERATIONS.post(
+    "/executions/{id}/cancel",
+    operation_id="cancelExecution",
+    summary="Cancel an execution",
+    description="Beyond Cluvio: asks the worker to stop; `cancel_requested` shows until it has. A "
+    "200 is final: the execution ends `cancelled` even if its query finishes meanwhile (that "
+    "result is refused and deleted). 409 if it ended before the cancel reached it. Takes no body.",
+    permissions=RUN_PERMISSIONS,
+    audit="execution.cancel",
+    subject=EXECUTIONS,
+    responses={"200": doc.jsonapi_response("The execution.", "ExecutionDocument")},
+    errors={404: None, 409: "It already ended (`execution_finished`)."},
+)
+def cancel_execution(request: Request, principal: Principal) -> Response:
+    state = request.app.state
+    with state.sessions.begin() as session:
+        execution = executions.get_execution(
+            session, principal, request.path_params["id"], state.settings
+        )
+        lifecycle.request_cancel(session, execution)
+        return _document(execution, principal)
+
+
+@OPERATIONS.delete(
+    "/executions/{id}",
+    operation_id="purgeExecutionResult",
+    summary="Purge an execution's result",
+    description="Deletes the stored result now (beyond Cluvio); the execution stays visible and "
+    "Get Execution Data answers 404 `result_gone`. An unfinished execution is cancelled as by "
+    "Cancel, so it never stores a result.",
+    permissions=RUN_PERMISSIONS,
+    audit="execution.purge",
+    subject=EXECUTIONS,
+    responses=doc.DELETED,
+    errors={404: None},
+)
+def delete_execution(request: Request, principal: Principal) -> Response:
+    state = request.app.state
+    with state.sessions.begin() as session:
+        data_key = executions.purge_execution_result(
+            session, principal, request.path_params["id"], state.settings
+        )
+    delete_stored_data(state.result_store, results=[data_key])
+    return Response(status_code=204)

@@ -1,0 +1,317 @@
+"""A stored Arrow IPC result encoded as Arrow, JSON, records JSON, NDJSON, CSV or Parquet.
+
+Memory stays bounded by bytes whatever the result size: batches are read from the file one by
+one and cut into slices of at most ``SLICE_BYTES`` of Arrow data, each encoded and handed on. The
+encoders are deterministic (same file, format and options → same bytes), which lets the data
+server materialise a representation once and serve ranges of it (data_server/representations.py).
+Which format and options a request gets is decided before, by data_server/formats.py. JSON text
+is built a column at a time by data_server/json_text.py. The JSON mapping is lossless
+(docs/result-formats.md): integers stay exact numbers, decimals become strings with their scale,
+NaN and infinities become strings, times are ISO 8601, blobs base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from data_server import json_text
+from data_server.formats import ArrowCompression, ResultFormat
+
+CHUNK_BYTES = 256 * 1024
+SLICE_BYTES = 4 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _batches(
+    reader: pa.ipc.RecordBatchFileReader, offset: int, limit: int | None
+) -> Iterator[pa.RecordBatch]:
+    """Rows ``[offset, offset + limit)`` in slices of at most about ``SLICE_BYTES``."""
+    for batch in _window(reader, offset, limit):
+        rows = max(1, batch.num_rows * SLICE_BYTES // max(1, batch.get_total_buffer_size()))
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
+
+
+def _window(
+    reader: pa.ipc.RecordBatchFileReader, offset: int, limit: int | None
+) -> Iterator[pa.RecordBatch]:
+    """The batches holding rows ``[offset, offset + limit)``, edge batches sliced."""
+    remaining = limit
+    skip = offset
+    for index in range(reader.num_record_batches):
+        if remaining is not None and remaining <= 0:
+            return
+        batch = reader.get_batch(index)
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        if skip or (remaining is not None and remaining < batch.num_rows - skip):
+            batch = batch.slice(skip, remaining)
+        skip = 0
+        if remaining is not None:
+            remaining -= batch.num_rows
+        if batch.num_rows:
+            yield batch
+
+
+def encode_result(
+    source: pa.NativeFile,
+    fmt: ResultFormat,
+    offset: int = 0,
+    limit: int | None = None,
+    compression: ArrowCompression = ArrowCompression.NONE,
+) -> Iterator[bytes]:
+    """Encoded chunks of the result; opening the file happens on the first ``next()``."""
+    reader = pa.ipc.open_file(source)
+    batches = _batches(reader, offset, limit)
+    if fmt is ResultFormat.ARROW:
+        yield from _coalesce(_arrow(reader.schema, batches, compression.codec))
+        return
+    yield from _coalesce(_ENCODERS[fmt](reader.schema, batches))
+
+
+def _coalesce(chunks: Iterator[bytes | pa.Buffer]) -> Iterator[bytes]:
+    """Fewer, larger writes: small encoded pieces are gathered up to ``CHUNK_BYTES``."""
+    pending: list[bytes | pa.Buffer] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= CHUNK_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    yield b"".join(pending)
+
+
+class _Sink:
+    """A write-only file object whose writes are collected and drained by the generator."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> list[bytes]:
+        parts, self.parts = self.parts, []
+        return parts
+
+
+# ---------------------------------------------------------------------------- Arrow, Parquet, CSV
+
+
+def _arrow(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch], codec: str | None = None
+) -> Iterator[bytes]:
+    sink = _Sink()
+    options = pa.ipc.IpcWriteOptions(compression=codec)
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            yield from sink.drain()
+    yield from sink.drain()
+
+
+def _parquet(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    sink = _Sink()
+    target = _parquet_schema(schema)
+    with pq.ParquetWriter(sink, target, compression="zstd") as writer:
+        for batch in batches:
+            writer.write_batch(_conform(batch, target))
+            yield from sink.drain()
+    yield from sink.drain()
+
+
+def _parquet_schema(schema: pa.Schema) -> pa.Schema:
+    """Parquet has no month-day-nano interval: such columns travel as their JSON text."""
+    return pa.schema(
+        [field.with_type(pa.string()) if _has_interval(field.type) else field for field in schema]
+    )
+
+
+def _has_interval(data_type: pa.DataType) -> bool:
+    if pa.types.is_interval(data_type):
+        return True
+    return any(_has_interval(data_type.field(i).type) for i in range(data_type.num_fields))
+
+
+def _csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    target = pa.schema([field.with_type(_csv_type(field.type)) for field in schema])
+    sink = _Sink()
+    with pa_csv.CSVWriter(sink, target) as writer:
+        yield from sink.drain()
+        for batch in batches:
+            writer.write_batch(_conform(batch, target))
+            yield from sink.drain()
+    yield from sink.drain()
+
+
+def _csv_type(data_type: pa.DataType) -> pa.DataType:
+    """CSV cells are text: nested values, blobs and intervals become their JSON text."""
+    if (
+        pa.types.is_nested(data_type)
+        or pa.types.is_binary(data_type)
+        or pa.types.is_large_binary(data_type)
+        or pa.types.is_fixed_size_binary(data_type)
+        or pa.types.is_interval(data_type)
+        or pa.types.is_duration(data_type)
+    ):
+        return pa.string()
+    return data_type
+
+
+def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """Columns whose target type is text but whose data is not: their JSON text, or their string."""
+    if batch.schema.equals(target):
+        return batch
+    columns = []
+    for column, field in zip(batch.columns, target, strict=True):
+        if column.type.equals(field.type):
+            columns.append(column)
+        elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            columns.append(pa.array(_json_values(column), pa.string()))
+        else:
+            texts = [None if v is None else orjson.dumps(v).decode() for v in _json_values(column)]
+            columns.append(pa.array(texts, pa.string()))
+    return pa.RecordBatch.from_arrays(columns, schema=target)
+
+
+# ---------------------------------------------------------------------------- JSON and NDJSON
+
+
+def _json(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
+    columns = [{"name": field.name, "type": str(field.type)} for field in schema]
+    yield b'{"columns":' + orjson.dumps(columns) + b',"rows":['
+    count = 0
+    for batch in batches:
+        body = _rows(batch, keys=None, prefix=",", suffix="")
+        yield body[1:] if not count else body
+        count += batch.num_rows
+    yield b'],"row_count":' + str(count).encode() + b"}"
+
+
+def _records(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
+    yield b"["
+    count = 0
+    for batch in batches:
+        body = _rows(batch, keys=schema.names, prefix=",\n", suffix="")
+        yield body[2:] if not count else body
+        count += batch.num_rows
+    yield b"]\n"
+
+
+def _ndjson(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
+    for batch in batches:
+        yield _rows(batch, keys=schema.names, prefix="", suffix="\n")
+
+
+def _rows(batch: pa.RecordBatch, *, keys: list[str] | None, prefix: str, suffix: str) -> pa.Buffer:
+    """The rows of a (non-empty) batch as JSON text, each framed by ``prefix`` and ``suffix``."""
+    if batch.num_columns:
+        return json_text.rows_body(batch, _json_values, keys=keys, prefix=prefix, suffix=suffix)
+    empty = b"{}" if keys is not None else b"[]"
+    return (prefix.encode() + empty + suffix.encode()) * batch.num_rows
+
+
+def _json_values(column: pa.Array) -> list[Any]:
+    """A column as JSON-ready Python values, vectorised where the type allows."""
+    data_type = column.type
+    if pa.types.is_dictionary(data_type):
+        return _json_values(column.dictionary_decode())
+    if (
+        pa.types.is_integer(data_type)
+        or pa.types.is_boolean(data_type)
+        or pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_null(data_type)
+    ):
+        return column.to_pylist()
+    if pa.types.is_floating(data_type):
+        values = column.to_pylist()
+        if pc.any(pc.invert(pc.is_finite(column))).as_py():
+            return [_float(v) for v in values]
+        return values
+    if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
+        return pc.cast(column, pa.string()).to_pylist()
+    if pa.types.is_time(data_type):
+        return pc.cast(column, pa.string()).to_pylist()
+    if pa.types.is_timestamp(data_type):
+        return _timestamps(column)
+    return [_plain(value) for value in column.to_pylist()]
+
+
+def _timestamps(column: pa.Array) -> list[str | None]:
+    """ISO 8601 at the column's precision; zoned values in UTC with ``+00:00``."""
+    data_type = column.type
+    if data_type.tz is None:
+        return pc.strftime(column, "%Y-%m-%dT%H:%M:%S").to_pylist()
+    naive = column.cast(pa.timestamp(data_type.unit))  # the UTC wall clock
+    texts = pc.binary_join_element_wise(pc.strftime(naive, "%Y-%m-%dT%H:%M:%S"), "+00:00", "")
+    return texts.to_pylist()
+
+
+def _float(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _plain(value: Any) -> Any:
+    """Nested and rare values, one at a time, by the same mapping as the vectorised path."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "+00:00"
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return {"days": value.days, "seconds": value.seconds, "microseconds": value.microseconds}
+    if isinstance(value, pa.MonthDayNano):
+        return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return str(value)
+
+
+_ENCODERS: dict[ResultFormat, Callable[[pa.Schema, Iterator[pa.RecordBatch]], Iterator[Any]]] = {
+    ResultFormat.ARROW: _arrow,
+    ResultFormat.JSON: _json,
+    ResultFormat.NDJSON: _ndjson,
+    ResultFormat.RECORDS: _records,
+    ResultFormat.CSV: _csv,
+    ResultFormat.PARQUET: _parquet,
+}

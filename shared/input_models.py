@@ -1,0 +1,156 @@
+"""Strict input models whose every problem carries the API's error code, and the one place that
+turns pydantic's errors into 422 error objects.
+
+A model declares its types and bounds as usual; ``Problem`` in a field's ``Annotated`` metadata
+names the code and detail of whatever pydantic finds wrong with that value (its type, a bound, a
+pattern, a ``ValueError`` of a validator inside it, its absence); a validator with a rule of its
+own raises ``problem(code, detail)``. A pydantic error that nobody named keeps a generic code.
+Framework-free: ``sql_templating`` and the services use it alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, ValidationError, model_validator
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, core_schema
+
+from shared.errors import Unprocessable, ValidationErrors
+
+InputModelT = TypeVar("InputModelT", bound="InputModel")
+Location = tuple[int | str, ...]
+
+
+def problem(code: str, detail: str) -> PydanticCustomError:
+    """An error whose type is the API's code and whose message is the detail a client reads."""
+    return PydanticCustomError(code, detail)
+
+
+def problems_at(found: Iterable[tuple[Location, PydanticCustomError]]) -> ValidationError:
+    """Several problems at once, each at its place below the value being validated (a
+    validator of a list or a model that finds problems in its members raises this)."""
+    details = [InitErrorDetails(type=error, loc=loc, input=None) for loc, error in found]
+    return ValidationError.from_exception_data("input", details)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Field metadata: what pydantic finds wrong with this value is reported as ``code`` with
+    ``detail``; ``only``: just these of pydantic's error types (a bound with a code of its own)."""
+
+    code: str
+    detail: str
+    only: tuple[str, ...] = ()
+
+    def error(self, **names: str) -> PydanticCustomError:
+        return problem(self.code, self.detail.format(**names) if names else self.detail)
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_wrap_validator_function(self._validate, handler(source))
+
+    def _validate(self, value: Any, handler: Callable[[Any], Any]) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise _recoded(exc, self._names) from None
+
+    def _names(self, error: ErrorDetails) -> PydanticCustomError | None:
+        """This value's own problem (not one of its items'), unless a validator named it."""
+        if error["loc"] or not _from_pydantic(error):
+            return None
+        return self.error() if not self.only or error["type"] in self.only else None
+
+
+class InputModel(BaseModel):
+    """A request body or a part of one: unknown members refused, no type coercion, and every
+    problem coded (an absent required member as its field's ``Problem`` says)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    not_an_object: ClassVar[Problem] = Problem("invalid_type", "The value must be an object.")
+    unknown_member: ClassVar[Problem] = Problem("unknown_attribute", "Unknown member '{name}'.")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _coded(cls, data: Any, handler: Callable[[Any], Any]) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise _recoded(exc, cls._names) from None
+
+    @classmethod
+    def _names(cls, error: ErrorDetails) -> PydanticCustomError | None:
+        if not _from_pydantic(error):
+            return None
+        loc, kind = error["loc"], error["type"]
+        if not loc and kind == "model_type":
+            return cls.not_an_object.error()
+        if len(loc) == 1 and kind == "extra_forbidden":
+            return cls.unknown_member.error(name=str(loc[0]))
+        if len(loc) == 1 and kind == "missing" and isinstance(loc[0], str):
+            field = cls.model_fields[loc[0]]
+            named = [m for m in field.metadata if isinstance(m, Problem) and not m.only]
+            return named[-1].error() if named else None
+        return None
+
+
+def validate_input(
+    model: type[InputModelT],
+    data: Any,
+    pointer: str = "",
+    context: dict[str, Any] | None = None,
+) -> InputModelT:
+    """``data`` as ``model``, or one 422 listing every problem, each at its JSON pointer below
+    ``pointer`` (where ``data`` sits in the request body)."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ValidationErrors([_unprocessable(error, pointer) for error in exc.errors()]) from None
+
+
+def _unprocessable(error: ErrorDetails, pointer: str) -> Unprocessable:
+    at = pointer + "".join(f"/{_pointer_token(str(part))}" for part in error["loc"])
+    if not _from_pydantic(error):
+        return Unprocessable(error["msg"], pointer=at, code=error["type"])
+    code = "invalid_type" if error["type"].endswith("_type") else "invalid_attribute"
+    return Unprocessable(f"{error['msg']}.", pointer=at, code=code)
+
+
+def _pointer_token(name: str) -> str:
+    """One reference token of a JSON pointer (RFC 6901)."""
+    return name.replace("~", "~0").replace("/", "~1")
+
+
+def _from_pydantic(error: ErrorDetails) -> bool:
+    """pydantic's own errors carry a documentation URL; ``problem``'s never do."""
+    return "url" in error
+
+
+def _recoded(
+    exc: ValidationError, name: Callable[[ErrorDetails], PydanticCustomError | None]
+) -> ValidationError:
+    """``exc`` with the errors ``name`` gives a code replaced; the others as they were."""
+    errors = exc.errors()
+    renamed = [name(error) for error in errors]
+    if not any(renamed):
+        return exc
+    return ValidationError.from_exception_data(
+        exc.title, [_detail(error, new) for error, new in zip(errors, renamed, strict=True)]
+    )
+
+
+def _detail(error: ErrorDetails, renamed: PydanticCustomError | None) -> InitErrorDetails:
+    if renamed is not None:
+        return InitErrorDetails(type=renamed, loc=error["loc"], input=error["input"])
+    if not _from_pydantic(error):
+        return InitErrorDetails(
+            type=problem(error["type"], error["msg"]), loc=error["loc"], input=error["input"]
+        )
+    kept = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        kept["ctx"] = error["ctx"]
+    return kept

@@ -1,0 +1,349 @@
+"""Claims: which queued execution a free worker starts, and starting it under a lease.
+
+Fair scheduling, in three rules, all counted in the ``executions`` table (the region's queue):
+
+- **Least served first.** A free worker takes the oldest queued execution of the (organisation,
+  datasource) pair with the fewest running executions — organisation first, then datasource.
+  One query ranks every pair with queued work, so no look-ahead window hides claimable work
+  behind a full datasource.
+- **Caps.** A pair is skipped while its datasource runs ``max_concurrent_executions``. An
+  organisation runs at most its cap (``max_running_executions``, or the deployment's default)
+  of the kinds in ``ORGANIZATION_CAP_COUNTS`` — SQL queries, as Run Execution's admission
+  counts; at its cap its refreshes and connection tests still start.
+- **A data server's share.** An organisation runs at most ``DATAFERRY_WORKER_PROCESSES``
+  executions on one data server, which has one executor more than that
+  (``data_server.worker.executor_count``). Alone, an organisation keeps every configured worker
+  busy; another organisation's execution, queued meanwhile, starts on the spare executor at
+  once instead of waiting for a slow query to end. Counted per data server (by lease owner), so
+  it holds in a region of any size without coordination between data servers.
+
+The counts are taken again under a lock per organisation (a datasource belongs to one
+organisation), so the caps hold across every worker of the region: PostgreSQL takes a
+transaction-scoped advisory lock and the row with ``FOR UPDATE SKIP LOCKED``; SQLite serialises
+the whole claim with ``BEGIN IMMEDIATE``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Integer,
+    Select,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.sql.dml import ReturningUpdate
+
+from shared.db.engine import database_now, write_lock_on_sqlite
+from shared.db.models import Datasource, Execution, Organization, UTCDateTime
+from shared.execution_states import ExecutionStatus, ExecutionType
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The kinds an organisation's cap counts, at admission (Run Execution's 429) and at claim alike.
+# Refreshes and connection tests are bounded by their datasource's cap and the data server's
+# share instead, so that a Test Connection never waits behind the organisation's own backlog.
+ORGANIZATION_CAP_COUNTS = frozenset({ExecutionType.SQL_QUERY})
+
+# Pairs a claim tries per ranking, and rankings before it gives up: only lost races use them up
+# (a pair another worker is claiming from, or that it filled meanwhile), never full datasources.
+_PAIRS_PER_RANKING = 8
+_RANKINGS_PER_CLAIM = 4
+# PostgreSQL's two-key advisory lock of claims: "dfcl", then the organisation. A hash collision
+# only makes two organisations' claims take turns.
+_CLAIM_LOCK_KEY = f"{0x6466636C}, hashtext(:organization)"
+
+
+@dataclass(frozen=True)
+class Claim:
+    execution_id: str
+    attempt: int
+    organization_id: str
+    execution_type: str
+    sql: str
+    bound_parameters: list[Any]
+    datasource_id: str
+    database_type: str
+    database: str | None
+    data_time_zone: str
+    # How a remote datasource is reached; the password stays encrypted until the worker hands
+    # it to the sandbox child that connects.
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    password_encrypted: str | None = None
+    require_ssl: bool = True
+    verify_ssl: bool = False
+    s3_region: str | None = None
+
+    def __repr__(self) -> str:  # keep even the ciphertext out of logs and tracebacks
+        return f"Claim(execution_id={self.execution_id!r}, attempt={self.attempt})"
+
+
+def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settings) -> Claim | None:
+    """Take the oldest queued execution of the least-served (organisation, datasource) pair that
+    the caps and this data server's share leave a slot to, or None when none may start now.
+    ``worker_id`` names the data server: it becomes the lease owner."""
+    try:
+        with sessions.begin() as session:
+            write_lock_on_sqlite(session)
+            return _claim_in(session, worker_id, settings)
+    except OperationalError as exc:  # SQLite busy under contention: nothing claimed, try again
+        logger.debug("claim contention: %s", type(exc.orig).__name__)
+        return None
+
+
+def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:
+    started = _start_next(session, worker_id, settings)
+    if started is None:
+        return None
+    claimed, datasource = started
+    return Claim(
+        execution_id=claimed.id,
+        attempt=claimed.attempt,
+        organization_id=claimed.organization_id,
+        execution_type=claimed.execution_type,
+        sql=claimed.expanded_sql or claimed.sql_query,
+        bound_parameters=list(claimed.bound_parameters or []),
+        datasource_id=datasource.id,
+        database_type=datasource.database_type,
+        database=datasource.database,
+        data_time_zone=datasource.data_time_zone,
+        host=datasource.host,
+        port=datasource.port,
+        username=datasource.username,
+        password_encrypted=datasource.password_encrypted,
+        require_ssl=datasource.require_ssl,
+        verify_ssl=datasource.verify_ssl,
+        s3_region=datasource.s3_region,
+    )
+
+
+def _cap_parameters(worker_id: str, settings: Settings) -> dict[str, Any]:
+    """The bound values every claim statement's caps read."""
+    return {
+        "claim_worker": worker_id,
+        "default_cap": settings.max_running_executions,
+        "server_share": settings.worker_processes,
+    }
+
+
+def _start_next(
+    session: Session, worker_id: str, settings: Settings
+) -> tuple[Execution, Datasource] | None:
+    """Rank the pairs, then lock, recount and start from the first that still has a slot. A new
+    ranking only after every pair of one was lost to other workers (or filled by them)."""
+    holding = False  # a claim lock, which only the end of this transaction releases
+    for ranking in range(_RANKINGS_PER_CLAIM):
+        pairs = session.execute(_RANKING, _cap_parameters(worker_id, settings)).all()
+        if not pairs:
+            return None
+        for organization_id, datasource_id in pairs:
+            # In the last ranking, wait for an organisation another worker is claiming for
+            # rather than give up, so that a busy organisation does not idle this worker; but
+            # only while holding no other claim lock, so that two waiters never deadlock.
+            wait = ranking == _RANKINGS_PER_CLAIM - 1 and not holding
+            if not _lock_organization(session, organization_id, wait=wait):
+                continue
+            holding = True
+            started = _start_in(session, organization_id, datasource_id, worker_id, settings)
+            if started is not None:
+                return started
+    return None
+
+
+def _start_in(
+    session: Session, organization_id: str, datasource_id: str, worker_id: str, settings: Settings
+) -> tuple[Execution, Datasource] | None:
+    """Under the organisation's lock: start the pair's oldest queued execution if the caps and
+    the share still leave a slot."""
+    pair = {"pair_organization": organization_id, "pair_datasource": datasource_id}
+    slot = session.execute(
+        _WITH_FREE_SLOT, {**pair, **_cap_parameters(worker_id, settings)}
+    ).first()
+    if slot is None:
+        return None
+    datasource, under_organization_cap = slot
+    now = database_now(session)
+    claimed = session.execute(
+        _START_OLDEST,
+        {
+            **pair,
+            "under_organization_cap": bool(under_organization_cap),
+            "claim_worker": worker_id,
+            "claim_now": now,
+            "claim_until": now + timedelta(seconds=settings.lease_seconds),
+        },
+    ).scalar_one_or_none()
+    return None if claimed is None else (claimed, datasource)
+
+
+def _lock_organization(session: Session, organization_id: str, *, wait: bool) -> bool:
+    """Hold the organisation's claim lock until commit; False when another claim holds it and
+    ``wait`` is off. On SQLite the claim already holds the database's write lock."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    key = {"organization": organization_id}
+    if wait:
+        session.execute(text(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK_KEY})"), key)
+        return True
+    return bool(
+        session.execute(text(f"SELECT pg_try_advisory_xact_lock({_CLAIM_LOCK_KEY})"), key).scalar()
+    )
+
+
+# The claim's statements are built once (a claim runs many times a second) and bound per call.
+
+_RUNNING = Execution.status == ExecutionStatus.RUNNING
+_ON_THIS_SERVER = Execution.lease_owner == bindparam("claim_worker")
+_CAPPED = Execution.execution_type.in_(ORGANIZATION_CAP_COUNTS)
+
+
+def _organization_cap() -> ColumnElement[int]:
+    """An organisation's running cap: its own, or the deployment's (``default_cap``) when unset."""
+    return func.coalesce(
+        func.nullif(Organization.max_running_executions, 0),
+        bindparam("default_cap", type_=Integer),
+    )
+
+
+def _server_share() -> ColumnElement[int]:
+    return bindparam("server_share", type_=Integer)
+
+
+def _ranking() -> Select[str, str]:
+    """Every (organisation, datasource) pair with queued work and a slot under the caps and the
+    share, the least-served first: fewest running in the organisation (of every kind: a worker
+    is a worker), then on the datasource, then the oldest queued execution. Full pairs are
+    filtered out before the limit, never after it."""
+    by_organization = (
+        select(
+            Execution.organization_id.label("id"),
+            func.count().label("running"),
+            func.count().filter(_CAPPED).label("capped"),
+            func.count().filter(_ON_THIS_SERVER).label("here"),
+        )
+        .where(_RUNNING)
+        .group_by(Execution.organization_id)
+        .subquery()
+    )
+    by_datasource = (
+        select(Execution.datasource_id.label("id"), func.count().label("running"))
+        .where(_RUNNING)
+        .group_by(Execution.datasource_id)
+        .subquery()
+    )
+    queued = (
+        select(
+            Execution.organization_id,
+            Execution.datasource_id,
+            func.min(Execution.created_at).label("oldest"),
+            func.count().filter(~_CAPPED).label("uncapped"),
+        )
+        .where(Execution.status == ExecutionStatus.STARTING)
+        .group_by(Execution.organization_id, Execution.datasource_id)
+        .subquery()
+    )
+    in_organization = func.coalesce(by_organization.c.running, 0)
+    on_datasource = func.coalesce(by_datasource.c.running, 0)
+    return (
+        select(queued.c.organization_id, queued.c.datasource_id)
+        .join(Organization, Organization.id == queued.c.organization_id)
+        .join(Datasource, Datasource.id == queued.c.datasource_id)
+        .outerjoin(by_organization, by_organization.c.id == queued.c.organization_id)
+        .outerjoin(by_datasource, by_datasource.c.id == queued.c.datasource_id)
+        .where(
+            or_(
+                func.coalesce(by_organization.c.capped, 0) < _organization_cap(),
+                queued.c.uncapped > 0,
+            ),
+            func.coalesce(by_organization.c.here, 0) < _server_share(),
+            on_datasource < Datasource.max_concurrent_executions,
+        )
+        .order_by(
+            in_organization,
+            on_datasource,
+            queued.c.oldest,
+            queued.c.organization_id,
+            queued.c.datasource_id,
+        )
+        .limit(_PAIRS_PER_RANKING)
+    )
+
+
+def _with_free_slot() -> Select[Datasource, bool]:
+    """The pair's datasource, if neither its cap nor the organisation's share of this data
+    server is reached (nothing if it was deleted), and whether the organisation's cap leaves a
+    slot to the kinds it counts. Run under the organisation's lock, it sees every claim
+    committed before."""
+
+    def running(*where: ColumnElement[bool]) -> Any:
+        return select(func.count()).where(_RUNNING, *where).scalar_subquery()
+
+    of_organization = Execution.organization_id == bindparam("pair_organization")
+    under_organization_cap = running(of_organization, _CAPPED) < _organization_cap()
+    return (
+        select(Datasource, under_organization_cap.label("under_organization_cap"))
+        .join(Organization, Organization.id == Datasource.organization_id)
+        .where(
+            Datasource.id == bindparam("pair_datasource"),
+            running(of_organization, _ON_THIS_SERVER) < _server_share(),
+            running(Execution.datasource_id == bindparam("pair_datasource"))
+            < Datasource.max_concurrent_executions,
+        )
+    )
+
+
+def _start_oldest() -> ReturningUpdate[Execution]:
+    """Start the pair's oldest queued execution, of a kind the organisation's cap does not count
+    if that is full; one that another transaction holds (a cancel under way) is skipped.
+    Nothing when the pair has no such queued execution any more."""
+    queued = aliased(Execution)
+    oldest = (
+        select(queued.id)
+        .where(
+            queued.organization_id == bindparam("pair_organization"),
+            queued.datasource_id == bindparam("pair_datasource"),
+            queued.status == ExecutionStatus.STARTING,
+            or_(
+                bindparam("under_organization_cap", type_=Boolean),
+                queued.execution_type.not_in(ORGANIZATION_CAP_COUNTS),
+            ),
+        )
+        .order_by(queued.created_at, queued.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    now = bindparam("claim_now", type_=UTCDateTime())
+    return (
+        update(Execution)
+        .where(Execution.id == oldest, Execution.status == ExecutionStatus.STARTING)
+        .values(
+            status=ExecutionStatus.RUNNING,
+            attempt=Execution.attempt + 1,
+            lease_owner=bindparam("claim_worker"),
+            lease_expires_at=bindparam("claim_until", type_=UTCDateTime()),
+            started_at=func.coalesce(Execution.started_at, now),
+            updated_at=now,
+        )
+        .returning(Execution)
+    )
+
+
+_RANKING = _ranking()
+_WITH_FREE_SLOT = _with_free_slot()
+_START_OLDEST = _start_oldest()

@@ -1,0 +1,322 @@
+"""Every transition of an ``executions`` row after its claim, whichever server makes it.
+
+Data server workers renew their lease, complete or fail under a fence, and release on shutdown;
+maintenance reaps expired leases and applies retention; the API server cancels and purges. The attempt number is the
+fencing token: every write-back names the attempt it claimed, so a worker whose lease expired
+(and whose execution was re-queued) can no longer change the row. A cancel the API server
+accepted is part of the fence: whatever the run came to, the row then ends ``cancelled``, and a
+refused completion tells the worker to delete the result it uploaded. Each terminal transition
+announces "execution X ended", and each freed slot "new work" (shared.notifications).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Result, delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.engine import database_now, write_lock_on_sqlite
+from shared.db.models import Execution, utcnow
+from shared.errors import Conflict
+from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
+from shared.lifecycle.claims import Claim
+from shared.notifications import announce_ended, announce_new_work
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CANCELLED_MESSAGE = "Cancelled."
+
+
+def _fenced(claim: Claim) -> Any:
+    return (
+        (Execution.id == claim.execution_id)
+        & (Execution.attempt == claim.attempt)
+        & (Execution.status == ExecutionStatus.RUNNING)
+    )
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    held: bool
+    cancel_requested: bool
+
+
+def renew_lease(sessions: sessionmaker[Session], claim: Claim, settings: Settings) -> LeaseState:
+    """Heartbeat: extend the lease if it is still ours, and report a cancel request."""
+    with sessions.begin() as session:
+        now = database_now(session)
+        row = session.execute(
+            update(Execution)
+            .where(_fenced(claim))
+            .values(lease_expires_at=now + timedelta(seconds=settings.lease_seconds))
+            .returning(Execution.cancel_requested)
+        ).first()
+    if row is None:
+        return LeaseState(held=False, cancel_requested=False)
+    return LeaseState(held=True, cancel_requested=bool(row[0]))
+
+
+def complete(
+    session: Session,
+    claim: Claim,
+    *,
+    rows: int,
+    columns: int,
+    size: int,
+    truncated: bool,
+    data_key: str | None,
+) -> bool:
+    """Mark completed under the fence, in the caller's transaction; False if the lease was lost
+    or a cancel (or purge) was accepted meanwhile: the row then ends ``cancelled``, and the
+    caller deletes what it stored for this attempt."""
+    now = database_now(session)
+    ended = _finish(
+        session,
+        claim,
+        status=ExecutionStatus.COMPLETED,
+        completed_at=now,
+        updated_at=now,
+        result_rows=rows,
+        result_columns=columns,
+        result_size=size,
+        result_truncated=truncated,
+        data_key=data_key,
+    )
+    return ended == ExecutionStatus.COMPLETED
+
+
+def finish_unsuccessfully(
+    sessions: sessionmaker[Session], claim: Claim, code: str, message: str
+) -> bool:
+    """``failed`` with a stable code, or ``cancelled`` if a cancel was accepted meanwhile; False if
+    the lease was lost."""
+    with sessions.begin() as session:
+        now = database_now(session)
+        ended = _finish(
+            session,
+            claim,
+            status=(
+                ExecutionStatus.CANCELLED if code == ErrorCode.CANCELLED else ExecutionStatus.FAILED
+            ),
+            completed_at=now,
+            updated_at=now,
+            error_code=code,
+            error_message=message[:2000],
+        )
+    return ended is not None
+
+
+def _rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE changed: the fence's verdict."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
+    """End the attempt; the status it ended with, or None if the fence refused it.
+
+    An accepted cancel wins over whatever the run came to: the API server locks the row to set
+    ``cancel_requested``, so either this update commits first (and the cancel is refused as too
+    late) or it sees the flag and the row ends ``cancelled`` instead."""
+    lease = {"lease_owner": None, "lease_expires_at": None}
+    finished = _rows_changed(
+        session.execute(
+            update(Execution)
+            .where(_fenced(claim) & Execution.cancel_requested.is_(False))
+            .values(**values, **lease)
+        )
+    )
+    status: str | None = values["status"] if finished else None
+    if not finished:
+        cancelled = _rows_changed(
+            session.execute(
+                update(Execution)
+                .where(_fenced(claim) & Execution.cancel_requested.is_(True))
+                .values(
+                    status=ExecutionStatus.CANCELLED,
+                    completed_at=values["completed_at"],
+                    updated_at=values["updated_at"],
+                    error_code=ErrorCode.CANCELLED,
+                    error_message=CANCELLED_MESSAGE,
+                    **lease,
+                )
+            )
+        )
+        status = ExecutionStatus.CANCELLED if cancelled else None
+    if status is not None:
+        announce_ended(session, [claim.execution_id])
+    announce_new_work(session)  # a slot of the datasource is free again
+    return status
+
+
+def reap_expired_leases(sessions: sessionmaker[Session], settings: Settings) -> int:
+    """Re-queue executions whose worker vanished, or fail them after ``max_attempts``."""
+    with sessions.begin() as session:
+        now = database_now(session)
+        expired = (Execution.status == ExecutionStatus.RUNNING) & (Execution.lease_expires_at < now)
+        cancelled = _ended_ids(
+            session.execute(
+                update(Execution)
+                .where(expired & Execution.cancel_requested.is_(True))
+                .values(
+                    status=ExecutionStatus.CANCELLED,
+                    completed_at=now,
+                    updated_at=now,
+                    error_code=ErrorCode.CANCELLED,
+                    error_message=CANCELLED_MESSAGE,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+                .returning(Execution.id)
+            )
+        )
+        failed = _ended_ids(
+            session.execute(
+                update(Execution)
+                .where(expired & (Execution.attempt >= settings.max_attempts))
+                .values(
+                    status=ExecutionStatus.FAILED,
+                    completed_at=now,
+                    updated_at=now,
+                    error_code=ErrorCode.WORKER_LOST,
+                    error_message=f"The data server running this execution stopped answering "
+                    f"{settings.max_attempts} times.",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+                .returning(Execution.id)
+            )
+        )
+        requeued = _rows_changed(
+            session.execute(
+                update(Execution)
+                .where(expired & (Execution.attempt < settings.max_attempts))
+                .values(
+                    status=ExecutionStatus.STARTING,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        )
+        if cancelled or failed:
+            announce_ended(session, cancelled + failed)
+        if cancelled or failed or requeued:
+            announce_new_work(session)
+    if cancelled or failed or requeued:
+        logger.warning(
+            "reaped expired leases requeued=%d failed=%d cancelled=%d",
+            requeued,
+            len(failed),
+            len(cancelled),
+        )
+    return len(cancelled) + len(failed) + requeued
+
+
+def _ended_ids(result: Result[Any]) -> list[str]:
+    """The ids an ``UPDATE … RETURNING id`` ended: their waiters are told."""
+    return [row[0] for row in result]
+
+
+def expire_results(sessions: sessionmaker[Session], settings: Settings, batch: int) -> list[str]:
+    """Retention: mark up to ``batch`` results completed longer ago than
+    ``result_retention_hours`` purged; their data keys, whose objects the caller deletes once
+    this committed (``delete_stored_data``)."""
+    with sessions.begin() as session:
+        cutoff = database_now(session) - timedelta(hours=settings.result_retention_hours)
+        rows = session.execute(
+            select(Execution.id, Execution.data_key)
+            .where(
+                Execution.data_key.is_not(None),
+                Execution.data_purged_at.is_(None),
+                Execution.completed_at < cutoff,
+            )
+            .limit(batch)
+        ).all()
+        if rows:
+            session.execute(
+                update(Execution)
+                .where(Execution.id.in_([row.id for row in rows]))
+                .values(data_purged_at=utcnow())
+            )
+    return [row.data_key for row in rows]
+
+
+def delete_expired_executions(
+    sessions: sessionmaker[Session], settings: Settings, batch: int
+) -> list[str | None]:
+    """Retention: delete up to ``batch`` ended executions created longer ago than
+    ``execution_retention_hours``; their data keys (None where they had no result), whose
+    objects the caller deletes once this committed."""
+    with sessions.begin() as session:
+        cutoff = database_now(session) - timedelta(hours=settings.execution_retention_hours)
+        rows = session.execute(
+            select(Execution.id, Execution.data_key)
+            .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL_STATUSES))
+            .limit(batch)
+        ).all()
+        if rows:
+            session.execute(delete(Execution).where(Execution.id.in_([row.id for row in rows])))
+    return [row.data_key for row in rows]
+
+
+def release(sessions: sessionmaker[Session], claim: Claim) -> None:
+    """A worker shutting down hands its running execution back to the queue (still fenced)."""
+    with sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(_fenced(claim))
+            .values(status=ExecutionStatus.STARTING, lease_owner=None, lease_expires_at=None)
+        )
+        announce_new_work(session)
+
+
+# ---------------------------------------------------------------------------- the API server's
+
+
+def request_cancel(session: Session, execution: Execution) -> Execution:
+    """Accepted (the row marked) means the execution ends ``cancelled``: a worker's completion
+    after this is refused by the queue's fence and its object deleted. 409 if it already ended.
+    The row is locked and read afresh first, so a completion committed a moment ago is seen."""
+    _lock(session, execution)
+    if execution.status in TERMINAL_STATUSES:
+        raise Conflict(
+            f"The execution already ended ({execution.status}).", code="execution_finished"
+        )
+    _mark_cancelled(session, execution)
+    session.flush()
+    return execution
+
+
+def _mark_cancelled(session: Session, execution: Execution) -> None:
+    if execution.status == ExecutionStatus.STARTING:
+        now = utcnow()
+        execution.status = ExecutionStatus.CANCELLED
+        execution.completed_at = now
+        execution.error_code = ErrorCode.CANCELLED
+        execution.error_message = "Cancelled before it started."
+        announce_ended(session, [execution.id])
+    execution.cancel_requested = True
+
+
+def purge_result(session: Session, execution: Execution) -> str | None:
+    """Forget the result now; returns the data key whose stored object the caller deletes after
+    the commit (``delete_stored_data``). An unfinished execution is cancelled, so that its worker
+    can never publish a result (it deletes its own upload); one that completed before the lock
+    was taken returns its key here."""
+    _lock(session, execution)
+    if execution.status not in TERMINAL_STATUSES:
+        _mark_cancelled(session, execution)
+    execution.data_purged_at = execution.data_purged_at or utcnow()
+    session.flush()
+    return execution.data_key
+
+
+def _lock(session: Session, execution: Execution) -> None:
+    """Hold the row until commit (the database's write lock on SQLite) and re-read it."""
+    write_lock_on_sqlite(session)
+    session.refresh(execution, with_for_update=True)

@@ -1,0 +1,64 @@
+"""Every failure answered as the one JSON:API error document (``shared.problems``): the
+exception handlers both apps install, Starlette's own 404/405 included."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.errors import AppError, MethodNotAllowed, NotFound
+from shared.problems import JSONAPI_MEDIA_TYPE, error_document
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(exc: AppError) -> Response:
+    return Response(
+        orjson.dumps(error_document(exc)),
+        status_code=exc.status,
+        media_type=JSONAPI_MEDIA_TYPE,
+        headers=exc.headers,
+    )
+
+
+async def handle_app_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown route, wrong method) in our error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("No such route."))
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return error_response(
+            MethodNotAllowed(
+                f"Method {request.method} is not allowed here; allowed: {allowed}.",
+                headers={"Allow": allowed} if allowed else None,
+            )
+        )
+    error = AppError(str(exc.detail))
+    error.status = exc.status_code
+    error.code = "http_error"
+    error.title = "HTTP error"
+    return error_response(error)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    """Last resort: log the traceback server-side, answer a bare 500 with no details."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(AppError("The server failed to handle this request."))
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    AppError: handle_app_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,133 @@
+"""The API's conventions, shown on /datasources: malformed documents get the error shape, JSON:API
+media types in Content-Type and Accept, body size, unknown routes and methods, request ids and
+the health endpoints.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.datasources import new_datasource_document
+from tests.support.factories import dump_tables, resource
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "malformed_json"),
+        (b"", 400, "malformed_json"),
+        (b"[]", 400, "bad_request"),
+        (b'{"data": []}', 400, "bad_request"),
+        (b'{"data": {"attributes": {}}}', 400, "bad_request"),
+        (b'{"data": {"type": "users", "attributes": {"name": "x"}}}', 409, "conflict"),
+        (
+            b'{"data": {"type": "datasources", "id": "abcd-abcd-abcd", "attributes": {}}}',
+            403,
+            "forbidden",
+        ),
+        (b'{"data": {"type": "datasources", "attributes": []}}', 400, "bad_request"),
+        (
+            b'{"data": {"type": "datasources", "attributes": {"name": "x"}, "relationships": {"agents": {"data": [{"type": "datasource_agents", "id": "a"}]}}}}',
+            422,
+            "invalid_attribute",
+        ),
+    ],
+)
+def test_malformed_documents_get_the_error_shape(api, body, status, code):
+    org = api.create_org()
+    before = dump_tables(api.app)
+    response = api.post("/datasources", org.key, body)
+    assert response.status_code == status, response.text
+    error = response.json()["errors"][0]
+    assert error["code"] == code and error["status"] == str(status)
+    assert dump_tables(api.app) == before
+
+
+def test_patch_with_mismatched_id_is_409(api):
+    org = api.create_org()
+    created = api.create_datasource(org.key)
+    response = api.patch(
+        f"/datasources/{created['id']}",
+        org.key,
+        resource("datasources", "zzzz-zzzz-zzzz", name="x"),
+    )
+    assert response.status_code == 409
+    assert response.json()["errors"][0]["source"] == {"pointer": "/data/id"}
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "text/plain", "", "application/vnd.api+json; charset=utf-8"],
+)
+def test_write_without_jsonapi_content_type_is_415(api, content_type):
+    org = api.create_org()
+    response = api.post(
+        "/datasources", org.key, new_datasource_document(api, org), content_type=content_type
+    )
+    assert response.status_code == 415
+    assert response.json()["errors"][0]["code"] == "unsupported_media_type"
+
+
+def test_jsonapi_content_type_with_profile_is_accepted(api):
+    org = api.create_org()
+    content_type = 'application/vnd.api+json; profile="https://example.com/p"'
+    assert (
+        api.post(
+            "/datasources", org.key, new_datasource_document(api, org), content_type=content_type
+        ).status_code
+        == 201
+    )
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("text/html", 406),
+        ("application/vnd.api+json; ext=foo", 406),
+        ("application/json", 406),
+        ("application/vnd.api+json;q=0", 406),
+        ("application/vnd.api+json", 200),
+        ("*/*", 200),
+        ("application/*", 200),
+        ("text/html, application/vnd.api+json", 200),
+    ],
+)
+def test_accept_is_negotiated(api, accept, status):
+    org = api.create_org()
+    response = api.client.get(
+        "/datasources", headers={"Authorization": f"Api {org.key}", "Accept": accept}
+    )
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/vnd.api+json"
+
+
+def test_oversized_body_is_413(api):
+    org = api.create_org()
+    body = new_datasource_document(api, org, description="x" * (2 * 1024 * 1024))
+    response = api.post("/datasources", org.key, body)
+    assert response.status_code == 413
+
+
+def test_unknown_route_and_wrong_method_get_the_error_shape(api):
+    missing = api.client.get("/no/such/route")
+    assert missing.status_code == 404
+    assert missing.json()["errors"][0]["code"] == "not_found"
+    wrong = api.client.put("/datasources")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET, HEAD, POST"
+    assert wrong.json()["errors"][0]["code"] == "method_not_allowed"
+
+
+def test_every_response_carries_a_request_id(api):
+    assert len(api.client.get("/healthz").headers["x-request-id"]) == 32
+    echoed = api.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert echoed.headers["x-request-id"] == "abc-123"
+    hostile = api.client.get("/healthz", headers={"X-Request-ID": "a b\tc"})
+    assert hostile.headers["x-request-id"] != "a b\tc"
+
+
+def test_health_and_readiness(api):
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok"}

@@ -1,0 +1,75 @@
+"""The datasource collection: pages, sorts, filters and sparse fieldsets, the default page size,
+bad query parameters named in a 400, and include=agents.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_collection_pages_sorts_filters_and_sparse_fields(api):
+    org = api.create_org()
+    for name in ("c", "a", "b"):
+        api.create_datasource(org.key, name=name)
+    page = api.get("/datasources?page[size]=2&page[number]=2&sort=-name", org.key).json()
+    assert page["meta"]["total"] == 4
+    assert [d["attributes"]["name"] for d in page["data"]] == ["b", "a"]
+    assert page["links"]["prev"] and page["links"]["next"] is None
+    assert "page%5Bnumber%5D=1" in page["links"]["first"]
+    first = api.get("/datasources?page[size]=2&sort=-name", org.key).json()
+    assert [d["attributes"]["name"] for d in first["data"]] == ["Sample Data", "c"]
+    filtered = api.get("/datasources?filter[name]=b", org.key).json()
+    assert [d["attributes"]["name"] for d in filtered["data"]] == ["b"]
+    by_type = api.get("/datasources?filter[database_type]=sample", org.key).json()
+    assert [d["id"] for d in by_type["data"]] == [org.sample_datasource_id]
+    sparse = api.get("/datasources?fields[datasources]=name", org.key).json()
+    assert all(
+        set(d["attributes"]) == {"name"} and "relationships" not in d for d in sparse["data"]
+    )
+
+
+def test_default_page_size_is_20(api):
+    org = api.create_org()
+    api.area(org).joinpath("many").mkdir()
+    with api.app.state.sessions.begin() as session:
+        from shared.db.models import Datasource
+
+        for i in range(24):
+            session.add(
+                Datasource(
+                    organization_id=org.id, name=f"ds{i:02}", database_type="files", database="many"
+                )
+            )
+    listing = api.get("/datasources", org.key).json()
+    assert len(listing["data"]) == 20
+    assert listing["meta"]["total"] == 25
+    assert "page%5Bnumber%5D=2" in listing["links"]["last"]
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("page[size]=101", "page[size]"),
+        ("page[size]=0", "page[size]"),
+        ("page[number]=-1", "page[number]"),
+        ("page[number]=abc", "page[number]"),
+        ("sort=password", "sort"),
+        ("filter[password]=x", "filter[password]"),
+        ("fields[datasources]=secret_stuff", "fields[datasources]"),
+        ("include=owner", "include"),
+        ("foo=bar", "foo"),
+    ],
+)
+def test_bad_query_parameters_are_400_naming_the_parameter(api, query, parameter):
+    org = api.create_org()
+    response = api.get(f"/datasources?{query}", org.key)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["source"] == {"parameter": parameter}
+
+
+def test_include_agents_is_accepted(api):
+    org = api.create_org()
+    listing = api.get("/datasources?include=agents", org.key).json()
+    assert listing["included"] == []
+    single = api.get(f"/datasources/{org.sample_datasource_id}?include=agents", org.key).json()
+    assert single["included"] == []

@@ -1,0 +1,144 @@
+"""Uploading, listing, showing and deleting a datasource's files and replacing a database file: an
+upload is committed whole and queues a refresh; deleting a datasource deletes its own place.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from shared.db.models import AuditEvent, Execution
+from shared.lifecycle import ExecutionType
+from shared.storage_quota import MIB
+from tests.support.factories import Api, Org, dump_tables, resource
+from tests.support.uploads import (
+    ORDERS_CSV,
+    SQLITE_ONLY,
+    duckdb_bytes,
+    error_of,
+    files_datasource,
+    put,
+)
+
+
+def test_an_upload_creates_then_replaces_a_file_and_queues_a_refresh(api):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    created = put(api, org.key, f"/datasources/{ds}/files/items.csv", b"item,qty\nx,1\n")
+    assert created.status_code == 201, created.text
+    assert created.headers["location"] == f"/datasources/{ds}/files/items.csv"
+    document = created.json()
+    assert document["data"]["type"] == "datasource_files"
+    assert document["data"]["attributes"]["size"] == 13
+    assert (folder / "items.csv").read_bytes() == b"item,qty\nx,1\n"
+    replaced = put(api, org.key, f"/datasources/{ds}/files/items.csv", b"item,qty\ny,2\nz,3\n")
+    assert replaced.status_code == 200, replaced.text
+    assert (folder / "items.csv").read_bytes() == b"item,qty\ny,2\nz,3\n"
+    refresh_id = replaced.json()["meta"]["refresh_execution_id"]
+    with api.app.state.sessions() as session:
+        refresh = session.get(Execution, refresh_id)
+        assert refresh is not None and refresh.execution_type == ExecutionType.DATASOURCE_REFRESH
+        assert refresh.datasource_id == ds
+    storage = replaced.json()["meta"]["storage"]
+    assert storage["files_bytes"] == len(ORDERS_CSV) + 17
+    assert storage["quota_bytes"] == 2 * MIB
+
+
+@SQLITE_ONLY
+def test_files_are_listed_shown_and_deleted(api):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    (folder / "notes.txt").write_text("not a view")  # not one of the datasource's files
+    assert put(api, org.key, f"/datasources/{ds}/files/b.json", b'[{"a": 1}]').status_code == 415
+    json_put = put(
+        api, org.key, f"/datasources/{ds}/files/b.json", b'[{"a": 1}]', "application/json"
+    )
+    assert json_put.status_code == 201, json_put.text
+    listing = api.get(f"/datasources/{ds}/files?sort=-name", org.key).json()
+    assert [item["id"] for item in listing["data"]] == ["orders.csv", "b.json"]
+    assert listing["meta"]["total"] == 2
+    assert listing["meta"]["storage"]["files_bytes"] == len(ORDERS_CSV) + 10 + 10
+    shown = api.get(f"/datasources/{ds}/files/b.json", org.key).json()["data"]
+    assert shown["attributes"]["format"] == "json"
+    deleted = api.delete(f"/datasources/{ds}/files/b.json", org.key)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["meta"]["refresh_execution_id"]
+    assert not (folder / "b.json").exists()
+    assert error_of(api.delete(f"/datasources/{ds}/files/b.json", org.key), 404)["code"] == (
+        "file_not_found"
+    )
+    assert error_of(api.get(f"/datasources/{ds}/files/b.json", org.key), 404)["code"] == (
+        "file_not_found"
+    )
+
+
+@SQLITE_ONLY
+def test_a_database_file_is_replaced_whole(api, tmp_path):
+    org = api.create_org()
+    ds = api.create_datasource(org.key, name="db")["id"]
+    body = duckdb_bytes(tmp_path, "CREATE TABLE t AS SELECT 42 AS answer")
+    answer = put(api, org.key, f"/datasources/{ds}/database_file", body, "application/octet-stream")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["attributes"]["format"] == "duckdb"
+    assert (api.area(org) / "shop.duckdb").read_bytes() == body
+    shown = api.get(f"/datasources/{ds}/database_file", org.key).json()["data"]
+    assert shown["attributes"]["size"] == len(body)
+
+
+def _own_datasource(api: Api, org: Org, database_type: str, **attributes: object) -> tuple:
+    created = api.post(
+        "/datasources",
+        org.key,
+        resource("datasources", name=database_type, database_type=database_type, **attributes),
+    )
+    assert created.status_code == 201, created.text
+    data = created.json()["data"]
+    return data["id"], api.area(org) / data["attributes"]["database"]
+
+
+def test_deleting_a_datasource_deletes_the_files_of_its_own_place(api, tmp_path):
+    """Its uploads stayed on disk, counted against the quota, reachable by nobody but a new
+    datasource given the old path (found by the outside probe)."""
+    org = api.create_org()
+    ds, folder = _own_datasource(api, org, "files")
+    assert put(api, org.key, f"/datasources/{ds}/files/o.csv", ORDERS_CSV).status_code == 201
+    duck, database = _own_datasource(api, org, "duckdb")
+    body = duckdb_bytes(tmp_path, "CREATE TABLE t AS SELECT 1 AS v")
+    answer = put(
+        api, org.key, f"/datasources/{duck}/database_file", body, "application/octet-stream"
+    )
+    assert answer.status_code == 201, answer.text
+    assert folder.is_dir() and database.is_file()
+
+    assert api.delete(f"/datasources/{ds}", org.key).status_code == 204
+    assert api.delete(f"/datasources/{duck}", org.key).status_code == 204
+    assert not folder.exists() and not database.exists()
+    usage = api.get(f"/datasources/{files_datasource(api, org)[0]}/files", org.key).json()
+    assert usage["meta"]["storage"]["files_bytes"] == len(ORDERS_CSV)  # the new one's file only
+
+
+def test_a_place_another_datasource_reads_stays(api):
+    org = api.create_org()
+    ds, folder = _own_datasource(api, org, "files")
+    assert put(api, org.key, f"/datasources/{ds}/files/o.csv", ORDERS_CSV).status_code == 201
+    relative = folder.relative_to(api.area(org)).as_posix()
+    api.create_datasource(org.key, name="reader", database_type="files", database=relative)
+    assert api.delete(f"/datasources/{ds}", org.key).status_code == 204
+    assert (folder / "o.csv").read_bytes() == ORDERS_CSV
+
+
+@SQLITE_ONLY
+def test_uploads_and_deletes_are_audited_without_their_bodies(api):
+    org = api.create_org()
+    ds, _ = files_datasource(api, org)
+    marker = f"marker-{uuid.uuid4().hex}"
+    body = f"secretish\n{marker}\n".encode()
+    assert put(api, org.key, f"/datasources/{ds}/files/m.csv", body).status_code == 201
+    assert api.delete(f"/datasources/{ds}/files/m.csv", org.key).status_code == 200
+    with api.app.state.sessions() as session:
+        actions = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.organization_id == org.id)
+        ).all()
+    assert {"datasource_file.upload", "datasource_file.delete"} <= set(actions)
+    assert marker not in repr(dump_tables(api.app))

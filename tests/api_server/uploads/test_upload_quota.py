@@ -1,0 +1,65 @@
+"""The organisation's storage quota at upload time: stored results and files placed in the area
+count against it; an upload that does not fit is 413 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.db.models import Execution, utcnow
+from shared.lifecycle import ExecutionStatus, ExecutionType
+from shared.storage_quota import MIB
+from shared.tokens import Scope, new_data_key
+from tests.support.factories import Api, Org
+from tests.support.uploads import ORDERS_CSV, SQLITE_ONLY, error_of, files_datasource, put, snapshot
+
+
+def _store_result(api: Api, org: Org, size: int) -> str:
+    """A completed execution whose stored result takes ``size`` bytes; its id."""
+    execution_id = str(uuid.uuid4())
+    with api.app.state.sessions.begin() as session:
+        session.add(
+            Execution(
+                id=execution_id,
+                organization_id=org.id,
+                datasource_id=org.sample_datasource_id,
+                execution_type=ExecutionType.SQL_QUERY,
+                status=ExecutionStatus.COMPLETED,
+                completed_at=utcnow(),
+                result_size=size,
+                data_key=new_data_key(Scope.EXECUTION_RESULT),
+            )
+        )
+    return execution_id
+
+
+def test_an_upload_over_the_quota_is_413_and_writes_nothing(api):
+    """Stored results count: with 2 MiB - 1 KiB of them stored, a 2 KiB upload does not fit,
+    declared or streamed; once the result is purged, it does."""
+    org = api.create_org()
+    other = api.create_org("Other")
+    ds, folder = files_datasource(api, org)
+    execution_id = _store_result(api, org, 2 * MIB - 1024 - len(ORDERS_CSV))
+    _store_result(api, other, 2 * MIB)  # another organisation's results do not count here
+    body = b"a\n" + b"12345\n" * 340
+    before = snapshot(folder)
+    for content in (body, iter([body[:10], body[10:]])):
+        answer = put(api, org.key, f"/datasources/{ds}/files/more.csv", content)
+        error = error_of(answer, 413)
+        assert error["code"] == "storage_quota_exceeded", error
+        assert snapshot(folder) == before
+    listing = api.get(f"/datasources/{ds}/files", org.key).json()["meta"]["storage"]
+    assert listing["results_bytes"] == 2 * MIB - 1024 - len(ORDERS_CSV)
+    assert api.delete(f"/executions/{execution_id}", org.key).status_code == 204
+    assert put(api, org.key, f"/datasources/{ds}/files/more.csv", body).status_code == 201
+
+
+@SQLITE_ONLY
+def test_files_in_the_area_count_against_the_quota(api):
+    org = api.create_org()
+    ds, _ = files_datasource(api, org)
+    with open(api.area(org) / "filler.bin", "wb") as filler:  # sparse: it costs no disk here
+        filler.truncate(2 * MIB - len(ORDERS_CSV) - 100)
+    answer = put(api, org.key, f"/datasources/{ds}/files/more.csv", b"a\n" + b"1\n" * 60)
+    assert error_of(answer, 413)["code"] == "storage_quota_exceeded"
+    assert put(api, org.key, f"/datasources/{ds}/files/more.csv", b"a\n1\n").status_code == 201

@@ -1,0 +1,184 @@
+"""What an upload may not be: a bad or unsafe name, a file that does not parse, the wrong media or
+datasource type, a second file for one view name, more than the per-file limit. Each refusal
+leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from api_server.services.uploads import TEMP_PREFIX
+from shared.storage_quota import MIB
+from tests.support.uploads import (
+    ORDERS_CSV,
+    SQLITE_ONLY,
+    error_of,
+    files_datasource,
+    parquet_bytes,
+    put,
+    snapshot,
+    sqlite_bytes,
+)
+
+BAD_NAMES = {
+    "slash": "a%2Fb.csv",
+    "backslash": "a%5Cb.csv",
+    "dot dot": "%2E%2E",
+    "dot": "%2E",
+    "leading dot": ".hidden.csv",
+    "temporary file's form": f"{TEMP_PREFIX}x.part",
+    "control character": "a%01b.csv",
+    "division slash look-alike": "a%E2%88%95b.csv",  # U+2215
+    "fullwidth letter (NFKC changes it)": "%EF%BD%86.csv",  # U+FF46
+    "one dot leader": "a%E2%80%A4csv",  # U+2024
+    "leading space": "%20a.csv",
+    "256 bytes": "n" * 252 + ".csv",
+    "no suffix": "orders",
+    "a suffix no view reads": "orders.txt",
+    "a database file": "shop.duckdb",
+    "empty": "",
+}
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("name", list(BAD_NAMES.values()), ids=list(BAD_NAMES))
+def test_a_bad_name_is_422_and_writes_nothing(api, name):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    before = snapshot(folder)
+    answer = put(api, org.key, f"/datasources/{ds}/files/{name}", ORDERS_CSV)
+    error = error_of(answer, 422)
+    assert error["code"] in ("invalid_file_name", "unsupported_file_type"), error
+    assert error["source"] == {"parameter": "name"}
+    assert snapshot(folder) == before
+    assert not any(p.name.startswith(TEMP_PREFIX) for p in api.area(org).rglob("*"))
+
+
+@SQLITE_ONLY
+def test_a_nul_in_the_name_is_refused_before_any_route(api):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    before = snapshot(folder)
+    assert error_of(put(api, org.key, f"/datasources/{ds}/files/a%00.csv", ORDERS_CSV), 400)[
+        "code"
+    ] == ("nul_character")
+    assert snapshot(folder) == before
+
+
+@SQLITE_ONLY
+def test_a_file_that_does_not_parse_is_422_and_replaces_nothing(api, tmp_path):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    good = parquet_bytes(pa.table({"x": [1, 2]}))
+    assert (
+        put(
+            api, org.key, f"/datasources/{ds}/files/p.parquet", good, "application/octet-stream"
+        ).status_code
+        == 201
+    )
+    before = snapshot(folder)
+    cases = {
+        "p.parquet": b"PAR1 is not all a Parquet file takes",
+        "broken.json": b'[{"a": 1}, {"a": ',
+        "binary.csv": bytes(range(256)) * 64,
+        "empty.csv": b"",
+    }
+    for name, body in cases.items():
+        answer = put(
+            api, org.key, f"/datasources/{ds}/files/{name}", body, "application/octet-stream"
+        )
+        error = error_of(answer, 422)
+        assert error["code"] == "file_not_parsable", (name, error)
+        assert str(folder) not in error["detail"] and name in error["detail"]
+        assert snapshot(folder) == before, name
+    duckdb_ds = api.create_datasource(org.key, name="db")["id"]
+    database = api.area(org) / "shop.duckdb"
+    kept = database.read_bytes()
+    for body in (b"DUCK" * 4096, sqlite_bytes(tmp_path, "CREATE TABLE t (a)")):
+        answer = put(
+            api,
+            org.key,
+            f"/datasources/{duckdb_ds}/database_file",
+            body,
+            "application/octet-stream",
+        )
+        assert error_of(answer, 422)["code"] == "file_not_parsable"
+        assert database.read_bytes() == kept
+
+
+@SQLITE_ONLY
+def test_a_wrong_media_type_is_415_and_a_wrong_datasource_type_409(api):
+    org = api.create_org()
+    ds, _ = files_datasource(api, org)
+    assert error_of(
+        put(api, org.key, f"/datasources/{ds}/files/a.csv", ORDERS_CSV, "application/json"), 415
+    )
+    missing = api.client.put(
+        f"/datasources/{ds}/files/a.csv",
+        content=ORDERS_CSV,
+        headers={"Authorization": f"Api {org.key}"},
+    )
+    assert error_of(missing, 415)
+    duckdb_ds = api.create_datasource(org.key, name="db")["id"]
+    assert (
+        error_of(put(api, org.key, f"/datasources/{duckdb_ds}/files/a.csv", ORDERS_CSV), 409)[
+            "code"
+        ]
+        == "wrong_database_type"
+    )
+    assert (
+        error_of(
+            put(api, org.key, f"/datasources/{ds}/database_file", b"x", "application/octet-stream"),
+            409,
+        )["code"]
+        == "wrong_database_type"
+    )
+    sample = org.sample_datasource_id
+    assert (
+        error_of(
+            put(
+                api,
+                org.key,
+                f"/datasources/{sample}/database_file",
+                b"x",
+                "application/octet-stream",
+            ),
+            409,
+        )["code"]
+        == "wrong_database_type"
+    )
+
+
+@SQLITE_ONLY
+def test_two_files_may_not_give_one_view_name(api):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    before = snapshot(folder)
+    answer = put(
+        api,
+        org.key,
+        f"/datasources/{ds}/files/ORDERS.parquet",
+        parquet_bytes(pa.table({"x": [1]})),
+        "application/octet-stream",
+    )
+    assert error_of(answer, 409)["code"] == "file_name_taken"
+    assert snapshot(folder) == before
+
+
+@SQLITE_ONLY
+def test_over_the_per_file_limit_is_413_and_writes_nothing(api):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    before = snapshot(folder)
+    body = b"a\n" + b"1\n" * (MIB // 2)  # 1 MiB + 2 bytes; the limit is 1 MiB
+    declared = put(api, org.key, f"/datasources/{ds}/files/big.csv", body)
+    assert error_of(declared, 413)["code"] == "upload_too_large"
+    assert declared.headers["connection"] == "close"
+    streamed = put(
+        api, org.key, f"/datasources/{ds}/files/big.csv", iter([body[:1000], body[1000:]])
+    )
+    assert error_of(streamed, 413)["code"] == "upload_too_large"
+    assert snapshot(folder) == before
+    at_limit = put(api, org.key, f"/datasources/{ds}/files/big.csv", body[:MIB])
+    assert at_limit.status_code == 201, at_limit.text

@@ -1,0 +1,176 @@
+"""Content coding and stored variants of ``/data/{data_key}``: text formats compressed by
+Accept-Encoding, Arrow buffer compression on request, each variant materialised once and
+deterministically, deleted with its result, on the local and the S3 store.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+
+import brotli
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from data_server import representations
+from data_server.formats import ResultFormat
+from shared.results import (
+    VARIANTS,
+    delete_stored_data,
+    open_result_store,
+    result_object_key,
+    stored_variants,
+    variant_object_key,
+)
+from shared.settings import Settings
+from tests.support.data_http import data_client, get_result, publish_result
+
+
+def _raw(client, fmt, headers, **params):
+    """Status, headers and the bytes as sent: the test client would undo gzip and br."""
+    with client.stream(
+        "GET", f"/data/{client.data_key}", params={"format": fmt, **params}, headers=headers
+    ) as response:
+        return response.status_code, response.headers, b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize(
+    ("accepted", "coding", "decode"),
+    [
+        ("gzip", "gzip", gzip.decompress),
+        ("br", "br", brotli.decompress),
+        ("zstd", "zstd", lambda raw: zstandard.ZstdDecompressor().decompressobj().decompress(raw)),
+        ("gzip;q=0.5, zstd", "zstd", None),
+        ("gzip, br;q=0", "gzip", None),
+    ],
+)
+def test_text_formats_are_compressed_by_accept_encoding(data, accepted, coding, decode):
+    plain = get_result(data, "json").content
+    _, headers, body = _raw(data, "json", {"Accept-Encoding": accepted})
+    assert headers["content-encoding"] == coding
+    assert "Accept-Encoding" in headers["vary"]
+    assert int(headers["content-length"]) == len(body) < len(plain) / 3
+    if decode is not None:
+        assert decode(body) == plain
+    status, _, ranged = _raw(data, "json", {"Accept-Encoding": accepted, "Range": "bytes=5-"})
+    assert (status, ranged) == (206, body[5:])  # ranges are of the bytes as served
+
+
+def test_binary_formats_are_never_content_coded(data):
+    response = get_result(data, "parquet", {"Accept-Encoding": "gzip, br, zstd"})
+    assert "content-encoding" not in response.headers
+    assert pq.read_table(io.BytesIO(response.content)).num_rows == 50_000
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_arrow_buffer_compression_on_request(data, codec):
+    plain = get_result(data, "arrow").content
+    packed = get_result(data, "arrow", compression=codec)
+    assert len(packed.content) < len(plain)
+    assert pa.ipc.open_stream(packed.content).read_all().equals(data.table)
+
+
+def test_compression_for_a_text_format_is_400(data):
+    response = get_result(data, "csv", compression="zstd")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["source"] == {"parameter": "compression"}
+
+
+def test_records_json_is_an_array_of_objects(data):
+    import json
+
+    records = json.loads(get_result(data, "records").content)
+    assert records[:2] == [
+        {"id": 0, "amount": 0.0, "name": 'name "0"'},
+        {"id": 1, "amount": 0.25, "name": 'name "1"'},
+    ]
+    assert len(records) == 50_000
+
+
+def test_variants_are_stored_once_enumerable_and_deleted_with_the_result(data):
+    get_result(data, "csv")
+    get_result(data, "csv", {"Accept-Encoding": "gzip"})
+    get_result(data, "arrow", compression="lz4")
+    variants = stored_variants(data.store, data.data_key)
+    assert set(variants) == {"csv", "csv.gz", "arrows.lz4"}
+    assert all(size > 0 for size in variants.values())
+    assert set(variants) <= VARIANTS
+    delete_stored_data(data.store, results=[data.data_key])
+    assert stored_variants(data.store, data.data_key) == {}
+    assert get_result(data, "csv").status_code == 404
+
+
+def test_a_left_over_variant_of_a_purged_result_is_not_served(data):
+    get_result(data, "csv")
+    data.store.delete(result_object_key(data.data_key))  # a purge raced by a materialisation
+    assert data.store.size(variant_object_key(data.data_key, "csv"))
+    response = get_result(data, "csv")
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["code"] == "result_gone"
+
+
+def test_every_variant_the_server_can_make_is_in_the_catalogue():
+    from data_server.formats import ArrowCompression
+
+    names = {
+        representations.Representation(fmt, compression, coding).variant
+        for fmt in ResultFormat
+        for compression in (
+            ArrowCompression if fmt is ResultFormat.ARROW else [ArrowCompression.NONE]
+        )
+        for coding in (
+            representations.ContentCoding
+            if fmt.name_in_query in ("json", "records", "ndjson", "csv")
+            else [representations.ContentCoding.IDENTITY]
+        )
+    }
+    assert names == VARIANTS
+
+
+def test_materialised_bytes_are_deterministic(data):
+    first = _raw(data, "json", {"Accept-Encoding": "gzip"})[2]
+    data.store.delete(variant_object_key(data.data_key, "json.gz"))
+    assert _raw(data, "json", {"Accept-Encoding": "gzip"})[2] == first
+
+
+def test_ranges_and_variants_on_the_s3_store(tmp_path, object_store, monkeypatch):
+    """The S3 store: ranges are read from the object (``read_at``), a compressed variant is
+    stored as it was encoded (not compressed again by its key's extension), variants are deleted
+    with the result."""
+    env = object_store.settings_env(object_store.new_bucket_url())
+    for name, value in env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings(
+        state_dir=tmp_path,
+        sample_scale=0.001,
+        results_url=env["DATAFERRY_RESULTS_URL"],
+        s3_endpoint_url=env["DATAFERRY_S3_ENDPOINT_URL"],
+    )
+    stored = publish_result(open_result_store(settings))
+    with data_client(settings, stored) as data:
+        whole = get_result(data, "parquet")
+        assert whole.status_code == 200
+        size = len(whole.content)
+        part = get_result(data, "parquet", {"Range": f"bytes={size - 8}-"})
+        assert (
+            part.status_code == 206
+            and part.content == whole.content[-8:]
+            and part.content.endswith(b"PAR1")
+        )
+        plain = get_result(data, "json").content
+        _, headers, packed = _raw(data, "json", {"Accept-Encoding": "zstd"})
+        assert headers["content-encoding"] == "zstd"
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(packed) == plain
+        arrow = get_result(data, "arrow", compression="lz4").content
+        assert pa.ipc.open_stream(arrow).read_all().equals(data.table)
+        assert set(stored_variants(data.store, data.data_key)) == {
+            "parquet", "json", "json.zst", "arrows.lz4"
+        }  # fmt: skip
+        delete_stored_data(data.store, results=[data.data_key])
+        assert stored_variants(data.store, data.data_key) == {}
+        assert not [
+            key for key in object_store.keys(env["DATAFERRY_RESULTS_URL"]) if data.data_key in key
+        ]

@@ -1,0 +1,164 @@
+"""Connections to remote databases: the timeout ends the query on the server too, a datasource's
+max_concurrent_executions bounds its connections, a dropped connection fails one execution,
+and each way of failing to connect has its own error code.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+
+import pytest
+
+from data_server import engine
+from data_server.sql_check import QueryFailed
+from tests.support.client import DataferryClient
+from tests.support.remote_databases import LIMITS, NAME, created, failure, remote_spec, rows
+
+pytestmark = pytest.mark.e2e
+
+
+def check_connection(client: DataferryClient, datasource_id: str) -> dict:
+    response = client.http.post(
+        f"{client.api_url}/datasources/{datasource_id}/test_connection",
+        headers=client.headers,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_timeout_ends_the_query_on_the_server_too(client, server, datasources):
+    done = failure(client, datasources[server.kind], f"SELECT * FROM {server.schema}.slow")
+    assert done["error_code"] == "timeout"
+    deadline = time.monotonic() + 10
+    while server.active_queries() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.active_queries() == 0
+    assert rows(client, datasources[server.kind], "SELECT 1") == [[1]]
+
+
+def test_max_concurrent_executions_bounds_the_connections(client, server):
+    datasource = created(
+        client, **server.attributes(name="one at a time", max_concurrent_executions=1)
+    )
+    executions = [
+        client.run(datasource, f"SELECT * FROM {server.schema}.sleepy")["execution_id"]
+        for _ in range(2)
+    ]
+    most = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        while not stop.is_set():
+            most = max(most, server.connections())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        outcomes = [client.wait_until_done(e, timeout=60)["execution_status"] for e in executions]
+    finally:
+        stop.set()
+        sampler.join()
+    assert outcomes == ["completed"] * 2
+    assert most == 1
+
+
+def test_a_dropped_connection_fails_with_connection_lost_and_the_next_query_works(
+    client, server, datasources
+):
+    datasource = datasources[server.kind]
+    execution = client.run(datasource, f"SELECT * FROM {server.schema}.sleepy")["execution_id"]
+    deadline = time.monotonic() + 10
+    while not server.active_queries() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if server.kind == "postgres":
+        server.admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [NAME]
+        )
+    else:
+        with server.admin.cursor() as cursor:
+            cursor.execute("SELECT id FROM information_schema.processlist WHERE user = %s", [NAME])
+            for (thread,) in cursor.fetchall():
+                cursor.execute(f"KILL CONNECTION {int(thread)}")
+    done = client.wait_until_done(execution, timeout=60)
+    assert (done["execution_status"], done["error_code"]) == ("failed", "connection_lost"), done
+    assert rows(client, datasource, "SELECT count(*) FROM " + f"{server.schema}.events") == [[5]]
+
+
+# ---------------------------------------------------------------------------- connecting
+
+
+def _silent_server() -> tuple[socket.socket, int]:
+    """Accepts connections and never says a word: a server that does not answer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_connection_errors_are_specific(client, server, datasources):
+    listener, silent = _silent_server()
+    cases = {
+        "authentication_failed": (
+            {"password": "wrong-" + secrets.token_hex(4)}
+            if server.kind == "mysql"
+            else {"username": NAME + "_nologin"}  # the test server trusts loopback passwords
+        ),
+        "database_not_found": {"database": NAME + "_missing"},
+        "host_unreachable": {"port": _closed_port()},
+        "connection_timed_out": {"port": silent},
+        "tls_refused": {"require_ssl": True},  # the test servers offer no TLS
+    }
+    try:
+        ids = {
+            code: created(client, **server.attributes(name=code, **o)) for code, o in cases.items()
+        }
+        queued = {code: client.run(ids[code], "SELECT 1")["execution_id"] for code in cases}
+        for code in cases:
+            done = client.wait_until_done(queued[code], timeout=60)
+            assert (done["execution_status"], done["error_code"]) == ("failed", code), done
+            assert server.password not in done["error_message"]
+        for code in ("authentication_failed", "connection_timed_out"):  # what Test Connection says
+            started = time.monotonic()
+            answer = check_connection(client, ids[code])
+            assert answer["status"] == "error", (code, answer)
+            assert time.monotonic() - started < 15, code  # bounded by the connect timeout
+            assert server.password not in answer["error_message"]
+        assert (
+            "refused the username or password"
+            in check_connection(client, ids["authentication_failed"])["error_message"]
+        )
+    finally:
+        listener.close()
+    answer = check_connection(client, datasources[server.kind])
+    assert answer == {"status": "ok", "error_message": None}
+
+
+def test_engine_refuses_a_remote_spec_that_cannot_connect(postgres, tmp_path):
+    """Without the region: the attach fails with the classified code and no password."""
+    with pytest.raises(QueryFailed) as refused:
+        engine.Sandbox(remote_spec(postgres, port=_closed_port()), LIMITS, str(tmp_path))
+    assert refused.value.code == "host_unreachable"
+    assert postgres.password not in refused.value.message

@@ -1,0 +1,194 @@
+"""Result encoders in-process: row windows, bounded slices and the lossless JSON/CSV mapping."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from data_server import encoders
+from data_server.encoders import encode_result
+from data_server.formats import ResultFormat
+
+
+def _store(tmp_path, sql: str, batch_rows: int = 3) -> str:
+    """The result of ``sql`` as the worker stores it: an Arrow IPC file of small batches."""
+    path = str(tmp_path / "result.arrow")
+    with duckdb.connect() as connection:
+        connection.execute("SET TimeZone = 'UTC'")
+        reader = connection.execute(sql).to_arrow_reader(batch_rows)
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+    return path
+
+
+def _encode(path: str, fmt: ResultFormat, offset: int = 0, limit: int | None = None) -> bytes:
+    return b"".join(encode_result(pa.OSFile(path, "rb"), fmt, offset, limit))
+
+
+# ---------------------------------------------------------------------------- values
+
+
+def test_json_edge_values_are_lossless(tmp_path):
+    path = _store(
+        tmp_path,
+        """
+        SELECT 18446744073709551615::UBIGINT AS u, (-9223372036854775808)::BIGINT AS i,
+               [0.1, 'NaN'::DOUBLE, 1e300, 5e-324]::DOUBLE[] AS floats,
+               TIMESTAMP_NS '2024-01-01 00:00:00.123456789' AS ns,
+               MAP {'k': 1} AS m, 'x'::ENUM('x', 'y') AS e,
+               123456789012345678901234567.123456789::DECIMAL(38, 9) AS d,
+               {'when': DATE '2024-02-29', 'blob': '\\xFF'::BLOB} AS s
+        """,
+    )
+    document = json.loads(_encode(path, ResultFormat.JSON))
+    assert document["rows"] == [
+        [
+            18446744073709551615,
+            -9223372036854775808,
+            [0.1, "NaN", 1e300, 5e-324],
+            "2024-01-01T00:00:00.123456789",
+            [["k", 1]],
+            "x",
+            "123456789012345678901234567.123456789",
+            {"when": "2024-02-29", "blob": "/w=="},
+        ]
+    ]
+    assert document["row_count"] == 1
+
+
+def test_ndjson_rows_are_objects_with_the_json_values(tmp_path):
+    path = _store(tmp_path, "SELECT range AS n, 'r' || range AS label FROM range(7)")
+    lines = _encode(path, ResultFormat.NDJSON).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [{"n": i, "label": f"r{i}"} for i in range(7)]
+
+
+def test_csv_and_parquet_and_arrow_round_trip(tmp_path):
+    sql = "SELECT range AS n, range * 0.25 AS q, 'a,\"b\"' || range AS t FROM range(10)"
+    path = _store(tmp_path, sql)
+    expected = pa.ipc.open_file(path).read_all()
+    arrow = pa.ipc.open_stream(_encode(path, ResultFormat.ARROW)).read_all()
+    assert arrow.equals(expected)
+    assert pq.read_table(io.BytesIO(_encode(path, ResultFormat.PARQUET))).equals(expected)
+    csv = pa_csv.read_csv(io.BytesIO(_encode(path, ResultFormat.CSV)))
+    assert csv.column("t").to_pylist() == expected.column("t").to_pylist()
+    assert [str(v) for v in expected.column("q").to_pylist()] == [
+        f"{v:.2f}" for v in csv.column("q").to_pylist()
+    ]
+
+
+# ---------------------------------------------------------------------------- row windows
+
+
+@pytest.mark.parametrize(
+    ("offset", "limit", "expected"),
+    [
+        (0, None, list(range(10))),
+        (4, None, list(range(4, 10))),
+        (2, 5, [2, 3, 4, 5, 6]),  # starts mid-batch, spans three batches
+        (3, 3, [3, 4, 5]),  # exactly one batch
+        (9, 100, [9]),
+        (10, None, []),
+        (1000, 5, []),
+        (0, 0, []),
+    ],
+)
+def test_row_windows_in_every_format(tmp_path, offset, limit, expected):
+    path = _store(tmp_path, "SELECT range AS n FROM range(10)")
+    document = json.loads(_encode(path, ResultFormat.JSON, offset, limit))
+    assert document["rows"] == [[n] for n in expected]
+    assert document["row_count"] == len(expected)
+    ndjson = _encode(path, ResultFormat.NDJSON, offset, limit).decode().splitlines()
+    assert [json.loads(line)["n"] for line in ndjson] == expected
+    arrow = pa.ipc.open_stream(_encode(path, ResultFormat.ARROW, offset, limit)).read_all()
+    assert arrow.column("n").to_pylist() == expected
+    assert arrow.schema.names == ["n"]
+    parquet = pq.read_table(io.BytesIO(_encode(path, ResultFormat.PARQUET, offset, limit)))
+    assert parquet.column("n").to_pylist() == expected
+    csv = _encode(path, ResultFormat.CSV, offset, limit).decode().splitlines()
+    assert csv == ['"n"', *map(str, expected)]
+
+
+def test_empty_result_is_a_valid_document_in_every_format(tmp_path):
+    path = _store(tmp_path, "SELECT 1 AS one WHERE false")
+    assert json.loads(_encode(path, ResultFormat.JSON)) == {
+        "columns": [{"name": "one", "type": "int32"}],
+        "rows": [],
+        "row_count": 0,
+    }
+    assert _encode(path, ResultFormat.NDJSON) == b""
+    assert pa.ipc.open_stream(_encode(path, ResultFormat.ARROW)).read_all().num_rows == 0
+    assert pq.read_table(io.BytesIO(_encode(path, ResultFormat.PARQUET))).num_rows == 0
+
+
+def test_large_results_stream_in_several_chunks(tmp_path):
+    path = _store(tmp_path, "SELECT range AS n, 'row ' || range AS t FROM range(200000)", 65536)
+    for fmt in ResultFormat:
+        chunks = list(encode_result(pa.OSFile(path, "rb"), fmt, 0, None))
+        assert len(chunks) > 1, fmt
+
+
+def test_a_corrupt_file_fails_on_the_first_chunk(tmp_path):
+    path = tmp_path / "broken.arrow"
+    path.write_bytes(b"not arrow at all")
+    chunks = encode_result(pa.OSFile(str(path), "rb"), ResultFormat.JSON, 0, None)
+    with pytest.raises(pa.ArrowInvalid):
+        next(chunks)
+
+
+# ---------------------------------------------------------------------------- fast JSON text
+
+
+FAST_PATH_SQL = r"""
+SELECT * FROM (VALUES
+  (1::TINYINT, (-9223372036854775808)::BIGINT, 18446744073709551615::UBIGINT, 1.0::DOUBLE,
+   'NaN'::DOUBLE, 'a "quoted" \ back', E'tab\there', TRUE, DATE '2024-02-29',
+   TIME '13:45:31.5', TIMESTAMP '2024-03-31 01:30:00.123456', TIMESTAMP_NS '2024-01-01 00:00:00.123456789',
+   TIMESTAMP_S '1969-12-31 23:59:59', TIMESTAMPTZ '2024-03-31 01:30:00+02', 12.50::DECIMAL(10, 2),
+   'x'::ENUM('x', 'y'), 0.1::FLOAT, 'héllo ✓'),
+  (NULL, NULL, NULL, -0.0, 'Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+   NULL, NULL, NULL),
+  (3, 0, 0, 1e300, '-Infinity', '', '', FALSE, DATE '0001-01-01', TIME '00:00:00',
+   TIMESTAMP '0001-01-01 00:00:00', NULL, NULL, NULL, -0.01, 'y', NULL, ''),
+  (4, 1, 1, 5e-324, 2.5, 'plain', 'plain', TRUE, DATE '9999-12-31', TIME '23:59:59.999999',
+   TIMESTAMP '9999-12-31 23:59:59.999999', NULL, NULL, NULL, 0, 'x', 1.5, 'x')
+) AS t(i8, i64, u64, d, special, quoted, control, b, day, tod, ts, ns, s, tz, dec, e, f, utf)
+"""
+
+
+def _value_by_value(path: str, keys: bool) -> bytes:
+    """What the encoders wrote before the column-wise path: orjson of the mapped values."""
+    table = pa.ipc.open_file(path).read_all()
+    columns = [encoders._json_values(column.combine_chunks()) for column in table.columns]
+    rows = list(zip(*columns, strict=True))
+    if keys:
+        return b"".join(
+            orjson.dumps(dict(zip(table.column_names, r, strict=True))) + b"\n" for r in rows
+        )
+    return orjson.dumps(rows)
+
+
+def test_column_wise_json_text_equals_the_value_by_value_mapping(tmp_path):
+    path = _store(tmp_path, FAST_PATH_SQL, batch_rows=2)
+    document = _encode(path, ResultFormat.JSON)
+    rows = document[document.index(b'"rows":') + 7 : document.rindex(b',"row_count"')]
+    assert rows == _value_by_value(path, keys=False)
+    assert _encode(path, ResultFormat.NDJSON) == _value_by_value(path, keys=True)
+    records = json.loads(_encode(path, ResultFormat.RECORDS))
+    assert records == [json.loads(line) for line in _value_by_value(path, keys=True).splitlines()]
+
+
+def test_slices_are_bounded_by_bytes_not_rows(tmp_path):
+    path = _store(tmp_path, "SELECT repeat('x', 1000) || range AS wide FROM range(20000)", 20000)
+    reader = pa.ipc.open_file(pa.OSFile(path, "rb"))
+    slices = list(encoders._batches(reader, 0, None))
+    assert len(slices) > 1
+    assert sum(s.num_rows for s in slices) == 20000
+    assert max(s.nbytes for s in slices) <= 2 * encoders.SLICE_BYTES

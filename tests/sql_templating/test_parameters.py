@@ -1,0 +1,170 @@
+"""Cluvio parameters in process: the SQL they bind to, and what bad input gets.
+
+The same bad input through the API is tests/api_server/test_sql_parameters.py; the rows each
+form returns are checked end to end in tests/e2e/test_sql_parameters.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.errors import AppError, ValidationErrors
+from shared.settings import Settings
+from sql_templating.binding import bind_parameters
+from sql_templating.parameters import (
+    MAX_INTEGER,
+    MIN_INTEGER,
+    InputParameters,
+    parse_input_parameters,
+)
+from tests.support.sql_parameter_cases import BAD_INPUT, pick
+
+MAX_SQL_LENGTH = Settings().max_sql_length
+
+
+def bind(sql: str, parameters: dict | None = None, zone: str = "UTC"):
+    return bind_parameters(sql, parse_input_parameters(parameters or {}), zone, MAX_SQL_LENGTH)
+
+
+def errors_of(call) -> list[dict]:
+    with pytest.raises(AppError) as raised:
+        call()
+    found = raised.value.errors if isinstance(raised.value, ValidationErrors) else [raised.value]
+    return [error.to_error_object() for error in found]
+
+
+# ---------------------------------------------------------------------------- bound SQL
+
+
+def test_each_form_binds_its_values_as_parameters():
+    bound = bind(
+        "SELECT {d:aggregation}, {c.value} FROM t WHERE {ts=timerange} AND {[lower(c)]=c}",
+        {"timerange": "0~60", "aggregation": "month", **pick("c", "x")},
+    )
+    assert bound.sql == (
+        "SELECT CASE WHEN CAST($1 AS BOOLEAN) THEN CAST(NULL AS TIMESTAMP) "
+        "ELSE date_trunc(CAST($2 AS VARCHAR), CAST((d) AS TIMESTAMP)) END, $3 FROM t WHERE "
+        "((ts) >= CAST($4 AS TIMESTAMPTZ) AND (ts) < CAST($5 AS TIMESTAMPTZ)) "
+        "AND ((lower(c)) = $3)"
+    )
+    assert bound.values == [
+        False,
+        "month",
+        "x",
+        "1970-01-01T00:00:00+00:00",
+        "1970-01-01T00:01:00+00:00",
+    ]
+
+
+def test_one_value_is_bound_once_however_often_used():
+    bound = bind("SELECT {v.value}, {v.value} WHERE {a=v} AND {[b]=v}", pick("v", "only"))
+    assert bound.values == ["only"]
+    assert bound.sql == "SELECT $1, $1 WHERE ((a) = $1) AND ((b) = $1)"
+
+
+@pytest.mark.parametrize(
+    ("values", "condition"),
+    [
+        ((), "TRUE"),
+        (("a",), "((c) = $1)"),
+        (("a", "b"), "((c) IN ($1, $2))"),
+        ((None,), "((c) IS NULL)"),
+        (("a", None), "((c) = $1 OR (c) IS NULL)"),
+    ],
+)
+def test_condition_shape_follows_the_number_of_values(values, condition):
+    assert bind("SELECT 1 WHERE {c=v}", pick("v", *values)).sql == f"SELECT 1 WHERE {condition}"
+
+
+def test_timerange_bounds_are_utc_instants_start_inclusive_end_exclusive():
+    bound = bind("WHERE {t=timerange}", {"timerange": "1712233090~1712237090"})
+    assert bound.sql == "WHERE ((t) >= CAST($1 AS TIMESTAMPTZ) AND (t) < CAST($2 AS TIMESTAMPTZ))"
+    assert bound.values == ["2024-04-04T12:18:10+00:00", "2024-04-04T13:24:50+00:00"]
+
+
+def test_zone_defaults_to_the_datasource_zone():
+    assert bind("SELECT {t:tz}", zone="Asia/Tokyo").values == ["Asia/Tokyo"]
+    assert bind("SELECT {t:tz}", {"tz": "Europe/Berlin"}, "Asia/Tokyo").values == ["Europe/Berlin"]
+
+
+def test_text_outside_code_is_left_alone():
+    sql = "SELECT '{a=b}', \"{c:d}\", $$ {e.f} $$, E'\\' {g=h}' -- {i=j}\n/* {k=l} */ {'m': 1}"
+    assert bind(sql).sql == sql
+
+
+def test_snippet_brackets_inside_a_placeholder_are_its_expression():
+    assert bind("SELECT {[a[1]]:t}").sql.startswith(
+        "SELECT date_trunc(CAST($1 AS VARCHAR), CAST((a[1])"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.text(max_size=40)
+        | st.integers(MIN_INTEGER, MAX_INTEGER)
+        | st.floats(allow_nan=False)
+        | st.booleans(),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_no_value_changes_the_sql_only_the_bound_values(values):
+    """Whatever the values say, the SQL is the one a harmless list of equal length gives."""
+    sql = "SELECT {v.selected}, {[x]:g} FROM t WHERE {c=v} AND {d=timerange}"
+
+    def parameters(selected):
+        filters = [*pick("v", *selected)["filters"], *pick("g", "day")["filters"]]
+        return {"timerange": "0~1", "filters": filters}
+
+    bound = bind(sql, parameters(values))
+    assert bound.sql == bind(sql, parameters(range(len(values)))).sql
+    assert bound.values == [
+        True,
+        "day",
+        *values,
+        "1970-01-01T00:00:00+00:00",
+        "1970-01-01T00:00:01+00:00",
+    ]
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("sql", "parameters", "pointer", "code"),
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_INPUT],
+)
+def test_bad_input_is_a_422_at_the_offending_member(sql, parameters, pointer, code):
+    found = errors_of(lambda: bind(sql, parameters))
+    assert {"pointer": pointer} in [error.get("source") for error in found], found
+    assert code in [error["code"] for error in found]
+    assert all(error["status"] == "422" for error in found)
+
+
+def test_every_problem_of_the_parameters_is_reported_at_once():
+    found = errors_of(
+        lambda: parse_input_parameters(
+            {"timerange": "x", "aggregation": "y", "tz": "z", "filters": [1], "w": 0}
+        )
+    )
+    assert sorted(error["source"]["pointer"] for error in found) == [
+        "/parameters/aggregation",
+        "/parameters/filters/0",
+        "/parameters/timerange",
+        "/parameters/tz",
+        "/parameters/w",
+    ]
+
+
+def test_placeholders_nest_ten_deep():
+    sql = "SELECT " + "{[" * 10 + "x" + "]:aggregation}" * 10
+    bound = bind(sql, {"aggregation": "week"})
+    assert bound.sql.count("date_trunc") == 10
+    assert bound.values == [False, "week"]
+
+
+def test_no_parameters_bind_nothing():
+    assert bind_parameters("SELECT 1", InputParameters(), "UTC", MAX_SQL_LENGTH).values == []

@@ -1,0 +1,67 @@
+"""What the ``/data/{data_key}`` HTTP tests (tests/data_server/data_http/) share: a published
+result of 50,000 rows, a data token for it, a data server client that sends it, and a GET of the
+result in one format.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pyarrow as pa
+from starlette.testclient import TestClient
+
+from data_server.app import create_app
+from shared.results import result_object_key
+from shared.signing_keys import SigningKeyring
+from shared.tokens import Scope, mint_data_token, new_data_key
+from tests.support.log_watch import remember
+
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def publish_result(store):
+    data_key = new_data_key(Scope.EXECUTION_RESULT)
+    table = pa.table(
+        {
+            "id": pa.array(range(50_000), pa.int64()),
+            "amount": pa.array([i * 0.25 for i in range(50_000)], pa.float64()),
+            "name": pa.array([f'name "{i}"' for i in range(50_000)], pa.string()),
+        }
+    )
+    temp = store.temp_path("upload")
+    with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches(8192):
+            writer.write_batch(batch)
+    store.publish(temp, result_object_key(data_key))
+    return store, data_key, table
+
+
+def data_token(settings, data_key, now=None, scope=Scope.EXECUTION_RESULT):
+    token = mint_data_token(
+        SigningKeyring(settings),
+        settings,
+        organization_id="o",
+        data_key=data_key,
+        scope=scope,
+        now=now,
+    )
+    remember(token)
+    return token
+
+
+@contextmanager
+def data_client(settings, stored):
+    store, data_key, table = stored
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        token = data_token(settings, data_key)
+        client.headers["Authorization"] = f"Data {token}"
+        client.data_key, client.table, client.store, client.token = data_key, table, store, token
+        yield client
+
+
+def get_result(client, fmt="csv", headers=None, **params):
+    return client.get(
+        f"/data/{client.data_key}",
+        params={"format": fmt, **params},
+        headers={**IDENTITY, **(headers or {})},
+    )

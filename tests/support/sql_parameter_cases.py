@@ -1,0 +1,73 @@
+"""Cluvio parameters and the problem each bad one is: shared by the in-process tests of
+``sql_templating`` and the tests that send the same input through the API."""
+
+from __future__ import annotations
+
+
+def pick(name, *values):
+    return {"filters": [{"variable_name": name, "selected_values": list(values)}]}
+
+
+BAD_INPUT = [
+    # (case, sql, parameters, pointer, code)
+    ("timerange-not-two-integers", "{t=timerange}", {"timerange": "yesterday~today"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-one-integer", "{t=timerange}", {"timerange": "1712233090"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-fraction", "{t=timerange}", {"timerange": "1.5~3"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-end-before-start", "{t=timerange}", {"timerange": "200~100"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-empty", "{t=timerange}", {"timerange": "100~100"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-beyond-9999", "{t=timerange}", {"timerange": "0~999999999999999"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-next-beyond-9999", "{t=timerange.next}", {"timerange": "0~253402300000"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-number", "{t=timerange}", {"timerange": 5}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-injection", "{t=timerange}", {"timerange": "1~2'; DROP TABLE x; --"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-arabic-indic-digits", "{t=timerange}", {"timerange": "\u0661~\u0662"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-fullwidth-digits", "{t=timerange}", {"timerange": "\uff11~\uff12"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-unicode-space", "{t=timerange}", {"timerange": "1\u2003~2"}, "/parameters/timerange", "invalid_timerange"),
+    ("timerange-trailing-text", "{t=timerange}", {"timerange": "1~2 x"}, "/parameters/timerange", "invalid_timerange"),
+    ("aggregation-unknown", "{d:aggregation}", {"aggregation": "decade"}, "/parameters/aggregation", "invalid_aggregation"),
+    ("aggregation-case", "{d:aggregation}", {"aggregation": "Day"}, "/parameters/aggregation", "invalid_aggregation"),
+    ("aggregation-injection", "{d:aggregation}", {"aggregation": "day') OR 1=1 --"}, "/parameters/aggregation", "invalid_aggregation"),
+    ("all-time-on-custom-filter", "{d:grain}", pick("grain", "all_time"), "/parameters/filters/0/selected_values/0", "all_time_not_allowed"),
+    ("custom-aggregation-unknown", "{d:grain}", pick("grain", "fortnight"), "/parameters/filters/0/selected_values/0", "invalid_aggregation"),
+    ("custom-aggregation-two", "{d:grain}", pick("grain", "day", "week"), "/parameters/filters/0/selected_values", "invalid_parameter"),
+    ("zone-unknown", "{d:tz}", {"tz": "Mars/Olympus"}, "/parameters/tz", "invalid_time_zone"),
+    ("zone-path", "{d:tz}", {"tz": "../../etc/passwd"}, "/parameters/tz", "invalid_time_zone"),
+    ("zone-localtime", "{d:tz}", {"tz": "localtime"}, "/parameters/tz", "invalid_time_zone"),
+    ("zone-injection", "{d:tz}", {"tz": "UTC'; DROP TABLE x; --"}, "/parameters/tz", "invalid_time_zone"),
+    ("unknown-parameter", "SELECT 1", {"region": "eu"}, "/parameters/region", "unknown_parameter"),
+    ("filters-not-array", "{c=v}", {"filters": {"v": 1}}, "/parameters/filters", "invalid_type"),
+    ("filter-not-object", "{c=v}", {"filters": ["v"]}, "/parameters/filters/0", "invalid_type"),
+    ("filter-unused", "SELECT 1", pick("v", 1), "/parameters/filters/0/variable_name", "unused_filter"),
+    ("filter-used-only-in-literal", "SELECT '{c=v}'", pick("v", 1), "/parameters/filters/0/variable_name", "unused_filter"),
+    ("filter-name-injection", "{c=v}", pick("v}; DROP TABLE x; --", 1), "/parameters/filters/0/variable_name", "invalid_variable_name"),
+    ("filter-built-in-name", "{c=timerange}", pick("timerange", 1), "/parameters/filters/0/variable_name", "built_in_variable"),
+    ("filter-twice", "{c=v}", {"filters": pick("v", 1)["filters"] * 2}, "/parameters/filters/1/variable_name", "duplicate_filter"),
+    ("filter-values-not-array", "{c=v}", {"filters": [{"variable_name": "v", "selected_values": "a"}]}, "/parameters/filters/0/selected_values", "invalid_type"),
+    ("filter-nested-value", "{c=v}", pick("v", "a", ["b"]), "/parameters/filters/0/selected_values/1", "invalid_type"),
+    ("filter-huge-integer", "{c=v}", pick("v", 2**200), "/parameters/filters/0/selected_values/0", "number_out_of_range"),
+    ("filter-integer-beyond-bigint", "{c=v}", pick("v", 1, -(2**63) - 1), "/parameters/filters/0/selected_values/1", "number_out_of_range"),
+    ("placeholders-eleven-deep", "SELECT " + "{[" * 11 + "x" + "]:aggregation}" * 11, {}, "/sql_query", "placeholders_too_deep"),
+    ("placeholders-a-thousand-deep", "SELECT " + "{[" * 1000 + "x" + "]:aggregation}" * 1000, {}, "/sql_query", "placeholders_too_deep"),
+    ("ranges-doubling-past-the-limit", "SELECT 1 WHERE " + "{[" * 10 + "x" * 500 + "]=timerange}" * 10, {"timerange": "1~2"}, "/sql_query", "too_long"),
+    ("filter-unknown-member", "{c=v}", {"filters": [{"variable_name": "v", "selected_values": [], "x": 1}]}, "/parameters/filters/0/x", "unknown_attribute"),
+    ("filter-bad-range", "{c=v}", pick("v", "9~1"), "/parameters/filters/0/selected_values/0", "invalid_timerange"),
+    ("value-of-several", "SELECT {v.value}", pick("v", 1, 2), "/parameters/filters/0/selected_values", "invalid_parameter"),
+    ("next-on-a-list", "{c=v.next}", pick("v", 1), "/parameters/filters/0", "invalid_parameter"),
+    ("too-many-values", "{c=v}", pick("v", *range(10_001)), "/parameters/filters", "too_many"),
+    ("unbalanced-brace", "SELECT {'a': 1 FROM t", {}, "/sql_query", "invalid_placeholder"),
+    ("unbalanced-close-brace", "SELECT 1 }", {}, "/sql_query", "invalid_placeholder"),
+    ("unbalanced-bracket-in-placeholder", "SELECT {[lower(c)=v}", {}, "/sql_query", "invalid_placeholder"),
+    ("unbalanced-bracket", "SELECT [1, 2 FROM t", {}, "/sql_query", "invalid_placeholder"),
+    ("crossed-marks", "SELECT {[1}]", {}, "/sql_query", "invalid_placeholder"),
+    ("half-a-condition", "SELECT 1 WHERE {c=}", {}, "/sql_query", "invalid_placeholder"),
+    ("bracket-without-variable", "SELECT {[c]}", {}, "/sql_query", "invalid_placeholder"),
+    ("unknown-selector", "SELECT {v.last}", {}, "/sql_query", "unknown_selector"),
+    ("range-has-no-value", "SELECT {timerange.value}", {}, "/sql_query", "unknown_selector"),
+    ("condition-selector", "{c=v.value}", {}, "/sql_query", "unknown_selector"),
+    ("transformation-selector", "{c:aggregation.value}", {}, "/sql_query", "unknown_selector"),
+    ("condition-on-aggregation", "{c=aggregation}", {}, "/sql_query", "conflicting_variable_use"),
+    ("transformation-by-range", "{c:timerange}", {}, "/sql_query", "conflicting_variable_use"),
+    ("variable-in-two-roles", "{c=v} {d:v}", {}, "/sql_query", "conflicting_variable_use"),
+    ("positional-parameter", "SELECT $1", {}, "/sql_query", "bind_marker_in_sql"),
+    ("question-mark-parameter", "SELECT * FROM t WHERE a = ?", {}, "/sql_query", "bind_marker_in_sql"),
+    ("named-parameter", "SELECT $name", {}, "/sql_query", "bind_marker_in_sql"),
+]  # fmt: skip
