@@ -116,12 +116,21 @@ class WarmSandboxes:
         try:
             yield sandbox, reused
         except BaseException:
-            self._used.append(sandbox)
+            self._done_with(sandbox, spec)
             raise
         if key is None:
-            self._used.append(sandbox)
+            self._done_with(sandbox, spec)
         else:
             self._warm, self._last_used = (key, sandbox, opened_at), time.monotonic()
+
+    def _done_with(self, sandbox: Sandbox, spec: DatasourceSpec) -> None:
+        """Closed after the reply, off the critical path; but one that holds a connection to a
+        remote database or bucket is closed at once, so that a datasource's connections never
+        outnumber its running executions (``max_concurrent_executions`` bounds them)."""
+        if spec.remote is not None or spec.object_storage is not None:
+            self._close(sandbox)
+        else:
+            self._used.append(sandbox)
 
     def _open(
         self, spec: DatasourceSpec, limits: Limits, temp_dir: str, key: WarmKey | None
