@@ -160,7 +160,7 @@ def check_destination(
     """The address to connect to for ``host:port``, or a 422 saying why the policy refuses it.
 
     Callers connect to the returned address (text; an IPv6 one without brackets, see
-    ``url_host``), never to ``host`` again: that is what closes the DNS-rebinding window.
+    ``host_resolution.url_host``), never to ``host`` again: that is what closes the DNS-rebinding window.
     """
     if not 1 <= port <= 65535:
         raise Unprocessable(f"Port {port} is not in 1-65535.", pointer=pointer, code="invalid_port")
@@ -174,11 +174,6 @@ def check_destination(
                 f"{shown} {reason}; datasources may not connect there.", pointer=pointer
             )
     return str(addresses[0])
-
-
-def url_host(address: str) -> str:
-    """An address as the host part of a URL: IPv6 in brackets."""
-    return f"[{address}]" if ":" in address else address
 
 
 def _refusal(address: IPAddress, port: int, settings: Settings) -> str | None:

@@ -121,3 +121,8 @@ def _unmapped(address: IPAddress) -> IPAddress:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def url_host(host: str) -> str:
+    """A host or address as the host part of a URL or ``host:port``: IPv6 in brackets."""
+    return f"[{host}]" if ":" in host else host

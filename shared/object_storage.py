@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import Unprocessable
+from shared.host_resolution import url_host
 
 DATABASE_TYPE = "s3"
 DEFAULT_REGION = "us-east-1"
@@ -120,5 +121,5 @@ def endpoint_for(
         if "." in location.bucket:
             return Endpoint(aws, "path", use_ssl, aws, standard)
         return Endpoint(aws, "vhost", use_ssl, f"{location.bucket}.{aws}", standard)
-    shown = f"[{host}]" if ":" in host else host
+    shown = url_host(host)
     return Endpoint(f"{shown}:{port}" if port else shown, "path", use_ssl, host, port or standard)

@@ -26,6 +26,7 @@ from pydantic_core import core_schema
 
 from shared.egress import NetworkRule, parse_allowed_networks
 from shared.errors import ConfigurationError
+from shared.host_resolution import url_host
 from shared.setting_fields import SettingDoc, refusal, setting, setting_docs, url_bounds
 
 
@@ -379,4 +380,4 @@ def _reachable(host: str) -> str:
     """A bind address as clients can reach it: a wildcard address means this host."""
     if host in ("", "0.0.0.0", "::"):  # noqa: S104 - mapping a wildcard, not binding to it
         return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+    return url_host(host)
