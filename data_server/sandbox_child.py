@@ -64,7 +64,15 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(3)
 
 
+def _without_pandas() -> None:
+    """DuckDB's binding imports pandas, if installed, on the first bound parameter, only to ask
+    whether the value is a pandas object: half a second and some 60 MB in every child, which
+    never hands pandas anything. Marked absent, the check costs nothing."""
+    sys.modules.setdefault("pandas", None)  # type: ignore[arg-type]
+
+
 def main(read_fd: int, write_fd: int) -> None:
+    _without_pandas()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sandboxes = WarmSandboxes()
