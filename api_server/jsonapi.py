@@ -29,6 +29,7 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationErrors,
 )
+from shared.input_models import coded_problem
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web.http_limits import read_body_within
 
@@ -189,9 +190,10 @@ def parse_resource_document(
         raise Forbidden("Client-generated ids are not supported.", pointer="/data/id")
     if resource_id is not None and envelope.id != resource_id:
         raise Conflict("The id in the body does not match the URL.", pointer="/data/id")
-    if data.get("attributes") is not None and not isinstance(data["attributes"], dict):
+    # Present means an object (JSON:API): a null is as malformed as a string.
+    if "attributes" in data and not isinstance(data["attributes"], dict):
         raise BadRequest("'attributes' must be an object.", pointer="/data/attributes")
-    relationships = data.get("relationships") or {}
+    relationships = data.get("relationships", {})
     if not isinstance(relationships, dict):
         raise BadRequest("'relationships' must be an object.", pointer="/data/relationships")
     for name in relationships:
@@ -213,9 +215,14 @@ _ERROR_CODES = {
 
 
 def validate_attributes(
-    model: type[ModelT], attributes: dict[str, Any], read_only: Iterable[str] = ()
+    model: type[ModelT],
+    attributes: dict[str, Any],
+    read_only: Iterable[str] = (),
+    context: dict[str, Any] | None = None,
 ) -> ModelT:
-    """Validate attributes into ``model``; every problem becomes one 422 with a pointer."""
+    """Validate attributes into ``model``; every problem becomes one 422 with a pointer. A problem
+    a validator coded (``shared.input_models.problem``) keeps its code and detail; ``context``:
+    what such validators read (a setting)."""
     read_only = set(read_only)
     errors: list[AppError] = [
         Unprocessable(
@@ -227,9 +234,15 @@ def validate_attributes(
         if name in read_only
     ]
     try:
-        result = model.model_validate({k: v for k, v in attributes.items() if k not in read_only})
+        result = model.model_validate(
+            {k: v for k, v in attributes.items() if k not in read_only}, context=context
+        )
     except ValidationError as exc:
         for item in exc.errors():
+            coded = coded_problem(item, "/data/attributes")
+            if coded is not None:  # an attribute's nested member, with its own code and place
+                errors.append(coded)
+                continue
             name = str(item["loc"][0]) if item["loc"] else ""
             code, message = _ERROR_CODES.get(item["type"], ("invalid_attribute", None))
             if item["type"].endswith("_type") or item["type"].endswith("_parsing"):

@@ -112,6 +112,12 @@ def validate_input(
         raise ValidationErrors([_unprocessable(error, pointer) for error in exc.errors()]) from None
 
 
+def coded_problem(error: ErrorDetails, pointer: str) -> Unprocessable | None:
+    """The 422 of an error a ``Problem`` or ``problem`` named, with its code and its whole place
+    below ``pointer`` (an attribute's nested member); None for pydantic's own errors."""
+    return None if _from_pydantic(error) else _unprocessable(error, pointer)
+
+
 def _unprocessable(error: ErrorDetails, pointer: str) -> Unprocessable:
     at = pointer + "".join(f"/{_pointer_token(str(part))}" for part in error["loc"])
     if not _from_pydantic(error):

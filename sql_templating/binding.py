@@ -44,13 +44,21 @@ class BoundQuery:
 
 
 def bind_parameters(
-    sql: str, inputs: InputParameters, data_time_zone: str, max_sql_length: int
+    sql: str,
+    inputs: InputParameters,
+    data_time_zone: str,
+    max_sql_length: int,
+    *,
+    every_filter_used: bool = True,
 ) -> BoundQuery:
     """Replace every placeholder in ``sql`` (snippets already expanded) by bound SQL, which may
-    grow to ``BOUND_SQL_GROWTH`` times ``max_sql_length``."""
+    grow to ``BOUND_SQL_GROWTH`` times ``max_sql_length``. ``every_filter_used``: a filter the SQL
+    has no placeholder for is a 422 (else it is left out, as a dashboard's filters are for the
+    reports that do not use them)."""
     renderer = _Renderer(sql, inputs, data_time_zone)
     bound_sql = replace_placeholders(sql, renderer.render, max_sql_length * BOUND_SQL_GROWTH)
-    renderer.check_every_filter_used()
+    if every_filter_used:
+        renderer.check_every_filter_used()
     return BoundQuery(bound_sql, renderer.values)
 
 

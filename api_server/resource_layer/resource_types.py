@@ -142,7 +142,11 @@ class ResourceType:
         declared = self.attributes.model_fields
 
         def field_of(info: FieldInfo) -> FieldInfo:
-            return FieldInfo.merge_field_infos(info, default=None) if optional else info
+            return (
+                FieldInfo.merge_field_infos(info, default=None, default_factory=None)
+                if optional
+                else info
+            )
 
         definitions: dict[str, Any] = {
             n: (declared[n].annotation, field_of(declared[n])) for n in names
@@ -181,10 +185,19 @@ class ResourceType:
             document, self.type, resource_id, settable_relationships=self.settable_relationships
         )
 
-    def validate(self, resource: jsonapi.ResourceInput, *, update: bool) -> Attributes:
-        """The attributes as the create or update model reads them: every problem one 422."""
+    def validate(
+        self,
+        resource: jsonapi.ResourceInput,
+        *,
+        update: bool,
+        context: dict[str, Any] | None = None,
+    ) -> Attributes:
+        """The attributes as the create or update model reads them: every problem one 422;
+        ``context``: what the attributes' validators read (a setting)."""
         model = self.update_model if update else self.create_model
-        return jsonapi.validate_attributes(model, resource.attributes, self.read_only_attributes)
+        return jsonapi.validate_attributes(
+            model, resource.attributes, self.read_only_attributes, context
+        )
 
     # ------------------------------------------------------------ responses
 

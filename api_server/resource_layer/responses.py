@@ -12,10 +12,17 @@ from api_server import jsonapi
 from api_server.resource_layer.resource_types import ResourceType
 
 
-def _with_included(document: dict[str, Any], query: jsonapi.CollectionQuery) -> dict[str, Any]:
-    # The only includable relationship so far (datasource agents) is always empty.
+def _with_included(
+    document: dict[str, Any],
+    query: jsonapi.CollectionQuery,
+    included: Iterable[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """``included`` (resource objects the handler gathered for ``include``), sparse fieldsets
+    applied; a relationship with nothing to include (datasource agents) adds an empty list."""
     if query.include:
-        document["included"] = []
+        document["included"] = [
+            jsonapi.apply_sparse_fields(resource, query) for resource in included or ()
+        ]
     return document
 
 
@@ -26,11 +33,14 @@ def one(
     *,
     status_code: int = 200,
     meta: Mapping[str, Any] | None = None,
+    included: Iterable[dict[str, Any]] | None = None,
     **serialized: Any,
 ) -> Response:
     """``row`` as ``{"data": …}``, sparse fieldsets applied; a 201 carries its ``Location``."""
     resource = resource_type.serialize(row, **serialized)
-    document = _with_included({"data": jsonapi.apply_sparse_fields(resource, query)}, query)
+    document = _with_included(
+        {"data": jsonapi.apply_sparse_fields(resource, query)}, query, included
+    )
     if meta is not None:
         document["meta"] = dict(meta)
     headers = {"Location": resource["links"]["self"]} if status_code == 201 else None
@@ -46,6 +56,7 @@ def page(
     *,
     self_link: Callable[[Any], str] | None = None,
     meta: Mapping[str, Any] | None = None,
+    included: Iterable[dict[str, Any]] | None = None,
 ) -> Response:
     """One page of a collection, with its paging links, the total count and ``meta``'s other
     members; ``self_link`` gives a row's link when it is not the type's path/id."""
@@ -61,4 +72,4 @@ def page(
         "links": jsonapi.pagination_links(request, query, total),
         "meta": {**paging, **(meta or {})},
     }
-    return jsonapi.response(_with_included(document, query))
+    return jsonapi.response(_with_included(document, query, included))

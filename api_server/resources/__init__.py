@@ -10,11 +10,14 @@ from api_server.resource_layer.operations import Operation, Operations
 from api_server.resources import (
     api_keys,
     audit_events,
+    dashboard_groups,
+    dashboards,
     datasource_actions,
     datasource_files,
     datasources,
     executions,
     keys,
+    reports,
     sql_snippets,
 )
 
@@ -25,7 +28,10 @@ OPERATION_SETS: tuple[Operations, ...] = (
     datasource_actions.OPERATIONS,
     datasource_files.OPERATIONS,
     executions.OPERATIONS,
+    dashboards.OPERATIONS,
+    dashboard_groups.OPERATIONS,
     sql_snippets.OPERATIONS,
+    reports.OPERATIONS,
     keys.OPERATIONS,
 )
 

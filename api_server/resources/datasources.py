@@ -369,7 +369,7 @@ def update_datasource(request: Request, principal: Principal) -> Response:
     audit="datasource.delete",
     subject=DATASOURCES,
     responses=doc.DELETED,
-    errors={404: None},
+    errors={404: None, 409: "Reports run on it (`datasource_in_use`): move or delete them first."},
 )
 def delete_datasource(request: Request, principal: Principal) -> Response:
     state = request.app.state

@@ -7,11 +7,12 @@ execution's end (``ExecutionWaits``) and runs each database read in a thread.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -50,6 +51,7 @@ READ_PERMISSIONS = (
     Permission.MANAGE_ALERTS,
 )
 MAX_WAIT_SECONDS = 30
+RunT = TypeVar("RunT")  # what a run's body reads as
 _NUMBER_CHARACTERS = re.compile(r"[0-9.eE+-]+")
 _IDEMPOTENCY_KEY_MAX = 255
 # DuckDB's messages may quote a value as it saw it ("invalid date field format: …"), so with bound
@@ -110,7 +112,15 @@ EXECUTIONS = ResourceType(
     noun="execution (a UUID)",
     attributes=ExecutionAttributes,
     path="/executions",
-    relationships={"datasource": Relationship("datasources", linked=lambda ex: ex.datasource_id)},
+    relationships={
+        "datasource": Relationship("datasources", linked=lambda ex: ex.datasource_id),
+        "report": Relationship(
+            "reports",
+            linked=lambda ex: ex.report_id,
+            description="The report this execution ran (`POST /reports/{id}/executions`); null "
+            "when it ran SQL given directly, or once the report was deleted.",
+        ),
+    },
     id_schema=oa.string(format="uuid"),
     output_refinements={
         "execution_type": oa.enum((ExecutionType.SQL_QUERY, ExecutionType.DATASOURCE_REFRESH)),
@@ -183,6 +193,17 @@ IDEMPOTENCY_KEY = oa.parameter(
 )
 
 
+# What a request that queues one execution answers (Run Execution, running a report).
+RUN_ANSWER = {
+    "200": oa.response(
+        "The queued execution; with `wait`, as it is then, and `meta` the data grant once it "
+        "completed.",
+        oa.obj({"data": oa.ref("Execution"), "meta": _GRANT}, ["data"], closed=False),
+        jsonapi.JSONAPI_MEDIA_TYPE,
+    )
+}
+
+
 OPERATIONS = Operations(
     "Executions",
     "Run SQL on a datasource, follow it, and get a token for its data.",
@@ -226,13 +247,17 @@ def _wait_seconds(request: Request) -> float:
     return seconds
 
 
-def _document(
-    execution: Execution, principal: Principal, meta: dict[str, Any] | None = None
-) -> Response:
+def serialize_execution(execution: Execution, principal: Principal) -> dict[str, Any]:
     """Bound values may be private to the application that sent them: only its key sees them."""
     owner = execution.api_key_id is not None and execution.api_key_id == principal.api_key_id
     attributes = execution_attributes(execution, show_query=owner)
-    document: dict[str, Any] = {"data": EXECUTIONS.serialize(execution, attributes=attributes)}
+    return EXECUTIONS.serialize(execution, attributes=attributes)
+
+
+def _document(
+    execution: Execution, principal: Principal, meta: dict[str, Any] | None = None
+) -> Response:
+    document: dict[str, Any] = {"data": serialize_execution(execution, principal)}
     if meta:
         document["meta"] = meta
     return jsonapi.response(document)
@@ -256,14 +281,7 @@ def _document(
     request_body=doc.request_body(
         "RunExecutionRequest", "The SQL and its parameters.", oa.JSON_MEDIA_TYPE
     ),
-    responses={
-        "200": oa.response(
-            "The queued execution; with `wait`, as it is then, and `meta` the data grant once it "
-            "completed.",
-            oa.obj({"data": oa.ref("Execution"), "meta": _GRANT}, ["data"], closed=False),
-            jsonapi.JSONAPI_MEDIA_TYPE,
-        )
-    },
+    responses=RUN_ANSWER,
     errors={
         400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
         "(`malformed_json`); nothing is queued.",
@@ -278,12 +296,35 @@ def _document(
     },
 )
 async def run_execution(request: Request, principal: Principal) -> Response:
-    """With ``?wait=N`` (beyond Cluvio) the answer waits, holding no thread, until the execution
+    settings = request.app.state.settings
+
+    def queue(
+        session: Session, run: executions.RunRequest, idempotency_key: str | None
+    ) -> Execution:
+        datasource_id = request.path_params["id"]
+        return executions.run_execution(
+            session, principal, datasource_id, run, idempotency_key, settings
+        )
+
+    return await answer_run(
+        request, principal, lambda body: executions.parse_run_request(body, settings), queue
+    )
+
+
+async def answer_run(
+    request: Request,
+    principal: Principal,
+    parse: Callable[[Any], RunT],
+    queue: Callable[[Session, RunT, str | None], Execution],
+) -> Response:
+    """Run Execution's answer, for every route that queues one execution from a JSON body:
+    ``parse`` reads the body, ``queue`` queues it with the Idempotency-Key (in a transaction).
+    With ``?wait=N`` (beyond Cluvio) the answer waits, holding no thread, until the execution
     ends or N seconds pass; a completed one carries its data grant in ``meta``, so that run and
     fetch are two requests."""
     jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
     wait = _wait_seconds(request)  # checked before anything is queued
-    execution = await run_in_threadpool(_queue, request, principal)
+    execution = await run_in_threadpool(_queue, request, parse, queue)
     if not wait:
         return _document(execution, principal)
     execution = await _until_ended(request, principal, execution.id, wait)
@@ -291,15 +332,15 @@ async def run_execution(request: Request, principal: Principal) -> Response:
     return _document(execution, principal, meta)
 
 
-def _queue(request: Request, principal: Principal) -> Execution:
-    body = jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE)
-    state = request.app.state
-    run = executions.parse_run_request(body, state.settings)
+def _queue(
+    request: Request,
+    parse: Callable[[Any], RunT],
+    queue: Callable[[Session, RunT, str | None], Execution],
+) -> Execution:
+    run = parse(jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE))
     idempotency_key = _idempotency_key(request)
-    with state.sessions.begin() as session:
-        execution = executions.run_execution(
-            session, principal, request.path_params["id"], run, idempotency_key, state.settings
-        )
+    with request.app.state.sessions.begin() as session:
+        execution = queue(session, run, idempotency_key)
         request.state.audit_resource_id = execution.id
     return execution
 

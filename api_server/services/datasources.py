@@ -20,7 +20,7 @@ from shared.datapaths import (
     resolve_datasource_path,
 )
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Datasource, Execution
+from shared.db.models import Datasource, Execution, Report
 from shared.egress import check_destination
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.ids import new_resource_id
@@ -224,6 +224,7 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     worker's refresh takes them, so the two cannot deadlock."""
     write_lock_on_sqlite(session)
     ds = get_datasource(session, principal, datasource_id)
+    _refuse_if_reports_use(session, ds)
     results = session.scalars(
         delete(Execution).where(Execution.datasource_id == ds.id).returning(Execution.data_key)
     ).all()
@@ -238,6 +239,19 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
         organization_id=ds.organization_id,
         own_place=own_place,
     )
+
+
+def _refuse_if_reports_use(session: Session, ds: Datasource) -> None:
+    """A report runs on its datasource: 409 while any does (the database would refuse too)."""
+    reports = session.scalar(
+        select(func.count()).select_from(Report).where(Report.datasource_id == ds.id)
+    )
+    if reports:
+        raise Conflict(
+            f"{reports} report(s) run on this datasource; move them to another datasource or "
+            "delete them first.",
+            code="datasource_in_use",
+        )
 
 
 def _own_place_of(session: Session, ds: Datasource) -> str | None:

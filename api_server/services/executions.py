@@ -24,7 +24,7 @@ from api_server.services.sql_snippets import snippet_lookup
 from shared import lifecycle
 from shared.database_types import refuse_ssh_tunnel
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Datasource, Execution, Organization, utcnow
+from shared.db.models import Datasource, Execution, Organization, Report, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from shared.input_models import InputModel, Problem, problem, validate_input
 from shared.lifecycle import (
@@ -47,16 +47,20 @@ class RunRequest:
     sql_query: str
     parameters: dict[str, Any]
     inputs: InputParameters
+    # False for a report's run: its dashboard's filters apply to the reports whose SQL uses them.
+    every_filter_used: bool = True
 
-    def fingerprint(self, datasource_id: str) -> str:
-        canonical = orjson.dumps(
-            {
-                "datasource": datasource_id,
-                "sql_query": self.sql_query,
-                "parameters": self.parameters,
-            },
-            option=orjson.OPT_SORT_KEYS,
-        )
+    def fingerprint(self, datasource_id: str, report_id: str | None = None) -> str:
+        """A report's run also names the report (and only then, so that the fingerprints of
+        plain runs stay what they were)."""
+        request: dict[str, Any] = {
+            "datasource": datasource_id,
+            "sql_query": self.sql_query,
+            "parameters": self.parameters,
+        }
+        if report_id is not None:
+            request["report"] = report_id
+        canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()
 
 
@@ -75,30 +79,36 @@ def _within_max_sql_length(text: str, info: ValidationInfo) -> str:
     return text
 
 
+# What Run Execution and a report's SQL take alike (a model that uses them validates with the
+# context {"max_sql_length": settings.max_sql_length}).
+SqlQuery = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="One SELECT (or EXPLAIN); `[name]` pulls in a SQL snippet and `{…}` "
+        "placeholders take the parameters. At most `DATAFERRY_MAX_SQL_LENGTH` characters.",
+    ),
+    AfterValidator(_not_blank),
+    Problem("invalid_sql_query", "sql_query must be a non-empty string."),
+    AfterValidator(_within_max_sql_length),
+]
+RQuery = Annotated[
+    str | None,
+    Field(max_length=0, description="Not supported: anything but null or empty is 422."),
+    Problem(
+        "r_query_not_supported",
+        "r_query is not supported by dataferry: post-process results in your client.",
+    ),
+]
+
+
 class RunExecutionRequest(InputModel):
     """Cluvio's Run Execution body."""
 
     not_an_object = Problem("invalid_attribute", "The body must be a JSON object.")
 
-    sql_query: Annotated[
-        str,
-        Field(
-            min_length=1,
-            description="One SELECT (or EXPLAIN); `[name]` pulls in a SQL snippet and `{…}` "
-            "placeholders take the parameters. At most `DATAFERRY_MAX_SQL_LENGTH` characters.",
-        ),
-        AfterValidator(_not_blank),
-        Problem("invalid_sql_query", "sql_query must be a non-empty string."),
-        AfterValidator(_within_max_sql_length),
-    ]
-    r_query: Annotated[
-        str | None,
-        Field(max_length=0, description="Not supported: anything but null or empty is 422."),
-        Problem(
-            "r_query_not_supported",
-            "r_query is not supported by dataferry: post-process results in your client.",
-        ),
-    ] = None
+    sql_query: SqlQuery
+    r_query: RQuery = None
     parameters: InputParameters | None = None
 
 
@@ -121,9 +131,12 @@ def run_execution(
     request: RunRequest,
     idempotency_key: str | None,
     settings: Settings,
+    report: Report | None = None,
 ) -> Execution:
+    """Queue ``request`` on the datasource; ``report``: the report it runs (its SQL and
+    datasource are the request's), recorded on the execution."""
     datasource = get_datasource(session, principal, datasource_id)
-    fingerprint = request.fingerprint(datasource_id)
+    fingerprint = request.fingerprint(datasource_id, report.id if report else None)
     if idempotency_key is not None:
         existing = _find_idempotent(session, principal, idempotency_key)
         if existing is not None:
@@ -133,7 +146,11 @@ def run_execution(
     lookup = snippet_lookup(session, principal.organization_id)
     expanded_sql = expand_snippets(request.sql_query, lookup, settings.max_sql_length)
     bound = bind_parameters(
-        expanded_sql, request.inputs, datasource.data_time_zone, settings.max_sql_length
+        expanded_sql,
+        request.inputs,
+        datasource.data_time_zone,
+        settings.max_sql_length,
+        every_filter_used=request.every_filter_used,
     )
     execution = Execution(
         id=str(uuid.uuid4()),
@@ -147,6 +164,7 @@ def run_execution(
         bound_parameters=bound.values,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
+        report_id=report.id if report else None,
     )
     try:
         with session.begin_nested():

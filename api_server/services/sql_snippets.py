@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -15,6 +15,7 @@ from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, list_page
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound
+from sql_templating.snippets import snippet_references
 
 _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
 
@@ -33,6 +34,31 @@ def snippet_lookup(session: Session, organization_id: str) -> Callable[[str], st
         return cache[name]
 
     return lookup
+
+
+def named_snippet_ids(
+    session: Session, organization_id: str, texts: Mapping[str, Iterable[str]]
+) -> dict[str, list[str]]:
+    """Owner (a report, a dashboard) → the ids of the organisation's snippets its SQL texts name
+    with ``[name]`` (found by expansion's own scanner; snippets named inside snippets are not
+    followed), ordered by name. Unknown names and Cluvio's built-ins name no snippet."""
+    names = {
+        owner: {name for sql in sqls for _, _, name in snippet_references(sql)}
+        for owner, sqls in texts.items()
+    }
+    wanted = set().union(*names.values())
+    id_by_name: dict[str, str] = {}
+    if wanted:
+        rows = session.execute(
+            select(SqlSnippet.name, SqlSnippet.id).where(
+                SqlSnippet.organization_id == organization_id, SqlSnippet.name.in_(wanted)
+            )
+        )
+        id_by_name = {name: snippet_id for name, snippet_id in rows}
+    return {
+        owner: [id_by_name[name] for name in sorted(found) if name in id_by_name]
+        for owner, found in names.items()
+    }
 
 
 # ---------------------------------------------------------------------------- CRUD

@@ -212,6 +212,10 @@ class Execution(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The report this execution ran, if it ran one (kept, and then null, if the report goes).
+    report_id: Mapped[str | None] = mapped_column(
+        ForeignKey("reports.id", ondelete="SET NULL"), nullable=True, index=True
+    )
 
 
 class SqlSnippet(Base):
@@ -231,6 +235,91 @@ class SqlSnippet(Base):
     sql: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Dashboard(Base):
+    """A page of reports sharing filters and default parameters (Cluvio's Dashboard). Nested
+    settings are stored as the JSON the API validated; the scheduler's fields are columns."""
+
+    __tablename__ = "dashboards"
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    time_zone_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    automatic_update_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    thumbnail_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    thumbnail_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    prewarm: Mapped[bool] = mapped_column(Boolean, default=False)
+    published: Mapped[bool] = mapped_column(Boolean, default=True)
+    data_refresh_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)  # minutes
+    data_refresh_anchor_time: Mapped[str | None] = mapped_column(String(5), nullable=True)
+    is_locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    default_page_width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    layout: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    floating_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    color_scheme: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    filters_configuration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Report(Base):
+    """SQL on one datasource with how to show its result; it lives on a dashboard, if any.
+
+    A datasource with reports cannot be deleted (the FK restricts it: the service answers 409
+    first); a dashboard takes its reports with it."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    datasource_id: Mapped[str] = mapped_column(
+        ForeignKey("datasources.id", ondelete="RESTRICT"), index=True
+    )
+    dashboard_id: Mapped[str | None] = mapped_column(
+        ForeignKey("dashboards.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sql_query: Mapped[str] = mapped_column(Text)
+    visualization: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DashboardGroup(Base):
+    """A named set of dashboards (Cluvio's dashboard groups, as its sidebar folders)."""
+
+    __tablename__ = "dashboard_groups"
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DashboardGroupMember(Base):
+    """One dashboard in one group; either one's deletion removes the membership."""
+
+    __tablename__ = "dashboard_group_members"
+
+    dashboard_group_id: Mapped[str] = mapped_column(
+        ForeignKey("dashboard_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    dashboard_id: Mapped[str] = mapped_column(
+        ForeignKey("dashboards.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class AuditEvent(Base):

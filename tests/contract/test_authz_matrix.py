@@ -56,6 +56,10 @@ def prompt_connection_tests(monkeypatch):
     monkeypatch.setattr(datasource_actions, "CONNECTION_TEST_TIMEOUT_SECONDS", 1)
 
 
+def _document(kind: str, **attributes: object) -> dict:
+    return {"data": {"type": kind, "attributes": attributes}}
+
+
 def build_world(api: Api) -> World:
     org, other = api.create_org("A"), api.create_org("B")
     database = api.duckdb_file(org)
@@ -82,6 +86,21 @@ def build_world(api: Api) -> World:
         {"data": {"type": "sql_snippets", "attributes": {"name": "s", "sql": "SELECT 1"}}},
     )
     world.ids["snippet"] = snippet.json()["data"]["id"]
+    # A dashboard with a report on the files datasource (so within its scope; the datasource stays
+    # deletable: reports keep theirs from being deleted), in a group.
+    dashboard = api.post("/dashboards", org.key, _document("dashboards", name="d"))
+    world.ids["dashboard"] = dashboard.json()["data"]["id"]
+    report = _document("reports", name="r", sql_query="SELECT 1")
+    report["data"]["relationships"] = {
+        "datasource": {"data": {"type": "datasources", "id": world.ids["files_datasource"]}},
+        "dashboard": {"data": {"type": "dashboards", "id": world.ids["dashboard"]}},
+    }
+    world.ids["report"] = api.post("/reports", org.key, report).json()["data"]["id"]
+    group = _document("dashboard_groups", name="g")
+    members = [{"type": "dashboards", "id": world.ids["dashboard"]}]
+    group["data"]["relationships"] = {"dashboards": {"data": members}}
+    grouped = api.post("/dashboard_groups", org.key, group)
+    world.ids["dashboard_group"] = grouped.json()["data"]["id"]
     # Within the scope of any Manage Users key that reaches the datasource (api_keys.within_scope).
     spare = api.create_key(org, [Permission.VIEW_USERS], datasource_ids=[datasource])
     world.ids["api_key"] = api.get("/api_key", spare).json()["data"]["id"]

@@ -122,10 +122,22 @@ CONFIG = {
             **_accepting("runExecution", "422"),
             "parameters": {"body.sql_query": _sometimes_from("queries")},
         },
+        # Whether a relationship names a datasource or dashboard the key reaches; whether a
+        # report's stored SQL expands and binds with the parameters given (422).
+        _accepting("createReport", "422"),
+        _accepting("updateReport", "422"),
+        _accepting("runReport", "422"),
+        _accepting("runDashboard", "422"),
         # Whether a name is one a files datasource reads, and whether an upload's bytes read as
         # their format (422); whether the media type is one of those the name's suffix takes
         # (415: the document lists every upload type, for every name); whether the datasource is
         # of the type that has such files (409).
+        # Whether a layout names the dashboard's own reports, whether a time zone is an IANA
+        # name, whether a group's dashboards exist (422).
+        _accepting("createDashboard", "422"),
+        _accepting("updateDashboard", "422"),
+        _accepting("createDashboardGroup", "422"),
+        _accepting("updateDashboardGroup", "422"),
         _accepting("showDatasourceFile", "422"),
         _accepting("deleteDatasourceFile", "422"),
         _accepting("uploadDatasourceFile", "413", "415", "422"),
@@ -143,6 +155,9 @@ KINDS = {  # the first path segment of each kind's URLs
     "executions": "execution",
     "sql_snippets": "snippet",
     "api_keys": "api_key",
+    "dashboards": "dashboard",
+    "dashboard_groups": "dashboard_group",
+    "reports": "report",
 }
 ROLES = ("read", "changed", "deleted")
 # A files datasource's files (/datasources/{id}/files…) belong to a files datasource of the role.
@@ -212,6 +227,16 @@ def _seed(api: Api, org: Org, role: str, read_datasource: str | None) -> dict[st
     )["id"]
     snippet = {"data": {"type": "sql_snippets", "attributes": {"name": role, "sql": "SELECT 1"}}}
     spare_key = api.create_key(org, [Permission.VIEW_DATASOURCES])
+    dashboard = api.post("/dashboards", org.key, resource("dashboards", name=role))
+    group = resource("dashboard_groups", name=role)
+    group["data"]["relationships"] = {
+        "dashboards": {"data": [{"type": "dashboards", "id": dashboard.json()["data"]["id"]}]}
+    }
+    report = resource("reports", name=role, sql_query="SELECT {a=a} AS a")
+    report["data"]["relationships"] = {  # on the read datasource too: the deleted one is deleted
+        "datasource": {"data": {"type": "datasources", "id": read_datasource or datasource}},
+        "dashboard": {"data": {"type": "dashboards", "id": dashboard.json()["data"]["id"]}},
+    }
     return {
         "datasource": datasource,
         FILES_KIND: files,
@@ -219,6 +244,9 @@ def _seed(api: Api, org: Org, role: str, read_datasource: str | None) -> dict[st
         "execution": _run_to_completion(api, org.key, read_datasource or datasource),
         "snippet": api.post("/sql_snippets", org.key, snippet).json()["data"]["id"],
         "api_key": api.get("/api_key", spare_key).json()["data"]["id"],
+        "dashboard": dashboard.json()["data"]["id"],
+        "dashboard_group": api.post("/dashboard_groups", org.key, group).json()["data"]["id"],
+        "report": api.post("/reports", org.key, report).json()["data"]["id"],
     }
 
 

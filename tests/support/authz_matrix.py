@@ -28,10 +28,14 @@ class Rule:
     method: str
     path: str
     success: int
-    # "datasource", "files_datasource", "execution", "snippet", "api_key": the object in {id}
+    # "datasource", "files_datasource", "execution", "snippet", "api_key", "dashboard",
+    # "dashboard_group", "report": the object in {id}
     # ({name} is the files datasource's file)
     target: str = ""
     scoped: bool = False  # the object belongs to (a key: is restricted to) the target datasource
+    # The body names the world's files datasource: a caller that does not reach it (another
+    # organisation's key, a key restricted to another datasource) gets the 422 of an unknown id.
+    names_datasource: bool = False
     unrestricted_only: bool = False  # keys restricted to listed datasources get 403
     body: Callable[[Any], Any] | None = field(default=None, compare=False)
     json_body: bool = False  # plain JSON (Cluvio's action operations) instead of JSON:API
@@ -114,6 +118,36 @@ RULES = [
     # Not completed (no data server runs): 204, "no data yet", once authorised.
     Rule("GET", "/executions/{id}/data", 204, target="execution", scoped=True),
     Rule("POST", "/executions/{id}/cancel", 200, target="execution", scoped=True),
+    Rule("GET", "/dashboards", 200),
+    Rule("POST", "/dashboards", 201,
+         body=lambda world: {"data": {"type": "dashboards", "attributes": {"name": "new"}}}),
+    # The world's dashboard has a report on the target datasource: a key restricted to another
+    # datasource does not see it (services.dashboards.visible_dashboards).
+    Rule("GET", "/dashboards/{id}", 200, target="dashboard", scoped=True),
+    Rule("PATCH", "/dashboards/{id}", 200, target="dashboard", scoped=True,
+         body=_resource("dashboards", "dashboard", name="renamed")),
+    Rule("DELETE", "/dashboards/{id}", 204, target="dashboard", scoped=True),
+    Rule("GET", "/dashboard_groups", 200),
+    Rule("POST", "/dashboard_groups", 201,
+         body=lambda world: {"data": {"type": "dashboard_groups", "attributes": {"name": "new"}}}),
+    Rule("GET", "/dashboard_groups/{id}", 200, target="dashboard_group"),
+    Rule("PATCH", "/dashboard_groups/{id}", 200, target="dashboard_group",
+         body=_resource("dashboard_groups", "dashboard_group", name="renamed")),
+    Rule("DELETE", "/dashboard_groups/{id}", 204, target="dashboard_group"),
+    Rule("GET", "/reports", 200),
+    Rule("POST", "/reports", 201, names_datasource=True,
+         body=lambda world: {"data": {"type": "reports", "attributes": {
+             "name": "new", "sql_query": "SELECT 1"}, "relationships": {"datasource": {
+                 "data": {"type": "datasources", "id": world.ids["files_datasource"]}}}}}),
+    # The world's report is on the files datasource.
+    Rule("GET", "/reports/{id}", 200, target="report", scoped=True),
+    Rule("PATCH", "/reports/{id}", 200, target="report", scoped=True,
+         body=_resource("reports", "report", name="renamed")),
+    Rule("DELETE", "/reports/{id}", 204, target="report", scoped=True),
+    Rule("POST", "/reports/{id}/executions", 200, target="report", scoped=True,
+         body=lambda world: {"parameters": {}}, json_body=True),
+    Rule("POST", "/dashboards/{id}/executions", 200, target="dashboard", scoped=True,
+         body=lambda world: {}, json_body=True),
     Rule("GET", "/sql_snippets", 200),
     Rule("POST", "/sql_snippets", 201,
          body=lambda world: {"data": {"type": "sql_snippets", "attributes": {
@@ -149,6 +183,10 @@ def expected_status(rule: Rule, caller: Caller) -> int:
         return 403
     if rule.target and not caller.same_organization:
         return 404
+    if rule.names_datasource and not (
+        caller.same_organization and caller.reaches_target_datasource
+    ):
+        return 422
     if rule.scoped and not caller.reaches_target_datasource:
         return 404
     return rule.success

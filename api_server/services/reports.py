@@ -1,0 +1,329 @@
+"""Reports of one organisation (SQL on one datasource, on a dashboard or not), and running a report
+or every report of a dashboard as ordinary executions.
+
+Scope: a key restricted to listed datasources reaches only the reports on them, and a dashboard
+only when it sees it (``services.dashboards.visible_dashboards``: every report of it on them);
+anything else answers exactly as an unknown id does. A locked dashboard (``is_locked``) keeps its
+reports as they are: none is added, changed, moved away or deleted. A report that leaves a
+dashboard leaves its ``layout`` too, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+from pydantic import Field
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session, object_session
+
+from api_server.principals import Principal
+from api_server.services.dashboards import ensure_unlocked, visible_dashboards
+from api_server.services.datasources import get_datasource
+from api_server.services.executions import RunRequest, run_execution
+from api_server.services.listing import CollectionQuery, list_page
+from api_server.services.sql_snippets import named_snippet_ids
+from shared.db.engine import write_lock_on_sqlite
+from shared.db.models import Dashboard, Execution, Report
+from shared.errors import NotFound, Unprocessable, ValidationErrors
+from shared.input_models import InputModel, Problem, validate_input
+from shared.settings import Settings
+from sql_templating.parameters import InputParameters, parse_input_parameters
+
+_NOT_FOUND_DETAIL = "No report with this id exists."
+_DASHBOARD_NOT_FOUND_DETAIL = "No dashboard with this id exists."
+DATASOURCE_POINTER = "/data/relationships/datasource"
+DASHBOARD_POINTER = "/data/relationships/dashboard"
+# ``filter[name]`` → the column it compares (the relationships' filters name their ids).
+_FILTERED_COLUMNS = {"datasource": Report.datasource_id, "dashboard": Report.dashboard_id}
+
+
+# ---------------------------------------------------------------------------- scope
+
+
+def _visible(principal: Principal) -> ColumnElement[bool]:
+    """The reports the key reaches: its organisation's, on its datasources."""
+    clause = Report.organization_id == principal.organization_id
+    if principal.datasource_ids is not None:
+        clause = clause & Report.datasource_id.in_(principal.datasource_ids)
+    return clause
+
+
+def _dashboard(
+    session: Session, principal: Principal, dashboard_id: str, *, for_update: bool = False
+) -> Dashboard:
+    """A dashboard the key sees (``services.dashboards``' rule), 404 alike for any other id;
+    ``for_update`` locks its row (its ``layout`` or its reports are about to change)."""
+    statement = select(Dashboard).where(visible_dashboards(principal), Dashboard.id == dashboard_id)
+    dashboard = session.scalar(statement.with_for_update() if for_update else statement)
+    if dashboard is None:
+        raise NotFound(_DASHBOARD_NOT_FOUND_DETAIL)
+    return dashboard
+
+
+# ---------------------------------------------------------------------------- CRUD
+
+
+def list_reports(
+    session: Session, principal: Principal, query: CollectionQuery
+) -> tuple[list[Report], int]:
+    where = _visible(principal)
+    for name, column in _FILTERED_COLUMNS.items():
+        if name in query.filters:
+            where = where & (column == query.filters[name])
+    by_attribute = {k: v for k, v in query.filters.items() if k not in _FILTERED_COLUMNS}
+    query = dataclasses.replace(query, filters=by_attribute)
+    return list_page(session, Report, where, query, Report.name.asc())
+
+
+def get_report(session: Session, principal: Principal, report_id: str) -> Report:
+    """404 alike for unknown, foreign and out-of-scope reports."""
+    report = session.scalar(select(Report).where(_visible(principal), Report.id == report_id))
+    if report is None:
+        raise NotFound(_NOT_FOUND_DETAIL)
+    return report
+
+
+def reports_by_ids(
+    session: Session, principal: Principal, report_ids: Iterable[str]
+) -> list[Report]:
+    """The reports among ``report_ids`` that the key reaches, oldest first (for ``include``)."""
+    return list(
+        session.scalars(
+            select(Report)
+            .where(_visible(principal), Report.id.in_(set(report_ids)))
+            .order_by(Report.created_at, Report.id)
+        )
+    )
+
+
+def named_snippets(report: Report) -> list[str]:
+    """The ids of the organisation's snippets the report's SQL names with ``[name]``, read through
+    the session the report was loaded in (the serialiser's relationship ``sql_snippets``)."""
+    session = object_session(report)
+    assert session is not None, "a report is serialised while its session is open"
+    found = named_snippet_ids(session, report.organization_id, {report.id: [report.sql_query]})
+    return found[report.id]
+
+
+def create_report(
+    session: Session,
+    principal: Principal,
+    values: Mapping[str, Any],
+    related: Mapping[str, str | None],
+) -> Report:
+    """``values``: the validated attributes; ``related``: the datasource's id and the dashboard's
+    (or None)."""
+    write_lock_on_sqlite(session)
+    datasource_id = _reachable_datasource(session, principal, related["datasource"])
+    dashboard_id = related.get("dashboard")
+    if dashboard_id is not None:
+        ensure_unlocked(_related_dashboard(session, principal, dashboard_id), DASHBOARD_POINTER)
+    report = Report(
+        organization_id=principal.organization_id,
+        datasource_id=datasource_id,
+        dashboard_id=dashboard_id,
+        **values,
+    )
+    session.add(report)
+    session.flush()
+    return report
+
+
+def update_report(
+    session: Session,
+    principal: Principal,
+    report_id: str,
+    changes: Mapping[str, Any],
+    related: Mapping[str, str | None],
+) -> Report:
+    """``changes`` and ``related``: only what the request sent changes (a dashboard of None takes
+    the report off its dashboard)."""
+    write_lock_on_sqlite(session)
+    report = get_report(session, principal, report_id)
+    _lock_in_id_order(session, principal, {report.dashboard_id, related.get("dashboard")})
+    _refuse_if_on_locked_dashboard(session, report)
+    if "datasource" in related:
+        report.datasource_id = _reachable_datasource(session, principal, related["datasource"])
+    if "dashboard" in related and related["dashboard"] != report.dashboard_id:
+        moved_to = related["dashboard"]
+        if moved_to is not None:
+            ensure_unlocked(_related_dashboard(session, principal, moved_to), DASHBOARD_POINTER)
+        _leave_dashboard(session, report)
+        report.dashboard_id = moved_to
+    for name, value in changes.items():
+        setattr(report, name, value)
+    session.flush()
+    return report
+
+
+def delete_report(session: Session, principal: Principal, report_id: str) -> None:
+    """Its executions stay (their ``report`` turns null)."""
+    write_lock_on_sqlite(session)
+    report = get_report(session, principal, report_id)
+    _refuse_if_on_locked_dashboard(session, report)
+    _leave_dashboard(session, report)
+    session.delete(report)
+    session.flush()
+
+
+def _lock_in_id_order(
+    session: Session, principal: Principal, dashboard_ids: Iterable[str | None]
+) -> None:
+    """Lock the dashboards a move touches in one order (by id) before either is read, so that
+    two reports moving opposite ways between two dashboards cannot deadlock."""
+    ids = sorted(i for i in dashboard_ids if i is not None)
+    if len(ids) > 1:
+        session.scalars(
+            select(Dashboard.id)
+            .where(Dashboard.organization_id == principal.organization_id, Dashboard.id.in_(ids))
+            .order_by(Dashboard.id)
+            .with_for_update()
+        ).all()
+
+
+def _reachable_datasource(session: Session, principal: Principal, datasource_id: str | None) -> str:
+    """A datasource of the organisation inside the key's scope; any other id is the same 422, so
+    that a restricted key never learns that a datasource outside its scope exists."""
+    try:
+        return get_datasource(session, principal, datasource_id or "").id
+    except NotFound:
+        raise Unprocessable(
+            "No datasource with this id exists.",
+            pointer=DATASOURCE_POINTER,
+            code="datasource_not_found",
+        ) from None
+
+
+def _related_dashboard(session: Session, principal: Principal, dashboard_id: str) -> Dashboard:
+    try:
+        return _dashboard(session, principal, dashboard_id, for_update=True)
+    except NotFound:
+        raise Unprocessable(
+            _DASHBOARD_NOT_FOUND_DETAIL, pointer=DASHBOARD_POINTER, code="dashboard_not_found"
+        ) from None
+
+
+def _refuse_if_on_locked_dashboard(session: Session, report: Report) -> None:
+    if report.dashboard_id is not None:
+        dashboard = session.get(Dashboard, report.dashboard_id, with_for_update=True)
+        if dashboard is not None:
+            ensure_unlocked(dashboard)
+
+
+def _leave_dashboard(session: Session, report: Report) -> None:
+    """The report's items leave its dashboard's ``layout`` (the row was locked above)."""
+    if report.dashboard_id is None:
+        return
+    dashboard = session.get(Dashboard, report.dashboard_id)
+    if dashboard is None:
+        return
+    kept = [
+        item
+        for item in dashboard.layout or []
+        if not (item.get("type") == "report" and item.get("id") == report.id)
+    ]
+    if len(kept) != len(dashboard.layout or []):
+        dashboard.layout = kept  # a new list: a JSON column sees only assignment
+
+
+# ---------------------------------------------------------------------------- running
+
+
+class RunReportRequest(InputModel):
+    """Running a report or a dashboard: Run Execution's body without the SQL (the report's)."""
+
+    not_an_object = Problem("invalid_attribute", "The body must be a JSON object.")
+
+    parameters: Annotated[
+        InputParameters | None,
+        Field(
+            description="Merged over the dashboard's `default_parameters`: each member given "
+            "(`timerange`, `aggregation`, `tz`, null included) replaces the default's; `filters` "
+            "merge by `variable_name`, a given filter replacing the default of its variable. A "
+            "filter the report's SQL has no placeholder for is left out (not `unused_filter`): "
+            "a dashboard's filters apply to the reports that use them."
+        ),
+    ] = None
+
+
+def parse_run_body(body: Any) -> dict[str, Any]:
+    """The parameters given, as sent (each problem a 422 at ``/parameters/…``)."""
+    validate_input(RunReportRequest, body)
+    return dict(body.get("parameters") or {})
+
+
+def merged_parameters(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` over ``defaults`` (both Cluvio InputParameters, already valid)."""
+    merged = {**defaults, **{name: value for name, value in given.items() if name != "filters"}}
+    filters = {f["variable_name"]: f for f in defaults.get("filters") or ()}
+    filters.update({f["variable_name"]: f for f in given.get("filters") or ()})
+    if filters:
+        merged["filters"] = list(filters.values())
+    return merged
+
+
+def run_report(
+    session: Session,
+    principal: Principal,
+    report_id: str,
+    given: Mapping[str, Any],
+    idempotency_key: str | None,
+    settings: Settings,
+) -> Execution:
+    """An execution of the report's SQL with ``given`` over its dashboard's defaults."""
+    report = get_report(session, principal, report_id)
+    dashboard = session.get(Dashboard, report.dashboard_id) if report.dashboard_id else None
+    defaults = dashboard.default_parameters if dashboard is not None else {}
+    parameters = merged_parameters(defaults or {}, given)
+    return _run(session, principal, report, parameters, idempotency_key, settings)
+
+
+def run_dashboard(
+    session: Session,
+    principal: Principal,
+    dashboard_id: str,
+    given: Mapping[str, Any],
+    settings: Settings,
+) -> list[Execution]:
+    """One execution per report of the dashboard (oldest report first), all or none."""
+    dashboard = _dashboard(session, principal, dashboard_id)
+    parameters = merged_parameters(dashboard.default_parameters or {}, given)
+    reports = session.scalars(
+        select(Report)
+        .where(Report.dashboard_id == dashboard.id)
+        .order_by(Report.created_at, Report.id)
+    ).all()
+    return [_run(session, principal, report, parameters, None, settings) for report in reports]
+
+
+def _run(
+    session: Session,
+    principal: Principal,
+    report: Report,
+    parameters: dict[str, Any],
+    idempotency_key: str | None,
+    settings: Settings,
+) -> Execution:
+    inputs = parse_input_parameters(parameters)
+    run = RunRequest(report.sql_query, parameters, inputs, every_filter_used=False)
+    with _blaming(report):
+        return run_execution(
+            session, principal, report.datasource_id, run, idempotency_key, settings, report=report
+        )
+
+
+@contextmanager
+def _blaming(report: Report) -> Iterator[None]:
+    """A problem of the report's stored SQL (expansion and binding point it at ``/sql_query``) is
+    the report's, not the request's: named by the report, with no pointer into the body."""
+    try:
+        yield
+    except Unprocessable as exc:
+        for error in exc.errors if isinstance(exc, ValidationErrors) else [exc]:
+            if error.pointer == "/sql_query":
+                error.pointer = None
+                error.detail = f"The SQL of report {report.id} ({report.name!r}): {error.detail}"
+        raise
