@@ -25,7 +25,7 @@ run-regions: install
 	$(PY) deploy/launch.py --demo --env-file deploy/regions/eu.env --env-file deploy/regions/us.env
 
 test: install
-	$(PY) -m pytest
+	sh tests/run_suite.sh $(PY)
 
 lint: install
 	$(PY) -m ruff check .

@@ -6,9 +6,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
-from api_server.app import create_app
 from api_server.cli import files, organizations
 from api_server.cli.conventions import emit
 from shared.db.engine import create_metadata_engine
@@ -17,10 +14,16 @@ from shared.errors import AppError, ConfigurationError
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.signing_keys import rotate_signing_key
-from shared.web.http_limits import uvicorn_options
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    # Imported here: the operator commands need neither the app nor uvicorn, and importing them
+    # doubles every command's start-up time.
+    import uvicorn
+
+    from api_server.app import create_app
+    from shared.web.http_limits import uvicorn_options
+
     upgrade_to_head(create_metadata_engine(settings.database_url))
     settings = settings.with_overrides(
         api_host=args.host or settings.api_host, api_port=args.port or settings.api_port
