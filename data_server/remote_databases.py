@@ -204,7 +204,8 @@ class RemoteSession:
         for name, value in {
             # Plain scans (not ctid ranges): a pushed-down filter can use the server's indexes.
             "pg_use_ctid_scan": False,
-            # One connection per execution, so max_concurrent_executions bounds them.
+            # One pooled connection per execution, so max_concurrent_executions bounds the
+            # queries running (attaching reads the catalog on a second one for a moment).
             "pg_connection_limit": 1,
             "pg_pool_max_connections": 1,
             "pg_pool_enable_reaper_thread": False,

@@ -53,17 +53,22 @@ class Server:
             row = cursor.fetchone()
         return row[0] if row else None
 
-    def active_queries(self) -> int:
-        """Statements of our login the server is running now."""
+    def active_queries(self, naming: str = "") -> int:
+        """Statements of our login the server is running now (those whose text holds
+        ``naming``, if given)."""
         if self.kind == "postgres":
             return self.scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND state = 'active'",
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND state = 'active' "
+                "AND strpos(query, %s) > 0",
                 self.user,
+                naming,
             )
         return self.scalar(
             "SELECT count(*) FROM information_schema.processlist WHERE user = %s "
-            "AND command <> 'Sleep'",  # the extension's statements are prepared: 'Execute'
+            "AND command <> 'Sleep' "  # the extension's statements are prepared: 'Execute'
+            "AND locate(%s, coalesce(info, '')) > 0",
             self.user,
+            naming,
         )
 
     def connections(self) -> int:

@@ -45,9 +45,10 @@ def test_timeout_ends_the_query_on_the_server_too(client, server, datasources):
 
 
 def test_max_concurrent_executions_bounds_the_connections(client, server):
-    """With a cap of one, the two executions never run their statements on the server at the
-    same time, and no connection outlives them. Counted by running statements, not sessions: a
-    closed session's server process may still be listed for a moment after its client left."""
+    """With a cap of one, the two executions never run their queries on the server at the same
+    time, and no connection outlives them. Counted by the running statements that read the
+    table, not by sessions: a closed session's server process may stay listed for a moment after
+    its client left, and attaching reads the server's catalog on two connections at once."""
     datasource = created(
         client, **server.attributes(name="one at a time", max_concurrent_executions=1)
     )
@@ -61,7 +62,7 @@ def test_max_concurrent_executions_bounds_the_connections(client, server):
     def sample() -> None:
         nonlocal most
         while not stop.is_set():
-            most = max(most, server.active_queries())
+            most = max(most, server.active_queries(naming="sleepy"))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample)
