@@ -53,11 +53,35 @@ from sql_templating.parameters import InputParameters
 # small. Over the bound is a 422 (`too_large`, pointing at the attribute), not a 413: the body
 # was within the request limit and read; one member of it is invalid.
 MAX_VISUALIZATION_BYTES = 64 * 1024
+# Chart settings nest a few levels; past this a value is refused (`too_deep`) before the JSON
+# encoder's own recursion limit (255) could fail an answer.
+MAX_VISUALIZATION_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How many arrays and objects deep ``value`` nests (a scalar: 0), without recursing."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > MAX_VISUALIZATION_DEPTH:
+                break
+            pending.extend(
+                (child, depth) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 def _within_visualization_bound(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
+    if _depth(value) > MAX_VISUALIZATION_DEPTH:
+        raise problem(
+            "too_deep",
+            f"visualization nests more than {MAX_VISUALIZATION_DEPTH} arrays and objects deep.",
+        )
     try:
         size = len(orjson.dumps(value))
     except orjson.JSONEncodeError:  # an integer beyond 64 bits: no answer could carry it
@@ -110,7 +134,8 @@ class ReportAttributes(Attributes):
         Field(
             description="How the client shows the result: any JSON object, stored and returned "
             f"as sent; at most {MAX_VISUALIZATION_BYTES} bytes as compact JSON (else 422 "
-            "`too_large`)."
+            f"`too_large`) and {MAX_VISUALIZATION_DEPTH} arrays and objects deep (else 422 "
+            "`too_deep`)."
         ),
     ] = None
     created_at: Annotated[datetime, READ_ONLY]

@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import select
 
 from api_server.permissions import Permission
-from api_server.resources.reports import MAX_VISUALIZATION_BYTES
+from api_server.resources.reports import MAX_VISUALIZATION_BYTES, MAX_VISUALIZATION_DEPTH
 from shared.db.models import Dashboard, Execution
 from shared.execution_states import ExecutionType
 from tests.support.factories import dump_tables, resource
@@ -183,6 +183,14 @@ def _sized_visualization(size: int) -> dict:
     return {"p": "x" * (size - overhead)}
 
 
+def _nested(depth: int) -> list:
+    """``depth`` arrays, each inside the next: [[[…]]]."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 # (attributes over a valid report's, its relationships if not the valid ones, pointer, code)
 INVALID_REPORTS = [
     ({"r_query": "x <- 1"}, None, "/data/attributes/r_query", "r_query_not_supported"),
@@ -201,6 +209,8 @@ INVALID_REPORTS = [
     ),
     ({"visualization": {"n": 2**64}}, None, "/data/attributes/visualization",
      "number_out_of_range"),
+    ({"visualization": {"a": _nested(MAX_VISUALIZATION_DEPTH)}}, None,
+     "/data/attributes/visualization", "too_deep"),
     ({"created_at": "2024-01-01"}, None, "/data/attributes/created_at", "read_only_attribute"),
     ({}, {}, "/data/relationships/datasource", "missing_relationship"),
     ({}, {"datasource": {"data": None}}, "/data/relationships/datasource/data",
@@ -232,12 +242,13 @@ def test_invalid_reports_are_422_with_a_pointer_and_store_nothing(api):
     assert dump_tables(api.app) == before
 
 
-def test_a_visualization_of_exactly_the_bound_is_kept(api):
+def test_a_visualization_of_exactly_the_bounds_is_kept(api):
     org = api.create_org()
-    chart = _sized_visualization(MAX_VISUALIZATION_BYTES)
-    created = _create(api, org.key, org.sample_datasource_id, visualization=chart)
-    assert created.status_code == 201, created.text
-    assert created.json()["data"]["attributes"]["visualization"] == chart
+    deepest = {"a": _nested(MAX_VISUALIZATION_DEPTH - 1)}  # the object is one level too
+    for chart in (_sized_visualization(MAX_VISUALIZATION_BYTES), deepest):
+        created = _create(api, org.key, org.sample_datasource_id, visualization=chart)
+        assert created.status_code == 201, created.text
+        assert created.json()["data"]["attributes"]["visualization"] == chart
 
 
 def test_sql_snippets_are_those_the_sql_names(api):
