@@ -8,7 +8,6 @@ Cluvio's API reference names the type but documents no attribute; its older API 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -193,17 +192,6 @@ REPORTS = ResourceType(
         Filter("dashboard", "Only the reports on this dashboard (its id)."),
     ),
 )
-
-
-def serialized_reports(
-    session: Session, principal: Principal, report_ids: Iterable[str]
-) -> list[dict[str, Any]]:
-    """The reports among ``report_ids`` that the key reaches, as resource objects (a dashboard's
-    ``include=reports``)."""
-    return [
-        REPORTS.serialize(report)
-        for report in reports.reports_by_ids(session, principal, report_ids)
-    ]
 
 
 OPERATIONS = Operations(

@@ -153,7 +153,7 @@ def list_dashboards(
     return _dashboard_views(session, principal, rows), total
 
 
-def _dashboard(
+def find_dashboard(
     session: Session, principal: Principal, dashboard_id: str, *, for_update: bool = False
 ) -> Dashboard:
     """404 alike for unknown, foreign and out-of-scope dashboards. ``for_update`` locks it, as
@@ -170,7 +170,9 @@ def _dashboard(
 
 
 def get_dashboard(session: Session, principal: Principal, dashboard_id: str) -> DashboardView:
-    return _dashboard_views(session, principal, [_dashboard(session, principal, dashboard_id)])[0]
+    return _dashboard_views(session, principal, [find_dashboard(session, principal, dashboard_id)])[
+        0
+    ]
 
 
 def dashboards_by_ids(
@@ -200,7 +202,7 @@ def update_dashboard(
     session: Session, principal: Principal, dashboard_id: str, changes: dict[str, Any]
 ) -> DashboardView:
     """A locked dashboard takes one change only: ``is_locked`` set to false, alone."""
-    dashboard = _dashboard(session, principal, dashboard_id, for_update=True)
+    dashboard = find_dashboard(session, principal, dashboard_id, for_update=True)
     if changes != {"is_locked": False}:
         ensure_unlocked(dashboard)
     if "layout" in changes:
@@ -213,7 +215,7 @@ def update_dashboard(
 
 def delete_dashboard(session: Session, principal: Principal, dashboard_id: str) -> None:
     """Its reports (and their place in executions) and its group memberships go with it."""
-    dashboard = _dashboard(session, principal, dashboard_id, for_update=True)
+    dashboard = find_dashboard(session, principal, dashboard_id, for_update=True)
     ensure_unlocked(dashboard)
     session.delete(dashboard)
     session.flush()

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, object_session
 
 from api_server.principals import Principal
-from api_server.services.dashboards import ensure_unlocked, visible_dashboards
+from api_server.services.dashboards import ensure_unlocked, find_dashboard
 from api_server.services.datasources import get_datasource
 from api_server.services.executions import RunRequest, run_execution
 from api_server.services.listing import CollectionQuery, list_page
@@ -33,7 +33,6 @@ from shared.settings import Settings
 from sql_templating.parameters import InputParameters, parse_input_parameters
 
 _NOT_FOUND_DETAIL = "No report with this id exists."
-_DASHBOARD_NOT_FOUND_DETAIL = "No dashboard with this id exists."
 DATASOURCE_POINTER = "/data/relationships/datasource"
 DASHBOARD_POINTER = "/data/relationships/dashboard"
 # ``filter[name]`` → the column it compares (the relationships' filters name their ids).
@@ -49,18 +48,6 @@ def _visible(principal: Principal) -> ColumnElement[bool]:
     if principal.datasource_ids is not None:
         clause = clause & Report.datasource_id.in_(principal.datasource_ids)
     return clause
-
-
-def _dashboard(
-    session: Session, principal: Principal, dashboard_id: str, *, for_update: bool = False
-) -> Dashboard:
-    """A dashboard the key sees (``services.dashboards``' rule), 404 alike for any other id;
-    ``for_update`` locks its row (its ``layout`` or its reports are about to change)."""
-    statement = select(Dashboard).where(visible_dashboards(principal), Dashboard.id == dashboard_id)
-    dashboard = session.scalar(statement.with_for_update() if for_update else statement)
-    if dashboard is None:
-        raise NotFound(_DASHBOARD_NOT_FOUND_DETAIL)
-    return dashboard
 
 
 # ---------------------------------------------------------------------------- CRUD
@@ -84,19 +71,6 @@ def get_report(session: Session, principal: Principal, report_id: str) -> Report
     if report is None:
         raise NotFound(_NOT_FOUND_DETAIL)
     return report
-
-
-def reports_by_ids(
-    session: Session, principal: Principal, report_ids: Iterable[str]
-) -> list[Report]:
-    """The reports among ``report_ids`` that the key reaches, oldest first (for ``include``)."""
-    return list(
-        session.scalars(
-            select(Report)
-            .where(_visible(principal), Report.id.in_(set(report_ids)))
-            .order_by(Report.created_at, Report.id)
-        )
-    )
 
 
 def named_snippets(report: Report) -> list[str]:
@@ -199,10 +173,10 @@ def _reachable_datasource(session: Session, principal: Principal, datasource_id:
 
 def _related_dashboard(session: Session, principal: Principal, dashboard_id: str) -> Dashboard:
     try:
-        return _dashboard(session, principal, dashboard_id, for_update=True)
-    except NotFound:
+        return find_dashboard(session, principal, dashboard_id, for_update=True)
+    except NotFound as not_found:
         raise Unprocessable(
-            _DASHBOARD_NOT_FOUND_DETAIL, pointer=DASHBOARD_POINTER, code="dashboard_not_found"
+            not_found.detail, pointer=DASHBOARD_POINTER, code="dashboard_not_found"
         ) from None
 
 
@@ -289,7 +263,7 @@ def run_dashboard(
     settings: Settings,
 ) -> list[Execution]:
     """One execution per report of the dashboard (oldest report first), all or none."""
-    dashboard = _dashboard(session, principal, dashboard_id)
+    dashboard = find_dashboard(session, principal, dashboard_id)
     parameters = merged_parameters(dashboard.default_parameters or {}, given)
     reports = session.scalars(
         select(Report)
