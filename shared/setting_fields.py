@@ -41,6 +41,14 @@ def setting(
     )
 
 
+# Bounds of a host a server binds to: a name or an IPv4/IPv6 address (a zone index included).
+HOST_BOUNDS: dict[str, Any] = {
+    "pattern": r"^[A-Za-z0-9._:%-]+$",
+    "max_length": 253,
+    "allowed": "a host name or IP address",
+}
+
+
 def url_bounds(*schemes: str) -> dict[str, Any]:
     """Bounds of a URL setting: empty (its default applies) or a URL of one of ``schemes``."""
     starts = " or ".join(f"{scheme}://" for scheme in schemes)

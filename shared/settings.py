@@ -27,7 +27,14 @@ from pydantic_core import core_schema
 from shared.egress import NetworkRule, parse_allowed_networks
 from shared.errors import ConfigurationError
 from shared.host_resolution import url_host
-from shared.setting_fields import SettingDoc, refusal, setting, setting_docs, url_bounds
+from shared.setting_fields import (
+    HOST_BOUNDS,
+    SettingDoc,
+    refusal,
+    setting,
+    setting_docs,
+    url_bounds,
+)
 
 
 class Secret:
@@ -106,17 +113,13 @@ class Settings(BaseModel):
     api_host: str = setting(
         "127.0.0.1",
         "Address the API server binds to.",
-        pattern=r"^[A-Za-z0-9._:%-]+$",
-        max_length=253,
-        allowed="a host name or IP address",
+        **HOST_BOUNDS,
     )
     api_port: int = setting(8000, "Port the API server listens on.", ge=1, le=65535)
     data_host: str = setting(
         "127.0.0.1",
         "Address the data server binds to.",
-        pattern=r"^[A-Za-z0-9._:%-]+$",
-        max_length=253,
-        allowed="a host name or IP address",
+        **HOST_BOUNDS,
     )
     data_port: int = setting(8001, "Port the data server listens on.", ge=1, le=65535)
     public_api_url: str = setting(

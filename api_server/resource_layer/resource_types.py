@@ -64,6 +64,12 @@ class Relationship:
     description: str | None = None
     accepted: Schema | None = None  # what a request may send, when the type lets it be set
 
+    @classmethod
+    def not_yet(cls, type_: str, why: str) -> Relationship:
+        """A to-many relationship Cluvio's schema has and whose resources dataferry has not
+        yet: always empty data, ``why`` in its description."""
+        return cls(type_, linked=lambda row: [], to_many=True, description=f"Always empty: {why}.")
+
 
 @dataclass(frozen=True)
 class Filter:

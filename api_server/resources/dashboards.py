@@ -126,10 +126,6 @@ def from_row(name: str) -> Callable[[Any], Any]:
     return lambda view: getattr(view.row, name)
 
 
-def _empty(view: DashboardView) -> list[str]:
-    return []
-
-
 DASHBOARDS = ResourceType(
     type="dashboards",
     schema_name="Dashboard",
@@ -143,12 +139,7 @@ DASHBOARDS = ResourceType(
             to_many=True,
             description="The reports on the dashboard, oldest first.",
         ),
-        "filters": Relationship(
-            "filters",
-            linked=_empty,
-            to_many=True,
-            description="Always empty: filters are not available yet.",
-        ),
+        "filters": Relationship.not_yet("filters", "filters are not available yet"),
         "sql_snippets": Relationship(
             "sql_snippets",
             linked=lambda view: view.sql_snippet_ids,
@@ -161,22 +152,16 @@ DASHBOARDS = ResourceType(
             to_many=True,
             description="The groups the dashboard is in (set on the group).",
         ),
-        "dashboard_sharing_links": Relationship(
-            "dashboard_sharing_links",
-            linked=_empty,
-            to_many=True,
-            description="Always empty: sharing links are not available yet.",
+        "dashboard_sharing_links": Relationship.not_yet(
+            "dashboard_sharing_links", "sharing links are not available yet"
         ),
         "user": Relationship(
             "users",
             linked=lambda view: None,
             description="Always null: API keys, not users, create dashboards in dataferry.",
         ),
-        "user_groups": Relationship(
-            "user_groups",
-            linked=_empty,
-            to_many=True,
-            description="Always empty: dashboards are not shared with user groups yet.",
+        "user_groups": Relationship.not_yet(
+            "user_groups", "dashboards are not shared with user groups yet"
         ),
     },
     sortable=("name", "created_at", "updated_at"),

@@ -193,6 +193,17 @@ IDEMPOTENCY_KEY = oa.parameter(
 )
 
 
+# What refuses a request that queues one execution (Run Execution, running a report), beside
+# the 422 each words for its own body.
+RUN_REFUSALS: dict[int, str | None] = {
+    400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
+    "(`malformed_json`); nothing is queued.",
+    404: None,
+    409: "The datasource is disabled (`datasource_disabled`).",
+    429: "The key's rate limit (`rate_limited`), or the organisation already has its most "
+    "executions running (`too_many_running_executions`, `Retry-After: 1`).",
+}
+
 # What a request that queues one execution answers (Run Execution, running a report).
 RUN_ANSWER = {
     "200": oa.response(
@@ -283,16 +294,11 @@ def _document(
     ),
     responses=RUN_ANSWER,
     errors={
-        400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
-        "(`malformed_json`); nothing is queued.",
-        404: None,
-        409: "The datasource is disabled (`datasource_disabled`).",
+        **RUN_REFUSALS,
         422: "The body or its parameters are not valid: `invalid_sql_query`, `too_long`, "
         "`r_query_not_supported`, `unknown_attribute`, the parameter codes of "
         "docs/sql-parameters.md, a snippet problem, `invalid_idempotency_key` or "
         "`idempotency_key_reused`.",
-        429: "The key's rate limit (`rate_limited`), or the organisation already has its most "
-        "executions running (`too_many_running_executions`, `Retry-After: 1`).",
     },
 )
 async def run_execution(request: Request, principal: Principal) -> Response:

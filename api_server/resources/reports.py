@@ -35,6 +35,7 @@ from api_server.resource_layer.responses import one, page
 from api_server.resources.executions import (
     IDEMPOTENCY_KEY,
     RUN_ANSWER,
+    RUN_REFUSALS,
     WAIT,
     answer_run,
     serialize_execution,
@@ -170,12 +171,7 @@ REPORTS = ResourceType(
             "locked dashboard gets no report, and its reports cannot change, move or be deleted "
             "(409 `dashboard_locked`).",
         ),
-        "filters": Relationship(
-            "filters",
-            linked=lambda report: [],
-            to_many=True,
-            description="Read-only and always empty: filters are not available yet.",
-        ),
+        "filters": Relationship.not_yet("filters", "filters are not available yet"),
         "sql_snippets": Relationship(
             "sql_snippets",
             linked=reports.named_snippets,
@@ -433,13 +429,8 @@ def delete_report(request: Request, principal: Principal) -> Response:
     ),
     responses=RUN_ANSWER,
     errors={
-        400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
-        "(`malformed_json`); nothing is queued.",
-        404: None,
-        409: "The datasource is disabled (`datasource_disabled`).",
+        **RUN_REFUSALS,
         422: f"{_RUN_ERRORS}, or `invalid_idempotency_key`, `idempotency_key_reused`.",
-        429: "The key's rate limit (`rate_limited`), or the organisation already has its most "
-        "executions running (`too_many_running_executions`, `Retry-After: 1`).",
     },
 )
 async def run_report(request: Request, principal: Principal) -> Response:

@@ -33,12 +33,18 @@ SAMPLE_DATASOURCE_NAME = "Sample Data"
 _NOT_FOUND_DETAIL = "No datasource with this id exists."
 
 
-def _visible(principal: Principal) -> Any:
-    """The WHERE clause every datasource query starts from: own organisation, own scope."""
-    clause = Datasource.organization_id == principal.organization_id
+def within_scope(principal: Principal, organization_id: Any, datasource_id: Any) -> Any:
+    """The WHERE clause of rows the key reaches, given their organisation and datasource
+    columns: its own organisation's, on the datasources it is restricted to (if it is)."""
+    clause = organization_id == principal.organization_id
     if principal.datasource_ids is not None:
-        clause = clause & Datasource.id.in_(principal.datasource_ids)
+        clause = clause & datasource_id.in_(principal.datasource_ids)
     return clause
+
+
+def _visible(principal: Principal) -> Any:
+    """The WHERE clause every datasource query starts from."""
+    return within_scope(principal, Datasource.organization_id, Datasource.id)
 
 
 def list_datasources(

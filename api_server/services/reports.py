@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, object_session
 
 from api_server.principals import Principal
 from api_server.services.dashboards import ensure_unlocked, find_dashboard
-from api_server.services.datasources import get_datasource
+from api_server.services.datasources import get_datasource, within_scope
 from api_server.services.executions import RunRequest, run_execution
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.sql_snippets import named_snippet_ids
@@ -44,10 +44,7 @@ _FILTERED_COLUMNS = {"datasource": Report.datasource_id, "dashboard": Report.das
 
 def _visible(principal: Principal) -> ColumnElement[bool]:
     """The reports the key reaches: its organisation's, on its datasources."""
-    clause = Report.organization_id == principal.organization_id
-    if principal.datasource_ids is not None:
-        clause = clause & Report.datasource_id.in_(principal.datasource_ids)
-    return clause
+    return within_scope(principal, Report.organization_id, Report.datasource_id)
 
 
 # ---------------------------------------------------------------------------- CRUD
