@@ -178,6 +178,7 @@ class Execution(Base):
             "idempotency_key",
             unique=True,
         ),
+        Index("ix_executions_organization_id_reuse_key", "organization_id", "reuse_key"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -216,6 +217,9 @@ class Execution(Base):
     report_id: Mapped[str | None] = mapped_column(
         ForeignKey("reports.id", ondelete="SET NULL"), nullable=True, index=True
     )
+    # Result reuse: a hash of the datasource, the SQL that runs and its bound values; a report's
+    # run inside its dashboard's refresh window answers with a completed execution of the same key.
+    reuse_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class SqlSnippet(Base):
@@ -320,6 +324,68 @@ class DashboardGroupMember(Base):
     dashboard_id: Mapped[str] = mapped_column(
         ForeignKey("dashboards.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class Filter(Base):
+    """A named control for the SQL variable ``variable_name`` (Cluvio's Filter): its options
+    (manual, or the first two columns of SQL run on ``datasource``), its defaults, and the rules an
+    execution's value for the variable must keep (``allow_all_time``, ``restrict_to_options``).
+
+    ``values``/``value_names`` are the manual options, or a static-SQL filter's options as of
+    ``options_updated_at`` (copied from ``options_execution_id``'s result once it completes)."""
+
+    __tablename__ = "filters"
+    __table_args__ = (
+        Index(
+            "uq_filters_organization_id_variable_name",
+            "organization_id",
+            "variable_name",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    datasource_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasources.id", ondelete="RESTRICT"), nullable=True, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    variable_name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    control_type: Mapped[str] = mapped_column(String(32))
+    value_type: Mapped[str] = mapped_column(String(32))
+    multiple: Mapped[bool] = mapped_column(Boolean, default=True)
+    default_values: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    options_source: Mapped[str] = mapped_column(String(16), default="manual")
+    options_sql_query: Mapped[str | None] = mapped_column(Text, nullable=True)
+    values: Mapped[list[Any] | None] = mapped_column("option_values", JSON, nullable=True)
+    value_names: Mapped[list[Any] | None] = mapped_column("option_names", JSON, nullable=True)
+    allow_all_time: Mapped[bool] = mapped_column(Boolean, default=False)
+    aggregation_options: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    restrict_to_options: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    status_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    options_execution_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    options_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DashboardRefresh(Base):
+    """One due refresh of a prewarmed or automatically updated dashboard: the primary key makes
+    the claim, so exactly one server of the region runs each (the others' inserts conflict)."""
+
+    __tablename__ = "dashboard_refreshes"
+
+    dashboard_id: Mapped[str] = mapped_column(
+        ForeignKey("dashboards.id", ondelete="CASCADE"), primary_key=True
+    )
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    claimed_by: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    executions: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class AuditEvent(Base):
