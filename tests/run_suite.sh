@@ -3,7 +3,8 @@
 # of two cores busy on average. The in-process tests (IN_PROCESS below) run in the background and
 # show their report when done; every other folder, including any new one, runs in the foreground
 # (these start servers, workers and clients). Arguments go to both; the exit status is the first
-# failing one's (pytest's 5, "no tests collected", included).
+# failing one's. pytest's 5 ("no tests collected") is named here, because `make` reports any
+# failing command as 2: an empty selection is a broken suite, not a pass.
 set -u
 PY="$1"
 shift
@@ -29,6 +30,11 @@ echo "=== in-process tests ($IN_PROCESS) ==="
 cat "$log"
 rm -f "$log"
 
+for status in "$foreground" "$background_status"; do
+    if [ "$status" -eq 5 ]; then
+        echo "pytest collected no tests (exit code 5): that is a broken suite, not a pass" >&2
+    fi
+done
 if [ "$foreground" -ne 0 ]; then
     exit "$foreground"
 fi
