@@ -24,6 +24,7 @@ from data_server.auth import authorize_data_request
 from shared import openapi as oa
 from shared.errors import InvalidQueryParameter, NotAcceptable, NotFound
 from shared.results import result_object_key, schema_object_key
+from shared.storage_quota import charge_representation
 from shared.tokens import URL_TOKEN_PARAMETER, DataGrant, Scope
 from shared.web import operations as web
 
@@ -228,8 +229,16 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         return await _window_response(store, data_key, fmt, compression, offset, limit, headers)
     coding = representations.negotiate_coding(request.headers.get("accept-encoding"), fmt)
     representation = representations.Representation(fmt, compression, coding)
+    state = request.app.state
+
+    def charge(size: int) -> bool:
+        with state.sessions.begin() as session:
+            return charge_representation(
+                session, state.settings, grant.organization_id, data_key, size
+            )
+
     source = await run_in_threadpool(
-        representations.open_representation, store, data_key, representation
+        representations.open_representation, store, data_key, representation, charge
     )
     if coding is not representations.ContentCoding.IDENTITY:
         headers["Content-Encoding"] = coding.value

@@ -26,7 +26,7 @@ from shared.db.models import Datasource, utcnow
 from shared.lifecycle import ErrorCode, ExecutionStatus, ExecutionType
 from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
 from shared.settings import Settings
-from shared.storage_quota import StorageUsage, storage_usage
+from shared.storage_quota import StorageUsage, locked_storage_usage, storage_usage
 from shared.tokens import Scope, new_data_key
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,11 @@ class ExecutionRunner:
             data_key = new_data_key(Scope.EXECUTION_RESULT)
             self.store.publish(result_path, result_object_key(data_key))
             with self.sessions.begin() as session:
-                published = lifecycle.complete(
+                # Checked again under the organisation's lock: executions that ran side by side
+                # were each capped at the same remaining bytes, and only one may take them.
+                usage = locked_storage_usage(session, self.settings, claim.organization_id)
+                fits = outcome.size_bytes <= usage.remaining_bytes
+                published = fits and lifecycle.complete(
                     session,
                     claim,
                     rows=outcome.rows,
@@ -142,6 +146,8 @@ class ExecutionRunner:
                 )
             if not published:  # fenced off: cancelled, purged, deleted or owned by a newer attempt
                 delete_stored_data(self.store, results=[data_key])
+            if not fits:
+                raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             result_path.unlink(missing_ok=True)

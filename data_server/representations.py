@@ -17,7 +17,7 @@ import gzip
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -117,12 +117,17 @@ def _one_at_a_time(key: str) -> Iterator[None]:
 
 
 def open_representation(
-    store: ResultStore, data_key: str, representation: Representation
+    store: ResultStore,
+    data_key: str,
+    representation: Representation,
+    charge: Callable[[int], bool],
 ) -> pa.NativeFile:
     """A random-access reader of the representation, materialised first if it is not stored.
 
-    The Arrow file is checked first: a purged result is gone even if a variant written by a
-    request racing the purge is left over (the orphan sweep removes that)."""
+    ``charge(size)`` counts a new representation in the organisation's storage quota before it
+    is stored; when it refuses (no room), the bytes are served from scratch space this once and
+    not kept. The Arrow file is checked first: a purged result is gone even if a variant written
+    by a request racing the purge is left over (the orphan sweep removes that)."""
     source = store.open(result_object_key(data_key))
     key = variant_object_key(data_key, representation.variant)
     try:
@@ -134,15 +139,18 @@ def open_representation(
             try:
                 return store.open(key)
             except ResultGone:
-                _materialise(store, source, key, representation)
-        return store.open(key)
+                return _materialise(store, source, key, representation, charge)
     finally:
         source.close()
 
 
 def _materialise(
-    store: ResultStore, source: pa.NativeFile, key: str, representation: Representation
-) -> None:
+    store: ResultStore,
+    source: pa.NativeFile,
+    key: str,
+    representation: Representation,
+    charge: Callable[[int], bool],
+) -> pa.NativeFile:
     temp = store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}")
     try:
         with open(temp, "wb") as raw, _compressed(raw, representation.coding) as target:
@@ -150,7 +158,10 @@ def _materialise(
                 source, representation.fmt, compression=representation.compression
             ):
                 target.write(chunk)
-        store.publish(temp, key)
+        if charge(temp.stat().st_size):
+            store.publish(temp, key)
+            return store.open(key)
+        return pa.OSFile(str(temp), "rb")  # still readable once unlinked below
     finally:
         temp.unlink(missing_ok=True)
 

@@ -1,12 +1,15 @@
 """What an organisation stores, counted against ``DATAFERRY_MAX_ORGANIZATION_STORAGE_MB``.
 
-Two things count: every regular file in the organisation's area (uploads, files an operator put
-there, and uploads still arriving, whose temporary files live beside their targets), and the
-stored results of its executions that are still retained (``result_size`` of each completed,
-unpurged execution: the Arrow file). Not counted: folders an operator granted from outside the
-area (symlinks are not followed), schema documents, and a result's other stored representations,
-which the data server derives from the Arrow file on request and which expire with it
-(docs/result-formats.md).
+Three things count: every regular file in the organisation's area (uploads, files an operator put
+there, and uploads still arriving, whose temporary files live beside their targets), the stored
+results of its executions that are still retained (``result_size``: the Arrow file), and those
+results' other stored representations (``variants_size``: each format and coding a client fetched,
+docs/result-formats.md). Not counted: folders an operator granted from outside the area (symlinks
+are not followed) and schema documents.
+
+Writers of results and representations check the quota under the organisation's row lock
+(``locked_storage_usage``), so concurrent executions of one organisation take turns at the check
+and cannot overshoot it together.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.datapaths import organization_area
-from shared.db.models import Execution
+from shared.db.engine import write_lock_on_sqlite
+from shared.db.models import Execution, Organization
 from shared.errors import PayloadTooLarge
 from shared.settings import Settings
 
@@ -95,9 +99,10 @@ def tree_bytes(folder: Path) -> int:
 
 
 def stored_result_bytes(session: Session, organization_id: str) -> int:
-    """Bytes of the organisation's results that are still stored."""
+    """Bytes of the organisation's results that are still stored, representations included."""
+    stored = func.coalesce(Execution.result_size, 0) + Execution.variants_size
     total = session.scalar(
-        select(func.coalesce(func.sum(Execution.result_size), 0)).where(
+        select(func.coalesce(func.sum(stored), 0)).where(
             Execution.organization_id == organization_id,
             Execution.data_key.is_not(None),
             Execution.data_purged_at.is_(None),
@@ -112,3 +117,40 @@ def storage_usage(session: Session, settings: Settings, organization_id: str) ->
         results_bytes=stored_result_bytes(session, organization_id),
         quota_bytes=settings.max_organization_storage_mb * MIB,
     )
+
+
+def locked_storage_usage(
+    session: Session, settings: Settings, organization_id: str
+) -> StorageUsage:
+    """``storage_usage`` under the organisation's row lock (the database's write lock on SQLite),
+    which the caller's transaction holds until it ends: what is counted stays true until the
+    caller has recorded what it stores."""
+    write_lock_on_sqlite(session)
+    session.execute(
+        select(Organization.id)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
+    )
+    return storage_usage(session, settings, organization_id)
+
+
+def charge_representation(
+    session: Session, settings: Settings, organization_id: str, data_key: str, size: int
+) -> bool:
+    """Count a representation of ``size`` bytes that is about to be stored beside the result
+    ``data_key``; False (nothing counted) if it does not fit the quota or the result is gone, and
+    then it is served once and not kept."""
+    usage = locked_storage_usage(session, settings, organization_id)
+    if size > usage.remaining_bytes:
+        return False
+    charged = session.execute(
+        update(Execution)
+        .where(
+            Execution.organization_id == organization_id,
+            Execution.data_key == data_key,
+            Execution.data_purged_at.is_(None),
+        )
+        .values(variants_size=Execution.variants_size + size)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(charged.rowcount)  # type: ignore[attr-defined]

@@ -204,6 +204,8 @@ class Execution(Base):
     result_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result_columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The result's other stored representations (formats, codings), counted in the quota too.
+    variants_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     result_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     data_key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     data_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,6 +1,6 @@
 """What the ``/data/{data_key}`` HTTP tests (tests/data_server/data_http/) share: a published
-result of 50,000 rows, a data token for it, a data server client that sends it, and a GET of the
-result in one format.
+result of 50,000 rows with its execution's row (a stored representation is counted on it), a data
+token for it, a data server client that sends it, and a GET of the result in one format.
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ import pyarrow as pa
 from starlette.testclient import TestClient
 
 from data_server.app import create_app
+from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.db.migrate import upgrade_to_head
+from shared.db.models import Datasource, Execution, Organization
 from shared.results import result_object_key
 from shared.signing_keys import SigningKeyring
 from shared.tokens import Scope, mint_data_token, new_data_key
 from tests.support.log_watch import remember
 
 IDENTITY = {"Accept-Encoding": "identity"}
+ORGANIZATION_ID = "orga-niza-tion"  # the result's and its tokens' organisation
 
 
 def publish_result(store):
@@ -40,7 +44,7 @@ def data_token(settings, data_key, now=None, scope=Scope.EXECUTION_RESULT):
     token = mint_data_token(
         SigningKeyring(settings),
         settings,
-        organization_id="o",
+        organization_id=ORGANIZATION_ID,
         data_key=data_key,
         scope=scope,
         now=now,
@@ -49,9 +53,37 @@ def data_token(settings, data_key, now=None, scope=Scope.EXECUTION_RESULT):
     return token
 
 
+def record_result(settings, data_key: str, organization_id: str = ORGANIZATION_ID) -> None:
+    """The completed execution whose result ``data_key`` is, in the metadata database."""
+    engine = create_metadata_engine(settings.database_url)
+    upgrade_to_head(engine)
+    with create_session_factory(engine).begin() as session:
+        if session.get(Organization, organization_id) is None:
+            session.add(Organization(id=organization_id, name=organization_id))
+            session.flush()
+            session.add(
+                Datasource(
+                    id="d", organization_id=organization_id, name="d", database_type="duckdb"
+                )
+            )
+        session.add(
+            Execution(
+                id=data_key[-36:].rjust(36, "0"),
+                organization_id=organization_id,
+                datasource_id="d",
+                execution_type="sql_query",
+                status="completed",
+                data_key=data_key,
+                result_size=1,
+            )
+        )
+    engine.dispose()
+
+
 @contextmanager
 def data_client(settings, stored):
     store, data_key, table = stored
+    record_result(settings, data_key)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         token = data_token(settings, data_key)
         client.headers["Authorization"] = f"Data {token}"

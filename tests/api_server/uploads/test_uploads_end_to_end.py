@@ -327,3 +327,66 @@ def _fill_the_quota(region, client: DataferryClient, area: Path) -> None:
     reported = orjson.loads(usage.stdout)
     assert reported["files_bytes"] == QUOTA_MB * MIB and reported["quota_bytes"] == QUOTA_MB * MIB
     assert reported["results_bytes"] > 0
+
+
+def _results_bytes(region, client: DataferryClient) -> int:
+    usage = run_cli(
+        region.env, region.cwd, "storage-usage", "--organization", client.organization_id
+    )
+    assert usage.returncode == 0, usage.stderr
+    return orjson.loads(usage.stdout)["results_bytes"]
+
+
+@pytest.mark.e2e
+def test_stored_representations_count_and_are_kept_only_within_the_quota(region):
+    """A CSV fetched once is stored and counted; with no room left, a JSON fetch still answers
+    in full but is not kept (nothing more is counted, and it answers again alike)."""
+    with region.organization_client("Representations") as client:
+        area = region.area(client.organization_id)
+        (area / "r").mkdir()
+        ds = client.create_datasource("r", "files", "r")["id"]
+        execution = client.run(ds, "SELECT range AS n, 'row ' || range AS label FROM range(5000)")
+        assert client.wait_until_done(execution["execution_id"])["execution_status"] == "completed"
+        grant = client.grant(execution["execution_id"])
+        before = _results_bytes(region, client)
+
+        csv = client.fetch(grant, "text/csv")  # compressed: httpx accepts zstd and gzip
+        assert csv.status_code == 200 and csv.text.count("\n") == 5001
+        stored = int(csv.headers["content-length"])
+        assert "content-encoding" in csv.headers and stored < len(csv.content)
+        assert _results_bytes(region, client) == before + stored
+
+        with open(area / "filler.bin", "wb") as filler:
+            filler.truncate(QUOTA_MB * MIB - before - stored - 100)  # 100 bytes left
+        answers = [client.fetch(grant, "application/json") for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert answers[0].content == answers[1].content
+        assert answers[0].headers["etag"] == answers[1].headers["etag"]
+        assert len(answers[0].json()["rows"]) == 5000
+        assert _results_bytes(region, client) == before + stored
+
+
+@pytest.mark.e2e
+def test_a_result_that_no_longer_fits_when_it_completes_is_not_stored(region):
+    """The quota is checked again when the result is stored: room taken while the query ran
+    (here by a file; as well by an execution of the same organisation running beside it) fails
+    it, where the check before it ran alone let it through."""
+    with region.organization_client("Overshoot") as client:
+        area = region.area(client.organization_id)
+        (area / "o").mkdir()
+        ds = client.create_datasource("o", "files", "o")["id"]
+        slow = "SELECT range AS n FROM range(400000000) WHERE range % 2000 = 0"  # 200k rows, ~2 s
+        execution_id = client.run(ds, slow)["execution_id"]
+        for _ in range(400):
+            if client.execution(execution_id)["execution_status"] != "queued":
+                break
+            time.sleep(0.02)
+        time.sleep(0.3)  # past the check before it runs (later, it would fail there: as well)
+        with open(area / "filler.bin", "wb") as filler:
+            filler.truncate(QUOTA_MB * MIB - 10_000)  # less than the result's 1.6 MB
+        done = client.wait_until_done(execution_id)
+        assert (done["execution_status"], done["error_code"]) == (
+            "failed",
+            "storage_quota_exceeded",
+        ), done
+        assert _results_bytes(region, client) == 0

@@ -1,4 +1,5 @@
-"""filters (Cluvio's), result reuse's key on executions, and the claims of dashboard refreshes
+"""filters (Cluvio's), result reuse's key on executions, the bytes of a result's stored
+representations (counted in the storage quota), and the claims of dashboard refreshes
 
 A filter restricts its datasource's deletion as a report does; the refresh claims go with their
 dashboard.
@@ -91,6 +92,9 @@ def upgrade() -> None:
 
     with op.batch_alter_table("executions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("reuse_key", sa.String(length=64), nullable=True))
+        batch_op.add_column(
+            sa.Column("variants_size", sa.BigInteger(), server_default="0", nullable=False)
+        )
         batch_op.create_index(
             "ix_executions_organization_id_reuse_key",
             ["organization_id", "reuse_key"],
@@ -101,6 +105,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("executions", schema=None) as batch_op:
         batch_op.drop_index("ix_executions_organization_id_reuse_key")
+        batch_op.drop_column("variants_size")
         batch_op.drop_column("reuse_key")
 
     with op.batch_alter_table("filters", schema=None) as batch_op:
