@@ -90,8 +90,8 @@ def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> 
         )
 
 
-async def read_bounded_body(request: Request) -> bytes:
-    return await read_body_within(request, MAX_BODY_BYTES)
+async def read_bounded_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    return await read_body_within(request, max_bytes)
 
 
 # ---------------------------------------------------------------- request documents
@@ -219,15 +219,17 @@ def validate_attributes(
     attributes: dict[str, Any],
     read_only: Iterable[str] = (),
     context: dict[str, Any] | None = None,
+    pointer: str = "/data/attributes",
 ) -> ModelT:
-    """Validate attributes into ``model``; every problem becomes one 422 with a pointer. A problem
-    a validator coded (``shared.input_models.problem``) keeps its code and detail; ``context``:
-    what such validators read (a setting)."""
+    """Validate attributes into ``model``; every problem becomes one 422 with a pointer below
+    ``pointer`` (where the attributes sit in the body). A problem a validator coded
+    (``shared.input_models.problem``) keeps its code and detail; ``context``: what such
+    validators read (a setting)."""
     read_only = set(read_only)
     errors: list[AppError] = [
         Unprocessable(
             f"'{name}' is read-only.",
-            pointer=f"/data/attributes/{name}",
+            pointer=f"{pointer}/{name}",
             code="read_only_attribute",
         )
         for name in attributes
@@ -239,7 +241,7 @@ def validate_attributes(
         )
     except ValidationError as exc:
         for item in exc.errors():
-            coded = coded_problem(item, "/data/attributes")
+            coded = coded_problem(item, pointer)
             if coded is not None:  # an attribute's nested member, with its own code and place
                 errors.append(coded)
                 continue
@@ -249,7 +251,7 @@ def validate_attributes(
                 code = "invalid_type"
             reason = item["msg"].removeprefix("Value error, ")
             detail = f"'{name}' {message}." if message else f"'{name}': {reason}."
-            errors.append(Unprocessable(detail, pointer=f"/data/attributes/{name}", code=code))
+            errors.append(Unprocessable(detail, pointer=f"{pointer}/{name}", code=code))
         result = None
     if errors:
         raise ValidationErrors(errors)

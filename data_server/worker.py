@@ -4,7 +4,8 @@ Each executor thread claims one execution at a time and runs it (data_server.exe
 in a sandboxed DuckDB child process of the pool. A heartbeat thread renews the leases of running
 executions and relays cancel requests; a maintenance thread reaps expired leases and runs the
 janitor. A listener thread wakes idle executors when new work is announced
-(shared.notifications); their poll is a safety net.
+(shared.notifications); their poll is a safety net. A scheduler thread queues the dashboard
+refreshes that are due (data_server.scheduler), which one data server of the region claims.
 
 A data server has one executor more than ``DATAFERRY_WORKER_PROCESSES``, and one organisation may
 fill only that many (shared.lifecycle.claims): alone it keeps every configured worker busy, and
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from data_server import janitor
 from data_server.execution_runs import ExecutionRunner, Job
 from data_server.sandbox_pool import SandboxPool
+from data_server.scheduler import Scheduler
 from shared import lifecycle
 from shared.metrics import Metrics
 from shared.notifications import can_listen, listen_for_new_work
@@ -79,13 +81,19 @@ class Worker:
 
     def start(self) -> None:
         targets = [self._execute_loop] * executor_count(self.settings)
-        targets += [self._heartbeat_loop, self._maintenance_loop]
+        targets += [self._heartbeat_loop, self._maintenance_loop, self._schedule_loop]
         if self._listening:
             targets.append(self._listen_loop)
         for index, target in enumerate(targets):
             thread = threading.Thread(target=target, name=f"worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        logger.info(
+            "worker started id=%s executors=%d scheduler_interval=%.1fs",
+            self.worker_id,
+            executor_count(self.settings),
+            self.settings.scheduler_interval_seconds,
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, hand running executions back to the queue, and wait for the threads."""
@@ -155,6 +163,14 @@ class Worker:
                         last_orphan_sweep = last_janitor
             except Exception:
                 logger.exception("maintenance failed")
+
+    def _schedule_loop(self) -> None:
+        scheduler = Scheduler(self.sessions, self.settings, self.worker_id)
+        while not self._stopping.wait(self.settings.scheduler_interval_seconds):
+            try:
+                scheduler.run_pass()
+            except Exception:
+                logger.exception("scheduling failed")
 
     # ------------------------------------------------------------------ one execution
 

@@ -296,6 +296,13 @@ class Settings(BaseModel):
     poll_interval_seconds: float = setting(
         0.2, "How often an idle worker looks for new executions.", gt=0, le=600
     )
+    scheduler_interval_seconds: float = setting(
+        20.0,
+        "How often each data server looks for dashboard refreshes that are due (one server runs "
+        "each); a refresh starts at most this late.",
+        gt=0,
+        le=3600,
+    )
 
     @model_validator(mode="wrap")
     @classmethod

@@ -23,9 +23,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.datapaths import organization_area
-from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Execution, Organization
+from shared.db.models import Execution
 from shared.errors import PayloadTooLarge
+from shared.runs import lock_organization
 from shared.settings import Settings
 
 MIB = 1024 * 1024
@@ -125,12 +125,7 @@ def locked_storage_usage(
     """``storage_usage`` under the organisation's row lock (the database's write lock on SQLite),
     which the caller's transaction holds until it ends: what is counted stays true until the
     caller has recorded what it stores."""
-    write_lock_on_sqlite(session)
-    session.execute(
-        select(Organization.id)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
-    )
+    lock_organization(session, organization_id)
     return storage_usage(session, settings, organization_id)
 
 

@@ -29,6 +29,7 @@ from sql_templating.placeholders import (
     placeholder_error,
     replace_placeholders,
 )
+from sql_templating.rules import VariableRules, check_selections
 from sql_templating.scanning import line_and_column
 
 # The SQL that runs, placeholders rendered, may be this many times DATAFERRY_MAX_SQL_LENGTH.
@@ -50,12 +51,16 @@ def bind_parameters(
     max_sql_length: int,
     *,
     every_filter_used: bool = True,
+    rules: VariableRules | None = None,
 ) -> BoundQuery:
     """Replace every placeholder in ``sql`` (snippets already expanded) by bound SQL, which may
     grow to ``BOUND_SQL_GROWTH`` times ``max_sql_length``. ``every_filter_used``: a filter the SQL
     has no placeholder for is a 422 (else it is left out, as a dashboard's filters are for the
-    reports that do not use them)."""
-    renderer = _Renderer(sql, inputs, data_time_zone)
+    reports that do not use them). ``rules``: what the filter definitions of the variables given
+    demand of their values (``sql_templating.rules``)."""
+    rules = rules or {}
+    check_selections(inputs, rules)
+    renderer = _Renderer(sql, inputs, data_time_zone, rules)
     bound_sql = replace_placeholders(sql, renderer.render, max_sql_length * BOUND_SQL_GROWTH)
     if every_filter_used:
         renderer.check_every_filter_used()
@@ -65,10 +70,13 @@ def bind_parameters(
 class _Renderer:
     """One query's placeholders as SQL, and the values of the ``$n`` parameters that SQL uses."""
 
-    def __init__(self, sql: str, inputs: InputParameters, data_time_zone: str) -> None:
+    def __init__(
+        self, sql: str, inputs: InputParameters, data_time_zone: str, rules: VariableRules
+    ) -> None:
         self.sql = sql
         self.inputs = inputs
         self.data_time_zone = data_time_zone
+        self.rules = rules
         self.values: list[Scalar] = []
         self._slots: dict[tuple[Any, ...], str] = {}
         self._roles: dict[str, tuple[PlaceholderKind, int]] = {}
@@ -165,9 +173,15 @@ class _Renderer:
                 code="conflicting_variable_use",
             )
         truncate = "date_trunc(CAST({unit} AS VARCHAR), CAST(({expression}) AS TIMESTAMP))"
-        if variable == "aggregation":
-            chosen = self.inputs.aggregation or DEFAULT_AGGREGATION
-            collapse = self._slot(("all_time",), chosen == "all_time")
+        rule = self.rules.get(variable)
+        if variable == "aggregation" or (rule is not None and rule.allow_all_time):
+            # The built-in, or a filter that allows All Time: the fixed SQL can collapse.
+            chosen = (
+                self.inputs.aggregation or DEFAULT_AGGREGATION
+                if variable == "aggregation"
+                else self._custom_aggregation(variable)
+            )
+            collapse = self._slot(("all_time", variable), chosen == "all_time")
             unit = self._slot(
                 ("unit", variable), DEFAULT_AGGREGATION if chosen == "all_time" else chosen
             )
@@ -190,12 +204,15 @@ class _Renderer:
         if not given.values:
             return DEFAULT_AGGREGATION
         value = given.values[0]
+        rule = self.rules.get(variable)
+        if value == "all_time" and rule is not None and rule.allow_all_time:
+            return "all_time"
         if value == "all_time":
             raise self._filter_error(
                 variable,
-                "all_time is accepted only by the built-in parameters.aggregation: a custom "
-                "aggregation filter must be configured to allow All Time, and an ad hoc "
-                "execution has no filter configuration.",
+                "all_time is accepted by the built-in parameters.aggregation, and by an "
+                "aggregation filter only when the filter allows All Time (allow_all_time); a "
+                "variable without a filter allows none.",
                 "/selected_values/0",
                 code="all_time_not_allowed",
             )

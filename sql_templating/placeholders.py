@@ -10,6 +10,7 @@ and ``$1``, ``?`` and ``$name`` are refused: positional parameters carry the bou
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,20 @@ def replace_placeholders(sql: str, render: Callable[[Placeholder], str], max_len
     """``sql`` with every placeholder replaced by ``render(placeholder)``, in text order (an
     expression's placeholders before their own); no level of it may exceed ``max_length``."""
     return _Scanner(sql, render, max_length).rewrite(0, len(sql))
+
+
+def placeholder_variables(sql: str) -> set[str]:
+    """The variables ``sql``'s placeholders name (as it is written: snippets not expanded); up
+    to its first problem, if it has one (SQL that would not run still names what it names)."""
+    found: set[str] = set()
+
+    def record(placeholder: Placeholder) -> str:
+        found.add(placeholder.variable)
+        return ""
+
+    with contextlib.suppress(AppError):
+        replace_placeholders(sql, record, max(len(sql), 1))
+    return found
 
 
 def placeholder_error(

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from api_server.auth import authenticate, limit_rate
-from api_server.jsonapi import read_bounded_body, require_acceptable
+from api_server.jsonapi import MAX_BODY_BYTES, read_bounded_body, require_acceptable
 from api_server.permissions import Permission, require
 from api_server.principals import Principal
 from api_server.resource_layer.documentation import id_parameter
@@ -39,7 +39,7 @@ class Body(Enum):
     """How an operation reads its request body."""
 
     NONE = "none"  # none expected; any sent is not read
-    BOUNDED = "bounded"  # read whole before the handler runs, at most 1 MiB
+    BOUNDED = "bounded"  # read whole before the handler runs, at most max_body_bytes (1 MiB)
     STREAM = "stream"  # the handler streams it (an upload), after every check above
 
 
@@ -50,6 +50,8 @@ class Operation(web.Operation):
     audit: str | None = None  # the audit log's action; None: not recorded
     subject: ResourceType | None = None  # the type whose id is ``{id}``
     body: Body = Body.NONE
+    # Body.BOUNDED: the most bytes read (a restored backup may exceed the usual bound).
+    max_body_bytes: int = MAX_BODY_BYTES
     produces: str = JSONAPI_MEDIA_TYPE
 
     @property
@@ -64,7 +66,7 @@ class Operation(web.Operation):
             require_acceptable(request, self.produces)
             arguments = (await run_in_threadpool(_admit, request, self.permissions),)
         if self.body is Body.BOUNDED:
-            request.state.body = await read_bounded_body(request)
+            request.state.body = await read_bounded_body(request, self.max_body_bytes)
         return arguments
 
     def documented_errors(self) -> dict[int, str | None]:
@@ -114,9 +116,11 @@ def _admit(request: Request, permissions: Sequence[Permission]) -> Principal:
 
 def routes(operations: Iterable[web.Operation]) -> list[Route]:
     """One route per path, a handler per method; each route knows its methods' audit actions
-    (the operations both servers have record none)."""
+    (the operations both servers have record none). Paths without parameters come first, so
+    that ``/dashboards/restore`` is not taken for the dashboard ``{id}`` "restore"."""
     built = []
-    for ops in web.by_path(operations).values():
+    grouped = web.by_path(operations).values()
+    for ops in sorted(grouped, key=lambda ops: "{" in ops[0].path):
         route = web.route(ops)
         route.audit_actions = {  # type: ignore[attr-defined]
             op.method: op.audit for op in ops if isinstance(op, Operation) and op.audit

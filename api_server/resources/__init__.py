@@ -10,12 +10,14 @@ from api_server.resource_layer.operations import Operation, Operations
 from api_server.resources import (
     api_keys,
     audit_events,
+    dashboard_backups,
     dashboard_groups,
     dashboards,
     datasource_actions,
     datasource_files,
     datasources,
     executions,
+    filters,
     keys,
     reports,
     sql_snippets,
@@ -30,8 +32,10 @@ OPERATION_SETS: tuple[Operations, ...] = (
     executions.OPERATIONS,
     dashboards.OPERATIONS,
     dashboard_groups.OPERATIONS,
+    dashboard_backups.OPERATIONS,
     sql_snippets.OPERATIONS,
     reports.OPERATIONS,
+    filters.OPERATIONS,
     keys.OPERATIONS,
 )
 

@@ -33,6 +33,7 @@ from api_server.resources.dashboard_settings import FiltersConfiguration, Layout
 from api_server.resources.sql_snippets import SQL_SNIPPETS
 from api_server.services import dashboards
 from api_server.services.dashboards import DashboardView
+from api_server.services.filters import filters_by_ids
 from shared import openapi as oa
 from sql_templating.parameters import InputParameters
 
@@ -64,8 +65,10 @@ class DashboardAttributes(Attributes):
     prewarm: Annotated[
         bool,
         Field(
-            description="Keep the reports' results fresh at the default parameters, every "
-            "`data_refresh_rate` minutes (stored: no scheduler refreshes them yet)."
+            description="Keep the reports' results fresh at the default parameters: every "
+            "`data_refresh_rate` minutes (anchored at `data_refresh_anchor_time`) one data server "
+            "runs the dashboard, and runs inside that window reuse its executions "
+            "(docs/result-reuse.md). `automatic_update_enabled` does the same."
         ),
     ] = False
     published: Annotated[
@@ -85,7 +88,10 @@ class DashboardAttributes(Attributes):
     ] = None
     data_refresh_anchor_time: Annotated[
         Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None,
-        Field(description="`HH:MM` in the dashboard's time zone that refreshes align to."),
+        Field(
+            description="`HH:MM` in the dashboard's time zone (its fixed one, else UTC) that "
+            "refreshes align to, every day; null: midnight."
+        ),
     ] = None
     is_locked: Annotated[
         bool,
@@ -139,7 +145,12 @@ DASHBOARDS = ResourceType(
             to_many=True,
             description="The reports on the dashboard, oldest first.",
         ),
-        "filters": Relationship.not_yet("filters", "filters are not available yet"),
+        "filters": Relationship(
+            "filters",
+            linked=lambda view: view.filter_ids,
+            to_many=True,
+            description="The organisation's filters whose variables its reports' SQL uses.",
+        ),
         "sql_snippets": Relationship(
             "sql_snippets",
             linked=lambda view: view.sql_snippet_ids,
@@ -175,8 +186,8 @@ DASHBOARDS = ResourceType(
         "user",
         "user_groups",
     ),
-    included_note="the reports, SQL snippets and dashboard groups named (filters, sharing "
-    "links, users and user groups do not exist yet: nothing).",
+    included_note="the reports, filters (those the key reaches), SQL snippets and dashboard "
+    "groups named (sharing links, users and user groups do not exist yet: nothing).",
     readers={name: from_row(name) for name in DashboardAttributes.model_fields},
 )
 
@@ -189,8 +200,9 @@ def _included(
 ) -> list[dict[str, Any]]:
     """The resource objects ``include`` asks for, each once, serialised by its own type (whose
     module is imported here, when used: the groups' imports this one, the reports' may come to).
-    Filters, sharing links, users and user groups do not exist yet: nothing to include."""
+    Sharing links, users and user groups do not exist yet: nothing to include."""
     from api_server.resources.dashboard_groups import DASHBOARD_GROUPS
+    from api_server.resources.filters import FILTERS
     from api_server.resources.reports import REPORTS
 
     objects: list[dict[str, Any]] = []
@@ -198,6 +210,9 @@ def _included(
         wanted = {i for view in views for i in view.report_ids}
         reports = dashboards.reports_by_ids(session, principal, wanted)
         objects += [REPORTS.serialize(report) for report in reports]
+    if "filters" in include:
+        wanted = {i for view in views for i in view.filter_ids}
+        objects += [FILTERS.serialize(row) for row in filters_by_ids(session, principal, wanted)]
     if "sql_snippets" in include:
         wanted = {i for view in views for i in view.sql_snippet_ids}
         snippets = dashboards.snippets_by_ids(session, principal, wanted)

@@ -37,6 +37,7 @@ from shared.db.models import Execution
 from shared.errors import InvalidQueryParameter, NotFound, Unprocessable
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.results import delete_stored_data
+from shared.runs import QueuedRun
 from sql_templating.parameters import Filter, InputParameters
 
 # Cluvio: keys with Manage Dashboards or Manage Alerts may run SQL on (their) datasources.
@@ -204,15 +205,43 @@ RUN_REFUSALS: dict[int, str | None] = {
     "executions running (`too_many_running_executions`, `Retry-After: 1`).",
 }
 
-# What a request that queues one execution answers (Run Execution, running a report).
-RUN_ANSWER = {
-    "200": oa.response(
-        "The queued execution; with `wait`, as it is then, and `meta` the data grant once it "
-        "completed.",
-        oa.obj({"data": oa.ref("Execution"), "meta": _GRANT}, ["data"], closed=False),
-        jsonapi.JSONAPI_MEDIA_TYPE,
-    )
+# An execution answering a report's or a dashboard's run: whether it is an earlier one, reused.
+REPORT_RUN_EXECUTION = {
+    "allOf": [
+        oa.ref("Execution"),
+        oa.obj(
+            {
+                "meta": oa.obj(
+                    {
+                        "reused": oa.boolean(
+                            "True: an earlier execution of the same query, created within the "
+                            "dashboard's `data_refresh_rate`, answers this run and none was "
+                            "created (docs/result-reuse.md)."
+                        )
+                    },
+                    ["reused"],
+                )
+            },
+            ["meta"],
+            closed=False,
+        ),
+    ]
 }
+
+
+def _run_answer(execution: oa.Schema, what: str) -> dict[str, Any]:
+    """What a request that queues one execution answers (Run Execution, running a report)."""
+    return {
+        "200": oa.response(
+            f"{what}; with `wait`, as it is then, and `meta` the data grant once it completed.",
+            oa.obj({"data": execution, "meta": _GRANT}, ["data"], closed=False),
+            jsonapi.JSONAPI_MEDIA_TYPE,
+        )
+    }
+
+
+RUN_ANSWER = _run_answer(oa.ref("Execution"), "The queued execution")
+REPORT_RUN_ANSWER = _run_answer(REPORT_RUN_EXECUTION, "The queued execution, or one reused")
 
 
 OPERATIONS = Operations(
@@ -265,10 +294,27 @@ def serialize_execution(execution: Execution, principal: Principal) -> dict[str,
     return EXECUTIONS.serialize(execution, attributes=attributes)
 
 
+def serialize_run(queued: QueuedRun, principal: Principal) -> dict[str, Any]:
+    """A report's or dashboard's run answers each execution with ``meta.reused`` (beyond
+    Cluvio): true when it is an earlier one, reused (docs/result-reuse.md)."""
+    return {
+        **serialize_execution(queued.execution, principal),
+        "meta": {"reused": queued.reused},
+    }
+
+
 def _document(
-    execution: Execution, principal: Principal, meta: dict[str, Any] | None = None
+    execution: Execution,
+    principal: Principal,
+    meta: dict[str, Any] | None = None,
+    reused: bool | None = None,
 ) -> Response:
-    document: dict[str, Any] = {"data": serialize_execution(execution, principal)}
+    """``reused``: given (a report's run), the resource's ``meta.reused`` says it."""
+    if reused is None:
+        data = serialize_execution(execution, principal)
+    else:
+        data = serialize_run(QueuedRun(execution, reused), principal)
+    document: dict[str, Any] = {"data": data}
     if meta:
         document["meta"] = meta
     return jsonapi.response(document)
@@ -306,9 +352,9 @@ async def run_execution(request: Request, principal: Principal) -> Response:
 
     def queue(
         session: Session, run: executions.RunRequest, idempotency_key: str | None
-    ) -> Execution:
+    ) -> QueuedRun:
         datasource_id = request.path_params["id"]
-        return executions.run_execution(
+        return executions.queue_run(
             session, principal, datasource_id, run, idempotency_key, settings
         )
 
@@ -321,34 +367,38 @@ async def answer_run(
     request: Request,
     principal: Principal,
     parse: Callable[[Any], RunT],
-    queue: Callable[[Session, RunT, str | None], Execution],
+    queue: Callable[[Session, RunT, str | None], QueuedRun],
+    *,
+    tells_reuse: bool = False,
 ) -> Response:
     """Run Execution's answer, for every route that queues one execution from a JSON body:
     ``parse`` reads the body, ``queue`` queues it with the Idempotency-Key (in a transaction).
     With ``?wait=N`` (beyond Cluvio) the answer waits, holding no thread, until the execution
     ends or N seconds pass; a completed one carries its data grant in ``meta``, so that run and
-    fetch are two requests."""
+    fetch are two requests. ``tells_reuse``: the execution's ``meta.reused`` is in the answer
+    (a report's run; Run Execution's answer stays Cluvio's)."""
     jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
     wait = _wait_seconds(request)  # checked before anything is queued
-    execution = await run_in_threadpool(_queue, request, parse, queue)
+    queued = await run_in_threadpool(_queue, request, parse, queue)
+    reused = queued.reused if tells_reuse else None
     if not wait:
-        return _document(execution, principal)
-    execution = await _until_ended(request, principal, execution.id, wait)
+        return _document(queued.execution, principal, reused=reused)
+    execution = await _until_ended(request, principal, queued.execution.id, wait)
     meta = await run_in_threadpool(_grant_if_completed, request, principal, execution)
-    return _document(execution, principal, meta)
+    return _document(execution, principal, meta, reused)
 
 
 def _queue(
     request: Request,
     parse: Callable[[Any], RunT],
-    queue: Callable[[Session, RunT, str | None], Execution],
-) -> Execution:
+    queue: Callable[[Session, RunT, str | None], QueuedRun],
+) -> QueuedRun:
     run = parse(jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE))
     idempotency_key = _idempotency_key(request)
     with request.app.state.sessions.begin() as session:
-        execution = queue(session, run, idempotency_key)
-        request.state.audit_resource_id = execution.id
-    return execution
+        queued = queue(session, run, idempotency_key)
+        request.state.audit_resource_id = queued.execution.id
+    return queued
 
 
 def _load(request: Request, principal: Principal, execution_id: str | None = None) -> Execution:

@@ -34,18 +34,20 @@ from api_server.resource_layer.resource_types import (
 from api_server.resource_layer.responses import one, page
 from api_server.resources.executions import (
     IDEMPOTENCY_KEY,
-    RUN_ANSWER,
+    REPORT_RUN_ANSWER,
+    REPORT_RUN_EXECUTION,
     RUN_REFUSALS,
     WAIT,
     answer_run,
-    serialize_execution,
+    serialize_run,
 )
 from api_server.services import reports
 from api_server.services.executions import RQuery, SqlQuery
+from api_server.services.filters import report_filter_ids
 from shared import openapi as oa
-from shared.db.models import Execution
 from shared.errors import Unprocessable
 from shared.input_models import problem
+from shared.runs import QueuedRun
 from sql_templating.parameters import Filter as ParameterFilter
 from sql_templating.parameters import InputParameters
 
@@ -171,7 +173,13 @@ REPORTS = ResourceType(
             "locked dashboard gets no report, and its reports cannot change, move or be deleted "
             "(409 `dashboard_locked`).",
         ),
-        "filters": Relationship.not_yet("filters", "filters are not available yet"),
+        "filters": Relationship(
+            "filters",
+            linked=report_filter_ids,
+            to_many=True,
+            description="Read-only: the organisation's filters whose variables the SQL's `{…}` "
+            "placeholders name (those inside snippets are not followed).",
+        ),
         "sql_snippets": Relationship(
             "sql_snippets",
             linked=reports.named_snippets,
@@ -418,7 +426,9 @@ def delete_report(request: Request, principal: Principal) -> Response:
     "its dashboard's `default_parameters`. The execution's `report` names the report. View "
     "Dashboards suffices: the key runs stored SQL only. Get Execution and Get Execution Data "
     "need more (View Datasources, Manage Dashboards or Manage Alerts): a key with View "
-    "Dashboards alone gets its data with `?wait`, whose answer carries the data grant.",
+    "Dashboards alone gets its data with `?wait`, whose answer carries the data grant. On a "
+    "dashboard with `data_refresh_rate`, an execution of the same query created within that many "
+    'minutes answers instead (result reuse, `meta.reused`; `"refresh": true` refuses it).',
     permissions=VIEW,
     audit="report.run",
     subject=REPORTS,
@@ -427,7 +437,7 @@ def delete_report(request: Request, principal: Principal) -> Response:
     request_body=doc.request_body(
         "RunReportRequest", "The parameters of this run.", oa.JSON_MEDIA_TYPE
     ),
-    responses=RUN_ANSWER,
+    responses=REPORT_RUN_ANSWER,
     errors={
         **RUN_REFUSALS,
         422: f"{_RUN_ERRORS}, or `invalid_idempotency_key`, `idempotency_key_reused`.",
@@ -436,11 +446,11 @@ def delete_report(request: Request, principal: Principal) -> Response:
 async def run_report(request: Request, principal: Principal) -> Response:
     settings = request.app.state.settings
 
-    def queue(session: Session, given: dict[str, Any], idempotency_key: str | None) -> Execution:
+    def queue(session: Session, given: reports.ReportRun, idempotency_key: str | None) -> QueuedRun:
         report_id = request.path_params["id"]
         return reports.run_report(session, principal, report_id, given, idempotency_key, settings)
 
-    return await answer_run(request, principal, reports.parse_run_body, queue)
+    return await answer_run(request, principal, reports.parse_run_body, queue, tells_reuse=True)
 
 
 @OPERATIONS.post(
@@ -451,7 +461,9 @@ async def run_report(request: Request, principal: Principal) -> Response:
     "the same `parameters` merged over the dashboard's `default_parameters`, all queued in one "
     "transaction (one problem queues none), oldest report first. A key restricted to listed "
     "datasources reaches only dashboards whose reports are all on them: any other answers 404 "
-    "as an unknown id does, so a run never leaves out a report silently.",
+    "as an unknown id does, so a run never leaves out a report silently. Within the dashboard's "
+    "`data_refresh_rate`, a report's execution of the same query answers instead of a new one "
+    '(result reuse: its `meta.reused`; `"refresh": true` refuses it).',
     permissions=VIEW,
     audit="dashboard.run",
     path_parameters=(oa.path_parameter("id", "The id of the dashboard.", ID_SCHEMA),),
@@ -461,11 +473,14 @@ async def run_report(request: Request, principal: Principal) -> Response:
     ),
     responses={
         "200": oa.response(
-            "The queued executions, one per report (none for a dashboard without reports).",
+            "The executions, one per report (none for a dashboard without reports), queued or "
+            "reused.",
             oa.obj(
                 {
-                    "data": oa.array(oa.ref("Execution")),
-                    "meta": oa.obj({"total": oa.integer("Executions queued.")}, ["total"]),
+                    "data": oa.array(REPORT_RUN_EXECUTION),
+                    "meta": oa.obj(
+                        {"total": oa.integer("Executions answered, one per report.")}, ["total"]
+                    ),
                 },
                 ["data", "meta"],
                 closed=False,
@@ -476,7 +491,9 @@ async def run_report(request: Request, principal: Principal) -> Response:
     errors={
         400: "A query parameter was sent, or the body is not JSON (`malformed_json`).",
         404: None,
-        409: "A report's datasource is disabled (`datasource_disabled`).",
+        409: "A report's datasource is disabled (`datasource_disabled`), or the dashboard needs "
+        "more new executions at once than the organisation may ever run together "
+        "(`dashboard_exceeds_execution_cap`: no retry helps).",
         422: f"{_RUN_ERRORS}.",
         429: "The key's rate limit (`rate_limited`), or the organisation's running executions "
         "would exceed its most (`too_many_running_executions`, `Retry-After: 1`).",
@@ -490,5 +507,5 @@ def run_dashboard(request: Request, principal: Principal) -> Response:
         runs = reports.run_dashboard(
             session, principal, request.path_params["id"], given, state.settings
         )
-        data = [serialize_execution(execution, principal) for execution in runs]
+        data = [serialize_run(queued, principal) for queued in runs]
     return jsonapi.response({"data": data, "meta": {"total": len(data)}})

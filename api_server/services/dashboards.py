@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
+from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import write_lock_on_sqlite
@@ -64,6 +65,7 @@ class DashboardView:
     report_ids: list[str]
     sql_snippet_ids: list[str]
     dashboard_group_ids: list[str]
+    filter_ids: list[str]
 
     @property
     def id(self) -> str:
@@ -118,8 +120,11 @@ def _dashboard_views(
         ):
             groups[dashboard_id].append(group_id)
     snippets = named_snippet_ids(session, principal.organization_id, sql)
+    used = used_filter_ids(session, principal.organization_id, sql)
     return [
-        DashboardView(row, reports[row.id], snippets.get(row.id, []), groups[row.id])
+        DashboardView(
+            row, reports[row.id], snippets.get(row.id, []), groups[row.id], used.get(row.id, [])
+        )
         for row in rows
     ]
 

@@ -20,7 +20,7 @@ from shared.datapaths import (
     resolve_datasource_path,
 )
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Datasource, Execution, Report
+from shared.db.models import Datasource, Execution, Filter, Report
 from shared.egress import check_destination
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.ids import new_resource_id
@@ -248,16 +248,18 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
 
 
 def _refuse_if_reports_use(session: Session, ds: Datasource) -> None:
-    """A report runs on its datasource: 409 while any does (the database would refuse too)."""
-    reports = session.scalar(
-        select(func.count()).select_from(Report).where(Report.datasource_id == ds.id)
-    )
-    if reports:
-        raise Conflict(
-            f"{reports} report(s) run on this datasource; move them to another datasource or "
-            "delete them first.",
-            code="datasource_in_use",
+    """A report runs on its datasource, a filter's options SQL too: 409 while any does (the
+    database would refuse too)."""
+    for model, what in ((Report, "report(s) run"), (Filter, "filter(s) take options")):
+        count = session.scalar(
+            select(func.count()).select_from(model).where(model.datasource_id == ds.id)
         )
+        if count:
+            raise Conflict(
+                f"{count} {what} on this datasource; move them to another datasource or "
+                "delete them first.",
+                code="datasource_in_use",
+            )
 
 
 def _own_place_of(session: Session, ds: Datasource) -> str | None:

@@ -14,30 +14,21 @@ from typing import Annotated, Any
 
 import orjson
 from pydantic import AfterValidator, Field, ValidationInfo
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
-from api_server.services.sql_snippets import snippet_lookup
 from shared import lifecycle
-from shared.database_types import refuse_ssh_tunnel
-from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Datasource, Execution, Organization, Report, utcnow
-from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from shared.db.models import Datasource, Execution, Report, utcnow
+from shared.errors import NotFound, Unprocessable
 from shared.input_models import InputModel, Problem, problem, validate_input
-from shared.lifecycle import (
-    ORGANIZATION_CAP_COUNTS,
-    UNFINISHED_STATUSES,
-    ExecutionStatus,
-    ExecutionType,
-)
+from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.notifications import announce_new_work
+from shared.runs import QueuedRun, SqlRun, queue_sql_execution, require_enabled
 from shared.settings import Settings
-from sql_templating.binding import bind_parameters
 from sql_templating.parameters import InputParameters
-from sql_templating.snippets import expand_snippets
 
 _NOT_FOUND_DETAIL = "No execution with this id exists."
 
@@ -133,49 +124,56 @@ def run_execution(
     settings: Settings,
     report: Report | None = None,
 ) -> Execution:
-    """Queue ``request`` on the datasource; ``report``: the report it runs (its SQL and
-    datasource are the request's), recorded on the execution."""
+    """Queue ``request`` on the datasource (never reusing): ``queue_run``'s execution."""
+    queued = queue_run(
+        session, principal, datasource_id, request, idempotency_key, settings, report
+    )
+    return queued.execution
+
+
+def queue_run(
+    session: Session,
+    principal: Principal,
+    datasource_id: str,
+    request: RunRequest,
+    idempotency_key: str | None,
+    settings: Settings,
+    report: Report | None = None,
+    reuse_since: datetime | None = None,
+) -> QueuedRun:
+    """Queue ``request`` on the datasource through ``shared.runs`` (the one path that creates a
+    SQL execution); ``report``: the report it runs (its SQL and datasource are the request's),
+    recorded on the execution; ``reuse_since``: a report's run may answer an execution of the
+    same query created since then instead (docs/result-reuse.md).
+
+    An Idempotency-Key the key used before answers what that request created; one whose first
+    request reused an execution recorded nothing, so a retry decides again (reuse, or create
+    the one execution the key then names)."""
     datasource = get_datasource(session, principal, datasource_id)
     fingerprint = request.fingerprint(datasource_id, report.id if report else None)
     if idempotency_key is not None:
         existing = _find_idempotent(session, principal, idempotency_key)
         if existing is not None:
-            return _same_request_or_422(existing, fingerprint)
-    _require_enabled(datasource)
-    _require_capacity(session, principal.organization_id, settings)
-    lookup = snippet_lookup(session, principal.organization_id)
-    expanded_sql = expand_snippets(request.sql_query, lookup, settings.max_sql_length)
-    bound = bind_parameters(
-        expanded_sql,
-        request.inputs,
-        datasource.data_time_zone,
-        settings.max_sql_length,
-        every_filter_used=request.every_filter_used,
-    )
-    execution = Execution(
-        id=str(uuid.uuid4()),
-        organization_id=principal.organization_id,
-        datasource_id=datasource.id,
-        api_key_id=principal.api_key_id,
-        execution_type=ExecutionType.SQL_QUERY,
+            return QueuedRun(_same_request_or_422(existing, fingerprint))
+    run = SqlRun(
+        datasource=datasource,
         sql_query=request.sql_query,
         parameters=request.parameters,
-        expanded_sql=bound.sql,
-        bound_parameters=bound.values,
+        inputs=request.inputs,
+        every_filter_used=request.every_filter_used,
+        api_key_id=principal.api_key_id,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
         report_id=report.id if report else None,
+        reuse_since=reuse_since,
     )
     try:
-        with session.begin_nested():
-            session.add(execution)
-        announce_new_work(session)
+        return queue_sql_execution(session, run, settings)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         existing = _find_idempotent(session, principal, idempotency_key or "")
         if existing is None:
             raise
-        return _same_request_or_422(existing, fingerprint)
-    return execution
+        return QueuedRun(_same_request_or_422(existing, fingerprint))
 
 
 def _find_idempotent(session: Session, principal: Principal, key: str) -> Execution | None:
@@ -197,50 +195,11 @@ def _same_request_or_422(existing: Execution, fingerprint: str) -> Execution:
     return existing
 
 
-def _require_capacity(session: Session, organization_id: str, settings: Settings) -> None:
-    """At most N unfinished executions per organisation, of the kinds its cap counts at claim
-    too (``ORGANIZATION_CAP_COUNTS``: SQL queries).
-
-    Concurrent runs of one organisation take turns (its row locked on PostgreSQL, the database
-    on SQLite), so the cap cannot be overshot. ``key_share``: the lock does not block inserts
-    that only reference the organisation (audit events, other resources).
-    """
-    write_lock_on_sqlite(session)
-    organization = session.scalars(
-        select(Organization)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
-    ).one()
-    cap = organization.max_running_executions or settings.max_running_executions
-    unfinished = session.scalar(
-        select(func.count())
-        .select_from(Execution)
-        .where(
-            Execution.organization_id == organization_id,
-            Execution.execution_type.in_(ORGANIZATION_CAP_COUNTS),
-            Execution.status.in_(UNFINISHED_STATUSES),
-        )
-    )
-    if (unfinished or 0) >= cap:
-        raise TooManyRequests(
-            f"This organisation already has {cap} executions starting or running; "
-            "wait for one to finish.",
-            code="too_many_running_executions",
-            headers={"Retry-After": "1"},
-        )
-
-
-def _require_enabled(datasource: Datasource) -> None:
-    if not datasource.enabled:
-        raise Conflict("This datasource is disabled.", code="datasource_disabled")
-    refuse_ssh_tunnel(datasource.ssh_tunnel_host)
-
-
 def create_system_execution(
     session: Session, datasource: Datasource, execution_type: ExecutionType
 ) -> Execution:
     """A refresh or connection test: queued like any execution, run by a data server."""
-    _require_enabled(datasource)
+    require_enabled(datasource)
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=datasource.organization_id,

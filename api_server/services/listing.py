@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +32,17 @@ def list_page(
     where: ColumnElement[bool],
     query: CollectionQuery,
     default_order: Any,
+    relationship_columns: Mapping[str, Any] | None = None,
 ) -> tuple[list[Any], int]:
-    """Rows of ``model`` matching ``where`` and ``filter[attr]=value``, and their total count.
+    """Rows of ``model`` matching ``where`` and ``filter[name]=value``, and their total count.
+    ``name`` is an attribute, or a relationship whose id ``relationship_columns`` maps to its
+    column (``filter[datasource]=<id>``).
 
     The id breaks ties so that pages never overlap or skip a row.
     """
+    columns = relationship_columns or {}
     for name, value in query.filters.items():
-        where = where & (getattr(model, name) == value)
+        where = where & ((columns[name] if name in columns else getattr(model, name)) == value)
     total = session.scalar(select(func.count()).select_from(model).where(where)) or 0
     order = [
         getattr(model, name).desc() if descending else getattr(model, name).asc()

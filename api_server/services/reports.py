@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -22,13 +23,14 @@ from sqlalchemy.orm import Session, object_session
 from api_server.principals import Principal
 from api_server.services.dashboards import ensure_unlocked, find_dashboard
 from api_server.services.datasources import get_datasource, within_scope
-from api_server.services.executions import RunRequest, run_execution
+from api_server.services.executions import RunRequest, queue_run
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Dashboard, Execution, Report
-from shared.errors import NotFound, Unprocessable, ValidationErrors
+from shared.db.models import Dashboard, Organization, Report, utcnow
+from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable, ValidationErrors
 from shared.input_models import InputModel, Problem, validate_input
+from shared.runs import QueuedRun, execution_cap, reuse_window
 from shared.settings import Settings
 from sql_templating.parameters import InputParameters, parse_input_parameters
 
@@ -53,13 +55,9 @@ def _visible(principal: Principal) -> ColumnElement[bool]:
 def list_reports(
     session: Session, principal: Principal, query: CollectionQuery
 ) -> tuple[list[Report], int]:
-    where = _visible(principal)
-    for name, column in _FILTERED_COLUMNS.items():
-        if name in query.filters:
-            where = where & (column == query.filters[name])
-    by_attribute = {k: v for k, v in query.filters.items() if k not in _FILTERED_COLUMNS}
-    query = dataclasses.replace(query, filters=by_attribute)
-    return list_page(session, Report, where, query, Report.name.asc())
+    return list_page(
+        session, Report, _visible(principal), query, Report.name.asc(), _FILTERED_COLUMNS
+    )
 
 
 def get_report(session: Session, principal: Principal, report_id: str) -> Report:
@@ -218,12 +216,29 @@ class RunReportRequest(InputModel):
             "a dashboard's filters apply to the reports that use them."
         ),
     ] = None
+    refresh: Annotated[
+        bool,
+        Field(
+            description="Beyond Cluvio: true runs the SQL afresh even when an execution of the "
+            "same query created within the dashboard's `data_refresh_rate` could answer "
+            "(result reuse, docs/result-reuse.md)."
+        ),
+        Problem("invalid_attribute", "refresh is true or false."),
+    ] = False
 
 
-def parse_run_body(body: Any) -> dict[str, Any]:
-    """The parameters given, as sent (each problem a 422 at ``/parameters/…``)."""
-    validate_input(RunReportRequest, body)
-    return dict(body.get("parameters") or {})
+@dataclasses.dataclass(frozen=True)
+class ReportRun:
+    """A run's body as read: the parameters given, as sent, and whether reuse is refused."""
+
+    parameters: dict[str, Any]
+    refresh: bool = False
+
+
+def parse_run_body(body: Any) -> ReportRun:
+    """The body of a report's or dashboard's run (each problem a 422 at its member)."""
+    run = validate_input(RunReportRequest, body)
+    return ReportRun(dict(body.get("parameters") or {}), run.refresh)
 
 
 def merged_parameters(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,34 +255,59 @@ def run_report(
     session: Session,
     principal: Principal,
     report_id: str,
-    given: Mapping[str, Any],
+    given: ReportRun,
     idempotency_key: str | None,
     settings: Settings,
-) -> Execution:
-    """An execution of the report's SQL with ``given`` over its dashboard's defaults."""
+) -> QueuedRun:
+    """An execution of the report's SQL with ``given`` over its dashboard's defaults, or one
+    reused within the dashboard's refresh window."""
     report = get_report(session, principal, report_id)
     dashboard = session.get(Dashboard, report.dashboard_id) if report.dashboard_id else None
     defaults = dashboard.default_parameters if dashboard is not None else {}
-    parameters = merged_parameters(defaults or {}, given)
-    return _run(session, principal, report, parameters, idempotency_key, settings)
+    parameters = merged_parameters(defaults or {}, given.parameters)
+    reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
+    return _run(session, principal, report, parameters, idempotency_key, settings, reuse_since)
 
 
 def run_dashboard(
     session: Session,
     principal: Principal,
     dashboard_id: str,
-    given: Mapping[str, Any],
+    given: ReportRun,
     settings: Settings,
-) -> list[Execution]:
-    """One execution per report of the dashboard (oldest report first), all or none."""
+) -> list[QueuedRun]:
+    """One execution per report of the dashboard (oldest report first), all or none; each
+    may be reused within the dashboard's refresh window."""
     dashboard = find_dashboard(session, principal, dashboard_id)
-    parameters = merged_parameters(dashboard.default_parameters or {}, given)
+    parameters = merged_parameters(dashboard.default_parameters or {}, given.parameters)
+    reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
     reports = session.scalars(
         select(Report)
         .where(Report.dashboard_id == dashboard.id)
         .order_by(Report.created_at, Report.id)
     ).all()
-    return [_run(session, principal, report, parameters, None, settings) for report in reports]
+    queued: list[QueuedRun] = []
+    try:
+        for report in reports:
+            queued.append(_run(session, principal, report, parameters, None, settings, reuse_since))
+    except TooManyRequests:
+        new_runs = sum(not run.reused for run in queued) + len(reports) - len(queued)
+        cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)
+        if new_runs > cap:
+            raise _beyond_the_cap(new_runs, cap) from None
+        raise
+    return queued
+
+
+def _beyond_the_cap(new_runs: int, cap: int) -> Conflict:
+    """Not a 429: waiting would not help, the dashboard needs more than the cap at once."""
+    return Conflict(
+        f"Running this dashboard needs {new_runs} executions at once, and the organisation may "
+        f"have at most {cap} starting or running: no retry runs them together. Run its reports "
+        "one by one (POST /reports/{id}/executions), or ask the operator to raise the "
+        "organisation's cap.",
+        code="dashboard_exceeds_execution_cap",
+    )
 
 
 def _run(
@@ -277,12 +317,14 @@ def _run(
     parameters: dict[str, Any],
     idempotency_key: str | None,
     settings: Settings,
-) -> Execution:
+    reuse_since: datetime | None,
+) -> QueuedRun:
     inputs = parse_input_parameters(parameters)
     run = RunRequest(report.sql_query, parameters, inputs, every_filter_used=False)
+    datasource_id = report.datasource_id
     with _blaming(report):
-        return run_execution(
-            session, principal, report.datasource_id, run, idempotency_key, settings, report=report
+        return queue_run(
+            session, principal, datasource_id, run, idempotency_key, settings, report, reuse_since
         )
 
 

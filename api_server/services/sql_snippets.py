@@ -1,10 +1,10 @@
-"""SQL snippets of one organisation: the CRUD service, and the lookup that expansion
-(``sql_templating.snippets``) reads them through.
+"""SQL snippets of one organisation: the CRUD service (expansion reads them through
+``shared.runs.snippet_lookup``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -18,22 +18,6 @@ from shared.errors import Conflict, NotFound
 from sql_templating.snippets import snippet_references
 
 _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
-
-
-def snippet_lookup(session: Session, organization_id: str) -> Callable[[str], str | None]:
-    """Name → SQL for one organisation only, each name read at most once per expansion."""
-    cache: dict[str, str | None] = {}
-
-    def lookup(name: str) -> str | None:
-        if name not in cache:
-            cache[name] = session.scalar(
-                select(SqlSnippet.sql).where(
-                    SqlSnippet.organization_id == organization_id, SqlSnippet.name == name
-                )
-            )
-        return cache[name]
-
-    return lookup
 
 
 def named_snippet_ids(

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from api_server.permissions import Permission
 from api_server.resources.reports import MAX_VISUALIZATION_BYTES, MAX_VISUALIZATION_DEPTH
-from shared.db.models import Dashboard, Execution
+from shared.db.models import Dashboard, Execution, Organization
 from shared.execution_states import ExecutionType
 from tests.support.factories import dump_tables, resource
 
@@ -482,6 +482,27 @@ def test_running_a_dashboard_runs_each_of_its_reports_once(api):
     assert all(e.parameters == {"aggregation": "week"} for e in executions)
     empty = _post_json(api, org.key, f"/dashboards/{_dashboard(api, org)}/executions", {})
     assert empty.status_code == 200 and empty.json() == {"data": [], "meta": {"total": 0}}
+
+
+def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable_429(api):
+    """The outside probe's case: 21 reports under a cap of 20 were a 429 that no retry cured."""
+    org = api.create_org()
+    with api.app.state.sessions.begin() as session:
+        session.get_one(Organization, org.id).max_running_executions = 2
+    dashboard = _dashboard(api, org)
+    for i in range(3):
+        _report(api, org, dashboard, name=f"r{i}", sql_query=f"SELECT {i}")
+    before = len(_executions(api))
+    run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+    assert run.status_code == 409, run.text
+    assert run.json()["errors"][0]["code"] == "dashboard_exceeds_execution_cap"
+    assert len(_executions(api)) == before
+    two = _dashboard(api, org)
+    for i in range(2):
+        _report(api, org, two, name=f"s{i}", sql_query=f"SELECT {i}")
+    _post_json(api, org.key, f"/reports/{_report(api, org, None)}/executions", {})
+    busy = _post_json(api, org.key, f"/dashboards/{two}/executions", {})
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
 
 
 def test_a_restricted_key_cannot_run_a_dashboard_with_a_report_beyond_its_scope(api):

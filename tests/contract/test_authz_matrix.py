@@ -96,6 +96,15 @@ def build_world(api: Api) -> World:
         "dashboard": {"data": {"type": "dashboards", "id": world.ids["dashboard"]}},
     }
     world.ids["report"] = api.post("/reports", org.key, report).json()["data"]["id"]
+    # A filter with manual options on the files datasource (within its scope alike).
+    manual = _document(
+        "filters", name="f", variable_name="w", control_type="dropdown", value_type="text",
+        values=["a"],
+    )  # fmt: skip
+    manual["data"]["relationships"] = {
+        "datasource": {"data": {"type": "datasources", "id": world.ids["files_datasource"]}}
+    }
+    world.ids["filter"] = api.post("/filters", org.key, manual).json()["data"]["id"]
     group = _document("dashboard_groups", name="g")
     members = [{"type": "dashboards", "id": world.ids["dashboard"]}]
     group["data"]["relationships"] = {"dashboards": {"data": members}}

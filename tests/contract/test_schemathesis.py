@@ -134,10 +134,20 @@ CONFIG = {
         # of the type that has such files (409).
         # Whether a layout names the dashboard's own reports, whether a time zone is an IANA
         # name, whether a group's dashboards exist (422).
+        # Whether the attributes of a filter fit together (options of its value type, SQL with
+        # a datasource the key reaches), whether `parameters` fit the options SQL (422); whether
+        # `parameters` is JSON at all (400: a string to JSON Schema).
+        _accepting("createFilter", "422"),
+        _accepting("updateFilter", "422"),
+        _accepting("getFilterOptions", "400", "422"),
         _accepting("createDashboard", "422"),
         _accepting("updateDashboard", "422"),
         _accepting("createDashboardGroup", "422"),
         _accepting("updateDashboardGroup", "422"),
+        # Whether a backup's references name its own entries and its datasources are mapped to
+        # ones the key reaches; whether a snippet of the backup differs from the organisation's
+        # of the same name (409).
+        _accepting("restoreDashboard", "422"),
         _accepting("showDatasourceFile", "422"),
         _accepting("deleteDatasourceFile", "422"),
         _accepting("uploadDatasourceFile", "413", "415", "422"),
@@ -158,6 +168,7 @@ KINDS = {  # the first path segment of each kind's URLs
     "dashboards": "dashboard",
     "dashboard_groups": "dashboard_group",
     "reports": "report",
+    "filters": "filter",
 }
 ROLES = ("read", "changed", "deleted")
 # A files datasource's files (/datasources/{id}/files…) belong to a files datasource of the role.
@@ -247,7 +258,21 @@ def _seed(api: Api, org: Org, role: str, read_datasource: str | None) -> dict[st
         "dashboard": dashboard.json()["data"]["id"],
         "dashboard_group": api.post("/dashboard_groups", org.key, group).json()["data"]["id"],
         "report": api.post("/reports", org.key, report).json()["data"]["id"],
+        "filter": api.post("/filters", org.key, _filter_document(role)).json()["data"]["id"],
     }
+
+
+def _filter_document(role: str) -> dict[str, Any]:
+    """A drop-down filter with manual options (its variable named after the role: unique)."""
+    return resource(
+        "filters",
+        name=role,
+        variable_name=role,
+        control_type="dropdown",
+        value_type="text",
+        values=["a", "b"],
+        value_names=["A", "B"],
+    )
 
 
 @contextmanager

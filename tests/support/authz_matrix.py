@@ -29,7 +29,7 @@ class Rule:
     path: str
     success: int
     # "datasource", "files_datasource", "execution", "snippet", "api_key", "dashboard",
-    # "dashboard_group", "report": the object in {id}
+    # "dashboard_group", "report", "filter": the object in {id}
     # ({name} is the files datasource's file)
     target: str = ""
     scoped: bool = False  # the object belongs to (a key: is restricted to) the target datasource
@@ -64,6 +64,15 @@ def _resource(kind: str, target: str, **attributes: Any) -> Callable[[Any], Any]
     """A JSON:API update document for the world's ``target`` object."""
     return lambda world: {"data": {"type": kind, "id": world.ids[target], "attributes": attributes}}
 
+
+# A backup of a dashboard with one report on the datasource "source" (docs/dashboard-backups.md).
+_BACKUP = {
+    "format": "dataferry.dashboard-backup",
+    "version": 1,
+    "dashboard": {"name": "restored"},
+    "reports": [{"key": "r", "datasource": "source", "name": "r", "sql_query": "SELECT 1"}],
+    "datasources": [{"ref": "source", "name": "F1", "database_type": "files"}],
+}
 
 RULES = [
     Rule("GET", "/healthz", 200),
@@ -148,6 +157,24 @@ RULES = [
          body=lambda world: {"parameters": {}}, json_body=True),
     Rule("POST", "/dashboards/{id}/executions", 200, target="dashboard", scoped=True,
          body=lambda world: {}, json_body=True),
+    Rule("POST", "/dashboards/{id}/backup", 200, target="dashboard", scoped=True),
+    # The datasource map names the world's files datasource.
+    Rule("POST", "/dashboards/restore", 201, names_datasource=True, json_body=True,
+         body=lambda world: {"backup": _BACKUP, "datasource_map": {
+             "source": world.ids["files_datasource"]}}),
+    Rule("GET", "/filters", 200),
+    Rule("POST", "/filters", 201,
+         body=lambda world: {"data": {"type": "filters", "attributes": {
+             "name": "new", "variable_name": "fresh", "control_type": "text",
+             "value_type": "text"}}}),
+    # The world's filter has manual options and the files datasource.
+    Rule("GET", "/filters/{id}", 200, target="filter", scoped=True),
+    Rule("PATCH", "/filters/{id}", 200, target="filter", scoped=True,
+         body=_resource("filters", "filter", name="renamed")),
+    Rule("DELETE", "/filters/{id}", 204, target="filter", scoped=True),
+    Rule("GET", "/filters/{id}/options", 200, target="filter", scoped=True),
+    # Its options are manual, not static SQL: 409 once authorised.
+    Rule("POST", "/filters/{id}/refresh", 409, target="filter", scoped=True),
     Rule("GET", "/sql_snippets", 200),
     Rule("POST", "/sql_snippets", 201,
          body=lambda world: {"data": {"type": "sql_snippets", "attributes": {

@@ -92,6 +92,7 @@ class Cluster:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()  # reaped: a Popen dropped while running is an error here
         self.workers.clear()
 
     def queue(self, sql: str, count: int = 1) -> list[str]:

@@ -82,3 +82,4 @@ def running_object_store(
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()  # reaped: a Popen dropped while running is an error here

@@ -162,6 +162,7 @@ def running_region(cwd: Path, extra_env: dict[str, str] | None = None) -> Iterat
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()  # reaped: a Popen dropped while running is an error here
         log.close()
 
 

@@ -1,0 +1,639 @@
+"""Filters of one organisation (docs/filters.md): CRUD, how their attributes fit together, their
+options (manual, copied from a static SQL's result, or from a dynamic SQL's execution) and which
+filters a report's or a dashboard's SQL uses.
+
+Scope: a filter without a datasource is the organisation's; one with a datasource (its options
+SQL runs there) is reached only by keys that reach the datasource; anything else answers as an
+unknown id does. Static SQL options are copied into the row when the filter is read after its
+execution completed (``sync_static_options``): the API server reads the stored Arrow result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, object_session
+
+from api_server.principals import Principal
+from api_server.services.datasources import get_datasource
+from api_server.services.executions import RunRequest, run_execution
+from api_server.services.listing import CollectionQuery, list_page
+from shared.db.engine import write_lock_on_sqlite
+from shared.db.models import Execution, Filter, utcnow
+from shared.errors import (
+    AppError,
+    Conflict,
+    NotFound,
+    TooManyRequests,
+    Unprocessable,
+    ValidationErrors,
+)
+from shared.filter_rules import MAX_OPTIONS, VALUE_TYPES_OF_CONTROL
+from shared.lifecycle import ExecutionStatus
+from shared.results import ResultGone, ResultStore, result_object_key
+from shared.settings import Settings
+from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar, TimeRange
+from sql_templating.placeholders import placeholder_variables
+from sql_templating.rules import option_key
+
+_NOT_FOUND_DETAIL = "No filter with this id exists."
+ATTRIBUTES = "/data/attributes"
+DATASOURCE_POINTER = "/data/relationships/datasource"
+SQL_SOURCES = ("dynamic_sql", "static_sql")
+# The attributes only a static SQL's run writes, cleared when a filter stops being one.
+_STATIC_STATE = ("status", "status_message", "options_execution_id", "options_updated_at")
+_FILTERED_COLUMNS = {"datasource": Filter.datasource_id}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """A filter's options: ``value_names[i]`` labels ``values[i]`` (None: no label)."""
+
+    values: list[Scalar]
+    value_names: list[str | None]
+
+    @classmethod
+    def of(cls, values: Sequence[Scalar] | None, names: Sequence[str | None] | None) -> Options:
+        values = list(values or [])
+        return cls(values, list(names) if names is not None else [None] * len(values))
+
+    def page(self, search: str | None, number: int, size: int) -> dict[str, Any]:
+        """Get Drop-Down Filter Options' answer: the page's options, the total matching."""
+        pairs = list(zip(self.values, self.value_names, strict=True))
+        if search:
+            wanted = search.casefold()
+            pairs = [
+                (value, name)
+                for value, name in pairs
+                if wanted in _text(value).casefold() or (name and wanted in name.casefold())
+            ]
+        chosen = pairs[(number - 1) * size : number * size]
+        return {
+            "values": [value for value, _ in chosen],
+            "value_names": [name for _, name in chosen],
+            "total": len(pairs),
+            "page": {"number": number, "size": size},
+        }
+
+
+def _text(value: Scalar) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ---------------------------------------------------------------------------- scope
+
+
+def _visible(principal: Principal) -> ColumnElement[bool]:
+    """The organisation's filters without a datasource, or on one the key reaches."""
+    where = Filter.organization_id == principal.organization_id
+    if principal.datasource_ids is not None:
+        where = where & (
+            Filter.datasource_id.is_(None) | Filter.datasource_id.in_(principal.datasource_ids)
+        )
+    return where
+
+
+def list_filters(
+    session: Session, principal: Principal, query: CollectionQuery
+) -> tuple[list[Filter], int]:
+    return list_page(
+        session, Filter, _visible(principal), query, Filter.name.asc(), _FILTERED_COLUMNS
+    )
+
+
+def get_filter(
+    session: Session, principal: Principal, filter_id: str, *, for_update: bool = False
+) -> Filter:
+    """404 alike for unknown, foreign and out-of-scope filters."""
+    statement = select(Filter).where(_visible(principal), Filter.id == filter_id)
+    row = session.scalar(statement.with_for_update() if for_update else statement)
+    if row is None:
+        raise NotFound(_NOT_FOUND_DETAIL)
+    return row
+
+
+def filters_by_ids(session: Session, principal: Principal, ids: Iterable[str]) -> list[Filter]:
+    return list(
+        session.scalars(
+            select(Filter)
+            .where(_visible(principal), Filter.id.in_(set(ids)))
+            .order_by(Filter.variable_name, Filter.id)
+        )
+    )
+
+
+def used_filter_ids(
+    session: Session, organization_id: str, texts: Mapping[str, Iterable[str]]
+) -> dict[str, list[str]]:
+    """Owner (a report, a dashboard) → the ids of the organisation's filters whose variables its
+    SQL texts' placeholders name (as written: placeholders inside snippets are not followed),
+    ordered by variable name."""
+    names = {
+        owner: set().union(*(placeholder_variables(sql) for sql in sqls))
+        for owner, sqls in texts.items()
+    }
+    wanted = set().union(*names.values())
+    id_by_name: dict[str, str] = {}
+    if wanted:
+        rows = session.execute(
+            select(Filter.variable_name, Filter.id).where(
+                Filter.organization_id == organization_id, Filter.variable_name.in_(wanted)
+            )
+        )
+        id_by_name = {name: filter_id for name, filter_id in rows}
+    return {
+        owner: [id_by_name[name] for name in sorted(found) if name in id_by_name]
+        for owner, found in names.items()
+    }
+
+
+def report_filter_ids(report: Any) -> list[str]:
+    """A report's ``filters`` relationship, read through the session it was loaded in."""
+    session = object_session(report)
+    assert session is not None, "a report is serialised while its session is open"
+    return used_filter_ids(session, report.organization_id, {report.id: [report.sql_query]})[
+        report.id
+    ]
+
+
+# ---------------------------------------------------------------------------- CRUD
+
+
+def create_filter(
+    session: Session,
+    principal: Principal,
+    values: Mapping[str, Any],
+    sent: Collection[str],
+    related: Mapping[str, str | None],
+    settings: Settings,
+) -> Filter:
+    """``values``: every writable attribute (defaults filled in); ``sent``: those the request
+    named; ``related``: the datasource's id (or None), if sent."""
+    write_lock_on_sqlite(session)
+    datasource_id = _reachable_datasource(session, principal, related.get("datasource"))
+    state = _settled(dict(values), sent, was_static=False)
+    check_filter(state, sent, has_datasource=datasource_id is not None)
+    row = Filter(organization_id=principal.organization_id, datasource_id=datasource_id, **state)
+    _insert_or_409(session, principal, row)
+    if row.options_source == "static_sql":
+        _queue_static(session, principal, row, settings)
+    return row
+
+
+def update_filter(
+    session: Session,
+    principal: Principal,
+    filter_id: str,
+    changes: Mapping[str, Any],
+    related: Mapping[str, str | None],
+    settings: Settings,
+) -> Filter:
+    """Only what the request sent changes; a static SQL filter whose SQL or datasource changed
+    (or that just became one) runs its SQL again, its old options answering until then."""
+    write_lock_on_sqlite(session)
+    row = get_filter(session, principal, filter_id, for_update=True)
+    was_static, before = row.options_source == "static_sql", _sql_of(row)
+    if "datasource" in related:
+        row.datasource_id = _reachable_datasource(session, principal, related["datasource"])
+    current = {name: getattr(row, name) for name in _WRITABLE}
+    state = _settled({**current, **changes}, changes.keys(), was_static=was_static)
+    check_filter(state, changes.keys(), has_datasource=row.datasource_id is not None)
+    if state["variable_name"] != row.variable_name:
+        _refuse_duplicate(session, principal, state["variable_name"])
+    for name, value in state.items():
+        setattr(row, name, value)
+    _flush_or_409(session, principal, row)
+    if row.options_source == "static_sql" and (not was_static or _sql_of(row) != before):
+        _queue_static(session, principal, row, settings)
+    return row
+
+
+def delete_filter(session: Session, principal: Principal, filter_id: str) -> None:
+    """Executions of its options SQL stay (they are the organisation's, not the filter's)."""
+    write_lock_on_sqlite(session)
+    session.delete(get_filter(session, principal, filter_id, for_update=True))
+    session.flush()
+
+
+def refresh_filter(
+    session: Session, principal: Principal, filter_id: str, settings: Settings
+) -> Filter:
+    """Run a static SQL filter's SQL again (409 ``not_static_sql`` for other sources)."""
+    write_lock_on_sqlite(session)
+    row = get_filter(session, principal, filter_id, for_update=True)
+    if row.options_source != "static_sql":
+        raise Conflict(
+            "Only a filter with static_sql options is refreshed; manual options are written, "
+            "dynamic ones run with each options request.",
+            code="not_static_sql",
+        )
+    _queue_static(session, principal, row, settings, at_cap="raise")
+    return row
+
+
+# The columns a request writes: all but the keys, the timestamps and a static run's state.
+_NOT_WRITTEN = {"id", "organization_id", "datasource_id", "created_at", "updated_at"}
+_WRITABLE = tuple(
+    column.key
+    for column in Filter.__mapper__.column_attrs
+    if column.key not in _NOT_WRITTEN | set(_STATIC_STATE)
+)
+
+
+def _sql_of(row: Filter) -> tuple[str | None, str | None]:
+    return row.options_sql_query, row.datasource_id
+
+
+def _settled(state: dict[str, Any], sent: Collection[str], *, was_static: bool) -> dict[str, Any]:
+    """What follows from the options source unless the request said otherwise: manual options
+    have no SQL; SQL options have no written values (a static filter keeps its copied ones
+    until its SQL runs again); leaving static SQL clears its run's state."""
+    source = state["options_source"]
+    if source == "manual" and "options_sql_query" not in sent:
+        state["options_sql_query"] = None
+    if source != ("static_sql" if was_static else "manual"):  # the options are not the source's
+        for name in ("values", "value_names"):
+            if name not in sent:
+                state[name] = None
+    if source != "static_sql":
+        state.update(dict.fromkeys(_STATIC_STATE))
+    return state
+
+
+def _reachable_datasource(
+    session: Session, principal: Principal, datasource_id: str | None
+) -> str | None:
+    """None, or a datasource of the organisation within the key's scope (else one 422 for
+    unknown, foreign and out-of-scope ids)."""
+    if datasource_id is None:
+        return None
+    try:
+        return get_datasource(session, principal, datasource_id).id
+    except NotFound:
+        raise Unprocessable(
+            "No datasource with this id exists.",
+            pointer=DATASOURCE_POINTER,
+            code="datasource_not_found",
+        ) from None
+
+
+def _duplicate(variable_name: str) -> Conflict:
+    return Conflict(
+        f"The organisation already has a filter for the variable '{variable_name}'.",
+        pointer=f"{ATTRIBUTES}/variable_name",
+        code="duplicate_variable_name",
+    )
+
+
+def _refuse_duplicate(session: Session, principal: Principal, variable_name: str) -> None:
+    """Checked first for a clear answer; the unique index decides a race (``_flush_or_409``)."""
+    taken = session.scalar(
+        select(Filter.id).where(
+            Filter.organization_id == principal.organization_id,
+            Filter.variable_name == variable_name,
+        )
+    )
+    if taken is not None:
+        raise _duplicate(variable_name)
+
+
+def _insert_or_409(session: Session, principal: Principal, row: Filter) -> None:
+    _refuse_duplicate(session, principal, row.variable_name)
+    session.add(row)
+    _flush_or_409(session, principal, row)
+
+
+def _flush_or_409(session: Session, principal: Principal, row: Filter) -> None:
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise _duplicate(row.variable_name) from None
+
+
+# ---------------------------------------------------------------------------- consistency
+
+
+def check_filter(state: Mapping[str, Any], sent: Collection[str], *, has_datasource: bool) -> None:
+    """How a filter's attributes (``state``: every writable one, as they would be) fit together;
+    every problem at once, each pointing at an attribute the request ``sent`` if it can."""
+    errors: list[AppError] = []
+
+    def refuse(name: str, code: str, detail: str) -> None:
+        errors.append(Unprocessable(detail, pointer=f"{ATTRIBUTES}/{name}", code=code))
+
+    control, source = state["control_type"], state["options_source"]
+    allowed_types = VALUE_TYPES_OF_CONTROL[control]
+    if state["value_type"] not in allowed_types:
+        refuse(
+            "value_type",
+            "invalid_value_type",
+            f"A {control} control takes the value type {' or '.join(allowed_types)}.",
+        )
+    if control != "dropdown" and (source != "manual" or state["values"] is not None):
+        name = "options_source" if source != "manual" else "values"
+        refuse(name, "options_not_allowed", "Only a dropdown control has options.")
+    if control != "aggregation":
+        for name in ("allow_all_time", "aggregation_options"):
+            if state[name] not in (False, None):
+                refuse(name, "aggregation_only", f"{name} is for the aggregation control only.")
+    if state["restrict_to_options"]:
+        if control not in ("dropdown", "aggregation"):
+            refuse(
+                "restrict_to_options",
+                "options_not_allowed",
+                "Only a dropdown or aggregation control has options to restrict to.",
+            )
+        elif source == "dynamic_sql":
+            refuse(
+                "restrict_to_options",
+                "restriction_not_supported",
+                "dynamic_sql options depend on other filters' values, so an execution cannot "
+                "be checked against them: restrict manual or static_sql options only.",
+            )
+    _check_sql(state, sent, has_datasource, refuse, errors)
+    _check_options(state, sent, refuse)
+    _check_defaults(state, refuse)
+    if errors:
+        raise ValidationErrors(errors)
+
+
+def _check_sql(
+    state: Mapping[str, Any],
+    sent: Collection[str],
+    has_datasource: bool,
+    refuse: Any,
+    errors: list[AppError],
+) -> None:
+    source, sql = state["options_source"], state["options_sql_query"]
+    if source == "manual":
+        if sql is not None:
+            refuse(
+                "options_sql_query",
+                "conflicting_attributes",
+                "Manual options take no SQL: send options_source dynamic_sql or static_sql.",
+            )
+        return
+    for name in ("values", "value_names"):
+        if name in sent and state[name] is not None:
+            refuse(
+                name,
+                "conflicting_attributes",
+                f"{name} are written for manual options only; {source} options come from the SQL.",
+            )
+    if sql is None:
+        refuse("options_sql_query", "missing_attribute", f"{source} options need their SQL.")
+    elif source == "static_sql" and placeholder_variables(sql):
+        refuse(
+            "options_sql_query",
+            "placeholders_not_allowed",
+            "Static SQL options take no {…} placeholders (they run once, with no filter "
+            "values); use dynamic_sql for options that depend on other filters.",
+        )
+    if not has_datasource:
+        errors.append(
+            Unprocessable(
+                f"{source} options run on a datasource: relationships.datasource.",
+                pointer=DATASOURCE_POINTER,
+                code="missing_relationship",
+            )
+        )
+
+
+def _check_options(state: Mapping[str, Any], sent: Collection[str], refuse: Any) -> None:
+    values, names = state["values"], state["value_names"]
+    if names is not None and values is None:
+        refuse("value_names", "conflicting_attributes", "value_names label values: send both.")
+    elif names is not None and len(names) != len(values):
+        refuse(
+            "value_names",
+            "length_mismatch",
+            f"value_names has {len(names)} labels for {len(values)} values: one each.",
+        )
+    if values is None or state["options_source"] != "manual":
+        return
+    seen: set[Any] = set()
+    for index, value in enumerate(values):
+        if not _of_type(value, state["value_type"]):
+            refuse(f"values/{index}", "invalid_value", _type_detail(state["value_type"]))
+        elif option_key(value) in seen:
+            refuse(f"values/{index}", "duplicate_value", f"The option {value!r} is given twice.")
+        seen.add(option_key(value))
+
+
+def _check_defaults(state: Mapping[str, Any], refuse: Any) -> None:
+    defaults, control = state["default_values"], state["control_type"]
+    if not state["multiple"] and len(defaults) > 1:
+        refuse("default_values", "too_many", "A filter without multiple takes one default.")
+    options: set[Any] | None = None
+    if control == "aggregation":
+        units = list(state["aggregation_options"] or TRUNCATION_UNITS)
+        options = {option_key(u) for u in units + (["all_time"] if state["allow_all_time"] else [])}
+    elif state["restrict_to_options"] and state["options_source"] == "manual":
+        options = {option_key(value) for value in state["values"] or ()}
+    for index, value in enumerate(defaults):
+        pointer = f"default_values/{index}"
+        if control in ("date_range", "datetime_range"):
+            if not _is_range(value):
+                refuse(pointer, "invalid_value", "A range's default is one '<start>~<end>'.")
+        elif not _of_type(value, state["value_type"]):
+            refuse(pointer, "invalid_value", _type_detail(state["value_type"]))
+        elif options is not None and option_key(value) not in options:
+            refuse(pointer, "value_not_in_options", f"{value!r} is not among the options.")
+
+
+def _is_range(value: Any) -> bool:
+    return isinstance(value, str) and _parses(TimeRange.parse, value)
+
+
+def _of_type(value: Any, value_type: str) -> bool:
+    """Whether a JSON scalar is a value of ``value_type``."""
+    if value_type == "boolean":
+        return isinstance(value, bool)
+    if value_type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if not isinstance(value, str):
+        return False
+    if value_type == "date":
+        return _parses(date.fromisoformat, value) and len(value) == len("YYYY-MM-DD")
+    if value_type == "datetime":
+        return _parses(datetime.fromisoformat, value)
+    return True
+
+
+def _parses(parse: Any, text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _type_detail(value_type: str) -> str:
+    return {
+        "text": "A text value is a string.",
+        "number": "A number value is a JSON number.",
+        "boolean": "A boolean value is true or false.",
+        "date": "A date value is a 'YYYY-MM-DD' string.",
+        "datetime": "A datetime value is an ISO 8601 string ('2024-06-01T12:00:00Z').",
+    }[value_type]
+
+
+# ---------------------------------------------------------------------------- static SQL
+
+
+def _queue_static(
+    session: Session,
+    principal: Principal,
+    row: Filter,
+    settings: Settings,
+    *,
+    at_cap: str = "defer",
+) -> None:
+    """Queue the options SQL as an execution (no parameters); its problems point at it.
+
+    At the organisation's cap of running executions, a filter being written (created, changed,
+    restored with a dashboard) is kept with status ``failed`` and a message to refresh it: a
+    write must not turn into a 429 that no retry cures when it carries more static filters than
+    the cap (a restore). ``at_cap="raise"``: the 429 (an explicit refresh, which a retry cures)."""
+    assert row.options_sql_query is not None and row.datasource_id is not None
+    request = RunRequest(sql_query=row.options_sql_query, parameters={}, inputs=InputParameters())
+    try:
+        execution = run_execution(session, principal, row.datasource_id, request, None, settings)
+    except TooManyRequests as refusal:
+        if at_cap == "raise":
+            raise
+        row.options_execution_id, row.status = None, "failed"
+        row.status_message = f"Not run: {refusal.detail} POST /filters/{row.id}/refresh runs it."
+        session.flush()
+        return
+    except AppError as error:
+        raise _pointing_at_options_sql(error) from None
+    row.options_execution_id, row.status, row.status_message = execution.id, "pending", None
+    session.flush()
+
+
+def _pointing_at_options_sql(error: AppError) -> AppError:
+    """A binding problem of the stored SQL points at the attribute, not at Run Execution's body."""
+    for each in getattr(error, "errors", [error]):
+        if each.pointer == "/sql_query":
+            each.pointer = f"{ATTRIBUTES}/options_sql_query"
+    return error
+
+
+def sync_static_options(session: Session, row: Filter, store: ResultStore) -> bool:
+    """Copy a static SQL filter's options from its execution once that ended: its result's
+    first column (values) and second (labels), at most ``MAX_OPTIONS`` rows; or its error.
+    True when the row changed (the caller commits)."""
+    if row.options_source != "static_sql" or row.status != "pending":
+        return False
+    execution = session.get(Execution, row.options_execution_id or "")
+    if execution is None:
+        row.status, row.status_message = "failed", "The options execution no longer exists."
+        return True
+    if execution.status == ExecutionStatus.COMPLETED and execution.data_key:
+        try:
+            options, truncated = read_options(store, execution.data_key)
+        except ResultGone:
+            row.status, row.status_message = "failed", "The options result no longer exists."
+            return True
+        row.values, row.value_names = options.values, options.value_names
+        row.status, row.options_updated_at = "ready", execution.completed_at or utcnow()
+        row.status_message = (
+            f"Only the first {MAX_OPTIONS} rows are options." if truncated else None
+        )
+        return True
+    if execution.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        row.status = "failed"
+        row.status_message = execution.error_message or f"The options SQL was {execution.status}."
+        return True
+    return False
+
+
+def read_options(store: ResultStore, data_key: str) -> tuple[Options, bool]:
+    """A result's options: distinct non-null values of the first column (first label wins),
+    labels from the second column; and whether rows beyond ``MAX_OPTIONS`` were left out."""
+    values: list[Scalar] = []
+    names: list[str | None] = []
+    seen: set[Any] = set()
+    with store.open(result_object_key(data_key)) as source:
+        reader = pa.ipc.open_file(source)
+        if reader.schema.names == []:
+            return Options([], []), False
+        for index in range(reader.num_record_batches):
+            batch = reader.get_batch(index)
+            labels = batch.column(1).to_pylist() if batch.num_columns > 1 else None
+            for position, raw in enumerate(batch.column(0).to_pylist()):
+                value = _scalar(raw)
+                if value is None or option_key(value) in seen:
+                    continue
+                if len(values) == MAX_OPTIONS:
+                    return Options(values, names), True
+                seen.add(option_key(value))
+                values.append(value)
+                label = labels[position] if labels is not None else None
+                names.append(None if label is None else str(label))
+    return Options(values, names), False
+
+
+def _scalar(raw: Any) -> Scalar:
+    """A result cell as a JSON scalar: dates and times as ISO 8601, decimals as numbers."""
+    if raw is None or isinstance(raw, bool | int | float | str):
+        return raw
+    if isinstance(raw, Decimal):
+        return int(raw) if raw == raw.to_integral_value() else float(raw)
+    if isinstance(raw, date | datetime):
+        return raw.isoformat()
+    return str(raw)
+
+
+def static_options(row: Filter) -> Options | None:
+    """Manual options, or a static SQL's as last copied; None while a static SQL has none yet."""
+    if row.options_source == "static_sql" and row.options_updated_at is None:
+        return None
+    return Options.of(row.values, row.value_names)
+
+
+# ---------------------------------------------------------------------------- dynamic SQL
+
+
+def queue_dynamic_options(
+    session: Session,
+    principal: Principal,
+    row: Filter,
+    parameters: dict[str, Any],
+    inputs: InputParameters,
+    settings: Settings,
+) -> Execution:
+    """Run a dynamic SQL filter's SQL with the other filters' values, as Run Execution does
+    (scope, sandbox, limits); filters its SQL does not use are left out, as a dashboard's are."""
+    assert row.options_sql_query is not None and row.datasource_id is not None
+    request = RunRequest(
+        sql_query=row.options_sql_query,
+        parameters=parameters,
+        inputs=inputs,
+        every_filter_used=False,
+    )
+    return run_execution(session, principal, row.datasource_id, request, None, settings)
+
+
+def dynamic_options(execution: Execution, store: ResultStore) -> Options:
+    """The options of a dynamic run once it ended: 422 ``filter_options_failed`` with the
+    execution's error if it failed."""
+    if execution.status == ExecutionStatus.COMPLETED and execution.data_key:
+        try:
+            return read_options(store, execution.data_key)[0]
+        except ResultGone:
+            pass
+    raise Unprocessable(
+        f"The options SQL (execution {execution.id}) ended {execution.status}: "
+        f"{execution.error_message or 'no result'}",
+        code="filter_options_failed",
+    )

@@ -1,0 +1,73 @@
+"""Filters' kinds (control type, value type, where options come from) and the rules an execution's
+values keep for the variables that have a filter (docs/filters.md), read from the database into
+``sql_templating.rules`` values. Here, not in the API server, because whatever creates an
+execution (Run Execution, a report's run, a data server's scheduler) binds with the same rules.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Filter
+from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar
+from sql_templating.rules import VariableRule
+
+ControlType = Literal["dropdown", "text", "date_range", "datetime_range", "aggregation"]
+ValueType = Literal["text", "number", "date", "datetime", "boolean"]
+OptionsSource = Literal["manual", "dynamic_sql", "static_sql"]
+# A static-SQL filter's options: queued (none copied yet), copied, or its SQL failed.
+OptionsStatus = Literal["pending", "ready", "failed"]
+# Manual options at most, and the rows of a static SQL's result copied as options at most.
+MAX_OPTIONS = 10_000
+CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
+VALUE_TYPES: tuple[str, ...] = get_args(ValueType)
+OPTIONS_SOURCES: tuple[str, ...] = get_args(OptionsSource)
+OPTIONS_STATUSES: tuple[str, ...] = get_args(OptionsStatus)
+
+# The value types each control takes: a range is of dates or of instants, an aggregation's value
+# is the name of a unit.
+VALUE_TYPES_OF_CONTROL: dict[str, tuple[str, ...]] = {
+    "dropdown": VALUE_TYPES,
+    "text": ("text", "number"),
+    "date_range": ("date",),
+    "datetime_range": ("datetime",),
+    "aggregation": ("text",),
+}
+
+
+def variable_rules(
+    session: Session, organization_id: str, inputs: InputParameters
+) -> dict[str, VariableRule]:
+    """The rules of the organisation's filters for the variables ``inputs`` gives values for."""
+    names = [given.variable_name for given in inputs.filters or ()]
+    if not names:
+        return {}
+    rows = session.scalars(
+        select(Filter).where(
+            Filter.organization_id == organization_id, Filter.variable_name.in_(names)
+        )
+    )
+    return {row.variable_name: rule_of(row) for row in rows}
+
+
+def rule_of(row: Filter) -> VariableRule:
+    """``restrict_to_options``: an aggregation's units (``aggregation_options``, null: all), or
+    the manual options, or a static SQL's options as last copied."""
+    multiple, allow_all_time = row.multiple, row.allow_all_time
+    if not row.restrict_to_options:
+        return VariableRule(multiple=multiple, allow_all_time=allow_all_time)
+    options: list[Scalar]
+    note = ""
+    if row.control_type == "aggregation":
+        options = [*(row.aggregation_options or TRUNCATION_UNITS)]
+        options += ["all_time"] if allow_all_time else []
+    else:
+        options = list(row.values or ())
+        if row.options_source == "static_sql" and row.options_updated_at is None:
+            note = " (its options SQL has not completed yet, so it has none)"
+    return VariableRule.restricted_to(
+        options, multiple=multiple, allow_all_time=allow_all_time, options_note=note
+    )

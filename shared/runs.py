@@ -1,0 +1,255 @@
+"""Creating a SQL execution: the one code path, whoever asks — an API key (Run Execution, running
+a report or a dashboard) or a data server's dashboard scheduler, which has no principal.
+
+Snippets are expanded and placeholders bound before anything is written (a problem is a 422 and
+no row exists); then the organisation's row is locked, a reusable execution looked for, the
+organisation's cap checked, and one ``executions`` row written with status ``starting`` for a
+worker to claim. The callers check who may run what; this module decides nothing about keys.
+
+**Result reuse** (docs/result-reuse.md): a report's run carries a ``reuse_key``, a SHA-256 over
+the datasource, the SQL that runs and its bound values (canonical JSON). A run given a
+``reuse_since`` instant answers, instead of a new row, the newest execution of the same
+organisation and key created since then that is either completed with its result still stored,
+or still queued or running and not being cancelled (coalescing: concurrent viewers of one
+dashboard share one run). Measured on ``created_at`` because the data were read after it: a
+reused result is never older than the window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from shared.database_types import refuse_ssh_tunnel
+from shared.db.engine import write_lock_on_sqlite
+from shared.db.models import Dashboard, Datasource, Execution, Organization, SqlSnippet, utcnow
+from shared.errors import Conflict, TooManyRequests
+from shared.filter_rules import variable_rules
+from shared.lifecycle import (
+    ORGANIZATION_CAP_COUNTS,
+    UNFINISHED_STATUSES,
+    ExecutionStatus,
+    ExecutionType,
+)
+from shared.notifications import announce_new_work
+from shared.settings import Settings
+from sql_templating.binding import BoundQuery, bind_parameters
+from sql_templating.parameters import InputParameters
+from sql_templating.snippets import expand_snippets
+
+
+@dataclass(frozen=True)
+class SqlRun:
+    """What one SQL execution is created from. ``parameters``: Run Execution's as sent (the
+    execution's record); ``inputs``: the same, validated. ``every_filter_used``: False for a
+    report's run (a dashboard's filters apply to the reports whose SQL uses them).
+    ``reuse_since``: answer a reusable execution created since then, if there is one (None:
+    never reuse). ``api_key_id`` is None for the scheduler's runs."""
+
+    datasource: Datasource
+    sql_query: str
+    parameters: dict[str, Any]
+    inputs: InputParameters
+    every_filter_used: bool = True
+    api_key_id: str | None = None
+    idempotency_key: str | None = None
+    request_fingerprint: str | None = None
+    report_id: str | None = None
+    reuse_since: datetime | None = None
+    # A run nobody waits for (the scheduler's): it may take only BACKGROUND_CAP_SHARE of the
+    # organisation's cap, so that its own interactive runs still find room.
+    background: bool = False
+
+
+BACKGROUND_CAP_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """The execution that answers a run, and whether it is an earlier one reused."""
+
+    execution: Execution
+    reused: bool = False
+
+
+def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> QueuedRun:
+    """Bind ``run``, then reuse an execution or queue a new one (in the caller's transaction,
+    workers told once it commits). An Idempotency-Key already used by the key raises the
+    ``IntegrityError`` of its insert, inside a savepoint: the caller answers the earlier one."""
+    datasource = run.datasource
+    require_enabled(datasource)
+    bound = bind_run(session, run, settings)
+    key = reuse_key(datasource.id, bound) if run.report_id is not None else None
+    organization = lock_organization(session, datasource.organization_id)
+    if key is not None and run.reuse_since is not None:
+        reusable = find_reusable(session, datasource, key, run.reuse_since, settings)
+        if reusable is not None:
+            return QueuedRun(reusable, reused=True)
+    require_capacity(session, organization, settings, background=run.background)
+    execution = Execution(
+        id=str(uuid.uuid4()),
+        organization_id=datasource.organization_id,
+        datasource_id=datasource.id,
+        api_key_id=run.api_key_id,
+        execution_type=ExecutionType.SQL_QUERY,
+        sql_query=run.sql_query,
+        parameters=run.parameters,
+        expanded_sql=bound.sql,
+        bound_parameters=bound.values,
+        idempotency_key=run.idempotency_key,
+        request_fingerprint=run.request_fingerprint,
+        report_id=run.report_id,
+        reuse_key=key,
+    )
+    with session.begin_nested():
+        session.add(execution)
+    announce_new_work(session)
+    return QueuedRun(execution)
+
+
+def bind_run(session: Session, run: SqlRun, settings: Settings) -> BoundQuery:
+    """The SQL that runs: snippets of the run's organisation expanded, placeholders bound."""
+    datasource = run.datasource
+    lookup = snippet_lookup(session, datasource.organization_id)
+    expanded_sql = expand_snippets(run.sql_query, lookup, settings.max_sql_length)
+    return bind_parameters(
+        expanded_sql,
+        run.inputs,
+        datasource.data_time_zone,
+        settings.max_sql_length,
+        every_filter_used=run.every_filter_used,
+        rules=variable_rules(session, datasource.organization_id, run.inputs),
+    )
+
+
+def snippet_lookup(session: Session, organization_id: str) -> Callable[[str], str | None]:
+    """Name → SQL for one organisation only, each name read at most once per expansion."""
+    cache: dict[str, str | None] = {}
+
+    def lookup(name: str) -> str | None:
+        if name not in cache:
+            cache[name] = session.scalar(
+                select(SqlSnippet.sql).where(
+                    SqlSnippet.organization_id == organization_id, SqlSnippet.name == name
+                )
+            )
+        return cache[name]
+
+    return lookup
+
+
+# ---------------------------------------------------------------------------- reuse
+
+
+def reuse_key(datasource_id: str, bound: BoundQuery) -> str:
+    """SHA-256 (hex) of the datasource, the SQL that runs and its bound values, as canonical
+    JSON: equal only when the same query would read the same data."""
+    canonical = orjson.dumps(
+        {"datasource": datasource_id, "sql": bound.sql, "values": bound.values},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def reuse_window(dashboard: Dashboard | None, now: datetime) -> datetime | None:
+    """Since when a run of a report on ``dashboard`` reuses: its ``data_refresh_rate`` minutes
+    back from ``now``; None (never) off a dashboard or without a refresh rate."""
+    if dashboard is None or not dashboard.data_refresh_rate:
+        return None
+    return now - timedelta(minutes=dashboard.data_refresh_rate)
+
+
+def find_reusable(
+    session: Session, datasource: Datasource, key: str, since: datetime, settings: Settings
+) -> Execution | None:
+    """The newest execution of the organisation with ``key`` created since ``since`` (and
+    still visible) that completed with its result stored, or is queued or running and not
+    being cancelled; a completed one first. Failed and cancelled ones are never reused."""
+    now = utcnow()
+    visible_since = now - timedelta(hours=settings.execution_retention_hours)
+    result_since = now - timedelta(hours=settings.result_retention_hours)
+    completed = and_(
+        Execution.status == ExecutionStatus.COMPLETED,
+        Execution.data_key.is_not(None),
+        Execution.data_purged_at.is_(None),
+        Execution.completed_at >= result_since,
+    )
+    unfinished = and_(
+        Execution.status.in_(UNFINISHED_STATUSES), Execution.cancel_requested.is_(False)
+    )
+    return session.scalar(
+        select(Execution)
+        .where(
+            Execution.organization_id == datasource.organization_id,
+            Execution.reuse_key == key,
+            Execution.datasource_id == datasource.id,
+            Execution.execution_type == ExecutionType.SQL_QUERY,
+            Execution.created_at >= max(since, visible_since),
+            or_(completed, unfinished),
+        )
+        .order_by(case((completed, 0), else_=1), Execution.created_at.desc())
+        .limit(1)
+    )
+
+
+# ---------------------------------------------------------------------------- admission
+
+
+def require_enabled(datasource: Datasource) -> None:
+    if not datasource.enabled:
+        raise Conflict("This datasource is disabled.", code="datasource_disabled")
+    refuse_ssh_tunnel(datasource.ssh_tunnel_host)
+
+
+def lock_organization(session: Session, organization_id: str) -> Organization:
+    """Concurrent runs of one organisation take turns from here to their commit (its row locked
+    on PostgreSQL, the database on SQLite): its cap cannot be overshot, and a run sees the
+    execution an identical run just queued. Writers of its stored results take the same turns
+    (``shared.storage_quota.locked_storage_usage``), so its storage quota cannot be either. ``key_share``: the lock does not block inserts
+    that only reference the organisation (audit events, other resources)."""
+    write_lock_on_sqlite(session)
+    return session.scalars(
+        select(Organization)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
+    ).one()
+
+
+def execution_cap(organization: Organization, settings: Settings) -> int:
+    """How many SQL executions the organisation may have starting or running at once."""
+    return organization.max_running_executions or settings.max_running_executions
+
+
+def require_capacity(
+    session: Session, organization: Organization, settings: Settings, *, background: bool = False
+) -> None:
+    """At most N unfinished executions per organisation (locked by ``lock_organization``), of
+    the kinds its cap counts at claim too (``ORGANIZATION_CAP_COUNTS``: SQL queries); a
+    background run only while fewer than ``BACKGROUND_CAP_SHARE`` of N are (at least one)."""
+    cap = execution_cap(organization, settings)
+    if background:
+        cap = max(1, int(cap * BACKGROUND_CAP_SHARE))
+    unfinished = session.scalar(
+        select(func.count())
+        .select_from(Execution)
+        .where(
+            Execution.organization_id == organization.id,
+            Execution.execution_type.in_(ORGANIZATION_CAP_COUNTS),
+            Execution.status.in_(UNFINISHED_STATUSES),
+        )
+    )
+    if (unfinished or 0) >= cap:
+        raise TooManyRequests(
+            f"This organisation already has {cap} executions starting or running; "
+            "wait for one to finish.",
+            code="too_many_running_executions",
+            headers={"Retry-After": "1"},
+        )

@@ -1,0 +1,81 @@
+"""What a filter definition demands of an execution's value for its variable, as plain values
+(``shared.filter_rules`` reads them from the database; ``sql_templating.binding`` keeps them), so
+that templating stays free of the database.
+
+Options compare by JSON type as well as value: the option ``1`` is not the selection ``"1"`` nor
+``true``; ``1`` and ``1.0`` are the same number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import AppError, ValidationErrors
+from sql_templating.parameters import InputParameters, Scalar, invalid_parameter
+
+OptionKey = tuple[str, Any]
+
+
+def option_key(value: Scalar) -> OptionKey:
+    """``value`` with its JSON type, so that equal keys mean the same JSON value."""
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    if value is None:
+        return ("null", None)
+    return ("string", value)
+
+
+@dataclass(frozen=True)
+class VariableRule:
+    """``multiple``: more than one value may be selected. ``allow_all_time``: an aggregation
+    variable accepts ``all_time``. ``options``: the only values a selection may hold (None: any
+    value); ``options_note``: why a value outside them is refused, for the error's detail."""
+
+    multiple: bool = True
+    allow_all_time: bool = False
+    options: frozenset[OptionKey] | None = None
+    options_note: str = ""
+
+    @classmethod
+    def restricted_to(cls, options: Iterable[Scalar], **rule: Any) -> VariableRule:
+        return cls(options=frozenset(option_key(value) for value in options), **rule)
+
+
+VariableRules = Mapping[str, VariableRule]
+
+
+def check_selections(inputs: InputParameters, rules: VariableRules) -> None:
+    """Each given filter that has a rule keeps it: one value unless ``multiple``, and each value
+    among its ``options``; every problem at once, each pointing at the value that has it."""
+    errors: list[AppError] = []
+    for index, given in enumerate(inputs.filters or ()):
+        rule = rules.get(given.variable_name)
+        if rule is None:
+            continue
+        pointer = f"/parameters/filters/{index}/selected_values"
+        if not rule.multiple and len(given.selected_values) > 1:
+            errors.append(
+                invalid_parameter(
+                    f"The filter '{given.variable_name}' takes one value, not several.",
+                    pointer,
+                    "multiple_values_not_allowed",
+                )
+            )
+        if rule.options is None:
+            continue
+        errors += [
+            invalid_parameter(
+                f"{value!r} is not among the options of the filter '{given.variable_name}', "
+                f"which restricts its values to them{rule.options_note}.",
+                f"{pointer}/{position}",
+                "value_not_in_options",
+            )
+            for position, value in enumerate(given.selected_values)
+            if option_key(value) not in rule.options
+        ]
+    if errors:
+        raise ValidationErrors(errors)

@@ -1,0 +1,587 @@
+"""Filters (``/filters``) and Get Drop-Down Filter Options: the resource, how its attributes fit
+together, paging/sorting/sparse fieldsets, options (manual here; static and dynamic SQL with a data
+server in process, in ``TestSqlOptions``), the rules executions keep, the datasource scope, tenancy,
+and the ``filters`` relationships of reports and dashboards."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from api_server.permissions import Permission
+from data_server.app import create_app as create_data_app
+from shared.db.engine import create_metadata_engine
+from shared.db.migrate import upgrade_to_head
+from shared.db.models import Dashboard, Execution, Filter, Organization
+from shared.settings import Settings
+from tests.support.factories import Api, Org, dump_tables
+
+RANDOM_ID = "zzzz-zzzz-zzzz"
+
+
+def _document(datasource: str | None = None, **attributes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": "filters", "attributes": attributes}
+    if datasource is not None:
+        data["relationships"] = {"datasource": {"data": {"type": "datasources", "id": datasource}}}
+    return {"data": data}
+
+
+def _dropdown(**attributes: Any) -> dict[str, Any]:
+    return {
+        "name": "Country",
+        "variable_name": "country",
+        "control_type": "dropdown",
+        "value_type": "text",
+        "values": ["de", "fr", "it"],
+        "value_names": ["Germany", "France", "Italy"],
+        **attributes,
+    }
+
+
+def _create(api: Api, key: str, datasource: str | None = None, **attributes: Any) -> Any:
+    return api.post("/filters", key, _document(datasource, **attributes))
+
+
+def _filter(api: Api, org: Org, datasource: str | None = None, **attributes: Any) -> str:
+    created = _create(api, org.key, datasource, **attributes)
+    assert created.status_code == 201, created.text
+    return created.json()["data"]["id"]
+
+
+def _errors(answer: Any) -> list[tuple[str, str | None]]:
+    return [(e["code"], e.get("source", {}).get("pointer")) for e in answer.json()["errors"]]
+
+
+def _run(api: Api, key: str, datasource: str, sql: str, parameters: dict[str, Any]) -> Any:
+    return api.client.post(
+        f"/datasources/{datasource}/executions",
+        content=orjson.dumps({"sql_query": sql, "parameters": parameters}),
+        headers={"Authorization": f"Api {key}", "Content-Type": "application/json"},
+    )
+
+
+def _selection(variable: str, *values: Any) -> dict[str, Any]:
+    return {"filters": [{"variable_name": variable, "selected_values": list(values)}]}
+
+
+# ---------------------------------------------------------------------------- CRUD
+
+
+def test_create_read_update_delete_round_trip(api: Api) -> None:
+    org = api.create_org()
+    created = _create(api, org.key, **_dropdown(default_values=["de"], restrict_to_options=True))
+    assert created.status_code == 201, created.text
+    body = created.json()["data"]
+    filter_id = body["id"]
+    assert created.headers["location"].endswith(f"/filters/{filter_id}")
+    attributes = body["attributes"]
+    assert attributes["values"] == ["de", "fr", "it"]
+    assert attributes["options_source"] == "manual"
+    assert attributes["multiple"] is True and attributes["status"] is None
+    assert body["relationships"]["datasource"] == {"data": None}
+
+    shown = api.get(f"/filters/{filter_id}", org.key)
+    assert shown.status_code == 200 and shown.json()["data"]["attributes"] == attributes
+
+    changed = api.patch(
+        f"/filters/{filter_id}",
+        org.key,
+        {"data": {"type": "filters", "id": filter_id, "attributes": {"name": "Land"}}},
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["data"]["attributes"]["name"] == "Land"
+    assert changed.json()["data"]["attributes"]["values"] == ["de", "fr", "it"]
+
+    assert api.delete(f"/filters/{filter_id}", org.key).status_code == 204
+    assert api.get(f"/filters/{filter_id}", org.key).status_code == 404
+
+
+def test_list_pages_sorts_filters_and_sparse_fieldsets(api: Api) -> None:
+    org = api.create_org()
+    for name in ("b", "c", "a"):
+        _filter(api, org, name=name, variable_name=f"v_{name}", control_type="text",
+                value_type="text")  # fmt: skip
+    listed = api.get("/filters?sort=-name&page[size]=2&fields[filters]=name", org.key)
+    assert listed.status_code == 200, listed.text
+    document = listed.json()
+    assert [r["attributes"] for r in document["data"]] == [{"name": "c"}, {"name": "b"}]
+    assert "relationships" not in document["data"][0]
+    assert document["meta"]["total"] == 3 and "next" in document["links"]
+    second = api.get("/filters?sort=-name&page[size]=2&page[number]=2", org.key).json()
+    assert [r["attributes"]["name"] for r in second["data"]] == ["a"]
+    only = api.get("/filters?filter[variable_name]=v_b", org.key).json()["data"]
+    assert [r["attributes"]["name"] for r in only] == ["b"]
+    assert api.get("/filters?sort=values", org.key).status_code == 400
+
+
+def test_duplicate_variable_name_is_409_with_pointer_and_writes_nothing(api: Api) -> None:
+    org = api.create_org()
+    _filter(api, org, **_dropdown())
+    before = dump_tables(api.app)["filters"]
+    again = _create(api, org.key, **_dropdown(name="Other"))
+    assert again.status_code == 409
+    assert _errors(again) == [("duplicate_variable_name", "/data/attributes/variable_name")]
+    assert dump_tables(api.app)["filters"] == before
+    other = _filter(api, org, **_dropdown(variable_name="land"))
+    renamed = api.patch(
+        f"/filters/{other}",
+        org.key,
+        {"data": {"type": "filters", "id": other, "attributes": {"variable_name": "country"}}},
+    )
+    assert renamed.status_code == 409
+    # Another organisation may use the same name.
+    assert _create(api, api.create_org("B").key, **_dropdown()).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ({"variable_name": "timerange"}, ("built_in_variable", "variable_name")),
+        ({"variable_name": "1abc"}, ("invalid_variable_name", "variable_name")),
+        ({"value_names": ["a"]}, ("length_mismatch", "value_names")),
+        ({"values": None, "value_names": ["a"]}, ("conflicting_attributes", "value_names")),
+        ({"values": ["de", 1, "it"]}, ("invalid_value", "values/1")),
+        ({"values": ["de", "de", "it"]}, ("duplicate_value", "values/1")),
+        ({"values": [None, "fr", "it"]}, ("invalid_type", "values/0")),
+        ({"allow_all_time": True}, ("aggregation_only", "allow_all_time")),
+        ({"control_type": "date_range"}, ("invalid_value_type", "value_type")),
+        ({"multiple": False, "default_values": ["de", "fr"]}, ("too_many", "default_values")),
+        (
+            {"restrict_to_options": True, "default_values": ["es"]},
+            ("value_not_in_options", "default_values/0"),
+        ),
+        ({"options_sql_query": "SELECT 1"}, ("conflicting_attributes", "options_sql_query")),
+        (
+            {"options_source": "static_sql", "values": None, "value_names": None},
+            ("missing_attribute", "options_sql_query"),
+        ),
+        ({"status": "ready"}, ("read_only_attribute", "status")),
+    ],
+)
+def test_attributes_that_do_not_fit_are_422_at_their_member(
+    api: Api, attributes: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    org = api.create_org()
+    answer = _create(api, org.key, **_dropdown(**attributes))
+    assert answer.status_code == 422, answer.text
+    code, member = expected
+    assert (code, f"/data/attributes/{member}") in _errors(answer)
+    assert dump_tables(api.app)["filters"] == []
+
+
+def test_sql_options_need_a_datasource_and_static_sql_takes_no_placeholders(api: Api) -> None:
+    org = api.create_org()
+    dynamic = {**_dropdown(values=None, value_names=None), "options_source": "dynamic_sql"}
+    no_source = _create(api, org.key, **dynamic, options_sql_query="SELECT 1")
+    assert ("missing_relationship", "/data/relationships/datasource") in _errors(no_source)
+    restricted = _create(
+        api,
+        org.key,
+        org.sample_datasource_id,
+        **dynamic,
+        options_sql_query="SELECT 1",
+        restrict_to_options=True,
+    )
+    assert _errors(restricted) == [
+        ("restriction_not_supported", "/data/attributes/restrict_to_options")
+    ]
+    static = {**dynamic, "options_source": "static_sql"}
+    placeholders = _create(
+        api, org.key, org.sample_datasource_id, **static, options_sql_query="SELECT {a.value}"
+    )
+    assert _errors(placeholders) == [
+        ("placeholders_not_allowed", "/data/attributes/options_sql_query")
+    ]
+    unknown = _create(api, org.key, RANDOM_ID, **static, options_sql_query="SELECT 1")
+    assert _errors(unknown) == [("datasource_not_found", "/data/relationships/datasource")]
+
+
+def test_changing_the_source_clears_what_belongs_to_the_old_one(api: Api) -> None:
+    org = api.create_org()
+    filter_id = _filter(api, org, org.sample_datasource_id, **_dropdown())
+    changed = api.patch(
+        f"/filters/{filter_id}",
+        org.key,
+        {
+            "data": {
+                "type": "filters",
+                "id": filter_id,
+                "attributes": {"options_source": "dynamic_sql", "options_sql_query": "SELECT 1"},
+            }
+        },
+    )
+    assert changed.status_code == 200, changed.text
+    attributes = changed.json()["data"]["attributes"]
+    assert attributes["values"] is None and attributes["value_names"] is None
+    back = api.patch(
+        f"/filters/{filter_id}",
+        org.key,
+        {"data": {"type": "filters", "id": filter_id, "attributes": {"options_source": "manual"}}},
+    )
+    assert back.status_code == 200, back.text
+    assert back.json()["data"]["attributes"]["options_sql_query"] is None
+
+
+def test_refresh_is_only_for_static_sql(api: Api) -> None:
+    org = api.create_org()
+    filter_id = _filter(api, org, **_dropdown())
+    answer = api.client.post(
+        f"/filters/{filter_id}/refresh", headers={"Authorization": f"Api {org.key}"}
+    )
+    assert answer.status_code == 409 and _errors(answer) == [("not_static_sql", None)]
+
+
+def test_a_static_filter_written_at_the_cap_is_kept_to_refresh_later(api: Api) -> None:
+    """The probe's case: a restore with more static filters than the cap was a 429 no retry
+    cured. A write at the cap keeps the filter, failed with a message to refresh it; an
+    explicit refresh at the cap is the retryable 429."""
+    org = api.create_org()
+    with api.app.state.sessions.begin() as session:
+        session.get_one(Organization, org.id).max_running_executions = 1
+    static = {
+        **_dropdown(values=None, value_names=None),
+        "options_source": "static_sql",
+        "options_sql_query": "SELECT 'de'",
+    }
+    _filter(api, org, org.sample_datasource_id, **static)  # its run takes the one place
+    second = _create(
+        api, org.key, org.sample_datasource_id, **{**static, "variable_name": "region"}
+    )
+    assert second.status_code == 201, second.text
+    attributes, filter_id = second.json()["data"]["attributes"], second.json()["data"]["id"]
+    assert attributes["status"] == "failed" and attributes["options_execution_id"] is None
+    assert f"POST /filters/{filter_id}/refresh" in attributes["status_message"]
+    options = api.get(f"/filters/{filter_id}/options", org.key)
+    assert options.status_code == 422 and _errors(options) == [("filter_options_failed", None)]
+    refresh = api.client.post(
+        f"/filters/{filter_id}/refresh", headers={"Authorization": f"Api {org.key}"}
+    )
+    assert refresh.status_code == 429 and refresh.headers["retry-after"] == "1"
+
+
+def test_dynamic_options_parameters_must_be_an_object(api: Api) -> None:
+    org = api.create_org()
+    filter_id = _filter(
+        api,
+        org,
+        org.sample_datasource_id,
+        **_dropdown(values=None, value_names=None),
+        options_source="dynamic_sql",
+        options_sql_query="SELECT 'de'",
+    )
+    before = _executions_of(api, org)
+    for sent in ("null", "[]", "0", "false", '"text"'):
+        answer = api.get(f"/filters/{filter_id}/options?parameters={sent}", org.key)
+        assert answer.status_code == 422, (sent, answer.text)
+        assert [e["source"]["pointer"] for e in answer.json()["errors"]] == ["/parameters"]
+    assert _executions_of(api, org) == before  # nothing was queued
+
+
+def _executions_of(api: Api, org: Org) -> int:
+    with api.app.state.sessions() as session:
+        where = Execution.organization_id == org.id
+        return session.scalar(select(func.count()).select_from(Execution).where(where)) or 0
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def test_manual_options_are_paged_and_searched(api: Api) -> None:
+    org = api.create_org()
+    values = [f"v{i:02d}" for i in range(30)]
+    names = [f"Name {i}" if i % 2 else None for i in range(30)]
+    filter_id = _filter(api, org, **_dropdown(values=values, value_names=names))
+    first = api.get(f"/filters/{filter_id}/options?page[size]=10", org.key)
+    assert first.status_code == 200, first.text
+    assert first.headers["content-type"].startswith("application/json")
+    assert first.json() == {
+        "values": values[:10],
+        "value_names": names[:10],
+        "total": 30,
+        "page": {"number": 1, "size": 10},
+    }
+    third = api.get(f"/filters/{filter_id}/options?page[size]=10&page[number]=3", org.key).json()
+    assert third["values"] == values[20:]
+    # Case-insensitive, on the value or the label.
+    found = api.get(f"/filters/{filter_id}/options?search=NAME 1", org.key).json()
+    assert found["values"] == ["v01", "v11", "v13", "v15", "v17", "v19"]
+    assert api.get(f"/filters/{filter_id}/options?search=V2", org.key).json()["total"] == 10
+    assert api.get(f"/filters/{filter_id}/options?page[size]=1001", org.key).status_code == 400
+    assert api.get(f"/filters/{filter_id}/options?other=1", org.key).status_code == 400
+
+
+def test_options_without_labels_answer_null_labels(api: Api) -> None:
+    org = api.create_org()
+    filter_id = _filter(
+        api, org, **_dropdown(value_type="number", values=[1, 2.5], value_names=None)
+    )
+    assert api.get(f"/filters/{filter_id}/options", org.key).json()["value_names"] == [None, None]
+
+
+# ---------------------------------------------------------------------------- rules
+
+
+def test_restricted_values_must_be_among_the_options(api: Api) -> None:
+    org = api.create_org()
+    _filter(api, org, **_dropdown(restrict_to_options=True, multiple=False))
+    sql = "SELECT 1 AS a WHERE {a=country}"
+    ok = _run(api, org.key, org.sample_datasource_id, sql, _selection("country", "fr"))
+    assert ok.status_code == 200, ok.text
+    outside = _run(api, org.key, org.sample_datasource_id, sql, _selection("country", "es"))
+    assert outside.status_code == 422
+    assert _errors(outside) == [("value_not_in_options", "/parameters/filters/0/selected_values/0")]
+    several = _run(api, org.key, org.sample_datasource_id, sql, _selection("country", "de", "fr"))
+    assert _errors(several) == [
+        ("multiple_values_not_allowed", "/parameters/filters/0/selected_values")
+    ]
+    # Another organisation's filter of the same variable does not bind this one.
+    other = api.create_org("B")
+    ok = _run(api, other.key, other.sample_datasource_id, sql, _selection("country", "es"))
+    assert ok.status_code == 200, ok.text
+
+
+def test_all_time_only_where_the_aggregation_filter_allows_it(api: Api) -> None:
+    org = api.create_org()
+    sql = "SELECT {created:period} AS p FROM (SELECT TIMESTAMP '2024-01-02' AS created)"
+    refused = _run(api, org.key, org.sample_datasource_id, sql, _selection("period", "all_time"))
+    assert _errors(refused) == [("all_time_not_allowed", "/parameters/filters/0/selected_values/0")]
+    aggregation = {
+        "name": "Period",
+        "variable_name": "period",
+        "control_type": "aggregation",
+        "value_type": "text",
+    }
+    filter_id = _filter(api, org, **aggregation)
+    refused = _run(api, org.key, org.sample_datasource_id, sql, _selection("period", "all_time"))
+    assert _errors(refused) == [("all_time_not_allowed", "/parameters/filters/0/selected_values/0")]
+    allowed = api.patch(
+        f"/filters/{filter_id}",
+        org.key,
+        {"data": {"type": "filters", "id": filter_id, "attributes": {"allow_all_time": True}}},
+    )
+    assert allowed.status_code == 200, allowed.text
+    ran = _run(api, org.key, org.sample_datasource_id, sql, _selection("period", "all_time"))
+    assert ran.status_code == 200, ran.text
+    with api.app.state.sessions() as session:
+        execution = session.get(Execution, ran.json()["data"]["id"])
+        assert True in execution.bound_parameters  # the collapse flag
+
+
+# ---------------------------------------------------------------------------- scope
+
+
+def test_other_organisations_and_out_of_scope_keys_get_404(api: Api) -> None:
+    org, other = api.create_org(), api.create_org("B")
+    second = api.create_datasource(org.key, name="Second")["id"]
+    on_second = _filter(
+        api,
+        org,
+        second,
+        **_dropdown(
+            values=None,
+            value_names=None,
+            options_source="dynamic_sql",
+            options_sql_query="SELECT 1",
+        ),
+    )
+    plain = _filter(api, org, **_dropdown(variable_name="plain"))
+    restricted = api.create_key(
+        org, [Permission.VIEW_DASHBOARDS, Permission.MANAGE_DASHBOARDS], [org.sample_datasource_id]
+    )
+    for path in (f"/filters/{on_second}", f"/filters/{on_second}/options"):
+        assert api.get(path, other.key).status_code == 404
+        assert api.get(path, restricted).status_code == 404
+    assert api.get(f"/filters/{plain}", other.key).status_code == 404
+    assert api.get(f"/filters/{plain}", restricted).status_code == 200
+    assert [r["id"] for r in api.get("/filters", restricted).json()["data"]] == [plain]
+    assert api.get("/filters", other.key).json()["data"] == []
+    assert api.delete(f"/filters/{on_second}", restricted).status_code == 404
+    # A filter's datasource is in use: its deletion is refused as a report's is.
+    deleted = api.delete(f"/datasources/{second}", org.key)
+    assert deleted.status_code == 409 and _errors(deleted) == [("datasource_in_use", None)]
+
+
+# ---------------------------------------------------------------------------- relationships
+
+
+def test_reports_and_dashboards_relate_the_filters_their_sql_uses(api: Api) -> None:
+    org = api.create_org()
+    country = _filter(api, org, **_dropdown())
+    _filter(api, org, **_dropdown(variable_name="unused"))
+    with api.app.state.sessions.begin() as session:
+        dashboard = Dashboard(organization_id=org.id, name="Sales")
+        session.add(dashboard)
+        session.flush()
+        dashboard_id = dashboard.id
+    report = {
+        "data": {
+            "type": "reports",
+            "attributes": {"name": "R", "sql_query": "SELECT 1 WHERE {c=country} OR {d=adhoc}"},
+            "relationships": {
+                "datasource": {"data": {"type": "datasources", "id": org.sample_datasource_id}},
+                "dashboard": {"data": {"type": "dashboards", "id": dashboard_id}},
+            },
+        }
+    }
+    created = api.post("/reports", org.key, report)
+    assert created.status_code == 201, created.text
+    linkage = [{"type": "filters", "id": country}]
+    assert created.json()["data"]["relationships"]["filters"]["data"] == linkage
+    shown = api.get(f"/dashboards/{dashboard_id}?include=filters", org.key).json()
+    assert shown["data"]["relationships"]["filters"]["data"] == linkage
+    assert [(r["type"], r["id"]) for r in shown["included"]] == [("filters", country)]
+
+
+# ---------------------------------------------------------------------------- SQL options
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Org]]:
+    """Both servers in process (workers run the options SQL), on SQLite."""
+    state = tmp_path_factory.mktemp("filters") / "state"
+    (state / "data").mkdir(parents=True)
+    settings = Settings(state_dir=state, sample_scale=0.001, poll_interval_seconds=0.05)
+    engine = create_metadata_engine(settings.database_url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    with TestClient(create_data_app(settings, run_workers=True)), Api.start(settings) as api:
+        org = api.create_org()
+        _until(lambda: not _unfinished(api), "the refresh creating the organisation queued")
+        yield api, org
+
+
+def _unfinished(api: Api) -> int:
+    with api.app.state.sessions() as session:
+        return session.scalar(
+            select(func.count())
+            .select_from(Execution)
+            .where(Execution.status.in_(("starting", "running")))
+        )
+
+
+def _until(check: Any, what: str) -> Any:
+    deadline = time.monotonic() + 30
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return found
+
+
+CITIES = (
+    "SELECT * FROM (VALUES ('de', 'Berlin'), ('de', 'Bonn'), ('fr', 'Paris'), ('it', 'Rome')) "
+    "AS t(country, city)"
+)
+
+
+class TestSqlOptions:
+    def test_static_options_are_copied_once_the_sql_completed(self, world) -> None:
+        api, org = world
+        static = _dropdown(
+            variable_name="static_city",
+            values=None,
+            value_names=None,
+            options_source="static_sql",
+            options_sql_query=f"SELECT city, upper(city) FROM ({CITIES}) ORDER BY city",
+            restrict_to_options=True,
+        )
+        created = _create(api, org.key, org.sample_datasource_id, **static)
+        assert created.status_code == 201, created.text
+        filter_id = created.json()["data"]["id"]
+        assert created.json()["data"]["attributes"]["status"] == "pending"
+
+        def ready() -> Any:
+            answer = api.get(f"/filters/{filter_id}/options?search=o&page[size]=2", org.key)
+            return answer if answer.status_code == 200 else None
+
+        options = _until(ready, "static options").json()
+        assert options == {
+            "values": ["Bonn", "Rome"],
+            "value_names": ["BONN", "ROME"],
+            "total": 2,
+            "page": {"number": 1, "size": 2},
+        }
+        attributes = api.get(f"/filters/{filter_id}", org.key).json()["data"]["attributes"]
+        assert attributes["status"] == "ready" and attributes["options_updated_at"]
+        # The copy restricts executions.
+        sql = "SELECT 1 WHERE {c=static_city}"
+        outside = _run(api, org.key, org.sample_datasource_id, sql, _selection("static_city", "X"))
+        assert _errors(outside) == [
+            ("value_not_in_options", "/parameters/filters/0/selected_values/0")
+        ]
+        # A refresh runs it again; the old options answer meanwhile.
+        refreshed = api.client.post(
+            f"/filters/{filter_id}/refresh", headers={"Authorization": f"Api {org.key}"}
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        assert refreshed.json()["data"]["attributes"]["status"] == "pending"
+        assert api.get(f"/filters/{filter_id}/options", org.key).json()["total"] == 4
+
+    def test_failing_static_sql_sets_failed_with_the_error(self, world) -> None:
+        api, org = world
+        static = _dropdown(
+            variable_name="broken_static",
+            values=None,
+            value_names=None,
+            options_source="static_sql",
+            options_sql_query="SELECT * FROM no_such_table",
+        )
+        filter_id = _filter(api, org, org.sample_datasource_id, **static)
+
+        def failed() -> Any:
+            shown = api.get(f"/filters/{filter_id}", org.key).json()["data"]["attributes"]
+            return shown if shown["status"] == "failed" else None
+
+        assert "no_such_table" in _until(failed, "failed status")["status_message"]
+        options = api.get(f"/filters/{filter_id}/options", org.key)
+        assert options.status_code == 422 and _errors(options) == [("filter_options_failed", None)]
+
+    def test_dynamic_options_depend_on_another_filters_value(self, world) -> None:
+        api, org = world
+        dynamic = _dropdown(
+            variable_name="dynamic_city",
+            values=None,
+            value_names=None,
+            options_source="dynamic_sql",
+            options_sql_query=f"SELECT city FROM ({CITIES}) WHERE {{country=country}} ORDER BY 1",
+        )
+        filter_id = _filter(api, org, org.sample_datasource_id, **dynamic)
+        parameters = orjson.dumps(_selection("country", "de")).decode()
+        answer = api.get(
+            f"/filters/{filter_id}/options", org.key, params={"parameters": parameters}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["values"] == ["Berlin", "Bonn"]
+        everywhere = api.get(f"/filters/{filter_id}/options?search=ON", org.key).json()
+        assert everywhere["values"] == ["Bonn"]  # no country given: every city, searched
+        # A key with View Dashboards alone runs the filter's SQL.
+        viewer = api.create_key(org, [Permission.VIEW_DASHBOARDS])
+        assert api.get(f"/filters/{filter_id}/options", viewer).status_code == 200
+
+    def test_failing_dynamic_sql_is_422_naming_the_error(self, world) -> None:
+        api, org = world
+        dynamic = _dropdown(
+            variable_name="broken_dynamic",
+            values=None,
+            value_names=None,
+            options_source="dynamic_sql",
+            options_sql_query="SELECT * FROM no_such_table WHERE {a=b}",
+        )
+        filter_id = _filter(api, org, org.sample_datasource_id, **dynamic)
+        answer = api.get(f"/filters/{filter_id}/options", org.key)
+        assert answer.status_code == 422
+        assert _errors(answer) == [("filter_options_failed", None)]
+        assert "no_such_table" in answer.json()["errors"][0]["detail"]
+        bad = api.get(f"/filters/{filter_id}/options", org.key, params={"parameters": "[1"})
+        assert bad.status_code == 400
+        invalid = api.get(
+            f"/filters/{filter_id}/options", org.key, params={"parameters": '{"tz": "Mars"}'}
+        )
+        assert _errors(invalid) == [("invalid_time_zone", "/parameters/tz")]
+        with api.app.state.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Filter)) >= 1
