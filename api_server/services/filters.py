@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, object_session
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
 from api_server.services.executions import RunRequest, run_execution
-from api_server.services.listing import CollectionQuery, list_page
+from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Execution, Filter, utcnow
 from shared.errors import (
@@ -139,19 +139,7 @@ def used_filter_ids(
         owner: set().union(*(placeholder_variables(sql) for sql in sqls))
         for owner, sqls in texts.items()
     }
-    wanted = set().union(*names.values())
-    id_by_name: dict[str, str] = {}
-    if wanted:
-        rows = session.execute(
-            select(Filter.variable_name, Filter.id).where(
-                Filter.organization_id == organization_id, Filter.variable_name.in_(wanted)
-            )
-        )
-        id_by_name = {name: filter_id for name, filter_id in rows}
-    return {
-        owner: [id_by_name[name] for name in sorted(found) if name in id_by_name]
-        for owner, found in names.items()
-    }
+    return ids_named_by_owner(session, Filter.variable_name, organization_id, names)
 
 
 def report_filter_ids(report: Any) -> list[str]:

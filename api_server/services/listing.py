@@ -56,3 +56,28 @@ def list_page(
         .limit(query.page_size)
     ).all()
     return list(rows), total
+
+
+def ids_named_by_owner(
+    session: Session,
+    name_column: Any,
+    organization_id: str,
+    names: Mapping[str, set[str]],
+) -> dict[str, list[str]]:
+    """Owner (a report, a dashboard) → the ids of the organisation's rows whose ``name_column``
+    is one of the names its SQL uses, ordered by name (one query for every owner); names no row
+    has are left out."""
+    model = name_column.class_
+    wanted = set().union(*names.values())
+    id_by_name: dict[str, str] = {}
+    if wanted:
+        rows = session.execute(
+            select(name_column, model.id).where(
+                model.organization_id == organization_id, name_column.in_(wanted)
+            )
+        )
+        id_by_name = {name: row_id for name, row_id in rows}
+    return {
+        owner: [id_by_name[name] for name in sorted(found) if name in id_by_name]
+        for owner, found in names.items()
+    }

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
-from api_server.services.listing import CollectionQuery, list_page
+from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound
 from sql_templating.snippets import snippet_references
@@ -30,19 +30,7 @@ def named_snippet_ids(
         owner: {name for sql in sqls for _, _, name in snippet_references(sql)}
         for owner, sqls in texts.items()
     }
-    wanted = set().union(*names.values())
-    id_by_name: dict[str, str] = {}
-    if wanted:
-        rows = session.execute(
-            select(SqlSnippet.name, SqlSnippet.id).where(
-                SqlSnippet.organization_id == organization_id, SqlSnippet.name.in_(wanted)
-            )
-        )
-        id_by_name = {name: snippet_id for name, snippet_id in rows}
-    return {
-        owner: [id_by_name[name] for name in sorted(found) if name in id_by_name]
-        for owner, found in names.items()
-    }
+    return ids_named_by_owner(session, SqlSnippet.name, organization_id, names)
 
 
 # ---------------------------------------------------------------------------- CRUD
