@@ -8,7 +8,6 @@ from api_server.permissions import Permission, effective_permissions
 from api_server.principals import Principal
 from api_server.rate_limits import Policy
 from api_server.services import api_keys
-from shared.db.models import Organization
 from shared.errors import TooManyRequests, Unauthorized
 from shared.settings import Settings
 
@@ -31,28 +30,23 @@ def authenticate(request: Request) -> Principal:
         raise unauthorized()
     app_state = request.app.state
     with app_state.sessions() as session:
-        key = api_keys.find_enabled_api_key(session, app_state.secrets, secret)
-        if key is None:
+        caller = api_keys.find_caller(session, app_state.secrets, secret)
+        if caller is None:
             raise unauthorized()
-        principal = Principal(
-            organization_id=key.organization_id,
-            api_key_id=key.id,
-            permissions=effective_permissions(Permission(p) for p in key.permissions),
-            datasource_ids=None if key.datasource_ids is None else frozenset(key.datasource_ids),
-            rate_policy=rate_policy(
-                session.get_one(Organization, key.organization_id), app_state.settings
-            ),
-        )
-        api_keys.note_use(session, key)
+        api_keys.note_use(session, caller)
+    settings: Settings = app_state.settings
+    principal = Principal(
+        organization_id=caller.organization_id,
+        api_key_id=caller.api_key_id,
+        permissions=effective_permissions(Permission(p) for p in caller.permissions),
+        datasource_ids=None if caller.datasource_ids is None else frozenset(caller.datasource_ids),
+        rate_policy=Policy(
+            per_minute=caller.rate_limit_per_minute or settings.rate_limit_per_minute,
+            per_hour=caller.rate_limit_per_hour or settings.rate_limit_per_hour,
+        ),
+    )
     request.state.principal = principal
     return principal
-
-
-def rate_policy(organization: Organization, settings: Settings) -> Policy:
-    return Policy(
-        per_minute=organization.rate_limit_per_minute or settings.rate_limit_per_minute,
-        per_hour=organization.rate_limit_per_hour or settings.rate_limit_per_hour,
-    )
 
 
 def limit_rate(request: Request, principal: Principal) -> None:

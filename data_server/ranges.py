@@ -178,7 +178,10 @@ async def _read(source: pa.NativeFile, first: int, last: int) -> AsyncIterator[b
     position = first
     while position <= last:
         size = min(READ_CHUNK_BYTES, last - position + 1)
-        chunk = await run_in_threadpool(source.read_at, size, position)
+        if isinstance(source, pa.BufferReader):  # in memory: no disk to wait for
+            chunk = source.read_at(size, position)
+        else:
+            chunk = await run_in_threadpool(source.read_at, size, position)
         if not chunk:
             raise OSError("the stored representation ended early")
         position += len(chunk)

@@ -7,7 +7,9 @@ fsync, or a complete S3 upload), so a reader sees it whole or not at all. The en
 compressors are deterministic (no timestamps in gzip headers, fixed levels, single-threaded), so
 two servers that race on a first request publish the same bytes and the race is benign; within
 one process the second request waits for the first. The ETag is derived from the data key and the
-variant name, so it is the same across grants, servers and re-materialisations.
+variant name, so it is the same across grants, servers and re-materialisations. A small
+representation (``SMALL_REPRESENTATION_BYTES``) is not stored at all: it is encoded in memory on
+each request, to the same bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import enum
 import gzip
 import hashlib
+import io
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -36,6 +39,11 @@ from shared.results import (
     variant_object_key,
 )
 
+# A representation of at most this many bytes (before any content coding) is encoded on each
+# request and never stored: encoding it costs less than storing it (a file write, an fsync and a
+# quota charge under the organisation's lock), and its bytes, length and ETag are the same each
+# time. It also bounds the memory such a request holds.
+SMALL_REPRESENTATION_BYTES = 64 * 1024
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
 BROTLI_QUALITY = 5
@@ -131,6 +139,9 @@ def open_representation(
     source = store.open(result_object_key(data_key))
     key = variant_object_key(data_key, representation.variant)
     try:
+        small = _encoded_in_memory(source, representation)
+        if small is not None:
+            return small
         try:
             return store.open(key)
         except ResultGone:
@@ -142,6 +153,26 @@ def open_representation(
                 return _materialise(store, source, key, representation, charge)
     finally:
         source.close()
+
+
+def _encoded_in_memory(
+    source: pa.NativeFile, representation: Representation
+) -> pa.BufferReader | None:
+    """The representation of a small result, encoded in memory; None once it outgrows
+    ``SMALL_REPRESENTATION_BYTES`` (a stored result that large is not even tried)."""
+    if source.size() > SMALL_REPRESENTATION_BYTES:
+        return None
+    raw = io.BytesIO()
+    encoded = 0
+    with _compressed(raw, representation.coding) as target:
+        for chunk in encode_result(
+            source, representation.fmt, compression=representation.compression
+        ):
+            encoded += len(chunk)
+            if encoded > SMALL_REPRESENTATION_BYTES:
+                return None
+            target.write(chunk)
+    return pa.BufferReader(raw.getvalue())
 
 
 def _materialise(

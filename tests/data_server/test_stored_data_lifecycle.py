@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from api_server.services import executions as execution_service
-from data_server import janitor
+from data_server import janitor, representations
 from data_server.app import create_app as create_data_app
 from data_server.engine import QueryFailed, QueryOutcome
 from data_server.worker import Worker
@@ -233,8 +233,10 @@ def test_a_cancel_that_reads_running_after_the_commit_is_409(api, org, worker, m
 
 
 def test_deleting_a_datasource_deletes_its_results_and_schema_and_their_tokens_find_nothing(
-    api, org, worker, data_client
+    api, org, worker, data_client, monkeypatch
 ):
+    # Store even this one-row result's JSON representation, so that its deletion is seen too.
+    monkeypatch.setattr(representations, "SMALL_REPRESENTATION_BYTES", 0)
     ds = api.create_datasource(org.key)
     refresh_id = _row_ids(api, ds["id"])[0]  # creating it queued a refresh
     worker._run(_claim(api, refresh_id))

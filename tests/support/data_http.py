@@ -22,13 +22,13 @@ IDENTITY = {"Accept-Encoding": "identity"}
 ORGANIZATION_ID = "orga-niza-tion"  # the result's and its tokens' organisation
 
 
-def publish_result(store):
+def publish_result(store, rows: int = 50_000):
     data_key = new_data_key(Scope.EXECUTION_RESULT)
     table = pa.table(
         {
-            "id": pa.array(range(50_000), pa.int64()),
-            "amount": pa.array([i * 0.25 for i in range(50_000)], pa.float64()),
-            "name": pa.array([f'name "{i}"' for i in range(50_000)], pa.string()),
+            "id": pa.array(range(rows), pa.int64()),
+            "amount": pa.array([i * 0.25 for i in range(rows)], pa.float64()),
+            "name": pa.array([f'name "{i}"' for i in range(rows)], pa.string()),
         }
     )
     temp = store.temp_path("upload")

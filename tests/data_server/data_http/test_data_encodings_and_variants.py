@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 
 import brotli
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from sqlalchemy import select
 
 from data_server import representations
 from data_server.formats import ResultFormat
+from shared.db.engine import create_metadata_engine
+from shared.db.models import Execution
 from shared.results import (
     VARIANTS,
     delete_stored_data,
@@ -100,6 +104,47 @@ def test_variants_are_stored_once_enumerable_and_deleted_with_the_result(data):
     delete_stored_data(data.store, results=[data.data_key])
     assert stored_variants(data.store, data.data_key) == {}
     assert get_result(data, "csv").status_code == 404
+
+
+def _variants_size(settings, data_key):
+    engine = create_metadata_engine(settings.database_url)
+    with engine.connect() as connection:
+        size = connection.execute(
+            select(Execution.variants_size).where(Execution.data_key == data_key)
+        ).scalar_one()
+    engine.dispose()
+    return size
+
+
+def test_a_small_representation_is_encoded_per_request_and_never_stored(settings):
+    stored = publish_result(open_result_store(settings), rows=100)
+    with data_client(settings, stored) as small:
+        for fmt, headers in [("json", {}), ("csv", {"Accept-Encoding": "gzip"})]:
+            status, sent, body = _raw(small, fmt, headers)
+            assert (status, len(body)) == (200, int(sent["content-length"]))
+            _, sent_again, body_again = _raw(small, fmt, headers)
+            assert (sent_again["etag"], body_again) == (sent["etag"], body)  # the same each time
+            etag = sent["etag"]
+            assert _raw(small, fmt, {**headers, "If-None-Match": etag})[0] == 304
+            ranged = _raw(small, fmt, {**headers, "Range": "bytes=10-29"})
+            assert (ranged[0], ranged[2]) == (206, body[10:30])
+        assert json.loads(get_result(small, "json").content)["row_count"] == 100
+        assert stored_variants(small.store, small.data_key) == {}
+        assert _variants_size(settings, small.data_key) == 0
+
+
+def test_a_small_result_whose_representation_is_not_small_is_stored(settings, monkeypatch):
+    """The Arrow file passes the size gate, but its records JSON (keys on every row) outgrows
+    the limit while it is encoded: it is stored and counted like any other."""
+    store, data_key, table = publish_result(open_result_store(settings), rows=100)
+    limit = store.size(result_object_key(data_key))
+    monkeypatch.setattr(representations, "SMALL_REPRESENTATION_BYTES", limit)
+    with data_client(settings, (store, data_key, table)) as small:
+        body = get_result(small, "records").content
+        assert len(body) > limit
+        variant = representations.Representation(ResultFormat.RECORDS).variant
+        assert stored_variants(store, data_key) == {variant: len(body)}
+        assert _variants_size(settings, data_key) == len(body)
 
 
 def test_a_left_over_variant_of_a_purged_result_is_not_served(data):
