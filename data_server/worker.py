@@ -29,7 +29,7 @@ from data_server.sandbox_pool import SandboxPool
 from data_server.scheduler import Scheduler
 from shared import lifecycle
 from shared.metrics import Metrics
-from shared.notifications import can_listen, listen_for_new_work
+from shared.notifications import Doorbell, can_listen, listen_for_new_work
 from shared.results import ResultStore
 from shared.settings import Settings
 
@@ -67,7 +67,7 @@ class Worker:
         self._running: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._new_work = threading.Event()
+        self._doorbell = Doorbell(limit=executor_count(settings))
         engine = sessions.kw["bind"]
         self._listening = can_listen(engine)
         # With notifications the poll is only a safety net; without them it is the mechanism.
@@ -98,7 +98,7 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, hand running executions back to the queue, and wait for the threads."""
         self._stopping.set()
-        self._new_work.set()
+        self._doorbell.ring(self._doorbell.limit)
         with self._lock:
             running = list(self._running.values())
         for job in running:
@@ -111,22 +111,24 @@ class Worker:
     # ------------------------------------------------------------------ loops
 
     def _execute_loop(self) -> None:
-        """Cleared before each claim, so a notification that arrives while claiming (its row
-        perhaps committed too late to be seen) makes the wait below return at once."""
+        """Claim until nothing may start, then wait for the doorbell (a notification that came
+        while claiming, its row perhaps committed too late to be seen, is a ring kept for this
+        wait). Having claimed, ring for one more executor: more may be queued than notifications
+        said (one transaction queued several, or they came while every executor was busy)."""
         while not self._stopping.is_set():
-            self._new_work.clear()
             try:
                 claim = lifecycle.claim_next(self.sessions, self.worker_id, self.settings)
             except Exception:  # the DB may be briefly unavailable: back off, never die
                 logger.exception("claiming failed")
                 claim = None
             if claim is None:
-                self._new_work.wait(self._idle_wait)
+                self._doorbell.wait(self._idle_wait)
                 continue
+            self._doorbell.ring()
             self._run(claim)
 
     def _listen_loop(self) -> None:
-        listen_for_new_work(self.sessions.kw["bind"], self._new_work, self._stopping)
+        listen_for_new_work(self.sessions.kw["bind"], self._doorbell, self._stopping)
 
     def _heartbeat_loop(self) -> None:
         interval = max(0.2, self.settings.lease_seconds / 3)

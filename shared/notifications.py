@@ -220,41 +220,69 @@ def split_payloads(data: bytes) -> list[str]:
     return lines[:-1]
 
 
-def listen_for_new_work(engine: Engine, wake: threading.Event, stopping: threading.Event) -> None:
-    """Set ``wake`` on every new-work notification until ``stopping`` (a worker's listener
-    thread); after a failure, listen again. ``wake`` is also set whenever listening (re)starts:
-    whatever was announced while nobody listened is looked for once."""
+class Doorbell:
+    """Wakes idle threads one per ring, not all at once: a new execution is then claimed by one
+    executor instead of being raced for by every idle one (each losing racer paid for a claim).
+    Rings that find nobody waiting are kept, at most ``limit`` of them, so a thread that was busy
+    when one came answers it as soon as it waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._rings = 0
+        self._condition = threading.Condition()
+
+    def ring(self, times: int = 1) -> None:
+        with self._condition:
+            self._rings = min(self.limit, self._rings + times)
+            self._condition.notify(times)
+
+    def wait(self, timeout: float) -> bool:
+        """True when a ring woke (or was waiting for) this thread; False after ``timeout``."""
+        with self._condition:
+            if not self._rings:
+                self._condition.wait(timeout)
+            if not self._rings:
+                return False
+            self._rings -= 1
+            return True
+
+
+def listen_for_new_work(engine: Engine, bell: Doorbell, stopping: threading.Event) -> None:
+    """Ring ``bell`` once per new-work notification until ``stopping`` (a worker's listener
+    thread); after a failure, listen again. Whenever listening (re)starts, it rings as often as
+    it may: whatever was announced while nobody listened is looked for."""
     while not stopping.is_set():
         try:
             if engine.dialect.name == "postgresql":
-                _listen_postgres(engine, wake, stopping)
+                _listen_postgres(engine, bell, stopping)
             else:
                 directory = mailbox_directory(engine.url)
                 assert directory is not None  # can_listen(engine) was checked
-                _listen_mailbox(directory, wake, stopping)
+                _listen_mailbox(directory, bell, stopping)
         except Exception as exc:  # the server went away, our connection was cut, a bad socket
             logger.warning("listening for new work failed (%s); again", type(exc).__name__)
             stopping.wait(RECONNECT_SECONDS)
 
 
-def _listen_postgres(engine: Engine, wake: threading.Event, stopping: threading.Event) -> None:
+def _listen_postgres(engine: Engine, bell: Doorbell, stopping: threading.Event) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql(f"LISTEN {Topic.NEW_WORK.value}")
         driver = connection.connection.driver_connection
         assert driver is not None  # an open psycopg connection
-        wake.set()
+        bell.ring(bell.limit)
         while not stopping.is_set():
             for _ in driver.notifies(timeout=0.5, stop_after=1):
-                wake.set()
+                bell.ring()
 
 
-def _listen_mailbox(directory: Path, wake: threading.Event, stopping: threading.Event) -> None:
+def _listen_mailbox(directory: Path, bell: Doorbell, stopping: threading.Event) -> None:
     mailbox = Mailbox(directory, Topic.NEW_WORK)
     try:
-        wake.set()
+        bell.ring(bell.limit)
         while not stopping.is_set():
-            if mailbox.receive(timeout=0.5):
-                wake.set()
+            received = mailbox.receive(timeout=0.5)
+            if received:
+                bell.ring(len(received))
             if not mailbox.path.exists():  # removed from outside: bind a new one
                 raise FileNotFoundError(mailbox.path)
     finally:

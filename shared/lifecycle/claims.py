@@ -99,11 +99,21 @@ def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settin
     ``worker_id`` names the data server: it becomes the lease owner."""
     try:
         with sessions.begin() as session:
+            if not _anything_queued(session):
+                return None
             write_lock_on_sqlite(session)
             return _claim_in(session, worker_id, settings)
     except OperationalError as exc:  # SQLite busy under contention: nothing claimed, try again
         logger.debug("claim contention: %s", type(exc.orig).__name__)
         return None
+
+
+def _anything_queued(session: Session) -> bool:
+    """One index probe, before the ranking and (on SQLite) the database's write lock: most
+    claims find the queue empty (every executor woken by a finished execution asks once). On
+    SQLite this read starts no transaction, so ``BEGIN IMMEDIATE`` may still follow."""
+    probe = select(Execution.id).where(Execution.status == ExecutionStatus.STARTING).limit(1)
+    return session.scalar(probe) is not None
 
 
 def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:
