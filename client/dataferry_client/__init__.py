@@ -28,18 +28,24 @@ from dataferry_client.errors import (
 from dataferry_client.models import (
     ApiKey,
     ConnectionTest,
+    Dashboard,
+    DashboardGroup,
     DataGrant,
     Datasource,
     Execution,
     ExecutionStatus,
+    Filter,
+    FilterOptions,
+    Report,
     SqlSnippet,
 )
 from dataferry_client.result import Result, SaveFormat
 
 __all__ = [
     "ApiError", "ApiKey", "AsyncClient", "AsyncResult", "AuthenticationError", "BadRequest",
-    "Client", "ConfigurationError", "Conflict", "ConnectionTest", "DataGrant", "DataNotAvailable",
-    "DataferryError", "Datasource", "Execution", "ExecutionFailed", "ExecutionStatus",
-    "IncompleteResult", "NotFound", "PermissionDenied", "Progress", "QueryTimeout", "RateLimited",
-    "Result", "SaveFormat", "ServerError", "SqlSnippet", "TransportError", "Unprocessable",
+    "Client", "ConfigurationError", "Conflict", "ConnectionTest", "Dashboard", "DashboardGroup",
+    "DataGrant", "DataNotAvailable", "DataferryError", "Datasource", "Execution",
+    "ExecutionFailed", "ExecutionStatus", "Filter", "FilterOptions", "IncompleteResult",
+    "NotFound", "PermissionDenied", "Progress", "QueryTimeout", "RateLimited", "Report", "Result",
+    "SaveFormat", "ServerError", "SqlSnippet", "TransportError", "Unprocessable",
 ]  # fmt: skip

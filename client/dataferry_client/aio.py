@@ -8,7 +8,8 @@ new data grant it needs is asked for on the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import builtins
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,9 +22,14 @@ from dataferry_client.download import Grants, ProgressCallback, ResultDownload
 from dataferry_client.models import (
     ApiKey,
     ConnectionTest,
+    Dashboard,
+    DashboardGroup,
     DataGrant,
     Datasource,
     Execution,
+    Filter,
+    FilterOptions,
+    Report,
     SqlSnippet,
 )
 from dataferry_client.result import Result
@@ -88,6 +94,10 @@ class AsyncClient:
         self.datasources = AsyncDatasources(self)
         self.executions = AsyncExecutions(self)
         self.snippets = AsyncSnippets(self)
+        self.reports = AsyncReports(self)
+        self.dashboards = AsyncDashboards(self)
+        self.dashboard_groups = AsyncDashboardGroups(self)
+        self.filters = AsyncFilters(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -237,3 +247,178 @@ class AsyncSnippets:
 
     async def delete(self, snippet_id: str) -> None:
         await self._client._drive(ops.delete_snippet(snippet_id))
+
+
+class AsyncReports:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, sort: str | None = None, **filters: Any) -> list[Report]:
+        return await self._client._drive(ops.REPORTS.list(sort, **filters))
+
+    async def get(self, report_id: str) -> Report:
+        return await self._client._drive(ops.REPORTS.get(report_id))
+
+    async def create(
+        self,
+        name: str,
+        sql_query: str,
+        datasource_id: str,
+        *,
+        dashboard_id: str | None = None,
+        **attributes: Any,
+    ) -> Report:
+        related = ops.report_relationships(datasource_id, dashboard_id or ops.UNCHANGED)
+        values = {"name": name, "sql_query": sql_query, **attributes}
+        return await self._client._drive(ops.REPORTS.create(values, related))
+
+    async def update(
+        self,
+        report_id: str,
+        *,
+        datasource_id: str | None = None,
+        dashboard_id: str | ops.Unchanged | None = ops.UNCHANGED,
+        **attributes: Any,
+    ) -> Report:
+        related = ops.report_relationships(datasource_id or ops.UNCHANGED, dashboard_id)
+        return await self._client._drive(ops.REPORTS.update(report_id, attributes, related))
+
+    async def delete(self, report_id: str) -> None:
+        await self._client._drive(ops.REPORTS.delete(report_id))
+
+    async def run(
+        self,
+        report_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        wait: float = 0,
+    ) -> Execution:
+        return await self._client._drive(
+            ops.run_report(report_id, parameters, refresh, idempotency_key, wait)
+        )
+
+
+class AsyncDashboards:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, sort: str | None = None, **filters: Any) -> list[Dashboard]:
+        return await self._client._drive(ops.DASHBOARDS.list(sort, **filters))
+
+    async def get(self, dashboard_id: str) -> Dashboard:
+        return await self._client._drive(ops.DASHBOARDS.get(dashboard_id))
+
+    async def create(self, name: str, **attributes: Any) -> Dashboard:
+        return await self._client._drive(ops.DASHBOARDS.create({"name": name, **attributes}))
+
+    async def update(self, dashboard_id: str, **attributes: Any) -> Dashboard:
+        return await self._client._drive(ops.DASHBOARDS.update(dashboard_id, attributes))
+
+    async def delete(self, dashboard_id: str) -> None:
+        await self._client._drive(ops.DASHBOARDS.delete(dashboard_id))
+
+    async def run(
+        self,
+        dashboard_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        refresh: bool = False,
+    ) -> builtins.list[Execution]:  # ``list`` is the method above
+        return await self._client._drive(ops.run_dashboard(dashboard_id, parameters, refresh))
+
+    async def backup(self, dashboard_id: str) -> dict[str, Any]:
+        return await self._client._drive(ops.backup_dashboard(dashboard_id))
+
+    async def restore(
+        self, backup: Mapping[str, Any], datasource_map: Mapping[str, str] | None = None
+    ) -> Dashboard:
+        return await self._client._drive(ops.restore_dashboard(backup, datasource_map))
+
+
+class AsyncDashboardGroups:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, sort: str | None = None, **filters: Any) -> list[DashboardGroup]:
+        return await self._client._drive(ops.DASHBOARD_GROUPS.list(sort, **filters))
+
+    async def get(self, group_id: str) -> DashboardGroup:
+        return await self._client._drive(ops.DASHBOARD_GROUPS.get(group_id))
+
+    async def create(
+        self, name: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
+    ) -> DashboardGroup:
+        related = ops.group_relationships(dashboard_ids)
+        values = {"name": name, **attributes}
+        return await self._client._drive(ops.DASHBOARD_GROUPS.create(values, related))
+
+    async def update(
+        self, group_id: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
+    ) -> DashboardGroup:
+        related = ops.group_relationships(dashboard_ids)
+        return await self._client._drive(ops.DASHBOARD_GROUPS.update(group_id, attributes, related))
+
+    async def delete(self, group_id: str) -> None:
+        await self._client._drive(ops.DASHBOARD_GROUPS.delete(group_id))
+
+
+class AsyncFilters:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self, sort: str | None = None, **filters: Any) -> list[Filter]:
+        return await self._client._drive(ops.FILTERS.list(sort, **filters))
+
+    async def get(self, filter_id: str) -> Filter:
+        return await self._client._drive(ops.FILTERS.get(filter_id))
+
+    async def create(
+        self,
+        name: str,
+        variable_name: str,
+        control_type: str,
+        value_type: str,
+        *,
+        datasource_id: str | None = None,
+        **attributes: Any,
+    ) -> Filter:
+        related = ops.filter_relationships(datasource_id or ops.UNCHANGED)
+        values = {
+            "name": name,
+            "variable_name": variable_name,
+            "control_type": control_type,
+            "value_type": value_type,
+            **attributes,
+        }
+        return await self._client._drive(ops.FILTERS.create(values, related))
+
+    async def update(
+        self,
+        filter_id: str,
+        *,
+        datasource_id: str | ops.Unchanged | None = ops.UNCHANGED,
+        **attributes: Any,
+    ) -> Filter:
+        related = ops.filter_relationships(datasource_id)
+        return await self._client._drive(ops.FILTERS.update(filter_id, attributes, related))
+
+    async def delete(self, filter_id: str) -> None:
+        await self._client._drive(ops.FILTERS.delete(filter_id))
+
+    async def refresh(self, filter_id: str) -> Filter:
+        return await self._client._drive(ops.refresh_filter(filter_id))
+
+    async def options(
+        self,
+        filter_id: str,
+        *,
+        page: int | None = None,
+        page_size: int | None = None,
+        search: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> FilterOptions:
+        return await self._client._drive(
+            ops.filter_options(filter_id, page, page_size, search, parameters)
+        )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import builtins
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from dataferry_client import operations as ops
@@ -11,9 +12,14 @@ from dataferry_client.download import Grants, Progress, ProgressCallback, Result
 from dataferry_client.models import (
     ApiKey,
     ConnectionTest,
+    Dashboard,
+    DashboardGroup,
     DataGrant,
     Datasource,
     Execution,
+    Filter,
+    FilterOptions,
+    Report,
     SqlSnippet,
 )
 from dataferry_client.result import Result
@@ -58,6 +64,10 @@ class Client:
         self.datasources = Datasources(self)
         self.executions = Executions(self)
         self.snippets = Snippets(self)
+        self.reports = Reports(self)
+        self.dashboards = Dashboards(self)
+        self.dashboard_groups = DashboardGroups(self)
+        self.filters = Filters(self)
 
     def __enter__(self) -> Client:
         return self
@@ -214,3 +224,199 @@ class Snippets:
 
     def delete(self, snippet_id: str) -> None:
         self._client._drive(ops.delete_snippet(snippet_id))
+
+
+class Reports:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, sort: str | None = None, **filters: Any) -> list[Report]:
+        """``filters`` are ``filter[...]``: name, datasource (an id), dashboard (an id)."""
+        return self._client._drive(ops.REPORTS.list(sort, **filters))
+
+    def get(self, report_id: str) -> Report:
+        return self._client._drive(ops.REPORTS.get(report_id))
+
+    def create(
+        self,
+        name: str,
+        sql_query: str,
+        datasource_id: str,
+        *,
+        dashboard_id: str | None = None,
+        **attributes: Any,
+    ) -> Report:
+        related = ops.report_relationships(datasource_id, dashboard_id or ops.UNCHANGED)
+        values = {"name": name, "sql_query": sql_query, **attributes}
+        return self._client._drive(ops.REPORTS.create(values, related))
+
+    def update(
+        self,
+        report_id: str,
+        *,
+        datasource_id: str | None = None,
+        dashboard_id: str | ops.Unchanged | None = ops.UNCHANGED,
+        **attributes: Any,
+    ) -> Report:
+        """Only what is given changes; ``dashboard_id=None`` takes the report off its dashboard."""
+        related = ops.report_relationships(datasource_id or ops.UNCHANGED, dashboard_id)
+        return self._client._drive(ops.REPORTS.update(report_id, attributes, related))
+
+    def delete(self, report_id: str) -> None:
+        self._client._drive(ops.REPORTS.delete(report_id))
+
+    def run(
+        self,
+        report_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        wait: float = 0,
+    ) -> Execution:
+        """Queue the report's SQL (or reuse a recent execution: ``refresh`` refuses that);
+        ``wait`` seconds (at most 30) to answer once it ended, with its data grant."""
+        return self._client._drive(
+            ops.run_report(report_id, parameters, refresh, idempotency_key, wait)
+        )
+
+
+class Dashboards:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, sort: str | None = None, **filters: Any) -> list[Dashboard]:
+        """``filters`` are ``filter[...]``: name."""
+        return self._client._drive(ops.DASHBOARDS.list(sort, **filters))
+
+    def get(self, dashboard_id: str) -> Dashboard:
+        return self._client._drive(ops.DASHBOARDS.get(dashboard_id))
+
+    def create(self, name: str, **attributes: Any) -> Dashboard:
+        return self._client._drive(ops.DASHBOARDS.create({"name": name, **attributes}))
+
+    def update(self, dashboard_id: str, **attributes: Any) -> Dashboard:
+        return self._client._drive(ops.DASHBOARDS.update(dashboard_id, attributes))
+
+    def delete(self, dashboard_id: str) -> None:
+        """Its reports go with it."""
+        self._client._drive(ops.DASHBOARDS.delete(dashboard_id))
+
+    def run(
+        self,
+        dashboard_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        refresh: bool = False,
+    ) -> builtins.list[Execution]:  # ``list`` is the method above
+        """Run every report of the dashboard: one execution each, oldest report first."""
+        return self._client._drive(ops.run_dashboard(dashboard_id, parameters, refresh))
+
+    def backup(self, dashboard_id: str) -> dict[str, Any]:
+        """The backup document (docs/dashboard-backups.md)."""
+        return self._client._drive(ops.backup_dashboard(dashboard_id))
+
+    def restore(
+        self, backup: Mapping[str, Any], datasource_map: Mapping[str, str] | None = None
+    ) -> Dashboard:
+        """A new dashboard from ``backup``; ``datasource_map`` maps each of its datasources'
+        ``ref`` to a datasource id (None: each onto itself)."""
+        return self._client._drive(ops.restore_dashboard(backup, datasource_map))
+
+
+class DashboardGroups:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, sort: str | None = None, **filters: Any) -> list[DashboardGroup]:
+        """``filters`` are ``filter[...]``: name."""
+        return self._client._drive(ops.DASHBOARD_GROUPS.list(sort, **filters))
+
+    def get(self, group_id: str) -> DashboardGroup:
+        return self._client._drive(ops.DASHBOARD_GROUPS.get(group_id))
+
+    def create(
+        self, name: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
+    ) -> DashboardGroup:
+        related = ops.group_relationships(dashboard_ids)
+        values = {"name": name, **attributes}
+        return self._client._drive(ops.DASHBOARD_GROUPS.create(values, related))
+
+    def update(
+        self, group_id: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
+    ) -> DashboardGroup:
+        """``dashboard_ids``, when given, replaces the group's dashboards."""
+        related = ops.group_relationships(dashboard_ids)
+        return self._client._drive(ops.DASHBOARD_GROUPS.update(group_id, attributes, related))
+
+    def delete(self, group_id: str) -> None:
+        """Its dashboards stay."""
+        self._client._drive(ops.DASHBOARD_GROUPS.delete(group_id))
+
+
+class Filters:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, sort: str | None = None, **filters: Any) -> list[Filter]:
+        """``filters`` are ``filter[...]``: name, variable_name, control_type, options_source,
+        datasource (an id)."""
+        return self._client._drive(ops.FILTERS.list(sort, **filters))
+
+    def get(self, filter_id: str) -> Filter:
+        return self._client._drive(ops.FILTERS.get(filter_id))
+
+    def create(
+        self,
+        name: str,
+        variable_name: str,
+        control_type: str,
+        value_type: str,
+        *,
+        datasource_id: str | None = None,
+        **attributes: Any,
+    ) -> Filter:
+        """``datasource_id``: where ``options_sql_query`` runs (SQL options need one)."""
+        related = ops.filter_relationships(datasource_id or ops.UNCHANGED)
+        values = {
+            "name": name,
+            "variable_name": variable_name,
+            "control_type": control_type,
+            "value_type": value_type,
+            **attributes,
+        }
+        return self._client._drive(ops.FILTERS.create(values, related))
+
+    def update(
+        self,
+        filter_id: str,
+        *,
+        datasource_id: str | ops.Unchanged | None = ops.UNCHANGED,
+        **attributes: Any,
+    ) -> Filter:
+        """Only what is given changes; ``datasource_id=None`` leaves it without a datasource."""
+        related = ops.filter_relationships(datasource_id)
+        return self._client._drive(ops.FILTERS.update(filter_id, attributes, related))
+
+    def delete(self, filter_id: str) -> None:
+        self._client._drive(ops.FILTERS.delete(filter_id))
+
+    def refresh(self, filter_id: str) -> Filter:
+        """Run a ``static_sql`` filter's SQL again (``status`` ``pending`` until copied)."""
+        return self._client._drive(ops.refresh_filter(filter_id))
+
+    def options(
+        self,
+        filter_id: str,
+        *,
+        page: int | None = None,
+        page_size: int | None = None,
+        search: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> FilterOptions:
+        """A page of the drop-down's options; ``parameters`` (Run Execution's, the other
+        filters' values) feed ``dynamic_sql`` options. Options not there yet: ``Conflict``
+        with code ``filter_options_pending`` (ask again in a second)."""
+        return self._client._drive(
+            ops.filter_options(filter_id, page, page_size, search, parameters)
+        )

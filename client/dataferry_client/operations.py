@@ -6,12 +6,13 @@ URL, body and parsing are written once. A generator never does I/O itself.
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from dataferry_client.errors import (
     DataNotAvailable,
@@ -23,14 +24,21 @@ from dataferry_client.errors import (
 from dataferry_client.models import (
     ApiKey,
     ConnectionTest,
+    Dashboard,
+    DashboardGroup,
     DataGrant,
     Datasource,
     Execution,
     ExecutionStatus,
+    Filter,
+    FilterOptions,
+    Report,
+    Resource,
     SqlSnippet,
 )
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Resource)
 JSON_API = "application/vnd.api+json"
 MAX_WAIT_SECONDS = 30  # the server's cap on ?wait
 PAGE_SIZE = 100
@@ -72,11 +80,47 @@ Operation = Generator[Call, Reply, T]
 PollCallback = Callable[[Execution, float], None]
 
 
-def _document(type_: str, attributes: Mapping[str, Any], id_: str | None = None) -> dict[str, Any]:
+class Unchanged(enum.Enum):
+    """The default of a to-one relationship that an update leaves as it is (None sets it to
+    null)."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+
+
+def _document(
+    type_: str,
+    attributes: Mapping[str, Any],
+    id_: str | None = None,
+    relationships: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     data: dict[str, Any] = {"type": type_, "attributes": dict(attributes)}
     if id_ is not None:
         data["id"] = id_
+    if relationships:
+        data["relationships"] = dict(relationships)
     return {"data": data}
+
+
+def _to_one(name: str, type_: str, id_: str | Unchanged | None) -> dict[str, Any]:
+    """``{name: relationship object}``, or nothing when the relationship is left unchanged."""
+    if id_ is UNCHANGED:
+        return {}
+    return {name: {"data": None if id_ is None else {"type": type_, "id": id_}}}
+
+
+def _to_many(name: str, type_: str, ids: Sequence[str] | None) -> dict[str, Any]:
+    """``{name: relationship object}`` replacing the linked set, or nothing when ``ids`` is None."""
+    if ids is None:
+        return {}
+    return {name: {"data": [{"type": type_, "id": id_} for id_ in ids]}}
+
+
+def _run_body(parameters: Mapping[str, Any] | None, refresh: bool) -> dict[str, Any]:
+    """A report's or dashboard's run: Run Execution's parameters, and whether to refuse reuse."""
+    return {"parameters": dict(parameters or {}), "refresh": refresh}
 
 
 def _collection(path: str, params: Mapping[str, Any]) -> Operation[list[dict[str, Any]]]:
@@ -324,3 +368,160 @@ def update_snippet(snippet_id: str, attributes: Mapping[str, Any]) -> Operation[
 
 def delete_snippet(snippet_id: str) -> Operation[None]:
     yield Call("DELETE", f"/sql_snippets/{snippet_id}", expect=(204,))
+
+
+# ---------------------------------------------------------------------------- JSON:API resources
+
+
+@dataclass(frozen=True)
+class Resources(Generic[R]):
+    """List, get, create, update and delete of one JSON:API resource type at ``/{type_name}``."""
+
+    type_name: str
+    model: type[R]
+
+    def list(self, sort: str | None = None, **filters: Any) -> Operation[list[R]]:
+        resources = yield from _collection(f"/{self.type_name}", _filters(filters, sort))
+        return [self.model.from_resource(r) for r in resources]
+
+    def get(self, id_: str) -> Operation[R]:
+        reply = yield Call("GET", f"/{self.type_name}/{id_}")
+        return self.model.from_resource(reply.json()["data"])
+
+    def create(
+        self, attributes: Mapping[str, Any], relationships: Mapping[str, Any] | None = None
+    ) -> Operation[R]:
+        body = _document(self.type_name, attributes, relationships=relationships)
+        reply = yield Call("POST", f"/{self.type_name}", body=body, expect=(201,))
+        return self.model.from_resource(reply.json()["data"])
+
+    def update(
+        self,
+        id_: str,
+        attributes: Mapping[str, Any],
+        relationships: Mapping[str, Any] | None = None,
+    ) -> Operation[R]:
+        body = _document(self.type_name, attributes, id_, relationships)
+        reply = yield Call("PATCH", f"/{self.type_name}/{id_}", body=body)
+        return self.model.from_resource(reply.json()["data"])
+
+    def delete(self, id_: str) -> Operation[None]:
+        yield Call("DELETE", f"/{self.type_name}/{id_}", expect=(204,))
+
+
+REPORTS = Resources("reports", Report)
+DASHBOARDS = Resources("dashboards", Dashboard)
+DASHBOARD_GROUPS = Resources("dashboard_groups", DashboardGroup)
+FILTERS = Resources("filters", Filter)
+
+
+def report_relationships(
+    datasource_id: str | Unchanged | None, dashboard_id: str | Unchanged | None
+) -> dict[str, Any]:
+    """What a report's create or update sends of its datasource and dashboard."""
+    return _to_one("datasource", "datasources", datasource_id) | _to_one(
+        "dashboard", "dashboards", dashboard_id
+    )
+
+
+def filter_relationships(datasource_id: str | Unchanged | None) -> dict[str, Any]:
+    return _to_one("datasource", "datasources", datasource_id)
+
+
+def group_relationships(dashboard_ids: Sequence[str] | None) -> dict[str, Any]:
+    """The group's dashboards from now on (None: unchanged)."""
+    return _to_many("dashboards", "dashboards", dashboard_ids)
+
+
+# ---------------------------------------------------------------------------- running reports
+
+
+def run_report(
+    report_id: str,
+    parameters: Mapping[str, Any] | None = None,
+    refresh: bool = False,
+    idempotency_key: str | None = None,
+    wait: float = 0,
+) -> Operation[Execution]:
+    """Run Execution for the report's SQL, its parameters merged over its dashboard's defaults;
+    the execution may be an earlier one, reused (``reused``). With ``wait`` (at most 30 s) the
+    answer comes once it ended or ``wait`` passed, a completed one with its grant."""
+    reply = yield Call(
+        "POST",
+        f"/reports/{report_id}/executions",
+        params={"wait": f"{wait:g}"} if wait > 0 else None,
+        body=_run_body(parameters, refresh),
+        content_type="application/json",
+        headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+        read_timeout=wait + 30 if wait > 0 else None,
+    )
+    return Execution.from_document(reply.json())
+
+
+def run_dashboard(
+    dashboard_id: str, parameters: Mapping[str, Any] | None = None, refresh: bool = False
+) -> Operation[list[Execution]]:
+    """Every report of the dashboard run at once: one execution each, queued or reused."""
+    reply = yield Call(
+        "POST",
+        f"/dashboards/{dashboard_id}/executions",
+        body=_run_body(parameters, refresh),
+        content_type="application/json",
+    )
+    return [Execution.from_resource(r) for r in reply.json()["data"]]
+
+
+# ---------------------------------------------------------------------------- dashboard backups
+
+
+def backup_dashboard(dashboard_id: str) -> Operation[dict[str, Any]]:
+    """The backup document (docs/dashboard-backups.md), as plain JSON."""
+    reply = yield Call("POST", f"/dashboards/{dashboard_id}/backup")
+    document: dict[str, Any] = reply.json()
+    return document
+
+
+def restore_dashboard(
+    backup: Mapping[str, Any], datasource_map: Mapping[str, str] | None = None
+) -> Operation[Dashboard]:
+    """A new dashboard from a backup, its datasources mapped ``ref`` → datasource id (None:
+    each onto itself, as a restore in the organisation the backup came from would)."""
+    if datasource_map is None:
+        datasource_map = {d["ref"]: d["ref"] for d in backup.get("datasources", [])}
+    reply = yield Call(
+        "POST",
+        "/dashboards/restore",
+        body={"backup": dict(backup), "datasource_map": dict(datasource_map)},
+        content_type="application/json",
+        expect=(201,),
+    )
+    return Dashboard.from_resource(reply.json()["data"])
+
+
+# ---------------------------------------------------------------------------- filter options
+
+
+def refresh_filter(filter_id: str) -> Operation[Filter]:
+    """Runs a ``static_sql`` filter's SQL again; the filter answers ``status`` ``pending``."""
+    reply = yield Call("POST", f"/filters/{filter_id}/refresh")
+    return Filter.from_resource(reply.json()["data"])
+
+
+def filter_options(
+    filter_id: str,
+    page: int | None = None,
+    page_size: int | None = None,
+    search: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> Operation[FilterOptions]:
+    """One page of Get Drop-Down Filter Options; ``parameters`` (Run Execution's: the other
+    filters' values) are what ``dynamic_sql`` options run with."""
+    given = {
+        "page[number]": page,
+        "page[size]": page_size,
+        "search": search,
+        "parameters": None if parameters is None else json.dumps(dict(parameters)),
+    }
+    params = {name: value for name, value in given.items() if value is not None}
+    reply = yield Call("GET", f"/filters/{filter_id}/options", params=params or None)
+    return FilterOptions.from_json(reply.json())
