@@ -109,8 +109,12 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
         report_id=run.report_id,
         reuse_key=key,
     )
-    with session.begin_nested():
+    if run.idempotency_key is None:  # nothing it could collide with: no savepoint to pay for
         session.add(execution)
+        session.flush()
+    else:
+        with session.begin_nested():
+            session.add(execution)
     announce_new_work(session)
     return QueuedRun(execution)
 
