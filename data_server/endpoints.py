@@ -72,9 +72,7 @@ _REPRESENTATION_HEADERS = {
     "ETag": "Strong; the same for the same data, format, options and content coding, whatever "
     "the grant.",
     "Accept-Ranges": "`bytes` for a whole result; `none` for a row window.",
-    "Content-Length": "The length of the body; absent for a row window and for the first plain "
-    "`GET` of a representation not yet stored (of more than 64 KiB), both sent as they are "
-    "encoded. `HEAD`, ranges and later requests have it.",
+    "Content-Length": "The length of the body (absent for a row window, which is streamed).",
     "Content-Encoding": "gzip, zstd or br when negotiated (text formats only).",
 }
 
@@ -239,31 +237,18 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
                 session, state.settings, grant.organization_id, data_key, size
             )
 
+    source = await run_in_threadpool(
+        representations.open_representation, store, data_key, representation, charge
+    )
     if coding is not representations.ContentCoding.IDENTITY:
         headers["Content-Encoding"] = coding.value
-    etag = representation.etag(data_key)
-    if _whole_body_asked(request):
-        source = await run_in_threadpool(
-            representations.open_ready, store, data_key, representation
-        )
-        if source is None:  # to be encoded: sent as it is encoded (no length yet), and kept
-            chunks = representations.stream_while_storing(store, data_key, representation, charge)
-            headers |= {"ETag": etag, "Accept-Ranges": "bytes"}
-            return StreamingResponse(chunks, media_type=fmt.content_type, headers=headers)
-    else:
-        source = await run_in_threadpool(
-            representations.open_representation, store, data_key, representation, charge
-        )
     return ranges.object_response(
-        request, source, etag=etag, media_type=fmt.content_type, headers=headers
+        request,
+        source,
+        etag=representation.etag(data_key),
+        media_type=fmt.content_type,
+        headers=headers,
     )
-
-
-def _whole_body_asked(request: Request) -> bool:
-    """A plain GET: no range and no condition, which need the representation's length or an
-    answer about it before the first byte."""
-    conditional = ("range", "if-range", "if-none-match")
-    return request.method == "GET" and not any(name in request.headers for name in conditional)
 
 
 async def _window_response(

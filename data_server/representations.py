@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import brotli
 import pyarrow as pa
@@ -134,13 +134,18 @@ def open_representation(
 
     ``charge(size)`` counts a new representation in the organisation's storage quota before it
     is stored; when it refuses (no room), the bytes are served from scratch space this once and
-    not kept."""
-    ready = open_ready(store, data_key, representation)
-    if ready is not None:
-        return ready
-    key = variant_object_key(data_key, representation.variant)
+    not kept. The Arrow file is checked first: a purged result is gone even if a variant written
+    by a request racing the purge is left over (the orphan sweep removes that)."""
     source = store.open(result_object_key(data_key))
+    key = variant_object_key(data_key, representation.variant)
     try:
+        small = _encoded_in_memory(source, representation)
+        if small is not None:
+            return small
+        try:
+            return store.open(key)
+        except ResultGone:
+            pass
         with _one_at_a_time(key):
             try:
                 return store.open(key)
@@ -148,78 +153,6 @@ def open_representation(
                 return _materialise(store, source, key, representation, charge)
     finally:
         source.close()
-
-
-def open_ready(
-    store: ResultStore, data_key: str, representation: Representation
-) -> pa.NativeFile | None:
-    """The representation if it can be read at once: a small one (encoded in memory) or one
-    already stored; None when it is still to be encoded. The Arrow file is checked first (a
-    ``ResultGone`` when it is): a purged result is gone even if a variant written by a request
-    racing the purge is left over (the orphan sweep removes that)."""
-    source = store.open(result_object_key(data_key))
-    try:
-        small = _encoded_in_memory(source, representation)
-        if small is not None:
-            return small
-        try:
-            return store.open(variant_object_key(data_key, representation.variant))
-        except ResultGone:
-            return None
-    finally:
-        source.close()
-
-
-def stream_while_storing(
-    store: ResultStore,
-    data_key: str,
-    representation: Representation,
-    charge: Callable[[int], bool],
-) -> Iterator[bytes]:
-    """The representation's bytes as they are encoded, kept in scratch space meanwhile and, once
-    complete, stored like ``open_representation`` stores them: its first reader gets the first
-    byte at once instead of after the whole encoding. Closing the iterator early (the reader
-    went away) stores nothing. Not under the per-variant lock, so that a slow reader holds up
-    no other: a request racing this one encodes the same bytes and stores them once."""
-    key = variant_object_key(data_key, representation.variant)
-    source = store.open(result_object_key(data_key))
-    temp = store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}")
-    try:
-        with open(temp, "wb") as raw:
-            tee = _Tee(raw)
-            # The compressors use only write and flush, which a _Tee has.
-            with _compressed(cast(IO[bytes], tee), representation.coding) as target:
-                for chunk in encode_result(
-                    source, representation.fmt, compression=representation.compression
-                ):
-                    target.write(chunk)
-                    yield from tee.drain()
-            yield from tee.drain()  # what the compressor wrote when it finished
-        if store.size(key) is None and charge(temp.stat().st_size):
-            store.publish(temp, key)
-    finally:
-        source.close()
-        temp.unlink(missing_ok=True)
-
-
-class _Tee:
-    """Writes go to the file and are also kept, for the generator to hand on."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self._parts: list[bytes] = []
-
-    def write(self, data: Any) -> int:
-        self._raw.write(data)
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-    def drain(self) -> list[bytes]:
-        parts, self._parts = self._parts, []
-        return parts
 
 
 def _encoded_in_memory(
