@@ -7,9 +7,10 @@ Baseline: in-process DuckDB streaming the result as Arrow batches. Then:
    (the data server's code path minus the socket and the store);
 2. a real data server (``python -m data_server serve --no-workers``) on 127.0.0.1, the result
    published into its store and a token minted from its keys: each format fetched whole twice
-   (the first fetch is sent as it is encoded and then stored, the second serves the stored
-   one), with and without ``Accept-Encoding`` / ``?compression=``; rate, when the first byte
-   of the first fetch came (as a share of its whole time), bytes on the wire;
+   (the first fetch materialises the representation, the second serves the stored one), with
+   and without ``Accept-Encoding`` / ``?compression=``; rate, when the first byte of the first
+   fetch came (as a share of its whole time: the time to first byte a reader of a fresh result
+   sees), bytes on the wire;
 3. with ``--memory-rows``: two clients fetching one large result as JSON at once, the data
    server's RSS growth sampled from /proc (the issue's "1 GB result" figure).
 """
@@ -212,7 +213,7 @@ def _fetch(url: str, token: str, params: dict, headers: dict) -> tuple[float, fl
 def served(server: DataServer, path: Path, rows: int, baseline: float) -> None:
     data_key, token = server.publish(path)
     url = f"{server.url}/data/{data_key}"
-    print("\nserved by a real data server (first fetch sent as encoded and kept; then as stored):")
+    print("\nserved by a real data server (first fetch materialises, then served as stored):")
     for fmt, params, headers in SERVED:
         label = fmt + "".join(f" {v}" for v in [*params.values(), *headers.values()])
         first, first_byte, size = _fetch(url, token, {"format": fmt, **params}, headers)
