@@ -26,7 +26,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from data_server import json_text
-from data_server.formats import ArrowCompression, ResultFormat
+from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
 
 CHUNK_BYTES = 256 * 1024
 SLICE_BYTES = 4 * 1024 * 1024
@@ -36,13 +36,34 @@ SLICE_BYTES = 4 * 1024 * 1024
 
 
 def _batches(
-    reader: pa.ipc.RecordBatchFileReader, offset: int, limit: int | None
+    reader: pa.ipc.RecordBatchFileReader,
+    offset: int,
+    limit: int | None,
+    slice_bytes: int,
+    as_text: bool,
 ) -> Iterator[pa.RecordBatch]:
-    """Rows ``[offset, offset + limit)`` in slices of at most about ``SLICE_BYTES``."""
+    """Rows ``[offset, offset + limit)`` in slices of at most about ``slice_bytes``, counted as
+    a text format will spell them out when ``as_text`` (Arrow and Parquet keep their batches'
+    layout, which their bytes depend on)."""
     for batch in _window(reader, offset, limit):
-        rows = max(1, batch.num_rows * SLICE_BYTES // max(1, batch.get_total_buffer_size()))
+        size = _text_bytes(batch) if as_text else batch.get_total_buffer_size()
+        rows = max(1, batch.num_rows * slice_bytes // max(1, size))
         for start in range(0, batch.num_rows, rows):
             yield batch.slice(start, rows)
+
+
+def _text_bytes(batch: pa.RecordBatch) -> int:
+    """A bound on what a text format makes of the batch, beyond its Arrow buffers: each row of a
+    dictionary column spelled out (a few kilobytes of Arrow can hold gigabytes of repeated long
+    values), and each row's column names (records and NDJSON repeat them; null and boolean
+    columns hold next to nothing in Arrow)."""
+    size = batch.get_total_buffer_size()
+    size += batch.num_rows * sum(len(name.encode()) + 8 for name in batch.schema.names)
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type) and len(column.dictionary):
+            value_bytes = column.dictionary.get_total_buffer_size() / len(column.dictionary)
+            size += int(value_bytes * len(column))
+    return size
 
 
 def _window(
@@ -73,10 +94,12 @@ def encode_result(
     offset: int = 0,
     limit: int | None = None,
     compression: ArrowCompression = ArrowCompression.NONE,
+    slice_bytes: int = SLICE_BYTES,
 ) -> Iterator[bytes]:
-    """Encoded chunks of the result; opening the file happens on the first ``next()``."""
+    """Encoded chunks of the result; opening the file happens on the first ``next()``. A
+    smaller ``slice_bytes`` makes the encoding stoppable after less work."""
     reader = pa.ipc.open_file(source)
-    batches = _batches(reader, offset, limit)
+    batches = _batches(reader, offset, limit, slice_bytes, as_text=fmt in TEXT_FORMATS)
     if fmt is ResultFormat.ARROW:
         yield from _coalesce(_arrow(reader.schema, batches, compression.codec))
         return

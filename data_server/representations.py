@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def open_representation(
     source = store.open(result_object_key(data_key))
     key = variant_object_key(data_key, representation.variant)
     try:
-        small = _encoded_in_memory(source, representation)
+        small = _encoded_in_memory(source, key, representation)
         if small is not None:
             return small
         try:
@@ -155,21 +156,52 @@ def open_representation(
         source.close()
 
 
+class _RecentKeys:
+    """The last ``capacity`` keys added, for a membership test."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+            while len(self._keys) > self._capacity:
+                self._keys.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._keys
+
+
+# Variants that turned out larger than the in-memory limit: served from the store from then on,
+# so a small result whose text is large (long repeated values) is encoded in memory only until
+# it is known not to fit, not on every request.
+_outgrown = _RecentKeys(10_000)
+
+
 def _encoded_in_memory(
-    source: pa.NativeFile, representation: Representation
+    source: pa.NativeFile, key: str, representation: Representation
 ) -> pa.BufferReader | None:
-    """The representation of a small result, encoded in memory; None once it outgrows
-    ``SMALL_REPRESENTATION_BYTES`` (a stored result that large is not even tried)."""
-    if source.size() > SMALL_REPRESENTATION_BYTES:
+    """The representation of a small result, encoded in memory; None when the stored result
+    itself is larger than ``SMALL_REPRESENTATION_BYTES`` or the representation outgrows it
+    (checked after every slice of about that size, so stopping costs little; remembered)."""
+    if source.size() > SMALL_REPRESENTATION_BYTES or key in _outgrown:
         return None
     raw = io.BytesIO()
     encoded = 0
     with _compressed(raw, representation.coding) as target:
         for chunk in encode_result(
-            source, representation.fmt, compression=representation.compression
+            source,
+            representation.fmt,
+            compression=representation.compression,
+            slice_bytes=SMALL_REPRESENTATION_BYTES,
         ):
             encoded += len(chunk)
             if encoded > SMALL_REPRESENTATION_BYTES:
+                _outgrown.add(key)
                 return None
             target.write(chunk)
     return pa.BufferReader(raw.getvalue())

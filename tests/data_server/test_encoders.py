@@ -185,10 +185,25 @@ def test_column_wise_json_text_equals_the_value_by_value_mapping(tmp_path):
     assert records == [json.loads(line) for line in _value_by_value(path, keys=True).splitlines()]
 
 
-def test_slices_are_bounded_by_bytes_not_rows(tmp_path):
+@pytest.mark.parametrize("as_text", [False, True])
+def test_slices_are_bounded_by_bytes_not_rows(tmp_path, as_text):
     path = _store(tmp_path, "SELECT repeat('x', 1000) || range AS wide FROM range(20000)", 20000)
     reader = pa.ipc.open_file(pa.OSFile(path, "rb"))
-    slices = list(encoders._batches(reader, 0, None))
+    slices = list(encoders._batches(reader, 0, None, encoders.SLICE_BYTES, as_text))
     assert len(slices) > 1
     assert sum(s.num_rows for s in slices) == 20000
     assert max(s.nbytes for s in slices) <= 2 * encoders.SLICE_BYTES
+
+
+def test_text_slices_count_dictionary_values_spelled_out(tmp_path):
+    """50,000 rows of one 1,000-character value: 200 KB of Arrow, 50 MB once spelled out. A text
+    format gets slices of a few megabytes of text; Arrow keeps the batch as stored."""
+    path = tmp_path / "dictionary.arrow"
+    table = pa.table({"v": pa.array(["x" * 1000] * 50_000).dictionary_encode()})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
+    as_text = list(encoders._batches(reader, 0, None, encoders.SLICE_BYTES, as_text=True))
+    spelled_out = [s.column(0).dictionary_decode().nbytes for s in as_text]
+    assert len(as_text) > 10 and max(spelled_out) <= 2 * encoders.SLICE_BYTES
+    assert len(list(encoders._batches(reader, 0, None, encoders.SLICE_BYTES, as_text=False))) == 1

@@ -22,15 +22,17 @@ IDENTITY = {"Accept-Encoding": "identity"}
 ORGANIZATION_ID = "orga-niza-tion"  # the result's and its tokens' organisation
 
 
-def publish_result(store, rows: int = 50_000):
+def publish_result(store, rows: int = 50_000, table: pa.Table | None = None):
+    """``table`` (by default ``rows`` rows of three columns) stored as a worker stores a result."""
     data_key = new_data_key(Scope.EXECUTION_RESULT)
-    table = pa.table(
-        {
-            "id": pa.array(range(rows), pa.int64()),
-            "amount": pa.array([i * 0.25 for i in range(rows)], pa.float64()),
-            "name": pa.array([f'name "{i}"' for i in range(rows)], pa.string()),
-        }
-    )
+    if table is None:
+        table = pa.table(
+            {
+                "id": pa.array(range(rows), pa.int64()),
+                "amount": pa.array([i * 0.25 for i in range(rows)], pa.float64()),
+                "name": pa.array([f'name "{i}"' for i in range(rows)], pa.string()),
+            }
+        )
     temp = store.temp_path("upload")
     with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         for batch in table.to_batches(8192):

@@ -133,6 +133,37 @@ def test_a_small_representation_is_encoded_per_request_and_never_stored(settings
         assert _variants_size(settings, small.data_key) == 0
 
 
+def test_a_tiny_result_of_long_repeated_values_is_encoded_in_memory_only_until_it_outgrows(
+    settings, monkeypatch
+):
+    """A dictionary column: 2,000 rows of one 5,000-character value are 13 KB of Arrow but
+    10 MB of JSON. The in-memory attempt stops after little work, once; the representation is
+    then stored, and later requests encode nothing."""
+    long_value = "x" * 5_000
+    table = pa.table({"v": pa.array([long_value] * 2_000).dictionary_encode()})
+    store, data_key, _ = publish_result(open_result_store(settings), table=table)
+    assert store.size(result_object_key(data_key)) < representations.SMALL_REPRESENTATION_BYTES
+    encoded: list[int] = []
+
+    def counted(*args, **kwargs):
+        for chunk in real_encode(*args, **kwargs):
+            encoded.append(len(chunk))
+            yield chunk
+
+    real_encode = representations.encode_result
+    monkeypatch.setattr(representations, "encode_result", counted)
+    with data_client(settings, (store, data_key, table)) as data:
+        body = get_result(data, "json").content
+        assert json.loads(body)["rows"] == [[long_value]] * 2_000
+        whole = sum(encoded)
+        assert whole - len(body) < 1 << 20  # the given-up attempt: under a megabyte of text
+        encoded.clear()
+        for headers in ({}, {"Range": "bytes=0-99"}):
+            assert get_result(data, "json", headers).status_code in (200, 206)
+        assert encoded == []  # stored: served, not encoded again
+        assert set(stored_variants(store, data_key)) == {"json"}
+
+
 def test_a_small_result_whose_representation_is_not_small_is_stored(settings, monkeypatch):
     """The Arrow file passes the size gate, but its records JSON (keys on every row) outgrows
     the limit while it is encoded: it is stored and counted like any other."""
