@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_SECONDS = 5.0
 FALLBACK_POLL_SECONDS = 2.0
+CONTENDED_RETRY_SECONDS = 0.05
 JANITOR_INTERVAL_SECONDS = 60.0
 ORPHAN_SWEEP_SECONDS = 3600.0  # lists the whole result store: hourly is enough
 
@@ -118,9 +119,13 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 claim = lifecycle.claim_next(self.sessions, self.worker_id, self.settings)
+            except lifecycle.ClaimContended:  # the ring that woke us is spent: claim again soon
+                self._stopping.wait(CONTENDED_RETRY_SECONDS)
+                continue
             except Exception:  # the DB may be briefly unavailable: back off, never die
                 logger.exception("claiming failed")
-                claim = None
+                self._stopping.wait(self._idle_wait)
+                continue  # and claim again: work that rang may still be queued
             if claim is None:
                 self._doorbell.wait(self._idle_wait)
                 continue

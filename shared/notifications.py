@@ -229,7 +229,13 @@ class Doorbell:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._rings = 0
+        self._waiting = 0
         self._condition = threading.Condition()
+
+    def waiting(self) -> int:
+        """Threads waiting now (for tests and metrics)."""
+        with self._condition:
+            return self._waiting
 
     def ring(self, times: int = 1) -> None:
         with self._condition:
@@ -240,7 +246,11 @@ class Doorbell:
         """True when a ring woke (or was waiting for) this thread; False after ``timeout``."""
         with self._condition:
             if not self._rings:
-                self._condition.wait(timeout)
+                self._waiting += 1
+                try:
+                    self._condition.wait(timeout)
+                finally:
+                    self._waiting -= 1
             if not self._rings:
                 return False
             self._rings -= 1

@@ -18,7 +18,7 @@ from shared.execution_states import (
     ExecutionStatus,
     ExecutionType,
 )
-from shared.lifecycle.claims import ORGANIZATION_CAP_COUNTS, Claim, claim_next
+from shared.lifecycle.claims import ORGANIZATION_CAP_COUNTS, Claim, ClaimContended, claim_next
 from shared.lifecycle.transitions import (
     CANCELLED_MESSAGE,
     LeaseState,
@@ -39,6 +39,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "UNFINISHED_STATUSES",
     "Claim",
+    "ClaimContended",
     "ErrorCode",
     "ExecutionStatus",
     "ExecutionType",

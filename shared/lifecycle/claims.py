@@ -96,7 +96,8 @@ class Claim:
 
 def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settings) -> Claim | None:
     """Take the oldest queued execution of the least-served (organisation, datasource) pair that
-    the caps and this data server's share leave a slot to, or None when none may start now.
+    the caps and this data server's share leave a slot to, or None when none may start now
+    (``ClaimContended`` when the database was too busy to tell).
     ``worker_id`` names the data server: it becomes the lease owner."""
     try:
         if not _anything_queued(sessions.kw["bind"]):
@@ -104,9 +105,14 @@ def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settin
         with sessions.begin() as session:
             write_lock_on_sqlite(session)
             return _claim_in(session, worker_id, settings)
-    except OperationalError as exc:  # SQLite busy under contention: nothing claimed, try again
+    except OperationalError as exc:  # SQLite busy under contention: nothing claimed
         logger.debug("claim contention: %s", type(exc.orig).__name__)
-        return None
+        raise ClaimContended from exc
+
+
+class ClaimContended(Exception):
+    """The database was too busy to claim: nothing was claimed, but claimable work may be
+    waiting, so the caller tries again soon rather than waiting for the next notification."""
 
 
 # Plain text on a pooled connection: it runs several times per execution, mostly finding nothing,

@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text, update
 from data_server.app import create_app as create_data_app
 from shared import lifecycle
 from shared.db.models import Execution, utcnow
-from shared.notifications import Mailbox, Topic, mailbox_directory, post
+from shared.notifications import Doorbell, Mailbox, Topic, mailbox_directory, post
 from shared.settings import Settings
 from shared.signing_keys import SigningKeyring, jwks, load_public_keys
 from shared.tokens import Scope, mint_data_token, new_data_key
@@ -315,3 +315,31 @@ def test_an_unknown_kid_delays_only_its_own_request(slow_jwks, tmp_path):
     asyncio.run(scenario())
     assert server.held == 1, "an unknown kid triggers at most one refresh"
     app.state.keyring.close()
+
+
+def test_a_doorbell_wakes_one_waiter_per_ring_and_keeps_rings_nobody_waited_for():
+    bell = Doorbell(limit=2)
+    woken: list[bool] = []
+    waiters = [
+        threading.Thread(target=lambda: woken.append(bell.wait(timeout=5))) for _ in range(3)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 5
+    while bell.waiting() < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    bell.ring()  # one ring: exactly one of the three waiters returns, at once
+    waiters_left = deadline_join(waiters, 1.0)
+    assert (woken, waiters_left) == ([True], 2)
+    bell.ring(5)  # more rings than waiters: both wake
+    assert deadline_join(waiters, 5.0) == 0 and woken == [True, True, True]
+    bell.ring(5)  # nobody waits: at most ``limit`` rings are kept for later waiters
+    assert [bell.wait(timeout=0) for _ in range(3)] == [True, True, False]
+
+
+def deadline_join(threads: list[threading.Thread], seconds: float) -> int:
+    """Join each thread within ``seconds`` in all; how many are still running."""
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread in threads)
