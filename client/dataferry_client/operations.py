@@ -138,6 +138,11 @@ def _collection(path: str, params: Mapping[str, Any]) -> Operation[list[dict[str
 
 
 def _filters(filters: Mapping[str, Any], sort: str | None) -> dict[str, Any]:
+    """``filter[name]`` parameters; None is refused, since it would be sent as an empty value,
+    which matches nothing (no list filter means "unset")."""
+    unset = [name for name, value in filters.items() if value is None]
+    if unset:
+        raise ValueError(f"a list filter needs a value: {', '.join(unset)} is None")
     params: dict[str, Any] = {f"filter[{k}]": v for k, v in filters.items()}
     if sort:
         params["sort"] = sort

@@ -72,6 +72,8 @@ def test_reports_every_method_with_relationships_as_ids(dataferry, org):
     assert [r.id for r in dataferry.reports.list(sort="-name")] == [report.id, other.id]
     assert [r.id for r in dataferry.reports.list(dashboard=board.id)] == [report.id]
     assert [r.id for r in dataferry.reports.list(name="Another")] == [other.id]
+    with pytest.raises(ValueError, match="dashboard is None"):
+        dataferry.reports.list(dashboard=None)  # it would match nothing, not "no dashboard"
     moved = dataferry.reports.update(report.id, description="d", dashboard_id=None)
     assert (moved.description, moved.dashboard_id, moved.name) == ("d", None, "Counted")
     assert dataferry.reports.update(report.id, dashboard_id=board.id).dashboard_id == board.id
