@@ -105,8 +105,13 @@ def claim_next(sessions: sessionmaker[Session], worker_id: str, settings: Settin
         with sessions.begin() as session:
             write_lock_on_sqlite(session)
             return _claim_in(session, worker_id, settings)
-    except OperationalError as exc:  # SQLite busy under contention: nothing claimed
-        logger.debug("claim contention: %s", type(exc.orig).__name__)
+    except OperationalError as exc:
+        busy = getattr(exc.orig, "sqlite_errorname", "").startswith(
+            ("SQLITE_BUSY", "SQLITE_LOCKED")
+        )
+        if not busy:  # a database that is down or unreachable: the caller logs and backs off
+            raise
+        logger.debug("claim contention: %s", exc.orig.sqlite_errorname)  # type: ignore[union-attr]
         raise ClaimContended from exc
 
 
