@@ -30,7 +30,7 @@ import brotli
 import pyarrow as pa
 import zstandard
 
-from data_server.encoders import encode_result
+from data_server.encoders import SLICE_BYTES, encode_result
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
 from shared.results import (
     CODING_SUFFIXES,
@@ -192,12 +192,15 @@ def _encoded_in_memory(
         return None
     raw = io.BytesIO()
     encoded = 0
+    # Small slices for text, whose bytes do not depend on them and which can outgrow its source
+    # many times over; Arrow and Parquet keep the stored layout, which their bytes depend on.
+    text = representation.fmt in TEXT_FORMATS
     with _compressed(raw, representation.coding) as target:
         for chunk in encode_result(
             source,
             representation.fmt,
             compression=representation.compression,
-            slice_bytes=SMALL_REPRESENTATION_BYTES,
+            slice_bytes=SMALL_REPRESENTATION_BYTES if text else SLICE_BYTES,
         ):
             encoded += len(chunk)
             if encoded > SMALL_REPRESENTATION_BYTES:
