@@ -251,7 +251,9 @@ def test_an_organisation_another_worker_is_claiming_for(api, b_queued):
 
 # Two seconds or more on this 2-core machine: a query queued behind it would wait visibly.
 SLOW_SQL = "SELECT sum(hash(range)) AS h FROM range(60000000)"
-WARM_UP_SQL = "SELECT sum(hash(range)) AS h FROM range(10000000)"
+# About a second on one thread: long enough that three queued one after another overlap even when
+# a loaded machine delays a claim by a few hundred milliseconds.
+WARM_UP_SQL = "SELECT sum(hash(range)) AS h FROM range(40000000)"
 
 
 @pytest.fixture(scope="module")
