@@ -229,13 +229,7 @@ class Doorbell:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._rings = 0
-        self._waiting = 0
         self._condition = threading.Condition()
-
-    def waiting(self) -> int:
-        """Threads waiting now (for tests and metrics)."""
-        with self._condition:
-            return self._waiting
 
     def ring(self, times: int = 1) -> None:
         with self._condition:
@@ -246,11 +240,7 @@ class Doorbell:
         """True when a ring woke (or was waiting for) this thread; False after ``timeout``."""
         with self._condition:
             if not self._rings:
-                self._waiting += 1
-                try:
-                    self._condition.wait(timeout)
-                finally:
-                    self._waiting -= 1
+                self._condition.wait(timeout)
             if not self._rings:
                 return False
             self._rings -= 1

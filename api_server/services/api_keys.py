@@ -51,16 +51,6 @@ def hash_secret(server_secrets: ServerSecrets, secret: str) -> str:
     return hmac.new(server_secrets.api_key_pepper, secret.encode(), hashlib.sha256).hexdigest()
 
 
-def find_enabled_api_key(
-    session: Session, server_secrets: ServerSecrets, secret: str
-) -> ApiKey | None:
-    digest = hash_secret(server_secrets, secret)
-    key = session.scalar(select(ApiKey).where(ApiKey.secret_hash == digest))
-    if key is None or not hmac.compare_digest(key.secret_hash, digest) or not key.enabled:
-        return None
-    return key
-
-
 @dataclass(frozen=True)
 class Caller:
     """What authenticating a request needs of the calling key and its organisation."""

@@ -53,8 +53,8 @@ def ensure_demo_organization(
     path = settings.state_dir / DEMO_CREDENTIALS_FILE
     if path.exists():
         stored = orjson.loads(path.read_bytes())
-        key = api_keys.find_enabled_api_key(session, server_secrets, stored["api_key"])
-        if key is not None and key.organization_id == stored["organization_id"]:
+        caller = api_keys.find_caller(session, server_secrets, stored["api_key"])
+        if caller is not None and caller.organization_id == stored["organization_id"]:
             return CreatedOrganization(**stored)
     created = create_organization(session, server_secrets, "Demo")
     session.commit()

@@ -268,9 +268,9 @@ class AsyncReports:
         dashboard_id: str | None = None,
         **attributes: Any,
     ) -> Report:
-        related = ops.report_relationships(datasource_id, dashboard_id or ops.UNCHANGED)
-        values = {"name": name, "sql_query": sql_query, **attributes}
-        return await self._client._drive(ops.REPORTS.create(values, related))
+        return await self._client._drive(
+            ops.create_report(name, sql_query, datasource_id, dashboard_id, attributes)
+        )
 
     async def update(
         self,
@@ -280,8 +280,9 @@ class AsyncReports:
         dashboard_id: str | ops.Unchanged | None = ops.UNCHANGED,
         **attributes: Any,
     ) -> Report:
-        related = ops.report_relationships(datasource_id or ops.UNCHANGED, dashboard_id)
-        return await self._client._drive(ops.REPORTS.update(report_id, attributes, related))
+        return await self._client._drive(
+            ops.update_report(report_id, datasource_id, dashboard_id, attributes)
+        )
 
     async def delete(self, report_id: str) -> None:
         await self._client._drive(ops.REPORTS.delete(report_id))
@@ -350,15 +351,12 @@ class AsyncDashboardGroups:
     async def create(
         self, name: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
     ) -> DashboardGroup:
-        related = ops.group_relationships(dashboard_ids)
-        values = {"name": name, **attributes}
-        return await self._client._drive(ops.DASHBOARD_GROUPS.create(values, related))
+        return await self._client._drive(ops.create_group(name, dashboard_ids, attributes))
 
     async def update(
         self, group_id: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
     ) -> DashboardGroup:
-        related = ops.group_relationships(dashboard_ids)
-        return await self._client._drive(ops.DASHBOARD_GROUPS.update(group_id, attributes, related))
+        return await self._client._drive(ops.update_group(group_id, dashboard_ids, attributes))
 
     async def delete(self, group_id: str) -> None:
         await self._client._drive(ops.DASHBOARD_GROUPS.delete(group_id))
@@ -384,15 +382,11 @@ class AsyncFilters:
         datasource_id: str | None = None,
         **attributes: Any,
     ) -> Filter:
-        related = ops.filter_relationships(datasource_id or ops.UNCHANGED)
-        values = {
-            "name": name,
-            "variable_name": variable_name,
-            "control_type": control_type,
-            "value_type": value_type,
-            **attributes,
-        }
-        return await self._client._drive(ops.FILTERS.create(values, related))
+        return await self._client._drive(
+            ops.create_filter(
+                name, variable_name, control_type, value_type, datasource_id, attributes
+            )
+        )
 
     async def update(
         self,
@@ -401,8 +395,7 @@ class AsyncFilters:
         datasource_id: str | ops.Unchanged | None = ops.UNCHANGED,
         **attributes: Any,
     ) -> Filter:
-        related = ops.filter_relationships(datasource_id)
-        return await self._client._drive(ops.FILTERS.update(filter_id, attributes, related))
+        return await self._client._drive(ops.update_filter(filter_id, datasource_id, attributes))
 
     async def delete(self, filter_id: str) -> None:
         await self._client._drive(ops.FILTERS.delete(filter_id))

@@ -246,9 +246,9 @@ class Reports:
         dashboard_id: str | None = None,
         **attributes: Any,
     ) -> Report:
-        related = ops.report_relationships(datasource_id, dashboard_id or ops.UNCHANGED)
-        values = {"name": name, "sql_query": sql_query, **attributes}
-        return self._client._drive(ops.REPORTS.create(values, related))
+        return self._client._drive(
+            ops.create_report(name, sql_query, datasource_id, dashboard_id, attributes)
+        )
 
     def update(
         self,
@@ -259,8 +259,9 @@ class Reports:
         **attributes: Any,
     ) -> Report:
         """Only what is given changes; ``dashboard_id=None`` takes the report off its dashboard."""
-        related = ops.report_relationships(datasource_id or ops.UNCHANGED, dashboard_id)
-        return self._client._drive(ops.REPORTS.update(report_id, attributes, related))
+        return self._client._drive(
+            ops.update_report(report_id, datasource_id, dashboard_id, attributes)
+        )
 
     def delete(self, report_id: str) -> None:
         self._client._drive(ops.REPORTS.delete(report_id))
@@ -338,16 +339,13 @@ class DashboardGroups:
     def create(
         self, name: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
     ) -> DashboardGroup:
-        related = ops.group_relationships(dashboard_ids)
-        values = {"name": name, **attributes}
-        return self._client._drive(ops.DASHBOARD_GROUPS.create(values, related))
+        return self._client._drive(ops.create_group(name, dashboard_ids, attributes))
 
     def update(
         self, group_id: str, *, dashboard_ids: Sequence[str] | None = None, **attributes: Any
     ) -> DashboardGroup:
         """``dashboard_ids``, when given, replaces the group's dashboards."""
-        related = ops.group_relationships(dashboard_ids)
-        return self._client._drive(ops.DASHBOARD_GROUPS.update(group_id, attributes, related))
+        return self._client._drive(ops.update_group(group_id, dashboard_ids, attributes))
 
     def delete(self, group_id: str) -> None:
         """Its dashboards stay."""
@@ -377,15 +375,11 @@ class Filters:
         **attributes: Any,
     ) -> Filter:
         """``datasource_id``: where ``options_sql_query`` runs (SQL options need one)."""
-        related = ops.filter_relationships(datasource_id or ops.UNCHANGED)
-        values = {
-            "name": name,
-            "variable_name": variable_name,
-            "control_type": control_type,
-            "value_type": value_type,
-            **attributes,
-        }
-        return self._client._drive(ops.FILTERS.create(values, related))
+        return self._client._drive(
+            ops.create_filter(
+                name, variable_name, control_type, value_type, datasource_id, attributes
+            )
+        )
 
     def update(
         self,
@@ -395,8 +389,7 @@ class Filters:
         **attributes: Any,
     ) -> Filter:
         """Only what is given changes; ``datasource_id=None`` leaves it without a datasource."""
-        related = ops.filter_relationships(datasource_id)
-        return self._client._drive(ops.FILTERS.update(filter_id, attributes, related))
+        return self._client._drive(ops.update_filter(filter_id, datasource_id, attributes))
 
     def delete(self, filter_id: str) -> None:
         self._client._drive(ops.FILTERS.delete(filter_id))

@@ -420,22 +420,77 @@ DASHBOARD_GROUPS = Resources("dashboard_groups", DashboardGroup)
 FILTERS = Resources("filters", Filter)
 
 
-def report_relationships(
+def create_report(
+    name: str,
+    sql_query: str,
+    datasource_id: str,
+    dashboard_id: str | None,
+    attributes: Mapping[str, Any],
+) -> Operation[Report]:
+    values = {"name": name, "sql_query": sql_query, **attributes}
+    related = _report_relationships(datasource_id, dashboard_id or UNCHANGED)
+    return REPORTS.create(values, related)
+
+
+def update_report(
+    report_id: str,
+    datasource_id: str | None,
+    dashboard_id: str | Unchanged | None,
+    attributes: Mapping[str, Any],
+) -> Operation[Report]:
+    """Only what is given changes; ``dashboard_id=None`` takes the report off its dashboard."""
+    related = _report_relationships(datasource_id or UNCHANGED, dashboard_id)
+    return REPORTS.update(report_id, attributes, related)
+
+
+def _report_relationships(
     datasource_id: str | Unchanged | None, dashboard_id: str | Unchanged | None
 ) -> dict[str, Any]:
-    """What a report's create or update sends of its datasource and dashboard."""
     return _to_one("datasource", "datasources", datasource_id) | _to_one(
         "dashboard", "dashboards", dashboard_id
     )
 
 
-def filter_relationships(datasource_id: str | Unchanged | None) -> dict[str, Any]:
-    return _to_one("datasource", "datasources", datasource_id)
+def create_filter(
+    name: str,
+    variable_name: str,
+    control_type: str,
+    value_type: str,
+    datasource_id: str | None,
+    attributes: Mapping[str, Any],
+) -> Operation[Filter]:
+    values = {
+        "name": name,
+        "variable_name": variable_name,
+        "control_type": control_type,
+        "value_type": value_type,
+        **attributes,
+    }
+    related = _to_one("datasource", "datasources", datasource_id or UNCHANGED)
+    return FILTERS.create(values, related)
 
 
-def group_relationships(dashboard_ids: Sequence[str] | None) -> dict[str, Any]:
-    """The group's dashboards from now on (None: unchanged)."""
-    return _to_many("dashboards", "dashboards", dashboard_ids)
+def update_filter(
+    filter_id: str, datasource_id: str | Unchanged | None, attributes: Mapping[str, Any]
+) -> Operation[Filter]:
+    """Only what is given changes; ``datasource_id=None`` leaves it without a datasource."""
+    related = _to_one("datasource", "datasources", datasource_id)
+    return FILTERS.update(filter_id, attributes, related)
+
+
+def create_group(
+    name: str, dashboard_ids: Sequence[str] | None, attributes: Mapping[str, Any]
+) -> Operation[DashboardGroup]:
+    related = _to_many("dashboards", "dashboards", dashboard_ids)
+    return DASHBOARD_GROUPS.create({"name": name, **attributes}, related)
+
+
+def update_group(
+    group_id: str, dashboard_ids: Sequence[str] | None, attributes: Mapping[str, Any]
+) -> Operation[DashboardGroup]:
+    """``dashboard_ids``, when given, replaces the group's dashboards (None: unchanged)."""
+    related = _to_many("dashboards", "dashboards", dashboard_ids)
+    return DASHBOARD_GROUPS.update(group_id, attributes, related)
 
 
 # ---------------------------------------------------------------------------- running reports
