@@ -18,6 +18,7 @@ Baseline: in-process DuckDB streaming the result as Arrow batches. Then:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import subprocess
@@ -26,16 +27,18 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 import httpx
+import polars
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_server.encoders import encode_result
-from data_server.formats import ResultFormat
+from data_server.formats import JSON_FORMATS, ResultFormat
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Datasource, Execution, Organization
 from shared.results import open_result_store, result_object_key
@@ -83,15 +86,37 @@ def in_process(connection: duckdb.DuckDBPyConnection, rows: int, path: Path) -> 
     assert sum(batch.num_rows for batch in reader) == rows
     baseline = rows / (time.perf_counter() - started)
     print(f"baseline in-process DuckDB→Arrow {baseline / 1e6:8.2f} M rows/s   ratio 1.00")
-    for fmt in ResultFormat:
-        started = time.perf_counter()
-        size = sum(map(len, encode_result(pa.OSFile(str(path), "rb"), fmt)))
-        rate = rows / (time.perf_counter() - started)
-        print(
-            f"encode {fmt.name_in_query:8}                 {rate / 1e6:8.2f} M rows/s"
-            f"   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB)"
-        )
+    threads = Settings.model_fields["encode_threads"].default
+    with ThreadPoolExecutor(threads) as pool:
+        for fmt in ResultFormat:
+            for label, encoders in (("", None), (f"{threads} threads", pool)):
+                if encoders is not None and fmt not in JSON_FORMATS:
+                    continue
+                started = time.perf_counter()
+                chunks = encode_result(pa.OSFile(str(path), "rb"), fmt, pool=encoders)
+                size = sum(map(len, chunks))
+                _print_rate(f"encode {fmt.name_in_query} {label}", rows, started, baseline, size)
+    _native_peer(path, rows, baseline)
     return baseline
+
+
+def _print_rate(label: str, rows: int, started: float, baseline: float, size: int) -> None:
+    rate = rows / (time.perf_counter() - started)
+    print(
+        f"{label:32} {rate / 1e6:8.2f} M rows/s   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB)"
+    )
+
+
+def _native_peer(path: Path, rows: int, baseline: float) -> None:
+    """Polars' NDJSON writer (Rust, its own value mapping: no ISO ``T``, no fixed precision)
+    over the same table: what a native encoder does on this machine today."""
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    frame = polars.from_arrow(table)
+    assert isinstance(frame, polars.DataFrame)
+    sink = io.BytesIO()
+    started = time.perf_counter()
+    frame.write_ndjson(sink)
+    _print_rate("peer: polars write_ndjson", rows, started, baseline, len(sink.getvalue()))
 
 
 class DataServer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     engine = create_metadata_engine(settings.database_url)
     sessions = create_session_factory(engine)
     store = open_result_store(settings)
+    encode_pool = _encode_pool(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -50,6 +52,8 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
             app.state.keyring.close()
             if worker is not None:
                 await run_in_threadpool(stop_workers, worker)
+            if encode_pool is not None:
+                encode_pool.shutdown(wait=False, cancel_futures=True)
             engine.dispose()
 
     app = Starlette(
@@ -69,8 +73,16 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     app.state.sessions = sessions
     app.state.metrics = Metrics(sessions)
     app.state.result_store = store
+    app.state.encode_pool = encode_pool
     app.state.keyring = PublicKeyring(settings)
     return app
+
+
+def _encode_pool(settings: Settings) -> ThreadPoolExecutor | None:
+    """Threads that encode JSON slices for every fetch; with one, a fetch encodes alone."""
+    if settings.encode_threads < 2:
+        return None
+    return ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
 
 
 # What a browser page may send and read: the token header, ranges and validators.

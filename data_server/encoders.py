@@ -16,7 +16,10 @@ import base64
 import datetime as dt
 import decimal
 import math
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from functools import partial
 from typing import Any
 
 import orjson
@@ -30,6 +33,8 @@ from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
 
 CHUNK_BYTES = 256 * 1024
 SLICE_BYTES = 4 * 1024 * 1024
+# Slices a pool may encode ahead of the one being written: enough to keep a few threads busy.
+_AHEAD = 2
 
 
 # ---------------------------------------------------------------------------- reading
@@ -95,15 +100,20 @@ def encode_result(
     limit: int | None = None,
     compression: ArrowCompression = ArrowCompression.NONE,
     slice_bytes: int = SLICE_BYTES,
+    pool: Executor | None = None,
 ) -> Iterator[bytes]:
     """Encoded chunks of the result; opening the file happens on the first ``next()``. A
-    smaller ``slice_bytes`` makes the encoding stoppable after less work."""
+    smaller ``slice_bytes`` makes the encoding stoppable after less work. With a ``pool``, the
+    JSON formats encode slices on its threads, a few ahead of the reader (the Arrow kernels
+    doing most of that work release the GIL); the bytes are the same either way."""
     reader = pa.ipc.open_file(source)
     batches = _batches(reader, offset, limit, slice_bytes, as_text=fmt in TEXT_FORMATS)
     if fmt is ResultFormat.ARROW:
         yield from _coalesce(_arrow(reader.schema, batches, compression.codec))
-        return
-    yield from _coalesce(_ENCODERS[fmt](reader.schema, batches))
+    elif fmt in _ROW_ENCODERS:
+        yield from _coalesce(_ROW_ENCODERS[fmt](reader.schema, batches, pool))
+    else:
+        yield from _coalesce(_ENCODERS[fmt](reader.schema, batches))
 
 
 def _coalesce(chunks: Iterator[bytes | pa.Buffer]) -> Iterator[bytes]:
@@ -224,30 +234,73 @@ def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
 # ---------------------------------------------------------------------------- JSON and NDJSON
 
 
-def _json(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
+def _json(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch], pool: Executor | None
+) -> Iterator[bytes | pa.Buffer]:
     columns = [{"name": field.name, "type": str(field.type)} for field in schema]
     yield b'{"columns":' + orjson.dumps(columns) + b',"rows":['
     count = 0
-    for batch in batches:
-        body = _rows(batch, keys=None, prefix=",", suffix="")
+    for body, rows in _row_texts(batches, pool, keys=None, prefix=",", suffix=""):
         yield body[1:] if not count else body
-        count += batch.num_rows
+        count += rows
     yield b'],"row_count":' + str(count).encode() + b"}"
 
 
-def _records(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
+def _records(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch], pool: Executor | None
+) -> Iterator[bytes | pa.Buffer]:
     yield b"["
     count = 0
-    for batch in batches:
-        body = _rows(batch, keys=schema.names, prefix=",\n", suffix="")
+    for body, rows in _row_texts(batches, pool, keys=schema.names, prefix=",\n", suffix=""):
         yield body[2:] if not count else body
-        count += batch.num_rows
+        count += rows
     yield b"]\n"
 
 
-def _ndjson(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes | pa.Buffer]:
-    for batch in batches:
-        yield _rows(batch, keys=schema.names, prefix="", suffix="\n")
+def _ndjson(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch], pool: Executor | None
+) -> Iterator[bytes | pa.Buffer]:
+    for body, _ in _row_texts(batches, pool, keys=schema.names, prefix="", suffix="\n"):
+        yield body
+
+
+def _row_texts(
+    batches: Iterator[pa.RecordBatch],
+    pool: Executor | None,
+    *,
+    keys: list[str] | None,
+    prefix: str,
+    suffix: str,
+) -> Iterator[tuple[pa.Buffer | bytes, int]]:
+    """Each batch's rows as JSON text (``_rows``) and their number, in order."""
+    encode = partial(_rows, keys=keys, prefix=prefix, suffix=suffix)
+    if pool is None:
+        for batch in batches:
+            yield encode(batch), batch.num_rows
+        return
+    for body, batch in _in_order(pool, encode, batches):
+        yield body, batch.num_rows
+
+
+def _in_order(
+    pool: Executor, encode: Callable[[pa.RecordBatch], Any], batches: Iterator[pa.RecordBatch]
+) -> Iterator[tuple[Any, pa.RecordBatch]]:
+    """``encode`` of each batch on the pool, at most ``_AHEAD`` batches in flight (memory stays
+    bounded by slices), yielded in the batches' order; stopping early cancels what has not
+    started."""
+    pending: deque[tuple[Future[Any], pa.RecordBatch]] = deque()
+    try:
+        for batch in batches:
+            pending.append((pool.submit(encode, batch), batch))
+            if len(pending) > _AHEAD:
+                future, done = pending.popleft()
+                yield future.result(), done
+        while pending:
+            future, done = pending.popleft()
+            yield future.result(), done
+    finally:
+        for future, _ in pending:
+            future.cancel()
 
 
 def _rows(batch: pa.RecordBatch, *, keys: list[str] | None, prefix: str, suffix: str) -> pa.Buffer:
@@ -331,10 +384,14 @@ def _plain(value: Any) -> Any:
 
 
 _ENCODERS: dict[ResultFormat, Callable[[pa.Schema, Iterator[pa.RecordBatch]], Iterator[Any]]] = {
-    ResultFormat.ARROW: _arrow,
+    ResultFormat.CSV: _csv,
+    ResultFormat.PARQUET: _parquet,
+}
+_ROW_ENCODERS: dict[
+    ResultFormat,
+    Callable[[pa.Schema, Iterator[pa.RecordBatch], Executor | None], Iterator[Any]],
+] = {
     ResultFormat.JSON: _json,
     ResultFormat.NDJSON: _ndjson,
     ResultFormat.RECORDS: _records,
-    ResultFormat.CSV: _csv,
-    ResultFormat.PARQUET: _parquet,
 }

@@ -11,6 +11,7 @@ from it (``shared.web.operations``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,12 +225,14 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     headers = {"Cache-Control": "private, no-store", "Vary": _VARY}
     if fmt not in (formats.ResultFormat.JSON, formats.ResultFormat.RECORDS):
         headers["Content-Disposition"] = f'inline; filename="{data_key}.{fmt.extension}"'
-    store = request.app.state.result_store
+    state = request.app.state
+    store = state.result_store
     if "offset" in params or "limit" in params:
-        return await _window_response(store, data_key, fmt, compression, offset, limit, headers)
+        return await _window_response(
+            store, data_key, fmt, compression, offset, limit, headers, state.encode_pool
+        )
     coding = representations.negotiate_coding(request.headers.get("accept-encoding"), fmt)
     representation = representations.Representation(fmt, compression, coding)
-    state = request.app.state
 
     def charge(size: int) -> bool:
         with state.sessions.begin() as session:
@@ -238,7 +241,12 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
             )
 
     source = await run_in_threadpool(
-        representations.open_representation, store, data_key, representation, charge
+        representations.open_representation,
+        store,
+        data_key,
+        representation,
+        charge,
+        state.encode_pool,
     )
     if coding is not representations.ContentCoding.IDENTITY:
         headers["Content-Encoding"] = coding.value
@@ -259,10 +267,11 @@ async def _window_response(
     offset: int,
     limit: int | None,
     headers: dict[str, str],
+    pool: Executor | None,
 ) -> Response:
     """A row window, encoded as it is sent: no length, no ranges."""
     source = await run_in_threadpool(store.open, result_object_key(data_key))
-    chunks = encoders.encode_result(source, fmt, offset, limit, compression)
+    chunks = encoders.encode_result(source, fmt, offset, limit, compression, pool=pool)
     first = await run_in_threadpool(
         next, chunks, b""
     )  # errors surface here, before any byte is sent

@@ -53,9 +53,9 @@ _BY_MEDIA_TYPE = {
 # What a wildcard picks, best first: JSON is the default.
 _PREFERENCE = [ResultFormat.JSON, ResultFormat.NDJSON, ResultFormat.CSV, ResultFormat.ARROW]
 _PREFERENCE.append(ResultFormat.PARQUET)
-TEXT_FORMATS = frozenset(
-    {ResultFormat.JSON, ResultFormat.RECORDS, ResultFormat.NDJSON, ResultFormat.CSV}
-)
+# Rows as JSON text (data_server/json_text.py), which a pool of threads can encode.
+JSON_FORMATS = frozenset({ResultFormat.JSON, ResultFormat.RECORDS, ResultFormat.NDJSON})
+TEXT_FORMATS = JSON_FORMATS | {ResultFormat.CSV}
 
 
 class ArrowCompression(enum.Enum):

@@ -20,18 +20,24 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Bytes that a JSON string must escape; their absence lets a string column through unchanged.
-_QUOTE, _BACKSLASH, _CONTROL_LIMIT = ord('"'), ord("\\"), 0x20
+# Bytes below this, quotes and backslashes are escaped in JSON strings; without any of them a
+# string column passes through unchanged.
+_CONTROL_LIMIT = 0x20
+# ``YYYY-MM-DD`` and the space Arrow puts after it, where ISO 8601 wants a ``T``.
+_DATE_LENGTH, _SPACE, _T = 10, ord(" "), ord("T")
 
 
 class Fragment:
-    """A column's JSON texts; ``quoted`` means each text still needs its quotes (no nulls)."""
+    """A column's JSON texts, each still to be framed by ``opening`` and ``closing`` (quotes, a
+    zone suffix), which the row template then carries instead of a join per column; only a
+    column without nulls can leave them to the template (a null is a bare ``null``)."""
 
-    __slots__ = ("quoted", "texts")
+    __slots__ = ("closing", "opening", "texts")
 
-    def __init__(self, texts: pa.Array, quoted: bool = False) -> None:
+    def __init__(self, texts: pa.Array, opening: str = "", closing: str = "") -> None:
         self.texts = texts
-        self.quoted = quoted
+        self.opening = opening
+        self.closing = closing
 
 
 def rows_body(
@@ -51,10 +57,8 @@ def rows_body(
             pending += ","
         if keys is not None:
             pending += orjson.dumps(keys[index]).decode() + ":"
-        if fragment.quoted:
-            pending += '"'
-        parts += [pending, fragment.texts]
-        pending = '"' if fragment.quoted else ""
+        parts += [pending + fragment.opening, fragment.texts]
+        pending = fragment.closing
     parts.append(pending + ("}" if keys is not None else "]") + suffix)
     joined = pc.binary_join_element_wise(*parts, "")
     return _data_of(joined)
@@ -80,9 +84,9 @@ def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any
     if pa.types.is_string(data_type):
         return _strings(column, slow_values)
     if pa.types.is_timestamp(data_type):
-        return _quoted(_timestamps(column), column)
+        return _framed(_timestamps(column), column, '"', '+00:00"' if data_type.tz else '"')
     if pa.types.is_decimal(data_type) or pa.types.is_date(data_type) or pa.types.is_time(data_type):
-        return _quoted(pc.cast(column, pa.string()), column)
+        return _framed(pc.cast(column, pa.string()), column, '"', '"')
     return _one_by_one(column, slow_values)
 
 
@@ -90,11 +94,12 @@ def _nullable(texts: pa.Array, column: pa.Array) -> Fragment:
     return Fragment(pc.fill_null(texts, "null") if column.null_count else texts)
 
 
-def _quoted(texts: pa.Array, column: pa.Array) -> Fragment:
-    """Texts that need no escaping: quotes go into the row template unless a null needs none."""
+def _framed(texts: pa.Array, column: pa.Array, opening: str, closing: str) -> Fragment:
+    """Texts that need no escaping, framed by the row template unless a null needs no frame."""
     if not column.null_count:
-        return Fragment(texts, quoted=True)
-    return Fragment(pc.fill_null(pc.binary_join_element_wise('"', texts, '"', ""), "null"))
+        return Fragment(texts, opening, closing)
+    framed = pc.binary_join_element_wise(opening, texts, closing, "")
+    return Fragment(pc.fill_null(framed, "null"))
 
 
 def _one_by_one(column: pa.Array, slow_values: Callable[[pa.Array], list[Any]]) -> Fragment:
@@ -106,23 +111,43 @@ def _strings(column: pa.Array, slow_values: Callable[[pa.Array], list[Any]]) -> 
     """Plain strings pass as they are; quotes and backslashes are escaped by kernels; control
     characters (rare) send the column through orjson value by value."""
     data = _data_of(column) if len(column) else pa.py_buffer(b"")
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size and bool((raw < _CONTROL_LIMIT).any()):
+    if data.size and int(np.frombuffer(data, dtype=np.uint8).min()) < _CONTROL_LIMIT:
         return _one_by_one(column, slow_values)
-    if raw.size and bool(((raw == _QUOTE) | (raw == _BACKSLASH)).any()):
+    text = data.to_pybytes()  # bytes.find is memchr: no temporary array per condition
+    if text.find(b'"') >= 0 or text.find(b"\\") >= 0:
         column = pc.replace_substring(column, "\\", "\\\\")
         column = pc.replace_substring(column, '"', '\\"')
-    return _quoted(column, column)
+    return _framed(column, column, '"', '"')
 
 
 def _timestamps(column: pa.Array) -> pa.Array:
-    """``YYYY-MM-DDTHH:MM:SS[.fraction]`` at the column's unit; zoned values as UTC + ``+00:00``."""
+    """``YYYY-MM-DDTHH:MM:SS[.fraction]`` at the column's unit, zoned values in UTC (their
+    ``+00:00`` comes from the fragment's frame). Arrow spells them with a space at index 10,
+    which is overwritten in a copy of the text buffer; a year outside 0 to 9999 moves it, and then
+    a kernel replaces the character at that index (the same bytes, more slowly)."""
     data_type = column.type
     naive = column.cast(pa.timestamp(data_type.unit)) if data_type.tz is not None else column
-    texts = pc.utf8_replace_slice(pc.cast(naive, pa.string()), 10, 11, "T")
-    if data_type.tz is not None:
-        texts = pc.binary_join_element_wise(texts, "+00:00", "")
-    return texts
+    texts = pc.cast(naive, pa.string())
+    if not len(texts):
+        return texts
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[
+        texts.offset : texts.offset + len(texts) + 1
+    ]
+    starts = offsets[:-1]
+    if texts.null_count:
+        starts = starts[np.asarray(texts.is_valid())]
+    data = np.frombuffer(texts.buffers()[2], dtype=np.uint8).copy()
+    separators = starts + _DATE_LENGTH
+    in_place = not separators.size or (
+        int(separators.max()) < data.size and bool((data[separators] == _SPACE).all())
+    )
+    if not in_place:
+        return pc.utf8_replace_slice(texts, _DATE_LENGTH, _DATE_LENGTH + 1, "T")
+    data[separators] = _T
+    buffers = texts.buffers()
+    return pa.StringArray.from_buffers(
+        len(texts), buffers[1], pa.py_buffer(data), buffers[0], texts.null_count, texts.offset
+    )
 
 
 def _doubles(column: pa.Array) -> pa.Array:

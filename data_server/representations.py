@@ -22,6 +22,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -130,8 +131,10 @@ def open_representation(
     data_key: str,
     representation: Representation,
     charge: Callable[[int], bool],
+    pool: Executor | None = None,
 ) -> pa.NativeFile:
-    """A random-access reader of the representation, materialised first if it is not stored.
+    """A random-access reader of the representation, materialised first if it is not stored
+    (encoded with the help of ``pool``'s threads, if given).
 
     ``charge(size)`` counts a new representation in the organisation's storage quota before it
     is stored; when it refuses (no room), the bytes are served from scratch space this once and
@@ -151,7 +154,7 @@ def open_representation(
             try:
                 return store.open(key)
             except ResultGone:
-                return _materialise(store, source, key, representation, charge)
+                return _materialise(store, source, key, representation, charge, pool)
     finally:
         source.close()
 
@@ -216,12 +219,13 @@ def _materialise(
     key: str,
     representation: Representation,
     charge: Callable[[int], bool],
+    pool: Executor | None,
 ) -> pa.NativeFile:
     temp = store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}")
     try:
         with open(temp, "wb") as raw, _compressed(raw, representation.coding) as target:
             for chunk in encode_result(
-                source, representation.fmt, compression=representation.compression
+                source, representation.fmt, compression=representation.compression, pool=pool
             ):
                 target.write(chunk)
         if charge(temp.stat().st_size):

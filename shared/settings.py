@@ -265,6 +265,13 @@ class Settings(BaseModel):
         1024, "DuckDB memory_limit per execution, in MiB.", ge=16, le=1_048_576
     )
     query_threads: int = setting(2, "DuckDB threads per execution.", ge=1, le=256)
+    encode_threads: int = setting(
+        2,
+        "Threads of a data server encoding JSON, records and NDJSON results, shared by all "
+        "fetches (1: each fetch encodes on its own thread only).",
+        ge=1,
+        le=256,
+    )
     query_temp_space_mb: int = setting(
         4096, "Spill space an execution may use, in MiB.", ge=0, le=16_777_216
     )

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from data_server import encoders
+from data_server import encoders, json_text
 from data_server.encoders import encode_result
 from data_server.formats import ResultFormat
 
@@ -207,3 +209,37 @@ def test_text_slices_count_dictionary_values_spelled_out(tmp_path):
     spelled_out = [s.column(0).dictionary_decode().nbytes for s in as_text]
     assert len(as_text) > 10 and max(spelled_out) <= 2 * encoders.SLICE_BYTES
     assert len(list(encoders._batches(reader, 0, None, encoders.SLICE_BYTES, as_text=False))) == 1
+
+
+@pytest.mark.parametrize("fmt", [ResultFormat.JSON, ResultFormat.RECORDS, ResultFormat.NDJSON])
+def test_slices_encoded_on_a_pool_give_the_same_bytes_in_order(tmp_path, fmt):
+    """Tiny slices (hundreds of them) on three threads: the body equals the one-thread body."""
+    path = _store(tmp_path, FAST_PATH_SQL.replace("FROM (VALUES", "FROM range(60), (VALUES"), 7)
+    alone = _encode(path, fmt)
+    with ThreadPoolExecutor(3) as pool:
+        chunks = encode_result(pa.OSFile(path, "rb"), fmt, slice_bytes=64, pool=pool)
+        assert b"".join(chunks) == alone
+        stopped = encode_result(pa.OSFile(path, "rb"), fmt, slice_bytes=64, pool=pool)
+        next(stopped)
+        stopped.close()  # a client gone mid-body: the slices not yet started are dropped
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "Europe/Berlin"])
+def test_timestamp_text_is_the_kernels_with_a_t(unit, tz):
+    """The separator is overwritten in place; years Arrow spells with more or fewer than four
+    digits (or a sign) fall back to the kernel, so every column gives the kernel's bytes."""
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    if unit == "ns":  # nanoseconds reach the years 1677 to 2262 only
+        seconds = [0, -9_000_000_000, 9_000_000_000, None, 1711848600, -1]
+        wide = [*seconds, -1]
+    else:
+        seconds = [0, -62135596800, 253402300799, None, 1711848600, -1]
+        wide = [*seconds, 2 * 253402300800, 2 * -62135596800]  # years 18029 and -1968
+    for values in (seconds, wide, [None, None], []):
+        raw = [None if s is None else s * per_second for s in values]
+        column = pa.array(raw, pa.int64()).cast(pa.timestamp(unit, tz))
+        for candidate in (column, column[1:]):
+            naive = candidate.cast(pa.timestamp(unit)) if tz else candidate
+            expected = pc.utf8_replace_slice(pc.cast(naive, pa.string()), 10, 11, "T")
+            assert json_text._timestamps(candidate).to_pylist() == expected.to_pylist()
