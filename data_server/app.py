@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from data_server.auth import PublicKeyring
+from data_server.representations import MATERIALISATIONS_AT_ONCE, EncodingThreads
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.metrics import Metrics
@@ -34,7 +35,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     engine = create_metadata_engine(settings.database_url)
     sessions = create_session_factory(engine)
     store = open_result_store(settings)
-    encode_pool = _encode_pool(settings)
+    encoding_threads = _encoding_threads(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -52,8 +53,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
             app.state.keyring.close()
             if worker is not None:
                 await run_in_threadpool(stop_workers, worker)
-            if encode_pool is not None:
-                encode_pool.shutdown(wait=False, cancel_futures=True)
+            encoding_threads.shutdown()
             engine.dispose()
 
     app = Starlette(
@@ -73,16 +73,18 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     app.state.sessions = sessions
     app.state.metrics = Metrics(sessions)
     app.state.result_store = store
-    app.state.encode_pool = encode_pool
+    app.state.encoding_threads = encoding_threads
     app.state.keyring = PublicKeyring(settings)
     return app
 
 
-def _encode_pool(settings: Settings) -> ThreadPoolExecutor | None:
-    """Threads that encode JSON slices for every fetch; with one, a fetch encodes alone."""
-    if settings.encode_threads < 2:
-        return None
-    return ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
+def _encoding_threads(settings: Settings) -> EncodingThreads:
+    """With one encode thread, each encoding runs alone on its own thread."""
+    slices = None
+    if settings.encode_threads > 1:
+        slices = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode-slices")
+    jobs = ThreadPoolExecutor(MATERIALISATIONS_AT_ONCE, thread_name_prefix="encode")
+    return EncodingThreads(jobs=jobs, slices=slices)
 
 
 # What a browser page may send and read: the token header, ranges and validators.

@@ -22,9 +22,10 @@ from starlette.responses import Response, StreamingResponse
 
 from data_server import encoders, formats, ranges, representations
 from data_server.auth import authorize_data_request
+from data_server.growing_files import GrowingReader
 from shared import openapi as oa
 from shared.errors import InvalidQueryParameter, NotAcceptable, NotFound
-from shared.results import result_object_key, schema_object_key
+from shared.results import ResultGone, result_object_key, schema_object_key
 from shared.storage_quota import charge_representation
 from shared.tokens import URL_TOKEN_PARAMETER, DataGrant, Scope
 from shared.web import operations as web
@@ -73,7 +74,8 @@ _REPRESENTATION_HEADERS = {
     "ETag": "Strong; the same for the same data, format, options and content coding, whatever "
     "the grant.",
     "Accept-Ranges": "`bytes` for a whole result; `none` for a row window.",
-    "Content-Length": "The length of the body (absent for a row window, which is streamed).",
+    "Content-Length": "The length of the body (absent for a row window, and for the first "
+    "request for a representation: both are sent as they are encoded).",
     "Content-Encoding": "gzip, zstd or br when negotiated (text formats only).",
 }
 
@@ -229,10 +231,18 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     store = state.result_store
     if "offset" in params or "limit" in params:
         return await _window_response(
-            store, data_key, fmt, compression, offset, limit, headers, state.encode_pool
+            store, data_key, fmt, compression, offset, limit, headers, state.encoding_threads.slices
         )
     coding = representations.negotiate_coding(request.headers.get("accept-encoding"), fmt)
     representation = representations.Representation(fmt, compression, coding)
+    etag = representation.etag(data_key)
+    if coding is not representations.ContentCoding.IDENTITY:
+        headers["Content-Encoding"] = coding.value
+    not_modified = ranges.not_modified_response(request, etag, headers)
+    if not_modified is not None:  # the ETag names the bytes: no need to encode them
+        if await run_in_threadpool(store.size, result_object_key(data_key)) is None:
+            raise ResultGone("This result is no longer available.")
+        return not_modified
 
     def charge(size: int) -> bool:
         with state.sessions.begin() as session:
@@ -246,16 +256,28 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         data_key,
         representation,
         charge,
-        state.encode_pool,
+        state.encoding_threads,
     )
-    if coding is not representations.ContentCoding.IDENTITY:
-        headers["Content-Encoding"] = coding.value
+    if isinstance(source, GrowingReader):
+        if request.method == "GET" and "range" not in request.headers:
+            return await _follow_encoding(source, etag, fmt, headers)
+        source = await source.complete()  # a length, ranges or HEAD need every byte
     return ranges.object_response(
-        request,
-        source,
-        etag=representation.etag(data_key),
+        request, source, etag=etag, media_type=fmt.content_type, headers=headers
+    )
+
+
+async def _follow_encoding(
+    source: GrowingReader, etag: str, fmt: formats.ResultFormat, headers: dict[str, str]
+) -> Response:
+    """The first fetch of a representation, sent as it is encoded: no length yet (later
+    fetches have one), the same bytes and ETag. An error before the first byte is answered as
+    one; a later one cuts the body short, which a client sees as an incomplete transfer."""
+    await source.started()
+    return StreamingResponse(
+        source.chunks(),
         media_type=fmt.content_type,
-        headers=headers,
+        headers={**headers, "ETag": etag, "Accept-Ranges": "bytes"},
     )
 
 

@@ -25,8 +25,8 @@ for, to requests carrying `Authorization: Data <token>` or the same token as `?t
 grant's `data_url`). Tokens come from the API server (Get Execution Data, Get Datasource \
 Schema), are valid for one data key and expire quickly; every other request gets one and the \
 same 401 before any storage is read (an expired but otherwise valid token: `token_expired`). \
-A whole result is served with `Content-Length`, a strong `ETag`, `Accept-Ranges: bytes`, \
-single and multiple ranges, `If-None-Match` and `If-Range`; text formats are compressed by \
+A whole result is served with `Content-Length` (not on the first request for a format, sent as \
+it is encoded), a strong `ETag`, `Accept-Ranges: bytes`, single and multiple ranges, `If-None-Match` and `If-Range`; text formats are compressed by \
 `Accept-Encoding` (gzip, zstd, br).\
 """
     + oa.COMMON_BEHAVIOUR

@@ -66,6 +66,14 @@ def _etag_listed(header: str, etag: str, *, weak: bool) -> bool:
     return etag in tags
 
 
+def not_modified_response(request: Request, etag: str, headers: dict[str, str]) -> Response | None:
+    """A 304 when ``If-None-Match`` lists ``etag`` (weakly compared, RFC 9110 §13.1.2)."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is None or not _etag_listed(if_none_match, etag, weak=True):
+        return None
+    return Response(status_code=304, headers={**headers, "ETag": etag, "Accept-Ranges": "bytes"})
+
+
 def object_response(
     request: Request,
     source: pa.NativeFile,
@@ -76,11 +84,11 @@ def object_response(
 ) -> Response:
     """A 200, 206, 304 or 416 for ``source``, which the response closes."""
     size = source.size()
-    headers = {**headers, "ETag": etag, "Accept-Ranges": "bytes"}
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and _etag_listed(if_none_match, etag, weak=True):
+    not_modified = not_modified_response(request, etag, headers)
+    if not_modified is not None:
         source.close()
-        return Response(status_code=304, headers=headers)
+        return not_modified
+    headers = {**headers, "ETag": etag, "Accept-Ranges": "bytes"}
     spans = None
     if_range = request.headers.get("if-range")
     if if_range is None or if_range.strip() == etag:

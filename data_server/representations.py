@@ -3,10 +3,11 @@ stored beside its Arrow file, then served with a length, an ETag and ranges.
 
 A representation is materialised lazily, on its first request: encoded into the store's scratch
 space, compressed if a content coding was negotiated, and published like a result (rename after
-fsync, or a complete S3 upload), so a reader sees it whole or not at all. The encoders and
-compressors are deterministic (no timestamps in gzip headers, fixed levels, single-threaded), so
-two servers that race on a first request publish the same bytes and the race is benign; within
-one process the second request waits for the first. The ETag is derived from the data key and the
+fsync, or a complete S3 upload), so a reader of the store sees it whole or not at all. Meanwhile
+the requests for it in this process follow the scratch file as it grows
+(data_server/growing_files.py). The encoders and compressors are deterministic (no timestamps in
+gzip headers, fixed levels, single-threaded compression), so two servers that race on a first
+request publish the same bytes and the race is benign. The ETag is derived from the data key and the
 variant name, so it is the same across grants, servers and re-materialisations. A small
 representation (``SMALL_REPRESENTATION_BYTES``) is not stored at all: it is encoded in memory on
 each request, to the same bytes.
@@ -18,6 +19,7 @@ import enum
 import gzip
 import hashlib
 import io
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 import brotli
 import pyarrow as pa
@@ -33,6 +35,8 @@ import zstandard
 
 from data_server.encoders import SLICE_BYTES, encode_result
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
+from data_server.growing_files import GrowingFile, GrowingReader
+from shared.errors import ServiceUnavailable
 from shared.results import (
     CODING_SUFFIXES,
     ResultGone,
@@ -111,19 +115,33 @@ def negotiate_coding(accept_encoding: str | None, fmt: ResultFormat) -> ContentC
 
 # ---------------------------------------------------------------------------- materialising
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
+# At most this many first encodings run at once in a data server; more wait their turn (their
+# requests wait without a thread), up to ENCODINGS_AT_MOST in all, and beyond that a first
+# request is answered 503 (each waiting encoding holds a scratch file open). Their JSON slices
+# share the slice threads.
+MATERIALISATIONS_AT_ONCE = 8
+ENCODINGS_AT_MOST = 64
 
 
-@contextmanager
-def _one_at_a_time(key: str) -> Iterator[None]:
-    with _locks_guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:
-        yield
-    with _locks_guard:
-        if not lock.locked():
-            _locks.pop(key, None)
+@dataclass(frozen=True)
+class EncodingThreads:
+    """A data server's threads for encoding: ``jobs`` run first encodings, ``slices`` (None: a
+    job encodes alone) encode JSON slices for them and for row windows."""
+
+    jobs: Executor
+    slices: Executor | None
+
+    def shutdown(self) -> None:
+        for executor in (self.jobs, self.slices):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+
+
+# The encodings in progress in this process, by variant key: a request for a variant being
+# encoded follows that encoding instead of starting another.
+_encoding: dict[str, GrowingFile] = {}
+_encoding_guard = threading.Lock()
+_logger = logging.getLogger(__name__)
 
 
 def open_representation(
@@ -131,10 +149,10 @@ def open_representation(
     data_key: str,
     representation: Representation,
     charge: Callable[[int], bool],
-    pool: Executor | None = None,
-) -> pa.NativeFile:
-    """A random-access reader of the representation, materialised first if it is not stored
-    (encoded with the help of ``pool``'s threads, if given).
+    threads: EncodingThreads,
+) -> pa.NativeFile | GrowingReader:
+    """A random-access reader of the stored representation, or, while it is being encoded (by
+    this request, which then starts it, or an earlier one), a reader following that encoding.
 
     ``charge(size)`` counts a new representation in the organisation's storage quota before it
     is stored; when it refuses (no room), the bytes are served from scratch space this once and
@@ -146,17 +164,83 @@ def open_representation(
         small = _encoded_in_memory(source, key, representation)
         if small is not None:
             return small
-        try:
+    finally:
+        source.close()
+    try:
+        return store.open(key)
+    except ResultGone:
+        pass
+    with _encoding_guard:
+        growing = _encoding.get(key)
+        if growing is not None:
+            return growing.join()
+        try:  # stored by an encoding that finished since the first look
             return store.open(key)
         except ResultGone:
             pass
-        with _one_at_a_time(key):
-            try:
-                return store.open(key)
-            except ResultGone:
-                return _materialise(store, source, key, representation, charge, pool)
+        if len(_encoding) >= ENCODINGS_AT_MOST:
+            raise ServiceUnavailable(
+                "Too many results are being encoded on this data server; retry shortly.",
+                code="encoders_busy",
+                headers={"Retry-After": "1"},
+            )
+        temp = store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}")
+        growing = _encoding[key] = GrowingFile(temp)
+        reader = growing.join()
+    try:
+        threads.jobs.submit(
+            _materialise, store, data_key, key, representation, charge, threads.slices, growing
+        )
+    except RuntimeError as error:  # shutting down: no encoding will start
+        with _encoding_guard:
+            _encoding.pop(key, None)
+        growing.fail(error)
+        growing.close()
+        growing.path.unlink(missing_ok=True)
+    return reader
+
+
+def _materialise(
+    store: ResultStore,
+    data_key: str,
+    key: str,
+    representation: Representation,
+    charge: Callable[[int], bool],
+    slices: Executor | None,
+    growing: GrowingFile,
+) -> None:
+    """Encodes into ``growing`` (its readers follow), then stores it if the quota allows, and
+    only then lets the readers finish: a response that has ended left its representation
+    stored (or refused). The file leaves the registry once stored, so a request finds one or
+    the other."""
+    try:
+        try:
+            with (
+                store.open(result_object_key(data_key)) as source,
+                _compressed(growing, representation.coding) as target,
+            ):
+                for chunk in encode_result(
+                    source, representation.fmt, compression=representation.compression, pool=slices
+                ):
+                    target.write(chunk)
+        except ResultGone as error:  # purged meanwhile: the request answers 404
+            growing.fail(error)
+            return
+        except Exception as error:
+            _logger.exception("encoding %s failed", key)
+            growing.fail(error)
+            return
+        try:
+            if charge(growing.path.stat().st_size):
+                store.publish(growing.path, key)
+        except Exception:  # the readers have every byte; the next request encodes it again
+            _logger.exception("storing %s failed", key)
+        growing.finish()
     finally:
-        source.close()
+        with _encoding_guard:
+            _encoding.pop(key, None)
+        growing.close()
+        growing.path.unlink(missing_ok=True)
 
 
 class _RecentKeys:
@@ -213,31 +297,8 @@ def _encoded_in_memory(
     return pa.BufferReader(raw.getvalue())
 
 
-def _materialise(
-    store: ResultStore,
-    source: pa.NativeFile,
-    key: str,
-    representation: Representation,
-    charge: Callable[[int], bool],
-    pool: Executor | None,
-) -> pa.NativeFile:
-    temp = store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}")
-    try:
-        with open(temp, "wb") as raw, _compressed(raw, representation.coding) as target:
-            for chunk in encode_result(
-                source, representation.fmt, compression=representation.compression, pool=pool
-            ):
-                target.write(chunk)
-        if charge(temp.stat().st_size):
-            store.publish(temp, key)
-            return store.open(key)
-        return pa.OSFile(str(temp), "rb")  # still readable once unlinked below
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 @contextmanager
-def _compressed(raw: IO[bytes], coding: ContentCoding) -> Iterator[Any]:
+def _compressed(raw: _Writable, coding: ContentCoding) -> Iterator[Any]:
     """A writer that compresses into ``raw``; identical input gives identical bytes. (Publishing
     fsyncs the file.)"""
     if coding is ContentCoding.GZIP:
@@ -247,7 +308,8 @@ def _compressed(raw: IO[bytes], coding: ContentCoding) -> Iterator[Any]:
             yield out
     elif coding is ContentCoding.ZSTD:
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        with compressor.stream_writer(raw, closefd=False) as out:
+        # stream_writer calls only write and flush, whatever its stub asks for
+        with compressor.stream_writer(cast(IO[bytes], raw), closefd=False) as out:
             yield out
     elif coding is ContentCoding.BR:
         writer = _BrotliWriter(raw)
@@ -257,8 +319,14 @@ def _compressed(raw: IO[bytes], coding: ContentCoding) -> Iterator[Any]:
         yield raw
 
 
+class _Writable(Protocol):
+    def write(self, data: Any, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class _BrotliWriter:
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: _Writable) -> None:
         self._raw = raw
         self._compressor = brotli.Compressor(quality=BROTLI_QUALITY)
 

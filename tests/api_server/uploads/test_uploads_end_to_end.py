@@ -350,8 +350,10 @@ def test_stored_representations_count_and_are_kept_only_within_the_quota(region)
         grant = client.grant(execution["execution_id"])
         before = _results_bytes(region, client)
 
+        first = client.fetch(grant, "text/csv")  # sent as it is encoded, stored when it ends
         csv = client.fetch(grant, "text/csv")  # compressed: httpx accepts zstd and gzip
         assert csv.status_code == 200 and csv.text.count("\n") == 5001
+        assert csv.content == first.content
         stored = int(csv.headers["content-length"])
         assert "content-encoding" in csv.headers and stored < len(csv.content)
         assert _results_bytes(region, client) == before + stored

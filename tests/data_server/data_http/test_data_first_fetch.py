@@ -1,0 +1,171 @@
+"""The first fetch of a representation is sent as it is encoded: its bytes reach the client
+before the encoding ends, without a length; every request for it meanwhile follows the same
+encoding; a request that needs every byte (a range, HEAD) waits for it; the representation is
+stored before the first response ends; errors before the first byte are answered as errors.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from data_server import representations
+from shared.results import result_object_key, stored_variants, variant_object_key
+from tests.support.data_http import IDENTITY, get_result
+
+JSON = {"format": "json"}
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """``encode_result`` pauses after its first chunk until ``release`` is set; ``calls``
+    counts encodings."""
+
+    class Held:
+        def __init__(self) -> None:
+            self.calls: list[object] = []
+            self.release = threading.Event()
+
+    held = Held()
+    real = representations.encode_result
+
+    def paused(*args, **kwargs):
+        held.calls.append(args[1])
+        for index, chunk in enumerate(real(*args, **kwargs)):
+            if index == 1:
+                assert held.release.wait(30), "the test never released the encoder"
+            yield chunk
+
+    monkeypatch.setattr(representations, "encode_result", paused)
+    return held
+
+
+def _url(data) -> str:
+    return f"/data/{data.data_key}"
+
+
+def test_first_fetch_streams_before_the_encoding_ends_and_others_follow_it(data, held):
+    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
+        assert first.status_code == 200
+        assert "content-length" not in first.headers  # not known yet
+        assert first.headers["accept-ranges"] == "bytes" and first.headers["etag"]
+        chunks = first.iter_raw()
+        opening = next(chunks)  # sent while the encoder is paused
+        assert opening.startswith(b'{"columns":')
+        with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as second:
+            assert second.status_code == 200
+            assert second.headers["etag"] == first.headers["etag"]
+            held.release.set()
+            followed = b"".join(second.iter_raw())
+        whole = opening + b"".join(chunks)
+    assert len(held.calls) == 1  # one encoding for both
+    assert stored_variants(data.store, data.data_key) == {"json": len(whole)}
+    stored = get_result(data, "json")
+    assert int(stored.headers["content-length"]) == len(whole)
+    assert stored.content == whole == followed
+    assert json.loads(whole)["row_count"] == 50_000
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [("GET", {"Range": "bytes=10-19"}, 206), ("HEAD", {}, 200)],
+)
+def test_a_range_or_head_during_the_encoding_waits_for_every_byte(
+    data, held, method, headers, status
+):
+    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
+        chunks = first.iter_raw()
+        opening = next(chunks)
+        answers = []
+        waiter = threading.Thread(
+            target=lambda: answers.append(
+                data.request(method, _url(data), params=JSON, headers={**IDENTITY, **headers})
+            )
+        )
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()  # waiting for the end of the encoding
+        held.release.set()
+        whole = opening + b"".join(chunks)
+        waiter.join(30)
+    (answer,) = answers
+    size = stored_variants(data.store, data.data_key)["json"]
+    assert answer.status_code == status
+    if status == 206:
+        assert answer.headers["content-range"] == f"bytes 10-19/{size}"
+    else:
+        assert int(answer.headers["content-length"]) == size and answer.content == b""
+    assert len(held.calls) == 1 and len(whole) == size
+
+
+def test_a_reader_that_leaves_does_not_stop_the_encoding(data, held):
+    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
+        next(first.iter_raw())
+    held.release.set()  # the client is gone; the encoding goes on and is stored
+    followed = get_result(data, "json")  # follows it, or reads what it stored
+    assert json.loads(followed.content)["row_count"] == 50_000
+    assert stored_variants(data.store, data.data_key) == {"json": len(followed.content)}
+    assert len(held.calls) == 1
+
+
+def test_if_none_match_is_answered_without_encoding_and_checks_the_result_exists(data, held):
+    held.release.set()
+    etag = get_result(data, "json").headers["etag"]
+    data.store.delete(variant_object_key(data.data_key, "json"))  # to be encoded again if needed
+    held.calls.clear()
+    assert get_result(data, "json", {"If-None-Match": etag}).status_code == 304
+    assert held.calls == []
+    assert get_result(data, "csv", {"If-None-Match": etag}).status_code == 200  # another's tag
+    data.store.delete(result_object_key(data.data_key))
+    gone = get_result(data, "json", {"If-None-Match": etag})
+    assert gone.status_code == 404 and gone.json()["errors"][0]["code"] == "result_gone"
+
+
+def test_an_encoding_that_fails_before_its_first_byte_is_a_json_error(data, monkeypatch):
+    real = representations.encode_result
+
+    def broken(*args, **kwargs):
+        raise OSError("disk on fire")
+        yield b""
+
+    monkeypatch.setattr(representations, "encode_result", broken)
+    failed = get_result(data, "json")
+    assert failed.status_code == 500
+    assert failed.json()["errors"][0]["status"] == "500"
+    assert "disk on fire" not in failed.text
+    monkeypatch.setattr(representations, "encode_result", real)  # nothing left behind: retried
+    assert json.loads(get_result(data, "json").content)["row_count"] == 50_000
+
+
+def test_an_encoding_that_fails_midway_cuts_the_body_and_stores_nothing(data, monkeypatch):
+    real = representations.encode_result
+
+    def failing(*args, **kwargs):
+        chunks = real(*args, **kwargs)
+        yield next(chunks)
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(representations, "encode_result", failing)
+    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as cut:
+        assert cut.status_code == 200
+        body = b"".join(cut.iter_raw())  # uvicorn closes the connection before the last chunk
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(body)
+    assert stored_variants(data.store, data.data_key) == {}
+    monkeypatch.setattr(representations, "encode_result", real)
+    assert get_result(data, "json").status_code == 200
+
+
+def test_beyond_the_encodings_a_server_may_hold_a_first_request_is_a_503(data, held, monkeypatch):
+    monkeypatch.setattr(representations, "ENCODINGS_AT_MOST", 1)
+    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
+        chunks = first.iter_raw()
+        next(chunks)
+        busy = get_result(data, "ndjson")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["errors"][0]["code"] == "encoders_busy"
+        held.release.set()
+        b"".join(chunks)
+    assert get_result(data, "ndjson").status_code == 200
