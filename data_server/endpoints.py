@@ -255,6 +255,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         store,
         data_key,
         representation,
+        grant.organization_id,
         charge,
         state.encoding_threads,
     )

@@ -10,6 +10,8 @@ not affect them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -38,6 +40,7 @@ class GrowingFile:
         self._lock = threading.Lock()
         self._written = 0
         self._announced = 0
+        self._begun = False
         self._finished = False
         self._error: BaseException | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -62,6 +65,13 @@ class GrowingFile:
     def flush(self) -> None:
         """Written bytes are in the file already (compressors call this)."""
 
+    def begin(self) -> None:
+        """The encoder produced its first bytes: from now on a failure can only cut a body
+        short. (A compressor's header, written before, proves nothing.)"""
+        with self._lock:
+            self._begun = True
+        self._wake()
+
     def finish(self) -> None:
         """Every byte is written: readers may read to the end."""
         with self._lock:
@@ -84,7 +94,8 @@ class GrowingFile:
         with self._lock:
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
-            loop.call_soon_threadsafe(_resolve, future)
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, future)
 
     # ------------------------------------------------------------------------ readers
 
@@ -98,12 +109,14 @@ class GrowingFile:
         with self._lock:
             return self._written, self._finished, self._error
 
-    async def _changed(self, seen: int) -> None:
-        """Returns once more than ``seen`` bytes are written, or the writer is done."""
+    async def _changed(self, seen: int, *, until_begun: bool = False) -> None:
+        """Returns once more than ``seen`` bytes are written (``until_begun``: once the encoder
+        has begun), or the writer is done."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if self._written > seen or self._finished:
+            progressed = self._begun if until_begun else self._written > seen
+            if progressed or self._finished:
                 return
             self._waiters.append((loop, future))
         await future
@@ -122,11 +135,12 @@ class GrowingReader:
         self._file = os.fdopen(fd, "rb", buffering=0)  # closed by close() or the collector
 
     async def started(self) -> None:
-        """Waits for the first bytes, or the end; raises if the writer failed before writing
-        anything, so that the error is answered before a status line is sent."""
-        await self._growing._changed(0)
-        written, _, error = self._growing._progress()
-        if error is not None and not written:
+        """Waits for the encoder's first bytes, or the end; raises if the writer failed before
+        them, so that the error is answered before a status line is sent."""
+        await self._growing._changed(0, until_begun=True)
+        with self._growing._lock:
+            error = None if self._growing._begun else self._growing._error
+        if error is not None:
             self.close()
             raise error
 
@@ -160,8 +174,45 @@ class GrowingReader:
                 self.close()
                 raise error
             if finished:
-                return pa.PythonFile(self._file, mode="r")
+                return pa.PythonFile(_PositionalReader(self._file), mode="r")
             await self._growing._changed(written)
 
     def close(self) -> None:
         self._file.close()
+
+
+class _PositionalReader(io.RawIOBase):
+    """A file read at its own position with ``pread``: readers of one growing file share one
+    open file description (their descriptors are duplicates), hence one offset, which ``seek``
+    and ``read`` from two threads would move under each other."""
+
+    def __init__(self, file: io.FileIO) -> None:
+        self._file = file
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            offset += os.fstat(self._file.fileno()).st_size
+        elif whence == io.SEEK_CUR:
+            offset += self._position
+        self._position = offset
+        return offset
+
+    def readinto(self, buffer: Any) -> int:
+        data = os.pread(self._file.fileno(), len(buffer), self._position)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

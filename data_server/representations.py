@@ -36,7 +36,7 @@ import zstandard
 from data_server.encoders import SLICE_BYTES, encode_result
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
 from data_server.growing_files import GrowingFile, GrowingReader
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, TooManyRequests
 from shared.results import (
     CODING_SUFFIXES,
     ResultGone,
@@ -116,10 +116,11 @@ def negotiate_coding(accept_encoding: str | None, fmt: ResultFormat) -> ContentC
 # ---------------------------------------------------------------------------- materialising
 
 # At most this many first encodings run at once in a data server; more wait their turn (their
-# requests wait without a thread), up to ENCODINGS_AT_MOST in all, and beyond that a first
-# request is answered 503 (each waiting encoding holds a scratch file open). Their JSON slices
-# share the slice threads.
+# requests wait without a thread). Each running or waiting one holds a scratch file open: an
+# organisation may have ENCODINGS_PER_ORGANIZATION of them (beyond: 429), the server
+# ENCODINGS_AT_MOST (beyond: 503). Their JSON slices share the slice threads.
 MATERIALISATIONS_AT_ONCE = 8
+ENCODINGS_PER_ORGANIZATION = 16
 ENCODINGS_AT_MOST = 64
 
 
@@ -135,11 +136,15 @@ class EncodingThreads:
         for executor in (self.jobs, self.slices):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
+        with _encoding_guard:  # those not started never will be: their readers must not wait
+            waiting = [growing for _, growing in _encoding.values()]
+        for growing in waiting:
+            growing.fail(ServiceUnavailable("The data server is shutting down."))
 
 
-# The encodings in progress in this process, by variant key: a request for a variant being
-# encoded follows that encoding instead of starting another.
-_encoding: dict[str, GrowingFile] = {}
+# The encodings in progress in this process, by variant key, with their organisation: a request
+# for a variant being encoded follows that encoding instead of starting another.
+_encoding: dict[str, tuple[str, GrowingFile]] = {}
 _encoding_guard = threading.Lock()
 _logger = logging.getLogger(__name__)
 
@@ -148,6 +153,7 @@ def open_representation(
     store: ResultStore,
     data_key: str,
     representation: Representation,
+    organization_id: str,
     charge: Callable[[int], bool],
     threads: EncodingThreads,
 ) -> pa.NativeFile | GrowingReader:
@@ -157,7 +163,8 @@ def open_representation(
     ``charge(size)`` counts a new representation in the organisation's storage quota before it
     is stored; when it refuses (no room), the bytes are served from scratch space this once and
     not kept. The Arrow file is checked first: a purged result is gone even if a variant written
-    by a request racing the purge is left over (the orphan sweep removes that)."""
+    by a request racing the purge is left over (the orphan sweep removes that). The store is
+    never asked anything under the registry's lock (on S3 each question is a request)."""
     source = store.open(result_object_key(data_key))
     key = variant_object_key(data_key, representation.variant)
     try:
@@ -166,38 +173,62 @@ def open_representation(
             return small
     finally:
         source.close()
-    try:
-        return store.open(key)
-    except ResultGone:
-        pass
-    with _encoding_guard:
-        growing = _encoding.get(key)
-        if growing is not None:
-            return growing.join()
-        try:  # stored by an encoding that finished since the first look
+    for look in range(2):
+        try:
             return store.open(key)
         except ResultGone:
             pass
-        if len(_encoding) >= ENCODINGS_AT_MOST:
-            raise ServiceUnavailable(
-                "Too many results are being encoded on this data server; retry shortly.",
-                code="encoders_busy",
-                headers={"Retry-After": "1"},
-            )
-        temp = store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}")
-        growing = _encoding[key] = GrowingFile(temp)
-        reader = growing.join()
+        with _encoding_guard:
+            if key in _encoding:
+                return _encoding[key][1].join()
+            if look:  # neither stored nor being encoded, twice: encode it
+                growing, reader = _claim(store, key, organization_id)
+                break
     try:
         threads.jobs.submit(
             _materialise, store, data_key, key, representation, charge, threads.slices, growing
         )
     except RuntimeError as error:  # shutting down: no encoding will start
-        with _encoding_guard:
-            _encoding.pop(key, None)
         growing.fail(error)
+        _release(key, growing)
+    return reader
+
+
+def _claim(store: ResultStore, key: str, organization_id: str) -> tuple[GrowingFile, GrowingReader]:
+    """A new encoding of ``key`` and its first reader, registered only once both exist (the
+    caller holds the registry's lock)."""
+    if len(_encoding) >= ENCODINGS_AT_MOST:
+        raise ServiceUnavailable(
+            "Too many results are being encoded on this data server; retry shortly.",
+            code="encoders_busy",
+            headers={"Retry-After": "1"},
+        )
+    if sum(owner == organization_id for owner, _ in _encoding.values()) >= (
+        ENCODINGS_PER_ORGANIZATION
+    ):
+        raise TooManyRequests(
+            f"This organisation has {ENCODINGS_PER_ORGANIZATION} results being encoded on this "
+            "data server; retry once they are done.",
+            code="encoders_busy",
+            headers={"Retry-After": "1"},
+        )
+    growing = GrowingFile(store.temp_path(f"variant-{os.getpid()}-{os.urandom(6).hex()}"))
+    try:
+        reader = growing.join()
+    except BaseException:  # no descriptor left, say: nothing registered, nothing left behind
         growing.close()
         growing.path.unlink(missing_ok=True)
-    return reader
+        raise
+    _encoding[key] = (organization_id, growing)
+    return growing, reader
+
+
+def _release(key: str, growing: GrowingFile) -> None:
+    """Leaves the registry (new requests look in the store again), then the writer's file."""
+    with _encoding_guard:
+        _encoding.pop(key, None)
+    growing.close()
+    growing.path.unlink(missing_ok=True)
 
 
 def _materialise(
@@ -213,6 +244,7 @@ def _materialise(
     only then lets the readers finish: a response that has ended left its representation
     stored (or refused). The file leaves the registry once stored, so a request finds one or
     the other."""
+    begun = False
     try:
         try:
             with (
@@ -223,6 +255,9 @@ def _materialise(
                     source, representation.fmt, compression=representation.compression, pool=slices
                 ):
                     target.write(chunk)
+                    if not begun:
+                        growing.begin()
+                        begun = True
         except ResultGone as error:  # purged meanwhile: the request answers 404
             growing.fail(error)
             return
@@ -237,10 +272,7 @@ def _materialise(
             _logger.exception("storing %s failed", key)
         growing.finish()
     finally:
-        with _encoding_guard:
-            _encoding.pop(key, None)
-        growing.close()
-        growing.path.unlink(missing_ok=True)
+        _release(key, growing)
 
 
 class _RecentKeys:

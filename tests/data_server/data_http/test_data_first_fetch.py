@@ -169,3 +169,54 @@ def test_beyond_the_encodings_a_server_may_hold_a_first_request_is_a_503(data, h
         held.release.set()
         b"".join(chunks)
     assert get_result(data, "ndjson").status_code == 200
+
+
+def test_an_organisation_may_have_only_so_many_encodings_at_once(data, held, monkeypatch):
+    monkeypatch.setattr(representations, "ENCODINGS_PER_ORGANIZATION", 1)
+    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
+        chunks = first.iter_raw()
+        next(chunks)
+        busy = get_result(data, "ndjson")
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert busy.json()["errors"][0]["code"] == "encoders_busy"
+        held.release.set()
+        b"".join(chunks)
+    assert get_result(data, "ndjson").status_code == 200
+
+
+def test_concurrent_ranges_during_the_encoding_each_get_their_own_bytes(data, held):
+    """Readers share one open file (duplicated descriptors): each must read at its own offset."""
+    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
+        chunks = first.iter_raw()
+        opening = next(chunks)
+        spans = [(n * 150_000, n * 150_000 + 299_999) for n in range(8)]
+        answers: dict[int, bytes] = {}
+
+        def fetch(index: int) -> None:
+            first_byte, last_byte = spans[index]
+            headers = {**IDENTITY, "Range": f"bytes={first_byte}-{last_byte}"}
+            answers[index] = data.get(_url(data), params=JSON, headers=headers).content
+
+        readers = [threading.Thread(target=fetch, args=(n,)) for n in range(len(spans))]
+        for reader in readers:
+            reader.start()
+        held.release.set()
+        whole = opening + b"".join(chunks)
+        for reader in readers:
+            reader.join(30)
+    assert len(whole) > spans[-1][1]
+    assert all(answers[n] == whole[a : b + 1] for n, (a, b) in enumerate(spans))
+
+
+def test_an_encoder_failing_at_once_under_a_content_coding_is_a_json_error(data, monkeypatch):
+    """gzip writes its header before the encoder's first byte: that is no reason to start."""
+
+    def broken(*args, **kwargs):
+        raise OSError("disk on fire")
+        yield b""
+
+    monkeypatch.setattr(representations, "encode_result", broken)
+    for coding in ("gzip", "zstd", "br"):
+        failed = get_result(data, "json", {"Accept-Encoding": coding})
+        assert failed.status_code == 500, coding
+        assert failed.json()["errors"][0]["status"] == "500"
