@@ -122,9 +122,9 @@ def _strings(column: pa.Array, slow_values: Callable[[pa.Array], list[Any]]) -> 
 
 def _timestamps(column: pa.Array) -> pa.Array:
     """``YYYY-MM-DDTHH:MM:SS[.fraction]`` at the column's unit, zoned values in UTC (their
-    ``+00:00`` comes from the fragment's frame). Arrow spells them with a space at index 10,
-    which is overwritten in a copy of the text buffer; a year outside 0 to 9999 moves it, and then
-    a kernel replaces the character at that index (the same bytes, more slowly)."""
+    ``+00:00`` comes from the fragment's frame). Arrow puts a space between date and time, at
+    index 10 for a four-digit year: it is overwritten with the T in a copy of the text buffer.
+    Other years (before 0, after 9999) move it; then a kernel replaces the first space."""
     data_type = column.type
     naive = column.cast(pa.timestamp(data_type.unit)) if data_type.tz is not None else column
     texts = pc.cast(naive, pa.string())
@@ -142,7 +142,7 @@ def _timestamps(column: pa.Array) -> pa.Array:
         int(separators.max()) < data.size and bool((data[separators] == _SPACE).all())
     )
     if not in_place:
-        return pc.utf8_replace_slice(texts, _DATE_LENGTH, _DATE_LENGTH + 1, "T")
+        return pc.replace_substring(texts, " ", "T", max_replacements=1)
     data[separators] = _T
     buffers = texts.buffers()
     return pa.StringArray.from_buffers(
