@@ -62,20 +62,15 @@ def test_a_reader_whose_loop_has_closed_does_not_break_the_writer(tmp_path):
 
 
 def test_a_failure_before_any_byte_is_raised_by_started_and_after_by_chunks(tmp_path):
-    growing = GrowingFile(tmp_path / "scratch")
-    before = growing.join()
-    growing.fail(OSError("disk on fire"))
-    with pytest.raises(OSError, match="disk on fire"):
-        asyncio.run(before.started())
-    growing.close()
-
-    growing = GrowingFile(tmp_path / "header")
-    header_only = growing.join()
-    growing.write(b"\x1f\x8b")  # a compressor's header, before any byte of the encoder's
-    growing.fail(OSError("disk on fire"))
-    with pytest.raises(OSError, match="disk on fire"):
-        asyncio.run(header_only.started())
-    growing.close()
+    # Nothing written; then only a compressor's header, before any byte of the encoder's.
+    for name, written in (("nothing", b""), ("header", b"\x1f\x8b")):
+        growing = GrowingFile(tmp_path / name)
+        before = growing.join()
+        growing.write(written)
+        growing.fail(OSError("disk on fire"))
+        with pytest.raises(OSError, match="disk on fire"):
+            asyncio.run(before.started())
+        growing.close()
 
     growing = GrowingFile(tmp_path / "other")
     after = growing.join()

@@ -158,26 +158,19 @@ def test_an_encoding_that_fails_midway_cuts_the_body_and_stores_nothing(data, mo
     assert get_result(data, "json").status_code == 200
 
 
-def test_beyond_the_encodings_a_server_may_hold_a_first_request_is_a_503(data, held, monkeypatch):
-    monkeypatch.setattr(representations, "ENCODINGS_AT_MOST", 1)
+@pytest.mark.parametrize(
+    ("cap", "status"), [("ENCODINGS_AT_MOST", 503), ("ENCODINGS_PER_ORGANIZATION", 429)]
+)
+def test_beyond_the_encodings_allowed_a_first_request_is_refused(
+    data, held, monkeypatch, cap, status
+):
+    """The server's cap (503) and the organisation's share of it (429), here one encoding."""
+    monkeypatch.setattr(representations, cap, 1)
     with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
         chunks = first.iter_raw()
         next(chunks)
         busy = get_result(data, "ndjson")
-        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-        assert busy.json()["errors"][0]["code"] == "encoders_busy"
-        held.release.set()
-        b"".join(chunks)
-    assert get_result(data, "ndjson").status_code == 200
-
-
-def test_an_organisation_may_have_only_so_many_encodings_at_once(data, held, monkeypatch):
-    monkeypatch.setattr(representations, "ENCODINGS_PER_ORGANIZATION", 1)
-    with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
-        chunks = first.iter_raw()
-        next(chunks)
-        busy = get_result(data, "ndjson")
-        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert busy.status_code == status and busy.headers["retry-after"] == "1"
         assert busy.json()["errors"][0]["code"] == "encoders_busy"
         held.release.set()
         b"".join(chunks)
