@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 from starlette.concurrency import run_in_threadpool
 
-READ_CHUNK_BYTES = 1024 * 1024
+from data_server.ranges import READ_CHUNK_BYTES
+
 # Readers are woken after at least this many new bytes (or the end): one wake-up per slice of a
 # few hundred kilobytes, not one per compressor write.
 _WAKE_BYTES = 256 * 1024
@@ -109,6 +110,10 @@ class GrowingFile:
         with self._lock:
             return self._written, self._finished, self._error
 
+    def _failed_before_beginning(self) -> BaseException | None:
+        with self._lock:
+            return None if self._begun else self._error
+
     async def _changed(self, seen: int, *, until_begun: bool = False) -> None:
         """Returns once more than ``seen`` bytes are written (``until_begun``: once the encoder
         has begun), or the writer is done."""
@@ -138,8 +143,7 @@ class GrowingReader:
         """Waits for the encoder's first bytes, or the end; raises if the writer failed before
         them, so that the error is answered before a status line is sent."""
         await self._growing._changed(0, until_begun=True)
-        with self._growing._lock:
-            error = None if self._growing._begun else self._growing._error
+        error = self._growing._failed_before_beginning()
         if error is not None:
             self.close()
             raise error
@@ -167,7 +171,6 @@ class GrowingReader:
     async def complete(self) -> pa.NativeFile:
         """The whole file, once written (for a length, ranges or HEAD); raises what the writer
         failed with."""
-        written = 0
         while True:
             written, finished, error = self._growing._progress()
             if error is not None:

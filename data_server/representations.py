@@ -136,7 +136,8 @@ class EncodingThreads:
         for executor in (self.jobs, self.slices):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
-        with _encoding_guard:  # those not started never will be: their readers must not wait
+        # Queued encodings will never start and running ones are cut short: no reader waits.
+        with _encoding_guard:
             waiting = [growing for _, growing in _encoding.values()]
         for growing in waiting:
             growing.fail(ServiceUnavailable("The data server is shutting down."))

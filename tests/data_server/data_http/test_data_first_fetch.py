@@ -178,7 +178,9 @@ def test_beyond_the_encodings_allowed_a_first_request_is_refused(
 
 
 def test_concurrent_ranges_during_the_encoding_each_get_their_own_bytes(data, held):
-    """Readers share one open file (duplicated descriptors): each must read at its own offset."""
+    """Ranges asked for while the representation is encoded get the bytes stored later. (That
+    readers share one file offset is caught by tests/data_server/test_growing_files.py, whose
+    reads race more than a test client's.)"""
     with data.stream("GET", _url(data), params=JSON, headers=IDENTITY) as first:
         chunks = first.iter_raw()
         opening = next(chunks)
