@@ -29,7 +29,6 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.database_types import refuse_ssh_tunnel
-from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Dashboard, Datasource, Execution, Organization, SqlSnippet, utcnow
 from shared.errors import Conflict, TooManyRequests
 from shared.filter_rules import variable_rules
@@ -40,6 +39,7 @@ from shared.lifecycle import (
     ExecutionType,
 )
 from shared.notifications import announce_new_work
+from shared.organization_rows import lock_organization
 from shared.settings import Settings
 from sql_templating.binding import BoundQuery, bind_parameters
 from sql_templating.parameters import InputParameters
@@ -211,20 +211,6 @@ def require_enabled(datasource: Datasource) -> None:
     if not datasource.enabled:
         raise Conflict("This datasource is disabled.", code="datasource_disabled")
     refuse_ssh_tunnel(datasource.ssh_tunnel_host)
-
-
-def lock_organization(session: Session, organization_id: str) -> Organization:
-    """Concurrent runs of one organisation take turns from here to their commit (its row locked
-    on PostgreSQL, the database on SQLite): its cap cannot be overshot, and a run sees the
-    execution an identical run just queued. Writers of its stored results take the same turns
-    (``shared.storage_quota.locked_storage_usage``), so its storage quota cannot be either. ``key_share``: the lock does not block inserts
-    that only reference the organisation (audit events, other resources)."""
-    write_lock_on_sqlite(session)
-    return session.scalars(
-        select(Organization)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
-    ).one()
 
 
 def execution_cap(organization: Organization, settings: Settings) -> int:

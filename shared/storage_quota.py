@@ -19,13 +19,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from shared.datapaths import organization_area
 from shared.db.models import Execution
 from shared.errors import PayloadTooLarge
-from shared.runs import lock_organization
+from shared.organization_rows import count_stored_bytes, lock_organization, stored_results_bytes
 from shared.settings import Settings
 
 MIB = 1024 * 1024
@@ -98,23 +98,10 @@ def tree_bytes(folder: Path) -> int:
     return total
 
 
-def stored_result_bytes(session: Session, organization_id: str) -> int:
-    """Bytes of the organisation's results that are still stored, representations included."""
-    stored = func.coalesce(Execution.result_size, 0) + Execution.variants_size
-    total = session.scalar(
-        select(func.coalesce(func.sum(stored), 0)).where(
-            Execution.organization_id == organization_id,
-            Execution.data_key.is_not(None),
-            Execution.data_purged_at.is_(None),
-        )
-    )
-    return int(total or 0)
-
-
 def storage_usage(session: Session, settings: Settings, organization_id: str) -> StorageUsage:
     return StorageUsage(
         files_bytes=tree_bytes(organization_area(settings.data_root, organization_id)),
-        results_bytes=stored_result_bytes(session, organization_id),
+        results_bytes=stored_results_bytes(session, organization_id),
         quota_bytes=settings.max_organization_storage_mb * MIB,
     )
 
@@ -148,4 +135,7 @@ def charge_representation(
         .values(variants_size=Execution.variants_size + size)
         .execution_options(synchronize_session=False)
     )
-    return bool(charged.rowcount)  # type: ignore[attr-defined]
+    if not charged.rowcount:  # type: ignore[attr-defined]
+        return False
+    count_stored_bytes(session, organization_id, size)
+    return True

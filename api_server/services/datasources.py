@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
@@ -24,6 +24,8 @@ from shared.db.models import Datasource, Execution, Filter, Report
 from shared.egress import check_destination
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.ids import new_resource_id
+from shared.lifecycle import delete_executions
+from shared.organization_rows import lock_organization
 from shared.settings import Settings
 from shared.shared_folders import granted_folder
 from shared.state_secrets import ServerSecrets
@@ -230,10 +232,9 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     worker's refresh takes them, so the two cannot deadlock."""
     write_lock_on_sqlite(session)
     ds = get_datasource(session, principal, datasource_id)
+    lock_organization(session, ds.organization_id)
     _refuse_if_reports_use(session, ds)
-    results = session.scalars(
-        delete(Execution).where(Execution.datasource_id == ds.id).returning(Execution.data_key)
-    ).all()
+    results = delete_executions(session, ds.organization_id, Execution.datasource_id == ds.id)
     session.refresh(ds, with_for_update=True)
     schema = ds.schema_data_key
     own_place = _own_place_of(session, ds)

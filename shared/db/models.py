@@ -68,6 +68,9 @@ class Organization(Base):
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate_limit_per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_running_executions: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The bytes of its stored results, kept by every transition that stores or forgets one
+    # (shared.organization_rows): the storage quota reads this instead of a sum.
+    stored_results_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

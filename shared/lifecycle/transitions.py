@@ -12,11 +12,13 @@ announces "execution X ended", and each freed slot "new work" (shared.notificati
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Result, delete, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, Row, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import database_now, write_lock_on_sqlite
@@ -25,6 +27,7 @@ from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
 from shared.lifecycle.claims import Claim
 from shared.notifications import announce_ended, announce_new_work
+from shared.organization_rows import count_stored_bytes, lock_organization
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ def complete(
 ) -> bool:
     """Mark completed under the fence, in the caller's transaction; False if the lease was lost
     or a cancel (or purge) was accepted meanwhile: the row then ends ``cancelled``, and the
-    caller deletes what it stored for this attempt."""
+    caller deletes what it stored for this attempt. A stored result (``data_key``) is counted in
+    its organisation's stored bytes, whose row the caller locked first (``locked_storage_usage``)."""
     now = database_now(session)
     ended = _finish(
         session,
@@ -87,7 +91,11 @@ def complete(
         result_truncated=truncated,
         data_key=data_key,
     )
-    return ended == ExecutionStatus.COMPLETED
+    if ended != ExecutionStatus.COMPLETED:
+        return False
+    if data_key is not None:
+        count_stored_bytes(session, claim.organization_id, size)
+    return True
 
 
 def finish_unsuccessfully(
@@ -228,22 +236,12 @@ def expire_results(sessions: sessionmaker[Session], settings: Settings, batch: i
     this committed (``delete_stored_data``)."""
     with sessions.begin() as session:
         cutoff = database_now(session) - timedelta(hours=settings.result_retention_hours)
-        rows = session.execute(
-            select(Execution.id, Execution.data_key)
-            .where(
-                Execution.data_key.is_not(None),
-                Execution.data_purged_at.is_(None),
-                Execution.completed_at < cutoff,
-            )
+        due = session.execute(
+            select(Execution.organization_id, Execution.id)
+            .where(_STORED, Execution.completed_at < cutoff)
             .limit(batch)
         ).all()
-        if rows:
-            session.execute(
-                update(Execution)
-                .where(Execution.id.in_([row.id for row in rows]))
-                .values(data_purged_at=utcnow())
-            )
-    return [row.data_key for row in rows]
+        return _by_organization(session, due, purge_stored_results)
 
 
 def delete_expired_executions(
@@ -254,14 +252,82 @@ def delete_expired_executions(
     objects the caller deletes once this committed."""
     with sessions.begin() as session:
         cutoff = database_now(session) - timedelta(hours=settings.execution_retention_hours)
-        rows = session.execute(
-            select(Execution.id, Execution.data_key)
+        due = session.execute(
+            select(Execution.organization_id, Execution.id)
             .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL_STATUSES))
             .limit(batch)
         ).all()
-        if rows:
-            session.execute(delete(Execution).where(Execution.id.in_([row.id for row in rows])))
-    return [row.data_key for row in rows]
+        return _by_organization(session, due, delete_executions)
+
+
+# Whose result is stored: the bytes its organisation's counter holds for it.
+_STORED = Execution.data_key.is_not(None) & Execution.data_purged_at.is_(None)
+
+_Key = TypeVar("_Key", str, str | None)
+
+
+def _by_organization(
+    session: Session,
+    due: Sequence[Row[str, str]],
+    forget: Callable[[Session, str, ColumnElement[bool]], list[_Key]],
+) -> list[_Key]:
+    """``forget`` the executions of the (organisation id, execution id) rows ``due``, one
+    organisation at a time, each locked first and in id order, as any other writer of two would
+    take them; the data keys it returned."""
+    executions: defaultdict[str, list[str]] = defaultdict(list)
+    for organization_id, execution_id in due:
+        executions[organization_id].append(execution_id)
+    data_keys: list[_Key] = []
+    for organization_id in sorted(executions):
+        lock_organization(session, organization_id)
+        which = Execution.id.in_(executions[organization_id])
+        data_keys += forget(session, organization_id, which)
+    return data_keys
+
+
+def purge_stored_results(
+    session: Session, organization_id: str, which: ColumnElement[bool]
+) -> list[str]:
+    """Mark the results of this organisation's executions ``which`` purged, those still stored,
+    and take their bytes off its counter; the caller locked the organisation first
+    (``lock_organization``) and deletes the objects of the data keys returned once this
+    committed."""
+    purged = session.execute(
+        update(Execution)
+        .where(which, _STORED, Execution.organization_id == organization_id)
+        .values(data_purged_at=utcnow())
+        .returning(Execution.data_key, Execution.result_size, Execution.variants_size)
+    ).all()
+    count_stored_bytes(session, organization_id, -sum((r or 0) + v for _, r, v in purged))
+    return [data_key for data_key, _, _ in purged if data_key is not None]
+
+
+def delete_executions(
+    session: Session, organization_id: str, which: ColumnElement[bool]
+) -> list[str | None]:
+    """Delete this organisation's executions ``which`` and take the bytes of their results still
+    stored off its counter; the caller locked the organisation first (``lock_organization``) and
+    deletes the objects of the data keys returned (None: it had no result) once this committed.
+
+    Plain columns come back and Python adds them up: SQLite 3.40 answers ``x IS NULL`` wrongly in
+    a DELETE's RETURNING clause (false for a NULL)."""
+    deleted = session.execute(
+        delete(Execution)
+        .where(which, Execution.organization_id == organization_id)
+        .returning(
+            Execution.data_key,
+            Execution.data_purged_at,
+            Execution.result_size,
+            Execution.variants_size,
+        )
+    ).all()
+    still_stored = sum(
+        (result_size or 0) + variants_size
+        for data_key, purged_at, result_size, variants_size in deleted
+        if data_key is not None and purged_at is None
+    )
+    count_stored_bytes(session, organization_id, -still_stored)
+    return [row.data_key for row in deleted]
 
 
 def release(sessions: sessionmaker[Session], claim: Claim) -> None:
@@ -307,11 +373,16 @@ def purge_result(session: Session, execution: Execution) -> str | None:
     """Forget the result now; returns the data key whose stored object the caller deletes after
     the commit (``delete_stored_data``). An unfinished execution is cancelled, so that its worker
     can never publish a result (it deletes its own upload); one that completed before the lock
-    was taken returns its key here."""
+    was taken returns its key here. The organisation is locked first, as a worker completing
+    there locks it before the execution."""
+    lock_organization(session, execution.organization_id)
     _lock(session, execution)
     if execution.status not in TERMINAL_STATUSES:
         _mark_cancelled(session, execution)
-    execution.data_purged_at = execution.data_purged_at or utcnow()
+    if execution.data_key is not None and execution.data_purged_at is None:
+        stored = (execution.result_size or 0) + execution.variants_size
+        count_stored_bytes(session, execution.organization_id, -stored)
+        execution.data_purged_at = utcnow()
     session.flush()
     return execution.data_key
 

@@ -2,18 +2,23 @@
 server's purge, cancel and datasource delete with a worker's upload and commit, driven in process
 at the exact point where the race happens. A worker runs with a stand-in for the sandbox pool that
 writes a real Arrow file; a data server app in process serves the grants. Runs on SQLite and
-PostgreSQL, with the local and the S3-compatible result store."""
+PostgreSQL, with the local and the S3-compatible result store.
+
+After every test, each organisation's stored-bytes counter must equal the sum over its stored
+results (``counters_match_what_is_stored``): every interleaving here is also one for the counter."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from api_server.services import executions as execution_service
@@ -21,8 +26,10 @@ from data_server import janitor, representations
 from data_server.app import create_app as create_data_app
 from data_server.engine import QueryFailed, QueryOutcome
 from data_server.worker import Worker
-from shared import lifecycle
-from shared.db.models import Execution
+from shared import lifecycle, storage_quota
+from shared.db.models import Execution, Organization, utcnow
+from shared.lifecycle import transitions
+from shared.storage_quota import charge_representation
 from tests.support.factories import auth
 
 FAR_FUTURE = time.time() + 365 * 24 * 3600  # every stored object was written before this
@@ -97,6 +104,31 @@ def org(api):
     org = api.create_org()
     _queue_nothing_else(api)
     return org
+
+
+@pytest.fixture(autouse=True)
+def counters_match_what_is_stored(api):
+    """Every organisation's counter equals the sum it stands for, once the test is done."""
+    yield
+    counted, summed = _counters(api)
+    assert counted == summed
+
+
+def _counters(api) -> tuple[dict[str, int], dict[str, int]]:
+    """Each organisation's counter, and the sum over its stored results that it stands for."""
+    stored = func.coalesce(Execution.result_size, 0) + Execution.variants_size
+    with api.app.state.sessions() as session:
+        counted = dict(
+            session.execute(select(Organization.id, Organization.stored_results_bytes)).all()
+        )
+        summed = dict.fromkeys(counted, 0) | dict(
+            session.execute(
+                select(Execution.organization_id, func.sum(stored))
+                .where(Execution.data_key.is_not(None), Execution.data_purged_at.is_(None))
+                .group_by(Execution.organization_id)
+            ).all()
+        )
+    return counted, {organization: int(total) for organization, total in summed.items()}
 
 
 def _queue_nothing_else(api) -> None:
@@ -302,3 +334,110 @@ def test_a_store_that_fails_to_delete_does_not_fail_the_purge_and_the_sweep_fini
     later = time.time() + 2 * janitor.ORPHAN_GRACE_SECONDS
     assert janitor.remove_orphaned_objects(api.app.state.sessions, store, now=later) == 1
     assert _stored(api) == []
+
+
+def test_the_stored_bytes_counter_follows_every_way_a_result_is_stored_or_forgotten(
+    api, org, worker
+):
+    """Completion and stored representations add; a purge, retention's expiry, retention's
+    deletion and a datasource's deletion take off; another organisation's counter never moves."""
+    other = api.create_org("Other")
+    _queue_nothing_else(api)
+    sessions = api.app.state.sessions
+
+    def counted(organization) -> int:
+        counters, sums = _counters(api)
+        assert counters == sums
+        return counters[organization.id]
+
+    def completed(organization) -> Execution:
+        execution_id = _run_sql(api, organization)
+        worker._run(_claim(api, execution_id))
+        row = _row(api, execution_id)
+        assert row is not None and row.status == "completed" and row.result_size
+        return row
+
+    first, second, third, theirs = completed(org), completed(org), completed(org), completed(other)
+    size = first.result_size
+    assert counted(org) == 3 * size and counted(other) == size
+
+    with sessions.begin() as session:
+        assert charge_representation(session, api.settings, org.id, first.data_key, 1000)
+        assert not charge_representation(session, api.settings, org.id, "res_gone", 1000)
+    assert counted(org) == 3 * size + 1000
+
+    assert api.delete(f"/executions/{first.id}", org.key).status_code == 204
+    assert api.delete(f"/executions/{first.id}", org.key).status_code == 204  # nothing twice
+    assert counted(org) == 2 * size
+
+    long_ago = utcnow() - timedelta(hours=api.settings.execution_retention_hours + 1)
+    with sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id.in_([second.id, theirs.id]))
+            .values(completed_at=long_ago)
+        )
+    janitor.purge_expired_results(sessions, api.app.state.result_store, api.settings)
+    assert counted(org) == size and counted(other) == 0
+
+    with sessions.begin() as session:
+        session.execute(
+            update(Execution).where(Execution.id == third.id).values(created_at=long_ago)
+        )
+    janitor.delete_expired_executions(sessions, api.app.state.result_store, api.settings)
+    assert _row(api, third.id) is None and counted(org) == 0
+
+    completed(org), completed(other)
+    assert counted(org) == size and counted(other) == size
+    assert api.delete(f"/datasources/{org.sample_datasource_id}", org.key).status_code == 204
+    assert counted(org) == 0 and counted(other) == size
+
+
+def test_a_purge_and_a_charge_for_the_same_result_take_the_organisation_first(
+    api, org, worker, monkeypatch
+):
+    """A purge locks the organisation before the execution, as a charge for one of its stored
+    representations does. Driven into the one interleaving where the opposite order deadlocks
+    (PostgreSQL would then fail one of them): the purge holds the execution's row and lets the
+    charge in, which must now wait for the organisation instead of taking it."""
+    execution_id = _run_sql(api, org)
+    worker._run(_claim(api, execution_id))
+    sessions = api.app.state.sessions
+    charge_holds_organisation = threading.Event()
+    answers: list[object] = []
+
+    real_lock_organization = storage_quota.lock_organization
+
+    def lock_then_tell(session, organization_id):
+        locked = real_lock_organization(session, organization_id)
+        charge_holds_organisation.set()
+        return locked
+
+    def charge() -> None:
+        try:
+            with sessions.begin() as session:
+                row = session.get(Execution, execution_id)
+                answers.append(
+                    storage_quota.charge_representation(
+                        session, api.settings, org.id, row.data_key, 10
+                    )
+                )
+        except Exception as exc:
+            answers.append(exc)
+
+    charger = threading.Thread(target=charge)
+    real_row_lock = transitions._lock
+
+    def lock_row_then_let_the_charge_in(session, execution):
+        real_row_lock(session, execution)
+        charger.start()
+        charge_holds_organisation.wait(timeout=1)  # only the wrong order lets it in
+
+    monkeypatch.setattr(storage_quota, "lock_organization", lock_then_tell)
+    monkeypatch.setattr(transitions, "_lock", lock_row_then_let_the_charge_in)
+    with sessions.begin() as session:
+        lifecycle.purge_result(session, session.get(Execution, execution_id))
+    charger.join(timeout=30)
+
+    assert answers == [False]  # it came second and found the result purged
+    assert _counters(api)[0][org.id] == 0

@@ -211,3 +211,60 @@ def test_file_area_migration_moves_own_paths_and_leaves_no_path_into_another_are
         assert downgraded["sample"] is None
         command.upgrade(config, "0006")
         assert _databases(engine) == after
+
+
+# (organisation, data key, purged, result size, representations' size) at revision 0010.
+STORED_RESULT_ROWS = [
+    (ORG_A, "r_a1", False, 1000, 300),
+    (ORG_A, "r_a2", False, None, 0),  # a result whose size was never recorded counts 0
+    (ORG_A, "r_a3", True, 5000, 700),  # purged: no longer counted
+    (ORG_A, None, False, 67, 0),  # a schema refresh: its payload is not a stored result
+    (ORG_B, "r_b1", False, 20, 0),
+]
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_stored_bytes_migration_counts_each_organisations_stored_results(tmp_path, backend):
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'pre-counter.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_schema(f"dataferry_counter_{os.getpid()}"))
+        engine = create_metadata_engine(url)
+        stack.callback(engine.dispose)
+        config = alembic_config(engine)
+        command.upgrade(config, "0010")
+        _insert_pre_area_rows(engine)
+        now = datetime.now(UTC)
+        with engine.begin() as connection:
+            for n, (org, data_key, purged, size, variants) in enumerate(STORED_RESULT_ROWS):
+                connection.execute(
+                    text(
+                        "INSERT INTO executions (id, organization_id, datasource_id, "
+                        "execution_type, status, sql_query, parameters, created_at, updated_at, "
+                        "result_size, result_truncated, data_key, data_purged_at, attempt, "
+                        "cancel_requested, variants_size) VALUES (:id, :org, :ds, 'sql_query', "
+                        "'completed', 'SELECT 1', '{}', :now, :now, :size, false, :key, :purged, "
+                        "1, false, :variants)"
+                    ),
+                    {
+                        "id": f"e{n}",
+                        "org": org,
+                        "ds": "own-duck" if org == ORG_A else "b-own",
+                        "now": now,
+                        "size": size,
+                        "key": data_key,
+                        "purged": now if purged else None,
+                        "variants": variants,
+                    },
+                )
+
+        command.upgrade(config, "0011")
+
+        with engine.connect() as connection:
+            counters = dict(
+                connection.execute(text("SELECT id, stored_results_bytes FROM organizations")).all()
+            )
+        assert counters == {ORG_A: 1300, ORG_B: 20}

@@ -1,0 +1,57 @@
+"""An organisation's row as the place where its concurrent writers take turns, and the counter of
+the bytes its stored results take there.
+
+Runs against its cap (``shared.runs``) and writers of its stored results (storage quota,
+retention, purges, datasource deletion) lock the row first, before any of its executions' rows:
+so none of them can overshoot a limit, and two of them never wait for each other's rows in
+opposite order (a deadlock on PostgreSQL). On SQLite the lock is the database's write lock.
+
+``stored_results_bytes`` is kept equal to the sum, over the organisation's executions whose result
+is still stored, of the result's Arrow file and its stored representations: each transition that
+stores or forgets such bytes adjusts it in the same transaction (``count_stored_bytes``). The
+storage quota then reads one row instead of summing every stored result on each execution.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.db.engine import write_lock_on_sqlite
+from shared.db.models import Organization
+
+
+def lock_organization(session: Session, organization_id: str) -> Organization:
+    """Hold the organisation's row until the caller's transaction ends (the database's write lock
+    on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
+    the organisation (audit events, other resources)."""
+    write_lock_on_sqlite(session)
+    return session.scalars(
+        select(Organization)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def count_stored_bytes(session: Session, organization_id: str, delta: int) -> None:
+    """Add ``delta`` (negative: forgotten) to the organisation's stored bytes, in the caller's
+    transaction, which locked the organisation (``lock_organization``) before it changed any of
+    the executions whose bytes these are."""
+    if delta:
+        session.execute(
+            update(Organization)
+            .where(Organization.id == organization_id)
+            .values(stored_results_bytes=Organization.stored_results_bytes + delta)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def stored_results_bytes(session: Session, organization_id: str) -> int:
+    """The organisation's counter, as the caller's transaction sees it."""
+    return int(
+        session.scalar(
+            select(Organization.stored_results_bytes).where(Organization.id == organization_id)
+        )
+        or 0
+    )
