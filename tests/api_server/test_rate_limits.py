@@ -12,9 +12,11 @@ from contextlib import contextmanager, suppress
 
 import orjson
 import pytest
+from limits import RateLimitItemPerMinute
 from sqlalchemy import func, select
 from starlette.requests import Request
 
+from api_server import rate_limits
 from api_server.auth import authenticate
 from api_server.rate_limits import Policy, RateLimiter
 from shared.db.models import Execution, Organization
@@ -178,6 +180,33 @@ def test_without_redis_each_process_counts_alone():
     first, second = RateLimiter(), RateLimiter()
     assert [first.hit(key, policy).allowed for _ in range(3)] == [True, True, False]
     assert second.hit(key, policy).allowed
+
+
+def test_a_window_in_process_ends_on_time_and_ended_ones_are_swept(monkeypatch):
+    """The in-process windows start at their first hit, count refused hits too, reset once they
+    end, start no thread, and drop ended windows once the table has doubled."""
+    clock = [1_000.0]
+    monkeypatch.setattr(rate_limits.time, "time", lambda: clock[0])
+    windows, minute = rate_limits.ProcessWindows(), RateLimitItemPerMinute(2)
+    threads = threading.active_count()
+
+    assert [windows.hit(minute, "key") for _ in range(3)] == [True, True, False]
+    assert windows.get_window_stats(minute, "key") == (1_060.0, 0)
+    clock[0] = 1_059.9
+    assert not windows.hit(minute, "key")
+    clock[0] = 1_060.0
+    assert windows.get_window_stats(minute, "key") == (1_060.0, 2)  # ended: untouched again
+    assert windows.hit(minute, "key")
+    assert windows.get_window_stats(minute, "key") == (1_120.0, 1)
+    assert threading.active_count() == threads
+
+    clock[0] = 2_000.0
+    for n in range(rate_limits.ProcessWindows.SWEEP_AT_LEAST - 2):
+        windows.hit(minute, f"key-{n}")
+    assert len(windows._windows) == rate_limits.ProcessWindows.SWEEP_AT_LEAST - 1
+    clock[0] = 2_060.0
+    assert windows.hit(minute, "the last")  # the table reaches its sweep size
+    assert list(windows._windows) == [minute.key_for("the last")]
 
 
 def test_redis_stopping_mid_test_yields_no_server_error(settings):
