@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from shared.datapaths import resolve_datasource_path
 from shared.db.engine import create_metadata_engine
@@ -111,7 +113,23 @@ def test_servers_starting_together_migrate_one_empty_database_once(tmp_path, bac
 # ------------------------------------------------------------------ 0006: per-organisation file areas
 
 ORG_A, ORG_B = "aaaa-aaaa-aaaa", "bbbb-bbbb-bbbb"
+
+
 # id → (organisation, database_type, database before 0006, database after 0006)
+@contextmanager
+def empty_database(tmp_path: Path, backend: str) -> Iterator[Engine]:
+    """An engine on an empty database of ``backend``, for a migration test to upgrade step by
+    step; disposed (and a PostgreSQL schema dropped) afterwards."""
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'migrated.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_schema(f"dataferry_steps_{os.getpid()}"))
+        engine = create_metadata_engine(url)
+        stack.callback(engine.dispose)
+        yield engine
+
+
 FILE_AREA_ROWS = {
     "own-duck": (ORG_A, "duckdb", f"{ORG_A}/shop.duckdb", "shop.duckdb"),
     "own-folder": (ORG_A, "files", f"{ORG_A}/exports/daily", "exports/daily"),
@@ -158,13 +176,7 @@ def _databases(engine: Any) -> dict[str, str | None]:
 def test_file_area_migration_moves_own_paths_and_leaves_no_path_into_another_area(
     tmp_path, backend
 ):
-    with ExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / 'pre-areas.db'}"
-        else:
-            url = stack.enter_context(fresh_postgres_schema(f"dataferry_file_areas_{os.getpid()}"))
-        engine = create_metadata_engine(url)
-        stack.callback(engine.dispose)
+    with empty_database(tmp_path, backend) as engine:
         config = alembic_config(engine)
         command.upgrade(config, "0005")
         _insert_pre_area_rows(engine)
@@ -227,13 +239,7 @@ STORED_RESULT_ROWS = [
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_stored_bytes_migration_counts_each_organisations_stored_results(tmp_path, backend):
-    with ExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / 'pre-counter.db'}"
-        else:
-            url = stack.enter_context(fresh_postgres_schema(f"dataferry_counter_{os.getpid()}"))
-        engine = create_metadata_engine(url)
-        stack.callback(engine.dispose)
+    with empty_database(tmp_path, backend) as engine:
         config = alembic_config(engine)
         command.upgrade(config, "0010")
         _insert_pre_area_rows(engine)
