@@ -2,8 +2,8 @@
 
 Fixed windows (the ``limits`` library's FixedWindowRateLimiter over Redis, ``ProcessWindows`` in
 process): cheap, one counter per key and window, and the same answer from every API server that
-shares the Redis. When Redis cannot be
-reached the limiter counts in process memory for ``REDIS_RETRY_SECONDS`` and then tries again:
+shares the Redis. When Redis cannot be reached the limiter counts in process memory for
+``REDIS_RETRY_SECONDS`` and then tries again:
 requests keep being answered (never a 5xx), and the limits then hold per process, not per
 deployment. Only authenticated requests are counted, so failed authentication costs a key nothing.
 """
@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,13 +103,14 @@ class ProcessWindows:
 
     SWEEP_AT_LEAST = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # unix seconds, as ``limits`` reports a window's reset
         self._windows: dict[str, tuple[float, int]] = {}  # key: (ends at, hits)
         self._sweep_at = self.SWEEP_AT_LEAST
         self._lock = threading.Lock()
 
     def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
-        key, now = item.key_for(*identifiers), time.time()
+        key, now = item.key_for(*identifiers), self._clock()
         with self._lock:
             ends, hits = self._windows.get(key, (now, 0))
             if ends <= now:
@@ -119,7 +121,7 @@ class ProcessWindows:
         return hits + 1 <= item.amount
 
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
-        now = time.time()
+        now = self._clock()
         with self._lock:
             ends, hits = self._windows.get(item.key_for(*identifiers), (now, 0))
         if ends <= now:

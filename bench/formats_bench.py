@@ -41,6 +41,7 @@ from data_server.encoders import encode_result
 from data_server.formats import JSON_FORMATS, ResultFormat
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Datasource, Execution, Organization
+from shared.organization_rows import count_stored_bytes
 from shared.results import open_result_store, result_object_key
 from shared.settings import Settings
 from shared.signing_keys import SigningKeyring
@@ -168,7 +169,9 @@ class DataServer:
 
     def _record(self, data_key: str, path: Path) -> None:
         """The completed execution a worker would have written: stored representations are
-        counted on it (the data server migrated the database when it started)."""
+        counted on it, and its bytes on its organisation (the data server migrated the database
+        when it started)."""
+        size = self.store.size(result_object_key(data_key))
         engine = create_metadata_engine(self.settings.database_url)
         with create_session_factory(engine).begin() as session:
             if session.get(Organization, BENCH_ORGANIZATION) is None:
@@ -190,9 +193,11 @@ class DataServer:
                     execution_type="sql_query",
                     status="completed",
                     data_key=data_key,
-                    result_size=self.store.size(result_object_key(data_key)),
+                    result_size=size,
                 )
             )
+            session.flush()
+            count_stored_bytes(session, BENCH_ORGANIZATION, size)
         engine.dispose()
 
     def rss(self) -> int:

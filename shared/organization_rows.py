@@ -14,11 +14,11 @@ storage quota then reads one row instead of summing every stored result on each 
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Organization
+from shared.db.models import Execution, Organization
 
 
 def lock_organization(session: Session, organization_id: str) -> Organization:
@@ -42,9 +42,32 @@ def count_stored_bytes(session: Session, organization_id: str, delta: int) -> No
         session.execute(
             update(Organization)
             .where(Organization.id == organization_id)
-            .values(stored_results_bytes=Organization.stored_results_bytes + delta)
+            .values(
+                stored_results_bytes=Organization.stored_results_bytes + delta,
+                updated_at=Organization.updated_at,  # bookkeeping, not a change to the organisation
+            )
             .execution_options(synchronize_session=False)
         )
+
+
+def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, int]:
+    """Set the organisation's counter to the sum it stands for, under its lock; (what it was,
+    what it is now). For an operator after something stored results without counting them: a
+    data server of an older version still running while another migrated the database."""
+    counted = lock_organization(session, organization_id).stored_results_bytes
+    stored = func.coalesce(Execution.result_size, 0) + Execution.variants_size
+    summed = int(
+        session.scalar(
+            select(func.coalesce(func.sum(stored), 0)).where(
+                Execution.organization_id == organization_id,
+                Execution.data_key.is_not(None),
+                Execution.data_purged_at.is_(None),
+            )
+        )
+        or 0
+    )
+    count_stored_bytes(session, organization_id, summed - counted)
+    return counted, summed
 
 
 def stored_results_bytes(session: Session, organization_id: str) -> int:

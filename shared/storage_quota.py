@@ -101,7 +101,8 @@ def tree_bytes(folder: Path) -> int:
 def storage_usage(session: Session, settings: Settings, organization_id: str) -> StorageUsage:
     return StorageUsage(
         files_bytes=tree_bytes(organization_area(settings.data_root, organization_id)),
-        results_bytes=stored_results_bytes(session, organization_id),
+        # Never below 0, should the counter have been taken below it (recount-storage mends it).
+        results_bytes=max(0, stored_results_bytes(session, organization_id)),
         quota_bytes=settings.max_organization_storage_mb * MIB,
     )
 

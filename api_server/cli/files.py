@@ -13,8 +13,9 @@ from api_server.cli.conventions import emit, record_operator_event, transaction
 from api_server.services import organizations
 from shared import shared_folders
 from shared.datapaths import FILE_DATABASE_TYPES, resolve_datasource_path
-from shared.db.models import Datasource
+from shared.db.models import Datasource, Organization
 from shared.errors import AppError
+from shared.organization_rows import recount_stored_bytes
 from shared.settings import Settings
 from shared.storage_quota import storage_usage
 
@@ -113,6 +114,26 @@ def cmd_storage_usage(settings: Settings, args: argparse.Namespace) -> None:
     emit({"organization_id": args.organization, **usage.as_meta()})
 
 
+def cmd_recount_storage(settings: Settings, args: argparse.Namespace) -> None:
+    """Set each organisation's count of its stored results' bytes to what they add up to, one
+    organisation per transaction: after a rolling upgrade to the counter, where a data server of
+    the older version may have stored results without counting them."""
+    with transaction(settings) as session:
+        if args.organization:
+            organizations.get_organization(session, args.organization)
+            ids = [args.organization]
+        else:
+            ids = list(session.scalars(select(Organization.id).order_by(Organization.id)))
+    recounted = []
+    for organization_id in ids:
+        with transaction(settings) as session:
+            was, now = recount_stored_bytes(session, organization_id)
+        recounted.append(
+            {"organization_id": organization_id, "counted_bytes": was, "results_bytes": now}
+        )
+    emit({"recounted": recounted})
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register these commands and their options, in the order ``--help`` lists them."""
     grant = commands.add_parser(
@@ -151,3 +172,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     usage.add_argument("--organization", required=True)
     usage.set_defaults(run=cmd_storage_usage)
+
+    recount = commands.add_parser(
+        "recount-storage",
+        help="set organisations' stored-result bytes to what their stored results add up to",
+    )
+    recount.add_argument("--organization", help="only this organisation (default: every one)")
+    recount.set_defaults(run=cmd_recount_storage)

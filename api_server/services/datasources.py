@@ -225,11 +225,12 @@ class DeletedData:
 def delete_datasource(session: Session, principal: Principal, datasource_id: str) -> DeletedData:
     """Delete the datasource with all its executions, as a purge would: their tokens find nothing.
 
-    Executions go first, row by row locked: a worker's completion committed before is returned
-    here, and one after finds its row gone, so the queue refuses it and the worker deletes its own
-    upload (a running query also loses its lease and stops). Then the datasource row is locked and
-    read afresh for the newest schema. Execution rows before the datasource row: the order a
-    worker's refresh takes them, so the two cannot deadlock."""
+    The organisation's row is locked first, as every writer of its stored results takes it
+    (``shared.organization_rows``). Executions go next, row by row locked: a worker's completion
+    committed before is returned here, and one after finds its row gone, so the queue refuses it
+    and the worker deletes its own upload (a running query also loses its lease and stops). Then
+    the datasource row is locked and read afresh for the newest schema. Execution rows before the
+    datasource row: the order a worker's refresh takes them, so the two cannot deadlock."""
     write_lock_on_sqlite(session)
     ds = get_datasource(session, principal, datasource_id)
     lock_organization(session, ds.organization_id)

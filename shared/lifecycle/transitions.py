@@ -234,14 +234,14 @@ def expire_results(sessions: sessionmaker[Session], settings: Settings, batch: i
     """Retention: mark up to ``batch`` results completed longer ago than
     ``result_retention_hours`` purged; their data keys, whose objects the caller deletes once
     this committed (``delete_stored_data``)."""
-    with sessions.begin() as session:
+    with sessions() as session:
         cutoff = database_now(session) - timedelta(hours=settings.result_retention_hours)
         due = session.execute(
             select(Execution.organization_id, Execution.id)
             .where(_STORED, Execution.completed_at < cutoff)
             .limit(batch)
         ).all()
-        return _by_organization(session, due, purge_stored_results)
+    return _by_organization(sessions, due, purge_stored_results)
 
 
 def delete_expired_executions(
@@ -250,14 +250,14 @@ def delete_expired_executions(
     """Retention: delete up to ``batch`` ended executions created longer ago than
     ``execution_retention_hours``; their data keys (None where they had no result), whose
     objects the caller deletes once this committed."""
-    with sessions.begin() as session:
+    with sessions() as session:
         cutoff = database_now(session) - timedelta(hours=settings.execution_retention_hours)
         due = session.execute(
             select(Execution.organization_id, Execution.id)
             .where(Execution.created_at < cutoff, Execution.status.in_(TERMINAL_STATUSES))
             .limit(batch)
         ).all()
-        return _by_organization(session, due, delete_executions)
+    return _by_organization(sessions, due, delete_executions)
 
 
 # Whose result is stored: the bytes its organisation's counter holds for it.
@@ -267,21 +267,22 @@ _Key = TypeVar("_Key", str, str | None)
 
 
 def _by_organization(
-    session: Session,
+    sessions: sessionmaker[Session],
     due: Sequence[Row[str, str]],
     forget: Callable[[Session, str, ColumnElement[bool]], list[_Key]],
 ) -> list[_Key]:
-    """``forget`` the executions of the (organisation id, execution id) rows ``due``, one
-    organisation at a time, each locked first and in id order, as any other writer of two would
-    take them; the data keys it returned."""
+    """``forget`` the executions of the (organisation id, execution id) rows ``due``, in one
+    transaction per organisation with its row locked first, so that each organisation's runs wait
+    only for its own share of the batch; the data keys it returned. A row that changed meanwhile
+    is left as ``forget``'s conditions find it."""
     executions: defaultdict[str, list[str]] = defaultdict(list)
     for organization_id, execution_id in due:
         executions[organization_id].append(execution_id)
     data_keys: list[_Key] = []
-    for organization_id in sorted(executions):
-        lock_organization(session, organization_id)
-        which = Execution.id.in_(executions[organization_id])
-        data_keys += forget(session, organization_id, which)
+    for organization_id, ids in executions.items():
+        with sessions.begin() as session:
+            lock_organization(session, organization_id)
+            data_keys += forget(session, organization_id, Execution.id.in_(ids))
     return data_keys
 
 

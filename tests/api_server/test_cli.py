@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -72,3 +73,33 @@ def test_demo_organization_is_created_once(cli):
     first = _one_json_object(cli("ensure-demo-organization").stdout)
     second = _one_json_object(cli("ensure-demo-organization").stdout)
     assert first == second
+
+
+def test_recount_storage_mends_a_counter_that_drifted(cli, tmp_path):
+    """A counter that does not match the stored results (here: set by hand) is set to their sum,
+    and storage-usage reports the recounted bytes; one below 0 is reported as 0 until then."""
+    created = [_one_json_object(cli("create-organization", "--name", n).stdout) for n in "AB"]
+    drifted, untouched = (org["organization_id"] for org in created)
+    (database,) = (tmp_path / "state").rglob("*.db")
+    with sqlite3.connect(database) as connection:
+        for org_id, counter in ((drifted, 12345), (untouched, -5000)):
+            connection.execute(
+                "UPDATE organizations SET stored_results_bytes = ? WHERE id = ?", (counter, org_id)
+            )
+    below_zero = _one_json_object(cli("storage-usage", "--organization", untouched).stdout)
+    assert below_zero["results_bytes"] == 0  # never reported, or granted as room, below 0
+
+    one = cli("recount-storage", "--organization", drifted)
+    assert one.returncode == 0, one.stderr
+    assert _one_json_object(one.stdout) == {
+        "recounted": [{"organization_id": drifted, "counted_bytes": 12345, "results_bytes": 0}]
+    }
+    usage = _one_json_object(cli("storage-usage", "--organization", drifted).stdout)
+    assert usage["results_bytes"] == 0
+    every = _one_json_object(cli("recount-storage").stdout)["recounted"]
+    assert sorted(every, key=lambda row: row["counted_bytes"]) == [
+        {"organization_id": untouched, "counted_bytes": -5000, "results_bytes": 0},
+        {"organization_id": drifted, "counted_bytes": 0, "results_bytes": 0},
+    ]
+    unknown = cli("recount-storage", "--organization", "nope")
+    assert unknown.returncode != 0 and unknown.stdout == ""

@@ -182,12 +182,11 @@ def test_without_redis_each_process_counts_alone():
     assert second.hit(key, policy).allowed
 
 
-def test_a_window_in_process_ends_on_time_and_ended_ones_are_swept(monkeypatch):
+def test_a_window_in_process_ends_on_time_and_ended_ones_are_swept():
     """The in-process windows start at their first hit, count refused hits too, reset once they
     end, start no thread, and drop ended windows once the table has doubled."""
     clock = [1_000.0]
-    monkeypatch.setattr(rate_limits.time, "time", lambda: clock[0])
-    windows, minute = rate_limits.ProcessWindows(), RateLimitItemPerMinute(2)
+    windows, minute = rate_limits.ProcessWindows(lambda: clock[0]), RateLimitItemPerMinute(2)
     threads = threading.active_count()
 
     assert [windows.hit(minute, "key") for _ in range(3)] == [True, True, False]

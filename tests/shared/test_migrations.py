@@ -274,3 +274,19 @@ def test_stored_bytes_migration_counts_each_organisations_stored_results(tmp_pat
                 connection.execute(text("SELECT id, stored_results_bytes FROM organizations")).all()
             )
         assert counters == {ORG_A: 1300, ORG_B: 20}
+
+        # Down and up again loses no row: on SQLite, rebuilding the organisations table would
+        # have cascaded to everything that references an organisation.
+        rows_before = _row_counts(engine)
+        command.downgrade(config, "0010")
+        assert _row_counts(engine) == rows_before
+        command.upgrade(config, "0011")
+        assert _row_counts(engine) == rows_before
+
+
+def _row_counts(engine: Any) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {
+            table: connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+            for table in ("organizations", "datasources", "executions")
+        }

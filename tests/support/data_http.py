@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from data_server.app import create_app
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Base, Datasource, Execution, Organization
+from shared.organization_rows import count_stored_bytes
 from shared.results import result_object_key
 from shared.signing_keys import SigningKeyring
 from shared.tokens import Scope, mint_data_token, new_data_key
@@ -78,6 +79,8 @@ def record_result(settings, data_key: str, organization_id: str = ORGANIZATION_I
                 result_size=1,
             )
         )
+        session.flush()
+        count_stored_bytes(session, organization_id, 1)
     engine.dispose()
 
 

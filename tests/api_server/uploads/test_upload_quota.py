@@ -8,6 +8,7 @@ import uuid
 
 from shared.db.models import Execution, utcnow
 from shared.lifecycle import ExecutionStatus, ExecutionType
+from shared.organization_rows import count_stored_bytes
 from shared.storage_quota import MIB
 from shared.tokens import Scope, new_data_key
 from tests.support.factories import Api, Org
@@ -15,7 +16,8 @@ from tests.support.uploads import ORDERS_CSV, SQLITE_ONLY, error_of, files_datas
 
 
 def _store_result(api: Api, org: Org, size: int) -> str:
-    """A completed execution whose stored result takes ``size`` bytes; its id."""
+    """A completed execution whose stored result takes ``size`` bytes, counted as a worker's
+    completion counts it; its id."""
     execution_id = str(uuid.uuid4())
     with api.app.state.sessions.begin() as session:
         session.add(
@@ -30,6 +32,8 @@ def _store_result(api: Api, org: Org, size: int) -> str:
                 data_key=new_data_key(Scope.EXECUTION_RESULT),
             )
         )
+        session.flush()
+        count_stored_bytes(session, org.id, size)
     return execution_id
 
 

@@ -55,7 +55,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_audit_events_organization_id_created_at", table_name="audit_events")
     op.drop_table("audit_events")
-    with op.batch_alter_table("organizations") as batch:
+    # Not rebuilt on SQLite: dropping the old table would cascade to every row that references
+    # an organisation (foreign keys are on). SQLite drops a column in place since 3.35.
+    with op.batch_alter_table("organizations", recreate="never") as batch:
         batch.drop_column("max_running_executions")
         batch.drop_column("rate_limit_per_hour")
         batch.drop_column("rate_limit_per_minute")

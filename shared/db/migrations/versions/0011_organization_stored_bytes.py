@@ -38,5 +38,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("organizations") as batch_op:
+    # Not rebuilt on SQLite: dropping the old table, with foreign keys on, would cascade to every
+    # row that references an organisation. SQLite drops a column in place since 3.35.
+    with op.batch_alter_table("organizations", recreate="never") as batch_op:
         batch_op.drop_column("stored_results_bytes")
