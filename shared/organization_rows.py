@@ -20,6 +20,11 @@ from sqlalchemy.orm import Session
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Execution, Organization
 
+# An execution whose result is still stored, and the bytes that result takes: what the counter
+# adds up.
+RESULT_STORED = Execution.data_key.is_not(None) & Execution.data_purged_at.is_(None)
+RESULT_BYTES = func.coalesce(Execution.result_size, 0) + Execution.variants_size
+
 
 def lock_organization(session: Session, organization_id: str) -> Organization:
     """Hold the organisation's row until the caller's transaction ends (the database's write lock
@@ -55,13 +60,10 @@ def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, i
     what it is now). For an operator after something stored results without counting them: a
     data server of an older version still running while another migrated the database."""
     counted = lock_organization(session, organization_id).stored_results_bytes
-    stored = func.coalesce(Execution.result_size, 0) + Execution.variants_size
     summed = int(
         session.scalar(
-            select(func.coalesce(func.sum(stored), 0)).where(
-                Execution.organization_id == organization_id,
-                Execution.data_key.is_not(None),
-                Execution.data_purged_at.is_(None),
+            select(func.coalesce(func.sum(RESULT_BYTES), 0)).where(
+                Execution.organization_id == organization_id, RESULT_STORED
             )
         )
         or 0

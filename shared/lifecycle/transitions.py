@@ -27,7 +27,7 @@ from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
 from shared.lifecycle.claims import Claim
 from shared.notifications import announce_ended, announce_new_work
-from shared.organization_rows import count_stored_bytes, lock_organization
+from shared.organization_rows import RESULT_STORED, count_stored_bytes, lock_organization
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def expire_results(sessions: sessionmaker[Session], settings: Settings, batch: i
         cutoff = database_now(session) - timedelta(hours=settings.result_retention_hours)
         due = session.execute(
             select(Execution.organization_id, Execution.id)
-            .where(_STORED, Execution.completed_at < cutoff)
+            .where(RESULT_STORED, Execution.completed_at < cutoff)
             .limit(batch)
         ).all()
     return _by_organization(sessions, due, purge_stored_results)
@@ -259,9 +259,6 @@ def delete_expired_executions(
         ).all()
     return _by_organization(sessions, due, delete_executions)
 
-
-# Whose result is stored: the bytes its organisation's counter holds for it.
-_STORED = Execution.data_key.is_not(None) & Execution.data_purged_at.is_(None)
 
 _Key = TypeVar("_Key", str, str | None)
 
@@ -295,7 +292,7 @@ def purge_stored_results(
     committed."""
     purged = session.execute(
         update(Execution)
-        .where(which, _STORED, Execution.organization_id == organization_id)
+        .where(which, RESULT_STORED, Execution.organization_id == organization_id)
         .values(data_purged_at=utcnow())
         .returning(Execution.data_key, Execution.result_size, Execution.variants_size)
     ).all()
