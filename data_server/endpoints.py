@@ -75,7 +75,7 @@ _REPRESENTATION_HEADERS = {
     "the grant.",
     "Accept-Ranges": "`bytes` for a whole result; `none` for a row window.",
     "Content-Length": "The length of the body (absent for a row window, and for the first "
-    "request for a representation: both are sent as they are encoded).",
+    "HTTP/1.1 request for a representation: both are sent as they are encoded).",
     "Content-Encoding": "gzip, zstd or br when negotiated (text formats only).",
 }
 
@@ -260,11 +260,23 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         state.encoding_threads,
     )
     if isinstance(source, GrowingReader):
-        if request.method == "GET" and "range" not in request.headers:
+        if _can_follow(request):
             return await _follow_encoding(source, etag, fmt, headers)
         source = await source.complete()  # a length, ranges or HEAD need every byte
     return ranges.object_response(
         request, source, etag=etag, media_type=fmt.content_type, headers=headers
+    )
+
+
+def _can_follow(request: Request) -> bool:
+    """Whether this request may get the encoding as it grows, without a length: a whole GET over
+    HTTP/1.1, whose chunked body tells a client that a cut-short transfer is incomplete. An
+    HTTP/1.0 body without a length ends where the connection closes, so a cut one would look
+    whole: such a client waits for the end and gets the length."""
+    return (
+        request.method == "GET"
+        and "range" not in request.headers
+        and request.scope.get("http_version") != "1.0"
     )
 
 

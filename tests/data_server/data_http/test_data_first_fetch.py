@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 
+import anyio
 import pytest
 
 from data_server import representations
@@ -215,3 +216,53 @@ def test_an_encoder_failing_at_once_under_a_content_coding_is_a_json_error(data,
         failed = get_result(data, "json", {"Accept-Encoding": coding})
         assert failed.status_code == 500, coding
         assert failed.json()["errors"][0]["status"] == "500"
+
+
+def test_an_http_1_0_first_fetch_waits_for_the_end_and_gets_a_length(data):
+    """HTTP/1.0 has no chunked encoding: a body without a length that was cut short would look
+    whole, so such a client gets the whole representation with its length instead."""
+    messages = _asgi_get(data, _url(data), "format=json", http_version="1.0")
+    start, body = messages[0], b"".join(m.get("body", b"") for m in messages[1:])
+    assert start["status"] == 200
+    headers = {name.decode(): value.decode() for name, value in start["headers"]}
+    assert int(headers["content-length"]) == len(body)
+    assert stored_variants(data.store, data.data_key) == {"json": len(body)}
+    assert body == get_result(data, "json").content
+
+
+def _asgi_get(client, path: str, query: str, *, http_version: str) -> list[dict]:
+    """The ASGI messages the data server sends for one GET of ``path`` over ``http_version``
+    (the test client speaks HTTP/1.1 only)."""
+    messages: list[dict] = []
+    requested = [False]
+
+    async def receive() -> dict:
+        if not requested[0]:
+            requested[0] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while not messages or messages[-1].get("more_body", True):
+            await anyio.sleep(0.01)  # the client stays until the response has ended
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    headers = {**IDENTITY, "authorization": client.headers["authorization"], "host": "testserver"}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": http_version,
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+        "state": client.app_state.copy(),
+        "extensions": {},
+    }
+    client.portal.call(client.app, scope, receive, send)
+    return messages
