@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from data_server.auth import PublicKeyring
+from data_server.fair_jobs import FairJobs
 from data_server.representations import MATERIALISATIONS_AT_ONCE, EncodingThreads
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
@@ -83,7 +84,7 @@ def _encoding_threads(settings: Settings) -> EncodingThreads:
     slices = None
     if settings.encode_threads > 1:
         slices = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode-slices")
-    jobs = ThreadPoolExecutor(MATERIALISATIONS_AT_ONCE, thread_name_prefix="encode")
+    jobs = FairJobs(MATERIALISATIONS_AT_ONCE, name="encode")
     return EncodingThreads(jobs=jobs, slices=slices)
 
 

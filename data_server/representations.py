@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, Any, Protocol, cast
 
 import brotli
@@ -34,6 +35,7 @@ import pyarrow as pa
 import zstandard
 
 from data_server.encoders import SLICE_BYTES, encode_result
+from data_server.fair_jobs import FairJobs
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
 from data_server.growing_files import GrowingFile, GrowingReader
 from shared.errors import ServiceUnavailable, TooManyRequests
@@ -116,7 +118,7 @@ def negotiate_coding(accept_encoding: str | None, fmt: ResultFormat) -> ContentC
 # ---------------------------------------------------------------------------- materialising
 
 # At most this many first encodings run at once in a data server; more wait their turn (their
-# requests wait without a thread). Each running or waiting one holds a scratch file open: an
+# requests wait without a thread), each organisation's behind its own (FairJobs). Each running or waiting one holds a scratch file open: an
 # organisation may have ENCODINGS_PER_ORGANIZATION of them (beyond: 429), the server
 # ENCODINGS_AT_MOST (beyond: 503). Their JSON slices share the slice threads.
 MATERIALISATIONS_AT_ONCE = 8
@@ -129,13 +131,13 @@ class EncodingThreads:
     """A data server's threads for encoding: ``jobs`` run first encodings, ``slices`` (None: a
     job encodes alone) encode JSON slices for them and for row windows."""
 
-    jobs: Executor
+    jobs: FairJobs
     slices: Executor | None
 
     def shutdown(self) -> None:
-        for executor in (self.jobs, self.slices):
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+        self.jobs.shutdown()
+        if self.slices is not None:
+            self.slices.shutdown(wait=False, cancel_futures=True)
         # Queued encodings will never start and running ones are cut short: no reader waits.
         with _encoding_guard:
             waiting = [growing for _, growing in _encoding.values()]
@@ -187,7 +189,10 @@ def open_representation(
                 break
     try:
         threads.jobs.submit(
-            _materialise, store, data_key, key, representation, charge, threads.slices, growing
+            organization_id,
+            partial(
+                _materialise, store, data_key, key, representation, charge, threads.slices, growing
+            ),
         )
     except RuntimeError as error:  # shutting down: no encoding will start
         growing.fail(error)

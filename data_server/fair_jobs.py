@@ -1,0 +1,85 @@
+"""Threads that run each organisation's jobs in turn, for the data server's first encodings.
+
+A plain pool runs jobs in the order they came: one organisation that asks for many large first
+fetches at once takes every thread, and another organisation's small one waits behind all of
+them. Here a free thread takes the oldest job of the organisation with the fewest jobs running,
+and among those, of the one that has started the fewest since it last had nothing to do: an
+organisation's jobs queue behind each other rather than in front of another's, even on one
+thread. No thread idles while a job waits: an organisation alone may use them all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+
+
+class FairJobs:
+    def __init__(self, threads: int, name: str) -> None:
+        self._waiting: dict[str, deque[tuple[int, Callable[[], None]]]] = {}
+        self._running: Counter[str] = Counter()
+        self._started: Counter[str] = Counter()  # while the organisation has jobs
+        self._arrivals = itertools.count()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, organization_id: str, job: Callable[[], None]) -> None:
+        """Queue ``job`` (which handles its own errors); RuntimeError once shut down."""
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("the encoding threads are shut down")
+            queue = self._waiting.setdefault(organization_id, deque())
+            queue.append((next(self._arrivals), job))
+            self._condition.notify()
+
+    def shutdown(self) -> None:
+        """Jobs not started never will; running ones finish on their own."""
+        with self._condition:
+            self._closed = True
+            self._waiting.clear()
+            self._condition.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._waiting and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    return
+                organization_id, job = self._take()
+                self._running[organization_id] += 1
+            try:
+                job()
+            finally:
+                with self._condition:
+                    self._running[organization_id] -= 1
+                    if not self._running[organization_id]:
+                        del self._running[organization_id]
+                        if organization_id not in self._waiting:  # idle: its turns start over
+                            del self._started[organization_id]
+
+    def _take(self) -> tuple[str, Callable[[], None]]:
+        """The oldest job of the organisation with the fewest running, then the fewest started
+        (the caller holds the condition, and some job waits)."""
+        organization_id = min(
+            self._waiting,
+            key=lambda owner: (
+                self._running[owner],
+                self._started[owner],
+                self._waiting[owner][0][0],
+            ),
+        )
+        self._started[organization_id] += 1
+        queue = self._waiting[organization_id]
+        _, job = queue.popleft()
+        if not queue:
+            del self._waiting[organization_id]
+        return organization_id, job
