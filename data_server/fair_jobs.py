@@ -24,12 +24,10 @@ class FairJobs:
         self._arrivals = itertools.count()
         self._condition = threading.Condition()
         self._closed = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
-            for n in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._most_threads, self._name = threads, name
+        self._threads: list[threading.Thread] = []  # started as jobs need them
+        self._idle = 0  # threads waiting for a job
+        self._queued = 0  # jobs waiting for a thread
 
     def submit(self, organization_id: str, job: Callable[[], None]) -> None:
         """Queue ``job`` (which handles its own errors); RuntimeError once shut down."""
@@ -38,20 +36,30 @@ class FairJobs:
                 raise RuntimeError("the encoding threads are shut down")
             queue = self._waiting.setdefault(organization_id, deque())
             queue.append((next(self._arrivals), job))
+            self._queued += 1
             self._condition.notify()
+            if self._queued > self._idle and len(self._threads) < self._most_threads:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
 
     def shutdown(self) -> None:
         """Jobs not started never will; running ones finish on their own."""
         with self._condition:
             self._closed = True
             self._waiting.clear()
+            self._queued = 0
             self._condition.notify_all()
 
     def _work(self) -> None:
         while True:
             with self._condition:
                 while not self._waiting and not self._closed:
+                    self._idle += 1
                     self._condition.wait()
+                    self._idle -= 1
                 if self._closed:
                     return
                 organization_id, job = self._take()
@@ -80,6 +88,7 @@ class FairJobs:
         self._started[organization_id] += 1
         queue = self._waiting[organization_id]
         _, job = queue.popleft()
+        self._queued -= 1
         if not queue:
             del self._waiting[organization_id]
         return organization_id, job

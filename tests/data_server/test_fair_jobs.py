@@ -98,3 +98,16 @@ def test_after_shutdown_waiting_jobs_never_run_and_new_ones_are_refused(recorder
         thread.join(10)
         assert not thread.is_alive()
     assert recorder.started == ["a1"]
+
+
+def test_threads_start_as_jobs_need_them_and_every_job_runs(recorder):
+    jobs = FairJobs(4, name="test")
+    try:
+        assert jobs._threads == []  # an idle data server holds no encoding thread
+        for n in range(60):
+            jobs.submit(f"org-{n % 3}", recorder.job(f"job-{n}"))
+        assert recorder.all_done.wait(10)
+        assert 1 <= len(jobs._threads) <= 4
+    finally:
+        jobs.shutdown()
+    assert sorted(recorder.started) == sorted(f"job-{n}" for n in range(60))
