@@ -5,15 +5,20 @@ fetches at once takes every thread, and another organisation's small one waits b
 them. Here a free thread takes the oldest job of the organisation with the fewest jobs running,
 and among those, of the one that has started the fewest since it last had nothing to do: an
 organisation's jobs queue behind each other rather than in front of another's, even on one
-thread. No thread idles while a job waits: an organisation alone may use them all.
+thread. No organisation runs on every thread at once (one is kept for the others, when there are
+two or more), so another organisation's job starts at once instead of waiting for a long one to
+end; the threads are for waiting on I/O and sharing the cores, so one kept free costs little.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
 
 
 class FairJobs:
@@ -25,6 +30,7 @@ class FairJobs:
         self._condition = threading.Condition()
         self._closed = False
         self._most_threads, self._name = threads, name
+        self._share = max(1, threads - 1)  # the most one organisation runs at once
         self._threads: list[threading.Thread] = []  # started as jobs need them
         self._idle = 0  # threads waiting for a job
         self._queued = 0  # jobs waiting for a thread
@@ -56,7 +62,7 @@ class FairJobs:
     def _work(self) -> None:
         while True:
             with self._condition:
-                while not self._waiting and not self._closed:
+                while not self._closed and not self._startable():
                     self._idle += 1
                     self._condition.wait()
                     self._idle -= 1
@@ -66,6 +72,8 @@ class FairJobs:
                 self._running[organization_id] += 1
             try:
                 job()
+            except BaseException:  # a job handles its own errors; this thread must go on
+                logger.exception("an encoding job failed")
             finally:
                 with self._condition:
                     self._running[organization_id] -= 1
@@ -74,11 +82,15 @@ class FairJobs:
                         if organization_id not in self._waiting:  # idle: its turns start over
                             del self._started[organization_id]
 
+    def _startable(self) -> list[str]:
+        """Organisations with a job waiting and fewer than their share running."""
+        return [owner for owner in self._waiting if self._running[owner] < self._share]
+
     def _take(self) -> tuple[str, Callable[[], None]]:
         """The oldest job of the organisation with the fewest running, then the fewest started
-        (the caller holds the condition, and some job waits)."""
+        (the caller holds the condition, and some organisation is startable)."""
         organization_id = min(
-            self._waiting,
+            self._startable(),
             key=lambda owner: (
                 self._running[owner],
                 self._started[owner],

@@ -118,9 +118,10 @@ def negotiate_coding(accept_encoding: str | None, fmt: ResultFormat) -> ContentC
 # ---------------------------------------------------------------------------- materialising
 
 # At most this many first encodings run at once in a data server; more wait their turn (their
-# requests wait without a thread), each organisation's behind its own (FairJobs). Each running or waiting one holds a scratch file open: an
-# organisation may have ENCODINGS_PER_ORGANIZATION of them (beyond: 429), the server
-# ENCODINGS_AT_MOST (beyond: 503). Their JSON slices share the slice threads.
+# requests wait without a thread), each organisation's behind its own and one at most on all but
+# one thread (FairJobs). Each running or waiting one holds a scratch file open: an organisation
+# may have ENCODINGS_PER_ORGANIZATION of them (beyond: 429), the server ENCODINGS_AT_MOST
+# (beyond: 503). Their JSON slices share the slice threads.
 MATERIALISATIONS_AT_ONCE = 8
 ENCODINGS_PER_ORGANIZATION = 16
 ENCODINGS_AT_MOST = 64
