@@ -7,6 +7,11 @@ every stored result of the organisation; it now reads a counter on the organisat
 as many of another), this times ``storage_usage`` as the worker calls it, and, as the peer in the
 same run, the sum it replaced; the ratio is the check's cost over the old sum's. On SQLite, and on
 PostgreSQL when DATAFERRY_TEST_POSTGRES_URL is set.
+
+The organisation's files are counted by walking its area. Then, with 10,000 files there, it times
+the worker's check before a run, which may count them by a walk up to AREA_WALK_MAX_AGE_SECONDS
+old, against the fresh walk every check made before (and the check when a result is stored
+still makes).
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.datapaths import organization_area
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Datasource, Execution, Organization
 from shared.settings import Settings
-from shared.storage_quota import storage_usage
+from shared.storage_quota import AREA_WALK_MAX_AGE_SECONDS, storage_usage
 from tests.support.postgres import POSTGRES_ENV, fresh_postgres_schema
 
 STORED_RESULTS = (0, 10_000, 100_000)
 ROUNDS = 30
 RESULT_BYTES = 4096
+AREA_FILES = 10_000
 
 
 def old_sum(session: Session, organization_id: str) -> int:
@@ -138,7 +145,27 @@ def bench(configuration: str) -> None:
                 f"the sum it replaced {peer:6.2f} ms, ratio {check / peer:.2f}",
                 flush=True,
             )
+        if configuration == "sqlite":
+            files_in_the_area(sessions, settings, measured)
         engine.dispose()
+
+
+def files_in_the_area(sessions: sessionmaker[Session], settings: Settings, org: str) -> None:
+    area = organization_area(settings.data_root, org)
+    for folder in range(20):
+        (area / f"part-{folder}").mkdir(parents=True)
+        for n in range(AREA_FILES // 20):
+            (area / f"part-{folder}" / f"{n}.csv").write_bytes(b"a\n1\n")
+    with sessions() as session:
+        before_run = median_ms(
+            lambda: storage_usage(session, settings, org, files_max_age=AREA_WALK_MAX_AGE_SECONDS)
+        )
+        fresh = median_ms(lambda: storage_usage(session, settings, org))
+    print(
+        f"sqlite   {AREA_FILES:,} files in the area: check before a run {before_run:6.2f} ms, "
+        f"with a fresh walk {fresh:6.2f} ms, ratio {before_run / fresh:.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

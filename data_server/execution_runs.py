@@ -26,7 +26,12 @@ from shared.db.models import Datasource, utcnow
 from shared.lifecycle import ErrorCode, ExecutionStatus, ExecutionType
 from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
 from shared.settings import Settings
-from shared.storage_quota import StorageUsage, locked_storage_usage, storage_usage
+from shared.storage_quota import (
+    AREA_WALK_MAX_AGE_SECONDS,
+    StorageUsage,
+    locked_storage_usage,
+    storage_usage,
+)
 from shared.tokens import Scope, new_data_key
 
 logger = logging.getLogger(__name__)
@@ -154,9 +159,16 @@ class ExecutionRunner:
 
     def _limits_within_quota(self, claim: lifecycle.Claim) -> tuple[Limits, StorageUsage]:
         """A result may take only what the organisation's storage quota leaves; none left fails
-        the execution before it runs, and a result cut short by the quota fails it after."""
+        the execution before it runs, and a result cut short by the quota fails it after. Its
+        files are counted by a recent walk of its area: the check when the result is stored,
+        under the organisation's lock, walks it afresh."""
         with self.sessions() as session:
-            usage = storage_usage(session, self.settings, claim.organization_id)
+            usage = storage_usage(
+                session,
+                self.settings,
+                claim.organization_id,
+                files_max_age=AREA_WALK_MAX_AGE_SECONDS,
+            )
         if usage.remaining_bytes <= 0:
             raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
         limits = self._limits()
