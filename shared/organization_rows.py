@@ -26,6 +26,11 @@ RESULT_STORED = Execution.data_key.is_not(None) & Execution.data_purged_at.is_(N
 RESULT_BYTES = func.coalesce(Execution.result_size, 0) + Execution.variants_size
 
 
+def result_bytes(result_size: int | None, variants_size: int) -> int:
+    """``RESULT_BYTES`` of a row already read."""
+    return (result_size or 0) + variants_size
+
+
 def lock_organization(session: Session, organization_id: str) -> Organization:
     """Hold the organisation's row until the caller's transaction ends (the database's write lock
     on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference

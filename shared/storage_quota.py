@@ -140,11 +140,18 @@ def storage_usage(
 ) -> StorageUsage:
     """What the organisation stores; its files by a walk of its area at most ``files_max_age``
     seconds old (0: walked now, as an upload's own check needs)."""
+    results = stored_results_bytes(session, organization_id)
+    return _usage(settings, organization_id, results, files_max_age)
+
+
+def _usage(
+    settings: Settings, organization_id: str, results_bytes: int, files_max_age: float = 0.0
+) -> StorageUsage:
     area = organization_area(settings.data_root, organization_id)
     return StorageUsage(
         files_bytes=_area_sizes.bytes_of(area, files_max_age),
         # Never below 0, should the counter have been taken below it (recount-storage mends it).
-        results_bytes=max(0, stored_results_bytes(session, organization_id)),
+        results_bytes=max(0, results_bytes),
         quota_bytes=settings.max_organization_storage_mb * MIB,
     )
 
@@ -154,9 +161,9 @@ def locked_storage_usage(
 ) -> StorageUsage:
     """``storage_usage`` under the organisation's row lock (the database's write lock on SQLite),
     which the caller's transaction holds until it ends: what is counted stays true until the
-    caller has recorded what it stores."""
-    lock_organization(session, organization_id)
-    return storage_usage(session, settings, organization_id)
+    caller has recorded what it stores. The locked row carries the counter: no second read."""
+    organization = lock_organization(session, organization_id)
+    return _usage(settings, organization_id, organization.stored_results_bytes)
 
 
 def charge_representation(

@@ -27,7 +27,12 @@ from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
 from shared.lifecycle.claims import Claim
 from shared.notifications import announce_ended, announce_new_work
-from shared.organization_rows import RESULT_STORED, count_stored_bytes, lock_organization
+from shared.organization_rows import (
+    RESULT_STORED,
+    count_stored_bytes,
+    lock_organization,
+    result_bytes,
+)
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -296,7 +301,7 @@ def purge_stored_results(
         .values(data_purged_at=utcnow())
         .returning(Execution.data_key, Execution.result_size, Execution.variants_size)
     ).all()
-    count_stored_bytes(session, organization_id, -sum((r or 0) + v for _, r, v in purged))
+    count_stored_bytes(session, organization_id, -sum(result_bytes(r, v) for _, r, v in purged))
     return [data_key for data_key, _, _ in purged if data_key is not None]
 
 
@@ -320,7 +325,7 @@ def delete_executions(
         )
     ).all()
     still_stored = sum(
-        (result_size or 0) + variants_size
+        result_bytes(result_size, variants_size)
         for data_key, purged_at, result_size, variants_size in deleted
         if data_key is not None and purged_at is None
     )
@@ -378,7 +383,7 @@ def purge_result(session: Session, execution: Execution) -> str | None:
     if execution.status not in TERMINAL_STATUSES:
         _mark_cancelled(session, execution)
     if execution.data_key is not None and execution.data_purged_at is None:
-        stored = (execution.result_size or 0) + execution.variants_size
+        stored = result_bytes(execution.result_size, execution.variants_size)
         count_stored_bytes(session, execution.organization_id, -stored)
         execution.data_purged_at = utcnow()
     session.flush()
