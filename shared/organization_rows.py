@@ -14,11 +14,11 @@ storage quota then reads one row instead of summing every stored result on each 
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Execution, Organization
+from shared.db.models import Execution, Organization, table_of
 
 # An execution whose result is still stored, and the bytes that result takes: what the counter
 # adds up.
@@ -36,12 +36,7 @@ def lock_organization(session: Session, organization_id: str) -> Organization:
     on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
     the organisation (audit events, other resources)."""
     write_lock_on_sqlite(session)
-    return session.scalars(
-        select(Organization)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).one()
+    return session.scalars(_LOCKED_ORGANIZATION, {"organization": organization_id}).one()
 
 
 def count_stored_bytes(session: Session, organization_id: str, delta: int) -> None:
@@ -49,15 +44,30 @@ def count_stored_bytes(session: Session, organization_id: str, delta: int) -> No
     transaction, which locked the organisation (``lock_organization``) before it changed any of
     the executions whose bytes these are."""
     if delta:
-        session.execute(
-            update(Organization)
-            .where(Organization.id == organization_id)
-            .values(
-                stored_results_bytes=Organization.stored_results_bytes + delta,
-                updated_at=Organization.updated_at,  # bookkeeping, not a change to the organisation
-            )
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(_COUNT_STORED_BYTES, {"organization": organization_id, "delta": delta})
+
+
+# Each run and each stored result take both: built once, bound per call.
+_LOCKED_ORGANIZATION = (
+    select(Organization)
+    .where(Organization.id == bindparam("organization"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+_ORGANIZATIONS = table_of(Organization)
+_COUNT_STORED_BYTES = (
+    update(_ORGANIZATIONS)
+    .where(_ORGANIZATIONS.c.id == bindparam("organization"))
+    .values(
+        stored_results_bytes=_ORGANIZATIONS.c.stored_results_bytes
+        + bindparam("delta", type_=BigInteger),
+        # bookkeeping, not a change to the organisation
+        updated_at=_ORGANIZATIONS.c.updated_at,
+    )
+)
+_STORED_RESULTS_BYTES = select(Organization.stored_results_bytes).where(
+    Organization.id == bindparam("organization")
+)
 
 
 def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, int]:
@@ -79,9 +89,4 @@ def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, i
 
 def stored_results_bytes(session: Session, organization_id: str) -> int:
     """The organisation's counter, as the caller's transaction sees it."""
-    return int(
-        session.scalar(
-            select(Organization.stored_results_bytes).where(Organization.id == organization_id)
-        )
-        or 0
-    )
+    return int(session.scalar(_STORED_RESULTS_BYTES, {"organization": organization_id}) or 0)

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.database_types import refuse_ssh_tunnel
@@ -218,6 +218,18 @@ def execution_cap(organization: Organization, settings: Settings) -> int:
     return organization.max_running_executions or settings.max_running_executions
 
 
+# Every run counts them: built once, bound per call.
+_UNFINISHED_COUNTED = (
+    select(func.count())
+    .select_from(Execution)
+    .where(
+        Execution.organization_id == bindparam("organization_id"),
+        Execution.execution_type.in_(ORGANIZATION_CAP_COUNTS),
+        Execution.status.in_(UNFINISHED_STATUSES),
+    )
+)
+
+
 def require_capacity(
     session: Session, organization: Organization, settings: Settings, *, background: bool = False
 ) -> None:
@@ -227,15 +239,7 @@ def require_capacity(
     cap = execution_cap(organization, settings)
     if background:
         cap = max(1, int(cap * BACKGROUND_CAP_SHARE))
-    unfinished = session.scalar(
-        select(func.count())
-        .select_from(Execution)
-        .where(
-            Execution.organization_id == organization.id,
-            Execution.execution_type.in_(ORGANIZATION_CAP_COUNTS),
-            Execution.status.in_(UNFINISHED_STATUSES),
-        )
-    )
+    unfinished = session.scalar(_UNFINISHED_COUNTED, {"organization_id": organization.id})
     if (unfinished or 0) >= cap:
         raise TooManyRequests(
             f"This organisation already has {cap} executions starting or running; "

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
@@ -79,11 +79,18 @@ def _sort_key(name: str) -> Any:
 def get_datasource(session: Session, principal: Principal, datasource_id: str) -> Datasource:
     """404 alike for a foreign, out-of-scope or unknown id: nothing tells them apart."""
     ds = session.scalar(
-        select(Datasource).where(_visible(principal), Datasource.id == datasource_id)
+        _OWN_DATASOURCE, {"id": datasource_id, "organization_id": principal.organization_id}
     )
-    if ds is None:
+    if ds is None or not principal.reaches_datasource(ds.id):
         raise NotFound(_NOT_FOUND_DETAIL)
     return ds
+
+
+# Every run reads it: built once, bound per call. A key's datasource restriction is checked on
+# the row (``Principal.reaches_datasource``), as ``within_scope`` would have filtered it.
+_OWN_DATASOURCE = select(Datasource).where(
+    Datasource.id == bindparam("id"), Datasource.organization_id == bindparam("organization_id")
+)
 
 
 def create_datasource(

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import orjson
 from pydantic import AfterValidator, Field, ValidationInfo
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -212,6 +212,14 @@ def create_system_execution(
     return execution
 
 
+# Every poll, wait and grant reads it: built once, bound per call.
+_VISIBLE_EXECUTION = select(Execution).where(
+    Execution.id == bindparam("id"),
+    Execution.organization_id == bindparam("organization_id"),
+    Execution.execution_type != ExecutionType.CONNECTION_TEST,
+)
+
+
 def get_execution(
     session: Session, principal: Principal, execution_id: str, settings: Settings
 ) -> Execution:
@@ -221,11 +229,7 @@ def get_execution(
     except ValueError:
         raise NotFound(_NOT_FOUND_DETAIL) from None
     execution = session.scalar(
-        select(Execution).where(
-            Execution.id == execution_id,
-            Execution.organization_id == principal.organization_id,
-            Execution.execution_type != ExecutionType.CONNECTION_TEST,
-        )
+        _VISIBLE_EXECUTION, {"id": execution_id, "organization_id": principal.organization_id}
     )
     if execution is None or not principal.reaches_datasource(execution.datasource_id):
         raise NotFound(_NOT_FOUND_DETAIL)

@@ -35,6 +35,7 @@ from sqlalchemy import (
     ColumnElement,
     Engine,
     Integer,
+    Row,
     Select,
     bindparam,
     func,
@@ -44,11 +45,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from shared.db.engine import database_now, write_lock_on_sqlite
-from shared.db.models import Datasource, Execution, Organization, UTCDateTime
+from shared.db.models import Datasource, Execution, Organization, UTCDateTime, table_of
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.settings import Settings
 
@@ -172,7 +173,7 @@ def _cap_parameters(worker_id: str, settings: Settings) -> dict[str, Any]:
 
 def _start_next(
     session: Session, worker_id: str, settings: Settings
-) -> tuple[Execution, Datasource] | None:
+) -> tuple[Row[Any], Datasource] | None:
     """Rank the pairs, then lock, recount and start from the first that still has a slot. A new
     ranking only after every pair of one was lost to other workers (or filled by them)."""
     holding = False  # a claim lock, which only the end of this transaction releases
@@ -196,7 +197,7 @@ def _start_next(
 
 def _start_in(
     session: Session, organization_id: str, datasource_id: str, worker_id: str, settings: Settings
-) -> tuple[Execution, Datasource] | None:
+) -> tuple[Row[Any], Datasource] | None:
     """Under the organisation's lock: start the pair's oldest queued execution if the caps and
     the share still leave a slot."""
     pair = {"pair_organization": organization_id, "pair_datasource": datasource_id}
@@ -216,7 +217,7 @@ def _start_in(
             "claim_now": now,
             "claim_until": now + timedelta(seconds=settings.lease_seconds),
         },
-    ).scalar_one_or_none()
+    ).one_or_none()
     return None if claimed is None else (claimed, datasource)
 
 
@@ -336,40 +337,50 @@ def _with_free_slot() -> Select[Datasource, bool]:
     )
 
 
-def _start_oldest() -> ReturningUpdate[Execution]:
+def _start_oldest() -> ReturningUpdate[Any]:
     """Start the pair's oldest queued execution, of a kind the organisation's cap does not count
     if that is full; one that another transaction holds (a cancel under way) is skipped.
-    Nothing when the pair has no such queued execution any more."""
-    queued = aliased(Execution)
+    Nothing when the pair has no such queued execution any more. On the table, not the model:
+    the claim needs a few columns, not an ``Execution`` the session would track."""
+    executions = table_of(Execution)
+    queued = executions.alias("queued")
     oldest = (
-        select(queued.id)
+        select(queued.c.id)
         .where(
-            queued.organization_id == bindparam("pair_organization"),
-            queued.datasource_id == bindparam("pair_datasource"),
-            queued.status == ExecutionStatus.STARTING,
+            queued.c.organization_id == bindparam("pair_organization"),
+            queued.c.datasource_id == bindparam("pair_datasource"),
+            queued.c.status == ExecutionStatus.STARTING,
             or_(
                 bindparam("under_organization_cap", type_=Boolean),
-                queued.execution_type.not_in(ORGANIZATION_CAP_COUNTS),
+                queued.c.execution_type.not_in(ORGANIZATION_CAP_COUNTS),
             ),
         )
-        .order_by(queued.created_at, queued.id)
+        .order_by(queued.c.created_at, queued.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     now = bindparam("claim_now", type_=UTCDateTime())
     return (
-        update(Execution)
-        .where(Execution.id == oldest, Execution.status == ExecutionStatus.STARTING)
+        update(executions)
+        .where(executions.c.id == oldest, executions.c.status == ExecutionStatus.STARTING)
         .values(
             status=ExecutionStatus.RUNNING,
-            attempt=Execution.attempt + 1,
+            attempt=executions.c.attempt + 1,
             lease_owner=bindparam("claim_worker"),
             lease_expires_at=bindparam("claim_until", type_=UTCDateTime()),
-            started_at=func.coalesce(Execution.started_at, now),
+            started_at=func.coalesce(executions.c.started_at, now),
             updated_at=now,
         )
-        .returning(Execution)
+        .returning(
+            executions.c.id,
+            executions.c.attempt,
+            executions.c.organization_id,
+            executions.c.execution_type,
+            executions.c.expanded_sql,
+            executions.c.sql_query,
+            executions.c.bound_parameters,
+        )
     )
 
 

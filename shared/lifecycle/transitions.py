@@ -11,6 +11,7 @@ announces "execution X ended", and each freed slot "new work" (shared.notificati
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -18,11 +19,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Result, Row, delete, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Result,
+    Row,
+    Update,
+    bindparam,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import database_now, write_lock_on_sqlite
-from shared.db.models import Execution, utcnow
+from shared.db.models import Execution, table_of, utcnow
 from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
 from shared.lifecycle.claims import Claim
@@ -45,6 +56,39 @@ def _fenced(claim: Claim) -> Any:
         (Execution.id == claim.execution_id)
         & (Execution.attempt == claim.attempt)
         & (Execution.status == ExecutionStatus.RUNNING)
+    )
+
+
+def _fenced_write(
+    session: Session, claim: Claim, *, cancel_requested: bool | None = None, **values: Any
+) -> int:
+    """Set ``values`` on the claimed row if the fence (and ``cancel_requested``, unless None)
+    still holds; how many rows changed (0 or 1)."""
+    statement = _fenced_update(frozenset(values), cancel_requested)
+    bound = {f"set_{name}": value for name, value in values.items()}
+    return _rows_changed(
+        session.execute(
+            statement, {"fence_id": claim.execution_id, "fence_attempt": claim.attempt, **bound}
+        )
+    )
+
+
+@functools.cache
+def _fenced_update(names: frozenset[str], cancel_requested: bool | None) -> Update:
+    """Every execution's end writes back through one of a handful of these (completion,
+    failure, cancellation, release): each is built once and bound per call."""
+    table = table_of(Execution)
+    fence = [
+        table.c.id == bindparam("fence_id"),
+        table.c.attempt == bindparam("fence_attempt"),
+        table.c.status == ExecutionStatus.RUNNING,
+    ]
+    if cancel_requested is not None:
+        fence.append(table.c.cancel_requested.is_(cancel_requested))
+    return (
+        update(table)
+        .where(*fence)
+        .values({name: bindparam(f"set_{name}", type_=table.c[name].type) for name in names})
     )
 
 
@@ -136,28 +180,19 @@ def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
     ``cancel_requested``, so either this update commits first (and the cancel is refused as too
     late) or it sees the flag and the row ends ``cancelled`` instead."""
     lease = {"lease_owner": None, "lease_expires_at": None}
-    finished = _rows_changed(
-        session.execute(
-            update(Execution)
-            .where(_fenced(claim) & Execution.cancel_requested.is_(False))
-            .values(**values, **lease)
-        )
-    )
+    finished = _fenced_write(session, claim, cancel_requested=False, **values, **lease)
     status: str | None = values["status"] if finished else None
     if not finished:
-        cancelled = _rows_changed(
-            session.execute(
-                update(Execution)
-                .where(_fenced(claim) & Execution.cancel_requested.is_(True))
-                .values(
-                    status=ExecutionStatus.CANCELLED,
-                    completed_at=values["completed_at"],
-                    updated_at=values["updated_at"],
-                    error_code=ErrorCode.CANCELLED,
-                    error_message=CANCELLED_MESSAGE,
-                    **lease,
-                )
-            )
+        cancelled = _fenced_write(
+            session,
+            claim,
+            cancel_requested=True,
+            status=ExecutionStatus.CANCELLED,
+            completed_at=values["completed_at"],
+            updated_at=values["updated_at"],
+            error_code=ErrorCode.CANCELLED,
+            error_message=CANCELLED_MESSAGE,
+            **lease,
         )
         status = ExecutionStatus.CANCELLED if cancelled else None
     if status is not None:
@@ -336,10 +371,8 @@ def delete_executions(
 def release(sessions: sessionmaker[Session], claim: Claim) -> None:
     """A worker shutting down hands its running execution back to the queue (still fenced)."""
     with sessions.begin() as session:
-        session.execute(
-            update(Execution)
-            .where(_fenced(claim))
-            .values(status=ExecutionStatus.STARTING, lease_owner=None, lease_expires_at=None)
+        _fenced_write(
+            session, claim, status=ExecutionStatus.STARTING, lease_owner=None, lease_expires_at=None
         )
         announce_new_work(session)
 
