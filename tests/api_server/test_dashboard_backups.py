@@ -523,3 +523,45 @@ def test_a_malformed_restore_request_is_422(api, body):
     org = api.create_org()
     answer = _post_json(api, org.key, "/dashboards/restore", body)
     assert answer.status_code == 422, answer.text
+
+
+@pytest.mark.parametrize(
+    ("member", "code"),
+    [
+        ("reports", "invalid_type"),
+        ("sql_snippets", "invalid_type"),
+        ("filters", "invalid_type"),
+        ("datasources", "invalid_attribute"),
+    ],
+)
+def test_more_entries_of_a_kind_than_one_restore_takes_is_422_and_creates_nothing(
+    api, member, code
+):
+    """The bound each kind is documented with (maxItems): at it, the entries are read one by one
+    (here they repeat, which is another error); past it, the array is refused as a whole."""
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, name="Shop")["id"]
+    backup = _backup(api, org.key, _sales_dashboard(api, org, datasource))
+    before = dump_tables(api.app)
+    whole_array_refused = (code, f"/backup/{member}")
+    for count in (backups_resource.MAX_ENTRIES, backups_resource.MAX_ENTRIES + 1):
+        repeated = copy.deepcopy(backup)
+        repeated[member] = [backup[member][0]] * count
+        answer = _restore(api, org.key, repeated, _identity(backup))
+        assert answer.status_code == 422, answer.text
+        problems = {(e["code"], e["source"]["pointer"]) for e in answer.json()["errors"]}
+        past_the_bound = count > backups_resource.MAX_ENTRIES
+        assert (whole_array_refused in problems) is past_the_bound, problems
+    assert dump_tables(api.app) == before
+
+
+def test_a_datasource_map_longer_than_one_restore_takes_is_422(api):
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, name="Shop")["id"]
+    backup = _backup(api, org.key, _sales_dashboard(api, org, datasource))
+    mapping = {f"ref-{n}": datasource for n in range(backups_resource.MAX_ENTRIES + 1)}
+    answer = _restore(api, org.key, backup, mapping)
+    assert answer.status_code == 422, answer.text
+    assert [(e["code"], e["source"]["pointer"]) for e in answer.json()["errors"]] == [
+        ("invalid_type", "/datasource_map")
+    ]

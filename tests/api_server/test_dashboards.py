@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from api_server.permissions import Permission
+from api_server.resources.dashboard_groups import MAX_GROUP_DASHBOARDS
 from api_server.resources.dashboard_settings import MAX_LAYOUT_ITEMS
 from tests.support.factories import dump_tables, resource
 
@@ -404,6 +405,10 @@ def test_a_restricted_key_sees_dashboards_whose_reports_are_all_in_its_scope(api
     )
 
 
+def _unknown_ids(count: int) -> list[str]:
+    return [f"zzzz-zzzz-{n:04d}" for n in range(count)]
+
+
 def test_group_membership_is_replaced_refused_whole_and_follows_deletions(api):
     org = api.create_org()
     first, second = _dashboard(api, org.key, "first"), _dashboard(api, org.key, "second")
@@ -418,6 +423,14 @@ def test_group_membership_is_replaced_refused_whole_and_follows_deletions(api):
     for ids, pointer, code in (
         ([first, "zzzz-zzzz-zzzz"], "/data/relationships/dashboards/data/1", "dashboard_not_found"),
         ([first, first], "/data/relationships/dashboards/data/1", "duplicate_dashboard"),
+        # At the documented bound each member is read (the first does not exist); past it the
+        # array is refused whole.
+        (
+            _unknown_ids(MAX_GROUP_DASHBOARDS),
+            "/data/relationships/dashboards/data/0",
+            "dashboard_not_found",
+        ),
+        (_unknown_ids(MAX_GROUP_DASHBOARDS + 1), "/data/relationships/dashboards/data", "too_many"),
     ):
         answer = api.patch(
             f"/dashboard_groups/{group['id']}",
