@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.engine import database_now, write_lock_on_sqlite
-from shared.db.models import Execution, table_of, utcnow
+from shared.db.models import Execution, UTCDateTime, table_of, utcnow
 from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
 from shared.lifecycle.claims import Claim
@@ -51,12 +51,18 @@ logger = logging.getLogger(__name__)
 CANCELLED_MESSAGE = "Cancelled."
 
 
-def _fenced(claim: Claim) -> Any:
-    return (
-        (Execution.id == claim.execution_id)
-        & (Execution.attempt == claim.attempt)
-        & (Execution.status == ExecutionStatus.RUNNING)
-    )
+_EXECUTIONS = table_of(Execution)
+# The fence of every write-back of a claimed execution: its row, the attempt it claimed, still
+# running. Bound per call by ``_fence_of``.
+_FENCE = (
+    (_EXECUTIONS.c.id == bindparam("fence_id"))
+    & (_EXECUTIONS.c.attempt == bindparam("fence_attempt"))
+    & (_EXECUTIONS.c.status == ExecutionStatus.RUNNING)
+)
+
+
+def _fence_of(claim: Claim) -> dict[str, Any]:
+    return {"fence_id": claim.execution_id, "fence_attempt": claim.attempt}
 
 
 def _fenced_write(
@@ -66,30 +72,30 @@ def _fenced_write(
     still holds; how many rows changed (0 or 1)."""
     statement = _fenced_update(frozenset(values), cancel_requested)
     bound = {f"set_{name}": value for name, value in values.items()}
-    return _rows_changed(
-        session.execute(
-            statement, {"fence_id": claim.execution_id, "fence_attempt": claim.attempt, **bound}
-        )
-    )
+    return _rows_changed(session.execute(statement, {**_fence_of(claim), **bound}))
 
 
 @functools.cache
 def _fenced_update(names: frozenset[str], cancel_requested: bool | None) -> Update:
     """Every execution's end writes back through one of a handful of these (completion,
     failure, cancellation, release): each is built once and bound per call."""
-    table = table_of(Execution)
-    fence = [
-        table.c.id == bindparam("fence_id"),
-        table.c.attempt == bindparam("fence_attempt"),
-        table.c.status == ExecutionStatus.RUNNING,
-    ]
+    fence = _FENCE
     if cancel_requested is not None:
-        fence.append(table.c.cancel_requested.is_(cancel_requested))
+        fence = fence & _EXECUTIONS.c.cancel_requested.is_(cancel_requested)
     return (
-        update(table)
-        .where(*fence)
-        .values({name: bindparam(f"set_{name}", type_=table.c[name].type) for name in names})
+        update(_EXECUTIONS)
+        .where(fence)
+        .values({name: bindparam(f"set_{name}", type_=_EXECUTIONS.c[name].type) for name in names})
     )
+
+
+# A heartbeat of every running execution, every few seconds.
+_RENEW_LEASE = (
+    update(_EXECUTIONS)
+    .where(_FENCE)
+    .values(lease_expires_at=bindparam("renewed_until", type_=UTCDateTime()))
+    .returning(_EXECUTIONS.c.cancel_requested)
+)
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,9 @@ def renew_lease(sessions: sessionmaker[Session], claim: Claim, settings: Setting
     """Heartbeat: extend the lease if it is still ours, and report a cancel request."""
     with sessions.begin() as session:
         now = database_now(session)
+        renewed_until = now + timedelta(seconds=settings.lease_seconds)
         row = session.execute(
-            update(Execution)
-            .where(_fenced(claim))
-            .values(lease_expires_at=now + timedelta(seconds=settings.lease_seconds))
-            .returning(Execution.cancel_requested)
+            _RENEW_LEASE, {**_fence_of(claim), "renewed_until": renewed_until}
         ).first()
     if row is None:
         return LeaseState(held=False, cancel_requested=False)
