@@ -90,9 +90,13 @@ def test_a_dropped_connection_fails_with_connection_lost_and_the_next_query_work
 ):
     datasource = datasources[server.kind]
     execution = client.run(datasource, f"SELECT * FROM {server.schema}.sleepy")["execution_id"]
+    # The view's own statement, not any of the login's (the extension's catalog reads at attach
+    # time are its too): a connection dropped while attaching may be replaced, and the query then
+    # completes.
     deadline = time.monotonic() + 10
-    while not server.active_queries() and time.monotonic() < deadline:
+    while not (running := server.active_queries(naming="sleepy")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert running, "the query never started on the server"
     if server.kind == "postgres":
         server.admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [NAME]
