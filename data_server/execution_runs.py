@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from data_server.datasource_specs import DatasourceSpecs
@@ -35,6 +36,9 @@ from shared.storage_quota import (
 from shared.tokens import Scope, new_data_key
 
 logger = logging.getLogger(__name__)
+
+# The outcome of a run whose metadata connection was lost: back in the queue, not ended.
+HANDED_BACK = "handed_back"
 
 
 @dataclass
@@ -68,7 +72,8 @@ class ExecutionRunner:
         self._stopping = stopping
 
     def run(self, job: Job) -> str:
-        """Run and record the job; its outcome, ``completed`` or an error code. Never raises."""
+        """Run and record the job; its outcome, ``completed``, an error code or ``HANDED_BACK``.
+        Never raises."""
         claim = job.claim
         try:
             spec = self.specs.for_claim(claim)
@@ -85,7 +90,9 @@ class ExecutionRunner:
                 lifecycle.finish_unsuccessfully(self.sessions, claim, failure.code, message)
             logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)
             return failure.code
-        except Exception:
+        except Exception as error:
+            if isinstance(error, DBAPIError) and error.connection_invalidated:
+                return self._hand_back(claim)
             logger.exception("execution crashed id=%s", claim.execution_id)
             lifecycle.finish_unsuccessfully(
                 self.sessions,
@@ -106,6 +113,18 @@ class ExecutionRunner:
             max_result_rows=s.max_result_rows,
             max_result_bytes=s.max_result_bytes,
         )
+
+    def _hand_back(self, claim: lifecycle.Claim) -> str:
+        """The metadata database dropped a connection mid-run (a restart, a failover, an operator
+        terminating backends): nothing is wrong with the execution, so it goes back to the queue
+        for another attempt instead of failing. If the database cannot take even that, the lease
+        runs out and the reaper re-queues it."""
+        logger.warning("database connection lost; execution handed back id=%s", claim.execution_id)
+        try:
+            lifecycle.release(self.sessions, claim)
+        except Exception:
+            logger.exception("could not hand back id=%s", claim.execution_id)
+        return HANDED_BACK
 
     def _abandoned(self, job: Job) -> bool:
         """The row is no longer this attempt's to write: its lease was lost, or it was handed

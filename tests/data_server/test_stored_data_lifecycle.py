@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
 from api_server.services import executions as execution_service
@@ -441,3 +442,29 @@ def test_a_purge_and_a_charge_for_the_same_result_take_the_organisation_first(
 
     assert answers == [False]  # it came second and found the result purged
     assert _counters(api)[0][org.id] == 0
+
+
+def test_a_lost_metadata_connection_hands_the_execution_back_instead_of_failing_it(
+    api, org, worker, monkeypatch
+):
+    """A connection the database dropped between the claim and the run (a restart, an operator
+    terminating backends) is no fault of the execution: it is queued again and then completes."""
+    execution_id = _run_sql(api, org)
+    claim = _claim(api, execution_id)
+    lost = OperationalError(
+        "SELECT 1", {}, Exception("server closed the connection"), connection_invalidated=True
+    )
+
+    def drops(*args, **kwargs):
+        raise lost
+
+    for_claim = worker.runner.specs.for_claim
+    monkeypatch.setattr(worker.runner.specs, "for_claim", drops)
+    worker._run(claim)
+    row = _row(api, execution_id)
+    assert (row.status, row.lease_owner, row.error_code) == ("starting", None, None)
+
+    monkeypatch.setattr(worker.runner.specs, "for_claim", for_claim)
+    worker._run(_claim(api, execution_id))
+    row = _row(api, execution_id)
+    assert (row.status, row.attempt) == ("completed", 2)
