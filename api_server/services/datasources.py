@@ -76,6 +76,13 @@ def _sort_key(name: str) -> Any:
     return func.lower(column) if name in ("name", "database_type") else column
 
 
+# Every run reads it: built once, bound per call. A key's datasource restriction is checked on
+# the row (``Principal.reaches_datasource``), as ``within_scope`` would have filtered it.
+_OWN_DATASOURCE = select(Datasource).where(
+    Datasource.id == bindparam("id"), Datasource.organization_id == bindparam("organization_id")
+)
+
+
 def get_datasource(session: Session, principal: Principal, datasource_id: str) -> Datasource:
     """404 alike for a foreign, out-of-scope or unknown id: nothing tells them apart."""
     ds = session.scalar(
@@ -84,13 +91,6 @@ def get_datasource(session: Session, principal: Principal, datasource_id: str) -
     if ds is None or not principal.reaches_datasource(ds.id):
         raise NotFound(_NOT_FOUND_DETAIL)
     return ds
-
-
-# Every run reads it: built once, bound per call. A key's datasource restriction is checked on
-# the row (``Principal.reaches_datasource``), as ``within_scope`` would have filtered it.
-_OWN_DATASOURCE = select(Datasource).where(
-    Datasource.id == bindparam("id"), Datasource.organization_id == bindparam("organization_id")
-)
 
 
 def create_datasource(

@@ -76,6 +76,10 @@ def _accepting(operation_id: str, *statuses: str) -> dict[str, Any]:
     }
 
 
+# An operation's config that skips the coverage phase (fuzzing and the stateful phase still run).
+WITHOUT_COVERAGE = {"phases": {"coverage": {"enabled": False}}}
+
+
 def _sometimes_from(dictionary: str) -> dict[str, Any]:
     return {"dictionary": dictionary, "probability": 0.5}
 
@@ -145,17 +149,14 @@ CONFIG = {
         # A group's coverage phase builds an array of 1,000 distinct patterned ids and one of
         # 1,001: a fifth of the phase's time, for one bound that test_dashboards.py checks on
         # both sides. Fuzzing and the stateful phase still run both operations.
-        {**_accepting("createDashboardGroup", "422"), "phases": {"coverage": {"enabled": False}}},
-        {**_accepting("updateDashboardGroup", "422"), "phases": {"coverage": {"enabled": False}}},
+        {**_accepting("createDashboardGroup", "422"), **WITHOUT_COVERAGE},
+        {**_accepting("updateDashboardGroup", "422"), **WITHOUT_COVERAGE},
         # Whether a backup's references name its own entries and its datasources are mapped to
         # ones the key reaches; whether a snippet of the backup differs from the organisation's
         # of the same name (409).
-        {
-            **_accepting("restoreDashboard", "422"),
-            # As for groups: boundary arrays and maps of 1,000 entries, checked on both sides by
-            # test_dashboard_backups.py.
-            "phases": {"coverage": {"enabled": False}},
-        },
+        # As for groups: boundary arrays and maps of 1,000 entries, checked on both sides by
+        # test_dashboard_backups.py.
+        {**_accepting("restoreDashboard", "422"), **WITHOUT_COVERAGE},
         _accepting("showDatasourceFile", "422"),
         _accepting("deleteDatasourceFile", "422"),
         _accepting("uploadDatasourceFile", "413", "415", "422"),
