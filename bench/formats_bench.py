@@ -7,7 +7,8 @@ Baseline: in-process DuckDB streaming the result as Arrow batches. Then:
    (the data server's code path minus the socket and the store);
 2. a real data server (``python -m data_server serve --no-workers``) on 127.0.0.1, the result
    published into its store and a token minted from its keys: each format fetched whole twice
-   (the first fetch materialises the representation, the second serves the stored one), with
+   by curl to /dev/null, server-bound as the issue measured (the first fetch materialises the
+   representation, the second serves the stored one), with
    and without ``Accept-Encoding`` / ``?compression=``; rate, when the first byte of the first
    fetch came (as a share of its whole time: the time to first byte a reader of a fresh result
    sees), bytes on the wire;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlencode
 
 import duckdb
 import httpx
@@ -72,6 +75,7 @@ SERVED = [
 ]
 
 BENCH_ORGANIZATION = "benc-horg-anis"
+CURL = shutil.which("curl")
 
 
 def _write_arrow(connection: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
@@ -220,17 +224,37 @@ def _free_port() -> int:
 
 
 def _fetch(url: str, token: str, params: dict, headers: dict) -> tuple[float, float, int]:
-    """Seconds to the whole body, seconds to its first byte, and its size."""
+    """Seconds to the whole body, seconds to its first byte, and its size. curl writing to
+    /dev/null, as the issue measured (server-bound: a Python client would take a share of these
+    two cores); httpx where curl is missing."""
+    headers = {"Accept-Encoding": "identity", **headers, "Authorization": f"Data {token}"}
+    url = f"{url}?{urlencode(params)}"
+    if CURL is None:
+        return _fetch_with_httpx(url, headers)
+    written = subprocess.run(
+        [
+            CURL,
+            "--silent",
+            "--fail",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{time_starttransfer} %{time_total} %{size_download}",
+            url,
+            *(arg for name, value in headers.items() for arg in ("--header", f"{name}: {value}")),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return float(written[1]), float(written[0]), int(written[2])
+
+
+def _fetch_with_httpx(url: str, headers: dict) -> tuple[float, float, int]:
     started = time.perf_counter()
     first_byte = None
     size = 0
-    with httpx.stream(
-        "GET",
-        url,
-        params=params,
-        headers={"Accept-Encoding": "identity", **headers, "Authorization": f"Data {token}"},
-        timeout=600,
-    ) as response:
+    with httpx.stream("GET", url, headers=headers, timeout=600) as response:
         response.raise_for_status()
         for chunk in response.iter_raw(1 << 20):
             if first_byte is None:
@@ -243,7 +267,10 @@ def _fetch(url: str, token: str, params: dict, headers: dict) -> tuple[float, fl
 def served(server: DataServer, path: Path, rows: int, baseline: float) -> None:
     data_key, token = server.publish(path)
     url = f"{server.url}/data/{data_key}"
-    print("\nserved by a real data server (first fetch materialises, then served as stored):")
+    client = "curl to /dev/null" if CURL else "httpx (no curl found)"
+    print(
+        f"\nserved by a real data server to {client} (first fetch materialises, then served as stored):"
+    )
     for fmt, params, headers in SERVED:
         label = fmt + "".join(f" {v}" for v in [*params.values(), *headers.values()])
         first, first_byte, size = _fetch(url, token, {"format": fmt, **params}, headers)

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
+from data_server import encoders
 from data_server.auth import PublicKeyring
 from data_server.fair_jobs import FairJobs
 from data_server.representations import MATERIALISATIONS_AT_ONCE, EncodingThreads
@@ -40,6 +41,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(encoders.warm_up)  # before the first request is accepted
         worker = None
         if run_workers:
             worker = await run_in_threadpool(

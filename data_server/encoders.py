@@ -101,7 +101,7 @@ def encode_result(
     compression: ArrowCompression = ArrowCompression.NONE,
     slice_bytes: int = SLICE_BYTES,
     pool: Executor | None = None,
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """Encoded chunks of the result; opening the file happens on the first ``next()``. A
     smaller ``slice_bytes`` makes the encoding stoppable after less work. With a ``pool``, the
     JSON formats encode slices on its threads, a few ahead of the reader (the Arrow kernels
@@ -116,11 +116,45 @@ def encode_result(
         yield from _coalesce(_ENCODERS[fmt](reader.schema, batches))
 
 
-def _coalesce(chunks: Iterator[bytes | pa.Buffer]) -> Iterator[bytes]:
-    """Fewer, larger writes: small encoded pieces are gathered up to ``CHUNK_BYTES``."""
+def warm_up() -> None:
+    """Encodes a few rows of every column kind in every format once. A process's first encoding
+    otherwise pays for lazy initialisation (pyarrow imports pandas, when installed, on its first
+    conversion of a Python value: about 0.14 s here), and the first request would wait for it."""
+    table = pa.table(
+        {
+            "integer": [1, None],
+            "double": [0.5, float("nan")],
+            "text": ['a "b"', None],
+            "flag": [True, None],
+            "at": pa.array([dt.datetime(2024, 1, 1), None], pa.timestamp("us")),
+            "zoned": pa.array([dt.datetime(2024, 1, 1), None], pa.timestamp("us", "UTC")),
+            "amount": pa.array([decimal.Decimal("1.50"), None], pa.decimal128(5, 2)),
+            "day": pa.array([dt.date(2024, 1, 1), None]),
+            "tags": pa.array([["x"], None]),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    stored = sink.getvalue()
+    for fmt in ResultFormat:
+        for _ in encode_result(pa.BufferReader(stored), fmt):
+            pass
+
+
+def _coalesce(chunks: Iterator[bytes | pa.Buffer]) -> Iterator[bytes | memoryview]:
+    """Fewer, larger writes: small encoded pieces are gathered up to ``CHUNK_BYTES``; a piece
+    that size or larger passes as it is (a JSON slice is megabytes, and copying it into a new
+    object costs a page fault per 4 KiB)."""
     pending: list[bytes | pa.Buffer] = []
     size = 0
     for chunk in chunks:
+        if len(chunk) >= CHUNK_BYTES:
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+            yield chunk if isinstance(chunk, bytes) else memoryview(chunk)
+            continue
         pending.append(chunk)
         size += len(chunk)
         if size >= CHUNK_BYTES:

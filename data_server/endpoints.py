@@ -317,7 +317,9 @@ async def _window_response(
     )
 
 
-def _chained(first: bytes, rest: Iterator[bytes], source: Any) -> Iterator[bytes]:
+def _chained(
+    first: bytes | memoryview, rest: Iterator[bytes | memoryview], source: Any
+) -> Iterator[bytes | memoryview]:
     try:
         if first:
             yield first
