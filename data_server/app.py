@@ -4,6 +4,7 @@ execution workers (and their sandbox pool) for as long as the app lives."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from shared.web.metrics import MetricsMiddleware
 from shared.web.middleware import RequestContextMiddleware
 from shared.web.problems import EXCEPTION_HANDLERS
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # the worker (and its sandbox pool) is imported only where workers run
     from data_server.worker import Worker
 
@@ -41,7 +44,10 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await run_in_threadpool(encoders.warm_up)  # before the first request is accepted
+        try:  # before the first request is accepted; an optimisation, so never fatal
+            await run_in_threadpool(encoders.warm_up)
+        except Exception:
+            logger.exception("warming the encoders failed")
         worker = None
         if run_workers:
             worker = await run_in_threadpool(

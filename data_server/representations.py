@@ -196,8 +196,7 @@ def open_representation(
             ),
         )
     except RuntimeError as error:  # shutting down: no encoding will start
-        growing.fail(error)
-        _release(key, growing)
+        _release(key, growing, error)
     return reader
 
 
@@ -230,10 +229,17 @@ def _claim(store: ResultStore, key: str, organization_id: str) -> tuple[GrowingF
     return growing, reader
 
 
-def _release(key: str, growing: GrowingFile) -> None:
-    """Leaves the registry (new requests look in the store again), then the writer's file."""
+def _release(key: str, growing: GrowingFile, error: BaseException | None) -> None:
+    """Leaves the registry (new requests look in the store again), then tells the readers how
+    the encoding ended, then closes the writer's file: a client that has read a whole body and
+    asks again finds the stored representation, never the encoding that just ended (which
+    would still count against its organisation's share)."""
     with _encoding_guard:
         _encoding.pop(key, None)
+    if error is None:
+        growing.finish()
+    else:
+        growing.fail(error)
     growing.close()
     growing.path.unlink(missing_ok=True)
 
@@ -249,37 +255,49 @@ def _materialise(
 ) -> None:
     """Encodes into ``growing`` (its readers follow), then stores it if the quota allows, and
     only then lets the readers finish: a response that has ended left its representation
-    stored (or refused). The file leaves the registry once stored, so a request finds one or
-    the other."""
+    stored (or refused)."""
+    outcome: BaseException | None = RuntimeError("the encoding stopped")  # until it ends
+    try:
+        outcome = _encode_and_store(store, data_key, key, representation, charge, slices, growing)
+    finally:
+        _release(key, growing, outcome)
+
+
+def _encode_and_store(
+    store: ResultStore,
+    data_key: str,
+    key: str,
+    representation: Representation,
+    charge: Callable[[int], bool],
+    slices: Executor | None,
+    growing: GrowingFile,
+) -> BaseException | None:
+    """None once every byte is written (and stored, if the quota allowed), else the error the
+    readers get."""
     begun = False
     try:
-        try:
-            with (
-                store.open(result_object_key(data_key)) as source,
-                _compressed(growing, representation.coding) as target,
+        with (
+            store.open(result_object_key(data_key)) as source,
+            _compressed(growing, representation.coding) as target,
+        ):
+            for chunk in encode_result(
+                source, representation.fmt, compression=representation.compression, pool=slices
             ):
-                for chunk in encode_result(
-                    source, representation.fmt, compression=representation.compression, pool=slices
-                ):
-                    target.write(chunk)
-                    if not begun:
-                        growing.begin()
-                        begun = True
-        except ResultGone as error:  # purged meanwhile: the request answers 404
-            growing.fail(error)
-            return
-        except Exception as error:
-            _logger.exception("encoding %s failed", key)
-            growing.fail(error)
-            return
-        try:
-            if charge(growing.path.stat().st_size):
-                store.publish(growing.path, key)
-        except Exception:  # the readers have every byte; the next request encodes it again
-            _logger.exception("storing %s failed", key)
-        growing.finish()
-    finally:
-        _release(key, growing)
+                target.write(chunk)
+                if not begun:
+                    growing.begin()
+                    begun = True
+    except ResultGone as error:  # purged meanwhile: the request answers 404
+        return error
+    except Exception as error:
+        _logger.exception("encoding %s failed", key)
+        return error
+    try:
+        if charge(growing.path.stat().st_size):
+            store.publish(growing.path, key)
+    except Exception:  # the readers have every byte; the next request encodes it again
+        _logger.exception("storing %s failed", key)
+    return None
 
 
 class _RecentKeys:

@@ -137,6 +137,23 @@ def test_large_results_stream_in_several_chunks(tmp_path):
         assert len(chunks) > 1, fmt
 
 
+def test_warm_up_encodes_every_format(monkeypatch):
+    """The data server's start-up encoding reaches every format's encoder (a format it missed
+    would pay its lazy initialisation on a user's request)."""
+    real = encoders.encode_result
+    warmed: list[ResultFormat] = []
+
+    def recorded(source, fmt, **options):
+        warmed.append(fmt)
+        chunks = list(real(source, fmt, **options))
+        assert b"".join(chunks)
+        return iter(chunks)
+
+    monkeypatch.setattr(encoders, "encode_result", recorded)
+    encoders.warm_up()
+    assert sorted(warmed, key=str) == sorted(ResultFormat, key=str)
+
+
 def test_a_corrupt_file_fails_on_the_first_chunk(tmp_path):
     path = tmp_path / "broken.arrow"
     path.write_bytes(b"not arrow at all")

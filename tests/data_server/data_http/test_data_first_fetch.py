@@ -1,7 +1,8 @@
 """The first fetch of a representation is sent as it is encoded: its bytes reach the client
 before the encoding ends, without a length; every request for it meanwhile follows the same
 encoding; a request that needs every byte (a range, HEAD) waits for it; the representation is
-stored before the first response ends; errors before the first byte are answered as errors.
+stored before the first response ends; errors before the first byte are answered as errors; the
+encoders are warmed before the server takes its first request.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import threading
 
 import anyio
 import pytest
+from starlette.testclient import TestClient
 
-from data_server import representations
+from data_server import encoders, growing_files, representations
+from data_server.app import create_app
 from shared.results import result_object_key, stored_variants, variant_object_key
+from shared.settings import Settings
 from tests.support.data_http import IDENTITY, get_result
 
 JSON = {"format": "json"}
@@ -178,6 +182,25 @@ def test_beyond_the_encodings_allowed_a_first_request_is_refused(
     assert get_result(data, "ndjson").status_code == 200
 
 
+def test_an_encoding_leaves_the_registry_before_its_readers_finish(data, monkeypatch):
+    """A client that has read a whole first body and asks again at once must find the stored
+    representation, not the encoding that just ended (which would still count against its
+    organisation's share: a spurious 429 at the cap)."""
+    registered_at_the_end: list[bool] = []
+    real_finish = growing_files.GrowingFile.finish
+
+    def finish(growing):
+        with representations._encoding_guard:
+            registered_at_the_end.append(
+                any(file is growing for _, file in representations._encoding.values())
+            )
+        real_finish(growing)
+
+    monkeypatch.setattr(growing_files.GrowingFile, "finish", finish)
+    assert get_result(data, "json").status_code == 200
+    assert registered_at_the_end == [False]
+
+
 def test_concurrent_ranges_during_the_encoding_each_get_their_own_bytes(data, held):
     """Ranges asked for while the representation is encoded get the bytes stored later. (That
     readers share one file offset is caught by tests/data_server/test_growing_files.py, whose
@@ -266,3 +289,23 @@ def _asgi_get(client, path: str, query: str, *, http_version: str) -> list[dict]
     }
     client.portal.call(client.app, scope, receive, send)
     return messages
+
+
+def test_the_encoders_are_warmed_before_the_first_request(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(encoders, "warm_up", lambda: calls.append("warm_up"))
+    app = create_app(Settings(state_dir=tmp_path, sample_scale=0.001))
+    assert calls == []
+    with TestClient(app) as client:
+        assert calls == ["warm_up"]
+        assert client.get("/healthz").status_code == 200
+
+
+def test_a_failed_warm_up_does_not_stop_the_server(tmp_path, monkeypatch, caplog):
+    def broken() -> None:
+        raise RuntimeError("encoder broken")
+
+    monkeypatch.setattr(encoders, "warm_up", broken)
+    with TestClient(create_app(Settings(state_dir=tmp_path, sample_scale=0.001))) as client:
+        assert client.get("/healthz").status_code == 200
+    assert "warming the encoders failed" in caplog.text
