@@ -258,22 +258,26 @@ def _materialise(
     stored (or refused)."""
     outcome: BaseException | None = RuntimeError("the encoding stopped")  # until it ends
     try:
-        outcome = _encode_and_store(store, data_key, key, representation, charge, slices, growing)
+        outcome = _encode(store, data_key, key, representation, slices, growing)
+        if outcome is None:
+            try:
+                if charge(growing.path.stat().st_size):
+                    store.publish(growing.path, key)
+            except Exception:  # the readers have every byte; the next request encodes it again
+                _logger.exception("storing %s failed", key)
     finally:
         _release(key, growing, outcome)
 
 
-def _encode_and_store(
+def _encode(
     store: ResultStore,
     data_key: str,
     key: str,
     representation: Representation,
-    charge: Callable[[int], bool],
     slices: Executor | None,
     growing: GrowingFile,
 ) -> BaseException | None:
-    """None once every byte is written (and stored, if the quota allowed), else the error the
-    readers get."""
+    """None once every byte is written, else the error the readers get."""
     begun = False
     try:
         with (
@@ -292,11 +296,6 @@ def _encode_and_store(
     except Exception as error:
         _logger.exception("encoding %s failed", key)
         return error
-    try:
-        if charge(growing.path.stat().st_size):
-            store.publish(growing.path, key)
-    except Exception:  # the readers have every byte; the next request encodes it again
-        _logger.exception("storing %s failed", key)
     return None
 
 
