@@ -91,7 +91,8 @@ class ExecutionRunner:
             logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)
             return failure.code
         except Exception as error:
-            if isinstance(error, DBAPIError) and error.connection_invalidated:
+            lost_connection = isinstance(error, DBAPIError) and error.connection_invalidated
+            if lost_connection and claim.attempt < self.settings.max_attempts:
                 return self._hand_back(claim)
             logger.exception("execution crashed id=%s", claim.execution_id)
             lifecycle.finish_unsuccessfully(
@@ -117,8 +118,9 @@ class ExecutionRunner:
     def _hand_back(self, claim: lifecycle.Claim) -> str:
         """The metadata database dropped a connection mid-run (a restart, a failover, an operator
         terminating backends): nothing is wrong with the execution, so it goes back to the queue
-        for another attempt instead of failing. If the database cannot take even that, the lease
-        runs out and the reaper re-queues it."""
+        for another attempt instead of failing, within ``max_attempts`` as the reaper's re-queues
+        are (a database that keeps dropping connections fails it after that). If the database
+        cannot take even the hand-back, the lease runs out and the reaper re-queues it."""
         logger.warning("database connection lost; execution handed back id=%s", claim.execution_id)
         try:
             lifecycle.release(self.sessions, claim)

@@ -468,3 +468,23 @@ def test_a_lost_metadata_connection_hands_the_execution_back_instead_of_failing_
     worker._run(_claim(api, execution_id))
     row = _row(api, execution_id)
     assert (row.status, row.attempt) == ("completed", 2)
+
+
+def test_a_connection_lost_on_the_last_attempt_fails_the_execution(api, org, worker, monkeypatch):
+    """Hand-backs count against ``max_attempts`` like the reaper's re-queues: a database that
+    keeps dropping connections cannot keep an execution queued for ever."""
+    monkeypatch.setattr(
+        worker.runner, "settings", worker.runner.settings.with_overrides(max_attempts=1)
+    )
+    execution_id = _run_sql(api, org)
+    lost = OperationalError(
+        "SELECT 1", {}, Exception("server closed the connection"), connection_invalidated=True
+    )
+
+    def drops(*args, **kwargs):
+        raise lost
+
+    monkeypatch.setattr(worker.runner.specs, "for_claim", drops)
+    worker._run(_claim(api, execution_id))
+    row = _row(api, execution_id)
+    assert (row.status, row.error_code, row.attempt) == ("failed", "internal_error", 1)
