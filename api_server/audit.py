@@ -23,6 +23,11 @@ from shared.logging import request_id_var
 logger = logging.getLogger("dataferry.audit")
 
 
+# Built once (every write and grant records one); the id and time come from the columns'
+# defaults, as for an ``AuditEvent`` added to a session.
+_INSERT_EVENT = insert(table_of(AuditEvent))
+
+
 def record_event(
     session: Session,
     *,
@@ -50,11 +55,6 @@ def record_event(
             "request_id": request_id,
         },
     )
-
-
-# Built once (every write and grant records one); the id and time come from the columns'
-# defaults, as for an ``AuditEvent`` added to a session.
-_INSERT_EVENT = insert(table_of(AuditEvent))
 
 
 class AuditMiddleware:

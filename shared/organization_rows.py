@@ -31,23 +31,8 @@ def result_bytes(result_size: int | None, variants_size: int) -> int:
     return (result_size or 0) + variants_size
 
 
-def lock_organization(session: Session, organization_id: str) -> Organization:
-    """Hold the organisation's row until the caller's transaction ends (the database's write lock
-    on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
-    the organisation (audit events, other resources)."""
-    write_lock_on_sqlite(session)
-    return session.scalars(_LOCKED_ORGANIZATION, {"organization": organization_id}).one()
-
-
-def count_stored_bytes(session: Session, organization_id: str, delta: int) -> None:
-    """Add ``delta`` (negative: forgotten) to the organisation's stored bytes, in the caller's
-    transaction, which locked the organisation (``lock_organization``) before it changed any of
-    the executions whose bytes these are."""
-    if delta:
-        session.execute(_COUNT_STORED_BYTES, {"organization": organization_id, "delta": delta})
-
-
-# Each run and each stored result take both: built once, bound per call.
+# Each run and each stored result lock the organisation and count its bytes: built once, bound
+# per call.
 _LOCKED_ORGANIZATION = (
     select(Organization)
     .where(Organization.id == bindparam("organization"))
@@ -68,6 +53,22 @@ _COUNT_STORED_BYTES = (
 _STORED_RESULTS_BYTES = select(Organization.stored_results_bytes).where(
     Organization.id == bindparam("organization")
 )
+
+
+def lock_organization(session: Session, organization_id: str) -> Organization:
+    """Hold the organisation's row until the caller's transaction ends (the database's write lock
+    on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
+    the organisation (audit events, other resources)."""
+    write_lock_on_sqlite(session)
+    return session.scalars(_LOCKED_ORGANIZATION, {"organization": organization_id}).one()
+
+
+def count_stored_bytes(session: Session, organization_id: str, delta: int) -> None:
+    """Add ``delta`` (negative: forgotten) to the organisation's stored bytes, in the caller's
+    transaction, which locked the organisation (``lock_organization``) before it changed any of
+    the executions whose bytes these are."""
+    if delta:
+        session.execute(_COUNT_STORED_BYTES, {"organization": organization_id, "delta": delta})
 
 
 def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, int]:
