@@ -22,6 +22,7 @@ import pyarrow as pa
 from starlette.concurrency import run_in_threadpool
 
 from data_server.ranges import READ_CHUNK_BYTES
+from data_server.write_behind import WriteBehind
 
 # Readers are woken after at least this many new bytes (or the end): one wake-up per slice of a
 # few hundred kilobytes, not one per compressor write.
@@ -45,6 +46,7 @@ class GrowingFile:
         self._finished = False
         self._error: BaseException | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._write_behind = WriteBehind(self._fd)
 
     # ------------------------------------------------------------------------ writer
 
@@ -56,9 +58,11 @@ class GrowingFile:
             done += os.write(self._fd, view[done:])
         with self._lock:
             self._written += done
+            size = self._written
             wake = self._written - self._announced >= _WAKE_BYTES
             if wake:
                 self._announced = self._written
+        self._write_behind.after_write(size)
         if wake:
             self._wake()
         return done

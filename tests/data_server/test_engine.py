@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -470,18 +469,3 @@ def test_sqlite_views_duckdb_cannot_parse_are_left_alone(tmp_path):
     with pytest.raises(QueryFailed) as failure:
         engine.run_query(_job(spec, "SELECT * FROM indexed", tmp_path))
     assert failure.value.code == "syntax_error"
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
-def test_write_behind_starts_the_disk_write_of_each_written_stretch(tmp_path):
-    """The durable write's helper: each WRITE_BEHIND_BYTES written, the kernel is told to start
-    writing them (accepted: 0), so the final fsync has little left."""
-    with pa.OSFile(str(tmp_path / "r.arrow"), "wb") as sink:
-        behind = engine._WriteBehind(sink)
-        sink.write(b"x" * (engine.WRITE_BEHIND_BYTES - 1))
-        behind.after_write()
-        assert behind.started_up_to == 0
-        sink.write(b"x")
-        behind.after_write()
-        assert behind.started_up_to == engine.WRITE_BEHIND_BYTES
-        assert engine._sync_file_range(sink.fileno(), 0, engine.WRITE_BEHIND_BYTES, 2) == 0
