@@ -1,7 +1,9 @@
 """Request id and one access-log line per request, as a pure ASGI middleware (streams untouched).
 
 Headers an endpoint leaves in ``request.state.response_headers`` (the rate-limit standing) are
-added to whatever response the request ends with, errors included.
+added to whatever response the request ends with, errors included. An unexpected exception is
+answered here, inside the request's id: a JSON:API 500 carrying X-Request-ID, its traceback logged
+once under that id.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import request_id_var
+from shared.web.problems import unexpected_error_response
 
 logger = logging.getLogger("dataferry.access")
+error_logger = logging.getLogger("dataferry.errors")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -39,11 +43,11 @@ class RequestContextMiddleware:
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status: dict[str, Any] = {"code": 500}
+        status: dict[str, Any] = {"code": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
                 extra = scope.get("state", {}).get("response_headers", {})
                 message["headers"] = [
                     *message.get("headers", []),
@@ -54,6 +58,13 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if status["started"]:
+                raise  # a body cut short: the server drops the connection
+            error_logger.exception(
+                "unhandled error on %s %s", scope["method"], _path_as_sent(scope)
+            )
+            await unexpected_error_response()(scope, receive, send_with_id)
         finally:
             logger.info(
                 "%s %s %d %.1fms",

@@ -1,9 +1,8 @@
 """Every failure answered as the one JSON:API error document (``shared.problems``): the
-exception handlers both apps install, Starlette's own 404/405 included."""
+exception handlers both apps install, Starlette's own 404/405 included, and the last resort."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
@@ -13,8 +12,6 @@ from starlette.responses import Response
 
 from shared.errors import AppError, MethodNotAllowed, NotFound
 from shared.problems import JSONAPI_MEDIA_TYPE, error_document
-
-logger = logging.getLogger(__name__)
 
 
 def error_response(exc: AppError) -> Response:
@@ -51,14 +48,15 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    """Last resort: log the traceback server-side, answer a bare 500 with no details."""
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+def unexpected_error_response() -> Response:
+    """The last resort, a bare 500 with no details (``RequestContextMiddleware`` sends it and
+    logs the traceback under the request's id)."""
     return error_response(AppError("The server failed to handle this request."))
 
 
+# Not ``Exception``: Starlette hands that one to its outermost middleware, outside the request's
+# id, so a 500 would carry no X-Request-ID and its traceback would be logged without one.
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     AppError: handle_app_error,
     HTTPException: handle_http_exception,
-    Exception: handle_unexpected,
 }
