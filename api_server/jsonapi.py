@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server.services.listing import CollectionQuery
+from shared.digits import natural_number
 from shared.errors import (
     AppError,
     BadRequest,
@@ -293,11 +294,8 @@ def parse_collection_query(
         match = _FAMILY.match(name)
         family, member = (match.group(1), match.group(2)) if match else (name, "")
         if family == "page" and collection and member in ("number", "size"):
-            number = _positive_int(name, value)
             maximum = MAX_PAGE_SIZE if member == "size" else MAX_PAGE_NUMBER
-            if number > maximum:
-                raise InvalidQueryParameter(f"{name} may be at most {maximum}.", parameter=name)
-            setattr(query, f"page_{member}", number)
+            setattr(query, f"page_{member}", _positive_int(name, value, maximum))
         elif family == "sort" and collection:
             query.sort = _parse_sort(value, sortable)
         elif family == "filter" and collection and member in filterable:
@@ -330,11 +328,13 @@ def parse_boolean(name: str, value: str) -> bool:
     return value == "true"
 
 
-def _positive_int(name: str, value: str) -> int:
-    # ASCII digits only: str.isdigit() also admits "²", which int() refuses.
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+def _positive_int(name: str, value: str, maximum: int) -> int:
+    number = natural_number(value, maximum)
+    if number is None or number < 1:
         raise InvalidQueryParameter(f"{name} must be a positive integer.", parameter=name)
-    return int(value)
+    if number > maximum:
+        raise InvalidQueryParameter(f"{name} may be at most {maximum}.", parameter=name)
+    return number
 
 
 def _parse_sort(value: str, sortable: Sequence[str]) -> list[tuple[str, bool]]:

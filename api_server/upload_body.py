@@ -14,6 +14,7 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 
 from api_server.services.uploads import Upload
+from shared.digits import natural_number
 from shared.errors import ClientGone, RequestTimeout
 from shared.web.http_limits import BODY_TIMEOUT_SECONDS
 
@@ -25,12 +26,12 @@ FLUSH_BYTES = 1024 * 1024
 # with a tenfold margin. Time the server spends writing to disk is not counted.
 UPLOAD_WINDOW_SECONDS = BODY_TIMEOUT_SECONDS
 MIN_UPLOAD_BYTES_PER_WINDOW = 64 * 1024
+_LARGEST_LENGTH = 2**63 - 1  # beyond any upload limit; larger declared lengths come back just above
 
 
 def declared_length(request: Request) -> int | None:
     """The Content-Length the client declared, if any (h11 has checked its form)."""
-    value = request.headers.get("content-length", "")
-    return int(value) if value.isdigit() else None
+    return natural_number(request.headers.get("content-length", ""), _LARGEST_LENGTH)
 
 
 async def receive_into(request: Request, upload: Upload) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 
+from shared.digits import natural_number
 from shared.errors import InvalidQueryParameter, NotAcceptable
 
 MAX_ROW_WINDOW = 2**63 - 1
@@ -165,9 +166,9 @@ def parse_row_window(offset: str | None, limit: str | None) -> tuple[int, int | 
 def _row_count(raw: str | None, name: str) -> int | None:
     if raw is None:
         return None
-    text = raw.strip()
-    if not text.isascii() or not text.isdigit() or int(text) > MAX_ROW_WINDOW:
+    value = natural_number(raw.strip(), MAX_ROW_WINDOW)
+    if value is None or value > MAX_ROW_WINDOW:
         raise InvalidQueryParameter(
             f"{name} must be a non-negative integer, not {raw[:40]!r}.", parameter=name
         )
-    return int(text)
+    return value

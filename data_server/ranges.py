@@ -12,10 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from shared.digits import natural_number
 from shared.errors import RangeNotSatisfiable
 
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_RANGES = 16  # more parts than this is not a reader resuming or seeking: the whole body
+# Byte positions are read up to this; larger ones lie past the end of any object all the same.
+_PAST_EVERY_OBJECT = 10**18
 
 Span = tuple[int, int]  # first and last byte, inclusive
 
@@ -33,22 +36,21 @@ def parse_ranges(header: str | None, size: int) -> list[Span] | None:
     if not entries or len(entries) > MAX_RANGES:
         return None
     for entry in entries:
-        first, dash, last = entry.partition("-")
-        if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        first_text, dash, last_text = entry.partition("-")
+        first = natural_number(first_text, _PAST_EVERY_OBJECT) if first_text else None
+        last = natural_number(last_text, _PAST_EVERY_OBJECT) if last_text else None
+        if not dash or (first_text and first is None) or (last_text and last is None):
             return None
-        if first == "":
-            if last == "":
+        if first is None:
+            if last is None:
                 return None
-            length = int(last)
-            if length > 0 and size > 0:
-                spans.append((max(0, size - length), size - 1))
+            if last > 0 and size > 0:
+                spans.append((max(0, size - last), size - 1))
             continue
-        start = int(first)
-        if last != "" and int(last) < start:
+        if last is not None and last < first:
             return None
-        end = size - 1 if last == "" else int(last)
-        if start < size:
-            spans.append((start, min(end, size - 1)))
+        if first < size:
+            spans.append((first, size - 1 if last is None else min(last, size - 1)))
     if not spans:
         raise RangeNotSatisfiable(
             f"No requested range starts within the {size} bytes of this representation.",

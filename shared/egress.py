@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from shared.digits import natural_number
 from shared.errors import DestinationNotAllowed, HostNotFound, ServiceUnavailable, Unprocessable
 from shared.host_resolution import IPAddress, literal_address, resolve
 
@@ -78,6 +79,7 @@ _NEVER: tuple[tuple[IPNetwork, str], ...] = (
     (_net("ff00::/8"), "multicast"),
 )
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379}
+_LARGEST_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -286,8 +288,13 @@ def _redis_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
 def _split_host_port(text: str, default_port: int) -> tuple[str, int]:
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
-    host, colon, port = text.rpartition(":")
-    if colon and port.isdigit() and ":" not in host:
-        return host, int(port)
-    return text, default_port
+        port = _port(rest[1:]) if rest.startswith(":") else None
+        return host, default_port if port is None else port
+    host, colon, port_text = text.rpartition(":")
+    port = _port(port_text) if colon and ":" not in host else None
+    return (text, default_port) if port is None else (host, port)
+
+
+def _port(text: str) -> int | None:
+    number = natural_number(text, _LARGEST_PORT)
+    return number if number is not None and number <= _LARGEST_PORT else None

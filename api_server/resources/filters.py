@@ -41,6 +41,7 @@ from api_server.services.executions import SqlQuery
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
+from shared.digits import natural_number
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
 from shared.filter_rules import (
     MAX_OPTIONS,
@@ -603,11 +604,12 @@ def _options_query(request: Request) -> _OptionsQuery:
 def _bounded(text: str | None, name: str, default: int, maximum: int) -> int:
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
+    number = natural_number(text, maximum)
+    if number is None or not 1 <= number <= maximum:
         raise InvalidQueryParameter(
             f"{name} must be a whole number from 1 to {maximum}.", parameter=name
         )
-    return int(text)
+    return number
 
 
 @OPERATIONS.get(

@@ -22,6 +22,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 from uvicorn.server import ServerState
 
+from shared.digits import natural_number
 from shared.errors import (
     AppError,
     BadRequest,
@@ -83,9 +84,16 @@ class FramedH11Connection(h11.Connection):
     """
 
     framing_fault: str | None = None
+    # What h11 made of a request it refused: 431 when the head outgrew its buffer before it was
+    # whole (a head read whole is measured by ``RequestLimitsMiddleware``).
+    refused_status = 400
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        event = super().next_event()
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as error:
+            self.refused_status = error.error_status_hint
+            raise
         if isinstance(event, h11.Request):
             self.framing_fault = _framing_fault(event)
             if self.framing_fault is not None:
@@ -165,8 +173,12 @@ class BoundedH11Protocol(H11Protocol):
         super().resume_writing()
 
     def send_400_response(self, msg: str) -> None:
-        detail = self.conn.framing_fault or "The request is not valid HTTP/1.1."
-        error = BadRequest(detail, code="invalid_http_request")
+        error: AppError
+        if self.conn.refused_status == HeaderFieldsTooLarge.status:
+            error = HeaderFieldsTooLarge(f"The request headers exceed {MAX_HEADER_BYTES} bytes.")
+        else:
+            detail = self.conn.framing_fault or "The request is not valid HTTP/1.1."
+            error = BadRequest(detail, code="invalid_http_request")
         body = orjson.dumps(error_document(error))
         headers = [
             (b"content-type", JSONAPI_MEDIA_TYPE.encode()),
@@ -175,7 +187,9 @@ class BoundedH11Protocol(H11Protocol):
         ]
         try:
             for event in (
-                h11.Response(status_code=400, headers=headers, reason=STATUS_PHRASES[400]),
+                h11.Response(
+                    status_code=error.status, headers=headers, reason=STATUS_PHRASES[error.status]
+                ),
                 h11.Data(data=body),
                 h11.EndOfMessage(),
             ):
@@ -263,8 +277,8 @@ def _refusal(scope: Scope) -> AppError | None:
 
 async def read_body_within(request: Request, max_bytes: int) -> bytes:
     """The whole body, or 413 past ``max_bytes``, or 408 if it takes too long to arrive."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    declared = natural_number(request.headers.get("content-length", ""), max_bytes)
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"The request body exceeds {max_bytes} bytes.")
     chunks, size = [], 0
     try:

@@ -313,6 +313,14 @@ def test_manual_options_are_paged_and_searched(api: Api) -> None:
     assert found["values"] == ["v01", "v11", "v13", "v15", "v17", "v19"]
     assert api.get(f"/filters/{filter_id}/options?search=V2", org.key).json()["total"] == 10
     assert api.get(f"/filters/{filter_id}/options?page[size]=1001", org.key).status_code == 400
+    for number in ("²", "9" * 5000):  # not ASCII digits; more digits than int() converts
+        answer = api.get(f"/filters/{filter_id}/options?page[number]={number}", org.key)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["errors"][0]["source"] == {"parameter": "page[number]"}
+    padded = api.get(
+        f"/filters/{filter_id}/options?page[size]=10&page[number]={'0' * 5000}3", org.key
+    )
+    assert padded.json()["values"] == values[20:]
     assert api.get(f"/filters/{filter_id}/options?other=1", org.key).status_code == 400
 
 

@@ -67,12 +67,15 @@ def test_accepts_json(accept, expected):
 def test_row_window_parsing():
     assert parse_row_window(None, None) == (0, None)
     assert parse_row_window("10", "0") == (10, 0)
+    assert parse_row_window("0" * 5000 + "3", None) == (3, None)  # more digits than int() takes
     for offset, limit in (
         ("-1", None),
         ("1.5", None),
         (None, "abc"),
         (None, str(2**63)),
         ("\u0661", None),
+        ("²", None),
+        (None, "9" * 5000),
     ):
         with pytest.raises(InvalidQueryParameter):
             parse_row_window(offset, limit)

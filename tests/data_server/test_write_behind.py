@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import replace
 
@@ -63,9 +64,12 @@ def test_a_result_file_starts_its_disk_write_as_it_grows(tmp_path, started):
         str(tmp_path / "scratch"),
     )
     assert engine.run_query(job).rows == rows
-    assert len(started) >= 2
-    assert [offset for _, offset, _ in started][0] == 0
-    assert all(a[1] + a[2] == b[1] for a, b in zip(started, started[1:], strict=False))
+    stretches = [(offset, length) for _, offset, length in started]
+    assert len(stretches) >= 2 and stretches[0][0] == 0
+    assert all(
+        offset + length == following
+        for (offset, length), (following, _) in itertools.pairwise(stretches)
+    )
 
 
 def test_a_representation_starts_its_disk_write_as_it_is_encoded(tmp_path, started):

@@ -72,6 +72,42 @@ def test_suffix_multiple_and_unsatisfiable_ranges(data):
     )  # other units: ignored
 
 
+@pytest.mark.parametrize(
+    "spec",
+    ["\xb2-", "-\xb2", "0-\xb3", "\xb9\xb2-", "a-b", "5-4", "-"],
+    ids=[
+        "superscript-first",
+        "superscript-suffix",
+        "superscript-last",
+        "superscripts",
+        "letters",
+        "backwards",
+        "dash-only",
+    ],
+)
+def test_a_malformed_range_sends_the_whole_body(data, spec):
+    """RFC 9110 §14.2: a malformed Range is ignored. ``str.isdigit`` took ``²`` for a digit,
+    and ``int`` then raised: a 500."""
+    whole = get_result(data, "csv").content
+    answer = get_result(data, "csv", {"Range": f"bytes={spec}".encode("latin-1")})
+    assert answer.status_code == 200 and answer.content == whole
+
+
+def test_range_positions_of_thousands_of_digits_are_clamped_or_unsatisfiable(data):
+    """``int`` refuses more than 4,300 digits: such a position is past any end all the same."""
+    whole = get_result(data, "csv").content
+    huge = "9" * 5000
+    to_the_end = get_result(data, "csv", {"Range": f"bytes=0-{huge}"})
+    assert to_the_end.status_code == 206 and to_the_end.content == whole
+    suffix = get_result(data, "csv", {"Range": f"bytes=-{huge}"})
+    assert suffix.status_code == 206 and suffix.content == whole
+    zeros = get_result(data, "csv", {"Range": f"bytes={'0' * 5000}-9"})
+    assert zeros.status_code == 206 and zeros.content == whole[:10]
+    past = get_result(data, "csv", {"Range": f"bytes={huge}-"})
+    assert past.status_code == 416
+    assert past.json()["errors"][0]["code"] == "range_not_satisfiable"
+
+
 def test_if_range_with_an_old_etag_sends_everything(data):
     whole = get_result(data, "csv").content
     stale = get_result(data, "csv", {"Range": "bytes=10-", "If-Range": '"not-the-etag"'})

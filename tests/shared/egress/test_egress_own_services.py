@@ -83,3 +83,18 @@ def test_an_sqlite_metadata_database_reserves_no_address():
     settings = policy_settings(datasource_allowed_networks=LOOPBACK_NETWORKS)
     assert egress.own_service_endpoints(settings) == []
     assert check_destination("127.0.0.1", 5432, settings) == "127.0.0.1"
+
+
+def test_libpq_host_lists_are_read_whatever_their_ports_say():
+    """``host=a:port`` entries (libpq's form): a port that is not ASCII digits (``²`` passes
+    ``str.isdigit``) or is out of range (thousands of digits, which ``int`` refuses) is none."""
+    settings = policy_settings(
+        database_url="postgresql+psycopg://u@/meta?host=a.internal:6432,b.internal:²,"
+        f"[::2]:{'9' * 5000},c.internal",
+    )
+    assert egress.own_service_endpoints(settings) == [
+        ("a.internal", 6432),
+        ("b.internal:²", 5432),
+        ("::2", 5432),
+        ("c.internal", 5432),
+    ]
