@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
 from data_server import encoders
 from data_server.auth import PublicKeyring
@@ -22,13 +24,14 @@ from data_server.fair_jobs import FairJobs
 from data_server.representations import MATERIALISATIONS_AT_ONCE, EncodingThreads
 from data_server.routes import routes
 from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.errors import BadRequest
 from shared.metrics import Metrics
 from shared.results import ResultStore, open_result_store
 from shared.settings import Settings
 from shared.web.http_limits import RequestLimitsMiddleware
 from shared.web.metrics import MetricsMiddleware
 from shared.web.middleware import RequestContextMiddleware
-from shared.web.problems import EXCEPTION_HANDLERS
+from shared.web.problems import EXCEPTION_HANDLERS, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def _cors(settings: Settings) -> list[Middleware]:
         return []
     return [
         Middleware(
-            CORSMiddleware,
+            _JsonApiCors,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "HEAD"],
             allow_headers=CORS_REQUEST_HEADERS,
@@ -123,6 +126,26 @@ def _cors(settings: Settings) -> list[Middleware]:
             max_age=600,
         )
     ]
+
+
+class _JsonApiCors(CORSMiddleware):
+    """Starlette's CORS, a refused preflight answered as a JSON:API error like any other."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != BadRequest.status:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        error = BadRequest(
+            f"This cross-origin request is not allowed here: its {refused} (see the "
+            "Access-Control-Allow-* headers).",
+            code="cors_preflight_refused",
+        )
+        answer = error_response(error)
+        for name, value in response.headers.items():
+            if name not in ("content-length", "content-type"):
+                answer.headers[name] = value
+        return answer
 
 
 def start_workers(

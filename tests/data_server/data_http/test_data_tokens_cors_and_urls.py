@@ -71,6 +71,33 @@ def test_cors_preflight_and_exposed_headers_for_configured_origins(data):
     assert "access-control-allow-origin" not in other.headers
 
 
+@pytest.mark.parametrize(
+    ("asked", "refused"),
+    [
+        ({"Origin": "https://evil.example"}, "origin"),
+        ({"Origin": "null"}, "origin"),
+        ({"Access-Control-Request-Method": "DELETE"}, "method"),
+        ({"Access-Control-Request-Headers": "authorization, x-secret"}, "headers"),
+    ],
+)
+def test_a_refused_cors_preflight_is_a_json_api_error(data, asked, refused):
+    preflight = data.options(
+        f"/data/{data.data_key}",
+        headers={
+            "Origin": "https://notebook.example",
+            "Access-Control-Request-Method": "GET",
+            **asked,
+        },
+    )
+    assert preflight.status_code == 400
+    assert preflight.headers["content-type"] == "application/vnd.api+json"
+    (error,) = preflight.json()["errors"]
+    assert error["code"] == "cors_preflight_refused" and refused in error["detail"]
+    if refused == "origin":
+        assert "access-control-allow-origin" not in preflight.headers
+    assert int(preflight.headers["content-length"]) == len(preflight.content)
+
+
 def test_cors_is_off_by_default(tmp_path, stored):
     settings = Settings(state_dir=tmp_path, sample_scale=0.001)
     with TestClient(create_app(settings)) as client:
