@@ -9,6 +9,7 @@ bytes themselves are produced by data_server/encoders.py.
 from __future__ import annotations
 
 import enum
+import re
 
 from shared.digits import natural_number
 from shared.errors import InvalidQueryParameter, NotAcceptable
@@ -90,24 +91,27 @@ def parse_compression(raw: str | None, fmt: ResultFormat) -> ArrowCompression:
 
 # ---------------------------------------------------------------------------- negotiation
 
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
 
-def _media_ranges(accept: str | None) -> list[tuple[str, float, int]]:
-    """``(media range, q, position)`` for each entry of an Accept header."""
-    ranges = []
-    for position, entry in enumerate((accept or "").split(",")):
-        media, *params = (part.strip() for part in entry.split(";"))
-        if not media:
+
+def weighted_entries(header: str | None) -> list[tuple[str, float, int]]:
+    """``(name, weight, position)`` for each entry of an Accept or Accept-Encoding header, the
+    name in lower case. A weight is RFC 9110 §12.4.2's ``q``, 0 to 1 with at most three
+    decimals; one written otherwise (``q=2``, ``q=1e3``, ``q=inf``) excludes its entry, since
+    what the client meant is unknown."""
+    entries = []
+    for position, entry in enumerate((header or "").split(",")):
+        name, *params = (part.strip() for part in entry.split(";"))
+        if not name:
             continue
-        quality = 1.0
+        weight = 1.0
         for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
-                try:
-                    quality = min(1.0, max(0.0, float(value)))
-                except ValueError:
-                    quality = 0.0
-        ranges.append((media.lower(), quality, position))
-    return ranges
+                value = value.strip()
+                weight = float(value) if _QVALUE.fullmatch(value) else 0.0
+        entries.append((name.lower(), weight, position))
+    return entries
 
 
 def _matches(media_range: str, media_type: str) -> bool:
@@ -138,7 +142,7 @@ def negotiate(accept: str | None, format_param: str | None) -> ResultFormat:
                 f"Unknown format {format_param!r}; use one of {allowed}.", parameter="format"
             )
         return fmt
-    ranges = _media_ranges(accept)
+    ranges = weighted_entries(accept)
     if not ranges:
         return ResultFormat.JSON
     candidates = []
@@ -153,7 +157,7 @@ def negotiate(accept: str | None, format_param: str | None) -> ResultFormat:
 
 
 def accepts_json(accept: str | None) -> bool:
-    ranges = _media_ranges(accept)
+    ranges = weighted_entries(accept)
     found = _quality(ranges, "application/json")
     return not ranges or bool(found and found[0] > 0)
 

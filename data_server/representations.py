@@ -36,7 +36,7 @@ import zstandard
 
 from data_server.encoders import SLICE_BYTES, encode_result
 from data_server.fair_jobs import FairJobs
-from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
+from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat, weighted_entries
 from data_server.growing_files import GrowingFile, GrowingReader
 from shared.errors import ServiceUnavailable, TooManyRequests
 from shared.results import (
@@ -88,31 +88,29 @@ class Representation:
 
 
 def negotiate_coding(accept_encoding: str | None, fmt: ResultFormat) -> ContentCoding:
-    """The best coding the client accepts for a text format (RFC 9110 §12.5.3); identity for
-    binary formats (Arrow and Parquet compress inside the format) or when none is acceptable."""
+    """The coding of highest weight in Accept-Encoding for a text format (RFC 9110 §12.5.3),
+    ties going to the smaller output; identity for binary formats (Arrow and Parquet compress
+    inside the format). Identity is acceptable unless excluded, with the lowest weight a client
+    can give, so any coding the client lists beats it unless identity is listed higher. When
+    nothing is acceptable (``identity;q=0, *;q=0``), identity is sent all the same, as
+    §12.5.3 advises."""
     if fmt not in TEXT_FORMATS or not accept_encoding:
         return ContentCoding.IDENTITY
-    qualities: dict[str, float] = {}
-    for entry in accept_encoding.split(","):
-        name, *params = (part.strip() for part in entry.split(";"))
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if name:
-            qualities[name.lower()] = quality
-    best, best_q = ContentCoding.IDENTITY, 0.0
-    for coding in ContentCoding:
-        if coding is ContentCoding.IDENTITY:
-            break
-        quality = qualities.get(coding.value, qualities.get("*", 0.0))
-        if quality > best_q:
-            best, best_q = coding, quality
-    return best
+    weights: dict[str, float] = {}
+    for name, weight, _ in weighted_entries(accept_encoding):
+        weights.setdefault(name, weight)  # a name listed twice: its first weight
+
+    def weight_of(coding: ContentCoding) -> float:
+        implicit = _IMPLICIT_IDENTITY_WEIGHT if coding is ContentCoding.IDENTITY else 0.0
+        return weights.get(coding.value, weights.get("*", implicit))
+
+    best = max(ContentCoding, key=lambda coding: (weight_of(coding), -_TIE_ORDER.index(coding)))
+    return best if weight_of(best) > 0 else ContentCoding.IDENTITY
+
+
+_TIE_ORDER = list(ContentCoding)
+# Below any weight a client may write (the smallest is 0.001) but above zero.
+_IMPLICIT_IDENTITY_WEIGHT = 0.0005
 
 
 # ---------------------------------------------------------------------------- materialising

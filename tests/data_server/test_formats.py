@@ -6,6 +6,7 @@ import pytest
 
 from data_server import formats
 from data_server.formats import ResultFormat, negotiate, parse_row_window
+from data_server.representations import negotiate_coding
 from shared.errors import InvalidQueryParameter, NotAcceptable
 
 # ---------------------------------------------------------------------------- negotiation
@@ -79,3 +80,33 @@ def test_row_window_parsing():
     ):
         with pytest.raises(InvalidQueryParameter):
             parse_row_window(offset, limit)
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "expected"),
+    [
+        (None, "identity"),
+        ("gzip", "gzip"),
+        ("gzip;q=0.5, zstd", "zstd"),
+        ("identity;q=1, gzip;q=0.5", "identity"),  # the client ranks identity first
+        ("*;q=0.5, identity", "identity"),
+        ("gzip;q=0.001", "gzip"),  # any listed coding beats the implicit identity
+        ("*", "zstd"),  # a tie: the smaller output
+        ("br;q=0, *", "zstd"),
+        ("GZIP;Q=0.5", "gzip"),
+        ("gzip;q=2, zstd", "zstd"),  # weights run 0 to 1: q=2 excludes its entry
+        ("gzip;q=inf", "identity"),
+        ("gzip;q=1e3", "identity"),
+        ("gzip;q=0.3333", "identity"),  # at most three decimals
+        ("identity;q=0, *;q=0", "identity"),  # nothing acceptable: no coding (§12.5.3)
+        ("x-unknown", "identity"),
+    ],
+)
+def test_content_coding_follows_the_weights(accept_encoding, expected):
+    assert negotiate_coding(accept_encoding, ResultFormat.CSV).value == expected
+    assert negotiate_coding(accept_encoding, ResultFormat.PARQUET).value == "identity"
+
+
+def test_a_media_type_weight_out_of_range_excludes_it():
+    assert negotiate("text/csv;q=2, application/json;q=0.5", None) is ResultFormat.JSON
+    assert negotiate("text/csv;q=0.5, application/json;q=nan", None) is ResultFormat.CSV
