@@ -331,8 +331,12 @@ def _chained(
 async def _schema_response(request: Request, data_key: str) -> Response:
     """The schema JSON of a refresh; ``?name=`` narrows it to one schema."""
     _reject_unknown_parameters(request, _SCHEMA_PARAMETERS)
-    wanted = request.query_params.get("format")
-    if wanted not in (None, "json") or not formats.accepts_json(request.headers.get("accept")):
+    wanted = request.query_params.get("format")  # read as for results: 400 when unknown
+    if wanted is not None:
+        acceptable = formats.negotiate(None, wanted) is formats.ResultFormat.JSON
+    else:
+        acceptable = formats.accepts_json(request.headers.get("accept"))
+    if not acceptable:
         raise NotAcceptable("Schemas are served as application/json only.")
     raw = await run_in_threadpool(
         request.app.state.result_store.read_bytes, schema_object_key(data_key)

@@ -156,6 +156,12 @@ def test_schema_refresh_and_fetch(client, shop):
         headers=client.headers,
     )
     assert missing.status_code == 404
+    # ?format= is read as for results: JSON in any case, an unknown one 400, a known other 406.
+    for wanted, status in (("JSON", 200), (" json ", 200), ("xml", 400), ("", 400), ("csv", 406)):
+        answer = client.fetch(grant, format=wanted)
+        assert answer.status_code == status, (wanted, answer.text)
+        if status == 400:
+            assert answer.json()["errors"][0]["source"] == {"parameter": "format"}
     # A schema token is not a result token.
     result_url = f"{client.data_url}/data/{grant['data_key'].replace('s_', 'r_', 1)}"
     assert (
