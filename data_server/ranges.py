@@ -25,7 +25,8 @@ Span = tuple[int, int]  # first and last byte, inclusive
 
 def parse_ranges(header: str | None, size: int) -> list[Span] | None:
     """The satisfiable spans of a ``Range: bytes=…`` header; None means "send it all" (no
-    header, another unit, a malformed one, too many parts), as RFC 9110 §14.2 allows."""
+    header, another unit, a malformed one, too many parts, parts overlapping into more bytes
+    than the whole), as RFC 9110 §14.2 allows."""
     if not header:
         return None
     unit, _, specs = header.partition("=")
@@ -51,6 +52,8 @@ def parse_ranges(header: str | None, size: int) -> list[Span] | None:
             return None
         if first < size:
             spans.append((first, size - 1 if last is None else min(last, size - 1)))
+    if sum(last - first + 1 for first, last in spans) > size:
+        return None  # overlapping parts asking for more than the body: it once, as §14.2 allows
     if not spans:
         raise RangeNotSatisfiable(
             f"No requested range starts within the {size} bytes of this representation.",

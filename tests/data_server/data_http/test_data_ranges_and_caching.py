@@ -108,6 +108,19 @@ def test_range_positions_of_thousands_of_digits_are_clamped_or_unsatisfiable(dat
     assert past.json()["errors"][0]["code"] == "range_not_satisfiable"
 
 
+def test_overlapping_ranges_never_send_more_than_the_whole_body(data):
+    """Sixteen ``0-`` parts made a multipart body sixteen times the representation."""
+    whole = get_result(data, "csv").content
+    repeated = get_result(data, "csv", {"Range": "bytes=" + ",".join(["0-"] * 16)})
+    assert repeated.status_code == 200 and repeated.content == whole
+    overlapping = get_result(
+        data, "csv", {"Range": f"bytes=0-{len(whole) // 2},-{len(whole) // 2 + 10}"}
+    )
+    assert overlapping.status_code == 200 and overlapping.content == whole
+    apart = get_result(data, "csv", {"Range": "bytes=0-9,5-14"})  # a little overlap is served
+    assert apart.status_code == 206 and whole[5:15] in apart.content
+
+
 def test_if_range_with_an_old_etag_sends_everything(data):
     whole = get_result(data, "csv").content
     stale = get_result(data, "csv", {"Range": "bytes=10-", "If-Range": '"not-the-etag"'})
