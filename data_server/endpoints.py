@@ -231,7 +231,15 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     store = state.result_store
     if "offset" in params or "limit" in params:
         return await _window_response(
-            store, data_key, fmt, compression, offset, limit, headers, state.encoding_threads.slices
+            store,
+            data_key,
+            fmt,
+            compression,
+            offset,
+            limit,
+            {**headers, "Accept-Ranges": "none"},
+            state.encoding_threads.slices,
+            head=request.method == "HEAD",
         )
     coding = representations.negotiate_coding(request.headers.get("accept-encoding"), fmt)
     representation = representations.Representation(fmt, compression, coding)
@@ -303,17 +311,21 @@ async def _window_response(
     limit: int | None,
     headers: dict[str, str],
     pool: Executor | None,
+    *,
+    head: bool,
 ) -> Response:
-    """A row window, encoded as it is sent: no length, no ranges."""
+    """A row window, encoded as it is sent: no length, no ranges. A HEAD encodes nothing: it
+    has no body to send, and the window's length is unknown until one is encoded."""
     source = await run_in_threadpool(store.open, result_object_key(data_key))
+    if head:
+        source.close()
+        return StreamingResponse(iter(()), media_type=fmt.content_type, headers=headers)
     chunks = encoders.encode_result(source, fmt, offset, limit, compression, pool=pool)
     first = await run_in_threadpool(
         next, chunks, b""
     )  # errors surface here, before any byte is sent
     return StreamingResponse(
-        _chained(first, chunks, source),
-        media_type=fmt.content_type,
-        headers={**headers, "Accept-Ranges": "none"},
+        _chained(first, chunks, source), media_type=fmt.content_type, headers=headers
     )
 
 

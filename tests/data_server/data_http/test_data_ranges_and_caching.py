@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from data_server import encoders
 from data_server.formats import ResultFormat
 from tests.support.data_http import IDENTITY, data_token, get_result
 
@@ -133,3 +134,17 @@ def test_row_windows_stay_streamed_without_ranges(data):
     assert response.headers["accept-ranges"] == "none"
     assert "etag" not in response.headers
     assert len(response.content.splitlines()) == 5
+
+
+def test_head_on_a_row_window_encodes_nothing(data, monkeypatch):
+    """It has no body to send: it used to encode the whole window and throw it away."""
+    get = get_result(data, "csv", offset=0)
+    monkeypatch.setattr(encoders, "encode_result", _no_encoding)
+    head = data.head(f"/data/{data.data_key}", params={"format": "csv", "offset": "0"})
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["accept-ranges"] == "none" and "content-length" not in head.headers
+
+
+def _no_encoding(*args, **kwargs):
+    raise AssertionError("a HEAD encoded the window")
