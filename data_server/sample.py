@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import duckdb
@@ -84,10 +85,22 @@ def sample_database_path(state_dir: Path, scale: float) -> Path:
 
 
 def ensure_sample_database(state_dir: Path, scale: float) -> Path:
-    """Generate the sample file unless it exists; concurrent callers never see a partial file."""
+    """Generate the sample file unless it exists; concurrent callers never see a partial file.
+    Processes write drafts of their own (named by pid); a process's threads take turns, since
+    they would share one draft."""
     path = sample_database_path(state_dir, scale)
     if path.exists():
         return path
+    with _generating:
+        if path.exists():  # another thread generated it meanwhile
+            return path
+        return _generate(path, scale)
+
+
+_generating = threading.Lock()
+
+
+def _generate(path: Path, scale: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_drafts(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

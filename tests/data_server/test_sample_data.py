@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import duckdb
@@ -65,3 +66,27 @@ def test_a_writer_killed_mid_generation_leaves_nothing_the_next_one_keeps(tmp_pa
         pytest.skip("the writer finished before it was killed")
     path = ensure_sample_database(tmp_path, 0.5)
     assert [p.name for p in folder.iterdir()] == [path.name]
+
+
+def test_threads_of_one_process_generating_at_once_all_get_the_whole_file(tmp_path):
+    """They used to share one draft (named by the pid): one thread's generation found the
+    tables of another's, or its draft renamed away (the schemathesis world hit both)."""
+    barrier = threading.Barrier(4)
+    answers: list[object] = []
+
+    def generate() -> None:
+        barrier.wait()
+        try:
+            answers.append(ensure_sample_database(tmp_path, SCALE))
+        except Exception as error:  # the failure is what the test looks for
+            answers.append(error)
+
+    threads = [threading.Thread(target=generate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert answers == [sample_database_path(tmp_path, SCALE)] * 4
+    with duckdb.connect(str(answers[0]), read_only=True) as connection:
+        assert connection.execute("SELECT count(*) FROM customers").fetchone()[0] > 0
+    assert list((tmp_path / "sample").glob("*.tmp")) == []
