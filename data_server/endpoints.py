@@ -212,6 +212,7 @@ def _responses() -> dict[str, Any]:
         404: "The result expired or was deleted (`result_gone`), or the schema has no such `name` "
         "(`schema_not_found`).",
         406: "`Accept` admits none of the formats (a schema: not JSON).",
+        412: "`If-Match` names no current representation (`precondition_failed`).",
         416: "No range starts within the representation (`range_not_satisfiable`).",
     },
 )
@@ -230,14 +231,16 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     state = request.app.state
     store = state.result_store
     if "offset" in params or "limit" in params:
-        return await _window_response(
+        headers["Accept-Ranges"] = "none"
+        answered = await _preconditions(request, store, data_key, None, headers)
+        return answered or await _window_response(
             store,
             data_key,
             fmt,
             compression,
             offset,
             limit,
-            {**headers, "Accept-Ranges": "none"},
+            headers,
             state.encoding_threads.slices,
             head=request.method == "HEAD",
         )
@@ -246,11 +249,9 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     etag = representation.etag(data_key)
     if coding is not representations.ContentCoding.IDENTITY:
         headers["Content-Encoding"] = coding.value
-    not_modified = ranges.not_modified_response(request, etag, headers)
-    if not_modified is not None:  # the ETag names the bytes: no need to encode them
-        if await run_in_threadpool(store.size, result_object_key(data_key)) is None:
-            raise ResultGone("This result is no longer available.")
-        return not_modified
+    answered = await _preconditions(request, store, data_key, etag, headers)
+    if answered is not None:
+        return answered
 
     def charge(size: int) -> bool:
         with state.sessions.begin() as session:
@@ -274,6 +275,20 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     return ranges.object_response(
         request, source, etag=etag, media_type=fmt.content_type, headers=headers
     )
+
+
+async def _preconditions(
+    request: Request, store: Any, data_key: str, etag: str | None, headers: dict[str, str]
+) -> Response | None:
+    """A 304 (or a 412 raised) before anything is encoded: the ETag names the bytes. A result
+    that is gone is a 404 all the same."""
+    answered = ranges.preconditions(request, etag, headers)
+    if (
+        answered is not None
+        and await run_in_threadpool(store.size, result_object_key(data_key)) is None
+    ):
+        raise ResultGone("This result is no longer available.")
+    return answered
 
 
 def _can_follow(request: Request) -> bool:

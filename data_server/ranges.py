@@ -1,5 +1,5 @@
 """HTTP semantics of a stored object of known size and strong ETag (RFC 9110 §13-14): HEAD,
-``If-None-Match`` (304), ``If-Range``, single ranges (206) and several (``multipart/byteranges``),
+``If-Match`` (412), ``If-None-Match`` (304), ``If-Range``, single ranges (206) and several (``multipart/byteranges``),
 unsatisfiable ranges (416). The body is read from the object a chunk at a time, off the loop."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from shared.digits import natural_number
-from shared.errors import RangeNotSatisfiable
+from shared.errors import PreconditionFailed, RangeNotSatisfiable
 
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_RANGES = 16  # more parts than this is not a reader resuming or seeking: the whole body
@@ -62,21 +62,34 @@ def parse_ranges(header: str | None, size: int) -> list[Span] | None:
     return spans
 
 
-def _etag_listed(header: str, etag: str, *, weak: bool) -> bool:
+def _etag_listed(header: str, etag: str | None, *, weak: bool) -> bool:
+    """Whether ``header`` (a list of entity tags) names ``etag``; ``*`` names any current
+    representation, the only one a response without an ETag (a row window) can match."""
     tags = [tag.strip() for tag in header.split(",")]
     if "*" in tags:
         return True
+    if etag is None:
+        return False
     if weak:
         return etag.removeprefix("W/") in (tag.removeprefix("W/") for tag in tags)
     return etag in tags
 
 
-def not_modified_response(request: Request, etag: str, headers: dict[str, str]) -> Response | None:
-    """A 304 when ``If-None-Match`` lists ``etag`` (weakly compared, RFC 9110 §13.1.2)."""
+def preconditions(request: Request, etag: str | None, headers: dict[str, str]) -> Response | None:
+    """RFC 9110 §13.2.2's order for a GET or HEAD: ``If-Match`` naming no current
+    representation is a 412 (strong comparison); then a 304 when ``If-None-Match`` lists it
+    (weak comparison). ``etag`` None: the response has none."""
+    if_match = request.headers.get("if-match")
+    if if_match is not None and not _etag_listed(if_match, etag, weak=False):
+        raise PreconditionFailed(
+            "If-Match names no current representation of this result"
+            + (f"; its ETag is {etag}." if etag else " (a row window has no ETag).")
+        )
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is None or not _etag_listed(if_none_match, etag, weak=True):
         return None
-    return Response(status_code=304, headers={**headers, "ETag": etag, "Accept-Ranges": "bytes"})
+    validators = {"ETag": etag, "Accept-Ranges": "bytes"} if etag else {}
+    return Response(status_code=304, headers={**headers, **validators})
 
 
 def object_response(
@@ -89,7 +102,7 @@ def object_response(
 ) -> Response:
     """A 200, 206, 304 or 416 for ``source``, which the response closes."""
     size = source.size()
-    not_modified = not_modified_response(request, etag, headers)
+    not_modified = preconditions(request, etag, headers)
     if not_modified is not None:
         source.close()
         return not_modified

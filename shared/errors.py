@@ -129,6 +129,10 @@ class HostNotFound(Unprocessable):
     code, title = "host_not_found", "Host not found"
 
 
+class PreconditionFailed(AppError):
+    status, code, title = 412, "precondition_failed", "Precondition failed"
+
+
 class HeaderFieldsTooLarge(AppError):
     status, code, title = 431, "header_fields_too_large", "Request header fields too large"
 

@@ -25,6 +25,7 @@ from shared.errors import (
     NotAcceptable,
     NotFound,
     PayloadTooLarge,
+    PreconditionFailed,
     RangeNotSatisfiable,
     RequestTimeout,
     ServiceUnavailable,
@@ -269,6 +270,7 @@ _ERROR_RESPONSES: dict[type[AppError], str] = {
     UnsupportedMediaType: "The request body was not sent with the media type this operation takes.",
     Unprocessable: "The body is well-formed but its values are not valid; each problem is one "
     "error object whose `source.pointer` names the member at fault. Nothing was changed.",
+    PreconditionFailed: "`If-Match` names no current representation.",
     RangeNotSatisfiable: "No range of the `Range` header starts within the representation; "
     "`Content-Range: bytes */<size>` gives its size.",
     TooManyRequests: "A rate limit is used up; retry after `Retry-After` seconds.",

@@ -149,6 +149,18 @@ def _attributes_schema(resource: ResourceType) -> oa.Schema:
     return oa.obj(properties, closed=False)
 
 
+# Members JSON:API lets a resource object carry, which a write reads as JSON:API shapes them and
+# then ignores: declared, so a client (or a fuzzer) knows a wrong shape is a 400.
+_IGNORED_MEMBERS: dict[str, oa.Schema] = {
+    "links": {
+        "type": "object",
+        "additionalProperties": {"type": ["string", "null"], "format": "uri"},
+        "description": "Ignored; each link an absolute URL or null.",
+    },
+    "meta": {"type": "object", "description": "Ignored."},
+}
+
+
 def _write_document(resource: ResourceType, *, update: bool) -> oa.Schema:
     """A JSON:API request document: ``data.type``, ``data.id`` (updates only), attributes."""
     stem = f"{resource.schema_name}{'Update' if update else 'Create'}"
@@ -160,6 +172,7 @@ def _write_document(resource: ResourceType, *, update: bool) -> oa.Schema:
     if update:
         properties["id"] = oa.string("Must equal the id in the URL.")
         required.append("id")
+    properties |= _IGNORED_MEMBERS
     if resource.settable_relationships:
         properties["relationships"] = oa.obj(
             {

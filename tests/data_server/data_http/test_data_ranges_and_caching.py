@@ -148,3 +148,26 @@ def test_head_on_a_row_window_encodes_nothing(data, monkeypatch):
 
 def _no_encoding(*args, **kwargs):
     raise AssertionError("a HEAD encoded the window")
+
+
+def test_if_match_naming_another_representation_is_412(data):
+    whole = get_result(data, "csv")
+    etag = whole.headers["etag"]
+    for listed in (etag, f'"other", {etag}', "*"):
+        assert get_result(data, "csv", {"If-Match": listed}).content == whole.content
+    for listed in ('"other"', f"W/{etag}"):  # If-Match compares strongly
+        refused = get_result(data, "csv", {"If-Match": listed})
+        assert refused.status_code == 412
+        assert refused.json()["errors"][0]["code"] == "precondition_failed"
+        assert etag in refused.json()["errors"][0]["detail"]
+
+
+def test_conditional_requests_on_a_row_window(data):
+    """A window has no ETag: only ``*`` names it."""
+    window = {"format": "csv", "offset": "0", "limit": "3"}
+    url = f"/data/{data.data_key}"
+    unchanged = data.get(url, params=window, headers={"If-None-Match": "*"})
+    assert unchanged.status_code == 304 and "etag" not in unchanged.headers
+    assert data.get(url, params=window, headers={"If-None-Match": '"x"'}).status_code == 200
+    assert data.get(url, params=window, headers={"If-Match": "*"}).status_code == 200
+    assert data.get(url, params=window, headers={"If-Match": '"x"'}).status_code == 412
