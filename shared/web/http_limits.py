@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import anyio
 import h11
@@ -242,19 +243,30 @@ class BoundedH11Protocol(H11Protocol):
 
 
 class RequestLimitsMiddleware:
-    """Oversized request targets (414) and header blocks (431) and NUL characters in the path or query (400) end here:
-    no database stores a NUL in text, so one must never reach a lookup."""
+    """Oversized request targets (414) and header blocks (431) and NUL characters in the path or
+    query (400) end here: no database stores a NUL in text, so one must never reach a lookup. A
+    target in absolute form (``GET http://host/path``), which RFC 9112 §3.2.2 says a server
+    must accept, is routed by its path (uvicorn passes it whole)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            scope = _origin_form(scope)
             error = _refusal(scope)
             if error is not None:
                 await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _origin_form(scope: Scope) -> Scope:
+    raw = scope.get("raw_path") or scope["path"].encode()
+    if not raw.lower().startswith((b"http://", b"https://")):
+        return scope
+    path = b"/" + raw.split(b"://", 1)[1].partition(b"/")[2]
+    return {**scope, "raw_path": path, "path": unquote(path.decode("ascii", "replace"))}
 
 
 def _refusal(scope: Scope) -> AppError | None:

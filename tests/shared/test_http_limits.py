@@ -287,3 +287,32 @@ def test_half_open_connections_are_closed_after_the_head_deadline(small_region):
     finally:
         for connection in held:
             connection.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "raw_path"),
+    [
+        (b"http://127.0.0.1:8001/data/a%20b", "/data/a b", b"/data/a%20b"),
+        (b"HTTPS://example.com", "/", b"/"),
+        (b"/data/plain", "/data/plain", b"/data/plain"),
+    ],
+)
+def test_a_target_in_absolute_form_is_routed_by_its_path(target, path, raw_path):
+    """RFC 9112 §3.2.2: a server must accept ``GET http://host/path``; uvicorn passes the
+    whole target on as the path, which no route matched (404)."""
+    seen: list[dict] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": target.decode(),
+        "raw_path": target,
+        "query_string": b"token=t",
+        "headers": [],
+    }
+    anyio.run(http_limits.RequestLimitsMiddleware(app), scope, None, None)
+    assert (seen[0]["path"], seen[0]["raw_path"]) == (path, raw_path)
+    assert seen[0]["query_string"] == b"token=t"
