@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from api_server.principals import Principal
 from api_server.services.filters import used_filter_ids
@@ -88,9 +88,12 @@ def visible_dashboards(principal: Principal) -> ColumnElement[bool]:
     """The organisation's dashboards whose every report is within the key's datasource scope."""
     where = Dashboard.organization_id == principal.organization_id
     if principal.datasource_ids is not None:
-        out_of_scope = select(Report.id).where(
-            Report.dashboard_id == Dashboard.id,
-            Report.datasource_id.not_in(principal.datasource_ids),
+        # An alias of its own: a query that selects reports (``reports_by_ids``) would otherwise
+        # correlate this subquery's reports with its own, leaving it no FROM.
+        other = aliased(Report)
+        out_of_scope = select(other.id).where(
+            other.dashboard_id == Dashboard.id,
+            other.datasource_id.not_in(principal.datasource_ids),
         )
         where = where & ~out_of_scope.exists()
     return where

@@ -366,7 +366,7 @@ def test_a_restricted_key_sees_dashboards_whose_reports_are_all_in_its_scope(api
     empty = _dashboard(api, org.key, "empty")
     inside = _dashboard(api, org.key, "inside")
     mixed = _dashboard(api, org.key, "mixed")
-    _report(api, org.key, shop, inside)
+    in_scope = _report(api, org.key, shop, inside)
     _report(api, org.key, shop, mixed)
     _report(api, org.key, org.sample_datasource_id, mixed)
     group = _group(api, org.key, [empty, inside, mixed]).json()["data"]["id"]
@@ -376,6 +376,11 @@ def test_a_restricted_key_sees_dashboards_whose_reports_are_all_in_its_scope(api
     assert [d["id"] for d in listed["data"]] == [empty, inside] and listed["meta"]["total"] == 2
     hidden, unknown = (api.get(f"/dashboards/{i}", key) for i in (mixed, "zzzz-zzzz-zzzz"))
     assert hidden.status_code == unknown.status_code == 404 and hidden.json() == unknown.json()
+    # Including reports selects reports under a scope that itself looks at reports (was a 500).
+    for path in (f"/dashboards/{inside}?include=reports", "/dashboards?include=reports"):
+        included = api.get(path, key)
+        assert included.status_code == 200, included.text
+        assert [o["id"] for o in included.json()["included"]] == [in_scope]
     assert _patch(api, key, mixed, name="x").status_code == 404
     assert api.delete(f"/dashboards/{mixed}", key).status_code == 404
 
