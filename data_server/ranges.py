@@ -1,6 +1,7 @@
 """HTTP semantics of a stored object of known size and strong ETag (RFC 9110 §13-14): HEAD,
-``If-Match`` (412), ``If-None-Match`` (304), ``If-Range``, single ranges (206) and several (``multipart/byteranges``),
-unsatisfiable ranges (416). The body is read from the object a chunk at a time, off the loop."""
+``If-Match`` (412), ``If-None-Match`` (304), ``If-Range``, single ranges (206) and several
+(``multipart/byteranges``), unsatisfiable ranges (416). The body is read from the object a
+chunk at a time, off the loop."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
 )
-from api_server.services import data_grants, executions
+from api_server.services import api_keys, data_grants, executions
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
@@ -452,8 +452,12 @@ def _grant_if_completed(
     request: Request, principal: Principal, execution: Execution
 ) -> dict[str, Any] | None:
     """Run-and-wait's ``meta``: the grant, or nothing (a result purged the moment it completed
-    is not an error of the run)."""
+    is not an error of the run; a key deleted or disabled while the run waited gets no grant,
+    as its next request would get none)."""
     state = request.app.state
+    with state.sessions() as session:
+        if not api_keys.still_enabled(session, principal.api_key_id):
+            return None
     try:
         return data_grants.grant_execution_data(state.signing_keys, state.settings, execution)
     except NotFound:

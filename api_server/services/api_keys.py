@@ -107,6 +107,15 @@ def find_caller(session: Session, server_secrets: ServerSecrets, secret: str) ->
     )
 
 
+_ENABLED = select(ApiKey.enabled).where(ApiKey.id == bindparam("api_key_id"))
+
+
+def still_enabled(session: Session, api_key_id: str) -> bool:
+    """Whether the key still exists and is enabled: asked again before handing out something
+    after a wait, during which it may have been deleted or disabled."""
+    return bool(session.scalar(_ENABLED, {"api_key_id": api_key_id}))
+
+
 # last_used_at is written at most this often per key, not on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 

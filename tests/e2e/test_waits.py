@@ -9,9 +9,11 @@ requests wait for them; it is always continued. Every loop here is bounded and o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import Region, running_region, socket_address
+from tests.support.log_watch import remember
+from tests.support.processes import Region, run_cli, running_region, socket_address
 
 pytestmark = pytest.mark.e2e
 
@@ -115,6 +118,50 @@ def test_run_and_wait_answers_an_unfinished_execution_without_a_grant(region, cl
     assert "meta" not in plain.json(), "without ?wait the answer is Cluvio's, unchanged"
     for execution in (waited, plain):
         client.wait_until_done(execution.json()["data"]["id"])
+
+
+def test_run_and_wait_hands_no_grant_to_a_key_deleted_while_it_waited(region, client):
+    """Deleting a key refuses its next request at once: a grant minted after the deletion, at
+    the end of a wait that began before it, would outlive it (found by the outside probe)."""
+    made = run_cli(
+        region.env,
+        region.cwd,
+        "create-api-key",
+        "--organization",
+        client.organization_id,
+        "--permissions",
+        "Manage Datasources",
+    )
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    remember(key["api_key"])
+    answers: list[httpx.Response] = []
+
+    def run_and_wait() -> None:
+        answers.append(
+            httpx.post(
+                f"{client.api_url}/datasources/{_sample(client)}/executions?wait=20",
+                json={"sql_query": "SELECT 42 AS answer", "parameters": {}},
+                headers={"Authorization": f"Api {key['api_key']}"},
+                timeout=60,
+            )
+        )
+
+    waiter = threading.Thread(target=run_and_wait)
+    with data_server_stopped(region):
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while _parked(region) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        deleted = client.http.delete(
+            f"{client.api_url}/api_keys/{key['id']}", headers=client.headers
+        )
+        assert deleted.status_code == 204, deleted.text
+    waiter.join(60)
+    (answer,) = answers
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["attributes"]["execution_status"] == "completed"
+    assert "meta" not in answer.json()
 
 
 def _parked(region: Region) -> float:
