@@ -6,9 +6,10 @@ execution (Run Execution, a report's run, a data server's scheduler) binds with 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Literal, get_args
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Filter
@@ -38,16 +39,32 @@ VALUE_TYPES_OF_CONTROL: dict[str, tuple[str, ...]] = {
 }
 
 
+def filters_within(
+    organization_id: str, datasource_ids: Collection[str] | None
+) -> ColumnElement[bool]:
+    """The organisation's filters a key restricted to ``datasource_ids`` reaches (None: not
+    restricted): those without a datasource, or on one of them."""
+    where = Filter.organization_id == organization_id
+    if datasource_ids is not None:
+        where = where & (Filter.datasource_id.is_(None) | Filter.datasource_id.in_(datasource_ids))
+    return where
+
+
 def variable_rules(
-    session: Session, organization_id: str, inputs: InputParameters
+    session: Session,
+    organization_id: str,
+    inputs: InputParameters,
+    datasource_ids: Collection[str] | None = None,
 ) -> dict[str, VariableRule]:
-    """The rules of the organisation's filters for the variables ``inputs`` gives values for."""
+    """The rules of the filters a key restricted to ``datasource_ids`` reaches, for the
+    variables ``inputs`` gives values for. A filter it does not reach shapes none of its runs:
+    its rules would tell the key it exists, and which values it allows, one guess at a time."""
     names = [given.variable_name for given in inputs.filters or ()]
     if not names:
         return {}
     rows = session.scalars(
         select(Filter).where(
-            Filter.organization_id == organization_id, Filter.variable_name.in_(names)
+            filters_within(organization_id, datasource_ids), Filter.variable_name.in_(names)
         )
     )
     return {row.variable_name: rule_of(row) for row in rows}

@@ -235,6 +235,12 @@ class ResourceType:
         return resource
 
 
+def from_row(name: str) -> Callable[[Any], Any]:
+    """A reader of a view's row's attribute (a view: a row with its relationships' ids, read
+    for a whole page at once and as the caller may see them)."""
+    return lambda view: getattr(view.row, name)
+
+
 def _linkage(relationship: Relationship, linked: Any) -> Any:
     if linked is None:
         return None

@@ -23,9 +23,10 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
+    from_row,
 )
 from api_server.resource_layer.responses import one, page
-from api_server.resources.dashboards import DASHBOARDS, from_row
+from api_server.resources.dashboards import DASHBOARDS
 from api_server.services import dashboards
 from api_server.services.dashboards import DASHBOARD_LINKAGE_POINTER, DashboardGroupView
 from shared import openapi as oa

@@ -8,7 +8,7 @@ does not have yet are always empty, and say why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,6 +27,7 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
+    from_row,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboard_settings import FiltersConfiguration, Layout, TimeZoneConfig
@@ -34,6 +35,7 @@ from api_server.resources.sql_snippets import SQL_SNIPPETS
 from api_server.services import dashboards
 from api_server.services.dashboards import DashboardView
 from api_server.services.filters import filters_by_ids
+from api_server.services.reports import report_views
 from shared import openapi as oa
 from sql_templating.parameters import InputParameters
 
@@ -127,11 +129,6 @@ class DashboardAttributes(Attributes):
     updated_at: Annotated[datetime, READ_ONLY]
 
 
-def from_row(name: str) -> Callable[[Any], Any]:
-    """A reader of a view's row's attribute (a view: a row with its relationships' ids)."""
-    return lambda view: getattr(view.row, name)
-
-
 DASHBOARDS = ResourceType(
     type="dashboards",
     schema_name="Dashboard",
@@ -209,7 +206,7 @@ def _included(
     if "reports" in include:
         wanted = {i for view in views for i in view.report_ids}
         reports = dashboards.reports_by_ids(session, principal, wanted)
-        objects += [REPORTS.serialize(report) for report in reports]
+        objects += [REPORTS.serialize(view) for view in report_views(session, principal, reports)]
     if "filters" in include:
         wanted = {i for view in views for i in view.filter_ids}
         objects += [FILTERS.serialize(row) for row in filters_by_ids(session, principal, wanted)]

@@ -30,6 +30,7 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
+    from_row,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.executions import (
@@ -43,8 +44,8 @@ from api_server.resources.executions import (
 )
 from api_server.services import reports
 from api_server.services.executions import RQuery, SqlQuery
-from api_server.services.filters import report_filter_ids
 from shared import openapi as oa
+from shared.db.models import Report
 from shared.errors import Unprocessable
 from shared.input_models import problem
 from shared.runs import QueuedRun
@@ -157,7 +158,7 @@ REPORTS = ResourceType(
     relationships={
         "datasource": Relationship(
             "datasources",
-            linked=lambda report: report.datasource_id,
+            linked=lambda view: view.row.datasource_id,
             description="What the SQL runs on: required on create, settable; a datasource the "
             "key reaches (any other id is 422 `datasource_not_found`).",
             accepted=oa.obj(
@@ -168,21 +169,21 @@ REPORTS = ResourceType(
         ),
         "dashboard": Relationship(
             "dashboards",
-            linked=lambda report: report.dashboard_id,
+            linked=lambda view: view.row.dashboard_id,
             description="The dashboard it is on (null: none); settable, null takes it off. A "
             "locked dashboard gets no report, and its reports cannot change, move or be deleted "
             "(409 `dashboard_locked`).",
         ),
         "filters": Relationship(
             "filters",
-            linked=report_filter_ids,
+            linked=lambda view: view.filter_ids,
             to_many=True,
-            description="Read-only: the organisation's filters whose variables the SQL's `{…}` "
+            description="Read-only: the filters the key reaches whose variables the SQL's `{…}` "
             "placeholders name (those inside snippets are not followed).",
         ),
         "sql_snippets": Relationship(
             "sql_snippets",
-            linked=reports.named_snippets,
+            linked=lambda view: view.sql_snippet_ids,
             to_many=True,
             description="Read-only: the organisation's snippets the SQL names with `[name]` "
             "(those named inside a snippet are not followed).",
@@ -195,6 +196,7 @@ REPORTS = ResourceType(
         Filter("datasource", "Only the reports on this datasource (its id)."),
         Filter("dashboard", "Only the reports on this dashboard (its id)."),
     ),
+    readers={name: from_row(name) for name in ReportAttributes.model_fields},
 )
 
 
@@ -314,7 +316,8 @@ def list_reports(request: Request, principal: Principal) -> Response:
     query = REPORTS.query(request, collection=True)
     with request.app.state.sessions() as session:
         rows, total = reports.list_reports(session, principal, query)
-        return page(REPORTS, request, query, rows, total)
+        views = reports.report_views(session, principal, rows)
+        return page(REPORTS, request, query, views, total)
 
 
 @OPERATIONS.post(
@@ -345,7 +348,7 @@ def create_report(request: Request, principal: Principal) -> Response:
     related = _related(resource, create=True)
     with request.app.state.sessions.begin() as session:
         report = reports.create_report(session, principal, values, related)
-        return one(REPORTS, query, report, status_code=201)
+        return one(REPORTS, query, _view(session, principal, report), status_code=201)
 
 
 @OPERATIONS.get(
@@ -363,7 +366,7 @@ def show_report(request: Request, principal: Principal) -> Response:
     query = REPORTS.query(request, collection=False)
     with request.app.state.sessions() as session:
         report = reports.get_report(session, principal, request.path_params["id"])
-        return one(REPORTS, query, report)
+        return one(REPORTS, query, _view(session, principal, report))
 
 
 @OPERATIONS.patch(
@@ -394,7 +397,12 @@ def update_report(request: Request, principal: Principal) -> Response:
     values, related = _values(data, create=False), _related(resource, create=False)
     with request.app.state.sessions.begin() as session:
         report = reports.update_report(session, principal, report_id, values, related)
-        return one(REPORTS, query, report)
+        return one(REPORTS, query, _view(session, principal, report))
+
+
+def _view(session: Session, principal: Principal, report: Report) -> reports.ReportView:
+    (view,) = reports.report_views(session, principal, [report])
+    return view
 
 
 @OPERATIONS.delete(

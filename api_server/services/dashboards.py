@@ -123,7 +123,7 @@ def _dashboard_views(
         ):
             groups[dashboard_id].append(group_id)
     snippets = named_snippet_ids(session, principal.organization_id, sql)
-    used = used_filter_ids(session, principal.organization_id, sql)
+    used = used_filter_ids(session, principal, sql)
     return [
         DashboardView(
             row, reports[row.id], snippets.get(row.id, []), groups[row.id], used.get(row.id, [])

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
@@ -35,7 +35,7 @@ from shared.errors import (
     Unprocessable,
     ValidationErrors,
 )
-from shared.filter_rules import MAX_OPTIONS, VALUE_TYPES_OF_CONTROL
+from shared.filter_rules import MAX_OPTIONS, VALUE_TYPES_OF_CONTROL, filters_within
 from shared.lifecycle import ExecutionStatus
 from shared.results import ResultGone, ResultStore, result_object_key
 from shared.settings import Settings
@@ -92,12 +92,7 @@ def _text(value: Scalar) -> str:
 
 def _visible(principal: Principal) -> ColumnElement[bool]:
     """The organisation's filters without a datasource, or on one the key reaches."""
-    where = Filter.organization_id == principal.organization_id
-    if principal.datasource_ids is not None:
-        where = where & (
-            Filter.datasource_id.is_(None) | Filter.datasource_id.in_(principal.datasource_ids)
-        )
-    return where
+    return filters_within(principal.organization_id, principal.datasource_ids)
 
 
 def list_filters(
@@ -130,25 +125,17 @@ def filters_by_ids(session: Session, principal: Principal, ids: Iterable[str]) -
 
 
 def used_filter_ids(
-    session: Session, organization_id: str, texts: Mapping[str, Iterable[str]]
+    session: Session, principal: Principal, texts: Mapping[str, Iterable[str]]
 ) -> dict[str, list[str]]:
-    """Owner (a report, a dashboard) → the ids of the organisation's filters whose variables its
-    SQL texts' placeholders name (as written: placeholders inside snippets are not followed),
-    ordered by variable name."""
+    """Owner (a report, a dashboard) → the ids of the filters the key reaches whose variables
+    its SQL texts' placeholders name (as written: placeholders inside snippets are not
+    followed), ordered by variable name. A filter the key does not reach is left out, as its id
+    would answer 404."""
     names = {
         owner: set().union(*(placeholder_variables(sql) for sql in sqls))
         for owner, sqls in texts.items()
     }
-    return ids_named_by_owner(session, Filter.variable_name, organization_id, names)
-
-
-def report_filter_ids(report: Any) -> list[str]:
-    """A report's ``filters`` relationship, read through the session it was loaded in."""
-    session = object_session(report)
-    assert session is not None, "a report is serialised while its session is open"
-    return used_filter_ids(session, report.organization_id, {report.id: [report.sql_query]})[
-        report.id
-    ]
+    return ids_named_by_owner(session, Filter.variable_name, _visible(principal), names)
 
 
 # ---------------------------------------------------------------------------- CRUD

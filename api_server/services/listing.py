@@ -61,20 +61,18 @@ def list_page(
 def ids_named_by_owner(
     session: Session,
     name_column: Any,
-    organization_id: str,
+    visible: ColumnElement[bool],
     names: Mapping[str, set[str]],
 ) -> dict[str, list[str]]:
-    """Owner (a report, a dashboard) → the ids of the organisation's rows whose ``name_column``
-    is one of the names its SQL uses, ordered by name (one query for every owner); names no row
-    has are left out."""
+    """Owner (a report, a dashboard) → the ids of the ``visible`` rows (the caller's) whose
+    ``name_column`` is one of the names its SQL uses, ordered by name (one query for every
+    owner); names no visible row has are left out."""
     model = name_column.class_
     wanted = set().union(*names.values())
     id_by_name: dict[str, str] = {}
     if wanted:
         rows = session.execute(
-            select(name_column, model.id).where(
-                model.organization_id == organization_id, name_column.in_(wanted)
-            )
+            select(name_column, model.id).where(visible, name_column.in_(wanted))
         )
         id_by_name = {name: row_id for name, row_id in rows}
     return {

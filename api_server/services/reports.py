@@ -11,19 +11,21 @@ dashboard leaves its ``layout`` too, in the same transaction.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field
 from sqlalchemy import ColumnElement, select
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.dashboards import ensure_unlocked, find_dashboard
 from api_server.services.datasources import get_datasource, within_scope
 from api_server.services.executions import RunRequest, queue_run
+from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import write_lock_on_sqlite
@@ -68,13 +70,27 @@ def get_report(session: Session, principal: Principal, report_id: str) -> Report
     return report
 
 
-def named_snippets(report: Report) -> list[str]:
-    """The ids of the organisation's snippets the report's SQL names with ``[name]``, read through
-    the session the report was loaded in (the serialiser's relationship ``sql_snippets``)."""
-    session = object_session(report)
-    assert session is not None, "a report is serialised while its session is open"
-    found = named_snippet_ids(session, report.organization_id, {report.id: [report.sql_query]})
-    return found[report.id]
+@dataclass(frozen=True)
+class ReportView:
+    """A report with the ids its relationships link to, as the key may see them: read in two
+    queries for a whole page."""
+
+    row: Report
+    filter_ids: list[str]
+    sql_snippet_ids: list[str]
+
+    @property
+    def id(self) -> str:
+        return self.row.id
+
+
+def report_views(
+    session: Session, principal: Principal, rows: Sequence[Report]
+) -> list[ReportView]:
+    sql = {row.id: [row.sql_query] for row in rows}
+    filters = used_filter_ids(session, principal, sql)
+    snippets = named_snippet_ids(session, principal.organization_id, sql)
+    return [ReportView(row, filters[row.id], snippets[row.id]) for row in rows]
 
 
 def create_report(

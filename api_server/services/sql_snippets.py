@@ -30,7 +30,8 @@ def named_snippet_ids(
         owner: {name for sql in sqls for _, _, name in snippet_references(sql)}
         for owner, sqls in texts.items()
     }
-    return ids_named_by_owner(session, SqlSnippet.name, organization_id, names)
+    visible = SqlSnippet.organization_id == organization_id
+    return ids_named_by_owner(session, SqlSnippet.name, visible, names)
 
 
 # ---------------------------------------------------------------------------- CRUD

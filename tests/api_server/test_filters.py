@@ -20,7 +20,7 @@ from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Dashboard, Execution, Filter, Organization
 from shared.settings import Settings
-from tests.support.factories import Api, Org, dump_tables
+from tests.support.factories import Api, Org, dump_tables, resource
 
 RANDOM_ID = "zzzz-zzzz-zzzz"
 
@@ -413,6 +413,64 @@ def test_other_organisations_and_out_of_scope_keys_get_404(api: Api) -> None:
     # A filter's datasource is in use: its deletion is refused as a report's is.
     deleted = api.delete(f"/datasources/{second}", org.key)
     assert deleted.status_code == 409 and _errors(deleted) == [("datasource_in_use", None)]
+
+
+def test_a_filter_out_of_a_keys_scope_neither_links_nor_shapes_its_runs(api: Api) -> None:
+    """Its id answers that key 404: it must not show in a report's or dashboard's linkage, and
+    its rules must not answer the key's runs (they would tell, one guess at a time, that it
+    exists and which values it allows). Found by the outside probe."""
+    org = api.create_org()
+    second = api.create_datasource(org.key, name="Second")["id"]
+    hidden = _filter(
+        api,
+        org,
+        second,
+        **_dropdown(
+            variable_name="hidden", values=["alpha"], value_names=None, restrict_to_options=True
+        ),
+    )
+    seen = _filter(
+        api,
+        org,
+        **_dropdown(
+            variable_name="seen", values=["fr"], value_names=None, restrict_to_options=True
+        ),
+    )
+    with api.app.state.sessions.begin() as session:
+        dashboard = Dashboard(organization_id=org.id, name="Sales")
+        session.add(dashboard)
+        session.flush()
+        dashboard_id = dashboard.id
+    sql = "SELECT 1 AS one WHERE {a=hidden} OR {b=seen}"
+    report = resource("reports", name="R", sql_query=sql)
+    report["data"]["relationships"] = {
+        "datasource": {"data": {"type": "datasources", "id": org.sample_datasource_id}},
+        "dashboard": {"data": {"type": "dashboards", "id": dashboard_id}},
+    }
+    report_id = api.post("/reports", org.key, report).json()["data"]["id"]
+    key = api.create_key(
+        org,
+        [Permission.MANAGE_DASHBOARDS, Permission.MANAGE_DATASOURCES],
+        [org.sample_datasource_id],
+    )
+    both = [{"type": "filters", "id": i} for i in (hidden, seen)]  # by variable name
+    for caller, linked in ((org.key, both), (key, [{"type": "filters", "id": seen}])):
+        shown = api.get(f"/reports/{report_id}", caller).json()["data"]
+        assert shown["relationships"]["filters"]["data"] == linked
+        listed = api.get("/reports", caller).json()["data"]
+        assert listed[0]["relationships"]["filters"]["data"] == linked
+        board = api.get(f"/dashboards/{dashboard_id}?include=filters,reports", caller).json()
+        assert board["data"]["relationships"]["filters"]["data"] == linked
+        included = [o for o in board["included"] if o["type"] == "reports"]
+        assert included[0]["relationships"]["filters"]["data"] == linked
+    # The hidden filter's rule binds the organisation's key, not the restricted one.
+    refused = _run(api, org.key, org.sample_datasource_id, sql, _selection("hidden", "zzz"))
+    assert _errors(refused) == [("value_not_in_options", "/parameters/filters/0/selected_values/0")]
+    ran = _run(api, key, org.sample_datasource_id, sql, _selection("hidden", "zzz"))
+    assert ran.status_code == 200, ran.text
+    # A filter the key reaches still binds it.
+    refused = _run(api, key, org.sample_datasource_id, sql, _selection("seen", "es"))
+    assert _errors(refused) == [("value_not_in_options", "/parameters/filters/0/selected_values/0")]
 
 
 # ---------------------------------------------------------------------------- relationships
