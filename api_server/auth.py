@@ -10,6 +10,7 @@ from api_server.rate_limits import Policy
 from api_server.services import api_keys
 from shared.errors import TooManyRequests, Unauthorized
 from shared.settings import Settings
+from shared.web.credentials import authorization
 
 
 def unauthorized() -> Unauthorized:
@@ -25,7 +26,8 @@ def authenticate(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    secret = _secret_from_header(request.headers.get("authorization", ""))
+    header = authorization(request)
+    secret = None if header is None else _secret_from_header(header)
     if secret is None:
         raise unauthorized()
     app_state = request.app.state

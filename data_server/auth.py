@@ -44,6 +44,7 @@ from shared.tokens import (
     scope_of_data_key,
     verify_data_token,
 )
+from shared.web.credentials import authorization
 
 logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 30.0
@@ -153,8 +154,11 @@ async def authorize_data_request(request: Request, data_key: str) -> DataGrant:
     The token comes from ``Authorization: Data <token>`` or, for clients that cannot send
     headers (URL readers, browsers), from ``?token=`` of a grant's ``data_url``; both are
     verified alike. The header wins when both are sent. The access log never holds the query."""
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    if not request.headers.get("authorization"):
+    header = authorization(request)
+    if header is None:  # sent twice
+        raise invalid_token()
+    scheme, _, token = header.strip().partition(" ")
+    if not header:
         scheme, token = "data", request.query_params.get(URL_TOKEN_PARAMETER, "")
     scope = scope_of_data_key(data_key)
     if scheme.lower() != "data" or not token.strip() or scope is None:

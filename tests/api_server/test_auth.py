@@ -46,6 +46,18 @@ def test_bad_credentials_answer_the_same_401(api, make_header):
     assert response.json()["errors"][0]["code"] == "unauthorized"
 
 
+def test_an_authorization_header_sent_twice_is_the_same_401(api):
+    """A single field (RFC 9110 §11.6.2): a proxy keeping the other copy would have
+    authenticated another caller than the first one the server read."""
+    mine, theirs = api.create_org().key, api.create_org("B").key
+    baseline = api.client.get("/api_key")
+    for first, second in ((mine, theirs), (theirs, mine), (mine, mine), (mine, "dfk_x")):
+        headers = [("Authorization", f"Api {first}"), ("Authorization", f"Api {second}")]
+        response = api.client.get("/api_key", headers=headers)
+        assert response.status_code == 401
+        assert response.content == baseline.content
+
+
 @pytest.mark.parametrize("how", ["disabled", "deleted"])
 def test_disabled_or_deleted_key_answers_the_same_401(api, how):
     org = api.create_org()

@@ -33,6 +33,14 @@ def _get_with_header(data):
     ).content
 
 
+def test_an_authorization_header_sent_twice_is_refused(data):
+    token = data.headers["Authorization"]
+    doubled = [("Authorization", token), ("Authorization", token)]
+    answer = data.get(f"/data/{data.data_key}", headers=doubled)
+    assert answer.status_code == 401
+    assert answer.json()["errors"][0]["code"] == "invalid_data_token"
+
+
 def test_expired_token_is_told_apart_and_forgeries_are_not(data, settings):
     del data.headers["Authorization"]
     expired = data_token(settings, data.data_key, now=time.time() - 3600)
