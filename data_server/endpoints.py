@@ -24,7 +24,7 @@ from data_server import encoders, formats, ranges, representations
 from data_server.auth import authorize_data_request
 from data_server.growing_files import GrowingReader
 from shared import openapi as oa
-from shared.errors import InvalidQueryParameter, NotAcceptable, NotFound
+from shared.errors import NotAcceptable, NotFound
 from shared.results import ResultGone, result_object_key, schema_object_key
 from shared.storage_quota import charge_representation
 from shared.tokens import URL_TOKEN_PARAMETER, DataGrant, Scope
@@ -34,18 +34,6 @@ _RESULT_PARAMETERS = {"format", "offset", "limit", "compression", URL_TOKEN_PARA
 _SCHEMA_PARAMETERS = {"name", "format", URL_TOKEN_PARAMETER}
 # Every answer depends on these request headers (besides the token).
 _VARY = "Accept, Accept-Encoding"
-
-
-def _reject_unknown_parameters(request: Request, allowed: set[str]) -> None:
-    """Known parameters, each at most once: a second ``format`` or ``offset`` is a mistake the
-    client should hear about, not a silent choice of the last one."""
-    seen: set[str] = set()
-    for name, _ in request.query_params.multi_items():
-        if name not in allowed:
-            raise InvalidQueryParameter(f"Unsupported query parameter '{name}'.", parameter=name)
-        if name in seen:
-            raise InvalidQueryParameter(f"'{name}' is given more than once.", parameter=name)
-        seen.add(name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +208,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     data_key = request.path_params["data_key"]
     if grant.scope is Scope.DATASOURCE_SCHEMA:
         return await _schema_response(request, data_key)
-    _reject_unknown_parameters(request, _RESULT_PARAMETERS)
+    web.reject_undeclared_query(request, _RESULT_PARAMETERS)
     params = request.query_params
     fmt = formats.negotiate(request.headers.get("accept"), params.get("format"))
     compression = formats.parse_compression(params.get("compression"), fmt)
@@ -357,7 +345,7 @@ def _chained(
 
 async def _schema_response(request: Request, data_key: str) -> Response:
     """The schema JSON of a refresh; ``?name=`` narrows it to one schema."""
-    _reject_unknown_parameters(request, _SCHEMA_PARAMETERS)
+    web.reject_undeclared_query(request, _SCHEMA_PARAMETERS)
     wanted = request.query_params.get("format")  # read as for results: 400 when unknown
     if wanted is not None:
         acceptable = formats.negotiate(None, wanted) is formats.ResultFormat.JSON

@@ -11,6 +11,7 @@ only its own work. ``routes`` builds the URL map from the declarations; the Open
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -59,20 +60,28 @@ class Operation(web.Operation):
         return not self.security
 
     async def admit(self, request: Request) -> tuple[Any, ...]:
-        """406 → 401 → 429 → 403, then the body; the handler gets the principal. A public
-        document (the JWKS) is served whatever the client accepts."""
+        """406 → 401 → 429 → 403, then the query's parameter names (400 for one not declared or
+        repeated), then the body; the handler gets the principal. A public document (the JWKS)
+        is served whatever the client accepts."""
         arguments: tuple[Any, ...] = ()
         if not self.public:
             require_acceptable(request, self.produces)
             arguments = (await run_in_threadpool(_admit, request, self.permissions),)
+            web.reject_undeclared_query(request, self.declared_query)
         if self.body is Body.BOUNDED:
             request.state.body = await read_bounded_body(request, self.max_body_bytes)
         return arguments
+
+    @functools.cached_property
+    def declared_query(self) -> frozenset[str]:
+        """The query parameters the operation takes: those its document declares."""
+        return frozenset(p["name"] for p in self.parameters if p.get("in") == "query")
 
     def documented_errors(self) -> dict[int, str | None]:
         statuses: dict[int, str | None] = {}
         if not self.public:
             statuses.update(dict.fromkeys(ADMISSION_ERRORS))
+            statuses[400] = None  # an undeclared or repeated query parameter
             if self.permissions:
                 statuses[403] = None
         if self.body is Body.BOUNDED:

@@ -15,7 +15,7 @@ import functools
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shared import openapi as oa
+from shared.errors import InvalidQueryParameter
 from shared.web.routing import resource_route
 
 Handler = Callable[..., Response | Awaitable[Response]]
@@ -116,6 +117,19 @@ class Operations(Generic[OperationT]):
 
     def delete(self, path: str, **declared: Any) -> Callable[[Handler], Handler]:
         return self.operation("DELETE", path, **declared)
+
+
+def reject_undeclared_query(request: Request, allowed: Collection[str]) -> None:
+    """Known query parameters, each at most once (400 naming the first that is not): an unknown
+    one is a typo the client should hear about, and a second ``format`` or ``page[size]`` a
+    mistake, not a silent choice of one of them."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in allowed:
+            raise InvalidQueryParameter(f"Unsupported query parameter '{name}'.", parameter=name)
+        if name in seen:
+            raise InvalidQueryParameter(f"'{name}' is given more than once.", parameter=name)
+        seen.add(name)
 
 
 # ---------------------------------------------------------------- routes

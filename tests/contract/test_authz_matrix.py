@@ -135,9 +135,9 @@ def build_world(api: Api) -> World:
     return world
 
 
-def call(world: World, rule: Rule, key: str | None):
+def call(world: World, rule: Rule, key: str | None, query: str = ""):
     path = rule.path.replace("{id}", world.ids.get(rule.target, "x"))
-    path = path.replace("{name}", world.ids["file"])
+    path = path.replace("{name}", world.ids["file"]) + query
     headers = {"Authorization": f"Api {key}"} if key else {}
     content = None
     if rule.body is not None:
@@ -165,6 +165,26 @@ def test_every_caller_gets_the_matrix_answer(api, rule):
     permitted = world.caller_with(rule.permissions)
     answer = call(world, rule, permitted.key)
     assert answer.status_code == expected_status(rule, permitted) == rule.success, answer.text
+
+
+def test_an_undeclared_or_repeated_query_parameter_is_400_and_changes_nothing(api):
+    """Each operation takes the query parameters its document declares, each once; some
+    ignored any other (a refresh even ran), found by the outside probe. Refused, nothing
+    changes: one world serves every route."""
+    world = build_world(api)
+    for rule in (r for r in RULES if not r.public):
+        permitted = world.caller_with(rule.permissions)
+        api.get("/api_key", permitted.key)  # its first use writes last_used_at: not the case's
+        before = dump_tables(api.app)
+        declared = sorted(rule.declared.declared_query) if rule.declared else []
+        queries = {"?undeclared=1": "undeclared"}
+        if declared:
+            queries[f"?{declared[0]}=1&{declared[0]}=1"] = declared[0]
+        for query, blamed in queries.items():
+            answer = call(world, rule, permitted.key, query)
+            assert answer.status_code == 400, (rule.name, query, answer.text)
+            assert answer.json()["errors"][0]["source"] == {"parameter": blamed}, rule.name
+        assert dump_tables(api.app) == before, rule.name
 
 
 def test_the_matrix_covers_every_route_of_both_servers(api, tmp_path):
