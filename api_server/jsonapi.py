@@ -172,11 +172,13 @@ def parse_resource_document(
         raise BadRequest("The document must hold one resource object in 'data'.", pointer="/data")
     data = document["data"]
     try:
-        envelope = ResourceEnvelope.model_validate(data)
+        envelope = ResourceEnvelope.model_validate(_without_links(data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        pointer = "/data/" + "/".join(str(p) for p in first["loc"])
-        raise BadRequest(f"Invalid resource object: {first['msg']}.", pointer=pointer) from None
+        pointer = _pointer_into(data, exc.errors()[0]["loc"], "/data")
+        raise BadRequest(
+            f"Invalid resource object: the member at {pointer} is not valid there.",
+            pointer=pointer,
+        ) from None
     except TypeError:
         # jsonapi-pydantic's own validators take len() of members they expect to be objects or
         # strings ("relationships": {"a": null}, "links": {"self": 1}): a malformed document.
@@ -205,6 +207,53 @@ def parse_resource_document(
                 code="relationship_not_settable",
             )
     return ResourceInput(attributes=data.get("attributes") or {}, relationships=relationships)
+
+
+def _without_links(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without its ``links`` and its relationships' (400 unless each is JSON:API's
+    shape): the server ignores them, and jsonapi-pydantic would want absolute URLs where JSON:API
+    takes any URI reference, such as the relative ``self`` this server's own documents carry."""
+    _check_links(data.get("links"), "/data/links")
+    relationships = data.get("relationships")
+    if not isinstance(relationships, dict):
+        return {k: v for k, v in data.items() if k != "links"}
+    kept = {}
+    for name, relationship in relationships.items():
+        if isinstance(relationship, dict):
+            pointer = f"/data/relationships/{_pointer_token(str(name))}/links"
+            _check_links(relationship.get("links"), pointer)
+            relationship = {k: v for k, v in relationship.items() if k != "links"}
+        kept[name] = relationship
+    return {**{k: v for k, v in data.items() if k != "links"}, "relationships": kept}
+
+
+def _check_links(links: Any, pointer: str) -> None:
+    """JSON:API's links object: each link a URI reference, null, or an object with ``href``."""
+    if links is None:
+        return
+    if not isinstance(links, dict):
+        raise BadRequest("A links member must be an object.", pointer=pointer)
+    for name, link in links.items():
+        if link is None or isinstance(link, str):
+            continue
+        if not (isinstance(link, dict) and isinstance(link.get("href"), str)):
+            raise BadRequest(
+                "A link is a URI reference, null, or an object whose href is one.",
+                pointer=f"{pointer}/{_pointer_token(str(name))}",
+            )
+
+
+def _pointer_into(document: Any, location: Iterable[Any], prefix: str) -> str:
+    """A JSON pointer to the deepest member of ``document`` along a validator's ``location``
+    (which also names the validator's own models and functions, nowhere in the document)."""
+    pointer, node = prefix, document
+    for step in location:
+        in_object = isinstance(node, dict) and isinstance(step, str) and step in node
+        in_array = isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
+        if in_object or in_array:
+            node = node[step]
+            pointer += f"/{_pointer_token(str(step))}"
+    return pointer
 
 
 _ERROR_CODES = {

@@ -154,8 +154,16 @@ def _attributes_schema(resource: ResourceType) -> oa.Schema:
 _IGNORED_MEMBERS: dict[str, oa.Schema] = {
     "links": {
         "type": "object",
-        "additionalProperties": {"type": ["string", "null"], "format": "uri"},
-        "description": "Ignored; each link an absolute URL or null.",
+        "additionalProperties": {
+            "anyOf": [
+                {"type": "string", "format": "uri-reference"},
+                {"type": "null"},
+                oa.obj(
+                    {"href": {"type": "string", "format": "uri-reference"}}, ["href"], closed=False
+                ),
+            ]
+        },
+        "description": "Ignored; each link a URI reference, null, or an object whose `href` is one.",
     },
     "meta": {"type": "object", "description": "Ignored."},
 }

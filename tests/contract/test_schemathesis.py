@@ -513,19 +513,70 @@ def test_each_server_under_every_check_has_no_failures(world, load):
 
 
 @pytest.mark.parametrize(
-    "malformed",
+    ("malformed", "pointer"),
     [
-        {"relationships": {"agents": None}},
-        {"relationships": {"agents": {"links": {"self": 1}}}},
-        {"links": {"self": 1}},
+        ({"relationships": {"agents": None}}, "/data"),
+        (
+            {"relationships": {"agents": {"links": {"self": 1}}}},
+            "/data/relationships/agents/links/self",
+        ),
+        ({"links": {"self": 1}}, "/data/links/self"),
+        ({"links": []}, "/data/links"),
+        ({"links": {"self": {"rel": "x"}}}, "/data/links/self"),
     ],
 )
-def test_a_member_of_the_wrong_type_in_a_resource_object_is_400(api, malformed):
+def test_a_member_of_the_wrong_type_in_a_resource_object_is_400(api, malformed, pointer):
     org = api.create_org()
     document = {"data": {"type": "datasources", "attributes": {"name": "x"}, **malformed}}
     answer = api.post("/datasources", org.key, document)
     assert answer.status_code == 400, answer.text
-    assert answer.json()["errors"][0]["source"] == {"pointer": "/data"}
+    assert answer.json()["errors"][0]["source"] == {"pointer": pointer}
+
+
+def test_a_resource_sent_back_with_its_own_links_is_accepted(api):
+    """JSON:API links are URI references: the relative ``self`` the server hands out too."""
+    org = api.create_org()
+    created = api.post("/sql_snippets", org.key, resource("sql_snippets", name="s", sql="SELECT 1"))
+    sent_back = created.json()
+    sent_back["data"]["attributes"] = {"description": "x"}
+    sent_back["data"].pop("relationships", None)  # read-only ones are refused, never ignored
+    snippet = sent_back["data"]["id"]
+    sent_back["data"]["links"] = {
+        "self": f"/sql_snippets/{snippet}",
+        "related": None,
+        "about": {"href": "https://example.com/a", "meta": {}},
+    }
+    answer = api.patch(f"/sql_snippets/{snippet}", org.key, sent_back)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"type": "sql_snippets", "id": "x" * 5000, "attributes": {"name": "s", "sql": "SELECT 1"}},
+        {
+            "type": "reports",
+            "attributes": {"name": "r", "sql_query": "SELECT 1"},
+            "relationships": {"datasource": {"data": {"type": "datasources", "id": "x" * 4000}}},
+        },
+        {
+            "type": "reports",
+            "attributes": {"name": "r", "sql_query": "SELECT 1"},
+            "relationships": {"datasource": {"data": {"type": "datasources"}}},
+        },
+    ],
+    ids=["long-id", "long-related-id", "linkage-without-id"],
+)
+def test_an_invalid_resource_object_is_told_without_the_validators_words(api, data):
+    """Pydantic's own text (``sys.set_int_max_str_digits()``) and its model names in the
+    pointer (``/data/.../ResourceIdentifier/id``) reached clients."""
+    org = api.create_org()
+    answer = api.post(f"/{data['type']}", org.key, {"data": data})
+    assert answer.status_code in (400, 403), answer.text
+    error = answer.json()["errors"][0]
+    assert "sys." not in error["detail"] and "digits" not in error["detail"]
+    assert "ResourceIdentifier" not in error["source"]["pointer"]
+    assert "wrap" not in error["source"]["pointer"]
 
 
 def test_renaming_a_snippet_onto_a_taken_name_is_409_and_changes_nothing(api):
