@@ -40,7 +40,9 @@ MAX_PAGE_SIZE = 100
 # Keeps the row offset ((number - 1) * size) a 64-bit integer, as every database needs it.
 MAX_PAGE_NUMBER = 1_000_000_000
 _LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
-_ALLOWED_MEDIA_PARAMS = {"ext", "profile"}
+# The JSON:API media type's one parameter this server takes: ``profile`` (ignored). ``ext``
+# names extensions, and it supports none: a body or an Accept range naming one is refused.
+_ALLOWED_MEDIA_PARAMS = {"profile"}
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -62,7 +64,8 @@ def _media_ranges(header: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def accepts(request: Request, produced: str) -> bool:
-    """Whether the request's Accept admits ``produced`` (JSON:API: a range with params doesn't).
+    """Whether the request's Accept admits ``produced`` (JSON:API: a range with parameters other
+    than ``profile`` does not, as JSON:API 1.1's content negotiation says).
 
     A plain-JSON action also takes the JSON:API media type: Cluvio's clients send
     ``Accept: application/vnd.api+json`` on every request, and a JSON:API document is JSON.
@@ -77,7 +80,9 @@ def accepts(request: Request, produced: str) -> bool:
         params.pop("q", None)
         if media in ("*/*", f"{main}/*"):
             return True
-        if media == produced and (produced != JSONAPI_MEDIA_TYPE or not params):
+        if media == produced and (
+            produced != JSONAPI_MEDIA_TYPE or params.keys() <= _ALLOWED_MEDIA_PARAMS
+        ):
             return True
         if produced == JSON_MEDIA_TYPE and media == JSONAPI_MEDIA_TYPE:
             return True
@@ -100,11 +105,15 @@ async def read_bounded_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -
 
 def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
     """Check the media type, then parse the body read by ``endpoint``; bad JSON is 400."""
-    media, params = (_media_ranges(request.headers.get("content-type", "")) or [("", {})])[0]
+    ranges = _media_ranges(request.headers.get("content-type", ""))
+    media, params = ranges[0] if len(ranges) == 1 else ("", {})  # one media type, not a list
     if media != expected or (
         expected == JSONAPI_MEDIA_TYPE and set(params) - _ALLOWED_MEDIA_PARAMS
     ):
-        raise UnsupportedMediaType(f"Send the request body as Content-Type: {expected}.")
+        raise UnsupportedMediaType(
+            f"Send the request body as Content-Type: {expected}"
+            + (" (no extension: ext is not supported)." if "ext" in params else ".")
+        )
     body = request.state.body
     try:
         document = orjson.loads(body)

@@ -57,7 +57,16 @@ def test_patch_with_mismatched_id_is_409(api):
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/json", "text/plain", "", "application/vnd.api+json; charset=utf-8"],
+    [
+        "application/json",
+        "text/plain",
+        "",
+        "application/vnd.api+json; charset=utf-8",
+        # JSON:API 1.1: an extension the server does not support (it supports none) is a 415
+        'application/vnd.api+json; ext="https://jsonapi.org/ext/atomic"',
+        "application/vnd.api+json; ext=foo",
+        "application/vnd.api+json, text/plain",  # one media type, not a list
+    ],
 )
 def test_write_without_jsonapi_content_type_is_415(api, content_type):
     org = api.create_org()
@@ -90,6 +99,9 @@ def test_jsonapi_content_type_with_profile_is_accepted(api):
         ("*/*", 200),
         ("application/*", 200),
         ("text/html, application/vnd.api+json", 200),
+        ('application/vnd.api+json; profile="https://example.com/p"', 200),  # JSON:API 1.1
+        ("application/vnd.api+json;profile=x, application/vnd.api+json;charset=x", 200),
+        ("application/vnd.api+json; charset=utf-8", 406),
     ],
 )
 def test_accept_is_negotiated(api, accept, status):
