@@ -39,7 +39,6 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_PAGE_SIZE = 100
 # Keeps the row offset ((number - 1) * size) a 64-bit integer, as every database needs it.
 MAX_PAGE_NUMBER = 1_000_000_000
-_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 # The JSON:API media type's one parameter this server takes: ``profile`` (ignored). ``ext``
 # names extensions, and it supports none: a body or an Accept range naming one is refused.
 _ALLOWED_MEDIA_PARAMS = {"profile"}
@@ -116,14 +115,15 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
         )
     body = request.state.body
     try:
-        document = orjson.loads(body)
+        orjson.loads(body)  # the strict reader: NaN, a lone surrogate or trailing data is 400
     except orjson.JSONDecodeError as exc:
         raise MalformedJSON(f"The request body is not valid JSON: {exc.msg}.") from None
     try:
-        if _LONG_DIGIT_RUN.search(body):
-            # orjson reads an integer beyond 64 bits as a float, losing digits; the standard
-            # library keeps it exact, so that validation can refuse it, not match other rows.
-            document = json.loads(body)
+        # Read again by the standard library, whose hook sees every member: a name given twice
+        # in one object is refused (RFC 8259 §4 leaves its meaning open; orjson kept the last).
+        # It also keeps an integer beyond 64 bits exact, where orjson reads a float, so that
+        # validation can refuse it, not match other rows.
+        document = json.loads(body, object_pairs_hook=_members_once)
         pointer = _nul_pointer(document, "") if b"\\u0000" in body else None
     except RecursionError:
         raise MalformedJSON("The request body nests too deeply.") from None
@@ -216,6 +216,15 @@ def parse_resource_document(
                 code="relationship_not_settable",
             )
     return ResourceInput(attributes=data.get("attributes") or {}, relationships=relationships)
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            raise MalformedJSON(f"The member {name!r} is given twice in one object.")
+        members[name] = value
+    return members
 
 
 def _without_links(data: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,17 @@ from tests.support.factories import dump_tables, resource
         (b"{not json", 400, "malformed_json"),
         (b"", 400, "malformed_json"),
         (b"[]", 400, "bad_request"),
+        # A member given twice (RFC 8259 §4): the last one silently won
+        (
+            b'{"data": {"type": "datasources"}, "data": {"type": "datasources"}}',
+            400,
+            "malformed_json",
+        ),
+        (
+            b'{"data": {"type": "datasources", "attributes": {"name": "a", "name": "b"}}}',
+            400,
+            "malformed_json",
+        ),
         (b'{"data": []}', 400, "bad_request"),
         (b'{"data": {"attributes": {}}}', 400, "bad_request"),
         (b'{"data": {"type": "users", "attributes": {"name": "x"}}}', 409, "conflict"),
