@@ -152,10 +152,10 @@ def execution_attributes(ex: Execution, *, show_query: bool) -> dict[str, Any]:
         },
     }
     if ex.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        # Only a failure's message may come from the database; a cancellation's is the server's.
+        withheld = ex.status == ExecutionStatus.FAILED and ex.bound_parameters and not show_query
         attributes["error_code"] = ex.error_code
-        attributes["error_message"] = (
-            ex.error_message if show_query or not ex.bound_parameters else WITHHELD_ERROR_MESSAGE
-        )
+        attributes["error_message"] = WITHHELD_ERROR_MESSAGE if withheld else ex.error_message
     elif ex.cancel_requested:
         attributes["cancel_requested"] = True
     if show_query and ex.execution_type == ExecutionType.SQL_QUERY:

@@ -115,6 +115,15 @@ def test_only_the_key_that_ran_it_sees_an_error_message_that_may_quote_values(ap
     assert seen_by_other.json()["data"]["attributes"]["error_code"] == "execution_error"
     assert seen_by_other.json()["data"]["attributes"]["error_message"] == WITHHELD_ERROR_MESSAGE
     assert "pin42" not in seen_by_other.text
+    # A cancellation's message is the server's own: every key sees it as it is.
+    with api.app.state.sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(status="cancelled", error_code="cancelled", error_message="Cancelled.")
+        )
+    cancelled = api.get(path, other_key).json()["data"]["attributes"]
+    assert (cancelled["error_code"], cancelled["error_message"]) == ("cancelled", "Cancelled.")
 
 
 def test_the_same_idempotency_key_with_other_parameters_is_refused(api):
