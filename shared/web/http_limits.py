@@ -243,8 +243,9 @@ class BoundedH11Protocol(H11Protocol):
 
 
 class RequestLimitsMiddleware:
-    """Oversized request targets (414) and header blocks (431) and NUL characters in the path or
-    query (400) end here: no database stores a NUL in text, so one must never reach a lookup. A
+    """Oversized request targets (414) and header blocks (431), NUL characters in the path or
+    query and encoded slashes in the path (400) end here: no database stores a NUL in text, so
+    one must never reach a lookup, and a slash is a separator only as itself. A
     target in absolute form (``GET http://host/path``), which RFC 9112 §3.2.2 says a server
     must accept, is routed by its path (uvicorn passes it whole)."""
 
@@ -282,6 +283,13 @@ def _refusal(scope: Scope) -> AppError | None:
         )
     if "\x00" in scope["path"]:
         return BadRequest("The path holds a NUL character (%00).", code="nul_character")
+    if b"%2f" in (scope.get("raw_path") or b"").lower():
+        # Decoded, it would separate segments the client sent as one: a proxy's rule for
+        # /datasources/*/files would not see /datasources/x%2Ffiles, which routes there.
+        return BadRequest(
+            "The path holds an encoded slash (%2F): no id or name holds a slash.",
+            code="encoded_slash",
+        )
     if b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
         return BadRequest("The query holds a NUL character (%00).", code="nul_character")
     return None

@@ -22,7 +22,6 @@ from tests.support.uploads import (
 )
 
 BAD_NAMES = {
-    "slash": "a%2Fb.csv",
     "backslash": "a%5Cb.csv",
     "dot dot": "%2E%2E",
     "dot": "%2E",
@@ -53,6 +52,20 @@ def test_a_bad_name_is_422_and_writes_nothing(api, name):
     assert error["source"] == {"parameter": "name"}
     assert snapshot(folder) == before
     assert not any(p.name.startswith(TEMP_PREFIX) for p in api.area(org).rglob("*"))
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("path", ["/datasources/{ds}/files/a%2Fb.csv", "/datasources/{ds}%2Ffiles"])
+def test_an_encoded_slash_is_refused_before_any_route(api, path):
+    """Decoded, it separated segments sent as one: /datasources/x%2Ffiles listed the files."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    before = snapshot(folder)
+    answer = api.client.get(path.format(ds=ds), headers={"Authorization": f"Api {org.key}"})
+    assert error_of(answer, 400)["code"] == "encoded_slash"
+    answer = put(api, org.key, path.format(ds=ds), ORDERS_CSV)
+    assert error_of(answer, 400)["code"] == "encoded_slash"
+    assert snapshot(folder) == before
 
 
 @SQLITE_ONLY
