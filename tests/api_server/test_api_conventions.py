@@ -139,6 +139,16 @@ def test_unknown_route_and_wrong_method_get_the_error_shape(api):
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "GET, HEAD, POST"
     assert wrong.json()["errors"][0]["code"] == "method_not_allowed"
+    plain = api.client.post("/healthz")  # a route of one method: Starlette's own 405
+    assert plain.status_code == 405 and plain.headers["allow"] == "GET, HEAD"
+    # A method no server knows (RFC 9110 §15.6.2): 501, not a 405 whose Allow listed every
+    # method, several of them 405 themselves.
+    for path in ("/datasources", "/datasources/zzzz-zzzz-zzzz", "/healthz"):
+        unknown = api.client.request("FOO", path)
+        assert unknown.status_code == 501, path
+        assert unknown.json()["errors"][0]["code"] == "method_not_implemented"
+        assert "allow" not in unknown.headers
+    assert api.client.request("FOO", "/no/such/route").status_code == 404
 
 
 def test_every_response_carries_a_request_id(api):
