@@ -59,16 +59,20 @@ def test_expired_token_is_told_apart_and_forgeries_are_not(data, settings):
     assert ALGORITHM == "EdDSA"
 
 
+def _preflight(data, changed: dict[str, str] | None = None):
+    """A browser's preflight from the configured origin for a GET, with ``changed`` headers."""
+    headers = {
+        "Origin": "https://notebook.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, range, if-none-match",
+        **(changed or {}),
+    }
+    return data.options(f"/data/{data.data_key}", headers=headers)
+
+
 def test_cors_preflight_and_exposed_headers_for_configured_origins(data):
     origin = {"Origin": "https://notebook.example"}
-    preflight = data.options(
-        f"/data/{data.data_key}",
-        headers={
-            **origin,
-            "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "authorization, range, if-none-match",
-        },
-    )
+    preflight = _preflight(data)
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == "https://notebook.example"
     response = get_result(data, "csv", origin)
@@ -89,14 +93,7 @@ def test_cors_preflight_and_exposed_headers_for_configured_origins(data):
     ],
 )
 def test_a_refused_cors_preflight_is_a_json_api_error(data, asked, refused):
-    preflight = data.options(
-        f"/data/{data.data_key}",
-        headers={
-            "Origin": "https://notebook.example",
-            "Access-Control-Request-Method": "GET",
-            **asked,
-        },
-    )
+    preflight = _preflight(data, asked)
     assert preflight.status_code == 400
     assert preflight.headers["content-type"] == "application/vnd.api+json"
     (error,) = preflight.json()["errors"]
