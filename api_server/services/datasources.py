@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
@@ -15,14 +16,17 @@ from shared import object_storage
 from shared.database_types import CONNECTION_ATTRIBUTES, check_connection_attributes
 from shared.datapaths import (
     FILE_DATABASE_TYPES,
+    DatasourcePath,
+    PathNotFound,
     default_datasource_path,
     ensure_organization_area,
+    organization_area,
     resolve_datasource_path,
 )
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Filter, Report
 from shared.egress import check_destination
-from shared.errors import Conflict, Forbidden, NotFound
+from shared.errors import AppError, Conflict, Forbidden, NotFound
 from shared.ids import new_resource_id
 from shared.lifecycle import delete_executions
 from shared.organization_rows import lock_organization
@@ -127,7 +131,8 @@ def create_datasource(
     values["database"] = _checked_database_path(
         session,
         settings,
-        principal.organization_id,
+        principal,
+        datasource_id,
         database_type,
         values.get("database"),
         create_missing=assigned,
@@ -165,7 +170,8 @@ def update_datasource(
         changes["database"] = _checked_database_path(
             session,
             settings,
-            ds.organization_id,
+            principal,
+            ds.id,
             database_type,
             changes.get("database", ds.database),
         )
@@ -320,23 +326,94 @@ def _check_datasource_limit(session: Session, organization_id: str, limit: int) 
 def _checked_database_path(
     session: Session,
     settings: Settings,
-    organization_id: str,
+    principal: Principal,
+    datasource_id: str,
     database_type: str,
     database: str | None,
     *,
     create_missing: bool = False,
 ) -> str | None:
-    """A file type's path, normalised and confined to the organisation's area or a grant."""
+    """A file type's path, normalised and confined to the organisation's area or a grant, and
+    clear of what other datasources hold (``_refuse_others_data``)."""
     if database_type not in FILE_DATABASE_TYPES:
         return database
+    organization_id = principal.organization_id
     ensure_organization_area(settings.data_root, organization_id)
+    pointer = "/data/attributes/database"
     located = resolve_datasource_path(
         settings.data_root,
         organization_id,
         database or "",
         want_dir=FILE_DATABASE_TYPES[database_type],
-        granted_folder=lambda name: granted_folder(session, settings, organization_id, name),
-        pointer="/data/attributes/database",
+        granted_folder=_granted_folders(session, settings, organization_id),
+        pointer=pointer,
         create_missing=create_missing,
     )
+    _refuse_others_data(session, settings, principal, datasource_id, located, pointer)
     return located.relative
+
+
+def _granted_folders(
+    session: Session, settings: Settings, organization_id: str
+) -> Callable[[str], Path | None]:
+    return lambda name: granted_folder(session, settings, organization_id, name)
+
+
+def _located(
+    session: Session, settings: Settings, organization_id: str, database_type: str, database: str
+) -> Path | None:
+    """Where a datasource's path leads; None if nothing is there."""
+    try:
+        return resolve_datasource_path(
+            settings.data_root,
+            organization_id,
+            database,
+            want_dir=FILE_DATABASE_TYPES[database_type],
+            granted_folder=_granted_folders(session, settings, organization_id),
+        ).path
+    except AppError:
+        return None
+
+
+def _refuse_others_data(
+    session: Session,
+    settings: Settings,
+    principal: Principal,
+    datasource_id: str,
+    located: DatasourcePath,
+    pointer: str,
+) -> None:
+    """A key restricted to listed datasources may not point one of them into, or around, what a
+    datasource beyond them reads: its own place (``datasources/<id>``, made or awaited) or its
+    path. Else the key would read, fill or replace that one's data through its own. It is
+    answered as a path that leads nowhere is, word for word, so that it tells nothing of the
+    other. (A key of the whole organisation may point two datasources at one place: deleting one
+    then leaves what the other reads.)"""
+    scope = principal.datasource_ids
+    if scope is None:
+        return
+    organization_id = principal.organization_id
+    area = organization_area(settings.data_root, organization_id)
+    beyond = session.execute(
+        select(Datasource.id, Datasource.database_type, Datasource.database).where(
+            Datasource.organization_id == organization_id,
+            Datasource.id != datasource_id,
+            Datasource.id.not_in(scope),
+            Datasource.database_type.in_(FILE_DATABASE_TYPES),
+        )
+    )
+    for other_id, database_type, database in beyond:
+        held = [
+            (area / default_datasource_path(database_type, other_id)).resolve(),
+            _located(session, settings, organization_id, database_type, database or ""),
+        ]
+        if any(
+            place is not None
+            and (located.path.is_relative_to(place) or place.is_relative_to(located.path))
+            for place in held
+        ):
+            kind = "folder" if located.path.is_dir() else "file"
+            raise PathNotFound(
+                f"No {kind} at {located.relative!r} in your organisation's file area.",
+                pointer=pointer,
+            )

@@ -1,0 +1,81 @@
+"""A key restricted to listed datasources may not point one of them into (or around) anything a
+datasource beyond them reads. Found by the outside probe: a restricted key repointed its files
+datasource at another's folder, then listed, read, planted and replaced that one's files."""
+
+from __future__ import annotations
+
+import pytest
+
+from api_server.permissions import Permission
+from tests.support.factories import dump_tables, resource
+from tests.support.uploads import ORDERS_CSV, put
+
+
+def _repoint(api, key: str, datasource: str, **attributes):
+    document = resource("datasources", datasource, **attributes)
+    return api.patch(f"/datasources/{datasource}", key, document)
+
+
+def _files_datasource(api, org, name: str) -> str:
+    """One with its own place (``datasources/<id>``), made by the server, holding a file."""
+    created = api.post(
+        "/datasources", org.key, resource("datasources", name=name, database_type="files")
+    )
+    assert created.status_code == 201, created.text
+    datasource = created.json()["data"]["id"]
+    assert (
+        put(api, org.key, f"/datasources/{datasource}/files/t.csv", ORDERS_CSV).status_code == 201
+    )
+    return datasource
+
+
+def _refused_as_missing(api, key: str, datasource: str, database: str) -> None:
+    api.get("/api_key", key)  # a key's first use writes last_used_at: not part of the case
+    before = dump_tables(api.app)
+    refused = _repoint(api, key, datasource, database=database)
+    missing = _repoint(api, key, datasource, database="datasources/zzzz-zzzz-zzzz")
+    assert refused.status_code == missing.status_code == 422, refused.text
+    error, nowhere = refused.json()["errors"][0], missing.json()["errors"][0]
+    assert error["code"] == nowhere["code"] == "path_not_found"
+    assert error["detail"] == nowhere["detail"].replace("datasources/zzzz-zzzz-zzzz", database)
+    assert dump_tables(api.app) == before
+
+
+def test_a_restricted_key_reaches_no_data_of_a_datasource_beyond_its_scope(api):
+    org = api.create_org()
+    mine, theirs = _files_datasource(api, org, "mine"), _files_datasource(api, org, "theirs")
+    (api.area(org) / "their_folder").mkdir()
+    (api.area(org) / "their_folder" / "secret.csv").write_bytes(ORDERS_CSV)
+    assert _repoint(api, org.key, theirs, database="their_folder").status_code == 200
+    key = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=[mine])
+    for database in ("their_folder", f"datasources/{theirs}", "datasources"):
+        _refused_as_missing(api, key, mine, database)
+    listed = api.get(f"/datasources/{mine}/files", key).json()["data"]
+    assert [f["id"] for f in listed] == ["t.csv"]
+    # Within its scope, and for the organisation's own key, such places stay open.
+    both = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=[mine, theirs])
+    assert _repoint(api, both, mine, database="their_folder").status_code == 200
+    assert _repoint(api, org.key, mine, database=f"datasources/{theirs}").status_code == 200
+
+
+@pytest.mark.parametrize("database_type", ["duckdb", "sqlite"])
+def test_a_datasource_is_kept_out_of_anothers_database_file(api, database_type):
+    org = api.create_org()
+    created = api.post(
+        "/datasources", org.key, resource("datasources", name="db", database_type=database_type)
+    )
+    assert created.status_code == 201, created.text
+    theirs = created.json()["data"]["id"]
+    # Its own file, awaited until an upload makes it: refused whether it exists yet or not.
+    own_file = f"datasources/{theirs}.{database_type}"
+    mine = api.create_datasource(org.key, name="mine", database_type=database_type)["id"]
+    key = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=[mine])
+    _refused_as_missing_file(api, key, mine, own_file)
+    (api.area(org) / own_file).write_bytes(b"")
+    _refused_as_missing_file(api, key, mine, own_file)
+
+
+def _refused_as_missing_file(api, key: str, datasource: str, database: str) -> None:
+    refused = _repoint(api, key, datasource, database=database)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["code"] == "path_not_found"
