@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -244,7 +245,7 @@ class BoundedH11Protocol(H11Protocol):
 
 class RequestLimitsMiddleware:
     """Oversized request targets (414) and header blocks (431), NUL characters in the path or
-    query and encoded slashes in the path (400) end here: no database stores a NUL in text, so
+    query and other control characters or encoded slashes in the path (400) end here: no database stores a NUL in text, so
     one must never reach a lookup, and a slash is a separator only as itself. A
     target in absolute form (``GET http://host/path``), which RFC 9112 §3.2.2 says a server
     must accept, is routed by its path (uvicorn passes it whole)."""
@@ -260,6 +261,9 @@ class RequestLimitsMiddleware:
                 await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+_CONTROL_CHARACTER = re.compile("[\x01-\x1f\x7f]")
 
 
 def _origin_form(scope: Scope) -> Scope:
@@ -283,6 +287,13 @@ def _refusal(scope: Scope) -> AppError | None:
         )
     if "\x00" in scope["path"]:
         return BadRequest("The path holds a NUL character (%00).", code="nul_character")
+    if _CONTROL_CHARACTER.search(scope["path"]):
+        # Starlette's routes end in "$", which also matches before a final line feed: a path
+        # ending in %0A reached the route of the path without it, past a proxy's exact rules.
+        return BadRequest(
+            "The path holds a control character (%01 to %1F, %7F): no id or name holds one.",
+            code="control_character",
+        )
     if b"%2f" in (scope.get("raw_path") or b"").lower():
         # Decoded, it would separate segments the client sent as one: a proxy's rule for
         # /datasources/*/files would not see /datasources/x%2Ffiles, which routes there.
