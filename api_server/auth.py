@@ -10,7 +10,7 @@ from api_server.rate_limits import Policy
 from api_server.services import api_keys
 from shared.errors import TooManyRequests, Unauthorized
 from shared.settings import Settings
-from shared.web.credentials import authorization
+from shared.web.request_headers import authorization
 
 
 def unauthorized() -> Unauthorized:

@@ -33,6 +33,7 @@ from shared.errors import (
 from shared.input_models import coded_problem
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web.http_limits import read_body_within
+from shared.web.request_headers import sole_value
 
 JSON_MEDIA_TYPE = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
@@ -104,7 +105,7 @@ async def read_bounded_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -
 
 def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
     """Check the media type, then parse the body read by ``endpoint``; bad JSON is 400."""
-    ranges = _media_ranges(request.headers.get("content-type", ""))
+    ranges = _media_ranges(sole_value(request, "Content-Type") or "")
     media, params = ranges[0] if len(ranges) == 1 else ("", {})  # one media type, not a list
     if media != expected or (
         expected == JSONAPI_MEDIA_TYPE and set(params) - _ALLOWED_MEDIA_PARAMS

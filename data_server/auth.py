@@ -44,7 +44,7 @@ from shared.tokens import (
     scope_of_data_key,
     verify_data_token,
 )
-from shared.web.credentials import authorization
+from shared.web.request_headers import authorization
 
 logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 30.0

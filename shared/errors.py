@@ -78,10 +78,6 @@ class MethodNotAllowed(AppError):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
 
-class MethodNotImplemented(AppError):
-    status, code, title = 501, "method_not_implemented", "Method not implemented"
-
-
 class NotAcceptable(AppError):
     status, code, title = 406, "not_acceptable", "Not acceptable"
 

@@ -30,6 +30,7 @@ from api_server.services import datasource_files, uploads
 from api_server.services.uploads import Committed, Upload, UploadTarget
 from api_server.upload_body import declared_length, receive_into
 from shared import openapi as oa
+from shared.errors import BadRequest
 from shared.file_formats import (
     DATABASE_FILE_FORMATS,
     VIEW_FILE_SUFFIXES,
@@ -39,6 +40,7 @@ from shared.file_formats import (
 )
 from shared.storage_quota import StorageUsage
 from shared.web.http_limits import BODY_TIMEOUT_SECONDS
+from shared.web.request_headers import sole_value
 
 
 class DatasourceFileAttributes(Attributes):
@@ -118,8 +120,9 @@ NAME = oa.path_parameter(
     "name",
     "The file's name, percent-encoded: one path segment with a suffix the views read "
     f"({doc.codes(VIEW_FILE_SUFFIXES)}), at most {datasource_files.MAX_NAME_BYTES} bytes, not "
-    "starting with a dot or a space; the characters datasource paths allow.",
-    oa.string(minLength=1),
+    "starting with a dot or a space; the characters datasource paths allow (no slash and no "
+    "control character, encoded or not: 400 before any route).",
+    oa.string(minLength=1, pattern="^[^\\x00-\\x1f\\x7f/]+$"),
 )
 _QUOTA = (
     "The organisation's storage (files in its area plus stored results) is counted against "
@@ -356,7 +359,11 @@ def _prepare(request: Request, principal: Principal, name: str | None) -> Upload
     files datasource (``name``), or a database file (None)."""
     state = request.app.state
     datasource_id = request.path_params["id"]
-    content_type, length = request.headers.get("content-type"), declared_length(request)
+    if "content-range" in request.headers:
+        raise BadRequest(  # RFC 9110 §14.4: an origin server must refuse a partial PUT
+            "A PUT sends the whole file: Content-Range is not taken.", code="partial_put"
+        )
+    content_type, length = sole_value(request, "Content-Type"), declared_length(request)
     with state.sessions() as session:
         if name is None:
             return uploads.prepare_database_upload(

@@ -38,6 +38,7 @@ from shared.errors import InvalidQueryParameter, NotFound, Unprocessable
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.results import delete_stored_data
 from shared.runs import QueuedRun
+from shared.web.request_headers import sole_value
 from sql_templating.parameters import Filter, InputParameters
 
 # Cluvio: keys with Manage Dashboards or Manage Alerts may run SQL on (their) datasources.
@@ -259,7 +260,7 @@ OPERATIONS = Operations(
 
 
 def _idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
+    key = sole_value(request, "Idempotency-Key")
     if key is None:
         return None
     if not 1 <= len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():

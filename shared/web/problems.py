@@ -10,9 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.errors import AppError, MethodNotAllowed, MethodNotImplemented, NotFound
+from shared.errors import AppError, MethodNotAllowed, NotFound
 from shared.problems import JSONAPI_MEDIA_TYPE, error_document
-from shared.web.routing import KNOWN_METHODS
 
 
 def error_response(exc: AppError) -> Response:
@@ -34,10 +33,6 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(NotFound("No such route."))
-    if exc.status_code == 405 and request.method not in KNOWN_METHODS:
-        return error_response(
-            MethodNotImplemented(f"{request.method[:32]!r} is not a method this server knows.")
-        )
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         return error_response(

@@ -16,9 +16,6 @@ from shared.errors import MethodNotAllowed
 from shared.openapi import JSON_MEDIA_TYPE
 from shared.reference_page import render_html
 
-# The methods of RFC 9110 (and PATCH) that a route answers itself; any other is no method this
-# server knows (501, shared.web.problems).
-KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -38,8 +35,10 @@ def resource_route(path: str, **handlers: Handler) -> Route:
             )
         return await handler(request)
 
-    # The Route takes every method so that dispatch, not Starlette, answers 405 (with a stable Allow).
-    route = Route(path, dispatch, methods=list(KNOWN_METHODS), name=path)
+    # Every method, known or not (FOO, QUERY), reaches dispatch, so that its 405 names the
+    # methods the path takes: Starlette's own would list whatever the route was given.
+    route = Route(path, dispatch, name=path)
+    route.methods = None
     # A converter ("{name:path}": a name that may hold "/", so that the endpoint, not the router,
     # refuses it) is how the route matches, not part of its template: the audit log, metrics and
     # the OpenAPI document name "/files/{name}".

@@ -5,6 +5,8 @@ the health endpoints.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.support.datasources import new_datasource_document
@@ -88,6 +90,35 @@ def test_write_without_jsonapi_content_type_is_415(api, content_type):
     assert response.json()["errors"][0]["code"] == "unsupported_media_type"
 
 
+def test_one_value_headers_sent_twice_are_400_and_change_nothing(api):
+    """Content-Type and Idempotency-Key hold one value: which copy would a proxy have kept?"""
+    org = api.create_org()
+    before = dump_tables(api.app)
+    document = new_datasource_document(api, org)
+    typed = api.client.post(
+        "/datasources",
+        content=json.dumps(document),
+        headers=[
+            ("Authorization", f"Api {org.key}"),
+            ("Content-Type", "application/vnd.api+json"),
+            ("Content-Type", "text/plain"),
+        ],
+    )
+    assert typed.status_code == 400 and typed.json()["errors"][0]["code"] == "repeated_header"
+    keyed = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=json.dumps({"sql_query": "SELECT 1", "parameters": {}}),
+        headers=[
+            ("Authorization", f"Api {org.key}"),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "a"),
+            ("Idempotency-Key", "b"),
+        ],
+    )
+    assert keyed.status_code == 400 and keyed.json()["errors"][0]["code"] == "repeated_header"
+    assert dump_tables(api.app) == before
+
+
 def test_jsonapi_content_type_with_profile_is_accepted(api):
     org = api.create_org()
     content_type = 'application/vnd.api+json; profile="https://example.com/p"'
@@ -141,13 +172,17 @@ def test_unknown_route_and_wrong_method_get_the_error_shape(api):
     assert wrong.json()["errors"][0]["code"] == "method_not_allowed"
     plain = api.client.post("/healthz")  # a route of one method: Starlette's own 405
     assert plain.status_code == 405 and plain.headers["allow"] == "GET, HEAD"
-    # A method no server knows (RFC 9110 §15.6.2): 501, not a 405 whose Allow listed every
-    # method, several of them 405 themselves.
-    for path in ("/datasources", "/datasources/zzzz-zzzz-zzzz", "/healthz"):
-        unknown = api.client.request("FOO", path)
-        assert unknown.status_code == 501, path
-        assert unknown.json()["errors"][0]["code"] == "method_not_implemented"
-        assert "allow" not in unknown.headers
+    # Any other method (FOO, QUERY) names the methods the path takes: Starlette's own 405
+    # listed every method the route was given, several of them 405 themselves.
+    for path, allowed in (
+        ("/datasources", "GET, HEAD, POST"),
+        ("/datasources/zzzz-zzzz-zzzz", "DELETE, GET, HEAD, PATCH"),
+        ("/healthz", "GET, HEAD"),
+    ):
+        for method in ("FOO", "QUERY", "TRACE"):
+            unknown = api.client.request(method, path)
+            assert (unknown.status_code, unknown.headers["allow"]) == (405, allowed), path
+            assert unknown.json()["errors"][0]["code"] == "method_not_allowed"
     assert api.client.request("FOO", "/no/such/route").status_code == 404
 
 

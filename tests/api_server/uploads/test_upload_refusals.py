@@ -206,3 +206,24 @@ def test_over_the_per_file_limit_is_413_and_writes_nothing(api):
     assert snapshot(folder) == before
     at_limit = put(api, org.key, f"/datasources/{ds}/files/big.csv", body[:MIB])
     assert at_limit.status_code == 201, at_limit.text
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        # RFC 9110 §14.4: a partial PUT was stored as the whole file
+        ([("Content-Range", "bytes 0-7/1000")], "partial_put"),
+        # One copy or the other: a proxy in front may have kept the other one
+        ([("Content-Type", "application/vnd.apache.parquet")], "repeated_header"),
+    ],
+)
+def test_a_partial_or_doubly_typed_upload_is_400_and_stores_nothing(api, extra, code):
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    before = snapshot(folder)
+    headers = [("Authorization", f"Api {org.key}"), ("Content-Type", "text/csv"), *extra]
+    for path in (f"/datasources/{ds}/files/part.csv", f"/datasources/{ds}/database_file"):
+        answer = api.client.put(path, content=ORDERS_CSV[:8], headers=headers)
+        assert error_of(answer, 400)["code"] == code, path
+    assert snapshot(folder) == before

@@ -1,0 +1,34 @@
+"""Header fields that hold one value, read alike by both servers.
+
+RFC 9110 §5.3 lets a recipient combine repeated field lines into one comma-separated value, so
+a field that holds one value, sent twice, has no meaning: whichever copy a server read, a proxy
+in front may have kept another. Such a request is refused, never answered by one copy.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from shared.errors import BadRequest
+
+
+def authorization(request: Request) -> str | None:
+    """The ``Authorization`` header's value ("" when absent), or None when it is sent more than
+    once (the caller answers that as any bad credentials: 401); a proxy that kept another copy
+    than this server would have authenticated another caller."""
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        return None
+    return values[0] if values else ""
+
+
+def sole_value(request: Request, name: str) -> str | None:
+    """The value of a one-value header (``Content-Type``, ``Idempotency-Key``), None when
+    absent; 400 ``repeated_header`` when it is sent more than once."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(
+            f"The {name} header is sent {len(values)} times; it holds one value.",
+            code="repeated_header",
+        )
+    return values[0] if values else None
