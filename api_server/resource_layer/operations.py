@@ -27,6 +27,7 @@ from api_server.permissions import Permission, require
 from api_server.principals import Principal
 from api_server.resource_layer.documentation import id_parameter
 from api_server.resource_layer.resource_types import ResourceType
+from shared.errors import PreconditionFailed
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web import operations as web
 
@@ -68,6 +69,7 @@ class Operation(web.Operation):
             require_acceptable(request, self.produces)
             arguments = (await run_in_threadpool(_admit, request, self.permissions),)
             web.reject_undeclared_query(request, self.declared_query)
+            _refuse_entity_tag_conditions(request)
         if self.body is Body.BOUNDED:
             request.state.body = await read_bounded_body(request, self.max_body_bytes)
         return arguments
@@ -82,6 +84,7 @@ class Operation(web.Operation):
         if not self.public:
             statuses.update(dict.fromkeys(ADMISSION_ERRORS))
             statuses[400] = None  # an undeclared or repeated query parameter
+            statuses[412] = None  # If-Match naming an entity tag: no resource here has one
             if self.permissions:
                 statuses[403] = None
         if self.body is Body.BOUNDED:
@@ -111,6 +114,18 @@ class Operations(web.Operations[Operation]):
     ) -> None:
         super().__init__(tag, description, Operation, schemas)
         self.resource_types = tuple(resource_types)
+
+
+def _refuse_entity_tag_conditions(request: Request) -> None:
+    """The API's resources carry no ETag, so an If-Match naming entity tags names none of them:
+    the method must not run (RFC 9110 §13.1.1), whatever the client believed it was changing.
+    ``*`` (any current representation) is the operation's to decide: uploads do."""
+    if_match = request.headers.get("if-match")
+    if if_match is not None and if_match.strip() != "*":
+        raise PreconditionFailed(
+            "If-Match names an entity tag, and this API's resources carry none; send the "
+            "request without it (uploads take If-Match: * and If-None-Match: *)."
+        )
 
 
 def _admit(request: Request, permissions: Sequence[Permission]) -> Principal:

@@ -8,6 +8,7 @@ type and the declared length have all been accepted.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
@@ -366,12 +367,26 @@ def _prepare(request: Request, principal: Principal, name: str | None) -> Upload
     content_type, length = sole_value(request, "Content-Type"), declared_length(request)
     with state.sessions() as session:
         if name is None:
-            return uploads.prepare_database_upload(
+            target = uploads.prepare_database_upload(
                 session, principal, state.settings, datasource_id, content_type, length
             )
-        return uploads.prepare_file_upload(
-            session, principal, state.settings, datasource_id, name, content_type, length
-        )
+        else:
+            target = uploads.prepare_file_upload(
+                session, principal, state.settings, datasource_id, name, content_type, length
+            )
+    target = dataclasses.replace(target, must_exist=_existence_condition(request))
+    target.check_condition((target.folder / target.name).exists())  # early; the commit decides
+    return target
+
+
+def _existence_condition(request: Request) -> bool | None:
+    """An upload's ``If-Match: *`` (replace only) or ``If-None-Match: *`` (create only): the
+    conditions a file without an ETag can answer (If-Match naming a tag: 412 at admission)."""
+    if request.headers.get("if-match", "").strip() == "*":
+        return True
+    if request.headers.get("if-none-match", "").strip() == "*":
+        return False
+    return None
 
 
 async def _receive(

@@ -39,7 +39,12 @@ from api_server.services.datasource_files import (
     scan,
 )
 from shared.db.models import Datasource
-from shared.errors import PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from shared.errors import (
+    PayloadTooLarge,
+    PreconditionFailed,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from shared.file_formats import DATABASE_FILE_FORMATS, FileKind, accepted_media_types
 from shared.settings import Settings
 from shared.storage_quota import MIB, StorageUsage, storage_usage
@@ -67,6 +72,17 @@ class UploadTarget:
     quota_limit: int  # what the quota leaves for this file (a replaced file's bytes included)
     usage: StorageUsage
     views: bool  # a files datasource's folder: one file per view name
+    # If-Match: * (True: replace only) or If-None-Match: * (False: create only); None: either.
+    must_exist: bool | None = None
+
+    def check_condition(self, exists: bool) -> None:
+        """412 when the request's condition on the file's existence does not hold."""
+        if self.must_exist is not None and exists != self.must_exist:
+            held = "does not exist" if self.must_exist else "exists"
+            raise PreconditionFailed(
+                f"{self.name} {held}: the request's "
+                f"{'If-Match' if self.must_exist else 'If-None-Match'}: * does not hold."
+            )
 
     @property
     def max_bytes(self) -> int:
@@ -288,6 +304,7 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
         with sessions() as session:
             usage = storage_usage(session, settings, target.organization_id)
         replaced = _existing_size(target.folder, target.name)
+        target.check_condition(replaced is not None)  # decided here, under the lock
         # The usage counts this upload's temporary file already, and the file it replaces.
         if usage.used_bytes - (replaced or 0) > usage.quota_bytes:
             raise replace(usage, files_bytes=usage.files_bytes - upload.size).refusal(upload.size)

@@ -119,6 +119,25 @@ def test_one_value_headers_sent_twice_are_400_and_change_nothing(api):
     assert dump_tables(api.app) == before
 
 
+def test_if_match_naming_an_entity_tag_is_412_and_changes_nothing(api):
+    """The API's resources carry no ETag, so no tag matches: the PATCH must not run."""
+    org = api.create_org()
+    created = api.create_datasource(org.key)
+    api.get("/api_key", org.key)
+    before = dump_tables(api.app)
+    answer = api.client.patch(
+        f"/datasources/{created['id']}",
+        content=json.dumps(resource("datasources", created["id"], name="renamed")),
+        headers={
+            "Authorization": f"Api {org.key}",
+            "Content-Type": "application/vnd.api+json",
+            "If-Match": '"stale"',
+        },
+    )
+    assert answer.status_code == 412 and answer.json()["errors"][0]["code"] == "precondition_failed"
+    assert dump_tables(api.app) == before
+
+
 def test_jsonapi_content_type_with_profile_is_accepted(api):
     org = api.create_org()
     content_type = 'application/vnd.api+json; profile="https://example.com/p"'

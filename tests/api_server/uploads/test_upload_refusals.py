@@ -227,3 +227,26 @@ def test_a_partial_or_doubly_typed_upload_is_400_and_stores_nothing(api, extra, 
         answer = api.client.put(path, content=ORDERS_CSV[:8], headers=headers)
         assert error_of(answer, 400)["code"] == code, path
     assert snapshot(folder) == before
+
+
+@SQLITE_ONLY
+def test_uploads_honour_create_only_and_replace_only_conditions(api):
+    """If-None-Match: * creates only, If-Match: * replaces only (RFC 9110 §13.1.1-2): a client
+    that asked not to overwrite a file had it overwritten."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    url = f"/datasources/{ds}/files/orders.csv"
+    other = ORDERS_CSV.replace(b"\n", b"\r\n")
+
+    def upload(path: str, condition: dict[str, str]):
+        headers = {"Authorization": f"Api {org.key}", "Content-Type": "text/csv", **condition}
+        return api.client.put(path, content=other, headers=headers)
+
+    for condition in ({"If-None-Match": "*"}, {"If-Match": '"v1"'}):
+        assert error_of(upload(url, condition), 412)["code"] == "precondition_failed"
+    assert (folder / "orders.csv").read_bytes() == ORDERS_CSV
+    assert error_of(upload(f"/datasources/{ds}/files/new.csv", {"If-Match": "*"}), 412)
+    assert not (folder / "new.csv").exists()
+    assert upload(f"/datasources/{ds}/files/new.csv", {"If-None-Match": "*"}).status_code == 201
+    assert upload(url, {"If-Match": "*"}).status_code == 200
+    assert (folder / "orders.csv").read_bytes() == other
