@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -40,17 +41,23 @@ class RunRequest:
     inputs: InputParameters
     # False for a report's run: its dashboard's filters apply to the reports whose SQL uses them.
     every_filter_used: bool = True
+    # A report's run: what its request held. Its SQL and merged parameters come from the report
+    # and its dashboard as they are now, which an edit changes under a retry of the same request.
+    as_sent: Mapping[str, Any] | None = None
 
     def fingerprint(self, datasource_id: str, report_id: str | None = None) -> str:
-        """A report's run also names the report (and only then, so that the fingerprints of
-        plain runs stay what they were)."""
-        request: dict[str, Any] = {
-            "datasource": datasource_id,
-            "sql_query": self.sql_query,
-            "parameters": self.parameters,
-        }
-        if report_id is not None:
-            request["report"] = report_id
+        """What the Idempotency-Key binds: a plain run's datasource, SQL and parameters; a
+        report's run's report and request as sent (so a retry after the report was edited is
+        the same request)."""
+        request: dict[str, Any]
+        if report_id is not None and self.as_sent is not None:
+            request = {"report": report_id, "sent": dict(self.as_sent)}
+        else:
+            request = {
+                "datasource": datasource_id,
+                "sql_query": self.sql_query,
+                "parameters": self.parameters,
+            }
         canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()
 

@@ -282,7 +282,10 @@ def run_report(
     defaults = dashboard.default_parameters if dashboard is not None else {}
     parameters = merged_parameters(defaults or {}, given.parameters)
     reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
-    return _run(session, principal, report, parameters, idempotency_key, settings, reuse_since)
+    as_sent = {"parameters": given.parameters, "refresh": given.refresh}
+    return _run(
+        session, principal, report, parameters, idempotency_key, settings, reuse_since, as_sent
+    )
 
 
 def run_dashboard(
@@ -334,9 +337,10 @@ def _run(
     idempotency_key: str | None,
     settings: Settings,
     reuse_since: datetime | None,
+    as_sent: Mapping[str, Any] | None = None,
 ) -> QueuedRun:
     inputs = parse_input_parameters(parameters)
-    run = RunRequest(report.sql_query, parameters, inputs, every_filter_used=False)
+    run = RunRequest(report.sql_query, parameters, inputs, every_filter_used=False, as_sent=as_sent)
     datasource_id = report.datasource_id
     with _blaming(report):
         return queue_run(

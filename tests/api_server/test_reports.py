@@ -454,6 +454,14 @@ def test_running_a_report_honours_idempotency_keys_and_wait_as_run_execution(api
     again = _post_json(api, viewer, f"{path}?wait=0", body, {"Idempotency-Key": "k"})
     assert first.status_code == again.status_code == 200, first.text
     assert first.json()["data"]["id"] == again.json()["data"]["id"]
+    # The report edited meanwhile: the retry is the same request, answered as the first was.
+    edited = api.patch(
+        f"/reports/{report}", org.key, resource("reports", report, sql_query="SELECT 2 WHERE {a=a}")
+    )
+    assert edited.status_code == 200, edited.text
+    retried = _post_json(api, viewer, path, body, {"Idempotency-Key": "k"})
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["data"]["id"] == first.json()["data"]["id"]
     body["parameters"]["filters"][0]["selected_values"] = [2]
     reused = _post_json(api, viewer, path, body, {"Idempotency-Key": "k"})
     assert reused.status_code == 422
