@@ -46,7 +46,7 @@ from api_server.services import reports
 from api_server.services.executions import RQuery, SqlQuery
 from shared import openapi as oa
 from shared.db.models import Report
-from shared.errors import Unprocessable
+from shared.errors import BadRequest, Unprocessable
 from shared.input_models import problem
 from shared.runs import QueuedRun
 from sql_templating.parameters import Filter as ParameterFilter
@@ -497,7 +497,9 @@ async def run_report(request: Request, principal: Principal) -> Response:
         )
     },
     errors={
-        400: "A query parameter was sent, or the body is not JSON (`malformed_json`).",
+        400: "A query parameter was sent, the body is not JSON (`malformed_json`), or an "
+        "`Idempotency-Key` was sent (`idempotency_key_not_supported`: a dashboard's run is "
+        "several executions; run its reports one by one to make each retry safe).",
         404: None,
         409: "A report's datasource is disabled (`datasource_disabled`), or the dashboard needs "
         "more new executions at once than the organisation may ever run together "
@@ -509,6 +511,12 @@ async def run_report(request: Request, principal: Principal) -> Response:
 )
 def run_dashboard(request: Request, principal: Principal) -> Response:
     jsonapi.parse_collection_query(request, collection=False)
+    if "idempotency-key" in request.headers:  # refused, not ignored: a retry would run again
+        raise BadRequest(
+            "A dashboard's run is several executions and takes no Idempotency-Key; run its "
+            "reports one by one (POST /reports/{id}/executions) to make each retry safe.",
+            code="idempotency_key_not_supported",
+        )
     given = reports.parse_run_body(jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE))
     state = request.app.state
     with state.sessions.begin() as session:

@@ -490,6 +490,13 @@ def test_running_a_dashboard_runs_each_of_its_reports_once(api):
     assert all(e.parameters == {"aggregation": "week"} for e in executions)
     empty = _post_json(api, org.key, f"/dashboards/{_dashboard(api, org)}/executions", {})
     assert empty.status_code == 200 and empty.json() == {"data": [], "meta": {"total": 0}}
+    # An Idempotency-Key is refused, not ignored: two such requests ran twice.
+    keyed = _post_json(
+        api, org.key, f"/dashboards/{dashboard}/executions", {}, {"Idempotency-Key": "k"}
+    )
+    assert keyed.status_code == 400
+    assert keyed.json()["errors"][0]["code"] == "idempotency_key_not_supported"
+    assert len(_executions(api)) == 3
 
 
 def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable_429(api):
