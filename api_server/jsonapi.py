@@ -33,7 +33,7 @@ from shared.errors import (
 from shared.input_models import coded_problem
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web.http_limits import read_body_within
-from shared.web.request_headers import sole_value
+from shared.web.request_headers import refuse_content_coding, sole_value
 
 JSON_MEDIA_TYPE = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
@@ -97,6 +97,7 @@ def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> 
 
 
 async def read_bounded_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    refuse_content_coding(request)
     return await read_body_within(request, max_bytes)
 
 

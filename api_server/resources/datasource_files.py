@@ -41,7 +41,7 @@ from shared.file_formats import (
 )
 from shared.storage_quota import StorageUsage
 from shared.web.http_limits import BODY_TIMEOUT_SECONDS
-from shared.web.request_headers import sole_value
+from shared.web.request_headers import refuse_content_coding, sole_value
 
 
 class DatasourceFileAttributes(Attributes):
@@ -364,6 +364,7 @@ def _prepare(request: Request, principal: Principal, name: str | None) -> Upload
         raise BadRequest(  # RFC 9110 §14.4: an origin server must refuse a partial PUT
             "A PUT sends the whole file: Content-Range is not taken.", code="partial_put"
         )
+    refuse_content_coding(request)
     content_type, length = sole_value(request, "Content-Type"), declared_length(request)
     with state.sessions() as session:
         if name is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from shared.errors import BadRequest
+from shared.errors import BadRequest, UnsupportedMediaType
 
 
 def authorization(request: Request) -> str | None:
@@ -32,3 +32,14 @@ def sole_value(request: Request, name: str) -> str | None:
             code="repeated_header",
         )
     return values[0] if values else None
+
+
+def refuse_content_coding(request: Request) -> None:
+    """A request body is read as sent: one in a content coding (gzip, …) would be checked as
+    if it were not, and refused for its bytes with a misleading reason. RFC 9110 §8.4 lets a
+    server answer such a body 415."""
+    coding = sole_value(request, "Content-Encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Request bodies are read without a content coding; send it uncoded, not as {coding[:40]!r}."
+        )

@@ -5,6 +5,7 @@ the health endpoints.
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -117,6 +118,23 @@ def test_one_value_headers_sent_twice_are_400_and_change_nothing(api):
     )
     assert keyed.status_code == 400 and keyed.json()["errors"][0]["code"] == "repeated_header"
     assert dump_tables(api.app) == before
+
+
+def test_a_content_coded_body_is_415_and_an_identity_one_is_read(api):
+    org = api.create_org()
+    document = json.dumps(new_datasource_document(api, org)).encode()
+    headers = {"Authorization": f"Api {org.key}", "Content-Type": "application/vnd.api+json"}
+    coded = api.client.post(
+        "/datasources",
+        content=gzip.compress(document),
+        headers={**headers, "Content-Encoding": "gzip"},
+    )
+    assert coded.status_code == 415, coded.text
+    assert coded.json()["errors"][0]["code"] == "unsupported_media_type"
+    plain = api.client.post(
+        "/datasources", content=document, headers={**headers, "Content-Encoding": "identity"}
+    )
+    assert plain.status_code == 201, plain.text
 
 
 def test_if_match_naming_an_entity_tag_is_412_and_changes_nothing(api):
