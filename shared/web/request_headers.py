@@ -1,4 +1,5 @@
-"""Header fields that hold one value, read alike by both servers.
+"""Request header fields both servers read alike: the ones that hold one value, and the
+content coding of a body.
 
 RFC 9110 §5.3 lets a recipient combine repeated field lines into one comma-separated value, so
 a field that holds one value, sent twice, has no meaning: whichever copy a server read, a proxy
@@ -41,5 +42,6 @@ def refuse_content_coding(request: Request) -> None:
     coding = sole_value(request, "Content-Encoding")
     if coding is not None and coding.strip().lower() not in ("", "identity"):
         raise UnsupportedMediaType(
-            f"Request bodies are read without a content coding; send it uncoded, not as {coding[:40]!r}."
+            "Request bodies are read without a content coding; send it uncoded, not as "
+            f"{coding[:40]!r}."
         )
