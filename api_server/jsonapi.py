@@ -343,23 +343,12 @@ def parse_collection_query(
     fields_by_type: Mapping[str, Iterable[str]] | None = None,
     includable: Sequence[str] = (),
     collection: bool = True,
-    read_by_endpoint: Iterable[str] = (),
 ) -> CollectionQuery:
-    """Parse and check every query parameter; anything unknown is a 400 naming it.
-
-    ``read_by_endpoint`` names the parameters the endpoint parses itself (``wait``), which are
-    therefore known here, so that an unknown one next to them is the one blamed.
-    """
+    """Parse and check the JSON:API query parameters' values. Admission has already refused a
+    name the operation does not declare, or one given twice (``reject_undeclared_query``)."""
     query = CollectionQuery()
     fields_by_type = fields_by_type or {}
-    own = set(read_by_endpoint)
-    seen: set[str] = set()
     for name, value in request.query_params.multi_items():
-        if name in seen:
-            raise InvalidQueryParameter(f"'{name}' is given more than once.", parameter=name)
-        seen.add(name)
-        if name in own:
-            continue
         match = _FAMILY.match(name)
         family, member = (match.group(1), match.group(2)) if match else (name, "")
         if family == "page" and collection and member in ("number", "size"):

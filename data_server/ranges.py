@@ -101,12 +101,9 @@ def object_response(
     media_type: str,
     headers: dict[str, str],
 ) -> Response:
-    """A 200, 206, 304 or 416 for ``source``, which the response closes."""
+    """A 200, 206 or 416 for ``source``, which the response closes. The caller evaluates the
+    preconditions (``preconditions``) first, before anything is opened or encoded."""
     size = source.size()
-    not_modified = preconditions(request, etag, headers)
-    if not_modified is not None:
-        source.close()
-        return not_modified
     headers = {**headers, "ETag": etag, "Accept-Ranges": "bytes"}
     spans = None
     if_range = request.headers.get("if-range")

@@ -104,11 +104,10 @@ def negotiate_coding(accept_encoding: str | None, fmt: ResultFormat) -> ContentC
         implicit = _IMPLICIT_IDENTITY_WEIGHT if coding is ContentCoding.IDENTITY else 0.0
         return weights.get(coding.value, weights.get("*", implicit))
 
-    best = max(ContentCoding, key=lambda coding: (weight_of(coding), -_TIE_ORDER.index(coding)))
+    best = max(ContentCoding, key=weight_of)  # of equals, max keeps the first: the tie order
     return best if weight_of(best) > 0 else ContentCoding.IDENTITY
 
 
-_TIE_ORDER = list(ContentCoding)
 # Below any weight a client may write (the smallest is 0.001) but above zero.
 _IMPLICIT_IDENTITY_WEIGHT = 0.0005
 

@@ -282,7 +282,6 @@ def _restorable(document: dict[str, Any]) -> bytes:
     },
 )
 def backup_dashboard(request: Request, principal: Principal) -> Response:
-    jsonapi.parse_collection_query(request, collection=False)
     with request.app.state.sessions() as session:
         rows = dashboard_backups.collect_backup(session, principal, request.path_params["id"])
         document = backup_document(rows)

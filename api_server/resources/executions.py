@@ -378,7 +378,6 @@ async def answer_run(
     ends or N seconds pass; a completed one carries its data grant in ``meta``, so that run and
     fetch are two requests. ``tells_reuse``: the execution's ``meta.reused`` is in the answer
     (a report's run; Run Execution's answer stays Cluvio's)."""
-    jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
     wait = _wait_seconds(request)  # checked before anything is queued
     queued = await run_in_threadpool(_queue, request, parse, queue)
     reused = queued.reused if tells_reuse else None
@@ -443,7 +442,6 @@ def _ended(execution: Execution) -> bool:
 async def show_execution(request: Request, principal: Principal) -> Response:
     """With ``?wait=N`` the answer waits, holding no thread, until the execution ends or N
     seconds pass."""
-    jsonapi.parse_collection_query(request, collection=False, read_by_endpoint=("wait",))
     wait = _wait_seconds(request)
     execution = await _until_ended(request, principal, request.path_params["id"], wait)
     return _document(execution, principal)

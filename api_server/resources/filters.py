@@ -573,10 +573,7 @@ class _OptionsQuery:
 
 
 def _options_query(request: Request) -> _OptionsQuery:
-    jsonapi.parse_collection_query(
-        request, collection=False, read_by_endpoint=(_PAGE_NUMBER, _PAGE_SIZE, _SEARCH, _PARAMETERS)
-    )
-    given = request.query_params
+    given = request.query_params  # admission let through only the declared names, each once
     search = given.get(_SEARCH)
     if search is not None and len(search) > MAX_SEARCH_LENGTH:
         raise InvalidQueryParameter(

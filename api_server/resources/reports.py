@@ -510,7 +510,6 @@ async def run_report(request: Request, principal: Principal) -> Response:
     },
 )
 def run_dashboard(request: Request, principal: Principal) -> Response:
-    jsonapi.parse_collection_query(request, collection=False)
     if "idempotency-key" in request.headers:  # refused, not ignored: a retry would run again
         raise BadRequest(
             "A dashboard's run is several executions and takes no Idempotency-Key; run its "

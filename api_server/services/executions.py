@@ -41,23 +41,22 @@ class RunRequest:
     inputs: InputParameters
     # False for a report's run: its dashboard's filters apply to the reports whose SQL uses them.
     every_filter_used: bool = True
-    # A report's run: what its request held. Its SQL and merged parameters come from the report
-    # and its dashboard as they are now, which an edit changes under a retry of the same request.
+    # A report's run: its report and what its request held. Its SQL and merged parameters come
+    # from the report and its dashboard as they are now, which an edit changes under a retry.
     as_sent: Mapping[str, Any] | None = None
 
-    def fingerprint(self, datasource_id: str, report_id: str | None = None) -> str:
-        """What the Idempotency-Key binds: a plain run's datasource, SQL and parameters; a
-        report's run's report and request as sent (so a retry after the report was edited is
-        the same request)."""
-        request: dict[str, Any]
-        if report_id is not None and self.as_sent is not None:
-            request = {"report": report_id, "sent": dict(self.as_sent)}
-        else:
-            request = {
+    def fingerprint(self, datasource_id: str) -> str:
+        """What the Idempotency-Key binds: a report's run as sent, else the run's datasource,
+        SQL and parameters."""
+        request = (
+            dict(self.as_sent)
+            if self.as_sent is not None
+            else {
                 "datasource": datasource_id,
                 "sql_query": self.sql_query,
                 "parameters": self.parameters,
             }
+        )
         canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()
 
@@ -157,7 +156,7 @@ def queue_run(
     request reused an execution recorded nothing, so a retry decides again (reuse, or create
     the one execution the key then names)."""
     datasource = get_datasource(session, principal, datasource_id)
-    fingerprint = request.fingerprint(datasource_id, report.id if report else None)
+    fingerprint = request.fingerprint(datasource_id)
     if idempotency_key is not None:
         existing = _find_idempotent(session, principal, idempotency_key)
         if existing is not None:

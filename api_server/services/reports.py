@@ -282,7 +282,7 @@ def run_report(
     defaults = dashboard.default_parameters if dashboard is not None else {}
     parameters = merged_parameters(defaults or {}, given.parameters)
     reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
-    as_sent = {"parameters": given.parameters, "refresh": given.refresh}
+    as_sent = {"report": report.id, "parameters": given.parameters, "refresh": given.refresh}
     return _run(
         session, principal, report, parameters, idempotency_key, settings, reuse_since, as_sent
     )

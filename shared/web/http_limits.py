@@ -245,10 +245,10 @@ class BoundedH11Protocol(H11Protocol):
 
 class RequestLimitsMiddleware:
     """Oversized request targets (414) and header blocks (431), NUL characters in the path or
-    query and other control characters or encoded slashes in the path (400) end here: no database stores a NUL in text, so
-    one must never reach a lookup, and a slash is a separator only as itself. A
-    target in absolute form (``GET http://host/path``), which RFC 9112 §3.2.2 says a server
-    must accept, is routed by its path (uvicorn passes it whole)."""
+    query, and other control characters or encoded slashes in the path (400) end here: no
+    database stores a NUL in text, so one must never reach a lookup, and a path is routed as
+    the client's proxy reads it. A target in absolute form (``GET http://host/path``), which
+    RFC 9112 §3.2.2 says a server must accept, is routed by its path (uvicorn passes it whole)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
