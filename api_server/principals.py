@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from api_server.permissions import Permission
 from api_server.rate_limits import Policy
+from shared.errors import Forbidden
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,13 @@ class Principal:
 
     def reaches_datasource(self, datasource_id: str) -> bool:
         return self.datasource_ids is None or datasource_id in self.datasource_ids
+
+    def require_every_datasource(self, refused: str) -> None:
+        """403 for a key restricted to listed datasources: what is organisation-wide (a SQL
+        snippet, a filter on no datasource, the audit log, a new datasource) serves datasources
+        beyond its scope too. ``refused``: what it may not do, as "change SQL snippets"."""
+        if self.datasource_ids is not None:
+            raise Forbidden(
+                f"A key restricted to listed datasources cannot {refused}.",
+                code="datasource_scope_restricted",
+            )

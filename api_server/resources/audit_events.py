@@ -31,7 +31,7 @@ from api_server.resource_layer.responses import page
 from api_server.services.listing import list_page
 from shared import openapi as oa
 from shared.db.models import AuditEvent
-from shared.errors import Forbidden, InvalidQueryParameter
+from shared.errors import InvalidQueryParameter
 
 
 def _moment(name: str, value: str) -> datetime:
@@ -123,11 +123,7 @@ OPERATIONS = Operations(
     },
 )
 def list_audit_events(request: Request, principal: Principal) -> Response:
-    if principal.datasource_ids is not None:
-        raise Forbidden(
-            "A key restricted to listed datasources cannot read the organisation's audit log.",
-            code="datasource_scope_restricted",
-        )
+    principal.require_every_datasource("read the organisation's audit log")
     query = AUDIT_EVENTS.query(request, collection=True)
     where = AuditEvent.organization_id == principal.organization_id
     if "since" in query.filters:

@@ -339,6 +339,11 @@ _INVALID = (
     "missing for SQL options (`missing_relationship`) or names no datasource the key reaches "
     "(`datasource_not_found`); static SQL that does not expand (a snippet problem)."
 )
+_REFUSED = (
+    "The key lacks the permission, or is restricted to listed datasources and the filter is, or "
+    "would be, on no datasource (`datasource_scope_restricted`): such a filter serves every "
+    "datasource's runs."
+)
 _CONFLICT = (
     "The organisation has a filter for this `variable_name` (`duplicate_variable_name`); a "
     "static SQL's datasource is disabled (`datasource_disabled`); or "
@@ -431,7 +436,7 @@ def list_filters(request: Request, principal: Principal) -> Response:
     },
     errors={
         400: doc.BAD_DOCUMENT,
-        403: f"The key lacks the permission. {doc.NO_CLIENT_IDS}",
+        403: f"{_REFUSED} {doc.NO_CLIENT_IDS}",
         409: f"{_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
         **_CAPACITY,
@@ -485,6 +490,7 @@ def show_filter(request: Request, principal: Principal) -> Response:
     responses={"200": doc.jsonapi_response("The filter as it is now.", "FilterDefinitionDocument")},
     errors={
         400: doc.BAD_DOCUMENT,
+        403: _REFUSED,
         404: None,
         409: f"{_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
@@ -514,7 +520,7 @@ def update_filter(request: Request, principal: Principal) -> Response:
     audit="filter.delete",
     subject=FILTERS,
     responses=doc.DELETED,
-    errors={404: None},
+    errors={403: _REFUSED, 404: None},
 )
 def delete_filter(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:

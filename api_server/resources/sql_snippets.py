@@ -91,6 +91,11 @@ OPERATIONS = Operations(
 )
 VIEW, MANAGE = (Permission.VIEW_DASHBOARDS,), (Permission.MANAGE_DASHBOARDS,)
 _INVALID = "An attribute is unknown, read-only or invalid (e.g. a reserved `CLUVIO_` name)."
+_REFUSED = (
+    "The key lacks the permission, or is restricted to listed datasources "
+    "(`datasource_scope_restricted`): snippets serve every datasource's SQL, so such a key "
+    "reads them but does not write them."
+)
 _TAKEN = f"The name is taken (`sql_snippet_name_taken`); or {doc.WRONG_TYPE_OR_ID}"
 
 
@@ -124,7 +129,7 @@ def list_sql_snippets(request: Request, principal: Principal) -> Response:
     responses={"201": doc.jsonapi_response("Created.", "SqlSnippetDocument", doc.CREATED_HEADERS)},
     errors={
         400: doc.BAD_DOCUMENT,
-        403: f"The key lacks the permission. {doc.NO_CLIENT_IDS}",
+        403: f"{_REFUSED} {doc.NO_CLIENT_IDS}",
         409: _TAKEN,
         422: _INVALID,
     },
@@ -167,7 +172,7 @@ def show_sql_snippet(request: Request, principal: Principal) -> Response:
     body=Body.BOUNDED,
     request_body=doc.request_body("SqlSnippetUpdateDocument", "The attributes to change."),
     responses={"200": doc.jsonapi_response("The snippet as it is now.", "SqlSnippetDocument")},
-    errors={400: doc.BAD_DOCUMENT, 404: None, 409: _TAKEN, 422: _INVALID},
+    errors={400: doc.BAD_DOCUMENT, 403: _REFUSED, 404: None, 409: _TAKEN, 422: _INVALID},
 )
 def update_sql_snippet(request: Request, principal: Principal) -> Response:
     snippet_id = request.path_params["id"]
@@ -187,7 +192,7 @@ def update_sql_snippet(request: Request, principal: Principal) -> Response:
     audit="sql_snippet.delete",
     subject=SQL_SNIPPETS,
     responses=doc.DELETED,
-    errors={404: None},
+    errors={403: _REFUSED, 404: None},
 )
 def delete_sql_snippet(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, delete, select
 from sqlalchemy.orm import Session, aliased
 
 from api_server.principals import Principal
@@ -88,15 +88,23 @@ def visible_dashboards(principal: Principal) -> ColumnElement[bool]:
     """The organisation's dashboards whose every report is within the key's datasource scope."""
     where = Dashboard.organization_id == principal.organization_id
     if principal.datasource_ids is not None:
-        # An alias of its own: a query that selects reports (``reports_by_ids``) would otherwise
-        # correlate this subquery's reports with its own, leaving it no FROM.
-        other = aliased(Report)
-        out_of_scope = select(other.id).where(
-            other.dashboard_id == Dashboard.id,
-            other.datasource_id.not_in(principal.datasource_ids),
-        )
-        where = where & ~out_of_scope.exists()
+        where = where & ~reports_beyond_scope_on(principal.datasource_ids, Dashboard.id)
     return where
+
+
+def reports_beyond_scope_on(
+    datasource_ids: frozenset[str], dashboard_id: SQLColumnExpression[str | None]
+) -> ColumnElement[bool]:
+    """Whether the dashboard ``dashboard_id`` holds a report on a datasource not in
+    ``datasource_ids``: such a dashboard, and every report on it, is hidden from the key.
+    An alias of its own: a query that selects reports (``reports_by_ids``, the reports' own
+    scope) would otherwise correlate this subquery's reports with its own, leaving it no FROM."""
+    other = aliased(Report)
+    return (
+        select(other.id)
+        .where(other.dashboard_id == dashboard_id, other.datasource_id.not_in(datasource_ids))
+        .exists()
+    )
 
 
 def _dashboard_views(

@@ -26,7 +26,7 @@ from shared.datapaths import (
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Filter, Report
 from shared.egress import check_destination
-from shared.errors import AppError, Conflict, Forbidden, NotFound
+from shared.errors import AppError, Conflict, NotFound
 from shared.ids import new_resource_id
 from shared.lifecycle import delete_executions
 from shared.organization_rows import lock_organization
@@ -105,11 +105,7 @@ def create_datasource(
     server_secrets: ServerSecrets,
 ) -> Datasource:
     """``attributes``: every writable attribute, validated, defaults filled in."""
-    if principal.datasource_ids is not None:
-        raise Forbidden(
-            "A key restricted to listed datasources cannot create datasources.",
-            code="datasource_scope_restricted",
-        )
+    principal.require_every_datasource("create datasources")
     _check_datasource_limit(session, principal.organization_id, settings.max_datasources)
     password, database_type = attributes.get("password"), attributes["database_type"]
     values = {

@@ -153,6 +153,7 @@ def create_filter(
     named; ``related``: the datasource's id (or None), if sent."""
     write_lock_on_sqlite(session)
     datasource_id = _reachable_datasource(session, principal, related.get("datasource"))
+    _refuse_organization_wide(principal, datasource_id)
     state = _settled(dict(values), sent, was_static=False)
     check_filter(state, sent, has_datasource=datasource_id is not None)
     row = Filter(organization_id=principal.organization_id, datasource_id=datasource_id, **state)
@@ -175,8 +176,10 @@ def update_filter(
     write_lock_on_sqlite(session)
     row = get_filter(session, principal, filter_id, for_update=True)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
+    _refuse_organization_wide(principal, row.datasource_id)
     if "datasource" in related:
         row.datasource_id = _reachable_datasource(session, principal, related["datasource"])
+        _refuse_organization_wide(principal, row.datasource_id)
     current = {name: getattr(row, name) for name in _WRITABLE}
     state = _settled({**current, **changes}, changes.keys(), was_static=was_static)
     check_filter(state, changes.keys(), has_datasource=row.datasource_id is not None)
@@ -193,7 +196,9 @@ def update_filter(
 def delete_filter(session: Session, principal: Principal, filter_id: str) -> None:
     """Executions of its options SQL stay (they are the organisation's, not the filter's)."""
     write_lock_on_sqlite(session)
-    session.delete(get_filter(session, principal, filter_id, for_update=True))
+    row = get_filter(session, principal, filter_id, for_update=True)
+    _refuse_organization_wide(principal, row.datasource_id)
+    session.delete(row)
     session.flush()
 
 
@@ -257,6 +262,15 @@ def _reachable_datasource(
             pointer=DATASOURCE_POINTER,
             code="datasource_not_found",
         ) from None
+
+
+def _refuse_organization_wide(principal: Principal, datasource_id: str | None) -> None:
+    """A filter on no datasource applies to every datasource's runs: a key restricted to some
+    reads it but may not create, change or delete it."""
+    if datasource_id is None:
+        principal.require_every_datasource(
+            "create, change or delete a filter on no datasource, which every datasource's runs use"
+        )
 
 
 def _duplicate(variable_name: str) -> Conflict:

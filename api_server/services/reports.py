@@ -22,7 +22,11 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
-from api_server.services.dashboards import ensure_unlocked, find_dashboard
+from api_server.services.dashboards import (
+    ensure_unlocked,
+    find_dashboard,
+    reports_beyond_scope_on,
+)
 from api_server.services.datasources import get_datasource, within_scope
 from api_server.services.executions import RunRequest, queue_run
 from api_server.services.filters import used_filter_ids
@@ -47,8 +51,12 @@ _FILTERED_COLUMNS = {"datasource": Report.datasource_id, "dashboard": Report.das
 
 
 def _visible(principal: Principal) -> ColumnElement[bool]:
-    """The reports the key reaches: its organisation's, on its datasources."""
-    return within_scope(principal, Report.organization_id, Report.datasource_id)
+    """The reports the key reaches: its organisation's, on its datasources, and on no dashboard
+    hidden from it (whose id, lock and default parameter values the report would reveal)."""
+    where = within_scope(principal, Report.organization_id, Report.datasource_id)
+    if principal.datasource_ids is not None:
+        where = where & ~reports_beyond_scope_on(principal.datasource_ids, Report.dashboard_id)
+    return where
 
 
 # ---------------------------------------------------------------------------- CRUD

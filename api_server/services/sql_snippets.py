@@ -55,7 +55,15 @@ def get_snippet(session: Session, principal: Principal, snippet_id: str) -> SqlS
     return snippet
 
 
+# Snippets are the organisation's, for every datasource's SQL: a key restricted to some
+# datasources reads them, but changing one would change what runs on the others.
+_REFUSED_TO_RESTRICTED_KEYS = (
+    "create, change or delete SQL snippets, which every datasource's SQL may use"
+)
+
+
 def create_snippet(session: Session, principal: Principal, values: dict[str, Any]) -> SqlSnippet:
+    principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
     snippet = SqlSnippet(organization_id=principal.organization_id, **values)
     _save(session, snippet)
     return snippet
@@ -64,12 +72,14 @@ def create_snippet(session: Session, principal: Principal, values: dict[str, Any
 def update_snippet(
     session: Session, principal: Principal, snippet_id: str, changes: dict[str, Any]
 ) -> SqlSnippet:
+    principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
     snippet = get_snippet(session, principal, snippet_id)
     _save(session, snippet, changes)
     return snippet
 
 
 def delete_snippet(session: Session, principal: Principal, snippet_id: str) -> None:
+    principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
     session.delete(get_snippet(session, principal, snippet_id))
     session.flush()
 

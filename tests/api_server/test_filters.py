@@ -651,3 +651,38 @@ class TestSqlOptions:
         assert _errors(invalid) == [("invalid_time_zone", "/parameters/tz")]
         with api.app.state.sessions() as session:
             assert session.scalar(select(func.count()).select_from(Filter)) >= 1
+
+
+def test_a_restricted_key_reads_but_never_writes_a_filter_on_no_datasource(api: Api) -> None:
+    """Such a filter's rules apply to every datasource's runs, and taking it onto the key's own
+    datasource would hide it from the others."""
+    org = api.create_org()
+    ours = org.sample_datasource_id
+    restricted = api.create_key(org, [Permission.MANAGE_DASHBOARDS], datasource_ids=[ours])
+    shared = _filter(api, org, None, **_dropdown())
+    own = _create(api, restricted, ours, **_dropdown(variable_name="mine"))
+    assert own.status_code == 201, own.text
+    own_id = own.json()["data"]["id"]
+    assert api.get(f"/filters/{shared}", restricted).status_code == 200
+
+    def moved(filter_id: str, datasource: str | None) -> dict[str, Any]:
+        target = datasource and {"type": "datasources", "id": datasource}
+        relationships = {"datasource": {"data": target}}
+        return {"data": {"type": "filters", "id": filter_id, "relationships": relationships}}
+
+    def renamed(filter_id: str) -> dict[str, Any]:
+        return {"data": {"type": "filters", "id": filter_id, "attributes": {"name": "x"}}}
+
+    before = dump_tables(api.app)
+    for answer in (
+        _create(api, restricted, None, **_dropdown(variable_name="wide")),
+        api.patch(f"/filters/{shared}", restricted, renamed(shared)),
+        api.patch(f"/filters/{shared}", restricted, moved(shared, ours)),
+        api.patch(f"/filters/{own_id}", restricted, moved(own_id, None)),
+        api.delete(f"/filters/{shared}", restricted),
+    ):
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["errors"][0]["code"] == "datasource_scope_restricted"
+    assert dump_tables(api.app) == before
+    assert api.patch(f"/filters/{own_id}", restricted, renamed(own_id)).status_code == 200
+    assert api.delete(f"/filters/{own_id}", restricted).status_code == 204

@@ -352,6 +352,35 @@ def test_a_restricted_key_reaches_only_reports_on_its_datasources(api):
     assert api.get(f"/reports/{outside}", org.key).json()["data"]["attributes"]["name"] == "outside"
 
 
+def test_a_report_on_a_dashboard_hidden_from_a_restricted_key_is_hidden_too(api):
+    """Its dashboard link, the dashboard's lock and the default values a run merges in would
+    reveal a dashboard the key may not see."""
+    org = api.create_org()
+    other = api.create_datasource(org.key, name="D1")["id"]
+    dashboard = _dashboard(
+        api,
+        org,
+        default_parameters={"filters": [{"variable_name": "v", "selected_values": ["secret"]}]},
+    )
+    _create(api, org.key, other, dashboard)
+    inside = _report(api, org, dashboard, sql_query="SELECT {v.value}")
+    restricted = api.create_key(
+        org, [Permission.MANAGE_DASHBOARDS], datasource_ids=[org.sample_datasource_id]
+    )
+    for path in (f"/reports/{inside}", f"/reports/{RANDOM_ID}"):
+        assert api.get(path, restricted).status_code == 404
+    assert (
+        api.get(f"/reports/{inside}", restricted).content
+        == api.get(f"/reports/{RANDOM_ID}", restricted).content
+    )
+    listed = api.get(f"/reports?filter[dashboard]={dashboard}", restricted).json()
+    assert listed["data"] == [] and listed["meta"]["total"] == 0
+    assert _post_json(api, restricted, f"/reports/{inside}/executions", {}).status_code == 404
+    _lock(api, dashboard)
+    assert api.delete(f"/reports/{inside}", restricted).status_code == 404
+    assert api.get(f"/reports/{inside}", org.key).status_code == 200
+
+
 # ---------------------------------------------------------------------------- dashboards
 
 

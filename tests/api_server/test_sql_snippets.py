@@ -180,3 +180,26 @@ def test_unknown_snippet_is_422_naming_it(api):
     response = _run(api, org.key, org.sample_datasource_id, "SELECT * FROM [nowhere]")
     assert response.status_code == 422
     assert "[nowhere]" in response.json()["errors"][0]["detail"]
+
+
+def test_a_restricted_key_reads_snippets_but_never_writes_them(api):
+    """Snippets serve every datasource's SQL: a key restricted to some, changing one, would
+    change what runs on the others (and break their reports by deleting it)."""
+    org = api.create_org()
+    restricted = api.create_key(
+        org, [Permission.MANAGE_DASHBOARDS], datasource_ids=[org.sample_datasource_id]
+    )
+    created = api.post("/sql_snippets", org.key, resource("sql_snippets", name="s", sql="1=1"))
+    snippet = created.json()["data"]["id"]
+    assert api.get(f"/sql_snippets/{snippet}", restricted).status_code == 200
+    before = dump_tables(api.app)
+    for answer in (
+        api.post("/sql_snippets", restricted, resource("sql_snippets", name="t", sql="1=0")),
+        api.patch(
+            f"/sql_snippets/{snippet}", restricted, resource("sql_snippets", snippet, sql="1=0")
+        ),
+        api.delete(f"/sql_snippets/{snippet}", restricted),
+    ):
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["errors"][0]["code"] == "datasource_scope_restricted"
+    assert dump_tables(api.app) == before

@@ -163,10 +163,13 @@ RULES = [
          body=lambda world: {"backup": _BACKUP, "datasource_map": {
              "source": world.ids["files_datasource"]}}),
     Rule("GET", "/filters", 200),
-    Rule("POST", "/filters", 201,
+    # On the files datasource: a filter on none is the organisation's, which a restricted key
+    # may not write (see the snippets').
+    Rule("POST", "/filters", 201, names_datasource=True,
          body=lambda world: {"data": {"type": "filters", "attributes": {
              "name": "new", "variable_name": "fresh", "control_type": "text",
-             "value_type": "text"}}}),
+             "value_type": "text"}, "relationships": {"datasource": {"data": {
+                 "type": "datasources", "id": world.ids["files_datasource"]}}}}}),
     # The world's filter has manual options and the files datasource.
     Rule("GET", "/filters/{id}", 200, target="filter", scoped=True),
     Rule("PATCH", "/filters/{id}", 200, target="filter", scoped=True,
@@ -176,13 +179,14 @@ RULES = [
     # Its options are manual, not static SQL: 409 once authorised.
     Rule("POST", "/filters/{id}/refresh", 409, target="filter", scoped=True),
     Rule("GET", "/sql_snippets", 200),
-    Rule("POST", "/sql_snippets", 201,
+    # Snippets serve every datasource's SQL: a restricted key reads them, never writes them.
+    Rule("POST", "/sql_snippets", 201, unrestricted_only=True,
          body=lambda world: {"data": {"type": "sql_snippets", "attributes": {
              "name": "fresh", "sql": "SELECT 1"}}}),
     Rule("GET", "/sql_snippets/{id}", 200, target="snippet"),
-    Rule("PATCH", "/sql_snippets/{id}", 200, target="snippet",
+    Rule("PATCH", "/sql_snippets/{id}", 200, target="snippet", unrestricted_only=True,
          body=_resource("sql_snippets", "snippet", sql="SELECT 2")),
-    Rule("DELETE", "/sql_snippets/{id}", 204, target="snippet"),
+    Rule("DELETE", "/sql_snippets/{id}", 204, target="snippet", unrestricted_only=True),
 ]  # fmt: skip
 
 
