@@ -75,6 +75,10 @@ READABLE_SETTINGS = frozenset(
      "default_null_order"}
 )  # fmt: skip
 
+# What SHOW (and DESCRIBE or SUMMARIZE) may list by name: the datasource's tables, databases and
+# schemas. SHOW VARIABLES would list the variable that holds a files datasource's paths.
+SHOWABLE_LISTS = frozenset({"tables", "__show_tables_expanded", "databases", "schemas"})
+
 # Scalar functions that read the process rather than the data: getvariable holds the files
 # datasource's paths (sandbox._create_file_views), getenv the environment (in builds that have it).
 FORBIDDEN_SCALAR_FUNCTIONS = frozenset({"getvariable", "getenv"})
@@ -128,7 +132,14 @@ def check_sql(sql: str, connection: duckdb.DuckDBPyConnection | None = None) -> 
         )
     inner = _EXPLAIN_PREFIX.sub("", sql.strip().rstrip(";"), count=1)
     row = connection.execute("SELECT json_serialize_sql($1)", [inner]).fetchone()
-    serialized = orjson.loads(row[0]) if row else {"error": True}
+    try:
+        serialized = orjson.loads(row[0]) if row else {"error": True}
+    except orjson.JSONDecodeError:  # its parse tree is nested deeper than orjson reads (1,024)
+        raise QueryFailed(
+            "query_too_complex",
+            "The query is nested too deeply to be checked (expressions or subqueries inside "
+            "one another several hundred levels deep); simplify it.",
+        ) from None
     if serialized.get("error"):
         raise QueryFailed("not_a_select", "Only SELECT (or EXPLAIN SELECT) statements may be run.")
     for node, ctes in _walk(serialized):
@@ -181,6 +192,14 @@ def _check_node(node: dict[str, Any], ctes: frozenset[str]) -> None:
             )
     elif kind == "BASE_TABLE":
         _check_table(node, ctes)
+    elif kind == "SHOW_REF" and node.get("table_name"):
+        listed = str(node["table_name"]).strip('"').lower()
+        if listed not in SHOWABLE_LISTS:
+            raise QueryFailed(
+                "forbidden_catalog",
+                f"SHOW {listed} is not available; SHOW TABLES, SHOW ALL TABLES, SHOW DATABASES "
+                "and SHOW SCHEMAS are.",
+            )
     elif node.get("class") == "FUNCTION":
         _check_scalar_function(node)
 

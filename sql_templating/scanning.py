@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+_LINE_END = re.compile(r"[\r\n]")
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 _IDENTIFIER_CHAR = re.compile(r"[A-Za-z0-9_]")
 
@@ -22,8 +23,9 @@ def skip_protected(sql: str, index: int) -> int | None:
     if char in "eE" and sql.startswith("'", index + 1) and not _follows_identifier(sql, index):
         return _skip_escaped_string(sql, index + 1)
     if sql.startswith("--", index):
-        newline = sql.find("\n", index)
-        return len(sql) if newline < 0 else newline + 1
+        # DuckDB ends a line comment at a carriage return as well as a line feed.
+        end = _LINE_END.search(sql, index)
+        return len(sql) if end is None else end.end()
     if sql.startswith("/*", index):
         return _skip_block_comment(sql, index)
     if char == "$" and not _follows_identifier(sql, index):

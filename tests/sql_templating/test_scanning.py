@@ -16,6 +16,8 @@ from sql_templating.scanning import line_and_column, skip_protected
         ("$$ a ' b $$ x", 11),
         ("$tag$ $$ $tag$ x", 14),
         ("-- c {x=y}\nx", 11),
+        ("-- c {x=y}\rx", 11),  # DuckDB ends it there too: what follows is code
+        ("-- c\r\nx", 5),
         ("/* a /* b */ c */ x", 17),
         ("'never closed", 13),
     ],

@@ -68,6 +68,7 @@ BAD_INPUT = [
     ("transformation-by-range", "{c:timerange}", {}, "/sql_query", "conflicting_variable_use"),
     ("variable-in-two-roles", "{c=v} {d:v}", {}, "/sql_query", "conflicting_variable_use"),
     ("positional-parameter", "SELECT $1", {}, "/sql_query", "bind_marker_in_sql"),
+    ("parameter-after-carriage-return", "SELECT 41 -- note\r + $1", {}, "/sql_query", "bind_marker_in_sql"),
     ("question-mark-parameter", "SELECT * FROM t WHERE a = ?", {}, "/sql_query", "bind_marker_in_sql"),
     ("named-parameter", "SELECT $name", {}, "/sql_query", "bind_marker_in_sql"),
 ]  # fmt: skip
