@@ -20,7 +20,7 @@ the region's own metadata database and Redis (on any loopback address when they 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -180,9 +180,9 @@ def check_destination(
 
 def _refusal(address: IPAddress, port: int, settings: Settings) -> str | None:
     """Why ``address:port`` may not be reached, or None when it may."""
-    for network, label in _NEVER:
-        if address.version == network.version and address in network:
-            return f"is a {label} address"
+    never = never_label(address)
+    if never is not None:
+        return f"is a {never} address"
     if _is_own_service(address, port, settings):
         return f"and port {port} belong to this region's own services"
     if any(rule.permits(address, port) for rule in settings.allowed_networks):
@@ -191,6 +191,19 @@ def _refusal(address: IPAddress, port: int, settings: Settings) -> str | None:
     if denied_class is None:
         return None
     return f"is a {denied_class} address, which the operator has not allowed ({SETTING})"
+
+
+def never_label(address: IPAddress) -> str | None:
+    """The class of an address that is never a destination, also where an IPv6 address leads
+    to one (IPv4-mapped, NAT64, 6to4): "unspecified", "multicast", "broadcast"; else None."""
+    label = _first_label(address, _NEVER)
+    if label is not None or isinstance(address, ipaddress.IPv4Address):
+        return label
+    inner = address.ipv4_mapped or _embedded_ipv4(address)
+    if inner is None:
+        return None
+    label = _first_label(inner, _NEVER)
+    return None if label is None else f"{label} (embedded in IPv6)"
 
 
 def default_denial(address: IPAddress) -> str | None:
@@ -256,7 +269,16 @@ def own_service_endpoints(settings: Settings) -> list[tuple[str, int]]:
     )
 
 
+# Where a service reached through a unix socket also listens: on this machine, and any loopback
+# address with its port counts as it (``_is_own_service``).
+_THIS_MACHINE = "127.0.0.1"
+
+
 def _database_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
+    """Every TCP endpoint the URL may lead to: its host, libpq's ``host=``/``hostaddr=`` lists
+    and ``port=``; a unix socket (no host, ``host=/dir``, MySQL's ``unix_socket=``) stands for
+    this machine on the port. A ``service=`` name, whose file the policy does not read, fails
+    closed."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -268,13 +290,28 @@ def _database_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
     default_port = _DEFAULT_PORTS.get(backend)
     if default_port is None:
         return  # SQLite: a file, no network
-    if url.host:
-        yield url.host, url.port or default_port
-    query_hosts = url.query.get("host", ())
-    for entry in (query_hosts,) if isinstance(query_hosts, str) else query_hosts:
-        for part in entry.split(","):  # libpq's host=a,b and host=a:5432 forms
-            if part and not part.startswith("/"):
-                yield _split_host_port(part, url.port or default_port)
+    if url.query.get("service"):
+        raise ServiceUnavailable(
+            "The egress policy cannot read a libpq service name (service=) in "
+            "DATAFERRY_DATABASE_URL; name the metadata database's host and port instead.",
+            code="egress_policy_unavailable",
+        )
+    listed_ports = [_port(part) for part in _query_list(url.query, "port")]
+    port = url.port or next((p for p in listed_ports if p is not None), default_port)
+    hosts = ([url.host] if url.host else []) + _query_list(url.query, "host")
+    hosts += _query_list(url.query, "hostaddr")
+    tcp_hosts = [host for host in hosts if host and not host.startswith("/")]
+    for host in tcp_hosts:
+        yield _split_host_port(host, port)
+    if len(tcp_hosts) < len(hosts) or not tcp_hosts or url.query.get("unix_socket"):
+        yield _THIS_MACHINE, port
+
+
+def _query_list(query: Mapping[str, str | tuple[str, ...]], name: str) -> list[str]:
+    """A URL query parameter's comma-separated values, however often it is given."""
+    value = query.get(name, ())
+    entries = (value,) if isinstance(value, str) else value
+    return [part.strip() for entry in entries for part in entry.split(",")]
 
 
 def _redis_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
@@ -283,6 +320,8 @@ def _redis_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
     parts = urlsplit(url_text)
     if parts.scheme in ("redis", "rediss") and parts.hostname:
         yield parts.hostname, parts.port or _DEFAULT_PORTS["redis"]
+    elif parts.scheme == "unix":  # a socket: the server is on this machine
+        yield _THIS_MACHINE, _DEFAULT_PORTS["redis"]
 
 
 def _split_host_port(text: str, default_port: int) -> tuple[str, int]:

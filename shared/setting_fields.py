@@ -50,12 +50,11 @@ HOST_BOUNDS: dict[str, Any] = {
 
 
 def url_bounds(*schemes: str) -> dict[str, Any]:
-    """Bounds of a URL setting: empty (its default applies) or a URL of one of ``schemes``."""
+    """Bounds of a URL setting: empty (its default applies) or a URL of one of ``schemes``,
+    naming a host (``unix://``: a socket's path, as in ``unix:///run/redis.sock``)."""
     starts = " or ".join(f"{scheme}://" for scheme in schemes)
-    return {
-        "pattern": rf"^$|^({'|'.join(schemes)})://[^\s/]",
-        "allowed": f"a URL starting {starts}",
-    }
+    forms = [scheme + (r"://\S" if scheme == "unix" else r"://[^\s/]") for scheme in schemes]
+    return {"pattern": rf"^$|^({'|'.join(forms)})", "allowed": f"a URL starting {starts}"}
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,13 @@ def test_a_refused_secret_is_named_never_shown(variable, value, problem):
     assert "hunter2" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "value", ["redis://redis.internal:6379/0", "rediss://:pw@redis.internal", "unix:///run/r.sock"]
+)
+def test_a_redis_url_of_each_form_redis_py_reads_is_accepted(value):
+    assert Settings.from_env({"DATAFERRY_REDIS_URL": value}).redis_url == value
+
+
 def test_keyword_arguments_and_overrides_are_held_to_the_same_bounds():
     with pytest.raises(ConfigurationError, match="DATAFERRY_DATA_TOKEN_TTL_SECONDS=601 is too"):
         Settings(data_token_ttl_seconds=601)

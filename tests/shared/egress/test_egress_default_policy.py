@@ -86,6 +86,24 @@ def test_ipv4_mapped_ipv6_counts_as_the_ipv4_address(host, word):
 
 
 @pytest.mark.parametrize(
+    ("host", "word"),
+    [
+        ("64:ff9b::", "unspecified"),  # NAT64 of 0.0.0.0
+        ("2002::", "unspecified"),  # 6to4 of 0.0.0.0
+        ("64:ff9b::e000:1", "multicast"),  # NAT64 of 224.0.0.1
+        ("2002:e000:1::1", "multicast"),
+        ("64:ff9b::ffff:ffff", "broadcast"),
+    ],
+)
+def test_an_address_leading_to_one_never_allowed_is_never_allowed(host, word):
+    """Even where the allow-list opens the NAT64 and 6to4 ranges they sit in."""
+    for allowed in ("", "64:ff9b::/96,2002::/16"):
+        error = refusal(host, 5432, policy_settings(datasource_allowed_networks=allowed))
+        assert isinstance(error, DestinationNotAllowed)
+        assert word in error.detail
+
+
+@pytest.mark.parametrize(
     ("host", "address"),
     [
         ("8.8.8.8", "8.8.8.8"),

@@ -34,6 +34,48 @@ def test_the_metadata_database_is_refused_even_with_loopback_allowed(database_ur
     assert check_destination(host, 5433, settings) in ("127.0.0.1", "127.0.0.2", "::1")
 
 
+@pytest.mark.parametrize(
+    ("database_url", "port"),
+    [
+        ("postgresql+psycopg://postgres@/meta", 5432),  # libpq's default socket
+        ("postgresql+psycopg://postgres@/meta?host=/var/run/postgresql", 5432),
+        ("postgresql+psycopg://postgres@/meta?host=/var/run/postgresql&port=5433", 5433),
+        ("postgresql+psycopg://postgres@/meta?host=/tmp,db.internal", 5432),
+        ("postgresql+psycopg://postgres@/meta?hostaddr=10.0.0.5,127.0.0.1&port=6432", 6432),
+        ("mysql://root@/meta?unix_socket=/run/mysqld/mysqld.sock", 3306),
+    ],
+)
+def test_a_metadata_database_reached_by_socket_is_refused_on_this_machine(
+    resolver, database_url, port
+):
+    """A server reached through a unix socket is on this machine and listens on its port there
+    too (libpq's ``port=`` names it)."""
+    resolver["db.internal"] = ["10.0.0.9"]
+    settings = policy_settings(
+        database_url=database_url, datasource_allowed_networks=LOOPBACK_NETWORKS
+    )
+    for host in ("127.0.0.1", "127.0.0.2", "::1"):
+        assert "own services" in refusal(host, port, settings).detail
+    assert check_destination("127.0.0.1", port + 1, settings) == "127.0.0.1"
+
+
+def test_a_libpq_service_name_fails_closed():
+    settings = policy_settings(
+        database_url="postgresql+psycopg://postgres@/meta?service=dataferry",
+        datasource_allowed_networks=LOOPBACK_NETWORKS,
+    )
+    with pytest.raises(ServiceUnavailable) as caught:
+        check_destination("127.0.0.1", 5433, settings)
+    assert caught.value.code == "egress_policy_unavailable"
+
+
+def test_a_redis_reached_by_socket_is_refused_on_this_machine():
+    settings = policy_settings(
+        redis_url="unix:///run/redis/redis.sock", datasource_allowed_networks=LOOPBACK_NETWORKS
+    )
+    assert "own services" in refusal("127.0.0.1", 6379, settings).detail
+
+
 def test_the_metadata_database_is_refused_even_when_listed_by_port():
     settings = policy_settings(
         database_url="postgresql+psycopg://postgres@10.0.0.5:5432/meta",
