@@ -3,8 +3,10 @@
 A pure ASGI middleware sees the matched route, the caller (``request.state.principal``) and the
 status, so no endpoint can forget to record itself. Each operation declares its action
 (``resource_layer.operations``), which its route carries; a test checks that every write route has
-one. Reads are not recorded, except those that hand out data. The row holds who (key), what (action, route, resource id), when and from which
-address — never a body, a secret or a parameter value.
+one. Reads are not recorded, except those that hand out data. The row holds who (key), what
+(action, route, resource id), when and from which address — never a body, a secret or a
+parameter value. An operation whose change must commit with its record (Run Execution) writes it
+in its own transaction instead (``record_in_transaction``); the middleware then writes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import anyio
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db.models import AuditEvent, table_of
@@ -74,34 +77,12 @@ class AuditMiddleware:
         await self.app(scope, receive, send_after_recording)
 
     async def _record(self, scope: Scope, message: Message) -> None:
-        route = scope.get("route")
-        action = getattr(route, "audit_actions", {}).get(scope["method"])
         state: dict[str, Any] = scope.get("state", {})
-        principal = state.get("principal")
-        # 204 from Get Execution Data means "not ready": no data was handed out.
-        if (
-            route is None
-            or action is None
-            or principal is None
-            or message["status"] not in (200, 201, 204)
-        ):
+        if state.get("audit_recorded"):
             return
-        if action.startswith("data_grant.") and message["status"] != 200:
+        event = _event(scope, message["status"], _created_id(message))
+        if event is None:
             return
-        client = scope.get("client")
-        event = {
-            "organization_id": principal.organization_id,
-            "api_key_id": principal.api_key_id,
-            "action": action,
-            "method": scope["method"],
-            "path": route.path,
-            "status": message["status"],
-            "resource_id": state.get("audit_resource_id")
-            or scope.get("path_params", {}).get("id")
-            or _created_id(message),
-            "remote_addr": client[0] if client else None,
-            "request_id": request_id_var.get(),
-        }
         sessions = scope["app"].state.sessions
 
         def write() -> None:
@@ -111,7 +92,49 @@ class AuditMiddleware:
         try:
             await anyio.to_thread.run_sync(write)
         except Exception:
-            logger.exception("could not record audit event %s", action)
+            logger.exception("could not record audit event %s", event["action"])
+
+
+def record_in_transaction(session: Session, request: Request, resource_id: str) -> None:
+    """Record the request's event in ``session``'s transaction, as the answer it gives when that
+    commits (200): the change and its record commit together, and the request writes nothing
+    after. Run Execution's: a worker claims the new row as soon as it commits, and a second
+    write of the request would wait for that claim's lock, or make the claim wait for its own.
+    The middleware then records nothing more for the request."""
+    event = _event(request.scope, 200, None, resource_id)
+    if event is not None:
+        record_event(session, **event)
+        request.state.audit_recorded = True
+
+
+def _event(
+    scope: Scope, status: int, created_id: str | None, resource_id: str | None = None
+) -> dict[str, Any] | None:
+    """The row a request answered with ``status`` is recorded as, or None when it is not."""
+    route = scope.get("route")
+    action = getattr(route, "audit_actions", {}).get(scope["method"])
+    state: dict[str, Any] = scope.get("state", {})
+    principal = state.get("principal")
+    # 204 from Get Execution Data means "not ready": no data was handed out.
+    if route is None or action is None or principal is None or status not in (200, 201, 204):
+        return None
+    if action.startswith("data_grant.") and status != 200:
+        return None
+    client = scope.get("client")
+    return {
+        "organization_id": principal.organization_id,
+        "api_key_id": principal.api_key_id,
+        "action": action,
+        "method": scope["method"],
+        "path": route.path,
+        "status": status,
+        "resource_id": resource_id
+        or state.get("audit_resource_id")
+        or scope.get("path_params", {}).get("id")
+        or created_id,
+        "remote_addr": client[0] if client else None,
+        "request_id": request_id_var.get(),
+    }
 
 
 def _created_id(message: Message) -> str | None:

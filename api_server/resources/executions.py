@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_server import jsonapi
+from api_server import audit, jsonapi
 from api_server.auth import Principal
 from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission
@@ -397,7 +397,7 @@ def _queue(
     idempotency_key = _idempotency_key(request)
     with request.app.state.sessions.begin() as session:
         queued = queue(session, run, idempotency_key)
-        request.state.audit_resource_id = queued.execution.id
+        audit.record_in_transaction(session, request, queued.execution.id)
     return queued
 
 

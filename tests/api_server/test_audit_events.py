@@ -122,3 +122,34 @@ def test_a_key_restricted_to_datasources_reads_no_audit_event(api):
         assert answer.status_code == 403, (query, answer.text)
         assert answer.json()["errors"][0]["code"] == "datasource_scope_restricted"
         assert outside not in answer.text and execution not in answer.text
+
+
+def test_a_run_records_its_event_in_the_transaction_that_queues_it(api, monkeypatch):
+    """A worker claims the execution as soon as it commits: an event written after would wait
+    for the claim's lock (or make the claim wait). The event is written by the session that
+    holds the new execution, before it commits; and the request writes no event after."""
+    from api_server import audit
+    from shared.db.models import Execution
+
+    org = api.create_org()
+    seen_at_record: list[int] = []
+    original = audit.record_event
+
+    def record(session, **event):
+        held = [row for row in session.identity_map.values() if isinstance(row, Execution)]
+        seen_at_record.append(len(held) if session.in_transaction() else -1)
+        original(session, **event)
+
+    monkeypatch.setattr(audit, "record_event", record)
+    run = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=orjson.dumps({"sql_query": "SELECT 1"}),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    assert run.status_code == 200, run.text
+    assert seen_at_record == [1]  # one event, in the execution's transaction
+    monkeypatch.undo()
+    events = _events(api, org.key)["data"]
+    assert [e["attributes"]["action"] for e in events] == ["execution.run"]
+    assert events[0]["attributes"]["resource_id"] == run.json()["data"]["id"]
+    assert events[0]["attributes"]["status"] == 200
