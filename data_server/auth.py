@@ -25,7 +25,6 @@ import time
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.requests import Request
 
@@ -42,6 +41,7 @@ from shared.tokens import (
     DataGrant,
     invalid_token,
     scope_of_data_key,
+    unverified_header,
     verify_data_token,
 )
 from shared.web.request_headers import authorization
@@ -173,8 +173,5 @@ async def authorize_data_request(request: Request, data_key: str) -> DataGrant:
 def _unverified_kid(token: str) -> str:
     """Which key the token names ("" if it names none or is not a JWT: verification refuses
     it next)."""
-    try:
-        kid = jwt.get_unverified_header(token).get("kid", "")
-    except jwt.PyJWTError:
-        return ""
+    kid = unverified_header(token).get("kid", "")
     return kid if isinstance(kid, str) else ""

@@ -182,6 +182,16 @@ def _streamed(
         source.close()
         return _headers_only(status, headers, media_type)
     first, last = spans[0]
+    if isinstance(source, pa.BufferReader) and last - first < READ_CHUNK_BYTES:
+        # A small result, encoded in memory: one body, without a streaming response's task
+        # group and disconnect listener, which cost more than the rest of such a fetch.
+        with source:
+            return Response(
+                source.read_at(last - first + 1, first),
+                status_code=status,
+                headers=headers,
+                media_type=media_type,
+            )
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -10,8 +10,10 @@ rotation, JWK Set) are ``shared.signing_keys``'.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import jwt
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.errors import Unauthorized
@@ -144,13 +147,36 @@ def verify_data_token(
     return DataGrant(claims["org"], data_key, scope, int(claims["exp"]))
 
 
+def unverified_header(token: str) -> dict[str, Any]:
+    """The token's header, not yet trusted: which key and type it claims ({} when it is no JWT
+    header). Read from the first segment alone, strictly (base64url without padding, a JSON
+    object); PyJWT's ``get_unverified_header`` decodes and checks all three segments, which cost
+    as much as verifying, and ``jwt.decode`` does that again. The signature, checked next,
+    covers this segment."""
+    segment = token.partition(".")[0]
+    if not _BASE64URL.fullmatch(segment):
+        return {}
+    try:
+        raw = binascii.a2b_base64(
+            segment.translate(_FROM_BASE64URL) + "=" * (-len(segment) % 4), strict_mode=True
+        )
+        header = orjson.loads(raw)
+    except (ValueError, binascii.Error):  # orjson.JSONDecodeError is a ValueError
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+_FROM_BASE64URL = str.maketrans("-_", "+/")
+
+
 def _decode(
     token: str, public_keys: KeyLookup, settings: Settings, *, verify_exp: bool
 ) -> dict[str, Any]:
     """The verified claims; ExpiredSignatureError passes only when ``verify_exp`` (it is raised
     after the signature has been checked); every other failure is the one 401."""
     try:
-        header = jwt.get_unverified_header(token)
+        header = unverified_header(token)
         key = public_keys.get(header.get("kid", ""))
         if key is None or header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE:
             raise invalid_token()

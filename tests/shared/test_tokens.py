@@ -22,6 +22,7 @@ from shared.tokens import (
     issuer,
     mint_data_token,
     new_data_key,
+    unverified_header,
 )
 
 RESULT_KEY = new_data_key(Scope.EXECUTION_RESULT)
@@ -255,3 +256,20 @@ def test_token_lifetime_defaults_to_120_seconds(settings, signing_key):
         "kid": signing_key.kid,
         "typ": TOKEN_TYPE,
     }
+
+
+def test_the_unverified_header_is_read_as_pyjwt_reads_it_or_not_at_all(settings, signing_key):
+    """Read from the first segment alone (which key to verify with); anything that is not
+    strict base64url of a JSON object there is no header."""
+    token = mint_data_token(
+        signing_key,
+        settings,
+        organization_id="o",
+        data_key=RESULT_KEY,
+        scope=Scope.EXECUTION_RESULT,
+    )
+    assert unverified_header(token) == jwt.get_unverified_header(token)
+    header = token.partition(".")[0]
+    for malformed in ("", ".", "abc", "W10.x", "!!!!.x.y", f"{header}=.x", f"{header[:-1]}+.x",
+                      f"{header[:-1]}/.x", f" {header}.x", f"{header[:-2]}.x"):  # fmt: skip
+        assert unverified_header(malformed) == {}, malformed
