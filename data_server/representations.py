@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from data_server.encoders import SLICE_BYTES, encode_result
 from data_server.fair_jobs import FairJobs
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat, weighted_entries
 from data_server.growing_files import GrowingFile, GrowingReader
+from data_server.recent_keys import RecentKeys
 from shared.errors import ServiceUnavailable, TooManyRequests
 from shared.results import (
     CODING_SUFFIXES,
@@ -296,30 +296,10 @@ def _encode(
     return None
 
 
-class _RecentKeys:
-    """The last ``capacity`` keys added, for a membership test."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._keys: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, key: str) -> None:
-        with self._lock:
-            self._keys[key] = None
-            self._keys.move_to_end(key)
-            while len(self._keys) > self._capacity:
-                self._keys.popitem(last=False)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._keys
-
-
 # Variants that turned out larger than the in-memory limit: served from the store from then on,
 # so a small result whose text is large (long repeated values) is encoded in memory only until
 # it is known not to fit, not on every request.
-_outgrown = _RecentKeys(10_000)
+_outgrown = RecentKeys(10_000)
 
 
 def _encoded_in_memory(

@@ -9,6 +9,7 @@ of the result may contain a server path. The policy is docs/sql-sandbox.md.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from data_server import engine
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, Sandbox
 from data_server.sample import ensure_sample_database
+from data_server.sql_check import check_sql
 from data_server.warm_sandboxes import WarmSandboxes
 
 LIMITS = Limits(
@@ -289,3 +291,28 @@ def test_a_files_view_definition_names_the_file_not_its_path(server, tmp_path):
 def test_an_empty_files_datasource_still_connects(tmp_path):
     (tmp_path / "empty").mkdir()
     engine.check_connection(DatasourceSpec("files", str(tmp_path / "empty")), LIMITS, str(tmp_path))
+
+
+def test_a_text_that_passed_is_not_parsed_again_and_a_refused_one_always_is():
+    """The check depends on the text alone; parsing it costs more than a small query."""
+    sql = f"SELECT 1 AS once_{uuid.uuid4().hex}"
+    refused = f"SELECT getvariable('x{uuid.uuid4().hex}')"
+    parses: list[str] = []
+
+    class Counting:
+        def __init__(self, connection):
+            self.connection = connection
+
+        def extract_statements(self, text):
+            parses.append(text)
+            return self.connection.extract_statements(text)
+
+        def execute(self, *args):
+            return self.connection.execute(*args)
+
+    with duckdb.connect(":memory:") as connection:
+        for _ in range(3):
+            check_sql(sql, Counting(connection))
+            with pytest.raises(QueryFailed):
+                check_sql(refused, Counting(connection))
+    assert parses == [sql, refused, refused, refused]
