@@ -135,9 +135,10 @@ class ExecutionRunner:
 
     def _run_query(self, job: Job, spec: DatasourceSpec) -> None:
         claim = job.claim
+        # The instance that runs it makes its scratch directory (a warm one has its own), and it
+        # is removed whichever way the run ends.
         scratch = self.store.temp_path(f"{claim.execution_id}-{claim.attempt}")
         result_path = scratch.with_suffix(".arrow")
-        scratch.mkdir(parents=True, exist_ok=True)
         try:
             limits, usage = self._limits_within_quota(claim)
             query = QueryJob(
