@@ -177,7 +177,8 @@ def _decode(
     after the signature has been checked); every other failure is the one 401."""
     try:
         header = unverified_header(token)
-        key = public_keys.get(header.get("kid", ""))
+        kid = header.get("kid")
+        key = public_keys.get(kid) if isinstance(kid, str) else None
         if key is None or header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE:
             raise invalid_token()
         return jwt.decode(

@@ -146,6 +146,9 @@ def _bad_tokens(settings, key):
     )
     yield "alg-confusion", ("Data", _hs256_with_public_key(_claims(settings), public_pem, key.kid))
     yield "unknown-kid", ("Data", _sign(_claims(settings), SigningKey("0123456789abcdef", other)))
+    # A key id that is no string names no key (it is no dictionary key either).
+    yield "object-kid", ("Data", "eyJraWQiOnt9fQ.e30.AA")
+    yield "list-kid", ("Data", "eyJraWQiOltdfQ.e30.AA")
     yield "wrong-typ", ("Data", _sign(_claims(settings), key, typ="JWT"))
     yield "wrong-audience", ("Data", _sign(_claims(settings, aud=audience(other_region)), key))
     yield "wrong-issuer", ("Data", _sign(_claims(settings, iss=issuer(other_region)), key))
