@@ -12,7 +12,11 @@ from api_server.audit import AuditMiddleware
 from api_server.execution_waits import ExecutionWaits
 from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
-from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.db.engine import (
+    create_metadata_engine,
+    create_read_session_factory,
+    create_session_factory,
+)
 from shared.metrics import Metrics
 from shared.results import open_result_store
 from shared.settings import Settings
@@ -53,6 +57,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = create_session_factory(engine)
+    app.state.reads = create_read_session_factory(engine)
     app.state.secrets = ServerSecrets.load(settings)
     app.state.signing_keys = SigningKeyring(settings)
     app.state.result_store = open_result_store(settings)

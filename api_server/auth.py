@@ -31,7 +31,7 @@ def authenticate(request: Request) -> Principal:
     if secret is None:
         raise unauthorized()
     app_state = request.app.state
-    with app_state.sessions() as session:
+    with app_state.reads() as session:  # note_use's one update commits on its own
         caller = api_keys.find_caller(session, app_state.secrets, secret)
         if caller is None:
             raise unauthorized()

@@ -23,6 +23,7 @@ from data_server.datasource_specs import DatasourceSpecs
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
 from data_server.sandbox_pool import SandboxPool
 from shared import lifecycle
+from shared.db.engine import create_read_session_factory
 from shared.db.models import Datasource, utcnow
 from shared.lifecycle import ErrorCode, ExecutionStatus, ExecutionType
 from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
@@ -66,6 +67,7 @@ class ExecutionRunner:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.reads = create_read_session_factory(sessions.kw["bind"])
         self.store = store
         self.pool = pool
         self.specs = DatasourceSpecs(settings, sessions)
@@ -184,7 +186,7 @@ class ExecutionRunner:
         the execution before it runs, and a result cut short by the quota fails it after. Its
         files are counted by a recent walk of its area: the check when the result is stored,
         under the organisation's lock, walks it afresh."""
-        with self.sessions() as session:
+        with self.reads() as session:
             usage = storage_usage(
                 session,
                 self.settings,

@@ -402,7 +402,7 @@ def _queue(
 
 
 def _load(request: Request, principal: Principal, execution_id: str | None = None) -> Execution:
-    with request.app.state.sessions() as session:
+    with request.app.state.reads() as session:
         return executions.get_execution(
             session,
             principal,
@@ -454,7 +454,7 @@ def _grant_if_completed(
     is not an error of the run; a key deleted or disabled while the run waited gets no grant,
     as its next request would get none)."""
     state = request.app.state
-    with state.sessions() as session:
+    with state.reads() as session:
         if not api_keys.still_enabled(session, principal.api_key_id):
             return None
     try:
