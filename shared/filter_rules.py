@@ -51,20 +51,19 @@ def filters_within(
 
 
 def variable_rules(
-    session: Session,
-    organization_id: str,
-    inputs: InputParameters,
-    datasource_ids: Collection[str] | None = None,
+    session: Session, organization_id: str, datasource_id: str, inputs: InputParameters
 ) -> dict[str, VariableRule]:
-    """The rules of the filters a key restricted to ``datasource_ids`` reaches, for the
-    variables ``inputs`` gives values for. A filter it does not reach shapes none of its runs:
-    its rules would tell the key it exists, and which values it allows, one guess at a time."""
+    """The rules a run on ``datasource_id`` keeps, for the variables ``inputs`` gives values
+    for: those of the filters on no datasource or on that one. A filter on another datasource
+    shapes none of its runs: a key that reaches only that other one would otherwise restrict
+    runs it cannot see, and a key that reaches only this one would learn of a filter it cannot
+    see, and which values it allows, one guess at a time."""
     names = [given.variable_name for given in inputs.filters or ()]
     if not names:
         return {}
     rows = session.scalars(
         select(Filter).where(
-            filters_within(organization_id, datasource_ids), Filter.variable_name.in_(names)
+            filters_within(organization_id, (datasource_id,)), Filter.variable_name.in_(names)
         )
     )
     return {row.variable_name: rule_of(row) for row in rows}

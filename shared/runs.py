@@ -52,8 +52,7 @@ class SqlRun:
     execution's record); ``inputs``: the same, validated. ``every_filter_used``: False for a
     report's run (a dashboard's filters apply to the reports whose SQL uses them).
     ``reuse_since``: answer a reusable execution created since then, if there is one (None:
-    never reuse). ``api_key_id`` is None for the scheduler's runs. ``filter_scope``: the
-    datasources of a restricted key, whose filters' rules alone apply (None: every filter's)."""
+    never reuse). ``api_key_id`` is None for the scheduler's runs."""
 
     datasource: Datasource
     sql_query: str
@@ -61,7 +60,6 @@ class SqlRun:
     inputs: InputParameters
     every_filter_used: bool = True
     api_key_id: str | None = None
-    filter_scope: frozenset[str] | None = None
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
     report_id: str | None = None
@@ -132,7 +130,7 @@ def bind_run(session: Session, run: SqlRun, settings: Settings) -> BoundQuery:
         datasource.data_time_zone,
         settings.max_sql_length,
         every_filter_used=run.every_filter_used,
-        rules=variable_rules(session, datasource.organization_id, run.inputs, run.filter_scope),
+        rules=variable_rules(session, datasource.organization_id, datasource.id, run.inputs),
     )
 
 

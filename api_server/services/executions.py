@@ -168,7 +168,6 @@ def queue_run(
         inputs=request.inputs,
         every_filter_used=request.every_filter_used,
         api_key_id=principal.api_key_id,
-        filter_scope=principal.datasource_ids,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
         report_id=report.id if report else None,

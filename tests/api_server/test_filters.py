@@ -415,7 +415,7 @@ def test_other_organisations_and_out_of_scope_keys_get_404(api: Api) -> None:
     assert deleted.status_code == 409 and _errors(deleted) == [("datasource_in_use", None)]
 
 
-def test_a_filter_out_of_a_keys_scope_neither_links_nor_shapes_its_runs(api: Api) -> None:
+def test_a_filter_out_of_a_keys_scope_neither_links_nor_shapes_runs_elsewhere(api: Api) -> None:
     """Its id answers that key 404: it must not show in a report's or dashboard's linkage, and
     its rules must not answer the key's runs (they would tell, one guess at a time, that it
     exists and which values it allows). Found by the outside probe."""
@@ -463,11 +463,13 @@ def test_a_filter_out_of_a_keys_scope_neither_links_nor_shapes_its_runs(api: Api
         assert board["data"]["relationships"]["filters"]["data"] == linked
         included = [o for o in board["included"] if o["type"] == "reports"]
         assert included[0]["relationships"]["filters"]["data"] == linked
-    # The hidden filter's rule binds the organisation's key, not the restricted one.
-    refused = _run(api, org.key, org.sample_datasource_id, sql, _selection("hidden", "zzz"))
+    # A filter's rules shape the runs on its own datasource only, whoever runs: a key that
+    # reaches only that one must not restrict the runs of the others (outside probe).
+    for caller in (org.key, key):
+        ran = _run(api, caller, org.sample_datasource_id, sql, _selection("hidden", "zzz"))
+        assert ran.status_code == 200, ran.text
+    refused = _run(api, org.key, second, sql, _selection("hidden", "zzz"))
     assert _errors(refused) == [("value_not_in_options", "/parameters/filters/0/selected_values/0")]
-    ran = _run(api, key, org.sample_datasource_id, sql, _selection("hidden", "zzz"))
-    assert ran.status_code == 200, ran.text
     # A filter the key reaches still binds it.
     refused = _run(api, key, org.sample_datasource_id, sql, _selection("seen", "es"))
     assert _errors(refused) == [("value_not_in_options", "/parameters/filters/0/selected_values/0")]
