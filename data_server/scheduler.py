@@ -77,8 +77,12 @@ def dashboard_zone(time_zone_config: dict[str, Any] | None) -> ZoneInfo:
     """The zone a dashboard's anchor is read in: its fixed zone (``fixed``, or the default of
     ``selectable``); UTC otherwise (``disabled``, ``organization``: organisations have no zone
     in dataferry, and a viewer's pick is no schedule's)."""
-    name = (time_zone_config or {}).get("fixed_time_zone")
+    config = time_zone_config or {}
+    name = config.get("fixed_time_zone") if config.get("type") in _ZONED_TYPES else None
     return ZoneInfo(name if name in known_time_zones() else "UTC")
+
+
+_ZONED_TYPES = ("fixed", "selectable")  # the configurations whose fixed_time_zone is the zone
 
 
 # ---------------------------------------------------------------------------- who

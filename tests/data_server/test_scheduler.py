@@ -74,7 +74,14 @@ def test_a_fixed_or_default_selectable_zone_anchors_and_others_are_utc():
             "allowed_time_zones": ["Asia/Tokyo"],
         }
     ) == ZoneInfo("Asia/Tokyo")
-    for config in (None, {"type": "disabled"}, {"type": "organization"}):
+    for config in (
+        None,
+        {"type": "disabled"},
+        {"type": "organization"},
+        # A zone stored beside a type that has none is not the schedule's (outside probe).
+        {"type": "organization", "fixed_time_zone": "Asia/Tokyo"},
+        {"type": "disabled", "fixed_time_zone": "Asia/Tokyo"},
+    ):
         assert dashboard_zone(config) == UTC_ZONE
 
 
