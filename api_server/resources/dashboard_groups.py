@@ -88,6 +88,11 @@ OPERATIONS = Operations(
     [DASHBOARD_GROUPS],
 )
 VIEW, MANAGE = (Permission.VIEW_DASHBOARDS,), (Permission.MANAGE_DASHBOARDS,)
+_HOLDS_HIDDEN = (
+    "The key lacks the permission, or is restricted to listed datasources and the group holds "
+    "dashboards it does not see (`datasource_scope_restricted`): it may change which of the "
+    "ones it sees are members, not rename or delete the group."
+)
 _INVALID = (
     "An attribute is unknown, read-only or invalid, or a dashboard in `relationships` is not one "
     "of the organisation's (`dashboard_not_found`, pointing at it)."
@@ -225,7 +230,13 @@ def show_dashboard_group(request: Request, principal: Principal) -> Response:
     body=Body.BOUNDED,
     request_body=doc.request_body("DashboardGroupUpdateDocument", "The changes."),
     responses={"200": doc.jsonapi_response("The group as it is now.", "DashboardGroupDocument")},
-    errors={400: doc.BAD_DOCUMENT, 404: None, 409: doc.WRONG_TYPE_OR_ID, 422: _INVALID},
+    errors={
+        400: doc.BAD_DOCUMENT,
+        403: _HOLDS_HIDDEN,
+        404: None,
+        409: doc.WRONG_TYPE_OR_ID,
+        422: _INVALID,
+    },
 )
 def update_dashboard_group(request: Request, principal: Principal) -> Response:
     group_id = request.path_params["id"]
@@ -248,7 +259,7 @@ def update_dashboard_group(request: Request, principal: Principal) -> Response:
     audit="dashboard_group.delete",
     subject=DASHBOARD_GROUPS,
     responses=doc.DELETED,
-    errors={404: None},
+    errors={403: _HOLDS_HIDDEN, 404: None},
 )
 def delete_dashboard_group(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:

@@ -359,6 +359,8 @@ def update_group(
     """``dashboard_ids``: the group's dashboards from now on (None: unchanged)."""
     write_lock_on_sqlite(session)  # SQLite ignores the share locks of _replace_members
     group = _group(session, principal, group_id)
+    if changes:  # its members it does not see stay whatever it sends (_replace_members)
+        _refuse_if_holding_hidden(session, principal, group)
     for name, value in changes.items():
         setattr(group, name, value)
     if dashboard_ids is not None:
@@ -369,8 +371,30 @@ def update_group(
 
 def delete_group(session: Session, principal: Principal, group_id: str) -> None:
     """Its dashboards stay; only the memberships go (the database cascades them)."""
-    session.delete(_group(session, principal, group_id))
+    group = _group(session, principal, group_id)
+    _refuse_if_holding_hidden(session, principal, group)
+    session.delete(group)
     session.flush()
+
+
+def _refuse_if_holding_hidden(
+    session: Session, principal: Principal, group: DashboardGroup
+) -> None:
+    """A group is the organisation's: a restricted key renames (or redescribes) or deletes only
+    one whose every dashboard it sees, or it would change or dissolve what others file their
+    dashboards in."""
+    if principal.datasource_ids is None:
+        return
+    hidden = session.scalar(
+        select(DashboardGroupMember.dashboard_id)
+        .join(Dashboard, Dashboard.id == DashboardGroupMember.dashboard_id)
+        .where(DashboardGroupMember.dashboard_group_id == group.id, ~visible_dashboards(principal))
+        .limit(1)
+    )
+    if hidden is not None:
+        principal.require_every_datasource(
+            "rename or delete a dashboard group that holds dashboards beyond its datasources"
+        )
 
 
 def _replace_members(

@@ -408,6 +408,24 @@ def test_a_restricted_key_sees_dashboards_whose_reports_are_all_in_its_scope(api
     assert (
         refused.json()["errors"][0]["source"]["pointer"] == "/data/relationships/dashboards/data/1"
     )
+    # Renaming or deleting the group would change what the others file their dashboards in.
+    before = dump_tables(api.app)
+    renamed = {"data": {"type": "dashboard_groups", "id": group, "attributes": {"name": "x"}}}
+    for answer in (
+        api.patch(f"/dashboard_groups/{group}", key, renamed),
+        api.delete(f"/dashboard_groups/{group}", key),
+    ):
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["errors"][0]["code"] == "datasource_scope_restricted"
+    assert dump_tables(api.app) == before
+    own = _group(api, key, [inside]).json()["data"]["id"]
+    assert (
+        api.patch(
+            f"/dashboard_groups/{own}", key, renamed | {"data": {**renamed["data"], "id": own}}
+        ).status_code
+        == 200
+    )
+    assert api.delete(f"/dashboard_groups/{own}", key).status_code == 204
 
 
 def _unknown_ids(count: int) -> list[str]:

@@ -37,6 +37,9 @@ class Rule:
     # organisation's key, a key restricted to another datasource) gets the 422 of an unknown id.
     names_datasource: bool = False
     unrestricted_only: bool = False  # keys restricted to listed datasources get 403
+    # The object holds one that belongs to the target datasource: a key restricted to another
+    # datasource sees it but may not change it (403; a dashboard group holding the dashboard).
+    holds_scoped: bool = False
     body: Callable[[Any], Any] | None = field(default=None, compare=False)
     json_body: bool = False  # plain JSON (Cluvio's action operations) instead of JSON:API
     # An upload: (Content-Type, the file's bytes) for the world.
@@ -140,9 +143,10 @@ RULES = [
     Rule("POST", "/dashboard_groups", 201,
          body=lambda world: {"data": {"type": "dashboard_groups", "attributes": {"name": "new"}}}),
     Rule("GET", "/dashboard_groups/{id}", 200, target="dashboard_group"),
-    Rule("PATCH", "/dashboard_groups/{id}", 200, target="dashboard_group",
+    # The world's group holds the world's dashboard.
+    Rule("PATCH", "/dashboard_groups/{id}", 200, target="dashboard_group", holds_scoped=True,
          body=_resource("dashboard_groups", "dashboard_group", name="renamed")),
-    Rule("DELETE", "/dashboard_groups/{id}", 204, target="dashboard_group"),
+    Rule("DELETE", "/dashboard_groups/{id}", 204, target="dashboard_group", holds_scoped=True),
     Rule("GET", "/reports", 200),
     Rule("POST", "/reports", 201, names_datasource=True,
          body=lambda world: {"data": {"type": "reports", "attributes": {
@@ -220,6 +224,8 @@ def expected_status(rule: Rule, caller: Caller) -> int:
         return 422
     if rule.scoped and not caller.reaches_target_datasource:
         return 404
+    if rule.holds_scoped and not caller.reaches_target_datasource:
+        return 403
     return rule.success
 
 
