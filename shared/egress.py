@@ -182,15 +182,19 @@ def _refusal(address: IPAddress, port: int, settings: Settings) -> str | None:
     """Why ``address:port`` may not be reached, or None when it may."""
     never = never_label(address)
     if never is not None:
-        return f"is a {never} address"
+        return f"is {_a(never)} address"
     if _is_own_service(address, port, settings):
-        return f"and port {port} belong to this region's own services"
+        return f"is, with port {port}, one of this region's own services"
     if any(rule.permits(address, port) for rule in settings.allowed_networks):
         return None
     denied_class = default_denial(address)
     if denied_class is None:
         return None
-    return f"is a {denied_class} address, which the operator has not allowed ({SETTING})"
+    return f"is {_a(denied_class)} address, which the operator has not allowed ({SETTING})"
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def never_label(address: IPAddress) -> str | None:

@@ -83,6 +83,12 @@ def cmd_delete_api_key(settings: Settings, args: argparse.Namespace) -> None:
     _change_key(settings, args.id, "api_key.delete", api_keys.delete_key_by_operator)
 
 
+def _largest(setting: str) -> int:
+    """An organisation's limit stays within the bounds of the deployment setting it overrides."""
+    bounds = Settings.model_fields[setting].metadata
+    return next(bound.le for bound in bounds if isinstance(getattr(bound, "le", None), int))
+
+
 def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) -> None:
     """0 returns a limit to the deployment's default."""
     changes = {
@@ -94,8 +100,13 @@ def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) ->
         )
         if value is not None
     }
-    if any(value < 0 for value in changes.values()):
-        raise ConfigurationError("limits are whole numbers, 0 for the deployment default")
+    for name, value in changes.items():
+        largest = _largest(name)
+        if not 0 <= value <= largest:
+            raise ConfigurationError(
+                f"{name.replace('_', ' ')} is a whole number up to {largest:,}, "
+                "0 for the deployment default"
+            )
     with transaction(settings) as session:
         organization = organizations.get_organization(session, args.organization)
         for name, value in changes.items():

@@ -103,3 +103,27 @@ def test_recount_storage_mends_a_counter_that_drifted(cli, tmp_path):
     ]
     unknown = cli("recount-storage", "--organization", "nope")
     assert unknown.returncode != 0 and unknown.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--per-minute", "-1"], "rate limit per minute is a whole number up to 1,000,000,000"),
+        (["--per-hour", "2147483648"], "rate limit per hour is a whole number up to 1,000,000,000"),
+        (["--max-running-executions", "1000001"], "up to 1,000,000"),
+    ],
+)
+def test_organization_limits_stay_within_the_settings_bounds(cli, args, message):
+    """Past them an integer column overflows (was a traceback on PostgreSQL)."""
+    org = _one_json_object(cli("create-organization", "--name", "Acme").stdout)
+    result = cli("set-organization-limits", "--organization", org["organization_id"], *args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert message in result.stderr and "Traceback" not in result.stderr
+    ok = cli(
+        "set-organization-limits",
+        "--organization",
+        org["organization_id"],
+        "--per-hour",
+        "1000000000",
+    )
+    assert ok.returncode == 0, ok.stderr

@@ -76,6 +76,21 @@ def test_a_redis_reached_by_socket_is_refused_on_this_machine():
     assert "own services" in refusal("127.0.0.1", 6379, settings).detail
 
 
+def test_a_refusal_reads_as_a_sentence_and_never_shows_what_a_name_resolves_to(resolver):
+    resolver["meta.internal"] = ["10.0.0.5"]
+    settings = policy_settings(
+        database_url="postgresql+psycopg://u@meta.internal:5432/meta",
+        datasource_allowed_networks="10.0.0.0/8",
+    )
+    assert refusal("meta.internal", 5432, settings).detail == (
+        "meta.internal resolves to an address that is, with port 5432, one of this region's "
+        "own services; datasources may not connect there."
+    )
+    assert refusal("0.0.0.0", 5432, settings).detail == (  # noqa: S104 - a refused destination
+        "0.0.0.0 is an unspecified address; datasources may not connect there."
+    )
+
+
 def test_the_metadata_database_is_refused_even_when_listed_by_port():
     settings = policy_settings(
         database_url="postgresql+psycopg://postgres@10.0.0.5:5432/meta",
