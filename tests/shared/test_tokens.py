@@ -196,14 +196,18 @@ def _hs256_with_public_key(claims, public_pem, kid):
     return f"{header}.{payload}.{b64(signature)}"
 
 
-def test_valid_token_passes_authorisation(data_client, settings, signing_key):
-    token = mint_data_token(
+def _result_token(signing_key, settings) -> str:
+    return mint_data_token(
         signing_key,
         settings,
         organization_id="o",
         data_key=RESULT_KEY,
         scope=Scope.EXECUTION_RESULT,
     )
+
+
+def test_valid_token_passes_authorisation(data_client, settings, signing_key):
+    token = _result_token(signing_key, settings)
     response = data_client.get(f"/data/{RESULT_KEY}", headers={"Authorization": f"Data {token}"})
     # Authorisation passed, so the handler went to storage: the spy proves the order of work.
     assert data_client.spy.calls == ["open"]
@@ -243,13 +247,7 @@ def test_malformed_data_key_is_the_same_401(data_client, settings, signing_key, 
 
 
 def test_token_lifetime_defaults_to_120_seconds(settings, signing_key):
-    token = mint_data_token(
-        signing_key,
-        settings,
-        organization_id="o",
-        data_key=RESULT_KEY,
-        scope=Scope.EXECUTION_RESULT,
-    )
+    token = _result_token(signing_key, settings)
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 120
     assert set(claims) == {"iss", "aud", "sub", "org", "scope", "iat", "nbf", "exp", "jti"}
@@ -264,13 +262,7 @@ def test_token_lifetime_defaults_to_120_seconds(settings, signing_key):
 def test_the_unverified_header_is_read_as_pyjwt_reads_it_or_not_at_all(settings, signing_key):
     """Read from the first segment alone (which key to verify with); anything that is not
     strict base64url of a JSON object there is no header."""
-    token = mint_data_token(
-        signing_key,
-        settings,
-        organization_id="o",
-        data_key=RESULT_KEY,
-        scope=Scope.EXECUTION_RESULT,
-    )
+    token = _result_token(signing_key, settings)
     assert unverified_header(token) == jwt.get_unverified_header(token)
     header = token.partition(".")[0]
     for malformed in ("", ".", "abc", "W10.x", "!!!!.x.y", f"{header}=.x", f"{header[:-1]}+.x",
