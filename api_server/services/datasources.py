@@ -26,7 +26,7 @@ from shared.datapaths import (
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Filter, Report
 from shared.egress import check_destination
-from shared.errors import AppError, Conflict, NotFound
+from shared.errors import AppError, Conflict, NotFound, Unprocessable
 from shared.ids import new_resource_id
 from shared.lifecycle import delete_executions
 from shared.organization_rows import lock_organization
@@ -181,6 +181,7 @@ def update_datasource(
             changes.get("require_ssl", ds.require_ssl),
         ),
     )
+    _require_password_for_new_destination(ds, changes)
     if "password" in changes:
         password = changes.pop("password")
         ds.password_encrypted = server_secrets.encrypt(password) if password is not None else None
@@ -189,6 +190,33 @@ def update_datasource(
             setattr(ds, name, value)
     session.flush()
     return ds
+
+
+# Where a datasource's stored password is sent: changing one of these sends it elsewhere (TLS:
+# when it stops being required).
+_DESTINATION = ("database_type", "host", "port", "require_ssl")
+
+
+def _require_password_for_new_destination(ds: Datasource, changes: dict[str, Any]) -> None:
+    """A stored password goes only where it was given for: a key that may manage a datasource
+    but was never told its password could otherwise point it at a server of its own (or drop
+    TLS on the way) and be sent the password, in clear if that server asks for it so. A change
+    of type, host, port or TLS requirement sends the password again, or null."""
+    moved = [
+        name
+        for name in _DESTINATION
+        if name in changes
+        and changes[name] != getattr(ds, name)
+        and not (name == "require_ssl" and changes[name])
+    ]
+    if ds.password_encrypted is None or not moved or "password" in changes:
+        return
+    raise Unprocessable(
+        f"Changing {', '.join(moved)} sends the datasource's password to a new destination: "
+        "send the password again (or null to drop it).",
+        pointer="/data/attributes/password",
+        code="password_required",
+    )
 
 
 def _check_changed_connection(ds: Datasource, changes: dict[str, Any]) -> None:

@@ -103,6 +103,36 @@ def test_password_can_be_changed_and_cleared(api):
     assert _stored_password(api, created["id"]) is None
 
 
+def test_a_stored_password_goes_to_no_new_destination_unless_sent_again(api):
+    """A key that may manage a datasource but never knew its password must not point it at a
+    server of its own and be sent the password (outside probe)."""
+    org = api.create_org()
+    attributes = {**POSTGRES_DATASOURCE, "require_ssl": True}
+    created = api.create_datasource(org.key, password="first", **attributes)
+    path, ds = f"/datasources/{created['id']}", created["id"]
+    before = dump_tables(api.app)
+    for moved in ({"host": "127.0.0.2"}, {"port": 5433}, {"require_ssl": False},
+                  {"database_type": "mysql", "port": 3306}):  # fmt: skip
+        refused = api.patch(path, org.key, resource("datasources", ds, **moved))
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["errors"][0]
+        assert error["code"] == "password_required"
+        assert error["source"]["pointer"] == "/data/attributes/password"
+    assert dump_tables(api.app) == before
+    for harmless in (
+        {"name": "renamed"},
+        {"username": "other"},
+        {"host": created["attributes"]["host"]},
+    ):
+        assert api.patch(path, org.key, resource("datasources", ds, **harmless)).status_code == 200
+    sent_again = resource("datasources", ds, host="127.0.0.2", password="first")
+    assert api.patch(path, org.key, sent_again).status_code == 200
+    dropped = resource("datasources", ds, port=5433, password=None)
+    assert api.patch(path, org.key, dropped).status_code == 200
+    assert _stored_password(api, ds) is None
+    assert api.patch(path, org.key, resource("datasources", ds, port=5434)).status_code == 200
+
+
 def test_sample_datasource_allows_only_harmless_changes(api):
     org = api.create_org()
     path = f"/datasources/{org.sample_datasource_id}"

@@ -75,7 +75,8 @@ def test_update_rechecks_a_changed_host_and_keeps_the_old_one(api):
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["source"] == {"pointer": POINTER}
     assert api.get(path, org.key).json()["data"]["attributes"]["host"] == "127.0.0.1"
-    moved = api.patch(path, org.key, resource("datasources", id_, host="::1", port=5433))
+    moved = resource("datasources", id_, host="::1", port=5433, password="pw-never-stored")
+    moved = api.patch(path, org.key, moved)
     assert moved.status_code == 200, moved.text
 
 
