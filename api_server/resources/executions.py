@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -120,7 +121,8 @@ EXECUTIONS = ResourceType(
             "reports",
             linked=lambda ex: ex.report_id,
             description="The report this execution ran (`POST /reports/{id}/executions`); null "
-            "when it ran SQL given directly, or once the report was deleted.",
+            "when it ran SQL given directly, once the report was deleted, or, for a key "
+            "restricted to listed datasources, when another key ran it.",
         ),
     },
     id_schema=oa.string(format="uuid"),
@@ -288,11 +290,24 @@ def _wait_seconds(request: Request) -> float:
     return seconds
 
 
+@dataclass(frozen=True)
+class _Linked:
+    """An execution's id and relationships as the caller may see them."""
+
+    id: str
+    datasource_id: str
+    report_id: str | None
+
+
 def serialize_execution(execution: Execution, principal: Principal) -> dict[str, Any]:
-    """Bound values may be private to the application that sent them: only its key sees them."""
+    """Bound values may be private to the application that sent them: only its key sees them.
+    A key restricted to listed datasources sees the report only of its own runs: another key's
+    run (one that a report run of its own reused, say) may be of a report it does not see."""
     owner = execution.api_key_id is not None and execution.api_key_id == principal.api_key_id
     attributes = execution_attributes(execution, show_query=owner)
-    return EXECUTIONS.serialize(execution, attributes=attributes)
+    report_id = execution.report_id if owner or principal.datasource_ids is None else None
+    linked = _Linked(execution.id, execution.datasource_id, report_id)
+    return EXECUTIONS.serialize(linked, attributes=attributes)
 
 
 def serialize_run(queued: QueuedRun, principal: Principal) -> dict[str, Any]:

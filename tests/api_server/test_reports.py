@@ -379,6 +379,17 @@ def test_a_report_on_a_dashboard_hidden_from_a_restricted_key_is_hidden_too(api)
     _lock(api, dashboard)
     assert api.delete(f"/reports/{inside}", restricted).status_code == 404
     assert api.get(f"/reports/{inside}", org.key).status_code == 200
+    # An execution of the hidden report, on a datasource the key reaches (found by reusing it),
+    # does not name the report to that key; the key's own runs name theirs.
+    _lock(api, dashboard, locked=False)
+    ran = _post_json(api, org.key, f"/reports/{inside}/executions", {})
+    execution = ran.json()["data"]["id"]
+    for caller, linked in ((org.key, {"type": "reports", "id": inside}), (restricted, None)):
+        shown = api.get(f"/executions/{execution}", caller).json()["data"]
+        assert shown["relationships"]["report"]["data"] == linked
+    own = _report(api, org, None, name="own")
+    mine = _post_json(api, restricted, f"/reports/{own}/executions", {}).json()["data"]
+    assert mine["relationships"]["report"]["data"] == {"type": "reports", "id": own}
 
 
 # ---------------------------------------------------------------------------- dashboards
