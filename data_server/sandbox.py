@@ -98,6 +98,10 @@ class Sandbox:
         self._timeout_seconds = limits.timeout_seconds
         if spec.remote is not None and spec.remote.password:
             self._paths[spec.remote.password] = "<redacted>"
+        if spec.remote is not None and spec.remote.address != spec.remote.host:
+            # The driver names the address it connected to; the tenant gave a name, and what a
+            # name resolves to inside the region's network is not the tenant's to learn.
+            self._paths[spec.remote.address] = spec.remote.host
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         self.connection = connection or duckdb.connect(":memory:", config=dict(BASE_CONFIG))
         try:

@@ -175,8 +175,11 @@ def test_connection_errors_are_specific(client, server, datasources):
 
 
 def test_engine_refuses_a_remote_spec_that_cannot_connect(postgres, tmp_path):
-    """Without the region: the attach fails with the classified code and no password."""
+    """Without the region: the attach fails with the classified code, no password, and the host
+    as the datasource names it, never the address that name resolved to."""
+    spec = remote_spec(postgres, host="db.tenant.example", port=_closed_port())
     with pytest.raises(QueryFailed) as refused:
-        engine.Sandbox(remote_spec(postgres, port=_closed_port()), LIMITS, str(tmp_path))
+        engine.Sandbox(spec, LIMITS, str(tmp_path))
     assert refused.value.code == "host_unreachable"
     assert postgres.password not in refused.value.message
+    assert "127.0.0.1" not in refused.value.message, refused.value.message
