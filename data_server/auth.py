@@ -40,6 +40,7 @@ from shared.tokens import (
     URL_TOKEN_PARAMETER,
     DataGrant,
     invalid_token,
+    key_id,
     scope_of_data_key,
     unverified_header,
     verify_data_token,
@@ -173,5 +174,4 @@ async def authorize_data_request(request: Request, data_key: str) -> DataGrant:
 def _unverified_kid(token: str) -> str:
     """Which key the token names ("" if it names none or is not a JWT: verification refuses
     it next)."""
-    kid = unverified_header(token).get("kid", "")
-    return kid if isinstance(kid, str) else ""
+    return key_id(unverified_header(token))

@@ -88,7 +88,7 @@ class Sandbox:
         self.spec = spec
         self.temp_dir = temp_dir
         self._file_locations: tuple[list[str], list[str]] | None = None
-        self._paths = {
+        self._replacements = {
             path: label
             for path, label in ((spec.path, "<datasource>"), (temp_dir, "<temp>"))
             if path
@@ -97,11 +97,11 @@ class Sandbox:
         self.remote: RemoteSession | None = None
         self._timeout_seconds = limits.timeout_seconds
         if spec.remote is not None and spec.remote.password:
-            self._paths[spec.remote.password] = "<redacted>"
+            self._replacements[spec.remote.password] = "<redacted>"
         if spec.remote is not None and spec.remote.address != spec.remote.host:
             # The driver names the address it connected to; the tenant gave a name, and what a
             # name resolves to inside the region's network is not the tenant's to learn.
-            self._paths[spec.remote.address] = spec.remote.host
+            self._replacements[spec.remote.address] = spec.remote.host
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         self.connection = connection or duckdb.connect(":memory:", config=dict(BASE_CONFIG))
         try:
@@ -304,10 +304,12 @@ class Sandbox:
 
     def _open_object_storage(self, storage_spec: ObjectStorageSpec) -> None:
         """The objects directly under the prefix become views, as a folder's files do."""
-        self._paths.pop(self.spec.path, None)  # the tenant's own bucket URL is no server secret
+        self._replacements.pop(
+            self.spec.path, None
+        )  # the tenant's own bucket URL is no server secret
         self._storage = ObjectStorage(self.connection, storage_spec)
         for secret in self._storage.secrets():
-            self._paths[secret] = "<redacted>"
+            self._replacements[secret] = "<redacted>"
         names = self._storage.list_objects(self.connection)
         self._create_views({name: storage_spec.url + name for name in names})
 
@@ -340,11 +342,12 @@ class Sandbox:
             )
 
     def clean(self, error: BaseException) -> str:
-        """The error's first line with server paths (and credentials) replaced, so neither
-        the filesystem layout nor a secret leaks."""
+        """The error's first line with server paths, credentials and the address a host name
+        resolved to replaced, so neither the filesystem layout, a secret nor the region's
+        internal addresses leak."""
         message = first_line(error)
-        for path, label in self._paths.items():
-            message = message.replace(path, label)
+        for text, label in self._replacements.items():
+            message = message.replace(text, label)
         return message
 
     def failure(self, error: duckdb.Error, code: str) -> QueryFailed:

@@ -125,10 +125,16 @@ def check_sql(sql: str, connection: duckdb.DuckDBPyConnection | None = None) -> 
     """
     passed = hashlib.sha256(sql.encode()).digest()
     if passed in _passed:
-        return None
+        return
     if connection is None:
         with duckdb.connect(":memory:", config=dict(BASE_CONFIG)) as scratch:
-            return check_sql(sql, scratch)
+            _check(sql, scratch)
+    else:
+        _check(sql, connection)
+    _passed.add(passed)
+
+
+def _check(sql: str, connection: duckdb.DuckDBPyConnection) -> None:
     _check_statements(sql, connection)
     if _EXPLAIN_ANALYZE.match(sql):
         raise QueryFailed(
@@ -150,8 +156,6 @@ def check_sql(sql: str, connection: duckdb.DuckDBPyConnection | None = None) -> 
         raise QueryFailed("not_a_select", "Only SELECT (or EXPLAIN SELECT) statements may be run.")
     for node, ctes in _walk(serialized):
         _check_node(node, ctes)
-    _passed.add(passed)
-    return None
 
 
 # Digests of texts that passed: the check depends on the text alone, and parsing it costs more

@@ -166,6 +166,12 @@ def unverified_header(token: str) -> dict[str, Any]:
     return header if isinstance(header, dict) else {}
 
 
+def key_id(header: dict[str, Any]) -> str:
+    """The key a token's header names ("" when it names none: no key is named "")."""
+    kid = header.get("kid", "")
+    return kid if isinstance(kid, str) else ""
+
+
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _FROM_BASE64URL = str.maketrans("-_", "+/")
 
@@ -177,8 +183,7 @@ def _decode(
     after the signature has been checked); every other failure is the one 401."""
     try:
         header = unverified_header(token)
-        kid = header.get("kid")
-        key = public_keys.get(kid) if isinstance(kid, str) else None
+        key = public_keys.get(key_id(header))
         if key is None or header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE:
             raise invalid_token()
         return jwt.decode(

@@ -192,31 +192,29 @@ def update_datasource(
     return ds
 
 
-# Where a datasource's stored password is sent: changing one of these sends it elsewhere (TLS:
-# when it stops being required).
-_DESTINATION = ("database_type", "host", "port", "require_ssl")
+# Where a datasource's stored password is sent: changing one of these sends it elsewhere.
+_DESTINATION = ("database_type", "host", "port")
 
 
 def _require_password_for_new_destination(ds: Datasource, changes: dict[str, Any]) -> None:
     """A stored password goes only where it was given for: a key that may manage a datasource
     but was never told its password could otherwise point it at a server of its own (or drop
     TLS on the way) and be sent the password, in clear if that server asks for it so. A change
-    of type, host, port or TLS requirement sends the password again, or null."""
-    moved = [
-        name
-        for name in _DESTINATION
-        if name in changes
-        and changes[name] != getattr(ds, name)
-        and not (name == "require_ssl" and changes[name])
-    ]
-    if ds.password_encrypted is None or not moved or "password" in changes:
+    of type, host or port, or TLS no longer required, sends the password again, or null."""
+    if ds.password_encrypted is None or "password" in changes:
         return
-    raise Unprocessable(
-        f"Changing {', '.join(moved)} sends the datasource's password to a new destination: "
-        "send the password again (or null to drop it).",
-        pointer="/data/attributes/password",
-        code="password_required",
-    )
+    moved = [
+        name for name in _DESTINATION if changes.get(name, getattr(ds, name)) != getattr(ds, name)
+    ]
+    if ds.require_ssl and changes.get("require_ssl") is False:
+        moved.append("require_ssl")
+    if moved:
+        raise Unprocessable(
+            f"Changing {', '.join(moved)} sends the datasource's password to a new "
+            "destination: send the password again (or null to drop it).",
+            pointer="/data/attributes/password",
+            code="password_required",
+        )
 
 
 def _check_changed_connection(ds: Datasource, changes: dict[str, Any]) -> None:
