@@ -1,0 +1,74 @@
+"""The metadata engine's pool on PostgreSQL: a connection that answered a moment ago is reused
+without a ping; one the server has closed since is noticed at checkout and replaced, so the
+caller never sees the dead connection."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+
+from shared.db.engine import autocommit_engine, create_metadata_engine
+from tests.support.postgres import fresh_postgres_schema
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    with fresh_postgres_schema("dataferry_pooled_connections") as url:
+        created = create_metadata_engine(url)
+        yield created
+        created.dispose()
+
+
+@pytest.fixture
+def pings(engine, monkeypatch) -> list[object]:
+    """Every ping the pool sends, by connection."""
+    sent: list[object] = []
+    real = engine.dialect.do_ping
+
+    def counted(dbapi_connection):
+        sent.append(dbapi_connection)
+        return real(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    return sent
+
+
+def backend_pid(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_a_connection_that_just_answered_is_reused_without_a_ping(engine, pings):
+    first = backend_pid(engine)
+    for _ in range(5):
+        assert backend_pid(engine) == first
+    assert pings == []
+
+
+def test_a_connection_the_server_closed_is_replaced_before_anyone_uses_it(engine, pings):
+    cut = backend_pid(engine)
+    killer = create_metadata_engine(engine.url)
+    with killer.connect() as other:
+        assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": cut}).scalar()
+    killer.dispose()
+    time.sleep(0.2)  # the server's goodbye reaches the idle socket
+
+    assert backend_pid(engine) != cut  # no error: the pool pinged, dropped and reconnected
+    assert len(pings) == 1
+
+
+def test_the_queue_probe_connection_is_left_outside_any_transaction(engine):
+    """Reads on their own cost one round trip, not a BEGIN, the read and a ROLLBACK."""
+    with autocommit_engine(engine).connect() as connection:
+        connection.execute(text("SELECT 1"))
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        assert driver.info.transaction_status.name == "IDLE"
+    with engine.connect() as connection:  # a transactional connection, for contrast
+        connection.execute(text("SELECT 1"))
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        assert driver.info.transaction_status.name == "INTRANS"
