@@ -23,6 +23,7 @@ from data_server.auth import PublicKeyring
 from data_server.fair_jobs import FairJobs
 from data_server.representations import MATERIALISATIONS_AT_ONCE, EncodingThreads
 from data_server.routes import routes
+from data_server.warm_files import WarmFiles
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.errors import BadRequest
 from shared.metrics import Metrics
@@ -44,6 +45,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     sessions = create_session_factory(engine)
     store = open_result_store(settings)
     encoding_threads = _encoding_threads(settings)
+    warm_files = WarmFiles(store.scratch_dir, settings.warm_scratch_mb * 1024 * 1024)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -57,6 +59,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
                 start_workers, settings, sessions, store, app.state.metrics
             )
         app.state.worker = worker
+        warm_files.start()
         keys_kept_fresh = asyncio.create_task(app.state.keyring.keep_fresh())
         try:
             yield
@@ -66,6 +69,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
             if worker is not None:
                 await run_in_threadpool(stop_workers, worker)
             encoding_threads.shutdown()
+            warm_files.close()
             engine.dispose()
 
     app = Starlette(
@@ -86,6 +90,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     app.state.metrics = Metrics(sessions)
     app.state.result_store = store
     app.state.encoding_threads = encoding_threads
+    app.state.warm_files = warm_files
     app.state.keyring = PublicKeyring(settings)
     return app
 

@@ -255,6 +255,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         grant.organization_id,
         charge,
         state.encoding_threads,
+        state.warm_files,
     )
     if isinstance(source, GrowingReader):
         if _can_follow(request):

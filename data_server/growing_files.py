@@ -36,9 +36,13 @@ class EncodingFailed(Exception):
 class GrowingFile:
     """The writer's side: ``write``, then ``finish`` (or ``fail``), then ``close``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, prepared: bool = False) -> None:
+        """``prepared``: ``path`` exists (a warm file, data_server/warm_files.py) and is
+        overwritten from its start, then cut to what was written when it is finished."""
         self.path = path
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.prepared = prepared
+        flags = os.O_RDWR if prepared else os.O_RDWR | os.O_CREAT | os.O_EXCL
+        self._fd: int | None = os.open(path, flags, 0o600)
         self._lock = threading.Lock()
         self._written = 0
         self._announced = 0
@@ -76,6 +80,11 @@ class GrowingFile:
         with self._lock:
             self._begun = True
         self._wake()
+
+    def end_here(self) -> None:
+        """Cuts the file to what was written: a prepared file's length was its own."""
+        assert self._fd is not None
+        os.ftruncate(self._fd, self._written)
 
     def finish(self) -> None:
         """Every byte is written: readers may read to the end."""

@@ -272,6 +272,14 @@ class Settings(BaseModel):
         ge=1,
         le=256,
     )
+    warm_scratch_mb: int = setting(
+        512,
+        "Scratch space a data server keeps prepared, its pages already in memory, for the first "
+        "fetch of a large JSON, records, NDJSON or CSV result to write into (0: none). Filled at "
+        "idle priority; the pages are clean, so the kernel may take them back at any time.",
+        ge=0,
+        le=1_048_576,
+    )
     query_temp_space_mb: int = setting(
         4096, "Spill space an execution may use, in MiB.", ge=0, le=16_777_216
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import time
 
 import brotli
 import pyarrow as pa
@@ -18,6 +19,7 @@ from sqlalchemy import select
 
 from data_server import representations
 from data_server.formats import ResultFormat
+from data_server.warm_files import WarmFiles
 from shared.db.engine import create_metadata_engine
 from shared.db.models import Execution
 from shared.results import (
@@ -252,3 +254,43 @@ def test_ranges_and_variants_on_the_s3_store(tmp_path, object_store, monkeypatch
         assert not [
             key for key in object_store.keys(env["DATAFERRY_RESULTS_URL"]) if data.data_key in key
         ]
+
+
+@pytest.mark.parametrize("warm_mb", [8, 1])  # larger than the representation, and smaller
+def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
+    tmp_path, monkeypatch, warm_mb
+):
+    """The warm file is overwritten from its start and cut to the representation: the same
+    bytes as without one, stored and charged at their own length, not the warm file's."""
+    monkeypatch.setattr(representations, "WARM_WORTH_BYTES", 0)  # this result counts as large
+    taken: list[bool] = []
+    real_take = WarmFiles.take_as
+
+    def recorded(self, path):
+        taken.append(real_take(self, path))
+        return taken[-1]
+
+    monkeypatch.setattr(WarmFiles, "take_as", recorded)
+    bodies = {}
+    for warm in (warm_mb, 0):
+        settings = Settings(
+            state_dir=tmp_path / str(warm), sample_scale=0.001, warm_scratch_mb=warm
+        )
+        store, data_key, table = publish_result(open_result_store(settings))
+        with data_client(settings, (store, data_key, table)) as data:
+            deadline = time.monotonic() + 30
+            while warm and not list(store.scratch_dir.glob("warm-*")):
+                assert time.monotonic() < deadline, "no warm file was prepared"
+                time.sleep(0.02)
+            identity = {"Accept-Encoding": "identity"}
+            status, sent, body = _raw(data, "ndjson", identity)
+            assert status == 200
+            assert "content-length" not in sent  # a first fetch: encoded as it was sent
+            bodies[warm] = body
+            assert stored_variants(store, data_key) == {"ndjson": len(body)}
+            assert _variants_size(settings, data_key) == len(body)
+            again = _raw(data, "ndjson", identity)
+            assert (again[2], int(again[1]["content-length"])) == (body, len(body))
+    assert taken == [True, False]  # the warm server took one; the other had none
+    assert bodies[warm_mb] == bodies[0]
+    assert len(bodies[0]) > 1024 * 1024 > 0  # the smaller warm file was outgrown

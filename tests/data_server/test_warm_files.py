@@ -1,0 +1,199 @@
+"""Warm scratch files (data_server/warm_files.py): prepared at idle priority in a child process,
+taken whole, cut to what was written, kept out of an encoding's way, and never left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from data_server.growing_files import GrowingFile
+from data_server.warm_files import WarmFiles
+
+FILE_BYTES = 2 * 1024 * 1024
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def ready(scratch: Path) -> list[Path]:
+    return sorted(scratch.glob(f"warm-{os.getpid()}-*"))
+
+
+@pytest.fixture
+def warm(tmp_path) -> Iterator[WarmFiles]:
+    files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    wait_until(lambda: len(ready(tmp_path)) == 2, "two warm files")
+    yield files
+    files.close()
+
+
+def filler_pid(warm: WarmFiles) -> int | None:
+    filler = warm._filler
+    return filler.pid if filler is not None and filler.poll() is None else None
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_server_gets_whole_files_of_the_size_asked_and_no_more_than_asked(warm, tmp_path):
+    assert [path.stat().st_size for path in ready(tmp_path)] == [FILE_BYTES, FILE_BYTES]
+    assert not list(tmp_path.glob(".filling-*"))
+    time.sleep(0.3)
+    assert len(ready(tmp_path)) == 2  # the filler stopped at the count
+
+
+def test_a_taken_file_is_moved_to_its_new_name_and_replaced(warm, tmp_path):
+    target = tmp_path / "variant-1"
+    assert warm.take_as(target)
+    assert target.stat().st_size == FILE_BYTES
+    assert len(ready(tmp_path)) == 1
+    warm.refill()
+    wait_until(lambda: len(ready(tmp_path)) == 2, "the taken file's replacement")
+
+
+def test_with_none_ready_nothing_is_taken(tmp_path):
+    files = WarmFiles(tmp_path, 0)  # turned off: never a filler, never a file
+    files.start()
+    assert not files.take_as(tmp_path / "variant-1")
+    assert files._filler is None
+    assert not (tmp_path / "variant-1").exists()
+
+
+def test_a_taken_file_is_cut_to_what_the_encoding_wrote(warm, tmp_path):
+    target = tmp_path / "variant-1"
+    assert warm.take_as(target)
+    growing = GrowingFile(target, prepared=True)
+    reader = growing.join()
+    growing.write(b"a" * 1000)
+    growing.write(b"b" * 300_000)
+    growing.begin()
+    growing.end_here()
+    growing.finish()
+
+    async def body() -> bytes:
+        return b"".join([chunk async for chunk in reader.chunks()])
+
+    assert asyncio.run(body()) == b"a" * 1000 + b"b" * 300_000
+    growing.close()
+    assert target.read_bytes() == b"a" * 1000 + b"b" * 300_000
+
+
+def test_the_filler_runs_at_idle_priority(tmp_path):
+    files = WarmFiles(tmp_path, 64 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    try:
+        pid = filler_pid(files)
+        assert pid is not None
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    finally:
+        files.close()
+
+
+def test_the_filler_waits_while_an_encoding_writes(tmp_path):
+    files = WarmFiles(tmp_path, 256 * FILE_BYTES, file_bytes=FILE_BYTES)  # long enough to watch
+    files.start()
+    try:
+        pid = filler_pid(files)
+        assert pid is not None
+        with files.writing():
+            wait_until(lambda: process_state(pid) == "T", "the filler to stop")
+            count = len(ready(tmp_path))
+            time.sleep(0.3)
+            assert len(ready(tmp_path)) == count
+            with files.writing():  # a second encoding at once: still stopped when it ends
+                pass
+            assert process_state(pid) == "T"
+        wait_until(lambda: process_state(pid) != "T", "the filler to go on")
+    finally:
+        files.close()
+
+
+def test_a_filler_started_during_an_encoding_starts_stopped(warm, tmp_path):
+    assert warm.take_as(tmp_path / "variant-1")
+    with warm.writing():
+        warm.refill()
+        pid = filler_pid(warm)
+        assert pid is not None
+        wait_until(lambda: process_state(pid) == "T", "the new filler to stop")
+
+
+def test_closing_stops_the_filler_and_removes_the_servers_files(tmp_path):
+    files = WarmFiles(tmp_path, 256 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    pid = filler_pid(files)
+    assert pid is not None
+    files.close()
+    assert not Path(f"/proc/{pid}").exists() or process_state(pid) == "Z"
+    assert not list(tmp_path.glob("warm-*"))
+    assert not list(tmp_path.glob(".filling-*"))
+
+
+def test_files_of_a_process_that_is_gone_are_removed_and_others_kept(tmp_path):
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(gone.stdout)
+    left = [tmp_path / f"warm-{dead}-aaaa", tmp_path / f".filling-{dead}-bbbb"]
+    alive = tmp_path / f"warm-{os.getppid()}-cccc"  # another live server's
+    for path in [*left, alive]:
+        path.write_bytes(b"x")
+    files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    try:
+        assert not any(path.exists() for path in left)
+        assert alive.exists()
+    finally:
+        files.close()
+    assert alive.exists()  # not this server's to remove
+
+
+def test_a_filler_whose_server_is_gone_stops(tmp_path):
+    """A server killed outright closes the filler's pipe: once its files are there, it ends."""
+    filler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "data_server.warm_files",
+            str(tmp_path),
+            "4242",
+            str(FILE_BYTES),
+            "2",
+        ],
+        stdin=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        wait_until(lambda: len(list(tmp_path.glob("warm-4242-*"))) == 2, "its files")
+        assert filler.poll() is None  # waiting to be asked again
+        assert filler.stdin is not None
+        filler.stdin.close()
+        assert filler.wait(timeout=30) == 0
+    finally:
+        if filler.poll() is None:
+            filler.kill()
+            filler.wait()
+
+
+def test_a_filler_asked_while_busy_still_makes_up_the_count(warm, tmp_path):
+    """Taken one after another, faster than it fills: every take is made up in the end."""
+    for n in range(2):
+        assert warm.take_as(tmp_path / f"variant-{n}")
+        warm.refill()
+    wait_until(lambda: len(ready(tmp_path)) == 2, "both replacements")
+    assert filler_pid(warm) is not None  # the same filler, waiting
