@@ -24,7 +24,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any, Protocol, cast
@@ -174,7 +174,7 @@ def open_representation(
         small = _encoded_in_memory(source, key, representation)
         if small is not None:
             return small
-        large = _writes_large(representation, source.size())
+        warm = warm_files if _writes_large(representation, source.size()) else None
     finally:
         source.close()
     for look in range(2):
@@ -186,10 +186,10 @@ def open_representation(
             if key in _encoding:
                 return _encoding[key][1].join()
             if look:  # neither stored nor being encoded, twice: encode it
-                growing, reader = _claim(store, key, organization_id, warm_files if large else None)
+                growing, reader = _claim(store, key, organization_id, warm)
                 break
-    if large:
-        warm_files.refill()
+    if warm is not None:
+        warm.refill()
     try:
         threads.jobs.submit(
             organization_id,
@@ -202,7 +202,7 @@ def open_representation(
                 charge,
                 threads.slices,
                 growing,
-                warm_files,
+                warm,
             ),
         )
     except RuntimeError as error:  # shutting down: no encoding will start
@@ -276,14 +276,14 @@ def _materialise(
     charge: Callable[[int], bool],
     slices: Executor | None,
     growing: GrowingFile,
-    warm_files: WarmFiles,
+    warm_files: WarmFiles | None,
 ) -> None:
     """Encodes into ``growing`` (its readers follow), then stores it if the quota allows, and
     only then lets the readers finish: a response that has ended left its representation
-    stored (or refused)."""
+    stored (or refused). A large one keeps the warm files' filler waiting meanwhile."""
     outcome: BaseException | None = RuntimeError("the encoding stopped")  # until it ends
     try:
-        with warm_files.writing():
+        with warm_files.writing() if warm_files is not None else nullcontext():
             outcome = _encode(store, data_key, key, representation, slices, growing)
         if outcome is None:
             try:

@@ -83,9 +83,9 @@ class WarmFiles:
 
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """Around an encoding's writes: the filler waits meanwhile (``SIGSTOP``). Its page
-        faults, even at idle priority, slowed the encoding's own writes by more than a warm
-        file saved them: 1M rows of NDJSON served at 1.1 to 1.4 M rows/s with the filler
+        """Around a large encoding's writes: the filler waits meanwhile (``SIGSTOP``). Its
+        page faults, even at idle priority, slowed the encoding's own writes by more than a
+        warm file saved them: 1M rows of NDJSON served at 1.1 to 1.4 M rows/s with the filler
         running, 3.0 with it stopped (/tmp/prof/firsts.py)."""
         self._count_writer(+1)
         try:
