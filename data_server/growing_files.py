@@ -38,9 +38,8 @@ class GrowingFile:
 
     def __init__(self, path: Path, *, prepared: bool = False) -> None:
         """``prepared``: ``path`` exists (a warm file, data_server/warm_files.py) and is
-        overwritten from its start, then cut to what was written when it is finished."""
+        overwritten from its start; ``end_here`` cuts it to what was written."""
         self.path = path
-        self.prepared = prepared
         flags = os.O_RDWR if prepared else os.O_RDWR | os.O_CREAT | os.O_EXCL
         self._fd: int | None = os.open(path, flags, 0o600)
         self._lock = threading.Lock()
