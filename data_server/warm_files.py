@@ -197,10 +197,12 @@ def _alive(pid: int) -> bool:
 def fill(scratch_dir: Path, owner_pid: int, file_bytes: int, count: int) -> None:
     """Prepares warm files for ``owner_pid`` up to ``count``, then waits on standard input for
     a line asking it to look again; ends when that input ends (its server closed it or is
-    gone). Each file is filled under a temporary name and renamed when whole, so a server
+    gone), or before the next file once its server is gone. Each file is filled under a temporary name and renamed when whole, so a server
     only ever takes a whole one."""
     while True:
         while len(list(scratch_dir.glob(f"{_PREFIX}{owner_pid}-*"))) < count:
+            if not _alive(owner_pid):  # killed outright: leave no more files behind
+                return
             if not _fill_one(scratch_dir, owner_pid, file_bytes):
                 break
         if not os.read(0, 4096):  # every line waiting counts as one: look once

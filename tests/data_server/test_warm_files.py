@@ -163,23 +163,25 @@ def test_files_of_a_process_that_is_gone_are_removed_and_others_kept(tmp_path):
     assert alive.exists()  # not this server's to remove
 
 
-def test_a_filler_whose_server_is_gone_stops(tmp_path):
-    """A server killed outright closes the filler's pipe: once its files are there, it ends."""
-    filler = subprocess.Popen(
+def _filler(scratch: Path, owner: int, count: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "data_server.warm_files",
-            str(tmp_path),
-            "4242",
-            str(FILE_BYTES),
-            "2",
+            *map(str, (scratch, owner, FILE_BYTES, count)),
         ],
         stdin=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],
     )
+
+
+def test_a_filler_whose_pipe_closes_ends(tmp_path):
+    """Its server stopped (or died, which closes the pipe too): once its files are there, it
+    ends instead of waiting to be asked again."""
+    filler = _filler(tmp_path, os.getpid(), 2)
     try:
-        wait_until(lambda: len(list(tmp_path.glob("warm-4242-*"))) == 2, "its files")
+        wait_until(lambda: len(ready(tmp_path)) == 2, "its files")
         assert filler.poll() is None  # waiting to be asked again
         assert filler.stdin is not None
         filler.stdin.close()
@@ -188,6 +190,26 @@ def test_a_filler_whose_server_is_gone_stops(tmp_path):
         if filler.poll() is None:
             filler.kill()
             filler.wait()
+
+
+def test_a_filler_whose_server_was_killed_makes_no_more_files(tmp_path):
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    filler = _filler(tmp_path, owner.pid, 10_000)
+    try:
+        made = lambda: list(tmp_path.glob(f"warm-{owner.pid}-*"))  # noqa: E731
+        wait_until(lambda: len(made()) >= 1, "a first file")
+        owner.kill()
+        owner.wait()
+        at_the_kill = len(made())
+        assert filler.wait(timeout=30) == 0  # its pipe is still open: it noticed by itself
+        assert len(made()) <= at_the_kill + 1  # at most the file it was filling
+    finally:
+        for process in (owner, filler):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if filler.stdin is not None:
+            filler.stdin.close()
 
 
 def test_a_filler_asked_while_busy_still_makes_up_the_count(warm, tmp_path):

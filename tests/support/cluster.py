@@ -56,6 +56,9 @@ class Cluster:
                 "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
                 "DATAFERRY_WORKER_PROCESSES": "2",
                 "DATAFERRY_LEASE_SECONDS": "2",
+                # Workers that tests kill and start by the dozen, never serving a large first
+                # fetch: no warm scratch files to prepare (data_server/warm_files.py).
+                "DATAFERRY_WARM_SCRATCH_MB": "0",
                 "PGAPPNAME": self.app_name,  # lets a test find (and cut) the workers' connections
                 **extra,
             }
