@@ -16,17 +16,20 @@ start and truncates it to what it wrote (``GrowingFile``); the pages past that a
 
 The filling runs in a child process at ``SCHED_IDLE``, which the kernel runs only on a CPU that
 would otherwise idle: a thread of the server itself would hold the server's GIL while starved.
-It starts with the server, fills up to the count, then waits on a pipe for the server to ask
-again (after a take); when the pipe closes (the server stopped or died) it ends.
-The files carry the server's process id; files of a process that is gone are removed when
-another server starts in the same scratch space (the janitor removes any after a day).
+It starts with the server, fills up to the count (never into the scratch space's reserve), then
+waits on a pipe for the server to ask again (after a take); when the pipe closes it ends, and a
+parent-death signal ends it if the server is killed while it is stopped. The files carry the
+server's process id; files of a process that is gone are removed when another server starts in
+the same scratch space (the janitor removes any after a day).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -41,13 +44,24 @@ WARM_FILE_BYTES = 128 * 1024 * 1024
 # Results whose Arrow file is smaller than this have their representations written into new
 # pages as before: a warm file taken for them would have most of its prepared pages thrown away.
 WARM_WORTH_BYTES = 16 * 1024 * 1024
+# Warm files never take the scratch space's last few bytes: a file is prepared only if this
+# much (or this share of the filesystem, whichever is more) stays free after it, for results.
+FREE_BYTES_KEPT = 2 * 1024 * 1024 * 1024
+FREE_SHARE_KEPT = 0.2
 _READ_BYTES = 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+_BOUND = b"b"  # what a filler says once its parent's end will end it
 _PREFIX = "warm-"
 _FILLING = ".filling-"
 
 
 class WarmFiles:
-    """A data server's warm scratch files: ``take_as`` one, ``close`` at shutdown."""
+    """A data server's warm scratch files: ``start``, ``take_as`` one, ``close`` at shutdown.
+
+    One thread of its own (the keeper) starts the filler and asks it for more, so that no
+    request waits on a process start or a pipe, and so that the filler's parent-death signal
+    is tied to a thread that lives as long as this object (Linux sends it when the thread that
+    started the child ends)."""
 
     def __init__(
         self, scratch_dir: Path, total_bytes: int, file_bytes: int = WARM_FILE_BYTES
@@ -59,18 +73,23 @@ class WarmFiles:
         self._guard = threading.Lock()
         self._filler: subprocess.Popen[bytes] | None = None
         self._writers = 0
-        self._closed = False
+        self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()  # False: stop
+        self._keeper: threading.Thread | None = None
+        self._closing = False
 
     def start(self) -> None:
-        """Removes what servers that are gone left behind, and starts filling."""
+        """Removes what servers that are gone left behind (whatever this server's own budget),
+        and starts filling."""
+        _remove_orphans(self._dir)
         if self._count:
-            _remove_orphans(self._dir)
+            self._keeper = threading.Thread(target=self._keep, name="warm-files", daemon=True)
+            self._keeper.start()
             self.refill()
 
     def take_as(self, path: Path) -> bool:
         """Moves a warm file to ``path`` (a new scratch name, to be overwritten from its start
         and cut to its new length); False when none is ready, and the caller creates ``path``
-        itself. Either way the caller calls ``refill`` next (outside its locks)."""
+        itself. Either way the caller calls ``refill`` next."""
         if not self._count:
             return False
         for ready in sorted(self._dir.glob(f"{self._owner}*")):
@@ -81,12 +100,17 @@ class WarmFiles:
             return True
         return False
 
+    def refill(self) -> None:
+        """Asks for the count to be made up; returns at once."""
+        if self._keeper is not None:
+            self._requests.put(True)
+
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Around a large encoding's writes: the filler waits meanwhile (``SIGSTOP``). Its
         page faults, even at idle priority, slowed the encoding's own writes by more than a
         warm file saved them: 1M rows of NDJSON served at 1.1 to 1.4 M rows/s with the filler
-        running, 3.0 with it stopped (/tmp/prof/firsts.py)."""
+        running, 2.3 to 3.0 with it stopped (/tmp/prof/firsts.py)."""
         self._count_writer(+1)
         try:
             yield
@@ -102,42 +126,51 @@ class WarmFiles:
             _signal(filler, signal.SIGSTOP if first else signal.SIGCONT)
 
     def close(self) -> None:
-        """Stops the filler and removes this server's warm files."""
-        with self._guard:
-            self._closed = True
-            filler, self._filler = self._filler, None
-        if filler is not None:
-            with contextlib.suppress(ProcessLookupError):
-                filler.kill()
-            filler.wait()
-            if filler.stdin is not None:
-                filler.stdin.close()
+        """Stops the keeper and the filler, and removes this server's warm files."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            with self._guard:
+                self._closing = True
+                filler = self._filler
+            self._requests.put(False)
+            if filler is not None:  # stopped or not, so that the keeper never waits on it
+                _signal(filler, signal.SIGKILL)
+            keeper.join()
         for path in self._dir.glob(f"{self._owner}*"):
             path.unlink(missing_ok=True)
         for path in self._dir.glob(f"{_FILLING}{os.getpid()}-*"):
             path.unlink(missing_ok=True)
 
-    def refill(self) -> None:
-        """Asks the filler to make up the count (it looks again once done with what it is
-        doing), starting it if it is not running."""
-        with self._guard:
-            if self._closed or not self._count:
-                return
-            filler = self._filler
-            if filler is not None and filler.poll() is None and filler.stdin is not None:
-                with contextlib.suppress(BrokenPipeError):  # it has just ended: start another
-                    filler.stdin.write(b"\n")
-                    filler.stdin.flush()
-                    return
-            self._start_filler()
+    def _keep(self) -> None:
+        """The keeper: each request becomes a line to the filler, started (again) if needed."""
+        try:
+            while self._requests.get():
+                filler = self._filler
+                if filler is None or filler.poll() is not None or not _ask(filler):
+                    self._start_filler()
+        finally:
+            with self._guard:
+                filler, self._filler = self._filler, None
+            if filler is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    filler.kill()
+                filler.wait()
+                if filler.stdin is not None:
+                    filler.stdin.close()
 
     def _start_filler(self) -> None:
-        if self._filler is not None:
-            self._filler.wait()  # a filler ends only if it crashed: reap it
-            if self._filler.stdin is not None:
-                self._filler.stdin.close()
+        """A new filler, made known (to be stopped while large encodings write) only once it
+        has said it will end with this server: one stopped before that could outlive it."""
+        with self._guard:
+            ended, self._filler = self._filler, None
+            if self._closing:
+                return
+        if ended is not None:  # a filler ends only if it crashed: reap it
+            ended.wait()
+            if ended.stdin is not None:
+                ended.stdin.close()
         try:
-            self._filler = subprocess.Popen(
+            started = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -148,16 +181,38 @@ class WarmFiles:
                     str(self._count),
                 ],
                 stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 cwd=Path(__file__).resolve().parent.parent,
             )
         except OSError:  # no process to spare: encodings write into new pages meanwhile
-            self._filler = None
             _logger.warning("could not start the warm scratch filler", exc_info=True)
             return
-        _make_idle(self._filler.pid)
-        if self._writers:
-            _signal(self._filler, signal.SIGSTOP)
+        _make_idle(started.pid)
+        assert started.stdout is not None
+        bound = started.stdout.read(1) == _BOUND
+        started.stdout.close()
+        with self._guard:
+            if bound and not self._closing:
+                self._filler = started
+                if self._writers:
+                    _signal(started, signal.SIGSTOP)
+                return
+        _signal(started, signal.SIGKILL)
+        started.wait()
+        if started.stdin is not None:
+            started.stdin.close()
+
+
+def _ask(filler: subprocess.Popen[bytes]) -> bool:
+    """One line to a running filler; False when it has just ended. (It may be stopped or
+    starved for a while: then the line waits in the pipe, and only this thread waits.)"""
+    assert filler.stdin is not None
+    try:
+        filler.stdin.write(b"\n")
+        filler.stdin.flush()
+    except BrokenPipeError:
+        return False
+    return True
 
 
 def _make_idle(pid: int) -> None:
@@ -210,27 +265,43 @@ def fill(scratch_dir: Path, owner_pid: int, file_bytes: int, count: int) -> None
 
 
 def _fill_one(scratch_dir: Path, owner_pid: int, file_bytes: int) -> bool:
+    """One more warm file, if the scratch space keeps its reserve free afterwards."""
     name = f"{owner_pid}-{os.urandom(6).hex()}"
     filling = scratch_dir / f"{_FILLING}{name}"
-    fd = os.open(filling, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.posix_fallocate(fd, 0, file_bytes)
-        position = 0
-        while position < file_bytes:
-            position += len(os.pread(fd, _READ_BYTES, position)) or file_bytes
-    except OSError as error:  # no room in scratch space: try again when asked next
+        space = os.statvfs(scratch_dir)
+        free, size = space.f_bavail * space.f_frsize, space.f_blocks * space.f_frsize
+        if free - file_bytes < max(FREE_BYTES_KEPT, size * FREE_SHARE_KEPT):
+            return False
+        fd = os.open(filling, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, file_bytes)
+            position = 0
+            while position < file_bytes:
+                position += len(os.pread(fd, _READ_BYTES, position)) or file_bytes
+        finally:
+            os.close(fd)
+        os.rename(filling, scratch_dir / f"{_PREFIX}{name}")
+    except OSError as error:  # no room, or no scratch space: try again when asked next
         filling.unlink(missing_ok=True)
-        print(f"warm scratch files: {error.strerror}", file=sys.stderr)
+        print(f"warm scratch files: {error.strerror or error}", file=sys.stderr)
         return False
-    finally:
-        os.close(fd)
-    os.rename(filling, scratch_dir / f"{_PREFIX}{name}")
     return True
 
 
 def main() -> None:
     scratch_dir, owner_pid, file_bytes, count = sys.argv[1:5]
+    _end_with_parent()
+    os.write(1, _BOUND)
     fill(Path(scratch_dir), int(owner_pid), int(file_bytes), int(count))
+
+
+def _end_with_parent() -> None:
+    """SIGKILL when the thread that started this process ends: its server killed outright
+    while an encoding kept this process stopped would otherwise leave it stopped for good."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the pipe's end still ends it
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from data_server import warm_files
 from data_server.growing_files import GrowingFile
 from data_server.warm_files import WarmFiles
 
@@ -42,6 +44,14 @@ def warm(tmp_path) -> Iterator[WarmFiles]:
 def filler_pid(warm: WarmFiles) -> int | None:
     filler = warm._filler
     return filler.pid if filler is not None and filler.poll() is None else None
+
+
+def running_filler(warm: WarmFiles) -> int:
+    """The filler's pid, once the keeper thread has started it."""
+    wait_until(lambda: filler_pid(warm) is not None, "the filler")
+    pid = filler_pid(warm)
+    assert pid is not None
+    return pid
 
 
 def process_state(pid: int) -> str:
@@ -95,8 +105,7 @@ def test_the_filler_runs_at_idle_priority(tmp_path):
     files = WarmFiles(tmp_path, 64 * FILE_BYTES, file_bytes=FILE_BYTES)
     files.start()
     try:
-        pid = filler_pid(files)
-        assert pid is not None
+        pid = running_filler(files)
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     finally:
         files.close()
@@ -106,8 +115,7 @@ def test_the_filler_waits_while_an_encoding_writes(tmp_path):
     files = WarmFiles(tmp_path, 256 * FILE_BYTES, file_bytes=FILE_BYTES)  # long enough to watch
     files.start()
     try:
-        pid = filler_pid(files)
-        assert pid is not None
+        pid = running_filler(files)
         with files.writing():
             wait_until(lambda: process_state(pid) == "T", "the filler to stop")
             count = len(ready(tmp_path))
@@ -122,19 +130,124 @@ def test_the_filler_waits_while_an_encoding_writes(tmp_path):
 
 
 def test_a_filler_started_during_an_encoding_starts_stopped(warm, tmp_path):
+    first = running_filler(warm)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: filler_pid(warm) is None, "the filler's end")
     assert warm.take_as(tmp_path / "variant-1")
     with warm.writing():
-        warm.refill()
-        pid = filler_pid(warm)
-        assert pid is not None
+        warm.refill()  # the keeper finds it gone and starts another
+        wait_until(lambda: filler_pid(warm) not in (None, first), "a new filler")
+        pid = running_filler(warm)
         wait_until(lambda: process_state(pid) == "T", "the new filler to stop")
+    wait_until(lambda: len(ready(tmp_path)) == 2, "the new filler's file")
+
+
+def test_closing_during_an_encoding_ends_the_stopped_filler(tmp_path):
+    files = WarmFiles(tmp_path, 256 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    pid = running_filler(files)
+    with files.writing():
+        wait_until(lambda: process_state(pid) == "T", "the filler to stop")
+        files.close()
+    assert not Path(f"/proc/{pid}").exists()
+    assert not list(tmp_path.glob("warm-*"))
+
+
+SERVER_KILLED_MID_ENCODING = """
+import sys, time
+from pathlib import Path
+from data_server.warm_files import WarmFiles
+files = WarmFiles(Path(sys.argv[1]), 256 * 2**21, file_bytes=2**21)
+files.start()
+while files._filler is None:
+    time.sleep(0.01)
+with files.writing():
+    print(files._filler.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_filler_kept_stopped_ends_with_its_server_killed_outright(tmp_path):
+    """An encoding kept it stopped, so it could read no end of its pipe: it ends all the same."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_KILLED_MID_ENCODING, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert server.stdout is not None
+        pid = int(server.stdout.readline())
+        wait_until(lambda: process_state(pid) == "T", "the filler to stop")
+        server.kill()
+        server.wait()
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), "the filler's end")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def test_a_server_with_warm_files_off_still_removes_those_of_processes_gone(tmp_path):
+    dead = _dead_pid()
+    left = tmp_path / f"warm-{dead}-aaaa"
+    left.write_bytes(b"x")
+    files = WarmFiles(tmp_path, 0)
+    files.start()
+    files.close()
+    assert not left.exists()
+
+
+def _dead_pid() -> int:
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(ended.stdout)
+
+
+def test_warm_files_leave_the_scratch_space_its_reserve(tmp_path, monkeypatch):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", free)  # nothing may be taken from it
+    assert not warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", 0)
+    monkeypatch.setattr(warm_files, "FREE_SHARE_KEPT", 0.0)
+    assert warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES)
+    assert len(ready(tmp_path)) == 1
+
+
+def test_a_filler_without_its_scratch_space_says_so_in_one_line(tmp_path):
+    missing = tmp_path / "gone"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_server.warm_files",
+            str(missing),
+            str(os.getpid()),
+            "1024",
+            "1",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=30,
+    )
+    assert run.returncode == 0
+    assert run.stderr.strip().startswith("warm scratch files:")
+    assert "Traceback" not in run.stderr
 
 
 def test_closing_stops_the_filler_and_removes_the_servers_files(tmp_path):
     files = WarmFiles(tmp_path, 256 * FILE_BYTES, file_bytes=FILE_BYTES)
     files.start()
-    pid = filler_pid(files)
-    assert pid is not None
+    pid = running_filler(files)
     files.close()
     assert not Path(f"/proc/{pid}").exists() or process_state(pid) == "Z"
     assert not list(tmp_path.glob("warm-*"))
@@ -142,13 +255,7 @@ def test_closing_stops_the_filler_and_removes_the_servers_files(tmp_path):
 
 
 def test_files_of_a_process_that_is_gone_are_removed_and_others_kept(tmp_path):
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    dead = int(gone.stdout)
+    dead = _dead_pid()
     left = [tmp_path / f"warm-{dead}-aaaa", tmp_path / f".filling-{dead}-bbbb"]
     alive = tmp_path / f"warm-{os.getppid()}-cccc"  # another live server's
     for path in [*left, alive]:
