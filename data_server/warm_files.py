@@ -37,6 +37,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 _logger = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class WarmFiles:
                     str(os.getpid()),
                     str(self._file_bytes),
                     str(self._count),
+                    str(FREE_BYTES_KEPT),
+                    str(FREE_SHARE_KEPT),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -249,7 +252,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def fill(scratch_dir: Path, owner_pid: int, file_bytes: int, count: int) -> None:
+def fill(scratch_dir: Path, owner_pid: int, file_bytes: int, count: int, kept: _Kept) -> None:
     """Prepares warm files for ``owner_pid`` up to ``count``, then waits on standard input for
     a line asking it to look again; ends when that input ends (its server closed it or is
     gone), or before the next file once its server is gone. Each file is filled under a temporary name and renamed when whole, so a server
@@ -258,20 +261,27 @@ def fill(scratch_dir: Path, owner_pid: int, file_bytes: int, count: int) -> None
         while len(list(scratch_dir.glob(f"{_PREFIX}{owner_pid}-*"))) < count:
             if not _alive(owner_pid):  # killed outright: leave no more files behind
                 return
-            if not _fill_one(scratch_dir, owner_pid, file_bytes):
+            if not _fill_one(scratch_dir, owner_pid, file_bytes, kept):
                 break
         if not os.read(0, 4096):  # every line waiting counts as one: look once
             return
 
 
-def _fill_one(scratch_dir: Path, owner_pid: int, file_bytes: int) -> bool:
+class _Kept(NamedTuple):
+    """The scratch space's reserve: bytes, and a share of the filesystem (the larger holds)."""
+
+    bytes: int
+    share: float
+
+
+def _fill_one(scratch_dir: Path, owner_pid: int, file_bytes: int, kept: _Kept) -> bool:
     """One more warm file, if the scratch space keeps its reserve free afterwards."""
     name = f"{owner_pid}-{os.urandom(6).hex()}"
     filling = scratch_dir / f"{_FILLING}{name}"
     try:
         space = os.statvfs(scratch_dir)
         free, size = space.f_bavail * space.f_frsize, space.f_blocks * space.f_frsize
-        if free - file_bytes < max(FREE_BYTES_KEPT, size * FREE_SHARE_KEPT):
+        if free - file_bytes < max(kept.bytes, size * kept.share):
             return False
         fd = os.open(filling, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -290,10 +300,11 @@ def _fill_one(scratch_dir: Path, owner_pid: int, file_bytes: int) -> bool:
 
 
 def main() -> None:
-    scratch_dir, owner_pid, file_bytes, count = sys.argv[1:5]
+    scratch_dir, owner_pid, file_bytes, count, bytes_kept, share_kept = sys.argv[1:7]
     _end_with_parent()
     os.write(1, _BOUND)
-    fill(Path(scratch_dir), int(owner_pid), int(file_bytes), int(count))
+    kept = _Kept(int(bytes_kept), float(share_kept))
+    fill(Path(scratch_dir), int(owner_pid), int(file_bytes), int(count), kept)
 
 
 def _end_with_parent() -> None:

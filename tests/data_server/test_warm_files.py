@@ -21,6 +21,13 @@ from data_server.warm_files import WarmFiles
 FILE_BYTES = 2 * 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def no_reserve(monkeypatch):
+    """Whatever the free space of the machine running the suite (the reserve has its own test)."""
+    monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", 0)
+    monkeypatch.setattr(warm_files, "FREE_SHARE_KEPT", 0.0)
+
+
 def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -211,13 +218,12 @@ def _dead_pid() -> int:
 
 
 def test_warm_files_leave_the_scratch_space_its_reserve(tmp_path, monkeypatch):
-    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", free)  # nothing may be taken from it
-    assert not warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES)
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", 0)
-    monkeypatch.setattr(warm_files, "FREE_SHARE_KEPT", 0.0)
-    assert warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES)
+    space = os.statvfs(tmp_path)
+    free, size = space.f_bavail * space.f_frsize, space.f_blocks * space.f_frsize
+    for kept in (warm_files._Kept(free, 0.0), warm_files._Kept(0, free / size)):
+        assert not warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES, kept)
+        assert list(tmp_path.iterdir()) == []
+    assert warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES, warm_files._Kept(0, 0.0))
     assert len(ready(tmp_path)) == 1
 
 
@@ -232,6 +238,8 @@ def test_a_filler_without_its_scratch_space_says_so_in_one_line(tmp_path):
             str(os.getpid()),
             "1024",
             "1",
+            "0",
+            "0",
         ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -276,7 +284,7 @@ def _filler(scratch: Path, owner: int, count: int) -> subprocess.Popen[bytes]:
             sys.executable,
             "-m",
             "data_server.warm_files",
-            *map(str, (scratch, owner, FILE_BYTES, count)),
+            *map(str, (scratch, owner, FILE_BYTES, count, 0, 0)),  # no reserve
         ],
         stdin=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],

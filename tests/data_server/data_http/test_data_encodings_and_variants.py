@@ -17,7 +17,7 @@ import pytest
 import zstandard
 from sqlalchemy import select
 
-from data_server import representations
+from data_server import representations, warm_files
 from data_server.formats import ResultFormat
 from data_server.warm_files import WarmFiles
 from shared.db.engine import create_metadata_engine
@@ -263,6 +263,8 @@ def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
     """The warm file is overwritten from its start and cut to the representation: the same
     bytes as without one, stored and charged at their own length, not the warm file's."""
     monkeypatch.setattr(representations, "WARM_WORTH_BYTES", 0)  # this result counts as large
+    monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", 0)  # whatever the machine's free space
+    monkeypatch.setattr(warm_files, "FREE_SHARE_KEPT", 0.0)
     taken: list[bool] = []
     real_take = WarmFiles.take_as
 
