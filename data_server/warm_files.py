@@ -52,8 +52,9 @@ FREE_SHARE_KEPT = 0.2
 _READ_BYTES = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 _BOUND = b"b"  # what a filler says once its parent's end will end it
-_PREFIX = "warm-"
-_FILLING = ".filling-"
+# Names of their own: a warm sandbox's scratch directory is "warm-<pid>-<n>" (warm_sandboxes.py).
+_PREFIX = "prepared-"
+_FILLING = ".preparing-"
 
 
 class WarmFiles:
@@ -235,10 +236,10 @@ def _signal(process: subprocess.Popen[bytes], number: int) -> None:
 
 
 def _remove_orphans(scratch_dir: Path) -> None:
-    """Warm files (whole or half-filled) of processes that are gone."""
+    """Warm files (whole or half-filled) of processes that are gone; nothing else."""
     for path in [*scratch_dir.glob(f"{_PREFIX}*"), *scratch_dir.glob(f"{_FILLING}*")]:
         owner = path.name.removeprefix(_PREFIX).removeprefix(_FILLING).split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not _alive(int(owner)) and path.is_file():
             path.unlink(missing_ok=True)
 
 

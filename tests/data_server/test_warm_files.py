@@ -36,7 +36,7 @@ def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30) ->
 
 
 def ready(scratch: Path) -> list[Path]:
-    return sorted(scratch.glob(f"warm-{os.getpid()}-*"))
+    return sorted(scratch.glob(f"prepared-{os.getpid()}-*"))
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def process_state(pid: int) -> str:
 
 def test_a_server_gets_whole_files_of_the_size_asked_and_no_more_than_asked(warm, tmp_path):
     assert [path.stat().st_size for path in ready(tmp_path)] == [FILE_BYTES, FILE_BYTES]
-    assert not list(tmp_path.glob(".filling-*"))
+    assert not list(tmp_path.glob(".preparing-*"))
     time.sleep(0.3)
     assert len(ready(tmp_path)) == 2  # the filler stopped at the count
 
@@ -157,7 +157,7 @@ def test_closing_during_an_encoding_ends_the_stopped_filler(tmp_path):
         wait_until(lambda: process_state(pid) == "T", "the filler to stop")
         files.close()
     assert not Path(f"/proc/{pid}").exists()
-    assert not list(tmp_path.glob("warm-*"))
+    assert not list(tmp_path.glob("prepared-*"))
 
 
 SERVER_KILLED_MID_ENCODING = """
@@ -199,7 +199,7 @@ def test_a_filler_kept_stopped_ends_with_its_server_killed_outright(tmp_path):
 
 def test_a_server_with_warm_files_off_still_removes_those_of_processes_gone(tmp_path):
     dead = _dead_pid()
-    left = tmp_path / f"warm-{dead}-aaaa"
+    left = tmp_path / f"prepared-{dead}-aaaa"
     left.write_bytes(b"x")
     files = WarmFiles(tmp_path, 0)
     files.start()
@@ -258,14 +258,14 @@ def test_closing_stops_the_filler_and_removes_the_servers_files(tmp_path):
     pid = running_filler(files)
     files.close()
     assert not Path(f"/proc/{pid}").exists() or process_state(pid) == "Z"
-    assert not list(tmp_path.glob("warm-*"))
-    assert not list(tmp_path.glob(".filling-*"))
+    assert not list(tmp_path.glob("prepared-*"))
+    assert not list(tmp_path.glob(".preparing-*"))
 
 
 def test_files_of_a_process_that_is_gone_are_removed_and_others_kept(tmp_path):
     dead = _dead_pid()
-    left = [tmp_path / f"warm-{dead}-aaaa", tmp_path / f".filling-{dead}-bbbb"]
-    alive = tmp_path / f"warm-{os.getppid()}-cccc"  # another live server's
+    left = [tmp_path / f"prepared-{dead}-aaaa", tmp_path / f".preparing-{dead}-bbbb"]
+    alive = tmp_path / f"prepared-{os.getppid()}-cccc"  # another live server's
     for path in [*left, alive]:
         path.write_bytes(b"x")
     files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
@@ -311,7 +311,7 @@ def test_a_filler_whose_server_was_killed_makes_no_more_files(tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     filler = _filler(tmp_path, owner.pid, 10_000)
     try:
-        made = lambda: list(tmp_path.glob(f"warm-{owner.pid}-*"))  # noqa: E731
+        made = lambda: list(tmp_path.glob(f"prepared-{owner.pid}-*"))  # noqa: E731
         wait_until(lambda: len(made()) >= 1, "a first file")
         owner.kill()
         owner.wait()
@@ -334,3 +334,21 @@ def test_a_filler_asked_while_busy_still_makes_up_the_count(warm, tmp_path):
         warm.refill()
     wait_until(lambda: len(ready(tmp_path)) == 2, "both replacements")
     assert filler_pid(warm) is not None  # the same filler, waiting
+
+
+def test_the_sweep_removes_only_warm_files(tmp_path):
+    """A warm sandbox's scratch directory of a server that is gone (``warm-<pid>-<n>``, the name
+    once shared) and anything else that is not a warm file stay for the janitor."""
+    dead = _dead_pid()
+    sandbox_scratch = tmp_path / f"warm-{dead}-1"
+    sandbox_scratch.mkdir()
+    odd_directory = tmp_path / f"prepared-{dead}-dddd"
+    odd_directory.mkdir()
+    files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    try:
+        assert sandbox_scratch.is_dir() and odd_directory.is_dir()
+        wait_until(lambda: len(ready(tmp_path)) == 2, "the warm files")
+        assert sandbox_scratch.is_dir()  # never taken as a warm file either
+    finally:
+        files.close()
