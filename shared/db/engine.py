@@ -32,8 +32,8 @@ def _ping_if_disturbed(engine: Engine, dbapi_connection: Any, _record: Any, _pro
     """A pooled connection is pinged before use only if its socket has something to read while
     it sits idle: the server closing it (a restart, ``pg_terminate_backend``, an idle timeout)
     sends an error and an end of stream, which an idle connection is never sent otherwise. A
-    ping on every checkout (``pool_pre_ping``) was one round trip in three on the execution
-    path, for a connection that had answered milliseconds before. A connection cut without a
+    ping on every checkout (``pool_pre_ping``) was 15 of the 61 round trips of a one-row
+    execution, each to a connection that had answered milliseconds before. A connection cut without a
     word (a silent network drop) fails its next statement either way, as a pinged one would hang
     on the ping. A ping that fails makes the pool replace the connection and try again."""
     try:
