@@ -16,9 +16,9 @@ start and truncates it to what it wrote (``GrowingFile``); the pages past that a
 
 The filling runs in a child process at ``SCHED_IDLE``, which the kernel runs only on a CPU that
 would otherwise idle: a thread of the server itself would hold the server's GIL while starved.
-It starts with the server, fills up to the count (never into the scratch space's reserve), then
-waits on a pipe for the server to ask again (after a take); when the pipe closes it ends, and a
-parent-death signal ends it if the server is killed while it is stopped. The files carry the
+It starts shortly after the server, fills up to the count (never into the scratch space's
+reserve), then waits on a pipe for the server to ask again (after a take); when the pipe closes
+it ends, and a parent-death signal ends it if the server is killed while it is stopped. The files carry the
 server's process id; files of a process that is gone are removed when another server starts in
 the same scratch space (the janitor removes any after a day).
 """
@@ -49,6 +49,10 @@ WARM_WORTH_BYTES = 16 * 1024 * 1024
 # much (or this share of the filesystem, whichever is more) stays free after it, for results.
 FREE_BYTES_KEPT = 2 * 1024 * 1024 * 1024
 FREE_SHARE_KEPT = 0.2
+# The filler starts this long after its server unless a large first fetch asks sooner: not during
+# the server's own start-up work, and not at all for a server that lives less and serves no large
+# first fetch (the test suite starts hundreds).
+FILL_DELAY_SECONDS = 2.0
 _READ_BYTES = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 _BOUND = b"b"  # what a filler says once its parent's end will end it
@@ -77,6 +81,7 @@ class WarmFiles:
         self._writers = 0
         self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()  # False: stop
         self._keeper: threading.Thread | None = None
+        self._starting: subprocess.Popen[bytes] | None = None  # until it says it is bound
         self._closing = False
 
     def start(self) -> None:
@@ -86,7 +91,6 @@ class WarmFiles:
         if self._count:
             self._keeper = threading.Thread(target=self._keep, name="warm-files", daemon=True)
             self._keeper.start()
-            self.refill()
 
     def take_as(self, path: Path) -> bool:
         """Moves a warm file to ``path`` (a new scratch name, to be overwritten from its start
@@ -133,10 +137,11 @@ class WarmFiles:
         if keeper is not None:
             with self._guard:
                 self._closing = True
-                filler = self._filler
+                fillers = [self._filler, self._starting]
             self._requests.put(False)
-            if filler is not None:  # stopped or not, so that the keeper never waits on it
-                _signal(filler, signal.SIGKILL)
+            for filler in fillers:  # stopped, or still starting at idle priority: never waited on
+                if filler is not None:
+                    _signal(filler, signal.SIGKILL)
             keeper.join()
         for path in self._dir.glob(f"{self._owner}*"):
             path.unlink(missing_ok=True)
@@ -144,12 +149,20 @@ class WarmFiles:
             path.unlink(missing_ok=True)
 
     def _keep(self) -> None:
-        """The keeper: each request becomes a line to the filler, started (again) if needed."""
+        """The keeper: each request becomes a line to the filler, started (again) if needed.
+        The first filling starts ``FILL_DELAY_SECONDS`` after the server, or at the first
+        request if sooner (a large first fetch came)."""
         try:
-            while self._requests.get():
+            first = self._requests.get(timeout=FILL_DELAY_SECONDS)
+        except queue.Empty:
+            first = True
+        try:
+            request = first
+            while request:
                 filler = self._filler
                 if filler is None or filler.poll() is not None or not _ask(filler):
                     self._start_filler()
+                request = self._requests.get()
         finally:
             with self._guard:
                 filler, self._filler = self._filler, None
@@ -192,10 +205,15 @@ class WarmFiles:
             _logger.warning("could not start the warm scratch filler", exc_info=True)
             return
         _make_idle(started.pid)
+        with self._guard:
+            self._starting = None if self._closing else started
+        if self._starting is None:  # closing already: not worth waiting for its interpreter
+            _signal(started, signal.SIGKILL)
         assert started.stdout is not None
         bound = started.stdout.read(1) == _BOUND
         started.stdout.close()
         with self._guard:
+            self._starting = None
             if bound and not self._closing:
                 self._filler = started
                 if self._writers:

@@ -22,8 +22,10 @@ FILE_BYTES = 2 * 1024 * 1024
 
 
 @pytest.fixture(autouse=True)
-def no_reserve(monkeypatch):
-    """Whatever the free space of the machine running the suite (the reserve has its own test)."""
+def prompt_and_unreserved(monkeypatch):
+    """No start-up delay, and whatever the free space of the machine running the suite (the
+    delay and the reserve have tests of their own)."""
+    monkeypatch.setattr(warm_files, "FILL_DELAY_SECONDS", 0.0)
     monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", 0)
     monkeypatch.setattr(warm_files, "FREE_SHARE_KEPT", 0.0)
 
@@ -350,5 +352,41 @@ def test_the_sweep_removes_only_warm_files(tmp_path):
         assert sandbox_scratch.is_dir() and odd_directory.is_dir()
         wait_until(lambda: len(ready(tmp_path)) == 2, "the warm files")
         assert sandbox_scratch.is_dir()  # never taken as a warm file either
+    finally:
+        files.close()
+
+
+def test_a_server_that_stops_within_the_delay_never_starts_a_filler(tmp_path, monkeypatch):
+    monkeypatch.setattr(warm_files, "FILL_DELAY_SECONDS", 30.0)
+    started: list[object] = []
+    monkeypatch.setattr(warm_files.subprocess, "Popen", lambda *a, **k: started.append(a))
+    files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    time.sleep(0.2)
+    files.close()  # at once, not after the delay
+    assert started == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_after_the_delay_the_filler_starts_by_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(warm_files, "FILL_DELAY_SECONDS", 0.3)
+    files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    began = time.monotonic()
+    files.start()
+    try:
+        wait_until(lambda: len(ready(tmp_path)) == 2, "the warm files")
+        assert time.monotonic() - began >= 0.3
+    finally:
+        files.close()
+
+
+def test_a_large_first_fetch_within_the_delay_starts_the_filler_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(warm_files, "FILL_DELAY_SECONDS", 30.0)
+    files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    files.start()
+    try:
+        assert not files.take_as(tmp_path / "variant-1")
+        files.refill()  # as a large first fetch does
+        wait_until(lambda: len(ready(tmp_path)) == 2, "the warm files", seconds=20)
     finally:
         files.close()

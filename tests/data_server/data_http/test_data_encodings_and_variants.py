@@ -263,6 +263,7 @@ def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
     """The warm file is overwritten from its start and cut to the representation: the same
     bytes as without one, stored and charged at their own length, not the warm file's."""
     monkeypatch.setattr(representations, "WARM_WORTH_BYTES", 0)  # this result counts as large
+    monkeypatch.setattr(warm_files, "FILL_DELAY_SECONDS", 0.0)
     monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", 0)  # whatever the machine's free space
     monkeypatch.setattr(warm_files, "FREE_SHARE_KEPT", 0.0)
     taken: list[bool] = []
