@@ -86,7 +86,7 @@ class WarmFiles:
 
     def start(self) -> None:
         """Removes what servers that are gone left behind (whatever this server's own budget),
-        and starts filling."""
+        and starts the keeper, which starts filling soon (``_keep``)."""
         _remove_orphans(self._dir)
         if self._count:
             self._keeper = threading.Thread(target=self._keep, name="warm-files", daemon=True)
