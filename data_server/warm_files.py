@@ -18,15 +18,16 @@ The filling runs in a child process at ``SCHED_IDLE``, which the kernel runs onl
 would otherwise idle: a thread of the server itself would hold the server's GIL while starved.
 It starts shortly after the server, fills up to the count (never into the scratch space's
 reserve), then waits on a pipe for the server to ask again (after a take); when the pipe closes
-it ends, and a parent-death signal ends it if the server is killed while it is stopped. The files carry the
-server's process id; files of a process that is gone are removed when another server starts in
-the same scratch space (the janitor removes any after a day).
+it ends, and a parent-death signal ends it if the server is killed while it is stopped. The
+files carry a random tag whose lock file the server holds; files whose lock is free are removed
+when another server starts in the same scratch space (the janitor removes any after a day).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import queue
@@ -55,10 +56,14 @@ FREE_SHARE_KEPT = 0.2
 FILL_DELAY_SECONDS = 2.0
 _READ_BYTES = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+# How often the keeper looks whether its filler died (the OOM killer, an operator): it then reaps
+# it and starts another.
+_WATCH_SECONDS = 5.0
 _BOUND = b"b"  # what a filler says once its parent's end will end it
 # Names of their own: a warm sandbox's scratch directory is "warm-<pid>-<n>" (warm_sandboxes.py).
 _PREFIX = "prepared-"
 _FILLING = ".preparing-"
+_LOCK_SUFFIX = ".lock"
 
 
 class WarmFiles:
@@ -75,7 +80,11 @@ class WarmFiles:
         self._dir = scratch_dir
         self._file_bytes = min(file_bytes, total_bytes)
         self._count = total_bytes // self._file_bytes if self._file_bytes else 0
-        self._owner = f"{_PREFIX}{os.getpid()}-"
+        # Names carry a random tag, not the process id, which servers in separate containers
+        # sharing the scratch space may have in common; the tag's lock file says it is alive.
+        self._tag = os.urandom(6).hex()
+        self._owner = f"{_PREFIX}{self._tag}-"
+        self._lock: int | None = None
         self._guard = threading.Lock()
         self._filler: subprocess.Popen[bytes] | None = None
         self._writers = 0
@@ -89,6 +98,7 @@ class WarmFiles:
         and starts the keeper, which starts filling soon (``_keep``)."""
         _remove_orphans(self._dir)
         if self._count:
+            self._lock = _hold_lock(self._dir, self._tag)
             self._keeper = threading.Thread(target=self._keep, name="warm-files", daemon=True)
             self._keeper.start()
 
@@ -100,6 +110,7 @@ class WarmFiles:
             return False
         for ready in sorted(self._dir.glob(f"{self._owner}*")):
             try:
+                os.utime(ready)  # new to the janitor, which removes scratch files a day old
                 os.rename(ready, path)
             except FileNotFoundError:  # the janitor took it, or another request did
                 continue
@@ -143,10 +154,11 @@ class WarmFiles:
                 if filler is not None:
                     _signal(filler, signal.SIGKILL)
             keeper.join()
-        for path in self._dir.glob(f"{self._owner}*"):
-            path.unlink(missing_ok=True)
-        for path in self._dir.glob(f"{_FILLING}{os.getpid()}-*"):
-            path.unlink(missing_ok=True)
+        _remove_tagged(self._dir, self._tag)
+        if self._lock is not None:
+            _lock_path(self._dir, self._tag).unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
 
     def _keep(self) -> None:
         """The keeper: each request becomes a line to the filler, started (again) if needed.
@@ -157,12 +169,16 @@ class WarmFiles:
         except queue.Empty:
             first = True
         try:
-            request = first
-            while request:
+            request: bool | None = first
+            while request is not False:
                 filler = self._filler
-                if filler is None or filler.poll() is not None or not _ask(filler):
+                died = filler is not None and filler.poll() is not None  # killed from outside
+                if died or (request and (filler is None or not _ask(filler))):
                     self._start_filler()
-                request = self._requests.get()
+                try:
+                    request = self._requests.get(timeout=_WATCH_SECONDS)
+                except queue.Empty:
+                    request = None  # no request: only see that the filler is still there
         finally:
             with self._guard:
                 filler, self._filler = self._filler, None
@@ -191,7 +207,7 @@ class WarmFiles:
                     "-m",
                     "data_server.warm_files",
                     str(self._dir),
-                    str(os.getpid()),
+                    self._tag,
                     str(self._file_bytes),
                     str(self._count),
                     str(FREE_BYTES_KEPT),
@@ -253,34 +269,61 @@ def _signal(process: subprocess.Popen[bytes], number: int) -> None:
             os.kill(process.pid, number)
 
 
+def _lock_path(scratch_dir: Path, tag: str) -> Path:
+    return scratch_dir / f"{_PREFIX}{tag}{_LOCK_SUFFIX}"
+
+
+def _hold_lock(scratch_dir: Path, tag: str) -> int:
+    """The tag's lock file, locked for as long as this process holds the descriptor (the
+    kernel lets go when it dies). Locked under a temporary name, then renamed: a server sweeping
+    meanwhile never sees it unlocked."""
+    pending = scratch_dir / f"{_FILLING}{tag}{_LOCK_SUFFIX}"
+    fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(pending, _lock_path(scratch_dir, tag))
+    return fd
+
+
+def _remove_tagged(scratch_dir: Path, tag: str) -> None:
+    for pattern in (f"{_PREFIX}{tag}-*", f"{_FILLING}{tag}-*"):
+        for path in scratch_dir.glob(pattern):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+
+
 def _remove_orphans(scratch_dir: Path) -> None:
-    """Warm files (whole or half-filled) of processes that are gone; nothing else."""
-    for path in [*scratch_dir.glob(f"{_PREFIX}*"), *scratch_dir.glob(f"{_FILLING}*")]:
-        owner = path.name.removeprefix(_PREFIX).removeprefix(_FILLING).split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)) and path.is_file():
+    """Warm files (whole or half-filled) of servers that are gone: those whose tag's lock file
+    is free or missing. Nothing else: a warm sandbox's scratch directory, for one, stays."""
+    live: set[str] = set()
+    for lock in scratch_dir.glob(f"{_PREFIX}*{_LOCK_SUFFIX}"):
+        tag = lock.name.removeprefix(_PREFIX).removesuffix(_LOCK_SUFFIX)
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:  # its server just stopped
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            live.add(tag)
+            os.close(fd)
+            continue
+        _remove_tagged(scratch_dir, tag)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+    for path in [*scratch_dir.glob(f"{_PREFIX}*-*"), *scratch_dir.glob(f"{_FILLING}*-*")]:
+        tag = path.name.removeprefix(_PREFIX).removeprefix(_FILLING).split("-", 1)[0]
+        if tag not in live and path.is_file() and not path.name.endswith(_LOCK_SUFFIX):
             path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def fill(scratch_dir: Path, owner_pid: int, file_bytes: int, count: int, kept: _Kept) -> None:
-    """Prepares warm files for ``owner_pid`` up to ``count``, then waits on standard input for
-    a line asking it to look again; ends when that input ends (its server closed it or is
-    gone), or before the next file once its server is gone. Each file is filled under a temporary name and renamed when whole, so a server
-    only ever takes a whole one."""
+def fill(scratch_dir: Path, tag: str, file_bytes: int, count: int, kept: _Kept) -> None:
+    """Prepares warm files of ``tag`` up to ``count``, then waits on standard input for a line
+    asking it to look again; ends when that input ends (its server closed it or is gone). Each
+    file is filled under a temporary name and renamed when whole, so a server only ever takes a
+    whole one. (Its server's death ends it too: the parent-death signal.)"""
     while True:
-        while len(list(scratch_dir.glob(f"{_PREFIX}{owner_pid}-*"))) < count:
-            if not _alive(owner_pid):  # killed outright: leave no more files behind
-                return
-            if not _fill_one(scratch_dir, owner_pid, file_bytes, kept):
+        while len(list(scratch_dir.glob(f"{_PREFIX}{tag}-*"))) < count:
+            if not _fill_one(scratch_dir, tag, file_bytes, kept):
                 break
         if not os.read(0, 4096):  # every line waiting counts as one: look once
             return
@@ -293,9 +336,9 @@ class _Kept(NamedTuple):
     share: float
 
 
-def _fill_one(scratch_dir: Path, owner_pid: int, file_bytes: int, kept: _Kept) -> bool:
+def _fill_one(scratch_dir: Path, tag: str, file_bytes: int, kept: _Kept) -> bool:
     """One more warm file, if the scratch space keeps its reserve free afterwards."""
-    name = f"{owner_pid}-{os.urandom(6).hex()}"
+    name = f"{tag}-{os.urandom(6).hex()}"
     filling = scratch_dir / f"{_FILLING}{name}"
     try:
         space = os.statvfs(scratch_dir)
@@ -319,11 +362,14 @@ def _fill_one(scratch_dir: Path, owner_pid: int, file_bytes: int, kept: _Kept) -
 
 
 def main() -> None:
-    scratch_dir, owner_pid, file_bytes, count, bytes_kept, share_kept = sys.argv[1:7]
+    scratch_dir, tag, file_bytes, count, bytes_kept, share_kept = sys.argv[1:7]
     _end_with_parent()
-    os.write(1, _BOUND)
+    try:
+        os.write(1, _BOUND)
+    except BrokenPipeError:  # its server went away while it started
+        return
     kept = _Kept(int(bytes_kept), float(share_kept))
-    fill(Path(scratch_dir), int(owner_pid), int(file_bytes), int(count), kept)
+    fill(Path(scratch_dir), tag, int(file_bytes), int(count), kept)
 
 
 def _end_with_parent() -> None:

@@ -38,7 +38,8 @@ def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30) ->
 
 
 def ready(scratch: Path) -> list[Path]:
-    return sorted(scratch.glob(f"prepared-{os.getpid()}-*"))
+    """Whole warm files, whoever's (a lock file has no second dash)."""
+    return sorted(path for path in scratch.glob("prepared-*-*") if path.is_file())
 
 
 @pytest.fixture
@@ -199,33 +200,23 @@ def test_a_filler_kept_stopped_ends_with_its_server_killed_outright(tmp_path):
             server.stdout.close()
 
 
-def test_a_server_with_warm_files_off_still_removes_those_of_processes_gone(tmp_path):
-    dead = _dead_pid()
-    left = tmp_path / f"prepared-{dead}-aaaa"
-    left.write_bytes(b"x")
+def test_a_server_with_warm_files_off_still_removes_those_of_servers_gone(tmp_path):
+    left = [tmp_path / "prepared-dead00-aaaa", tmp_path / "prepared-dead00.lock"]
+    for path in left:
+        path.write_bytes(b"x")
     files = WarmFiles(tmp_path, 0)
     files.start()
     files.close()
-    assert not left.exists()
-
-
-def _dead_pid() -> int:
-    ended = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return int(ended.stdout)
+    assert not any(path.exists() for path in left)
 
 
 def test_warm_files_leave_the_scratch_space_its_reserve(tmp_path, monkeypatch):
     space = os.statvfs(tmp_path)
     free, size = space.f_bavail * space.f_frsize, space.f_blocks * space.f_frsize
     for kept in (warm_files._Kept(free, 0.0), warm_files._Kept(0, free / size)):
-        assert not warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES, kept)
+        assert not warm_files._fill_one(tmp_path, "cafe", FILE_BYTES, kept)
         assert list(tmp_path.iterdir()) == []
-    assert warm_files._fill_one(tmp_path, os.getpid(), FILE_BYTES, warm_files._Kept(0, 0.0))
+    assert warm_files._fill_one(tmp_path, "cafe", FILE_BYTES, warm_files._Kept(0, 0.0))
     assert len(ready(tmp_path)) == 1
 
 
@@ -237,7 +228,7 @@ def test_a_filler_without_its_scratch_space_says_so_in_one_line(tmp_path):
             "-m",
             "data_server.warm_files",
             str(missing),
-            str(os.getpid()),
+            "cafe",
             "1024",
             "1",
             "0",
@@ -264,29 +255,80 @@ def test_closing_stops_the_filler_and_removes_the_servers_files(tmp_path):
     assert not list(tmp_path.glob(".preparing-*"))
 
 
-def test_files_of_a_process_that_is_gone_are_removed_and_others_kept(tmp_path):
-    dead = _dead_pid()
-    left = [tmp_path / f"prepared-{dead}-aaaa", tmp_path / f".preparing-{dead}-bbbb"]
-    alive = tmp_path / f"prepared-{os.getppid()}-cccc"  # another live server's
+def test_files_of_a_server_that_is_gone_are_removed_and_others_kept(tmp_path):
+    """Gone: its tag's lock file is free (the kernel let go when it died), or missing."""
+    left = [
+        tmp_path / "prepared-dead00-aaaa",
+        tmp_path / ".preparing-dead00-bbbb",
+        tmp_path / "prepared-dead00.lock",
+        tmp_path / "prepared-nolock-cccc",
+    ]
+    alive = tmp_path / "prepared-live00-dddd"  # another live server's
     for path in [*left, alive]:
         path.write_bytes(b"x")
-    files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
-    files.start()
+    lock = warm_files._hold_lock(tmp_path, "live00")
     try:
-        assert not any(path.exists() for path in left)
-        assert alive.exists()
+        files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+        files.start()
+        try:
+            assert not any(path.exists() for path in left)
+            assert alive.exists()
+        finally:
+            files.close()
+        assert alive.exists()  # not this server's to remove
     finally:
-        files.close()
-    assert alive.exists()  # not this server's to remove
+        os.close(lock)
 
 
-def _filler(scratch: Path, owner: int, count: int) -> subprocess.Popen[bytes]:
+def test_servers_sharing_a_scratch_space_keep_their_own_files(tmp_path):
+    """As servers in separate containers on one volume do, which may even share a process id:
+    each keeps its own count, takes only its own files, and stops without touching the other's."""
+    one = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    other = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    one.start()
+    other.start()
+    try:
+        wait_until(lambda: len(ready(tmp_path)) == 4, "two files each")
+        others = set(tmp_path.glob(f"prepared-{other._tag}-*"))
+        assert len(others) == 2
+        for n in range(2):
+            assert one.take_as(tmp_path / f"variant-{n}")
+        assert not one.take_as(tmp_path / "variant-2")  # none of its own left
+        assert set(tmp_path.glob(f"prepared-{other._tag}-*")) == others
+        one.close()
+        assert set(tmp_path.glob(f"prepared-{other._tag}-*")) == others
+    finally:
+        one.close()
+        other.close()
+
+
+def test_a_taken_file_is_new_to_the_janitor(warm, tmp_path):
+    """The janitor removes scratch files a day old: a file prepared days ago and taken now is
+    not one of them."""
+    two_days_ago = time.time() - 2 * 86_400
+    for path in ready(tmp_path):
+        os.utime(path, (two_days_ago, two_days_ago))
+    target = tmp_path / "variant-1"
+    assert warm.take_as(target)
+    assert time.time() - target.stat().st_mtime < 60
+
+
+def test_a_filler_killed_from_outside_is_reaped_and_replaced(warm, tmp_path, monkeypatch):
+    monkeypatch.setattr(warm_files, "_WATCH_SECONDS", 0.1)
+    warm.refill()  # the keeper now waits with the patched period
+    first = running_filler(warm)
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: filler_pid(warm) not in (None, first), "a new filler")
+    wait_until(lambda: not Path(f"/proc/{first}").exists(), "the killed filler to be reaped")
+
+
+def _filler(scratch: Path, tag: str, count: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "data_server.warm_files",
-            *map(str, (scratch, owner, FILE_BYTES, count, 0, 0)),  # no reserve
+            *map(str, (scratch, tag, FILE_BYTES, count, 0, 0)),  # no reserve
         ],
         stdin=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],
@@ -296,7 +338,7 @@ def _filler(scratch: Path, owner: int, count: int) -> subprocess.Popen[bytes]:
 def test_a_filler_whose_pipe_closes_ends(tmp_path):
     """Its server stopped (or died, which closes the pipe too): once its files are there, it
     ends instead of waiting to be asked again."""
-    filler = _filler(tmp_path, os.getpid(), 2)
+    filler = _filler(tmp_path, "cafe", 2)
     try:
         wait_until(lambda: len(ready(tmp_path)) == 2, "its files")
         assert filler.poll() is None  # waiting to be asked again
@@ -309,26 +351,6 @@ def test_a_filler_whose_pipe_closes_ends(tmp_path):
             filler.wait()
 
 
-def test_a_filler_whose_server_was_killed_makes_no_more_files(tmp_path):
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    filler = _filler(tmp_path, owner.pid, 10_000)
-    try:
-        made = lambda: list(tmp_path.glob(f"prepared-{owner.pid}-*"))  # noqa: E731
-        wait_until(lambda: len(made()) >= 1, "a first file")
-        owner.kill()
-        owner.wait()
-        at_the_kill = len(made())
-        assert filler.wait(timeout=30) == 0  # its pipe is still open: it noticed by itself
-        assert len(made()) <= at_the_kill + 1  # at most the file it was filling
-    finally:
-        for process in (owner, filler):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        if filler.stdin is not None:
-            filler.stdin.close()
-
-
 def test_a_filler_asked_while_busy_still_makes_up_the_count(warm, tmp_path):
     """Taken one after another, faster than it fills: every take is made up in the end."""
     for n in range(2):
@@ -339,12 +361,11 @@ def test_a_filler_asked_while_busy_still_makes_up_the_count(warm, tmp_path):
 
 
 def test_the_sweep_removes_only_warm_files(tmp_path):
-    """A warm sandbox's scratch directory of a server that is gone (``warm-<pid>-<n>``, the name
-    once shared) and anything else that is not a warm file stay for the janitor."""
-    dead = _dead_pid()
-    sandbox_scratch = tmp_path / f"warm-{dead}-1"
+    """A warm sandbox's scratch directory (``warm-<pid>-<n>``, a name once shared) and anything
+    else that is not a warm file stay for the janitor."""
+    sandbox_scratch = tmp_path / "warm-4242-1"
     sandbox_scratch.mkdir()
-    odd_directory = tmp_path / f"prepared-{dead}-dddd"
+    odd_directory = tmp_path / "prepared-dead00-dddd"
     odd_directory.mkdir()
     files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
     files.start()

@@ -282,7 +282,7 @@ def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
         store, data_key, table = publish_result(open_result_store(settings))
         with data_client(settings, (store, data_key, table)) as data:
             deadline = time.monotonic() + 30
-            while warm and not list(store.scratch_dir.glob("prepared-*")):
+            while warm and not list(store.scratch_dir.glob("prepared-*-*")):
                 assert time.monotonic() < deadline, "no warm file was prepared"
                 time.sleep(0.02)
             identity = {"Accept-Encoding": "identity"}
