@@ -127,7 +127,7 @@ class WarmFiles:
         """Around a large encoding's writes: the filler waits meanwhile (``SIGSTOP``). Its
         page faults, even at idle priority, slowed the encoding's own writes by more than a
         warm file saved them: 1M rows of NDJSON served at 1.1 to 1.4 M rows/s with the filler
-        running, 2.3 to 3.0 with it stopped, on the 2-core VM this project is measured on)."""
+        running, 2.3 to 3.0 with it stopped, on the 2-core VM this project is measured on."""
         self._count_writer(+1)
         try:
             yield
