@@ -183,11 +183,7 @@ class WarmFiles:
             with self._guard:
                 filler, self._filler = self._filler, None
             if filler is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    filler.kill()
-                filler.wait()
-                if filler.stdin is not None:
-                    filler.stdin.close()
+                _end(filler)
 
     def _start_filler(self) -> None:
         """A new filler, made known (to be stopped while large encodings write) only once it
@@ -196,10 +192,8 @@ class WarmFiles:
             ended, self._filler = self._filler, None
             if self._closing:
                 return
-        if ended is not None:  # a filler ends only if it crashed: reap it
-            ended.wait()
-            if ended.stdin is not None:
-                ended.stdin.close()
+        if ended is not None:  # a filler ends only if it crashed or was killed: reap it
+            _end(ended)
         try:
             started = subprocess.Popen(
                 [
@@ -235,10 +229,7 @@ class WarmFiles:
                 if self._writers:
                     _signal(started, signal.SIGSTOP)
                 return
-        _signal(started, signal.SIGKILL)
-        started.wait()
-        if started.stdin is not None:
-            started.stdin.close()
+        _end(started)
 
 
 def _ask(filler: subprocess.Popen[bytes]) -> bool:
@@ -261,6 +252,14 @@ def _make_idle(pid: int) -> None:
     except OSError:  # a sandbox that refuses it: the lowest niceness instead
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Kills it if it still runs (stopped or not), reaps it, and closes our end of its pipe."""
+    _signal(process, signal.SIGKILL)
+    process.wait()
+    if process.stdin is not None:
+        process.stdin.close()
 
 
 def _signal(process: subprocess.Popen[bytes], number: int) -> None:
@@ -296,24 +295,23 @@ def _remove_orphans(scratch_dir: Path) -> None:
     is free or missing. Nothing else: a warm sandbox's scratch directory, for one, stays."""
     live: set[str] = set()
     for lock in scratch_dir.glob(f"{_PREFIX}*{_LOCK_SUFFIX}"):
-        tag = lock.name.removeprefix(_PREFIX).removesuffix(_LOCK_SUFFIX)
         try:
             fd = os.open(lock, os.O_RDWR)
         except FileNotFoundError:  # its server just stopped
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.unlink(missing_ok=True)  # free: its server is gone
         except BlockingIOError:
-            live.add(tag)
+            live.add(lock.name.removeprefix(_PREFIX).removesuffix(_LOCK_SUFFIX))
+        finally:
             os.close(fd)
-            continue
+    tagged = [*scratch_dir.glob(f"{_PREFIX}*-*"), *scratch_dir.glob(f"{_FILLING}*-*")]
+    tags = {
+        path.name.removeprefix(_PREFIX).removeprefix(_FILLING).split("-", 1)[0] for path in tagged
+    }
+    for tag in tags - live:
         _remove_tagged(scratch_dir, tag)
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-    for path in [*scratch_dir.glob(f"{_PREFIX}*-*"), *scratch_dir.glob(f"{_FILLING}*-*")]:
-        tag = path.name.removeprefix(_PREFIX).removeprefix(_FILLING).split("-", 1)[0]
-        if tag not in live and path.is_file() and not path.name.endswith(_LOCK_SUFFIX):
-            path.unlink(missing_ok=True)
 
 
 def fill(scratch_dir: Path, tag: str, file_bytes: int, count: int, kept: _Kept) -> None:

@@ -78,12 +78,9 @@ def create_read_session_factory(engine: Engine) -> sessionmaker[Session]:
     session; and under read committed, PostgreSQL's default, a transaction's statements share
     no snapshot anyway. A write made here is committed at once: never one that another must
     undo."""
-    return sessionmaker(autocommit_engine(engine), expire_on_commit=False)
-
-
-def autocommit_engine(engine: Engine) -> Engine:
-    """The same pool, each statement on its own: no BEGIN and ROLLBACK around a lone read."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
 
 
 def write_lock_on_sqlite(session: Session) -> None:

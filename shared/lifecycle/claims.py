@@ -48,7 +48,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from shared.db.engine import autocommit_engine, database_now, write_lock_on_sqlite
+from shared.db.engine import database_now, write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Organization, UTCDateTime, table_of
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.settings import Settings
@@ -132,7 +132,8 @@ def _anything_queued(engine: Engine) -> bool:
     """One index probe, before the ranking and (on SQLite) the database's write lock: most
     claims find the queue empty (an executor woken by a finished execution asks once, and so
     does the one that finished it)."""
-    with autocommit_engine(engine).connect() as connection:
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
         return connection.execute(_QUEUE_PROBE).first() is not None
 
 

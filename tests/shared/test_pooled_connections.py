@@ -8,9 +8,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
-from shared.db.engine import autocommit_engine, create_metadata_engine
+from shared.db.engine import create_metadata_engine
+from shared.lifecycle import claims
 from tests.support.postgres import fresh_postgres_schema
 
 
@@ -60,15 +61,21 @@ def test_a_connection_the_server_closed_is_replaced_before_anyone_uses_it(engine
     assert len(pings) == 1
 
 
-def test_the_queue_probe_connection_is_left_outside_any_transaction(engine):
-    """Reads on their own cost one round trip, not a BEGIN, the read and a ROLLBACK."""
-    with autocommit_engine(engine).connect() as connection:
-        connection.execute(text("SELECT 1"))
-        driver = connection.connection.driver_connection
-        assert driver is not None
-        assert driver.info.transaction_status.name == "IDLE"
-    with engine.connect() as connection:  # a transactional connection, for contrast
-        connection.execute(text("SELECT 1"))
-        driver = connection.connection.driver_connection
-        assert driver is not None
-        assert driver.info.transaction_status.name == "INTRANS"
+def test_the_queue_probe_runs_outside_any_transaction(engine):
+    """The worker's probe, several times per execution: one round trip, not a BEGIN, the read
+    and a ROLLBACK."""
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE executions (status varchar(16))"))
+    seen: list[str] = []
+
+    def status_after(connection, *_):
+        seen.append(connection.connection.driver_connection.info.transaction_status.name)
+
+    event.listen(engine, "after_cursor_execute", status_after)
+    try:
+        assert claims._anything_queued(engine) is False
+        with engine.connect() as connection:  # a transactional connection, for contrast
+            connection.execute(text("SELECT 1"))
+    finally:
+        event.remove(engine, "after_cursor_execute", status_after)
+    assert seen == ["IDLE", "INTRANS"]

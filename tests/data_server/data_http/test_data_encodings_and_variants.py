@@ -296,4 +296,4 @@ def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
             assert (again[2], int(again[1]["content-length"])) == (body, len(body))
     assert taken == [True, False]  # the warm server took one; the other had none
     assert bodies[warm_mb] == bodies[0]
-    assert len(bodies[0]) > 1024 * 1024 > 0  # the smaller warm file was outgrown
+    assert len(bodies[0]) > 1024 * 1024  # the smaller warm file (1 MiB) was outgrown
