@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,11 +53,65 @@ def test_a_select_is_written_as_an_arrow_ipc_file(datasource, tmp_path):
     assert table.column("twice")[199_999].as_py() == 399_998
 
 
+def _pullers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "batches-ahead"]
+
+
 def test_row_cap_truncates_and_says_so(datasource, tmp_path):
     limits = Limits(**{**LIMITS.__dict__, "max_result_rows": 70_000})
     outcome = engine.run_query(_job(datasource, "SELECT n FROM numbers", tmp_path, limits))
     assert (outcome.rows, outcome.truncated) == (70_000, True)
     assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().num_rows == 70_000
+    assert not _pullers()  # the query that went on past the cap was stopped, not left running
+
+
+def test_a_cap_stops_an_endless_result_at_once(datasource, tmp_path):
+    limits = Limits(**{**LIMITS.__dict__, "max_result_rows": 200_000, "timeout_seconds": 60})
+    started = time.monotonic()
+    outcome = engine.run_query(
+        _job(datasource, "SELECT * FROM range(1000000000000)", tmp_path, limits)
+    )
+    assert (outcome.rows, outcome.truncated) == (200_000, True)
+    assert time.monotonic() - started < 30  # not at the time limit
+    assert not _pullers()
+
+
+def test_an_error_in_a_later_batch_fails_the_execution(datasource, tmp_path):
+    sql = "SELECT CASE WHEN n < 150000 THEN n ELSE error('boom at ' || n) END AS n FROM numbers"
+    with pytest.raises(QueryFailed) as failure:
+        engine.run_query(_job(datasource, sql, tmp_path))
+    assert (failure.value.code, "boom at" in failure.value.message) == ("execution_error", True)
+    assert not _pullers()
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("INTERRUPT Error: Interrupted!", duckdb.InterruptException),
+        ("Out of Memory Error: failed to allocate", duckdb.OutOfMemoryException),
+        ("IO Error: connection reset", duckdb.IOException),
+        ("Something new: with no kind", duckdb.Error),
+    ],
+)
+def test_errors_of_a_streaming_result_are_raised_as_duckdb_errors(text, kind):
+    class FailingReader:
+        def __iter__(self):
+            raise OSError(text)
+
+    with pytest.raises(duckdb.Error) as raised:
+        list(engine._as_duckdb_errors(FailingReader()))
+    assert (type(raised.value), str(raised.value)) == (kind, text)
+
+
+def test_a_result_of_one_batch_is_written_without_a_second_thread(
+    datasource, tmp_path, monkeypatch
+):
+    started = []
+    monkeypatch.setattr(
+        engine._BatchesAhead, "_pull", lambda self, batches: started.append(batches)
+    )
+    outcome = engine.run_query(_job(datasource, "SELECT n FROM numbers LIMIT 1000", tmp_path))
+    assert (outcome.rows, started) == (1000, [])
 
 
 def test_byte_cap_truncates_and_says_so(datasource, tmp_path):
@@ -205,6 +261,15 @@ def test_timeout_interrupts_the_query(datasource, tmp_path):
             _job(datasource, "SELECT count(*) FROM range(1000000000000)", tmp_path, limits)
         )
     assert failure.value.code == "timeout"
+
+
+def test_timeout_interrupts_a_result_still_streaming(datasource, tmp_path):
+    limits = Limits(**{**LIMITS.__dict__, "timeout_seconds": 0.5, "max_result_rows": 10**12})
+    sql = "SELECT range, md5(range::VARCHAR) FROM range(1000000000000)"
+    with pytest.raises(QueryFailed) as failure:
+        engine.run_query(_job(datasource, sql, tmp_path, limits))
+    assert failure.value.code == "timeout"
+    assert not _pullers()
 
 
 def test_memory_limit_fails_with_out_of_memory(datasource, tmp_path):
