@@ -205,10 +205,13 @@ class _BatchesAhead:
     comes full: DuckDB makes them (without the GIL) while the caller writes the last one.
     ``SELECT *`` of 10M rows (429 MB) to a file took 0.87 to 0.95 s so, against 1.21 to 1.27 s
     pulling and writing in turn (in process, on the 2-core VM this project is measured on). A
-    result of one batch starts no thread. At most ``_AHEAD`` batches wait, plus one being made.
+    result of one batch starts no thread. At most ``_AHEAD`` batches wait, plus one being made;
+    a result whose first batch is wider than ``_AHEAD_BATCH_BYTES`` is read in turn as before, so
+    that the batches ahead never weigh much against the sandbox's memory cap.
     """
 
     _AHEAD = 2
+    _AHEAD_BATCH_BYTES = 16 * 1024 * 1024
     _END = object()
 
     def __init__(self, reader: pa.RecordBatchReader, interrupt: Callable[[], None]) -> None:
@@ -229,7 +232,7 @@ class _BatchesAhead:
         if first is None:
             return
         yield first
-        if first.num_rows < BATCH_ROWS:  # the last batch, as a rule
+        if first.num_rows < BATCH_ROWS or first.nbytes > self._AHEAD_BATCH_BYTES:
             yield from batches
             return
         self._puller = threading.Thread(

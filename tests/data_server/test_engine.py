@@ -57,6 +57,19 @@ def _pullers() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == "batches-ahead"]
 
 
+def _watch_pullers(monkeypatch) -> list[str]:
+    """The names of the threads that pull batches ahead from now on (they still pull)."""
+    pulled: list[str] = []
+    real = engine._BatchesAhead._pull
+
+    def pull(self, batches):
+        pulled.append(threading.current_thread().name)
+        real(self, batches)
+
+    monkeypatch.setattr(engine._BatchesAhead, "_pull", pull)
+    return pulled
+
+
 def test_row_cap_truncates_and_says_so(datasource, tmp_path):
     limits = Limits(**{**LIMITS.__dict__, "max_result_rows": 70_000})
     outcome = engine.run_query(_job(datasource, "SELECT n FROM numbers", tmp_path, limits))
@@ -103,15 +116,27 @@ def test_errors_of_a_streaming_result_are_raised_as_duckdb_errors(text, kind):
     assert (type(raised.value), str(raised.value)) == (kind, text)
 
 
-def test_a_result_of_one_batch_is_written_without_a_second_thread(
-    datasource, tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        ("SELECT n FROM numbers LIMIT 1000", 1000),  # one batch
+        ("SELECT n, repeat('x', 300) AS wide FROM numbers", 200_000),  # batches of ~20 MB
+    ],
+)
+def test_results_of_one_batch_or_wide_batches_are_read_in_turn(
+    datasource, tmp_path, monkeypatch, sql, rows
 ):
-    started = []
-    monkeypatch.setattr(
-        engine._BatchesAhead, "_pull", lambda self, batches: started.append(batches)
-    )
-    outcome = engine.run_query(_job(datasource, "SELECT n FROM numbers LIMIT 1000", tmp_path))
-    assert (outcome.rows, started) == (1000, [])
+    pulled = _watch_pullers(monkeypatch)
+    outcome = engine.run_query(_job(datasource, sql, tmp_path))
+    assert (outcome.rows, pulled) == (rows, [])
+
+
+def test_a_result_of_narrow_batches_is_pulled_ahead(datasource, tmp_path, monkeypatch):
+    pulled = _watch_pullers(monkeypatch)
+    outcome = engine.run_query(_job(datasource, "SELECT n FROM numbers", tmp_path))
+    table = pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all()
+    assert (outcome.rows, pulled) == (200_000, ["batches-ahead"])
+    assert table.column("n").to_pylist() == list(range(200_000))
 
 
 def test_byte_cap_truncates_and_says_so(datasource, tmp_path):
