@@ -10,9 +10,9 @@ datasource (``warm_sandboxes``), each execution in a client context of its own.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -204,21 +204,23 @@ class _BatchesAhead:
     """A reader's batches, the next ones pulled in a thread of their own once the first batch
     comes full: DuckDB makes them (without the GIL) while the caller writes the last one.
     ``SELECT *`` of 10M rows (429 MB) to a file took 0.87 to 0.95 s so, against 1.21 to 1.27 s
-    pulling and writing in turn (in process, on the 2-core VM this project is measured on). A
-    result of one batch starts no thread. At most ``_AHEAD`` batches wait, plus one being made;
-    a result whose first batch is wider than ``_AHEAD_BATCH_BYTES`` is read in turn as before, so
-    that the batches ahead never weigh much against the sandbox's memory cap.
-    """
+    pulling and writing in turn (in process, on the 2-core VM this project is measured on).
 
-    _AHEAD = 2
-    _AHEAD_BATCH_BYTES = 16 * 1024 * 1024
+    The puller makes a batch only while the batches made and not yet written weigh less than
+    ``_AHEAD_BYTES``, so pulling ahead adds at most that and one batch to what the sandbox holds;
+    a result of batches wider than that is read in turn, as without it. A result whose first
+    batch is not full (one batch, as a rule) starts no thread."""
+
+    _AHEAD_BYTES = 16 * 1024 * 1024
     _END = object()
 
     def __init__(self, reader: pa.RecordBatchReader, interrupt: Callable[[], None]) -> None:
         self.schema = reader.schema
         self._reader = reader
         self._interrupt = interrupt
-        self._waiting: queue.Queue[Any] = queue.Queue(maxsize=self._AHEAD)
+        self._changed = threading.Condition()
+        self._ready: deque[tuple[Any, int]] = deque()  # (batch, end or error; its bytes)
+        self._unwritten = 0  # bytes of the batches made and not yet written
         self._puller: threading.Thread | None = None
         self._stopping = False
         self._ended = False  # the caller took the puller's last batch
@@ -231,30 +233,52 @@ class _BatchesAhead:
         first = next(batches, None)
         if first is None:
             return
-        yield first
-        if first.num_rows < BATCH_ROWS or first.nbytes > self._AHEAD_BATCH_BYTES:
+        if first.num_rows < BATCH_ROWS:
+            yield first
             yield from batches
             return
+        item, size = first, first.nbytes
+        self._unwritten = size
         self._puller = threading.Thread(
             target=self._pull, args=(batches,), name="batches-ahead", daemon=True
         )
         self._puller.start()
-        while (item := self._waiting.get()) is not self._END:
+        while True:
+            yield item
+            with self._changed:  # the caller has written it
+                self._unwritten -= size
+                self._changed.notify_all()
+                self._changed.wait_for(lambda: self._ready)
+                item, size = self._ready.popleft()
+            if item is self._END:
+                break
             if isinstance(item, BaseException):
                 raise item
-            yield item
         self._ended = True
 
     def _pull(self, batches: Iterator[pa.RecordBatch]) -> None:
         try:
-            for batch in batches:
-                if self._stopping:
-                    return
-                self._waiting.put(batch)
+            while True:
+                with self._changed:
+                    self._changed.wait_for(
+                        lambda: self._stopping or self._unwritten < self._AHEAD_BYTES
+                    )
+                    if self._stopping:
+                        return
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                self._hand_over(batch, batch.nbytes)
         except BaseException as exc:  # raised again by the caller's thread (a timeout, an error)
-            self._waiting.put(exc)
+            self._hand_over(exc, 0)
             return
-        self._waiting.put(self._END)
+        self._hand_over(self._END, 0)
+
+    def _hand_over(self, item: Any, size: int) -> None:
+        with self._changed:
+            self._unwritten += size
+            self._ready.append((item, size))
+            self._changed.notify_all()
 
     def __exit__(self, *exc: object) -> None:
         """When the caller stopped early (a cap, an error), interrupts the query and waits for
@@ -262,14 +286,12 @@ class _BatchesAhead:
         puller = self._puller
         if puller is None:
             return
-        self._stopping = True
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         if not self._ended and puller.is_alive():
             self._interrupt()
-        while puller.is_alive():
-            with suppress(queue.Empty):
-                while True:  # frees a put that waits for room
-                    self._waiting.get_nowait()
-            puller.join(0.01)
+        puller.join()
 
 
 def _write_result(

@@ -116,19 +116,47 @@ def test_errors_of_a_streaming_result_are_raised_as_duckdb_errors(text, kind):
     assert (type(raised.value), str(raised.value)) == (kind, text)
 
 
+def test_a_result_of_one_batch_starts_no_puller(datasource, tmp_path, monkeypatch):
+    pulled = _watch_pullers(monkeypatch)
+    outcome = engine.run_query(_job(datasource, "SELECT n FROM numbers LIMIT 1000", tmp_path))
+    assert (outcome.rows, pulled) == (1000, [])
+
+
+class _CountingReader:
+    """``count`` batches of ``engine.BATCH_ROWS`` rows of ``width`` bytes; notes, each time it
+    makes one, how many it made that the caller has not yet written."""
+
+    schema = pa.schema([("s", pa.binary())])
+
+    def __init__(self, count: int, width: int) -> None:
+        self.count, self.width = count, width
+        self.made = self.written = 0
+        self.unwritten_when_made: list[int] = []
+
+    def __iter__(self):
+        value = b"x" * self.width
+        for _ in range(self.count):
+            self.unwritten_when_made.append(self.made - self.written)
+            self.made += 1
+            yield pa.record_batch([pa.array([value] * engine.BATCH_ROWS, pa.binary())], self.schema)
+
+
 @pytest.mark.parametrize(
-    ("sql", "rows"),
+    ("width", "most_unwritten"),
     [
-        ("SELECT n FROM numbers LIMIT 1000", 1000),  # one batch
-        ("SELECT n, repeat('x', 300) AS wide FROM numbers", 200_000),  # batches of ~20 MB
+        (1, 3),  # ~330 KB a batch: three unwritten weigh under the budget, four would not
+        (20, 0),  # ~1.5 MB a batch, over the budget: made only once the last is written
     ],
 )
-def test_results_of_one_batch_or_wide_batches_are_read_in_turn(
-    datasource, tmp_path, monkeypatch, sql, rows
-):
-    pulled = _watch_pullers(monkeypatch)
-    outcome = engine.run_query(_job(datasource, sql, tmp_path))
-    assert (outcome.rows, pulled) == (rows, [])
+def test_batches_are_made_ahead_only_within_the_byte_budget(monkeypatch, width, most_unwritten):
+    monkeypatch.setattr(engine._BatchesAhead, "_AHEAD_BYTES", 1024 * 1024)
+    reader = _CountingReader(count=12, width=width)
+    with engine._BatchesAhead(reader, lambda: None) as batches:
+        for _ in batches:
+            time.sleep(0.01)  # a slow writer: the puller goes as far ahead as it may
+            reader.written += 1
+    assert reader.written == 12
+    assert max(reader.unwritten_when_made) == most_unwritten
 
 
 def test_a_result_of_narrow_batches_is_pulled_ahead(datasource, tmp_path, monkeypatch):
