@@ -207,10 +207,11 @@ class _BatchesAhead:
     0.93 to 1.12 s so, against 1.16 to 2.35 s pulling and writing in turn (interleaved runs on
     the 2-core VM this project is measured on).
 
-    The puller makes a batch only while the batches made and not yet written weigh less than
-    ``_AHEAD_BYTES``, so pulling ahead adds at most that and one batch to what the sandbox holds;
-    a result of batches wider than that is read in turn, as without it. A result whose first
-    batch is not full (one batch, as a rule) starts no thread."""
+    Memory: the puller makes a batch only while the batches made and not yet written weigh less
+    than ``_AHEAD_BYTES``, and neither thread keeps a batch once it is written, so a result
+    holds at most that much more than read in turn (with wide rows, one batch more is enough to
+    reach the sandbox's memory cap). A result whose first batch is not full (one batch, as a
+    rule) or is that wide starts no thread and is read in turn."""
 
     _AHEAD_BYTES = 16 * 1024 * 1024
     _END = object()
@@ -231,14 +232,17 @@ class _BatchesAhead:
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         batches = _as_duckdb_errors(self._reader)
-        first = next(batches, None)
-        if first is None:
+        # A batch the caller has written is never held here: with wide batches, that alone
+        # would hold one more of them while the next is read.
+        item: Any = next(batches, None)
+        if item is None:
             return
-        if first.num_rows < BATCH_ROWS:
-            yield first
+        size = item.nbytes
+        if item.num_rows < BATCH_ROWS or size >= self._AHEAD_BYTES:
+            yield item
+            del item
             yield from batches
             return
-        item, size = first, first.nbytes
         self._unwritten = size
         self._puller = threading.Thread(
             target=self._pull, args=(batches,), name="batches-ahead", daemon=True
@@ -246,6 +250,7 @@ class _BatchesAhead:
         self._puller.start()
         while True:
             yield item
+            item = None
             with self._changed:  # the caller has written it
                 self._unwritten -= size
                 self._changed.notify_all()
@@ -270,6 +275,7 @@ class _BatchesAhead:
                 if batch is None:
                     break
                 self._hand_over(batch, batch.nbytes)
+                del batch  # the caller's now: not held here once written
         except BaseException as exc:  # raised again by the caller's thread (a timeout, an error)
             self._hand_over(exc, 0)
             return

@@ -75,7 +75,7 @@ def test_row_cap_truncates_and_says_so(datasource, tmp_path):
     outcome = engine.run_query(_job(datasource, "SELECT n FROM numbers", tmp_path, limits))
     assert (outcome.rows, outcome.truncated) == (70_000, True)
     assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().num_rows == 70_000
-    assert not _pullers()  # the query that went on past the cap was stopped, not left running
+    assert not _pullers()
 
 
 def test_a_cap_stops_an_endless_result_at_once(datasource, tmp_path):
@@ -123,40 +123,97 @@ def test_a_result_of_one_batch_starts_no_puller(datasource, tmp_path, monkeypatc
 
 
 class _CountingReader:
-    """``count`` batches of ``engine.BATCH_ROWS`` rows of ``width`` bytes; notes, each time it
-    makes one, how many it made that the caller has not yet written."""
+    """Batches of ``engine.BATCH_ROWS`` rows, one of each width (bytes a row) given; notes, each
+    time it makes one, how many bytes it made that the caller has not yet written, and how many
+    bytes of batches are still held anywhere (Arrow's allocations since it was made)."""
 
     schema = pa.schema([("s", pa.binary())])
 
-    def __init__(self, count: int, width: int) -> None:
-        self.count, self.width = count, width
-        self.made = self.written = 0
+    def __init__(self, widths: list[int]) -> None:
+        self.widths = widths
+        self.sizes: list[int] = []
+        self.written = 0
         self.unwritten_when_made: list[int] = []
+        self.held_when_made: list[int] = []
+        self._allocated_before = pa.total_allocated_bytes()
 
     def __iter__(self):
-        value = b"x" * self.width
-        for _ in range(self.count):
-            self.unwritten_when_made.append(self.made - self.written)
-            self.made += 1
-            yield pa.record_batch([pa.array([value] * engine.BATCH_ROWS, pa.binary())], self.schema)
+        for width in self.widths:
+            self.unwritten_when_made.append(sum(self.sizes[self.written :]))
+            self.held_when_made.append(pa.total_allocated_bytes() - self._allocated_before)
+            values = pa.array([b"x" * width] * engine.BATCH_ROWS, pa.binary())
+            batch = pa.record_batch([values], self.schema)
+            self.sizes.append(batch.nbytes)
+            yield batch
+            del batch, values
+
+
+BUDGET = 1024 * 1024  # batches of width 1 weigh ~330 KB, of width 20 ~1.6 MB
 
 
 @pytest.mark.parametrize(
-    ("width", "most_unwritten"),
-    [
-        (1, 3),  # ~330 KB a batch: three unwritten weigh under the budget, four would not
-        (20, 0),  # ~1.5 MB a batch, over the budget: made only once the last is written
-    ],
+    "widths",
+    [[1] * 12, [1] * 3 + [20] * 9, [1, 20] * 6],
+    ids=["narrow", "narrow-then-wide", "alternating"],
 )
-def test_batches_are_made_ahead_only_within_the_byte_budget(monkeypatch, width, most_unwritten):
-    monkeypatch.setattr(engine._BatchesAhead, "_AHEAD_BYTES", 1024 * 1024)
-    reader = _CountingReader(count=12, width=width)
+def test_batches_are_made_ahead_only_within_the_byte_budget(monkeypatch, widths):
+    monkeypatch.setattr(engine._BatchesAhead, "_AHEAD_BYTES", BUDGET)
+    reader = _CountingReader(widths)
     with engine._BatchesAhead(reader, lambda: None) as batches:
-        for _ in batches:
+        for batch in batches:
             time.sleep(0.01)  # a slow writer: the puller goes as far ahead as it may
             reader.written += 1
-    assert reader.written == 12
-    assert max(reader.unwritten_when_made) == most_unwritten
+            del batch
+    assert reader.written == len(widths)
+    assert max(reader.unwritten_when_made) < BUDGET
+    assert max(reader.unwritten_when_made) > 0  # it did make batches ahead
+    # ... and held none it had handed over once written
+    slack = min(reader.sizes) // 2
+    assert all(
+        held <= unwritten + slack
+        for held, unwritten in zip(reader.held_when_made, reader.unwritten_when_made, strict=True)
+    )
+
+
+def test_a_result_of_wide_batches_is_read_in_turn_on_the_callers_thread(monkeypatch):
+    monkeypatch.setattr(engine._BatchesAhead, "_AHEAD_BYTES", BUDGET)
+    pulled = _watch_pullers(monkeypatch)
+    reader = _CountingReader([20] * 6)
+    with engine._BatchesAhead(reader, lambda: None) as batches:
+        for batch in batches:
+            reader.written += 1
+            del batch
+    assert (reader.written, pulled, max(reader.unwritten_when_made)) == (6, [], 0)
+    assert max(reader.held_when_made) < min(reader.sizes) // 2  # none kept once written
+
+
+class _StallingReader:
+    """A full first batch, then a second that is made only once the query is interrupted (it
+    raises as DuckDB's stream does), or after ``wait`` seconds."""
+
+    schema = pa.schema([("n", pa.int64())])
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.making_second = threading.Event()
+        self.interrupted = threading.Event()
+
+    def __iter__(self):
+        yield pa.record_batch([pa.array(range(engine.BATCH_ROWS), pa.int64())], self.schema)
+        self.making_second.set()
+        if self.interrupted.wait(self.wait):
+            raise OSError("INTERRUPT Error: Interrupted!")
+        yield pa.record_batch([pa.array([1], pa.int64())], self.schema)
+
+
+def test_a_caller_that_stops_early_interrupts_the_batch_being_made():
+    reader = _StallingReader(wait=30)
+    with engine._BatchesAhead(reader, reader.interrupted.set) as batches:
+        for _ in batches:
+            assert reader.making_second.wait(30)
+            break  # a cap cut the result here
+    assert reader.interrupted.is_set()
+    assert not _pullers()
 
 
 def test_a_result_of_narrow_batches_is_pulled_ahead(datasource, tmp_path, monkeypatch):
