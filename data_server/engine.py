@@ -204,7 +204,7 @@ class _BatchesAhead:
     """A reader's batches, the next ones pulled in a thread of their own once the first batch
     comes full: DuckDB makes them (without the GIL) while the caller writes the last one. An
     execution of ``SELECT *`` over 10M rows (429 MB), run to stored through real servers, took
-    0.93 to 1.12 s so, against 1.16 to 2.35 s pulling and writing in turn (interleaved runs on
+    1.03 to 1.50 s so, against 1.49 to 2.24 s pulling and writing in turn (interleaved runs on
     the 2-core VM this project is measured on).
 
     Memory: the puller makes a batch only while the batches made and not yet written weigh less
