@@ -35,7 +35,8 @@ def _ping_if_disturbed(engine: Engine, dbapi_connection: Any, _record: Any, _pro
     ping on every checkout (``pool_pre_ping``) was 15 of the 61 round trips of a one-row
     execution, each to a connection that had answered milliseconds before. A connection cut
     without a word (a silent network drop) fails its next statement either way, as a pinged one
-    would hang on the ping. A ping that fails makes the pool replace the connection and try again."""
+    would hang on the ping. A ping that fails makes the pool replace the connection and try
+    again."""
     try:
         disturbed = _has_news(dbapi_connection.fileno())
     except Exception:  # closed, or no socket to ask: let the ping decide
