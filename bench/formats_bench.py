@@ -5,13 +5,13 @@ Baseline: in-process DuckDB streaming the result as Arrow batches. Then:
 
 1. the stored Arrow IPC file encoded in every format by ``data_server.encoders.encode_result``
    (the data server's code path minus the socket and the store);
-2. a real data server (``python -m data_server serve --no-workers``) on 127.0.0.1, the result
-   published into its store and a token minted from its keys: each format fetched whole twice
-   by curl to /dev/null, server-bound as the issue measured (the first fetch materialises the
-   representation, the second serves the stored one), with
-   and without ``Accept-Encoding`` / ``?compression=``; rate, when the first byte of the first
-   fetch came (as a share of its whole time: the time to first byte a reader of a fresh result
-   sees), bytes on the wire;
+2. a real data server (``python -m data_server serve --no-workers``) on 127.0.0.1, once its warm
+   scratch files are ready: for each format, with and without ``Accept-Encoding`` /
+   ``?compression=``, ``--repeats`` fresh publications of the result (a new data key and token
+   each), each fetched whole twice by curl to /dev/null, server-bound as the issue measured (the
+   first fetch materialises the representation, the second serves the stored one); the median
+   rate of each (the first's range too), when the first byte of a first fetch came (as a share of
+   its whole time: the time to first byte a reader of a fresh result sees), bytes on the wire;
 3. with ``--memory-rows``: two clients fetching one large result as JSON at once, the data
    server's RSS growth sampled from /proc (the issue's "1 GB result" figure).
 """
@@ -23,6 +23,7 @@ import io
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_server.encoders import encode_result
 from data_server.formats import JSON_FORMATS, ResultFormat
+from data_server.warm_files import WARM_FILE_BYTES, ready_count
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Datasource, Execution, Organization
 from shared.organization_rows import count_stored_bytes
@@ -204,6 +206,21 @@ class DataServer:
             count_stored_bytes(session, BENCH_ORGANIZATION, size)
         engine.dispose()
 
+    @property
+    def warm_files_kept(self) -> int:
+        return self.settings.warm_scratch_mb * 1024 * 1024 // WARM_FILE_BYTES
+
+    def wait_for_warm_files(self, timeout: float = 30.0) -> int:
+        """How many warm scratch files the server has ready, once it has all it keeps (or after
+        ``timeout``): a fresh result's first fetch on a server that had a moment since the last
+        one finds them all (data_server/warm_files.py)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = ready_count(self.store.scratch_dir)
+            if ready >= self.warm_files_kept or time.monotonic() > deadline:
+                return ready
+            time.sleep(0.2)
+
     def rss(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -264,23 +281,40 @@ def _fetch_with_httpx(url: str, headers: dict) -> tuple[float, float, int]:
     return whole, whole if first_byte is None else first_byte, size
 
 
-def served(server: DataServer, path: Path, rows: int, baseline: float) -> None:
-    data_key, token = server.publish(path)
-    url = f"{server.url}/data/{data_key}"
+def served(server: DataServer, path: Path, rows: int, baseline: float, repeats: int) -> None:
+    """Each variant fetched ``repeats`` times from a fresh publication of the same result (a
+    new data key, so each first fetch materialises anew), medians printed: one first fetch is
+    one sample of a machine whose speed swings from minute to minute."""
     client = "curl to /dev/null" if CURL else "httpx (no curl found)"
     print(
-        f"\nserved by a real data server to {client} (first fetch materialises, then served as stored):"
+        f"\nserved by a real data server to {client}, {repeats} fresh results per variant"
+        " (first fetch materialises, then served as stored):"
     )
+    short_of_warm = 0
     for fmt, params, headers in SERVED:
         label = fmt + "".join(f" {v}" for v in [*params.values(), *headers.values()])
-        first, first_byte, size = _fetch(url, token, {"format": fmt, **params}, headers)
-        again, _, _ = _fetch(url, token, {"format": fmt, **params}, headers)
+        firsts, first_bytes, agains, size = [], [], [], 0
+        for _ in range(repeats):
+            short_of_warm += server.wait_for_warm_files() < server.warm_files_kept
+            copy = path.with_name(f"copy-{uuid.uuid4().hex}.arrow")
+            shutil.copyfile(path, copy)
+            data_key, token = server.publish(copy)
+            url = f"{server.url}/data/{data_key}"
+            first, first_byte, size = _fetch(url, token, {"format": fmt, **params}, headers)
+            again, _, _ = _fetch(url, token, {"format": fmt, **params}, headers)
+            firsts.append(first)
+            first_bytes.append(first_byte / first)
+            agains.append(again)
+        first, again = statistics.median(firsts), statistics.median(agains)
         print(
-            f"{label:20} first {rows / first / 1e6:7.2f} M rows/s (ratio {rows / first / baseline:.2f},"
-            f" first byte after {first_byte / first:4.0%} of it)"
+            f"{label:20} first {rows / first / 1e6:7.2f} M rows/s"
+            f" ({rows / max(firsts) / 1e6:.2f} to {rows / min(firsts) / 1e6:.2f};"
+            f" ratio {rows / first / baseline:.2f}, first byte after"
+            f" {statistics.median(first_bytes):4.0%} of it)"
             f"   stored {rows / again / 1e6:7.2f} M rows/s (ratio {rows / again / baseline:.2f})"
             f"   {size / 1e6:8.1f} MB on the wire"
         )
+    print(f"first fetches that found fewer warm scratch files than kept: {short_of_warm}")
 
 
 def memory(server: DataServer, connection: duckdb.DuckDBPyConnection, rows: int, tmp: Path) -> None:
@@ -311,6 +345,7 @@ def memory(server: DataServer, connection: duckdb.DuckDBPyConnection, rows: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5, help="fresh results per variant")
     parser.add_argument("--memory-rows", type=int, default=0, help="e.g. 4500000 for ~1 GB JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name, duckdb.connect() as connection:
@@ -320,7 +355,7 @@ def main() -> None:
         baseline = in_process(connection, args.rows, path)
         server = DataServer(tmp / "state")
         try:
-            served(server, path, args.rows, baseline)
+            served(server, path, args.rows, baseline, args.repeats)
             if args.memory_rows:
                 memory(server, connection, args.memory_rows, tmp)
         finally:

@@ -268,6 +268,12 @@ def _signal(process: subprocess.Popen[bytes], number: int) -> None:
             os.kill(process.pid, number)
 
 
+def ready_count(scratch_dir: Path) -> int:
+    """Warm files ready in a scratch space, of every server using it (a benchmark waits for a
+    new server's to be ready, as those of a server that has run a while are)."""
+    return len(list(scratch_dir.glob(f"{_PREFIX}*-*")))
+
+
 def _lock_path(scratch_dir: Path, tag: str) -> Path:
     return scratch_dir / f"{_PREFIX}{tag}{_LOCK_SUFFIX}"
 
