@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from data_server.app import create_app, start_workers, stop_workers
+from data_server.app import create_app, remove_dead_scratch, start_workers, stop_workers
 from data_server.sample import ensure_sample_database
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
@@ -39,7 +39,9 @@ def cmd_work(settings: Settings, args: argparse.Namespace) -> None:
     upgrade_to_head(create_metadata_engine(settings.database_url))
     ensure_sample_database(settings.state_dir, settings.sample_scale)
     engine = create_metadata_engine(settings.database_url)
-    worker = start_workers(settings, create_session_factory(engine), open_result_store(settings))
+    store = open_result_store(settings)
+    remove_dead_scratch(store)
+    worker = start_workers(settings, create_session_factory(engine), store)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

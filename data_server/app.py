@@ -28,6 +28,7 @@ from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.errors import BadRequest
 from shared.metrics import Metrics
 from shared.results import ResultStore, open_result_store
+from shared.scratch import sweep_dead
 from shared.settings import Settings
 from shared.web.http_limits import RequestLimitsMiddleware
 from shared.web.metrics import MetricsMiddleware
@@ -59,6 +60,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
                 start_workers, settings, sessions, store, app.state.metrics
             )
         app.state.worker = worker
+        remove_dead_scratch(store)
         warm_files.start()
         keys_kept_fresh = asyncio.create_task(app.state.keyring.keep_fresh())
         try:
@@ -153,6 +155,14 @@ class _JsonApiCors(CORSMiddleware):
         return answer
 
 
+def remove_dead_scratch(store: ResultStore) -> None:
+    """What servers killed on this machine left in the scratch space (a restart after a crash
+    finds it there); the janitor looks again every minute."""
+    _, removed = sweep_dead(store.scratch_dir)
+    if removed:
+        logger.info("removed the scratch of %d processes that are gone", removed)
+
+
 def start_workers(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -162,7 +172,7 @@ def start_workers(
     from data_server.sandbox_pool import SandboxPool
     from data_server.worker import Worker, executor_count
 
-    pool = SandboxPool(executor_count(settings))
+    pool = SandboxPool(executor_count(settings), scratch_root=str(store.scratch.own_directory()))
     worker = Worker(settings, sessions, store, pool, metrics)
     worker.start()
     return worker

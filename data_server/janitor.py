@@ -6,9 +6,12 @@ sweep removes."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import select, true
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import lifecycle
 from shared.db.models import Datasource, Execution
 from shared.results import ResultStore, data_key_of, delete_stored_data
+from shared.scratch import LOCK_NAME, sweep_dead
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -95,10 +99,13 @@ def remove_orphaned_objects(
 
 
 def remove_stale_scratch(store: ResultStore) -> int:
-    """Scratch files of crashed attempts; a live attempt renews nothing here, so be generous."""
-    removed = 0
+    """The scratch directories of processes that are gone, at once (shared/scratch.py); any
+    other scratch entry once a day old: what a live server's crashed attempt left (a sandbox
+    killed mid-write), an interrupted directory making. A live attempt renews nothing here, so
+    be generous."""
+    live, removed = sweep_dead(store.scratch_dir)
     cutoff = time.time() - STALE_SCRATCH_SECONDS
-    for path in store.scratch_dir.iterdir():
+    for path in _scratch_entries(store.scratch_dir, live):
         try:
             if path.stat().st_mtime < cutoff:
                 if path.is_dir():
@@ -109,3 +116,15 @@ def remove_stale_scratch(store: ResultStore) -> int:
         except FileNotFoundError:
             continue
     return removed
+
+
+def _scratch_entries(root: Path, live: list[Path]) -> Iterator[Path]:
+    """Entries of the shared space but the live processes' directories, then the entries of
+    those but their locks."""
+    owned = {directory.name for directory in live}
+    for path in root.iterdir():
+        if path.name not in owned:
+            yield path
+    for directory in live:
+        with contextlib.suppress(FileNotFoundError):  # its process went meanwhile
+            yield from (path for path in directory.iterdir() if path.name != LOCK_NAME)

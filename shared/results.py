@@ -5,7 +5,8 @@ S3-compatible bucket (``DATAFERRY_RESULTS_URL=s3://bucket/prefix``), through pya
 filesystem. Either way an object is published whole — a local file by rename after fsync, an S3
 object by a PUT or multipart upload that becomes visible only once complete — so a reader never
 sees a partial result; deletes are idempotent. Workers always write a result to local scratch
-space first (``scratch_dir``) and publish it from there.
+space first (``scratch_dir``, in a directory of the writing process's own that goes when the
+process does: shared/scratch.py) and publish it from there.
 
 Next to a result's Arrow file the data server may store *variants*: the result encoded once in
 another representation (a format, its options, a content coding), published the same way, so
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from shared.errors import ConfigurationError, NotFound, ServiceUnavailable
+from shared.scratch import ScratchSpace
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,10 +40,14 @@ class ResultGone(NotFound):
 
 
 class ResultStore(Protocol):
-    scratch_dir: Path
+    scratch: ScratchSpace
+
+    @property
+    def scratch_dir(self) -> Path:
+        """The scratch space this process shares with the others of its machine."""
 
     def temp_path(self, name: str) -> Path:
-        """Local scratch space for a result being written."""
+        """Local scratch space for a result being written, in this process's own directory."""
 
     def publish(self, local_path: Path, key: str) -> None:
         """Move a finished local file into the store under ``key``; atomic for readers."""
@@ -140,9 +146,13 @@ def delete_stored_data(
 class LocalResultStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.scratch_dir = root / "tmp"
+        self.scratch = ScratchSpace(root / "tmp")
         for sub in ("results", "schemas", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.scratch.root
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -152,7 +162,7 @@ class LocalResultStore:
 
     def temp_path(self, name: str) -> Path:
         """A scratch file on the store's filesystem, so that publishing is a rename."""
-        return self.scratch_dir / name
+        return self.scratch.path(name)
 
     def publish(self, local_path: Path, key: str) -> None:
         target = self._path(key)
@@ -232,8 +242,12 @@ class S3ResultStore:
         if region:
             options["region"] = region
         self.fs = pafs.S3FileSystem(**options)
-        self.scratch_dir = scratch_dir
+        self.scratch = ScratchSpace(scratch_dir)
         scratch_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.scratch.root
 
     def _path(self, key: str) -> str:
         if ".." in key.split("/") or key.startswith("/"):
@@ -241,7 +255,7 @@ class S3ResultStore:
         return f"{self.base}/{key}"
 
     def temp_path(self, name: str) -> Path:
-        return self.scratch_dir / name
+        return self.scratch.path(name)
 
     def publish(self, local_path: Path, key: str) -> None:
         """Upload, then drop the local file; the object appears only when the upload completes.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
@@ -65,16 +66,25 @@ def test_new_work_is_picked_up_without_waiting_for_a_poll(cluster):
 
 
 def test_sigkill_of_a_worker_mid_query_hands_its_execution_to_another(cluster):
+    """… and the killed worker's scratch directory goes at the other's next sweep, not a day
+    later (shared/scratch.py)."""
     first = cluster.start_worker()
     [execution_id] = cluster.queue(SLOW_SQL)
     cluster.wait_until(lambda: cluster.holder_pid(execution_id), 60, "the query to start")
     assert cluster.holder_pid(execution_id) == first.pid
+    [killed_scratch] = _scratch_directories(cluster)  # the only process so far that has one
     cluster.start_worker()
     os.kill(first.pid, signal.SIGKILL)
     cluster.wait_until(lambda: cluster.all_terminal([execution_id]), 120, "another worker")
     row = cluster.rows([execution_id])[0]
     assert (row.status, row.attempt) == ("completed", 2)
     assert [path.stem for path in cluster.result_files()] == [row.data_key]
+    cluster.wait_until(lambda: not killed_scratch.exists(), 60, "the killed one's scratch to go")
+    assert len(_scratch_directories(cluster)) == 1  # the live worker's
+
+
+def _scratch_directories(cluster: Cluster) -> list[Path]:
+    return sorted((cluster.state_dir / "results" / "tmp").glob("run-*"))
 
 
 def test_a_stopped_worker_past_its_lease_cannot_publish_when_it_resumes(cluster):

@@ -1,0 +1,84 @@
+"""Scratch space that no dead process keeps: each process writes its scratch files (results being
+written, a query's spill files, representations being encoded) in a directory of its own,
+``run-<tag>``, whose lock file it holds locked for as long as it lives. The kernel lets go of the
+lock when the process dies however it dies, so any server sharing the scratch space can tell a
+dead process's directory from a live one and remove it at once (``sweep_dead``), instead of
+leaving a killed server's gigabytes of spill files to the janitor's day-old rule.
+
+The tag is random, not the process id, which servers in separate containers sharing the space
+may have in common. A directory is made and locked under a hidden name, then renamed: a sweep
+never sees one unlocked while its process lives. Children started with ``exec`` (the sandboxes)
+do not inherit the lock (descriptors are close-on-exec); they exit when their parent does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+from pathlib import Path
+
+_LIVE = "run-"
+_MAKING = ".run-"  # made and locked under this name, then renamed to run-<tag>
+_REMOVING = ".gone-"  # a dead one, renamed away from other sweeps while it is removed
+LOCK_NAME = "lock"
+
+
+class ScratchSpace:
+    """A process's own directory in a shared scratch space, made on first use."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._own: Path | None = None
+        self._guard = threading.Lock()
+
+    def path(self, name: str) -> Path:
+        return self.own_directory() / name
+
+    def own_directory(self) -> Path:
+        with self._guard:
+            if self._own is None:
+                self._own = _make_own_directory(self.root)
+            return self._own
+
+
+def _make_own_directory(root: Path) -> Path:
+    """``run-<tag>``, its lock held by a descriptor this process never closes (the lock lives
+    as long as the process)."""
+    tag = os.urandom(6).hex()
+    making = root / f"{_MAKING}{tag}"
+    making.mkdir(mode=0o700)
+    fd = os.open(making / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    own = root / f"{_LIVE}{tag}"
+    os.rename(making, own)
+    return own
+
+
+def sweep_dead(root: Path) -> tuple[list[Path], int]:
+    """Removes the directories of processes that are gone (and what an interrupted removal
+    left); the directories of live ones, and how many it removed."""
+    live: list[Path] = []
+    removed = 0
+    for directory in sorted(root.glob(f"{_LIVE}*")):
+        try:
+            fd = os.open(directory / LOCK_NAME, os.O_RDWR)
+        except (FileNotFoundError, NotADirectoryError):  # another sweep is removing it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its process holds it: alive
+            live.append(directory)
+            continue
+        else:  # free: its process is gone; hidden from other sweeps before it is removed
+            try:
+                os.rename(directory, root / f"{_REMOVING}{directory.name.removeprefix(_LIVE)}")
+            except FileNotFoundError:
+                continue
+            removed += 1
+        finally:
+            os.close(fd)
+    for gone in root.glob(f"{_REMOVING}*"):
+        shutil.rmtree(gone, ignore_errors=True)
+    return live, removed
