@@ -48,6 +48,7 @@ from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Datasource, Execution, Organization
 from shared.organization_rows import count_stored_bytes
 from shared.results import open_result_store, result_object_key
+from shared.scratch import directories
 from shared.settings import Settings
 from shared.signing_keys import SigningKeyring
 from shared.tokens import Scope, mint_data_token, new_data_key
@@ -216,7 +217,7 @@ class DataServer:
         one finds them all (data_server/warm_files.py)."""
         deadline = time.monotonic() + timeout
         while True:
-            ready = ready_count(self.store.scratch_dir)
+            ready = sum(map(ready_count, directories(self.store.scratch_dir)))
             if ready >= self.warm_files_kept or time.monotonic() > deadline:
                 return ready
             time.sleep(0.2)

@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     sessions = create_session_factory(engine)
     store = open_result_store(settings)
     encoding_threads = _encoding_threads(settings)
-    warm_files = WarmFiles(store.scratch_dir, settings.warm_scratch_mb * 1024 * 1024)
+    warm_files = WarmFiles(store.scratch.own_directory(), settings.warm_scratch_mb * 1024 * 1024)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -19,15 +19,14 @@ would otherwise idle: a thread of the server itself would hold the server's GIL 
 It starts shortly after the server, fills up to the count (never into the scratch space's
 reserve), then waits on a pipe for the server to ask again (after a take); when the pipe closes
 it ends, and a parent-death signal ends it if the server is killed while it is stopped. The
-files carry a random tag whose lock file the server holds; files whose lock is free are removed
-when another server starts in the same scratch space (the janitor removes any after a day).
+files live in the server process's own scratch directory (shared/scratch.py), so a server
+killed outright leaves none for long: its directory goes at the next sweep, with them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import queue
@@ -63,11 +62,11 @@ _BOUND = b"b"  # what a filler says once its parent's end will end it
 # Names of their own: a warm sandbox's scratch directory is "warm-<pid>-<n>" (warm_sandboxes.py).
 _PREFIX = "prepared-"
 _FILLING = ".preparing-"
-_LOCK_SUFFIX = ".lock"
 
 
 class WarmFiles:
-    """A data server's warm scratch files: ``start``, ``take_as`` one, ``close`` at shutdown.
+    """A data server's warm scratch files, in its own scratch directory: ``start``, ``take_as``
+    one, ``close`` at shutdown.
 
     One thread of its own (the keeper) starts the filler and asks it for more, so that no
     request waits on a process start or a pipe, and so that the filler's parent-death signal
@@ -75,16 +74,11 @@ class WarmFiles:
     started the child ends)."""
 
     def __init__(
-        self, scratch_dir: Path, total_bytes: int, file_bytes: int = WARM_FILE_BYTES
+        self, directory: Path, total_bytes: int, file_bytes: int = WARM_FILE_BYTES
     ) -> None:
-        self._dir = scratch_dir
+        self._dir = directory
         self._file_bytes = min(file_bytes, total_bytes)
         self._count = total_bytes // self._file_bytes if self._file_bytes else 0
-        # Names carry a random tag, not the process id, which servers in separate containers
-        # sharing the scratch space may have in common; the tag's lock file says it is alive.
-        self._tag = os.urandom(6).hex()
-        self._owner = f"{_PREFIX}{self._tag}-"
-        self._lock: int | None = None
         self._guard = threading.Lock()
         self._filler: subprocess.Popen[bytes] | None = None
         self._writers = 0
@@ -94,11 +88,8 @@ class WarmFiles:
         self._closing = False
 
     def start(self) -> None:
-        """Removes what servers that are gone left behind (whatever this server's own budget),
-        and starts the keeper, which starts filling soon (``_keep``)."""
-        _remove_orphans(self._dir)
+        """Starts the keeper, which starts filling soon (``_keep``)."""
         if self._count:
-            self._lock = _hold_lock(self._dir, self._tag)
             self._keeper = threading.Thread(target=self._keep, name="warm-files", daemon=True)
             self._keeper.start()
 
@@ -108,7 +99,7 @@ class WarmFiles:
         itself. Either way the caller calls ``refill`` next."""
         if not self._count:
             return False
-        for ready in sorted(self._dir.glob(f"{self._owner}*")):
+        for ready in sorted(self._dir.glob(f"{_PREFIX}*")):
             try:
                 os.utime(ready)  # new to the janitor, which removes scratch files a day old
                 os.rename(ready, path)
@@ -154,11 +145,9 @@ class WarmFiles:
                 if filler is not None:
                     _signal(filler, signal.SIGKILL)
             keeper.join()
-        _remove_tagged(self._dir, self._tag)
-        if self._lock is not None:
-            _lock_path(self._dir, self._tag).unlink(missing_ok=True)
-            os.close(self._lock)
-            self._lock = None
+        for pattern in (f"{_PREFIX}*", f"{_FILLING}*"):
+            for path in self._dir.glob(pattern):
+                path.unlink(missing_ok=True)
 
     def _keep(self) -> None:
         """The keeper: each request becomes a line to the filler, started (again) if needed.
@@ -201,7 +190,6 @@ class WarmFiles:
                     "-m",
                     "data_server.warm_files",
                     str(self._dir),
-                    self._tag,
                     str(self._file_bytes),
                     str(self._count),
                     str(FREE_BYTES_KEPT),
@@ -268,66 +256,20 @@ def _signal(process: subprocess.Popen[bytes], number: int) -> None:
             os.kill(process.pid, number)
 
 
-def ready_count(scratch_dir: Path) -> int:
-    """Warm files ready in a scratch space, of every server using it (a benchmark waits for a
-    new server's to be ready, as those of a server that has run a while are)."""
-    return len(list(scratch_dir.glob(f"{_PREFIX}*-*")))
+def ready_count(directory: Path) -> int:
+    """Warm files ready in a server's scratch directory (a benchmark waits for a new server's
+    to be ready, as those of a server that has run a while are)."""
+    return len(list(directory.glob(f"{_PREFIX}*")))
 
 
-def _lock_path(scratch_dir: Path, tag: str) -> Path:
-    return scratch_dir / f"{_PREFIX}{tag}{_LOCK_SUFFIX}"
-
-
-def _hold_lock(scratch_dir: Path, tag: str) -> int:
-    """The tag's lock file, locked for as long as this process holds the descriptor (the
-    kernel lets go when it dies). Locked under a temporary name, then renamed: a server sweeping
-    meanwhile never sees it unlocked."""
-    pending = scratch_dir / f"{_FILLING}{tag}{_LOCK_SUFFIX}"
-    fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.rename(pending, _lock_path(scratch_dir, tag))
-    return fd
-
-
-def _remove_tagged(scratch_dir: Path, tag: str) -> None:
-    for pattern in (f"{_PREFIX}{tag}-*", f"{_FILLING}{tag}-*"):
-        for path in scratch_dir.glob(pattern):
-            if path.is_file():
-                path.unlink(missing_ok=True)
-
-
-def _remove_orphans(scratch_dir: Path) -> None:
-    """Warm files (whole or half-filled) of servers that are gone: those whose tag's lock file
-    is free or missing. Nothing else: a warm sandbox's scratch directory, for one, stays."""
-    live: set[str] = set()
-    for lock in scratch_dir.glob(f"{_PREFIX}*{_LOCK_SUFFIX}"):
-        try:
-            fd = os.open(lock, os.O_RDWR)
-        except FileNotFoundError:  # its server just stopped
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            lock.unlink(missing_ok=True)  # free: its server is gone
-        except BlockingIOError:
-            live.add(lock.name.removeprefix(_PREFIX).removesuffix(_LOCK_SUFFIX))
-        finally:
-            os.close(fd)
-    tagged = [*scratch_dir.glob(f"{_PREFIX}*-*"), *scratch_dir.glob(f"{_FILLING}*-*")]
-    tags = {
-        path.name.removeprefix(_PREFIX).removeprefix(_FILLING).split("-", 1)[0] for path in tagged
-    }
-    for tag in tags - live:
-        _remove_tagged(scratch_dir, tag)
-
-
-def fill(scratch_dir: Path, tag: str, file_bytes: int, count: int, kept: _Kept) -> None:
-    """Prepares warm files of ``tag`` up to ``count``, then waits on standard input for a line
+def fill(directory: Path, file_bytes: int, count: int, kept: _Kept) -> None:
+    """Prepares warm files in ``directory`` up to ``count``, then waits on standard input for a line
     asking it to look again; ends when that input ends (its server closed it or is gone). Each
     file is filled under a temporary name and renamed when whole, so a server only ever takes a
     whole one. (Its server's death ends it too: the parent-death signal.)"""
     while True:
-        while len(list(scratch_dir.glob(f"{_PREFIX}{tag}-*"))) < count:
-            if not _fill_one(scratch_dir, tag, file_bytes, kept):
+        while ready_count(directory) < count:
+            if not _fill_one(directory, file_bytes, kept):
                 break
         if not os.read(0, 4096):  # every line waiting counts as one: look once
             return
@@ -340,12 +282,12 @@ class _Kept(NamedTuple):
     share: float
 
 
-def _fill_one(scratch_dir: Path, tag: str, file_bytes: int, kept: _Kept) -> bool:
+def _fill_one(directory: Path, file_bytes: int, kept: _Kept) -> bool:
     """One more warm file, if the scratch space keeps its reserve free afterwards."""
-    name = f"{tag}-{os.urandom(6).hex()}"
-    filling = scratch_dir / f"{_FILLING}{name}"
+    name = os.urandom(6).hex()
+    filling = directory / f"{_FILLING}{name}"
     try:
-        space = os.statvfs(scratch_dir)
+        space = os.statvfs(directory)
         free, size = space.f_bavail * space.f_frsize, space.f_blocks * space.f_frsize
         if free - file_bytes < max(kept.bytes, size * kept.share):
             return False
@@ -357,7 +299,7 @@ def _fill_one(scratch_dir: Path, tag: str, file_bytes: int, kept: _Kept) -> bool
                 position += len(os.pread(fd, _READ_BYTES, position)) or file_bytes
         finally:
             os.close(fd)
-        os.rename(filling, scratch_dir / f"{_PREFIX}{name}")
+        os.rename(filling, directory / f"{_PREFIX}{name}")
     except OSError as error:  # no room, or no scratch space: try again when asked next
         filling.unlink(missing_ok=True)
         print(f"warm scratch files: {error.strerror or error}", file=sys.stderr)
@@ -366,14 +308,14 @@ def _fill_one(scratch_dir: Path, tag: str, file_bytes: int, kept: _Kept) -> bool
 
 
 def main() -> None:
-    scratch_dir, tag, file_bytes, count, bytes_kept, share_kept = sys.argv[1:7]
+    directory, file_bytes, count, bytes_kept, share_kept = sys.argv[1:6]
     _end_with_parent()
     try:
         os.write(1, _BOUND)
     except BrokenPipeError:  # its server went away while it started
         return
     kept = _Kept(int(bytes_kept), float(share_kept))
-    fill(Path(scratch_dir), tag, int(file_bytes), int(count), kept)
+    fill(Path(directory), int(file_bytes), int(count), kept)
 
 
 def _end_with_parent() -> None:

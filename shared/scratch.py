@@ -56,12 +56,17 @@ def _make_own_directory(root: Path) -> Path:
     return own
 
 
+def directories(root: Path) -> list[Path]:
+    """Every process's directory in the space: live ones, and dead ones not yet swept."""
+    return sorted(root.glob(f"{_LIVE}*"))
+
+
 def sweep_dead(root: Path) -> tuple[list[Path], int]:
     """Removes the directories of processes that are gone (and what an interrupted removal
     left); the directories of live ones, and how many it removed."""
     live: list[Path] = []
     removed = 0
-    for directory in sorted(root.glob(f"{_LIVE}*")):
+    for directory in directories(root):
         try:
             fd = os.open(directory / LOCK_NAME, os.O_RDWR)
         except (FileNotFoundError, NotADirectoryError):  # another sweep is removing it

@@ -17,6 +17,7 @@ import pytest
 from data_server import warm_files
 from data_server.growing_files import GrowingFile
 from data_server.warm_files import WarmFiles
+from shared.scratch import ScratchSpace, sweep_dead
 
 FILE_BYTES = 2 * 1024 * 1024
 
@@ -38,8 +39,8 @@ def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30) ->
 
 
 def ready(scratch: Path) -> list[Path]:
-    """Whole warm files, whoever's (a lock file has no second dash)."""
-    return sorted(path for path in scratch.glob("prepared-*-*") if path.is_file())
+    """Whole warm files."""
+    return sorted(path for path in scratch.glob("prepared-*") if path.is_file())
 
 
 @pytest.fixture
@@ -167,6 +168,7 @@ SERVER_KILLED_MID_ENCODING = """
 import sys, time
 from pathlib import Path
 from data_server.warm_files import WarmFiles
+from shared.scratch import ScratchSpace, sweep_dead
 files = WarmFiles(Path(sys.argv[1]), 256 * 2**21, file_bytes=2**21)
 files.start()
 while files._filler is None:
@@ -200,23 +202,54 @@ def test_a_filler_kept_stopped_ends_with_its_server_killed_outright(tmp_path):
             server.stdout.close()
 
 
-def test_a_server_with_warm_files_off_still_removes_those_of_servers_gone(tmp_path):
-    left = [tmp_path / "prepared-dead00-aaaa", tmp_path / "prepared-dead00.lock"]
-    for path in left:
-        path.write_bytes(b"x")
-    files = WarmFiles(tmp_path, 0)
-    files.start()
-    files.close()
-    assert not any(path.exists() for path in left)
+def test_the_files_of_a_server_killed_outright_go_with_its_scratch_directory(tmp_path):
+    """They live in its process's own directory (shared/scratch.py), which the next sweep of
+    the space removes once the kernel has let go of its lock."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_IN_ITS_OWN_DIRECTORY, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert server.stdout is not None
+        directory = Path(server.stdout.readline().strip())
+        assert directory.parent == tmp_path
+        wait_until(lambda: len(ready(directory)) == 2, "its warm files")
+        assert sweep_dead(tmp_path) == ([directory], 0)
+        server.kill()
+        server.wait()
+        assert sweep_dead(tmp_path) == ([], 1)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+SERVER_IN_ITS_OWN_DIRECTORY = """
+import sys, time
+from pathlib import Path
+from data_server import warm_files
+from shared.scratch import ScratchSpace
+warm_files.FILL_DELAY_SECONDS = 0.0
+directory = ScratchSpace(Path(sys.argv[1])).own_directory()
+files = warm_files.WarmFiles(directory, 2 * 2**21, file_bytes=2**21)
+files.start()
+print(directory, flush=True)
+time.sleep(60)
+"""
 
 
 def test_warm_files_leave_the_scratch_space_its_reserve(tmp_path, monkeypatch):
     space = os.statvfs(tmp_path)
     free, size = space.f_bavail * space.f_frsize, space.f_blocks * space.f_frsize
     for kept in (warm_files._Kept(free, 0.0), warm_files._Kept(0, free / size)):
-        assert not warm_files._fill_one(tmp_path, "cafe", FILE_BYTES, kept)
+        assert not warm_files._fill_one(tmp_path, FILE_BYTES, kept)
         assert list(tmp_path.iterdir()) == []
-    assert warm_files._fill_one(tmp_path, "cafe", FILE_BYTES, warm_files._Kept(0, 0.0))
+    assert warm_files._fill_one(tmp_path, FILE_BYTES, warm_files._Kept(0, 0.0))
     assert len(ready(tmp_path)) == 1
 
 
@@ -228,7 +261,6 @@ def test_a_filler_without_its_scratch_space_says_so_in_one_line(tmp_path):
             "-m",
             "data_server.warm_files",
             str(missing),
-            "cafe",
             "1024",
             "1",
             "0",
@@ -255,48 +287,23 @@ def test_closing_stops_the_filler_and_removes_the_servers_files(tmp_path):
     assert not list(tmp_path.glob(".preparing-*"))
 
 
-def test_files_of_a_server_that_is_gone_are_removed_and_others_kept(tmp_path):
-    """Gone: its tag's lock file is free (the kernel let go when it died), or missing."""
-    left = [
-        tmp_path / "prepared-dead00-aaaa",
-        tmp_path / ".preparing-dead00-bbbb",
-        tmp_path / "prepared-dead00.lock",
-        tmp_path / "prepared-nolock-cccc",
-    ]
-    alive = tmp_path / "prepared-live00-dddd"  # another live server's
-    for path in [*left, alive]:
-        path.write_bytes(b"x")
-    lock = warm_files._hold_lock(tmp_path, "live00")
-    try:
-        files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
-        files.start()
-        try:
-            assert not any(path.exists() for path in left)
-            assert alive.exists()
-        finally:
-            files.close()
-        assert alive.exists()  # not this server's to remove
-    finally:
-        os.close(lock)
-
-
 def test_servers_sharing_a_scratch_space_keep_their_own_files(tmp_path):
-    """As servers in separate containers on one volume do, which may even share a process id:
-    each keeps its own count, takes only its own files, and stops without touching the other's."""
-    one = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
-    other = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    """As servers in separate containers on one volume do: each fills its own process
+    directory, takes only from it, and stops without touching the other's."""
+    one_dir, other_dir = (ScratchSpace(tmp_path).own_directory() for _ in range(2))
+    one = WarmFiles(one_dir, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
+    other = WarmFiles(other_dir, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
     one.start()
     other.start()
     try:
-        wait_until(lambda: len(ready(tmp_path)) == 4, "two files each")
-        others = set(tmp_path.glob(f"prepared-{other._tag}-*"))
-        assert len(others) == 2
+        wait_until(lambda: len(ready(one_dir)) == len(ready(other_dir)) == 2, "two files each")
+        others = set(ready(other_dir))
         for n in range(2):
-            assert one.take_as(tmp_path / f"variant-{n}")
-        assert not one.take_as(tmp_path / "variant-2")  # none of its own left
-        assert set(tmp_path.glob(f"prepared-{other._tag}-*")) == others
+            assert one.take_as(one_dir / f"variant-{n}")
+        assert not one.take_as(one_dir / "variant-2")  # none of its own left
+        assert set(ready(other_dir)) == others
         one.close()
-        assert set(tmp_path.glob(f"prepared-{other._tag}-*")) == others
+        assert set(ready(other_dir)) == others
     finally:
         one.close()
         other.close()
@@ -322,13 +329,13 @@ def test_a_filler_killed_from_outside_is_reaped_and_replaced(warm, tmp_path, mon
     wait_until(lambda: not Path(f"/proc/{first}").exists(), "the killed filler to be reaped")
 
 
-def _filler(scratch: Path, tag: str, count: int) -> subprocess.Popen[bytes]:
+def _filler(scratch: Path, count: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "data_server.warm_files",
-            *map(str, (scratch, tag, FILE_BYTES, count, 0, 0)),  # no reserve
+            *map(str, (scratch, FILE_BYTES, count, 0, 0)),  # no reserve
         ],
         stdin=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],
@@ -338,7 +345,7 @@ def _filler(scratch: Path, tag: str, count: int) -> subprocess.Popen[bytes]:
 def test_a_filler_whose_pipe_closes_ends(tmp_path):
     """Its server stopped (or died, which closes the pipe too): once its files are there, it
     ends instead of waiting to be asked again."""
-    filler = _filler(tmp_path, "cafe", 2)
+    filler = _filler(tmp_path, 2)
     try:
         wait_until(lambda: len(ready(tmp_path)) == 2, "its files")
         assert filler.poll() is None  # waiting to be asked again
@@ -360,21 +367,23 @@ def test_a_filler_asked_while_busy_still_makes_up_the_count(warm, tmp_path):
     assert filler_pid(warm) is not None  # the same filler, waiting
 
 
-def test_the_sweep_removes_only_warm_files(tmp_path):
-    """A warm sandbox's scratch directory (``warm-<pid>-<n>``, a name once shared) and anything
-    else that is not a warm file stay for the janitor."""
+def test_only_warm_files_are_taken_or_removed(tmp_path):
+    """A warm sandbox's scratch directory (``warm-<pid>-<n>``) and a result being written share
+    the server's directory: neither is ever taken as a warm file, nor removed at close."""
     sandbox_scratch = tmp_path / "warm-4242-1"
     sandbox_scratch.mkdir()
-    odd_directory = tmp_path / "prepared-dead00-dddd"
-    odd_directory.mkdir()
+    being_written = tmp_path / "0123-1.arrow"
+    being_written.write_bytes(b"x")
     files = WarmFiles(tmp_path, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
     files.start()
     try:
-        assert sandbox_scratch.is_dir() and odd_directory.is_dir()
         wait_until(lambda: len(ready(tmp_path)) == 2, "the warm files")
-        assert sandbox_scratch.is_dir()  # never taken as a warm file either
+        for n in range(2):
+            assert files.take_as(tmp_path / f"variant-{n}")
+        assert not files.take_as(tmp_path / "variant-2")
     finally:
         files.close()
+    assert sandbox_scratch.is_dir() and being_written.read_bytes() == b"x"
 
 
 def test_a_server_that_stops_within_the_delay_never_starts_a_filler(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from data_server import representations, warm_files
 from data_server.formats import ResultFormat
-from data_server.warm_files import WarmFiles
+from data_server.warm_files import WarmFiles, ready_count
 from shared.db.engine import create_metadata_engine
 from shared.db.models import Execution
 from shared.results import (
@@ -30,6 +30,7 @@ from shared.results import (
     stored_variants,
     variant_object_key,
 )
+from shared.scratch import directories
 from shared.settings import Settings
 from tests.support.data_http import data_client, get_result, publish_result
 
@@ -282,7 +283,7 @@ def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
         store, data_key, table = publish_result(open_result_store(settings))
         with data_client(settings, (store, data_key, table)) as data:
             deadline = time.monotonic() + 30
-            while warm and not list(store.scratch_dir.glob("prepared-*-*")):
+            while warm and not sum(map(ready_count, directories(store.scratch_dir))):
                 assert time.monotonic() < deadline, "no warm file was prepared"
                 time.sleep(0.02)
             identity = {"Accept-Encoding": "identity"}
