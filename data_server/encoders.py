@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from data_server import json_text
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
+from data_server.temporal_texts import ordinary, spell
 
 CHUNK_BYTES = 256 * 1024
 SLICE_BYTES = 4 * 1024 * 1024
@@ -225,12 +226,29 @@ def _has_interval(data_type: pa.DataType) -> bool:
 
 
 def _csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    """Arrow's CSV writer, but for a slice holding dates or timestamps it cannot spell
+    (DuckDB's infinities, years past 9999): that slice's such columns are spelled by
+    data_server/temporal_texts.py and written as text (quoted, as Arrow quotes text)."""
     target = pa.schema([field.with_type(_csv_type(field.type)) for field in schema])
+    temporal = [
+        index
+        for index, field in enumerate(target)
+        if pa.types.is_timestamp(field.type) or pa.types.is_date32(field.type)
+    ]
     sink = _Sink()
     with pa_csv.CSVWriter(sink, target) as writer:
         yield from sink.drain()
         for batch in batches:
-            writer.write_batch(_conform(batch, target))
+            conformed = _conform(batch, target)
+            far = [i for i in temporal if not ordinary(conformed.column(i))]
+            if not far:
+                writer.write_batch(conformed)
+            else:
+                columns = list(conformed.columns)
+                for index in far:
+                    columns[index] = spell(columns[index], iso=False).texts
+                spelled = pa.RecordBatch.from_arrays(columns, names=target.names)
+                pa_csv.write_csv(spelled, sink, pa_csv.WriteOptions(include_header=False))
             yield from sink.drain()
     yield from sink.drain()
 
@@ -363,23 +381,53 @@ def _json_values(column: pa.Array) -> list[Any]:
         if pc.any(pc.invert(pc.is_finite(column))).as_py():
             return [_float(v) for v in values]
         return values
+    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
+        return json_text.iso_texts(column).to_pylist()
     if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
         return pc.cast(column, pa.string()).to_pylist()
     if pa.types.is_time(data_type):
         return pc.cast(column, pa.string()).to_pylist()
-    if pa.types.is_timestamp(data_type):
-        return _timestamps(column)
-    return [_plain(value) for value in column.to_pylist()]
+    return [_plain(value) for value in _temporals_spelled(column).to_pylist()]
 
 
-def _timestamps(column: pa.Array) -> list[str | None]:
-    """ISO 8601 at the column's precision; zoned values in UTC with ``+00:00``."""
+def _temporals_spelled(column: pa.Array) -> pa.Array:
+    """A nested column whose dates and timestamps, wherever they are, are their JSON strings:
+    Python's datetime holds neither DuckDB's infinities nor years past 9999, and spells
+    fractions and zones otherwise than the columns' rule."""
     data_type = column.type
-    if data_type.tz is None:
-        return pc.strftime(column, "%Y-%m-%dT%H:%M:%S").to_pylist()
-    naive = column.cast(pa.timestamp(data_type.unit))  # the UTC wall clock
-    texts = pc.binary_join_element_wise(pc.strftime(naive, "%Y-%m-%dT%H:%M:%S"), "+00:00", "")
-    return texts.to_pylist()
+    if not _holds_temporal(data_type):
+        return column
+    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
+        return json_text.iso_texts(column)
+    if column.offset:  # a slice: offsets and validity rebased, which from_arrays needs
+        column = pa.concat_arrays([column])
+    mask = column.is_null() if column.null_count else None
+    if pa.types.is_map(data_type):
+        return pa.MapArray.from_arrays(
+            column.offsets,
+            _temporals_spelled(column.keys),
+            _temporals_spelled(column.items),
+            mask=mask,
+        )
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return type(column).from_arrays(
+            column.offsets, _temporals_spelled(column.values), mask=mask
+        )
+    if pa.types.is_fixed_size_list(data_type):
+        size = data_type.list_size
+        values = column.values.slice(column.offset * size, len(column) * size)
+        return pa.FixedSizeListArray.from_arrays(_temporals_spelled(values), size, mask=mask)
+    if pa.types.is_struct(data_type):
+        children = [_temporals_spelled(child) for child in column.flatten()]
+        names = [data_type.field(i).name for i in range(data_type.num_fields)]
+        return pa.StructArray.from_arrays(children, names=names, mask=mask)
+    return column  # a union or another kind: its values go through _plain as they are
+
+
+def _holds_temporal(data_type: pa.DataType) -> bool:
+    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
+        return True
+    return any(_holds_temporal(data_type.field(i).type) for i in range(data_type.num_fields))
 
 
 def _float(value: float | None) -> float | str | None:

@@ -6,8 +6,9 @@ built with Arrow compute kernels and numpy instead of one Python object per valu
 glued by ``binary_join_element_wise``, and the joined array's data buffer *is* the body. The
 mapping is the one of docs/result-formats.md, exactly as ``encoders._json_values`` produces it
 (integers exact, floats in their shortest round-trip form with ``.0`` on whole numbers, ``"NaN"``
-and ``"Infinity"`` as strings, timestamps ISO 8601 at the column's precision, zoned ones in UTC
-with ``+00:00``); types without a vectorised rule go through that function value by value.
+and ``"Infinity"`` as strings, dates and timestamps ISO 8601 at the column's precision, zoned ones
+in UTC with ``+00:00``, infinities as ``"infinity"``: data_server/temporal_texts.py); types without
+a vectorised rule go through that function value by value.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_server.temporal_texts import spell
+
 # Bytes below this, quotes and backslashes are escaped in JSON strings; without any of them a
 # string column passes through unchanged.
 _CONTROL_LIMIT = 0x20
-# ``YYYY-MM-DD`` and the space Arrow puts after it, where ISO 8601 wants a ``T``.
-_DATE_LENGTH, _SPACE, _T = 10, ord(" "), ord("T")
+# What follows a zoned timestamp's UTC wall clock.
+ZONE_SUFFIX = "+00:00"
 
 
 class Fragment:
@@ -83,8 +86,8 @@ def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any
         return _nullable(_doubles(column), column)
     if pa.types.is_string(data_type):
         return _strings(column, slow_values)
-    if pa.types.is_timestamp(data_type):
-        return _framed(_timestamps(column), column, '"', '+00:00"' if data_type.tz else '"')
+    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
+        return _temporal(column)
     if pa.types.is_decimal(data_type) or pa.types.is_date(data_type) or pa.types.is_time(data_type):
         return _framed(pc.cast(column, pa.string()), column, '"', '"')
     return _one_by_one(column, slow_values)
@@ -120,34 +123,21 @@ def _strings(column: pa.Array, slow_values: Callable[[pa.Array], list[Any]]) -> 
     return _framed(column, column, '"', '"')
 
 
-def _timestamps(column: pa.Array) -> pa.Array:
-    """``YYYY-MM-DDTHH:MM:SS[.fraction]`` at the column's unit, zoned values in UTC (their
-    ``+00:00`` comes from the fragment's frame). Arrow puts a space between date and time, at
-    index 10 for a four-digit year: it is overwritten with the T in a copy of the text buffer.
-    Other years (before 0, after 9999) move it; then a kernel replaces the first space."""
-    data_type = column.type
-    naive = column.cast(pa.timestamp(data_type.unit)) if data_type.tz is not None else column
-    texts = pc.cast(naive, pa.string())
-    if not len(texts):
-        return texts
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[
-        texts.offset : texts.offset + len(texts) + 1
-    ]
-    starts = offsets[:-1]
-    if texts.null_count:
-        starts = starts[np.asarray(texts.is_valid())]
-    data = np.frombuffer(texts.buffers()[2], dtype=np.uint8).copy()
-    separators = starts + _DATE_LENGTH
-    in_place = not separators.size or (
-        int(separators.max()) < data.size and bool((data[separators] == _SPACE).all())
-    )
-    if not in_place:
-        return pc.replace_substring(texts, " ", "T", max_replacements=1)
-    data[separators] = _T
-    buffers = texts.buffers()
-    return pa.StringArray.from_buffers(
-        len(texts), buffers[1], pa.py_buffer(data), buffers[0], texts.null_count, texts.offset
-    )
+def _temporal(column: pa.Array) -> Fragment:
+    """ISO 8601 (data_server/temporal_texts.py); a zoned timestamp in UTC, whose ``+00:00`` the
+    row template carries unless an infinity (which takes none) is among the values."""
+    spelled = spell(column, iso=True)
+    suffix = ZONE_SUFFIX if pa.types.is_timestamp(column.type) and column.type.tz else ""
+    if spelled.infinite is None:
+        return _framed(spelled.texts, column, '"', suffix + '"')
+    return _framed(spelled.with_zone(suffix), column, '"', '"')
+
+
+def iso_texts(column: pa.Array) -> pa.Array:
+    """A date or timestamp column's JSON strings, unquoted (for values nested in lists and
+    structs, which go value by value)."""
+    suffix = ZONE_SUFFIX if pa.types.is_timestamp(column.type) and column.type.tz else ""
+    return spell(column, iso=True).with_zone(suffix)
 
 
 def _doubles(column: pa.Array) -> pa.Array:

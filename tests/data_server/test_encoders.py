@@ -14,9 +14,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from data_server import encoders, json_text
+from data_server import encoders
 from data_server.encoders import encode_result
 from data_server.formats import ResultFormat
+from data_server.temporal_texts import spell
 
 
 def _store(tmp_path, sql: str, batch_rows: int = 3) -> str:
@@ -261,4 +262,93 @@ def test_timestamp_text_has_a_t_between_date_and_time_in_every_year(unit, tz):
             naive = candidate.cast(pa.timestamp(unit)) if tz else candidate
             spelled = pc.cast(naive, pa.string()).to_pylist()
             expected = [None if text is None else text.replace(" ", "T", 1) for text in spelled]
-            assert json_text._timestamps(candidate).to_pylist() == expected
+            assert spell(candidate, iso=True).texts.to_pylist() == expected
+
+
+# DuckDB's infinities (PostgreSQL's too, read through a remote datasource) and years Arrow cannot
+# spell, top level and nested; each once where rows 1 and 2 fall in one batch and once apart.
+FAR_TIMES_SQL = """
+SELECT * FROM (VALUES
+  (1, 'infinity'::TIMESTAMP, '-infinity'::TIMESTAMP_NS, 'infinity'::TIMESTAMPTZ,
+   'infinity'::DATE, ['-infinity'::TIMESTAMP], {'d': 'infinity'::DATE},
+   MAP {'k': '-infinity'::TIMESTAMPTZ}),
+  (2, TIMESTAMP '12345-01-01 10:00:00', TIMESTAMP_NS '2024-01-01 00:00:00.5',
+   TIMESTAMPTZ '2024-03-31 01:30:00+02', '5877642-06-25'::DATE, [TIMESTAMP '2024-01-01'],
+   {'d': '5877641-06-25 (BC)'::DATE}, MAP {'k': TIMESTAMPTZ '2024-01-01 00:00:00+00'}),
+  (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+) AS t(n, ts, ns, tz, day, tss, s, m)
+"""
+FAR_TIMES_JSON = [
+    [
+        1,
+        "infinity",
+        "-infinity",
+        "infinity",
+        "infinity",
+        ["-infinity"],
+        {"d": "infinity"},
+        [["k", "-infinity"]],
+    ],
+    [
+        2,
+        "12345-01-01T10:00:00.000000",
+        "2024-01-01T00:00:00.500000000",
+        "2024-03-30T23:30:00.000000+00:00",
+        "5877642-06-25",
+        ["2024-01-01T00:00:00.000000"],
+        {"d": "-5877640-06-25"},
+        [["k", "2024-01-01T00:00:00.000000+00:00"]],
+    ],
+    [3, None, None, None, None, None, None, None],
+]
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3])
+def test_infinities_and_far_years_are_spelled_in_every_text_format(tmp_path, batch_rows):
+    """Before: ``"<value outTof range: 9223372036854775807>"``, a zoned infinity in the year
+    32103, and a 500 (or a body cut short) for one nested in a list."""
+    path = _store(tmp_path, FAR_TIMES_SQL, batch_rows)
+    assert json.loads(_encode(path, ResultFormat.JSON))["rows"] == FAR_TIMES_JSON
+    names = ["n", "ts", "ns", "tz", "day", "tss", "s", "m"]
+    expected_objects = [dict(zip(names, row, strict=True)) for row in FAR_TIMES_JSON]
+    assert json.loads(_encode(path, ResultFormat.RECORDS)) == expected_objects
+    ndjson = _encode(path, ResultFormat.NDJSON)
+    assert ndjson == _value_by_value(path, keys=True)
+    assert [json.loads(line) for line in ndjson.splitlines()] == expected_objects
+    assert _encode(path, ResultFormat.JSON, offset=1, limit=1).count(b"5877642-06-25") == 1
+    csv = io.BytesIO(_encode(path, ResultFormat.CSV))
+    cells = pa_csv.read_csv(csv, convert_options=_AS_TEXT).to_pylist()
+    assert [[row[name] for name in names[1:5]] for row in cells] == [
+        ["infinity", "-infinity", "infinity", "infinity"],
+        [
+            "12345-01-01 10:00:00.000000",
+            "2024-01-01 00:00:00.500000000",
+            "2024-03-30 23:30:00.000000Z",
+            "5877642-06-25",
+        ],
+        ["", "", "", ""],  # empty cells
+    ]
+    assert json.loads(cells[0]["m"]) == [["k", "-infinity"]]
+
+
+_AS_TEXT = pa_csv.ConvertOptions(
+    column_types={name: pa.string() for name in ["ts", "ns", "tz", "day", "tss", "s", "m"]}
+)
+
+
+def test_csv_spells_ordinary_dates_and_timestamps_as_arrows_writer_does():
+    """The CSV encoder spells them itself (for the values above); every other one reads as
+    Arrow's CSV writer wrote it, a zone's offset included."""
+    table = pa.table(
+        {
+            "naive": pa.array([0, 1711848600123456, None], pa.timestamp("us")),
+            "seconds": pa.array([-62135596800, 253402300799, 0], pa.timestamp("s")),
+            "berlin": pa.array([1711848600000000000, None, 0], pa.timestamp("ns", "Europe/Berlin")),
+            "utc": pa.array([1711848600000000, 0, None], pa.timestamp("us", "UTC")),
+            "day": pa.array([19782, None, -719162], pa.date32()),
+        }
+    )
+    written = io.BytesIO()
+    pa_csv.write_csv(table, written)
+    encoded = b"".join(encoders._csv(table.schema, iter(table.to_batches(max_chunksize=2))))
+    assert encoded == written.getvalue()

@@ -1,0 +1,132 @@
+"""Dates and timestamps as text (JSON's ISO 8601 and CSV's cells), DuckDB's infinities and the
+years Arrow cannot spell included.
+
+Arrow's cast to string spells the years it knows and answers ``<value out of range: N>`` past
+them. DuckDB stores ``infinity`` and ``-infinity`` as the largest integer of the column's storage
+and its negation, which Arrow takes for ordinary instants (a zoned one even becomes a date in the
+year 32103). So the integers decide here: those two become ``infinity`` and ``-infinity`` (as
+DuckDB and PostgreSQL spell them), any other value Arrow cannot spell is spelled by numpy (a longer
+or signed year, as ISO 8601 extends it: ``5877642-06-25``, ``-290308-12-21 19:59:05.224193``),
+and everything else keeps Arrow's fast path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_INFINITY = "infinity"
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+# 0001-01-01 and 9999-12-31, as days and as seconds since 1970: the years Arrow spells.
+_FIRST_DAY, _LAST_DAY = -719_162, 2_932_896
+_FIRST_SECOND, _LAST_SECOND = _FIRST_DAY * 86_400, (_LAST_DAY + 1) * 86_400 - 1
+_INT64_LARGEST = 2**63 - 1
+# ``YYYY-MM-DD`` and the space Arrow puts after it, where ISO 8601 wants a ``T``.
+_DATE_LENGTH, _SPACE, _T = 10, ord(" "), ord("T")
+
+
+class Spelled:
+    """A date or timestamp column's texts, without a zone suffix (a zoned timestamp is spelled
+    as its UTC wall clock), and which of them are infinities (None when none is): those take no
+    suffix."""
+
+    __slots__ = ("infinite", "texts")
+
+    def __init__(self, texts: pa.Array, infinite: pa.Array | None) -> None:
+        self.texts = texts
+        self.infinite = infinite
+
+    def with_zone(self, suffix: str) -> pa.Array:
+        """The texts, each but the infinities followed by ``suffix``."""
+        if not suffix:
+            return self.texts
+        suffixed = pc.binary_join_element_wise(self.texts, suffix, "")
+        return (
+            suffixed if self.infinite is None else pc.if_else(self.infinite, self.texts, suffixed)
+        )
+
+
+def spell(column: pa.Array, *, iso: bool) -> Spelled:
+    """``date32`` or timestamp texts. ``iso`` (JSON): ``YYYY-MM-DDTHH:MM:SS[.fraction]``, the
+    fraction at the column's unit, a zoned timestamp as its UTC wall clock (the caller adds the
+    suffix). Else (CSV): as Arrow spells them, a space for the ``T`` and a zoned timestamp in
+    its zone with its offset (``Z`` in UTC)."""
+    data_type = column.type
+    zoned = pa.types.is_timestamp(data_type) and data_type.tz is not None
+    if iso and zoned:
+        column = column.cast(pa.timestamp(data_type.unit))
+    spelled = _spell_every_value(column, "Z" if zoned and not iso else "")
+    if iso and pa.types.is_timestamp(data_type):
+        spelled.texts = _with_t(spelled.texts)
+    return spelled
+
+
+def ordinary(column: pa.Array) -> bool:
+    """Whether every value of a ``date32`` or timestamp column lies in the years 1 to 9999,
+    which Arrow spells as this module does (one pass for the extremes, no text)."""
+    if column.null_count == len(column):
+        return True
+    if pa.types.is_date32(column.type):
+        storage, first, last = pa.int32(), _FIRST_DAY, _LAST_DAY
+    else:
+        per_second = _PER_SECOND[column.type.unit]
+        storage = pa.int64()
+        first = max(_FIRST_SECOND * per_second, -_INT64_LARGEST + 1)
+        last = min((_LAST_SECOND + 1) * per_second - 1, _INT64_LARGEST - 1)
+    extremes = pc.min_max(column.view(storage))
+    return first <= extremes["min"].as_py() and extremes["max"].as_py() <= last
+
+
+def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
+    """Arrow's texts, those it cannot spell replaced (in UTC, followed by ``utc_suffix``)."""
+    texts = pc.cast(column, pa.string())
+    if ordinary(column):
+        return Spelled(texts, None)
+    storage = pa.int32() if pa.types.is_date32(column.type) else pa.int64()
+    largest = int(np.iinfo(storage.to_pandas_dtype()).max)
+    values = column.view(storage)
+    infinite = pc.fill_null(pc.or_(pc.equal(values, largest), pc.equal(values, -largest)), False)
+    unspelled = pc.fill_null(pc.starts_with(texts, "<"), False)  # "<value out of range: …>"
+    any_infinite = pc.any(infinite).as_py()
+    if not any_infinite and not pc.any(unspelled).as_py():
+        return Spelled(texts, None)
+    replaced = pc.or_(infinite, unspelled)
+    integers = pc.filter(values, replaced).to_numpy(zero_copy_only=False)
+    unit = "D" if storage == pa.int32() else column.type.unit
+    by_numpy = np.datetime_as_string(integers.astype(f"datetime64[{unit}]"))
+    replacements = [
+        (_INFINITY if number > 0 else f"-{_INFINITY}")
+        if abs(int(number)) == largest
+        else str(text).replace("T", " ", 1) + utc_suffix
+        for number, text in zip(integers, by_numpy, strict=True)
+    ]
+    texts = pc.replace_with_mask(texts, replaced, pa.array(replacements, pa.string()))
+    return Spelled(texts, infinite if any_infinite else None)
+
+
+def _with_t(texts: pa.Array) -> pa.Array:
+    """The space Arrow puts after a four-digit year's date, at index 10, overwritten with a
+    ``T`` in a copy of the text buffer; when some value has it elsewhere (another year, an
+    infinity), a kernel replaces each value's first space instead."""
+    if not len(texts):
+        return texts
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[
+        texts.offset : texts.offset + len(texts) + 1
+    ]
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    if texts.null_count:
+        valid = np.asarray(texts.is_valid())
+        starts, lengths = starts[valid], lengths[valid]
+    data = np.frombuffer(texts.buffers()[2], dtype=np.uint8).copy()
+    separators = starts + _DATE_LENGTH
+    in_place = not separators.size or (
+        bool((lengths > _DATE_LENGTH).all()) and bool((data[separators] == _SPACE).all())
+    )
+    if not in_place:
+        return pc.replace_substring(texts, " ", "T", max_replacements=1)
+    data[separators] = _T
+    buffers = texts.buffers()
+    return pa.StringArray.from_buffers(
+        len(texts), buffers[1], pa.py_buffer(data), buffers[0], texts.null_count, texts.offset
+    )
