@@ -213,16 +213,17 @@ def _parquet(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[b
 
 
 def _parquet_schema(schema: pa.Schema) -> pa.Schema:
-    """Parquet has no month-day-nano interval: such columns travel as their JSON text."""
+    """Parquet has no month-day-nano interval and no union: columns holding one, at any depth,
+    travel as their JSON text."""
     return pa.schema(
-        [field.with_type(pa.string()) if _has_interval(field.type) else field for field in schema]
+        [field.with_type(pa.string()) if _not_in_parquet(field.type) else field for field in schema]
     )
 
 
-def _has_interval(data_type: pa.DataType) -> bool:
-    if pa.types.is_interval(data_type):
+def _not_in_parquet(data_type: pa.DataType) -> bool:
+    if pa.types.is_interval(data_type) or pa.types.is_union(data_type):
         return True
-    return any(_has_interval(data_type.field(i).type) for i in range(data_type.num_fields))
+    return any(_not_in_parquet(data_type.field(i).type) for i in range(data_type.num_fields))
 
 
 def _csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:

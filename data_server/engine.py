@@ -30,6 +30,7 @@ from data_server.sandbox import (
     Sandbox,
 )
 from data_server.sql_check import QueryFailed, check_sql
+from data_server.stored_types import StoredTypes
 from data_server.warm_sandboxes import WarmSandboxes
 from data_server.write_behind import WriteBehind
 from shared.execution_states import ErrorCode
@@ -152,9 +153,11 @@ def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOut
         with _Deadline(session, seconds, sandbox.remote) as deadline:
             try:
                 result = session.execute(job.sql, job.parameters or None)
+                duckdb_types = [str(column[1]) for column in result.description or []]
                 reader = result.to_arrow_reader(BATCH_ROWS)
+                stored = StoredTypes(duckdb_types, reader.schema)
                 with _BatchesAhead(reader, session.interrupt) as batches:
-                    outcome = _write_result(batches, job.result_path, job.limits, deadline)
+                    outcome = _write_result(batches, stored, job.result_path, job.limits, deadline)
             except duckdb.Error as exc:
                 code = classify(exc, ErrorCode.TIMEOUT if deadline.fired else None)
                 if code == ErrorCode.TIMEOUT or deadline.fired:
@@ -302,17 +305,19 @@ class _BatchesAhead:
 
 
 def _write_result(
-    batches: _BatchesAhead, path: str, limits: Limits, deadline: _Deadline
+    batches: _BatchesAhead, stored: StoredTypes, path: str, limits: Limits, deadline: _Deadline
 ) -> QueryOutcome:
-    """Copy batches into the IPC file until the reader ends or a row/byte cap cuts it; the file
-    is on disk (fsync) before this returns."""
+    """Copy batches, in their stored types, into the IPC file until the reader ends or a
+    row/byte cap cuts it; the file is on disk (fsync) before this returns."""
     rows = size = 0
     truncated = False
     with pa.OSFile(path, "wb") as sink:
         write_behind = WriteBehind(sink.fileno())
-        with pa.ipc.new_file(sink, batches.schema) as writer:
-            for batch in batches:
+        with pa.ipc.new_file(sink, stored.schema) as writer:
+            for made in batches:
                 deadline.check()
+                batch = stored.conform(made)
+                del made
                 keep = min(batch.num_rows, limits.max_result_rows - rows)
                 if batch.num_rows and batch.nbytes:
                     per_row = batch.nbytes / batch.num_rows
@@ -330,7 +335,7 @@ def _write_result(
         os.fsync(sink.fileno())
         file_size = sink.tell()
     return QueryOutcome(
-        rows=rows, columns=len(batches.schema), size_bytes=file_size, truncated=truncated
+        rows=rows, columns=len(stored.schema), size_bytes=file_size, truncated=truncated
     )
 
 

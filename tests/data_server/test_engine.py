@@ -53,6 +53,38 @@ def test_a_select_is_written_as_an_arrow_ipc_file(datasource, tmp_path):
     assert table.column("twice")[199_999].as_py() == 399_998
 
 
+WIDE_INTEGERS_SQL = """
+SELECT * FROM (VALUES
+  (340282366920938463463374607431768211455::UHUGEINT,
+   -170141183460469231731687303715884105727::HUGEINT,
+   '-123456789012345678901234567890123456789012345'::VARINT),
+  (170141183460469231731687303715884105728::UHUGEINT, 170141183460469231731687303715884105727,
+   '0'::VARINT),
+  (NULL, NULL, NULL),
+  (0, 99999999999999999999999999999999999999, ('1' || repeat('0', 5000))::VARINT)
+) AS t(u, h, v)
+"""
+
+
+def test_wide_integers_are_stored_exactly(datasource, tmp_path):
+    """Before, DuckDB's own export stored a UHUGEINT of 2^128 - 1 as -1, a HUGEINT of 39 digits
+    in a decimal128(38, 0) that validation rejects, and a BIGNUM as DuckDB's internal bytes."""
+    engine.run_query(_job(datasource, WIDE_INTEGERS_SQL, tmp_path))
+    table = pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all()
+    assert table.schema.types == [pa.decimal256(39, 0), pa.decimal256(39, 0), pa.string()]
+    table.validate(full=True)
+    with duckdb.connect() as connection:  # DuckDB's own spelling of every value
+        expected = connection.execute(
+            f"SELECT u::VARCHAR, h::VARCHAR, v::VARCHAR FROM ({WIDE_INTEGERS_SQL})"
+        ).fetchall()
+    stored = [
+        tuple(None if value is None else str(value) for value in row.values())
+        for row in table.to_pylist()
+    ]
+    assert stored == expected
+    assert len(stored[3][2]) == 5001
+
+
 def _pullers() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == "batches-ahead"]
 
