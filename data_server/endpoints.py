@@ -220,7 +220,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     store = state.result_store
     if "offset" in params or "limit" in params:
         headers["Accept-Ranges"] = "none"
-        answered = await _preconditions(request, store, data_key, None, headers)
+        answered = await _preconditions(request, store, result_object_key(data_key), None, headers)
         return answered or await _window_response(
             store,
             data_key,
@@ -237,7 +237,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
     etag = representation.etag(data_key)
     if coding is not representations.ContentCoding.IDENTITY:
         headers["Content-Encoding"] = coding.value
-    answered = await _preconditions(request, store, data_key, etag, headers)
+    answered = await _preconditions(request, store, result_object_key(data_key), etag, headers)
     if answered is not None:
         return answered
 
@@ -267,15 +267,12 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
 
 
 async def _preconditions(
-    request: Request, store: Any, data_key: str, etag: str | None, headers: dict[str, str]
+    request: Request, store: Any, object_key: str, etag: str | None, headers: dict[str, str]
 ) -> Response | None:
     """A 304 (or a 412 raised) before anything is encoded: the ETag names the bytes. A result
-    that is gone is a 404 all the same."""
+    (or schema) that is gone is a 404 all the same."""
     answered = ranges.preconditions(request, etag, headers)
-    if (
-        answered is not None
-        and await run_in_threadpool(store.size, result_object_key(data_key)) is None
-    ):
+    if answered is not None and await run_in_threadpool(store.size, object_key) is None:
         raise ResultGone("This result is no longer available.")
     return answered
 
@@ -354,9 +351,13 @@ async def _schema_response(request: Request, data_key: str) -> Response:
         acceptable = formats.accepts_json(request.headers.get("accept"))
     if not acceptable:
         raise NotAcceptable("Schemas are served as application/json only.")
-    raw = await run_in_threadpool(
-        request.app.state.result_store.read_bytes, schema_object_key(data_key)
-    )
+    # No ETag (a schema is small and never cached): If-Match answers 412, If-None-Match: * 304.
+    headers = {"Cache-Control": "private, no-store", "Vary": "Accept"}
+    store = request.app.state.result_store
+    answered = await _preconditions(request, store, schema_object_key(data_key), None, headers)
+    if answered is not None:
+        return answered
+    raw = await run_in_threadpool(store.read_bytes, schema_object_key(data_key))
     document = orjson.loads(raw)
     name = request.query_params.get("name")
     if name is not None:
@@ -364,8 +365,4 @@ async def _schema_response(request: Request, data_key: str) -> Response:
         if not matching:
             raise NotFound(f"No schema named {name!r} in this datasource.", code="schema_not_found")
         document = matching[0]
-    return Response(
-        orjson.dumps(document),
-        media_type="application/json",
-        headers={"Cache-Control": "private, no-store"},
-    )
+    return Response(orjson.dumps(document), media_type="application/json", headers=headers)

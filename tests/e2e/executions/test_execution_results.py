@@ -162,6 +162,14 @@ def test_schema_refresh_and_fetch(client, shop):
         assert answer.status_code == status, (wanted, answer.text)
         if status == 400:
             assert answer.json()["errors"][0]["source"] == {"parameter": "format"}
+    # Conditional requests as for a row window (no ETag): If-Match of anything is a 412,
+    # If-None-Match: * a 304; the answer varies with Accept.
+    url = f"{client.data_url}/data/{grant['data_key']}"
+    token = {"Authorization": f"Data {grant['data_access_token']}"}
+    assert httpx.get(url, headers={**token, "If-Match": '"x"'}).status_code == 412
+    assert httpx.get(url, headers={**token, "If-None-Match": "*"}).status_code == 304
+    assert httpx.get(url, headers={**token, "If-None-Match": '"x"'}).status_code == 200
+    assert client.fetch(grant).headers["vary"] == "Accept"
     # A schema token is not a result token.
     result_url = f"{client.data_url}/data/{grant['data_key'].replace('s_', 'r_', 1)}"
     assert (
