@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -179,21 +180,19 @@ with files.writing():
 """
 
 
-def test_a_filler_kept_stopped_ends_with_its_server_killed_outright(tmp_path):
-    """An encoding kept it stopped, so it could read no end of its pipe: it ends all the same."""
+@contextmanager
+def _server(script: str, scratch: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A server process running ``script`` on ``scratch``, and the first line it prints; killed
+    at the end if it still runs."""
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER_KILLED_MID_ENCODING, str(tmp_path)],
+        [sys.executable, "-c", script, str(scratch)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert server.stdout is not None
-        pid = int(server.stdout.readline())
-        wait_until(lambda: process_state(pid) == "T", "the filler to stop")
-        server.kill()
-        server.wait()
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), "the filler's end")
+        yield server, server.stdout.readline().strip()
     finally:
         if server.poll() is None:
             server.kill()
@@ -202,18 +201,21 @@ def test_a_filler_kept_stopped_ends_with_its_server_killed_outright(tmp_path):
             server.stdout.close()
 
 
+def test_a_filler_kept_stopped_ends_with_its_server_killed_outright(tmp_path):
+    """An encoding kept it stopped, so it could read no end of its pipe: it ends all the same."""
+    with _server(SERVER_KILLED_MID_ENCODING, tmp_path) as (server, line):
+        pid = int(line)
+        wait_until(lambda: process_state(pid) == "T", "the filler to stop")
+        server.kill()
+        server.wait()
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), "the filler's end")
+
+
 def test_the_files_of_a_server_killed_outright_go_with_its_scratch_directory(tmp_path):
     """They live in its process's own directory (shared/scratch.py), which the next sweep of
     the space removes once the kernel has let go of its lock."""
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER_IN_ITS_OWN_DIRECTORY, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    try:
-        assert server.stdout is not None
-        directory = Path(server.stdout.readline().strip())
+    with _server(SERVER_IN_ITS_OWN_DIRECTORY, tmp_path) as (server, line):
+        directory = Path(line)
         assert directory.parent == tmp_path
         wait_until(lambda: len(ready(directory)) == 2, "its warm files")
         assert sweep_dead(tmp_path) == ([directory], 0)
@@ -221,12 +223,6 @@ def test_the_files_of_a_server_killed_outright_go_with_its_scratch_directory(tmp
         server.wait()
         assert sweep_dead(tmp_path) == ([], 1)
         assert list(tmp_path.iterdir()) == []
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        if server.stdout is not None:
-            server.stdout.close()
 
 
 SERVER_IN_ITS_OWN_DIRECTORY = """
