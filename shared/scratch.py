@@ -17,6 +17,7 @@ import fcntl
 import os
 import shutil
 import threading
+import weakref
 from pathlib import Path
 
 _LIVE = "run-"
@@ -39,13 +40,15 @@ class ScratchSpace:
     def own_directory(self) -> Path:
         with self._guard:
             if self._own is None:
-                self._own = _make_own_directory(self.root)
+                self._own, lock = _make_own_directory(self.root)
+                # Held as long as this object lives (a server's store lives as long as the
+                # server); a space dropped sooner (a test's, say) lets go of it.
+                weakref.finalize(self, os.close, lock)
             return self._own
 
 
-def _make_own_directory(root: Path) -> Path:
-    """``run-<tag>``, its lock held by a descriptor this process never closes (the lock lives
-    as long as the process)."""
+def _make_own_directory(root: Path) -> tuple[Path, int]:
+    """``run-<tag>``, and the descriptor holding its lock."""
     tag = os.urandom(6).hex()
     making = root / f"{_MAKING}{tag}"
     making.mkdir(mode=0o700)
@@ -53,7 +56,7 @@ def _make_own_directory(root: Path) -> Path:
     fcntl.flock(fd, fcntl.LOCK_EX)
     own = root / f"{_LIVE}{tag}"
     os.rename(making, own)
-    return own
+    return own, fd
 
 
 def directories(root: Path) -> list[Path]:

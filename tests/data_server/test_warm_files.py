@@ -231,7 +231,8 @@ from pathlib import Path
 from data_server import warm_files
 from shared.scratch import ScratchSpace
 warm_files.FILL_DELAY_SECONDS = 0.0
-directory = ScratchSpace(Path(sys.argv[1])).own_directory()
+space = ScratchSpace(Path(sys.argv[1]))  # held: its lock lives as long as it does
+directory = space.own_directory()
 files = warm_files.WarmFiles(directory, 2 * 2**21, file_bytes=2**21)
 files.start()
 print(directory, flush=True)
@@ -286,7 +287,8 @@ def test_closing_stops_the_filler_and_removes_the_servers_files(tmp_path):
 def test_servers_sharing_a_scratch_space_keep_their_own_files(tmp_path):
     """As servers in separate containers on one volume do: each fills its own process
     directory, takes only from it, and stops without touching the other's."""
-    one_dir, other_dir = (ScratchSpace(tmp_path).own_directory() for _ in range(2))
+    spaces = [ScratchSpace(tmp_path) for _ in range(2)]
+    one_dir, other_dir = (space.own_directory() for space in spaces)
     one = WarmFiles(one_dir, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
     other = WarmFiles(other_dir, 2 * FILE_BYTES, file_bytes=FILE_BYTES)
     one.start()

@@ -4,6 +4,7 @@ one's. The janitor applies the sweep, and its day-old rule to everything else.""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -21,7 +22,8 @@ WRITER = """
 import sys, time
 from pathlib import Path
 from shared.scratch import ScratchSpace
-path = ScratchSpace(Path(sys.argv[1])).path("spill.tmp")
+space = ScratchSpace(Path(sys.argv[1]))  # held: its lock lives as long as it does
+path = space.path("spill.tmp")
 path.write_bytes(b"x" * 4096)
 print(path, flush=True)
 time.sleep(120)
@@ -108,3 +110,14 @@ def test_the_janitor_removes_a_dead_process_scratch_at_once_and_old_entries_of_l
         assert sweep_dead(store.scratch_dir) == ([alive_file.parent], 0)
     finally:
         _killed(alive)
+
+
+def test_a_space_dropped_by_its_process_lets_go_of_its_directory(tmp_path):
+    """A store made and dropped (a test's, a command's) does not hold its lock, nor a
+    descriptor, for the rest of the process."""
+    space = ScratchSpace(tmp_path)
+    directory = space.own_directory()
+    assert sweep_dead(tmp_path) == ([directory], 0)
+    del space
+    gc.collect()
+    assert sweep_dead(tmp_path) == ([], 1)
