@@ -33,7 +33,7 @@ from shared.errors import (
 from shared.input_models import coded_problem
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web.http_limits import read_body_within
-from shared.web.request_headers import refuse_content_coding, sole_value
+from shared.web.request_headers import list_value, refuse_content_coding, sole_value
 
 JSON_MEDIA_TYPE = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
@@ -70,7 +70,7 @@ def accepts(request: Request, produced: str) -> bool:
     A plain-JSON action also takes the JSON:API media type: Cluvio's clients send
     ``Accept: application/vnd.api+json`` on every request, and a JSON:API document is JSON.
     """
-    header = request.headers.get("accept")
+    header = list_value(request, "accept")
     if not header:
         return True
     main, _, _sub = produced.partition("/")

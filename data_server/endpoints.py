@@ -29,6 +29,7 @@ from shared.results import ResultGone, result_object_key, schema_object_key
 from shared.storage_quota import charge_representation
 from shared.tokens import URL_TOKEN_PARAMETER, DataGrant, Scope
 from shared.web import operations as web
+from shared.web.request_headers import list_value
 
 _RESULT_PARAMETERS = {"format", "offset", "limit", "compression", URL_TOKEN_PARAMETER}
 _SCHEMA_PARAMETERS = {"name", "format", URL_TOKEN_PARAMETER}
@@ -210,7 +211,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         return await _schema_response(request, data_key)
     web.reject_undeclared_query(request, _RESULT_PARAMETERS)
     params = request.query_params
-    fmt = formats.negotiate(request.headers.get("accept"), params.get("format"))
+    fmt = formats.negotiate(list_value(request, "accept"), params.get("format"))
     compression = formats.parse_compression(params.get("compression"), fmt)
     offset, limit = formats.parse_row_window(params.get("offset"), params.get("limit"))
     headers = {"Cache-Control": "private, no-store", "Vary": _VARY}
@@ -232,7 +233,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
             state.encoding_threads.slices,
             head=request.method == "HEAD",
         )
-    coding = representations.negotiate_coding(request.headers.get("accept-encoding"), fmt)
+    coding = representations.negotiate_coding(list_value(request, "accept-encoding"), fmt)
     representation = representations.Representation(fmt, compression, coding)
     etag = representation.etag(data_key)
     if coding is not representations.ContentCoding.IDENTITY:
@@ -348,7 +349,7 @@ async def _schema_response(request: Request, data_key: str) -> Response:
     if wanted is not None:
         acceptable = formats.negotiate(None, wanted) is formats.ResultFormat.JSON
     else:
-        acceptable = formats.accepts_json(request.headers.get("accept"))
+        acceptable = formats.accepts_json(list_value(request, "accept"))
     if not acceptable:
         raise NotAcceptable("Schemas are served as application/json only.")
     # No ETag (a schema is small and never cached): If-Match answers 412, If-None-Match: * 304.

@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from shared.digits import natural_number
 from shared.errors import PreconditionFailed, RangeNotSatisfiable
+from shared.web.request_headers import list_value, sole_value
 
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_RANGES = 16  # more parts than this is not a reader resuming or seeking: the whole body
@@ -80,13 +81,13 @@ def preconditions(request: Request, etag: str | None, headers: dict[str, str]) -
     """RFC 9110 §13.2.2's order for a GET or HEAD: ``If-Match`` naming no current
     representation is a 412 (strong comparison); then a 304 when ``If-None-Match`` lists it
     (weak comparison). ``etag`` None: the response has none."""
-    if_match = request.headers.get("if-match")
+    if_match = list_value(request, "if-match")
     if if_match is not None and not _etag_listed(if_match, etag, weak=False):
         raise PreconditionFailed(
             "If-Match names no current representation of this result"
             + (f"; its ETag is {etag}." if etag else " (a row window has no ETag).")
         )
-    if_none_match = request.headers.get("if-none-match")
+    if_none_match = list_value(request, "if-none-match")
     if if_none_match is None or not _etag_listed(if_none_match, etag, weak=True):
         return None
     validators = {"ETag": etag, "Accept-Ranges": "bytes"} if etag else {}
@@ -106,10 +107,10 @@ def object_response(
     size = source.size()
     headers = {**headers, "ETag": etag, "Accept-Ranges": "bytes"}
     spans = None
-    if_range = request.headers.get("if-range")
+    if_range = sole_value(request, "If-Range")
     if if_range is None or if_range.strip() == etag:
         try:
-            spans = parse_ranges(request.headers.get("range"), size)
+            spans = parse_ranges(sole_value(request, "Range"), size)
         except RangeNotSatisfiable:
             source.close()
             raise

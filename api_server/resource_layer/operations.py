@@ -30,6 +30,7 @@ from api_server.resource_layer.resource_types import ResourceType
 from shared.errors import PreconditionFailed
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web import operations as web
+from shared.web.request_headers import list_value
 
 API_KEY = "ApiKey"  # the security scheme of every operation that is not public
 # What ``admit`` answers: Accept (406), the key (401), its rate limits (429); then the body's.
@@ -120,7 +121,7 @@ def _refuse_entity_tag_conditions(request: Request) -> None:
     """The API's resources carry no ETag, so an If-Match naming entity tags names none of them:
     the method must not run (RFC 9110 §13.1.1), whatever the client believed it was changing.
     ``*`` (any current representation) is the operation's to decide: uploads do."""
-    if_match = request.headers.get("if-match")
+    if_match = list_value(request, "if-match")
     if if_match is not None and if_match.strip() != "*":
         raise PreconditionFailed(
             "If-Match names an entity tag, and this API's resources carry none; send the "

@@ -41,7 +41,7 @@ from shared.file_formats import (
 )
 from shared.storage_quota import StorageUsage
 from shared.web.http_limits import BODY_TIMEOUT_SECONDS
-from shared.web.request_headers import refuse_content_coding, sole_value
+from shared.web.request_headers import list_value, refuse_content_coding, sole_value
 
 
 class DatasourceFileAttributes(Attributes):
@@ -383,9 +383,9 @@ def _prepare(request: Request, principal: Principal, name: str | None) -> Upload
 def _existence_condition(request: Request) -> bool | None:
     """An upload's ``If-Match: *`` (replace only) or ``If-None-Match: *`` (create only): the
     conditions a file without an ETag can answer (If-Match naming a tag: 412 at admission)."""
-    if request.headers.get("if-match", "").strip() == "*":
+    if (list_value(request, "if-match") or "").strip() == "*":
         return True
-    if request.headers.get("if-none-match", "").strip() == "*":
+    if (list_value(request, "if-none-match") or "").strip() == "*":
         return False
     return None
 

@@ -1,9 +1,10 @@
-"""Request header fields both servers read alike: the ones that hold one value, and the
-content coding of a body.
+"""Request header fields both servers read alike: the ones that hold one value, the ones that
+hold a list, and the content coding of a body.
 
-RFC 9110 §5.3 lets a recipient combine repeated field lines into one comma-separated value, so
-a field that holds one value, sent twice, has no meaning: whichever copy a server read, a proxy
-in front may have kept another. Such a request is refused, never answered by one copy.
+RFC 9110 §5.3 lets a sender split a list over several field lines and a recipient combine them
+into one comma-separated value: a list field is read whole (``list_value``), never as its first
+line. A field that holds one value, sent twice, has no meaning: whichever copy a server read, a
+proxy in front may have kept another. Such a request is refused, never answered by one copy.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def sole_value(request: Request, name: str) -> str | None:
             code="repeated_header",
         )
     return values[0] if values else None
+
+
+def list_value(request: Request, name: str) -> str | None:
+    """A list header (``Accept``, ``Accept-Encoding``, ``If-Match``, ``If-None-Match``) with
+    its field lines combined; None when absent."""
+    values = request.headers.getlist(name)
+    return ", ".join(values) if values else None
 
 
 def refuse_content_coding(request: Request) -> None:

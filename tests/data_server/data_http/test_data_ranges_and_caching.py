@@ -171,3 +171,30 @@ def test_conditional_requests_on_a_row_window(data):
     assert data.get(url, params=window, headers={"If-None-Match": '"x"'}).status_code == 200
     assert data.get(url, params=window, headers={"If-Match": "*"}).status_code == 200
     assert data.get(url, params=window, headers={"If-Match": '"x"'}).status_code == 412
+
+
+def test_a_list_header_split_over_lines_is_read_whole_and_a_repeated_range_refused(data):
+    """RFC 9110 §5.3: Accept-Encoding and If-None-Match may come as several field lines, which
+    mean their combination (before, only the first line was read); Range holds one value, and
+    two of them mean nothing a server could honour (400, as other one-value headers)."""
+    url = f"/data/{data.data_key}"
+    coded = data.get(
+        url,
+        params={"format": "ndjson"},
+        headers=[("Accept-Encoding", "identity;q=0.1"), ("Accept-Encoding", "zstd")],
+    )
+    assert coded.headers["content-encoding"] == "zstd"
+    etag = get_result(data, "ndjson").headers["etag"]
+    matched = data.get(
+        url,
+        params={"format": "ndjson"},
+        headers=[*IDENTITY.items(), ("If-None-Match", '"other"'), ("If-None-Match", etag)],
+    )
+    assert matched.status_code == 304
+    repeated = data.get(
+        url,
+        params={"format": "ndjson"},
+        headers=[*IDENTITY.items(), ("Range", "bytes=0-9"), ("Range", "bytes=10-19")],
+    )
+    assert repeated.status_code == 400
+    assert repeated.json()["errors"][0]["code"] == "repeated_header"
