@@ -157,8 +157,12 @@ class _JsonApiCors(CORSMiddleware):
 
 def remove_dead_scratch(store: ResultStore) -> None:
     """What servers killed on this machine left in the scratch space (a restart after a crash
-    finds it there); the janitor looks again every minute."""
-    _, removed = sweep_dead(store.scratch_dir)
+    finds it there); the janitor looks again every minute. Never fatal: it only frees space."""
+    try:
+        _, removed = sweep_dead(store.scratch_dir)
+    except OSError:  # the scratch space itself unreadable: the janitor says so each minute
+        logger.exception("sweeping the scratch space failed")
+        return
     if removed:
         logger.info("removed the scratch of %d processes that are gone", removed)
 

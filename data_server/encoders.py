@@ -422,7 +422,14 @@ def _temporals_spelled(column: pa.Array) -> pa.Array:
         children = [_temporals_spelled(child) for child in column.flatten()]
         names = [data_type.field(i).name for i in range(data_type.num_fields)]
         return pa.StructArray.from_arrays(children, names=names, mask=mask)
-    return column  # a union or another kind: its values go through _plain as they are
+    if pa.types.is_union(data_type):  # no validity of its own: its members' say what is null
+        names = [data_type.field(i).name for i in range(data_type.num_fields)]
+        members = [_temporals_spelled(column.field(i)) for i in range(data_type.num_fields)]
+        codes = list(data_type.type_codes)
+        if data_type.mode == "sparse":
+            return pa.UnionArray.from_sparse(column.type_codes, members, names, codes)
+        return pa.UnionArray.from_dense(column.type_codes, column.offsets, members, names, codes)
+    return column  # another kind: its values go through _plain as they are
 
 
 def _holds_temporal(data_type: pa.DataType) -> bool:

@@ -113,7 +113,7 @@ def remove_stale_scratch(store: ResultStore) -> int:
                 else:
                     path.unlink(missing_ok=True)
                 removed += 1
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile, or not ours to remove: the next pass looks again
             continue
     return removed
 
@@ -126,5 +126,5 @@ def _scratch_entries(root: Path, live: list[Path]) -> Iterator[Path]:
         if path.name not in owned:
             yield path
     for directory in live:
-        with contextlib.suppress(FileNotFoundError):  # its process went meanwhile
+        with contextlib.suppress(OSError):  # its process went meanwhile, or it is not readable
             yield from (path for path in directory.iterdir() if path.name != LOCK_NAME)

@@ -1,15 +1,13 @@
 """DuckDB types whose Arrow export loses or hides values, made sound before a result is stored.
 
-DuckDB hands ``HUGEINT`` and ``UHUGEINT`` to Arrow as ``decimal128(38, 0)``, which holds 38 digits:
-a ``HUGEINT`` of 39 digits is stored there all the same (an array that full validation rejects),
-and a ``UHUGEINT`` of 2^127 or more wraps to a negative number. ``BIGNUM`` (``VARINT``) arrives
-as an opaque extension holding DuckDB's own byte layout, which no reader understands. So, for the
-columns of a result (not inside lists or structs, where they stay as DuckDB exports them):
-
-- ``HUGEINT`` and ``UHUGEINT`` become ``decimal256(39, 0)``, which holds every value of both;
-- ``BIGNUM`` becomes its decimal digits as a string.
-
-Every format then carries the exact value (docs/result-formats.md).
+DuckDB hands ``UHUGEINT`` to Arrow as ``decimal128(38, 0)``, a signed 128-bit integer, where a value
+of 2^127 or more wraps to a negative number; and ``BIGNUM`` (``VARINT``) as an opaque extension
+holding DuckDB's own byte layout, which no reader understands. Both become their decimal digits,
+as a string, for the columns of a result (inside lists and structs they stay as DuckDB exports
+them). A wider decimal would keep them numbers, but ``decimal256`` is read wrongly by DuckDB's
+own Parquet reader and not at all by polars, and the first batch cannot tell whether a narrower
+type would hold the last. (``HUGEINT`` stays ``decimal128(38, 0)``: its bits are exact, and only
+a value of 39 digits exceeds the declared precision.) docs/result-formats.md has the mapping.
 """
 
 from __future__ import annotations
@@ -20,24 +18,21 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-WIDE_INTEGER = pa.decimal256(39, 0)
-_TWO_TO_128 = pa.scalar(decimal.Decimal(2**128), WIDE_INTEGER)
-_ZERO = pa.scalar(decimal.Decimal(0), WIDE_INTEGER)
+_TWO_TO_128 = 2**128
 # DuckDB's BIGNUM layout: 3 header bytes (the top bit set for a number ≥ 0, then the byte count),
 # then the magnitude, big-endian; a negative number has every bit of both inverted.
 _BIGNUM_HEADER_BYTES = 3
 _BIGNUM_POSITIVE = 0x80
 
 
-def _hugeint(column: pa.Array) -> pa.Array:
-    return pc.cast(column, WIDE_INTEGER)
-
-
 def _uhugeint(column: pa.Array) -> pa.Array:
-    """Those that wrapped (negative) get their 2^128 back."""
-    wide = pc.cast(column, WIDE_INTEGER)
-    unwrapped = pc.cast(pc.add(wide, _TWO_TO_128), WIDE_INTEGER)
-    return pc.if_else(pc.less(wide, _ZERO), unwrapped, wide)
+    """Digits; a value that wrapped (negative) gets its 2^128 back."""
+    texts = pc.cast(column, pa.string())
+    wrapped = pc.fill_null(pc.less(column, pa.scalar(decimal.Decimal(0), column.type)), False)
+    if not pc.any(wrapped).as_py():
+        return texts
+    unwrapped = [str(int(value) + _TWO_TO_128) for value in pc.filter(column, wrapped).to_pylist()]
+    return pc.replace_with_mask(texts, wrapped, pa.array(unwrapped, pa.string()))
 
 
 def _bignum(column: pa.Array) -> pa.Array:
@@ -60,8 +55,7 @@ def bignum_digits(blob: bytes) -> str:
 
 
 _FIXES: dict[str, tuple[pa.DataType, Callable[[pa.Array], pa.Array]]] = {
-    "HUGEINT": (WIDE_INTEGER, _hugeint),
-    "UHUGEINT": (WIDE_INTEGER, _uhugeint),
+    "UHUGEINT": (pa.string(), _uhugeint),
     "BIGNUM": (pa.string(), _bignum),
 }
 

@@ -1,13 +1,14 @@
 """Dates and timestamps as text (JSON's ISO 8601 and CSV's cells), DuckDB's infinities and the
 years Arrow cannot spell included.
 
-Arrow's cast to string spells the years it knows and answers ``<value out of range: N>`` past
-them. DuckDB stores ``infinity`` and ``-infinity`` as the largest integer of the column's storage
-and its negation, which Arrow takes for ordinary instants (a zoned one even becomes a date in the
-year 32103). So the integers decide here: those two become ``infinity`` and ``-infinity`` (as
-DuckDB and PostgreSQL spell them), any other value Arrow cannot spell is spelled by numpy (a longer
-or signed year, as ISO 8601 extends it: ``5877642-06-25``, ``-290308-12-21 19:59:05.224193``),
-and everything else keeps Arrow's fast path.
+Arrow's cast to string spells the years 1 to 9999 well; past them it answers ``<value out of
+range: N>``, or, for a zoned timestamp, wraps the year or fails. DuckDB stores ``infinity`` and
+``-infinity`` as the largest integer of the column's storage and its negation, which Arrow takes
+for ordinary instants. So the integers decide here: a column whose values all lie in those years
+(one pass for its extremes) keeps Arrow's fast path; otherwise the values outside them are
+spelled by numpy (a longer or signed year, as ISO 8601 extends it: ``5877642-06-25``,
+``-290308-12-21 19:59:05.224193``), the two infinities as ``infinity`` and ``-infinity`` (as
+DuckDB and PostgreSQL spell them).
 """
 
 from __future__ import annotations
@@ -67,42 +68,46 @@ def ordinary(column: pa.Array) -> bool:
     which Arrow spells as this module does (one pass for the extremes, no text)."""
     if column.null_count == len(column):
         return True
-    if pa.types.is_date32(column.type):
-        storage, first, last = pa.int32(), _FIRST_DAY, _LAST_DAY
-    else:
-        per_second = _PER_SECOND[column.type.unit]
-        storage = pa.int64()
-        first = max(_FIRST_SECOND * per_second, -_INT64_LARGEST + 1)
-        last = min((_LAST_SECOND + 1) * per_second - 1, _INT64_LARGEST - 1)
+    storage, first, last = _years_arrow_spells(column.type)
     extremes = pc.min_max(column.view(storage))
     return first <= extremes["min"].as_py() and extremes["max"].as_py() <= last
 
 
+def _years_arrow_spells(data_type: pa.DataType) -> tuple[pa.DataType, int, int]:
+    """The column's storage, and its first and last values in the years 1 to 9999."""
+    if pa.types.is_date32(data_type):
+        return pa.int32(), _FIRST_DAY, _LAST_DAY
+    per_second = _PER_SECOND[data_type.unit]
+    first = max(_FIRST_SECOND * per_second, -_INT64_LARGEST + 1)
+    last = min((_LAST_SECOND + 1) * per_second - 1, _INT64_LARGEST - 1)
+    return pa.int64(), first, last
+
+
 def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
-    """Arrow's texts, those it cannot spell replaced (in UTC, followed by ``utc_suffix``)."""
-    texts = pc.cast(column, pa.string())
+    """Arrow's texts of the values in the years 1 to 9999; the others, which Arrow spells
+    ``<value out of range: …>``, spells with a wrapped year (a zoned one) or refuses to, are
+    never given to it: numpy spells them, in UTC followed by ``utc_suffix``, and the infinities
+    are named."""
     if ordinary(column):
-        return Spelled(texts, None)
-    storage = pa.int32() if pa.types.is_date32(column.type) else pa.int64()
-    largest = int(np.iinfo(storage.to_pandas_dtype()).max)
+        return Spelled(pc.cast(column, pa.string()), None)
+    storage, first, last = _years_arrow_spells(column.type)
     values = column.view(storage)
-    infinite = pc.fill_null(pc.or_(pc.equal(values, largest), pc.equal(values, -largest)), False)
-    unspelled = pc.fill_null(pc.starts_with(texts, "<"), False)  # "<value out of range: …>"
-    any_infinite = pc.any(infinite).as_py()
-    if not any_infinite and not pc.any(unspelled).as_py():
-        return Spelled(texts, None)
-    replaced = pc.or_(infinite, unspelled)
-    integers = pc.filter(values, replaced).to_numpy(zero_copy_only=False)
+    far = pc.fill_null(pc.or_(pc.less(values, first), pc.greater(values, last)), False)
+    near = pc.if_else(far, pa.scalar(None, column.type), column)
+    texts = pc.cast(near, pa.string())
+    integers = pc.filter(values, far).to_numpy(zero_copy_only=False)
     unit = "D" if storage == pa.int32() else column.type.unit
     by_numpy = np.datetime_as_string(integers.astype(f"datetime64[{unit}]"))
+    largest = int(np.iinfo(storage.to_pandas_dtype()).max)
     replacements = [
         (_INFINITY if number > 0 else f"-{_INFINITY}")
         if abs(int(number)) == largest
         else str(text).replace("T", " ", 1) + utc_suffix
         for number, text in zip(integers, by_numpy, strict=True)
     ]
-    texts = pc.replace_with_mask(texts, replaced, pa.array(replacements, pa.string()))
-    return Spelled(texts, infinite if any_infinite else None)
+    texts = pc.replace_with_mask(texts, far, pa.array(replacements, pa.string()))
+    infinite = pc.fill_null(pc.or_(pc.equal(values, largest), pc.equal(values, -largest)), False)
+    return Spelled(texts, infinite if pc.any(infinite).as_py() else None)
 
 
 def _with_t(texts: pa.Array) -> pa.Array:

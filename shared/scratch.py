@@ -14,11 +14,14 @@ do not inherit the lock (descriptors are close-on-exec); they exit when their pa
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import threading
 import weakref
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _LIVE = "run-"
 _MAKING = ".run-"  # made and locked under this name, then renamed to run-<tag>
@@ -66,23 +69,35 @@ def directories(root: Path) -> list[Path]:
 
 def sweep_dead(root: Path) -> tuple[list[Path], int]:
     """Removes the directories of processes that are gone (and what an interrupted removal
-    left); the directories of live ones, and how many it removed."""
+    left); the directories of live ones, and how many it removed. An entry this module did not
+    make (its lock a directory, a link or another user's) is logged and left alone: one odd
+    entry never stops a server from starting, nor the sweep of the others."""
     live: list[Path] = []
     removed = 0
     for directory in directories(root):
         try:
-            fd = os.open(directory / LOCK_NAME, os.O_RDWR)
+            fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):  # another sweep is removing it
+            continue
+        except OSError as error:
+            logger.warning("scratch: %s left alone (%s)", directory, error.strerror or error)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # its process holds it: alive
             live.append(directory)
             continue
+        except OSError as error:
+            logger.warning("scratch: %s left alone (%s)", directory, error.strerror or error)
+            continue
         else:  # free: its process is gone; hidden from other sweeps before it is removed
+            hidden = root / f"{_REMOVING}{directory.name.removeprefix(_LIVE)}-{os.urandom(4).hex()}"
             try:
-                os.rename(directory, root / f"{_REMOVING}{directory.name.removeprefix(_LIVE)}")
+                os.rename(directory, hidden)
             except FileNotFoundError:
+                continue
+            except OSError as error:
+                logger.warning("scratch: %s left alone (%s)", directory, error.strerror or error)
                 continue
             removed += 1
         finally:

@@ -367,3 +367,49 @@ def test_a_union_travels_in_parquet_as_its_json_text(tmp_path):
     assert table.schema.types == [pa.string(), pa.string(), pa.int32()]
     assert table.to_pylist() == [{"v": "1", "l": '["x"]', "n": 7}]
     assert json.loads(_encode(path, ResultFormat.RECORDS)) == [{"v": 1, "l": ["x"], "n": 7}]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/St_Johns"])
+def test_zoned_timestamps_past_year_32767_are_spelled_in_utc_in_csv(tmp_path, zone):
+    """Arrow's own cast wrapped such a year (40000 became -25536) or failed outright (a 500,
+    or a body cut short): they are spelled by numpy, in UTC with ``Z``."""
+    path = str(tmp_path / "zoned.arrow")
+    seconds = [-62135596800 - 86400, 1_199_000_000, 32_100_000_000_00, 1_199_000_000_000]
+    column = pa.array([s * 10**6 for s in seconds], pa.int64()).cast(pa.timestamp("us", zone))
+    table = pa.table({"at": column})
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    cells = _encode(path, ResultFormat.CSV).decode().splitlines()[1:]
+    local = pc.cast(column[1:2], pa.string())[0].as_py()  # an ordinary one: in its zone
+    assert cells == [
+        '"0000-12-31 00:00:00.000000Z"',  # 1 BC: ISO 8601's year 0
+        f'"{local}"',
+        '"103690-11-06 18:40:00.000000Z"',
+        '"39964-10-18 19:33:20.000000Z"',
+    ]
+    rows = json.loads(_encode(path, ResultFormat.JSON))["rows"]
+    assert [row[0] for row in rows] == [
+        "0000-12-31T00:00:00.000000+00:00",
+        "2007-12-30T07:33:20.000000+00:00",
+        "103690-11-06T18:40:00.000000+00:00",
+        "39964-10-18T19:33:20.000000+00:00",
+    ]
+
+
+def test_dates_and_timestamps_inside_a_union_follow_the_columns_rule(tmp_path):
+    """A union's members were given to Python as they are: an infinity or a far year answered
+    500 in every text format and Parquet, and an ordinary timestamp lost its fraction."""
+    path = _store(
+        tmp_path,
+        """
+        SELECT CASE
+            WHEN range = 0 THEN union_value(t := TIMESTAMP 'infinity')::UNION(t TIMESTAMP, d DATE)
+            WHEN range = 1 THEN union_value(d := DATE '10000-01-01')::UNION(t TIMESTAMP, d DATE)
+            ELSE union_value(t := TIMESTAMP '2024-01-01')::UNION(t TIMESTAMP, d DATE) END AS u
+        FROM range(3)
+        """,
+    )
+    expected = ["infinity", "10000-01-01", "2024-01-01T00:00:00.000000"]
+    assert [row[0] for row in json.loads(_encode(path, ResultFormat.JSON))["rows"]] == expected
+    parquet = pq.read_table(io.BytesIO(_encode(path, ResultFormat.PARQUET)))
+    assert parquet.column("u").to_pylist() == [orjson.dumps(v).decode() for v in expected]

@@ -121,3 +121,21 @@ def test_a_space_dropped_by_its_process_lets_go_of_its_directory(tmp_path):
     del space
     gc.collect()
     assert sweep_dead(tmp_path) == ([], 1)
+
+
+def test_odd_entries_are_left_alone_and_the_others_still_swept(tmp_path):
+    """Entries no process of ours made (an operator's mistake): a lock that is a directory, a
+    lock that is a link to itself, a hidden leftover of the same name. Before, each stopped the
+    sweep (and with it a data server's start) with an exception."""
+    (tmp_path / "run-000aaa" / LOCK_NAME).mkdir(parents=True)
+    (tmp_path / "run-000bbb").mkdir()
+    (tmp_path / "run-000bbb" / LOCK_NAME).symlink_to(LOCK_NAME)
+    space = ScratchSpace(tmp_path)
+    dead = space.own_directory().rename(tmp_path / "run-zzzzzzzzzzzz")
+    (dead / "spill.tmp").write_bytes(b"x")
+    (tmp_path / ".gone-zzzzzzzzzzzz").mkdir()  # the name its removal once took
+    (tmp_path / ".gone-zzzzzzzzzzzz" / "left").write_bytes(b"x")
+    del space
+    gc.collect()
+    assert sweep_dead(tmp_path) == ([], 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-000aaa", "run-000bbb"]
