@@ -38,11 +38,12 @@ def _uhugeint(column: pa.Array) -> pa.Array:
 def _bignum(column: pa.Array) -> pa.Array:
     storage = column.storage if isinstance(column, pa.ExtensionArray) else column
     return pa.array(
-        [None if blob is None else bignum_digits(blob) for blob in storage.to_pylist()], pa.string()
+        [None if blob is None else _bignum_digits(blob) for blob in storage.to_pylist()],
+        pa.string(),
     )
 
 
-def bignum_digits(blob: bytes) -> str:
+def _bignum_digits(blob: bytes) -> str:
     """One BIGNUM's decimal digits, through ``Decimal``, which spells an integer of any length
     (``str(int)`` refuses past 4,300 digits). A BIGNUM of millions of digits takes long to
     spell: the query's time limit bounds that, as it bounds the query."""

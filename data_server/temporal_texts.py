@@ -28,9 +28,8 @@ _DATE_LENGTH, _SPACE, _T = 10, ord(" "), ord("T")
 
 
 class Spelled:
-    """A date or timestamp column's texts, without a zone suffix (a zoned timestamp is spelled
-    as its UTC wall clock), and which of them are infinities (None when none is): those take no
-    suffix."""
+    """A date or timestamp column's texts (as ``spell`` says), and which of them are infinities
+    (None when none is): ``with_zone`` gives the others a suffix."""
 
     __slots__ = ("infinite", "texts")
 
