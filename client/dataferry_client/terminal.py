@@ -45,6 +45,31 @@ class ProgressLine:
             self._stream.flush()
 
 
+def _values(column: pa.ChunkedArray) -> list[Any]:
+    """A column's values as Python's; one Python cannot hold (DuckDB's infinite dates and
+    timestamps, years past 9999, alone or inside a list) shows as a note instead of stopping
+    the whole table."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError):
+        return [_value(scalar) for scalar in column]
+
+
+def _value(scalar: pa.Scalar) -> Any:
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError):
+        pass
+    data_type = scalar.type
+    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
+        storage = pa.int32() if pa.types.is_date32(data_type) else pa.int64()
+        number = scalar.cast(storage).as_py()
+        largest = 2 ** (storage.bit_width - 1) - 1
+        if number in (largest, -largest):
+            return "infinity" if number > 0 else "-infinity"
+    return "<see --format json>"
+
+
 def _cell(value: Any) -> str:
     text = "NULL" if value is None else str(value)
     text = text.replace("\n", "\\n")
@@ -62,7 +87,7 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], out: Tex
 
 def render_arrow(table: pa.Table, out: TextIO) -> None:
     shown = table.slice(0, TABLE_ROWS)
-    rows = list(zip(*(column.to_pylist() for column in shown.columns), strict=True))
+    rows = list(zip(*(_values(column) for column in shown.columns), strict=True))
     render_table(table.column_names, rows, out)
     more = table.num_rows - shown.num_rows
     tail = f", {more:,} not shown: use --format or -o FILE" if more else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -9,9 +10,11 @@ import select
 import stat
 import subprocess
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from dataferry_client.commands.exit_codes import ExitCode
+from dataferry_client.terminal import render_arrow
 
 from tests.client.conftest import DATAFERRY, run_command
 from tests.support.processes import ROOT
@@ -177,3 +180,20 @@ def test_exit_codes_are_documented():
         assert f"| {code.value} | `{code.name.lower()}` |" in docs, code
     help_text = subprocess.run([str(DATAFERRY), "--help"], capture_output=True, text=True).stdout
     assert all(code.name.lower().replace("_", " ") in help_text for code in ExitCode)
+
+
+def test_a_table_with_dates_python_cannot_hold_still_renders():
+    """DuckDB's infinities and years past 9999 are no Python datetime: before, the whole table
+    stopped with a traceback; now they show (infinities by name) and the rest as before."""
+    with duckdb.connect() as connection:
+        table = connection.execute(
+            "SELECT 'infinity'::TIMESTAMP AS a, ['infinity'::TIMESTAMP] AS b,"
+            " '-infinity'::DATE AS c, 1 AS n"
+            " UNION ALL SELECT TIMESTAMP '2024-01-01', [], DATE '2024-01-01', 2"
+        ).to_arrow_table()
+    out = io.StringIO()
+    render_arrow(table, out)
+    lines = out.getvalue().splitlines()
+    assert lines[2].split() == ["infinity", "<see", "--format", "json>", "-infinity", "1"]
+    assert lines[3].split() == ["2024-01-01", "00:00:00", "[]", "2024-01-01", "2"]
+    assert lines[4] == "(2 rows)"
