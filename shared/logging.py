@@ -33,13 +33,20 @@ class _StderrHandler(logging.StreamHandler):
 class _OneLineFormatter(logging.Formatter):
     """A record is one line, whatever text it quotes: a control character a client sent (a
     decoded ``%0a`` in a path, say) is written escaped, so no client can forge a log line.
-    Tracebacks, appended after the message, keep their lines."""
+    Tracebacks, appended after the message, keep their lines. An API key's secret is never
+    written, wherever a client put it (a path, a parameter): it shows as ``dfk_…``."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return _CONTROL.sub(_escape, super().formatMessage(record))
+        line = _API_KEY.sub(_HIDDEN_API_KEY, super().formatMessage(record))
+        return _CONTROL.sub(_escape, line)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# An API key's secret, as api_server/services/api_keys.py makes them: its random part and its
+# checksum, in base62.
+API_KEY_SHAPE = r"dfk_([0-9A-Za-z]{40})_([0-9A-Za-z]{6})"
+_API_KEY = re.compile(API_KEY_SHAPE)
+_HIDDEN_API_KEY = "dfk_…"
 
 
 def _escape(match: re.Match[str]) -> str:

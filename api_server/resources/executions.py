@@ -262,12 +262,18 @@ OPERATIONS = Operations(
 
 
 def _idempotency_key(request: Request) -> str | None:
-    key = sole_value(request, "Idempotency-Key")
-    if key is None:
+    """The header's text read as UTF-8 (HTTP carries bytes; Starlette reads them as Latin-1,
+    which judged a Cyrillic key by its bytes, some of them control characters)."""
+    raw = sole_value(request, "Idempotency-Key")
+    if raw is None:
         return None
-    if not 1 <= len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
+    try:
+        key = raw.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        key = None
+    if key is None or not 1 <= len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
         raise Unprocessable(
-            f"Idempotency-Key must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters.",
+            f"Idempotency-Key must be 1 to {_IDEMPOTENCY_KEY_MAX} printable characters of UTF-8.",
             code="invalid_idempotency_key",
         )
     return key
@@ -458,7 +464,8 @@ async def show_execution(request: Request, principal: Principal) -> Response:
     """With ``?wait=N`` the answer waits, holding no thread, until the execution ends or N
     seconds pass."""
     wait = _wait_seconds(request)
-    execution = await _until_ended(request, principal, request.path_params["id"], wait)
+    execution_id = executions.canonical_id(request.path_params["id"])
+    execution = await _until_ended(request, principal, execution_id, wait)
     return _document(execution, principal)
 
 

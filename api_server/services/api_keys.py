@@ -20,11 +20,12 @@ from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, list_page
 from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, Organization, utcnow
 from shared.errors import Conflict, NotFound
+from shared.logging import API_KEY_SHAPE
 from shared.state_secrets import ServerSecrets
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_LENGTH = 40  # 40 base62 characters: about 238 bits
-_SECRET_PATTERN = re.compile(r"^dfk_([0-9A-Za-z]{40})_([0-9A-Za-z]{6})$")
+_SECRET_PATTERN = re.compile(rf"^{API_KEY_SHAPE}$")
 
 
 def _checksum(random_part: str) -> str:

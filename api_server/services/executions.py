@@ -226,16 +226,22 @@ _VISIBLE_EXECUTION = select(Execution).where(
 )
 
 
+def canonical_id(execution_id: str) -> str:
+    """An execution id as stored (lower case, hyphenated), whichever spelling of the UUID a
+    client sent (upper case, braces, no hyphens, ``urn:uuid:``); 404 for anything else."""
+    try:
+        return str(uuid.UUID(execution_id))
+    except ValueError:
+        raise NotFound(_NOT_FOUND_DETAIL) from None
+
+
 def get_execution(
     session: Session, principal: Principal, execution_id: str, settings: Settings
 ) -> Execution:
     """404 alike for unknown, foreign, out-of-scope and expired executions."""
-    try:
-        uuid.UUID(execution_id)
-    except ValueError:
-        raise NotFound(_NOT_FOUND_DETAIL) from None
     execution = session.scalar(
-        _VISIBLE_EXECUTION, {"id": execution_id, "organization_id": principal.organization_id}
+        _VISIBLE_EXECUTION,
+        {"id": canonical_id(execution_id), "organization_id": principal.organization_id},
     )
     if execution is None or not principal.reaches_datasource(execution.datasource_id):
         raise NotFound(_NOT_FOUND_DETAIL)

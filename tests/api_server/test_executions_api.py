@@ -126,6 +126,45 @@ def test_idempotency_key_returns_the_same_execution_or_422(api):
     assert other.json()["data"]["id"] != first.json()["data"]["id"]
 
 
+def test_an_idempotency_key_is_read_as_utf8(api):
+    """Before, its bytes were judged as Latin-1: a Cyrillic key held "control characters" and
+    was refused. (The test client re-encodes what is not UTF-8, so invalid bytes cannot be
+    sent from here.)"""
+    org = api.create_org()
+    body = {"sql_query": "SELECT 42"}
+    key = {"Idempotency-Key": "ключ-1".encode()}
+    first = _run(api, org.key, org.sample_datasource_id, body, key)
+    again = _run(api, org.key, org.sample_datasource_id, body, key)
+    assert first.status_code in (200, 201), first.text
+    assert first.json()["data"]["id"] == again.json()["data"]["id"]
+    control = {"Idempotency-Key": "\u0085x".encode()}  # a C1 control character, in UTF-8
+    refused = _run(api, org.key, org.sample_datasource_id, body, control)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["code"] == "invalid_idempotency_key"
+
+
+def test_an_execution_is_found_by_any_spelling_of_its_uuid(api):
+    """RFC 9562 reads UUIDs case-insensitively: upper case, braces, ``urn:uuid:`` and no
+    hyphens name the same execution (before: 404), with ``?wait`` too."""
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
+    spellings = [
+        execution_id.upper(),
+        f"{{{execution_id}}}",
+        f"urn:uuid:{execution_id}",
+        execution_id.replace("-", ""),
+    ]
+    for spelling in spellings:
+        for query in ("", "?wait=0"):
+            found = api.get(f"/executions/{spelling}{query}", org.key)
+            assert found.status_code == 200, (spelling, found.text)
+            assert found.json()["data"]["id"] == execution_id
+    other = api.create_org("Other")
+    assert api.get(f"/executions/{execution_id.upper()}", other.key).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("permissions", "status"),
     [

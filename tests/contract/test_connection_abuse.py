@@ -413,3 +413,25 @@ def test_a_repeated_query_parameter_is_400_naming_it(api, query, parameter):
     response = api.get(f"/datasources?{query}", org.key)
     assert response.status_code == 400
     assert response.json()["errors"][0]["source"] == {"parameter": parameter}
+
+
+@pytest.mark.e2e
+def test_an_api_key_a_client_put_in_a_path_is_not_written_to_the_log(small_region):
+    """The access log writes paths (never queries): a secret a client misplaced into one is
+    written as ``dfk_…``, by either server. (This client's own logger, which writes whole URLs,
+    is not the servers' and is kept quiet.)"""
+    client_logger = logging.getLogger("httpx")
+    level = client_logger.level
+    client_logger.setLevel(logging.WARNING)
+    with small_region.organization_client() as client:
+        try:
+            for base in (small_region.api_url, small_region.data_url):
+                answer = httpx.get(f"{base}/executions/{client.key}", headers=client.headers)
+                assert answer.status_code == 404
+        finally:
+            client_logger.setLevel(level)
+        deadline = time.monotonic() + 10
+        while _log(small_region).count("/executions/dfk_…") < 2:
+            assert time.monotonic() < deadline, "the access-log lines were not written"
+            time.sleep(0.05)
+        assert client.key not in _log(small_region)
