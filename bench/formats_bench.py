@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_server.encoders import encode_result
 from data_server.formats import JSON_FORMATS, ResultFormat
-from data_server.warm_files import WARM_FILE_BYTES, ready_count
+from data_server.warm_files import kept_count, ready_count
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Datasource, Execution, Organization
 from shared.organization_rows import count_stored_bytes
@@ -209,7 +209,7 @@ class DataServer:
 
     @property
     def warm_files_kept(self) -> int:
-        return self.settings.warm_scratch_mb * 1024 * 1024 // WARM_FILE_BYTES
+        return kept_count(self.settings.warm_scratch_mb * 1024 * 1024)
 
     def wait_for_warm_files(self, timeout: float = 30.0) -> int:
         """How many warm scratch files the server has ready, once it has all it keeps (or after

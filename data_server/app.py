@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
                 start_workers, settings, sessions, store, app.state.metrics
             )
         app.state.worker = worker
-        remove_dead_scratch(store)
+        await run_in_threadpool(remove_dead_scratch, store)  # may remove gigabytes
         warm_files.start()
         keys_kept_fresh = asyncio.create_task(app.state.keyring.keep_fresh())
         try:

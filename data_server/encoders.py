@@ -214,10 +214,28 @@ def _parquet(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[b
 
 def _parquet_schema(schema: pa.Schema) -> pa.Schema:
     """Parquet has no month-day-nano interval and no union: columns holding one, at any depth,
-    travel as their JSON text."""
-    return pa.schema(
-        [field.with_type(pa.string()) if _not_in_parquet(field.type) else field for field in schema]
-    )
+    travel as their JSON text. Nor has it seconds: a column of them travels in milliseconds
+    (``_in_milliseconds``), which Arrow's writer would make too but for an infinity, whose
+    largest integer has no thousandfold (it failed the whole body)."""
+    return pa.schema([field.with_type(_parquet_type(field.type)) for field in schema])
+
+
+def _parquet_type(data_type: pa.DataType) -> pa.DataType:
+    if _not_in_parquet(data_type):
+        return pa.string()
+    if pa.types.is_timestamp(data_type) and data_type.unit == "s":
+        return pa.timestamp("ms", data_type.tz)
+    return data_type
+
+
+def _in_milliseconds(column: pa.Array, target: pa.DataType) -> pa.Array:
+    """Seconds as milliseconds; DuckDB's infinities (the largest integer and its negation)
+    stay what they are, an infinity in any unit."""
+    values = column.view(pa.int64())
+    largest = 2**63 - 1
+    infinite = pc.or_(pc.equal(values, largest), pc.equal(values, -largest))
+    scaled = pc.multiply_checked(pc.if_else(infinite, 0, values), 1000)
+    return pc.if_else(infinite, values, scaled).view(target)
 
 
 def _not_in_parquet(data_type: pa.DataType) -> bool:
@@ -278,6 +296,8 @@ def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
             columns.append(column)
         elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
             columns.append(pa.array(_json_values(column), pa.string()))
+        elif pa.types.is_timestamp(field.type):
+            columns.append(_in_milliseconds(column, field.type))
         else:
             texts = [None if v is None else orjson.dumps(v).decode() for v in _json_values(column)]
             columns.append(pa.array(texts, pa.string()))

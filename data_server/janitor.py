@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import lifecycle
 from shared.db.models import Datasource, Execution
 from shared.results import ResultStore, data_key_of, delete_stored_data
-from shared.scratch import LOCK_NAME, sweep_dead
+from shared.scratch import LOCK_NAME, is_process_directory, sweep_dead
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -119,11 +119,11 @@ def remove_stale_scratch(store: ResultStore) -> int:
 
 
 def _scratch_entries(root: Path, live: list[Path]) -> Iterator[Path]:
-    """Entries of the shared space but the live processes' directories, then the entries of
-    those but their locks."""
-    owned = {directory.name for directory in live}
+    """Entries of the shared space but processes' directories (their lock alone decides: one
+    whose lock could not be read this time may be a live process's, however old), then the
+    entries of the live ones but their locks."""
     for path in root.iterdir():
-        if path.name not in owned:
+        if not is_process_directory(path):
             yield path
     for directory in live:
         with contextlib.suppress(OSError):  # its process went meanwhile, or it is not readable

@@ -85,7 +85,7 @@ def preconditions(request: Request, etag: str | None, headers: dict[str, str]) -
     if if_match is not None and not _etag_listed(if_match, etag, weak=False):
         raise PreconditionFailed(
             "If-Match names no current representation of this result"
-            + (f"; its ETag is {etag}." if etag else " (a row window has no ETag).")
+            + (f"; its ETag is {etag}." if etag else " (it has none: a row window or a schema).")
         )
     if_none_match = list_value(request, "if-none-match")
     if if_none_match is None or not _etag_listed(if_none_match, etag, weak=True):

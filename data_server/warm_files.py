@@ -78,7 +78,7 @@ class WarmFiles:
     ) -> None:
         self._dir = directory
         self._file_bytes = min(file_bytes, total_bytes)
-        self._count = total_bytes // self._file_bytes if self._file_bytes else 0
+        self._count = kept_count(total_bytes, file_bytes)
         self._guard = threading.Lock()
         self._filler: subprocess.Popen[bytes] | None = None
         self._writers = 0
@@ -254,6 +254,13 @@ def _signal(process: subprocess.Popen[bytes], number: int) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):  # it has just ended
             os.kill(process.pid, number)
+
+
+def kept_count(total_bytes: int, file_bytes: int = WARM_FILE_BYTES) -> int:
+    """How many warm files a budget of ``total_bytes`` keeps: whole files, or one smaller file
+    when the budget is less than one."""
+    size = min(file_bytes, total_bytes)
+    return total_bytes // size if size > 0 else 0
 
 
 def ready_count(directory: Path) -> int:

@@ -8,6 +8,8 @@ import sys
 from contextvars import ContextVar
 from typing import TextIO
 
+from shared.api_key_shape import without_api_keys
+
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 
@@ -37,16 +39,13 @@ class _OneLineFormatter(logging.Formatter):
     written, wherever a client put it (a path, a parameter): it shows as ``dfk_…``."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = _API_KEY.sub(_HIDDEN_API_KEY, super().formatMessage(record))
-        return _CONTROL.sub(_escape, line)
+        return _CONTROL.sub(_escape, super().formatMessage(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return without_api_keys(super().format(record))  # the traceback's text too
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-# An API key's secret, as api_server/services/api_keys.py makes them: its random part and its
-# checksum, in base62.
-API_KEY_SHAPE = r"dfk_([0-9A-Za-z]{40})_([0-9A-Za-z]{6})"
-_API_KEY = re.compile(API_KEY_SHAPE)
-_HIDDEN_API_KEY = "dfk_…"
 
 
 def _escape(match: re.Match[str]) -> str:

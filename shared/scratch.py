@@ -30,7 +30,9 @@ LOCK_NAME = "lock"
 
 
 class ScratchSpace:
-    """A process's own directory in a shared scratch space, made on first use."""
+    """A process's own directory in a shared scratch space, made on first use. Its lock lives
+    as long as this object: whoever writes in the directory keeps the object (a server's store
+    holds it for the server's life), not just the directory's path."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -55,16 +57,30 @@ def _make_own_directory(root: Path) -> tuple[Path, int]:
     tag = os.urandom(6).hex()
     making = root / f"{_MAKING}{tag}"
     making.mkdir(mode=0o700)
-    fd = os.open(making / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    own = root / f"{_LIVE}{tag}"
-    os.rename(making, own)
+    try:
+        fd = os.open(making / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except BaseException:
+        shutil.rmtree(making, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        own = root / f"{_LIVE}{tag}"
+        os.rename(making, own)
+    except BaseException:  # nothing half made is left, nor a descriptor per retry
+        os.close(fd)
+        shutil.rmtree(making, ignore_errors=True)
+        raise
     return own, fd
 
 
 def directories(root: Path) -> list[Path]:
     """Every process's directory in the space: live ones, and dead ones not yet swept."""
     return sorted(root.glob(f"{_LIVE}*"))
+
+
+def is_process_directory(path: Path) -> bool:
+    """Whether ``path`` is named as a process's directory: only its lock decides its fate."""
+    return path.name.startswith(_LIVE)
 
 
 def sweep_dead(root: Path) -> tuple[list[Path], int]:

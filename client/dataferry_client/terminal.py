@@ -48,26 +48,32 @@ class ProgressLine:
 def _values(column: pa.ChunkedArray) -> list[Any]:
     """A column's values as Python's; one Python cannot hold (DuckDB's infinite dates and
     timestamps, years past 9999, alone or inside a list) shows as a note instead of stopping
-    the whole table."""
-    try:
-        return column.to_pylist()
-    except (OverflowError, ValueError):
-        return [_value(scalar) for scalar in column]
+    the whole table. Dates and timestamps go one by one: an infinity is named before Python
+    (or pandas, for nanoseconds) makes a date of it."""
+    if not _is_temporal(column.type):
+        try:
+            return column.to_pylist()
+        except (OverflowError, ValueError):
+            pass
+    return [_value(scalar) for scalar in column]
+
+
+def _is_temporal(data_type: pa.DataType) -> bool:
+    return pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type)
 
 
 def _value(scalar: pa.Scalar) -> Any:
-    try:
-        return scalar.as_py()
-    except (OverflowError, ValueError):
-        pass
     data_type = scalar.type
-    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
+    if _is_temporal(data_type) and scalar.is_valid:
         storage = pa.int32() if pa.types.is_date32(data_type) else pa.int64()
         number = scalar.cast(storage).as_py()
         largest = 2 ** (storage.bit_width - 1) - 1
         if number in (largest, -largest):
             return "infinity" if number > 0 else "-infinity"
-    return "<see --format json>"
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError):
+        return "<see --format json>"
 
 
 def _cell(value: Any) -> str:

@@ -13,9 +13,11 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.api_key_shape import without_api_keys
 from shared.logging import request_id_var
 from shared.web.problems import unexpected_error_response
 
@@ -26,9 +28,14 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 def _path_as_sent(scope: Scope) -> str:
     """The path still percent-encoded, as the client sent it (``%0a`` stays three characters);
-    never the query, which may carry a data token."""
+    never the query, which may carry a data token. A path that holds an API key, however
+    percent-encoded, is written decoded with the key masked (the log's formatter masks the
+    plain ones)."""
     raw = scope.get("raw_path")
-    return raw.decode("ascii", "backslashreplace") if raw else scope["path"]
+    path = raw.decode("ascii", "backslashreplace") if raw else scope["path"]
+    decoded = unquote(path)
+    masked = without_api_keys(decoded)
+    return masked if masked != decoded else path
 
 
 class RequestContextMiddleware:

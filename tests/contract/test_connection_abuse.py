@@ -425,13 +425,34 @@ def test_an_api_key_a_client_put_in_a_path_is_not_written_to_the_log(small_regio
     client_logger.setLevel(logging.WARNING)
     with small_region.organization_client() as client:
         try:
+            encoded = client.key.replace("_", "%5F")  # however a client spells it
             for base in (small_region.api_url, small_region.data_url):
                 answer = httpx.get(f"{base}/executions/{client.key}", headers=client.headers)
+                assert answer.status_code == 404
+                answer = httpx.get(f"{base}/executions/{encoded}", headers=client.headers)
                 assert answer.status_code == 404
         finally:
             client_logger.setLevel(level)
         deadline = time.monotonic() + 10
-        while _log(small_region).count("/executions/dfk_…") < 2:
+        while _log(small_region).count("/executions/dfk_…") < 4:
             assert time.monotonic() < deadline, "the access-log lines were not written"
             time.sleep(0.05)
         assert client.key not in _log(small_region)
+        assert client.key.replace("_", "%5F") not in _log(small_region)
+
+
+def test_an_api_key_in_a_traceback_is_masked_too():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    configure_logging("INFO")
+    [ours] = [h for h in logging.getLogger().handlers if getattr(h, "_dataferry", False)]
+    handler.setFormatter(ours.formatter)
+    secret = "dfk_" + "A" * 40 + "_" + "b" * 6
+    try:
+        raise ValueError(f"bad key {secret}")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), True)
+        record.exc_info = __import__("sys").exc_info()
+        record.request_id = "-"
+        handler.emit(record)
+    assert secret not in stream.getvalue() and "bad key dfk_…" in stream.getvalue()

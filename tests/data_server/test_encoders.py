@@ -337,8 +337,9 @@ _AS_TEXT = pa_csv.ConvertOptions(
 
 
 def test_csv_spells_ordinary_dates_and_timestamps_as_arrows_writer_does():
-    """The CSV encoder spells them itself (for the values above); every other one reads as
-    Arrow's CSV writer wrote it, a zone's offset included."""
+    """Ordinary values (the years 1 to 9999, their edges included) still go to Arrow's writer
+    as they are, a zone's offset included: only a slice holding a far value is spelled by
+    data_server/temporal_texts.py (its cells then quoted, as Arrow quotes text)."""
     table = pa.table(
         {
             "naive": pa.array([0, 1711848600123456, None], pa.timestamp("us")),
@@ -413,3 +414,22 @@ def test_dates_and_timestamps_inside_a_union_follow_the_columns_rule(tmp_path):
     assert [row[0] for row in json.loads(_encode(path, ResultFormat.JSON))["rows"]] == expected
     parquet = pq.read_table(io.BytesIO(_encode(path, ResultFormat.PARQUET)))
     assert parquet.column("u").to_pylist() == [orjson.dumps(v).decode() for v in expected]
+
+
+def test_a_seconds_timestamp_with_an_infinity_travels_in_parquet(tmp_path):
+    """Parquet has no seconds; Arrow's writer scaled them to milliseconds and failed on an
+    infinity, whose largest integer has no thousandfold (a 500 or a body cut short)."""
+    path = _store(
+        tmp_path,
+        "SELECT * FROM (VALUES ('infinity'::TIMESTAMP_S), ('-infinity'::TIMESTAMP_S),"
+        " (TIMESTAMP_S '2024-03-31 01:30:00'), (NULL)) AS t(moment)",
+    )
+    table = pq.read_table(io.BytesIO(_encode(path, ResultFormat.PARQUET)))
+    assert table.schema.types == [pa.timestamp("ms")]
+    largest = 2**63 - 1
+    assert table.column("moment").cast(pa.int64()).to_pylist() == [
+        largest,
+        -largest,
+        1711848600000,
+        None,
+    ]

@@ -139,3 +139,24 @@ def test_odd_entries_are_left_alone_and_the_others_still_swept(tmp_path):
     gc.collect()
     assert sweep_dead(tmp_path) == ([], 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run-000aaa", "run-000bbb"]
+
+
+def test_a_directory_whose_lock_cannot_be_read_is_never_taken_for_a_day_old_entry(
+    tmp_path, monkeypatch
+):
+    """Out of descriptors, say: its lock tells nothing this time, and an idle process's
+    directory may well be a day old. Before, the day-old rule then removed a live one."""
+    store = LocalResultStore(tmp_path / "results")
+    in_flight = store.temp_path("1234-1.arrow")
+    in_flight.write_bytes(b"x")
+    os.utime(in_flight.parent, (DAY_AGO, DAY_AGO))
+    real_open = os.open
+
+    def exhausted(path, *args, **kwargs):
+        if str(path).endswith(f"/{LOCK_NAME}"):
+            raise OSError(24, "Too many open files")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("shared.scratch.os.open", exhausted)
+    assert janitor.remove_stale_scratch(store) == 0
+    assert in_flight.read_bytes() == b"x"
