@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from data_server import json_text
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
-from data_server.temporal_texts import ordinary, spell
+from data_server.temporal_texts import infinities, is_temporal, iso_texts, ordinary, spell
 
 CHUNK_BYTES = 256 * 1024
 SLICE_BYTES = 4 * 1024 * 1024
@@ -221,7 +221,7 @@ def _parquet_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def _parquet_type(data_type: pa.DataType) -> pa.DataType:
-    if _not_in_parquet(data_type):
+    if _holds(data_type, _not_in_parquet):
         return pa.string()
     if pa.types.is_timestamp(data_type) and data_type.unit == "s":
         return pa.timestamp("ms", data_type.tz)
@@ -232,16 +232,20 @@ def _in_milliseconds(column: pa.Array, target: pa.DataType) -> pa.Array:
     """Seconds as milliseconds; DuckDB's infinities (the largest integer and its negation)
     stay what they are, an infinity in any unit."""
     values = column.view(pa.int64())
-    largest = 2**63 - 1
-    infinite = pc.or_(pc.equal(values, largest), pc.equal(values, -largest))
+    infinite = infinities(column)
     scaled = pc.multiply_checked(pc.if_else(infinite, 0, values), 1000)
     return pc.if_else(infinite, values, scaled).view(target)
 
 
 def _not_in_parquet(data_type: pa.DataType) -> bool:
-    if pa.types.is_interval(data_type) or pa.types.is_union(data_type):
-        return True
-    return any(_not_in_parquet(data_type.field(i).type) for i in range(data_type.num_fields))
+    return pa.types.is_interval(data_type) or pa.types.is_union(data_type)
+
+
+def _holds(data_type: pa.DataType, kind: Callable[[pa.DataType], bool]) -> bool:
+    """Whether the type, or one nested in it at any depth, is of ``kind``."""
+    return kind(data_type) or any(
+        _holds(data_type.field(i).type, kind) for i in range(data_type.num_fields)
+    )
 
 
 def _csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
@@ -249,11 +253,7 @@ def _csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes
     (DuckDB's infinities, years past 9999): that slice's such columns are spelled by
     data_server/temporal_texts.py and written as text (quoted, as Arrow quotes text)."""
     target = pa.schema([field.with_type(_csv_type(field.type)) for field in schema])
-    temporal = [
-        index
-        for index, field in enumerate(target)
-        if pa.types.is_timestamp(field.type) or pa.types.is_date32(field.type)
-    ]
+    temporal = [index for index, field in enumerate(target) if is_temporal(field.type)]
     sink = _Sink()
     with pa_csv.CSVWriter(sink, target) as writer:
         yield from sink.drain()
@@ -402,8 +402,8 @@ def _json_values(column: pa.Array) -> list[Any]:
         if pc.any(pc.invert(pc.is_finite(column))).as_py():
             return [_float(v) for v in values]
         return values
-    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
-        return json_text.iso_texts(column).to_pylist()
+    if is_temporal(data_type):
+        return iso_texts(column).to_pylist()
     if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
         return pc.cast(column, pa.string()).to_pylist()
     if pa.types.is_time(data_type):
@@ -416,10 +416,10 @@ def _temporals_spelled(column: pa.Array) -> pa.Array:
     Python's datetime holds neither DuckDB's infinities nor years past 9999, and spells
     fractions and zones otherwise than the columns' rule."""
     data_type = column.type
-    if not _holds_temporal(data_type):
+    if not _holds(data_type, is_temporal):
         return column
-    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
-        return json_text.iso_texts(column)
+    if is_temporal(data_type):
+        return iso_texts(column)
     if column.offset:  # a slice: offsets and validity rebased, which from_arrays needs
         column = pa.concat_arrays([column])
     mask = column.is_null() if column.null_count else None
@@ -450,12 +450,6 @@ def _temporals_spelled(column: pa.Array) -> pa.Array:
             return pa.UnionArray.from_sparse(column.type_codes, members, names, codes)
         return pa.UnionArray.from_dense(column.type_codes, column.offsets, members, names, codes)
     return column  # another kind: its values go through _plain as they are
-
-
-def _holds_temporal(data_type: pa.DataType) -> bool:
-    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
-        return True
-    return any(_holds_temporal(data_type.field(i).type) for i in range(data_type.num_fields))
 
 
 def _float(value: float | None) -> float | str | None:

@@ -317,7 +317,7 @@ def _write_result(
             for made in batches:
                 deadline.check()
                 batch = stored.conform(made)
-                del made
+                del made  # a converted batch's original is not held while it is written
                 keep = min(batch.num_rows, limits.max_result_rows - rows)
                 if batch.num_rows and batch.nbytes:
                     per_row = batch.nbytes / batch.num_rows

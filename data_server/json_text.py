@@ -21,13 +21,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_server.temporal_texts import spell
+from data_server.temporal_texts import is_temporal, spell, zone_suffix
 
 # Bytes below this, quotes and backslashes are escaped in JSON strings; without any of them a
 # string column passes through unchanged.
 _CONTROL_LIMIT = 0x20
-# What follows a zoned timestamp's UTC wall clock.
-ZONE_SUFFIX = "+00:00"
 
 
 class Fragment:
@@ -86,7 +84,7 @@ def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any
         return _nullable(_doubles(column), column)
     if pa.types.is_string(data_type):
         return _strings(column, slow_values)
-    if pa.types.is_timestamp(data_type) or pa.types.is_date32(data_type):
+    if is_temporal(data_type):
         return _temporal(column)
     if pa.types.is_decimal(data_type) or pa.types.is_date(data_type) or pa.types.is_time(data_type):
         return _framed(pc.cast(column, pa.string()), column, '"', '"')
@@ -127,17 +125,10 @@ def _temporal(column: pa.Array) -> Fragment:
     """ISO 8601 (data_server/temporal_texts.py); a zoned timestamp in UTC, whose ``+00:00`` the
     row template carries unless an infinity (which takes none) is among the values."""
     spelled = spell(column, iso=True)
-    suffix = ZONE_SUFFIX if pa.types.is_timestamp(column.type) and column.type.tz else ""
+    suffix = zone_suffix(column.type)
     if spelled.infinite is None:
         return _framed(spelled.texts, column, '"', suffix + '"')
     return _framed(spelled.with_zone(suffix), column, '"', '"')
-
-
-def iso_texts(column: pa.Array) -> pa.Array:
-    """A date or timestamp column's JSON strings, unquoted (for values nested in lists and
-    structs, which go value by value)."""
-    suffix = ZONE_SUFFIX if pa.types.is_timestamp(column.type) and column.type.tz else ""
-    return spell(column, iso=True).with_zone(suffix)
 
 
 def _doubles(column: pa.Array) -> pa.Array:

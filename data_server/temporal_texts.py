@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 _INFINITY = "infinity"
+# What follows a zoned timestamp's UTC wall clock in JSON.
+ISO_ZONE_SUFFIX = "+00:00"
 _PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 # 0001-01-01 and 9999-12-31, as days and as seconds since 1970: the years Arrow spells.
 _FIRST_DAY, _LAST_DAY = -719_162, 2_932_896
@@ -47,6 +49,36 @@ class Spelled:
         )
 
 
+def is_temporal(data_type: pa.DataType) -> bool:
+    """A type this module spells: ``date32`` (DuckDB's DATE) or a timestamp of any unit."""
+    return pa.types.is_date32(data_type) or pa.types.is_timestamp(data_type)
+
+
+def zone_suffix(data_type: pa.DataType) -> str:
+    """What JSON puts after each (but an infinity) of a column's ISO texts."""
+    return ISO_ZONE_SUFFIX if pa.types.is_timestamp(data_type) and data_type.tz else ""
+
+
+def iso_texts(column: pa.Array) -> pa.Array:
+    """A date or timestamp column's JSON strings, unquoted, zone suffix included."""
+    return spell(column, iso=True).with_zone(zone_suffix(column.type))
+
+
+def infinities(column: pa.Array) -> pa.Array:
+    """Which values of a date or timestamp column are DuckDB's ``infinity`` or ``-infinity``
+    (a null is neither)."""
+    storage, largest = _storage(column.type)
+    values = column.view(storage)
+    return pc.fill_null(pc.or_(pc.equal(values, largest), pc.equal(values, -largest)), False)
+
+
+def _storage(data_type: pa.DataType) -> tuple[pa.DataType, int]:
+    """The integer type a date or timestamp column is stored as, and its largest value."""
+    if pa.types.is_date32(data_type):
+        return pa.int32(), 2**31 - 1
+    return pa.int64(), _INT64_LARGEST
+
+
 def spell(column: pa.Array, *, iso: bool) -> Spelled:
     """``date32`` or timestamp texts. ``iso`` (JSON): ``YYYY-MM-DDTHH:MM:SS[.fraction]``, the
     fraction at the column's unit, a zoned timestamp as its UTC wall clock (the caller adds the
@@ -67,19 +99,19 @@ def ordinary(column: pa.Array) -> bool:
     which Arrow spells as this module does (one pass for the extremes, no text)."""
     if column.null_count == len(column):
         return True
-    storage, first, last = _years_arrow_spells(column.type)
-    extremes = pc.min_max(column.view(storage))
+    first, last = _years_arrow_spells(column.type)
+    extremes = pc.min_max(column.view(_storage(column.type)[0]))
     return first <= extremes["min"].as_py() and extremes["max"].as_py() <= last
 
 
-def _years_arrow_spells(data_type: pa.DataType) -> tuple[pa.DataType, int, int]:
-    """The column's storage, and its first and last values in the years 1 to 9999."""
+def _years_arrow_spells(data_type: pa.DataType) -> tuple[int, int]:
+    """The first and last values of a column's type in the years 1 to 9999."""
     if pa.types.is_date32(data_type):
-        return pa.int32(), _FIRST_DAY, _LAST_DAY
+        return _FIRST_DAY, _LAST_DAY
     per_second = _PER_SECOND[data_type.unit]
     first = max(_FIRST_SECOND * per_second, -_INT64_LARGEST + 1)
     last = min((_LAST_SECOND + 1) * per_second - 1, _INT64_LARGEST - 1)
-    return pa.int64(), first, last
+    return first, last
 
 
 def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
@@ -89,7 +121,8 @@ def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
     are named."""
     if ordinary(column):
         return Spelled(pc.cast(column, pa.string()), None)
-    storage, first, last = _years_arrow_spells(column.type)
+    storage, largest = _storage(column.type)
+    first, last = _years_arrow_spells(column.type)
     values = column.view(storage)
     far = pc.fill_null(pc.or_(pc.less(values, first), pc.greater(values, last)), False)
     near = pc.if_else(far, pa.scalar(None, column.type), column)
@@ -97,7 +130,6 @@ def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
     integers = pc.filter(values, far).to_numpy(zero_copy_only=False)
     unit = "D" if storage == pa.int32() else column.type.unit
     by_numpy = np.datetime_as_string(integers.astype(f"datetime64[{unit}]"))
-    largest = int(np.iinfo(storage.to_pandas_dtype()).max)
     replacements = [
         (_INFINITY if number > 0 else f"-{_INFINITY}")
         if abs(int(number)) == largest
@@ -105,7 +137,7 @@ def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
         for number, text in zip(integers, by_numpy, strict=True)
     ]
     texts = pc.replace_with_mask(texts, far, pa.array(replacements, pa.string()))
-    infinite = pc.fill_null(pc.or_(pc.equal(values, largest), pc.equal(values, -largest)), False)
+    infinite = infinities(column)
     return Spelled(texts, infinite if pc.any(infinite).as_py() else None)
 
 

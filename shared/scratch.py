@@ -46,28 +46,25 @@ class ScratchSpace:
         with self._guard:
             if self._own is None:
                 self._own, lock = _make_own_directory(self.root)
-                # Held as long as this object lives (a server's store lives as long as the
-                # server); a space dropped sooner (a test's, say) lets go of it.
-                weakref.finalize(self, os.close, lock)
+                weakref.finalize(self, os.close, lock)  # a space dropped (a test's) lets go
             return self._own
 
 
 def _make_own_directory(root: Path) -> tuple[Path, int]:
-    """``run-<tag>``, and the descriptor holding its lock."""
+    """``run-<tag>``, and the descriptor holding its lock; on failure nothing half made is
+    left, nor a descriptor per retry."""
     tag = os.urandom(6).hex()
     making = root / f"{_MAKING}{tag}"
     making.mkdir(mode=0o700)
+    fd: int | None = None
     try:
         fd = os.open(making / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except BaseException:
-        shutil.rmtree(making, ignore_errors=True)
-        raise
-    try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         own = root / f"{_LIVE}{tag}"
         os.rename(making, own)
-    except BaseException:  # nothing half made is left, nor a descriptor per retry
-        os.close(fd)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
         shutil.rmtree(making, ignore_errors=True)
         raise
     return own, fd
@@ -92,32 +89,30 @@ def sweep_dead(root: Path) -> tuple[list[Path], int]:
     removed = 0
     for directory in directories(root):
         try:
-            fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except (FileNotFoundError, NotADirectoryError):  # another sweep is removing it
-            continue
-        except OSError as error:
-            logger.warning("scratch: %s left alone (%s)", directory, error.strerror or error)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # its process holds it: alive
-            live.append(directory)
-            continue
-        except OSError as error:
-            logger.warning("scratch: %s left alone (%s)", directory, error.strerror or error)
-            continue
-        else:  # free: its process is gone; hidden from other sweeps before it is removed
-            hidden = root / f"{_REMOVING}{directory.name.removeprefix(_LIVE)}-{os.urandom(4).hex()}"
-            try:
-                os.rename(directory, hidden)
-            except FileNotFoundError:
+            if _held(directory):
+                live.append(directory)
                 continue
-            except OSError as error:
-                logger.warning("scratch: %s left alone (%s)", directory, error.strerror or error)
-                continue
+            # Its process is gone, and no process takes a dead one's lock again: hidden from
+            # other sweeps (one of which may win this rename) before it is removed.
+            tag = directory.name.removeprefix(_LIVE)
+            os.rename(directory, root / f"{_REMOVING}{tag}-{os.urandom(4).hex()}")
             removed += 1
-        finally:
-            os.close(fd)
+        except (FileNotFoundError, NotADirectoryError):  # another sweep took it
+            continue
+        except OSError as error:
+            logger.warning("scratch: %s left alone (%s)", directory, error.strerror or error)
     for gone in root.glob(f"{_REMOVING}*"):
         shutil.rmtree(gone, ignore_errors=True)
     return live, removed
+
+
+def _held(directory: Path) -> bool:
+    """Whether a live process holds the directory's lock."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
