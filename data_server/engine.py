@@ -153,7 +153,7 @@ def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOut
         with _Deadline(session, seconds, sandbox.remote) as deadline:
             try:
                 result = session.execute(job.sql, job.parameters or None)
-                duckdb_types = [str(column[1]) for column in result.description or []]
+                duckdb_types = [column[1] for column in result.description or []]
                 reader = result.to_arrow_reader(BATCH_ROWS)
                 stored = StoredTypes(duckdb_types, reader.schema)
                 with _BatchesAhead(reader, session.interrupt) as batches:

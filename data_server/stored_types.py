@@ -3,8 +3,8 @@
 DuckDB hands ``UHUGEINT`` to Arrow as ``decimal128(38, 0)``, a signed 128-bit integer, where a value
 of 2^127 or more wraps to a negative number; and ``BIGNUM`` (``VARINT``) as an opaque extension
 holding DuckDB's own byte layout, which no reader understands. Both become their decimal digits,
-as a string, for the columns of a result (inside lists and structs they stay as DuckDB exports
-them). A wider decimal would keep them numbers, but ``decimal256`` is read wrongly by DuckDB's
+as a string, wherever they are: a column, or a value inside lists, fixed-size lists, structs, maps
+(keys too) and unions, at any depth. A wider decimal would keep them numbers, but ``decimal256`` is read wrongly by DuckDB's
 own Parquet reader and not at all by polars, and the first batch cannot tell whether a narrower
 type would hold the last. (``HUGEINT`` stays ``decimal128(38, 0)``: its bits are exact, and only
 a value of 39 digits exceeds the declared precision.) docs/result-formats.md has the mapping.
@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from duckdb.sqltypes import DuckDBPyType
 
 _TWO_TO_128 = 2**128
 # DuckDB's BIGNUM layout: 3 header bytes (the top bit set for a number ≥ 0, then the byte count),
@@ -55,23 +56,90 @@ def _bignum_digits(blob: bytes) -> str:
     return str(decimal.Decimal(-magnitude if negative else magnitude))
 
 
-_FIXES: dict[str, tuple[pa.DataType, Callable[[pa.Array], pa.Array]]] = {
-    "UHUGEINT": (pa.string(), _uhugeint),
-    "BIGNUM": (pa.string(), _bignum),
-}
+# DuckDB type ids whose values are stored as digits, and how.
+_AS_DIGITS: dict[str, Callable[[pa.Array], pa.Array]] = {"uhugeint": _uhugeint, "bignum": _bignum}
+
+
+def _nested(duckdb_type: DuckDBPyType) -> list[DuckDBPyType]:
+    """The types nested in a list, fixed-size list, struct, map or union, in DuckDB's order
+    (an array's size and an enum's values are children too, but no types)."""
+    if duckdb_type.id not in ("list", "array", "struct", "map", "union"):
+        return []
+    return [child for _, child in duckdb_type.children if isinstance(child, DuckDBPyType)]
+
+
+def _unsound(duckdb_type: DuckDBPyType) -> bool:
+    """Whether values of this type, or of any type nested in it, need their digits."""
+    return duckdb_type.id in _AS_DIGITS or any(map(_unsound, _nested(duckdb_type)))
+
+
+def _sound(column: pa.Array, duckdb_type: DuckDBPyType) -> pa.Array:
+    """``column`` (of ``duckdb_type``, as DuckDB exported it) with every value of an unsound type
+    as its digits; a nested one is rebuilt around its converted children, nulls kept."""
+    kind = duckdb_type.id
+    if kind in _AS_DIGITS:
+        return _AS_DIGITS[kind](column)
+    if not _unsound(duckdb_type):
+        return column
+    if column.offset:  # a slice: its children would not start where it does
+        column = pa.concat_arrays([column])
+    children = _nested(duckdb_type)
+    nulls = column.is_null() if column.null_count else None
+    if kind == "list":
+        assert isinstance(column, pa.ListArray | pa.LargeListArray)
+        return type(column).from_arrays(
+            column.offsets, _sound(column.values, children[0]), mask=nulls
+        )
+    if kind == "array":
+        assert isinstance(column, pa.FixedSizeListArray)
+        size = column.type.list_size
+        values = column.values.slice(0, len(column) * size)
+        return pa.FixedSizeListArray.from_arrays(_sound(values, children[0]), size, mask=nulls)
+    if kind == "map":
+        assert isinstance(column, pa.MapArray)
+        return pa.MapArray.from_arrays(
+            column.offsets,
+            _sound(column.keys, children[0]),
+            _sound(column.items, children[1]),
+            mask=nulls,
+        )
+    if kind == "struct":
+        assert isinstance(column, pa.StructArray)
+        members = [_sound(column.field(i), child) for i, child in enumerate(children)]
+        return pa.StructArray.from_arrays(
+            members,
+            fields=[
+                field.with_type(member.type)
+                for field, member in zip(column.type, members, strict=True)
+            ],
+            mask=nulls,
+        )
+    # a union: DuckDB's first child is the tag, its members follow; exported sparse
+    assert isinstance(column, pa.UnionArray)
+    return pa.UnionArray.from_sparse(
+        column.type_codes,
+        [_sound(column.field(i), member) for i, member in enumerate(children[1:])],
+        [field.name for field in column.type],
+        list(column.type.type_codes),
+    )
 
 
 class StoredTypes:
     """How a result's batches are stored: ``schema``, and ``conform`` for each batch."""
 
-    def __init__(self, duckdb_types: Sequence[str], schema: pa.Schema) -> None:
+    def __init__(self, duckdb_types: Sequence[DuckDBPyType], schema: pa.Schema) -> None:
         self._fixes = {
-            index: _FIXES[name][1] for index, name in enumerate(duckdb_types) if name in _FIXES
+            index: duckdb_type
+            for index, duckdb_type in enumerate(duckdb_types)
+            if _unsound(duckdb_type)
         }
+        # The stored type of each converted column: that of its conversion when empty.
         self.schema = pa.schema(
             [
-                field.with_type(_FIXES[name][0]) if name in _FIXES else field
-                for field, name in zip(schema, duckdb_types, strict=True)
+                field.with_type(_sound(pa.nulls(0, field.type), self._fixes[index]).type)
+                if index in self._fixes
+                else field
+                for index, field in enumerate(schema)
             ],
             metadata=schema.metadata,
         )
@@ -80,7 +148,7 @@ class StoredTypes:
         if not self._fixes:
             return batch
         columns = [
-            self._fixes[index](column) if index in self._fixes else column
+            _sound(column, self._fixes[index]) if index in self._fixes else column
             for index, column in enumerate(batch.columns)
         ]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)

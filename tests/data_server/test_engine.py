@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import sqlite3
 import threading
@@ -83,6 +84,51 @@ def test_wide_integers_are_stored_exactly(datasource, tmp_path):
     ]
     assert stored == expected
     assert len(stored[3][2]) == 5001
+
+
+NESTED_WIDE_INTEGERS_SQL = """
+SELECT
+  [340282366920938463463374607431768211455::UHUGEINT, NULL] AS listed,
+  {'u': 170141183460469231731687303715884105728::UHUGEINT,
+   'v': ['-123456789012345678901234567890'::VARINT]} AS structured,
+  MAP {340282366920938463463374607431768211455::UHUGEINT: '7'::VARINT} AS mapped,
+  [1::UHUGEINT, 340282366920938463463374607431768211455::UHUGEINT]::UHUGEINT[2] AS fixed,
+  union_value(u := 340282366920938463463374607431768211455::UHUGEINT)
+    ::UNION(u UHUGEINT, s VARCHAR) AS tagged,
+  [170141183460469231731687303715884105727::HUGEINT] AS signed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, union_value(s := 'x')::UNION(u UHUGEINT, s VARCHAR), NULL
+"""
+
+
+def test_wide_integers_nested_in_lists_structs_maps_and_unions_are_stored_exactly(
+    datasource, tmp_path
+):
+    """Before, a UHUGEINT of 2^127 or more inside a list, struct, map or union was stored
+    wrapped to a negative number, and a BIGNUM there as DuckDB's internal bytes."""
+    engine.run_query(_job(datasource, NESTED_WIDE_INTEGERS_SQL, tmp_path))
+    table = pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all()
+    assert table.schema.field("signed").type.value_type == pa.decimal128(38, 0)
+    stored = table.to_pylist()
+    assert stored[0] == {
+        "listed": ["340282366920938463463374607431768211455", None],
+        "structured": {
+            "u": "170141183460469231731687303715884105728",
+            "v": ["-123456789012345678901234567890"],
+        },
+        "mapped": [("340282366920938463463374607431768211455", "7")],
+        "fixed": ["1", "340282366920938463463374607431768211455"],
+        "tagged": "340282366920938463463374607431768211455",
+        "signed": [decimal.Decimal("170141183460469231731687303715884105727")],
+    }
+    assert stored[1] == {
+        "listed": None,
+        "structured": None,
+        "mapped": None,
+        "fixed": None,
+        "tagged": "x",
+        "signed": None,
+    }
 
 
 def _pullers() -> list[threading.Thread]:
