@@ -7,10 +7,10 @@ fsync, or a complete S3 upload), so a reader of the store sees it whole or not a
 the requests for it in this process follow the scratch file as it grows
 (data_server/growing_files.py). The encoders and compressors are deterministic (no timestamps in
 gzip headers, fixed levels, single-threaded compression), so two servers that race on a first
-request publish the same bytes and the race is benign. The ETag is derived from the data key and the
-variant name, so it is the same across grants, servers and re-materialisations. A small
-representation (``SMALL_REPRESENTATION_BYTES``) is not stored at all: it is encoded in memory on
-each request, to the same bytes.
+request publish the same bytes and the race is benign. The ETag is derived from the data key, the
+variant name and the encoders' revision (``ENCODING_REVISION``), so it is the same across grants,
+servers and re-materialisations. A small representation (``SMALL_REPRESENTATION_BYTES``) is not
+stored at all: it is encoded in memory on each request, to the same bytes.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ SMALL_REPRESENTATION_BYTES = 64 * 1024
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
 BROTLI_QUALITY = 5
+# Part of every ETag. Raise it whenever an encoder's bytes change for some result (a value spelled
+# differently, a level changed): a representation encoded on each request, or again after its
+# storage was refused, must not carry an ETag that named other bytes before, or a cached copy
+# would be revalidated (304) and a resumed download spliced from two encodings. (A stored
+# representation keeps its bytes; only its ETag changes, which costs a client one refetch.)
+ENCODING_REVISION = 2
 
 
 class ContentCoding(enum.Enum):
@@ -84,7 +90,8 @@ class Representation:
         return name
 
     def etag(self, data_key: str) -> str:
-        digest = hashlib.sha256(f"{data_key}/{self.variant}".encode()).hexdigest()[:32]
+        named = f"{data_key}/{self.variant}/{ENCODING_REVISION}"
+        digest = hashlib.sha256(named.encode()).hexdigest()[:32]
         return f'"{digest}"'
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from data_server import encoders
+from data_server import encoders, representations
 from data_server.formats import ResultFormat
 from tests.support.data_http import IDENTITY, data_token, get_result
 
@@ -43,6 +43,18 @@ def test_etag_is_stable_across_grants_and_304_on_if_none_match(data, settings):
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == first.headers["etag"]
     assert get_result(data, "csv").headers["etag"] != first.headers["etag"]
+
+
+def test_an_encoders_revision_gives_new_etags(data, monkeypatch):
+    """A server whose encoders spell some value differently (a new release) must not answer 304
+    to, or resume a download under, an ETag that named the old bytes."""
+    before = get_result(data, "json")
+    monkeypatch.setattr(representations, "ENCODING_REVISION", representations.ENCODING_REVISION + 1)
+    after = get_result(data, "json", {"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200 and after.content == before.content
+    assert after.headers["etag"] != before.headers["etag"]
+    resumed = get_result(data, "json", {"Range": "bytes=10-", "If-Range": before.headers["etag"]})
+    assert resumed.status_code == 200 and resumed.content == before.content
 
 
 def test_head_has_the_length_and_no_body(data):
