@@ -185,9 +185,7 @@ def update_filter(
     check_filter(state, changes.keys(), has_datasource=row.datasource_id is not None)
     if state["variable_name"] != row.variable_name:
         _refuse_duplicate(session, principal, state["variable_name"])
-    for name, value in state.items():
-        setattr(row, name, value)
-    _flush_or_409(session, principal, row)
+    _save_or_409(session, row, state)
     if row.options_source == "static_sql" and (not was_static or _sql_of(row) != before):
         _queue_static(session, principal, row, settings)
     return row
@@ -282,7 +280,7 @@ def _duplicate(variable_name: str) -> Conflict:
 
 
 def _refuse_duplicate(session: Session, principal: Principal, variable_name: str) -> None:
-    """Checked first for a clear answer; the unique index decides a race (``_flush_or_409``)."""
+    """Checked first for a clear answer; the unique index decides a race (``_save_or_409``)."""
     taken = session.scalar(
         select(Filter.id).where(
             Filter.organization_id == principal.organization_id,
@@ -295,16 +293,22 @@ def _refuse_duplicate(session: Session, principal: Principal, variable_name: str
 
 def _insert_or_409(session: Session, principal: Principal, row: Filter) -> None:
     _refuse_duplicate(session, principal, row.variable_name)
-    session.add(row)
-    _flush_or_409(session, principal, row)
+    _save_or_409(session, row, {})
 
 
-def _flush_or_409(session: Session, principal: Principal, row: Filter) -> None:
+def _save_or_409(session: Session, row: Filter, changes: Mapping[str, Any]) -> None:
+    """Change and flush in a savepoint, so that a name a concurrent request took meanwhile is a
+    409. The changes are made inside it: opening a savepoint flushes what is pending first, and
+    a rename flushed there would fail outside the savepoint, and the request with a 500."""
+    variable_name = changes.get("variable_name", row.variable_name)
     try:
         with session.begin_nested():
+            for name, value in changes.items():
+                setattr(row, name, value)
+            session.add(row)
             session.flush()
     except IntegrityError:
-        raise _duplicate(row.variable_name) from None
+        raise _duplicate(variable_name) from None
 
 
 # ---------------------------------------------------------------------------- consistency

@@ -139,6 +139,29 @@ def test_duplicate_variable_name_is_409_with_pointer_and_writes_nothing(api: Api
     assert _create(api, api.create_org("B").key, **_dropdown()).status_code == 201
 
 
+def test_a_rename_racing_another_onto_one_name_is_409(api: Api, monkeypatch) -> None:
+    """The race the check before the write cannot see (two renames at once): the unique index
+    decides, and the loser is a 409, not a 500 from a flush outside its savepoint."""
+    from api_server.services import filters as filter_service
+
+    org = api.create_org()
+    _filter(api, org, **_dropdown())
+    other = _filter(api, org, **_dropdown(variable_name="land"))
+    before = dump_tables(api.app)["filters"]
+    monkeypatch.setattr(filter_service, "_refuse_duplicate", lambda *args: None)
+    renamed = api.patch(
+        f"/filters/{other}",
+        org.key,
+        {"data": {"type": "filters", "id": other, "attributes": {"variable_name": "country"}}},
+    )
+    assert renamed.status_code == 409, renamed.text
+    assert _errors(renamed) == [("duplicate_variable_name", "/data/attributes/variable_name")]
+    assert "country" in renamed.json()["errors"][0]["detail"]
+    assert dump_tables(api.app)["filters"] == before
+    again = _create(api, org.key, **_dropdown(name="Other"))
+    assert again.status_code == 409 and dump_tables(api.app)["filters"] == before
+
+
 @pytest.mark.parametrize(
     ("attributes", "expected"),
     [
