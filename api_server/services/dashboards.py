@@ -318,13 +318,16 @@ def list_groups(
     return _group_views(session, principal, rows), total
 
 
-def _group(session: Session, principal: Principal, group_id: str) -> DashboardGroup:
-    group = session.scalar(
-        select(DashboardGroup).where(
-            DashboardGroup.organization_id == principal.organization_id,
-            DashboardGroup.id == group_id,
-        )
+def _group(
+    session: Session, principal: Principal, group_id: str, *, for_update: bool = False
+) -> DashboardGroup:
+    """``for_update``: locked until the transaction ends, so that two requests replacing its
+    members one after the other each replace the whole list (neither merges into the other's)."""
+    statement = select(DashboardGroup).where(
+        DashboardGroup.organization_id == principal.organization_id,
+        DashboardGroup.id == group_id,
     )
+    group = session.scalar(statement.with_for_update() if for_update else statement)
     if group is None:
         raise NotFound(_NO_GROUP)
     return group
@@ -358,7 +361,7 @@ def update_group(
 ) -> DashboardGroupView:
     """``dashboard_ids``: the group's dashboards from now on (None: unchanged)."""
     write_lock_on_sqlite(session)  # SQLite ignores the share locks of _replace_members
-    group = _group(session, principal, group_id)
+    group = _group(session, principal, group_id, for_update=True)
     if changes:  # its members it does not see stay whatever it sends (_replace_members)
         _refuse_if_holding_hidden(session, principal, group)
     for name, value in changes.items():
@@ -371,7 +374,7 @@ def update_group(
 
 def delete_group(session: Session, principal: Principal, group_id: str) -> None:
     """Its dashboards stay; only the memberships go (the database cascades them)."""
-    group = _group(session, principal, group_id)
+    group = _group(session, principal, group_id, for_update=True)
     _refuse_if_holding_hidden(session, principal, group)
     session.delete(group)
     session.flush()

@@ -4,6 +4,8 @@ tenancy, the datasource scope of restricted keys, and group membership."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from api_server.permissions import Permission
 from api_server.resources.dashboard_groups import MAX_GROUP_DASHBOARDS
 from api_server.resources.dashboard_settings import MAX_LAYOUT_ITEMS
+from api_server.services import dashboards as dashboards_service
 from tests.support.factories import dump_tables, resource
 
 FULL = {
@@ -426,6 +429,49 @@ def test_a_restricted_key_sees_dashboards_whose_reports_are_all_in_its_scope(api
         == 200
     )
     assert api.delete(f"/dashboard_groups/{own}", key).status_code == 204
+
+
+def test_two_membership_replacements_at_once_leave_one_whole_list(api, monkeypatch):
+    """The second replacement waits for the first to commit and replaces its list whole: before,
+    it merged into it (both dashboards in the group) or, sending the same list, failed with a
+    500 on the members' primary key (PostgreSQL)."""
+    org = api.create_org()
+    first, second = _dashboard(api, org.key, "first"), _dashboard(api, org.key, "second")
+    group = _group(api, org.key, []).json()["data"]["id"]
+    first_inside, replace = threading.Event(), dashboards_service._replace_members
+
+    def slow_first(*args, **kwargs):
+        replace(*args, **kwargs)
+        if not first_inside.is_set():  # the first request holds its transaction open a while
+            first_inside.set()
+            time.sleep(0.5)
+
+    monkeypatch.setattr(dashboards_service, "_replace_members", slow_first)
+    answers: dict[str, Any] = {}
+
+    def patch(name: str, members: list[str]) -> None:
+        answers[name] = api.patch(
+            f"/dashboard_groups/{group}",
+            org.key,
+            {
+                "data": {
+                    "type": "dashboard_groups",
+                    "id": group,
+                    "relationships": {"dashboards": _linkage(members)},
+                }
+            },
+        )
+
+    for later in ([second], [first]):  # another list, then the same list
+        first_inside.clear()
+        earlier = threading.Thread(target=patch, args=("earlier", [first]))
+        earlier.start()
+        assert first_inside.wait(30)
+        patch("later", later)
+        earlier.join(30)
+        assert [answers[n].status_code for n in ("earlier", "later")] == [200, 200], answers
+        members = _linked(api.get(f"/dashboard_groups/{group}", org.key).json(), "dashboards")
+        assert members == later
 
 
 def _unknown_ids(count: int) -> list[str]:
