@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
@@ -275,7 +276,14 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     schema = ds.schema_data_key
     own_place = _own_place_of(session, ds)
     session.delete(ds)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # a report or filter created on it since the check above committed
+        raise Conflict(
+            "A report or filter was just created on this datasource; move it to another "
+            "datasource or delete it first.",
+            code="datasource_in_use",
+        ) from None
     return DeletedData(
         results=[key for key in results if key],
         schemas=[schema] if schema else [],

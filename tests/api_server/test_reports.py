@@ -604,3 +604,19 @@ def test_a_datasource_with_reports_cannot_be_deleted(api):
     for report in reports:
         api.delete(f"/reports/{report}", org.key)
     assert api.delete(f"/datasources/{datasource}", org.key).status_code == 204
+
+
+def test_a_report_created_after_the_deletes_check_makes_it_a_409_not_a_500(api, monkeypatch):
+    """The race a concurrent create wins (it commits after the delete counted the datasource's
+    reports): the database's foreign key refuses the delete, answered as the check would."""
+    from api_server.services import datasources as datasource_service
+
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, name="D1")["id"]
+    _create(api, org.key, datasource)
+    monkeypatch.setattr(datasource_service, "_refuse_if_reports_use", lambda *args: None)
+    before = dump_tables(api.app)
+    refused = api.delete(f"/datasources/{datasource}", org.key)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["errors"][0]["code"] == "datasource_in_use"
+    assert dump_tables(api.app) == before
