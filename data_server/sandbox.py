@@ -27,7 +27,7 @@ from data_server.remote_databases import (
     connect_failure,
 )
 from data_server.sql_check import BASE_CONFIG, QueryFailed, check_sql, first_line
-from shared.file_formats import VIEW_FILE_SUFFIXES
+from shared.file_formats import VIEW_FILE_SUFFIXES, holds_glob_characters
 
 DATASOURCE_ALIAS = "ds"
 # Types whose database is attached as DATASOURCE_ALIAS (the others are views in "memory").
@@ -297,8 +297,12 @@ class Sandbox:
             {
                 path.name: str(path)
                 for path in sorted(folder.iterdir())
-                # A link that leads out of the folder (into another organisation's area) is skipped.
-                if path.is_file() and path.resolve().is_relative_to(inside)
+                # A link that leads out of the folder (into another organisation's area) is skipped,
+                # and so is a name DuckDB would read as a pattern (put there by other means than
+                # an upload, which refuses it): it would read other files of the folder.
+                if path.is_file()
+                and path.resolve().is_relative_to(inside)
+                and not holds_glob_characters(path.name)
             }
         )
 

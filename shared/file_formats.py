@@ -51,6 +51,15 @@ DATABASE_FILE_FORMATS: dict[str, FileKind] = {
 }
 
 
+# DuckDB's readers take a path holding any of these as a glob pattern, which may match other files
+# of the folder: a file so named is never uploaded, and never becomes a view.
+GLOB_CHARACTERS = frozenset("*?[]{}")
+
+
+def holds_glob_characters(name: str) -> bool:
+    return not GLOB_CHARACTERS.isdisjoint(name)
+
+
 def view_file_kind(name: str) -> FileKind | None:
     """What a files datasource reads a file of this name as; None: it ignores the file."""
     dot = name.rfind(".")

@@ -31,7 +31,13 @@ from shared.datapaths import (
 )
 from shared.db.models import Datasource
 from shared.errors import AppError, Conflict, NotFound, Unprocessable
-from shared.file_formats import DATABASE_FILE_FORMATS, FileKind, view_file_kind
+from shared.file_formats import (
+    DATABASE_FILE_FORMATS,
+    GLOB_CHARACTERS,
+    FileKind,
+    holds_glob_characters,
+    view_file_kind,
+)
 from shared.lifecycle import ExecutionType
 from shared.settings import Settings
 from shared.shared_folders import granted_folder
@@ -82,7 +88,7 @@ def check_file_name(name: str) -> tuple[str, FileKind]:
     The characters follow the datasource path rules (``shared.datapaths``: no backslash, control,
     invisible or look-alike characters, nothing NFKC would change); on top of those a name is a
     single segment (no ``/``), does not start with a dot (``.``, ``..`` and the temporary files
-    of uploads), fits a file system's 255 bytes, and has a suffix the views read.
+    of uploads), holds no glob syntax (``shared.file_formats.GLOB_CHARACTERS``), fits a file system's 255 bytes, and has a suffix the views read.
     """
     if "/" in name:
         raise InvalidFileName(
@@ -92,6 +98,12 @@ def check_file_name(name: str) -> tuple[str, FileKind]:
         raise InvalidFileName("A file name may not start or end with a space.", parameter="name")
     if name.startswith("."):
         raise InvalidFileName("A file name may not start with a dot.", parameter="name")
+    if holds_glob_characters(name):
+        raise InvalidFileName(
+            f"A file name may not hold any of {' '.join(sorted(GLOB_CHARACTERS))}: DuckDB would "
+            "read it as a pattern matching other files.",
+            parameter="name",
+        )
     try:
         normalized = normalize_datasource_path(name)  # NFC: the name as stored
     except AppError as exc:

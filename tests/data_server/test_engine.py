@@ -488,6 +488,24 @@ def test_files_datasource_turns_files_into_views(tmp_path):
     assert names == ["orders", "things"]
 
 
+def test_a_file_named_like_a_pattern_becomes_no_view(tmp_path):
+    """DuckDB reads ``star*.csv`` as a glob: its view also read ``starZZ.csv`` (and a file named
+    ``*.csv`` every CSV of the folder). Uploads refuse such names; one put there otherwise is
+    skipped, and the files it would have matched keep their own views."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "star*.csv").write_text("c\n1\n")
+    (folder / "starZZ.csv").write_text("c\n999\n")
+    (folder / "{a,b}.csv").write_text("c\n2\n")
+    spec = DatasourceSpec("files", str(folder))
+    schema = engine.schema_of(spec, LIMITS, str(tmp_path / "scratch"))
+    assert [t["name"] for t in schema["schemas"][0]["tables"]] == ["starZZ"]
+    engine.run_query(_job(spec, "SELECT c FROM starZZ", tmp_path))
+    assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().to_pylist() == [{"c": 999}]
+    with pytest.raises(QueryFailed):
+        engine.run_query(_job(spec, 'SELECT c FROM "star*"', tmp_path))
+
+
 def test_schema_lists_tables_views_columns_and_row_counts(datasource, tmp_path):
     schema = engine.schema_of(datasource, LIMITS, str(tmp_path / "scratch"))
     (main,) = schema["schemas"]

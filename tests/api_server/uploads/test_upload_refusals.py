@@ -31,6 +31,11 @@ BAD_NAMES = {
     "fullwidth letter (NFKC changes it)": "%EF%BD%86.csv",  # U+FF46
     "one dot leader": "a%E2%80%A4csv",  # U+2024
     "leading space": "%20a.csv",
+    # DuckDB would read these names as patterns matching other files of the folder.
+    "star": "star%2A.csv",
+    "question mark": "qm%3F.csv",
+    "brackets": "a%5Bb%5D.csv",
+    "braces": "%7Ba%2Cb%7D.csv",
     "256 bytes": "n" * 252 + ".csv",
     "no suffix": "orders",
     "a suffix no view reads": "orders.txt",
