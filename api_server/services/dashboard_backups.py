@@ -27,9 +27,9 @@ from api_server.principals import Principal
 from api_server.services import dashboards, filters, reports, sql_snippets
 from api_server.services.dashboards import DashboardView
 from api_server.services.datasources import within_scope
-from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Dashboard, Datasource, Filter, Report, SqlSnippet, utcnow
 from shared.errors import AppError, Conflict, Unprocessable, ValidationErrors
+from shared.organization_rows import lock_organization
 from shared.settings import Settings
 from sql_templating.placeholders import placeholder_variables
 from sql_templating.snippets import snippet_references
@@ -176,9 +176,12 @@ def restore_dashboard(
 ) -> DashboardView:
     """A new dashboard with new reports, and the snippets and filters the organisation lacks;
     all or none.
-    SQLite's write lock first: a snippet's savepoint released outside a transaction would
-    commit it there, and the checks below stay true until commit."""
-    write_lock_on_sqlite(session)
+
+    The organisation's row is locked first (SQLite's write lock), so restores run one after
+    another: a restore sees the snippets and filters an identical one running at the same time
+    created, and reuses them, instead of colliding with them and calling them different. (On
+    SQLite, too, a snippet's savepoint released outside a transaction would commit it there.)"""
+    lock_organization(session, principal.organization_id)
     targets = _mapped_datasources(session, principal, restore)
     new_snippets = _snippets_to_create(session, principal, restore.sql_snippets)
     for index, values in new_snippets:

@@ -7,6 +7,8 @@ keys."""
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from typing import Any
 
 import orjson
@@ -231,6 +233,42 @@ def test_backup_restore_backup_round_trips_in_the_same_organisation(api):
     assert api.get("/sql_snippets", org.key).json()["meta"]["total"] == snippets_before
     again = _backup(api, org.key, restored["id"])
     assert {**again, "created_at": None} == {**backup, "created_at": None}
+
+
+def test_two_identical_restores_at_once_both_reuse_what_the_first_created(api, monkeypatch):
+    """Restored into an organisation that lacks the backup's snippets and filters, twice at
+    once: the second waits for the first and reuses what it created. Before, on PostgreSQL, it
+    collided with the first's snippet and answered 409 calling an identical snippet different."""
+    source, target = api.create_org("Source"), api.create_org("Target")
+    shop = api.create_datasource(source.key, name="Shop")["id"]
+    backup = _backup(api, source.key, _sales_dashboard(api, source, shop))
+    their_shop = api.create_datasource(target.key, name="Shop")["id"]
+    mapping = {shop: their_shop, source.sample_datasource_id: target.sample_datasource_id}
+    first_inside, create = threading.Event(), dashboard_backups._create_filters
+
+    def slow_first(*args, **kwargs):
+        create(*args, **kwargs)
+        if not first_inside.is_set():  # the first restore holds its transaction open a while
+            first_inside.set()
+            time.sleep(0.5)
+
+    monkeypatch.setattr(dashboard_backups, "_create_filters", slow_first)
+    answers = {}
+    earlier = threading.Thread(
+        target=lambda: answers.setdefault("earlier", _restore(api, target.key, backup, mapping))
+    )
+    earlier.start()
+    assert first_inside.wait(30)
+    answers["later"] = _restore(api, target.key, backup, mapping)
+    earlier.join(30)
+    assert [answers[n].status_code for n in ("earlier", "later")] == [201, 201], answers
+    snippets = api.get("/sql_snippets", target.key).json()["data"]
+    assert sorted(s["attributes"]["name"] for s in snippets) == ["paid", "recent"]
+    with api.app.state.sessions() as session:
+        variables = session.scalars(
+            select(Filter.variable_name).where(Filter.organization_id == target.id)
+        )
+        assert sorted(variables) == ["city", "country", "region"]
 
 
 def test_restore_into_another_organisation_maps_its_datasources(api):
