@@ -20,11 +20,13 @@ Run the physical check whenever the path is used: a symlink can change after it 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import stat
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,15 +94,30 @@ def default_datasource_path(database_type: str, datasource_id: str) -> str:
 
 def remove_own_place(data_root: Path, organization_id: str, relative: str) -> None:
     """Delete a deleted datasource's own place (``default_datasource_path``) with what uploads
-    put there. Links are removed, never followed: only what lies in the area goes."""
+    put there. Links are removed, never followed: only what lies in the area goes. Under the
+    area's lock, so that an upload committing meanwhile either finished before (and its file
+    goes too) or finds the datasource gone."""
     area = organization_area(data_root, organization_id)
     place = area / relative
     if not place.parent.resolve().is_relative_to(area):
         return
-    if place.is_symlink() or place.is_file():
-        place.unlink(missing_ok=True)
-    elif place.is_dir():
-        shutil.rmtree(place, ignore_errors=True)
+    with area_locked(area):
+        if place.is_symlink() or place.is_file():
+            place.unlink(missing_ok=True)
+        elif place.is_dir():
+            shutil.rmtree(place, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def area_locked(area: Path) -> Iterator[None]:
+    """One writer of an organisation's area at a time, across the processes of this host: an
+    upload's commit, a deleted datasource's place being removed."""
+    fd = os.open(area, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def organization_area(data_root: Path, organization_id: str) -> Path:

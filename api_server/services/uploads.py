@@ -15,11 +15,9 @@ area) when the upload began, so a path changed meanwhile cannot redirect them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,8 +36,10 @@ from api_server.services.datasource_files import (
     queue_refresh,
     scan,
 )
+from shared.datapaths import area_locked
 from shared.db.models import Datasource
 from shared.errors import (
+    NotFound,
     PayloadTooLarge,
     PreconditionFailed,
     ServiceUnavailable,
@@ -284,6 +284,19 @@ def _remove_stale_temporaries(dir_fd: int) -> None:
                     os.unlink(entry.name, dir_fd=dir_fd)
 
 
+def _refuse_if_datasource_went(upload: Upload, *, exists: bool) -> None:
+    """404 when the datasource was deleted during the upload: its row is gone, or its folder
+    with the temporary file (a delete removes the row, then the folder)."""
+    try:
+        os.stat(upload.temp_name, dir_fd=upload.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        exists = False
+    if not exists:
+        raise NotFound(
+            "The datasource was deleted while the file was uploaded; nothing was stored."
+        )
+
+
 @dataclass(frozen=True)
 class Committed:
     entry: FileEntry
@@ -299,9 +312,15 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
     upload.finish()
     if upload.size == 0:
         raise FileNotParsable(f"{target.name} is empty.")
-    check_file(upload.temp_path, target.kind.format, target.name)
-    with _area_locked(target.area):
+    try:
+        check_file(upload.temp_path, target.kind.format, target.name)
+    except FileNotParsable:
+        _refuse_if_datasource_went(upload, exists=True)  # its folder (and the file) went
+        raise
+    with area_locked(target.area):
         with sessions() as session:
+            exists = session.get(Datasource, target.datasource_id) is not None
+            _refuse_if_datasource_went(upload, exists=exists)
             usage = storage_usage(session, settings, target.organization_id)
         replaced = _existing_size(target.folder, target.name)
         target.check_condition(replaced is not None)  # decided here, under the lock
@@ -321,14 +340,3 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
         refresh_execution_id=queue_refresh(sessions, target.datasource_id),
         usage=replace(usage, files_bytes=usage.files_bytes - (replaced or 0)),
     )
-
-
-@contextlib.contextmanager
-def _area_locked(area: Path) -> Iterator[None]:
-    """The organisation's uploads commit one at a time, across the processes of this host."""
-    fd = os.open(area, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock

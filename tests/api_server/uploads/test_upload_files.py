@@ -4,10 +4,13 @@ upload is committed whole and queues a refresh; deleting a datasource deletes it
 
 from __future__ import annotations
 
+import threading
 import uuid
 
+import pytest
 from sqlalchemy import select
 
+from api_server.services import uploads
 from shared.db.models import AuditEvent, Execution
 from shared.lifecycle import ExecutionType
 from shared.storage_quota import MIB
@@ -116,6 +119,41 @@ def test_deleting_a_datasource_deletes_the_files_of_its_own_place(api, tmp_path)
     assert not folder.exists() and not database.exists()
     usage = api.get(f"/datasources/{files_datasource(api, org)[0]}/files", org.key).json()
     assert usage["meta"]["storage"]["files_bytes"] == len(ORDERS_CSV)  # the new one's file only
+
+
+@pytest.mark.parametrize("deleted", ["while the file is checked", "after it is checked"])
+def test_an_upload_whose_datasource_is_deleted_meanwhile_is_404_and_stores_nothing(
+    api, monkeypatch, deleted
+):
+    """Before, an upload whose datasource (and own place) a delete removed while the file was
+    being checked answered 422 file_not_parsable ("No files found that match the pattern")."""
+    org = api.create_org()
+    ds, folder = _own_datasource(api, org, "files")
+    checking, go_on, real_check = threading.Event(), threading.Event(), uploads.check_file
+
+    def check_file(*args, **kwargs):
+        if deleted == "after it is checked":
+            real_check(*args, **kwargs)
+        checking.set()
+        assert go_on.wait(30)
+        if deleted == "while the file is checked":
+            real_check(*args, **kwargs)
+
+    monkeypatch.setattr(uploads, "check_file", check_file)
+    answers = {}
+    upload = threading.Thread(
+        target=lambda: answers.setdefault(
+            "upload", put(api, org.key, f"/datasources/{ds}/files/o.csv", ORDERS_CSV)
+        )
+    )
+    upload.start()
+    assert checking.wait(30)
+    assert api.delete(f"/datasources/{ds}", org.key).status_code == 204
+    go_on.set()
+    upload.join(30)
+    assert error_of(answers["upload"], 404)["code"] == "not_found"
+    assert not folder.exists()
+    assert not list(api.area(org).rglob("o.csv"))
 
 
 def test_a_place_another_datasource_reads_stays(api):
