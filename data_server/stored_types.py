@@ -4,10 +4,10 @@ DuckDB hands ``UHUGEINT`` to Arrow as ``decimal128(38, 0)``, a signed 128-bit in
 of 2^127 or more wraps to a negative number; and ``BIGNUM`` (``VARINT``) as an opaque extension
 holding DuckDB's own byte layout, which no reader understands. Both become their decimal digits,
 as a string, wherever they are: a column, or a value inside lists, fixed-size lists, structs, maps
-(keys too) and unions, at any depth. A wider decimal would keep them numbers, but ``decimal256`` is read wrongly by DuckDB's
-own Parquet reader and not at all by polars, and the first batch cannot tell whether a narrower
-type would hold the last. (``HUGEINT`` stays ``decimal128(38, 0)``: its bits are exact, and only
-a value of 39 digits exceeds the declared precision.) docs/result-formats.md has the mapping.
+(keys too) and unions, at any depth. A wider decimal would keep them numbers, but ``decimal256``
+is read wrongly by DuckDB's own Parquet reader and not at all by polars, and the first batch
+cannot tell whether a narrower type would hold the last. (``HUGEINT`` stays ``decimal128(38, 0)``:
+its bits are exact, and only a value of 39 digits exceeds the declared precision.) docs/result-formats.md has the mapping.
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def check_file_name(name: str) -> tuple[str, FileKind]:
     The characters follow the datasource path rules (``shared.datapaths``: no backslash, control,
     invisible or look-alike characters, nothing NFKC would change); on top of those a name is a
     single segment (no ``/``), does not start with a dot (``.``, ``..`` and the temporary files
-    of uploads), holds no glob syntax (``shared.file_formats.GLOB_CHARACTERS``), fits a file system's 255 bytes, and has a suffix the views read.
+    of uploads), holds no glob syntax (``shared.file_formats.GLOB_CHARACTERS``), fits a file
+    system's 255 bytes, and has a suffix the views read.
     """
     if "/" in name:
         raise InvalidFileName(
