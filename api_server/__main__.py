@@ -8,7 +8,11 @@ from collections.abc import Sequence
 
 from api_server.cli import files, organizations
 from api_server.cli.conventions import emit
-from shared.db.engine import create_metadata_engine
+from shared.db.engine import (
+    UNUSABLE_DATABASE_ERRORS,
+    create_metadata_engine,
+    unusable_database_line,
+)
 from shared.db.migrate import upgrade_to_head
 from shared.errors import AppError, ConfigurationError
 from shared.logging import configure_logging
@@ -93,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AppError, ConfigurationError) as exc:
         detail = exc.detail if isinstance(exc, AppError) else str(exc)
         sys.stderr.write(f"error: {detail}\n")
+        return 2
+    except UNUSABLE_DATABASE_ERRORS as exc:
+        sys.stderr.write(f"error: {unusable_database_line(exc)}\n")
         return 2
     return 0
 

@@ -12,7 +12,12 @@ import uvicorn
 
 from data_server.app import create_app, remove_dead_scratch, start_workers, stop_workers
 from data_server.sample import ensure_sample_database
-from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.db.engine import (
+    UNUSABLE_DATABASE_ERRORS,
+    create_metadata_engine,
+    create_session_factory,
+    unusable_database_line,
+)
 from shared.db.migrate import upgrade_to_head
 from shared.errors import ConfigurationError
 from shared.logging import configure_logging
@@ -72,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run(settings, args)
     except ConfigurationError as exc:
         sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except UNUSABLE_DATABASE_ERRORS as exc:
+        sys.stderr.write(f"error: {unusable_database_line(exc)}\n")
         return 2
     return 0
 

@@ -316,6 +316,9 @@ def _fill_one(directory: Path, file_bytes: int, kept: _Kept) -> bool:
 
 def main() -> None:
     directory, file_bytes, count, bytes_kept, share_kept = sys.argv[1:6]
+    # Ctrl-C in a terminal reaches the whole process group: this process ends with its server
+    # (its input closes, or the parent-death signal), not with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _end_with_parent()
     try:
         os.write(1, _BOUND)

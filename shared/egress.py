@@ -78,7 +78,7 @@ _NEVER: tuple[tuple[IPNetwork, str], ...] = (
     (_net("::/128"), "unspecified"),
     (_net("ff00::/8"), "multicast"),
 )
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379}
+_DEFAULT_PORTS = {"postgresql": 5432, "redis": 6379}  # the metadata database's, and Redis
 _LARGEST_PORT = 65535
 
 
@@ -280,9 +280,8 @@ _THIS_MACHINE = "127.0.0.1"
 
 def _database_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
     """Every TCP endpoint the URL may lead to: its host, libpq's ``host=``/``hostaddr=`` lists
-    and ``port=``; a unix socket (no host, ``host=/dir``, MySQL's ``unix_socket=``) stands for
-    this machine on the port. A ``service=`` name, whose file the policy does not read, fails
-    closed."""
+    and ``port=``; a unix socket (no host, ``host=/dir``) stands for this machine on the port.
+    A ``service=`` name, whose file the policy does not read, fails closed."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -307,7 +306,7 @@ def _database_endpoints(url_text: str) -> Iterator[tuple[str, int]]:
     tcp_hosts = [host for host in hosts if host and not host.startswith("/")]
     for host in tcp_hosts:
         yield _split_host_port(host, port)
-    if len(tcp_hosts) < len(hosts) or not tcp_hosts or url.query.get("unix_socket"):
+    if len(tcp_hosts) < len(hosts) or not tcp_hosts:
         yield _THIS_MACHINE, port
 
 

@@ -98,8 +98,9 @@ class Settings(BaseModel):
     database_url: str = setting(
         "",
         "SQLAlchemy URL of the metadata DB; default: SQLite file in the state dir.",
-        pattern=r"^$|^[a-z][a-z0-9]*(\+[a-z0-9_]+)?://",
-        allowed="an SQLAlchemy URL: dialect[+driver]://...",
+        pattern=r"^$|^(sqlite(\+pysqlite)?|postgres(ql)?(\+psycopg)?)://",
+        allowed="sqlite:///<file> or postgresql+psycopg://<user>@<host>:<port>/<database> "
+        "(postgresql:// and postgres:// are read as postgresql+psycopg://)",
         shown="sqlite:///<state dir>/dataferry.db",
         hidden=True,
     )
@@ -334,6 +335,13 @@ class Settings(BaseModel):
     @classmethod
     def _level_in_any_case(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_through_psycopg(cls, url: str) -> str:
+        """The PostgreSQL driver installed is psycopg (3): a URL naming no driver means it."""
+        scheme, _, rest = url.partition("://")
+        return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else url
 
     @field_validator("datasource_allowed_networks")
     @classmethod

@@ -28,6 +28,17 @@ def create_metadata_engine(url: str) -> Engine:
     return engine
 
 
+# What a server or operator command that cannot reach its metadata database reports in one line
+# (exit status 2), instead of a traceback: refused, unknown host, authentication failed.
+UNUSABLE_DATABASE_ERRORS = (exc.OperationalError, exc.InterfaceError)
+
+
+def unusable_database_line(error: exc.DBAPIError) -> str:
+    """The driver's own first line, which names the host and port but never the password."""
+    lines = str(error.orig if error.orig is not None else error).strip().splitlines()
+    return f"the metadata database cannot be used: {lines[0] if lines else type(error).__name__}"
+
+
 def _ping_if_disturbed(engine: Engine, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """A pooled connection is pinged before use only if its socket has something to read while
     it sits idle: the server closing it (a restart, ``pg_terminate_backend``, an idle timeout)

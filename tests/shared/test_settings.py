@@ -4,6 +4,7 @@ documented in deploy/env.example."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -202,6 +203,40 @@ def test_a_server_with_a_bad_setting_refuses_to_start_in_one_line(tmp_path, comm
         "characters; DATAFERRY_QUERY_THREADS='0' is too small; allowed: 1 to 256"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "api_server", "serve"],
+        ["-m", "data_server", "serve"],
+        ["-m", "api_server", "create-organization", "--name", "x"],
+    ],
+    ids=["api_server", "data_server", "operator command"],
+)
+def test_an_unreachable_metadata_database_is_one_line_without_its_password(tmp_path, command):
+    """Before, a traceback of forty lines; postgresql:// (no driver named) means psycopg."""
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = clean_environment(
+        {"DATAFERRY_DATABASE_URL": f"postgresql://meta:hunter2@127.0.0.1:{port}/meta"}
+    )
+    started = subprocess.run(
+        [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert (started.returncode, started.stdout) == (2, "")
+    (line,) = started.stderr.splitlines()
+    assert line.startswith("error: the metadata database cannot be used: ")
+    assert f"port {port}" in line and "hunter2" not in line
+
+
+def test_a_database_url_of_another_dialect_is_refused():
+    with pytest.raises(
+        ConfigurationError, match=r"DATAFERRY_DATABASE_URL \(value hidden\) does not"
+    ):
+        Settings.from_env({"DATAFERRY_DATABASE_URL": "mysql://meta:hunter2@db/meta"})
 
 
 def test_secret_never_shows_its_value():

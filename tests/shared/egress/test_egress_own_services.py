@@ -42,7 +42,6 @@ def test_the_metadata_database_is_refused_even_with_loopback_allowed(database_ur
         ("postgresql+psycopg://postgres@/meta?host=/var/run/postgresql&port=5433", 5433),
         ("postgresql+psycopg://postgres@/meta?host=/tmp,db.internal", 5432),
         ("postgresql+psycopg://postgres@/meta?hostaddr=10.0.0.5,127.0.0.1&port=6432", 6432),
-        ("mysql://root@/meta?unix_socket=/run/mysqld/mysqld.sock", 3306),
     ],
 )
 def test_a_metadata_database_reached_by_socket_is_refused_on_this_machine(
@@ -106,7 +105,7 @@ def test_a_metadata_database_by_name_is_refused_at_its_addresses(resolver):
     resolver["meta.internal"] = ["10.0.0.5"]
     resolver["alias.example"] = ["10.0.0.5"]
     settings = policy_settings(
-        database_url="mysql://dataferry@meta.internal/meta",
+        database_url="postgresql+psycopg://dataferry@meta.internal:3306/meta",
         datasource_allowed_networks="10.0.0.0/8",
     )
     assert "own services" in refusal("alias.example", 3306, settings).detail
