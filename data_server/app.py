@@ -164,7 +164,7 @@ def remove_dead_scratch(store: ResultStore) -> None:
         logger.exception("sweeping the scratch space failed")
         return
     if removed:
-        logger.info("removed the scratch of %d processes that are gone", removed)
+        logger.info("removed the scratch directories of processes that are gone: %d", removed)
 
 
 def start_workers(

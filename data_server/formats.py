@@ -151,7 +151,7 @@ def negotiate(accept: str | None, format_param: str | None) -> ResultFormat:
         if found and found[0] > 0:
             candidates.append((-found[0], found[1], _PREFERENCE.index(fmt), fmt))
     if not candidates:
-        supported = ", ".join(fmt.media_type for fmt in ResultFormat)
+        supported = ", ".join(_BY_MEDIA_TYPE)  # records is JSON too: asked for by ?format=
         raise NotAcceptable(f"Results can be served as {supported}.")
     return min(candidates, key=lambda c: c[:3])[3]
 
