@@ -29,8 +29,16 @@ from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.database_types import refuse_ssh_tunnel
-from shared.db.models import Dashboard, Datasource, Execution, Organization, SqlSnippet, utcnow
-from shared.errors import Conflict, TooManyRequests
+from shared.db.models import (
+    Dashboard,
+    Datasource,
+    Execution,
+    Organization,
+    Report,
+    SqlSnippet,
+    utcnow,
+)
+from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.filter_rules import variable_rules
 from shared.lifecycle import (
     ORGANIZATION_CAP_COUNTS,
@@ -89,6 +97,7 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     bound = bind_run(session, run, settings)
     key = reuse_key(datasource.id, bound) if run.report_id is not None else None
     organization = lock_organization(session, datasource.organization_id)
+    _require_still_there(session, run)
     if key is not None and run.reuse_since is not None:
         reusable = find_reusable(session, datasource, key, run.reuse_since, settings)
         if reusable is not None:
@@ -117,6 +126,22 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
             session.add(execution)
     announce_new_work(session)
     return QueuedRun(execution)
+
+
+def _require_still_there(session: Session, run: SqlRun) -> None:
+    """The datasource (and report) the run was read with still exist, held against a delete
+    (a key-share lock) until the execution is committed: a run racing a delete of either is a
+    404, not the execution's insert failing its foreign key. (On SQLite the organisation's lock,
+    the database's write lock, already orders the two.)"""
+    targets: list[tuple[type[Datasource] | type[Report], str, str]] = [
+        (Datasource, run.datasource.id, "No datasource with this id exists.")
+    ]
+    if run.report_id is not None:
+        targets.append((Report, run.report_id, "No report with this id exists."))
+    for model, row_id, detail in targets:
+        held = select(model.id).where(model.id == row_id).with_for_update(key_share=True)
+        if session.scalar(held) is None:
+            raise NotFound(detail)
 
 
 def bind_run(session: Session, run: SqlRun, settings: Settings) -> BoundQuery:

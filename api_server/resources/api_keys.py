@@ -174,7 +174,7 @@ def update_api_key(request: Request, principal: Principal) -> Response:
     query = API_KEYS.query(request, collection=False)
     data = API_KEYS.validate(API_KEYS.read(request, key_id), update=True)
     with request.app.state.sessions.begin() as session:
-        key = api_keys.get_key(session, principal, key_id)
+        key = api_keys.get_key(session, principal, key_id, for_update=True)
         api_keys.update_key(session, key, data.changes())
         return one(API_KEYS, query, key)
 
@@ -193,6 +193,7 @@ def update_api_key(request: Request, principal: Principal) -> Response:
 def delete_api_key(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:
         api_keys.delete_key(
-            session, api_keys.get_key(session, principal, request.path_params["id"])
+            session,
+            api_keys.get_key(session, principal, request.path_params["id"], for_update=True),
         )
     return Response(status_code=204)

@@ -19,6 +19,7 @@ from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, list_page
 from shared.api_key_shape import API_KEY_SHAPE
+from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, Organization, utcnow
 from shared.errors import Conflict, NotFound
 from shared.state_secrets import ServerSecrets
@@ -208,13 +209,20 @@ def list_keys(
     return list_page(session, ApiKey, ApiKey.id.in_(in_scope), query, ApiKey.created_at.asc())
 
 
-def get_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
-    """404 alike for an unknown key, a key of another organisation and one outside scope."""
-    key = session.scalar(
-        select(ApiKey).where(
-            ApiKey.organization_id == principal.organization_id, ApiKey.id == key_id
-        )
+def get_key(
+    session: Session, principal: Principal, key_id: str, *, for_update: bool = False
+) -> ApiKey:
+    """404 alike for an unknown key, a key of another organisation and one outside scope.
+    ``for_update``: to change or delete it, locked until the transaction ends (SQLite's write
+    lock first), so that what is checked (the operator's hold, that it still exists) stays true
+    until then."""
+    statement = select(ApiKey).where(
+        ApiKey.organization_id == principal.organization_id, ApiKey.id == key_id
     )
+    if for_update:
+        write_lock_on_sqlite(session)
+        statement = statement.with_for_update()
+    key = session.scalar(statement)
     if key is None or not within_scope(principal, key):
         raise NotFound(_KEY_NOT_FOUND)
     return key
@@ -250,8 +258,9 @@ def _held_by_operator(verb: str) -> Conflict:
 
 
 def find_key_anywhere(session: Session, key_id: str) -> ApiKey:
-    """The operator's view (CLI): any organisation's key by id."""
-    key = session.get(ApiKey, key_id)
+    """The operator's view (CLI): any organisation's key by id, locked to change it."""
+    write_lock_on_sqlite(session)
+    key = session.get(ApiKey, key_id, with_for_update=True)
     if key is None:
         raise NotFound(_KEY_NOT_FOUND)
     return key

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
@@ -88,10 +88,19 @@ _OWN_DATASOURCE = select(Datasource).where(
 )
 
 
-def get_datasource(session: Session, principal: Principal, datasource_id: str) -> Datasource:
-    """404 alike for a foreign, out-of-scope or unknown id: nothing tells them apart."""
+def get_datasource(
+    session: Session, principal: Principal, datasource_id: str, *, for_update: bool = False
+) -> Datasource:
+    """404 alike for a foreign, out-of-scope or unknown id: nothing tells them apart.
+    ``for_update``: to change it, locked until the transaction ends (SQLite's write lock first),
+    so that the checks of a change judge the row as it is written (a password required for a
+    new destination, say), and a change racing a delete finds it gone (404)."""
+    statement = _OWN_DATASOURCE
+    if for_update:
+        write_lock_on_sqlite(session)
+        statement = statement.with_for_update().execution_options(populate_existing=True)
     ds = session.scalar(
-        _OWN_DATASOURCE, {"id": datasource_id, "organization_id": principal.organization_id}
+        statement, {"id": datasource_id, "organization_id": principal.organization_id}
     )
     if ds is None or not principal.reaches_datasource(ds.id):
         raise NotFound(_NOT_FOUND_DETAIL)
@@ -151,7 +160,7 @@ def update_datasource(
     server_secrets: ServerSecrets,
 ) -> Datasource:
     """``changes``: the attributes the request sent, validated (only these change)."""
-    ds = get_datasource(session, principal, datasource_id)
+    ds = get_datasource(session, principal, datasource_id, for_update=True)
     changes = dict(changes)
     if ds.database_type == "sample":
         fixed = set(changes) - {"name", "enabled", "data_time_zone", "max_concurrent_executions"}
@@ -272,7 +281,10 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     lock_organization(session, ds.organization_id)
     _refuse_if_reports_use(session, ds)
     results = delete_executions(session, ds.organization_id, Execution.datasource_id == ds.id)
-    session.refresh(ds, with_for_update=True)
+    try:
+        session.refresh(ds, with_for_update=True)
+    except InvalidRequestError:  # a concurrent delete removed it since it was read above
+        raise NotFound(_NOT_FOUND_DETAIL) from None
     schema = ds.schema_data_key
     own_place = _own_place_of(session, ds)
     session.delete(ds)
@@ -341,6 +353,9 @@ def create_sample_datasource(session: Session, organization_id: str) -> Datasour
 
 
 def _check_datasource_limit(session: Session, organization_id: str, limit: int) -> None:
+    """Under the organisation's lock, held until the new one is committed: creates at once
+    cannot each count the same datasources and together pass the limit."""
+    lock_organization(session, organization_id)
     owned = session.scalar(
         select(func.count())
         .select_from(Datasource)

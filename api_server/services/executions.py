@@ -176,7 +176,9 @@ def queue_run(
     try:
         return queue_sql_execution(session, run, settings)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        existing = _find_idempotent(session, principal, idempotency_key or "")
+        if idempotency_key is None:  # no savepoint held the insert: the transaction is gone
+            raise
+        existing = _find_idempotent(session, principal, idempotency_key)
         if existing is None:
             raise
         return QueuedRun(_same_request_or_422(existing, fingerprint))

@@ -70,9 +70,15 @@ def list_reports(
     )
 
 
-def get_report(session: Session, principal: Principal, report_id: str) -> Report:
-    """404 alike for unknown, foreign and out-of-scope reports."""
-    report = session.scalar(select(Report).where(_visible(principal), Report.id == report_id))
+def get_report(
+    session: Session, principal: Principal, report_id: str, *, for_update: bool = False
+) -> Report:
+    """404 alike for unknown, foreign and out-of-scope reports. ``for_update``: to change or
+    delete it, locked until the transaction ends (the caller took SQLite's write lock)."""
+    statement = select(Report).where(_visible(principal), Report.id == report_id)
+    if for_update:
+        statement = statement.with_for_update(of=Report).execution_options(populate_existing=True)
+    report = session.scalar(statement)
     if report is None:
         raise NotFound(_NOT_FOUND_DETAIL)
     return report
@@ -135,8 +141,7 @@ def update_report(
     """``changes`` and ``related``: only what the request sent changes (a dashboard of None takes
     the report off its dashboard)."""
     write_lock_on_sqlite(session)
-    report = get_report(session, principal, report_id)
-    _lock_in_id_order(session, principal, {report.dashboard_id, related.get("dashboard")})
+    report = _locked_report(session, principal, report_id, related.get("dashboard"))
     _refuse_if_on_locked_dashboard(session, report)
     if "datasource" in related:
         report.datasource_id = _reachable_datasource(session, principal, related["datasource"])
@@ -155,11 +160,22 @@ def update_report(
 def delete_report(session: Session, principal: Principal, report_id: str) -> None:
     """Its executions stay (their ``report`` turns null)."""
     write_lock_on_sqlite(session)
-    report = get_report(session, principal, report_id)
+    report = _locked_report(session, principal, report_id)
     _refuse_if_on_locked_dashboard(session, report)
     _leave_dashboard(session, report)
     session.delete(report)
     session.flush()
+
+
+def _locked_report(
+    session: Session, principal: Principal, report_id: str, moved_to: str | None = None
+) -> Report:
+    """The report, locked to change or delete it (a request racing a delete then finds it gone,
+    a 404), after the dashboards it is on and is moved to: dashboards before reports is the
+    order a dashboard's delete takes them in, so the two cannot deadlock."""
+    report = get_report(session, principal, report_id)
+    _lock_in_id_order(session, principal, {report.dashboard_id, moved_to})
+    return get_report(session, principal, report_id, for_update=True)
 
 
 def _lock_in_id_order(
@@ -168,7 +184,7 @@ def _lock_in_id_order(
     """Lock the dashboards a move touches in one order (by id) before either is read, so that
     two reports moving opposite ways between two dashboards cannot deadlock."""
     ids = sorted(i for i in dashboard_ids if i is not None)
-    if len(ids) > 1:
+    if ids:
         session.scalars(
             select(Dashboard.id)
             .where(Dashboard.organization_id == principal.organization_id, Dashboard.id.in_(ids))

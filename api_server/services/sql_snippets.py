@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
+from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound
 from sql_templating.snippets import snippet_references
@@ -44,12 +45,18 @@ def list_snippets(
     return list_page(session, SqlSnippet, where, query, SqlSnippet.name.asc())
 
 
-def get_snippet(session: Session, principal: Principal, snippet_id: str) -> SqlSnippet:
-    snippet = session.scalar(
-        select(SqlSnippet).where(
-            SqlSnippet.organization_id == principal.organization_id, SqlSnippet.id == snippet_id
-        )
+def get_snippet(
+    session: Session, principal: Principal, snippet_id: str, *, for_update: bool = False
+) -> SqlSnippet:
+    """``for_update``: to change or delete it, locked until the transaction ends (SQLite's write
+    lock first): a request racing a delete finds it gone (404), not a row that vanished."""
+    statement = select(SqlSnippet).where(
+        SqlSnippet.organization_id == principal.organization_id, SqlSnippet.id == snippet_id
     )
+    if for_update:
+        write_lock_on_sqlite(session)
+        statement = statement.with_for_update()
+    snippet = session.scalar(statement)
     if snippet is None:
         raise NotFound(_NOT_FOUND_DETAIL)
     return snippet
@@ -73,14 +80,14 @@ def update_snippet(
     session: Session, principal: Principal, snippet_id: str, changes: dict[str, Any]
 ) -> SqlSnippet:
     principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
-    snippet = get_snippet(session, principal, snippet_id)
+    snippet = get_snippet(session, principal, snippet_id, for_update=True)
     _save(session, snippet, changes)
     return snippet
 
 
 def delete_snippet(session: Session, principal: Principal, snippet_id: str) -> None:
     principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
-    session.delete(get_snippet(session, principal, snippet_id))
+    session.delete(get_snippet(session, principal, snippet_id, for_update=True))
     session.flush()
 
 

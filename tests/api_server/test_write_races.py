@@ -1,0 +1,213 @@
+"""Two writes of one object at once, on SQLite and PostgreSQL: the first holds its transaction
+open (its service function returned, its commit not yet made) while the second is sent, so the
+interleaving a barrier only sometimes hits happens every time. The second must wait for the first
+and answer what it then finds (404 once the object is gone, 409 or 422 once it changed), never a
+500 from a row that vanished under it, and never undo or slip past what the first decided.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from api_server.permissions import Permission
+from api_server.services import api_keys, datasources, reports, sql_snippets
+from tests.support.factories import POSTGRES_DATASOURCE, Api, resource
+
+HOLD_SECONDS = 0.5
+
+
+def while_held(
+    monkeypatch: pytest.MonkeyPatch,
+    module: Any,
+    function: str,
+    first: Callable[[], httpx.Response],
+    second: Callable[[], httpx.Response],
+) -> tuple[httpx.Response, httpx.Response]:
+    """``first`` runs until ``module.function`` returned inside its transaction, which then stays
+    open ``HOLD_SECONDS`` while ``second`` is sent; both answers."""
+    real, inside = getattr(module, function), threading.Event()
+
+    def holding(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        if not inside.is_set():  # the first call only
+            inside.set()
+            time.sleep(HOLD_SECONDS)
+        return result
+
+    monkeypatch.setattr(module, function, holding)
+    answers: dict[str, httpx.Response] = {}
+    thread = threading.Thread(target=lambda: answers.setdefault("first", first()))
+    thread.start()
+    assert inside.wait(30)
+    answers["second"] = second()
+    thread.join(30)
+    return answers["first"], answers["second"]
+
+
+def _snippet(api: Api, key: str) -> str:
+    created = api.post("/sql_snippets", key, resource("sql_snippets", name="paid", sql="1 = 1"))
+    assert created.status_code == 201, created.text
+    return created.json()["data"]["id"]
+
+
+def _report(api: Api, key: str, datasource: str) -> str:
+    document = {
+        "data": {
+            "type": "reports",
+            "attributes": {"name": "r", "sql_query": "SELECT 1"},
+            "relationships": {"datasource": {"data": {"type": "datasources", "id": datasource}}},
+        }
+    }
+    created = api.post("/reports", key, document)
+    assert created.status_code == 201, created.text
+    return created.json()["data"]["id"]
+
+
+@pytest.mark.parametrize("second", ["PATCH", "DELETE"])
+@pytest.mark.parametrize("kind", ["sql_snippets", "reports", "api_keys"])
+def test_a_write_racing_a_delete_finds_the_object_gone(api, monkeypatch, kind, second):
+    """Before, on PostgreSQL, a PATCH racing a DELETE failed with a 500 (StaleDataError: the row
+    it read was gone when it wrote), and two DELETEs both answered 204."""
+    org = api.create_org()
+    if kind == "sql_snippets":
+        object_id, module, delete = _snippet(api, org.key), sql_snippets, "delete_snippet"
+        change = {"name": "renamed"}
+    elif kind == "reports":
+        object_id = _report(api, org.key, org.sample_datasource_id)
+        module, delete, change = reports, "delete_report", {"name": "renamed"}
+    else:
+        held = api.create_key(org, [Permission.VIEW_DATASOURCES])
+        object_id = api.get("/api_key", held).json()["data"]["id"]
+        module, delete, change = api_keys, "delete_key", {"name": "renamed"}
+    path = f"/{kind}/{object_id}"
+
+    def patch() -> httpx.Response:
+        return api.patch(path, org.key, resource(kind, object_id, **change))
+
+    deleted, raced = while_held(
+        monkeypatch,
+        module,
+        delete,
+        lambda: api.delete(path, org.key),
+        patch if second == "PATCH" else lambda: api.delete(path, org.key),
+    )
+    assert deleted.status_code == 204, deleted.text
+    assert raced.status_code == 404, raced.text
+    assert api.get(path, org.key).status_code == 404
+
+
+def test_deletes_of_one_datasource_at_once_answer_204_then_404(api, monkeypatch):
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, name="D1")["id"]
+    path = f"/datasources/{datasource}"
+    first, second = while_held(
+        monkeypatch,
+        datasources,
+        "delete_datasource",
+        lambda: api.delete(path, org.key),
+        lambda: api.delete(path, org.key),
+    )
+    assert (first.status_code, second.status_code) == (204, 404), (first.text, second.text)
+
+
+def test_creates_at_once_never_pass_the_datasource_limit(api, monkeypatch):
+    """Before, creates sent together each counted the same datasources and all succeeded."""
+    org = api.create_org()
+    limit = api.settings.max_datasources
+    for n in range(limit - 1):
+        api.create_datasource(org.key, name=f"D{n}")
+
+    def create(name: str) -> Callable[[], httpx.Response]:
+        attributes = {"name": name, "database_type": "files", "database": name}
+        api.area(org).joinpath(name).mkdir()
+        return lambda: api.post("/datasources", org.key, resource("datasources", **attributes))
+
+    first, second = while_held(
+        monkeypatch, datasources, "create_datasource", create("last"), create("over")
+    )
+    assert first.status_code == 201, first.text
+    assert second.status_code == 409 and "datasource_limit_reached" in second.text, second.text
+
+
+def test_a_new_destination_racing_a_new_password_still_needs_the_password(api, monkeypatch):
+    """Before, a host change read the datasource before a concurrent PATCH gave it a password,
+    so it was not asked for the password again: the password then went to the new host."""
+    org = api.create_org()
+    created = api.post(
+        "/datasources",
+        org.key,
+        resource("datasources", name="pg", **POSTGRES_DATASOURCE),
+    )
+    assert created.status_code == 201, created.text
+    datasource = created.json()["data"]["id"]
+    path = f"/datasources/{datasource}"
+    password = resource("datasources", datasource, password="s3cret")
+    host = resource("datasources", datasource, host="127.0.0.2")
+    given, moved = while_held(
+        monkeypatch,
+        datasources,
+        "update_datasource",
+        lambda: api.patch(path, org.key, password),
+        lambda: api.patch(path, org.key, host),
+    )
+    assert given.status_code == 200, given.text
+    assert moved.status_code == 422 and "password" in moved.text, moved.text
+
+
+def test_an_operators_disable_racing_an_api_enable_holds(api, monkeypatch):
+    """Before, the API's enable read the key before the operator's disable committed, and
+    undid it: the key authenticated again."""
+    org = api.create_org()
+    key = api.create_key(org, [Permission.MANAGE_USERS])
+    key_id = api.get("/api_key", key).json()["data"]["id"]
+    other = api.create_key(org, [Permission.MANAGE_USERS])
+    sessions = api.app.state.sessions
+
+    def operator_disables() -> httpx.Response:
+        with sessions.begin() as session:
+            api_keys.set_enabled_by_operator(
+                session, api_keys.find_key_anywhere(session, key_id), enabled=False
+            )
+        return httpx.Response(204)
+
+    path = f"/api_keys/{key_id}"
+    _, enabled = while_held(
+        monkeypatch,
+        api_keys,
+        "set_enabled_by_operator",
+        operator_disables,
+        lambda: api.patch(path, other, resource("api_keys", key_id, enabled=True)),
+    )
+    assert enabled.status_code == 409 and "disabled_by_operator" in enabled.text, enabled.text
+    assert api.get("/api_key", key).status_code == 401
+
+
+@pytest.mark.parametrize("deleted", ["datasource", "report"])
+def test_a_run_racing_the_delete_of_what_it_runs_on_is_404(api, monkeypatch, deleted):
+    """Before, the execution's insert failed its foreign key once the delete committed: a 500."""
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, name="D1")["id"]
+    report = _report(api, org.key, datasource)
+    if deleted == "datasource":
+        api.delete(f"/reports/{report}", org.key)
+        module, function, path = datasources, "delete_datasource", f"/datasources/{datasource}"
+        run = f"/datasources/{datasource}/executions"
+        body = {"sql_query": "SELECT 1", "parameters": {}}
+    else:
+        module, function, path = reports, "delete_report", f"/reports/{report}"
+        run, body = f"/reports/{report}/executions", {}
+    gone, ran = while_held(
+        monkeypatch,
+        module,
+        function,
+        lambda: api.delete(path, org.key),
+        lambda: api.client.post(run, json=body, headers={"Authorization": f"Api {org.key}"}),
+    )
+    assert gone.status_code == 204, gone.text
+    assert ran.status_code == 404, ran.text
