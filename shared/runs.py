@@ -97,7 +97,7 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     bound = bind_run(session, run, settings)
     key = reuse_key(datasource.id, bound) if run.report_id is not None else None
     organization = lock_organization(session, datasource.organization_id)
-    _require_still_there(session, run)
+    require_still_there(session, datasource.id, run.report_id)
     if key is not None and run.reuse_since is not None:
         reusable = find_reusable(session, datasource, key, run.reuse_since, settings)
         if reusable is not None:
@@ -128,16 +128,16 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     return QueuedRun(execution)
 
 
-def _require_still_there(session: Session, run: SqlRun) -> None:
-    """The datasource (and report) the run was read with still exist, held against a delete
-    (a key-share lock) until the execution is committed: a run racing a delete of either is a
-    404, not the execution's insert failing its foreign key. (On SQLite the organisation's lock,
-    the database's write lock, already orders the two.)"""
+def require_still_there(session: Session, datasource_id: str, report_id: str | None) -> None:
+    """The datasource (and report) an execution about to be inserted was read with still exist,
+    held against a delete (a key-share lock) until it is committed: one racing a delete of
+    either is a 404, not the insert failing its foreign key. (On SQLite the caller holds the
+    database's write lock, which already orders the two.)"""
     targets: list[tuple[type[Datasource] | type[Report], str, str]] = [
-        (Datasource, run.datasource.id, "No datasource with this id exists.")
+        (Datasource, datasource_id, "No datasource with this id exists.")
     ]
-    if run.report_id is not None:
-        targets.append((Report, run.report_id, "No report with this id exists."))
+    if report_id is not None:
+        targets.append((Report, report_id, "No report with this id exists."))
     for model, row_id, detail in targets:
         held = select(model.id).where(model.id == row_id).with_for_update(key_share=True)
         if session.scalar(held) is None:

@@ -325,4 +325,10 @@ def queue_refresh(sessions: sessionmaker[Session], datasource_id: str) -> str | 
         ds = session.get(Datasource, datasource_id)
         if ds is None or not ds.enabled:
             return None
-        return executions.create_system_execution(session, ds, ExecutionType.DATASOURCE_REFRESH).id
+        try:
+            execution = executions.create_system_execution(
+                session, ds, ExecutionType.DATASOURCE_REFRESH
+            )
+        except NotFound:  # deleted since it was read
+            return None
+        return execution.id

@@ -22,12 +22,19 @@ from sqlalchemy.orm import Session
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
 from shared import lifecycle
+from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Report, utcnow
 from shared.errors import NotFound, Unprocessable
 from shared.input_models import InputModel, Problem, problem, validate_input
 from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.notifications import announce_new_work
-from shared.runs import QueuedRun, SqlRun, queue_sql_execution, require_enabled
+from shared.runs import (
+    QueuedRun,
+    SqlRun,
+    queue_sql_execution,
+    require_enabled,
+    require_still_there,
+)
 from shared.settings import Settings
 from sql_templating.parameters import InputParameters
 
@@ -208,6 +215,8 @@ def create_system_execution(
 ) -> Execution:
     """A refresh or connection test: queued like any execution, run by a data server."""
     require_enabled(datasource)
+    write_lock_on_sqlite(session)
+    require_still_there(session, datasource.id, None)
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=datasource.organization_id,

@@ -188,17 +188,19 @@ def test_an_operators_disable_racing_an_api_enable_holds(api, monkeypatch):
     assert api.get("/api_key", key).status_code == 401
 
 
-@pytest.mark.parametrize("deleted", ["datasource", "report"])
+@pytest.mark.parametrize("deleted", ["datasource", "report", "datasource refreshed"])
 def test_a_run_racing_the_delete_of_what_it_runs_on_is_404(api, monkeypatch, deleted):
     """Before, the execution's insert failed its foreign key once the delete committed: a 500."""
     org = api.create_org()
     datasource = api.create_datasource(org.key, name="D1")["id"]
     report = _report(api, org.key, datasource)
-    if deleted == "datasource":
+    if deleted.startswith("datasource"):
         api.delete(f"/reports/{report}", org.key)
         module, function, path = datasources, "delete_datasource", f"/datasources/{datasource}"
         run = f"/datasources/{datasource}/executions"
         body = {"sql_query": "SELECT 1", "parameters": {}}
+        if deleted == "datasource refreshed":
+            run, body = f"/datasources/{datasource}/refresh", {}
     else:
         module, function, path = reports, "delete_report", f"/reports/{report}"
         run, body = f"/reports/{report}/executions", {}
