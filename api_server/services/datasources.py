@@ -290,10 +290,10 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     session.delete(ds)
     try:
         session.flush()
-    except IntegrityError:  # a report or filter created on it since the check above committed
+    except IntegrityError:  # a report, filter or execution created on it meanwhile committed
         raise Conflict(
-            "A report or filter was just created on this datasource; move it to another "
-            "datasource or delete it first.",
+            "A report, filter or execution was just created on this datasource; delete again, "
+            "or first move or delete the report or filter.",
             code="datasource_in_use",
         ) from None
     return DeletedData(
