@@ -99,8 +99,8 @@ def remove_own_place(data_root: Path, organization_id: str, relative: str) -> No
     goes too) or finds the datasource gone."""
     area = organization_area(data_root, organization_id)
     place = area / relative
-    if not place.parent.resolve().is_relative_to(area):
-        return
+    if not area.is_dir() or not place.parent.resolve().is_relative_to(area):
+        return  # no area: nothing was ever put there
     with area_locked(area):
         if place.is_symlink() or place.is_file():
             place.unlink(missing_ok=True)

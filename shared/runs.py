@@ -139,7 +139,7 @@ def require_still_there(session: Session, datasource_id: str, report_id: str | N
     if report_id is not None:
         targets.append((Report, report_id, "No report with this id exists."))
     for model, row_id, detail in targets:
-        held = select(model.id).where(model.id == row_id).with_for_update(key_share=True)
+        held = select(model.id).where(model.id == row_id).with_for_update(read=True, key_share=True)
         if session.scalar(held) is None:
             raise NotFound(detail)
 

@@ -341,7 +341,7 @@ class Settings(BaseModel):
     def _postgresql_through_psycopg(cls, url: str) -> str:
         """The PostgreSQL driver installed is psycopg (3): a URL naming no driver means it."""
         scheme, _, rest = url.partition("://")
-        return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else url
+        return f"postgresql+psycopg://{rest}" if scheme.startswith("postgres") else url
 
     @field_validator("datasource_allowed_networks")
     @classmethod

@@ -221,6 +221,7 @@ _INVALID = (
     "or dashboard the key reaches (`datasource_not_found`, `dashboard_not_found`: one answer for "
     "unknown, foreign and out-of-scope ids)."
 )
+_MOVED_MEANWHILE = "another request moved it meanwhile (`concurrent_change`): send it again."
 _LOCKED = "The dashboard is locked (`dashboard_locked`)"
 _RUN_ERRORS = (
     "The body or its parameters are not valid (the parameter codes of docs/sql-parameters.md), "
@@ -385,7 +386,8 @@ def show_report(request: Request, principal: Principal) -> Response:
     errors={
         400: doc.BAD_DOCUMENT,
         404: None,
-        409: f"{_LOCKED}: the one it is on, or the one it would move to; or {doc.WRONG_TYPE_OR_ID}",
+        409: f"{_LOCKED}: the one it is on, or the one it would move to; or {doc.WRONG_TYPE_OR_ID}; "
+        f"or {_MOVED_MEANWHILE}",
         422: _INVALID,
     },
 )
@@ -414,7 +416,7 @@ def _view(session: Session, principal: Principal, report: Report) -> reports.Rep
     audit="report.delete",
     subject=REPORTS,
     responses=doc.DELETED,
-    errors={404: None, 409: f"{_LOCKED}."},
+    errors={404: None, 409: f"{_LOCKED}; or {_MOVED_MEANWHILE}"},
 )
 def delete_report(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:

@@ -327,7 +327,10 @@ def _group(
         DashboardGroup.organization_id == principal.organization_id,
         DashboardGroup.id == group_id,
     )
-    group = session.scalar(statement.with_for_update() if for_update else statement)
+    if for_update:
+        write_lock_on_sqlite(session)
+        statement = statement.with_for_update()
+    group = session.scalar(statement)
     if group is None:
         raise NotFound(_NO_GROUP)
     return group

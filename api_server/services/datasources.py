@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.exc import IntegrityError, InvalidRequestError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
@@ -88,6 +88,9 @@ _OWN_DATASOURCE = select(Datasource).where(
 )
 
 
+_LOCKED_ROW = select(Datasource.id).where(Datasource.id == bindparam("id")).with_for_update()
+
+
 def get_datasource(
     session: Session, principal: Principal, datasource_id: str, *, for_update: bool = False
 ) -> Datasource:
@@ -96,9 +99,11 @@ def get_datasource(
     so that the checks of a change judge the row as it is written (a password required for a
     new destination, say), and a change racing a delete finds it gone (404)."""
     statement = _OWN_DATASOURCE
-    if for_update:
+    if for_update:  # FOR NO KEY UPDATE: runs holding it (FOR KEY SHARE) are not held up
         write_lock_on_sqlite(session)
-        statement = statement.with_for_update().execution_options(populate_existing=True)
+        statement = statement.with_for_update(key_share=True).execution_options(
+            populate_existing=True
+        )
     ds = session.scalar(
         statement, {"id": datasource_id, "organization_id": principal.organization_id}
     )
@@ -116,7 +121,6 @@ def create_datasource(
 ) -> Datasource:
     """``attributes``: every writable attribute, validated, defaults filled in."""
     principal.require_every_datasource("create datasources")
-    _check_datasource_limit(session, principal.organization_id, settings.max_datasources)
     password, database_type = attributes.get("password"), attributes["database_type"]
     values = {
         name: value
@@ -133,6 +137,9 @@ def create_datasource(
         values.get("host"),
         _destination_port(database_type, values.get("port"), values["require_ssl"]),
     )
+    # After the destination's check (a name lookup may take a while): the organisation's lock
+    # is held from here until the commit.
+    _check_datasource_limit(session, principal.organization_id, settings.max_datasources)
     # Last: for a file type it may make the datasource's folder, which no later check undoes.
     values["database"] = _checked_database_path(
         session,
@@ -281,10 +288,9 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     lock_organization(session, ds.organization_id)
     _refuse_if_reports_use(session, ds)
     results = delete_executions(session, ds.organization_id, Execution.datasource_id == ds.id)
-    try:
-        session.refresh(ds, with_for_update=True)
-    except InvalidRequestError:  # a concurrent delete removed it since it was read above
-        raise NotFound(_NOT_FOUND_DETAIL) from None
+    if session.scalar(_LOCKED_ROW, {"id": ds.id}) is None:  # a concurrent delete won
+        raise NotFound(_NOT_FOUND_DETAIL)
+    session.refresh(ds)
     schema = ds.schema_data_key
     own_place = _own_place_of(session, ds)
     session.delete(ds)

@@ -37,6 +37,7 @@ from shared.errors import (
 )
 from shared.filter_rules import MAX_OPTIONS, VALUE_TYPES_OF_CONTROL, filters_within
 from shared.lifecycle import ExecutionStatus
+from shared.organization_rows import lock_organization
 from shared.results import ResultGone, ResultStore, result_object_key
 from shared.settings import Settings
 from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar, TimeRange
@@ -150,8 +151,10 @@ def create_filter(
     settings: Settings,
 ) -> Filter:
     """``values``: every writable attribute (defaults filled in); ``sent``: those the request
-    named; ``related``: the datasource's id (or None), if sent."""
-    write_lock_on_sqlite(session)
+    named; ``related``: the datasource's id (or None), if sent. The organisation is locked
+    first, as restores and runs lock it, before the filter's row exists: a static filter's run
+    locks it too, and a restore creating a filter of the same variable must not hold it then."""
+    lock_organization(session, principal.organization_id)
     datasource_id = _reachable_datasource(session, principal, related.get("datasource"))
     _refuse_organization_wide(principal, datasource_id)
     state = _settled(dict(values), sent, was_static=False)
@@ -173,7 +176,7 @@ def update_filter(
 ) -> Filter:
     """Only what the request sent changes; a static SQL filter whose SQL or datasource changed
     (or that just became one) runs its SQL again, its old options answering until then."""
-    write_lock_on_sqlite(session)
+    lock_organization(session, principal.organization_id)  # first: see create_filter
     row = get_filter(session, principal, filter_id, for_update=True)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
     _refuse_organization_wide(principal, row.datasource_id)

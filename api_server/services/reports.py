@@ -77,7 +77,9 @@ def get_report(
     delete it, locked until the transaction ends (the caller took SQLite's write lock)."""
     statement = select(Report).where(_visible(principal), Report.id == report_id)
     if for_update:
-        statement = statement.with_for_update(of=Report).execution_options(populate_existing=True)
+        statement = statement.with_for_update(of=Report, key_share=True).execution_options(
+            populate_existing=True
+        )  # FOR NO KEY UPDATE: runs holding it (FOR KEY SHARE) are not held up
     report = session.scalar(statement)
     if report is None:
         raise NotFound(_NOT_FOUND_DETAIL)
@@ -174,8 +176,15 @@ def _locked_report(
     a 404), after the dashboards it is on and is moved to: dashboards before reports is the
     order a dashboard's delete takes them in, so the two cannot deadlock."""
     report = get_report(session, principal, report_id)
-    _lock_in_id_order(session, principal, {report.dashboard_id, moved_to})
-    return get_report(session, principal, report_id, for_update=True)
+    read_on = report.dashboard_id
+    _lock_in_id_order(session, principal, {read_on, moved_to})
+    report = get_report(session, principal, report_id, for_update=True)
+    if report.dashboard_id != read_on:  # moved meanwhile: its dashboard was not locked first
+        raise Conflict(
+            "The report was moved to another dashboard while this request ran; send it again.",
+            code="concurrent_change",
+        )
+    return report
 
 
 def _lock_in_id_order(

@@ -213,3 +213,50 @@ def test_a_run_racing_the_delete_of_what_it_runs_on_is_404(api, monkeypatch, del
     )
     assert gone.status_code == 204, gone.text
     assert ran.status_code == 404, ran.text
+
+
+def test_a_restore_racing_a_static_filter_of_its_variable_does_not_deadlock(api, monkeypatch):
+    """Before, on PostgreSQL: the filter's create inserted its row, then locked the organisation
+    to queue its SQL; a restore that had locked the organisation meanwhile waited on that row's
+    unique name: a deadlock, the restore's 500. The create now locks the organisation first."""
+    from api_server.services import dashboard_backups
+    from api_server.services import filters as filter_service
+    from tests.api_server.test_dashboard_backups import _backup, _restore, _sales_dashboard
+    from tests.api_server.test_filters import _create, _dropdown
+
+    source, target = api.create_org("Source"), api.create_org("Target")
+    shop = api.create_datasource(source.key, name="Shop")["id"]
+    backup = _backup(api, source.key, _sales_dashboard(api, source, shop))
+    their_shop = api.create_datasource(target.key, name="Shop")["id"]
+    mapping = {shop: their_shop, source.sample_datasource_id: target.sample_datasource_id}
+    inserted, restore_locked = threading.Event(), threading.Event()
+    queue_static, mapped = filter_service._queue_static, dashboard_backups._mapped_datasources
+
+    def queue_after_the_restore_locked(*args: Any, **kwargs: Any) -> Any:
+        if not inserted.is_set():  # the filter's row is written: let the restore lock now
+            inserted.set()
+            restore_locked.wait(2)  # it cannot, once the create holds the organisation
+        return queue_static(*args, **kwargs)
+
+    def mapped_and_locked(*args: Any, **kwargs: Any) -> Any:
+        restore_locked.set()
+        return mapped(*args, **kwargs)
+
+    monkeypatch.setattr(filter_service, "_queue_static", queue_after_the_restore_locked)
+    monkeypatch.setattr(dashboard_backups, "_mapped_datasources", mapped_and_locked)
+    static = _dropdown(
+        options_source="static_sql", options_sql_query="SELECT 'de'", values=None, value_names=None
+    )
+    answers: dict[str, httpx.Response] = {}
+    create = threading.Thread(
+        target=lambda: answers.setdefault(
+            "filter", _create(api, target.key, target.sample_datasource_id, **static)
+        )
+    )
+    create.start()
+    assert inserted.wait(30)
+    answers["restore"] = _restore(api, target.key, backup, mapping)
+    create.join(30)
+    assert answers["filter"].status_code == 201, answers["filter"].text
+    restored = answers["restore"]
+    assert restored.status_code == 409 and "filter_conflict" in restored.text, restored.text
