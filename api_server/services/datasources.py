@@ -92,18 +92,27 @@ _LOCKED_ROW = select(Datasource.id).where(Datasource.id == bindparam("id")).with
 
 
 def get_datasource(
-    session: Session, principal: Principal, datasource_id: str, *, for_update: bool = False
+    session: Session,
+    principal: Principal,
+    datasource_id: str,
+    *,
+    for_update: bool = False,
+    held: bool = False,
 ) -> Datasource:
     """404 alike for a foreign, out-of-scope or unknown id: nothing tells them apart.
     ``for_update``: to change it, locked until the transaction ends (SQLite's write lock first),
     so that the checks of a change judge the row as it is written (a password required for a
-    new destination, say), and a change racing a delete finds it gone (404)."""
+    new destination, say), and a change racing a delete finds it gone (404). ``held``: a row
+    about to reference it (a report) is inserted next; a delete waits until then (the caller
+    holds SQLite's write lock)."""
     statement = _OWN_DATASOURCE
     if for_update:  # FOR NO KEY UPDATE: runs holding it (FOR KEY SHARE) are not held up
         write_lock_on_sqlite(session)
         statement = statement.with_for_update(key_share=True).execution_options(
             populate_existing=True
         )
+    elif held:  # FOR KEY SHARE: a delete waits for the caller, which links a new row to it
+        statement = statement.with_for_update(read=True, key_share=True)
     ds = session.scalar(
         statement, {"id": datasource_id, "organization_id": principal.organization_id}
     )

@@ -206,7 +206,7 @@ def _reachable_datasource(session: Session, principal: Principal, datasource_id:
     """A datasource of the organisation inside the key's scope; any other id is the same 422, so
     that a restricted key never learns that a datasource outside its scope exists."""
     try:
-        return get_datasource(session, principal, datasource_id or "").id
+        return get_datasource(session, principal, datasource_id or "", held=True).id
     except NotFound:
         raise Unprocessable(
             "No datasource with this id exists.",

@@ -260,3 +260,31 @@ def test_a_restore_racing_a_static_filter_of_its_variable_does_not_deadlock(api,
     assert answers["filter"].status_code == 201, answers["filter"].text
     restored = answers["restore"]
     assert restored.status_code == 409 and "filter_conflict" in restored.text, restored.text
+
+
+def test_a_report_created_on_a_datasource_being_deleted_is_422(api, monkeypatch):
+    """Before, on PostgreSQL, the report read the datasource before the delete committed, and
+    its insert then failed the foreign key: a 500."""
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, name="D1")["id"]
+    deleted, created = while_held(
+        monkeypatch,
+        datasources,
+        "delete_datasource",
+        lambda: api.delete(f"/datasources/{datasource}", org.key),
+        lambda: api.post(
+            "/reports",
+            org.key,
+            {
+                "data": {
+                    "type": "reports",
+                    "attributes": {"name": "r", "sql_query": "SELECT 1"},
+                    "relationships": {
+                        "datasource": {"data": {"type": "datasources", "id": datasource}}
+                    },
+                }
+            },
+        ),
+    )
+    assert deleted.status_code == 204, deleted.text
+    assert created.status_code == 422 and "datasource_not_found" in created.text, created.text
