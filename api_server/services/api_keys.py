@@ -219,9 +219,9 @@ def get_key(
     statement = select(ApiKey).where(
         ApiKey.organization_id == principal.organization_id, ApiKey.id == key_id
     )
-    if for_update:
+    if for_update:  # FOR NO KEY UPDATE: the executions it starts meanwhile are not held up
         write_lock_on_sqlite(session)
-        statement = statement.with_for_update()
+        statement = statement.with_for_update(key_share=True)
     key = session.scalar(statement)
     if key is None or not within_scope(principal, key):
         raise NotFound(_KEY_NOT_FOUND)
@@ -260,7 +260,7 @@ def _held_by_operator(verb: str) -> Conflict:
 def find_key_anywhere(session: Session, key_id: str) -> ApiKey:
     """The operator's view (CLI): any organisation's key by id, locked to change it."""
     write_lock_on_sqlite(session)
-    key = session.get(ApiKey, key_id, with_for_update=True)
+    key = session.get(ApiKey, key_id, with_for_update={"key_share": True})
     if key is None:
         raise NotFound(_KEY_NOT_FOUND)
     return key

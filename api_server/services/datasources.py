@@ -88,7 +88,7 @@ _OWN_DATASOURCE = select(Datasource).where(
 )
 
 
-_LOCKED_ROW = select(Datasource.id).where(Datasource.id == bindparam("id")).with_for_update()
+_LOCKED_FOR_DELETE = select(Datasource.id).where(Datasource.id == bindparam("id")).with_for_update()
 
 
 def get_datasource(
@@ -297,7 +297,7 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
     lock_organization(session, ds.organization_id)
     _refuse_if_reports_use(session, ds)
     results = delete_executions(session, ds.organization_id, Execution.datasource_id == ds.id)
-    if session.scalar(_LOCKED_ROW, {"id": ds.id}) is None:  # a concurrent delete won
+    if session.scalar(_LOCKED_FOR_DELETE, {"id": ds.id}) is None:  # a concurrent delete won
         raise NotFound(_NOT_FOUND_DETAIL)
     session.refresh(ds)
     schema = ds.schema_data_key
