@@ -339,9 +339,24 @@ class Settings(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _postgresql_through_psycopg(cls, url: str) -> str:
-        """The PostgreSQL driver installed is psycopg (3): a URL naming no driver means it."""
+        """The PostgreSQL driver installed is psycopg (3): a URL naming no driver means it. The
+        query's parameters are libpq's connection options; one libpq does not know is refused
+        here, in one line, rather than at the first connection, in a traceback."""
         scheme, _, rest = url.partition("://")
-        return f"postgresql+psycopg://{rest}" if scheme.startswith("postgres") else url
+        if not scheme.startswith("postgres"):
+            return url
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import make_conninfo
+        from sqlalchemy.engine import make_url
+
+        options = {
+            name: str(value) for name, value in make_url(f"postgresql://{rest}").query.items()
+        }
+        try:
+            make_conninfo("", **options)
+        except ProgrammingError as error:  # names the option, never a value
+            raise ValueError(str(error).strip()) from None
+        return f"postgresql+psycopg://{rest}"
 
     @field_validator("datasource_allowed_networks")
     @classmethod

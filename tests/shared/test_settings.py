@@ -239,6 +239,19 @@ def test_a_database_url_of_another_dialect_is_refused():
         Settings.from_env({"DATAFERRY_DATABASE_URL": "mysql://meta:hunter2@db/meta"})
 
 
+def test_a_connection_option_libpq_does_not_know_is_refused_in_one_line():
+    """Before, the first connection raised it, in a traceback."""
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({"DATAFERRY_DATABASE_URL": "postgresql://m:hunter2@db/meta?sslmod=x"})
+    message = str(refused.value)
+    assert 'invalid connection option "sslmod"' in message
+    assert "\n" not in message and "hunter2" not in message
+    kept = "postgresql://m@db/meta?sslmode=require&host=/run/postgresql,db.internal&port=5433"
+    assert Settings.from_env({"DATAFERRY_DATABASE_URL": kept}).database_url == kept.replace(
+        "postgresql://", "postgresql+psycopg://"
+    )
+
+
 def test_secret_never_shows_its_value():
     secret = Secret("hunter2")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
