@@ -29,6 +29,7 @@ from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.database_types import refuse_ssh_tunnel
+from shared.db.engine import held_against_delete
 from shared.db.models import (
     Dashboard,
     Datasource,
@@ -139,8 +140,7 @@ def require_still_there(session: Session, datasource_id: str, report_id: str | N
     if report_id is not None:
         targets.append((Report, report_id, "No report with this id exists."))
     for model, row_id, detail in targets:
-        held = select(model.id).where(model.id == row_id).with_for_update(read=True, key_share=True)
-        if session.scalar(held) is None:
+        if session.scalar(held_against_delete(select(model.id).where(model.id == row_id))) is None:
             raise NotFound(detail)
 
 

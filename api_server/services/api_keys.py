@@ -19,7 +19,7 @@ from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, list_page
 from shared.api_key_shape import API_KEY_SHAPE
-from shared.db.engine import write_lock_on_sqlite
+from shared.db.engine import locked_to_change, write_lock_on_sqlite
 from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, Organization, utcnow
 from shared.errors import Conflict, NotFound
 from shared.state_secrets import ServerSecrets
@@ -219,10 +219,7 @@ def get_key(
     statement = select(ApiKey).where(
         ApiKey.organization_id == principal.organization_id, ApiKey.id == key_id
     )
-    if for_update:  # FOR NO KEY UPDATE: the executions it starts meanwhile are not held up
-        write_lock_on_sqlite(session)
-        statement = statement.with_for_update(key_share=True)
-    key = session.scalar(statement)
+    key = session.scalar(locked_to_change(session, statement) if for_update else statement)
     if key is None or not within_scope(principal, key):
         raise NotFound(_KEY_NOT_FOUND)
     return key

@@ -22,7 +22,7 @@ from api_server.principals import Principal
 from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.sql_snippets import named_snippet_ids
-from shared.db.engine import write_lock_on_sqlite
+from shared.db.engine import locked_to_change, write_lock_on_sqlite
 from shared.db.models import (
     Dashboard,
     DashboardGroup,
@@ -327,10 +327,7 @@ def _group(
         DashboardGroup.organization_id == principal.organization_id,
         DashboardGroup.id == group_id,
     )
-    if for_update:
-        write_lock_on_sqlite(session)
-        statement = statement.with_for_update()
-    group = session.scalar(statement)
+    group = session.scalar(locked_to_change(session, statement) if for_update else statement)
     if group is None:
         raise NotFound(_NO_GROUP)
     return group

@@ -24,7 +24,7 @@ from shared.datapaths import (
     organization_area,
     resolve_datasource_path,
 )
-from shared.db.engine import write_lock_on_sqlite
+from shared.db.engine import held_against_delete, locked_to_change, write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Filter, Report
 from shared.egress import check_destination
 from shared.errors import AppError, Conflict, NotFound, Unprocessable
@@ -106,13 +106,10 @@ def get_datasource(
     about to reference it (a report) is inserted next; a delete waits until then (the caller
     holds SQLite's write lock)."""
     statement = _OWN_DATASOURCE
-    if for_update:  # FOR NO KEY UPDATE: runs holding it (FOR KEY SHARE) are not held up
-        write_lock_on_sqlite(session)
-        statement = statement.with_for_update(key_share=True).execution_options(
-            populate_existing=True
-        )
-    elif held:  # FOR KEY SHARE: a delete waits for the caller, which links a new row to it
-        statement = statement.with_for_update(read=True, key_share=True)
+    if for_update:
+        statement = locked_to_change(session, statement)
+    elif held:
+        statement = held_against_delete(statement)
     ds = session.scalar(
         statement, {"id": datasource_id, "organization_id": principal.organization_id}
     )

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
-from shared.db.engine import write_lock_on_sqlite
+from shared.db.engine import locked_to_change
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound
 from sql_templating.snippets import snippet_references
@@ -53,10 +53,7 @@ def get_snippet(
     statement = select(SqlSnippet).where(
         SqlSnippet.organization_id == principal.organization_id, SqlSnippet.id == snippet_id
     )
-    if for_update:
-        write_lock_on_sqlite(session)
-        statement = statement.with_for_update()
-    snippet = session.scalar(statement)
+    snippet = session.scalar(locked_to_change(session, statement) if for_update else statement)
     if snippet is None:
         raise NotFound(_NOT_FOUND_DETAIL)
     return snippet

@@ -6,11 +6,13 @@ import select as io_select
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, exc, func, select
+from sqlalchemy import Engine, Select, create_engine, event, exc, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+SelectT = TypeVar("SelectT", bound=Select[Any])
 
 
 def create_metadata_engine(url: str) -> Engine:
@@ -105,6 +107,24 @@ def write_lock_on_sqlite(session: Session) -> None:
     dbapi_connection = connection.connection.dbapi_connection
     if dbapi_connection is not None and not dbapi_connection.in_transaction:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def locked_to_change(session: Session, statement: SelectT) -> SelectT:
+    """``statement`` locking the rows it reads until the transaction ends, to change or delete
+    them: SQLite's write lock first (it ignores ``FOR UPDATE``); on PostgreSQL ``FOR NO KEY
+    UPDATE``, which a transaction inserting a row that refers to them (``FOR KEY SHARE``: an
+    execution's key or datasource) does not wait for. A second change waits, then reads them
+    afresh: one racing a delete finds them gone."""
+    write_lock_on_sqlite(session)
+    return statement.with_for_update(key_share=True).execution_options(populate_existing=True)
+
+
+def held_against_delete(statement: SelectT) -> SelectT:
+    """``statement`` holding the rows it reads (``FOR KEY SHARE``) until the transaction ends,
+    for a row about to refer to them: a delete waits for it, or has committed and they are not
+    found, never a foreign key's failure. Changes of them (``locked_to_change``) do not wait.
+    (On SQLite the caller holds the database's write lock, which orders the two.)"""
+    return statement.with_for_update(read=True, key_share=True)
 
 
 def database_now(session: Session) -> datetime:

@@ -7,8 +7,6 @@ keys."""
 from __future__ import annotations
 
 import copy
-import threading
-import time
 from typing import Any
 
 import orjson
@@ -21,6 +19,7 @@ from api_server.services import dashboard_backups, reports
 from shared.db.models import Filter
 from shared.errors import Unprocessable
 from tests.support.factories import POSTGRES_DATASOURCE, dump_tables, resource
+from tests.support.races import while_held
 
 RANDOM_ID = "zzzz-zzzz-zzzz"
 DASHBOARD = {
@@ -244,24 +243,14 @@ def test_two_identical_restores_at_once_both_reuse_what_the_first_created(api, m
     backup = _backup(api, source.key, _sales_dashboard(api, source, shop))
     their_shop = api.create_datasource(target.key, name="Shop")["id"]
     mapping = {shop: their_shop, source.sample_datasource_id: target.sample_datasource_id}
-    first_inside, create = threading.Event(), dashboard_backups._create_filters
-
-    def slow_first(*args, **kwargs):
-        create(*args, **kwargs)
-        if not first_inside.is_set():  # the first restore holds its transaction open a while
-            first_inside.set()
-            time.sleep(0.5)
-
-    monkeypatch.setattr(dashboard_backups, "_create_filters", slow_first)
-    answers = {}
-    earlier = threading.Thread(
-        target=lambda: answers.setdefault("earlier", _restore(api, target.key, backup, mapping))
+    earlier, later = while_held(
+        monkeypatch,
+        dashboard_backups,
+        "_create_filters",
+        lambda: _restore(api, target.key, backup, mapping),
+        lambda: _restore(api, target.key, backup, mapping),
     )
-    earlier.start()
-    assert first_inside.wait(30)
-    answers["later"] = _restore(api, target.key, backup, mapping)
-    earlier.join(30)
-    assert [answers[n].status_code for n in ("earlier", "later")] == [201, 201], answers
+    assert (earlier.status_code, later.status_code) == (201, 201), (earlier.text, later.text)
     snippets = api.get("/sql_snippets", target.key).json()["data"]
     assert sorted(s["attributes"]["name"] for s in snippets) == ["paid", "recent"]
     with api.app.state.sessions() as session:

@@ -4,8 +4,6 @@ tenancy, the datasource scope of restricted keys, and group membership."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +13,7 @@ from api_server.resources.dashboard_groups import MAX_GROUP_DASHBOARDS
 from api_server.resources.dashboard_settings import MAX_LAYOUT_ITEMS
 from api_server.services import dashboards as dashboards_service
 from tests.support.factories import dump_tables, resource
+from tests.support.races import while_held
 
 FULL = {
     "name": "Sales",
@@ -438,19 +437,9 @@ def test_two_membership_replacements_at_once_leave_one_whole_list(api, monkeypat
     org = api.create_org()
     first, second = _dashboard(api, org.key, "first"), _dashboard(api, org.key, "second")
     group = _group(api, org.key, []).json()["data"]["id"]
-    first_inside, replace = threading.Event(), dashboards_service._replace_members
 
-    def slow_first(*args, **kwargs):
-        replace(*args, **kwargs)
-        if not first_inside.is_set():  # the first request holds its transaction open a while
-            first_inside.set()
-            time.sleep(0.5)
-
-    monkeypatch.setattr(dashboards_service, "_replace_members", slow_first)
-    answers: dict[str, Any] = {}
-
-    def patch(name: str, members: list[str]) -> None:
-        answers[name] = api.patch(
+    def replace(members: list[str]) -> Any:
+        return api.patch(
             f"/dashboard_groups/{group}",
             org.key,
             {
@@ -463,13 +452,14 @@ def test_two_membership_replacements_at_once_leave_one_whole_list(api, monkeypat
         )
 
     for later in ([second], [first]):  # another list, then the same list
-        first_inside.clear()
-        earlier = threading.Thread(target=patch, args=("earlier", [first]))
-        earlier.start()
-        assert first_inside.wait(30)
-        patch("later", later)
-        earlier.join(30)
-        assert [answers[n].status_code for n in ("earlier", "later")] == [200, 200], answers
+        answers = while_held(
+            monkeypatch,
+            dashboards_service,
+            "_replace_members",
+            lambda: replace([first]),
+            lambda members=later: replace(members),
+        )
+        assert [answer.status_code for answer in answers] == [200, 200], answers
         members = _linked(api.get(f"/dashboard_groups/{group}", org.key).json(), "dashboards")
         assert members == later
 

@@ -1,14 +1,12 @@
-"""Two writes of one object at once, on SQLite and PostgreSQL: the first holds its transaction
-open (its service function returned, its commit not yet made) while the second is sent, so the
-interleaving a barrier only sometimes hits happens every time. The second must wait for the first
-and answer what it then finds (404 once the object is gone, 409 or 422 once it changed), never a
+"""Two writes of one object at once, on SQLite and PostgreSQL, the first holding its transaction
+open while the second is sent (tests.support.races). The second must wait for the first and
+answer what it then finds (404 once the object is gone, 409 or 422 once it changed), never a
 500 from a row that vanished under it, and never undo or slip past what the first decided.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,36 +16,7 @@ import pytest
 from api_server.permissions import Permission
 from api_server.services import api_keys, datasources, reports, sql_snippets
 from tests.support.factories import POSTGRES_DATASOURCE, Api, resource
-
-HOLD_SECONDS = 0.5
-
-
-def while_held(
-    monkeypatch: pytest.MonkeyPatch,
-    module: Any,
-    function: str,
-    first: Callable[[], httpx.Response],
-    second: Callable[[], httpx.Response],
-) -> tuple[httpx.Response, httpx.Response]:
-    """``first`` runs until ``module.function`` returned inside its transaction, which then stays
-    open ``HOLD_SECONDS`` while ``second`` is sent; both answers."""
-    real, inside = getattr(module, function), threading.Event()
-
-    def holding(*args: Any, **kwargs: Any) -> Any:
-        result = real(*args, **kwargs)
-        if not inside.is_set():  # the first call only
-            inside.set()
-            time.sleep(HOLD_SECONDS)
-        return result
-
-    monkeypatch.setattr(module, function, holding)
-    answers: dict[str, httpx.Response] = {}
-    thread = threading.Thread(target=lambda: answers.setdefault("first", first()))
-    thread.start()
-    assert inside.wait(30)
-    answers["second"] = second()
-    thread.join(30)
-    return answers["first"], answers["second"]
+from tests.support.races import while_held
 
 
 def _snippet(api: Api, key: str) -> str:
