@@ -2,8 +2,11 @@
 formats.
 
 Each column becomes an Arrow string array holding one JSON value per row (``null`` for nulls),
-built with Arrow compute kernels and numpy instead of one Python object per value; rows are then
-glued by ``binary_join_element_wise``, and the joined array's data buffer *is* the body. The
+built with Arrow compute kernels and numpy instead of one Python object per value (numbers:
+orjson's text of the whole column, cut after each comma). Rows are then glued by one ``take``:
+the row template's pieces and the columns' texts in one array, gathered in row order, so that
+the gathered array's data buffer *is* the body (a third cheaper than
+``binary_join_element_wise``, which walks every argument for every row). The
 mapping is the one of docs/result-formats.md, exactly as ``encoders._json_values`` produces it
 (integers exact, floats in their shortest round-trip form with ``.0`` on whole numbers, ``"NaN"``
 and ``"Infinity"`` as strings, dates and timestamps ISO 8601 at the column's precision, zoned ones
@@ -13,6 +16,7 @@ a vectorised rule go through that function value by value.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,19 +30,27 @@ from data_server.temporal_texts import is_temporal, spell, zone_suffix
 # Bytes below this, quotes and backslashes are escaped in JSON strings; without any of them a
 # string column passes through unchanged.
 _CONTROL_LIMIT = 0x20
+_COMMA = ord(",")
 
 
 class Fragment:
     """A column's JSON texts, each still to be framed by ``opening`` and ``closing`` (quotes, a
     zone suffix), which the row template then carries instead of a join per column; only a
-    column without nulls can leave them to the template (a null is a bare ``null``)."""
+    column without nulls can leave them to the template (a null is a bare ``null``).
 
-    __slots__ = ("closing", "opening", "texts")
+    ``separated`` texts (numbers, cut from orjson's text of a whole array without copying each
+    value out) each end with one more byte, a comma, standing for the first byte of what follows
+    the value in the row: the template drops that byte, or the comma is overwritten with it."""
 
-    def __init__(self, texts: pa.Array, opening: str = "", closing: str = "") -> None:
+    __slots__ = ("closing", "opening", "separated", "texts")
+
+    def __init__(
+        self, texts: pa.Array, opening: str = "", closing: str = "", *, separated: bool = False
+    ) -> None:
         self.texts = texts
         self.opening = opening
         self.closing = closing
+        self.separated = separated
 
 
 def rows_body(
@@ -50,7 +62,8 @@ def rows_body(
     suffix: str,
 ) -> pa.Buffer:
     """Every row of ``batch`` as ``prefix`` + an object (``keys``) or array + ``suffix``."""
-    parts: list[Any] = []
+    template: list[str] = []
+    fragments: list[Fragment] = []
     pending = prefix + ("{" if keys is not None else "[")
     for index, column in enumerate(batch.columns):
         fragment = column_fragment(column, slow_values)
@@ -58,11 +71,32 @@ def rows_body(
             pending += ","
         if keys is not None:
             pending += orjson.dumps(keys[index]).decode() + ":"
-        parts += [pending + fragment.opening, fragment.texts]
+        template.append(pending + fragment.opening)
+        fragments.append(fragment)
         pending = fragment.closing
-    parts.append(pending + ("}" if keys is not None else "]") + suffix)
-    joined = pc.binary_join_element_wise(*parts, "")
-    return _data_of(joined)
+    template.append(pending + ("}" if keys is not None else "]") + suffix)
+    texts = []
+    for index, fragment in enumerate(fragments):
+        following = template[index + 1]  # never empty: a comma or the row's closing bracket
+        if fragment.separated:
+            if following[0] != ",":
+                fragment.texts = _separated_by(fragment.texts, following[0])
+            template[index + 1] = following[1:]
+        texts.append(fragment.texts)
+    pieces = pa.concat_arrays([pa.array(template, pa.string()), *texts])
+    return _data_of(pieces.take(_row_order(batch.num_rows, len(texts))))
+
+
+@functools.lru_cache(maxsize=8)
+def _row_order(rows: int, columns: int) -> pa.Array:
+    """Where each piece of each row lies in ``rows_body``'s array (the ``columns + 1`` template
+    pieces first, then each column's ``rows`` texts): template, column 0, template, column 1 …
+    for row 0, then row 1. Slices of a result are mostly of one length, so it is built once."""
+    order = np.empty((rows, 2 * columns + 1), dtype=np.int32)
+    order[:, 0::2] = np.arange(columns + 1, dtype=np.int32)
+    first_texts = columns + 1 + np.arange(columns, dtype=np.int32) * rows
+    order[:, 1::2] = first_texts + np.arange(rows, dtype=np.int32)[:, None]
+    return pa.array(order.ravel())
 
 
 def _data_of(texts: pa.Array) -> pa.Buffer:
@@ -77,11 +111,11 @@ def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any
     if pa.types.is_dictionary(data_type):
         return column_fragment(column.dictionary_decode(), slow_values)
     if pa.types.is_integer(data_type):
-        return _nullable(pc.cast(column, pa.string()), column)
+        return _integers(column)
     if pa.types.is_boolean(data_type):
         return _nullable(pc.if_else(column, "true", "false"), column)
     if pa.types.is_float64(data_type):
-        return _nullable(_doubles(column), column)
+        return _doubles(column)
     if pa.types.is_string(data_type):
         return _strings(column, slow_values)
     if is_temporal(data_type):
@@ -131,27 +165,51 @@ def _temporal(column: pa.Array) -> Fragment:
     return _framed(spelled.with_zone(suffix), column, '"', '"')
 
 
-def _doubles(column: pa.Array) -> pa.Array:
-    """orjson writes a whole numpy array at C speed; the commas between values give the offsets.
-    Non-finite values become the strings of the mapping; nulls are restored afterwards."""
+def _integers(column: pa.Array) -> Fragment:
+    """orjson spells a whole numpy array at C speed; nulls are restored afterwards."""
+    values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
+    texts = _each_separated(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), len(values))
+    return Fragment(_nulls_restored(texts, column), separated=True)
+
+
+def _doubles(column: pa.Array) -> Fragment:
+    """As ``_integers``; orjson writes the non-finite values as ``null``, which become the
+    strings of the mapping."""
     values = pc.fill_null(column, 0.0).to_numpy(zero_copy_only=False)
-    body = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-    raw = np.frombuffer(body, dtype=np.uint8)
-    commas = np.flatnonzero(raw == ord(","))
-    keep = np.ones(raw.size, dtype=bool)
-    keep[commas] = False
-    ends = np.append(commas - np.arange(commas.size), raw.size - commas.size)
-    offsets = np.zeros(values.size + 1, dtype=np.int32)
-    offsets[1:] = ends
-    texts = pa.StringArray.from_buffers(
-        values.size, pa.py_buffer(offsets), pa.py_buffer(raw[keep].tobytes())
-    )
+    texts = _each_separated(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), len(values))
     finite = np.isfinite(values)
     if not finite.all():
         special = np.where(
-            np.isnan(values), '"NaN"', np.where(values > 0, '"Infinity"', '"-Infinity"')
+            np.isnan(values), '"NaN",', np.where(values > 0, '"Infinity",', '"-Infinity",')
         )
         texts = pc.if_else(pa.array(finite), texts, pa.array(special, pa.string()))
-    if column.null_count:
-        texts = pc.if_else(pc.is_valid(column), texts, pa.scalar(None, pa.string()))
-    return texts
+    return Fragment(_nulls_restored(texts, column), separated=True)
+
+
+def _each_separated(array_text: bytes, count: int) -> pa.Array:
+    """orjson's ``[a,b,c]`` as the ``count`` separated texts ``a,`` ``b,`` ``c,``: the commas
+    between the values (no number holds one) end them, and the closing bracket becomes one."""
+    if not count:
+        return pa.array([], pa.string())
+    data = np.frombuffer(array_text, dtype=np.uint8)[1:].copy()
+    data[-1] = _COMMA
+    offsets = np.zeros(count + 1, dtype=np.int32)
+    offsets[1:] = np.flatnonzero(data == _COMMA) + 1
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _nulls_restored(texts: pa.Array, column: pa.Array) -> pa.Array:
+    return pc.if_else(pc.is_valid(column), texts, "null,") if column.null_count else texts
+
+
+def _separated_by(texts: pa.Array, separator: str) -> pa.Array:
+    """Separated texts whose last byte, a comma, is ``separator`` instead (the last column's
+    values, which the row's closing bracket follows)."""
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[
+        texts.offset : texts.offset + len(texts) + 1
+    ]
+    data = np.frombuffer(texts.buffers()[2], dtype=np.uint8).copy()
+    data[offsets[1:] - 1] = ord(separator)
+    return pa.StringArray.from_buffers(
+        len(texts), texts.buffers()[1], pa.py_buffer(data), None, 0, texts.offset
+    )

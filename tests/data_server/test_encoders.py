@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from data_server import encoders
 from data_server.encoders import encode_result
@@ -203,6 +205,49 @@ def test_column_wise_json_text_equals_the_value_by_value_mapping(tmp_path):
     assert _encode(path, ResultFormat.NDJSON) == _value_by_value(path, keys=True)
     records = json.loads(_encode(path, ResultFormat.RECORDS))
     assert records == [json.loads(line) for line in _value_by_value(path, keys=True).splitlines()]
+
+
+# Columns of the types whose JSON text is cut from orjson's text of a whole array, in any order
+# and any position (the last column's separators become the row's closing bracket), with nulls
+# and non-finite doubles, beside a string column whose texts are framed by the row template.
+_FAST_COLUMN_TYPES = {
+    pa.int8(): st.integers(-(2**7), 2**7 - 1),
+    pa.int64(): st.integers(-(2**63), 2**63 - 1),
+    pa.uint64(): st.integers(0, 2**64 - 1),
+    pa.float64(): st.floats(allow_nan=True, allow_infinity=True),
+    pa.string(): st.text(max_size=4),
+}
+
+
+@st.composite
+def _fast_path_tables(draw) -> pa.Table:
+    rows = draw(st.integers(1, 6))
+    types = draw(st.lists(st.sampled_from(list(_FAST_COLUMN_TYPES)), min_size=1, max_size=4))
+    columns = {
+        f"c{index}": pa.array(
+            draw(st.lists(st.none() | _FAST_COLUMN_TYPES[kind], min_size=rows, max_size=rows)),
+            kind,
+        )
+        for index, kind in enumerate(types)
+    }
+    return pa.table(columns)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(table=_fast_path_tables(), batch_rows=st.integers(1, 4))
+def test_numbers_in_any_column_position_equal_the_value_by_value_mapping(
+    tmp_path, table, batch_rows
+):
+    path = str(tmp_path / "numbers.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            writer.write_batch(batch)
+    document = _encode(path, ResultFormat.JSON)
+    rows = document[document.index(b'"rows":') + 7 : document.rindex(b',"row_count"')]
+    assert rows == _value_by_value(path, keys=False)
+    assert _encode(path, ResultFormat.NDJSON) == _value_by_value(path, keys=True)
 
 
 @pytest.mark.parametrize("as_text", [False, True])
