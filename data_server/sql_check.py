@@ -83,8 +83,13 @@ READABLE_SETTINGS = frozenset(
 SHOWABLE_LISTS = frozenset({"tables", "__show_tables_expanded", "databases", "schemas"})
 
 # Scalar functions that read the process rather than the data: getvariable holds the files
-# datasource's paths (sandbox._create_file_views), getenv the environment (in builds that have it).
-FORBIDDEN_SCALAR_FUNCTIONS = frozenset({"getvariable", "getenv"})
+# datasource's paths (sandbox._create_file_views), getenv the environment (in builds that have it),
+# and json_serialize_plan binds and optimises the SQL text it is given, which the check never sees:
+# the optimiser folds current_setting() and getvariable() into the plan it returns, and binding
+# alone runs the remote extensions' pass-through functions (a connection to any host, a SQLite
+# file's schema). Every scalar function of the pinned DuckDB and its extensions was reviewed for
+# this; tests/data_server/test_sql_sandbox.py fails on one that was not.
+FORBIDDEN_SCALAR_FUNCTIONS = frozenset({"getvariable", "getenv", "json_serialize_plan"})
 
 _FILE_SUFFIXES = (
     ".csv", ".tsv", ".txt", ".parquet", ".json", ".jsonl", ".ndjson", ".arrow", ".gz", ".zst",
@@ -223,13 +228,16 @@ def _check_node(node: dict[str, Any], ctes: frozenset[str]) -> None:
 def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
     name = str(node.get("table_name", ""))
     lowered = name.lower()
-    qualified = bool(node.get("schema_name") or node.get("catalog_name"))
-    if not qualified and lowered in ctes:
+    qualifiers = [str(node.get(key) or "") for key in ("catalog_name", "schema_name")]
+    if not any(qualifiers) and lowered in ctes:
         return
-    if "/" in name or "\\" in name or "://" in name or lowered.endswith(_FILE_SUFFIXES):
+    # DuckDB joins a qualified name that is no table back into one path for its replacement
+    # scan: "s3://bucket/prefix/../other/x".csv reads s3://bucket/other/x.csv.
+    if any(map(_names_a_path, (*qualifiers, name))) or lowered.endswith(_FILE_SUFFIXES):
+        dotted = ".".join(part for part in (*qualifiers, name) if part)
         raise QueryFailed(
             "forbidden_operation",
-            f"'{name}' looks like a file or URL; queries may only read the datasource's tables.",
+            f"'{dotted}' looks like a file or URL; queries may only read the datasource's tables.",
         )
     schema = str(node.get("schema_name") or "").lower()
     schemas = (schema,) if schema and schema != "system" else _UNQUALIFIED_SYSTEM_SCHEMAS
@@ -239,6 +247,10 @@ def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
             f"The catalog view {name} is not available; list tables and columns with "
             "information_schema.tables, information_schema.columns or duckdb_columns().",
         )
+
+
+def _names_a_path(part: str) -> bool:
+    return "/" in part or "\\" in part  # "://" too
 
 
 def _check_scalar_function(node: dict[str, Any]) -> None:

@@ -136,6 +136,13 @@ def test_other_prefixes_and_datasources_stay_out_of_reach(plain, service, server
         ("SELECT * FROM secret", "execution_error"),
         (f"SELECT * FROM read_csv('s3://{plain.name}/private/secret.csv')", "forbidden_function"),
         (f"SELECT * FROM 's3://{plain.name}/private/secret.csv'", "forbidden_operation"),
+        # A qualified name is joined back into a path, and the ".." is collapsed only after the
+        # locked instance compared the URL with the prefix: the check alone stops these.
+        (f'SELECT * FROM "s3://{plain.name}/data/../private/secret".csv', "forbidden_operation"),
+        (
+            f'SELECT * FROM "s3://{plain.name}/data/../..".private."secret.csv"',
+            "forbidden_operation",
+        ),
     ]:
         failed = service.failed(datasource, sql)
         assert failed["error_code"] == code, (sql, failed)
