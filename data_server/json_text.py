@@ -167,7 +167,9 @@ def _temporal(column: pa.Array) -> Fragment:
 
 def _integers(column: pa.Array) -> Fragment:
     """orjson spells a whole numpy array at C speed; nulls are restored afterwards."""
-    values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
+    values = (pc.fill_null(column, 0) if column.null_count else column).to_numpy(
+        zero_copy_only=False
+    )
     texts = _each_separated(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), len(values))
     return Fragment(_nulls_restored(texts, column), separated=True)
 
@@ -175,7 +177,9 @@ def _integers(column: pa.Array) -> Fragment:
 def _doubles(column: pa.Array) -> Fragment:
     """As ``_integers``; orjson writes the non-finite values as ``null``, which become the
     strings of the mapping."""
-    values = pc.fill_null(column, 0.0).to_numpy(zero_copy_only=False)
+    values = (pc.fill_null(column, 0.0) if column.null_count else column).to_numpy(
+        zero_copy_only=False
+    )
     texts = _each_separated(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), len(values))
     finite = np.isfinite(values)
     if not finite.all():

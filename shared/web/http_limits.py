@@ -89,6 +89,20 @@ class FramedH11Connection(h11.Connection):
     # What h11 made of a request it refused: 431 when the head outgrew its buffer before it was
     # whole (a head read whole is measured by ``RequestLimitsMiddleware``).
     refused_status = 400
+    # Where a response body's pieces go (the connection's transport), once the protocol has one.
+    body_sink: asyncio.WriteTransport | None = None
+
+    def send(self, event: h11.Event) -> bytes | None:  # type: ignore[override]
+        """A body's data goes to the transport in the pieces h11 frames it in (chunk size, data,
+        CRLF) instead of joined into one new copy of each chunk: a first fetch of a large result
+        sends hundreds of megabytes, and the copy cost its event loop a quarter of its time."""
+        if self.body_sink is None or type(event) is not h11.Data:
+            return super().send(event)
+        pieces = self.send_with_data_passthrough(event) or []
+        self.body_sink.writelines(
+            [p if isinstance(p, bytes | bytearray | memoryview) else memoryview(p) for p in pieces]
+        )
+        return b""
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         try:
@@ -144,6 +158,7 @@ class BoundedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.conn.body_sink = transport
         self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
