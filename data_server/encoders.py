@@ -1,7 +1,8 @@
 """A stored Arrow IPC result encoded as Arrow, JSON, records JSON, NDJSON, CSV or Parquet.
 
 Memory stays bounded by bytes whatever the result size: batches are read from the file one by
-one and cut into slices of at most ``SLICE_BYTES`` of Arrow data, each encoded and handed on. The
+one and cut into slices of at most ``SLICE_BYTES`` of Arrow data (or one row, if a row is wider),
+each encoded and handed on. The
 encoders are deterministic (same file, format and options → same bytes), which lets the data
 server materialise a representation once and serve ranges of it (data_server/representations.py).
 Which format and options a request gets is decided before, by data_server/formats.py. JSON text
