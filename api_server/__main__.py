@@ -15,6 +15,7 @@ from shared.db.engine import (
 )
 from shared.db.migrate import upgrade_to_head
 from shared.errors import AppError, ConfigurationError
+from shared.file_modes import keep_private
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.signing_keys import rotate_signing_key
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        keep_private(settings)
         configure_logging(settings.log_level)
         args.run(settings, args)
     except (AppError, ConfigurationError) as exc:

@@ -20,6 +20,7 @@ from shared.db.engine import (
 )
 from shared.db.migrate import upgrade_to_head
 from shared.errors import ConfigurationError
+from shared.file_modes import keep_private
 from shared.logging import configure_logging
 from shared.results import open_result_store
 from shared.settings import Settings
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        keep_private(settings)
         configure_logging(settings.log_level)
         args.run(settings, args)
     except ConfigurationError as exc:

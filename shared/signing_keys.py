@@ -194,6 +194,7 @@ def _write_atomically(path: Path, content: bytes, *, mode: int, exclusive: bool 
         raise FileExistsError(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # as given, whatever the umask (a public key is for other users too)
     with os.fdopen(fd, "wb") as handle:
         handle.write(content)
         handle.flush()

@@ -252,3 +252,21 @@ def test_deleting_a_datasource_ends_its_tokens_and_stored_results(
         assert not (
             region.cwd / "var" / "results" / "results" / f"{grant['data_key']}.arrow"
         ).exists()
+
+
+def test_what_the_servers_store_is_readable_by_their_user_alone(region, client, shop, deployment):
+    """Stored results, schemas and representations and the SQLite metadata database hold tenants'
+    rows and SQL: no group or other bits (an outside probe read them as another local user)."""
+    datasource_id, _ = shop
+    execution = client.run(datasource_id, "SELECT 'private' AS answer")
+    client.wait_until_done(execution["execution_id"])
+    grant = client.grant(execution["execution_id"])
+    assert client.fetch(grant, format="csv").status_code == 200  # a representation, stored
+    state = region.cwd / "var"
+    stored = [state / "data", *(state / "results").rglob("*")]
+    if "DATAFERRY_RESULTS_URL" not in deployment:
+        assert any(path.suffix == ".arrow" for path in stored)
+    if "DATAFERRY_DATABASE_URL" not in deployment:
+        stored += list(state.glob("dataferry.db*"))
+    shared = {str(p): oct(p.stat().st_mode & 0o777) for p in stored if p.stat().st_mode & 0o077}
+    assert not shared
