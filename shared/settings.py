@@ -73,6 +73,7 @@ class Secret:
 
 
 _ORIGIN = r"\s*(\*|[a-z][a-z0-9+.-]*://[^\s,/]+)?\s*"
+_PROXY = r"\s*(\*|[0-9a-fA-F:.]+(/[0-9]{1,3})?)?\s*"
 _SECRETS_DIR = "<generated into <state dir>/secrets/{}>"
 _ANY_DIRECTORY = "any directory this process may create and write"
 
@@ -140,6 +141,13 @@ class Settings(BaseModel):
         "Comma-separated origins whose browser pages may fetch data (CORS); default: none.",
         pattern=rf"^{_ORIGIN}(,{_ORIGIN})*$",
         allowed="origins (scheme://host[:port], no path) or *, comma-separated",
+    )
+    trusted_proxies: str = setting(
+        "",
+        "Comma-separated addresses or networks of the proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; default: none, the connection's peer is the client.",
+        pattern=rf"^{_PROXY}(,{_PROXY})*$",
+        allowed="IP addresses or networks (CIDR), or *, comma-separated",
     )
     api_key_pepper: Secret | None = setting(
         None,

@@ -316,3 +316,9 @@ def test_a_target_in_absolute_form_is_routed_by_its_path(target, path, raw_path)
     anyio.run(http_limits.RequestLimitsMiddleware(app), scope, None, None)
     assert (seen[0]["path"], seen[0]["raw_path"]) == (path, raw_path)
     assert seen[0]["query_string"] == b"token=t"
+
+
+def test_trusted_proxies_turn_on_uvicorns_forwarded_headers():
+    options = http_limits.uvicorn_options(Settings(trusted_proxies="10.0.0.5, 10.1.0.0/16"))
+    assert options["proxy_headers"] and options["forwarded_allow_ips"] == "10.0.0.5, 10.1.0.0/16"
+    assert http_limits.uvicorn_options(Settings())["proxy_headers"] is False

@@ -270,3 +270,17 @@ def test_what_the_servers_store_is_readable_by_their_user_alone(region, client, 
         stored += list(state.glob("dataferry.db*"))
     shared = {str(p): oct(p.stat().st_mode & 0o777) for p in stored if p.stat().st_mode & 0o077}
     assert not shared
+
+
+def test_a_forwarded_for_header_is_believed_only_from_a_trusted_proxy(client, shop):
+    """No DATAFERRY_TRUSTED_PROXIES here: a client on the same machine (uvicorn trusts 127.0.0.1
+    by default) cannot write its own remote_addr into the audit log."""
+    datasource_id, _ = shop
+    forged = {"X-Forwarded-For": "203.0.113.77", "X-Forwarded-Proto": "https"}
+    execution = client.run(datasource_id, "SELECT 1 AS one", **forged)
+    events = client.http.get(
+        f"{client.api_url}/audit_events",
+        params={"filter[resource_id]": execution["execution_id"]},
+        headers=client.headers,
+    ).json()["data"]
+    assert [event["attributes"]["remote_addr"] for event in events] == ["127.0.0.1"]
