@@ -107,6 +107,16 @@ def record_in_transaction(session: Session, request: Request, resource_id: str) 
         request.state.audit_recorded = True
 
 
+def record_data_grant(request: Request, action: str, resource_id: str) -> None:
+    """A grant an operation of another action hands out too (run-and-wait's data grant, beside
+    its ``execution.run``), recorded as the grant it is: whoever reviews ``data_grant.*`` sees
+    every token handed out."""
+    event = _event(request.scope, 200, None, resource_id)
+    if event is not None:
+        with request.app.state.sessions.begin() as session:
+            record_event(session, **{**event, "action": action})
+
+
 def _event(
     scope: Scope, status: int, created_id: str | None, resource_id: str | None = None
 ) -> dict[str, Any] | None:

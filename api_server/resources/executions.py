@@ -54,6 +54,8 @@ READ_PERMISSIONS = (
     Permission.MANAGE_ALERTS,
 )
 MAX_WAIT_SECONDS = 30
+# What a data grant of an execution is recorded as in the audit log, by whichever route grants it.
+EXECUTION_DATA_GRANT = "data_grant.execution"
 RunT = TypeVar("RunT")  # what a run's body reads as
 _NUMBER_CHARACTERS = re.compile(r"[0-9.eE+-]+")
 _IDEMPOTENCY_KEY_MAX = 255
@@ -480,9 +482,12 @@ def _grant_if_completed(
         if not api_keys.still_enabled(session, principal.api_key_id):
             return None
     try:
-        return data_grants.grant_execution_data(state.signing_keys, state.settings, execution)
+        grant = data_grants.grant_execution_data(state.signing_keys, state.settings, execution)
     except NotFound:
         return None
+    if grant is not None:
+        audit.record_data_grant(request, EXECUTION_DATA_GRANT, execution.id)
+    return grant
 
 
 @OPERATIONS.get(
@@ -492,7 +497,7 @@ def _grant_if_completed(
     description="A data key and a fresh short-lived token for the result, to fetch from the data "
     "server. Data is kept 24 hours after completion.",
     permissions=READ_PERMISSIONS,
-    audit="data_grant.execution",
+    audit=EXECUTION_DATA_GRANT,
     subject=EXECUTIONS,
     produces=oa.JSON_MEDIA_TYPE,
     responses={

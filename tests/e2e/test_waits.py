@@ -97,6 +97,20 @@ def test_run_and_wait_answers_the_completed_execution_with_its_grant(client):
     fetched = httpx.get(grant["data_url"] + "&format=records", timeout=30)
     assert fetched.status_code == 200, fetched.text
     assert fetched.json() == [{"answer": 42}]
+    # The grant is audited as one, beside the run: data_grant.* shows every token handed out.
+    assert _audited_actions(client, document["data"]["id"]) == [
+        "data_grant.execution",
+        "execution.run",
+    ]
+
+
+def _audited_actions(client, execution_id: str) -> list[str]:
+    events = client.http.get(
+        f"{client.api_url}/audit_events",
+        params={"filter[resource_id]": execution_id},
+        headers=client.headers,
+    ).json()["data"]
+    return [event["attributes"]["action"] for event in events]
 
 
 def test_run_and_wait_answers_an_unfinished_execution_without_a_grant(region, client):
@@ -116,6 +130,7 @@ def test_run_and_wait_answers_an_unfinished_execution_without_a_grant(region, cl
     assert waited.json()["data"]["attributes"]["execution_status"] == "starting"
     assert "meta" not in waited.json()
     assert "meta" not in plain.json(), "without ?wait the answer is Cluvio's, unchanged"
+    assert _audited_actions(client, waited.json()["data"]["id"]) == ["execution.run"]
     for execution in (waited, plain):
         client.wait_until_done(execution.json()["data"]["id"])
 
