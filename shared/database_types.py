@@ -38,6 +38,9 @@ class DatabaseType:
     # What the type's attributes must look like together: returns normalised values, or raises
     # a 422 with a pointer (called after the presence checks).
     check: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    # Attributes besides the (write-only) password that are half of a credential: shown only to
+    # keys with Manage Datasources, as Cluvio shows credentials.
+    credentials: tuple[str, ...] = ()
 
     def takes(self, attribute: str) -> bool:
         return attribute in self.required or attribute in self.optional
@@ -95,6 +98,7 @@ DATABASE_TYPES: dict[str, DatabaseType] = {
             ("database",),
             ("host", "port", "username", "password", "s3_region"),
             check=object_storage.check_attributes,
+            credentials=("username",),  # the access key id
         ),
     )
 }

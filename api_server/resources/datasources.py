@@ -8,7 +8,7 @@ attribute is declared once, in ``shared.database_types``; the notes here are com
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StringConstraints
 from starlette.requests import Request
@@ -33,6 +33,7 @@ from shared import object_storage
 from shared import openapi as oa
 from shared.database_types import CREATABLE_DATABASE_TYPES, DATABASE_TYPES
 from shared.datapaths import PATH_ERRORS, remove_own_place
+from shared.db.models import Datasource
 from shared.errors import Unprocessable
 from shared.lifecycle import ExecutionType
 from shared.results import delete_stored_data
@@ -72,6 +73,8 @@ _CONNECTION_NOTES = {
     "s3_region": "Not a Cluvio attribute: the region an s3 datasource's requests are signed "
     "for (null: us-east-1). AWS needs the bucket's region; S3-compatible servers their own.",
     "password": "Write-only: encrypted at rest and never returned.",
+    "username": "An `s3` datasource's (its access key id) is null to keys without Manage "
+    "Datasources.",
     "ssh_tunnel_host": "Stored; a datasource that sets it cannot run yet: its executions, "
     "Test Connection and Refresh answer 422 `ssh_tunnel_not_supported`.",
 }
@@ -255,6 +258,27 @@ def _read(request: Request, datasource_id: str | None = None) -> jsonapi.Resourc
     return resource
 
 
+class _WithoutCredentials:
+    """A datasource as a key without Manage Datasources reads it: its type's credential
+    attributes (an s3 datasource's access key id) are null, as Cluvio shows credentials only
+    with that permission."""
+
+    def __init__(self, row: Datasource, hidden: tuple[str, ...]) -> None:
+        self._row = row
+        self._hidden = hidden
+
+    def __getattr__(self, name: str) -> Any:
+        return None if name in self._hidden else getattr(self._row, name)
+
+
+def _as_seen_by(principal: Principal, row: Datasource) -> Datasource | _WithoutCredentials:
+    kind = DATABASE_TYPES.get(row.database_type)  # the built-in sample has no entry
+    hidden = kind.credentials if kind is not None else ()
+    if not hidden or Permission.MANAGE_DATASOURCES in principal.permissions:
+        return row
+    return _WithoutCredentials(row, hidden)
+
+
 @OPERATIONS.get(
     "/datasources",
     operation_id="listDatasources",
@@ -270,7 +294,8 @@ def list_datasources(request: Request, principal: Principal) -> Response:
     query = DATASOURCES.query(request, collection=True)
     with request.app.state.sessions() as session:
         rows, total = datasources.list_datasources(session, principal, query)
-        return page(DATASOURCES, request, query, rows, total)
+        shown = [_as_seen_by(principal, row) for row in rows]
+        return page(DATASOURCES, request, query, shown, total)
 
 
 @OPERATIONS.post(
@@ -323,7 +348,7 @@ def show_datasource(request: Request, principal: Principal) -> Response:
     query = DATASOURCES.query(request, collection=False)
     with request.app.state.sessions() as session:
         ds = datasources.get_datasource(session, principal, request.path_params["id"])
-        return one(DATASOURCES, query, ds)
+        return one(DATASOURCES, query, _as_seen_by(principal, ds))
 
 
 @OPERATIONS.patch(

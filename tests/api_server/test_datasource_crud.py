@@ -156,3 +156,29 @@ def test_datasource_limit_excludes_the_sample_and_is_409(api):
     assert response.status_code == 409
     assert response.json()["errors"][0]["code"] == "datasource_limit_reached"
     assert dump_tables(api.app) == before
+
+
+def test_an_s3_access_key_id_is_shown_only_to_keys_that_manage_datasources(api):
+    """Half of an s3 datasource's credentials (Cluvio shows credentials only with Manage
+    Datasources); a PostgreSQL datasource's username stays visible, as in Cluvio."""
+    org = api.create_org()
+    s3 = api.create_datasource(
+        org.key,
+        name="Bucket",
+        database_type="s3",
+        database="s3://bucket/prefix/",
+        host="127.0.0.1",
+        port=9000,
+        require_ssl=False,
+        username="AKIAIOSFODNN7EXAMPLE",
+        password="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    )
+    postgres = api.create_datasource(org.key, password="x", **POSTGRES_DATASOURCE)
+    viewer = api.create_key(org, [Permission.VIEW_DATASOURCES, Permission.MANAGE_USERS])
+    for path in (f"/datasources/{s3['id']}", "/datasources?filter[database_type]=s3"):
+        assert "AKIAIOSFODNN7EXAMPLE" not in api.get(path, viewer).text
+        assert "AKIAIOSFODNN7EXAMPLE" in api.get(path, org.key).text
+    shown = api.get(f"/datasources/{s3['id']}", viewer).json()["data"]["attributes"]
+    assert shown["username"] is None and shown["database"] == "s3://bucket/prefix/"
+    other = api.get(f"/datasources/{postgres['id']}", viewer).json()["data"]["attributes"]
+    assert other["username"] == POSTGRES_DATASOURCE["username"]
