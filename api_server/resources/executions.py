@@ -517,6 +517,12 @@ def execution_data(request: Request, principal: Principal) -> Response:
     return jsonapi.json_response(grant)
 
 
+_STOPPING_FILTER_OPTIONS = (
+    "The key lacks the permission; or the execution computes a static filter's options, not yet "
+    "copied, and the key lacks Manage Dashboards (`filter_options_execution`)."
+)
+
+
 @OPERATIONS.post(
     "/executions/{id}/cancel",
     operation_id="cancelExecution",
@@ -528,12 +534,16 @@ def execution_data(request: Request, principal: Principal) -> Response:
     audit="execution.cancel",
     subject=EXECUTIONS,
     responses={"200": doc.jsonapi_response("The execution.", "ExecutionDocument")},
-    errors={404: None, 409: "It already ended (`execution_finished`)."},
+    errors={
+        403: _STOPPING_FILTER_OPTIONS,
+        404: None,
+        409: "It already ended (`execution_finished`).",
+    },
 )
 def cancel_execution(request: Request, principal: Principal) -> Response:
     state = request.app.state
     with state.sessions.begin() as session:
-        execution = executions.get_execution(
+        execution = executions.get_stoppable_execution(
             session, principal, request.path_params["id"], state.settings
         )
         lifecycle.request_cancel(session, execution)
@@ -551,7 +561,7 @@ def cancel_execution(request: Request, principal: Principal) -> Response:
     audit="execution.purge",
     subject=EXECUTIONS,
     responses=doc.DELETED,
-    errors={404: None},
+    errors={403: _STOPPING_FILTER_OPTIONS, 404: None},
 )
 def delete_execution(request: Request, principal: Principal) -> Response:
     state = request.app.state

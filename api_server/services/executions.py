@@ -19,12 +19,13 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
 from shared import lifecycle
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Datasource, Execution, Report, utcnow
-from shared.errors import NotFound, Unprocessable
+from shared.db.models import Datasource, Execution, Filter, Report, utcnow
+from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.input_models import InputModel, Problem, problem, validate_input
 from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.notifications import announce_new_work
@@ -286,5 +287,32 @@ def purge_execution_result(
 ) -> str | None:
     """Purge (beyond Cluvio): the execution stays, its result goes; the data key whose stored
     object the caller deletes once this transaction commits (None: nothing was stored)."""
-    execution = get_execution(session, principal, execution_id, settings)
+    execution = get_stoppable_execution(session, principal, execution_id, settings)
     return lifecycle.purge_result(session, execution)
+
+
+# A static filter whose options are still to be copied from this execution.
+_AWAITING_FILTER = select(Filter.id).where(
+    Filter.organization_id == bindparam("organization_id"),
+    Filter.options_execution_id == bindparam("execution_id"),
+    Filter.status == "pending",
+)
+
+
+def get_stoppable_execution(
+    session: Session, principal: Principal, execution_id: str, settings: Settings
+) -> Execution:
+    """An execution the caller may cancel or purge. A static filter copies its options from its
+    execution when it is next read: stopped or purged before, the filter fails and refuses every
+    value until it is refreshed, so only a key that may refresh it (Manage Dashboards) may."""
+    execution = get_execution(session, principal, execution_id, settings)
+    if Permission.MANAGE_DASHBOARDS in principal.permissions:
+        return execution
+    awaiting = {"organization_id": execution.organization_id, "execution_id": execution.id}
+    if session.scalar(_AWAITING_FILTER, awaiting) is not None:
+        raise Forbidden(
+            "The execution computes a filter's options, which are not copied yet: only a key "
+            "with Manage Dashboards may cancel it or purge its result.",
+            code="filter_options_execution",
+        )
+    return execution

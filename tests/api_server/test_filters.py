@@ -288,6 +288,36 @@ def test_a_static_filter_written_at_the_cap_is_kept_to_refresh_later(api: Api) -
     assert refresh.status_code == 429 and refresh.headers["retry-after"] == "1"
 
 
+def test_only_a_dashboards_manager_stops_a_static_filters_pending_options_run(api: Api) -> None:
+    """Cancelled or purged before the filter copied its options, the filter would fail and refuse
+    every value until refreshed: a key that may run on the datasource but not manage dashboards
+    (Manage Alerts) may not; once the options are copied, stopping the run harms nothing."""
+    org = api.create_org()
+    filter_id = _filter(
+        api,
+        org,
+        org.sample_datasource_id,
+        **_dropdown(values=None, value_names=None),
+        options_source="static_sql",
+        options_sql_query="SELECT 'de'",
+    )
+    shown = api.get(f"/filters/{filter_id}", org.key).json()["data"]["attributes"]
+    execution = f"/executions/{shown['options_execution_id']}"
+    alerts = api.create_key(org, [Permission.MANAGE_ALERTS])
+    headers = {"Authorization": f"Api {alerts}"}
+    cancel = api.client.post(f"{execution}/cancel", headers=headers)
+    purge = api.client.delete(execution, headers=headers)
+    for refused in (cancel, purge):
+        assert refused.status_code == 403, refused.text
+        assert _errors(refused) == [("filter_options_execution", None)]
+    after = api.get(f"/filters/{filter_id}", org.key).json()["data"]["attributes"]
+    assert after["status"] == "pending" and after["options_execution_id"] is not None
+    with api.app.state.sessions.begin() as session:  # the options were copied meanwhile
+        session.get_one(Filter, filter_id).status = "ready"
+    assert api.client.post(f"{execution}/cancel", headers=headers).status_code in (200, 409)
+    assert api.client.delete(execution, headers=headers).status_code == 204
+
+
 def test_dynamic_options_parameters_must_be_an_object(api: Api) -> None:
     org = api.create_org()
     filter_id = _filter(
