@@ -202,6 +202,8 @@ def parse_resource_document(
         )
     if resource_id is None and envelope.id is not None:
         raise Forbidden("Client-generated ids are not supported.", pointer="/data/id")
+    if resource_id is not None and envelope.id is None:
+        raise BadRequest("An update names the resource: data.id is required.", pointer="/data/id")
     if resource_id is not None and envelope.id != resource_id:
         raise Conflict("The id in the body does not match the URL.", pointer="/data/id")
     # Present means an object (JSON:API): a null is as malformed as a string.

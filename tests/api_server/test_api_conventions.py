@@ -69,6 +69,20 @@ def test_patch_with_mismatched_id_is_409(api):
     assert response.json()["errors"][0]["source"] == {"pointer": "/data/id"}
 
 
+def test_patch_without_an_id_is_400_and_changes_nothing(api):
+    """JSON:API: an update's resource object must carry its id; a missing one is a malformed
+    document (400), not a conflict with the URL (409)."""
+    org = api.create_org()
+    created = api.create_datasource(org.key)
+    response = api.patch(
+        f"/datasources/{created['id']}", org.key, resource("datasources", name="x")
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["source"] == {"pointer": "/data/id"}
+    shown = api.get(f"/datasources/{created['id']}", org.key).json()["data"]["attributes"]
+    assert shown["name"] == created["attributes"]["name"]
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
