@@ -115,6 +115,12 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
             f"Send the request body as Content-Type: {expected}"
             + (" (no extension: ext is not supported)." if "ext" in params else ".")
         )
+    if params.get("charset", "utf-8").lower() != "utf-8":
+        # RFC 8259 §8.1: JSON exchanged between systems is UTF-8; a body declared otherwise
+        # would be read as what it says it is not.
+        raise UnsupportedMediaType(
+            f"A JSON body is UTF-8: send {expected} (charset=utf-8 or none)."
+        )
     body = request.state.body
     try:
         orjson.loads(body)  # the strict reader: NaN, a lone surrogate or trailing data is 400

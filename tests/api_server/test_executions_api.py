@@ -101,6 +101,27 @@ def test_run_execution_needs_json_content_type(api):
     assert response.status_code == 415
 
 
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json; charset=utf-8", 200),
+        ("application/json; charset=UTF-8", 200),
+        ("application/json; charset=latin-1", 415),
+        ("application/json; charset=utf-16", 415),
+    ],
+)
+def test_a_json_body_declared_in_another_charset_is_415(api, content_type, status):
+    """JSON between systems is UTF-8 (RFC 8259 §8.1): a body said to be otherwise is not read
+    as UTF-8 regardless."""
+    org = api.create_org()
+    response = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content='{"sql_query": "SELECT \'é\'"}'.encode(),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": content_type},
+    )
+    assert response.status_code == status, response.text
+
+
 def test_malformed_json_is_400(api):
     org = api.create_org()
     response = _run(api, org.key, org.sample_datasource_id, b"{nope")
