@@ -101,9 +101,15 @@ def _row_order(rows: int, columns: int) -> pa.Array:
 
 def _data_of(texts: pa.Array) -> pa.Buffer:
     """The concatenated values of a string array, without copying."""
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)
-    start, end = int(offsets[texts.offset]), int(offsets[texts.offset + len(texts)])
-    return texts.buffers()[2][start:end]
+    offsets = _offsets(texts)
+    return texts.buffers()[2][int(offsets[0]) : int(offsets[-1])]
+
+
+def _offsets(texts: pa.Array) -> np.ndarray:
+    """A (possibly sliced) string array's ``len + 1`` value offsets into its data buffer."""
+    return np.frombuffer(texts.buffers()[1], dtype=np.int32)[
+        texts.offset : texts.offset + len(texts) + 1
+    ]
 
 
 def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any]]) -> Fragment:
@@ -166,21 +172,14 @@ def _temporal(column: pa.Array) -> Fragment:
 
 
 def _integers(column: pa.Array) -> Fragment:
-    """orjson spells a whole numpy array at C speed; nulls are restored afterwards."""
-    values = (pc.fill_null(column, 0) if column.null_count else column).to_numpy(
-        zero_copy_only=False
-    )
-    texts = _each_separated(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), len(values))
+    _, texts = _spelled_by_orjson(column, 0)
     return Fragment(_nulls_restored(texts, column), separated=True)
 
 
 def _doubles(column: pa.Array) -> Fragment:
-    """As ``_integers``; orjson writes the non-finite values as ``null``, which become the
-    strings of the mapping."""
-    values = (pc.fill_null(column, 0.0) if column.null_count else column).to_numpy(
-        zero_copy_only=False
-    )
-    texts = _each_separated(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), len(values))
+    """orjson writes the non-finite values as ``null``; they become the strings of the
+    mapping."""
+    values, texts = _spelled_by_orjson(column, 0.0)
     finite = np.isfinite(values)
     if not finite.all():
         special = np.where(
@@ -190,16 +189,23 @@ def _doubles(column: pa.Array) -> Fragment:
     return Fragment(_nulls_restored(texts, column), separated=True)
 
 
-def _each_separated(array_text: bytes, count: int) -> pa.Array:
-    """orjson's ``[a,b,c]`` as the ``count`` separated texts ``a,`` ``b,`` ``c,``: the commas
-    between the values (no number holds one) end them, and the closing bracket becomes one."""
+def _spelled_by_orjson(column: pa.Array, placeholder: float) -> tuple[np.ndarray, pa.Array]:
+    """A number column as numpy values (nulls as ``placeholder``, to be restored) and their
+    separated texts: orjson spells the whole array at C speed as ``[a,b,c]``, which becomes
+    ``a,`` ``b,`` ``c,`` (the commas between the values, which no number holds, end them; the
+    closing bracket becomes one)."""
+    values = (pc.fill_null(column, placeholder) if column.null_count else column).to_numpy(
+        zero_copy_only=False
+    )
+    count = len(values)
     if not count:
-        return pa.array([], pa.string())
+        return values, pa.array([], pa.string())
+    array_text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
     data = np.frombuffer(array_text, dtype=np.uint8)[1:].copy()
     data[-1] = _COMMA
     offsets = np.zeros(count + 1, dtype=np.int32)
     offsets[1:] = np.flatnonzero(data == _COMMA) + 1
-    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data))
+    return values, pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def _nulls_restored(texts: pa.Array, column: pa.Array) -> pa.Array:
@@ -209,11 +215,8 @@ def _nulls_restored(texts: pa.Array, column: pa.Array) -> pa.Array:
 def _separated_by(texts: pa.Array, separator: str) -> pa.Array:
     """Separated texts whose last byte, a comma, is ``separator`` instead (the last column's
     values, which the row's closing bracket follows)."""
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[
-        texts.offset : texts.offset + len(texts) + 1
-    ]
     data = np.frombuffer(texts.buffers()[2], dtype=np.uint8).copy()
-    data[offsets[1:] - 1] = ord(separator)
+    data[_offsets(texts)[1:] - 1] = ord(separator)
     return pa.StringArray.from_buffers(
         len(texts), texts.buffers()[1], pa.py_buffer(data), None, 0, texts.offset
     )

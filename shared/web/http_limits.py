@@ -59,12 +59,13 @@ logger = logging.getLogger(__name__)
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn.run arguments both servers share."""
+    trusted_proxies = settings.trusted_proxies.strip()
     return {
         "access_log": False,
         # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: any local client
         # (a TCP sidecar's, a TLS terminator's) could then write what it liked into the audit log.
-        "proxy_headers": bool(settings.trusted_proxies.strip()),
-        "forwarded_allow_ips": settings.trusted_proxies or None,
+        "proxy_headers": bool(trusted_proxies),
+        "forwarded_allow_ips": trusted_proxies or None,
         "log_config": None,
         "timeout_graceful_shutdown": 10,
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
