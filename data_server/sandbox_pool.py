@@ -216,18 +216,28 @@ class SandboxPool:
                 raise _crashed(child)
 
     def _acquire(self, affinity: str | None = None) -> _Child:
-        with self._available:
-            while True:
+        """An idle child that is still alive, else a new one once there is room: a child that
+        died while idle (the kernel's OOM killer, an operator's kill) is dropped here rather than
+        handed a query it can only fail as crashed."""
+        while True:
+            with self._available:
                 if self._closed:
                     raise QueryFailed(
                         ErrorCode.WORKER_STOPPING, "The data server is shutting down."
                     )
                 if self._idle:
-                    return self._idle.pop(_pick(self._idle, affinity))
-                if self._children < self.size:
+                    child = self._idle.pop(_pick(self._idle, affinity))
+                    if child.process.poll() is None:
+                        return child
+                    self._children -= 1  # its place is free for the next turn of the loop
+                elif self._children < self.size:
                     self._children += 1
                     break
-                self._available.wait()
+                else:
+                    self._available.wait()
+                    continue
+            logger.warning("sandbox child %d died while idle; dropped", child.pid)
+            child.kill()  # reaps it and closes its pipes
         try:
             return _Child()
         except BaseException:

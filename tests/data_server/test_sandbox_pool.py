@@ -144,6 +144,29 @@ def test_sigkilled_child_fails_the_call_as_crashed_and_is_replaced(pool, spec, t
     assert victim not in pool.child_pids()
 
 
+def test_a_child_killed_while_idle_costs_no_execution(pool, spec, tmp_path):
+    """An idle child that died (the OOM killer, an operator) is dropped when picked, not handed
+    the next query to fail as crashed."""
+    idle = _warmed(pool)
+    for pid in idle:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}/stat") and _state(pid) != "Z" for pid in idle):
+        assert time.monotonic() < deadline, "the killed children did not die"
+        time.sleep(0.02)
+    assert [pool.run(_job(spec, "SELECT 4", tmp_path, f"k{i}")).rows for i in range(3)] == [1] * 3
+    assert not idle & set(pool.child_pids())
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (Z: dead, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
 def test_calls_run_concurrently_up_to_the_pool_size(pool, spec, tmp_path):
     with ThreadPoolExecutor(4) as executor:
         outcomes = list(
