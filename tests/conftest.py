@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
@@ -62,11 +61,16 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-def _truncate_postgres(url: str) -> None:
+def _empty_postgres(url: str) -> None:
+    """Every table emptied, children first. DELETE, not TRUNCATE: on tables of a few rows it is
+    about a quarter of the time (TRUNCATE makes new files for each table), paid by every
+    PostgreSQL test."""
     engine = create_metadata_engine(url)
-    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    statements = "; ".join(
+        f"DELETE FROM {table.name}" for table in reversed(Base.metadata.sorted_tables)
+    )
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+        connection.exec_driver_sql(statements)
     engine.dispose()
 
 
@@ -78,7 +82,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url = request.getfixturevalue("postgres_url")
-    _truncate_postgres(url)
+    _empty_postgres(url)
     return url
 
 

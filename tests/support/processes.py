@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -16,7 +15,11 @@ from pathlib import Path
 
 import httpx
 
+from api_server.cli.conventions import transaction
+from api_server.services.organizations import create_organization
 from shared.datapaths import ensure_organization_area
+from shared.settings import Settings
+from shared.state_secrets import ServerSecrets
 from tests.support.client import DataferryClient
 from tests.support.log_watch import LOG_FILES, remember
 
@@ -67,12 +70,21 @@ class Region:
     data_url: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def settings(self) -> Settings:
+        """The settings the region's servers read (their relative paths start at ``cwd``)."""
+        return Settings.from_env(
+            self.env, state_dir=self.cwd / self.env.get("DATAFERRY_STATE_DIR", "var")
+        )
+
     def create_organization(self, name: str = "E2E") -> dict[str, str]:
-        result = run_cli(self.env, self.cwd, "create-organization", "--name", name)
-        assert result.returncode == 0, result.stderr
-        credentials = json.loads(result.stdout)
-        remember(credentials["api_key"])
-        return credentials
+        """What ``python -m api_server create-organization`` does, done in this process: the
+        command's start-up costs a second of CPU, and every module makes organisations
+        (tests/api_server/test_cli.py runs the command itself)."""
+        settings = self.settings()
+        with transaction(settings) as session:
+            created = create_organization(session, ServerSecrets.load(settings), name)
+        remember(created.api_key)
+        return {"organization_id": created.organization_id, "api_key": created.api_key}
 
     @contextmanager
     def organization_client(self, name: str = "E2E") -> Iterator[DataferryClient]:
@@ -139,8 +151,8 @@ def running_region(cwd: Path, extra_env: dict[str, str] | None = None) -> Iterat
     LOG_FILES.add(cwd / "servers.log")
     log = open(cwd / "servers.log", "ab")  # noqa: SIM115 - closed in finally
     try:
-        migrate = run_cli(env, cwd, "migrate")
-        assert migrate.returncode == 0, migrate.stderr
+        # Each server brings the schema up to date as it starts, as in production (two starting
+        # together migrate once: tests/shared/test_migrations.py).
         for package in ("api_server", "data_server"):
             region.processes.append(
                 subprocess.Popen(
