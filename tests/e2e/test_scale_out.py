@@ -32,7 +32,9 @@ def crash(session, claim, **values):
     return real_complete(session, claim, **values)
 lifecycle.complete = crash
 """
-SLOW_SQL = "SELECT sum(hash(range)) AS h FROM range(600000000)"  # a few seconds on 2 threads
+# About two seconds on 2 threads: long enough to be caught running (a poll of 0.2 s), short
+# enough that its two attempts per test are not most of the module's CPU.
+SLOW_SQL = "SELECT sum(hash(range)) AS h FROM range(300000000)"
 
 
 @pytest.fixture
