@@ -229,7 +229,8 @@ class SandboxPool:
                     child = self._idle.pop(_pick(self._idle, affinity))
                     if child.process.poll() is None:
                         return child
-                    self._children -= 1  # its place is free for the next turn of the loop
+                    self._children -= 1  # its place is free: for this loop or a waiter
+                    self._available.notify()
                 elif self._children < self.size:
                     self._children += 1
                     break

@@ -8,7 +8,8 @@
 set -u
 PY="$1"
 shift
-IN_PROCESS="tests/api_server tests/contract tests/shared tests/sql_templating"
+# The engine tests run DuckDB in this process; they are here for balance (about 20 s).
+IN_PROCESS="tests/api_server tests/contract tests/shared tests/sql_templating tests/data_server/test_engine.py"
 
 log="$(mktemp)"
 # shellcheck disable=SC2086 # the folder list is meant to split
