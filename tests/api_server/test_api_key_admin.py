@@ -8,7 +8,6 @@ import pytest
 from alembic import command
 from sqlalchemy import select, text
 
-from api_server.__main__ import main as cli
 from api_server.permissions import Permission
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import alembic_config, upgrade_to_head
@@ -107,22 +106,33 @@ def test_last_used_at_is_recorded_without_a_write_per_request(api):
     assert last_used() == first  # within the minute: no further writes
 
 
-def test_cli_disables_enables_and_deletes_a_key(api, monkeypatch, capsys):
+def _operator_of(api, operator_command):
+    """The operator commands, on the API's own state directory and metadata database."""
+    return operator_command(
+        {
+            "DATAFERRY_STATE_DIR": str(api.settings.state_dir),
+            "DATAFERRY_DATABASE_URL": api.settings.database_url,
+        }
+    )
+
+
+def test_cli_disables_enables_and_deletes_a_key(api, operator_command):
     org = api.create_org()
     worker = api.create_key(org, [Permission.VIEW_DATASOURCES])
     worker_id = _key_id(api, worker)
-    monkeypatch.setenv("DATAFERRY_STATE_DIR", str(api.settings.state_dir))
-    monkeypatch.setenv("DATAFERRY_DATABASE_URL", api.settings.database_url)
+    cli = _operator_of(api, operator_command)
 
-    assert cli(["disable-api-key", "--id", worker_id]) == 0
-    assert orjson.loads(capsys.readouterr().out) == {"id": worker_id, "action": "api_key.disable"}
+    disabled = cli("disable-api-key", "--id", worker_id)
+    assert disabled.returncode == 0
+    assert orjson.loads(disabled.stdout) == {"id": worker_id, "action": "api_key.disable"}
     assert api.get("/datasources", worker).status_code == 401
-    assert cli(["enable-api-key", "--id", worker_id]) == 0
+    assert cli("enable-api-key", "--id", worker_id).returncode == 0
     assert api.get("/datasources", worker).status_code == 200
-    assert cli(["delete-api-key", "--id", worker_id]) == 0
+    assert cli("delete-api-key", "--id", worker_id).returncode == 0
     assert api.get("/datasources", worker).status_code == 401
-    assert cli(["delete-api-key", "--id", worker_id]) == 2
-    assert "No API key" in capsys.readouterr().err
+    again = cli("delete-api-key", "--id", worker_id)
+    assert again.returncode == 2
+    assert "No API key" in again.stderr
     actions = [e["attributes"]["action"] for e in api.get("/audit_events", org.key).json()["data"]]
     assert actions[:3] == ["api_key.delete", "api_key.enable", "api_key.disable"]
 
@@ -185,13 +195,12 @@ def test_keys_cannot_be_created_over_the_api(api):
 # ---------------------------------------------------------------------------- operator's disable
 
 
-def test_an_operator_disabled_key_is_enabled_again_only_by_the_operator(api, monkeypatch):
+def test_an_operator_disabled_key_is_enabled_again_only_by_the_operator(api, operator_command):
     org = api.create_org()
     worker = api.create_key(org, [Permission.VIEW_DATASOURCES])
     worker_id = _key_id(api, worker)
-    monkeypatch.setenv("DATAFERRY_STATE_DIR", str(api.settings.state_dir))
-    monkeypatch.setenv("DATAFERRY_DATABASE_URL", api.settings.database_url)
-    assert cli(["disable-api-key", "--id", worker_id]) == 0
+    cli = _operator_of(api, operator_command)
+    assert cli("disable-api-key", "--id", worker_id).returncode == 0
 
     for refused in (
         _patch(api, org.key, worker_id, enabled=True),
@@ -205,7 +214,7 @@ def test_an_operator_disabled_key_is_enabled_again_only_by_the_operator(api, mon
     assert shown["enabled"] is False and shown["name"] == "test key"
     assert _patch(api, org.key, worker_id, name="quarantined").status_code == 200
 
-    assert cli(["enable-api-key", "--id", worker_id]) == 0
+    assert cli("enable-api-key", "--id", worker_id).returncode == 0
     assert api.get("/datasources", worker).status_code == 200
     # Disabled over the API, a key is enabled again over the API.
     assert _patch(api, org.key, worker_id, enabled=False).status_code == 200

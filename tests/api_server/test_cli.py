@@ -1,47 +1,22 @@
 """The operator commands print exactly one JSON object on stdout; errors go to stderr.
 
 The first test runs ``python -m api_server`` as an operator does; the others call the same
-``main`` in this process (a command's start-up is a second of CPU), with the environment and
-streams a process would have.
+``main`` in this process (``operator_command`` in this folder's conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from dataclasses import dataclass
 
 import pytest
 
-from api_server.__main__ import main
 from tests.support.processes import clean_environment, run_cli
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
-    for name in list(os.environ):
-        if name.startswith("DATAFERRY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DATAFERRY_STATE_DIR", str(tmp_path / "state"))
-    capsys.readouterr()
-
-    def run(*args):
-        returncode = main(list(args))
-        captured = capsys.readouterr()
-        return Ran(returncode, captured.out, captured.err)
-
-    umask = os.umask(0o022)  # main() makes files private (shared/file_modes.py): put it back
-    os.umask(umask)
-    yield run
-    os.umask(umask)
+def cli(tmp_path, operator_command):
+    return operator_command({"DATAFERRY_STATE_DIR": str(tmp_path / "state")})
 
 
 @pytest.fixture
@@ -61,13 +36,12 @@ def _one_json_object(stdout: str) -> dict:
 
 
 def test_create_organization_then_keys(cli_process):
-    cli = cli_process
-    created = cli("create-organization", "--name", "Acme")
+    created = cli_process("create-organization", "--name", "Acme")
     assert created.returncode == 0, created.stderr
     org = _one_json_object(created.stdout)
     assert set(org) == {"organization_id", "api_key"}
     assert org["api_key"].startswith("dfk_")
-    key = cli(
+    key = cli_process(
         "create-api-key",
         "--organization",
         org["organization_id"],

@@ -1,0 +1,44 @@
+"""Operator commands run in this process, for the modules that test them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+
+import pytest
+
+from api_server.__main__ import main
+from shared.file_modes import PRIVATE_UMASK
+
+OperatorCommand = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def operator_command(
+    monkeypatch, capsys
+) -> Iterator[Callable[[Mapping[str, str]], OperatorCommand]]:
+    """``operator_command(environment)("disable-api-key", "--id", …)``: what
+    ``python -m api_server`` does, as ``main`` in this process (a command's start-up is a second
+    of CPU), with ``environment`` its only DATAFERRY_* variables and its streams captured. The
+    umask that ``main`` sets (shared/file_modes.py) is put back afterwards."""
+    for name in list(os.environ):
+        if name.startswith("DATAFERRY_"):
+            monkeypatch.delenv(name)
+    umask = os.umask(PRIVATE_UMASK)
+    os.umask(umask)
+
+    def under(environment: Mapping[str, str]) -> OperatorCommand:
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            with monkeypatch.context() as scoped:
+                for name, value in environment.items():
+                    scoped.setenv(name, value)
+                capsys.readouterr()
+                returncode = main(list(args))
+            captured = capsys.readouterr()
+            return subprocess.CompletedProcess(args, returncode, captured.out, captured.err)
+
+        return run
+
+    yield under
+    os.umask(umask)
