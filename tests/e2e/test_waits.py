@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from shared.db.engine import create_metadata_engine
 from tests.support.log_watch import remember
 from tests.support.processes import Region, run_cli, running_region, socket_address
 
@@ -56,12 +60,52 @@ def other(region):
 
 @contextmanager
 def data_server_stopped(region: Region) -> Iterator[None]:
-    """Nothing is picked up meanwhile: executions stay ``starting``."""
-    os.kill(region.data_server.pid, signal.SIGSTOP)
+    """Nothing is picked up meanwhile: executions stay ``starting``. The server is stopped at a
+    moment it holds no lock in the metadata database: stopped inside one of its housekeeping
+    transactions, on SQLite it would hold the one write lock, and the API server's next write
+    would wait out its 30 s busy timeout (CI saw a run request time out so)."""
+    database_url = region.settings().database_url
+    for _ in range(200):
+        os.kill(region.data_server.pid, signal.SIGSTOP)
+        if not _metadata_locked_by_others(database_url):
+            break
+        os.kill(region.data_server.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    else:
+        pytest.fail("the data server held a metadata lock at each of 200 tries over 10 s")
     try:
         yield
     finally:
         os.kill(region.data_server.pid, signal.SIGCONT)
+
+
+def _metadata_locked_by_others(database_url: str) -> bool:
+    """Whether another connection holds a lock that could make a write wait: SQLite's write
+    lock, or on PostgreSQL any lock on a table of the region's schema."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        connection = sqlite3.connect(url.database or "", timeout=0, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:  # "database is locked"
+            return True
+        finally:
+            connection.close()
+    engine = create_metadata_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            held = connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks JOIN pg_class ON pg_class.oid = relation"
+                    " WHERE relnamespace = current_schema()::regnamespace"
+                    " AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        engine.dispose()
+    return bool(held)
 
 
 def _sample(client) -> str:
