@@ -10,7 +10,10 @@ is set), through real uvicorn processes on 127.0.0.1:
   whole): p50 with 1 client.
 
 Every figure is also printed as a ratio to the issue's target (≤ 1.00 for latencies, ≥ 1.00 for
-throughput meets it). The 1-client four-request line is followed by the CPU time each server
+throughput meets it), and to the floor: the same client making the same number of requests, in
+the same pattern, to a Starlette app that does nothing (bench/floor_app.py), served by uvicorn
+with its h11 protocol (which dataferry's servers use) and with httptools (its fastest). What the
+floor takes of a target is not left for any work: keys, the metadata database, the query. The 1-client four-request line is followed by the CPU time each server
 process spent per execution (API server, data server, its sandbox children): wall times swing with
 whatever else runs on a shared machine, CPU per execution much less, and 200 executions/s on two
 cores leave 10 ms of it for everything.
@@ -21,19 +24,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.client import DataferryClient
 from tests.support.postgres import POSTGRES_ENV, postgres_url_from_env
-from tests.support.processes import Region, running_region
+from tests.support.processes import Region, free_port, running_region
 
 # 16 clients send ~4 requests per execution, hundreds per second: the default per-key limit
 # (600/min) would answer most of them 429.
@@ -43,6 +50,19 @@ TARGET_P50_SECONDS = 0.010
 TARGET_RUN_AND_WAIT_P50_SECONDS = 0.005
 TARGET_EXECUTIONS_PER_SECOND = 200
 TARGET_P99_SECONDS = 0.100
+HERE = Path(__file__).resolve().parent
+# uvicorn's HTTP/1.1 protocols: dataferry's servers run h11 (shared/web/http_limits.py).
+FLOOR_PROTOCOLS = ("h11", "httptools")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One configuration's figures, in seconds and executions per second."""
+
+    p50: float
+    rate: float
+    p99: float
+    run_and_wait_p50: float
 
 
 @contextmanager
@@ -116,6 +136,61 @@ def run_and_wait(client: DataferryClient, datasource_id: str) -> float:
     return time.perf_counter() - started
 
 
+@contextmanager
+def floor_servers(protocol: str) -> Iterator[tuple[str, str]]:
+    """Two processes of bench/floor_app.py, in the API server's and the data server's places."""
+    ports = [free_port(), free_port()]
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "floor_app:app"]
+    quiet = ["--no-access-log", "--log-level", "warning", "--http", protocol]
+    processes = [
+        subprocess.Popen([*command, *quiet, "--host", "127.0.0.1", "--port", str(port)])
+        for port in ports
+    ]
+    try:
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url in urls:
+            _wait_for(f"{url}/data")
+        yield urls[0], urls[1]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=20)
+
+
+def _wait_for(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def four_floor_requests(client: DataferryClient, _datasource_id: str) -> float:
+    """The four requests of ``four_requests``, answered by an app that does nothing."""
+    started = time.perf_counter()
+    body = {"sql_query": ONE_ROW_SQL, "parameters": {}}
+    client.http.post(f"{client.api_url}/executions", json=body, headers=client.headers)
+    client.http.get(f"{client.api_url}/executions", headers=client.headers)
+    client.http.get(f"{client.api_url}/executions", headers=client.headers)
+    with client.http.stream("GET", f"{client.data_url}/data", headers=client.headers) as response:
+        next(response.iter_raw(1))
+    return time.perf_counter() - started
+
+
+def two_floor_requests(client: DataferryClient, _datasource_id: str) -> float:
+    """The two requests of ``run_and_wait``, answered by an app that does nothing."""
+    started = time.perf_counter()
+    body = {"sql_query": ONE_ROW_SQL, "parameters": {}}
+    client.http.post(f"{client.api_url}/executions", json=body, headers=client.headers)
+    client.http.get(f"{client.data_url}/data")
+    return time.perf_counter() - started
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -176,41 +251,87 @@ def print_cpu_per_execution(
     )
 
 
-def bench(configuration: str, runs: int) -> None:
+def figures(
+    label: str,
+    first: DataferryClient,
+    datasource_id: str,
+    paths: tuple[Callable[[DataferryClient, str], float], Callable[[DataferryClient, str], float]],
+    runs: int,
+    floor: Figures | None,
+    on_first: Callable[[Callable[[], None]], None] = lambda measure_it: measure_it(),
+) -> Figures:
+    """The three figures of one server pair (dataferry's or the floor's), printed with their
+    ratios to the targets and, for dataferry's, to ``floor``. ``on_first`` wraps the 1-client
+    four-request figure (dataferry's CPU per execution is taken around it)."""
+    four, two = paths
+    samples: list[float] = []
+
+    def one_client() -> None:
+        samples.extend(measure([first], datasource_id, four, runs)[0])
+
+    on_first(one_client)
+    p50 = statistics.median(samples)
+    clients = [DataferryClient(first.api_url, first.data_url, first.key) for _ in range(16)]
+    try:
+        many, wall = measure(clients, datasource_id, four, runs * 4)
+    finally:
+        for each in clients:
+            each.http.close()
+    rate, p99 = len(many) / wall, percentile(many, 0.99)
+    run_and_wait_p50 = statistics.median(measure([first], datasource_id, two, runs)[0])
+    result = Figures(p50, rate, p99, run_and_wait_p50)
+
+    def to_floor(name: str) -> str:
+        if floor is None:
+            return ""
+        ratio = getattr(result, name) / getattr(floor, name)
+        return f"   {ratio:5.1f}x floor"
+
+    print(
+        f"{label} 4 requests, 1 client    p50 {p50 * 1000:7.1f} ms"
+        f"   ratio to 10 ms target {p50 / TARGET_P50_SECONDS:.2f}{to_floor('p50')}"
+    )
+    print(
+        f"{label} 4 requests, 16 clients  {rate:7.1f} executions/s"
+        f"   p50 {statistics.median(many) * 1000:7.1f} ms   p99 {p99 * 1000:7.1f} ms"
+        f"   ratio to targets: {rate / TARGET_EXECUTIONS_PER_SECOND:.2f} (200/s),"
+        f" {p99 / TARGET_P99_SECONDS:.2f} (p99 100 ms){to_floor('p99')}"
+    )
+    print(
+        f"{label} 2 requests, 1 client    p50 {run_and_wait_p50 * 1000:7.1f} ms"
+        f"   ratio to 5 ms target {run_and_wait_p50 / TARGET_RUN_AND_WAIT_P50_SECONDS:.2f}"
+        f"{to_floor('run_and_wait_p50')}"
+    )
+    return result
+
+
+def floor_figures(runs: int) -> Figures:
+    """The floor under each protocol; the h11 one (dataferry's protocol) is returned."""
+    measured = {}
+    for protocol in FLOOR_PROTOCOLS:
+        with floor_servers(protocol) as (api_url, data_url):
+            client = DataferryClient(api_url, data_url, "dfk_floor")
+            try:
+                label = f"floor {protocol:9} nothing,"
+                paths = (four_floor_requests, two_floor_requests)
+                measured[protocol] = figures(label, client, "", paths, runs, None)
+            finally:
+                client.http.close()
+    return measured["h11"]
+
+
+def bench(configuration: str, runs: int, floor: Figures) -> None:
     with region_of(configuration) as region, region.organization_client("Bench") as client:
-        datasource_id = sample_datasource(client)
-        label = f"{configuration:9}"
+        label = f"{configuration:9} one-row,"
 
-        before = server_cpu_ms(region)
-        samples, _ = measure([client], datasource_id, four_requests, runs)
-        after = server_cpu_ms(region)
-        p50 = statistics.median(samples)
-        print(
-            f"{label} one-row, 4 requests, 1 client    p50 {p50 * 1000:7.1f} ms"
-            f"   ratio to 10 ms target {p50 / TARGET_P50_SECONDS:.2f}"
-        )
-        print_cpu_per_execution(label, before, after, runs + 1)  # + the warm-up execution
+        def with_cpu(measure_it: Callable[[], None]) -> None:
+            before = server_cpu_ms(region)
+            measure_it()
+            after = server_cpu_ms(region)
+            print_cpu_per_execution(label, before, after, runs + 1)  # + the warm-up execution
 
-        clients = [DataferryClient(region.api_url, region.data_url, client.key) for _ in range(16)]
-        try:
-            samples, wall = measure(clients, datasource_id, four_requests, runs * 4)
-        finally:
-            for each in clients:
-                each.http.close()
-        rate, p99 = len(samples) / wall, percentile(samples, 0.99)
-        print(
-            f"{label} one-row, 4 requests, 16 clients  {rate:7.1f} executions/s"
-            f"   p50 {statistics.median(samples) * 1000:7.1f} ms   p99 {p99 * 1000:7.1f} ms"
-            f"   ratio to targets: {rate / TARGET_EXECUTIONS_PER_SECOND:.2f} (200/s),"
-            f" {p99 / TARGET_P99_SECONDS:.2f} (p99 100 ms)"
-        )
-
-        samples, _ = measure([client], datasource_id, run_and_wait, runs)
-        p50 = statistics.median(samples)
-        print(
-            f"{label} run-and-wait, 2 requests         p50 {p50 * 1000:7.1f} ms"
-            f"   ratio to 5 ms target {p50 / TARGET_RUN_AND_WAIT_P50_SECONDS:.2f}"
-        )
+        paths = (four_requests, run_and_wait)
+        figures(label, client, sample_datasource(client), paths, runs, floor, with_cpu)
 
 
 def main() -> None:
@@ -218,9 +339,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="executions per 1-client figure")
     args = parser.parse_args()
     print("policy limits raised for the bench: " + " ".join(f"{k}={v}" for k, v in RAISED.items()))
-    bench("embedded", args.runs)
+    floor = floor_figures(args.runs)
+    bench("embedded", args.runs, floor)
     if os.environ.get(POSTGRES_ENV):
-        bench("scale-out", args.runs)
+        bench("scale-out", args.runs, floor)
     else:
         print(f"scale-out: skipped, set {POSTGRES_ENV} to a PostgreSQL URL")
 
