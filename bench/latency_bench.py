@@ -137,8 +137,9 @@ def run_and_wait(client: DataferryClient, datasource_id: str) -> float:
 
 
 @contextmanager
-def floor_servers(protocol: str) -> Iterator[tuple[str, str]]:
-    """Two processes of bench/floor_app.py, in the API server's and the data server's places."""
+def floor_servers(protocol: str) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """Two processes of bench/floor_app.py, in the API server's and the data server's places:
+    their URLs and pids."""
     ports = [free_port(), free_port()]
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "floor_app:app"]
     quiet = ["--no-access-log", "--log-level", "warning", "--http", protocol]
@@ -150,7 +151,7 @@ def floor_servers(protocol: str) -> Iterator[tuple[str, str]]:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url in urls:
             _wait_for(f"{url}/data")
-        yield urls[0], urls[1]
+        yield urls[0], urls[1], {"API server": processes[0].pid, "data server": processes[1].pid}
     finally:
         for process in processes:
             process.terminate()
@@ -238,17 +239,28 @@ def server_cpu_ms(region: Region) -> dict[str, float]:
 def print_cpu_per_execution(
     label: str, before: dict[str, float], after: dict[str, float], executions: int
 ) -> None:
-    children = sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("child"))
-    spent = {
-        "API server": after["API server"] - before["API server"],
-        "data server": after["data server"] - before["data server"],
-        "sandbox children": children,
-    }
+    spent = {name: after[name] - before[name] for name in after if not name.startswith("child")}
+    children = [after[name] - before.get(name, 0.0) for name in after if name.startswith("child")]
+    if children:
+        spent["sandbox children"] = sum(children)
     print(
         f"{label}   CPU per execution:"
         + "".join(f" {name} {ms / executions:5.1f} ms," for name, ms in spent.items())
         + f" in all {sum(spent.values()) / executions:5.1f} ms"
     )
+
+
+def with_cpu(
+    label: str, sample: Callable[[], dict[str, float]], executions: int
+) -> Callable[[Callable[[], None]], None]:
+    """Wraps a measurement: the servers' CPU per execution over it is printed after it."""
+
+    def around(measure_it: Callable[[], None]) -> None:
+        before = sample()
+        measure_it()
+        print_cpu_per_execution(label, before, sample(), executions)
+
+    return around
 
 
 def figures(
@@ -258,11 +270,11 @@ def figures(
     paths: tuple[Callable[[DataferryClient, str], float], Callable[[DataferryClient, str], float]],
     runs: int,
     floor: Figures | None,
-    on_first: Callable[[Callable[[], None]], None] = lambda measure_it: measure_it(),
+    on_first: Callable[[Callable[[], None]], None],
 ) -> Figures:
     """The three figures of one server pair (dataferry's or the floor's), printed with their
     ratios to the targets and, for dataferry's, to ``floor``. ``on_first`` wraps the 1-client
-    four-request figure (dataferry's CPU per execution is taken around it)."""
+    four-request figure (the servers' CPU per execution is taken around it: ``with_cpu``)."""
     four, two = paths
     samples: list[float] = []
 
@@ -309,12 +321,13 @@ def floor_figures(runs: int) -> Figures:
     """The floor under each protocol; the h11 one (dataferry's protocol) is returned."""
     measured = {}
     for protocol in FLOOR_PROTOCOLS:
-        with floor_servers(protocol) as (api_url, data_url):
+        with floor_servers(protocol) as (api_url, data_url, pids):
             client = DataferryClient(api_url, data_url, "dfk_floor")
             try:
                 label = f"floor {protocol:9} nothing,"
                 paths = (four_floor_requests, two_floor_requests)
-                measured[protocol] = figures(label, client, "", paths, runs, None)
+                cpu = with_cpu(label, lambda: {k: cpu_ms(pid) for k, pid in pids.items()}, runs + 1)
+                measured[protocol] = figures(label, client, "", paths, runs, None, cpu)
             finally:
                 client.http.close()
     return measured["h11"]
@@ -323,15 +336,9 @@ def floor_figures(runs: int) -> Figures:
 def bench(configuration: str, runs: int, floor: Figures) -> None:
     with region_of(configuration) as region, region.organization_client("Bench") as client:
         label = f"{configuration:9} one-row,"
-
-        def with_cpu(measure_it: Callable[[], None]) -> None:
-            before = server_cpu_ms(region)
-            measure_it()
-            after = server_cpu_ms(region)
-            print_cpu_per_execution(label, before, after, runs + 1)  # + the warm-up execution
-
+        cpu = with_cpu(label, lambda: server_cpu_ms(region), runs + 1)  # + the warm-up one
         paths = (four_requests, run_and_wait)
-        figures(label, client, sample_datasource(client), paths, runs, floor, with_cpu)
+        figures(label, client, sample_datasource(client), paths, runs, floor, cpu)
 
 
 def main() -> None:
