@@ -8,7 +8,7 @@ import sys
 from contextvars import ContextVar
 from typing import TextIO
 
-from shared.api_key_shape import without_api_keys
+from shared.secret_shapes import without_secrets
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -35,14 +35,15 @@ class _StderrHandler(logging.StreamHandler):
 class _OneLineFormatter(logging.Formatter):
     """A record is one line, whatever text it quotes: a control character a client sent (a
     decoded ``%0a`` in a path, say) is written escaped, so no client can forge a log line.
-    Tracebacks, appended after the message, keep their lines. An API key's secret is never
-    written, wherever a client put it (a path, a parameter): it shows as ``dfk_…``."""
+    Tracebacks, appended after the message, keep their lines. An API key's secret or a data
+    token is never written, wherever a client put it (a path, a parameter): it shows as
+    ``dfk_…`` or ``eyJ…`` (shared/secret_shapes.py)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return _CONTROL.sub(_escape, super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
-        return without_api_keys(super().format(record))  # the traceback's text too
+        return without_secrets(super().format(record))  # the traceback's text too
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

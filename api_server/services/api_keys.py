@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, list_page
-from shared.api_key_shape import API_KEY_SHAPE
 from shared.db.engine import locked_to_change, write_lock_on_sqlite
 from shared.db.models import ApiKey, ApiKeyDatasource, Datasource, Organization, utcnow
 from shared.errors import Conflict, NotFound
+from shared.secret_shapes import API_KEY_SHAPE
 from shared.state_secrets import ServerSecrets
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

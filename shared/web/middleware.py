@@ -17,25 +17,30 @@ from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.api_key_shape import without_api_keys
 from shared.logging import request_id_var
+from shared.secret_shapes import without_secrets
 from shared.web.problems import unexpected_error_response
 
 logger = logging.getLogger("dataferry.access")
 error_logger = logging.getLogger("dataferry.errors")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+LOGGED_PATH_CHARS = 2048
 
 
 def _path_as_sent(scope: Scope) -> str:
     """The path still percent-encoded, as the client sent it (``%0a`` stays three characters);
-    never the query, which may carry a data token. A path that holds an API key, however
-    percent-encoded, is written decoded with the key masked (the log's formatter masks the
-    plain ones)."""
+    never the query, which may carry a data token. A path that holds an API key or a data token
+    (a client that put one there by mistake), however percent-encoded, is written decoded with
+    the secret masked (the log's formatter masks the plain ones). A path is written up to
+    ``LOGGED_PATH_CHARS``: one request cannot make a log line of the 16 KiB a URL may have."""
     raw = scope.get("raw_path")
     path = raw.decode("ascii", "backslashreplace") if raw else scope["path"]
     decoded = unquote(path)
-    masked = without_api_keys(decoded)
-    return masked if masked != decoded else path
+    masked = without_secrets(decoded)
+    logged = masked if masked != decoded else path
+    if len(logged) > LOGGED_PATH_CHARS:
+        return f"{logged[:LOGGED_PATH_CHARS]}…({len(logged)} characters)"
+    return logged
 
 
 class RequestContextMiddleware:

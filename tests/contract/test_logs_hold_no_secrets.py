@@ -4,7 +4,7 @@ The whole run is checked once every test has ended, whatever the order (conftest
 ``pytest_sessionfinish``). The scenario here makes sure there is something to check even when this
 file runs alone: a password datasource, an object-storage datasource's key, a bad and a good key,
 bound values, a data grant, and a fetch through a data URL (``?token=``), whose access-log line must
-hold the path only.
+hold the path only, and fetches with the token mistakenly in the path, where it must be masked.
 """
 
 from __future__ import annotations
@@ -75,9 +75,18 @@ def _fetch_by_data_url(api: Api) -> None:
         with TestClient(create_data_app(settings)) as data:
             url = data_url(settings, data_key, token).removeprefix(settings.public_data_url)
             assert data.get(url).status_code == 404  # authorised; nothing stored under the key
+            # A client's mistakes put the token in the path, which is logged (found by a probe).
+            for mistaken in (
+                f"/data/{data_key}%3Ftoken={token}",
+                f"/data/{data_key}&token={token}",
+                f"/data/{token}",
+            ):
+                assert data.get(mistaken).status_code in (401, 404)
     finally:
         client_logger.setLevel(level)
     assert any(f"GET /data/{data_key} 404" in line for line in CAPTURE.lines)
+    assert sum(f"GET /data/{data_key}?token=eyJ…" in line for line in CAPTURE.lines) == 1
+    assert any("GET /data/eyJ… 40" in line for line in CAPTURE.lines)
 
 
 def test_no_log_line_holds_a_key_token_password_or_bound_value(api):

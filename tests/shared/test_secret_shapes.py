@@ -1,0 +1,38 @@
+"""Logs mask what looks like a secret, however a client sent it (shared/secret_shapes.py) and
+however long the path (shared/web/middleware.py)."""
+
+from __future__ import annotations
+
+from shared.secret_shapes import without_secrets
+from shared.signing_keys import SigningKeyring
+from shared.tokens import Scope, mint_data_token, new_data_key
+from shared.web.middleware import LOGGED_PATH_CHARS, _path_as_sent
+
+KEY_BODY = "A1b2C3d4E5f6G7h8I9j0" * 2
+
+
+def test_a_key_is_masked_with_or_without_its_checksum():
+    """The checksum is computed from the 40 characters: without it they are still the key."""
+    assert without_secrets(f"/x/dfk_{KEY_BODY}_Zz9Yy8/y") == "/x/dfk_…/y"
+    assert without_secrets(f"/x/dfk_{KEY_BODY}/y") == "/x/dfk_…/y"
+    assert without_secrets("/datasources/q7g8-u4p4-8dpm/files/dfk_notes.csv") == (
+        "/datasources/q7g8-u4p4-8dpm/files/dfk_notes.csv"
+    )
+
+
+def test_a_data_token_is_masked_padded_or_not(settings):
+    token = mint_data_token(
+        SigningKeyring(settings), settings, organization_id="o",
+        data_key=new_data_key(Scope.EXECUTION_RESULT), scope=Scope.EXECUTION_RESULT,
+    )  # fmt: skip
+    assert without_secrets(f"/data/k&token={token}") == "/data/k&token=eyJ…"
+    assert without_secrets(f"/data/{token}==/x") == "/data/eyJ…/x"
+    assert without_secrets("/data/k.arrow") == "/data/k.arrow"
+
+
+def test_a_logged_path_is_bounded_and_still_masked():
+    long_path = f"/data/dfk_{KEY_BODY}_Zz9Yy8" + "a" * 20_000
+    logged = _path_as_sent({"path": long_path, "raw_path": long_path.encode()})
+    masked = "/data/dfk_…" + "a" * 20_000
+    assert logged == f"{masked[:LOGGED_PATH_CHARS]}…({len(masked)} characters)"
+    assert _path_as_sent({"path": "/healthz", "raw_path": b"/healthz"}) == "/healthz"
