@@ -135,6 +135,10 @@ _REFRESH = (
 )
 _WRONG_TYPE = "`wrong_database_type`: the datasource is not of a type that has these files"
 _NO_FILE = "No such datasource, or no such file (`file_not_found`)."
+_SHARED_BEYOND_SCOPE = (
+    "The key lacks the permission, or is restricted to listed datasources and a datasource "
+    "beyond them reads this one's files too (`datasource_scope_restricted`); nothing changed."
+)
 _BAD_NAME = (
     "`invalid_file_name` or `unsupported_file_type` (`source.parameter` is `name`); "
     "`file_not_parsable`: the body does not read as its format; nothing written."
@@ -142,6 +146,7 @@ _BAD_NAME = (
 _UPLOAD_ERRORS: dict[int, str | None] = {
     400: "A query parameter other than `fields[datasource_files]` was sent, or the client closed "
     "the connection mid-upload (`client_disconnected`).",
+    403: _SHARED_BEYOND_SCOPE,
     404: "No such datasource (or outside the key's datasources).",
     408: f"No data arrived for {BODY_TIMEOUT_SECONDS:.0f} s; nothing written.",
     409: f"{_WRONG_TYPE}; `datasource_read_only` (an operator's shared folder); `file_name_taken` "
@@ -281,6 +286,7 @@ async def upload_datasource_file(request: Request, principal: Principal) -> Resp
     responses={"200": doc.jsonapi_response("Deleted.", "FileDeletedDocument")},
     errors={
         400: doc.BAD_QUERY,
+        403: _SHARED_BEYOND_SCOPE,
         404: _NO_FILE,
         409: f"{_WRONG_TYPE}; `datasource_read_only`.",
         422: _BAD_NAME,

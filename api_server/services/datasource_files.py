@@ -194,6 +194,20 @@ def locate(session: Session, settings: Settings, ds: Datasource, *, writing: boo
         raise DatasourceUnavailable(f"The datasource's path is not usable: {exc.detail}") from exc
 
 
+def locate_for_writing(
+    session: Session, settings: Settings, principal: Principal, ds: Datasource
+) -> Location:
+    """Where an upload or a delete goes (``locate``), unless a datasource beyond the scope of a
+    key restricted to listed datasources reads there too (a key of the whole organisation
+    pointed both at one place): the restricted key would fill, replace or delete that one's
+    data through its own."""
+    location = locate(session, settings, ds, writing=True)
+    target = location.folder / location.file_name if location.file_name else location.folder
+    if datasources.read_beyond_scope(session, settings, principal, ds.id, target.resolve()):
+        principal.require_every_datasource("change files a datasource beyond them reads too")
+    return location
+
+
 # ---------------------------------------------------------------------------- reading
 
 
@@ -295,7 +309,7 @@ def delete_file(
     with sessions() as session:
         ds = find_datasource(session, principal, datasource_id, database_file=False)
         name, _ = check_file_name(name)
-        location = locate(session, settings, ds, writing=True)
+        location = locate_for_writing(session, settings, principal, ds)
         organization_id = ds.organization_id
     try:
         dir_fd = os.open(location.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

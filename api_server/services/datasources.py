@@ -441,14 +441,27 @@ def _refuse_others_data(
     pointer: str,
 ) -> None:
     """A key restricted to listed datasources may not point one of them into, or around, what a
-    datasource beyond them reads: its own place (``datasources/<id>``, made or awaited) or its
-    path. Else the key would read, fill or replace that one's data through its own. It is
-    answered as a path that leads nowhere is, word for word, so that it tells nothing of the
-    other. (A key of the whole organisation may point two datasources at one place: deleting one
-    then leaves what the other reads.)"""
+    datasource beyond them reads. Else the key would read, fill or replace that one's data
+    through its own. It is answered as a path that leads nowhere is, word for word, so that it
+    tells nothing of the other. (A key of the whole organisation may point two datasources at
+    one place: deleting one then leaves what the other reads.)"""
+    if read_beyond_scope(session, settings, principal, datasource_id, located.path):
+        kind = "folder" if located.path.is_dir() else "file"
+        raise PathNotFound(
+            f"No {kind} at {located.relative!r} in your organisation's file area.",
+            pointer=pointer,
+        )
+
+
+def read_beyond_scope(
+    session: Session, settings: Settings, principal: Principal, datasource_id: str, path: Path
+) -> bool:
+    """Whether a datasource beyond the scope of a key restricted to listed datasources reads in
+    or around ``path`` (its own place, ``datasources/<id>``, made or awaited, or where its path
+    leads); never for a key of the whole organisation."""
     scope = principal.datasource_ids
     if scope is None:
-        return
+        return False
     organization_id = principal.organization_id
     area = organization_area(settings.data_root, organization_id)
     beyond = session.execute(
@@ -465,12 +478,8 @@ def _refuse_others_data(
             _located(session, settings, organization_id, database_type, database or ""),
         ]
         if any(
-            place is not None
-            and (located.path.is_relative_to(place) or place.is_relative_to(located.path))
+            place is not None and (path.is_relative_to(place) or place.is_relative_to(path))
             for place in held
         ):
-            kind = "folder" if located.path.is_dir() else "file"
-            raise PathNotFound(
-                f"No {kind} at {located.relative!r} in your organisation's file area.",
-                pointer=pointer,
-            )
+            return True
+    return False

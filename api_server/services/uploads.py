@@ -32,7 +32,7 @@ from api_server.services.datasource_files import (
     check_file_name,
     file_entry,
     find_datasource,
-    locate,
+    locate_for_writing,
     queue_refresh,
     scan,
 )
@@ -110,7 +110,7 @@ def prepare_file_upload(
     """Decide a file upload into a files datasource: 404, 409, 422, 415, then 413."""
     ds = find_datasource(session, principal, datasource_id, database_file=False)
     name, kind = check_file_name(name)
-    location = locate(session, settings, ds, writing=True)
+    location = locate_for_writing(session, settings, principal, ds)
     return _target(session, settings, ds, location.area, location.folder, name, kind,
                    content_type, declared_length, views=True)  # fmt: skip
 
@@ -125,7 +125,7 @@ def prepare_database_upload(
 ) -> UploadTarget:
     """Decide the upload of a duckdb or sqlite datasource's database file."""
     ds = find_datasource(session, principal, datasource_id, database_file=True)
-    location = locate(session, settings, ds, writing=True)
+    location = locate_for_writing(session, settings, principal, ds)
     kind = DATABASE_FILE_FORMATS[ds.database_type]
     return _target(session, settings, ds, location.area, location.folder,
                    location.file_name or "", kind, content_type, declared_length,

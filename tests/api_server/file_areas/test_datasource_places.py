@@ -8,7 +8,7 @@ import pytest
 
 from api_server.permissions import Permission
 from tests.support.factories import dump_tables, resource
-from tests.support.uploads import ORDERS_CSV, put
+from tests.support.uploads import ORDERS_CSV, duckdb_bytes, error_of, put, snapshot
 
 
 def _repoint(api, key: str, datasource: str, **attributes):
@@ -79,3 +79,45 @@ def _refused_as_missing_file(api, key: str, datasource: str, database: str) -> N
     refused = _repoint(api, key, datasource, database=database)
     assert refused.status_code == 422, refused.text
     assert refused.json()["errors"][0]["code"] == "path_not_found"
+
+
+def test_a_restricted_key_changes_no_files_a_datasource_beyond_its_scope_reads(api, tmp_path):
+    """The organisation's key pointed a datasource in the key's scope at another's folder, or
+    at a database file in it: the restricted key may not upload, replace or delete there, since
+    that would change what the other reads (found by the second outside probe)."""
+    org = api.create_org()
+    theirs = _files_datasource(api, org, "theirs")
+    folder = api.area(org) / "datasources" / theirs
+    (folder / "db.duckdb").write_bytes(duckdb_bytes(tmp_path, "CREATE TABLE t AS SELECT 1 AS a"))
+    alias = api.create_datasource(
+        org.key, name="alias", database_type="files", database=f"datasources/{theirs}"
+    )["id"]
+    database = api.create_datasource(
+        org.key, name="db", database_type="duckdb", database=f"datasources/{theirs}/db.duckdb"
+    )["id"]
+    key = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=[alias, database])
+    api.get("/api_key", key)  # a key's first use writes last_used_at: not part of the case
+    tables, files = dump_tables(api.app), snapshot(folder)
+    refusals = [
+        put(api, key, f"/datasources/{alias}/files/planted.csv", ORDERS_CSV),
+        put(api, key, f"/datasources/{alias}/files/t.csv", ORDERS_CSV + b"3,1.0\n"),
+        api.client.delete(
+            f"/datasources/{alias}/files/t.csv", headers={"Authorization": f"Api {key}"}
+        ),
+        put(
+            api, key, f"/datasources/{database}/database_file",
+            duckdb_bytes(tmp_path, "CREATE TABLE t AS SELECT 2 AS a"), "application/octet-stream",
+        ),
+    ]  # fmt: skip
+    for refused in refusals:
+        assert error_of(refused, 403)["code"] == "datasource_scope_restricted"
+    assert (dump_tables(api.app), snapshot(folder)) == (tables, files)
+    # Not even a key holding the folder's datasource, while the database file's is beyond it;
+    # a key holding every one that reads there may, and the organisation's own key.
+    most = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=[alias, theirs])
+    refused = put(api, most, f"/datasources/{alias}/files/u.csv", ORDERS_CSV)
+    assert error_of(refused, 403)["code"] == "datasource_scope_restricted"
+    every = [alias, theirs, database]
+    all_three = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=every)
+    assert put(api, all_three, f"/datasources/{alias}/files/u.csv", ORDERS_CSV).status_code == 201
+    assert put(api, org.key, f"/datasources/{alias}/files/v.csv", ORDERS_CSV).status_code == 201
