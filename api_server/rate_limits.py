@@ -139,7 +139,7 @@ class RateLimiter:
         self._shared: FixedWindowRateLimiter | None = None
         if redis_url:
             storage = storage_from_string(
-                redis_url,
+                _limits_url(redis_url),
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
@@ -183,3 +183,9 @@ class RateLimiter:
                     REDIS_RETRY_SECONDS,
                 )
             self._shared_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+
+
+def _limits_url(redis_url: str) -> str:
+    """The setting takes redis-py's spelling of a Unix socket, ``unix://``; the ``limits``
+    library names its Redis storage by scheme and knows that one as ``redis+unix://``."""
+    return "redis+" + redis_url if redis_url.startswith("unix://") else redis_url

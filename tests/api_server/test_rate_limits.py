@@ -175,6 +175,19 @@ def test_counters_in_redis_are_shared_between_servers():
     assert [d.allowed for d in decisions] == [True, True, True, False]
 
 
+def test_a_unix_socket_url_shares_the_counters(tmp_path):
+    """``unix://`` (the setting's spelling, redis-py's) reaches Redis: it stopped the API server
+    at start with a traceback, as the library the counters use spells it otherwise (found by
+    the outside probe)."""
+    url = redis_url()
+    key, policy = f"test-{uuid.uuid4()}", Policy(per_minute=2, per_hour=100)
+    with unix_socket_proxy(url, str(tmp_path / "redis.sock")) as (socket_url, _stop):
+        over_socket, over_tcp = RateLimiter(socket_url), RateLimiter(url)
+        assert over_socket.shared
+        decisions = [limiter.hit(key, policy) for limiter in (over_socket, over_tcp, over_socket)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+
+
 def test_without_redis_each_process_counts_alone():
     key, policy = f"test-{uuid.uuid4()}", Policy(per_minute=2, per_hour=100)
     first, second = RateLimiter(), RateLimiter()
@@ -226,10 +239,30 @@ def test_redis_stopping_mid_test_yields_no_server_error(settings):
 @contextmanager
 def tcp_proxy(url: str):
     """A loopback TCP proxy to Redis that can be cut; yields (url through the proxy, stop)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with _proxy(listener, url) as stop:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/{_database(url)}", stop
+
+
+@contextmanager
+def unix_socket_proxy(url: str, path: str):
+    """Redis reached through a Unix socket at ``path``: yields (a ``unix://`` url, stop)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    with _proxy(listener, url) as stop:
+        yield f"unix://{path}?db={_database(url)}", stop
+
+
+def _database(url: str) -> str:
+    return url.rsplit("/", 1)[-1] if url.count("/") > 2 else "0"
+
+
+@contextmanager
+def _proxy(listener: socket.socket, url: str):
+    """Pumps what ``listener`` accepts to Redis at ``url`` (TCP) until stopped; yields stop."""
     host_port = url.split("//", 1)[1].split("/", 1)[0]
     target = (host_port.rsplit(":", 1)[0], int(host_port.rsplit(":", 1)[1]))
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
     connections: list[socket.socket] = []
     stopped = threading.Event()
 
@@ -260,10 +293,7 @@ def tcp_proxy(url: str):
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        yield (
-            f"redis://127.0.0.1:{port}/{url.rsplit('/', 1)[-1] if url.count('/') > 2 else 0}",
-            stop,
-        )
+        yield stop
     finally:
         if not stopped.is_set():
             stop()
