@@ -120,12 +120,20 @@ class Operations(web.Operations[Operation]):
 def _refuse_entity_tag_conditions(request: Request) -> None:
     """The API's resources carry no ETag, so an If-Match naming entity tags names none of them:
     the method must not run (RFC 9110 §13.1.1), whatever the client believed it was changing.
-    ``*`` (any current representation) is the operation's to decide: uploads do."""
+    ``*`` (any current representation) is the operation's to decide: uploads do. A PATCH or a
+    DELETE changes what exists, so ``If-None-Match: *`` (only where nothing exists) never lets
+    one run (§13.1.2)."""
     if_match = list_value(request, "if-match")
     if if_match is not None and if_match.strip() != "*":
         raise PreconditionFailed(
             "If-Match names an entity tag, and this API's resources carry none; send the "
             "request without it (uploads take If-Match: * and If-None-Match: *)."
+        )
+    if_none_match = list_value(request, "if-none-match")
+    if request.method in ("PATCH", "DELETE") and (if_none_match or "").strip() == "*":
+        raise PreconditionFailed(
+            f"If-None-Match: * lets a request run only where nothing exists, and {request.method} "
+            "changes what exists; send the request without it."
         )
 
 

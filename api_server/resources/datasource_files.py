@@ -31,7 +31,7 @@ from api_server.services import datasource_files, uploads
 from api_server.services.uploads import Committed, Upload, UploadTarget
 from api_server.upload_body import declared_length, receive_into
 from shared import openapi as oa
-from shared.errors import BadRequest
+from shared.errors import BadRequest, PreconditionFailed
 from shared.file_formats import (
     DATABASE_FILE_FORMATS,
     VIEW_FILE_SUFFIXES,
@@ -388,12 +388,16 @@ def _prepare(request: Request, principal: Principal, name: str | None) -> Upload
 
 def _existence_condition(request: Request) -> bool | None:
     """An upload's ``If-Match: *`` (replace only) or ``If-None-Match: *`` (create only): the
-    conditions a file without an ETag can answer (If-Match naming a tag: 412 at admission)."""
-    if (list_value(request, "if-match") or "").strip() == "*":
-        return True
-    if (list_value(request, "if-none-match") or "").strip() == "*":
-        return False
-    return None
+    conditions a file without an ETag can answer (If-Match naming a tag: 412 at admission). The
+    two at once hold for no file (RFC 9110 §13.2.2): 412, nothing written."""
+    replace_only = (list_value(request, "if-match") or "").strip() == "*"
+    create_only = (list_value(request, "if-none-match") or "").strip() == "*"
+    if replace_only and create_only:
+        raise PreconditionFailed(
+            "If-Match: * (replace only) and If-None-Match: * (create only) hold for no file; "
+            "send one of them."
+        )
+    return True if replace_only else False if create_only else None
 
 
 async def _receive(

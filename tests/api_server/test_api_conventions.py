@@ -170,6 +170,32 @@ def test_if_match_naming_an_entity_tag_is_412_and_changes_nothing(api):
     assert dump_tables(api.app) == before
 
 
+def test_if_none_match_star_never_lets_a_patch_or_delete_run(api):
+    """``*`` holds only where nothing exists, and both change what exists (RFC 9110 §13.1.2):
+    a PATCH and a DELETE ran despite it (found by the outside probe)."""
+    org = api.create_org()
+    created = api.create_datasource(org.key)
+    api.get("/api_key", org.key)
+    before = dump_tables(api.app)
+    headers = {
+        "Authorization": f"Api {org.key}",
+        "Content-Type": "application/vnd.api+json",
+        "If-None-Match": "*",
+    }
+    url = f"/datasources/{created['id']}"
+    document = json.dumps(resource("datasources", created["id"], name="renamed"))
+    for answer in (
+        api.client.patch(url, content=document, headers=headers),
+        api.client.delete(url, headers=headers),
+    ):
+        assert answer.status_code == 412, answer.text
+        assert answer.json()["errors"][0]["code"] == "precondition_failed"
+    assert dump_tables(api.app) == before
+    # An entity tag in If-None-Match matches none of the resource's (it has none): it runs.
+    headers["If-None-Match"] = '"v1"'
+    assert api.client.patch(url, content=document, headers=headers).status_code == 200
+
+
 def test_jsonapi_content_type_with_profile_is_accepted(api):
     org = api.create_org()
     content_type = 'application/vnd.api+json; profile="https://example.com/p"'

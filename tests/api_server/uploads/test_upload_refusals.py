@@ -250,8 +250,13 @@ def test_uploads_honour_create_only_and_replace_only_conditions(api):
         headers = {"Authorization": f"Api {org.key}", "Content-Type": "text/csv", **condition}
         return api.client.put(path, content=other, headers=headers)
 
-    for condition in ({"If-None-Match": "*"}, {"If-Match": '"v1"'}):
+    both = {"If-Match": "*", "If-None-Match": "*"}  # hold for no file (found by a probe)
+    for condition in ({"If-None-Match": "*"}, {"If-Match": '"v1"'}, both):
         assert error_of(upload(url, condition), 412)["code"] == "precondition_failed"
+    assert (folder / "orders.csv").read_bytes() == ORDERS_CSV
+    assert error_of(upload(f"/datasources/{ds}/files/new.csv", both), 412)
+    removal = api.client.delete(url, headers={"Authorization": f"Api {org.key}", **both})
+    assert error_of(removal, 412)["code"] == "precondition_failed"
     assert (folder / "orders.csv").read_bytes() == ORDERS_CSV
     assert error_of(upload(f"/datasources/{ds}/files/new.csv", {"If-Match": "*"}), 412)
     assert not (folder / "new.csv").exists()
