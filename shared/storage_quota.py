@@ -80,8 +80,19 @@ class StorageUsage:
         )
 
 
+# An upload is written to a temporary file beside its target, renamed into place when whole
+# (api_server/services/uploads.py). Until then it is not stored data: the commit counts it.
+UPLOAD_TEMP_PREFIX, UPLOAD_TEMP_SUFFIX = ".upload-", ".part"
+
+
+def is_upload_in_flight(name: str) -> bool:
+    return name.startswith(UPLOAD_TEMP_PREFIX) and name.endswith(UPLOAD_TEMP_SUFFIX)
+
+
 def tree_bytes(folder: Path) -> int:
-    """Bytes of every regular file below ``folder``; symlinks are neither followed nor counted."""
+    """Bytes of every regular file below ``folder`` but uploads still arriving (their commit
+    counts each: several at once that do not all fit then keep those committed first); symlinks
+    are neither followed nor counted."""
     total = 0
     pending = [str(folder)]
     while pending:
@@ -96,7 +107,7 @@ def tree_bytes(folder: Path) -> int:
                 continue
             if stat.S_ISDIR(info.st_mode):
                 pending.append(entry.path)
-            elif stat.S_ISREG(info.st_mode):
+            elif stat.S_ISREG(info.st_mode) and not is_upload_in_flight(entry.name):
                 total += info.st_size
     return total
 

@@ -2,11 +2,13 @@
 
 An upload is decided first (who may write, which file, how many bytes it may have: the per-file
 limit and what the organisation's storage quota leaves), then written to a temporary file beside
-its target (``.upload-<random>.part``: the engine's views and the listing ignore it, the quota
-counts it), checked to parse in a child process (``api_server.file_check``), and committed by one
-rename under the organisation's area lock, after the quota is checked again. The rename is the
-commit: a reader, or a concurrent upload of the same name, sees one whole file or the other, never
-a torn one. A refused, failed or abandoned upload removes its temporary file: it writes nothing.
+its target (``.upload-<random>.part``: the engine's views, the listing and the storage count
+ignore it), checked to parse in a child process (``api_server.file_check``), and committed by one
+rename under the organisation's area lock, after the quota is checked again: what is stored plus
+this upload (of several uploads that do not all fit, those committed first are kept). The rename
+is the commit: a reader, or a concurrent upload of the same name, sees one whole file or the
+other, never a torn one. A refused, failed or abandoned upload removes its temporary file: it
+writes nothing.
 
 Directory operations go through a file descriptor of the folder resolved (and confined to the
 area) when the upload began, so a path changed meanwhile cannot redirect them.
@@ -47,9 +49,15 @@ from shared.errors import (
 )
 from shared.file_formats import DATABASE_FILE_FORMATS, FileKind, accepted_media_types
 from shared.settings import Settings
-from shared.storage_quota import MIB, StorageUsage, storage_usage
+from shared.storage_quota import (
+    MIB,
+    UPLOAD_TEMP_PREFIX,
+    UPLOAD_TEMP_SUFFIX,
+    StorageUsage,
+    is_upload_in_flight,
+    storage_usage,
+)
 
-TEMP_PREFIX, TEMP_SUFFIX = ".upload-", ".part"
 # A temporary file this old belongs to an upload that died with its server: removed on sight.
 STALE_TEMP_SECONDS = 24 * 3600
 
@@ -204,7 +212,7 @@ class Upload:
         self.target = target
         self.size = 0
         self.committed = False
-        self.temp_name = f"{TEMP_PREFIX}{os.urandom(12).hex()}{TEMP_SUFFIX}"
+        self.temp_name = f"{UPLOAD_TEMP_PREFIX}{os.urandom(12).hex()}{UPLOAD_TEMP_SUFFIX}"
         try:
             self.dir_fd = os.open(target.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -278,7 +286,7 @@ def _storage_failed(exc: OSError) -> ServiceUnavailable:
 def _remove_stale_temporaries(dir_fd: int) -> None:
     cutoff = time.time() - STALE_TEMP_SECONDS
     for entry in os.scandir(dir_fd):
-        if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+        if is_upload_in_flight(entry.name):
             with contextlib.suppress(OSError):
                 if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.name, dir_fd=dir_fd)
@@ -324,9 +332,9 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
             usage = storage_usage(session, settings, target.organization_id)
         replaced = _existing_size(target.folder, target.name)
         target.check_condition(replaced is not None)  # decided here, under the lock
-        # The usage counts this upload's temporary file already, and the file it replaces.
-        if usage.used_bytes - (replaced or 0) > usage.quota_bytes:
-            raise replace(usage, files_bytes=usage.files_bytes - upload.size).refusal(upload.size)
+        # The usage counts the file this one replaces, and no upload still arriving.
+        if usage.used_bytes + upload.size - (replaced or 0) > usage.quota_bytes:
+            raise usage.refusal(upload.size)
         if target.views:
             _check_view_name_free(target.folder, target.name)
         os.rename(upload.temp_name, target.name, src_dir_fd=upload.dir_fd, dst_dir_fd=upload.dir_fd)
@@ -338,5 +346,5 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
         entry=entry,
         created=replaced is None,
         refresh_execution_id=queue_refresh(sessions, target.datasource_id),
-        usage=replace(usage, files_bytes=usage.files_bytes - (replaced or 0)),
+        usage=replace(usage, files_bytes=usage.files_bytes + upload.size - (replaced or 0)),
     )

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from api_server import upload_body
-from api_server.services.uploads import TEMP_PREFIX
+from shared.storage_quota import UPLOAD_TEMP_PREFIX
 from tests.support.factories import Api
 from tests.support.uploads import SQLITE_ONLY, files_datasource, snapshot
 
@@ -89,7 +89,7 @@ def files_bytes(api: Api, key: str, ds: str) -> int:
 
 
 def temporary_bytes(api: Api, org: Any) -> int:
-    return sum(p.stat().st_size for p in api.area(org).rglob(f"{TEMP_PREFIX}*"))
+    return sum(p.stat().st_size for p in api.area(org).rglob(f"{UPLOAD_TEMP_PREFIX}*"))
 
 
 @SQLITE_ONLY

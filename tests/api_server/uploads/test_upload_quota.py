@@ -9,7 +9,7 @@ import uuid
 from shared.db.models import Execution, utcnow
 from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.organization_rows import count_stored_bytes
-from shared.storage_quota import MIB
+from shared.storage_quota import MIB, UPLOAD_TEMP_PREFIX, UPLOAD_TEMP_SUFFIX
 from shared.tokens import Scope, new_data_key
 from tests.support.factories import Api, Org
 from tests.support.uploads import ORDERS_CSV, SQLITE_ONLY, error_of, files_datasource, put, snapshot
@@ -67,3 +67,25 @@ def test_files_in_the_area_count_against_the_quota(api):
     answer = put(api, org.key, f"/datasources/{ds}/files/more.csv", b"a\n" + b"1\n" * 60)
     assert error_of(answer, 413)["code"] == "storage_quota_exceeded"
     assert put(api, org.key, f"/datasources/{ds}/files/more.csv", b"a\n1\n").status_code == 201
+
+
+@SQLITE_ONLY
+def test_uploads_still_arriving_count_for_nothing_until_committed(api):
+    """Each upload's commit counted the temporary files of the others still arriving, so of
+    several at once that did not all fit, all could be refused, told of more in use than the
+    quota (found by the outside probe). What is stored plus this upload decides."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    arriving = folder / f"{UPLOAD_TEMP_PREFIX}{'0' * 24}{UPLOAD_TEMP_SUFFIX}"
+    with open(arriving, "wb") as part:  # sparse: another upload, most of the quota so far
+        part.truncate(2 * MIB - 100)
+    body = b"a\n" + b"1\n" * 60
+    answer = put(api, org.key, f"/datasources/{ds}/files/more.csv", body)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["meta"]["storage"]["files_bytes"] == len(ORDERS_CSV) + len(body)
+    with open(api.area(org) / "filler.bin", "wb") as filler:  # sparse, stored
+        filler.truncate(MIB + MIB // 2)
+    too_much = put(api, org.key, f"/datasources/{ds}/files/big.csv", b"a\n" + b"1\n" * 300_000)
+    stored = (MIB + MIB // 2 + len(ORDERS_CSV) + len(body)) / MIB  # the other upload not in it
+    assert f"{stored:.1f} MiB of 2 MiB are in use" in error_of(too_much, 413)["detail"]
+    assert arriving.exists()  # another upload's file is its own to remove

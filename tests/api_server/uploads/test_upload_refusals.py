@@ -8,8 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from api_server.services.uploads import TEMP_PREFIX
-from shared.storage_quota import MIB
+from shared.storage_quota import MIB, UPLOAD_TEMP_PREFIX
 from tests.support.uploads import (
     ORDERS_CSV,
     SQLITE_ONLY,
@@ -26,7 +25,7 @@ BAD_NAMES = {
     "dot dot": "%2E%2E",
     "dot": "%2E",
     "leading dot": ".hidden.csv",
-    "temporary file's form": f"{TEMP_PREFIX}x.part",
+    "temporary file's form": f"{UPLOAD_TEMP_PREFIX}x.part",
     "division slash look-alike": "a%E2%88%95b.csv",  # U+2215
     "fullwidth letter (NFKC changes it)": "%EF%BD%86.csv",  # U+FF46
     "one dot leader": "a%E2%80%A4csv",  # U+2024
@@ -55,7 +54,7 @@ def test_a_bad_name_is_422_and_writes_nothing(api, name):
     assert error["code"] in ("invalid_file_name", "unsupported_file_type"), error
     assert error["source"] == {"parameter": "name"}
     assert snapshot(folder) == before
-    assert not any(p.name.startswith(TEMP_PREFIX) for p in api.area(org).rglob("*"))
+    assert not any(p.name.startswith(UPLOAD_TEMP_PREFIX) for p in api.area(org).rglob("*"))
 
 
 @SQLITE_ONLY

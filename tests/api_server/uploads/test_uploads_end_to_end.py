@@ -19,8 +19,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from api_server.services.uploads import TEMP_PREFIX
-from shared.storage_quota import MIB
+from shared.storage_quota import MIB, UPLOAD_TEMP_PREFIX
 from tests.support.client import DataferryClient
 from tests.support.processes import run_cli, running_region, socket_address
 from tests.support.uploads import duckdb_bytes, parquet_bytes, sqlite_bytes
@@ -282,7 +281,7 @@ def test_a_client_hanging_up_mid_body_leaves_nothing(region, e2e):
         if any(folder.iterdir()):
             break
         time.sleep(0.05)
-    assert [p.name.startswith(TEMP_PREFIX) for p in folder.iterdir()] == [True]
+    assert [p.name.startswith(UPLOAD_TEMP_PREFIX) for p in folder.iterdir()] == [True]
     connection.close()
     for _ in range(200):
         if not any(folder.iterdir()):
