@@ -253,12 +253,16 @@ def print_cpu_per_execution(
 def with_cpu(
     label: str, sample: Callable[[], dict[str, float]], executions: int
 ) -> Callable[[Callable[[], None]], None]:
-    """Wraps a measurement: the servers' CPU per execution over it is printed after it."""
+    """Wraps a measurement: the CPU per execution over it of the servers (``sample``) and of
+    this process, the clients, which share the two cores with them, is printed after it."""
+
+    def with_clients() -> dict[str, float]:
+        return {**sample(), "bench clients": time.process_time() * 1000}
 
     def around(measure_it: Callable[[], None]) -> None:
-        before = sample()
+        before = with_clients()
         measure_it()
-        print_cpu_per_execution(label, before, sample(), executions)
+        print_cpu_per_execution(label, before, with_clients(), executions)
 
     return around
 
