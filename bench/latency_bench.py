@@ -10,13 +10,15 @@ is set), through real uvicorn processes on 127.0.0.1:
   whole): p50 with 1 client.
 
 Every figure is also printed as a ratio to the issue's target (≤ 1.00 for latencies, ≥ 1.00 for
-throughput meets it), and to the floor: the same client making the same number of requests, in
-the same pattern, to a Starlette app that does nothing (bench/floor_app.py), served by uvicorn
-with its h11 protocol (which dataferry's servers use) and with httptools (its fastest). What the
-floor takes of a target is not left for any work: keys, the metadata database, the query. The 1-client four-request line is followed by the CPU time each server
-process spent per execution (API server, data server, its sandbox children): wall times swing with
-whatever else runs on a shared machine, CPU per execution much less, and 200 executions/s on two
-cores leave 10 ms of it for everything.
+throughput meets it), and to the floor (``x floor``; for 16 clients, of the p99): the same
+clients making the same requests, in the same pattern, to a Starlette app that does nothing
+(bench/floor_app.py), served by uvicorn with its h11 protocol (which dataferry's servers use) and
+with httptools (its fastest). What the floor takes of a target is not left for any work: keys,
+the metadata database, the query. Each 1-client four-request figure is preceded by the CPU time
+each process spent per execution (API server, data server, its sandbox children, and this
+process's clients, which share the machine): wall times swing with whatever else runs on a
+shared machine, CPU per execution much less, and 200 executions/s on two cores leave 10 ms of it
+for everything, clients included.
 """
 
 from __future__ import annotations
