@@ -48,6 +48,9 @@ def authenticate(request: Request) -> Principal:
         ),
     )
     request.state.principal = principal
+    # What a key is answered is its own (a data grant's token, a new key's secret): no cache on
+    # the way may keep it (found by the outside probe on Get Execution Data).
+    request.state.response_headers = {"Cache-Control": "no-store"}
     return principal
 
 
@@ -55,7 +58,7 @@ def limit_rate(request: Request, principal: Principal) -> None:
     """Count this request against the key's limits (429 past them). Every response to the
     request carries the key's standing (shared.web.middleware adds it)."""
     decision = request.app.state.rate_limiter.hit(principal.api_key_id, principal.rate_policy)
-    request.state.response_headers = decision.headers()
+    request.state.response_headers = {**request.state.response_headers, **decision.headers()}
     if not decision.allowed:
         window = decision.tightest
         raise TooManyRequests(

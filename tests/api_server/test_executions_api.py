@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import update
 
 from api_server.permissions import Permission
-from shared.db.models import Execution
+from shared.db.models import Execution, utcnow
+from shared.tokens import Scope, new_data_key
 
 JSON = "application/json"
 
@@ -238,6 +239,27 @@ def test_data_is_204_until_completed_and_after_failure(api):
     assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
     shown = api.get(f"/executions/{execution_id}", org.key).json()["data"]["attributes"]
     assert (shown["error_code"], shown["error_message"]) == ("syntax_error", "bad")
+
+
+def test_a_key_is_answered_for_no_cache_to_keep(api):
+    """A data grant holds a bearer token; every answer to a key is its own (found by the
+    outside probe: Get Execution Data had no Cache-Control)."""
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
+    with api.app.state.sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(status="completed", completed_at=utcnow(), result_size=10,
+                    data_key=new_data_key(Scope.EXECUTION_RESULT))
+        )  # fmt: skip
+    grant = api.get(f"/executions/{execution_id}/data", org.key)
+    assert "data_access_token" in grant.json(), grant.text
+    viewer = api.create_key(org, [Permission.VIEW_ALERTS])
+    for answer in (grant, api.get("/datasources", org.key), api.get("/datasources", viewer)):
+        assert answer.headers["cache-control"] == "no-store", answer.status_code
 
 
 @pytest.mark.parametrize(
