@@ -6,10 +6,21 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
+from api_server.permissions import Permission
+from api_server.principals import Principal
+from api_server.rate_limits import Policy
+from api_server.services import uploads
 from shared.db.models import Execution, utcnow
 from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.organization_rows import count_stored_bytes
-from shared.storage_quota import MIB, UPLOAD_TEMP_PREFIX, UPLOAD_TEMP_SUFFIX
+from shared.storage_quota import (
+    MIB,
+    UPLOAD_TEMP_PREFIX,
+    UPLOAD_TEMP_SUFFIX,
+    StorageQuotaExceeded,
+)
 from shared.tokens import Scope, new_data_key
 from tests.support.factories import Api, Org
 from tests.support.uploads import ORDERS_CSV, SQLITE_ONLY, error_of, files_datasource, put, snapshot
@@ -89,3 +100,32 @@ def test_uploads_still_arriving_count_for_nothing_until_committed(api):
     stored = (MIB + MIB // 2 + len(ORDERS_CSV) + len(body)) / MIB  # the other upload not in it
     assert f"{stored:.1f} MiB of 2 MiB are in use" in error_of(too_much, 413)["detail"]
     assert arriving.exists()  # another upload's file is its own to remove
+
+
+@SQLITE_ONLY
+def test_the_commit_refuses_an_upload_that_no_longer_fits(api):
+    """What another upload committed after this one was decided counts at this one's commit:
+    stored bytes plus this upload, never past the quota."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    state = api.app.state
+    principal = Principal(
+        organization_id=org.id, api_key_id="k", permissions=frozenset(Permission),
+        datasource_ids=None, rate_policy=Policy(per_minute=1, per_hour=1),
+    )  # fmt: skip
+    body = b"a\n" + b"1\n" * 100_000  # 0.2 MiB: fits when decided
+    with state.sessions() as session:
+        target = uploads.prepare_file_upload(
+            session, principal, state.settings, ds, "late.csv", "text/csv", len(body)
+        )
+    upload = uploads.Upload(target)
+    try:
+        upload.admit(len(body))
+        upload.write(body)
+        with open(api.area(org) / "committed_meanwhile.bin", "wb") as other:  # sparse
+            other.truncate(2 * MIB - len(ORDERS_CSV) - len(body) + 1)
+        with pytest.raises(StorageQuotaExceeded):
+            uploads.commit_upload(state.sessions, state.settings, upload)
+    finally:
+        upload.close()
+    assert sorted(path.name for path in folder.iterdir()) == ["orders.csv"]
