@@ -401,7 +401,9 @@ def update_datasource(request: Request, principal: Principal) -> Response:
 def delete_datasource(request: Request, principal: Principal) -> Response:
     state = request.app.state
     with state.sessions.begin() as session:
-        deleted = datasources.delete_datasource(session, principal, request.path_params["id"])
+        deleted = datasources.delete_datasource(
+            session, state.settings, principal, request.path_params["id"]
+        )
     delete_stored_data(state.result_store, results=deleted.results, schemas=deleted.schemas)
     if deleted.own_place is not None:
         remove_own_place(state.settings.data_root, deleted.organization_id, deleted.own_place)

@@ -280,7 +280,9 @@ class DeletedData:
     own_place: str | None = None
 
 
-def delete_datasource(session: Session, principal: Principal, datasource_id: str) -> DeletedData:
+def delete_datasource(
+    session: Session, settings: Settings, principal: Principal, datasource_id: str
+) -> DeletedData:
     """Delete the datasource with all its executions, as a purge would: their tokens find nothing.
 
     The organisation's row is locked first, as every writer of its stored results takes it
@@ -298,7 +300,7 @@ def delete_datasource(session: Session, principal: Principal, datasource_id: str
         raise NotFound(_NOT_FOUND_DETAIL)
     session.refresh(ds)
     schema = ds.schema_data_key
-    own_place = _own_place_of(session, ds)
+    own_place = _own_place_of(session, settings, ds)
     session.delete(ds)
     try:
         session.flush()
@@ -331,12 +333,17 @@ def _refuse_if_reports_use(session: Session, ds: Datasource) -> None:
             )
 
 
-def _own_place_of(session: Session, ds: Datasource) -> str | None:
+def _own_place_of(session: Session, settings: Settings, ds: Datasource) -> str | None:
     """The place the server assigned the datasource, if it still uses it and no other
-    datasource of its organisation reads it (one created with that path later, say)."""
+    datasource of its organisation reads it (one created with that path later, or with a path
+    that a link makes the same place: found by the outside probe, a restricted key deleting its
+    own datasource removed what another, beyond its scope, read through a link)."""
     if ds.database_type not in FILE_DATABASE_TYPES or ds.database != default_datasource_path(
         ds.database_type, ds.id
     ):
+        return None
+    own = (organization_area(settings.data_root, ds.organization_id) / ds.database).resolve()
+    if _read_by_another(session, settings, ds.organization_id, ds.id, own):
         return None
     shared = session.scalar(
         select(func.count())
@@ -457,22 +464,35 @@ def read_beyond_scope(
     session: Session, settings: Settings, principal: Principal, datasource_id: str, path: Path
 ) -> bool:
     """Whether a datasource beyond the scope of a key restricted to listed datasources reads in
-    or around ``path`` (its own place, ``datasources/<id>``, made or awaited, or where its path
-    leads); never for a key of the whole organisation."""
-    scope = principal.datasource_ids
-    if scope is None:
+    or around ``path``; never for a key of the whole organisation."""
+    if principal.datasource_ids is None:
         return False
-    organization_id = principal.organization_id
+    return _read_by_another(
+        session, settings, principal.organization_id, datasource_id, path, principal.datasource_ids
+    )
+
+
+def _read_by_another(
+    session: Session,
+    settings: Settings,
+    organization_id: str,
+    datasource_id: str,
+    path: Path,
+    besides: frozenset[str] = frozenset(),
+) -> bool:
+    """Whether another file datasource of the organisation (not one of ``besides``) reads in or
+    around ``path``: its own place (``datasources/<id>``, made or awaited) or where its path
+    leads, every link resolved (an alias of the path is the same place)."""
     area = organization_area(settings.data_root, organization_id)
-    beyond = session.execute(
+    others = session.execute(
         select(Datasource.id, Datasource.database_type, Datasource.database).where(
             Datasource.organization_id == organization_id,
             Datasource.id != datasource_id,
-            Datasource.id.not_in(scope),
+            Datasource.id.not_in(besides),
             Datasource.database_type.in_(FILE_DATABASE_TYPES),
         )
     )
-    for other_id, database_type, database in beyond:
+    for other_id, database_type, database in others:
         held = [
             (area / default_datasource_path(database_type, other_id)).resolve(),
             _located(session, settings, organization_id, database_type, database or ""),

@@ -121,3 +121,17 @@ def test_a_restricted_key_changes_no_files_a_datasource_beyond_its_scope_reads(a
     all_three = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=every)
     assert put(api, all_three, f"/datasources/{alias}/files/u.csv", ORDERS_CSV).status_code == 201
     assert put(api, org.key, f"/datasources/{alias}/files/v.csv", ORDERS_CSV).status_code == 201
+
+
+def test_deleting_a_datasource_leaves_its_place_while_another_reads_it_through_a_link(api):
+    """The organisation's key pointed B at A's own place through a link: deleting A, even with a
+    key restricted to it, removed the folder B reads (found by the second outside probe)."""
+    org = api.create_org()
+    mine = _files_datasource(api, org, "mine")
+    (api.area(org) / "alias").symlink_to(api.area(org) / "datasources" / mine)
+    reader = api.create_datasource(org.key, name="reader", database_type="files", database="alias")
+    key = api.create_key(org, [Permission.MANAGE_DATASOURCES], datasource_ids=[mine])
+    assert api.delete(f"/datasources/{mine}", key).status_code == 204
+    listed = api.get(f"/datasources/{reader['id']}/files", org.key)
+    assert listed.status_code == 200, listed.text
+    assert [f["id"] for f in listed.json()["data"]] == ["t.csv"]
