@@ -30,7 +30,7 @@ from api_server.resource_layer.resource_types import ResourceType
 from shared.errors import PreconditionFailed
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web import operations as web
-from shared.web.request_headers import list_value
+from shared.web.request_headers import list_value, names_any
 
 API_KEY = "ApiKey"  # the security scheme of every operation that is not public
 # What ``admit`` answers: Accept (406), the key (401), its rate limits (429); then the body's.
@@ -129,8 +129,7 @@ def _refuse_entity_tag_conditions(request: Request) -> None:
             "If-Match names an entity tag, and this API's resources carry none; send the "
             "request without it (uploads take If-Match: * and If-None-Match: *)."
         )
-    if_none_match = list_value(request, "if-none-match")
-    if request.method in ("PATCH", "DELETE") and (if_none_match or "").strip() == "*":
+    if request.method in ("PATCH", "DELETE") and names_any(request, "if-none-match"):
         raise PreconditionFailed(
             f"If-None-Match: * lets a request run only where nothing exists, and {request.method} "
             "changes what exists; send the request without it."

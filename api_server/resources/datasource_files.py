@@ -41,7 +41,7 @@ from shared.file_formats import (
 )
 from shared.storage_quota import StorageUsage
 from shared.web.http_limits import BODY_TIMEOUT_SECONDS
-from shared.web.request_headers import list_value, refuse_content_coding, sole_value
+from shared.web.request_headers import names_any, refuse_content_coding, sole_value
 
 
 class DatasourceFileAttributes(Attributes):
@@ -390,8 +390,8 @@ def _existence_condition(request: Request) -> bool | None:
     """An upload's ``If-Match: *`` (replace only) or ``If-None-Match: *`` (create only): the
     conditions a file without an ETag can answer (If-Match naming a tag: 412 at admission). The
     two at once hold for no file (RFC 9110 §13.2.2): 412, nothing written."""
-    replace_only = (list_value(request, "if-match") or "").strip() == "*"
-    create_only = (list_value(request, "if-none-match") or "").strip() == "*"
+    replace_only = names_any(request, "if-match")
+    create_only = names_any(request, "if-none-match")
     if replace_only and create_only:
         raise PreconditionFailed(
             "If-Match: * (replace only) and If-None-Match: * (create only) hold for no file; "

@@ -43,6 +43,14 @@ def list_value(request: Request, name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
+def names_any(request: Request, name: str) -> bool:
+    """Whether a conditional header (``If-Match``, ``If-None-Match``) holds ``*`` among its list
+    elements, however its field lines are split and whatever empty elements they hold (RFC 9110
+    §5.6.1): ``*,`` or two lines of ``*`` mean ``*`` (found by the outside probe)."""
+    value = list_value(request, name)
+    return value is not None and "*" in (element.strip() for element in value.split(","))
+
+
 def refuse_content_coding(request: Request) -> None:
     """A request body is read as sent: one in a content coding (gzip, …) would be checked as
     if it were not, and refused for its bytes with a misleading reason. RFC 9110 §8.4 lets a

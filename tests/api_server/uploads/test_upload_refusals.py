@@ -250,7 +250,8 @@ def test_uploads_honour_create_only_and_replace_only_conditions(api):
         return api.client.put(path, content=other, headers=headers)
 
     both = {"If-Match": "*", "If-None-Match": "*"}  # hold for no file (found by a probe)
-    for condition in ({"If-None-Match": "*"}, {"If-Match": '"v1"'}, both):
+    listed = {"If-None-Match": '"a", *'}  # a list holding "*" is "*"
+    for condition in ({"If-None-Match": "*"}, {"If-Match": '"v1"'}, both, listed):
         assert error_of(upload(url, condition), 412)["code"] == "precondition_failed"
     assert (folder / "orders.csv").read_bytes() == ORDERS_CSV
     assert error_of(upload(f"/datasources/{ds}/files/new.csv", both), 412)
