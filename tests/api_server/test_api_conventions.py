@@ -272,6 +272,11 @@ def test_every_response_carries_a_request_id(api):
     assert echoed.headers["x-request-id"] == "abc-123"
     hostile = api.client.get("/healthz", headers={"X-Request-ID": "a b\tc"})
     assert hostile.headers["x-request-id"] != "a b\tc"
+    secret = api.create_org().key  # a key as the id: the audit log would keep it
+    assert (
+        api.client.get("/healthz", headers={"X-Request-ID": secret}).headers["x-request-id"]
+        != secret
+    )
 
 
 def test_health_and_readiness(api):
