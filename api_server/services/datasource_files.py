@@ -203,9 +203,18 @@ def locate_for_writing(
     data through its own."""
     location = locate(session, settings, ds, writing=True)
     target = location.folder / location.file_name if location.file_name else location.folder
-    if datasources.read_beyond_scope(session, settings, principal, ds.id, target.resolve()):
-        principal.require_every_datasource("change files a datasource beyond them reads too")
+    refuse_writing_beyond_scope(session, settings, principal, ds.id, target)
     return location
+
+
+def refuse_writing_beyond_scope(
+    session: Session, settings: Settings, principal: Principal, datasource_id: str, target: Path
+) -> None:
+    """403 for a key restricted to listed datasources when one beyond them reads ``target``:
+    asked when a write is decided and again when an upload commits, as the organisation's key
+    may point another datasource there meanwhile."""
+    if datasources.read_beyond_scope(session, settings, principal, datasource_id, target.resolve()):
+        principal.require_every_datasource("change files a datasource beyond them reads too")
 
 
 # ---------------------------------------------------------------------------- reading

@@ -36,6 +36,7 @@ from api_server.services.datasource_files import (
     find_datasource,
     locate_for_writing,
     queue_refresh,
+    refuse_writing_beyond_scope,
     scan,
 )
 from shared.datapaths import area_locked
@@ -82,6 +83,8 @@ class UploadTarget:
     views: bool  # a files datasource's folder: one file per view name
     # If-Match: * (True: replace only) or If-None-Match: * (False: create only); None: either.
     must_exist: bool | None = None
+    # Who writes: a key restricted to listed datasources is asked again at the commit.
+    writer: Principal | None = None
 
     def check_condition(self, exists: bool) -> None:
         """412 when the request's condition on the file's existence does not hold."""
@@ -119,8 +122,9 @@ def prepare_file_upload(
     ds = find_datasource(session, principal, datasource_id, database_file=False)
     name, kind = check_file_name(name)
     location = locate_for_writing(session, settings, principal, ds)
-    return _target(session, settings, ds, location.area, location.folder, name, kind,
-                   content_type, declared_length, views=True)  # fmt: skip
+    target = _target(session, settings, ds, location.area, location.folder, name, kind,
+                     content_type, declared_length, views=True)  # fmt: skip
+    return replace(target, writer=principal)
 
 
 def prepare_database_upload(
@@ -135,9 +139,10 @@ def prepare_database_upload(
     ds = find_datasource(session, principal, datasource_id, database_file=True)
     location = locate_for_writing(session, settings, principal, ds)
     kind = DATABASE_FILE_FORMATS[ds.database_type]
-    return _target(session, settings, ds, location.area, location.folder,
-                   location.file_name or "", kind, content_type, declared_length,
-                   views=False)  # fmt: skip
+    target = _target(session, settings, ds, location.area, location.folder,
+                     location.file_name or "", kind, content_type, declared_length,
+                     views=False)  # fmt: skip
+    return replace(target, writer=principal)
 
 
 def _target(
@@ -329,6 +334,11 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
         with sessions() as session:
             exists = session.get(Datasource, target.datasource_id) is not None
             _refuse_if_datasource_went(upload, exists=exists)
+            if target.writer is not None:
+                refuse_writing_beyond_scope(
+                    session, settings, target.writer, target.datasource_id,
+                    target.folder / target.name,
+                )  # fmt: skip
             usage = storage_usage(session, settings, target.organization_id)
         replaced = _existing_size(target.folder, target.name)
         target.check_condition(replaced is not None)  # decided here, under the lock

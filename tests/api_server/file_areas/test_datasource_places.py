@@ -7,6 +7,10 @@ from __future__ import annotations
 import pytest
 
 from api_server.permissions import Permission
+from api_server.principals import Principal
+from api_server.rate_limits import Policy
+from api_server.services import uploads
+from shared.errors import Forbidden
 from tests.support.factories import dump_tables, resource
 from tests.support.uploads import ORDERS_CSV, duckdb_bytes, error_of, put, snapshot
 
@@ -135,3 +139,33 @@ def test_deleting_a_datasource_leaves_its_place_while_another_reads_it_through_a
     listed = api.get(f"/datasources/{reader['id']}/files", org.key)
     assert listed.status_code == 200, listed.text
     assert [f["id"] for f in listed.json()["data"]] == ["t.csv"]
+
+
+def test_an_upload_commits_only_if_no_datasource_beyond_its_key_reads_there_by_then(api):
+    """Decided, then the organisation's key pointed another datasource at the folder while the
+    body streamed: the commit asks again (found by the second outside probe: 201)."""
+    org = api.create_org()
+    mine = _files_datasource(api, org, "mine")
+    folder = api.area(org) / "datasources" / mine
+    state = api.app.state
+    with state.sessions() as session:
+        principal = Principal(
+            organization_id=org.id, api_key_id="k",
+            permissions=frozenset({Permission.MANAGE_DATASOURCES}),
+            datasource_ids=frozenset({mine}), rate_policy=Policy(per_minute=1, per_hour=1),
+        )  # fmt: skip
+        target = uploads.prepare_file_upload(
+            session, principal, state.settings, mine, "late.csv", "text/csv", len(ORDERS_CSV)
+        )
+    upload = uploads.Upload(target)
+    try:
+        upload.admit(len(ORDERS_CSV))
+        upload.write(ORDERS_CSV)
+        api.create_datasource(
+            org.key, name="reader", database_type="files", database=f"datasources/{mine}"
+        )
+        with pytest.raises(Forbidden):
+            uploads.commit_upload(state.sessions, state.settings, upload)
+    finally:
+        upload.close()
+    assert sorted(path.name for path in folder.iterdir()) == ["t.csv"]
