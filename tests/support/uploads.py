@@ -1,5 +1,6 @@
 """What the upload tests (tests/api_server/uploads/) share: a files datasource to upload into, a
-PUT with a key, the folder's bytes before and after, small files of each kind, the error read.
+PUT with a key, an upload decided but not yet committed, the folder's bytes before and after,
+small files of each kind, the error read.
 """
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from __future__ import annotations
 import io
 import sqlite3
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -15,6 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from api_server.permissions import Permission
+from api_server.principals import Principal
+from api_server.rate_limits import Policy
+from api_server.services import uploads
 from tests.support.factories import Api, Org
 
 ORDERS_CSV = b"order_id,amount\n1,9.5\n2,20.0\n"
@@ -37,6 +44,33 @@ def put(
 ) -> httpx.Response:
     headers = {"Authorization": f"Api {key}", "Content-Type": content_type}
     return api.client.put(url, content=body, headers=headers)  # type: ignore[arg-type]
+
+
+@contextmanager
+def decided_upload(
+    api: Api, org: Org, datasource_id: str, body: bytes, scope: Sequence[str] | None = None
+) -> Iterator[uploads.Upload]:
+    """An upload of ``body`` as ``late.csv`` by a Manage Datasources caller (restricted to
+    ``scope`` if given), decided and written but not committed: what happens before the commit
+    (``uploads.commit_upload``) is the test's. Its temporary file goes afterwards."""
+    principal = Principal(
+        organization_id=org.id, api_key_id="k",
+        permissions=frozenset({Permission.MANAGE_DATASOURCES}),
+        datasource_ids=None if scope is None else frozenset(scope),
+        rate_policy=Policy(per_minute=1, per_hour=1),
+    )  # fmt: skip
+    state = api.app.state
+    with state.sessions() as session:
+        target = uploads.prepare_file_upload(
+            session, principal, state.settings, datasource_id, "late.csv", "text/csv", len(body)
+        )
+    upload = uploads.Upload(target)
+    try:
+        upload.admit(len(body))
+        upload.write(body)
+        yield upload
+    finally:
+        upload.close()
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -7,12 +7,17 @@ from __future__ import annotations
 import pytest
 
 from api_server.permissions import Permission
-from api_server.principals import Principal
-from api_server.rate_limits import Policy
 from api_server.services import uploads
 from shared.errors import Forbidden
 from tests.support.factories import dump_tables, resource
-from tests.support.uploads import ORDERS_CSV, duckdb_bytes, error_of, put, snapshot
+from tests.support.uploads import (
+    ORDERS_CSV,
+    decided_upload,
+    duckdb_bytes,
+    error_of,
+    put,
+    snapshot,
+)
 
 
 def _repoint(api, key: str, datasource: str, **attributes):
@@ -148,24 +153,10 @@ def test_an_upload_commits_only_if_no_datasource_beyond_its_key_reads_there_by_t
     mine = _files_datasource(api, org, "mine")
     folder = api.area(org) / "datasources" / mine
     state = api.app.state
-    with state.sessions() as session:
-        principal = Principal(
-            organization_id=org.id, api_key_id="k",
-            permissions=frozenset({Permission.MANAGE_DATASOURCES}),
-            datasource_ids=frozenset({mine}), rate_policy=Policy(per_minute=1, per_hour=1),
-        )  # fmt: skip
-        target = uploads.prepare_file_upload(
-            session, principal, state.settings, mine, "late.csv", "text/csv", len(ORDERS_CSV)
-        )
-    upload = uploads.Upload(target)
-    try:
-        upload.admit(len(ORDERS_CSV))
-        upload.write(ORDERS_CSV)
+    with decided_upload(api, org, mine, ORDERS_CSV, scope=[mine]) as upload:
         api.create_datasource(
             org.key, name="reader", database_type="files", database=f"datasources/{mine}"
         )
         with pytest.raises(Forbidden):
             uploads.commit_upload(state.sessions, state.settings, upload)
-    finally:
-        upload.close()
     assert sorted(path.name for path in folder.iterdir()) == ["t.csv"]

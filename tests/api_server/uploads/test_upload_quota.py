@@ -8,9 +8,6 @@ import uuid
 
 import pytest
 
-from api_server.permissions import Permission
-from api_server.principals import Principal
-from api_server.rate_limits import Policy
 from api_server.services import uploads
 from shared.db.models import Execution, utcnow
 from shared.lifecycle import ExecutionStatus, ExecutionType
@@ -23,7 +20,15 @@ from shared.storage_quota import (
 )
 from shared.tokens import Scope, new_data_key
 from tests.support.factories import Api, Org
-from tests.support.uploads import ORDERS_CSV, SQLITE_ONLY, error_of, files_datasource, put, snapshot
+from tests.support.uploads import (
+    ORDERS_CSV,
+    SQLITE_ONLY,
+    decided_upload,
+    error_of,
+    files_datasource,
+    put,
+    snapshot,
+)
 
 
 def _store_result(api: Api, org: Org, size: int) -> str:
@@ -109,23 +114,10 @@ def test_the_commit_refuses_an_upload_that_no_longer_fits(api):
     org = api.create_org()
     ds, folder = files_datasource(api, org)
     state = api.app.state
-    principal = Principal(
-        organization_id=org.id, api_key_id="k", permissions=frozenset(Permission),
-        datasource_ids=None, rate_policy=Policy(per_minute=1, per_hour=1),
-    )  # fmt: skip
     body = b"a\n" + b"1\n" * 100_000  # 0.2 MiB: fits when decided
-    with state.sessions() as session:
-        target = uploads.prepare_file_upload(
-            session, principal, state.settings, ds, "late.csv", "text/csv", len(body)
-        )
-    upload = uploads.Upload(target)
-    try:
-        upload.admit(len(body))
-        upload.write(body)
+    with decided_upload(api, org, ds, body) as upload:
         with open(api.area(org) / "committed_meanwhile.bin", "wb") as other:  # sparse
             other.truncate(2 * MIB - len(ORDERS_CSV) - len(body) + 1)
         with pytest.raises(StorageQuotaExceeded):
             uploads.commit_upload(state.sessions, state.settings, upload)
-    finally:
-        upload.close()
     assert sorted(path.name for path in folder.iterdir()) == ["orders.csv"]
