@@ -56,6 +56,7 @@ from shared.storage_quota import (
     UPLOAD_TEMP_SUFFIX,
     StorageUsage,
     is_upload_in_flight,
+    locked_storage_usage,
     storage_usage,
 )
 
@@ -330,16 +331,17 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
     except FileNotParsable:
         _refuse_if_datasource_went(upload, exists=True)  # its folder (and the file) went
         raise
-    with area_locked(target.area):
-        with sessions() as session:
-            exists = session.get(Datasource, target.datasource_id) is not None
-            _refuse_if_datasource_went(upload, exists=exists)
-            if target.writer is not None:
-                refuse_writing_beyond_scope(
-                    session, settings, target.writer, target.datasource_id,
-                    target.folder / target.name,
-                )  # fmt: skip
-            usage = storage_usage(session, settings, target.organization_id)
+    # The area lock orders uploads; the organisation's row lock, held until the file is in
+    # place, orders this upload against a result being stored, which checks the quota under it.
+    with area_locked(target.area), sessions.begin() as session:
+        usage = locked_storage_usage(session, settings, target.organization_id)  # lock first
+        exists = session.get(Datasource, target.datasource_id) is not None
+        _refuse_if_datasource_went(upload, exists=exists)
+        if target.writer is not None:
+            refuse_writing_beyond_scope(
+                session, settings, target.writer, target.datasource_id,
+                target.folder / target.name,
+            )  # fmt: skip
         replaced = _existing_size(target.folder, target.name)
         target.check_condition(replaced is not None)  # decided here, under the lock
         # The usage counts the file this one replaces, and no upload still arriving.

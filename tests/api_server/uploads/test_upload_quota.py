@@ -5,6 +5,7 @@ count against it; an upload that does not fit is 413 and writes nothing.
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -17,6 +18,7 @@ from shared.storage_quota import (
     UPLOAD_TEMP_PREFIX,
     UPLOAD_TEMP_SUFFIX,
     StorageQuotaExceeded,
+    locked_storage_usage,
 )
 from shared.tokens import Scope, new_data_key
 from tests.support.factories import Api, Org
@@ -120,4 +122,26 @@ def test_the_commit_refuses_an_upload_that_no_longer_fits(api):
             other.truncate(2 * MIB - len(ORDERS_CSV) - len(body) + 1)
         with pytest.raises(StorageQuotaExceeded):
             uploads.commit_upload(state.sessions, state.settings, upload)
+    assert sorted(path.name for path in folder.iterdir()) == ["orders.csv"]
+
+
+def test_an_upload_commit_waits_for_a_result_being_stored_and_counts_it(api):
+    """A worker stores a result under the organisation's lock after checking the quota there;
+    an upload's commit takes the same lock, so the two cannot each see the other's bytes
+    missing and jointly pass the quota: the commit waits, then counts the result."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    state = api.app.state
+    body = b"a\n" + b"1\n" * 100_000  # 0.2 MiB: fits when decided
+    # The session is the worker's transaction, still open.
+    with decided_upload(api, org, ds, body) as upload, state.sessions() as session:
+        usage = locked_storage_usage(session, state.settings, org.id)
+        count_stored_bytes(session, org.id, usage.remaining_bytes - len(body) + 1)
+        with ThreadPoolExecutor(1) as pool:
+            commit = pool.submit(uploads.commit_upload, state.sessions, state.settings, upload)
+            with pytest.raises(TimeoutError):
+                commit.result(timeout=0.5)  # waits for the worker's lock
+            session.commit()
+            with pytest.raises(StorageQuotaExceeded):
+                commit.result(timeout=30)
     assert sorted(path.name for path in folder.iterdir()) == ["orders.csv"]
