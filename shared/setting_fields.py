@@ -49,12 +49,22 @@ HOST_BOUNDS: dict[str, Any] = {
 }
 
 
+# A port from 1 to 65535, and a URL's authority: user information, then a host name or a bracketed
+# IPv6 address, then that port if any; what a URL parser would refuse at the first connection.
+_PORT = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
+_AUTHORITY = rf"(?:[^\s/?#@]*@)?(?:\[[\w:.%-]+\]|[^\s/?#@:\[\]]+)(?::{_PORT})?(?:[/?#]\S*)?"
+
+
 def url_bounds(*schemes: str) -> dict[str, Any]:
     """Bounds of a URL setting: empty (its default applies) or a URL of one of ``schemes``,
-    naming a host (``unix://``: a socket's path, as in ``unix:///run/redis.sock``)."""
+    naming a host and at most a valid port (``unix://``: a socket's path, as in
+    ``unix:///run/redis.sock``)."""
     starts = " or ".join(f"{scheme}://" for scheme in schemes)
-    forms = [scheme + (r"://\S" if scheme == "unix" else r"://[^\s/]") for scheme in schemes]
-    return {"pattern": rf"^$|^({'|'.join(forms)})", "allowed": f"a URL starting {starts}"}
+    forms = [scheme + (r"://\S+" if scheme == "unix" else "://" + _AUTHORITY) for scheme in schemes]
+    return {
+        "pattern": rf"^$|^(?:{'|'.join(forms)})$",
+        "allowed": f"a URL starting {starts}, with a port from 1 to 65535 if it names one",
+    }
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,17 @@ class Settings(BaseModel):
             raise ValueError(str(error).strip()) from None
         return f"postgresql+psycopg://{rest}"
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_options_parse(cls, url: str) -> str:
+        """The query's options are redis-py's; one it cannot read (``?db=x``) is refused here, in
+        one line naming the option, rather than at start-up, in a traceback."""
+        if url:
+            from redis.connection import parse_url
+
+            parse_url(url)  # its ValueError names the option, never a value
+        return url
+
     @field_validator("datasource_allowed_networks")
     @classmethod
     def _networks_parse(cls, text: str) -> str:

@@ -127,6 +127,9 @@ def test_every_numeric_bound_holds_at_its_edge(name, kind, bound):
         ("DATAFERRY_API_HOST", "local host", "does not have the expected form"),
         ("DATAFERRY_PUBLIC_DATA_URL", "data.example.com:8001", "does not have the expected form"),
         ("DATAFERRY_JWKS_URL", "file:///etc/passwd", "does not have the expected form"),
+        ("DATAFERRY_JWKS_URL", "https://keys.example:0/jwks", "does not have the expected form"),
+        ("DATAFERRY_PUBLIC_API_URL", "http://api.example:8o00", "does not have the expected"),
+        ("DATAFERRY_PUBLIC_DATA_URL", "http://data.example:8001 x", "does not have the expected"),
         ("DATAFERRY_RESULTS_URL", "https://bucket.example/results", "does not have the expected"),
         ("DATAFERRY_CORS_ORIGINS", "https://app.example/notebooks", "does not have the expected"),
         ("DATAFERRY_S3_REGION", "eu west 1", "does not have the expected form"),
@@ -153,6 +156,16 @@ def test_a_malformed_value_is_refused_in_one_line_naming_the_variable(variable, 
         ("DATAFERRY_ENCRYPTION_KEY", "hunter2" * 7, "is too long"),
         ("DATAFERRY_DATABASE_URL", "postgres ql://meta:hunter2@db/meta", "does not have the"),
         ("DATAFERRY_REDIS_URL", "http://:hunter2@redis.internal:6379/0", "does not have the"),
+        # What redis-py would refuse at start-up, in a traceback: a port that is no port, an
+        # option it cannot read.
+        ("DATAFERRY_REDIS_URL", "redis://:hunter2@redis.internal:abc/0", "does not have the"),
+        ("DATAFERRY_REDIS_URL", "redis://:hunter2@redis.internal:65536", "does not have the"),
+        (
+            "DATAFERRY_REDIS_URL",
+            "redis://:hunter2@redis.internal?db=x",
+            "is refused: Invalid value for 'db'",
+        ),
+        ("DATAFERRY_REDIS_URL", "unix:///run/r.sock?db=hunter2", "is refused: Invalid value"),
     ],
 )
 def test_a_refused_secret_is_named_never_shown(variable, value, problem):
@@ -163,7 +176,14 @@ def test_a_refused_secret_is_named_never_shown(variable, value, problem):
 
 
 @pytest.mark.parametrize(
-    "value", ["redis://redis.internal:6379/0", "rediss://:pw@redis.internal", "unix:///run/r.sock"]
+    "value",
+    [
+        "redis://redis.internal:6379/0",
+        "rediss://:pw@redis.internal",
+        "unix:///run/r.sock",
+        "redis://:p%40w@[::1]:6379/1?socket_timeout=2.5",
+        "unix:///run/r.sock?db=3",
+    ],
 )
 def test_a_redis_url_of_each_form_redis_py_reads_is_accepted(value):
     assert Settings.from_env({"DATAFERRY_REDIS_URL": value}).redis_url == value
