@@ -8,15 +8,9 @@ from collections.abc import Sequence
 
 from api_server.cli import files, organizations
 from api_server.cli.conventions import emit
-from shared.db.engine import (
-    UNUSABLE_DATABASE_ERRORS,
-    create_metadata_engine,
-    unusable_database_line,
-)
+from shared.command_line import CommandParser, run_command
+from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
-from shared.errors import AppError, ConfigurationError
-from shared.file_modes import keep_private
-from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.signing_keys import rotate_signing_key
 
@@ -60,7 +54,7 @@ def cmd_rotate_signing_key(settings: Settings, args: argparse.Namespace) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m api_server", description=__doc__)
+    parser = CommandParser(prog="python -m api_server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="migrate, then run the API server under uvicorn")
@@ -90,20 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-        keep_private(settings)
-        configure_logging(settings.log_level)
-        args.run(settings, args)
-    except (AppError, ConfigurationError) as exc:
-        detail = exc.detail if isinstance(exc, AppError) else str(exc)
-        sys.stderr.write(f"error: {detail}\n")
-        return 2
-    except UNUSABLE_DATABASE_ERRORS as exc:
-        sys.stderr.write(f"error: {unusable_database_line(exc)}\n")
-        return 2
-    return 0
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

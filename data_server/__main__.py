@@ -12,16 +12,12 @@ import uvicorn
 
 from data_server.app import create_app, remove_dead_scratch, start_workers, stop_workers
 from data_server.sample import ensure_sample_database
+from shared.command_line import CommandParser, run_command
 from shared.db.engine import (
-    UNUSABLE_DATABASE_ERRORS,
     create_metadata_engine,
     create_session_factory,
-    unusable_database_line,
 )
 from shared.db.migrate import upgrade_to_head
-from shared.errors import ConfigurationError
-from shared.file_modes import keep_private
-from shared.logging import configure_logging
 from shared.results import open_result_store
 from shared.settings import Settings
 from shared.web.http_limits import uvicorn_options
@@ -56,7 +52,7 @@ def cmd_work(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_server", description=__doc__)
+    parser = CommandParser(prog="python -m data_server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the data server under uvicorn")
     serve.add_argument("--host")
@@ -71,19 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-        keep_private(settings)
-        configure_logging(settings.log_level)
-        args.run(settings, args)
-    except ConfigurationError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except UNUSABLE_DATABASE_ERRORS as exc:
-        sys.stderr.write(f"error: {unusable_database_line(exc)}\n")
-        return 2
-    return 0
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from api_server.cli.conventions import emit, record_operator_event, transaction
 from api_server.services import organizations
 from shared import shared_folders
+from shared.command_line import CommandParser
 from shared.datapaths import FILE_DATABASE_TYPES, resolve_datasource_path
 from shared.db.models import Datasource, Organization
 from shared.errors import AppError
@@ -134,7 +135,7 @@ def cmd_recount_storage(settings: Settings, args: argparse.Namespace) -> None:
     emit({"recounted": recounted})
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(commands: argparse._SubParsersAction[CommandParser]) -> None:
     """Register these commands and their options, in the order ``--help`` lists them."""
     grant = commands.add_parser(
         "grant-shared-folder",

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api_server.cli.conventions import comma_list, emit, record_operator_event, transaction
 from api_server.permissions import parse_permissions
 from api_server.services import api_keys, organizations
+from shared.command_line import CommandParser
 from shared.db.models import ApiKey
 from shared.errors import ConfigurationError
 from shared.settings import Settings
@@ -125,7 +126,7 @@ def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) ->
         )
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(commands: argparse._SubParsersAction[CommandParser]) -> None:
     """Register these commands and their options, in the order ``--help`` lists them."""
     org = commands.add_parser(
         "create-organization", help="new organisation, sample datasource, key"

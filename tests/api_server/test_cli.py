@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import jwt
 import pytest
 
+from api_server.__main__ import main as api_main
+from data_server.__main__ import main as data_main
 from tests.support.processes import clean_environment, run_cli
 
 
@@ -136,3 +139,27 @@ def test_organization_limits_stay_within_the_settings_bounds(cli, args, message)
         "1000000000",
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_secret_typed_in_the_wrong_place_is_masked_in_the_error(cli, capsys):
+    """An API key pasted as the organisation, as a command or as a number: the error line echoes
+    what was typed, and terminals and job logs keep it, so the key in it is masked."""
+    key = _one_json_object(cli("create-organization", "--name", "Acme").stdout)["api_key"]
+    token = jwt.encode({"data_key": "k"}, "a signing key of thirty-two bytes", algorithm="HS256")
+    refused = cli("create-api-key", "--organization", key, "--permissions", "View Datasources")
+    assert refused.returncode == 2
+    assert "No organisation dfk_…." in refused.stderr
+    usage_errors = [
+        (api_main, [key]),
+        (api_main, ["serve", "--port", key]),
+        (api_main, ["create-api-key", "--organization", "o", "--permissions", "x", token]),
+        (data_main, [token]),
+    ]
+    for main, argv in usage_errors:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        error = capsys.readouterr().err
+        assert "error: " in error and ("dfk_…" in error or "eyJ…" in error)
+        assert key not in error and token not in error

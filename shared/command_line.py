@@ -1,0 +1,51 @@
+"""What ``python -m api_server`` and ``python -m data_server`` share: the parser, the settings
+a command runs with, and the one ``error:`` line (exit status 2) it ends with when refused.
+
+An operator may paste a secret where another value belongs (an API key as ``--organization``, a
+token as a command); the line echoes what was typed, so any key or token in it is masked, as in
+the logs: terminals and job logs keep what they are shown."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from shared.db.engine import UNUSABLE_DATABASE_ERRORS, unusable_database_line
+from shared.errors import AppError, ConfigurationError
+from shared.file_modes import keep_private
+from shared.logging import configure_logging
+from shared.secret_shapes import without_secrets
+from shared.settings import Settings
+
+REFUSED = 2  # argparse's own exit status for a usage error
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser (its sub-commands' too), its usage errors with secrets masked."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(REFUSED, f"{self.prog}: error: {without_secrets(message)}\n")
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, then run the chosen command (``args.run``) with the settings of the
+    environment; a refusal is one line on stderr."""
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        keep_private(settings)
+        configure_logging(settings.log_level)
+        args.run(settings, args)
+    except (AppError, ConfigurationError) as exc:
+        return _refused(exc.detail if isinstance(exc, AppError) else str(exc))
+    except UNUSABLE_DATABASE_ERRORS as exc:
+        return _refused(unusable_database_line(exc))
+    return 0
+
+
+def _refused(detail: str) -> int:
+    sys.stderr.write(f"error: {without_secrets(detail)}\n")
+    return REFUSED
