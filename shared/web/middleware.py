@@ -25,17 +25,23 @@ logger = logging.getLogger("dataferry.access")
 error_logger = logging.getLogger("dataferry.errors")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 LOGGED_PATH_CHARS = 2048
+_DECODINGS = 4  # a secret percent-encoded up to this many times over is still found
 
 
 def _path_as_sent(scope: Scope) -> str:
     """The path still percent-encoded, as the client sent it (``%0a`` stays three characters);
     never the query, which may carry a data token. A path that holds an API key or a data token
-    (a client that put one there by mistake), however percent-encoded, is written decoded with
-    the secret masked (the log's formatter masks the plain ones). A path is written up to
+    (a client that put one there by mistake), percent-encoded up to ``_DECODINGS`` times over, is
+    written decoded with the secret masked (the log's formatter masks the plain ones). A path is
+    written up to
     ``LOGGED_PATH_CHARS``: one request cannot make a log line of the 16 KiB a URL may have."""
     raw = scope.get("raw_path")
     path = raw.decode("ascii", "backslashreplace") if raw else scope["path"]
-    decoded = unquote(path)
+    decoded = path
+    for _ in range(_DECODINGS):  # %2564fk_ is dfk_ encoded twice
+        decoded, before = unquote(decoded), decoded
+        if decoded == before:
+            break
     masked = without_secrets(decoded)
     logged = masked if masked != decoded else path
     if len(logged) > LOGGED_PATH_CHARS:

@@ -36,3 +36,15 @@ def test_a_logged_path_is_bounded_and_still_masked():
     masked = "/data/dfk_…" + "a" * 20_000
     assert logged == f"{masked[:LOGGED_PATH_CHARS]}…({len(masked)} characters)"
     assert _path_as_sent({"path": "/healthz", "raw_path": b"/healthz"}) == "/healthz"
+
+
+def test_a_secret_percent_encoded_over_and_over_is_still_masked():
+    """``%2564`` is ``%64`` encoded again, which is ``d``: a proxy or a client that encodes twice
+    still put the key in the path."""
+    once = "/executions/%64fk_" + KEY_BODY
+    twice = "/executions/%2564fk_" + KEY_BODY.replace("A", "%41")
+    thrice = twice.replace("%", "%25")
+    for path in (once, twice, thrice):
+        assert _path_as_sent({"path": path, "raw_path": path.encode()}) == "/executions/dfk_…"
+    plain = "/executions/%2541/files/a%20b.csv"  # no secret: written as sent
+    assert _path_as_sent({"path": plain, "raw_path": plain.encode()}) == plain
