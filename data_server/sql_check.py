@@ -233,7 +233,7 @@ def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
         return
     # DuckDB joins a qualified name that is no table back into one path for its replacement
     # scan: "s3://bucket/prefix/../other/x".csv reads s3://bucket/other/x.csv.
-    if any(map(_names_a_path, (*qualifiers, name))) or lowered.endswith(_FILE_SUFFIXES):
+    if any(map(_names_a_path, (*qualifiers, name))) or _names_a_file(lowered):
         dotted = ".".join(part for part in (*qualifiers, name) if part)
         raise QueryFailed(
             "forbidden_operation",
@@ -247,6 +247,12 @@ def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
             f"The catalog view {name} is not available; list tables and columns with "
             "information_schema.tables, information_schema.columns or duckdb_columns().",
         )
+
+
+def _names_a_file(lowered: str) -> bool:
+    """DuckDB's replacement scans read a name as a file when it ends with a file suffix, or
+    holds one followed by ``?`` (a URL's query): ``"orders.csv?x"`` is a file to it."""
+    return lowered.endswith(_FILE_SUFFIXES) or any(f"{s}?" in lowered for s in _FILE_SUFFIXES)
 
 
 def _names_a_path(part: str) -> bool:

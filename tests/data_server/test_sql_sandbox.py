@@ -328,6 +328,18 @@ def test_a_text_that_passed_is_not_parsed_again_and_a_refused_one_always_is():
     assert parses == [sql, refused, refused, refused]
 
 
+@pytest.mark.parametrize(
+    "name", ["orders.csv?x", "x.parquet?", "x.JSON?a", "a?b.Csv?c", "x.ndjson?", "orders.csv"]
+)
+def test_a_name_duckdb_would_read_as_a_file_is_refused_by_the_check_itself(name):
+    """DuckDB reads a name holding ``.csv?`` as a file; its own lock (no external access) would
+    stop it too, but the check is the first of two independent lines."""
+    with pytest.raises(QueryFailed) as failure:
+        check_sql(f'SELECT * FROM "{name}"')
+    assert failure.value.code == "forbidden_operation"
+    assert "looks like a file or URL" in failure.value.message
+
+
 REVIEWED_FUNCTIONS = Path(__file__).with_name("reviewed_duckdb_functions.txt")
 
 
