@@ -52,11 +52,13 @@ def resolve(host: str, port: int, *, pointer: str | None = None) -> list[IPAddre
 
 def literal_address(host: str) -> IPAddress | None:
     """``host`` as a canonical IP literal (IPv6 optionally in brackets), else None."""
-    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        address = ipaddress.ip_address(text)
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
     except ValueError:
         return None
+    if bracketed and address.version == 4:
+        return None  # brackets hold IPv6 only; [192.0.2.10] is no host (_checked_name says so)
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
         return None  # a zone (fe80::1%eth0) is refused by _checked_name
     return _unmapped(address)

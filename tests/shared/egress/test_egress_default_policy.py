@@ -159,6 +159,8 @@ def test_odd_ipv4_literals_are_refused_before_any_lookup(host, networks, resolve
         "a" * 64 + ".example.com",
         "x." * 127 + "com",
         "dätenbank.example",
+        "[1.1.1.1]",  # brackets hold IPv6 addresses only
+        "[127.0.0.1]",
     ],
 )
 def test_malformed_hosts_are_422_without_a_lookup(host, resolver):
