@@ -1,19 +1,18 @@
 """End-to-end figures for `make bench`: one run, every figure also as a ratio to the baseline.
 
 Baseline: in-process DuckDB → Arrow streaming of a 10M-row result. Then, through real uvicorn
-processes on 127.0.0.1: the data server's Arrow, JSON and NDJSON fetch of the stored result, the
-data server's RSS growth while streaming, and the end-to-end latency of a one-row execution
-(run → completed → token → first byte) at 1 and 16 concurrent clients.
+processes on 127.0.0.1: a ``SELECT *`` of it run to a stored result (run → completed), then the
+data server's Arrow, JSON and NDJSON fetch of the stored result and its RSS growth meanwhile.
+One-row latency and throughput are bench/latency_bench.py's: with a floor, both configurations
+and the rate limit raised, which 16 clients need.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -35,17 +34,6 @@ def baseline_rows_per_second(rows: int) -> float:
     return rows / elapsed
 
 
-def in_process_one_row_seconds(runs: int = 50) -> float:
-    """Median time of a fresh in-process DuckDB connection answering SELECT 1 as Arrow."""
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        with duckdb.connect() as connection:
-            connection.execute("SELECT 1 AS one").to_arrow_table()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -53,8 +41,11 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def timed_fetch(client: DataferryClient, grant: dict, fmt: str, pid: int) -> tuple[float, int, int]:
-    """Seconds to stream the whole body, bytes received, and peak RSS growth (KiB) meanwhile."""
+def timed_fetch(
+    client: DataferryClient, grant: dict, fmt: str, pid: int
+) -> tuple[float, int, int, str]:
+    """Seconds to stream the whole body, bytes received, peak RSS growth (KiB) meanwhile, and the
+    content coding the server chose for what httpx accepts (gzip, deflate, br, zstd)."""
     before, peak, done = rss_kib(pid), [0], threading.Event()
 
     def sample() -> None:
@@ -75,41 +66,21 @@ def timed_fetch(client: DataferryClient, grant: dict, fmt: str, pid: int) -> tup
         timeout=600,
     ) as response:
         assert response.status_code == 200, response.read()
+        coding = response.headers.get("content-encoding", "identity")
         for chunk in response.iter_raw(1 << 20):
             received += len(chunk)
     elapsed = time.perf_counter() - started
     done.set()
     sampler.join()
-    return elapsed, received, max(0, peak[0] - before)
-
-
-def one_row_latency(client: DataferryClient, datasource_id: str) -> float:
-    started = time.perf_counter()
-    execution = client.run(datasource_id, "SELECT 1 AS one")
-    client.wait_until_done(execution["execution_id"])
-    grant = client.grant(execution["execution_id"])
-    headers = {"Authorization": f"Data {grant['data_access_token']}"}
-    with client.http.stream(
-        "GET", f"{client.data_url}/data/{grant['data_key']}", headers=headers
-    ) as response:
-        next(response.iter_raw(1))
-    return time.perf_counter() - started
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return statistics.median(ordered), p99
+    return elapsed, received, max(0, peak[0] - before), coding
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--latency-runs", type=int, default=40)
     args = parser.parse_args()
 
     baseline = baseline_rows_per_second(args.rows)
-    one_row_baseline = in_process_one_row_seconds()
     print(f"baseline in-process DuckDB→Arrow   {baseline / 1e6:8.2f} M rows/s   ratio 1.00")
 
     with region_with_big_table(args.rows) as region:
@@ -128,20 +99,10 @@ def main() -> None:
         pid = region.data_server.pid
         for fmt in ("arrow", "json", "ndjson"):
             grant = client.grant(execution["execution_id"])
-            seconds, size, growth = timed_fetch(client, grant, fmt, pid)
+            seconds, size, growth, coding = timed_fetch(client, grant, fmt, pid)
             rate = args.rows / seconds
             print(
-                f"data server fetch {fmt:7}           {rate / 1e6:8.2f} M rows/s   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB, RSS growth {growth / 1024:.0f} MB)"
-            )
-
-        for concurrency in (1, 16):
-            runs = args.latency_runs if concurrency == 1 else args.latency_runs * 4
-            with ThreadPoolExecutor(concurrency) as pool:
-                samples = list(pool.map(lambda _: one_row_latency(client, created), range(runs)))
-            p50, p99 = percentiles(samples)
-            print(
-                f"one-row execution, {concurrency:2} clients     p50 {p50 * 1000:7.1f} ms   p99 {p99 * 1000:7.1f} ms   "
-                f"ratio to in-process one-row query: p50 {p50 / one_row_baseline:.0f}x"
+                f"data server fetch {fmt:7} {coding:9} {rate / 1e6:8.2f} M rows/s   ratio {rate / baseline:.2f}   ({size / 1e6:.0f} MB, RSS growth {growth / 1024:.0f} MB)"
             )
 
 
