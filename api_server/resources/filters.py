@@ -44,6 +44,7 @@ from shared.db.models import Execution
 from shared.digits import natural_number
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
 from shared.filter_rules import (
+    MAX_OPTION_LENGTH,
     MAX_OPTIONS,
     ControlType,
     OptionsSource,
@@ -60,7 +61,6 @@ from sql_templating.parameters import (
     parse_input_parameters,
 )
 
-MAX_OPTION_LENGTH = 1_000  # characters of one option's text or label
 MAX_DEFAULT_VALUES = 1_000
 MAX_VARIABLE_NAME_LENGTH = 64
 
@@ -669,18 +669,20 @@ async def filter_options(request: Request, principal: Principal) -> Response:
     answer = await run_in_threadpool(_options_or_execution, request, principal, given)
     if isinstance(answer, filters.Options):
         return jsonapi.json_response(answer.page(given.search, given.number, given.size))
-    execution = await _until_ended(request, principal, answer)
+    execution_id, value_type = answer
+    execution = await _until_ended(request, principal, execution_id)
     if execution.status not in lifecycle.TERMINAL_STATUSES:
         raise _pending(f"The options SQL (execution {execution.id}) is still running.")
     store = request.app.state.result_store
-    options = await run_in_threadpool(filters.dynamic_options, execution, store)
+    options = await run_in_threadpool(filters.dynamic_options, execution, store, value_type)
     return jsonapi.json_response(options.page(given.search, given.number, given.size))
 
 
 def _options_or_execution(
     request: Request, principal: Principal, given: _OptionsQuery
-) -> filters.Options | str:
-    """Stored options, or the id of the dynamic SQL's execution (queued and committed)."""
+) -> filters.Options | tuple[str, str]:
+    """Stored options, or the id of the dynamic SQL's execution (queued and committed) and the
+    filter's value type."""
     state = request.app.state
     with state.sessions.begin() as session:
         row = filters.get_filter(session, principal, request.path_params["id"])
@@ -690,7 +692,7 @@ def _options_or_execution(
             execution = filters.queue_dynamic_options(
                 session, principal, row, given.parameters, inputs, state.settings
             )
-            return execution.id
+            return execution.id, row.value_type
         _synced(request, session, [row])
         options, status, message = filters.static_options(row), row.status, row.status_message
     if options is not None:

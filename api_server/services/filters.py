@@ -11,6 +11,7 @@ execution completed (``sync_static_options``): the API server reads the stored A
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -35,12 +36,25 @@ from shared.errors import (
     Unprocessable,
     ValidationErrors,
 )
-from shared.filter_rules import MAX_OPTIONS, VALUE_TYPES_OF_CONTROL, filters_within
+from shared.filter_rules import (
+    MAX_OPTION_LENGTH,
+    MAX_OPTIONS,
+    MAX_OPTIONS_CHARACTERS,
+    VALUE_TYPES_OF_CONTROL,
+    filters_within,
+)
 from shared.lifecycle import ExecutionStatus
 from shared.organization_rows import lock_organization
 from shared.results import ResultGone, ResultStore, result_object_key
 from shared.settings import Settings
-from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar, TimeRange
+from sql_templating.parameters import (
+    MAX_INTEGER,
+    MIN_INTEGER,
+    TRUNCATION_UNITS,
+    InputParameters,
+    Scalar,
+    TimeRange,
+)
 from sql_templating.placeholders import placeholder_variables
 from sql_templating.rules import option_key
 
@@ -536,15 +550,16 @@ def sync_static_options(session: Session, row: Filter, store: ResultStore) -> bo
         return True
     if execution.status == ExecutionStatus.COMPLETED and execution.data_key:
         try:
-            options, truncated = read_options(store, execution.data_key)
+            copied = read_options(store, execution.data_key, row.value_type)
         except ResultGone:
             row.status, row.status_message = "failed", "The options result no longer exists."
             return True
-        row.values, row.value_names = options.values, options.value_names
+        except pa.ArrowInvalid:  # never left for each read of the filter (or its list) to meet
+            row.status, row.status_message = "failed", "The options result could not be read."
+            return True
+        row.values, row.value_names = copied.options.values, copied.options.value_names
         row.status, row.options_updated_at = "ready", execution.completed_at or utcnow()
-        row.status_message = (
-            f"Only the first {MAX_OPTIONS} rows are options." if truncated else None
-        )
+        row.status_message = copied.note(row.value_type)
         return True
     if execution.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
         row.status = "failed"
@@ -553,41 +568,113 @@ def sync_static_options(session: Session, row: Filter, store: ResultStore) -> bo
     return False
 
 
-def read_options(store: ResultStore, data_key: str) -> tuple[Options, bool]:
-    """A result's options: distinct non-null values of the first column (first label wins),
-    labels from the second column; and whether rows beyond ``MAX_OPTIONS`` were left out."""
+@dataclasses.dataclass(frozen=True)
+class CopiedOptions:
+    """Options read from a result, with what was left out of them."""
+
+    options: Options
+    left_out: int  # values that are no option of the filter's value type
+    cut_short: bool  # rows or characters beyond the bounds were not read
+
+    def note(self, value_type: str) -> str | None:
+        """The status message of a static copy: what it left out, if anything."""
+        notes = []
+        if self.cut_short:
+            notes.append(
+                f"Only the first {len(self.options.values)} values are options (at most "
+                f"{MAX_OPTIONS}, of {MAX_OPTIONS_CHARACTERS:,} characters with their labels)."
+            )
+        if self.left_out:
+            notes.append(
+                f"{self.left_out} values were left out: not {value_type} values, or longer "
+                f"than {MAX_OPTION_LENGTH} characters, or integers beyond 64 bits."
+            )
+        return " ".join(notes) or None
+
+
+def read_options(store: ResultStore, data_key: str, value_type: str) -> CopiedOptions:
+    """A result's options: distinct non-null values of the first column (first label wins) that
+    are values of ``value_type``, as a client would write them (docs/filters.md), labels from
+    the second column; at most ``MAX_OPTIONS`` of them and ``MAX_OPTIONS_CHARACTERS``."""
     values: list[Scalar] = []
     names: list[str | None] = []
     seen: set[Any] = set()
+    left_out = characters = 0
     with store.open(result_object_key(data_key)) as source:
         reader = pa.ipc.open_file(source)
         if reader.schema.names == []:
-            return Options([], []), False
+            return CopiedOptions(Options([], []), 0, cut_short=False)
         for index in range(reader.num_record_batches):
             batch = reader.get_batch(index)
-            labels = batch.column(1).to_pylist() if batch.num_columns > 1 else None
-            for position, raw in enumerate(batch.column(0).to_pylist()):
-                value = _scalar(raw)
-                if value is None or option_key(value) in seen:
+            labels = _cells(batch.column(1)) if batch.num_columns > 1 else None
+            for position, raw in enumerate(_cells(batch.column(0))):
+                if raw is None:
                     continue
-                if len(values) == MAX_OPTIONS:
-                    return Options(values, names), True
+                value = _option_value(raw, value_type)
+                if value is None:
+                    left_out += 1
+                    continue
+                if option_key(value) in seen:
+                    continue
+                label = _label(labels[position]) if labels is not None else None
+                characters += len(_text(value)) + len(label or "")
+                if len(values) == MAX_OPTIONS or characters > MAX_OPTIONS_CHARACTERS:
+                    return CopiedOptions(Options(values, names), left_out, cut_short=True)
                 seen.add(option_key(value))
                 values.append(value)
-                label = labels[position] if labels is not None else None
-                names.append(None if label is None else str(label))
-    return Options(values, names), False
+                names.append(label)
+    return CopiedOptions(Options(values, names), left_out, cut_short=False)
 
 
-def _scalar(raw: Any) -> Scalar:
-    """A result cell as a JSON scalar: dates and times as ISO 8601, decimals as numbers."""
-    if raw is None or isinstance(raw, bool | int | float | str):
-        return raw
+_UNREADABLE = object()  # a cell Python cannot hold: a date of DuckDB's infinity, a year ≤ 0
+
+
+def _cells(column: pa.Array) -> list[Any]:
+    """A column's cells as Python values; one Python cannot hold is ``_UNREADABLE``."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError):
+        return [_cell(column, position) for position in range(len(column))]
+
+
+def _cell(column: pa.Array, position: int) -> Any:
+    try:
+        return column[position].as_py()
+    except (OverflowError, ValueError):
+        return _UNREADABLE
+
+
+def _option_value(raw: Any, value_type: str) -> Scalar:
+    """A result's cell as an option of ``value_type``, spelled as a client writes one (dates
+    and times ISO 8601, decimals as numbers, anything as text for a text filter); None when it
+    is none (another type, too long, beyond 64-bit integers, holding NUL)."""
+    if raw is _UNREADABLE or isinstance(raw, bytes | list | dict | tuple):
+        return None
+    value: Any = raw
     if isinstance(raw, Decimal):
-        return int(raw) if raw == raw.to_integral_value() else float(raw)
-    if isinstance(raw, date | datetime):
-        return raw.isoformat()
-    return str(raw)
+        value = int(raw) if raw == raw.to_integral_value() else float(raw)
+    elif isinstance(raw, date | datetime):  # datetime is a date
+        value = raw.isoformat()
+    if value_type == "text" and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    elif value_type == "text" and not isinstance(value, str | bool):
+        value = str(value)  # a time of day, an interval: its text
+    if isinstance(value, int) and not isinstance(value, bool):
+        in_range = MIN_INTEGER <= value <= MAX_INTEGER
+        return value if in_range and _of_type(value, value_type) else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str) and (len(value) > MAX_OPTION_LENGTH or "\x00" in value):
+        return None
+    return value if _of_type(value, value_type) else None
+
+
+def _label(raw: Any) -> str | None:
+    """A label's text, cut to ``MAX_OPTION_LENGTH`` characters (None: no label)."""
+    if raw is None or raw is _UNREADABLE:
+        return None
+    text = (raw.isoformat() if isinstance(raw, date | datetime) else str(raw)).replace("\x00", "")
+    return text[:MAX_OPTION_LENGTH]
 
 
 def static_options(row: Filter) -> Options | None:
@@ -620,12 +707,12 @@ def queue_dynamic_options(
     return run_execution(session, principal, row.datasource_id, request, None, settings)
 
 
-def dynamic_options(execution: Execution, store: ResultStore) -> Options:
+def dynamic_options(execution: Execution, store: ResultStore, value_type: str) -> Options:
     """The options of a dynamic run once it ended: 422 ``filter_options_failed`` with the
     execution's error if it failed."""
     if execution.status == ExecutionStatus.COMPLETED and execution.data_key:
         try:
-            return read_options(store, execution.data_key)[0]
+            return read_options(store, execution.data_key, value_type).options
         except ResultGone:
             pass
     raise Unprocessable(

@@ -6,6 +6,7 @@ and the ``filters`` relationships of reports and dashboards."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Dashboard, Execution, Filter, Organization
+from shared.filter_rules import MAX_OPTIONS_CHARACTERS
 from shared.settings import Settings
 from tests.support.factories import Api, Org, dump_tables, resource
 
@@ -706,6 +708,109 @@ class TestSqlOptions:
         assert _errors(invalid) == [("invalid_time_zone", "/parameters/tz")]
         with api.app.state.sessions() as session:
             assert session.scalar(select(func.count()).select_from(Filter)) >= 1
+
+    @pytest.mark.parametrize(
+        ("value_type", "sql", "values", "left_out"),
+        [
+            # Python holds neither DuckDB's infinities nor a year before 1: no option, no 500.
+            (
+                "date",
+                "SELECT * FROM (VALUES ('infinity'::DATE), (DATE '2024-01-01'),"
+                " ((DATE '0001-01-01' - INTERVAL 1 DAY)::DATE)) t(d)",
+                ["2024-01-01"],
+                2,
+            ),
+            (
+                "datetime",
+                "SELECT * FROM (VALUES ('-infinity'::TIMESTAMP),"
+                " (TIMESTAMP '2024-01-01 12:30:00')) t(d)",
+                ["2024-01-01T12:30:00"],
+                1,
+            ),
+            # Beyond 64 bits, or no number: not an option of a number filter.
+            (
+                "number",
+                "SELECT * FROM (VALUES (170141183460469231731687303715884105727::HUGEINT),"
+                " (5::HUGEINT), (-170141183460469231731687303715884105727::HUGEINT)) t(n)",
+                [5],
+                2,
+            ),
+            ("number", "SELECT * FROM (VALUES ('DE'), ('7')) t(c)", [], 2),
+            (
+                "number",
+                "SELECT * FROM (VALUES (1.5::DECIMAL(4,1)), ('nan'::DOUBLE)) t(n)",
+                [1.5],
+                1,
+            ),
+            # A text filter's options are texts, as a client selects them.
+            ("text", "SELECT * FROM (VALUES (1), (2)) t(n)", ["1", "2"], 0),
+            (
+                "text",
+                "SELECT * FROM (VALUES (repeat('x', 1001)), ('a' || chr(0)), ('ok')) t(s)",
+                ["ok"],
+                2,
+            ),
+        ],
+    )
+    def test_a_static_copy_keeps_only_options_of_the_filters_value_type(
+        self, world, value_type, sql, values, left_out
+    ) -> None:
+        api, org = world
+        variable = f"typed_{uuid.uuid4().hex[:12]}"
+        filter_id = _filter(
+            api, org, org.sample_datasource_id,
+            **_dropdown(variable_name=variable, value_type=value_type, values=None,
+                        value_names=None, options_source="static_sql", options_sql_query=sql,
+                        restrict_to_options=True),
+        )  # fmt: skip
+
+        def copied() -> Any:
+            shown = api.get(f"/filters/{filter_id}", org.key)
+            assert shown.status_code == 200, shown.text
+            attributes = shown.json()["data"]["attributes"]
+            return attributes if attributes["status"] != "pending" else None
+
+        attributes = _until(copied, "the static options copied")
+        assert attributes["status"] == "ready" and attributes["values"] == values
+        note = attributes["status_message"] or ""
+        assert (f"{left_out} values were left out" in note) == bool(left_out), note
+        assert api.get("/filters?page[size]=100", org.key).status_code == 200
+        options = api.get(f"/filters/{filter_id}/options", org.key)
+        assert options.status_code == 200 and options.json()["values"] == values
+
+    def test_a_static_copy_is_bounded_in_characters(self, world) -> None:
+        api, org = world
+        sql = "SELECT repeat('x', 990) || i AS v, repeat('y', 5) AS label FROM range(3000) t(i)"
+        filter_id = _filter(
+            api, org, org.sample_datasource_id,
+            **_dropdown(variable_name="long_options", values=None, value_names=None,
+                        options_source="static_sql", options_sql_query=sql),
+        )  # fmt: skip
+
+        def copied() -> Any:
+            shown = api.get(f"/filters/{filter_id}", org.key).json()["data"]["attributes"]
+            return shown if shown["status"] == "ready" else None
+
+        attributes = _until(copied, "the static options copied")
+        kept = attributes["values"]
+        assert 900 < len(kept) < 3000
+        assert sum(len(value) + 5 for value in kept) <= MAX_OPTIONS_CHARACTERS
+        assert f"Only the first {len(kept)} values are options" in attributes["status_message"]
+
+    def test_dynamic_options_leave_out_values_a_client_could_not_select(self, world) -> None:
+        api, org = world
+        sql = (
+            "SELECT * FROM (VALUES ('infinity'::TIMESTAMP), (TIMESTAMP '2024-05-01 00:00:00'))"
+            " t(d) WHERE {a=b}"
+        )
+        filter_id = _filter(
+            api, org, org.sample_datasource_id,
+            **_dropdown(variable_name="dynamic_instants", value_type="datetime", values=None,
+                        value_names=None, options_source="dynamic_sql", options_sql_query=sql),
+        )  # fmt: skip
+        answer = api.get(f"/filters/{filter_id}/options", org.key)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["values"] == ["2024-05-01T00:00:00"]
 
 
 def test_a_restricted_key_reads_but_never_writes_a_filter_on_no_datasource(api: Api) -> None:
