@@ -61,7 +61,8 @@ class SqlRun:
     execution's record); ``inputs``: the same, validated. ``every_filter_used``: False for a
     report's run (a dashboard's filters apply to the reports whose SQL uses them).
     ``reuse_since``: answer a reusable execution created since then, if there is one (None:
-    never reuse). ``api_key_id`` is None for the scheduler's runs."""
+    never reuse); ``reuse_completed_since``: a completed one only if it completed since then
+    (None: as ``reuse_since`` says). ``api_key_id`` is None for the scheduler's runs."""
 
     datasource: Datasource
     sql_query: str
@@ -73,6 +74,7 @@ class SqlRun:
     request_fingerprint: str | None = None
     report_id: str | None = None
     reuse_since: datetime | None = None
+    reuse_completed_since: datetime | None = None
     # A run nobody waits for (the scheduler's): it may take only BACKGROUND_CAP_SHARE of the
     # organisation's cap, so that its own interactive runs still find room.
     background: bool = False
@@ -96,11 +98,14 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     datasource = run.datasource
     require_enabled(datasource)
     bound = bind_run(session, run, settings)
-    key = reuse_key(datasource.id, bound) if run.report_id is not None else None
+    reusable_run = run.report_id is not None or run.reuse_since is not None
+    key = reuse_key(datasource.id, bound) if reusable_run else None
     organization = lock_organization(session, datasource.organization_id)
     require_still_there(session, datasource.id, run.report_id)
     if key is not None and run.reuse_since is not None:
-        reusable = find_reusable(session, datasource, key, run.reuse_since, settings)
+        reusable = find_reusable(
+            session, datasource, key, run.reuse_since, settings, run.reuse_completed_since
+        )
         if reusable is not None:
             return QueuedRun(reusable, reused=True)
     require_capacity(session, organization, settings, background=run.background)
@@ -197,11 +202,17 @@ def reuse_window(dashboard: Dashboard | None, now: datetime) -> datetime | None:
 
 
 def find_reusable(
-    session: Session, datasource: Datasource, key: str, since: datetime, settings: Settings
+    session: Session,
+    datasource: Datasource,
+    key: str,
+    since: datetime,
+    settings: Settings,
+    completed_since: datetime | None = None,
 ) -> Execution | None:
     """The newest execution of the organisation with ``key`` created since ``since`` (and
-    still visible) that completed with its result stored, or is queued or running and not
-    being cancelled; a completed one first. Failed and cancelled ones are never reused."""
+    still visible) that completed with its result stored (since ``completed_since``, if given),
+    or is queued or running and not being cancelled; a completed one first. Failed and
+    cancelled ones are never reused."""
     now = utcnow()
     visible_since = now - timedelta(hours=settings.execution_retention_hours)
     result_since = now - timedelta(hours=settings.result_retention_hours)
@@ -209,7 +220,7 @@ def find_reusable(
         Execution.status == ExecutionStatus.COMPLETED,
         Execution.data_key.is_not(None),
         Execution.data_purged_at.is_(None),
-        Execution.completed_at >= result_since,
+        Execution.completed_at >= max(result_since, completed_since or result_since),
     )
     unfinished = and_(
         Execution.status.in_(UNFINISHED_STATUSES), Execution.cancel_requested.is_(False)

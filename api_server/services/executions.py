@@ -154,11 +154,13 @@ def queue_run(
     settings: Settings,
     report: Report | None = None,
     reuse_since: datetime | None = None,
+    reuse_completed_since: datetime | None = None,
 ) -> QueuedRun:
     """Queue ``request`` on the datasource through ``shared.runs`` (the one path that creates a
     SQL execution); ``report``: the report it runs (its SQL and datasource are the request's),
     recorded on the execution; ``reuse_since``: a report's run may answer an execution of the
-    same query created since then instead (docs/result-reuse.md).
+    same query created since then instead (docs/result-reuse.md), a completed one only if it
+    completed since ``reuse_completed_since`` when given.
 
     An Idempotency-Key the key used before answers what that request created; one whose first
     request reused an execution recorded nothing, so a retry decides again (reuse, or create
@@ -180,6 +182,7 @@ def queue_run(
         request_fingerprint=fingerprint,
         report_id=report.id if report else None,
         reuse_since=reuse_since,
+        reuse_completed_since=reuse_completed_since,
     )
     try:
         return queue_sql_execution(session, run, settings)

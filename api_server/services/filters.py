@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
-from api_server.services.executions import RunRequest, run_execution
+from api_server.services.executions import RunRequest, queue_run, run_execution
 from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Execution, Filter, utcnow
@@ -59,6 +59,8 @@ from sql_templating.placeholders import placeholder_variables
 from sql_templating.rules import option_key
 
 _NOT_FOUND_DETAIL = "No filter with this id exists."
+# A dynamic filter's options completed this recently answer the same query again.
+DYNAMIC_OPTIONS_FRESH_SECONDS = 10
 ATTRIBUTES = "/data/attributes"
 DATASOURCE_POINTER = "/data/relationships/datasource"
 SQL_SOURCES = ("dynamic_sql", "static_sql")
@@ -696,7 +698,12 @@ def queue_dynamic_options(
     settings: Settings,
 ) -> Execution:
     """Run a dynamic SQL filter's SQL with the other filters' values, as Run Execution does
-    (scope, sandbox, limits); filters its SQL does not use are left out, as a dashboard's are."""
+    (scope, sandbox, limits); filters its SQL does not use are left out, as a dashboard's are.
+
+    The same query (SQL and bound values) still queued or running is joined, not run again, and
+    one completed in the last ``DYNAMIC_OPTIONS_FRESH_SECONDS`` answers: a client that asks
+    again after a 409 (``Retry-After: 1``), or viewers opening one dashboard together, share
+    one run (docs/result-reuse.md's coalescing)."""
     assert row.options_sql_query is not None and row.datasource_id is not None
     request = RunRequest(
         sql_query=row.options_sql_query,
@@ -704,7 +711,13 @@ def queue_dynamic_options(
         inputs=inputs,
         every_filter_used=False,
     )
-    return run_execution(session, principal, row.datasource_id, request, None, settings)
+    now = utcnow()
+    queued = queue_run(
+        session, principal, row.datasource_id, request, None, settings,
+        reuse_since=now - timedelta(hours=settings.execution_retention_hours),
+        reuse_completed_since=now - timedelta(seconds=DYNAMIC_OPTIONS_FRESH_SECONDS),
+    )  # fmt: skip
+    return queued.execution
 
 
 def dynamic_options(execution: Execution, store: ResultStore, value_type: str) -> Options:

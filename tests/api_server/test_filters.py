@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -16,10 +17,12 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from api_server.permissions import Permission
+from api_server.resources import filters as filter_resources
+from api_server.services.filters import DYNAMIC_OPTIONS_FRESH_SECONDS
 from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import Dashboard, Execution, Filter, Organization
+from shared.db.models import AuditEvent, Dashboard, Execution, Filter, Organization, utcnow
 from shared.filter_rules import MAX_OPTIONS_CHARACTERS
 from shared.settings import Settings
 from tests.support.factories import Api, Org, dump_tables, resource
@@ -846,3 +849,42 @@ def test_a_restricted_key_reads_but_never_writes_a_filter_on_no_datasource(api: 
     assert dump_tables(api.app) == before
     assert api.patch(f"/filters/{own_id}", restricted, renamed(own_id)).status_code == 200
     assert api.delete(f"/filters/{own_id}", restricted).status_code == 204
+
+
+def test_asking_again_for_dynamic_options_joins_the_run_still_going(api: Api, monkeypatch) -> None:
+    """A client that asks again after the 409 (``Retry-After: 1``) joins the run it started,
+    instead of starting one more each time; a run that completed longer ago than
+    ``DYNAMIC_OPTIONS_FRESH_SECONDS`` is not reused. Each request is in the audit log with the
+    run it started or joined, whatever it answered. (No data server runs here: runs stay
+    queued.)"""
+    monkeypatch.setattr(filter_resources, "DYNAMIC_OPTIONS_WAIT_SECONDS", 0.05)
+    org = api.create_org()
+    sql = f"SELECT city FROM ({CITIES}) WHERE {{country=country}}"
+    filter_id = _filter(
+        api, org, org.sample_datasource_id,
+        **_dropdown(variable_name="slow_city", values=None, value_names=None,
+                    options_source="dynamic_sql", options_sql_query=sql),
+    )  # fmt: skip
+    german = {"parameters": orjson.dumps(_selection("country", "de")).decode()}
+
+    def ask(params: dict[str, str]) -> str:
+        answer = api.get(f"/filters/{filter_id}/options", org.key, params=params)
+        assert answer.status_code == 409 and _errors(answer) == [("filter_options_pending", None)]
+        return answer.json()["errors"][0]["detail"].split("execution ")[1].split(")")[0]
+
+    first = ask(german)
+    assert ask(german) == first
+    assert ask({}) != first  # other values: another query
+    with api.app.state.sessions.begin() as session:
+        ran = session.get(Execution, first)
+        assert ran is not None
+        ran.status, ran.data_key = "completed", "r_" + "x" * 27
+        ran.completed_at = utcnow() - timedelta(seconds=DYNAMIC_OPTIONS_FRESH_SECONDS + 1)
+    assert ask(german) not in (first, "")
+    with api.app.state.sessions() as session:
+        recorded = session.scalars(
+            select(AuditEvent.resource_id).where(
+                AuditEvent.organization_id == org.id, AuditEvent.action == "filter.options"
+            )
+        ).all()
+    assert len(recorded) == 4 and recorded.count(first) == 2
