@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -648,19 +648,17 @@ def _cell(column: pa.Array, position: int) -> Any:
 
 def _option_value(raw: Any, value_type: str) -> Scalar:
     """A result's cell as an option of ``value_type``, spelled as a client writes one (dates
-    and times ISO 8601, decimals as numbers, anything as text for a text filter); None when it
-    is none (another type, too long, beyond 64-bit integers, holding NUL)."""
-    if raw is _UNREADABLE or isinstance(raw, bytes | list | dict | tuple):
-        return None
+    and times ISO 8601, decimals as numbers, any scalar as text for a text filter); None when it
+    is none (another type, no scalar, too long, beyond 64-bit integers, holding NUL)."""
     value: Any = raw
     if isinstance(raw, Decimal):
         value = int(raw) if raw == raw.to_integral_value() else float(raw)
-    elif isinstance(raw, date | datetime):  # datetime is a date
+    elif isinstance(raw, date | time):  # a datetime is a date
         value = raw.isoformat()
+    elif not isinstance(raw, str | int | float):  # an interval, a blob, a list, unreadable
+        return None
     if value_type == "text" and isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
-    elif value_type == "text" and not isinstance(value, str | bool):
-        value = str(value)  # a time of day, an interval: its text
     if isinstance(value, int) and not isinstance(value, bool):
         in_range = MIN_INTEGER <= value <= MAX_INTEGER
         return value if in_range and _of_type(value, value_type) else None
@@ -675,7 +673,7 @@ def _label(raw: Any) -> str | None:
     """A label's text, cut to ``MAX_OPTION_LENGTH`` characters (None: no label)."""
     if raw is None or raw is _UNREADABLE:
         return None
-    text = (raw.isoformat() if isinstance(raw, date | datetime) else str(raw)).replace("\x00", "")
+    text = (raw.isoformat() if isinstance(raw, date | time) else str(raw)).replace("\x00", "")
     return text[:MAX_OPTION_LENGTH]
 
 

@@ -747,6 +747,10 @@ class TestSqlOptions:
             ),
             # A text filter's options are texts, as a client selects them.
             ("text", "SELECT * FROM (VALUES (1), (2)) t(n)", ["1", "2"], 0),
+            ("text", "SELECT TIME '12:30:00'", ["12:30:00"], 0),
+            # No scalar: no option (no Python spelling of an interval or a list).
+            ("text", "SELECT * FROM (VALUES (INTERVAL 1 DAY), (INTERVAL 2 DAY)) t(i)", [], 2),
+            ("text", "SELECT [1, 2] UNION ALL SELECT [3]", [], 2),
             (
                 "text",
                 "SELECT * FROM (VALUES (repeat('x', 1001)), ('a' || chr(0)), ('ok')) t(s)",
