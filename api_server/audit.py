@@ -125,8 +125,11 @@ def _event(
     action = getattr(route, "audit_actions", {}).get(scope["method"])
     state: dict[str, Any] = scope.get("state", {})
     principal = state.get("principal")
-    # 204 from Get Execution Data means "not ready": no data was handed out.
-    if route is None or action is None or principal is None or status not in (200, 201, 204):
+    # 204 from Get Execution Data means "not ready": no data was handed out. A request that
+    # changed something whatever it then answered (``audit_any_status``: a dynamic filter's
+    # options start or join a run, then may answer 409 or 422) is recorded with that answer.
+    answered = status in (200, 201, 204) or state.get("audit_any_status", False)
+    if route is None or action is None or principal is None or not answered:
         return None
     if action.startswith("data_grant.") and status != 200:
         return None

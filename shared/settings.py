@@ -369,12 +369,18 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_options_parse(cls, url: str) -> str:
-        """The query's options are redis-py's; one it cannot read (``?db=x``) is refused here, in
-        one line naming the option, rather than at start-up, in a traceback."""
+        """The query's options are redis-py's; one it cannot read (``?db=x``) or its connection
+        pool refuses (``?max_connections=-1``) is refused here, in one line naming the option,
+        rather than at start-up, in a traceback. (The pool connects to nothing yet.)"""
         if url:
-            from redis.connection import parse_url
+            from redis import ConnectionPool
 
-            parse_url(url)  # its ValueError names the option, never a value
+            try:
+                ConnectionPool.from_url(url)  # its ValueError names the option, never a value
+            except TypeError:
+                raise ValueError(
+                    "an option of the URL's query has a value of the wrong type"
+                ) from None
         return url
 
     @field_validator("datasource_allowed_networks")

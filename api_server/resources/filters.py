@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_server import audit, jsonapi
+from api_server import jsonapi
 from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission
 from api_server.principals import Principal
@@ -692,9 +692,10 @@ def _options_or_execution(
             execution = filters.queue_dynamic_options(
                 session, principal, row, given.parameters, inputs, state.settings
             )
-            # Recorded with the run it starts or joins, whatever the answer then is (a 409
-            # after the wait, a 422 when the SQL failed), as Run Execution's is.
-            audit.record_in_transaction(session, request, execution.id)
+            # Recorded with the run it starts or joins and whatever it then answers (a 409
+            # after the wait, a 422 when the SQL failed).
+            request.state.audit_resource_id = execution.id
+            request.state.audit_any_status = True
             return execution.id, row.value_type
         _synced(request, session, [row])
         options, status, message = filters.static_options(row), row.status, row.status_message

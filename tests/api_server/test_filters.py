@@ -859,7 +859,7 @@ def test_asking_again_for_dynamic_options_joins_the_run_still_going(api: Api, mo
     """A client that asks again after the 409 (``Retry-After: 1``) joins the run it started,
     instead of starting one more each time; a run that completed longer ago than
     ``DYNAMIC_OPTIONS_FRESH_SECONDS`` is not reused. Each request is in the audit log with the
-    run it started or joined, whatever it answered. (No data server runs here: runs stay
+    run it started or joined and the status it answered. (No data server runs here: runs stay
     queued.)"""
     monkeypatch.setattr(filter_resources, "DYNAMIC_OPTIONS_WAIT_SECONDS", 0.05)
     org = api.create_org()
@@ -886,9 +886,10 @@ def test_asking_again_for_dynamic_options_joins_the_run_still_going(api: Api, mo
         ran.completed_at = utcnow() - timedelta(seconds=DYNAMIC_OPTIONS_FRESH_SECONDS + 1)
     assert ask(german) not in (first, "")
     with api.app.state.sessions() as session:
-        recorded = session.scalars(
-            select(AuditEvent.resource_id).where(
+        recorded = session.execute(
+            select(AuditEvent.resource_id, AuditEvent.status).where(
                 AuditEvent.organization_id == org.id, AuditEvent.action == "filter.options"
             )
         ).all()
-    assert len(recorded) == 4 and recorded.count(first) == 2
+    assert len(recorded) == 4 and recorded.count((first, 409)) == 2
+    assert {status for _, status in recorded} == {409}  # as answered

@@ -166,6 +166,11 @@ def test_a_malformed_value_is_refused_in_one_line_naming_the_variable(variable, 
             "is refused: Invalid value for 'db'",
         ),
         ("DATAFERRY_REDIS_URL", "unix:///run/r.sock?db=hunter2", "is refused: Invalid value"),
+        (
+            "DATAFERRY_REDIS_URL",
+            "rediss://u:hunter2@redis.internal:6380/0?max_connections=-1",
+            'is refused: "max_connections" must be a positive integer',
+        ),
     ],
 )
 def test_a_refused_secret_is_named_never_shown(variable, value, problem):
