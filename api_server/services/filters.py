@@ -191,10 +191,13 @@ def update_filter(
     settings: Settings,
 ) -> Filter:
     """Only what the request sent changes; a static SQL filter whose SQL or datasource changed
-    (or that just became one) runs its SQL again, its old options answering until then."""
+    (or that just became one) runs its SQL again, its old options answering until then; one
+    whose value type changed runs it again with no options meanwhile (the old copy holds values
+    of the old type)."""
     lock_organization(session, principal.organization_id)  # first: see create_filter
     row = get_filter(session, principal, filter_id, for_update=True)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
+    type_before = row.value_type
     _refuse_organization_wide(principal, row.datasource_id)
     if "datasource" in related:
         row.datasource_id = _reachable_datasource(session, principal, related["datasource"])
@@ -204,8 +207,15 @@ def update_filter(
     check_filter(state, changes.keys(), has_datasource=row.datasource_id is not None)
     if state["variable_name"] != row.variable_name:
         _refuse_duplicate(session, principal, state["variable_name"])
+    retyped = (
+        was_static and row.options_source == "static_sql" and state["value_type"] != type_before
+    )
+    if retyped:
+        state.update(values=None, value_names=None)
     _save_or_409(session, row, state)
-    if row.options_source == "static_sql" and (not was_static or _sql_of(row) != before):
+    if retyped:
+        row.options_updated_at = None
+    if row.options_source == "static_sql" and (not was_static or retyped or _sql_of(row) != before):
         _queue_static(session, principal, row, settings)
     return row
 

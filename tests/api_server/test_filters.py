@@ -785,6 +785,31 @@ class TestSqlOptions:
         options = api.get(f"/filters/{filter_id}/options", org.key)
         assert options.status_code == 200 and options.json()["values"] == values
 
+    def test_a_static_filter_whose_value_type_changes_copies_its_options_again(self, world) -> None:
+        """The old copy holds values of the old type: it answers no longer, and the SQL runs
+        again (found by an outside probe: a number filter turned boolean kept [1, 2], and a
+        run selecting 1 passed its restriction)."""
+        api, org = world
+        filter_id = _filter(
+            api, org, org.sample_datasource_id,
+            **_dropdown(variable_name="retyped", value_type="number", values=None,
+                        value_names=None, options_source="static_sql", restrict_to_options=True,
+                        options_sql_query="SELECT * FROM (VALUES (1, 'one'), (2, 'two')) t(v, l)"),
+        )  # fmt: skip
+
+        def ready() -> Any:
+            shown = api.get(f"/filters/{filter_id}", org.key).json()["data"]["attributes"]
+            return shown if shown["status"] == "ready" else None
+
+        assert _until(ready, "the number copy")["values"] == [1, 2]
+        document = {"data": {"type": "filters", "id": filter_id,
+                             "attributes": {"value_type": "text"}}}  # fmt: skip
+        changed = api.patch(f"/filters/{filter_id}", org.key, document)
+        assert changed.status_code == 200, changed.text
+        attributes = changed.json()["data"]["attributes"]
+        assert attributes["status"] == "pending" and attributes["values"] is None
+        assert _until(ready, "the text copy")["values"] == ["1", "2"]
+
     def test_a_static_copy_is_bounded_in_characters(self, world) -> None:
         api, org = world
         sql = "SELECT repeat('x', 990) || i AS v, repeat('y', 5) AS label FROM range(3000) t(i)"
