@@ -24,10 +24,11 @@ OptionsStatus = Literal["pending", "ready", "failed"]
 # Manual options at most, and the rows of a static SQL's result copied as options at most.
 MAX_OPTIONS = 10_000
 MAX_OPTION_LENGTH = 1_000  # characters of one option's text or label
-# The characters of values and labels one filter's options copied from a SQL's result hold at
-# most: about what one request may write as manual options (its body is at most 1 MiB). Every
-# read of the filter, and of the list it is on, renders them.
-MAX_OPTIONS_CHARACTERS = 1_000_000
+# The bytes of JSON that one filter's options copied from a SQL's result render to at most
+# (values and labels, as answers write them: a control character takes six), about what one
+# request may write as manual options (its body is at most 1 MiB). Every read of the filter,
+# and of the list it is on, renders them.
+MAX_OPTIONS_JSON_BYTES = 1_000_000
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
 VALUE_TYPES: tuple[str, ...] = get_args(ValueType)
 OPTIONS_SOURCES: tuple[str, ...] = get_args(OptionsSource)

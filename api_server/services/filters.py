@@ -17,6 +17,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +40,7 @@ from shared.errors import (
 from shared.filter_rules import (
     MAX_OPTION_LENGTH,
     MAX_OPTIONS,
-    MAX_OPTIONS_CHARACTERS,
+    MAX_OPTIONS_JSON_BYTES,
     VALUE_TYPES_OF_CONTROL,
     filters_within,
 )
@@ -594,7 +595,7 @@ class CopiedOptions:
         if self.cut_short:
             notes.append(
                 f"Only the first {len(self.options.values)} values are options (at most "
-                f"{MAX_OPTIONS}, of {MAX_OPTIONS_CHARACTERS:,} characters with their labels)."
+                f"{MAX_OPTIONS}, of {MAX_OPTIONS_JSON_BYTES:,} bytes of JSON with their labels)."
             )
         if self.left_out:
             notes.append(
@@ -607,11 +608,12 @@ class CopiedOptions:
 def read_options(store: ResultStore, data_key: str, value_type: str) -> CopiedOptions:
     """A result's options: distinct non-null values of the first column (first label wins) that
     are values of ``value_type``, as a client would write them (docs/filters.md), labels from
-    the second column; at most ``MAX_OPTIONS`` of them and ``MAX_OPTIONS_CHARACTERS``."""
+    the second column; at most ``MAX_OPTIONS`` of them, rendering to at most
+    ``MAX_OPTIONS_JSON_BYTES`` of JSON."""
     values: list[Scalar] = []
     names: list[str | None] = []
     seen: set[Any] = set()
-    left_out = characters = 0
+    left_out = rendered = 0
     with store.open(result_object_key(data_key)) as source:
         reader = pa.ipc.open_file(source)
         if reader.schema.names == []:
@@ -629,8 +631,8 @@ def read_options(store: ResultStore, data_key: str, value_type: str) -> CopiedOp
                 if option_key(value) in seen:
                     continue
                 label = _label(labels[position]) if labels is not None else None
-                characters += len(_text(value)) + len(label or "")
-                if len(values) == MAX_OPTIONS or characters > MAX_OPTIONS_CHARACTERS:
+                rendered += len(orjson.dumps(value)) + len(orjson.dumps(label))
+                if len(values) == MAX_OPTIONS or rendered > MAX_OPTIONS_JSON_BYTES:
                     return CopiedOptions(Options(values, names), left_out, cut_short=True)
                 seen.add(option_key(value))
                 values.append(value)

@@ -23,7 +23,7 @@ from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import AuditEvent, Dashboard, Execution, Filter, Organization, utcnow
-from shared.filter_rules import MAX_OPTIONS_CHARACTERS
+from shared.filter_rules import MAX_OPTIONS_JSON_BYTES
 from shared.settings import Settings
 from tests.support.factories import Api, Org, dump_tables, resource
 
@@ -810,9 +810,10 @@ class TestSqlOptions:
         assert attributes["status"] == "pending" and attributes["values"] is None
         assert _until(ready, "the text copy")["values"] == ["1", "2"]
 
-    def test_a_static_copy_is_bounded_in_characters(self, world) -> None:
+    def test_a_static_copy_is_bounded_in_json_bytes(self, world) -> None:
+        """Counted as answers render it: a control character takes six bytes (\\u0001)."""
         api, org = world
-        sql = "SELECT repeat('x', 990) || i AS v, repeat('y', 5) AS label FROM range(3000) t(i)"
+        sql = "SELECT repeat(chr(1), 990) || i AS v, repeat('y', 5) AS label FROM range(3000) t(i)"
         filter_id = _filter(
             api, org, org.sample_datasource_id,
             **_dropdown(variable_name="long_options", values=None, value_names=None,
@@ -825,8 +826,9 @@ class TestSqlOptions:
 
         attributes = _until(copied, "the static options copied")
         kept = attributes["values"]
-        assert 900 < len(kept) < 3000
-        assert sum(len(value) + 5 for value in kept) <= MAX_OPTIONS_CHARACTERS
+        assert 100 < len(kept) < 3000
+        rendered = sum(len(orjson.dumps(value)) + len(b'"yyyyy"') for value in kept)
+        assert MAX_OPTIONS_JSON_BYTES - 7000 < rendered <= MAX_OPTIONS_JSON_BYTES
         assert f"Only the first {len(kept)} values are options" in attributes["status_message"]
 
     def test_dynamic_options_leave_out_values_a_client_could_not_select(self, world) -> None:
