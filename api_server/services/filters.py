@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -644,11 +645,30 @@ _UNREADABLE = object()  # a cell Python cannot hold: a date of DuckDB's infinity
 
 
 def _cells(column: pa.Array) -> list[Any]:
-    """A column's cells as Python values; one Python cannot hold is ``_UNREADABLE``."""
+    """A column's cells as Python values; one Python cannot hold, or DuckDB's ``infinity`` (which
+    Arrow takes for the largest instant, and Python for 2262 at nanoseconds), is
+    ``_UNREADABLE``."""
     try:
-        return column.to_pylist()
+        cells = column.to_pylist()
     except (OverflowError, ValueError):
-        return [_cell(column, position) for position in range(len(column))]
+        cells = [_cell(column, position) for position in range(len(column))]
+    for position in _infinite_positions(column):
+        cells[position] = _UNREADABLE
+    return cells
+
+
+def _infinite_positions(column: pa.Array) -> list[int]:
+    """Where a date or timestamp column holds DuckDB's ``infinity`` or ``-infinity``: its
+    storage's largest integer or that negated."""
+    if pa.types.is_date32(column.type):
+        storage, largest = pa.int32(), 2**31 - 1
+    elif pa.types.is_timestamp(column.type):
+        storage, largest = pa.int64(), 2**63 - 1
+    else:
+        return []
+    integers = column.view(storage)
+    infinite = pc.or_(pc.equal(integers, largest), pc.equal(integers, -largest))
+    return pc.indices_nonzero(pc.fill_null(infinite, False)).to_pylist()
 
 
 def _cell(column: pa.Array, position: int) -> Any:
@@ -663,7 +683,9 @@ def _option_value(raw: Any, value_type: str) -> Scalar:
     and times ISO 8601, decimals as numbers, any scalar as text for a text filter); None when it
     is none (another type, no scalar, too long, beyond 64-bit integers, holding NUL)."""
     value: Any = raw
-    if isinstance(raw, Decimal):
+    if isinstance(raw, Decimal) and value_type == "text":
+        value = str(raw)  # its exact text, not a float's
+    elif isinstance(raw, Decimal):
         value = int(raw) if raw == raw.to_integral_value() else float(raw)
     elif isinstance(raw, date | time):  # a datetime is a date
         value = raw.isoformat()
@@ -682,8 +704,9 @@ def _option_value(raw: Any, value_type: str) -> Scalar:
 
 
 def _label(raw: Any) -> str | None:
-    """A label's text, cut to ``MAX_OPTION_LENGTH`` characters (None: no label)."""
-    if raw is None or raw is _UNREADABLE:
+    """A label's text, cut to ``MAX_OPTION_LENGTH`` characters (None: no label, or a cell that
+    is no scalar: an interval, a blob, a list)."""
+    if raw is None or not isinstance(raw, str | int | float | Decimal | date | time):
         return None
     text = (raw.isoformat() if isinstance(raw, date | time) else str(raw)).replace("\x00", "")
     return text[:MAX_OPTION_LENGTH]

@@ -748,6 +748,14 @@ class TestSqlOptions:
             # A text filter's options are texts, as a client selects them.
             ("text", "SELECT * FROM (VALUES (1), (2)) t(n)", ["1", "2"], 0),
             ("text", "SELECT TIME '12:30:00'", ["12:30:00"], 0),
+            ("text", "SELECT 1.50::DECIMAL(38, 10)", ["1.5000000000"], 0),
+            (
+                "datetime",
+                "SELECT * FROM (VALUES ('infinity'::TIMESTAMP_NS),"
+                " (TIMESTAMP_NS '2024-01-01 00:00:00.000000001')) t(d)",
+                ["2024-01-01T00:00:00.000000001"],
+                1,
+            ),
             # No scalar: no option (no Python spelling of an interval or a list).
             ("text", "SELECT * FROM (VALUES (INTERVAL 1 DAY), (INTERVAL 2 DAY)) t(i)", [], 2),
             ("text", "SELECT [1, 2] UNION ALL SELECT [3]", [], 2),
