@@ -588,7 +588,7 @@ class CopiedOptions:
 
     options: Options
     left_out: int  # values that are no option of the filter's value type
-    cut_short: bool  # rows or characters beyond the bounds were not read
+    cut_short: bool  # rows or bytes beyond the bounds were not read
 
     def note(self, value_type: str) -> str | None:
         """The status message of a static copy: what it left out, if anything."""
@@ -708,7 +708,8 @@ def _label(raw: Any) -> str | None:
     is no scalar: an interval, a blob, a list)."""
     if raw is None or not isinstance(raw, str | int | float | Decimal | date | time):
         return None
-    text = (raw.isoformat() if isinstance(raw, date | time) else str(raw)).replace("\x00", "")
+    spelled = raw.isoformat() if isinstance(raw, date | time) else str(raw)
+    text = (_text(raw) if isinstance(raw, bool) else spelled).replace("\x00", "")
     return text[:MAX_OPTION_LENGTH]
 
 
