@@ -52,7 +52,7 @@ HOST_BOUNDS: dict[str, Any] = {
 # A port from 1 to 65535, and a URL's authority: user information, then a host name or a bracketed
 # IPv6 address, then that port if any; what a URL parser would refuse at the first connection.
 _PORT = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
-_AUTHORITY = rf"(?:[^\s/?#@]*@)?(?:\[[\w:.%-]+\]|[^\s/?#@:\[\]]+)(?::{_PORT})?(?:[/?#]\S*)?"
+_AUTHORITY = rf"(?:[^\s/?#]*@)?(?:\[[\w:.%-]+\]|[^\s/?#@:\[\]]+)(?::{_PORT})?(?:[/?#]\S*)?"
 
 
 def url_bounds(*schemes: str) -> dict[str, Any]:

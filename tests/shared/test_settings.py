@@ -188,6 +188,7 @@ def test_a_refused_secret_is_named_never_shown(variable, value, problem):
         "unix:///run/r.sock",
         "redis://:p%40w@[::1]:6379/1?socket_timeout=2.5",
         "unix:///run/r.sock?db=3",
+        "redis://:p@ss@redis.internal:6379/0",  # an unencoded @ in the password, as urlsplit reads it
     ],
 )
 def test_a_redis_url_of_each_form_redis_py_reads_is_accepted(value):
