@@ -4,8 +4,9 @@ Stored results, schemas, representations and the SQLite metadata database hold t
 text and bound values. Tenant file areas are 0700 (shared/datapaths.py) and secrets 0600
 (shared/state_secrets.py); everything else is made private too, by the process's umask, set as a
 server or operator command starts. A state directory made by an earlier release under a looser
-umask has its result store, data root and SQLite files tightened then as well. A file meant for
-other users (a public signing key) is given its mode explicitly (shared/signing_keys.py).
+umask has its state directory, secrets, key directories, result store, data root and SQLite files
+tightened then as well. A file meant for other users (a public signing key) is given its mode
+explicitly (shared/signing_keys.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def keep_private(settings: Settings) -> None:
 
 
 def _state_paths(settings: Settings) -> Iterator[Path]:
+    yield settings.state_dir
+    secrets = settings.state_dir / "secrets"
+    yield secrets
+    if secrets.is_dir():
+        yield from secrets.iterdir()
+    keys = settings.state_dir / "keys"
+    yield keys  # who may write here could publish a signing key of their own
+    if keys.is_dir():
+        yield from (path for path in keys.iterdir() if path.is_dir() and not path.is_symlink())
     yield settings.results_dir
     yield settings.data_root
     url = make_url(settings.database_url)

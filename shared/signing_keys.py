@@ -15,7 +15,9 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from shared.errors import ConfigurationError
 from shared.settings import Settings
+
+_logger = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"  # the JWS name of Ed25519 signatures: what tokens are signed with
 FIRST_KEY_FILE = "signing-key.pem"
@@ -223,6 +227,17 @@ def _write_schedule(directory: Path, kid: str, schedule: KeySchedule) -> None:
     _write_atomically(directory / f"{kid}.json", json.dumps(record).encode(), mode=0o644)
 
 
+def written_by_this_user(path: Path) -> bool:
+    """Whether ``path`` (not followed) is owned by this process's user and writable by no one
+    else: a key another user could have written would let them sign data tokens."""
+    status = path.lstat()
+    return (
+        stat.S_ISREG(status.st_mode)
+        and status.st_uid == os.getuid()
+        and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
 def load_public_keys(settings: Settings, now: float | None = None) -> dict[str, PublicKey]:
     """Every public key published in the region's key directory and not retired at ``now``."""
     now = time.time() if now is None else now
@@ -230,6 +245,9 @@ def load_public_keys(settings: Settings, now: float | None = None) -> dict[str, 
     keys: dict[str, PublicKey] = {}
     for path in sorted(directory.glob("*.pub.pem")):
         with contextlib.suppress(FileNotFoundError):  # pruned meanwhile
+            if not written_by_this_user(path):
+                _logger.warning("ignored signing key %s: not this user's alone to write", path.name)
+                continue
             key = serialization.load_pem_public_key(path.read_bytes())
             if not isinstance(key, Ed25519PublicKey):
                 continue

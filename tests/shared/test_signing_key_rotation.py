@@ -14,10 +14,12 @@ import time
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.testclient import TestClient
 
 from data_server.app import create_app as create_data_app
+from shared.file_modes import keep_private
 from shared.results import ResultGone
 from shared.settings import Settings
 from shared.signing_keys import (
@@ -168,3 +170,35 @@ def test_signing_key_is_generated_once_with_private_permissions(settings):
     assert first.kid == second.kid
     key_file = settings.state_dir / "keys" / settings.region / "signing-key.pem"
     assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_key_file_others_could_write_is_not_trusted(settings):
+    """A public key in the key directory signs data tokens: one that another user could have
+    written (group- or world-writable) is ignored, as a link is."""
+    SigningKeyring(settings)  # the region's own key
+    directory = keys_dir(settings)
+    own = set(load_public_keys(settings))
+    planted = Ed25519PrivateKey.generate().public_key()
+    pem = planted.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    loose = directory / "planted.pub.pem"
+    loose.write_bytes(pem)
+    loose.chmod(0o666)
+    (directory / "linked.pub.pem").symlink_to(loose)
+    assert set(load_public_keys(settings)) == own
+    loose.chmod(0o644)  # the same file, this user's alone: a key like any other
+    assert len(set(load_public_keys(settings)) - own) == 1
+
+
+def test_a_loose_state_directory_is_made_private_at_start(tmp_path):
+    """A state directory made under a looser umask (or chmod -R 777) is tightened where it holds
+    secrets or lets others publish a signing key."""
+    state = tmp_path / "state"
+    for folder in ("keys/eu", "secrets", "results", "data"):
+        (state / folder).mkdir(parents=True)
+    (state / "secrets" / "api_key_pepper").write_bytes(b"x" * 48)
+    for path in [state, *state.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    keep_private(Settings(state_dir=state))
+    for path in (state, state / "secrets", state / "keys", state / "keys" / "eu"):
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert (state / "secrets" / "api_key_pepper").stat().st_mode & 0o077 == 0
