@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,8 +95,19 @@ def resolve_config(
         raise ConfigurationError(
             f"no API URL: pass api_url, set {ENV_API_URL} or run 'dataferry configure'"
         )
+    key = (key or "").strip()  # a pasted key's trailing newline or space
     if not key:
         raise ConfigurationError(
             f"no API key: pass api_key, set {ENV_API_KEY} or run 'dataferry configure'"
         )
+    if not _HEADER_SAFE.fullmatch(key):
+        # Said without the key: an error that quoted it would end up in terminals and logs.
+        raise ConfigurationError(
+            "the API key holds a character no key has (a control character or non-ASCII); "
+            "copy it again"
+        )
     return Config(url.rstrip("/"), key, data.rstrip("/") if data else None)
+
+
+# What an API key may hold: printable ASCII without blanks (a key is ``dfk_``, base62 and ``_``).
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")

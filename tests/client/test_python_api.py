@@ -327,3 +327,25 @@ def test_async_client_every_method(org, tmp_path):
 
     asyncio.run(scenario())
     assert pq.read_table(tmp_path / "orders.parquet").num_rows > 1000
+
+
+@pytest.mark.parametrize("pasted", ["\n", "\r\n", " ", "\t"])
+def test_a_pasted_key_s_blanks_are_dropped(tmp_path, pasted):
+    from dataferry_client.config import resolve_config
+
+    key = "dfk_" + "A" * 40 + "_abcdef"
+    environ = {"DATAFERRY_API_KEY": key + pasted, "XDG_CONFIG_HOME": str(tmp_path)}
+    assert resolve_config("http://127.0.0.1:1", environ=environ).api_key == key
+
+
+@pytest.mark.parametrize("inside", ["\r", "é", "\x00", " "])
+def test_a_key_with_a_character_no_key_has_is_refused_without_showing_it(tmp_path, inside):
+    """Sent as it was, the HTTP library's error quoted the whole header, key included."""
+    from dataferry_client.config import resolve_config
+    from dataferry_client.errors import ConfigurationError
+
+    key = "dfk_SECRET" + inside + "KEY"
+    environ = {"XDG_CONFIG_HOME": str(tmp_path)}
+    with pytest.raises(ConfigurationError) as refused:
+        resolve_config("http://127.0.0.1:1", key, environ=environ)
+    assert "SECRET" not in str(refused.value) and "SECRET" not in repr(refused.value)
