@@ -209,8 +209,10 @@ def update_filter(
     check_filter(state, changes.keys(), has_datasource=row.datasource_id is not None)
     if state["variable_name"] != row.variable_name:
         _refuse_duplicate(session, principal, state["variable_name"])
-    retyped = (
-        was_static and row.options_source == "static_sql" and state["value_type"] != type_before
+    retyped = (  # stays static with another value type: the old copy is of the old one
+        was_static
+        and state["options_source"] == "static_sql"
+        and state["value_type"] != type_before
     )
     if retyped:
         state.update(values=None, value_names=None)

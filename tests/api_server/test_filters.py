@@ -817,6 +817,13 @@ class TestSqlOptions:
         attributes = changed.json()["data"]["attributes"]
         assert attributes["status"] == "pending" and attributes["values"] is None
         assert _until(ready, "the text copy")["values"] == ["1", "2"]
+        # Leaving static SQL with another type at once keeps the values the request sent.
+        document["data"]["attributes"] = {
+            "value_type": "number", "options_source": "manual", "values": [7], "value_names": None
+        }  # fmt: skip
+        manual = api.patch(f"/filters/{filter_id}", org.key, document)
+        assert manual.status_code == 200, manual.text
+        assert manual.json()["data"]["attributes"]["values"] == [7]
 
     def test_a_static_copy_is_bounded_in_json_bytes(self, world) -> None:
         """Counted as answers render it: a control character takes six bytes (\\u0001)."""
