@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session
 from api_server.audit import record_event
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
+from shared.db.models import NAME_LENGTH
 from shared.settings import Settings
 
 
@@ -25,6 +28,18 @@ def emit(payload: dict[str, Any]) -> None:
 def comma_list(value: str | None) -> list[str] | None:
     """``--permissions a, b`` and the like: the non-empty items, None when the option is absent."""
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def display_name(value: str) -> str:
+    """An argparse type for ``--name``, as the API takes a key's name: blanks around dropped,
+    1 to ``NAME_LENGTH`` characters (a longer one failed PostgreSQL's insert with a traceback),
+    and no control character, which the terminal of an operator listing names would obey."""
+    name = value.strip()
+    if not 1 <= len(name) <= NAME_LENGTH:
+        raise argparse.ArgumentTypeError(f"a name has 1 to {NAME_LENGTH} characters")
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        raise argparse.ArgumentTypeError("a name holds no control character")
+    return name
 
 
 @contextmanager

@@ -8,7 +8,13 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from api_server.cli.conventions import comma_list, emit, record_operator_event, transaction
+from api_server.cli.conventions import (
+    comma_list,
+    display_name,
+    emit,
+    record_operator_event,
+    transaction,
+)
 from api_server.permissions import parse_permissions
 from api_server.services import api_keys, organizations
 from shared.command_line import CommandParser
@@ -131,7 +137,7 @@ def add_commands(commands: argparse._SubParsersAction[CommandParser]) -> None:
     org = commands.add_parser(
         "create-organization", help="new organisation, sample datasource, key"
     )
-    org.add_argument("--name", required=True)
+    org.add_argument("--name", required=True, type=display_name)
     org.set_defaults(run=cmd_create_organization)
 
     demo = commands.add_parser(
@@ -143,7 +149,7 @@ def add_commands(commands: argparse._SubParsersAction[CommandParser]) -> None:
     key.add_argument("--organization", required=True)
     key.add_argument("--permissions", required=True, help="comma-separated Cluvio permission names")
     key.add_argument("--datasources", help="comma-separated datasource ids the key is limited to")
-    key.add_argument("--name", default="API key")
+    key.add_argument("--name", default="API key", type=display_name)
     key.set_defaults(run=cmd_create_api_key)
 
     for name, run, text in (

@@ -27,7 +27,7 @@ from api_server.resource_layer.resource_types import (
 from api_server.resource_layer.responses import one, page
 from api_server.services import api_keys
 from shared import openapi as oa
-from shared.db.models import ApiKey
+from shared.db.models import NAME_LENGTH, ApiKey
 
 
 class ApiKeyAttributes(Attributes):
@@ -35,7 +35,7 @@ class ApiKeyAttributes(Attributes):
 
     name: Annotated[
         str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_LENGTH),
         Field(json_schema_extra={"pattern": r"\S"}),
     ]
     prefix: Annotated[

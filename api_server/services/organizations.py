@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api_server.permissions import Permission
 from api_server.services import api_keys, datasources, executions
-from shared.db.models import Organization
+from shared.db.models import NAME_LENGTH, Organization
 from shared.errors import NotFound, Unprocessable
 from shared.lifecycle import ExecutionType
 from shared.settings import Settings
@@ -29,8 +29,8 @@ def create_organization(
     session: Session, server_secrets: ServerSecrets, name: str
 ) -> CreatedOrganization:
     name = name.strip()
-    if not name or len(name) > 255:
-        raise Unprocessable("The organisation name must have 1 to 255 characters.")
+    if not 1 <= len(name) <= NAME_LENGTH:
+        raise Unprocessable(f"The organisation name must have 1 to {NAME_LENGTH} characters.")
     organization = Organization(name=name)
     session.add(organization)
     session.flush()

@@ -66,11 +66,15 @@ def table_of(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
 
 
+# The longest name of an organisation or an API key (the API's resources allow as much).
+NAME_LENGTH = 255
+
+
 class Organization(Base):
     __tablename__ = "organizations"
 
     id: Mapped[str] = mapped_column(String(14), primary_key=True, default=new_resource_id)
-    name: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     # Per-organisation limits; None means the deployment's default (DATAFERRY_RATE_LIMIT_*).
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate_limit_per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -91,7 +95,7 @@ class ApiKey(Base):
     organization_id: Mapped[str] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE"), index=True
     )
-    name: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     secret_prefix: Mapped[str] = mapped_column(String(16))
     permissions: Mapped[list[str]] = mapped_column(JSON)

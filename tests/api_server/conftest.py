@@ -34,7 +34,10 @@ def operator_command(
                 for name, value in environment.items():
                     scoped.setenv(name, value)
                 capsys.readouterr()
-                returncode = main(list(args))
+                try:
+                    returncode = main(list(args))
+                except SystemExit as exit_:  # argparse refusing an argument, as a process would
+                    returncode = exit_.code if isinstance(exit_.code, int) else 1
             captured = capsys.readouterr()
             return subprocess.CompletedProcess(args, returncode, captured.out, captured.err)
 

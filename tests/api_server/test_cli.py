@@ -63,6 +63,9 @@ def test_create_organization_then_keys(cli_process):
         (["--permissions", "Do Everything"], "Unknown permission"),
         (["--permissions", ""], "At least one permission"),
         (["--permissions", "View Datasources", "--datasources", "zzzz-zzzz-zzzz"], "No datasource"),
+        (["--permissions", "View Datasources", "--name", " "], "1 to 255 characters"),
+        (["--permissions", "View Datasources", "--name", "k" * 256], "1 to 255 characters"),
+        (["--permissions", "View Datasources", "--name", "a\x1b[2Jb"], "no control character"),
     ],
 )
 def test_create_api_key_refuses_bad_input(cli, args, message):
@@ -71,6 +74,35 @@ def test_create_api_key_refuses_bad_input(cli, args, message):
     assert result.returncode == 2
     assert result.stdout == ""
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "o" * 256, "tab\there"])
+def test_create_organization_refuses_a_name_the_api_would_refuse(cli, name):
+    """Checked before the database is touched: a name longer than the column failed
+    PostgreSQL's insert with a traceback."""
+    result = cli("create-organization", "--name", name)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "argument --name" in result.stderr
+
+
+def test_names_of_the_longest_length_are_kept_without_their_blanks(cli, tmp_path):
+    org = _one_json_object(cli("create-organization", "--name", " Acme\n").stdout)
+    name = "k" * 255
+    key = _one_json_object(
+        cli(
+            "create-api-key",
+            *("--organization", org["organization_id"], "--permissions", "View Datasources"),
+            *("--name", f" {name}\n"),
+        ).stdout
+    )
+    (database,) = (tmp_path / "state").rglob("*.db")
+    with sqlite3.connect(database) as connection:
+        stored = connection.execute(
+            "SELECT o.name, k.name FROM api_keys k JOIN organizations o"
+            " ON o.id = k.organization_id WHERE k.id = ?",
+            (key["id"],),
+        ).fetchone()
+    assert stored == ("Acme", name)
 
 
 def test_create_api_key_for_unknown_organization_fails(cli):
