@@ -32,8 +32,14 @@ class CommandParser(argparse.ArgumentParser):
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv``, then run the chosen command (``args.run``) with the settings of the
-    environment; a refusal is one line on stderr."""
-    args = parser.parse_args(argv)
+    environment; a refusal is one line on stderr, also when the file system refuses (a state
+    directory that is a file, a full disk) or an argument is no UTF-8 text (Python keeps its
+    undecodable bytes as surrogates, which no database or file takes)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    for position, argument in enumerate(arguments, start=1):
+        if not _is_text(argument):
+            return _refused(f"argument {position} is not UTF-8 text")
+    args = parser.parse_args(arguments)
     try:
         settings = Settings.from_env()
         keep_private(settings)
@@ -43,7 +49,18 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         return _refused(exc.detail if isinstance(exc, AppError) else str(exc))
     except UNUSABLE_DATABASE_ERRORS as exc:
         return _refused(unusable_database_line(exc))
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return _refused(f"{exc.strerror or type(exc).__name__}{where}")
     return 0
+
+
+def _is_text(argument: str) -> bool:
+    try:
+        argument.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refused(detail: str) -> int:

@@ -195,3 +195,22 @@ def test_a_secret_typed_in_the_wrong_place_is_masked_in_the_error(cli, capsys):
         error = capsys.readouterr().err
         assert "error: " in error and ("dfk_…" in error or "eyJ…" in error)
         assert key not in error and token not in error
+
+
+def test_a_state_directory_that_is_a_file_is_one_error_line(tmp_path, operator_command):
+    """Both servers' commands: the file system's refusal, named with its path, not a traceback."""
+    (tmp_path / "state").write_text("not a directory")
+    cli = operator_command({"DATAFERRY_STATE_DIR": str(tmp_path / "state")})
+    result = cli("migrate")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"error: File exists: {tmp_path / 'state'}\n"
+
+
+def test_an_argument_that_is_no_utf8_text_is_refused_before_anything_runs(cli, tmp_path):
+    """Python keeps a non-UTF-8 argument's bytes as surrogates, which the database driver
+    refused with a traceback (an organisation name of b"a\\xff")."""
+    for argv in (["create-organization", "--name", "a\udcff"], ["migrate", "\udcff"]):
+        result = cli(*argv)
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr == f"error: argument {len(argv)} is not UTF-8 text\n"
+    assert not (tmp_path / "state").exists()
