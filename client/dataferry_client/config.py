@@ -58,21 +58,35 @@ def read_profiles(path: Path) -> dict[str, dict[str, str]]:
 
 
 def write_profile(path: Path, name: str, values: Mapping[str, str]) -> None:
-    """Add or replace one profile; the file is (re)created with mode 0600."""
+    """Add or replace one profile; the file is (re)created with mode 0600. Text that is no
+    UTF-8 (an argument's undecodable bytes) is refused before anything is written."""
     profiles = read_profiles(path)
     profiles[name] = {k: v for k, v in values.items() if k in _FIELDS and v}
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lines = []
     for profile, table in profiles.items():
-        lines.append(f"[{json.dumps(profile)}]")  # a JSON string is a valid TOML basic string
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in table.items())
+        lines.append(f"[{_toml_string(profile, 'the profile name')}]")
+        lines.extend(
+            f"{key} = {_toml_string(value, key.replace('_', ' '))}" for key, value in table.items()
+        )
         lines.append("")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         file.write("\n".join(lines))
     os.chmod(temporary, 0o600)
     os.replace(temporary, path)
+
+
+def _toml_string(text: str, what: str) -> str:
+    """A TOML basic string: JSON's, but holding characters beyond ASCII as they are (JSON
+    escapes one beyond U+FFFF as two surrogates, which TOML refuses, and the whole file with
+    them) and escaping DEL, which TOML wants escaped and JSON does not."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"{what} is not UTF-8 text") from None
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def resolve_config(

@@ -14,6 +14,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from dataferry_client.commands.exit_codes import ExitCode
+from dataferry_client.config import read_profiles, write_profile
+from dataferry_client.errors import ConfigurationError
 from dataferry_client.terminal import render_arrow
 
 from tests.client.conftest import DATAFERRY, run_command
@@ -172,6 +174,33 @@ def test_configure_writes_a_private_profile_that_queries_use(org, tmp_path):
         org, tmp_path, "query", "--profile", "us", "Sample Data", "SELECT 1", **env
     )
     assert missing.returncode == ExitCode.CONFIGURATION and "no profile 'us'" in missing.stderr
+
+
+def test_profiles_hold_any_text_and_the_file_stays_readable(tmp_path):
+    """Characters beyond U+FFFF (JSON's surrogate escapes, which TOML refuses, made the whole
+    file unreadable), DEL (which TOML wants escaped), controls, quotes and backslashes."""
+    path = tmp_path / "profiles.toml"
+    odd = 'eu \U0001f680 "q" \\ \x7f \x01\t\n é'
+    write_profile(path, "plain", {"api_url": "http://127.0.0.1:1"})
+    write_profile(path, odd, {"api_url": f"http://h/{odd}", "api_key": odd, "data_url": None})
+    assert read_profiles(path) == {
+        "plain": {"api_url": "http://127.0.0.1:1"},
+        odd: {"api_url": f"http://h/{odd}", "api_key": odd},
+    }
+
+
+@pytest.mark.parametrize("field", ["name", "api_url", "api_key"])
+def test_a_profile_holding_bytes_that_are_no_utf8_is_refused_and_the_file_kept(tmp_path, field):
+    path = tmp_path / "profiles.toml"
+    write_profile(path, "plain", {"api_url": "http://127.0.0.1:1"})
+    before = path.read_bytes()
+    values = {"api_url": "http://127.0.0.1:2", "api_key": "k"}
+    name = "n\udcff" if field == "name" else "n"
+    if field != "name":
+        values[field] += "\udcff"
+    with pytest.raises(ConfigurationError, match="is not UTF-8 text"):
+        write_profile(path, name, values)
+    assert path.read_bytes() == before and not path.with_suffix(".tmp").exists()
 
 
 def test_exit_codes_are_documented():
