@@ -109,15 +109,20 @@ def remove_own_place(data_root: Path, organization_id: str, relative: str) -> No
 
 
 @contextlib.contextmanager
-def area_locked(area: Path) -> Iterator[None]:
-    """One writer of an organisation's area at a time, across the processes of this host: an
-    upload's commit, a deleted datasource's place being removed."""
-    fd = os.open(area, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def directory_locked(directory: Path) -> Iterator[None]:
+    """One holder of the directory at a time, across the processes of this host."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def area_locked(area: Path) -> contextlib.AbstractContextManager[None]:
+    """One writer of an organisation's area at a time: an upload's commit, a deleted
+    datasource's place being removed."""
+    return directory_locked(area)
 
 
 def organization_area(data_root: Path, organization_id: str) -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from shared.datapaths import directory_locked
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -326,21 +327,30 @@ def rotate_signing_key(
     if overlap < 0:
         raise ConfigurationError("--overlap-seconds must not be negative")
     now = int(time.time() if now is None else now)
-    pruned = prune_signing_keys(settings, now=now)
     directory = keys_dir(settings)
-    current = _directory_signing_keys(settings, now)
-    previous = _signer_at(current, now)
-    private = Ed25519PrivateKey.generate()
-    kid = _kid_of(private.public_key())
-    signs_from = now + settings.signing_key_publish_delay_seconds
-    retire_at = signs_from + overlap
-    # The schedule first: an API server that sees the private key must already see when to use it.
-    _write_schedule(directory, kid, KeySchedule(not_before=signs_from))
-    _publish(settings, private)
-    _write_atomically(directory / f"{kid}.key.pem", _private_pem(private), mode=0o600)
-    for schedule, key in current:
-        if schedule.retire_at is None or schedule.retire_at > retire_at:
-            _write_schedule(directory, key.kid, replace(schedule, retire_at=retire_at))
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with directory_locked(directory):  # two operators at once: one rotation after the other
+        pruned = prune_signing_keys(settings, now=now)
+        current = _directory_signing_keys(settings, now)
+        previous = _signer_at(current, now)
+        private = Ed25519PrivateKey.generate()
+        kid = _kid_of(private.public_key())
+        # Later than every key's start, the one of a rotation a moment ago included: of two
+        # keys starting together, either could sign, and the one the other rotation retires
+        # would sign tokens it outlives by less than their lifetime.
+        signs_from = max(
+            now + settings.signing_key_publish_delay_seconds,
+            *(schedule.not_before + 1 for schedule, _ in current),
+        )
+        retire_at = signs_from + overlap
+        # The schedule first: an API server that sees the private key must already see when to
+        # use it.
+        _write_schedule(directory, kid, KeySchedule(not_before=signs_from))
+        _publish(settings, private)
+        _write_atomically(directory / f"{kid}.key.pem", _private_pem(private), mode=0o600)
+        for schedule, key in current:
+            if schedule.retire_at is None or schedule.retire_at > retire_at:
+                _write_schedule(directory, key.kid, replace(schedule, retire_at=retire_at))
     return Rotation(kid, signs_from, previous.kid, retire_at, pruned)
 
 

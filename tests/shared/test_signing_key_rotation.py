@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -24,6 +25,7 @@ from shared.results import ResultGone
 from shared.settings import Settings
 from shared.signing_keys import (
     SigningKeyring,
+    default_overlap_seconds,
     keys_dir,
     load_public_keys,
     prune_signing_keys,
@@ -104,6 +106,30 @@ def test_new_key_is_published_before_it_signs(tmp_path):
     assert signer.signing_key(later).kid == rotation.kid
     # The default overlap outlasts the last token the old key signed, plus clock skew.
     assert rotation.previous_retire_at >= rotation.signs_from + settings.data_token_ttl_seconds
+
+
+@pytest.mark.parametrize("at_once", [False, True])
+def test_rotations_close_together_never_retire_a_key_before_its_tokens_expire(settings, at_once):
+    """Four rotations in one second, one after the other or at once (two operators): each new
+    key starts later than the last, and whichever key signs at a moment is kept for a token's
+    lifetime after it. Before, keys of one second started together and either signed, and the
+    one a later rotation retired signed tokens that were refused up to ~110 s early."""
+    SigningKeyring(settings).signing_key()
+    now = int(time.time())
+    if at_once:
+        with ThreadPoolExecutor(4) as pool:
+            rotations = list(pool.map(lambda _: rotate_signing_key(settings, now=now), range(4)))
+    else:
+        rotations = [rotate_signing_key(settings, now=now) for _ in range(4)]
+    starts = sorted(rotation.signs_from for rotation in rotations)
+    assert len(set(starts)) == 4 and starts[0] == now + settings.signing_key_publish_delay_seconds
+    schedules = {
+        path.stem: json.loads(path.read_text()) for path in keys_dir(settings).glob("*.json")
+    }
+    signer = SigningKeyring(settings)
+    for moment in range(now, starts[-1] + default_overlap_seconds(settings) + 1):
+        retire_at = schedules.get(signer.signing_key(moment).kid, {}).get("retire_at")
+        assert retire_at is None or retire_at >= moment + settings.data_token_ttl_seconds, moment
 
 
 def test_retired_keys_leave_the_jwks_and_their_files_are_pruned(settings):
