@@ -50,6 +50,13 @@ class TransportError(DataferryError):
     code = "transport_error"
 
 
+class UnexpectedAnswer(DataferryError):
+    """An answer that is not the API's: no JSON, or not the document the API defines (a proxy's
+    or a captive portal's page at the configured URL, say)."""
+
+    code = "unexpected_answer"
+
+
 class QueryTimeout(DataferryError):
     """The execution did not end within the caller's ``timeout``."""
 

@@ -19,6 +19,7 @@ from dataferry_client.errors import (
     ExecutionFailed,
     NotFound,
     QueryTimeout,
+    UnexpectedAnswer,
     api_error,
 )
 from dataferry_client.models import (
@@ -73,7 +74,15 @@ class Reply:
     headers: Mapping[str, str]
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        try:
+            return json.loads(self.content)
+        except ValueError:
+            kind = self.headers.get("content-type") or "no content type"
+            raise UnexpectedAnswer(
+                f"the server's answer is not JSON (HTTP {self.status}, {kind}): "
+                "is the URL the dataferry server's?",
+                status=self.status,
+            ) from None
 
 
 Operation = Generator[Call, Reply, T]

@@ -19,7 +19,13 @@ import httpx
 
 from dataferry_client import __version__
 from dataferry_client.config import Config
-from dataferry_client.errors import ConfigurationError, DataferryError, TransportError, api_error
+from dataferry_client.errors import (
+    ConfigurationError,
+    DataferryError,
+    TransportError,
+    UnexpectedAnswer,
+    api_error,
+)
 from dataferry_client.operations import Call, Operation, Reply
 
 T = TypeVar("T")
@@ -88,9 +94,30 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
 def _finish(call: Call, reply: Reply | None, failure: Exception | None) -> Reply:
     if reply is None:
         raise TransportError(f"cannot reach the server: {failure}") from failure
+    if 300 <= reply.status < 400 and reply.status not in call.expect:
+        where = reply.headers.get("location") or "another address"
+        raise ConfigurationError(
+            f"the server redirects (HTTP {reply.status}) to {where}: configure the URL it "
+            "points to (the client does not follow redirects, which would drop its key)",
+            status=reply.status,
+        )
     if reply.status not in call.expect:
         raise api_error(reply.status, reply.content, retry_after(reply.headers))
     return reply
+
+
+def _advance(operation: Operation[T], reply: Reply) -> Call:
+    """The operation's next call, given the answer to its last; an answer whose document lacks
+    what the API defines (a field missing, of another type) is an UnexpectedAnswer, not a
+    client bug."""
+    try:
+        return operation.send(reply)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UnexpectedAnswer(
+            f"the server's answer (HTTP {reply.status}) is not the document the API defines: "
+            f"{type(exc).__name__}: {exc}",
+            status=reply.status,
+        ) from exc
 
 
 def _log_retry(call: Call, reply: Reply | None, failure: Exception | None, delay: float) -> None:
@@ -131,7 +158,7 @@ class SyncTransport:
                 except DataferryError as exc:
                     call = operation.throw(exc)
                 else:
-                    call = operation.send(reply)
+                    call = _advance(operation, reply)
         except StopIteration as done:
             result: T = done.value
             return result
@@ -172,7 +199,7 @@ class AsyncTransport:
                 except DataferryError as exc:
                     call = operation.throw(exc)
                 else:
-                    call = operation.send(reply)
+                    call = _advance(operation, reply)
         except StopIteration as done:
             result: T = done.value
             return result

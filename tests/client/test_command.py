@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import pty
 import select
 import stat
 import subprocess
+import threading
 
 import duckdb
 import pyarrow.parquet as pq
@@ -201,6 +203,64 @@ def test_a_profile_holding_bytes_that_are_no_utf8_is_refused_and_the_file_kept(t
     with pytest.raises(ConfigurationError, match="is not UTF-8 text"):
         write_profile(path, name, values)
     assert path.read_bytes() == before and not path.with_suffix(".tmp").exists()
+
+
+class _NotTheApi(http.server.BaseHTTPRequestHandler):
+    """What may answer at a mistyped or proxied URL: ``/<status>/<kind>`` says what."""
+
+    def do_GET(self):
+        _, status, kind, *_ = self.path.split("/")
+        bodies = {
+            "html": (b"<html>Sign in to the network</html>", "text/html"),
+            "empty": (b"{}", "application/vnd.api+json"),
+            "problem": (b'{"errors": [{"detail": "Too large."}]}', "application/vnd.api+json"),
+        }
+        body, content_type = bodies[kind]
+        self.send_response(int(status))
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if status.startswith("3"):
+            self.send_header("Location", "https://elsewhere.example/api")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "message"),
+    [
+        ("302/html", ExitCode.CONFIGURATION, "redirects (HTTP 302) to https://elsewhere.example"),
+        ("200/html", ExitCode.UNAVAILABLE, "not JSON (HTTP 200, text/html)"),
+        ("200/empty", ExitCode.UNAVAILABLE, "not the document the API defines"),
+        ("413/problem", ExitCode.INVALID, "Too large."),
+    ],
+)
+def test_answers_that_are_not_the_apis_end_with_their_exit_code(tmp_path, answer, code, message):
+    """Before, a redirect ended as 'invalid' and an answer that was no API document as an
+    'internal error' (exit 1, 'a bug in the client')."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
+        env |= {
+            "DATAFERRY_API_URL": f"http://127.0.0.1:{server.server_port}/{answer}",
+            "DATAFERRY_API_KEY": "dfk_not_checked_here",
+            "XDG_CONFIG_HOME": str(tmp_path),
+        }
+        result = subprocess.run(
+            [str(DATAFERRY), "datasources", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode, result.stdout) == (code, ""), result.stderr
+    assert message in result.stderr and "internal error" not in result.stderr
 
 
 def test_exit_codes_are_documented():

@@ -12,15 +12,15 @@ class ExitCode(enum.IntEnum):
     OK = 0
     INTERNAL = 1  # a bug in the client: please report it
     USAGE = 2  # bad command line
-    CONFIGURATION = 3  # no API URL, key or data URL; unreadable profile file
+    CONFIGURATION = 3  # no API URL, key or data URL; unreadable profile file; a redirect
     AUTHENTICATION = 4  # 401: wrong, disabled or deleted key
     PERMISSION = 5  # 403: the key lacks the permission
     NOT_FOUND = 6  # 404: unknown datasource, execution, snippet (or expired data)
-    INVALID = 7  # 400, 409, 422: the server refused the request as given
+    INVALID = 7  # 400, 409, 413, 415, 422, other 4xx: the server refused the request as given
     EXECUTION_FAILED = 8  # the execution failed or was cancelled
     TIMEOUT = 9  # --timeout passed before the execution ended
     RATE_LIMITED = 10  # still 429 after waiting out Retry-After (bounded)
-    UNAVAILABLE = 11  # server unreachable, 5xx, or a transfer that could not be completed
+    UNAVAILABLE = 11  # unreachable, 5xx, an answer not the API's, a transfer cut short
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -48,6 +48,7 @@ _EXIT_FOR: list[tuple[type[errors.DataferryError], ExitCode]] = [
     (errors.ServerError, ExitCode.UNAVAILABLE),
     (errors.TransportError, ExitCode.UNAVAILABLE),
     (errors.IncompleteResult, ExitCode.UNAVAILABLE),
+    (errors.UnexpectedAnswer, ExitCode.UNAVAILABLE),
     (errors.ApiError, ExitCode.INVALID),
 ]
 
