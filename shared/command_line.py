@@ -8,6 +8,7 @@ the logs: terminals and job logs keep what they are shown."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -20,6 +21,7 @@ from shared.secret_shapes import without_secrets
 from shared.settings import Settings
 
 REFUSED = 2  # argparse's own exit status for a usage error
+_logger = logging.getLogger(__name__)
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -50,6 +52,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     except UNUSABLE_DATABASE_ERRORS as exc:
         return _refused(unusable_database_line(exc))
     except OSError as exc:
+        _logger.debug("the command stopped", exc_info=True)  # DATAFERRY_LOG_LEVEL=DEBUG shows it
         where = f": {exc.filename}" if exc.filename is not None else ""
         return _refused(f"{exc.strerror or type(exc).__name__}{where}")
     return 0
