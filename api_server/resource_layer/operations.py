@@ -25,8 +25,8 @@ from api_server.auth import authenticate, limit_rate
 from api_server.jsonapi import MAX_BODY_BYTES, read_bounded_body, require_acceptable
 from api_server.permissions import Permission, require
 from api_server.principals import Principal
-from api_server.resource_layer.documentation import id_parameter
-from api_server.resource_layer.resource_types import ResourceType
+from api_server.resource_layer.documentation import fields_parameter, id_parameter
+from api_server.resource_layer.resource_types import ResourceType, declared_type
 from shared.errors import PreconditionFailed
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web import operations as web
@@ -78,7 +78,25 @@ class Operation(web.Operation):
     @functools.cached_property
     def declared_query(self) -> frozenset[str]:
         """The query parameters the operation takes: those its document declares."""
-        return frozenset(p["name"] for p in self.parameters if p.get("in") == "query")
+        return frozenset(p["name"] for p in self.documented_parameters() if p.get("in") == "query")
+
+    def documented_parameters(self) -> list[dict[str, Any]]:
+        """The declared ones, and with ``include`` the sparse fieldset of each type it may add
+        (JSON:API's ``fields[type]`` names any type of the answer), derived when first asked
+        for, once every type is declared."""
+        own = list(self.parameters)
+        names = {parameter["name"] for parameter in own}
+        if "include" not in names:
+            return own
+        served = filter(
+            None, (declared_type(name[7:-1]) for name in names if name.startswith("fields["))
+        )
+        included = {
+            f"fields[{included.type}]": fields_parameter(included)
+            for resource in served
+            for included in resource.included_types()
+        }
+        return own + [parameter for name, parameter in included.items() if name not in names]
 
     def documented_errors(self) -> dict[int, str | None]:
         statuses: dict[int, str | None] = {}

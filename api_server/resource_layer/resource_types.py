@@ -81,6 +81,14 @@ class Filter:
     parse: Callable[[str, str], Any] | None = None  # (parameter name, text) → value
 
 
+# Every declared type by its name, the first declaration of a name kept.
+_DECLARED: dict[str, ResourceType] = {}
+
+
+def declared_type(name: str) -> ResourceType | None:
+    return _DECLARED.get(name)
+
+
 @dataclass(frozen=True, eq=False)
 class ResourceType:
     type: str
@@ -107,7 +115,17 @@ class ResourceType:
     # OpenAPI only: a collection's ``meta`` when it holds more than the count and the page.
     collection_meta: Schema | None = None
 
+    def __post_init__(self) -> None:
+        _DECLARED.setdefault(self.type, self)
+
     # ------------------------------------------------------------ derived from the declaration
+
+    def included_types(self) -> tuple[ResourceType, ...]:
+        """The declared types ``include`` may add under ``included`` (whose ``fields[type]`` a
+        request may then give). Asked once every module has declared its types: two types
+        including each other cannot both import the other."""
+        named = dict.fromkeys(self.relationships[name].type for name in self.includable)
+        return tuple(_DECLARED[name] for name in named if name in _DECLARED)
 
     def _access(self, name: str) -> _Access | None:
         metadata = self.attributes.model_fields[name].metadata
@@ -173,7 +191,9 @@ class ResourceType:
             request,
             sortable=self.sortable,
             filterable=tuple(f.name for f in self.filters) if collection else (),
-            fields_by_type={self.type: self.fields},
+            fields_by_type={
+                resource.type: resource.fields for resource in (self, *self.included_types())
+            },
             includable=self.includable,
             collection=collection,
             **extra,

@@ -71,6 +71,10 @@ class Operation:
     def documented_path_parameters(self) -> list[dict[str, Any]]:
         return list(self.path_parameters)
 
+    def documented_parameters(self) -> list[dict[str, Any]]:
+        """The operation's own parameters (query, header, path), as its document lists them."""
+        return list(self.parameters)
+
     def documented_extensions(self) -> dict[str, Any]:
         return dict(self.extensions)
 
@@ -180,7 +184,7 @@ def operation_object(op: Operation) -> dict[str, Any]:
         op.description,
         {**op.responses, **oa.error_responses(statuses, notes)},
         security=op.security,
-        parameters=op.parameters,
+        parameters=op.documented_parameters(),
         body=op.request_body,
         **op.documented_extensions(),
     )

@@ -314,6 +314,31 @@ def test_include_adds_each_related_resource_once(api):
     )
     refused = api.get(f"/dashboards/{dashboard_id}?include=owner", org.key)
     assert refused.status_code == 400
+    # JSON:API's sparse fieldsets name any type of the answer, the included ones too.
+    sparse = api.get(
+        "/dashboards?include=reports,dashboard_groups&fields[dashboards]=name"
+        "&fields[reports]=name,dashboard&fields[dashboard_groups]=",
+        org.key,
+    ).json()
+    assert (
+        sparse["data"][0]["attributes"] == {"name": "D"}
+        and "relationships" not in (sparse["data"][0])
+    )
+    for obj in sparse["included"]:
+        if obj["type"] == "reports":
+            assert set(obj["attributes"]) == {"name"} and set(obj["relationships"]) == {"dashboard"}
+        else:
+            assert "attributes" not in obj and "relationships" not in obj
+    unknown = api.get(f"/dashboards/{dashboard_id}?include=reports&fields[reports]=nope", org.key)
+    assert unknown.status_code == 400
+    assert unknown.json()["errors"][0]["source"] == {"parameter": "fields[reports]"}
+    grouped = api.get(
+        f"/dashboard_groups/{group}?include=dashboards&fields[dashboards]=name", org.key
+    ).json()
+    assert [obj["attributes"] for obj in grouped["included"]] == [{"name": "D"}]
+    for undeclared in ("fields[users]=name", "fields[datasources]=name"):
+        answer = api.get(f"/dashboards/{dashboard_id}?include=user&{undeclared}", org.key)
+        assert answer.status_code == 400, undeclared
 
 
 def test_sparse_fieldsets_paging_sorting_and_filtering(api):
