@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap-seconds",
         type=int,
         help="how long tokens of the old key stay valid once the new one signs "
-        "(default: the token lifetime + 30 s)",
+        "(default: the token lifetime + 30 s; at most a day)",
     )
     rotate.set_defaults(run=cmd_rotate_signing_key)
     return parser

@@ -35,6 +35,9 @@ _logger = logging.getLogger(__name__)
 ALGORITHM = "EdDSA"  # the JWS name of Ed25519 signatures: what tokens are signed with
 FIRST_KEY_FILE = "signing-key.pem"
 OVERLAP_MARGIN_SECONDS = 30
+# The longest an old key may keep working after a rotation: tokens live minutes, and an overlap
+# beyond that only keeps a key valid that the operator may be rotating because it leaked.
+MAX_OVERLAP_SECONDS = 86_400
 RECHECK_SECONDS = 5.0
 
 
@@ -324,8 +327,8 @@ def rotate_signing_key(
             "the signing key is DATAFERRY_SIGNING_KEY_FILE: replace that file to rotate it"
         )
     overlap = default_overlap_seconds(settings) if overlap_seconds is None else overlap_seconds
-    if overlap < 0:
-        raise ConfigurationError("--overlap-seconds must not be negative")
+    if not 0 <= overlap <= MAX_OVERLAP_SECONDS:
+        raise ConfigurationError(f"--overlap-seconds is 0 to {MAX_OVERLAP_SECONDS:,} (a day)")
     now = int(time.time() if now is None else now)
     directory = keys_dir(settings)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)

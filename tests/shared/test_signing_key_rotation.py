@@ -162,9 +162,14 @@ def test_rotate_signing_key_command_prints_kids_and_never_key_material(tmp_path)
     published = {p.name for p in (tmp_path / "state" / "keys" / "eu").glob("*.pub.pem")}
     assert published == {f"{printed['kid']}.pub.pem", f"{printed['previous_kid']}.pub.pem"}
 
-    refused = run_cli(env, tmp_path, "rotate-signing-key", "--overlap-seconds", "-1")
-    assert refused.returncode == 2
-    assert "must not be negative" in refused.stderr
+    keys = sorted(path.name for path in (tmp_path / "state" / "keys" / "eu").iterdir())
+    # A huge overlap rotated the key, kept the old one valid for ages, then failed to print.
+    for overlap in ("-1", "86401", "99999999999999999999"):
+        refused = run_cli(env, tmp_path, "rotate-signing-key", "--overlap-seconds", overlap)
+        assert (refused.returncode, refused.stdout) == (2, ""), overlap
+        assert "--overlap-seconds is 0 to 86,400" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert sorted(path.name for path in (tmp_path / "state" / "keys" / "eu").iterdir()) == keys
 
 
 def test_a_fixed_key_file_cannot_be_rotated_by_the_command(tmp_path):
