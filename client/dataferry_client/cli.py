@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -18,11 +19,17 @@ from dataferry_client.client import Client
 from dataferry_client.commands import query, resources
 from dataferry_client.commands.exit_codes import ExitCode, UsageError, exit_code_for, exit_code_help
 from dataferry_client.config import DEFAULT_PROFILE, ENV_PROFILE, profiles_path, write_profile
-from dataferry_client.terminal import ProgressLine
+from dataferry_client.terminal import ProgressLine, shown
+
+# An API key or a data access token, wherever an answer echoed one (a proxy's error page, say):
+# what stderr shows, CI logs keep.
+_SECRET = re.compile(r"\b(dfk_|eyJ)[A-Za-z0-9_.-]{8,}")
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """A message for stderr: one line, the characters a terminal would obey escaped
+    (``terminal.shown``), keys and tokens cut to their kind."""
+    return _SECRET.sub(r"\1…", shown(" ".join(str(text).split())))
 
 
 def command_configure(args: argparse.Namespace) -> None:
@@ -100,7 +107,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except errors.DataferryError as exc:
         if progress:
             progress.clear()
-        code = f" [{exc.code}]" if exc.code and exc.code != UsageError.code else ""
+        code = f" [{one_line(exc.code)}]" if exc.code and exc.code != UsageError.code else ""
         sys.stderr.write(f"dataferry: {one_line(str(exc))}{code}\n")
         return exit_code_for(exc)
     except OSError as exc:  # an unreadable SQL file, an unwritable output path

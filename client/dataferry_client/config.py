@@ -48,7 +48,7 @@ def read_profiles(path: Path) -> dict[str, dict[str, str]]:
             document = tomllib.load(file)
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read the profile file {path}: {exc}") from exc
     return {
         name: {k: str(v) for k, v in table.items() if k in _FIELDS}

@@ -76,7 +76,7 @@ class Reply:
     def json(self) -> Any:
         try:
             return json.loads(self.content)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's depth
             kind = self.headers.get("content-type") or "no content type"
             raise UnexpectedAnswer(
                 f"the server's answer is not JSON (HTTP {self.status}, {kind}): "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -76,13 +77,30 @@ def _value(scalar: pa.Scalar) -> Any:
         return "<see --format json>"
 
 
+# What a terminal would obey rather than show: C0 and C1 controls, DEL, and the bidirectional
+# overrides and isolates that reorder what follows them (U+202A to U+202E, U+2066 to U+2069).
+_OBEYED = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    """Text from a server as a terminal shows it: each character it would obey instead (an
+    escape sequence in a name, a value or an error's detail clears the screen or sets the
+    window title) written as its escape, ``\\x1b`` or ``\\u202e``; a newline as ``\\n``."""
+    return _OBEYED.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return "\\n" if code == 0x0A else f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
 def _cell(value: Any) -> str:
-    text = "NULL" if value is None else str(value)
-    text = text.replace("\n", "\\n")
+    text = shown("NULL" if value is None else str(value))
     return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
 
 
 def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    columns = [shown(column) for column in columns]
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
@@ -116,7 +134,7 @@ def print_document(value: Any, as_json: bool) -> None:
         json.dump(document, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return
-    width = max((len(k) for k in document), default=0)
+    width = max((len(shown(k)) for k in document), default=0)
     for key, item in document.items():
         text = json.dumps(item, default=str) if isinstance(item, dict | list) else item
-        sys.stdout.write(f"{key.ljust(width)}  {'' if text is None else text}\n")
+        sys.stdout.write(f"{shown(key).ljust(width)}  {'' if text is None else shown(str(text))}\n")

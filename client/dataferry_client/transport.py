@@ -71,6 +71,11 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
         url, authorization = config.data_url + call.path, f"Data {call.data_token}"
     else:
         url, authorization = config.api_url + call.path, f"Api {config.api_key}"
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        server = "data" if call.data_token is not None else "API"
+        raise ConfigurationError(f"the {server} server URL is not valid: {exc}") from None
     headers = {
         "Authorization": authorization,
         "User-Agent": f"dataferry-client/{__version__}",

@@ -18,7 +18,7 @@ import pytest
 from dataferry_client.commands.exit_codes import ExitCode
 from dataferry_client.config import read_profiles, write_profile
 from dataferry_client.errors import ConfigurationError
-from dataferry_client.terminal import render_arrow
+from dataferry_client.terminal import render_arrow, render_table
 
 from tests.client.conftest import DATAFERRY, run_command
 from tests.support.processes import ROOT
@@ -215,6 +215,12 @@ class _NotTheApi(http.server.BaseHTTPRequestHandler):
             "empty": (b"{}", "application/vnd.api+json"),
             "problem": (b'{"errors": [{"detail": "Too large."}]}', "application/vnd.api+json"),
         }
+        if kind == "hostile":  # an error that echoes the key and holds escape sequences
+            detail = "\x1b]0;pwned\x07\x1b[2Jbad key " + self.headers["Authorization"]
+            error = {"detail": detail, "code": "x\x1b[31m"}
+            bodies[kind] = (json.dumps({"errors": [error]}).encode(), "application/vnd.api+json")
+        if kind == "deep":
+            bodies[kind] = (b"[" * 100_000 + b"]" * 100_000, "application/json")
         body, content_type = bodies[kind]
         self.send_response(int(status))
         self.send_header("Content-Type", content_type)
@@ -235,6 +241,12 @@ class _NotTheApi(http.server.BaseHTTPRequestHandler):
         ("200/html", ExitCode.UNAVAILABLE, "not JSON (HTTP 200, text/html)"),
         ("200/empty", ExitCode.UNAVAILABLE, "not the document the API defines"),
         ("413/problem", ExitCode.INVALID, "Too large."),
+        ("200/deep", ExitCode.UNAVAILABLE, "not JSON (HTTP 200, application/json)"),
+        (
+            "401/hostile",
+            ExitCode.AUTHENTICATION,
+            "dataferry: \\x1b]0;pwned\\x07\\x1b[2Jbad key Api dfk_… [x\\x1b[31m]\n",
+        ),
     ],
 )
 def test_answers_that_are_not_the_apis_end_with_their_exit_code(tmp_path, answer, code, message):
@@ -246,7 +258,7 @@ def test_answers_that_are_not_the_apis_end_with_their_exit_code(tmp_path, answer
         env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
         env |= {
             "DATAFERRY_API_URL": f"http://127.0.0.1:{server.server_port}/{answer}",
-            "DATAFERRY_API_KEY": "dfk_not_checked_here",
+            "DATAFERRY_API_KEY": "dfk_echoed_by_a_hostile_server",
             "XDG_CONFIG_HOME": str(tmp_path),
         }
         result = subprocess.run(
@@ -261,6 +273,45 @@ def test_answers_that_are_not_the_apis_end_with_their_exit_code(tmp_path, answer
         server.server_close()
     assert (result.returncode, result.stdout) == (code, ""), result.stderr
     assert message in result.stderr and "internal error" not in result.stderr
+    assert "\x1b" not in result.stderr and "echoed_by" not in result.stderr
+
+
+def test_what_a_server_sends_is_shown_without_the_controls_a_terminal_obeys():
+    """A name or value holding escape sequences (any key of the organisation may store one)
+    cleared the analyst's screen or set the window title; right-to-left overrides reorder it."""
+    out = io.StringIO()
+    render_table(["n\x1b[2J"], [["\x1b]0;t\x07"], ["a\u202eb\nc\x9b"], [None]], out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["n\\x1b[2J"]
+    assert [line.strip() for line in lines[2:]] == ["\\x1b]0;t\\x07", "a\\u202eb\\nc\\x9b", "NULL"]
+    assert not any(
+        0 <= ord(c) < 32 or 127 <= ord(c) < 160 for c in out.getvalue().replace("\n", "")
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"DATAFERRY_API_URL": "http://[::1"}, "API server URL is not valid"),
+        ({"DATAFERRY_API_URL": "http://h/" + "x" * 100_000}, "API server URL is not valid"),
+        ({"profile": b"\xff\xfe"}, "cannot read the profile file"),
+    ],
+)
+def test_an_unusable_configuration_is_a_configuration_error(tmp_path, setting, message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
+    env |= {"DATAFERRY_API_KEY": "dfk_x", "XDG_CONFIG_HOME": str(tmp_path)}
+    env |= {"DATAFERRY_API_URL": "http://127.0.0.1:9"}
+    if "profile" in setting:
+        (tmp_path / "dataferry").mkdir()
+        (tmp_path / "dataferry" / "profiles.toml").write_bytes(setting["profile"])
+        env.pop("DATAFERRY_API_URL")
+    else:
+        env |= setting
+    result = subprocess.run(
+        [str(DATAFERRY), "whoami"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == ExitCode.CONFIGURATION, result.stderr
+    assert message in result.stderr
 
 
 def test_exit_codes_are_documented():
