@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from api_server.cli import files, organizations
-from api_server.cli.conventions import emit
+from api_server.cli.conventions import emit, whole_number
 from shared.command_line import CommandParser, run_command
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument(
         "--overlap-seconds",
-        type=int,
+        type=whole_number,
         help="how long tokens of the old key stay valid once the new one signs "
         "(default: the token lifetime + 30 s; at most a day)",
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -30,16 +31,35 @@ def comma_list(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
 
+# The bidirectional classes of the explicit embeddings, overrides and isolates: a name holding
+# one shows reordered text after it (U+202E in "a\u202egpj.exe" reads "aexe.jpg").
+_REORDERING = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+
+
 def display_name(value: str) -> str:
     """An argparse type for ``--name``, as the API takes a key's name: blanks around dropped,
     1 to ``NAME_LENGTH`` characters (a longer one failed PostgreSQL's insert with a traceback),
-    and no control character, which the terminal of an operator listing names would obey."""
+    and no control character or bidirectional override, which the terminal of an operator
+    listing names would obey."""
     name = value.strip()
     if not 1 <= len(name) <= NAME_LENGTH:
         raise argparse.ArgumentTypeError(f"a name has 1 to {NAME_LENGTH} characters")
-    if any(unicodedata.category(char) == "Cc" for char in name):
-        raise argparse.ArgumentTypeError("a name holds no control character")
+    if any(
+        unicodedata.category(char) == "Cc" or unicodedata.bidirectional(char) in _REORDERING
+        for char in name
+    ):
+        raise argparse.ArgumentTypeError(
+            "a name holds no control character or bidirectional override"
+        )
     return name
+
+
+def whole_number(value: str) -> int:
+    """An argparse type for a count: ASCII digits only, as the API reads numbers (``int``
+    also takes other scripts' digits and underscores: ``٣``, ``1_000``)."""
+    if not re.fullmatch(r"-?[0-9]+", value):
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}")
+    return int(value)
 
 
 @contextmanager

@@ -58,6 +58,8 @@ def cmd_revoke_shared_folder(settings: Settings, args: argparse.Namespace) -> No
 
 def cmd_list_shared_folders(settings: Settings, args: argparse.Namespace) -> None:
     with transaction(settings) as session:
+        if args.organization:  # an unknown one is a mistake, not an organisation with none
+            organizations.get_organization(session, args.organization)
         grants = shared_folders.list_shared_folders(session, args.organization)
         emit({"shared_folders": [_shared_folder(grant) for grant in grants]})
 
@@ -72,6 +74,8 @@ def cmd_check_file_datasources(settings: Settings, args: argparse.Namespace) -> 
         query = query.where(Datasource.organization_id == args.organization)
     found = []
     with transaction(settings) as session:
+        if args.organization:
+            organizations.get_organization(session, args.organization)
         for ds in session.scalars(query.order_by(Datasource.organization_id, Datasource.id)):
             problem = _file_problem(session, settings, ds)
             if problem is None and args.problems_only:

@@ -14,6 +14,7 @@ from api_server.cli.conventions import (
     emit,
     record_operator_event,
     transaction,
+    whole_number,
 )
 from api_server.permissions import parse_permissions
 from api_server.services import api_keys, organizations
@@ -169,7 +170,9 @@ def add_commands(commands: argparse._SubParsersAction[CommandParser]) -> None:
         "set-organization-limits", help="rate limits and execution cap of one organisation"
     )
     limits.add_argument("--organization", required=True)
-    limits.add_argument("--per-minute", type=int, help="requests per key per minute")
-    limits.add_argument("--per-hour", type=int, help="requests per key per hour")
-    limits.add_argument("--max-running-executions", type=int, help="unfinished executions at once")
+    limits.add_argument("--per-minute", type=whole_number, help="requests per key per minute")
+    limits.add_argument("--per-hour", type=whole_number, help="requests per key per hour")
+    limits.add_argument(
+        "--max-running-executions", type=whole_number, help="unfinished executions at once"
+    )
     limits.set_defaults(run=cmd_set_organization_limits)

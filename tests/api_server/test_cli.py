@@ -76,7 +76,7 @@ def test_create_api_key_refuses_bad_input(cli, args, message):
     assert message in result.stderr
 
 
-@pytest.mark.parametrize("name", ["", "o" * 256, "tab\there"])
+@pytest.mark.parametrize("name", ["", "o" * 256, "tab\there", "invoice\u202egpj.exe"])
 def test_create_organization_refuses_a_name_the_api_would_refuse(cli, name):
     """Checked before the database is touched: a name longer than the column failed
     PostgreSQL's insert with a traceback."""
@@ -214,3 +214,29 @@ def test_an_argument_that_is_no_utf8_text_is_refused_before_anything_runs(cli, t
         assert (result.returncode, result.stdout) == (2, "")
         assert result.stderr == f"error: argument {len(argv)} is not UTF-8 text\n"
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list-shared-folders", "--organization", "zzzz-zzzz-zzzz"],
+        ["check-file-datasources", "--organization", "zzzz-zzzz-zzzz"],
+    ],
+)
+def test_listing_commands_refuse_an_unknown_organisation(cli, command):
+    """Before, a mistyped organisation listed nothing and exited 0, as if it had none."""
+    cli("create-organization", "--name", "Acme")
+    result = cli(*command)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "No organisation zzzz-zzzz-zzzz" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["\u0663", "1_000", "+5", " 7", "0x10"])
+def test_counts_are_ascii_digits_as_the_api_reads_them(cli, value):
+    """int() takes other scripts' digits and underscores; the API does not."""
+    org = _one_json_object(cli("create-organization", "--name", "Acme").stdout)
+    result = cli(
+        "set-organization-limits", "--organization", org["organization_id"], "--per-hour", value
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "not a whole number" in result.stderr
