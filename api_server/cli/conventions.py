@@ -9,15 +9,18 @@ import sys
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from api_server.audit import record_event
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import NAME_LENGTH
+from shared.errors import ConfigurationError
 from shared.settings import Settings
 
 
@@ -63,9 +66,19 @@ def whole_number(value: str) -> int:
 
 
 @contextmanager
-def transaction(settings: Settings) -> Iterator[Session]:
+def transaction(settings: Settings, *, creating: bool = False) -> Iterator[Session]:
     """One transaction of an operator command; the schema is brought up to date first, as
-    ``serve`` does, and the engine's connections are closed afterwards."""
+    ``serve`` does, and the engine's connections are closed afterwards. Only a command that
+    ``creating`` an organisation may start an embedded database where there is none: for any
+    other, a missing file means a mistyped state directory or URL, and a new empty database
+    would answer as if nothing existed (and stay behind)."""
+    url = make_url(settings.database_url)
+    database = url.database if url.get_backend_name() == "sqlite" else None
+    if not creating and database and database != ":memory:" and not Path(database).exists():
+        raise ConfigurationError(
+            f"no metadata database at {database}: is DATAFERRY_STATE_DIR (or "
+            "DATAFERRY_DATABASE_URL) the deployment's? create-organization starts one"
+        )
     engine = create_metadata_engine(settings.database_url)
     try:
         upgrade_to_head(engine)

@@ -26,7 +26,7 @@ from shared.state_secrets import ServerSecrets
 
 
 def cmd_create_organization(settings: Settings, args: argparse.Namespace) -> None:
-    with transaction(settings) as session:
+    with transaction(settings, creating=True) as session:
         created = organizations.create_organization(
             session, ServerSecrets.load(settings), args.name
         )
@@ -34,7 +34,7 @@ def cmd_create_organization(settings: Settings, args: argparse.Namespace) -> Non
 
 
 def cmd_ensure_demo_organization(settings: Settings, args: argparse.Namespace) -> None:
-    with transaction(settings) as session:
+    with transaction(settings, creating=True) as session:
         created = organizations.ensure_demo_organization(
             session, ServerSecrets.load(settings), settings
         )

@@ -240,3 +240,23 @@ def test_counts_are_ascii_digits_as_the_api_reads_them(cli, value):
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert "not a whole number" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["storage-usage", "--organization", "zzzz-zzzz-zzzz"],
+        ["list-shared-folders"],
+        ["recount-storage"],
+        ["disable-api-key", "--id", "zzzz-zzzz-zzzz"],
+    ],
+)
+def test_a_mistyped_state_directory_gets_no_new_database(cli, tmp_path, command):
+    """Only creating an organisation starts the embedded database; before, any command did,
+    and a read on a mistyped state directory answered from a fresh, empty one left behind."""
+    result = cli(*command)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "no metadata database at" in result.stderr
+    assert not list(tmp_path.rglob("*.db"))
+    assert cli("create-organization", "--name", "Acme").returncode == 0
+    assert list(tmp_path.rglob("*.db"))
