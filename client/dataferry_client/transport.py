@@ -106,6 +106,12 @@ def _finish(call: Call, reply: Reply | None, failure: Exception | None) -> Reply
             "points to (the client does not follow redirects, which would drop its key)",
             status=reply.status,
         )
+    if 200 <= reply.status < 300 and reply.status not in call.expect:
+        raise UnexpectedAnswer(
+            f"the server answered HTTP {reply.status}, which the API does not answer here: "
+            "is the URL the dataferry server's?",
+            status=reply.status,
+        )
     if reply.status not in call.expect:
         raise api_error(reply.status, reply.content, retry_after(reply.headers))
     return reply

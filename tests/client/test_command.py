@@ -222,6 +222,8 @@ class _NotTheApi(http.server.BaseHTTPRequestHandler):
         if kind == "deep":
             bodies[kind] = (b"[" * 100_000 + b"]" * 100_000, "application/json")
         body, content_type = bodies[kind]
+        if status == "204":
+            body = b""
         self.send_response(int(status))
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -242,6 +244,7 @@ class _NotTheApi(http.server.BaseHTTPRequestHandler):
         ("200/empty", ExitCode.UNAVAILABLE, "not the document the API defines"),
         ("413/problem", ExitCode.INVALID, "Too large."),
         ("200/deep", ExitCode.UNAVAILABLE, "not JSON (HTTP 200, application/json)"),
+        ("204/empty", ExitCode.UNAVAILABLE, "answered HTTP 204, which the API does not answer"),
         (
             "401/hostile",
             ExitCode.AUTHENTICATION,
