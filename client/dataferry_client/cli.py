@@ -18,7 +18,13 @@ from dataferry_client import __version__, errors
 from dataferry_client.client import Client
 from dataferry_client.commands import query, resources
 from dataferry_client.commands.exit_codes import ExitCode, UsageError, exit_code_for, exit_code_help
-from dataferry_client.config import DEFAULT_PROFILE, ENV_PROFILE, profiles_path, write_profile
+from dataferry_client.config import (
+    DEFAULT_PROFILE,
+    ENV_PROFILE,
+    profiles_path,
+    server_url,
+    write_profile,
+)
 from dataferry_client.terminal import ProgressLine, shown
 
 # An API key or a data access token, wherever an answer echoed one (a proxy's error page, say):
@@ -37,9 +43,13 @@ def command_configure(args: argparse.Namespace) -> None:
     key = args.api_key
     if not key:
         key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline()
-    values = {"api_url": args.api_url, "api_key": key.strip(), "data_url": args.data_url}
-    if not values["api_url"] or not values["api_key"]:
+    if not args.api_url or not key.strip():
         raise errors.ConfigurationError("configure needs --api-url and an API key")
+    values = {
+        "api_url": server_url(args.api_url, "API server URL"),
+        "api_key": key.strip(),
+        "data_url": server_url(args.data_url, "data server URL") if args.data_url else None,
+    }
     path = profiles_path()
     name = args.profile or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE
     write_profile(path, name, values)

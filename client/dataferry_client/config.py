@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dataferry_client.errors import ConfigurationError
 
@@ -120,8 +121,33 @@ def resolve_config(
             "the API key holds a character no key has (a control character or non-ASCII); "
             "copy it again"
         )
-    return Config(url.rstrip("/"), key, data.rstrip("/") if data else None)
+    return Config(
+        server_url(url, "API server URL"),
+        key,
+        server_url(data, "data server URL") if data else None,
+    )
+
+
+def server_url(value: str, what: str) -> str:
+    """A server's base URL as the client uses it: ``http`` or ``https`` with a host, nothing a
+    request line cannot carry; the trailing slash dropped. Checked where it is given (a profile
+    written with ``ftp://x`` or ``not a url`` failed only at the first request, as a transport
+    error)."""
+    url = value.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unclosed IPv6 bracket, say
+        host = None
+    if not host or parts.scheme not in ("http", "https"):
+        raise ConfigurationError(f"the {what} is not an http(s) URL with a host: {url!r}")
+    if not _URL_SAFE.fullmatch(url):
+        raise ConfigurationError(f"the {what} holds a blank or control character: {url!r}")
+    return url
 
 
 # What an API key may hold: printable ASCII without blanks (a key is ``dfk_``, base62 and ``_``).
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+# What a base URL may hold: no blank or control character (an IRI's non-ASCII host or path is
+# fine: httpx encodes it).
+_URL_SAFE = re.compile(r"[^\x00-\x20\x7f-\x9f]+")

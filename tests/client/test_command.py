@@ -178,6 +178,28 @@ def test_configure_writes_a_private_profile_that_queries_use(org, tmp_path):
     assert missing.returncode == ExitCode.CONFIGURATION and "no profile 'us'" in missing.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--api-url", "ftp://x"), ("--api-url", "http://h/a\nb"), ("--data-url", "not a url")],
+)
+def test_configure_refuses_a_url_no_request_could_use(tmp_path, option, value):
+    """Before, such a profile was written and failed only at the first request."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    urls = {"--api-url": "http://127.0.0.1:8000", option: value}
+    result = subprocess.run(
+        [str(DATAFERRY), "configure", *(arg for pair in urls.items() for arg in pair)],
+        env=env,
+        input="dfk_x\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == ExitCode.CONFIGURATION, result.stderr
+    assert "is not an http(s) URL" in result.stderr or "blank or control" in result.stderr
+    assert not (tmp_path / "dataferry" / "profiles.toml").exists()
+
+
 def test_profiles_hold_any_text_and_the_file_stays_readable(tmp_path):
     """Characters beyond U+FFFF (JSON's surrogate escapes, which TOML refuses, made the whole
     file unreadable), DEL (which TOML wants escaped), controls, quotes and backslashes."""
@@ -295,7 +317,11 @@ def test_what_a_server_sends_is_shown_without_the_controls_a_terminal_obeys():
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"DATAFERRY_API_URL": "http://[::1"}, "API server URL is not valid"),
+        ({"DATAFERRY_API_URL": "http://[::1"}, "API server URL is not an http(s) URL"),
+        ({"DATAFERRY_API_URL": "ftp://h"}, "API server URL is not an http(s) URL"),
+        ({"DATAFERRY_API_URL": "not a url"}, "API server URL is not an http(s) URL"),
+        ({"DATAFERRY_API_URL": "http://h/a\nb"}, "API server URL holds a blank or control"),
+        ({"DATAFERRY_DATA_URL": "javascript:x"}, "data server URL is not an http(s) URL"),
         ({"DATAFERRY_API_URL": "http://h/" + "x" * 100_000}, "API server URL is not valid"),
         ({"profile": b"\xff\xfe"}, "cannot read the profile file"),
     ],
