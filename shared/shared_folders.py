@@ -38,7 +38,18 @@ def granted_folder(
     if path is None:
         return None
     folder = Path(path).resolve()
-    return None if _server_data_overlapping(settings, folder) is not None else folder
+    if _kernel_view(folder) is not None or _server_data_overlapping(settings, folder) is not None:
+        return None  # a grant made before the rule, or a folder since swapped for a link
+    return folder
+
+
+# File systems the kernel makes up: their folders hold processes' memory maps, environments and
+# descriptors, devices and settings (the servers' own included), never an organisation's data.
+_KERNEL_VIEWS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _kernel_view(folder: Path) -> Path | None:
+    return next((place for place in _KERNEL_VIEWS if folder.is_relative_to(place)), None)
 
 
 def _server_data_overlapping(settings: Settings, folder: Path) -> Path | None:
@@ -74,6 +85,13 @@ def grant_shared_folder(
             code="invalid_shared_folder_path",
         )
     folder = folder.resolve()
+    kernel = _kernel_view(folder)
+    if kernel is not None:
+        raise Unprocessable(
+            f"{folder} is in {kernel}, the kernel's view of processes, devices and settings "
+            "(/proc/self resolves to the granting command's own process): no data to share.",
+            code="invalid_shared_folder_path",
+        )
     own = _server_data_overlapping(settings, folder)
     if own is not None:
         raise Unprocessable(

@@ -108,6 +108,9 @@ def _grants(world: World) -> list[tuple[str, str, str]]:
         ("n", "{data_root}", "invalid_shared_folder_path"),
         ("n", "{state_dir}", "invalid_shared_folder_path"),  # metadata DB, secrets, results
         ("n", "/", "invalid_shared_folder_path"),  # holds all of them
+        ("n", "/proc/self", "invalid_shared_folder_path"),  # the servers' environments, memory
+        ("n", "/sys/kernel", "invalid_shared_folder_path"),
+        ("n", "/dev", "invalid_shared_folder_path"),
         ("../x", "{cwd}/elsewhere", "invalid_shared_folder_name"),
         ("sh\u2215x", "{cwd}/elsewhere", "invalid_shared_folder_name"),
         ("", "{cwd}/elsewhere", "invalid_shared_folder_name"),
