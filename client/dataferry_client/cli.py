@@ -27,15 +27,15 @@ from dataferry_client.config import (
 )
 from dataferry_client.terminal import ProgressLine, shown
 
-# An API key or a data access token, wherever an answer echoed one (a proxy's error page, say):
-# what stderr shows, CI logs keep.
-_SECRET = re.compile(r"\b(dfk_|eyJ)[A-Za-z0-9_.-]{8,}")
+# An API key or a data access token, wherever an answer echoed one (a proxy's error page, say),
+# glued to what precedes it or not (``Api%20dfk_…``): what stderr shows, CI logs keep.
+_SECRET = re.compile(r"(dfk_|eyJ)[A-Za-z0-9_.-]{8,}")
 
 
 def one_line(text: str) -> str:
     """A message for stderr: one line, the characters a terminal would obey escaped
     (``terminal.shown``), keys and tokens cut to their kind."""
-    return _SECRET.sub(r"\1…", shown(" ".join(str(text).split())))
+    return shown(_SECRET.sub(r"\1…", " ".join(str(text).split())))
 
 
 def command_configure(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 from dataferry_client.errors import (
     DataNotAvailable,
@@ -43,6 +44,14 @@ R = TypeVar("R", bound=Resource)
 JSON_API = "application/vnd.api+json"
 MAX_WAIT_SECONDS = 30  # the server's cap on ?wait
 PAGE_SIZE = 100
+
+
+def _segment(value: str) -> str:
+    """An id as one segment of a request path: percent-encoded, so that an id given by a caller
+    (``../sql_snippets/ID``, ``x?include=…``, ``ID/files``) names no other endpoint; ``.`` and
+    ``..`` are encoded too, which URL normalisation would otherwise remove."""
+    encoded = quote(str(value), safe="")
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ def list_datasources(sort: str | None = None, **filters: Any) -> Operation[list[
 
 
 def get_datasource(datasource_id: str) -> Operation[Datasource]:
-    reply = yield Call("GET", f"/datasources/{datasource_id}")
+    reply = yield Call("GET", f"/datasources/{_segment(datasource_id)}")
     return Datasource.from_resource(reply.json()["data"])
 
 
@@ -187,12 +196,12 @@ def create_datasource(attributes: Mapping[str, Any]) -> Operation[Datasource]:
 
 def update_datasource(datasource_id: str, attributes: Mapping[str, Any]) -> Operation[Datasource]:
     body = _document("datasources", attributes, datasource_id)
-    reply = yield Call("PATCH", f"/datasources/{datasource_id}", body=body)
+    reply = yield Call("PATCH", f"/datasources/{_segment(datasource_id)}", body=body)
     return Datasource.from_resource(reply.json()["data"])
 
 
 def delete_datasource(datasource_id: str) -> Operation[None]:
-    yield Call("DELETE", f"/datasources/{datasource_id}", expect=(204,))
+    yield Call("DELETE", f"/datasources/{_segment(datasource_id)}", expect=(204,))
 
 
 def resolve_datasource(name_or_id: str) -> Operation[str]:
@@ -207,24 +216,27 @@ def resolve_datasource(name_or_id: str) -> Operation[str]:
 
 
 def test_datasource_connection(datasource_id: str) -> Operation[ConnectionTest]:
-    reply = yield Call("POST", f"/datasources/{datasource_id}/test_connection")
+    reply = yield Call("POST", f"/datasources/{_segment(datasource_id)}/test_connection")
     answer = reply.json()
     return ConnectionTest(answer["status"], answer.get("error_message"))
 
 
 def refresh_datasource(datasource_id: str) -> Operation[str]:
     """Starts a refresh; returns the id of its execution."""
-    reply = yield Call("POST", f"/datasources/{datasource_id}/refresh")
+    reply = yield Call("POST", f"/datasources/{_segment(datasource_id)}/refresh")
     return str(reply.json()["execution_id"])
 
 
 def datasource_schema(datasource_id: str, name: str | None = None) -> Operation[Any]:
     """The recorded schema JSON (grant, then the data server)."""
-    reply = yield Call("GET", f"/datasources/{datasource_id}/schema")
+    reply = yield Call("GET", f"/datasources/{_segment(datasource_id)}/schema")
     grant = DataGrant.from_json(reply.json())
     params = {"name": name} if name else None
     schema = yield Call(
-        "GET", f"/data/{grant.data_key}", params=params, data_token=grant.data_access_token
+        "GET",
+        f"/data/{_segment(grant.data_key)}",
+        params=params,
+        data_token=grant.data_access_token,
     )
     return schema.json()
 
@@ -247,7 +259,7 @@ def run_execution(
     key = idempotency_key or str(uuid.uuid4())
     reply = yield Call(
         "POST",
-        f"/datasources/{datasource_id}/executions",
+        f"/datasources/{_segment(datasource_id)}/executions",
         params={"wait": f"{wait:g}"} if wait > 0 else None,
         body={"sql_query": sql, "parameters": dict(parameters or {})},
         content_type="application/json",
@@ -265,7 +277,9 @@ def run_execution(
 
 def get_execution(execution_id: str, wait: float = 0) -> Operation[Execution]:
     params = {"wait": f"{wait:g}"} if wait > 0 else None
-    reply = yield Call("GET", f"/executions/{execution_id}", params=params, read_timeout=wait + 30)
+    reply = yield Call(
+        "GET", f"/executions/{_segment(execution_id)}", params=params, read_timeout=wait + 30
+    )
     return Execution.from_resource(reply.json()["data"])
 
 
@@ -297,16 +311,16 @@ def wait_for_execution(
 
 
 def cancel_execution(execution_id: str) -> Operation[Execution]:
-    reply = yield Call("POST", f"/executions/{execution_id}/cancel")
+    reply = yield Call("POST", f"/executions/{_segment(execution_id)}/cancel")
     return Execution.from_resource(reply.json()["data"])
 
 
 def delete_execution(execution_id: str) -> Operation[None]:
-    yield Call("DELETE", f"/executions/{execution_id}", expect=(204,))
+    yield Call("DELETE", f"/executions/{_segment(execution_id)}", expect=(204,))
 
 
 def grant_execution_data(execution_id: str) -> Operation[DataGrant]:
-    reply = yield Call("GET", f"/executions/{execution_id}/data", expect=(200, 204))
+    reply = yield Call("GET", f"/executions/{_segment(execution_id)}/data", expect=(200, 204))
     if reply.status == 204:
         raise DataNotAvailable(
             f"execution {execution_id} has no data: it has not completed, or it failed"
@@ -363,7 +377,7 @@ def list_snippets(sort: str | None = None, **filters: Any) -> Operation[list[Sql
 
 
 def get_snippet(snippet_id: str) -> Operation[SqlSnippet]:
-    reply = yield Call("GET", f"/sql_snippets/{snippet_id}")
+    reply = yield Call("GET", f"/sql_snippets/{_segment(snippet_id)}")
     return SqlSnippet.from_resource(reply.json()["data"])
 
 
@@ -376,12 +390,12 @@ def create_snippet(attributes: Mapping[str, Any]) -> Operation[SqlSnippet]:
 
 def update_snippet(snippet_id: str, attributes: Mapping[str, Any]) -> Operation[SqlSnippet]:
     body = _document("sql_snippets", attributes, snippet_id)
-    reply = yield Call("PATCH", f"/sql_snippets/{snippet_id}", body=body)
+    reply = yield Call("PATCH", f"/sql_snippets/{_segment(snippet_id)}", body=body)
     return SqlSnippet.from_resource(reply.json()["data"])
 
 
 def delete_snippet(snippet_id: str) -> Operation[None]:
-    yield Call("DELETE", f"/sql_snippets/{snippet_id}", expect=(204,))
+    yield Call("DELETE", f"/sql_snippets/{_segment(snippet_id)}", expect=(204,))
 
 
 # ---------------------------------------------------------------------------- JSON:API resources
@@ -399,7 +413,7 @@ class Resources(Generic[R]):
         return [self.model.from_resource(r) for r in resources]
 
     def get(self, id_: str) -> Operation[R]:
-        reply = yield Call("GET", f"/{self.type_name}/{id_}")
+        reply = yield Call("GET", f"/{self.type_name}/{_segment(id_)}")
         return self.model.from_resource(reply.json()["data"])
 
     def create(
@@ -416,11 +430,11 @@ class Resources(Generic[R]):
         relationships: Mapping[str, Any] | None = None,
     ) -> Operation[R]:
         body = _document(self.type_name, attributes, id_, relationships)
-        reply = yield Call("PATCH", f"/{self.type_name}/{id_}", body=body)
+        reply = yield Call("PATCH", f"/{self.type_name}/{_segment(id_)}", body=body)
         return self.model.from_resource(reply.json()["data"])
 
     def delete(self, id_: str) -> Operation[None]:
-        yield Call("DELETE", f"/{self.type_name}/{id_}", expect=(204,))
+        yield Call("DELETE", f"/{self.type_name}/{_segment(id_)}", expect=(204,))
 
 
 REPORTS = Resources("reports", Report)
@@ -517,7 +531,7 @@ def run_report(
     answer comes once it ended or ``wait`` passed, a completed one with its grant."""
     reply = yield Call(
         "POST",
-        f"/reports/{report_id}/executions",
+        f"/reports/{_segment(report_id)}/executions",
         params={"wait": f"{wait:g}"} if wait > 0 else None,
         body=_run_body(parameters, refresh),
         content_type="application/json",
@@ -533,7 +547,7 @@ def run_dashboard(
     """Every report of the dashboard run at once: one execution each, queued or reused."""
     reply = yield Call(
         "POST",
-        f"/dashboards/{dashboard_id}/executions",
+        f"/dashboards/{_segment(dashboard_id)}/executions",
         body=_run_body(parameters, refresh),
         content_type="application/json",
     )
@@ -545,7 +559,7 @@ def run_dashboard(
 
 def backup_dashboard(dashboard_id: str) -> Operation[dict[str, Any]]:
     """The backup document (docs/dashboard-backups.md), as plain JSON."""
-    reply = yield Call("POST", f"/dashboards/{dashboard_id}/backup")
+    reply = yield Call("POST", f"/dashboards/{_segment(dashboard_id)}/backup")
     document: dict[str, Any] = reply.json()
     return document
 
@@ -572,7 +586,7 @@ def restore_dashboard(
 
 def refresh_filter(filter_id: str) -> Operation[Filter]:
     """Runs a ``static_sql`` filter's SQL again; the filter answers ``status`` ``pending``."""
-    reply = yield Call("POST", f"/filters/{filter_id}/refresh")
+    reply = yield Call("POST", f"/filters/{_segment(filter_id)}/refresh")
     return Filter.from_resource(reply.json()["data"])
 
 
@@ -592,5 +606,5 @@ def filter_options(
         "parameters": None if parameters is None else json.dumps(dict(parameters)),
     }
     params = {name: value for name, value in given.items() if value is not None}
-    reply = yield Call("GET", f"/filters/{filter_id}/options", params=params or None)
+    reply = yield Call("GET", f"/filters/{_segment(filter_id)}/options", params=params or None)
     return FilterOptions.from_json(reply.json())

@@ -15,6 +15,7 @@ import threading
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from dataferry_client.cli import one_line
 from dataferry_client.commands.exit_codes import ExitCode
 from dataferry_client.config import read_profiles, write_profile
 from dataferry_client.errors import ConfigurationError
@@ -341,6 +342,35 @@ def test_an_unusable_configuration_is_a_configuration_error(tmp_path, setting, m
     )
     assert result.returncode == ExitCode.CONFIGURATION, result.stderr
     assert message in result.stderr
+
+
+def test_an_id_names_one_resource_of_the_commands_type_and_nothing_else(org, dataferry, tmp_path):
+    """Before, ids went into the request path as they were: `datasources delete
+    ../sql_snippets/ID` deleted the snippet, `datasources show ../api_key` showed the calling
+    key, and `show ID/files` or `x?include=…` reached other routes."""
+    snippet = dataferry.snippets.create("kept_by_path_encoding", "SELECT 1")
+    env = {"DATAFERRY_DATA_URL": org.data_url}
+    crafted = [
+        ("datasources", "delete", f"../sql_snippets/{snippet.id}"),
+        ("datasources", "show", "../api_key"),
+        ("datasources", "show", f"{org.sample_id}/files"),
+        ("datasources", "show", f"{org.sample_id}?include=agents"),
+        ("datasources", "show", ".."),
+        ("snippets", "show", "zz\x1b[2J"),
+    ]
+    for command in crafted:
+        result = run_command(org, tmp_path, *command, "--json", **env)
+        assert result.returncode in (ExitCode.NOT_FOUND, ExitCode.INVALID), (command, result)
+        assert result.stdout == "" and "configuration" not in result.stderr, command
+    assert dataferry.snippets.get(snippet.id).name == "kept_by_path_encoding"
+    dataferry.snippets.delete(snippet.id)
+
+
+def test_the_error_line_cuts_keys_and_tokens_wherever_they_stand():
+    key, token = "dfk_abcdefghijklmnop_q", "eyJhbGciOiJFZERTQSJ9.eyJ4Ijox.c2ln"
+    for glued in (f"Api%20{key}", f"key_{key}", f"\x1b{key}", f"x{token}", f"({key})"):
+        line = one_line(f"refused: {glued}")
+        assert key not in line and token not in line and "\x1b" not in line, line
 
 
 def test_exit_codes_are_documented():
