@@ -342,8 +342,10 @@ def rotate_signing_key(
         # keys starting together, either could sign, and the one the other rotation retires
         # would sign tokens it outlives by less than their lifetime.
         signs_from = max(
-            now + settings.signing_key_publish_delay_seconds,
-            *(schedule.not_before + 1 for schedule, _ in current),
+            [
+                now + settings.signing_key_publish_delay_seconds,
+                *(schedule.not_before + 1 for schedule, _ in current),
+            ]
         )
         retire_at = signs_from + overlap
         # The schedule first: an API server that sees the private key must already see when to

@@ -89,7 +89,12 @@ class Operation(web.Operation):
         if "include" not in names:
             return own
         served = filter(
-            None, (declared_type(name[7:-1]) for name in names if name.startswith("fields["))
+            None,
+            (
+                declared_type(name.removeprefix("fields[").removesuffix("]"))
+                for name in names
+                if name.startswith("fields[")
+            ),
         )
         included = {
             f"fields[{included.type}]": fields_parameter(included)

@@ -99,22 +99,22 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
 def _finish(call: Call, reply: Reply | None, failure: Exception | None) -> Reply:
     if reply is None:
         raise TransportError(f"cannot reach the server: {failure}") from failure
-    if 300 <= reply.status < 400 and reply.status not in call.expect:
+    if reply.status in call.expect:
+        return reply
+    if 300 <= reply.status < 400:
         where = reply.headers.get("location") or "another address"
         raise ConfigurationError(
             f"the server redirects (HTTP {reply.status}) to {where}: configure the URL it "
             "points to (the client does not follow redirects, which would drop its key)",
             status=reply.status,
         )
-    if 200 <= reply.status < 300 and reply.status not in call.expect:
+    if 200 <= reply.status < 300:
         raise UnexpectedAnswer(
             f"the server answered HTTP {reply.status}, which the API does not answer here: "
             "is the URL the dataferry server's?",
             status=reply.status,
         )
-    if reply.status not in call.expect:
-        raise api_error(reply.status, reply.content, retry_after(reply.headers))
-    return reply
+    raise api_error(reply.status, reply.content, retry_after(reply.headers))
 
 
 def _advance(operation: Operation[T], reply: Reply) -> Call:

@@ -6,7 +6,6 @@ new grant: the expired-token test relies on that, every other test is indifferen
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from dataferry_client import Client
 
-from tests.support.processes import Region, run_cli, running_region
+from tests.support.processes import Region, clean_environment, run_cli, running_region
 
 SAMPLE = "Sample Data"
 DATAFERRY = Path(sys.executable).with_name("dataferry")  # the installed console script
@@ -36,13 +35,12 @@ class Organization:
 
     def env(self, home: Path) -> dict[str, str]:
         """A command's environment: this organisation's settings, an empty config home."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
-        return env | {
-            "DATAFERRY_API_URL": self.api_url,
-            "DATAFERRY_API_KEY": self.api_key,
-            "DATAFERRY_DATA_URL": self.data_url,
-            "XDG_CONFIG_HOME": str(home),
-        }
+        return command_environment(
+            home,
+            DATAFERRY_API_URL=self.api_url,
+            DATAFERRY_API_KEY=self.api_key,
+            DATAFERRY_DATA_URL=self.data_url,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -89,14 +87,22 @@ def set_limits(region: Region, organization_id: str, *args: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def command_environment(home: Path, **settings: str) -> dict[str, str]:
+    """The caller's environment without DATAFERRY_* settings but ``settings``, ``home`` as the
+    config home (where profiles.toml lives)."""
+    return clean_environment({"XDG_CONFIG_HOME": str(home), **settings})
+
+
+def run_dataferry(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``dataferry *args`` as a user runs it, in ``env``."""
+    return subprocess.run(
+        [str(DATAFERRY), *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
 def run_command(
     org: Organization, home: Path, *args: str, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(DATAFERRY), *args],
-        env=org.env(home) | env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_dataferry(org.env(home) | env, *args, stdin=stdin)

@@ -21,7 +21,7 @@ from dataferry_client.config import read_profiles, write_profile
 from dataferry_client.errors import ConfigurationError
 from dataferry_client.terminal import render_arrow, render_table
 
-from tests.client.conftest import DATAFERRY, run_command
+from tests.client.conftest import DATAFERRY, command_environment, run_command, run_dataferry
 from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -185,16 +185,11 @@ def test_configure_writes_a_private_profile_that_queries_use(org, tmp_path):
 )
 def test_configure_refuses_a_url_no_request_could_use(tmp_path, option, value):
     """Before, such a profile was written and failed only at the first request."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
-    env["XDG_CONFIG_HOME"] = str(tmp_path)
     urls = {"--api-url": "http://127.0.0.1:8000", option: value}
-    result = subprocess.run(
-        [str(DATAFERRY), "configure", *(arg for pair in urls.items() for arg in pair)],
-        env=env,
-        input="dfk_x\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_dataferry(
+        command_environment(tmp_path),
+        *("configure", *(arg for pair in urls.items() for arg in pair)),
+        stdin="dfk_x\n",
     )
     assert result.returncode == ExitCode.CONFIGURATION, result.stderr
     assert "is not an http(s) URL" in result.stderr or "blank or control" in result.stderr
@@ -281,19 +276,12 @@ def test_answers_that_are_not_the_apis_end_with_their_exit_code(tmp_path, answer
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
-        env |= {
-            "DATAFERRY_API_URL": f"http://127.0.0.1:{server.server_port}/{answer}",
-            "DATAFERRY_API_KEY": "dfk_echoed_by_a_hostile_server",
-            "XDG_CONFIG_HOME": str(tmp_path),
-        }
-        result = subprocess.run(
-            [str(DATAFERRY), "datasources", "list"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        env = command_environment(
+            tmp_path,
+            DATAFERRY_API_URL=f"http://127.0.0.1:{server.server_port}/{answer}",
+            DATAFERRY_API_KEY="dfk_echoed_by_a_hostile_server",
         )
+        result = run_dataferry(env, "datasources", "list")
     finally:
         server.shutdown()
         server.server_close()
@@ -328,18 +316,16 @@ def test_what_a_server_sends_is_shown_without_the_controls_a_terminal_obeys():
     ],
 )
 def test_an_unusable_configuration_is_a_configuration_error(tmp_path, setting, message):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAFERRY_")}
-    env |= {"DATAFERRY_API_KEY": "dfk_x", "XDG_CONFIG_HOME": str(tmp_path)}
-    env |= {"DATAFERRY_API_URL": "http://127.0.0.1:9"}
+    env = command_environment(
+        tmp_path, DATAFERRY_API_KEY="dfk_x", DATAFERRY_API_URL="http://127.0.0.1:9"
+    )
     if "profile" in setting:
         (tmp_path / "dataferry").mkdir()
         (tmp_path / "dataferry" / "profiles.toml").write_bytes(setting["profile"])
         env.pop("DATAFERRY_API_URL")
     else:
         env |= setting
-    result = subprocess.run(
-        [str(DATAFERRY), "whoami"], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_dataferry(env, "whoami")
     assert result.returncode == ExitCode.CONFIGURATION, result.stderr
     assert message in result.stderr
 
