@@ -84,18 +84,23 @@ def rows_body(
             template[index + 1] = following[1:]
         texts.append(fragment.texts)
     pieces = pa.concat_arrays([pa.array(template, pa.string()), *texts])
-    return _data_of(pieces.take(_row_order(batch.num_rows, len(texts))))
+    empty = tuple(index for index, piece in enumerate(template) if not piece)
+    return _data_of(pieces.take(_row_order(batch.num_rows, len(texts), empty)))
 
 
 @functools.lru_cache(maxsize=8)
-def _row_order(rows: int, columns: int) -> pa.Array:
+def _row_order(rows: int, columns: int, empty: tuple[int, ...]) -> pa.Array:
     """Where each piece of each row lies in ``rows_body``'s array (the ``columns + 1`` template
     pieces first, then each column's ``rows`` texts): template, column 0, template, column 1 …
-    for row 0, then row 1. Slices of a result are mostly of one length, so it is built once."""
+    for row 0, then row 1, leaving out the ``empty`` template pieces (between separated numbers
+    in an array row: a shorter take). Slices of a result are
+    mostly of one length, so it is built once."""
     order = np.empty((rows, 2 * columns + 1), dtype=np.int32)
     order[:, 0::2] = np.arange(columns + 1, dtype=np.int32)
     first_texts = columns + 1 + np.arange(columns, dtype=np.int32) * rows
     order[:, 1::2] = first_texts + np.arange(rows, dtype=np.int32)[:, None]
+    if empty:
+        order = np.delete(order, [2 * index for index in empty], axis=1)
     return pa.array(order.ravel())
 
 

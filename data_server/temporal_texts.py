@@ -8,10 +8,14 @@ for ordinary instants. So the integers decide here: a column whose values all li
 (one pass for its extremes) keeps Arrow's fast path; otherwise the values outside them are
 spelled by numpy (a longer or signed year, as ISO 8601 extends it: ``5877642-06-25``,
 ``-290308-12-21 19:59:05.224193``), the two infinities as ``infinity`` and ``-infinity`` (as
-DuckDB and PostgreSQL spell them).
+DuckDB and PostgreSQL spell them). JSON's texts of a column in those years that spans fewer days
+than it has values (the usual result) are laid out by numpy from tables instead, to the same
+bytes in a third of the time.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +92,10 @@ def spell(column: pa.Array, *, iso: bool) -> Spelled:
     zoned = pa.types.is_timestamp(data_type) and data_type.tz is not None
     if iso and zoned:
         column = column.cast(pa.timestamp(data_type.unit))
+    if iso:
+        laid_out = _iso_laid_out(column)
+        if laid_out is not None:
+            return Spelled(laid_out, None)
     spelled = _spell_every_value(column, "Z" if zoned and not iso else "")
     if iso and pa.types.is_timestamp(data_type):
         spelled.texts = _with_t(spelled.texts)
@@ -139,6 +147,89 @@ def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
     texts = pc.replace_with_mask(texts, far, pa.array(replacements, pa.string()))
     infinite = infinities(column)
     return Spelled(texts, infinite if pc.any(infinite).as_py() else None)
+
+
+def _iso_laid_out(column: pa.Array) -> pa.Array | None:
+    """A ``date32`` or unzoned timestamp column's ISO texts, laid out by numpy: each is
+    ``YYYY-MM-DD``, then for a timestamp ``THH:MM:SS`` and the unit's fraction digits, a fixed
+    width filled in from tables (the days the column spans, spelled once by Arrow; every second
+    of a day; every three digits) by 2-, 4- and 8-byte stores: a third of the time of Arrow's
+    cast (and ``_with_t``). None (Arrow then spells) when a value lies outside the years 1 to
+    9999, or when the column spans more days than it has values."""
+    count = len(column)
+    if not count or column.null_count == count:
+        return None
+    storage, _ = _storage(column.type)
+    timestamp = pa.types.is_timestamp(column.type)
+    per_second = _PER_SECOND[column.type.unit] if timestamp else 0
+    per_day = 86_400 * per_second if timestamp else 1
+    values = column.view(storage)
+    extremes = pc.min_max(values)
+    least, most = extremes["min"].as_py(), extremes["max"].as_py()
+    first, last = _years_arrow_spells(column.type)
+    first_day = least // per_day
+    span = most // per_day - first_day + 1
+    groups = _FRACTION_DIGITS[column.type.unit] // 3 if timestamp else 0
+    width = (_ISO_SECOND_LENGTH if timestamp else _DATE_LENGTH) + (3 * groups + 1 if groups else 0)
+    if not first <= least <= most <= last or span > count:
+        return None
+    if column.null_count:
+        values = pc.fill_null(values, least)
+    days, within_day = np.divmod(values.to_numpy(zero_copy_only=False).astype(np.int64), per_day)
+    days -= first_day
+    laid = np.empty((count, width), dtype=np.uint8)
+    date_head, date_tail = _days_spelled(first_day, span)
+    laid[:, 0:8].view(np.uint64)[:, 0] = date_head[days]
+    laid[:, 8:10].view(np.uint16)[:, 0] = date_tail[days]
+    if timestamp:
+        seconds, fraction = np.divmod(within_day, per_second)
+        laid[:, _DATE_LENGTH] = _T
+        laid[:, 11:19].view(np.uint64)[:, 0] = _clock_texts()[seconds]
+        # Each group of digits is stored with a spare leading byte (the point, for the first),
+        # which the group before it overwrites: so the groups are stored last first.
+        for place in reversed(range(groups)):
+            fraction, digits = np.divmod(fraction, 1000) if place else (fraction, fraction)
+            start = _ISO_SECOND_LENGTH + 3 * place
+            laid[:, start : start + 4].view(np.uint32)[:, 0] = _point_and_three_digits()[digits]
+    offsets = np.arange(0, (count + 1) * width, width, dtype=np.int32)
+    texts = pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(laid))
+    if column.null_count:
+        texts = pc.if_else(column.is_valid(), texts, pa.scalar(None, pa.string()))
+    return texts
+
+
+# ``YYYY-MM-DDTHH:MM:SS``; a unit's fraction follows a point, in groups of three digits.
+_ISO_SECOND_LENGTH = 19
+_FRACTION_DIGITS = {"s": 0, "ms": 3, "us": 6, "ns": 9}
+
+
+def _days_spelled(first_day: int, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """``YYYY-MM-DD`` of ``span`` days from ``first_day`` (days since 1970, in years 1 to
+    9999) as Arrow spells them: their first 8 bytes and their last 2, as words."""
+    days = pa.array(np.arange(first_day, first_day + span, dtype=np.int32), pa.date32())
+    texts = np.frombuffer(pc.cast(days, pa.string()).buffers()[2], np.uint8, span * 10)
+    texts = texts.reshape(span, _DATE_LENGTH)
+    head = np.ascontiguousarray(texts[:, :8]).view(np.uint64)[:, 0]
+    return head, np.ascontiguousarray(texts[:, 8:]).view(np.uint16)[:, 0]
+
+
+@functools.lru_cache(maxsize=1)
+def _clock_texts() -> np.ndarray:
+    """``HH:MM:SS`` of every second of a day, as 8-byte words (691 kB, built once)."""
+    hours, rest = np.divmod(np.arange(86_400), 3600)
+    minutes, seconds = np.divmod(rest, 60)
+    texts = np.full((86_400, 8), ord(":"), dtype=np.uint8)
+    for start, part in ((0, hours), (3, minutes), (6, seconds)):
+        tens, units = np.divmod(part, 10)
+        texts[:, start] = tens + ord("0")
+        texts[:, start + 1] = units + ord("0")
+    return texts.view(np.uint64)[:, 0]
+
+
+@functools.lru_cache(maxsize=1)
+def _point_and_three_digits() -> np.ndarray:
+    """``.000`` to ``.999`` as 4-byte words."""
+    return np.array([f".{n:03d}" for n in range(1000)], dtype="S4").view(np.uint32)
 
 
 def _with_t(texts: pa.Array) -> pa.Array:

@@ -310,6 +310,47 @@ def test_timestamp_text_has_a_t_between_date_and_time_in_every_year(unit, tz):
             assert spell(candidate, iso=True).texts.to_pylist() == expected
 
 
+_UNITS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    unit=st.sampled_from(["day", "s", "ms", "us", "ns"]),
+    tz=st.sampled_from([None, "UTC", "Asia/Kolkata"]),
+    start=st.integers(-719_162, 2_932_896),
+    steps=st.lists(st.one_of(st.none(), st.integers(0, 10**15)), min_size=1, max_size=40),
+    step=st.sampled_from([1, 997, 10**6, 86_400 * 10**6]),
+    cut=st.integers(0, 3),
+)
+def test_laid_out_iso_texts_are_arrows_with_a_t(unit, tz, start, steps, step, cut):
+    """A date or timestamp column spanning few days is spelled by numpy from tables
+    (temporal_texts._iso_laid_out): for every unit, value, null and slice offset, that is
+    Arrow's text with its ``T``; and such a column does take that path."""
+    from data_server.temporal_texts import _iso_laid_out
+
+    if unit == "day":
+        data_type, storage, per_day = pa.date32(), pa.int32(), 1
+        first, last = -719_162, 2_932_896
+    else:
+        data_type, storage = pa.timestamp(unit, tz), pa.int64()
+        per_day = 86_400 * _UNITS_PER_SECOND[unit]
+        first = max(-719_162 * per_day, -(2**63) + 2)  # DuckDB infinities: the extremes
+        last = min((2_932_896 + 1) * per_day - 1, 2**63 - 2)
+    origin = min(max(start * per_day, first), last)
+    # values within 40 days of the origin (the last value Arrow spells, at most)
+    raw = [None if n is None else min(origin + n * step % (40 * per_day), last) for n in steps]
+    column = pa.array(raw, storage).view(data_type).slice(min(cut, len(raw) - 1))
+    naive = column.cast(pa.timestamp(unit)) if tz and unit != "day" else column
+    expected = [
+        None if text is None else text.replace(" ", "T", 1)
+        for text in pc.cast(naive, pa.string()).to_pylist()
+    ]
+    assert spell(column, iso=True).texts.to_pylist() == expected
+    days = {value // per_day for value in naive.view(storage).to_pylist() if value is not None}
+    if days and max(days) - min(days) < len(naive):
+        assert _iso_laid_out(naive) is not None
+
+
 # DuckDB's infinities (PostgreSQL's too, read through a remote datasource) and years Arrow cannot
 # spell, top level and nested; each once where rows 1 and 2 fall in one batch and once apart.
 FAR_TIMES_SQL = """
