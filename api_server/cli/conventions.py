@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from api_server.audit import record_event
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import NAME_LENGTH
+from shared.display_names import REFUSED_DETAIL, refused_character
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -34,26 +34,16 @@ def comma_list(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
 
-# The bidirectional classes of the explicit embeddings, overrides and isolates: a name holding
-# one shows reordered text after it (U+202E in "a\u202egpj.exe" reads "aexe.jpg").
-_REORDERING = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
-
-
 def display_name(value: str) -> str:
-    """An argparse type for ``--name``, as the API takes a key's name: blanks around dropped,
-    1 to ``NAME_LENGTH`` characters (a longer one failed PostgreSQL's insert with a traceback),
-    and no control character or bidirectional override, which the terminal of an operator
-    listing names would obey."""
+    """An argparse type for ``--name``, by the rule the API applies to names
+    (shared/display_names.py): blanks around dropped, 1 to ``NAME_LENGTH`` characters (a longer
+    one failed PostgreSQL's insert with a traceback), no control character or bidirectional
+    override, which the terminal of an operator listing names would obey."""
     name = value.strip()
     if not 1 <= len(name) <= NAME_LENGTH:
         raise argparse.ArgumentTypeError(f"a name has 1 to {NAME_LENGTH} characters")
-    if any(
-        unicodedata.category(char) == "Cc" or unicodedata.bidirectional(char) in _REORDERING
-        for char in name
-    ):
-        raise argparse.ArgumentTypeError(
-            "a name holds no control character or bidirectional override"
-        )
+    if refused_character(name) is not None:
+        raise argparse.ArgumentTypeError(f"a name {REFUSED_DETAIL}")
     return name
 
 

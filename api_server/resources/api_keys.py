@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,17 +27,14 @@ from api_server.resource_layer.resource_types import (
 from api_server.resource_layer.responses import one, page
 from api_server.services import api_keys
 from shared import openapi as oa
-from shared.db.models import NAME_LENGTH, ApiKey
+from shared.db.models import ApiKey
+from shared.display_names import DisplayName
 
 
 class ApiKeyAttributes(Attributes):
     """What a key with Manage Users may change: the name, and whether the key works."""
 
-    name: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_LENGTH),
-        Field(json_schema_extra={"pattern": r"\S"}),
-    ]
+    name: DisplayName
     prefix: Annotated[
         str, READ_ONLY, Field(description="The start of the secret, to recognise it by.")
     ]

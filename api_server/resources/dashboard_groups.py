@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,17 +30,14 @@ from api_server.resources.dashboards import DASHBOARDS
 from api_server.services import dashboards
 from api_server.services.dashboards import DASHBOARD_LINKAGE_POINTER, DashboardGroupView
 from shared import openapi as oa
+from shared.display_names import DisplayName
 from shared.errors import Unprocessable
 
 MAX_GROUP_DASHBOARDS = 1000  # dashboards set in one request
 
 
 class DashboardGroupAttributes(Attributes):
-    name: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
-        Field(json_schema_extra={"pattern": r"\S"}),
-    ]
+    name: DisplayName
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
     created_at: Annotated[datetime, READ_ONLY]
     updated_at: Annotated[datetime, READ_ONLY]

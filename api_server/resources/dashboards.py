@@ -37,6 +37,7 @@ from api_server.services.dashboards import DashboardView
 from api_server.services.filters import filters_by_ids
 from api_server.services.reports import report_views
 from shared import openapi as oa
+from shared.display_names import DisplayName
 from sql_templating.parameters import InputParameters
 
 MIN_PAGE_WIDTH, MAX_PAGE_WIDTH = 320, 7680  # pixels: a phone to an 8K screen
@@ -50,11 +51,7 @@ def _check_default_parameters(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class DashboardAttributes(Attributes):
-    name: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
-        Field(json_schema_extra={"pattern": r"\S"}),
-    ]
+    name: DisplayName
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
     time_zone_config: TimeZoneConfig | None = None
     automatic_update_enabled: bool = False

@@ -34,6 +34,7 @@ from shared import openapi as oa
 from shared.database_types import CREATABLE_DATABASE_TYPES, DATABASE_TYPES
 from shared.datapaths import PATH_ERRORS, remove_own_place
 from shared.db.models import Datasource
+from shared.display_names import DisplayName
 from shared.errors import Unprocessable
 from shared.lifecycle import ExecutionType
 from shared.results import delete_stored_data
@@ -116,11 +117,7 @@ NotOffered = Annotated[
 
 
 class DatasourceAttributes(Attributes):
-    name: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
-        Field(json_schema_extra={"pattern": r"\S"}),  # stripped first: spaces only are too short
-    ]
+    name: DisplayName
     database_type: Annotated[
         str,
         AfterValidator(check_database_type),

@@ -42,6 +42,7 @@ from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
 from shared.digits import natural_number
+from shared.display_names import DisplayName
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
 from shared.filter_rules import (
     MAX_OPTION_LENGTH,
@@ -114,9 +115,8 @@ def _not_built_in(name: str) -> str:
 
 class FilterAttributes(Attributes):
     name: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
-        Field(json_schema_extra={"pattern": r"\S"}, description="The name the control shows."),
+        DisplayName,
+        Field(description="The name the control shows: one line, no control character."),
     ]
     variable_name: Annotated[
         str,

@@ -46,6 +46,7 @@ from api_server.services import reports
 from api_server.services.executions import RQuery, SqlQuery
 from shared import openapi as oa
 from shared.db.models import Report
+from shared.display_names import DisplayName
 from shared.errors import BadRequest, Unprocessable
 from shared.input_models import problem
 from shared.runs import QueuedRun
@@ -102,11 +103,7 @@ def _within_visualization_bound(value: dict[str, Any] | None) -> dict[str, Any] 
 
 
 class ReportAttributes(Attributes):
-    name: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
-        Field(json_schema_extra={"pattern": r"\S"}),  # stripped first: spaces only are too short
-    ]
+    name: DisplayName
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
     sql_query: Annotated[
         SqlQuery,

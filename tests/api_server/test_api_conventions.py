@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from shared.db.models import Dashboard
 from tests.support.datasources import new_datasource_document
 from tests.support.factories import dump_tables, resource
 
@@ -284,3 +285,91 @@ def test_health_and_readiness(api):
     ready = api.client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok"}
+
+
+def _named_resources(api, org) -> dict[str, str]:
+    """One resource of each type a person names, made with a proper name: type → its path."""
+    made = {"datasources": f"/datasources/{org.sample_datasource_id}"}
+    keys = api.get("/api_keys", org.key).json()["data"]
+    made["api_keys"] = f"/api_keys/{keys[0]['id']}"
+    for type_, attributes in (
+        ("dashboards", {"name": "Sales"}),
+        ("dashboard_groups", {"name": "Team"}),
+        (
+            "filters",
+            {"name": "Land", "variable_name": "land", "control_type": "text", "value_type": "text"},
+        ),
+    ):
+        created = api.post(f"/{type_}", org.key, resource(type_, **attributes))
+        assert created.status_code == 201, created.text
+        made[type_] = f"/{type_}/{created.json()['data']['id']}"
+    report = resource("reports", name="Revenue", sql_query="SELECT 1")
+    dashboard_id = made["dashboards"].rsplit("/", 1)[1]
+    report["data"]["relationships"] = {
+        "datasource": {"data": {"type": "datasources", "id": org.sample_datasource_id}},
+        "dashboard": {"data": {"type": "dashboards", "id": dashboard_id}},
+    }
+    created = api.post("/reports", org.key, report)
+    assert created.status_code == 201, created.text
+    made["reports"] = f"/reports/{created.json()['data']['id']}"
+    return made
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "new\nline",
+        "tab\there",
+        "esc\x1b[2J",
+        "del\x7f",
+        "c1\x85inside",
+        "invoice\u202egpj.exe",
+        "\u2066x",
+    ],
+)
+def test_names_hold_no_control_character_or_bidirectional_override(api, name):
+    """A name is one line of text other tools show: a control character in it clears a
+    terminal or forges a log line, an override reorders what follows (shared/display_names.py).
+    Creating or renaming anything a person names with one is 422 at the name, and changes
+    nothing."""
+    org = api.create_org()
+    made = _named_resources(api, org)
+    before = dump_tables(api.app)
+    for type_, path in made.items():
+        renamed = api.patch(path, org.key, resource(type_, path.rsplit("/", 1)[1], name=name))
+        assert renamed.status_code == 422, (type_, renamed.text)
+        (error,) = renamed.json()["errors"]
+        assert error["source"] == {"pointer": "/data/attributes/name"}, (type_, error)
+        assert "control character" in error["detail"]
+    created = api.post("/dashboards", org.key, resource("dashboards", name=name))
+    assert created.status_code == 422, created.text
+    assert dump_tables(api.app) == before
+
+
+def test_names_keep_line_separators_and_other_scripts(api):
+    """Only controls and overrides are refused: U+2028, right-to-left text, marks and emoji
+    are names people write."""
+    org = api.create_org()
+    for name in ["a\u2028b", "שלום", "café ☕", "x\u200fy"]:
+        created = api.post("/dashboards", org.key, resource("dashboards", name=f" {name} "))
+        assert created.status_code == 201, created.text
+        assert created.json()["data"]["attributes"]["name"] == name
+
+
+def test_a_name_stored_before_the_rule_still_reads_and_its_resource_still_changes(api):
+    """Names stored by earlier versions may hold what is refused now: reading them, and
+    changing anything else, keeps working (nothing stored becomes unreachable)."""
+    org = api.create_org()
+    created = api.post("/dashboards", org.key, resource("dashboards", name="Sales"))
+    dashboard_id = created.json()["data"]["id"]
+    with api.app.state.sessions.begin() as session:
+        session.get(Dashboard, dashboard_id).name = "old\tname"
+    read = api.get(f"/dashboards/{dashboard_id}", org.key)
+    assert read.status_code == 200 and read.json()["data"]["attributes"]["name"] == "old\tname"
+    changed = api.patch(
+        f"/dashboards/{dashboard_id}",
+        org.key,
+        resource("dashboards", dashboard_id, description="kept"),
+    )
+    assert changed.status_code == 200, changed.text
+    assert api.get("/dashboards", org.key).status_code == 200
