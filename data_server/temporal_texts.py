@@ -155,13 +155,14 @@ def _iso_laid_out(column: pa.Array) -> pa.Array | None:
     width filled in from tables (the days the column spans, spelled once by Arrow; every second
     of a day; every three digits) by 2-, 4- and 8-byte stores: a third of the time of Arrow's
     cast (and ``_with_t``). None (Arrow then spells) when a value lies outside the years 1 to
-    9999, or when the column spans more days than it has values."""
+    9999, when the column spans more days than it has values, or when its texts would be more
+    than a string array holds."""
     count = len(column)
     if not count or column.null_count == count:
         return None
     storage, _ = _storage(column.type)
     timestamp = pa.types.is_timestamp(column.type)
-    per_second = _PER_SECOND[column.type.unit] if timestamp else 0
+    per_second = _PER_SECOND[column.type.unit] if timestamp else 1
     per_day = 86_400 * per_second if timestamp else 1
     values = column.view(storage)
     extremes = pc.min_max(values)
@@ -171,7 +172,7 @@ def _iso_laid_out(column: pa.Array) -> pa.Array | None:
     span = most // per_day - first_day + 1
     groups = _FRACTION_DIGITS[column.type.unit] // 3 if timestamp else 0
     width = (_ISO_SECOND_LENGTH if timestamp else _DATE_LENGTH) + (3 * groups + 1 if groups else 0)
-    if not first <= least <= most <= last or span > count:
+    if not first <= least <= most <= last or span > count or count * width >= _OFFSETS_REACH:
         return None
     if column.null_count:
         values = pc.fill_null(values, least)
@@ -201,6 +202,8 @@ def _iso_laid_out(column: pa.Array) -> pa.Array | None:
 # ``YYYY-MM-DDTHH:MM:SS``; a unit's fraction follows a point, in groups of three digits.
 _ISO_SECOND_LENGTH = 19
 _FRACTION_DIGITS = {"s": 0, "ms": 3, "us": 6, "ns": 9}
+# A string array's offsets are 32-bit: its texts hold fewer bytes than this.
+_OFFSETS_REACH = 2**31
 
 
 def _days_spelled(first_day: int, span: int) -> tuple[np.ndarray, np.ndarray]:

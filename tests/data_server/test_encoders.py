@@ -519,3 +519,15 @@ def test_a_seconds_timestamp_with_an_infinity_travels_in_parquet(tmp_path):
         1711848600000,
         None,
     ]
+
+
+def test_laid_out_texts_give_way_where_string_offsets_would_overflow(monkeypatch):
+    """Offsets of a string array are 32-bit: texts that would reach past them are left to
+    Arrow's cast instead of wrapping around (shown with the reach made small)."""
+    from data_server import temporal_texts
+
+    column = pa.array([1_700_000_000 + n for n in range(10)], pa.int64()).view(pa.timestamp("s"))
+    assert temporal_texts._iso_laid_out(column) is not None
+    monkeypatch.setattr(temporal_texts, "_OFFSETS_REACH", 19 * 10)
+    assert temporal_texts._iso_laid_out(column) is None
+    assert spell(column, iso=True).texts.to_pylist()[0] == "2023-11-14T22:13:20"
