@@ -61,7 +61,7 @@ BROTLI_QUALITY = 5
 # storage was refused, must not carry an ETag that named other bytes before, or a cached copy
 # would be revalidated (304) and a resumed download spliced from two encodings. (A stored
 # representation keeps its bytes; only its ETag changes, which costs a client one refetch.)
-ENCODING_REVISION = 2
+ENCODING_REVISION = 3
 
 
 class ContentCoding(enum.Enum):

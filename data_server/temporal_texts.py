@@ -141,7 +141,7 @@ def _spell_every_value(column: pa.Array, utc_suffix: str) -> Spelled:
     replacements = [
         (_INFINITY if number > 0 else f"-{_INFINITY}")
         if abs(int(number)) == largest
-        else str(text).replace("T", " ", 1) + utc_suffix
+        else _four_digit_year(str(text)).replace("T", " ", 1) + utc_suffix
         for number, text in zip(integers, by_numpy, strict=True)
     ]
     texts = pc.replace_with_mask(texts, far, pa.array(replacements, pa.string()))
@@ -233,6 +233,16 @@ def _clock_texts() -> np.ndarray:
 def _point_and_three_digits() -> np.ndarray:
     """``.000`` to ``.999`` as 4-byte words."""
     return np.array([f".{n:03d}" for n in range(1000)], dtype="S4").view(np.uint32)
+
+
+def _four_digit_year(text: str) -> str:
+    """numpy's text with a year before 1 (1 BC is year 0) of at least four digits after its sign,
+    as ISO 8601's expanded years have: numpy counts the sign among the four (``-043-03-15`` for
+    44 BC)."""
+    if not text.startswith("-"):
+        return text
+    year, rest = text[1:].split("-", 1)
+    return f"-{year.zfill(4)}-{rest}"
 
 
 def _with_t(texts: pa.Array) -> pa.Array:

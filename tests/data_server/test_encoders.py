@@ -531,3 +531,25 @@ def test_laid_out_texts_give_way_where_string_offsets_would_overflow(monkeypatch
     monkeypatch.setattr(temporal_texts, "_OFFSETS_REACH", 19 * 10)
     assert temporal_texts._iso_laid_out(column) is None
     assert spell(column, iso=True).texts.to_pylist()[0] == "2023-11-14T22:13:20"
+
+
+def test_years_before_1_keep_four_digits_after_their_sign(tmp_path):
+    """numpy spells 44 BC ``-043``; ISO 8601's expanded years (and docs/result-formats.md) say
+    ``-0043`` (1 BC is year 0), in every text format and inside nested values."""
+    path = _store(
+        tmp_path,
+        "SELECT DATE '0044-03-15 (BC)' AS d, (DATE '0001-01-01' - 400) AS near,"
+        " TIMESTAMP '0044-03-15 (BC) 10:00:00' AS t, [DATE '0999-01-01 (BC)'] AS l,"
+        " DATE '1000-01-01 (BC)' AS far, DATE '0001-01-01 (BC)' AS zero",
+    )
+    (row,) = json.loads(_encode(path, ResultFormat.JSON))["rows"]
+    assert row == [
+        "-0043-03-15",
+        "-0001-11-28",
+        "-0043-03-15T10:00:00.000000",
+        ["-0998-01-01"],
+        "-0999-01-01",
+        "0000-01-01",
+    ]
+    csv_text = _encode(path, ResultFormat.CSV).decode()
+    assert '"-0043-03-15 10:00:00.000000"' in csv_text and "-0043-03-15" in csv_text
