@@ -16,10 +16,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from api_server.audit import record_event
+from shared import display_names as names
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import NAME_LENGTH
-from shared.display_names import REFUSED_DETAIL, refused_character
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -36,15 +35,13 @@ def comma_list(value: str | None) -> list[str] | None:
 
 def display_name(value: str) -> str:
     """An argparse type for ``--name``, by the rule the API applies to names
-    (shared/display_names.py): blanks around dropped, 1 to ``NAME_LENGTH`` characters (a longer
-    one failed PostgreSQL's insert with a traceback), no control character or bidirectional
-    override, which the terminal of an operator listing names would obey."""
-    name = value.strip()
-    if not 1 <= len(name) <= NAME_LENGTH:
-        raise argparse.ArgumentTypeError(f"a name has 1 to {NAME_LENGTH} characters")
-    if refused_character(name) is not None:
-        raise argparse.ArgumentTypeError(f"a name {REFUSED_DETAIL}")
-    return name
+    (shared/display_names.py): a longer one failed PostgreSQL's insert with a traceback, and a
+    control character or bidirectional override would be obeyed by the terminal of an operator
+    listing names."""
+    try:
+        return names.display_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"a name {exc}") from None
 
 
 def whole_number(value: str) -> int:

@@ -45,7 +45,8 @@ from api_server.services.dashboard_backups import (
     filter_definition,
 )
 from shared import openapi as oa
-from shared.db.models import utcnow
+from shared.db.models import Dashboard, Filter, Report, utcnow
+from shared.display_names import refused_character
 from shared.errors import AppError, Conflict, Unprocessable, ValidationErrors
 from shared.input_models import InputModel, Problem, validate_input
 
@@ -278,14 +279,34 @@ def _restorable(document: dict[str, Any]) -> bytes:
         400: doc.BAD_QUERY,
         404: None,
         409: f"A restore could not take the backup (`backup_too_large`: over {MAX_RESTORE_BYTES} "
-        f"bytes or {MAX_ENTRIES} entries of a kind).",
+        f"bytes or {MAX_ENTRIES} entries of a kind; `backup_names_refused`: a name stored "
+        "before names were checked holds a control character or bidirectional override).",
     },
 )
 def backup_dashboard(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions() as session:
         rows = dashboard_backups.collect_backup(session, principal, request.path_params["id"])
+        _check_names(rows)
         document = backup_document(rows)
     return Response(_restorable(document), media_type=oa.JSON_MEDIA_TYPE)
+
+
+def _check_names(rows: BackupRows) -> None:
+    """409 when a restore would refuse a name of the backup: one stored before the rule of
+    shared/display_names.py, which Create refuses now (the backup names what to rename)."""
+    named: list[tuple[str, Dashboard | Report | Filter]] = [
+        ("dashboard", rows.dashboard),
+        *(("report", report) for report in rows.reports),
+        *(("filter", filter_) for filter_ in rows.filters),
+    ]
+    refused = [f"{kind} {row.id}" for kind, row in named if refused_character(row.name)]
+    if refused:
+        raise Conflict(
+            f"A restore would refuse the name of {', '.join(refused)}: it holds a control "
+            "character or bidirectional override, which names may no longer hold. Rename it, "
+            "then back the dashboard up.",
+            code="backup_names_refused",
+        )
 
 
 # ---------------------------------------------------------------------------- restoring

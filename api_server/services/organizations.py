@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from api_server.permissions import Permission
 from api_server.services import api_keys, datasources, executions
-from shared.db.models import NAME_LENGTH, Organization
-from shared.display_names import REFUSED_DETAIL, refused_character
+from shared.db.models import Organization
+from shared.display_names import display_name
 from shared.errors import NotFound, Unprocessable
 from shared.lifecycle import ExecutionType
 from shared.settings import Settings
@@ -29,11 +29,10 @@ class CreatedOrganization:
 def create_organization(
     session: Session, server_secrets: ServerSecrets, name: str
 ) -> CreatedOrganization:
-    name = name.strip()
-    if not 1 <= len(name) <= NAME_LENGTH:
-        raise Unprocessable(f"The organisation name must have 1 to {NAME_LENGTH} characters.")
-    if refused_character(name) is not None:
-        raise Unprocessable(f"The organisation name {REFUSED_DETAIL}.")
+    try:
+        name = display_name(name)
+    except ValueError as exc:
+        raise Unprocessable(f"The organisation name {exc}.") from None
     organization = Organization(name=name)
     session.add(organization)
     session.flush()

@@ -325,6 +325,7 @@ def _named_resources(api, org) -> dict[str, str]:
         "c1\x85inside",
         "invoice\u202egpj.exe",
         "\u2066x",
+        "two\u2028lines",
     ],
 )
 def test_names_hold_no_control_character_or_bidirectional_override(api, name):
@@ -346,19 +347,27 @@ def test_names_hold_no_control_character_or_bidirectional_override(api, name):
     assert dump_tables(api.app) == before
 
 
-def test_names_keep_line_separators_and_other_scripts(api):
-    """Only controls and overrides are refused: U+2028, right-to-left text, marks and emoji
-    are names people write."""
+def test_names_drop_blanks_around_and_keep_other_scripts(api):
+    """Blanks around a name are dropped as the operator commands drop them (Python's strip:
+    tabs, line breaks and the C0 separators too); right-to-left text, marks and emoji are names
+    people write."""
     org = api.create_org()
-    for name in ["a\u2028b", "שלום", "café ☕", "x\u200fy"]:
-        created = api.post("/dashboards", org.key, resource("dashboards", name=f" {name} "))
+    for sent, kept in [
+        ("\tSales\n", "Sales"),
+        ("\x1cAcme\x1f", "Acme"),
+        (" שלום ", "שלום"),
+        ("café ☕", "café ☕"),
+        ("x\u200fy", "x\u200fy"),
+    ]:
+        created = api.post("/dashboards", org.key, resource("dashboards", name=sent))
         assert created.status_code == 201, created.text
-        assert created.json()["data"]["attributes"]["name"] == name
+        assert created.json()["data"]["attributes"]["name"] == kept
 
 
 def test_a_name_stored_before_the_rule_still_reads_and_its_resource_still_changes(api):
     """Names stored by earlier versions may hold what is refused now: reading them, and
-    changing anything else, keeps working (nothing stored becomes unreachable)."""
+    changing anything else, keeps working (nothing stored becomes unreachable); a backup, which
+    a restore would refuse, is refused when it is made and names what to rename."""
     org = api.create_org()
     created = api.post("/dashboards", org.key, resource("dashboards", name="Sales"))
     dashboard_id = created.json()["data"]["id"]
@@ -373,3 +382,10 @@ def test_a_name_stored_before_the_rule_still_reads_and_its_resource_still_change
     )
     assert changed.status_code == 200, changed.text
     assert api.get("/dashboards", org.key).status_code == 200
+    # a backup of it would not restore (restore checks names as create does): refused when made
+    backup = api.client.post(
+        f"/dashboards/{dashboard_id}/backup", headers={"Authorization": f"Api {org.key}"}
+    )
+    assert backup.status_code == 409, backup.text
+    (error,) = backup.json()["errors"]
+    assert error["code"] == "backup_names_refused" and dashboard_id in error["detail"]
