@@ -92,9 +92,9 @@ def rows_body(
 def _row_order(rows: int, columns: int, empty: tuple[int, ...]) -> pa.Array:
     """Where each piece of each row lies in ``rows_body``'s array (the ``columns + 1`` template
     pieces first, then each column's ``rows`` texts): template, column 0, template, column 1 …
-    for row 0, then row 1, leaving out the ``empty`` template pieces (between separated numbers
-    in an array row: a shorter take). Slices of a result are
-    mostly of one length, so it is built once."""
+    for row 0, then row 1, leaving out the ``empty`` template pieces (those between separated
+    numbers in an array row: a shorter take). Slices of a result are mostly of one length, so
+    it is built once."""
     order = np.empty((rows, 2 * columns + 1), dtype=np.int32)
     order[:, 0::2] = np.arange(columns + 1, dtype=np.int32)
     first_texts = columns + 1 + np.arange(columns, dtype=np.int32) * rows
