@@ -31,6 +31,9 @@ from dataferry_client.operations import Call, Operation, Reply
 T = TypeVar("T")
 logger = logging.getLogger("dataferry_client")
 RETRY_STATUSES = (429, 503)
+# No answer of the API is this large (a page of 100 filters with the largest options is about
+# 100 MB): a larger one is refused rather than held in memory, several times over once parsed.
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,44 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
     }
 
 
+def _deadline(call: Call, timeout: float) -> float:
+    """When the whole answer must have arrived: its headers within the read timeout, and its
+    body within ``timeout`` more (a server sending a byte a second never trips the read
+    timeout, which counts the time between bytes)."""
+    read = call.read_timeout if call.read_timeout is not None else timeout
+    return time.monotonic() + read + timeout
+
+
+class _Body:
+    """An answer's body as it arrives, held to ``MAX_ANSWER_BYTES`` and to the deadline."""
+
+    def __init__(self, response: httpx.Response, deadline: float) -> None:
+        self.deadline = deadline
+        self.parts: list[bytes] = []
+        self.size = 0
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            self._too_large()
+
+    def add(self, chunk: bytes) -> None:
+        self.parts.append(chunk)
+        self.size += len(chunk)
+        if self.size > MAX_ANSWER_BYTES:
+            self._too_large()
+        if time.monotonic() > self.deadline:
+            raise TransportError("the server's answer did not arrive in time (it came too slowly)")
+
+    def whole(self) -> bytes:
+        return b"".join(self.parts)
+
+    @staticmethod
+    def _too_large() -> None:
+        raise UnexpectedAnswer(
+            f"the server's answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB, which no answer "
+            "of the API is: is the URL the dataferry server's?"
+        )
+
+
 def _finish(call: Call, reply: Reply | None, failure: Exception | None) -> Reply:
     if reply is None:
         raise TransportError(f"cannot reach the server: {failure}") from failure
@@ -148,8 +189,11 @@ class SyncTransport:
         for attempt in range(self.retry.max_retries + 1):
             reply, failure = None, None
             try:
-                response = self.http.request(**request)
-                reply = Reply(response.status_code, response.content, response.headers)
+                with self.http.stream(**request) as response:
+                    body = _Body(response, _deadline(call, self.timeout))
+                    for chunk in response.iter_bytes():
+                        body.add(chunk)
+                reply = Reply(response.status_code, body.whole(), response.headers)
             except httpx.TransportError as exc:
                 failure = exc
             delay = self.retry.delay(call, reply, attempt)
@@ -190,8 +234,11 @@ class AsyncTransport:
         for attempt in range(self.retry.max_retries + 1):
             reply, failure = None, None
             try:
-                response = await self.http.request(**request)
-                reply = Reply(response.status_code, response.content, response.headers)
+                async with self.http.stream(**request) as response:
+                    body = _Body(response, _deadline(call, self.timeout))
+                    async for chunk in response.aiter_bytes():
+                        body.add(chunk)
+                reply = Reply(response.status_code, body.whole(), response.headers)
             except httpx.TransportError as exc:
                 failure = exc
             delay = self.retry.delay(call, reply, attempt)

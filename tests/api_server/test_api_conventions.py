@@ -315,20 +315,19 @@ def _named_resources(api, org) -> dict[str, str]:
     return made
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "new\nline",
-        "tab\there",
-        "esc\x1b[2J",
-        "del\x7f",
-        "c1\x85inside",
-        "invoice\u202egpj.exe",
-        "\u2066x",
-        "two\u2028lines",
-    ],
-)
-def test_names_hold_no_control_character_or_bidirectional_override(api, name):
+REFUSED_NAMES = [
+    "new\nline",
+    "tab\there",
+    "esc\x1b[2J",
+    "del\x7f",
+    "c1\x85inside",
+    "invoice\u202egpj.exe",
+    "\u2066x",
+    "two\u2028lines",
+]
+
+
+def test_names_hold_no_control_character_or_bidirectional_override(api):
     """A name is one line of text other tools show: a control character in it clears a
     terminal or forges a log line, an override reorders what follows (shared/display_names.py).
     Creating or renaming anything a person names with one is 422 at the name, and changes
@@ -336,14 +335,16 @@ def test_names_hold_no_control_character_or_bidirectional_override(api, name):
     org = api.create_org()
     made = _named_resources(api, org)
     before = dump_tables(api.app)
-    for type_, path in made.items():
-        renamed = api.patch(path, org.key, resource(type_, path.rsplit("/", 1)[1], name=name))
-        assert renamed.status_code == 422, (type_, renamed.text)
-        (error,) = renamed.json()["errors"]
-        assert error["source"] == {"pointer": "/data/attributes/name"}, (type_, error)
-        assert "control character" in error["detail"]
-    created = api.post("/dashboards", org.key, resource("dashboards", name=name))
-    assert created.status_code == 422, created.text
+    for name in REFUSED_NAMES:
+        for type_, path in made.items():
+            document = resource(type_, path.rsplit("/", 1)[1], name=name)
+            renamed = api.patch(path, org.key, document)
+            assert renamed.status_code == 422, (name, type_, renamed.text)
+            (error,) = renamed.json()["errors"]
+            assert error["source"] == {"pointer": "/data/attributes/name"}, (type_, error)
+            assert "control character" in error["detail"]
+        created = api.post("/dashboards", org.key, resource("dashboards", name=name))
+        assert created.status_code == 422, created.text
     assert dump_tables(api.app) == before
 
 

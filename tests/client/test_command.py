@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import io
 import json
@@ -11,14 +12,18 @@ import select
 import stat
 import subprocess
 import threading
+import time
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from dataferry_client import transport
+from dataferry_client.aio import AsyncClient
 from dataferry_client.cli import one_line
+from dataferry_client.client import Client
 from dataferry_client.commands.exit_codes import ExitCode
 from dataferry_client.config import read_profiles, write_profile
-from dataferry_client.errors import ConfigurationError
+from dataferry_client.errors import ConfigurationError, TransportError, UnexpectedAnswer
 from dataferry_client.terminal import render_arrow, render_table
 
 from tests.client.conftest import DATAFERRY, command_environment, run_command, run_dataferry
@@ -239,6 +244,9 @@ class _NotTheApi(http.server.BaseHTTPRequestHandler):
             bodies[kind] = (json.dumps({"errors": [error]}).encode(), "application/vnd.api+json")
         if kind == "deep":
             bodies[kind] = (b"[" * 100_000 + b"]" * 100_000, "application/json")
+        if kind in _ENDLESS:
+            self._send_endlessly(kind)
+            return
         body, content_type = bodies[kind]
         if status == "204":
             body = b""
@@ -250,8 +258,66 @@ class _NotTheApi(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
+    def _send_endlessly(self, kind: str) -> None:
+        """``claims``: a length no answer has; ``flood``: 4 MiB, unannounced; ``trickle``: a
+        byte every 50 ms for 5 s. Each ends by itself."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.api+json")
+        if kind == "claims":
+            self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            return
+        self.send_header("Connection", "close")
+        self.end_headers()
+        piece, pause, count = (b"x" * 65536, 0.0, 64) if kind == "flood" else (b"x", 0.05, 100)
+        try:
+            for _ in range(count):
+                self.wfile.write(piece)
+                self.wfile.flush()
+                time.sleep(pause)
+        except OSError:  # the client hung up, as it should
+            pass
+
+
+_ENDLESS = ("claims", "flood", "trickle")
+
+
+@pytest.mark.parametrize("driver", ["sync", "asyncio"])
+@pytest.mark.parametrize(
+    ("kind", "error", "message"),
+    [
+        ("claims", UnexpectedAnswer, "larger than 1 MiB"),
+        ("flood", UnexpectedAnswer, "larger than 1 MiB"),
+        ("trickle", TransportError, "did not arrive in time"),
+    ],
+)
+def test_an_answer_too_large_or_too_slow_is_refused_not_awaited(
+    monkeypatch, driver, kind, error, message
+):
+    """Before, the client held whatever a server sent (a 200 MB answer: 880 MB of memory) and
+    waited for a body sent a byte a second as long as it kept coming. Answers are held to
+    MAX_ANSWER_BYTES (1 MiB here) and to the timeout after their headers (0.5 s here)."""
+    monkeypatch.setattr(transport, "MAX_ANSWER_BYTES", 2**20, raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/200/{kind}"
+
+    async def ask_asynchronously() -> None:
+        async with AsyncClient(url, "dfk_x", timeout=0.5) as client:
+            await client.api_key()
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(error, match=message):
+            if driver == "sync":
+                with Client(url, "dfk_x", timeout=0.5) as client:
+                    client.api_key()
+            else:
+                asyncio.run(ask_asynchronously())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 3  # the trickle would take 5 s
 
 
 @pytest.mark.parametrize(
