@@ -99,19 +99,13 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
     }
 
 
-def _deadline(call: Call, timeout: float) -> float:
-    """When the whole answer must have arrived: its headers within the read timeout, and its
-    body within ``timeout`` more (a server sending a byte a second never trips the read
-    timeout, which counts the time between bytes)."""
-    read = call.read_timeout if call.read_timeout is not None else timeout
-    return time.monotonic() + read + timeout
-
-
 class _Body:
-    """An answer's body as it arrives, held to ``MAX_ANSWER_BYTES`` and to the deadline."""
+    """An answer's body as it arrives, held to ``MAX_ANSWER_BYTES`` and to ``timeout`` seconds
+    after its headers (a server sending a byte a second never trips httpx's read timeout, which
+    counts the time between bytes)."""
 
-    def __init__(self, response: httpx.Response, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, response: httpx.Response, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
         self.parts: list[bytes] = []
         self.size = 0
         declared = response.headers.get("content-length", "")
@@ -190,7 +184,7 @@ class SyncTransport:
             reply, failure = None, None
             try:
                 with self.http.stream(**request) as response:
-                    body = _Body(response, _deadline(call, self.timeout))
+                    body = _Body(response, self.timeout)
                     for chunk in response.iter_bytes():
                         body.add(chunk)
                 reply = Reply(response.status_code, body.whole(), response.headers)
@@ -235,7 +229,7 @@ class AsyncTransport:
             reply, failure = None, None
             try:
                 async with self.http.stream(**request) as response:
-                    body = _Body(response, _deadline(call, self.timeout))
+                    body = _Body(response, self.timeout)
                     async for chunk in response.aiter_bytes():
                         body.add(chunk)
                 reply = Reply(response.status_code, body.whole(), response.headers)
