@@ -176,7 +176,9 @@ def _iso_laid_out(column: pa.Array) -> pa.Array | None:
         return None
     if column.null_count:
         values = pc.fill_null(values, least)
-    days, within_day = np.divmod(values.to_numpy(zero_copy_only=False).astype(np.int64), per_day)
+    days, within_day = np.divmod(
+        values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), per_day
+    )
     days -= first_day
     laid = np.empty((count, width), dtype=np.uint8)
     date_head, date_tail = _days_spelled(first_day, span)

@@ -35,9 +35,7 @@ def display_name(value: str) -> str:
     name = value.strip()
     if not 1 <= len(name) <= NAME_LENGTH:
         raise ValueError(f"must have 1 to {NAME_LENGTH} characters once blanks around are dropped")
-    if refused_character(name) is not None:
-        raise ValueError(REFUSED_DETAIL)
-    return name
+    return _without_refused_characters(name)
 
 
 def refused_character(name: str) -> str | None:
@@ -52,7 +50,7 @@ def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-def _shown_whole(name: str) -> str:
+def _without_refused_characters(name: str) -> str:
     if refused_character(name) is not None:
         raise ValueError(REFUSED_DETAIL)
     return name
@@ -62,7 +60,7 @@ DisplayName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=NAME_LENGTH),
     BeforeValidator(_stripped),
-    AfterValidator(_shown_whole),
+    AfterValidator(_without_refused_characters),
     Field(
         json_schema_extra={"pattern": NAME_PATTERN},
         description="One line of text: blanks around it are dropped; no control character"
