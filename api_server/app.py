@@ -29,7 +29,9 @@ from shared.web.problems import EXCEPTION_HANDLERS
 
 
 def create_app(settings: Settings) -> Starlette:
-    engine = create_metadata_engine(settings.database_url)
+    engine = create_metadata_engine(
+        settings.database_url, idle_transaction_seconds=settings.lease_seconds
+    )
     waits = ExecutionWaits(engine)
 
     @asynccontextmanager

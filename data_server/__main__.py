@@ -40,7 +40,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_work(settings: Settings, args: argparse.Namespace) -> None:
     upgrade_to_head(create_metadata_engine(settings.database_url))
     ensure_sample_database(settings.state_dir, settings.sample_scale)
-    engine = create_metadata_engine(settings.database_url)
+    engine = create_metadata_engine(
+        settings.database_url, idle_transaction_seconds=settings.lease_seconds
+    )
     store = open_result_store(settings)
     remove_dead_scratch(store)
     worker = start_workers(settings, create_session_factory(engine), store)

@@ -42,7 +42,9 @@ if TYPE_CHECKING:  # the worker (and its sandbox pool) is imported only where wo
 
 
 def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
-    engine = create_metadata_engine(settings.database_url)
+    engine = create_metadata_engine(
+        settings.database_url, idle_transaction_seconds=settings.lease_seconds
+    )
     sessions = create_session_factory(engine)
     store = open_result_store(settings)
     encoding_threads = _encoding_threads(settings)

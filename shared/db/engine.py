@@ -15,9 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 SelectT = TypeVar("SelectT", bound=Select[Any])
 
 
-def create_metadata_engine(url: str) -> Engine:
+def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None = None) -> Engine:
     """``hide_parameters``: a database error's text (which is logged) never quotes the values of
-    the statement, some of which are bound parameters, secrets' digests or tenant data."""
+    the statement, some of which are bound parameters, secrets' digests or tenant data.
+
+    ``idle_transaction_seconds`` (the servers pass their lease): on PostgreSQL, a session left
+    idle inside a transaction that long is ended by the database, and its locks with it. A
+    process frozen mid-transaction (SIGSTOP, a paused VM, a swap storm) otherwise holds its row
+    locks for as long as it stays frozen, and the lease reaper's one update of every expired
+    row waits for them: no execution of the region would be re-queued. Its own transactions
+    never sit idle that long (none waits on anything but the database), and a process frozen
+    past its lease has lost its claims anyway."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -25,7 +33,18 @@ def create_metadata_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=10, hide_parameters=True)
+    connect_args = {}
+    if idle_transaction_seconds is not None:
+        milliseconds = max(1, round(idle_transaction_seconds * 1000))
+        # After the URL's own options (a search_path, say), which connect_args would replace.
+        given = parsed.query.get("options", "")
+        given = given if isinstance(given, str) else " ".join(given)
+        connect_args["options"] = (
+            f"{given} -c idle_in_transaction_session_timeout={milliseconds}".strip()
+        )
+    engine = create_engine(
+        url, pool_size=10, max_overflow=10, hide_parameters=True, connect_args=connect_args
+    )
     event.listen(engine, "checkout", partial(_ping_if_disturbed, engine))
     return engine
 

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from api_server.services import executions
+from data_server.app import create_app as create_data_app
 from shared import lifecycle
 from shared.db import engine as engine_module
 from shared.db import models as models_module
@@ -177,3 +178,38 @@ def test_a_data_server_whose_clock_runs_ahead_reaps_no_live_lease(api, org, monk
     assert lifecycle.reap_expired_leases(sessions, settings) == 0
     with sessions() as session:
         assert session.get(Execution, execution_id).status == "running"
+
+
+def test_a_worker_frozen_inside_a_transaction_does_not_stop_the_reaper(api, org):
+    """A worker stopped (SIGSTOP, a paused VM) between an update of its execution and the
+    commit holds the row's lock: the reaper's one update of every expired lease would wait for
+    it as long as it stays frozen, and no execution of the region would be re-queued. Its
+    session is ended by PostgreSQL once idle for a lease (shared/db/engine.py)."""
+    if api.settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no row locks: a frozen writer holds the whole file (busy timeout)")
+    (execution_id,) = _queue_sql(api, org)
+    sessions = api.app.state.sessions
+    settings = _settings(api, lease_seconds=1)
+    assert lifecycle.claim_next(sessions, "frozen", settings) is not None
+    with sessions.begin() as session:  # its lease has run out
+        session.execute(update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    # The data server's own session factory, as its workers use it.
+    frozen = create_data_app(settings).state.sessions()
+    reaped: list[int] = []
+    reaper = threading.Thread(
+        target=lambda: reaped.append(lifecycle.reap_expired_leases(sessions, settings))
+    )
+    try:
+        # a heartbeat's update, never committed: the worker froze here
+        frozen.execute(update(Execution).values(lease_expires_at=utcnow()))
+        reaper.start()
+        reaper.join(timeout=60)  # far beyond the lease: only a lock never let go reaches it
+        assert reaped == [1], "the reaper is still waiting for the frozen worker's lock"
+    finally:
+        frozen.invalidate()  # its session was ended under it; unblocks a reaper still waiting
+        frozen.get_bind().dispose()
+        if reaper.is_alive():
+            reaper.join()
+    with sessions() as session:
+        row = session.get(Execution, execution_id)
+        assert (row.status, row.lease_owner) == ("starting", None)
