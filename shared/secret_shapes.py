@@ -9,16 +9,45 @@ from __future__ import annotations
 import re
 
 API_KEY_SHAPE = r"dfk_([0-9A-Za-z]{40})_([0-9A-Za-z]{6})"
-# Masked with or without its checksum: the checksum is computed from the 40 characters before
-# it, so those alone are the key.
-_ANY_API_KEY = re.compile(r"dfk_[0-9A-Za-z]{40}(?:_[0-9A-Za-z]{6})?")
-# A JWT: the base64url of a JSON header (which starts ``{"``, hence ``eyJ``), of the claims and
-# of the signature, which PyJWT also accepts with padding.
-_ANY_TOKEN = re.compile(r"eyJ[0-9A-Za-z_-]*\.[0-9A-Za-z_-]+\.[0-9A-Za-z_-]+=*")
+# A secret is masked with the whole run of text it starts, up to a blank, a quote or a character
+# that separates the parts of a URL: a key or token that a stray character broke (a typo, a
+# ``-``, a ``%`` left undecoded) is read back as easily as a whole one.
+_RUN = r"[^\s\"'<>/?#&;,]*"
+_API_KEY_RUN = re.compile(rf"dfk_{_RUN}")
+# An API key's prefix and a run holding at least half a key's 40 base62 characters (the
+# checksum is computed from those 40, so they alone are the key). ``dfk_notes.csv`` stays.
+_KEY_CHARACTERS = 20
+# A JWT: the base64url of a JSON header (which starts ``{"``, hence ``eyJ``), then of the claims
+# and the signature, which PyJWT also accepts with padding. Its header alone is 36 characters.
+_TOKEN_RUN = re.compile(rf"eyJ{_RUN}")
+_TOKEN_CHARACTERS = 20
 HIDDEN_API_KEY = "dfk_…"
 HIDDEN_TOKEN = "eyJ…"  # noqa: S105 - the mask, not a secret
 
 
+_BASE62 = re.compile(r"[0-9A-Za-z]")
+
+
+# What may follow a secret in a sentence ("No organisation dfk_….") and ends neither a key nor
+# a token (their last character is base62, base64url or padding): kept after the mask.
+_TRAILING = ".:!)]}"
+
+
+def _key_masked(run: re.Match[str]) -> str:
+    text = run.group()
+    secret = text.rstrip(_TRAILING)
+    if len(_BASE62.findall(secret, 4)) < _KEY_CHARACTERS:
+        return text
+    return HIDDEN_API_KEY + text[len(secret) :]
+
+
+def _token_masked(run: re.Match[str]) -> str:
+    text = run.group()
+    secret = text.rstrip(_TRAILING)
+    return HIDDEN_TOKEN + text[len(secret) :] if len(secret) >= _TOKEN_CHARACTERS else text
+
+
 def without_secrets(text: str) -> str:
-    """``text`` with each run shaped like an API key or a data access token masked."""
-    return _ANY_TOKEN.sub(HIDDEN_TOKEN, _ANY_API_KEY.sub(HIDDEN_API_KEY, text))
+    """``text`` with each run shaped like an API key or a data access token masked. Linear in
+    the text: no pattern here can backtrack (this runs on what clients send)."""
+    return _TOKEN_RUN.sub(_token_masked, _API_KEY_RUN.sub(_key_masked, text))

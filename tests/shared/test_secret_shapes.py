@@ -20,6 +20,23 @@ def test_a_key_is_masked_with_or_without_its_checksum():
     )
 
 
+def test_a_secret_broken_by_a_stray_character_is_masked_whole():
+    """Removing one character gives the secret back: the log must not hold it either."""
+    token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJvIn0.c2lnbmF0dXJl"
+    for stray in "-.!%~:=+*@$()[]{}|\\^`\x7f\u00e9\u2026":
+        for at in (5, 20, 39):
+            key = f"dfk_{KEY_BODY[:at]}{stray}{KEY_BODY[at:]}_Zz9Yy8"
+            assert without_secrets(f"/x/{key}/y") == "/x/dfk_…/y", key
+            broken = f"{token[:at]}{stray}{token[at:]}"
+            assert without_secrets(f"/data/k?token={broken}&a=1") == "/data/k?token=eyJ…&a=1"
+    # A separator of URL parts ends the run: what follows it is under half of a key.
+    assert without_secrets(f"dfk_{KEY_BODY[:25]}/{KEY_BODY[25:]}") == f"dfk_…/{KEY_BODY[25:]}"
+    assert without_secrets("dfk_x/" * 10_000) == "dfk_x/" * 10_000
+    # What ends a sentence is not part of a secret.
+    assert without_secrets(f"No key dfk_{KEY_BODY}.") == "No key dfk_…."
+    assert without_secrets(f"(token {token}).") == "(token eyJ…)."
+
+
 def test_a_data_token_is_masked_padded_or_not(settings):
     token = mint_data_token(
         SigningKeyring(settings), settings, organization_id="o",
@@ -31,9 +48,9 @@ def test_a_data_token_is_masked_padded_or_not(settings):
 
 
 def test_a_logged_path_is_bounded_and_still_masked():
-    long_path = f"/data/dfk_{KEY_BODY}_Zz9Yy8" + "a" * 20_000
+    long_path = f"/data/dfk_{KEY_BODY}_Zz9Yy8/" + "a" * 20_000
     logged = _path_as_sent({"path": long_path, "raw_path": long_path.encode()})
-    masked = "/data/dfk_…" + "a" * 20_000
+    masked = "/data/dfk_…/" + "a" * 20_000
     assert logged == f"{masked[:LOGGED_PATH_CHARS]}…({len(masked)} characters)"
     assert _path_as_sent({"path": "/healthz", "raw_path": b"/healthz"}) == "/healthz"
 
