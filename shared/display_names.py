@@ -3,11 +3,11 @@ dashboard groups, filters): one line of text to show, with one rule for the API'
 the operator's commands.
 
 Blanks around a name are dropped (what Python's ``str.strip`` drops: spaces, tabs, line breaks,
-the separators among the C0 controls); what is left keeps 1 to ``NAME_LENGTH`` characters, and no
-control character (C0, DEL, C1), line or paragraph separator, or bidirectional embedding,
-override or isolate. Names are shown in lists, terminals, logs and other tools. A control
-character there clears a screen or starts a forged log line. U+202E shows ``a\u202egpj.exe`` as
-``aexe.jpg``.
+the separators among the C0 controls); what is left keeps 1 to ``NAME_LENGTH`` characters, shows
+at least one of them, and holds no control character (C0, DEL, C1), line or paragraph separator,
+or bidirectional embedding, override or isolate. Names are shown in lists, terminals, logs and
+other tools. A control character there clears a screen or starts a forged log line. U+202E shows
+``a\u202egpj.exe`` as ``aexe.jpg``. A name of zero-width spaces or fillers shows as nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +25,18 @@ from shared.db.models import NAME_LENGTH
 _REFUSED = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _REFUSED_CHARACTER = re.compile(f"[{_REFUSED}]")
 REFUSED_DETAIL = "must hold no control character, line separator or bidirectional override"
-# What a client may send: some character that is not blank, and none refused (also around it,
-# where the server would drop blanks).
-NAME_PATTERN = rf"^[^{_REFUSED}]*[^{_REFUSED}\s][^{_REFUSED}]*$"
+# Characters that show as nothing: the default-ignorable code points of Unicode's basic plane
+# (soft hyphen, zero-width spaces and joiners, marks, word joiner, variation selectors, Hangul
+# fillers, the byte order mark), and the blanks ``\s`` does not name alike in both dialects.
+_INVISIBLE = (
+    r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2060-\u206f"
+    r"\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+)
+_SHOWN_CHARACTER = re.compile(rf"[^{_REFUSED}{_INVISIBLE}\s]")
+INVISIBLE_DETAIL = "must show some character: blanks and invisible characters alone are no name"
+# What a client may send: some character that shows, and none refused (also around it, where
+# the server would drop blanks).
+NAME_PATTERN = rf"^[^{_REFUSED}]*[^{_REFUSED}{_INVISIBLE}\s][^{_REFUSED}]*$"
 
 
 def display_name(value: str) -> str:
@@ -35,13 +44,16 @@ def display_name(value: str) -> str:
     name = value.strip()
     if not 1 <= len(name) <= NAME_LENGTH:
         raise ValueError(f"must have 1 to {NAME_LENGTH} characters once blanks around are dropped")
-    return _without_refused_characters(name)
+    return _shown_without_refused_characters(name)
 
 
-def refused_character(name: str) -> str | None:
-    """The first character of ``name`` that a name may not hold, if any."""
-    found = _REFUSED_CHARACTER.search(name)
-    return None if found is None else found.group()
+def is_display_name(value: str) -> bool:
+    """Whether ``value`` (one stored before today's rule, say) is a name the rule takes."""
+    try:
+        display_name(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _stripped(value: Any) -> Any:
@@ -50,9 +62,11 @@ def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-def _without_refused_characters(name: str) -> str:
-    if refused_character(name) is not None:
+def _shown_without_refused_characters(name: str) -> str:
+    if _REFUSED_CHARACTER.search(name) is not None:
         raise ValueError(REFUSED_DETAIL)
+    if _SHOWN_CHARACTER.search(name) is None:
+        raise ValueError(INVISIBLE_DETAIL)
     return name
 
 
@@ -60,10 +74,11 @@ DisplayName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=NAME_LENGTH),
     BeforeValidator(_stripped),
-    AfterValidator(_without_refused_characters),
+    AfterValidator(_shown_without_refused_characters),
     Field(
         json_schema_extra={"pattern": NAME_PATTERN},
-        description="One line of text: blanks around it are dropped; no control character"
+        description="One line of text: blanks around it are dropped; at least one character"
+        " that shows (not only zero-width spaces, joiners or fillers); no control character"
         " (U+0000 to U+001F, U+007F to U+009F), line or paragraph separator (U+2028, U+2029) or"
         " bidirectional embedding, override or isolate (U+202A to U+202E, U+2066 to U+2069).",
     ),

@@ -46,7 +46,7 @@ from api_server.services.dashboard_backups import (
 )
 from shared import openapi as oa
 from shared.db.models import Dashboard, Filter, Report, utcnow
-from shared.display_names import refused_character
+from shared.display_names import is_display_name
 from shared.errors import AppError, Conflict, Unprocessable, ValidationErrors
 from shared.input_models import InputModel, Problem, validate_input
 
@@ -280,7 +280,8 @@ def _restorable(document: dict[str, Any]) -> bytes:
         404: None,
         409: f"A restore could not take the backup (`backup_too_large`: over {MAX_RESTORE_BYTES} "
         f"bytes or {MAX_ENTRIES} entries of a kind; `backup_names_refused`: a name stored "
-        "before names were checked holds a control character or bidirectional override).",
+        "before names were checked holds a control character or bidirectional override, or "
+        "shows nothing).",
     },
 )
 def backup_dashboard(request: Request, principal: Principal) -> Response:
@@ -299,12 +300,12 @@ def _check_names(rows: BackupRows) -> None:
         *(("report", report) for report in rows.reports),
         *(("filter", filter_) for filter_ in rows.filters),
     ]
-    refused = [f"{kind} {row.id}" for kind, row in named if refused_character(row.name)]
+    refused = [f"{kind} {row.id}" for kind, row in named if not is_display_name(row.name)]
     if refused:
         raise Conflict(
             f"A restore would refuse the name of {', '.join(refused)}: it holds a control "
-            "character or bidirectional override, which names may no longer hold. Rename it, "
-            "then back the dashboard up.",
+            "character or bidirectional override, or shows nothing, which names may no longer "
+            "do. Rename it, then back the dashboard up.",
             code="backup_names_refused",
         )
 

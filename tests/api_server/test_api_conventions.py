@@ -315,34 +315,39 @@ def _named_resources(api, org) -> dict[str, str]:
     return made
 
 
+# A name, and what the 422's detail says of it.
 REFUSED_NAMES = [
-    "new\nline",
-    "tab\there",
-    "esc\x1b[2J",
-    "del\x7f",
-    "c1\x85inside",
-    "invoice\u202egpj.exe",
-    "\u2066x",
-    "two\u2028lines",
+    ("new\nline", "control character"),
+    ("tab\there", "control character"),
+    ("esc\x1b[2J", "control character"),
+    ("del\x7f", "control character"),
+    ("c1\x85inside", "control character"),
+    ("invoice\u202egpj.exe", "control character"),
+    ("\u2066x", "control character"),
+    ("two\u2028lines", "control character"),
+    ("\u200b", "must show some character"),
+    ("\u3164", "must show some character"),
+    ("\ufeff\u200d \u00ad\u2060", "must show some character"),
+    ("\ufe0f\u200e", "must show some character"),
 ]
 
 
 def test_names_hold_no_control_character_or_bidirectional_override(api):
     """A name is one line of text other tools show: a control character in it clears a
-    terminal or forges a log line, an override reorders what follows (shared/display_names.py).
-    Creating or renaming anything a person names with one is 422 at the name, and changes
-    nothing."""
+    terminal or forges a log line, an override reorders what follows, and a name of zero-width
+    characters shows as nothing (shared/display_names.py). Creating or renaming anything a
+    person names with one is 422 at the name, and changes nothing."""
     org = api.create_org()
     made = _named_resources(api, org)
     before = dump_tables(api.app)
-    for name in REFUSED_NAMES:
+    for name, detail in REFUSED_NAMES:
         for type_, path in made.items():
             document = resource(type_, path.rsplit("/", 1)[1], name=name)
             renamed = api.patch(path, org.key, document)
             assert renamed.status_code == 422, (name, type_, renamed.text)
             (error,) = renamed.json()["errors"]
             assert error["source"] == {"pointer": "/data/attributes/name"}, (type_, error)
-            assert "control character" in error["detail"]
+            assert detail in error["detail"], (name, error)
         created = api.post("/dashboards", org.key, resource("dashboards", name=name))
         assert created.status_code == 422, created.text
     assert dump_tables(api.app) == before
@@ -359,6 +364,7 @@ def test_names_drop_blanks_around_and_keep_other_scripts(api):
         (" שלום ", "שלום"),
         ("café ☕", "café ☕"),
         ("x\u200fy", "x\u200fy"),
+        ("\u200b x\u200b", "\u200b x\u200b"),
     ]:
         created = api.post("/dashboards", org.key, resource("dashboards", name=sent))
         assert created.status_code == 201, created.text
@@ -390,3 +396,9 @@ def test_a_name_stored_before_the_rule_still_reads_and_its_resource_still_change
     assert backup.status_code == 409, backup.text
     (error,) = backup.json()["errors"]
     assert error["code"] == "backup_names_refused" and dashboard_id in error["detail"]
+    with api.app.state.sessions.begin() as session:
+        session.get(Dashboard, dashboard_id).name = "\u200b\u200b"
+    backup = api.client.post(
+        f"/dashboards/{dashboard_id}/backup", headers={"Authorization": f"Api {org.key}"}
+    )
+    assert backup.status_code == 409 and dashboard_id in backup.text, backup.text
