@@ -43,6 +43,17 @@ def _settings(api, **changes):
     return api.settings.with_overrides(**changes)
 
 
+def _claimed_on_postgres(api, org, worker, lease_seconds, why_not_sqlite):
+    """One queued execution, claimed by ``worker`` under a lease of ``lease_seconds``, and the
+    settings of that lease; on PostgreSQL only (SQLite: skipped, ``why_not_sqlite``)."""
+    if api.settings.database_url.startswith("sqlite"):
+        pytest.skip(why_not_sqlite)
+    (execution_id,) = _queue_sql(api, org)
+    settings = _settings(api, lease_seconds=lease_seconds)
+    assert lifecycle.claim_next(api.app.state.sessions, worker, settings) is not None
+    return execution_id, settings
+
+
 def test_claims_come_oldest_first_and_carry_the_attempt(api, org):
     first, second = _queue_sql(api, org, 2)
     sessions = api.app.state.sessions
@@ -161,12 +172,10 @@ def test_an_accepted_cancel_fences_off_the_outcome_and_ends_cancelled(api, org, 
 
 def test_a_data_server_whose_clock_runs_ahead_reaps_no_live_lease(api, org, monkeypatch):
     """Leases are stamped and compared by PostgreSQL's clock, not by each data server's."""
-    if api.settings.database_url.startswith("sqlite"):
-        pytest.skip("SQLite is one machine's file: there is only one clock")
-    (execution_id,) = _queue_sql(api, org)
+    execution_id, settings = _claimed_on_postgres(
+        api, org, "honest", 30, "SQLite is one machine's file: there is only one clock"
+    )
     sessions = api.app.state.sessions
-    settings = _settings(api, lease_seconds=30)
-    assert lifecycle.claim_next(sessions, "honest", settings) is not None
 
     class AnHourAhead(datetime):
         @classmethod
@@ -185,12 +194,10 @@ def test_a_worker_frozen_inside_a_transaction_does_not_stop_the_reaper(api, org)
     commit holds the row's lock: the reaper's one update of every expired lease would wait for
     it as long as it stays frozen, and no execution of the region would be re-queued. Its
     session is ended by PostgreSQL once idle for a lease (shared/db/engine.py)."""
-    if api.settings.database_url.startswith("sqlite"):
-        pytest.skip("SQLite has no row locks: a frozen writer holds the whole file (busy timeout)")
-    (execution_id,) = _queue_sql(api, org)
+    execution_id, settings = _claimed_on_postgres(
+        api, org, "frozen", 1, "SQLite has no row locks: a frozen writer holds the whole file"
+    )
     sessions = api.app.state.sessions
-    settings = _settings(api, lease_seconds=1)
-    assert lifecycle.claim_next(sessions, "frozen", settings) is not None
     with sessions.begin() as session:  # its lease has run out
         session.execute(update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     # The data server's own session factory, as its workers use it.
