@@ -32,6 +32,8 @@ def test_a_secret_broken_by_a_stray_character_is_masked_whole():
     # A separator of URL parts ends the run: what follows it is under half of a key.
     assert without_secrets(f"dfk_{KEY_BODY[:25]}/{KEY_BODY[25:]}") == f"dfk_…/{KEY_BODY[25:]}"
     assert without_secrets("dfk_x/" * 10_000) == "dfk_x/" * 10_000
+    assert without_secrets(f"/x/DFK_{KEY_BODY}/y") == "/x/dfk_…/y"
+    assert without_secrets(f"/data/{token.replace('eyJ', 'EYJ', 1)}") == "/data/eyJ…"
     # What ends a sentence is not part of a secret.
     assert without_secrets(f"No key dfk_{KEY_BODY}.") == "No key dfk_…."
     assert without_secrets(f"(token {token}).") == "(token eyJ…)."
