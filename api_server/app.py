@@ -30,7 +30,7 @@ from shared.web.problems import EXCEPTION_HANDLERS
 
 def create_app(settings: Settings) -> Starlette:
     engine = create_metadata_engine(
-        settings.database_url, idle_transaction_seconds=settings.lease_seconds
+        settings.database_url, idle_transaction_seconds=settings.idle_transaction_seconds
     )
     waits = ExecutionWaits(engine)
 

@@ -41,7 +41,7 @@ def cmd_work(settings: Settings, args: argparse.Namespace) -> None:
     upgrade_to_head(create_metadata_engine(settings.database_url))
     ensure_sample_database(settings.state_dir, settings.sample_scale)
     engine = create_metadata_engine(
-        settings.database_url, idle_transaction_seconds=settings.lease_seconds
+        settings.database_url, idle_transaction_seconds=settings.idle_transaction_seconds
     )
     store = open_result_store(settings)
     remove_dead_scratch(store)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # the worker (and its sandbox pool) is imported only where wo
 
 def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     engine = create_metadata_engine(
-        settings.database_url, idle_transaction_seconds=settings.lease_seconds
+        settings.database_url, idle_transaction_seconds=settings.idle_transaction_seconds
     )
     sessions = create_session_factory(engine)
     store = open_result_store(settings)

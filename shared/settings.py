@@ -314,6 +314,16 @@ class Settings(BaseModel):
     lease_seconds: float = setting(
         30.0, "A worker's claim on an execution; renewed by heartbeats.", ge=1, le=3600
     )
+    idle_transaction_seconds: float = setting(
+        300.0,
+        "How long a server's PostgreSQL session may sit idle inside a transaction before the "
+        "database ends it, and frees its locks: a process frozen mid-transaction (a stopped or "
+        "paused host) would otherwise hold them, and the lease reaper would wait for them, as "
+        "long as it stays frozen. Longer than any walk of an organisation's files, which some "
+        "transactions hold their locks across.",
+        ge=1,
+        le=86400,
+    )
     max_attempts: int = setting(
         3, "Attempts before an execution whose worker vanished is failed.", ge=1, le=100
     )

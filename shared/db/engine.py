@@ -19,13 +19,13 @@ def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None =
     """``hide_parameters``: a database error's text (which is logged) never quotes the values of
     the statement, some of which are bound parameters, secrets' digests or tenant data.
 
-    ``idle_transaction_seconds`` (the servers pass their lease): on PostgreSQL, a session left
-    idle inside a transaction that long is ended by the database, and its locks with it. A
-    process frozen mid-transaction (SIGSTOP, a paused VM, a swap storm) otherwise holds its row
-    locks for as long as it stays frozen, and the lease reaper's one update of every expired
-    row waits for them: no execution of the region would be re-queued. Its own transactions
-    never sit idle that long (none waits on anything but the database), and a process frozen
-    past its lease has lost its claims anyway."""
+    ``idle_transaction_seconds`` (the servers pass ``DATAFERRY_IDLE_TRANSACTION_SECONDS``): on
+    PostgreSQL, a session left idle inside a transaction that long is ended by the database,
+    and its locks with it. A process frozen mid-transaction (SIGSTOP, a paused VM, a swap
+    storm) otherwise holds its row locks for as long as it stays frozen, and the lease reaper's
+    one update of every expired row waits for them: no execution of the region would be
+    re-queued. Not the lease: a few transactions keep an organisation's row locked while its
+    files are walked (the storage quota), which takes seconds for a large area."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

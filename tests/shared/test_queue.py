@@ -193,10 +193,11 @@ def test_a_worker_frozen_inside_a_transaction_does_not_stop_the_reaper(api, org)
     """A worker stopped (SIGSTOP, a paused VM) between an update of its execution and the
     commit holds the row's lock: the reaper's one update of every expired lease would wait for
     it as long as it stays frozen, and no execution of the region would be re-queued. Its
-    session is ended by PostgreSQL once idle for a lease (shared/db/engine.py)."""
+    session is ended by PostgreSQL once idle that long (DATAFERRY_IDLE_TRANSACTION_SECONDS)."""
     execution_id, settings = _claimed_on_postgres(
         api, org, "frozen", 1, "SQLite has no row locks: a frozen writer holds the whole file"
     )
+    settings = settings.with_overrides(idle_transaction_seconds=1)
     sessions = api.app.state.sessions
     with sessions.begin() as session:  # its lease has run out
         session.execute(update(Execution).values(lease_expires_at=utcnow() - timedelta(seconds=1)))

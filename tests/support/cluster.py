@@ -56,6 +56,8 @@ class Cluster:
                 "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
                 "DATAFERRY_WORKER_PROCESSES": "2",
                 "DATAFERRY_LEASE_SECONDS": "2",
+                # A worker stopped inside a transaction holds the reaper no longer than this.
+                "DATAFERRY_IDLE_TRANSACTION_SECONDS": "5",
                 # Workers that tests kill and start by the dozen, never serving a large first
                 # fetch: no warm scratch files to prepare (data_server/warm_files.py).
                 "DATAFERRY_WARM_SCRATCH_MB": "0",
