@@ -28,6 +28,16 @@ LOGGED_PATH_CHARS = 2048
 _DECODINGS = 4  # a secret percent-encoded up to this many times over is still found
 
 
+# The methods a log line names; any other (h11 takes any token, 60 KB of one included, which
+# may hold a pasted key) is written by its length only.
+_LOGGED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method_as_sent(scope: Scope) -> str:
+    method: str = scope["method"]
+    return method if method in _LOGGED_METHODS else f"(another method, {len(method)} characters)"
+
+
 def _path_as_sent(scope: Scope) -> str:
     """The path still percent-encoded, as the client sent it (``%0a`` stays three characters);
     never the query, which may carry a data token. A path that holds an API key or a data token
@@ -83,13 +93,13 @@ class RequestContextMiddleware:
             if status["started"]:
                 raise  # a body cut short: the server drops the connection
             error_logger.exception(
-                "unhandled error on %s %s", scope["method"], _path_as_sent(scope)
+                "unhandled error on %s %s", _method_as_sent(scope), _path_as_sent(scope)
             )
             await unexpected_error_response()(scope, receive, send_with_id)
         finally:
             logger.info(
                 "%s %s %d %.1fms",
-                scope["method"],
+                _method_as_sent(scope),
                 _path_as_sent(scope),
                 status["code"],
                 (time.perf_counter() - started) * 1000,
