@@ -27,10 +27,12 @@ _REFUSED_CHARACTER = re.compile(f"[{_REFUSED}]")
 REFUSED_DETAIL = "must hold no control character, line separator or bidirectional override"
 # Characters that show as nothing: the default-ignorable code points of Unicode's basic plane
 # (soft hyphen, zero-width spaces and joiners, marks, word joiner, variation selectors, Hangul
-# fillers, the byte order mark), and the blanks ``\s`` does not name alike in both dialects.
+# fillers, the byte order mark), the blank braille pattern, the interlinear annotation marks,
+# and the blanks ``\s`` does not name alike in both dialects. Beyond the basic plane (tag
+# characters, U+E0000 on) the two dialects' classes differ: a name of those alone is taken.
 _INVISIBLE = (
     r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2060-\u206f"
-    r"\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    r"\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
 )
 _SHOWN_CHARACTER = re.compile(rf"[^{_REFUSED}{_INVISIBLE}\s]")
 INVISIBLE_DETAIL = "must show some character: blanks and invisible characters alone are no name"

@@ -329,6 +329,7 @@ REFUSED_NAMES = [
     ("\u3164", "must show some character"),
     ("\ufeff\u200d \u00ad\u2060", "must show some character"),
     ("\ufe0f\u200e", "must show some character"),
+    ("\u2800\ufff9\ufffb", "must show some character"),
 ]
 
 
