@@ -48,6 +48,7 @@ def _token_masked(run: re.Match[str]) -> str:
 
 def without_secrets(text: str) -> str:
     """``text`` with each run shaped like an API key or a data access token masked. Linear in
-    the text: no pattern here can backtrack (this runs on what clients send)."""
+    the text: no pattern here backtracks further than a key's length (this runs on what clients
+    send)."""
     keys_masked = _API_KEY_BODY.sub(HIDDEN_API_KEY, _API_KEY_RUN.sub(_key_masked, text))
     return _TOKEN_RUN.sub(_token_masked, keys_masked)

@@ -10,10 +10,10 @@
 set -u
 PY="$1"
 shift
-# Each line is one background process's folders and files (the engine tests run DuckDB in the
+# Each line is one background process's folders and files. The engine tests run DuckDB in the
 # process; the remote-datasource tests share MariaDB's and PostgreSQL's `test` databases, so they
-# stay in one process).
-GROUPS="tests/api_server tests/data_server/test_sql_sandbox.py
+# stay in one process. (Not named GROUPS, which bash reserves.)
+BACKGROUND_GROUPS="tests/api_server tests/data_server/test_sql_sandbox.py
 tests/contract tests/shared tests/sql_templating tests/data_server/test_engine.py tests/data_server/remote_datasources tests/client"
 
 logs=""
@@ -23,7 +23,7 @@ newline='
 '
 old_ifs="$IFS"
 IFS="$newline"
-for group in $GROUPS; do
+for group in $BACKGROUND_GROUPS; do
     IFS="$old_ifs"
     log="$(mktemp)"
     printf '\n=== background tests: %s ===\n' "$group" >"$log"
