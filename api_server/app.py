@@ -13,8 +13,8 @@ from api_server.execution_waits import ExecutionWaits
 from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import (
-    create_metadata_engine,
     create_read_session_factory,
+    create_server_engine,
     create_session_factory,
 )
 from shared.metrics import Metrics
@@ -29,9 +29,7 @@ from shared.web.problems import EXCEPTION_HANDLERS
 
 
 def create_app(settings: Settings) -> Starlette:
-    engine = create_metadata_engine(
-        settings.database_url, idle_transaction_seconds=settings.idle_transaction_seconds
-    )
+    engine = create_server_engine(settings)
     waits = ExecutionWaits(engine)
 
     @asynccontextmanager

@@ -15,6 +15,7 @@ from data_server.sample import ensure_sample_database
 from shared.command_line import CommandParser, run_command
 from shared.db.engine import (
     create_metadata_engine,
+    create_server_engine,
     create_session_factory,
 )
 from shared.db.migrate import upgrade_to_head
@@ -40,9 +41,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_work(settings: Settings, args: argparse.Namespace) -> None:
     upgrade_to_head(create_metadata_engine(settings.database_url))
     ensure_sample_database(settings.state_dir, settings.sample_scale)
-    engine = create_metadata_engine(
-        settings.database_url, idle_transaction_seconds=settings.idle_transaction_seconds
-    )
+    engine = create_server_engine(settings)
     store = open_result_store(settings)
     remove_dead_scratch(store)
     worker = start_workers(settings, create_session_factory(engine), store)

@@ -24,7 +24,7 @@ from data_server.fair_jobs import FairJobs
 from data_server.representations import MATERIALISATIONS_AT_ONCE, EncodingThreads
 from data_server.routes import routes
 from data_server.warm_files import WarmFiles
-from shared.db.engine import create_metadata_engine, create_session_factory
+from shared.db.engine import create_server_engine, create_session_factory
 from shared.errors import BadRequest
 from shared.metrics import Metrics
 from shared.results import ResultStore, open_result_store
@@ -42,9 +42,7 @@ if TYPE_CHECKING:  # the worker (and its sandbox pool) is imported only where wo
 
 
 def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
-    engine = create_metadata_engine(
-        settings.database_url, idle_transaction_seconds=settings.idle_transaction_seconds
-    )
+    engine = create_server_engine(settings)
     sessions = create_session_factory(engine)
     store = open_result_store(settings)
     encoding_threads = _encoding_threads(settings)

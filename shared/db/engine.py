@@ -12,6 +12,8 @@ from sqlalchemy import Engine, Select, create_engine, event, exc, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.settings import Settings
+
 SelectT = TypeVar("SelectT", bound=Select[Any])
 
 
@@ -47,6 +49,14 @@ def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None =
     )
     event.listen(engine, "checkout", partial(_ping_if_disturbed, engine))
     return engine
+
+
+def create_server_engine(settings: Settings) -> Engine:
+    """The metadata engine of a server process (API server, data server, worker): its sessions
+    idle inside a transaction are ended after ``DATAFERRY_IDLE_TRANSACTION_SECONDS``."""
+    return create_metadata_engine(
+        settings.database_url, idle_transaction_seconds=settings.idle_transaction_seconds
+    )
 
 
 # What a server or operator command that cannot reach its metadata database reports in one line

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import request_id_var
+from shared.metrics import HTTP_METHODS
 from shared.secret_shapes import without_secrets
 from shared.web.problems import unexpected_error_response
 
@@ -28,14 +29,11 @@ LOGGED_PATH_CHARS = 2048
 _DECODINGS = 4  # a secret percent-encoded up to this many times over is still found
 
 
-# The methods a log line names; any other (h11 takes any token, 60 KB of one included, which
-# may hold a pasted key) is written by its length only.
-_LOGGED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
 def _method_as_sent(scope: Scope) -> str:
+    """The method if HTTP defines it (the metrics' list); any other is written by its length
+    only: h11 takes any token as a method, 60 KB of one included, which may hold a pasted key."""
     method: str = scope["method"]
-    return method if method in _LOGGED_METHODS else f"(another method, {len(method)} characters)"
+    return method if method in HTTP_METHODS else f"(another method, {len(method)} characters)"
 
 
 def _path_as_sent(scope: Scope) -> str:
