@@ -184,8 +184,8 @@ class ExecutionRunner:
     def _limits_within_quota(self, claim: lifecycle.Claim) -> tuple[Limits, StorageUsage]:
         """A result may take only what the organisation's storage quota leaves; none left fails
         the execution before it runs, and a result cut short by the quota fails it after. Its
-        files are counted by a recent walk of its area: the check when the result is stored,
-        under the organisation's lock, walks it afresh."""
+        files are counted by a recent walk of its area: the check when the result is stored
+        walks it afresh, just before it takes the organisation's lock."""
         with self.reads() as session:
             usage = storage_usage(
                 session,

@@ -14,7 +14,7 @@ storage quota then reads one row instead of summing every stored result on each 
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, bindparam, func, select, update
+from sqlalchemy import BigInteger, Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.engine import write_lock_on_sqlite
@@ -50,8 +50,16 @@ _COUNT_STORED_BYTES = (
         updated_at=_ORGANIZATIONS.c.updated_at,
     )
 )
-_STORED_RESULTS_BYTES = select(Organization.stored_results_bytes).where(
-    Organization.id == bindparam("organization")
+_STORED_BYTES_AND_AREA = select(
+    Organization.stored_results_bytes, Organization.area_generation
+).where(Organization.id == bindparam("organization"))
+_NOTE_AREA_CHANGED = (
+    update(_ORGANIZATIONS)
+    .where(_ORGANIZATIONS.c.id == bindparam("organization"))
+    .values(
+        area_generation=_ORGANIZATIONS.c.area_generation + 1,
+        updated_at=_ORGANIZATIONS.c.updated_at,  # bookkeeping, as above
+    )
 )
 
 
@@ -88,6 +96,16 @@ def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, i
     return counted, summed
 
 
-def stored_results_bytes(session: Session, organization_id: str) -> int:
-    """The organisation's counter, as the caller's transaction sees it."""
-    return int(session.scalar(_STORED_RESULTS_BYTES, {"organization": organization_id}) or 0)
+def stored_bytes_and_area_generation(
+    connection: Session | Connection, organization_id: str
+) -> tuple[int, int]:
+    """The organisation's counter and its area's generation, as ``connection`` sees them (0, 0
+    for an organisation deleted meanwhile)."""
+    row = connection.execute(_STORED_BYTES_AND_AREA, {"organization": organization_id}).first()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def note_area_changed(session: Session, organization_id: str) -> None:
+    """Raise the generation of the organisation's file area, in the caller's transaction: the
+    API stored or removed files there, so that no walk made before counts them any longer."""
+    session.execute(_NOTE_AREA_CHANGED, {"organization": organization_id})

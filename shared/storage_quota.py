@@ -1,7 +1,7 @@
 """What an organisation stores, counted against ``DATAFERRY_MAX_ORGANIZATION_STORAGE_MB``.
 
-Three things count: every regular file in the organisation's area (uploads, files an operator put
-there, and uploads still arriving, whose temporary files live beside their targets), the stored
+Three things count: every regular file in the organisation's area (uploads and files an operator
+put there; an upload still arriving counts once it commits, ``tree_bytes``), the stored
 results of its executions that are still retained (``result_size``: the Arrow file), and those
 results' other stored representations (``variants_size``: each format and coding a client fetched,
 docs/result-formats.md). Not counted: folders an operator granted from outside the area (symlinks
@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.datapaths import organization_area
 from shared.db.models import Execution
 from shared.errors import PayloadTooLarge
-from shared.organization_rows import count_stored_bytes, lock_organization, stored_results_bytes
+from shared.organization_rows import (
+    count_stored_bytes,
+    lock_organization,
+    note_area_changed,
+    stored_bytes_and_area_generation,
+)
 from shared.settings import Settings
 
 MIB = 1024 * 1024
@@ -113,33 +118,47 @@ def tree_bytes(folder: Path) -> int:
 
 
 # How old a walk of an organisation's area a worker's check before a run may count its files by
-# (the check that caps the result, and fails a run early when nothing is left): walking is
-# O(files), about 36 ms for 10,000 of them. The check when the result is stored walks afresh.
+# (walking is O(files), about 36 ms for 10,000 of them), if it saw the area's current generation,
+# which every change the API makes to the area raises (``organization_rows.note_area_changed``):
+# what uploads and deletions did is counted at once, files an operator copied in by hand within
+# this many seconds. Every other check walks afresh.
 AREA_WALK_MAX_AGE_SECONDS = 10.0
 
 
 class AreaSizes:
-    """The bytes of each organisation's area as last walked in this process, for callers that
-    may count by a walk up to ``max_age`` seconds old."""
+    """The bytes of each organisation's area as last walked in this process, and the generation
+    of the area that walk saw, for checks that may count by a recent walk of that generation."""
 
     MOST_AREAS = 10_000  # beyond: forget them all (an area's next check walks again)
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._walked: dict[Path, tuple[float, int]] = {}
+        self._walked: dict[Path, tuple[float, int, int]] = {}  # (when, generation, bytes)
         self._lock = threading.Lock()
 
-    def bytes_of(self, area: Path, max_age: float) -> int:
-        now = self._clock()
+    def recent(self, area: Path, max_age: float, generation: int | None = None) -> int | None:
+        """The bytes of a walk younger than ``max_age`` (and of ``generation``, if given)."""
         with self._lock:
             walked = self._walked.get(area)
-        if walked is not None and now - walked[0] < max_age:
-            return walked[1]
+        if walked is None or self._clock() - walked[0] >= max_age:
+            return None
+        if generation is not None and walked[1] != generation:
+            return None
+        return walked[2]
+
+    def bytes_of(self, area: Path, max_age: float, generation: int) -> int:
+        """The bytes of a recent walk that saw ``generation``, or of a walk now; ``generation``
+        must have been read before this call, so that a change committed during the walk raises
+        it past what is recorded."""
+        recent = self.recent(area, max_age, generation)
+        if recent is not None:
+            return recent
+        now = self._clock()
         size = tree_bytes(area)
         with self._lock:
             if len(self._walked) >= self.MOST_AREAS:
                 self._walked.clear()
-            self._walked[area] = (now, size)
+            self._walked[area] = (now, generation, size)
         return size
 
 
@@ -150,17 +169,22 @@ def storage_usage(
     session: Session, settings: Settings, organization_id: str, *, files_max_age: float = 0.0
 ) -> StorageUsage:
     """What the organisation stores; its files by a walk of its area at most ``files_max_age``
-    seconds old (0: walked now, as an upload's own check needs)."""
-    results = stored_results_bytes(session, organization_id)
-    return _usage(settings, organization_id, results, files_max_age)
+    seconds old that saw its current generation (0: walked now, as an upload's own check needs).
+    """
+    results, generation = stored_bytes_and_area_generation(session, organization_id)
+    return _usage(settings, organization_id, results, generation, files_max_age)
 
 
 def _usage(
-    settings: Settings, organization_id: str, results_bytes: int, files_max_age: float = 0.0
+    settings: Settings,
+    organization_id: str,
+    results_bytes: int,
+    generation: int,
+    files_max_age: float,
 ) -> StorageUsage:
     area = organization_area(settings.data_root, organization_id)
     return StorageUsage(
-        files_bytes=_area_sizes.bytes_of(area, files_max_age),
+        files_bytes=_area_sizes.bytes_of(area, files_max_age, generation),
         # Never below 0, should the counter have been taken below it (recount-storage mends it).
         results_bytes=max(0, results_bytes),
         quota_bytes=settings.max_organization_storage_mb * MIB,
@@ -172,9 +196,32 @@ def locked_storage_usage(
 ) -> StorageUsage:
     """``storage_usage`` under the organisation's row lock (the database's write lock on SQLite),
     which the caller's transaction holds until it ends: what is counted stays true until the
-    caller has recorded what it stores. The locked row carries the counter: no second read."""
+    caller has recorded what it stores. The locked row carries the counter: no second read.
+
+    The area is walked just before the lock is taken, on a connection of its own: a walk under
+    the lock would hold up the organisation's other writers, and on SQLite every writer of the
+    region, for as long as it takes. Under the lock it is walked again only if an upload or a
+    deletion committed in between (the generation moved on)."""
+    area = organization_area(settings.data_root, organization_id)
+    with session.get_bind().engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
+        _, generation = stored_bytes_and_area_generation(connection, organization_id)
+    _area_sizes.bytes_of(area, 0.0, generation)
     organization = lock_organization(session, organization_id)
-    return _usage(settings, organization_id, organization.stored_results_bytes)
+    return _usage(
+        settings,
+        organization_id,
+        organization.stored_results_bytes,
+        organization.area_generation,
+        AREA_WALK_MAX_AGE_SECONDS,
+    )
+
+
+def note_area_changed_now(sessions: sessionmaker[Session], organization_id: str) -> None:
+    """``note_area_changed`` in a transaction of its own, after files were removed: the next
+    check counts them gone instead of reusing a walk that saw them."""
+    with sessions.begin() as session:
+        note_area_changed(session, organization_id)
 
 
 def charge_representation(

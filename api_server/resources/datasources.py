@@ -38,6 +38,7 @@ from shared.display_names import DisplayName
 from shared.errors import Unprocessable
 from shared.lifecycle import ExecutionType
 from shared.results import delete_stored_data
+from shared.storage_quota import note_area_changed_now
 from shared.time_zones import known_time_zones
 
 BUILT_IN_DATABASE_TYPES = ("sample",)  # every organisation has one; none can be created
@@ -404,4 +405,5 @@ def delete_datasource(request: Request, principal: Principal) -> Response:
     delete_stored_data(state.result_store, results=deleted.results, schemas=deleted.schemas)
     if deleted.own_place is not None:
         remove_own_place(state.settings.data_root, deleted.organization_id, deleted.own_place)
+        note_area_changed_now(state.sessions, deleted.organization_id)
     return Response(status_code=204)

@@ -41,7 +41,7 @@ from shared.file_formats import (
 from shared.lifecycle import ExecutionType
 from shared.settings import Settings
 from shared.shared_folders import granted_folder
-from shared.storage_quota import StorageUsage, storage_usage
+from shared.storage_quota import StorageUsage, note_area_changed_now, storage_usage
 
 MAX_NAME_BYTES = 255
 _FILES_TYPE = "files"
@@ -336,6 +336,7 @@ def delete_file(
         raise FileNotFound(f"The datasource has no file named {name!r}.") from None
     finally:
         os.close(dir_fd)
+    note_area_changed_now(sessions, organization_id)
     with sessions() as session:
         usage = storage_usage(session, settings, organization_id)
     return Deleted(queue_refresh(sessions, datasource_id), usage)

@@ -49,6 +49,7 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.file_formats import DATABASE_FILE_FORMATS, FileKind, accepted_media_types
+from shared.organization_rows import note_area_changed
 from shared.settings import Settings
 from shared.storage_quota import (
     MIB,
@@ -352,6 +353,7 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
         os.rename(upload.temp_name, target.name, src_dir_fd=upload.dir_fd, dst_dir_fd=upload.dir_fd)
         upload.committed = True
         os.fsync(upload.dir_fd)
+        note_area_changed(session, target.organization_id)
     entry = file_entry(target.folder, target.name, target.kind.format.value)
     assert entry is not None
     return Committed(

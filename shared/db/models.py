@@ -82,6 +82,9 @@ class Organization(Base):
     # The bytes of its stored results, kept by every transition that stores or forgets one
     # (shared.organization_rows): the storage quota reads this instead of a sum.
     stored_results_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Raised by every change the API makes to its file area (uploads, deletions): a walk of the
+    # area that saw the same generation still counts its files (shared.storage_quota).
+    area_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

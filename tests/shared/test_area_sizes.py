@@ -1,34 +1,70 @@
 """A worker's check before a run counts an organisation's files by a walk of its area at most
-AREA_WALK_MAX_AGE_SECONDS old; every other check walks it afresh."""
+AREA_WALK_MAX_AGE_SECONDS old that saw the area's current generation (raised by every upload and
+deletion through the API); the check under the organisation's lock walks afresh, before taking
+it, and again under it only if the API changed the area in between."""
 
 from __future__ import annotations
 
-from shared import storage_quota
-from shared.storage_quota import AreaSizes
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+from shared import organization_rows, storage_quota
+from shared.datapaths import organization_area
+from shared.db.migrate import upgrade_to_head
+from shared.db.models import Organization
+from shared.organization_rows import note_area_changed
+from shared.settings import Settings
+from shared.storage_quota import (
+    AREA_WALK_MAX_AGE_SECONDS,
+    AreaSizes,
+    locked_storage_usage,
+    note_area_changed_now,
+    storage_usage,
+)
 
 
-def test_a_walk_is_reused_only_within_the_age_asked_for(tmp_path, monkeypatch):
-    walks: list[object] = []
+@pytest.fixture
+def walks(monkeypatch) -> list[Path]:
+    """The folders walked, in order."""
+    walked: list[Path] = []
     real_walk = storage_quota.tree_bytes
 
     def counted(folder):
-        walks.append(folder)
+        walked.append(folder)
         return real_walk(folder)
 
     monkeypatch.setattr(storage_quota, "tree_bytes", counted)
+    return walked
+
+
+def test_a_walk_is_reused_only_within_the_age_asked_for(tmp_path, walks):
     clock = [100.0]
     sizes = AreaSizes(lambda: clock[0])
     (tmp_path / "a.csv").write_bytes(b"x" * 10)
 
-    assert sizes.bytes_of(tmp_path, 10) == 10
+    assert sizes.bytes_of(tmp_path, 10, 0) == 10
     (tmp_path / "b.csv").write_bytes(b"x" * 5)
     clock[0] = 109.9
-    assert sizes.bytes_of(tmp_path, 10) == 10  # the walk of 9.9 s ago
-    assert sizes.bytes_of(tmp_path, 0) == 15  # a check that must be fresh walks again
+    assert sizes.bytes_of(tmp_path, 10, 0) == 10  # the walk of 9.9 s ago
+    assert sizes.bytes_of(tmp_path, 0, 0) == 15  # a check that must be fresh walks again
     clock[0] = 120.0
     (tmp_path / "c.csv").write_bytes(b"x")
-    assert sizes.bytes_of(tmp_path, 10) == 16  # 10 s after the last walk: walked again
+    assert sizes.bytes_of(tmp_path, 10, 0) == 16  # 10 s after the last walk: walked again
     assert len(walks) == 3
+
+
+def test_a_walk_of_another_generation_is_not_reused(tmp_path, walks):
+    sizes = AreaSizes(lambda: 0.0)
+    (tmp_path / "a.csv").write_bytes(b"x" * 10)
+    assert sizes.bytes_of(tmp_path, 10, 4) == 10
+    (tmp_path / "b.csv").write_bytes(b"x" * 5)  # an upload, which raised the generation
+    assert sizes.bytes_of(tmp_path, 10, 5) == 15
+    assert sizes.recent(tmp_path, 10, 4) is None
+    assert sizes.recent(tmp_path, 10) == 15  # any generation
+    assert len(walks) == 2
 
 
 def test_the_walks_remembered_are_bounded(tmp_path, monkeypatch):
@@ -36,5 +72,86 @@ def test_the_walks_remembered_are_bounded(tmp_path, monkeypatch):
     sizes = AreaSizes(lambda: 0.0)
     for n in range(7):
         (tmp_path / str(n)).mkdir()
-        sizes.bytes_of(tmp_path / str(n), 10)
+        sizes.bytes_of(tmp_path / str(n), 10, 0)
     assert len(sizes._walked) <= 3
+
+
+@pytest.fixture
+def organization(tmp_path, monkeypatch):
+    """(settings, sessions, organisation id, its area) on a fresh SQLite database, with walks
+    remembered by a fresh AreaSizes."""
+    monkeypatch.setattr(storage_quota, "_area_sizes", AreaSizes())
+    settings = Settings(state_dir=tmp_path / "state")
+    engine = create_engine(f"sqlite:///{tmp_path / 'metadata.db'}")
+    upgrade_to_head(engine)
+    sessions = sessionmaker(engine)
+    with sessions.begin() as session:
+        created = Organization(name="Acme")
+        session.add(created)
+        session.flush()
+        organization_id = created.id
+    area = organization_area(settings.data_root, organization_id)
+    area.mkdir(parents=True)
+    (area / "a.csv").write_bytes(b"x" * 100)
+    yield settings, sessions, organization_id, area
+    engine.dispose()
+
+
+def test_the_locked_check_walks_before_it_takes_the_lock(organization, walks, monkeypatch):
+    """Walking under the organisation's lock would hold up its other writers (on SQLite every
+    writer of the region) for as long as the walk takes."""
+    settings, sessions, organization_id, area = organization
+    locked = []
+    real_lock = organization_rows.lock_organization
+
+    def lock(session, organization_id):
+        locked.append(len(walks))
+        return real_lock(session, organization_id)
+
+    monkeypatch.setattr(storage_quota, "lock_organization", lock)
+    with sessions.begin() as session:
+        assert locked_storage_usage(session, settings, organization_id).files_bytes == 100
+    assert walks == [area]
+    assert locked == [1]  # the walk came before the lock, and none after it
+    (area / "b.csv").write_bytes(b"x" * 50)  # an operator's copy: each such check walks afresh
+    with sessions.begin() as session:
+        assert locked_storage_usage(session, settings, organization_id).files_bytes == 150
+    assert locked == [1, 2]
+
+
+def test_an_upload_committed_between_the_walk_and_the_lock_is_counted(
+    organization, walks, monkeypatch
+):
+    settings, sessions, organization_id, area = organization
+    real_lock = organization_rows.lock_organization
+
+    def lock_after_an_upload(session, organization_id):
+        if len(walks) == 1:  # another upload commits while this check walks
+            (area / "b.csv").write_bytes(b"x" * 50)
+            note_area_changed_now(sessions, organization_id)
+        return real_lock(session, organization_id)
+
+    monkeypatch.setattr(storage_quota, "lock_organization", lock_after_an_upload)
+    with sessions.begin() as session:
+        assert locked_storage_usage(session, settings, organization_id).files_bytes == 150
+    assert len(walks) == 2  # walked again under the lock
+
+
+def test_the_check_before_a_run_reuses_a_walk_until_the_api_changes_the_area(organization, walks):
+    settings, sessions, organization_id, area = organization
+
+    def before_a_run() -> int:
+        with sessions() as session:
+            usage = storage_usage(
+                session, settings, organization_id, files_max_age=AREA_WALK_MAX_AGE_SECONDS
+            )
+        return usage.files_bytes
+
+    assert before_a_run() == 100
+    assert before_a_run() == 100
+    assert len(walks) == 1
+    (area / "a.csv").unlink()  # a deletion through the API: room made counts at once
+    with sessions.begin() as session:
+        note_area_changed(session, organization_id)
+    assert before_a_run() == 0
+    assert len(walks) == 2

@@ -12,16 +12,22 @@ import pytest
 from api_server.services import uploads
 from shared.db.models import Execution, utcnow
 from shared.lifecycle import ExecutionStatus, ExecutionType
-from shared.organization_rows import count_stored_bytes
+from shared.organization_rows import (
+    count_stored_bytes,
+    note_area_changed,
+    stored_bytes_and_area_generation,
+)
 from shared.storage_quota import (
+    AREA_WALK_MAX_AGE_SECONDS,
     MIB,
     UPLOAD_TEMP_PREFIX,
     UPLOAD_TEMP_SUFFIX,
     StorageQuotaExceeded,
     locked_storage_usage,
+    storage_usage,
 )
 from shared.tokens import Scope, new_data_key
-from tests.support.factories import Api, Org
+from tests.support.factories import Api, Org, resource
 from tests.support.uploads import (
     ORDERS_CSV,
     SQLITE_ONLY,
@@ -120,6 +126,8 @@ def test_the_commit_refuses_an_upload_that_no_longer_fits(api):
     with decided_upload(api, org, ds, body) as upload:
         with open(api.area(org) / "committed_meanwhile.bin", "wb") as other:  # sparse
             other.truncate(2 * MIB - len(ORDERS_CSV) - len(body) + 1)
+        with state.sessions.begin() as session:  # as the other upload's commit does
+            note_area_changed(session, org.id)
         with pytest.raises(StorageQuotaExceeded):
             uploads.commit_upload(state.sessions, state.settings, upload)
     assert sorted(path.name for path in folder.iterdir()) == ["orders.csv"]
@@ -145,3 +153,40 @@ def test_an_upload_commit_waits_for_a_result_being_stored_and_counts_it(api):
             with pytest.raises(StorageQuotaExceeded):
                 commit.result(timeout=30)
     assert sorted(path.name for path in folder.iterdir()) == ["orders.csv"]
+
+
+def _area_generation(api: Api, org: Org) -> int:
+    with api.app.state.sessions() as session:
+        return stored_bytes_and_area_generation(session, org.id)[1]
+
+
+def test_every_change_to_the_area_through_the_api_makes_the_next_check_walk_again(api):
+    """The quota's checks reuse a walk of the area (up to 10 s old) only while the area's
+    generation is the one it saw: each upload, file deletion and datasource deletion raises it,
+    so a data server's check right after counts the change."""
+    org = api.create_org()
+    ds, _ = files_datasource(api, org)
+    settings = api.app.state.settings
+    with api.app.state.sessions() as session:  # a worker's check before a run: walked now
+        walked = storage_usage(session, settings, org.id, files_max_age=AREA_WALK_MAX_AGE_SECONDS)
+    generation = _area_generation(api, org)
+
+    assert put(api, org.key, f"/datasources/{ds}/files/more.csv", b"a\n1\n").status_code == 201
+    assert _area_generation(api, org) > generation
+    generation = _area_generation(api, org)
+    with api.app.state.sessions.begin() as session:  # a result stored now counts the upload
+        stored = locked_storage_usage(session, settings, org.id)
+    assert stored.files_bytes == walked.files_bytes + len(b"a\n1\n")
+
+    assert api.delete(f"/datasources/{ds}/files/more.csv", org.key).status_code == 200
+    assert _area_generation(api, org) > generation
+    generation = _area_generation(api, org)
+
+    created = api.post(
+        "/datasources", org.key, resource("datasources", name="own", database_type="files")
+    )
+    own = created.json()["data"]["id"]  # with its own place, made by the server
+    assert put(api, org.key, f"/datasources/{own}/files/x.csv", b"a\n1\n").status_code == 201
+    generation = _area_generation(api, org)
+    assert api.delete(f"/datasources/{own}", org.key).status_code == 204  # and its own folder
+    assert _area_generation(api, org) > generation
