@@ -4,8 +4,12 @@ upload is committed whole and queues a refresh; deleting a datasource deletes it
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -13,11 +17,12 @@ from sqlalchemy import select
 from api_server.services import uploads
 from shared.db.models import AuditEvent, Execution
 from shared.lifecycle import ExecutionType
-from shared.storage_quota import MIB
+from shared.storage_quota import MIB, UPLOAD_TEMP_PREFIX, UPLOAD_TEMP_SUFFIX
 from tests.support.factories import Api, Org, dump_tables, resource
 from tests.support.uploads import (
     ORDERS_CSV,
     SQLITE_ONLY,
+    decided_upload,
     duckdb_bytes,
     error_of,
     files_datasource,
@@ -180,3 +185,45 @@ def test_uploads_and_deletes_are_audited_without_their_bodies(api):
         ).all()
     assert {"datasource_file.upload", "datasource_file.delete"} <= set(actions)
     assert marker not in repr(dump_tables(api.app))
+
+
+def test_the_temporary_files_of_uploads_whose_server_died_are_removed_by_the_next(api):
+    """A SIGKILLed server leaves its upload's temporary file behind, holding no lock: the next
+    upload into the folder removes it once it is left untouched for ORPHANED_TEMP_SECONDS. One a
+    live upload holds stays, however old (a slow upload may take days), and so does a fresh one
+    (its upload may have just made it, or run on a server that takes no lock)."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    long_ago = time.time() - uploads.ORPHANED_TEMP_SECONDS - 60
+    days_ago = time.time() - uploads.STALE_TEMP_SECONDS - 60
+
+    def temporary(name: str, mtime: float) -> Path:
+        path = folder / f"{UPLOAD_TEMP_PREFIX}{name}{UPLOAD_TEMP_SUFFIX}"
+        path.write_bytes(b"a\n1\n")
+        os.utime(path, (mtime, mtime))
+        return path
+
+    orphaned = temporary("orphaned", long_ago)
+    fresh = temporary("fresh", time.time())
+    held = temporary("held", days_ago)
+    with open(held, "rb+") as holder:  # as a live upload holds its own
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        assert put(api, org.key, f"/datasources/{ds}/files/next.csv", b"a\n1\n").status_code == 201
+        assert not orphaned.exists()
+        assert fresh.exists() and held.exists()
+
+
+def test_an_upload_in_progress_is_never_taken_for_an_orphan(api):
+    """Its lock is held from its temporary file's creation until it ends, through the check
+    of its content: another upload into the folder leaves it, however long it was idle."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    state = api.app.state
+    with decided_upload(api, org, ds, b"a\n1\n") as upload:
+        upload.finish()  # written and on disk, as before its check
+        days_ago = time.time() - uploads.STALE_TEMP_SECONDS - 60
+        os.utime(upload.temp_path, (days_ago, days_ago))
+        assert put(api, org.key, f"/datasources/{ds}/files/next.csv", b"a\n1\n").status_code == 201
+        assert upload.temp_path.exists()
+        uploads.commit_upload(state.sessions, state.settings, upload)
+    assert (folder / "late.csv").read_bytes() == b"a\n1\n"
