@@ -243,10 +243,9 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         return answered
 
     def charge(size: int) -> bool:
-        with state.sessions.begin() as session:
-            return charge_representation(
-                session, state.settings, grant.organization_id, data_key, size
-            )
+        return charge_representation(
+            state.sessions, state.settings, grant.organization_id, data_key, size
+        )
 
     source = await run_in_threadpool(
         representations.open_representation,

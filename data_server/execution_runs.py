@@ -33,6 +33,7 @@ from shared.storage_quota import (
     StorageUsage,
     locked_storage_usage,
     storage_usage,
+    walk_area,
 )
 from shared.tokens import Scope, new_data_key
 
@@ -159,10 +160,11 @@ class ExecutionRunner:
                 raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
             data_key = new_data_key(Scope.EXECUTION_RESULT)
             self.store.publish(result_path, result_object_key(data_key))
+            walked = walk_area(self.sessions, self.settings, claim.organization_id)
             with self.sessions.begin() as session:
                 # Checked again under the organisation's lock: executions that ran side by side
                 # were each capped at the same remaining bytes, and only one may take them.
-                usage = locked_storage_usage(session, self.settings, claim.organization_id)
+                usage = locked_storage_usage(session, self.settings, claim.organization_id, walked)
                 fits = outcome.size_bytes <= usage.remaining_bytes
                 published = fits and lifecycle.complete(
                     session,

@@ -191,29 +191,46 @@ def _usage(
     )
 
 
-def locked_storage_usage(
-    session: Session, settings: Settings, organization_id: str
-) -> StorageUsage:
-    """``storage_usage`` under the organisation's row lock (the database's write lock on SQLite),
-    which the caller's transaction holds until it ends: what is counted stays true until the
-    caller has recorded what it stores. The locked row carries the counter: no second read.
+@dataclass(frozen=True)
+class AreaWalk:
+    """A walk of an organisation's area and the generation it saw (read before it)."""
 
-    The area is walked just before the lock is taken, on a connection of its own: a walk under
-    the lock would hold up the organisation's other writers, and on SQLite every writer of the
-    region, for as long as it takes. Under the lock it is walked again only if an upload or a
-    deletion committed in between (the generation moved on)."""
-    area = organization_area(settings.data_root, organization_id)
-    with session.get_bind().engine.connect() as connection:
+    generation: int
+    files_bytes: int
+
+
+def walk_area(
+    sessions: sessionmaker[Session], settings: Settings, organization_id: str
+) -> AreaWalk:
+    """A fresh walk of the organisation's area, for ``locked_storage_usage``: made before the
+    caller's transaction, which then takes the organisation's lock only to check and record.
+    A walk under the lock would hold up the organisation's other writers, and on SQLite every
+    writer of the region, for as long as it takes (minutes for millions of files)."""
+    with sessions.kw["bind"].connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
         _, generation = stored_bytes_and_area_generation(connection, organization_id)
-    _area_sizes.bytes_of(area, 0.0, generation)
+    area = organization_area(settings.data_root, organization_id)
+    return AreaWalk(generation, _area_sizes.bytes_of(area, 0.0, generation))
+
+
+def locked_storage_usage(
+    session: Session, settings: Settings, organization_id: str, walked: AreaWalk
+) -> StorageUsage:
+    """What the organisation stores, under its row lock (the database's write lock on SQLite),
+    which the caller's transaction holds until it ends: what is counted stays true until the
+    caller has recorded what it stores. The locked row carries the counter: no second read.
+    Its files are ``walked`` (``walk_area``, just before), unless an upload or a deletion
+    committed since, which moved the area's generation on: then the area is walked again, under
+    the lock."""
     organization = lock_organization(session, organization_id)
-    return _usage(
-        settings,
-        organization_id,
-        organization.stored_results_bytes,
-        organization.area_generation,
-        AREA_WALK_MAX_AGE_SECONDS,
+    files_bytes = walked.files_bytes
+    if organization.area_generation != walked.generation:
+        area = organization_area(settings.data_root, organization_id)
+        files_bytes = _area_sizes.bytes_of(area, 0.0, organization.area_generation)
+    return StorageUsage(
+        files_bytes=files_bytes,
+        results_bytes=max(0, organization.stored_results_bytes),
+        quota_bytes=settings.max_organization_storage_mb * MIB,
     )
 
 
@@ -225,25 +242,31 @@ def note_area_changed_now(sessions: sessionmaker[Session], organization_id: str)
 
 
 def charge_representation(
-    session: Session, settings: Settings, organization_id: str, data_key: str, size: int
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    organization_id: str,
+    data_key: str,
+    size: int,
 ) -> bool:
     """Count a representation of ``size`` bytes that is about to be stored beside the result
     ``data_key``; False (nothing counted) if it does not fit the quota or the result is gone, and
     then it is served once and not kept."""
-    usage = locked_storage_usage(session, settings, organization_id)
-    if size > usage.remaining_bytes:
-        return False
-    charged = session.execute(
-        update(Execution)
-        .where(
-            Execution.organization_id == organization_id,
-            Execution.data_key == data_key,
-            Execution.data_purged_at.is_(None),
+    walked = walk_area(sessions, settings, organization_id)
+    with sessions.begin() as session:
+        usage = locked_storage_usage(session, settings, organization_id, walked)
+        if size > usage.remaining_bytes:
+            return False
+        charged = session.execute(
+            update(Execution)
+            .where(
+                Execution.organization_id == organization_id,
+                Execution.data_key == data_key,
+                Execution.data_purged_at.is_(None),
+            )
+            .values(variants_size=Execution.variants_size + size)
+            .execution_options(synchronize_session=False)
         )
-        .values(variants_size=Execution.variants_size + size)
-        .execution_options(synchronize_session=False)
-    )
-    if not charged.rowcount:  # type: ignore[attr-defined]
-        return False
-    count_stored_bytes(session, organization_id, size)
-    return True
+        if not charged.rowcount:  # type: ignore[attr-defined]
+            return False
+        count_stored_bytes(session, organization_id, size)
+        return True

@@ -61,6 +61,7 @@ from shared.storage_quota import (
     is_upload_in_flight,
     locked_storage_usage,
     storage_usage,
+    walk_area,
 )
 
 # Each upload holds an exclusive flock on its temporary file until it ends, so a temporary file
@@ -360,28 +361,33 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
     except FileNotParsable:
         _refuse_if_datasource_went(upload, exists=True)  # its folder (and the file) went
         raise
-    # The area lock orders uploads; the organisation's row lock, held until the file is in
-    # place, orders this upload against a result being stored, which checks the quota under it.
-    with area_locked(target.area), sessions.begin() as session:
-        usage = locked_storage_usage(session, settings, target.organization_id)  # lock first
-        exists = session.get(Datasource, target.datasource_id) is not None
-        _refuse_if_datasource_went(upload, exists=exists)
-        if target.writer is not None:
-            refuse_writing_beyond_scope(
-                session, settings, target.writer, target.datasource_id,
-                target.folder / target.name,
-            )  # fmt: skip
-        replaced = _existing_size(target.folder, target.name)
-        target.check_condition(replaced is not None)  # decided here, under the lock
-        # The usage counts the file this one replaces, and no upload still arriving.
-        if usage.used_bytes + upload.size - (replaced or 0) > usage.quota_bytes:
-            raise usage.refusal(upload.size)
-        if target.views:
-            _check_view_name_free(target.folder, target.name)
-        os.rename(upload.temp_name, target.name, src_dir_fd=upload.dir_fd, dst_dir_fd=upload.dir_fd)
-        upload.committed = True
-        os.fsync(upload.dir_fd)
-        note_area_changed(session, target.organization_id)
+    # The area lock orders uploads (so the walk made under it stays true for this one); the
+    # organisation's row lock, held until the file is in place, orders this upload against a
+    # result being stored, which checks the quota under it.
+    with area_locked(target.area):
+        walked = walk_area(sessions, settings, target.organization_id)  # before the row lock
+        with sessions.begin() as session:
+            usage = locked_storage_usage(session, settings, target.organization_id, walked)
+            exists = session.get(Datasource, target.datasource_id) is not None
+            _refuse_if_datasource_went(upload, exists=exists)
+            if target.writer is not None:
+                refuse_writing_beyond_scope(
+                    session, settings, target.writer, target.datasource_id,
+                    target.folder / target.name,
+                )  # fmt: skip
+            replaced = _existing_size(target.folder, target.name)
+            target.check_condition(replaced is not None)  # decided here, under the lock
+            # The usage counts the file this one replaces, and no upload still arriving.
+            if usage.used_bytes + upload.size - (replaced or 0) > usage.quota_bytes:
+                raise usage.refusal(upload.size)
+            if target.views:
+                _check_view_name_free(target.folder, target.name)
+            os.rename(
+                upload.temp_name, target.name, src_dir_fd=upload.dir_fd, dst_dir_fd=upload.dir_fd
+            )
+            upload.committed = True
+            os.fsync(upload.dir_fd)
+            note_area_changed(session, target.organization_id)
     entry = file_entry(target.folder, target.name, target.kind.format.value)
     assert entry is not None
     return Committed(

@@ -362,9 +362,8 @@ def test_the_stored_bytes_counter_follows_every_way_a_result_is_stored_or_forgot
     size = first.result_size
     assert counted(org) == 3 * size and counted(other) == size
 
-    with sessions.begin() as session:
-        assert charge_representation(session, api.settings, org.id, first.data_key, 1000)
-        assert not charge_representation(session, api.settings, org.id, "res_gone", 1000)
+    assert charge_representation(sessions, api.settings, org.id, first.data_key, 1000)
+    assert not charge_representation(sessions, api.settings, org.id, "res_gone", 1000)
     assert counted(org) == 3 * size + 1000
 
     assert api.delete(f"/executions/{first.id}", org.key).status_code == 204
@@ -416,13 +415,11 @@ def test_a_purge_and_a_charge_for_the_same_result_take_the_organisation_first(
 
     def charge() -> None:
         try:
-            with sessions.begin() as session:
-                row = session.get(Execution, execution_id)
-                answers.append(
-                    storage_quota.charge_representation(
-                        session, api.settings, org.id, row.data_key, 10
-                    )
-                )
+            with sessions() as session:
+                data_key = session.get(Execution, execution_id).data_key
+            answers.append(
+                storage_quota.charge_representation(sessions, api.settings, org.id, data_key, 10)
+            )
         except Exception as exc:
             answers.append(exc)
 

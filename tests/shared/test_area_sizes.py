@@ -1,7 +1,7 @@
 """A worker's check before a run counts an organisation's files by a walk of its area at most
 AREA_WALK_MAX_AGE_SECONDS old that saw the area's current generation (raised by every upload and
-deletion through the API); the check under the organisation's lock walks afresh, before taking
-it, and again under it only if the API changed the area in between."""
+deletion through the API); the check under the organisation's lock counts a walk made just before
+it, and walks again under it only if the API changed the area in between."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from shared.storage_quota import (
     AREA_WALK_MAX_AGE_SECONDS,
     AreaSizes,
     locked_storage_usage,
-    note_area_changed_now,
     storage_usage,
+    walk_area,
 )
 
 
@@ -97,44 +97,44 @@ def organization(tmp_path, monkeypatch):
     engine.dispose()
 
 
-def test_the_locked_check_walks_before_it_takes_the_lock(organization, walks, monkeypatch):
+def test_the_check_under_the_lock_walks_only_if_the_api_changed_the_area_since(
+    organization, walks, monkeypatch
+):
     """Walking under the organisation's lock would hold up its other writers (on SQLite every
-    writer of the region) for as long as the walk takes."""
+    writer of the region) for as long as the walk takes: the walk comes before it."""
     settings, sessions, organization_id, area = organization
-    locked = []
+    walked = walk_area(sessions, settings, organization_id)
+    assert walked.files_bytes == 100 and walks == [area]
+    with sessions.begin() as session:
+        usage = locked_storage_usage(session, settings, organization_id, walked)
+    assert usage.files_bytes == 100
+    assert walks == [area]  # none under the lock
+
+
+def test_an_upload_committed_between_the_walk_and_the_lock_is_counted(organization, walks):
+    settings, sessions, organization_id, area = organization
+    walked = walk_area(sessions, settings, organization_id)
+    (area / "b.csv").write_bytes(b"x" * 50)  # another upload commits meanwhile
+    with sessions.begin() as session:
+        note_area_changed(session, organization_id)
+    with sessions.begin() as session:
+        usage = locked_storage_usage(session, settings, organization_id, walked)
+    assert usage.files_bytes == 150
+    assert len(walks) == 2  # walked again under the lock
+
+
+def test_storing_a_representation_walks_before_it_takes_the_lock(organization, walks, monkeypatch):
+    settings, sessions, organization_id, _ = organization
+    walks_at_lock = []
     real_lock = organization_rows.lock_organization
 
     def lock(session, organization_id):
-        locked.append(len(walks))
+        walks_at_lock.append(len(walks))
         return real_lock(session, organization_id)
 
     monkeypatch.setattr(storage_quota, "lock_organization", lock)
-    with sessions.begin() as session:
-        assert locked_storage_usage(session, settings, organization_id).files_bytes == 100
-    assert walks == [area]
-    assert locked == [1]  # the walk came before the lock, and none after it
-    (area / "b.csv").write_bytes(b"x" * 50)  # an operator's copy: each such check walks afresh
-    with sessions.begin() as session:
-        assert locked_storage_usage(session, settings, organization_id).files_bytes == 150
-    assert locked == [1, 2]
-
-
-def test_an_upload_committed_between_the_walk_and_the_lock_is_counted(
-    organization, walks, monkeypatch
-):
-    settings, sessions, organization_id, area = organization
-    real_lock = organization_rows.lock_organization
-
-    def lock_after_an_upload(session, organization_id):
-        if len(walks) == 1:  # another upload commits while this check walks
-            (area / "b.csv").write_bytes(b"x" * 50)
-            note_area_changed_now(sessions, organization_id)
-        return real_lock(session, organization_id)
-
-    monkeypatch.setattr(storage_quota, "lock_organization", lock_after_an_upload)
-    with sessions.begin() as session:
-        assert locked_storage_usage(session, settings, organization_id).files_bytes == 150
-    assert len(walks) == 2  # walked again under the lock
+    assert not storage_quota.charge_representation(sessions, settings, organization_id, "r_x", 1)
+    assert walks_at_lock == [1] and len(walks) == 1
 
 
 def test_the_check_before_a_run_reuses_a_walk_until_the_api_changes_the_area(organization, walks):
