@@ -136,24 +136,15 @@ class AreaSizes:
         self._walked: dict[Path, tuple[float, int, int]] = {}  # (when, generation, bytes)
         self._lock = threading.Lock()
 
-    def recent(self, area: Path, max_age: float, generation: int | None = None) -> int | None:
-        """The bytes of a walk younger than ``max_age`` (and of ``generation``, if given)."""
+    def bytes_of(self, area: Path, max_age: float, generation: int) -> int:
+        """The bytes of a walk younger than ``max_age`` that saw ``generation``, or of a walk
+        now; ``generation`` must have been read before this call, so that a change committed
+        during the walk raises it past what is recorded."""
         with self._lock:
             walked = self._walked.get(area)
-        if walked is None or self._clock() - walked[0] >= max_age:
-            return None
-        if generation is not None and walked[1] != generation:
-            return None
-        return walked[2]
-
-    def bytes_of(self, area: Path, max_age: float, generation: int) -> int:
-        """The bytes of a recent walk that saw ``generation``, or of a walk now; ``generation``
-        must have been read before this call, so that a change committed during the walk raises
-        it past what is recorded."""
-        recent = self.recent(area, max_age, generation)
-        if recent is not None:
-            return recent
         now = self._clock()
+        if walked is not None and now - walked[0] < max_age and walked[1] == generation:
+            return walked[2]
         size = tree_bytes(area)
         with self._lock:
             if len(self._walked) >= self.MOST_AREAS:
@@ -172,19 +163,19 @@ def storage_usage(
     seconds old that saw its current generation (0: walked now, as an upload's own check needs).
     """
     results, generation = stored_bytes_and_area_generation(session, organization_id)
-    return _usage(settings, organization_id, results, generation, files_max_age)
+    return _usage(
+        settings, _area_bytes(settings, organization_id, generation, files_max_age), results
+    )
 
 
-def _usage(
-    settings: Settings,
-    organization_id: str,
-    results_bytes: int,
-    generation: int,
-    files_max_age: float,
-) -> StorageUsage:
+def _area_bytes(settings: Settings, organization_id: str, generation: int, max_age: float) -> int:
     area = organization_area(settings.data_root, organization_id)
+    return _area_sizes.bytes_of(area, max_age, generation)
+
+
+def _usage(settings: Settings, files_bytes: int, results_bytes: int) -> StorageUsage:
     return StorageUsage(
-        files_bytes=_area_sizes.bytes_of(area, files_max_age, generation),
+        files_bytes=files_bytes,
         # Never below 0, should the counter have been taken below it (recount-storage mends it).
         results_bytes=max(0, results_bytes),
         quota_bytes=settings.max_organization_storage_mb * MIB,
@@ -209,8 +200,7 @@ def walk_area(
     with sessions.kw["bind"].connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
         _, generation = stored_bytes_and_area_generation(connection, organization_id)
-    area = organization_area(settings.data_root, organization_id)
-    return AreaWalk(generation, _area_sizes.bytes_of(area, 0.0, generation))
+    return AreaWalk(generation, _area_bytes(settings, organization_id, generation, 0.0))
 
 
 def locked_storage_usage(
@@ -223,15 +213,11 @@ def locked_storage_usage(
     committed since, which moved the area's generation on: then the area is walked again, under
     the lock."""
     organization = lock_organization(session, organization_id)
+    generation = organization.area_generation
     files_bytes = walked.files_bytes
-    if organization.area_generation != walked.generation:
-        area = organization_area(settings.data_root, organization_id)
-        files_bytes = _area_sizes.bytes_of(area, 0.0, organization.area_generation)
-    return StorageUsage(
-        files_bytes=files_bytes,
-        results_bytes=max(0, organization.stored_results_bytes),
-        quota_bytes=settings.max_organization_storage_mb * MIB,
-    )
+    if generation != walked.generation:
+        files_bytes = _area_bytes(settings, organization_id, generation, 0.0)
+    return _usage(settings, files_bytes, organization.stored_results_bytes)
 
 
 def note_area_changed_now(sessions: sessionmaker[Session], organization_id: str) -> None:
