@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server import jsonapi
+from api_server.auth import unauthorized
 from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission
 from api_server.principals import Principal
@@ -36,11 +37,12 @@ from api_server.resource_layer.resource_types import (
     ResourceType,
 )
 from api_server.resource_layer.responses import one, page
-from api_server.services import executions, filters
+from api_server.services import api_keys, executions, filters
 from api_server.services.executions import SqlQuery
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
+from shared.db.models import Filter as FilterRow
 from shared.digits import natural_number
 from shared.display_names import DisplayName
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
@@ -653,10 +655,12 @@ def _bounded(text: str | None, name: str, default: int, maximum: int) -> int:
     responses={"200": oa.response("A page of options.", oa.ref("FilterOptions"))},
     errors={
         400: "A query parameter is unknown or malformed (`invalid_query_parameter`).",
-        404: None,
+        401: "The key was deleted or disabled while a `dynamic_sql` filter's SQL ran.",
+        404: "No such filter, or it was deleted while its `dynamic_sql` ran.",
         409: "No options yet: a `static_sql` filter's SQL has not completed, or a "
         "`dynamic_sql` one did not finish in time (`filter_options_pending`, `Retry-After`); "
-        "or the datasource is disabled (`datasource_disabled`).",
+        "the filter's options source, SQL, datasource or value type changed while its SQL ran "
+        "(`filter_changed`: ask again); or the datasource is disabled (`datasource_disabled`).",
         422: "The `parameters` are not valid (the codes of docs/sql-parameters.md), the SQL "
         "does not expand or bind, or it failed (`filter_options_failed`: the execution's "
         "error in the detail).",
@@ -669,20 +673,57 @@ async def filter_options(request: Request, principal: Principal) -> Response:
     answer = await run_in_threadpool(_options_or_execution, request, principal, given)
     if isinstance(answer, filters.Options):
         return jsonapi.json_response(answer.page(given.search, given.number, given.size))
-    execution_id, value_type = answer
-    execution = await _until_ended(request, principal, execution_id)
+    execution = await _until_ended(request, principal, answer.execution_id)
     if execution.status not in lifecycle.TERMINAL_STATUSES:
         raise _pending(f"The options SQL (execution {execution.id}) is still running.")
+    await run_in_threadpool(_still_answerable, request, principal, answer.basis)
     store = request.app.state.result_store
+    value_type = answer.basis.value_type
     options = await run_in_threadpool(filters.dynamic_options, execution, store, value_type)
     return jsonapi.json_response(options.page(given.search, given.number, given.size))
 
 
+@dataclass(frozen=True)
+class _OptionsBasis:
+    """What a filter's dynamic options are computed from."""
+
+    options_source: str
+    options_sql_query: str | None
+    datasource_id: str | None
+    value_type: str
+
+    @classmethod
+    def of(cls, row: FilterRow) -> _OptionsBasis:
+        return cls(row.options_source, row.options_sql_query, row.datasource_id, row.value_type)
+
+
+@dataclass(frozen=True)
+class _DynamicRun:
+    execution_id: str
+    basis: _OptionsBasis
+
+
+def _still_answerable(request: Request, principal: Principal, basis: _OptionsBasis) -> None:
+    """After the wait, the options are the data itself: the key must still be enabled (401, as
+    its next request would be), the filter still there (404) and computing its options as it did
+    when they were asked for (409 ``filter_changed``: ask again)."""
+    state = request.app.state
+    with state.reads() as session:
+        if not api_keys.still_enabled(session, principal.api_key_id):
+            raise unauthorized()
+        row = filters.get_filter(session, principal, request.path_params["id"])
+        if _OptionsBasis.of(row) != basis:
+            raise Conflict(
+                "The filter changed while its options were computed; ask again.",
+                code="filter_changed",
+            )
+
+
 def _options_or_execution(
     request: Request, principal: Principal, given: _OptionsQuery
-) -> filters.Options | tuple[str, str]:
-    """Stored options, or the id of the dynamic SQL's execution (queued and committed) and the
-    filter's value type."""
+) -> filters.Options | _DynamicRun:
+    """Stored options, or the dynamic SQL's execution (queued and committed) and what the
+    filter computes its options from."""
     state = request.app.state
     with state.sessions.begin() as session:
         row = filters.get_filter(session, principal, request.path_params["id"])
@@ -696,7 +737,7 @@ def _options_or_execution(
             # after the wait, a 422 when the SQL failed).
             request.state.audit_resource_id = execution.id
             request.state.audit_any_status = True
-            return execution.id, row.value_type
+            return _DynamicRun(execution.id, _OptionsBasis.of(row))
         _synced(request, session, [row])
         options, status, message = filters.static_options(row), row.status, row.status_message
     if options is not None:

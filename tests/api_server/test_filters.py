@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from api_server.permissions import Permission
@@ -22,7 +22,15 @@ from api_server.services.filters import DYNAMIC_OPTIONS_FRESH_SECONDS
 from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import AuditEvent, Dashboard, Execution, Filter, Organization, utcnow
+from shared.db.models import (
+    ApiKey,
+    AuditEvent,
+    Dashboard,
+    Execution,
+    Filter,
+    Organization,
+    utcnow,
+)
 from shared.filter_rules import MAX_OPTIONS_JSON_BYTES
 from shared.settings import Settings
 from tests.support.factories import Api, Org, dump_tables, resource
@@ -935,3 +943,57 @@ def test_asking_again_for_dynamic_options_joins_the_run_still_going(api: Api, mo
         ).all()
     assert len(recorded) == 4 and recorded.count((first, 409)) == 2
     assert {status for _, status in recorded} == {409}  # as answered
+
+
+def _key_disabled(session: Any, org: Org, filter_id: str) -> None:
+    session.execute(update(ApiKey).where(ApiKey.organization_id == org.id).values(enabled=False))
+
+
+def _filter_deleted(session: Any, org: Org, filter_id: str) -> None:
+    session.delete(session.get(Filter, filter_id))
+
+
+def _value_type_changed(session: Any, org: Org, filter_id: str) -> None:
+    session.get(Filter, filter_id).value_type = "number"
+
+
+def _sql_changed(session: Any, org: Org, filter_id: str) -> None:
+    session.get(Filter, filter_id).options_sql_query = "SELECT 1 AS n"
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "status", "code"),
+    [
+        (_key_disabled, 401, "unauthorized"),
+        (_filter_deleted, 404, "not_found"),
+        (_value_type_changed, 409, "filter_changed"),
+        (_sql_changed, 409, "filter_changed"),
+    ],
+)
+def test_dynamic_options_are_not_answered_for_what_changed_while_their_sql_ran(
+    api: Api, monkeypatch, meanwhile, status, code
+) -> None:
+    """The options are the data itself: a key disabled (or deleted) while the SQL ran gets
+    nothing (as a run-and-wait gets no grant), nor does anyone for a filter deleted meanwhile,
+    or one whose SQL, datasource or value type changed (the values would be another filter's)."""
+    org = api.create_org()
+    filter_id = _filter(
+        api, org, org.sample_datasource_id,
+        **_dropdown(variable_name="city", values=None, value_names=None,
+                    options_source="dynamic_sql", options_sql_query=f"SELECT city FROM ({CITIES})"),
+    )  # fmt: skip
+    sessions = api.app.state.sessions
+
+    async def ran_while_it_changed(request, principal, execution_id):
+        with sessions.begin() as session:
+            meanwhile(session, org, filter_id)
+            execution = session.get(Execution, execution_id)
+            execution.status, execution.data_key = "completed", "r_" + "x" * 27
+            execution.completed_at = utcnow()
+        with sessions() as session:
+            return session.get(Execution, execution_id)
+
+    monkeypatch.setattr(filter_resources, "_until_ended", ran_while_it_changed)
+    answer = api.get(f"/filters/{filter_id}/options", org.key)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["errors"][0]["code"] == code
