@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, case, func, or_, select
+from sqlalchemy import Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.database_types import refuse_ssh_tunnel
@@ -134,19 +134,23 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     return QueuedRun(execution)
 
 
+class ReportGone(NotFound):
+    """The report a run was read with was deleted before its execution was queued."""
+
+
 def require_still_there(session: Session, datasource_id: str, report_id: str | None) -> None:
     """The datasource (and report) an execution about to be inserted was read with still exist,
     held against a delete (a key-share lock) until it is committed: one racing a delete of
-    either is a 404, not the insert failing its foreign key. (On SQLite the caller holds the
-    database's write lock, which already orders the two.)"""
-    targets: list[tuple[type[Datasource] | type[Report], str, str]] = [
-        (Datasource, datasource_id, "No datasource with this id exists.")
-    ]
-    if report_id is not None:
-        targets.append((Report, report_id, "No report with this id exists."))
-    for model, row_id, detail in targets:
-        if session.scalar(held_against_delete(select(model.id).where(model.id == row_id))) is None:
-            raise NotFound(detail)
+    either is a 404 (``ReportGone`` for the report), not the insert failing its foreign key. (On
+    SQLite the caller holds the database's write lock, which already orders the two.)"""
+    if session.scalar(_held(Datasource, datasource_id)) is None:
+        raise NotFound("No datasource with this id exists.")
+    if report_id is not None and session.scalar(_held(Report, report_id)) is None:
+        raise ReportGone("No report with this id exists.")
+
+
+def _held(model: type[Datasource] | type[Report], row_id: str) -> Select[str]:
+    return held_against_delete(select(model.id).where(model.id == row_id))
 
 
 def bind_run(session: Session, run: SqlRun, settings: Settings) -> BoundQuery:

@@ -500,9 +500,10 @@ async def run_report(request: Request, principal: Principal) -> Response:
         "`Idempotency-Key` was sent (`idempotency_key_not_supported`: a dashboard's run is "
         "several executions; run its reports one by one to make each retry safe).",
         404: None,
-        409: "A report's datasource is disabled (`datasource_disabled`), or the dashboard needs "
+        409: "A report's datasource is disabled (`datasource_disabled`), the dashboard needs "
         "more new executions at once than the organisation may ever run together "
-        "(`dashboard_exceeds_execution_cap`: no retry helps).",
+        "(`dashboard_exceeds_execution_cap`: no retry helps), or one of its reports was deleted "
+        "while it was run (`dashboard_changed`: nothing was queued, run it again).",
         422: f"{_RUN_ERRORS}.",
         429: "The key's rate limit (`rate_limited`), or the organisation's running executions "
         "would exceed its most (`too_many_running_executions`, `Retry-After: 1`).",

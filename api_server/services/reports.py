@@ -36,7 +36,7 @@ from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Dashboard, Organization, Report, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable, ValidationErrors
 from shared.input_models import InputModel, Problem, validate_input
-from shared.runs import QueuedRun, execution_cap, reuse_window
+from shared.runs import QueuedRun, ReportGone, execution_cap, reuse_window
 from shared.settings import Settings
 from sql_templating.parameters import InputParameters, parse_input_parameters
 
@@ -342,6 +342,12 @@ def run_dashboard(
     try:
         for report in reports:
             queued.append(_run(session, principal, report, parameters, None, settings, reuse_since))
+    except ReportGone:
+        raise Conflict(
+            "A report of this dashboard was deleted while the dashboard was run, and nothing was "
+            "queued; run it again.",
+            code="dashboard_changed",
+        ) from None
     except TooManyRequests:
         new_runs = sum(not run.reused for run in queued) + len(reports) - len(queued)
         cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)

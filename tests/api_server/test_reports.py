@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from api_server.permissions import Permission
 from api_server.resources.reports import MAX_VISUALIZATION_BYTES, MAX_VISUALIZATION_DEPTH
-from shared.db.models import Dashboard, Execution, Organization
+from api_server.services import reports as report_services
+from shared.db.models import Dashboard, Execution, Organization, Report
 from shared.execution_states import ExecutionType
 from tests.support.factories import dump_tables, resource
 
@@ -620,3 +621,33 @@ def test_a_report_created_after_the_deletes_check_makes_it_a_409_not_a_500(api, 
     assert refused.status_code == 409, refused.text
     assert refused.json()["errors"][0]["code"] == "datasource_in_use"
     assert dump_tables(api.app) == before
+
+
+def test_a_report_deleted_while_its_dashboard_is_run_is_a_retryable_409(api, monkeypatch):
+    """The outside probe's race: a report deleted between the run's reading the dashboard's
+    reports and queueing them answered 404 'No report with this id exists.', which tells a
+    client the dashboard is gone. Nothing is queued (all or none), and a run again works."""
+    org = api.create_org()
+    dashboard = _dashboard(api, org)
+    doomed, kept = (
+        _report(api, org, dashboard, name=f"r{i}", sql_query=f"SELECT {i}") for i in range(2)
+    )
+    real_run = report_services._run
+    deleted = []
+
+    def run_after_a_delete(session, principal, report, *args):
+        if not deleted:  # another request deletes a report of the dashboard meanwhile
+            with api.app.state.sessions.begin() as other:
+                other.delete(other.get(Report, doomed))
+            deleted.append(doomed)
+        return real_run(session, principal, report, *args)
+
+    monkeypatch.setattr(report_services, "_run", run_after_a_delete)
+    before = len(_executions(api))
+    run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+    assert run.status_code == 409, run.text
+    assert run.json()["errors"][0]["code"] == "dashboard_changed"
+    assert len(_executions(api)) == before
+    again = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+    assert again.status_code == 200, again.text
+    assert [e["relationships"]["report"]["data"]["id"] for e in again.json()["data"]] == [kept]
