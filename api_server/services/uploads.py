@@ -64,7 +64,7 @@ from shared.storage_quota import (
     walk_area,
 )
 
-# Each upload holds an exclusive flock on its temporary file until it ends, so a temporary file
+# Each upload holds a (shared) flock on its temporary file until it ends, so a temporary file
 # nobody holds belongs to an upload that died with its server (SIGKILL, a crash): the next upload
 # into its folder removes it, once it is left untouched this long (an upload of a server that
 # takes no such lock, during a rolling upgrade, keeps a pace of 64 KiB per 30 s). Where the file
