@@ -217,20 +217,28 @@ def update_datasource(
 
 # Where a datasource's stored password is sent: changing one of these sends it elsewhere.
 _DESTINATION = ("database_type", "host", "port")
+# An s3 datasource's secret signs requests for its bucket and prefix (``database``), and, with no
+# ``host``, the region names AWS's endpoint: <bucket>.s3.<region>.amazonaws.com.
+_S3_DESTINATION = ("database", "s3_region")
+_TLS = ("require_ssl", "verify_ssl")
 
 
 def _require_password_for_new_destination(ds: Datasource, changes: dict[str, Any]) -> None:
     """A stored password goes only where it was given for: a key that may manage a datasource
-    but was never told its password could otherwise point it at a server of its own (or drop
-    TLS on the way) and be sent the password, in clear if that server asks for it so. A change
-    of type, host or port, or TLS no longer required, sends the password again, or null."""
+    but was never told its password could otherwise point it at a server (or a bucket) of its
+    own, or drop TLS or its certificate check on the way, and be sent the password, in clear if
+    that server asks for it so, or have requests signed with it. A change of type, host or port
+    (an s3 datasource's bucket, prefix or region too), or TLS no longer required or no longer
+    verified, sends the password again, or null."""
     if ds.password_encrypted is None or "password" in changes:
         return
+    destination: tuple[str, ...] = _DESTINATION
+    if "s3" in (ds.database_type, changes.get("database_type")):
+        destination += _S3_DESTINATION
     moved = [
-        name for name in _DESTINATION if changes.get(name, getattr(ds, name)) != getattr(ds, name)
+        name for name in destination if changes.get(name, getattr(ds, name)) != getattr(ds, name)
     ]
-    if ds.require_ssl and changes.get("require_ssl") is False:
-        moved.append("require_ssl")
+    moved += [name for name in _TLS if getattr(ds, name) and changes.get(name) is False]
     if moved:
         raise Unprocessable(
             f"Changing {', '.join(moved)} sends the datasource's password to a new "

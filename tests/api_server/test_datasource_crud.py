@@ -107,12 +107,12 @@ def test_a_stored_password_goes_to_no_new_destination_unless_sent_again(api):
     """A key that may manage a datasource but never knew its password must not point it at a
     server of its own and be sent the password (outside probe)."""
     org = api.create_org()
-    attributes = {**POSTGRES_DATASOURCE, "require_ssl": True}
+    attributes = {**POSTGRES_DATASOURCE, "require_ssl": True, "verify_ssl": True}
     created = api.create_datasource(org.key, password="first", **attributes)
     path, ds = f"/datasources/{created['id']}", created["id"]
     before = dump_tables(api.app)
     for moved in ({"host": "127.0.0.2"}, {"port": 5433}, {"require_ssl": False},
-                  {"database_type": "mysql", "port": 3306}):  # fmt: skip
+                  {"verify_ssl": False}, {"database_type": "mysql", "port": 3306}):  # fmt: skip
         refused = api.patch(path, org.key, resource("datasources", ds, **moved))
         assert refused.status_code == 422, refused.text
         error = refused.json()["errors"][0]
@@ -123,6 +123,7 @@ def test_a_stored_password_goes_to_no_new_destination_unless_sent_again(api):
         {"name": "renamed"},
         {"username": "other"},
         {"host": created["attributes"]["host"]},
+        {"database": "another_database"},  # on the same server
     ):
         assert api.patch(path, org.key, resource("datasources", ds, **harmless)).status_code == 200
     sent_again = resource("datasources", ds, host="127.0.0.2", password="first")
@@ -182,3 +183,38 @@ def test_an_s3_access_key_id_is_shown_only_to_keys_that_manage_datasources(api):
     assert shown["username"] is None and shown["database"] == "s3://bucket/prefix/"
     other = api.get(f"/datasources/{postgres['id']}", viewer).json()["data"]["attributes"]
     assert other["username"] == POSTGRES_DATASOURCE["username"]
+
+
+def test_an_s3_secret_signs_for_no_other_bucket_prefix_or_region_unless_sent_again(api):
+    """The outside probe's case: with no host, the bucket and the region are where requests go
+    (<bucket>.s3.<region>.amazonaws.com), and with one the secret was given for one bucket and
+    prefix: a key that never knew it could have it sign requests for a bucket of its own."""
+    org = api.create_org()
+    created = api.create_datasource(
+        org.key,
+        name="Bucket",
+        database_type="s3",
+        database="s3://bucket/prefix/",
+        host="127.0.0.1",
+        port=9000,
+        require_ssl=False,
+        username="AKIAIOSFODNN7EXAMPLE",
+        password="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    )
+    path, ds = f"/datasources/{created['id']}", created["id"]
+    before = dump_tables(api.app)
+    for moved in ({"database": "s3://attacker/"}, {"database": "s3://bucket/other/"},
+                  {"s3_region": "eu-west-1"}):  # fmt: skip
+        refused = api.patch(path, org.key, resource("datasources", ds, **moved))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["code"] == "password_required"
+    assert dump_tables(api.app) == before
+    same = resource("datasources", ds, database="bucket/prefix")  # the same place, spelt short
+    assert api.patch(path, org.key, same).status_code == 200
+    sent_again = resource(
+        "datasources",
+        ds,
+        database="s3://other/",
+        password="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    )
+    assert api.patch(path, org.key, sent_again).status_code == 200
