@@ -267,10 +267,23 @@ def _service_addresses(host: str, port: int) -> list[IPAddress]:
 
 
 def own_service_endpoints(settings: Settings) -> list[tuple[str, int]]:
-    """``(host, port)`` of the metadata database and the Redis this region uses (TCP only)."""
-    return list(_database_endpoints(settings.database_url)) + list(
-        _redis_endpoints(settings.redis_url)
-    )
+    """``(host, port)`` of the metadata database, the Redis and the S3-compatible result store
+    this region uses (TCP only): the store holds every organisation's results."""
+    return [
+        *_database_endpoints(settings.database_url),
+        *_redis_endpoints(settings.redis_url),
+        *_result_store_endpoints(settings),
+    ]
+
+
+def _result_store_endpoints(settings: Settings) -> Iterator[tuple[str, int]]:
+    """The endpoint of an s3:// result store on a server of the operator's (MinIO, Ceph);
+    AWS's own endpoints are public and answer every tenant's buckets."""
+    if not settings.results_url or not settings.s3_endpoint_url:
+        return
+    parts = urlsplit(settings.s3_endpoint_url)
+    if parts.hostname:
+        yield parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 # Where a service reached through a unix socket also listens: on this machine, and any loopback

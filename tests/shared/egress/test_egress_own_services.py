@@ -154,3 +154,20 @@ def test_libpq_host_lists_are_read_whatever_their_ports_say():
         ("::2", 5432),
         ("c.internal", 5432),
     ]
+
+
+def test_the_s3_result_store_is_refused_even_with_loopback_allowed():
+    """The outside probe's case: an s3 datasource pointed at the result store's own MinIO read
+    another organisation's schema documents (the store answered anonymous requests)."""
+    settings = policy_settings(
+        results_url="s3://results/dataferry",
+        s3_endpoint_url="http://localhost:9000",
+        datasource_allowed_networks=LOOPBACK_NETWORKS,
+    )
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert "own services" in refusal(host, 9000, settings).detail
+    assert check_destination("127.0.0.1", 9001, settings) == "127.0.0.1"
+    local_results = policy_settings(
+        s3_endpoint_url="http://localhost:9000", datasource_allowed_networks=LOOPBACK_NETWORKS
+    )
+    assert check_destination("127.0.0.1", 9000, local_results) == "127.0.0.1"
