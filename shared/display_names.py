@@ -22,8 +22,8 @@ from shared.db.models import NAME_LENGTH
 # Unicode's control characters (category Cc), line and paragraph separators (Zl, Zp) and the
 # bidirectional classes LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI and PDI, as a character class that
 # regular expressions of JSON Schema (ECMA-262) and of Python read alike.
-_REFUSED = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_REFUSED_CHARACTER = re.compile(f"[{_REFUSED}]")
+REFUSED_CHARACTERS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_REFUSED_CHARACTER = re.compile(f"[{REFUSED_CHARACTERS}]")
 REFUSED_DETAIL = "must hold no control character, line separator or bidirectional override"
 # Characters that show as nothing: the default-ignorable code points of Unicode's basic plane
 # (soft hyphen, zero-width spaces and joiners, marks, word joiner, variation selectors, Hangul
@@ -34,11 +34,13 @@ _INVISIBLE = (
     r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2060-\u206f"
     r"\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
 )
-_SHOWN_CHARACTER = re.compile(rf"[^{_REFUSED}{_INVISIBLE}\s]")
+_SHOWN_CHARACTER = re.compile(rf"[^{REFUSED_CHARACTERS}{_INVISIBLE}\s]")
 INVISIBLE_DETAIL = "must show some character: blanks and invisible characters alone are no name"
 # What a client may send: some character that shows, and none refused (also around it, where
 # the server would drop blanks).
-NAME_PATTERN = rf"^[^{_REFUSED}]*[^{_REFUSED}{_INVISIBLE}\s][^{_REFUSED}]*$"
+NAME_PATTERN = (
+    rf"^[^{REFUSED_CHARACTERS}]*[^{REFUSED_CHARACTERS}{_INVISIBLE}\s][^{REFUSED_CHARACTERS}]*$"
+)
 
 
 def display_name(value: str) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.display_names import REFUSED_CHARACTERS
 from shared.errors import Unprocessable
 from shared.host_resolution import url_host
 
@@ -25,8 +26,9 @@ HTTPS_PORT, HTTP_PORT = 443, 80
 # S3's bucket naming rules (3-63 characters; lower-case letters, digits, '.' and '-').
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _IPV4_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+\Z")
-# Characters a prefix may not hold: glob syntax, URL syntax httpfs interprets, escapes.
-_UNSAFE_PREFIX = re.compile(r"[*?\[\]{}#%\\\x00-\x1f\x7f]")
+# Characters a prefix may not hold: glob syntax, URL syntax httpfs interprets, escapes, and what
+# a name may not hold either (a prefix is shown in lists).
+_UNSAFE_PREFIX = re.compile(rf"[*?\[\]{{}}#%\\{REFUSED_CHARACTERS}]")
 _REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
@@ -57,7 +59,10 @@ def parse_location(value: str) -> ObjectLocation:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     if _UNSAFE_PREFIX.search(prefix):
-        raise ValueError("the prefix may not contain * ? [ ] { } # % \\ or control characters")
+        raise ValueError(
+            "the prefix may not contain * ? [ ] { } # % \\, control characters, line separators "
+            "or bidirectional overrides"
+        )
     if any(segment in ("", ".", "..") for segment in prefix.split("/")[:-1]):
         raise ValueError("the prefix may not contain empty, '.' or '..' segments")
     return ObjectLocation(bucket, prefix)

@@ -31,7 +31,8 @@ def test_endpoints_aws_virtual_hosted_or_path_style():
     "value",
     ["", "s3://", "Bucket/x", "b/x", "bucket..x/y", "10.0.0.1/x", "gs://bucket/x",
      "bucket/a/../b", "bucket/./a", "bucket//a", "bucket/a?s3_endpoint=evil", "bucket/*",
-     "bucket/a%2F..", "bucket/a#b", "bucket/a\\b", "bucket/a\nb"],
+     "bucket/a%2F..", "bucket/a#b", "bucket/a\\b", "bucket/a\nb",
+     "bucket/\u202eevil", "bucket/a\u2066b", "bucket/a\x85b", "bucket/a\u2028b"],
 )  # fmt: skip
 def test_locations_that_could_widen_a_read_are_refused(value):
     with pytest.raises(ValueError):
