@@ -26,9 +26,11 @@ HTTPS_PORT, HTTP_PORT = 443, 80
 # S3's bucket naming rules (3-63 characters; lower-case letters, digits, '.' and '-').
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _IPV4_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+\Z")
-# Characters a prefix may not hold: glob syntax, URL syntax httpfs interprets, escapes, and what
-# a name may not hold either (a prefix is shown in lists).
-_UNSAFE_PREFIX = re.compile(rf"[*?\[\]{{}}#%\\{REFUSED_CHARACTERS}]")
+# Characters a prefix may not hold: glob syntax, URL syntax httpfs interprets, escapes.
+_UNSAFE_PREFIX = re.compile(r"[*?\[\]{}#%\\\x00-\x1f\x7f]")
+# Nor, when it is given, what a name may not hold (it is shown in lists); one stored before this
+# rule still reads.
+_UNSHOWABLE = re.compile(f"[{REFUSED_CHARACTERS}]")
 _REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
@@ -59,10 +61,7 @@ def parse_location(value: str) -> ObjectLocation:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     if _UNSAFE_PREFIX.search(prefix):
-        raise ValueError(
-            "the prefix may not contain * ? [ ] { } # % \\, control characters, line separators "
-            "or bidirectional overrides"
-        )
+        raise ValueError("the prefix may not contain * ? [ ] { } # % \\ or control characters")
     if any(segment in ("", ".", "..") for segment in prefix.split("/")[:-1]):
         raise ValueError("the prefix may not contain empty, '.' or '..' segments")
     return ObjectLocation(bucket, prefix)
@@ -80,6 +79,11 @@ def check_attributes(values: Mapping[str, Any]) -> dict[str, Any]:
     attributes the type takes; this, what they must look like together)."""
     try:
         location = parse_location(str(values.get("database") or ""))
+        if _UNSHOWABLE.search(location.prefix):
+            raise ValueError(
+                "the prefix may not contain control characters, line separators or "
+                "bidirectional overrides"
+            )
     except ValueError as exc:
         raise Unprocessable(
             f"database: {exc}.", pointer="/data/attributes/database", code="invalid_location"
