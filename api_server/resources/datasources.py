@@ -404,7 +404,8 @@ def delete_datasource(request: Request, principal: Principal) -> Response:
             session, state.settings, principal, request.path_params["id"]
         )
     delete_stored_data(state.result_store, results=deleted.results, schemas=deleted.schemas)
-    if deleted.own_place is not None:
-        remove_own_place(state.settings.data_root, deleted.organization_id, deleted.own_place)
+    for place in deleted.own_places:
+        remove_own_place(state.settings.data_root, deleted.organization_id, place)
+    if deleted.own_places:
         note_area_changed_now(state.sessions, deleted.organization_id)
     return Response(status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,9 +284,9 @@ class DeletedData:
     results: list[str]
     schemas: list[str]
     organization_id: str = ""
-    # The datasource's own place in the area (``default_datasource_path``), when nothing else
-    # reads it: its uploads go with it.
-    own_place: str | None = None
+    # The datasource's own places in the area (``default_datasource_path``), that nothing else
+    # reads: its uploads go with it.
+    own_places: tuple[str, ...] = ()
 
 
 def delete_datasource(
@@ -308,7 +309,7 @@ def delete_datasource(
         raise NotFound(_NOT_FOUND_DETAIL)
     session.refresh(ds)
     schema = ds.schema_data_key
-    own_place = _own_place_of(session, settings, ds)
+    own_places = _own_places_of(session, settings, ds)
     session.delete(ds)
     try:
         session.flush()
@@ -322,7 +323,7 @@ def delete_datasource(
         results=[key for key in results if key],
         schemas=[schema] if schema else [],
         organization_id=ds.organization_id,
-        own_place=own_place,
+        own_places=own_places,
     )
 
 
@@ -341,29 +342,34 @@ def _refuse_if_reports_use(session: Session, ds: Datasource) -> None:
             )
 
 
-def _own_place_of(session: Session, settings: Settings, ds: Datasource) -> str | None:
-    """The place the server assigned the datasource, if it still uses it and no other
-    datasource of its organisation reads it (one created with that path later, or with a path
-    that a link makes the same place: found by the outside probe, a restricted key deleting its
-    own datasource removed what another, beyond its scope, read through a link)."""
-    if ds.database_type not in FILE_DATABASE_TYPES or ds.database != default_datasource_path(
-        ds.database_type, ds.id
-    ):
-        return None
-    own = (organization_area(settings.data_root, ds.organization_id) / ds.database).resolve()
-    if _read_by_another(session, settings, ds.organization_id, ds.id, own):
-        return None
-    shared = session.scalar(
-        select(func.count())
-        .select_from(Datasource)
-        .where(
-            Datasource.organization_id == ds.organization_id,
-            Datasource.id != ds.id,
-            (Datasource.database == ds.database)
-            | Datasource.database.startswith(f"{ds.database}/", autoescape=True),
+def _own_places_of(session: Session, settings: Settings, ds: Datasource) -> tuple[str, ...]:
+    """The places the server may have assigned the datasource (one per file type: its type or
+    its path may have changed since, which left its uploads there, out of every listing but
+    counted in the quota), those that exist and that no other datasource of its organisation
+    reads (one created with that path later, or with a path that a link makes the same place:
+    found by the outside probe, a restricted key deleting its own datasource removed what
+    another, beyond its scope, read through a link)."""
+    area = organization_area(settings.data_root, ds.organization_id)
+    places = []
+    for database_type in FILE_DATABASE_TYPES:
+        place = default_datasource_path(database_type, ds.id)
+        if not os.path.lexists(area / place):
+            continue
+        if _read_by_another(session, settings, ds.organization_id, ds.id, (area / place).resolve()):
+            continue
+        shared = session.scalar(
+            select(func.count())
+            .select_from(Datasource)
+            .where(
+                Datasource.organization_id == ds.organization_id,
+                Datasource.id != ds.id,
+                (Datasource.database == place)
+                | Datasource.database.startswith(f"{place}/", autoescape=True),
+            )
         )
-    )
-    return None if shared else ds.database
+        if not shared:
+            places.append(place)
+    return tuple(places)
 
 
 def create_sample_datasource(session: Session, organization_id: str) -> Datasource:

@@ -160,3 +160,26 @@ def test_an_upload_commits_only_if_no_datasource_beyond_its_key_reads_there_by_t
         with pytest.raises(Forbidden):
             uploads.commit_upload(state.sessions, state.settings, upload)
     assert sorted(path.name for path in folder.iterdir()) == ["t.csv"]
+
+
+def test_a_datasource_moved_off_its_own_place_takes_it_along_when_deleted(api):
+    """The outside probe's case: pointed elsewhere, then deleted, a datasource left its own
+    place behind, its uploads out of every listing but counted in the quota. It goes now, unless
+    another datasource reads it."""
+    org = api.create_org()
+    area = api.area(org)
+    (area / "elsewhere").mkdir()
+    moved = _files_datasource(api, org, "moved")
+    assert _repoint(api, org.key, moved, database="elsewhere").status_code == 200
+    assert (area / "datasources" / moved / "t.csv").is_file()
+    assert api.delete(f"/datasources/{moved}", org.key).status_code == 204
+    assert not (area / "datasources" / moved).exists()
+
+    kept = _files_datasource(api, org, "kept")
+    assert _repoint(api, org.key, kept, database="elsewhere").status_code == 200
+    reader = api.create_datasource(
+        org.key, name="reader", database_type="files", database=f"datasources/{kept}"
+    )
+    assert api.delete(f"/datasources/{kept}", org.key).status_code == 204
+    listed = api.get(f"/datasources/{reader['id']}/files", org.key).json()["data"]
+    assert [f["id"] for f in listed] == ["t.csv"]
