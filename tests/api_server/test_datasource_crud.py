@@ -159,21 +159,24 @@ def test_datasource_limit_excludes_the_sample_and_is_409(api):
     assert dump_tables(api.app) == before
 
 
+# An s3 datasource on a MinIO-like endpoint, with AWS's documented example credentials.
+S3_DATASOURCE = {
+    "name": "Bucket",
+    "database_type": "s3",
+    "database": "s3://bucket/prefix/",
+    "host": "127.0.0.1",
+    "port": 9000,
+    "require_ssl": False,
+    "username": "AKIAIOSFODNN7EXAMPLE",
+    "password": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+}
+
+
 def test_an_s3_access_key_id_is_shown_only_to_keys_that_manage_datasources(api):
     """Half of an s3 datasource's credentials (Cluvio shows credentials only with Manage
     Datasources); a PostgreSQL datasource's username stays visible, as in Cluvio."""
     org = api.create_org()
-    s3 = api.create_datasource(
-        org.key,
-        name="Bucket",
-        database_type="s3",
-        database="s3://bucket/prefix/",
-        host="127.0.0.1",
-        port=9000,
-        require_ssl=False,
-        username="AKIAIOSFODNN7EXAMPLE",
-        password="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    )
+    s3 = api.create_datasource(org.key, **S3_DATASOURCE)
     postgres = api.create_datasource(org.key, password="x", **POSTGRES_DATASOURCE)
     viewer = api.create_key(org, [Permission.VIEW_DATASOURCES, Permission.MANAGE_USERS])
     for path in (f"/datasources/{s3['id']}", "/datasources?filter[database_type]=s3"):
@@ -190,17 +193,7 @@ def test_an_s3_secret_signs_for_no_other_bucket_prefix_or_region_unless_sent_aga
     (<bucket>.s3.<region>.amazonaws.com), and with one the secret was given for one bucket and
     prefix: a key that never knew it could have it sign requests for a bucket of its own."""
     org = api.create_org()
-    created = api.create_datasource(
-        org.key,
-        name="Bucket",
-        database_type="s3",
-        database="s3://bucket/prefix/",
-        host="127.0.0.1",
-        port=9000,
-        require_ssl=False,
-        username="AKIAIOSFODNN7EXAMPLE",
-        password="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    )
+    created = api.create_datasource(org.key, **S3_DATASOURCE)
     path, ds = f"/datasources/{created['id']}", created["id"]
     before = dump_tables(api.app)
     for moved in ({"database": "s3://attacker/"}, {"database": "s3://bucket/other/"},
@@ -211,10 +204,6 @@ def test_an_s3_secret_signs_for_no_other_bucket_prefix_or_region_unless_sent_aga
     assert dump_tables(api.app) == before
     same = resource("datasources", ds, database="bucket/prefix")  # the same place, spelt short
     assert api.patch(path, org.key, same).status_code == 200
-    sent_again = resource(
-        "datasources",
-        ds,
-        database="s3://other/",
-        password="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    )
+    secret = S3_DATASOURCE["password"]
+    sent_again = resource("datasources", ds, database="s3://other/", password=secret)
     assert api.patch(path, org.key, sent_again).status_code == 200
