@@ -7,6 +7,8 @@ import struct
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
+# A new child's first frame: it has imported what it runs calls with.
+READY = b"ready"
 
 
 def write_frame(fd: int, payload: bytes) -> None:

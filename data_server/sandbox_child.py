@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from data_server import engine
-from data_server.framing import read_frame, write_frame
+from data_server.framing import READY, read_frame, write_frame
 from data_server.object_storage import ObjectStorageSpec
 from data_server.remote_databases import RemoteDatabaseSpec
 from data_server.warm_sandboxes import WarmSandboxes
@@ -76,6 +76,7 @@ def main(read_fd: int, write_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sandboxes = WarmSandboxes()
+    write_frame(write_fd, READY)  # imports done: what follows counts against a call's limit
     while True:
         sandboxes.tidy()
         if not _call_arrives(read_fd, sandboxes.seconds_until_idle()):

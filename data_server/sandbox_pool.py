@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from data_server.engine import QueryJob, QueryOutcome
-from data_server.framing import read_frame, write_frame
+from data_server.framing import READY, read_frame, write_frame
 from data_server.sandbox import CONNECT_TIMEOUT_EXIT_STATUS, DatasourceSpec, Limits
 from data_server.sql_check import QueryFailed
 from data_server.warm_sandboxes import affinity_of
@@ -35,6 +35,11 @@ from shared.execution_states import ErrorCode
 logger = logging.getLogger(__name__)
 
 KILL_GRACE_SECONDS = 1.5
+# A new child imports DuckDB and pyarrow before it can take a call: seconds on a loaded machine,
+# which must not count against its first call's time limit (a three-second limit failed a
+# connection test as timed out so). It says when it is ready; one that is not ready within this
+# long is taken for broken.
+CHILD_START_SECONDS = 60.0
 WATCH_INTERVAL_SECONDS = 0.05
 # Python, DuckDB and Arrow themselves, on top of DuckDB's own memory limit.
 BASE_RSS_MB = 300
@@ -75,10 +80,19 @@ class _Child:
         os.close(from_child_write)
         self._pipes_open = True
         self.warm_for: str | None = None  # the affinity of the instance it may have kept warm
+        self._wait_ready(CHILD_START_SECONDS)
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def _wait_ready(self, seconds: float) -> None:
+        """Until the child has imported what it runs calls with (QueryFailed if it died, or is
+        not ready within ``seconds``)."""
+        poller = select.poll()
+        poller.register(self.from_child, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if not poller.poll(seconds * 1000) or read_frame(self.from_child) != READY:
+            raise _crashed(self)
 
     def rss_mb(self) -> float:
         try:
@@ -274,7 +288,7 @@ class SandboxPool:
                 self._children += 1
             try:
                 child = _Child()
-            except OSError:
+            except (OSError, QueryFailed):
                 logger.exception("could not start a sandbox child")
                 with self._available:
                     self._children -= 1

@@ -197,3 +197,26 @@ def test_close_leaves_no_children(tmp_path, spec):
     with pytest.raises(QueryFailed) as failure:
         pool.run(_job(spec, "SELECT 1", tmp_path))
     assert failure.value.code == "worker_stopping"
+
+
+def test_a_childs_start_does_not_count_against_its_first_calls_time_limit(
+    tmp_path, monkeypatch, spec
+):
+    """A new child imports DuckDB and pyarrow before it can take a call, seconds on a loaded
+    machine: with a three-second limit, a connection test failed as timed out in a CI run. The
+    child says when it is ready, and only then does a call's limit start. Here its start is
+    slowed by a second (a sitecustomize on its path) and the call allows half of one."""
+    slow = tmp_path / "slow_start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(1.0)\n")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setattr("data_server.sandbox_pool.KILL_GRACE_SECONDS", 0.0)
+    pool = SandboxPool(1, scratch_root=str(tmp_path))
+    try:
+        limits = replace(LIMITS, timeout_seconds=0.5)
+        outcome = pool.run(_job(spec, "SELECT count(*) FROM numbers", tmp_path, limits=limits))
+        assert outcome.rows == 1
+    finally:
+        pool.close()
