@@ -319,8 +319,8 @@ class Settings(BaseModel):
         "How long a server's PostgreSQL session may sit idle inside a transaction before the "
         "database ends it, and frees its locks: a process frozen mid-transaction (a stopped or "
         "paused host) would otherwise hold them, and the lease reaper would wait for them, as "
-        "long as it stays frozen. Longer than any walk of an organisation's files, which some "
-        "transactions hold their locks across.",
+        "long as it stays frozen. Longer than any walk of an organisation's files, which a "
+        "transaction makes under its lock when an upload committed since the walk before it.",
         ge=1,
         le=86400,
     )

@@ -26,8 +26,9 @@ def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None =
     and its locks with it. A process frozen mid-transaction (SIGSTOP, a paused VM, a swap
     storm) otherwise holds its row locks for as long as it stays frozen, and the lease reaper's
     one update of every expired row waits for them: no execution of the region would be
-    re-queued. Not the lease: a few transactions keep an organisation's row locked while its
-    files are walked (the storage quota), which takes seconds for a large area."""
+    re-queued. Not the lease: a transaction that finds an upload committed between the storage
+    quota's walk of an organisation's files and its lock walks them again under the lock, which
+    takes seconds for a large area."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
