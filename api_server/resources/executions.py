@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server import audit, jsonapi
-from api_server.auth import Principal
+from api_server.auth import Principal, unauthorized
 from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission
 from api_server.resource_layer import documentation as doc
@@ -424,8 +424,16 @@ def _queue(
     return queued
 
 
-def _load(request: Request, principal: Principal, execution_id: str | None = None) -> Execution:
+def _load(
+    request: Request,
+    principal: Principal,
+    execution_id: str | None = None,
+    *,
+    recheck_key: bool = False,
+) -> Execution:
     with request.app.state.reads() as session:
+        if recheck_key and not api_keys.still_enabled(session, principal.api_key_id):
+            raise unauthorized()
         return executions.get_execution(
             session,
             principal,
@@ -435,13 +443,24 @@ def _load(request: Request, principal: Principal, execution_id: str | None = Non
 
 
 async def _until_ended(
-    request: Request, principal: Principal, execution_id: str, seconds: float
+    request: Request,
+    principal: Principal,
+    execution_id: str,
+    seconds: float,
+    *,
+    key_rechecked: bool = False,
 ) -> Execution:
     """The execution once it ended or ``seconds`` passed: waited for on the event loop, each
-    read in a thread."""
+    read in a thread. ``key_rechecked``: each read after the first also asks whether the key
+    is still enabled (401 if not, as its next request would be: it was deleted or disabled
+    during the wait)."""
+    reads = 0
 
     def read() -> Awaitable[Execution]:
-        return run_in_threadpool(_load, request, principal, execution_id)
+        nonlocal reads
+        reads += 1
+        recheck = key_rechecked and reads > 1
+        return run_in_threadpool(_load, request, principal, execution_id, recheck_key=recheck)
 
     waits: ExecutionWaits = request.app.state.execution_waits
     return await waits.wait_until_ended(execution_id, seconds, read, _ended)
@@ -460,14 +479,19 @@ def _ended(execution: Execution) -> bool:
     subject=EXECUTIONS,
     parameters=(WAIT,),
     responses={"200": doc.jsonapi_response("The execution.", "ExecutionDocument")},
-    errors={400: "`wait` is out of range, or another parameter sent.", 404: None},
+    errors={
+        400: "`wait` is out of range, or another parameter sent.",
+        401: "The key was deleted or disabled during the `wait`.",
+        404: None,
+    },
 )
 async def show_execution(request: Request, principal: Principal) -> Response:
     """With ``?wait=N`` the answer waits, holding no thread, until the execution ends or N
-    seconds pass."""
+    seconds pass; a key deleted or disabled meanwhile then gets a 401, as its next request
+    would."""
     wait = _wait_seconds(request)
     execution_id = executions.canonical_id(request.path_params["id"])
-    execution = await _until_ended(request, principal, execution_id, wait)
+    execution = await _until_ended(request, principal, execution_id, wait, key_rechecked=True)
     return _document(execution, principal)
 
 

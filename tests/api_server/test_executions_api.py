@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api_server.permissions import Permission
-from shared.db.models import Execution, utcnow
+from shared.db.models import ApiKey, Execution, utcnow
 from shared.tokens import Scope, new_data_key
 
 JSON = "application/json"
@@ -282,6 +284,30 @@ def test_wait_returns_after_the_timeout_when_nothing_changes(api):
     ]["id"]
     response = api.get(f"/executions/{execution_id}?wait=0.3", org.key)
     assert response.json()["data"]["attributes"]["execution_status"] == "starting"
+
+
+@pytest.mark.parametrize("meanwhile", ["disabled", "deleted"])
+def test_a_key_disabled_or_deleted_during_the_wait_gets_a_401(api, meanwhile):
+    """What the execution is then is the organisation's: a key that lost its access while its
+    request waited gets what its next request would get (as the filters' dynamic options and
+    run-and-wait's grant do)."""
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(api.get, f"/executions/{execution_id}?wait=1", org.key)
+        time.sleep(0.2)
+        with api.app.state.sessions.begin() as session:
+            keys = select(ApiKey).where(ApiKey.organization_id == org.id)
+            for key in session.scalars(keys):
+                if meanwhile == "deleted":
+                    session.delete(key)
+                else:
+                    key.enabled = False
+        response = waiting.result(timeout=10)
+    assert response.status_code == 401, response.text
+    assert response.json()["errors"][0]["code"] == "unauthorized"
 
 
 def test_cancel_before_start_and_purge(api):
