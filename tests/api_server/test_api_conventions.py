@@ -330,6 +330,8 @@ REFUSED_NAMES = [
     ("\ufeff\u200d \u00ad\u2060", "must show some character"),
     ("\ufe0f\u200e", "must show some character"),
     ("\u2800\ufff9\ufffb", "must show some character"),
+    ("\U000e0041\U000e0042\U000e007f", "must show some character"),  # tag characters
+    ("\U0001d173\U000e0100\U0001bca0", "must show some character"),
 ]
 
 
