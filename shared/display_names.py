@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, ValidationInfo
 
 from shared.db.models import NAME_LENGTH
 
@@ -49,6 +49,13 @@ NAME_PATTERN = (
 )
 
 
+# A validation context's key (pydantic's ``context``): a function answering the stored name of
+# what an update changes. A name sent back as it is stored is no change: it passes even if it
+# was stored before today's rule (a client that sends every attribute back, as many do, could
+# otherwise change nothing else). The function is called only for a name the rule refuses.
+STORED_NAME = "stored_name"
+
+
 def display_name(value: str) -> str:
     """``value`` as a name, or ValueError saying what is wrong with it."""
     name = value.strip()
@@ -80,11 +87,21 @@ def _shown_without_refused_characters(name: str) -> str:
     return name
 
 
+def _the_rule_or_as_stored(name: str, info: ValidationInfo) -> str:
+    try:
+        return _shown_without_refused_characters(name)
+    except ValueError:
+        stored = (info.context or {}).get(STORED_NAME)
+        if stored is not None and stored() == name:
+            return name
+        raise
+
+
 DisplayName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=NAME_LENGTH),
     BeforeValidator(_stripped),
-    AfterValidator(_shown_without_refused_characters),
+    AfterValidator(_the_rule_or_as_stored),
     Field(
         json_schema_extra={"pattern": NAME_PATTERN},
         description="One line of text: blanks around it are dropped; at least one character"

@@ -23,6 +23,7 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
+    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.services import api_keys
@@ -169,7 +170,10 @@ def update_api_key(request: Request, principal: Principal) -> Response:
     """A disabled key gets 401 like an unknown one."""
     key_id = request.path_params["id"]
     query = API_KEYS.query(request, collection=False)
-    data = API_KEYS.validate(API_KEYS.read(request, key_id), update=True)
+    stored = keeping_stored_name(
+        request, lambda session: api_keys.get_key(session, principal, key_id).name
+    )
+    data = API_KEYS.validate(API_KEYS.read(request, key_id), update=True, context=stored)
     with request.app.state.sessions.begin() as session:
         key = api_keys.get_key(session, principal, key_id, for_update=True)
         api_keys.update_key(session, key, data.changes())

@@ -24,6 +24,7 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
     from_row,
+    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboards import DASHBOARDS
@@ -239,7 +240,10 @@ def update_dashboard_group(request: Request, principal: Principal) -> Response:
     group_id = request.path_params["id"]
     query = DASHBOARD_GROUPS.query(request, collection=False)
     resource = DASHBOARD_GROUPS.read(request, group_id)
-    data = DASHBOARD_GROUPS.validate(resource, update=True)
+    stored = keeping_stored_name(
+        request, lambda session: dashboards.get_group(session, principal, group_id).row.name
+    )
+    data = DASHBOARD_GROUPS.validate(resource, update=True, context=stored)
     members = _dashboard_ids(resource)
     with request.app.state.sessions.begin() as session:
         view = dashboards.update_group(session, principal, group_id, data.changes(), members)

@@ -28,6 +28,7 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
     from_row,
+    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboard_settings import FiltersConfiguration, Layout, TimeZoneConfig
@@ -318,7 +319,10 @@ def show_dashboard(request: Request, principal: Principal) -> Response:
 def update_dashboard(request: Request, principal: Principal) -> Response:
     dashboard_id = request.path_params["id"]
     query = DASHBOARDS.query(request, collection=False)
-    data = DASHBOARDS.validate(DASHBOARDS.read(request, dashboard_id), update=True)
+    stored = keeping_stored_name(
+        request, lambda session: dashboards.find_dashboard(session, principal, dashboard_id).name
+    )
+    data = DASHBOARDS.validate(DASHBOARDS.read(request, dashboard_id), update=True, context=stored)
     changes = data.model_dump(include=data.model_fields_set)
     with request.app.state.sessions.begin() as session:
         view = dashboards.update_dashboard(session, principal, dashboard_id, changes)

@@ -26,6 +26,7 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
+    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.services import datasources, executions
@@ -375,7 +376,11 @@ def show_datasource(request: Request, principal: Principal) -> Response:
 def update_datasource(request: Request, principal: Principal) -> Response:
     datasource_id = request.path_params["id"]
     query = DATASOURCES.query(request, collection=False)
-    data = DATASOURCES.validate(_read(request, datasource_id), update=True)
+    stored = keeping_stored_name(
+        request,
+        lambda session: datasources.get_datasource(session, principal, datasource_id).name,
+    )
+    data = DATASOURCES.validate(_read(request, datasource_id), update=True, context=stored)
     state = request.app.state
     with state.sessions.begin() as session:
         ds = datasources.update_datasource(

@@ -35,6 +35,7 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
+    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.services import api_keys, executions, filters
@@ -503,7 +504,10 @@ def update_filter(request: Request, principal: Principal) -> Response:
     filter_id = request.path_params["id"]
     query = FILTERS.query(request, collection=False)
     resource = FILTERS.read(request, filter_id)
-    data = FILTERS.validate(resource, update=True, context=_context(request))
+    stored = keeping_stored_name(
+        request, lambda session: filters.get_filter(session, principal, filter_id).name
+    )
+    data = FILTERS.validate(resource, update=True, context={**_context(request), **stored})
     related = _related(resource)
     state = request.app.state
     with state.sessions.begin() as session:

@@ -31,6 +31,7 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
     from_row,
+    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.executions import (
@@ -392,7 +393,10 @@ def update_report(request: Request, principal: Principal) -> Response:
     report_id = request.path_params["id"]
     query = REPORTS.query(request, collection=False)
     resource = REPORTS.read(request, report_id)
-    data = REPORTS.validate(resource, update=True, context=_context(request))
+    stored = keeping_stored_name(
+        request, lambda session: reports.get_report(session, principal, report_id).name
+    )
+    data = REPORTS.validate(resource, update=True, context={**_context(request), **stored})
     values, related = _values(data, create=False), _related(resource, create=False)
     with request.app.state.sessions.begin() as session:
         report = reports.update_report(session, principal, report_id, values, related)

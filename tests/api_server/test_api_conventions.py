@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from shared.db.models import Dashboard
+from shared.db.models import ApiKey, Dashboard, DashboardGroup, Datasource, Filter, Report
 from tests.support.datasources import new_datasource_document
 from tests.support.factories import dump_tables, resource
 
@@ -354,6 +354,41 @@ def test_names_hold_no_control_character_or_bidirectional_override(api):
         created = api.post("/dashboards", org.key, resource("dashboards", name=name))
         assert created.status_code == 422, created.text
     assert dump_tables(api.app) == before
+
+
+NAMED_MODELS = {
+    "datasources": Datasource,
+    "api_keys": ApiKey,
+    "dashboards": Dashboard,
+    "dashboard_groups": DashboardGroup,
+    "filters": Filter,
+    "reports": Report,
+}
+
+
+def test_a_name_stored_before_the_rule_may_be_sent_back_unchanged(api):
+    """Clients that send every attribute back on an update (as many do) must be able to change
+    the rest of a resource whose name an earlier version stored: a name sent as it is stored is
+    no change. Any other refused name stays a 422, and another organisation gets its 404."""
+    org = api.create_org()
+    made = _named_resources(api, org)
+    legacy = "old\tname \u202eexe"
+    with api.app.state.sessions.begin() as session:
+        for type_, path in made.items():
+            session.get(NAMED_MODELS[type_], path.rsplit("/", 1)[1]).name = legacy
+    stranger = api.create_org()
+    for type_, path in made.items():
+        resource_id = path.rsplit("/", 1)[1]
+        kept = api.patch(path, org.key, resource(type_, resource_id, name=legacy))
+        assert kept.status_code == 200, (type_, kept.text)
+        assert kept.json()["data"]["attributes"]["name"] == legacy
+        changed = api.patch(path, org.key, resource(type_, resource_id, name="new\tname"))
+        assert changed.status_code == 422, (type_, changed.text)
+        foreign = api.patch(path, stranger.key, resource(type_, resource_id, name=legacy))
+        assert foreign.status_code == 404, (type_, foreign.text)
+    with api.app.state.sessions() as session:
+        for type_, path in made.items():
+            assert session.get(NAMED_MODELS[type_], path.rsplit("/", 1)[1]).name == legacy
 
 
 def test_names_drop_blanks_around_and_keep_other_scripts(api):
