@@ -407,7 +407,7 @@ def _describe(connection: duckdb.DuckDBPyConnection, database: str) -> dict[str,
 
 def check_connection(spec: DatasourceSpec, limits: Limits, temp_dir: str) -> None:
     """Attach the datasource and answer ``SELECT 1``; QueryFailed says why it cannot."""
-    sandbox = Sandbox(spec, limits, temp_dir)
+    sandbox = Sandbox(spec, limits, temp_dir, testing_connection=True)
     try:
         sandbox.connection.execute("SELECT 1").fetchall()
     except duckdb.Error as exc:

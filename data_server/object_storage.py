@@ -38,6 +38,8 @@ _SUMMARIES = {
     "tls_refused": "The TLS handshake failed or the endpoint's certificate did not verify",
     "destination_not_allowed": "The request named a host the egress policy did not check",
 }
+# Where a bucket listing's root element must start: after the XML declaration, at the top.
+_LISTING_PEEK = 1024
 _HEAD_LIMIT = 64 * 1024  # a proxy request head larger than this is refused
 _RELAY_CHUNK = 256 * 1024
 
@@ -259,6 +261,7 @@ class ObjectStorage:
 
     def __init__(self, connection: duckdb.DuckDBPyConnection, spec: ObjectStorageSpec) -> None:
         self.spec = spec
+        self.listed_any = False  # whether the prefix's listing named any object
         forget_server_environment()
         connection.execute(f"LOAD '{_escape(str(extension_path()))}'")
         self.proxy = PinnedProxy(
@@ -283,12 +286,17 @@ class ObjectStorage:
         }
         for name, value in settings.items():
             connection.execute(f"SET {name} = $1", [value])
-        # Bound values, never spliced text: the secret reaches DuckDB and nothing else.
+        self._create_secret(connection, "dataferry_s3", spec.url)
+
+    def _create_secret(self, connection: duckdb.DuckDBPyConnection, name: str, scope: str) -> None:
+        """The datasource's endpoint and credentials for URLs under ``scope``. Bound values,
+        never spliced text: the secret reaches DuckDB and nothing else."""
+        spec = self.spec
         connection.execute(
-            "CREATE TEMPORARY SECRET dataferry_s3 (TYPE s3, SCOPE $1, ENDPOINT $2, URL_STYLE $3, "
+            f"CREATE TEMPORARY SECRET {name} (TYPE s3, SCOPE $1, ENDPOINT $2, URL_STYLE $3, "
             "REGION $4, USE_SSL $5, KEY_ID $6, SECRET $7)",
             [
-                spec.url,
+                scope,
                 spec.endpoint,
                 spec.url_style,
                 spec.region,
@@ -304,9 +312,37 @@ class ObjectStorage:
             "SELECT file FROM glob($1) ORDER BY file LIMIT $2",
             [self.spec.url + "*", MAX_OBJECT_VIEWS],
         ).fetchall()
+        self.listed_any = bool(rows)
         connection.execute("SET s3_url_compatibility_mode = true")
         names = [str(row[0]).removeprefix(self.spec.url) for row in rows]
         return [name for name in names if name and "/" not in name]
+
+    def check_speaks_s3(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """For Test Connection: an endpoint that answers every path with 200 (a web server, a
+        captive portal) lists nothing under the prefix, as an empty prefix does. Unless the
+        listing named objects, the bucket's own listing tells them apart: an object store
+        answers it with a ListBucketResult document, or refuses it (403) to a key that may list
+        only the prefix."""
+        if self.listed_any:
+            return
+        bucket_url = "s3://" + self.spec.url.removeprefix("s3://").split("/", 1)[0] + "/"
+        self._create_secret(connection, "dataferry_s3_bucket", bucket_url)
+        try:
+            content = connection.execute("SELECT content FROM read_text($1)", [bucket_url])
+            listing = content.fetchone()
+        except duckdb.Error as error:
+            if "(HTTP 403" in str(error):
+                return
+            raise
+        finally:
+            connection.execute("DROP TEMPORARY SECRET dataferry_s3_bucket")
+        if listing is None or "<ListBucketResult" not in str(listing[0])[:_LISTING_PEEK]:
+            raise QueryFailed(
+                "datasource_unavailable",
+                f"The endpoint {self.spec.connect_host}:{self.spec.connect_port} answered, but "
+                "not as an S3-compatible object store (no bucket listing): check the host, the "
+                "port and the bucket.",
+            )
 
     def failure(self, error: BaseException, message: str) -> QueryFailed:
         """The most specific code for an error of this datasource, with a cleaned message."""

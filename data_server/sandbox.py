@@ -84,9 +84,14 @@ class Sandbox:
         limits: Limits,
         temp_dir: str,
         connection: duckdb.DuckDBPyConnection | None = None,
+        *,
+        testing_connection: bool = False,
     ) -> None:
+        """``testing_connection``: for Test Connection, which also asks an ``s3`` endpoint
+        whether it is an object store at all (ObjectStorage.check_speaks_s3)."""
         self.spec = spec
         self.temp_dir = temp_dir
+        self._testing_connection = testing_connection
         self._file_locations: tuple[list[str], list[str]] | None = None
         self._replacements = {
             path: label
@@ -315,6 +320,8 @@ class Sandbox:
         for secret in self._storage.secrets():
             self._replacements[secret] = "<redacted>"
         names = self._storage.list_objects(self.connection)
+        if self._testing_connection:  # before external access is confined to the prefix
+            self._storage.check_speaks_s3(self.connection)
         self._create_views({name: storage_spec.url + name for name in names})
 
     def _create_views(self, locations: dict[str, str]) -> None:

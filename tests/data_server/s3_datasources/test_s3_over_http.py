@@ -6,7 +6,9 @@ and bad attributes.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import httpx
@@ -126,6 +128,42 @@ def test_a_wrong_secret_is_reported_as_an_authentication_failure(secured, servic
     failed = service.failed(datasource, "SELECT * FROM people")
     assert failed["error_code"] == "authentication_failed"
     assert wrong not in failed["error_message"]
+
+
+class _AnyPathIsAPage(BaseHTTPRequestHandler):
+    """A web server that answers every path with 200 and a page, as a captive portal or a
+    mistyped host's site does."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>Welcome</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_test_connection_tells_an_object_store_from_any_web_server(plain, service):
+    """An empty prefix of a real bucket tests fine, as one holding objects does; an endpoint
+    that answers every path with a page lists nothing either, but is no object store."""
+    empty = service.datasource(plain, "nothing-here/")
+    assert service.action(empty, "test_connection") == {"status": "ok", "error_message": None}
+    site = ThreadingHTTPServer(("127.0.0.1", 0), _AnyPathIsAPage)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        web = service.datasource(plain, "data/", port=site.server_address[1], require_ssl=False)
+        outcome = service.action(web, "test_connection")
+    finally:
+        site.shutdown()
+        site.server_close()
+    assert outcome["status"] == "error", outcome
+    assert "not as an S3-compatible object store" in outcome["error_message"]
 
 
 def test_other_prefixes_and_datasources_stay_out_of_reach(plain, service, servers):
