@@ -100,9 +100,12 @@ def banner(env: dict[str, str], credentials: dict[str, str]) -> str:
 
 
 def region_environment(env_file: Path | None) -> dict[str, str]:
+    """The servers' environment; an empty DATAFERRY_ variable is left out, as the servers read
+    it as unset (the addresses and the demo's networks below then take their defaults too)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if env_file:
         env.update(read_env_file(env_file))
+    env = {key: value for key, value in env.items() if value or not key.startswith("DATAFERRY_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 

@@ -52,8 +52,11 @@ NAME_PATTERN = (
 # A validation context's key (pydantic's ``context``): a function answering the stored name of
 # what an update changes. A name sent back as it is stored is no change: it passes even if it
 # was stored before today's rule (a client that sends every attribute back, as many do, could
-# otherwise change nothing else). The function is called only for a name the rule refuses.
+# otherwise change nothing else). The function is called only for a name the rule refuses;
+# one it let pass sets NAME_UNCHANGED in the context, and the update leaves the name out (a
+# rename committed meanwhile stays).
 STORED_NAME = "stored_name"
+NAME_UNCHANGED = "name_unchanged"
 
 
 def display_name(value: str) -> str:
@@ -91,8 +94,10 @@ def _the_rule_or_as_stored(name: str, info: ValidationInfo) -> str:
     try:
         return _shown_without_refused_characters(name)
     except ValueError:
-        stored = (info.context or {}).get(STORED_NAME)
-        if stored is not None and stored() == name:
+        context = info.context if info.context is not None else {}
+        stored = context.get(STORED_NAME)
+        if stored is not None and stored().strip() == name:  # as sent, once stripped
+            context[NAME_UNCHANGED] = True
             return name
         raise
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from api_server import jsonapi
-from shared.display_names import STORED_NAME
+from shared.display_names import NAME_UNCHANGED, STORED_NAME
 from shared.ids import RESOURCE_ID_PATTERN
 from shared.openapi import Schema, string
 
@@ -221,11 +221,15 @@ class ResourceType:
         context: dict[str, Any] | None = None,
     ) -> Attributes:
         """The attributes as the create or update model reads them: every problem one 422;
-        ``context``: what the attributes' validators read (a setting)."""
+        ``context``: what the attributes' validators read (a setting, ``keeping_stored_name``).
+        A name sent back as it is stored is left out of the attributes set: no change."""
         model = self.update_model if update else self.create_model
-        return jsonapi.validate_attributes(
+        validated = jsonapi.validate_attributes(
             model, resource.attributes, self.read_only_attributes, context
         )
+        if context is not None and context.get(NAME_UNCHANGED):
+            validated.model_fields_set.discard("name")
+        return validated
 
     # ------------------------------------------------------------ responses
 

@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from api_server.resource_layer import resource_types
+from api_server.resources import dashboards as dashboard_resources
 from shared.db.models import ApiKey, Dashboard, DashboardGroup, Datasource, Filter, Report
 from tests.support.datasources import new_datasource_document
 from tests.support.factories import dump_tables, resource
@@ -389,6 +391,36 @@ def test_a_name_stored_before_the_rule_may_be_sent_back_unchanged(api):
     with api.app.state.sessions() as session:
         for type_, path in made.items():
             assert session.get(NAMED_MODELS[type_], path.rsplit("/", 1)[1]).name == legacy
+
+
+def test_a_name_sent_back_unchanged_does_not_undo_a_rename_committed_meanwhile(api, monkeypatch):
+    """The stored name is read before the update's transaction; a name sent back as it was is
+    left out of the update, so a rename committed in between stays (a refused name would
+    otherwise be written back over it)."""
+    org = api.create_org()
+    created = api.post("/dashboards", org.key, resource("dashboards", name="Sales"))
+    dashboard_id = created.json()["data"]["id"]
+    sessions = api.app.state.sessions
+    with sessions.begin() as session:
+        session.get(Dashboard, dashboard_id).name = "old\tname"
+    keeping = resource_types.keeping_stored_name
+
+    def renamed_meanwhile(request, stored):
+        def read_then_rename(session):
+            name = stored(session)
+            with sessions.begin() as other:
+                other.get(Dashboard, dashboard_id).name = "Clean"
+            return name
+
+        return keeping(request, read_then_rename)
+
+    monkeypatch.setattr(dashboard_resources, "keeping_stored_name", renamed_meanwhile)
+    document = resource("dashboards", dashboard_id, name="old\tname", description="kept")
+    answer = api.patch(f"/dashboards/{dashboard_id}", org.key, document)
+    assert answer.status_code == 200, answer.text
+    with sessions() as session:
+        dashboard = session.get(Dashboard, dashboard_id)
+        assert (dashboard.name, dashboard.description) == ("Clean", "kept")
 
 
 def test_names_drop_blanks_around_and_keep_other_scripts(api):

@@ -3,6 +3,7 @@ as a supervisor or ``kill`` sends them (Ctrl-C in a terminal signals the whole g
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import signal
 import subprocess
@@ -74,3 +75,20 @@ def test_a_signal_to_the_launcher_alone_stops_both_servers(tmp_path, signum):
         if launcher.poll() is None:
             launcher.terminate()
             launcher.wait(timeout=60)
+
+
+def test_an_empty_variable_is_left_out_of_the_servers_environment(tmp_path, monkeypatch):
+    """The servers read an empty DATAFERRY_ variable as unset; the launcher, which reads the
+    ports and the demo's networks itself, does too (an empty port made it wait for
+    ``http://127.0.0.1:`` and report the servers as never ready)."""
+    spec = importlib.util.spec_from_file_location("launch", ROOT / "deploy" / "launch.py")
+    assert spec is not None and spec.loader is not None
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    monkeypatch.setenv("DATAFERRY_API_PORT", "")
+    env_file = tmp_path / "region.env"
+    env_file.write_text("DATAFERRY_DATASOURCE_ALLOWED_NETWORKS=\nDATAFERRY_REGION=us\n")
+    env = launch.region_environment(env_file)
+    assert "DATAFERRY_API_PORT" not in env
+    assert "DATAFERRY_DATASOURCE_ALLOWED_NETWORKS" not in env
+    assert env["DATAFERRY_REGION"] == "us"
