@@ -333,7 +333,9 @@ class ObjectStorage:
         except duckdb.Error as error:
             if "(HTTP 403" in str(error):
                 return
-            raise
+            if "(HTTP " not in str(error):  # no answer (a timeout, say): classified as usual
+                raise
+            listing = None  # a 404 there is no missing bucket: the prefix was just listed
         finally:
             connection.execute("DROP TEMPORARY SECRET dataferry_s3_bucket")
         if listing is None or "<ListBucketResult" not in str(listing[0])[:_LISTING_PEEK]:

@@ -130,14 +130,24 @@ def test_a_wrong_secret_is_reported_as_an_authentication_failure(secured, servic
     assert wrong not in failed["error_message"]
 
 
-class _AnyPathIsAPage(BaseHTTPRequestHandler):
-    """A web server that answers every path with 200 and a page, as a captive portal or a
-    mistyped host's site does."""
+_EMPTY_LISTING = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><KeyCount>0</KeyCount>'
+    b"<IsTruncated>false</IsTruncated></ListBucketResult>"
+)
+
+
+class _Endpoint(BaseHTTPRequestHandler):
+    """Answers a prefix's listing (``list-type=2``) as an empty one and anything else, the
+    bucket's own listing too, with ``other``: a page for any path, as a web server or a captive
+    portal does, or a 403, as an object store does to a key that may list only its prefix."""
+
+    other: tuple[int, str, bytes]
 
     def do_GET(self) -> None:
-        body = b"<html><body>Welcome</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
+        listing = "list-type=2" in self.path
+        status, kind, body = (200, "application/xml", _EMPTY_LISTING) if listing else self.other
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command == "GET":
@@ -149,21 +159,37 @@ class _AnyPathIsAPage(BaseHTTPRequestHandler):
         pass
 
 
-def test_test_connection_tells_an_object_store_from_any_web_server(plain, service):
-    """An empty prefix of a real bucket tests fine, as one holding objects does; an endpoint
-    that answers every path with a page lists nothing either, but is no object store."""
-    empty = service.datasource(plain, "nothing-here/")
-    assert service.action(empty, "test_connection") == {"status": "ok", "error_message": None}
-    site = ThreadingHTTPServer(("127.0.0.1", 0), _AnyPathIsAPage)
+class _AnyPathIsAPage(_Endpoint):
+    other = (200, "text/html", b"<html><body>Welcome</body></html>")
+
+
+class _PrefixOnlyKey(_Endpoint):
+    other = (403, "application/xml", b"<Error><Code>AccessDenied</Code></Error>")
+
+
+def _test_connection_at(service: Service, bucket: Bucket, handler: type[_Endpoint]) -> dict:
+    site = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=site.serve_forever, daemon=True).start()
     try:
-        web = service.datasource(plain, "data/", port=site.server_address[1], require_ssl=False)
-        outcome = service.action(web, "test_connection")
+        port = site.server_address[1]
+        datasource = service.datasource(bucket, "data/", port=port, require_ssl=False)
+        return service.action(datasource, "test_connection")
     finally:
         site.shutdown()
         site.server_close()
-    assert outcome["status"] == "error", outcome
-    assert "not as an S3-compatible object store" in outcome["error_message"]
+
+
+def test_test_connection_tells_an_object_store_from_any_web_server(plain, service):
+    """An empty prefix of a real bucket tests fine, as one holding objects does, and so does
+    one whose key may not list the whole bucket; an endpoint that answers every path with a
+    page lists nothing either, but is no object store."""
+    empty = service.datasource(plain, "nothing-here/")
+    assert service.action(empty, "test_connection") == {"status": "ok", "error_message": None}
+    limited = _test_connection_at(service, plain, _PrefixOnlyKey)
+    assert limited == {"status": "ok", "error_message": None}
+    web = _test_connection_at(service, plain, _AnyPathIsAPage)
+    assert web["status"] == "error", web
+    assert "not as an S3-compatible object store" in web["error_message"]
 
 
 def test_other_prefixes_and_datasources_stay_out_of_reach(plain, service, servers):
