@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.display_names import NAME_LENGTH
 from shared.ids import new_resource_id
 
 NAMING_CONVENTION = {
@@ -64,10 +65,6 @@ def table_of(model: type[Base]) -> Table:
     """A model's table, for Core statements on a hot path: ORM-enabled statements cost several
     times more to run than the database takes to answer them, and the caller needs no objects."""
     return cast(Table, model.__table__)
-
-
-# The longest name of an organisation or an API key (the API's resources allow as much).
-NAME_LENGTH = 255
 
 
 class Organization(Base):

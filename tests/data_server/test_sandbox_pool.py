@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -225,3 +228,23 @@ def test_a_childs_start_does_not_count_against_its_first_calls_time_limit(
         assert outcome.rows == 1
     finally:
         pool.close()
+
+
+def test_a_child_imports_neither_the_metadata_models_nor_sqlalchemy():
+    """Every data server starts a child per executor, and a replaced one starts again: SQLAlchemy
+    and the models (pulled in once through the name rule's length) were half of a child's start,
+    about half a second of CPU, and nothing a child runs needs them."""
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, data_server.sandbox_child; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'"
+            " or m == 'shared.db.models'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert imported.stdout.strip() == "[]"
