@@ -8,18 +8,17 @@ at least one of them, and holds no control character (C0, DEL, C1), line or para
 or bidirectional embedding, override or isolate. Names are shown in lists, terminals, logs and
 other tools. A control character there clears a screen or starts a forged log line. U+202E shows
 ``a\u202egpj.exe`` as ``aexe.jpg``. A name of zero-width spaces or fillers shows as nothing.
+
+The rule alone, without pydantic or the models: the sandbox child imports it (through
+shared/object_storage.py) and starts faster without them. The API's attribute type is
+api_server/resource_layer/names.py.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, ValidationInfo
-
-# The longest name (the columns' length: shared/db/models.py). Declared here, not with the
-# models, so that what imports the rule (the sandbox child, through shared/object_storage.py)
-# does not import SQLAlchemy and the models: a third of a second of every child's start.
+# The longest name (the columns' length: shared/db/models.py takes it from here).
 NAME_LENGTH = 255
 
 # Unicode's control characters (category Cc), line and paragraph separators (Zl, Zp) and the
@@ -52,22 +51,12 @@ NAME_PATTERN = (
 )
 
 
-# A validation context's key (pydantic's ``context``): a function answering the stored name of
-# what an update changes. A name sent back as it is stored is no change: it passes even if it
-# was stored before today's rule (a client that sends every attribute back, as many do, could
-# otherwise change nothing else). The function is called only for a name the rule refuses;
-# one it let pass sets NAME_UNCHANGED in the context, and the update leaves the name out (a
-# rename committed meanwhile stays).
-STORED_NAME = "stored_name"
-NAME_UNCHANGED = "name_unchanged"
-
-
 def display_name(value: str) -> str:
     """``value`` as a name, or ValueError saying what is wrong with it."""
     name = value.strip()
     if not 1 <= len(name) <= NAME_LENGTH:
         raise ValueError(f"must have 1 to {NAME_LENGTH} characters once blanks around are dropped")
-    return _shown_without_refused_characters(name)
+    return shown_without_refused_characters(name)
 
 
 def is_display_name(value: str) -> bool:
@@ -79,42 +68,17 @@ def is_display_name(value: str) -> bool:
     return True
 
 
-def _stripped(value: Any) -> Any:
-    """Blanks dropped as ``display_name`` drops them (pydantic's own stripping keeps the C0
-    separators \\x1c to \\x1f, which the rule then refused where the commands dropped them)."""
-    return value.strip() if isinstance(value, str) else value
+def holds_refused_character(text: str) -> bool:
+    """Whether ``text`` holds a character no name may hold (also the rule of anything else
+    shown where names are, an s3 prefix)."""
+    return _REFUSED_CHARACTER.search(text) is not None
 
 
-def _shown_without_refused_characters(name: str) -> str:
-    if _REFUSED_CHARACTER.search(name) is not None:
+def shown_without_refused_characters(name: str) -> str:
+    """``name`` (blanks already dropped), or ValueError saying which part of the rule it
+    breaks."""
+    if holds_refused_character(name):
         raise ValueError(REFUSED_DETAIL)
     if _SHOWN_CHARACTER.search(name) is None:
         raise ValueError(INVISIBLE_DETAIL)
     return name
-
-
-def _the_rule_or_as_stored(name: str, info: ValidationInfo) -> str:
-    try:
-        return _shown_without_refused_characters(name)
-    except ValueError:
-        context = info.context if info.context is not None else {}
-        stored = context.get(STORED_NAME)
-        if stored is not None and stored().strip() == name:  # as sent, once stripped
-            context[NAME_UNCHANGED] = True
-            return name
-        raise
-
-
-DisplayName = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=NAME_LENGTH),
-    BeforeValidator(_stripped),
-    AfterValidator(_the_rule_or_as_stored),
-    Field(
-        json_schema_extra={"pattern": NAME_PATTERN},
-        description="One line of text: blanks around it are dropped; at least one character"
-        " that shows (not only zero-width spaces, joiners or fillers); no control character"
-        " (U+0000 to U+001F, U+007F to U+009F), line or paragraph separator (U+2028, U+2029) or"
-        " bidirectional embedding, override or isolate (U+202A to U+202E, U+2066 to U+2069).",
-    ),
-]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.display_names import REFUSED_CHARACTERS
+from shared.display_names import REFUSED_DETAIL, holds_refused_character
 from shared.errors import Unprocessable
 from shared.host_resolution import url_host
 
@@ -28,9 +28,6 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _IPV4_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+\Z")
 # Characters a prefix may not hold: glob syntax, URL syntax httpfs interprets, escapes.
 _UNSAFE_PREFIX = re.compile(r"[*?\[\]{}#%\\\x00-\x1f\x7f]")
-# Nor, when it is given, what a name may not hold (it is shown in lists); one stored before this
-# rule still reads.
-_UNSHOWABLE = re.compile(f"[{REFUSED_CHARACTERS}]")
 _REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
@@ -79,11 +76,8 @@ def check_attributes(values: Mapping[str, Any]) -> dict[str, Any]:
     attributes the type takes; this, what they must look like together)."""
     try:
         location = parse_location(str(values.get("database") or ""))
-        if _UNSHOWABLE.search(location.prefix):
-            raise ValueError(
-                "the prefix may not contain control characters, line separators or "
-                "bidirectional overrides"
-            )
+        if holds_refused_character(location.prefix):  # it is shown in lists, as names are
+            raise ValueError(f"the prefix {REFUSED_DETAIL}")
     except ValueError as exc:
         raise Unprocessable(
             f"database: {exc}.", pointer="/data/attributes/database", code="invalid_location"

@@ -18,11 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, create_model
 from pydantic.fields import FieldInfo
-from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from api_server import jsonapi
-from shared.display_names import NAME_UNCHANGED, STORED_NAME
+from api_server.resource_layer.names import NAME_UNCHANGED
 from shared.ids import RESOURCE_ID_PATTERN
 from shared.openapi import Schema, string
 
@@ -259,18 +258,6 @@ class ResourceType:
         if self_link is not None or self.path is not None:
             resource["links"] = {"self": self_link or f"{self.path}/{resource_id}"}
         return resource
-
-
-def keeping_stored_name(request: Request, stored: Callable[[Session], str]) -> dict[str, Any]:
-    """An update's validation context in which a name sent back as it is stored passes, even one
-    stored before today's rule (shared/display_names.py): ``stored`` reads it, only for a name
-    the rule refuses, as the caller may see it (a 404 otherwise)."""
-
-    def stored_name() -> str:
-        with request.app.state.reads() as session:
-            return stored(session)
-
-    return {STORED_NAME: stored_name}
 
 
 def from_row(name: str) -> Callable[[Any], Any]:

@@ -16,6 +16,7 @@ from api_server import jsonapi
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.resource_layer import documentation as doc
+from api_server.resource_layer.names import DisplayName, keeping_stored_name
 from api_server.resource_layer.operations import Body, Operations
 from api_server.resource_layer.resource_types import (
     READ_ONLY,
@@ -23,13 +24,11 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
-    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.services import api_keys
 from shared import openapi as oa
 from shared.db.models import ApiKey
-from shared.display_names import DisplayName
 
 
 class ApiKeyAttributes(Attributes):

@@ -15,6 +15,7 @@ from api_server import jsonapi
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.resource_layer import documentation as doc
+from api_server.resource_layer.names import DisplayName, keeping_stored_name
 from api_server.resource_layer.operations import Body, Operations
 from api_server.resource_layer.resource_types import (
     ID_SCHEMA,
@@ -24,14 +25,12 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
     from_row,
-    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboards import DASHBOARDS
 from api_server.services import dashboards
 from api_server.services.dashboards import DASHBOARD_LINKAGE_POINTER, DashboardGroupView
 from shared import openapi as oa
-from shared.display_names import DisplayName
 from shared.errors import Unprocessable
 
 MAX_GROUP_DASHBOARDS = 1000  # dashboards set in one request

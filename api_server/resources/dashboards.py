@@ -20,6 +20,7 @@ from starlette.responses import Response
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.resource_layer import documentation as doc
+from api_server.resource_layer.names import DisplayName, keeping_stored_name
 from api_server.resource_layer.operations import Body, Operations
 from api_server.resource_layer.resource_types import (
     READ_ONLY,
@@ -28,7 +29,6 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
     from_row,
-    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboard_settings import FiltersConfiguration, Layout, TimeZoneConfig
@@ -38,7 +38,6 @@ from api_server.services.dashboards import DashboardView
 from api_server.services.filters import filters_by_ids
 from api_server.services.reports import report_views
 from shared import openapi as oa
-from shared.display_names import DisplayName
 from sql_templating.parameters import InputParameters
 
 MIN_PAGE_WIDTH, MAX_PAGE_WIDTH = 320, 7680  # pixels: a phone to an 8K screen

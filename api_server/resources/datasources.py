@@ -18,6 +18,7 @@ from api_server import jsonapi
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.resource_layer import documentation as doc
+from api_server.resource_layer.names import DisplayName, keeping_stored_name
 from api_server.resource_layer.operations import Body, Operations
 from api_server.resource_layer.resource_types import (
     READ_ONLY,
@@ -26,7 +27,6 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
-    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.services import datasources, executions
@@ -35,7 +35,6 @@ from shared import openapi as oa
 from shared.database_types import CREATABLE_DATABASE_TYPES, DATABASE_TYPES
 from shared.datapaths import PATH_ERRORS, remove_own_place
 from shared.db.models import Datasource
-from shared.display_names import DisplayName
 from shared.errors import Unprocessable
 from shared.lifecycle import ExecutionType
 from shared.results import delete_stored_data

@@ -28,6 +28,7 @@ from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.resource_layer import documentation as doc
+from api_server.resource_layer.names import DisplayName, keeping_stored_name
 from api_server.resource_layer.operations import Body, Operations
 from api_server.resource_layer.resource_types import (
     READ_ONLY,
@@ -35,7 +36,6 @@ from api_server.resource_layer.resource_types import (
     Filter,
     Relationship,
     ResourceType,
-    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.services import api_keys, executions, filters
@@ -45,7 +45,6 @@ from shared import openapi as oa
 from shared.db.models import Execution
 from shared.db.models import Filter as FilterRow
 from shared.digits import natural_number
-from shared.display_names import DisplayName
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
 from shared.filter_rules import (
     MAX_OPTION_LENGTH,

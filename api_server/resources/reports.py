@@ -21,6 +21,7 @@ from api_server import jsonapi
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.resource_layer import documentation as doc
+from api_server.resource_layer.names import DisplayName, keeping_stored_name
 from api_server.resource_layer.operations import Body, Operations
 from api_server.resource_layer.resource_types import (
     ID_SCHEMA,
@@ -31,7 +32,6 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
     from_row,
-    keeping_stored_name,
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.executions import (
@@ -47,7 +47,6 @@ from api_server.services import reports
 from api_server.services.executions import RQuery, SqlQuery
 from shared import openapi as oa
 from shared.db.models import Report
-from shared.display_names import DisplayName
 from shared.errors import BadRequest, Unprocessable
 from shared.input_models import problem
 from shared.runs import QueuedRun

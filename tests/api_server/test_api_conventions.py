@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from api_server.resource_layer import resource_types
+from api_server.resource_layer import names
 from api_server.resources import dashboards as dashboard_resources
 from shared.db.models import ApiKey, Dashboard, DashboardGroup, Datasource, Filter, Report
 from tests.support.datasources import new_datasource_document
@@ -403,7 +403,7 @@ def test_a_name_sent_back_unchanged_does_not_undo_a_rename_committed_meanwhile(a
     sessions = api.app.state.sessions
     with sessions.begin() as session:
         session.get(Dashboard, dashboard_id).name = "old\tname"
-    keeping = resource_types.keeping_stored_name
+    keeping = names.keeping_stored_name
 
     def renamed_meanwhile(request, stored):
         def read_then_rename(session):

@@ -230,17 +230,18 @@ def test_a_childs_start_does_not_count_against_its_first_calls_time_limit(
         pool.close()
 
 
-def test_a_child_imports_neither_the_metadata_models_nor_sqlalchemy():
+def test_a_child_imports_neither_the_metadata_models_nor_sqlalchemy_nor_pydantic():
     """Every data server starts a child per executor, and a replaced one starts again: SQLAlchemy
     and the models (pulled in once through the name rule's length) were half of a child's start,
-    about half a second of CPU, and nothing a child runs needs them."""
+    about half a second of CPU, and pydantic (through the name rule's API type) a tenth of the
+    rest; nothing a child runs needs them."""
     imported = subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys, data_server.sandbox_child; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'"
-            " or m == 'shared.db.models'))",
+            " or m.split('.')[0] == 'pydantic' or m == 'shared.db.models'))",
         ],
         capture_output=True,
         text=True,
