@@ -261,7 +261,6 @@ class ObjectStorage:
 
     def __init__(self, connection: duckdb.DuckDBPyConnection, spec: ObjectStorageSpec) -> None:
         self.spec = spec
-        self.listed_any = False  # whether the prefix's listing named any object
         forget_server_environment()
         connection.execute(f"LOAD '{_escape(str(extension_path()))}'")
         self.proxy = PinnedProxy(
@@ -306,25 +305,26 @@ class ObjectStorage:
             ],
         )
 
-    def list_objects(self, connection: duckdb.DuckDBPyConnection) -> list[str]:
-        """The object names directly under the prefix, then globs and URL parameters off."""
+    def list_objects(
+        self, connection: duckdb.DuckDBPyConnection, *, testing_connection: bool = False
+    ) -> list[str]:
+        """The object names directly under the prefix, then globs and URL parameters off.
+        ``testing_connection``: an empty listing must also come from an object store."""
         rows = connection.execute(
             "SELECT file FROM glob($1) ORDER BY file LIMIT $2",
             [self.spec.url + "*", MAX_OBJECT_VIEWS],
         ).fetchall()
-        self.listed_any = bool(rows)
         connection.execute("SET s3_url_compatibility_mode = true")
+        if testing_connection and not rows:
+            self._check_speaks_s3(connection)
         names = [str(row[0]).removeprefix(self.spec.url) for row in rows]
         return [name for name in names if name and "/" not in name]
 
-    def check_speaks_s3(self, connection: duckdb.DuckDBPyConnection) -> None:
-        """For Test Connection: an endpoint that answers every path with 200 (a web server, a
-        captive portal) lists nothing under the prefix, as an empty prefix does. Unless the
-        listing named objects, the bucket's own listing tells them apart: an object store
-        answers it with a ListBucketResult document, or refuses it (403) to a key that may list
-        only the prefix."""
-        if self.listed_any:
-            return
+    def _check_speaks_s3(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """An endpoint that answers every path with 200 (a web server, a captive portal) lists
+        nothing under the prefix, as an empty prefix does. The bucket's own listing tells them
+        apart: an object store answers it with a ListBucketResult document, or refuses it (403)
+        to a key that may list only the prefix."""
         bucket_url = "s3://" + self.spec.url.removeprefix("s3://").split("/", 1)[0] + "/"
         self._create_secret(connection, "dataferry_s3_bucket", bucket_url)
         try:

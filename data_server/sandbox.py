@@ -88,7 +88,7 @@ class Sandbox:
         testing_connection: bool = False,
     ) -> None:
         """``testing_connection``: for Test Connection, which also asks an ``s3`` endpoint
-        whether it is an object store at all (ObjectStorage.check_speaks_s3)."""
+        whether it is an object store at all (ObjectStorage.list_objects)."""
         self.spec = spec
         self.temp_dir = temp_dir
         self._testing_connection = testing_connection
@@ -319,9 +319,10 @@ class Sandbox:
         self._storage = ObjectStorage(self.connection, storage_spec)
         for secret in self._storage.secrets():
             self._replacements[secret] = "<redacted>"
-        names = self._storage.list_objects(self.connection)
-        if self._testing_connection:  # before external access is confined to the prefix
-            self._storage.check_speaks_s3(self.connection)
+        # A connection test asks before external access is confined to the prefix.
+        names = self._storage.list_objects(
+            self.connection, testing_connection=self._testing_connection
+        )
         self._create_views({name: storage_spec.url + name for name in names})
 
     def _create_views(self, locations: dict[str, str]) -> None:
