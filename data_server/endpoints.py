@@ -258,7 +258,7 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
         state.warm_files,
     )
     if isinstance(source, GrowingReader):
-        if _can_follow(request):
+        if _can_follow(request) and not source.whole:
             return await _follow_encoding(source, etag, fmt, headers)
         source = await source.complete()  # a length, ranges or HEAD need every byte
     return ranges.object_response(

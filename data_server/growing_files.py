@@ -85,6 +85,12 @@ class GrowingFile:
         assert self._fd is not None
         os.ftruncate(self._fd, self._written)
 
+    @property
+    def finished(self) -> bool:
+        """Every byte is written (``finish``), or the writer failed."""
+        with self._lock:
+            return self._finished
+
     def finish(self) -> None:
         """Every byte is written: readers may read to the end."""
         with self._lock:
@@ -179,6 +185,12 @@ class GrowingReader:
                     await self._growing._changed(position)
         finally:
             self.close()
+
+    @property
+    def whole(self) -> bool:
+        """Every byte is written and readable: ``complete`` returns at once."""
+        _, finished, error = self._growing._progress()
+        return finished and error is None
 
     async def complete(self) -> pa.NativeFile:
         """The whole file, once written (for a length, ranges or HEAD); raises what the writer

@@ -5,8 +5,9 @@ A representation is materialised lazily, on its first request: encoded into the 
 space, compressed if a content coding was negotiated, and published like a result (rename after
 fsync, or a complete S3 upload), so a reader of the store sees it whole or not at all. Meanwhile
 the requests for it in this process follow the scratch file as it grows
-(data_server/growing_files.py). The encoders and compressors are deterministic (no timestamps in
-gzip headers, fixed levels, single-threaded compression), so two servers that race on a first
+(data_server/growing_files.py), and they end with its last byte: the publication comes after.
+The encoders and compressors are deterministic (no timestamps in gzip headers, fixed levels,
+single-threaded compression), so two servers that race on a first
 request publish the same bytes and the race is benign. The ETag is derived from the data key, the
 variant name and the encoders' revision (``ENCODING_REVISION``), so it is the same across grants,
 servers and re-materialisations. A small representation (``SMALL_REPRESENTATION_BYTES``) is not
@@ -233,15 +234,14 @@ def _claim(
 ) -> tuple[GrowingFile, GrowingReader]:
     """A new encoding of ``key`` and its first reader, registered only once both exist (the
     caller holds the registry's lock); written into a warm file if one is given and ready."""
-    if len(_encoding) >= ENCODINGS_AT_MOST:
+    encoding = [owner for owner, growing in _encoding.values() if not growing.finished]
+    if len(encoding) >= ENCODINGS_AT_MOST:
         raise ServiceUnavailable(
             "Too many results are being encoded on this data server; retry shortly.",
             code="encoders_busy",
             headers={"Retry-After": "1"},
         )
-    if sum(owner == organization_id for owner, _ in _encoding.values()) >= (
-        ENCODINGS_PER_ORGANIZATION
-    ):
+    if encoding.count(organization_id) >= ENCODINGS_PER_ORGANIZATION:
         raise TooManyRequests(
             f"This organisation has {ENCODINGS_PER_ORGANIZATION} results being encoded on this "
             "data server; retry once they are done.",
@@ -261,15 +261,11 @@ def _claim(
 
 
 def _release(key: str, growing: GrowingFile, error: BaseException | None) -> None:
-    """Leaves the registry (new requests look in the store again), then tells the readers how
-    the encoding ended, then closes the writer's file: a client that has read a whole body and
-    asks again finds the stored representation, never the encoding that just ended (which
-    would still count against its organisation's share)."""
+    """Leaves the registry (new requests look in the store again), tells the readers if the
+    encoding failed (a finished one told them already), then closes the writer's file."""
     with _encoding_guard:
         _encoding.pop(key, None)
-    if error is None:
-        growing.finish()
-    else:
+    if error is not None:
         growing.fail(error)
     growing.close()
     growing.path.unlink(missing_ok=True)
@@ -285,21 +281,35 @@ def _materialise(
     growing: GrowingFile,
     warm_files: WarmFiles | None,
 ) -> None:
-    """Encodes into ``growing`` (its readers follow), then stores it if the quota allows, and
-    only then lets the readers finish: a response that has ended left its representation
-    stored (or refused). A large one keeps the warm files' filler waiting meanwhile."""
+    """Encodes into ``growing`` (its readers follow) and counts it in the quota; then lets the
+    readers finish, and only then stores it, if the quota allowed: the fsync that makes it
+    durable (0.08 to 0.17 s for 93 to 140 MB on the measuring machine) is no client's wait. Until
+    stored it stays in the registry, whole, for the requests that come meanwhile. A large one
+    keeps the warm files' filler waiting while it writes."""
     outcome: BaseException | None = RuntimeError("the encoding stopped")  # until it ends
     try:
         with warm_files.writing() if warm_files is not None else nullcontext():
             outcome = _encode(store, data_key, key, representation, slices, growing)
         if outcome is None:
-            try:
-                if charge(growing.path.stat().st_size):
-                    store.publish(growing.path, key)
-            except Exception:  # the readers have every byte; the next request encodes it again
-                _logger.exception("storing %s failed", key)
+            _finish_then_store(store, key, charge, growing)
     finally:
         _release(key, growing, outcome)
+
+
+def _finish_then_store(
+    store: ResultStore, key: str, charge: Callable[[int], bool], growing: GrowingFile
+) -> None:
+    """Counts the representation in the quota (a client that has read it sees it counted), lets
+    its readers finish, then stores it if the quota took it."""
+    try:
+        try:
+            kept = charge(growing.path.stat().st_size)
+        finally:
+            growing.finish()
+        if kept:
+            store.publish(growing.path, key)
+    except Exception:  # the readers have every byte; the next request encodes it again
+        _logger.exception("storing %s failed", key)
 
 
 def _encode(

@@ -31,6 +31,7 @@ from shared import lifecycle, storage_quota
 from shared.db.models import Execution, Organization, utcnow
 from shared.lifecycle import transitions
 from shared.storage_quota import charge_representation
+from tests.support.data_http import stored_when_read
 from tests.support.factories import auth
 
 FAR_FUTURE = time.time() + 365 * 24 * 3600  # every stored object was written before this
@@ -169,10 +170,12 @@ def _row(api, execution_id: str) -> Execution | None:
 
 
 def _fetch(data_client, grant: dict[str, Any]) -> Any:
-    return data_client.get(
+    response = data_client.get(
         f"/data/{grant['data_key']}",
         headers={"Authorization": f"Data {grant['data_access_token']}"},
     )
+    stored_when_read()
+    return response
 
 
 def test_purge_between_upload_and_commit_leaves_no_object(api, org, worker, monkeypatch):

@@ -5,11 +5,14 @@ token for it, a data server client that sends it, and a GET of the result in one
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import pyarrow as pa
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from data_server import representations
 from data_server.app import create_app
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Base, Datasource, Execution, Organization
@@ -96,8 +99,37 @@ def data_client(settings, stored):
 
 
 def get_result(client, fmt="csv", headers=None, **params):
-    return client.get(
+    """The response, once whatever it encoded is stored (``stored_when_read``)."""
+    response = client.get(
         f"/data/{client.data_key}",
         params={"format": fmt, **params},
         headers={**IDENTITY, **(headers or {})},
     )
+    stored_when_read()
+    return response
+
+
+def stored_when_read(timeout: float = 10.0) -> None:
+    """Waits until every encoding in this process whose readers have been let finish is stored
+    (or refused) and gone from the registry: the readers end before the fsync that stores it
+    (data_server/representations.py), so a test that looks in the store next waits for it.
+    Encodings still writing (a test holding one) are not waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with representations._encoding_guard:
+            storing = [g for _, g in representations._encoding.values() if g.finished]
+        if not storing:
+            return
+        assert time.monotonic() < deadline, "a finished encoding was never stored"
+        time.sleep(0.005)
+
+
+def variants_size(settings, data_key: str) -> int:
+    """What the execution's row counts for the result's stored representations."""
+    engine = create_metadata_engine(settings.database_url)
+    with engine.connect() as connection:
+        size = connection.execute(
+            select(Execution.variants_size).where(Execution.data_key == data_key)
+        ).scalar_one()
+    engine.dispose()
+    return size

@@ -15,13 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from sqlalchemy import select
 
 from data_server import representations, warm_files
 from data_server.formats import ResultFormat
 from data_server.warm_files import WarmFiles, ready_count
-from shared.db.engine import create_metadata_engine
-from shared.db.models import Execution
 from shared.results import (
     VARIANTS,
     delete_stored_data,
@@ -32,7 +29,13 @@ from shared.results import (
 )
 from shared.scratch import directories
 from shared.settings import Settings
-from tests.support.data_http import data_client, get_result, publish_result
+from tests.support.data_http import (
+    data_client,
+    get_result,
+    publish_result,
+    stored_when_read,
+    variants_size,
+)
 
 
 def _raw(client, fmt, headers, **params):
@@ -40,7 +43,9 @@ def _raw(client, fmt, headers, **params):
     with client.stream(
         "GET", f"/data/{client.data_key}", params={"format": fmt, **params}, headers=headers
     ) as response:
-        return response.status_code, response.headers, b"".join(response.iter_raw())
+        body = b"".join(response.iter_raw())
+    stored_when_read()
+    return response.status_code, response.headers, body
 
 
 @pytest.mark.parametrize(
@@ -111,16 +116,6 @@ def test_variants_are_stored_once_enumerable_and_deleted_with_the_result(data):
     assert get_result(data, "csv").status_code == 404
 
 
-def _variants_size(settings, data_key):
-    engine = create_metadata_engine(settings.database_url)
-    with engine.connect() as connection:
-        size = connection.execute(
-            select(Execution.variants_size).where(Execution.data_key == data_key)
-        ).scalar_one()
-    engine.dispose()
-    return size
-
-
 def test_a_small_representation_is_encoded_per_request_and_never_stored(settings):
     stored = publish_result(open_result_store(settings), rows=100)
     with data_client(settings, stored) as small:
@@ -135,7 +130,7 @@ def test_a_small_representation_is_encoded_per_request_and_never_stored(settings
             assert (ranged[0], ranged[2]) == (206, body[10:30])
         assert json.loads(get_result(small, "json").content)["row_count"] == 100
         assert stored_variants(small.store, small.data_key) == {}
-        assert _variants_size(settings, small.data_key) == 0
+        assert variants_size(settings, small.data_key) == 0
 
 
 def test_a_tiny_result_of_long_repeated_values_is_encoded_in_memory_only_until_it_outgrows(
@@ -180,7 +175,7 @@ def test_a_small_result_whose_representation_is_not_small_is_stored(settings, mo
         assert len(body) > limit
         variant = representations.Representation(ResultFormat.RECORDS).variant
         assert stored_variants(store, data_key) == {variant: len(body)}
-        assert _variants_size(settings, data_key) == len(body)
+        assert variants_size(settings, data_key) == len(body)
 
 
 def test_a_left_over_variant_of_a_purged_result_is_not_served(data):
@@ -292,7 +287,7 @@ def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
             assert "content-length" not in sent  # a first fetch: encoded as it was sent
             bodies[warm] = body
             assert stored_variants(store, data_key) == {"ndjson": len(body)}
-            assert _variants_size(settings, data_key) == len(body)
+            assert variants_size(settings, data_key) == len(body)
             again = _raw(data, "ndjson", identity)
             assert (again[2], int(again[1]["content-length"])) == (body, len(body))
     assert taken == [True, False]  # the warm server took one; the other had none

@@ -1,8 +1,8 @@
 """The first fetch of a representation is sent as it is encoded: its bytes reach the client
 before the encoding ends, without a length; every request for it meanwhile follows the same
 encoding; a request that needs every byte (a range, HEAD) waits for it; the representation is
-stored before the first response ends; errors before the first byte are answered as errors; the
-encoders are warmed before the server takes its first request.
+counted in the quota before the first response ends and stored after it; errors before the first
+byte are answered as errors; the encoders are warmed before the server takes its first request.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import anyio
 import pytest
 from starlette.testclient import TestClient
 
-from data_server import encoders, growing_files, representations
+from data_server import encoders, representations
 from data_server.app import create_app
 from shared.results import result_object_key, stored_variants, variant_object_key
 from shared.settings import Settings
-from tests.support.data_http import IDENTITY, get_result
+from tests.support.data_http import IDENTITY, get_result, stored_when_read, variants_size
 
 JSON = {"format": "json"}
 
@@ -66,6 +66,7 @@ def test_first_fetch_streams_before_the_encoding_ends_and_others_follow_it(data,
             followed = b"".join(second.iter_raw())
         whole = opening + b"".join(chunks)
     assert len(held.calls) == 1  # one encoding for both
+    stored_when_read()
     assert stored_variants(data.store, data.data_key) == {"json": len(whole)}
     stored = get_result(data, "json")
     assert int(stored.headers["content-length"]) == len(whole)
@@ -96,6 +97,7 @@ def test_a_range_or_head_during_the_encoding_waits_for_every_byte(
         whole = opening + b"".join(chunks)
         waiter.join(30)
     (answer,) = answers
+    stored_when_read()
     size = stored_variants(data.store, data.data_key)["json"]
     assert answer.status_code == status
     if status == 206:
@@ -182,23 +184,39 @@ def test_beyond_the_encodings_allowed_a_first_request_is_refused(
     assert get_result(data, "ndjson").status_code == 200
 
 
-def test_an_encoding_leaves_the_registry_before_its_readers_finish(data, monkeypatch):
-    """A client that has read a whole first body and asks again at once must find the stored
-    representation, not the encoding that just ended (which would still count against its
-    organisation's share: a spurious 429 at the cap)."""
-    registered_at_the_end: list[bool] = []
-    real_finish = growing_files.GrowingFile.finish
+def test_readers_finish_before_the_representation_is_stored_and_it_counts_already(
+    data, settings, monkeypatch
+):
+    """The fsync that stores a representation is no client's wait: the first response ends
+    before it, with the quota already charged. A client that has read the whole body and asks
+    again meanwhile gets the same bytes whole, with their length, and the encoding being stored
+    no longer counts against its organisation's share (a spurious 429 at the cap)."""
+    storing, store_now = threading.Event(), threading.Event()
+    real_publish = type(data.store).publish
 
-    def finish(growing):
-        with representations._encoding_guard:
-            registered_at_the_end.append(
-                any(file is growing for _, file in representations._encoding.values())
-            )
-        real_finish(growing)
+    def held_publish(store, path, key):
+        storing.set()
+        assert store_now.wait(30), "the test never let the store go on"
+        real_publish(store, path, key)
 
-    monkeypatch.setattr(growing_files.GrowingFile, "finish", finish)
-    assert get_result(data, "json").status_code == 200
-    assert registered_at_the_end == [False]
+    monkeypatch.setattr(type(data.store), "publish", held_publish)
+    monkeypatch.setattr(representations, "ENCODINGS_PER_ORGANIZATION", 1)
+    first = data.get(_url(data), params=JSON, headers=IDENTITY)
+    assert first.status_code == 200 and "content-length" not in first.headers
+    assert storing.wait(10) and stored_variants(data.store, data.data_key) == {}
+    assert variants_size(settings, data.data_key) == len(
+        first.content
+    )  # charged before the readers finished
+    again = data.get(_url(data), params=JSON, headers=IDENTITY)
+    assert again.content == first.content
+    assert int(again.headers["content-length"]) == len(first.content)
+    assert data.get(_url(data), params={"format": "csv"}, headers=IDENTITY).status_code == 200
+    store_now.set()
+    stored_when_read()
+    assert stored_variants(data.store, data.data_key) == {
+        "json": len(first.content),
+        "csv": variants_size(settings, data.data_key) - len(first.content),
+    }
 
 
 def test_concurrent_ranges_during_the_encoding_each_get_their_own_bytes(data, held):
@@ -249,6 +267,7 @@ def test_an_http_1_0_first_fetch_waits_for_the_end_and_gets_a_length(data):
     assert start["status"] == 200
     headers = {name.decode(): value.decode() for name, value in start["headers"]}
     assert int(headers["content-length"]) == len(body)
+    stored_when_read()
     assert stored_variants(data.store, data.data_key) == {"json": len(body)}
     assert body == get_result(data, "json").content
 
