@@ -85,7 +85,10 @@ def rows_body(
         texts.append(fragment.texts)
     pieces = pa.concat_arrays([pa.array(template, pa.string()), *texts])
     empty = tuple(index for index, piece in enumerate(template) if not piece)
-    return _data_of(pieces.take(_row_order(batch.num_rows, len(texts), empty)))
+    if len(pieces) != len(template) + len(texts) * batch.num_rows:
+        raise ValueError("a column's texts do not match the batch's rows")
+    order = _row_order(batch.num_rows, len(texts), empty)  # in bounds of pieces, as checked
+    return _data_of(pc.take(pieces, order, boundscheck=False))
 
 
 @functools.lru_cache(maxsize=8)
