@@ -33,6 +33,8 @@ from tests.support.object_store import CREDENTIALS, ObjectStore, running_object_
 from tests.support.processes import LOOPBACK_NETWORKS
 from tests.support.s3_buckets import ORDERS, Bucket, new_bucket
 
+QUERY_MEMORY_LIMIT_MB = 128
+
 
 def _parquet(table: pa.Table) -> bytes:
     sink = io.BytesIO()
@@ -138,6 +140,9 @@ def servers(tmp_path_factory, sqlite_template) -> Iterator[tuple[Api, TestClient
         worker_processes=1,
         poll_interval_seconds=0.05,
         connect_timeout_seconds=3,
+        # The sandbox's memory watchdog stops a hostile endpoint's endless body at 1.5 times
+        # this plus 300 MB (test_s3_over_http): small, so that the test is quick.
+        query_memory_limit_mb=QUERY_MEMORY_LIMIT_MB,
     )
     with (
         Api.start(settings) as api,

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from tests.data_server.s3_datasources.conftest import QUERY_MEMORY_LIMIT_MB
 from tests.support.factories import Api, resource
 from tests.support.log_watch import remember
 from tests.support.s3_buckets import Bucket
@@ -165,6 +166,44 @@ class _AnyPathIsAPage(_Endpoint):
 
 class _PrefixOnlyKey(_Endpoint):
     other = (403, "application/xml", b"<Error><Code>AccessDenied</Code></Error>")
+
+
+class _EndlessPage(_Endpoint):
+    """A page without a length, sent until the client goes (at most ``BOUND`` bytes): DuckDB
+    reads such a body whole into memory, beyond its own memory limit."""
+
+    BOUND = 8 * 1024**3
+    sent = 0
+
+    def do_GET(self) -> None:
+        if "list-type=2" in self.path:
+            super().do_GET()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()  # no length: the body ends when the connection closes
+        if self.command == "HEAD":
+            return
+        chunk = b"<p>" * (1 << 18)
+        try:
+            while type(self).sent < self.BOUND:
+                self.wfile.write(chunk)
+                type(self).sent += len(chunk)
+        except OSError:  # the client went away
+            pass
+
+    do_HEAD = do_GET
+
+
+def test_a_hostile_endpoint_cannot_take_the_data_servers_memory(plain, service):
+    """An endpoint of the tenant's choosing answers the bucket's listing with an endless page:
+    the sandbox's watchdog stops the child holding it at its memory cap (1.5 times the query
+    memory limit plus 300 MB), long before the page ends."""
+    outcome = _test_connection_at(service, plain, _EndlessPage)
+    assert outcome["status"] == "error", outcome
+    assert "exceeded its memory limit" in outcome["error_message"], outcome
+    cap = (QUERY_MEMORY_LIMIT_MB * 1.5 + 300) * 1024**2
+    assert _EndlessPage.sent < 2 * cap  # 264 MB here (DuckDB holds about twice what it read)
 
 
 def _test_connection_at(service: Service, bucket: Bucket, handler: type[_Endpoint]) -> dict:
