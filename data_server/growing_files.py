@@ -92,13 +92,17 @@ class GrowingFile:
             return self._finished
 
     def finish(self) -> None:
-        """Every byte is written: readers may read to the end."""
+        """Every byte is written: readers may read to the end (again: nothing changes)."""
         with self._lock:
             self._finished = True
         self._wake()
 
     def fail(self, error: BaseException) -> None:
+        """The writer stopped short; after ``finish`` (a server stopping while a finished
+        file is stored) nothing: its readers have every byte to read."""
         with self._lock:
+            if self._finished:
+                return
             self._finished, self._error = True, error
         self._wake()
 

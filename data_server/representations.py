@@ -261,11 +261,13 @@ def _claim(
 
 
 def _release(key: str, growing: GrowingFile, error: BaseException | None) -> None:
-    """Leaves the registry (new requests look in the store again), tells the readers if the
-    encoding failed (a finished one told them already), then closes the writer's file."""
+    """Leaves the registry (new requests look in the store again), tells the readers how the
+    encoding ended (if it was not told them already), then closes the writer's file."""
     with _encoding_guard:
         _encoding.pop(key, None)
-    if error is not None:
+    if error is None:
+        growing.finish()
+    else:
         growing.fail(error)
     growing.close()
     growing.path.unlink(missing_ok=True)

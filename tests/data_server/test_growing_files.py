@@ -87,6 +87,25 @@ def test_a_failure_before_any_byte_is_raised_by_started_and_after_by_chunks(tmp_
     growing.close()
 
 
+def test_a_failure_after_the_finish_cuts_no_reader_short(tmp_path):
+    """A data server stopping fails every encoding still registered, the finished ones being
+    stored too: their readers, slow or joining late, still read every byte to a proper end."""
+    growing = GrowingFile(tmp_path / "scratch")
+    slow = growing.join()
+    growing.write(b"x" * 300_000)
+    growing.begin()
+    growing.end_here()
+    growing.finish()
+    late = growing.join()
+    growing.fail(RuntimeError("shutting down"))
+    assert late.whole
+    assert asyncio.run(_read_all(slow)) == b"x" * 300_000
+    source = asyncio.run(late.complete())
+    assert source.read_at(source.size(), 0) == b"x" * 300_000
+    source.close()
+    growing.close()
+
+
 def test_complete_waits_for_the_end_and_gives_the_whole_file(tmp_path):
     growing = GrowingFile(tmp_path / "scratch")
     reader = growing.join()
