@@ -10,6 +10,7 @@ execution completed (``sync_static_options``): the API server reads the stored A
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -45,7 +46,7 @@ from shared.filter_rules import (
     VALUE_TYPES_OF_CONTROL,
     filters_within,
 )
-from shared.lifecycle import ExecutionStatus
+from shared.lifecycle import ExecutionStatus, request_cancel
 from shared.organization_rows import lock_organization
 from shared.results import ResultGone, ResultStore, result_object_key
 from shared.settings import Settings
@@ -195,10 +196,11 @@ def update_filter(
     """Only what the request sent changes; a static SQL filter whose SQL or datasource changed
     (or that just became one) runs its SQL again, its old options answering until then; one
     whose value type changed runs it again with no options meanwhile (the old copy holds values
-    of the old type)."""
+    of the old type). A run of the old SQL still going is cancelled (``_cancel_superseded``)."""
     lock_organization(session, principal.organization_id)  # first: see create_filter
     row = get_filter(session, principal, filter_id, for_update=True)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
+    earlier_run = row.options_execution_id
     type_before = row.value_type
     _refuse_organization_wide(principal, row.datasource_id)
     if "datasource" in related:
@@ -219,7 +221,12 @@ def update_filter(
     _save_or_409(session, row, state)
     if retyped:
         row.options_updated_at = None
-    if row.options_source == "static_sql" and (not was_static or retyped or _sql_of(row) != before):
+    again = row.options_source == "static_sql" and (
+        not was_static or retyped or _sql_of(row) != before
+    )
+    if again or row.options_source != "static_sql":
+        _cancel_superseded(session, earlier_run)
+    if again:
         _queue_static(session, principal, row, settings)
     return row
 
@@ -236,8 +243,9 @@ def delete_filter(session: Session, principal: Principal, filter_id: str) -> Non
 def refresh_filter(
     session: Session, principal: Principal, filter_id: str, settings: Settings
 ) -> Filter:
-    """Run a static SQL filter's SQL again (409 ``not_static_sql`` for other sources)."""
-    write_lock_on_sqlite(session)
+    """Run a static SQL filter's SQL again (409 ``not_static_sql`` for other sources), instead
+    of a run of it still going."""
+    lock_organization(session, principal.organization_id)  # first: see create_filter
     row = get_filter(session, principal, filter_id, for_update=True)
     if row.options_source != "static_sql":
         raise Conflict(
@@ -245,8 +253,21 @@ def refresh_filter(
             "dynamic ones run with each options request.",
             code="not_static_sql",
         )
+    _cancel_superseded(session, row.options_execution_id)
     _queue_static(session, principal, row, settings, at_cap="raise")
     return row
+
+
+def _cancel_superseded(session: Session, execution_id: str | None) -> None:
+    """A static filter's earlier options run, if still queued or running: its result would be
+    ignored, and it would keep one of the organisation's places for running executions (a new
+    run at the cap was refused behind it) until its time limit. The caller locked the
+    organisation first, as a worker completing the run does before the execution."""
+    execution = None if execution_id is None else session.get(Execution, execution_id)
+    if execution is None or execution.cancel_requested:
+        return
+    with contextlib.suppress(Conflict):  # it ended already: nothing to stop
+        request_cancel(session, execution)
 
 
 # The columns a request writes: all but the keys, the timestamps and a static run's state.

@@ -301,6 +301,46 @@ def test_a_static_filter_written_at_the_cap_is_kept_to_refresh_later(api: Api) -
     assert refresh.status_code == 429 and refresh.headers["retry-after"] == "1"
 
 
+def test_a_superseded_options_run_is_cancelled_and_gives_up_its_place(api: Api) -> None:
+    """Changing a static filter's SQL, refreshing it, or leaving static SQL cancels the run
+    still going of what it ran before: its result would be ignored, and at the cap of running
+    executions it kept the new run from being queued."""
+    org = api.create_org()
+    with api.app.state.sessions.begin() as session:
+        session.get_one(Organization, org.id).max_running_executions = 1
+    filter_id = _filter(
+        api,
+        org,
+        org.sample_datasource_id,
+        **_dropdown(values=None, value_names=None),
+        options_source="static_sql",
+        options_sql_query="SELECT 'de'",
+    )
+
+    def run_of(answer: Any) -> str:
+        assert answer.status_code == 200, answer.text
+        attributes = answer.json()["data"]["attributes"]
+        assert attributes["status"] == "pending", attributes
+        return attributes["options_execution_id"]
+
+    def changed(attributes: dict[str, Any]) -> Any:
+        document = {"data": {"type": "filters", "id": filter_id, "attributes": attributes}}
+        return api.patch(f"/filters/{filter_id}", org.key, document)
+
+    first = run_of(api.get(f"/filters/{filter_id}", org.key))
+    second = run_of(changed({"options_sql_query": "SELECT 'fr'"}))
+    third = run_of(api.post(f"/filters/{filter_id}/refresh", org.key, b""))
+    label_only = changed({"name": "Country"})  # the SQL stays: its run goes on
+    assert run_of(label_only) == third
+    assert changed({"options_source": "manual", "values": ["de"]}).status_code == 200
+
+    def status(execution_id: str) -> str:
+        answer = api.get(f"/executions/{execution_id}", org.key)
+        return answer.json()["data"]["attributes"]["execution_status"]
+
+    assert [status(run) for run in (first, second, third)] == ["cancelled"] * 3
+
+
 def test_only_a_dashboards_manager_stops_a_static_filters_pending_options_run(api: Api) -> None:
     """Cancelled or purged before the filter copied its options, the filter would fail and refuse
     every value until refreshed: a key that may run on the datasource but not manage dashboards

@@ -231,6 +231,37 @@ def test_a_restore_racing_a_static_filter_of_its_variable_does_not_deadlock(api,
     assert restored.status_code == 409 and "filter_conflict" in restored.text, restored.text
 
 
+def test_a_refresh_racing_a_change_of_the_same_static_filter_does_not_deadlock(api, monkeypatch):
+    """Before, on PostgreSQL: a refresh locked the filter's row, then the organisation (to queue
+    the SQL, and now to cancel the run it replaces); a change, which locks the organisation
+    first, then waited on that row: a deadlock. The refresh now locks the organisation first."""
+    from api_server.services import filters as filter_service
+    from tests.api_server.test_filters import _dropdown, _filter
+
+    org = api.create_org()
+    filter_id = _filter(
+        api,
+        org,
+        org.sample_datasource_id,
+        **_dropdown(values=None, value_names=None),
+        options_source="static_sql",
+        options_sql_query="SELECT 'de'",
+    )
+    attributes = {"options_sql_query": "SELECT 'fr'"}
+    document = {"data": {"type": "filters", "id": filter_id, "attributes": attributes}}
+    refreshed, changed = while_held(
+        monkeypatch,
+        filter_service,
+        "get_filter",
+        lambda: api.post(f"/filters/{filter_id}/refresh", org.key, b""),
+        lambda: api.patch(f"/filters/{filter_id}", org.key, document),
+    )
+    assert (refreshed.status_code, changed.status_code) == (200, 200), (
+        refreshed.text,
+        changed.text,
+    )
+
+
 def test_a_report_created_on_a_datasource_being_deleted_is_422(api, monkeypatch):
     """Before, on PostgreSQL, the report read the datasource before the delete committed, and
     its insert then failed the foreign key: a 500."""
