@@ -7,11 +7,11 @@ fsync, or a complete S3 upload), so a reader of the store sees it whole or not a
 the requests for it in this process follow the scratch file as it grows
 (data_server/growing_files.py), and they end with its last byte: the publication comes after.
 The encoders and compressors are deterministic (no timestamps in gzip headers, fixed levels,
-single-threaded compression), so two servers that race on a first
-request publish the same bytes and the race is benign. The ETag is derived from the data key, the
-variant name and the encoders' revision (``ENCODING_REVISION``), so it is the same across grants,
-servers and re-materialisations. A small representation (``SMALL_REPRESENTATION_BYTES``) is not
-stored at all: it is encoded in memory on each request, to the same bytes.
+single-threaded compression), so two servers that race on a first request publish the same
+bytes and the race is benign. The ETag is derived from the data key, the variant name and the
+encoders' revision (``ENCODING_REVISION``), so it is the same across grants, servers and
+re-materialisations. A small representation (``SMALL_REPRESENTATION_BYTES``) is not stored at
+all: it is encoded in memory on each request, to the same bytes.
 """
 
 from __future__ import annotations
