@@ -67,6 +67,18 @@ def _filter(api: Api, org: Org, datasource: str | None = None, **attributes: Any
     return created.json()["data"]["id"]
 
 
+def static_filter(api: Api, org: Org) -> str:
+    """A static SQL filter on the sample datasource; its options run queued."""
+    return _filter(
+        api,
+        org,
+        org.sample_datasource_id,
+        **_dropdown(values=None, value_names=None),
+        options_source="static_sql",
+        options_sql_query="SELECT 'de'",
+    )
+
+
 def _errors(answer: Any) -> list[tuple[str, str | None]]:
     return [(e["code"], e.get("source", {}).get("pointer")) for e in answer.json()["errors"]]
 
@@ -308,14 +320,7 @@ def test_a_superseded_options_run_is_cancelled_and_gives_up_its_place(api: Api) 
     org = api.create_org()
     with api.app.state.sessions.begin() as session:
         session.get_one(Organization, org.id).max_running_executions = 1
-    filter_id = _filter(
-        api,
-        org,
-        org.sample_datasource_id,
-        **_dropdown(values=None, value_names=None),
-        options_source="static_sql",
-        options_sql_query="SELECT 'de'",
-    )
+    filter_id = static_filter(api, org)
 
     def run_of(answer: Any) -> str:
         assert answer.status_code == 200, answer.text
@@ -346,14 +351,7 @@ def test_only_a_dashboards_manager_stops_a_static_filters_pending_options_run(ap
     every value until refreshed: a key that may run on the datasource but not manage dashboards
     (Manage Alerts) may not; once the options are copied, stopping the run harms nothing."""
     org = api.create_org()
-    filter_id = _filter(
-        api,
-        org,
-        org.sample_datasource_id,
-        **_dropdown(values=None, value_names=None),
-        options_source="static_sql",
-        options_sql_query="SELECT 'de'",
-    )
+    filter_id = static_filter(api, org)
     shown = api.get(f"/filters/{filter_id}", org.key).json()["data"]["attributes"]
     execution = f"/executions/{shown['options_execution_id']}"
     alerts = api.create_key(org, [Permission.MANAGE_ALERTS])

@@ -236,17 +236,10 @@ def test_a_refresh_racing_a_change_of_the_same_static_filter_does_not_deadlock(a
     the SQL, and now to cancel the run it replaces); a change, which locks the organisation
     first, then waited on that row: a deadlock. The refresh now locks the organisation first."""
     from api_server.services import filters as filter_service
-    from tests.api_server.test_filters import _dropdown, _filter
+    from tests.api_server.test_filters import static_filter
 
     org = api.create_org()
-    filter_id = _filter(
-        api,
-        org,
-        org.sample_datasource_id,
-        **_dropdown(values=None, value_names=None),
-        options_source="static_sql",
-        options_sql_query="SELECT 'de'",
-    )
+    filter_id = static_filter(api, org)
     attributes = {"options_sql_query": "SELECT 'fr'"}
     document = {"data": {"type": "filters", "id": filter_id, "attributes": attributes}}
     refreshed, changed = while_held(
