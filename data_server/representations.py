@@ -54,15 +54,19 @@ from shared.results import (
 # quota charge under the organisation's lock), and its bytes, length and ETag are the same each
 # time. It also bounds the memory such a request holds.
 SMALL_REPRESENTATION_BYTES = 64 * 1024
-GZIP_LEVEL = 6
+# A representation is compressed once, while its first client waits, and is mostly read a few
+# times after: levels that cost little CPU. The 93 MB JSON of bench/formats_bench.py's 1M rows,
+# on the measuring machine: gzip 1 took 0.60 s for 21.3 MB, gzip 6 2.21 s for 18.2 MB; brotli 2
+# 0.57 s for 11.2 MB, brotli 5 1.81 s for 8.4 MB; zstd 3 0.29 s for 10.9 MB.
+GZIP_LEVEL = 1
 ZSTD_LEVEL = 3
-BROTLI_QUALITY = 5
+BROTLI_QUALITY = 2
 # Part of every ETag. Raise it whenever an encoder's bytes change for some result (a value spelled
 # differently, a level changed): a representation encoded on each request, or again after its
 # storage was refused, must not carry an ETag that named other bytes before, or a cached copy
 # would be revalidated (304) and a resumed download spliced from two encodings. (A stored
 # representation keeps its bytes; only its ETag changes, which costs a client one refetch.)
-ENCODING_REVISION = 3
+ENCODING_REVISION = 4
 
 
 class ContentCoding(enum.Enum):
