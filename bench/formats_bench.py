@@ -42,7 +42,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_server.encoders import encode_result, warm_up
-from data_server.formats import JSON_FORMATS, ResultFormat
+from data_server.formats import TEXT_FORMATS, ResultFormat
 from data_server.warm_files import kept_count, ready_count
 from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.models import Datasource, Execution, Organization
@@ -99,7 +99,7 @@ def in_process(connection: duckdb.DuckDBPyConnection, rows: int, path: Path) -> 
     with ThreadPoolExecutor(threads) as pool:
         for fmt in ResultFormat:
             for label, encoders in (("", None), (f"{threads} threads", pool)):
-                if encoders is not None and fmt not in JSON_FORMATS:
+                if encoders is not None and fmt not in TEXT_FORMATS:
                     continue
                 started = time.perf_counter()
                 chunks = encode_result(pa.OSFile(str(path), "rb"), fmt, pool=encoders)

@@ -106,16 +106,16 @@ def encode_result(
 ) -> Iterator[bytes | memoryview]:
     """Encoded chunks of the result; opening the file happens on the first ``next()``. A
     smaller ``slice_bytes`` makes the encoding stoppable after less work. With a ``pool``, the
-    JSON formats encode slices on its threads, a few ahead of the reader (the Arrow kernels
+    text formats encode slices on its threads, a few ahead of the reader (the Arrow kernels
     doing most of that work release the GIL); the bytes are the same either way."""
     reader = pa.ipc.open_file(source)
     batches = _batches(reader, offset, limit, slice_bytes, as_text=fmt in TEXT_FORMATS)
     if fmt is ResultFormat.ARROW:
         yield from _coalesce(_arrow(reader.schema, batches, compression.codec))
-    elif fmt in _ROW_ENCODERS:
-        yield from _coalesce(_ROW_ENCODERS[fmt](reader.schema, batches, pool))
+    elif fmt is ResultFormat.PARQUET:
+        yield from _coalesce(_parquet(reader.schema, batches))
     else:
-        yield from _coalesce(_ENCODERS[fmt](reader.schema, batches))
+        yield from _coalesce(_TEXT_ENCODERS[fmt](reader.schema, batches, pool))
 
 
 def warm_up() -> None:
@@ -249,28 +249,43 @@ def _holds(data_type: pa.DataType, kind: Callable[[pa.DataType], bool]) -> bool:
     )
 
 
-def _csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
-    """Arrow's CSV writer, but for a slice holding dates or timestamps it cannot spell
-    (DuckDB's infinities, years past 9999): that slice's such columns are spelled by
-    data_server/temporal_texts.py and written as text (quoted, as Arrow quotes text)."""
+def _csv(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch], pool: Executor | None
+) -> Iterator[bytes | pa.Buffer]:
+    """Arrow's CSV writer: the header once, then each slice's rows on their own, which are the
+    same bytes whichever thread writes them (``pool``: its threads, in order)."""
     target = pa.schema([field.with_type(_csv_type(field.type)) for field in schema])
-    temporal = [index for index, field in enumerate(target) if is_temporal(field.type)]
-    sink = _Sink()
-    with pa_csv.CSVWriter(sink, target) as writer:
-        yield from sink.drain()
-        for batch in batches:
-            conformed = _conform(batch, target)
-            far = [i for i in temporal if not ordinary(conformed.column(i))]
-            if not far:
-                writer.write_batch(conformed)
-            else:
-                columns = list(conformed.columns)
-                for index in far:
-                    columns[index] = spell(columns[index], iso=False).texts
-                spelled = pa.RecordBatch.from_arrays(columns, names=target.names)
-                pa_csv.write_csv(spelled, sink, pa_csv.WriteOptions(include_header=False))
-            yield from sink.drain()
-    yield from sink.drain()
+    yield _csv_text(target.empty_table(), header=True)
+    rows = partial(_csv_rows, target=target)
+    if pool is None:
+        yield from map(rows, batches)
+        return
+    for body, _ in _in_order(pool, rows, batches):
+        yield body
+
+
+def _csv_rows(batch: pa.RecordBatch, target: pa.Schema) -> pa.Buffer:
+    """A slice's rows; dates or timestamps Arrow cannot spell (DuckDB's infinities, years past
+    9999) are spelled by data_server/temporal_texts.py and written as text (quoted, as Arrow
+    quotes text)."""
+    conformed = _conform(batch, target)
+    far = [
+        index
+        for index, field in enumerate(target)
+        if is_temporal(field.type) and not ordinary(conformed.column(index))
+    ]
+    if far:
+        columns = list(conformed.columns)
+        for index in far:
+            columns[index] = spell(columns[index], iso=False).texts
+        conformed = pa.RecordBatch.from_arrays(columns, names=target.names)
+    return _csv_text(conformed, header=False)
+
+
+def _csv_text(data: pa.RecordBatch | pa.Table, *, header: bool) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(data, sink, pa_csv.WriteOptions(include_header=header))
+    return sink.getvalue()
 
 
 def _csv_type(data_type: pa.DataType) -> pa.DataType:
@@ -488,15 +503,12 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-_ENCODERS: dict[ResultFormat, Callable[[pa.Schema, Iterator[pa.RecordBatch]], Iterator[Any]]] = {
-    ResultFormat.CSV: _csv,
-    ResultFormat.PARQUET: _parquet,
-}
-_ROW_ENCODERS: dict[
+_TEXT_ENCODERS: dict[
     ResultFormat,
     Callable[[pa.Schema, Iterator[pa.RecordBatch], Executor | None], Iterator[Any]],
 ] = {
     ResultFormat.JSON: _json,
     ResultFormat.NDJSON: _ndjson,
     ResultFormat.RECORDS: _records,
+    ResultFormat.CSV: _csv,
 }

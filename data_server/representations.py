@@ -131,7 +131,7 @@ _IMPLICIT_IDENTITY_WEIGHT = 0.0005
 # requests wait without a thread), each organisation's behind its own and one at most on all but
 # one thread (FairJobs). Each running or waiting one holds a scratch file open: an organisation
 # may have ENCODINGS_PER_ORGANIZATION of them (beyond: 429), the server ENCODINGS_AT_MOST
-# (beyond: 503). Their JSON slices share the slice threads.
+# (beyond: 503). Their slices of text (JSON, records, NDJSON, CSV) share the slice threads.
 MATERIALISATIONS_AT_ONCE = 8
 ENCODINGS_PER_ORGANIZATION = 16
 ENCODINGS_AT_MOST = 64
@@ -140,7 +140,7 @@ ENCODINGS_AT_MOST = 64
 @dataclass(frozen=True)
 class EncodingThreads:
     """A data server's threads for encoding: ``jobs`` run first encodings, ``slices`` (None: a
-    job encodes alone) encode JSON slices for them and for row windows."""
+    job encodes alone) encode text slices for them and for row windows."""
 
     jobs: FairJobs
     slices: Executor | None

@@ -276,7 +276,7 @@ class Settings(BaseModel):
     query_threads: int = setting(2, "DuckDB threads per execution.", ge=1, le=256)
     encode_threads: int = setting(
         2,
-        "Threads of a data server encoding JSON, records and NDJSON results, shared by all "
+        "Threads of a data server encoding JSON, records, NDJSON and CSV results, shared by all "
         "fetches (1: each fetch encodes on its own thread only).",
         ge=1,
         le=256,
