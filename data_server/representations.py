@@ -238,14 +238,14 @@ def _claim(
 ) -> tuple[GrowingFile, GrowingReader]:
     """A new encoding of ``key`` and its first reader, registered only once both exist (the
     caller holds the registry's lock); written into a warm file if one is given and ready."""
-    encoding = [owner for owner, growing in _encoding.values() if not growing.finished]
-    if len(encoding) >= ENCODINGS_AT_MOST:
+    writing = [owner for owner, growing in _encoding.values() if not growing.finished]
+    if len(writing) >= ENCODINGS_AT_MOST:
         raise ServiceUnavailable(
             "Too many results are being encoded on this data server; retry shortly.",
             code="encoders_busy",
             headers={"Retry-After": "1"},
         )
-    if encoding.count(organization_id) >= ENCODINGS_PER_ORGANIZATION:
+    if writing.count(organization_id) >= ENCODINGS_PER_ORGANIZATION:
         raise TooManyRequests(
             f"This organisation has {ENCODINGS_PER_ORGANIZATION} results being encoded on this "
             "data server; retry once they are done.",
@@ -306,12 +306,11 @@ def _finish_then_store(
     store: ResultStore, key: str, charge: Callable[[int], bool], growing: GrowingFile
 ) -> None:
     """Counts the representation in the quota (a client that has read it sees it counted), lets
-    its readers finish, then stores it if the quota took it."""
+    its readers finish, then stores it if the quota took it. (If the count fails, ``_release``
+    lets them finish.)"""
     try:
-        try:
-            kept = charge(growing.path.stat().st_size)
-        finally:
-            growing.finish()
+        kept = charge(growing.path.stat().st_size)
+        growing.finish()
         if kept:
             store.publish(growing.path, key)
     except Exception:  # the readers have every byte; the next request encodes it again

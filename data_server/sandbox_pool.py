@@ -46,6 +46,12 @@ BASE_RSS_MB = 300
 _CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "TZ", "TMPDIR")
 
 
+def memory_cap_of(memory_limit_mb: int) -> float:
+    """The resident size, in MiB, past which the watchdog kills a child: DuckDB's own limit does
+    not bound everything it holds (a body without a length is read whole, whatever the limit)."""
+    return memory_limit_mb * 1.5 + BASE_RSS_MB
+
+
 class _Child:
     """One sandbox process and the two pipes to it."""
 
@@ -205,7 +211,7 @@ class SandboxPool:
     def _watch(self, child: _Child, limits: Limits, cancel: threading.Event | None) -> dict:
         """Wait for the reply, killing the child on cancel, overtime, overuse of memory or death."""
         kill_at = time.monotonic() + limits.timeout_seconds + KILL_GRACE_SECONDS
-        memory_cap_mb = limits.memory_limit_mb * 1.5 + BASE_RSS_MB
+        memory_cap_mb = memory_cap_of(limits.memory_limit_mb)
         poller = select.poll()
         poller.register(child.from_child, select.POLLIN | select.POLLHUP | select.POLLERR)
         while True:

@@ -14,7 +14,7 @@ import anyio
 import pytest
 from starlette.testclient import TestClient
 
-from data_server import encoders, representations
+from data_server import encoders, endpoints, representations
 from data_server.app import create_app
 from shared.results import result_object_key, stored_variants, variant_object_key
 from shared.settings import Settings
@@ -216,6 +216,23 @@ def test_readers_finish_before_the_representation_is_stored_and_it_counts_alread
         "json": len(first.content),
         "csv": variants_size(settings, data.data_key) - len(first.content),
     }
+
+
+def test_a_quota_count_that_fails_still_ends_the_body_whole_and_stores_nothing(data, monkeypatch):
+    """The readers finish once the representation is counted; if counting fails (the metadata
+    database gone), the release still lets them finish: every byte was written."""
+
+    def unreachable(*args, **kwargs):
+        raise OSError("metadata database unreachable")
+
+    monkeypatch.setattr(endpoints, "charge_representation", unreachable)
+    answers: list = []
+    reader = threading.Thread(target=lambda: answers.append(get_result(data, "json")), daemon=True)
+    reader.start()
+    reader.join(30)
+    (answer,) = answers  # not empty: the body ended
+    assert answer.status_code == 200 and json.loads(answer.content)["row_count"] == 50_000
+    assert stored_variants(data.store, data.data_key) == {}
 
 
 def test_concurrent_ranges_during_the_encoding_each_get_their_own_bytes(data, held):

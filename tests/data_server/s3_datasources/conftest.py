@@ -140,8 +140,8 @@ def servers(tmp_path_factory, sqlite_template) -> Iterator[tuple[Api, TestClient
         worker_processes=1,
         poll_interval_seconds=0.05,
         connect_timeout_seconds=3,
-        # The sandbox's memory watchdog stops a hostile endpoint's endless body at 1.5 times
-        # this plus 300 MB (test_s3_over_http): small, so that the test is quick.
+        # The sandbox's memory watchdog stops a hostile endpoint's endless body at a cap derived
+        # from this (test_s3_over_http): small, so that the test is quick.
         query_memory_limit_mb=QUERY_MEMORY_LIMIT_MB,
     )
     with (

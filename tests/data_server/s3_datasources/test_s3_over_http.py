@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from data_server.sandbox_pool import memory_cap_of
 from tests.data_server.s3_datasources.conftest import QUERY_MEMORY_LIMIT_MB
 from tests.support.factories import Api, resource
 from tests.support.log_watch import remember
@@ -197,12 +198,12 @@ class _EndlessPage(_Endpoint):
 
 def test_a_hostile_endpoint_cannot_take_the_data_servers_memory(plain, service):
     """An endpoint of the tenant's choosing answers the bucket's listing with an endless page:
-    the sandbox's watchdog stops the child holding it at its memory cap (1.5 times the query
-    memory limit plus 300 MB), long before the page ends."""
+    the sandbox's watchdog stops the child holding it at its memory cap, long before the page
+    ends."""
     outcome = _test_connection_at(service, plain, _EndlessPage)
     assert outcome["status"] == "error", outcome
     assert "exceeded its memory limit" in outcome["error_message"], outcome
-    cap = (QUERY_MEMORY_LIMIT_MB * 1.5 + 300) * 1024**2
+    cap = memory_cap_of(QUERY_MEMORY_LIMIT_MB) * 1024**2
     assert _EndlessPage.sent < 2 * cap  # 264 MB here (DuckDB holds about twice what it read)
 
 
