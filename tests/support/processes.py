@@ -129,9 +129,23 @@ class Region:
         _wait_ready(self.data_url, self)
 
     def sandbox_children(self) -> list[int]:
-        """Pids of the data server's sandbox child processes."""
-        children = Path(f"/proc/{self.data_server.pid}/task/{self.data_server.pid}/children")
-        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        """Pids of the data server's sandbox child processes, whichever of its threads started
+        them (Linux lists a child under that thread only), without its warm-file filler."""
+        pids = []
+        for listing in Path(f"/proc/{self.data_server.pid}/task").glob("*/children"):
+            try:
+                pids += [int(pid) for pid in listing.read_text().split()]
+            except OSError:  # the thread ended meanwhile
+                continue
+        return [pid for pid in pids if _runs_module(pid, "data_server.sandbox_child")]
+
+
+def _runs_module(pid: int, module: str) -> bool:
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # it ended
+        return False
+    return module.encode() in arguments
 
 
 @contextmanager
