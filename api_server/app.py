@@ -13,6 +13,7 @@ from api_server.execution_waits import ExecutionWaits
 from api_server.rate_limits import RateLimiter
 from api_server.routes import routes
 from shared.db.engine import (
+    autocommit,
     create_read_session_factory,
     create_server_engine,
     create_session_factory,
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.engine = engine
     app.state.sessions = create_session_factory(engine)
     app.state.reads = create_read_session_factory(engine)
+    app.state.read_engine = autocommit(engine)
     app.state.secrets = ServerSecrets.load(settings)
     app.state.signing_keys = SigningKeyring(settings)
     app.state.result_store = open_result_store(settings)

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 import anyio
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +32,7 @@ _INSERT_EVENT = insert(table_of(AuditEvent))
 
 
 def record_event(
-    session: Session,
+    session: Session | Connection,
     *,
     organization_id: str,
     action: str,
@@ -83,11 +83,11 @@ class AuditMiddleware:
         event = _event(scope, message["status"], _created_id(message))
         if event is None:
             return
-        sessions = scope["app"].state.sessions
+        engine = scope["app"].state.engine
 
         def write() -> None:
-            with sessions.begin() as session:
-                record_event(session, **event)
+            with engine.begin() as connection:
+                record_event(connection, **event)
 
         try:
             await anyio.to_thread.run_sync(write)
@@ -113,8 +113,8 @@ def record_data_grant(request: Request, action: str, resource_id: str) -> None:
     every token handed out."""
     event = _event(request.scope, 200, None, resource_id)
     if event is not None:
-        with request.app.state.sessions.begin() as session:
-            record_event(session, **{**event, "action": action})
+        with request.app.state.engine.begin() as connection:
+            record_event(connection, **{**event, "action": action})
 
 
 def _event(

@@ -31,11 +31,11 @@ def authenticate(request: Request) -> Principal:
     if secret is None:
         raise unauthorized()
     app_state = request.app.state
-    with app_state.reads() as session:  # note_use's one update commits on its own
-        caller = api_keys.find_caller(session, app_state.secrets, secret)
+    with app_state.read_engine.connect() as connection:  # note_use's update commits on its own
+        caller = api_keys.find_caller(connection, app_state.secrets, secret)
         if caller is None:
             raise unauthorized()
-        api_keys.note_use(session, caller)
+        api_keys.note_use(connection, caller)
     settings: Settings = app_state.settings
     principal = Principal(
         organization_id=caller.organization_id,

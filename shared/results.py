@@ -149,6 +149,8 @@ class LocalResultStore:
         self.scratch = ScratchSpace(root / "tmp")
         for sub in ("results", "schemas", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        # Resolved once: a key is resolved on every read and write of a result.
+        self._resolved_root = root.resolve()
 
     @property
     def scratch_dir(self) -> Path:
@@ -156,7 +158,7 @@ class LocalResultStore:
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()) or ".." in Path(key).parts:
+        if not path.is_relative_to(self._resolved_root) or ".." in Path(key).parts:
             raise ResultGone("No such result.")
         return path
 

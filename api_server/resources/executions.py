@@ -432,7 +432,7 @@ def _load(
     recheck_key: bool = False,
 ) -> Execution:
     with request.app.state.reads() as session:
-        if recheck_key and not api_keys.still_enabled(session, principal.api_key_id):
+        if recheck_key and not api_keys.still_enabled(session.connection(), principal.api_key_id):
             raise unauthorized()
         return executions.get_execution(
             session,
@@ -502,8 +502,8 @@ def _grant_if_completed(
     is not an error of the run; a key deleted or disabled while the run waited gets no grant,
     as its next request would get none)."""
     state = request.app.state
-    with state.reads() as session:
-        if not api_keys.still_enabled(session, principal.api_key_id):
+    with state.read_engine.connect() as connection:
+        if not api_keys.still_enabled(connection, principal.api_key_id):
             return None
     try:
         grant = data_grants.grant_execution_data(state.signing_keys, state.settings, execution)

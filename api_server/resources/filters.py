@@ -712,7 +712,7 @@ def _still_answerable(request: Request, principal: Principal, basis: _OptionsBas
     when they were asked for (409 ``filter_changed``: ask again)."""
     state = request.app.state
     with state.reads() as session:
-        if not api_keys.still_enabled(session, principal.api_key_id):
+        if not api_keys.still_enabled(session.connection(), principal.api_key_id):
             raise unauthorized()
         row = filters.get_filter(session, principal, request.path_params["id"])
         if _OptionsBasis.of(row) != basis:

@@ -55,7 +55,7 @@ def ensure_demo_organization(
     path = settings.state_dir / DEMO_CREDENTIALS_FILE
     if path.exists():
         stored = orjson.loads(path.read_bytes())
-        caller = api_keys.find_caller(session, server_secrets, stored["api_key"])
+        caller = api_keys.find_caller(session.connection(), server_secrets, stored["api_key"])
         if caller is not None and caller.organization_id == stored["organization_id"]:
             return CreatedOrganization(**stored)
     created = create_organization(session, server_secrets, "Demo")

@@ -115,16 +115,18 @@ def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def autocommit(engine: Engine) -> Engine:
+    """``engine`` whose statements each run on their own: for reads that need no transaction
+    around them, on the paths every request or execution takes. A transaction costs a BEGIN and
+    a ROLLBACK, on PostgreSQL two of the four round trips of a one-query session; and under read
+    committed, PostgreSQL's default, a transaction's statements share no snapshot anyway. A
+    write made through it is committed at once: never one that another must undo."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def create_read_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions whose statements each run on their own (autocommit): for reads that need no
-    transaction around them, on the paths every request or execution takes. A transaction
-    costs a BEGIN and a ROLLBACK, on PostgreSQL two of the four round trips of a one-query
-    session; and under read committed, PostgreSQL's default, a transaction's statements share
-    no snapshot anyway. A write made here is committed at once: never one that another must
-    undo."""
-    return sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-    )
+    """Sessions on ``autocommit(engine)``, for reads that load model objects."""
+    return sessionmaker(autocommit(engine), expire_on_commit=False)
 
 
 def write_lock_on_sqlite(session: Session) -> None:
