@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -47,7 +46,7 @@ def handle(request: dict[str, Any], sandboxes: WarmSandboxes) -> Any:
         job = dict(request["job"])
         job["datasource"] = _spec(job["datasource"])
         job["limits"] = _limits(job["limits"])
-        return asdict(engine.run_query(engine.QueryJob(**job), sandboxes))
+        return engine.run_query(engine.QueryJob(**job), sandboxes)  # orjson writes it as is
     spec, limits, temp_dir = _spec(request["spec"]), _limits(request["limits"]), request["temp_dir"]
     if operation == "schema":
         return engine.schema_of(spec, limits, temp_dir)

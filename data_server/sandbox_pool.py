@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +137,7 @@ class SandboxPool:
 
     def run(self, job: QueryJob, cancel_event: threading.Event | None = None) -> QueryOutcome:
         affinity = affinity_of(job.datasource)
-        request = {"op": "query", "job": asdict(job)}
+        request = {"op": "query", "job": job}  # orjson writes dataclasses itself
         value = self._call(request, job.limits, cancel_event, affinity=affinity)
         return QueryOutcome(**value)
 
@@ -177,7 +176,7 @@ class SandboxPool:
     ) -> Any:
         scratch = tempfile.mkdtemp(prefix="dataferry-", dir=self.scratch_root)
         try:
-            request = {"op": operation, "spec": asdict(spec), "limits": asdict(limits)}
+            request = {"op": operation, "spec": spec, "limits": limits}
             return self._call({**request, "temp_dir": scratch}, limits, cancel)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

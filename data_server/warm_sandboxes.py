@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -53,7 +53,7 @@ def affinity_of(spec: DatasourceSpec) -> str | None:
     same last; None when ``spec`` is never served warm."""
     if not spec.owner or spec.database_type not in REUSABLE_DATABASE_TYPES:
         return None
-    return orjson.dumps(asdict(spec)).decode()
+    return orjson.dumps(spec).decode()
 
 
 def warm_key(spec: DatasourceSpec, limits: Limits) -> WarmKey | None:
