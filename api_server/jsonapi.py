@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -125,6 +127,13 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
     try:
         orjson.loads(body)  # the strict reader: NaN, a lone surrogate or trailing data is 400
     except orjson.JSONDecodeError as exc:
+        if (pointer := _number_beyond_double(body)) is not None:
+            raise Unprocessable(
+                "This number is beyond the range of a double (about ±1.8e308), the largest "
+                "this API reads.",
+                pointer=pointer,
+                code="number_out_of_range",
+            ) from None
         raise MalformedJSON(f"The request body is not valid JSON: {exc.msg}.") from None
     try:
         # Read again by the standard library, whose hook sees every member: a name given twice
@@ -132,7 +141,7 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
         # It also keeps an integer beyond 64 bits exact, where orjson reads a float, so that
         # validation can refuse it, not match other rows.
         document = json.loads(body, object_pairs_hook=_members_once)
-        pointer = _nul_pointer(document, "") if b"\\u0000" in body else None
+        pointer = _first_pointer(document, "", _holds_nul) if b"\\u0000" in body else None
     except RecursionError:
         raise MalformedJSON("The request body nests too deeply.") from None
     if pointer is not None:
@@ -144,10 +153,10 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
     return document
 
 
-def _nul_pointer(value: Any, pointer: str) -> str | None:
-    """The JSON Pointer of the first string (or member name) holding U+0000, if any."""
-    if isinstance(value, str):
-        return pointer if "\x00" in value else None
+def _first_pointer(value: Any, pointer: str, found: Callable[[Any], bool]) -> str | None:
+    """The JSON Pointer of the first member name or value ``found`` in ``value``, if any."""
+    if found(value):
+        return pointer
     if isinstance(value, dict):
         items: Iterable[tuple[Any, Any]] = value.items()
     elif isinstance(value, list):
@@ -156,11 +165,55 @@ def _nul_pointer(value: Any, pointer: str) -> str | None:
         return None
     for name, member in items:
         escaped = _pointer_token(str(name))
-        if "\x00" in str(name):
+        if isinstance(name, str) and found(name):
             return f"{pointer}/{escaped}"
-        if (found := _nul_pointer(member, f"{pointer}/{escaped}")) is not None:
-            return found
+        if (inner := _first_pointer(member, f"{pointer}/{escaped}", found)) is not None:
+            return inner
     return None
+
+
+def _holds_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" in value
+
+
+class _BeyondDouble:
+    """A number of the body that no double holds, where the standard library reads it."""
+
+
+def _integer_beyond_double(text: str) -> Any:
+    # More digits than the largest double has are beyond it; int() would refuse over 4300.
+    if len(text.lstrip("-")) > _DOUBLE_DIGITS or abs(int(text)) > sys.float_info.max:
+        return _BeyondDouble()
+    return 0  # its value is not needed, only where the one beyond it is
+
+
+def _fraction_beyond_double(text: str) -> Any:
+    return _BeyondDouble() if math.isinf(float(text)) else 0.0
+
+
+_DOUBLE_DIGITS = len(str(int(sys.float_info.max)))  # 309
+
+
+def _number_beyond_double(body: bytes) -> str | None:
+    """Where a body that orjson refused holds a number beyond a double's range, if that is why.
+    JSON's grammar bounds no number, and RFC 8259 §6 lets a reader set its own range: such a
+    body is valid JSON that this API cannot read, which the client is told at the number
+    (422 ``number_out_of_range``, as for an integer beyond 64 bits), not that it sent
+    malformed JSON. Any other fault of the body, read here or not, leaves it malformed."""
+    try:
+        document = json.loads(
+            body,
+            parse_int=_integer_beyond_double,
+            parse_float=_fraction_beyond_double,
+            parse_constant=_not_json,
+        )
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        return None
+    return _first_pointer(document, "", lambda value: isinstance(value, _BeyondDouble))
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _pointer_token(name: str) -> str:

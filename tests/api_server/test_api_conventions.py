@@ -60,6 +60,44 @@ def test_malformed_documents_get_the_error_shape(api, body, status, code):
     assert dump_tables(api.app) == before
 
 
+@pytest.mark.parametrize(
+    ("number", "pointer"),
+    [
+        (b"1e400", "/data/attributes/name"),
+        (b"-" + b"9" * 5000, "/data/attributes/name"),  # past Python's 4,300-digit int limit
+        (b"9" * 309, "/data/attributes/name"),  # one digit more than the largest double's
+    ],
+)
+def test_a_number_beyond_a_double_is_422_at_that_number_not_malformed_json(api, number, pointer):
+    """JSON's grammar bounds no number (RFC 8259 §6 lets a reader set its own range): such a body
+    is valid JSON, refused at the number it cannot read, not called malformed."""
+    org = api.create_org()
+    before = dump_tables(api.app)
+    body = b'{"data": {"type": "datasources", "attributes": {"name": ' + number + b"}}}"
+    response = api.post("/datasources", org.key, body)
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert error["code"] == "number_out_of_range"
+    assert error["source"] == {"pointer": pointer}
+    assert "1.8e308" in error["detail"]
+    assert dump_tables(api.app) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": 1e400} and more',  # trailing data
+        b'{"data": NaN, "n": 1e400}',  # NaN is no JSON
+        b'{"data": ' + b"9" * 308 + b"}",  # within a double's range: read, then refused as data
+    ],
+)
+def test_a_body_malformed_besides_its_number_is_not_told_about_the_number(api, body):
+    org = api.create_org()
+    response = api.post("/datasources", org.key, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["code"] in ("malformed_json", "bad_request")
+
+
 def test_patch_with_mismatched_id_is_409(api):
     org = api.create_org()
     created = api.create_datasource(org.key)
