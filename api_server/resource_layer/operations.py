@@ -62,18 +62,27 @@ class Operation(web.Operation):
         return not self.security
 
     async def admit(self, request: Request) -> tuple[Any, ...]:
-        """406 → 401 → 429 → 403, then the query's parameter names (400 for one not declared or
-        repeated), then the body; the handler gets the principal. A public document (the JWKS)
-        is served whatever the client accepts."""
-        arguments: tuple[Any, ...] = ()
-        if not self.public:
-            require_acceptable(request, self.produces)
-            arguments = (await run_in_threadpool(_admit, request, self.permissions),)
-            web.reject_undeclared_query(request, self.declared_query)
-            _refuse_entity_tag_conditions(request)
+        """The checks (``checks_in_thread``), then the body; the handler gets the principal."""
+        arguments = () if self.public else await run_in_threadpool(self.checks_in_thread, request)
         if self.body is Body.BOUNDED:
             request.state.body = await read_bounded_body(request, self.max_body_bytes)
         return arguments
+
+    @property
+    def admits_in_thread(self) -> bool:
+        return self.body is not Body.BOUNDED  # reading the body waits on the event loop
+
+    def checks_in_thread(self, request: Request) -> tuple[Any, ...]:
+        """406 → 401 → 429 → 403, then the query's parameter names (400 for one not declared or
+        repeated) and entity-tag conditions. A public document (the JWKS) is served whatever the
+        client accepts."""
+        if self.public:
+            return ()
+        require_acceptable(request, self.produces)
+        principal = _admit(request, self.permissions)
+        web.reject_undeclared_query(request, self.declared_query)
+        _refuse_entity_tag_conditions(request)
+        return (principal,)
 
     @functools.cached_property
     def declared_query(self) -> frozenset[str]:
