@@ -32,7 +32,7 @@ _INSERT_EVENT = insert(table_of(AuditEvent))
 
 
 def record_event(
-    session: Session | Connection,
+    transaction: Session | Connection,
     *,
     organization_id: str,
     action: str,
@@ -44,7 +44,8 @@ def record_event(
     remote_addr: str | None = None,
     request_id: str | None = None,
 ) -> None:
-    session.execute(
+    """One event, in ``transaction``: the caller's own, with its change, or one of its own."""
+    transaction.execute(
         _INSERT_EVENT,
         {
             "organization_id": organization_id,

@@ -403,28 +403,19 @@ QUIET_CPU_MS = 20.0
 
 def _all_cpu_ms(region: Region) -> float:
     """CPU so far of both servers and every child of the data server (its warm-file filler
-    included, which ``sandbox_children`` leaves out)."""
-    data_pid = region.data_server.pid
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if parent == data_pid:
-                children.append(int(entry.name))
-    pids = [region.processes[0].pid, data_pid, *children]
+    included)."""
+    pids = [region.processes[0].pid, region.data_server.pid, *region.data_server_children()]
     return sum(cpu_ms(pid) for pid in pids)
 
 
 def bench(configuration: str, runs: int, floor: Figures) -> None:
     with region_of(configuration) as region, region.organization_client("Bench") as client:
         label = f"{configuration:9} one-row,"
-        settled(region, client, sample_datasource(client))
+        datasource_id = sample_datasource(client)
+        settled(region, client, datasource_id)
         cpu = with_cpu(label, lambda: server_cpu_ms(region), runs + 1)  # + the warm-up one
         paths = (four_requests, run_and_wait)
-        figures(label, client, sample_datasource(client), paths, runs, floor, cpu)
+        figures(label, client, datasource_id, paths, runs, floor, cpu)
 
 
 def main() -> None:

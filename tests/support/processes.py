@@ -128,16 +128,24 @@ class Region:
             )
         _wait_ready(self.data_url, self)
 
-    def sandbox_children(self) -> list[int]:
-        """Pids of the data server's sandbox child processes, whichever of its threads started
-        them (Linux lists a child under that thread only), without its warm-file filler."""
+    def data_server_children(self) -> list[int]:
+        """Pids of the data server's child processes, whichever of its threads started them
+        (Linux lists a child under that thread only)."""
         pids = []
         for listing in Path(f"/proc/{self.data_server.pid}/task").glob("*/children"):
             try:
                 pids += [int(pid) for pid in listing.read_text().split()]
             except OSError:  # the thread ended meanwhile
                 continue
-        return [pid for pid in pids if _runs_module(pid, "data_server.sandbox_child")]
+        return pids
+
+    def sandbox_children(self) -> list[int]:
+        """Pids of the data server's sandbox child processes (not its warm-file filler)."""
+        return [
+            pid
+            for pid in self.data_server_children()
+            if _runs_module(pid, "data_server.sandbox_child")
+        ]
 
 
 def _runs_module(pid: int, module: str) -> bool:
