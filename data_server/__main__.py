@@ -44,7 +44,7 @@ def cmd_work(settings: Settings, args: argparse.Namespace) -> None:
     engine = create_server_engine(settings)
     store = open_result_store(settings)
     remove_dead_scratch(store)
-    worker = start_workers(settings, create_session_factory(engine), store)
+    worker = start_workers(settings, create_session_factory(engine, in_turn=True), store)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # the worker (and its sandbox pool) is imported only where wo
 
 def create_app(settings: Settings, *, run_workers: bool = False) -> Starlette:
     engine = create_server_engine(settings)
-    sessions = create_session_factory(engine)
+    sessions = create_session_factory(engine, in_turn=True)
     store = open_result_store(settings)
     encoding_threads = _encoding_threads(settings)
     warm_files = WarmFiles(store.scratch.own_directory(), settings.warm_scratch_mb * 1024 * 1024)

@@ -1,0 +1,88 @@
+"""The session factories, on both metadata databases: read sessions
+(``create_read_session_factory``) run statements on their own, no transaction around them, and
+the pooled connection goes back as it came; turn-taking sessions (``in_turn``, a data server's)
+begin their transactions one at a time in the process on SQLite, and as usual elsewhere."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.engine import (
+    TurnTakingSessions,
+    create_metadata_engine,
+    create_read_session_factory,
+    create_session_factory,
+)
+from tests.support.postgres import fresh_postgres_schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        created = create_metadata_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+        yield created
+        created.dispose()
+        return
+    with fresh_postgres_schema("dataferry_read_sessions") as url:
+        created = create_metadata_engine(url)
+        yield created
+        created.dispose()
+
+
+def test_a_read_session_runs_each_statement_on_its_own(engine):
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE seen (n integer)"))
+    reads, sessions = create_read_session_factory(engine), create_session_factory(engine)
+    with reads() as session:
+        session.execute(text("INSERT INTO seen VALUES (1)"))  # committed at once
+        with sessions() as other:
+            assert other.scalar(text("SELECT count(*) FROM seen")) == 1
+    with sessions() as session:  # the pooled connection is transactional again
+        session.execute(text("INSERT INTO seen VALUES (2)"))
+        session.rollback()
+        assert session.scalar(text("SELECT count(*) FROM seen")) == 1
+
+
+def _second_transaction_begins(sessions: sessionmaker[Session]) -> tuple[threading.Event, bool]:
+    """Begin a transaction of ``sessions`` while one of them holds a written row, in another
+    thread; whether that thread's ``begin()`` got in before the first one ended (``begun`` is
+    set once it does)."""
+    begun, done = threading.Event(), threading.Event()
+
+    def second() -> None:
+        with sessions.begin() as session:
+            begun.set()
+            session.execute(text("INSERT INTO seen VALUES (2)"))
+        done.set()
+
+    with sessions.begin() as session:
+        session.execute(text("INSERT INTO seen VALUES (1)"))  # SQLite's write lock is held now
+        thread = threading.Thread(target=second)
+        thread.start()
+        got_in = begun.wait(0.5)
+    assert done.wait(30)  # then it did begin, and wrote
+    thread.join()
+    return begun, got_in
+
+
+def test_on_sqlite_turn_taking_transactions_begin_one_after_the_other(engine):
+    """The second waits for its turn in the process, so that it never waits in SQLite's busy
+    handler (which sleeps up to 100 ms between tries and is not woken when the lock is freed)."""
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE seen (n integer)"))
+    sessions = create_session_factory(engine, in_turn=True)
+    begun, got_in = _second_transaction_begins(sessions)
+    if engine.dialect.name == "sqlite":
+        assert isinstance(sessions, TurnTakingSessions)
+        assert not got_in and begun.is_set()
+    else:  # PostgreSQL's transactions begin side by side, as ever
+        assert type(sessions) is sessionmaker and got_in
+    with sessions.begin() as session:  # re-entrant, as SQLite alone is
+        with sessions.begin() as inner:
+            assert inner.scalar(text("SELECT count(*) FROM seen")) == 2
+        session.execute(text("DELETE FROM seen"))
