@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessions = create_session_factory(engine)
+    app.state.sessions = create_session_factory(engine, in_turn=True)
     app.state.reads = create_read_session_factory(engine)
     app.state.read_engine = autocommit(engine)
     app.state.secrets = ServerSecrets.load(settings)

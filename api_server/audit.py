@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.db.engine import write_transaction
 from shared.db.models import AuditEvent, table_of
 from shared.logging import request_id_var
 
@@ -87,7 +88,7 @@ class AuditMiddleware:
         engine = scope["app"].state.engine
 
         def write() -> None:
-            with engine.begin() as connection:
+            with write_transaction(engine) as connection:
                 record_event(connection, **event)
 
         try:
@@ -114,7 +115,7 @@ def record_data_grant(request: Request, action: str, resource_id: str) -> None:
     every token handed out."""
     event = _event(request.scope, 200, None, resource_id)
     if event is not None:
-        with request.app.state.engine.begin() as connection:
+        with write_transaction(request.app.state.engine) as connection:
             record_event(connection, **{**event, "action": action})
 
 

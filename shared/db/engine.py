@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select as io_select
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,9 +12,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Select, create_engine, event, exc, func, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, exc, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import Pool
 
 from shared.settings import Settings
 
@@ -115,10 +117,10 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_session_factory(engine: Engine, *, in_turn: bool = False) -> sessionmaker[Session]:
-    """``in_turn``: on SQLite, the transactions begun with ``begin()`` take turns within this
-    process (``TurnTakingSessions``); elsewhere it changes nothing."""
+    """``in_turn`` (a server's): on SQLite, the transactions begun with ``begin()`` take turns
+    within this process (``TurnTakingSessions``); elsewhere it changes nothing."""
     if in_turn and engine.dialect.name == "sqlite":
-        return TurnTakingSessions(engine, expire_on_commit=False)
+        return TurnTakingSessions(engine)
     return sessionmaker(engine, expire_on_commit=False)
 
 
@@ -128,21 +130,44 @@ class TurnTakingSessions(sessionmaker[Session]):
     SQLite lets one transaction write at a time. One that finds the write lock taken waits in
     SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 and up to 100 ms between tries
     and is not woken when the lock is freed: with 16 clients, embedded, the two servers slept
-    there 4,500 to 4,900 times per 480 executions. Here the next transaction of the process
-    starts as soon as the one before it ends; a data server's executors, heartbeat and
-    encoders take turns so, and only another process (the API server) still meets them in
-    SQLite's handler. Re-entrant: a transaction may begin another inside itself, on the same
-    thread, as SQLite alone allows. A transaction that only reads waits its turn too; none of a
-    data server's is long."""
+    there 4,500 to 4,900 times per 480 executions, 1,530 once both took turns. Here the next
+    transaction of the process starts as soon as the one before it ends (``write_transaction``
+    takes the same turn), and only the other server's transactions still meet them in SQLite's
+    handler. Re-entrant: a
+    transaction may begin another inside itself, on the same thread, as SQLite alone allows. A
+    transaction that only reads waits its turn too: none of the servers' is long."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._turn = threading.RLock()
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self._turn = _turn_of(engine)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
         with self._turn, super().begin() as session:
             yield session
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()``, in turn with the process's other transactions on SQLite, as those of
+    ``TurnTakingSessions`` are."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    with _turn_of(engine), engine.begin() as connection:
+        yield connection
+
+
+_TURNS: weakref.WeakKeyDictionary[Pool, threading.RLock] = weakref.WeakKeyDictionary()
+_TURNS_GUARD = threading.Lock()
+
+
+def _turn_of(engine: Engine) -> threading.RLock:
+    """The turn of ``engine``'s database in this process: one per connection pool, which the
+    engines derived from it (``autocommit``) share."""
+    with _TURNS_GUARD:
+        return _TURNS.setdefault(engine.pool, threading.RLock())
 
 
 def autocommit(engine: Engine) -> Engine:

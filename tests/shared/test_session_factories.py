@@ -6,7 +6,9 @@ begin their transactions one at a time in the process on SQLite, and as usual el
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -17,6 +19,7 @@ from shared.db.engine import (
     create_metadata_engine,
     create_read_session_factory,
     create_session_factory,
+    write_transaction,
 )
 from tests.support.postgres import fresh_postgres_schema
 
@@ -48,16 +51,18 @@ def test_a_read_session_runs_each_statement_on_its_own(engine):
         assert session.scalar(text("SELECT count(*) FROM seen")) == 1
 
 
-def _second_transaction_begins(sessions: sessionmaker[Session]) -> tuple[threading.Event, bool]:
-    """Begin a transaction of ``sessions`` while one of them holds a written row, in another
-    thread; whether that thread's ``begin()`` got in before the first one ended (``begun`` is
-    set once it does)."""
+def _second_transaction_begins(
+    sessions: sessionmaker[Session], second_begin: Callable[[], AbstractContextManager[Any]]
+) -> tuple[threading.Event, bool]:
+    """Begin a transaction (``second_begin``) while one of ``sessions`` holds a written row, in
+    another thread; whether it got in before the first one ended (``begun`` is set once it
+    does)."""
     begun, done = threading.Event(), threading.Event()
 
     def second() -> None:
-        with sessions.begin() as session:
+        with second_begin() as transaction:
             begun.set()
-            session.execute(text("INSERT INTO seen VALUES (2)"))
+            transaction.execute(text("INSERT INTO seen VALUES (2)"))
         done.set()
 
     with sessions.begin() as session:
@@ -72,17 +77,19 @@ def _second_transaction_begins(sessions: sessionmaker[Session]) -> tuple[threadi
 
 def test_on_sqlite_turn_taking_transactions_begin_one_after_the_other(engine):
     """The second waits for its turn in the process, so that it never waits in SQLite's busy
-    handler (which sleeps up to 100 ms between tries and is not woken when the lock is freed)."""
+    handler (which sleeps up to 100 ms between tries and is not woken when the lock is freed);
+    an engine's own transaction (``write_transaction``: the audit log's) takes the same turn."""
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE seen (n integer)"))
     sessions = create_session_factory(engine, in_turn=True)
-    begun, got_in = _second_transaction_begins(sessions)
-    if engine.dialect.name == "sqlite":
-        assert isinstance(sessions, TurnTakingSessions)
-        assert not got_in and begun.is_set()
-    else:  # PostgreSQL's transactions begin side by side, as ever
-        assert type(sessions) is sessionmaker and got_in
+    for second_begin in (sessions.begin, lambda: write_transaction(engine)):
+        begun, got_in = _second_transaction_begins(sessions, second_begin)
+        if engine.dialect.name == "sqlite":
+            assert isinstance(sessions, TurnTakingSessions)
+            assert not got_in and begun.is_set()
+        else:  # PostgreSQL's transactions begin side by side, as ever
+            assert type(sessions) is sessionmaker and got_in
     with sessions.begin() as session:  # re-entrant, as SQLite alone is
-        with sessions.begin() as inner:
-            assert inner.scalar(text("SELECT count(*) FROM seen")) == 2
+        with write_transaction(engine) as inner:
+            assert inner.scalar(text("SELECT count(*) FROM seen")) == 4
         session.execute(text("DELETE FROM seen"))
