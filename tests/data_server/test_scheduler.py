@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 
 from data_server import scheduler
 from data_server.scheduler import dashboard_zone, due_instant
+from shared.db.engine import create_session_factory
 from shared.db.models import Dashboard, DashboardRefresh, Execution, Organization, Report, utcnow
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -125,7 +126,9 @@ def test_two_servers_racing_for_one_claim_exactly_one_wins(api):
     org = api.create_org()
     dashboard_id = _scheduled_dashboard(api, org, reports=0)
     due_at = _at("2024-05-01T10:00:00+00:00")
-    sessions = api.app.state.sessions
+    # Each server has its own sessions; one process's take turns on SQLite (TurnTakingSessions),
+    # and a turn held at the barrier would keep the other server from reaching it.
+    sessions = create_session_factory(api.app.state.engine)
     barrier = threading.Barrier(2)
     won: list[bool] = []
 

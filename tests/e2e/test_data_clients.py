@@ -196,7 +196,9 @@ def test_two_clients_fetching_a_large_json_result_hold_memory_by_bytes(
     for thread in threads:
         thread.join(timeout=5)
     assert len(sizes) == 2 and sizes[0] == sizes[1] > 200_000_000
-    assert peak - baseline < 100_000_000, (baseline, peak, sizes)
+    # 43 to 73 MB here alone, 101 MB once beside the rest of the suite (2026-12-04): below one
+    # whole body (235 MB), and the bound (200 MB while two fetch 1 GB) with room.
+    assert peak - baseline < 150_000_000, (baseline, peak, sizes)
 
 
 def test_no_server_log_line_holds_a_token_of_a_data_url(region, grant):
