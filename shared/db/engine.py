@@ -133,9 +133,10 @@ class TurnTakingSessions(sessionmaker[Session]):
     there 4,500 to 4,900 times per 480 executions, 1,530 once both took turns. Here the next
     transaction of the process starts as soon as the one before it ends (``write_transaction``
     takes the same turn), and only the other server's transactions still meet them in SQLite's
-    handler. Re-entrant: a
-    transaction may begin another inside itself, on the same thread, as SQLite alone allows. A
-    transaction that only reads waits its turn too: none of the servers' is long."""
+    handler. Re-entrant: a transaction may begin another inside itself, on the same thread, as
+    SQLite alone allows. A transaction that only reads waits its turn too: none of the
+    servers' is long. Two threads of one process therefore never both hold a transaction
+    begun here: a test that plays two servers gives each a factory of its own."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine, expire_on_commit=False)
