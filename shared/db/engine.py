@@ -6,7 +6,7 @@ import select as io_select
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -152,11 +152,8 @@ class TurnTakingSessions(sessionmaker[Session]):
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """``engine.begin()``, in turn with the process's other transactions on SQLite, as those of
     ``TurnTakingSessions`` are."""
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as connection:
-            yield connection
-        return
-    with _turn_of(engine), engine.begin() as connection:
+    turn = _turn_of(engine) if engine.dialect.name == "sqlite" else nullcontext()
+    with turn, engine.begin() as connection:
         yield connection
 
 
