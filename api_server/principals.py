@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from api_server.permissions import Permission
+from api_server.permissions import ALL_PERMISSIONS, Permission
 from api_server.rate_limits import Policy
 from shared.errors import Forbidden
 
@@ -34,4 +34,16 @@ class Principal:
             raise Forbidden(
                 f"A key restricted to listed datasources cannot {refused}.",
                 code="datasource_scope_restricted",
+            )
+
+    def require_every_permission(self, refused: str) -> None:
+        """403 for a key that lacks a permission: what records every key's actions (the audit
+        log) would show it those of keys it may not administer (``services.api_keys.within_scope``)
+        and activity in areas it may not view."""
+        missing = sorted(ALL_PERMISSIONS - self.permissions)
+        if missing:
+            names = ", ".join(f"'{p.value}'" for p in missing)
+            raise Forbidden(
+                f"A key without every permission cannot {refused}; this one lacks {names}.",
+                code="permission_scope_restricted",
             )

@@ -1,10 +1,12 @@
-"""``GET /audit_events``: the organisation's audit log, newest first, for keys with Manage Users.
+"""``GET /audit_events``: the organisation's audit log, newest first, for keys that reach all of it.
 
 The log is organisation-wide: its events name datasources, executions (also purged ones, whose
-datasource is gone from the record), snippets and the keys that acted. A key restricted to listed
-datasources is refused it whole (403 ``datasource_scope_restricted``) rather than shown a filtered
-log whose filters, paging totals and ``api_key`` relationships could still reveal what lies outside
-its scope.
+datasource is gone from the record), snippets, dashboards and the keys that acted. So it is read
+only by a key with Manage Users that could administer every key of the organisation: one holding
+every permission and restricted to no datasource. Any other is refused it whole (403
+``permission_scope_restricted`` or ``datasource_scope_restricted``) rather than shown a filtered
+log, whose filters, paging totals and ``api_key`` relationships could still reveal the keys and
+the activity outside its scope (and a deleted key's events name no permissions to filter by).
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ AUDIT_EVENTS = ResourceType(
 
 OPERATIONS = Operations(
     "Audit log",
-    "Every successful write and data grant of the organisation (Manage Users).",
+    "Every successful write and data grant of the organisation (Manage Users, and every other "
+    "permission).",
     [AUDIT_EVENTS],
 )
 
@@ -111,19 +114,23 @@ OPERATIONS = Operations(
     summary="List audit events",
     description="Every successful write (create, update, delete, run, cancel, purge, refresh, "
     "test connection) and every data grant, newest first, paged. Never a body, a secret or a "
-    "parameter value. The log is organisation-wide: a key restricted to listed datasources is "
-    "refused it (403 `datasource_scope_restricted`).",
+    "parameter value. The log is organisation-wide, so it is read only by a key that could "
+    "administer every key: a key lacking any permission is refused it (403 "
+    "`permission_scope_restricted`), as is a key restricted to listed datasources (403 "
+    "`datasource_scope_restricted`).",
     permissions=(Permission.MANAGE_USERS,),
     parameters=tuple(doc.collection_parameters(AUDIT_EVENTS)),
     responses={"200": doc.jsonapi_response("A page of events.", "AuditEventCollection")},
     errors={
         400: doc.BAD_QUERY,
-        403: "The key lacks the permission or is restricted to listed datasources "
+        403: "The key lacks Manage Users (`permission_denied`) or any other permission "
+        "(`permission_scope_restricted`), or is restricted to listed datasources "
         "(`datasource_scope_restricted`).",
     },
 )
 def list_audit_events(request: Request, principal: Principal) -> Response:
     principal.require_every_datasource("read the organisation's audit log")
+    principal.require_every_permission("read the organisation's audit log")
     query = AUDIT_EVENTS.query(request, collection=True)
     where = AuditEvent.organization_id == principal.organization_id
     if "since" in query.filters:

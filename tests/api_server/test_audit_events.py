@@ -103,6 +103,32 @@ def test_only_manage_users_reads_and_only_its_organisation(api):
     assert _events(api, org.key)["data"] == []
 
 
+def test_a_manage_users_key_lacking_another_permission_reads_no_audit_event(api):
+    """It administers only keys whose permissions it holds (api_keys.within_scope): the log would
+    show it the actions of the others (their ids, what they ran and granted, from where)."""
+    org = api.create_org()
+    analyst = api.create_key(org, [Permission.MANAGE_DATASOURCES])
+    analyst_id = api.get("/api_key", analyst).json()["data"]["id"]
+    run = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=orjson.dumps({"sql_query": "SELECT 1"}),
+        headers={"Authorization": f"Api {analyst}", "Content-Type": "application/json"},
+    )
+    execution = run.json()["data"]["id"]
+    assert {e["attributes"]["api_key_id"] for e in _events(api, org.key)["data"]} == {analyst_id}
+    every_other = [p for p in Permission if p is not Permission.MANAGE_DATASOURCES]
+    admin = api.create_key(org, every_other)
+    assert api.get(f"/api_keys/{analyst_id}", admin).status_code == 404  # beyond its scope
+    for query in ("", f"?filter[api_key_id]={analyst_id}", f"?filter[resource_id]={execution}"):
+        answer = api.get(f"/audit_events{query}", admin)
+        assert answer.status_code == 403, (query, answer.text)
+        error = answer.json()["errors"][0]
+        assert error["code"] == "permission_scope_restricted"
+        assert "lacks 'Manage Datasources'." in error["detail"]
+        assert analyst_id not in answer.text and execution not in answer.text
+    assert _events(api, api.create_key(org, list(Permission)))["data"]  # every permission reads
+
+
 def test_a_key_restricted_to_datasources_reads_no_audit_event(api):
     org = api.create_org()
     outside = api.create_datasource(org.key, name="Outside")["id"]

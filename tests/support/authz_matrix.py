@@ -37,6 +37,7 @@ class Rule:
     # organisation's key, a key restricted to another datasource) gets the 422 of an unknown id.
     names_datasource: bool = False
     unrestricted_only: bool = False  # keys restricted to listed datasources get 403
+    every_permission: bool = False  # keys lacking any permission get 403
     # The object holds one that belongs to the target datasource: a key restricted to another
     # datasource sees it but may not change it (403; a dashboard group holding the dashboard).
     holds_scoped: bool = False
@@ -92,7 +93,7 @@ RULES = [
     Rule("PATCH", "/api_keys/{id}", 200, target="api_key", scoped=True,
          body=_resource("api_keys", "api_key", name="renamed")),
     Rule("DELETE", "/api_keys/{id}", 204, target="api_key", scoped=True),
-    Rule("GET", "/audit_events", 200, unrestricted_only=True),
+    Rule("GET", "/audit_events", 200, unrestricted_only=True, every_permission=True),
     Rule("GET", "/datasources", 200),
     Rule("POST", "/datasources", 201, unrestricted_only=True,
          body=lambda world: {"data": {"type": "datasources", "attributes": {
@@ -215,6 +216,8 @@ def expected_status(rule: Rule, caller: Caller) -> int:
     if rule.permissions and not held & set(rule.permissions):
         return 403
     if rule.unrestricted_only and caller.restricted:
+        return 403
+    if rule.every_permission and held != set(Permission):
         return 403
     if rule.target and not caller.same_organization:
         return 404
