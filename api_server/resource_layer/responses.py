@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from api_server import jsonapi
 from api_server.resource_layer.resource_types import ResourceType
@@ -66,10 +66,46 @@ def page(
         )
         for row in rows
     ]
+    return jsonapi.response(
+        _with_included(_paged(data, request, query, total, meta), query, included)
+    )
+
+
+def streamed_page(
+    request: Request,
+    query: jsonapi.CollectionQuery,
+    batches: Iterator[list[dict[str, Any]]],
+    total: int,
+) -> Response:
+    """One page of a collection whose resources may weigh a megabyte each (a filter's options):
+    ``batches`` reads and serialises a few at a time as the body is sent, so that a request
+    holds a batch in memory, not the page (``page`` would hold the rows, their objects and the
+    whole document at once). Nothing to ``include``: the types streamed declare no inclusion."""
+    opening, closing = jsonapi.render(_paged([], request, query, total, None)).split(b"[]", 1)
+
+    def body() -> Iterator[bytes]:
+        yield opening + b"["
+        separator = b""
+        for batch in batches:  # one piece of the body per batch: each is a trip to a thread
+            if batch:
+                rendered = (jsonapi.render(jsonapi.apply_sparse_fields(r, query)) for r in batch)
+                yield separator + b",".join(rendered)
+                separator = b","
+        yield b"]" + closing
+
+    return StreamingResponse(body(), media_type=jsonapi.JSONAPI_MEDIA_TYPE)
+
+
+def _paged(
+    data: list[dict[str, Any]],
+    request: Request,
+    query: jsonapi.CollectionQuery,
+    total: int,
+    meta: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     paging = {"total": total, "page": {"number": query.page_number, "size": query.page_size}}
-    document = {
+    return {
         "data": data,
         "links": jsonapi.pagination_links(request, query, total),
         "meta": {**paging, **(meta or {})},
     }
-    return jsonapi.response(_with_included(document, query, included))

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, Text, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -118,8 +118,16 @@ def _visible(principal: Principal) -> ColumnElement[bool]:
 def list_filters(
     session: Session, principal: Principal, query: CollectionQuery
 ) -> tuple[list[Filter], int]:
+    """A page of filters without their options (each up to a megabyte), which are read when
+    touched: ``filters_in_order`` reads them a few filters at a time as the page is sent."""
     return list_page(
-        session, Filter, _visible(principal), query, Filter.name.asc(), _FILTERED_COLUMNS
+        session,
+        Filter,
+        _visible(principal),
+        query,
+        Filter.name.asc(),
+        _FILTERED_COLUMNS,
+        deferred=(Filter.values, Filter.value_names),
     )
 
 
@@ -142,6 +150,23 @@ def filters_by_ids(session: Session, principal: Principal, ids: Iterable[str]) -
             .order_by(Filter.variable_name, Filter.id)
         )
     )
+
+
+def options_weights(session: Session, ids: Collection[str]) -> dict[str, int]:
+    """Each filter's options as stored: the characters of their JSON, values and labels."""
+
+    def text_length(column: Any) -> Any:
+        return func.coalesce(func.length(cast(column, Text)), 0)
+
+    weight = text_length(Filter.values) + text_length(Filter.value_names)
+    rows = session.execute(select(Filter.id, weight).where(Filter.id.in_(set(ids))))
+    return {filter_id: int(characters) for filter_id, characters in rows}
+
+
+def filters_in_order(session: Session, principal: Principal, ids: Sequence[str]) -> list[Filter]:
+    """The filters of ``ids`` the key reaches, in that order; one deleted meanwhile is left out."""
+    found = {row.id: row for row in filters_by_ids(session, principal, ids)}
+    return [found[filter_id] for filter_id in ids if filter_id in found]
 
 
 def used_filter_ids(

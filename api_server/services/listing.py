@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 DEFAULT_PAGE_SIZE = 20
 
@@ -33,10 +33,11 @@ def list_page(
     query: CollectionQuery,
     default_order: Any,
     relationship_columns: Mapping[str, Any] | None = None,
+    deferred: Sequence[Any] = (),
 ) -> tuple[list[Any], int]:
     """Rows of ``model`` matching ``where`` and ``filter[name]=value``, and their total count.
     ``name`` is an attribute, or a relationship whose id ``relationship_columns`` maps to its
-    column (``filter[datasource]=<id>``).
+    column (``filter[datasource]=<id>``). ``deferred`` columns are read only when touched.
 
     The id breaks ties so that pages never overlap or skip a row.
     """
@@ -50,6 +51,7 @@ def list_page(
     ] or [default_order]
     rows = session.scalars(
         select(model)
+        .options(*(defer(column) for column in deferred))
         .where(where)
         .order_by(*order, model.id)
         .offset(query.offset)
