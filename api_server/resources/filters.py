@@ -451,11 +451,13 @@ def _read_in_batches(
     request: Request, principal: Principal, batches: list[list[str]]
 ) -> Iterator[list[dict[str, Any]]]:
     """Each batch in a short read of its own, as the filters are when the body is sent (one
-    changed meanwhile shows its change; one deleted meanwhile is left out)."""
+    changed meanwhile shows its change; one deleted meanwhile is left out), ended before the
+    batch is sent: a slow reader holds no database connection."""
     for batch in batches:
         with request.app.state.reads() as session:
             rows = filters.filters_in_order(session, principal, batch)
-            yield [FILTERS.serialize(row) for row in rows]
+            resources = [FILTERS.serialize(row) for row in rows]
+        yield resources
 
 
 @OPERATIONS.post(

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from starlette.testclient import TestClient
 
 from api_server.permissions import Permission
@@ -1076,3 +1076,21 @@ def test_a_page_of_heavy_filters_is_read_and_sent_a_few_at_a_time(api: Api, monk
     # Held at once: the body (twice: as sent, as the test client gathers it) and a batch's
     # objects, not every filter's as well (as when the page was read whole: 3 MB more here).
     assert peak < 2 * len(listed.content) + 3 * weight, (peak, len(listed.content))
+
+
+def test_a_filter_deleted_while_its_page_is_sent_is_left_out(api: Api, monkeypatch) -> None:
+    org = api.create_org()
+    dropdown = {"control_type": "dropdown", "value_type": "text"}
+    ids = [_filter(api, org, name=n, variable_name=n, values=[n], **dropdown) for n in "abc"]
+    monkeypatch.setattr(filter_resources, "_OPTIONS_CHARACTERS_PER_READ", 1)  # one per batch
+    in_order = filter_resources.filters.filters_in_order
+
+    def deleting_the_last_first(session, principal, batch):
+        with api.app.state.sessions.begin() as other:
+            other.execute(delete(Filter).where(Filter.id == ids[2]))
+        return in_order(session, principal, batch)
+
+    monkeypatch.setattr(filter_resources.filters, "filters_in_order", deleting_the_last_first)
+    document = api.get("/filters?sort=name", org.key).json()
+    assert [r["id"] for r in document["data"]] == ids[:2]
+    assert document["meta"]["total"] == 3
