@@ -2,7 +2,8 @@
 configuration (SQLite), servers as ``make run`` starts them (the one raised policy limit, the
 rate limit, is printed).
 
-The storage quota counts an organisation's files by walking its area when a result is stored.
+The storage quota counts an organisation's files by a walk of its area (up to
+AREA_WALK_MAX_AGE_SECONDS old, unless the API changed the area since) when a result is stored.
 Organisation A has ``--files`` files in its area and runs one-row executions back to back;
 organisation B meanwhile runs one-row executions (run → wait → grant → data) and its p50 and p99
 are printed, and as ratios to B's figures with A idle (the peer in the same run). The walk is

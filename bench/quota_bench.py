@@ -9,9 +9,9 @@ same run, the sum it replaced; the ratio is the check's cost over the old sum's.
 PostgreSQL when DATAFERRY_TEST_POSTGRES_URL is set.
 
 The organisation's files are counted by walking its area. Then, with 10,000 files there, it times
-the worker's check before a run, which may count them by a walk up to AREA_WALK_MAX_AGE_SECONDS
-old, against the fresh walk every check made before (and the check when a result is stored
-still makes).
+the worker's checks (before a run, and when a result is stored), which may count them by a walk up
+to AREA_WALK_MAX_AGE_SECONDS old, against the fresh walk every check made before (and an upload's
+check still makes).
 """
 
 from __future__ import annotations

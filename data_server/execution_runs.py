@@ -160,7 +160,12 @@ class ExecutionRunner:
                 raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
             data_key = new_data_key(Scope.EXECUTION_RESULT)
             self.store.publish(result_path, result_object_key(data_key))
-            walked = walk_area(self.sessions, self.settings, claim.organization_id)
+            walked = walk_area(
+                self.sessions,
+                self.settings,
+                claim.organization_id,
+                max_age=AREA_WALK_MAX_AGE_SECONDS,
+            )
             with self.sessions.begin() as session:
                 # Checked again under the organisation's lock: executions that ran side by side
                 # were each capped at the same remaining bytes, and only one may take them.
@@ -186,8 +191,8 @@ class ExecutionRunner:
     def _limits_within_quota(self, claim: lifecycle.Claim) -> tuple[Limits, StorageUsage]:
         """A result may take only what the organisation's storage quota leaves; none left fails
         the execution before it runs, and a result cut short by the quota fails it after. Its
-        files are counted by a recent walk of its area: the check when the result is stored
-        walks it afresh, just before it takes the organisation's lock."""
+        files are counted by a recent walk of its area, as they are again when the result is
+        stored (under the organisation's lock, walked again only if the API changed the area)."""
         with self.reads() as session:
             usage = storage_usage(
                 session,

@@ -27,7 +27,7 @@ from data_server import janitor, representations
 from data_server.app import create_app as create_data_app
 from data_server.engine import QueryFailed, QueryOutcome
 from data_server.worker import Worker
-from shared import lifecycle, storage_quota
+from shared import lifecycle, organization_rows, storage_quota
 from shared.db.models import Execution, Organization, utcnow
 from shared.lifecycle import transitions
 from shared.storage_quota import charge_representation
@@ -488,3 +488,30 @@ def test_a_connection_lost_on_the_last_attempt_fails_the_execution(api, org, wor
     worker._run(_claim(api, execution_id))
     row = _row(api, execution_id)
     assert (row.status, row.error_code, row.attempt) == ("failed", "internal_error", 1)
+
+
+def test_executions_count_files_by_one_walk_until_the_api_changes_the_area(
+    api, org, worker, monkeypatch
+):
+    """A walk takes 44 to 65 ms per 10,000 files: each execution walked its organisation's area
+    twice (before it ran, and afresh when its result was stored). Both checks now count by a
+    walk up to AREA_WALK_MAX_AGE_SECONDS old of the area's current generation."""
+    walked: list[object] = []
+    real_walk = storage_quota.tree_bytes
+    monkeypatch.setattr(storage_quota, "_area_sizes", storage_quota.AreaSizes())
+    monkeypatch.setattr(
+        storage_quota, "tree_bytes", lambda folder: walked.append(folder) or real_walk(folder)
+    )
+
+    def run_one() -> None:
+        execution_id = _run_sql(api, org)
+        worker._run(_claim(api, execution_id))
+        assert _row(api, execution_id).status == "completed"
+
+    run_one()
+    run_one()
+    assert len(walked) == 1
+    with api.app.state.sessions.begin() as session:  # an upload or deletion through the API
+        organization_rows.note_area_changed(session, org.id)
+    run_one()
+    assert len(walked) == 2
