@@ -168,6 +168,13 @@ class Settings(BaseModel):
     max_datasources: int = setting(
         100, "Datasources an organisation may own (the sample one is free).", ge=0, le=1_000_000
     )
+    max_objects_per_kind: int = setting(
+        10_000,
+        "Filters, SQL snippets, dashboards, reports and dashboard groups an organisation may "
+        "have, of each kind.",
+        ge=1,
+        le=10_000_000,
+    )
     sample_scale: float = setting(
         1.0, "Size of the generated sample datasource (1.0 = a few million rows).", gt=0, le=100
     )

@@ -425,8 +425,10 @@ def _repeated(entries: list[Any], kind: str, member: str, code: str) -> list[App
         400: "A query parameter is unknown or malformed (`invalid_query_parameter`), or the "
         "body is not JSON (`malformed_json`).",
         409: "A snippet or filter of the backup differs from the organisation's of the same name "
-        "or variable (`sql_snippet_conflict`, `filter_conflict`), or a static filter's datasource "
-        "is disabled (`datasource_disabled`).",
+        "or variable (`sql_snippet_conflict`, `filter_conflict`), a static filter's datasource "
+        "is disabled (`datasource_disabled`), or the restore would create more of a kind than "
+        "the organisation may have (`sql_snippet_limit_reached`, `filter_limit_reached`, "
+        "`dashboard_limit_reached`, `report_limit_reached`).",
         429: "The key's rate limit (`rate_limited`), or a static filter's SQL would exceed the "
         "organisation's running executions (`too_many_running_executions`).",
         413: f"The body exceeds {MAX_RESTORE_BYTES} bytes.",

@@ -30,7 +30,9 @@ from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboards import DASHBOARDS
 from api_server.services import dashboards
 from api_server.services.dashboards import DASHBOARD_LINKAGE_POINTER, DashboardGroupView
+from api_server.services.object_limits import limit_reached
 from shared import openapi as oa
+from shared.db.models import DashboardGroup
 from shared.errors import Unprocessable
 
 MAX_GROUP_DASHBOARDS = 1000  # dashboards set in one request
@@ -180,7 +182,7 @@ def list_dashboard_groups(request: Request, principal: Principal) -> Response:
     errors={
         400: doc.BAD_DOCUMENT,
         403: f"The key lacks the permission. {doc.NO_CLIENT_IDS}",
-        409: doc.WRONG_TYPE_OR_ID,
+        409: f"{limit_reached(DashboardGroup)}; or {doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
     },
 )
@@ -190,7 +192,8 @@ def create_dashboard_group(request: Request, principal: Principal) -> Response:
     data = DASHBOARD_GROUPS.validate(resource, update=False)
     members = _dashboard_ids(resource)
     with request.app.state.sessions.begin() as session:
-        view = dashboards.create_group(session, principal, data.model_dump(), members)
+        settings = request.app.state.settings
+        view = dashboards.create_group(session, principal, data.model_dump(), members, settings)
         extra = _included(session, principal, [view], query.include)
         return one(DASHBOARD_GROUPS, query, view, status_code=201, included=extra)
 

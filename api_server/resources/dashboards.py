@@ -36,8 +36,10 @@ from api_server.resources.sql_snippets import SQL_SNIPPETS
 from api_server.services import dashboards
 from api_server.services.dashboards import DashboardView
 from api_server.services.filters import filters_by_ids
+from api_server.services.object_limits import limit_reached
 from api_server.services.reports import report_views
 from shared import openapi as oa
+from shared.db.models import Dashboard
 from sql_templating.parameters import InputParameters
 
 MIN_PAGE_WIDTH, MAX_PAGE_WIDTH = 320, 7680  # pixels: a phone to an 8K screen
@@ -268,7 +270,7 @@ def list_dashboards(request: Request, principal: Principal) -> Response:
     errors={
         400: doc.BAD_DOCUMENT,
         403: f"The key lacks the permission. {doc.NO_CLIENT_IDS}",
-        409: doc.WRONG_TYPE_OR_ID,
+        409: f"{limit_reached(Dashboard)}; or {doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
     },
 )
@@ -276,7 +278,8 @@ def create_dashboard(request: Request, principal: Principal) -> Response:
     query = DASHBOARDS.query(request, collection=False)
     data = DASHBOARDS.validate(DASHBOARDS.read(request), update=False)
     with request.app.state.sessions.begin() as session:
-        view = dashboards.create_dashboard(session, principal, data.model_dump())
+        settings = request.app.state.settings
+        view = dashboards.create_dashboard(session, principal, data.model_dump(), settings)
         extra = _included(session, principal, [view], query.include)
         return one(DASHBOARDS, query, view, status_code=201, included=extra)
 

@@ -40,6 +40,7 @@ from api_server.resource_layer.resource_types import (
 from api_server.resource_layer.responses import one, streamed_page
 from api_server.services import api_keys, executions, filters
 from api_server.services.executions import SqlQuery
+from api_server.services.object_limits import limit_reached
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
@@ -477,7 +478,7 @@ def _read_in_batches(
     errors={
         400: doc.BAD_DOCUMENT,
         403: f"{_REFUSED} {doc.NO_CLIENT_IDS}",
-        409: f"{_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
+        409: f"{limit_reached(FilterRow)}. {_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
         **_CAPACITY,
     },
@@ -532,7 +533,7 @@ def show_filter(request: Request, principal: Principal) -> Response:
         400: doc.BAD_DOCUMENT,
         403: _REFUSED,
         404: None,
-        409: f"{_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
+        409: f"{limit_reached(FilterRow)}. {_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
         **_CAPACITY,
     },

@@ -45,6 +45,7 @@ from api_server.resources.executions import (
 )
 from api_server.services import reports
 from api_server.services.executions import RQuery, SqlQuery
+from api_server.services.object_limits import limit_reached
 from shared import openapi as oa
 from shared.db.models import Report
 from shared.errors import BadRequest, Unprocessable
@@ -333,7 +334,7 @@ def list_reports(request: Request, principal: Principal) -> Response:
     errors={
         400: doc.BAD_DOCUMENT,
         403: f"The key lacks the permission. {doc.NO_CLIENT_IDS}",
-        409: f"{_LOCKED}; or {doc.WRONG_TYPE_OR_ID}",
+        409: f"{limit_reached(Report)}; {_LOCKED}; or {doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
     },
 )
@@ -345,7 +346,8 @@ def create_report(request: Request, principal: Principal) -> Response:
     )
     related = _related(resource, create=True)
     with request.app.state.sessions.begin() as session:
-        report = reports.create_report(session, principal, values, related)
+        settings = request.app.state.settings
+        report = reports.create_report(session, principal, values, related, settings)
         return one(REPORTS, query, _view(session, principal, report), status_code=201)
 
 

@@ -23,6 +23,8 @@ from api_server.resource_layer.resource_types import (
 )
 from api_server.resource_layer.responses import one, page
 from api_server.services import sql_snippets
+from api_server.services.object_limits import limit_reached
+from shared.db.models import SqlSnippet
 
 SNIPPET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 RESERVED_SNIPPET_PREFIX = "CLUVIO_"  # Cluvio's built-in snippets
@@ -130,7 +132,7 @@ def list_sql_snippets(request: Request, principal: Principal) -> Response:
     errors={
         400: doc.BAD_DOCUMENT,
         403: f"{_REFUSED} {doc.NO_CLIENT_IDS}",
-        409: _TAKEN,
+        409: f"{limit_reached(SqlSnippet)}. {_TAKEN}",
         422: _INVALID,
     },
 )
@@ -138,7 +140,8 @@ def create_sql_snippet(request: Request, principal: Principal) -> Response:
     query = SQL_SNIPPETS.query(request, collection=False)
     data = SQL_SNIPPETS.validate(SQL_SNIPPETS.read(request), update=False)
     with request.app.state.sessions.begin() as session:
-        snippet = sql_snippets.create_snippet(session, principal, data.model_dump())
+        settings = request.app.state.settings
+        snippet = sql_snippets.create_snippet(session, principal, data.model_dump(), settings)
         return one(SQL_SNIPPETS, query, snippet, status_code=201)
 
 

@@ -186,13 +186,13 @@ def restore_dashboard(
     new_snippets = _snippets_to_create(session, principal, restore.sql_snippets)
     for index, values in new_snippets:
         try:
-            sql_snippets.create_snippet(session, principal, values)
+            sql_snippets.create_snippet(session, principal, values, settings)
         except Conflict:  # created meanwhile by another request
             raise _snippet_conflict(index, values["name"]) from None
     _create_filters(session, principal, restore.filters, targets, settings)
     attributes = {**restore.dashboard, "layout": [], "is_locked": False}
-    view = dashboards.create_dashboard(session, principal, attributes)
-    ids = _create_reports(session, principal, view.id, restore.reports, targets)
+    view = dashboards.create_dashboard(session, principal, attributes, settings)
+    ids = _create_reports(session, principal, view.id, restore.reports, targets, settings)
     layout = [{**item, "id": ids[item["id"]]} for item in restore.dashboard.get("layout") or []]
     final = {"layout": layout, "is_locked": restore.dashboard.get("is_locked", False)}
     return dashboards.update_dashboard(session, principal, view.id, final)
@@ -204,6 +204,7 @@ def _create_reports(
     dashboard_id: str,
     restored: Sequence[RestoredReport],
     targets: Mapping[str, str],
+    settings: Settings,
 ) -> dict[str, str]:
     """Key → new id. Each report is a microsecond older than the next, so that the dashboard
     lists them (oldest first) in the backup's order, and a new backup gives them the same keys."""
@@ -212,7 +213,7 @@ def _create_reports(
         created = start + timedelta(microseconds=index)
         values = {**report.values, "created_at": created, "updated_at": created}
         related = {"datasource": targets[report.datasource], "dashboard": dashboard_id}
-        ids[report.key] = reports.create_report(session, principal, values, related).id
+        ids[report.key] = reports.create_report(session, principal, values, related, settings).id
     return ids
 
 

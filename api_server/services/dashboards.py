@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, aliased
 from api_server.principals import Principal
 from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
+from api_server.services.object_limits import require_room
 from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import locked_to_change, write_lock_on_sqlite
 from shared.db.models import (
@@ -32,6 +33,7 @@ from shared.db.models import (
     utcnow,
 )
 from shared.errors import AppError, Conflict, NotFound, Unprocessable, ValidationErrors
+from shared.settings import Settings
 
 _NO_DASHBOARD = "No dashboard with this id exists."
 _NO_GROUP = "No dashboard group with this id exists."
@@ -204,9 +206,10 @@ def dashboards_by_ids(
 
 
 def create_dashboard(
-    session: Session, principal: Principal, values: dict[str, Any]
+    session: Session, principal: Principal, values: dict[str, Any], settings: Settings
 ) -> DashboardView:
     """A new dashboard has no reports yet, so its layout can name none."""
+    require_room(session, principal.organization_id, Dashboard, settings.max_objects_per_kind)
     _check_layout(session, None, values.get("layout") or [])
     dashboard = Dashboard(organization_id=principal.organization_id, **values)
     session.add(dashboard)
@@ -342,8 +345,11 @@ def create_group(
     principal: Principal,
     values: dict[str, Any],
     dashboard_ids: list[str] | None,
+    settings: Settings,
 ) -> DashboardGroupView:
     write_lock_on_sqlite(session)  # SQLite ignores the share locks of _replace_members
+    limit = settings.max_objects_per_kind
+    require_room(session, principal.organization_id, DashboardGroup, limit)
     group = DashboardGroup(organization_id=principal.organization_id, **values)
     session.add(group)
     session.flush()

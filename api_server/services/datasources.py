@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery
+from api_server.services.object_limits import require_room
 from shared import object_storage
 from shared.database_types import CONNECTION_ATTRIBUTES, check_connection_attributes
 from shared.datapaths import (
@@ -389,16 +390,9 @@ def _check_datasource_limit(session: Session, organization_id: str, limit: int) 
     """Under the organisation's lock, held until the new one is committed: creates at once
     cannot each count the same datasources and together pass the limit."""
     lock_organization(session, organization_id)
-    owned = session.scalar(
-        select(func.count())
-        .select_from(Datasource)
-        .where(Datasource.organization_id == organization_id, Datasource.database_type != "sample")
+    require_room(
+        session, organization_id, Datasource, limit, counted=Datasource.database_type != "sample"
     )
-    if (owned or 0) >= limit:
-        raise Conflict(
-            f"This organisation already has {limit} datasources, the most it may have.",
-            code="datasource_limit_reached",
-        )
 
 
 def _checked_database_path(

@@ -29,6 +29,7 @@ from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
 from api_server.services.executions import RunRequest, queue_run, run_execution
 from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
+from api_server.services.object_limits import require_room
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Execution, Filter, utcnow
 from shared.errors import (
@@ -199,6 +200,7 @@ def create_filter(
     first, as restores and runs lock it, before the filter's row exists: a static filter's run
     locks it too, and a restore creating a filter of the same variable must not hold it then."""
     lock_organization(session, principal.organization_id)
+    require_room(session, principal.organization_id, Filter, settings.max_objects_per_kind)
     datasource_id = _reachable_datasource(session, principal, related.get("datasource"))
     _refuse_organization_wide(principal, datasource_id)
     state = _settled(dict(values), sent, was_static=False)

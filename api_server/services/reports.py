@@ -31,6 +31,7 @@ from api_server.services.datasources import get_datasource, within_scope
 from api_server.services.executions import RunRequest, queue_run
 from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
+from api_server.services.object_limits import require_room
 from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Dashboard, Organization, Report, utcnow
@@ -114,10 +115,12 @@ def create_report(
     principal: Principal,
     values: Mapping[str, Any],
     related: Mapping[str, str | None],
+    settings: Settings,
 ) -> Report:
     """``values``: the validated attributes; ``related``: the datasource's id and the dashboard's
     (or None)."""
     write_lock_on_sqlite(session)
+    require_room(session, principal.organization_id, Report, settings.max_objects_per_kind)
     datasource_id = _reachable_datasource(session, principal, related["datasource"])
     dashboard_id = related.get("dashboard")
     if dashboard_id is not None:

@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from api_server.principals import Principal
 from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
+from api_server.services.object_limits import require_room
 from shared.db.engine import locked_to_change
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound
+from shared.settings import Settings
 from sql_templating.snippets import snippet_references
 
 _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
@@ -66,8 +68,11 @@ _REFUSED_TO_RESTRICTED_KEYS = (
 )
 
 
-def create_snippet(session: Session, principal: Principal, values: dict[str, Any]) -> SqlSnippet:
+def create_snippet(
+    session: Session, principal: Principal, values: dict[str, Any], settings: Settings
+) -> SqlSnippet:
     principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
+    require_room(session, principal.organization_id, SqlSnippet, settings.max_objects_per_kind)
     snippet = SqlSnippet(organization_id=principal.organization_id, **values)
     _save(session, snippet)
     return snippet

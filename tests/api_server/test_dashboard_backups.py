@@ -472,10 +472,10 @@ def test_a_failure_midway_leaves_no_row(api, monkeypatch):
     }
     created = reports.create_report
 
-    def failing_third(session, principal, values, related):
+    def failing_third(session, principal, values, related, settings):
         if values["name"] == "Unplaced":
             raise Unprocessable("refused late", code="late")
-        return created(session, principal, values, related)
+        return created(session, principal, values, related, settings)
 
     monkeypatch.setattr(dashboard_backups.reports, "create_report", failing_third)
     before = dump_tables(api.app)
