@@ -11,7 +11,7 @@ so that the derived models keep them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -239,16 +239,22 @@ class ResourceType:
         resource_id: str | None = None,
         attributes: Mapping[str, Any] | None = None,
         self_link: str | None = None,
+        only: Collection[str] | None = None,
     ) -> dict[str, Any]:
         """A resource object: the declared attributes (or ``attributes``, for a type that shows
-        some only to some callers), the relationships, the self link."""
+        some only to some callers; or those named in ``only``, the others not even read), the
+        relationships, the self link."""
         resource_id = getattr(row, self.id_attribute) if resource_id is None else resource_id
         resource: dict[str, Any] = {
             "type": self.type,
             "id": resource_id,
             "attributes": dict(attributes)
             if attributes is not None
-            else {name: self._read(row, name) for name in self.output_attributes},
+            else {
+                name: self._read(row, name)
+                for name in self.output_attributes
+                if only is None or name in only
+            },
         }
         if self.relationships:
             resource["relationships"] = {

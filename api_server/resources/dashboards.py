@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api_server import jsonapi
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.resource_layer import documentation as doc
@@ -32,10 +33,10 @@ from api_server.resource_layer.resource_types import (
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboard_settings import FiltersConfiguration, Layout, TimeZoneConfig
+from api_server.resources.filters import MAX_INCLUDED_OPTIONS_CHARACTERS
 from api_server.resources.sql_snippets import SQL_SNIPPETS
 from api_server.services import dashboards
 from api_server.services.dashboards import DashboardView
-from api_server.services.filters import filters_by_ids
 from api_server.services.object_limits import limit_reached
 from api_server.services.reports import report_views
 from shared import openapi as oa
@@ -182,8 +183,11 @@ DASHBOARDS = ResourceType(
         "user",
         "user_groups",
     ),
-    included_note="the reports, filters (those the key reaches), SQL snippets and dashboard "
-    "groups named (sharing links, users and user groups do not exist yet: nothing).",
+    included_note="the reports, filters (those the key reaches; with their options only while "
+    f"those hold at most {MAX_INCLUDED_OPTIONS_CHARACTERS:,} characters together, else 400 "
+    "`include_too_large`, unless "
+    "`fields[filters]` leaves `values` and `value_names` out), SQL snippets and dashboard groups "
+    "named (sharing links, users and user groups do not exist yet: nothing).",
     readers={name: from_row(name) for name in DashboardAttributes.model_fields},
 )
 
@@ -192,15 +196,16 @@ def _included(
     session: Session,
     principal: Principal,
     views: Sequence[DashboardView],
-    include: set[str],
+    query: jsonapi.CollectionQuery,
 ) -> list[dict[str, Any]]:
     """The resource objects ``include`` asks for, each once, serialised by its own type (whose
     module is imported here, when used: the groups' imports this one, the reports' may come to).
     Sharing links, users and user groups do not exist yet: nothing to include."""
     from api_server.resources.dashboard_groups import DASHBOARD_GROUPS
-    from api_server.resources.filters import FILTERS
+    from api_server.resources.filters import included_filters
     from api_server.resources.reports import REPORTS
 
+    include = query.include
     objects: list[dict[str, Any]] = []
     if "reports" in include:
         wanted = {i for view in views for i in view.report_ids}
@@ -208,7 +213,7 @@ def _included(
         objects += [REPORTS.serialize(view) for view in report_views(session, principal, reports)]
     if "filters" in include:
         wanted = {i for view in views for i in view.filter_ids}
-        objects += [FILTERS.serialize(row) for row in filters_by_ids(session, principal, wanted)]
+        objects += included_filters(session, principal, wanted, query)
     if "sql_snippets" in include:
         wanted = {i for view in views for i in view.sql_snippet_ids}
         snippets = dashboards.snippets_by_ids(session, principal, wanted)
@@ -251,7 +256,7 @@ def list_dashboards(request: Request, principal: Principal) -> Response:
     query = DASHBOARDS.query(request, collection=True)
     with request.app.state.sessions() as session:
         views, total = dashboards.list_dashboards(session, principal, query)
-        extra = _included(session, principal, views, query.include)
+        extra = _included(session, principal, views, query)
         return page(DASHBOARDS, request, query, views, total, included=extra)
 
 
@@ -280,7 +285,7 @@ def create_dashboard(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:
         settings = request.app.state.settings
         view = dashboards.create_dashboard(session, principal, data.model_dump(), settings)
-        extra = _included(session, principal, [view], query.include)
+        extra = _included(session, principal, [view], query)
         return one(DASHBOARDS, query, view, status_code=201, included=extra)
 
 
@@ -299,7 +304,7 @@ def show_dashboard(request: Request, principal: Principal) -> Response:
     query = DASHBOARDS.query(request, collection=False)
     with request.app.state.sessions() as session:
         view = dashboards.get_dashboard(session, principal, request.path_params["id"])
-        extra = _included(session, principal, [view], query.include)
+        extra = _included(session, principal, [view], query)
         return one(DASHBOARDS, query, view, included=extra)
 
 
@@ -328,7 +333,7 @@ def update_dashboard(request: Request, principal: Principal) -> Response:
     changes = data.model_dump(include=data.model_fields_set)
     with request.app.state.sessions.begin() as session:
         view = dashboards.update_dashboard(session, principal, dashboard_id, changes)
-        extra = _included(session, principal, [view], query.include)
+        extra = _included(session, principal, [view], query)
         return one(DASHBOARDS, query, view, included=extra)
 
 

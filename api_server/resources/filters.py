@@ -429,6 +429,38 @@ def list_filters(request: Request, principal: Principal) -> Response:
     return streamed_page(request, query, _read_in_batches(request, principal, batches), total)
 
 
+# The options (values and labels, as stored JSON) that the filters another resource's answer
+# includes may hold together: included resources are rendered whole, in memory (a dashboard
+# including a hundred filters of a megabyte each took 300 MB of the API server's), while
+# ``GET /filters`` sends its pages a batch at a time.
+MAX_INCLUDED_OPTIONS_CHARACTERS = 16_000_000
+_OPTIONS = frozenset({"values", "value_names"})
+
+
+def included_filters(
+    session: Session, principal: Principal, ids: set[str], query: jsonapi.CollectionQuery
+) -> list[dict[str, Any]]:
+    """The filters of ``ids`` as another resource's answer includes them: with their options
+    while those weigh at most ``MAX_INCLUDED_OPTIONS_CHARACTERS`` together (400
+    ``include_too_large`` beyond); any number of them without their options, which are then
+    not read (``fields[filters]`` naming neither ``values`` nor ``value_names``)."""
+    fields = query.fields.get(FILTERS.type)
+    if fields is not None and not fields & _OPTIONS:
+        rows = filters.filters_by_ids(session, principal, ids, with_options=False)
+        return [FILTERS.serialize(row, only=fields) for row in rows]
+    weight = sum(filters.options_weights(session, ids).values())
+    if weight > MAX_INCLUDED_OPTIONS_CHARACTERS:
+        raise InvalidQueryParameter(
+            f"The filters this would include hold {weight:,} characters of options, more than "
+            f"the {MAX_INCLUDED_OPTIONS_CHARACTERS:,} an answer includes: leave their options "
+            "out (fields[filters] without values and value_names), or read them from "
+            "GET /filters, which sends them a few at a time.",
+            parameter="include",
+            code="include_too_large",
+        )
+    return [FILTERS.serialize(row) for row in filters.filters_by_ids(session, principal, ids)]
+
+
 # The options JSON read and sent at once in a listing, at most (or one filter's, if more): each
 # character becomes about three bytes of Python objects while its filter is rendered.
 _OPTIONS_CHARACTERS_PER_READ = 2_000_000

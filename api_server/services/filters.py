@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import ColumnElement, Text, cast, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
@@ -143,10 +143,15 @@ def get_filter(
     return row
 
 
-def filters_by_ids(session: Session, principal: Principal, ids: Iterable[str]) -> list[Filter]:
+def filters_by_ids(
+    session: Session, principal: Principal, ids: Iterable[str], *, with_options: bool = True
+) -> list[Filter]:
+    """``with_options``: False leaves them unread (each up to a megabyte) unless touched."""
+    deferred = () if with_options else (defer(Filter.values), defer(Filter.value_names))
     return list(
         session.scalars(
             select(Filter)
+            .options(*deferred)
             .where(_visible(principal), Filter.id.in_(set(ids)))
             .order_by(Filter.variable_name, Filter.id)
         )

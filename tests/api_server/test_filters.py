@@ -611,6 +611,45 @@ def test_reports_and_dashboards_relate_the_filters_their_sql_uses(api: Api) -> N
     assert [(r["type"], r["id"]) for r in shown["included"]] == [("filters", country)]
 
 
+def test_a_dashboard_includes_filters_with_options_only_up_to_a_bound(
+    api: Api, monkeypatch
+) -> None:
+    """Included resources are rendered whole: a dashboard including a hundred filters of a
+    megabyte each took 300 MB of the API server. Beyond the bound, 400 unless the options are
+    left out (then any number, options unread)."""
+    org = api.create_org()
+    values = [f"{i:04d}-" + "x" * 90 for i in range(1_000)]
+    names = ["a", "b", "c"]
+    ids = [_filter(api, org, **_dropdown(variable_name=n, values=values, value_names=None))
+           for n in names]  # fmt: skip
+    dashboard = api.post("/dashboards", org.key, resource("dashboards", name="d")).json()
+    report = resource(
+        "reports", name="r", sql_query="SELECT 1 WHERE {[x]=a} AND {[x]=b} AND {[x]=c}"
+    )
+    report["data"]["relationships"] = {
+        "datasource": {"data": {"type": "datasources", "id": org.sample_datasource_id}},
+        "dashboard": {"data": {"type": "dashboards", "id": dashboard["data"]["id"]}},
+    }
+    assert api.post("/reports", org.key, report).status_code == 201
+    path = f"/dashboards/{dashboard['data']['id']}?include=filters"
+    weight = len(orjson.dumps(values))
+    monkeypatch.setattr(filter_resources, "MAX_INCLUDED_OPTIONS_CHARACTERS", int(2.5 * weight))
+    refused = api.get(path, org.key)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["errors"][0]
+    assert (error["code"], error["source"]) == ("include_too_large", {"parameter": "include"})
+    light = api.get(f"{path}&fields[filters]=name,variable_name", org.key)
+    assert light.status_code == 200, light.text
+    assert [r["attributes"] for r in light.json()["included"]] == [
+        {"name": "Country", "variable_name": n} for n in names
+    ]
+    monkeypatch.setattr(filter_resources, "MAX_INCLUDED_OPTIONS_CHARACTERS", int(3.5 * weight))
+    whole = api.get(path, org.key).json()["included"]
+    assert [r["id"] for r in whole] == ids and all(
+        r["attributes"]["values"] == values for r in whole
+    )
+
+
 # ---------------------------------------------------------------------------- SQL options
 
 
