@@ -168,6 +168,13 @@ class Settings(BaseModel):
     max_datasources: int = setting(
         100, "Datasources an organisation may own (the sample one is free).", ge=0, le=1_000_000
     )
+    max_filter_options_mb: int = setting(
+        100,
+        "Megabytes of options (values and labels, as stored JSON) an organisation's filters may "
+        "hold together.",
+        ge=1,
+        le=1_000_000,
+    )
     max_objects_per_kind: int = setting(
         10_000,
         "Filters, SQL snippets, dashboards, reports and dashboard groups an organisation may "

@@ -351,6 +351,11 @@ _CONFLICT = (
     "The organisation has a filter for this `variable_name` (`duplicate_variable_name`); a "
     "static SQL's datasource is disabled (`datasource_disabled`); or "
 )
+_OPTIONS_BUDGET = (
+    "The body is larger than 1 MiB (`payload_too_large`), or the organisation's filters would "
+    "hold more options together than `DATAFERRY_MAX_FILTER_OPTIONS_MB` lets them "
+    "(`filter_options_quota_exceeded`, at `/data/attributes/values`)."
+)
 _CAPACITY = {
     429: "The key's rate limit (`rate_limited`), or a static SQL's execution would exceed the "
     "organisation's running executions (`too_many_running_executions`, `Retry-After: 1`)."
@@ -398,7 +403,8 @@ def _related(resource: jsonapi.ResourceInput) -> dict[str, str | None]:
 def _synced(request: Request, session: Session, rows: Iterable[Any]) -> None:
     """Static SQL options whose execution ended are copied before they are shown."""
     for row in rows:
-        if filters.sync_static_options(session, row, request.app.state.result_store):
+        state = request.app.state
+        if filters.sync_static_options(session, row, state.result_store, state.settings):
             session.flush()
 
 
@@ -511,6 +517,7 @@ def _read_in_batches(
         400: doc.BAD_DOCUMENT,
         403: f"{_REFUSED} {doc.NO_CLIENT_IDS}",
         409: f"{limit_reached(FilterRow)}. {_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
+        413: _OPTIONS_BUDGET,
         422: _INVALID,
         **_CAPACITY,
     },
@@ -565,7 +572,8 @@ def show_filter(request: Request, principal: Principal) -> Response:
         400: doc.BAD_DOCUMENT,
         403: _REFUSED,
         404: None,
-        409: f"{limit_reached(FilterRow)}. {_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
+        409: f"{_CONFLICT}{doc.WRONG_TYPE_OR_ID}",
+        413: _OPTIONS_BUDGET,
         422: _INVALID,
         **_CAPACITY,
     },

@@ -36,6 +36,7 @@ from shared.errors import (
     AppError,
     Conflict,
     NotFound,
+    PayloadTooLarge,
     TooManyRequests,
     Unprocessable,
     ValidationErrors,
@@ -158,13 +159,13 @@ def filters_by_ids(
     )
 
 
+def _text_length(column: Any) -> Any:
+    return func.coalesce(func.length(cast(column, Text)), 0)
+
+
 def options_weights(session: Session, ids: Collection[str]) -> dict[str, int]:
     """Each filter's options as stored: the characters of their JSON, values and labels."""
-
-    def text_length(column: Any) -> Any:
-        return func.coalesce(func.length(cast(column, Text)), 0)
-
-    weight = text_length(Filter.values) + text_length(Filter.value_names)
+    weight = _text_length(Filter.values) + _text_length(Filter.value_names)
     rows = session.execute(select(Filter.id, weight).where(Filter.id.in_(set(ids))))
     return {filter_id: int(characters) for filter_id, characters in rows}
 
@@ -212,6 +213,7 @@ def create_filter(
     check_filter(state, sent, has_datasource=datasource_id is not None)
     row = Filter(organization_id=principal.organization_id, datasource_id=datasource_id, **state)
     _insert_or_409(session, principal, row)
+    _require_options_room(session, row, 0, settings)
     if row.options_source == "static_sql":
         _queue_static(session, principal, row, settings)
     return row
@@ -232,6 +234,7 @@ def update_filter(
     lock_organization(session, principal.organization_id)  # first: see create_filter
     row = get_filter(session, principal, filter_id, for_update=True)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
+    weight_before = options_weights(session, [row.id]).get(row.id, 0)
     earlier_run = row.options_execution_id
     type_before = row.value_type
     _refuse_organization_wide(principal, row.datasource_id)
@@ -251,6 +254,7 @@ def update_filter(
     if retyped:
         state.update(values=None, value_names=None)
     _save_or_409(session, row, state)
+    _require_options_room(session, row, weight_before, settings)
     if retyped:
         row.options_updated_at = None
     again = row.options_source == "static_sql" and (
@@ -355,6 +359,48 @@ def _refuse_organization_wide(principal: Principal, datasource_id: str | None) -
         principal.require_every_datasource(
             "create, change or delete a filter on no datasource, which every datasource's runs use"
         )
+
+
+def _require_options_room(
+    session: Session, row: Filter, weight_before: int, settings: Settings
+) -> None:
+    """413 (and the caller's transaction rolls back) when the write just flushed made the row's
+    options heavier and the organisation's filters' options together exceed
+    ``DATAFERRY_MAX_FILTER_OPTIONS_MB``. Measured as stored, under the organisation's lock,
+    which every create and update of a filter takes first. (A lighter write always passes: an
+    organisation over the budget, say after the operator lowered it, can still shrink.)"""
+    total = _beyond_options_budget(session, row, weight_before, settings)
+    if total is not None:
+        raise PayloadTooLarge(
+            f"The organisation's filters would hold {total:,} characters of options, more than "
+            f"the {_budget(settings):,} they may hold together; remove options or filters first.",
+            pointer=f"{ATTRIBUTES}/values",
+            code="filter_options_quota_exceeded",
+        )
+
+
+def _beyond_options_budget(
+    session: Session, row: Filter, weight_before: int, settings: Settings
+) -> int | None:
+    """The organisation's filters' options together, if the row's (flushed) grew past
+    ``weight_before`` and they exceed the budget; else None."""
+    if options_weights(session, [row.id]).get(row.id, 0) <= weight_before:
+        return None
+    total = organization_options_weight(session, row.organization_id)
+    return total if total > _budget(settings) else None
+
+
+def _budget(settings: Settings) -> int:
+    return settings.max_filter_options_mb * 1024 * 1024
+
+
+def organization_options_weight(session: Session, organization_id: str) -> int:
+    """The characters of every filter's options of the organisation, as stored."""
+    weight = _text_length(Filter.values) + _text_length(Filter.value_names)
+    total = session.scalar(
+        select(func.sum(weight)).where(Filter.organization_id == organization_id)
+    )
+    return int(total or 0)
 
 
 def _duplicate(variable_name: str) -> Conflict:
@@ -607,10 +653,14 @@ def _pointing_at_options_sql(error: AppError) -> AppError:
     return error
 
 
-def sync_static_options(session: Session, row: Filter, store: ResultStore) -> bool:
+def sync_static_options(
+    session: Session, row: Filter, store: ResultStore, settings: Settings
+) -> bool:
     """Copy a static SQL filter's options from its execution once that ended: its result's
     first column (values) and second (labels), at most ``MAX_OPTIONS`` rows; or its error.
-    True when the row changed (the caller commits)."""
+    Options that would take the organisation's filters past their budget are not copied (the
+    old ones stay; without the organisation's lock, copies at the same moment may pass it by
+    theirs). True when the row changed (the caller commits)."""
     if row.options_source != "static_sql" or row.status != "pending":
         return False
     execution = session.get(Execution, row.options_execution_id or "")
@@ -626,7 +676,18 @@ def sync_static_options(session: Session, row: Filter, store: ResultStore) -> bo
         except pa.ArrowInvalid:  # never left for each read of the filter (or its list) to meet
             row.status, row.status_message = "failed", "The options result could not be read."
             return True
+        previous = row.values, row.value_names
+        weight_before = options_weights(session, [row.id]).get(row.id, 0)
         row.values, row.value_names = copied.options.values, copied.options.value_names
+        session.flush()
+        if _beyond_options_budget(session, row, weight_before, settings) is not None:
+            row.values, row.value_names = previous
+            row.status = "failed"
+            row.status_message = (
+                f"The options would take the organisation's filters past the "
+                f"{_budget(settings):,} characters of options they may hold together."
+            )
+            return True
         row.status, row.options_updated_at = "ready", execution.completed_at or utcnow()
         row.status_message = copied.note(row.value_type)
         return True

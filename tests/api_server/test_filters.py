@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from api_server.permissions import Permission
 from api_server.resources import filters as filter_resources
+from api_server.services import filters as filters_service
 from api_server.services.filters import DYNAMIC_OPTIONS_FRESH_SECONDS
 from data_server.app import create_app as create_data_app
 from shared.db.engine import create_metadata_engine
@@ -650,6 +651,46 @@ def test_a_dashboard_includes_filters_with_options_only_up_to_a_bound(
     )
 
 
+def test_filters_options_together_stay_within_the_organisations_budget(
+    settings: Settings, monkeypatch
+) -> None:
+    """Each filter may hold about a megabyte of options and an organisation ten thousand
+    filters: DATAFERRY_MAX_FILTER_OPTIONS_MB bounds them together (here 1 MB: 1,048,576)."""
+    with Api.start(settings.model_copy(update={"max_filter_options_mb": 1})) as api:
+        org, other = api.create_org("A"), api.create_org("B")
+
+        def dropdown(variable: str, count: int) -> dict[str, Any]:
+            values = [f"{i:05d}-" + "x" * 94 for i in range(count)]  # about 106 characters each
+            return _dropdown(variable_name=variable, values=values, value_names=None)
+
+        def patched(filter_id: str, count: int) -> Any:
+            values = dropdown("a", count)["values"]
+            return api.patch(
+                f"/filters/{filter_id}", org.key, resource("filters", filter_id, values=values)
+            )
+
+        first = _filter(api, org, **dropdown("a", 6_000))  # 0.64 MB
+        before = dump_tables(api.app)
+        refused = _create(api, org.key, **dropdown("b", 6_000))
+        assert refused.status_code == 413, refused.text
+        error = refused.json()["errors"][0]
+        assert error["code"] == "filter_options_quota_exceeded"
+        assert error["source"] == {"pointer": "/data/attributes/values"}
+        assert "1,048,576" in error["detail"]
+        assert dump_tables(api.app) == before
+        assert _create(api, other.key, **dropdown("b", 6_000)).status_code == 201  # its own
+        assert patched(first, 3_000).status_code == 200
+        assert _create(api, org.key, **dropdown("b", 6_000)).status_code == 201  # 0.95 MB now
+        before = dump_tables(api.app)
+        grown = patched(first, 4_500)
+        assert grown.status_code == 413, grown.text
+        assert dump_tables(api.app) == before
+        # Over the budget (as if the operator lowered it), options may still get lighter.
+        monkeypatch.setattr(filters_service, "_budget", lambda _settings: 500_000)
+        assert patched(first, 3_001).status_code == 413
+        assert patched(first, 2_000).status_code == 200
+
+
 # ---------------------------------------------------------------------------- SQL options
 
 
@@ -692,6 +733,29 @@ CITIES = (
 
 
 class TestSqlOptions:
+    def test_static_options_past_the_budget_are_not_copied(self, world, monkeypatch) -> None:
+        api, org = world
+        monkeypatch.setattr(filters_service, "_budget", lambda _settings: 10)
+        static = _dropdown(
+            variable_name="budgeted_city",
+            values=None,
+            value_names=None,
+            options_source="static_sql",
+            options_sql_query=f"SELECT city FROM ({CITIES})",
+        )
+        created = _create(api, org.key, org.sample_datasource_id, **static)
+        assert created.status_code == 201, created.text
+        path = f"/filters/{created.json()['data']['id']}"
+
+        def ended() -> Any:
+            attributes = api.get(path, org.key).json()["data"]["attributes"]
+            return attributes if attributes["status"] != "pending" else None
+
+        attributes = _until(ended, "the static options run")
+        assert attributes["status"] == "failed"
+        assert "past the 10 characters of options" in attributes["status_message"]
+        assert attributes["values"] is None
+
     def test_static_options_are_copied_once_the_sql_completed(self, world) -> None:
         api, org = world
         static = _dropdown(
