@@ -369,11 +369,12 @@ def _require_options_room(
     ``DATAFERRY_MAX_FILTER_OPTIONS_MB``. Measured as stored, under the organisation's lock,
     which every create and update of a filter takes first. (A lighter write always passes: an
     organisation over the budget, say after the operator lowered it, can still shrink.)"""
-    total = _beyond_options_budget(session, row, weight_before, settings)
-    if total is not None:
+    if _beyond_options_budget(session, row, weight_before, settings):
+        # Not the total: it counts filters on datasources beyond a restricted key's scope.
         raise PayloadTooLarge(
-            f"The organisation's filters would hold {total:,} characters of options, more than "
-            f"the {_budget(settings):,} they may hold together; remove options or filters first.",
+            "The organisation's filters would hold more than the "
+            f"{_budget(settings):,} characters of options they may hold together; remove "
+            "options or filters first.",
             pointer=f"{ATTRIBUTES}/values",
             code="filter_options_quota_exceeded",
         )
@@ -381,20 +382,19 @@ def _require_options_room(
 
 def _beyond_options_budget(
     session: Session, row: Filter, weight_before: int, settings: Settings
-) -> int | None:
-    """The organisation's filters' options together, if the row's (flushed) grew past
-    ``weight_before`` and they exceed the budget; else None."""
+) -> bool:
+    """The row's options (flushed) grew past ``weight_before`` and the organisation's filters'
+    options together exceed the budget."""
     if options_weights(session, [row.id]).get(row.id, 0) <= weight_before:
-        return None
-    total = organization_options_weight(session, row.organization_id)
-    return total if total > _budget(settings) else None
+        return False
+    return _organization_options_weight(session, row.organization_id) > _budget(settings)
 
 
 def _budget(settings: Settings) -> int:
     return settings.max_filter_options_mb * 1024 * 1024
 
 
-def organization_options_weight(session: Session, organization_id: str) -> int:
+def _organization_options_weight(session: Session, organization_id: str) -> int:
     """The characters of every filter's options of the organisation, as stored."""
     weight = _text_length(Filter.values) + _text_length(Filter.value_names)
     total = session.scalar(
@@ -680,7 +680,7 @@ def sync_static_options(
         weight_before = options_weights(session, [row.id]).get(row.id, 0)
         row.values, row.value_names = copied.options.values, copied.options.value_names
         session.flush()
-        if _beyond_options_budget(session, row, weight_before, settings) is not None:
+        if _beyond_options_budget(session, row, weight_before, settings):
             row.values, row.value_names = previous
             row.status = "failed"
             row.status_message = (
