@@ -431,7 +431,9 @@ def _repeated(entries: list[Any], kind: str, member: str, code: str) -> list[App
         "`dashboard_limit_reached`, `report_limit_reached`).",
         429: "The key's rate limit (`rate_limited`), or a static filter's SQL would exceed the "
         "organisation's running executions (`too_many_running_executions`).",
-        413: f"The body exceeds {MAX_RESTORE_BYTES} bytes.",
+        413: f"The body exceeds {MAX_RESTORE_BYTES} bytes, or the backup's filters would take "
+        "the organisation's filters past their options budget (`filter_options_quota_exceeded`, "
+        "at the filter's `values`).",
         422: "The backup is of another format or version (`unsupported_backup_version`), an "
         "entry is invalid as its resource's create would find it, a reference names nothing "
         "in the backup or twice (`unknown_datasource_ref`, `layout_report_unknown`, "

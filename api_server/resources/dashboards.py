@@ -33,7 +33,7 @@ from api_server.resource_layer.resource_types import (
 )
 from api_server.resource_layer.responses import one, page
 from api_server.resources.dashboard_settings import FiltersConfiguration, Layout, TimeZoneConfig
-from api_server.resources.filters import MAX_INCLUDED_OPTIONS_CHARACTERS
+from api_server.resources.filters import MAX_INCLUDED_OPTIONS_CHARACTERS, included_filters
 from api_server.resources.sql_snippets import SQL_SNIPPETS
 from api_server.services import dashboards
 from api_server.services.dashboards import DashboardView
@@ -43,6 +43,10 @@ from shared import openapi as oa
 from shared.db.models import Dashboard
 from sql_templating.parameters import InputParameters
 
+_TOO_MUCH_INCLUDED = (
+    f"Or the filters `include` would add hold more than {MAX_INCLUDED_OPTIONS_CHARACTERS:,} "
+    "characters of options together (`include_too_large`, at `include`)."
+)
 MIN_PAGE_WIDTH, MAX_PAGE_WIDTH = 320, 7680  # pixels: a phone to an 8K screen
 MIN_REFRESH_MINUTES, MAX_REFRESH_MINUTES = 5, 1440  # Cluvio caches results for up to 24 hours
 
@@ -198,11 +202,11 @@ def _included(
     views: Sequence[DashboardView],
     query: jsonapi.CollectionQuery,
 ) -> list[dict[str, Any]]:
-    """The resource objects ``include`` asks for, each once, serialised by its own type (whose
-    module is imported here, when used: the groups' imports this one, the reports' may come to).
-    Sharing links, users and user groups do not exist yet: nothing to include."""
+    """The resource objects ``include`` asks for, each once, serialised by its own type (the
+    groups' and reports' modules are imported here, when used: the groups' imports this one,
+    the reports' may come to). Sharing links, users and user groups do not exist yet: nothing
+    to include."""
     from api_server.resources.dashboard_groups import DASHBOARD_GROUPS
-    from api_server.resources.filters import included_filters
     from api_server.resources.reports import REPORTS
 
     include = query.include
@@ -250,7 +254,7 @@ _LOCKED = f"The dashboard is locked (`dashboard_locked`); or {doc.WRONG_TYPE_OR_
     permissions=VIEW,
     parameters=tuple(doc.collection_parameters(DASHBOARDS)),
     responses={"200": doc.jsonapi_response("A page of dashboards.", "DashboardCollection")},
-    errors={400: doc.BAD_QUERY},
+    errors={400: f"{doc.BAD_QUERY} {_TOO_MUCH_INCLUDED}"},
 )
 def list_dashboards(request: Request, principal: Principal) -> Response:
     query = DASHBOARDS.query(request, collection=True)
@@ -273,7 +277,7 @@ def list_dashboards(request: Request, principal: Principal) -> Response:
     request_body=doc.request_body("DashboardCreateDocument", "The new dashboard."),
     responses={"201": doc.jsonapi_response("Created.", "DashboardDocument", doc.CREATED_HEADERS)},
     errors={
-        400: doc.BAD_DOCUMENT,
+        400: f"{doc.BAD_DOCUMENT} {_TOO_MUCH_INCLUDED}",
         403: f"The key lacks the permission. {doc.NO_CLIENT_IDS}",
         409: f"{limit_reached(Dashboard)}; or {doc.WRONG_TYPE_OR_ID}",
         422: _INVALID,
@@ -298,7 +302,7 @@ def create_dashboard(request: Request, principal: Principal) -> Response:
     subject=DASHBOARDS,
     parameters=tuple(doc.one_parameters(DASHBOARDS)),
     responses={"200": doc.jsonapi_response("The dashboard.", "DashboardDocument")},
-    errors={400: doc.BAD_QUERY, 404: None},
+    errors={400: f"{doc.BAD_QUERY} {_TOO_MUCH_INCLUDED}", 404: None},
 )
 def show_dashboard(request: Request, principal: Principal) -> Response:
     query = DASHBOARDS.query(request, collection=False)
@@ -321,7 +325,12 @@ def show_dashboard(request: Request, principal: Principal) -> Response:
     body=Body.BOUNDED,
     request_body=doc.request_body("DashboardUpdateDocument", "The attributes to change."),
     responses={"200": doc.jsonapi_response("The dashboard as it is now.", "DashboardDocument")},
-    errors={400: doc.BAD_DOCUMENT, 404: None, 409: _LOCKED, 422: _INVALID},
+    errors={
+        400: f"{doc.BAD_DOCUMENT} {_TOO_MUCH_INCLUDED}",
+        404: None,
+        409: _LOCKED,
+        422: _INVALID,
+    },
 )
 def update_dashboard(request: Request, principal: Principal) -> Response:
     dashboard_id = request.path_params["id"]

@@ -429,10 +429,12 @@ def list_filters(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:
         rows, total = filters.list_filters(session, principal, query)
         _synced(request, session, rows)
-        ids = [row.id for row in rows]
-        weights = filters.options_weights(session, ids)
-    batches = _batches_by_weight(ids, weights)
-    return streamed_page(request, query, _read_in_batches(request, principal, batches), total)
+        weights = {row.id: filters.options_weight(row) for row in rows}
+    fields = _fields_without_options(query)
+    batches = _batches_by_weight(weights) if fields is None else [list(weights)]
+    return streamed_page(
+        request, query, _read_in_batches(request, principal, batches, fields), total
+    )
 
 
 # The options (values and labels, as stored JSON) that the filters another resource's answer
@@ -450,11 +452,11 @@ def included_filters(
     while those weigh at most ``MAX_INCLUDED_OPTIONS_CHARACTERS`` together (400
     ``include_too_large`` beyond); any number of them without their options, which are then
     not read (``fields[filters]`` naming neither ``values`` nor ``value_names``)."""
-    fields = query.fields.get(FILTERS.type)
-    if fields is not None and not fields & _OPTIONS:
+    fields = _fields_without_options(query)
+    if fields is not None:
         rows = filters.filters_by_ids(session, principal, ids, with_options=False)
         return [FILTERS.serialize(row, only=fields) for row in rows]
-    weight = sum(filters.options_weights(session, ids).values())
+    weight = sum(filters.options_weights(session, principal, ids).values())
     if weight > MAX_INCLUDED_OPTIONS_CHARACTERS:
         raise InvalidQueryParameter(
             f"The filters this would include hold {weight:,} characters of options, more than "
@@ -467,17 +469,24 @@ def included_filters(
     return [FILTERS.serialize(row) for row in filters.filters_by_ids(session, principal, ids)]
 
 
+def _fields_without_options(query: jsonapi.CollectionQuery) -> set[str] | None:
+    """The filters' fields asked for (``fields[filters]``) when they leave the options out;
+    None when the options are shown (then they are read)."""
+    fields = query.fields.get(FILTERS.type)
+    return fields if fields is not None and not fields & _OPTIONS else None
+
+
 # The options JSON read and sent at once in a listing, at most (or one filter's, if more): each
 # character becomes about three bytes of Python objects while its filter is rendered.
 _OPTIONS_CHARACTERS_PER_READ = 2_000_000
 
 
-def _batches_by_weight(ids: list[str], weights: dict[str, int]) -> list[list[str]]:
-    """Consecutive ids, grouped while their options weigh at most the bound together."""
+def _batches_by_weight(weights: dict[str, int]) -> list[list[str]]:
+    """Consecutive ids (in ``weights``' order), grouped while their options weigh at most the
+    bound together."""
     batches: list[list[str]] = []
     weight = 0
-    for filter_id in ids:
-        own = weights.get(filter_id, 0)
+    for filter_id, own in weights.items():
         if not batches or weight + own > _OPTIONS_CHARACTERS_PER_READ:
             batches.append([])
             weight = 0
@@ -487,15 +496,16 @@ def _batches_by_weight(ids: list[str], weights: dict[str, int]) -> list[list[str
 
 
 def _read_in_batches(
-    request: Request, principal: Principal, batches: list[list[str]]
+    request: Request, principal: Principal, batches: list[list[str]], fields: set[str] | None
 ) -> Iterator[list[dict[str, Any]]]:
     """Each batch in a short read of its own, as the filters are when the body is sent (one
     changed meanwhile shows its change; one deleted meanwhile is left out), ended before the
-    batch is sent: a slow reader holds no database connection."""
+    batch is sent: a slow reader holds no database connection. ``fields``: only those, and
+    the options not read (``_fields_without_options``)."""
     for batch in batches:
         with request.app.state.reads() as session:
-            rows = filters.filters_in_order(session, principal, batch)
-            resources = [FILTERS.serialize(row) for row in rows]
+            rows = filters.filters_in_order(session, principal, batch, with_options=fields is None)
+            resources = [FILTERS.serialize(row, only=fields) for row in rows]
         yield resources
 
 

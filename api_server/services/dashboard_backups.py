@@ -187,8 +187,10 @@ def restore_dashboard(
     for index, values in new_snippets:
         try:
             sql_snippets.create_snippet(session, principal, values, settings)
-        except Conflict:  # created meanwhile by another request
-            raise _snippet_conflict(index, values["name"]) from None
+        except Conflict as conflict:
+            if conflict.code != sql_snippets.NAME_TAKEN:  # the organisation's limit
+                raise
+            raise _snippet_conflict(index, values["name"]) from None  # created meanwhile
     _create_filters(session, principal, restore.filters, targets, settings)
     attributes = {**restore.dashboard, "layout": [], "is_locked": False}
     view = dashboards.create_dashboard(session, principal, attributes, settings)

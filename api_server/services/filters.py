@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import ColumnElement, Text, cast, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -159,20 +159,29 @@ def filters_by_ids(
     )
 
 
-def _text_length(column: Any) -> Any:
-    return func.coalesce(func.length(cast(column, Text)), 0)
+_WEIGHT = Filter.values_characters + Filter.value_names_characters
 
 
-def options_weights(session: Session, ids: Collection[str]) -> dict[str, int]:
-    """Each filter's options as stored: the characters of their JSON, values and labels."""
-    weight = _text_length(Filter.values) + _text_length(Filter.value_names)
-    rows = session.execute(select(Filter.id, weight).where(Filter.id.in_(set(ids))))
+def options_weights(session: Session, principal: Principal, ids: Collection[str]) -> dict[str, int]:
+    """What the options of each filter of ``ids`` the key reaches weigh (their JSON's
+    characters, values and labels), read from the row, not from the options."""
+    rows = session.execute(
+        select(Filter.id, _WEIGHT).where(_visible(principal), Filter.id.in_(set(ids)))
+    )
     return {filter_id: int(characters) for filter_id, characters in rows}
 
 
-def filters_in_order(session: Session, principal: Principal, ids: Sequence[str]) -> list[Filter]:
+def options_weight(row: Filter) -> int:
+    return row.values_characters + row.value_names_characters
+
+
+def filters_in_order(
+    session: Session, principal: Principal, ids: Sequence[str], *, with_options: bool = True
+) -> list[Filter]:
     """The filters of ``ids`` the key reaches, in that order; one deleted meanwhile is left out."""
-    found = {row.id: row for row in filters_by_ids(session, principal, ids)}
+    found = {
+        row.id: row for row in filters_by_ids(session, principal, ids, with_options=with_options)
+    }
     return [found[filter_id] for filter_id in ids if filter_id in found]
 
 
@@ -234,7 +243,7 @@ def update_filter(
     lock_organization(session, principal.organization_id)  # first: see create_filter
     row = get_filter(session, principal, filter_id, for_update=True)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
-    weight_before = options_weights(session, [row.id]).get(row.id, 0)
+    weight_before = options_weight(row)
     earlier_run = row.options_execution_id
     type_before = row.value_type
     _refuse_organization_wide(principal, row.datasource_id)
@@ -306,8 +315,17 @@ def _cancel_superseded(session: Session, execution_id: str | None) -> None:
         request_cancel(session, execution)
 
 
-# The columns a request writes: all but the keys, the timestamps and a static run's state.
-_NOT_WRITTEN = {"id", "organization_id", "datasource_id", "created_at", "updated_at"}
+# The columns a request writes: all but the keys, the timestamps, what the options weigh (kept
+# by the model as they are set) and a static run's state.
+_NOT_WRITTEN = {
+    "id",
+    "organization_id",
+    "datasource_id",
+    "created_at",
+    "updated_at",
+    "values_characters",
+    "value_names_characters",
+}
 _WRITABLE = tuple(
     column.key
     for column in Filter.__mapper__.column_attrs
@@ -383,9 +401,9 @@ def _require_options_room(
 def _beyond_options_budget(
     session: Session, row: Filter, weight_before: int, settings: Settings
 ) -> bool:
-    """The row's options (flushed) grew past ``weight_before`` and the organisation's filters'
-    options together exceed the budget."""
-    if options_weights(session, [row.id]).get(row.id, 0) <= weight_before:
+    """The row's options grew past ``weight_before`` and the organisation's filters' options
+    together (the row's flushed) exceed the budget."""
+    if options_weight(row) <= weight_before:
         return False
     return _organization_options_weight(session, row.organization_id) > _budget(settings)
 
@@ -395,10 +413,9 @@ def _budget(settings: Settings) -> int:
 
 
 def _organization_options_weight(session: Session, organization_id: str) -> int:
-    """The characters of every filter's options of the organisation, as stored."""
-    weight = _text_length(Filter.values) + _text_length(Filter.value_names)
+    """What every filter's options of the organisation weigh together."""
     total = session.scalar(
-        select(func.sum(weight)).where(Filter.organization_id == organization_id)
+        select(func.sum(_WEIGHT)).where(Filter.organization_id == organization_id)
     )
     return int(total or 0)
 
@@ -677,7 +694,7 @@ def sync_static_options(
             row.status, row.status_message = "failed", "The options result could not be read."
             return True
         previous = row.values, row.value_names
-        weight_before = options_weights(session, [row.id]).get(row.id, 0)
+        weight_before = options_weight(row)
         row.values, row.value_names = copied.options.values, copied.options.value_names
         session.flush()
         if _beyond_options_budget(session, row, weight_before, settings):

@@ -20,6 +20,8 @@ from shared.errors import Conflict, NotFound
 from shared.settings import Settings
 from sql_templating.snippets import snippet_references
 
+NAME_TAKEN = "sql_snippet_name_taken"  # a 409 of its own: the restore tells it apart
+
 _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
 
 
@@ -109,5 +111,5 @@ def _save(session: Session, snippet: SqlSnippet, changes: dict[str, Any] | None 
         raise Conflict(
             f"This organisation already has a SQL snippet named {snippet.name!r}.",
             pointer="/data/attributes/name",
-            code="sql_snippet_name_taken",
+            code=NAME_TAKEN,
         ) from None

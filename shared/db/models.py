@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -20,7 +22,7 @@ from sqlalchemy import (
     TypeDecorator,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from shared.display_names import NAME_LENGTH
 from shared.ids import new_resource_id
@@ -378,6 +380,11 @@ class Filter(Base):
     options_sql_query: Mapped[str | None] = mapped_column(Text, nullable=True)
     values: Mapped[list[Any] | None] = mapped_column("option_values", JSON, nullable=True)
     value_names: Mapped[list[Any] | None] = mapped_column("option_names", JSON, nullable=True)
+    # What ``values`` and ``value_names`` weigh (their JSON's characters), kept as they are set:
+    # the organisation's budget for them and the batches of a listing read these, not the
+    # options themselves (up to a megabyte a filter).
+    values_characters: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    value_names_characters: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     allow_all_time: Mapped[bool] = mapped_column(Boolean, default=False)
     aggregation_options: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     restrict_to_options: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -387,6 +394,21 @@ class Filter(Base):
     options_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    @validates("values", "value_names")
+    def _weighed(self, name: str, options: list[Any] | None) -> list[Any] | None:
+        setattr(self, f"{name}_characters", json_characters(options))
+        return options
+
+
+def json_characters(options: list[Any] | None) -> int:
+    """The characters of options' JSON (0 for none), as ``Filter`` keeps them."""
+    if options is None:
+        return 0
+    try:
+        return len(orjson.dumps(options, default=str))
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which orjson does not write
+        return len(json.dumps(options, default=str))
 
 
 class DashboardRefresh(Base):

@@ -639,8 +639,16 @@ def test_a_dashboard_includes_filters_with_options_only_up_to_a_bound(
     assert refused.status_code == 400, refused.text
     error = refused.json()["errors"][0]
     assert (error["code"], error["source"]) == ("include_too_large", {"parameter": "include"})
+    by_ids, read_with_options = filter_resources.filters.filters_by_ids, []
+
+    def recorded(session, principal, ids, **options):
+        read_with_options.append(options.get("with_options", True))
+        return by_ids(session, principal, ids, **options)
+
+    monkeypatch.setattr(filter_resources.filters, "filters_by_ids", recorded)
     light = api.get(f"{path}&fields[filters]=name,variable_name", org.key)
     assert light.status_code == 200, light.text
+    assert read_with_options == [False]
     assert [r["attributes"] for r in light.json()["included"]] == [
         {"name": "Country", "variable_name": n} for n in names
     ]
@@ -734,7 +742,8 @@ CITIES = (
 
 class TestSqlOptions:
     def test_static_options_past_the_budget_are_not_copied(self, world, monkeypatch) -> None:
-        api, org = world
+        api, _ = world
+        org = api.create_org("Budgeted")  # none of the other tests' filters
         monkeypatch.setattr(filters_service, "_budget", lambda _settings: 10)
         static = _dropdown(
             variable_name="budgeted_city",
@@ -1154,13 +1163,16 @@ def test_a_page_of_heavy_filters_is_read_and_sent_a_few_at_a_time(api: Api, monk
     read: list[list[str]] = []
     in_order = filter_resources.filters.filters_in_order
 
-    def recorded(session, principal, ids):
+    with_options: list[bool] = []
+
+    def recorded(session, principal, ids, **options):
         read.append(list(ids))
-        return in_order(session, principal, ids)
+        with_options.append(options.get("with_options", True))
+        return in_order(session, principal, ids, **options)
 
     monkeypatch.setattr(filter_resources.filters, "filters_in_order", recorded)
-    weight = len(orjson.dumps(heavy["h0"]))  # as stored: a little more (a space per comma)
-    monkeypatch.setattr(filter_resources, "_OPTIONS_CHARACTERS_PER_READ", int(2.2 * weight))
+    weight = len(orjson.dumps(heavy["h0"]))  # as the row keeps it
+    monkeypatch.setattr(filter_resources, "_OPTIONS_CHARACTERS_PER_READ", int(2.05 * weight))
     tracemalloc.start()
     try:
         listed = api.get("/filters?sort=name&page[size]=20", org.key)
@@ -1179,6 +1191,11 @@ def test_a_page_of_heavy_filters_is_read_and_sent_a_few_at_a_time(api: Api, monk
     # Held at once: the body (twice: as sent, as the test client gathers it) and a batch's
     # objects, not every filter's as well (as when the page was read whole: 3 MB more here).
     assert peak < 2 * len(listed.content) + 3 * weight, (peak, len(listed.content))
+    # Without the options, the page is one batch, and the options are not read.
+    read.clear()
+    light = api.get("/filters?sort=name&page[size]=20&fields[filters]=name", org.key)
+    assert [r["attributes"] for r in light.json()["data"]] == [{"name": n} for n in names]
+    assert read == [ids] and with_options[-1] is False
 
 
 def test_a_filter_deleted_while_its_page_is_sent_is_left_out(api: Api, monkeypatch) -> None:
@@ -1188,10 +1205,10 @@ def test_a_filter_deleted_while_its_page_is_sent_is_left_out(api: Api, monkeypat
     monkeypatch.setattr(filter_resources, "_OPTIONS_CHARACTERS_PER_READ", 1)  # one per batch
     in_order = filter_resources.filters.filters_in_order
 
-    def deleting_the_last_first(session, principal, batch):
+    def deleting_the_last_first(session, principal, batch, **options):
         with api.app.state.sessions.begin() as other:
             other.execute(delete(Filter).where(Filter.id == ids[2]))
-        return in_order(session, principal, batch)
+        return in_order(session, principal, batch, **options)
 
     monkeypatch.setattr(filter_resources.filters, "filters_in_order", deleting_the_last_first)
     document = api.get("/filters?sort=name", org.key).json()

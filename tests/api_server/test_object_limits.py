@@ -66,22 +66,33 @@ def test_a_create_beyond_the_kinds_limit_is_409_and_writes_nothing(api: Api, kin
     assert api.post(f"/{kind}", org.key, _new(kind, org, LIMIT)).status_code == 201
 
 
-def test_a_restore_that_would_pass_a_limit_creates_nothing(api: Api) -> None:
-    org = api.create_org()
-    dashboard = api.post("/dashboards", org.key, _new("dashboards", org, 0)).json()["data"]["id"]
+@pytest.mark.parametrize("kind", ["sql_snippets", "filters", "reports", "dashboards"])
+def test_a_restore_that_would_pass_a_limit_creates_nothing(api: Api, kind: str) -> None:
+    """The backup holds a dashboard, two reports, the two snippets and two filters their SQL
+    names; the organisation it is restored into has room for all but one more of ``kind``."""
+    source, target = api.create_org("Source"), api.create_org("Target")
+    dashboard = api.post("/dashboards", source.key, _new("dashboards", source, 0))
+    dashboard_id = dashboard.json()["data"]["id"]
     for n in range(2):
-        report = _new("reports", org, n, dashboard=dashboard)
-        assert api.post("/reports", org.key, report).status_code == 201
+        snippet = _document("sql_snippets", {"name": f"s{n}", "sql": "SELECT 1 AS x"})
+        assert api.post("/sql_snippets", source.key, snippet).status_code == 201
+        assert api.post("/filters", source.key, _new("filters", source, n)).status_code == 201
+        report = _new("reports", source, n, dashboard=dashboard_id)
+        report["data"]["attributes"]["sql_query"] = f"SELECT x FROM ([s{n}]) WHERE {{[x]=v{n}}}"
+        assert api.post("/reports", source.key, report).status_code == 201, report
     backup = api.client.post(
-        f"/dashboards/{dashboard}/backup", headers={"Authorization": f"Api {org.key}"}
+        f"/dashboards/{dashboard_id}/backup", headers={"Authorization": f"Api {source.key}"}
     ).json()
-    mapping = {datasource["ref"]: datasource["ref"] for datasource in backup["datasources"]}
+    assert (len(backup["sql_snippets"]), len(backup["filters"])) == (2, 2)
+    for n in range(LIMIT if kind == "dashboards" else LIMIT - 1):
+        assert api.post(f"/{kind}", target.key, _new(kind, target, 100 + n)).status_code == 201
+    mapping = {source.sample_datasource_id: target.sample_datasource_id}
     before = dump_tables(api.app)
     restored = api.client.post(
         "/dashboards/restore",
         content=orjson.dumps({"backup": backup, "datasource_map": mapping}),
-        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Api {target.key}", "Content-Type": "application/json"},
     )
-    assert restored.status_code == 409, restored.text  # 2 reports more than 3 - 2
-    assert restored.json()["errors"][0]["code"] == "report_limit_reached"
+    assert restored.status_code == 409, restored.text
+    assert restored.json()["errors"][0]["code"] == f"{kind.removesuffix('s')}_limit_reached"
     assert dump_tables(api.app) == before

@@ -293,7 +293,8 @@ def test_a_client_hanging_up_mid_body_leaves_nothing(region, e2e):
 
 @pytest.mark.e2e
 def test_the_quota_bounds_stored_results_too(region):
-    """Files placed in the area by the operator count as well (sparse here: no disk is used)."""
+    """Files placed in the area by the operator count as well (sparse here: no disk is used),
+    within AREA_WALK_MAX_AGE_SECONDS, or as soon as the API next changes the area."""
     with region.organization_client("Full") as client:
         _fill_the_quota(region, client, region.area(client.organization_id))
 
@@ -301,6 +302,7 @@ def test_the_quota_bounds_stored_results_too(region):
 def _fill_the_quota(region, client: DataferryClient, area: Path) -> None:
     (area / "q").mkdir()
     ds = client.create_datasource("q", "files", "q")["id"]
+    assert upload(client, f"/datasources/{ds}/files/tiny.csv", b"v\n1\n").status_code == 201
     with open(area / "filler.bin", "wb") as filler:
         filler.truncate(QUOTA_MB * MIB - MIB)  # 1 MiB left
     small = client.wait_until_done(client.run(ds, "SELECT 1 AS one")["execution_id"])
@@ -313,6 +315,8 @@ def _fill_the_quota(region, client: DataferryClient, area: Path) -> None:
     )
     with open(area / "filler.bin", "wb") as filler:
         filler.truncate(QUOTA_MB * MIB)  # none left
+    tiny = f"{client.api_url}/datasources/{ds}/files/tiny.csv"
+    assert client.http.delete(tiny, headers=client.headers).status_code == 200  # the API changes it
     none_left = client.wait_until_done(client.run(ds, "SELECT 1 AS one")["execution_id"])
     assert none_left["error_code"] == "storage_quota_exceeded", none_left
     answer = upload(client, f"/datasources/{ds}/files/x.csv", b"v\n1\n", "text/csv")
@@ -370,12 +374,14 @@ def test_stored_representations_count_and_are_kept_only_within_the_quota(region)
 @pytest.mark.e2e
 def test_a_result_that_no_longer_fits_when_it_completes_is_not_stored(region):
     """The quota is checked again when the result is stored: room taken while the query ran
-    (here by a file; as well by an execution of the same organisation running beside it) fails
-    it, where the check before it ran alone let it through."""
+    (here by an upload; as well by an execution of the same organisation running beside it)
+    fails it, where the check before it ran alone let it through."""
     with region.organization_client("Overshoot") as client:
         area = region.area(client.organization_id)
         (area / "o").mkdir()
         ds = client.create_datasource("o", "files", "o")["id"]
+        with open(area / "filler.bin", "wb") as filler:
+            filler.truncate(QUOTA_MB * MIB - 2 * MIB)  # room for the result's 1.6 MB
         slow = "SELECT range AS n FROM range(400000000) WHERE range % 2000 = 0"  # 200k rows, ~2 s
         execution_id = client.run(ds, slow)["execution_id"]
         for _ in range(400):
@@ -383,8 +389,8 @@ def test_a_result_that_no_longer_fits_when_it_completes_is_not_stored(region):
                 break
             time.sleep(0.02)
         time.sleep(0.3)  # past the check before it runs (later, it would fail there: as well)
-        with open(area / "filler.bin", "wb") as filler:
-            filler.truncate(QUOTA_MB * MIB - 10_000)  # less than the result's 1.6 MB
+        taken = upload(client, f"/datasources/{ds}/files/taken.csv", b"v\n" + b"1\n" * 500_000)
+        assert taken.status_code == 201, taken.text  # it fits: the result is not stored yet
         done = client.wait_until_done(execution_id)
         assert (done["execution_status"], done["error_code"]) == (
             "failed",
