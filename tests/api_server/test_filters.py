@@ -69,16 +69,17 @@ def _filter(api: Api, org: Org, datasource: str | None = None, **attributes: Any
     return created.json()["data"]["id"]
 
 
+def _static(sql: str, **attributes: Any) -> dict[str, Any]:
+    """A dropdown whose options ``sql`` gives, copied once it ran (``static_sql``)."""
+    return _dropdown(
+        values=None, value_names=None, options_source="static_sql", options_sql_query=sql,
+        **attributes,
+    )  # fmt: skip
+
+
 def static_filter(api: Api, org: Org) -> str:
     """A static SQL filter on the sample datasource; its options run queued."""
-    return _filter(
-        api,
-        org,
-        org.sample_datasource_id,
-        **_dropdown(values=None, value_names=None),
-        options_source="static_sql",
-        options_sql_query="SELECT 'de'",
-    )
+    return _filter(api, org, org.sample_datasource_id, **_static("SELECT 'de'"))
 
 
 def _errors(answer: Any) -> list[tuple[str, str | None]]:
@@ -745,13 +746,7 @@ class TestSqlOptions:
         api, _ = world
         org = api.create_org("Budgeted")  # none of the other tests' filters
         monkeypatch.setattr(filters_service, "_budget", lambda _settings: 10)
-        static = _dropdown(
-            variable_name="budgeted_city",
-            values=None,
-            value_names=None,
-            options_source="static_sql",
-            options_sql_query=f"SELECT city FROM ({CITIES})",
-        )
+        static = _static(f"SELECT city FROM ({CITIES})", variable_name="budgeted_city")
         created = _create(api, org.key, org.sample_datasource_id, **static)
         assert created.status_code == 201, created.text
         path = f"/filters/{created.json()['data']['id']}"
@@ -767,14 +762,8 @@ class TestSqlOptions:
 
     def test_static_options_are_copied_once_the_sql_completed(self, world) -> None:
         api, org = world
-        static = _dropdown(
-            variable_name="static_city",
-            values=None,
-            value_names=None,
-            options_source="static_sql",
-            options_sql_query=f"SELECT city, upper(city) FROM ({CITIES}) ORDER BY city",
-            restrict_to_options=True,
-        )
+        sql = f"SELECT city, upper(city) FROM ({CITIES}) ORDER BY city"
+        static = _static(sql, variable_name="static_city", restrict_to_options=True)
         created = _create(api, org.key, org.sample_datasource_id, **static)
         assert created.status_code == 201, created.text
         filter_id = created.json()["data"]["id"]
@@ -809,13 +798,7 @@ class TestSqlOptions:
 
     def test_failing_static_sql_sets_failed_with_the_error(self, world) -> None:
         api, org = world
-        static = _dropdown(
-            variable_name="broken_static",
-            values=None,
-            value_names=None,
-            options_source="static_sql",
-            options_sql_query="SELECT * FROM no_such_table",
-        )
+        static = _static("SELECT * FROM no_such_table", variable_name="broken_static")
         filter_id = _filter(api, org, org.sample_datasource_id, **static)
 
         def failed() -> Any:
