@@ -222,7 +222,7 @@ def create_filter(
     check_filter(state, sent, has_datasource=datasource_id is not None)
     row = Filter(organization_id=principal.organization_id, datasource_id=datasource_id, **state)
     _insert_or_409(session, principal, row)
-    _require_options_room(session, row, 0, settings)
+    _require_options_room(session, row, (0, 0), settings)
     if row.options_source == "static_sql":
         _queue_static(session, principal, row, settings)
     return row
@@ -243,7 +243,7 @@ def update_filter(
     lock_organization(session, principal.organization_id)  # first: see create_filter
     row = get_filter(session, principal, filter_id, for_update=True)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
-    weight_before = options_weight(row)
+    weights_before = row.values_characters, row.value_names_characters
     earlier_run = row.options_execution_id
     type_before = row.value_type
     _refuse_organization_wide(principal, row.datasource_id)
@@ -263,7 +263,7 @@ def update_filter(
     if retyped:
         state.update(values=None, value_names=None)
     _save_or_409(session, row, state)
-    _require_options_room(session, row, weight_before, settings)
+    _require_options_room(session, row, weights_before, settings)
     if retyped:
         row.options_updated_at = None
     again = row.options_source == "static_sql" and (
@@ -380,20 +380,26 @@ def _refuse_organization_wide(principal: Principal, datasource_id: str | None) -
 
 
 def _require_options_room(
-    session: Session, row: Filter, weight_before: int, settings: Settings
+    session: Session, row: Filter, weights_before: tuple[int, int], settings: Settings
 ) -> None:
     """413 (and the caller's transaction rolls back) when the write just flushed made the row's
     options heavier and the organisation's filters' options together exceed
     ``DATAFERRY_MAX_FILTER_OPTIONS_MB``. Measured as stored, under the organisation's lock,
     which every create and update of a filter takes first. (A lighter write always passes: an
-    organisation over the budget, say after the operator lowered it, can still shrink.)"""
-    if _beyond_options_budget(session, row, weight_before, settings):
+    organisation over the budget, say after the operator lowered it, can still shrink.)
+    ``weights_before``: what the row's values and labels weighed before the write."""
+    values_before, names_before = weights_before
+    if _beyond_options_budget(session, row, values_before + names_before, settings):
+        labels_grew = row.value_names_characters > names_before
+        grown = (
+            "value_names" if labels_grew and row.values_characters <= values_before else "values"
+        )
         # Not the total: it counts filters on datasources beyond a restricted key's scope.
         raise PayloadTooLarge(
             "The organisation's filters would hold more than the "
             f"{_budget(settings):,} characters of options they may hold together; remove "
             "options or filters first.",
-            pointer=f"{ATTRIBUTES}/values",
+            pointer=f"{ATTRIBUTES}/{grown}",
             code="filter_options_quota_exceeded",
         )
 

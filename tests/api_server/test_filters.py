@@ -693,6 +693,12 @@ def test_filters_options_together_stay_within_the_organisations_budget(
         before = dump_tables(api.app)
         grown = patched(first, 4_500)
         assert grown.status_code == 413, grown.text
+        labels = [f"L{i:05d}" + "z" * 90 for i in range(3_000)]
+        labelled = api.patch(
+            f"/filters/{first}", org.key, resource("filters", first, value_names=labels)
+        )
+        assert labelled.status_code == 413, labelled.text
+        assert labelled.json()["errors"][0]["source"] == {"pointer": "/data/attributes/value_names"}
         assert dump_tables(api.app) == before
         # Over the budget (as if the operator lowered it), options may still get lighter.
         monkeypatch.setattr(filters_service, "_budget", lambda _settings: 500_000)
