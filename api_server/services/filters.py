@@ -172,6 +172,7 @@ def options_weights(session: Session, principal: Principal, ids: Collection[str]
 
 
 def options_weight(row: Filter) -> int:
+    """What the row's options weigh, values and labels (``options_weights``, for one row read)."""
     return row.values_characters + row.value_names_characters
 
 
@@ -384,7 +385,7 @@ def _require_options_room(
 ) -> None:
     """413 (and the caller's transaction rolls back) when the write just flushed made the row's
     options heavier and the organisation's filters' options together exceed
-    ``DATAFERRY_MAX_FILTER_OPTIONS_MB``. Measured as stored, under the organisation's lock,
+    ``DATAFERRY_MAX_FILTER_OPTIONS_MB``. Weighed as the rows keep it, under the organisation's lock,
     which every create and update of a filter takes first. (A lighter write always passes: an
     organisation over the budget, say after the operator lowered it, can still shrink.)
     ``weights_before``: what the row's values and labels weighed before the write."""
@@ -707,7 +708,7 @@ def sync_static_options(
             row.values, row.value_names = previous
             row.status = "failed"
             row.status_message = (
-                f"The options would take the organisation's filters past the "
+                "The options would take the organisation's filters past the "
                 f"{_budget(settings):,} characters of options they may hold together."
             )
             return True
