@@ -41,11 +41,18 @@ from api_server.services.object_limits import limit_reached
 from api_server.services.reports import report_views
 from shared import openapi as oa
 from shared.db.models import Dashboard
+from shared.errors import InvalidQueryParameter
 from sql_templating.parameters import InputParameters
 
+# The reports' SQL that one answer may include (a dashboard may hold thousands of reports, each
+# up to DATAFERRY_MAX_SQL_LENGTH characters): included resources are rendered whole, in memory,
+# and a dashboard including a thousand reports of 100,000 characters took 200 MB of the API
+# server. ``GET /reports`` pages them.
+MAX_INCLUDED_SQL_CHARACTERS = 16_000_000
 _TOO_MUCH_INCLUDED = (
     f"Or the filters `include` would add hold more than {MAX_INCLUDED_OPTIONS_CHARACTERS:,} "
-    "characters of options together (`include_too_large`, at `include`)."
+    f"characters of options together, or its reports more than {MAX_INCLUDED_SQL_CHARACTERS:,} "
+    "of SQL (`include_too_large`, at `include`)."
 )
 MIN_PAGE_WIDTH, MAX_PAGE_WIDTH = 320, 7680  # pixels: a phone to an 8K screen
 MIN_REFRESH_MINUTES, MAX_REFRESH_MINUTES = 5, 1440  # Cluvio caches results for up to 24 hours
@@ -187,11 +194,12 @@ DASHBOARDS = ResourceType(
         "user",
         "user_groups",
     ),
-    included_note="the reports, filters (those the key reaches; with their options only while "
-    f"those hold at most {MAX_INCLUDED_OPTIONS_CHARACTERS:,} characters together, else 400 "
-    "`include_too_large`, unless "
-    "`fields[filters]` leaves `values` and `value_names` out), SQL snippets and dashboard groups "
-    "named (sharing links, users and user groups do not exist yet: nothing).",
+    included_note="the reports (while their SQL holds at most "
+    f"{MAX_INCLUDED_SQL_CHARACTERS:,} characters together, else 400 `include_too_large`), "
+    "filters (those the key reaches; with their options only while those hold at most "
+    f"{MAX_INCLUDED_OPTIONS_CHARACTERS:,} characters together, else 400 `include_too_large`, "
+    "unless `fields[filters]` leaves `values` and `value_names` out), SQL snippets and dashboard "
+    "groups named (sharing links, users and user groups do not exist yet: nothing).",
     readers={name: from_row(name) for name in DashboardAttributes.model_fields},
 )
 
@@ -213,6 +221,15 @@ def _included(
     objects: list[dict[str, Any]] = []
     if "reports" in include:
         wanted = {i for view in views for i in view.report_ids}
+        weight = dashboards.sql_characters(session, wanted)
+        if weight > MAX_INCLUDED_SQL_CHARACTERS:
+            raise InvalidQueryParameter(
+                f"The reports this would include hold {weight:,} characters of SQL, more than "
+                f"the {MAX_INCLUDED_SQL_CHARACTERS:,} an answer includes: read them from "
+                "GET /reports?filter[dashboard]=<id>, a page at a time.",
+                parameter="include",
+                code="include_too_large",
+            )
         reports = dashboards.reports_by_ids(session, principal, wanted)
         objects += [REPORTS.serialize(view) for view in report_views(session, principal, reports)]
     if "filters" in include:

@@ -15,14 +15,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, delete, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, delete, func, select
 from sqlalchemy.orm import Session, aliased
 
 from api_server.principals import Principal
 from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.object_limits import require_room
-from api_server.services.sql_snippets import named_snippet_ids
+from api_server.services.sql_snippets import named_snippet_ids, snippet_names
 from shared.db.engine import locked_to_change, write_lock_on_sqlite
 from shared.db.models import (
     Dashboard,
@@ -34,6 +34,7 @@ from shared.db.models import (
 )
 from shared.errors import AppError, Conflict, NotFound, Unprocessable, ValidationErrors
 from shared.settings import Settings
+from sql_templating.placeholders import placeholder_variables
 
 _NO_DASHBOARD = "No dashboard with this id exists."
 _NO_GROUP = "No dashboard group with this id exists."
@@ -109,12 +110,21 @@ def reports_beyond_scope_on(
     )
 
 
+# Reports' SQL read from the database at once when their dashboards are shown.
+_REPORTS_PER_READ = 32
+
+
 def _dashboard_views(
     session: Session, principal: Principal, rows: Sequence[Dashboard]
 ) -> list[DashboardView]:
+    """The dashboards with their reports' ids, and the snippets and filters those reports' SQL
+    names. Each report's SQL (up to ``DATAFERRY_MAX_SQL_LENGTH`` characters, a dashboard may
+    hold thousands) is read and scanned one at a time, then dropped: a dashboard of a thousand
+    reports of 100,000 characters held 100 MB while its SQL was held together."""
     ids = [row.id for row in rows]
     reports: dict[str, list[str]] = defaultdict(list)
-    sql: dict[str, list[str]] = defaultdict(list)
+    names: dict[str, set[str]] = defaultdict(set)
+    variables: dict[str, set[str]] = defaultdict(set)
     groups: dict[str, list[str]] = defaultdict(list)
     if ids:
         # dashboard_id is never null here (the WHERE names dashboards): typed as such.
@@ -122,9 +132,11 @@ def _dashboard_views(
             select(Report.id, cast(ColumnElement[str], Report.dashboard_id), Report.sql_query)
             .where(Report.dashboard_id.in_(ids))
             .order_by(Report.created_at, Report.id)
+            .execution_options(yield_per=_REPORTS_PER_READ)
         ):
             reports[dashboard_id].append(report_id)
-            sql[dashboard_id].append(sql_query)
+            names[dashboard_id] |= snippet_names(sql_query)
+            variables[dashboard_id] |= placeholder_variables(sql_query)
         for group_id, dashboard_id in session.execute(
             select(DashboardGroupMember.dashboard_group_id, DashboardGroupMember.dashboard_id)
             .join(DashboardGroup)
@@ -132,8 +144,8 @@ def _dashboard_views(
             .order_by(DashboardGroup.name, DashboardGroup.id)
         ):
             groups[dashboard_id].append(group_id)
-    snippets = named_snippet_ids(session, principal.organization_id, sql)
-    used = used_filter_ids(session, principal, sql)
+    snippets = named_snippet_ids(session, principal.organization_id, names)
+    used = used_filter_ids(session, principal, variables)
     return [
         DashboardView(
             row, reports[row.id], snippets.get(row.id, []), groups[row.id], used.get(row.id, [])
@@ -265,6 +277,14 @@ def _check_layout(session: Session, dashboard_id: str | None, layout: list[dict[
 
 
 # ---------------------------------------------------------------------------- related rows
+
+
+def sql_characters(session: Session, report_ids: Iterable[str]) -> int:
+    """What the reports' SQL of ``report_ids`` weighs together, counted by the database."""
+    total = session.scalar(
+        select(func.sum(func.length(Report.sql_query))).where(Report.id.in_(set(report_ids)))
+    )
+    return int(total or 0)
 
 
 def reports_by_ids(

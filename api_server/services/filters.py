@@ -187,17 +187,13 @@ def filters_in_order(
 
 
 def used_filter_ids(
-    session: Session, principal: Principal, texts: Mapping[str, Iterable[str]]
+    session: Session, principal: Principal, variables: Mapping[str, set[str]]
 ) -> dict[str, list[str]]:
-    """Owner (a report, a dashboard) → the ids of the filters the key reaches whose variables
-    its SQL texts' placeholders name (as written: placeholders inside snippets are not
-    followed), ordered by variable name. A filter the key does not reach is left out, as its id
-    would answer 404."""
-    names = {
-        owner: set().union(*(placeholder_variables(sql) for sql in sqls))
-        for owner, sqls in texts.items()
-    }
-    return ids_named_by_owner(session, Filter.variable_name, _visible(principal), names)
+    """Owner (a report, a dashboard) → the ids of the filters the key reaches of ``variables``
+    (those its SQL texts' placeholders name, ``placeholder_variables``: as written,
+    placeholders inside snippets are not followed), ordered by variable name. A filter the key
+    does not reach is left out, as its id would answer 404."""
+    return ids_named_by_owner(session, Filter.variable_name, _visible(principal), variables)
 
 
 # ---------------------------------------------------------------------------- CRUD

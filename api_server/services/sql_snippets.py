@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -25,16 +25,18 @@ NAME_TAKEN = "sql_snippet_name_taken"  # a 409 of its own: the restore tells it 
 _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
 
 
+def snippet_names(sql: str) -> set[str]:
+    """The names a SQL text references with ``[name]`` (found by expansion's own scanner;
+    snippets named inside snippets are not followed)."""
+    return {name for _, _, name in snippet_references(sql)}
+
+
 def named_snippet_ids(
-    session: Session, organization_id: str, texts: Mapping[str, Iterable[str]]
+    session: Session, organization_id: str, names: Mapping[str, set[str]]
 ) -> dict[str, list[str]]:
-    """Owner (a report, a dashboard) → the ids of the organisation's snippets its SQL texts name
-    with ``[name]`` (found by expansion's own scanner; snippets named inside snippets are not
-    followed), ordered by name. Unknown names and Cluvio's built-ins name no snippet."""
-    names = {
-        owner: {name for sql in sqls for _, _, name in snippet_references(sql)}
-        for owner, sqls in texts.items()
-    }
+    """Owner (a report, a dashboard) → the ids of the organisation's snippets of ``names``
+    (the owner's ``snippet_names``), ordered by name. Unknown names and Cluvio's built-ins name
+    no snippet."""
     visible = SqlSnippet.organization_id == organization_id
     return ids_named_by_owner(session, SqlSnippet.name, visible, names)
 

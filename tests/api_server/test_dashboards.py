@@ -4,11 +4,13 @@ tenancy, the datasource scope of restricted keys, and group membership."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
 
 from api_server.permissions import Permission
+from api_server.resources import dashboards as dashboard_resources
 from api_server.resources.dashboard_groups import MAX_GROUP_DASHBOARDS
 from api_server.resources.dashboard_settings import MAX_LAYOUT_ITEMS
 from api_server.services import dashboards as dashboards_service
@@ -613,3 +615,42 @@ def test_viewers_read_and_only_managers_write(api):
     assert _patch(api, viewer, dashboard_id, name="x").status_code == 403
     assert _create(api, viewer, name="x").status_code == 403
     assert _group(api, viewer).status_code == 403
+
+
+def test_reports_sql_is_scanned_a_few_reports_at_a_time(api, monkeypatch):
+    """A dashboard's answer names the snippets and filters its reports' SQL uses: each report's
+    SQL may hold DATAFERRY_MAX_SQL_LENGTH characters, a dashboard thousands of reports; all their
+    SQL held at once took 100 MB for a thousand of 100,000 characters."""
+    org = api.create_org()
+    dashboard = _dashboard(api, org.key)
+    filler = " -- " + "x" * 90_000
+    sql = [f"SELECT {n} WHERE {{[x]=v{n}}}{filler}" for n in range(20)]
+    for text in sql:
+        _report(api, org.key, org.sample_datasource_id, dashboard, sql=text)
+    monkeypatch.setattr(dashboards_service, "_REPORTS_PER_READ", 2)
+    tracemalloc.start()
+    try:
+        shown = api.get(f"/dashboards/{dashboard}", org.key)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert shown.status_code == 200, shown.text
+    assert len(_linked(shown.json(), "reports")) == 20
+    assert peak < 8 * len(filler), peak  # all twenty at once: more than 20 * len(filler)
+
+
+def test_including_reports_bounds_their_sql(api, monkeypatch):
+    org = api.create_org()
+    dashboard = _dashboard(api, org.key)
+    for n in range(3):
+        _report(
+            api, org.key, org.sample_datasource_id, dashboard, sql=f"SELECT {n} -- " + "y" * 996
+        )
+    path = f"/dashboards/{dashboard}?include=reports"
+    monkeypatch.setattr(dashboard_resources, "MAX_INCLUDED_SQL_CHARACTERS", 2_500)
+    refused = api.get(path, org.key)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["errors"][0]
+    assert (error["code"], error["source"]) == ("include_too_large", {"parameter": "include"})
+    monkeypatch.setattr(dashboard_resources, "MAX_INCLUDED_SQL_CHARACTERS", 3_500)
+    assert len(api.get(path, org.key).json()["included"]) == 3
