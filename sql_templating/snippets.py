@@ -72,6 +72,12 @@ def snippet_references(sql: str) -> Iterator[tuple[int, int, str]]:
             index += 1
 
 
+def snippet_names(sql: str) -> set[str]:
+    """The names a SQL text references with ``[name]`` (snippets named inside snippets are not
+    followed)."""
+    return {name for _, _, name in snippet_references(sql)}
+
+
 # ---------------------------------------------------------------------------- expansion
 
 

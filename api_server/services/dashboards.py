@@ -22,7 +22,7 @@ from api_server.principals import Principal
 from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.object_limits import require_room
-from api_server.services.sql_snippets import named_snippet_ids, snippet_names
+from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import locked_to_change, write_lock_on_sqlite
 from shared.db.models import (
     Dashboard,
@@ -34,7 +34,6 @@ from shared.db.models import (
 )
 from shared.errors import AppError, Conflict, NotFound, Unprocessable, ValidationErrors
 from shared.settings import Settings
-from sql_templating.placeholders import placeholder_variables
 
 _NO_DASHBOARD = "No dashboard with this id exists."
 _NO_GROUP = "No dashboard group with this id exists."
@@ -110,17 +109,13 @@ def reports_beyond_scope_on(
     )
 
 
-# Reports' SQL read from the database at once when their dashboards are shown.
-_REPORTS_PER_READ = 32
-
-
 def _dashboard_views(
     session: Session, principal: Principal, rows: Sequence[Dashboard]
 ) -> list[DashboardView]:
     """The dashboards with their reports' ids, and the snippets and filters those reports' SQL
-    names. Each report's SQL (up to ``DATAFERRY_MAX_SQL_LENGTH`` characters, a dashboard may
-    hold thousands) is read and scanned one at a time, then dropped: a dashboard of a thousand
-    reports of 100,000 characters held 100 MB while its SQL was held together."""
+    names: the names each report keeps (``Report.sql_snippet_names``, ``sql_variables``), not
+    its SQL (up to ``DATAFERRY_MAX_SQL_LENGTH`` characters, and a dashboard may hold thousands
+    of reports: a thousand of 100,000 characters took 100 MB and a second on every answer)."""
     ids = [row.id for row in rows]
     reports: dict[str, list[str]] = defaultdict(list)
     names: dict[str, set[str]] = defaultdict(set)
@@ -128,15 +123,19 @@ def _dashboard_views(
     groups: dict[str, list[str]] = defaultdict(list)
     if ids:
         # dashboard_id is never null here (the WHERE names dashboards): typed as such.
-        for report_id, dashboard_id, sql_query in session.execute(
-            select(Report.id, cast(ColumnElement[str], Report.dashboard_id), Report.sql_query)
+        for report_id, dashboard_id, snippets_named, variables_named in session.execute(
+            select(
+                Report.id,
+                cast(ColumnElement[str], Report.dashboard_id),
+                Report.sql_snippet_names,
+                Report.sql_variables,
+            )
             .where(Report.dashboard_id.in_(ids))
             .order_by(Report.created_at, Report.id)
-            .execution_options(yield_per=_REPORTS_PER_READ)
         ):
             reports[dashboard_id].append(report_id)
-            names[dashboard_id] |= snippet_names(sql_query)
-            variables[dashboard_id] |= placeholder_variables(sql_query)
+            names[dashboard_id].update(snippets_named or ())
+            variables[dashboard_id].update(variables_named or ())
         for group_id, dashboard_id in session.execute(
             select(DashboardGroupMember.dashboard_group_id, DashboardGroupMember.dashboard_id)
             .join(DashboardGroup)

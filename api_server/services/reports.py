@@ -32,7 +32,7 @@ from api_server.services.executions import RunRequest, queue_run
 from api_server.services.filters import used_filter_ids
 from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.object_limits import require_room
-from api_server.services.sql_snippets import named_snippet_ids, snippet_names
+from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Dashboard, Organization, Report, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable, ValidationErrors
@@ -40,7 +40,6 @@ from shared.input_models import InputModel, Problem, validate_input
 from shared.runs import QueuedRun, ReportGone, execution_cap, reuse_window
 from shared.settings import Settings
 from sql_templating.parameters import InputParameters, parse_input_parameters
-from sql_templating.placeholders import placeholder_variables
 
 _NOT_FOUND_DETAIL = "No report with this id exists."
 DATASOURCE_POINTER = "/data/relationships/datasource"
@@ -105,9 +104,9 @@ class ReportView:
 def report_views(
     session: Session, principal: Principal, rows: Sequence[Report]
 ) -> list[ReportView]:
-    variables = {row.id: placeholder_variables(row.sql_query) for row in rows}
+    variables = {row.id: set(row.sql_variables or ()) for row in rows}
     filters = used_filter_ids(session, principal, variables)
-    names = {row.id: snippet_names(row.sql_query) for row in rows}
+    names = {row.id: set(row.sql_snippet_names or ()) for row in rows}
     snippets = named_snippet_ids(session, principal.organization_id, names)
     return [ReportView(row, filters[row.id], snippets[row.id]) for row in rows]
 

@@ -18,17 +18,10 @@ from shared.db.engine import locked_to_change
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound
 from shared.settings import Settings
-from sql_templating.snippets import snippet_references
 
 NAME_TAKEN = "sql_snippet_name_taken"  # a 409 of its own: the restore tells it apart
 
 _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
-
-
-def snippet_names(sql: str) -> set[str]:
-    """The names a SQL text references with ``[name]`` (found by expansion's own scanner;
-    snippets named inside snippets are not followed)."""
-    return {name for _, _, name in snippet_references(sql)}
 
 
 def named_snippet_ids(

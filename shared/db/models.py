@@ -26,6 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 
 from shared.display_names import NAME_LENGTH
 from shared.ids import new_resource_id
+from sql_templating.placeholders import placeholder_variables
+from sql_templating.snippets import snippet_names
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -312,8 +314,25 @@ class Report(Base):
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     sql_query: Mapped[str] = mapped_column(Text)
     visualization: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The snippets (``[name]``) and filter variables its SQL names, as written, kept as the SQL
+    # is set: a dashboard's answer lists its reports' snippets and filters from these, not by
+    # reading every report's SQL (up to DATAFERRY_MAX_SQL_LENGTH characters each). None only
+    # for a row no version has scanned (migration 0014 scans them all).
+    sql_snippet_names: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    sql_variables: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    @validates("sql_query")
+    def _scanned(self, _name: str, sql: str) -> str:
+        self.sql_snippet_names, self.sql_variables = names_in_sql(sql)
+        return sql
+
+
+def names_in_sql(sql: str) -> tuple[list[str], list[str]]:
+    """The snippets and the filter variables a report's SQL names, sorted (``Report`` keeps
+    them)."""
+    return sorted(snippet_names(sql)), sorted(placeholder_variables(sql))
 
 
 class DashboardGroup(Base):
