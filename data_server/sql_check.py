@@ -93,7 +93,7 @@ FORBIDDEN_SCALAR_FUNCTIONS = frozenset({"getvariable", "getenv", "json_serialize
 
 _FILE_SUFFIXES = (
     ".csv", ".tsv", ".txt", ".parquet", ".json", ".jsonl", ".ndjson", ".arrow", ".gz", ".zst",
-    ".db", ".duckdb", ".sqlite", ".xlsx",
+    ".db", ".ddb", ".duckdb", ".sqlite", ".sqlite3", ".xlsx",
 )  # fmt: skip
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+", re.IGNORECASE)
 # EXPLAIN ANALYZE (also EXPLAIN ANALYSE, EXPLAIN (ANALYZE, …)) runs the query and returns its
@@ -232,9 +232,10 @@ def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
     if not any(qualifiers) and lowered in ctes:
         return
     # DuckDB joins a qualified name that is no table back into one path for its replacement
-    # scan: "s3://bucket/prefix/../other/x".csv reads s3://bucket/other/x.csv.
-    if any(map(_names_a_path, (*qualifiers, name))) or _names_a_file(lowered):
-        dotted = ".".join(part for part in (*qualifiers, name) if part)
+    # scan: "s3://bucket/prefix/../other/x".csv reads s3://bucket/other/x.csv, and secret.csv
+    # (schema "secret", table "csv") the file secret.csv.
+    dotted = ".".join(part for part in (*qualifiers, name) if part)
+    if any(map(_names_a_path, (*qualifiers, name))) or _names_a_file(dotted.lower()):
         raise QueryFailed(
             "forbidden_operation",
             f"'{dotted}' looks like a file or URL; queries may only read the datasource's tables.",

@@ -340,6 +340,78 @@ def test_a_name_duckdb_would_read_as_a_file_is_refused_by_the_check_itself(name)
     assert "looks like a file or URL" in failure.value.message
 
 
+# Suffixes a name might end with: those DuckDB reads as files must be refused by the check, in
+# every spelling of the name; the list is asked of DuckDB itself, so a suffix it starts reading
+# as a file in a later version fails here instead of passing the check unnoticed.
+CANDIDATE_SUFFIXES = [
+    "csv",
+    "tsv",
+    "txt",
+    "parquet",
+    "parq",
+    "json",
+    "jsonl",
+    "ndjson",
+    "arrow",
+    "ipc",
+    "feather",
+    "avro",
+    "xlsx",
+    "db",
+    "ddb",
+    "duckdb",
+    "sqlite",
+    "sqlite3",
+    "db3",
+    "csv.gz",
+    "csv.zst",
+    "csv.bz2",
+    "csv.xz",
+    "json.gz",
+    "parquet.gz",
+    "tsv.gz",
+]
+
+
+def _read_as_file_by_duckdb(name: str) -> bool:
+    """Whether a locked DuckDB instance, with the extensions a sandbox loads, takes ``FROM
+    "<name>"`` for a file (its lock then refuses the file) rather than a missing table."""
+    with duckdb.connect(config=BASE_CONFIG) as connection:
+        load_extension(connection, "sqlite")
+        connection.execute("SET enable_external_access = false")
+        try:
+            connection.execute(f'SELECT * FROM "{name}"')
+        except duckdb.PermissionException:
+            return True
+        except duckdb.CatalogException:
+            return False
+    raise AssertionError(f"{name} was read")
+
+
+@pytest.mark.parametrize("suffix", CANDIDATE_SUFFIXES)
+def test_a_dotted_name_duckdb_joins_into_a_file_name_is_refused_by_the_check(suffix):
+    """``FROM secret.csv`` is the table ``csv`` of the schema ``secret`` to the parser; finding no
+    such table, DuckDB joins the parts into the file name secret.csv (found by the outside probe:
+    only DuckDB's lock stopped it). Every spelling of a name it reads as a file is refused."""
+    if not _read_as_file_by_duckdb(f"x.{suffix}"):
+        pytest.skip(
+            f"DuckDB reads x.{suffix} as a table name (the check may refuse it all the same)"
+        )
+    head, _, last = f"x.{suffix}".rpartition(".")
+    spellings = [
+        f'"x.{suffix}"',
+        f"x.{suffix}",
+        f'"{head}"."{last}"',
+        f"a.b.{suffix}" if suffix.count(".") == 0 else f"a.{suffix}",
+        f'"x.{suffix.upper()}"',
+    ]
+    for spelling in spellings:
+        with pytest.raises(QueryFailed) as failure:
+            check_sql(f"SELECT * FROM {spelling}")
+        assert failure.value.code == "forbidden_operation", spelling
+        assert "looks like a file or URL" in failure.value.message
+
+
 REVIEWED_FUNCTIONS = Path(__file__).with_name("reviewed_duckdb_functions.txt")
 
 
