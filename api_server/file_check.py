@@ -35,6 +35,10 @@ _DUCKDB_CONFIG: dict[str, str | bool | int | float | list[str]] = {
 }
 _CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV", "TZ", "TMPDIR")
 _READERS = {FileFormat.CSV: "read_csv", FileFormat.JSON: "read_json"}
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# A DuckDB file begins with its main header and two database headers, 4 KiB each; its blocks
+# follow.
+_DUCKDB_HEADERS_BYTES = 3 * 4096
 
 
 class FileNotParsable(Unprocessable):
@@ -116,16 +120,41 @@ def _literal(text: str) -> str:
 
 
 def _check_duckdb(path: str) -> None:
+    """Opens it (the catalog), checks that its blocks are all in the file, and reads a row of
+    each of its first tables. Opening reads the catalog alone, which a file cut short (a partial
+    upload) may still hold whole: its tables' data would then fail on every query."""
     import duckdb
 
+    with open(path, "rb") as handle:
+        if handle.read(16) == _SQLITE_HEADER:
+            raise ValueError("it is a SQLite file (a sqlite datasource reads it)")
     config = {**_DUCKDB_CONFIG, "enable_external_access": "false"}
     connection = duckdb.connect(path, read_only=True, config=config)
     try:
-        connection.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
+        block_size, total_blocks = connection.execute(
+            "SELECT block_size, total_blocks FROM pragma_database_size()"
+            " WHERE database_name = current_database()"
+        ).fetchone() or (0, 0)
+        needed = _DUCKDB_HEADERS_BYTES + block_size * total_blocks
+        held = os.path.getsize(path)
+        if held < needed:
+            raise ValueError(
+                f"it is cut short: it holds {held:,} bytes of the {needed:,} its header lists"
+            )
+        tables = connection.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables()"
+            " WHERE database_name = current_database() ORDER BY 1, 2 LIMIT ?",
+            [SAMPLE_TABLES],
         ).fetchall()
+        for schema, table in tables:  # names read from the file's catalog, quoted
+            sample = f"SELECT * FROM {_quoted(schema)}.{_quoted(table)} LIMIT 1"  # noqa: S608
+            connection.execute(sample).fetchall()
     finally:
         connection.close()
+
+
+def _quoted(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
 
 
 def _check_sqlite(path: str) -> None:
@@ -133,7 +162,7 @@ def _check_sqlite(path: str) -> None:
     from urllib.parse import quote
 
     with open(path, "rb") as handle:
-        if handle.read(16) != b"SQLite format 3\x00":
+        if handle.read(16) != _SQLITE_HEADER:
             raise ValueError("it does not start with the SQLite header")
     # immutable: nothing else writes the file while it is checked, and no -wal/-shm is created.
     connection = sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True)
@@ -142,8 +171,7 @@ def _check_sqlite(path: str) -> None:
             "SELECT name FROM sqlite_schema WHERE type = 'table' LIMIT ?", (SAMPLE_TABLES,)
         ).fetchall()
         for (name,) in tables:
-            quoted = '"' + str(name).replace('"', '""') + '"'
-            connection.execute(f"SELECT * FROM {quoted} LIMIT 1").fetchall()  # noqa: S608
+            connection.execute(f"SELECT * FROM {_quoted(name)} LIMIT 1").fetchall()  # noqa: S608
     finally:
         connection.close()
 

@@ -12,6 +12,7 @@ from shared.storage_quota import MIB, UPLOAD_TEMP_PREFIX
 from tests.support.uploads import (
     ORDERS_CSV,
     SQLITE_ONLY,
+    duckdb_bytes,
     error_of,
     files_datasource,
     parquet_bytes,
@@ -263,3 +264,40 @@ def test_uploads_honour_create_only_and_replace_only_conditions(api):
     assert upload(f"/datasources/{ds}/files/new.csv", {"If-None-Match": "*"}).status_code == 201
     assert upload(url, {"If-Match": "*"}).status_code == 200
     assert (folder / "orders.csv").read_bytes() == other
+
+
+@SQLITE_ONLY
+def test_a_duckdb_file_cut_short_is_422_though_its_catalog_reads(api, tmp_path):
+    """Found by the outside probe: the first half of a DuckDB file still opened (its catalog is
+    in the first blocks) and was accepted, and every query of its table then failed."""
+    org = api.create_org()
+    ds = api.create_datasource(org.key, name="db")["id"]
+    whole = duckdb_bytes(
+        tmp_path, "CREATE TABLE t AS SELECT range AS i, 'x' || range AS s FROM range(100000)"
+    )
+    database = api.area(org) / "shop.duckdb"
+    kept = database.read_bytes()
+    answer = put(
+        api,
+        org.key,
+        f"/datasources/{ds}/database_file",
+        whole[: len(whole) // 2],
+        "application/octet-stream",
+    )
+    error = error_of(answer, 422)
+    assert error["code"] == "file_not_parsable"
+    assert "cut short" in error["detail"] and str(tmp_path) not in error["detail"]
+    assert database.read_bytes() == kept
+    answer = put(
+        api, org.key, f"/datasources/{ds}/database_file", whole, "application/octet-stream"
+    )
+    assert answer.status_code == 200, answer.text
+
+
+@SQLITE_ONLY
+def test_a_sqlite_file_sent_as_a_duckdb_database_is_told_what_it_is(api, tmp_path):
+    org = api.create_org()
+    ds = api.create_datasource(org.key, name="db")["id"]
+    body = sqlite_bytes(tmp_path, "CREATE TABLE t (a)")
+    answer = put(api, org.key, f"/datasources/{ds}/database_file", body, "application/octet-stream")
+    assert "a sqlite datasource reads it" in error_of(answer, 422)["detail"]
