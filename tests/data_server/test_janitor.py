@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api_server.services import executions
 from data_server import janitor
@@ -149,3 +149,43 @@ def test_expired_results_are_purged_once(api, store):
 def test_a_full_sweep_with_orphans_runs_on_an_empty_store(api, store):
     janitor.sweep(api.app.state.sessions, store, api.settings, with_orphans=True)
     assert janitor.remove_orphaned_objects(api.app.state.sessions, store, now=LATER) == 0
+
+
+def test_a_sweep_takes_batches_until_the_expired_are_gone(api, store, monkeypatch):
+    """One batch a sweep fell behind for good once a region ran more executions a minute than a
+    batch holds: expired rows and their results stayed, counted against the quota."""
+    monkeypatch.setattr(janitor, "_BATCH", 2)
+    org = api.create_org()
+    keys = [new_data_key(Scope.EXECUTION_RESULT) for _ in range(5)]
+    ids = [_completed_execution(api, org, key, completed_hours_ago=25) for key in keys]
+    for data_key in keys:
+        store.put_bytes(result_object_key(data_key), b"x")
+    sessions = api.app.state.sessions
+    with sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id.in_(ids[:3]))
+            .values(created_at=utcnow() - timedelta(hours=25))
+        )
+
+    janitor.sweep(sessions, store, api.settings)
+
+    assert not any(_exists(store, result_object_key(key)) for key in keys)
+    with sessions() as session:
+        left = {e.id: e for e in session.scalars(select(Execution).where(Execution.id.in_(ids)))}
+    assert sorted(left) == sorted(ids[3:])  # the three created over a day ago are deleted
+    assert all(e.data_purged_at is not None for e in left.values())
+
+
+def test_a_sweep_stops_taking_batches_after_its_time(api, store, monkeypatch):
+    monkeypatch.setattr(janitor, "_BATCH", 1)
+    monkeypatch.setattr(janitor, "RETENTION_SECONDS_PER_SWEEP", 0)
+    org = api.create_org()
+    keys = [new_data_key(Scope.EXECUTION_RESULT) for _ in range(3)]
+    for data_key in keys:
+        _completed_execution(api, org, data_key, completed_hours_ago=25)
+        store.put_bytes(result_object_key(data_key), b"x")
+
+    janitor.sweep(api.app.state.sessions, store, api.settings)
+
+    assert sum(_exists(store, result_object_key(key)) for key in keys) == 2
