@@ -349,7 +349,8 @@ def delete_executions(
 ) -> list[str | None]:
     """Delete this organisation's executions ``which`` and take the bytes of their results still
     stored off its counter; the caller locked the organisation first (``lock_organization``) and
-    deletes the objects of the data keys returned (None: it had no result) once this committed.
+    deletes the objects of the data keys returned, one per execution deleted (None: it had no
+    result, or its result was purged, whose objects went then), once this committed.
 
     Plain columns come back and Python adds them up: SQLite 3.40 answers ``x IS NULL`` wrongly in
     a DELETE's RETURNING clause (false for a NULL)."""
@@ -369,7 +370,7 @@ def delete_executions(
         if data_key is not None and purged_at is None
     )
     count_stored_bytes(session, organization_id, -still_stored)
-    return [row.data_key for row in deleted]
+    return [data_key if purged_at is None else None for data_key, purged_at, _, _ in deleted]
 
 
 def release(sessions: sessionmaker[Session], claim: Claim) -> None:
