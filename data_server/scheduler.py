@@ -160,13 +160,14 @@ def refresh_dashboard(
         try:
             with session.begin_nested():
                 queued = queue_sql_execution(session, run, settings)
-        except TooManyRequests:
+        except TooManyRequests as refusal:  # its cap, or no room for more SQL
             if index:
                 logger.warning(
-                    "dashboard refresh stopped at the organisation's cap dashboard=%s "
-                    "reports_left=%d",
+                    "dashboard refresh stopped at the organisation's limit dashboard=%s "
+                    "reports_left=%d code=%s",
                     dashboard.id,
                     len(rows) - index,
+                    refusal.code,
                 )
             return Refreshed(created, reused, skipped + len(rows) - index, at_cap=True)
         except AppError as exc:

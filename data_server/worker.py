@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL_SECONDS = 5.0
 FALLBACK_POLL_SECONDS = 2.0
 CONTENDED_RETRY_SECONDS = 0.05
-JANITOR_INTERVAL_SECONDS = 60.0
 ORPHAN_SWEEP_SECONDS = 3600.0  # lists the whole result store: hourly is enough
 
 
@@ -160,7 +159,7 @@ class Worker:
         while not self._stopping.wait(MAINTENANCE_INTERVAL_SECONDS):
             try:
                 lifecycle.reap_expired_leases(self.sessions, self.settings)
-                if time.monotonic() - last_janitor > JANITOR_INTERVAL_SECONDS:
+                if time.monotonic() - last_janitor > lifecycle.RETENTION_SWEEP_SECONDS:
                     with_orphans = time.monotonic() - last_orphan_sweep > ORPHAN_SWEEP_SECONDS
                     janitor.sweep(
                         self.sessions, self.store, self.settings, with_orphans=with_orphans

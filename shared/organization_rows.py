@@ -10,11 +10,14 @@ opposite order (a deadlock on PostgreSQL). On SQLite the lock is the database's 
 is still stored, of the result's Arrow file and its stored representations: each transition that
 stores or forgets such bytes adjusts it in the same transaction (``count_stored_bytes``). The
 storage quota then reads one row instead of summing every stored result on each execution.
+``execution_sql_characters`` is kept the same way for the SQL its executions keep
+(``EXECUTION_SQL_CHARACTERS``: counted by the run that queues one, taken off by the deletion that
+forgets it), against the budget of ``shared.runs.require_sql_room``.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Connection, bindparam, func, select, update
+from sqlalchemy import BigInteger, Connection, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.engine import write_lock_on_sqlite
@@ -24,6 +27,17 @@ from shared.db.models import Execution, Organization, table_of
 # adds up.
 RESULT_STORED = Execution.data_key.is_not(None) & Execution.data_purged_at.is_(None)
 RESULT_BYTES = func.coalesce(Execution.result_size, 0) + Execution.variants_size
+
+
+# The characters of SQL an execution keeps: as sent and as run (snippets expanded).
+EXECUTION_SQL_CHARACTERS = func.coalesce(func.length(Execution.sql_query), 0) + func.coalesce(
+    func.length(Execution.expanded_sql), 0
+)
+
+
+def execution_sql_characters(sql_query: str, expanded_sql: str | None) -> int:
+    """``EXECUTION_SQL_CHARACTERS`` of an execution about to be stored."""
+    return len(sql_query) + len(expanded_sql or "")
 
 
 def result_bytes(result_size: int | None, variants_size: int) -> int:
@@ -40,16 +54,25 @@ _LOCKED_ORGANIZATION = (
     .execution_options(populate_existing=True)
 )
 _ORGANIZATIONS = table_of(Organization)
-_COUNT_STORED_BYTES = (
-    update(_ORGANIZATIONS)
-    .where(_ORGANIZATIONS.c.id == bindparam("organization"))
-    .values(
-        stored_results_bytes=_ORGANIZATIONS.c.stored_results_bytes
-        + bindparam("delta", type_=BigInteger),
-        # bookkeeping, not a change to the organisation
-        updated_at=_ORGANIZATIONS.c.updated_at,
+
+
+def _counting(column: str) -> Update:
+    """The statement adding ``delta`` to one of the organisation's counters."""
+    return (
+        update(_ORGANIZATIONS)
+        .where(_ORGANIZATIONS.c.id == bindparam("organization"))
+        .values(
+            {
+                column: _ORGANIZATIONS.c[column] + bindparam("delta", type_=BigInteger),
+                # bookkeeping, not a change to the organisation
+                "updated_at": _ORGANIZATIONS.c.updated_at,
+            }
+        )
     )
-)
+
+
+_COUNT_STORED_BYTES = _counting("stored_results_bytes")
+_COUNT_EXECUTION_SQL = _counting("execution_sql_characters")
 _STORED_BYTES_AND_AREA = select(
     Organization.stored_results_bytes, Organization.area_generation
 ).where(Organization.id == bindparam("organization"))
@@ -77,6 +100,13 @@ def count_stored_bytes(session: Session, organization_id: str, delta: int) -> No
     the executions whose bytes these are."""
     if delta:
         session.execute(_COUNT_STORED_BYTES, {"organization": organization_id, "delta": delta})
+
+
+def count_execution_sql(session: Session, organization_id: str, delta: int) -> None:
+    """Add ``delta`` (negative: forgotten) to the characters of SQL the organisation's executions
+    keep, in the caller's transaction, which locked the organisation first."""
+    if delta:
+        session.execute(_COUNT_EXECUTION_SQL, {"organization": organization_id, "delta": delta})
 
 
 def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, int]:

@@ -43,12 +43,17 @@ from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.filter_rules import variable_rules
 from shared.lifecycle import (
     ORGANIZATION_CAP_COUNTS,
+    RETENTION_SWEEP_SECONDS,
     UNFINISHED_STATUSES,
     ExecutionStatus,
     ExecutionType,
 )
 from shared.notifications import announce_new_work
-from shared.organization_rows import lock_organization
+from shared.organization_rows import (
+    count_execution_sql,
+    execution_sql_characters,
+    lock_organization,
+)
 from shared.settings import Settings
 from sql_templating.binding import BoundQuery, bind_parameters
 from sql_templating.parameters import InputParameters
@@ -109,6 +114,8 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
         if reusable is not None:
             return QueuedRun(reusable, reused=True)
     require_capacity(session, organization, settings, background=run.background)
+    sql_characters = execution_sql_characters(run.sql_query, bound.sql)
+    require_sql_room(session, organization, sql_characters, settings)
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=datasource.organization_id,
@@ -130,6 +137,7 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     else:
         with session.begin_nested():
             session.add(execution)
+    count_execution_sql(session, organization.id, sql_characters)
     announce_new_work(session)
     return QueuedRun(execution)
 
@@ -270,6 +278,36 @@ _UNFINISHED_COUNTED = (
 )
 
 
+def require_sql_room(
+    session: Session, organization: Organization, characters: int, settings: Settings
+) -> None:
+    """429 unless the organisation's executions (locked by ``lock_organization``) keep room for
+    ``characters`` more of SQL: one key at its rate limits could otherwise store 100,000
+    characters twice a request, gigabytes an hour, in the region's metadata database until
+    retention forgets them. ``Retry-After``: until its oldest execution is forgotten."""
+    budget = settings.max_execution_sql_mb * 1024 * 1024
+    kept = organization.execution_sql_characters
+    if kept + characters <= budget:
+        return
+    oldest = session.scalar(
+        select(func.min(Execution.created_at)).where(Execution.organization_id == organization.id)
+    )
+    forgotten = (oldest or utcnow()) + timedelta(hours=settings.execution_retention_hours)
+    wait = max(0, int((forgotten - utcnow()).total_seconds())) + int(RETENTION_SWEEP_SECONDS)
+    raise TooManyRequests(
+        f"This organisation's executions keep {kept:,} characters of SQL (as sent and as run) "
+        f"and {settings.max_execution_sql_mb:,} MB is the most they may keep; this one would add "
+        f"{characters:,}. An execution's SQL is forgotten with it, "
+        f"{settings.execution_retention_hours:g} hours after it started.",
+        code="execution_sql_quota_exceeded",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+# The refusal of a run at the organisation's cap of running executions.
+AT_CAPACITY = "too_many_running_executions"
+
+
 def require_capacity(
     session: Session, organization: Organization, settings: Settings, *, background: bool = False
 ) -> None:
@@ -284,6 +322,6 @@ def require_capacity(
         raise TooManyRequests(
             f"This organisation already has {cap} executions starting or running; "
             "wait for one to finish.",
-            code="too_many_running_executions",
+            code=AT_CAPACITY,
             headers={"Retry-After": "1"},
         )

@@ -175,6 +175,13 @@ class Settings(BaseModel):
         ge=1,
         le=1_000_000,
     )
+    max_execution_sql_mb: int = setting(
+        2048,
+        "Megabytes of SQL (each as sent and as run) an organisation's executions may keep together "
+        "until they expire (DATAFERRY_EXECUTION_RETENTION_HOURS).",
+        ge=1,
+        le=1_000_000,
+    )
     max_objects_per_kind: int = setting(
         10_000,
         "Filters, SQL snippets, dashboards, reports and dashboard groups an organisation may "

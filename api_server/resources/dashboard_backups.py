@@ -33,6 +33,7 @@ from api_server.resource_layer.resource_types import (
 from api_server.resource_layer.responses import one
 from api_server.resources.dashboard_settings import distinct
 from api_server.resources.dashboards import DASHBOARDS, DashboardAttributes
+from api_server.resources.executions import NO_ROOM_TO_RUN
 from api_server.resources.filters import FilterAttributes
 from api_server.resources.reports import ReportAttributes
 from api_server.resources.sql_snippets import SqlSnippetAttributes
@@ -429,8 +430,7 @@ def _repeated(entries: list[Any], kind: str, member: str, code: str) -> list[App
         "is disabled (`datasource_disabled`), or the restore would create more of a kind than "
         "the organisation may have (`sql_snippet_limit_reached`, `filter_limit_reached`, "
         "`dashboard_limit_reached`, `report_limit_reached`).",
-        429: "The key's rate limit (`rate_limited`), or a static filter's SQL would exceed the "
-        "organisation's running executions (`too_many_running_executions`).",
+        429: f"The key's rate limit (`rate_limited`), or for a static filter's SQL {NO_ROOM_TO_RUN}.",
         413: f"The body exceeds {MAX_RESTORE_BYTES} bytes, or the backup's filters would take "
         "the organisation's filters past their options budget (`filter_options_quota_exceeded`, "
         "at the filter's `values`).",

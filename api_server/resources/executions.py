@@ -201,13 +201,18 @@ IDEMPOTENCY_KEY = oa.parameter(
 
 # What refuses a request that queues one execution (Run Execution, running a report), beside
 # the 422 each words for its own body.
+# Why a run is refused for the organisation's room, wherever a request queues executions.
+NO_ROOM_TO_RUN = (
+    "the organisation's running executions would exceed its most "
+    "(`too_many_running_executions`, `Retry-After: 1`), or its executions keep the most SQL they "
+    "may (`execution_sql_quota_exceeded`, `Retry-After` until its oldest is forgotten)"
+)
 RUN_REFUSALS: dict[int, str | None] = {
     400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
     "(`malformed_json`); nothing is queued.",
     404: None,
     409: "The datasource is disabled (`datasource_disabled`).",
-    429: "The key's rate limit (`rate_limited`), or the organisation already has its most "
-    "executions running (`too_many_running_executions`, `Retry-After: 1`).",
+    429: f"The key's rate limit (`rate_limited`), or {NO_ROOM_TO_RUN}.",
 }
 
 # An execution answering a report's or a dashboard's run: whether it is an earlier one, reused.

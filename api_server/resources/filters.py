@@ -38,6 +38,7 @@ from api_server.resource_layer.resource_types import (
     ResourceType,
 )
 from api_server.resource_layer.responses import one, streamed_page
+from api_server.resources.executions import NO_ROOM_TO_RUN
 from api_server.services import api_keys, executions, filters
 from api_server.services.executions import SqlQuery
 from api_server.services.object_limits import limit_reached
@@ -357,8 +358,7 @@ _OPTIONS_BUDGET = (
     "(`filter_options_quota_exceeded`, at `/data/attributes/values`)."
 )
 _CAPACITY = {
-    429: "The key's rate limit (`rate_limited`), or a static SQL's execution would exceed the "
-    "organisation's running executions (`too_many_running_executions`, `Retry-After: 1`)."
+    429: f"The key's rate limit (`rate_limited`), or for a static SQL's execution {NO_ROOM_TO_RUN}."
 }
 
 
@@ -756,8 +756,7 @@ def _bounded(text: str | None, name: str, default: int, maximum: int) -> int:
         422: "The `parameters` are not valid (the codes of docs/sql-parameters.md), the SQL "
         "does not expand or bind, or it failed (`filter_options_failed`: the execution's "
         "error in the detail).",
-        429: "The key's rate limit (`rate_limited`), or the organisation's running executions "
-        "(`too_many_running_executions`, `Retry-After: 1`).",
+        429: f"The key's rate limit (`rate_limited`), or {NO_ROOM_TO_RUN}.",
     },
 )
 async def filter_options(request: Request, principal: Principal) -> Response:

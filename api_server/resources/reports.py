@@ -36,6 +36,7 @@ from api_server.resource_layer.resource_types import (
 from api_server.resource_layer.responses import one, page
 from api_server.resources.executions import (
     IDEMPOTENCY_KEY,
+    NO_ROOM_TO_RUN,
     REPORT_RUN_ANSWER,
     REPORT_RUN_EXECUTION,
     RUN_REFUSALS,
@@ -510,8 +511,7 @@ async def run_report(request: Request, principal: Principal) -> Response:
         "(`dashboard_exceeds_execution_cap`: no retry helps), or one of its reports was deleted "
         "while it was run (`dashboard_changed`: nothing was queued, run it again).",
         422: f"{_RUN_ERRORS}.",
-        429: "The key's rate limit (`rate_limited`), or the organisation's running executions "
-        "would exceed its most (`too_many_running_executions`, `Retry-After: 1`).",
+        429: f"The key's rate limit (`rate_limited`), or {NO_ROOM_TO_RUN}.",
     },
 )
 def run_dashboard(request: Request, principal: Principal) -> Response:

@@ -37,7 +37,7 @@ from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Dashboard, Organization, Report, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable, ValidationErrors
 from shared.input_models import InputModel, Problem, validate_input
-from shared.runs import QueuedRun, ReportGone, execution_cap, reuse_window
+from shared.runs import AT_CAPACITY, QueuedRun, ReportGone, execution_cap, reuse_window
 from shared.settings import Settings
 from sql_templating.parameters import InputParameters, parse_input_parameters
 
@@ -352,7 +352,9 @@ def run_dashboard(
             "queued; run it again.",
             code="dashboard_changed",
         ) from None
-    except TooManyRequests:
+    except TooManyRequests as refusal:
+        if refusal.code != AT_CAPACITY:  # no room for their SQL: answered as it is
+            raise
         new_runs = sum(not run.reused for run in queued) + len(reports) - len(queued)
         cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)
         if new_runs > cap:

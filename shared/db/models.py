@@ -83,6 +83,10 @@ class Organization(Base):
     # The bytes of its stored results, kept by every transition that stores or forgets one
     # (shared.organization_rows): the storage quota reads this instead of a sum.
     stored_results_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The characters of SQL its executions keep (as sent and as run), kept by the run that stores
+    # them and the deletion that forgets them (shared.organization_rows): the budget
+    # (DATAFERRY_MAX_EXECUTION_SQL_MB) reads this instead of a sum.
+    execution_sql_characters: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Raised by every change the API makes to its file area (uploads, deletions): a walk of the
     # area that saw the same generation still counts its files (shared.storage_quota).
     area_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

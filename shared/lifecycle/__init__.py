@@ -21,6 +21,7 @@ from shared.execution_states import (
 from shared.lifecycle.claims import ORGANIZATION_CAP_COUNTS, Claim, ClaimContended, claim_next
 from shared.lifecycle.transitions import (
     CANCELLED_MESSAGE,
+    RETENTION_SWEEP_SECONDS,
     LeaseState,
     complete,
     delete_executions,
@@ -37,6 +38,7 @@ from shared.lifecycle.transitions import (
 __all__ = [
     "CANCELLED_MESSAGE",
     "ORGANIZATION_CAP_COUNTS",
+    "RETENTION_SWEEP_SECONDS",
     "TERMINAL_STATUSES",
     "UNFINISHED_STATUSES",
     "Claim",

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     delete,
+    func,
     select,
     update,
 )
@@ -40,6 +41,7 @@ from shared.lifecycle.claims import Claim
 from shared.notifications import announce_ended, announce_new_work
 from shared.organization_rows import (
     RESULT_STORED,
+    count_execution_sql,
     count_stored_bytes,
     lock_organization,
     result_bytes,
@@ -49,6 +51,9 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "Cancelled."
+# How often every data server with workers runs its retention sweep (data_server.janitor): what
+# retention forgets is gone, and its room freed, at most this long after it expired.
+RETENTION_SWEEP_SECONDS = 60.0
 
 
 _EXECUTIONS = table_of(Execution)
@@ -348,12 +353,12 @@ def delete_executions(
     session: Session, organization_id: str, which: ColumnElement[bool]
 ) -> list[str | None]:
     """Delete this organisation's executions ``which`` and take the bytes of their results still
-    stored off its counter; the caller locked the organisation first (``lock_organization``) and
+    stored, and the characters of their SQL, off its counters; the caller locked the organisation first (``lock_organization``) and
     deletes the objects of the data keys returned, one per execution deleted (None: it had no
     result, or its result was purged, whose objects went then), once this committed.
 
-    Plain columns come back and Python adds them up: SQLite 3.40 answers ``x IS NULL`` wrongly in
-    a DELETE's RETURNING clause (false for a NULL)."""
+    Plain columns and lengths come back and Python adds them up: SQLite 3.40 answers ``x IS NULL``
+    wrongly in a DELETE's RETURNING clause (false for a NULL)."""
     deleted = session.execute(
         delete(Execution)
         .where(which, Execution.organization_id == organization_id)
@@ -362,15 +367,19 @@ def delete_executions(
             Execution.data_purged_at,
             Execution.result_size,
             Execution.variants_size,
+            func.length(Execution.sql_query),
+            func.length(Execution.expanded_sql),
         )
     ).all()
     still_stored = sum(
-        result_bytes(result_size, variants_size)
-        for data_key, purged_at, result_size, variants_size in deleted
-        if data_key is not None and purged_at is None
+        result_bytes(row.result_size, row.variants_size)
+        for row in deleted
+        if row.data_key is not None and row.data_purged_at is None
     )
     count_stored_bytes(session, organization_id, -still_stored)
-    return [data_key if purged_at is None else None for data_key, purged_at, _, _ in deleted]
+    sql_characters = sum((sent or 0) + (run or 0) for *_, sent, run in deleted)
+    count_execution_sql(session, organization_id, -sql_characters)
+    return [row.data_key if row.data_purged_at is None else None for row in deleted]
 
 
 def release(sessions: sessionmaker[Session], claim: Claim) -> None:

@@ -217,7 +217,7 @@ def test_a_refresh_at_the_organisations_cap_is_logged_and_not_retried(api, caplo
     later = utcnow() + timedelta(hours=1)
     with caplog.at_level(logging.WARNING, logger="data_server.scheduler"):
         assert scheduler.run_due_refreshes(sessions, settings, "a", now=later) == 1
-    assert "cap" in caplog.text and "SELECT" not in caplog.text
+    assert "code=too_many_running_executions" in caplog.text and "SELECT" not in caplog.text
     assert len(_refresh_executions(api)) == 1
     assert scheduler.run_due_refreshes(sessions, settings, "a", now=later) == 0
     assert len(_refresh_executions(api)) == 1

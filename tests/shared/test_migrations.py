@@ -25,6 +25,10 @@ from shared.db.models import Base
 from shared.errors import AppError
 from tests.support.postgres import fresh_postgres_schema
 
+BACKENDS = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+
 
 def test_migrations_match_models(database_url):
     engine = create_metadata_engine(database_url)
@@ -91,9 +95,7 @@ def _assert_at_head(url: str) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@BACKENDS
 def test_servers_starting_together_migrate_one_empty_database_once(tmp_path, backend):
     """An API server and a data server started at once on an empty database both migrate it:
     without a lock one of them died on `table organizations already exists`."""
@@ -170,9 +172,7 @@ def _databases(engine: Any) -> dict[str, str | None]:
         return dict(connection.execute(text("SELECT id, database FROM datasources")).all())
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@BACKENDS
 def test_file_area_migration_moves_own_paths_and_leaves_no_path_into_another_area(
     tmp_path, backend
 ):
@@ -235,9 +235,7 @@ STORED_RESULT_ROWS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@BACKENDS
 def test_stored_bytes_migration_counts_each_organisations_stored_results(tmp_path, backend):
     with empty_database(tmp_path, backend) as engine:
         config = alembic_config(engine)
@@ -290,3 +288,53 @@ def _row_counts(engine: Any) -> dict[str, int]:
             table: connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
             for table in ("organizations", "datasources", "executions")
         }
+
+
+@BACKENDS
+def test_execution_sql_migration_counts_each_organisations_kept_sql(tmp_path, backend):
+    with empty_database(tmp_path, backend) as engine:
+        config = alembic_config(engine)
+        command.upgrade(config, "0010")
+        _insert_pre_area_rows(engine)
+        command.upgrade(config, "0014")
+        now = datetime.now(UTC)
+        executions = [  # organisation, SQL as sent, as run (None: not expanded yet)
+            (ORG_A, "SELECT 1", "SELECT 1"),
+            (ORG_A, "SELECT [snippet]", "SELECT 'expanded snippet'"),
+            (ORG_A, "SELECT 'é'", None),
+            (ORG_B, "", None),
+        ]
+        with engine.begin() as connection:
+            for n, (org, sent, run) in enumerate(executions):
+                connection.execute(
+                    text(
+                        "INSERT INTO executions (id, organization_id, datasource_id, "
+                        "execution_type, status, sql_query, expanded_sql, parameters, created_at, "
+                        "updated_at, result_truncated, attempt, cancel_requested, variants_size) "
+                        "VALUES (:id, :org, :ds, 'sql_query', 'completed', :sent, :run, '{}', "
+                        ":now, :now, false, 1, false, 0)"
+                    ),
+                    {
+                        "id": f"e{n}",
+                        "org": org,
+                        "ds": "own-duck" if org == ORG_A else "b-own",
+                        "sent": sent,
+                        "run": run,
+                        "now": now,
+                    },
+                )
+
+        command.upgrade(config, "0015")
+
+        with engine.connect() as connection:
+            counters = dict(
+                connection.execute(
+                    text("SELECT id, execution_sql_characters FROM organizations")
+                ).all()
+            )
+        assert counters == {ORG_A: 8 + 8 + 16 + 25 + 10, ORG_B: 0}  # characters, not bytes
+        rows_before = _row_counts(engine)
+        command.downgrade(config, "0014")
+        assert _row_counts(engine) == rows_before
+        command.upgrade(config, "0015")
+        assert _row_counts(engine) == rows_before
