@@ -10,18 +10,20 @@ opposite order (a deadlock on PostgreSQL). On SQLite the lock is the database's 
 is still stored, of the result's Arrow file and its stored representations: each transition that
 stores or forgets such bytes adjusts it in the same transaction (``count_stored_bytes``). The
 storage quota then reads one row instead of summing every stored result on each execution.
-``execution_sql_characters`` is kept the same way for the SQL its executions keep
-(``EXECUTION_SQL_CHARACTERS``: counted by the run that queues one, taken off by the deletion that
-forgets it), against the budget of ``shared.runs.require_sql_room``.
+``execution_text_characters`` is kept the same way for the text its executions keep (each one's
+``kept_characters``: added by the run that queues it, taken off by the deletion that forgets it),
+against the budget of ``shared.runs.require_text_room``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Execution, Organization, table_of
+from shared.db.models import Execution, Organization, json_characters, table_of
 
 # An execution whose result is still stored, and the bytes that result takes: what the counter
 # adds up.
@@ -29,15 +31,17 @@ RESULT_STORED = Execution.data_key.is_not(None) & Execution.data_purged_at.is_(N
 RESULT_BYTES = func.coalesce(Execution.result_size, 0) + Execution.variants_size
 
 
-# The characters of SQL an execution keeps: as sent and as run (snippets expanded).
-EXECUTION_SQL_CHARACTERS = func.coalesce(func.length(Execution.sql_query), 0) + func.coalesce(
-    func.length(Execution.expanded_sql), 0
-)
-
-
-def execution_sql_characters(sql_query: str, expanded_sql: str | None) -> int:
-    """``EXECUTION_SQL_CHARACTERS`` of an execution about to be stored."""
-    return len(sql_query) + len(expanded_sql or "")
+def kept_characters(
+    sql_query: str, expanded_sql: str | None, parameters: Any, bound_parameters: Any
+) -> int:
+    """The characters of the text an execution keeps: its SQL as sent and as run, its parameters
+    as sent and as bound (as JSON)."""
+    return (
+        len(sql_query)
+        + len(expanded_sql or "")
+        + json_characters(parameters)
+        + json_characters(bound_parameters)
+    )
 
 
 def result_bytes(result_size: int | None, variants_size: int) -> int:
@@ -72,7 +76,7 @@ def _counting(column: str) -> Update:
 
 
 _COUNT_STORED_BYTES = _counting("stored_results_bytes")
-_COUNT_EXECUTION_SQL = _counting("execution_sql_characters")
+_COUNT_EXECUTION_TEXT = _counting("execution_text_characters")
 _STORED_BYTES_AND_AREA = select(
     Organization.stored_results_bytes, Organization.area_generation
 ).where(Organization.id == bindparam("organization"))
@@ -102,11 +106,11 @@ def count_stored_bytes(session: Session, organization_id: str, delta: int) -> No
         session.execute(_COUNT_STORED_BYTES, {"organization": organization_id, "delta": delta})
 
 
-def count_execution_sql(session: Session, organization_id: str, delta: int) -> None:
-    """Add ``delta`` (negative: forgotten) to the characters of SQL the organisation's executions
-    keep, in the caller's transaction, which locked the organisation first."""
+def count_execution_text(session: Session, organization_id: str, delta: int) -> None:
+    """Add ``delta`` (negative: forgotten) to the characters of text the organisation's
+    executions keep, in the caller's transaction, which locked the organisation first."""
     if delta:
-        session.execute(_COUNT_EXECUTION_SQL, {"organization": organization_id, "delta": delta})
+        session.execute(_COUNT_EXECUTION_TEXT, {"organization": organization_id, "delta": delta})
 
 
 def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, int]:

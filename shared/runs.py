@@ -50,8 +50,8 @@ from shared.lifecycle import (
 )
 from shared.notifications import announce_new_work
 from shared.organization_rows import (
-    count_execution_sql,
-    execution_sql_characters,
+    count_execution_text,
+    kept_characters,
     lock_organization,
 )
 from shared.settings import Settings
@@ -114,8 +114,8 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
         if reusable is not None:
             return QueuedRun(reusable, reused=True)
     require_capacity(session, organization, settings, background=run.background)
-    sql_characters = execution_sql_characters(run.sql_query, bound.sql)
-    require_sql_room(session, organization, sql_characters, settings)
+    characters = kept_characters(run.sql_query, bound.sql, run.parameters, bound.values)
+    require_text_room(session, organization, characters, settings)
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=datasource.organization_id,
@@ -130,6 +130,7 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
         request_fingerprint=run.request_fingerprint,
         report_id=run.report_id,
         reuse_key=key,
+        kept_characters=characters,
     )
     if run.idempotency_key is None:  # nothing it could collide with: no savepoint to pay for
         session.add(execution)
@@ -137,7 +138,7 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     else:
         with session.begin_nested():
             session.add(execution)
-    count_execution_sql(session, organization.id, sql_characters)
+    count_execution_text(session, organization.id, characters)
     announce_new_work(session)
     return QueuedRun(execution)
 
@@ -278,15 +279,16 @@ _UNFINISHED_COUNTED = (
 )
 
 
-def require_sql_room(
+def require_text_room(
     session: Session, organization: Organization, characters: int, settings: Settings
 ) -> None:
     """429 unless the organisation's executions (locked by ``lock_organization``) keep room for
-    ``characters`` more of SQL: one key at its rate limits could otherwise store 100,000
-    characters twice a request, gigabytes an hour, in the region's metadata database until
-    retention forgets them. ``Retry-After``: until its oldest execution is forgotten."""
-    budget = settings.max_execution_sql_mb * 1024 * 1024
-    kept = organization.execution_sql_characters
+    ``characters`` more of text: one key at its rate limits could otherwise store a megabyte
+    body's SQL and parameters twice a request (a dashboard's run once per report), gigabytes an
+    hour, in the region's metadata database until retention forgets them. ``Retry-After``: until
+    its oldest execution is forgotten."""
+    budget = settings.max_execution_text_mb * 1024 * 1024
+    kept = organization.execution_text_characters
     if kept + characters <= budget:
         return
     oldest = session.scalar(
@@ -295,11 +297,11 @@ def require_sql_room(
     forgotten = (oldest or utcnow()) + timedelta(hours=settings.execution_retention_hours)
     wait = max(0, int((forgotten - utcnow()).total_seconds())) + int(RETENTION_SWEEP_SECONDS)
     raise TooManyRequests(
-        f"This organisation's executions keep {kept:,} characters of SQL (as sent and as run) "
-        f"and {settings.max_execution_sql_mb:,} MB is the most they may keep; this one would add "
-        f"{characters:,}. An execution's SQL is forgotten with it, "
+        f"This organisation's executions keep {kept:,} characters of SQL and parameters, and "
+        f"{settings.max_execution_text_mb:,} MB is the most they may keep; this one would add "
+        f"{characters:,}. An execution's text is forgotten with it, "
         f"{settings.execution_retention_hours:g} hours after it started.",
-        code="execution_sql_quota_exceeded",
+        code="execution_text_quota_exceeded",
         headers={"Retry-After": str(wait)},
     )
 

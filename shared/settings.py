@@ -175,10 +175,11 @@ class Settings(BaseModel):
         ge=1,
         le=1_000_000,
     )
-    max_execution_sql_mb: int = setting(
+    max_execution_text_mb: int = setting(
         2048,
-        "Megabytes of SQL (each as sent and as run) an organisation's executions may keep together "
-        "until they expire (DATAFERRY_EXECUTION_RETENTION_HOURS).",
+        "Megabytes of text (SQL as sent and as run, parameters as sent and as bound) an "
+        "organisation's executions may keep together until they expire "
+        "(DATAFERRY_EXECUTION_RETENTION_HOURS).",
         ge=1,
         le=1_000_000,
     )

@@ -204,8 +204,9 @@ IDEMPOTENCY_KEY = oa.parameter(
 # Why a run is refused for the organisation's room, wherever a request queues executions.
 NO_ROOM_TO_RUN = (
     "the organisation's running executions would exceed its most "
-    "(`too_many_running_executions`, `Retry-After: 1`), or its executions keep the most SQL they "
-    "may (`execution_sql_quota_exceeded`, `Retry-After` until its oldest is forgotten)"
+    "(`too_many_running_executions`, `Retry-After: 1`), or its executions keep the most SQL and "
+    "parameters they may (`execution_text_quota_exceeded`, `Retry-After` until its oldest is "
+    "forgotten)"
 )
 RUN_REFUSALS: dict[int, str | None] = {
     400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "

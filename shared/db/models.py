@@ -83,10 +83,12 @@ class Organization(Base):
     # The bytes of its stored results, kept by every transition that stores or forgets one
     # (shared.organization_rows): the storage quota reads this instead of a sum.
     stored_results_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    # The characters of SQL its executions keep (as sent and as run), kept by the run that stores
-    # them and the deletion that forgets them (shared.organization_rows): the budget
-    # (DATAFERRY_MAX_EXECUTION_SQL_MB) reads this instead of a sum.
-    execution_sql_characters: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The characters of text its executions keep (their ``kept_characters``), added by the run
+    # that stores one and taken off by the deletion that forgets it (shared.organization_rows):
+    # the budget (DATAFERRY_MAX_EXECUTION_TEXT_MB) reads this instead of a sum.
+    execution_text_characters: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0"
+    )
     # Raised by every change the API makes to its file area (uploads, deletions): a walk of the
     # area that saw the same generation still counts its files (shared.storage_quota).
     area_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -226,6 +228,9 @@ class Execution(Base):
     result_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result_columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The characters of the text it keeps (SQL as sent and as run, parameters as sent and as
+    # bound), set once as it is queued: what its organisation's text counter holds for it.
+    kept_characters: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # The result's other stored representations (formats, codings), counted in the quota too.
     variants_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     result_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -424,14 +429,15 @@ class Filter(Base):
         return options
 
 
-def json_characters(options: list[Any] | None) -> int:
-    """The characters of options' JSON (0 for none), as ``Filter`` keeps them."""
-    if options is None:
+def json_characters(value: Any) -> int:
+    """The characters of a JSON value's text (0 for none): what a filter's options or an
+    execution's parameters weigh where they are kept."""
+    if value is None:
         return 0
     try:
-        return len(orjson.dumps(options, default=str))
+        return len(orjson.dumps(value, default=str))
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, which orjson does not write
-        return len(json.dumps(options, default=str))
+        return len(json.dumps(value, default=str))
 
 
 class DashboardRefresh(Base):

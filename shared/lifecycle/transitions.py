@@ -27,7 +27,6 @@ from sqlalchemy import (
     Update,
     bindparam,
     delete,
-    func,
     select,
     update,
 )
@@ -41,7 +40,7 @@ from shared.lifecycle.claims import Claim
 from shared.notifications import announce_ended, announce_new_work
 from shared.organization_rows import (
     RESULT_STORED,
-    count_execution_sql,
+    count_execution_text,
     count_stored_bytes,
     lock_organization,
     result_bytes,
@@ -353,11 +352,11 @@ def delete_executions(
     session: Session, organization_id: str, which: ColumnElement[bool]
 ) -> list[str | None]:
     """Delete this organisation's executions ``which`` and take the bytes of their results still
-    stored, and the characters of their SQL, off its counters; the caller locked the organisation first (``lock_organization``) and
+    stored, and the characters of text they keep, off its counters; the caller locked the organisation first (``lock_organization``) and
     deletes the objects of the data keys returned, one per execution deleted (None: it had no
     result, or its result was purged, whose objects went then), once this committed.
 
-    Plain columns and lengths come back and Python adds them up: SQLite 3.40 answers ``x IS NULL``
+    Plain columns come back and Python adds them up: SQLite 3.40 answers ``x IS NULL``
     wrongly in a DELETE's RETURNING clause (false for a NULL)."""
     deleted = session.execute(
         delete(Execution)
@@ -367,8 +366,7 @@ def delete_executions(
             Execution.data_purged_at,
             Execution.result_size,
             Execution.variants_size,
-            func.length(Execution.sql_query),
-            func.length(Execution.expanded_sql),
+            Execution.kept_characters,
         )
     ).all()
     still_stored = sum(
@@ -377,8 +375,7 @@ def delete_executions(
         if row.data_key is not None and row.data_purged_at is None
     )
     count_stored_bytes(session, organization_id, -still_stored)
-    sql_characters = sum((sent or 0) + (run or 0) for *_, sent, run in deleted)
-    count_execution_sql(session, organization_id, -sql_characters)
+    count_execution_text(session, organization_id, -sum(row.kept_characters for row in deleted))
     return [row.data_key if row.data_purged_at is None else None for row in deleted]
 
 

@@ -562,10 +562,10 @@ def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable
     # Out of room for SQL (not the cap): the 429 as it is, though the dashboard needs more
     # executions than the cap.
     with api.app.state.sessions.begin() as session:
-        session.get_one(Organization, org.id).execution_sql_characters = 10**12
+        session.get_one(Organization, org.id).execution_text_characters = 10**12
     full = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
     assert full.status_code == 429
-    assert full.json()["errors"][0]["code"] == "execution_sql_quota_exceeded"
+    assert full.json()["errors"][0]["code"] == "execution_text_quota_exceeded"
 
 
 def test_a_restricted_key_cannot_run_a_dashboard_with_a_report_beyond_its_scope(api):

@@ -291,28 +291,31 @@ def _row_counts(engine: Any) -> dict[str, int]:
 
 
 @BACKENDS
-def test_execution_sql_migration_counts_each_organisations_kept_sql(tmp_path, backend):
+def test_execution_text_migration_weighs_each_execution_and_sums_each_organisation(
+    tmp_path, backend
+):
     with empty_database(tmp_path, backend) as engine:
         config = alembic_config(engine)
         command.upgrade(config, "0010")
         _insert_pre_area_rows(engine)
         command.upgrade(config, "0014")
         now = datetime.now(UTC)
-        executions = [  # organisation, SQL as sent, as run (None: not expanded yet)
-            (ORG_A, "SELECT 1", "SELECT 1"),
-            (ORG_A, "SELECT [snippet]", "SELECT 'expanded snippet'"),
-            (ORG_A, "SELECT 'é'", None),
-            (ORG_B, "", None),
+        executions = [  # organisation, SQL as sent, as run, parameters' and bound values' JSON
+            (ORG_A, "SELECT 1", "SELECT 1", "{}", "[]"),
+            (ORG_A, "SELECT [snippet]", "SELECT 'expanded snippet'", '{"a": 1}', "[1]"),
+            (ORG_A, "SELECT 'é'", None, "{}", None),
+            (ORG_B, "", None, "{}", None),
         ]
         with engine.begin() as connection:
-            for n, (org, sent, run) in enumerate(executions):
+            for n, (org, sent, run, parameters, bound) in enumerate(executions):
                 connection.execute(
                     text(
                         "INSERT INTO executions (id, organization_id, datasource_id, "
-                        "execution_type, status, sql_query, expanded_sql, parameters, created_at, "
-                        "updated_at, result_truncated, attempt, cancel_requested, variants_size) "
-                        "VALUES (:id, :org, :ds, 'sql_query', 'completed', :sent, :run, '{}', "
-                        ":now, :now, false, 1, false, 0)"
+                        "execution_type, status, sql_query, expanded_sql, parameters, "
+                        "bound_parameters, created_at, updated_at, result_truncated, attempt, "
+                        "cancel_requested, variants_size) VALUES (:id, :org, :ds, 'sql_query', "
+                        "'completed', :sent, :run, :parameters, :bound, :now, :now, false, 1, "
+                        "false, 0)"
                     ),
                     {
                         "id": f"e{n}",
@@ -320,6 +323,8 @@ def test_execution_sql_migration_counts_each_organisations_kept_sql(tmp_path, ba
                         "ds": "own-duck" if org == ORG_A else "b-own",
                         "sent": sent,
                         "run": run,
+                        "parameters": parameters,
+                        "bound": bound,
                         "now": now,
                     },
                 )
@@ -327,12 +332,17 @@ def test_execution_sql_migration_counts_each_organisations_kept_sql(tmp_path, ba
         command.upgrade(config, "0015")
 
         with engine.connect() as connection:
+            weights = dict(
+                connection.execute(text("SELECT id, kept_characters FROM executions")).all()
+            )
             counters = dict(
                 connection.execute(
-                    text("SELECT id, execution_sql_characters FROM organizations")
+                    text("SELECT id, execution_text_characters FROM organizations")
                 ).all()
             )
-        assert counters == {ORG_A: 8 + 8 + 16 + 25 + 10, ORG_B: 0}  # characters, not bytes
+        # Characters, not bytes ('é' is one).
+        assert weights == {"e0": 8 + 8 + 2 + 2, "e1": 16 + 25 + 8 + 3, "e2": 10 + 2, "e3": 2}
+        assert counters == {ORG_A: 20 + 52 + 12, ORG_B: 2}
         rows_before = _row_counts(engine)
         command.downgrade(config, "0014")
         assert _row_counts(engine) == rows_before
