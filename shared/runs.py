@@ -39,7 +39,7 @@ from shared.db.models import (
     SqlSnippet,
     utcnow,
 )
-from shared.errors import Conflict, NotFound, TooManyRequests
+from shared.errors import Conflict, NotFound, PayloadTooLarge, TooManyRequests
 from shared.filter_rules import variable_rules
 from shared.lifecycle import (
     ORGANIZATION_CAP_COUNTS,
@@ -286,8 +286,16 @@ def require_text_room(
     ``characters`` more of text: one key at its rate limits could otherwise store a megabyte
     body's SQL and parameters twice a request (a dashboard's run once per report), gigabytes an
     hour, in the region's metadata database until retention forgets them. ``Retry-After``: until
-    its oldest execution is forgotten."""
+    its oldest execution is forgotten. A run that alone keeps more than the budget is a 413: no
+    wait would make room for it."""
     budget = settings.max_execution_text_mb * 1024 * 1024
+    if characters > budget:
+        raise PayloadTooLarge(
+            f"This run would keep {characters:,} characters of SQL and parameters, more than the "
+            f"{settings.max_execution_text_mb:,} MB an organisation's executions may keep "
+            "together.",
+            code="execution_text_too_large",
+        )
     kept = organization.execution_text_characters
     if kept + characters <= budget:
         return

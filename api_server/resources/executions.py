@@ -213,6 +213,8 @@ RUN_REFUSALS: dict[int, str | None] = {
     "(`malformed_json`); nothing is queued.",
     404: None,
     409: "The datasource is disabled (`datasource_disabled`).",
+    413: "The body exceeds its bound, or the run alone would keep more SQL and parameters than "
+    "the organisation's executions may keep together (`execution_text_too_large`).",
     429: f"The key's rate limit (`rate_limited`), or {NO_ROOM_TO_RUN}.",
 }
 

@@ -132,3 +132,15 @@ def test_deleting_executions_gives_their_room_back(api, tmp_path):
     # The datasource's deletion takes its executions with it.
     assert api.delete(f"/datasources/{duck}", org.key).status_code == 204
     assert _kept(api, org) == 0
+
+
+def test_a_run_keeping_more_than_the_whole_budget_is_413_not_a_429_no_wait_cures(
+    settings: Settings,
+):
+    with Api.start(settings.model_copy(update={"max_execution_text_mb": BUDGET_MB})) as api:
+        org = api.create_org()
+        rows = len(_rows(api, org))
+        answer = _run(api, org, "SELECT {x.value} AS v", parameters=_large_value(600_000))
+        assert answer.status_code == 413
+        assert answer.json()["errors"][0]["code"] == "execution_text_too_large"
+        assert len(_rows(api, org)) == rows and _kept(api, org) == 0
