@@ -189,3 +189,28 @@ def test_a_sweep_stops_taking_batches_after_its_time(api, store, monkeypatch):
     janitor.sweep(api.app.state.sessions, store, api.settings)
 
     assert sum(_exists(store, result_object_key(key)) for key in keys) == 2
+
+
+def test_a_file_no_key_names_is_left_alone_and_stops_no_sweep(api, store):
+    """A name no key has (a desktop's .DS_Store, an editor's backup, a file system's own file)
+    made every key check refuse it, and the sweep that listed it raised, every 5 s."""
+    org = api.create_org()
+    orphan, kept = new_data_key(Scope.EXECUTION_RESULT), new_data_key(Scope.EXECUTION_RESULT)
+    _completed_execution(api, org, kept)
+    for data_key in (orphan, kept):
+        store.put_bytes(result_object_key(data_key), b"x")
+    if isinstance(store, LocalResultStore):
+        strays = [store.root / "results" / name for name in (".DS_Store", "a b", "r_x.arrow~")]
+        for stray in strays:
+            stray.write_bytes(b"not the store's")
+    else:
+        strays = []
+        with store.fs.open_output_stream(f"{store.base}/results/.DS_Store") as stream:
+            stream.write(b"not the store's")
+
+    assert janitor.remove_orphaned_objects(api.app.state.sessions, store, now=LATER) == 1
+    janitor.sweep(api.app.state.sessions, store, api.settings, with_orphans=True)
+
+    assert not _exists(store, result_object_key(orphan))
+    assert _exists(store, result_object_key(kept))
+    assert all(stray.read_bytes() == b"not the store's" for stray in strays)
