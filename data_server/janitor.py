@@ -28,10 +28,11 @@ STALE_SCRATCH_SECONDS = 24 * 3600
 ORPHAN_GRACE_SECONDS = 3600
 _BATCH = 500
 # A sweep takes batches of expired results, then of expired executions, until one comes back
-# short, each for at most this long: one batch a sweep (a minute) fell behind for good as soon
-# as a region ran more than 500 executions a minute, its rows and result files kept past their
-# retention and counted against the organisations' quotas.
-RETENTION_SECONDS_PER_SWEEP = 20.0
+# short, both together for at most this long (the maintenance thread reaps expired leases
+# between sweeps): one batch a sweep (a minute) fell behind for good as soon as a region ran
+# more than 500 executions a minute, its rows and result files kept past their retention and
+# counted against the organisations' quotas.
+RETENTION_SECONDS_PER_SWEEP = 10.0
 
 
 def sweep(
@@ -42,8 +43,13 @@ def sweep(
     with_orphans: bool = False,
 ) -> None:
     """``with_orphans`` adds a listing of the whole store: the caller asks for it rarely."""
-    expired_results = _until_short(lambda: purge_expired_results(sessions, store, settings))
-    deleted_executions = _until_short(lambda: delete_expired_executions(sessions, store, settings))
+    deadline = time.monotonic() + RETENTION_SECONDS_PER_SWEEP
+    expired_results = _until_short(
+        lambda: purge_expired_results(sessions, store, settings), deadline
+    )
+    deleted_executions = _until_short(
+        lambda: delete_expired_executions(sessions, store, settings), deadline
+    )
     removed_scratch = remove_stale_scratch(store)
     orphans = remove_orphaned_objects(sessions, store) if with_orphans else 0
     if expired_results or deleted_executions or removed_scratch or orphans:
@@ -56,10 +62,9 @@ def sweep(
         )
 
 
-def _until_short(batch: Callable[[], int]) -> int:
-    """Runs ``batch`` until it handles fewer than ``_BATCH`` (none left, or another data server
-    took them) or ``RETENTION_SECONDS_PER_SWEEP`` pass; how many it handled in all."""
-    deadline = time.monotonic() + RETENTION_SECONDS_PER_SWEEP
+def _until_short(batch: Callable[[], int], deadline: float) -> int:
+    """Runs ``batch`` (once at least) until it handles fewer than ``_BATCH`` (none left, or
+    another data server took them) or ``deadline`` passes; how many it handled in all."""
     handled = 0
     while True:
         done = batch()

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.engine import database_now, write_lock_on_sqlite
 from shared.db.models import Dashboard, DashboardRefresh, Datasource, Report
 from shared.errors import AppError, TooManyRequests
-from shared.runs import SqlRun, queue_sql_execution
+from shared.runs import AT_CAPACITY, SqlRun, queue_sql_execution
 from shared.settings import Settings
 from shared.time_zones import known_time_zones
 from sql_templating.parameters import parse_input_parameters
@@ -160,8 +160,12 @@ def refresh_dashboard(
         try:
             with session.begin_nested():
                 queued = queue_sql_execution(session, run, settings)
-        except TooManyRequests as refusal:  # its cap, or no room for more SQL
-            if index:
+        except TooManyRequests as refusal:
+            # At the cap a slot frees within seconds: a refresh that queued nothing is tried
+            # again next pass. Out of room for text, room comes only as executions expire
+            # (hours): this period's refresh ends here, as far as it got.
+            at_cap = refusal.code == AT_CAPACITY
+            if index or not at_cap:
                 logger.warning(
                     "dashboard refresh stopped at the organisation's limit dashboard=%s "
                     "reports_left=%d code=%s",
@@ -169,7 +173,7 @@ def refresh_dashboard(
                     len(rows) - index,
                     refusal.code,
                 )
-            return Refreshed(created, reused, skipped + len(rows) - index, at_cap=True)
+            return Refreshed(created, reused, skipped + len(rows) - index, at_cap=at_cap)
         except AppError as exc:
             logger.warning(
                 "dashboard refresh skipped a report dashboard=%s report=%s code=%s",

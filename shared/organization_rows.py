@@ -10,38 +10,23 @@ opposite order (a deadlock on PostgreSQL). On SQLite the lock is the database's 
 is still stored, of the result's Arrow file and its stored representations: each transition that
 stores or forgets such bytes adjusts it in the same transaction (``count_stored_bytes``). The
 storage quota then reads one row instead of summing every stored result on each execution.
-``execution_text_characters`` is kept the same way for the text its executions keep (each one's
-``kept_characters``: added by the run that queues it, taken off by the deletion that forgets it),
+``execution_text_bytes`` is kept the same way for the text its executions keep (each one's
+``kept_bytes``: added by the run that queues it, taken off by the deletion that forgets it),
 against the budget of ``shared.runs.require_text_room``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import BigInteger, Connection, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Execution, Organization, json_characters, table_of
+from shared.db.models import Execution, Organization, table_of
 
 # An execution whose result is still stored, and the bytes that result takes: what the counter
 # adds up.
 RESULT_STORED = Execution.data_key.is_not(None) & Execution.data_purged_at.is_(None)
 RESULT_BYTES = func.coalesce(Execution.result_size, 0) + Execution.variants_size
-
-
-def kept_characters(
-    sql_query: str, expanded_sql: str | None, parameters: Any, bound_parameters: Any
-) -> int:
-    """The characters of the text an execution keeps: its SQL as sent and as run, its parameters
-    as sent and as bound (as JSON)."""
-    return (
-        len(sql_query)
-        + len(expanded_sql or "")
-        + json_characters(parameters)
-        + json_characters(bound_parameters)
-    )
 
 
 def result_bytes(result_size: int | None, variants_size: int) -> int:
@@ -76,7 +61,7 @@ def _counting(column: str) -> Update:
 
 
 _COUNT_STORED_BYTES = _counting("stored_results_bytes")
-_COUNT_EXECUTION_TEXT = _counting("execution_text_characters")
+_COUNT_EXECUTION_TEXT = _counting("execution_text_bytes")
 _STORED_BYTES_AND_AREA = select(
     Organization.stored_results_bytes, Organization.area_generation
 ).where(Organization.id == bindparam("organization"))
@@ -107,8 +92,8 @@ def count_stored_bytes(session: Session, organization_id: str, delta: int) -> No
 
 
 def count_execution_text(session: Session, organization_id: str, delta: int) -> None:
-    """Add ``delta`` (negative: forgotten) to the characters of text the organisation's
-    executions keep, in the caller's transaction, which locked the organisation first."""
+    """Add ``delta`` (negative: forgotten) to the bytes of text the organisation's executions
+    keep, in the caller's transaction, which locked the organisation first."""
     if delta:
         session.execute(_COUNT_EXECUTION_TEXT, {"organization": organization_id, "delta": delta})
 
@@ -127,6 +112,24 @@ def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, i
         or 0
     )
     count_stored_bytes(session, organization_id, summed - counted)
+    return counted, summed
+
+
+def recount_execution_text(session: Session, organization_id: str) -> tuple[int, int]:
+    """Set the organisation's count of its executions' text to the sum of their ``kept_bytes``,
+    under its lock; (what it was, what it is now). For an operator after a rolling upgrade to
+    the count (revision 0015), where a server of the older release deleted executions without
+    taking them off it."""
+    counted = lock_organization(session, organization_id).execution_text_bytes
+    summed = int(
+        session.scalar(
+            select(func.coalesce(func.sum(Execution.kept_bytes), 0)).where(
+                Execution.organization_id == organization_id
+            )
+        )
+        or 0
+    )
+    count_execution_text(session, organization_id, summed - counted)
     return counted, summed
 
 

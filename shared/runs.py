@@ -37,6 +37,7 @@ from shared.db.models import (
     Organization,
     Report,
     SqlSnippet,
+    text_bytes,
     utcnow,
 )
 from shared.errors import Conflict, NotFound, PayloadTooLarge, TooManyRequests
@@ -51,10 +52,10 @@ from shared.lifecycle import (
 from shared.notifications import announce_new_work
 from shared.organization_rows import (
     count_execution_text,
-    kept_characters,
     lock_organization,
 )
 from shared.settings import Settings
+from shared.storage_quota import MIB
 from sql_templating.binding import BoundQuery, bind_parameters
 from sql_templating.parameters import InputParameters
 from sql_templating.snippets import expand_snippets
@@ -113,9 +114,10 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
         )
         if reusable is not None:
             return QueuedRun(reusable, reused=True)
+    weight = text_bytes(run.sql_query, bound.sql, run.parameters, bound.values)
+    require_text_fits(weight, settings)
     require_capacity(session, organization, settings, background=run.background)
-    characters = kept_characters(run.sql_query, bound.sql, run.parameters, bound.values)
-    require_text_room(session, organization, characters, settings)
+    require_text_room(session, organization, weight, settings)
     execution = Execution(
         id=str(uuid.uuid4()),
         organization_id=datasource.organization_id,
@@ -130,7 +132,7 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
         request_fingerprint=run.request_fingerprint,
         report_id=run.report_id,
         reuse_key=key,
-        kept_characters=characters,
+        kept_bytes=weight,
     )
     if run.idempotency_key is None:  # nothing it could collide with: no savepoint to pay for
         session.add(execution)
@@ -138,7 +140,7 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     else:
         with session.begin_nested():
             session.add(execution)
-    count_execution_text(session, organization.id, characters)
+    count_execution_text(session, organization.id, weight)
     announce_new_work(session)
     return QueuedRun(execution)
 
@@ -279,39 +281,47 @@ _UNFINISHED_COUNTED = (
 )
 
 
-def require_text_room(
-    session: Session, organization: Organization, characters: int, settings: Settings
-) -> None:
-    """429 unless the organisation's executions (locked by ``lock_organization``) keep room for
-    ``characters`` more of text: one key at its rate limits could otherwise store a megabyte
-    body's SQL and parameters twice a request (a dashboard's run once per report), gigabytes an
-    hour, in the region's metadata database until retention forgets them. ``Retry-After``: until
-    its oldest execution is forgotten. A run that alone keeps more than the budget is a 413: no
-    wait would make room for it."""
-    budget = settings.max_execution_text_mb * 1024 * 1024
-    if characters > budget:
+def require_text_fits(weight: int, settings: Settings) -> None:
+    """413 for a run that alone would keep more text than its organisation's executions may keep
+    together (``require_text_room``): no wait would make room for it, so it is asked before the
+    cap of running executions, whose 429 a client would retry."""
+    if weight > settings.max_execution_text_mb * MIB:
         raise PayloadTooLarge(
-            f"This run would keep {characters:,} characters of SQL and parameters, more than the "
+            f"This run would keep {weight:,} bytes of SQL and parameters, more than the "
             f"{settings.max_execution_text_mb:,} MB an organisation's executions may keep "
             "together.",
             code="execution_text_too_large",
         )
-    kept = organization.execution_text_characters
-    if kept + characters <= budget:
+
+
+def require_text_room(
+    session: Session, organization: Organization, weight: int, settings: Settings
+) -> None:
+    """429 unless the organisation's executions (locked by ``lock_organization``) keep room for
+    ``weight`` more bytes of text: one key at its rate limits could otherwise store a megabyte
+    body's SQL and parameters twice a request (a dashboard's run once per report), gigabytes an
+    hour, in the region's metadata database until retention forgets them. ``Retry-After``: until
+    its oldest execution that keeps any is forgotten, the earliest room may be made."""
+    kept = organization.execution_text_bytes
+    if kept + weight <= settings.max_execution_text_mb * MIB:
         return
-    oldest = session.scalar(
-        select(func.min(Execution.created_at)).where(Execution.organization_id == organization.id)
-    )
+    oldest = session.scalar(_OLDEST_KEEPING, {"organization_id": organization.id})
     forgotten = (oldest or utcnow()) + timedelta(hours=settings.execution_retention_hours)
     wait = max(0, int((forgotten - utcnow()).total_seconds())) + int(RETENTION_SWEEP_SECONDS)
     raise TooManyRequests(
-        f"This organisation's executions keep {kept:,} characters of SQL and parameters, and "
+        f"This organisation's executions keep {kept:,} bytes of SQL and parameters, and "
         f"{settings.max_execution_text_mb:,} MB is the most they may keep; this one would add "
-        f"{characters:,}. An execution's text is forgotten with it, "
+        f"{weight:,}. An execution's text is forgotten with it, "
         f"{settings.execution_retention_hours:g} hours after it started.",
         code="execution_text_quota_exceeded",
         headers={"Retry-After": str(wait)},
     )
+
+
+# Read on a refusal only, under the organisation's lock: an index walk, not a scan of its rows.
+_OLDEST_KEEPING = select(func.min(Execution.created_at)).where(
+    Execution.organization_id == bindparam("organization_id"), Execution.kept_bytes > 0
+)
 
 
 # The refusal of a run at the organisation's cap of running executions.

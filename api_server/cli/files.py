@@ -16,7 +16,7 @@ from shared.command_line import CommandParser
 from shared.datapaths import FILE_DATABASE_TYPES, resolve_datasource_path
 from shared.db.models import Datasource, Organization
 from shared.errors import AppError
-from shared.organization_rows import recount_stored_bytes
+from shared.organization_rows import recount_execution_text, recount_stored_bytes
 from shared.settings import Settings
 from shared.storage_quota import storage_usage
 
@@ -120,9 +120,9 @@ def cmd_storage_usage(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_recount_storage(settings: Settings, args: argparse.Namespace) -> None:
-    """Set each organisation's count of its stored results' bytes to what they add up to, one
-    organisation per transaction: after a rolling upgrade to the counter, where a data server of
-    the older version may have stored results without counting them."""
+    """Set each organisation's counts of its stored results' bytes and of its executions' text
+    to what they add up to, one organisation per transaction: after a rolling upgrade to either
+    count, where a server of the older release may have changed them without counting."""
     with transaction(settings) as session:
         if args.organization:
             organizations.get_organization(session, args.organization)
@@ -133,8 +133,15 @@ def cmd_recount_storage(settings: Settings, args: argparse.Namespace) -> None:
     for organization_id in ids:
         with transaction(settings) as session:
             was, now = recount_stored_bytes(session, organization_id)
+            text_was, text_now = recount_execution_text(session, organization_id)
         recounted.append(
-            {"organization_id": organization_id, "counted_bytes": was, "results_bytes": now}
+            {
+                "organization_id": organization_id,
+                "counted_bytes": was,
+                "results_bytes": now,
+                "counted_text_bytes": text_was,
+                "text_bytes": text_now,
+            }
         )
     emit({"recounted": recounted})
 
@@ -180,7 +187,8 @@ def add_commands(commands: argparse._SubParsersAction[CommandParser]) -> None:
 
     recount = commands.add_parser(
         "recount-storage",
-        help="set organisations' stored-result bytes to what their stored results add up to",
+        help="set organisations' stored-result bytes and executions' text bytes to what their "
+        "results and executions add up to",
     )
     recount.add_argument("--organization", help="only this organisation (default: every one)")
     recount.set_defaults(run=cmd_recount_storage)

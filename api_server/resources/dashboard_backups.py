@@ -430,7 +430,7 @@ def _repeated(entries: list[Any], kind: str, member: str, code: str) -> list[App
         "is disabled (`datasource_disabled`), or the restore would create more of a kind than "
         "the organisation may have (`sql_snippet_limit_reached`, `filter_limit_reached`, "
         "`dashboard_limit_reached`, `report_limit_reached`).",
-        429: f"The key's rate limit (`rate_limited`), or for a static filter's SQL {NO_ROOM_TO_RUN}.",
+        429: f"The key's rate limit (`rate_limited`), or, for a static filter's SQL, {NO_ROOM_TO_RUN}.",
         413: f"The body exceeds {MAX_RESTORE_BYTES} bytes, or the backup's filters would take "
         "the organisation's filters past their options budget (`filter_options_quota_exceeded`, "
         "at the filter's `values`).",

@@ -199,8 +199,6 @@ IDEMPOTENCY_KEY = oa.parameter(
 )
 
 
-# What refuses a request that queues one execution (Run Execution, running a report), beside
-# the 422 each words for its own body.
 # Why a run is refused for the organisation's room, wherever a request queues executions.
 NO_ROOM_TO_RUN = (
     "the organisation's running executions would exceed its most "
@@ -208,13 +206,19 @@ NO_ROOM_TO_RUN = (
     "parameters they may (`execution_text_quota_exceeded`, `Retry-After` until its oldest is "
     "forgotten)"
 )
+# Why a run is refused however long it waits, wherever a request queues executions.
+TOO_LARGE_TO_RUN = (
+    "the run alone would keep more SQL and parameters than the organisation's executions may "
+    "keep together (`execution_text_too_large`)"
+)
+# What refuses a request that queues one execution (Run Execution, running a report), beside
+# the 422 each words for its own body.
 RUN_REFUSALS: dict[int, str | None] = {
     400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
     "(`malformed_json`); nothing is queued.",
     404: None,
     409: "The datasource is disabled (`datasource_disabled`).",
-    413: "The body exceeds its bound, or the run alone would keep more SQL and parameters than "
-    "the organisation's executions may keep together (`execution_text_too_large`).",
+    413: f"The body exceeds its bound, or {TOO_LARGE_TO_RUN}.",
     429: f"The key's rate limit (`rate_limited`), or {NO_ROOM_TO_RUN}.",
 }
 

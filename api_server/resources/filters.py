@@ -358,7 +358,7 @@ _OPTIONS_BUDGET = (
     "(`filter_options_quota_exceeded`, at `/data/attributes/values`)."
 )
 _CAPACITY = {
-    429: f"The key's rate limit (`rate_limited`), or for a static SQL's execution {NO_ROOM_TO_RUN}."
+    429: f"The key's rate limit (`rate_limited`), or, for a static SQL's execution, {NO_ROOM_TO_RUN}."
 }
 
 

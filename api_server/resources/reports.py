@@ -40,6 +40,7 @@ from api_server.resources.executions import (
     REPORT_RUN_ANSWER,
     REPORT_RUN_EXECUTION,
     RUN_REFUSALS,
+    TOO_LARGE_TO_RUN,
     WAIT,
     answer_run,
     serialize_run,
@@ -510,6 +511,7 @@ async def run_report(request: Request, principal: Principal) -> Response:
         "more new executions at once than the organisation may ever run together "
         "(`dashboard_exceeds_execution_cap`: no retry helps), or one of its reports was deleted "
         "while it was run (`dashboard_changed`: nothing was queued, run it again).",
+        413: f"The body exceeds its bound, or for one of its reports {TOO_LARGE_TO_RUN}.",
         422: f"{_RUN_ERRORS}.",
         429: f"The key's rate limit (`rate_limited`), or {NO_ROOM_TO_RUN}.",
     },

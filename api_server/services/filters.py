@@ -52,6 +52,7 @@ from shared.lifecycle import ExecutionStatus, request_cancel
 from shared.organization_rows import lock_organization
 from shared.results import ResultGone, ResultStore, result_object_key
 from shared.settings import Settings
+from shared.storage_quota import MIB
 from sql_templating.parameters import (
     MAX_INTEGER,
     MIN_INTEGER,
@@ -412,7 +413,7 @@ def _beyond_options_budget(
 
 
 def _budget(settings: Settings) -> int:
-    return settings.max_filter_options_mb * 1024 * 1024
+    return settings.max_filter_options_mb * MIB
 
 
 def _organization_options_weight(session: Session, organization_id: str) -> int:

@@ -83,12 +83,10 @@ class Organization(Base):
     # The bytes of its stored results, kept by every transition that stores or forgets one
     # (shared.organization_rows): the storage quota reads this instead of a sum.
     stored_results_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    # The characters of text its executions keep (their ``kept_characters``), added by the run
+    # The bytes of text its executions keep (their ``kept_bytes``), added by the run
     # that stores one and taken off by the deletion that forgets it (shared.organization_rows):
     # the budget (DATAFERRY_MAX_EXECUTION_TEXT_MB) reads this instead of a sum.
-    execution_text_characters: Mapped[int] = mapped_column(
-        BigInteger, default=0, server_default="0"
-    )
+    execution_text_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Raised by every change the API makes to its file area (uploads, deletions): a walk of the
     # area that saw the same generation still counts its files (shared.storage_quota).
     area_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -203,6 +201,8 @@ class Execution(Base):
             unique=True,
         ),
         Index("ix_executions_organization_id_reuse_key", "organization_id", "reuse_key"),
+        # Its organisation's oldest executions: when its text budget frees room.
+        Index("ix_executions_organization_id_created_at", "organization_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -228,9 +228,10 @@ class Execution(Base):
     result_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result_columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # The characters of the text it keeps (SQL as sent and as run, parameters as sent and as
-    # bound), set once as it is queued: what its organisation's text counter holds for it.
-    kept_characters: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The bytes of the text it keeps (SQL as sent and as run, parameters as sent and as bound:
+    # ``text_bytes``), set once as it is queued: what its organisation's text counter holds for
+    # it.
+    kept_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # The result's other stored representations (formats, codings), counted in the quota too.
     variants_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     result_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -430,14 +431,28 @@ class Filter(Base):
 
 
 def json_characters(value: Any) -> int:
-    """The characters of a JSON value's text (0 for none): what a filter's options or an
-    execution's parameters weigh where they are kept."""
+    """The characters of a JSON value's text (0 for none), all ASCII but a string's (its bytes
+    in UTF-8 as orjson writes them): what a filter's options or an execution's parameters weigh
+    where they are kept."""
     if value is None:
         return 0
     try:
         return len(orjson.dumps(value, default=str))
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, which orjson does not write
         return len(json.dumps(value, default=str))
+
+
+def text_bytes(
+    sql_query: str, expanded_sql: str | None, parameters: Any, bound_parameters: Any
+) -> int:
+    """What an execution's text weighs, as its ``kept_bytes``: its SQL as sent and as run
+    (UTF-8), its parameters as sent and as bound (their JSON)."""
+    return (
+        len(sql_query.encode())
+        + len((expanded_sql or "").encode())
+        + json_characters(parameters)
+        + json_characters(bound_parameters)
+    )
 
 
 class DashboardRefresh(Base):

@@ -367,7 +367,7 @@ def delete_executions(
             Execution.data_purged_at,
             Execution.result_size,
             Execution.variants_size,
-            Execution.kept_characters,
+            Execution.kept_bytes,
         )
     ).all()
     still_stored = sum(
@@ -376,7 +376,7 @@ def delete_executions(
         if row.data_key is not None and row.data_purged_at is None
     )
     count_stored_bytes(session, organization_id, -still_stored)
-    count_execution_text(session, organization_id, -sum(row.kept_characters for row in deleted))
+    count_execution_text(session, organization_id, -sum(row.kept_bytes for row in deleted))
     return [row.data_key if row.data_purged_at is None else None for row in deleted]
 
 

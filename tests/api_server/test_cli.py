@@ -130,20 +130,32 @@ def test_recount_storage_mends_a_counter_that_drifted(cli, tmp_path):
             connection.execute(
                 "UPDATE organizations SET stored_results_bytes = ? WHERE id = ?", (counter, org_id)
             )
+        connection.execute(  # as a server of an older release deleting executions leaves it
+            "UPDATE organizations SET execution_text_bytes = 777 WHERE id = ?", (drifted,)
+        )
     below_zero = _one_json_object(cli("storage-usage", "--organization", untouched).stdout)
     assert below_zero["results_bytes"] == 0  # never reported, or granted as room, below 0
 
     one = cli("recount-storage", "--organization", drifted)
     assert one.returncode == 0, one.stderr
     assert _one_json_object(one.stdout) == {
-        "recounted": [{"organization_id": drifted, "counted_bytes": 12345, "results_bytes": 0}]
+        "recounted": [
+            {
+                "organization_id": drifted,
+                "counted_bytes": 12345,
+                "results_bytes": 0,
+                "counted_text_bytes": 777,
+                "text_bytes": 0,
+            }
+        ]
     }
     usage = _one_json_object(cli("storage-usage", "--organization", drifted).stdout)
     assert usage["results_bytes"] == 0
     every = _one_json_object(cli("recount-storage").stdout)["recounted"]
+    zero = {"counted_bytes": 0, "results_bytes": 0, "counted_text_bytes": 0, "text_bytes": 0}
     assert sorted(every, key=lambda row: row["counted_bytes"]) == [
-        {"organization_id": untouched, "counted_bytes": -5000, "results_bytes": 0},
-        {"organization_id": drifted, "counted_bytes": 0, "results_bytes": 0},
+        {**zero, "organization_id": untouched, "counted_bytes": -5000},
+        {**zero, "organization_id": drifted},
     ]
     unknown = cli("recount-storage", "--organization", "nope")
     assert unknown.returncode != 0 and unknown.stdout == ""

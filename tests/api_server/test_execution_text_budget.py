@@ -30,14 +30,14 @@ def _run(api: Api, org: Org, sql: str, datasource_id: str | None = None, **body:
     )
 
 
-def _large_value(characters: int) -> dict[str, Any]:
-    """``parameters`` selecting one value of about that many characters for ``{x.value}``."""
-    return {"filters": [{"variable_name": "x", "selected_values": ["v" * characters]}]}
+def _large_value(size: int) -> dict[str, Any]:
+    """``parameters`` selecting one value of about that many bytes for ``{x.value}``."""
+    return {"filters": [{"variable_name": "x", "selected_values": ["v" * size]}]}
 
 
 def _kept(api: Api, org: Org) -> int:
     with api.app.state.sessions() as session:
-        return session.get_one(Organization, org.id).execution_text_characters
+        return session.get_one(Organization, org.id).execution_text_bytes
 
 
 def _rows(api: Api, org: Org) -> list[Execution]:
@@ -48,8 +48,8 @@ def _rows(api: Api, org: Org) -> list[Execution]:
 def _held(execution: Execution) -> int:
     """What the row holds, measured from what it reads back."""
     return (
-        len(execution.sql_query)
-        + len(execution.expanded_sql or "")
+        len(execution.sql_query.encode())
+        + len((execution.expanded_sql or "").encode())
         + len(orjson.dumps(execution.parameters))
         + (
             0
@@ -60,6 +60,7 @@ def _held(execution: Execution) -> int:
 
 
 def test_a_run_counts_its_sql_and_parameters_as_sent_and_as_run(api):
+    """In UTF-8 bytes, the budget's unit ('é' is two)."""
     org = api.create_org()
     snippet = api.post(
         "/sql_snippets",
@@ -67,13 +68,13 @@ def test_a_run_counts_its_sql_and_parameters_as_sent_and_as_run(api):
         {"data": {"type": "sql_snippets", "attributes": {"name": "two", "sql": "SELECT 2"}}},
     )
     assert snippet.status_code == 201, snippet.text
-    assert _run(api, org, "SELECT 1").status_code == 200
+    assert _run(api, org, "SELECT 'é'").status_code == 200
     assert _run(api, org, "[two] UNION ALL SELECT 3").status_code == 200
     # The outside probe's case: a small SQL and a large value stored twice, counted as SQL only.
     answer = _run(api, org, "SELECT length({x.value}) AS n", parameters=_large_value(300_000))
     assert answer.status_code == 200, answer.text
     runs = [e for e in _rows(api, org) if e.execution_type == "sql_query"]
-    assert [e.kept_characters for e in runs] == [_held(e) for e in runs]
+    assert [e.kept_bytes for e in runs] == [_held(e) for e in runs]
     assert _kept(api, org) == sum(_held(e) for e in runs) > 600_000
 
 
@@ -96,9 +97,9 @@ def test_a_run_past_the_budget_is_429_and_stores_nothing(settings: Settings):
         assert hours * 3600 - 60 <= retry <= hours * 3600 + 60
         assert len(_rows(api, org)) == rows and _kept(api, org) == kept
         assert _run(api, other, "SELECT {x.value} AS v", parameters=large).status_code == 200
-        # What is left fits exactly: a run of that many characters passes, one more does not.
+        # What is left fits exactly: a run of that many bytes passes, one more does not.
         with api.app.state.sessions.begin() as session:
-            session.get_one(Organization, org.id).execution_text_characters = BUDGET - _held(
+            session.get_one(Organization, org.id).execution_text_bytes = BUDGET - _held(
                 _rows(api, org)[-1]
             )
         assert _run(api, org, "SELECT {x.value} AS v", parameters=large).status_code == 200

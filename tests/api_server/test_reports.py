@@ -562,7 +562,7 @@ def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable
     # Out of room for SQL (not the cap): the 429 as it is, though the dashboard needs more
     # executions than the cap.
     with api.app.state.sessions.begin() as session:
-        session.get_one(Organization, org.id).execution_text_characters = 10**12
+        session.get_one(Organization, org.id).execution_text_bytes = 10**12
     full = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
     assert full.status_code == 429
     assert full.json()["errors"][0]["code"] == "execution_text_quota_exceeded"

@@ -17,6 +17,7 @@ from data_server import scheduler
 from data_server.scheduler import dashboard_zone, due_instant
 from shared.db.engine import create_session_factory
 from shared.db.models import Dashboard, DashboardRefresh, Execution, Organization, Report, utcnow
+from shared.storage_quota import MIB
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -299,3 +300,21 @@ def test_old_claims_are_pruned(api):
             )
     assert scheduler.prune_claims(sessions) == 1
     assert _count(api, DashboardRefresh) == 1
+
+
+def test_a_refresh_out_of_room_for_text_ends_for_this_period_and_is_logged(api, caplog):
+    """Room for text comes back only as executions expire (hours): unlike at the cap, a refresh
+    that queued nothing is not tried again on every pass meanwhile."""
+    org = api.create_org()
+    _scheduled_dashboard(api, org, reports=2)
+    settings, sessions = api.settings, api.app.state.sessions
+    with sessions.begin() as session:
+        session.get_one(Organization, org.id).execution_text_bytes = (
+            settings.max_execution_text_mb * MIB
+        )
+    later = utcnow() + timedelta(hours=1)
+    with caplog.at_level(logging.WARNING, logger="data_server.scheduler"):
+        assert scheduler.run_due_refreshes(sessions, settings, "a", now=later) == 1
+    assert "code=execution_text_quota_exceeded" in caplog.text
+    assert scheduler.run_due_refreshes(sessions, settings, "a", now=later) == 0
+    assert _refresh_executions(api) == []

@@ -332,17 +332,13 @@ def test_execution_text_migration_weighs_each_execution_and_sums_each_organisati
         command.upgrade(config, "0015")
 
         with engine.connect() as connection:
-            weights = dict(
-                connection.execute(text("SELECT id, kept_characters FROM executions")).all()
-            )
+            weights = dict(connection.execute(text("SELECT id, kept_bytes FROM executions")).all())
             counters = dict(
-                connection.execute(
-                    text("SELECT id, execution_text_characters FROM organizations")
-                ).all()
+                connection.execute(text("SELECT id, execution_text_bytes FROM organizations")).all()
             )
-        # Characters, not bytes ('é' is one).
-        assert weights == {"e0": 8 + 8 + 2 + 2, "e1": 16 + 25 + 8 + 3, "e2": 10 + 2, "e3": 2}
-        assert counters == {ORG_A: 20 + 52 + 12, ORG_B: 2}
+        # UTF-8 bytes ('é' is two).
+        assert weights == {"e0": 8 + 8 + 2 + 2, "e1": 16 + 25 + 8 + 3, "e2": 11 + 2, "e3": 2}
+        assert counters == {ORG_A: 20 + 52 + 13, ORG_B: 2}
         rows_before = _row_counts(engine)
         command.downgrade(config, "0014")
         assert _row_counts(engine) == rows_before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shared.results import (
+    VARIANTS,
     LocalResultStore,
     ResultGone,
     checked_key,
@@ -16,6 +17,7 @@ from shared.results import (
 from shared.tokens import Scope, new_data_key
 
 OUTSIDE = [
+    "results/../../x",  # the decoy beside the store
     "../results/r_x.arrow",
     "results/../schemas/s_x.json",
     "results/..",
@@ -44,6 +46,7 @@ def test_a_key_that_could_leave_the_store_or_was_never_made_is_gone(key, tmp_pat
     for ask in (store.open, store.read_bytes, store.size, store.delete):
         with pytest.raises(ResultGone):
             ask(key)
+    assert (tmp_path / "x").read_bytes() == b"secret"
 
 
 def test_every_key_the_object_functions_make_is_taken(tmp_path):
@@ -51,11 +54,11 @@ def test_every_key_the_object_functions_make_is_taken(tmp_path):
     data_key = new_data_key(Scope.EXECUTION_RESULT)
     keys = [
         result_object_key(data_key),
-        variant_object_key(data_key, "records.json.zst"),
+        *(variant_object_key(data_key, variant) for variant in sorted(VARIANTS)),
         schema_object_key(new_data_key(Scope.DATASOURCE_SCHEMA)),
     ]
     for key in keys:
         store.put_bytes(key, key.encode())
         assert store.read_bytes(key) == key.encode()
         assert (tmp_path / "results-root" / key).is_file()
-    assert sorted(store.keys_older_than("results/", float("inf"))) == sorted(keys[:2])
+    assert sorted(store.keys_older_than("results/", float("inf"))) == sorted(keys[:-1])
