@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Select, and_, bindparam, case, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.database_types import refuse_ssh_tunnel
@@ -40,7 +41,7 @@ from shared.db.models import (
     text_bytes,
     utcnow,
 )
-from shared.errors import Conflict, NotFound, PayloadTooLarge, TooManyRequests
+from shared.errors import AppError, Conflict, NotFound, PayloadTooLarge, TooManyRequests
 from shared.filter_rules import variable_rules
 from shared.lifecycle import (
     ORGANIZATION_CAP_COUNTS,
@@ -106,7 +107,37 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     bound = bind_run(session, run, settings)
     reusable_run = run.report_id is not None or run.reuse_since is not None
     key = reuse_key(datasource.id, bound) if reusable_run else None
-    organization = lock_organization(session, datasource.organization_id)
+    weight = text_bytes(run.sql_query, bound.sql, run.parameters, bound.values)
+    require_text_fits(weight, settings)
+    organization = lock_organization(session, datasource.organization_id, adding_text_bytes=weight)
+    try:
+        queued = _queue_locked(session, run, bound, key, organization, weight, settings)
+    except AppError:  # refused, the transaction intact: nothing kept
+        count_execution_text(session, organization.id, -weight)
+        raise
+    except IntegrityError:
+        if run.idempotency_key is not None:  # its savepoint ended, the transaction goes on
+            count_execution_text(session, organization.id, -weight)
+        raise
+    if queued.reused:  # nothing new kept
+        count_execution_text(session, organization.id, -weight)
+    else:
+        announce_new_work(session)
+    return queued
+
+
+def _queue_locked(
+    session: Session,
+    run: SqlRun,
+    bound: BoundQuery,
+    key: str | None,
+    organization: Organization,
+    weight: int,
+    settings: Settings,
+) -> QueuedRun:
+    """``queue_sql_execution``'s steps under the organisation's lock, whose count of its
+    executions' text already holds ``weight``."""
+    datasource = run.datasource
     require_still_there(session, datasource.id, run.report_id)
     if key is not None and run.reuse_since is not None:
         reusable = find_reusable(
@@ -114,8 +145,6 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
         )
         if reusable is not None:
             return QueuedRun(reusable, reused=True)
-    weight = text_bytes(run.sql_query, bound.sql, run.parameters, bound.values)
-    require_text_fits(weight, settings)
     require_capacity(session, organization, settings, background=run.background)
     require_text_room(session, organization, weight, settings)
     execution = Execution(
@@ -140,8 +169,6 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     else:
         with session.begin_nested():
             session.add(execution)
-    count_execution_text(session, organization.id, weight)
-    announce_new_work(session)
     return QueuedRun(execution)
 
 
@@ -302,9 +329,9 @@ def require_text_room(
     body's SQL and parameters twice a request (a dashboard's run once per report), gigabytes an
     hour, in the region's metadata database until retention forgets them. ``Retry-After``: until
     its oldest execution that keeps any is forgotten, the earliest room may be made."""
-    kept = organization.execution_text_bytes
-    if kept + weight <= settings.max_execution_text_mb * MIB:
-        return
+    if organization.execution_text_bytes <= settings.max_execution_text_mb * MIB:
+        return  # the count holds this run's weight already (lock_organization)
+    kept = organization.execution_text_bytes - weight
     oldest = session.scalar(_OLDEST_KEEPING, {"organization_id": organization.id})
     forgotten = (oldest or utcnow()) + timedelta(hours=settings.execution_retention_hours)
     wait = max(0, int((forgotten - utcnow()).total_seconds())) + int(RETENTION_SWEEP_SECONDS)
