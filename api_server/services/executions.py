@@ -25,7 +25,7 @@ from api_server.services.datasources import get_datasource
 from shared import lifecycle
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Filter, Report, utcnow
-from shared.errors import Forbidden, NotFound, Unprocessable
+from shared.errors import Forbidden, NotFound, TooManyRequests, Unprocessable
 from shared.input_models import InputModel, Problem, problem, validate_input
 from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.notifications import announce_new_work
@@ -188,6 +188,16 @@ def queue_run(
         return queue_sql_execution(session, run, settings)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         if idempotency_key is None:  # no savepoint held the insert: the transaction is gone
+            raise
+        existing = _find_idempotent(session, principal, idempotency_key)
+        if existing is None:
+            raise
+        return QueuedRun(_same_request_or_422(existing, fingerprint))
+    except TooManyRequests:
+        # A concurrent request with the same key, committed while this one waited for the
+        # organisation's lock, may have taken the last slot or the last room: this request is
+        # its retry, and answers what it created.
+        if idempotency_key is None:
             raise
         existing = _find_idempotent(session, principal, idempotency_key)
         if existing is None:

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select, update
 
 from api_server.permissions import Permission
-from shared.db.models import ApiKey, Execution, utcnow
+from api_server.services import executions as executions_service
+from shared.db.models import ApiKey, Execution, Organization, utcnow
 from shared.tokens import Scope, new_data_key
 
 JSON = "application/json"
@@ -148,6 +149,31 @@ def test_idempotency_key_returns_the_same_execution_or_422(api):
     assert different.json()["errors"][0]["code"] == "idempotency_key_reused"
     other = _run(api, org.key, org.sample_datasource_id, body, {"Idempotency-Key": "xyz"})
     assert other.json()["data"]["id"] != first.json()["data"]["id"]
+
+
+def test_a_retry_that_waited_while_its_first_took_the_last_slot_answers_the_first(api, monkeypatch):
+    """Two requests with one Idempotency-Key at once: the second, having looked for the first's
+    execution before it was committed, meets the cap the first filled, and answers the first's
+    execution, not a 429 (the look before queueing misses it here, as under that race)."""
+    org = api.create_org()
+    with api.app.state.sessions.begin() as session:
+        session.get_one(Organization, org.id).max_running_executions = 1
+    body, keyed = {"sql_query": "SELECT 42"}, {"Idempotency-Key": "once"}
+    first = _run(api, org.key, org.sample_datasource_id, body, keyed)
+    assert first.status_code == 200, first.text
+    looks = []
+    real = executions_service._find_idempotent
+
+    def missing_the_first_once(*args):
+        looks.append(args)
+        return None if len(looks) == 1 else real(*args)
+
+    monkeypatch.setattr(executions_service, "_find_idempotent", missing_the_first_once)
+    again = _run(api, org.key, org.sample_datasource_id, body, keyed)
+    assert again.status_code == 200, again.text
+    assert again.json()["data"]["id"] == first.json()["data"]["id"] and len(looks) == 2
+    unkeyed = _run(api, org.key, org.sample_datasource_id, body)
+    assert unkeyed.status_code == 429
 
 
 def test_an_idempotency_key_is_read_as_utf8(api):
