@@ -17,8 +17,17 @@ against the budget of ``shared.runs.require_text_room``.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Connection, Update, bindparam, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Update,
+    bindparam,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.db.engine import write_lock_on_sqlite
 from shared.db.models import Execution, Organization, table_of
@@ -60,19 +69,14 @@ def _counting(column: str) -> Update:
     )
 
 
-_COUNT_STORED_BYTES = _counting("stored_results_bytes")
-_COUNT_EXECUTION_TEXT = _counting("execution_text_bytes")
-# An UPDATE takes the same lock as _LOCKED_ORGANIZATION (FOR NO KEY UPDATE on PostgreSQL).
+# The statements adding ``delta`` to each counter.
+_COUNTING = {name: _counting(name) for name in ("stored_results_bytes", "execution_text_bytes")}
+# A run's lock of its organisation, counting its text in the same statement: an UPDATE takes
+# the row's lock as _LOCKED_ORGANIZATION does (FOR NO KEY UPDATE on PostgreSQL).
 _LOCKED_COUNTING_TEXT = (
-    update(Organization)
-    .where(Organization.id == bindparam("organization"))
-    .values(
-        execution_text_bytes=Organization.execution_text_bytes
-        + bindparam("delta", type_=BigInteger),
-        updated_at=Organization.updated_at,  # bookkeeping, as above
-    )
-    .returning(Organization)
-    .execution_options(populate_existing=True, synchronize_session=False)
+    select(Organization)
+    .from_statement(_COUNTING["execution_text_bytes"].returning(*_ORGANIZATIONS.c))
+    .execution_options(populate_existing=True)
 )
 _STORED_BYTES_AND_AREA = select(
     Organization.stored_results_bytes, Organization.area_generation
@@ -108,48 +112,56 @@ def count_stored_bytes(session: Session, organization_id: str, delta: int) -> No
     transaction, which locked the organisation (``lock_organization``) before it changed any of
     the executions whose bytes these are."""
     if delta:
-        session.execute(_COUNT_STORED_BYTES, {"organization": organization_id, "delta": delta})
+        session.execute(
+            _COUNTING["stored_results_bytes"], {"organization": organization_id, "delta": delta}
+        )
 
 
 def count_execution_text(session: Session, organization_id: str, delta: int) -> None:
     """Add ``delta`` (negative: forgotten) to the bytes of text the organisation's executions
     keep, in the caller's transaction, which locked the organisation first."""
     if delta:
-        session.execute(_COUNT_EXECUTION_TEXT, {"organization": organization_id, "delta": delta})
+        session.execute(
+            _COUNTING["execution_text_bytes"], {"organization": organization_id, "delta": delta}
+        )
 
 
 def recount_stored_bytes(session: Session, organization_id: str) -> tuple[int, int]:
     """Set the organisation's counter to the sum it stands for, under its lock; (what it was,
     what it is now). For an operator after something stored results without counting them: a
     data server of an older version still running while another migrated the database."""
-    counted = lock_organization(session, organization_id).stored_results_bytes
-    summed = int(
-        session.scalar(
-            select(func.coalesce(func.sum(RESULT_BYTES), 0)).where(
-                Execution.organization_id == organization_id, RESULT_STORED
-            )
-        )
-        or 0
-    )
-    count_stored_bytes(session, organization_id, summed - counted)
-    return counted, summed
+    return _recount(session, organization_id, "stored_results_bytes", RESULT_BYTES, RESULT_STORED)
 
 
 def recount_execution_text(session: Session, organization_id: str) -> tuple[int, int]:
     """Set the organisation's count of its executions' text to the sum of their ``kept_bytes``,
-    under its lock; (what it was, what it is now). For an operator after a rolling upgrade to
-    the count (revision 0015), where a server of the older release deleted executions without
-    taking them off it."""
-    counted = lock_organization(session, organization_id).execution_text_bytes
+    as ``recount_stored_bytes`` does. For an operator after a rolling upgrade to the count
+    (revision 0015), where a server of the older release deleted executions without taking them
+    off it."""
+    return _recount(session, organization_id, "execution_text_bytes", Execution.kept_bytes)
+
+
+def _recount(
+    session: Session,
+    organization_id: str,
+    counter: str,
+    amount: ColumnElement[int] | InstrumentedAttribute[int],
+    *which: ColumnElement[bool],
+) -> tuple[int, int]:
+    """Under the organisation's lock, set its ``counter`` to the sum of ``amount`` over its
+    executions ``which``; (what it was, what it is now)."""
+    counted = getattr(lock_organization(session, organization_id), counter)
     summed = int(
         session.scalar(
-            select(func.coalesce(func.sum(Execution.kept_bytes), 0)).where(
-                Execution.organization_id == organization_id
+            select(func.coalesce(func.sum(amount), 0)).where(
+                Execution.organization_id == organization_id, *which
             )
         )
         or 0
     )
-    count_execution_text(session, organization_id, summed - counted)
+    if summed != counted:
+        delta = {"organization": organization_id, "delta": summed - counted}
+        session.execute(_COUNTING[counter], delta)
     return counted, summed
 
 

@@ -112,11 +112,10 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     organization = lock_organization(session, datasource.organization_id, adding_text_bytes=weight)
     try:
         queued = _queue_locked(session, run, bound, key, organization, weight, settings)
-    except AppError:  # refused, the transaction intact: nothing kept
-        count_execution_text(session, organization.id, -weight)
-        raise
-    except IntegrityError:
-        if run.idempotency_key is not None:  # its savepoint ended, the transaction goes on
+    except (AppError, IntegrityError):
+        # Refused, or an Idempotency-Key's insert collided in its savepoint: nothing kept. (An
+        # insert that failed without a savepoint ended the transaction, and the count with it.)
+        if session.is_active:
             count_execution_text(session, organization.id, -weight)
         raise
     if queued.reused:  # nothing new kept

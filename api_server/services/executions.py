@@ -186,17 +186,11 @@ def queue_run(
     )
     try:
         return queue_sql_execution(session, run, settings)
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        if idempotency_key is None:  # no savepoint held the insert: the transaction is gone
-            raise
-        existing = _find_idempotent(session, principal, idempotency_key)
-        if existing is None:
-            raise
-        return QueuedRun(_same_request_or_422(existing, fingerprint))
-    except TooManyRequests:
-        # A concurrent request with the same key, committed while this one waited for the
-        # organisation's lock, may have taken the last slot or the last room: this request is
-        # its retry, and answers what it created.
+    except (IntegrityError, TooManyRequests):
+        # A concurrent request with the same Idempotency-Key won: its insert collided with ours,
+        # or it committed while this one waited for the organisation's lock and took the cap's
+        # last slot or the budget's last room. This request is its retry: it answers what that
+        # one created. (Without a key no savepoint held the insert: the transaction is gone.)
         if idempotency_key is None:
             raise
         existing = _find_idempotent(session, principal, idempotency_key)

@@ -352,7 +352,7 @@ def delete_executions(
     session: Session, organization_id: str, which: ColumnElement[bool]
 ) -> list[str | None]:
     """Delete this organisation's executions ``which`` and take the bytes of their results still
-    stored, and the characters of text they keep, off its counters; the caller locked the
+    stored, and the bytes of text they keep, off its counters; the caller locked the
     organisation first (``lock_organization``) and deletes the objects of the data keys
     returned, one per execution deleted (None: it had no result, or its result was purged, whose
     objects went then), once this committed.

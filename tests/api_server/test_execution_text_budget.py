@@ -13,30 +13,20 @@ import orjson
 from sqlalchemy import select, update
 
 from data_server import janitor
-from shared.db.models import Dashboard, Execution, Organization, Report, utcnow
+from shared.db.models import Execution, Organization, utcnow
 from shared.results import LocalResultStore
 from shared.settings import Settings
+from shared.storage_quota import MIB
 from tests.support.factories import Api, Org
 
 BUDGET_MB = 1
-BUDGET = BUDGET_MB * 1024 * 1024
-
-
-def _post_json(api: Api, org: Org, path: str, body: Any, headers: dict[str, str] | None = None):
-    return api.client.post(
-        path,
-        content=orjson.dumps(body),
-        headers={
-            "Authorization": f"Api {org.key}",
-            "Content-Type": "application/json",
-            **(headers or {}),
-        },
-    )
+BUDGET = BUDGET_MB * MIB
+JSON = "application/json"
 
 
 def _run(api: Api, org: Org, sql: str, datasource_id: str | None = None, **body: Any):
     path = f"/datasources/{datasource_id or org.sample_datasource_id}/executions"
-    return _post_json(api, org, path, {"sql_query": sql, **body})
+    return api.post(path, org.key, {"sql_query": sql, **body}, JSON)
 
 
 def _large_value(size: int) -> dict[str, Any]:
@@ -166,41 +156,22 @@ def test_the_count_stays_the_sum_of_its_rows_through_every_way_a_run_stores_noth
     again wherever it stores nothing: a replayed Idempotency-Key, a reused execution, the cap's
     429, a dashboard refused part of the way."""
     org = api.create_org()
-    keyed = {"Idempotency-Key": "once"}
+    path = f"/datasources/{org.sample_datasource_id}/executions"
     for _ in range(2):
-        answer = api.client.post(
-            f"/datasources/{org.sample_datasource_id}/executions",
-            content=orjson.dumps({"sql_query": "SELECT 1"}),
-            headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"} | keyed,
-        )
+        answer = api.post(path, org.key, {"sql_query": "SELECT 1"}, JSON, {"Idempotency-Key": "k"})
         assert answer.status_code == 200, answer.text
     _count_is_its_rows(api, org)
 
-    with api.app.state.sessions.begin() as session:
-        dashboard = Dashboard(organization_id=org.id, name="Sales", data_refresh_rate=15)
-        session.add(dashboard)
-        session.flush()
-        reports = [
-            Report(
-                organization_id=org.id,
-                datasource_id=org.sample_datasource_id,
-                dashboard_id=dashboard.id,
-                name=f"r{index}",
-                sql_query=f"SELECT {index} AS n",
-            )
-            for index in range(3)
-        ]
-        session.add_all(reports)
-        session.flush()
-        dashboard_id, report_id = dashboard.id, reports[0].id
+    sqls = [f"SELECT {index} AS n" for index in range(3)]
+    dashboard_id, (report_id, *_) = api.create_dashboard(org, sqls, data_refresh_rate=15)
     run_report = f"/reports/{report_id}/executions"
     for _ in range(2):  # the second answers the first's execution
-        assert _post_json(api, org, run_report, {}).status_code == 200
+        assert api.post(run_report, org.key, {}, JSON).status_code == 200
     _count_is_its_rows(api, org)
 
     with api.app.state.sessions.begin() as session:
         session.get_one(Organization, org.id).max_running_executions = 3
-    refused = _post_json(api, org, f"/dashboards/{dashboard_id}/executions", {"refresh": True})
+    refused = api.post(f"/dashboards/{dashboard_id}/executions", org.key, {"refresh": True}, JSON)
     assert refused.status_code in (409, 429), refused.text  # the cap, part of the way
     _count_is_its_rows(api, org)
     with api.app.state.sessions.begin() as session:  # the two it runs fill it

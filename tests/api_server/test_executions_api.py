@@ -172,6 +172,12 @@ def test_a_retry_that_waited_while_its_first_took_the_last_slot_answers_the_firs
     again = _run(api, org.key, org.sample_datasource_id, body, keyed)
     assert again.status_code == 200, again.text
     assert again.json()["data"]["id"] == first.json()["data"]["id"] and len(looks) == 2
+    with api.app.state.sessions() as session:  # the refused run's text was taken off again
+        kept = session.get_one(Organization, org.id).execution_text_bytes
+        rows = session.scalars(
+            select(Execution.kept_bytes).where(Execution.organization_id == org.id)
+        )
+        assert kept == sum(rows) > 0
     unkeyed = _run(api, org.key, org.sample_datasource_id, body)
     assert unkeyed.status_code == 429
 

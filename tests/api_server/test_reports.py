@@ -62,15 +62,7 @@ def _lock(api, dashboard_id, locked=True):
 
 
 def _post_json(api, key, path, body, headers=None):
-    return api.client.post(
-        path,
-        content=orjson.dumps(body),
-        headers={
-            "Authorization": f"Api {key}",
-            "Content-Type": "application/json",
-            **(headers or {}),
-        },
-    )
+    return api.post(path, key, body, "application/json", headers)
 
 
 def _executions(api) -> list[Execution]:

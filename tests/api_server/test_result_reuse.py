@@ -12,7 +12,7 @@ from datetime import timedelta
 import orjson
 from sqlalchemy import func, select, update
 
-from shared.db.models import Dashboard, Execution, Report, utcnow
+from shared.db.models import Execution, utcnow
 from shared.execution_states import ExecutionType
 
 WINDOW_MINUTES = 15
@@ -20,23 +20,7 @@ WINDOW_MINUTES = 15
 
 def _dashboard(api, org, reports=("SELECT 1 AS n",), **values) -> tuple[str, list[str]]:
     values.setdefault("data_refresh_rate", WINDOW_MINUTES)
-    with api.app.state.sessions.begin() as session:
-        dashboard = Dashboard(organization_id=org.id, name="Sales", **values)
-        session.add(dashboard)
-        session.flush()
-        rows = [
-            Report(
-                organization_id=org.id,
-                datasource_id=org.sample_datasource_id,
-                dashboard_id=dashboard.id,
-                name=f"r{index}",
-                sql_query=sql,
-            )
-            for index, sql in enumerate(reports)
-        ]
-        session.add_all(rows)
-        session.flush()
-        return dashboard.id, [row.id for row in rows]
+    return api.create_dashboard(org, reports, **values)
 
 
 def _post(api, key, path, body=None, headers=None):

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from data_server import scheduler
 from data_server.scheduler import dashboard_zone, due_instant
 from shared.db.engine import create_session_factory
-from shared.db.models import Dashboard, DashboardRefresh, Execution, Organization, Report, utcnow
+from shared.db.models import DashboardRefresh, Execution, Organization, Report, utcnow
 from shared.storage_quota import MIB
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -92,21 +92,8 @@ def test_a_fixed_or_default_selectable_zone_anchors_and_others_are_utc():
 
 def _scheduled_dashboard(api, org, reports=2, **values) -> str:
     values = {"prewarm": True, "data_refresh_rate": 15, **values}
-    with api.app.state.sessions.begin() as session:
-        dashboard = Dashboard(organization_id=org.id, name="Sales", **values)
-        session.add(dashboard)
-        session.flush()
-        for index in range(reports):
-            session.add(
-                Report(
-                    organization_id=org.id,
-                    datasource_id=org.sample_datasource_id,
-                    dashboard_id=dashboard.id,
-                    name=f"r{index}",
-                    sql_query=f"SELECT {index} AS n",
-                )
-            )
-        return dashboard.id
+    sqls = [f"SELECT {index} AS n" for index in range(reports)]
+    return api.create_dashboard(org, sqls, **values)[0]
 
 
 def _count(api, model, *where) -> int:

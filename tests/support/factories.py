@@ -16,6 +16,7 @@ from api_server.permissions import Permission
 from api_server.services import api_keys, organizations
 from data_server.engine import Limits
 from shared.datapaths import ensure_organization_area
+from shared.db.models import Dashboard, Report
 from shared.settings import Settings
 from tests.support.log_watch import remember
 
@@ -108,6 +109,29 @@ class Api:
             connection.execute("CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS a")
         return name
 
+    def create_dashboard(
+        self, org: Org, report_sqls: Sequence[str] = (), **values: Any
+    ) -> tuple[str, list[str]]:
+        """A dashboard with a report per SQL (``r0``, ``r1``, … on the sample datasource), made
+        through the model: its id and its reports' ids."""
+        with self.app.state.sessions.begin() as session:
+            dashboard = Dashboard(organization_id=org.id, name="Sales", **values)
+            session.add(dashboard)
+            session.flush()
+            reports = [
+                Report(
+                    organization_id=org.id,
+                    datasource_id=org.sample_datasource_id,
+                    dashboard_id=dashboard.id,
+                    name=f"r{index}",
+                    sql_query=sql,
+                )
+                for index, sql in enumerate(report_sqls)
+            ]
+            session.add_all(reports)
+            session.flush()
+            return dashboard.id, [report.id for report in reports]
+
     def create_datasource(self, key: str, **attributes: Any) -> dict[str, Any]:
         remember(attributes.get("password"))
         attributes.setdefault("name", "Shop")
@@ -125,18 +149,31 @@ class Api:
     def delete(self, path: str, key: str | None) -> Any:
         return self.client.delete(path, headers=auth(key))
 
-    def post(self, path: str, key: str | None, document: Any, content_type: str = JSONAPI) -> Any:
-        return self._send("POST", path, key, document, content_type)
+    def post(
+        self,
+        path: str,
+        key: str | None,
+        document: Any,
+        content_type: str = JSONAPI,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        return self._send("POST", path, key, document, content_type, headers)
 
     def patch(self, path: str, key: str | None, document: Any, content_type: str = JSONAPI) -> Any:
         return self._send("PATCH", path, key, document, content_type)
 
     def _send(
-        self, method: str, path: str, key: str | None, document: Any, content_type: str
+        self,
+        method: str,
+        path: str,
+        key: str | None,
+        document: Any,
+        content_type: str,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         body = document if isinstance(document, (bytes, str)) else _dumps(document)
-        headers = {**auth(key), "Content-Type": content_type}
-        return self.client.request(method, path, content=body, headers=headers)
+        sent = {**auth(key), "Content-Type": content_type, **(headers or {})}
+        return self.client.request(method, path, content=body, headers=sent)
 
 
 def _dumps(document: Any) -> bytes:
