@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -117,7 +118,12 @@ class Worker:
         said (one transaction queued several, or they came while every executor was busy)."""
         while not self._stopping.is_set():
             try:
-                claim = lifecycle.claim_next(self.sessions, self.worker_id, self.settings)
+                claim = lifecycle.claim_next(
+                    self.sessions,
+                    self.worker_id,
+                    self.settings,
+                    at_their_share=self.organizations_at_their_share(),
+                )
             except lifecycle.ClaimContended:  # the ring that woke us is spent: claim again soon
                 self._stopping.wait(CONTENDED_RETRY_SECONDS)
                 continue
@@ -128,8 +134,19 @@ class Worker:
             if claim is None:
                 self._doorbell.wait(self._idle_wait)
                 continue
+            job = self._track(claim)  # before the ring: the one it wakes counts it
             self._doorbell.ring()
-            self._run(claim)
+            self._run(job)
+
+    def organizations_at_their_share(self) -> frozenset[str]:
+        """The organisations whose executions fill their share of this data server
+        (``DATAFERRY_WORKER_PROCESSES``), by its own executors' jobs: a claim ranks their queued
+        work for nothing. A job counts from just after its claim until its executor is free to
+        claim again, which its executor then does, so no work waits on this for longer."""
+        with self._lock:
+            running = Counter(job.claim.organization_id for job in self._running.values())
+        share = self.settings.worker_processes
+        return frozenset(organization for organization, jobs in running.items() if jobs >= share)
 
     def _listen_loop(self) -> None:
         listen_for_new_work(self.sessions.kw["bind"], self._doorbell, self._stopping)
@@ -180,10 +197,14 @@ class Worker:
 
     # ------------------------------------------------------------------ one execution
 
-    def _run(self, claim: lifecycle.Claim) -> None:
+    def _track(self, claim: lifecycle.Claim) -> Job:
         job = Job(claim)
         with self._lock:
             self._running[claim.execution_id] = job
+        return job
+
+    def _run(self, job: Job) -> None:
+        claim = job.claim
         started = time.monotonic()
         try:
             outcome = self.runner.run(job)

@@ -189,7 +189,7 @@ def test_purge_between_upload_and_commit_leaves_no_object(api, org, worker, monk
         answers.append(api.delete(f"/executions/{execution_id}", org.key).status_code)
 
     monkeypatch.setattr(store, "publish", publish_then_purge)
-    worker._run(claim)
+    worker._run(worker._track(claim))
 
     assert answers == [204]
     row = _row(api, execution_id)
@@ -210,7 +210,7 @@ def test_purge_of_a_row_read_as_running_deletes_what_completed_meanwhile(
         execution = real_get(*args, **kwargs)
         assert execution.status == "running"
         monkeypatch.setattr(execution_service, "get_execution", real_get)
-        worker._run(claim)
+        worker._run(worker._track(claim))
         return execution
 
     monkeypatch.setattr(execution_service, "get_execution", read_then_worker_completes)
@@ -236,7 +236,7 @@ def test_a_cancel_answered_200_while_running_ends_cancelled(api, org, worker, po
         api.client.post(f"/executions/{execution_id}/cancel", headers=auth(org.key))
     )
     pool.failure = failure
-    worker._run(claim)
+    worker._run(worker._track(claim))
 
     assert [a.status_code for a in answers] == [200]
     assert answers[0].json()["data"]["attributes"]["execution_status"] == "running"
@@ -255,7 +255,7 @@ def test_a_cancel_that_reads_running_after_the_commit_is_409(api, org, worker, m
     def read_then_worker_completes(*args, **kwargs):
         execution = real_get(*args, **kwargs)
         monkeypatch.setattr(execution_service, "get_execution", real_get)
-        worker._run(claim)
+        worker._run(worker._track(claim))
         return execution
 
     monkeypatch.setattr(execution_service, "get_execution", read_then_worker_completes)
@@ -275,9 +275,9 @@ def test_deleting_a_datasource_deletes_its_results_and_schema_and_their_tokens_f
     monkeypatch.setattr(representations, "SMALL_REPRESENTATION_BYTES", 0)
     ds = api.create_datasource(org.key)
     refresh_id = _row_ids(api, ds["id"])[0]  # creating it queued a refresh
-    worker._run(_claim(api, refresh_id))
+    worker._run(worker._track(_claim(api, refresh_id)))
     execution_id = _run_sql(api, org, ds["id"])
-    worker._run(_claim(api, execution_id))
+    worker._run(worker._track(_claim(api, execution_id)))
     result_grant = api.get(f"/executions/{execution_id}/data", org.key).json()
     schema_grant = api.get(f"/datasources/{ds['id']}/schema", org.key).json()
     assert _fetch(data_client, result_grant).status_code == 200
@@ -304,7 +304,7 @@ def test_deleting_a_datasource_while_its_query_runs_leaves_nothing(api, org, wor
     claim = _claim(api, running_id)
     answers = []
     pool.during = lambda: answers.append(api.delete(f"/datasources/{ds['id']}", org.key))
-    worker._run(claim)
+    worker._run(worker._track(claim))
 
     assert [a.status_code for a in answers] == [204]
     assert _row(api, running_id) is None and _row(api, queued_id) is None
@@ -323,7 +323,7 @@ def test_a_store_that_fails_to_delete_does_not_fail_the_purge_and_the_sweep_fini
     api, org, worker, monkeypatch
 ):
     execution_id = _run_sql(api, org)
-    worker._run(_claim(api, execution_id))
+    worker._run(worker._track(_claim(api, execution_id)))
     store = api.app.state.result_store
 
     def unreachable(key):
@@ -356,7 +356,7 @@ def test_the_stored_bytes_counter_follows_every_way_a_result_is_stored_or_forgot
 
     def completed(organization) -> Execution:
         execution_id = _run_sql(api, organization)
-        worker._run(_claim(api, execution_id))
+        worker._run(worker._track(_claim(api, execution_id)))
         row = _row(api, execution_id)
         assert row is not None and row.status == "completed" and row.result_size
         return row
@@ -404,7 +404,7 @@ def test_a_purge_and_a_charge_for_the_same_result_take_the_organisation_first(
     (PostgreSQL would then fail one of them): the purge holds the execution's row and lets the
     charge in, which must now wait for the organisation instead of taking it."""
     execution_id = _run_sql(api, org)
-    worker._run(_claim(api, execution_id))
+    worker._run(worker._track(_claim(api, execution_id)))
     sessions = api.app.state.sessions
     charge_holds_organisation = threading.Event()
     answers: list[object] = []
@@ -460,12 +460,12 @@ def test_a_lost_metadata_connection_hands_the_execution_back_instead_of_failing_
 
     for_claim = worker.runner.specs.for_claim
     monkeypatch.setattr(worker.runner.specs, "for_claim", drops)
-    worker._run(claim)
+    worker._run(worker._track(claim))
     row = _row(api, execution_id)
     assert (row.status, row.lease_owner, row.error_code) == ("starting", None, None)
 
     monkeypatch.setattr(worker.runner.specs, "for_claim", for_claim)
-    worker._run(_claim(api, execution_id))
+    worker._run(worker._track(_claim(api, execution_id)))
     row = _row(api, execution_id)
     assert (row.status, row.attempt) == ("completed", 2)
 
@@ -485,7 +485,7 @@ def test_a_connection_lost_on_the_last_attempt_fails_the_execution(api, org, wor
         raise lost
 
     monkeypatch.setattr(worker.runner.specs, "for_claim", drops)
-    worker._run(_claim(api, execution_id))
+    worker._run(worker._track(_claim(api, execution_id)))
     row = _row(api, execution_id)
     assert (row.status, row.error_code, row.attempt) == ("failed", "internal_error", 1)
 
@@ -505,7 +505,7 @@ def test_executions_count_files_by_one_walk_until_the_api_changes_the_area(
 
     def run_one() -> None:
         execution_id = _run_sql(api, org)
-        worker._run(_claim(api, execution_id))
+        worker._run(worker._track(_claim(api, execution_id)))
         assert _row(api, execution_id).status == "completed"
 
     run_one()

@@ -13,9 +13,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from api_server.services import executions
+from data_server.worker import Worker
 from shared import lifecycle
 from shared.db.models import Datasource, Execution, Organization
 from shared.lifecycle import ExecutionStatus, ExecutionType
@@ -46,9 +47,11 @@ def _queue(
     return ids
 
 
-def _claim(api, settings=None, data_server=None):
+def _claim(api, settings=None, data_server=None, at_their_share=frozenset()):
     worker_id = data_server or next(_DATA_SERVERS)
-    return lifecycle.claim_next(api.app.state.sessions, worker_id, settings or api.settings)
+    return lifecycle.claim_next(
+        api.app.state.sessions, worker_id, settings or api.settings, at_their_share=at_their_share
+    )
 
 
 def _empty_queue(api) -> None:
@@ -191,6 +194,50 @@ def test_alone_an_organisation_fills_a_data_servers_workers_but_never_its_spare(
     [queued_by_b] = _queue(api, b.sample_datasource_id)
     assert _claim(api, data_server="here").execution_id == queued_by_b
     assert _claim(api, data_server="elsewhere").execution_id == queued_by_a[2]
+
+
+def test_a_data_server_knows_which_organisations_fill_their_share_by_its_own_jobs(api):
+    a, b = api.create_org("A"), api.create_org("B")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id, 2)
+    _queue(api, b.sample_datasource_id)
+    state = api.app.state
+    worker = Worker(api.settings, state.sessions, state.result_store, pool=None)  # runs nothing
+    claims = [_claim(api, data_server=worker.worker_id) for _ in range(3)]
+    of_a = [claim for claim in claims if claim.organization_id == a.id]
+    [of_b] = [claim for claim in claims if claim.organization_id == b.id]
+    worker._track(of_a[0])
+    worker._track(of_b)
+    assert worker.organizations_at_their_share() == frozenset()
+    worker._track(of_a[1])
+    assert worker.organizations_at_their_share() == {a.id}
+
+
+def test_a_claim_reads_one_row_for_organisations_at_their_share_and_takes_no_lock(api):
+    """While one organisation fills a data server's share, its spare executor is woken by every
+    execution the organisation queues: leaving its work out of the probe spares a ranking under
+    SQLite's write lock each time. Another organisation's work is still found."""
+    a, b = api.create_org("A"), api.create_org("B")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id, 4)
+    for _ in range(2):  # A's share of this data server
+        assert _claim(api, data_server="here").organization_id == a.id
+    statements: list[str] = []
+
+    def record(_connection, _cursor, statement, *_):
+        statements.append(statement)
+
+    engine = api.app.state.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert _claim(api, data_server="here", at_their_share=frozenset({a.id})) is None
+        assert len(statements) == 1, statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    [queued_by_b] = _queue(api, b.sample_datasource_id)
+    claim = _claim(api, data_server="here", at_their_share=frozenset({a.id}))
+    assert claim.execution_id == queued_by_b
+    assert _claim(api, data_server="elsewhere").organization_id == a.id  # left out only here
 
 
 def test_a_data_servers_share_counts_executions_of_every_kind(api):
