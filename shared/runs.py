@@ -311,13 +311,22 @@ def require_text_fits(weight: int, settings: Settings) -> None:
     """413 for a run that alone would keep more text than its organisation's executions may keep
     together (``require_text_room``): no wait would make room for it, so it is asked before the
     cap of running executions, whose 429 a client would retry."""
-    if weight > settings.max_execution_text_mb * MIB:
+    if weight > text_budget_bytes(settings):
         raise PayloadTooLarge(
             f"This run would keep {weight:,} bytes of SQL and parameters, more than the "
             f"{settings.max_execution_text_mb:,} MB an organisation's executions may keep "
             "together.",
             code="execution_text_too_large",
         )
+
+
+# The refusal of a run that its organisation's executions keep no room for.
+NO_TEXT_ROOM = "execution_text_quota_exceeded"
+
+
+def text_budget_bytes(settings: Settings) -> int:
+    """The most text an organisation's executions may keep together."""
+    return settings.max_execution_text_mb * MIB
 
 
 def require_text_room(
@@ -328,7 +337,7 @@ def require_text_room(
     body's SQL and parameters twice a request (a dashboard's run once per report), gigabytes an
     hour, in the region's metadata database until retention forgets them. ``Retry-After``: until
     its oldest execution that keeps any is forgotten, the earliest room may be made."""
-    if organization.execution_text_bytes <= settings.max_execution_text_mb * MIB:
+    if organization.execution_text_bytes <= text_budget_bytes(settings):
         return  # the count holds this run's weight already (lock_organization)
     kept = organization.execution_text_bytes - weight
     oldest = session.scalar(_OLDEST_KEEPING, {"organization_id": organization.id})
@@ -339,7 +348,7 @@ def require_text_room(
         f"{settings.max_execution_text_mb:,} MB is the most they may keep; this one would add "
         f"{weight:,}. An execution's text is forgotten with it, "
         f"{settings.execution_retention_hours:g} hours after it started.",
-        code="execution_text_quota_exceeded",
+        code=NO_TEXT_ROOM,
         headers={"Retry-After": str(wait)},
     )
 

@@ -509,8 +509,10 @@ async def run_report(request: Request, principal: Principal) -> Response:
         404: None,
         409: "A report's datasource is disabled (`datasource_disabled`), the dashboard needs "
         "more new executions at once than the organisation may ever run together "
-        "(`dashboard_exceeds_execution_cap`: no retry helps), or one of its reports was deleted "
-        "while it was run (`dashboard_changed`: nothing was queued, run it again).",
+        "(`dashboard_exceeds_execution_cap`: no retry helps) or more SQL and parameters than "
+        "its executions may ever keep together (`dashboard_exceeds_execution_text_budget`: "
+        "no retry helps either), or one of its reports was deleted while it was run "
+        "(`dashboard_changed`: nothing was queued, run it again).",
         413: f"The body exceeds its bound, or for one of its reports {TOO_LARGE_TO_RUN}.",
         422: f"{_RUN_ERRORS}.",
         429: f"The key's rate limit (`rate_limited`), or {NO_ROOM_TO_RUN}.",

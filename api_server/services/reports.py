@@ -34,10 +34,18 @@ from api_server.services.listing import CollectionQuery, list_page
 from api_server.services.object_limits import require_room
 from api_server.services.sql_snippets import named_snippet_ids
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Dashboard, Organization, Report, utcnow
+from shared.db.models import Dashboard, Organization, Report, text_bytes, utcnow
 from shared.errors import Conflict, NotFound, TooManyRequests, Unprocessable, ValidationErrors
 from shared.input_models import InputModel, Problem, validate_input
-from shared.runs import AT_CAPACITY, QueuedRun, ReportGone, execution_cap, reuse_window
+from shared.runs import (
+    AT_CAPACITY,
+    NO_TEXT_ROOM,
+    QueuedRun,
+    ReportGone,
+    execution_cap,
+    reuse_window,
+    text_budget_bytes,
+)
 from shared.settings import Settings
 from sql_templating.parameters import InputParameters, parse_input_parameters
 
@@ -353,14 +361,39 @@ def run_dashboard(
             code="dashboard_changed",
         ) from None
     except TooManyRequests as refusal:
-        if refusal.code != AT_CAPACITY:  # no room for their SQL: answered as it is
-            raise
-        new_runs = sum(not run.reused for run in queued) + len(reports) - len(queued)
-        cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)
-        if new_runs > cap:
-            raise _beyond_the_cap(new_runs, cap) from None
+        if refusal.code == AT_CAPACITY:
+            new_runs = sum(not run.reused for run in queued) + len(reports) - len(queued)
+            cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)
+            if new_runs > cap:
+                raise _beyond_the_cap(new_runs, cap) from None
+        elif refusal.code == NO_TEXT_ROOM:
+            needed = _text_needed_at_least(queued, reports[len(queued) :], parameters)
+            if needed > text_budget_bytes(settings):
+                raise _beyond_the_text_budget(needed, settings) from None
         raise
     return queued
+
+
+def _text_needed_at_least(
+    queued: Sequence[QueuedRun], unqueued: Sequence[Report], parameters: Mapping[str, Any]
+) -> int:
+    """A lower bound of what a dashboard's new executions would keep together: what those
+    queued so far keep, and the SQL as sent and the parameters of the others (their SQL as run
+    and bound values, not yet known, only add to it)."""
+    kept = sum(run.execution.kept_bytes for run in queued if not run.reused)
+    return kept + sum(text_bytes(report.sql_query, None, parameters, []) for report in unqueued)
+
+
+def _beyond_the_text_budget(needed: int, settings: Settings) -> Conflict:
+    """Not a 429 either: no execution's end makes room for more than the whole budget."""
+    return Conflict(
+        f"Running this dashboard would keep at least {needed:,} bytes of SQL and parameters, "
+        f"more than the {settings.max_execution_text_mb:,} MB an organisation's executions may "
+        "keep together: no retry runs it. Run its reports one by one "
+        "(POST /reports/{id}/executions), or ask the operator to raise "
+        "DATAFERRY_MAX_EXECUTION_TEXT_MB.",
+        code="dashboard_exceeds_execution_text_budget",
+    )
 
 
 def _beyond_the_cap(new_runs: int, cap: int) -> Conflict:

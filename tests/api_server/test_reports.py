@@ -15,7 +15,8 @@ from api_server.resources.reports import MAX_VISUALIZATION_BYTES, MAX_VISUALIZAT
 from api_server.services import reports as report_services
 from shared.db.models import Dashboard, Execution, Organization, Report
 from shared.execution_states import ExecutionType
-from tests.support.factories import dump_tables, resource
+from shared.storage_quota import MIB
+from tests.support.factories import Api, dump_tables, resource
 
 RANDOM_ID = "zzzz-zzzz-zzzz"
 TIMERANGE = "1712188800~1712448000"
@@ -558,6 +559,32 @@ def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable
     full = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
     assert full.status_code == 429
     assert full.json()["errors"][0]["code"] == "execution_text_quota_exceeded"
+
+
+def test_a_dashboard_keeping_more_text_than_the_budget_is_409_not_a_retryable_429(settings):
+    """Each report fits the budget of executions' text, their sum does not: no wait makes room
+    for it, so a retry (as a 429 invites) never runs it. One that fits is still a 429 while the
+    organisation's other executions keep too much."""
+    budget = 1 * MIB
+    limits = {"max_execution_text_mb": 1, "max_sql_length": budget // 2}
+    with Api.start(settings.model_copy(update=limits)) as api:
+        org = api.create_org()
+        dashboard = _dashboard(api, org)
+        filler = "x" * int(budget / 2.5)  # a report's SQL as sent and as run: four fifths of it
+        for i in range(2):
+            _report(api, org, dashboard, name=f"r{i}", sql_query=f"SELECT '{filler}' AS r{i}")
+        before = len(_executions(api))
+        run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+        assert run.status_code == 409, run.text
+        assert run.json()["errors"][0]["code"] == "dashboard_exceeds_execution_text_budget"
+        assert len(_executions(api)) == before
+        small = _dashboard(api, org)
+        _report(api, org, small, name="s", sql_query="SELECT 1")
+        with api.app.state.sessions.begin() as session:
+            session.get_one(Organization, org.id).execution_text_bytes = budget
+        full = _post_json(api, org.key, f"/dashboards/{small}/executions", {})
+        assert full.status_code == 429
+        assert full.json()["errors"][0]["code"] == "execution_text_quota_exceeded"
 
 
 def test_a_restricted_key_cannot_run_a_dashboard_with_a_report_beyond_its_scope(api):
