@@ -65,7 +65,9 @@ def test_the_queue_probe_runs_outside_any_transaction(engine):
     """The worker's probe, several times per execution: one round trip, not a BEGIN, the read
     and a ROLLBACK."""
     with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE executions (status varchar(16))"))
+        connection.execute(
+            text("CREATE TABLE executions (status varchar(16), organization_id varchar(36))")
+        )
     seen: list[str] = []
 
     def status_after(connection, *_):
@@ -73,7 +75,7 @@ def test_the_queue_probe_runs_outside_any_transaction(engine):
 
     event.listen(engine, "after_cursor_execute", status_after)
     try:
-        assert claims._anything_queued(engine) is False
+        assert claims._anything_queued(engine, frozenset({"an-organisation"})) is False
         with engine.connect() as connection:  # a transactional connection, for contrast
             connection.execute(text("SELECT 1"))
     finally:
