@@ -62,8 +62,8 @@ _IDEMPOTENCY_KEY_MAX = 255
 # DuckDB's messages may quote a value as it saw it ("invalid date field format: …"), so with bound
 # values the message is shown to the key that ran the query only, as the values themselves are.
 WITHHELD_ERROR_MESSAGE = (
-    "The execution failed (see error_code). Its message may quote bound parameter values, so "
-    "only the API key that ran it sees the message."
+    "The execution failed (see error_code). Its message may quote the SQL or the parameter "
+    "values the API key that ran it sent, so only that key sees the message."
 )
 
 
@@ -157,8 +157,12 @@ def execution_attributes(ex: Execution, *, show_query: bool) -> dict[str, Any]:
         },
     }
     if ex.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
-        # Only a failure's message may come from the database; a cancellation's is the server's.
-        withheld = ex.status == ExecutionStatus.FAILED and ex.bound_parameters and not show_query
+        # Only a failure's message may come from the database, which quotes literals of the SQL
+        # and values; a cancellation's is the server's. SQL sent directly is its key's own (no
+        # other sees it: ``expanded_sql``); a report's is every reader's of the report.
+        own_sql = ex.report_id is None and ex.api_key_id is not None
+        private = bool(ex.bound_parameters) or own_sql
+        withheld = ex.status == ExecutionStatus.FAILED and private and not show_query
         attributes["error_code"] = ex.error_code
         attributes["error_message"] = WITHHELD_ERROR_MESSAGE if withheld else ex.error_message
     elif ex.cancel_requested:

@@ -126,6 +126,47 @@ def test_only_the_key_that_ran_it_sees_an_error_message_that_may_quote_values(ap
     assert (cancelled["error_code"], cancelled["error_message"]) == ("cancelled", "Cancelled.")
 
 
+def test_another_key_does_not_see_a_message_quoting_sql_it_sent_directly(api):
+    """The outside probe's case: no values bound, but DuckDB quotes a literal of the SQL, which
+    only the key that sent it sees (``expanded_sql``). A report's SQL is its readers' own: a
+    report run's message stays visible to them."""
+    org = api.create_org()
+    other_key = api.create_key(org, [Permission.VIEW_DATASOURCES])
+    direct = _run(
+        api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 'SECRET-DATE'::DATE"}
+    )
+    report = api.post(
+        "/reports",
+        org.key,
+        {
+            "data": {
+                "type": "reports",
+                "attributes": {"name": "r", "sql_query": "SELECT 1"},
+                "relationships": {
+                    "datasource": {"data": {"type": "datasources", "id": org.sample_datasource_id}}
+                },
+            }
+        },
+    )
+    assert report.status_code == 201, report.text
+    run_path = f"/reports/{report.json()['data']['id']}/executions"
+    of_report = api.post(run_path, org.key, {}, content_type="application/json")
+    assert of_report.status_code == 200, of_report.text
+    message = 'Conversion Error: invalid date field format: "SECRET-DATE"'
+    ids = [direct.json()["data"]["id"], of_report.json()["data"]["id"]]
+    with api.app.state.sessions.begin() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id.in_(ids))
+            .values(status="failed", error_code="execution_error", error_message=message)
+        )
+    seen = [api.get(f"/executions/{i}", other_key).json()["data"]["attributes"] for i in ids]
+    assert seen[0]["error_message"] == WITHHELD_ERROR_MESSAGE
+    assert seen[1]["error_message"] == message
+    own = api.get(f"/executions/{ids[0]}", org.key).json()["data"]["attributes"]
+    assert own["error_message"] == message
+
+
 def test_the_same_idempotency_key_with_other_parameters_is_refused(api):
     org = api.create_org()
     headers = {"Idempotency-Key": "k1"}
