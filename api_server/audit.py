@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.db.engine import write_transaction
 from shared.db.models import AuditEvent, table_of
 from shared.logging import request_id_var
+from shared.web.routing import handling_method
 
 logger = logging.getLogger("dataferry.audit")
 
@@ -124,7 +125,7 @@ def _event(
 ) -> dict[str, Any] | None:
     """The row a request answered with ``status`` is recorded as, or None when it is not."""
     route = scope.get("route")
-    action = getattr(route, "audit_actions", {}).get(scope["method"])
+    action = getattr(route, "audit_actions", {}).get(handling_method(scope["method"]))
     state: dict[str, Any] = scope.get("state", {})
     principal = state.get("principal")
     # 204 from Get Execution Data means "not ready": no data was handed out. A request that

@@ -19,11 +19,17 @@ from shared.reference_page import render_html
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def handling_method(method: str) -> str:
+    """The method whose handler answers ``method``: HEAD is answered by GET's, side effects
+    included (the server only drops the body), so it is recorded as GET is (api_server/audit.py)."""
+    return "GET" if method == "HEAD" else method
+
+
 def resource_route(path: str, **handlers: Handler) -> Route:
     """``resource_route("/things/{id}", GET=show, PATCH=update)``."""
     by_method = {method.upper(): handler for method, handler in handlers.items()}
     if "GET" in by_method:
-        by_method.setdefault("HEAD", by_method["GET"])
+        by_method.setdefault("HEAD", by_method[handling_method("HEAD")])
     allowed = ", ".join(sorted(by_method))
 
     async def dispatch(request: Request) -> Response:

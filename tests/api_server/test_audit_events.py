@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 import pytest
 
+from api_server import audit
 from api_server.permissions import Permission
 from tests.support.factories import dump_tables, resource
 
@@ -33,6 +36,22 @@ def test_every_write_route_has_an_audit_action(api):
     assert len(writes) >= 10, "few write routes found: the route walk is broken"
     assert writes <= set(actions), sorted(writes - set(actions))
     assert len(set(actions.values())) == len(actions), "two operations share an audit action"
+
+
+def test_a_head_is_recorded_as_its_get(api):
+    """The outside probe's case: HEAD runs GET's handler (a dynamic filter's options start a run,
+    a grant mints a token), and went unrecorded: the audit actions are GET's."""
+    principal = SimpleNamespace(organization_id="an-organisation", api_key_id="a-key")
+    audited_gets = [
+        route for route in api.app.routes if "GET" in getattr(route, "audit_actions", {})
+    ]
+    assert len(audited_gets) >= 3, "few audited GET routes found: the route walk is broken"
+    for route in audited_gets:
+        assert "HEAD" in route.handled_methods
+        scope = {"route": route, "method": "HEAD", "state": {"principal": principal}}
+        event = audit._event(scope, 200, None, "an-id")
+        assert event is not None, route.path
+        assert (event["action"], event["method"]) == (route.audit_actions["GET"], "HEAD")
 
 
 def test_writes_and_data_grants_are_recorded_with_who_what_where(api):
