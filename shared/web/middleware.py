@@ -1,4 +1,5 @@
 """Request id and one access-log line per request, as a pure ASGI middleware (streams untouched).
+Every response also says ``X-Content-Type-Options: nosniff``.
 
 Headers an endpoint leaves in ``request.state.response_headers`` (the rate-limit standing) are
 added to whatever response the request ends with, errors included. An unexpected exception is
@@ -25,6 +26,9 @@ from shared.web.problems import unexpected_error_response
 logger = logging.getLogger("dataferry.access")
 error_logger = logging.getLogger("dataferry.errors")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# A browser must not read a body as another type than it is said to be: a result's CSV or JSON,
+# tenant data served inline, sniffed as HTML would run in the data server's origin.
+EVERY_RESPONSE_HEADERS = ((b"x-content-type-options", b"nosniff"),)
 LOGGED_PATH_CHARS = 2048
 _DECODINGS = 4  # a secret percent-encoded up to this many times over is still found
 
@@ -81,6 +85,7 @@ class RequestContextMiddleware:
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
+                    *EVERY_RESPONSE_HEADERS,
                     *((name.lower().encode(), value.encode()) for name, value in extra.items()),
                 ]
             await send(message)

@@ -19,6 +19,14 @@ from shared.reference_page import render_html
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+# The reference page is one document with its style inline and nothing else (no script, no
+# image, no font, no form): a browser is told to load nothing else for it, nor frame it.
+DOCS_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
 def handling_method(method: str) -> str:
     """The method whose handler answers ``method``: HEAD is answered by GET's, side effects
     included (the server only drops the body), so it is recorded as GET is (api_server/audit.py)."""
@@ -68,6 +76,6 @@ def documentation_handlers(
         return Response(rendered()[0], media_type=JSON_MEDIA_TYPE)
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(rendered()[1])
+        return HTMLResponse(rendered()[1], headers={"Content-Security-Policy": DOCS_POLICY})
 
     return openapi_json, docs

@@ -307,7 +307,13 @@ def test_unknown_route_and_wrong_method_get_the_error_shape(api):
     assert api.client.request("FOO", "/no/such/route").status_code == 404
 
 
-def test_every_response_carries_a_request_id(api):
+def test_every_response_carries_a_request_id_and_nosniff(api):
+    for answer in (
+        api.client.get("/healthz"),
+        api.client.get("/no/such/route"),
+        api.client.get("/datasources", headers={"Authorization": "Api nope"}),
+    ):
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.status_code
     assert len(api.client.get("/healthz").headers["x-request-id"]) == 32
     echoed = api.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert echoed.headers["x-request-id"] == "abc-123"

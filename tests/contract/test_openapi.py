@@ -22,6 +22,7 @@ from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.reference_page import render_html
 from shared.settings import Settings
+from shared.web.routing import DOCS_POLICY
 from tests.support.authz_matrix import RULES
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -110,6 +111,10 @@ def test_the_docs_page_is_self_contained_html_naming_every_operation(server):
     assert "<script" not in page.lower() and "<link" not in page.lower()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
     assert "@import" not in page and "url(" not in page
+    # A browser is told so: nothing but the inline style loads.
+    assert answer.headers["content-security-policy"] == DOCS_POLICY
+    assert "default-src 'none'" in DOCS_POLICY and "script-src" not in DOCS_POLICY
+    assert answer.headers["x-content-type-options"] == "nosniff"
 
 
 def test_every_api_operation_has_the_security_and_permissions_of_the_authz_matrix(clients):

@@ -21,7 +21,10 @@ from tests.support.data_http import IDENTITY, data_token, get_result
 def test_token_in_the_url_works_like_the_header(data):
     del data.headers["Authorization"]
     url = f"/data/{data.data_key}?token={data.token}&format=csv"
-    assert data.get(url, headers=IDENTITY).content == _get_with_header(data)
+    answer = data.get(url, headers=IDENTITY)
+    assert answer.content == _get_with_header(data)
+    # Tenant data served inline, as a browser reads a data_url: never sniffed as HTML.
+    assert answer.headers["x-content-type-options"] == "nosniff"
     assert data.get(f"/data/{data.data_key}?format=csv").status_code == 401
 
 
