@@ -11,7 +11,7 @@ so that the derived models keep them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -22,8 +22,9 @@ from starlette.requests import Request
 
 from api_server import jsonapi
 from api_server.resource_layer.names import NAME_UNCHANGED
+from shared.errors import InvalidQueryParameter
 from shared.ids import RESOURCE_ID_PATTERN
-from shared.openapi import Schema, string
+from shared.openapi import Schema, enum, string
 
 
 class _Access:
@@ -80,6 +81,21 @@ class Filter:
     description: str | None = None
     schema: Schema | None = None
     parse: Callable[[str, str], Any] | None = None  # (parameter name, text) → value
+
+    @classmethod
+    def one_of(cls, name: str, values: Iterable[str], description: str | None = None) -> Filter:
+        """A filter on an attribute of a few values: any other value is a 400 naming them, not
+        an empty page, which a misspelt value (``SAMPLE``) would pass for "none match"."""
+        allowed = tuple(values)
+
+        def parse(parameter: str, text: str) -> str:
+            if text not in allowed:
+                raise InvalidQueryParameter(
+                    f"{parameter} must be one of: {', '.join(allowed)}.", parameter=parameter
+                )
+            return text
+
+        return cls(name, description, enum(allowed), parse=parse)
 
 
 # Every declared type by its name, the first declaration of a name kept.

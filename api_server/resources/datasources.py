@@ -226,7 +226,10 @@ DATASOURCES = ResourceType(
     },
     settable_relationships=("agents",),
     sortable=("name", "database_type", "created_at", "updated_at"),
-    filters=(Filter("name"), Filter("database_type")),
+    filters=(
+        Filter("name"),
+        Filter.one_of("database_type", (*BUILT_IN_DATABASE_TYPES, *DATABASE_TYPES)),
+    ),
     includable=("agents",),
     included_note="always empty (datasource agents are not available yet).",
     output_refinements={

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import orjson
 from pydantic import AfterValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
@@ -298,8 +298,8 @@ FILTERS = ResourceType(
     filters=(
         Filter("name"),
         Filter("variable_name"),
-        Filter("control_type"),
-        Filter("options_source"),
+        Filter.one_of("control_type", get_args(ControlType)),
+        Filter.one_of("options_source", get_args(OptionsSource)),
         Filter(
             "datasource", "Only the filters whose options SQL runs on this datasource (its id)."
         ),

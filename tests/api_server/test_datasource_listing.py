@@ -22,6 +22,19 @@ def test_collection_pages_sorts_filters_and_sparse_fields(api):
     assert [d["attributes"]["name"] for d in filtered["data"]] == ["b"]
     by_type = api.get("/datasources?filter[database_type]=sample", org.key).json()
     assert [d["id"] for d in by_type["data"]] == [org.sample_datasource_id]
+    assert api.get("/datasources?filter[database_type]=mysql", org.key).json()["data"] == []
+    assert api.get("/filters?filter[control_type]=dropdown", org.key).status_code == 200
+    # A value no datasource can have is a mistake, not "none match" (the outside probe's case).
+    for path in (
+        "/datasources?filter[database_type]=SAMPLE",
+        "/filters?filter[control_type]=",
+        "/filters?filter[options_source]=bogus",
+    ):
+        refused = api.get(path, org.key)
+        assert refused.status_code == 400, path
+        error = refused.json()["errors"][0]
+        assert error["source"]["parameter"] == path.split("?")[1].split("=")[0], path
+        assert "must be one of" in error["detail"], path
     sparse = api.get("/datasources?fields[datasources]=name", org.key).json()
     assert all(
         set(d["attributes"]) == {"name"} and "relationships" not in d for d in sparse["data"]
