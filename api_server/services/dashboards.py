@@ -231,9 +231,10 @@ def create_dashboard(
 def update_dashboard(
     session: Session, principal: Principal, dashboard_id: str, changes: dict[str, Any]
 ) -> DashboardView:
-    """A locked dashboard takes one change only: ``is_locked`` set to false, alone."""
+    """A locked dashboard takes one change only: ``is_locked`` alone, set to false (or to true,
+    which changes nothing: a client that sends the state it wants again is answered 200)."""
     dashboard = find_dashboard(session, principal, dashboard_id, for_update=True)
-    if changes != {"is_locked": False}:
+    if set(changes) != {"is_locked"}:
         ensure_unlocked(dashboard)
     if "layout" in changes:
         _check_layout(session, dashboard.id, changes["layout"])

@@ -261,13 +261,21 @@ def test_a_locked_dashboard_refuses_changes_and_deletion_until_unlocked(api):
     org = api.create_org()
     dashboard_id = _dashboard(api, org.key, is_locked=True)
     before = dump_tables(api.app)
-    for changes in ({"name": "x"}, {"is_locked": False, "name": "x"}, {"is_locked": True}, {}):
+    for changes in (
+        {"name": "x"},
+        {"is_locked": False, "name": "x"},
+        {"is_locked": True, "name": "x"},
+        {},
+    ):
         answer = _patch(api, org.key, dashboard_id, **changes)
         assert answer.status_code == 409, answer.text
         assert answer.json()["errors"][0]["code"] == "dashboard_locked"
     deleted = api.delete(f"/dashboards/{dashboard_id}", org.key)
     assert deleted.status_code == 409 and deleted.json()["errors"][0]["code"] == "dashboard_locked"
     assert dump_tables(api.app) == before
+    # Locking it again changes nothing, and is answered as done (the outside probe's case).
+    again = _patch(api, org.key, dashboard_id, is_locked=True)
+    assert again.status_code == 200 and again.json()["data"]["attributes"]["is_locked"] is True
 
     unlocked = _patch(api, org.key, dashboard_id, is_locked=False)
     assert (
