@@ -78,6 +78,29 @@ def snippet_names(sql: str) -> set[str]:
     return {name for _, _, name in snippet_references(sql)}
 
 
+def cycle_through(
+    name: str, sql: str, lookup: Callable[[str], str | None]
+) -> tuple[str, ...] | None:
+    """The chain by which ``sql``, saved as snippet ``name``'s, would reach ``name`` again
+    (``("a", "b", "a")``), or None. Names ``lookup`` does not know and built-ins end a path; a
+    cycle among other snippets alone is theirs (expansion names it). Walked with a stack, each
+    snippet once: an organisation may have thousands."""
+    seen: set[str] = set()
+    stack: list[tuple[str, tuple[str, ...]]] = [(sql, (name,))]
+    while stack:
+        text, chain = stack.pop()
+        for reference in sorted(snippet_names(text), reverse=True):
+            if reference == name:
+                return (*chain, reference)
+            if reference in BUILT_INS or reference in seen:
+                continue
+            seen.add(reference)
+            body = lookup(reference)
+            if body is not None:
+                stack.append((body, (*chain, reference)))
+    return None
+
+
 # ---------------------------------------------------------------------------- expansion
 
 

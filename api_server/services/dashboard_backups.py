@@ -191,6 +191,10 @@ def restore_dashboard(
             if conflict.code != sql_snippets.NAME_TAKEN:  # the organisation's limit
                 raise
             raise _snippet_conflict(index, values["name"]) from None  # created meanwhile
+        except Unprocessable as refusal:
+            if refusal.code == sql_snippets.CYCLE:  # pointed at the backup's snippet
+                refusal.pointer = f"{BACKUP_POINTER}/sql_snippets/{index}/sql"
+            raise
     _create_filters(session, principal, restore.filters, targets, settings)
     attributes = {**restore.dashboard, "layout": [], "is_locked": False}
     view = dashboards.create_dashboard(session, principal, attributes, settings)

@@ -16,10 +16,12 @@ from api_server.services.listing import CollectionQuery, ids_named_by_owner, lis
 from api_server.services.object_limits import require_room
 from shared.db.engine import locked_to_change
 from shared.db.models import SqlSnippet
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, Unprocessable
 from shared.settings import Settings
+from sql_templating.snippets import cycle_through
 
 NAME_TAKEN = "sql_snippet_name_taken"  # a 409 of its own: the restore tells it apart
+CYCLE = "sql_snippet_cycle"  # the restore points it at the backup's snippet
 
 _NOT_FOUND_DETAIL = "No SQL snippet with this id exists."
 
@@ -71,6 +73,7 @@ def create_snippet(
     principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
     require_room(session, principal.organization_id, SqlSnippet, settings.max_objects_per_kind)
     snippet = SqlSnippet(organization_id=principal.organization_id, **values)
+    _require_no_cycle(session, principal.organization_id, None, snippet.name, snippet.sql)
     _save(session, snippet)
     return snippet
 
@@ -80,8 +83,34 @@ def update_snippet(
 ) -> SqlSnippet:
     principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
     snippet = get_snippet(session, principal, snippet_id, for_update=True)
+    name, sql = changes.get("name", snippet.name), changes.get("sql", snippet.sql)
+    _require_no_cycle(session, principal.organization_id, snippet.id, name, sql)
     _save(session, snippet, changes)
     return snippet
+
+
+def _require_no_cycle(
+    session: Session, organization_id: str, snippet_id: str | None, name: str, sql: str
+) -> None:
+    """422 for a snippet that would refer to itself through others: every SQL naming it would
+    fail to expand (``sql_snippet_cycle``) from then on, and backups would carry the cycle. The
+    others are read as stored (this one's stored row left out: it may be renamed)."""
+
+    def stored(other: str) -> str | None:
+        statement = select(SqlSnippet.sql).where(
+            SqlSnippet.organization_id == organization_id, SqlSnippet.name == other
+        )
+        if snippet_id is not None:
+            statement = statement.where(SqlSnippet.id != snippet_id)
+        return session.scalar(statement)
+
+    cycle = cycle_through(name, sql, stored)
+    if cycle is not None:
+        raise Unprocessable(
+            f"SQL snippet [{name}] would refer to itself: {' → '.join(cycle)}.",
+            pointer="/data/attributes/sql",
+            code=CYCLE,
+        )
 
 
 def delete_snippet(session: Session, principal: Principal, snippet_id: str) -> None:

@@ -411,6 +411,26 @@ def test_a_differing_snippet_is_409_and_an_identical_one_is_reused(api):
     assert api.get("/sql_snippets", target.key).json()["meta"]["total"] == 2
 
 
+def test_a_backup_whose_snippets_form_a_cycle_is_422_at_the_snippet(api):
+    source, target = api.create_org("Source"), api.create_org("Target")
+    shop = api.create_datasource(source.key, name="Shop")["id"]
+    backup = _backup(api, source.key, _sales_dashboard(api, source, shop))
+    names = [snippet["name"] for snippet in backup["sql_snippets"]]
+    assert set(names) == {"paid", "recent"}
+    backup["sql_snippets"][names.index("recent")]["sql"] = "day > DATE '2024-01-01' AND [paid]"
+    mapping = {
+        shop: target.sample_datasource_id,
+        source.sample_datasource_id: target.sample_datasource_id,
+    }
+    before = dump_tables(api.app)
+    answer = _restore(api, target.key, backup, mapping)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error["code"] == "sql_snippet_cycle"
+    assert error["source"]["pointer"] in {f"/backup/sql_snippets/{i}/sql" for i in range(2)}
+    assert dump_tables(api.app) == before
+
+
 def test_a_differing_filter_is_409_and_an_identical_one_is_reused(api):
     source, target = api.create_org("Source"), api.create_org("Target")
     shop = api.create_datasource(source.key, name="Shop")["id"]

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from api_server.permissions import Permission
-from shared.db.models import Execution
+from shared.db.models import Execution, SqlSnippet
 from sql_templating.snippets import MAX_DEPTH
 from tests.support.factories import dump_tables, resource
 
@@ -164,10 +164,41 @@ def test_nesting_ten_deep_works_and_eleven_is_422(api):
     assert dump_tables(api.app)["executions"] == before
 
 
-def test_a_cycle_is_422_naming_it(api):
+def test_a_snippet_that_would_refer_to_itself_is_not_saved(api):
+    """The outside probe's case: the cycle was saved, and every SQL naming it failed after."""
+    org = api.create_org()
+    _create(api, org.key, "a", "SELECT * FROM ([b])")  # b unknown yet: a query would say so
+    c = _create(api, org.key, "c", "SELECT [current_date], * FROM ([a])").json()["data"]["id"]
+    _create(api, org.key, "d", "SELECT * FROM ([c])")
+    before = dump_tables(api.app)
+    for name, sql, path in (
+        ("b", "SELECT * FROM ([a])", "b → a → b"),
+        ("self", "SELECT [self]", "self → self"),
+    ):
+        refused = api.post("/sql_snippets", org.key, resource("sql_snippets", name=name, sql=sql))
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["errors"][0]
+        assert (error["code"], error["source"]["pointer"]) == (
+            "sql_snippet_cycle",
+            "/data/attributes/sql",
+        )
+        assert path in error["detail"]
+    # Through a change of its SQL, or of its name (a renamed c is the b that a names).
+    for changes, path in (({"sql": "[d]"}, "c → d → c"), ({"name": "b"}, "b → a → b")):
+        changed = api.patch(f"/sql_snippets/{c}", org.key, resource("sql_snippets", c, **changes))
+        assert changed.status_code == 422, changed.text
+        assert path in changed.json()["errors"][0]["detail"]
+    assert dump_tables(api.app) == before
+    assert _create(api, org.key, "b", "SELECT 2").status_code == 201  # no cycle: saved
+
+
+def test_a_cycle_stored_before_is_422_naming_it(api):
+    """Stored by an earlier version, which did not refuse it: expansion names it."""
     org = api.create_org()
     _create(api, org.key, "a", "SELECT * FROM ([b])")
-    _create(api, org.key, "b", "SELECT * FROM ([a])")
+    b = _create(api, org.key, "b", "SELECT 1").json()["data"]["id"]
+    with api.app.state.sessions.begin() as session:
+        session.get_one(SqlSnippet, b).sql = "SELECT * FROM ([a])"
     response = _run(api, org.key, org.sample_datasource_id, "[a]")
     assert response.status_code == 422
     error = response.json()["errors"][0]
