@@ -92,7 +92,10 @@ OPERATIONS = Operations(
     [SQL_SNIPPETS],
 )
 VIEW, MANAGE = (Permission.VIEW_DASHBOARDS,), (Permission.MANAGE_DASHBOARDS,)
-_INVALID = "An attribute is unknown, read-only or invalid (e.g. a reserved `CLUVIO_` name)."
+_INVALID = (
+    "An attribute is unknown, read-only or invalid (e.g. a reserved `CLUVIO_` name), or the "
+    "snippet would refer to itself through its SQL (`sql_snippet_cycle`)."
+)
 _REFUSED = (
     "The key lacks the permission, or is restricted to listed datasources "
     "(`datasource_scope_restricted`): snippets serve every datasource's SQL, so such a key "
