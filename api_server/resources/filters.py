@@ -819,8 +819,8 @@ def _options_or_execution(
     with state.sessions.begin() as session:
         row = filters.get_filter(session, principal, request.path_params["id"])
         request.state.audit_resource_id = row.id
+        inputs = parse_input_parameters(given.parameters)  # checked alike for every source
         if row.options_source == "dynamic_sql":
-            inputs = parse_input_parameters(given.parameters)
             execution = filters.queue_dynamic_options(
                 session, principal, row, given.parameters, inputs, state.settings
             )

@@ -372,9 +372,11 @@ def test_only_a_dashboards_manager_stops_a_static_filters_pending_options_run(ap
     assert api.client.delete(execution, headers=headers).status_code == 204
 
 
-def test_dynamic_options_parameters_must_be_an_object(api: Api) -> None:
+def test_options_parameters_must_be_an_object_whatever_the_options_source(api: Api) -> None:
+    """A manual filter's options ignore the parameters, and still check them, as a dynamic
+    one's do (found by the outside probe): a client's mistake shows whichever filter it asks."""
     org = api.create_org()
-    filter_id = _filter(
+    dynamic = _filter(
         api,
         org,
         org.sample_datasource_id,
@@ -382,12 +384,16 @@ def test_dynamic_options_parameters_must_be_an_object(api: Api) -> None:
         options_source="dynamic_sql",
         options_sql_query="SELECT 'de'",
     )
+    manual = _filter(api, org, **_dropdown(variable_name="manual"))
     before = _executions_of(api, org)
-    for sent in ("null", "[]", "0", "false", '"text"'):
-        answer = api.get(f"/filters/{filter_id}/options?parameters={sent}", org.key)
-        assert answer.status_code == 422, (sent, answer.text)
-        assert [e["source"]["pointer"] for e in answer.json()["errors"]] == ["/parameters"]
+    for filter_id in (dynamic, manual):
+        for sent in ("null", "[]", "0", "false", '"text"', '{"filters":5}'):
+            answer = api.get(f"/filters/{filter_id}/options?parameters={sent}", org.key)
+            assert answer.status_code == 422, (sent, answer.text)
+            pointers = [e["source"]["pointer"] for e in answer.json()["errors"]]
+            assert all(p.startswith("/parameters") for p in pointers), pointers
     assert _executions_of(api, org) == before  # nothing was queued
+    assert api.get(f"/filters/{manual}/options?parameters={{}}", org.key).status_code == 200
 
 
 def _executions_of(api: Api, org: Org) -> int:
