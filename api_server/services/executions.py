@@ -270,18 +270,20 @@ def get_execution(
 
 
 def data_available(execution: Execution, settings: Settings) -> bool:
-    """True when a completed result can be fetched; 404 once it expired or was purged."""
+    """True when a completed result can be fetched; 404 once it expired or was purged (an
+    unfinished execution purged is cancelled: its data will never come, which a 204 would
+    promise)."""
+    gone = NotFound("The data of this execution has expired or was deleted.", code="result_gone")
+    if execution.data_purged_at is not None:
+        raise gone
     if (
         execution.execution_type != ExecutionType.SQL_QUERY
         or execution.status != ExecutionStatus.COMPLETED
+        or execution.data_key is None
     ):
         return False
-    if execution.data_key is None:
-        return False
-    if execution.data_purged_at is not None or _older_than(
-        execution.completed_at, settings.result_retention_hours
-    ):
-        raise NotFound("The data of this execution has expired or was deleted.", code="result_gone")
+    if _older_than(execution.completed_at, settings.result_retention_hours):
+        raise gone
     return True
 
 

@@ -427,9 +427,10 @@ def purge_result(session: Session, execution: Execution) -> str | None:
     _lock(session, execution)
     if execution.status not in TERMINAL_STATUSES:
         _mark_cancelled(session, execution)
-    if execution.data_key is not None and execution.data_purged_at is None:
-        stored = result_bytes(execution.result_size, execution.variants_size)
-        count_stored_bytes(session, execution.organization_id, -stored)
+    if execution.data_purged_at is None:  # also without a result: Get Execution Data says gone
+        if execution.data_key is not None:
+            stored = result_bytes(execution.result_size, execution.variants_size)
+            count_stored_bytes(session, execution.organization_id, -stored)
         execution.data_purged_at = utcnow()
     session.flush()
     return execution.data_key

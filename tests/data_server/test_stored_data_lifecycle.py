@@ -195,7 +195,8 @@ def test_purge_between_upload_and_commit_leaves_no_object(api, org, worker, monk
     row = _row(api, execution_id)
     assert (row.status, row.data_key) == ("cancelled", None)
     assert _stored(api) == []
-    assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
+    gone = api.get(f"/executions/{execution_id}/data", org.key)  # purged: never any data
+    assert gone.status_code == 404 and gone.json()["errors"][0]["code"] == "result_gone"
 
 
 def test_purge_of_a_row_read_as_running_deletes_what_completed_meanwhile(
@@ -244,6 +245,20 @@ def test_a_cancel_answered_200_while_running_ends_cancelled(api, org, worker, po
     assert (row.status, row.error_code, row.data_key) == ("cancelled", "cancelled", None)
     assert _stored(api) == []
     assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
+
+
+def test_a_purge_before_the_result_is_stored_is_result_gone_not_not_ready(api, org, worker):
+    """Found by schemathesis: a purged execution that was still queued or running is cancelled
+    and will never have data; Get Execution Data said 204 ("not ready yet") for it."""
+    queued, running = _run_sql(api, org), _run_sql(api, org)
+    _claim(api, queued)  # the older: the second stays queued
+    for execution_id in (queued, running):
+        assert api.delete(f"/executions/{execution_id}", org.key).status_code == 204
+        gone = api.get(f"/executions/{execution_id}/data", org.key)
+        assert gone.status_code == 404, gone.text
+        assert gone.json()["errors"][0]["code"] == "result_gone"
+        row = _row(api, execution_id)
+        assert row.status == "cancelled" or row.cancel_requested  # the worker stops it
 
 
 def test_a_cancel_that_reads_running_after_the_commit_is_409(api, org, worker, monkeypatch):
