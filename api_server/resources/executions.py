@@ -158,9 +158,10 @@ def execution_attributes(ex: Execution, *, show_query: bool) -> dict[str, Any]:
     }
     if ex.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
         # Only a failure's message may come from the database, which quotes literals of the SQL
-        # and values; a cancellation's is the server's. SQL sent directly is its key's own (no
-        # other sees it: ``expanded_sql``); a report's is every reader's of the report.
-        own_sql = ex.report_id is None and ex.api_key_id is not None
+        # and values; a cancellation's is the server's. SQL not of a report is its sender's own
+        # (no other key sees it: ``expanded_sql``), also once that key is deleted; a report's is
+        # every reader's of the report.
+        own_sql = ex.execution_type == ExecutionType.SQL_QUERY and ex.report_id is None
         private = bool(ex.bound_parameters) or own_sql
         withheld = ex.status == ExecutionStatus.FAILED and private and not show_query
         attributes["error_code"] = ex.error_code

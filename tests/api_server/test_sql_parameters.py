@@ -165,6 +165,11 @@ def test_another_key_does_not_see_a_message_quoting_sql_it_sent_directly(api):
     assert seen[1]["error_message"] == message
     own = api.get(f"/executions/{ids[0]}", org.key).json()["data"]["attributes"]
     assert own["error_message"] == message
+    # Its key deleted (the execution's api_key_id is then set null): still the sender's own.
+    with api.app.state.sessions.begin() as session:
+        session.execute(update(Execution).where(Execution.id == ids[0]).values(api_key_id=None))
+    orphan = api.get(f"/executions/{ids[0]}", other_key).json()["data"]["attributes"]
+    assert orphan["error_message"] == WITHHELD_ERROR_MESSAGE
 
 
 def test_the_same_idempotency_key_with_other_parameters_is_refused(api):
