@@ -509,8 +509,8 @@ async def run_report(request: Request, principal: Principal) -> Response:
         404: None,
         409: "A report's datasource is disabled (`datasource_disabled`), the dashboard needs "
         "more new executions at once than the organisation may ever run together "
-        "(`dashboard_exceeds_execution_cap`: no retry helps) or more SQL and parameters than "
-        "its executions may ever keep together (`dashboard_exceeds_execution_text_budget`: "
+        f"(`{reports.BEYOND_THE_CAP}`: no retry helps) or more SQL and parameters than "
+        f"its executions may ever keep together (`{reports.BEYOND_THE_TEXT_BUDGET}`: "
         "no retry helps either), or one of its reports was deleted while it was run "
         "(`dashboard_changed`: nothing was queued, run it again).",
         413: f"The body exceeds its bound, or for one of its reports {TOO_LARGE_TO_RUN}.",

@@ -361,27 +361,28 @@ def run_dashboard(
             code="dashboard_changed",
         ) from None
     except TooManyRequests as refusal:
+        # What the run needs for certain: the new executions queued so far and the refused one
+        # (never a reuse: a reusable run is answered before the refusals). The reports after it
+        # may reuse one of those; a retry that gets further counts them.
+        new = [run.execution for run in queued if not run.reused]
         if refusal.code == AT_CAPACITY:
-            new_runs = sum(not run.reused for run in queued) + len(reports) - len(queued)
             cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)
-            if new_runs > cap:
-                raise _beyond_the_cap(new_runs, cap) from None
+            if len(new) + 1 > cap:
+                raise _beyond_the_cap(len(new) + 1, cap) from None
         elif refusal.code == NO_TEXT_ROOM:
-            needed = _text_needed_at_least(queued, reports[len(queued) :], parameters)
+            refused = reports[len(queued)]
+            # Its SQL as sent and its parameters: what it keeps at least.
+            needed = sum(execution.kept_bytes for execution in new)
+            needed += text_bytes(refused.sql_query, None, parameters, [])
             if needed > text_budget_bytes(settings):
                 raise _beyond_the_text_budget(needed, settings) from None
         raise
     return queued
 
 
-def _text_needed_at_least(
-    queued: Sequence[QueuedRun], unqueued: Sequence[Report], parameters: Mapping[str, Any]
-) -> int:
-    """A lower bound of what a dashboard's new executions would keep together: what those
-    queued so far keep, and the SQL as sent and the parameters of the others (their SQL as run
-    and bound values, not yet known, only add to it)."""
-    kept = sum(run.execution.kept_bytes for run in queued if not run.reused)
-    return kept + sum(text_bytes(report.sql_query, None, parameters, []) for report in unqueued)
+# A dashboard's run that no retry runs: 409s, named in the operation's description too.
+BEYOND_THE_CAP = "dashboard_exceeds_execution_cap"
+BEYOND_THE_TEXT_BUDGET = "dashboard_exceeds_execution_text_budget"
 
 
 def _beyond_the_text_budget(needed: int, settings: Settings) -> Conflict:
@@ -392,7 +393,7 @@ def _beyond_the_text_budget(needed: int, settings: Settings) -> Conflict:
         "keep together: no retry runs it. Run its reports one by one "
         "(POST /reports/{id}/executions), or ask the operator to raise "
         "DATAFERRY_MAX_EXECUTION_TEXT_MB.",
-        code="dashboard_exceeds_execution_text_budget",
+        code=BEYOND_THE_TEXT_BUDGET,
     )
 
 
@@ -403,7 +404,7 @@ def _beyond_the_cap(new_runs: int, cap: int) -> Conflict:
         f"have at most {cap} starting or running: no retry runs them together. Run its reports "
         "one by one (POST /reports/{id}/executions), or ask the operator to raise the "
         "organisation's cap.",
-        code="dashboard_exceeds_execution_cap",
+        code=BEYOND_THE_CAP,
     )
 
 

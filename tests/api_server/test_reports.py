@@ -587,6 +587,28 @@ def test_a_dashboard_keeping_more_text_than_the_budget_is_409_not_a_retryable_42
         assert full.json()["errors"][0]["code"] == "execution_text_quota_exceeded"
 
 
+def test_identical_reports_that_reuse_one_execution_are_not_counted_twice(settings):
+    """Found by the review: three identical reports of a dashboard with a refresh window share
+    one execution; out of room now, the run is a 429 that a retry cures, not a 409."""
+    budget = 1 * MIB
+    limits = {"max_execution_text_mb": 1, "max_sql_length": budget // 2}
+    with Api.start(settings.model_copy(update=limits)) as api:
+        org = api.create_org()
+        dashboard = _dashboard(api, org, data_refresh_rate=60)
+        filler = "x" * int(budget * 0.35)  # each run keeps 0.7 of the budget; three, 2.1
+        for i in range(3):
+            _report(api, org, dashboard, name=f"r{i}", sql_query=f"SELECT '{filler}' AS r")
+        with api.app.state.sessions.begin() as session:
+            session.get_one(Organization, org.id).execution_text_bytes = budget // 2
+        run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+        assert run.status_code == 429, run.text
+        with api.app.state.sessions.begin() as session:
+            session.get_one(Organization, org.id).execution_text_bytes = 0  # forgotten
+        again = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+        assert again.status_code == 200, again.text
+        assert len({e["id"] for e in again.json()["data"]}) == 1
+
+
 def test_a_restricted_key_cannot_run_a_dashboard_with_a_report_beyond_its_scope(api):
     org = api.create_org()
     other = api.create_datasource(org.key, name="D1")["id"]
