@@ -17,6 +17,7 @@ from api_server.services.object_limits import require_room
 from shared.db.engine import locked_to_change
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.organization_rows import lock_organization
 from shared.settings import Settings
 from sql_templating.snippets import cycle_through
 
@@ -71,10 +72,11 @@ def create_snippet(
     session: Session, principal: Principal, values: dict[str, Any], settings: Settings
 ) -> SqlSnippet:
     principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
+    lock_organization(session, principal.organization_id)  # snippets change one at a time
     require_room(session, principal.organization_id, SqlSnippet, settings.max_objects_per_kind)
     snippet = SqlSnippet(organization_id=principal.organization_id, **values)
-    _require_no_cycle(session, principal.organization_id, None, snippet.name, snippet.sql)
     _save(session, snippet)
+    _require_no_cycle(session, snippet)
     return snippet
 
 
@@ -82,32 +84,33 @@ def update_snippet(
     session: Session, principal: Principal, snippet_id: str, changes: dict[str, Any]
 ) -> SqlSnippet:
     principal.require_every_datasource(_REFUSED_TO_RESTRICTED_KEYS)
+    lock_organization(session, principal.organization_id)  # snippets change one at a time
     snippet = get_snippet(session, principal, snippet_id, for_update=True)
-    name, sql = changes.get("name", snippet.name), changes.get("sql", snippet.sql)
-    _require_no_cycle(session, principal.organization_id, snippet.id, name, sql)
     _save(session, snippet, changes)
+    _require_no_cycle(session, snippet)
     return snippet
 
 
-def _require_no_cycle(
-    session: Session, organization_id: str, snippet_id: str | None, name: str, sql: str
-) -> None:
-    """422 for a snippet that would refer to itself through others: every SQL naming it would
-    fail to expand (``sql_snippet_cycle``) from then on, and backups would carry the cycle. The
-    others are read as stored (this one's stored row left out: it may be renamed)."""
+def _require_no_cycle(session: Session, snippet: SqlSnippet) -> None:
+    """422 for a snippet (saved, not committed) that refers to itself through others: every SQL
+    naming it would fail to expand (``sql_snippet_cycle``) from then on, and backups would carry
+    the cycle; the caller's transaction is then rolled back. Under the organisation's lock, so
+    that two changes, each harmless alone, cannot close a cycle together; after the name's check,
+    so that a taken name is the 409 it is."""
 
     def stored(other: str) -> str | None:
-        statement = select(SqlSnippet.sql).where(
-            SqlSnippet.organization_id == organization_id, SqlSnippet.name == other
+        return session.scalar(
+            select(SqlSnippet.sql).where(
+                SqlSnippet.organization_id == snippet.organization_id,
+                SqlSnippet.name == other,
+                SqlSnippet.id != snippet.id,
+            )
         )
-        if snippet_id is not None:
-            statement = statement.where(SqlSnippet.id != snippet_id)
-        return session.scalar(statement)
 
-    cycle = cycle_through(name, sql, stored)
+    cycle = cycle_through(snippet.name, snippet.sql, stored)
     if cycle is not None:
         raise Unprocessable(
-            f"SQL snippet [{name}] would refer to itself: {' → '.join(cycle)}.",
+            f"SQL snippet [{snippet.name}] would refer to itself: {' → '.join(cycle)}.",
             pointer="/data/attributes/sql",
             code=CYCLE,
         )

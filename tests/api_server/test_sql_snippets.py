@@ -188,6 +188,9 @@ def test_a_snippet_that_would_refer_to_itself_is_not_saved(api):
         changed = api.patch(f"/sql_snippets/{c}", org.key, resource("sql_snippets", c, **changes))
         assert changed.status_code == 422, changed.text
         assert path in changed.json()["errors"][0]["detail"]
+    # A taken name is the 409 it is, whatever the SQL would name.
+    taken = _create(api, org.key, "a", "SELECT [a]")
+    assert (taken.status_code, taken.json()["errors"][0]["code"]) == (409, "sql_snippet_name_taken")
     assert dump_tables(api.app) == before
     assert _create(api, org.key, "b", "SELECT 2").status_code == 201  # no cycle: saved
 
