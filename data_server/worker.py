@@ -142,9 +142,12 @@ class Worker:
         """The organisations whose executions fill their share of this data server
         (``DATAFERRY_WORKER_PROCESSES``), by its own executors' jobs: a claim ranks their queued
         work for nothing. A job counts from just after its claim until its executor is free to
-        claim again, which its executor then does, so no work waits on this for longer."""
+        claim again, which its executor then does, or until its lease is lost (the heartbeat
+        then rings: the row was re-queued, and another executor may take it at once)."""
         with self._lock:
-            running = Counter(job.claim.organization_id for job in self._running.values())
+            running = Counter(
+                job.claim.organization_id for job in self._running.values() if not job.lease_lost
+            )
         share = self.settings.worker_processes
         return frozenset(organization for organization, jobs in running.items() if jobs >= share)
 
@@ -168,6 +171,7 @@ class Worker:
                     )
                     job.lease_lost = True
                     job.cancel.set()
+                    self._doorbell.ring()  # its organisation may have room here again
                 elif state.cancel_requested:
                     job.cancel.set()
 

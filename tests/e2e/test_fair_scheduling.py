@@ -211,6 +211,31 @@ def test_a_data_server_knows_which_organisations_fill_their_share_by_its_own_job
     assert worker.organizations_at_their_share() == frozenset()
     worker._track(of_a[1])
     assert worker.organizations_at_their_share() == {a.id}
+    lost = worker._track(of_a[1])
+    lost.lease_lost = True  # re-queued by the reaper: no longer this data server's
+    assert worker.organizations_at_their_share() == frozenset()
+
+
+def test_the_executors_claim_with_their_organisations_at_their_share_left_out(api, monkeypatch):
+    """The wiring: what the worker knows reaches the claim."""
+    a = api.create_org("A")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id, 2)
+    state = api.app.state
+    worker = Worker(api.settings, state.sessions, state.result_store, pool=None)  # runs nothing
+    for _ in range(2):
+        worker._track(_claim(api, data_server=worker.worker_id))
+    asked = []
+
+    def claim_next(*args, at_their_share=None, **kwargs):
+        asked.append(at_their_share)
+        worker._stopping.set()
+        worker._doorbell.ring()  # the loop's wait for work ends at once
+        return None
+
+    monkeypatch.setattr(lifecycle, "claim_next", claim_next)
+    worker._execute_loop()
+    assert asked == [{a.id}]
 
 
 def test_a_claim_reads_one_row_for_organisations_at_their_share_and_takes_no_lock(api):
