@@ -278,7 +278,8 @@ def machine_busy() -> Iterator[Busy]:
     def idle_and_total() -> tuple[int, int]:
         with open("/proc/stat") as handle:
             ticks = [int(field) for field in handle.readline().split()[1:]]
-        return ticks[3] + ticks[4], sum(ticks)  # idle and iowait, of all
+        # idle and iowait, of all but guest and guest_nice (already in user and nice)
+        return ticks[3] + ticks[4], sum(ticks[:8])
 
     busy = Busy()
     idle_before, total_before = idle_and_total()

@@ -111,7 +111,7 @@ class DashboardAttributes(Attributes):
         Field(
             description="A locked dashboard refuses changes and deletion (409 "
             "`dashboard_locked`), its reports' too; unlock it with a PATCH of "
-            '`"is_locked": false` alone.'
+            '`"is_locked": false` alone (`"is_locked": true` alone changes nothing: 200).'
         ),
     ] = False
     default_parameters: Annotated[
@@ -333,8 +333,8 @@ def show_dashboard(request: Request, principal: Principal) -> Response:
     "/dashboards/{id}",
     operation_id="updateDashboard",
     summary="Update Dashboard",
-    description="Only the attributes sent change. A locked dashboard takes only "
-    '`"is_locked": false`, sent alone.',
+    description="Only the attributes sent change. A locked dashboard takes only `is_locked`, "
+    "sent alone: `false` unlocks it, `true` changes nothing.",
     permissions=MANAGE,
     audit="dashboard.update",
     subject=DASHBOARDS,

@@ -42,6 +42,8 @@ from shared.storage_quota import note_area_changed_now
 from shared.time_zones import known_time_zones
 
 BUILT_IN_DATABASE_TYPES = ("sample",)  # every organisation has one; none can be created
+# What a datasource's database_type may read: the types that may be created, and the built-in.
+SHOWN_DATABASE_TYPES = (*CREATABLE_DATABASE_TYPES, *BUILT_IN_DATABASE_TYPES)
 
 
 def check_time_zone(value: str) -> str:
@@ -228,13 +230,11 @@ DATASOURCES = ResourceType(
     sortable=("name", "database_type", "created_at", "updated_at"),
     filters=(
         Filter("name"),
-        Filter.one_of("database_type", (*BUILT_IN_DATABASE_TYPES, *DATABASE_TYPES)),
+        Filter.one_of("database_type", SHOWN_DATABASE_TYPES),
     ),
     includable=("agents",),
     included_note="always empty (datasource agents are not available yet).",
-    output_refinements={
-        "database_type": {"enum": [*CREATABLE_DATABASE_TYPES, *BUILT_IN_DATABASE_TYPES]}
-    },
+    output_refinements={"database_type": {"enum": list(SHOWN_DATABASE_TYPES)}},
 )
 
 OPERATIONS = Operations(

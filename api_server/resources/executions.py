@@ -543,9 +543,14 @@ def _grant_if_completed(
     produces=oa.JSON_MEDIA_TYPE,
     responses={
         "200": oa.response("A data grant.", _GRANT, oa.JSON_MEDIA_TYPE),
-        "204": oa.response("No data: not completed yet, failed or cancelled."),
+        "204": oa.response(
+            "No data: not completed yet, failed or cancelled (a purged one is a 404)."
+        ),
     },
-    errors={404: "No such execution, or its data expired or was deleted (`result_gone`)."},
+    errors={
+        404: "No such execution, or its data expired or was purged (`result_gone`; also an "
+        "execution purged before it completed, which never will)."
+    },
 )
 def execution_data(request: Request, principal: Principal) -> Response:
     """Cluvio's Get Execution Data: a data key, a fresh short-lived token and ``data_url``, or

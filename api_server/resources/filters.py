@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import orjson
 from pydantic import AfterValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
@@ -49,8 +49,10 @@ from shared.db.models import Filter as FilterRow
 from shared.digits import natural_number
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
 from shared.filter_rules import (
+    CONTROL_TYPES,
     MAX_OPTION_LENGTH,
     MAX_OPTIONS,
+    OPTIONS_SOURCES,
     ControlType,
     OptionsSource,
     OptionsStatus,
@@ -298,8 +300,8 @@ FILTERS = ResourceType(
     filters=(
         Filter("name"),
         Filter("variable_name"),
-        Filter.one_of("control_type", get_args(ControlType)),
-        Filter.one_of("options_source", get_args(OptionsSource)),
+        Filter.one_of("control_type", CONTROL_TYPES),
+        Filter.one_of("options_source", OPTIONS_SOURCES),
         Filter(
             "datasource", "Only the filters whose options SQL runs on this datasource (its id)."
         ),
