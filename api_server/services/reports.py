@@ -361,19 +361,20 @@ def run_dashboard(
             code="dashboard_changed",
         ) from None
     except TooManyRequests as refusal:
-        # What the run needs for certain: the new executions queued so far and the refused one
-        # (never a reuse: a reusable run is answered before the refusals). The reports after it
-        # may reuse one of those; a retry that gets further counts them.
+        # What the run needs for certain: the new executions queued so far, the refused one
+        # (never a reuse: a reusable run is answered before the refusals) and, without a reuse
+        # window, every report after it. Within one, those may reuse an execution of this run
+        # (identical reports share one): a retry that gets further counts them.
         new = [run.execution for run in queued if not run.reused]
+        unqueued = reports[len(queued) :] if reuse_since is None else reports[len(queued) :][:1]
         if refusal.code == AT_CAPACITY:
             cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)
-            if len(new) + 1 > cap:
-                raise _beyond_the_cap(len(new) + 1, cap) from None
+            if len(new) + len(unqueued) > cap:
+                raise _beyond_the_cap(len(new) + len(unqueued), cap) from None
         elif refusal.code == NO_TEXT_ROOM:
-            refused = reports[len(queued)]
-            # Its SQL as sent and its parameters: what it keeps at least.
             needed = sum(execution.kept_bytes for execution in new)
-            needed += text_bytes(refused.sql_query, None, parameters, [])
+            # Their SQL as sent and their parameters: what each keeps at least.
+            needed += sum(text_bytes(r.sql_query, None, parameters, []) for r in unqueued)
             if needed > text_budget_bytes(settings):
                 raise _beyond_the_text_budget(needed, settings) from None
         raise
