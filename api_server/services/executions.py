@@ -273,18 +273,15 @@ def data_available(execution: Execution, settings: Settings) -> bool:
     """True when a completed result can be fetched; 404 once it expired or was purged (an
     unfinished execution purged is cancelled: its data will never come, which a 204 would
     promise)."""
-    gone = NotFound("The data of this execution has expired or was deleted.", code="result_gone")
-    if execution.data_purged_at is not None:
-        raise gone
-    if (
-        execution.execution_type != ExecutionType.SQL_QUERY
-        or execution.status != ExecutionStatus.COMPLETED
-        or execution.data_key is None
-    ):
-        return False
-    if _older_than(execution.completed_at, settings.result_retention_hours):
-        raise gone
-    return True
+    completed = (
+        execution.execution_type == ExecutionType.SQL_QUERY
+        and execution.status == ExecutionStatus.COMPLETED
+        and execution.data_key is not None
+    )
+    expired = completed and _older_than(execution.completed_at, settings.result_retention_hours)
+    if execution.data_purged_at is not None or expired:
+        raise NotFound("The data of this execution has expired or was deleted.", code="result_gone")
+    return completed
 
 
 def _older_than(moment: datetime | None, hours: float) -> bool:

@@ -366,7 +366,8 @@ def run_dashboard(
         # window, every report after it. Within one, those may reuse an execution of this run
         # (identical reports share one): a retry that gets further counts them.
         new = [run.execution for run in queued if not run.reused]
-        unqueued = reports[len(queued) :] if reuse_since is None else reports[len(queued) :][:1]
+        refused_and_after = reports[len(queued) :]
+        unqueued = refused_and_after if reuse_since is None else refused_and_after[:1]
         if refusal.code == AT_CAPACITY:
             cap = execution_cap(session.get_one(Organization, principal.organization_id), settings)
             if len(new) + len(unqueued) > cap:

@@ -533,6 +533,26 @@ def test_running_a_dashboard_runs_each_of_its_reports_once(api):
     assert len(_executions(api)) == 3
 
 
+# A budget of executions' text of 1 MiB, and SQL long enough to fill much of it.
+TEXT_BUDGET = 1 * MIB
+_SMALL_TEXT_BUDGET = {"max_execution_text_mb": 1, "max_sql_length": TEXT_BUDGET // 2}
+
+
+def _refused_run(api, org, dashboard: str, status: int, code: str) -> None:
+    """Running the dashboard is refused with ``status`` and ``code``, and queues nothing."""
+    before = len(_executions(api))
+    run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+    assert run.status_code == status, run.text
+    assert run.json()["errors"][0]["code"] == code
+    assert len(_executions(api)) == before
+
+
+def _keeping_text(api, org, text_bytes: int) -> None:
+    """The organisation's executions keep ``text_bytes`` (others', or none once forgotten)."""
+    with api.app.state.sessions.begin() as session:
+        session.get_one(Organization, org.id).execution_text_bytes = text_bytes
+
+
 def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable_429(api):
     """The outside probe's case: 21 reports under a cap of 20 were a 429 that no retry cured."""
     org = api.create_org()
@@ -541,11 +561,7 @@ def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable
     dashboard = _dashboard(api, org)
     for i in range(3):
         _report(api, org, dashboard, name=f"r{i}", sql_query=f"SELECT {i}")
-    before = len(_executions(api))
-    run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
-    assert run.status_code == 409, run.text
-    assert run.json()["errors"][0]["code"] == "dashboard_exceeds_execution_cap"
-    assert len(_executions(api)) == before
+    _refused_run(api, org, dashboard, 409, "dashboard_exceeds_execution_cap")
     two = _dashboard(api, org)
     for i in range(2):
         _report(api, org, two, name=f"s{i}", sql_query=f"SELECT {i}")
@@ -554,56 +570,40 @@ def test_a_dashboard_needing_more_executions_than_the_cap_is_409_not_a_retryable
     assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
     # Out of room for SQL (not the cap): the 429 as it is, though the dashboard needs more
     # executions than the cap.
-    with api.app.state.sessions.begin() as session:
-        session.get_one(Organization, org.id).execution_text_bytes = 10**12
-    full = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
-    assert full.status_code == 429
-    assert full.json()["errors"][0]["code"] == "execution_text_quota_exceeded"
+    _keeping_text(api, org, 10**12)
+    _refused_run(api, org, dashboard, 429, "execution_text_quota_exceeded")
 
 
 def test_a_dashboard_keeping_more_text_than_the_budget_is_409_not_a_retryable_429(settings):
     """Each report fits the budget of executions' text, their sum does not: no wait makes room
     for it, so a retry (as a 429 invites) never runs it. One that fits is still a 429 while the
     organisation's other executions keep too much."""
-    budget = 1 * MIB
-    limits = {"max_execution_text_mb": 1, "max_sql_length": budget // 2}
-    with Api.start(settings.model_copy(update=limits)) as api:
+    with Api.start(settings.model_copy(update=_SMALL_TEXT_BUDGET)) as api:
         org = api.create_org()
         dashboard = _dashboard(api, org)
-        filler = "x" * int(budget / 2.5)  # a report's SQL as sent and as run: four fifths of it
+        # A report's SQL, as sent and as run: four fifths of the budget.
+        filler = "x" * int(TEXT_BUDGET / 2.5)
         for i in range(2):
             _report(api, org, dashboard, name=f"r{i}", sql_query=f"SELECT '{filler}' AS r{i}")
-        before = len(_executions(api))
-        run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
-        assert run.status_code == 409, run.text
-        assert run.json()["errors"][0]["code"] == "dashboard_exceeds_execution_text_budget"
-        assert len(_executions(api)) == before
+        _refused_run(api, org, dashboard, 409, "dashboard_exceeds_execution_text_budget")
         small = _dashboard(api, org)
         _report(api, org, small, name="s", sql_query="SELECT 1")
-        with api.app.state.sessions.begin() as session:
-            session.get_one(Organization, org.id).execution_text_bytes = budget
-        full = _post_json(api, org.key, f"/dashboards/{small}/executions", {})
-        assert full.status_code == 429
-        assert full.json()["errors"][0]["code"] == "execution_text_quota_exceeded"
+        _keeping_text(api, org, TEXT_BUDGET)
+        _refused_run(api, org, small, 429, "execution_text_quota_exceeded")
 
 
 def test_identical_reports_that_reuse_one_execution_are_not_counted_twice(settings):
     """Found by the review: three identical reports of a dashboard with a refresh window share
     one execution; out of room now, the run is a 429 that a retry cures, not a 409."""
-    budget = 1 * MIB
-    limits = {"max_execution_text_mb": 1, "max_sql_length": budget // 2}
-    with Api.start(settings.model_copy(update=limits)) as api:
+    with Api.start(settings.model_copy(update=_SMALL_TEXT_BUDGET)) as api:
         org = api.create_org()
         dashboard = _dashboard(api, org, data_refresh_rate=60)
-        filler = "x" * int(budget * 0.35)  # each run keeps 0.7 of the budget; three, 2.1
+        filler = "x" * int(TEXT_BUDGET * 0.35)  # each run keeps 0.7 of the budget; three, 2.1
         for i in range(3):
             _report(api, org, dashboard, name=f"r{i}", sql_query=f"SELECT '{filler}' AS r")
-        with api.app.state.sessions.begin() as session:
-            session.get_one(Organization, org.id).execution_text_bytes = budget // 2
-        run = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
-        assert run.status_code == 429, run.text
-        with api.app.state.sessions.begin() as session:
-            session.get_one(Organization, org.id).execution_text_bytes = 0  # forgotten
+        _keeping_text(api, org, TEXT_BUDGET // 2)
+        _refused_run(api, org, dashboard, 429, "execution_text_quota_exceeded")
+        _keeping_text(api, org, 0)  # forgotten
         again = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
         assert again.status_code == 200, again.text
         assert len({e["id"] for e in again.json()["data"]}) == 1

@@ -135,21 +135,8 @@ def test_another_key_does_not_see_a_message_quoting_sql_it_sent_directly(api):
     direct = _run(
         api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 'SECRET-DATE'::DATE"}
     )
-    report = api.post(
-        "/reports",
-        org.key,
-        {
-            "data": {
-                "type": "reports",
-                "attributes": {"name": "r", "sql_query": "SELECT 1"},
-                "relationships": {
-                    "datasource": {"data": {"type": "datasources", "id": org.sample_datasource_id}}
-                },
-            }
-        },
-    )
-    assert report.status_code == 201, report.text
-    run_path = f"/reports/{report.json()['data']['id']}/executions"
+    _, [report] = api.create_dashboard(org, ["SELECT 1"])
+    run_path = f"/reports/{report}/executions"
     of_report = api.post(run_path, org.key, {}, content_type="application/json")
     assert of_report.status_code == 200, of_report.text
     message = 'Conversion Error: invalid date field format: "SECRET-DATE"'
