@@ -114,8 +114,9 @@ class Worker:
     def _execute_loop(self) -> None:
         """Claim until nothing may start, then wait for the doorbell (a notification that came
         while claiming, its row perhaps committed too late to be seen, is a ring kept for this
-        wait). Having claimed, ring for one more executor: more may be queued than notifications
-        said (one transaction queued several, or they came while every executor was busy)."""
+        wait). Having claimed, ring for one more executor if the claim saw more claimable work
+        than it took: more may be queued than notifications said (one transaction queued
+        several, or they came while every executor was busy). Having run, claim again."""
         while not self._stopping.is_set():
             try:
                 claim = lifecycle.claim_next(
@@ -135,7 +136,8 @@ class Worker:
                 self._doorbell.wait(self._idle_wait)
                 continue
             job = self._track(claim)  # before the ring: the one it wakes counts it
-            self._doorbell.ring()
+            if claim.more_claimable:
+                self._doorbell.ring()
             self._run(job)
 
     def organizations_at_their_share(self) -> frozenset[str]:

@@ -91,6 +91,8 @@ class Claim:
     require_ssl: bool = True
     verify_ssl: bool = False
     s3_region: str | None = None
+    # The ranking it was claimed from saw more claimable work: one more executor is worth waking.
+    more_claimable: bool = False
 
     def __repr__(self) -> str:  # keep even the ciphertext out of logs and tracebacks
         return f"Claim(execution_id={self.execution_id!r}, attempt={self.attempt})"
@@ -142,12 +144,11 @@ _QUEUE_PROBE = text(
 
 def _anything_queued(engine: Engine, left_out: frozenset[str]) -> bool:
     """One index probe, before the ranking and (on SQLite) the database's write lock: most
-    claims find nothing to start. An executor woken by a finished execution asks once, and so
-    does the one that finished it; and while one organisation fills this data server's share,
-    the spare executor is woken by each of its new executions, and by each claim (which rings
-    for one more executor), only to find that organisation's work left to the others: 1.6 such
-    rankings per execution with 16 clients of one organisation, each under SQLite's write
-    lock. Its queued work is ``left_out`` of the probe (queued work is bounded by the
+    claims find nothing to start. The executor that finished one asks; and while one
+    organisation fills this data server's share, the spare executor is woken by each of its new
+    executions, and by each claim that saw more queued, only to find that organisation's work
+    left to the others: 1.6 such rankings per execution with 16 clients of one organisation,
+    each under SQLite's write lock. Its queued work is ``left_out`` of the probe (queued work is bounded by the
     organisations' caps, so the probe reads few rows)."""
     with engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
@@ -155,11 +156,22 @@ def _anything_queued(engine: Engine, left_out: frozenset[str]) -> bool:
         return probe.first() is not None
 
 
+_EXECUTIONS = table_of(Execution)  # the table: a probe needs no ORM entity
+_ANY_QUEUED = (
+    select(_EXECUTIONS.c.id).where(_EXECUTIONS.c.status == ExecutionStatus.STARTING).limit(1)
+)
+
+
+def work_is_queued(session: Session) -> bool:
+    """Whether any execution waits to be claimed, as ``session`` sees the queue."""
+    return session.execute(_ANY_QUEUED).first() is not None
+
+
 def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:
     started = _start_next(session, worker_id, settings)
     if started is None:
         return None
-    claimed, datasource = started
+    claimed, datasource, more_claimable = started
     return Claim(
         execution_id=claimed.id,
         attempt=claimed.attempt,
@@ -178,6 +190,7 @@ def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | N
         require_ssl=datasource.require_ssl,
         verify_ssl=datasource.verify_ssl,
         s3_region=datasource.s3_region,
+        more_claimable=more_claimable,
     )
 
 
@@ -192,15 +205,16 @@ def _cap_parameters(worker_id: str, settings: Settings) -> dict[str, Any]:
 
 def _start_next(
     session: Session, worker_id: str, settings: Settings
-) -> tuple[Row[Any], Datasource] | None:
+) -> tuple[Row[Any], Datasource, bool] | None:
     """Rank the pairs, then lock, recount and start from the first that still has a slot. A new
-    ranking only after every pair of one was lost to other workers (or filled by them)."""
+    ranking only after every pair of one was lost to other workers (or filled by them). With the
+    started row and its datasource: whether the ranking held more than that one execution."""
     holding = False  # a claim lock, which only the end of this transaction releases
     for ranking in range(_RANKINGS_PER_CLAIM):
         pairs = session.execute(_RANKING, _cap_parameters(worker_id, settings)).all()
         if not pairs:
             return None
-        for organization_id, datasource_id in pairs:
+        for organization_id, datasource_id, queued in pairs:
             # In the last ranking, wait for an organisation another worker is claiming for
             # rather than give up, so that a busy organisation does not idle this worker; but
             # only while holding no other claim lock, so that two waiters never deadlock.
@@ -210,7 +224,7 @@ def _start_next(
             holding = True
             started = _start_in(session, organization_id, datasource_id, worker_id, settings)
             if started is not None:
-                return started
+                return (*started, len(pairs) > 1 or queued > 1)
     return None
 
 
@@ -273,9 +287,9 @@ def _server_share() -> ColumnElement[int]:
     return bindparam("server_share", type_=Integer)
 
 
-def _ranking() -> Select[str, str]:
+def _ranking() -> Select[str, str, int]:
     """Every (organisation, datasource) pair with queued work and a slot under the caps and the
-    share, the least-served first: fewest running in the organisation (of every kind: a worker
+    share, with how many executions it has queued, the least-served first: fewest running in the organisation (of every kind: a worker
     is a worker), then on the datasource, then the oldest queued execution. Full pairs are
     filtered out before the limit, never after it."""
     by_organization = (
@@ -300,6 +314,7 @@ def _ranking() -> Select[str, str]:
             Execution.organization_id,
             Execution.datasource_id,
             func.min(Execution.created_at).label("oldest"),
+            func.count().label("queued"),
             func.count().filter(~_CAPPED).label("uncapped"),
         )
         .where(Execution.status == ExecutionStatus.STARTING)
@@ -309,7 +324,7 @@ def _ranking() -> Select[str, str]:
     in_organization = func.coalesce(by_organization.c.running, 0)
     on_datasource = func.coalesce(by_datasource.c.running, 0)
     return (
-        select(queued.c.organization_id, queued.c.datasource_id)
+        select(queued.c.organization_id, queued.c.datasource_id, queued.c.queued)
         .join(Organization, Organization.id == queued.c.organization_id)
         .join(Datasource, Datasource.id == queued.c.datasource_id)
         .outerjoin(by_organization, by_organization.c.id == queued.c.organization_id)

@@ -6,7 +6,8 @@ fencing token: every write-back names the attempt it claimed, so a worker whose 
 (and whose execution was re-queued) can no longer change the row. A cancel the API server
 accepted is part of the fence: whatever the run came to, the row then ends ``cancelled``, and a
 refused completion tells the worker to delete the result it uploaded. Each terminal transition
-announces "execution X ended", and each freed slot "new work" (shared.notifications).
+announces "execution X ended", and each freed slot "new work" while work is queued
+(shared.notifications).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from shared.db.engine import database_now, write_lock_on_sqlite
 from shared.db.models import Execution, UTCDateTime, table_of, utcnow
 from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
-from shared.lifecycle.claims import Claim
+from shared.lifecycle.claims import Claim, work_is_queued
 from shared.notifications import announce_ended, announce_new_work
 from shared.organization_rows import (
     RESULT_STORED,
@@ -205,7 +206,11 @@ def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
         status = ExecutionStatus.CANCELLED if cancelled else None
     if status is not None:
         announce_ended(session, [claim.execution_id])
-    announce_new_work(session)  # a slot of the datasource is free again
+    # A slot of the datasource is free again: news only to work already queued (work queued
+    # after this read announces itself; should its claim come before this commit and find the
+    # slot still taken, the executor that ends here claims again next).
+    if work_is_queued(session):
+        announce_new_work(session)
     return status
 
 

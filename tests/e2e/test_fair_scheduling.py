@@ -10,6 +10,7 @@ import itertools
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,7 +20,7 @@ from api_server.services import executions
 from data_server.worker import Worker
 from shared import lifecycle
 from shared.db.models import Datasource, Execution, Organization
-from shared.lifecycle import ExecutionStatus, ExecutionType
+from shared.lifecycle import ExecutionStatus, ExecutionType, transitions
 from shared.lifecycle import claims as claiming
 from tests.support.processes import running_region
 
@@ -263,6 +264,49 @@ def test_a_claim_reads_one_row_for_organisations_at_their_share_and_takes_no_loc
     claim = _claim(api, data_server="here", at_their_share=frozenset({a.id}))
     assert claim.execution_id == queued_by_b
     assert _claim(api, data_server="elsewhere").organization_id == a.id  # left out only here
+
+
+def test_a_claim_says_whether_it_saw_more_claimable_work_than_it_took(api):
+    """Its executor wakes another only then: a lone execution wakes nobody to find nothing."""
+    a, b = api.create_org("A"), api.create_org("B")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id, 2)
+    assert _claim(api).more_claimable  # A's second waits on the same pair
+    assert not _claim(api).more_claimable
+    _queue(api, a.sample_datasource_id)
+    _queue(api, b.sample_datasource_id)
+    assert _claim(api).more_claimable  # another pair waits
+    assert not _claim(api).more_claimable
+
+
+@pytest.mark.parametrize("more", [True, False], ids=["saw-more", "saw-only-its-own"])
+def test_an_executor_rings_for_another_only_when_its_claim_saw_more(api, monkeypatch, more):
+    """The wiring: a ring nobody waits for is kept, so the doorbell tells whether one came."""
+    a = api.create_org("A")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id)
+    state = api.app.state
+    worker = Worker(api.settings, state.sessions, state.result_store, pool=None)  # runs nothing
+    claim = replace(_claim(api, data_server=worker.worker_id), more_claimable=more)
+    monkeypatch.setattr(lifecycle, "claim_next", lambda *args, **kwargs: claim)
+    monkeypatch.setattr(worker, "_run", lambda job: worker._stopping.set())
+    worker._execute_loop()
+    assert worker._doorbell.wait(0) is more
+
+
+@pytest.mark.parametrize("queued", [True, False], ids=["work-queued", "queue-empty"])
+def test_an_ended_execution_announces_its_free_slot_only_to_queued_work(api, monkeypatch, queued):
+    """Every end used to wake an executor of every data server to look at an empty queue; its
+    waiters are told in any case."""
+    a = api.create_org("A")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id, 2 if queued else 1)
+    told: list[str] = []
+    monkeypatch.setattr(transitions, "announce_new_work", lambda session: told.append("work"))
+    monkeypatch.setattr(transitions, "announce_ended", lambda session, ids: told.extend(ids))
+    claim = _claim(api)
+    assert lifecycle.finish_unsuccessfully(api.app.state.sessions, claim, "query_error", "no")
+    assert told == [claim.execution_id, "work"] if queued else [claim.execution_id]
 
 
 def test_a_data_servers_share_counts_executions_of_every_kind(api):
