@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,16 +24,17 @@ from data_server.datasource_specs import DatasourceSpecs
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob
 from data_server.sandbox_pool import SandboxPool
 from shared import lifecycle
-from shared.db.engine import create_read_session_factory
 from shared.db.models import Datasource, utcnow
 from shared.lifecycle import ErrorCode, ExecutionStatus, ExecutionType
 from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
 from shared.settings import Settings
 from shared.storage_quota import (
     AREA_WALK_MAX_AGE_SECONDS,
+    AreaWalk,
     StorageUsage,
     locked_storage_usage,
-    storage_usage,
+    usage_and_walk,
+    walk_again,
     walk_area,
 )
 from shared.tokens import Scope, new_data_key
@@ -68,7 +70,6 @@ class ExecutionRunner:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.reads = create_read_session_factory(sessions.kw["bind"])
         self.store = store
         self.pool = pool
         self.specs = DatasourceSpecs(settings, sessions)
@@ -143,7 +144,8 @@ class ExecutionRunner:
         scratch = self.store.temp_path(f"{claim.execution_id}-{claim.attempt}")
         result_path = scratch.with_suffix(".arrow")
         try:
-            limits, usage = self._limits_within_quota(claim)
+            limits, usage, before_run = self._limits_within_quota(claim)
+            checked_at = time.monotonic()
             query = QueryJob(
                 datasource=spec,
                 sql=claim.sql,
@@ -160,12 +162,7 @@ class ExecutionRunner:
                 raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
             data_key = new_data_key(Scope.EXECUTION_RESULT)
             self.store.publish(result_path, result_object_key(data_key))
-            walked = walk_area(
-                self.sessions,
-                self.settings,
-                claim.organization_id,
-                max_age=AREA_WALK_MAX_AGE_SECONDS,
-            )
+            walked = self._walk_before_storing(claim, before_run, checked_at)
             with self.sessions.begin() as session:
                 # Checked again under the organisation's lock: executions that ran side by side
                 # were each capped at the same remaining bytes, and only one may take them.
@@ -188,23 +185,37 @@ class ExecutionRunner:
             shutil.rmtree(scratch, ignore_errors=True)
             result_path.unlink(missing_ok=True)
 
-    def _limits_within_quota(self, claim: lifecycle.Claim) -> tuple[Limits, StorageUsage]:
+    def _limits_within_quota(self, claim: lifecycle.Claim) -> tuple[Limits, StorageUsage, AreaWalk]:
         """A result may take only what the organisation's storage quota leaves; none left fails
         the execution before it runs, and a result cut short by the quota fails it after. Its
-        files are counted by a recent walk of its area, as they are again when the result is
-        stored (under the organisation's lock, walked again only if the API changed the area)."""
-        with self.reads() as session:
-            usage = storage_usage(
-                session,
-                self.settings,
-                claim.organization_id,
-                files_max_age=AREA_WALK_MAX_AGE_SECONDS,
-            )
+        files are counted by a recent walk of its area (returned), as they are again when the
+        result is stored (under the organisation's lock, walked again only if the API changed
+        the area)."""
+        usage, walked = usage_and_walk(
+            self.sessions,
+            self.settings,
+            claim.organization_id,
+            max_age=AREA_WALK_MAX_AGE_SECONDS,
+        )
         if usage.remaining_bytes <= 0:
             raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
         limits = self._limits()
         cap = min(limits.max_result_bytes, usage.remaining_bytes)
-        return replace(limits, max_result_bytes=cap), usage
+        return replace(limits, max_result_bytes=cap), usage, walked
+
+    def _walk_before_storing(
+        self, claim: lifecycle.Claim, before_run: AreaWalk, checked_at: float
+    ) -> AreaWalk:
+        """The walk the result's check counts files by: the one before the run, for its
+        generation, after a quick run; after a long one, with the generation read again (an
+        upload during the run would otherwise make the check walk under the lock)."""
+        if time.monotonic() - checked_at < AREA_WALK_MAX_AGE_SECONDS:
+            return walk_again(
+                self.settings, claim.organization_id, before_run, max_age=AREA_WALK_MAX_AGE_SECONDS
+            )
+        return walk_area(
+            self.sessions, self.settings, claim.organization_id, max_age=AREA_WALK_MAX_AGE_SECONDS
+        )
 
     def _run_refresh(self, job: Job, spec: DatasourceSpec) -> None:
         claim = job.claim

@@ -202,9 +202,34 @@ def walk_area(
     A walk under the lock would hold up the organisation's other writers, and on SQLite every
     writer of the region, for as long as it takes (minutes for millions of files). ``max_age``:
     as in ``storage_usage`` (0: walked now, as an upload's check needs)."""
+    return usage_and_walk(sessions, settings, organization_id, max_age=max_age)[1]
+
+
+def usage_and_walk(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    organization_id: str,
+    *,
+    max_age: float = 0.0,
+) -> tuple[StorageUsage, AreaWalk]:
+    """``storage_usage`` outside any transaction, with the walk it counted the files by: a
+    worker's check before a run, whose walk serves again (``walk_again``) when the result is
+    stored."""
     with sessions.kw["bind"].connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
-        _, generation = stored_bytes_and_area_generation(connection, organization_id)
+        results, generation = stored_bytes_and_area_generation(connection, organization_id)
+    walked = AreaWalk(generation, _area_bytes(settings, organization_id, generation, max_age))
+    return _usage(settings, walked.files_bytes, results), walked
+
+
+def walk_again(
+    settings: Settings, organization_id: str, walked: AreaWalk, *, max_age: float
+) -> AreaWalk:
+    """``walked``, walked again if it is older than ``max_age``, for the same generation (read
+    before the first walk, so still one read before this one): a worker storing a quick query's
+    result reads no generation a second time. Should the API have changed the area since,
+    ``locked_storage_usage`` sees the generation move and walks again."""
+    generation = walked.generation
     return AreaWalk(generation, _area_bytes(settings, organization_id, generation, max_age))
 
 

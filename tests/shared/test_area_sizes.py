@@ -21,7 +21,8 @@ from shared.storage_quota import (
     AREA_WALK_MAX_AGE_SECONDS,
     AreaSizes,
     locked_storage_usage,
-    storage_usage,
+    usage_and_walk,
+    walk_again,
     walk_area,
 )
 
@@ -140,10 +141,9 @@ def test_the_check_before_a_run_reuses_a_walk_until_the_api_changes_the_area(org
     settings, sessions, organization_id, area = organization
 
     def before_a_run() -> int:
-        with sessions() as session:
-            usage = storage_usage(
-                session, settings, organization_id, files_max_age=AREA_WALK_MAX_AGE_SECONDS
-            )
+        usage, _ = usage_and_walk(
+            sessions, settings, organization_id, max_age=AREA_WALK_MAX_AGE_SECONDS
+        )
         return usage.files_bytes
 
     assert before_a_run() == 100
@@ -153,4 +153,26 @@ def test_the_check_before_a_run_reuses_a_walk_until_the_api_changes_the_area(org
     with sessions.begin() as session:
         note_area_changed(session, organization_id)
     assert before_a_run() == 0
+    assert len(walks) == 2
+
+
+def test_the_walk_before_a_run_serves_its_result_unless_the_api_changed_the_area(
+    organization, walks
+):
+    """A quick run's result is checked by the walk made before it ran, for the generation read
+    then (no second read); a change the API made meanwhile moves the generation on, and the
+    check under the lock walks again."""
+    settings, sessions, organization_id, area = organization
+    _, before_run = usage_and_walk(
+        sessions, settings, organization_id, max_age=AREA_WALK_MAX_AGE_SECONDS
+    )
+    again = walk_again(settings, organization_id, before_run, max_age=AREA_WALK_MAX_AGE_SECONDS)
+    assert again == before_run and again.files_bytes == 100
+    assert len(walks) == 1
+    (area / "a.csv").unlink()
+    with sessions.begin() as session:
+        note_area_changed(session, organization_id)
+    with sessions.begin() as session:
+        usage = locked_storage_usage(session, settings, organization_id, again)
+    assert usage.files_bytes == 0
     assert len(walks) == 2
