@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,11 +41,22 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 UNLISTENED_RECHECK_SECONDS = 0.5
+# Ends heard lately, remembered so that a waiter registered just after its execution was queued
+# can tell whether it ended in between (``mark``): far more than end within one queueing.
+REMEMBERED_ENDS = 4096
 # The listening connection is checked this often; a dead one is replaced.
 KEEPALIVE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 5.0
 # A notifier writes a few lines and closes; anything longer is not one.
 _MAX_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point in what this process's listener heard: which listening, and how many ends."""
+
+    listening: int
+    ends_heard: int
 
 
 class ExecutionWaits:
@@ -54,6 +68,9 @@ class ExecutionWaits:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._listening = False
+        self._listenings = 0  # how often listening (re)started: ends may be missed in between
+        self._ends_heard = 0
+        self._recent_ends: deque[str] = deque(maxlen=REMEMBERED_ENDS)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -81,19 +98,32 @@ class ExecutionWaits:
 
     # ------------------------------------------------------------------ waiting
 
+    def mark(self) -> Mark | None:
+        """Where the listener is now, to be taken before reading an execution that will be
+        waited for (``wait_until_ended``'s ``known``); None while nothing listens."""
+        if not (self._listening and asyncio.get_running_loop() is self._loop):
+            return None
+        return Mark(self._listenings, self._ends_heard)
+
     async def wait_until_ended(
         self,
         execution_id: str,
         seconds: float,
         read: Callable[[], Awaitable[T]],
         ended: Callable[[T], bool],
+        known: tuple[T, Mark | None] | None = None,
     ) -> T:
         """``read()`` now, and again whenever the execution may have ended, until ``ended`` says
         so or ``seconds`` pass; the last reading. Registered before the first read, so an end
-        between that read and the wait is not missed."""
+        between that read and the wait is not missed. ``known``: a reading taken after a
+        ``mark``, which serves as the first one unless the listener may have heard the
+        execution end since (Run Execution's new execution, read as it was queued)."""
         loop = asyncio.get_running_loop()
         with self._parked(execution_id, loop) as event:
-            current = await read()
+            if known is not None and not self._may_have_ended(execution_id, known[1]):
+                current = known[0]
+            else:
+                current = await read()
             deadline = loop.time() + seconds
             while not ended(current) and (remaining := deadline - loop.time()) > 0:
                 if not (self._listening and loop is self._loop):
@@ -121,7 +151,18 @@ class ExecutionWaits:
             if not waiters and self._waiters.get(execution_id) is waiters:
                 del self._waiters[execution_id]
 
+    def _may_have_ended(self, execution_id: str, mark: Mark | None) -> bool:
+        """Whether an end of the execution may have been heard, or missed, since ``mark``."""
+        if mark is None or mark.listening != self._listenings or not self._listening:
+            return True
+        since = self._ends_heard - mark.ends_heard
+        return since > REMEMBERED_ENDS or execution_id in itertools.islice(
+            reversed(self._recent_ends), since
+        )
+
     def _wake(self, execution_id: str) -> None:
+        self._ends_heard += 1
+        self._recent_ends.append(execution_id)
         for event in self._waiters.get(execution_id, ()):
             event.set()
 
@@ -149,6 +190,7 @@ class ExecutionWaits:
 
     def _listening_now(self) -> None:
         self._listening = True
+        self._listenings += 1
         self._wake_all()
 
     async def _listen_postgres(self) -> None:

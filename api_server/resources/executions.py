@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from api_server import audit, jsonapi
 from api_server.auth import Principal, unauthorized
-from api_server.execution_waits import ExecutionWaits
+from api_server.execution_waits import ExecutionWaits, Mark
 from api_server.permissions import Permission
 from api_server.resource_layer import documentation as doc
 from api_server.resource_layer.operations import Body, Operations
@@ -419,11 +419,14 @@ async def answer_run(
     fetch are two requests. ``tells_reuse``: the execution's ``meta.reused`` is in the answer
     (a report's run; Run Execution's answer stays Cluvio's)."""
     wait = _wait_seconds(request)  # checked before anything is queued
+    waits: ExecutionWaits = request.app.state.execution_waits
+    mark = waits.mark() if wait else None  # what the queue's answer is read after
     queued = await run_in_threadpool(_queue, request, parse, queue)
     reused = queued.reused if tells_reuse else None
     if not wait:
         return _document(queued.execution, principal, reused=reused)
-    execution = await _until_ended(request, principal, queued.execution.id, wait)
+    known = (queued.execution, mark)  # as queued: read again only once it may have ended
+    execution = await _until_ended(request, principal, queued.execution.id, wait, known=known)
     meta = await run_in_threadpool(_grant_if_completed, request, principal, execution)
     return _document(execution, principal, meta, reused)
 
@@ -466,11 +469,12 @@ async def _until_ended(
     seconds: float,
     *,
     key_rechecked: bool = False,
+    known: tuple[Execution, Mark | None] | None = None,
 ) -> Execution:
     """The execution once it ended or ``seconds`` passed: waited for on the event loop, each
     read in a thread. ``key_rechecked``: each read after the first also asks whether the key
     is still enabled (401 if not, as its next request would be: it was deleted or disabled
-    during the wait)."""
+    during the wait). ``known``: as ``ExecutionWaits.wait_until_ended`` takes it."""
     reads = 0
 
     def read() -> Awaitable[Execution]:
@@ -480,7 +484,7 @@ async def _until_ended(
         return run_in_threadpool(_load, request, principal, execution_id, recheck_key=recheck)
 
     waits: ExecutionWaits = request.app.state.execution_waits
-    return await waits.wait_until_ended(execution_id, seconds, read, _ended)
+    return await waits.wait_until_ended(execution_id, seconds, read, _ended, known)
 
 
 def _ended(execution: Execution) -> bool:

@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import create_engine, func, select, text, update
 
+from api_server.execution_waits import ExecutionWaits
 from data_server.app import create_app as create_data_app
 from shared import lifecycle
 from shared.db.models import Execution, utcnow
@@ -205,6 +206,115 @@ def test_waiters_are_woken_after_the_listening_connection_is_cut(postgres_url, t
         )
         assert cancel.status_code == 200
         assert _status_within(waiter, 15) == "cancelled"
+
+
+# ---------------------------------------------------------------------------- a reading known
+
+# Run-and-wait reads its new execution as it queues it: that reading serves as the waiter's first
+# unless an end of the execution may have been heard since the mark taken before queueing.
+
+
+def _waits_on_a_mailbox(tmp_path: Path) -> tuple[ExecutionWaits, Path]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+    directory = mailbox_directory(engine.url)
+    assert directory is not None
+    return ExecutionWaits(engine), directory
+
+
+async def _listening(waits: ExecutionWaits) -> None:
+    await waits.start()
+    for _ in range(200):
+        if waits.mark() is not None:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the listener did not start")
+
+
+async def _heard(waits: ExecutionWaits, directory: Path, execution_id: str) -> None:
+    """Post an end and let the event loop take it in (the notifier runs off the loop)."""
+    before = waits.mark()
+    await asyncio.to_thread(post, directory, {Topic.EXECUTION_ENDED: [execution_id]})
+    for _ in range(200):
+        if waits.mark() != before:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the end was not heard")
+
+
+def _wait_with_known(waits, execution_id, mark, reading="starting"):
+    reads: list[str] = []
+
+    async def read() -> str:
+        reads.append("read")
+        return "completed"
+
+    async def waited() -> tuple[str, list[str], float]:
+        """The answer, the reads made, and how long it took: read at once when the execution
+        may have ended; else the known reading is taken, and read again at the deadline."""
+        started = time.monotonic()
+        answer = await waits.wait_until_ended(
+            execution_id, 0.3, read, lambda status: status == "completed", (reading, mark)
+        )
+        return answer, reads, time.monotonic() - started
+
+    return waited()
+
+
+@pytest.mark.parametrize(
+    "heard, reads_first",
+    [([], False), (["another"], False), (["x"], True), (["another", "x", "another"], True)],
+    ids=["nothing-heard", "another-ended", "it-ended", "it-ended-among-others"],
+)
+def test_a_known_reading_serves_unless_its_execution_may_have_ended_since_the_mark(
+    tmp_path, heard, reads_first
+):
+    waits, directory = _waits_on_a_mailbox(tmp_path)
+
+    async def scenario() -> tuple[str, list[str], float]:
+        await _listening(waits)
+        try:
+            mark = waits.mark()
+            for execution_id in heard:
+                await _heard(waits, directory, execution_id)
+            return await _wait_with_known(waits, "x", mark)
+        finally:
+            await waits.stop()
+
+    answer, reads, took = asyncio.run(scenario())
+    assert answer == "completed" and reads == ["read"]
+    assert (took < 0.25) is reads_first
+
+
+def test_a_known_reading_is_read_again_when_the_listener_restarted_or_never_listened(tmp_path):
+    waits, _ = _waits_on_a_mailbox(tmp_path)
+
+    async def scenario() -> list[float]:
+        took = [(await _wait_with_known(waits, "x", None))[2]]  # nothing listened at the mark
+        await _listening(waits)
+        mark = waits.mark()
+        await waits.stop()
+        await _listening(waits)  # ends may have come between the two listenings
+        try:
+            took.append((await _wait_with_known(waits, "x", mark))[2])
+        finally:
+            await waits.stop()
+        return took
+
+    assert all(seconds < 0.25 for seconds in asyncio.run(scenario()))  # read at once
+
+
+def test_a_known_ended_reading_is_the_answer_without_a_read(tmp_path):
+    waits, _ = _waits_on_a_mailbox(tmp_path)
+
+    async def scenario() -> tuple[str, list[str], float]:
+        await _listening(waits)
+        try:
+            return await _wait_with_known(waits, "x", waits.mark(), reading="completed")
+        finally:
+            await waits.stop()
+
+    answer, reads, _ = asyncio.run(scenario())
+    assert (answer, reads) == ("completed", [])
 
 
 # ---------------------------------------------------------------------------- run-and-wait
