@@ -26,6 +26,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.datapaths import organization_area
+from shared.db.engine import autocommit
 from shared.db.models import Execution
 from shared.errors import PayloadTooLarge
 from shared.organization_rows import (
@@ -215,8 +216,7 @@ def usage_and_walk(
     """``storage_usage`` outside any transaction, with the walk it counted the files by: a
     worker's check before a run, whose walk serves again (``walk_again``) when the result is
     stored."""
-    with sessions.kw["bind"].connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
+    with autocommit(sessions.kw["bind"]).connect() as connection:  # no BEGIN, no ROLLBACK
         results, generation = stored_bytes_and_area_generation(connection, organization_id)
     walked = AreaWalk(generation, _area_bytes(settings, organization_id, generation, max_age))
     return _usage(settings, walked.files_bytes, results), walked

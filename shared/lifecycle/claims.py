@@ -49,7 +49,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from shared.db.engine import database_now, write_lock_on_sqlite
+from shared.db.engine import autocommit, database_now, write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Organization, UTCDateTime, table_of
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.settings import Settings
@@ -150,8 +150,7 @@ def _anything_queued(engine: Engine, left_out: frozenset[str]) -> bool:
     left to the others: 1.6 such rankings per execution with 16 clients of one organisation,
     each under SQLite's write lock. Its queued work is ``left_out`` of the probe (queued work is bounded by the
     organisations' caps, so the probe reads few rows)."""
-    with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN, no ROLLBACK
+    with autocommit(engine).connect() as connection:  # no BEGIN, no ROLLBACK
         probe = connection.execute(_QUEUE_PROBE, {"left_out": sorted(left_out)})
         return probe.first() is not None
 

@@ -1,6 +1,7 @@
-"""The metadata engine's pool on PostgreSQL: a connection that answered a moment ago is reused
+"""The metadata engine's pool: on PostgreSQL a connection that answered a moment ago is reused
 without a ping; one the server has closed since is noticed at checkout and replaced, so the
-caller never sees the dead connection."""
+caller never sees the dead connection. Reads outside a transaction send nothing but themselves,
+on PostgreSQL and on SQLite."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, event, text
 
-from shared.db.engine import create_metadata_engine
+from shared.db.engine import autocommit, create_metadata_engine
 from shared.lifecycle import claims
 from tests.support.postgres import fresh_postgres_schema
 
@@ -81,3 +82,25 @@ def test_the_queue_probe_runs_outside_any_transaction(engine):
     finally:
         event.remove(engine, "after_cursor_execute", status_after)
     assert seen == ["IDLE", "INTRANS"]
+
+
+def test_on_sqlite_reads_outside_a_transaction_send_nothing_but_themselves(tmp_path):
+    """No BEGIN, no ROLLBACK, and no PRAGMA resetting the isolation level as each connection
+    goes back to the pool (what AUTOCOMMIT costs on SQLite): the API server's reads and the
+    worker's probe run several times per execution."""
+    engine = create_metadata_engine(f"sqlite:///{tmp_path / 'metadata.db'}")
+    sent: list[str] = []
+    event.listen(engine, "connect", lambda dbapi, _: dbapi.set_trace_callback(sent.append))
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("CREATE TABLE executions (status varchar(16), organization_id varchar(36))")
+            )
+        sent.clear()
+        for _ in range(2):
+            with autocommit(engine).connect() as connection:
+                connection.execute(text("SELECT 1")).all()
+            assert claims._anything_queued(engine, frozenset({"an-organisation"})) is False
+        assert [statement.split()[0] for statement in sent] == ["SELECT"] * 4, sent
+    finally:
+        engine.dispose()
