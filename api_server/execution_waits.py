@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ UNLISTENED_RECHECK_SECONDS = 0.5
 # Ends heard lately, remembered so that a waiter registered just after its execution was queued
 # can tell whether it ended in between (``mark``): far more than end within one queueing.
 REMEMBERED_ENDS = 4096
+# Executions this process queued lately, as queued, for a client's wait that follows its run:
+# fewer than the ends remembered (a reading older than those is of no use), and not for long.
+REMEMBERED_QUEUED = 1024
+REMEMBERED_QUEUED_SECONDS = 60.0
 # The listening connection is checked this often; a dead one is replaced.
 KEEPALIVE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 5.0
@@ -71,6 +76,8 @@ class ExecutionWaits:
         self._listenings = 0  # how often listening (re)started: ends may be missed in between
         self._ends_heard = 0
         self._recent_ends: deque[str] = deque(maxlen=REMEMBERED_ENDS)
+        # id -> (reading, mark, when): oldest first
+        self._queued: OrderedDict[str, tuple[Any, Mark, float]] = OrderedDict()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,6 +111,29 @@ class ExecutionWaits:
         if not (self._listening and asyncio.get_running_loop() is self._loop):
             return None
         return Mark(self._listenings, self._ends_heard)
+
+    def remember_queued(self, execution_id: str, reading: Any, mark: Mark | None) -> None:
+        """Keep an execution's reading, taken after ``mark`` as it was queued, for
+        ``queued_reading`` (a wait that follows its run usually comes at once)."""
+        if mark is None:
+            return
+        self._queued[execution_id] = (reading, mark, time.monotonic())
+        self._queued.move_to_end(execution_id)
+        while len(self._queued) > REMEMBERED_QUEUED:
+            self._queued.popitem(last=False)
+
+    def queued_reading(self, execution_id: str) -> tuple[Any, Mark] | None:
+        """The reading ``remember_queued`` kept, while it is recent, with its mark: for
+        ``wait_until_ended``'s ``known``, which reads the row instead if the execution may have
+        ended since. Only as good as the caller's check of who may see it."""
+        remembered = self._queued.get(execution_id)
+        if remembered is None:
+            return None
+        reading, mark, when = remembered
+        if time.monotonic() - when > REMEMBERED_QUEUED_SECONDS:
+            del self._queued[execution_id]
+            return None
+        return reading, mark
 
     async def wait_until_ended(
         self,

@@ -420,10 +420,12 @@ async def answer_run(
     (a report's run; Run Execution's answer stays Cluvio's)."""
     wait = _wait_seconds(request)  # checked before anything is queued
     waits: ExecutionWaits = request.app.state.execution_waits
-    mark = waits.mark() if wait else None  # what the queue's answer is read after
+    mark = waits.mark()  # what the queue's answer is read after
     queued = await run_in_threadpool(_queue, request, parse, queue)
     reused = queued.reused if tells_reuse else None
     if not wait:
+        if queued.execution.kept_bytes <= REMEMBERED_TEXT_BYTES:  # for a wait that follows
+            waits.remember_queued(queued.execution.id, queued.execution, mark)
         return _document(queued.execution, principal, reused=reused)
     known = (queued.execution, mark)  # as queued: read again only once it may have ended
     execution = await _until_ended(request, principal, queued.execution.id, wait, known=known)
@@ -480,7 +482,7 @@ async def _until_ended(
     def read() -> Awaitable[Execution]:
         nonlocal reads
         reads += 1
-        recheck = key_rechecked and reads > 1
+        recheck = key_rechecked and (reads > 1 or known is not None)  # after some wait
         return run_in_threadpool(_load, request, principal, execution_id, recheck_key=recheck)
 
     waits: ExecutionWaits = request.app.state.execution_waits
@@ -512,8 +514,31 @@ async def show_execution(request: Request, principal: Principal) -> Response:
     would."""
     wait = _wait_seconds(request)
     execution_id = executions.canonical_id(request.path_params["id"])
-    execution = await _until_ended(request, principal, execution_id, wait, key_rechecked=True)
+    known = _queued_reading(request, principal, execution_id) if wait else None
+    execution = await _until_ended(
+        request, principal, execution_id, wait, key_rechecked=True, known=known
+    )
     return _document(execution, principal)
+
+
+# The longest text (an execution's ``kept_bytes``) of an execution this process remembers as it
+# queued it: a thousand of them then hold at most 16 MiB.
+REMEMBERED_TEXT_BYTES = 16 * 1024
+
+
+def _queued_reading(
+    request: Request, principal: Principal, execution_id: str
+) -> tuple[Execution, Mark | None] | None:
+    """The execution as this process queued it moments ago, if ``principal`` may see it: the
+    wait's first reading, unless it may have ended since (a client's run, then its wait)."""
+    waits: ExecutionWaits = request.app.state.execution_waits
+    remembered = waits.queued_reading(execution_id)
+    if remembered is None:
+        return None
+    execution, mark = remembered
+    if not executions.visible_to(principal, execution, request.app.state.settings):
+        return None  # read, and answered as any other key's reading is (404)
+    return execution, mark
 
 
 def _grant_if_completed(

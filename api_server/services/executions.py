@@ -262,11 +262,21 @@ def get_execution(
         _VISIBLE_EXECUTION,
         {"id": canonical_id(execution_id), "organization_id": principal.organization_id},
     )
-    if execution is None or not principal.reaches_datasource(execution.datasource_id):
-        raise NotFound(_NOT_FOUND_DETAIL)
-    if _older_than(execution.created_at, settings.execution_retention_hours):
+    if execution is None or not visible_to(principal, execution, settings):
         raise NotFound(_NOT_FOUND_DETAIL)
     return execution
+
+
+def visible_to(principal: Principal, execution: Execution, settings: Settings) -> bool:
+    """What Get Execution shows a key: its organisation's executions but connection tests, on
+    datasources it reaches, for ``DATAFERRY_EXECUTION_RETENTION_HOURS``. Also asked of an
+    execution read earlier (``ExecutionWaits.queued_reading``), whoever asks."""
+    return (
+        execution.organization_id == principal.organization_id
+        and execution.execution_type != ExecutionType.CONNECTION_TEST
+        and principal.reaches_datasource(execution.datasource_id)
+        and not _older_than(execution.created_at, settings.execution_retention_hours)
+    )
 
 
 def data_available(execution: Execution, settings: Settings) -> bool:

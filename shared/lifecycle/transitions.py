@@ -360,7 +360,8 @@ def delete_executions(
     stored, and the bytes of text they keep, off its counters; the caller locked the
     organisation first (``lock_organization``) and deletes the objects of the data keys
     returned, one per execution deleted (None: it had no result, or its result was purged, whose
-    objects went then), once this committed.
+    objects went then), once this committed. The waiters of those still unfinished are told they
+    ended (they read, and answer 404): as many as the caps let queue or run.
 
     Plain columns come back and Python adds them up: SQLite 3.40 answers ``x IS NULL``
     wrongly in a DELETE's RETURNING clause (false for a NULL)."""
@@ -368,6 +369,8 @@ def delete_executions(
         delete(Execution)
         .where(which, Execution.organization_id == organization_id)
         .returning(
+            Execution.id,
+            Execution.status,
             Execution.data_key,
             Execution.data_purged_at,
             Execution.result_size,
@@ -382,6 +385,9 @@ def delete_executions(
     )
     count_stored_bytes(session, organization_id, -still_stored)
     count_execution_text(session, organization_id, -sum(row.kept_bytes for row in deleted))
+    unfinished = [row.id for row in deleted if row.status not in TERMINAL_STATUSES]
+    if unfinished:
+        announce_ended(session, unfinished)
     return [row.data_key if row.data_purged_at is None else None for row in deleted]
 
 

@@ -19,10 +19,19 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, func, select, text, update
 
-from api_server.execution_waits import ExecutionWaits
+from api_server import execution_waits
+from api_server.execution_waits import (
+    REMEMBERED_QUEUED,
+    REMEMBERED_QUEUED_SECONDS,
+    ExecutionWaits,
+    Mark,
+)
+from api_server.permissions import Permission
+from api_server.resources import executions as executions_resource
 from data_server.app import create_app as create_data_app
 from shared import lifecycle
 from shared.db.models import Execution, utcnow
+from shared.execution_states import ExecutionStatus
 from shared.notifications import Doorbell, Mailbox, Topic, mailbox_directory, post
 from shared.settings import Settings
 from shared.signing_keys import SigningKeyring, jwks, load_public_keys
@@ -315,6 +324,92 @@ def test_a_known_ended_reading_is_the_answer_without_a_read(tmp_path):
 
     answer, reads, _ = asyncio.run(scenario())
     assert (answer, reads) == ("completed", [])
+
+
+def test_executions_remembered_as_queued_are_few_and_recent(tmp_path, monkeypatch):
+    waits, _ = _waits_on_a_mailbox(tmp_path)
+    mark = Mark(listening=1, ends_heard=0)
+    for n in range(REMEMBERED_QUEUED + 1):
+        waits.remember_queued(f"e{n}", n, mark)
+    assert waits.queued_reading("e0") is None  # the oldest made room
+    assert waits.queued_reading(f"e{REMEMBERED_QUEUED}") == (REMEMBERED_QUEUED, mark)
+    waits.remember_queued("unlistened", 0, None)  # nothing listened: no reading is worth it
+    assert waits.queued_reading("unlistened") is None
+    later = time.monotonic() + REMEMBERED_QUEUED_SECONDS + 1
+    monkeypatch.setattr(execution_waits.time, "monotonic", lambda: later)
+    assert waits.queued_reading(f"e{REMEMBERED_QUEUED}") is None
+
+
+def _reads_counted(monkeypatch) -> list[str | None]:
+    """The execution ids Get Execution's wait reads, each time it reads."""
+    reads: list[str | None] = []
+    real = executions_resource._load
+
+    def counted(request, principal, execution_id=None, **kwargs):
+        reads.append(execution_id)
+        return real(request, principal, execution_id, **kwargs)
+
+    monkeypatch.setattr(executions_resource, "_load", counted)
+    return reads
+
+
+def test_a_wait_after_its_run_takes_the_execution_as_queued_and_reads_it_at_its_deadline(
+    api, monkeypatch
+):
+    """No data server runs here: the execution stays queued, and nothing ends. The wait that
+    follows the run (same process, moments later) reads it once, at its deadline."""
+    org = api.create_org()
+    execution_id = _run(api, org).json()["data"]["id"]
+    reads = _reads_counted(monkeypatch)
+    answer = api.get(f"/executions/{execution_id}?wait=0.3", org.key)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["attributes"]["execution_status"] == "starting"
+    assert reads == [execution_id]
+    answer = api.get(f"/executions/{execution_id}", org.key)  # no wait: read at once, as ever
+    assert answer.status_code == 200 and len(reads) == 2
+
+
+def test_an_execution_remembered_as_queued_is_shown_to_no_key_that_may_not_see_it(api):
+    """A run that reuses a completed execution remembers it completed: a wait on it is answered
+    from memory, without a read. Another organisation, and a key of the same one restricted to
+    another datasource, still get the 404 a read gives them."""
+    a, b = api.create_org("A"), api.create_org("B")
+    shop = api.create_datasource(a.key, name="Shop")["id"]
+    restricted = api.create_key(a, [Permission.VIEW_DATASOURCES], datasource_ids=[shop])
+    execution_id = _run(api, a).json()["data"]["id"]
+    remembered = api.app.state.execution_waits.queued_reading(execution_id)
+    assert remembered is not None
+    remembered[0].status = ExecutionStatus.COMPLETED  # as a reused one is remembered
+    for key in (b.key, restricted):
+        answer = api.get(f"/executions/{execution_id}?wait=5", key)
+        assert answer.status_code == 404, answer.text
+        assert execution_id not in answer.text
+    answer = api.get(f"/executions/{execution_id}?wait=5", a.key)
+    assert answer.json()["data"]["attributes"]["execution_status"] == "completed"
+
+
+def test_deleting_a_datasource_wakes_the_waiters_of_its_unfinished_executions(api):
+    """They read, and get their 404 at once, not at their deadline."""
+    org = api.create_org()
+    shop = api.create_datasource(org.key, name="Shop")["id"]
+    answer = api.post(f"/datasources/{shop}/executions", org.key, {"sql_query": "SELECT 1"}, JSON)
+    assert answer.status_code == 200, answer.text
+    execution_id = answer.json()["data"]["id"]
+    statuses: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: statuses.append(
+            api.get(f"/executions/{execution_id}?wait=30", org.key).status_code
+        ),
+        daemon=True,
+    )
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while api.app.state.execution_waits.parked < 1:
+        assert time.monotonic() < deadline, "the waiter never parked"
+        time.sleep(0.01)
+    assert api.delete(f"/datasources/{shop}", org.key).status_code == 204
+    waiter.join(15)
+    assert statuses == [404], "the waiter was not woken"
 
 
 # ---------------------------------------------------------------------------- run-and-wait
