@@ -147,7 +147,8 @@ class ExecutionWaits:
         so or ``seconds`` pass; the last reading. Registered before the first read, so an end
         between that read and the wait is not missed. ``known``: a reading taken after a
         ``mark``, which serves as the first one unless the listener may have heard the
-        execution end since (Run Execution's new execution, read as it was queued)."""
+        execution end since (Run Execution's new execution as it was queued: for run-and-wait,
+        or for a wait that follows the run)."""
         loop = asyncio.get_running_loop()
         with self._parked(execution_id, loop) as event:
             if known is not None and not self._may_have_ended(execution_id, known[1]):

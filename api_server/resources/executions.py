@@ -424,7 +424,7 @@ async def answer_run(
     queued = await run_in_threadpool(_queue, request, parse, queue)
     reused = queued.reused if tells_reuse else None
     if not wait:
-        if queued.execution.kept_bytes <= REMEMBERED_TEXT_BYTES:  # for a wait that follows
+        if _worth_remembering(queued.execution):  # for a wait that follows
             waits.remember_queued(queued.execution.id, queued.execution, mark)
         return _document(queued.execution, principal, reused=reused)
     known = (queued.execution, mark)  # as queued: read again only once it may have ended
@@ -524,6 +524,13 @@ async def show_execution(request: Request, principal: Principal) -> Response:
 # The longest text (an execution's ``kept_bytes``) of an execution this process remembers as it
 # queued it: a thousand of them then hold at most 16 MiB.
 REMEMBERED_TEXT_BYTES = 16 * 1024
+
+
+def _worth_remembering(execution: Execution) -> bool:
+    """Unfinished (a wait then always ends with a fresh read: on the end's notification or at
+    its deadline; a reused execution that ended could be purged meanwhile, unannounced) and of
+    small text."""
+    return not _ended(execution) and execution.kept_bytes <= REMEMBERED_TEXT_BYTES
 
 
 def _queued_reading(

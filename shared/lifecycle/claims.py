@@ -148,8 +148,8 @@ def _anything_queued(engine: Engine, left_out: frozenset[str]) -> bool:
     organisation fills this data server's share, the spare executor is woken by each of its new
     executions, and by each claim that saw more queued, only to find that organisation's work
     left to the others: 1.6 such rankings per execution with 16 clients of one organisation,
-    each under SQLite's write lock. Its queued work is ``left_out`` of the probe (queued work is bounded by the
-    organisations' caps, so the probe reads few rows)."""
+    each under SQLite's write lock. Its queued work is ``left_out`` of the probe (queued work
+    is bounded by the organisations' caps, so the probe reads few rows)."""
     with autocommit(engine).connect() as connection:  # no BEGIN, no ROLLBACK
         probe = connection.execute(_QUEUE_PROBE, {"left_out": sorted(left_out)})
         return probe.first() is not None
@@ -288,9 +288,9 @@ def _server_share() -> ColumnElement[int]:
 
 def _ranking() -> Select[str, str, int]:
     """Every (organisation, datasource) pair with queued work and a slot under the caps and the
-    share, with how many executions it has queued, the least-served first: fewest running in the organisation (of every kind: a worker
-    is a worker), then on the datasource, then the oldest queued execution. Full pairs are
-    filtered out before the limit, never after it."""
+    share, with how many executions it has queued, the least-served first: fewest running in
+    the organisation (of every kind: a worker is a worker), then on the datasource, then the
+    oldest queued execution. Full pairs are filtered out before the limit, never after it."""
     by_organization = (
         select(
             Execution.organization_id.label("id"),

@@ -370,16 +370,16 @@ def test_a_wait_after_its_run_takes_the_execution_as_queued_and_reads_it_at_its_
 
 
 def test_an_execution_remembered_as_queued_is_shown_to_no_key_that_may_not_see_it(api):
-    """A run that reuses a completed execution remembers it completed: a wait on it is answered
-    from memory, without a read. Another organisation, and a key of the same one restricted to
-    another datasource, still get the 404 a read gives them."""
+    """A remembered reading that is an end would be the answer without a read (only unfinished
+    ones are kept; the check must not rest on that). Another organisation, and a key of the
+    same one restricted to another datasource, still get the 404 a read gives them."""
     a, b = api.create_org("A"), api.create_org("B")
     shop = api.create_datasource(a.key, name="Shop")["id"]
     restricted = api.create_key(a, [Permission.VIEW_DATASOURCES], datasource_ids=[shop])
     execution_id = _run(api, a).json()["data"]["id"]
     remembered = api.app.state.execution_waits.queued_reading(execution_id)
     assert remembered is not None
-    remembered[0].status = ExecutionStatus.COMPLETED  # as a reused one is remembered
+    remembered[0].status = ExecutionStatus.COMPLETED
     for key in (b.key, restricted):
         answer = api.get(f"/executions/{execution_id}?wait=5", key)
         assert answer.status_code == 404, answer.text
