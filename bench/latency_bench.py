@@ -27,6 +27,7 @@ the servers is what holds it back.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import statistics
@@ -71,12 +72,19 @@ class Figures:
     run_and_wait_p50: float
 
 
+_REGIONS = itertools.count()  # a schema of its own for each region this process starts
+
+
 @contextmanager
-def region_of(configuration: str) -> Iterator[Region]:
+def region_of(configuration: str, code: Path | None = None) -> Iterator[Region]:
+    """A region of ``configuration``; ``code``: a checkout whose servers it runs (they import
+    from there first) instead of this one's."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(RAISED)
+        if code is not None:
+            env["PYTHONPATH"] = str(code)
         if configuration == "scale-out":
-            schema = f"dataferry_bench_{os.getpid()}"
+            schema = f"dataferry_bench_{os.getpid()}_{next(_REGIONS)}"
             url = postgres_url_from_env(schema)
             assert url is not None
             with _schema(url, schema):

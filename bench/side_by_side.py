@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import latency_bench as bench
 
 from tests.support.client import DataferryClient
-from tests.support.processes import Region, running_region
+from tests.support.processes import Region
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS: dict[str, Callable[[DataferryClient, str], float]] = {
@@ -63,25 +63,6 @@ def worktree(revision: str) -> Iterator[Path]:
             yield path
         finally:
             subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False)
-
-
-@contextmanager
-def region_of(tree: Path, configuration: str) -> Iterator[Region]:
-    """A region running ``tree``'s code (its servers import from there first)."""
-    env = {**bench.RAISED, "PYTHONPATH": str(tree)}
-    with tempfile.TemporaryDirectory() as tmp:
-        if configuration == "scale-out":
-            schema = f"dataferry_side_{os.getpid()}_{tree.parent.name[-6:].lower()}"
-            url = bench.postgres_url_from_env(schema)
-            if url is None:
-                sys.exit(f"scale-out needs {bench.POSTGRES_ENV}")
-            with bench._schema(url, schema):
-                env["DATAFERRY_DATABASE_URL"] = url
-                with running_region(Path(tmp), env) as region:
-                    yield region
-            return
-        with running_region(Path(tmp), env) as region:
-            yield region
 
 
 def one_batch(
@@ -125,23 +106,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="batches per revision")
     parser.add_argument("--configuration", choices=("embedded", "scale-out"), default="embedded")
     args = parser.parse_args()
+    if args.configuration == "scale-out" and not os.environ.get(bench.POSTGRES_ENV):
+        sys.exit(f"scale-out needs {bench.POSTGRES_ENV} (a PostgreSQL URL)")
     print(
         "policy limits raised for the bench: "
         + " ".join(f"{k}={v}" for k, v in bench.RAISED.items())
     )
     with ExitStack() as stack:
         sides = []
-        for revision in (args.base, args.new):
+        # Labelled by side, not revision: the same one twice (a check of the method) stays two.
+        for label, revision in (("base", args.base), ("new", args.new)):
             tree = stack.enter_context(worktree(revision))
-            region = stack.enter_context(region_of(tree, args.configuration))
+            region = stack.enter_context(bench.region_of(args.configuration, tree))
             client = stack.enter_context(region.organization_client("Side by side"))
-            sides.append((revision, region, client, bench.sample_datasource(client)))
+            sides.append((f"{label} {revision}", region, client, bench.sample_datasource(client)))
         for _, region, client, datasource_id in sides:
             bench.settled(region, client, datasource_id)
-        batches: dict[str, list[Batch]] = {revision: [] for revision, *_ in sides}
+        batches: dict[str, list[Batch]] = {side: [] for side, *_ in sides}
         for round_ in range(args.rounds):
-            for revision, region, client, datasource_id in sides[:: 1 if round_ % 2 == 0 else -1]:
-                batches[revision].append(
+            for side, region, client, datasource_id in sides[:: 1 if round_ % 2 == 0 else -1]:
+                batches[side].append(
                     one_batch(region, client, datasource_id, args.path, args.batch)
                 )
     print(
@@ -149,11 +133,11 @@ def main() -> None:
         " median and minimum over the batches"
     )
     print(
-        f"{'revision':>14} {'executions/s':>15}  {'p50 ms':>15}  {'API CPU ms':>15}"
+        f"{'side':>14} {'executions/s':>15}  {'p50 ms':>15}  {'API CPU ms':>15}"
         f"  {'data CPU ms':>15}  {'children ms':>15}"
     )
-    for revision, rows in batches.items():
-        report(revision[:14], rows)
+    for side, rows in batches.items():
+        report(side[:14], rows)
 
 
 if __name__ == "__main__":

@@ -155,15 +155,10 @@ def _anything_queued(engine: Engine, left_out: frozenset[str]) -> bool:
         return probe.first() is not None
 
 
-_EXECUTIONS = table_of(Execution)  # the table: a probe needs no ORM entity
-_ANY_QUEUED = (
-    select(_EXECUTIONS.c.id).where(_EXECUTIONS.c.status == ExecutionStatus.STARTING).limit(1)
-)
-
-
 def work_is_queued(session: Session) -> bool:
-    """Whether any execution waits to be claimed, as ``session`` sees the queue."""
-    return session.execute(_ANY_QUEUED).first() is not None
+    """Whether any execution waits to be claimed, as ``session`` sees the queue (the probe,
+    leaving nobody out)."""
+    return session.execute(_QUEUE_PROBE, {"left_out": []}).first() is not None
 
 
 def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:
