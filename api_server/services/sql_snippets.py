@@ -18,6 +18,7 @@ from shared.db.engine import locked_to_change
 from shared.db.models import SqlSnippet
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.organization_rows import lock_organization
+from shared.runs import snippet_lookup
 from shared.settings import Settings
 from sql_templating.snippets import cycle_through
 
@@ -96,17 +97,8 @@ def _require_no_cycle(session: Session, snippet: SqlSnippet) -> None:
     naming it would fail to expand (``sql_snippet_cycle``) from then on, and backups would carry
     the cycle; the caller's transaction is then rolled back. Under the organisation's lock, so
     that two changes, each harmless alone, cannot close a cycle together; after the name's check,
-    so that a taken name is the 409 it is."""
-
-    def stored(other: str) -> str | None:
-        return session.scalar(
-            select(SqlSnippet.sql).where(
-                SqlSnippet.organization_id == snippet.organization_id,
-                SqlSnippet.name == other,
-                SqlSnippet.id != snippet.id,
-            )
-        )
-
+    so that a taken name is the 409 it is (its own name ends the walk before any lookup)."""
+    stored = snippet_lookup(session, snippet.organization_id)
     cycle = cycle_through(snippet.name, snippet.sql, stored)
     if cycle is not None:
         raise Unprocessable(
