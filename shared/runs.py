@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.database_types import refuse_ssh_tunnel
-from shared.db.engine import held_against_delete
+from shared.db.engine import held_against_delete, one_of
 from shared.db.models import (
     Dashboard,
     Datasource,
@@ -264,7 +264,7 @@ def find_reusable(
         Execution.completed_at >= max(result_since, completed_since or result_since),
     )
     unfinished = and_(
-        Execution.status.in_(UNFINISHED_STATUSES), Execution.cancel_requested.is_(False)
+        one_of(Execution.status, UNFINISHED_STATUSES), Execution.cancel_requested.is_(False)
     )
     return session.scalar(
         select(Execution)
@@ -301,8 +301,8 @@ _UNFINISHED_COUNTED = (
     .select_from(Execution)
     .where(
         Execution.organization_id == bindparam("organization_id"),
-        Execution.execution_type.in_(ORGANIZATION_CAP_COUNTS),
-        Execution.status.in_(UNFINISHED_STATUSES),
+        one_of(Execution.execution_type, ORGANIZATION_CAP_COUNTS),
+        one_of(Execution.status, UNFINISHED_STATUSES),
     )
 )
 

@@ -5,16 +5,27 @@ from __future__ import annotations
 import select as io_select
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, exc, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    create_engine,
+    event,
+    exc,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.pool import Pool
 
 from shared.settings import Settings
@@ -217,6 +228,15 @@ def held_against_delete(statement: SelectT) -> SelectT:
     found, never a foreign key's failure. Changes of them (``locked_to_change``) do not wait.
     (On SQLite the caller holds the database's write lock, which orders the two.)"""
     return statement.with_for_update(read=True, key_share=True)
+
+
+def one_of(
+    column: ColumnElement[Any] | QueryableAttribute[Any], values: Iterable[Any]
+) -> ColumnElement[bool]:
+    """``column IN (values)`` for a fixed set of values, each bound on its own, so that the
+    statement is rendered once: a plain ``in_`` binds an expanding list, which SQLAlchemy
+    renders again on every execution: a third of a cached one-row count's cost on SQLite."""
+    return column.in_([literal(value, column.type) for value in sorted(values)])
 
 
 def database_now(session: Session) -> datetime:
