@@ -18,21 +18,14 @@ from shared.signing_keys import rotate_signing_key
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     # Imported here: the operator commands need neither the app nor uvicorn, and importing them
     # doubles every command's start-up time.
-    import uvicorn
-
     from api_server.app import create_app
-    from shared.web.http_limits import uvicorn_options
+    from shared.web.serving import serve
 
     upgrade_to_head(create_metadata_engine(settings.database_url))
     settings = settings.with_overrides(
         api_host=args.host or settings.api_host, api_port=args.port or settings.api_port
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        **uvicorn_options(settings),
-    )
+    serve(create_app(settings), settings, host=settings.api_host, port=settings.api_port)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:

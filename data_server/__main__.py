@@ -8,8 +8,6 @@ import sys
 import threading
 from collections.abc import Sequence
 
-import uvicorn
-
 from data_server.app import create_app, remove_dead_scratch, start_workers, stop_workers
 from data_server.sample import ensure_sample_database
 from shared.command_line import CommandParser, run_command
@@ -21,7 +19,7 @@ from shared.db.engine import (
 from shared.db.migrate import upgrade_to_head
 from shared.results import open_result_store
 from shared.settings import Settings
-from shared.web.http_limits import uvicorn_options
+from shared.web.serving import serve
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -30,11 +28,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     settings = settings.with_overrides(
         data_host=args.host or settings.data_host, data_port=args.port or settings.data_port
     )
-    uvicorn.run(
+    serve(
         create_app(settings, run_workers=not args.no_workers),
+        settings,
         host=settings.data_host,
         port=settings.data_port,
-        **uvicorn_options(settings),
     )
 
 
