@@ -19,8 +19,10 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
+from api_server.audit import record_answer
 from api_server.auth import authenticate, limit_rate
 from api_server.jsonapi import MAX_BODY_BYTES, read_bounded_body, require_acceptable
 from api_server.permissions import Permission, require
@@ -83,6 +85,10 @@ class Operation(web.Operation):
         web.reject_undeclared_query(request, self.declared_query)
         _refuse_entity_tag_conditions(request)
         return (principal,)
+
+    def answered_in_thread(self, request: Request, response: Response) -> None:
+        if self.audit is not None:
+            record_answer(request, response)
 
     @functools.cached_property
     def declared_query(self) -> frozenset[str]:

@@ -74,6 +74,10 @@ class Operation:
         """``admit``'s checks, run in a thread (where ``admits_in_thread``)."""
         raise NotImplementedError
 
+    def answered_in_thread(self, request: Request, response: Response) -> None:
+        """What follows a plain handler's answer in its thread, before the answer is sent (the
+        API server's audit record). Nothing here."""
+
     def documented_errors(self) -> dict[int, str | None]:
         """Each error status the operation can answer, with a note saying when (None: the shared
         description): those ``admit`` gives, then the declared ones, which may reword them."""
@@ -158,14 +162,19 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     and holds no thread: it runs its blocking steps with ``run_in_threadpool``."""
     waits = inspect.iscoroutinefunction(op.handler)
 
+    def handled(request: Request, *arguments: Any) -> Response:
+        response = cast(Response, op.handler(request, *arguments))
+        op.answered_in_thread(request, response)
+        return response
+
     def admitted_then_handled(request: Request) -> Response:
-        return cast(Response, op.handler(request, *op.checks_in_thread(request)))
+        return handled(request, *op.checks_in_thread(request))
 
     async def endpoint(request: Request) -> Response:
         arguments = (request, *await op.admit(request))
         if waits:
             return await cast(Awaitable[Response], op.handler(*arguments))
-        return cast(Response, await run_in_threadpool(op.handler, *arguments))
+        return await run_in_threadpool(handled, *arguments)
 
     async def endpoint_in_one_thread(request: Request) -> Response:
         return await run_in_threadpool(admitted_then_handled, request)
