@@ -428,8 +428,15 @@ async def answer_run(
             waits.remember_queued(queued.execution.id, queued.execution, mark)
         return _document(queued.execution, principal, reused=reused)
     known = (queued.execution, mark)  # as queued: read again only once it may have ended
-    execution = await _until_ended(request, principal, queued.execution.id, wait, known=known)
-    meta = await run_in_threadpool(_grant_if_completed, request, principal, execution)
+    meta: dict[str, Any] | None = None
+
+    def grant(ended: Execution) -> None:
+        nonlocal meta
+        meta = _grant_if_completed(request, principal, ended)
+
+    execution = await _until_ended(
+        request, principal, queued.execution.id, wait, known=known, once_ended=grant
+    )
     return _document(execution, principal, meta, reused)
 
 
@@ -472,18 +479,27 @@ async def _until_ended(
     *,
     key_rechecked: bool = False,
     known: tuple[Execution, Mark | None] | None = None,
+    once_ended: Callable[[Execution], None] | None = None,
 ) -> Execution:
     """The execution once it ended or ``seconds`` passed: waited for on the event loop, each
     read in a thread. ``key_rechecked``: each read after the first also asks whether the key
     is still enabled (401 if not, as its next request would be: it was deleted or disabled
-    during the wait). ``known``: as ``ExecutionWaits.wait_until_ended`` takes it."""
+    during the wait). ``known``: as ``ExecutionWaits.wait_until_ended`` takes it.
+    ``once_ended``: called with the reading that found it ended, in that reading's thread
+    (run-and-wait's grant: one trip to a thread fewer)."""
     reads = 0
+
+    def load(recheck: bool) -> Execution:
+        execution = _load(request, principal, execution_id, recheck_key=recheck)
+        if once_ended is not None and _ended(execution):
+            once_ended(execution)
+        return execution
 
     def read() -> Awaitable[Execution]:
         nonlocal reads
         reads += 1
         recheck = key_rechecked and (reads > 1 or known is not None)  # after some wait
-        return run_in_threadpool(_load, request, principal, execution_id, recheck_key=recheck)
+        return run_in_threadpool(load, recheck)
 
     waits: ExecutionWaits = request.app.state.execution_waits
     return await waits.wait_until_ended(execution_id, seconds, read, _ended, known)
