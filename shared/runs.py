@@ -38,6 +38,7 @@ from shared.db.models import (
     Organization,
     Report,
     SqlSnippet,
+    table_of,
     text_bytes,
     utcnow,
 )
@@ -180,14 +181,21 @@ def require_still_there(session: Session, datasource_id: str, report_id: str | N
     held against a delete (a key-share lock) until it is committed: one racing a delete of
     either is a 404 (``ReportGone`` for the report), not the insert failing its foreign key. (On
     SQLite the caller holds the database's write lock, which already orders the two.)"""
-    if session.scalar(_held(Datasource, datasource_id)) is None:
+    if session.scalar(_DATASOURCE_HELD, {"row_id": datasource_id}) is None:
         raise NotFound("No datasource with this id exists.")
-    if report_id is not None and session.scalar(_held(Report, report_id)) is None:
+    if report_id is not None and session.scalar(_REPORT_HELD, {"row_id": report_id}) is None:
         raise ReportGone("No report with this id exists.")
 
 
-def _held(model: type[Datasource] | type[Report], row_id: str) -> Select[str]:
-    return held_against_delete(select(model.id).where(model.id == row_id))
+def _held(model: type[Datasource] | type[Report]) -> Select[str]:
+    """Built once, on the table (every run asks): an ORM-enabled select, built per call, cost
+    three times as much."""
+    rows = table_of(model)
+    return held_against_delete(select(rows.c.id).where(rows.c.id == bindparam("row_id")))
+
+
+_DATASOURCE_HELD = _held(Datasource)
+_REPORT_HELD = _held(Report)
 
 
 def bind_run(session: Session, run: SqlRun, settings: Settings) -> BoundQuery:
