@@ -17,6 +17,8 @@ against the budget of ``shared.runs.require_text_room``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -43,15 +45,26 @@ def result_bytes(result_size: int | None, variants_size: int) -> int:
     return (result_size or 0) + variants_size
 
 
+@dataclass(frozen=True)
+class HeldOrganization:
+    """What the holders of an organisation's lock read of its row, as the lock read it."""
+
+    id: str
+    max_running_executions: int | None
+    stored_results_bytes: int
+    execution_text_bytes: int
+    area_generation: int
+
+
 # Each run and each stored result lock the organisation and count its bytes: built once, bound
-# per call.
-_LOCKED_ORGANIZATION = (
-    select(Organization)
-    .where(Organization.id == bindparam("organization"))
-    .with_for_update(key_share=True)
-    .execution_options(populate_existing=True)
-)
+# per call, on the table (a model object, loaded afresh, cost twice as much).
 _ORGANIZATIONS = table_of(Organization)
+_HELD_COLUMNS = [_ORGANIZATIONS.c[field.name] for field in fields(HeldOrganization)]
+_LOCKED_ORGANIZATION = (
+    select(*_HELD_COLUMNS)
+    .where(_ORGANIZATIONS.c.id == bindparam("organization"))
+    .with_for_update(key_share=True)
+)
 
 
 def _counting(column: str) -> Update:
@@ -73,11 +86,7 @@ def _counting(column: str) -> Update:
 _COUNTING = {name: _counting(name) for name in ("stored_results_bytes", "execution_text_bytes")}
 # A run's lock of its organisation, counting its text in the same statement: an UPDATE takes
 # the row's lock as _LOCKED_ORGANIZATION does (FOR NO KEY UPDATE on PostgreSQL).
-_LOCKED_COUNTING_TEXT = (
-    select(Organization)
-    .from_statement(_COUNTING["execution_text_bytes"].returning(*_ORGANIZATIONS.c))
-    .execution_options(populate_existing=True)
-)
+_LOCKED_COUNTING_TEXT = _COUNTING["execution_text_bytes"].returning(*_HELD_COLUMNS)
 _STORED_BYTES_AND_AREA = select(
     Organization.stored_results_bytes, Organization.area_generation
 ).where(Organization.id == bindparam("organization"))
@@ -93,7 +102,7 @@ _NOTE_AREA_CHANGED = (
 
 def lock_organization(
     session: Session, organization_id: str, *, adding_text_bytes: int = 0
-) -> Organization:
+) -> HeldOrganization:
     """Hold the organisation's row until the caller's transaction ends (the database's write lock
     on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
     the organisation (audit events, other resources). ``adding_text_bytes``: counted in its
@@ -103,8 +112,10 @@ def lock_organization(
     write_lock_on_sqlite(session)
     if adding_text_bytes:
         counting = {"organization": organization_id, "delta": adding_text_bytes}
-        return session.scalars(_LOCKED_COUNTING_TEXT, counting).one()
-    return session.scalars(_LOCKED_ORGANIZATION, {"organization": organization_id}).one()
+        return HeldOrganization(*session.execute(_LOCKED_COUNTING_TEXT, counting).one())
+    return HeldOrganization(
+        *session.execute(_LOCKED_ORGANIZATION, {"organization": organization_id}).one()
+    )
 
 
 def count_stored_bytes(session: Session, organization_id: str, delta: int) -> None:

@@ -53,6 +53,7 @@ from shared.lifecycle import (
 )
 from shared.notifications import announce_new_work
 from shared.organization_rows import (
+    HeldOrganization,
     count_execution_text,
     lock_organization,
 )
@@ -131,7 +132,7 @@ def _queue_locked(
     run: SqlRun,
     bound: BoundQuery,
     key: str | None,
-    organization: Organization,
+    organization: HeldOrganization,
     weight: int,
     settings: Settings,
 ) -> QueuedRun:
@@ -298,7 +299,7 @@ def require_enabled(datasource: Datasource) -> None:
     refuse_ssh_tunnel(datasource.ssh_tunnel_host)
 
 
-def execution_cap(organization: Organization, settings: Settings) -> int:
+def execution_cap(organization: Organization | HeldOrganization, settings: Settings) -> int:
     """How many SQL executions the organisation may have starting or running at once."""
     return organization.max_running_executions or settings.max_running_executions
 
@@ -338,7 +339,7 @@ def text_budget_bytes(settings: Settings) -> int:
 
 
 def require_text_room(
-    session: Session, organization: Organization, weight: int, settings: Settings
+    session: Session, organization: HeldOrganization, weight: int, settings: Settings
 ) -> None:
     """429 unless the organisation's executions (locked by ``lock_organization``) keep room for
     ``weight`` more bytes of text: one key at its rate limits could otherwise store a megabyte
@@ -372,7 +373,11 @@ AT_CAPACITY = "too_many_running_executions"
 
 
 def require_capacity(
-    session: Session, organization: Organization, settings: Settings, *, background: bool = False
+    session: Session,
+    organization: HeldOrganization,
+    settings: Settings,
+    *,
+    background: bool = False,
 ) -> None:
     """At most N unfinished executions per organisation (locked by ``lock_organization``), of
     the kinds its cap counts at claim too (``ORGANIZATION_CAP_COUNTS``: SQL queries); a
