@@ -304,14 +304,15 @@ def execution_cap(organization: Organization | HeldOrganization, settings: Setti
     return organization.max_running_executions or settings.max_running_executions
 
 
-# Every run counts them: built once, bound per call.
+# Every run counts them: built once on the table (as a claim's statements are), bound per call.
+_EXECUTIONS = table_of(Execution)
 _UNFINISHED_COUNTED = (
     select(func.count())
-    .select_from(Execution)
+    .select_from(_EXECUTIONS)
     .where(
-        Execution.organization_id == bindparam("organization_id"),
-        one_of(Execution.execution_type, ORGANIZATION_CAP_COUNTS),
-        one_of(Execution.status, UNFINISHED_STATUSES),
+        _EXECUTIONS.c.organization_id == bindparam("organization_id"),
+        one_of(_EXECUTIONS.c.execution_type, ORGANIZATION_CAP_COUNTS),
+        one_of(_EXECUTIONS.c.status, UNFINISHED_STATUSES),
     )
 )
 
