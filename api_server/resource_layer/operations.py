@@ -29,6 +29,7 @@ from api_server.permissions import Permission, require
 from api_server.principals import Principal
 from api_server.resource_layer.documentation import fields_parameter, id_parameter
 from api_server.resource_layer.resource_types import ResourceType, declared_type
+from shared.digits import natural_number
 from shared.errors import PreconditionFailed
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web import operations as web
@@ -46,6 +47,12 @@ class Body(Enum):
     NONE = "none"  # none expected; any sent is not read
     BOUNDED = "bounded"  # read whole before the handler runs, at most max_body_bytes (1 MiB)
     STREAM = "stream"  # the handler streams it (an upload), after every check above
+
+
+# A body declared at most this long is read before the checks (``Operation.admits_in_thread``):
+# uvicorn buffers as much of a request (its flow control's high-water mark) before the app
+# reads any of it, so reading it first makes no client's request cost the server more.
+EARLY_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,9 +77,20 @@ class Operation(web.Operation):
             request.state.body = await read_bounded_body(request, self.max_body_bytes)
         return arguments
 
-    @property
-    def admits_in_thread(self) -> bool:
-        return self.body is not Body.BOUNDED  # reading the body waits on the event loop
+    async def admits_in_thread(self, request: Request) -> bool:
+        """Unless a body must be read between the checks and the handler (reading waits on the
+        event loop): a small one, of a length declared up to ``EARLY_BODY_BYTES`` and without a
+        content coding, is read first: reading it gives no error the checks would have given
+        first but the transport's own (408, a client gone). Any other body is read after the
+        checks, so that an unauthenticated client cannot make the server take a large one."""
+        if self.body is not Body.BOUNDED:
+            return True
+        limit = min(EARLY_BODY_BYTES, self.max_body_bytes)
+        declared = natural_number(request.headers.get("content-length", ""), limit)
+        if declared is None or declared > limit or "content-encoding" in request.headers:
+            return False
+        request.state.body = await read_bounded_body(request, self.max_body_bytes)
+        return True
 
     def checks_in_thread(self, request: Request) -> tuple[Any, ...]:
         """406 → 401 → 429 → 403, then the query's parameter names (400 for one not declared or

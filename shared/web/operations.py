@@ -63,11 +63,10 @@ class Operation:
         establish (the caller) is passed to the handler after the request. None here."""
         return ()
 
-    @property
-    def admits_in_thread(self) -> bool:
-        """Whether none of ``admit``'s checks waits on the event loop, so that they may run as
-        ``checks_in_thread``: for a plain handler, in its thread just before it, and a request
-        then takes one trip to a thread, not two."""
+    async def admits_in_thread(self, request: Request) -> bool:
+        """Whether ``admit``'s checks may run as ``checks_in_thread``, for a plain handler in its
+        thread just before it, so that the request takes one trip to a thread, not two: none of
+        them waits on the event loop, or what waits was done here first. False here."""
         return False
 
     def checks_in_thread(self, request: Request) -> tuple[Any, ...]:
@@ -171,16 +170,13 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
         return handled(request, *op.checks_in_thread(request))
 
     async def endpoint(request: Request) -> Response:
+        if not waits and await op.admits_in_thread(request):
+            return await run_in_threadpool(admitted_then_handled, request)
         arguments = (request, *await op.admit(request))
         if waits:
             return await cast(Awaitable[Response], op.handler(*arguments))
         return await run_in_threadpool(handled, *arguments)
 
-    async def endpoint_in_one_thread(request: Request) -> Response:
-        return await run_in_threadpool(admitted_then_handled, request)
-
-    if not waits and op.admits_in_thread:
-        return endpoint_in_one_thread
     return endpoint
 
 

@@ -1,4 +1,5 @@
-"""Operator commands run in this process, for the modules that test them."""
+"""Operator commands run in this process, and the trips a request takes to worker threads, for
+the modules that test them."""
 
 from __future__ import annotations
 
@@ -45,3 +46,20 @@ def operator_command(
 
     yield under
     os.umask(umask)
+
+
+@pytest.fixture
+def trips_to_threads(monkeypatch) -> list[object]:
+    """The functions requests ran in worker threads, in order (a test clears it before the
+    request it counts)."""
+    import anyio.to_thread
+
+    trips: list[object] = []
+    original = anyio.to_thread.run_sync
+
+    async def counted(func, *args, **kwargs):
+        trips.append(func)
+        return await original(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    return trips

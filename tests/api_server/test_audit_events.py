@@ -200,22 +200,6 @@ def test_a_run_records_its_event_in_the_transaction_that_queues_it(api, monkeypa
     assert events[0]["attributes"]["status"] == 200
 
 
-@pytest.fixture
-def trips_to_threads(monkeypatch):
-    """The functions each request ran in a thread, in order (cleared by the test)."""
-    import anyio.to_thread
-
-    trips: list[object] = []
-    original = anyio.to_thread.run_sync
-
-    async def counted(func, *args, **kwargs):
-        trips.append(func)
-        return await original(func, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    return trips
-
-
 def test_a_handlers_answer_is_recorded_once_in_the_thread_it_ran_in(api, trips_to_threads):
     """No trip to a thread of its own for the record: a create that is recorded takes as many as
     one refused (422, nothing recorded), and its event is written once."""
@@ -236,11 +220,6 @@ def test_a_handlers_answer_is_recorded_once_in_the_thread_it_ran_in(api, trips_t
 def test_a_data_grant_is_recorded_in_the_thread_that_handed_it_out(api, trips_to_threads):
     """Get Execution Data takes one trip to a thread, whether it hands out a grant (recorded)
     or answers 204 (not ready: nothing recorded)."""
-    from sqlalchemy import update
-
-    from shared.db.models import Execution, utcnow
-    from shared.tokens import Scope, new_data_key
-
     org = api.create_org()
     run = api.client.post(
         f"/datasources/{org.sample_datasource_id}/executions",
@@ -251,13 +230,7 @@ def test_a_data_grant_is_recorded_in_the_thread_that_handed_it_out(api, trips_to
     trips_to_threads.clear()
     assert api.get(f"/executions/{execution_id}/data", org.key).status_code == 204
     assert len(trips_to_threads) == 1
-    with api.app.state.sessions.begin() as session:
-        session.execute(
-            update(Execution)
-            .where(Execution.id == execution_id)
-            .values(status="completed", completed_at=utcnow(), result_size=10,
-                    data_key=new_data_key(Scope.EXECUTION_RESULT))
-        )  # fmt: skip
+    api.complete_by_hand(execution_id)
     trips_to_threads.clear()
     granted = api.get(f"/executions/{execution_id}/data", org.key)
     assert "data_access_token" in granted.json(), granted.text
