@@ -12,8 +12,7 @@ from sqlalchemy import select, update
 
 from api_server.permissions import Permission
 from api_server.services import executions as executions_service
-from shared.db.models import ApiKey, Execution, Organization, utcnow
-from shared.tokens import Scope, new_data_key
+from shared.db.models import ApiKey, Execution, Organization
 
 JSON = "application/json"
 
@@ -282,13 +281,7 @@ def test_a_key_is_answered_for_no_cache_to_keep(api):
     execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
         "data"
     ]["id"]
-    with api.app.state.sessions.begin() as session:
-        session.execute(
-            update(Execution)
-            .where(Execution.id == execution_id)
-            .values(status="completed", completed_at=utcnow(), result_size=10,
-                    data_key=new_data_key(Scope.EXECUTION_RESULT))
-        )  # fmt: skip
+    api.complete_by_hand(execution_id)
     grant = api.get(f"/executions/{execution_id}/data", org.key)
     assert "data_access_token" in grant.json(), grant.text
     viewer = api.create_key(org, [Permission.VIEW_ALERTS])

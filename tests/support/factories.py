@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from sqlalchemy import update
 from starlette.testclient import TestClient
 
 from api_server.app import create_app
@@ -16,8 +17,9 @@ from api_server.permissions import Permission
 from api_server.services import api_keys, organizations
 from data_server.engine import Limits
 from shared.datapaths import ensure_organization_area
-from shared.db.models import Dashboard, Report
+from shared.db.models import Dashboard, Execution, Report, utcnow
 from shared.settings import Settings
+from shared.tokens import Scope, new_data_key
 from tests.support.log_watch import remember
 
 # What a sandbox may use in tests that call the engine or the pool directly.
@@ -141,6 +143,19 @@ class Api:
         response = self.post("/datasources", key, resource("datasources", **attributes))
         assert response.status_code == 201, response.text
         return response.json()["data"]
+
+    def complete_by_hand(self, execution_id: str) -> str:
+        """Mark the execution completed with a result of its own (nothing stored): what a grant
+        reads. Its data key."""
+        data_key = new_data_key(Scope.EXECUTION_RESULT)
+        with self.app.state.sessions.begin() as session:
+            session.execute(
+                update(Execution)
+                .where(Execution.id == execution_id)
+                .values(status="completed", completed_at=utcnow(), result_size=10,
+                        data_key=data_key)
+            )  # fmt: skip
+        return data_key
 
     # HTTP helpers ------------------------------------------------------------------------
     def get(self, path: str, key: str | None, **kwargs: Any) -> Any:
