@@ -98,9 +98,11 @@ def require_acceptable(request: Request, produced: str = JSONAPI_MEDIA_TYPE) -> 
         )
 
 
-async def read_bounded_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+async def read_bounded_body(
+    request: Request, max_bytes: int = MAX_BODY_BYTES, seconds: float | None = None
+) -> bytes:
     refuse_content_coding(request)
-    return await read_body_within(request, max_bytes)
+    return await read_body_within(request, max_bytes, seconds)
 
 
 # ---------------------------------------------------------------- request documents

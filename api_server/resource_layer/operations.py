@@ -33,6 +33,7 @@ from shared.digits import natural_number
 from shared.errors import PreconditionFailed
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web import operations as web
+from shared.web.http_limits import REQUEST_HEAD_TIMEOUT_SECONDS
 from shared.web.request_headers import list_value, names_any
 
 API_KEY = "ApiKey"  # the security scheme of every operation that is not public
@@ -81,15 +82,19 @@ class Operation(web.Operation):
         """Unless a body must be read between the checks and the handler (reading waits on the
         event loop): a small one, of a length declared up to ``EARLY_BODY_BYTES`` and without a
         content coding, is read first: reading it gives no error the checks would have given
-        first but the transport's own (408, a client gone). Any other body is read after the
-        checks, so that an unauthenticated client cannot make the server take a large one."""
+        first but the transport's own (a client gone; 408 past the request head's deadline, so
+        that no client holds its connection longer, unauthenticated, than a slow head would).
+        Any other body is read after the checks, so that an unauthenticated client cannot make
+        the server take a large one."""
         if self.body is not Body.BOUNDED:
             return True
         limit = min(EARLY_BODY_BYTES, self.max_body_bytes)
         declared = natural_number(request.headers.get("content-length", ""), limit)
         if declared is None or declared > limit or "content-encoding" in request.headers:
             return False
-        request.state.body = await read_bounded_body(request, self.max_body_bytes)
+        request.state.body = await read_bounded_body(
+            request, self.max_body_bytes, REQUEST_HEAD_TIMEOUT_SECONDS
+        )
         return True
 
     def checks_in_thread(self, request: Request) -> tuple[Any, ...]:

@@ -326,14 +326,16 @@ def _refusal(scope: Scope) -> AppError | None:
     return None
 
 
-async def read_body_within(request: Request, max_bytes: int) -> bytes:
-    """The whole body, or 413 past ``max_bytes``, or 408 if it takes too long to arrive."""
+async def read_body_within(request: Request, max_bytes: int, seconds: float | None = None) -> bytes:
+    """The whole body, or 413 past ``max_bytes``, or 408 if it takes longer than ``seconds``
+    (``BODY_TIMEOUT_SECONDS`` unless given)."""
+    seconds = BODY_TIMEOUT_SECONDS if seconds is None else seconds
     declared = natural_number(request.headers.get("content-length", ""), max_bytes)
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"The request body exceeds {max_bytes} bytes.")
     chunks, size = [], 0
     try:
-        with anyio.fail_after(BODY_TIMEOUT_SECONDS):
+        with anyio.fail_after(seconds):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_bytes:
@@ -341,7 +343,7 @@ async def read_body_within(request: Request, max_bytes: int) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(
-            f"The request body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s.",
+            f"The request body did not arrive within {seconds:.0f} s.",
             headers={"Connection": "close"},  # the rest of the body would be read as a request
         ) from None
     except ClientDisconnect:

@@ -77,3 +77,33 @@ def test_a_coded_body_is_refused_after_the_checks(api, bodies_read):
     coded = _run(api, org.key, org.sample_datasource_id, body, **{"Content-Encoding": "gzip"})
     assert coded.status_code == 415
     assert bodies_read == [str(len(body))]  # only for the client the checks let through
+
+
+def test_a_small_body_read_first_gets_the_request_heads_deadline(monkeypatch):
+    """Before the checks, a body that trickles in is 408 at the request head's deadline (10 s),
+    not the body's (30 s): no client holds its connection longer, unauthenticated, than a slow
+    head would."""
+    import time
+
+    import anyio
+    from starlette.requests import Request
+
+    from api_server.openapi import operations
+    from api_server.resource_layer import operations as declared
+    from shared.errors import RequestTimeout
+
+    monkeypatch.setattr(declared, "REQUEST_HEAD_TIMEOUT_SECONDS", 0.2)
+    [create_snippet] = [
+        op for op in operations() if (op.method, op.path) == ("POST", "/sql_snippets")
+    ]
+
+    async def trickling():
+        await anyio.sleep(0.05)
+        return {"type": "http.request", "body": b"{", "more_body": True}
+
+    headers = [(b"content-length", b"100"), (b"content-type", b"application/vnd.api+json")]
+    request = Request({"type": "http", "method": "POST", "headers": headers}, trickling)
+    started = time.monotonic()
+    with pytest.raises(RequestTimeout):
+        anyio.run(create_snippet.admits_in_thread, request)
+    assert time.monotonic() - started < 5
