@@ -264,7 +264,8 @@ _ERROR_RESPONSES: dict[type[AppError], str] = {
     "datasources: the answers are the same.",
     MethodNotAllowed: "The path does not take this method; `Allow` lists those it takes.",
     NotAcceptable: "The `Accept` header admits no media type this operation produces.",
-    RequestTimeout: "The request body did not fully arrive within 30 s.",
+    RequestTimeout: "The request body did not fully arrive within 30 s (one declared at most 64 "
+    "KiB long: within 10 s, as a request head).",
     Conflict: "The request conflicts with the current state of the object (see `code`).",
     PayloadTooLarge: "The request body exceeds 1 MiB.",
     UnsupportedMediaType: "The request body was not sent with the media type this operation takes.",
