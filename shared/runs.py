@@ -38,6 +38,7 @@ from shared.db.models import (
     Organization,
     Report,
     SqlSnippet,
+    insert_new,
     table_of,
     text_bytes,
     utcnow,
@@ -165,11 +166,10 @@ def _queue_locked(
         kept_bytes=weight,
     )
     if run.idempotency_key is None:  # nothing it could collide with: no savepoint to pay for
-        session.add(execution)
-        session.flush()
+        insert_new(session, execution)
     else:
         with session.begin_nested():
-            session.add(execution)
+            insert_new(session, execution)
     return QueuedRun(execution)
 
 

@@ -173,6 +173,8 @@ def test_a_run_records_its_event_in_the_transaction_that_queues_it(api, monkeypa
     """A worker claims the execution as soon as it commits: an event written after would wait
     for the claim's lock (or make the claim wait). The event is written by the session that
     holds the new execution, before it commits; and the request writes no event after."""
+    from sqlalchemy import select
+
     from api_server import audit
     from shared.db.models import Execution
 
@@ -181,8 +183,9 @@ def test_a_run_records_its_event_in_the_transaction_that_queues_it(api, monkeypa
     original = audit.record_event
 
     def record(session, **event):
-        held = [row for row in session.identity_map.values() if isinstance(row, Execution)]
-        seen_at_record.append(len(held) if session.in_transaction() else -1)
+        runs = select(Execution.id).where(Execution.execution_type == "sql_query")
+        queued = session.scalars(runs).all() if session.in_transaction() else []
+        seen_at_record.append(len(queued) if session.in_transaction() else -1)
         original(session, **event)
 
     monkeypatch.setattr(audit, "record_event", record)
@@ -192,7 +195,7 @@ def test_a_run_records_its_event_in_the_transaction_that_queues_it(api, monkeypa
         headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
     )
     assert run.status_code == 200, run.text
-    assert seen_at_record == [1]  # one event, in the execution's transaction
+    assert seen_at_record == [1]  # one event, in the transaction that holds the execution
     monkeypatch.undo()
     events = _events(api, org.key)["data"]
     assert [e["attributes"]["action"] for e in events] == ["execution.run"]
