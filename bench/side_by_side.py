@@ -6,7 +6,8 @@ starts them, the rate limit raised as latency_bench.py raises it), both running 
 of one-row executions go to each in turn, alternating which goes first, so that whatever else
 the machine does falls on both alike. Printed per revision, over the batches: executions/s and
 p50 (median and minimum), and the CPU per execution of its API server, data server and sandbox
-children (median and minimum: other load only ever adds to a batch's figures).
+children (median and minimum: other load only ever adds to a batch's figures); and the p99 of
+every execution of its batches together (the 16-client target bounds it).
 
     .venv/bin/python bench/side_by_side.py BASE NEW [--path four|wait|16] [--batch N]
         [--rounds N] [--configuration embedded|scale-out]
@@ -46,10 +47,14 @@ PATHS: dict[str, Callable[[DataferryClient, str], float]] = {
 @dataclass
 class Batch:
     rate: float
-    p50_ms: float
+    samples: list[float]
     api_ms: float
     data_ms: float
     children_ms: float
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.samples) * 1000
 
 
 @contextmanager
@@ -79,7 +84,7 @@ def one_batch(
     spent = {name: (after[name] - before.get(name, 0.0)) / executions for name in after}
     return Batch(
         rate=len(samples) / wall,
-        p50_ms=statistics.median(samples) * 1000,
+        samples=samples,
         api_ms=spent["API server"],
         data_ms=spent["data server"],
         children_ms=sum(ms for name, ms in spent.items() if name.startswith("child")),
@@ -94,6 +99,7 @@ def report(label: str, batches: list[Batch]) -> None:
         f"{label:>14} {both([b.rate for b in batches])}  {both([b.p50_ms for b in batches])}"
         f"  {both([b.api_ms for b in batches])}  {both([b.data_ms for b in batches])}"
         f"  {both([b.children_ms for b in batches])}"
+        f"  {bench.percentile([x for b in batches for x in b.samples], 0.99) * 1000:9.1f}"
     )
 
 
@@ -134,7 +140,7 @@ def main() -> None:
     )
     print(
         f"{'side':>14} {'executions/s':>15}  {'p50 ms':>15}  {'API CPU ms':>15}"
-        f"  {'data CPU ms':>15}  {'children ms':>15}"
+        f"  {'data CPU ms':>15}  {'children ms':>15}  {'p99 ms':>9}"
     )
     for side, rows in batches.items():
         report(side[:14], rows)
