@@ -171,6 +171,7 @@ def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | N
     if started is None:
         return None
     claimed, datasource, more_claimable = started
+    reached = {name: getattr(datasource, name) for name in _REACHED_BY}
     return Claim(
         execution_id=claimed.id,
         attempt=claimed.attempt,
@@ -178,18 +179,9 @@ def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | N
         execution_type=claimed.execution_type,
         sql=claimed.expanded_sql or claimed.sql_query,
         bound_parameters=list(claimed.bound_parameters or []),
-        datasource_id=datasource.id,
-        database_type=datasource.database_type,
-        database=datasource.database,
-        data_time_zone=datasource.data_time_zone,
-        host=datasource.host,
-        port=datasource.port,
-        username=datasource.username,
-        password_encrypted=datasource.password_encrypted,
-        require_ssl=datasource.require_ssl,
-        verify_ssl=datasource.verify_ssl,
-        s3_region=datasource.s3_region,
+        datasource_id=reached.pop("id"),
         more_claimable=more_claimable,
+        **reached,
     )
 
 
@@ -351,7 +343,8 @@ def _ranking() -> Select[str, str, int]:
     )
 
 
-# What a claim carries of its datasource (``Claim``): how to reach it.
+# What a claim carries of its datasource, how to reach it: ``Claim``'s fields of these names
+# (``id`` as ``datasource_id``).
 _REACHED_BY = (
     "id",
     "database_type",
@@ -396,10 +389,8 @@ def _with_free_slot() -> Select[Any]:
 def _start_oldest() -> ReturningUpdate[Any]:
     """Start the pair's oldest queued execution, of a kind the organisation's cap does not count
     if that is full; one that another transaction holds (a cancel under way) is skipped.
-    Nothing when the pair has no such queued execution any more. On the table, not the model:
-    the claim needs a few columns, not an ``Execution`` the session would track."""
-    executions = _EXECUTIONS
-    queued = executions.alias("queued")
+    Nothing when the pair has no such queued execution any more."""
+    queued = _EXECUTIONS.alias("queued")
     oldest = (
         select(queued.c.id)
         .where(
@@ -418,24 +409,24 @@ def _start_oldest() -> ReturningUpdate[Any]:
     )
     now = bindparam("claim_now", type_=UTCDateTime())
     return (
-        update(executions)
-        .where(executions.c.id == oldest, executions.c.status == ExecutionStatus.STARTING)
+        update(_EXECUTIONS)
+        .where(_EXECUTIONS.c.id == oldest, _EXECUTIONS.c.status == ExecutionStatus.STARTING)
         .values(
             status=ExecutionStatus.RUNNING,
-            attempt=executions.c.attempt + 1,
+            attempt=_EXECUTIONS.c.attempt + 1,
             lease_owner=bindparam("claim_worker"),
             lease_expires_at=bindparam("claim_until", type_=UTCDateTime()),
-            started_at=func.coalesce(executions.c.started_at, now),
+            started_at=func.coalesce(_EXECUTIONS.c.started_at, now),
             updated_at=now,
         )
         .returning(
-            executions.c.id,
-            executions.c.attempt,
-            executions.c.organization_id,
-            executions.c.execution_type,
-            executions.c.expanded_sql,
-            executions.c.sql_query,
-            executions.c.bound_parameters,
+            _EXECUTIONS.c.id,
+            _EXECUTIONS.c.attempt,
+            _EXECUTIONS.c.organization_id,
+            _EXECUTIONS.c.execution_type,
+            _EXECUTIONS.c.expanded_sql,
+            _EXECUTIONS.c.sql_query,
+            _EXECUTIONS.c.bound_parameters,
         )
     )
 

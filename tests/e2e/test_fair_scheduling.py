@@ -306,7 +306,7 @@ def test_an_ended_execution_announces_its_free_slot_only_to_queued_work(api, mon
     monkeypatch.setattr(transitions, "announce_ended", lambda session, ids: told.extend(ids))
     claim = _claim(api)
     assert lifecycle.finish_unsuccessfully(api.app.state.sessions, claim, "query_error", "no")
-    assert told == [claim.execution_id, "work"] if queued else [claim.execution_id]
+    assert told == ([claim.execution_id, "work"] if queued else [claim.execution_id])
 
 
 def test_a_data_servers_share_counts_executions_of_every_kind(api):
