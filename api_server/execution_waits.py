@@ -30,13 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from shared.notifications import (
-    SEND_TIMEOUT_SECONDS,
-    Mailbox,
-    Topic,
-    mailbox_directory,
-    split_payloads,
-)
+from shared.notifications import Lines, Mailbox, Topic, mailbox_directory
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,8 +46,6 @@ REMEMBERED_QUEUED_SECONDS = 60.0
 # The listening connection is checked this often; a dead one is replaced.
 KEEPALIVE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 5.0
-# A notifier writes a few lines and closes; anything longer is not one.
-_MAX_MESSAGE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -254,17 +246,17 @@ class ExecutionWaits:
     async def _on_notifier(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        data = b""
+        """A notifier's connection, kept open by it for its next notifications: each line
+        wakes as it arrives, until the notifier closes it or sends what no notifier would."""
+        lines = Lines()
         try:
-            async with asyncio.timeout(SEND_TIMEOUT_SECONDS * 2):
-                while len(data) < _MAX_MESSAGE_BYTES and (chunk := await reader.read(65536)):
-                    data += chunk
-        except (TimeoutError, OSError):
-            pass  # keep the complete lines that came
+            while chunk := await reader.read(65536):
+                for execution_id in lines.feed(chunk):
+                    self._wake(execution_id)
+        except (ValueError, OSError):
+            pass
         finally:
             writer.close()
-        for execution_id in split_payloads(data):
-            self._wake(execution_id)
 
     # ------------------------------------------------------------------ metrics
 

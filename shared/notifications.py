@@ -9,11 +9,14 @@ spurious one costs a read. Two transports, one for each configuration (docs/arch
   is delivered only once the change is committed and visible; receivers ``LISTEN``.
 - **SQLite** (embedded, one machine): every receiving process listens on a unix stream socket in
   a directory beside the database file (``<db>.notify/<topic>.<pid>.<random>``); after the
-  writer's commit, a notifier connects to each socket of the topic and writes one line per
-  message. A socket whose process is gone refuses the connection and is removed. Stream sockets,
-  not datagrams: Linux queues only ``net.unix.max_dgram_qlen`` (often 10) datagrams per socket,
-  so a burst would be dropped, while a stream socket buffers hundreds of kilobytes, and a stopped
-  receiver costs its notifiers nothing.
+  writer's commit, a notifier writes one line per message to each socket of the topic, over a
+  connection it keeps for the next time. A socket whose process is gone refuses the connection
+  and is removed. Stream sockets, not datagrams: Linux queues only ``net.unix.max_dgram_qlen``
+  (often 10) datagrams per socket, so a burst would be dropped, while a stream socket buffers
+  hundreds of kilobytes; kept connections, not one per message: connecting and closing cost
+  each side as much CPU as the rest of the message, and a burst larger than the listen backlog
+  (128) was refused. A receiver that does not read costs its notifiers nothing: a write that
+  finds its buffer full is not made (that hint is lost).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import secrets
 import selectors
 import socket
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +42,16 @@ from sqlalchemy.orm import Session
 logger = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 1.0
-# A notifier gives up on one receiver after this long (its buffer full, or it never accepts).
+# A notifier gives up on one receiver after this long (the rest of a message larger than the
+# room left in its buffer).
 SEND_TIMEOUT_SECONDS = 0.5
+# A process notifies a handful of mailboxes; it keeps its connections to at most this many (the
+# least recently used closed first), so one whose receivers come and go gathers no descriptors.
+MAX_KEPT_CONNECTIONS = 64
+# What a kept connection may hold unread (the kernel caps it at net.core.wmem_max).
+SEND_BUFFER_BYTES = 1 << 20
+# A notification's line holds an execution id or nothing; a longer one is not a notifier's.
+MAX_LINE_BYTES = 1024
 # Longest unix socket path (sun_path is 108 bytes with its NUL); a longer one is reached through
 # the directory's file descriptor (/proc/self/fd/N/name).
 _MAX_SOCKET_PATH = 107
@@ -117,17 +130,99 @@ def post(directory: Path, messages: dict[Topic, list[str]]) -> None:
 
 
 def _deliver(directory: Path, name: str, address: str, data: bytes) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(SEND_TIMEOUT_SECONDS)
+    path = str(directory / name)
+    kept = _KEPT.take(path)
+    if kept is not None:
+        sent = _send(kept, data)
+        if sent is not _Sent.BROKEN:  # a full buffer leaves the stream whole: keep it
+            _KEPT.put(path, kept)
+            if sent is _Sent.FULL:
+                logger.warning("notification to %s not delivered (its buffer is full)", name)
+            return
+        kept.close()  # the receiver closed it (gone, or a new mailbox): connect again
+    connection = _connect(directory, name, address)
+    if connection is None:
+        return
+    if _send(connection, data) is _Sent.WHOLE:
+        _KEPT.put(path, connection)
+    else:
+        connection.close()
+        logger.warning("notification to %s not delivered", name)
+
+
+def _connect(directory: Path, name: str, address: str) -> socket.socket | None:
+    """A non-blocking connection to the mailbox, or None (it is gone, or refused us now)."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.setblocking(False)  # a full listen backlog refuses at once instead of waiting
+    # Each unread line takes about 770 bytes of the sender's buffer: the default (208 KiB) holds
+    # some 280 of them, this (as far as net.core.wmem_max allows) thousands.
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    try:
+        connection.connect(address)
+        return connection
+    except ConnectionRefusedError:  # its process is gone: nobody will listen there again
+        connection.close()
+        (directory / name).unlink(missing_ok=True)
+    except FileNotFoundError:
+        connection.close()  # removed meanwhile
+    except OSError as exc:  # a receiver that does not keep up loses this hint, not work
+        connection.close()
+        logger.warning("notification to %s not delivered (%s)", name, type(exc).__name__)
+    return None
+
+
+class _Sent(Enum):
+    WHOLE = "whole"
+    FULL = "full"  # nothing written: the receiver's buffer has no room
+    BROKEN = "broken"  # the connection is of no further use
+
+
+def _send(connection: socket.socket, data: bytes) -> _Sent:
+    """Write ``data`` without waiting for a receiver that does not read; a message that only
+    partly fits has its rest written within ``SEND_TIMEOUT_SECONDS``, else the connection is
+    broken off (its receiver drops the cut line)."""
+    try:
+        sent = connection.send(data)
+    except BlockingIOError:
+        return _Sent.FULL
+    except OSError:
+        return _Sent.BROKEN
+    if sent < len(data):
         try:
-            sock.connect(address)
-            sock.sendall(data)
-        except ConnectionRefusedError:  # its process is gone: nobody will listen there again
-            (directory / name).unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass  # removed meanwhile
-        except OSError as exc:  # a receiver that does not keep up loses this hint, not work
-            logger.warning("notification to %s not delivered (%s)", name, type(exc).__name__)
+            connection.settimeout(SEND_TIMEOUT_SECONDS)
+            connection.sendall(memoryview(data)[sent:])
+            connection.setblocking(False)
+        except OSError:
+            return _Sent.BROKEN
+    return _Sent.WHOLE
+
+
+class _KeptConnections:
+    """This process's connections to the mailboxes it notified, by socket path. A connection is
+    taken out while one thread writes to it, so two threads' lines never interleave (a second
+    thread meanwhile connects anew; the surplus connection is closed when put back)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._connections: OrderedDict[str, socket.socket] = OrderedDict()
+
+    def take(self, path: str) -> socket.socket | None:
+        with self._lock:
+            return self._connections.pop(path, None)
+
+    def put(self, path: str, connection: socket.socket) -> None:
+        with self._lock:
+            surplus = [self._connections.pop(path, None)]
+            self._connections[path] = connection
+            while len(self._connections) > self._limit:
+                surplus.append(self._connections.popitem(last=False)[1])
+        for extra in surplus:
+            if extra is not None:
+                extra.close()
+
+
+_KEPT = _KeptConnections(MAX_KEPT_CONNECTIONS)
 
 
 @contextlib.contextmanager
@@ -186,38 +281,61 @@ class Mailbox:
             with contextlib.suppress(OSError):
                 (directory / f".{name}").unlink()
             raise
+        # The listening socket and the connections accepted from notifiers, each kept open (with
+        # its partial line) until its notifier closes it.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.socket, selectors.EVENT_READ)
 
     def close(self) -> None:
-        self.socket.close()
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
         self.path.unlink(missing_ok=True)
 
     def receive(self, timeout: float) -> list[str]:
-        """Payloads that arrived within ``timeout`` (blocking; for threads)."""
+        """Payloads that arrived within ``timeout`` (blocking; for threads), returned as soon as
+        there are any, so that their receiver acts on them while more come."""
         payloads: list[str] = []
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.socket, selectors.EVENT_READ)
-            wait: float | None = timeout
-            while selector.select(wait):
-                connection, _ = self.socket.accept()
-                with connection:
-                    connection.settimeout(SEND_TIMEOUT_SECONDS)
-                    payloads.extend(_read_lines(connection))
-                wait = 0  # take whatever else is pending, then return
+        deadline = time.monotonic() + timeout
+        while not payloads and (ready := self._selector.select(deadline - time.monotonic())):
+            for key, _ in ready:
+                if key.fileobj is self.socket:
+                    accepted, _ = self.socket.accept()
+                    accepted.setblocking(False)
+                    self._selector.register(accepted, selectors.EVENT_READ, Lines())
+                else:
+                    payloads += self._read(key)
         return payloads
 
+    def _read(self, key: selectors.SelectorKey) -> list[str]:
+        connection = key.fileobj
+        assert isinstance(connection, socket.socket)
+        try:
+            chunk = connection.recv(65536)
+            lines = key.data.feed(chunk)
+        except BlockingIOError:
+            return []
+        except (OSError, ValueError):
+            chunk, lines = b"", []  # reset by its notifier, or not a notifier: drop it
+        if not chunk:  # its notifier closed it (a line cut off is dropped)
+            self._selector.unregister(connection)
+            connection.close()
+        return lines
 
-def _read_lines(connection: socket.socket) -> list[str]:
-    chunks = []
-    with contextlib.suppress(OSError):  # a notifier that died mid-message: keep what came
-        while chunk := connection.recv(65536):
-            chunks.append(chunk)
-    return split_payloads(b"".join(chunks))
 
+class Lines:
+    """The complete lines of a stream, fed its chunks as they come: a line is held until its end
+    arrives, and one cut off when the stream ends is dropped (a hint lost, nothing else)."""
 
-def split_payloads(data: bytes) -> list[str]:
-    """Complete lines only: a cut-off last line is dropped (a hint lost, nothing else)."""
-    lines = data.decode(errors="replace").split("\n")
-    return lines[:-1]
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines ``chunk`` completes; ValueError when a line outgrows ``MAX_LINE_BYTES``."""
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        if len(self._partial) > MAX_LINE_BYTES:
+            raise ValueError("a line longer than any notification")
+        return [line.decode(errors="replace") for line in complete]
 
 
 class Doorbell:

@@ -10,6 +10,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +33,15 @@ from data_server.app import create_app as create_data_app
 from shared import lifecycle
 from shared.db.models import Execution, utcnow
 from shared.execution_states import ExecutionStatus
-from shared.notifications import Doorbell, Mailbox, Topic, mailbox_directory, post
+from shared.notifications import (
+    MAX_LINE_BYTES,
+    Doorbell,
+    Lines,
+    Mailbox,
+    Topic,
+    mailbox_directory,
+    post,
+)
 from shared.settings import Settings
 from shared.signing_keys import SigningKeyring, jwks, load_public_keys
 from shared.tokens import Scope, mint_data_token, new_data_key
@@ -83,6 +92,99 @@ def test_a_directory_too_long_for_a_socket_path_still_works(tmp_path):
         assert box.receive(timeout=5) == ["", ""]
     finally:
         box.close()
+
+
+@contextlib.contextmanager
+def _listening_socket(directory: Path, topic: Topic) -> Iterator[socket.socket]:
+    """A bare receiver of ``topic``: it accepts and reads only when the test does."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(directory / f"{topic.socket_prefix}1.bare00"))
+        listener.listen(128)
+        listener.settimeout(5)
+        yield listener
+
+
+def _read_lines(connection: socket.socket, count: int) -> list[bytes]:
+    data = b""
+    connection.settimeout(5)
+    while data.count(b"\n") < count:
+        chunk = connection.recv(65536)
+        assert chunk, f"the notifier closed its connection after {data.splitlines()}"
+        data += chunk
+    return data.splitlines()
+
+
+def test_a_notifier_keeps_one_connection_to_each_mailbox(tmp_path):
+    directory = tmp_path / "db.notify"
+    with _listening_socket(directory, Topic.EXECUTION_ENDED) as listener:
+        for n in range(10):
+            post(directory, {Topic.EXECUTION_ENDED: [f"e{n}"]})
+        connection, _ = listener.accept()
+        with connection:
+            assert _read_lines(connection, 10) == [f"e{n}".encode() for n in range(10)]
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # no second connection was made
+            post(directory, {Topic.EXECUTION_ENDED: ["later"]})
+            assert _read_lines(connection, 1) == [b"later"]
+
+
+def test_a_burst_larger_than_the_listen_backlog_reaches_a_mailbox_that_reads_late(tmp_path):
+    directory = tmp_path / "db.notify"
+    box = Mailbox(directory, Topic.NEW_WORK)
+    try:
+        # Nothing reads meanwhile. The listen backlog holds 128 connections; a kept connection's
+        # buffer holds at least some 280 lines, however low net.core.wmem_max is.
+        for _ in range(250):
+            post(directory, {Topic.NEW_WORK: [""]})
+        received: list[str] = []
+        while len(received) < 250 and (more := box.receive(timeout=5)):
+            received += more
+        assert len(received) == 250
+    finally:
+        box.close()
+
+
+def test_a_mailbox_that_does_not_read_never_holds_its_notifier(tmp_path, caplog):
+    """Its buffer fills and the rest of the hints are lost, each post returning at once; once it
+    reads again, the kept connection carries the next one."""
+    directory = tmp_path / "db.notify"
+    with _listening_socket(directory, Topic.EXECUTION_ENDED) as listener:
+        posted = 0
+        while "buffer is full" not in caplog.text:
+            assert posted < 100_000, "the buffer never filled"
+            post(directory, {Topic.EXECUTION_ENDED: ["x" * 12] * 100})
+            posted += 1
+        for _ in range(100):
+            post(directory, {Topic.EXECUTION_ENDED: ["lost"]})  # each returns: nothing waits
+        connection, _ = listener.accept()
+        with connection:
+            connection.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while connection.recv(1 << 20):  # drain what fitted
+                    pass
+            post(directory, {Topic.EXECUTION_ENDED: ["after"]})
+            assert _read_lines(connection, 1) == [b"after"]
+
+
+def test_a_mailbox_whose_process_died_after_a_post_is_removed_by_the_next(tmp_path):
+    directory = tmp_path / "db.notify"
+    with _listening_socket(directory, Topic.EXECUTION_ENDED) as listener:
+        post(directory, {Topic.EXECUTION_ENDED: ["first"]})
+        socket_path = directory / listener.getsockname()
+    # Closed without its file removed, as by a SIGKILL: the kept connection is reset.
+    post(directory, {Topic.EXECUTION_ENDED: ["second"]})
+    assert not socket_path.exists()
+
+
+def test_lines_are_taken_as_they_complete_and_a_cut_off_one_is_dropped():
+    lines = Lines()
+    assert lines.feed(b"a") == []
+    assert lines.feed(b"b\nc\n") == ["ab", "c"]
+    assert lines.feed(b"cut") == []  # the stream ends here: "cut" is never a payload
+    with pytest.raises(ValueError):
+        Lines().feed(b"x" * (MAX_LINE_BYTES + 1))
 
 
 @pytest.mark.parametrize(
@@ -298,6 +400,40 @@ def test_a_known_reading_serves_unless_its_execution_may_have_ended_since_the_ma
     answer, reads, took = asyncio.run(scenario())
     assert answer == "completed" and reads == ["read"]
     assert (took < AT_ONCE_SECONDS) is reads_first
+
+
+def test_the_listener_hears_each_line_of_a_kept_connection_as_it_comes(tmp_path):
+    waits, directory = _waits_on_a_mailbox(tmp_path)
+
+    async def heard(connection: socket.socket, *pieces: bytes) -> int:
+        """How many ends the pieces' lines made the listener hear."""
+        before = waits.mark()
+        assert before is not None
+        for piece in pieces:
+            await asyncio.to_thread(connection.sendall, piece)
+        for _ in range(500):
+            now = waits.mark()
+            if now != before:
+                assert now is not None
+                return now.ends_heard - before.ends_heard
+            await asyncio.sleep(0.01)
+        pytest.fail(f"{pieces!r} was not heard")
+
+    async def scenario() -> list[int]:
+        await _listening(waits)
+        (name,) = (p.name for p in directory.iterdir() if p.name.startswith("ended."))
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.connect(str(directory / name))
+                # The connection stays open throughout, as a notifier keeps it.
+                return [
+                    await heard(connection, b"first\n"),
+                    await heard(connection, b"sec", b"ond\n"),
+                ]
+        finally:
+            await waits.stop()
+
+    assert asyncio.run(scenario()) == [1, 1]
 
 
 def test_a_known_reading_is_read_again_when_the_listener_restarted_or_never_listened(tmp_path):
