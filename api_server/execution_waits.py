@@ -104,6 +104,20 @@ class ExecutionWaits:
             return None
         return Mark(self._listenings, self._ends_heard)
 
+    def mark_in_thread(self) -> Mark | None:
+        """``mark``, taken in a worker thread (a request's blocking step) while the listener may
+        move on its event loop: its two counts only grow, and the listening is read first, so a
+        mark read meanwhile is a later one (still taken before what is read after it) or of a
+        past listening (then the execution is read again). Pass it through ``on_this_loop``."""
+        if not self._listening:
+            return None
+        return Mark(self._listenings, self._ends_heard)
+
+    def on_this_loop(self, mark: Mark | None) -> Mark | None:
+        """A ``mark_in_thread``, on the event loop its waits will be on: None unless the listener
+        runs on this loop (as ``mark`` taken here would be)."""
+        return mark if self.mark() is not None else None
+
     def remember_queued(self, execution_id: str, reading: Any, mark: Mark | None) -> None:
         """Keep an execution's reading, taken after ``mark`` as it was queued, for
         ``queued_reading`` (a wait that follows its run usually comes at once)."""
@@ -254,6 +268,10 @@ class ExecutionWaits:
                 for execution_id in lines.feed(chunk):
                     self._wake(execution_id)
         except (ValueError, OSError):
+            pass
+        except asyncio.CancelledError:
+            # The listener stops with its connections still open; a cancelled handler would
+            # be logged by asyncio's stream machinery as an error with its traceback.
             pass
         finally:
             writer.close()

@@ -361,6 +361,50 @@ def _document(
     return jsonapi.response(document)
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A run queued by its route's first step, in the thread of its checks, for its answer."""
+
+    run: QueuedRun
+    mark: Mark | None  # where the listener was before it was queued
+    wait: float  # ?wait: how long the answer may wait for its end
+
+
+def queue_to_answer(
+    request: Request,
+    parse: Callable[[Any], RunT],
+    queue: Callable[[Session, RunT, str | None], QueuedRun],
+) -> Queued:
+    """The first step (``first_in_thread``) of every route that queues one execution from a
+    JSON body: ``parse`` reads the body, ``queue`` queues it with the Idempotency-Key (in a
+    transaction, with its audit event), once ``?wait`` was checked and the listener's mark taken
+    (the answer may take the execution as queued for its first reading)."""
+    wait = _wait_seconds(request)
+    mark = request.app.state.execution_waits.mark_in_thread()
+    run = parse(jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE))
+    idempotency_key = _idempotency_key(request)
+    with request.app.state.sessions.begin() as session:
+        queued = queue(session, run, idempotency_key)
+        audit.record_in_transaction(session, request, queued.execution.id)
+    return Queued(queued, mark, wait)
+
+
+def _queue_execution(request: Request, principal: Principal) -> Queued:
+    settings = request.app.state.settings
+
+    def queue(
+        session: Session, run: executions.RunRequest, idempotency_key: str | None
+    ) -> QueuedRun:
+        datasource_id = request.path_params["id"]
+        return executions.queue_run(
+            session, principal, datasource_id, run, idempotency_key, settings
+        )
+
+    return queue_to_answer(
+        request, lambda body: executions.parse_run_request(body, settings), queue
+    )
+
+
 @OPERATIONS.post(
     "/datasources/{id}/executions",
     operation_id="runExecution",
@@ -376,6 +420,7 @@ def _document(
     path_parameters=(oa.path_parameter("id", "The id of the datasource.", ID_SCHEMA),),
     parameters=(IDEMPOTENCY_KEY, WAIT),
     body=Body.BOUNDED,
+    first_in_thread=_queue_execution,
     request_body=doc.request_body(
         "RunExecutionRequest", "The SQL and its parameters.", oa.JSON_MEDIA_TYPE
     ),
@@ -388,46 +433,26 @@ def _document(
         "`idempotency_key_reused`.",
     },
 )
-async def run_execution(request: Request, principal: Principal) -> Response:
-    settings = request.app.state.settings
-
-    def queue(
-        session: Session, run: executions.RunRequest, idempotency_key: str | None
-    ) -> QueuedRun:
-        datasource_id = request.path_params["id"]
-        return executions.queue_run(
-            session, principal, datasource_id, run, idempotency_key, settings
-        )
-
-    return await answer_run(
-        request, principal, lambda body: executions.parse_run_request(body, settings), queue
-    )
+async def run_execution(request: Request, principal: Principal, queued: Queued) -> Response:
+    return await answer_run(request, principal, queued)
 
 
 async def answer_run(
-    request: Request,
-    principal: Principal,
-    parse: Callable[[Any], RunT],
-    queue: Callable[[Session, RunT, str | None], QueuedRun],
-    *,
-    tells_reuse: bool = False,
+    request: Request, principal: Principal, queued: Queued, *, tells_reuse: bool = False
 ) -> Response:
-    """Run Execution's answer, for every route that queues one execution from a JSON body:
-    ``parse`` reads the body, ``queue`` queues it with the Idempotency-Key (in a transaction).
-    With ``?wait=N`` (beyond Cluvio) the answer waits, holding no thread, until the execution
-    ends or N seconds pass; a completed one carries its data grant in ``meta``, so that run and
-    fetch are two requests. ``tells_reuse``: the execution's ``meta.reused`` is in the answer
-    (a report's run; Run Execution's answer stays Cluvio's)."""
-    wait = _wait_seconds(request)  # checked before anything is queued
+    """The answer of every route that queues one execution (``queue_to_answer``). With
+    ``?wait=N`` (beyond Cluvio) it waits, holding no thread, until the execution ends or N
+    seconds pass; a completed one carries its data grant in ``meta``, so that run and fetch are
+    two requests. ``tells_reuse``: the execution's ``meta.reused`` is in the answer (a report's
+    run; Run Execution's answer stays Cluvio's)."""
     waits: ExecutionWaits = request.app.state.execution_waits
-    mark = waits.mark()  # what the queue's answer is read after
-    queued = await run_in_threadpool(_queue, request, parse, queue)
-    reused = queued.reused if tells_reuse else None
-    if not wait:
-        if _worth_remembering(queued.execution):  # for a wait that follows
-            waits.remember_queued(queued.execution.id, queued.execution, mark)
-        return _document(queued.execution, principal, reused=reused)
-    known = (queued.execution, mark)  # as queued: read again only once it may have ended
+    mark = waits.on_this_loop(queued.mark)
+    execution = queued.run.execution
+    reused = queued.run.reused if tells_reuse else None
+    if not queued.wait:
+        if _worth_remembering(execution):  # for a wait that follows
+            waits.remember_queued(execution.id, execution, mark)
+        return _document(execution, principal, reused=reused)
     meta: dict[str, Any] | None = None
 
     def grant(ended: Execution) -> None:
@@ -435,22 +460,14 @@ async def answer_run(
         meta = _grant_if_completed(request, principal, ended)
 
     execution = await _until_ended(
-        request, principal, queued.execution.id, wait, known=known, once_ended=grant
+        request,
+        principal,
+        execution.id,
+        queued.wait,
+        known=(execution, mark),  # as queued: read again only once it may have ended
+        once_ended=grant,
     )
     return _document(execution, principal, meta, reused)
-
-
-def _queue(
-    request: Request,
-    parse: Callable[[Any], RunT],
-    queue: Callable[[Session, RunT, str | None], QueuedRun],
-) -> QueuedRun:
-    run = parse(jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE))
-    idempotency_key = _idempotency_key(request)
-    with request.app.state.sessions.begin() as session:
-        queued = queue(session, run, idempotency_key)
-        audit.record_in_transaction(session, request, queued.execution.id)
-    return queued
 
 
 def _load(

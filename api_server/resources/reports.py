@@ -42,7 +42,9 @@ from api_server.resources.executions import (
     RUN_REFUSALS,
     TOO_LARGE_TO_RUN,
     WAIT,
+    Queued,
     answer_run,
+    queue_to_answer,
     serialize_run,
 )
 from api_server.services import reports
@@ -431,6 +433,16 @@ def delete_report(request: Request, principal: Principal) -> Response:
 # ---------------------------------------------------------------------------- running
 
 
+def _queue_report_run(request: Request, principal: Principal) -> Queued:
+    settings = request.app.state.settings
+
+    def queue(session: Session, given: reports.ReportRun, idempotency_key: str | None) -> QueuedRun:
+        report_id = request.path_params["id"]
+        return reports.run_report(session, principal, report_id, given, idempotency_key, settings)
+
+    return queue_to_answer(request, reports.parse_run_body, queue)
+
+
 @OPERATIONS.post(
     "/reports/{id}/executions",
     operation_id="runReport",
@@ -448,6 +460,7 @@ def delete_report(request: Request, principal: Principal) -> Response:
     subject=REPORTS,
     parameters=(IDEMPOTENCY_KEY, WAIT),
     body=Body.BOUNDED,
+    first_in_thread=_queue_report_run,
     request_body=doc.request_body(
         "RunReportRequest", "The parameters of this run.", oa.JSON_MEDIA_TYPE
     ),
@@ -457,14 +470,8 @@ def delete_report(request: Request, principal: Principal) -> Response:
         422: f"{_RUN_ERRORS}, or `invalid_idempotency_key`, `idempotency_key_reused`.",
     },
 )
-async def run_report(request: Request, principal: Principal) -> Response:
-    settings = request.app.state.settings
-
-    def queue(session: Session, given: reports.ReportRun, idempotency_key: str | None) -> QueuedRun:
-        report_id = request.path_params["id"]
-        return reports.run_report(session, principal, report_id, given, idempotency_key, settings)
-
-    return await answer_run(request, principal, reports.parse_run_body, queue, tells_reuse=True)
+async def run_report(request: Request, principal: Principal, queued: Queued) -> Response:
+    return await answer_run(request, principal, queued, tells_reuse=True)
 
 
 @OPERATIONS.post(

@@ -48,6 +48,10 @@ class Operation:
     responses: Mapping[str, Any] = field(default_factory=dict)  # success answers
     errors: Mapping[int, str | None] = field(default_factory=dict)  # beyond those of ``admit``
     extensions: Mapping[str, Any] = field(default_factory=dict)  # x-… members of the document
+    # A coroutine handler's first blocking step (Run Execution's queueing, before its wait):
+    # called with what the handler gets, in the thread of the checks where those run in one; its
+    # result is passed to the handler after the rest. One trip to a thread fewer.
+    first_in_thread: Callable[..., Any] | None = None
 
     @property
     def template(self) -> str:
@@ -158,8 +162,10 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     handler runs in a thread (it may block on the database), after its checks in the same one
     where none of them waits on the event loop (each trip to a thread costs about 0.1 ms of
     CPU); a coroutine handler is one that waits (for an execution to end, for a file's bytes)
-    and holds no thread: it runs its blocking steps with ``run_in_threadpool``."""
+    and holds no thread: it runs its blocking steps with ``run_in_threadpool``, its first one
+    (``first_in_thread``) after its checks in their thread where it declares one."""
     waits = inspect.iscoroutinefunction(op.handler)
+    first = op.first_in_thread
 
     def handled(request: Request, *arguments: Any) -> Response:
         response = cast(Response, op.handler(request, *arguments))
@@ -169,13 +175,24 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     def admitted_then_handled(request: Request) -> Response:
         return handled(request, *op.checks_in_thread(request))
 
+    def admitted_then_first(request: Request) -> tuple[Any, ...]:
+        arguments = op.checks_in_thread(request)
+        return (*arguments, cast(Callable[..., Any], first)(request, *arguments))
+
+    async def waited(*arguments: Any) -> Response:
+        return await cast(Awaitable[Response], op.handler(*arguments))
+
     async def endpoint(request: Request) -> Response:
-        if not waits and await op.admits_in_thread(request):
-            return await run_in_threadpool(admitted_then_handled, request)
+        if (not waits or first is not None) and await op.admits_in_thread(request):
+            if not waits:
+                return await run_in_threadpool(admitted_then_handled, request)
+            return await waited(request, *await run_in_threadpool(admitted_then_first, request))
         arguments = (request, *await op.admit(request))
-        if waits:
-            return await cast(Awaitable[Response], op.handler(*arguments))
-        return await run_in_threadpool(handled, *arguments)
+        if not waits:
+            return await run_in_threadpool(handled, *arguments)
+        if first is not None:
+            arguments = (*arguments, await run_in_threadpool(first, *arguments))
+        return await waited(*arguments)
 
     return endpoint
 

@@ -39,13 +39,31 @@ def _run(api, key, datasource_id, body: bytes, **headers: str):
 
 
 def test_a_small_write_takes_one_trip_to_a_thread(api, trips_to_threads):
-    """A plain handler's checks and work in one thread (a coroutine handler, one that may wait,
-    as Run Execution's, takes its checks' trip and its own)."""
+    """A plain handler's checks and work in one thread."""
     org = api.create_org()
     trips_to_threads.clear()
     created = api.post("/sql_snippets", org.key, resource("sql_snippets", name="s", sql="SELECT 1"))
     assert created.status_code == 201, created.text
     assert len(trips_to_threads) == 1
+
+
+@pytest.mark.parametrize("wait", [None, "0.2"])
+def test_a_run_is_queued_in_the_thread_of_its_checks(api, trips_to_threads, wait):
+    """Run Execution's handler waits on the event loop (with ``?wait``), but its queueing is its
+    first step, run with its checks: one trip, then those of the wait's readings (none until
+    the execution may have ended: here it stays queued, read once at the deadline)."""
+    org = api.create_org()
+    body = orjson.dumps({"sql_query": "SELECT 1"})
+    path = f"/datasources/{org.sample_datasource_id}/executions" + (f"?wait={wait}" if wait else "")
+    trips_to_threads.clear()
+    answer = api.client.post(
+        path,
+        content=body,
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["attributes"]["execution_status"] == "starting"
+    assert len(trips_to_threads) == (1 if wait is None else 2)
 
 
 def test_the_checks_answer_first_whatever_a_small_body_holds(api):
