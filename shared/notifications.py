@@ -21,6 +21,7 @@ spurious one costs a read. Two transports, one for each configuration (docs/arch
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -221,8 +222,16 @@ class _KeptConnections:
             if extra is not None:
                 extra.close()
 
+    def close_all(self) -> None:
+        with self._lock:
+            kept = list(self._connections.values())
+            self._connections.clear()
+        for connection in kept:
+            connection.close()
+
 
 _KEPT = _KeptConnections(MAX_KEPT_CONNECTIONS)
+atexit.register(_KEPT.close_all)  # closed, not left for the interpreter to find open at its end
 
 
 @contextlib.contextmanager

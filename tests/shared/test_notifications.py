@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -176,6 +178,32 @@ def test_a_mailbox_whose_process_died_after_a_post_is_removed_by_the_next(tmp_pa
     # Closed without its file removed, as by a SIGKILL: the kept connection is reset.
     post(directory, {Topic.EXECUTION_ENDED: ["second"]})
     assert not socket_path.exists()
+
+
+def test_a_process_closes_its_kept_connections_when_it_exits(tmp_path):
+    directory = tmp_path / "db.notify"
+    box = Mailbox(directory, Topic.NEW_WORK)
+    try:
+        posted = subprocess.run(
+            [sys.executable, "-W", "always", "-c", _POST_AND_EXIT, str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert posted.returncode == 0, posted.stderr
+        assert "ResourceWarning" not in posted.stderr
+        assert box.receive(timeout=5) == [""]
+    finally:
+        box.close()
+
+
+_POST_AND_EXIT = """
+import sys
+from pathlib import Path
+from shared.notifications import Topic, post
+post(Path(sys.argv[1]), {Topic.NEW_WORK: [""]})
+"""
 
 
 def test_lines_are_taken_as_they_complete_and_a_cut_off_one_is_dropped():
