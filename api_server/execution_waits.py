@@ -67,6 +67,7 @@ class ExecutionWaits:
         self._listening = False
         self._listenings = 0  # how often listening (re)started: ends may be missed in between
         self._ends_heard = 0
+        self._notifiers: set[asyncio.StreamWriter] = set()  # their open connections (SQLite)
         self._recent_ends: deque[str] = deque(maxlen=REMEMBERED_ENDS)
         # id -> (reading, mark, when): oldest first
         self._queued: OrderedDict[str, tuple[Any, Mark, float]] = OrderedDict()
@@ -100,9 +101,7 @@ class ExecutionWaits:
     def mark(self) -> Mark | None:
         """Where the listener is now, to be taken before reading an execution that will be
         waited for (``wait_until_ended``'s ``known``); None while nothing listens."""
-        if not (self._listening and asyncio.get_running_loop() is self._loop):
-            return None
-        return Mark(self._listenings, self._ends_heard)
+        return self.mark_in_thread() if asyncio.get_running_loop() is self._loop else None
 
     def mark_in_thread(self) -> Mark | None:
         """``mark``, taken in a worker thread (a request's blocking step) while the listener may
@@ -116,7 +115,7 @@ class ExecutionWaits:
     def on_this_loop(self, mark: Mark | None) -> Mark | None:
         """A ``mark_in_thread``, on the event loop its waits will be on: None unless the listener
         runs on this loop (as ``mark`` taken here would be)."""
-        return mark if self.mark() is not None else None
+        return mark if self._listening and asyncio.get_running_loop() is self._loop else None
 
     def remember_queued(self, execution_id: str, reading: Any, mark: Mark | None) -> None:
         """Keep an execution's reading, taken after ``mark`` as it was queued, for
@@ -251,9 +250,17 @@ class ExecutionWaits:
         try:
             server = await asyncio.start_unix_server(self._on_notifier, sock=mailbox.socket)
             async with server:
-                self._listening_now()
-                while mailbox.path.exists():  # removed from outside: listen on a new one
-                    await asyncio.sleep(KEEPALIVE_SECONDS / 2)
+                try:
+                    self._listening_now()
+                    while mailbox.path.exists():  # removed from outside: listen on a new one
+                        await asyncio.sleep(KEEPALIVE_SECONDS / 2)
+                finally:
+                    # Notifiers keep their connections: closed here, or the server's close
+                    # would wait for them (Python 3.12.1+), and they would stay with the
+                    # mailbox they reached (its notifiers connect to the new one when theirs
+                    # breaks).
+                    for writer in list(self._notifiers):
+                        writer.close()
         finally:
             mailbox.close()
 
@@ -263,6 +270,7 @@ class ExecutionWaits:
         """A notifier's connection, kept open by it for its next notifications: each line
         wakes as it arrives, until the notifier closes it or sends what no notifier would."""
         lines = Lines()
+        self._notifiers.add(writer)
         try:
             while chunk := await reader.read(65536):
                 for execution_id in lines.feed(chunk):
@@ -270,10 +278,12 @@ class ExecutionWaits:
         except (ValueError, OSError):
             pass
         except asyncio.CancelledError:
-            # The listener stops with its connections still open; a cancelled handler would
-            # be logged by asyncio's stream machinery as an error with its traceback.
+            # Its event loop ends (the listener closed the connection, but its end was not
+            # read yet): asyncio's stream machinery would log a cancelled handler as an error,
+            # with its traceback.
             pass
         finally:
+            self._notifiers.discard(writer)
             writer.close()
 
     # ------------------------------------------------------------------ metrics

@@ -11,12 +11,10 @@ spurious one costs a read. Two transports, one for each configuration (docs/arch
   a directory beside the database file (``<db>.notify/<topic>.<pid>.<random>``); after the
   writer's commit, a notifier writes one line per message to each socket of the topic, over a
   connection it keeps for the next time. A socket whose process is gone refuses the connection
-  and is removed. Stream sockets, not datagrams: Linux queues only ``net.unix.max_dgram_qlen``
-  (often 10) datagrams per socket, so a burst would be dropped, while a stream socket buffers
-  hundreds of kilobytes; kept connections, not one per message: connecting and closing cost
-  each side as much CPU as the rest of the message, and a burst larger than the listen backlog
-  (128) was refused. A receiver that does not read costs its notifiers nothing: a write that
-  finds its buffer full is not made (that hint is lost).
+  and is removed. Why stream sockets, kept connections, and how much a connection holds unread:
+  docs/architecture.md §4. A receiver that does not read holds its notifiers up only with a
+  message larger than the room left in their buffer (for ``SEND_TIMEOUT_SECONDS``); any other
+  write that finds the buffer full is not made (that hint is lost).
 """
 
 from __future__ import annotations
@@ -47,9 +45,10 @@ RECONNECT_SECONDS = 1.0
 # room left in its buffer).
 SEND_TIMEOUT_SECONDS = 0.5
 # A process notifies a handful of mailboxes; it keeps its connections to at most this many (the
-# least recently used closed first), so one whose receivers come and go gathers no descriptors.
+# least recently used closed first), and closes those to mailboxes gone from their directory.
 MAX_KEPT_CONNECTIONS = 64
-# What a kept connection may hold unread (the kernel caps it at net.core.wmem_max).
+# What a kept connection may hold unread, asked of the kernel, which caps it at
+# net.core.wmem_max (docs/architecture.md §4 says how many lines that is).
 SEND_BUFFER_BYTES = 1 << 20
 # A notification's line holds an execution id or nothing; a longer one is not a notifier's.
 MAX_LINE_BYTES = 1024
@@ -122,6 +121,7 @@ def post(directory: Path, messages: dict[Topic, list[str]]) -> None:
         names = os.listdir(directory)
     except FileNotFoundError:
         return  # nobody has listened yet
+    _KEPT.keep_only(directory, names)
     with _addresses(directory) as address:
         for name in names:
             for topic, payloads in messages.items():
@@ -140,7 +140,7 @@ def _deliver(directory: Path, name: str, address: str, data: bytes) -> None:
             if sent is _Sent.FULL:
                 logger.warning("notification to %s not delivered (its buffer is full)", name)
             return
-        kept.close()  # the receiver closed it (gone, or a new mailbox): connect again
+        kept.close()  # closed by its receiver (gone, or on a new mailbox), or timed out
     connection = _connect(directory, name, address)
     if connection is None:
         return
@@ -155,8 +155,6 @@ def _connect(directory: Path, name: str, address: str) -> socket.socket | None:
     """A non-blocking connection to the mailbox, or None (it is gone, or refused us now)."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.setblocking(False)  # a full listen backlog refuses at once instead of waiting
-    # Each unread line takes about 770 bytes of the sender's buffer: the default (208 KiB) holds
-    # some 280 of them, this (as far as net.core.wmem_max allows) thousands.
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     try:
         connection.connect(address)
@@ -221,6 +219,19 @@ class _KeptConnections:
         for extra in surplus:
             if extra is not None:
                 extra.close()
+
+    def keep_only(self, directory: Path, names: list[str]) -> None:
+        """Close the connections to mailboxes gone from ``directory`` (their receivers ended,
+        or listen on new ones): nothing would post to them again."""
+        with self._lock:
+            if not self._connections:
+                return
+            listed = {str(directory / name) for name in names}
+            inside = f"{directory}{os.sep}"
+            gone = [p for p in self._connections if p.startswith(inside) and p not in listed]
+            closing = [self._connections.pop(path) for path in gone]
+        for connection in closing:
+            connection.close()
 
     def close_all(self) -> None:
         with self._lock:

@@ -367,7 +367,7 @@ class Queued:
 
     run: QueuedRun
     mark: Mark | None  # where the listener was before it was queued
-    wait: float  # ?wait: how long the answer may wait for its end
+    wait_seconds: float  # ?wait: how long the answer may wait for its end
 
 
 def queue_to_answer(
@@ -449,7 +449,7 @@ async def answer_run(
     mark = waits.on_this_loop(queued.mark)
     execution = queued.run.execution
     reused = queued.run.reused if tells_reuse else None
-    if not queued.wait:
+    if not queued.wait_seconds:
         if _worth_remembering(execution):  # for a wait that follows
             waits.remember_queued(execution.id, execution, mark)
         return _document(execution, principal, reused=reused)
@@ -463,7 +463,7 @@ async def answer_run(
         request,
         principal,
         execution.id,
-        queued.wait,
+        queued.wait_seconds,
         known=(execution, mark),  # as queued: read again only once it may have ended
         once_ended=grant,
     )

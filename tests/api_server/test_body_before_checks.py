@@ -4,6 +4,8 @@ the checks answer first (401, 403) whatever the body holds."""
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
@@ -53,6 +55,11 @@ def test_a_run_is_queued_in_the_thread_of_its_checks(api, trips_to_threads, wait
     first step, run with its checks: one trip, then those of the wait's readings (none until
     the execution may have ended: here it stays queued, read once at the deadline)."""
     org = api.create_org()
+    listener = api.app.state.execution_waits
+    for _ in range(500):  # listening: a run's wait then takes the run's reading as its first
+        if listener.mark_in_thread() is not None:
+            break
+        time.sleep(0.01)
     body = orjson.dumps({"sql_query": "SELECT 1"})
     path = f"/datasources/{org.sample_datasource_id}/executions" + (f"?wait={wait}" if wait else "")
     trips_to_threads.clear()
@@ -87,6 +94,11 @@ def test_a_large_body_is_not_read_for_a_client_the_checks_refuse(api, bodies_rea
 def test_a_coded_body_is_refused_after_the_checks(api, bodies_read):
     """A content coding is refused (415) by the body's reading: a refused client hears 401."""
     org = api.create_org()
+    listener = api.app.state.execution_waits
+    for _ in range(500):  # listening: a run's wait then takes the run's reading as its first
+        if listener.mark_in_thread() is not None:
+            break
+        time.sleep(0.01)
     body = orjson.dumps({"sql_query": "SELECT 1"})
     refused = _run(
         api, "dfk_" + "x" * 40, org.sample_datasource_id, body, **{"Content-Encoding": "gzip"}

@@ -137,7 +137,7 @@ def test_a_burst_larger_than_the_listen_backlog_reaches_a_mailbox_that_reads_lat
     box = Mailbox(directory, Topic.NEW_WORK)
     try:
         # Nothing reads meanwhile. The listen backlog holds 128 connections; a kept connection's
-        # buffer holds at least some 280 lines, however low net.core.wmem_max is.
+        # buffer some 280 lines at the kernel's usual default (docs/architecture.md §4).
         for _ in range(250):
             post(directory, {Topic.NEW_WORK: [""]})
         received: list[str] = []
@@ -158,8 +158,11 @@ def test_a_mailbox_that_does_not_read_never_holds_its_notifier(tmp_path, caplog)
             assert posted < 100_000, "the buffer never filled"
             post(directory, {Topic.EXECUTION_ENDED: ["x" * 12] * 100})
             posted += 1
+        started = time.monotonic()
         for _ in range(100):
-            post(directory, {Topic.EXECUTION_ENDED: ["lost"]})  # each returns: nothing waits
+            post(directory, {Topic.EXECUTION_ENDED: ["lost"]})
+        # Not a speed figure: a post that waited on the full buffer (0.5 s each) would take 50 s.
+        assert time.monotonic() - started < 10, "posts waited for a receiver that does not read"
         connection, _ = listener.accept()
         with connection:
             connection.setblocking(False)
@@ -178,6 +181,20 @@ def test_a_mailbox_whose_process_died_after_a_post_is_removed_by_the_next(tmp_pa
     # Closed without its file removed, as by a SIGKILL: the kept connection is reset.
     post(directory, {Topic.EXECUTION_ENDED: ["second"]})
     assert not socket_path.exists()
+
+
+def test_a_post_closes_the_kept_connection_to_a_mailbox_gone_from_its_directory(tmp_path):
+    directory = tmp_path / "db.notify"
+    with _listening_socket(directory, Topic.EXECUTION_ENDED) as listener:
+        post(directory, {Topic.EXECUTION_ENDED: ["first"]})
+        connection, _ = listener.accept()
+        with connection:
+            assert _read_lines(connection, 1) == [b"first"]
+            # Its receiver moved to a new mailbox: the name is gone, the old socket still open.
+            Path(listener.getsockname()).unlink()
+            post(directory, {Topic.EXECUTION_ENDED: ["second"]})
+            connection.settimeout(5)
+            assert connection.recv(100) == b"", "the kept connection was left open"
 
 
 def test_a_process_closes_its_kept_connections_when_it_exits(tmp_path):
@@ -454,14 +471,34 @@ def test_the_listener_hears_each_line_of_a_kept_connection_as_it_comes(tmp_path)
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
                 connection.connect(str(directory / name))
                 # The connection stays open throughout, as a notifier keeps it.
-                return [
-                    await heard(connection, b"first\n"),
-                    await heard(connection, b"sec", b"ond\n"),
-                ]
+                first = await heard(connection, b"first\n")
+                before = waits.mark()
+                await asyncio.to_thread(connection.sendall, b"sec")
+                await asyncio.sleep(0.2)  # half a line, read by now: nothing to hear yet
+                assert waits.mark() == before
+                return [first, await heard(connection, b"ond\n")]
         finally:
             await waits.stop()
 
     assert asyncio.run(scenario()) == [1, 1]
+
+
+def test_a_listener_that_stops_closes_the_connections_notifiers_keep(tmp_path):
+    """Or the server's close would wait for them (Python 3.12.1 on), and the stop with it."""
+    waits, directory = _waits_on_a_mailbox(tmp_path)
+
+    async def scenario() -> bytes:
+        await _listening(waits)
+        (name,) = (p.name for p in directory.iterdir() if p.name.startswith("ended."))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(str(directory / name))
+            await _heard(waits, directory, "x")  # through the process's own kept connection
+            await asyncio.to_thread(connection.sendall, b"y\n")
+            await asyncio.wait_for(waits.stop(), 10)
+            connection.settimeout(5)
+            return await asyncio.to_thread(connection.recv, 100)
+
+    assert asyncio.run(scenario()) == b""
 
 
 def test_a_known_reading_is_read_again_when_the_listener_restarted_or_never_listened(tmp_path):
