@@ -33,7 +33,7 @@ from shared.storage_quota import (
     AreaWalk,
     StorageUsage,
     locked_storage_usage,
-    usage_and_walk,
+    usage_and_walk_as_read,
     walk_again,
     walk_area,
 )
@@ -187,14 +187,15 @@ class ExecutionRunner:
 
     def _limits_within_quota(self, claim: lifecycle.Claim) -> tuple[Limits, StorageUsage, AreaWalk]:
         """A result may take only what the organisation's storage quota leaves; none left fails
-        the execution before it runs, and a result cut short by the quota fails it after. Its
-        files are counted by a recent walk of its area (returned), as they are again when the
-        result is stored (under the organisation's lock, walked again only if the API changed
-        the area)."""
-        usage, walked = usage_and_walk(
-            self.sessions,
+        the execution before it runs, and a result cut short by the quota fails it after. What
+        it stores is as its claim read it; its files are counted by a recent walk of its area
+        (returned), as they are again when the result is stored (under the organisation's lock,
+        walked again only if the API changed the area)."""
+        usage, walked = usage_and_walk_as_read(
             self.settings,
             claim.organization_id,
+            claim.stored_results_bytes,
+            claim.area_generation,
             max_age=AREA_WALK_MAX_AGE_SECONDS,
         )
         if usage.remaining_bytes <= 0:

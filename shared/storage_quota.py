@@ -218,8 +218,21 @@ def usage_and_walk(
     stored."""
     with autocommit(sessions.kw["bind"]).connect() as connection:  # no BEGIN, no ROLLBACK
         results, generation = stored_bytes_and_area_generation(connection, organization_id)
+    return usage_and_walk_as_read(settings, organization_id, results, generation, max_age=max_age)
+
+
+def usage_and_walk_as_read(
+    settings: Settings,
+    organization_id: str,
+    results_bytes: int,
+    generation: int,
+    *,
+    max_age: float,
+) -> tuple[StorageUsage, AreaWalk]:
+    """``usage_and_walk`` from the organisation's counter and generation as the caller read them
+    (a worker's claim, under the organisation's lock)."""
     walked = AreaWalk(generation, _area_bytes(settings, organization_id, generation, max_age))
-    return _usage(settings, walked.files_bytes, results), walked
+    return _usage(settings, walked.files_bytes, results_bytes), walked
 
 
 def walk_again(

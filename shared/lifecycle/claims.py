@@ -93,6 +93,10 @@ class Claim:
     s3_region: str | None = None
     # The ranking it was claimed from saw more claimable work: one more executor is worth waking.
     more_claimable: bool = False
+    # The organisation's stored-results counter and file-area generation as the claim read them,
+    # under its lock: the run's storage check needs no read of its own (shared.storage_quota).
+    stored_results_bytes: int = 0
+    area_generation: int = 0
 
     def __repr__(self) -> str:  # keep even the ciphertext out of logs and tracebacks
         return f"Claim(execution_id={self.execution_id!r}, attempt={self.attempt})"
@@ -181,6 +185,8 @@ def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | N
         bound_parameters=list(claimed.bound_parameters or []),
         datasource_id=reached.pop("id"),
         more_claimable=more_claimable,
+        stored_results_bytes=int(datasource.stored_results_bytes),
+        area_generation=int(datasource.area_generation),
         **reached,
     )
 
@@ -362,9 +368,9 @@ _REACHED_BY = (
 
 def _with_free_slot() -> Select[Any]:
     """The pair's datasource (``_REACHED_BY``), if neither its cap nor the organisation's share of
-    this data server is reached (nothing if it was deleted), and whether the organisation's cap
-    leaves a slot to the kinds it counts. Run under the organisation's lock, it sees every claim
-    committed before."""
+    this data server is reached (nothing if it was deleted), whether the organisation's cap
+    leaves a slot to the kinds it counts, and what the organisation stores (``Claim``'s fields of
+    those names). Run under the organisation's lock, it sees every claim committed before."""
 
     def running(*where: ColumnElement[bool]) -> Any:
         return select(func.count()).where(_RUNNING, *where).scalar_subquery()
@@ -375,6 +381,8 @@ def _with_free_slot() -> Select[Any]:
         select(
             *(_DATASOURCES.c[name] for name in _REACHED_BY),
             under_organization_cap.label("under_organization_cap"),
+            _ORGANIZATIONS.c.stored_results_bytes,
+            _ORGANIZATIONS.c.area_generation,
         )
         .join(_ORGANIZATIONS, _ORGANIZATIONS.c.id == _DATASOURCES.c.organization_id)
         .where(

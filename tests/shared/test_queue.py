@@ -14,7 +14,7 @@ from data_server.app import create_app as create_data_app
 from shared import lifecycle
 from shared.db import engine as engine_module
 from shared.db import models as models_module
-from shared.db.models import Datasource, Execution, utcnow
+from shared.db.models import Datasource, Execution, Organization, utcnow
 from shared.lifecycle import ExecutionType
 
 
@@ -61,6 +61,21 @@ def test_claims_come_oldest_first_and_carry_the_attempt(api, org):
     assert (claim.execution_id, claim.attempt, claim.database_type) == (first, 1, "sample")
     assert lifecycle.claim_next(sessions, "w1", api.settings).execution_id == second
     assert lifecycle.claim_next(sessions, "w1", api.settings) is None
+
+
+def test_a_claim_carries_what_its_organisation_stores_for_the_runs_storage_check(api, org):
+    """The run's check before it runs takes these instead of reading them again."""
+    (queued,) = _queue_sql(api, org)
+    sessions = api.app.state.sessions
+    with sessions.begin() as session:
+        session.execute(
+            update(Organization)
+            .where(Organization.id == org.id)
+            .values(stored_results_bytes=12345, area_generation=7)
+        )
+    claim = lifecycle.claim_next(sessions, "w1", api.settings)
+    assert claim.execution_id == queued
+    assert (claim.stored_results_bytes, claim.area_generation) == (12345, 7)
 
 
 def test_max_concurrent_executions_holds_across_claimers(api, org):
