@@ -272,10 +272,10 @@ class ExecutionWaits:
         lines = Lines()
         self._notifiers.add(writer)
         try:
-            while chunk := await reader.read(65536):
+            while not lines.overlong and (chunk := await reader.read(65536)):
                 for execution_id in lines.feed(chunk):
                     self._wake(execution_id)
-        except (ValueError, OSError):
+        except OSError:
             pass
         except asyncio.CancelledError:
             # Its event loop ends (the listener closed the connection, but its end was not

@@ -328,19 +328,20 @@ class Mailbox:
         return payloads
 
     def _read(self, key: selectors.SelectorKey) -> list[str]:
-        connection = key.fileobj
-        assert isinstance(connection, socket.socket)
+        connection, lines = key.fileobj, key.data
+        assert isinstance(connection, socket.socket) and isinstance(lines, Lines)
         try:
             chunk = connection.recv(65536)
-            lines = key.data.feed(chunk)
         except BlockingIOError:
             return []
-        except (OSError, ValueError):
-            chunk, lines = b"", []  # reset by its notifier, or not a notifier: drop it
-        if not chunk:  # its notifier closed it (a line cut off is dropped)
+        except OSError:
+            chunk = b""  # reset by its notifier
+        complete = lines.feed(chunk)
+        # Closed by its notifier (a line cut off is dropped), or not a notifier's: dropped.
+        if not chunk or lines.overlong:
             self._selector.unregister(connection)
             connection.close()
-        return lines
+        return complete
 
 
 class Lines:
@@ -349,12 +350,14 @@ class Lines:
 
     def __init__(self) -> None:
         self._partial = b""
+        # A line outgrew MAX_LINE_BYTES: not a notifier's stream, to be closed.
+        self.overlong = False
 
     def feed(self, chunk: bytes) -> list[str]:
-        """The lines ``chunk`` completes; ValueError when a line outgrows ``MAX_LINE_BYTES``."""
+        """The lines ``chunk`` completes (an over-long one sets ``overlong`` and is dropped)."""
         *complete, self._partial = (self._partial + chunk).split(b"\n")
         if len(self._partial) > MAX_LINE_BYTES:
-            raise ValueError("a line longer than any notification")
+            self.overlong, self._partial = True, b""
         return [line.decode(errors="replace") for line in complete]
 
 

@@ -223,13 +223,30 @@ post(Path(sys.argv[1]), {Topic.NEW_WORK: [""]})
 """
 
 
+def test_a_mailbox_drops_a_connection_that_sends_what_no_notifier_would(tmp_path):
+    directory = tmp_path / "db.notify"
+    box = Mailbox(directory, Topic.NEW_WORK)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stranger:
+            stranger.connect(str(box.path))
+            stranger.sendall(b"x" * (MAX_LINE_BYTES + 10))  # one endless line
+            assert box.receive(timeout=0.5) == []
+            stranger.settimeout(5)
+            assert stranger.recv(100) == b"", "the mailbox kept the connection"
+        post(directory, {Topic.NEW_WORK: [""]})
+        assert box.receive(timeout=5) == [""]
+    finally:
+        box.close()
+
+
 def test_lines_are_taken_as_they_complete_and_a_cut_off_one_is_dropped():
     lines = Lines()
     assert lines.feed(b"a") == []
     assert lines.feed(b"b\nc\n") == ["ab", "c"]
     assert lines.feed(b"cut") == []  # the stream ends here: "cut" is never a payload
-    with pytest.raises(ValueError):
-        Lines().feed(b"x" * (MAX_LINE_BYTES + 1))
+    overlong = Lines()
+    assert overlong.feed(b"kept\n" + b"x" * (MAX_LINE_BYTES + 1)) == ["kept"]
+    assert overlong.overlong  # not a notifier's: its receiver closes the stream
 
 
 @pytest.mark.parametrize(
