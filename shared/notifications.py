@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -301,15 +302,22 @@ class Mailbox:
             with contextlib.suppress(OSError):
                 (directory / f".{name}").unlink()
             raise
-        # The listening socket and the connections accepted from notifiers, each kept open (with
-        # its partial line) until its notifier closes it.
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.socket, selectors.EVENT_READ)
+
+    @functools.cached_property
+    def _selector(self) -> selectors.BaseSelector:
+        """The listening socket and the connections accepted from notifiers, each kept open
+        (with its partial line) until its notifier closes it; made by the first ``receive``
+        (the API server's listener serves the socket on its event loop instead)."""
+        selector = selectors.DefaultSelector()
+        selector.register(self.socket, selectors.EVENT_READ)
+        return selector
 
     def close(self) -> None:
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self._selector.close()
+        if "_selector" in self.__dict__:  # connections accepted by ``receive``
+            for key in list(self._selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            self._selector.close()
+        self.socket.close()
         self.path.unlink(missing_ok=True)
 
     def receive(self, timeout: float) -> list[str]:
