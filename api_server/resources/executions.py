@@ -502,14 +502,18 @@ async def _until_ended(
     read in a thread. ``key_rechecked``: each read after the first also asks whether the key
     is still enabled (401 if not, as its next request would be: it was deleted or disabled
     during the wait). ``known``: as ``ExecutionWaits.wait_until_ended`` takes it.
-    ``once_ended``: called with the reading that found it ended, in that reading's thread
-    (run-and-wait's grant: one trip to a thread fewer)."""
+    ``once_ended``: called with the ended reading, in the thread of the read that found it
+    (run-and-wait's grant: one trip to a thread fewer), or in a thread of its own when the
+    ``known`` reading had ended already (a run that reused a completed execution)."""
     reads = 0
+    handed_over: Execution | None = None
 
     def load(recheck: bool) -> Execution:
+        nonlocal handed_over
         execution = _load(request, principal, execution_id, recheck_key=recheck)
         if once_ended is not None and _ended(execution):
             once_ended(execution)
+            handed_over = execution
         return execution
 
     def read() -> Awaitable[Execution]:
@@ -519,7 +523,10 @@ async def _until_ended(
         return run_in_threadpool(load, recheck)
 
     waits: ExecutionWaits = request.app.state.execution_waits
-    return await waits.wait_until_ended(execution_id, seconds, read, _ended, known)
+    last = await waits.wait_until_ended(execution_id, seconds, read, _ended, known)
+    if once_ended is not None and _ended(last) and last is not handed_over:
+        await run_in_threadpool(once_ended, last)
+    return last
 
 
 def _ended(execution: Execution) -> bool:

@@ -76,6 +76,20 @@ def test_a_second_run_inside_the_window_answers_the_first_execution(api):
         assert len(session.get(Execution, first["id"]).reuse_key) == 64
 
 
+def test_run_and_wait_answering_a_completed_execution_carries_its_grant(api):
+    """The reused execution had ended when the run read it: nothing is waited for or read
+    again, and the answer still hands out its data, as a fresh run's would."""
+    org = api.create_org()
+    _, (report,) = _dashboard(api, org)
+    first = _run_report(api, org.key, report)
+    data_key = api.complete_by_hand(first["id"])
+    answer = _post(api, org.key, f"/reports/{report}/executions?wait=5")
+    assert answer.status_code == 200, answer.text
+    document = answer.json()
+    assert (document["data"]["id"], document["data"]["meta"]) == (first["id"], {"reused": True})
+    assert document["meta"]["data_key"] == data_key
+
+
 def test_refresh_true_runs_afresh_and_later_runs_reuse_the_newest(api):
     org = api.create_org()
     _, (report,) = _dashboard(api, org)
