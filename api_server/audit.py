@@ -175,7 +175,7 @@ def _event(
 def _header(message: Message, name: bytes) -> str | None:
     for each, value in message.get("headers", []):
         if each.lower() == name:
-            return str(value.decode("latin-1"))
+            return value.decode("latin-1")
     return None
 
 

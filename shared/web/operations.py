@@ -183,16 +183,16 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
         return await cast(Awaitable[Response], op.handler(*arguments))
 
     async def endpoint(request: Request) -> Response:
-        if (not waits or first is not None) and await op.admits_in_thread(request):
-            if not waits:
+        if not waits:
+            if await op.admits_in_thread(request):
                 return await run_in_threadpool(admitted_then_handled, request)
+            return await run_in_threadpool(handled, request, *await op.admit(request))
+        if first is None:
+            return await waited(request, *await op.admit(request))
+        if await op.admits_in_thread(request):
             return await waited(request, *await run_in_threadpool(admitted_then_first, request))
         arguments = (request, *await op.admit(request))
-        if not waits:
-            return await run_in_threadpool(handled, *arguments)
-        if first is not None:
-            arguments = (*arguments, await run_in_threadpool(first, *arguments))
-        return await waited(*arguments)
+        return await waited(*arguments, await run_in_threadpool(first, *arguments))
 
     return endpoint
 

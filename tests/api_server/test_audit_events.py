@@ -182,10 +182,11 @@ def test_a_run_records_its_event_in_the_transaction_that_queues_it(api, monkeypa
     seen_at_record: list[int] = []
     original = audit.record_event
 
+    runs = select(Execution.id).where(Execution.execution_type == "sql_query")
+
     def record(session, **event):
-        runs = select(Execution.id).where(Execution.execution_type == "sql_query")
-        queued = session.scalars(runs).all() if session.in_transaction() else []
-        seen_at_record.append(len(queued) if session.in_transaction() else -1)
+        in_transaction = session.in_transaction()
+        seen_at_record.append(len(session.scalars(runs).all()) if in_transaction else -1)
         original(session, **event)
 
     monkeypatch.setattr(audit, "record_event", record)
