@@ -477,11 +477,11 @@ def _load(
     *,
     recheck_key: bool = False,
 ) -> Execution:
-    with request.app.state.reads() as session:
-        if recheck_key and not api_keys.still_enabled(session.connection(), principal.api_key_id):
+    with request.app.state.read_engine.connect() as connection:
+        if recheck_key and not api_keys.still_enabled(connection, principal.api_key_id):
             raise unauthorized()
-        return executions.get_execution(
-            session,
+        return executions.read_execution(
+            connection,
             principal,
             execution_id or request.path_params["id"],
             request.app.state.settings,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from shared.datapaths import (
     resolve_datasource_path,
 )
 from shared.db.engine import held_against_delete, locked_to_change, write_lock_on_sqlite
-from shared.db.models import Datasource, Execution, Filter, Report
+from shared.db.models import Datasource, Execution, Filter, Report, read_only, table_of
 from shared.egress import check_destination
 from shared.errors import AppError, Conflict, NotFound, Unprocessable
 from shared.ids import new_resource_id
@@ -83,11 +83,16 @@ def _sort_key(name: str) -> Any:
     return func.lower(column) if name in ("name", "database_type") else column
 
 
-# Every run reads it: built once, bound per call. A key's datasource restriction is checked on
-# the row (``Principal.reaches_datasource``), as ``within_scope`` would have filtered it.
-_OWN_DATASOURCE = select(Datasource).where(
-    Datasource.id == bindparam("id"), Datasource.organization_id == bindparam("organization_id")
+_DATASOURCES = table_of(Datasource)
+# Every run reads it: built once, bound per call; as an object of a session to change it, as a
+# read-only row to read it. A key's datasource restriction is checked on the row
+# (``Principal.reaches_datasource``), as ``within_scope`` would have filtered it.
+_OWN = (
+    _DATASOURCES.c.id == bindparam("id"),
+    _DATASOURCES.c.organization_id == bindparam("organization_id"),
 )
+_OWN_DATASOURCE = select(Datasource).where(*_OWN)
+_OWN_ROW = select(_DATASOURCES).where(*_OWN)
 
 
 _LOCKED_FOR_DELETE = select(Datasource.id).where(Datasource.id == bindparam("id")).with_for_update()
@@ -112,9 +117,21 @@ def get_datasource(
         statement = locked_to_change(session, statement)
     elif held:
         statement = held_against_delete(statement)
-    ds = session.scalar(
-        statement, {"id": datasource_id, "organization_id": principal.organization_id}
-    )
+    ds = session.scalar(statement, _ownership(principal, datasource_id))
+    return _reached_or_404(principal, ds)
+
+
+def read_datasource(connection: Connection, principal: Principal, datasource_id: str) -> Datasource:
+    """``get_datasource`` for a caller that only reads it: a read-only row (``read_only``)."""
+    row = connection.execute(_OWN_ROW, _ownership(principal, datasource_id)).first()
+    return _reached_or_404(principal, None if row is None else read_only(Datasource, row))
+
+
+def _ownership(principal: Principal, datasource_id: str) -> dict[str, str]:
+    return {"id": datasource_id, "organization_id": principal.organization_id}
+
+
+def _reached_or_404(principal: Principal, ds: Datasource | None) -> Datasource:
     if ds is None or not principal.reaches_datasource(ds.id):
         raise NotFound(_NOT_FOUND_DETAIL)
     return ds

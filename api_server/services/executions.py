@@ -15,16 +15,16 @@ from typing import Annotated, Any
 
 import orjson
 from pydantic import AfterValidator, Field, ValidationInfo
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api_server.permissions import Permission
 from api_server.principals import Principal
-from api_server.services.datasources import get_datasource
+from api_server.services.datasources import read_datasource
 from shared import lifecycle
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Datasource, Execution, Filter, Report, utcnow
+from shared.db.models import Datasource, Execution, Filter, Report, read_only, table_of, utcnow
 from shared.errors import Forbidden, NotFound, TooManyRequests, Unprocessable
 from shared.input_models import InputModel, Problem, problem, validate_input
 from shared.lifecycle import ExecutionStatus, ExecutionType
@@ -165,7 +165,7 @@ def queue_run(
     An Idempotency-Key the key used before answers what that request created; one whose first
     request reused an execution recorded nothing, so a retry decides again (reuse, or create
     the one execution the key then names)."""
-    datasource = get_datasource(session, principal, datasource_id)
+    datasource = read_datasource(session.connection(), principal, datasource_id)
     fingerprint = request.fingerprint(datasource_id)
     if idempotency_key is not None:
         existing = _find_idempotent(session, principal, idempotency_key)
@@ -237,12 +237,16 @@ def create_system_execution(
     return execution
 
 
-# Every poll, wait and grant reads it: built once, bound per call.
-_VISIBLE_EXECUTION = select(Execution).where(
-    Execution.id == bindparam("id"),
-    Execution.organization_id == bindparam("organization_id"),
-    Execution.execution_type != ExecutionType.CONNECTION_TEST,
+_EXECUTIONS = table_of(Execution)
+# Every poll, wait and grant reads it: built once, bound per call; as an object of a session to
+# change it, as a read-only row to read it.
+_VISIBLE = (
+    _EXECUTIONS.c.id == bindparam("id"),
+    _EXECUTIONS.c.organization_id == bindparam("organization_id"),
+    _EXECUTIONS.c.execution_type != ExecutionType.CONNECTION_TEST,
 )
+_VISIBLE_EXECUTION = select(Execution).where(*_VISIBLE)
+_VISIBLE_ROW = select(_EXECUTIONS).where(*_VISIBLE)
 
 
 def canonical_id(execution_id: str) -> str:
@@ -258,10 +262,25 @@ def get_execution(
     session: Session, principal: Principal, execution_id: str, settings: Settings
 ) -> Execution:
     """404 alike for unknown, foreign, out-of-scope and expired executions."""
-    execution = session.scalar(
-        _VISIBLE_EXECUTION,
-        {"id": canonical_id(execution_id), "organization_id": principal.organization_id},
-    )
+    execution = session.scalar(_VISIBLE_EXECUTION, _visibility(principal, execution_id))
+    return _visible_or_404(principal, execution, settings)
+
+
+def read_execution(
+    connection: Connection, principal: Principal, execution_id: str, settings: Settings
+) -> Execution:
+    """``get_execution`` for a caller that only reads it: a read-only row (``read_only``)."""
+    row = connection.execute(_VISIBLE_ROW, _visibility(principal, execution_id)).first()
+    return _visible_or_404(principal, None if row is None else read_only(Execution, row), settings)
+
+
+def _visibility(principal: Principal, execution_id: str) -> dict[str, str]:
+    return {"id": canonical_id(execution_id), "organization_id": principal.organization_id}
+
+
+def _visible_or_404(
+    principal: Principal, execution: Execution | None, settings: Settings
+) -> Execution:
     if execution is None or not visible_to(principal, execution, settings):
         raise NotFound(_NOT_FOUND_DETAIL)
     return execution

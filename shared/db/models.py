@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from sqlalchemy import (
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Row,
     String,
     Table,
     Text,
@@ -71,6 +72,18 @@ def table_of(model: type[Base]) -> Table:
     """A model's table, for Core statements on a hot path: ORM-enabled statements cost several
     times more to run than the database takes to answer them, and the caller needs no objects."""
     return cast(Table, model.__table__)
+
+
+ModelT = TypeVar("ModelT", bound=Base)
+
+
+def read_only(model: type[ModelT], row: Row[Any]) -> ModelT:
+    """``row``, of a select of ``model``'s whole table (``table_of``), read as the model: the
+    same attributes, with their columns' types, but read-only (assigning to one raises) and of
+    no session. For a caller that only reads the object: loading it through a session cost
+    nearly three times the statement (130 µs against 47 on SQLite), on the reads every poll,
+    grant and run makes."""
+    return cast(ModelT, row)
 
 
 def insert_new(session: Session, row: Base) -> None:
