@@ -122,7 +122,14 @@ def _literal(text: str) -> str:
 def _check_duckdb(path: str) -> None:
     """Opens it (the catalog), checks that its blocks are all in the file, and reads a row of
     each of its first tables. Opening reads the catalog alone, which a file cut short (a partial
-    upload) may still hold whole: its tables' data would then fail on every query."""
+    upload) may still hold whole: its tables' data would then fail on every query.
+
+    Nothing the file stores runs here: views are not read, and a row is read without the columns
+    that have an expression. A generated column's is computed as its table is read, and its
+    error became this check's answer: a column ``AS (error(current_setting('home_directory')))``
+    showed the server's settings (found by the outside probe). The catalog lists generated
+    expressions and defaults alike, so stored columns with a default are left out too. The data
+    server checks what a file stores before any query reads it (``data_server.sandbox``)."""
     import duckdb
 
     with open(path, "rb") as handle:
@@ -142,13 +149,16 @@ def _check_duckdb(path: str) -> None:
                 f"it is cut short: it holds {held:,} bytes of the {needed:,} its header lists"
             )
         tables = connection.execute(
-            "SELECT schema_name, table_name FROM duckdb_tables()"
-            " WHERE database_name = current_database() ORDER BY 1, 2 LIMIT ?",
+            "SELECT schema_name, table_name, list(column_name ORDER BY column_index)"
+            " FILTER (WHERE column_default IS NULL) FROM duckdb_tables()"
+            " JOIN duckdb_columns() USING (database_name, schema_name, table_name)"
+            " WHERE database_name = current_database() GROUP BY ALL ORDER BY 1, 2 LIMIT ?",
             [SAMPLE_TABLES],
         ).fetchall()
-        for schema, table in tables:  # names read from the file's catalog, quoted
-            sample = f"SELECT * FROM {_quoted(schema)}.{_quoted(table)} LIMIT 1"  # noqa: S608
-            connection.execute(sample).fetchall()
+        for schema, table, plain_columns in tables:  # names read from the file's catalog, quoted
+            columns = ", ".join(_quoted(column) for column in plain_columns or []) or "1"
+            source = f"{_quoted(schema)}.{_quoted(table)}"
+            connection.execute(f"SELECT {columns} FROM {source} LIMIT 1").fetchall()  # noqa: S608
     finally:
         connection.close()
 

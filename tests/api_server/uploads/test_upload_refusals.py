@@ -295,6 +295,29 @@ def test_a_duckdb_file_cut_short_is_422_though_its_catalog_reads(api, tmp_path):
 
 
 @SQLITE_ONLY
+def test_the_check_of_a_duckdb_file_runs_nothing_the_file_stores(api, tmp_path):
+    """Found by the outside probe: the check read a row of each table whole, which computed its
+    generated columns, and the error one raised was the 422's detail: here, the server's home
+    directory. A column's expression runs only where external access is off (in the check, not
+    where the file was made), so that the file could be written. The data server refuses the
+    file's stored code when a query attaches it (tests/data_server/test_engine.py)."""
+    leak = "current_setting('home_directory') || current_setting('temp_directory')"
+    off = "current_setting('enable_external_access')::VARCHAR = 'false'"
+    body = duckdb_bytes(
+        tmp_path,
+        f"CREATE TABLE t (a INT, b VARCHAR GENERATED ALWAYS AS "
+        f"(CASE WHEN {off} THEN error('LEAK ' || {leak}) ELSE 'ok' END), c INT DEFAULT 3);"
+        "INSERT INTO t (a) VALUES (1);"
+        f"CREATE VIEW v AS SELECT error('LEAK ' || {leak}) AS x",
+    )
+    org = api.create_org()
+    ds = api.create_datasource(org.key, name="db")["id"]
+    answer = put(api, org.key, f"/datasources/{ds}/database_file", body, "application/octet-stream")
+    assert answer.status_code == 200, answer.text
+    assert "LEAK" not in answer.text
+
+
+@SQLITE_ONLY
 def test_a_sqlite_file_sent_as_a_duckdb_database_is_told_what_it_is(api, tmp_path):
     org = api.create_org()
     ds = api.create_datasource(org.key, name="db")["id"]
