@@ -149,7 +149,7 @@ def _queue_locked(
             return QueuedRun(reusable, reused=True)
     require_capacity(session, organization, settings, background=run.background)
     require_text_room(session, organization, weight, settings)
-    execution = Execution(
+    fields = dict(
         id=str(uuid.uuid4()),
         organization_id=datasource.organization_id,
         datasource_id=datasource.id,
@@ -166,11 +166,9 @@ def _queue_locked(
         kept_bytes=weight,
     )
     if run.idempotency_key is None:  # nothing it could collide with: no savepoint to pay for
-        insert_new(session, execution)
-    else:
-        with session.begin_nested():
-            insert_new(session, execution)
-    return QueuedRun(execution)
+        return QueuedRun(insert_new(session, Execution, **fields))
+    with session.begin_nested():
+        return QueuedRun(insert_new(session, Execution, **fields))
 
 
 class ReportGone(NotFound):
