@@ -95,20 +95,24 @@ def _notify(session: Session, topic: Topic, payloads: Iterable[str]) -> None:
     directory = mailbox_directory(engine.url)
     if directory is None:
         return
-    if _PENDING not in session.info:
-        session.info[_PENDING] = []
-        event.listen(session, "after_commit", _post_pending)
-        event.listen(session, "after_rollback", _drop_pending)
-    session.info[_PENDING].extend((directory, topic, payload) for payload in payloads)
+    session.info.setdefault(_PENDING, []).extend(
+        (directory, topic, payload) for payload in payloads
+    )
 
 
+# Listened to once, for every session: adding the listeners to each session that had something
+# to tell cost every run 30 µs.
+@event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
-    session.info[_PENDING] = []
+    session.info.pop(_PENDING, None)
 
 
+@event.listens_for(Session, "after_commit")
 def _post_pending(session: Session) -> None:
     """After the commit, so that a woken receiver finds the change."""
-    pending, session.info[_PENDING] = session.info[_PENDING], []
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return
     by_directory: dict[Path, dict[Topic, list[str]]] = {}
     for directory, topic, payload in pending:
         by_directory.setdefault(directory, {}).setdefault(topic, []).append(payload)
