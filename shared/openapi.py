@@ -372,8 +372,8 @@ Every GET also answers HEAD. Any request may get 400 (a NUL character in the pat
 `Content-Length` and `Transfer-Encoding`), 404 (no such route), 405 (the path does \
 not take the method; `Allow` lists those it takes), 414 (path and query above 16 KiB), 431 \
 (headers above 32 KiB), 500, or 503 \
-(`too_many_connections`: the server holds its connection limit), and every response carries \
-`X-Request-Id`, except the `invalid_http_request` 400 and the 503, which are answered \
+(`too_many_connections`: the server holds its connection limit; `Retry-After: 1`), and every \
+response carries `X-Request-Id`, except the `invalid_http_request` 400 and the 503, which are answered \
 before any route and close the connection. Every error is a JSON:API error document \
 (`Errors`)."""
 

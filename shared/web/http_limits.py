@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
+import time
+from typing import Any, cast
 from urllib.parse import unquote
 
 import anyio
@@ -49,6 +50,11 @@ KEEP_ALIVE_SECONDS = 5
 # ended) until the whole head has arrived; then the connection is closed. Half-open connections
 # would otherwise count against DATAFERRY_MAX_CONNECTIONS for ever.
 REQUEST_HEAD_TIMEOUT_SECONDS = 10.0
+# At the connection limit, a new connection closes the one that has waited longest for a request
+# head, if that wait has lasted this long: a client that connects sends its request at once, so
+# connections that send nothing (or keep a head unfinished) cannot keep clients out for the
+# head deadline's whole length.
+EVICTABLE_AFTER_SECONDS = 1.0
 # How long a response may sit unsent because the client stopped reading (the write buffer stays
 # above its high-water mark); then the connection is dropped. Without it a client that pipelines
 # requests, or starts a large download, and never reads would hold its connection for ever.
@@ -140,6 +146,13 @@ class BoundedH11Protocol(H11Protocol):
     A request head is complete when uvicorn starts a new request cycle for it; until then the
     deadline armed when the connection opened or the previous response ended stays armed, however
     many bytes trickle in.
+
+    The connection limit is decided once per connection, as it opens: one over the limit closes
+    the connection that has waited longest for a request head (at least
+    ``EVICTABLE_AFTER_SECONDS``), or else has its requests answered 503. uvicorn's own check
+    refused every request while the count was over the limit, those of connections opened long
+    before included: a thousand connections that sent nothing kept every client out, with no key
+    (found by the outside probe).
     """
 
     conn: FramedH11Connection
@@ -157,6 +170,8 @@ class BoundedH11Protocol(H11Protocol):
         )
         self.head_deadline: asyncio.TimerHandle | None = None
         self.send_deadline: asyncio.TimerHandle | None = None
+        self.waiting_since: float | None = None  # for a request head; None while one is served
+        self.admitted = True
         # The limit is checked by ``_admit`` instead of uvicorn, whose 503 is plain text.
         self.connection_limit, self.limit_concurrency = self.limit_concurrency, None
         self.app_within_limit, self.app = self.app, self._admit
@@ -165,6 +180,29 @@ class BoundedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self.conn.body_sink = transport
         self._arm_head_deadline()
+        limit = self.connection_limit
+        if limit is not None and len(self.connections) > limit:
+            self.admitted = self._close_longest_waiting()
+
+    def _close_longest_waiting(self) -> bool:
+        """Close the connection that has waited longest for a request head, if it has waited
+        ``EVICTABLE_AFTER_SECONDS``; whether one was closed. A connection whose request is
+        being served is never closed here."""
+        since = time.monotonic() - EVICTABLE_AFTER_SECONDS
+        waiting = [
+            other
+            for other in self.connections
+            if isinstance(other, BoundedH11Protocol)
+            and other.waiting_since is not None
+            and other.waiting_since <= since
+            and not other.transport.is_closing()
+        ]
+        if not waiting:
+            return False
+        longest = min(waiting, key=lambda other: cast(float, other.waiting_since))
+        longest._disarm_head_deadline()
+        longest.transport.close()
+        return True
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
@@ -224,12 +262,12 @@ class BoundedH11Protocol(H11Protocol):
         """At most ``limit`` connections, this one included, and as many running requests (this
         request's task is already one of ``self.tasks`` here)."""
         limit = self.connection_limit
-        if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
+        if limit is not None and (not self.admitted or len(self.tasks) > limit):
             logger.warning("refused a request: %d connections are open", len(self.connections))
             error = ServiceUnavailable(
                 f"The server holds its limit of {limit} connections; try again shortly.",
                 code="too_many_connections",
-                headers={"Connection": "close"},
+                headers={"Connection": "close", "Retry-After": "1"},
             )
             await error_response(error)(scope, receive, send)
             return
@@ -240,8 +278,10 @@ class BoundedH11Protocol(H11Protocol):
         self.head_deadline = self.loop.call_later(
             REQUEST_HEAD_TIMEOUT_SECONDS, self._head_deadline_passed
         )
+        self.waiting_since = time.monotonic()  # the loop's clock counts whole milliseconds
 
     def _disarm_head_deadline(self) -> None:
+        self.waiting_since = None
         if self.head_deadline is not None:
             self.head_deadline.cancel()
             self.head_deadline = None

@@ -271,12 +271,16 @@ def test_half_open_connections_are_closed_after_the_head_deadline(small_region):
                 if partial:
                     connection.sendall(partial)
         opened = time.monotonic()
-        time.sleep(0.5)  # the servers have accepted every connection
+        # The servers have accepted every connection, and none has waited long enough to be
+        # closed for a newcomer (EVICTABLE_AFTER_SECONDS).
+        time.sleep(0.2)
         for url in urls:
             refused = httpx.get(f"{url}/healthz", timeout=10)
             assert refused.status_code == 503, refused.text
             assert refused.headers["content-type"] == "application/vnd.api+json"
+            assert refused.headers["retry-after"] == "1"
             assert refused.json()["errors"][0]["code"] == "too_many_connections"
+        assert time.monotonic() - opened < http_limits.EVICTABLE_AFTER_SECONDS
         for connection in held:
             assert _read_until_closed(connection) == b""
         waited = time.monotonic() - opened
@@ -286,6 +290,67 @@ def test_half_open_connections_are_closed_after_the_head_deadline(small_region):
             assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
         for connection in held:
+            connection.close()
+
+
+def _idle_connections(url: str, count: int) -> list[socket.socket]:
+    """``count`` connections to ``url`` that send nothing, once the server has accepted them."""
+    opened = [socket.create_connection(socket_address(url), timeout=10) for _ in range(count)]
+    time.sleep(0.2)
+    return opened
+
+
+def _closed_by_the_server(connection: socket.socket) -> bool:
+    connection.settimeout(0.5)
+    try:
+        return connection.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("server", ["api", "data"])
+def test_connections_over_the_limit_leave_those_admitted_working(small_region, server):
+    """Found by the outside probe: with as many connections open as the limit allows, the
+    requests of a connection admitted long before were refused too (uvicorn's check counted the
+    connections at each request). Only the connection over the limit is refused now."""
+    url = small_region.api_url if server == "api" else small_region.data_url
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(socket_address(url), timeout=10) as admitted:
+        admitted.sendall(request)
+        assert _read_response(admitted).startswith(b"HTTP/1.1 200")
+        idle = _idle_connections(url, 4)  # the limit is 4: the last is over it
+        try:
+            admitted.sendall(request)
+            assert _read_response(admitted).startswith(b"HTTP/1.1 200")
+            idle[-1].sendall(request)
+            status, error = _jsonapi_error(_read_until_closed(idle[-1]))
+            assert (status, error["code"]) == (503, "too_many_connections")
+        finally:
+            for connection in idle:
+                connection.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("server", ["api", "data"])
+def test_a_new_connection_at_the_limit_closes_the_one_that_waited_longest(small_region, server):
+    """Found by the outside probe: connections that send nothing, renewed before the head
+    deadline closes them, kept every new client out with a 503. At the limit, a newcomer now
+    closes the connection that has waited longest for a request head, once it has waited
+    EVICTABLE_AFTER_SECONDS; one whose request is being served is never closed."""
+    url = small_region.api_url if server == "api" else small_region.data_url
+    idle = _idle_connections(url, 4)
+    try:
+        time.sleep(http_limits.EVICTABLE_AFTER_SECONDS)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert [_closed_by_the_server(connection) for connection in idle] == [
+            True,
+            False,
+            False,
+            False,
+        ]
+    finally:
+        for connection in idle:
             connection.close()
 
 
