@@ -19,12 +19,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     # Imported here: the operator commands need neither the app nor uvicorn, and importing them
     # doubles every command's start-up time.
     from api_server.app import create_app
-    from shared.web.serving import serve
+    from shared.web.serving import check_listen_address, serve
 
-    upgrade_to_head(create_metadata_engine(settings.database_url))
     settings = settings.with_overrides(
         api_host=args.host or settings.api_host, api_port=args.port or settings.api_port
     )
+    check_listen_address(settings.api_host, settings.api_port)
+    upgrade_to_head(create_metadata_engine(settings.database_url))
     serve(create_app(settings), settings, host=settings.api_host, port=settings.api_port)
 
 

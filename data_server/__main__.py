@@ -19,15 +19,16 @@ from shared.db.engine import (
 from shared.db.migrate import upgrade_to_head
 from shared.results import open_result_store
 from shared.settings import Settings
-from shared.web.serving import serve
+from shared.web.serving import check_listen_address, serve
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    upgrade_to_head(create_metadata_engine(settings.database_url))
-    ensure_sample_database(settings.state_dir, settings.sample_scale)
     settings = settings.with_overrides(
         data_host=args.host or settings.data_host, data_port=args.port or settings.data_port
     )
+    check_listen_address(settings.data_host, settings.data_port)
+    upgrade_to_head(create_metadata_engine(settings.database_url))
+    ensure_sample_database(settings.state_dir, settings.sample_scale)
     serve(
         create_app(settings, run_workers=not args.no_workers),
         settings,

@@ -24,12 +24,17 @@ REFUSED = 2  # argparse's own exit status for a usage error
 _logger = logging.getLogger(__name__)
 
 
+# A refusal quotes what was typed; an argument of thousands of characters is not repeated whole.
+MAX_QUOTED_CHARACTERS = 600
+
+
 class CommandParser(argparse.ArgumentParser):
-    """argparse's parser (its sub-commands' too), its usage errors with secrets masked."""
+    """argparse's parser (its sub-commands' too), its usage errors one ``error:`` line as every
+    other refusal, secrets masked. argparse printed the usage first (found by the outside probe):
+    ``--help`` shows it."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(REFUSED, f"{self.prog}: error: {without_secrets(message)}\n")
+        self.exit(REFUSED, _error_line(f"{self.prog}: {message}", " (--help shows the usage)"))
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -67,5 +72,13 @@ def _is_text(argument: str) -> bool:
 
 
 def _refused(detail: str) -> int:
-    sys.stderr.write(f"error: {without_secrets(detail)}\n")
+    sys.stderr.write(_error_line(detail))
     return REFUSED
+
+
+def _error_line(detail: str, then: str = "") -> str:
+    """``error: DETAIL`` and ``then``, on one line, ``DETAIL`` shortened if it is long."""
+    shown = " ".join(without_secrets(detail).split())  # one line, whatever was typed
+    if len(shown) > MAX_QUOTED_CHARACTERS:
+        shown = shown[: MAX_QUOTED_CHARACTERS - 1] + "…"
+    return f"error: {shown}{then}\n"

@@ -33,6 +33,18 @@ def comma_list(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
 
+def datasource_ids(value: str) -> list[str]:
+    """An argparse type for ``--datasources a, b``: the ids, refused when it names none (an
+    empty shell variable made a key that reaches no datasource, found by the outside probe;
+    leaving the option out makes one that reaches every datasource)."""
+    ids = comma_list(value)
+    if not ids:
+        raise argparse.ArgumentTypeError(
+            "names no datasource; leave it out for a key that reaches every datasource"
+        )
+    return ids
+
+
 def display_name(value: str) -> str:
     """An argparse type for ``--name``, by the rule the API applies to names
     (shared/display_names.py): a longer one failed PostgreSQL's insert with a traceback, and a

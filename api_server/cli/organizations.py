@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api_server.cli.conventions import (
     comma_list,
+    datasource_ids,
     display_name,
     emit,
     record_operator_event,
@@ -51,7 +52,7 @@ def cmd_create_api_key(settings: Settings, args: argparse.Namespace) -> None:
             organization_id=args.organization,
             name=args.name,
             permissions=permissions,
-            datasource_ids=comma_list(args.datasources),
+            datasource_ids=args.datasources,
         )
         key_id = key.id
     emit({"id": key_id, "api_key": secret})
@@ -149,7 +150,11 @@ def add_commands(commands: argparse._SubParsersAction[CommandParser]) -> None:
     key = commands.add_parser("create-api-key", help="new API key for an organisation")
     key.add_argument("--organization", required=True)
     key.add_argument("--permissions", required=True, help="comma-separated Cluvio permission names")
-    key.add_argument("--datasources", help="comma-separated datasource ids the key is limited to")
+    key.add_argument(
+        "--datasources",
+        type=datasource_ids,
+        help="comma-separated datasource ids the key is limited to",
+    )
     key.add_argument("--name", default="API key", type=display_name)
     key.set_defaults(run=cmd_create_api_key)
 

@@ -7,6 +7,7 @@ The first test runs ``python -m api_server`` as an operator does; the others cal
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import jwt
@@ -272,3 +273,78 @@ def test_a_mistyped_state_directory_gets_no_new_database(cli, tmp_path, command)
     assert not list(tmp_path.rglob("*.db"))
     assert cli("create-organization", "--name", "Acme").returncode == 0
     assert list(tmp_path.rglob("*.db"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["set-organization-limits", "--organization", "o", "--per-minute", "abc"],
+        ["storage-usage"],  # a required option missing
+        ["no-such-command"],
+        ["migrate", "extra"],
+        ["serve", "--port", "abc"],
+    ],
+)
+def test_an_argument_refused_is_one_error_line(cli, command):
+    """Found by the outside probe: argparse printed its usage, several lines, before the error;
+    every refusal is one line (``--help`` shows the usage)."""
+    result = cli(*command)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("error: python -m api_server")
+    assert result.stderr.endswith("(--help shows the usage)\n")
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_refusal_quotes_a_long_argument_shortened(cli):
+    """Found by the outside probe: a 3,000-character id came back whole in the error line."""
+    cli("create-organization", "--name", "Acme")
+    long_id = "x" * 3000
+    for command in (
+        ["create-api-key", "--organization", long_id, "--permissions", "View Datasources"],
+        ["no-such-command-" + long_id],
+    ):
+        result = cli(*command)
+        assert result.returncode == 2
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and len(errors[0]) < 700, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("main", "host"),
+    [(api_main, "no-such-host.invalid"), (api_main, "10.255.255.1"), (data_main, "256.0.0.1")],
+)
+def test_serve_on_an_address_it_cannot_listen_on_is_one_error_line(
+    tmp_path, monkeypatch, capsys, main, host
+):
+    """Found by the outside probe: uvicorn logged six lines and exited with status 3. The
+    address is checked before anything else is done: no database is made."""
+    for name in [name for name in os.environ if name.startswith("DATAFERRY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATAFERRY_STATE_DIR", str(tmp_path / "state"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        assert main(["serve", "--host", host, "--port", "8123"]) == 2
+    finally:
+        os.umask(umask)  # main sets the servers' own (shared/file_modes.py)
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: cannot listen on {host}:8123: ") and error.count("\n") == 1
+    assert not list(tmp_path.rglob("*.db"))
+
+
+@pytest.mark.parametrize("listed", ["", " , ,"])
+def test_a_key_limited_to_no_datasource_is_refused(cli, listed):
+    """Found by the outside probe: ``--datasources "$EMPTY"`` made a key that reaches no
+    datasource, silently; leaving the option out is how a key reaches every one."""
+    org = _one_json_object(cli("create-organization", "--name", "Acme").stdout)
+    result = cli(
+        "create-api-key",
+        "--organization",
+        org["organization_id"],
+        "--permissions",
+        "View Datasources",
+        "--datasources",
+        listed,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "names no datasource" in result.stderr
