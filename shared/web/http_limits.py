@@ -259,8 +259,9 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """At most ``limit`` connections, this one included, and as many running requests (this
-        request's task is already one of ``self.tasks`` here)."""
+        """Refused: the requests of a connection that opened over the limit and closed no other
+        for its place, and a request beyond ``limit`` running ones (this request's task is
+        already one of ``self.tasks`` here)."""
         limit = self.connection_limit
         if limit is not None and (not self.admitted or len(self.tasks) > limit):
             logger.warning("refused a request: %d connections are open", len(self.connections))
