@@ -244,7 +244,9 @@ def parse_resource_document(
         raise BadRequest("The document must hold one resource object in 'data'.", pointer="/data")
     data = document["data"]
     try:
-        envelope = ResourceEnvelope.model_validate(_without_links(data))
+        envelope = ResourceEnvelope.model_validate(
+            _named_as_addressed(_without_links(data), resource_type, resource_id)
+        )
     except ValidationError as exc:
         pointer = _pointer_into(data, exc.errors()[0]["loc"], "/data")
         raise BadRequest(
@@ -281,6 +283,21 @@ def parse_resource_document(
                 code="relationship_not_settable",
             )
     return ResourceInput(attributes=data.get("attributes") or {}, relationships=relationships)
+
+
+def _named_as_addressed(
+    data: dict[str, Any], resource_type: str, resource_id: str | None
+) -> dict[str, Any]:
+    """``data`` with the ``type`` the endpoint takes and, in an update, the ``id`` of the URL,
+    where it leaves them out: Cluvio's reference shows every create and update as
+    ``{"data": {"attributes": …}}``, and a client written from it sent those (found by the
+    outside probe). Given, each must still match."""
+    implied = (
+        {"type": resource_type}
+        if resource_id is None
+        else {"type": resource_type, "id": resource_id}
+    )
+    return {**implied, **data}
 
 
 def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

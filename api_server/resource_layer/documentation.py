@@ -170,16 +170,16 @@ _IGNORED_MEMBERS: dict[str, oa.Schema] = {
 
 
 def _write_document(resource: ResourceType, *, update: bool) -> oa.Schema:
-    """A JSON:API request document: ``data.type``, ``data.id`` (updates only), attributes."""
+    """A JSON:API request document: ``data.type``, ``data.id`` (updates only), attributes; the
+    type and id may be left out, as Cluvio's samples do (``jsonapi.parse_resource_document``)."""
     stem = f"{resource.schema_name}{'Update' if update else 'Create'}"
     properties: dict[str, oa.Schema] = {
-        "type": oa.const(resource.type),
+        "type": oa.const(resource.type, "May be left out: the endpoint's."),
         "attributes": oa.ref(f"{stem}Attributes"),
     }
-    required = ["type"] if update else ["type", "attributes"]
+    required = [] if update else ["attributes"]
     if update:
-        properties["id"] = oa.string("Must equal the id in the URL.")
-        required.append("id")
+        properties["id"] = oa.string("Must equal the id in the URL; may be left out.")
     properties |= _IGNORED_MEMBERS
     if resource.settable_relationships:
         properties["relationships"] = oa.obj(
