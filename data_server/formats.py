@@ -52,6 +52,10 @@ _BY_MEDIA_TYPE = {
     "application/ndjson": ResultFormat.NDJSON,
     "application/jsonl": ResultFormat.NDJSON,
 }
+# What Cluvio clients send everywhere (README): JSON when named, as on the API server's plain-JSON
+# actions, but never reached through a wildcard (``application/json;q=0, */*`` refuses JSON).
+# A client with a session-wide Accept of it was refused every result (found by an outside probe).
+JSONAPI_ALIAS = "application/vnd.api+json"
 # What a wildcard picks, best first: JSON is the default.
 _PREFERENCE = [ResultFormat.JSON, ResultFormat.NDJSON, ResultFormat.CSV, ResultFormat.ARROW]
 _PREFERENCE.append(ResultFormat.PARQUET)
@@ -150,6 +154,10 @@ def negotiate(accept: str | None, format_param: str | None) -> ResultFormat:
         found = _quality(ranges, media_type)
         if found and found[0] > 0:
             candidates.append((-found[0], found[1], _PREFERENCE.index(fmt), fmt))
+    candidates += [
+        (-quality, position, _PREFERENCE.index(ResultFormat.JSON), ResultFormat.JSON)
+        for quality, position in _alias_named(ranges)
+    ]
     if not candidates:
         supported = ", ".join(_BY_MEDIA_TYPE)  # records is JSON too: asked for by ?format=
         raise NotAcceptable(f"Results can be served as {supported}.")
@@ -159,7 +167,16 @@ def negotiate(accept: str | None, format_param: str | None) -> ResultFormat:
 def accepts_json(accept: str | None) -> bool:
     ranges = weighted_entries(accept)
     found = _quality(ranges, "application/json")
-    return not ranges or bool(found and found[0] > 0)
+    return not ranges or bool(found and found[0] > 0) or bool(_alias_named(ranges))
+
+
+def _alias_named(ranges: list[tuple[str, float, int]]) -> list[tuple[float, int]]:
+    """``(q, position)`` of each entry naming ``JSONAPI_ALIAS`` itself with a q above 0."""
+    return [
+        (q, position)
+        for media_range, q, position in ranges
+        if media_range == JSONAPI_ALIAS and q > 0
+    ]
 
 
 def parse_row_window(offset: str | None, limit: str | None) -> tuple[int, int | None]:

@@ -34,6 +34,10 @@ from shared.errors import InvalidQueryParameter, NotAcceptable
         ("text/csv", "arrow", ResultFormat.ARROW),
         (None, "PARQUET", ResultFormat.PARQUET),
         (None, "json", ResultFormat.JSON),
+        # What Cluvio clients send everywhere (found by an outside probe: it was a 406)
+        ("application/vnd.api+json", None, ResultFormat.JSON),
+        ("application/vnd.api+json;q=0.2, text/csv;q=0.1", None, ResultFormat.JSON),
+        ("application/vnd.api+json;q=0.1, text/csv;q=0.2", None, ResultFormat.CSV),
     ],
 )
 def test_negotiation(accept, format_param, expected):
@@ -41,7 +45,14 @@ def test_negotiation(accept, format_param, expected):
 
 
 @pytest.mark.parametrize(
-    "accept", ["image/png", "application/xml, text/html", "application/json;q=0", "text/csv;q=0"]
+    "accept",
+    [
+        "image/png",
+        "application/xml, text/html",
+        "application/json;q=0",
+        "text/csv;q=0",
+        "application/vnd.api+json;q=0",
+    ],
 )
 def test_unacceptable_accept_is_406(accept):
     with pytest.raises(NotAcceptable) as error:
@@ -59,7 +70,14 @@ def test_unknown_format_parameter_is_400(value):
 
 @pytest.mark.parametrize(
     ("accept", "expected"),
-    [(None, True), ("*/*", True), ("application/json", True), ("text/csv", False)],
+    [
+        (None, True),
+        ("*/*", True),
+        ("application/json", True),
+        ("text/csv", False),
+        ("application/vnd.api+json", True),
+        ("application/vnd.api+json;q=0", False),
+    ],
 )
 def test_accepts_json(accept, expected):
     assert formats.accepts_json(accept) is expected
