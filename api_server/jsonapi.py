@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_server.services.listing import CollectionQuery
+from api_server.services.listing import MAX_PAGE_SIZE, CollectionQuery
 from shared.digits import natural_number
 from shared.errors import (
     AppError,
@@ -39,7 +39,6 @@ from shared.web.request_headers import list_value, refuse_content_coding, sole_v
 
 JSON_MEDIA_TYPE = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
-MAX_PAGE_SIZE = 100
 # Keeps the row offset ((number - 1) * size) a 64-bit integer, as every database needs it.
 MAX_PAGE_NUMBER = 1_000_000_000
 # The JSON:API media type's one parameter this server takes: ``profile`` (ignored). ``ext``

@@ -103,8 +103,9 @@ def collection_parameters(resource: ResourceType) -> list[dict[str, Any]]:
         ),
         oa.query_parameter(
             "page[size]",
-            f"Resources per page (default {listing.DEFAULT_PAGE_SIZE}).",
-            oa.integer(minimum=1, maximum=jsonapi.MAX_PAGE_SIZE, default=listing.DEFAULT_PAGE_SIZE),
+            f"Resources per page (default {listing.DEFAULT_PAGE_SIZE}: a list asked for without it "
+            "answers whole up to that many, as Cluvio's, which have no paging, do).",
+            oa.integer(minimum=1, maximum=listing.MAX_PAGE_SIZE, default=listing.DEFAULT_PAGE_SIZE),
         ),
         *([sort] if resource.sortable else []),
         *(

@@ -308,8 +308,10 @@ FILTERS = ResourceType(
     ),
 )
 
-# A filter's options in Get Drop-Down Filter Options' answer and its paging bounds.
-MAX_OPTIONS_PAGE_SIZE, DEFAULT_OPTIONS_PAGE_SIZE = 1_000, 100
+# A filter's options in Get Drop-Down Filter Options' answer and its paging bounds: without
+# ``page[size]``, as many as a page may hold (a Cluvio client reads one answer as all of them).
+MAX_OPTIONS_PAGE_SIZE = 1_000
+DEFAULT_OPTIONS_PAGE_SIZE = MAX_OPTIONS_PAGE_SIZE
 MAX_SEARCH_LENGTH = MAX_OPTION_LENGTH
 # How long a dynamic SQL's options are waited for before 409 `filter_options_pending`.
 DYNAMIC_OPTIONS_WAIT_SECONDS = 10.0
@@ -716,7 +718,7 @@ def _bounded(text: str | None, name: str, default: int, maximum: int) -> int:
     operation_id="getFilterOptions",
     summary="Get Drop-Down Filter Options",
     description="The filter's options as plain JSON, `values[i]` labelled by `value_names[i]`, "
-    "paged (`page[size]` at most 1000, default 100) and searched (`search`: a case-insensitive "
+    "paged (`page[size]` at most 1000, and 1000 when not given) and searched (`search`: a case-insensitive "
     "substring of a value or its label). Manual options answer from the filter; `static_sql` "
     "ones from their last copy (409 `filter_options_pending` before the first); `dynamic_sql` "
     "ones run the SQL on the filter's datasource now, with `parameters` (Run Execution's, as "

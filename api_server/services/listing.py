@@ -9,7 +9,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, defer
 
-DEFAULT_PAGE_SIZE = 20
+# A page holds at most this many resources, and a list asked for without ``page[size]`` answers
+# that many: Cluvio's lists have no paging and answer whole, and a client written for them read
+# the first 20 (the earlier default) as the whole list (found by an outside probe).
+MAX_PAGE_SIZE = 1_000
+DEFAULT_PAGE_SIZE = MAX_PAGE_SIZE
 
 
 @dataclass

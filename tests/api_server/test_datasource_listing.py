@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from api_server.services.listing import MAX_PAGE_SIZE
+
 
 def test_collection_pages_sorts_filters_and_sparse_fields(api):
     org = api.create_org()
@@ -41,28 +43,39 @@ def test_collection_pages_sorts_filters_and_sparse_fields(api):
     )
 
 
-def test_default_page_size_is_20(api):
+def test_a_list_without_page_size_answers_whole_up_to_the_page_limit(api):
+    """Found by an outside probe of Cluvio compatibility: Cluvio's lists have no paging and
+    answer whole, and a client written for them read the first 20 (the default page) as the
+    whole list. Without ``page[size]`` a list now answers up to MAX_PAGE_SIZE resources; past
+    that, ``links.next`` still says there is more."""
     org = api.create_org()
     api.area(org).joinpath("many").mkdir()
-    with api.app.state.sessions.begin() as session:
-        from shared.db.models import Datasource
 
-        for i in range(24):
-            session.add(
+    def add(count: int, start: int) -> None:
+        with api.app.state.sessions.begin() as session:
+            from shared.db.models import Datasource
+
+            session.add_all(
                 Datasource(
-                    organization_id=org.id, name=f"ds{i:02}", database_type="files", database="many"
+                    organization_id=org.id, name=f"ds{i:04}", database_type="files", database="many"
                 )
+                for i in range(start, start + count)
             )
+
+    add(24, 0)
     listing = api.get("/datasources", org.key).json()
-    assert len(listing["data"]) == 20
-    assert listing["meta"]["total"] == 25
-    assert "page%5Bnumber%5D=2" in listing["links"]["last"]
+    assert len(listing["data"]) == listing["meta"]["total"] == 25
+    assert listing["links"]["next"] is None
+    add(MAX_PAGE_SIZE + 1 - 25, 24)
+    listing = api.get("/datasources", org.key).json()
+    assert len(listing["data"]) == MAX_PAGE_SIZE and listing["meta"]["total"] == MAX_PAGE_SIZE + 1
+    assert "page%5Bnumber%5D=2" in listing["links"]["next"]
 
 
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
-        ("page[size]=101", "page[size]"),
+        (f"page[size]={MAX_PAGE_SIZE + 1}", "page[size]"),
         ("page[size]=0", "page[size]"),
         ("page[number]=-1", "page[number]"),
         ("page[number]=abc", "page[number]"),
