@@ -4,6 +4,7 @@ listing's and an upload's ``meta`` carry the storage usage beside the paging or 
 
 from __future__ import annotations
 
+from api_server.services.listing import DEFAULT_PAGE_SIZE
 from tests.support.factories import JSONAPI
 from tests.support.uploads import ORDERS_CSV, SQLITE_ONLY, files_datasource, put
 
@@ -35,7 +36,7 @@ def test_sparse_fieldsets_keep_the_meta_of_a_listing_and_an_upload(api):
     listing = api.get(f"/datasources/{ds}/files?fields[datasource_files]=size", org.key).json()
     assert listing["data"][0]["attributes"] == {"size": len(ORDERS_CSV)}
     assert listing["meta"]["total"] == 1
-    assert listing["meta"]["page"] == {"number": 1, "size": 20}
+    assert listing["meta"]["page"] == {"number": 1, "size": DEFAULT_PAGE_SIZE}
     assert listing["meta"]["storage"]["files_bytes"] == len(ORDERS_CSV)
 
     replaced = api.client.put(
