@@ -718,8 +718,8 @@ def _bounded(text: str | None, name: str, default: int, maximum: int) -> int:
     operation_id="getFilterOptions",
     summary="Get Drop-Down Filter Options",
     description="The filter's options as plain JSON, `values[i]` labelled by `value_names[i]`, "
-    "paged (`page[size]` at most 1000, and 1000 when not given) and searched (`search`: a case-insensitive "
-    "substring of a value or its label). Manual options answer from the filter; `static_sql` "
+    "paged (`page[size]` at most 1000, and 1000 when not given) and searched (`search`: a "
+    "case-insensitive substring of a value or its label). Manual options answer from the filter; `static_sql` "
     "ones from their last copy (409 `filter_options_pending` before the first); `dynamic_sql` "
     "ones run the SQL on the filter's datasource now, with `parameters` (Run Execution's, as "
     "JSON: the other filters' values), as an execution (limits and sandbox apply), waited for "
