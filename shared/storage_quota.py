@@ -203,22 +203,9 @@ def walk_area(
     A walk under the lock would hold up the organisation's other writers, and on SQLite every
     writer of the region, for as long as it takes (minutes for millions of files). ``max_age``:
     as in ``storage_usage`` (0: walked now, as an upload's check needs)."""
-    return usage_and_walk(sessions, settings, organization_id, max_age=max_age)[1]
-
-
-def usage_and_walk(
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    organization_id: str,
-    *,
-    max_age: float = 0.0,
-) -> tuple[StorageUsage, AreaWalk]:
-    """``storage_usage`` outside any transaction, with the walk it counted the files by: a
-    worker's check before a run, whose walk serves again (``walk_again``) when the result is
-    stored."""
     with autocommit(sessions.kw["bind"]).connect() as connection:  # no BEGIN, no ROLLBACK
-        results, generation = stored_bytes_and_area_generation(connection, organization_id)
-    return usage_and_walk_as_read(settings, organization_id, results, generation, max_age=max_age)
+        _, generation = stored_bytes_and_area_generation(connection, organization_id)
+    return AreaWalk(generation, _area_bytes(settings, organization_id, generation, max_age))
 
 
 def usage_and_walk_as_read(
@@ -229,8 +216,10 @@ def usage_and_walk_as_read(
     *,
     max_age: float,
 ) -> tuple[StorageUsage, AreaWalk]:
-    """``usage_and_walk`` from the organisation's counter and generation as the caller read them
-    (a worker's claim, under the organisation's lock)."""
+    """``storage_usage`` from the organisation's stored-results counter and area generation as
+    the caller read them (a worker's claim, under the organisation's lock), with the walk it
+    counted the files by: a worker's check before a run, whose walk serves again
+    (``walk_again``) when the result is stored."""
     walked = AreaWalk(generation, _area_bytes(settings, organization_id, generation, max_age))
     return _usage(settings, walked.files_bytes, results_bytes), walked
 

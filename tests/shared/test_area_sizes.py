@@ -15,13 +15,13 @@ from shared import organization_rows, storage_quota
 from shared.datapaths import organization_area
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Organization
-from shared.organization_rows import note_area_changed
+from shared.organization_rows import note_area_changed, stored_bytes_and_area_generation
 from shared.settings import Settings
 from shared.storage_quota import (
     AREA_WALK_MAX_AGE_SECONDS,
     AreaSizes,
     locked_storage_usage,
-    usage_and_walk,
+    usage_and_walk_as_read,
     walk_again,
     walk_area,
 )
@@ -141,9 +141,7 @@ def test_the_check_before_a_run_reuses_a_walk_until_the_api_changes_the_area(org
     settings, sessions, organization_id, area = organization
 
     def before_a_run() -> int:
-        usage, _ = usage_and_walk(
-            sessions, settings, organization_id, max_age=AREA_WALK_MAX_AGE_SECONDS
-        )
+        usage, _ = _as_a_claim_reads(settings, sessions, organization_id)
         return usage.files_bytes
 
     assert before_a_run() == 100
@@ -163,9 +161,7 @@ def test_the_walk_before_a_run_serves_its_result_unless_the_api_changed_the_area
     then (no second read); a change the API made meanwhile moves the generation on, and the
     check under the lock walks again."""
     settings, sessions, organization_id, area = organization
-    _, before_run = usage_and_walk(
-        sessions, settings, organization_id, max_age=AREA_WALK_MAX_AGE_SECONDS
-    )
+    _, before_run = _as_a_claim_reads(settings, sessions, organization_id)
     again = walk_again(settings, organization_id, before_run, max_age=AREA_WALK_MAX_AGE_SECONDS)
     assert again == before_run and again.files_bytes == 100
     assert len(walks) == 1
@@ -176,3 +172,15 @@ def test_the_walk_before_a_run_serves_its_result_unless_the_api_changed_the_area
         usage = locked_storage_usage(session, settings, organization_id, again)
     assert usage.files_bytes == 0
     assert len(walks) == 2
+
+
+def _as_a_claim_reads(settings, sessions, organization_id):
+    """The check before a run, from the counter and generation read as a worker's claim reads
+    them (shared.lifecycle.claims)."""
+    with sessions.begin() as session:
+        results, generation = stored_bytes_and_area_generation(
+            session.connection(), organization_id
+        )
+    return usage_and_walk_as_read(
+        settings, organization_id, results, generation, max_age=AREA_WALK_MAX_AGE_SECONDS
+    )
