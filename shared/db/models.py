@@ -268,12 +268,18 @@ class Execution(Base):
         Index("ix_executions_organization_id_reuse_key", "organization_id", "reuse_key"),
         # Its organisation's oldest executions: when its text budget frees room.
         Index("ix_executions_organization_id_created_at", "organization_id", "created_at"),
+        # Its organisation's unfinished executions, oldest first: what a claim and a run count
+        # and start, without reading the organisation's finished history.
+        Index(
+            "ix_executions_organization_id_status_created_at",
+            "organization_id",
+            "status",
+            "created_at",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     datasource_id: Mapped[str] = mapped_column(ForeignKey("datasources.id", ondelete="CASCADE"))
     api_key_id: Mapped[str | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True

@@ -139,14 +139,18 @@ class ClaimContended(Exception):
 # Plain text on a pooled connection: it runs several times per execution, mostly finding nothing,
 # and costs a quarter of the same select through an ORM session. (The table's name is the model's.)
 # Leaving nobody out, it has no list to expand: SQLAlchemy renders an expanding list again on each
-# execution.
-_QUEUED = f"SELECT 1 FROM {Execution.__tablename__} WHERE status = :status"  # noqa: S608
-_QUEUE_PROBE = text(f"{_QUEUED} LIMIT 1").bindparams(status=ExecutionStatus.STARTING.value)
+# execution. The status is written into the text, not bound: psycopg prepares a statement run
+# five times on a connection, and PostgreSQL's plan for a bound status, made without its value,
+# expects most rows to match and so scans the table for the first queued one; with 50,000
+# finished executions that took 2.7 ms instead of 0.1.
+_QUEUED = (
+    f"SELECT 1 FROM {Execution.__tablename__} "  # noqa: S608 - names and an enum value only
+    f"WHERE status = '{ExecutionStatus.STARTING.value}'"
+)
+_QUEUE_PROBE = text(f"{_QUEUED} LIMIT 1")
 _QUEUE_PROBE_LEAVING_OUT = text(
     f"{_QUEUED} AND organization_id NOT IN :left_out LIMIT 1"
-).bindparams(
-    bindparam("left_out", expanding=True, type_=String), status=ExecutionStatus.STARTING.value
-)
+).bindparams(bindparam("left_out", expanding=True, type_=String))
 
 
 def _anything_queued(engine: Engine, left_out: frozenset[str]) -> bool:
@@ -271,7 +275,7 @@ _EXECUTIONS = table_of(Execution)
 _DATASOURCES = table_of(Datasource)
 _ORGANIZATIONS = table_of(Organization)
 
-_RUNNING = _EXECUTIONS.c.status == ExecutionStatus.RUNNING
+_RUNNING = one_of(_EXECUTIONS.c.status, [ExecutionStatus.RUNNING])
 _ON_THIS_SERVER = _EXECUTIONS.c.lease_owner == bindparam("claim_worker")
 _CAPPED = one_of(_EXECUTIONS.c.execution_type, ORGANIZATION_CAP_COUNTS)
 
@@ -318,7 +322,7 @@ def _ranking() -> Select[str, str, int]:
             func.count().label("queued"),
             func.count().filter(~_CAPPED).label("uncapped"),
         )
-        .where(_EXECUTIONS.c.status == ExecutionStatus.STARTING)
+        .where(one_of(_EXECUTIONS.c.status, [ExecutionStatus.STARTING]))
         .group_by(_EXECUTIONS.c.organization_id, _EXECUTIONS.c.datasource_id)
         .subquery()
     )
@@ -404,7 +408,7 @@ def _start_oldest() -> ReturningUpdate[Any]:
         .where(
             queued.c.organization_id == bindparam("pair_organization"),
             queued.c.datasource_id == bindparam("pair_datasource"),
-            queued.c.status == ExecutionStatus.STARTING,
+            one_of(queued.c.status, [ExecutionStatus.STARTING]),
             or_(
                 bindparam("under_organization_cap", type_=Boolean),
                 ~one_of(queued.c.execution_type, ORGANIZATION_CAP_COUNTS),
@@ -418,7 +422,7 @@ def _start_oldest() -> ReturningUpdate[Any]:
     now = bindparam("claim_now", type_=UTCDateTime())
     return (
         update(_EXECUTIONS)
-        .where(_EXECUTIONS.c.id == oldest, _EXECUTIONS.c.status == ExecutionStatus.STARTING)
+        .where(_EXECUTIONS.c.id == oldest, one_of(_EXECUTIONS.c.status, [ExecutionStatus.STARTING]))
         .values(
             status=ExecutionStatus.RUNNING,
             attempt=_EXECUTIONS.c.attempt + 1,
