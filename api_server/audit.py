@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.db.engine import write_transaction
+from shared.db.engine import single_write
 from shared.db.models import AuditEvent, table_of
 from shared.logging import request_id_var
 from shared.web.routing import handling_method
@@ -50,7 +50,8 @@ def record_event(
     remote_addr: str | None = None,
     request_id: str | None = None,
 ) -> None:
-    """One event, in ``transaction``: the caller's own, with its change, or one of its own."""
+    """One event, in ``transaction``: the caller's own, with its change, or a statement that
+    commits by itself (``single_write``)."""
     transaction.execute(
         _INSERT_EVENT,
         {
@@ -107,10 +108,10 @@ def _unrecorded_event(scope: Scope, status: int, created_id: str | None) -> dict
 
 
 def _write(scope: Scope, event: dict[str, Any]) -> None:
-    """Record ``event`` in a transaction of its own, once: a failure is logged, and the answer
+    """Record ``event`` on its own (``single_write``), once: a failure is logged, and the answer
     goes out all the same."""
     try:
-        with write_transaction(scope["app"].state.engine) as connection:
+        with single_write(scope["app"].state.engine) as connection:
             record_event(connection, **event)
     except Exception:
         logger.exception("could not record audit event %s", event["action"])
@@ -135,7 +136,7 @@ def record_data_grant(request: Request, action: str, resource_id: str) -> None:
     every token handed out."""
     event = _event(request.scope, 200, None, resource_id)
     if event is not None:
-        with write_transaction(request.app.state.engine) as connection:
+        with single_write(request.app.state.engine) as connection:
             record_event(connection, **{**event, "action": action})
 
 

@@ -477,15 +477,17 @@ def _load(
     *,
     recheck_key: bool = False,
 ) -> Execution:
+    execution_id = execution_id or request.path_params["id"]
+    settings = request.app.state.settings
     with request.app.state.read_engine.connect() as connection:
-        if recheck_key and not api_keys.still_enabled(connection, principal.api_key_id):
-            raise unauthorized()
-        return executions.read_execution(
-            connection,
-            principal,
-            execution_id or request.path_params["id"],
-            request.app.state.settings,
+        if not recheck_key:
+            return executions.read_execution(connection, principal, execution_id, settings)
+        execution = executions.read_execution_for_enabled_key(
+            connection, principal, execution_id, settings
         )
+    if execution is None:
+        raise unauthorized()
+    return execution
 
 
 async def _until_ended(

@@ -113,6 +113,9 @@ def find_caller(
 
 
 _ENABLED = select(ApiKey.enabled).where(ApiKey.id == bindparam("api_key_id"))
+# Whether the key bound as ``api_key_id`` still exists and is enabled, as a column of another read
+# (NULL when it was deleted).
+ENABLED_NOW = _ENABLED.scalar_subquery()
 
 
 def still_enabled(connection: Connection, api_key_id: str) -> bool:

@@ -7,7 +7,7 @@ import select as io_select
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -143,7 +143,7 @@ class TurnTakingSessions(sessionmaker[Session]):
     SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 and up to 100 ms between tries
     and is not woken when the lock is freed: with 16 clients, embedded, the two servers slept
     there 4,500 to 4,900 times per 480 executions, 1,530 once both took turns. Here the next
-    transaction of the process starts as soon as the one before it ends (``write_transaction``
+    transaction of the process starts as soon as the one before it ends (``single_write``
     takes the same turn), and only the other server's transactions still meet them in SQLite's
     handler. Re-entrant: a transaction may begin another inside itself, on the same thread, as
     SQLite alone allows. A transaction that only reads waits its turn too: none of the
@@ -161,11 +161,16 @@ class TurnTakingSessions(sessionmaker[Session]):
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """``engine.begin()``, in turn with the process's other transactions on SQLite, as those of
+def single_write(engine: Engine) -> Iterator[Connection]:
+    """A connection for one write statement, which commits as it runs (the audit log's events).
+    On PostgreSQL in autocommit: a BEGIN and a COMMIT would be two of its three round trips. On
+    SQLite ``engine.begin()``, in turn with the process's other transactions, as those of
     ``TurnTakingSessions`` are."""
-    turn = _turn_of(engine) if engine.dialect.name == "sqlite" else nullcontext()
-    with turn, engine.begin() as connection:
+    if engine.dialect.name != "sqlite":
+        with autocommit(engine).connect() as connection:
+            yield connection
+        return
+    with _turn_of(engine), engine.begin() as connection:
         yield connection
 
 

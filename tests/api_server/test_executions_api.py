@@ -8,7 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from api_server.permissions import Permission
 from api_server.services import executions as executions_service
@@ -333,6 +333,29 @@ def test_a_key_disabled_or_deleted_during_the_wait_gets_a_401(api, meanwhile):
         response = waiting.result(timeout=10)
     assert response.status_code == 401, response.text
     assert response.json()["errors"][0]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(("key_disabled", "status"), [(False, 404), (True, 401)])
+def test_an_execution_gone_during_the_wait_is_a_404_unless_the_key_went_too(
+    api, key_disabled, status
+):
+    """The wait's reads ask for the execution and the key in one statement; with no execution
+    to read, the key's state is asked on its own, and a key no longer enabled is told first."""
+    org = api.create_org()
+    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
+        "data"
+    ]["id"]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(api.get, f"/executions/{execution_id}?wait=1", org.key)
+        time.sleep(0.2)
+        with api.app.state.sessions.begin() as session:
+            session.execute(delete(Execution).where(Execution.id == execution_id))
+            if key_disabled:
+                session.execute(
+                    update(ApiKey).where(ApiKey.organization_id == org.id).values(enabled=False)
+                )
+        response = waiting.result(timeout=10)
+    assert response.status_code == status, response.text
 
 
 def test_cancel_before_start_and_purge(api):

@@ -19,7 +19,7 @@ from shared.db.engine import (
     create_metadata_engine,
     create_read_session_factory,
     create_session_factory,
-    write_transaction,
+    single_write,
 )
 from tests.support.postgres import fresh_postgres_schema
 
@@ -84,11 +84,11 @@ def _second_transaction_begins(
 def test_on_sqlite_turn_taking_transactions_begin_one_after_the_other(engine):
     """The second waits for its turn in the process, so that it never waits in SQLite's busy
     handler (which sleeps up to 100 ms between tries and is not woken when the lock is freed);
-    an engine's own transaction (``write_transaction``: the audit log's) takes the same turn."""
+    an engine's own transaction (``single_write``: the audit log's) takes the same turn."""
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE seen (n integer)"))
     sessions = create_session_factory(engine, in_turn=True)
-    for second_begin in (sessions.begin, lambda: write_transaction(engine)):
+    for second_begin in (sessions.begin, lambda: single_write(engine)):
         got_in = _second_transaction_begins(sessions, second_begin)
         if engine.dialect.name == "sqlite":
             assert isinstance(sessions, TurnTakingSessions)
@@ -96,6 +96,6 @@ def test_on_sqlite_turn_taking_transactions_begin_one_after_the_other(engine):
         else:  # PostgreSQL's transactions begin side by side, as ever
             assert type(sessions) is sessionmaker and got_in
     with sessions.begin() as session:  # re-entrant, as SQLite alone is
-        with write_transaction(engine) as inner:
+        with single_write(engine) as inner:
             assert inner.scalar(text("SELECT count(*) FROM seen")) == 4
         session.execute(text("DELETE FROM seen"))
