@@ -362,6 +362,9 @@ def _encoded_in_memory(
     (checked after every slice of about that size, so stopping costs little; remembered)."""
     if source.size() > SMALL_REPRESENTATION_BYTES or key in _outgrown:
         return None
+    # Read whole first: Arrow opens a file's IPC footer through its I/O threads, 80 µs for a
+    # one-row result against 10 from memory.
+    source = pa.BufferReader(source.read())
     raw = io.BytesIO()
     encoded = 0
     # Small slices for text, whose bytes do not depend on them and which can outgrow its source
