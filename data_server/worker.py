@@ -116,7 +116,8 @@ class Worker:
         while claiming, its row perhaps committed too late to be seen, is a ring kept for this
         wait). Having claimed, ring for one more executor if the claim saw more claimable work
         than it took: more may be queued than notifications said (one transaction queued
-        several, or they came while every executor was busy). Having run, claim again."""
+        several, or they came while every executor was busy). Having run, announce the slot it
+        freed to work already queued, and claim again."""
         while not self._stopping.is_set():
             try:
                 claim = lifecycle.claim_next(
@@ -139,6 +140,10 @@ class Worker:
             if claim.more_claimable:
                 self._doorbell.ring()
             self._run(job)
+            try:
+                lifecycle.announce_if_work_waits(self.sessions.kw["bind"])
+            except Exception:  # a hint: this executor claims again next all the same
+                logger.exception("announcing the freed slot failed")
 
     def organizations_at_their_share(self) -> frozenset[str]:
         """The organisations whose executions fill their share of this data server

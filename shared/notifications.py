@@ -78,19 +78,30 @@ def announce_new_work(session: Session) -> None:
     _notify(session, Topic.NEW_WORK, [""])
 
 
+def announce_new_work_now(engine: Engine) -> None:
+    """``announce_new_work`` outside any transaction: told at once."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(_PG_NOTIFY, {"channel": Topic.NEW_WORK.value, "payload": ""})
+        return
+    directory = mailbox_directory(engine.url)
+    if directory is not None:
+        post(directory, {Topic.NEW_WORK: [""]})
+
+
 def announce_ended(session: Session, execution_ids: Iterable[str]) -> None:
     """The waiters of these executions re-read them once this transaction commits."""
     _notify(session, Topic.EXECUTION_ENDED, execution_ids)
+
+
+_PG_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
 def _notify(session: Session, topic: Topic, payloads: Iterable[str]) -> None:
     engine = session.get_bind().engine
     if engine.dialect.name == "postgresql":
         for payload in payloads:
-            session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": topic.value, "payload": payload},
-            )
+            session.execute(_PG_NOTIFY, {"channel": topic.value, "payload": payload})
         return
     directory = mailbox_directory(engine.url)
     if directory is None:

@@ -18,7 +18,13 @@ from shared.execution_states import (
     ExecutionStatus,
     ExecutionType,
 )
-from shared.lifecycle.claims import ORGANIZATION_CAP_COUNTS, Claim, ClaimContended, claim_next
+from shared.lifecycle.claims import (
+    ORGANIZATION_CAP_COUNTS,
+    Claim,
+    ClaimContended,
+    announce_if_work_waits,
+    claim_next,
+)
 from shared.lifecycle.transitions import (
     CANCELLED_MESSAGE,
     RETENTION_SWEEP_SECONDS,
@@ -47,6 +53,7 @@ __all__ = [
     "ExecutionStatus",
     "ExecutionType",
     "LeaseState",
+    "announce_if_work_waits",
     "claim_next",
     "complete",
     "delete_executions",

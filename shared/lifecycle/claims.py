@@ -52,6 +52,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from shared.db.engine import autocommit, database_now, one_of, write_lock_on_sqlite
 from shared.db.models import Datasource, Execution, Organization, UTCDateTime, table_of
 from shared.execution_states import ExecutionStatus, ExecutionType
+from shared.notifications import announce_new_work_now
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -168,10 +169,17 @@ def _anything_queued(engine: Engine, left_out: frozenset[str]) -> bool:
         return probe.first() is not None
 
 
-def work_is_queued(session: Session) -> bool:
-    """Whether any execution waits to be claimed, as ``session`` sees the queue (the probe,
-    leaving nobody out)."""
-    return session.execute(_QUEUE_PROBE).first() is not None
+def announce_if_work_waits(engine: Engine) -> bool:
+    """Once a run ended and its end committed, a slot of its datasource, its organisation and
+    its data server is free again: news to work already queued only (work queued later
+    announces itself; should its claim come before the end committed and find the slot still
+    taken, the executor that ended claims again next). Asked after the commit, not in the
+    transaction that ends the run, which would hold the execution's waiters up by a statement
+    (on PostgreSQL a round trip). Whether it told."""
+    if not _anything_queued(engine, frozenset()):
+        return False
+    announce_new_work_now(engine)
+    return True
 
 
 def _claim_in(session: Session, worker_id: str, settings: Settings) -> Claim | None:

@@ -37,7 +37,7 @@ from shared.db.engine import database_now, write_lock_on_sqlite
 from shared.db.models import Execution, UTCDateTime, table_of, utcnow
 from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
-from shared.lifecycle.claims import Claim, work_is_queued
+from shared.lifecycle.claims import Claim
 from shared.notifications import announce_ended, announce_new_work
 from shared.organization_rows import (
     RESULT_STORED,
@@ -206,11 +206,7 @@ def _finish(session: Session, claim: Claim, **values: Any) -> str | None:
         status = ExecutionStatus.CANCELLED if cancelled else None
     if status is not None:
         announce_ended(session, [claim.execution_id])
-    # A slot of the datasource is free again: news only to work already queued (work queued
-    # after this read announces itself; should its claim come before this commit and find the
-    # slot still taken, the executor that ends here claims again next).
-    if work_is_queued(session):
-        announce_new_work(session)
+    # The slot it frees is announced by the executor once this commits (announce_if_work_waits).
     return status
 
 

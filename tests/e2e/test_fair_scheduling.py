@@ -296,17 +296,52 @@ def test_an_executor_rings_for_another_only_when_its_claim_saw_more(api, monkeyp
 
 @pytest.mark.parametrize("queued", [True, False], ids=["work-queued", "queue-empty"])
 def test_an_ended_execution_announces_its_free_slot_only_to_queued_work(api, monkeypatch, queued):
-    """Every end used to wake an executor of every data server to look at an empty queue; its
-    waiters are told in any case."""
+    """Every end used to wake an executor of every data server to look at an empty queue. Its
+    waiters are told in any case, in the transaction that ends it; the slot it frees once that
+    committed (the executor's next step), so that telling the waiters waits for no probe."""
     a = api.create_org("A")
     _empty_queue(api)
     _queue(api, a.sample_datasource_id, 2 if queued else 1)
     told: list[str] = []
-    monkeypatch.setattr(transitions, "announce_new_work", lambda session: told.append("work"))
+    monkeypatch.setattr(claiming, "announce_new_work_now", lambda engine: told.append("work"))
     monkeypatch.setattr(transitions, "announce_ended", lambda session, ids: told.extend(ids))
     claim = _claim(api)
     assert lifecycle.finish_unsuccessfully(api.app.state.sessions, claim, "query_error", "no")
+    assert told == [claim.execution_id]
+    assert lifecycle.announce_if_work_waits(api.app.state.engine) is queued
     assert told == ([claim.execution_id, "work"] if queued else [claim.execution_id])
+
+
+@pytest.mark.parametrize("announcing", ["works", "fails"])
+def test_an_executor_announces_the_slot_it_freed_after_each_run(api, monkeypatch, announcing):
+    """After its run, before claiming again; a failure to announce (the database briefly gone)
+    is logged and the executor carries on."""
+    a = api.create_org("A")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id)
+    state = api.app.state
+    worker = Worker(api.settings, state.sessions, state.result_store, pool=None)  # runs nothing
+    claims_made = [_claim(api, data_server=worker.worker_id), None]
+    steps: list[str] = []
+
+    def announce(engine):
+        steps.append("announced")
+        if announcing == "fails":
+            raise OSError("the database went away")
+        return False
+
+    def claim_next(*args, **kwargs):
+        if not claims_made:
+            worker._stopping.set()
+            return None
+        return claims_made.pop(0)
+
+    monkeypatch.setattr(lifecycle, "claim_next", claim_next)
+    monkeypatch.setattr(lifecycle, "announce_if_work_waits", announce)
+    monkeypatch.setattr(worker, "_run", lambda job: steps.append("ran"))
+    monkeypatch.setattr(worker, "_idle_wait", 0.01)
+    worker._execute_loop()
+    assert steps == ["ran", "announced"]
 
 
 def test_a_data_servers_share_counts_executions_of_every_kind(api):

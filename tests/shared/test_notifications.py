@@ -41,6 +41,8 @@ from shared.notifications import (
     Lines,
     Mailbox,
     Topic,
+    announce_new_work_now,
+    listen_for_new_work,
     mailbox_directory,
     post,
 )
@@ -772,3 +774,20 @@ def deadline_join(threads: list[threading.Thread], seconds: float) -> int:
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return sum(thread.is_alive() for thread in threads)
+
+
+def test_work_announced_outside_a_transaction_rings_a_listening_worker(api):
+    """``announce_new_work_now`` (an executor's freed slot, announced once its run's end
+    committed) reaches a worker's listener on either transport."""
+    engine = api.app.state.engine
+    bell, stopping = Doorbell(limit=1), threading.Event()
+    listener = threading.Thread(target=listen_for_new_work, args=(engine, bell, stopping))
+    listener.start()
+    try:
+        assert bell.wait(timeout=5)  # it rings once as it starts listening
+        assert not bell.wait(timeout=0.2)
+        announce_new_work_now(engine)
+        assert bell.wait(timeout=5)
+    finally:
+        stopping.set()
+        listener.join(timeout=5)
