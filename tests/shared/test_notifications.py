@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import create_engine, event, func, select, text, update
 
 from api_server import execution_waits
 from api_server.execution_waits import (
@@ -33,6 +33,7 @@ from api_server.permissions import Permission
 from api_server.resources import executions as executions_resource
 from data_server.app import create_app as create_data_app
 from shared import lifecycle
+from shared.db.engine import create_metadata_engine
 from shared.db.models import Execution, utcnow
 from shared.execution_states import ExecutionStatus
 from shared.notifications import (
@@ -778,8 +779,10 @@ def deadline_join(threads: list[threading.Thread], seconds: float) -> int:
 
 def test_work_announced_outside_a_transaction_rings_a_listening_worker(api):
     """``announce_new_work_now`` (an executor's freed slot, announced once its run's end
-    committed) reaches a worker's listener on either transport."""
+    committed) reaches a worker's listener, on SQLite through the database's mailboxes."""
     engine = api.app.state.engine
+    if engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL: the next test (other tests notify on the same channel)")
     bell, stopping = Doorbell(limit=1), threading.Event()
     listener = threading.Thread(target=listen_for_new_work, args=(engine, bell, stopping))
     listener.start()
@@ -791,3 +794,27 @@ def test_work_announced_outside_a_transaction_rings_a_listening_worker(api):
     finally:
         stopping.set()
         listener.join(timeout=5)
+
+
+@pytest.mark.postgres
+def test_work_announced_outside_a_transaction_is_notified_on_postgresql(postgres_url):
+    """The channel is the database's, which the test processes share: the notification is
+    known by the backend that sent it."""
+    engine = create_metadata_engine(postgres_url)
+    senders: set[int] = set()
+    event.listen(engine, "checkout", lambda dbapi, *_: senders.add(dbapi.info.backend_pid))
+    listening = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        listening.exec_driver_sql(f"LISTEN {Topic.NEW_WORK.value}")
+        driver = listening.connection.driver_connection
+        senders.clear()  # the listening connection's own checkout
+        announce_new_work_now(engine)
+        assert senders
+        deadline, heard = time.monotonic() + 5, False
+        while not heard and time.monotonic() < deadline:
+            for note in driver.notifies(timeout=0.5, stop_after=1):
+                heard = heard or (note.pid in senders and note.channel == Topic.NEW_WORK.value)
+        assert heard
+    finally:
+        listening.close()
+        engine.dispose()
