@@ -134,7 +134,10 @@ class _Renderer:
             if timerange is None:
                 return "TRUE"
             start, end = self._range_slots(variable, timerange, selector == "next")
-            return f"({expression} >= {start} AND {expression} < {end})"
+            # The cast reads ISO 8601 text as an instant (Cluvio: text columns work) and is what
+            # DuckDB does anyway to compare a DATE or TIMESTAMP with the TIMESTAMPTZ bounds.
+            instant = f"CAST({expression} AS TIMESTAMPTZ)"
+            return f"({instant} >= {start} AND {instant} < {end})"
         values = self._values_of(variable)
         present = [
             self._slot(("value", variable, position), value)

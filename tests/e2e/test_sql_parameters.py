@@ -24,7 +24,10 @@ EVENTS_SQL = """
 CREATE TABLE events AS
 SELECT *, timezone('UTC', happened_tz) AS happened_at,
        timezone('Europe/Berlin', happened_tz) AS berlin_wall,
-       timezone('America/New_York', happened_tz) AS ny_wall
+       timezone('America/New_York', happened_tz) AS ny_wall,
+       strftime(timezone('UTC', happened_tz), '%Y-%m-%dT%H:%M:%SZ') AS happened_text,
+       strftime(timezone('Europe/Berlin', happened_tz), '%Y-%m-%dT%H:%M:%S') AS berlin_wall_text,
+       CAST(day AS VARCHAR) AS day_text
 FROM (VALUES
   (1, 'DE', 10.5, 1, TIMESTAMPTZ '2024-03-30 22:30:00+00', DATE '2024-03-30', TRUE),
   (2, 'DE', 20.0, 2, TIMESTAMPTZ '2024-03-30 23:30:00+00', DATE '2024-03-31', FALSE),
@@ -97,6 +100,14 @@ CASES = [
     ("range-ny-first-01:30", "UTC", IDS.format("{happened_tz=timerange}"),
      {"timerange": span("2024-11-03T05:00:00+00:00", "2024-11-03T06:00:00+00:00")}, [[7]]),
     ("range-custom-filter", "UTC", IDS.format("{happened_tz=period}"), pick("period", TWO_HOURS), [[2], [3]]),
+    # ISO 8601 text: with an offset an instant, without one wall-clock time in the data zone
+    ("range-iso-text", "UTC", IDS.format("{happened_text=timerange}"), {"timerange": TWO_HOURS}, [[2], [3]]),
+    ("range-iso-text-date", "UTC", IDS.format("{day_text=timerange}"),
+     {"timerange": span("2024-03-31T00:00:00+00:00", "2024-04-01T00:00:00+00:00")}, [[2], [3]]),
+    ("range-iso-text-berlin-spring-day", "Europe/Berlin", IDS.format("{berlin_wall_text=timerange}"),
+     {"timerange": BERLIN_DAY_MARCH_31}, [[2], [3], [4]]),
+    ("range-iso-text-next", "UTC", IDS.format("{happened_text=timerange.next}"),
+     {"timerange": span("2024-03-30T22:30:00+00:00", "2024-03-30T23:30:00+00:00")}, [[2]]),
     # --- {[expr]:tz}: wall-clock time in the zone, across DST gaps and repeats
     ("tz-berlin-spring", "UTC", "SELECT id, CAST({happened_tz:tz} AS VARCHAR) FROM events WHERE id <= 4 ORDER BY id",
      {"tz": "Europe/Berlin"}, [[1, "2024-03-30 23:30:00"], [2, "2024-03-31 00:30:00"],

@@ -6,6 +6,7 @@ form returns are checked end to end in tests/e2e/test_sql_parameters.py.
 
 from __future__ import annotations
 
+import duckdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,7 +47,8 @@ def test_each_form_binds_its_values_as_parameters():
     assert bound.sql == (
         "SELECT CASE WHEN CAST($1 AS BOOLEAN) THEN CAST(NULL AS TIMESTAMP) "
         "ELSE date_trunc(CAST($2 AS VARCHAR), CAST((d) AS TIMESTAMP)) END, $3 FROM t WHERE "
-        "((ts) >= CAST($4 AS TIMESTAMPTZ) AND (ts) < CAST($5 AS TIMESTAMPTZ)) "
+        "(CAST((ts) AS TIMESTAMPTZ) >= CAST($4 AS TIMESTAMPTZ) "
+        "AND CAST((ts) AS TIMESTAMPTZ) < CAST($5 AS TIMESTAMPTZ)) "
         "AND ((lower(c)) = $3)"
     )
     assert bound.values == [
@@ -80,8 +82,66 @@ def test_condition_shape_follows_the_number_of_values(values, condition):
 
 def test_timerange_bounds_are_utc_instants_start_inclusive_end_exclusive():
     bound = bind("WHERE {t=timerange}", {"timerange": "1712233090~1712237090"})
-    assert bound.sql == "WHERE ((t) >= CAST($1 AS TIMESTAMPTZ) AND (t) < CAST($2 AS TIMESTAMPTZ))"
+    assert bound.sql == (
+        "WHERE (CAST((t) AS TIMESTAMPTZ) >= CAST($1 AS TIMESTAMPTZ) "
+        "AND CAST((t) AS TIMESTAMPTZ) < CAST($2 AS TIMESTAMPTZ))"
+    )
     assert bound.values == ["2024-04-04T12:18:10+00:00", "2024-04-04T13:24:50+00:00"]
+
+
+# One instant per row, kept in each column type a range may be compared with; rows 2 and 3 are
+# on 31 March 2024 in Berlin (a 23-hour day), rows 1 and 4 just outside it.
+TIMES_SQL = """
+CREATE TABLE times AS SELECT * FROM (VALUES
+  (1, TIMESTAMPTZ '2024-03-30 22:30:00+00', TIMESTAMP '2024-03-30 23:30:00', DATE '2024-03-30',
+   '2024-03-30T22:30:00Z', '2024-03-30T23:30:00', '2024-03-30'),
+  (2, TIMESTAMPTZ '2024-03-30 23:30:00+00', TIMESTAMP '2024-03-31 00:30:00', DATE '2024-03-31',
+   '2024-03-31T00:30:00+01:00', '2024-03-31 00:30:00', '2024-03-31'),
+  (3, TIMESTAMPTZ '2024-03-31 21:30:00+00', TIMESTAMP '2024-03-31 23:30:00', DATE '2024-03-31',
+   '2024-03-31T23:30:00.5+02:00', '2024-03-31T23:30:00.5', '2024-03-31'),
+  (4, TIMESTAMPTZ '2024-03-31 22:30:00+00', TIMESTAMP '2024-04-01 00:30:00', DATE '2024-04-01',
+   '2024-03-31T22:30:00Z', '2024-04-01T00:30:00', '2024-04-01'),
+  (5, NULL, NULL, NULL, NULL, NULL, NULL)
+) AS v(id, instant, wall_clock, day, iso_text, wall_clock_text, day_text)
+"""
+BERLIN_MARCH_31 = "1711839600~1711922400"
+
+
+def rows_of(bound, zone: str = "Europe/Berlin") -> list[tuple]:
+    """``bound`` run on DuckDB over ``times``, in ``zone`` (a datasource's data time zone)."""
+    with duckdb.connect() as connection:
+        connection.execute(f"SET TimeZone = '{zone}'")
+        connection.execute(TIMES_SQL)
+        return connection.execute(bound.sql, bound.values).fetchall()
+
+
+@pytest.mark.parametrize(
+    "column",
+    ["instant", "wall_clock", "day", "iso_text", "wall_clock_text", "day_text"],
+)
+@pytest.mark.parametrize(
+    ("condition", "parameters"),
+    [
+        ("{%s=timerange}", {"timerange": BERLIN_MARCH_31}),
+        ("{[%s]=period}", pick("period", BERLIN_MARCH_31)),
+        ("{%s=timerange.next}", {"timerange": "1711756800~1711839600"}),
+    ],
+)
+def test_range_matches_alike_in_typed_and_iso_8601_text_columns(column, condition, parameters):
+    """Cluvio: "Text columns in ISO-8601 work as well". Text without an offset, like a TIMESTAMP
+    or DATE, is wall-clock time in the data time zone."""
+    bound = bind(f"SELECT id FROM times WHERE {condition % column} ORDER BY id", parameters)
+    assert rows_of(bound) == [(2,), (3,)]
+
+
+def test_range_over_text_that_is_no_timestamp_fails_the_query():
+    """Text the cast cannot read is an error, not a row silently left out."""
+    bound = bind(
+        "SELECT id FROM (VALUES (1, 'soon')) AS v(id, t) WHERE {t=timerange}",
+        {"timerange": BERLIN_MARCH_31},
+    )
+    with pytest.raises(duckdb.ConversionException, match="soon"):
+        rows_of(bound)
 
 
 def test_zone_defaults_to_the_datasource_zone():
