@@ -8,6 +8,7 @@ used. docs/sql-parameters.md describes each form for users.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,8 @@ def bind_parameters(
     grow to ``BOUND_SQL_GROWTH`` times ``max_sql_length``. ``every_filter_used``: a filter the SQL
     has no placeholder for is a 422 (else it is left out, as a dashboard's filters are for the
     reports that do not use them). ``rules``: what the filter definitions of the variables given
-    demand of their values (``sql_templating.rules``)."""
+    demand of their values (``sql_templating.rules``); a variable without a rule has no filter,
+    is ad hoc, and its values bind as text."""
     rules = rules or {}
     check_selections(inputs, rules)
     renderer = _Renderer(sql, inputs, data_time_zone, rules)
@@ -282,7 +284,12 @@ class _Renderer:
 
     def _values_of(self, variable: str) -> tuple[Scalar, ...]:
         given = self._filter(variable)
-        return given.values if given else ()
+        if given is None:
+            return ()
+        if variable in self.rules:
+            return given.values
+        # No filter defines it: an ad hoc variable is Cluvio's text input, so its values are text.
+        return tuple(_as_text(value) for value in given.values)
 
     def _is_selected(self, variable: str) -> bool:
         if variable in BUILT_IN_VARIABLES:
@@ -332,3 +339,11 @@ class _Renderer:
         ]
         if unused:
             raise ValidationErrors(unused)
+
+
+def _as_text(value: Scalar) -> str | None:
+    """A selected value as text: a number or boolean as JSON writes it (``0`` is ``'0'``,
+    ``true`` is ``'true'``); null stays null, the absence of a value (``IS NULL``)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)

@@ -45,6 +45,8 @@ class VariableRule:
         return cls(options=frozenset(option_key(value) for value in options), **rule)
 
 
+# A rule for each variable a filter defines, even one that demands nothing; a variable without
+# one is ad hoc (sql_templating.binding binds its values as text).
 VariableRules = Mapping[str, VariableRule]
 
 

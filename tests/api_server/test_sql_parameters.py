@@ -61,8 +61,17 @@ def test_an_integer_beyond_bigint_is_refused_not_rounded(api, digits):
     assert error["source"] == {"pointer": "/parameters/filters/0/selected_values/1"}
 
 
-def test_the_largest_bigint_is_bound_exactly(api):
+@pytest.mark.parametrize(
+    ("with_filter", "bound"), [(True, 2**63 - 1), (False, "9223372036854775807")]
+)
+def test_the_largest_bigint_is_bound_exactly(api, with_filter, bound):
+    """As a number where a filter defines the variable; as its text where none does (an ad hoc
+    variable is Cluvio's text input)."""
     org = api.create_org()
+    if with_filter:
+        number = {"name": "V", "variable_name": "v", "control_type": "text", "value_type": "number"}
+        created = api.post("/filters", org.key, {"data": {"type": "filters", "attributes": number}})
+        assert created.status_code == 201, created.text
     body = (
         '{"sql_query": "SELECT {v.value} AS v", "parameters": {"filters": '
         '[{"variable_name": "v", "selected_values": [9223372036854775807]}]}}'
@@ -73,7 +82,7 @@ def test_the_largest_bigint_is_bound_exactly(api):
         headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
     )
     assert response.status_code == 200, response.text
-    assert response.json()["data"]["attributes"]["bound_parameters"] == [2**63 - 1]
+    assert response.json()["data"]["attributes"]["bound_parameters"] == [bound]
 
 
 def test_only_the_key_that_ran_it_sees_the_bound_values(api):

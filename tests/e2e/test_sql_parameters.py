@@ -169,6 +169,10 @@ CASES = [
     ("filter-fraction", "UTC", IDS.format("{amount=amount}"), pick("amount", 10.5), [[1]]),
     ("filter-boolean", "UTC", IDS.format("{flag=flag}"), pick("flag", True), [[1], [3], [5], [7], [8], [10]]),
     ("filter-string-that-looks-numeric", "UTC", IDS.format("{country=country}"), pick("country", "1"), [[9]]),
+    # an ad hoc variable's number is text, so it matches a text column as well
+    ("filter-number-on-text", "UTC", IDS.format("{country=country}"), pick("country", 1), [[9]]),
+    ("filter-numbers-on-text", "UTC", IDS.format("{country=country}"), pick("country", 1, 2), [[9]]),
+    ("value-number-on-text", "UTC", "SELECT id FROM events WHERE country = {c.value} ORDER BY id", pick("c", 1), [[9]]),
     ("filter-quote-in-value", "UTC", IDS.format("{country=country}"), pick("country", "O'Brien"), [[7]]),
     ("filter-unicode", "UTC", IDS.format("{country=country}"), pick("country", "Zürich ✓"), [[10]]),
     ("filter-expression", "UTC", IDS.format("{[lower(country)]=country}"), pick("country", "de"), [[1], [2]]),

@@ -49,7 +49,7 @@ def test_readme_walkthrough_runs_verbatim(region):
     assert '"execution_status":"completed"' in result.stdout
     assert '"rows":[[1,' in result.stdout  # the JSON fetch of the query's rows
     assert '"order_id","amount"' in result.stdout  # the CSV fetch
-    assert '"bound_parameters":[2]' in result.stdout  # the run with a Cluvio filter
+    assert '"bound_parameters":["2"]' in result.stdout  # the run with an ad hoc Cluvio filter
     assert '"meta":{"reused":true}' in result.stdout  # a dashboard run inside its window
     assert '"values":[2],"value_names":["Second"]' in result.stdout  # a filter's options
     assert '"value_not_in_options"' in result.stdout  # restricted to them

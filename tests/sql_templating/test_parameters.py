@@ -6,6 +6,8 @@ form returns are checked end to end in tests/e2e/test_sql_parameters.py.
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import pytest
 from hypothesis import given, settings
@@ -107,11 +109,11 @@ CREATE TABLE times AS SELECT * FROM (VALUES
 BERLIN_MARCH_31 = "1711839600~1711922400"
 
 
-def rows_of(bound, zone: str = "Europe/Berlin") -> list[tuple]:
-    """``bound`` run on DuckDB over ``times``, in ``zone`` (a datasource's data time zone)."""
+def rows_of(bound, tables: str = TIMES_SQL, zone: str = "Europe/Berlin") -> list[tuple]:
+    """``bound`` run on DuckDB after ``tables``, in ``zone`` (a datasource's data time zone)."""
     with duckdb.connect() as connection:
         connection.execute(f"SET TimeZone = '{zone}'")
-        connection.execute(TIMES_SQL)
+        connection.execute(tables)
         return connection.execute(bound.sql, bound.values).fetchall()
 
 
@@ -142,6 +144,58 @@ def test_range_over_text_that_is_no_timestamp_fails_the_query():
     )
     with pytest.raises(duckdb.ConversionException, match="soon"):
         rows_of(bound)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0, "0"),
+        (-7, "-7"),
+        (MAX_INTEGER, "9223372036854775807"),
+        (10.5, "10.5"),
+        (True, "true"),
+        (False, "false"),
+        ("0", "0"),
+    ],
+)
+def test_ad_hoc_values_bind_as_text(value, text):
+    """A variable without a filter is Cluvio's text input: a number or boolean binds as the
+    text JSON writes for it."""
+    assert bind("SELECT {v.value} WHERE {c=v}", pick("v", value)).values == [text]
+
+
+def test_ad_hoc_null_stays_null():
+    bound = bind("SELECT 1 WHERE {c=v}", pick("v", 0, None))
+    assert (bound.sql, bound.values) == ("SELECT 1 WHERE ((c) = $1 OR (c) IS NULL)", ["0"])
+    assert bind("SELECT {v.value}", pick("v", None)).values == [None]
+
+
+TYPED_SQL = """
+CREATE TABLE typed AS SELECT * FROM (VALUES
+  (1, 'DE', 3, 10.5, TRUE),
+  (2, '0', 0, 0.5, FALSE),
+  (3, NULL, NULL, NULL, NULL)
+) AS v(id, status, qty, amount, flag)
+"""
+
+
+@pytest.mark.parametrize(
+    ("condition", "values", "ids"),
+    [
+        ("{status=v}", [0], [(2,)]),  # VARCHAR = INTEGER failed on 'DE'
+        ("{status=v}", [0, 1], [(2,)]),
+        ("status = {v.value}", [0], [(2,)]),
+        ("{qty=v}", [3], [(1,)]),
+        ("{qty=v}", [0, 3], [(1,), (2,)]),
+        ("qty > {v.value}", [0], [(1,)]),
+        ("{amount=v}", [10.5], [(1,)]),
+        ("{flag=v}", [False], [(2,)]),
+        ("{flag=v}", [True, None], [(1,), (3,)]),
+    ],
+)
+def test_ad_hoc_text_matches_text_columns_and_converts_to_typed_ones(condition, values, ids):
+    bound = bind(f"SELECT id FROM typed WHERE {condition} ORDER BY id", pick("v", *values))
+    assert rows_of(bound, TYPED_SQL) == ids
 
 
 def test_zone_defaults_to_the_datasource_zone():
@@ -184,7 +238,7 @@ def test_no_value_changes_the_sql_only_the_bound_values(values):
     assert bound.values == [
         True,
         "day",
-        *values,
+        *(value if isinstance(value, str) else json.dumps(value) for value in values),
         "1970-01-01T00:00:00+00:00",
         "1970-01-01T00:00:01+00:00",
     ]

@@ -1,6 +1,7 @@
 """The rules filter definitions set for their variables' values (``sql_templating.rules``), as
 ``bind_parameters`` keeps them: All Time only where allowed, one value unless several are,
-values among the options when restricted; variables without a rule stay as they were."""
+values among the options when restricted; variables without a rule stay as they were, ad hoc
+(their values bind as text)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,16 @@ def test_one_value_unless_the_filter_takes_several():
         ("multiple_values_not_allowed", "/parameters/filters/0/selected_values")
     ]
     assert bind("SELECT {c=country}", pick("country", "a"), single).values == ["a"]
+
+
+def test_a_variable_with_a_filter_keeps_its_values_json_types():
+    """Only an ad hoc variable (no rule) binds its values as text; a filter's stay as sent."""
+    parameters = pick("v", 0, 10.5, True, "x", None)
+    with_filter = bind("SELECT 1 WHERE {c=v}", parameters, {"v": VariableRule()})
+    assert with_filter.values == [0, 10.5, True, "x"]
+    ad_hoc = bind("SELECT 1 WHERE {c=v}", parameters, {"w": VariableRule()})
+    assert ad_hoc.values == ["0", "10.5", "true", "x"]
+    assert ad_hoc.sql == with_filter.sql
 
 
 def test_options_compare_by_json_type():
