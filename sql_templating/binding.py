@@ -8,7 +8,6 @@ used. docs/sql-parameters.md describes each form for users.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from sql_templating.parameters import (
     InputParameters,
     Scalar,
     TimeRange,
+    as_text,
     invalid_parameter,
 )
 from sql_templating.placeholders import (
@@ -288,8 +288,9 @@ class _Renderer:
             return ()
         if variable in self.rules:
             return given.values
-        # No filter defines it: an ad hoc variable is Cluvio's text input, so its values are text.
-        return tuple(_as_text(value) for value in given.values)
+        # No filter defines it: an ad hoc variable is Cluvio's text input, so its values are text
+        # (null stays the absence of a value: IS NULL).
+        return tuple(None if value is None else as_text(value) for value in given.values)
 
     def _is_selected(self, variable: str) -> bool:
         if variable in BUILT_IN_VARIABLES:
@@ -339,11 +340,3 @@ class _Renderer:
         ]
         if unused:
             raise ValidationErrors(unused)
-
-
-def _as_text(value: Scalar) -> str | None:
-    """A selected value as text: a number or boolean as JSON writes it (``0`` is ``'0'``,
-    ``true`` is ``'true'``); null stays null, the absence of a value (``IS NULL``)."""
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value)

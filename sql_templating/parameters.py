@@ -8,6 +8,7 @@ Nothing here touches SQL: ``sql_templating.binding`` turns these values into bou
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,14 @@ from shared.input_models import (
 from shared.time_zones import known_time_zones
 
 Scalar = str | int | float | bool | None
+
+
+def as_text(value: Scalar) -> str:
+    """A value as text, as JSON writes a number, a boolean or null (``0`` is ``'0'``, ``true``
+    is ``'true'``): how an ad hoc variable's values bind (but null, which stays the absence of a
+    value), and what a filter option's search reads."""
+    return value if isinstance(value, str) else json.dumps(value)
+
 
 Aggregation = Literal[
     "second", "minute", "hour", "day", "week", "month", "quarter", "year", "all_time"

@@ -60,6 +60,7 @@ from sql_templating.parameters import (
     InputParameters,
     Scalar,
     TimeRange,
+    as_text,
 )
 from sql_templating.placeholders import placeholder_variables
 from sql_templating.rules import option_key
@@ -95,7 +96,7 @@ class Options:
             pairs = [
                 (value, name)
                 for value, name in pairs
-                if wanted in _text(value).casefold() or (name and wanted in name.casefold())
+                if wanted in as_text(value).casefold() or (name and wanted in name.casefold())
             ]
         chosen = pairs[(number - 1) * size : number * size]
         return {
@@ -104,10 +105,6 @@ class Options:
             "total": len(pairs),
             "page": {"number": number, "size": size},
         }
-
-
-def _text(value: Scalar) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 # ---------------------------------------------------------------------------- scope
@@ -846,7 +843,7 @@ def _label(raw: Any) -> str | None:
     if raw is None or not isinstance(raw, str | int | float | Decimal | date | time):
         return None
     spelled = raw.isoformat() if isinstance(raw, date | time) else str(raw)
-    text = (_text(raw) if isinstance(raw, bool) else spelled).replace("\x00", "")
+    text = (as_text(raw) if isinstance(raw, bool) else spelled).replace("\x00", "")
     return text[:MAX_OPTION_LENGTH]
 
 
