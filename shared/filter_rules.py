@@ -7,6 +7,7 @@ execution (Run Execution, a report's run, a data server's scheduler) binds with 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Literal, get_args
 
 from sqlalchemy import ColumnElement, select
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Filter
 from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar
-from sql_templating.rules import VariableRule
+from sql_templating.rules import VariableRule, options_keys
 
 ControlType = Literal["dropdown", "text", "date_range", "datetime_range", "aggregation"]
 ValueType = Literal["text", "number", "date", "datetime", "boolean"]
@@ -78,18 +79,20 @@ def variable_rules(
 def rule_of(row: Filter) -> VariableRule:
     """``restrict_to_options``: an aggregation's units (``aggregation_options``, null: all), or
     the manual options, or a static SQL's options as last copied."""
-    multiple, allow_all_time = row.multiple, row.allow_all_time
+    rule = VariableRule(
+        multiple=row.multiple,
+        allow_all_time=row.allow_all_time,
+        values_as_text=row.value_type == "text",  # Cluvio: "represented in SQL" as its type
+    )
     if not row.restrict_to_options:
-        return VariableRule(multiple=multiple, allow_all_time=allow_all_time)
+        return rule
     options: list[Scalar]
     note = ""
     if row.control_type == "aggregation":
         options = [*(row.aggregation_options or TRUNCATION_UNITS)]
-        options += ["all_time"] if allow_all_time else []
+        options += ["all_time"] if row.allow_all_time else []
     else:
         options = list(row.values or ())
         if row.options_source == "static_sql" and row.options_updated_at is None:
             note = " (its options SQL has not completed yet, so it has none)"
-    return VariableRule.restricted_to(
-        options, multiple=multiple, allow_all_time=allow_all_time, options_note=note
-    )
+    return replace(rule, options=options_keys(options), options_note=note)

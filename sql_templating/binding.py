@@ -286,10 +286,11 @@ class _Renderer:
         given = self._filter(variable)
         if given is None:
             return ()
-        if variable in self.rules:
+        rule = self.rules.get(variable)
+        if rule is not None and not rule.values_as_text:
             return given.values
-        # No filter defines it: an ad hoc variable is Cluvio's text input, so its values are text
-        # (null stays the absence of a value: IS NULL).
+        # A text filter's, or an ad hoc variable's (no filter defines it: Cluvio's text input):
+        # null stays the absence of a value (IS NULL).
         return tuple(None if value is None else as_text(value) for value in given.values)
 
     def _is_selected(self, variable: str) -> bool:

@@ -33,16 +33,24 @@ def option_key(value: Scalar) -> OptionKey:
 class VariableRule:
     """``multiple``: more than one value may be selected. ``allow_all_time``: an aggregation
     variable accepts ``all_time``. ``options``: the only values a selection may hold (None: any
-    value); ``options_note``: why a value outside them is refused, for the error's detail."""
+    value); ``options_note``: why a value outside them is refused, for the error's detail.
+    ``values_as_text``: its values bind as text (a filter of value type text), as an ad hoc
+    variable's (one without a rule) do."""
 
     multiple: bool = True
     allow_all_time: bool = False
     options: frozenset[OptionKey] | None = None
     options_note: str = ""
+    values_as_text: bool = False
 
     @classmethod
     def restricted_to(cls, options: Iterable[Scalar], **rule: Any) -> VariableRule:
-        return cls(options=frozenset(option_key(value) for value in options), **rule)
+        return cls(options=options_keys(options), **rule)
+
+
+def options_keys(options: Iterable[Scalar]) -> frozenset[OptionKey]:
+    """What ``VariableRule.options`` holds of these values."""
+    return frozenset(option_key(value) for value in options)
 
 
 # A rule for each variable a filter defines, even one that demands nothing; a variable without

@@ -62,15 +62,19 @@ def test_an_integer_beyond_bigint_is_refused_not_rounded(api, digits):
 
 
 @pytest.mark.parametrize(
-    ("with_filter", "bound"), [(True, 2**63 - 1), (False, "9223372036854775807")]
+    ("value_type", "bound"),
+    [("number", 2**63 - 1), ("text", "9223372036854775807"), (None, "9223372036854775807")],
 )
-def test_the_largest_bigint_is_bound_exactly(api, with_filter, bound):
-    """As a number where a filter defines the variable; as its text where none does (an ad hoc
-    variable is Cluvio's text input)."""
+def test_the_largest_bigint_is_bound_exactly(api, value_type, bound):
+    """As a number where a number filter defines the variable; as its text where a text filter
+    does, or none (an ad hoc variable is Cluvio's text input): Cluvio's value type is how the
+    values are "represented in SQL"."""
     org = api.create_org()
-    if with_filter:
-        number = {"name": "V", "variable_name": "v", "control_type": "text", "value_type": "number"}
-        created = api.post("/filters", org.key, {"data": {"type": "filters", "attributes": number}})
+    if value_type is not None:
+        attributes = {"name": "V", "variable_name": "v", "control_type": "text"}
+        attributes["value_type"] = value_type
+        document = {"data": {"type": "filters", "attributes": attributes}}
+        created = api.post("/filters", org.key, document)
         assert created.status_code == 201, created.text
     body = (
         '{"sql_query": "SELECT {v.value} AS v", "parameters": {"filters": '

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.db.models import Filter
+from shared.filter_rules import rule_of
 from shared.settings import Settings
 from sql_templating.binding import bind_parameters
 from sql_templating.parameters import parse_input_parameters
@@ -83,14 +85,35 @@ def test_one_value_unless_the_filter_takes_several():
     assert bind("SELECT {c=country}", pick("country", "a"), single).values == ["a"]
 
 
-def test_a_variable_with_a_filter_keeps_its_values_json_types():
-    """Only an ad hoc variable (no rule) binds its values as text; a filter's stay as sent."""
+def test_a_variable_with_a_filter_keeps_its_values_json_types_unless_it_is_text():
+    """An ad hoc variable (no rule) and a text filter's bind their values as text; the other
+    filters' stay as sent."""
     parameters = pick("v", 0, 10.5, True, "x", None)
     with_filter = bind("SELECT 1 WHERE {c=v}", parameters, {"v": VariableRule()})
     assert with_filter.values == [0, 10.5, True, "x"]
     ad_hoc = bind("SELECT 1 WHERE {c=v}", parameters, {"w": VariableRule()})
-    assert ad_hoc.values == ["0", "10.5", "true", "x"]
-    assert ad_hoc.sql == with_filter.sql
+    text = bind("SELECT 1 WHERE {c=v}", parameters, {"v": VariableRule(values_as_text=True)})
+    assert ad_hoc.values == text.values == ["0", "10.5", "true", "x"]
+    assert ad_hoc.sql == with_filter.sql == text.sql
+
+
+@pytest.mark.parametrize(
+    ("value_type", "as_text"),
+    [("text", True), ("number", False), ("date", False), ("datetime", False), ("boolean", False)],
+)
+def test_a_filters_rule_binds_as_text_what_its_value_type_is_text(value_type, as_text):
+    for restricted in (False, True):
+        row = Filter(
+            variable_name="v",
+            control_type="dropdown",
+            value_type=value_type,
+            multiple=True,
+            allow_all_time=False,
+            restrict_to_options=restricted,
+            options_source="manual",
+            values=["a"],
+        )
+        assert rule_of(row).values_as_text is as_text
 
 
 def test_options_compare_by_json_type():
