@@ -77,9 +77,15 @@ class ExecutionAttributes(Attributes):
     ]
     execution_type: Annotated[ExecutionType, READ_ONLY]
     execution_status: Annotated[ExecutionStatus, READ_ONLY]
-    result_columns: Annotated[int | None, READ_ONLY, Field(description="Columns of the result.")]
-    result_rows: Annotated[int | None, READ_ONLY, Field(description="Rows of the stored result.")]
-    result_size: Annotated[int | None, READ_ONLY, Field(description="Bytes of the stored result.")]
+    result_columns: Annotated[
+        int, READ_ONLY, Field(description="Columns of the result; 0 until it completed.")
+    ]
+    result_rows: Annotated[
+        int, READ_ONLY, Field(description="Rows of the stored result; 0 until it completed.")
+    ]
+    result_size: Annotated[
+        int, READ_ONLY, Field(description="Bytes of the stored result; 0 until it completed.")
+    ]
     result_truncated: Annotated[
         bool, READ_ONLY, Field(description="The result was cut at the row or byte limit.")
     ]
@@ -135,6 +141,9 @@ EXECUTIONS = ResourceType(
 )
 
 
+RESULT_COUNTS = ("result_columns", "result_rows", "result_size")
+
+
 def execution_attributes(ex: Execution, *, show_query: bool) -> dict[str, Any]:
     """What a caller sees: error fields once it ended badly; ``show_query`` (the key that ran
     it only): the SQL that ran, its bound values and the full error message."""
@@ -142,12 +151,12 @@ def execution_attributes(ex: Execution, *, show_query: bool) -> dict[str, Any]:
         "execution_id": ex.id,
         "execution_type": ex.execution_type,
         "execution_status": ex.status,
+        # Integers, as Cluvio documents them (its sample shows 0 for a starting execution): a
+        # client's typed model would refuse a null.
+        **{name: getattr(ex, name) or 0 for name in RESULT_COUNTS},
         **{
             name: getattr(ex, name)
             for name in (
-                "result_columns",
-                "result_rows",
-                "result_size",
                 "result_truncated",
                 "created_at",
                 "updated_at",
