@@ -117,7 +117,7 @@ class Worker:
         wait). Having claimed, ring for one more executor if the claim saw more claimable work
         than it took: more may be queued than notifications said (one transaction queued
         several, or they came while every executor was busy). Having run, announce the slot it
-        freed to work already queued, and claim again."""
+        freed to work already queued, and claim again if there was any."""
         while not self._stopping.is_set():
             try:
                 claim = lifecycle.claim_next(
@@ -140,10 +140,18 @@ class Worker:
             if claim.more_claimable:
                 self._doorbell.ring()
             self._run(job)
-            try:
-                lifecycle.announce_if_work_waits(self.sessions.kw["bind"])
-            except Exception:  # a hint: this executor claims again next all the same
-                logger.exception("announcing the freed slot failed")
+            # With nothing queued as the run ended, what is queued from now on rings.
+            if not self._announce_freed_slot() and not self._stopping.is_set():
+                self._doorbell.wait(self._idle_wait)
+
+    def _announce_freed_slot(self) -> bool:
+        """Tell the region's workers that a slot is free, if work is queued; whether any may be
+        (also when asking failed: the claim that follows finds out)."""
+        try:
+            return lifecycle.announce_if_work_waits(self.sessions.kw["bind"])
+        except Exception:
+            logger.exception("announcing the freed slot failed")
+            return True
 
     def organizations_at_their_share(self) -> frozenset[str]:
         """The organisations whose executions fill their share of this data server

@@ -312,36 +312,48 @@ def test_an_ended_execution_announces_its_free_slot_only_to_queued_work(api, mon
     assert told == ([claim.execution_id, "work"] if queued else [claim.execution_id])
 
 
-@pytest.mark.parametrize("announcing", ["works", "fails"])
-def test_an_executor_announces_the_slot_it_freed_after_each_run(api, monkeypatch, announcing):
-    """After its run, before claiming again; a failure to announce (the database briefly gone)
-    is logged and the executor carries on."""
+@pytest.mark.parametrize(
+    ("announcing", "next_step"),
+    [("queued", "claimed"), ("nothing", "waited"), ("fails", "claimed")],
+)
+def test_an_executor_announces_the_slot_it_freed_after_each_run(
+    api, monkeypatch, announcing, next_step
+):
+    """After its run, the executor announces its free slot to queued work and claims again;
+    with nothing queued it waits for the doorbell instead (what is queued later rings). A
+    failure to announce (the database briefly gone) is logged, and it claims to find out."""
     a = api.create_org("A")
     _empty_queue(api)
     _queue(api, a.sample_datasource_id)
     state = api.app.state
     worker = Worker(api.settings, state.sessions, state.result_store, pool=None)  # runs nothing
-    claims_made = [_claim(api, data_server=worker.worker_id), None]
+    first = _claim(api, data_server=worker.worker_id)
     steps: list[str] = []
 
     def announce(engine):
         steps.append("announced")
         if announcing == "fails":
             raise OSError("the database went away")
-        return False
+        return announcing == "queued"
 
     def claim_next(*args, **kwargs):
-        if not claims_made:
+        steps.append("claimed")
+        if len(steps) > 1:
             worker._stopping.set()
             return None
-        return claims_made.pop(0)
+        return first
+
+    def doorbell_wait(timeout):
+        steps.append("waited")
+        worker._stopping.set()
+        return False
 
     monkeypatch.setattr(lifecycle, "claim_next", claim_next)
     monkeypatch.setattr(lifecycle, "announce_if_work_waits", announce)
     monkeypatch.setattr(worker, "_run", lambda job: steps.append("ran"))
-    monkeypatch.setattr(worker, "_idle_wait", 0.01)
+    monkeypatch.setattr(worker._doorbell, "wait", doorbell_wait)
     worker._execute_loop()
-    assert steps == ["ran", "announced"]
+    assert steps[:4] == ["claimed", "ran", "announced", next_step]
 
 
 def test_a_data_servers_share_counts_executions_of_every_kind(api):
