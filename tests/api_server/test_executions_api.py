@@ -307,12 +307,9 @@ def test_wait_returns_after_the_timeout_when_nothing_changes(api):
     assert response.json()["data"]["attributes"]["execution_status"] == "starting"
 
 
-@pytest.mark.parametrize("meanwhile", ["disabled", "deleted"])
-def test_a_key_disabled_or_deleted_during_the_wait_gets_a_401(api, meanwhile):
-    """What the execution is then is the organisation's: a key that lost its access while its
-    request waited gets what its next request would get (as the filters' dynamic options and
-    run-and-wait's grant do)."""
-    org = api.create_org()
+def _waited_while(api, org, change):
+    """The answer of a ``?wait`` on a new execution of ``org`` while ``change(session,
+    execution_id)`` was committed."""
     execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
         "data"
     ]["id"]
@@ -320,13 +317,25 @@ def test_a_key_disabled_or_deleted_during_the_wait_gets_a_401(api, meanwhile):
         waiting = pool.submit(api.get, f"/executions/{execution_id}?wait=1", org.key)
         time.sleep(0.2)
         with api.app.state.sessions.begin() as session:
-            keys = select(ApiKey).where(ApiKey.organization_id == org.id)
-            for key in session.scalars(keys):
-                if meanwhile == "deleted":
-                    session.delete(key)
-                else:
-                    key.enabled = False
-        response = waiting.result(timeout=10)
+            change(session, execution_id)
+        return waiting.result(timeout=10)
+
+
+@pytest.mark.parametrize("meanwhile", ["disabled", "deleted"])
+def test_a_key_disabled_or_deleted_during_the_wait_gets_a_401(api, meanwhile):
+    """What the execution is then is the organisation's: a key that lost its access while its
+    request waited gets what its next request would get (as the filters' dynamic options and
+    run-and-wait's grant do)."""
+    org = api.create_org()
+
+    def lose_the_keys(session, _execution_id):
+        for key in session.scalars(select(ApiKey).where(ApiKey.organization_id == org.id)):
+            if meanwhile == "deleted":
+                session.delete(key)
+            else:
+                key.enabled = False
+
+    response = _waited_while(api, org, lose_the_keys)
     assert response.status_code == 401, response.text
     assert response.json()["errors"][0]["code"] == "unauthorized"
 
@@ -338,19 +347,14 @@ def test_an_execution_gone_during_the_wait_is_a_404_unless_the_key_went_too(
     """The wait's reads ask for the execution and the key in one statement; with no execution
     to read, the key's state is asked on its own, and a key no longer enabled is told first."""
     org = api.create_org()
-    execution_id = _run(api, org.key, org.sample_datasource_id, {"sql_query": "SELECT 1"}).json()[
-        "data"
-    ]["id"]
-    with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(api.get, f"/executions/{execution_id}?wait=1", org.key)
-        time.sleep(0.2)
-        with api.app.state.sessions.begin() as session:
-            session.execute(delete(Execution).where(Execution.id == execution_id))
-            if key_disabled:
-                session.execute(
-                    update(ApiKey).where(ApiKey.organization_id == org.id).values(enabled=False)
-                )
-        response = waiting.result(timeout=10)
+
+    def delete_it(session, execution_id):
+        session.execute(delete(Execution).where(Execution.id == execution_id))
+        if key_disabled:
+            keys = update(ApiKey).where(ApiKey.organization_id == org.id)
+            session.execute(keys.values(enabled=False))
+
+    response = _waited_while(api, org, delete_it)
     assert response.status_code == status, response.text
 
 
