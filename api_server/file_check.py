@@ -156,7 +156,10 @@ def _check_duckdb(path: str) -> None:
             [SAMPLE_TABLES],
         ).fetchall()
         for schema, table, plain_columns in tables:  # names read from the file's catalog, quoted
-            columns = ", ".join(_quoted(column) for column in plain_columns or []) or "1"
+            # As text: every value is read all the same, and none becomes a Python object (a
+            # TIMESTAMPTZ would need pytz, which is not installed).
+            cast = (f"CAST({_quoted(column)} AS VARCHAR)" for column in plain_columns or [])
+            columns = ", ".join(cast) or "1"
             source = f"{_quoted(schema)}.{_quoted(table)}"
             connection.execute(f"SELECT {columns} FROM {source} LIMIT 1").fetchall()  # noqa: S608
     finally:

@@ -94,6 +94,25 @@ def test_a_database_file_is_replaced_whole(api, tmp_path):
     assert shown["attributes"]["size"] == len(body)
 
 
+@SQLITE_ONLY
+def test_a_duckdb_file_of_every_kind_of_column_is_accepted(api, tmp_path):
+    """Its check reads a row of each table as text: a TIMESTAMPTZ read as a Python object needed
+    pytz, which is not installed, and the upload was refused (found by an outside probe)."""
+    org = api.create_org()
+    ds = api.create_datasource(org.key, name="db")["id"]
+    body = duckdb_bytes(
+        tmp_path,
+        "CREATE TYPE mood AS ENUM ('ok', 'sad');"
+        "CREATE TABLE t AS SELECT TIMESTAMPTZ '2026-12-05 01:00:00+01' AS tstz,"
+        " TIMESTAMP '2026-12-05 01:00:00' AS ts, DATE '2026-12-05' AS d, TIME '01:00' AS tm,"
+        " INTERVAL 3 DAY AS span, 1.25::DECIMAL(18, 3) AS money, uuid() AS id,"
+        " [1, 2] AS list, {'a': 1} AS struct, MAP {'k': 'v'} AS map, 'x'::BLOB AS bytes,"
+        " 'ok'::mood AS mood, 170141183460469231731687303715884105727::HUGEINT AS huge",
+    )
+    answer = put(api, org.key, f"/datasources/{ds}/database_file", body, "application/octet-stream")
+    assert answer.status_code == 200, answer.text
+
+
 def _own_datasource(api: Api, org: Org, database_type: str, **attributes: object) -> tuple:
     created = api.post(
         "/datasources",
