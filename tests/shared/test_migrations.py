@@ -16,7 +16,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from shared.datapaths import resolve_datasource_path
 from shared.db.engine import create_metadata_engine
@@ -344,3 +344,49 @@ def test_execution_text_migration_weighs_each_execution_and_sums_each_organisati
         assert _row_counts(engine) == rows_before
         command.upgrade(config, "0015")
         assert _row_counts(engine) == rows_before
+
+
+UNFINISHED_INDEX = "ix_executions_organization_id_status_created_at"
+
+
+def _unfinished_index(engine: Any) -> tuple[list[str] | None, bool]:
+    """The columns of the unfinished-executions index (None: none) and whether PostgreSQL may use
+    it (always, on SQLite)."""
+    with engine.connect() as connection:
+        indexes = inspect(connection).get_indexes("executions")
+        columns = next((i["column_names"] for i in indexes if i["name"] == UNFINISHED_INDEX), None)
+        if engine.dialect.name != "postgresql" or columns is None:
+            return columns, True
+        valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"
+        return columns, bool(connection.execute(text(valid), {"name": UNFINISHED_INDEX}).scalar())
+
+
+@BACKENDS
+@pytest.mark.parametrize("beforehand", ["as_wanted", "other_columns", "invalid"])
+def test_the_unfinished_executions_index_made_beforehand_is_kept_only_if_it_is_whole(
+    tmp_path, backend, beforehand
+):
+    """deploy/README.md tells an operator with a large table to make it CONCURRENTLY first; one
+    that failed half-way (PostgreSQL marks it invalid, and no plan uses it) or one of the same
+    name on other columns is made again, not kept."""
+    if beforehand == "invalid" and backend == "sqlite":
+        pytest.skip("SQLite builds an index whole or not at all")
+    with empty_database(tmp_path, backend) as engine:
+        config = alembic_config(engine)
+        command.upgrade(config, "0015")
+        columns = "organization_id, status" if beforehand == "other_columns" else ""
+        columns = columns or "organization_id, status, created_at"
+        with engine.begin() as connection:
+            connection.execute(text(f"CREATE INDEX {UNFINISHED_INDEX} ON executions ({columns})"))
+            if beforehand == "invalid":  # as a CREATE INDEX CONCURRENTLY that failed leaves it
+                connection.execute(
+                    text(
+                        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass(:n)"
+                    ),
+                    {"n": UNFINISHED_INDEX},
+                )
+        assert _unfinished_index(engine)[1] is (beforehand != "invalid")
+        command.upgrade(config, "0016")
+        assert _unfinished_index(engine) == (["organization_id", "status", "created_at"], True)
+        with engine.connect() as connection:
+            assert not compare_metadata(MigrationContext.configure(connection), Base.metadata)
