@@ -7,7 +7,6 @@ execution (Run Execution, a report's run, a data server's scheduler) binds with 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import replace
 from typing import Literal, get_args
 
 from sqlalchemy import ColumnElement, select
@@ -15,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Filter
 from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar
-from sql_templating.rules import VariableRule, options_keys
+from sql_templating.rules import VariableRule
 
 ControlType = Literal["dropdown", "text", "date_range", "datetime_range", "aggregation"]
 ValueType = Literal["text", "number", "date", "datetime", "boolean"]
@@ -95,4 +94,4 @@ def rule_of(row: Filter) -> VariableRule:
         options = list(row.values or ())
         if row.options_source == "static_sql" and row.options_updated_at is None:
             note = " (its options SQL has not completed yet, so it has none)"
-    return replace(rule, options=options_keys(options), options_note=note)
+    return rule.with_options(options, note)

@@ -3,17 +3,18 @@
 that templating stays free of the database.
 
 Options compare by JSON type as well as value: the option ``1`` is not the selection ``"1"`` nor
-``true``; ``1`` and ``1.0`` are the same number.
+``true``; ``1`` and ``1.0`` are the same number. But a variable whose values bind as text (a text
+filter's) compares them by that text: its selection ``0`` is its option ``"0"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.errors import AppError, ValidationErrors
-from sql_templating.parameters import InputParameters, Scalar, invalid_parameter
+from sql_templating.parameters import InputParameters, Scalar, as_text, invalid_parameter
 
 OptionKey = tuple[str, Any]
 
@@ -45,12 +46,19 @@ class VariableRule:
 
     @classmethod
     def restricted_to(cls, options: Iterable[Scalar], **rule: Any) -> VariableRule:
-        return cls(options=options_keys(options), **rule)
+        return cls(**rule).with_options(options)
 
+    def with_options(self, options: Iterable[Scalar], note: str = "") -> VariableRule:
+        """This rule, restricted to ``options`` (``options_note``: ``note``)."""
+        keys = frozenset(self.key_of(value) for value in options)
+        return replace(self, options=keys, options_note=note)
 
-def options_keys(options: Iterable[Scalar]) -> frozenset[OptionKey]:
-    """What ``VariableRule.options`` holds of these values."""
-    return frozenset(option_key(value) for value in options)
+    def key_of(self, value: Scalar) -> OptionKey:
+        """How a value compares with the options: by the text it binds as, if it binds as text
+        (null stays null), else by its JSON type."""
+        if self.values_as_text and value is not None:
+            return option_key(as_text(value))
+        return option_key(value)
 
 
 # A rule for each variable a filter defines, even one that demands nothing; a variable without
@@ -85,7 +93,7 @@ def check_selections(inputs: InputParameters, rules: VariableRules) -> None:
                 "value_not_in_options",
             )
             for position, value in enumerate(given.selected_values)
-            if option_key(value) not in rule.options
+            if rule.key_of(value) not in rule.options
         ]
     if errors:
         raise ValidationErrors(errors)

@@ -63,6 +63,19 @@ def test_values_outside_the_options_are_422_each_at_its_place():
     ]
 
 
+def test_a_text_filter_compares_its_selection_with_its_options_as_the_text_it_binds():
+    """Cluvio's sample selection ``[0]`` is the option ``"0"`` of a text filter (found by this
+    stop's outside probe: it was a 422 although the value binds as '0')."""
+    rule = VariableRule(values_as_text=True).with_options(["0", "DE", "true"])
+    bound = bind("SELECT {c=v}", pick("v", 0, "DE", True), {"v": rule})
+    assert bound.values == ["0", "DE", "true"]
+    errors = errors_of(lambda: bind("SELECT {c=v}", pick("v", 1, 0.0), {"v": rule}))
+    assert [(e["code"], e["source"]["pointer"]) for e in errors] == [
+        ("value_not_in_options", "/parameters/filters/0/selected_values/0"),
+        ("value_not_in_options", "/parameters/filters/0/selected_values/1"),  # '0.0' is not '0'
+    ]
+
+
 def test_a_restricted_variable_is_checked_even_where_the_sql_does_not_use_it():
     rule = VariableRule.restricted_to(["de"])
     parameters = {"filters": [{"variable_name": "country", "selected_values": ["es"]}]}
