@@ -81,7 +81,7 @@ def rule_of(row: Filter) -> VariableRule:
     rule = VariableRule(
         multiple=row.multiple,
         allow_all_time=row.allow_all_time,
-        values_as_text=row.value_type == "text",  # Cluvio: "represented in SQL" as its type
+        value_type=row.value_type,
     )
     if not row.restrict_to_options:
         return rule

@@ -21,7 +21,6 @@ from sql_templating.parameters import (
     InputParameters,
     Scalar,
     TimeRange,
-    as_text,
     invalid_parameter,
 )
 from sql_templating.placeholders import (
@@ -30,7 +29,7 @@ from sql_templating.placeholders import (
     placeholder_error,
     replace_placeholders,
 )
-from sql_templating.rules import VariableRules, check_selections
+from sql_templating.rules import AD_HOC, VariableRules, check_selections
 from sql_templating.scanning import line_and_column
 
 # The SQL that runs, placeholders rendered, may be this many times DATAFERRY_MAX_SQL_LENGTH.
@@ -286,12 +285,10 @@ class _Renderer:
         given = self._filter(variable)
         if given is None:
             return ()
-        rule = self.rules.get(variable)
-        if rule is not None and not rule.values_as_text:
-            return given.values
-        # A text filter's, or an ad hoc variable's (no filter defines it: Cluvio's text input):
-        # null stays the absence of a value (IS NULL).
-        return tuple(None if value is None else as_text(value) for value in given.values)
+        # As its filter's value type has them (checked by check_selections), or as an ad hoc
+        # variable's: text.
+        rule = self.rules.get(variable, AD_HOC)
+        return tuple(rule.as_bound(value) for value in given.values)
 
     def _is_selected(self, variable: str) -> bool:
         if variable in BUILT_IN_VARIABLES:

@@ -9,12 +9,21 @@ filter's) compares them by that text: its selection ``0`` is its option ``"0"``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from math import isfinite
 from typing import Any
 
 from shared.errors import AppError, ValidationErrors
-from sql_templating.parameters import InputParameters, Scalar, as_text, invalid_parameter
+from sql_templating.parameters import (
+    MAX_INTEGER,
+    MIN_INTEGER,
+    InputParameters,
+    Scalar,
+    as_text,
+    invalid_parameter,
+)
 
 OptionKey = tuple[str, Any]
 
@@ -35,14 +44,16 @@ class VariableRule:
     """``multiple``: more than one value may be selected. ``allow_all_time``: an aggregation
     variable accepts ``all_time``. ``options``: the only values a selection may hold (None: any
     value); ``options_note``: why a value outside them is refused, for the error's detail.
-    ``values_as_text``: its values bind as text (a filter of value type text), as an ad hoc
-    variable's (one without a rule) do."""
+    ``value_type``: the filter's (Cluvio: it "determines how the input values are validated …
+    and represented in SQL"): ``text`` values bind as text, as an ad hoc variable's do
+    (``AD_HOC``); ``number`` and ``boolean`` ones as such, a string spelling one read as it;
+    others (None, dates, whose selections may be ranges) as sent."""
 
     multiple: bool = True
     allow_all_time: bool = False
     options: frozenset[OptionKey] | None = None
     options_note: str = ""
-    values_as_text: bool = False
+    value_type: str | None = None
 
     @classmethod
     def restricted_to(cls, options: Iterable[Scalar], **rule: Any) -> VariableRule:
@@ -54,11 +65,51 @@ class VariableRule:
         return replace(self, options=keys, options_note=note)
 
     def key_of(self, value: Scalar) -> OptionKey:
-        """How a value compares with the options: by the text it binds as, if it binds as text
-        (null stays null), else by its JSON type."""
-        if self.values_as_text and value is not None:
-            return option_key(as_text(value))
-        return option_key(value)
+        """How a value compares with the options: as it binds (``1`` is a text filter's option
+        ``"1"``), by its JSON type."""
+        try:
+            return option_key(self.as_bound(value))
+        except NotOfType:
+            return option_key(value)
+
+    def as_bound(self, value: Scalar) -> Scalar:
+        """``value`` as it binds, by ``value_type`` (null stays the absence of a value);
+        ``NotOfType`` when it is no value of that type."""
+        if value is None or self.value_type not in _READERS:
+            return value
+        return _READERS[self.value_type](value)
+
+
+class NotOfType(ValueError):
+    """A selected value that is no value of its filter's value type."""
+
+
+def _number(value: Scalar) -> Scalar:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number: int | float = int(value)
+        if MIN_INTEGER <= number <= MAX_INTEGER:
+            return number
+        raise NotOfType("integers beyond 64 bits (BIGINT) cannot be compared exactly")
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) and isfinite(float(value)):
+        return float(value)
+    raise NotOfType("it takes numbers (its value type), and this is none")
+
+
+def _boolean(value: Scalar) -> Scalar:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise NotOfType("it takes true or false (its value type)")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_READERS = {"text": as_text, "number": _number, "boolean": _boolean}
+# A variable no filter defines: Cluvio's text input.
+AD_HOC = VariableRule(value_type="text")
 
 
 # A rule for each variable a filter defines, even one that demands nothing; a variable without
@@ -67,8 +118,9 @@ VariableRules = Mapping[str, VariableRule]
 
 
 def check_selections(inputs: InputParameters, rules: VariableRules) -> None:
-    """Each given filter that has a rule keeps it: one value unless ``multiple``, and each value
-    among its ``options``; every problem at once, each pointing at the value that has it."""
+    """Each given filter that has a rule keeps it: one value unless ``multiple``, each value one
+    of its value type (``VariableRule.as_bound``) and among its ``options``; every problem at
+    once, each pointing at the value that has it."""
     errors: list[AppError] = []
     for index, given in enumerate(inputs.filters or ()):
         rule = rules.get(given.variable_name)
@@ -83,17 +135,22 @@ def check_selections(inputs: InputParameters, rules: VariableRules) -> None:
                     "multiple_values_not_allowed",
                 )
             )
-        if rule.options is None:
-            continue
-        errors += [
-            invalid_parameter(
-                f"{value!r} is not among the options of the filter '{given.variable_name}', "
-                f"which restricts its values to them{rule.options_note}.",
-                f"{pointer}/{position}",
-                "value_not_in_options",
-            )
-            for position, value in enumerate(given.selected_values)
-            if rule.key_of(value) not in rule.options
-        ]
+        for position, value in enumerate(given.selected_values):
+            try:  # a range's bounds were checked as it was read: it stays as sent
+                key = option_key(value if given.range else rule.as_bound(value))
+            except NotOfType as exc:
+                detail = f"The filter '{given.variable_name}' refuses {value!r}: {exc}."
+                errors.append(invalid_parameter(detail, f"{pointer}/{position}", "invalid_value"))
+                continue
+            if rule.options is not None and key not in rule.options:
+                errors.append(
+                    invalid_parameter(
+                        f"{value!r} is not among the options of the filter "
+                        f"'{given.variable_name}', which restricts its values to "
+                        f"them{rule.options_note}.",
+                        f"{pointer}/{position}",
+                        "value_not_in_options",
+                    )
+                )
     if errors:
         raise ValidationErrors(errors)

@@ -188,3 +188,22 @@ def test_the_same_idempotency_key_with_other_parameters_is_refused(api):
     )
     assert first.status_code == 200 and second.status_code == 422
     assert second.json()["errors"][0]["code"] == "idempotency_key_reused"
+
+
+def test_a_number_filter_refuses_what_is_no_number_before_anything_runs(api):
+    """It was bound as text and failed in DuckDB ("Could not convert string"); now a 422 at the
+    value; a string that spells a number binds as the number."""
+    org = api.create_org()
+    attributes = {"name": "N", "variable_name": "n", "control_type": "text", "value_type": "number"}
+    created = api.post("/filters", org.key, {"data": {"type": "filters", "attributes": attributes}})
+    assert created.status_code == 201, created.text
+    body = {"sql_query": "SELECT * FROM orders WHERE {order_id=n}", "parameters": pick("n", "abc")}
+    refused = _run(api, org.key, org.sample_datasource_id, body)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["errors"][0]
+    assert error["code"] == "invalid_value"
+    assert error["source"] == {"pointer": "/parameters/filters/0/selected_values/0"}
+    body["parameters"] = pick("n", "2")
+    accepted = _run(api, org.key, org.sample_datasource_id, body)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["data"]["attributes"]["bound_parameters"] == [2]

@@ -12,7 +12,7 @@ from shared.filter_rules import rule_of
 from shared.settings import Settings
 from sql_templating.binding import bind_parameters
 from sql_templating.parameters import parse_input_parameters
-from sql_templating.rules import VariableRule, VariableRules, option_key
+from sql_templating.rules import NotOfType, VariableRule, VariableRules, option_key
 from tests.sql_templating.test_parameters import errors_of
 from tests.support.sql_parameter_cases import pick
 
@@ -66,7 +66,7 @@ def test_values_outside_the_options_are_422_each_at_its_place():
 def test_a_text_filter_compares_its_selection_with_its_options_as_the_text_it_binds():
     """Cluvio's sample selection ``[0]`` is the option ``"0"`` of a text filter (found by this
     stop's outside probe: it was a 422 although the value binds as '0')."""
-    rule = VariableRule(values_as_text=True).with_options(["0", "DE", "true"])
+    rule = VariableRule(value_type="text").with_options(["0", "DE", "true"])
     bound = bind("SELECT {c=v}", pick("v", 0, "DE", True), {"v": rule})
     assert bound.values == ["0", "DE", "true"]
     errors = errors_of(lambda: bind("SELECT {c=v}", pick("v", 1, 0.0), {"v": rule}))
@@ -99,22 +99,24 @@ def test_one_value_unless_the_filter_takes_several():
 
 
 def test_a_variable_with_a_filter_keeps_its_values_json_types_unless_it_is_text():
-    """An ad hoc variable (no rule) and a text filter's bind their values as text; the other
-    filters' stay as sent."""
+    """An ad hoc variable (no rule) and a text filter's bind their values as text; a rule of no
+    value type keeps them as sent."""
     parameters = pick("v", 0, 10.5, True, "x", None)
     with_filter = bind("SELECT 1 WHERE {c=v}", parameters, {"v": VariableRule()})
     assert with_filter.values == [0, 10.5, True, "x"]
     ad_hoc = bind("SELECT 1 WHERE {c=v}", parameters, {"w": VariableRule()})
-    text = bind("SELECT 1 WHERE {c=v}", parameters, {"v": VariableRule(values_as_text=True)})
+    text = bind("SELECT 1 WHERE {c=v}", parameters, {"v": VariableRule(value_type="text")})
     assert ad_hoc.values == text.values == ["0", "10.5", "true", "x"]
     assert ad_hoc.sql == with_filter.sql == text.sql
 
 
 @pytest.mark.parametrize(
-    ("value_type", "as_text"),
-    [("text", True), ("number", False), ("date", False), ("datetime", False), ("boolean", False)],
+    ("value_type", "bound"),
+    [("text", "0"), ("number", 0), ("boolean", None), ("date", "0"), ("datetime", "0")],
 )
-def test_a_filters_rule_binds_as_text_what_its_value_type_is_text(value_type, as_text):
+def test_a_filters_rule_reads_selections_by_its_value_type(value_type, bound):
+    """rule_of gives the rule the filter's value type; "0" reads as its text, its number, or no
+    boolean (refused); a date filter's stays as sent (its selections may be ranges)."""
     for restricted in (False, True):
         row = Filter(
             variable_name="v",
@@ -124,9 +126,53 @@ def test_a_filters_rule_binds_as_text_what_its_value_type_is_text(value_type, as
             allow_all_time=False,
             restrict_to_options=restricted,
             options_source="manual",
-            values=["a"],
+            values=["0", 0],
         )
-        assert rule_of(row).values_as_text is as_text
+        rule = rule_of(row)
+        if bound is None:
+            with pytest.raises(NotOfType):
+                rule.as_bound("0")
+        else:
+            assert rule.as_bound("0") == bound and type(rule.as_bound("0")) is type(bound)
+
+
+def test_a_number_filter_reads_numbers_and_refuses_what_is_none_each_at_its_place():
+    """Cluvio: the value type "determines how the input values are validated": a number filter
+    given "abc" was bound as text and failed in DuckDB; it is a 422 now."""
+    rule = {"v": VariableRule(value_type="number")}
+    bound = bind("SELECT {c=v}", pick("v", "3", 2.5, " -4 ", "1e3", None), rule)
+    assert bound.values == [3, 2.5, -4, 1000.0]  # null: IS NULL
+    refused = pick("v", 1, "abc", True, "99999999999999999999", "1e400", "nan", "")
+    errors = errors_of(lambda: bind("SELECT {c=v}", refused, rule))
+    assert [(e["code"], e["source"]["pointer"]) for e in errors] == [
+        ("invalid_value", f"/parameters/filters/0/selected_values/{position}")
+        for position in range(1, 7)
+    ]
+
+
+def test_a_boolean_filter_reads_true_and_false_and_refuses_the_rest():
+    rule = {"v": VariableRule(value_type="boolean")}
+    assert bind("SELECT {c=v}", pick("v", "true", False, " FALSE "), rule).values == [
+        True,
+        False,
+        False,
+    ]
+    errors = errors_of(lambda: bind("SELECT {c=v}", pick("v", 1, "yes", "0"), rule))
+    assert [e["code"] for e in errors] == ["invalid_value"] * 3
+
+
+def test_options_compare_with_a_selection_as_it_binds():
+    """A number filter's option 1 is its selection "1"; a text filter's option "0" its 0."""
+    number = VariableRule(value_type="number").with_options([1, 2])
+    assert bind("SELECT {c=v}", pick("v", "1", 2.0), {"v": number}).values == [1, 2.0]
+    errors = errors_of(lambda: bind("SELECT {c=v}", pick("v", "3"), {"v": number}))
+    assert [e["code"] for e in errors] == ["value_not_in_options"]
+
+
+def test_a_range_given_to_a_date_filter_stays_a_range():
+    rule = {"d": VariableRule(value_type="date")}
+    bound = bind("SELECT 1 WHERE {c=d}", pick("d", "1712233090~1712237090"), rule)
+    assert len(bound.values) == 2
 
 
 def test_options_compare_by_json_type():
