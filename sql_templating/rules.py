@@ -9,6 +9,7 @@ filter's) compares them by that text: its selection ``0`` is its option ``"0"``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ from sql_templating.parameters import (
 )
 
 OptionKey = tuple[str, Any]
+# A refused value is quoted in the error up to this many characters.
+_QUOTED_AT_MOST = 200
 
 
 def option_key(value: Scalar) -> OptionKey:
@@ -61,16 +64,28 @@ class VariableRule:
 
     def with_options(self, options: Iterable[Scalar], note: str = "") -> VariableRule:
         """This rule, restricted to ``options`` (``options_note``: ``note``)."""
-        keys = frozenset(self.key_of(value) for value in options)
+        keys = frozenset(self._option_key(value) for value in options)
         return replace(self, options=keys, options_note=note)
 
     def key_of(self, value: Scalar) -> OptionKey:
         """How a value compares with the options: as it binds (``1`` is a text filter's option
-        ``"1"``), by its JSON type."""
+        ``"1"``, ``"1.5"`` a number filter's ``1.5``), by its JSON type. ``NotOfType`` when it is
+        no value of the value type."""
+        bound = self.as_bound(value)
+        return _number_key(bound) if self.value_type == "number" else option_key(bound)
+
+    def range_key(self, selected: Scalar) -> OptionKey:
+        """A range (``"<start>~<end>"``) as a selection: for a filter of no value type or of
+        dates or text, kept as sent; ``NotOfType`` for a number or boolean filter."""
+        if self.value_type in ("number", "boolean"):
+            raise NotOfType("a range is a value of a date or datetime filter only")
+        return option_key(selected)
+
+    def _option_key(self, option: Scalar) -> OptionKey:
         try:
-            return option_key(self.as_bound(value))
-        except NotOfType:
-            return option_key(value)
+            return self.key_of(option)
+        except NotOfType:  # an option of another type than the filter's: no selection is it
+            return option_key(option)
 
     def as_bound(self, value: Scalar) -> Scalar:
         """``value`` as it binds, by ``value_type`` (null stays the absence of a value);
@@ -85,26 +100,39 @@ class NotOfType(ValueError):
 
 
 def _number(value: Scalar) -> Scalar:
+    """A number as it binds: a JSON number as sent; a string that spells one, without its ASCII
+    blanks, as the integer when it is one within 64 bits, else as its text, which DuckDB reads
+    exactly in the column's type (a float would round 1234567890123456789.01 and larger
+    integers)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        number: int | float = int(value)
-        if MIN_INTEGER <= number <= MAX_INTEGER:
-            return number
-        raise NotOfType("integers beyond 64 bits (BIGINT) cannot be compared exactly")
-    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) and isfinite(float(value)):
-        return float(value)
+    text = value.strip(_BLANKS) if isinstance(value, str) else ""
+    if len(text) <= _LONGEST_NUMBER and _DECIMAL.fullmatch(text) and isfinite(float(text)):
+        if _INTEGER.fullmatch(text) and MIN_INTEGER <= int(text) <= MAX_INTEGER:
+            return int(text)
+        return text
     raise NotOfType("it takes numbers (its value type), and this is none")
 
 
 def _boolean(value: Scalar) -> Scalar:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
+    if isinstance(value, str) and value.strip(_BLANKS).lower() in ("true", "false"):
+        return value.strip(_BLANKS).lower() == "true"
     raise NotOfType("it takes true or false (its value type)")
 
 
+def _number_key(bound: Scalar) -> OptionKey:
+    """How a number filter's value compares with its options: as a number, its text too."""
+    if isinstance(bound, str):
+        return option_key(int(bound) if _INTEGER.fullmatch(bound) else float(bound))
+    return option_key(bound)
+
+
+_BLANKS = " \t"  # ASCII only, as everywhere a value is read
+# Longer than any number a column holds (a DECIMAL has at most 38 digits): refused before Python
+# reads it (it refuses integers of more than 4,300 digits with an error of its own).
+_LONGEST_NUMBER = 100
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _READERS = {"text": as_text, "number": _number, "boolean": _boolean}
@@ -136,16 +164,17 @@ def check_selections(inputs: InputParameters, rules: VariableRules) -> None:
                 )
             )
         for position, value in enumerate(given.selected_values):
-            try:  # a range's bounds were checked as it was read: it stays as sent
-                key = option_key(value if given.range else rule.as_bound(value))
+            try:  # a range's bounds were checked as it was read
+                key = rule.range_key(value) if given.range else rule.key_of(value)
             except NotOfType as exc:
-                detail = f"The filter '{given.variable_name}' refuses {value!r}: {exc}."
+                spelled = json.dumps(value)[:_QUOTED_AT_MOST]
+                detail = f"The filter '{given.variable_name}' refuses {spelled}: {exc}."
                 errors.append(invalid_parameter(detail, f"{pointer}/{position}", "invalid_value"))
                 continue
             if rule.options is not None and key not in rule.options:
                 errors.append(
                     invalid_parameter(
-                        f"{value!r} is not among the options of the filter "
+                        f"{json.dumps(value)[:_QUOTED_AT_MOST]} is not among the options of the filter "
                         f"'{given.variable_name}', which restricts its values to "
                         f"them{rule.options_note}.",
                         f"{pointer}/{position}",

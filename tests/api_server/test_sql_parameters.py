@@ -203,7 +203,11 @@ def test_a_number_filter_refuses_what_is_no_number_before_anything_runs(api):
     error = refused.json()["errors"][0]
     assert error["code"] == "invalid_value"
     assert error["source"] == {"pointer": "/parameters/filters/0/selected_values/0"}
-    body["parameters"] = pick("n", "2")
+    body["parameters"] = pick("n", "1" * 4301)  # more digits than Python reads: a 500 once
+    refused = _run(api, org.key, org.sample_datasource_id, body)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["code"] == "invalid_value"
+    body["parameters"] = pick("n", "2", "2.50")
     accepted = _run(api, org.key, org.sample_datasource_id, body)
     assert accepted.status_code == 200, accepted.text
-    assert accepted.json()["data"]["attributes"]["bound_parameters"] == [2]
+    assert accepted.json()["data"]["attributes"]["bound_parameters"] == [2, "2.50"]

@@ -138,16 +138,30 @@ def test_a_filters_rule_reads_selections_by_its_value_type(value_type, bound):
 
 def test_a_number_filter_reads_numbers_and_refuses_what_is_none_each_at_its_place():
     """Cluvio: the value type "determines how the input values are validated": a number filter
-    given "abc" was bound as text and failed in DuckDB; it is a 422 now."""
+    given "abc" was bound as text and failed in DuckDB; it is a 422 now. A string that spells an
+    integer within 64 bits binds as it; any other number spelled (a fraction, a larger integer)
+    as its text, which DuckDB reads exactly in the column's type: a float would round it."""
     rule = {"v": VariableRule(value_type="number")}
-    bound = bind("SELECT {c=v}", pick("v", "3", 2.5, " -4 ", "1e3", None), rule)
-    assert bound.values == [3, 2.5, -4, 1000.0]  # null: IS NULL
-    refused = pick("v", 1, "abc", True, "99999999999999999999", "1e400", "nan", "")
+    given = pick(
+        "v", "3", 2.5, " -4 ", "1e3", "1234567890123456789.01", "18446744073709551615", None
+    )
+    bound = bind("SELECT {c=v}", given, rule)
+    assert bound.values == [3, 2.5, -4, "1e3", "1234567890123456789.01", "18446744073709551615"]
+    longest = "1" * 4301  # Python refuses to read it as an integer: a 500 once
+    refused = pick("v", 1, "abc", True, "1e400", "nan", "", "\u00a03", longest, "1~2")
     errors = errors_of(lambda: bind("SELECT {c=v}", refused, rule))
     assert [(e["code"], e["source"]["pointer"]) for e in errors] == [
         ("invalid_value", f"/parameters/filters/0/selected_values/{position}")
-        for position in range(1, 7)
+        for position in range(1, 9)
     ]
+    assert len(errors[6]["detail"]) < 300  # the value quoted shortened
+
+
+def test_a_range_is_refused_by_a_number_filter():
+    errors = errors_of(
+        lambda: bind("SELECT {c=v}", pick("v", "1~2"), {"v": VariableRule(value_type="number")})
+    )
+    assert [e["code"] for e in errors] == ["invalid_value"]
 
 
 def test_a_boolean_filter_reads_true_and_false_and_refuses_the_rest():
@@ -163,8 +177,9 @@ def test_a_boolean_filter_reads_true_and_false_and_refuses_the_rest():
 
 def test_options_compare_with_a_selection_as_it_binds():
     """A number filter's option 1 is its selection "1"; a text filter's option "0" its 0."""
-    number = VariableRule(value_type="number").with_options([1, 2])
-    assert bind("SELECT {c=v}", pick("v", "1", 2.0), {"v": number}).values == [1, 2.0]
+    number = VariableRule(value_type="number").with_options([1, 2, 1.5])
+    bound = bind("SELECT {c=v}", pick("v", "1", 2.0, "1.5"), {"v": number})
+    assert bound.values == [1, 2.0, "1.5"]
     errors = errors_of(lambda: bind("SELECT {c=v}", pick("v", "3"), {"v": number}))
     assert [e["code"] for e in errors] == ["value_not_in_options"]
 
