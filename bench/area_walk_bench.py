@@ -22,7 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency_bench import RAISED, four_requests, percentile, region_of, sample_datasource
+from latency_bench import (
+    four_requests,
+    percentile,
+    print_raised_limits,
+    region_of,
+    sample_datasource,
+)
 
 
 def fill(area: Path, files: int) -> None:
@@ -43,7 +49,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=60)
     args = parser.parse_args()
-    print("policy limits raised for the bench: " + " ".join(f"{k}={v}" for k, v in RAISED.items()))
+    print_raised_limits()
     with (
         region_of("embedded") as region,
         region.organization_client("A") as a,

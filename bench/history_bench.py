@@ -17,44 +17,24 @@ the ratio of the two p50s: about 1.0 when nothing reads the history.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import uuid
 from pathlib import Path
-
-from sqlalchemy import Engine, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from latency_bench import RAISED, four_requests, measure, region_of, sample_datasource, settled
+from latency_bench import (
+    four_requests,
+    in_each_configuration,
+    measure,
+    print_raised_limits,
+    region_of,
+    sample_datasource,
+    settled,
+)
 
 from shared.db.engine import create_metadata_engine
-from shared.db.models import Execution
-from shared.execution_states import ExecutionStatus
-from tests.support.postgres import POSTGRES_ENV
-
-EXECUTIONS = Execution.__table__
-BATCH = 5_000
-
-
-def add_finished_history(engine: Engine, datasource_id: str, count: int) -> None:
-    """``count`` completed executions of the datasource's organisation, copies of one of its
-    own."""
-    with engine.begin() as connection:
-        template = (
-            connection.execute(
-                select(EXECUTIONS).where(EXECUTIONS.c.datasource_id == datasource_id).limit(1)
-            )
-            .one()
-            ._asdict()
-        )
-        finished = {**template, "status": ExecutionStatus.COMPLETED, "data_key": None}
-        for start in range(0, count, BATCH):
-            rows = [{**finished, "id": str(uuid.uuid4())} for _ in range(min(BATCH, count - start))]
-            connection.execute(insert(EXECUTIONS), rows)
-        if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql("ANALYZE executions")
+from tests.support.history import add_finished_executions
 
 
 def bench(configuration: str, runs: int, history: int) -> None:
@@ -65,7 +45,7 @@ def bench(configuration: str, runs: int, history: int) -> None:
         settings = region.settings()
         engine = create_metadata_engine(settings.database_url)
         try:
-            add_finished_history(engine, datasource_id, history)
+            add_finished_executions(engine, datasource_id, history)
         finally:
             engine.dispose()
         settled(region, client, datasource_id)
@@ -82,12 +62,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="executions per figure")
     parser.add_argument("--history", type=int, default=50_000, help="finished executions added")
     args = parser.parse_args()
-    print("policy limits raised for the bench: " + " ".join(f"{k}={v}" for k, v in RAISED.items()))
-    bench("embedded", args.runs, args.history)
-    if os.environ.get(POSTGRES_ENV):
-        bench("scale-out", args.runs, args.history)
-    else:
-        print(f"scale-out: skipped, set {POSTGRES_ENV} to a PostgreSQL URL")
+    print_raised_limits()
+    in_each_configuration(lambda configuration: bench(configuration, args.runs, args.history))
 
 
 if __name__ == "__main__":

@@ -466,17 +466,27 @@ def bench(configuration: str, runs: int, floor: Figures) -> None:
         figures(label, client, datasource_id, paths, runs, floor, cpu)
 
 
+def print_raised_limits() -> None:
+    print("policy limits raised for the bench: " + " ".join(f"{k}={v}" for k, v in RAISED.items()))
+
+
+def in_each_configuration(bench_one: Callable[[str], None]) -> None:
+    """``bench_one("embedded")``, then ``bench_one("scale-out")`` where PostgreSQL is configured
+    (else a line that says why not)."""
+    bench_one("embedded")
+    if os.environ.get(POSTGRES_ENV):
+        bench_one("scale-out")
+    else:
+        print(f"scale-out: skipped, set {POSTGRES_ENV} to a PostgreSQL URL")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100, help="executions per 1-client figure")
     args = parser.parse_args()
-    print("policy limits raised for the bench: " + " ".join(f"{k}={v}" for k, v in RAISED.items()))
+    print_raised_limits()
     floor = floor_figures(args.runs)
-    bench("embedded", args.runs, floor)
-    if os.environ.get(POSTGRES_ENV):
-        bench("scale-out", args.runs, floor)
-    else:
-        print(f"scale-out: skipped, set {POSTGRES_ENV} to a PostgreSQL URL")
+    in_each_configuration(lambda configuration: bench(configuration, args.runs, floor))
 
 
 if __name__ == "__main__":

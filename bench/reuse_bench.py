@@ -16,7 +16,6 @@ Printed: medians of both and their ratio against the issue's target (reused ≥ 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -27,11 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, select
 
-from bench.latency_bench import RAISED, region_of, sample_datasource
+from bench.latency_bench import (
+    in_each_configuration,
+    print_raised_limits,
+    region_of,
+    sample_datasource,
+)
 from shared.db.engine import create_metadata_engine
 from shared.db.models import Execution
 from tests.support.client import DataferryClient
-from tests.support.postgres import POSTGRES_ENV
 from tests.support.processes import Region
 
 TARGET_RATIO = 10.0
@@ -117,12 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=10, help="fresh and reused runs each")
     args = parser.parse_args()
-    print("policy limits raised for the bench: " + " ".join(f"{k}={v}" for k, v in RAISED.items()))
-    bench("embedded", args.rounds)
-    if os.environ.get(POSTGRES_ENV):
-        bench("scale-out", args.rounds)
-    else:
-        print(f"scale-out: skipped, set {POSTGRES_ENV} to a PostgreSQL URL")
+    print_raised_limits()
+    in_each_configuration(lambda configuration: bench(configuration, args.rounds))
 
 
 if __name__ == "__main__":

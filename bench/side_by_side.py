@@ -114,10 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.configuration == "scale-out" and not os.environ.get(bench.POSTGRES_ENV):
         sys.exit(f"scale-out needs {bench.POSTGRES_ENV} (a PostgreSQL URL)")
-    print(
-        "policy limits raised for the bench: "
-        + " ".join(f"{k}={v}" for k, v in bench.RAISED.items())
-    )
+    bench.print_raised_limits()
     with ExitStack() as stack:
         sides = []
         # Labelled by side, not revision: the same one twice (a check of the method) stays two.

@@ -39,6 +39,8 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
+from shared.db.engine import autocommit
+
 logger = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 1.0
@@ -81,7 +83,7 @@ def announce_new_work(session: Session) -> None:
 def announce_new_work_now(engine: Engine) -> None:
     """``announce_new_work`` outside any transaction: told at once."""
     if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        with autocommit(engine).connect() as connection:
             connection.execute(_PG_NOTIFY, {"channel": Topic.NEW_WORK.value, "payload": ""})
         return
     directory = mailbox_directory(engine.url)

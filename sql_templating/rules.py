@@ -58,10 +58,6 @@ class VariableRule:
     options_note: str = ""
     value_type: str | None = None
 
-    @classmethod
-    def restricted_to(cls, options: Iterable[Scalar], **rule: Any) -> VariableRule:
-        return cls(**rule).with_options(options)
-
     def with_options(self, options: Iterable[Scalar], note: str = "") -> VariableRule:
         """This rule, restricted to ``options`` (``options_note``: ``note``)."""
         keys = frozenset(self._option_key(value) for value in options)
@@ -117,8 +113,9 @@ def _number(value: Scalar) -> Scalar:
 def _boolean(value: Scalar) -> Scalar:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip(_BLANKS).lower() in ("true", "false"):
-        return value.strip(_BLANKS).lower() == "true"
+    spelled = value.strip(_BLANKS).lower() if isinstance(value, str) else ""
+    if spelled in ("true", "false"):
+        return spelled == "true"
     raise NotOfType("it takes true or false (its value type)")
 
 

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 from api_server.permissions import Permission
 from api_server.principals import Principal
 from api_server.services import api_keys
-from api_server.services.api_keys import ENABLED_NOW
 from api_server.services.datasources import read_datasource
 from shared import lifecycle
 from shared.db.engine import write_lock_on_sqlite
@@ -249,7 +248,9 @@ _VISIBLE = (
 )
 _VISIBLE_EXECUTION = select(Execution).where(*_VISIBLE)
 _VISIBLE_ROW = select(_EXECUTIONS).where(*_VISIBLE)
-_VISIBLE_ROW_AND_KEY = select(_EXECUTIONS, ENABLED_NOW.label("api_key_enabled")).where(*_VISIBLE)
+_VISIBLE_ROW_AND_KEY = select(_EXECUTIONS, api_keys.ENABLED_NOW.label("api_key_enabled")).where(
+    *_VISIBLE
+)
 
 
 def canonical_id(execution_id: str) -> str:

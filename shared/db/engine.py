@@ -245,13 +245,15 @@ def one_of(
     cost on SQLite). And psycopg prepares a statement run five times on a connection, for which
     PostgreSQL may keep a plan made for any value of a bound status: one that expects most rows to
     match, and so reads an organisation's whole history to find its few unfinished executions."""
-    return column.in_([literal_column(_quoted_name(value)) for value in sorted(values)])
+    return column.in_([literal_column(quoted_name(value)) for value in sorted(values)])
 
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-def _quoted_name(value: Any) -> str:
+def quoted_name(value: Any) -> str:
+    """A name of the code's own (an enum member's value) as an SQL string literal, to be written
+    into a statement (``one_of``); anything but a lower-case name is refused."""
     name = getattr(value, "value", value)  # an enum member's value
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"not a name to write into SQL: {name!r}")

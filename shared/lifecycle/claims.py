@@ -49,7 +49,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from shared.db.engine import autocommit, database_now, one_of, write_lock_on_sqlite
+from shared.db.engine import (
+    autocommit,
+    database_now,
+    one_of,
+    quoted_name,
+    write_lock_on_sqlite,
+)
 from shared.db.models import Datasource, Execution, Organization, UTCDateTime, table_of
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.notifications import announce_new_work_now
@@ -146,7 +152,7 @@ class ClaimContended(Exception):
 # finished executions that took 2.7 ms instead of 0.1.
 _QUEUED = (
     f"SELECT 1 FROM {Execution.__tablename__} "  # noqa: S608 - names and an enum value only
-    f"WHERE status = '{ExecutionStatus.STARTING.value}'"
+    f"WHERE status = {quoted_name(ExecutionStatus.STARTING)}"
 )
 _QUEUE_PROBE = text(f"{_QUEUED} LIMIT 1")
 _QUEUE_PROBE_LEAVING_OUT = text(

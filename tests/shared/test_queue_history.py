@@ -10,21 +10,19 @@ statement run five times on one connection and PostgreSQL may then keep such a p
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
-from shared.db.models import Execution, utcnow
-from shared.execution_states import ExecutionStatus
+from shared.db.models import utcnow
 from shared.lifecycle import claims
 from shared.runs import _UNFINISHED_COUNTED
+from tests.support.history import EXECUTIONS, add_finished_executions
 
 FINISHED = 3000
-EXECUTIONS = Execution.__table__
 
 
 def _statements(org: Any, worker: str, settings: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -94,30 +92,13 @@ def _reads(api: Any, org: Any) -> dict[str, int]:
     return reads
 
 
-def _add_finished_history(api: Any, org: Any, count: int) -> None:
-    engine = api.app.state.engine
-    with engine.begin() as connection:
-        template = (
-            connection.execute(
-                select(EXECUTIONS).where(EXECUTIONS.c.organization_id == org.id).limit(1)
-            )
-            .one()
-            ._asdict()
-        )
-        finished = {**template, "status": ExecutionStatus.COMPLETED, "data_key": None}
-        rows = [{**finished, "id": str(uuid.uuid4())} for _ in range(count)]
-        connection.execute(insert(EXECUTIONS), rows)
-        if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql("ANALYZE executions")  # as autovacuum would
-
-
 def test_claims_and_runs_read_no_more_with_a_long_finished_history(api):
     org = api.create_org()  # which queued a refresh of its sample datasource: one to claim
     if api.app.state.engine.dialect.name == "postgresql":
         with api.app.state.engine.begin() as connection:
             connection.exec_driver_sql("ANALYZE executions")
     without_history = _reads(api, org)
-    _add_finished_history(api, org, FINISHED)
+    add_finished_executions(api.app.state.engine, org.sample_datasource_id, FINISHED)
     with_history = _reads(api, org)
     grown = {
         name: (without_history[name], read)
@@ -130,7 +111,7 @@ def test_claims_and_runs_read_no_more_with_a_long_finished_history(api):
 def test_the_count_of_reads_sees_a_statement_that_reads_the_history(api):
     """The check above can fail: a statement that does read every finished execution is seen."""
     org = api.create_org()
-    _add_finished_history(api, org, FINISHED)
+    add_finished_executions(api.app.state.engine, org.sample_datasource_id, FINISHED)
     every = select(EXECUTIONS.c.id).where(EXECUTIONS.c.organization_id == org.id)
     engine = api.app.state.engine
     with engine.connect() as connection, connection.begin(), _counting_reads(connection) as read:

@@ -53,7 +53,7 @@ def test_an_aggregation_without_all_time_allowed_renders_as_before():
 
 
 def test_values_outside_the_options_are_422_each_at_its_place():
-    rule = VariableRule.restricted_to(["de", "fr", 1])
+    rule = VariableRule().with_options(["de", "fr", 1])
     parameters = pick("country", "de", "es", 1.0, "1", True)
     errors = errors_of(lambda: bind("SELECT {c=country}", parameters, {"country": rule}))
     assert [(e["code"], e["source"]["pointer"]) for e in errors] == [
@@ -77,7 +77,7 @@ def test_a_text_filter_compares_its_selection_with_its_options_as_the_text_it_bi
 
 
 def test_a_restricted_variable_is_checked_even_where_the_sql_does_not_use_it():
-    rule = VariableRule.restricted_to(["de"])
+    rule = VariableRule().with_options(["de"])
     parameters = {"filters": [{"variable_name": "country", "selected_values": ["es"]}]}
     inputs = parse_input_parameters(parameters)
     errors = errors_of(
