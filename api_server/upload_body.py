@@ -30,7 +30,7 @@ _LARGEST_LENGTH = 2**63 - 1  # beyond any upload limit; larger declared lengths 
 
 
 def declared_length(request: Request) -> int | None:
-    """The Content-Length the client declared, if any (h11 has checked its form)."""
+    """The Content-Length the client declared, if any (llhttp has checked its form)."""
     return natural_number(request.headers.get("content-length", ""), _LARGEST_LENGTH)
 
 

@@ -12,8 +12,8 @@ is set), through real uvicorn processes on 127.0.0.1:
 Every figure is also printed as a ratio to the issue's target (≤ 1.00 for latencies, ≥ 1.00 for
 throughput meets it), and to the floor (``x floor``; for 16 clients, of the p99): the same
 clients making the same requests, in the same pattern, to a Starlette app that does nothing
-(bench/floor_app.py), served by uvicorn with its h11 protocol (which dataferry's servers use) and
-with httptools (its fastest). What the floor takes of a target is not left for any work: keys,
+(bench/floor_app.py), served by uvicorn with its h11 protocol and with httptools (its fastest,
+which dataferry's servers use). What the floor takes of a target is not left for any work: keys,
 the metadata database, the query. Each 1-client four-request figure is preceded by the CPU time
 each process spent per execution (API server, data server, its sandbox children, and this
 process's client, which shares the machine), measured once the region's start-up work is
@@ -59,8 +59,9 @@ TARGET_RUN_AND_WAIT_P50_SECONDS = 0.005
 TARGET_EXECUTIONS_PER_SECOND = 200
 TARGET_P99_SECONDS = 0.100
 HERE = Path(__file__).resolve().parent
-# uvicorn's HTTP/1.1 protocols: dataferry's servers run h11 (shared/web/http_limits.py).
+# uvicorn's HTTP/1.1 protocols: dataferry's servers run httptools (shared/web/http_limits.py).
 FLOOR_PROTOCOLS = ("h11", "httptools")
+SERVED_PROTOCOL = "httptools"
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,7 @@ def figures(
 
 
 def floor_figures(runs: int) -> Figures:
-    """The floor under each protocol; the h11 one (dataferry's protocol) is returned."""
+    """The floor under each protocol; the one dataferry's servers use is returned."""
     measured = {}
     for protocol in FLOOR_PROTOCOLS:
         with floor_servers(protocol) as (api_url, data_url, pids):
@@ -422,7 +423,7 @@ def floor_figures(runs: int) -> Figures:
                 measured[protocol] = figures(label, client, "", paths, runs, None, cpu)
             finally:
                 client.http.close()
-    return measured["h11"]
+    return measured[SERVED_PROTOCOL]
 
 
 def settled(region: Region, client: DataferryClient, datasource_id: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OWN_PACKAGES = ("api_server", "data_server", "shared", "sql_templating")
-WEB_FRAMEWORKS = ("starlette", "uvicorn", "h11")
+WEB_FRAMEWORKS = ("starlette", "uvicorn", "h11", "httptools")
 SERVERS = ("api_server", "data_server")
 
 

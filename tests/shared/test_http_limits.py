@@ -86,8 +86,7 @@ def test_both_servers_run_uvicorn_with_the_limits():
     options = http_limits.uvicorn_options(Settings(max_connections=50))
     assert options["limit_concurrency"] == 50
     assert options["timeout_keep_alive"] == http_limits.KEEP_ALIVE_SECONDS
-    assert options["h11_max_incomplete_event_size"] == http_limits.MAX_HEADER_BYTES
-    assert options["http"] is http_limits.BoundedH11Protocol
+    assert options["http"] is http_limits.BoundedHttpToolsProtocol
 
 
 # ---------------------------------------------------------------------------- NUL characters
@@ -175,7 +174,8 @@ def test_a_real_server_refuses_a_huge_header_block_and_stays_up(tmp_path):
             except OSError:
                 pass  # the server closed the connection: what we want
             answer = connection.recv(200)
-        # h11 refuses the head before it is whole: a 431 all the same, as a JSON:API document
+        # the protocol refuses the head before it is whole: a 431 all the same, as a JSON:API
+        # document
         assert answer.startswith(b"HTTP/1.1 431 "), answer
         assert b"content-type: application/vnd.api+json" in answer.lower(), answer
         assert httpx.get(f"{region.api_url}/healthz", timeout=5).status_code == 200
@@ -233,7 +233,8 @@ def test_an_unparsable_request_is_a_jsonapi_400(small_region, server):
 @pytest.mark.parametrize("server", ["api", "data"])
 @pytest.mark.parametrize("where", ["path", "query"])
 def test_a_60_kb_request_line_sent_whole_is_a_jsonapi_414(small_region, server, where):
-    """h11 bounds only heads that arrive in pieces; one sent in a single write got through."""
+    """The protocol bounds only heads that arrive in pieces; one sent in a single write gets
+    through to the middleware."""
     url = small_region.api_url if server == "api" else small_region.data_url
     target = "/datasources/" + "x" * 60_000 if where == "path" else "/datasources?q=" + "x" * 60_000
     head = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()

@@ -65,7 +65,8 @@ def test_a_logged_path_is_bounded_and_still_masked():
 
 
 def test_a_method_other_than_the_usual_is_logged_by_its_length_only():
-    """h11 takes any token as a method, 60 KB of one too, which may hold a pasted key."""
+    """A parser may take any token as a method (h11 took 60 KB of one), which may hold a pasted
+    key."""
     assert _method_as_sent({"method": "PATCH"}) == "PATCH"
     odd = f"dfk_{KEY_BODY[:10]}&{KEY_BODY[10:]}" * 1000
     assert _method_as_sent({"method": odd}) == f"(another method, {len(odd)} characters)"
