@@ -302,14 +302,38 @@ def parse_run_body(body: Any) -> ReportRun:
     return ReportRun(dict(body.get("parameters") or {}), run.refresh)
 
 
-def merged_parameters(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` over ``defaults`` (both Cluvio InputParameters, already valid)."""
-    merged = {**defaults, **{name: value for name, value in given.items() if name != "filters"}}
-    filters = {f["variable_name"]: f for f in defaults.get("filters") or ()}
-    filters.update({f["variable_name"]: f for f in given.get("filters") or ()})
-    if filters:
-        merged["filters"] = list(filters.values())
-    return merged
+@dataclass(frozen=True)
+class RunParameters:
+    """A run's parameters: the request's (``given``) over its dashboard's defaults, both Cluvio
+    InputParameters already valid; and where in the request each problem with them lies."""
+
+    values: dict[str, Any]
+    given: Mapping[str, Any]
+    dashboard: Dashboard | None
+
+    @classmethod
+    def merged(cls, dashboard: Dashboard | None, given: Mapping[str, Any]) -> RunParameters:
+        defaults = (dashboard.default_parameters if dashboard is not None else None) or {}
+        values = {**defaults, **{name: value for name, value in given.items() if name != "filters"}}
+        filters = {f["variable_name"]: f for f in defaults.get("filters") or ()}
+        filters.update({f["variable_name"]: f for f in given.get("filters") or ()})
+        if filters:
+            values["filters"] = list(filters.values())
+        return cls(values, given, dashboard)
+
+    def pointer_in_request(self, pointer: str) -> str | None:
+        """The request body's pointer for ``pointer`` into ``values`` (a filter's index in the
+        merged list is not its index in the body); None when it points into the defaults."""
+        parts = pointer.split("/")  # "", "parameters", member, …
+        if parts[:2] != ["", "parameters"] or len(parts) < 3:
+            return pointer
+        if parts[2] != "filters" or len(parts) < 4 or not parts[3].isdigit():
+            return pointer if parts[2] in self.given else None
+        variable = self.values["filters"][int(parts[3])]["variable_name"]
+        sent = [f["variable_name"] for f in self.given.get("filters") or ()]
+        if variable not in sent:
+            return None
+        return "/".join([*parts[:3], str(sent.index(variable)), *parts[4:]])
 
 
 def run_report(
@@ -324,8 +348,7 @@ def run_report(
     reused within the dashboard's refresh window."""
     report = get_report(session, principal, report_id)
     dashboard = session.get(Dashboard, report.dashboard_id) if report.dashboard_id else None
-    defaults = dashboard.default_parameters if dashboard is not None else {}
-    parameters = merged_parameters(defaults or {}, given.parameters)
+    parameters = RunParameters.merged(dashboard, given.parameters)
     reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
     as_sent = {"report": report.id, "parameters": given.parameters, "refresh": given.refresh}
     return _run(
@@ -343,7 +366,7 @@ def run_dashboard(
     """One execution per report of the dashboard (oldest report first), all or none; each
     may be reused within the dashboard's refresh window."""
     dashboard = find_dashboard(session, principal, dashboard_id)
-    parameters = merged_parameters(dashboard.default_parameters or {}, given.parameters)
+    parameters = RunParameters.merged(dashboard, given.parameters)
     reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
     reports = session.scalars(
         select(Report)
@@ -414,25 +437,27 @@ def _run(
     session: Session,
     principal: Principal,
     report: Report,
-    parameters: dict[str, Any],
+    parameters: RunParameters,
     idempotency_key: str | None,
     settings: Settings,
     reuse_since: datetime | None,
     as_sent: Mapping[str, Any] | None = None,
 ) -> QueuedRun:
-    inputs = parse_input_parameters(parameters)
-    run = RunRequest(report.sql_query, parameters, inputs, every_filter_used=False, as_sent=as_sent)
+    values = parameters.values
     datasource_id = report.datasource_id
-    with _blaming(report):
+    with _blaming(report, parameters):
+        inputs = parse_input_parameters(values)
+        run = RunRequest(report.sql_query, values, inputs, every_filter_used=False, as_sent=as_sent)
         return queue_run(
             session, principal, datasource_id, run, idempotency_key, settings, report, reuse_since
         )
 
 
 @contextmanager
-def _blaming(report: Report) -> Iterator[None]:
-    """A problem of the report's stored SQL (expansion and binding point it at ``/sql_query``) is
-    the report's, not the request's: named by the report, with no pointer into the body."""
+def _blaming(report: Report, parameters: RunParameters) -> Iterator[None]:
+    """A problem of the report's stored SQL (expansion and binding point it at ``/sql_query``)
+    is the report's, and one of a value its dashboard's defaults gave is the dashboard's: named
+    by it, with no pointer into the body. One of a value the request gave points at it there."""
     try:
         yield
     except Unprocessable as exc:
@@ -440,4 +465,12 @@ def _blaming(report: Report) -> Iterator[None]:
             if error.pointer == "/sql_query":
                 error.pointer = None
                 error.detail = f"The SQL of report {report.id} ({report.name!r}): {error.detail}"
+            elif error.pointer is not None:
+                error.pointer = parameters.pointer_in_request(error.pointer)
+                dashboard = parameters.dashboard
+                if error.pointer is None and dashboard is not None:
+                    error.detail = (
+                        f"The default parameters of dashboard {dashboard.id} "
+                        f"({dashboard.name!r}): {error.detail}"
+                    )
         raise

@@ -478,6 +478,59 @@ def test_running_a_report_merges_the_parameters_over_the_dashboard_defaults(api)
     assert shown["relationships"]["report"]["data"] is None
 
 
+def _number_filter(api, org, variable: str) -> None:
+    attributes = {"name": variable, "variable_name": variable, "control_type": "text",
+                  "value_type": "number"}  # fmt: skip
+    created = api.post("/filters", org.key, {"data": {"type": "filters", "attributes": attributes}})
+    assert created.status_code == 201, created.text
+
+
+def test_a_problem_of_a_stored_default_names_the_dashboard_and_one_of_the_run_points_into_its_body(
+    api,
+):
+    """A default that no longer suits its filter (here: saved before the filter took numbers)
+    was a 422 pointing at the merged list, as if the request had sent it; a problem of the
+    request's own values pointed at their place in that list too, not in the body."""
+    org = api.create_org()
+    defaults = {
+        "aggregation": "month",
+        "filters": [
+            {"variable_name": "first", "selected_values": [1]},
+            {"variable_name": "stale", "selected_values": ["abc"]},
+        ],
+    }
+    dashboard = _dashboard(api, org, default_parameters=defaults)
+    for variable in ("stale", "given"):
+        _number_filter(api, org, variable)
+    report = _report(api, org, dashboard, sql_query="SELECT {a=first}, {b=stale}, {c=given}")
+    given = {"filters": [{"variable_name": "given", "selected_values": [2, "no number"]}]}
+    before = dump_tables(api.app)
+    run = _post_json(api, org.key, f"/reports/{report}/executions", {"parameters": given})
+    assert run.status_code == 422, run.text
+    by_pointer = {e.get("source", {}).get("pointer"): e for e in run.json()["errors"]}
+    assert set(by_pointer) == {None, "/parameters/filters/0/selected_values/1"}
+    stale = by_pointer[None]
+    assert stale["code"] == "invalid_value"
+    assert stale["detail"].startswith(
+        f"The default parameters of dashboard {dashboard} ('Sales'): "
+    )
+    assert "'stale'" in stale["detail"] and "source" not in stale
+    assert dump_tables(api.app) == before
+    # Given over the stale default, the run goes through; so does a run of the whole dashboard.
+    given["filters"] = [{"variable_name": "stale", "selected_values": [3]}]
+    run = _post_json(api, org.key, f"/reports/{report}/executions", {"parameters": given})
+    assert run.status_code == 200, run.text
+    whole = _post_json(api, org.key, f"/dashboards/{dashboard}/executions", {})
+    assert whole.status_code == 422, whole.text
+    assert whole.json()["errors"][0]["detail"].startswith("The default parameters of dashboard")
+    # A member given replaces the default's: its problem points into the body.
+    run = _post_json(
+        api, org.key, f"/reports/{report}/executions", {"parameters": {"aggregation": "eon"}}
+    )
+    assert run.status_code == 422, run.text
+    assert run.json()["errors"][0]["source"] == {"pointer": "/parameters/aggregation"}
+
+
 def test_running_a_report_honours_idempotency_keys_and_wait_as_run_execution(api):
     org = api.create_org()
     report = _report(api, org, sql_query="SELECT {a=a}")
