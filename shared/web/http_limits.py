@@ -43,15 +43,18 @@ from shared.settings import Settings
 from shared.web.problems import error_response
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGISendEvent
+    from uvicorn._types import ASGISendEvent, HTTPResponseBodyEvent, HTTPResponseStartEvent
 
 MAX_HEADER_BYTES = 32 * 1024
-# Path plus query. The protocol bounds only heads that arrive in pieces, so a request line sent
-# whole could be up to a socket read (256 KB) long; no route needs more than a few hundred bytes.
+# The request target (path plus query): no route needs more than a few hundred bytes. The
+# protocol refuses a longer one as it is read, the middleware one an app is given by other means.
 MAX_REQUEST_TARGET_BYTES = 16 * 1024
 # Requests read ahead of their answers on one connection (HTTP/1.1 pipelining, which no browser
 # and no current curl uses); past it the connection closes once those are answered.
 MAX_PIPELINED_REQUESTS = 32
+# Header fields of one request (or trailer fields of its body); Apache's default. Each is kept as
+# Python objects, about twenty times its bytes: without it 32 KiB of ``a:b`` lines took 760 KB.
+MAX_HEADER_FIELDS = 100
 BODY_TIMEOUT_SECONDS = 30.0
 KEEP_ALIVE_SECONDS = 5
 # From the moment a connection may send a request head (it opened, or the previous response
@@ -91,15 +94,26 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 class PassthroughCycle(RequestResponseCycle):
-    """uvicorn's request cycle, sending a chunked body's pieces (chunk size, data, CRLF) to the
-    transport as they are instead of joined into one new copy of each chunk: a first fetch of a
-    large result sends hundreds of megabytes, and the copy cost its event loop a sixth of its
-    sending time."""
+    """uvicorn's request cycle, with two changes to how a body without a length is sent:
+
+    - over HTTP/1.1, a chunk's pieces (size, data, CRLF) go to the transport as they are
+      instead of joined into one new copy of each chunk: a first fetch of a large result sends
+      hundreds of megabytes, and the copy cost its event loop a sixth of its sending time;
+    - over HTTP/1.0, which has no chunked coding, the body ends where the connection closes
+      (uvicorn chunked it all the same, and a 1.0 client read the chunk sizes as data).
+    """
+
+    close_delimited = False
 
     async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] == "http.response.body" and self.chunked_encoding:
+        if message["type"] == "http.response.start" and self._without_length(message):
+            self.close_delimited, self.chunked_encoding, self.keep_alive = True, False, False
+        elif message["type"] == "http.response.body" and not self.response_complete:
+            if self.close_delimited:
+                await self._send_until_close(message)
+                return
             body = message.get("body", b"")
-            if body and not self.response_complete:
+            if body and self.chunked_encoding:
                 if self.flow.write_paused and not self.disconnected:
                     await self.flow.drain()
                 if self.disconnected:
@@ -109,15 +123,38 @@ class PassthroughCycle(RequestResponseCycle):
                 message = {**message, "body": b""}
         await super().send(message)
 
+    def _without_length(self, start: HTTPResponseStartEvent) -> bool:
+        """An HTTP/1.0 response that has a body and no Content-Length."""
+        if self.scope["http_version"] != "1.0" or self.scope["method"] == "HEAD":
+            return False
+        if start.get("status") in (204, 304):
+            return False
+        return all(name.lower() != b"content-length" for name, _ in start.get("headers", ()))
+
+    async def _send_until_close(self, message: HTTPResponseBodyEvent) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        self.transport.write(message.get("body", b""))
+        if not message.get("more_body", False):
+            self.response_complete = True
+            self.message_event.set()
+            self.transport.close()  # the body's end
+            self.on_response()
+
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol (llhttp, in C), with the bounds llhttp does not keep and
     JSON:API documents for the answers given before any app runs.
 
-    - **The request head is bounded while it arrives.** llhttp buffers a header of any length;
-      a chunk that ends with a head still unfinished is all head, and past ``MAX_HEADER_BYTES``
-      of such chunks the request is a 431. A head that ends within a chunk is measured whole by
-      ``RequestLimitsMiddleware``.
+    - **Header fields are bounded while they arrive**, a request's head and the trailer fields
+      after a chunked body alike: past ``MAX_HEADER_BYTES`` of them (each counted as it is read,
+      and llhttp's part of one as the reads that hold nothing else), or ``MAX_HEADER_FIELDS``
+      fields, the request is a 431. llhttp buffers a field of any length, and uvicorn kept every
+      field as a Python object twenty times its size. Trailer fields are read and dropped: no
+      app reads them, and one would pass a forged ``X-Forwarded-For`` after a proxy's checks.
+      A request target past ``MAX_REQUEST_TARGET_BYTES`` is a 414 as it is read.
     - **Framing a proxy in front could read differently is refused** (``_framing_fault``): a
       400, and the connection closes.
     - **Pipelined requests are bounded.** llhttp reads every request of a chunk at once, each
@@ -148,7 +185,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.send_deadline: asyncio.TimerHandle | None = None
         self.waiting_since: float | None = None  # for a request head; None while one is served
         self.head_pending = True  # the next bytes belong to a request head
-        self.head_bytes = 0  # of the pending head, counted in whole chunks
+        self.fields_open = True  # llhttp may be holding part of a header or trailer field
+        self.steps = 0  # of the parse between header fields, body data and messages
+        self.field_bytes = self.field_count = 0  # read in this head or trailer section
+        self.target_bytes = 0  # of this request's target, as read
+        self.fields_chunk_bytes = 0  # of reads that held nothing but fields of one section
         self.refusal: AppError | None = None  # found while llhttp parsed: answered after it
         self.closing_after_answers = False  # nothing more is read from this connection
         self.admitted = True
@@ -187,7 +228,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.closing_after_answers:
             return
         self._unset_keepalive_if_required()
-        cycle, pending_before = self.cycle, self.head_pending
+        cycle, steps, open_before = self.cycle, self.steps, self.fields_open
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -201,15 +242,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle is not cycle:
             self._disarm_head_deadline()
-        if not self.head_pending:
-            self.head_bytes = 0
-            return
-        whole_chunk_was_head = pending_before and self.cycle is cycle
-        self.head_bytes = self.head_bytes + len(data) if whole_chunk_was_head else 0
-        if self.head_bytes > MAX_HEADER_BYTES:
-            self._refuse(
-                HeaderFieldsTooLarge(f"The request headers exceed {MAX_HEADER_BYTES} bytes.")
+        only_fields = open_before and self.fields_open and self.steps == steps
+        self.fields_chunk_bytes = self.fields_chunk_bytes + len(data) if only_fields else 0
+        if self.fields_chunk_bytes > MAX_HEADER_BYTES:
+            self._refuse(_fields_too_large())
+
+    def _step(self, fields_open: bool) -> None:
+        self.steps += 1
+        self.fields_open = fields_open
+        self.field_bytes = self.field_count = 0
+
+    def _count_field(self, size: int) -> None:
+        self.field_bytes += size
+        self.field_count += 1
+        if self.field_bytes > MAX_HEADER_BYTES or self.field_count > MAX_HEADER_FIELDS:
+            self.refusal = _fields_too_large()
+            raise self.refusal  # llhttp stops here; data_received answers it
+
+    def on_message_begin(self) -> None:
+        self.field_bytes = self.field_count = self.target_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self.target_bytes += len(url)
+        if self.target_bytes > MAX_REQUEST_TARGET_BYTES:
+            self.refusal = UriTooLong(
+                f"The request target exceeds {MAX_REQUEST_TARGET_BYTES} bytes."
             )
+            raise self.refusal  # llhttp stops here; data_received answers it
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_field(len(name) + len(value) + 4)
+        if self.head_pending:  # else a trailer field: dropped
+            super().on_header(name, value)
+
+    def on_chunk_header(self) -> None:
+        self._step(fields_open=True)  # trailer fields follow the last chunk's header
+
+    def on_chunk_complete(self) -> None:
+        self._step(fields_open=False)
+
+    def on_body(self, body: bytes) -> None:
+        if self.fields_open:
+            self._step(fields_open=False)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         fault = _framing_fault(self.parser.get_http_version(), self.headers)
@@ -223,11 +300,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.refusal is not None:
             raise self.refusal  # llhttp stops here; data_received answers it
         self.head_pending = False
+        self._step(fields_open=False)
         super().on_headers_complete()
         self.cycle.__class__ = PassthroughCycle  # its task has not started yet
 
     def on_message_complete(self) -> None:
         self.head_pending = True
+        self._step(fields_open=True)
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -240,6 +319,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_head_deadline()
         self._disarm_send_deadline()
         super().connection_lost(exc)
+        # What refers back to this connection: without it, the connection (and the last
+        # request's fields) is freed at once, not at a full collection, which is rare.
+        self.app = self.app_within_limit
+        self.pipeline.clear()
+        if self.cycle is not None:
+            self.cycle.on_response = _nothing
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -253,10 +338,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().resume_writing()
 
     def _refuse(self, error: AppError) -> None:
-        """Answer ``error`` and close the connection; if answers are still owed for requests
-        read before this one, those go out and the connection closes after them instead."""
-        if self._stop_reading():
-            return
+        """Answer ``error`` and close the connection. A fault in a request's head, behind
+        requests still owed answers: those go out and the connection closes after them. A
+        fault in the body (or trailers) of the request being served: answered if its response
+        has not begun, and its app is told the client is gone; any request queued is not
+        answered."""
+        if self.head_pending:
+            if self._stop_reading():
+                return
+        else:
+            self.closing_after_answers = True
+            if self.cycle.response_started or self.pipeline:
+                self.transport.close()
+                return
         body = orjson.dumps(error_document(error))
         head = (
             f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
@@ -320,6 +414,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_deadline = None
         if not self.transport.is_closing() and self.transport.get_protocol() is self:
             self.transport.close()
+
+
+def _fields_too_large() -> HeaderFieldsTooLarge:
+    return HeaderFieldsTooLarge(
+        f"The request's header fields exceed {MAX_HEADER_BYTES} bytes or {MAX_HEADER_FIELDS} "
+        "fields."
+    )
+
+
+def _nothing() -> None:
+    pass
 
 
 def _framing_fault(http_version: str, headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -233,8 +233,8 @@ def test_an_unparsable_request_is_a_jsonapi_400(small_region, server):
 @pytest.mark.parametrize("server", ["api", "data"])
 @pytest.mark.parametrize("where", ["path", "query"])
 def test_a_60_kb_request_line_sent_whole_is_a_jsonapi_414(small_region, server, where):
-    """The protocol bounds only heads that arrive in pieces; one sent in a single write gets
-    through to the middleware."""
+    """h11 bounded only heads that arrived in pieces: one sent in a single write got through;
+    the protocol now refuses the target as it reads it."""
     url = small_region.api_url if server == "api" else small_region.data_url
     target = "/datasources/" + "x" * 60_000 if where == "path" else "/datasources?q=" + "x" * 60_000
     head = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
