@@ -420,6 +420,43 @@ def test_an_http_1_0_body_without_a_length_ends_where_the_connection_closes(echo
     assert chunked.endswith(b"\r\n\r\n4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n")
 
 
+def test_an_upgrade_request_with_a_body_is_refused_not_given_an_empty_body(echo_port):
+    """llhttp reads no body after a head asking for an upgrade: curl --http2 -d over http://
+    had its POST read as empty (found by the second outside probe)."""
+    request = (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    _assert_refused_and_closed(
+        _exchange(("127.0.0.1", echo_port), request), "A request that asks for a protocol upgrade"
+    )
+
+
+@pytest.mark.parametrize("target", [b"http://x:80", b"http://", b"http://[::1/"])
+def test_a_target_uvicorn_cannot_read_is_a_jsonapi_400_after_the_answers_owed(echo_port, target):
+    """It raised in the refusal itself (the head was taken for read): no answer, a traceback
+    in the log, and behind a request being served its answer was lost (second probe)."""
+    bad = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target
+    _assert_refused_and_closed(_exchange(("127.0.0.1", echo_port), bad), "The request is not")
+    answer = _exchange(("127.0.0.1", echo_port), b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n" + bad)
+    assert _responses(answer) == [b"/first "]
+
+
+def test_a_broken_body_waiting_its_turn_leaves_the_answer_before_it(echo_port):
+    """It closed the connection at once: the request being served lost its answer."""
+    broken = b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nXX\r\n"
+    answer = _exchange(("127.0.0.1", echo_port), _post(b"/first", b"abc") + broken)
+    assert _responses(answer) == [b"/first abc"]
+
+
+def test_no_100_continue_is_sent_to_an_http_1_0_client(echo_port):
+    """RFC 9110 §10.1.1: a server ignores that expectation in an HTTP/1.0 request."""
+    request = b"POST /a HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"
+    answer = _exchange(("127.0.0.1", echo_port), request)
+    assert answer.startswith(b"HTTP/1.1 200") and b" 100 " not in answer, answer
+    assert answer.endswith(b"/a ok")
+
+
 def test_a_closed_connection_is_freed_without_waiting_for_a_full_collection():
     """Found by the outside probe: each connection referred to itself, so a closed one (and
     the last request's fields) stayed until a full collection, which a server whose start-up
@@ -434,6 +471,14 @@ def test_a_closed_connection_is_freed_without_waiting_for_a_full_collection():
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as pipelined:
                     pipelined.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /y")
                     assert pipelined.recv(65536).startswith(b"HTTP/1.1 200")
+                # Refused while it was read (the second probe: the refusal's traceback held
+                # the connection), after a request answered on it.
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+                    refused.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert refused.recv(65536).startswith(b"HTTP/1.1 200")
+                    refused.sendall(b"GET /" + b"u" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                    refused.settimeout(10)
+                    assert refused.recv(65536).startswith(b"HTTP/1.1 414")
             assert _held_connections(server, lambda held: held == 0), "never closed"
             alive = [
                 o for o in gc.get_objects() if isinstance(o, http_limits.BoundedHttpToolsProtocol)
