@@ -151,7 +151,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     - **Header fields are bounded while they arrive**, a request's head and the trailer fields
       after a chunked body alike: past ``MAX_HEADER_BYTES`` of them (each counted as it is read,
-      and llhttp's part of one as the reads that hold nothing else), or ``MAX_HEADER_FIELDS``
+      and llhttp's part of one as the reads that hold nothing else: one begun in a read that
+      also held other parts is counted once whole, so up to a read, 256 KB, of it may wait
+      uncounted, as under h11), or ``MAX_HEADER_FIELDS``
       fields, the request is a 431. llhttp buffers a field of any length, and uvicorn kept every
       field as a Python object twenty times its size. Trailer fields are read and dropped: no
       app reads them, and one would pass a forged ``X-Forwarded-For`` after a proxy's checks.
