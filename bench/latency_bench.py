@@ -46,6 +46,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared.settings import Settings
+from shared.web.http_limits import uvicorn_options
 from tests.support.client import DataferryClient
 from tests.support.postgres import POSTGRES_ENV, postgres_url_from_env
 from tests.support.processes import Region, free_port, running_region
@@ -59,9 +63,8 @@ TARGET_RUN_AND_WAIT_P50_SECONDS = 0.005
 TARGET_EXECUTIONS_PER_SECOND = 200
 TARGET_P99_SECONDS = 0.100
 HERE = Path(__file__).resolve().parent
-# uvicorn's HTTP/1.1 protocols: dataferry's servers run httptools (shared/web/http_limits.py).
+# uvicorn's HTTP/1.1 protocols; dataferry's servers run one (``served_protocol``).
 FLOOR_PROTOCOLS = ("h11", "httptools")
-SERVED_PROTOCOL = "httptools"
 
 
 @dataclass(frozen=True)
@@ -423,7 +426,13 @@ def floor_figures(runs: int) -> Figures:
                 measured[protocol] = figures(label, client, "", paths, runs, None, cpu)
             finally:
                 client.http.close()
-    return measured[SERVED_PROTOCOL]
+    return measured[served_protocol()]
+
+
+def served_protocol() -> str:
+    """The uvicorn protocol dataferry's servers run (shared/web/http_limits.py)."""
+    served = uvicorn_options(Settings())["http"]
+    return "httptools" if issubclass(served, HttpToolsProtocol) else "h11"
 
 
 def settled(region: Region, client: DataferryClient, datasource_id: str) -> None:

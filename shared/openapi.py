@@ -36,6 +36,12 @@ from shared.errors import (
     UriTooLong,
 )
 from shared.problems import JSONAPI_MEDIA_TYPE
+from shared.request_bounds import (
+    MAX_HEADER_BYTES,
+    MAX_HEADER_FIELDS,
+    MAX_PIPELINED_REQUESTS,
+    MAX_REQUEST_TARGET_BYTES,
+)
 from shared.tokens import URL_TOKEN_PARAMETER
 
 OPENAPI_VERSION = "3.1.0"
@@ -365,16 +371,20 @@ SECURITY_SCHEMES = {
 
 # ---------------------------------------------------------------- the document
 
-COMMON_BEHAVIOUR = """
+COMMON_BEHAVIOUR = f"""
 
 Every GET also answers HEAD. Any request may get 400 (a NUL character in the path or query; \
-`invalid_http_request` for bytes that are not HTTP/1.1 or a body length declared both by \
-`Content-Length` and `Transfer-Encoding`), 404 (no such route), 405 (the path does \
-not take the method; `Allow` lists those it takes), 414 (path and query above 16 KiB), 431 \
-(headers above 32 KiB), 500, or 503 \
-(`too_many_connections`: the server holds its connection limit; `Retry-After: 1`), and every \
-response carries `X-Request-Id`, except the `invalid_http_request` 400 and the 503, which are answered \
-before any route and close the connection. Every error is a JSON:API error document \
+`invalid_http_request`, which closes the connection, for bytes that are not HTTP/1.1 or framing \
+a proxy could read otherwise: both `Content-Length` and `Transfer-Encoding`, a transfer coding \
+other than `chunked`, an HTTP/1.1 request without exactly one `Host`, a body on a request that \
+asks for a protocol upgrade), 404 (no such route), 405 (the path does not take the method; \
+`Allow` lists those it takes), 414 (path and query above {MAX_REQUEST_TARGET_BYTES // 1024} KiB), \
+431 (header fields above {MAX_HEADER_BYTES // 1024} KiB or {MAX_HEADER_FIELDS} fields; trailer \
+fields alike), 500, or 503 (`too_many_connections`: the server holds its connection limit; \
+`Retry-After: 1`), and every response carries `X-Request-Id`, except the refusals made while \
+the request is read (400, 414, 431) and the 503, which are answered before any route and close \
+the connection. A request pipelined behind more than {MAX_PIPELINED_REQUESTS} others is not \
+answered: the connection closes after theirs. Every error is a JSON:API error document \
 (`Errors`)."""
 
 

@@ -303,7 +303,7 @@ def parse_run_body(body: Any) -> ReportRun:
 
 
 @dataclass(frozen=True)
-class RunParameters:
+class MergedParameters:
     """A run's parameters: the request's (``given``) over its dashboard's defaults, both Cluvio
     InputParameters already valid; and where in the request each problem with them lies."""
 
@@ -312,7 +312,7 @@ class RunParameters:
     dashboard: Dashboard | None
 
     @classmethod
-    def merged(cls, dashboard: Dashboard | None, given: Mapping[str, Any]) -> RunParameters:
+    def merged(cls, dashboard: Dashboard | None, given: Mapping[str, Any]) -> MergedParameters:
         defaults = (dashboard.default_parameters if dashboard is not None else None) or {}
         values = {**defaults, **{name: value for name, value in given.items() if name != "filters"}}
         filters = {f["variable_name"]: f for f in defaults.get("filters") or ()}
@@ -329,7 +329,10 @@ class RunParameters:
             return pointer
         if parts[2] != "filters" or len(parts) < 4 or not parts[3].isdigit():
             return pointer if parts[2] in self.given else None
-        variable = self.values["filters"][int(parts[3])]["variable_name"]
+        merged = self.values.get("filters") or []
+        if int(parts[3]) >= len(merged):
+            return pointer  # not into the merged list: as the validator wrote it
+        variable = merged[int(parts[3])]["variable_name"]
         sent = [f["variable_name"] for f in self.given.get("filters") or ()]
         if variable not in sent:
             return None
@@ -348,7 +351,7 @@ def run_report(
     reused within the dashboard's refresh window."""
     report = get_report(session, principal, report_id)
     dashboard = session.get(Dashboard, report.dashboard_id) if report.dashboard_id else None
-    parameters = RunParameters.merged(dashboard, given.parameters)
+    parameters = MergedParameters.merged(dashboard, given.parameters)
     reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
     as_sent = {"report": report.id, "parameters": given.parameters, "refresh": given.refresh}
     return _run(
@@ -366,7 +369,7 @@ def run_dashboard(
     """One execution per report of the dashboard (oldest report first), all or none; each
     may be reused within the dashboard's refresh window."""
     dashboard = find_dashboard(session, principal, dashboard_id)
-    parameters = RunParameters.merged(dashboard, given.parameters)
+    parameters = MergedParameters.merged(dashboard, given.parameters)
     reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
     reports = session.scalars(
         select(Report)
@@ -437,7 +440,7 @@ def _run(
     session: Session,
     principal: Principal,
     report: Report,
-    parameters: RunParameters,
+    parameters: MergedParameters,
     idempotency_key: str | None,
     settings: Settings,
     reuse_since: datetime | None,
@@ -454,7 +457,7 @@ def _run(
 
 
 @contextmanager
-def _blaming(report: Report, parameters: RunParameters) -> Iterator[None]:
+def _blaming(report: Report, parameters: MergedParameters) -> Iterator[None]:
     """A problem of the report's stored SQL (expansion and binding point it at ``/sql_query``)
     is the report's, and one of a value its dashboard's defaults gave is the dashboard's: named
     by it, with no pointer into the body. One of a value the request gave points at it there."""

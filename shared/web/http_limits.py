@@ -39,23 +39,18 @@ from shared.errors import (
     UriTooLong,
 )
 from shared.problems import JSONAPI_MEDIA_TYPE, error_document
+from shared.request_bounds import (
+    MAX_HEADER_BYTES,
+    MAX_HEADER_FIELDS,
+    MAX_PIPELINED_REQUESTS,
+    MAX_REQUEST_TARGET_BYTES,
+)
 from shared.settings import Settings
 from shared.web.problems import error_response
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent, HTTPResponseBodyEvent, HTTPResponseStartEvent
 
-MAX_HEADER_BYTES = 32 * 1024
-# The request target (path plus query): no route needs more than a few hundred bytes. The
-# protocol refuses a longer one as it is read, the middleware one an app is given by other means.
-MAX_REQUEST_TARGET_BYTES = 16 * 1024
-# Requests read ahead of their answers on one connection (HTTP/1.1 pipelining, which no browser
-# and no current curl uses); past it the connection closes once those are answered. Each waits
-# as Python objects, its fields included: at 32, 500 connections held 241 MB (outside probe).
-MAX_PIPELINED_REQUESTS = 8
-# Header fields of one request (or trailer fields of its body); Apache's default. Each is kept as
-# Python objects, about twenty times its bytes: without it 32 KiB of ``a:b`` lines took 760 KB.
-MAX_HEADER_FIELDS = 100
 BODY_TIMEOUT_SECONDS = 30.0
 KEEP_ALIVE_SECONDS = 5
 # From the moment a connection may send a request head (it opened, or the previous response
@@ -109,12 +104,16 @@ class PassthroughCycle(RequestResponseCycle):
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] == "http.response.start" and self._without_length(message):
             self.close_delimited, self.chunked_encoding, self.keep_alive = True, False, False
+            headers = [
+                (n, v) for n, v in message.get("headers", ()) if n.lower() != b"transfer-encoding"
+            ]
+            message = {**message, "headers": headers}
         elif message["type"] == "http.response.body" and not self.response_complete:
             if self.close_delimited:
                 await self._send_until_close(message)
                 return
             body = message.get("body", b"")
-            if body and self.chunked_encoding:
+            if body and self.chunked_encoding and self.scope["method"] != "HEAD":
                 if self.flow.write_paused and not self.disconnected:
                     await self.flow.drain()
                 if self.disconnected:
@@ -125,7 +124,8 @@ class PassthroughCycle(RequestResponseCycle):
         await super().send(message)
 
     def _without_length(self, start: HTTPResponseStartEvent) -> bool:
-        """An HTTP/1.0 response that has a body and no Content-Length."""
+        """An HTTP/1.0 response that has a body and no Content-Length (a Transfer-Encoding the
+        app set is dropped: 1.0 has none)."""
         if self.scope["http_version"] != "1.0" or self.scope["method"] == "HEAD":
             return False
         if start.get("status") in (204, 304):
@@ -150,19 +150,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     JSON:API documents for the answers given before any app runs.
 
     - **Header fields are bounded while they arrive**, a request's head and the trailer fields
-      after a chunked body alike: past ``MAX_HEADER_BYTES`` of them (each counted as it is read,
-      and llhttp's part of one as the reads that hold nothing else: one begun in a read that
-      also held other parts is counted once whole, so up to a read, 256 KB, of it may wait
-      uncounted, as under h11), or ``MAX_HEADER_FIELDS``
-      fields, the request is a 431. llhttp buffers a field of any length, and uvicorn kept every
-      field as a Python object twenty times its size. Trailer fields are read and dropped: no
-      app reads them, and one would pass a forged ``X-Forwarded-For`` after a proxy's checks.
-      A request target past ``MAX_REQUEST_TARGET_BYTES`` is a 414 as it is read.
+      after a chunked body alike: past ``MAX_HEADER_BYTES`` or ``MAX_HEADER_FIELDS`` fields the
+      request is a 431. httptools joins the pieces of a field of any length before handing it
+      over, and uvicorn kept every field as Python objects twenty times its size. Each field is
+      counted when it is handed over, and the part of one still being joined by the reads that
+      held nothing else; a read that also held the end of a message, body or chunk is not
+      counted, so up to one read (uvloop reads up to 256,000 bytes) of such a field may wait
+      uncounted, as it could under h11. Trailer fields are read and dropped: no app reads them,
+      and one would pass a forged ``X-Forwarded-For`` after a proxy's checks. A request target
+      past ``MAX_REQUEST_TARGET_BYTES`` is a 414 as it is read.
     - **Framing a proxy in front could read differently is refused** (``_framing_fault``): a
       400, and the connection closes.
     - **Pipelined requests are bounded.** llhttp reads every request of a chunk at once, each
       held until its turn: past ``MAX_PIPELINED_REQUESTS`` waiting, the connection closes once
-      those are answered (one write of 256 KiB could otherwise hold ten thousand requests).
+      those are answered, and the refused one gets no answer of its own (one read could
+      otherwise hold ten thousand requests).
     - **A deadline for each request head**: armed when the connection opens or a response ends
       with no request waiting, disarmed when a head is whole, however many bytes trickle in.
     - **The connection limit is decided once per connection**, as it opens: one over the limit
@@ -172,8 +174,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
       long before included: a thousand connections that sent nothing kept every client out.
     - **A client that stops reading** is dropped after ``SEND_STALL_TIMEOUT_SECONDS``.
 
-    httptools rather than h11: h11's parsing in Python cost the servers about 1.5 ms of CPU of
-    the 13 ms a one-row execution's four requests take (``bench/side_by_side.py``).
+    httptools rather than h11: docs/architecture.md §3.
     """
 
     def __init__(
@@ -188,7 +189,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.send_deadline: asyncio.TimerHandle | None = None
         self.waiting_since: float | None = None  # for a request head; None while one is served
         self.head_pending = True  # the next bytes belong to a request head
-        self.fields_open = True  # llhttp may be holding part of a header or trailer field
+        self.fields_open = True  # httptools may be joining part of a header or trailer field
         self.steps = 0  # of the parse between header fields, body data and messages
         self.field_bytes = self.field_count = 0  # read in this head or trailer section
         self.target_bytes = 0  # of this request's target, as read
@@ -243,7 +244,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         except httptools.HttpParserError as error:
-            self._refuse(self.refusal or _invalid_request(error))
+            refusal, self.refusal = self.refusal, None
+            if refusal is not None:
+                # Its traceback's frames (a callback's, and this one) hold the connection.
+                refusal.__traceback__ = None
+            self._refuse(refusal or _invalid_request(error))
             return
         if self.cycle is not cycle:
             self._disarm_head_deadline()
@@ -311,11 +316,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()  # may refuse the target: the head is still pending then
         self.head_pending = False
         self._step(fields_open=False)
-        self.cycle.__class__ = PassthroughCycle  # its task has not started yet
         self.answered_before = previous
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        cycle.__class__ = PassthroughCycle  # before its task exists, however eagerly it starts
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         self.head_pending = True
+        self.answered_before = None  # only a request whose body is still read may need it
         self._step(fields_open=True)
         super().on_message_complete()
 
@@ -330,10 +339,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_send_deadline()
         super().connection_lost(exc)
         # What refers back to this connection: without it, the connection (and the last
-        # request's fields) is freed at once, not at a full collection, which is rare.
+        # request's fields) is freed at once, not at a full collection, which is rare. uvicorn
+        # cancels the keep-alive timer only when the client closed cleanly, not on a reset.
+        self._unset_keepalive_if_required()
         self.app = self.app_within_limit
         self.pipeline.clear()
-        self.refusal = self.answered_before = None  # a raised refusal's frames hold the parse
+        self.answered_before = None
         if self.cycle is not None:
             self.cycle.on_response = _nothing
 

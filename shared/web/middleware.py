@@ -35,8 +35,8 @@ _DECODINGS = 4  # a secret percent-encoded up to this many times over is still f
 
 def _method_as_sent(scope: Scope) -> str:
     """The method if HTTP defines it (the metrics' list); any other is written by its length
-    only: a parser may take any token as a method (h11 took 60 KB of one), which may hold a
-    pasted key."""
+    only: h11 took any token as a method, 60 KB of one too, which may hold a pasted key.
+    llhttp refuses methods it does not know; this stays in case a parser does not."""
     method: str = scope["method"]
     return method if method in HTTP_METHODS else f"(another method, {len(method)} characters)"
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import select
 
 from api_server.permissions import Permission
@@ -529,6 +530,42 @@ def test_a_problem_of_a_stored_default_names_the_dashboard_and_one_of_the_run_po
     )
     assert run.status_code == 422, run.text
     assert run.json()["errors"][0]["source"] == {"pointer": "/parameters/aggregation"}
+
+
+@pytest.mark.parametrize(
+    ("pointer", "in_request"),
+    [
+        ("/parameters/aggregation", "/parameters/aggregation"),  # given: replaces the default
+        ("/parameters/timerange", None),  # the default's
+        ("/parameters/tz", None),
+        ("/parameters/filters/0/selected_values/0", None),  # "kept", the default's
+        ("/parameters/filters/1/selected_values/2", "/parameters/filters/0/selected_values/2"),
+        ("/parameters/filters/1/variable_name", "/parameters/filters/0/variable_name"),
+        ("/parameters/filters/2", "/parameters/filters/1"),  # "new", given second
+        ("/parameters/filters/9/selected_values/0", "/parameters/filters/9/selected_values/0"),
+        ("/parameters/filters", "/parameters/filters"),
+        ("/parameters", "/parameters"),
+        ("/sql_query", "/sql_query"),
+    ],
+)
+def test_a_pointer_into_the_merged_parameters_is_read_back_into_the_request(pointer, in_request):
+    dashboard = Dashboard(
+        id="d", name="D", default_parameters={
+            "timerange": TIMERANGE, "tz": "UTC", "aggregation": "month",
+            "filters": [{"variable_name": "kept", "selected_values": [1]},
+                        {"variable_name": "replaced", "selected_values": [2]}],
+        },
+    )  # fmt: skip
+    given = {
+        "aggregation": "year",
+        "filters": [
+            {"variable_name": "replaced", "selected_values": [3]},
+            {"variable_name": "new", "selected_values": [4]},
+        ],
+    }
+    merged = report_services.MergedParameters.merged(dashboard, given)
+    assert [f["variable_name"] for f in merged.values["filters"]] == ["kept", "replaced", "new"]
+    assert merged.pointer_in_request(pointer) == in_request
 
 
 def test_running_a_report_honours_idempotency_keys_and_wait_as_run_execution(api):
