@@ -114,9 +114,7 @@ class PassthroughCycle(RequestResponseCycle):
                 return
             body = message.get("body", b"")
             if body and self.chunked_encoding and self.scope["method"] != "HEAD":
-                if self.flow.write_paused and not self.disconnected:
-                    await self.flow.drain()
-                if self.disconnected:
+                if not await self._writable():
                     return
                 self.transport.writelines([b"%x\r\n" % len(body), body, b"\r\n"])
                 # uvicorn ends the body (or not) as for an empty piece: the data is sent
@@ -132,10 +130,15 @@ class PassthroughCycle(RequestResponseCycle):
             return False
         return all(name.lower() != b"content-length" for name, _ in start.get("headers", ()))
 
-    async def _send_until_close(self, message: HTTPResponseBodyEvent) -> None:
+    async def _writable(self) -> bool:
+        """Once the client has read enough of what was sent (as uvicorn waits before a write),
+        whether it is still there to write to."""
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
-        if self.disconnected:
+        return not self.disconnected
+
+    async def _send_until_close(self, message: HTTPResponseBodyEvent) -> None:
+        if not await self._writable():
             return
         self.transport.write(message.get("body", b""))
         if not message.get("more_body", False):
@@ -191,8 +194,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_pending = True  # the next bytes belong to a request head
         self.fields_open = True  # httptools may be joining part of a header or trailer field
         self.steps = 0  # of the parse between header fields, body data and messages
-        self.field_bytes = self.field_count = 0  # read in this head or trailer section
-        self.target_bytes = 0  # of this request's target, as read
+        # Read in this head (its target too) or trailer section; ``_step`` starts the next.
+        self.field_bytes = self.field_count = self.target_bytes = 0
         self.fields_chunk_bytes = 0  # of reads that held nothing but fields of one section
         self.refusal: AppError | None = None  # found while llhttp parsed: answered after it
         # The request read before the latest one (``cycle``), answered before it.
@@ -260,7 +263,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _step(self, fields_open: bool) -> None:
         self.steps += 1
         self.fields_open = fields_open
-        self.field_bytes = self.field_count = 0
+        self.field_bytes = self.field_count = self.target_bytes = 0
 
     def _count_field(self, size: int) -> None:
         self.field_bytes += size
@@ -268,10 +271,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.field_bytes > MAX_HEADER_BYTES or self.field_count > MAX_HEADER_FIELDS:
             self.refusal = _fields_too_large()
             raise self.refusal  # llhttp stops here; data_received answers it
-
-    def on_message_begin(self) -> None:
-        self.field_bytes = self.field_count = self.target_bytes = 0
-        super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
         self.target_bytes += len(url)
