@@ -188,7 +188,10 @@ def region(tmp_path_factory):
         "DATAFERRY_WORKER_PROCESSES": "3",
         "DATAFERRY_POLL_INTERVAL_SECONDS": "0.05",
         "DATAFERRY_QUERY_TIMEOUT_SECONDS": str(QUERY_TIMEOUT),
-        "DATAFERRY_CONNECT_TIMEOUT_SECONDS": "1",
+        # Short, so the silent-server cases end soon, but not so short that a loaded machine's
+        # slow attach (the child's guard allows the timeout plus 1 s) fails a healthy connect:
+        # at 1 s a CI run under heavy CPU steal timed out on a working MariaDB.
+        "DATAFERRY_CONNECT_TIMEOUT_SECONDS": "3",
     }
     with running_region(tmp_path_factory.mktemp("remote-region"), env) as started:
         yield started
