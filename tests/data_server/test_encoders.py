@@ -22,6 +22,15 @@ from data_server.formats import ResultFormat
 from data_server.temporal_texts import spell
 
 
+@pytest.fixture(autouse=True, params=["value by value", "column-wise"])
+def json_rows(request, monkeypatch) -> str:
+    """Every test of this module runs with both ways of spelling JSON rows: the tests' results
+    are small, which alone would only ever take the value-by-value one."""
+    rows = 10**9 if request.param == "value by value" else 0
+    monkeypatch.setattr(encoders, "VALUE_BY_VALUE_ROWS", rows)
+    return request.param
+
+
 def _store(tmp_path, sql: str, batch_rows: int = 3) -> str:
     """The result of ``sql`` as the worker stores it: an Arrow IPC file of small batches."""
     path = str(tmp_path / "result.arrow")
@@ -205,6 +214,24 @@ def test_column_wise_json_text_equals_the_value_by_value_mapping(tmp_path):
     assert _encode(path, ResultFormat.NDJSON) == _value_by_value(path, keys=True)
     records = json.loads(_encode(path, ResultFormat.RECORDS))
     assert records == [json.loads(line) for line in _value_by_value(path, keys=True).splitlines()]
+
+
+@pytest.mark.parametrize("fmt", [ResultFormat.JSON, ResultFormat.RECORDS, ResultFormat.NDJSON])
+def test_both_ways_of_spelling_rows_give_the_same_bytes(tmp_path, monkeypatch, fmt):
+    """Beyond the mapping the tests above compare with: keys spelled out, a column name twice
+    (both kept), names that need escaping."""
+    sql = f'SELECT *, i64 AS i8, quoted AS "a""b\\c", utf AS "née" FROM ({FAST_PATH_SQL})'
+    path = _store(tmp_path, sql, batch_rows=2)
+    spelled = {}
+    for rows in (10**9, 0):
+        monkeypatch.setattr(encoders, "VALUE_BY_VALUE_ROWS", rows)
+        spelled[rows] = _encode(path, fmt)
+    assert spelled[10**9] == spelled[0]
+    if fmt is ResultFormat.NDJSON:
+        first = spelled[0].splitlines()[0]
+        assert first.count(b'"i8":') == 2
+        assert json.loads(b"[" + first + b"]")  # valid JSON
+        assert b'"a\\"b\\\\c":"a \\"quoted\\" \\\\ back"' in first
 
 
 # Columns of the types whose JSON text is cut from orjson's text of a whole array, in any order
