@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import select as io_select
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -275,7 +276,45 @@ def quoted_name(value: Any) -> str:
 def database_now(session: Session) -> datetime:
     """The time by the database server's clock: leases are stamped and reaped by many data
     servers, and one whose clock runs ahead must not reap the others' live leases. SQLite is
-    one machine's file, so its clock is this machine's."""
-    if session.get_bind().dialect.name == "postgresql":
-        return session.execute(select(func.clock_timestamp())).scalar_one()
+    one machine's file, so its clock is this machine's. PostgreSQL's is read at most every
+    ``CLOCK_READ_SECONDS`` (``DatabaseClock``)."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        with _CLOCKS_GUARD:
+            clock = _CLOCKS.setdefault(bind.engine.pool, DatabaseClock())
+        return clock.now(session)
     return datetime.now(UTC)
+
+
+# Between two reads of PostgreSQL's clock, this process's monotonic clock (which nothing sets)
+# advances the last one; each read costs a round trip, two per execution when read every time.
+CLOCK_READ_SECONDS = 10.0
+
+
+class DatabaseClock:
+    """The database server's clock as last read (``clock_timestamp()``), advanced by this
+    process's monotonic clock since: what the database would answer, within half the read's
+    round trip, without asking it. Never goes back, also when a new read comes out a little
+    earlier than the old one's advance."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read: tuple[float, datetime] | None = None  # (monotonic time, database time)
+        self._last = datetime.min.replace(tzinfo=UTC)
+
+    def now(self, session: Session) -> datetime:
+        read = self._read
+        if read is None or time.monotonic() - read[0] > CLOCK_READ_SECONDS:
+            connection = session.connection()  # a new connection's set-up is no part of it
+            asked = time.monotonic()
+            answer = connection.execute(select(func.clock_timestamp())).scalar_one()
+            read = ((asked + time.monotonic()) / 2, answer)
+            self._read = read
+        with self._lock:
+            now = max(self._last, read[1] + timedelta(seconds=time.monotonic() - read[0]))
+            self._last = now
+        return now
+
+
+_CLOCKS: weakref.WeakKeyDictionary[Pool, DatabaseClock] = weakref.WeakKeyDictionary()
+_CLOCKS_GUARD = threading.Lock()

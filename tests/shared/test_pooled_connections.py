@@ -1,17 +1,20 @@
 """The metadata engine's pool: on PostgreSQL a connection that answered a moment ago is reused
 without a ping; one the server has closed since is noticed at checkout and replaced, so the
 caller never sees the dead connection. Reads outside a transaction send nothing but themselves,
-on PostgreSQL and on SQLite."""
+on PostgreSQL and on SQLite. The database's clock is read every few seconds, not each time."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, func, literal, select, text
+from sqlalchemy.orm import sessionmaker
 
-from shared.db.engine import autocommit, create_metadata_engine
+from shared.db import engine as engine_module
+from shared.db.engine import autocommit, create_metadata_engine, database_now
 from shared.lifecycle import claims
 from tests.support.postgres import fresh_postgres_schema
 
@@ -105,3 +108,59 @@ def test_on_sqlite_reads_outside_a_transaction_send_nothing_but_themselves(tmp_p
         assert [statement.split()[0] for statement in sent] == ["SELECT"] * 6, sent
     finally:
         engine.dispose()
+
+
+def test_the_autocommit_engine_is_derived_once(engine):
+    """Deriving it registers an event listener: on a path run several times per execution."""
+    derived = autocommit(engine)
+    assert autocommit(engine) is derived and derived is not engine
+    with derived.connect() as connection:
+        assert connection.connection.driver_connection.autocommit is True
+
+
+def test_the_database_clock_is_read_at_most_every_few_seconds_and_never_goes_back(
+    engine, monkeypatch
+):
+    """``database_now`` on PostgreSQL: the database's clock, read once and advanced by this
+    process's monotonic clock until ``CLOCK_READ_SECONDS`` have passed (each read is a round
+    trip, two per execution when read every time)."""
+    reads: list[str] = []
+
+    def counted(_connection, _cursor, statement, *_):
+        if "clock_timestamp" in statement:
+            reads.append(statement)
+
+    event.listen(engine, "before_cursor_execute", counted)
+    sessions = sessionmaker(engine)
+    try:
+        with sessions() as session:
+            first = database_now(session)
+            told = [database_now(session) for _ in range(50)]
+            read = session.execute(select(func.clock_timestamp())).scalar_one()
+            after = database_now(session)
+        assert len(reads) == 2  # one by database_now, one by this test
+        assert told == sorted(told) and first <= told[0]
+        # As the database would have said, within the round trips of the reads (loopback).
+        assert abs((after - read).total_seconds()) < 0.05
+        assert abs((told[-1] - read).total_seconds()) < 0.05
+
+        monkeypatch.setattr(engine_module, "CLOCK_READ_SECONDS", 0.0)  # read each time now
+        monkeypatch.setattr(
+            engine_module, "func", _ClockBehind(timedelta(seconds=5))
+        )  # a read that comes out earlier than the last time told
+        with sessions() as session:
+            behind = database_now(session)
+        assert behind >= after  # never back
+        assert len(reads) == 3
+    finally:
+        event.remove(engine, "before_cursor_execute", counted)
+
+
+class _ClockBehind:
+    """``func`` whose ``clock_timestamp()`` is the database's, ``by`` earlier."""
+
+    def __init__(self, by: timedelta) -> None:
+        self.by = by
+
+    def clock_timestamp(self):
+        return func.clock_timestamp() - literal(self.by)
