@@ -4,7 +4,8 @@ them (no tuning variable; the one raised policy limit, the rate limit, is printe
 For each configuration (embedded: SQLite; scale-out: PostgreSQL, when DATAFERRY_TEST_POSTGRES_URL
 is set), through real uvicorn processes on 127.0.0.1:
 
-- the four-request path (run → ``GET /executions/{id}?wait`` → grant → first byte of the data):
+- the four-request path (run → ``GET /executions/{id}?wait`` → grant → first byte of the data,
+  the rest read too, as a client keeping its connections does):
   p50 with 1 client; executions/s and p50/p99 with 16 clients, each a process of its own;
 - the two-request run-and-wait path (``POST …/executions?wait`` → the grant's ``data_url``, read
   whole): p50 with 1 client.
@@ -133,9 +134,7 @@ def four_requests(client: DataferryClient, datasource_id: str) -> float:
     grant = client.grant(execution["execution_id"])
     headers = {"Authorization": f"Data {grant['data_access_token']}"}
     url = f"{client.data_url}/data/{grant['data_key']}"
-    with client.http.stream("GET", url, headers=headers) as response:
-        next(response.iter_raw(1))
-    return time.perf_counter() - started
+    return first_byte(client, url, headers) - started
 
 
 def run_and_wait(client: DataferryClient, datasource_id: str) -> float:
@@ -197,9 +196,20 @@ def four_floor_requests(client: DataferryClient, _datasource_id: str) -> float:
     client.http.post(f"{client.api_url}/executions", json=body, headers=client.headers)
     client.http.get(f"{client.api_url}/executions", headers=client.headers)
     client.http.get(f"{client.api_url}/executions", headers=client.headers)
-    with client.http.stream("GET", f"{client.data_url}/data", headers=client.headers) as response:
-        next(response.iter_raw(1))
-    return time.perf_counter() - started
+    return first_byte(client, f"{client.data_url}/data", client.headers) - started
+
+
+def first_byte(client: DataferryClient, url: str, headers: dict[str, str]) -> float:
+    """When the first bytes of ``url``'s answer arrived. The rest is read too (of one row, it
+    came with them), as a client reading its results does: a response left unread closes its
+    connection, and every fetch would pay for a new one, which a client's pool keeps."""
+    with client.http.stream("GET", url, headers=headers) as response:
+        chunks = response.iter_raw()
+        next(chunks)
+        arrived = time.perf_counter()
+        for _ in chunks:
+            pass
+    return arrived
 
 
 def two_floor_requests(client: DataferryClient, _datasource_id: str) -> float:
