@@ -26,6 +26,7 @@ from data_server.sandbox_pool import SandboxPool
 from shared import lifecycle
 from shared.db.models import Datasource, utcnow
 from shared.lifecycle import ErrorCode, ExecutionStatus, ExecutionType
+from shared.organization_rows import count_stored_bytes
 from shared.results import ResultStore, delete_stored_data, result_object_key, schema_object_key
 from shared.settings import Settings
 from shared.storage_quota import (
@@ -165,8 +166,15 @@ class ExecutionRunner:
             walked = self._walk_before_storing(claim, before_run, checked_at)
             with self.sessions.begin() as session:
                 # Checked again under the organisation's lock: executions that ran side by side
-                # were each capped at the same remaining bytes, and only one may take them.
-                usage = locked_storage_usage(session, self.settings, claim.organization_id, walked)
+                # were each capped at the same remaining bytes, and only one may take them. The
+                # lock counts the result's bytes; they are taken off if it is not recorded.
+                usage = locked_storage_usage(
+                    session,
+                    self.settings,
+                    claim.organization_id,
+                    walked,
+                    storing=outcome.size_bytes,
+                )
                 fits = outcome.size_bytes <= usage.remaining_bytes
                 published = fits and lifecycle.complete(
                     session,
@@ -177,6 +185,8 @@ class ExecutionRunner:
                     truncated=outcome.truncated,
                     data_key=data_key,
                 )
+                if not published:
+                    count_stored_bytes(session, claim.organization_id, -outcome.size_bytes)
             if not published:  # fenced off: cancelled, purged, deleted or owned by a newer attempt
                 delete_stored_data(self.store, results=[data_key])
             if not fits:

@@ -84,9 +84,12 @@ def _counting(column: str) -> Update:
 
 # The statements adding ``delta`` to each counter.
 _COUNTING = {name: _counting(name) for name in ("stored_results_bytes", "execution_text_bytes")}
-# A run's lock of its organisation, counting its text in the same statement: an UPDATE takes
-# the row's lock as _LOCKED_ORGANIZATION does (FOR NO KEY UPDATE on PostgreSQL).
-_LOCKED_COUNTING_TEXT = _COUNTING["execution_text_bytes"].returning(*_HELD_COLUMNS)
+# A lock of the organisation counting bytes in the same statement (a run's text, a stored
+# result's bytes): an UPDATE takes the row's lock as _LOCKED_ORGANIZATION does (FOR NO KEY
+# UPDATE on PostgreSQL).
+_LOCKED_COUNTING = {
+    name: counting.returning(*_HELD_COLUMNS) for name, counting in _COUNTING.items()
+}
 _STORED_BYTES_AND_AREA = select(
     Organization.stored_results_bytes, Organization.area_generation
 ).where(Organization.id == bindparam("organization"))
@@ -101,18 +104,31 @@ _NOTE_AREA_CHANGED = (
 
 
 def lock_organization(
-    session: Session, organization_id: str, *, adding_text_bytes: int = 0
+    session: Session,
+    organization_id: str,
+    *,
+    adding_text_bytes: int = 0,
+    adding_stored_bytes: int = 0,
 ) -> HeldOrganization:
     """Hold the organisation's row until the caller's transaction ends (the database's write lock
     on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
-    the organisation (audit events, other resources). ``adding_text_bytes``: counted in its
-    executions' text by the statement that locks it (a run's: a second statement under the
-    lock cost 14% of one organisation's runs a second on PostgreSQL); the caller takes them off
-    again if it stores nothing."""
+    the organisation (audit events, other resources). ``adding_text_bytes`` (a run's) or
+    ``adding_stored_bytes`` (a result's): counted in its executions' text or its stored bytes
+    by the statement that locks it, which reads the row as counted (a second statement under
+    the lock cost 14% of one organisation's runs a second on PostgreSQL); the caller takes
+    them off again if it stores nothing."""
     write_lock_on_sqlite(session)
-    if adding_text_bytes:
-        counting = {"organization": organization_id, "delta": adding_text_bytes}
-        return HeldOrganization(*session.execute(_LOCKED_COUNTING_TEXT, counting).one())
+    adding = {
+        "execution_text_bytes": adding_text_bytes,
+        "stored_results_bytes": adding_stored_bytes,
+    }
+    counted = [(counter, delta) for counter, delta in adding.items() if delta]
+    if len(counted) > 1:
+        raise ValueError("one counter at a time")
+    if counted:
+        [(counter, delta)] = counted
+        bound = {"organization": organization_id, "delta": delta}
+        return HeldOrganization(*session.execute(_LOCKED_COUNTING[counter], bound).one())
     return HeldOrganization(
         *session.execute(_LOCKED_ORGANIZATION, {"organization": organization_id}).one()
     )

@@ -236,20 +236,28 @@ def walk_again(
 
 
 def locked_storage_usage(
-    session: Session, settings: Settings, organization_id: str, walked: AreaWalk
+    session: Session,
+    settings: Settings,
+    organization_id: str,
+    walked: AreaWalk,
+    *,
+    storing: int = 0,
 ) -> StorageUsage:
     """What the organisation stores, under its row lock (the database's write lock on SQLite),
     which the caller's transaction holds until it ends: what is counted stays true until the
     caller has recorded what it stores. The locked row carries the counter: no second read.
     Its files are ``walked`` (``walk_area``, just before), unless an upload or a deletion
     committed since, which moved the area's generation on: then the area is walked again, under
-    the lock."""
-    organization = lock_organization(session, organization_id)
+    the lock. ``storing``: the bytes of a result the caller is about to record, counted in the
+    organisation's stored bytes by the statement that locks it (one statement fewer for each
+    result); the usage returned is as before them, and the caller takes them off again
+    (``count_stored_bytes``) if it records nothing."""
+    organization = lock_organization(session, organization_id, adding_stored_bytes=storing)
     generation = organization.area_generation
     files_bytes = walked.files_bytes
     if generation != walked.generation:
         files_bytes = _area_bytes(settings, organization_id, generation, 0.0)
-    return _usage(settings, files_bytes, organization.stored_results_bytes)
+    return _usage(settings, files_bytes, organization.stored_results_bytes - storing)
 
 
 def note_area_changed_now(sessions: sessionmaker[Session], organization_id: str) -> None:

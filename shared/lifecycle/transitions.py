@@ -134,8 +134,9 @@ def complete(
 ) -> bool:
     """Mark completed under the fence, in the caller's transaction; False if the lease was lost
     or a cancel (or purge) was accepted meanwhile: the row then ends ``cancelled``, and the
-    caller deletes what it stored for this attempt. A stored result (``data_key``) is counted in
-    its organisation's stored bytes, whose row the caller locked first (``locked_storage_usage``)."""
+    caller deletes what it stored for this attempt. A stored result's (``data_key``) bytes are
+    the caller's to count in its organisation's stored bytes, under the organisation's lock it
+    took first (``locked_storage_usage``, which counts them as it locks)."""
     now = database_now(session)
     ended = _finish(
         session,
@@ -149,11 +150,7 @@ def complete(
         result_truncated=truncated,
         data_key=data_key,
     )
-    if ended != ExecutionStatus.COMPLETED:
-        return False
-    if data_key is not None:
-        count_stored_bytes(session, claim.organization_id, size)
-    return True
+    return ended == ExecutionStatus.COMPLETED
 
 
 def finish_unsuccessfully(

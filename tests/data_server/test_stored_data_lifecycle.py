@@ -426,8 +426,8 @@ def test_a_purge_and_a_charge_for_the_same_result_take_the_organisation_first(
 
     real_lock_organization = storage_quota.lock_organization
 
-    def lock_then_tell(session, organization_id):
-        locked = real_lock_organization(session, organization_id)
+    def lock_then_tell(session, organization_id, **counting):
+        locked = real_lock_organization(session, organization_id, **counting)
         charge_holds_organisation.set()
         return locked
 

@@ -128,9 +128,9 @@ def test_storing_a_representation_walks_before_it_takes_the_lock(organization, w
     walks_at_lock = []
     real_lock = organization_rows.lock_organization
 
-    def lock(session, organization_id):
+    def lock(session, organization_id, **counting):
         walks_at_lock.append(len(walks))
-        return real_lock(session, organization_id)
+        return real_lock(session, organization_id, **counting)
 
     monkeypatch.setattr(storage_quota, "lock_organization", lock)
     assert not storage_quota.charge_representation(sessions, settings, organization_id, "r_x", 1)
