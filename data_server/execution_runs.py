@@ -162,7 +162,8 @@ class ExecutionRunner:
             if outcome.truncated and cut_by_quota and outcome.rows < limits.max_result_rows:
                 raise QueryFailed(ErrorCode.STORAGE_QUOTA_EXCEEDED, usage.exceeded_message())
             data_key = new_data_key(Scope.EXECUTION_RESULT)
-            self.store.publish(result_path, result_object_key(data_key))
+            # The sandbox child wrote it and called fsync before it answered (engine).
+            self.store.publish(result_path, result_object_key(data_key), synced=True)
             walked = self._walk_before_storing(claim, before_run, checked_at)
             with self.sessions.begin() as session:
                 # Checked again under the organisation's lock: executions that ran side by side
