@@ -100,6 +100,7 @@ class Sandbox:
         }
         self._storage: ObjectStorage | None = None
         self.remote: RemoteSession | None = None
+        self._next_session: duckdb.DuckDBPyConnection | None = None  # ``prepare_session``
         self._timeout_seconds = limits.timeout_seconds
         if spec.remote is not None and spec.remote.password:
             self._replacements[spec.remote.password] = "<redacted>"
@@ -152,15 +153,30 @@ class Sandbox:
         if self.spec.database_type not in REUSABLE_DATABASE_TYPES:
             yield self.connection
             return
+        session, self._next_session = self._next_session or self._new_session(), None
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def prepare_session(self) -> None:
+        """Open the next execution's session now, between executions (the child's tidying after
+        a reply): setting its default database is a statement of its own, 0.14 ms of DuckDB's
+        that the next execution then does not wait for. It is as fresh as one opened then."""
+        if self.spec.database_type in REUSABLE_DATABASE_TYPES and self._next_session is None:
+            self._next_session = self._new_session()
+
+    def _new_session(self) -> duckdb.DuckDBPyConnection:
         session = self.connection.cursor()
         try:
             if self.spec.database_type in ATTACHED_DATABASE_TYPES:
                 session.execute(f"USE {DATASOURCE_ALIAS}")
             else:
                 self._set_files_variable(session)
-            yield session
-        finally:
+        except BaseException:
             session.close()
+            raise
+        return session
 
     def _attach(self) -> None:
         spec = self.spec
@@ -371,6 +387,9 @@ class Sandbox:
         return QueryFailed(code, self.clean(error))
 
     def close(self) -> None:
+        if self._next_session is not None:
+            self._next_session.close()
+            self._next_session = None
         self.connection.close()
         if self._storage is not None:
             self._storage.close()

@@ -154,8 +154,9 @@ class WarmSandboxes:
 
     def tidy(self) -> None:
         """Work kept off an execution's critical path (the child calls it before it reads the
-        next call): close what was used once, or has idled or aged out, and open a bare instance
-        for the next execution that finds nothing warm."""
+        next call): close what was used once, or has idled or aged out, open the warm
+        instance's next session, and open a bare instance for the next execution that finds
+        nothing warm."""
         now = time.monotonic()
         if self._warm is not None and (
             now - self._last_used >= IDLE_SECONDS or now - self._warm[2] >= MAX_AGE_SECONDS
@@ -163,6 +164,11 @@ class WarmSandboxes:
             self._close_warm()
         while self._used:
             self._close(self._used.pop())
+        if self._warm is not None:
+            try:
+                self._warm[1].prepare_session()
+            except duckdb.Error:  # the instance is unwell: the next execution opens a fresh one
+                self._close_warm()
         if self._spare is None:
             self._spare = duckdb.connect(":memory:", config=dict(BASE_CONFIG))
 

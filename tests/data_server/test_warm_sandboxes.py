@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from data_server import engine, warm_sandboxes
+from data_server import sandbox as sandbox_module
 from data_server.datasource_specs import DatasourceSpecs
 from data_server.engine import DatasourceSpec, QueryFailed, QueryJob
 from data_server.remote_databases import RemoteDatabaseSpec
@@ -151,6 +152,34 @@ def test_a_random_seed_set_by_one_execution_does_not_reach_the_next(sandboxes, s
     outcome, rows = _run(sandboxes, shop, "SELECT random() AS r", tmp_path)
     assert outcome.reused_instance
     assert rows != [{"r": seeded}]
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "files"])
+def test_the_next_session_is_opened_between_executions_and_used_once(sandboxes, tmp_path, kind):
+    """Setting a session's default database (or the files variable) is a statement of its own:
+    tidying after a reply runs it, not the next execution, on a session nothing has used."""
+    if kind == "files":
+        folder = tmp_path / "files"
+        folder.mkdir()
+        (folder / "t.csv").write_text("v\n1\n")
+        spec = DatasourceSpec("files", str(folder), owner=OWNER)
+    else:
+        spec = DatasourceSpec("duckdb", str(_duckdb_file(tmp_path / "shop.duckdb", 1)), owner=OWNER)
+    _run(sandboxes, spec, "SELECT v FROM t", tmp_path)
+    prepared = _prepared_session(sandboxes)
+    assert prepared is not None
+    outcome, rows = _run(sandboxes, spec, "SELECT v, current_database() AS db FROM t", tmp_path)
+    expected_database = sandbox_module.DATASOURCE_ALIAS if kind == "duckdb" else "memory"
+    assert (outcome.reused_instance, rows) == (True, [{"v": 1, "db": expected_database}])
+    following = _prepared_session(sandboxes)
+    assert following is not None and following is not prepared  # each execution its own
+    with pytest.raises(duckdb.ConnectionException):  # the used one was closed with its execution
+        prepared.execute("SELECT 1")
+
+
+def _prepared_session(sandboxes: WarmSandboxes):
+    warm = sandboxes._warm
+    return None if warm is None else warm[1]._next_session
 
 
 @pytest.mark.parametrize("kind", ["postgres", "mysql", "s3"])
