@@ -286,32 +286,48 @@ def database_now(session: Session) -> datetime:
     return datetime.now(UTC)
 
 
-# Between two reads of PostgreSQL's clock, this process's monotonic clock (which nothing sets)
-# advances the last one; each read costs a round trip, two per execution when read every time.
+# Between two reads of PostgreSQL's clock, this process's own steady clock advances the last one;
+# each read costs a round trip, two per execution when read every time.
 CLOCK_READ_SECONDS = 10.0
+# A read that comes out earlier than the last time told by at most this much is the reads' own
+# imprecision (half a round trip each), and the clock holds still until it catches up; by more,
+# the database's clock was set back, and the new reading is taken, as every process reading it
+# takes it: one that held still meanwhile would see the others' fresh leases as expired.
+CLOCK_JITTER_SECONDS = 1.0
+
+
+def _steady_seconds() -> float:
+    """Seconds by a clock nothing sets, which also counts time the machine spent suspended
+    (Linux's boot time; elsewhere the monotonic clock): a clock stopped while suspended would
+    tell a time that far behind, and leases that much shorter, until the next read."""
+    return time.clock_gettime(_STEADY)
+
+
+_STEADY = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 class DatabaseClock:
     """The database server's clock as last read (``clock_timestamp()``), advanced by this
-    process's monotonic clock since: what the database would answer, within half the read's
-    round trip, without asking it. Never goes back, also when a new read comes out a little
-    earlier than the old one's advance."""
+    process's steady clock since: what the database would answer, within half the read's round
+    trip, without asking it. Never goes back by less than ``CLOCK_JITTER_SECONDS``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._read: tuple[float, datetime] | None = None  # (monotonic time, database time)
+        self._read: tuple[float, datetime] | None = None  # (steady time, database time)
         self._last = datetime.min.replace(tzinfo=UTC)
 
     def now(self, session: Session) -> datetime:
         read = self._read
-        if read is None or time.monotonic() - read[0] > CLOCK_READ_SECONDS:
+        if read is None or _steady_seconds() - read[0] > CLOCK_READ_SECONDS:
             connection = session.connection()  # a new connection's set-up is no part of it
-            asked = time.monotonic()
+            asked = _steady_seconds()
             answer = connection.execute(select(func.clock_timestamp())).scalar_one()
-            read = ((asked + time.monotonic()) / 2, answer)
+            read = ((asked + _steady_seconds()) / 2, answer)
             self._read = read
         with self._lock:
-            now = max(self._last, read[1] + timedelta(seconds=time.monotonic() - read[0]))
+            now = read[1] + timedelta(seconds=_steady_seconds() - read[0])
+            if timedelta(0) < self._last - now <= timedelta(seconds=CLOCK_JITTER_SECONDS):
+                now = self._last
             self._last = now
         return now
 

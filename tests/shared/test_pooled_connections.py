@@ -118,11 +118,11 @@ def test_the_autocommit_engine_is_derived_once(engine):
         assert connection.connection.driver_connection.autocommit is True
 
 
-def test_the_database_clock_is_read_at_most_every_few_seconds_and_never_goes_back(
+def test_the_database_clock_is_read_at_most_every_few_seconds_and_follows_a_step_back(
     engine, monkeypatch
 ):
     """``database_now`` on PostgreSQL: the database's clock, read once and advanced by this
-    process's monotonic clock until ``CLOCK_READ_SECONDS`` have passed (each read is a round
+    process's steady clock until ``CLOCK_READ_SECONDS`` have passed (each read is a round
     trip, two per execution when read every time)."""
     reads: list[str] = []
 
@@ -145,13 +145,18 @@ def test_the_database_clock_is_read_at_most_every_few_seconds_and_never_goes_bac
         assert abs((told[-1] - read).total_seconds()) < 0.05
 
         monkeypatch.setattr(engine_module, "CLOCK_READ_SECONDS", 0.0)  # read each time now
-        monkeypatch.setattr(
-            engine_module, "func", _ClockBehind(timedelta(seconds=5))
-        )  # a read that comes out earlier than the last time told
+        # A read that comes out a little earlier than the last time told: the reads' jitter.
+        monkeypatch.setattr(engine_module, "func", _ClockBehind(timedelta(milliseconds=200)))
         with sessions() as session:
-            behind = database_now(session)
-        assert behind >= after  # never back
-        assert len(reads) == 3
+            held = database_now(session)
+        assert held >= after  # held still, not back
+        # Much earlier: the database's clock was set back, and every process reading it now
+        # tells the new time; one holding still would see their fresh leases as expired.
+        monkeypatch.setattr(engine_module, "func", _ClockBehind(timedelta(seconds=60)))
+        with sessions() as session:
+            stepped = database_now(session)
+        assert timedelta(seconds=59) < after - stepped < timedelta(seconds=61)
+        assert len(reads) == 4
     finally:
         event.remove(engine, "before_cursor_execute", counted)
 
