@@ -6,7 +6,8 @@ each encoded and handed on. The
 encoders are deterministic (same file, format and options → same bytes), which lets the data
 server materialise a representation once and serve ranges of it (data_server/representations.py).
 Which format and options a request gets is decided before, by data_server/formats.py. JSON text
-is built a column at a time by data_server/json_text.py. The JSON mapping is lossless
+is built a column at a time by data_server/json_text.py, or value by value for a slice of few
+rows (``VALUE_BY_VALUE_ROWS``), to the same bytes. The JSON mapping is lossless
 (docs/result-formats.md): integers stay exact numbers, decimals become strings with their scale,
 NaN and infinities become strings, times are ISO 8601, blobs base64.
 """
@@ -35,6 +36,12 @@ from data_server.temporal_texts import infinities, is_temporal, iso_texts, ordin
 
 CHUNK_BYTES = 256 * 1024
 SLICE_BYTES = 4 * 1024 * 1024
+# The column-wise path's kernels cost about 50 µs per column whatever the rows: most of the
+# encoding of a small result (one row of one integer: 55 µs, against 3 µs value by value). Value
+# by value was still the cheaper at 256 rows, of one integer column (41 against 59 µs) and of
+# five mixed ones (191 against 256 µs); half that is taken, a margin for wide text, whose
+# per-value cost grows with its length.
+VALUE_BY_VALUE_ROWS = 128
 # Slices a pool may encode ahead of the one being written: enough to keep a few threads busy.
 _AHEAD = 2
 
@@ -53,10 +60,40 @@ def _batches(
     a text format will spell them out when ``as_text`` (Arrow and Parquet keep their batches'
     layout, which their bytes depend on)."""
     for batch in _window(reader, offset, limit):
+        if as_text:
+            batch = _valid_text(batch)
         size = _text_bytes(batch) if as_text else batch.get_total_buffer_size()
         rows = max(1, batch.num_rows * slice_bytes // max(1, size))
         for start in range(0, batch.num_rows, rows):
             yield batch.slice(start, rows)
+
+
+def _valid_text(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with each byte sequence that is not UTF-8 in its text replaced by U+FFFD, at
+    any depth: DuckDB lets a query make such text (``printf('%c', 255)``), which a JSON document
+    or a UTF-8 CSV must not hold, and Python cannot decode. (Arrow and Parquet keep the bytes.)
+    The check is Arrow's validation of each column holding text, one pass over its bytes."""
+    columns = list(batch.columns)
+    repaired = False
+    for index, column in enumerate(columns):
+        if not _holds(column.type, _is_text):
+            continue
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            columns[index] = _leaves_mapped(column, _is_text, _text_repaired)
+            repaired = True
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema) if repaired else batch
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
+def _text_repaired(texts: pa.Array) -> pa.Array:
+    raw = texts.cast(pa.large_binary()).to_pylist()
+    repaired = [None if value is None else value.decode("utf-8", "replace") for value in raw]
+    return pa.array(repaired, texts.type)
 
 
 def _text_bytes(batch: pa.RecordBatch) -> int:
@@ -406,12 +443,6 @@ def _rows(
     return json_text.rows_body(batch, _json_values, keys=keys, prefix=prefix, suffix=suffix)
 
 
-# The column-wise path's kernels cost about 50 µs per column whatever the rows: most of the
-# encoding of a small result (one row of one integer: 55 µs, against 3 µs value by value).
-# Value by value stays the cheaper up to about 250 rows of ordinary columns.
-VALUE_BY_VALUE_ROWS = 128
-
-
 def _rows_value_by_value(
     batch: pa.RecordBatch, *, keys: list[str] | None, prefix: str, suffix: str
 ) -> bytes:
@@ -464,36 +495,46 @@ def _temporals_spelled(column: pa.Array) -> pa.Array:
     """A nested column whose dates and timestamps, wherever they are, are their JSON strings:
     Python's datetime holds neither DuckDB's infinities nor years past 9999, and spells
     fractions and zones otherwise than the columns' rule."""
+    return _leaves_mapped(column, is_temporal, iso_texts)
+
+
+def _leaves_mapped(
+    column: pa.Array,
+    is_leaf: Callable[[pa.DataType], bool],
+    at_leaf: Callable[[pa.Array], pa.Array],
+) -> pa.Array:
+    """``column`` with ``at_leaf`` applied to each array of a type ``is_leaf`` within it, at any
+    depth (the column itself, a list's values, a map's keys and items, a struct's fields, a
+    union's members); the rest as it is."""
     data_type = column.type
-    if not _holds(data_type, is_temporal):
+    if not _holds(data_type, is_leaf):
         return column
-    if is_temporal(data_type):
-        return iso_texts(column)
+    if is_leaf(data_type):
+        return at_leaf(column)
+
+    def mapped(child: pa.Array) -> pa.Array:
+        return _leaves_mapped(child, is_leaf, at_leaf)
+
     if column.offset:  # a slice: offsets and validity rebased, which from_arrays needs
         column = pa.concat_arrays([column])
     mask = column.is_null() if column.null_count else None
     if pa.types.is_map(data_type):
         return pa.MapArray.from_arrays(
-            column.offsets,
-            _temporals_spelled(column.keys),
-            _temporals_spelled(column.items),
-            mask=mask,
+            column.offsets, mapped(column.keys), mapped(column.items), mask=mask
         )
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
-        return type(column).from_arrays(
-            column.offsets, _temporals_spelled(column.values), mask=mask
-        )
+        return type(column).from_arrays(column.offsets, mapped(column.values), mask=mask)
     if pa.types.is_fixed_size_list(data_type):
         size = data_type.list_size
         values = column.values.slice(column.offset * size, len(column) * size)
-        return pa.FixedSizeListArray.from_arrays(_temporals_spelled(values), size, mask=mask)
+        return pa.FixedSizeListArray.from_arrays(mapped(values), size, mask=mask)
     if pa.types.is_struct(data_type):
-        children = [_temporals_spelled(child) for child in column.flatten()]
+        children = [mapped(child) for child in column.flatten()]
         names = [data_type.field(i).name for i in range(data_type.num_fields)]
         return pa.StructArray.from_arrays(children, names=names, mask=mask)
     if pa.types.is_union(data_type):  # no validity of its own: its members' say what is null
         names = [data_type.field(i).name for i in range(data_type.num_fields)]
-        members = [_temporals_spelled(column.field(i)) for i in range(data_type.num_fields)]
+        members = [mapped(column.field(i)) for i in range(data_type.num_fields)]
         codes = list(data_type.type_codes)
         if data_type.mode == "sparse":
             return pa.UnionArray.from_sparse(column.type_codes, members, names, codes)

@@ -66,7 +66,7 @@ BROTLI_QUALITY = 2
 # storage was refused, must not carry an ETag that named other bytes before, or a cached copy
 # would be revalidated (304) and a resumed download spliced from two encodings. (A stored
 # representation keeps its bytes; only its ETag changes, which costs a client one refetch.)
-ENCODING_REVISION = 4
+ENCODING_REVISION = 5  # 5: text that is not UTF-8 spelled with U+FFFD
 
 
 class ContentCoding(enum.Enum):

@@ -234,6 +234,40 @@ def test_both_ways_of_spelling_rows_give_the_same_bytes(tmp_path, monkeypatch, f
         assert b'"a\\"b\\\\c":"a \\"quoted\\" \\\\ back"' in first
 
 
+@pytest.mark.parametrize("rows", [1, 200])  # each way of spelling rows, whatever the fixture's
+@pytest.mark.parametrize("fmt", [ResultFormat.JSON, ResultFormat.RECORDS, ResultFormat.NDJSON])
+def test_text_that_is_not_utf8_is_spelled_with_replacement_characters(tmp_path, fmt, rows):
+    """DuckDB lets a query make such text; a JSON body must be UTF-8 and Python cannot decode
+    it (value by value it was a 500, column-wise invalid JSON). With and without a control
+    character, which sends a column through orjson value by value."""
+    path = _store(
+        tmp_path,
+        f"SELECT 'a' || printf('%c', 255) || 'b' AS s, printf('%c', 255) || chr(9) AS t, "
+        f"'ok' AS u, [printf('%c', 255), 'x'] AS l, {{'k': 'y' || printf('%c', 254)}} AS m "
+        f"FROM range({rows})",
+        batch_rows=rows,
+    )
+    body = _encode(path, fmt)
+    text = body.decode("utf-8")  # valid UTF-8 throughout
+    first = json.loads(text.splitlines()[0]) if fmt is ResultFormat.NDJSON else json.loads(text)
+    if fmt is ResultFormat.JSON:
+        first = dict(zip(("s", "t", "u", "l", "m"), first["rows"][0], strict=True))
+    elif fmt is ResultFormat.RECORDS:
+        first = first[0]
+    assert first == {
+        "s": "a\ufffdb",
+        "t": "\ufffd\t",
+        "u": "ok",
+        "l": ["\ufffd", "x"],  # inside a list or a struct too
+        "m": {"k": "y\ufffd"},
+    }
+
+
+def test_csv_text_that_is_not_utf8_is_spelled_with_replacement_characters(tmp_path):
+    path = _store(tmp_path, "SELECT 'a' || printf('%c', 255) AS s")
+    assert _encode(path, ResultFormat.CSV).decode("utf-8") == '"s"\n"a\ufffd"\n'
+
+
 # Columns of the types whose JSON text is cut from orjson's text of a whole array, in any order
 # and any position (the last column's separators become the row's closing bracket), with nulls
 # and non-finite doubles, beside a string column whose texts are framed by the row template.
