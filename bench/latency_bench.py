@@ -205,7 +205,7 @@ def first_byte(client: DataferryClient, url: str, headers: dict[str, str]) -> fl
     connection, and every fetch would pay for a new one, which a client's pool keeps."""
     with client.http.stream("GET", url, headers=headers) as response:
         chunks = response.iter_raw()
-        next(chunks)
+        next(chunks, b"")  # an empty body has no first bytes: its end is when it arrived
         arrived = time.perf_counter()
         for _ in chunks:
             pass

@@ -18,6 +18,7 @@ against the budget of ``shared.runs.require_text_room``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -83,7 +84,8 @@ def _counting(column: str) -> Update:
 
 
 # The statements adding ``delta`` to each counter.
-_COUNTING = {name: _counting(name) for name in ("stored_results_bytes", "execution_text_bytes")}
+Counter = Literal["stored_results_bytes", "execution_text_bytes"]
+_COUNTING: dict[Counter, Update] = {name: _counting(name) for name in get_args(Counter)}
 # A lock of the organisation counting bytes in the same statement (a run's text, a stored
 # result's bytes): an UPDATE takes the row's lock as _LOCKED_ORGANIZATION does (FOR NO KEY
 # UPDATE on PostgreSQL).
@@ -104,29 +106,17 @@ _NOTE_AREA_CHANGED = (
 
 
 def lock_organization(
-    session: Session,
-    organization_id: str,
-    *,
-    adding_text_bytes: int = 0,
-    adding_stored_bytes: int = 0,
+    session: Session, organization_id: str, *, adding: tuple[Counter, int] | None = None
 ) -> HeldOrganization:
     """Hold the organisation's row until the caller's transaction ends (the database's write lock
     on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
-    the organisation (audit events, other resources). ``adding_text_bytes`` (a run's) or
-    ``adding_stored_bytes`` (a result's): counted in its executions' text or its stored bytes
-    by the statement that locks it, which reads the row as counted (a second statement under
-    the lock cost 14% of one organisation's runs a second on PostgreSQL); the caller takes
-    them off again if it stores nothing."""
+    the organisation (audit events, other resources). ``adding``: bytes counted in one of its
+    counters (a run's text, a result's stored bytes) by the statement that locks it, which reads
+    the row as counted (a second statement under the lock cost 14% of one organisation's runs a
+    second on PostgreSQL); the caller takes them off again if it stores nothing."""
     write_lock_on_sqlite(session)
-    adding = {
-        "execution_text_bytes": adding_text_bytes,
-        "stored_results_bytes": adding_stored_bytes,
-    }
-    counted = [(counter, delta) for counter, delta in adding.items() if delta]
-    if len(counted) > 1:
-        raise ValueError("one counter at a time")
-    if counted:
-        [(counter, delta)] = counted
+    if adding is not None and adding[1]:
+        counter, delta = adding
         bound = {"organization": organization_id, "delta": delta}
         return HeldOrganization(*session.execute(_LOCKED_COUNTING[counter], bound).one())
     return HeldOrganization(
@@ -171,7 +161,7 @@ def recount_execution_text(session: Session, organization_id: str) -> tuple[int,
 def _recount(
     session: Session,
     organization_id: str,
-    counter: str,
+    counter: Counter,
     amount: ColumnElement[int] | InstrumentedAttribute[int],
     *which: ColumnElement[bool],
 ) -> tuple[int, int]:

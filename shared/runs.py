@@ -112,7 +112,9 @@ def queue_sql_execution(session: Session, run: SqlRun, settings: Settings) -> Qu
     key = reuse_key(datasource.id, bound) if reusable_run else None
     weight = text_bytes(run.sql_query, bound.sql, run.parameters, bound.values)
     require_text_fits(weight, settings)
-    organization = lock_organization(session, datasource.organization_id, adding_text_bytes=weight)
+    organization = lock_organization(
+        session, datasource.organization_id, adding=("execution_text_bytes", weight)
+    )
     try:
         queued = _queue_locked(session, run, bound, key, organization, weight, settings)
     except (AppError, IntegrityError):

@@ -252,7 +252,9 @@ def locked_storage_usage(
     organisation's stored bytes by the statement that locks it (one statement fewer for each
     result); the usage returned is as before them, and the caller takes them off again
     (``count_stored_bytes``) if it records nothing."""
-    organization = lock_organization(session, organization_id, adding_stored_bytes=storing)
+    organization = lock_organization(
+        session, organization_id, adding=("stored_results_bytes", storing)
+    )
     generation = organization.area_generation
     files_bytes = walked.files_bytes
     if generation != walked.generation:

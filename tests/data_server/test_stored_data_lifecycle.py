@@ -184,8 +184,8 @@ def test_purge_between_upload_and_commit_leaves_no_object(api, org, worker, monk
     store, answers = api.app.state.result_store, []
     real_publish = store.publish
 
-    def publish_then_purge(local_path, key):
-        real_publish(local_path, key)
+    def publish_then_purge(local_path, key, **how):
+        real_publish(local_path, key, **how)
         answers.append(api.delete(f"/executions/{execution_id}", org.key).status_code)
 
     monkeypatch.setattr(store, "publish", publish_then_purge)
