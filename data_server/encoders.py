@@ -488,7 +488,35 @@ def _json_values(column: pa.Array) -> list[Any]:
         return pc.cast(column, pa.string()).to_pylist()
     if pa.types.is_time(data_type):
         return pc.cast(column, pa.string()).to_pylist()
-    return [_plain(value) for value in _temporals_spelled(column).to_pylist()]
+    spelled = _leaves_mapped(_temporals_spelled(column), _is_tuple, _tuple_marked)
+    return [_plain(value) for value in spelled.to_pylist()]
+
+
+def _is_tuple(data_type: pa.DataType) -> bool:
+    """A struct whose fields' names repeat: DuckDB's unnamed struct (``row(1, 'a')``,
+    ``(1, 2)``), all of whose names are empty. As an object its values would collide (and
+    Arrow will not make a dict of it): it is spelled as an array of them, in order."""
+    if not pa.types.is_struct(data_type):
+        return False
+    names = [data_type.field(i).name for i in range(data_type.num_fields)]
+    return len(set(names)) < len(names)
+
+
+# The names a tuple's fields take for Arrow to make a dict of it, which ``_plain`` then spells as
+# an array. A struct of fields named so by a query (a NUL byte and this text, then each field's
+# position) would be spelled as an array too: its values, in order, all the same.
+_TUPLE_FIELD = "\x00dataferry-tuple-field-"
+
+
+def _tuple_marked(column: pa.Array) -> pa.Array:
+    """A tuple whose fields are named by ``_TUPLE_FIELD`` and their position; tuples within its
+    fields too."""
+    if column.offset:  # a slice: offsets and validity rebased, which from_arrays needs
+        column = pa.concat_arrays([column])
+    children = [_leaves_mapped(child, _is_tuple, _tuple_marked) for child in column.flatten()]
+    names = [f"{_TUPLE_FIELD}{index}" for index in range(len(children))]
+    mask = column.is_null() if column.null_count else None
+    return pa.StructArray.from_arrays(children, names=names, mask=mask)
 
 
 def _temporals_spelled(column: pa.Array) -> pa.Array:
@@ -571,6 +599,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, pa.MonthDayNano):
         return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
     if isinstance(value, dict):
+        if value and all(str(key).startswith(_TUPLE_FIELD) for key in value):
+            return [_plain(item) for item in value.values()]  # a tuple (``_tuple_marked``)
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]

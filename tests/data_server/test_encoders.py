@@ -263,6 +263,23 @@ def test_text_that_is_not_utf8_is_spelled_with_replacement_characters(tmp_path, 
     }
 
 
+def test_a_struct_without_field_names_is_an_array_of_its_values(tmp_path):
+    """DuckDB's unnamed struct (``row(…)``, ``(1, 2)``): its fields are all named "", so as an
+    object its values would collide (it was a 500 in every text format); also nested, null, and
+    beside a struct of names, whose values keep their keys."""
+    path = _store(
+        tmp_path,
+        "SELECT (1, 2) AS t, row(1, 'a', DATE '2024-02-29') AS r, [(1, (2, 3)), NULL] AS l, "
+        "{'a': 1, 'b': (4, 5)} AS named, NULL::STRUCT(a INT) AS gone",
+    )
+    document = json.loads(_encode(path, ResultFormat.JSON))
+    assert document["rows"] == [
+        [[1, 2], [1, "a", "2024-02-29"], [[1, [2, 3]], None], {"a": 1, "b": [4, 5]}, None]
+    ]
+    assert json.loads(_encode(path, ResultFormat.NDJSON))["r"] == [1, "a", "2024-02-29"]
+    assert _encode(path, ResultFormat.CSV).splitlines()[1].startswith(b'"[1,2]","[1,""a"",')
+
+
 def test_csv_text_that_is_not_utf8_is_spelled_with_replacement_characters(tmp_path):
     path = _store(tmp_path, "SELECT 'a' || printf('%c', 255) AS s")
     assert _encode(path, ResultFormat.CSV).decode("utf-8") == '"s"\n"a\ufffd"\n'
