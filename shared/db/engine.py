@@ -309,7 +309,8 @@ _STEADY = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 class DatabaseClock:
     """The database server's clock as last read (``clock_timestamp()``), advanced by this
     process's steady clock since: what the database would answer, within half the read's round
-    trip, without asking it. Never goes back by less than ``CLOCK_JITTER_SECONDS``."""
+    trip, without asking it. It holds still rather than go back by up to
+    ``CLOCK_JITTER_SECONDS``, and follows the database's clock back by more."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
