@@ -117,7 +117,9 @@ class Worker:
         wait). Having claimed, ring for one more executor if the claim saw more claimable work
         than it took: more may be queued than notifications said (one transaction queued
         several, or they came while every executor was busy). Having run, announce the slot it
-        freed to work already queued, and claim again if there was any."""
+        freed to work already queued, and claim again if there was any (without asking again
+        whether there is)."""
+        queued_known = False
         while not self._stopping.is_set():
             try:
                 claim = lifecycle.claim_next(
@@ -125,6 +127,7 @@ class Worker:
                     self.worker_id,
                     self.settings,
                     at_their_share=self.organizations_at_their_share(),
+                    queued_known=queued_known,
                 )
             except lifecycle.ClaimContended:  # the ring that woke us is spent: claim again soon
                 self._stopping.wait(CONTENDED_RETRY_SECONDS)
@@ -133,6 +136,8 @@ class Worker:
                 logger.exception("claiming failed")
                 self._stopping.wait(self._idle_wait)
                 continue  # and claim again: work that rang may still be queued
+            finally:
+                queued_known = False
             if claim is None:
                 self._doorbell.wait(self._idle_wait)
                 continue
@@ -141,7 +146,8 @@ class Worker:
                 self._doorbell.ring()
             self._run(job)
             # With nothing queued as the run ended, what is queued from now on rings.
-            if not self._announce_freed_slot() and not self._stopping.is_set():
+            queued_known = self._announce_freed_slot()
+            if not queued_known and not self._stopping.is_set():
                 self._doorbell.wait(self._idle_wait)
 
     def _announce_freed_slot(self) -> bool:

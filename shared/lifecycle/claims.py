@@ -115,15 +115,19 @@ def claim_next(
     settings: Settings,
     *,
     at_their_share: frozenset[str] = frozenset(),
+    queued_known: bool = False,
 ) -> Claim | None:
     """Take the oldest queued execution of the least-served (organisation, datasource) pair that
     the caps and this data server's share leave a slot to, or None when none may start now
     (``ClaimContended`` when the database was too busy to tell).
     ``worker_id`` names the data server: it becomes the lease owner. ``at_their_share``: the
     organisations the caller knows to run their share of this data server already (its own
-    executors' jobs), whose queued work alone is not worth a ranking."""
+    executors' jobs), whose queued work alone is not worth a ranking. ``queued_known``: the
+    caller has just seen work queued (``announce_if_work_waits``) and leaves no one out: the
+    probe would only ask again."""
     try:
-        if not _anything_queued(sessions.kw["bind"], at_their_share):
+        probe = not queued_known or bool(at_their_share)
+        if probe and not _anything_queued(sessions.kw["bind"], at_their_share):
             return None
         with sessions.begin() as session:
             write_lock_on_sqlite(session)

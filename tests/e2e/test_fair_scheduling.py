@@ -329,6 +329,7 @@ def test_an_executor_announces_the_slot_it_freed_after_each_run(
     worker = Worker(api.settings, state.sessions, state.result_store, pool=None)  # runs nothing
     first = _claim(api, data_server=worker.worker_id)
     steps: list[str] = []
+    known: list[bool] = []  # whether each claim was told that work is queued
 
     def announce(engine):
         steps.append("announced")
@@ -338,6 +339,7 @@ def test_an_executor_announces_the_slot_it_freed_after_each_run(
 
     def claim_next(*args, **kwargs):
         steps.append("claimed")
+        known.append(kwargs["queued_known"])
         if len(steps) > 1:
             worker._stopping.set()
             return None
@@ -354,6 +356,38 @@ def test_an_executor_announces_the_slot_it_freed_after_each_run(
     monkeypatch.setattr(worker._doorbell, "wait", doorbell_wait)
     worker._execute_loop()
     assert steps[:4] == ["claimed", "ran", "announced", next_step]
+    # What the announcement found (or could not ask) spares the next claim asking again.
+    assert known == ([False, True] if next_step == "claimed" else [False])
+
+
+@pytest.mark.parametrize(
+    ("queued_known", "at_their_share", "probed"),
+    [(False, False, True), (True, False, False), (True, True, True)],
+)
+def test_a_claim_told_that_work_is_queued_does_not_ask_again(
+    api, queued_known, at_their_share, probed
+):
+    """One statement fewer for the claim that follows a run's announcement; but where it leaves
+    organisations out (at their share), its own question is another, and it asks it."""
+    a = api.create_org("A")
+    _empty_queue(api)
+    _queue(api, a.sample_datasource_id)
+    sent: list[str] = []
+    engine = api.app.state.engine
+    listener = lambda _c, _cur, statement, *_: sent.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        claim = lifecycle.claim_next(
+            api.app.state.sessions,
+            "here",
+            api.settings,
+            at_their_share=frozenset({"another organisation"}) if at_their_share else frozenset(),
+            queued_known=queued_known,
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert claim is not None
+    assert any(statement.startswith("SELECT 1 FROM executions") for statement in sent) is probed
 
 
 def test_a_data_servers_share_counts_executions_of_every_kind(api):
