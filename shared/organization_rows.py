@@ -84,8 +84,8 @@ def _counting(column: str) -> Update:
 
 
 # The statements adding ``delta`` to each counter.
-Counter = Literal["stored_results_bytes", "execution_text_bytes"]
-_COUNTING: dict[Counter, Update] = {name: _counting(name) for name in get_args(Counter)}
+ByteCounter = Literal["stored_results_bytes", "execution_text_bytes"]
+_COUNTING: dict[ByteCounter, Update] = {name: _counting(name) for name in get_args(ByteCounter)}
 # A lock of the organisation counting bytes in the same statement (a run's text, a stored
 # result's bytes): an UPDATE takes the row's lock as _LOCKED_ORGANIZATION does (FOR NO KEY
 # UPDATE on PostgreSQL).
@@ -106,7 +106,7 @@ _NOTE_AREA_CHANGED = (
 
 
 def lock_organization(
-    session: Session, organization_id: str, *, adding: tuple[Counter, int] | None = None
+    session: Session, organization_id: str, *, adding: tuple[ByteCounter, int] | None = None
 ) -> HeldOrganization:
     """Hold the organisation's row until the caller's transaction ends (the database's write lock
     on SQLite), read afresh. ``key_share``: the lock does not block inserts that only reference
@@ -161,7 +161,7 @@ def recount_execution_text(session: Session, organization_id: str) -> tuple[int,
 def _recount(
     session: Session,
     organization_id: str,
-    counter: Counter,
+    counter: ByteCounter,
     amount: ColumnElement[int] | InstrumentedAttribute[int],
     *which: ColumnElement[bool],
 ) -> tuple[int, int]:
