@@ -511,11 +511,21 @@ _TUPLE_FIELD = "\x00dataferry-tuple-field-"
 def _tuple_marked(column: pa.Array) -> pa.Array:
     """A tuple whose fields are named by ``_TUPLE_FIELD`` and their position; tuples within its
     fields too."""
+    names = [f"{_TUPLE_FIELD}{index}" for index in range(column.type.num_fields)]
+    return _struct_of(column, lambda child: _leaves_mapped(child, _is_tuple, _tuple_marked), names)
+
+
+def _struct_of(
+    column: pa.Array, mapped: Callable[[pa.Array], pa.Array], names: list[str] | None = None
+) -> pa.Array:
+    """The struct ``column`` with each field ``mapped``, named ``names`` (else as they are)."""
     if column.offset:  # a slice: offsets and validity rebased, which from_arrays needs
         column = pa.concat_arrays([column])
-    children = [_leaves_mapped(child, _is_tuple, _tuple_marked) for child in column.flatten()]
-    names = [f"{_TUPLE_FIELD}{index}" for index in range(len(children))]
+    data_type = column.type
+    if names is None:
+        names = [data_type.field(i).name for i in range(data_type.num_fields)]
     mask = column.is_null() if column.null_count else None
+    children = [mapped(child) for child in column.flatten()]
     return pa.StructArray.from_arrays(children, names=names, mask=mask)
 
 
@@ -557,9 +567,7 @@ def _leaves_mapped(
         values = column.values.slice(column.offset * size, len(column) * size)
         return pa.FixedSizeListArray.from_arrays(mapped(values), size, mask=mask)
     if pa.types.is_struct(data_type):
-        children = [mapped(child) for child in column.flatten()]
-        names = [data_type.field(i).name for i in range(data_type.num_fields)]
-        return pa.StructArray.from_arrays(children, names=names, mask=mask)
+        return _struct_of(column, mapped)
     if pa.types.is_union(data_type):  # no validity of its own: its members' say what is null
         names = [data_type.field(i).name for i in range(data_type.num_fields)]
         members = [mapped(column.field(i)) for i in range(data_type.num_fields)]

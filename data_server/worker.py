@@ -121,13 +121,14 @@ class Worker:
         whether there is)."""
         queued_known = False
         while not self._stopping.is_set():
+            known, queued_known = queued_known, False  # told once, to the claim that follows
             try:
                 claim = lifecycle.claim_next(
                     self.sessions,
                     self.worker_id,
                     self.settings,
                     at_their_share=self.organizations_at_their_share(),
-                    queued_known=queued_known,
+                    queued_known=known,
                 )
             except lifecycle.ClaimContended:  # the ring that woke us is spent: claim again soon
                 self._stopping.wait(CONTENDED_RETRY_SECONDS)
@@ -136,8 +137,6 @@ class Worker:
                 logger.exception("claiming failed")
                 self._stopping.wait(self._idle_wait)
                 continue  # and claim again: work that rang may still be queued
-            finally:
-                queued_known = False
             if claim is None:
                 self._doorbell.wait(self._idle_wait)
                 continue

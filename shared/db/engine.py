@@ -7,7 +7,7 @@ import select as io_select
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -176,14 +176,30 @@ def single_write(engine: Engine) -> Iterator[Connection]:
 
 
 _TURNS: weakref.WeakKeyDictionary[Pool, threading.RLock] = weakref.WeakKeyDictionary()
-_TURNS_GUARD = threading.Lock()
 
 
 def _turn_of(engine: Engine) -> threading.RLock:
     """The turn of ``engine``'s database in this process: one per connection pool, which the
     engines derived from it (``autocommit``) share."""
-    with _TURNS_GUARD:
-        return _TURNS.setdefault(engine.pool, threading.RLock())
+    return _of_pool(_TURNS, engine.pool, threading.RLock)
+
+
+PoolStateT = TypeVar("PoolStateT")
+_OF_POOL_GUARD = threading.Lock()
+
+
+def _of_pool(
+    registry: weakref.WeakKeyDictionary[Pool, PoolStateT],
+    pool: Pool,
+    make: Callable[[], PoolStateT],
+) -> PoolStateT:
+    """``pool``'s entry of ``registry``, made on first use only (these are asked for on every
+    transaction and every clock reading: ``setdefault`` would make one each time)."""
+    with _OF_POOL_GUARD:
+        found = registry.get(pool)
+        if found is None:
+            found = registry[pool] = make()
+        return found
 
 
 def autocommit(engine: Engine) -> Engine:
@@ -280,9 +296,7 @@ def database_now(session: Session) -> datetime:
     ``CLOCK_READ_SECONDS`` (``DatabaseClock``)."""
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        with _CLOCKS_GUARD:
-            clock = _CLOCKS.setdefault(bind.engine.pool, DatabaseClock())
-        return clock.now(session)
+        return _of_pool(_CLOCKS, bind.engine.pool, DatabaseClock).now(session)
     return datetime.now(UTC)
 
 
@@ -334,4 +348,3 @@ class DatabaseClock:
 
 
 _CLOCKS: weakref.WeakKeyDictionary[Pool, DatabaseClock] = weakref.WeakKeyDictionary()
-_CLOCKS_GUARD = threading.Lock()
