@@ -152,7 +152,8 @@ def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOut
         seconds = job.limits.timeout_seconds
         with _Deadline(session, seconds, sandbox.remote) as deadline:
             try:
-                result = session.execute(job.sql, job.parameters or None)
+                with _undecodable_as_duckdb_error():
+                    result = session.execute(job.sql, job.parameters or None)
                 duckdb_types = [column[1] for column in result.description or []]
                 reader = result.to_arrow_reader(BATCH_ROWS)
                 stored = StoredTypes(duckdb_types, reader.schema)
@@ -193,14 +194,36 @@ _DUCKDB_ERRORS: dict[str, type[duckdb.Error]] = {
 }
 
 
+def _duckdb_error(message: str) -> duckdb.Error:
+    """The DuckDB exception a message's kind ("Conversion Error: …") names."""
+    kind, _, _ = message.partition(" Error: ")
+    return _DUCKDB_ERRORS.get(kind.replace(" ", "").lower(), duckdb.Error)(message)
+
+
 def _as_duckdb_errors(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
     """The reader's batches; an error while they stream (a timeout, a failing expression, out of
     memory) is raised as the DuckDB exception it is, so that it is reported like one."""
     try:
         yield from reader
     except OSError as exc:
-        kind, _, _ = str(exc).partition(" Error: ")
-        raise _DUCKDB_ERRORS.get(kind.replace(" ", "").lower(), duckdb.Error)(str(exc)) from None
+        raise _duckdb_error(str(exc)) from None
+
+
+@contextmanager
+def _undecodable_as_duckdb_error() -> Iterator[None]:
+    """A DuckDB error whose message is not UTF-8 raised as the DuckDB error it is: the message
+    quotes a value the query made (``error(printf('%c', 255))``, a failed cast of such text),
+    and the binding, failing to decode it, raises the decoding's error instead. Its text keeps
+    U+FFFD where the bytes were not UTF-8, as pyarrow's does for an error while batches stream.
+    A decoding error that is not a DuckDB message goes on as it was."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        text = exc.object.decode("utf-8", "replace") if isinstance(exc.object, bytes) else ""
+        error = _duckdb_error(text)
+        if type(error) is duckdb.Error:  # no DuckDB error's kind: not its message
+            raise
+        raise error from None
 
 
 class _BatchesAhead:

@@ -176,6 +176,32 @@ def test_an_error_in_a_later_batch_fails_the_execution(datasource, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT error(printf('bad %c value', 255))", "Invalid Input Error: bad \ufffd value"),
+        (
+            "SELECT printf('%c', 255)::INTEGER",
+            "Conversion Error: Could not convert string '\ufffd' to INT32",
+        ),
+    ],
+)
+def test_an_error_quoting_text_that_is_not_utf8_fails_the_execution_saying_why(
+    datasource, tmp_path, sql, message
+):
+    """The binding cannot decode such a message and raises UnicodeDecodeError instead of the
+    DuckDB error (the execution failed as "UnicodeDecodeError")."""
+    with pytest.raises(QueryFailed) as failure:
+        engine.run_query(_job(datasource, sql, tmp_path))
+    assert (failure.value.code, failure.value.message) == ("execution_error", message)
+
+
+def test_a_decoding_error_that_is_no_duckdb_message_is_not_taken_for_one():
+    undecodable = UnicodeDecodeError("utf-8", b"no kind \xff here", 8, 9, "invalid start byte")
+    with pytest.raises(UnicodeDecodeError), engine._undecodable_as_duckdb_error():
+        raise undecodable
+
+
+@pytest.mark.parametrize(
     ("text", "kind"),
     [
         ("INTERRUPT Error: Interrupted!", duckdb.InterruptException),
