@@ -28,11 +28,12 @@ from shared.errors import (
     InvalidQueryParameter,
     MalformedJSON,
     NotAcceptable,
+    UnlistedProblems,
     Unprocessable,
     UnsupportedMediaType,
     ValidationErrors,
 )
-from shared.input_models import coded_problem
+from shared.input_models import coded_problem, pointer_token, with_unknown_names_bounded
 from shared.problems import JSONAPI_MEDIA_TYPE
 from shared.web.http_limits import read_body_within
 from shared.web.request_headers import list_value, refuse_content_coding, sole_value
@@ -165,7 +166,7 @@ def _first_pointer(value: Any, pointer: str, found: Callable[[Any], bool]) -> st
     else:
         return None
     for name, member in items:
-        escaped = _pointer_token(str(name))
+        escaped = pointer_token(str(name))
         if isinstance(name, str) and found(name):
             return f"{pointer}/{escaped}"
         if (inner := _first_pointer(member, f"{pointer}/{escaped}", found)) is not None:
@@ -215,11 +216,6 @@ def _number_beyond_double(body: bytes) -> str | None:
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
-
-
-def _pointer_token(name: str) -> str:
-    """One reference token of a JSON pointer (RFC 6901)."""
-    return name.replace("~", "~0").replace("/", "~1")
 
 
 @dataclass
@@ -278,7 +274,7 @@ def parse_resource_document(
         if name not in settable_relationships:
             raise Unprocessable(
                 f"The relationship '{name}' cannot be set on {resource_type} by this request.",
-                pointer=f"/data/relationships/{_pointer_token(name)}",
+                pointer=f"/data/relationships/{pointer_token(name)}",
                 code="relationship_not_settable",
             )
     return ResourceInput(attributes=data.get("attributes") or {}, relationships=relationships)
@@ -319,7 +315,7 @@ def _without_links(data: dict[str, Any]) -> dict[str, Any]:
     kept = {}
     for name, relationship in relationships.items():
         if isinstance(relationship, dict):
-            pointer = f"/data/relationships/{_pointer_token(str(name))}/links"
+            pointer = f"/data/relationships/{pointer_token(str(name))}/links"
             _check_links(relationship.get("links"), pointer)
             relationship = {k: v for k, v in relationship.items() if k != "links"}
         kept[name] = relationship
@@ -338,7 +334,7 @@ def _check_links(links: Any, pointer: str) -> None:
         if not (isinstance(link, dict) and isinstance(link.get("href"), str)):
             raise BadRequest(
                 "A link is a URI reference, null, or an object whose href is one.",
-                pointer=f"{pointer}/{_pointer_token(str(name))}",
+                pointer=f"{pointer}/{pointer_token(str(name))}",
             )
 
 
@@ -351,7 +347,7 @@ def _pointer_into(document: Any, location: Iterable[Any], prefix: str) -> str:
         in_array = isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
         if in_object or in_array:
             node = node[step]
-            pointer += f"/{_pointer_token(str(step))}"
+            pointer += f"/{pointer_token(str(step))}"
     return pointer
 
 
@@ -375,15 +371,18 @@ def validate_attributes(
     (``shared.input_models.problem``) keeps its code and detail; ``context``: what such
     validators read (a setting)."""
     read_only = set(read_only)
+    attributes, unlisted = with_unknown_names_bounded(attributes, {*model.model_fields, *read_only})
     errors: list[AppError] = [
         Unprocessable(
             f"'{name}' is read-only.",
-            pointer=f"{pointer}/{name}",
+            pointer=f"{pointer}/{pointer_token(name)}",
             code="read_only_attribute",
         )
         for name in attributes
         if name in read_only
     ]
+    if unlisted:
+        errors.append(UnlistedProblems(unlisted))
     try:
         result = model.model_validate(
             {k: v for k, v in attributes.items() if k not in read_only}, context=context
@@ -400,7 +399,8 @@ def validate_attributes(
                 code = "invalid_type"
             reason = item["msg"].removeprefix("Value error, ")
             detail = f"'{name}' {message}." if message else f"'{name}': {reason}."
-            errors.append(Unprocessable(detail, pointer=f"{pointer}/{name}", code=code))
+            at = f"{pointer}/{pointer_token(name)}"
+            errors.append(Unprocessable(detail, pointer=at, code=code))
         result = None
     if errors:
         raise ValidationErrors(errors)

@@ -10,14 +10,14 @@ Framework-free: ``sql_templating`` and the services use it alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, ValidationError, model_validator
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, core_schema
 
-from shared.errors import Unprocessable, ValidationErrors
+from shared.errors import MAX_LISTED_PROBLEMS, UnlistedProblems, Unprocessable, ValidationErrors
 
 InputModelT = TypeVar("InputModelT", bound="InputModel")
 Location = tuple[int | str, ...]
@@ -77,10 +77,13 @@ class InputModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _coded(cls, data: Any, handler: Callable[[Any], Any]) -> Any:
+        unlisted = 0
+        if isinstance(data, dict):
+            data, unlisted = with_unknown_names_bounded(data, cls.model_fields)
         try:
             return handler(data)
         except ValidationError as exc:
-            raise _recoded(exc, cls._names) from None
+            raise _recoded(exc, cls._names, unlisted) from None
 
     @classmethod
     def _names(cls, error: ErrorDetails) -> PydanticCustomError | None:
@@ -96,6 +99,25 @@ class InputModel(BaseModel):
             named = [m for m in field.metadata if isinstance(m, Problem) and not m.only]
             return named[-1].error() if named else None
         return None
+
+
+def with_unknown_names_bounded(
+    data: dict[str, Any], known: Collection[str]
+) -> tuple[dict[str, Any], int]:
+    """``data`` with the first ``MAX_LISTED_PROBLEMS`` of the names ``known`` does not hold, and
+    how many more it held. Each is a problem, but a 1 MiB body holds 80,000: validating them
+    all was most of a second of CPU for an answer that lists no more than these."""
+    if len(data) <= len(known) + MAX_LISTED_PROBLEMS:  # as every request's body: nothing to do
+        return data, 0
+    kept: dict[str, Any] = {}
+    unknown = 0
+    for name, value in data.items():
+        if name not in known:
+            unknown += 1
+            if unknown > MAX_LISTED_PROBLEMS:
+                continue
+        kept[name] = value
+    return kept, max(0, unknown - MAX_LISTED_PROBLEMS)
 
 
 def validate_input(
@@ -119,14 +141,16 @@ def coded_problem(error: ErrorDetails, pointer: str) -> Unprocessable | None:
 
 
 def _unprocessable(error: ErrorDetails, pointer: str) -> Unprocessable:
-    at = pointer + "".join(f"/{_pointer_token(str(part))}" for part in error["loc"])
+    if error["type"] == UnlistedProblems.code:
+        return UnlistedProblems(error.get("ctx", {})["count"])
+    at = pointer + "".join(f"/{pointer_token(str(part))}" for part in error["loc"])
     if not _from_pydantic(error):
         return Unprocessable(error["msg"], pointer=at, code=error["type"])
     code = "invalid_type" if error["type"].endswith("_type") else "invalid_attribute"
     return Unprocessable(f"{error['msg']}.", pointer=at, code=code)
 
 
-def _pointer_token(name: str) -> str:
+def pointer_token(name: str) -> str:
     """One reference token of a JSON pointer (RFC 6901)."""
     return name.replace("~", "~0").replace("/", "~1")
 
@@ -137,16 +161,21 @@ def _from_pydantic(error: ErrorDetails) -> bool:
 
 
 def _recoded(
-    exc: ValidationError, name: Callable[[ErrorDetails], PydanticCustomError | None]
+    exc: ValidationError,
+    name: Callable[[ErrorDetails], PydanticCustomError | None],
+    unlisted: int = 0,
 ) -> ValidationError:
-    """``exc`` with the errors ``name`` gives a code replaced; the others as they were."""
+    """``exc`` with the errors ``name`` gives a code replaced, the others as they were; and
+    ``unlisted`` problems left out before validating counted in one more."""
     errors = exc.errors()
     renamed = [name(error) for error in errors]
-    if not any(renamed):
+    if not any(renamed) and not unlisted:
         return exc
-    return ValidationError.from_exception_data(
-        exc.title, [_detail(error, new) for error, new in zip(errors, renamed, strict=True)]
-    )
+    details = [_detail(error, new) for error, new in zip(errors, renamed, strict=True)]
+    if unlisted:
+        counted = PydanticCustomError(UnlistedProblems.code, "{count} more", {"count": unlisted})
+        details.append(InitErrorDetails(type=counted, loc=(), input=None))
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 def _detail(error: ErrorDetails, renamed: PydanticCustomError | None) -> InitErrorDetails:

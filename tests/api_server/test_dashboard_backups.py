@@ -596,7 +596,8 @@ def test_more_entries_of_a_kind_than_one_restore_takes_is_422_and_creates_nothin
         repeated[member] = [backup[member][0]] * count
         answer = _restore(api, org.key, repeated, _identity(backup))
         assert answer.status_code == 422, answer.text
-        problems = {(e["code"], e["source"]["pointer"]) for e in answer.json()["errors"]}
+        errors = answer.json()["errors"]  # at the bound, more than listed: one counts the rest
+        problems = {(e["code"], e["source"]["pointer"]) for e in errors if "source" in e}
         past_the_bound = count > backups_resource.MAX_ENTRIES
         assert (whole_array_refused in problems) is past_the_bound, problems
     assert dump_tables(api.app) == before

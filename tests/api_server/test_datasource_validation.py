@@ -13,6 +13,7 @@ from tests.support.factories import dump_tables, resource
 
 BAD_ATTRIBUTES = [
     ({"bogus": 1}, "unknown_attribute", "/data/attributes/bogus"),
+    ({"a/b~c": 1}, "unknown_attribute", "/data/attributes/a~1b~0c"),  # RFC 6901's escapes
     ({"created_at": "2024-01-01T00:00:00Z"}, "read_only_attribute", "/data/attributes/created_at"),
     ({"server_version": "1"}, "read_only_attribute", "/data/attributes/server_version"),
     ({"name": None}, "invalid_type", "/data/attributes/name"),
@@ -56,7 +57,7 @@ def test_bad_attribute_is_422_with_pointer_and_changes_nothing(api, overrides, c
     assert dump_tables(api.app) == before
 
 
-@pytest.mark.parametrize(("overrides", "code", "pointer"), BAD_ATTRIBUTES[:14])
+@pytest.mark.parametrize(("overrides", "code", "pointer"), BAD_ATTRIBUTES[:15])
 def test_bad_attribute_on_update_is_422_and_changes_nothing(api, overrides, code, pointer):
     org = api.create_org()
     created = api.create_datasource(org.key)

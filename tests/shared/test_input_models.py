@@ -9,8 +9,14 @@ from typing import Annotated
 import pytest
 from pydantic import AfterValidator, Field
 
-from shared.errors import ValidationErrors
-from shared.input_models import InputModel, Problem, problem, validate_input
+from shared.errors import MAX_LISTED_PROBLEMS, UnlistedProblems, ValidationErrors
+from shared.input_models import (
+    InputModel,
+    Problem,
+    problem,
+    validate_input,
+    with_unknown_names_bounded,
+)
 from shared.openapi import model_schemas
 
 
@@ -107,3 +113,27 @@ def test_nested_models_refer_to_each_other_by_their_component_names():
         "required": ["name"],
         "type": "object",
     }
+
+
+def test_names_beyond_those_an_error_document_lists_are_not_validated():
+    known = {"a", "b"}
+    data = {"a": 1, **{f"k{n}": n for n in range(MAX_LISTED_PROBLEMS + 10)}, "b": 2}
+    kept, unlisted = with_unknown_names_bounded(data, known)
+    assert list(kept) == ["a", *[f"k{n}" for n in range(MAX_LISTED_PROBLEMS)], "b"]
+    assert unlisted == 10
+    few = {"a": 1, "x": 2}
+    assert with_unknown_names_bounded(few, known) == (few, 0)
+
+
+def test_a_model_given_a_great_many_unknown_members_lists_a_few_and_counts_the_rest():
+    class Small(InputModel):
+        a: int = 0
+
+    with pytest.raises(ValidationErrors) as raised:
+        validate_input(Small, {f"k{n}": n for n in range(1000)}, "/body")
+    errors = raised.value.errors
+    assert [e.pointer for e in errors[:2]] == ["/body/k0", "/body/k1"]
+    assert len(errors) == MAX_LISTED_PROBLEMS + 1
+    assert (
+        isinstance(errors[-1], UnlistedProblems) and errors[-1].count == 1000 - MAX_LISTED_PROBLEMS
+    )
