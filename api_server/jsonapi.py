@@ -136,7 +136,7 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
                 pointer=pointer,
                 code="number_out_of_range",
             ) from None
-        raise MalformedJSON(f"The request body is not valid JSON: {exc.msg}.") from None
+        raise MalformedJSON(_why_not_json(body, exc)) from None
     try:
         # Read again by the standard library, whose hook sees every member: a name given twice
         # in one object is refused (RFC 8259 §4 leaves its meaning open; orjson kept the last).
@@ -153,6 +153,17 @@ def read_json_body(request: Request, expected: str = JSONAPI_MEDIA_TYPE) -> Any:
             code="nul_character",
         )
     return document
+
+
+def _why_not_json(body: bytes, refused: orjson.JSONDecodeError) -> str:
+    """Why orjson refused the body, said as the client can act on it: a body that is not UTF-8
+    (UTF-16, Latin-1) is named so, not by orjson's "str is not valid UTF-8: surrogates not
+    allowed"."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"The request body is not UTF-8, which JSON is (byte {exc.start} is not)."
+    return f"The request body is not valid JSON: {refused.msg}."
 
 
 def _first_pointer(value: Any, pointer: str, found: Callable[[Any], bool]) -> str | None:

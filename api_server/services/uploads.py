@@ -171,9 +171,7 @@ def _target(
     media = (content_type or "").partition(";")[0].strip().lower()
     accepted = accepted_media_types(kind)
     if media not in accepted:
-        raise UnsupportedMediaType(
-            f"Send a {kind.format.value} file as Content-Type: {' or '.join(accepted)}."
-        )
+        raise UnsupportedMediaType(f"Send {name!r} as Content-Type: {' or '.join(accepted)}.")
     replaced = _existing_size(folder, name)
     if views:
         _check_view_name_free(folder, name)

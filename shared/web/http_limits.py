@@ -16,7 +16,7 @@ import re
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 import anyio
 import httptools
@@ -552,7 +552,23 @@ def _refusal(scope: Scope) -> AppError | None:
         )
     if b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
         return BadRequest("The query holds a NUL character (%00).", code="nul_character")
+    for part, sent in (("path", scope.get("raw_path")), ("query", scope["query_string"])):
+        if sent and not _is_utf8(unquote_to_bytes(sent)):
+            # Decoded as it is, each such byte became U+FFFD: a filter matched nothing, a file
+            # name was refused for a character the client never sent.
+            return BadRequest(
+                f"The {part} is not UTF-8 once its %-escapes are decoded (%FF alone is not).",
+                code="not_utf8",
+            )
     return None
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def read_body_within(request: Request, max_bytes: int, seconds: float | None = None) -> bytes:

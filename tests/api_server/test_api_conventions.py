@@ -63,6 +63,30 @@ def test_malformed_documents_get_the_error_shape(api, body, status, code):
 
 
 @pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (
+            '{"data": {"attributes": {"name": "é"}}}'.encode("utf-16"),
+            "The request body is not UTF-8, which JSON is (byte 0 is not).",
+        ),
+        (
+            b'{"data": {"attributes": {"name": "\xff"}}}',
+            "The request body is not UTF-8, which JSON is (byte 34 is not).",
+        ),
+        (b'{"data": ', "The request body is not valid JSON: unexpected end of data."),
+    ],
+)
+def test_a_body_that_is_not_json_says_why(api, body, detail):
+    """A body in another encoding was "not valid JSON: str is not valid UTF-8: surrogates not
+    allowed", orjson's words for it."""
+    org = api.create_org()
+    response = api.post("/datasources", org.key, body)
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert (error["code"], error["detail"]) == ("malformed_json", detail)
+
+
+@pytest.mark.parametrize(
     ("number", "pointer"),
     [
         (b"1e400", "/data/attributes/name"),

@@ -146,6 +146,32 @@ def test_a_nul_in_the_path_or_query_is_400(api, path):
     assert answer.json()["errors"][0]["code"] == "nul_character"
 
 
+@pytest.mark.parametrize(
+    ("path", "part"),
+    [
+        ("/datasources?filter[name]=%ff", "query"),
+        ("/datasources?filter[name]=%C3", "query"),  # a sequence cut short
+        ("/datasources/%ff", "path"),
+        ("/datasources/abcd-abcd-abcd/files/%FF.csv", "path"),
+    ],
+)
+def test_a_path_or_query_that_is_not_utf8_is_400_saying_so(api, path, part):
+    """Decoded as sent, each such byte became U+FFFD: the filter matched nothing (200, an empty
+    list) and the file name was refused for a character the client never sent."""
+    org = api.create_org()
+    answer = api.get(path, org.key)
+    assert answer.status_code == 400, answer.text
+    [error] = answer.json()["errors"]
+    assert error["code"] == "not_utf8" and f"The {part} is not UTF-8" in error["detail"]
+
+
+def test_text_in_utf8_passes_in_the_path_and_the_query(api):
+    org = api.create_org()
+    listed = api.get("/datasources?filter[name]=%C3%A9t%C3%A9", org.key)
+    assert listed.status_code == 200, listed.text
+    assert api.get("/datasources/%C3%A9", org.key).status_code == 404
+
+
 def test_database_errors_never_quote_the_statement_values(settings):
     """Their text is logged (shared.problems logs unexpected errors with the traceback)."""
     engine = create_metadata_engine(settings.database_url)

@@ -143,6 +143,10 @@ def test_a_wrong_media_type_is_415_and_a_wrong_datasource_type_409(api):
     assert error_of(
         put(api, org.key, f"/datasources/{ds}/files/a.csv", ORDERS_CSV, "application/json"), 415
     )
+    tsv = put(api, org.key, f"/datasources/{ds}/files/a.tsv", ORDERS_CSV, "text/csv")
+    assert error_of(tsv, 415)["detail"] == (
+        "Send 'a.tsv' as Content-Type: application/octet-stream or text/tab-separated-values."
+    )  # what a .tsv takes, named as the client named it (not "a csv file")
     missing = api.client.put(
         f"/datasources/{ds}/files/a.csv",
         content=ORDERS_CSV,
