@@ -643,6 +643,10 @@ def _duckdb_file(path: Path, *statements: str) -> DatasourceSpec:
         "CREATE VIEW \"odd (name)\"(a) AS SELECT current_setting('allowed_paths')",
         "CREATE MACRO leak() AS current_setting('allowed_paths')",
         "CREATE MACRO rows_of() AS TABLE SELECT * FROM query('SELECT * FROM duckdb_settings()')",
+        # Named as built-ins a query may call: the file's own take their place when queries
+        # name them (found by an outside probe), so theirs are checked like any other.
+        "CREATE MACRO range(n) AS TABLE SELECT * FROM read_text('/etc/hostname')",
+        "CREATE MACRO version() AS current_setting('temp_directory')",
     ],
 )
 def test_views_and_macros_stored_in_the_file_keep_to_the_rules_of_queries(tmp_path, stored):
