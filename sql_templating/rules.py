@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import date, datetime
 from math import isfinite
 from typing import Any
 
@@ -50,7 +51,8 @@ class VariableRule:
     ``value_type``: the filter's (Cluvio: it "determines how the input values are validated …
     and represented in SQL"): ``text`` values bind as text, as an ad hoc variable's do
     (``AD_HOC``); ``number`` and ``boolean`` ones as such, a string spelling one read as it;
-    others (None, dates, whose selections may be ranges) as sent."""
+    ``date`` and ``datetime`` ones as sent, once they are such (a range is read as one
+    before); with none, as sent."""
 
     multiple: bool = True
     allow_all_time: bool = False
@@ -132,7 +134,55 @@ _BLANKS = " \t"  # ASCII only, as everywhere a value is read
 _LONGEST_NUMBER = 100
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_READERS = {"text": as_text, "number": _number, "boolean": _boolean}
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# The forms DuckDB reads as a TIMESTAMP(TZ) and Python as a datetime: an offset (or Z) only after
+# the seconds, where DuckDB reads one.
+_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?)?"
+)
+
+
+def is_date_text(value: object) -> bool:
+    """A ``date`` filter's value: ``YYYY-MM-DD``, a day that exists."""
+    return isinstance(value, str) and bool(_DATE.fullmatch(value)) and _parses(date, value)
+
+
+def is_datetime_text(value: object) -> bool:
+    """A ``datetime`` filter's value: ISO 8601 as DuckDB reads it (a date; a time of day to the
+    minute, the second or below, and after seconds an offset or ``Z``); one that exists."""
+    return isinstance(value, str) and bool(_DATETIME.fullmatch(value)) and _parses(datetime, value)
+
+
+def _parses(kind: type[date], text: str) -> bool:
+    try:
+        kind.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked(is_one: Callable[[object], bool], detail: str) -> Callable[[Scalar], Scalar]:
+    """A reader that binds a value as sent, once ``is_one`` says it is one."""
+
+    def read(value: Scalar) -> Scalar:
+        if is_one(value):
+            return value
+        raise NotOfType(detail)
+
+    return read
+
+
+_READERS = {
+    "text": as_text,
+    "number": _number,
+    "boolean": _boolean,
+    "date": _checked(is_date_text, "it takes dates, 'YYYY-MM-DD' (its value type), or a range"),
+    "datetime": _checked(
+        is_datetime_text,
+        "it takes ISO 8601 date-times, '2024-06-01T12:00:00Z' (its value type), or a range",
+    ),
+}
 # A variable no filter defines: Cluvio's text input.
 AD_HOC = VariableRule(value_type="text")
 

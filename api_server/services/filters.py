@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import date, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -63,7 +63,7 @@ from sql_templating.parameters import (
     as_text,
 )
 from sql_templating.placeholders import placeholder_variables
-from sql_templating.rules import option_key
+from sql_templating.rules import is_date_text, is_datetime_text, option_key
 
 _NOT_FOUND_DETAIL = "No filter with this id exists."
 # A dynamic filter's options completed this recently answer the same query again.
@@ -605,9 +605,9 @@ def _of_type(value: Any, value_type: str) -> bool:
     if not isinstance(value, str):
         return False
     if value_type == "date":
-        return _parses(date.fromisoformat, value) and len(value) == len("YYYY-MM-DD")
+        return is_date_text(value)
     if value_type == "datetime":
-        return _parses(datetime.fromisoformat, value)
+        return is_datetime_text(value)
     return True
 
 
