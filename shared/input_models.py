@@ -142,7 +142,7 @@ def coded_problem(error: ErrorDetails, pointer: str) -> Unprocessable | None:
 
 def _unprocessable(error: ErrorDetails, pointer: str) -> Unprocessable:
     if error["type"] == UnlistedProblems.code:
-        return UnlistedProblems(error.get("ctx", {})["count"])
+        return UnlistedProblems(error["ctx"]["count"])
     at = pointer + "".join(f"/{pointer_token(str(part))}" for part in error["loc"])
     if not _from_pydantic(error):
         return Unprocessable(error["msg"], pointer=at, code=error["type"])
@@ -173,14 +173,21 @@ def _recoded(
         return exc
     details = [_detail(error, new) for error, new in zip(errors, renamed, strict=True)]
     if unlisted:
-        counted = PydanticCustomError(UnlistedProblems.code, "{count} more", {"count": unlisted})
-        details.append(InitErrorDetails(type=counted, loc=(), input=None))
+        details.append(InitErrorDetails(type=_unlisted(unlisted), loc=(), input=None))
     return ValidationError.from_exception_data(exc.title, details)
+
+
+def _unlisted(count: int) -> PydanticCustomError:
+    """``UnlistedProblems`` as pydantic carries it, through the models around the one that
+    left them out, to ``_unprocessable``."""
+    return PydanticCustomError(UnlistedProblems.code, "{count} more", {"count": count})
 
 
 def _detail(error: ErrorDetails, renamed: PydanticCustomError | None) -> InitErrorDetails:
     if renamed is not None:
         return InitErrorDetails(type=renamed, loc=error["loc"], input=error["input"])
+    if error["type"] == UnlistedProblems.code:
+        return InitErrorDetails(type=_unlisted(error["ctx"]["count"]), loc=error["loc"], input=None)
     if not _from_pydantic(error):
         return InitErrorDetails(
             type=problem(error["type"], error["msg"]), loc=error["loc"], input=error["input"]

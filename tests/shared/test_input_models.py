@@ -137,3 +137,23 @@ def test_a_model_given_a_great_many_unknown_members_lists_a_few_and_counts_the_r
     assert (
         isinstance(errors[-1], UnlistedProblems) and errors[-1].count == 1000 - MAX_LISTED_PROBLEMS
     )
+
+
+def test_problems_left_out_inside_are_counted_through_the_models_around_them():
+    """An outer model that recodes its own errors (an unknown member of its own) carried an
+    inner one's count on, and a count it lost was a KeyError: a 500."""
+
+    class Inner(InputModel):
+        a: int = 0
+
+    class Outer(InputModel):
+        inner: Inner | None = None
+        b: int = 0
+
+    body = {"b": "not a number", "bogus": 1, "inner": {f"k{n}": n for n in range(100)}}
+    with pytest.raises(ValidationErrors) as raised:
+        validate_input(Outer, body)
+    errors = raised.value.errors
+    assert len(errors) == MAX_LISTED_PROBLEMS + 1
+    assert isinstance(errors[-1], UnlistedProblems)
+    assert errors[-1].count == 102 - MAX_LISTED_PROBLEMS  # b, bogus and the inner 100
