@@ -14,7 +14,7 @@ import pytest
 from shared.errors import ConfigurationError
 from shared.settings import Secret, Settings
 from shared.state_secrets import ServerSecrets
-from tests.support.processes import ROOT, clean_environment
+from tests.support.processes import ROOT, clean_environment, free_port
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "env.example"
 DOCS = Settings.docs()
@@ -246,7 +246,13 @@ def test_an_unreachable_metadata_database_is_one_line_without_its_password(tmp_p
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     env = clean_environment(
-        {"DATAFERRY_DATABASE_URL": f"postgresql://meta:hunter2@127.0.0.1:{port}/meta"}
+        {
+            "DATAFERRY_DATABASE_URL": f"postgresql://meta:hunter2@127.0.0.1:{port}/meta",
+            # Free ports: a port taken (a region of `make run` meanwhile) is refused before the
+            # database is tried.
+            "DATAFERRY_API_PORT": str(free_port()),
+            "DATAFERRY_DATA_PORT": str(free_port()),
+        }
     )
     started = subprocess.run(
         [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True,
