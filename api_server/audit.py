@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 import anyio
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,10 +26,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db.engine import single_write
 from shared.db.models import AuditEvent, table_of
+from shared.errors import ServiceUnavailable
 from shared.logging import request_id_var
 from shared.web.routing import handling_method
 
 logger = logging.getLogger("dataferry.audit")
+
+GRANT_ACTIONS = "data_grant."  # the actions that hand out data: a token to fetch it
 
 
 # Built once (every write and grant records one); the id and time come from the columns'
@@ -94,10 +97,16 @@ class AuditMiddleware:
 def record_answer(request: Request, response: Response) -> None:
     """The middleware's record of ``response``, written in the thread its handler ran in, before
     it is sent: one trip to a thread fewer for each write and grant (the middleware then writes
-    nothing more; it still records the answers no handler returned, an error's)."""
+    nothing more; it still records the answers no handler returned, an error's). A grant goes
+    out only recorded (``_write_grant``)."""
     location = response.headers.get("location")
     event = _unrecorded_event(request.scope, response.status_code, _id_in_location(location))
-    if event is not None:
+    if event is None:
+        return
+    if event["action"].startswith(GRANT_ACTIONS):
+        _write_grant(request.app.state.engine, event)
+        request.state.audit_recorded = True
+    else:
         _write(request.scope, event)
 
 
@@ -132,12 +141,25 @@ def record_in_transaction(session: Session, request: Request, resource_id: str) 
 
 def record_data_grant(request: Request, action: str, resource_id: str) -> None:
     """A grant an operation of another action hands out too (run-and-wait's data grant, beside
-    its ``execution.run``), recorded as the grant it is: whoever reviews ``data_grant.*`` sees
-    every token handed out."""
+    its ``execution.run``), recorded as the grant it is (``_write_grant``)."""
     event = _event(request.scope, 200, None, resource_id)
     if event is not None:
-        with single_write(request.app.state.engine) as connection:
-            record_event(connection, **{**event, "action": action})
+        _write_grant(request.app.state.engine, {**event, "action": action})
+
+
+def _write_grant(engine: Engine, event: dict[str, Any]) -> None:
+    """A data grant's record, without which the grant is not handed out: whoever reviews
+    ``data_grant.*`` sees every token handed out. (Other events are written after their change
+    has committed, which a failed record cannot undo: it is logged, and the answer goes out.)"""
+    try:
+        with single_write(engine) as connection:
+            record_event(connection, **event)
+    except Exception:
+        logger.exception("could not record audit event %s", event["action"])
+        raise ServiceUnavailable(
+            "The audit log could not record this data grant, so none was handed out; try again.",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def _event(
@@ -154,7 +176,7 @@ def _event(
     answered = status in (200, 201, 204) or state.get("audit_any_status", False)
     if route is None or action is None or principal is None or not answered:
         return None
-    if action.startswith("data_grant.") and status != 200:
+    if action.startswith(GRANT_ACTIONS) and status != 200:
         return None
     client = scope.get("client")
     return {

@@ -35,7 +35,7 @@ from api_server.services import api_keys, data_grants, executions
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
-from shared.errors import InvalidQueryParameter, NotFound, Unprocessable
+from shared.errors import InvalidQueryParameter, NotFound, ServiceUnavailable, Unprocessable
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.results import delete_stored_data
 from shared.runs import QueuedRun
@@ -604,7 +604,8 @@ def _grant_if_completed(
 ) -> dict[str, Any] | None:
     """Run-and-wait's ``meta``: the grant, or nothing (a result purged the moment it completed
     is not an error of the run; a key deleted or disabled while the run waited gets no grant,
-    as its next request would get none)."""
+    as its next request would get none; nor does a run whose grant the audit log could not
+    record: the execution is answered, and Get Execution Data hands out its grant)."""
     state = request.app.state
     with state.read_engine.connect() as connection:
         if not api_keys.still_enabled(connection, principal.api_key_id):
@@ -614,7 +615,10 @@ def _grant_if_completed(
     except NotFound:
         return None
     if grant is not None:
-        audit.record_data_grant(request, EXECUTION_DATA_GRANT, execution.id)
+        try:
+            audit.record_data_grant(request, EXECUTION_DATA_GRANT, execution.id)
+        except ServiceUnavailable:  # not recorded, not handed out: Get Execution Data will
+            return None
     return grant
 
 

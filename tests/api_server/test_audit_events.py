@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from api_server import audit
 from api_server.permissions import Permission
@@ -241,3 +242,71 @@ def test_a_data_grant_is_recorded_in_the_thread_that_handed_it_out(api, trips_to
     assert len(trips_to_threads) == 1
     actions = [e["attributes"]["action"] for e in _events(api, org.key)["data"]]
     assert actions == ["data_grant.execution", "execution.run"]
+
+
+def _failing_grant_records(monkeypatch) -> None:
+    """The audit log refuses data grants' records (the metadata database failing them)."""
+    original = audit.record_event
+
+    def record(transaction, **event):
+        if event["action"].startswith(audit.GRANT_ACTIONS):
+            raise OperationalError("INSERT INTO audit_events", {}, Exception("disk I/O error"))
+        original(transaction, **event)
+
+    monkeypatch.setattr(audit, "record_event", record)
+
+
+def _completed_run(api, org) -> str:
+    run = api.client.post(
+        f"/datasources/{org.sample_datasource_id}/executions",
+        content=orjson.dumps({"sql_query": "SELECT 1"}),
+        headers={"Authorization": f"Api {org.key}", "Content-Type": "application/json"},
+    )
+    execution_id = run.json()["data"]["id"]
+    api.complete_by_hand(execution_id)
+    return execution_id
+
+
+def test_a_data_grant_the_audit_log_cannot_record_is_not_handed_out(api, monkeypatch):
+    """Whoever reviews data_grant.* sees every token handed out: the grant used to go out with
+    its record's failure only logged."""
+    org = api.create_org()
+    execution_id = _completed_run(api, org)
+    _failing_grant_records(monkeypatch)
+    refused = api.get(f"/executions/{execution_id}/data", org.key)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["errors"][0]["code"] == "service_unavailable"
+    assert "data_access_token" not in refused.text and "data_key" not in refused.text
+    monkeypatch.undo()
+    assert "data_access_token" in api.get(f"/executions/{execution_id}/data", org.key).json()
+    actions = [e["attributes"]["action"] for e in _events(api, org.key)["data"]]
+    assert actions == ["data_grant.execution", "execution.run"]  # the one handed out, once
+
+
+def test_run_and_wait_answers_without_a_grant_the_audit_log_cannot_record(api, monkeypatch):
+    from api_server.resources import executions as execution_resources
+    from shared.db.models import ApiKey, Execution
+    from shared.errors import ServiceUnavailable
+
+    org = api.create_org()
+    execution_id = _completed_run(api, org)
+    with api.app.state.sessions() as session:
+        execution = session.get(Execution, execution_id)
+        key_id = session.query(ApiKey.id).filter_by(organization_id=org.id).scalar()
+    request = SimpleNamespace(app=api.app)
+    principal = SimpleNamespace(api_key_id=key_id)
+    recorded: list[str] = []
+
+    def record(request, action, resource_id):
+        recorded.append(action)
+
+    monkeypatch.setattr(audit, "record_data_grant", record)
+    assert execution_resources._grant_if_completed(request, principal, execution) is not None
+    assert recorded == ["data_grant.execution"]
+
+    def unrecorded(request, action, resource_id):
+        raise ServiceUnavailable("the audit log failed")
+
+    monkeypatch.setattr(audit, "record_data_grant", unrecorded)
+    assert execution_resources._grant_if_completed(request, principal, execution) is None
