@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api_server.audit import record_answer
+from api_server.audit import GRANT_ACTIONS, record_answer
 from api_server.auth import authenticate, limit_rate
 from api_server.jsonapi import MAX_BODY_BYTES, read_bounded_body, require_acceptable
 from api_server.permissions import Permission, require
@@ -151,6 +151,11 @@ class Operation(web.Operation):
                 statuses[403] = None
         if self.body is Body.BOUNDED:
             statuses.update(BODY_ERRORS)
+        if self.audit is not None and self.audit.startswith(GRANT_ACTIONS):
+            statuses[503] = (
+                "The audit log could not record the grant, so none was handed out "
+                "(`service_unavailable`, `Retry-After: 1`)."
+            )
         return {**statuses, **self.errors}
 
     def documented_path_parameters(self) -> list[dict[str, Any]]:
