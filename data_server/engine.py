@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from data_server.duckdb_errors import duckdb_error, undecodable_as_duckdb_error
 from data_server.remote_databases import RemoteSession, describe_sqlite
 from data_server.sandbox import (
     ATTACHED_DATABASE_TYPES,
@@ -152,7 +153,7 @@ def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOut
         seconds = job.limits.timeout_seconds
         with _Deadline(session, seconds, sandbox.remote) as deadline:
             try:
-                with _undecodable_as_duckdb_error():
+                with undecodable_as_duckdb_error():
                     result = session.execute(job.sql, job.parameters or None)
                 duckdb_types = [column[1] for column in result.description or []]
                 reader = result.to_arrow_reader(BATCH_ROWS)
@@ -185,45 +186,13 @@ def _sandbox_for(job: QueryJob, sandboxes: WarmSandboxes | None) -> Iterator[tup
         sandbox.close()
 
 
-# DuckDB's Arrow stream hands an error to pyarrow as its text alone ("Invalid Input Error: …"),
-# which pyarrow raises as an OSError; the text's kind names the exception the query would raise.
-_DUCKDB_ERRORS: dict[str, type[duckdb.Error]] = {
-    name.removesuffix("Exception").lower(): kind
-    for name, kind in vars(duckdb).items()
-    if name.endswith("Exception") and isinstance(kind, type) and issubclass(kind, duckdb.Error)
-}
-
-
-def _duckdb_error(message: str) -> duckdb.Error:
-    """The DuckDB exception a message's kind ("Conversion Error: …") names."""
-    kind, _, _ = message.partition(" Error: ")
-    return _DUCKDB_ERRORS.get(kind.replace(" ", "").lower(), duckdb.Error)(message)
-
-
 def _as_duckdb_errors(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
     """The reader's batches; an error while they stream (a timeout, a failing expression, out of
     memory) is raised as the DuckDB exception it is, so that it is reported like one."""
     try:
         yield from reader
     except OSError as exc:
-        raise _duckdb_error(str(exc)) from None
-
-
-@contextmanager
-def _undecodable_as_duckdb_error() -> Iterator[None]:
-    """A DuckDB error whose message is not UTF-8 raised as the DuckDB error it is: the message
-    quotes a value the query made (``error(printf('%c', 255))``, a failed cast of such text),
-    and the binding, failing to decode it, raises the decoding's error instead. Its text keeps
-    U+FFFD where the bytes were not UTF-8, as pyarrow's does for an error while batches stream.
-    A decoding error that is not a DuckDB message goes on as it was."""
-    try:
-        yield
-    except UnicodeDecodeError as exc:
-        text = exc.object.decode("utf-8", "replace") if isinstance(exc.object, bytes) else ""
-        error = _duckdb_error(text)
-        if type(error) is duckdb.Error:  # no DuckDB error's kind: not its message
-            raise
-        raise error from None
+        raise duckdb_error(str(exc)) from None
 
 
 class _BatchesAhead:
@@ -373,11 +342,14 @@ def schema_of(spec: DatasourceSpec, limits: Limits, temp_dir: str) -> dict[str, 
     try:
         with _Deadline(sandbox.connection, limits.timeout_seconds, sandbox.remote) as deadline:
             try:
-                schema = _describe(sandbox.connection, DATASOURCE_ALIAS if attached else "memory")
-                if sandbox.remote is not None:
-                    sandbox.remote.describe(sandbox.connection, schema)
-                elif spec.database_type == "sqlite":
-                    describe_sqlite(sandbox.connection, DATASOURCE_ALIAS, schema)
+                with undecodable_as_duckdb_error():
+                    schema = _describe(
+                        sandbox.connection, DATASOURCE_ALIAS if attached else "memory"
+                    )
+                    if sandbox.remote is not None:
+                        sandbox.remote.describe(sandbox.connection, schema)
+                    elif spec.database_type == "sqlite":
+                        describe_sqlite(sandbox.connection, DATASOURCE_ALIAS, schema)
                 return schema
             except duckdb.Error as exc:
                 deadline.check()
@@ -432,7 +404,8 @@ def check_connection(spec: DatasourceSpec, limits: Limits, temp_dir: str) -> Non
     """Attach the datasource and answer ``SELECT 1``; QueryFailed says why it cannot."""
     sandbox = Sandbox(spec, limits, temp_dir, testing_connection=True)
     try:
-        sandbox.connection.execute("SELECT 1").fetchall()
+        with undecodable_as_duckdb_error():
+            sandbox.connection.execute("SELECT 1").fetchall()
     except duckdb.Error as exc:
         raise sandbox.failure(exc, "datasource_unavailable") from None
     finally:

@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 
+from data_server.duckdb_errors import undecodable_as_duckdb_error
 from data_server.object_storage import ObjectStorage, ObjectStorageSpec
 from data_server.remote_databases import (
     RemoteDatabaseSpec,
@@ -114,7 +115,8 @@ class Sandbox:
             # The default is ~/.duckdb/stored_secrets: it would name the service's home and user.
             # Set before the attach: an s3 datasource's secret puts the secret manager in use.
             self._set("secret_directory", str(Path(temp_dir) / "no-secrets"))
-            self._attach()
+            with undecodable_as_duckdb_error():  # an object store's answer, say
+                self._attach()
             allowed = [temp_dir]
             if spec.database_type == "files":
                 allowed.append(spec.path)
@@ -292,13 +294,14 @@ class Sandbox:
         guard.daemon = True
         guard.start()
         try:
-            self.remote = RemoteSession(
-                self.connection,
-                self.spec.database_type,
-                remote,
-                DATASOURCE_ALIAS,
-                self._timeout_seconds,
-            )
+            with undecodable_as_duckdb_error():  # a refusal in the server's Latin-1
+                self.remote = RemoteSession(
+                    self.connection,
+                    self.spec.database_type,
+                    remote,
+                    DATASOURCE_ALIAS,
+                    self._timeout_seconds,
+                )
         except duckdb.Error as exc:
             raise connect_failure(exc, self.clean(exc)) from None
         finally:
@@ -320,10 +323,13 @@ class Sandbox:
                 for path in sorted(folder.iterdir())
                 # A link that leads out of the folder (into another organisation's area) is skipped,
                 # and so is a name DuckDB would read as a pattern (put there by other means than
-                # an upload, which refuses it): it would read other files of the folder.
+                # an upload, which refuses it): it would read other files of the folder. So is a
+                # name that is not UTF-8 (a shared folder's, or one copied in), which no DuckDB
+                # text holds: it failed every query of the datasource ("RuntimeError").
                 if path.is_file()
                 and path.resolve().is_relative_to(inside)
                 and not holds_glob_characters(path.name)
+                and is_utf8_name(str(path))
             }
         )
 
@@ -410,6 +416,15 @@ def _view_query(sql: str | None) -> str | None:
     """The query of a view's ``CREATE VIEW`` text, or None if it cannot be told apart."""
     found = _VIEW_SQL.match(sql or "")
     return found.group(1) if found else None
+
+
+def is_utf8_name(name: str) -> bool:
+    """Whether a name the file system gave (undecodable bytes kept as lone surrogates) is text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _literal(text: str) -> str:

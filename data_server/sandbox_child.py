@@ -88,7 +88,9 @@ def main(read_fd: int, write_fd: int) -> None:
         except engine.QueryFailed as failure:
             reply = {"ok": False, "code": failure.code, "message": failure.message}
         except Exception as exc:  # report, stay alive for the next call
-            reply = {"ok": False, "code": "execution_error", "message": type(exc).__name__}
+            # Its type only: an unexpected error's text may quote a connection's secret.
+            failed = f"The data server failed to run this in its sandbox ({type(exc).__name__})."
+            reply = {"ok": False, "code": "execution_error", "message": failed}
         write_frame(write_fd, orjson.dumps(reply))
     sandboxes.close()
 

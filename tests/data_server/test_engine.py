@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from data_server import engine
+from data_server import duckdb_errors, engine
 from data_server.engine import DatasourceSpec, Limits, QueryFailed, QueryJob, Sandbox
 from tests.support.factories import SANDBOX_LIMITS
 
@@ -197,7 +198,7 @@ def test_an_error_quoting_text_that_is_not_utf8_fails_the_execution_saying_why(
 
 def test_a_decoding_error_that_is_no_duckdb_message_is_not_taken_for_one():
     undecodable = UnicodeDecodeError("utf-8", b"no kind \xff here", 8, 9, "invalid start byte")
-    with pytest.raises(UnicodeDecodeError), engine._undecodable_as_duckdb_error():
+    with pytest.raises(UnicodeDecodeError), duckdb_errors.undecodable_as_duckdb_error():
         raise undecodable
 
 
@@ -530,6 +531,22 @@ def test_a_file_named_like_a_pattern_becomes_no_view(tmp_path):
     assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().to_pylist() == [{"c": 999}]
     with pytest.raises(QueryFailed):
         engine.run_query(_job(spec, 'SELECT c FROM "star*"', tmp_path))
+
+
+def test_a_file_whose_name_is_not_utf8_becomes_no_view_and_the_others_work(tmp_path):
+    """A shared folder's file named in Latin-1 (``café.csv``) failed every query of the
+    datasource, its schema and its connection test with "RuntimeError" (the outside probe)."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    with open(os.fsencode(folder) + b"/caf\xe9.csv", "wb") as latin:
+        latin.write(b"a\n1\n")
+    (folder / "ok.csv").write_text("a\n2\n")
+    spec = DatasourceSpec("files", str(folder))
+    schema = engine.schema_of(spec, LIMITS, str(tmp_path / "scratch"))
+    assert [t["name"] for t in schema["schemas"][0]["tables"]] == ["ok"]
+    engine.run_query(_job(spec, "SELECT a FROM ok", tmp_path))
+    assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().to_pylist() == [{"a": 2}]
+    engine.check_connection(spec, LIMITS, str(tmp_path / "scratch"))
 
 
 def test_schema_lists_tables_views_columns_and_row_counts(datasource, tmp_path):

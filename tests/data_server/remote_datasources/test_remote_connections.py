@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import struct
 import threading
 import time
 from datetime import datetime
@@ -14,6 +15,7 @@ from datetime import datetime
 import pytest
 
 from data_server import engine
+from data_server.remote_databases import RemoteDatabaseSpec
 from data_server.sql_check import QueryFailed
 from tests.support.client import DataferryClient
 from tests.support.remote_databases import LIMITS, NAME, created, failure, remote_spec, rows
@@ -183,3 +185,62 @@ def test_engine_refuses_a_remote_spec_that_cannot_connect(postgres, tmp_path):
     assert refused.value.code == "host_unreachable"
     assert postgres.password not in refused.value.message
     assert "127.0.0.1" not in refused.value.message, refused.value.message
+
+
+def _refusing_postgres(refusal: bytes) -> tuple[socket.socket, int]:
+    """Speaks PostgreSQL's protocol just far enough to refuse every login with ``refusal``, as
+    a server whose messages are in Latin-1 does before the client's encoding is set."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def message(kind: bytes, body: bytes) -> bytes:
+        return kind + struct.pack("!I", len(body) + 4) + body
+
+    def refuse(connection: socket.socket) -> None:
+        with connection:
+            while True:  # an SSLRequest or GSSENCRequest is declined, then the startup comes
+                length = struct.unpack("!I", connection.recv(4, socket.MSG_WAITALL))[0]
+                code = struct.unpack("!I", connection.recv(length - 4, socket.MSG_WAITALL)[:4])[0]
+                if code not in (80877103, 80877104):
+                    break
+                connection.sendall(b"N")
+            fields = b"SFATAL\0VFATAL\0C28P01\0M" + refusal + b"\0\0"
+            connection.sendall(message(b"E", fields))
+
+    def accept() -> None:
+        while True:
+            try:
+                connection = listener.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=refuse, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+def test_a_refusal_that_is_not_utf8_is_classified_with_its_text(tmp_path):
+    """The binding could not decode it and raised UnicodeDecodeError: the execution failed as
+    "UnicodeDecodeError", Test Connection said the same (found by the outside probe)."""
+    listener, port = _refusing_postgres(b"password authentication failed for user caf\xe9")
+    spec = engine.DatasourceSpec(
+        database_type="postgres",
+        path="",
+        remote=RemoteDatabaseSpec(
+            host="127.0.0.1",
+            address="127.0.0.1",
+            port=port,
+            database="shop",
+            username="analyst",
+            password="hunter2-" + secrets.token_hex(4),
+            require_ssl=False,
+            verify_ssl=False,
+            connect_timeout_seconds=2.0,
+        ),
+    )
+    try:
+        with pytest.raises(QueryFailed) as refused:
+            engine.Sandbox(spec, LIMITS, str(tmp_path))
+    finally:
+        listener.close()
+    assert refused.value.code == "authentication_failed", refused.value.message
+    assert "caf\ufffd" in refused.value.message
