@@ -86,7 +86,7 @@ def banner(env: dict[str, str], credentials: dict[str, str]) -> str:
     data = f"http://{env.get('DATAFERRY_DATA_HOST', '127.0.0.1')}:{env.get('DATAFERRY_DATA_PORT', '8001')}"
     return (
         "\n"
-        f"dataferry region {env.get('DATAFERRY_REGION', 'eu')} is running: "
+        f"dataferry region {region_name(env)} is running: "
         f"API server {api}, data server {data}\n"
         f"demo organisation: {credentials['organization_id']}\n"
         f"API key (keep it secret): {credentials['api_key']}\n"
@@ -110,12 +110,27 @@ def region_environment(env_file: Path | None) -> dict[str, str]:
     return env
 
 
+SERVERS = ("api_server", "data_server")
+
+
 def start_region(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     subprocess.run([sys.executable, "-m", "api_server", "migrate"], env=env, check=True)
     return [
-        subprocess.Popen([sys.executable, "-m", "api_server", "serve"], env=env),
-        subprocess.Popen([sys.executable, "-m", "data_server", "serve"], env=env),
+        subprocess.Popen([sys.executable, "-m", server, "serve"], env=env) for server in SERVERS
     ]
+
+
+def ended(process: subprocess.Popen[bytes], env: dict[str, str]) -> str:
+    """Which server of which region ended, and how: a region's name, its server and the signal
+    or exit status, as an operator looks for it in the log."""
+    server = next(name for name in SERVERS if name in process.args)
+    status = process.returncode or 0
+    how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+    return f"region {region_name(env)}: the {server.replace('_', ' ')} (pid {process.pid}) ended, {how}"
+
+
+def region_name(env: dict[str, str]) -> str:
+    return env.get("DATAFERRY_REGION", "eu")  # the servers' default region
 
 
 def main() -> int:
@@ -154,7 +169,10 @@ def main() -> int:
             )
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
-        print("a server stopped; stopping the others", file=sys.stderr)
+        for index, process in enumerate(processes):
+            if process.poll() is not None:
+                region = environments[index // len(SERVERS)]
+                print(f"{ended(process, region)}; stopping the others", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -4,6 +4,7 @@ as a supervisor or ``kill`` sends them (Ctrl-C in a terminal signals the whole g
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import signal
 import subprocess
@@ -71,6 +72,29 @@ def test_a_signal_to_the_launcher_alone_stops_both_servers(tmp_path, signum):
         launcher.send_signal(signum)
         assert launcher.wait(timeout=STOP_TIMEOUT_SECONDS) == 0
         assert [pid for pid in servers if Path(f"/proc/{pid}").exists()] == []
+    finally:
+        if launcher.poll() is None:
+            launcher.terminate()
+            launcher.wait(timeout=60)
+
+
+def test_a_server_that_ends_stops_the_others_and_the_launcher_says_which_and_how(tmp_path):
+    """It said only "a server stopped": with two regions, an operator could not tell which one's
+    server, nor that it was killed (found by the outside probe)."""
+    log_path = tmp_path / "launcher.log"
+    LOG_FILES.add(log_path)
+    launcher = _start_launcher_in_background(tmp_path, log_path)
+    try:
+        _wait_until_running(launcher, log_path)
+        api_server, data_server = _children(launcher.pid)
+        os.kill(data_server, signal.SIGKILL)
+        assert launcher.wait(timeout=STOP_TIMEOUT_SECONDS) == 1
+        assert not Path(f"/proc/{api_server}").exists()
+        said = log_path.read_text(errors="replace")
+        assert (
+            f"region eu: the data server (pid {data_server}) ended, killed by SIGKILL; "
+            "stopping the others"
+        ) in said, said
     finally:
         if launcher.poll() is None:
             launcher.terminate()
