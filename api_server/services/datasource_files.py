@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_server.principals import Principal
@@ -29,7 +30,8 @@ from shared.datapaths import (
     resolve_datasource_path,
     shared_folder_name,
 )
-from shared.db.models import Datasource
+from shared.db.engine import one_of
+from shared.db.models import Datasource, Execution
 from shared.errors import AppError, Conflict, NotFound, Unprocessable
 from shared.file_formats import (
     DATABASE_FILE_FORMATS,
@@ -38,7 +40,7 @@ from shared.file_formats import (
     holds_glob_characters,
     view_file_kind,
 )
-from shared.lifecycle import ExecutionType
+from shared.lifecycle import ExecutionStatus, ExecutionType
 from shared.settings import Settings
 from shared.shared_folders import granted_folder
 from shared.storage_quota import StorageUsage, note_area_changed_now, storage_usage
@@ -342,13 +344,31 @@ def delete_file(
     return Deleted(queue_refresh(sessions, datasource_id), usage)
 
 
+_QUEUED_REFRESH = (
+    select(Execution.id)
+    .where(
+        Execution.datasource_id == bindparam("datasource_id"),
+        one_of(Execution.status, [ExecutionStatus.STARTING]),
+        Execution.execution_type == ExecutionType.DATASOURCE_REFRESH,
+    )
+    .limit(1)
+)
+
+
 def queue_refresh(sessions: sessionmaker[Session], datasource_id: str) -> str | None:
     """A refresh after the files changed, so the recorded schema follows; None if the
-    datasource is disabled (it refreshes when enabled) or was deleted meanwhile."""
+    datasource is disabled (it refreshes when enabled) or was deleted meanwhile. One already
+    queued and not yet started serves: it lists the folder once claimed, after this change (the
+    change is in place before this runs, and a claim seen as queued here commits after this
+    read began). Uploads of 400 files at once queued 400 refreshes, each listing the whole
+    growing folder, and the datasource's own queries waited behind them."""
     with sessions.begin() as session:
         ds = session.get(Datasource, datasource_id)
         if ds is None or not ds.enabled:
             return None
+        queued = session.scalar(_QUEUED_REFRESH, {"datasource_id": ds.id})
+        if queued is not None:
+            return queued
         try:
             execution = executions.create_system_execution(
                 session, ds, ExecutionType.DATASOURCE_REFRESH

@@ -53,6 +53,35 @@ def test_an_upload_creates_then_replaces_a_file_and_queues_a_refresh(api):
     assert storage["quota_bytes"] == 2 * MIB
 
 
+def test_changes_while_a_refresh_waits_share_it_and_one_after_its_start_queues_another(api):
+    """A queued refresh lists the folder once claimed, so it serves every change made before:
+    400 uploads at once queued 400 refreshes, each listing the whole growing folder, and the
+    datasource's own queries waited behind them (found by the outside probe)."""
+    org = api.create_org()
+    ds, _ = files_datasource(api, org)
+
+    def refresh_of(answer) -> str:
+        assert answer.status_code in (200, 201), answer.text
+        return answer.json()["meta"]["refresh_execution_id"]
+
+    first = refresh_of(put(api, org.key, f"/datasources/{ds}/files/a.csv", ORDERS_CSV))
+    assert refresh_of(put(api, org.key, f"/datasources/{ds}/files/b.csv", ORDERS_CSV)) == first
+    assert refresh_of(api.delete(f"/datasources/{ds}/files/a.csv", org.key)) == first
+    with api.app.state.sessions.begin() as session:  # a data server claims it
+        session.get(Execution, first).status = "running"
+    later = refresh_of(put(api, org.key, f"/datasources/{ds}/files/c.csv", ORDERS_CSV))
+    assert later != first
+    with api.app.state.sessions() as session:
+        queued = session.scalars(
+            select(Execution.id).where(
+                Execution.datasource_id == ds,
+                Execution.execution_type == ExecutionType.DATASOURCE_REFRESH,
+                Execution.status == "starting",
+            )
+        ).all()
+    assert queued == [later]
+
+
 @SQLITE_ONLY
 def test_files_are_listed_shown_and_deleted(api):
     org = api.create_org()
