@@ -180,6 +180,12 @@ def _check_sqlite(path: str) -> None:
     # immutable: nothing else writes the file while it is checked, and no -wal/-shm is created.
     connection = sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True)
     try:
+        # Every name of the catalog is read, and so decoded: one that is not UTF-8 fails every
+        # read of the datasource's schema, however many tables come before it. (Names are few
+        # and cheap to read; the contents are sampled.)
+        connection.execute(
+            "SELECT s.name, c.name FROM sqlite_schema AS s, pragma_table_info(s.name) AS c"
+        ).fetchall()
         tables = connection.execute(
             "SELECT name FROM sqlite_schema WHERE type = 'table' LIMIT ?", (SAMPLE_TABLES,)
         ).fetchall()

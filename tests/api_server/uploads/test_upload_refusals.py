@@ -328,3 +328,20 @@ def test_a_sqlite_file_sent_as_a_duckdb_database_is_told_what_it_is(api, tmp_pat
     body = sqlite_bytes(tmp_path, "CREATE TABLE t (a)")
     answer = put(api, org.key, f"/datasources/{ds}/database_file", body, "application/octet-stream")
     assert "a sqlite datasource reads it" in error_of(answer, 422)["detail"]
+
+
+def test_a_sqlite_file_with_a_name_that_is_not_utf8_anywhere_in_its_catalog_is_refused(tmp_path):
+    """Only the first 100 tables were read: a later one named in Latin-1 was accepted, and every
+    read of the datasource's schema failed after (found by the outside probe)."""
+    from api_server.file_check import SAMPLE_TABLES, FileNotParsable, check_file
+    from shared.file_formats import FileFormat
+
+    tables = [f"CREATE TABLE t{index:03d} (a INTEGER)" for index in range(SAMPLE_TABLES + 1)]
+    body = sqlite_bytes(tmp_path, *tables, "CREATE TABLE lastQQQQ (columnQQQQ INTEGER)")
+    path = tmp_path / "app.sqlite"
+    path.write_bytes(body.replace(b"QQQQ", b"\xe9t\xe9\xe9"))  # same length, Latin-1
+    with pytest.raises(FileNotParsable) as refused:
+        check_file(path, FileFormat.SQLITE, "app.sqlite")
+    assert "UTF-8" in refused.value.detail and str(tmp_path) not in refused.value.detail
+    path.write_bytes(body)
+    check_file(path, FileFormat.SQLITE, "app.sqlite")
