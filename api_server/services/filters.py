@@ -735,7 +735,8 @@ class CopiedOptions:
         if self.left_out:
             notes.append(
                 f"{self.left_out} values were left out: not {value_type} values, or longer "
-                f"than {MAX_OPTION_LENGTH} characters, or integers beyond 64 bits."
+                f"than {MAX_OPTION_LENGTH} characters, or integers beyond 64 bits, or text "
+                "that is not UTF-8 (which no selection could match)."
             )
         return " ".join(notes) or None
 
