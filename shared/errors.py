@@ -169,5 +169,7 @@ class ValidationErrors(Unprocessable):
         listed = found[:MAX_LISTED_PROBLEMS]
         unlisted = len(found) - len(listed)
         unlisted += sum(error.count for error in errors if isinstance(error, UnlistedProblems))
-        super().__init__(listed[0].detail if listed else None)
+        # Its own code and detail are its first problem's: what a log line of it says.
+        first = listed[0] if listed else None
+        super().__init__(first.detail if first else None, code=first.code if first else None)
         self.errors: list[AppError] = [*listed, *([UnlistedProblems(unlisted)] if unlisted else [])]

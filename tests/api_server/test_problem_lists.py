@@ -81,3 +81,11 @@ def test_a_dashboard_run_with_a_great_many_unknown_parameters_lists_a_few(api):
     path = f"/dashboards/{dashboard_id}/executions"
     errors = _counted(api.post(path, org.key, {"parameters": MANY}, JSON))
     assert errors[0]["source"]["pointer"] == "/parameters/k0"
+
+
+def test_a_list_of_problems_is_logged_by_its_first_problems_code():
+    """A skipped dashboard refresh logged code=invalid_attribute, the list's own, for a report
+    whose API error was invalid_value (the second outside probe)."""
+    found = [Unprocessable("bad date", code="invalid_value"), Unprocessable("other")]
+    problems = ValidationErrors(found)
+    assert (problems.code, problems.detail) == ("invalid_value", "bad date")
