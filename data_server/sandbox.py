@@ -329,7 +329,7 @@ class Sandbox:
                 if path.is_file()
                 and path.resolve().is_relative_to(inside)
                 and not holds_glob_characters(path.name)
-                and is_utf8_name(str(path))
+                and _is_utf8_name(str(path))
             }
         )
 
@@ -418,7 +418,7 @@ def _view_query(sql: str | None) -> str | None:
     return found.group(1) if found else None
 
 
-def is_utf8_name(name: str) -> bool:
+def _is_utf8_name(name: str) -> bool:
     """Whether a name the file system gave (undecodable bytes kept as lone surrogates) is text."""
     try:
         name.encode("utf-8")
