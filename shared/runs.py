@@ -262,7 +262,9 @@ def find_reusable(
     """The newest execution of the organisation with ``key`` created since ``since`` (and
     still visible) that completed with its result stored (since ``completed_since``, if given),
     or is queued or running and not being cancelled; a completed one first. Failed and
-    cancelled ones are never reused."""
+    cancelled ones are never reused, nor one created before the datasource last changed: its
+    settings (``data_time_zone``, the folder or server it reads) or its recorded schema, which a
+    refresh after new files records (the key names the datasource, not what it was then)."""
     now = utcnow()
     visible_since = now - timedelta(hours=settings.execution_retention_hours)
     result_since = now - timedelta(hours=settings.result_retention_hours)
@@ -282,7 +284,7 @@ def find_reusable(
             Execution.reuse_key == key,
             Execution.datasource_id == datasource.id,
             Execution.execution_type == ExecutionType.SQL_QUERY,
-            Execution.created_at >= max(since, visible_since),
+            Execution.created_at >= max(since, visible_since, datasource.updated_at),
             or_(completed, unfinished),
         )
         .order_by(case((completed, 0), else_=1), Execution.created_at.desc())

@@ -12,8 +12,9 @@ from datetime import timedelta
 import orjson
 from sqlalchemy import func, select, update
 
-from shared.db.models import Execution, utcnow
+from shared.db.models import Execution, Report, utcnow
 from shared.execution_states import ExecutionType
+from tests.support.factories import resource
 
 WINDOW_MINUTES = 15
 
@@ -118,6 +119,37 @@ def test_outside_the_window_or_without_a_refresh_rate_a_run_queues_anew(api):
     assert _run_report(api, org.key, unrated)["meta"] == {"reused": False}
     assert _run_report(api, org.key, unrated)["meta"] == {"reused": False}
     assert _sql_executions(api) == 4
+
+
+def test_a_result_made_before_its_datasource_changed_is_not_reused(api):
+    """Its data time zone or the folder it reads changed: the same SQL now reads other data, and
+    the old result answered for up to the window (found by the outside probe)."""
+    org = api.create_org()
+    datasource = api.create_datasource(org.key, name="Shop")["id"]
+    dashboard_id, _ = _dashboard(api, org, ())
+    with api.app.state.sessions.begin() as session:
+        report = Report(
+            organization_id=org.id,
+            datasource_id=datasource,
+            dashboard_id=dashboard_id,
+            name="r",
+            sql_query="SELECT current_setting('TimeZone') AS zone",
+        )
+        session.add(report)
+        session.flush()
+        report_id = report.id
+    first = _run_report(api, org.key, report_id)
+    _complete(api, first["id"])
+    assert _run_report(api, org.key, report_id)["id"] == first["id"]
+    changed = api.patch(
+        f"/datasources/{datasource}",
+        org.key,
+        resource("datasources", datasource, data_time_zone="America/New_York"),
+    )
+    assert changed.status_code == 200, changed.text
+    after = _run_report(api, org.key, report_id)
+    assert after["id"] != first["id"] and after["meta"] == {"reused": False}
+    assert _run_report(api, org.key, report_id)["id"] == after["id"]  # reused from then on
 
 
 def test_failed_cancelled_and_purged_executions_are_never_reused(api):
