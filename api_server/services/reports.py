@@ -353,7 +353,9 @@ def run_report(
     dashboard = session.get(Dashboard, report.dashboard_id) if report.dashboard_id else None
     parameters = MergedParameters.merged(dashboard, given.parameters)
     reuse_since = None if given.refresh else reuse_window(dashboard, utcnow())
-    as_sent = {"report": report.id, "parameters": given.parameters, "refresh": given.refresh}
+    # What a retry with its Idempotency-Key is compared on: not ``refresh``, which chooses
+    # whether to reuse, not what the key's execution is (docs/result-reuse.md).
+    as_sent = {"report": report.id, "parameters": given.parameters}
     return _run(
         session, principal, report, parameters, idempotency_key, settings, reuse_since, as_sent
     )
