@@ -16,9 +16,11 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from dataferry_client.errors import (
+    Conflict,
     DataNotAvailable,
     ExecutionFailed,
     NotFound,
+    PermissionDenied,
     QueryTimeout,
     UnexpectedAnswer,
     api_error,
@@ -205,13 +207,23 @@ def delete_datasource(datasource_id: str) -> Operation[None]:
 
 
 def resolve_datasource(name_or_id: str) -> Operation[str]:
-    """An id as given, or the id of the one datasource with that name."""
+    """An id as given, or the id of the one datasource with that name. A key that may run SQL
+    without reading datasources (Manage Dashboards alone) gets 403 for the read: what it gave is
+    taken as an id, and the run says what the key may do with it."""
     try:
         return (yield from get_datasource(name_or_id)).id
-    except NotFound:
+    except PermissionDenied:
+        return name_or_id
+    except NotFound as unknown:
         named = yield from list_datasources(name=name_or_id)
-        if len(named) != 1:
-            raise
+        if len(named) > 1:
+            raise Conflict(
+                f"{len(named)} datasources are named {name_or_id!r}: give the id of one.",
+                status=409,
+                code="ambiguous_name",
+            ) from None
+        if not named:
+            raise unknown from None
         return named[0].id
 
 

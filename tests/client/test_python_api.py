@@ -19,10 +19,12 @@ from dataferry_client import (
     AsyncClient,
     AuthenticationError,
     Client,
+    Conflict,
     DataNotAvailable,
     ExecutionFailed,
     ExecutionStatus,
     NotFound,
+    PermissionDenied,
     QueryTimeout,
     RateLimited,
     Unprocessable,
@@ -30,6 +32,8 @@ from dataferry_client import (
 
 from tests.client.conftest import new_organization, set_limits
 from tests.client.cutting_proxy import cutting_proxy
+from tests.support.log_watch import remember
+from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -349,3 +353,41 @@ def test_a_key_with_a_character_no_key_has_is_refused_without_showing_it(tmp_pat
     with pytest.raises(ConfigurationError) as refused:
         resolve_config("http://127.0.0.1:1", key, environ=environ)
     assert "SECRET" not in str(refused.value) and "SECRET" not in repr(refused.value)
+
+
+def test_a_key_that_may_run_sql_but_not_read_datasources_queries_by_id(client_region, org):
+    """The client read the datasource first (View Datasources) and stopped at its 403, though
+    the key may run SQL on it (Manage Dashboards alone): found by the outside probe."""
+    made = run_cli(
+        client_region.env,
+        client_region.cwd,
+        "create-api-key",
+        "--organization",
+        org.organization_id,
+        "--permissions",
+        "Manage Dashboards",
+    )
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["api_key"]
+    remember(key)
+    with Client(org.api_url, key, data_url=org.data_url) as dashboards_only:
+        assert dashboards_only.query(org.sample_id, "SELECT 7 AS n").to_arrow()["n"][0].as_py() == 7
+        with pytest.raises(PermissionDenied):
+            dashboards_only.datasources.get(org.sample_id)
+
+
+def test_a_name_two_datasources_have_is_refused_as_ambiguous(dataferry, client_region, org):
+    folder = client_region.area(org.organization_id) / "twins"
+    folder.mkdir(exist_ok=True)
+    twins = [
+        dataferry.datasources.create(name="Twin", database_type="files", database="twins")
+        for _ in range(2)
+    ]
+    try:
+        with pytest.raises(Conflict) as ambiguous:
+            dataferry.query("Twin", "SELECT 1")
+        assert ambiguous.value.code == "ambiguous_name" and "give the id" in str(ambiguous.value)
+        assert dataferry.query(twins[0].id, "SELECT 1 AS n").to_arrow()["n"][0].as_py() == 1
+    finally:
+        for twin in twins:
+            dataferry.datasources.delete(twin.id)
