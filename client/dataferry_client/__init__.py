@@ -18,6 +18,7 @@ from dataferry_client.errors import (
     ExecutionFailed,
     IncompleteResult,
     NotFound,
+    NotJson,
     PermissionDenied,
     QueryTimeout,
     RateLimited,
@@ -46,6 +47,6 @@ __all__ = [
     "Client", "ConfigurationError", "Conflict", "ConnectionTest", "Dashboard", "DashboardGroup",
     "DataGrant", "DataNotAvailable", "DataferryError", "Datasource", "Execution",
     "ExecutionFailed", "ExecutionStatus", "Filter", "FilterOptions", "IncompleteResult",
-    "NotFound", "PermissionDenied", "Progress", "QueryTimeout", "RateLimited", "Report", "Result",
-    "SaveFormat", "ServerError", "SqlSnippet", "TransportError", "Unprocessable",
+    "NotFound", "NotJson", "PermissionDenied", "Progress", "QueryTimeout", "RateLimited", "Report",
+    "Result", "SaveFormat", "ServerError", "SqlSnippet", "TransportError", "Unprocessable",
 ]  # fmt: skip

@@ -44,6 +44,14 @@ class ConfigurationError(DataferryError):
     code = "configuration_error"
 
 
+class NotJson(DataferryError, ValueError):
+    """A value the client was asked to send has no JSON spelling (NaN, an infinity): refused
+    before sending, where the server would answer 400 ``malformed_json`` about a body the caller
+    never wrote."""
+
+    code = "not_json"
+
+
 class TransportError(DataferryError):
     """The server could not be reached, or a connection broke, and retries did not help."""
 

@@ -22,6 +22,7 @@ from dataferry_client.config import Config
 from dataferry_client.errors import (
     ConfigurationError,
     DataferryError,
+    NotJson,
     TransportError,
     UnexpectedAnswer,
     api_error,
@@ -87,7 +88,12 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
     content = None
     if call.body is not None:
         headers["Content-Type"] = call.content_type
-        content = json.dumps(call.body).encode()
+        try:
+            content = json.dumps(call.body, allow_nan=False).encode()
+        except ValueError:
+            raise NotJson(
+                "A value to send is NaN or infinite, which JSON cannot hold: send it as a string."
+            ) from None
     read = call.read_timeout if call.read_timeout is not None else timeout
     return {
         "method": call.method,

@@ -450,3 +450,15 @@ def test_a_table_with_dates_python_cannot_hold_still_renders():
     assert lines[2].split() == infinities
     assert lines[3].split() == ["2024-01-01", "00:00:00", "[]", "2024-01-01", "NULL", "2"]
     assert lines[4] == "(2 rows)"
+
+
+def test_a_param_json_cannot_hold_is_sent_as_text(org, tmp_path):
+    """NaN, Infinity and 1e400 parse as Python numbers JSON has no spelling for: the body the
+    client sent was refused as malformed JSON, exit 7 (found by the outside probe)."""
+    for raw in ("NaN", "Infinity", "-Infinity", "1e400"):
+        ran = run_command(
+            org, tmp_path, "query", org.sample_id, "SELECT {v.value} AS v",
+            "--param", f"v={raw}", "--format", "ndjson",
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert [json.loads(line) for line in ran.stdout.splitlines()] == [{"v": raw}]

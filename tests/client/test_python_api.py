@@ -391,3 +391,16 @@ def test_a_name_two_datasources_have_is_refused_as_ambiguous(dataferry, client_r
     finally:
         for twin in twins:
             dataferry.datasources.delete(twin.id)
+
+
+def test_a_parameter_json_cannot_hold_is_refused_before_sending(dataferry, org):
+    from dataferry_client import NotJson
+
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(NotJson) as refused:
+            dataferry.query(
+                org.sample_id,
+                "SELECT {v.value} AS v",
+                {"filters": [{"variable_name": "v", "selected_values": [value]}]},
+            )
+        assert isinstance(refused.value, ValueError) and "send it as a string" in str(refused.value)

@@ -36,6 +36,7 @@ class ConnectionTestFailed(errors.DataferryError):
 
 _EXIT_FOR: list[tuple[type[errors.DataferryError], ExitCode]] = [
     (UsageError, ExitCode.USAGE),
+    (errors.NotJson, ExitCode.USAGE),
     (ConnectionTestFailed, ExitCode.EXECUTION_FAILED),
     (errors.ConfigurationError, ExitCode.CONFIGURATION),
     (errors.AuthenticationError, ExitCode.AUTHENTICATION),

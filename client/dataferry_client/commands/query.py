@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ def _unix_seconds(text: str) -> str:
     return str(int(moment.timestamp()))
 
 
+def _not_a_number(constant: str) -> Any:
+    raise ValueError(f"{constant} has no JSON spelling")
+
+
 def build_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """Cluvio parameters from --param NAME=VALUE (repeatable), --timerange, --aggregation, --tz."""
     parameters: dict[str, Any] = {}
@@ -47,9 +52,11 @@ def build_parameters(args: argparse.Namespace) -> dict[str, Any]:
         name, sep, raw = item.partition("=")
         if not sep or not name:
             raise UsageError(f"--param {item!r}: expected NAME=VALUE")
-        try:
-            value = json.loads(raw)  # numbers, true/false/null stay typed
+        try:  # numbers, true/false/null stay typed; NaN, Infinity and 1e400 are text
+            value = json.loads(raw, parse_constant=_not_a_number)
         except ValueError:
+            value = raw
+        if isinstance(value, float) and not math.isfinite(value):
             value = raw
         selected.setdefault(name, []).append(value)
     if selected:
