@@ -8,9 +8,10 @@ goes into a :class:`_Spool`, and pyarrow reads the batches from the spool withou
 Resuming: an interrupted transfer is continued, not restarted. Arrow results continue at the row
 offset of the last complete batch (``?offset=``; the data server serves whole stored batches from
 a batch boundary, so the batches are the same as in an unbroken transfer); server-rendered text
-and Parquet continue by skipping the bytes already delivered. Both decisions live in
-:meth:`ResultDownload._continuation`, the one place to switch to ``Range`` once the data server
-supports it. A 401 (the short-lived data token expired) asks for a new grant and carries on.
+and Parquet continue at the byte where they broke (``Range``, with ``If-Range`` naming the
+representation begun; a server that answers it whole has the delivered bytes skipped). Both
+decisions live in :meth:`ResultDownload._continuation`. A 401 (the short-lived data token
+expired) asks for a new grant and carries on.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dataferry_client.models import DataGrant
 logger = logging.getLogger("dataferry_client")
 
 READ_BLOCK = 4 << 20  # bytes per readinto: large enough to be cheap, small enough for progress
-MAX_INTERRUPTIONS = 5  # broken transfers continued before giving up
+MAX_INTERRUPTIONS = 5  # broken transfers in a row, none delivering more, before giving up
 MAX_REGRANTS = 3  # new data tokens asked for in one download
 ARROW_FORMAT = "arrow"
 
@@ -65,7 +66,6 @@ class Continuation:
     """How a (re)started transfer asks for what is still missing."""
 
     params: dict[str, str]
-    skip_bytes: int  # bytes of the answer that were already delivered
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -134,13 +134,14 @@ class ResultDownload:
         while True:
             response = self._open(ARROW_FORMAT, self._continuation(rows=rows))
             reader = self._buffered if buffered else self._streamed
+            began_at = rows
             try:
                 for batch in reader(response):
                     rows += batch.num_rows
                     yield batch
                 break
             except _Interrupted as exc:
-                interruptions = self._count_interruption(interruptions, exc)
+                interruptions = self._count_interruption(interruptions, exc, rows > began_at)
             finally:
                 response.close()
         if self.expected_rows is not None and rows != self.expected_rows:
@@ -153,10 +154,15 @@ class ResultDownload:
         written, interruptions = 0, 0
         block = bytearray(READ_BLOCK)
         view = memoryview(block)
+        tag: str | None = None  # the representation's entity tag, once the first answer gave it
         while True:
-            continuation = self._continuation(delivered=written)
-            skip = continuation.skip_bytes
+            continuation = self._continuation(delivered=written, tag=tag)
             response = self._open(fmt, continuation)
+            tag = tag or response.getheader("ETag")
+            # 206: the rest, from where it broke; 200: the whole again (another representation
+            # now, or a server without ranges), whose delivered part is skipped.
+            skip = 0 if response.status == 206 else written
+            began_at = written
             try:
                 while n := _read_block(response, view):
                     piece = view[:n]
@@ -168,24 +174,32 @@ class ResultDownload:
                     self._report(0, written)
                 break
             except _Interrupted as exc:
-                interruptions = self._count_interruption(interruptions, exc)
+                interruptions = self._count_interruption(interruptions, exc, written > began_at)
             finally:
                 response.close()
         return written
 
     # ------------------------------------------------------------------ resuming
 
-    def _continuation(self, *, rows: int = 0, delivered: int = 0) -> Continuation:
-        """Where a (re)started transfer begins: Arrow at a row offset, anything else by skipping
-        what was delivered. Once the data server supports ``Range``, both become
-        ``Continuation({}, 0, {"Range": f"bytes={delivered}-"})`` here (the Arrow reader then
-        counts bytes instead of rows)."""
+    def _continuation(
+        self, *, rows: int = 0, delivered: int = 0, tag: str | None = None
+    ) -> Continuation:
+        """Where a (re)started transfer begins: Arrow at a row offset; anything else at the byte
+        where it broke (``Range``), if the representation is still the one begun (``If-Range``
+        with its entity tag; else the server answers it whole, and what was delivered is
+        skipped). A 17.5 MB CSV cut every 2.5 MB was fetched from its first byte each time, and
+        failed after six cuts (found by the outside probe)."""
         if rows:
-            return Continuation({"offset": str(rows)}, 0)
-        return Continuation({}, delivered)
+            return Continuation({"offset": str(rows)})
+        if delivered and tag:
+            return Continuation({}, {"Range": f"bytes={delivered}-", "If-Range": tag})
+        return Continuation({})
 
-    def _count_interruption(self, interruptions: int, exc: _Interrupted) -> int:
-        interruptions += 1
+    def _count_interruption(self, interruptions: int, exc: _Interrupted, progressed: bool) -> int:
+        """Broken transfers in a row that delivered nothing new: past ``MAX_INTERRUPTIONS`` the
+        download gives up. One that delivered more starts the count again, since each such
+        continuation brings the end closer (a connection cut every few megabytes)."""
+        interruptions = 1 if progressed else interruptions + 1
         if interruptions > MAX_INTERRUPTIONS:
             raise TransportError(
                 f"the download broke {interruptions} times; last: {exc.__cause__ or exc}"
@@ -202,7 +216,7 @@ class ResultDownload:
         grant = self._grants.current()
         for regrants in range(MAX_REGRANTS + 1):
             response = self._request(grant, params, continuation.headers)
-            if response.status == 200:
+            if response.status == 200 or (response.status == 206 and continuation.headers):
                 return response
             body = response.read()
             response.close()
