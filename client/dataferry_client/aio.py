@@ -11,7 +11,7 @@ import asyncio
 import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import pyarrow as pa
 
@@ -32,7 +32,7 @@ from dataferry_client.models import (
     Report,
     SqlSnippet,
 )
-from dataferry_client.result import Result
+from dataferry_client.result import Result, SaveFormat
 from dataferry_client.transport import AsyncTransport, RetryRule
 
 T = TypeVar("T")
@@ -44,6 +44,13 @@ class AsyncResult:
     def __init__(self, result: Result) -> None:
         self.sync = result
         self.execution = result.execution
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+    @property
+    def execution_id(self) -> str:
+        return self.sync.execution_id
 
     @property
     def row_count(self) -> int | None:
@@ -70,6 +77,10 @@ class AsyncResult:
 
     async def save(self, path: str | Path, format: str | None = None) -> Path:
         return await asyncio.to_thread(self.sync.save, path, format)
+
+    async def write(self, sink: BinaryIO, format: str = SaveFormat.ARROW) -> None:
+        """:meth:`Result.write` in a worker thread (``sink``'s writes happen there)."""
+        await asyncio.to_thread(self.sync.write, sink, format)
 
 
 class AsyncClient:

@@ -337,6 +337,10 @@ def test_async_client_every_method(org, tmp_path):
             ]
             assert sum(rows) == table.num_rows
             await result.save(tmp_path / "orders.parquet")
+            assert result.execution_id == result.execution.id  # as Result has them
+            written = io.BytesIO()
+            await result.write(written, "csv")
+            assert written.getvalue().count(b"\n") == table.num_rows + 1
             execution = await client.executions.run(sample.id, "SELECT 3 AS three")
             done = await client.executions.wait(execution.id, timeout=30)
             assert done.status is ExecutionStatus.COMPLETED
