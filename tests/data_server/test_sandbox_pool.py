@@ -256,30 +256,15 @@ def test_an_unexpected_error_in_the_child_is_reported_as_the_data_servers_by_its
     connection's secret), in a sentence a client can read: a bare "RuntimeError" was all an
     execution said (found by the outside probe)."""
     import dataclasses
-    import subprocess
-    import sys
 
     import orjson
 
-    from data_server.framing import READY, read_frame, write_frame
+    from data_server.framing import read_frame, write_frame
+    from data_server.sandbox_pool import _Child
     from tests.support.factories import SANDBOX_LIMITS
 
-    to_child_read, to_child_write = os.pipe()
-    from_child_read, from_child_write = os.pipe()
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "data_server.sandbox_child",
-            str(to_child_read),
-            str(from_child_write),
-        ],
-        pass_fds=(to_child_read, from_child_write),
-    )
-    os.close(to_child_read)
-    os.close(from_child_write)
+    child = _Child()  # started, and ready
     try:
-        assert read_frame(from_child_read) == READY
         secret = "hunter2-in-an-error"
         for _ in range(2):  # and it answers the next call too
             call = {  # an operation it does not know: its error's text quotes the name
@@ -288,12 +273,10 @@ def test_an_unexpected_error_in_the_child_is_reported_as_the_data_servers_by_its
                 "limits": dataclasses.asdict(SANDBOX_LIMITS),
                 "temp_dir": "/nonexistent",
             }
-            write_frame(to_child_write, orjson.dumps(call))
-            reply = orjson.loads(read_frame(from_child_read) or b"{}")
+            write_frame(child.to_child, orjson.dumps(call))
+            reply = orjson.loads(read_frame(child.from_child) or b"{}")
             assert reply["ok"] is False and reply["code"] == "execution_error"
             assert reply["message"].startswith("The data server failed to run this in its sandbox")
             assert secret not in reply["message"]
     finally:
-        os.close(to_child_write)
-        child.wait(timeout=30)
-        os.close(from_child_read)
+        child.kill()
