@@ -31,7 +31,7 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
 )
-from api_server.services import api_keys, data_grants, executions, filters
+from api_server.services import api_keys, data_grants, executions
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
@@ -383,19 +383,15 @@ def queue_to_answer(
     request: Request,
     parse: Callable[[Any], RunT],
     queue: Callable[[Session, RunT, str | None], QueuedRun],
-    names_filters: Callable[[RunT], bool],
 ) -> Queued:
     """The first step (``first_in_thread``) of every route that queues one execution from a
     JSON body: ``parse`` reads the body, ``queue`` queues it with the Idempotency-Key (in a
     transaction, with its audit event), once ``?wait`` was checked and the listener's mark taken
-    (the answer may take the execution as queued for its first reading). A run that may name
-    filters (``names_filters``) has their new static options copied first."""
+    (the answer may take the execution as queued for its first reading)."""
     wait = _wait_seconds(request)
     mark = request.app.state.execution_waits.mark_in_thread()
     run = parse(jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE))
     idempotency_key = _idempotency_key(request)
-    if names_filters(run):
-        sync_filters_before_run(request)
     with request.app.state.sessions.begin() as session:
         queued = queue(session, run, idempotency_key)
         audit.record_in_transaction(session, request, queued.execution.id)
@@ -414,18 +410,7 @@ def _queue_execution(request: Request, principal: Principal) -> Queued:
         )
 
     return queue_to_answer(
-        request,
-        lambda body: executions.parse_run_request(body, settings),
-        queue,
-        names_filters=lambda run: bool(run.inputs.filters),
-    )
-
-
-def sync_filters_before_run(request: Request) -> None:
-    """``filters.sync_before_run`` for the caller's organisation."""
-    state, principal = request.app.state, request.state.principal
-    filters.sync_before_run(
-        state.sessions, state.result_store, state.settings, principal.organization_id
+        request, lambda body: executions.parse_run_request(body, settings), queue
     )
 
 

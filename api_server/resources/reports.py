@@ -46,7 +46,6 @@ from api_server.resources.executions import (
     answer_run,
     queue_to_answer,
     serialize_run,
-    sync_filters_before_run,
 )
 from api_server.services import reports
 from api_server.services.executions import RQuery, SqlQuery
@@ -441,8 +440,7 @@ def _queue_report_run(request: Request, principal: Principal) -> Queued:
         report_id = request.path_params["id"]
         return reports.run_report(session, principal, report_id, given, idempotency_key, settings)
 
-    # A report's dashboard may give filters values by default: they are checked too.
-    return queue_to_answer(request, reports.parse_run_body, queue, names_filters=lambda _: True)
+    return queue_to_answer(request, reports.parse_run_body, queue)
 
 
 @OPERATIONS.post(
@@ -536,7 +534,6 @@ def run_dashboard(request: Request, principal: Principal) -> Response:
         )
     given = reports.parse_run_body(jsonapi.read_json_body(request, jsonapi.JSON_MEDIA_TYPE))
     state = request.app.state
-    sync_filters_before_run(request)
     with state.sessions.begin() as session:
         runs = reports.run_dashboard(
             session, principal, request.path_params["id"], given, state.settings

@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, defer
 
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
@@ -669,27 +669,6 @@ def _pointing_at_options_sql(error: AppError) -> AppError:
         if each.pointer == "/sql_query":
             each.pointer = f"{ATTRIBUTES}/options_sql_query"
     return error
-
-
-def sync_before_run(
-    sessions: sessionmaker[Session], store: ResultStore, settings: Settings, organization_id: str
-) -> None:
-    """The organisation's static SQL filters that restrict runs to their options and whose
-    options execution ended are copied before a run is checked against them, as a read of them
-    copies them: until read they kept the last copy, so a run was held to the old options (and
-    one never read, to none). In a transaction of its own before the run's, as a read's: the
-    run's locks are not held meanwhile."""
-    with sessions.begin() as session:
-        for row in session.scalars(_PENDING_RESTRICTING, {"organization_id": organization_id}):
-            sync_static_options(session, row, store, settings)
-
-
-_PENDING_RESTRICTING = select(Filter).where(
-    Filter.organization_id == bindparam("organization_id"),
-    Filter.options_source == "static_sql",
-    Filter.status == "pending",
-    Filter.restrict_to_options.is_(True),
-)
 
 
 def sync_static_options(

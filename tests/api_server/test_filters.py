@@ -808,41 +808,6 @@ class TestSqlOptions:
         assert refreshed.json()["data"]["attributes"]["status"] == "pending"
         assert api.get(f"/filters/{filter_id}/options", org.key).json()["total"] == 4
 
-    def test_a_run_is_checked_against_the_new_static_options_without_a_read(self, world) -> None:
-        """A run was held to the last copy until someone read the filter: its new options were
-        refused, its old ones taken, and a filter never read restricted to nothing (found by the
-        outside probe)."""
-        api, org = world
-        static = _static("SELECT 'completed'", variable_name="static_st", restrict_to_options=True)
-        created = _create(api, org.key, org.sample_datasource_id, **static)
-        assert created.status_code == 201, created.text
-        filter_id = created.json()["data"]["id"]
-        sql = "SELECT 1 WHERE {c=static_st}"
-
-        def run(value: str) -> Any:
-            return _run(api, org.key, org.sample_datasource_id, sql, _selection("static_st", value))
-
-        def options_ended() -> bool:
-            with api.app.state.sessions() as session:
-                row = session.get(Filter, filter_id)
-                execution = session.get(Execution, row.options_execution_id)
-                return execution.status in ("completed", "failed", "cancelled")
-
-        _until(options_ended, "the static options run")  # no read of the filter meanwhile
-        assert run("completed").status_code == 200
-        changed = api.patch(
-            f"/filters/{filter_id}",
-            org.key,
-            {"data": {"type": "filters", "id": filter_id,
-                      "attributes": {"options_sql_query": "SELECT 'shipped'"}}},
-        )  # fmt: skip
-        assert changed.status_code == 200, changed.text
-        _until(options_ended, "the new options run")
-        assert run("shipped").status_code == 200
-        assert _errors(run("completed")) == [
-            ("value_not_in_options", "/parameters/filters/0/selected_values/0")
-        ]
-
     def test_failing_static_sql_sets_failed_with_the_error(self, world) -> None:
         api, org = world
         static = _static("SELECT * FROM no_such_table", variable_name="broken_static")
