@@ -125,8 +125,15 @@ def ended(process: subprocess.Popen[bytes], env: dict[str, str]) -> str:
     or exit status, as an operator looks for it in the log."""
     server = next(name for name in SERVERS if name in process.args)
     status = process.returncode or 0
-    how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+    how = f"killed by {_signal_name(-status)}" if status < 0 else f"exit status {status}"
     return f"region {region_name(env)}: the {server.replace('_', ' ')} (pid {process.pid}) ended, {how}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name of its own
+        return f"signal {number}"
 
 
 def region_name(env: dict[str, str]) -> str:

@@ -350,6 +350,7 @@ _QUEUED_REFRESH = (
         Execution.datasource_id == bindparam("datasource_id"),
         one_of(Execution.status, [ExecutionStatus.STARTING]),
         Execution.execution_type == ExecutionType.DATASOURCE_REFRESH,
+        Execution.cancel_requested.is_(False),  # a refresh being cancelled serves no change
     )
     .limit(1)
 )

@@ -158,10 +158,15 @@ class ResultDownload:
         while True:
             continuation = self._continuation(delivered=written, tag=tag)
             response = self._open(fmt, continuation)
+            try:
+                skip = _what_to_skip(response, written, tag)
+            except BaseException:
+                response.close()
+                raise
+            if skip is None:  # it broke after its last byte: nothing was missing
+                response.close()
+                return written
             tag = tag or response.getheader("ETag")
-            # 206: the rest, from where it broke; 200: the whole again (another representation
-            # now, or a server without ranges), whose delivered part is skipped.
-            skip = 0 if response.status == 206 else written
             began_at = written
             try:
                 while n := _read_block(response, view):
@@ -216,7 +221,7 @@ class ResultDownload:
         grant = self._grants.current()
         for regrants in range(MAX_REGRANTS + 1):
             response = self._request(grant, params, continuation.headers)
-            if response.status == 200 or (response.status == 206 and continuation.headers):
+            if response.status == 200 or (response.status in (206, 416) and continuation.headers):
                 return response
             body = response.read()
             response.close()
@@ -363,6 +368,31 @@ class _Spool:
         if self._fd is not None:
             return pa.py_buffer(mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ))
         return pa.py_buffer(self._memory)[: self.size]
+
+
+def _what_to_skip(response: http.client.HTTPResponse, written: int, tag: str | None) -> int | None:
+    """Bytes of the answer to a (re)started transfer already written, or None when nothing is
+    missing. A 206 must start where the transfer broke; a 200 after a break is the whole again,
+    and its delivered part is skipped only if it is the same representation (the same entity
+    tag): bytes of two renderings (a server upgraded meanwhile, another behind a balancer) are
+    never spliced. A 416 to a continuation is the end of a body whose final chunk was lost."""
+    if response.status == 416:
+        total = response.getheader("Content-Range", "").rpartition("/")[2]
+        if written and total == str(written):
+            return None
+        raise IncompleteResult(f"the data server has no byte {written} of the result", code=None)
+    if response.status == 206:
+        start = response.getheader("Content-Range", "").removeprefix("bytes ").partition("-")[0]
+        if start != str(written):
+            raise IncompleteResult(f"asked for byte {written} on, sent {start or '?'}", code=None)
+        return 0
+    if written and response.getheader("ETag") != tag:
+        raise IncompleteResult(
+            "the result's rendering changed while it was fetched (the data server was upgraded, "
+            "or another one answered): fetch it again",
+            code=None,
+        )
+    return written
 
 
 def _read_block(response: http.client.HTTPResponse, view: memoryview) -> int:

@@ -428,3 +428,30 @@ def test_a_parameter_json_cannot_hold_is_refused_before_sending(dataferry, org):
                 {"filters": [{"variable_name": "v", "selected_values": [value]}]},
             )
         assert isinstance(refused.value, ValueError) and "send it as a string" in str(refused.value)
+
+
+class _Answer:
+    def __init__(self, status: int, **headers: str) -> None:
+        self.status, self._headers = status, {k.replace("_", "-"): v for k, v in headers.items()}
+
+    def getheader(self, name: str, default: str | None = None) -> str | None:
+        return self._headers.get(name, default)
+
+
+def test_a_continuation_never_splices_two_renderings_and_ends_at_the_end():
+    """From a review: a 200 after a break was skipped into whatever it was (another encoding
+    after an upgrade), and a body whose final chunk was lost after its last byte failed 416."""
+    from dataferry_client import IncompleteResult
+    from dataferry_client.download import _what_to_skip
+
+    assert _what_to_skip(_Answer(200, ETag='"a"'), 0, None) == 0  # the first answer
+    assert _what_to_skip(_Answer(206, Content_Range="bytes 100-199/200"), 100, '"a"') == 0
+    assert _what_to_skip(_Answer(200, ETag='"a"'), 100, '"a"') == 100  # whole again: skipped
+    assert _what_to_skip(_Answer(416, Content_Range="bytes */100"), 100, '"a"') is None
+    for refused in (
+        _Answer(200, ETag='"b"'),  # another rendering: never spliced
+        _Answer(206, Content_Range="bytes 50-199/200"),  # not where it broke
+        _Answer(416, Content_Range="bytes */300"),  # bytes still missing
+    ):
+        with pytest.raises(IncompleteResult):
+            _what_to_skip(refused, 100, '"a"')
