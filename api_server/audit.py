@@ -117,14 +117,21 @@ def _unrecorded_event(scope: Scope, status: int, created_id: str | None) -> dict
 
 
 def _write(scope: Scope, event: dict[str, Any]) -> None:
-    """Record ``event`` on its own (``single_write``), once: a failure is logged, and the answer
-    goes out all the same."""
+    """Record ``event`` once: a failure is logged, and the answer goes out all the same (its
+    change has committed already, which a failed record cannot undo)."""
+    _recorded(scope["app"].state.engine, event)
+    scope.setdefault("state", {})["audit_recorded"] = True
+
+
+def _recorded(engine: Engine, event: dict[str, Any]) -> bool:
+    """Whether ``event`` was written, on its own (``single_write``); a failure is logged."""
     try:
-        with single_write(scope["app"].state.engine) as connection:
+        with single_write(engine) as connection:
             record_event(connection, **event)
     except Exception:
         logger.exception("could not record audit event %s", event["action"])
-    scope.setdefault("state", {})["audit_recorded"] = True
+        return False
+    return True
 
 
 def record_in_transaction(session: Session, request: Request, resource_id: str) -> None:
@@ -149,17 +156,12 @@ def record_data_grant(request: Request, action: str, resource_id: str) -> None:
 
 def _write_grant(engine: Engine, event: dict[str, Any]) -> None:
     """A data grant's record, without which the grant is not handed out: whoever reviews
-    ``data_grant.*`` sees every token handed out. (Other events are written after their change
-    has committed, which a failed record cannot undo: it is logged, and the answer goes out.)"""
-    try:
-        with single_write(engine) as connection:
-            record_event(connection, **event)
-    except Exception:
-        logger.exception("could not record audit event %s", event["action"])
+    ``data_grant.*`` sees every token handed out."""
+    if not _recorded(engine, event):
         raise ServiceUnavailable(
             "The audit log could not record this data grant, so none was handed out; try again.",
             headers={"Retry-After": "1"},
-        ) from None
+        )
 
 
 def _event(

@@ -29,6 +29,7 @@ from data_server.remote_databases import (
 )
 from data_server.sql_check import BASE_CONFIG, QueryFailed, check_sql, first_line
 from shared.file_formats import VIEW_FILE_SUFFIXES, holds_glob_characters
+from shared.text import is_text
 
 DATASOURCE_ALIAS = "ds"
 # Types whose database is attached as DATASOURCE_ALIAS (the others are views in "memory").
@@ -329,7 +330,7 @@ class Sandbox:
                 if path.is_file()
                 and path.resolve().is_relative_to(inside)
                 and not holds_glob_characters(path.name)
-                and _is_utf8_name(str(path))
+                and is_text(str(path))
             }
         )
 
@@ -416,15 +417,6 @@ def _view_query(sql: str | None) -> str | None:
     """The query of a view's ``CREATE VIEW`` text, or None if it cannot be told apart."""
     found = _VIEW_SQL.match(sql or "")
     return found.group(1) if found else None
-
-
-def _is_utf8_name(name: str) -> bool:
-    """Whether a name the file system gave (undecodable bytes kept as lone surrogates) is text."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _literal(text: str) -> str:

@@ -19,6 +19,7 @@ from shared.file_modes import keep_private
 from shared.logging import configure_logging
 from shared.secret_shapes import without_secrets
 from shared.settings import Settings
+from shared.text import is_text
 
 REFUSED = 2  # argparse's own exit status for a usage error
 _logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     undecodable bytes as surrogates, which no database or file takes)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     for position, argument in enumerate(arguments, start=1):
-        if not _is_text(argument):
+        if not is_text(argument):
             return _refused(f"argument {position} is not UTF-8 text")
     args = parser.parse_args(arguments)
     try:
@@ -61,14 +62,6 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         where = f": {exc.filename}" if exc.filename is not None else ""
         return _refused(f"{exc.strerror or type(exc).__name__}{where}")
     return 0
-
-
-def _is_text(argument: str) -> bool:
-    try:
-        argument.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _refused(detail: str) -> int:

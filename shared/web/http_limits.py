@@ -46,6 +46,7 @@ from shared.request_bounds import (
     MAX_REQUEST_TARGET_BYTES,
 )
 from shared.settings import Settings
+from shared.text import is_utf8
 from shared.web.problems import error_response
 
 if TYPE_CHECKING:
@@ -553,7 +554,7 @@ def _refusal(scope: Scope) -> AppError | None:
     if b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
         return BadRequest("The query holds a NUL character (%00).", code="nul_character")
     for part, sent in (("path", scope.get("raw_path")), ("query", scope["query_string"])):
-        if sent and not _is_utf8(unquote_to_bytes(sent)):
+        if sent and not is_utf8(unquote_to_bytes(sent)):
             # Decoded as it is, each such byte became U+FFFD: a filter matched nothing, a file
             # name was refused for a character the client never sent.
             return BadRequest(
@@ -561,14 +562,6 @@ def _refusal(scope: Scope) -> AppError | None:
                 code="not_utf8",
             )
     return None
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 async def read_body_within(request: Request, max_bytes: int, seconds: float | None = None) -> bytes:

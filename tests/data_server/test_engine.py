@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -525,10 +526,8 @@ def test_a_file_named_like_a_pattern_becomes_no_view(tmp_path):
     (folder / "starZZ.csv").write_text("c\n999\n")
     (folder / "{a,b}.csv").write_text("c\n2\n")
     spec = DatasourceSpec("files", str(folder))
-    schema = engine.schema_of(spec, LIMITS, str(tmp_path / "scratch"))
-    assert [t["name"] for t in schema["schemas"][0]["tables"]] == ["starZZ"]
-    engine.run_query(_job(spec, "SELECT c FROM starZZ", tmp_path))
-    assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().to_pylist() == [{"c": 999}]
+    views, rows = _views_and_rows(spec, "SELECT c FROM starZZ", tmp_path)
+    assert (views, rows) == (["starZZ"], [{"c": 999}])
     with pytest.raises(QueryFailed):
         engine.run_query(_job(spec, 'SELECT c FROM "star*"', tmp_path))
 
@@ -542,11 +541,18 @@ def test_a_file_whose_name_is_not_utf8_becomes_no_view_and_the_others_work(tmp_p
         latin.write(b"a\n1\n")
     (folder / "ok.csv").write_text("a\n2\n")
     spec = DatasourceSpec("files", str(folder))
-    schema = engine.schema_of(spec, LIMITS, str(tmp_path / "scratch"))
-    assert [t["name"] for t in schema["schemas"][0]["tables"]] == ["ok"]
-    engine.run_query(_job(spec, "SELECT a FROM ok", tmp_path))
-    assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().to_pylist() == [{"a": 2}]
+    assert _views_and_rows(spec, "SELECT a FROM ok", tmp_path) == (["ok"], [{"a": 2}])
     engine.check_connection(spec, LIMITS, str(tmp_path / "scratch"))
+
+
+def _views_and_rows(
+    spec: DatasourceSpec, sql: str, tmp_path: Path
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The views a files datasource's schema lists, and the rows ``sql`` reads from it."""
+    schema = engine.schema_of(spec, LIMITS, str(tmp_path / "scratch"))
+    engine.run_query(_job(spec, sql, tmp_path))
+    rows = pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().to_pylist()
+    return [t["name"] for t in schema["schemas"][0]["tables"]], rows
 
 
 def test_schema_lists_tables_views_columns_and_row_counts(datasource, tmp_path):
