@@ -13,26 +13,18 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Filter
+from shared.filter_options import static_copy
+from shared.results import open_result_store
+from shared.settings import Settings
 from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar
 from sql_templating.rules import VariableRule
 
 ControlType = Literal["dropdown", "text", "date_range", "datetime_range", "aggregation"]
 ValueType = Literal["text", "number", "date", "datetime", "boolean"]
 OptionsSource = Literal["manual", "dynamic_sql", "static_sql"]
-# A static-SQL filter's options: queued (none copied yet), copied, or its SQL failed.
-OptionsStatus = Literal["pending", "ready", "failed"]
-# Manual options at most, and the rows of a static SQL's result copied as options at most.
-MAX_OPTIONS = 10_000
-MAX_OPTION_LENGTH = 1_000  # characters of one option's text or label
-# The bytes of JSON that one filter's options copied from a SQL's result render to at most
-# (values and labels, as answers write them: a control character takes six), about what one
-# request may write as manual options (its body is at most 1 MiB). Every read of the filter,
-# and of the list it is on, renders them.
-MAX_OPTIONS_JSON_BYTES = 1_000_000
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
 VALUE_TYPES: tuple[str, ...] = get_args(ValueType)
 OPTIONS_SOURCES: tuple[str, ...] = get_args(OptionsSource)
-OPTIONS_STATUSES: tuple[str, ...] = get_args(OptionsStatus)
 
 # The value types each control takes: a range is of dates or of instants, an aggregation's value
 # is the name of a unit.
@@ -57,7 +49,11 @@ def filters_within(
 
 
 def variable_rules(
-    session: Session, organization_id: str, datasource_id: str, inputs: InputParameters
+    session: Session,
+    organization_id: str,
+    datasource_id: str,
+    inputs: InputParameters,
+    settings: Settings,
 ) -> dict[str, VariableRule]:
     """The rules a run on ``datasource_id`` keeps, for the variables ``inputs`` gives values
     for: those of the filters on no datasource or on that one. A filter on another datasource
@@ -72,12 +68,26 @@ def variable_rules(
             filters_within(organization_id, (datasource_id,)), Filter.variable_name.in_(names)
         )
     )
-    return {row.variable_name: rule_of(row) for row in rows}
+    return {row.variable_name: rule_of(row, _newly_copied(session, row, settings)) for row in rows}
 
 
-def rule_of(row: Filter) -> VariableRule:
+def _newly_copied(session: Session, row: Filter, settings: Settings) -> list[Scalar] | None:
+    """The options a restricted static SQL filter's execution gave since its row's copy, which
+    a read of the filter copies: a run checked against the row's alone was held to the old
+    ones until then (and a filter never read allowed nothing). Read, not copied: a copy here
+    would race a change of the filter, and a list copying in another order. None: the row's."""
+    if not (row.restrict_to_options and row.options_source == "static_sql"):
+        return None
+    if row.status != "pending":  # nothing ended since the copy (read before opening a store)
+        return None
+    copy = static_copy(session, row, open_result_store(settings), settings)
+    return copy.options.values if copy is not None and copy.options is not None else None
+
+
+def rule_of(row: Filter, copied: list[Scalar] | None = None) -> VariableRule:
     """``restrict_to_options``: an aggregation's units (``aggregation_options``, null: all), or
-    the manual options, or a static SQL's options as last copied."""
+    the manual options, or a static SQL's options: ``copied`` from an execution that ended
+    since the row's copy, else the row's."""
     rule = VariableRule(
         multiple=row.multiple,
         allow_all_time=row.allow_all_time,
@@ -91,7 +101,7 @@ def rule_of(row: Filter) -> VariableRule:
         options = [*(row.aggregation_options or TRUNCATION_UNITS)]
         options += ["all_time"] if row.allow_all_time else []
     else:
-        options = list(row.values or ())
-        if row.options_source == "static_sql" and row.options_updated_at is None:
+        options = list(copied if copied is not None else row.values or ())
+        if copied is None and row.options_source == "static_sql" and row.options_updated_at is None:
             note = " (its options SQL has not completed yet, so it has none)"
     return rule.with_options(options, note)

@@ -210,7 +210,9 @@ def bind_run(session: Session, run: SqlRun, settings: Settings) -> BoundQuery:
         datasource.data_time_zone,
         settings.max_sql_length,
         every_filter_used=run.every_filter_used,
-        rules=variable_rules(session, datasource.organization_id, datasource.id, run.inputs),
+        rules=variable_rules(
+            session, datasource.organization_id, datasource.id, run.inputs, settings
+        ),
     )
 
 

@@ -48,14 +48,12 @@ from shared.db.models import Execution
 from shared.db.models import Filter as FilterRow
 from shared.digits import natural_number
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
+from shared.filter_options import MAX_OPTION_LENGTH, MAX_OPTIONS, OptionsStatus
 from shared.filter_rules import (
     CONTROL_TYPES,
-    MAX_OPTION_LENGTH,
-    MAX_OPTIONS,
     OPTIONS_SOURCES,
     ControlType,
     OptionsSource,
-    OptionsStatus,
     ValueType,
 )
 from shared.input_models import Problem, problem

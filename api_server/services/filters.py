@@ -5,23 +5,18 @@ filters a report's or a dashboard's SQL uses.
 Scope: a filter without a datasource is the organisation's; one with a datasource (its options
 SQL runs there) is reached only by keys that reach the datasource; anything else answers as an
 unknown id does. Static SQL options are copied into the row when the filter is read after its
-execution completed (``sync_static_options``): the API server reads the stored Arrow result.
+execution completed (``sync_static_options``): the API server reads the stored Arrow result, as
+a run does for a restricted filter not read since (``shared.filter_options``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import date, time, timedelta
-from decimal import Decimal
+from datetime import timedelta
 from typing import Any
 
-import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -31,7 +26,7 @@ from api_server.services.executions import RunRequest, queue_run, run_execution
 from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
 from api_server.services.object_limits import require_room
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Execution, Filter, utcnow
+from shared.db.models import Execution, Filter, json_characters, utcnow
 from shared.errors import (
     AppError,
     Conflict,
@@ -41,29 +36,27 @@ from shared.errors import (
     Unprocessable,
     ValidationErrors,
 )
-from shared.filter_rules import (
-    MAX_OPTION_LENGTH,
-    MAX_OPTIONS,
-    MAX_OPTIONS_JSON_BYTES,
-    VALUE_TYPES_OF_CONTROL,
-    filters_within,
+from shared.filter_options import (
+    OPTIONS_WEIGHT,
+    Options,
+    is_value_of_type,
+    options_budget,
+    organization_options_weight,
+    read_options,
+    static_copy,
 )
+from shared.filter_rules import VALUE_TYPES_OF_CONTROL, filters_within
 from shared.lifecycle import ExecutionStatus, request_cancel
 from shared.organization_rows import lock_organization
-from shared.results import ResultGone, ResultStore, result_object_key
+from shared.results import ResultGone, ResultStore
 from shared.settings import Settings
-from shared.storage_quota import MIB
 from sql_templating.parameters import (
-    MAX_INTEGER,
-    MIN_INTEGER,
     TRUNCATION_UNITS,
     InputParameters,
-    Scalar,
     TimeRange,
-    as_text,
 )
 from sql_templating.placeholders import placeholder_variables
-from sql_templating.rules import is_date_text, is_datetime_text, option_key
+from sql_templating.rules import option_key
 
 _NOT_FOUND_DETAIL = "No filter with this id exists."
 # A dynamic filter's options completed this recently answer the same query again.
@@ -74,37 +67,6 @@ SQL_SOURCES = ("dynamic_sql", "static_sql")
 # The attributes only a static SQL's run writes, cleared when a filter stops being one.
 _STATIC_STATE = ("status", "status_message", "options_execution_id", "options_updated_at")
 _FILTERED_COLUMNS = {"datasource": Filter.datasource_id}
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """A filter's options: ``value_names[i]`` labels ``values[i]`` (None: no label)."""
-
-    values: list[Scalar]
-    value_names: list[str | None]
-
-    @classmethod
-    def of(cls, values: Sequence[Scalar] | None, names: Sequence[str | None] | None) -> Options:
-        values = list(values or [])
-        return cls(values, list(names) if names is not None else [None] * len(values))
-
-    def page(self, search: str | None, number: int, size: int) -> dict[str, Any]:
-        """Get Drop-Down Filter Options' answer: the page's options, the total matching."""
-        pairs = list(zip(self.values, self.value_names, strict=True))
-        if search:
-            wanted = search.casefold()
-            pairs = [
-                (value, name)
-                for value, name in pairs
-                if wanted in as_text(value).casefold() or (name and wanted in name.casefold())
-            ]
-        chosen = pairs[(number - 1) * size : number * size]
-        return {
-            "values": [value for value, _ in chosen],
-            "value_names": [name for _, name in chosen],
-            "total": len(pairs),
-            "page": {"number": number, "size": size},
-        }
 
 
 # ---------------------------------------------------------------------------- scope
@@ -157,14 +119,11 @@ def filters_by_ids(
     )
 
 
-_WEIGHT = Filter.values_characters + Filter.value_names_characters
-
-
 def options_weights(session: Session, principal: Principal, ids: Collection[str]) -> dict[str, int]:
     """What the options of each filter of ``ids`` the key reaches weigh (their JSON's
     characters, values and labels), read from the row, not from the options."""
     rows = session.execute(
-        select(Filter.id, _WEIGHT).where(_visible(principal), Filter.id.in_(set(ids)))
+        select(Filter.id, OPTIONS_WEIGHT).where(_visible(principal), Filter.id.in_(set(ids)))
     )
     return {filter_id: int(characters) for filter_id, characters in rows}
 
@@ -392,7 +351,7 @@ def _require_options_room(
         # Not the total: it counts filters on datasources beyond a restricted key's scope.
         raise PayloadTooLarge(
             "The organisation's filters would hold more than the "
-            f"{_budget(settings):,} characters of options they may hold together; remove "
+            f"{options_budget(settings):,} characters of options they may hold together; remove "
             "options or filters first.",
             pointer=f"{ATTRIBUTES}/{grown}",
             code="filter_options_quota_exceeded",
@@ -406,19 +365,7 @@ def _beyond_options_budget(
     together (the row's flushed) exceed the budget."""
     if options_weight(row) <= weight_before:
         return False
-    return _organization_options_weight(session, row.organization_id) > _budget(settings)
-
-
-def _budget(settings: Settings) -> int:
-    return settings.max_filter_options_mb * MIB
-
-
-def _organization_options_weight(session: Session, organization_id: str) -> int:
-    """What every filter's options of the organisation weigh together."""
-    total = session.scalar(
-        select(func.sum(_WEIGHT)).where(Filter.organization_id == organization_id)
-    )
-    return int(total or 0)
+    return organization_options_weight(session, row.organization_id) > options_budget(settings)
 
 
 def _duplicate(variable_name: str) -> Conflict:
@@ -564,7 +511,7 @@ def _check_options(state: Mapping[str, Any], sent: Collection[str], refuse: Any)
         return
     seen: set[Any] = set()
     for index, value in enumerate(values):
-        if not _of_type(value, state["value_type"]):
+        if not is_value_of_type(value, state["value_type"]):
             refuse(f"values/{index}", "invalid_value", _type_detail(state["value_type"]))
         elif option_key(value) in seen:
             refuse(f"values/{index}", "duplicate_value", f"The option {value!r} is given twice.")
@@ -586,7 +533,7 @@ def _check_defaults(state: Mapping[str, Any], refuse: Any) -> None:
         if control in ("date_range", "datetime_range"):
             if not _is_range(value):
                 refuse(pointer, "invalid_value", "A range's default is one '<start>~<end>'.")
-        elif not _of_type(value, state["value_type"]):
+        elif not is_value_of_type(value, state["value_type"]):
             refuse(pointer, "invalid_value", _type_detail(state["value_type"]))
         elif options is not None and option_key(value) not in options:
             refuse(pointer, "value_not_in_options", f"{value!r} is not among the options.")
@@ -594,21 +541,6 @@ def _check_defaults(state: Mapping[str, Any], refuse: Any) -> None:
 
 def _is_range(value: Any) -> bool:
     return isinstance(value, str) and _parses(TimeRange.parse, value)
-
-
-def _of_type(value: Any, value_type: str) -> bool:
-    """Whether a JSON scalar is a value of ``value_type``."""
-    if value_type == "boolean":
-        return isinstance(value, bool)
-    if value_type == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if not isinstance(value, str):
-        return False
-    if value_type == "date":
-        return is_date_text(value)
-    if value_type == "datetime":
-        return is_datetime_text(value)
-    return True
 
 
 def _parses(parse: Any, text: str) -> bool:
@@ -674,178 +606,39 @@ def _pointing_at_options_sql(error: AppError) -> AppError:
 def sync_static_options(
     session: Session, row: Filter, store: ResultStore, settings: Settings
 ) -> bool:
-    """Copy a static SQL filter's options from its execution once that ended: its result's
-    first column (values) and second (labels), at most ``MAX_OPTIONS`` rows; or its error.
-    Options that would take the organisation's filters past their budget are not copied (the
-    old ones stay; without the organisation's lock, copies at the same moment may pass it by
-    theirs). True when the row changed (the caller commits)."""
-    if row.options_source != "static_sql" or row.status != "pending":
+    """Copy a static SQL filter's options into its row once its execution ended
+    (``static_copy``), if the row still waits for that execution: a change of the filter
+    committed since it was read (a new SQL, its own execution) is kept, not overwritten with
+    the old execution's options. True when the row changed (the caller commits); ``row`` then
+    holds what it holds now."""
+    copy = static_copy(session, row, store, settings)
+    if copy is None:
         return False
-    execution = session.get(Execution, row.options_execution_id or "")
-    if execution is None:
-        row.status, row.status_message = "failed", "The options execution no longer exists."
-        return True
-    if execution.status == ExecutionStatus.COMPLETED and execution.data_key:
-        try:
-            copied = read_options(store, execution.data_key, row.value_type)
-        except ResultGone:
-            row.status, row.status_message = "failed", "The options result no longer exists."
-            return True
-        except pa.ArrowInvalid:  # never left for each read of the filter (or its list) to meet
-            row.status, row.status_message = "failed", "The options result could not be read."
-            return True
-        previous = row.values, row.value_names
-        weight_before = options_weight(row)
-        row.values, row.value_names = copied.options.values, copied.options.value_names
-        session.flush()
-        if _beyond_options_budget(session, row, weight_before, settings):
-            row.values, row.value_names = previous
-            row.status = "failed"
-            row.status_message = (
-                "The options would take the organisation's filters past the "
-                f"{_budget(settings):,} characters of options they may hold together."
-            )
-            return True
-        row.status, row.options_updated_at = "ready", execution.completed_at or utcnow()
-        row.status_message = copied.note(row.value_type)
-        return True
-    if execution.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
-        row.status = "failed"
-        row.status_message = execution.error_message or f"The options SQL was {execution.status}."
-        return True
-    return False
-
-
-@dataclasses.dataclass(frozen=True)
-class CopiedOptions:
-    """Options read from a result, with what was left out of them."""
-
-    options: Options
-    left_out: int  # values that are no option of the filter's value type
-    cut_short: bool  # rows or bytes beyond the bounds were not read
-
-    def note(self, value_type: str) -> str | None:
-        """The status message of a static copy: what it left out, if anything."""
-        notes = []
-        if self.cut_short:
-            notes.append(
-                f"Only the first {len(self.options.values)} values are options (at most "
-                f"{MAX_OPTIONS}, of {MAX_OPTIONS_JSON_BYTES:,} bytes of JSON with their labels)."
-            )
-        if self.left_out:
-            notes.append(
-                f"{self.left_out} values were left out: not {value_type} values, or longer "
-                f"than {MAX_OPTION_LENGTH} characters, or integers beyond 64 bits, or text "
-                "that is not UTF-8 (which no selection could match)."
-            )
-        return " ".join(notes) or None
-
-
-def read_options(store: ResultStore, data_key: str, value_type: str) -> CopiedOptions:
-    """A result's options: distinct non-null values of the first column (first label wins) that
-    are values of ``value_type``, as a client would write them (docs/filters.md), labels from
-    the second column; at most ``MAX_OPTIONS`` of them, rendering to at most
-    ``MAX_OPTIONS_JSON_BYTES`` of JSON."""
-    values: list[Scalar] = []
-    names: list[str | None] = []
-    seen: set[Any] = set()
-    left_out = rendered = 0
-    with store.open(result_object_key(data_key)) as source:
-        reader = pa.ipc.open_file(source)
-        if reader.schema.names == []:
-            return CopiedOptions(Options([], []), 0, cut_short=False)
-        for index in range(reader.num_record_batches):
-            batch = reader.get_batch(index)
-            labels = _cells(batch.column(1)) if batch.num_columns > 1 else None
-            for position, raw in enumerate(_cells(batch.column(0))):
-                if raw is None:
-                    continue
-                value = _option_value(raw, value_type)
-                if value is None:
-                    left_out += 1
-                    continue
-                if option_key(value) in seen:
-                    continue
-                label = _label(labels[position]) if labels is not None else None
-                rendered += len(orjson.dumps(value)) + len(orjson.dumps(label))
-                if len(values) == MAX_OPTIONS or rendered > MAX_OPTIONS_JSON_BYTES:
-                    return CopiedOptions(Options(values, names), left_out, cut_short=True)
-                seen.add(option_key(value))
-                values.append(value)
-                names.append(label)
-    return CopiedOptions(Options(values, names), left_out, cut_short=False)
-
-
-_UNREADABLE = object()  # a cell Python cannot hold: a date of DuckDB's infinity, a year ≤ 0
-
-
-def _cells(column: pa.Array) -> list[Any]:
-    """A column's cells as Python values; one Python cannot hold, or DuckDB's ``infinity`` (which
-    Arrow takes for the largest instant, and Python for 2262 at nanoseconds), is
-    ``_UNREADABLE``."""
-    try:
-        cells = column.to_pylist()
-    except (OverflowError, ValueError):
-        cells = [_cell(column, position) for position in range(len(column))]
-    for position in _infinite_positions(column):
-        cells[position] = _UNREADABLE
-    return cells
-
-
-def _infinite_positions(column: pa.Array) -> list[int]:
-    """Where a date or timestamp column holds DuckDB's ``infinity`` or ``-infinity``: its
-    storage's largest integer or that negated."""
-    if pa.types.is_date32(column.type):
-        storage, largest = pa.int32(), 2**31 - 1
-    elif pa.types.is_timestamp(column.type):
-        storage, largest = pa.int64(), 2**63 - 1
-    else:
-        return []
-    integers = column.view(storage)
-    infinite = pc.or_(pc.equal(integers, largest), pc.equal(integers, -largest))
-    return pc.indices_nonzero(pc.fill_null(infinite, False)).to_pylist()
-
-
-def _cell(column: pa.Array, position: int) -> Any:
-    try:
-        return column[position].as_py()
-    except (OverflowError, ValueError):
-        return _UNREADABLE
-
-
-def _option_value(raw: Any, value_type: str) -> Scalar:
-    """A result's cell as an option of ``value_type``, spelled as a client writes one (dates
-    and times ISO 8601, decimals as numbers, any scalar as text for a text filter); None when it
-    is none (another type, no scalar, too long, beyond 64-bit integers, holding NUL)."""
-    value: Any = raw
-    if isinstance(raw, Decimal) and value_type == "text":
-        value = str(raw)  # its exact text, not a float's
-    elif isinstance(raw, Decimal):
-        value = int(raw) if raw == raw.to_integral_value() else float(raw)
-    elif isinstance(raw, date | time):  # a datetime is a date
-        value = raw.isoformat()
-    elif not isinstance(raw, str | int | float):  # an interval, a blob, a list, unreadable
-        return None
-    if value_type == "text" and isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        in_range = MIN_INTEGER <= value <= MAX_INTEGER
-        return value if in_range and _of_type(value, value_type) else None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, str) and (len(value) > MAX_OPTION_LENGTH or "\x00" in value):
-        return None
-    return value if _of_type(value, value_type) else None
-
-
-def _label(raw: Any) -> str | None:
-    """A label's text, cut to ``MAX_OPTION_LENGTH`` characters (None: no label, or a cell that
-    is no scalar: an interval, a blob, a list)."""
-    if raw is None or not isinstance(raw, str | int | float | Decimal | date | time):
-        return None
-    spelled = raw.isoformat() if isinstance(raw, date | time) else str(raw)
-    text = (as_text(raw) if isinstance(raw, bool) else spelled).replace("\x00", "")
-    return text[:MAX_OPTION_LENGTH]
+    changes: dict[Any, Any] = {
+        Filter.status: copy.status,
+        Filter.status_message: copy.status_message,
+    }
+    if copy.options is not None:
+        values, names = copy.options.values, copy.options.value_names
+        changes |= {
+            Filter.values: values,
+            Filter.value_names: names,
+            Filter.values_characters: json_characters(values),
+            Filter.value_names_characters: json_characters(names),
+            Filter.options_updated_at: copy.updated_at,
+        }
+    copied = session.execute(
+        update(Filter)
+        .where(
+            Filter.id == row.id,
+            Filter.status == "pending",
+            Filter.options_execution_id == row.options_execution_id,
+        )
+        .values(changes)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(row)  # what it holds now: the copy, or a change that came first
+    return bool(copied.rowcount)  # type: ignore[attr-defined]
 
 
 def static_options(row: Filter) -> Options | None:

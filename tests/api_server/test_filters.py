@@ -22,6 +22,7 @@ from api_server.resources import filters as filter_resources
 from api_server.services import filters as filters_service
 from api_server.services.filters import DYNAMIC_OPTIONS_FRESH_SECONDS
 from data_server.app import create_app as create_data_app
+from shared import filter_options
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import (
@@ -33,7 +34,7 @@ from shared.db.models import (
     Organization,
     utcnow,
 )
-from shared.filter_rules import MAX_OPTIONS_JSON_BYTES
+from shared.filter_options import MAX_OPTIONS_JSON_BYTES
 from shared.settings import Settings
 from tests.support.factories import Api, Org, dump_tables, resource
 
@@ -707,7 +708,7 @@ def test_filters_options_together_stay_within_the_organisations_budget(
         assert labelled.json()["errors"][0]["source"] == {"pointer": "/data/attributes/value_names"}
         assert dump_tables(api.app) == before
         # Over the budget (as if the operator lowered it), options may still get lighter.
-        monkeypatch.setattr(filters_service, "_budget", lambda _settings: 500_000)
+        monkeypatch.setattr(filters_service, "options_budget", lambda _settings: 500_000)
         assert patched(first, 3_001).status_code == 413
         assert patched(first, 2_000).status_code == 200
 
@@ -739,6 +740,15 @@ def _unfinished(api: Api) -> int:
         )
 
 
+def _options_ended(api: Api, filter_id: str) -> bool:
+    """Whether a static filter's options execution ended, looked at without reading the filter
+    through the API (which would copy its options)."""
+    with api.app.state.sessions() as session:
+        row = session.get(Filter, filter_id)
+        execution = session.get(Execution, row.options_execution_id)
+        return execution.status in ("completed", "failed", "cancelled")
+
+
 def _until(check: Any, what: str) -> Any:
     deadline = time.monotonic() + 30
     while not (found := check()):
@@ -757,11 +767,19 @@ class TestSqlOptions:
     def test_static_options_past_the_budget_are_not_copied(self, world, monkeypatch) -> None:
         api, _ = world
         org = api.create_org("Budgeted")  # none of the other tests' filters
-        monkeypatch.setattr(filters_service, "_budget", lambda _settings: 10)
-        static = _static(f"SELECT city FROM ({CITIES})", variable_name="budgeted_city")
+        monkeypatch.setattr(filter_options, "options_budget", lambda _settings: 10)
+        static = _static(
+            f"SELECT city FROM ({CITIES})", variable_name="budgeted_city", restrict_to_options=True
+        )
         created = _create(api, org.key, org.sample_datasource_id, **static)
         assert created.status_code == 201, created.text
-        path = f"/filters/{created.json()['data']['id']}"
+        filter_id = created.json()["data"]["id"]
+        path = f"/filters/{filter_id}"
+        _until(lambda: _options_ended(api, filter_id), "the static options run")
+        # Before any read, a run is held to what a copy would keep: none.
+        sql = "SELECT 1 WHERE {c=budgeted_city}"
+        run = _run(api, org.key, org.sample_datasource_id, sql, _selection("budgeted_city", "Rome"))
+        assert _errors(run) == [("value_not_in_options", "/parameters/filters/0/selected_values/0")]
 
         def ended() -> Any:
             attributes = api.get(path, org.key).json()["data"]["attributes"]
@@ -807,6 +825,72 @@ class TestSqlOptions:
         assert refreshed.status_code == 200, refreshed.text
         assert refreshed.json()["data"]["attributes"]["status"] == "pending"
         assert api.get(f"/filters/{filter_id}/options", org.key).json()["total"] == 4
+
+    def test_a_run_is_checked_against_the_new_static_options_without_a_read(self, world) -> None:
+        """A run was held to the last copy until someone read the filter: its new options were
+        refused, its old ones taken, and a filter never read restricted to nothing (found by an
+        outside probe)."""
+        api, org = world
+        static = _static("SELECT 'completed'", variable_name="static_st", restrict_to_options=True)
+        created = _create(api, org.key, org.sample_datasource_id, **static)
+        assert created.status_code == 201, created.text
+        filter_id = created.json()["data"]["id"]
+        sql = "SELECT 1 WHERE {c=static_st}"
+
+        def run(value: str) -> Any:
+            return _run(api, org.key, org.sample_datasource_id, sql, _selection("static_st", value))
+
+        _until(lambda: _options_ended(api, filter_id), "the static options run")  # never read
+        assert run("completed").status_code == 200
+        changed = api.patch(
+            f"/filters/{filter_id}",
+            org.key,
+            {"data": {"type": "filters", "id": filter_id,
+                      "attributes": {"options_sql_query": "SELECT 'shipped'"}}},
+        )  # fmt: skip
+        assert changed.status_code == 200, changed.text
+        _until(lambda: _options_ended(api, filter_id), "the new options run")
+        assert run("shipped").status_code == 200
+        assert _errors(run("completed")) == [
+            ("value_not_in_options", "/parameters/filters/0/selected_values/0")
+        ]
+        with api.app.state.sessions() as session:  # the runs read the options, wrote nothing
+            row = session.get(Filter, filter_id)
+            assert (row.status, row.values) == ("pending", None)  # never copied
+
+    def test_a_copy_does_not_overwrite_a_change_made_since_the_row_was_read(self, world) -> None:
+        """A read copying the options of the execution it saw, after a change of the filter
+        committed (a new SQL, its own execution), left the filter `ready` on the old SQL's
+        options for good: nothing would copy the new execution's."""
+        api, org = world
+        static = _static("SELECT 'old'", variable_name="static_race")
+        created = _create(api, org.key, org.sample_datasource_id, **static)
+        assert created.status_code == 201, created.text
+        filter_id = created.json()["data"]["id"]
+        _until(lambda: _options_ended(api, filter_id), "the static options run")
+        state = api.app.state
+        with state.sessions() as reading:
+            seen = reading.get(Filter, filter_id)
+            assert seen.status == "pending"
+            with state.sessions.begin() as changing:  # a PATCH committing in between
+                changing.execute(
+                    update(Filter)
+                    .where(Filter.id == filter_id)
+                    .values(options_execution_id="newer-execution")
+                )
+            copied = filters_service.sync_static_options(
+                reading, seen, state.result_store, state.settings
+            )
+            reading.commit()
+            assert not copied
+            assert (seen.status, seen.options_execution_id) == ("pending", "newer-execution")
+        with state.sessions() as session:
+            row = session.get(Filter, filter_id)
+            assert (row.status, row.values, row.options_execution_id) == (
+                "pending",
+                None,
+                "newer-execution",
+            )
 
     def test_failing_static_sql_sets_failed_with_the_error(self, world) -> None:
         api, org = world
