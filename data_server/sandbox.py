@@ -44,6 +44,9 @@ CONNECT_TIMEOUT_EXIT_STATUS = 75
 # The files datasource's {file name: absolute path}; its views read through it (see
 # _create_file_views), and sql_check refuses getvariable() so tenants never see the paths.
 FILES_VARIABLE = "dataferry_files"
+# A text shorter than this is replaced only where it stands alone, not inside a word: a password
+# "p" turned "server does not support SSL" into "server does not su<redacted><redacted>ort SSL".
+_REPLACED_INSIDE_WORDS_FROM = 8
 
 # Suffix → DuckDB reader, from the one declaration of what a files datasource reads.
 _FILE_VIEW_READERS = {
@@ -380,10 +383,7 @@ class Sandbox:
         """The error's first line with server paths, credentials and the address a host name
         resolved to replaced, so neither the filesystem layout, a secret nor the region's
         internal addresses leak."""
-        message = first_line(error)
-        for text, label in self._replacements.items():
-            message = message.replace(text, label)
-        return message
+        return with_replacements(first_line(error), self._replacements)
 
     def failure(self, error: duckdb.Error, code: str) -> QueryFailed:
         """``code``, or what an object store's answer says more precisely, with a clean message."""
@@ -404,6 +404,23 @@ class Sandbox:
 
 # DuckDB writes a view's SQL as CREATE VIEW <name> [(<columns>)] AS <query>; SQLite keeps the text
 # as written, which may add TEMP and IF NOT EXISTS.
+def with_replacements(message: str, replacements: dict[str, str]) -> str:
+    """``message`` with each text of ``replacements`` replaced by its label; a short one only
+    where it does not continue a word (``_REPLACED_INSIDE_WORDS_FROM``): a letter or digit at
+    its edge next to another is a coincidence, not the secret shown."""
+    for text, label in replacements.items():
+        if not text:
+            continue
+        if len(text) >= _REPLACED_INSIDE_WORDS_FROM:
+            message = message.replace(text, label)
+            continue
+        before = r"(?<![^\W_])" if text[0].isalnum() else ""
+        after = r"(?![^\W_])" if text[-1].isalnum() else ""
+        literal = label.replace("\\", "\\\\")  # in a replacement template, a backslash is special
+        message = re.sub(before + re.escape(text) + after, literal, message)
+    return message
+
+
 _IDENTIFIER = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
 _VIEW_SQL = re.compile(
     r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?"

@@ -16,6 +16,7 @@ import pytest
 
 from data_server import engine
 from data_server.remote_databases import RemoteDatabaseSpec
+from data_server.sandbox import with_replacements
 from data_server.sql_check import QueryFailed
 from tests.support.client import DataferryClient
 from tests.support.remote_databases import LIMITS, NAME, created, failure, remote_spec, rows
@@ -185,6 +186,21 @@ def test_engine_refuses_a_remote_spec_that_cannot_connect(postgres, tmp_path):
     assert refused.value.code == "host_unreachable"
     assert postgres.password not in refused.value.message
     assert "127.0.0.1" not in refused.value.message, refused.value.message
+
+
+def test_a_short_password_is_redacted_where_it_stands_alone_not_inside_words(postgres, tmp_path):
+    """A password "p" was replaced inside every word: Test Connection said "server does not
+    su<redacted><redacted>ort SSL" (found by an outside probe)."""
+    spec = remote_spec(postgres, password="p", port=_closed_port())
+    with pytest.raises(QueryFailed) as refused:
+        engine.Sandbox(spec, LIMITS, str(tmp_path))
+    assert "port" in refused.value.message and "<redacted>" not in refused.value.message
+    secret = {"p": "<redacted>", "!x": "<r>", "longer-secret": "<s>"}
+    assert with_replacements("support, password=p; user:p@host; p_x; 1p", secret) == (
+        "support, password=<redacted>; user:<redacted>@host; <redacted>_x; 1p"
+    )
+    assert with_replacements("a!x b", secret) == "a<r> b"  # its own edge bounds it
+    assert with_replacements("xlonger-secretx", secret) == "x<s>x"  # a long one anywhere
 
 
 def _refusing_postgres(refusal: bytes) -> tuple[socket.socket, int]:
