@@ -208,7 +208,7 @@ def _responses() -> dict[str, Any]:
 async def fetch_data(request: Request, grant: DataGrant) -> Response:
     data_key = request.path_params["data_key"]
     if grant.scope is Scope.DATASOURCE_SCHEMA:
-        return await _schema_response(request, data_key)
+        return await _schema_response(request, grant)
     web.reject_undeclared_query(request, _RESULT_PARAMETERS)
     params = request.query_params
     fmt = formats.negotiate(list_value(request, "accept"), params.get("format"))
@@ -341,8 +341,10 @@ def _chained(
         source.close()
 
 
-async def _schema_response(request: Request, data_key: str) -> Response:
-    """The schema JSON of a refresh; ``?name=`` narrows it to one schema."""
+async def _schema_response(request: Request, grant: DataGrant) -> Response:
+    """The schema JSON of a refresh; ``?name=``, or else the grant's schema, narrows it to one
+    schema."""
+    data_key = grant.data_key
     web.reject_undeclared_query(request, _SCHEMA_PARAMETERS)
     wanted = request.query_params.get("format")  # read as for results: 400 when unknown
     if wanted is not None:
@@ -359,7 +361,7 @@ async def _schema_response(request: Request, data_key: str) -> Response:
         return answered
     raw = await run_in_threadpool(store.read_bytes, schema_object_key(data_key))
     document = orjson.loads(raw)
-    name = request.query_params.get("name")
+    name = request.query_params.get("name", grant.schema_name)
     if name is not None:
         matching = [schema for schema in document.get("schemas", []) if schema.get("name") == name]
         if not matching:

@@ -41,14 +41,21 @@ class Scope(StrEnum):
     DATASOURCE_SCHEMA = "datasource_schema"
 
 
+# A schema grant's schema, asked for by name (Get Datasource Schema's ``?name=``): a client that
+# fetches the data key as Cluvio's reference says, without repeating the name, gets that schema.
+SCHEMA_CLAIM = "schema"
+
+
 @dataclass(frozen=True)
 class DataGrant:
-    """What a verified token allows: this organisation may read this data key, in this scope."""
+    """What a verified token allows: this organisation may read this data key, in this scope;
+    a schema grant asked for one schema by name narrows its document to it (``schema_name``)."""
 
     organization_id: str
     data_key: str
     scope: Scope
     expires_at: int
+    schema_name: str | None = None
 
 
 def issuer(settings: Settings) -> str:
@@ -86,9 +93,11 @@ def mint_data_token(
     organization_id: str,
     data_key: str,
     scope: Scope,
+    schema_name: str | None = None,
     now: float | None = None,
 ) -> str:
-    """Signed by the given key, or by the keyring's key of the moment."""
+    """Signed by the given key, or by the keyring's key of the moment; ``schema_name`` (a
+    schema grant's) travels as the ``schema`` claim."""
     now = int(time.time() if now is None else now)
     signing_key = signer if isinstance(signer, SigningKey) else signer.signing_key(now)
     claims = {
@@ -102,6 +111,8 @@ def mint_data_token(
         "exp": now + settings.data_token_ttl_seconds,
         "jti": secrets.token_urlsafe(12),
     }
+    if schema_name is not None:
+        claims[SCHEMA_CLAIM] = schema_name
     headers = {"kid": signing_key.kid, "typ": TOKEN_TYPE}
     return jwt.encode(claims, signing_key.private_key, algorithm=ALGORITHM, headers=headers)
 
@@ -144,7 +155,8 @@ def verify_data_token(
         _check_binding(claims, data_key, scope)
         raise expired_token() from None
     _check_binding(claims, data_key, scope)
-    return DataGrant(claims["org"], data_key, scope, int(claims["exp"]))
+    schema_name = claims.get(SCHEMA_CLAIM)
+    return DataGrant(claims["org"], data_key, scope, int(claims["exp"]), schema_name)
 
 
 def unverified_header(token: str) -> dict[str, Any]:
@@ -212,9 +224,14 @@ def _check_binding(claims: dict[str, Any], data_key: str, scope: Scope) -> None:
     digest_ok = isinstance(claims.get("sub"), str) and hmac.compare_digest(
         claims["sub"], data_key_digest(data_key)
     )
+    schema_name = claims.get(SCHEMA_CLAIM)
     if (
         not digest_ok
         or claims.get("scope") != scope.value
         or not isinstance(claims.get("org"), str)
+        or not (
+            schema_name is None
+            or (scope is Scope.DATASOURCE_SCHEMA and isinstance(schema_name, str))
+        )
     ):
         raise invalid_token()

@@ -156,7 +156,7 @@ def refresh_datasource(request: Request, principal: Principal) -> Response:
     operation_id="getDatasourceSchema",
     summary="Get Datasource Schema",
     description="A data key and token for the newest recorded schema; fetch it from the data "
-    "server (`GET /data/{data_key}`, passing `name` on to narrow it).",
+    "server (`GET /data/{data_key}`). With `name`, the grant's document is that one schema.",
     permissions=VIEW,
     audit="data_grant.schema",
     subject=DATASOURCES,
@@ -164,7 +164,8 @@ def refresh_datasource(request: Request, principal: Principal) -> Response:
     parameters=(
         oa.query_parameter(
             "name",
-            "Only this schema (checked here, applied by the data server).",
+            "Only this schema: the grant's token carries it, and the data server answers with "
+            "that schema's document.",
             oa.string(pattern=SCHEMA_NAME.pattern),
         ),
     ),
@@ -177,8 +178,8 @@ def refresh_datasource(request: Request, principal: Principal) -> Response:
     },
 )
 def datasource_schema(request: Request, principal: Principal) -> Response:
-    """A data key and token for the newest recorded schema JSON (``?name=`` is checked here and
-    applied by the data server, which narrows the document to that schema)."""
+    """A data key and token for the newest recorded schema JSON; ``?name=`` is checked here and
+    carried in the token, and the data server narrows the document to that schema."""
     name = _schema_name(request)
     state = request.app.state
     with state.sessions() as session:
@@ -199,6 +200,7 @@ def datasource_schema(request: Request, principal: Principal) -> Response:
             organization_id=principal.organization_id,
             data_key=data_key,
             scope=Scope.DATASOURCE_SCHEMA,
+            schema_name=name,
         )
     )
 

@@ -30,10 +30,17 @@ def grant_data(
     data_key: str,
     scope: Scope,
     data_timestamp: int | None = None,
+    schema_name: str | None = None,
 ) -> dict[str, Any]:
-    """The grant document; ``data_timestamp`` (when the data was produced) for results only."""
+    """The grant document; ``data_timestamp`` (when the data was produced) for results only,
+    ``schema_name`` (the one schema its document holds) for schemas only."""
     token = mint_data_token(
-        signing_keys, settings, organization_id=organization_id, data_key=data_key, scope=scope
+        signing_keys,
+        settings,
+        organization_id=organization_id,
+        data_key=data_key,
+        scope=scope,
+        schema_name=schema_name,
     )
     grant: dict[str, Any] = {"data_key": data_key, "data_access_token": token}
     if data_timestamp is not None:

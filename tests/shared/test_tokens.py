@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.testclient import TestClient
 
 from data_server.app import create_app as create_data_app
+from shared.errors import Unauthorized
 from shared.results import ResultGone
 from shared.settings import Settings
 from shared.signing_keys import ALGORITHM, SigningKey, SigningKeyring
@@ -23,6 +24,7 @@ from shared.tokens import (
     mint_data_token,
     new_data_key,
     unverified_header,
+    verify_data_token,
 )
 
 RESULT_KEY = new_data_key(Scope.EXECUTION_RESULT)
@@ -174,6 +176,8 @@ def _bad_tokens(settings, key):
             ),
         ),
     )
+    # A schema name belongs to a schema grant only, and is a name.
+    yield "result-token-naming-a-schema", ("Data", _sign(_claims(settings, schema="main"), key))
     for claim in ("iss", "aud", "sub", "org", "scope", "iat", "nbf", "exp", "jti"):
         yield (
             f"missing-{claim}",
@@ -204,6 +208,30 @@ def _result_token(signing_key, settings) -> str:
         data_key=RESULT_KEY,
         scope=Scope.EXECUTION_RESULT,
     )
+
+
+def test_a_schema_grant_carries_its_schema_name_and_nothing_else_does(settings, signing_key):
+    keys = {signing_key.kid: signing_key.private_key.public_key()}
+
+    def verified(token: str):
+        return verify_data_token(
+            token, keys, settings, data_key=SCHEMA_KEY, scope=Scope.DATASOURCE_SCHEMA
+        )
+
+    named = mint_data_token(
+        signing_key,
+        settings,
+        organization_id="o",
+        data_key=SCHEMA_KEY,
+        scope=Scope.DATASOURCE_SCHEMA,
+        schema_name="main",
+    )
+    assert verified(named).schema_name == "main"
+    schema_claims = _claims(settings, sub=data_key_digest(SCHEMA_KEY), scope="datasource_schema")
+    assert verified(_sign(schema_claims, signing_key)).schema_name is None
+    for not_a_name in (1, ["main"], {"n": 1}):
+        with pytest.raises(Unauthorized):
+            verified(_sign({**schema_claims, "schema": not_a_name}, signing_key))
 
 
 def test_valid_token_passes_authorisation(data_client, settings, signing_key):

@@ -150,6 +150,11 @@ def test_schema_refresh_and_fetch(client, shop):
         headers=client.headers,
     )
     assert named.status_code == 200
+    # The grant of a named schema is that schema's, fetched as Cluvio's reference says (the data
+    # key and its token, no name repeated); a name given to the data server still wins.
+    assert client.fetch(named.json()).json() == narrowed
+    assert httpx.get(named.json()["data_url"]).json() == narrowed
+    assert client.fetch(named.json(), name="nope").status_code == 404
     missing = httpx.get(
         f"{client.api_url}/datasources/{datasource_id}/schema",
         params={"name": "nope"},
