@@ -17,7 +17,8 @@ from shared.errors import Unprocessable
 from sql_templating.scanning import skip_protected
 
 MAX_DEPTH = 10
-# Cluvio's built-ins describe the viewing user or dashboard; an API execution has neither.
+# Cluvio's built-ins describe the viewing user or dashboard; an API execution has neither. Each is
+# text in Cluvio (a quoted literal), so none of them is a NULL of another type here.
 BUILT_INS = frozenset(
     {
         "CLUVIO_USER_EMAIL",
@@ -28,6 +29,7 @@ BUILT_INS = frozenset(
         "CLUVIO_DASHBOARD_ID",
     }
 )
+BUILT_IN_VALUE = "CAST(NULL AS VARCHAR)"
 _REFERENCE = re.compile(r"\[\s*([A-Za-z_][A-Za-z0-9_]*)\s*\]")
 _INDEXABLE_BEFORE = re.compile(r"[A-Za-z0-9_\]\)\"'$]")
 
@@ -116,7 +118,7 @@ def _expand(
     position = size = 0
     for start, end, name in snippet_references(sql):
         if name in BUILT_INS:
-            text = "NULL"
+            text = BUILT_IN_VALUE
         else:
             text = _expand(_resolve(name, lookup, chain), lookup, (*chain, name), max_length)
         parts += [sql[position:start], text]

@@ -20,7 +20,10 @@ from sql_templating.snippets import expand_snippets, snippet_references
         ("SELECT arr[x], ARRAY[x], (a)[x], m['k']", "SELECT arr[x], ARRAY[x], (a)[x], m['k']"),
         ("SELECT [1, 2], [x, y]", "SELECT [1, 2], [x, y]"),
         ("WHERE {[x]=region} AND {x=timerange}", "WHERE {[x]=region} AND {x=timerange}"),
-        ("SELECT [CLUVIO_USER_EMAIL], [CLUVIO_DASHBOARD_ID]", "SELECT NULL, NULL"),
+        (
+            "SELECT [CLUVIO_USER_EMAIL], [CLUVIO_DASHBOARD_ID]",
+            "SELECT CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)",
+        ),
     ],
 )
 def test_references_outside_literals_comments_and_placeholders(sql, expected):
