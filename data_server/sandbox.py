@@ -8,6 +8,7 @@ child process (``sandbox_pool``); ``engine`` runs executions on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -108,7 +109,8 @@ class Sandbox:
         self._next_session: duckdb.DuckDBPyConnection | None = None  # ``prepare_session``
         self._timeout_seconds = limits.timeout_seconds
         if spec.remote is not None and spec.remote.password:
-            self._replacements[spec.remote.password] = "<redacted>"
+            for shown in _as_shown(spec.remote.password):
+                self._replacements[shown] = "<redacted>"
         if spec.remote is not None and spec.remote.address != spec.remote.host:
             # The driver names the address it connected to; the tenant gave a name, and what a
             # name resolves to inside the region's network is not the tenant's to learn.
@@ -404,6 +406,17 @@ class Sandbox:
 
 # DuckDB writes a view's SQL as CREATE VIEW <name> [(<columns>)] AS <query>; SQLite keeps the text
 # as written, which may add TEMP and IF NOT EXISTS.
+def _as_shown(secret: str) -> set[str]:
+    """A secret as an error message may show it: as it is, and as a server that echoes it in a
+    single-byte encoding (a Latin-1 server's, before the client's encoding is set) makes it
+    read, its bytes decoded as UTF-8 with U+FFFD for those that are not (``duckdb_errors``)."""
+    shown = {secret}
+    for encoding in ("latin-1", "cp1252"):
+        with contextlib.suppress(UnicodeEncodeError):
+            shown.add(secret.encode(encoding).decode("utf-8", "replace"))
+    return shown
+
+
 def with_replacements(message: str, replacements: dict[str, str]) -> str:
     """``message`` with each text of ``replacements`` replaced by its label; a short one only
     where it does not continue a word (``_REPLACED_INSIDE_WORDS_FROM``): a letter or digit at

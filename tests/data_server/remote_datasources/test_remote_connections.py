@@ -234,11 +234,9 @@ def _refusing_postgres(refusal: bytes) -> tuple[socket.socket, int]:
     return listener, listener.getsockname()[1]
 
 
-def test_a_refusal_that_is_not_utf8_is_classified_with_its_text(tmp_path):
-    """The binding could not decode it and raised UnicodeDecodeError: the execution failed as
-    "UnicodeDecodeError", Test Connection said the same (found by the outside probe)."""
-    listener, port = _refusing_postgres(b"password authentication failed for user caf\xe9")
-    spec = engine.DatasourceSpec(
+def _refused_spec(port: int, password: str) -> engine.DatasourceSpec:
+    """A PostgreSQL datasource at ``_refusing_postgres``'s port."""
+    return engine.DatasourceSpec(
         database_type="postgres",
         path="",
         remote=RemoteDatabaseSpec(
@@ -247,12 +245,19 @@ def test_a_refusal_that_is_not_utf8_is_classified_with_its_text(tmp_path):
             port=port,
             database="shop",
             username="analyst",
-            password="hunter2-" + secrets.token_hex(4),
+            password=password,
             require_ssl=False,
             verify_ssl=False,
             connect_timeout_seconds=2.0,
         ),
     )
+
+
+def test_a_refusal_that_is_not_utf8_is_classified_with_its_text(tmp_path):
+    """The binding could not decode it and raised UnicodeDecodeError: the execution failed as
+    "UnicodeDecodeError", Test Connection said the same (found by the outside probe)."""
+    listener, port = _refusing_postgres(b"password authentication failed for user caf\xe9")
+    spec = _refused_spec(port, "hunter2-" + secrets.token_hex(4))
     try:
         with pytest.raises(QueryFailed) as refused:
             engine.Sandbox(spec, LIMITS, str(tmp_path))
@@ -260,3 +265,21 @@ def test_a_refusal_that_is_not_utf8_is_classified_with_its_text(tmp_path):
         listener.close()
     assert refused.value.code == "authentication_failed", refused.value.message
     assert "caf\ufffd" in refused.value.message
+
+
+def test_a_password_a_server_echoes_in_latin1_is_redacted_too(tmp_path):
+    """Decoded with U+FFFD for its bytes that are not UTF-8, a non-ASCII password no longer
+    matched its own text and went out nearly whole ("k\ufffdse-..."); now that form is
+    redacted as well."""
+    password = "käse-" + secrets.token_hex(4)
+    refusal = b"password authentication failed: " + password.encode("latin-1")
+    listener, port = _refusing_postgres(refusal)
+    spec = _refused_spec(port, password)
+    try:
+        with pytest.raises(QueryFailed) as refused:
+            engine.Sandbox(spec, LIMITS, str(tmp_path))
+    finally:
+        listener.close()
+    assert refused.value.code == "authentication_failed", refused.value.message
+    assert password[2:] not in refused.value.message, refused.value.message
+    assert "<redacted>" in refused.value.message
