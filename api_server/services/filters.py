@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from api_server.principals import Principal
 from api_server.services.datasources import get_datasource
@@ -609,23 +610,21 @@ def sync_static_options(
     """Copy a static SQL filter's options into its row once its execution ended
     (``static_copy``), if the row still waits for that execution: a change of the filter
     committed since it was read (a new SQL, its own execution) is kept, not overwritten with
-    the old execution's options. True when the row changed (the caller commits); ``row`` then
-    holds what it holds now."""
+    the old execution's options. True when the copy was written (the caller commits), and
+    ``row`` holds it; otherwise ``row`` stays as it was read (a change, or a delete, that came
+    first answers the next read)."""
     copy = static_copy(session, row, store, settings)
     if copy is None:
         return False
-    changes: dict[Any, Any] = {
-        Filter.status: copy.status,
-        Filter.status_message: copy.status_message,
-    }
+    changes: dict[str, Any] = {"status": copy.status, "status_message": copy.status_message}
     if copy.options is not None:
         values, names = copy.options.values, copy.options.value_names
         changes |= {
-            Filter.values: values,
-            Filter.value_names: names,
-            Filter.values_characters: json_characters(values),
-            Filter.value_names_characters: json_characters(names),
-            Filter.options_updated_at: copy.updated_at,
+            "values": values,
+            "value_names": names,
+            "values_characters": json_characters(values),
+            "value_names_characters": json_characters(names),
+            "options_updated_at": copy.updated_at,
         }
     copied = session.execute(
         update(Filter)
@@ -634,11 +633,14 @@ def sync_static_options(
             Filter.status == "pending",
             Filter.options_execution_id == row.options_execution_id,
         )
-        .values(changes)
+        .values({getattr(Filter, name): value for name, value in changes.items()})
         .execution_options(synchronize_session=False)
     )
-    session.refresh(row)  # what it holds now: the copy, or a change that came first
-    return bool(copied.rowcount)  # type: ignore[attr-defined]
+    if not copied.rowcount:  # type: ignore[attr-defined]
+        return False
+    for name, value in changes.items():  # what the row holds now, without reading it again
+        set_committed_value(row, name, value)
+    return True
 
 
 def static_options(row: Filter) -> Options | None:

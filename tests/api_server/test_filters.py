@@ -883,7 +883,6 @@ class TestSqlOptions:
             )
             reading.commit()
             assert not copied
-            assert (seen.status, seen.options_execution_id) == ("pending", "newer-execution")
         with state.sessions() as session:
             row = session.get(Filter, filter_id)
             assert (row.status, row.values, row.options_execution_id) == (
@@ -891,6 +890,27 @@ class TestSqlOptions:
                 None,
                 "newer-execution",
             )
+
+    def test_a_copy_of_a_filter_deleted_since_it_was_read_changes_nothing(self, world) -> None:
+        """Its update matched no row: an error (a 500 for the list that read it) before."""
+        api, org = world
+        static = _static("SELECT 'gone'", variable_name="static_gone")
+        created = _create(api, org.key, org.sample_datasource_id, **static)
+        assert created.status_code == 201, created.text
+        filter_id = created.json()["data"]["id"]
+        _until(lambda: _options_ended(api, filter_id), "the static options run")
+        state = api.app.state
+        with state.sessions() as reading:
+            seen = reading.get(Filter, filter_id)
+            assert api.delete(f"/filters/{filter_id}", org.key).status_code == 204
+            copied = filters_service.sync_static_options(
+                reading, seen, state.result_store, state.settings
+            )
+            reading.commit()
+            assert not copied
+            assert (seen.id, seen.status) == (filter_id, "pending")  # as it was read
+        with state.sessions() as session:
+            assert session.get(Filter, filter_id) is None
 
     def test_failing_static_sql_sets_failed_with_the_error(self, world) -> None:
         api, org = world
