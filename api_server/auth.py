@@ -8,16 +8,9 @@ from api_server.permissions import Permission, effective_permissions
 from api_server.principals import Principal
 from api_server.rate_limits import Policy
 from api_server.services import api_keys
-from shared.errors import TooManyRequests, Unauthorized
+from shared.errors import TooManyRequests, unauthorized
 from shared.settings import Settings
 from shared.web.request_headers import authorization
-
-
-def unauthorized() -> Unauthorized:
-    return Unauthorized(
-        "A valid API key is required: send the header 'Authorization: Api <secret>'.",
-        headers={"WWW-Authenticate": 'Api realm="dataferry"'},
-    )
 
 
 def authenticate(request: Request) -> Principal:

@@ -66,6 +66,14 @@ class Unauthorized(AppError):
     status, code, title = 401, "unauthorized", "Unauthorized"
 
 
+def unauthorized() -> Unauthorized:
+    """The one 401 for a key that is missing, unknown, disabled or deleted, whenever found."""
+    return Unauthorized(
+        "A valid API key is required: send the header 'Authorization: Api <secret>'.",
+        headers={"WWW-Authenticate": 'Api realm="dataferry"'},
+    )
+
+
 class Forbidden(AppError):
     status, code, title = 403, "forbidden", "Forbidden"
 

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from shared.database_types import refuse_ssh_tunnel
 from shared.db.engine import held_against_delete, one_of
 from shared.db.models import (
+    ApiKey,
     Dashboard,
     Datasource,
     Execution,
@@ -43,7 +44,14 @@ from shared.db.models import (
     text_bytes,
     utcnow,
 )
-from shared.errors import AppError, Conflict, NotFound, PayloadTooLarge, TooManyRequests
+from shared.errors import (
+    AppError,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    unauthorized,
+)
 from shared.filter_rules import variable_rules
 from shared.lifecycle import (
     ORGANIZATION_CAP_COUNTS,
@@ -142,7 +150,7 @@ def _queue_locked(
     """``queue_sql_execution``'s steps under the organisation's lock, whose count of its
     executions' text already holds ``weight``."""
     datasource = run.datasource
-    require_still_there(session, datasource.id, run.report_id)
+    require_still_there(session, datasource.id, run.report_id, run.api_key_id)
     if key is not None and run.reuse_since is not None:
         reusable = find_reusable(
             session, datasource, key, run.reuse_since, settings, run.reuse_completed_since
@@ -177,12 +185,28 @@ class ReportGone(NotFound):
     """The report a run was read with was deleted before its execution was queued."""
 
 
-def require_still_there(session: Session, datasource_id: str, report_id: str | None) -> None:
-    """The datasource (and report) an execution about to be inserted was read with still exist,
-    held against a delete (a key-share lock) until it is committed: one racing a delete of
-    either is a 404 (``ReportGone`` for the report), not the insert failing its foreign key. (On
-    SQLite the caller holds the database's write lock, which already orders the two.)"""
-    if session.scalar(_DATASOURCE_HELD, {"row_id": datasource_id}) is None:
+def require_still_there(
+    session: Session, datasource_id: str, report_id: str | None, api_key_id: str | None = None
+) -> None:
+    """The datasource (and report, and the key that runs it) an execution about to be inserted
+    was read with still exist, held against a delete (a key-share lock) until it is committed:
+    one racing a delete of either is a 404 (``ReportGone`` for the report), or the one 401 for a
+    key deleted or disabled since the request began, not the insert failing its foreign key (a
+    500). The key is held in the datasource's statement: no round trip more. (On SQLite the
+    caller holds the database's write lock, which already orders them.)"""
+    if api_key_id is None:
+        found = session.scalar(_DATASOURCE_HELD, {"row_id": datasource_id}) is not None
+    else:
+        held = {"row_id": datasource_id, "key_id": api_key_id}
+        enabled = session.scalar(_DATASOURCE_AND_KEY_HELD, held)
+        if enabled is False:
+            raise unauthorized()
+        found = enabled is not None or (
+            session.scalar(_DATASOURCE_HELD, {"row_id": datasource_id}) is not None
+        )
+        if found and enabled is None:  # the datasource is there: the key is not
+            raise unauthorized()
+    if not found:
         raise NotFound("No datasource with this id exists.")
     if report_id is not None and session.scalar(_REPORT_HELD, {"row_id": report_id}) is None:
         raise ReportGone("No report with this id exists.")
@@ -197,6 +221,13 @@ def _held(model: type[Datasource] | type[Report]) -> Select[str]:
 
 _DATASOURCE_HELD = _held(Datasource)
 _REPORT_HELD = _held(Report)
+_KEYS = table_of(ApiKey)
+# Whether the key is enabled, both rows held; no row when either is gone.
+_DATASOURCE_AND_KEY_HELD = held_against_delete(
+    select(_KEYS.c.enabled).where(
+        table_of(Datasource).c.id == bindparam("row_id"), _KEYS.c.id == bindparam("key_id")
+    )
+)
 
 
 def bind_run(session: Session, run: SqlRun, settings: Settings) -> BoundQuery:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server import audit, jsonapi
-from api_server.auth import Principal, unauthorized
+from api_server.auth import Principal
 from api_server.execution_waits import ExecutionWaits, Mark
 from api_server.permissions import Permission
 from api_server.resource_layer import documentation as doc
@@ -35,7 +35,13 @@ from api_server.services import api_keys, data_grants, executions
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
-from shared.errors import InvalidQueryParameter, NotFound, ServiceUnavailable, Unprocessable
+from shared.errors import (
+    InvalidQueryParameter,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+    unauthorized,
+)
 from shared.execution_states import ExecutionStatus, ExecutionType
 from shared.results import delete_stored_data
 from shared.runs import QueuedRun

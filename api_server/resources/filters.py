@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api_server import jsonapi
-from api_server.auth import unauthorized
 from api_server.execution_waits import ExecutionWaits
 from api_server.permissions import Permission
 from api_server.principals import Principal
@@ -47,7 +46,7 @@ from shared import openapi as oa
 from shared.db.models import Execution
 from shared.db.models import Filter as FilterRow
 from shared.digits import natural_number
-from shared.errors import Conflict, InvalidQueryParameter, Unprocessable
+from shared.errors import Conflict, InvalidQueryParameter, Unprocessable, unauthorized
 from shared.filter_options import MAX_OPTION_LENGTH, MAX_OPTIONS, OptionsStatus
 from shared.filter_rules import (
     CONTROL_TYPES,

@@ -184,6 +184,29 @@ def test_a_run_racing_the_delete_of_what_it_runs_on_is_404(api, monkeypatch, del
     assert ran.status_code == 404, ran.text
 
 
+def test_a_run_racing_the_delete_of_its_key_is_401(api, monkeypatch):
+    """The key was checked when the request began: its execution's insert then failed the key's
+    foreign key, a 500 (an outside probe: 9-18 of 24 runs racing a key's delete)."""
+    org = api.create_org()
+    doomed = api.create_key(org, [Permission.MANAGE_DATASOURCES])
+    key_id = api.get("/api_key", doomed).json()["data"]["id"]
+    deleted, ran = while_held(
+        monkeypatch,
+        api_keys,
+        "delete_key",
+        lambda: api.delete(f"/api_keys/{key_id}", org.key),
+        lambda: api.client.post(
+            f"/datasources/{org.sample_datasource_id}/executions",
+            json={"sql_query": "SELECT 1", "parameters": {}},
+            headers={"Authorization": f"Api {doomed}"},
+        ),
+    )
+    assert deleted.status_code == 204, deleted.text
+    assert ran.status_code == 401, ran.text
+    assert ran.json()["errors"][0]["code"] == "unauthorized"
+    assert ran.headers["www-authenticate"] == 'Api realm="dataferry"'
+
+
 def test_a_restore_racing_a_static_filter_of_its_variable_does_not_deadlock(api, monkeypatch):
     """Before, on PostgreSQL: the filter's create inserted its row, then locked the organisation
     to queue its SQL; a restore that had locked the organisation meanwhile waited on that row's
