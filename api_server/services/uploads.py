@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api_server.file_check import FileNotParsable, check_file
 from api_server.principals import Principal
+from api_server.services import api_keys
 from api_server.services.datasource_files import (
     DatasourceUnavailable,
     FileEntry,
@@ -49,6 +50,7 @@ from shared.errors import (
     PreconditionFailed,
     ServiceUnavailable,
     UnsupportedMediaType,
+    unauthorized,
 )
 from shared.file_formats import DATABASE_FILE_FORMATS, FileKind, accepted_media_types
 from shared.organization_rows import note_area_changed
@@ -369,6 +371,9 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
             exists = session.get(Datasource, target.datasource_id) is not None
             _refuse_if_datasource_went(upload, exists=exists)
             if target.writer is not None:
+                # A body may take long to arrive: the key that began it may be gone by now.
+                if not api_keys.still_enabled(session.connection(), target.writer.api_key_id):
+                    raise unauthorized()
                 refuse_writing_beyond_scope(
                     session, settings, target.writer, target.datasource_id,
                     target.folder / target.name,

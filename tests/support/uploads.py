@@ -52,9 +52,12 @@ def decided_upload(
 ) -> Iterator[uploads.Upload]:
     """An upload of ``body`` as ``late.csv`` by a Manage Datasources caller (restricted to
     ``scope`` if given), decided and written but not committed: what happens before the commit
-    (``uploads.commit_upload``) is the test's. Its temporary file goes afterwards."""
+    (``uploads.commit_upload``) is the test's. Its temporary file goes afterwards. The caller's
+    key is a new one of the organisation (``Upload.target.writer.api_key_id``)."""
+    permissions = [Permission.MANAGE_DATASOURCES]
+    secret = api.create_key(org, permissions, None if scope is None else list(scope))
     principal = Principal(
-        organization_id=org.id, api_key_id="k",
+        organization_id=org.id, api_key_id=api.get("/api_key", secret).json()["data"]["id"],
         permissions=frozenset({Permission.MANAGE_DATASOURCES}),
         datasource_ids=None if scope is None else frozenset(scope),
         rate_policy=Policy(per_minute=1, per_hour=1),

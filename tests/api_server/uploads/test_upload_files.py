@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from api_server.services import uploads
 from shared.db.models import AuditEvent, Execution
+from shared.errors import Unauthorized
 from shared.lifecycle import ExecutionType
 from shared.storage_quota import MIB, UPLOAD_TEMP_PREFIX, UPLOAD_TEMP_SUFFIX
 from tests.support.factories import Api, Org, dump_tables, resource
@@ -207,6 +208,28 @@ def test_an_upload_whose_datasource_is_deleted_meanwhile_is_404_and_stores_nothi
     assert error_of(answers["upload"], 404)["code"] == "not_found"
     assert not folder.exists()
     assert not list(api.area(org).rglob("o.csv"))
+
+
+@pytest.mark.parametrize("revoked", ["deleted", "disabled"])
+def test_an_upload_whose_key_is_revoked_before_it_commits_is_401_and_stores_nothing(api, revoked):
+    """The key was checked when the request began only: a body trickling in at the slowest pace
+    allowed (a gibibyte over days) was stored after its key was deleted or disabled (an outside
+    probe)."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    state = api.app.state
+    with decided_upload(api, org, ds, b"a\n1\n") as upload:
+        key_id = upload.target.writer.api_key_id
+        path = f"/api_keys/{key_id}"
+        if revoked == "deleted":
+            assert api.delete(path, org.key).status_code == 204
+        else:
+            disabled = api.patch(path, org.key, resource("api_keys", key_id, enabled=False))
+            assert disabled.status_code == 200, disabled.text
+        with pytest.raises(Unauthorized):
+            uploads.commit_upload(state.sessions, state.settings, upload)
+    assert not (folder / "late.csv").exists()
+    assert not [path for path in folder.iterdir() if path.name.startswith(UPLOAD_TEMP_PREFIX)]
 
 
 def test_a_place_another_datasource_reads_stays(api):
