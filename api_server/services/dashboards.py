@@ -11,7 +11,7 @@ a group's dashboards by a restricted key leaves those it cannot see in the group
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -193,9 +193,21 @@ def find_dashboard(
         write_lock_on_sqlite(session)
         statement = statement.with_for_update()
     dashboard = session.scalar(statement)
-    if dashboard is None:
+    if dashboard is None or (for_update and _hidden_since(session, principal, {dashboard.id})):
         raise NotFound(_NO_DASHBOARD)
     return dashboard
+
+
+def _hidden_since(session: Session, principal: Principal, locked: Collection[str]) -> set[str]:
+    """Those of the ``locked`` dashboards that now hold a report beyond the key's scope. A
+    statement of its own, after the lock: PostgreSQL checks a row that it waited to lock again,
+    but a subquery of the locking statement (``visible_dashboards``) still sees the reports as
+    they were before the wait, so a report just added beyond the scope went unseen, and the
+    key deleted or locked a dashboard it may not see (an outside probe)."""
+    if principal.datasource_ids is None or not locked:
+        return set()
+    hidden = reports_beyond_scope_on(principal.datasource_ids, Dashboard.id)
+    return set(session.scalars(select(Dashboard.id).where(Dashboard.id.in_(locked), hidden)))
 
 
 def get_dashboard(session: Session, principal: Principal, dashboard_id: str) -> DashboardView:
@@ -435,9 +447,11 @@ def _replace_members(
         session.scalars(
             select(Dashboard.id)
             .where(visible_dashboards(principal), Dashboard.id.in_(set(dashboard_ids)))
+            .order_by(Dashboard.id)  # one order, as a report's move locks them: no deadlock
             .with_for_update(read=True)
         )
     )
+    visible -= _hidden_since(session, principal, visible)
     problems: list[AppError] = [
         Unprocessable(
             f"No dashboard with id {dashboard_id!r} exists.",

@@ -3,14 +3,16 @@ exception handlers both apps install, Starlette's own 404/405 included, and the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.errors import AppError, MethodNotAllowed, NotFound
+from shared.errors import AppError, Conflict, MethodNotAllowed, NotFound
 from shared.problems import JSONAPI_MEDIA_TYPE, error_document
 
 
@@ -48,6 +50,37 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
+logger = logging.getLogger("dataferry.errors")
+# PostgreSQL's codes for a transaction it ended so that another could go on: a deadlock, or a
+# serializable transaction's conflict. Nothing of it was kept; sent again, it most likely passes.
+_ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
+
+
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    """A transaction the database ended for another's sake is a 409 ``concurrent_change`` to
+    send again, not a 500 (an outside probe: report moves and group changes at once); logged
+    as a warning, as it names two writes that lock rows in different orders. Any other
+    database error goes on to the last resort."""
+    assert isinstance(exc, DBAPIError)
+    if getattr(exc.orig, "sqlstate", None) not in _ENDED_FOR_ANOTHER:
+        raise exc
+    route = getattr(request.scope.get("route"), "path", "?")  # a template: no ids, no secrets
+    logger.warning(
+        "%s %s: the database ended its transaction for another's (%s)",
+        request.method,
+        route,
+        type(exc.orig).__name__,
+    )
+    return error_response(
+        Conflict(
+            "Another request changed the same objects at the same moment, and nothing of this "
+            "one was kept: send it again.",
+            code="concurrent_change",
+            headers={"Retry-After": "1"},
+        )
+    )
+
+
 def unexpected_error_response() -> Response:
     """The last resort, a bare 500 with no details (``RequestContextMiddleware`` sends it and
     logs the traceback under the request's id)."""
@@ -59,4 +92,5 @@ def unexpected_error_response() -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     AppError: handle_app_error,
     HTTPException: handle_http_exception,
+    DBAPIError: handle_database_error,
 }

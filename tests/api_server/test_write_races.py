@@ -207,6 +207,49 @@ def test_a_run_racing_the_delete_of_its_key_is_401(api, monkeypatch):
     assert ran.headers["www-authenticate"] == 'Api realm="dataferry"'
 
 
+@pytest.mark.parametrize("change", ["DELETE", "lock"])
+def test_a_scoped_change_racing_a_hidden_report_joining_the_dashboard_is_404(
+    api, monkeypatch, change
+):
+    """A key restricted to one datasource changes a dashboard while a report on another joins it.
+    Before, on PostgreSQL, the key's lock waited for the join, and its visibility check, a
+    subquery of the locking statement, still saw the reports from before: the key deleted (or
+    renamed and locked) a dashboard it may no longer see (an outside probe, 6 of 25 tries)."""
+    org = api.create_org()
+    mine = api.create_datasource(org.key, name="Mine")["id"]
+    dashboard, _ = api.create_dashboard(org)
+    scoped = api.create_key(org, [Permission.MANAGE_DASHBOARDS], [mine])
+    hidden = {
+        "data": {
+            "type": "reports",
+            "attributes": {"name": "hidden", "sql_query": "SELECT 1"},
+            "relationships": {
+                "datasource": {"data": {"type": "datasources", "id": org.sample_datasource_id}},
+                "dashboard": {"data": {"type": "dashboards", "id": dashboard}},
+            },
+        }
+    }
+    path = f"/dashboards/{dashboard}"
+
+    def scoped_change() -> httpx.Response:
+        if change == "DELETE":
+            return api.delete(path, scoped)
+        locking = resource("dashboards", dashboard, name="renamed", is_locked=True)
+        return api.patch(path, scoped, locking)
+
+    joined, changed = while_held(
+        monkeypatch,
+        reports,
+        "create_report",
+        lambda: api.post("/reports", org.key, hidden),
+        scoped_change,
+    )
+    assert joined.status_code == 201, joined.text
+    assert changed.status_code == 404, changed.text
+    kept = api.get(path, org.key).json()["data"]["attributes"]
+    assert (kept["name"], kept["is_locked"]) == ("Sales", False)
+
+
 def test_a_restore_racing_a_static_filter_of_its_variable_does_not_deadlock(api, monkeypatch):
     """Before, on PostgreSQL: the filter's create inserted its row, then locked the organisation
     to queue its SQL; a restore that had locked the organisation meanwhile waited on that row's

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -19,9 +20,25 @@ async def _crash(request):
     raise ValueError("a bug")
 
 
+class _DeadlockDetected(Exception):
+    sqlstate = "40P01"  # as psycopg's errors carry it
+
+
+class _LostConnection(Exception):
+    sqlstate = "08006"
+
+
+async def _deadlock(request):
+    raise OperationalError("UPDATE dashboards …", {}, _DeadlockDetected("deadlock detected"))
+
+
+async def _lost(request):
+    raise OperationalError("SELECT 1", {}, _LostConnection("server closed the connection"))
+
+
 def _app() -> Starlette:
     return Starlette(
-        routes=[Route("/crash", _crash)],
+        routes=[Route("/crash", _crash), Route("/deadlock", _deadlock), Route("/lost", _lost)],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
     )
@@ -50,3 +67,22 @@ def test_an_unexpected_error_is_a_500_document_with_the_request_id(caplog):
     assert seen == [("dataferry.errors", "abc-123")]  # once, under the request's id
     logged = [r for r in caplog.records if r.name == "dataferry.errors"]
     assert "secret" not in logged[0].getMessage() and logged[0].exc_info is not None
+
+
+def test_a_transaction_the_database_ended_for_another_is_a_409_to_send_again(caplog):
+    """A deadlock between two writes was a 500 (an outside probe, on PostgreSQL); any other
+    database error still is."""
+    with TestClient(_app(), raise_server_exceptions=False) as client:
+        answer = client.get("/deadlock")
+        lost = client.get("/lost")
+    assert answer.status_code == 409
+    assert answer.headers["retry-after"] == "1"
+    (error,) = answer.json()["errors"]
+    assert error["code"] == "concurrent_change"
+    assert "deadlock" not in answer.text and "dashboards" not in answer.text
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == [
+        "GET /deadlock: the database ended its transaction for another's (_DeadlockDetected)"
+    ]
+    assert lost.status_code == 500
+    assert lost.json()["errors"][0]["code"] == "internal_error"
