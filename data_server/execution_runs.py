@@ -81,6 +81,11 @@ class ExecutionRunner:
         Never raises."""
         claim = job.claim
         try:
+            if not claim.enabled:
+                raise QueryFailed(
+                    ErrorCode.DATASOURCE_DISABLED,
+                    "The datasource was disabled after this execution was queued.",
+                )
             spec = self.specs.for_claim(claim)
             if claim.execution_type == ExecutionType.SQL_QUERY:
                 self._run_query(job, spec)

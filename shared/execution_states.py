@@ -42,3 +42,5 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     # The organisation's stored results and files reach DATAFERRY_MAX_ORGANIZATION_STORAGE_MB.
     STORAGE_QUOTA_EXCEEDED = "storage_quota_exceeded"
+    # Its datasource was disabled after it was queued (new runs are refused the same way, a 409).
+    DATASOURCE_DISABLED = "datasource_disabled"

@@ -98,6 +98,8 @@ class Claim:
     require_ssl: bool = True
     verify_ssl: bool = False
     s3_region: str | None = None
+    # A datasource disabled after the execution was queued runs nothing more (the worker fails it).
+    enabled: bool = True
     # The ranking it was claimed from saw more claimable work: one more executor is worth waking.
     more_claimable: bool = False
     # The organisation's stored-results counter and file-area generation as the claim read them,
@@ -385,6 +387,7 @@ _REACHED_BY = (
     "require_ssl",
     "verify_ssl",
     "s3_region",
+    "enabled",
 )
 
 

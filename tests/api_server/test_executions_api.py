@@ -9,10 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import delete, select, update
+from starlette.testclient import TestClient
 
 from api_server.permissions import Permission
 from api_server.services import executions as executions_service
+from data_server.app import create_app as create_data_app
 from shared.db.models import ApiKey, Execution, Organization
+from tests.support.factories import resource
 
 JSON = "application/json"
 
@@ -373,6 +376,32 @@ def test_cancel_before_start_and_purge(api):
     )
     assert again.status_code == 409
     assert api.delete(f"/executions/{execution_id}", org.key).status_code == 204
+
+
+def test_a_queued_execution_of_a_datasource_disabled_since_fails_without_running(api, settings):
+    """Queued before the datasource was disabled, it started afterwards and ran on it (an
+    outside probe: an operator disabling a misbehaving remote database expects no more)."""
+    org = api.create_org()
+    ds = api.create_datasource(org.key)["id"]
+    execution_id = _run(api, org.key, ds, {"sql_query": "SELECT 1"}).json()["data"]["id"]
+    disabled = api.patch(f"/datasources/{ds}", org.key, resource("datasources", ds, enabled=False))
+    assert disabled.status_code == 200, disabled.text
+    with TestClient(create_data_app(settings, run_workers=True)):  # its workers start now
+        deadline = time.monotonic() + 30
+        while (attributes := _execution(api, org.key, execution_id))["execution_status"] in (
+            "starting",
+            "running",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert (attributes["execution_status"], attributes["error_code"]) == (
+        "failed",
+        "datasource_disabled",
+    )
+
+
+def _execution(api, key, execution_id):
+    return api.get(f"/executions/{execution_id}", key).json()["data"]["attributes"]
 
 
 def test_disabled_datasource_refuses_executions(api):
