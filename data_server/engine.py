@@ -166,10 +166,10 @@ def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOut
                     raise QueryFailed(
                         ErrorCode.TIMEOUT, "The query exceeded its time limit."
                     ) from None
-                raise sandbox.failure(exc, code) from None
+                raise sandbox.failure(exc, code, of_query=True) from None
             except pa.ArrowException as exc:
                 deadline.check()
-                raise QueryFailed("execution_error", sandbox.clean(exc)) from None
+                raise QueryFailed("execution_error", sandbox.clean(exc, of_query=True)) from None
         return replace(outcome, reused_instance=reused)
 
 

@@ -104,13 +104,13 @@ class Sandbox:
             for path, label in ((spec.path, "<datasource>"), (temp_dir, "<temp>"))
             if path
         }
+        self._passwords: set[str] = set()  # a remote database's, as a message may show it
         self._storage: ObjectStorage | None = None
         self.remote: RemoteSession | None = None
         self._next_session: duckdb.DuckDBPyConnection | None = None  # ``prepare_session``
         self._timeout_seconds = limits.timeout_seconds
         if spec.remote is not None and spec.remote.password:
-            for shown in _as_shown(spec.remote.password):
-                self._replacements[shown] = "<redacted>"
+            self._passwords |= _as_shown(spec.remote.password)
         if spec.remote is not None and spec.remote.address != spec.remote.host:
             # The driver names the address it connected to; the tenant gave a name, and what a
             # name resolves to inside the region's network is not the tenant's to learn.
@@ -345,6 +345,8 @@ class Sandbox:
             self.spec.path, None
         )  # the tenant's own bucket URL is no server secret
         self._storage = ObjectStorage(self.connection, storage_spec)
+        # Random keys, which no guess finds, and an object store's answer may quote a key's id:
+        # replaced in every message, a query's too.
         for secret in self._storage.secrets():
             self._replacements[secret] = "<redacted>"
         # A connection test asks before external access is confined to the prefix.
@@ -381,19 +383,29 @@ class Sandbox:
                 list(self._file_locations),
             )
 
-    def clean(self, error: BaseException) -> str:
+    def clean(self, error: BaseException, *, of_query: bool = False) -> str:
         """The error's first line with server paths, credentials and the address a host name
         resolved to replaced, so neither the filesystem layout, a secret nor the region's
-        internal addresses leak."""
-        return with_replacements(first_line(error), self._replacements)
+        internal addresses leak. ``of_query``: the error of the tenant's query, which may quote
+        any text the query chose, a password kept as written: replacing it there answered
+        whether a text was the password (``SELECT error('guess1 guess2 …')`` came back with
+        ``<redacted>`` for the right word: a dictionary tried per query, against a password no
+        answer shows). A query's errors do not quote it otherwise: DuckDB attaches with a
+        secret, whose values no message of it shows, and a driver never quotes a password."""
+        replacements = dict(self._replacements)
+        if not of_query:
+            replacements |= dict.fromkeys(self._passwords, "<redacted>")
+        return with_replacements(first_line(error), replacements)
 
-    def failure(self, error: duckdb.Error, code: str) -> QueryFailed:
-        """``code``, or what an object store's answer says more precisely, with a clean message."""
+    def failure(self, error: duckdb.Error, code: str, *, of_query: bool = False) -> QueryFailed:
+        """``code``, or what an object store's answer says more precisely, with a clean message
+        (``clean``)."""
+        message = self.clean(error, of_query=of_query)
         if self._storage is not None and isinstance(error, duckdb.IOException):
-            return self._storage.failure(error, self.clean(error))
+            return self._storage.failure(error, message)
         if self.remote is not None:
-            return self.remote.failure(error, self.clean(error), code)
-        return QueryFailed(code, self.clean(error))
+            return self.remote.failure(error, message, code)
+        return QueryFailed(code, message)
 
     def close(self) -> None:
         if self._next_session is not None:

@@ -177,6 +177,18 @@ def test_connection_errors_are_specific(client, server, datasources):
     assert answer == {"status": "ok", "error_message": None}
 
 
+def test_a_query_error_is_no_oracle_for_the_password(client, server, datasources):
+    """The password was replaced wherever an error showed it, a query's own text too: a key
+    that may run SQL but never sees the password (no answer shows it) sent
+    ``SELECT error('guess1 guess2 …')`` and the right word came back ``<redacted>``, a
+    dictionary tried per query (a review's finding). What a query's error quotes is the query's
+    own; a connection's refusal still never shows the password (above)."""
+    guesses = f"nope {server.password} never"
+    done = failure(client, datasources[server.kind], f"SELECT error('{guesses}')")
+    assert guesses in done["error_message"]
+    assert "<redacted>" not in done["error_message"]
+
+
 def test_engine_refuses_a_remote_spec_that_cannot_connect(postgres, tmp_path):
     """Without the region: the attach fails with the classified code, no password, and the host
     as the datasource names it, never the address that name resolved to."""
