@@ -24,7 +24,7 @@ from data_server import encoders, formats, ranges, representations
 from data_server.auth import authorize_data_request
 from data_server.growing_files import GrowingReader
 from shared import openapi as oa
-from shared.errors import NotAcceptable, NotFound
+from shared.errors import Forbidden, NotAcceptable, NotFound
 from shared.results import ResultGone, result_object_key, schema_object_key
 from shared.storage_quota import charge_representation
 from shared.tokens import URL_TOKEN_PARAMETER, DataGrant, Scope
@@ -123,7 +123,11 @@ def _parameters() -> tuple[dict[str, Any], ...]:
         ),
         _row_count("offset", "Skip this many rows of the stored result."),
         _row_count("limit", "Answer at most this many rows."),
-        oa.query_parameter("name", "Schemas only: narrow the document to the schema of this name."),
+        oa.query_parameter(
+            "name",
+            "Schemas only: narrow the document to the schema of this name; a grant asked for "
+            "one schema is narrowed to it already, and answers 403 for another.",
+        ),
         oa.query_parameter(
             "compression",
             "Arrow IPC buffer compression (`arrow` only). Text formats are compressed by "
@@ -198,6 +202,7 @@ def _responses() -> dict[str, Any]:
         401: "The token is missing, forged, of another region or for another data key "
         "(`invalid_data_token`): always the same answer; a genuine token past its expiry gets "
         "`token_expired`.",
+        403: "A grant of one schema asked for another `name` (`schema_not_granted`).",
         404: "The result expired or was deleted (`result_gone`), or the schema has no such `name` "
         "(`schema_not_found`).",
         406: "`Accept` admits none of the formats (a schema: not JSON).",
@@ -362,6 +367,10 @@ async def _schema_response(request: Request, grant: DataGrant) -> Response:
     raw = await run_in_threadpool(store.read_bytes, schema_object_key(data_key))
     document = orjson.loads(raw)
     name = request.query_params.get("name", grant.schema_name)
+    if grant.schema_name is not None and name != grant.schema_name:
+        raise Forbidden(
+            f"This token grants the schema {grant.schema_name!r} only.", code="schema_not_granted"
+        )
     if name is not None:
         matching = [schema for schema in document.get("schemas", []) if schema.get("name") == name]
         if not matching:

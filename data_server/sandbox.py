@@ -416,8 +416,6 @@ class Sandbox:
             self._storage.close()
 
 
-# DuckDB writes a view's SQL as CREATE VIEW <name> [(<columns>)] AS <query>; SQLite keeps the text
-# as written, which may add TEMP and IF NOT EXISTS.
 def _as_shown(secret: str) -> set[str]:
     """A secret as an error message may show it: as it is, and as a server that echoes it in a
     single-byte encoding (a Latin-1 server's, before the client's encoding is set) makes it
@@ -446,6 +444,8 @@ def with_replacements(message: str, replacements: dict[str, str]) -> str:
     return message
 
 
+# DuckDB writes a view's SQL as CREATE VIEW <name> [(<columns>)] AS <query>; SQLite keeps the text
+# as written, which may add TEMP and IF NOT EXISTS.
 _IDENTIFIER = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
 _VIEW_SQL = re.compile(
     r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?"

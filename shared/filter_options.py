@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any, Literal
@@ -95,6 +97,7 @@ class CopiedOptions:
     options: Options
     left_out: int  # values that are no option of the filter's value type
     cut_short: bool  # rows or bytes beyond the bounds were not read
+    rendered: int = 0  # the bytes of JSON the options (values and labels) render to
 
     def note(self, value_type: str) -> str | None:
         """The status message of a static copy: what it left out, if anything."""
@@ -141,11 +144,11 @@ def read_options(store: ResultStore, data_key: str, value_type: str) -> CopiedOp
                 label = _label(labels[position]) if labels is not None else None
                 rendered += len(orjson.dumps(value)) + len(orjson.dumps(label))
                 if len(values) == MAX_OPTIONS or rendered > MAX_OPTIONS_JSON_BYTES:
-                    return CopiedOptions(Options(values, names), left_out, cut_short=True)
+                    return CopiedOptions(Options(values, names), left_out, True, rendered)
                 seen.add(option_key(value))
                 values.append(value)
                 names.append(label)
-    return CopiedOptions(Options(values, names), left_out, cut_short=False)
+    return CopiedOptions(Options(values, names), left_out, False, rendered)
 
 
 _UNREADABLE = object()  # a cell Python cannot hold: a date of DuckDB's infinity, a year ≤ 0
@@ -236,13 +239,14 @@ class StaticCopy:
 
 
 def static_copy(
-    session: Session, row: Filter, store: ResultStore, settings: Settings
+    session: Session, row: Filter, store: Callable[[], ResultStore], settings: Settings
 ) -> StaticCopy | None:
     """What copying a static SQL filter's options from its ended execution gives: its result's
     first column (values) and second (labels), at most ``MAX_OPTIONS`` rows; or its error.
     Options that would take the organisation's filters past their budget are not copied (the
     old ones stay; copies at the same moment may each pass it by theirs). None when there is
-    nothing to copy: not a static SQL filter waiting for its options, or its execution runs."""
+    nothing to copy: not a static SQL filter waiting for its options, or its execution runs.
+    ``store`` is asked for only when there is a result to read."""
     if row.options_source != "static_sql" or row.status != "pending":
         return None
     execution = session.get(Execution, row.options_execution_id or "")
@@ -250,28 +254,74 @@ def static_copy(
         return StaticCopy("failed", "The options execution no longer exists.")
     if execution.status == ExecutionStatus.COMPLETED and execution.data_key:
         try:
-            copied = read_options(store, execution.data_key, row.value_type)
+            copied = _read_once(store(), execution.data_key, row.value_type)
         except ResultGone:
             return StaticCopy("failed", "The options result no longer exists.")
         except pa.ArrowInvalid:  # never left for each read of the filter (or its list) to meet
             return StaticCopy("failed", "The options result could not be read.")
-        options = copied.options
-        weight = json_characters(options.values) + json_characters(options.value_names)
-        weight_before = row.values_characters + row.value_names_characters
-        if weight > weight_before:
+        weight_before = row_options_weight(row)
+        if options_weight(copied.options) > weight_before:
             others = organization_options_weight(session, row.organization_id) - weight_before
-            if others + weight > options_budget(settings):
+            if others + options_weight(copied.options) > options_budget(settings):
                 return StaticCopy(
                     "failed",
                     "The options would take the organisation's filters past the "
                     f"{options_budget(settings):,} characters of options they may hold together.",
                 )
         updated_at = execution.completed_at or utcnow()
-        return StaticCopy("ready", copied.note(row.value_type), options, updated_at)
+        return StaticCopy("ready", copied.note(row.value_type), copied.options, updated_at)
     if execution.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
         message = execution.error_message or f"The options SQL was {execution.status}."
         return StaticCopy("failed", message)
     return None
+
+
+# The options last read from results, by data key and value type: a result never changes, and a
+# run checks a restricted filter's new options against its result until a read of the filter
+# copies them (runs alone never do), each run reading the file again. At most this many bytes of
+# options (their JSON, as ``read_options`` counts it) are kept.
+_READ_ONCE_BYTES = 8 * MIB
+_read_options: OrderedDict[tuple[str, str], CopiedOptions] = OrderedDict()
+_read_options_lock = threading.Lock()
+
+
+def _read_once(store: ResultStore, data_key: str, value_type: str) -> CopiedOptions:
+    """``read_options``, kept for the next read of the same result (``_READ_ONCE_BYTES``); each
+    caller gets lists of its own."""
+    key = (data_key, value_type)
+    with _read_options_lock:
+        copied = _read_options.get(key)
+        if copied is not None:
+            _read_options.move_to_end(key)
+    if copied is None:
+        copied = read_options(store, data_key, value_type)
+        with _read_options_lock:
+            _read_options[key] = copied
+            while sum(each.rendered for each in _read_options.values()) > _READ_ONCE_BYTES:
+                _read_options.popitem(last=False)
+    options = Options(list(copied.options.values), list(copied.options.value_names))
+    return dataclasses.replace(copied, options=options)
+
+
+def row_options_weight(row: Filter) -> int:
+    """What the row's options weigh as it keeps them (``OPTIONS_WEIGHT``, for one row read)."""
+    return row.values_characters + row.value_names_characters
+
+
+def options_weight(options: Options) -> int:
+    """What ``options`` weigh once kept in a row (``option_columns``)."""
+    return json_characters(options.values) + json_characters(options.value_names)
+
+
+def option_columns(options: Options) -> dict[str, Any]:
+    """A filter row's columns holding ``options``, their weights included, as the model's own
+    setting of them writes them: for an update that does not go through the model."""
+    return {
+        "values": options.values,
+        "value_names": options.value_names,
+        "values_characters": json_characters(options.values),
+        "value_names_characters": json_characters(options.value_names),
+    }
 
 
 def options_budget(settings: Settings) -> int:

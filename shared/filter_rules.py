@@ -6,7 +6,9 @@ execution (Run Execution, a report's run, a data server's scheduler) binds with 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
+from functools import partial
 from typing import Literal, get_args
 
 from sqlalchemy import ColumnElement, select
@@ -18,6 +20,8 @@ from shared.results import open_result_store
 from shared.settings import Settings
 from sql_templating.parameters import TRUNCATION_UNITS, InputParameters, Scalar
 from sql_templating.rules import VariableRule
+
+logger = logging.getLogger(__name__)
 
 ControlType = Literal["dropdown", "text", "date_range", "datetime_range", "aggregation"]
 ValueType = Literal["text", "number", "date", "datetime", "boolean"]
@@ -74,13 +78,17 @@ def variable_rules(
 def _newly_copied(session: Session, row: Filter, settings: Settings) -> list[Scalar] | None:
     """The options a restricted static SQL filter's execution gave since its row's copy, which
     a read of the filter copies: a run checked against the row's alone was held to the old
-    ones until then (and a filter never read allowed nothing). Read, not copied: a copy here
-    would race a change of the filter, and a list copying in another order. None: the row's."""
+    ones until then (and a filter never read allowed nothing). Read, not copied (a copy here,
+    in the run's transaction, would wait for a change of the filter while holding what that
+    change waits for), and kept for the next run (``static_copy``). None: the row's, also when
+    the result cannot be read just now (the run goes on as it would have before)."""
     if not (row.restrict_to_options and row.options_source == "static_sql"):
         return None
-    if row.status != "pending":  # nothing ended since the copy (read before opening a store)
+    try:
+        copy = static_copy(session, row, partial(open_result_store, settings), settings)
+    except OSError as exc:  # the result store did not answer (an object store's outage)
+        logger.warning("static options of filter %s not read: %s", row.id, type(exc).__name__)
         return None
-    copy = static_copy(session, row, open_result_store(settings), settings)
     return copy.options.values if copy is not None and copy.options is not None else None
 
 

@@ -47,7 +47,12 @@ from shared.db.models import Execution
 from shared.db.models import Filter as FilterRow
 from shared.digits import natural_number
 from shared.errors import Conflict, InvalidQueryParameter, Unprocessable, unauthorized
-from shared.filter_options import MAX_OPTION_LENGTH, MAX_OPTIONS, OptionsStatus
+from shared.filter_options import (
+    MAX_OPTION_LENGTH,
+    MAX_OPTIONS,
+    OptionsStatus,
+    row_options_weight,
+)
 from shared.filter_rules import (
     CONTROL_TYPES,
     OPTIONS_SOURCES,
@@ -224,8 +229,8 @@ class FilterAttributes(Attributes):
         bool,
         Field(
             description="Beyond Cluvio: every execution giving this variable a value must pick "
-            "among the options (manual, the static SQL's as last copied, or the aggregation "
-            "units), else 422 `value_not_in_options`. Refused for `dynamic_sql` options, "
+            "among the options (manual, the static SQL's latest completed ones, or the "
+            "aggregation units), else 422 `value_not_in_options`. Refused for `dynamic_sql` options, "
             "which depend on other values and cannot be checked when an execution runs."
         ),
     ] = False
@@ -402,11 +407,11 @@ def _related(resource: jsonapi.ResourceInput) -> dict[str, str | None]:
 
 
 def _synced(request: Request, session: Session, rows: Iterable[Any]) -> None:
-    """Static SQL options whose execution ended are copied before they are shown."""
-    for row in rows:
-        state = request.app.state
-        if filters.sync_static_options(session, row, state.result_store, state.settings):
-            session.flush()
+    """Static SQL options whose execution ended are copied before they are shown; in id order,
+    the one order every list copies in, as each copy holds its row until the list commits."""
+    state = request.app.state
+    for row in sorted(rows, key=lambda row: row.id):
+        filters.sync_static_options(session, row, state.result_store, state.settings)
 
 
 # ---------------------------------------------------------------------------- the resource
@@ -430,7 +435,7 @@ def list_filters(request: Request, principal: Principal) -> Response:
     with request.app.state.sessions.begin() as session:
         rows, total = filters.list_filters(session, principal, query)
         _synced(request, session, rows)
-        weights = {row.id: filters.options_weight(row) for row in rows}
+        weights = {row.id: row_options_weight(row) for row in rows}
     fields = _fields_without_options(query)
     batches = _batches_by_weight(weights) if fields is None else [list(weights)]
     return streamed_page(

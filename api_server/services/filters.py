@@ -27,7 +27,7 @@ from api_server.services.executions import RunRequest, queue_run, run_execution
 from api_server.services.listing import CollectionQuery, ids_named_by_owner, list_page
 from api_server.services.object_limits import require_room
 from shared.db.engine import write_lock_on_sqlite
-from shared.db.models import Execution, Filter, json_characters, utcnow
+from shared.db.models import Execution, Filter, utcnow
 from shared.errors import (
     AppError,
     Conflict,
@@ -41,9 +41,11 @@ from shared.filter_options import (
     OPTIONS_WEIGHT,
     Options,
     is_value_of_type,
+    option_columns,
     options_budget,
     organization_options_weight,
     read_options,
+    row_options_weight,
     static_copy,
 )
 from shared.filter_rules import VALUE_TYPES_OF_CONTROL, filters_within
@@ -127,11 +129,6 @@ def options_weights(session: Session, principal: Principal, ids: Collection[str]
         select(Filter.id, OPTIONS_WEIGHT).where(_visible(principal), Filter.id.in_(set(ids)))
     )
     return {filter_id: int(characters) for filter_id, characters in rows}
-
-
-def options_weight(row: Filter) -> int:
-    """What the row's options weigh, values and labels (``options_weights``, for one row read)."""
-    return row.values_characters + row.value_names_characters
 
 
 def filters_in_order(
@@ -364,7 +361,7 @@ def _beyond_options_budget(
 ) -> bool:
     """The row's options grew past ``weight_before`` and the organisation's filters' options
     together (the row's flushed) exceed the budget."""
-    if options_weight(row) <= weight_before:
+    if row_options_weight(row) <= weight_before:
         return False
     return organization_options_weight(session, row.organization_id) > options_budget(settings)
 
@@ -613,19 +610,16 @@ def sync_static_options(
     the old execution's options. True when the copy was written (the caller commits), and
     ``row`` holds it; otherwise ``row`` stays as it was read (a change, or a delete, that came
     first answers the next read)."""
-    copy = static_copy(session, row, store, settings)
+    copy = static_copy(session, row, lambda: store, settings)
     if copy is None:
         return False
-    changes: dict[str, Any] = {"status": copy.status, "status_message": copy.status_message}
+    changes: dict[str, Any] = {
+        "status": copy.status,
+        "status_message": copy.status_message,
+        "updated_at": utcnow(),  # as the model's own update would set it, kept on ``row`` too
+    }
     if copy.options is not None:
-        values, names = copy.options.values, copy.options.value_names
-        changes |= {
-            "values": values,
-            "value_names": names,
-            "values_characters": json_characters(values),
-            "value_names_characters": json_characters(names),
-            "options_updated_at": copy.updated_at,
-        }
+        changes |= option_columns(copy.options) | {"options_updated_at": copy.updated_at}
     copied = session.execute(
         update(Filter)
         .where(

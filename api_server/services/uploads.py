@@ -95,7 +95,8 @@ class UploadTarget:
     views: bool  # a files datasource's folder: one file per view name
     # If-Match: * (True: replace only) or If-None-Match: * (False: create only); None: either.
     must_exist: bool | None = None
-    # Who writes: a key restricted to listed datasources is asked again at the commit.
+    # Who writes: asked again at the commit, that its key is still enabled and, if restricted to
+    # listed datasources, that none beyond them reads the file.
     writer: Principal | None = None
 
     def check_condition(self, exists: bool) -> None:

@@ -21,7 +21,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.logging import request_id_var
 from shared.metrics import HTTP_METHODS
 from shared.secret_shapes import without_secrets
-from shared.web.problems import unexpected_error_response
+from shared.web.problems import (
+    concurrent_change_response,
+    ended_for_another,
+    unexpected_error_response,
+)
 
 logger = logging.getLogger("dataferry.access")
 error_logger = logging.getLogger("dataferry.errors")
@@ -93,9 +97,19 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             if status["started"]:
                 raise  # a body cut short: the server drops the connection
+            if ended_for_another(exc):  # two writes locking rows in different orders: a warning
+                route = getattr(scope.get("route"), "path", "?")  # a template: no ids, secrets
+                error_logger.warning(
+                    "%s %s: the database ended its transaction for another's (%s)",
+                    _method_as_sent(scope),
+                    route,
+                    type(getattr(exc, "orig", exc)).__name__,
+                )
+                await concurrent_change_response()(scope, receive, send_with_id)
+                return
             error_logger.exception(
                 "unhandled error on %s %s", _method_as_sent(scope), _path_as_sent(scope)
             )

@@ -3,7 +3,6 @@ exception handlers both apps install, Starlette's own 404/405 included, and the 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
@@ -50,27 +49,19 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
-logger = logging.getLogger("dataferry.errors")
 # PostgreSQL's codes for a transaction it ended so that another could go on: a deadlock, or a
 # serializable transaction's conflict. Nothing of it was kept; sent again, it most likely passes.
 _ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
 
 
-async def handle_database_error(request: Request, exc: Exception) -> Response:
-    """A transaction the database ended for another's sake is a 409 ``concurrent_change`` to
-    send again, not a 500 (an outside probe: report moves and group changes at once); logged
-    as a warning, as it names two writes that lock rows in different orders. Any other
-    database error goes on to the last resort."""
-    assert isinstance(exc, DBAPIError)
-    if getattr(exc.orig, "sqlstate", None) not in _ENDED_FOR_ANOTHER:
-        raise exc
-    route = getattr(request.scope.get("route"), "path", "?")  # a template: no ids, no secrets
-    logger.warning(
-        "%s %s: the database ended its transaction for another's (%s)",
-        request.method,
-        route,
-        type(exc.orig).__name__,
-    )
+def ended_for_another(exc: BaseException) -> bool:
+    """Whether the database ended the request's transaction for another's sake: a 409
+    ``concurrent_change`` to send again (``concurrent_change_response``), not a 500 (an outside
+    probe: report moves and group changes at once, on PostgreSQL)."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _ENDED_FOR_ANOTHER
+
+
+def concurrent_change_response() -> Response:
     return error_response(
         Conflict(
             "Another request changed the same objects at the same moment, and nothing of this "
@@ -92,5 +83,4 @@ def unexpected_error_response() -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     AppError: handle_app_error,
     HTTPException: handle_http_exception,
-    DBAPIError: handle_database_error,
 }

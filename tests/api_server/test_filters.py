@@ -858,6 +858,55 @@ class TestSqlOptions:
             row = session.get(Filter, filter_id)
             assert (row.status, row.values) == ("pending", None)  # never copied
 
+    def test_runs_read_a_static_result_once_and_go_on_without_the_store(
+        self, world, monkeypatch
+    ) -> None:
+        """Until a read copies them, each run read the options' result again (a review's
+        finding); and an object store's outage while reading it was a 500 for the run."""
+        api, org = world
+        static = _static("SELECT 'kept'", variable_name="static_once", restrict_to_options=True)
+        created = _create(api, org.key, org.sample_datasource_id, **static)
+        assert created.status_code == 201, created.text
+        filter_id = created.json()["data"]["id"]
+        _until(lambda: _options_ended(api, filter_id), "the static options run")
+        sql = "SELECT 1 WHERE {c=static_once}"
+        reads, real_read = [], filter_options.read_options
+
+        def counted(*args: Any) -> Any:
+            reads.append(args)
+            return real_read(*args)
+
+        monkeypatch.setattr(filter_options, "read_options", counted)
+        for _ in range(3):
+            ran = _run(
+                api, org.key, org.sample_datasource_id, sql, _selection("static_once", "kept")
+            )
+            assert ran.status_code == 200, ran.text
+        assert len(reads) == 1
+
+        def outage(*args: Any) -> Any:
+            raise OSError("AWS Error NETWORK_CONNECTION")
+
+        monkeypatch.setattr(filter_options, "read_options", outage)
+        monkeypatch.setattr(filter_options, "_read_options", type(filter_options._read_options)())
+        refused = _run(
+            api, org.key, org.sample_datasource_id, sql, _selection("static_once", "kept")
+        )
+        assert _errors(refused) == [  # as before the options could be read: none copied yet
+            ("value_not_in_options", "/parameters/filters/0/selected_values/0")
+        ]
+
+    def test_a_copy_answers_the_updated_at_it_wrote(self, world) -> None:
+        api, org = world
+        static = _static("SELECT 'when'", variable_name="static_when")
+        created = _create(api, org.key, org.sample_datasource_id, **static)
+        assert created.status_code == 201, created.text
+        path = f"/filters/{created.json()['data']['id']}"
+        _until(lambda: _options_ended(api, created.json()["data"]["id"]), "the options run")
+        copied = api.get(path, org.key).json()["data"]["attributes"]
+        assert copied["status"] == "ready"
+        assert api.get(path, org.key).json()["data"]["attributes"] == copied
+
     def test_a_copy_does_not_overwrite_a_change_made_since_the_row_was_read(self, world) -> None:
         """A read copying the options of the execution it saw, after a change of the filter
         committed (a new SQL, its own execution), left the filter `ready` on the old SQL's

@@ -151,10 +151,13 @@ def test_schema_refresh_and_fetch(client, shop):
     )
     assert named.status_code == 200
     # The grant of a named schema is that schema's, fetched as Cluvio's reference says (the data
-    # key and its token, no name repeated); a name given to the data server still wins.
+    # key and its token, no name repeated), and no other's.
     assert client.fetch(named.json()).json() == narrowed
     assert httpx.get(named.json()["data_url"]).json() == narrowed
-    assert client.fetch(named.json(), name="nope").status_code == 404
+    refused = client.fetch(named.json(), name="nope")  # the grant is of that one schema
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["errors"][0]["code"] == "schema_not_granted"
+    assert client.fetch(named.json(), name=name).json() == narrowed
     missing = httpx.get(
         f"{client.api_url}/datasources/{datasource_id}/schema",
         params={"name": "nope"},
