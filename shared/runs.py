@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, bindparam, case, func, or_, select
+from sqlalchemy import Select, and_, bindparam, case, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -221,12 +221,13 @@ def _held(model: type[Datasource] | type[Report]) -> Select[str]:
 
 _DATASOURCE_HELD = _held(Datasource)
 _REPORT_HELD = _held(Report)
-_KEYS = table_of(ApiKey)
-# Whether the key is enabled, both rows held; no row when either is gone.
+_KEYS, _DATASOURCES = table_of(ApiKey), table_of(Datasource)
+# Whether the key is enabled, both rows held; no row when either is gone. (Two rows of unrelated
+# tables: joined on nothing but their ids' conditions.)
 _DATASOURCE_AND_KEY_HELD = held_against_delete(
-    select(_KEYS.c.enabled).where(
-        table_of(Datasource).c.id == bindparam("row_id"), _KEYS.c.id == bindparam("key_id")
-    )
+    select(_KEYS.c.enabled)
+    .select_from(_DATASOURCES.join(_KEYS, true()))
+    .where(_DATASOURCES.c.id == bindparam("row_id"), _KEYS.c.id == bindparam("key_id"))
 )
 
 
