@@ -749,6 +749,17 @@ def _options_ended(api: Api, filter_id: str) -> bool:
         return execution.status in ("completed", "failed", "cancelled")
 
 
+def _ended_static(api: Api, org: Org, sql: str, variable: str, **attributes: Any) -> str:
+    """A new static SQL filter whose options execution ended, never read through the API."""
+    created = _create(
+        api, org.key, org.sample_datasource_id, **_static(sql, variable_name=variable, **attributes)
+    )
+    assert created.status_code == 201, created.text
+    filter_id: str = created.json()["data"]["id"]
+    _until(lambda: _options_ended(api, filter_id), "the static options run")
+    return filter_id
+
+
 def _until(check: Any, what: str) -> Any:
     deadline = time.monotonic() + 30
     while not (found := check()):
@@ -768,14 +779,9 @@ class TestSqlOptions:
         api, _ = world
         org = api.create_org("Budgeted")  # none of the other tests' filters
         monkeypatch.setattr(filter_options, "options_budget", lambda _settings: 10)
-        static = _static(
-            f"SELECT city FROM ({CITIES})", variable_name="budgeted_city", restrict_to_options=True
-        )
-        created = _create(api, org.key, org.sample_datasource_id, **static)
-        assert created.status_code == 201, created.text
-        filter_id = created.json()["data"]["id"]
+        city = f"SELECT city FROM ({CITIES})"
+        filter_id = _ended_static(api, org, city, "budgeted_city", restrict_to_options=True)
         path = f"/filters/{filter_id}"
-        _until(lambda: _options_ended(api, filter_id), "the static options run")
         # Before any read, a run is held to what a copy would keep: none.
         sql = "SELECT 1 WHERE {c=budgeted_city}"
         run = _run(api, org.key, org.sample_datasource_id, sql, _selection("budgeted_city", "Rome"))
@@ -831,16 +837,14 @@ class TestSqlOptions:
         refused, its old ones taken, and a filter never read restricted to nothing (found by an
         outside probe)."""
         api, org = world
-        static = _static("SELECT 'completed'", variable_name="static_st", restrict_to_options=True)
-        created = _create(api, org.key, org.sample_datasource_id, **static)
-        assert created.status_code == 201, created.text
-        filter_id = created.json()["data"]["id"]
+        filter_id = _ended_static(
+            api, org, "SELECT 'completed'", "static_st", restrict_to_options=True
+        )  # never read
         sql = "SELECT 1 WHERE {c=static_st}"
 
         def run(value: str) -> Any:
             return _run(api, org.key, org.sample_datasource_id, sql, _selection("static_st", value))
 
-        _until(lambda: _options_ended(api, filter_id), "the static options run")  # never read
         assert run("completed").status_code == 200
         changed = api.patch(
             f"/filters/{filter_id}",
@@ -864,11 +868,7 @@ class TestSqlOptions:
         """Until a read copies them, each run read the options' result again (a review's
         finding); and an object store's outage while reading it was a 500 for the run."""
         api, org = world
-        static = _static("SELECT 'kept'", variable_name="static_once", restrict_to_options=True)
-        created = _create(api, org.key, org.sample_datasource_id, **static)
-        assert created.status_code == 201, created.text
-        filter_id = created.json()["data"]["id"]
-        _until(lambda: _options_ended(api, filter_id), "the static options run")
+        _ended_static(api, org, "SELECT 'kept'", "static_once", restrict_to_options=True)
         sql = "SELECT 1 WHERE {c=static_once}"
         reads, real_read = [], filter_options.read_options
 
@@ -898,11 +898,7 @@ class TestSqlOptions:
 
     def test_a_copy_answers_the_updated_at_it_wrote(self, world) -> None:
         api, org = world
-        static = _static("SELECT 'when'", variable_name="static_when")
-        created = _create(api, org.key, org.sample_datasource_id, **static)
-        assert created.status_code == 201, created.text
-        path = f"/filters/{created.json()['data']['id']}"
-        _until(lambda: _options_ended(api, created.json()["data"]["id"]), "the options run")
+        path = "/filters/" + _ended_static(api, org, "SELECT 'when'", "static_when")
         copied = api.get(path, org.key).json()["data"]["attributes"]
         assert copied["status"] == "ready"
         assert api.get(path, org.key).json()["data"]["attributes"] == copied
@@ -912,11 +908,7 @@ class TestSqlOptions:
         committed (a new SQL, its own execution), left the filter `ready` on the old SQL's
         options for good: nothing would copy the new execution's."""
         api, org = world
-        static = _static("SELECT 'old'", variable_name="static_race")
-        created = _create(api, org.key, org.sample_datasource_id, **static)
-        assert created.status_code == 201, created.text
-        filter_id = created.json()["data"]["id"]
-        _until(lambda: _options_ended(api, filter_id), "the static options run")
+        filter_id = _ended_static(api, org, "SELECT 'old'", "static_race")
         state = api.app.state
         with state.sessions() as reading:
             seen = reading.get(Filter, filter_id)
@@ -943,11 +935,7 @@ class TestSqlOptions:
     def test_a_copy_of_a_filter_deleted_since_it_was_read_changes_nothing(self, world) -> None:
         """Its update matched no row: an error (a 500 for the list that read it) before."""
         api, org = world
-        static = _static("SELECT 'gone'", variable_name="static_gone")
-        created = _create(api, org.key, org.sample_datasource_id, **static)
-        assert created.status_code == 201, created.text
-        filter_id = created.json()["data"]["id"]
-        _until(lambda: _options_ended(api, filter_id), "the static options run")
+        filter_id = _ended_static(api, org, "SELECT 'gone'", "static_gone")
         state = api.app.state
         with state.sessions() as reading:
             seen = reading.get(Filter, filter_id)

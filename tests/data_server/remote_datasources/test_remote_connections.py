@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -246,6 +247,18 @@ def _refusing_postgres(refusal: bytes) -> tuple[socket.socket, int]:
     return listener, listener.getsockname()[1]
 
 
+def _refused(refusal: bytes, password: str, tmp_path: Path) -> QueryFailed:
+    """What the engine raises for a datasource of ``password`` that ``_refusing_postgres``
+    refuses with ``refusal``."""
+    listener, port = _refusing_postgres(refusal)
+    try:
+        with pytest.raises(QueryFailed) as refused:
+            engine.Sandbox(_refused_spec(port, password), LIMITS, str(tmp_path))
+    finally:
+        listener.close()
+    return refused.value
+
+
 def _refused_spec(port: int, password: str) -> engine.DatasourceSpec:
     """A PostgreSQL datasource at ``_refusing_postgres``'s port."""
     return engine.DatasourceSpec(
@@ -268,15 +281,10 @@ def _refused_spec(port: int, password: str) -> engine.DatasourceSpec:
 def test_a_refusal_that_is_not_utf8_is_classified_with_its_text(tmp_path):
     """The binding could not decode it and raised UnicodeDecodeError: the execution failed as
     "UnicodeDecodeError", Test Connection said the same (found by the outside probe)."""
-    listener, port = _refusing_postgres(b"password authentication failed for user caf\xe9")
-    spec = _refused_spec(port, "hunter2-" + secrets.token_hex(4))
-    try:
-        with pytest.raises(QueryFailed) as refused:
-            engine.Sandbox(spec, LIMITS, str(tmp_path))
-    finally:
-        listener.close()
-    assert refused.value.code == "authentication_failed", refused.value.message
-    assert "caf\ufffd" in refused.value.message
+    refusal = b"password authentication failed for user caf\xe9"
+    refused = _refused(refusal, "hunter2-" + secrets.token_hex(4), tmp_path)
+    assert refused.code == "authentication_failed", refused.message
+    assert "caf\ufffd" in refused.message
 
 
 def test_a_password_a_server_echoes_in_latin1_is_redacted_too(tmp_path):
@@ -285,13 +293,7 @@ def test_a_password_a_server_echoes_in_latin1_is_redacted_too(tmp_path):
     redacted as well."""
     password = "käse-" + secrets.token_hex(4)
     refusal = b"password authentication failed: " + password.encode("latin-1")
-    listener, port = _refusing_postgres(refusal)
-    spec = _refused_spec(port, password)
-    try:
-        with pytest.raises(QueryFailed) as refused:
-            engine.Sandbox(spec, LIMITS, str(tmp_path))
-    finally:
-        listener.close()
-    assert refused.value.code == "authentication_failed", refused.value.message
-    assert password[2:] not in refused.value.message, refused.value.message
-    assert "<redacted>" in refused.value.message
+    refused = _refused(refusal, password, tmp_path)
+    assert refused.code == "authentication_failed", refused.message
+    assert password[2:] not in refused.message, refused.message
+    assert "<redacted>" in refused.message
