@@ -369,8 +369,9 @@ def show_datasource(request: Request, principal: Principal) -> Response:
         400: doc.BAD_DOCUMENT,
         404: None,
         409: f"`sample_datasource_fixed`; or {doc.WRONG_TYPE_OR_ID}",
-        422: f"{_INVALID} A change of `database_type`, `host`, `port` (an `s3` datasource's "
-        "`database` or `s3_region` too), or `require_ssl` or `verify_ssl` to false on a "
+        422: f"{_INVALID} A change of `database_type`, `host`, `port`, `database` or "
+        "`username` (an `s3` datasource's `s3_region` too), or `require_ssl` or `verify_ssl` "
+        "to false on a "
         "datasource with a stored password needs the password sent again, or null "
         "(`password_required`): it is never sent to a new destination.",
     },

@@ -234,11 +234,14 @@ def update_datasource(
     return ds
 
 
-# Where a datasource's stored password is sent: changing one of these sends it elsewhere.
-_DESTINATION = ("database_type", "host", "port")
+# Where a datasource's stored password is sent: changing one of these sends it elsewhere. The
+# account and database it logs in to count too: the password of one account tried on another of
+# the same server, and a server's refusal quotes both, where a password among them shows
+# redacted (an outside probe: `database` set to "aa <guess> bb" answered whether the guess was it).
+_DESTINATION = ("database_type", "host", "port", "database", "username")
 # An s3 datasource's secret signs requests for its bucket and prefix (``database``), and, with no
 # ``host``, the region names AWS's endpoint: <bucket>.s3.<region>.amazonaws.com.
-_S3_DESTINATION = ("database", "s3_region")
+_S3_DESTINATION = ("s3_region",)
 _TLS = ("require_ssl", "verify_ssl")
 
 
@@ -246,9 +249,9 @@ def _require_password_for_new_destination(ds: Datasource, changes: dict[str, Any
     """A stored password goes only where it was given for: a key that may manage a datasource
     but was never told its password could otherwise point it at a server (or a bucket) of its
     own, or drop TLS or its certificate check on the way, and be sent the password, in clear if
-    that server asks for it so, or have requests signed with it. A change of type, host or port
-    (an s3 datasource's bucket, prefix or region too), or TLS no longer required or no longer
-    verified, sends the password again, or null."""
+    that server asks for it so, or have requests signed with it. A change of type, host, port,
+    database or username (an s3 datasource's region too), or TLS no longer required or no
+    longer verified, sends the password again, or null."""
     if ds.password_encrypted is None or "password" in changes:
         return
     destination: tuple[str, ...] = _DESTINATION

@@ -105,14 +105,18 @@ def test_password_can_be_changed_and_cleared(api):
 
 def test_a_stored_password_goes_to_no_new_destination_unless_sent_again(api):
     """A key that may manage a datasource but never knew its password must not point it at a
-    server of its own and be sent the password (outside probe)."""
+    server of its own and be sent the password (outside probe), nor at another account or
+    database of the same server, whose refusal quotes them: a `database` of "aa <guess> bb"
+    answered "database "aa <redacted> bb" does not exist" when the guess was the password (a
+    later probe)."""
     org = api.create_org()
     attributes = {**POSTGRES_DATASOURCE, "require_ssl": True, "verify_ssl": True}
     created = api.create_datasource(org.key, password="first", **attributes)
     path, ds = f"/datasources/{created['id']}", created["id"]
     before = dump_tables(api.app)
     for moved in ({"host": "127.0.0.2"}, {"port": 5433}, {"require_ssl": False},
-                  {"verify_ssl": False}, {"database_type": "mysql", "port": 3306}):  # fmt: skip
+                  {"verify_ssl": False}, {"database_type": "mysql", "port": 3306},
+                  {"username": "other"}, {"database": "aa first bb"}):  # fmt: skip
         refused = api.patch(path, org.key, resource("datasources", ds, **moved))
         assert refused.status_code == 422, refused.text
         error = refused.json()["errors"][0]
@@ -121,9 +125,8 @@ def test_a_stored_password_goes_to_no_new_destination_unless_sent_again(api):
     assert dump_tables(api.app) == before
     for harmless in (
         {"name": "renamed"},
-        {"username": "other"},
         {"host": created["attributes"]["host"]},
-        {"database": "another_database"},  # on the same server
+        {"database": created["attributes"]["database"]},  # unchanged
     ):
         assert api.patch(path, org.key, resource("datasources", ds, **harmless)).status_code == 200
     sent_again = resource("datasources", ds, host="127.0.0.2", password="first")
