@@ -40,6 +40,9 @@ MAX_OPTION_LENGTH = 1_000  # characters of one option's text or label
 # request may write as manual options (its body is at most 1 MiB). Every read of the filter,
 # and of the list it is on, renders them.
 MAX_OPTIONS_JSON_BYTES = 1_000_000
+# The rows of a result read for them at most: a result of millions of rows, nulls or values of
+# another type, took a first run (or read of the filter) 25 s before (an outside probe).
+MAX_OPTION_ROWS_READ = 100 * MAX_OPTIONS
 # What a filter's options weigh as its row keeps it: their JSON's characters, values and labels.
 OPTIONS_WEIGHT = Filter.values_characters + Filter.value_names_characters
 
@@ -105,7 +108,8 @@ class CopiedOptions:
         if self.cut_short:
             notes.append(
                 f"Only the first {len(self.options.values)} values are options (at most "
-                f"{MAX_OPTIONS}, of {MAX_OPTIONS_JSON_BYTES:,} bytes of JSON with their labels)."
+                f"{MAX_OPTIONS}, of {MAX_OPTIONS_JSON_BYTES:,} bytes of JSON with their labels, "
+                f"from the first {MAX_OPTION_ROWS_READ:,} rows)."
             )
         if self.left_out:
             notes.append(
@@ -120,17 +124,20 @@ def read_options(store: ResultStore, data_key: str, value_type: str) -> CopiedOp
     """A result's options: distinct non-null values of the first column (first label wins) that
     are values of ``value_type``, as a client would write them (docs/filters.md), labels from
     the second column; at most ``MAX_OPTIONS`` of them, rendering to at most
-    ``MAX_OPTIONS_JSON_BYTES`` of JSON."""
+    ``MAX_OPTIONS_JSON_BYTES`` of JSON, from the first ``MAX_OPTION_ROWS_READ`` rows."""
     values: list[Scalar] = []
     names: list[str | None] = []
     seen: set[Any] = set()
-    left_out = rendered = 0
+    left_out = rendered = rows_read = 0
     with store.open(result_object_key(data_key)) as source:
         reader = pa.ipc.open_file(source)
         if reader.schema.names == []:
             return CopiedOptions(Options([], []), 0, cut_short=False)
         for index in range(reader.num_record_batches):
-            batch = reader.get_batch(index)
+            if rows_read >= MAX_OPTION_ROWS_READ:
+                return CopiedOptions(Options(values, names), left_out, True, rendered)
+            batch = reader.get_batch(index).slice(0, MAX_OPTION_ROWS_READ - rows_read)
+            rows_read += batch.num_rows
             labels = _cells(batch.column(1)) if batch.num_columns > 1 else None
             for position, raw in enumerate(_cells(batch.column(0))):
                 if raw is None:

@@ -606,8 +606,9 @@ def update_filter(request: Request, principal: Principal) -> Response:
     state = request.app.state
     with state.sessions.begin() as session:
         row = filters.update_filter(
-            session, principal, filter_id, data.changes(), related, state.settings
-        )
+            session, principal, filter_id, data.changes(), related, state.result_store,
+            state.settings,
+        )  # fmt: skip
         return one(FILTERS, query, row)
 
 
@@ -655,7 +656,9 @@ def refresh_filter(request: Request, principal: Principal) -> Response:
     query = FILTERS.query(request, collection=False)
     state = request.app.state
     with state.sessions.begin() as session:
-        row = filters.refresh_filter(session, principal, request.path_params["id"], state.settings)
+        row = filters.refresh_filter(
+            session, principal, request.path_params["id"], state.result_store, state.settings
+        )
         return one(FILTERS, query, row)
 
 

@@ -186,14 +186,18 @@ def update_filter(
     filter_id: str,
     changes: Mapping[str, Any],
     related: Mapping[str, str | None],
+    store: ResultStore,
     settings: Settings,
 ) -> Filter:
     """Only what the request sent changes; a static SQL filter whose SQL or datasource changed
     (or that just became one) runs its SQL again, its old options answering until then; one
     whose value type changed runs it again with no options meanwhile (the old copy holds values
-    of the old type). A run of the old SQL still going is cancelled (``_cancel_superseded``)."""
+    of the old type). A run of the old SQL still going is cancelled (``_cancel_superseded``).
+    The old options are its last run's, copied first if no read did (``_superseding``)."""
     lock_organization(session, principal.organization_id)  # first: see create_filter
-    row = get_filter(session, principal, filter_id, for_update=True)
+    row = _superseding(
+        session, get_filter(session, principal, filter_id, for_update=True), store, settings
+    )
     was_static, before = row.options_source == "static_sql", _sql_of(row)
     weights_before = row.values_characters, row.value_names_characters
     earlier_run = row.options_execution_id
@@ -238,12 +242,14 @@ def delete_filter(session: Session, principal: Principal, filter_id: str) -> Non
 
 
 def refresh_filter(
-    session: Session, principal: Principal, filter_id: str, settings: Settings
+    session: Session, principal: Principal, filter_id: str, store: ResultStore, settings: Settings
 ) -> Filter:
     """Run a static SQL filter's SQL again (409 ``not_static_sql`` for other sources), instead
-    of a run of it still going."""
+    of a run of it still going; its last run's options answer until then (``_superseding``)."""
     lock_organization(session, principal.organization_id)  # first: see create_filter
-    row = get_filter(session, principal, filter_id, for_update=True)
+    row = _superseding(
+        session, get_filter(session, principal, filter_id, for_update=True), store, settings
+    )
     if row.options_source != "static_sql":
         raise Conflict(
             "Only a filter with static_sql options is refreshed; manual options are written, "
@@ -252,6 +258,15 @@ def refresh_filter(
         )
     _cancel_superseded(session, row.options_execution_id)
     _queue_static(session, principal, row, settings, at_cap="raise")
+    return row
+
+
+def _superseding(session: Session, row: Filter, store: ResultStore, settings: Settings) -> Filter:
+    """``row``, locked to change it, with the options of its run that ended copied in if no read
+    did: runs are checked against them (``shared.filter_options``) only while the filter still
+    waits for that run, and a new one would otherwise leave them with the copy before (none,
+    for a filter never read: every value refused; an outside probe)."""
+    sync_static_options(session, row, store, settings)
     return row
 
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 from sqlalchemy import delete, func, select, update
 from starlette.testclient import TestClient
@@ -35,7 +36,9 @@ from shared.db.models import (
     utcnow,
 )
 from shared.filter_options import MAX_OPTIONS_JSON_BYTES
+from shared.results import LocalResultStore, result_object_key
 from shared.settings import Settings
+from shared.tokens import Scope, new_data_key
 from tests.support.factories import Api, Org, dump_tables, resource
 
 RANDOM_ID = "zzzz-zzzz-zzzz"
@@ -860,7 +863,39 @@ class TestSqlOptions:
         ]
         with api.app.state.sessions() as session:  # the runs read the options, wrote nothing
             row = session.get(Filter, filter_id)
-            assert (row.status, row.values) == ("pending", None)  # never copied
+            # The change copied the first run's options (no read had); the runs copied nothing.
+            assert (row.status, row.values) == ("pending", ["completed"])
+
+    @pytest.mark.parametrize("superseded_by", ["a new SQL that fails", "a refresh"])
+    def test_a_never_read_filter_keeps_its_last_options_while_a_new_run_replaces_them(
+        self, world, superseded_by
+    ) -> None:
+        """Runs were checked against the completed run's options only while the filter waited
+        for that run: a new SQL or a refresh left them with the row's copy, none for a filter
+        never read, and every value was refused (for good if the new SQL failed; an outside
+        probe). The change copies the last run's options first."""
+        api, org = world
+        variable = "static_kept_" + superseded_by.split()[-1]
+        filter_id = _ended_static(api, org, "SELECT 7", variable, value_type="number",
+                                  restrict_to_options=True)  # fmt: skip
+        sql = f"SELECT 1 WHERE {{x={variable}}}"
+        path = f"/filters/{filter_id}"
+
+        def run() -> Any:
+            return _run(api, org.key, org.sample_datasource_id, sql, _selection(variable, 7))
+
+        assert run().status_code == 200
+        if superseded_by == "a refresh":
+            changed = api.client.post(
+                f"{path}/refresh", headers={"Authorization": f"Api {org.key}"}
+            )
+        else:
+            failing = resource("filters", filter_id, options_sql_query="SELECT error('boom')")
+            changed = api.patch(path, org.key, failing)
+        assert changed.status_code == 200, changed.text
+        assert run().status_code == 200  # while the new run is queued or running
+        _until(lambda: _options_ended(api, filter_id), "the new options run")
+        assert run().status_code == 200  # and after it (failed: the last options stay)
 
     def test_runs_read_a_static_result_once_and_go_on_without_the_store(
         self, world, monkeypatch
@@ -1352,3 +1387,24 @@ def test_a_filter_deleted_while_its_page_is_sent_is_left_out(api: Api, monkeypat
     document = api.get("/filters?sort=name", org.key).json()
     assert [r["id"] for r in document["data"]] == ids[:2]
     assert document["meta"]["total"] == 3
+
+
+def test_a_static_result_is_read_for_options_up_to_its_row_bound(tmp_path, monkeypatch) -> None:
+    """A result of millions of rows of which few or none are options (text for a number filter)
+    was read whole: 25 s for a first run (an outside probe). Here the bound is ten rows, and
+    the second distinct value comes after them."""
+    monkeypatch.setattr(filter_options, "MAX_OPTION_ROWS_READ", 10)
+    store = LocalResultStore(tmp_path)
+    data_key = new_data_key(Scope.EXECUTION_RESULT)
+    table = pa.table({"v": pa.array(["same"] * 50 + ["later"])})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        for start in range(0, table.num_rows, 4):  # batches of four rows: the bound cuts one
+            writer.write_table(table.slice(start, 4))
+    store.put_bytes(result_object_key(data_key), sink.getvalue().to_pybytes())
+    copied = filter_options.read_options(store, data_key, "text")
+    assert (copied.options.values, copied.cut_short) == (["same"], True)
+    assert "from the first 10 rows" in (copied.note("text") or "")
+    monkeypatch.setattr(filter_options, "MAX_OPTION_ROWS_READ", 100)
+    copied = filter_options.read_options(store, data_key, "text")
+    assert (copied.options.values, copied.cut_short) == (["same", "later"], False)
