@@ -12,6 +12,7 @@ a run does for a restricted filter not read since (``shared.filter_options``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -61,6 +62,7 @@ from sql_templating.parameters import (
 from sql_templating.placeholders import placeholder_variables
 from sql_templating.rules import option_key
 
+logger = logging.getLogger(__name__)
 _NOT_FOUND_DETAIL = "No filter with this id exists."
 # A dynamic filter's options completed this recently answer the same query again.
 DYNAMIC_OPTIONS_FRESH_SECONDS = 10
@@ -625,7 +627,11 @@ def sync_static_options(
     the old execution's options. True when the copy was written (the caller commits), and
     ``row`` holds it; otherwise ``row`` stays as it was read (a change, or a delete, that came
     first answers the next read)."""
-    copy = static_copy(session, row, lambda: store, settings)
+    try:
+        copy = static_copy(session, row, lambda: store, settings)
+    except OSError as exc:  # the store did not answer: copied by a later read, the row as it is
+        logger.warning("static options of filter %s not copied: %s", row.id, type(exc).__name__)
+        return False
     if copy is None:
         return False
     changes: dict[str, Any] = {

@@ -897,6 +897,25 @@ class TestSqlOptions:
         _until(lambda: _options_ended(api, filter_id), "the new options run")
         assert run().status_code == 200  # and after it (failed: the last options stay)
 
+    def test_a_change_or_read_goes_through_while_the_result_store_does_not_answer(
+        self, world, monkeypatch
+    ) -> None:
+        api, org = world
+        filter_id = _ended_static(api, org, "SELECT 'a'", "static_outage", restrict_to_options=True)
+
+        def outage(*args: Any) -> Any:
+            raise OSError("AWS Error NETWORK_CONNECTION")
+
+        monkeypatch.setattr(filter_options, "read_options", outage)
+        changed = api.patch(
+            f"/filters/{filter_id}", org.key, resource("filters", filter_id, name="Renamed")
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["data"]["attributes"]["status"] == "pending"  # not copied
+        read = api.get(f"/filters/{filter_id}", org.key)  # a read goes through too (was a 500)
+        assert read.status_code == 200, read.text
+        assert read.json()["data"]["attributes"]["status"] == "pending"
+
     def test_runs_read_a_static_result_once_and_go_on_without_the_store(
         self, world, monkeypatch
     ) -> None:
