@@ -261,7 +261,7 @@ def static_copy(
         return StaticCopy("failed", "The options execution no longer exists.")
     if execution.status == ExecutionStatus.COMPLETED and execution.data_key:
         try:
-            copied = _read_once(store(), execution.data_key, row.value_type)
+            copied = _read_once(store, execution.data_key, row.value_type)
         except ResultGone:
             return StaticCopy("failed", "The options result no longer exists.")
         except pa.ArrowInvalid:  # never left for each read of the filter (or its list) to meet
@@ -292,16 +292,17 @@ _read_options: OrderedDict[tuple[str, str], CopiedOptions] = OrderedDict()
 _read_options_lock = threading.Lock()
 
 
-def _read_once(store: ResultStore, data_key: str, value_type: str) -> CopiedOptions:
+def _read_once(store: Callable[[], ResultStore], data_key: str, value_type: str) -> CopiedOptions:
     """``read_options``, kept for the next read of the same result (``_READ_ONCE_BYTES``); each
-    caller gets lists of its own."""
+    caller gets lists of its own. The store is opened only to read (an object store's client
+    is not made for an answer already kept)."""
     key = (data_key, value_type)
     with _read_options_lock:
         copied = _read_options.get(key)
         if copied is not None:
             _read_options.move_to_end(key)
     if copied is None:
-        copied = read_options(store, data_key, value_type)
+        copied = read_options(store(), data_key, value_type)
         with _read_options_lock:
             _read_options[key] = copied
             while sum(each.rendered for each in _read_options.values()) > _READ_ONCE_BYTES:

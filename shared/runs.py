@@ -194,20 +194,15 @@ def require_still_there(
     key deleted or disabled since the request began, not the insert failing its foreign key (a
     500). The key is held in the datasource's statement: no round trip more. (On SQLite the
     caller holds the database's write lock, which already orders them.)"""
-    if api_key_id is None:
-        found = session.scalar(_DATASOURCE_HELD, {"row_id": datasource_id}) is not None
-    else:
-        held = {"row_id": datasource_id, "key_id": api_key_id}
-        enabled = session.scalar(_DATASOURCE_AND_KEY_HELD, held)
-        if enabled is False:
+    held = {"row_id": datasource_id, "key_id": api_key_id}
+    enabled = None if api_key_id is None else session.scalar(_DATASOURCE_AND_KEY_HELD, held)
+    if enabled is None:  # no key to hold, or one of the two is gone: which?
+        if session.scalar(_DATASOURCE_HELD, {"row_id": datasource_id}) is None:
+            raise NotFound("No datasource with this id exists.")
+        if api_key_id is not None:
             raise unauthorized()
-        found = enabled is not None or (
-            session.scalar(_DATASOURCE_HELD, {"row_id": datasource_id}) is not None
-        )
-        if found and enabled is None:  # the datasource is there: the key is not
-            raise unauthorized()
-    if not found:
-        raise NotFound("No datasource with this id exists.")
+    elif not enabled:
+        raise unauthorized()
     if report_id is not None and session.scalar(_REPORT_HELD, {"row_id": report_id}) is None:
         raise ReportGone("No report with this id exists.")
 

@@ -195,11 +195,10 @@ def update_filter(
     (or that just became one) runs its SQL again, its old options answering until then; one
     whose value type changed runs it again with no options meanwhile (the old copy holds values
     of the old type). A run of the old SQL still going is cancelled (``_cancel_superseded``).
-    The old options are its last run's, copied first if no read did (``_superseding``)."""
+    The old options are its last run's, copied first if no read did (``_copy_ended_run``)."""
     lock_organization(session, principal.organization_id)  # first: see create_filter
-    row = _superseding(
-        session, get_filter(session, principal, filter_id, for_update=True), store, settings
-    )
+    row = get_filter(session, principal, filter_id, for_update=True)
+    _copy_ended_run(session, row, store, settings)
     was_static, before = row.options_source == "static_sql", _sql_of(row)
     weights_before = row.values_characters, row.value_names_characters
     earlier_run = row.options_execution_id
@@ -247,11 +246,10 @@ def refresh_filter(
     session: Session, principal: Principal, filter_id: str, store: ResultStore, settings: Settings
 ) -> Filter:
     """Run a static SQL filter's SQL again (409 ``not_static_sql`` for other sources), instead
-    of a run of it still going; its last run's options answer until then (``_superseding``)."""
+    of a run of it still going; its last run's options answer until then (``_copy_ended_run``)."""
     lock_organization(session, principal.organization_id)  # first: see create_filter
-    row = _superseding(
-        session, get_filter(session, principal, filter_id, for_update=True), store, settings
-    )
+    row = get_filter(session, principal, filter_id, for_update=True)
+    _copy_ended_run(session, row, store, settings)
     if row.options_source != "static_sql":
         raise Conflict(
             "Only a filter with static_sql options is refreshed; manual options are written, "
@@ -263,13 +261,12 @@ def refresh_filter(
     return row
 
 
-def _superseding(session: Session, row: Filter, store: ResultStore, settings: Settings) -> Filter:
-    """``row``, locked to change it, with the options of its run that ended copied in if no read
-    did: runs are checked against them (``shared.filter_options``) only while the filter still
+def _copy_ended_run(session: Session, row: Filter, store: ResultStore, settings: Settings) -> None:
+    """Before a change or refresh of ``row`` (locked to change it), the options of its run that
+    ended copied in if no read did: runs are checked against them (``shared.filter_options``) only while the filter still
     waits for that run, and a new one would otherwise leave them with the copy before (none,
     for a filter never read: every value refused; an outside probe)."""
     sync_static_options(session, row, store, settings)
-    return row
 
 
 def _cancel_superseded(session: Session, execution_id: str | None) -> None:
