@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -149,18 +150,29 @@ def _check(sql: str, connection: duckdb.DuckDBPyConnection) -> None:
         )
     inner = _EXPLAIN_PREFIX.sub("", sql.strip().rstrip(";"), count=1)
     row = connection.execute("SELECT json_serialize_sql($1)", [inner]).fetchone()
+    serialized = _parse_tree(row[0]) if row else {"error": True}
+    if serialized.get("error"):
+        raise QueryFailed("not_a_select", "Only SELECT (or EXPLAIN SELECT) statements may be run.")
+    for node, ctes in _walk(serialized):
+        _check_node(node, ctes)
+
+
+def _parse_tree(text: str) -> dict[str, Any]:
+    """The parse tree DuckDB serialized. A constant beyond a double's range (``1e309``) is
+    written as the bare token ``Infinity``, which JSON lacks and orjson refuses; the standard
+    library reads it. Either refuses a tree nested deeper than about a thousand levels."""
     try:
-        serialized = orjson.loads(row[0]) if row else {"error": True}
-    except orjson.JSONDecodeError:  # its parse tree is nested deeper than orjson reads (1,024)
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError):
         raise QueryFailed(
             "query_too_complex",
             "The query is nested too deeply to be checked (expressions or subqueries inside "
             "one another several hundred levels deep); simplify it.",
         ) from None
-    if serialized.get("error"):
-        raise QueryFailed("not_a_select", "Only SELECT (or EXPLAIN SELECT) statements may be run.")
-    for node, ctes in _walk(serialized):
-        _check_node(node, ctes)
 
 
 # Digests of texts that passed: the check depends on the text alone, and parsing it costs more
