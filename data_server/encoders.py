@@ -32,7 +32,15 @@ import pyarrow.parquet as pq
 
 from data_server import json_text
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
-from data_server.temporal_texts import infinities, is_temporal, iso_texts, ordinary, spell
+from data_server.temporal_texts import (
+    infinities,
+    is_temporal,
+    iso_texts,
+    ordinary,
+    ordinary_times,
+    spell,
+    time_texts,
+)
 
 CHUNK_BYTES = 256 * 1024
 SLICE_BYTES = 4 * 1024 * 1024
@@ -302,21 +310,28 @@ def _csv(
 
 
 def _csv_rows(batch: pa.RecordBatch, target: pa.Schema) -> pa.Buffer:
-    """A slice's rows; dates or timestamps Arrow cannot spell (DuckDB's infinities, years past
-    9999) are spelled by data_server/temporal_texts.py and written as text (quoted, as Arrow
-    quotes text)."""
+    """A slice's rows; dates, timestamps or times Arrow cannot spell (DuckDB's infinities, years
+    past 9999, the time 24:00:00) are spelled by data_server/temporal_texts.py and written as
+    text (quoted, as Arrow quotes text)."""
     conformed = _conform(batch, target)
     far = [
         index
         for index, field in enumerate(target)
-        if is_temporal(field.type) and not ordinary(conformed.column(index))
+        if (is_temporal(field.type) and not ordinary(conformed.column(index)))
+        or (pa.types.is_time(field.type) and not ordinary_times(conformed.column(index)))
     ]
     if far:
         columns = list(conformed.columns)
         for index in far:
-            columns[index] = spell(columns[index], iso=False).texts
+            columns[index] = _csv_cells(columns[index])
         conformed = pa.RecordBatch.from_arrays(columns, names=target.names)
     return _csv_text(conformed, header=False)
+
+
+def _csv_cells(column: pa.Array) -> pa.Array:
+    if pa.types.is_time(column.type):
+        return time_texts(column)
+    return spell(column, iso=False).texts
 
 
 def _csv_text(data: pa.RecordBatch | pa.Table, *, header: bool) -> pa.Buffer:
@@ -487,7 +502,7 @@ def _json_values(column: pa.Array) -> list[Any]:
     if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
         return pc.cast(column, pa.string()).to_pylist()
     if pa.types.is_time(data_type):
-        return pc.cast(column, pa.string()).to_pylist()
+        return time_texts(column).to_pylist()
     spelled = _leaves_mapped(_temporals_spelled(column), _is_tuple, _tuple_marked)
     return [_plain(value) for value in spelled.to_pylist()]
 
@@ -530,10 +545,19 @@ def _struct_of(
 
 
 def _temporals_spelled(column: pa.Array) -> pa.Array:
-    """A nested column whose dates and timestamps, wherever they are, are their JSON strings:
-    Python's datetime holds neither DuckDB's infinities nor years past 9999, and spells
-    fractions and zones otherwise than the columns' rule."""
-    return _leaves_mapped(column, is_temporal, iso_texts)
+    """A nested column whose dates, timestamps and times, wherever they are, are their JSON
+    strings: Python's datetime holds neither DuckDB's infinities, nor years past 9999, nor the
+    time 24:00:00 (it wraps to midnight), and spells fractions and zones otherwise than the
+    columns' rule."""
+    return _leaves_mapped(column, _spelled_as_text, _as_text)
+
+
+def _spelled_as_text(data_type: pa.DataType) -> bool:
+    return is_temporal(data_type) or pa.types.is_time(data_type)
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    return time_texts(column) if pa.types.is_time(column.type) else iso_texts(column)
 
 
 def _leaves_mapped(

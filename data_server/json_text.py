@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_server.temporal_texts import is_temporal, spell, zone_suffix
+from data_server.temporal_texts import is_temporal, spell, time_texts, zone_suffix
 
 # Bytes below this, quotes and backslashes are escaped in JSON strings; without any of them a
 # string column passes through unchanged.
@@ -134,7 +134,9 @@ def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any
         return _strings(column, slow_values)
     if is_temporal(data_type):
         return _temporal(column)
-    if pa.types.is_decimal(data_type) or pa.types.is_date(data_type) or pa.types.is_time(data_type):
+    if pa.types.is_time(data_type):
+        return _framed(time_texts(column), column, '"', '"')
+    if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
         return _framed(pc.cast(column, pa.string()), column, '"', '"')
     return _one_by_one(column, slow_values)
 

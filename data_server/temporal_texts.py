@@ -272,3 +272,51 @@ def _with_t(texts: pa.Array) -> pa.Array:
     return pa.StringArray.from_buffers(
         len(texts), buffers[1], pa.py_buffer(data), buffers[0], texts.null_count, texts.offset
     )
+
+
+# ---------------------------------------------------------------------------- times of day
+
+_FRACTION_DIGITS = {"s": 0, "ms": 3, "us": 6, "ns": 9}
+
+
+def time_texts(column: pa.Array) -> pa.Array:
+    """A ``time32`` or ``time64`` column's texts, ``HH:MM:SS`` and the unit's fraction digits
+    (``13:45:31.500000`` for DuckDB's microseconds), in JSON and CSV alike. Arrow spells the
+    times from midnight to just before the next; the others it answers ``<value out of range:
+    N>``. DuckDB's TIME and PostgreSQL's ``time`` hold ``24:00:00``, the end of a day; those are
+    spelled here, by their hours (``24:00:00.000000``, and a negative or longer duration another
+    source may hold the same way)."""
+    outside = _beyond_a_day(column)
+    if not pc.any(outside).as_py():
+        return pc.cast(column, pa.string())
+    texts = pc.cast(pc.if_else(outside, pa.scalar(None, column.type), column), pa.string())
+    values = pc.filter(_time_values(column), outside).to_pylist()
+    spelled = [_time_text(int(value), column.type.unit) for value in values]
+    return pc.replace_with_mask(texts, outside, pa.array(spelled, pa.string()))
+
+
+def ordinary_times(column: pa.Array) -> bool:
+    """Whether Arrow spells every value of a time column (none is beyond a day's start and end)."""
+    return not pc.any(_beyond_a_day(column)).as_py()
+
+
+def _time_values(column: pa.Array) -> pa.Array:
+    return column.view(pa.int64() if pa.types.is_time64(column.type) else pa.int32())
+
+
+def _beyond_a_day(column: pa.Array) -> pa.Array:
+    per_day = _PER_SECOND[column.type.unit] * 86_400
+    values = _time_values(column)
+    return pc.fill_null(pc.or_(pc.less(values, 0), pc.greater_equal(values, per_day)), False)
+
+
+def _time_text(value: int, unit: str) -> str:
+    """One time of day beyond Arrow's range, spelled as Arrow spells the others."""
+    per_second = _PER_SECOND[unit]
+    sign = "-" if value < 0 else ""
+    seconds, fraction = divmod(abs(value), per_second)
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    text = f"{sign}{hours:02d}:{minute:02d}:{second:02d}"
+    digits = _FRACTION_DIGITS[unit]
+    return f"{text}.{fraction:0{digits}d}" if digits else text

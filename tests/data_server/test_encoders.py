@@ -497,6 +497,45 @@ def test_infinities_and_far_years_are_spelled_in_every_text_format(tmp_path, bat
     assert json.loads(cells[0]["m"]) == [["k", "-infinity"]]
 
 
+# The end of a day, which DuckDB's TIME and PostgreSQL's ``time`` hold, top level and nested;
+# and nested times, which once lost their fraction (``"12:00:00"``).
+END_OF_DAY_SQL = """
+SELECT * FROM (VALUES
+  (1, '24:00:00'::TIME, ['24:00:00'::TIME], {'x': '24:00:00'::TIME}),
+  (2, '12:00:00'::TIME, ['12:00:00.5'::TIME], {'x': NULL::TIME}),
+  (3, NULL, NULL, NULL)
+) AS t(n, t, l, s)
+"""
+END_OF_DAY_JSON = [
+    [1, "24:00:00.000000", ["24:00:00.000000"], {"x": "24:00:00.000000"}],
+    [2, "12:00:00.000000", ["12:00:00.500000"], {"x": None}],
+    [3, None, None, None],
+]
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3])
+def test_the_end_of_a_day_and_nested_times_are_spelled_as_times_in_every_text_format(
+    tmp_path, batch_rows
+):
+    """Before: ``"<value out of range: 86400000000>"`` at top level (a bare cell in CSV), and
+    ``"00:00:00"``, the start of the day, nested (Python's time wraps)."""
+    path = _store(tmp_path, END_OF_DAY_SQL, batch_rows)
+    assert json.loads(_encode(path, ResultFormat.JSON))["rows"] == END_OF_DAY_JSON
+    names = ["n", "t", "l", "s"]
+    expected_objects = [dict(zip(names, row, strict=True)) for row in END_OF_DAY_JSON]
+    assert json.loads(_encode(path, ResultFormat.RECORDS)) == expected_objects
+    ndjson = _encode(path, ResultFormat.NDJSON)
+    assert ndjson == _value_by_value(path, keys=True)
+    assert [json.loads(line) for line in ndjson.splitlines()] == expected_objects
+    windowed = json.loads(_encode(path, ResultFormat.JSON, offset=0, limit=1))["rows"]
+    assert windowed == END_OF_DAY_JSON[:1]
+    csv = io.BytesIO(_encode(path, ResultFormat.CSV))
+    text = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names[1:]})
+    cells = pa_csv.read_csv(csv, convert_options=text).to_pylist()
+    assert [row["t"] for row in cells] == ["24:00:00.000000", "12:00:00.000000", ""]
+    assert json.loads(cells[0]["l"]) == ["24:00:00.000000"]
+
+
 _AS_TEXT = pa_csv.ConvertOptions(
     column_types={name: pa.string() for name in ["ts", "ns", "tz", "day", "tss", "s", "m"]}
 )
