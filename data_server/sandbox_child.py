@@ -15,6 +15,8 @@ import signal
 import sys
 import threading
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -91,8 +93,20 @@ def main(read_fd: int, write_fd: int) -> None:
             # Its type only: an unexpected error's text may quote a connection's secret.
             failed = f"The data server failed to run this in its sandbox ({type(exc).__name__})."
             reply = {"ok": False, "code": "execution_error", "message": failed}
+            _log_where(exc)
         write_frame(write_fd, orjson.dumps(reply))
     sandboxes.close()
+
+
+def _log_where(exc: Exception) -> None:
+    """An unexpected error's type and the frames it passed, on the data server's log (the
+    child's standard error is the server's): where to look, without the error's text, which
+    may quote a connection's secret or the tenant's data."""
+    frames = ", ".join(
+        f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
+        for frame in traceback.extract_tb(exc.__traceback__)
+    )
+    print(f"sandbox call failed: {type(exc).__name__} at {frames}", file=sys.stderr, flush=True)
 
 
 def _call_arrives(read_fd: int, within_seconds: float | None) -> bool:
