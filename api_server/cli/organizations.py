@@ -1,5 +1,6 @@
 """Operator commands over organisations and their API keys: create them, disable, enable or
-delete a key, set an organisation's rate limits and execution cap. Key changes are audited."""
+delete a key, set an organisation's rate limits and execution cap. Each but the creation of an
+organisation is audited."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def cmd_create_api_key(settings: Settings, args: argparse.Namespace) -> None:
             datasource_ids=args.datasources,
         )
         key_id = key.id
+        record_operator_event(session, args.organization, "api_key.create", key_id)
     emit({"id": key_id, "api_key": secret})
 
 
@@ -121,6 +123,7 @@ def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) ->
         for name, value in changes.items():
             setattr(organization, name, value or None)
         session.flush()
+        record_operator_event(session, organization.id, "organization.limits", organization.id)
         emit(
             {
                 "organization_id": organization.id,

@@ -137,6 +137,23 @@ def test_cli_disables_enables_and_deletes_a_key(api, operator_command):
     assert actions[:3] == ["api_key.delete", "api_key.enable", "api_key.disable"]
 
 
+def test_cli_key_creation_and_organisation_limits_are_audited(api, operator_command):
+    """A key holding every permission, made by an operator, once left no trace in the
+    organisation's audit log; nor did a change of its rate limits (outside probe)."""
+    org = api.create_org()
+    cli = _operator_of(api, operator_command)
+    created = cli("create-api-key", "--organization", org.id, "--permissions", ",".join(Permission))
+    assert created.returncode == 0, created.stderr
+    key_id = orjson.loads(created.stdout)["id"]
+    limited = cli("set-organization-limits", "--organization", org.id, "--per-minute", "500")
+    assert limited.returncode == 0, limited.stderr
+    events = api.get("/audit_events?filter[method]=CLI", org.key).json()["data"]
+    assert [
+        (e["attributes"]["action"], e["attributes"]["resource_id"], e["attributes"]["api_key_id"])
+        for e in events
+    ] == [("organization.limits", org.id, None), ("api_key.create", key_id, None)]
+
+
 # ---------------------------------------------------------------------------- scope
 
 
