@@ -88,22 +88,24 @@ def update_snippet(
     lock_organization(session, principal.organization_id)  # snippets change one at a time
     snippet = get_snippet(session, principal, snippet_id, for_update=True)
     _save(session, snippet, changes)
-    _require_no_cycle(session, snippet)
+    _require_no_cycle(session, snippet, "sql" if "sql" in changes else "name")
     return snippet
 
 
-def _require_no_cycle(session: Session, snippet: SqlSnippet) -> None:
+def _require_no_cycle(session: Session, snippet: SqlSnippet, changed: str = "sql") -> None:
     """422 for a snippet (saved, not committed) that refers to itself through others: every SQL
     naming it would fail to expand (``sql_snippet_cycle``) from then on, and backups would carry
     the cycle; the caller's transaction is then rolled back. Under the organisation's lock, so
     that two changes, each harmless alone, cannot close a cycle together; after the name's check,
-    so that a taken name is the 409 it is (its own name ends the walk before any lookup)."""
+    so that a taken name is the 409 it is (its own name ends the walk before any lookup). The
+    error points at the attribute ``changed``: a rename alone closes a cycle through the new
+    name."""
     stored = snippet_lookup(session, snippet.organization_id)
     cycle = cycle_through(snippet.name, snippet.sql, stored)
     if cycle is not None:
         raise Unprocessable(
             f"SQL snippet [{snippet.name}] would refer to itself: {' → '.join(cycle)}.",
-            pointer="/data/attributes/sql",
+            pointer=f"/data/attributes/{changed}",
             code=CYCLE,
         )
 

@@ -183,11 +183,18 @@ def test_a_snippet_that_would_refer_to_itself_is_not_saved(api):
             "/data/attributes/sql",
         )
         assert path in error["detail"]
-    # Through a change of its SQL, or of its name (a renamed c is the b that a names).
-    for changes, path in (({"sql": "[d]"}, "c → d → c"), ({"name": "b"}, "b → a → b")):
+    # Through a change of its SQL, or of its name (a renamed c is the b that a names): the
+    # error points at what the change sent (a rename pointed at the SQL it did not send).
+    for changes, path, attribute in (
+        ({"sql": "[d]"}, "c → d → c", "sql"),
+        ({"name": "b"}, "b → a → b", "name"),
+        ({"name": "b", "sql": "[a]"}, "b → a → b", "sql"),
+    ):
         changed = api.patch(f"/sql_snippets/{c}", org.key, resource("sql_snippets", c, **changes))
         assert changed.status_code == 422, changed.text
-        assert path in changed.json()["errors"][0]["detail"]
+        error = changed.json()["errors"][0]
+        assert path in error["detail"]
+        assert error["source"]["pointer"] == f"/data/attributes/{attribute}"
     # A taken name is the 409 it is, whatever the SQL would name.
     taken = _create(api, org.key, "a", "SELECT [a]")
     assert (taken.status_code, taken.json()["errors"][0]["code"]) == (409, "sql_snippet_name_taken")
