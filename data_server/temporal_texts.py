@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shared.times_of_day import PER_SECOND, beyond_a_day, time_values
+
 _INFINITY = "infinity"
 # What follows a zoned timestamp's UTC wall clock in JSON.
 ISO_ZONE_SUFFIX = "+00:00"
-_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 # 0001-01-01 and 9999-12-31, as days and as seconds since 1970: the years Arrow spells.
 _FIRST_DAY, _LAST_DAY = -719_162, 2_932_896
 _FIRST_SECOND, _LAST_SECOND = _FIRST_DAY * 86_400, (_LAST_DAY + 1) * 86_400 - 1
@@ -116,7 +117,7 @@ def _years_arrow_spells(data_type: pa.DataType) -> tuple[int, int]:
     """The first and last values of a column's type in the years 1 to 9999."""
     if pa.types.is_date32(data_type):
         return _FIRST_DAY, _LAST_DAY
-    per_second = _PER_SECOND[data_type.unit]
+    per_second = PER_SECOND[data_type.unit]
     first = max(_FIRST_SECOND * per_second, -_INT64_LARGEST + 1)
     last = min((_LAST_SECOND + 1) * per_second - 1, _INT64_LARGEST - 1)
     return first, last
@@ -162,7 +163,7 @@ def _iso_laid_out(column: pa.Array) -> pa.Array | None:
         return None
     storage, _ = _storage(column.type)
     timestamp = pa.types.is_timestamp(column.type)
-    per_second = _PER_SECOND[column.type.unit] if timestamp else 1
+    per_second = PER_SECOND[column.type.unit] if timestamp else 1
     per_day = 86_400 * per_second if timestamp else 1
     values = column.view(storage)
     extremes = pc.min_max(values)
@@ -276,8 +277,6 @@ def _with_t(texts: pa.Array) -> pa.Array:
 
 # ---------------------------------------------------------------------------- times of day
 
-_FRACTION_DIGITS = {"s": 0, "ms": 3, "us": 6, "ns": 9}
-
 
 def time_texts(column: pa.Array) -> pa.Array:
     """A ``time32`` or ``time64`` column's texts, ``HH:MM:SS`` and the unit's fraction digits
@@ -286,33 +285,23 @@ def time_texts(column: pa.Array) -> pa.Array:
     N>``. DuckDB's TIME and PostgreSQL's ``time`` hold ``24:00:00``, the end of a day; those are
     spelled here, by their hours (``24:00:00.000000``, and a negative or longer duration another
     source may hold the same way)."""
-    outside = _beyond_a_day(column)
+    outside = beyond_a_day(column)
     if not pc.any(outside).as_py():
         return pc.cast(column, pa.string())
     texts = pc.cast(pc.if_else(outside, pa.scalar(None, column.type), column), pa.string())
-    values = pc.filter(_time_values(column), outside).to_pylist()
+    values = pc.filter(time_values(column), outside).to_pylist()
     spelled = [_time_text(int(value), column.type.unit) for value in values]
     return pc.replace_with_mask(texts, outside, pa.array(spelled, pa.string()))
 
 
 def ordinary_times(column: pa.Array) -> bool:
     """Whether Arrow spells every value of a time column (none is beyond a day's start and end)."""
-    return not pc.any(_beyond_a_day(column)).as_py()
-
-
-def _time_values(column: pa.Array) -> pa.Array:
-    return column.view(pa.int64() if pa.types.is_time64(column.type) else pa.int32())
-
-
-def _beyond_a_day(column: pa.Array) -> pa.Array:
-    per_day = _PER_SECOND[column.type.unit] * 86_400
-    values = _time_values(column)
-    return pc.fill_null(pc.or_(pc.less(values, 0), pc.greater_equal(values, per_day)), False)
+    return not pc.any(beyond_a_day(column)).as_py()
 
 
 def _time_text(value: int, unit: str) -> str:
     """One time of day beyond Arrow's range, spelled as Arrow spells the others."""
-    per_second = _PER_SECOND[unit]
+    per_second = PER_SECOND[unit]
     sign = "-" if value < 0 else ""
     seconds, fraction = divmod(abs(value), per_second)
     minutes, second = divmod(seconds, 60)

@@ -27,6 +27,7 @@ from shared.execution_states import ExecutionStatus
 from shared.results import ResultGone, ResultStore, result_object_key
 from shared.settings import Settings
 from shared.storage_quota import MIB
+from shared.times_of_day import beyond_a_day
 from sql_templating.parameters import MAX_INTEGER, MIN_INTEGER, Scalar, as_text
 from sql_templating.rules import is_date_text, is_datetime_text, option_key
 
@@ -169,14 +170,17 @@ def _cells(column: pa.Array) -> list[Any]:
         cells = column.to_pylist()
     except (OverflowError, ValueError):
         cells = [_cell(column, position) for position in range(len(column))]
-    for position in _infinite_positions(column):
+    for position in _unreadable_positions(column):
         cells[position] = _UNREADABLE
     return cells
 
 
-def _infinite_positions(column: pa.Array) -> list[int]:
-    """Where a date or timestamp column holds DuckDB's ``infinity`` or ``-infinity``: its
-    storage's largest integer or that negated."""
+def _unreadable_positions(column: pa.Array) -> list[int]:
+    """Where a date or timestamp column holds DuckDB's ``infinity`` or ``-infinity`` (its
+    storage's largest integer or that negated), or a time column the end of a day
+    (``24:00:00``), which Python's time wraps to the start of one."""
+    if pa.types.is_time(column.type):
+        return pc.indices_nonzero(beyond_a_day(column)).to_pylist()
     if pa.types.is_date32(column.type):
         storage, largest = pa.int32(), 2**31 - 1
     elif pa.types.is_timestamp(column.type):
