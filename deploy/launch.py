@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages are beside its folder
 READY_TIMEOUT_SECONDS = 180
 # The demo's datasources may reach databases on this machine; a deployment allows none by default.
 DEMO_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
@@ -82,8 +83,12 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def banner(env: dict[str, str], credentials: dict[str, str]) -> str:
-    api = f"http://{env.get('DATAFERRY_API_HOST', '127.0.0.1')}:{env.get('DATAFERRY_API_PORT', '8000')}"
-    data = f"http://{env.get('DATAFERRY_DATA_HOST', '127.0.0.1')}:{env.get('DATAFERRY_DATA_PORT', '8001')}"
+    """What the region's clients use: its public URLs (DATAFERRY_PUBLIC_API_URL and
+    DATAFERRY_PUBLIC_DATA_URL, by default the servers' addresses), as the servers derive them."""
+    from shared.settings import Settings  # the servers started with these settings: valid
+
+    settings = Settings.from_env(env)
+    api, data = settings.public_api_url, settings.public_data_url
     return (
         "\n"
         f"dataferry region {region_name(env)} is running: "

@@ -126,7 +126,8 @@ class Settings(BaseModel):
     data_port: int = setting(8001, "Port the data server listens on.", ge=1, le=65535)
     public_api_url: str = setting(
         "",
-        "Base URL clients use for the API server (links, token issuer).",
+        "Base URL clients use for the API server, which the launcher prints and its curl "
+        "example uses; default from its host/port.",
         shown="http://<api host>:<api port>",
         **url_bounds("http", "https"),
     )
@@ -431,7 +432,9 @@ class Settings(BaseModel):
             "database_url": self.database_url or f"sqlite:///{state_dir / 'dataferry.db'}",
             "data_root": _or_default(self.data_root, state_dir / "data").absolute(),
             "results_dir": _or_default(self.results_dir, state_dir / "results").absolute(),
-            "public_api_url": self.public_api_url or f"http://{self.api_host}:{self.api_port}",
+            "public_api_url": (
+                self.public_api_url or f"http://{_reachable(self.api_host)}:{self.api_port}"
+            ).rstrip("/"),
             "public_data_url": (
                 self.public_data_url or f"http://{data_host}:{self.data_port}"
             ).rstrip("/"),

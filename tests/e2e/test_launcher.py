@@ -101,14 +101,50 @@ def test_a_server_that_ends_stops_the_others_and_the_launcher_says_which_and_how
             launcher.wait(timeout=60)
 
 
-def test_an_empty_variable_is_left_out_of_the_servers_environment(tmp_path, monkeypatch):
-    """The servers read an empty DATAFERRY_ variable as unset; the launcher, which reads the
-    ports and the demo's networks itself, does too (an empty port made it wait for
-    ``http://127.0.0.1:`` and report the servers as never ready)."""
+def _launch_module():
     spec = importlib.util.spec_from_file_location("launch", ROOT / "deploy" / "launch.py")
     assert spec is not None and spec.loader is not None
     launch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch)
+    return launch
+
+
+@pytest.mark.parametrize(
+    ("env", "api", "data"),
+    [
+        ({}, "http://127.0.0.1:8000", "http://127.0.0.1:8001"),
+        (
+            {
+                "DATAFERRY_API_HOST": "0.0.0.0",  # noqa: S104 - a setting, not a bind
+                "DATAFERRY_DATA_HOST": "::",
+                "DATAFERRY_API_PORT": "9",
+            },
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:8001",
+        ),
+        (
+            {
+                "DATAFERRY_PUBLIC_API_URL": "https://api.example.com/analytics/",
+                "DATAFERRY_PUBLIC_DATA_URL": "https://data.example.com",
+            },
+            "https://api.example.com/analytics",
+            "https://data.example.com",
+        ),
+    ],
+)
+def test_the_banner_shows_the_urls_clients_use(env, api, data):
+    """DATAFERRY_PUBLIC_API_URL did nothing at all (outside probe), and a wildcard bind address
+    was printed as the URL to use (``http://0.0.0.0:8000``)."""
+    shown = _launch_module().banner(env, {"organization_id": "o", "api_key": "k"})
+    assert f"API server {api}, data server {data}\n" in shown
+    assert f"export API={api} DATA={data} KEY=k" in shown
+
+
+def test_an_empty_variable_is_left_out_of_the_servers_environment(tmp_path, monkeypatch):
+    """The servers read an empty DATAFERRY_ variable as unset; the launcher, which reads the
+    ports and the demo's networks itself, does too (an empty port made it wait for
+    ``http://127.0.0.1:`` and report the servers as never ready)."""
+    launch = _launch_module()
     monkeypatch.setenv("DATAFERRY_API_PORT", "")
     env_file = tmp_path / "region.env"
     env_file.write_text("DATAFERRY_DATASOURCE_ALLOWED_NETWORKS=\nDATAFERRY_REGION=us\n")
