@@ -209,22 +209,27 @@ def delete_datasource(datasource_id: str) -> Operation[None]:
 def resolve_datasource(name_or_id: str) -> Operation[str]:
     """An id as given, or the id of the one datasource with that name. A key that may run SQL
     without reading datasources (Manage Dashboards alone) gets 403 for the read: what it gave is
-    taken as an id, and the run says what the key may do with it."""
-    try:
-        return (yield from get_datasource(name_or_id)).id
-    except PermissionDenied:
-        return name_or_id
-    except NotFound as unknown:
-        named = yield from list_datasources(name=name_or_id)
-        if len(named) > 1:
-            raise Conflict(
-                f"{len(named)} datasources are named {name_or_id!r}: give the id of one.",
-                status=409,
-                code="ambiguous_name",
-            ) from None
-        if not named:
-            raise unknown from None
-        return named[0].id
+    taken as an id, and the run says what the key may do with it. A text with a slash is a name
+    only: no id holds one, and a path cannot carry it (the server refuses ``%2F``)."""
+    if "/" not in name_or_id:
+        try:
+            return (yield from get_datasource(name_or_id)).id
+        except PermissionDenied:
+            return name_or_id
+        except NotFound:
+            pass
+    named = yield from list_datasources(name=name_or_id)
+    if len(named) > 1:
+        raise Conflict(
+            f"{len(named)} datasources are named {name_or_id!r}: give the id of one.",
+            status=409,
+            code="ambiguous_name",
+        )
+    if not named:
+        raise NotFound(
+            f"No datasource has the id or name {name_or_id!r}.", status=404, code="not_found"
+        )
+    return named[0].id
 
 
 def test_datasource_connection(datasource_id: str) -> Operation[ConnectionTest]:

@@ -548,7 +548,7 @@ def _refusal(scope: Scope) -> AppError | None:
         # Decoded, it would separate segments the client sent as one: a proxy's rule for
         # /datasources/*/files would not see /datasources/x%2Ffiles, which routes there.
         return BadRequest(
-            "The path holds an encoded slash (%2F): no id or name holds a slash.",
+            "The path holds an encoded slash (%2F): no id or file name holds a slash.",
             code="encoded_slash",
         )
     if b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:

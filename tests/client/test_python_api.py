@@ -417,6 +417,26 @@ def test_a_name_two_datasources_have_is_refused_as_ambiguous(dataferry, client_r
             dataferry.datasources.delete(twin.id)
 
 
+def test_a_name_with_a_slash_resolves_and_an_unknown_one_is_named(dataferry, client_region, org):
+    """A name may hold a slash, which no id does and no path can carry: it was sent as an id,
+    and the server's 400 (``encoded_slash``) ended the query. An unknown name was answered with
+    the server's "No datasource with this id exists." (outside probe)."""
+    (client_region.area(org.organization_id) / "slashed").mkdir(exist_ok=True)
+    made = dataferry.datasources.create(
+        name="Sales 2024/Q1", database_type="files", database="slashed"
+    )
+    try:
+        assert dataferry.query("Sales 2024/Q1", "SELECT 3 AS n").to_arrow()["n"][0].as_py() == 3
+        with pytest.raises(NotFound) as unknown:
+            dataferry.query("No such/name", "SELECT 1")
+        assert "id or name 'No such/name'" in str(unknown.value)
+        with pytest.raises(NotFound) as unknown:
+            dataferry.query("Nope", "SELECT 1")
+        assert "id or name 'Nope'" in str(unknown.value)
+    finally:
+        dataferry.datasources.delete(made.id)
+
+
 def test_a_parameter_json_cannot_hold_is_refused_before_sending(dataferry, org):
     from dataferry_client import NotJson
 
