@@ -120,6 +120,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         code = f" [{one_line(exc.code)}]" if exc.code and exc.code != UsageError.code else ""
         sys.stderr.write(f"dataferry: {one_line(str(exc))}{code}\n")
         return exit_code_for(exc)
+    except BrokenPipeError:  # `dataferry query … | head`: ``main`` ends it quietly
+        raise
     except OSError as exc:  # an unreadable SQL file, an unwritable output path
         sys.stderr.write(f"dataferry: {one_line(str(exc))}\n")
         return ExitCode.USAGE

@@ -73,6 +73,32 @@ def test_query_without_a_terminal_prints_csv_and_no_progress(org, tmp_path):
     assert result.stdout == '"a","b"\n1,"x"\n'
 
 
+def test_query_with_json_prints_one_json_document_on_a_line_of_its_own(org, tmp_path):
+    """``--json`` was accepted and ignored (CSV came out), and ``--format json`` ended without
+    a line feed."""
+    for flags in (["--json"], ["--format", "json"]):
+        result = run_command(org, tmp_path, "query", org.sample_id, "SELECT 1 AS a", *flags)
+        assert (result.returncode, result.stderr) == (0, "")
+        assert result.stdout.endswith("}\n") and result.stdout.count("\n") == 1
+        assert json.loads(result.stdout)["rows"] == [[1]]
+
+
+def test_query_into_a_pipe_closed_early_ends_quietly(org, tmp_path):
+    """``dataferry query … | head -1`` said "[Errno 32] Broken pipe" and exited 2 (usage), once
+    its output was more than the pipe and the reader's buffer held."""
+    process = subprocess.Popen(
+        [str(DATAFERRY), "query", org.sample_id, "SELECT * FROM range(3000000)"],
+        env=org.env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == b'"range"\n'
+    process.stdout.close()  # as head does, with most of the rows still to come
+    assert process.wait(timeout=60) == ExitCode.OK
+    with process.stderr:
+        assert process.stderr.read() == b""
+
+
 def test_query_reads_sql_from_stdin_and_files_and_takes_parameters(org, tmp_path):
     sql = "SELECT order_id FROM orders WHERE {order_id=picked} ORDER BY order_id"
     piped = run_command(
@@ -111,9 +137,13 @@ def test_query_reads_sql_from_stdin_and_files_and_takes_parameters(org, tmp_path
         (["whoami"], {"DATAFERRY_API_URL": ""}, ExitCode.CONFIGURATION, "no API URL"),
         (["query", "Sample Data", "SELECT 1", "--param", "x"], {}, ExitCode.USAGE, "NAME=VALUE"),
         (["query", "Sample Data", "SELECT 1", "-o", "x.txt"], {}, ExitCode.USAGE, "cannot tell the format"),
+        # Before the query runs (it ran, and then the file could not be written).
+        (["query", "Sample Data", "SELECT 1", "-o", "/nonexistent/x.csv"], {}, ExitCode.USAGE, "no folder /nonexistent"),
+        (["query", "Sample Data", "SELECT 1", "--json", "--format", "csv"], {}, ExitCode.USAGE, "two formats"),
         (["whoami"], {"DATAFERRY_API_URL": "http://127.0.0.1:9"}, ExitCode.UNAVAILABLE, "cannot reach"),
     ],
-    ids=["wrong-key", "unknown-datasource", "failed", "timeout", "invalid", "no-config", "usage", "bad-output", "down"],
+    ids=["wrong-key", "unknown-datasource", "failed", "timeout", "invalid", "no-config", "usage", "bad-output",
+         "output-nowhere", "two-formats", "down"],
 )  # fmt: skip
 def test_bad_input_gets_one_line_and_a_distinct_exit_code(org, tmp_path, args, env, code, fragment):
     result = run_command(org, tmp_path, *args, **env)

@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,33 @@ def output_format(args: argparse.Namespace) -> SaveFormat:
         raise UsageError(str(exc)) from None
 
 
+def _with_json_flag(args: argparse.Namespace) -> None:
+    """``--json`` (every command's "print JSON") is ``--format json`` here."""
+    if not args.json:
+        return
+    if args.format not in (None, SaveFormat.JSON.value):
+        raise UsageError(f"--json and --format {args.format} ask for two formats: give one")
+    args.format = SaveFormat.JSON.value
+
+
+def _writable(output: str) -> None:
+    """A file that cannot be written fails before the query runs, not after it ran."""
+    target = Path(output)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"-o {output}: is a folder")
+    if not folder.is_dir():
+        raise UsageError(f"-o {output}: no folder {folder}")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise UsageError(f"-o {output}: not writable")
+
+
 def command_query(client: Client, args: argparse.Namespace, progress: ProgressLine | None) -> None:
     sql = read_sql(args)
+    _with_json_flag(args)
     fmt = output_format(args) if args.output else None  # a bad name fails before the query runs
+    if args.output:
+        _writable(args.output)
     result = client.query(
         args.datasource, sql, build_parameters(args), timeout=args.timeout, progress=progress
     )
@@ -106,6 +131,8 @@ def command_query(client: Client, args: argparse.Namespace, progress: ProgressLi
     else:
         sys.stdout.flush()
         result.write(sys.stdout.buffer, args.format or SaveFormat.CSV)
+        if args.format == SaveFormat.JSON:  # one document: a line of its own, as the rest end
+            sys.stdout.buffer.write(b"\n")
         sys.stdout.buffer.flush()
     if progress:
         progress.clear()

@@ -103,9 +103,15 @@ def add_commands(
         actions.add_parser(name, parents=[common]).add_argument("id")
     create = actions.add_parser("create", parents=[common])
     create.add_argument("--name", required=True)
-    create.add_argument("--type", required=True, help="duckdb or files")
     create.add_argument(
-        "--database", required=True, help="path in your organisation's file area on the server"
+        "--type",
+        required=True,
+        help="duckdb, sqlite, files, postgres, mysql or s3 (README lists what each takes)",
+    )
+    create.add_argument(
+        "--database",
+        help="a path in your organisation's file area, or the remote database's name "
+        "(a duckdb, sqlite or files datasource without one gets a place of its own)",
     )
     create.add_argument("--set", action="append", metavar="ATTR=VALUE")
     update = actions.add_parser("update", parents=[common])
@@ -126,7 +132,7 @@ def add_commands(
         actions.add_parser(name, parents=[common]).add_argument("id")
     wait = actions.add_parser("wait", parents=[common])
     wait.add_argument("id")
-    wait.add_argument("--timeout", type=float)
+    wait.add_argument("--timeout", type=float, help="seconds to wait (default: until it ends)")
     executions.set_defaults(handler=command_executions)
 
     snippets = commands.add_parser("snippets", parents=[common], help="SQL snippets")
