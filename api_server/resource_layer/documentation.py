@@ -183,12 +183,16 @@ def _write_document(resource: ResourceType, *, update: bool) -> oa.Schema:
         properties["id"] = oa.string("Must equal the id in the URL; may be left out.")
     properties |= _IGNORED_MEMBERS
     if resource.settable_relationships:
+        needed = () if update else resource.required_on_create
         properties["relationships"] = oa.obj(
             {
                 name: resource.relationships[name].accepted or _relationship_schema(resource, name)
                 for name in resource.settable_relationships
-            }
+            },
+            needed,
         )
+        if needed:
+            required.append("relationships")
     return oa.obj({"data": oa.obj(properties, required, closed=False)}, ["data"], closed=False)
 
 
@@ -226,7 +230,10 @@ def resource_schemas(resource: ResourceType) -> dict[str, oa.Schema]:
             ["data", "links", "meta"],
             closed=False,
         ),
-        f"{name}CreateAttributes": oa.model_schema(resource.create_model),
+        f"{name}CreateAttributes": {
+            **oa.model_schema(resource.create_model),
+            **(resource.create_attributes_rule or {}),
+        },
         f"{name}UpdateAttributes": oa.model_schema(resource.update_model),
         f"{name}CreateDocument": _write_document(resource, update=False),
         f"{name}UpdateDocument": _write_document(resource, update=True),

@@ -131,6 +131,10 @@ class ResourceType:
     self_links_given: bool = False
     # OpenAPI only: a collection's ``meta`` when it holds more than the count and the page.
     collection_meta: Schema | None = None
+    # OpenAPI only: what a create's request must hold beyond each attribute's own rule, as the
+    # service checks it: a rule between attributes (one of two names), the relationships it needs.
+    create_attributes_rule: Schema | None = None
+    required_on_create: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _DECLARED.setdefault(self.type, self)

@@ -157,6 +157,8 @@ REPORTS = ResourceType(
     noun="report",
     attributes=ReportAttributes,
     path="/reports",
+    create_attributes_rule={"anyOf": [{"required": ["sql_query"]}, {"required": ["query"]}]},
+    required_on_create=("datasource",),
     relationships={
         "datasource": Relationship(
             "datasources",
