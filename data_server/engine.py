@@ -127,6 +127,13 @@ class _Deadlines:
         with self._changed:
             self._armed.pop(deadline, None)
 
+    def fire_all(self) -> None:
+        """Fire every armed deadline now."""
+        with self._changed:
+            armed = list(self._armed)
+            self._armed.clear()
+        _fired(armed)
+
     def _run(self) -> None:
         while True:
             with self._changed:
@@ -136,13 +143,23 @@ class _Deadlines:
                     del self._armed[deadline]
                 if not due:
                     self._changed.wait(min(self._armed.values(), default=now + 60) - now)
-            for deadline in due:  # outside the lock: a remote cancel may take a while
-                # Its query may have ended and its connection closed meanwhile.
-                with suppress(duckdb.Error):
-                    deadline.fire()
+            _fired(due)  # outside the lock: a remote cancel may take a while
+
+
+def _fired(deadlines: list[_Deadline]) -> None:
+    for deadline in deadlines:
+        # Its query may have ended and its connection closed meanwhile.
+        with suppress(duckdb.Error):
+            deadline.fire()
 
 
 _DEADLINES = _Deadlines()
+
+
+def end_running_calls() -> None:
+    """End every call of this process now, as its deadline would, its remote query too: the
+    sandbox pool cancelled it, or the data server went away."""
+    _DEADLINES.fire_all()
 
 
 def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOutcome:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 # A new child's first frame: it has imported what it runs calls with.
 READY = b"ready"
+# What the pool sends a child whose call is cancelled, before it kills it: the child ends the call
+# as its deadline would, its query on a remote server too (a MySQL server runs on after its
+# client is gone).
+CANCEL_SIGNAL = signal.SIGUSR1
 
 
 def write_frame(fd: int, payload: bytes) -> None:

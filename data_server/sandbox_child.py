@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from data_server import engine
-from data_server.framing import READY, read_frame, write_frame
+from data_server.framing import CANCEL_SIGNAL, READY, read_frame, write_frame
 from data_server.object_storage import ObjectStorageSpec
 from data_server.remote_databases import RemoteDatabaseSpec
 from data_server.warm_sandboxes import WarmSandboxes
@@ -62,7 +62,26 @@ def _exit_with_parent(parent: int) -> None:
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
+            engine.end_running_calls()  # a remote query would outlive us
             os._exit(3)
+
+
+def _end_calls_on_signal() -> None:
+    """``CANCEL_SIGNAL`` from the pool ends the running call at once, from a thread of its own:
+    Python runs a signal's handler in the main thread, which may be inside DuckDB for as long as
+    a query runs. Whichever thread the signal reaches (libraries start some on import), Python's
+    own handler takes it and writes its number to the wake-up pipe this thread reads."""
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+    signal.signal(CANCEL_SIGNAL, lambda *_: None)  # taken, not fatal; the thread does the work
+
+    def read_wake_ups() -> None:
+        while True:
+            if CANCEL_SIGNAL in os.read(reader, 64):
+                engine.end_running_calls()
+
+    threading.Thread(target=read_wake_ups, daemon=True).start()
 
 
 def _without_pandas() -> None:
@@ -75,6 +94,7 @@ def _without_pandas() -> None:
 def main(read_fd: int, write_fd: int) -> None:
     _without_pandas()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    _end_calls_on_signal()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sandboxes = WarmSandboxes()
     write_frame(write_fd, READY)  # imports done: what follows counts against a call's limit

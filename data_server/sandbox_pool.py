@@ -10,6 +10,7 @@ replaced, so one bad query costs one execution, never the server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 
 from data_server.engine import QueryJob, QueryOutcome
-from data_server.framing import READY, read_frame, write_frame
+from data_server.framing import CANCEL_SIGNAL, READY, read_frame, write_frame
 from data_server.sandbox import CONNECT_TIMEOUT_EXIT_STATUS, DatasourceSpec, Limits
 from data_server.sql_check import QueryFailed
 from data_server.warm_sandboxes import affinity_of
@@ -34,6 +35,9 @@ from shared.execution_states import ErrorCode
 logger = logging.getLogger(__name__)
 
 KILL_GRACE_SECONDS = 1.5
+# How long a cancelled call may take to end its remote query (a second connection to the server)
+# before its child is killed regardless.
+CANCEL_GRACE_SECONDS = 3.0
 # A new child imports DuckDB and pyarrow before it can take a call: seconds on a loaded machine,
 # which must not count against its first call's time limit (a three-second limit failed a
 # connection test as timed out so). It says when it is ready; one that is not ready within this
@@ -112,6 +116,18 @@ class _Child:
             self.process.kill()
         self.process.wait()
         self.close_pipes()
+
+    def end_call_then_kill(self, grace_seconds: float) -> None:
+        """Ask the child to end its call (``CANCEL_SIGNAL``), wait up to ``grace_seconds`` for
+        its answer, then kill it: killed at once, it left a MySQL server running its query, for
+        as long as the query takes."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(CANCEL_SIGNAL)
+            poller = select.poll()
+            poller.register(self.from_child, select.POLLIN | select.POLLHUP | select.POLLERR)
+            poller.poll(grace_seconds * 1000)
+        self.kill()
 
     def close_pipes(self) -> None:
         """Idempotent: closing a descriptor twice could close one another thread just opened."""
@@ -220,7 +236,7 @@ class SandboxPool:
                     raise _crashed(child)
                 return orjson.loads(frame)
             if cancel is not None and cancel.is_set():
-                child.kill()
+                child.end_call_then_kill(CANCEL_GRACE_SECONDS)
                 raise QueryFailed(ErrorCode.CANCELLED, "The execution was cancelled.")
             if time.monotonic() > kill_at:
                 child.kill()

@@ -52,6 +52,7 @@ INSERT INTO {s}.events VALUES
  (5, 'O''Brien', 50.00, '2024-04-02 02:30:00+00');
 CREATE VIEW {s}.german AS SELECT * FROM {s}.events WHERE country = 'DE';
 CREATE VIEW {s}.slow AS SELECT pg_sleep(30)::text AS x;
+CREATE VIEW {s}.busy AS SELECT pg_sleep(30)::text AS x;
 CREATE VIEW {s}.sleepy AS SELECT pg_sleep(1.5)::text AS x;
 CREATE TABLE {s}.big AS SELECT g AS id, g % 97 AS k, md5(g::text) AS s
   FROM generate_series(1, {rows}) g;
@@ -78,6 +79,8 @@ MYSQL_TYPES_SQL = [
   (4, 'US', 40.00, '2024-04-02 01:30:00'), (5, 'O''Brien', 50.00, '2024-04-02 02:30:00')""",
     "CREATE VIEW german AS SELECT * FROM events WHERE country = 'DE'",
     "CREATE VIEW slow AS SELECT SLEEP(30) AS x",
+    # Busy for about 10 s, without noticing that its client went away (a SLEEP does).
+    "CREATE VIEW busy AS SELECT BENCHMARK(30000000, md5('x')) AS x",
     "CREATE VIEW sleepy AS SELECT SLEEP(1.5) AS x",
 ]
 

@@ -48,6 +48,30 @@ def test_timeout_ends_the_query_on_the_server_too(client, server, datasources):
     assert rows(client, datasources[server.kind], "SELECT 1") == [[1]]
 
 
+def test_cancel_ends_the_query_on_the_server_too(client, server, datasources):
+    """The sandbox child running a cancelled execution was killed at once: a MySQL server ran
+    its query on, for as long as the query took (70 s of a 300-second BENCHMARK in the outside
+    probe; a SLEEP notices its client gone, a BENCHMARK does not). The child now ends it as a
+    timeout does (KILL QUERY), then dies. (PostgreSQL's server notices its client gone within a
+    second: client_connection_check_interval.)"""
+    execution = client.run(datasources[server.kind], f"SELECT * FROM {server.schema}.busy")
+    execution_id = execution["execution_id"]
+    deadline = time.monotonic() + 10
+    while not server.active_queries(naming="busy") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.active_queries(naming="busy"), "the query never started on the server"
+    cancelled = client.http.post(
+        f"{client.api_url}/executions/{execution_id}/cancel", headers=client.headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert client.wait_until_done(execution_id)["execution_status"] == "cancelled"
+    # Within a few seconds of the end, where the query would run on for most of its 10.
+    deadline = time.monotonic() + 4
+    while server.active_queries(naming="busy") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.active_queries(naming="busy") == 0
+
+
 def test_max_concurrent_executions_bounds_the_connections(client, server):
     """With a cap of one, the two executions never run their queries on the server at the same
     time, and no connection outlives them. Counted by the running statements that read the
