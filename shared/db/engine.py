@@ -54,7 +54,13 @@ def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None =
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    connect_args = {}
+    # A server that accepts and never answers (frozen, or a half-open network path) fails a
+    # connection within seconds, and a peer gone silent a statement within a minute, where both
+    # waited on the kernel's defaults (130 s for each request, /readyz included: an outside
+    # probe); a URL's own values win.
+    connect_args: dict[str, Any] = {
+        name: value for name, value in _CONNECTION_BOUNDS.items() if name not in parsed.query
+    }
     if idle_transaction_seconds is not None:
         milliseconds = max(1, round(idle_transaction_seconds * 1000))
         # After the URL's own options (a search_path, say), which connect_args would replace.
@@ -70,6 +76,18 @@ def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None =
     return engine
 
 
+# libpq's: seconds to connect; TCP keepalives (idle 15 s, then 3 probes 5 s apart); how long
+# sent data may go unacknowledged (milliseconds).
+_CONNECTION_BOUNDS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 15,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def create_server_engine(settings: Settings) -> Engine:
     """The metadata engine of a server process (API server, data server, worker): its sessions
     idle inside a transaction are ended after ``DATAFERRY_IDLE_TRANSACTION_SECONDS``."""
@@ -83,9 +101,11 @@ def create_server_engine(settings: Settings) -> Engine:
 UNUSABLE_DATABASE_ERRORS = (exc.OperationalError, exc.InterfaceError)
 
 
-def unusable_database_line(error: exc.DBAPIError) -> str:
-    """The driver's own first line, which names the host and port but never the password."""
-    lines = str(error.orig if error.orig is not None else error).strip().splitlines()
+def unusable_database_line(error: Exception) -> str:
+    """The driver's own first line (the pool's, when it had no connection to give), which names
+    the host and port but never the password."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
     return f"the metadata database cannot be used: {lines[0] if lines else type(error).__name__}"
 
 

@@ -18,11 +18,14 @@ from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.db.engine import unusable_database_line
 from shared.logging import request_id_var
 from shared.metrics import HTTP_METHODS
 from shared.secret_shapes import without_secrets
 from shared.web.problems import (
     concurrent_change_response,
+    database_unavailable,
+    database_unavailable_response,
     ended_for_another,
     unexpected_error_response,
 )
@@ -109,6 +112,15 @@ class RequestContextMiddleware:
                     type(getattr(exc, "orig", exc)).__name__,
                 )
                 await concurrent_change_response()(scope, receive, send_with_id)
+                return
+            if database_unavailable(exc):  # an operator's matter: named, without a traceback
+                error_logger.error(
+                    "%s %s: %s",
+                    _method_as_sent(scope),
+                    getattr(scope.get("route"), "path", "?"),
+                    unusable_database_line(exc),
+                )
+                await database_unavailable_response()(scope, receive, send_with_id)
                 return
             error_logger.exception(
                 "unhandled error on %s %s", _method_as_sent(scope), _path_as_sent(scope)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.errors import AppError, Conflict, MethodNotAllowed, NotFound
+from shared.errors import AppError, Conflict, MethodNotAllowed, NotFound, ServiceUnavailable
 from shared.problems import JSONAPI_MEDIA_TYPE, error_document
 
 
@@ -59,6 +60,43 @@ def ended_for_another(exc: BaseException) -> bool:
     ``concurrent_change`` to send again (``concurrent_change_response``), not a 500 (an outside
     probe: report moves and group changes at once, on PostgreSQL)."""
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _ENDED_FOR_ANOTHER
+
+
+# PostgreSQL's codes for a connection that failed or a server going away (an operator's or a
+# failover's shutdown, a crash, a server still starting); a driver's connection failure carries
+# none. SQLite's for a database another process holds past the wait.
+_UNREACHED_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+_SQLITE_BUSY = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether the metadata database could not be reached or went away mid-request (refused,
+    timed out, restarted; the pool full for its whole wait): a 503 to send again later
+    (``database_unavailable_response``), not a 500 (an outside probe, stopping the database)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return str(sqlstate).startswith(_UNREACHED_SQLSTATES)
+    sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
+    if sqlite_error is not None:
+        return sqlite_error in _SQLITE_BUSY
+    return type(exc.orig).__module__.startswith("psycopg")  # connecting failed: no SQLSTATE
+
+
+def database_unavailable_response() -> Response:
+    return error_response(
+        ServiceUnavailable(
+            "The server cannot reach its database at the moment, and nothing of this request "
+            "was done: send it again shortly.",
+            code="database_unavailable",
+            headers={"Retry-After": "5"},
+        )
+    )
 
 
 def concurrent_change_response() -> Response:

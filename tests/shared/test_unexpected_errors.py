@@ -4,16 +4,21 @@ carries the request's id, and its traceback is logged once, under that id."""
 from __future__ import annotations
 
 import logging
+import socket
+import sqlite3
+import threading
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from shared.db.engine import create_metadata_engine
 from shared.logging import request_id_var
 from shared.web.middleware import RequestContextMiddleware
-from shared.web.problems import EXCEPTION_HANDLERS
+from shared.web.problems import EXCEPTION_HANDLERS, database_unavailable
 
 
 async def _crash(request):
@@ -36,9 +41,33 @@ async def _lost(request):
     raise OperationalError("SELECT 1", {}, _LostConnection("server closed the connection"))
 
 
+async def _refused(request):
+    """A real connection failure: nothing listens on port 9 of this machine."""
+    engine = create_metadata_engine("postgresql+psycopg://nobody:s3cret-pw@127.0.0.1:9/none")
+    try:
+        engine.connect()
+    finally:
+        engine.dispose()
+
+
+async def _pool_exhausted(request):
+    raise PoolTimeout("QueuePool limit of size 10 overflow 10 reached, connection timed out")
+
+
+async def _no_such_table(request):
+    raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: x"))
+
+
 def _app() -> Starlette:
     return Starlette(
-        routes=[Route("/crash", _crash), Route("/deadlock", _deadlock), Route("/lost", _lost)],
+        routes=[
+            Route("/crash", _crash),
+            Route("/deadlock", _deadlock),
+            Route("/lost", _lost),
+            Route("/refused", _refused),
+            Route("/pool", _pool_exhausted),
+            Route("/bug", _no_such_table),
+        ],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
     )
@@ -70,8 +99,7 @@ def test_an_unexpected_error_is_a_500_document_with_the_request_id(caplog):
 
 
 def test_a_transaction_the_database_ended_for_another_is_a_409_to_send_again(caplog):
-    """A deadlock between two writes was a 500 (an outside probe, on PostgreSQL); any other
-    database error still is."""
+    """A deadlock between two writes was a 500 (an outside probe, on PostgreSQL)."""
     with TestClient(_app(), raise_server_exceptions=False) as client:
         answer = client.get("/deadlock")
         lost = client.get("/lost")
@@ -84,5 +112,50 @@ def test_a_transaction_the_database_ended_for_another_is_a_409_to_send_again(cap
     assert [r.getMessage() for r in warned] == [
         "GET /deadlock: the database ended its transaction for another's (_DeadlockDetected)"
     ]
-    assert lost.status_code == 500
-    assert lost.json()["errors"][0]["code"] == "internal_error"
+    assert lost.status_code == 503  # a connection's end: tests below
+
+
+def test_a_database_that_cannot_be_reached_is_a_503_to_send_again_later(caplog):
+    """Refused, lost mid-request, or no pooled connection within the pool's wait: a 500 with a
+    traceback in the log before (an outside probe stopped the metadata database). The log says
+    which route and the driver's first line, never the password; any other database error is
+    still a 500."""
+    with TestClient(_app(), raise_server_exceptions=False) as client:
+        answers = {path: client.get(path) for path in ("/refused", "/lost", "/pool", "/bug")}
+    for path in ("/refused", "/lost", "/pool"):
+        answer = answers[path]
+        assert answer.status_code == 503, path
+        assert answer.headers["retry-after"] == "5"
+        (error,) = answer.json()["errors"]
+        assert (error["status"], error["code"]) == ("503", "database_unavailable")
+        assert "127.0.0.1" not in answer.text and "s3cret" not in answer.text
+    assert answers["/bug"].status_code == 500
+    logged = [r for r in caplog.records if r.name == "dataferry.errors"]
+    refused = [r.getMessage() for r in logged if r.getMessage().startswith("GET /refused")]
+    assert len(refused) == 1 and "port 9" in refused[0] and "s3cret" not in refused[0]
+    assert all(r.exc_info is None for r in logged if "/bug" not in r.getMessage())
+
+
+def test_a_metadata_database_that_never_answers_fails_a_connection_within_seconds():
+    """A server that accepts connections and never answers held each request for 130 s, and
+    /readyz with them (an outside probe, with a listener in the database's place)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        engine = create_metadata_engine(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+        failed: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                engine.connect().close()
+            except BaseException as exc:  # what the thread ended with
+                failed.append(exc)
+
+        attempt = threading.Thread(target=connect, daemon=True)
+        attempt.start()
+        attempt.join(30)  # the bound is 5 s; the kernel's default is over two minutes
+        engine.dispose()
+    assert not attempt.is_alive(), "the connection still waits on a server that never answers"
+    assert len(failed) == 1 and isinstance(failed[0], OperationalError)
+    assert database_unavailable(failed[0])
