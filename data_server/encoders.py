@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from data_server import json_text
 from data_server.formats import TEXT_FORMATS, ArrowCompression, ResultFormat
+from data_server.number_texts import decimal_texts, float32_widened, ordinary_decimals
 from data_server.temporal_texts import (
     infinities,
     is_temporal,
@@ -310,15 +311,17 @@ def _csv(
 
 
 def _csv_rows(batch: pa.RecordBatch, target: pa.Schema) -> pa.Buffer:
-    """A slice's rows; dates, timestamps or times Arrow cannot spell (DuckDB's infinities, years
-    past 9999, the time 24:00:00) are spelled by data_server/temporal_texts.py and written as
-    text (quoted, as Arrow quotes text)."""
+    """A slice's rows; dates, timestamps, times or decimals Arrow does not spell as the mapping
+    does (DuckDB's infinities, years past 9999, the time 24:00:00, a decimal's exponent) are
+    spelled by data_server/temporal_texts.py and number_texts.py and written as text (quoted, as
+    Arrow quotes text)."""
     conformed = _conform(batch, target)
     far = [
         index
         for index, field in enumerate(target)
         if (is_temporal(field.type) and not ordinary(conformed.column(index)))
         or (pa.types.is_time(field.type) and not ordinary_times(conformed.column(index)))
+        or (pa.types.is_decimal(field.type) and not ordinary_decimals(conformed.column(index)))
     ]
     if far:
         columns = list(conformed.columns)
@@ -331,6 +334,8 @@ def _csv_rows(batch: pa.RecordBatch, target: pa.Schema) -> pa.Buffer:
 def _csv_cells(column: pa.Array) -> pa.Array:
     if pa.types.is_time(column.type):
         return time_texts(column)
+    if pa.types.is_decimal(column.type):
+        return decimal_texts(column)
     return spell(column, iso=False).texts
 
 
@@ -493,17 +498,19 @@ def _json_values(column: pa.Array) -> list[Any]:
     ):
         return column.to_pylist()
     if pa.types.is_floating(data_type):
-        values = column.to_pylist()
+        values = (float32_widened(column) if pa.types.is_float32(data_type) else column).to_pylist()
         if pc.any(pc.invert(pc.is_finite(column))).as_py():
             return [_float(v) for v in values]
         return values
     if is_temporal(data_type):
         return iso_texts(column).to_pylist()
-    if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
+    if pa.types.is_decimal(data_type):
+        return decimal_texts(column).to_pylist()
+    if pa.types.is_date(data_type):
         return pc.cast(column, pa.string()).to_pylist()
     if pa.types.is_time(data_type):
         return time_texts(column).to_pylist()
-    spelled = _leaves_mapped(_temporals_spelled(column), _is_tuple, _tuple_marked)
+    spelled = _leaves_mapped(_leaves_spelled(column), _is_tuple, _tuple_marked)
     return [_plain(value) for value in spelled.to_pylist()]
 
 
@@ -544,20 +551,33 @@ def _struct_of(
     return pa.StructArray.from_arrays(children, names=names, mask=mask)
 
 
-def _temporals_spelled(column: pa.Array) -> pa.Array:
-    """A nested column whose dates, timestamps and times, wherever they are, are their JSON
-    strings: Python's datetime holds neither DuckDB's infinities, nor years past 9999, nor the
-    time 24:00:00 (it wraps to midnight), and spells fractions and zones otherwise than the
-    columns' rule."""
-    return _leaves_mapped(column, _spelled_as_text, _as_text)
+def _leaves_spelled(column: pa.Array) -> pa.Array:
+    """A nested column whose dates, timestamps, times and decimals, wherever they are, are their
+    JSON strings, and whose ``float32`` values the doubles of their shortest texts, as the
+    columns' rule spells them: Python's datetime holds neither DuckDB's infinities, nor years
+    past 9999, nor the time 24:00:00 (it wraps to midnight), and spells fractions and zones
+    otherwise; its Decimal and a widened float32 are spelled otherwise too."""
+    return _leaves_mapped(column, _spelled_by_the_columns_rule, _as_the_columns_rule)
 
 
-def _spelled_as_text(data_type: pa.DataType) -> bool:
-    return is_temporal(data_type) or pa.types.is_time(data_type)
+def _spelled_by_the_columns_rule(data_type: pa.DataType) -> bool:
+    return (
+        is_temporal(data_type)
+        or pa.types.is_time(data_type)
+        or pa.types.is_decimal(data_type)
+        or pa.types.is_float32(data_type)
+    )
 
 
-def _as_text(column: pa.Array) -> pa.Array:
-    return time_texts(column) if pa.types.is_time(column.type) else iso_texts(column)
+def _as_the_columns_rule(column: pa.Array) -> pa.Array:
+    data_type = column.type
+    if pa.types.is_time(data_type):
+        return time_texts(column)
+    if pa.types.is_decimal(data_type):
+        return decimal_texts(column)
+    if pa.types.is_float32(data_type):
+        return float32_widened(column)
+    return iso_texts(column)
 
 
 def _leaves_mapped(

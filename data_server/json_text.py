@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_server.number_texts import decimal_texts
 from data_server.temporal_texts import is_temporal, spell, time_texts, zone_suffix
 
 # Bytes below this, quotes and backslashes are escaped in JSON strings; without any of them a
@@ -128,15 +129,17 @@ def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any
         return _integers(column)
     if pa.types.is_boolean(data_type):
         return _nullable(pc.if_else(column, "true", "false"), column)
-    if pa.types.is_float64(data_type):
-        return _doubles(column)
+    if pa.types.is_float64(data_type) or pa.types.is_float32(data_type):
+        return _doubles(column)  # orjson spells a float32 by its own shortest digits
     if pa.types.is_string(data_type):
         return _strings(column, slow_values)
     if is_temporal(data_type):
         return _temporal(column)
     if pa.types.is_time(data_type):
         return _framed(time_texts(column), column, '"', '"')
-    if pa.types.is_decimal(data_type) or pa.types.is_date(data_type):
+    if pa.types.is_decimal(data_type):
+        return _framed(decimal_texts(column), column, '"', '"')
+    if pa.types.is_date(data_type):
         return _framed(pc.cast(column, pa.string()), column, '"', '"')
     return _one_by_one(column, slow_values)
 

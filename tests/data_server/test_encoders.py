@@ -536,6 +536,57 @@ def test_the_end_of_a_day_and_nested_times_are_spelled_as_times_in_every_text_fo
     assert json.loads(cells[0]["l"]) == ["24:00:00.000000"]
 
 
+# Decimals Arrow writes with an exponent (0E-10), top level and nested, and single-precision
+# floats, which went out with their double's digits (1.100000023841858).
+NUMBERS_SQL = """
+SELECT * FROM (VALUES
+  (1, 0::DECIMAL(30, 10), [0::DECIMAL(30, 10), 1e-12::DECIMAL(38, 12)],
+   -0.0000000001::DECIMAL(30, 10), 1.1::FLOAT, [1.1::FLOAT, 'nan'::FLOAT], {'f': 3.4e38::FLOAT}),
+  (2, 12.5::DECIMAL(30, 10), NULL, 2::DECIMAL(30, 10), NULL, NULL, NULL)
+) AS t(n, d, l, neg, f, fl, s)
+"""
+NUMBERS_JSON = [
+    [
+        1,
+        "0.0000000000",
+        ["0.000000000000", "0.000000000001"],  # the list's type: DECIMAL(38, 12)
+        "-0.0000000001",
+        1.1,
+        [1.1, "NaN"],
+        {"f": 3.4e38},
+    ],
+    [2, "12.5000000000", None, "2.0000000000", None, None, None],
+]
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2])
+def test_decimals_keep_their_scales_digits_and_floats_their_own_in_every_text_format(
+    tmp_path, batch_rows
+):
+    """Before: ``"0E-10"`` and ``"-1E-10"``, nested ones too, and a FLOAT's double digits."""
+    path = _store(tmp_path, NUMBERS_SQL, batch_rows)
+    document = _encode(path, ResultFormat.JSON)
+    assert json.loads(document)["rows"] == NUMBERS_JSON
+    assert b"1.100000023841858" not in document and b"E-1" not in document
+    names = ["n", "d", "l", "neg", "f", "fl", "s"]
+    expected_objects = [dict(zip(names, row, strict=True)) for row in NUMBERS_JSON]
+    records = _encode(path, ResultFormat.RECORDS)
+    assert json.loads(records) == expected_objects and b"1.100000023841858" not in records
+    ndjson = _encode(path, ResultFormat.NDJSON)
+    assert ndjson == _value_by_value(path, keys=True)
+    assert [json.loads(line) for line in ndjson.splitlines()] == expected_objects
+    windowed = json.loads(_encode(path, ResultFormat.JSON, offset=0, limit=1))["rows"]
+    assert windowed == NUMBERS_JSON[:1]
+    csv = io.BytesIO(_encode(path, ResultFormat.CSV))
+    text = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names[1:]})
+    cells = pa_csv.read_csv(csv, convert_options=text).to_pylist()
+    assert [(row["d"], row["neg"]) for row in cells] == [
+        ("0.0000000000", "-0.0000000001"),
+        ("12.5000000000", "2.0000000000"),
+    ]
+    assert json.loads(cells[0]["l"]) == ["0.000000000000", "0.000000000001"]
+
+
 _AS_TEXT = pa_csv.ConvertOptions(
     column_types={name: pa.string() for name in ["ts", "ns", "tz", "day", "tss", "s", "m"]}
 )
