@@ -205,7 +205,7 @@ def _option_value(raw: Any, value_type: str) -> Scalar:
     is none (another type, no scalar, too long, beyond 64-bit integers, holding NUL)."""
     value: Any = raw
     if isinstance(raw, Decimal) and value_type == "text":
-        value = str(raw)  # its exact text, not a float's
+        value = format(raw, "f")  # its exact text, not a float's, and never 0E-10
     elif isinstance(raw, Decimal):
         value = int(raw) if raw == raw.to_integral_value() else float(raw)
     elif isinstance(raw, date | time):  # a datetime is a date
@@ -229,7 +229,10 @@ def _label(raw: Any) -> str | None:
     is no scalar: an interval, a blob, a list)."""
     if raw is None or not isinstance(raw, str | int | float | Decimal | date | time):
         return None
-    spelled = raw.isoformat() if isinstance(raw, date | time) else str(raw)
+    if isinstance(raw, date | time):
+        spelled = raw.isoformat()
+    else:
+        spelled = format(raw, "f") if isinstance(raw, Decimal) else str(raw)
     text = (as_text(raw) if isinstance(raw, bool) else spelled).replace("\x00", "")
     return text[:MAX_OPTION_LENGTH]
 

@@ -1105,6 +1105,7 @@ class TestSqlOptions:
                 1,
             ),
             ("text", "SELECT 1.50::DECIMAL(38, 10)", ["1.5000000000"], 0),
+            ("text", "SELECT 0::DECIMAL(38, 10)", ["0.0000000000"], 0),  # not 0E-10
             (
                 "datetime",
                 "SELECT * FROM (VALUES ('infinity'::TIMESTAMP_NS),"
