@@ -20,6 +20,7 @@ from dataferry_client.errors import (
     NotFound,
     NotJson,
     PermissionDenied,
+    QueryInterrupted,
     QueryTimeout,
     RateLimited,
     ServerError,
@@ -47,6 +48,7 @@ __all__ = [
     "Client", "ConfigurationError", "Conflict", "ConnectionTest", "Dashboard", "DashboardGroup",
     "DataGrant", "DataNotAvailable", "DataferryError", "Datasource", "Execution",
     "ExecutionFailed", "ExecutionStatus", "Filter", "FilterOptions", "IncompleteResult",
-    "NotFound", "NotJson", "PermissionDenied", "Progress", "QueryTimeout", "RateLimited", "Report",
+    "NotFound", "NotJson", "PermissionDenied", "Progress", "QueryInterrupted",
+    "QueryTimeout", "RateLimited", "Report",
     "Result", "SaveFormat", "ServerError", "SqlSnippet", "TransportError", "Unprocessable",
 ]  # fmt: skip

@@ -130,8 +130,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(argv)
-    except KeyboardInterrupt:
-        sys.stderr.write("\ndataferry: interrupted\n")
+    except KeyboardInterrupt as interrupted:
+        cancelled = f"; {interrupted}" if isinstance(interrupted, errors.QueryInterrupted) else ""
+        sys.stderr.write(f"\ndataferry: interrupted{cancelled}\n")
         code = ExitCode.INTERRUPTED
     except BrokenPipeError:  # `dataferry query … | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -97,7 +97,8 @@ class Client:
         """Run ``sql`` on a datasource (id or name), wait for it, and return its result.
 
         Raises ExecutionFailed if it failed or was cancelled, QueryTimeout after ``timeout``
-        seconds (the execution goes on; cancel it with ``executions.cancel``).
+        seconds (the execution goes on; cancel it with ``executions.cancel``). Ctrl-C while it
+        waits cancels the execution and raises QueryInterrupted (a KeyboardInterrupt).
         """
         execution = self._drive(
             ops.query(datasource, sql, parameters, timeout, poll_reporter(progress))

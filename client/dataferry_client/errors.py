@@ -75,6 +75,15 @@ class QueryTimeout(DataferryError):
         self.execution_id = execution_id
 
 
+class QueryInterrupted(KeyboardInterrupt):
+    """Ctrl-C (a KeyboardInterrupt) while ``query`` waited for its execution, which was then
+    cancelled on the server, so that it holds no worker for the rest of its time limit."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"execution {execution_id} cancelled")
+        self.execution_id = execution_id
+
+
 class ExecutionFailed(DataferryError):
     """The execution ended ``failed`` or ``cancelled``; ``code`` is the server's ``error_code``."""
 

@@ -6,6 +6,7 @@ URL, body and parsing are written once. A generator never does I/O itself.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import time
@@ -17,10 +18,12 @@ from urllib.parse import quote
 
 from dataferry_client.errors import (
     Conflict,
+    DataferryError,
     DataNotAvailable,
     ExecutionFailed,
     NotFound,
     PermissionDenied,
+    QueryInterrupted,
     QueryTimeout,
     UnexpectedAnswer,
     api_error,
@@ -373,16 +376,27 @@ def query(
     first_wait = _next_wait(deadline, on_poll)
     execution = yield from run_execution(datasource_id, sql, parameters, wait=first_wait)
     if not execution.status.ended:
-        if on_poll is not None:
-            on_poll(execution, time.monotonic() - started)
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise QueryTimeout(
-                f"execution {execution.id} still {execution.status} after {timeout:g} s",
-                execution_id=execution.id,
-            )
-        execution = yield from wait_for_execution(execution.id, remaining, on_poll)
+        try:
+            if on_poll is not None:
+                on_poll(execution, time.monotonic() - started)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueryTimeout(
+                    f"execution {execution.id} still {execution.status} after {timeout:g} s",
+                    execution_id=execution.id,
+                )
+            execution = yield from wait_for_execution(execution.id, remaining, on_poll)
+        except KeyboardInterrupt:  # Ctrl-C: the execution would run on to its time limit
+            yield from _cancel_if_running(execution.id)
+            raise QueryInterrupted(execution.id) from None
     return ensure_completed(execution)
+
+
+def _cancel_if_running(execution_id: str) -> Operation[None]:
+    """Cancel it; one that ended meanwhile, or a server that cannot say, is left as it is (a
+    second Ctrl-C ends the wait for the answer)."""
+    with contextlib.suppress(DataferryError):
+        yield from cancel_execution(execution_id)
 
 
 # ---------------------------------------------------------------------------- SQL snippets

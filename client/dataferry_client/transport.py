@@ -204,13 +204,14 @@ class SyncTransport:
         return _finish(call, reply, failure)
 
     def drive(self, operation: Operation[T]) -> T:
-        """Run ``operation`` to its end; errors are thrown into it, so it may handle them."""
+        """Run ``operation`` to its end; errors are thrown into it, so it may handle them, and so
+        is a KeyboardInterrupt (Ctrl-C) during a call, so it may end what it started."""
         try:
             call = next(operation)
             while True:
                 try:
                     reply = self.send(call)
-                except DataferryError as exc:
+                except (DataferryError, KeyboardInterrupt) as exc:
                     call = operation.throw(exc)
                 else:
                     call = _advance(operation, reply)

@@ -8,7 +8,9 @@ import io
 import json
 import os
 import pty
+import re
 import select
+import signal
 import stat
 import subprocess
 import threading
@@ -65,6 +67,50 @@ def test_query_shows_progress_and_a_table_on_a_terminal(org, tmp_path):
     assert "elapsed" in output  # the progress line, on stderr
     assert "\x1b[Korder_id  customer_id" in output  # the table starts on the cleared line
     assert "not shown: use --format or -o FILE" in output
+
+
+def test_ctrl_c_while_a_query_waits_cancels_its_execution_and_names_it(org, tmp_path):
+    """Ctrl-C left the execution running on the server to its time limit, holding a worker,
+    and said nothing of which it was (outside probe)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(DATAFERRY), "query", org.sample_id, SLOW], env=org.env(tmp_path),
+        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    output = bytearray()
+
+    def read_for(seconds: float, until: bytes | None = None) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until in output):
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    try:
+        read_for(60, until=b"elapsed")  # the progress line: the run has answered with its id
+        assert b"elapsed" in output, output.decode(errors="replace")
+        process.send_signal(signal.SIGINT)
+        read_for(30)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    text = output.decode(errors="replace")
+    assert code == ExitCode.INTERRUPTED, text
+    found = re.search(r"dataferry: interrupted; execution (\S+) cancelled", text)
+    assert found, text
+    with org.client() as client:
+        assert client.executions.get(found.group(1), wait=30).status == "cancelled"
 
 
 def test_query_without_a_terminal_prints_csv_and_no_progress(org, tmp_path):
