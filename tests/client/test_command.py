@@ -36,29 +36,49 @@ pytestmark = pytest.mark.e2e
 SLOW = "SELECT sum(hash(range)) FROM range(20000000000)"
 
 
+class OnTerminal:
+    """A command with stdout and stderr on a pseudo-terminal, and what it wrote there."""
+
+    def __init__(self, org, home, *args: str) -> None:
+        self.controller, terminal = pty.openpty()
+        self.process = subprocess.Popen(
+            [str(DATAFERRY), *args], env=org.env(home), stdin=subprocess.DEVNULL,
+            stdout=terminal, stderr=terminal,
+        )  # fmt: skip
+        os.close(terminal)
+        self.output = bytearray()
+
+    def read(self, seconds: float, until: bytes | None = None) -> None:
+        """What it writes for up to ``seconds``: until ``until`` shows, or the command ends."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until in self.output):
+            ready, _, _ = select.select([self.controller], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.controller, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                return
+            if not chunk:
+                return
+            self.output.extend(chunk)
+
+    def end(self) -> tuple[int, str]:
+        """Its exit status (killed if it does not end within 30 s) and what it wrote."""
+        try:
+            code = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        os.close(self.controller)
+        return code, self.output.decode(errors="replace")
+
+
 def run_under_pty(org, home, *args: str) -> tuple[int, str]:
     """Run the command with stdout and stderr on a pseudo-terminal; returns (code, output)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [str(DATAFERRY), *args], env=org.env(home), stdin=subprocess.DEVNULL,
-        stdout=terminal, stderr=terminal,
-    )  # fmt: skip
-    os.close(terminal)
-    output = bytearray()
-    while True:
-        ready, _, _ = select.select([controller], [], [], 60)
-        if not ready:
-            process.kill()
-            break
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # EIO: the terminal's other end closed
-            break
-        if not chunk:
-            break
-        output.extend(chunk)
-    os.close(controller)
-    return process.wait(timeout=30), output.decode(errors="replace")
+    command = OnTerminal(org, home, *args)
+    command.read(60)
+    return command.end()
 
 
 def test_query_shows_progress_and_a_table_on_a_terminal(org, tmp_path):
@@ -72,40 +92,14 @@ def test_query_shows_progress_and_a_table_on_a_terminal(org, tmp_path):
 def test_ctrl_c_while_a_query_waits_cancels_its_execution_and_names_it(org, tmp_path):
     """Ctrl-C left the execution running on the server to its time limit, holding a worker,
     and said nothing of which it was (outside probe)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [str(DATAFERRY), "query", org.sample_id, SLOW], env=org.env(tmp_path),
-        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
-    )  # fmt: skip
-    os.close(terminal)
-    output = bytearray()
-
-    def read_for(seconds: float, until: bytes | None = None) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not (until and until in output):
-            ready, _, _ = select.select([controller], [], [], 0.2)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # EIO: the terminal's other end closed
-                return
-            if not chunk:
-                return
-            output.extend(chunk)
-
+    command = OnTerminal(org, tmp_path, "query", org.sample_id, SLOW)
     try:
-        read_for(60, until=b"elapsed")  # the progress line: the run has answered with its id
-        assert b"elapsed" in output, output.decode(errors="replace")
-        process.send_signal(signal.SIGINT)
-        read_for(30)
-        code = process.wait(timeout=30)
+        command.read(60, until=b"elapsed")  # the progress line: the run has answered its id
+        assert b"elapsed" in command.output, command.output.decode(errors="replace")
+        command.process.send_signal(signal.SIGINT)
+        command.read(30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(controller)
-    text = output.decode(errors="replace")
+        code, text = command.end()
     assert code == ExitCode.INTERRUPTED, text
     found = re.search(r"dataferry: interrupted; execution (\S+) cancelled", text)
     assert found, text

@@ -497,6 +497,23 @@ def test_infinities_and_far_years_are_spelled_in_every_text_format(tmp_path, bat
     assert json.loads(cells[0]["m"]) == [["k", "-infinity"]]
 
 
+def _in_every_text_format(path: str, names: list[str], expected: list[list]) -> list[dict]:
+    """Asserts that JSON (whole, and a window of its first row), records and NDJSON (column-wise
+    as value by value) give ``expected``, the rows of ``names``; returns the CSV's cells, read
+    as text."""
+    assert json.loads(_encode(path, ResultFormat.JSON))["rows"] == expected
+    windowed = json.loads(_encode(path, ResultFormat.JSON, offset=0, limit=1))["rows"]
+    assert windowed == expected[:1]
+    expected_objects = [dict(zip(names, row, strict=True)) for row in expected]
+    assert json.loads(_encode(path, ResultFormat.RECORDS)) == expected_objects
+    ndjson = _encode(path, ResultFormat.NDJSON)
+    assert ndjson == _value_by_value(path, keys=True)
+    assert [json.loads(line) for line in ndjson.splitlines()] == expected_objects
+    csv = io.BytesIO(_encode(path, ResultFormat.CSV))
+    text = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names})
+    return pa_csv.read_csv(csv, convert_options=text).to_pylist()
+
+
 # The end of a day, which DuckDB's TIME and PostgreSQL's ``time`` hold, top level and nested;
 # and nested times, which once lost their fraction (``"12:00:00"``).
 END_OF_DAY_SQL = """
@@ -520,18 +537,7 @@ def test_the_end_of_a_day_and_nested_times_are_spelled_as_times_in_every_text_fo
     """Before: ``"<value out of range: 86400000000>"`` at top level (a bare cell in CSV), and
     ``"00:00:00"``, the start of the day, nested (Python's time wraps)."""
     path = _store(tmp_path, END_OF_DAY_SQL, batch_rows)
-    assert json.loads(_encode(path, ResultFormat.JSON))["rows"] == END_OF_DAY_JSON
-    names = ["n", "t", "l", "s"]
-    expected_objects = [dict(zip(names, row, strict=True)) for row in END_OF_DAY_JSON]
-    assert json.loads(_encode(path, ResultFormat.RECORDS)) == expected_objects
-    ndjson = _encode(path, ResultFormat.NDJSON)
-    assert ndjson == _value_by_value(path, keys=True)
-    assert [json.loads(line) for line in ndjson.splitlines()] == expected_objects
-    windowed = json.loads(_encode(path, ResultFormat.JSON, offset=0, limit=1))["rows"]
-    assert windowed == END_OF_DAY_JSON[:1]
-    csv = io.BytesIO(_encode(path, ResultFormat.CSV))
-    text = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names[1:]})
-    cells = pa_csv.read_csv(csv, convert_options=text).to_pylist()
+    cells = _in_every_text_format(path, ["n", "t", "l", "s"], END_OF_DAY_JSON)
     assert [row["t"] for row in cells] == ["24:00:00.000000", "12:00:00.000000", ""]
     assert json.loads(cells[0]["l"]) == ["24:00:00.000000"]
 
@@ -565,21 +571,9 @@ def test_decimals_keep_their_scales_digits_and_floats_their_own_in_every_text_fo
 ):
     """Before: ``"0E-10"`` and ``"-1E-10"``, nested ones too, and a FLOAT's double digits."""
     path = _store(tmp_path, NUMBERS_SQL, batch_rows)
-    document = _encode(path, ResultFormat.JSON)
-    assert json.loads(document)["rows"] == NUMBERS_JSON
-    assert b"1.100000023841858" not in document and b"E-1" not in document
-    names = ["n", "d", "l", "neg", "f", "fl", "s"]
-    expected_objects = [dict(zip(names, row, strict=True)) for row in NUMBERS_JSON]
-    records = _encode(path, ResultFormat.RECORDS)
-    assert json.loads(records) == expected_objects and b"1.100000023841858" not in records
-    ndjson = _encode(path, ResultFormat.NDJSON)
-    assert ndjson == _value_by_value(path, keys=True)
-    assert [json.loads(line) for line in ndjson.splitlines()] == expected_objects
-    windowed = json.loads(_encode(path, ResultFormat.JSON, offset=0, limit=1))["rows"]
-    assert windowed == NUMBERS_JSON[:1]
-    csv = io.BytesIO(_encode(path, ResultFormat.CSV))
-    text = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names[1:]})
-    cells = pa_csv.read_csv(csv, convert_options=text).to_pylist()
+    cells = _in_every_text_format(path, ["n", "d", "l", "neg", "f", "fl", "s"], NUMBERS_JSON)
+    for result_format in (ResultFormat.JSON, ResultFormat.RECORDS, ResultFormat.NDJSON):
+        assert b"1.100000023841858" not in _encode(path, result_format)
     assert [(row["d"], row["neg"]) for row in cells] == [
         ("0.0000000000", "-0.0000000001"),
         ("12.5000000000", "2.0000000000"),
