@@ -53,6 +53,8 @@ class RetryRule:
         if reply.status not in RETRY_STATUSES:
             return None
         seconds = retry_after(reply.headers)
+        if reply.status == 503 and seconds is None and not call.retry_safe:
+            return None  # a change may have been made: a 503 that did nothing says when to retry
         seconds = min(5.0, 0.5 * 2**attempt) if seconds is None else seconds
         return seconds if seconds <= self.max_retry_wait else None
 

@@ -53,26 +53,34 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 # PostgreSQL's codes for a transaction it ended so that another could go on: a deadlock, or a
 # serializable transaction's conflict. Nothing of it was kept; sent again, it most likely passes.
 _ENDED_FOR_ANOTHER = frozenset({"40P01", "40001"})
+# SQLite's for a read transaction that tried to write after another had (in WAL mode).
+_SQLITE_ENDED_FOR_ANOTHER = "SQLITE_BUSY_SNAPSHOT"
 
 
 def ended_for_another(exc: BaseException) -> bool:
     """Whether the database ended the request's transaction for another's sake: a 409
     ``concurrent_change`` to send again (``concurrent_change_response``), not a 500 (an outside
     probe: report moves and group changes at once, on PostgreSQL)."""
-    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _ENDED_FOR_ANOTHER
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    return (
+        getattr(orig, "sqlstate", None) in _ENDED_FOR_ANOTHER
+        or getattr(orig, "sqlite_errorname", None) == _SQLITE_ENDED_FOR_ANOTHER
+    )
 
 
 # PostgreSQL's codes for a connection that failed or a server going away (an operator's or a
-# failover's shutdown, a crash, a server still starting); a driver's connection failure carries
-# none. SQLite's for a database another process holds past the wait.
+# failover's shutdown, a crash, a server still starting).
 _UNREACHED_SQLSTATES = ("08", "57P01", "57P02", "57P03")
-_SQLITE_BUSY = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 
 
 def database_unavailable(exc: BaseException) -> bool:
     """Whether the metadata database could not be reached or went away mid-request (refused,
-    timed out, restarted; the pool full for its whole wait): a 503 to send again later
-    (``database_unavailable_response``), not a 500 (an outside probe, stopping the database)."""
+    timed out, restarted; the pool empty for its whole wait; SQLite held by another process
+    past its wait): a 503 (``database_unavailable_response``), not a 500 (an outside probe,
+    stopping the database). A driver's error of the request's own making (psycopg refuses a
+    statement of more than 65,535 parameters, with no SQLSTATE either) stays a 500."""
     if isinstance(exc, PoolTimeout):
         return True
     if not isinstance(exc, OperationalError):
@@ -84,17 +92,20 @@ def database_unavailable(exc: BaseException) -> bool:
         return str(sqlstate).startswith(_UNREACHED_SQLSTATES)
     sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
     if sqlite_error is not None:
-        return sqlite_error in _SQLITE_BUSY
-    return type(exc.orig).__module__.startswith("psycopg")  # connecting failed: no SQLSTATE
+        return sqlite_error == "SQLITE_BUSY"
+    # psycopg's failure to connect carries no SQLSTATE, and no statement ran.
+    return exc.statement is None and type(exc.orig).__module__.startswith("psycopg")
 
 
 def database_unavailable_response() -> Response:
+    """No ``Retry-After``: a connection lost while committing may have kept a change, so a
+    client does not send a change again by itself (dataferry's client resends a 503's change
+    only when its ``Retry-After`` says that nothing was done)."""
     return error_response(
         ServiceUnavailable(
-            "The server cannot reach its database at the moment, and nothing of this request "
-            "was done: send it again shortly.",
+            "The server cannot reach its database at the moment. A read can be sent again "
+            "shortly; a change may or may not have been made: read before sending it again.",
             code="database_unavailable",
-            headers={"Retry-After": "5"},
         )
     )
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from dataferry_client import operations as ops
+from dataferry_client import transport
 from dataferry_client.errors import BadRequest
 from dataferry_client.operations import Call, Reply
 
@@ -49,3 +50,17 @@ def test_another_bad_request_is_raised_not_retried():
     next(operation)
     with pytest.raises(BadRequest):
         operation.send(_refused("sort"))
+
+
+def test_a_503_without_retry_after_resends_a_read_but_not_a_change():
+    """The server's 503 ``database_unavailable`` carries no Retry-After: a connection lost while
+    committing may have kept the change, and a run sent again would run twice. A 503 that did
+    nothing (``too_many_connections``, before any route) says when to come back."""
+    rule = transport.RetryRule()
+    unavailable = Reply(503, b"{}", {})
+    assert rule.delay(Call("GET", "/datasources"), unavailable, 0) is not None
+    assert rule.delay(Call("POST", "/datasources"), unavailable, 0) is None
+    keyed = Call("POST", "/datasources/x/executions", headers={"Idempotency-Key": "k"})
+    assert rule.delay(keyed, unavailable, 0) is not None
+    refused_at_the_door = Reply(503, b"{}", {"retry-after": "1"})
+    assert rule.delay(Call("POST", "/datasources"), refused_at_the_door, 0) == 1.0

@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import threading
 
+import psycopg
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
@@ -54,8 +55,36 @@ async def _pool_exhausted(request):
     raise PoolTimeout("QueuePool limit of size 10 overflow 10 reached, connection timed out")
 
 
+def _sqlite_error(text: str, name: str | None) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(text)
+    error.sqlite_errorname = name  # as sqlite3 sets it (Python 3.11)
+    return error
+
+
 async def _no_such_table(request):
-    raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: x"))
+    raise OperationalError("SELECT 1", {}, _sqlite_error("no such table: x", "SQLITE_ERROR"))
+
+
+async def _too_many_parameters(request):
+    """psycopg's own refusal, with no SQLSTATE, as a failure to connect has none either."""
+    refusal = psycopg.OperationalError("number of parameters must be between 0 and 65535")
+    raise OperationalError("SELECT … IN (…)", {}, refusal)
+
+
+async def _sqlite_busy(request):
+    raise OperationalError(
+        "BEGIN IMMEDIATE", {}, _sqlite_error("database is locked", "SQLITE_BUSY")
+    )
+
+
+async def _sqlite_snapshot(request):
+    error = _sqlite_error("database is locked", "SQLITE_BUSY_SNAPSHOT")
+    raise OperationalError("UPDATE dashboards …", {}, error)
+
+
+async def _sqlite_locked(request):
+    error = _sqlite_error("database table is locked", "SQLITE_LOCKED")
+    raise OperationalError("DROP TABLE x", {}, error)
 
 
 def _app() -> Starlette:
@@ -67,6 +96,10 @@ def _app() -> Starlette:
             Route("/refused", _refused),
             Route("/pool", _pool_exhausted),
             Route("/bug", _no_such_table),
+            Route("/parameters", _too_many_parameters),
+            Route("/sqlite-busy", _sqlite_busy),
+            Route("/sqlite-snapshot", _sqlite_snapshot),
+            Route("/sqlite-locked", _sqlite_locked),
         ],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -115,25 +148,30 @@ def test_a_transaction_the_database_ended_for_another_is_a_409_to_send_again(cap
     assert lost.status_code == 503  # a connection's end: tests below
 
 
-def test_a_database_that_cannot_be_reached_is_a_503_to_send_again_later(caplog):
-    """Refused, lost mid-request, or no pooled connection within the pool's wait: a 500 with a
-    traceback in the log before (an outside probe stopped the metadata database). The log says
-    which route and the driver's first line, never the password; any other database error is
-    still a 500."""
+def test_a_database_that_cannot_be_reached_is_a_503_without_a_retry_after(caplog):
+    """Refused, lost mid-request, no pooled connection within the pool's wait, SQLite held past
+    its wait: a 500 with a traceback in the log before (an outside probe stopped the metadata
+    database). No Retry-After: a connection lost while committing may have kept a change, which
+    a client must not send again by itself. The log says which route and the driver's first
+    line, never the password. A request's own database error is still a 500, with its
+    traceback; SQLite's stale snapshot is the 409 to send again."""
+    paths = ("/refused", "/lost", "/pool", "/sqlite-busy")
+    others = ("/bug", "/parameters", "/sqlite-locked", "/sqlite-snapshot")
     with TestClient(_app(), raise_server_exceptions=False) as client:
-        answers = {path: client.get(path) for path in ("/refused", "/lost", "/pool", "/bug")}
-    for path in ("/refused", "/lost", "/pool"):
+        answers = {path: client.get(path) for path in (*paths, *others)}
+    for path in paths:
         answer = answers[path]
         assert answer.status_code == 503, path
-        assert answer.headers["retry-after"] == "5"
+        assert "retry-after" not in answer.headers
         (error,) = answer.json()["errors"]
         assert (error["status"], error["code"]) == ("503", "database_unavailable")
         assert "127.0.0.1" not in answer.text and "s3cret" not in answer.text
-    assert answers["/bug"].status_code == 500
+    assert [answers[path].status_code for path in others] == [500, 500, 500, 409]
     logged = [r for r in caplog.records if r.name == "dataferry.errors"]
     refused = [r.getMessage() for r in logged if r.getMessage().startswith("GET /refused")]
     assert len(refused) == 1 and "port 9" in refused[0] and "s3cret" not in refused[0]
-    assert all(r.exc_info is None for r in logged if "/bug" not in r.getMessage())
+    with_traceback = {r.getMessage().split()[-1] for r in logged if r.exc_info is not None}
+    assert with_traceback == {"/bug", "/parameters", "/sqlite-locked"}
 
 
 def test_a_metadata_database_that_never_answers_fails_a_connection_within_seconds():
