@@ -89,10 +89,12 @@ class _Deadline:
         self._seconds = max(0.01, seconds)
 
     def fire(self) -> None:
+        """The remote server's query first: once interrupted, the call may answer, and the
+        pool kill this process, before a cancel sent after it had gone out."""
         self.fired = True
-        self._connection.interrupt()
         if self._remote is not None:  # an interrupt does not reach a query the server runs
             self._remote.cancel()
+        self._connection.interrupt()
 
     def __enter__(self) -> _Deadline:
         _DEADLINES.arm(self, time.monotonic() + self._seconds)
@@ -114,9 +116,12 @@ class _Deadlines:
         self._armed: dict[_Deadline, float] = {}
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._all_ended = False  # ``end_all``: no call of this process may start any more
 
     def arm(self, deadline: _Deadline, at: float) -> None:
         with self._changed:
+            if self._all_ended:  # cancelled while it attached or was checked: it never starts
+                raise QueryFailed(ErrorCode.CANCELLED, "The execution was cancelled.")
             self._armed[deadline] = at
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
@@ -127,9 +132,11 @@ class _Deadlines:
         with self._changed:
             self._armed.pop(deadline, None)
 
-    def fire_all(self) -> None:
-        """Fire every armed deadline now."""
+    def end_all(self) -> None:
+        """Fire every armed deadline now, and refuse to arm another: the process is about to
+        be killed, or to exit."""
         with self._changed:
+            self._all_ended = True
             armed = list(self._armed)
             self._armed.clear()
         _fired(armed)
@@ -157,9 +164,10 @@ _DEADLINES = _Deadlines()
 
 
 def end_running_calls() -> None:
-    """End every call of this process now, as its deadline would, its remote query too: the
+    """End every call of this process now, as its deadline would, its remote query too, and
+    start none after (one attaching or being checked is refused as it would start): the
     sandbox pool cancelled it, or the data server went away."""
-    _DEADLINES.fire_all()
+    _DEADLINES.end_all()
 
 
 def run_query(job: QueryJob, sandboxes: WarmSandboxes | None = None) -> QueryOutcome:

@@ -290,3 +290,26 @@ def test_an_unexpected_error_in_the_child_is_reported_as_the_data_servers_by_its
     assert logged.count("sandbox call failed: ValueError at sandbox_child.py:") == 2
     assert " handle" in logged
     assert secret not in logged
+
+
+def test_a_call_cancelled_before_its_deadline_is_armed_never_starts():
+    """A cancel that reached the child while its call attached the datasource or checked the
+    SQL found no deadline to fire: the query then started (on a MySQL server too) and ran until
+    the pool killed the child (the review of the cancel path). Once a process's calls are
+    ended, none starts."""
+    from data_server import engine
+
+    deadlines = engine._Deadlines()
+    fired: list[str] = []
+
+    class Recorded:
+        def fire(self) -> None:
+            fired.append("fired")
+
+    deadlines.arm(Recorded(), time.monotonic() + 60)  # type: ignore[arg-type]
+    deadlines.end_all()
+    assert fired == ["fired"]
+    with pytest.raises(QueryFailed) as refused:
+        deadlines.arm(Recorded(), time.monotonic() + 60)  # type: ignore[arg-type]
+    assert refused.value.code == "cancelled"
+    assert fired == ["fired"]
