@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_server.number_texts import decimal_texts
+from data_server.number_texts import decimal_texts, float32_widened
 from data_server.temporal_texts import is_temporal, spell, time_texts, zone_suffix
 
 # Bytes below this, quotes and backslashes are escaped in JSON strings; without any of them a
@@ -129,8 +129,10 @@ def column_fragment(column: pa.Array, slow_values: Callable[[pa.Array], list[Any
         return _integers(column)
     if pa.types.is_boolean(data_type):
         return _nullable(pc.if_else(column, "true", "false"), column)
-    if pa.types.is_float64(data_type) or pa.types.is_float32(data_type):
-        return _doubles(column)  # orjson spells a float32 by its own shortest digits
+    if pa.types.is_float64(data_type):
+        return _doubles(column)
+    if pa.types.is_float32(data_type):  # as the value-by-value path: the same bytes either way
+        return _doubles(float32_widened(column))
     if pa.types.is_string(data_type):
         return _strings(column, slow_values)
     if is_temporal(data_type):

@@ -10,35 +10,47 @@ to, it is spelled as written.
 
 from __future__ import annotations
 
+import decimal
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Arrow writes plain digits down to this scale whatever the value; beyond it, small values (and
-# zero) get an exponent.
+# Arrow writes plain digits down to this scale whatever the value; beyond it, a value below a
+# millionth, zero included, gets an exponent.
 _PLAIN_UP_TO_SCALE = 6
+_MILLIONTH = decimal.Decimal("0.000001")
 
 
 def decimal_texts(column: pa.Array) -> pa.Array:
-    """A decimal column's texts, each with exactly its scale's digits after the point."""
+    """A decimal column's texts, each with exactly its scale's digits after the point: zeros
+    (money columns hold many) by one kernel, only other values below a millionth one by one."""
     texts = pc.cast(column, pa.string())
-    exponent = _with_exponent(column, texts)
-    if exponent is None:
+    small = _written_with_exponent(column)
+    if small is None:
         return texts
-    written_out = [format(value, "f") for value in pc.filter(column, exponent).to_pylist()]
-    return pc.replace_with_mask(texts, exponent, pa.array(written_out, pa.string()))
+    scale = column.type.scale
+    zero = pc.fill_null(pc.equal(column, pa.scalar(decimal.Decimal(0), column.type)), False)
+    texts = pc.if_else(zero, pa.scalar("0." + "0" * scale), texts)
+    rest = pc.and_(small, pc.invert(zero))
+    if not pc.any(rest).as_py():
+        return texts
+    written_out = [format(value, "f") for value in pc.filter(column, rest).to_pylist()]
+    return pc.replace_with_mask(texts, rest, pa.array(written_out, pa.string()))
 
 
 def ordinary_decimals(column: pa.Array) -> bool:
     """Whether Arrow writes every value of a decimal column without an exponent."""
-    return _with_exponent(column, pc.cast(column, pa.string())) is None
+    return _written_with_exponent(column) is None
 
 
-def _with_exponent(column: pa.Array, texts: pa.Array) -> pa.Array | None:
-    """Which of Arrow's ``texts`` of a decimal column hold an exponent; None when none does."""
+def _written_with_exponent(column: pa.Array) -> pa.Array | None:
+    """Which values of a decimal column Arrow writes with an exponent; None when none: by one
+    comparison, no text made."""
     if column.type.scale <= _PLAIN_UP_TO_SCALE:
         return None
-    exponent = pc.fill_null(pc.match_substring(texts, "E"), False)
-    return exponent if pc.any(exponent).as_py() else None
+    millionth = pa.scalar(_MILLIONTH, column.type)
+    small = pc.fill_null(pc.less(pc.abs(column), millionth), False)
+    return small if pc.any(small).as_py() else None
 
 
 def float32_widened(column: pa.Array) -> pa.Array:

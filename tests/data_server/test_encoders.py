@@ -548,7 +548,7 @@ NUMBERS_SQL = """
 SELECT * FROM (VALUES
   (1, 0::DECIMAL(30, 10), [0::DECIMAL(30, 10), 1e-12::DECIMAL(38, 12)],
    -0.0000000001::DECIMAL(30, 10), 1.1::FLOAT, [1.1::FLOAT, 'nan'::FLOAT], {'f': 3.4e38::FLOAT}),
-  (2, 12.5::DECIMAL(30, 10), NULL, 2::DECIMAL(30, 10), NULL, NULL, NULL)
+  (2, 12.5::DECIMAL(30, 10), NULL, 2::DECIMAL(30, 10), 7.630131e-6::FLOAT, [7e13::FLOAT], NULL)
 ) AS t(n, d, l, neg, f, fl, s)
 """
 NUMBERS_JSON = [
@@ -561,7 +561,7 @@ NUMBERS_JSON = [
         [1.1, "NaN"],
         {"f": 3.4e38},
     ],
-    [2, "12.5000000000", None, "2.0000000000", None, None, None],
+    [2, "12.5000000000", None, "2.0000000000", 7.630131e-6, [7e13], None],
 ]
 
 
