@@ -9,6 +9,7 @@ server leaves no query running behind it. Between calls it tidies its warm insta
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -26,6 +27,9 @@ from data_server.framing import CANCEL_SIGNAL, READY, read_frame, write_frame
 from data_server.object_storage import ObjectStorageSpec
 from data_server.remote_databases import RemoteDatabaseSpec
 from data_server.warm_sandboxes import WarmSandboxes
+from shared.logging import configure_logging
+
+logger = logging.getLogger(__name__)
 
 
 def _limits(raw: dict[str, Any]) -> engine.Limits:
@@ -40,6 +44,9 @@ def _spec(raw: dict[str, Any]) -> engine.DatasourceSpec:
     if remote is not None:
         raw = {**raw, "remote": RemoteDatabaseSpec(**remote)}
     return engine.DatasourceSpec(**raw)
+
+
+OPERATIONS = ("query", "schema", "check")  # what ``handle`` runs
 
 
 def handle(request: dict[str, Any], sandboxes: WarmSandboxes) -> Any:
@@ -92,6 +99,7 @@ def _without_pandas() -> None:
 
 
 def main(read_fd: int, write_fd: int) -> None:
+    configure_logging()  # on the data server's standard error, as its own records
     _without_pandas()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     _end_calls_on_signal()
@@ -105,28 +113,35 @@ def main(read_fd: int, write_fd: int) -> None:
         request = read_frame(read_fd)
         if request is None:
             break
+        call: dict[str, Any] = {}
         try:
-            reply = {"ok": True, "value": handle(orjson.loads(request), sandboxes)}
+            call = orjson.loads(request)
+            reply = {"ok": True, "value": handle(call, sandboxes)}
         except engine.QueryFailed as failure:
             reply = {"ok": False, "code": failure.code, "message": failure.message}
         except Exception as exc:  # report, stay alive for the next call
             # Its type only: an unexpected error's text may quote a connection's secret.
             failed = f"The data server failed to run this in its sandbox ({type(exc).__name__})."
             reply = {"ok": False, "code": "execution_error", "message": failed}
-            _log_where(exc)
+            operation = call.get("op")
+            _log_where(exc, operation if operation in OPERATIONS else "unknown")
         write_frame(write_fd, orjson.dumps(reply))
     sandboxes.close()
 
 
-def _log_where(exc: Exception) -> None:
-    """An unexpected error's type and the frames it passed, on the data server's log (the
-    child's standard error is the server's): where to look, without the error's text, which
-    may quote a connection's secret or the tenant's data."""
+# The innermost frames an unexpected error's log line names (a RecursionError passed a thousand).
+LOGGED_FRAMES = 8
+
+
+def _log_where(exc: Exception, operation: str) -> None:
+    """An unexpected error's type and the innermost frames it passed, on the data server's log
+    (the child's standard error is the server's): where to look, without the error's text,
+    which may quote a connection's secret or the tenant's data."""
     frames = ", ".join(
         f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
-        for frame in traceback.extract_tb(exc.__traceback__)
+        for frame in traceback.extract_tb(exc.__traceback__)[-LOGGED_FRAMES:]
     )
-    print(f"sandbox call failed: {type(exc).__name__} at {frames}", file=sys.stderr, flush=True)
+    logger.error("sandbox %s call failed: %s at %s", operation, type(exc).__name__, frames)
 
 
 def _call_arrives(read_fd: int, within_seconds: float | None) -> bool:

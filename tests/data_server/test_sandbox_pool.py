@@ -287,7 +287,7 @@ def test_an_unexpected_error_in_the_child_is_reported_as_the_data_servers_by_its
     finally:
         child.kill()
     logged = capfd.readouterr().err
-    assert logged.count("sandbox call failed: ValueError at sandbox_child.py:") == 2
+    assert logged.count("sandbox unknown call failed: ValueError at sandbox_child.py:") == 2
     assert " handle" in logged
     assert secret not in logged
 

@@ -92,9 +92,12 @@ def output_format(args: argparse.Namespace) -> SaveFormat:
 
 
 def _with_json_flag(args: argparse.Namespace) -> None:
-    """``--json`` (every command's "print JSON") is ``--format json`` here."""
+    """``--json`` (every command's "print JSON") is ``--format json`` here, for what it prints:
+    a file's format is its suffix's, or ``--format``'s."""
     if not args.json:
         return
+    if args.output:
+        raise UsageError("--json prints JSON; for a file, give its format with --format json")
     if args.format not in (None, SaveFormat.JSON.value):
         raise UsageError(f"--json and --format {args.format} ask for two formats: give one")
     args.format = SaveFormat.JSON.value
@@ -103,7 +106,7 @@ def _with_json_flag(args: argparse.Namespace) -> None:
 def _writable(output: str) -> None:
     """A file that cannot be written fails before the query runs, not after it ran."""
     target = Path(output)
-    folder = target.parent if str(target.parent) else Path(".")
+    folder = target.parent  # "." for a bare name
     if target.is_dir():
         raise UsageError(f"-o {output}: is a folder")
     if not folder.is_dir():
