@@ -36,6 +36,12 @@ pytestmark = pytest.mark.e2e
 SLOW = "SELECT sum(hash(range)) FROM range(20000000000)"
 
 
+def _interruptible() -> None:
+    """SIGINT as a terminal's command gets it: the suite may run in the background of a
+    non-interactive shell (`make test &`), whose commands inherit it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class OnTerminal:
     """A command with stdout and stderr on a pseudo-terminal, and what it wrote there."""
 
@@ -43,7 +49,7 @@ class OnTerminal:
         self.controller, terminal = pty.openpty()
         self.process = subprocess.Popen(
             [str(DATAFERRY), *args], env=org.env(home), stdin=subprocess.DEVNULL,
-            stdout=terminal, stderr=terminal,
+            stdout=terminal, stderr=terminal, preexec_fn=_interruptible,
         )  # fmt: skip
         os.close(terminal)
         self.output = bytearray()
