@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
+from shared.db.engine import connection_bounds
 from shared.notifications import Lines, Mailbox, Topic, mailbox_directory
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,8 @@ class ExecutionWaits:
     async def _listen_postgres(self) -> None:
         args, kwargs = self._engine.dialect.create_connect_args(self._engine.url)
         kwargs.pop("context", None)  # SQLAlchemy's adapters: not a connection parameter
-        kwargs.setdefault("connect_timeout", 10)
+        for name, value in connection_bounds(self._engine.url).items():
+            kwargs.setdefault(name, value)
         connection = await psycopg.AsyncConnection.connect(*args, autocommit=True, **kwargs)
         async with connection:
             listen = f"LISTEN {Topic.EXECUTION_ENDED.value}"

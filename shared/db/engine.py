@@ -26,7 +26,7 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.pool import Pool
 
@@ -58,9 +58,7 @@ def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None =
     # connection within seconds, and a peer gone silent a statement within a minute, where both
     # waited on the kernel's defaults (130 s for each request, /readyz included: an outside
     # probe); a URL's own values win.
-    connect_args: dict[str, Any] = {
-        name: value for name, value in _CONNECTION_BOUNDS.items() if name not in parsed.query
-    }
+    connect_args = connection_bounds(parsed)
     if idle_transaction_seconds is not None:
         milliseconds = max(1, round(idle_transaction_seconds * 1000))
         # After the URL's own options (a search_path, say), which connect_args would replace.
@@ -86,6 +84,12 @@ _CONNECTION_BOUNDS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,
 }
+
+
+def connection_bounds(url: URL) -> dict[str, Any]:
+    """The bounds a PostgreSQL connection of ``url`` is made with: ``_CONNECTION_BOUNDS`` but
+    those the URL sets itself (for a connection made without the engine: the LISTEN one)."""
+    return {name: value for name, value in _CONNECTION_BOUNDS.items() if name not in url.query}
 
 
 def create_server_engine(settings: Settings) -> Engine:
