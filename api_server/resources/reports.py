@@ -274,12 +274,13 @@ def _related(resource: jsonapi.ResourceInput, *, create: bool) -> dict[str, str 
     }
     if related.get("datasource", "") is None:
         raise _invalid_relationship("datasource", "A report always has a datasource.", "/data")
-    if create and "datasource" not in related:
-        raise Unprocessable(
-            "A report needs its datasource: relationships.datasource.",
-            pointer=reports.DATASOURCE_POINTER,
-            code="missing_relationship",
-        )
+    for name in REPORTS.required_on_create if create else ():  # as the document says
+        if name not in related:
+            raise Unprocessable(
+                f"A report needs its {name}: relationships.{name}.",
+                pointer=f"/data/relationships/{name}",
+                code="missing_relationship",
+            )
     return related
 
 
