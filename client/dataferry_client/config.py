@@ -108,7 +108,7 @@ def resolve_config(
     data = data_url or environ.get(ENV_DATA_URL) or stored.get("data_url")
     if not url:
         raise ConfigurationError(
-            f"no API URL: pass api_url, set {ENV_API_URL} or run 'dataferry configure'"
+            f"no API URL: pass api_url (--api-url), set {ENV_API_URL} or run 'dataferry configure'"
         )
     key = (key or "").strip()  # a pasted key's trailing newline or space
     if not key:

@@ -110,7 +110,7 @@ class ResultDownload:
         data_url = data_url or grants.current().data_server
         if not data_url:
             raise ConfigurationError(
-                "no data server URL: the grant names none; pass data_url, set "
+                "no data server URL: the grant names none; pass data_url (--data-url), set "
                 "DATAFERRY_DATA_URL or add data_url to the profile"
             )
         self._url = urllib.parse.urlsplit(data_url)

@@ -35,7 +35,7 @@ class SaveFormat(enum.StrEnum):
             return cls(aliases.get(suffix, suffix))
         except ValueError:
             raise ValueError(
-                f"cannot tell the format from {path.name!r}: pass format= one of "
+                f"cannot tell the format from {path.name!r}: give format= (--format) as one of "
                 f"{', '.join(f.value for f in cls)}"
             ) from None
 
