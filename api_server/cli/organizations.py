@@ -123,7 +123,8 @@ def cmd_set_organization_limits(settings: Settings, args: argparse.Namespace) ->
         for name, value in changes.items():
             setattr(organization, name, value or None)
         session.flush()
-        record_operator_event(session, organization.id, "organization.limits", organization.id)
+        if changes:  # a command that changed nothing leaves no event
+            record_operator_event(session, organization.id, "organization.limits", organization.id)
         emit(
             {
                 "organization_id": organization.id,
