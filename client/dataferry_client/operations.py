@@ -374,7 +374,13 @@ def query(
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     first_wait = _next_wait(deadline, on_poll)
-    execution = yield from run_execution(datasource_id, sql, parameters, wait=first_wait)
+    key = str(uuid.uuid4())
+    try:
+        execution = yield from run_execution(datasource_id, sql, parameters, key, first_wait)
+    except KeyboardInterrupt:  # during the run, which waits: its key names the execution
+        queued = yield from run_execution(datasource_id, sql, parameters, key)  # at once
+        yield from _cancel_if_running(queued.id)
+        raise QueryInterrupted(queued.id) from None
     if not execution.status.ended:
         try:
             if on_poll is not None:

@@ -8,6 +8,7 @@ are bounded; any other answer outside the call's expected statuses becomes a typ
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -207,16 +208,22 @@ class SyncTransport:
 
     def drive(self, operation: Operation[T]) -> T:
         """Run ``operation`` to its end; errors are thrown into it, so it may handle them, and so
-        is a KeyboardInterrupt (Ctrl-C) during a call, so it may end what it started."""
+        is a KeyboardInterrupt (Ctrl-C), so it may end what it started: one that came during a
+        call, or between two, while the operation waited for its next answer."""
         try:
             call = next(operation)
             while True:
                 try:
-                    reply = self.send(call)
-                except (DataferryError, KeyboardInterrupt) as exc:
-                    call = operation.throw(exc)
-                else:
-                    call = _advance(operation, reply)
+                    try:
+                        reply = self.send(call)
+                    except DataferryError as exc:
+                        call = operation.throw(exc)
+                    else:
+                        call = _advance(operation, reply)
+                except KeyboardInterrupt as interrupt:
+                    if inspect.getgeneratorstate(operation) != inspect.GEN_SUSPENDED:
+                        raise  # it came inside the operation, which did not handle it
+                    call = operation.throw(interrupt)
         except StopIteration as done:
             result: T = done.value
             return result

@@ -95,13 +95,21 @@ def test_query_shows_progress_and_a_table_on_a_terminal(org, tmp_path):
     assert "not shown: use --format or -o FILE" in output
 
 
-def test_ctrl_c_while_a_query_waits_cancels_its_execution_and_names_it(org, tmp_path):
+@pytest.mark.parametrize("waiting", ["in a later request", "in the run itself"])
+def test_ctrl_c_while_a_query_waits_cancels_its_execution_and_names_it(org, tmp_path, waiting):
     """Ctrl-C left the execution running on the server to its time limit, holding a worker,
-    and said nothing of which it was (outside probe)."""
-    command = OnTerminal(org, tmp_path, "query", org.sample_id, SLOW)
+    and said nothing of which it was (outside probe). Without a progress line (``-q``, or no
+    terminal) the run itself waits, up to 30 s, and knows no id yet: the run is sent again
+    with its Idempotency-Key, which answers the same execution at once (the probe of this
+    stop's changes)."""
+    quiet = ["-q"] if waiting == "in the run itself" else []
+    command = OnTerminal(org, tmp_path, "query", *quiet, org.sample_id, SLOW)
     try:
-        command.read(60, until=b"elapsed")  # the progress line: the run has answered its id
-        assert b"elapsed" in command.output, command.output.decode(errors="replace")
+        if quiet:
+            time.sleep(2)  # inside the run's own wait
+        else:
+            command.read(60, until=b"elapsed")  # the progress line: the run answered its id
+            assert b"elapsed" in command.output, command.output.decode(errors="replace")
         command.process.send_signal(signal.SIGINT)
         command.read(30)
     finally:

@@ -64,3 +64,40 @@ def test_a_503_without_retry_after_resends_a_read_but_not_a_change():
     assert rule.delay(keyed, unavailable, 0) is not None
     refused_at_the_door = Reply(503, b"{}", {"retry-after": "1"})
     assert rule.delay(Call("POST", "/datasources"), refused_at_the_door, 0) == 1.0
+
+
+def test_an_interrupt_between_two_calls_is_thrown_into_the_operation(monkeypatch):
+    """Ctrl-C may come while the transport is between two calls of an operation (it came right
+    after the progress line was written, once in four runs of the command line's test): it is
+    thrown into the operation, which may end what it started, as during a call."""
+    sent: list[str] = []
+
+    class Answering(transport.SyncTransport):
+        def __init__(self) -> None:  # no configuration: nothing is sent over a network
+            pass
+
+        def send(self, call: Call) -> Reply:
+            sent.append(call.path)
+            return Reply(200, b"{}", {})
+
+    advance = transport._advance
+
+    def advanced_then_interrupted(operation, reply):
+        following = advance(operation, reply)
+        if len(sent) == 1:  # the operation waits for its second call to be sent
+            raise KeyboardInterrupt
+        return following
+
+    monkeypatch.setattr(transport, "_advance", advanced_then_interrupted)
+
+    def operation():
+        yield Call("GET", "/first")
+        try:
+            yield Call("GET", "/second")
+        except KeyboardInterrupt:
+            yield Call("POST", "/cleanup")
+            raise
+
+    with pytest.raises(KeyboardInterrupt):
+        Answering().drive(operation())
+    assert sent == ["/first", "/cleanup"]
