@@ -378,9 +378,12 @@ def query(
     try:
         execution = yield from run_execution(datasource_id, sql, parameters, key, first_wait)
     except KeyboardInterrupt:  # during the run, which waits: its key names the execution
-        queued = yield from run_execution(datasource_id, sql, parameters, key)  # at once
-        yield from _cancel_if_running(queued.id)
-        raise QueryInterrupted(queued.id) from None
+        with contextlib.suppress(DataferryError):  # else the interrupt, as it came
+            queued = yield from run_execution(datasource_id, sql, parameters, key)  # at once
+            if not queued.status.ended:
+                yield from _cancel_if_running(queued.id)
+                raise QueryInterrupted(queued.id) from None
+        raise
     if not execution.status.ended:
         try:
             if on_poll is not None:
