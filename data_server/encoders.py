@@ -316,27 +316,27 @@ def _csv_rows(batch: pa.RecordBatch, target: pa.Schema) -> pa.Buffer:
     spelled by data_server/temporal_texts.py and number_texts.py and written as text (quoted, as
     Arrow quotes text)."""
     conformed = _conform(batch, target)
-    far = [
-        index
-        for index, field in enumerate(target)
-        if (is_temporal(field.type) and not ordinary(conformed.column(index)))
-        or (pa.types.is_time(field.type) and not ordinary_times(conformed.column(index)))
-        or (pa.types.is_decimal(field.type) and not ordinary_decimals(conformed.column(index)))
-    ]
-    if far:
-        columns = list(conformed.columns)
-        for index in far:
-            columns[index] = _csv_cells(columns[index])
+    respelled = [_respelled_cells(column) for column in conformed.columns]
+    if any(texts is not None for texts in respelled):
+        columns = [
+            column if texts is None else texts
+            for column, texts in zip(conformed.columns, respelled, strict=True)
+        ]
         conformed = pa.RecordBatch.from_arrays(columns, names=target.names)
     return _csv_text(conformed, header=False)
 
 
-def _csv_cells(column: pa.Array) -> pa.Array:
-    if pa.types.is_time(column.type):
-        return time_texts(column)
-    if pa.types.is_decimal(column.type):
-        return decimal_texts(column)
-    return spell(column, iso=False).texts
+def _respelled_cells(column: pa.Array) -> pa.Array | None:
+    """A column's texts where Arrow's writer would not spell some value as the mapping does;
+    None where it would spell every one."""
+    data_type = column.type
+    if is_temporal(data_type):
+        return None if ordinary(column) else spell(column, iso=False).texts
+    if pa.types.is_time(data_type):
+        return None if ordinary_times(column) else time_texts(column)
+    if pa.types.is_decimal(data_type):
+        return None if ordinary_decimals(column) else decimal_texts(column)
+    return None
 
 
 def _csv_text(data: pa.RecordBatch | pa.Table, *, header: bool) -> pa.Buffer:

@@ -231,8 +231,10 @@ def _label(raw: Any) -> str | None:
         return None
     if isinstance(raw, date | time):
         spelled = raw.isoformat()
+    elif isinstance(raw, Decimal):
+        spelled = format(raw, "f")
     else:
-        spelled = format(raw, "f") if isinstance(raw, Decimal) else str(raw)
+        spelled = str(raw)
     text = (as_text(raw) if isinstance(raw, bool) else spelled).replace("\x00", "")
     return text[:MAX_OPTION_LENGTH]
 

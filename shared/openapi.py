@@ -384,8 +384,8 @@ fields alike), 500, or 503: `too_many_connections` (the server holds its connect
 `Retry-After: 1`), `database_unavailable` (the server cannot reach its metadata database; no \
 `Retry-After`: a change may or may not have been made). Every response carries `X-Request-Id`, \
 except the refusals made while the request is read (400, 414, 431) and `too_many_connections`, \
-which are answered before any route and close the connection. A request pipelined behind more than {MAX_PIPELINED_REQUESTS} others is not \
-answered: the connection closes after theirs. Every error is a JSON:API error document \
+which are answered before any route and close the connection. A request pipelined behind more \
+than {MAX_PIPELINED_REQUESTS} others is not answered: the connection closes after theirs. Every error is a JSON:API error document \
 (`Errors`)."""
 
 

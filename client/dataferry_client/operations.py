@@ -375,17 +375,10 @@ def query(
     deadline = None if timeout is None else started + timeout
     first_wait = _next_wait(deadline, on_poll)
     key = str(uuid.uuid4())
+    execution: Execution | None = None
     try:
         execution = yield from run_execution(datasource_id, sql, parameters, key, first_wait)
-    except KeyboardInterrupt:  # during the run, which waits: its key names the execution
-        with contextlib.suppress(DataferryError):  # else the interrupt, as it came
-            queued = yield from run_execution(datasource_id, sql, parameters, key)  # at once
-            if not queued.status.ended:
-                yield from _cancel_if_running(queued.id)
-                raise QueryInterrupted(queued.id) from None
-        raise
-    if not execution.status.ended:
-        try:
+        if not execution.status.ended:
             if on_poll is not None:
                 on_poll(execution, time.monotonic() - started)
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -395,17 +388,15 @@ def query(
                     execution_id=execution.id,
                 )
             execution = yield from wait_for_execution(execution.id, remaining, on_poll)
-        except KeyboardInterrupt:  # Ctrl-C: the execution would run on to its time limit
-            yield from _cancel_if_running(execution.id)
-            raise QueryInterrupted(execution.id) from None
+    except KeyboardInterrupt:  # Ctrl-C: the execution would run on to its time limit
+        with contextlib.suppress(DataferryError):  # unless it cannot be told: as the Ctrl-C came
+            if execution is None:  # during the run, which waits: its key answers it at once
+                execution = yield from run_execution(datasource_id, sql, parameters, key)
+            if not execution.status.ended:
+                yield from cancel_execution(execution.id)
+                raise QueryInterrupted(execution.id) from None
+        raise
     return ensure_completed(execution)
-
-
-def _cancel_if_running(execution_id: str) -> Operation[None]:
-    """Cancel it; one that ended meanwhile, or a server that cannot say, is left as it is (a
-    second Ctrl-C ends the wait for the answer)."""
-    with contextlib.suppress(DataferryError):
-        yield from cancel_execution(execution_id)
 
 
 # ---------------------------------------------------------------------------- SQL snippets

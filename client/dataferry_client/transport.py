@@ -72,8 +72,8 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
     if call.data_token is not None:
         if not config.data_url:
             raise ConfigurationError(
-                "no data server URL: pass data_url (--data-url), set DATAFERRY_DATA_URL or add data_url "
-                "to the profile"
+                "no data server URL: pass data_url (--data-url), set DATAFERRY_DATA_URL or add "
+                "data_url to the profile"
             )
         url, authorization = config.data_url + call.path, f"Data {call.data_token}"
     else:

@@ -54,10 +54,10 @@ def create_metadata_engine(url: str, *, idle_transaction_seconds: float | None =
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    # A server that accepts and never answers (frozen, or a half-open network path) fails a
-    # connection within seconds, and a peer gone silent a statement within a minute, where both
-    # waited on the kernel's defaults (130 s for each request, /readyz included: an outside
-    # probe); a URL's own values win.
+    # A server that accepts and never answers fails a connection within seconds, and a host
+    # gone away a statement within a minute, where both waited on the kernel's defaults (130 s
+    # for each request: an outside probe). A server frozen on a host that still acknowledges is
+    # not ended so (/readyz is bounded instead: shared/web/health.py). A URL's own values win.
     connect_args = connection_bounds(parsed)
     if idle_transaction_seconds is not None:
         milliseconds = max(1, round(idle_transaction_seconds * 1000))
