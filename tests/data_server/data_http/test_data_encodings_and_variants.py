@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from data_server import representations, warm_files
+from data_server import representations
 from data_server.formats import ResultFormat
 from data_server.warm_files import WarmFiles, ready_count
 from shared.results import (
@@ -36,6 +36,7 @@ from tests.support.data_http import (
     stored_when_read,
     variants_size,
 )
+from tests.support.warm_files import make_prompt
 
 
 def _raw(client, fmt, headers, **params):
@@ -259,9 +260,7 @@ def test_a_representation_written_into_a_warm_file_is_stored_at_its_own_length(
     """The warm file is overwritten from its start and cut to the representation: the same
     bytes as without one, stored and charged at their own length, not the warm file's."""
     monkeypatch.setattr(representations, "WARM_WORTH_BYTES", 0)  # this result counts as large
-    monkeypatch.setattr(warm_files, "FILL_DELAY_SECONDS", 0.0)
-    monkeypatch.setattr(warm_files, "FREE_BYTES_KEPT", 0)  # whatever the machine's free space
-    monkeypatch.setattr(warm_files, "FREE_SHARE_KEPT", 0.0)
+    make_prompt(monkeypatch.setattr)
     taken: list[bool] = []
     real_take = WarmFiles.take_as
 
