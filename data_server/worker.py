@@ -3,8 +3,9 @@
 Each executor thread claims one execution at a time and runs it (data_server.execution_runs)
 in a sandboxed DuckDB child process of the pool. A heartbeat thread renews the leases of running
 executions and relays cancel requests; a maintenance thread reaps expired leases and runs the
-janitor. A listener thread wakes idle executors when new work is announced
-(shared.notifications); their poll is a safety net. A scheduler thread queues the dashboard
+janitor. Listener threads (shared.notifications) wake idle executors when new work is announced,
+their poll a safety net, and relay a cancel as soon as it is announced, the heartbeat the safety
+net. A scheduler thread queues the dashboard
 refreshes that are due (data_server.scheduler), which one data server of the region claims.
 
 A data server has one executor more than ``DATAFERRY_WORKER_PROCESSES``, and one organisation may
@@ -30,7 +31,7 @@ from data_server.sandbox_pool import SandboxPool
 from data_server.scheduler import Scheduler
 from shared import lifecycle
 from shared.metrics import Metrics
-from shared.notifications import Doorbell, can_listen, listen_for_new_work
+from shared.notifications import Doorbell, Topic, can_listen, listen, listen_for_new_work
 from shared.results import ResultStore
 from shared.settings import Settings
 
@@ -84,7 +85,7 @@ class Worker:
         targets = [self._execute_loop] * executor_count(self.settings)
         targets += [self._heartbeat_loop, self._maintenance_loop, self._schedule_loop]
         if self._listening:
-            targets.append(self._listen_loop)
+            targets += [self._listen_loop, self._cancels_loop]
         for index, target in enumerate(targets):
             thread = threading.Thread(target=target, name=f"worker-{index}", daemon=True)
             thread.start()
@@ -174,26 +175,48 @@ class Worker:
     def _listen_loop(self) -> None:
         listen_for_new_work(self.sessions.kw["bind"], self._doorbell, self._stopping)
 
+    def _cancels_loop(self) -> None:
+        """A cancel announced for an execution running here renews its lease at once, which
+        reads whether the cancel is still requested; (re)started, every running one does, for
+        cancels announced while nobody listened."""
+        listen(
+            self.sessions.kw["bind"],
+            Topic.CANCEL_REQUESTED,
+            heard=lambda execution_ids: self._renew(self._jobs(execution_ids)),
+            started=lambda: self._renew(self._jobs()),
+            stopping=self._stopping,
+        )
+
     def _heartbeat_loop(self) -> None:
         interval = max(0.2, self.settings.lease_seconds / 3)
         while not self._stopping.wait(interval):
-            with self._lock:
-                running = list(self._running.values())
-            for job in running:
-                try:
-                    state = lifecycle.renew_lease(self.sessions, job.claim, self.settings)
-                except Exception:
-                    logger.exception("heartbeat failed id=%s", job.claim.execution_id)
-                    continue
-                if not state.held:
-                    logger.warning(
-                        "lease lost id=%s attempt=%d", job.claim.execution_id, job.claim.attempt
-                    )
-                    job.lease_lost = True
-                    job.cancel.set()
-                    self._doorbell.ring()  # its organisation may have room here again
-                elif state.cancel_requested:
-                    job.cancel.set()
+            self._renew(self._jobs())
+
+    def _jobs(self, execution_ids: list[str] | None = None) -> list[Job]:
+        """The jobs running here: all of them, or those of ``execution_ids``."""
+        with self._lock:
+            if execution_ids is None:
+                return list(self._running.values())
+            return [job for id_ in execution_ids if (job := self._running.get(id_)) is not None]
+
+    def _renew(self, jobs: list[Job]) -> None:
+        """Extend their leases; a job whose lease was lost, or whose cancel was requested, is
+        told to stop."""
+        for job in jobs:
+            try:
+                state = lifecycle.renew_lease(self.sessions, job.claim, self.settings)
+            except Exception:
+                logger.exception("heartbeat failed id=%s", job.claim.execution_id)
+                continue
+            if not state.held:
+                logger.warning(
+                    "lease lost id=%s attempt=%d", job.claim.execution_id, job.claim.attempt
+                )
+                job.lease_lost = True
+                job.cancel.set()
+                self._doorbell.ring()  # its organisation may have room here again
+            elif state.cancel_requested:
+                job.cancel.set()
 
     def _maintenance_loop(self) -> None:
         last_janitor = last_orphan_sweep = float("-inf")

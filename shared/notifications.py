@@ -1,5 +1,6 @@
-"""Notifications between the processes of one region: "new work is queued" wakes workers, and
-"execution X ended" wakes the requests waiting for X.
+"""Notifications between the processes of one region: "new work is queued" wakes workers,
+"execution X ended" wakes the requests waiting for X, and "cancel X" tells the worker running X
+to stop it now rather than at its next heartbeat.
 
 A notification is a hint, never the record: a receiver re-reads the row it is about, so a lost
 one costs latency (until a safety-net poll or a waiter's deadline), never an execution, and a
@@ -30,7 +31,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,16 @@ class Topic(StrEnum):
 
     NEW_WORK = "dataferry_new_work"
     EXECUTION_ENDED = "dataferry_execution_ended"
+    CANCEL_REQUESTED = "dataferry_cancel_requested"
 
     @property
     def socket_prefix(self) -> str:
-        return "work." if self is Topic.NEW_WORK else "ended."
+        """What the names of the topic's mailboxes start with (none the start of another's)."""
+        return {
+            "dataferry_new_work": "work.",
+            "dataferry_execution_ended": "ended.",
+            "dataferry_cancel_requested": "cancel.",
+        }[self.value]
 
 
 # ---------------------------------------------------------------------------- sending
@@ -94,6 +101,12 @@ def announce_new_work_now(engine: Engine) -> None:
 def announce_ended(session: Session, execution_ids: Iterable[str]) -> None:
     """The waiters of these executions re-read them once this transaction commits."""
     _notify(session, Topic.EXECUTION_ENDED, execution_ids)
+
+
+def announce_cancel_requested(session: Session, execution_ids: Iterable[str]) -> None:
+    """The workers running these executions read their rows once this transaction commits, and
+    stop them if a cancel is still requested (the heartbeat would, a third of a lease later)."""
+    _notify(session, Topic.CANCEL_REQUESTED, execution_ids)
 
 
 _PG_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
@@ -415,40 +428,73 @@ class Doorbell:
 
 def listen_for_new_work(engine: Engine, bell: Doorbell, stopping: threading.Event) -> None:
     """Ring ``bell`` once per new-work notification until ``stopping`` (a worker's listener
-    thread); after a failure, listen again. Whenever listening (re)starts, it rings as often as
-    it may: whatever was announced while nobody listened is looked for."""
+    thread). Whenever listening (re)starts, it rings as often as it may: whatever was announced
+    while nobody listened is looked for."""
+    listen(
+        engine,
+        Topic.NEW_WORK,
+        heard=lambda payloads: bell.ring(len(payloads)),
+        started=lambda: bell.ring(bell.limit),
+        stopping=stopping,
+    )
+
+
+def listen(
+    engine: Engine,
+    topic: Topic,
+    *,
+    heard: Callable[[list[str]], None],
+    started: Callable[[], None],
+    stopping: threading.Event,
+) -> None:
+    """Pass each batch of the topic's payloads to ``heard`` until ``stopping`` (in a thread of
+    its own); after a failure, listen again. ``started`` runs whenever listening (re)starts, for
+    what was announced while nobody listened."""
     while not stopping.is_set():
         try:
             if engine.dialect.name == "postgresql":
-                _listen_postgres(engine, bell, stopping)
+                _listen_postgres(engine, topic, heard, started, stopping)
             else:
                 directory = mailbox_directory(engine.url)
                 assert directory is not None  # can_listen(engine) was checked
-                _listen_mailbox(directory, bell, stopping)
+                _listen_mailbox(directory, topic, heard, started, stopping)
         except Exception as exc:  # the server went away, our connection was cut, a bad socket
-            logger.warning("listening for new work failed (%s); again", type(exc).__name__)
+            logger.warning("listening for %s failed (%s); again", topic.value, type(exc).__name__)
             stopping.wait(RECONNECT_SECONDS)
 
 
-def _listen_postgres(engine: Engine, bell: Doorbell, stopping: threading.Event) -> None:
+def _listen_postgres(
+    engine: Engine,
+    topic: Topic,
+    heard: Callable[[list[str]], None],
+    started: Callable[[], None],
+    stopping: threading.Event,
+) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.exec_driver_sql(f"LISTEN {Topic.NEW_WORK.value}")
+        connection.exec_driver_sql(f"LISTEN {topic.value}")
         driver = connection.connection.driver_connection
         assert driver is not None  # an open psycopg connection
-        bell.ring(bell.limit)
+        started()
         while not stopping.is_set():
-            for _ in driver.notifies(timeout=0.5, stop_after=1):
-                bell.ring()
+            payloads = [notify.payload for notify in driver.notifies(timeout=0.5, stop_after=1)]
+            if payloads:
+                heard(payloads)
 
 
-def _listen_mailbox(directory: Path, bell: Doorbell, stopping: threading.Event) -> None:
-    mailbox = Mailbox(directory, Topic.NEW_WORK)
+def _listen_mailbox(
+    directory: Path,
+    topic: Topic,
+    heard: Callable[[list[str]], None],
+    started: Callable[[], None],
+    stopping: threading.Event,
+) -> None:
+    mailbox = Mailbox(directory, topic)
     try:
-        bell.ring(bell.limit)
+        started()
         while not stopping.is_set():
             received = mailbox.receive(timeout=0.5)
             if received:
-                bell.ring(len(received))
+                heard(received)
             if not mailbox.path.exists():  # removed from outside: bind a new one
                 raise FileNotFoundError(mailbox.path)
     finally:

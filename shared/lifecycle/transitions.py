@@ -38,7 +38,7 @@ from shared.db.models import Execution, UTCDateTime, table_of, utcnow
 from shared.errors import Conflict
 from shared.execution_states import TERMINAL_STATUSES, ErrorCode, ExecutionStatus
 from shared.lifecycle.claims import Claim
-from shared.notifications import announce_ended, announce_new_work
+from shared.notifications import announce_cancel_requested, announce_ended, announce_new_work
 from shared.organization_rows import (
     RESULT_STORED,
     count_execution_text,
@@ -418,6 +418,8 @@ def _mark_cancelled(session: Session, execution: Execution) -> None:
         execution.error_code = ErrorCode.CANCELLED
         execution.error_message = "Cancelled before it started."
         announce_ended(session, [execution.id])
+    else:  # its worker stops it
+        announce_cancel_requested(session, [execution.id])
     execution.cancel_requested = True
 
 

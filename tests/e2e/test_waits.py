@@ -33,6 +33,8 @@ pytestmark = pytest.mark.e2e
 
 # The poll is far longer than any wait below: only notifications can make these tests pass.
 POLL_SECONDS = "120"
+# So is the heartbeat, a third of the lease, which would also relay a cancel.
+LEASE_SECONDS = "600"
 WAITERS = 1000
 CONNECTION_TESTS = 60  # more than the API server's 40 request threads
 PARKED = re.compile(r"^dataferry_parked_waits (\d+(?:\.\d+)?)$", re.MULTILINE)
@@ -43,6 +45,7 @@ def region(tmp_path_factory, deployment) -> Iterator[Region]:
     env = {
         **deployment,
         "DATAFERRY_POLL_INTERVAL_SECONDS": POLL_SECONDS,
+        "DATAFERRY_LEASE_SECONDS": LEASE_SECONDS,
         "DATAFERRY_MAX_CONNECTIONS": str(WAITERS + 200),
         "DATAFERRY_RATE_LIMIT_PER_MINUTE": "100000",
         "DATAFERRY_RATE_LIMIT_PER_HOUR": "1000000",
@@ -141,6 +144,25 @@ def test_queued_work_is_picked_up_and_its_waiter_woken_without_a_poll(client):
         execution = client.run(sample, f"SELECT {n} AS n")
         shown = client.execution(execution["execution_id"], wait=20)
         assert shown["execution_status"] == "completed", shown
+
+
+def test_a_cancel_stops_a_running_query_at_once_not_at_the_next_heartbeat(client):
+    """The query would run for minutes, and the heartbeat relay the cancel 200 s after its last:
+    it ends ``cancelled`` within one ``?wait=20`` only because the cancel is announced to its
+    worker."""
+    sql = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range = 9"
+    execution_id = client.run(_sample(client), sql)["execution_id"]
+    deadline = time.monotonic() + 20
+    while client.execution(execution_id)["execution_status"] == "starting":
+        assert time.monotonic() < deadline, "the query never started"
+        time.sleep(0.05)
+    cancelled = client.http.post(
+        f"{client.api_url}/executions/{execution_id}/cancel", headers=client.headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["data"]["attributes"]["execution_status"] == "running"
+    shown = client.execution(execution_id, wait=20)
+    assert shown["execution_status"] == "cancelled", shown
 
 
 def test_run_and_wait_answers_the_completed_execution_with_its_grant(client):

@@ -43,6 +43,7 @@ from shared.notifications import (
     Mailbox,
     Topic,
     announce_new_work_now,
+    listen,
     listen_for_new_work,
     mailbox_directory,
     post,
@@ -318,6 +319,44 @@ def test_a_cancel_wakes_the_waiters_of_the_execution(api):
     assert cancel.status_code == 200
     assert _status_within(waiter, 15) == "cancelled"
     assert api.app.state.execution_waits.parked == 0
+
+
+def test_a_cancel_of_a_running_execution_is_announced_to_its_worker(api):
+    """Its worker stops it at once, not at its next heartbeat (data_server.worker), in both
+    configurations. On PostgreSQL the channel is the database's, which the test processes
+    share: the execution's id tells this cancel from theirs."""
+    org = api.create_org()
+    execution_id = _run(api, org).json()["data"]["id"]
+    with api.app.state.sessions.begin() as session:  # claimed, as by a worker
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(
+                status="running", lease_owner="w", lease_expires_at=utcnow() + timedelta(minutes=5)
+            )
+        )
+    heard: list[str] = []
+    started, stopping = threading.Event(), threading.Event()
+    listener = threading.Thread(
+        target=listen,
+        args=(api.app.state.engine, Topic.CANCEL_REQUESTED),
+        kwargs={"heard": heard.extend, "started": started.set, "stopping": stopping},
+    )
+    listener.start()
+    try:
+        assert started.wait(timeout=10)
+        cancel = api.client.post(
+            f"/executions/{execution_id}/cancel", headers={"Authorization": f"Api {org.key}"}
+        )
+        assert cancel.status_code == 200
+        assert cancel.json()["data"]["attributes"]["execution_status"] == "running"
+        deadline = time.monotonic() + 10
+        while execution_id not in heard:
+            assert time.monotonic() < deadline, "the cancel was not announced"
+            time.sleep(0.01)
+    finally:
+        stopping.set()
+        listener.join(timeout=5)
 
 
 def test_reaping_a_lost_execution_wakes_its_waiters(api):
