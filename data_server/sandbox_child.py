@@ -9,6 +9,7 @@ server leaves no query running behind it. Between calls it tidies its warm insta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from data_server import engine
 from data_server.framing import CANCEL_SIGNAL, READY, read_frame, write_frame
@@ -94,8 +96,15 @@ def _end_calls_on_signal() -> None:
 def _without_pandas() -> None:
     """DuckDB's binding imports pandas, if installed, on the first bound parameter, only to ask
     whether the value is a pandas object: half a second and some 60 MB in every child, which
-    never hands pandas anything. Marked absent, the check costs nothing."""
+    never hands pandas anything. Marked absent, the check costs nothing.
+
+    pyarrow's compiled import takes the mark for a module, and its first look for pandas (in
+    ``pa.scalar`` or ``pa.array`` of Python values: a UHUGEINT's or BIGNUM's texts) failed with an
+    AttributeError, the child's first such query with it (found by the outside probe). Made
+    here, the look fails once and settles pyarrow on "no pandas"."""
     sys.modules.setdefault("pandas", None)  # type: ignore[arg-type]
+    with contextlib.suppress(AttributeError):
+        pa.lib._pandas_api.have_pandas  # noqa: B018 - the look is the point
 
 
 def main(read_fd: int, write_fd: int) -> None:

@@ -313,3 +313,16 @@ def test_a_call_cancelled_before_its_deadline_is_armed_never_starts():
         deadlines.arm(Recorded(), time.monotonic() + 60)  # type: ignore[arg-type]
     assert refused.value.code == "cancelled"
     assert fired == ["fired"]
+
+
+@pytest.mark.parametrize("value", ["1::UHUGEINT", "1::BIGNUM"])
+def test_a_new_childs_first_query_of_a_type_spelled_by_python_values_succeeds(
+    spec, tmp_path, value
+):
+    """pyarrow's first look for pandas, which the child marks absent, failed that query
+    (``execution_error``, AttributeError) in every new child (found by the outside probe)."""
+    pool = SandboxPool(1, scratch_root=str(tmp_path))
+    try:
+        assert pool.run(_job(spec, f"SELECT {value} AS v", tmp_path)).rows == 1
+    finally:
+        pool.close()
