@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import re
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,7 +210,7 @@ def _check_statements(sql: str, connection: duckdb.DuckDBPyConnection) -> None:
 def _check_node(node: dict[str, Any], ctes: frozenset[str]) -> None:
     kind = node.get("type")
     if kind == "TABLE_FUNCTION":
-        name = str((node.get("function") or {}).get("function_name", "")).lower()
+        name = _folded(str((node.get("function") or {}).get("function_name", "")))
         if name in PASS_THROUGH_FUNCTIONS:
             raise QueryFailed(
                 "forbidden_function",
@@ -226,7 +227,7 @@ def _check_node(node: dict[str, Any], ctes: frozenset[str]) -> None:
     elif kind == "BASE_TABLE":
         _check_table(node, ctes)
     elif kind == "SHOW_REF" and node.get("table_name"):
-        listed = str(node["table_name"]).strip('"').lower()
+        listed = _folded(str(node["table_name"]).strip('"'))
         if listed not in SHOWABLE_LISTS:
             raise QueryFailed(
                 "forbidden_catalog",
@@ -239,7 +240,7 @@ def _check_node(node: dict[str, Any], ctes: frozenset[str]) -> None:
 
 def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
     name = str(node.get("table_name", ""))
-    lowered = name.lower()
+    lowered = _folded(name)
     qualifiers = [str(node.get(key) or "") for key in ("catalog_name", "schema_name")]
     if not any(qualifiers) and lowered in ctes:
         return
@@ -247,12 +248,12 @@ def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
     # scan: "s3://bucket/prefix/../other/x".csv reads s3://bucket/other/x.csv, and secret.csv
     # (schema "secret", table "csv") the file secret.csv.
     dotted = ".".join(part for part in (*qualifiers, name) if part)
-    if any(map(_names_a_path, (*qualifiers, name))) or _names_a_file(dotted.lower()):
+    if any(map(_names_a_path, (*qualifiers, name))) or _names_a_file(_folded(dotted)):
         raise QueryFailed(
             "forbidden_operation",
             f"'{dotted}' looks like a file or URL; queries may only read the datasource's tables.",
         )
-    schema = str(node.get("schema_name") or "").lower()
+    schema = _folded(str(node.get("schema_name") or ""))
     schemas = (schema,) if schema and schema != "system" else _UNQUALIFIED_SYSTEM_SCHEMAS
     if any((s, lowered) in _refused_catalog_views() for s in schemas):
         raise QueryFailed(
@@ -260,6 +261,16 @@ def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:
             f"The catalog view {name} is not available; list tables and columns with "
             "information_schema.tables, information_schema.columns or duckdb_columns().",
         )
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _folded(name: str) -> str:
+    """A name as DuckDB compares names: blind to the case of ASCII letters only. Python's
+    ``lower`` folds others too, the Kelvin sign to ``k``: a reference that DuckDB reads as a file,
+    ``"/x/k.csv"``, passed as the CTE ``"/x/\u212a.csv"`` and went unchecked (outside probe)."""
+    return name.translate(_ASCII_LOWER)
 
 
 def _names_a_file(lowered: str) -> bool:
@@ -273,7 +284,7 @@ def _names_a_path(part: str) -> bool:
 
 
 def _check_scalar_function(node: dict[str, Any]) -> None:
-    name = str(node.get("function_name", "")).lower()
+    name = _folded(str(node.get("function_name", "")))
     if name in FORBIDDEN_SCALAR_FUNCTIONS:
         raise QueryFailed("forbidden_function", f"The function {name}() is not allowed.")
     if name != "current_setting":
@@ -283,7 +294,7 @@ def _check_scalar_function(node: dict[str, Any]) -> None:
         arguments[0] if len(arguments) == 1 and arguments[0].get("class") == "CONSTANT" else {}
     )
     setting = (literal.get("value") or {}).get("value")
-    if not isinstance(setting, str) or setting.lower() not in READABLE_SETTINGS:
+    if not isinstance(setting, str) or _folded(setting) not in READABLE_SETTINGS:
         readable = ", ".join(sorted(READABLE_SETTINGS))
         raise QueryFailed(
             "forbidden_function",
@@ -324,12 +335,12 @@ def _children(node: dict[str, Any], ctes: frozenset[str]) -> Iterator[tuple[Any,
     inner = ctes
     for entry in entries:
         yield entry.get("value"), inner
-        inner = inner | {str(entry.get("key", "")).lower()}
+        inner = inner | {_folded(str(entry.get("key", "")))}
     for key, child in node.items():
         if key == "cte_map":
             continue
         if key == "right" and node.get("type") == "RECURSIVE_CTE_NODE":
-            yield child, inner | {str(node.get("cte_name", "")).lower()}
+            yield child, inner | {_folded(str(node.get("cte_name", "")))}
         else:
             yield child, inner
 

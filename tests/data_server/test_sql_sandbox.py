@@ -353,6 +353,23 @@ def test_a_name_duckdb_would_read_as_a_file_is_refused_by_the_check_itself(name)
     assert "looks like a file or URL" in failure.value.message
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'WITH "/tmp/\u212a.csv" AS (SELECT 1) SELECT * FROM "/tmp/k.csv"',
+        'WITH "*[!\u212a].csv" AS (SELECT 1) SELECT * FROM "*[!k].csv"',
+        'WITH "\u212a.csv" AS (SELECT 1) SELECT * FROM "K.CSV"',
+    ],
+)
+def test_a_name_that_only_python_folds_into_a_ctes_is_checked_as_a_table(sql):
+    """DuckDB folds the case of ASCII letters only: to it the Kelvin sign is not ``k``, and the
+    reference reads a file. The check, folding with Python's ``lower``, took it for the CTE and
+    looked no further; only the lock stopped the read (outside probe)."""
+    with pytest.raises(QueryFailed) as failure:
+        check_sql(sql)
+    assert failure.value.code == "forbidden_operation"
+
+
 # Suffixes a name might end with: those DuckDB reads as files must be refused by the check, in
 # every spelling of the name; the list is asked of DuckDB itself, so a suffix it starts reading
 # as a file in a later version fails here instead of passing the check unnoticed.
