@@ -70,6 +70,7 @@ def data_server_stopped(region: Region) -> Iterator[None]:
     database_url = region.settings().database_url
     for _ in range(200):
         os.kill(region.data_server.pid, signal.SIGSTOP)
+        _wait_until_every_thread_stopped(region.data_server.pid)
         if not _metadata_locked_by_others(database_url):
             break
         os.kill(region.data_server.pid, signal.SIGCONT)
@@ -80,6 +81,26 @@ def data_server_stopped(region: Region) -> Iterator[None]:
         yield
     finally:
         os.kill(region.data_server.pid, signal.SIGCONT)
+
+
+def _wait_until_every_thread_stopped(pid: int) -> None:
+    """A stop is not done when ``kill`` returns: each thread stops as it next leaves the kernel,
+    and on a loaded machine one ran on long enough to claim an execution queued after the kill
+    (CI, twice)."""
+    deadline = time.monotonic() + 10
+    while not all(state in ("T", "t") for state in _thread_states(pid)):
+        assert time.monotonic() < deadline, f"threads of {pid} still running: {_thread_states(pid)}"
+        time.sleep(0.001)
+
+
+def _thread_states(pid: int) -> list[str]:
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except OSError:  # the thread ended meanwhile
+            continue
+    return states
 
 
 def _metadata_locked_by_others(database_url: str) -> bool:
@@ -112,9 +133,10 @@ def _metadata_locked_by_others(database_url: str) -> bool:
 
 
 def _who_started(region: Region, execution_id: str) -> str:
-    """What to know should an execution start while the data server is stopped (seen once, on a
-    loaded CI machine, and never since): its row, whose lease it holds, and what the stopped
-    server's process says of itself (``T``: stopped), read while it is stopped."""
+    """What to know should an execution start while the data server is stopped (seen twice on
+    loaded machines, before ``data_server_stopped`` waited for every thread to stop): its row,
+    whose lease it holds, and what the stopped server's process says of itself (``T``:
+    stopped), read while it is stopped."""
     engine = create_metadata_engine(region.settings().database_url)
     try:
         with engine.connect() as connection:
