@@ -2,8 +2,10 @@
 
 DuckDB hands ``UHUGEINT`` to Arrow as ``decimal128(38, 0)``, a signed 128-bit integer, where a value
 of 2^127 or more wraps to a negative number; and ``BIGNUM`` (``VARINT``) as an opaque extension
-holding DuckDB's own byte layout, which no reader understands. Both become their decimal digits,
-as a string, wherever they are: a column, or a value inside lists, fixed-size lists, structs, maps
+holding DuckDB's own byte layout, which no reader understands; ``BIT`` as plain binary holding
+DuckDB's layout too (a count of padding bits, then the padded bits). The first two become their
+decimal digits, ``BIT`` its binary ones (``"0101"``, as DuckDB and PostgreSQL spell it), as a
+string, wherever they are: a column, or a value inside lists, fixed-size lists, structs, maps
 (keys too) and unions, at any depth. A wider decimal would keep them numbers, but ``decimal256``
 is read wrongly by DuckDB's own Parquet reader and not at all by polars, and the first batch
 cannot tell whether a narrower type would hold the last. (``HUGEINT`` stays ``decimal128(38, 0)``:
@@ -56,8 +58,25 @@ def _bignum_digits(blob: bytes) -> str:
     return str(decimal.Decimal(-magnitude if negative else magnitude))
 
 
+def _bits(column: pa.Array) -> pa.Array:
+    return pa.array(
+        [None if blob is None else _bit_digits(blob) for blob in column.to_pylist()], pa.string()
+    )
+
+
+def _bit_digits(blob: bytes) -> str:
+    """DuckDB's BIT layout: one byte counting the padding bits, then the bits, big-endian, the
+    padding (set) in front of them."""
+    padding, body = blob[0], blob[1:]
+    return format(int.from_bytes(body, "big"), f"0{8 * len(body)}b")[padding:]
+
+
 # DuckDB type ids whose values are stored as digits, and how.
-_AS_DIGITS: dict[str, Callable[[pa.Array], pa.Array]] = {"uhugeint": _uhugeint, "bignum": _bignum}
+_AS_DIGITS: dict[str, Callable[[pa.Array], pa.Array]] = {
+    "uhugeint": _uhugeint,
+    "bignum": _bignum,
+    "bit": _bits,
+}
 
 
 def _nested(duckdb_type: DuckDBPyType) -> list[DuckDBPyType]:

@@ -88,6 +88,28 @@ def test_wide_integers_are_stored_exactly(datasource, tmp_path):
     assert len(stored[3][2]) == 5001
 
 
+BITS_SQL = """
+SELECT * FROM (VALUES
+  ('0101'::BIT, ['1'::BIT, NULL], {'b': '10000000011'::BIT}),
+  ('00000000'::BIT, [], {'b': '0'::BIT}),
+  (NULL, NULL, NULL)
+) AS t(b, listed, structured)
+"""
+
+
+def test_bits_are_stored_as_duckdb_spells_them(datasource, tmp_path):
+    """DuckDB exports a BIT as binary holding its own layout: ``'0101'`` went out as the bytes
+    ``04 f5``, base64 ``"BPU="`` in JSON (outside probe)."""
+    engine.run_query(_job(datasource, BITS_SQL, tmp_path))
+    table = pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all()
+    assert table.schema.field("b").type == pa.string()
+    assert table.to_pylist() == [
+        {"b": "0101", "listed": ["1", None], "structured": {"b": "10000000011"}},
+        {"b": "00000000", "listed": [], "structured": {"b": "0"}},
+        {"b": None, "listed": None, "structured": None},
+    ]
+
+
 NESTED_WIDE_INTEGERS_SQL = """
 SELECT
   [340282366920938463463374607431768211455::UHUGEINT, NULL] AS listed,
