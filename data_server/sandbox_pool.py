@@ -29,7 +29,7 @@ from data_server.engine import QueryJob, QueryOutcome
 from data_server.framing import CANCEL_SIGNAL, READY, read_frame, write_frame
 from data_server.sandbox import CONNECT_TIMEOUT_EXIT_STATUS, DatasourceSpec, Limits
 from data_server.sql_check import QueryFailed
-from data_server.warm_sandboxes import affinity_of
+from data_server.warm_sandboxes import affinity_of, remove_warm_temp_dirs
 from shared.execution_states import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ def memory_cap_of(memory_limit_mb: int) -> float:
 class _Child:
     """One sandbox process and the two pipes to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, scratch_root: str | None) -> None:
+        self.scratch_root = scratch_root  # where its warm instances' scratch directories are
         to_child_read, self.to_child = os.pipe()
         self.from_child, from_child_write = os.pipe()
         environment = {key: os.environ[key] for key in _CHILD_ENVIRONMENT if key in os.environ}
@@ -116,6 +117,8 @@ class _Child:
             self.process.kill()
         self.process.wait()
         self.close_pipes()
+        if self.scratch_root is not None:
+            remove_warm_temp_dirs(Path(self.scratch_root), self.pid)
 
     def end_call_then_kill(self, grace_seconds: float) -> None:
         """Ask the child to end its call (``CANCEL_SIGNAL``), wait up to ``grace_seconds`` for
@@ -275,7 +278,7 @@ class SandboxPool:
             logger.warning("sandbox child %d died while idle; dropped", child.pid)
             child.kill()  # reaps it and closes its pipes
         try:
-            return _Child()
+            return _Child(self.scratch_root)
         except BaseException:
             with self._available:
                 self._children -= 1
@@ -308,7 +311,7 @@ class SandboxPool:
                     return
                 self._children += 1
             try:
-                child = _Child()
+                child = _Child(self.scratch_root)
             except (OSError, QueryFailed):
                 logger.exception("could not start a sandbox child")
                 with self._available:

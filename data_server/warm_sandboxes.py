@@ -137,7 +137,7 @@ class WarmSandboxes:
     ) -> Sandbox:
         if key is not None:  # a scratch directory of its own: the execution's goes with it
             self._opened += 1
-            temp_dir = str(Path(temp_dir).parent / f"warm-{os.getpid()}-{self._opened}")
+            temp_dir = str(Path(temp_dir).parent / f"{_warm_prefix(os.getpid())}{self._opened}")
             self._own_temp_dirs.add(temp_dir)
         spare, self._spare = self._spare, None
         try:
@@ -193,3 +193,15 @@ class WarmSandboxes:
         if temp_dir in self._own_temp_dirs:
             self._own_temp_dirs.discard(temp_dir)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _warm_prefix(pid: int) -> str:
+    return f"warm-{pid}-"
+
+
+def remove_warm_temp_dirs(parent: Path, pid: int) -> None:
+    """The scratch directories the warm instances of child ``pid`` made in ``parent``, the
+    execution's scratch directory's: a child that is killed (cancel, time limit) leaves them
+    behind, and they would stay as long as their data server."""
+    for directory in parent.glob(f"{_warm_prefix(pid)}*"):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -137,6 +137,19 @@ def test_cancel_kills_the_child_and_a_new_one_takes_its_place(pool, spec, tmp_pa
     assert pool.run(_job(spec, "SELECT 2", tmp_path)).rows == 1
 
 
+def test_a_cancelled_childs_warm_scratch_directory_goes_with_it(pool, spec, tmp_path):
+    """A warm instance has a scratch directory of its own, which its child removes when it
+    closes the instance; killed, the child left it for as long as its data server ran (outside
+    probe)."""
+    owned = replace(spec, owner="org-a/ds-1")
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(QueryFailed) as failure:
+        pool.run(_job(owned, ENDLESS, tmp_path, "endless"), cancel_event=cancel)
+    assert failure.value.code == "cancelled"
+    assert list(tmp_path.glob("warm-*")) == []
+
+
 def test_sigkilled_child_fails_the_call_as_crashed_and_is_replaced(pool, spec, tmp_path):
     idle = _warmed(pool)
     with ThreadPoolExecutor(1) as executor:
@@ -269,7 +282,7 @@ def test_an_unexpected_error_in_the_child_is_reported_as_the_data_servers_by_its
     from data_server.sandbox_pool import _Child
     from tests.support.factories import SANDBOX_LIMITS
 
-    child = _Child()  # started, and ready
+    child = _Child(scratch_root=None)  # started, and ready
     try:
         secret = "hunter2-in-an-error"
         for _ in range(2):  # and it answers the next call too
