@@ -6,6 +6,7 @@ URL, body and parsing are written once. A generator never does I/O itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import json
@@ -388,13 +389,16 @@ def query(
                     execution_id=execution.id,
                 )
             execution = yield from wait_for_execution(execution.id, remaining, on_poll)
-    except KeyboardInterrupt:  # Ctrl-C: the execution would run on to its time limit
-        with contextlib.suppress(DataferryError):  # unless it cannot be told: as the Ctrl-C came
+    except (KeyboardInterrupt, asyncio.CancelledError) as interrupt:
+        # Ctrl-C, or the async client's task cancelled (a timeout around it): the execution
+        # would run on to its time limit. The task's cancellation goes on as it came.
+        with contextlib.suppress(DataferryError):  # unless it cannot be told: as the stop came
             if execution is None:  # during the run, which waits: its key answers it at once
                 execution = yield from run_execution(datasource_id, sql, parameters, key)
             if not execution.status.ended:
                 yield from cancel_execution(execution.id)
-                raise QueryInterrupted(execution.id) from None
+                if isinstance(interrupt, KeyboardInterrupt):
+                    raise QueryInterrupted(execution.id) from None
         raise
     return ensure_completed(execution)
 

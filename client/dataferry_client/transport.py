@@ -259,15 +259,23 @@ class AsyncTransport:
         return _finish(call, reply, failure)
 
     async def drive(self, operation: Operation[T]) -> T:
+        """As ``SyncTransport.drive``; the task's cancellation is thrown into the operation as
+        Ctrl-C is there, so that it may end what it started (its own calls are then sent, unless
+        the task is cancelled again)."""
         try:
             call = next(operation)
             while True:
                 try:
-                    reply = await self.send(call)
-                except DataferryError as exc:
-                    call = operation.throw(exc)
-                else:
-                    call = _advance(operation, reply)
+                    try:
+                        reply = await self.send(call)
+                    except DataferryError as exc:
+                        call = operation.throw(exc)
+                    else:
+                        call = _advance(operation, reply)
+                except asyncio.CancelledError as cancelled:
+                    if inspect.getgeneratorstate(operation) != inspect.GEN_SUSPENDED:
+                        raise
+                    call = operation.throw(cancelled)
         except StopIteration as done:
             result: T = done.value
             return result

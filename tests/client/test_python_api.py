@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ from dataferry_client import (
     QueryTimeout,
     RateLimited,
     Unprocessable,
+    operations,
+    transport,
 )
 
 from tests.client.conftest import new_organization, set_limits
@@ -475,3 +478,47 @@ def test_a_continuation_never_splices_two_renderings_and_ends_at_the_end():
     ):
         with pytest.raises(IncompleteResult):
             _what_to_skip(refused, 100, '"a"')
+
+
+@pytest.mark.parametrize("during", ["the run", "a later wait"])
+def test_an_async_query_whose_task_is_cancelled_cancels_its_execution(org, monkeypatch, during):
+    """A timeout around ``await client.query(...)`` left the execution running on to its time
+    limit. Cancelled during the run, which waits, the run is sent again with its key and no
+    wait; cancelled later, in a wait of its own, the execution is known."""
+    sent: list[str] = []  # each call as it is sent, and its answer's status if one came
+    real_send = transport.AsyncTransport.send
+
+    cancelled: list[str] = []
+
+    async def recorded(self, call):
+        kind = call.path.rsplit("/", 1)[-1] if call.method == "POST" else call.path
+        kind = "wait" if call.path.startswith("/executions/") and call.method == "GET" else kind
+        if kind == "cancel":
+            cancelled.append(call.path.split("/")[2])
+        sent.append(kind)
+        reply = await real_send(self, call)
+        sent[-1] = f"{kind} {reply.status}"
+        return reply
+
+    monkeypatch.setattr(transport.AsyncTransport, "send", recorded)
+    if during == "a later wait":  # the run answers at once, still running; then waits
+        calls, real_wait = itertools.count(), operations._next_wait
+        monkeypatch.setattr(
+            operations, "_next_wait", lambda *args: real_wait(*args) if next(calls) else 0.0
+        )
+
+    async def scenario() -> None:
+        async with AsyncClient(org.api_url, org.api_key, data_url=org.data_url) as client:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3):
+                    await client.query(org.sample_id, SLOW)
+
+    asyncio.run(scenario())
+    found = f"/datasources/{org.sample_id} 200"  # the datasource named, looked up first
+    if during == "the run":
+        assert sent == [found, "executions", "executions 200", "cancel 200"]
+    else:
+        assert sent[:2] == [found, "executions 200"] and sent[-2:] == ["wait", "cancel 200"], sent
+    [execution_id] = cancelled
+    with org.client() as client:
+        assert client.executions.wait(execution_id, timeout=30).status is ExecutionStatus.CANCELLED
