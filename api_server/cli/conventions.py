@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from api_server.audit import record_event
 from shared import display_names as names
 from shared.db.engine import create_metadata_engine, create_session_factory
-from shared.db.migrate import upgrade_to_head
+from shared.db.migrate import require_head
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -66,11 +66,11 @@ def whole_number(value: str) -> int:
 
 @contextmanager
 def transaction(settings: Settings, *, creating: bool = False) -> Iterator[Session]:
-    """One transaction of an operator command; the schema is brought up to date first, as
-    ``serve`` does, and the engine's connections are closed afterwards. Only a command that
-    ``creating`` an organisation may start an embedded database where there is none: for any
-    other, a missing file means a mistyped state directory or URL, and a new empty database
-    would answer as if nothing existed (and stay behind)."""
+    """One transaction of an operator command, on a schema that is this release's (it is never
+    upgraded in passing: ``migrate`` does that), with the engine's connections closed
+    afterwards. Only a command that is ``creating`` an organisation may start a database where
+    there is none: for any other, a missing file means a mistyped state directory or URL, and a
+    new empty database would answer as if nothing existed (and stay behind)."""
     url = make_url(settings.database_url)
     database = url.database if url.get_backend_name() == "sqlite" else None
     if not creating and database and database != ":memory:" and not Path(database).exists():
@@ -80,7 +80,7 @@ def transaction(settings: Settings, *, creating: bool = False) -> Iterator[Sessi
         )
     engine = create_metadata_engine(settings.database_url)
     try:
-        upgrade_to_head(engine)
+        require_head(engine, may_create=creating)
         with create_session_factory(engine).begin() as session:
             yield session
     finally:

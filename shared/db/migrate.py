@@ -17,7 +17,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
+
+from shared.errors import ConfigurationError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # PostgreSQL's two-key advisory lock of migrations: "dfmg", then the schema they run in.
@@ -34,6 +37,37 @@ def alembic_config(engine: Engine) -> Config:
 def upgrade_to_head(engine: Engine) -> None:
     with migration_lock(engine):
         command.upgrade(alembic_config(engine), "head")
+
+
+def require_head(engine: Engine, *, may_create: bool = False) -> None:
+    """For an operator's command other than ``migrate``: the schema must be this release's.
+    Upgrading it in passing would take a release's migration (one may lock a large table) at a
+    moment the operator did not choose, under servers of the release before. An empty database
+    (a new deployment) is made only where ``may_create``."""
+    with engine.connect() as connection:
+        current = (
+            connection.scalar(text("SELECT version_num FROM alembic_version"))
+            if inspect(connection).has_table("alembic_version")
+            else None
+        )
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    head = script.get_current_head()
+    if current == head:
+        return
+    if current is None and may_create:
+        upgrade_to_head(engine)
+        return
+    migrate = "run `python -m api_server migrate` with this release first (deploy/README.md)"
+    if current is None:
+        problem = f"has no dataferry schema: {migrate}"
+    elif current in {revision.revision for revision in script.walk_revisions()}:
+        problem = f"schema is at revision {current}, this release's is {head}: {migrate}"
+    else:
+        problem = (
+            f"schema is at revision {current}, of a release newer than this one ({head}): "
+            "use that release's commands"
+        )
+    raise ConfigurationError(f"the metadata database's {problem}")
 
 
 @contextmanager

@@ -348,3 +348,29 @@ def test_a_key_limited_to_no_datasource_is_refused(cli, listed):
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert "names no datasource" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("revision", "said"),
+    [
+        ("0015", "is at revision 0015, this release's is"),
+        ("9999", "of a release newer than this one"),
+    ],
+)
+def test_an_operator_command_never_migrates_the_schema_in_passing(cli, tmp_path, revision, said):
+    """Found by the outside probe: every command upgraded the schema first, so one run with a
+    new release's tools took its migration (one builds an index on a large table) while the
+    servers of the release before still ran. Only ``migrate`` (and ``serve``) do."""
+    assert cli("create-organization", "--name", "Acme").returncode == 0
+    [database] = list(tmp_path.rglob("*.db"))
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+    for command in (["list-shared-folders"], ["create-organization", "--name", "Other"]):
+        result = cli(*command)
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert said in result.stderr
+        assert result.stderr.count("\n") == 1
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (revision,)
+        ]
