@@ -56,6 +56,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     except (AppError, ConfigurationError) as exc:
         return _refused(exc.detail if isinstance(exc, AppError) else str(exc))
     except UNUSABLE_DATABASE_ERRORS as exc:
+        _logger.debug("the command stopped", exc_info=True)  # DATAFERRY_LOG_LEVEL=DEBUG shows it
         return _refused(unusable_database_line(exc))
     except OSError as exc:
         _logger.debug("the command stopped", exc_info=True)  # DATAFERRY_LOG_LEVEL=DEBUG shows it

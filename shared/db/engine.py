@@ -100,9 +100,13 @@ def create_server_engine(settings: Settings) -> Engine:
     )
 
 
-# What a server or operator command that cannot reach its metadata database reports in one line
-# (exit status 2), instead of a traceback: refused, unknown host, authentication failed.
-UNUSABLE_DATABASE_ERRORS = (exc.OperationalError, exc.InterfaceError)
+# What a server starting or an operator command reports in one line (exit status 2), instead of
+# a traceback, when its metadata database cannot be used: refused, unknown host, authentication
+# failed; a URL the driver refuses (``connect_timeout=abc``); a schema it names that does not
+# exist. (A running server's requests answer 503: shared/web/middleware.py.)
+UNUSABLE_DATABASE_ERRORS = (exc.DBAPIError,)
+# PostgreSQL's "invalid schema name": the URL's search_path names no schema of the database.
+_NO_SUCH_SCHEMA = "3F000"
 
 
 def unusable_database_line(error: Exception) -> str:
@@ -110,7 +114,10 @@ def unusable_database_line(error: Exception) -> str:
     the host and port but never the password."""
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()
-    return f"the metadata database cannot be used: {lines[0] if lines else type(error).__name__}"
+    said = lines[0] if lines else type(error).__name__
+    if getattr(cause, "sqlstate", None) == _NO_SUCH_SCHEMA:
+        said += " (the schema of the URL's search_path does not exist)"
+    return f"the metadata database (DATAFERRY_DATABASE_URL) cannot be used: {said}"
 
 
 def _ping_if_disturbed(engine: Engine, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 from shared.errors import ConfigurationError
 from shared.settings import Secret, Settings
 from shared.state_secrets import ServerSecrets
+from tests.support.postgres import POSTGRES_ENV, postgres_url_from_env
 from tests.support.processes import ROOT, clean_environment, free_port
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "env.example"
@@ -260,8 +261,41 @@ def test_an_unreachable_metadata_database_is_one_line_without_its_password(tmp_p
     )  # fmt: skip
     assert (started.returncode, started.stdout) == (2, "")
     (line,) = started.stderr.splitlines()
-    assert line.startswith("error: the metadata database cannot be used: ")
+    assert line.startswith("error: the metadata database (DATAFERRY_DATABASE_URL) cannot be used: ")
     assert f"port {port}" in line and "hunter2" not in line
+
+
+@pytest.mark.parametrize("case", ["a schema that does not exist", "a bad connect_timeout"])
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "api_server", "serve"], ["-m", "api_server", "create-organization", "--name", "x"]],
+    ids=["api_server", "operator command"],
+)
+def test_a_database_url_the_server_refuses_is_one_line(tmp_path, command, case):
+    """Found by the outside probe: a search_path naming no schema, or a connection option's
+    value the driver refuses, ended in two tracebacks and exit status 1."""
+    url = postgres_url_from_env("dataferry_no_such_schema")
+    if url is None:
+        pytest.skip(f"needs {POSTGRES_ENV} (a PostgreSQL server to refuse the URL)")
+    if case == "a bad connect_timeout":
+        url = postgres_url_from_env() + "&connect_timeout=abc"  # type: ignore[operator]
+    env = clean_environment(
+        {
+            "DATAFERRY_DATABASE_URL": url,
+            "DATAFERRY_API_PORT": str(free_port()),
+            "DATAFERRY_DATA_PORT": str(free_port()),
+        }
+    )
+    started = subprocess.run(
+        [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert (started.returncode, started.stdout) == (2, ""), started.stderr
+    assert "Traceback" not in started.stderr
+    line = started.stderr.splitlines()[-1]  # after the migration's own log lines, if it started
+    assert line.startswith("error: the metadata database (DATAFERRY_DATABASE_URL) cannot be used: ")
+    said = "does not exist" if case == "a schema that does not exist" else "connect_timeout"
+    assert said in line
 
 
 def test_a_database_url_of_another_dialect_is_refused():
