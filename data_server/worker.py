@@ -30,6 +30,7 @@ from data_server.execution_runs import ExecutionRunner, Job
 from data_server.sandbox_pool import SandboxPool
 from data_server.scheduler import Scheduler
 from shared import lifecycle
+from shared.db.engine import log_failure
 from shared.metrics import Metrics
 from shared.notifications import Doorbell, Topic, can_listen, listen, listen_for_new_work
 from shared.results import ResultStore
@@ -134,8 +135,8 @@ class Worker:
             except lifecycle.ClaimContended:  # the ring that woke us is spent: claim again soon
                 self._stopping.wait(CONTENDED_RETRY_SECONDS)
                 continue
-            except Exception:  # the DB may be briefly unavailable: back off, never die
-                logger.exception("claiming failed")
+            except Exception as error:  # the DB may be briefly unavailable: back off, never die
+                log_failure(logger, "claiming failed", error)
                 self._stopping.wait(self._idle_wait)
                 continue  # and claim again: work that rang may still be queued
             if claim is None:
@@ -155,8 +156,8 @@ class Worker:
         (also when asking failed: the claim that follows finds out)."""
         try:
             return lifecycle.announce_if_work_waits(self.sessions.kw["bind"])
-        except Exception:
-            logger.exception("announcing the freed slot failed")
+        except Exception as error:
+            log_failure(logger, "announcing the freed slot failed", error)
             return True
 
     def organizations_at_their_share(self) -> frozenset[str]:
@@ -205,8 +206,8 @@ class Worker:
         for job in jobs:
             try:
                 state = lifecycle.renew_lease(self.sessions, job.claim, self.settings)
-            except Exception:
-                logger.exception("heartbeat failed id=%s", job.claim.execution_id)
+            except Exception as error:
+                log_failure(logger, f"heartbeat failed id={job.claim.execution_id}", error)
                 continue
             if not state.held:
                 logger.warning(
@@ -231,16 +232,16 @@ class Worker:
                     last_janitor = time.monotonic()
                     if with_orphans:
                         last_orphan_sweep = last_janitor
-            except Exception:
-                logger.exception("maintenance failed")
+            except Exception as error:
+                log_failure(logger, "maintenance failed", error)
 
     def _schedule_loop(self) -> None:
         scheduler = Scheduler(self.sessions, self.settings, self.worker_id)
         while not self._stopping.wait(self.settings.scheduler_interval_seconds):
             try:
                 scheduler.run_pass()
-            except Exception:
-                logger.exception("scheduling failed")
+            except Exception as error:
+                log_failure(logger, "scheduling failed", error)
 
     # ------------------------------------------------------------------ one execution
 

@@ -18,13 +18,12 @@ from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.db.engine import unusable_database_line
+from shared.db.engine import database_unavailable, unusable_database_line
 from shared.logging import request_id_var
 from shared.metrics import HTTP_METHODS
 from shared.secret_shapes import without_secrets
 from shared.web.problems import (
     concurrent_change_response,
-    database_unavailable,
     database_unavailable_response,
     ended_for_another,
     unexpected_error_response,

@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -68,33 +67,6 @@ def ended_for_another(exc: BaseException) -> bool:
         getattr(orig, "sqlstate", None) in _ENDED_FOR_ANOTHER
         or getattr(orig, "sqlite_errorname", None) == _SQLITE_ENDED_FOR_ANOTHER
     )
-
-
-# PostgreSQL's codes for a connection that failed or a server going away (an operator's or a
-# failover's shutdown, a crash, a server still starting).
-_UNREACHED_SQLSTATES = ("08", "57P01", "57P02", "57P03")
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """Whether the metadata database could not be reached or went away mid-request (refused,
-    timed out, restarted; the pool empty for its whole wait; SQLite held by another process
-    past its wait): a 503 (``database_unavailable_response``), not a 500 (an outside probe,
-    stopping the database). A driver's error of the request's own making (psycopg refuses a
-    statement of more than 65,535 parameters, with no SQLSTATE either) stays a 500."""
-    if isinstance(exc, PoolTimeout):
-        return True
-    if not isinstance(exc, OperationalError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if sqlstate is not None:
-        return str(sqlstate).startswith(_UNREACHED_SQLSTATES)
-    sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
-    if sqlite_error is not None:
-        return sqlite_error == "SQLITE_BUSY"
-    # psycopg's failure to connect carries no SQLSTATE, and no statement ran.
-    return exc.statement is None and type(exc.orig).__module__.startswith("psycopg")
 
 
 def database_unavailable_response() -> Response:

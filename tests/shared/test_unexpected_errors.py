@@ -9,6 +9,7 @@ import sqlite3
 import threading
 
 import psycopg
+import pytest
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
@@ -16,10 +17,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from shared.db.engine import create_metadata_engine
+from shared.db.engine import create_metadata_engine, database_unavailable, log_failure
 from shared.logging import request_id_var
 from shared.web.middleware import RequestContextMiddleware
-from shared.web.problems import EXCEPTION_HANDLERS, database_unavailable
+from shared.web.problems import EXCEPTION_HANDLERS
 
 
 async def _crash(request):
@@ -197,3 +198,27 @@ def test_a_metadata_database_that_never_answers_fails_a_connection_within_second
     assert not attempt.is_alive(), "the connection still waits on a server that never answers"
     assert len(failed) == 1 and isinstance(failed[0], OperationalError)
     assert database_unavailable(failed[0])
+
+
+def test_a_background_loop_logs_an_unavailable_database_in_one_line(caplog):
+    """Found by the outside probe: a data server that lost PostgreSQL for 30 s logged 4,700
+    lines, a traceback for each claim and maintenance pass. Any other failure keeps its
+    traceback."""
+    logger = logging.getLogger("dataferry.test_loop")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    engine = create_metadata_engine(f"postgresql+psycopg://nobody:hunter2@127.0.0.1:{port}/x")
+    try:
+        with pytest.raises(OperationalError) as refused:
+            engine.connect()
+    finally:
+        engine.dispose()
+    with caplog.at_level(logging.ERROR, logger=logger.name):
+        log_failure(logger, "claiming failed", refused.value)
+        log_failure(logger, "maintenance failed", ValueError("a bug"))
+    unavailable, bug = caplog.records
+    assert unavailable.exc_info is None and "\n" not in unavailable.getMessage()
+    assert unavailable.getMessage().startswith("claiming failed: the metadata database")
+    assert f"port {port}" in unavailable.getMessage() and "hunter2" not in caplog.text
+    assert bug.exc_info is not None and bug.getMessage() == "maintenance failed"
