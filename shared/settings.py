@@ -8,11 +8,14 @@ every field, and a test holds it to the names, defaults and bounds declared here
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -73,7 +76,6 @@ class Secret:
 
 
 _ORIGIN = r"\s*(\*|[a-z][a-z0-9+.-]*://[^\s,/]+)?\s*"
-_PROXY = r"\s*(\*|[0-9a-fA-F:.]+(/[0-9]{1,3})?)?\s*"
 _SECRETS_DIR = "<generated into <state dir>/secrets/{}>"
 _ANY_DIRECTORY = "any directory this process may create and write"
 
@@ -147,8 +149,7 @@ class Settings(BaseModel):
         "",
         "Comma-separated addresses or networks of the proxies whose X-Forwarded-For and "
         "X-Forwarded-Proto are believed; default: none, the connection's peer is the client.",
-        pattern=rf"^{_PROXY}(,{_PROXY})*$",
-        allowed="IP addresses or networks (CIDR), or *, comma-separated",
+        allowed="IP addresses or networks (CIDR, host bits zero), comma-separated; or * alone",
     )
     api_key_pepper: Secret | None = setting(
         None,
@@ -414,7 +415,30 @@ class Settings(BaseModel):
                 raise ValueError(
                     "an option of the URL's query has a value of the wrong type"
                 ) from None
+            # redis-py ignores a path that is no number: /5x counted in database 0, beside
+            # whoever else counts there (outside probe).
+            parsed = urlsplit(url)
+            if parsed.scheme != "unix" and not re.fullmatch(r"/?([0-9]+)?", parsed.path):
+                raise ValueError("the URL's path is no database number (/0, /1, …)")
         return url
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, text: str) -> str:
+        """As uvicorn reads them; an entry it cannot read it keeps as a name no peer ever has,
+        so a typo (``10.0.0.256``, ``10.0.0.5/24``, ``*`` beside others) trusted nobody, and
+        the audit log kept the proxy's address for every client (outside probe)."""
+        entries = [entry for entry in map(str.strip, text.split(",")) if entry]
+        if entries == ["*"]:
+            return text
+        for entry in entries:
+            if entry == "*":
+                raise ValueError("* (every peer) stands alone")
+            try:
+                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError as error:  # "'x' does not appear to be an IPv4 or IPv6 address"
+                raise ValueError(str(error)) from None
+        return text
 
     @field_validator("datasource_allowed_networks")
     @classmethod

@@ -353,3 +353,28 @@ def test_a_key_of_the_right_length_that_is_no_fernet_key_fails_fast(tmp_path):
     settings = Settings(state_dir=tmp_path, encryption_key=Secret("!" * 43 + "="))
     with pytest.raises(ConfigurationError, match="DATAFERRY_ENCRYPTION_KEY"):
         ServerSecrets.load(settings)
+
+
+@pytest.mark.parametrize(
+    "value", ["abc", "1e999", "10.0.0.256", "10.0.0.5/33", ":::::", "10.0.0.5/24", "*, 10.0.0.1"]
+)
+def test_a_trusted_proxy_uvicorn_could_not_read_is_refused(value):
+    """Found by the outside probe: the pattern checked characters only, and uvicorn keeps an
+    entry it cannot read as a name no peer has: nobody was trusted, and the audit log kept the
+    load balancer's address for every client."""
+    with pytest.raises(ConfigurationError, match="DATAFERRY_TRUSTED_PROXIES"):
+        Settings.from_env({"DATAFERRY_TRUSTED_PROXIES": value})
+
+
+def test_trusted_proxies_uvicorn_reads_are_kept():
+    for value in ("10.0.0.5, 10.1.0.0/16", "::1, fd00::/8", "*", ""):
+        assert Settings.from_env({"DATAFERRY_TRUSTED_PROXIES": value}).trusted_proxies == value
+
+
+@pytest.mark.parametrize("path", ["/abc", "/5x", "/-1", "/0/1"])
+def test_a_redis_url_whose_path_is_no_database_number_is_refused(path):
+    """Found by the outside probe: redis-py ignores such a path, and the rate limits were
+    counted in database 0, beside whatever else counts there."""
+    with pytest.raises(ConfigurationError, match="no database number"):
+        Settings.from_env({"DATAFERRY_REDIS_URL": f"redis://127.0.0.1:6379{path}"})
+    assert Settings.from_env({"DATAFERRY_REDIS_URL": "redis://127.0.0.1:6379/5"}).redis_url
