@@ -293,9 +293,13 @@ def file_entry(folder: Path, name: str, file_format: str | None = None) -> FileE
     if not stat.S_ISREG(info.st_mode):
         return None
     kind = view_file_kind(name)
+    return entry_of(name, file_format or (kind.format.value if kind else "unknown"), info)
+
+
+def entry_of(name: str, file_format: str, info: os.stat_result) -> FileEntry:
     return FileEntry(
         name=name,
-        format=file_format or (kind.format.value if kind else "unknown"),
+        format=file_format,
         size=info.st_size,
         modified_at=datetime.fromtimestamp(info.st_mtime, UTC),
     )

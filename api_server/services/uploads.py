@@ -35,7 +35,7 @@ from api_server.services.datasource_files import (
     FileEntry,
     FileNameTaken,
     check_file_name,
-    file_entry,
+    entry_of,
     find_datasource,
     locate_for_writing,
     queue_refresh,
@@ -282,6 +282,11 @@ class Upload:
         except OSError as exc:
             raise _storage_failed(exc) from None
 
+    def stored(self) -> os.stat_result:
+        """The file as written, by its descriptor: by its name, it may be gone already."""
+        assert self.fd is not None
+        return os.fstat(self.fd)
+
     def close(self) -> None:
         """Release the descriptors; an uncommitted temporary file is removed (before its lock
         goes, so that no other upload takes it for an orphan meanwhile)."""
@@ -392,10 +397,10 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
             upload.committed = True
             os.fsync(upload.dir_fd)
             note_area_changed(session, target.organization_id)
-    entry = file_entry(target.folder, target.name, target.kind.format.value)
-    assert entry is not None
     return Committed(
-        entry=entry,
+        # A DELETE of the same name may have come in between: read by name, the file was gone
+        # (a 500, found by the outside probe).
+        entry=entry_of(target.name, target.kind.format.value, upload.stored()),
         created=replaced is None,
         refresh_execution_id=queue_refresh(sessions, target.datasource_id),
         usage=replace(usage, files_bytes=usage.files_bytes + upload.size - (replaced or 0)),

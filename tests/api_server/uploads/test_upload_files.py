@@ -258,6 +258,31 @@ def test_uploads_and_deletes_are_audited_without_their_bodies(api):
     assert marker not in repr(dump_tables(api.app))
 
 
+def test_an_upload_whose_file_is_deleted_just_after_it_is_stored_is_answered_and_audited(
+    api, monkeypatch
+):
+    """Found by the outside probe (PUT and DELETE of one name at once): the answer's entry was
+    read by name once the lock was let go, found the file deleted, and failed (a 500), after the
+    file had been stored and before the upload was audited."""
+    org = api.create_org()
+    ds, folder = files_datasource(api, org)
+    real_note = uploads.note_area_changed
+
+    def noted_then_deleted(session, organization_id):
+        real_note(session, organization_id)
+        (folder / "gone.csv").unlink()  # a DELETE of the same name, just after the rename
+
+    monkeypatch.setattr(uploads, "note_area_changed", noted_then_deleted)
+    created = put(api, org.key, f"/datasources/{ds}/files/gone.csv", b"item,qty\nx,1\n")
+    assert created.status_code == 201, created.text
+    assert created.json()["data"]["attributes"]["size"] == 13
+    with api.app.state.sessions() as session:
+        actions = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.organization_id == org.id)
+        ).all()
+    assert "datasource_file.upload" in actions
+
+
 def test_the_temporary_files_of_uploads_whose_server_died_are_removed_by_the_next(api):
     """A SIGKILLed server leaves its upload's temporary file behind, holding no lock: the next
     upload into the folder removes it once it is left untouched for ORPHANED_TEMP_SECONDS. One a
