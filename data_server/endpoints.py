@@ -249,7 +249,12 @@ async def fetch_data(request: Request, grant: DataGrant) -> Response:
 
     def charge(size: int) -> bool:
         return charge_representation(
-            state.sessions, state.settings, grant.organization_id, data_key, size
+            state.sessions,
+            state.settings,
+            grant.organization_id,
+            data_key,
+            representation.variant,
+            size,
         )
 
     source = await run_in_threadpool(

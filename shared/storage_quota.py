@@ -4,7 +4,7 @@ Three things count: every regular file in the organisation's area (uploads and f
 put there; an upload still arriving counts once it commits, ``tree_bytes``), the stored
 results of its executions that are still retained (``result_size``: the Arrow file), and those
 results' other stored representations (``variants_size``: each format and coding a client fetched,
-docs/result-formats.md). Not counted: folders an operator granted from outside the area (symlinks
+counted once, by name, however many data servers encoded it; docs/result-formats.md). Not counted: folders an operator granted from outside the area (symlinks
 are not followed) and schema documents.
 
 Writers of results and representations check the quota under the organisation's row lock
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.datapaths import organization_area
@@ -274,27 +274,39 @@ def charge_representation(
     settings: Settings,
     organization_id: str,
     data_key: str,
+    variant: str,
     size: int,
 ) -> bool:
-    """Count a representation of ``size`` bytes that is about to be stored beside the result
-    ``data_key``; False (nothing counted) if it does not fit the quota or the result is gone, and
-    then it is served once and not kept."""
+    """Count the representation ``variant`` of ``size`` bytes that is about to be stored beside
+    the result ``data_key``; whether to store it. False (nothing counted) if it does not fit the
+    quota or the result is gone: then it is served once and not kept. Counted already (another
+    data server encoded it at the same time): True, counted once, and stored again in its place,
+    the same bytes."""
     walked = walk_area(sessions, settings, organization_id)
     with sessions.begin() as session:
-        usage = locked_storage_usage(session, settings, organization_id, walked)
-        if size > usage.remaining_bytes:
-            return False
-        charged = session.execute(
-            update(Execution)
-            .where(
+        usage = locked_storage_usage(session, settings, organization_id, walked)  # orders charges
+        counted = session.execute(
+            select(Execution.id, Execution.counted_variants).where(
                 Execution.organization_id == organization_id,
                 Execution.data_key == data_key,
                 Execution.data_purged_at.is_(None),
             )
-            .values(variants_size=Execution.variants_size + size)
+        ).first()
+        if counted is None:
+            return False
+        variants = list(counted.counted_variants or [])
+        if variant in variants:
+            return True
+        if size > usage.remaining_bytes:
+            return False
+        session.execute(
+            update(Execution)
+            .where(Execution.id == counted.id)
+            .values(
+                variants_size=Execution.variants_size + size,
+                counted_variants=[*variants, variant],
+            )
             .execution_options(synchronize_session=False)
         )
-        if not charged.rowcount:  # type: ignore[attr-defined]
-            return False
         count_stored_bytes(session, organization_id, size)
         return True

@@ -303,8 +303,10 @@ class Execution(Base):
     # ``text_bytes``), set once as it is queued: what its organisation's text counter holds for
     # it.
     kept_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    # The result's other stored representations (formats, codings), counted in the quota too.
+    # The result's other stored representations (formats, codings), counted in the quota too,
+    # each once, by its name (``Representation.variant``) in ``counted_variants``.
     variants_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    counted_variants: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     result_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     data_key: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     data_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

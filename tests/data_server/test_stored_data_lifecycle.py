@@ -380,9 +380,16 @@ def test_the_stored_bytes_counter_follows_every_way_a_result_is_stored_or_forgot
     size = first.result_size
     assert counted(org) == 3 * size and counted(other) == size
 
-    assert charge_representation(sessions, api.settings, org.id, first.data_key, 1000)
-    assert not charge_representation(sessions, api.settings, org.id, "res_gone", 1000)
+    assert charge_representation(sessions, api.settings, org.id, first.data_key, "csv", 1000)
+    assert not charge_representation(sessions, api.settings, org.id, "res_gone", "csv", 1000)
     assert counted(org) == 3 * size + 1000
+    # Two data servers encoding one format at once: both store it, it is counted once (found
+    # by the outside probe: counted twice, the next run refused storage_quota_exceeded).
+    assert charge_representation(sessions, api.settings, org.id, first.data_key, "csv", 1000)
+    assert counted(org) == 3 * size + 1000
+    assert charge_representation(sessions, api.settings, org.id, first.data_key, "json", 700)
+    assert counted(org) == 3 * size + 1700
+    assert _row(api, first.id).counted_variants == ["csv", "json"]
 
     assert api.delete(f"/executions/{first.id}", org.key).status_code == 204
     assert api.delete(f"/executions/{first.id}", org.key).status_code == 204  # nothing twice
@@ -436,7 +443,9 @@ def test_a_purge_and_a_charge_for_the_same_result_take_the_organisation_first(
             with sessions() as session:
                 data_key = session.get(Execution, execution_id).data_key
             answers.append(
-                storage_quota.charge_representation(sessions, api.settings, org.id, data_key, 10)
+                storage_quota.charge_representation(
+                    sessions, api.settings, org.id, data_key, "json", 10
+                )
             )
         except Exception as exc:
             answers.append(exc)

@@ -133,7 +133,9 @@ def test_storing_a_representation_walks_before_it_takes_the_lock(organization, w
         return real_lock(session, organization_id, **counting)
 
     monkeypatch.setattr(storage_quota, "lock_organization", lock)
-    assert not storage_quota.charge_representation(sessions, settings, organization_id, "r_x", 1)
+    assert not storage_quota.charge_representation(
+        sessions, settings, organization_id, "r_x", "json", 1
+    )
     assert walks_at_lock == [1] and len(walks) == 1
 
 
