@@ -31,7 +31,7 @@ from api_server.resource_layer.resource_types import (
     Relationship,
     ResourceType,
 )
-from api_server.services import api_keys, data_grants, executions
+from api_server.services import data_grants, executions
 from shared import lifecycle
 from shared import openapi as oa
 from shared.db.models import Execution
@@ -479,6 +479,7 @@ async def answer_run(
         principal,
         execution.id,
         queued.wait_seconds,
+        key_rechecked=True,  # a key deleted or disabled meanwhile is a 401, as on Get Execution
         known=(execution, mark),  # as queued: read again only once it may have ended
         once_ended=grant,
     )
@@ -609,13 +610,11 @@ def _grant_if_completed(
     request: Request, principal: Principal, execution: Execution
 ) -> dict[str, Any] | None:
     """Run-and-wait's ``meta``: the grant, or nothing (a result purged the moment it completed
-    is not an error of the run; a key deleted or disabled while the run waited gets no grant,
-    as its next request would get none; nor does a run whose grant the audit log could not
-    record: the execution is answered, and Get Execution Data hands out its grant)."""
+    is not an error of the run; nor is a grant the audit log could not record: the execution is
+    answered, and Get Execution Data hands out its grant). The read that found the execution
+    ended also found its key still enabled (``key_rechecked``), or it had ended already as the
+    run, just authenticated, found it."""
     state = request.app.state
-    with state.read_engine.connect() as connection:
-        if not api_keys.still_enabled(connection, principal.api_key_id):
-            return None
     try:
         grant = data_grants.grant_execution_data(state.signing_keys, state.settings, execution)
     except NotFound:
