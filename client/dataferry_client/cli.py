@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn, cast
 
 from dataferry_client import __version__, errors
 from dataferry_client.client import Client
@@ -59,6 +60,14 @@ def command_configure(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- command line
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, as every other failure (argparse printed its usage first);
+    ``--help`` shows the usage. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"dataferry: {one_line(message)} ({self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Accepted before and after the subcommand; SUPPRESS keeps a subcommand's unset default
     # from overwriting a value given before it (COMMON_DEFAULTS fills the gaps after parsing).
@@ -71,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dataferry",
         description="Query dataferry and manage its resources.",
         epilog=exit_code_help(),
@@ -79,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Its parsers are _Parsers (argparse makes them of the parent's class); the commands' modules
+    # take any parser.
+    commands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+    )
 
     query.add_command(commands, common)
     resources.add_commands(commands, common)

@@ -196,9 +196,12 @@ def test_query_reads_sql_from_stdin_and_files_and_takes_parameters(org, tmp_path
         (["query", "Sample Data", "SELECT 1", "--json", "--format", "csv"], {}, ExitCode.USAGE, "two formats"),
         (["query", "Sample Data", "SELECT 1", "--json", "-o", "out.csv"], {}, ExitCode.USAGE, "--format json"),
         (["whoami"], {"DATAFERRY_API_URL": "http://127.0.0.1:9"}, ExitCode.UNAVAILABLE, "cannot reach"),
+        # argparse's own refusals, which printed its usage first (found by the outside probe)
+        (["no-such-command"], {}, ExitCode.USAGE, "(dataferry --help)"),
+        (["query", "Sample Data", "SELECT 1", "--timeout", "x"], {}, ExitCode.USAGE, "(dataferry query --help)"),
     ],
     ids=["wrong-key", "unknown-datasource", "failed", "timeout", "invalid", "no-config", "usage", "bad-output",
-         "output-nowhere", "two-formats", "json-into-a-file", "down"],
+         "output-nowhere", "two-formats", "json-into-a-file", "down", "unknown-command", "bad-option"],
 )  # fmt: skip
 def test_bad_input_gets_one_line_and_a_distinct_exit_code(org, tmp_path, args, env, code, fragment):
     result = run_command(org, tmp_path, *args, **env)
