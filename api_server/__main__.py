@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from api_server.cli import files, organizations
 from api_server.cli.conventions import emit, whole_number
-from shared.command_line import CommandParser, run_command
+from shared.command_line import CommandParser, listen_options, run_command
 from shared.db.engine import create_metadata_engine
 from shared.db.migrate import upgrade_to_head
 from shared.settings import Settings
@@ -22,7 +22,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     from shared.web.serving import check_listen_address, serve
 
     settings = settings.with_overrides(
-        api_host=args.host or settings.api_host, api_port=args.port or settings.api_port
+        api_host=settings.api_host if args.host is None else args.host,
+        api_port=settings.api_port if args.port is None else args.port,
     )
     check_listen_address(settings.api_host, settings.api_port)
     upgrade_to_head(create_metadata_engine(settings.database_url))
@@ -52,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="migrate, then run the API server under uvicorn")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    listen_options(serve)
     serve.set_defaults(run=cmd_serve)
 
     commands.add_parser("migrate", help="upgrade the metadata DB to head").set_defaults(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from data_server.app import create_app, remove_dead_scratch, start_workers, stop_workers
 from data_server.sample import ensure_sample_database
-from shared.command_line import CommandParser, run_command
+from shared.command_line import CommandParser, listen_options, run_command
 from shared.db.engine import (
     create_metadata_engine,
     create_server_engine,
@@ -24,7 +24,8 @@ from shared.web.serving import check_listen_address, serve
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     settings = settings.with_overrides(
-        data_host=args.host or settings.data_host, data_port=args.port or settings.data_port
+        data_host=settings.data_host if args.host is None else args.host,
+        data_port=settings.data_port if args.port is None else args.port,
     )
     check_listen_address(settings.data_host, settings.data_port)
     upgrade_to_head(create_metadata_engine(settings.database_url))
@@ -55,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m data_server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the data server under uvicorn")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    listen_options(serve)
     serve.add_argument(
         "--no-workers", action="store_true", help="serve data only, run no executions"
     )

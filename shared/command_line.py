@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -36,6 +37,26 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(REFUSED, _error_line(f"{self.prog}: {message}", " (--help shows the usage)"))
+
+
+def listen_options(serve: argparse.ArgumentParser) -> None:
+    """``serve``'s ``--host`` and ``--port``, which take the place of the environment's: each
+    checked as given, and named when refused (a port out of range named DATAFERRY_*_PORT, and
+    ``--port 0`` or ``--host ''`` fell back to the environment's; found by the outside probe)."""
+    serve.add_argument("--host", type=_host, help="address to listen on")
+    serve.add_argument("--port", type=_port, help="port to listen on, 1 to 65535")
+
+
+def _host(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty address")
+    return value
+
+
+def _port(value: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", value) or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port from 1 to 65535: {value!r}")
+    return int(value)
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

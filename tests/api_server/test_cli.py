@@ -283,6 +283,10 @@ def test_a_mistyped_state_directory_gets_no_new_database(cli, tmp_path, command)
         ["no-such-command"],
         ["migrate", "extra"],
         ["serve", "--port", "abc"],
+        # fell back to the environment's port, or blamed DATAFERRY_API_PORT (outside probe)
+        ["serve", "--port", "0"],
+        ["serve", "--port", "99999"],
+        ["serve", "--host", ""],
     ],
 )
 def test_an_argument_refused_is_one_error_line(cli, command):
