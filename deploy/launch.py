@@ -170,9 +170,12 @@ def main() -> int:
             processes += start_region(env)
             if credentials:
                 banners.append(banner(env, credentials))
-        for env in environments:
-            wait_ready(f"http://127.0.0.1:{env.get('DATAFERRY_API_PORT', '8000')}", processes)
-            wait_ready(f"http://127.0.0.1:{env.get('DATAFERRY_DATA_PORT', '8001')}", processes)
+        from shared.settings import Settings  # valid: migrate took them (start_region)
+
+        for env in environments:  # where they listen, as this host reaches it (::1, say)
+            settings = Settings.from_env(env)
+            wait_ready(settings.api_local_url, processes)
+            wait_ready(settings.data_local_url, processes)
         if banners:
             print("".join(banners), flush=True)
             print(

@@ -450,18 +450,13 @@ class Settings(BaseModel):
     def _derive_defaults(self) -> Settings:
         """Fill the settings whose default depends on others (the state dir, a host and port)."""
         state_dir = self.state_dir.absolute()
-        data_host = _reachable(self.data_host)
         derived = {
             "state_dir": state_dir,
             "database_url": self.database_url or f"sqlite:///{state_dir / 'dataferry.db'}",
             "data_root": _or_default(self.data_root, state_dir / "data").absolute(),
             "results_dir": _or_default(self.results_dir, state_dir / "results").absolute(),
-            "public_api_url": (
-                self.public_api_url or f"http://{_reachable(self.api_host)}:{self.api_port}"
-            ).rstrip("/"),
-            "public_data_url": (
-                self.public_data_url or f"http://{data_host}:{self.data_port}"
-            ).rstrip("/"),
+            "public_api_url": (self.public_api_url or self.api_local_url).rstrip("/"),
+            "public_data_url": (self.public_data_url or self.data_local_url).rstrip("/"),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen for everyone after this point
@@ -482,6 +477,15 @@ class Settings(BaseModel):
         """A copy with ``changes``, checked against the same bounds."""
         current = {name: getattr(self, name) for name in type(self).model_fields}
         return type(self)(**{**current, **changes})
+
+    @property
+    def api_local_url(self) -> str:
+        """The API server as this host reaches its bind address (a wildcard: loopback)."""
+        return f"http://{_reachable(self.api_host)}:{self.api_port}"
+
+    @property
+    def data_local_url(self) -> str:
+        return f"http://{_reachable(self.data_host)}:{self.data_port}"
 
     @cached_property
     def allowed_networks(self) -> tuple[NetworkRule, ...]:

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,13 +24,16 @@ START_TIMEOUT_SECONDS = 180
 STOP_TIMEOUT_SECONDS = 40
 
 
-def _start_launcher_in_background(cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def _start_launcher_in_background(
+    cwd: Path, log_path: Path, **settings: str
+) -> subprocess.Popen[bytes]:
     """As ``python deploy/launch.py --demo &`` from a script: SIGINT starts out ignored."""
     env = clean_environment(
         {
             "DATAFERRY_API_PORT": str(free_port()),
             "DATAFERRY_DATA_PORT": str(free_port()),
             "DATAFERRY_SAMPLE_SCALE": "0.01",
+            **settings,
         }
     )
     (cwd / "var" / "data").mkdir(parents=True)
@@ -76,6 +80,23 @@ def test_a_signal_to_the_launcher_alone_stops_both_servers(tmp_path, signum):
         if launcher.poll() is None:
             launcher.terminate()
             launcher.wait(timeout=60)
+
+
+def test_servers_listening_on_another_address_are_waited_for_there(tmp_path):
+    """Found by the outside probe: the launcher asked 127.0.0.1 whether the servers were ready,
+    whatever they listened on, and stopped them after 180 s when that was ::1."""
+    if not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6, so no ::1 to listen on")
+    log_path = tmp_path / "launcher.log"
+    launcher = _start_launcher_in_background(
+        tmp_path, log_path, DATAFERRY_API_HOST="::1", DATAFERRY_DATA_HOST="::1"
+    )
+    try:
+        _wait_until_running(launcher, log_path)
+        assert "API server http://[::1]:" in log_path.read_text()
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=STOP_TIMEOUT_SECONDS)
 
 
 def test_a_server_that_ends_stops_the_others_and_the_launcher_says_which_and_how(tmp_path):
