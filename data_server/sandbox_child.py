@@ -162,4 +162,7 @@ def _call_arrives(read_fd: int, within_seconds: float | None) -> bool:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    try:
+        main(int(sys.argv[1]), int(sys.argv[2]))
+    except BrokenPipeError:  # the data server closed our pipe (it stops): nothing to say
+        sys.exit(0)

@@ -9,6 +9,7 @@ results (``counters_match_what_is_stored``): every interleaving here is also one
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -539,3 +540,19 @@ def test_executions_count_files_by_one_walk_until_the_api_changes_the_area(
         organization_rows.note_area_changed(session, org.id)
     run_one()
     assert len(walked) == 2
+
+
+def test_a_run_its_data_server_gave_back_is_logged_as_given_up_not_failed(
+    api, org, worker, pool, caplog
+):
+    """Found by the outside probe: each execution a stopping data server handed back to the
+    queue was logged "execution failed … code=cancelled", though it ran again and completed."""
+    execution_id = _run_sql(api, org)
+    claim = _claim(api, execution_id)
+    pool.failure = QueryFailed("cancelled", "The call was cancelled.")
+    worker._stopping.set()  # as stop() does, before it hands the running ones back
+    with caplog.at_level(logging.INFO, logger="data_server.execution_runs"):
+        worker._run(worker._track(claim))
+    assert "execution given up" in caplog.text and "data server stops" in caplog.text
+    assert "execution failed" not in caplog.text
+    assert _row(api, execution_id).status == "running"  # left as it was, for the hand-back
