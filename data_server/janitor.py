@@ -17,7 +17,15 @@ from sqlalchemy import select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import lifecycle
+from shared.datapaths import (
+    FILE_DATABASE_TYPES,
+    PLACES_FOLDER,
+    held_paths,
+    reads_in_or_around,
+    remove_own_place,
+)
 from shared.db.models import Datasource, Execution
+from shared.ids import is_resource_id
 from shared.results import ResultStore, data_key_of, delete_stored_data
 from shared.scratch import LOCK_NAME, is_process_directory, sweep_dead
 from shared.settings import Settings
@@ -51,7 +59,10 @@ def sweep(
         lambda: delete_expired_executions(sessions, store, settings), deadline
     )
     removed_scratch = remove_stale_scratch(store)
-    orphans = remove_orphaned_objects(sessions, store) if with_orphans else 0
+    orphans = 0
+    if with_orphans:
+        orphans = remove_orphaned_objects(sessions, store)
+        orphans += remove_orphaned_places(sessions, settings)
     if expired_results or deleted_executions or removed_scratch or orphans:
         logger.info(
             "janitor results=%d executions=%d scratch=%d orphans=%d",
@@ -117,6 +128,48 @@ def remove_orphaned_objects(
                     for key in objects:
                         store.delete(key)
                         removed += 1
+    return removed
+
+
+def remove_orphaned_places(
+    sessions: sessionmaker[Session], settings: Settings, now: float | None = None
+) -> int:
+    """Remove a deleted datasource's own place (``datasources/<id>``, and what uploads put
+    there) that its deletion left, older than ``ORPHAN_GRACE_SECONDS``: the API server removes
+    it once the deletion committed, and a server that died in between left it for good, out of
+    every listing but counted in the quota (found by the outside probe). One that another file
+    datasource of the organisation reads, in or around it, stays, as the deletion would have
+    left it (``reads_in_or_around``)."""
+    data_root = settings.data_root
+    if not data_root.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - ORPHAN_GRACE_SECONDS
+    removed = 0
+    for area in data_root.iterdir():
+        places = area / PLACES_FOLDER
+        if not is_resource_id(area.name) or area.is_symlink() or not places.is_dir():
+            continue
+        with sessions() as session:
+            datasources = session.execute(
+                select(Datasource.id, Datasource.database_type, Datasource.database).where(
+                    Datasource.organization_id == area.name
+                )
+            ).all()
+        live = {row.id for row in datasources}
+        held = [
+            path
+            for row in datasources
+            if row.database_type in FILE_DATABASE_TYPES
+            for path in held_paths(area, row.id, row.database_type, row.database)
+        ]
+        for place in places.iterdir():
+            owner = place.name.split(".", 1)[0]
+            if owner in live or not is_resource_id(owner) or place.lstat().st_mtime > cutoff:
+                continue
+            if reads_in_or_around(place.resolve(), held):
+                continue
+            remove_own_place(data_root, area.name, f"{PLACES_FOLDER}/{place.name}")
+            removed += 1
     return removed
 
 

@@ -85,11 +85,31 @@ class DatasourcePath:
     path: Path  # absolute, every symlink resolved, confined to the area or the granted folder
 
 
+# The folder of an organisation's area where datasources created without a path keep their data.
+PLACES_FOLDER = "datasources"
+
+
 def default_datasource_path(database_type: str, datasource_id: str) -> str:
     """Where a file datasource created without ``database`` keeps its data: a folder (``files``)
     or a database file of its own, made or awaited for uploads to fill."""
     suffix = "" if FILE_DATABASE_TYPES[database_type] else f".{database_type}"
-    return f"datasources/{datasource_id}{suffix}"
+    return f"{PLACES_FOLDER}/{datasource_id}{suffix}"
+
+
+def held_paths(
+    area: Path, datasource_id: str, database_type: str, database: str | None
+) -> list[Path]:
+    """Where a file datasource of the area reads, every link resolved: its own place, and its
+    path in the area (a path into a folder granted from outside it cannot hold the area's)."""
+    held = [(area / default_datasource_path(database_type, datasource_id)).resolve()]
+    if database:
+        held.append((area / database).resolve())
+    return held
+
+
+def reads_in_or_around(path: Path, held: list[Path]) -> bool:
+    """Whether any of ``held`` lies in ``path`` or holds it (both resolved)."""
+    return any(path.is_relative_to(place) or place.is_relative_to(path) for place in held)
 
 
 def remove_own_place(data_root: Path, organization_id: str, relative: str) -> None:

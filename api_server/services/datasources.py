@@ -24,6 +24,7 @@ from shared.datapaths import (
     default_datasource_path,
     ensure_organization_area,
     organization_area,
+    reads_in_or_around,
     resolve_datasource_path,
 )
 from shared.db.engine import held_against_delete, locked_to_change, write_lock_on_sqlite
@@ -521,13 +522,8 @@ def _read_by_another(
         )
     )
     for other_id, database_type, database in others:
-        held = [
-            (area / default_datasource_path(database_type, other_id)).resolve(),
-            _located(session, settings, organization_id, database_type, database or ""),
-        ]
-        if any(
-            place is not None and (path.is_relative_to(place) or place.is_relative_to(path))
-            for place in held
-        ):
+        held = [(area / default_datasource_path(database_type, other_id)).resolve()]
+        located = _located(session, settings, organization_id, database_type, database or "")
+        if reads_in_or_around(path, held if located is None else [*held, located]):
             return True
     return False

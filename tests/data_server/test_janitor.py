@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from api_server.services import executions
 from data_server import janitor
 from shared.db.models import Datasource, Execution, utcnow
+from shared.ids import new_resource_id
 from shared.lifecycle import ExecutionType
 from shared.results import (
     LocalResultStore,
@@ -214,3 +215,29 @@ def test_a_file_no_key_names_is_left_alone_and_stops_no_sweep(api, store):
     assert not _exists(store, result_object_key(orphan))
     assert _exists(store, result_object_key(kept))
     assert all(stray.read_bytes() == b"not the store's" for stray in strays)
+
+
+def test_a_place_a_deleted_datasource_left_goes_once_old_unless_another_reads_it(api):
+    """Found by the outside probe: an API server killed between a datasource's deletion and the
+    removal of its own place left the place for good, its files out of every listing but
+    counted in the quota. The hourly sweep removes it; a live datasource's place, and one that
+    another datasource reads (as the deletion itself would have left it), stay."""
+    org = api.create_org()
+    places = api.area(org) / "datasources"
+    left, adopted = places / new_resource_id(), places / new_resource_id()
+    for place in (left, adopted):
+        place.mkdir(parents=True)
+        (place / "orders.csv").write_text("id\n1\n")
+    reader = api.create_datasource(
+        org.key, name="adopter", database_type="files", database=f"datasources/{adopted.name}"
+    )
+    own = api.create_datasource(org.key, name="own", database_type="files", database=None)
+    own_place = places / own["id"]
+    own_place.mkdir(exist_ok=True)
+    sessions, settings = api.app.state.sessions, api.settings
+    assert janitor.remove_orphaned_places(sessions, settings) == 0  # too young yet
+    later = time.time() + janitor.ORPHAN_GRACE_SECONDS + 1
+    assert janitor.remove_orphaned_places(sessions, settings, now=later) == 1
+    assert not left.exists()
+    assert adopted.is_dir() and own_place.is_dir()
+    assert reader["id"] != adopted.name
