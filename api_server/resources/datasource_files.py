@@ -151,7 +151,8 @@ _UPLOAD_ERRORS: dict[int, str | None] = {
     408: f"No data arrived for {BODY_TIMEOUT_SECONDS:.0f} s; nothing written.",
     409: f"{_WRONG_TYPE}; `datasource_read_only` (an operator's shared folder); `file_name_taken` "
     "(another file gives the same view name, or a folder has this name); "
-    "`datasource_unavailable` (its path no longer resolves).",
+    "`datasource_unavailable` (its path no longer resolves); `datasource_changed` (its "
+    "`database` changed while the body arrived; nothing stored).",
     413: "Past `DATAFERRY_MAX_UPLOAD_MB` (`upload_too_large`) or the organisation's storage quota "
     "(`storage_quota_exceeded`), decided from `Content-Length` before the body is read and again "
     "as it arrives; nothing written, the connection closes.",

@@ -45,6 +45,7 @@ from api_server.services.datasource_files import (
 from shared.datapaths import area_locked
 from shared.db.models import Datasource
 from shared.errors import (
+    Conflict,
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
@@ -98,6 +99,9 @@ class UploadTarget:
     # Who writes: asked again at the commit, that its key is still enabled and, if restricted to
     # listed datasources, that none beyond them reads the file.
     writer: Principal | None = None
+    # The datasource's type and path as decided: a change before the commit (a PATCH of its
+    # ``database``) moved it away from ``folder``, where nothing of it would read the file.
+    reads: tuple[str, str | None] = ("", None)
 
     def check_condition(self, exists: bool) -> None:
         """412 when the request's condition on the file's existence does not hold."""
@@ -190,6 +194,7 @@ def _target(
         quota_limit=usage.remaining_bytes + (replaced or 0),
         usage=usage,
         views=views,
+        reads=(ds.database_type, ds.database),
     )
     if declared_length is not None and declared_length > target.max_bytes:
         raise target.refusal(declared_length)
@@ -347,6 +352,18 @@ def _refuse_if_datasource_went(upload: Upload, *, exists: bool) -> None:
         )
 
 
+def _refuse_if_datasource_moved(target: UploadTarget, datasource: Datasource) -> None:
+    """409 when the datasource reads elsewhere now: stored where it read, the file would be
+    out of every listing, answered with a Location that is a 404, and counted in the quota
+    (found by the outside probe)."""
+    if (datasource.database_type, datasource.database) != target.reads:
+        raise Conflict(
+            "The datasource's database (its path) changed while the file was uploaded; nothing "
+            "was stored. Upload it again.",
+            code="datasource_changed",
+        )
+
+
 @dataclass(frozen=True)
 class Committed:
     entry: FileEntry
@@ -374,8 +391,10 @@ def commit_upload(sessions: sessionmaker[Session], settings: Settings, upload: U
         walked = walk_area(sessions, settings, target.organization_id)  # before the row lock
         with sessions.begin() as session:
             usage = locked_storage_usage(session, settings, target.organization_id, walked)
-            exists = session.get(Datasource, target.datasource_id) is not None
-            _refuse_if_datasource_went(upload, exists=exists)
+            datasource = session.get(Datasource, target.datasource_id)
+            _refuse_if_datasource_went(upload, exists=datasource is not None)
+            if datasource is not None:
+                _refuse_if_datasource_moved(target, datasource)
             if target.writer is not None:
                 # A body may take long to arrive: the key that began it may be gone by now.
                 if not api_keys.still_enabled(session.connection(), target.writer.api_key_id):

@@ -210,6 +210,29 @@ def test_an_upload_whose_datasource_is_deleted_meanwhile_is_404_and_stores_nothi
     assert not list(api.area(org).rglob("o.csv"))
 
 
+def test_an_upload_whose_datasource_moves_meanwhile_is_409_and_stores_nothing(api, monkeypatch):
+    """Found by the outside probe: a PATCH of the datasource's ``database`` while the body
+    arrived, and the upload answered 201 with a Location that was a 404, its file stored in the
+    old folder, out of every listing and counted in the quota."""
+    org = api.create_org()
+    ds, _ = files_datasource(api, org, "before")
+    (api.area(org) / "after").mkdir()
+    (api.area(org) / "after" / "other.csv").write_bytes(ORDERS_CSV)
+    real_check = uploads.check_file
+
+    def moved_while_checked(*args, **kwargs):
+        real_check(*args, **kwargs)
+        patched = api.patch(
+            f"/datasources/{ds}", org.key, resource("datasources", ds, database="after")
+        )
+        assert patched.status_code == 200, patched.text
+
+    monkeypatch.setattr(uploads, "check_file", moved_while_checked)
+    answer = put(api, org.key, f"/datasources/{ds}/files/late.csv", ORDERS_CSV)
+    assert error_of(answer, 409)["code"] == "datasource_changed"
+    assert not list(api.area(org).rglob("late.csv"))
+
+
 @pytest.mark.parametrize("revoked", ["deleted", "disabled"])
 def test_an_upload_whose_key_is_revoked_before_it_commits_is_401_and_stores_nothing(api, revoked):
     """The key was checked when the request began only: a body trickling in at the slowest pace
