@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -39,6 +42,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await _uploads_closed(app.state.open_uploads)
             await waits.stop()
             engine.dispose()
 
@@ -67,4 +71,18 @@ def create_app(settings: Settings) -> Starlette:
     app.state.metrics = Metrics(app.state.sessions)
     app.state.metrics.registry.register(waits.collector())
     app.state.execution_waits = waits
+    app.state.open_uploads = set()
     return app
+
+
+# How long a stopping server waits for its uploads' temporary files to be removed.
+UPLOADS_CLOSED_SECONDS = 5.0
+
+
+async def _uploads_closed(open_uploads: set[Any]) -> None:
+    """Once uvicorn has cancelled the requests still running past its graceful time, their
+    uploads remove their temporary files, but only as their tasks next run: the server process
+    ended first, leaving one behind (found by the outside probe). Waited for, a little."""
+    deadline = time.monotonic() + UPLOADS_CLOSED_SECONDS
+    while open_uploads and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)

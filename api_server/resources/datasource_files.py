@@ -407,6 +407,7 @@ async def _receive(
     """The body into a temporary file beside the target, checked, then committed whole."""
     state = request.app.state
     upload = await run_in_threadpool(Upload, target)
+    state.open_uploads.add(upload)
     try:
         await receive_into(request, upload)
         committed: Committed = await run_in_threadpool(
@@ -415,6 +416,7 @@ async def _receive(
     finally:
         with anyio.CancelScope(shield=True):  # even when the server stops: nothing left behind
             await anyio.to_thread.run_sync(upload.close)
+            state.open_uploads.discard(upload)
     return one(
         DATASOURCE_FILES,
         query,

@@ -4,6 +4,7 @@ upload is committed whole and queues a refresh; deleting a datasource deletes it
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import threading
@@ -346,3 +347,26 @@ def test_an_upload_in_progress_is_never_taken_for_an_orphan(api):
         assert upload.temp_path.exists()
         uploads.commit_upload(state.sessions, state.settings, upload)
     assert (folder / "late.csv").read_bytes() == b"a\n1\n"
+
+
+def test_a_stopping_api_server_waits_for_its_cancelled_uploads_to_remove_their_files():
+    """Found by the outside probe: uvicorn cancels the requests still running past its graceful
+    time and then ends the process, before a cancelled upload's task ran again to remove its
+    temporary file. The application's shutdown waits for the uploads it holds."""
+    from api_server.app import _uploads_closed
+
+    held: set[object] = {object()}
+
+    async def stopping() -> float:
+        async def removed_later() -> None:
+            await asyncio.sleep(0.2)
+            held.clear()
+
+        cleanup = asyncio.create_task(removed_later())
+        started = time.monotonic()
+        await _uploads_closed(held)
+        await cleanup
+        return time.monotonic() - started
+
+    took = asyncio.run(stopping())
+    assert not held and took >= 0.2
