@@ -14,18 +14,19 @@ import re
 from collections.abc import Callable, Mapping
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
-from pydantic_core import core_schema
+from pydantic_core import PydanticCustomError, core_schema
 
 from shared.egress import NetworkRule, parse_allowed_networks
 from shared.errors import ConfigurationError
@@ -372,6 +373,17 @@ class Settings(BaseModel):
         except ValidationError as exc:
             refused = [refusal(error, cls.docs()) for error in exc.errors()]
             raise ConfigurationError("; ".join(refused)) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers_in_ascii_digits(cls, value: Any, info: ValidationInfo) -> Any:
+        """A whole number as the operator commands and the API read one: ``int`` also takes
+        ``1_000`` (found by the outside probe: the CLI refused what the settings took)."""
+        field = cls.model_fields[info.field_name or ""]
+        whole = int in (field.annotation, *get_args(field.annotation))
+        if whole and isinstance(value, str) and not re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
+            raise PydanticCustomError("int_parsing", "not a whole number")  # as int's own
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

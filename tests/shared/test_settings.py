@@ -378,3 +378,15 @@ def test_a_redis_url_whose_path_is_no_database_number_is_refused(path):
     with pytest.raises(ConfigurationError, match="no database number"):
         Settings.from_env({"DATAFERRY_REDIS_URL": f"redis://127.0.0.1:6379{path}"})
     assert Settings.from_env({"DATAFERRY_REDIS_URL": "redis://127.0.0.1:6379/5"}).redis_url
+
+
+@pytest.mark.parametrize("value", ["1_000", "٣", "1e3"])
+def test_a_whole_number_setting_takes_ascii_digits_only(value):
+    """As the operator commands read numbers: ``int`` took ``1_000`` (found by the outside
+    probe: the command line refused it, the settings did not)."""
+    with pytest.raises(ConfigurationError, match="DATAFERRY_RATE_LIMIT_PER_MINUTE"):
+        Settings.from_env({"DATAFERRY_RATE_LIMIT_PER_MINUTE": value})
+    assert (
+        Settings.from_env({"DATAFERRY_RATE_LIMIT_PER_MINUTE": " 1000 "}).rate_limit_per_minute
+        == 1000
+    )
