@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap-seconds",
         type=whole_number,
         help="how long tokens of the old key stay valid once the new one signs "
-        "(default: the token lifetime + 30 s; at most a day)",
+        "(default: the token lifetime + 30 s; at most a day). Shorter ends tokens the old key "
+        "signed before they expire (0: at once, for a key that leaked)",
     )
     rotate.set_defaults(run=cmd_rotate_signing_key)
     return parser
