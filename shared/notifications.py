@@ -32,6 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
@@ -450,51 +451,48 @@ def listen(
     """Pass each batch of the topic's payloads to ``heard`` until ``stopping`` (in a thread of
     its own); after a failure, listen again. ``started`` runs whenever listening (re)starts, for
     what was announced while nobody listened."""
+    listening = _Listening(topic, heard, started, stopping)
     while not stopping.is_set():
         try:
             if engine.dialect.name == "postgresql":
-                _listen_postgres(engine, topic, heard, started, stopping)
+                _listen_postgres(engine, listening)
             else:
                 directory = mailbox_directory(engine.url)
                 assert directory is not None  # can_listen(engine) was checked
-                _listen_mailbox(directory, topic, heard, started, stopping)
+                _listen_mailbox(directory, listening)
         except Exception as exc:  # the server went away, our connection was cut, a bad socket
             logger.warning("listening for %s failed (%s); again", topic.value, type(exc).__name__)
             stopping.wait(RECONNECT_SECONDS)
 
 
-def _listen_postgres(
-    engine: Engine,
-    topic: Topic,
-    heard: Callable[[list[str]], None],
-    started: Callable[[], None],
-    stopping: threading.Event,
-) -> None:
+@dataclass(frozen=True)
+class _Listening:
+    topic: Topic
+    heard: Callable[[list[str]], None]
+    started: Callable[[], None]
+    stopping: threading.Event
+
+
+def _listen_postgres(engine: Engine, listening: _Listening) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.exec_driver_sql(f"LISTEN {topic.value}")
+        connection.exec_driver_sql(f"LISTEN {listening.topic.value}")
         driver = connection.connection.driver_connection
         assert driver is not None  # an open psycopg connection
-        started()
-        while not stopping.is_set():
+        listening.started()
+        while not listening.stopping.is_set():
             payloads = [notify.payload for notify in driver.notifies(timeout=0.5, stop_after=1)]
             if payloads:
-                heard(payloads)
+                listening.heard(payloads)
 
 
-def _listen_mailbox(
-    directory: Path,
-    topic: Topic,
-    heard: Callable[[list[str]], None],
-    started: Callable[[], None],
-    stopping: threading.Event,
-) -> None:
-    mailbox = Mailbox(directory, topic)
+def _listen_mailbox(directory: Path, listening: _Listening) -> None:
+    mailbox = Mailbox(directory, listening.topic)
     try:
-        started()
-        while not stopping.is_set():
+        listening.started()
+        while not listening.stopping.is_set():
             received = mailbox.receive(timeout=0.5)
             if received:
-                heard(received)
+                listening.heard(received)
             if not mailbox.path.exists():  # removed from outside: bind a new one
                 raise FileNotFoundError(mailbox.path)
     finally:

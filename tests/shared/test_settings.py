@@ -246,23 +246,28 @@ def test_an_unreachable_metadata_database_is_one_line_without_its_password(tmp_p
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    env = clean_environment(
-        {
-            "DATAFERRY_DATABASE_URL": f"postgresql://meta:hunter2@127.0.0.1:{port}/meta",
-            # Free ports: a port taken (a region of `make run` meanwhile) is refused before the
-            # database is tried.
-            "DATAFERRY_API_PORT": str(free_port()),
-            "DATAFERRY_DATA_PORT": str(free_port()),
-        }
-    )
-    started = subprocess.run(
-        [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    started = _started_on(f"postgresql://meta:hunter2@127.0.0.1:{port}/meta", command, tmp_path)
     assert (started.returncode, started.stdout) == (2, "")
     (line,) = started.stderr.splitlines()
     assert line.startswith("error: the metadata database (DATAFERRY_DATABASE_URL) cannot be used: ")
     assert f"port {port}" in line and "hunter2" not in line
+
+
+def _started_on(
+    database_url: str, command: list[str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``python <command>`` with its metadata database at ``database_url``, on free ports: a
+    port taken (a region of `make run` meanwhile) is refused before the database is tried."""
+    env = clean_environment(
+        {
+            "DATAFERRY_DATABASE_URL": database_url,
+            "DATAFERRY_API_PORT": str(free_port()),
+            "DATAFERRY_DATA_PORT": str(free_port()),
+        }
+    )
+    return subprocess.run(
+        [sys.executable, *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("case", ["a schema that does not exist", "a bad connect_timeout"])
@@ -279,17 +284,7 @@ def test_a_database_url_the_server_refuses_is_one_line(tmp_path, command, case):
         pytest.skip(f"needs {POSTGRES_ENV} (a PostgreSQL server to refuse the URL)")
     if case == "a bad connect_timeout":
         url = postgres_url_from_env() + "&connect_timeout=abc"  # type: ignore[operator]
-    env = clean_environment(
-        {
-            "DATAFERRY_DATABASE_URL": url,
-            "DATAFERRY_API_PORT": str(free_port()),
-            "DATAFERRY_DATA_PORT": str(free_port()),
-        }
-    )
-    started = subprocess.run(
-        [sys.executable, *command], env=env, cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    started = _started_on(url, command, tmp_path)
     assert (started.returncode, started.stdout) == (2, ""), started.stderr
     assert "Traceback" not in started.stderr
     line = started.stderr.splitlines()[-1]  # after the migration's own log lines, if it started
