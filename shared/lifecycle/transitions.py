@@ -354,7 +354,8 @@ def delete_executions(
     organisation first (``lock_organization``) and deletes the objects of the data keys
     returned, one per execution deleted (None: it had no result, or its result was purged, whose
     objects went then), once this committed. The waiters of those still unfinished are told they
-    ended (they read, and answer 404): as many as the caps let queue or run.
+    ended (they read, and answer 404): as many as the caps let queue or run; the workers of those
+    running, to stop them.
 
     Plain columns come back and Python adds them up: SQLite 3.40 answers ``x IS NULL``
     wrongly in a DELETE's RETURNING clause (false for a NULL)."""
@@ -381,6 +382,9 @@ def delete_executions(
     unfinished = [row.id for row in deleted if row.status not in TERMINAL_STATUSES]
     if unfinished:
         announce_ended(session, unfinished)
+    running = [row.id for row in deleted if row.status == ExecutionStatus.RUNNING]
+    if running:  # their workers find their leases gone and stop them at once
+        announce_cancel_requested(session, running)
     return [row.data_key if row.data_purged_at is None else None for row in deleted]
 
 

@@ -168,16 +168,25 @@ def test_queued_work_is_picked_up_and_its_waiter_woken_without_a_poll(client):
         assert shown["execution_status"] == "completed", shown
 
 
-def test_a_cancel_stops_a_running_query_at_once_not_at_the_next_heartbeat(client):
-    """The query would run for minutes, and the heartbeat relay the cancel 200 s after its last:
-    it ends ``cancelled`` within one ``?wait=20`` only because the cancel is announced to its
-    worker."""
-    sql = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range = 9"
-    execution_id = client.run(_sample(client), sql)["execution_id"]
+# Runs for minutes: only a cancel (or its datasource's deletion) ends it in a test's time.
+ENDLESS_SQL = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range = 9"
+
+
+def _running(client, datasource_id: str) -> str:
+    """A query that runs for minutes, once it runs; its execution's id."""
+    execution_id = client.run(datasource_id, ENDLESS_SQL)["execution_id"]
     deadline = time.monotonic() + 20
     while client.execution(execution_id)["execution_status"] == "starting":
         assert time.monotonic() < deadline, "the query never started"
         time.sleep(0.05)
+    return execution_id
+
+
+def test_a_cancel_stops_a_running_query_at_once_not_at_the_next_heartbeat(client):
+    """The query would run for minutes, and the heartbeat relay the cancel 200 s after its last:
+    it ends ``cancelled`` within one ``?wait=20`` only because the cancel is announced to its
+    worker."""
+    execution_id = _running(client, _sample(client))
     cancelled = client.http.post(
         f"{client.api_url}/executions/{execution_id}/cancel", headers=client.headers
     )
@@ -185,6 +194,21 @@ def test_a_cancel_stops_a_running_query_at_once_not_at_the_next_heartbeat(client
     assert cancelled.json()["data"]["attributes"]["execution_status"] == "running"
     shown = client.execution(execution_id, wait=20)
     assert shown["execution_status"] == "cancelled", shown
+
+
+def test_deleting_a_datasource_stops_its_running_query_at_once(region, client):
+    """Its execution's row goes with it; its worker, told, finds the lease gone and stops the
+    query, where the heartbeat would have found it 200 s after its last."""
+    datasource_id = client.create_datasource("Doomed", "files")["id"]
+    execution_id = _running(client, datasource_id)
+    deleted = client.http.delete(
+        f"{client.api_url}/datasources/{datasource_id}", headers=client.headers
+    )
+    assert deleted.status_code == 204, deleted.text
+    deadline = time.monotonic() + 20
+    while f"lease lost id={execution_id}" not in region.log():
+        assert time.monotonic() < deadline, "its worker was not told"
+        time.sleep(0.1)
 
 
 def test_run_and_wait_answers_the_completed_execution_with_its_grant(client):
