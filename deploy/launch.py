@@ -118,8 +118,13 @@ def region_environment(env_file: Path | None) -> dict[str, str]:
 SERVERS = ("api_server", "data_server")
 
 
-def start_region(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+def migrate(env: dict[str, str]) -> None:
+    """First of all: the operator commands (the demo organisation's) run on this release's schema
+    only, and a state directory of an earlier release's is at an earlier one."""
     subprocess.run([sys.executable, "-m", "api_server", "migrate"], env=env, check=True)
+
+
+def start_region(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen([sys.executable, "-m", server, "serve"], env=env) for server in SERVERS
     ]
@@ -166,11 +171,12 @@ def main() -> int:
     try:
         banners = []
         for env in environments:
+            migrate(env)
             credentials = run_json(env, "ensure-demo-organization") if args.demo else None
             processes += start_region(env)
             if credentials:
                 banners.append(banner(env, credentials))
-        from shared.settings import Settings  # valid: migrate took them (start_region)
+        from shared.settings import Settings  # valid: migrate took them
 
         for env in environments:  # where they listen, as this host reaches it (::1, say)
             settings = Settings.from_env(env)
