@@ -14,7 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from shared.db.engine import UNUSABLE_DATABASE_ERRORS, unusable_database_line
+from sqlalchemy.exc import DBAPIError
+
+from shared.db.engine import unusable_database, unusable_database_line
 from shared.errors import AppError, ConfigurationError
 from shared.file_modes import keep_private
 from shared.logging import configure_logging
@@ -76,7 +78,9 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         args.run(settings, args)
     except (AppError, ConfigurationError) as exc:
         return _refused(exc.detail if isinstance(exc, AppError) else str(exc))
-    except UNUSABLE_DATABASE_ERRORS as exc:
+    except DBAPIError as exc:
+        if not unusable_database(exc):
+            raise
         _logger.debug("the command stopped", exc_info=True)  # DATAFERRY_LOG_LEVEL=DEBUG shows it
         return _refused(unusable_database_line(exc))
     except OSError as exc:

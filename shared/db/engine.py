@@ -101,13 +101,22 @@ def create_server_engine(settings: Settings) -> Engine:
     )
 
 
-# What a server starting or an operator command reports in one line (exit status 2), instead of
-# a traceback, when its metadata database cannot be used: refused, unknown host, authentication
-# failed; a URL the driver refuses (``connect_timeout=abc``); a schema it names that does not
-# exist. (A running server's requests answer 503: shared/web/middleware.py.)
-UNUSABLE_DATABASE_ERRORS = (exc.DBAPIError,)
 # PostgreSQL's "invalid schema name": the URL's search_path names no schema of the database.
 _NO_SUCH_SCHEMA = "3F000"
+
+
+def unusable_database(error: BaseException) -> bool:
+    """Whether a server starting or an operator command met a metadata database it cannot use,
+    which it reports in one line (exit status 2) instead of a traceback: unreachable, refused,
+    authentication failed (``database_unavailable``); a URL the driver refuses before any
+    statement (``connect_timeout=abc``); a search_path naming no schema. Any other database
+    error (a bug, a constraint) keeps its traceback. (A running server's requests answer 503:
+    shared/web/middleware.py.)"""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    refused_at_connect = error.statement is None
+    no_schema = getattr(error.orig, "sqlstate", None) == _NO_SUCH_SCHEMA
+    return database_unavailable(error) or refused_at_connect or no_schema
 
 
 def unusable_database_line(error: BaseException) -> str:

@@ -17,7 +17,12 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from shared.db.engine import create_metadata_engine, database_unavailable, log_failure
+from shared.db.engine import (
+    create_metadata_engine,
+    database_unavailable,
+    log_failure,
+    unusable_database,
+)
 from shared.logging import request_id_var
 from shared.web.middleware import RequestContextMiddleware
 from shared.web.problems import EXCEPTION_HANDLERS
@@ -222,3 +227,14 @@ def test_a_background_loop_logs_an_unavailable_database_in_one_line(caplog):
     assert unavailable.getMessage().startswith("claiming failed: the metadata database")
     assert f"port {port}" in unavailable.getMessage() and "hunter2" not in caplog.text
     assert bug.exc_info is not None and bug.getMessage() == "maintenance failed"
+
+
+def test_only_a_database_that_cannot_be_used_is_told_in_one_line_by_a_command():
+    """A constraint or a bug in a statement keeps its traceback (the review: every database
+    error of an operator command was said to be the database's, "cannot be used")."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    clash = IntegrityError("INSERT INTO t VALUES (1)", {}, sqlite3.IntegrityError("UNIQUE"))
+    assert not unusable_database(clash)
+    refused_url = ProgrammingError(None, None, psycopg.ProgrammingError("bad value"))
+    assert unusable_database(refused_url)
