@@ -135,8 +135,9 @@ class AsyncClient:
         progress: ProgressCallback | None = None,
     ) -> AsyncResult:
         """As ``Client.query``. The task cancelled while it waits (``asyncio.timeout``,
-        ``wait_for``, ``task.cancel()``, Ctrl-C under ``asyncio.run``) cancels the execution
-        first; the cancellation then goes on as it came."""
+        ``wait_for``, ``task.cancel()``, Ctrl-C under ``asyncio.run``, which then raises a plain
+        KeyboardInterrupt) cancels the execution first; the cancellation then goes on as it
+        came."""
         execution = await self._drive(
             ops.query(datasource, sql, parameters, timeout, poll_reporter(progress))
         )

@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -73,6 +73,9 @@ class Call:
     expect: tuple[int, ...] = (200,)
     read_timeout: float | None = None
     data_token: str | None = None  # set: a data-server request with this token
+    # Sent once, given ``transport.SOON_SECONDS`` at most: what ends another call's work after an interrupt
+    # (Ctrl-C, a cancelled task), which must not hold its caller for a server's retries.
+    soon: bool = False
 
     @property
     def retry_safe(self) -> bool:
@@ -349,6 +352,22 @@ def grant_execution_data(execution_id: str) -> Operation[DataGrant]:
     return DataGrant.from_json(reply.json())
 
 
+def soon(operation: Operation[T]) -> Operation[T]:
+    """``operation`` with each of its calls ``soon``."""
+    try:
+        call = next(operation)
+        while True:
+            try:
+                reply = yield replace(call, soon=True)
+            except DataferryError as error:
+                call = operation.throw(error)
+            else:
+                call = operation.send(reply)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
 def ensure_completed(execution: Execution) -> Execution:
     if execution.status is not ExecutionStatus.COMPLETED:
         raise ExecutionFailed(
@@ -394,9 +413,9 @@ def query(
         # would run on to its time limit. The task's cancellation goes on as it came.
         with contextlib.suppress(DataferryError):  # unless it cannot be told: as the stop came
             if execution is None:  # during the run, which waits: its key answers it at once
-                execution = yield from run_execution(datasource_id, sql, parameters, key)
+                execution = yield from soon(run_execution(datasource_id, sql, parameters, key))
             if not execution.status.ended:
-                yield from cancel_execution(execution.id)
+                yield from soon(cancel_execution(execution.id))
                 if isinstance(interrupt, KeyboardInterrupt):
                     raise QueryInterrupted(execution.id) from None
         raise

@@ -33,6 +33,8 @@ from dataferry_client.operations import Call, Operation, Reply
 T = TypeVar("T")
 logger = logging.getLogger("dataferry_client")
 RETRY_STATUSES = (429, 503)
+# The longest a ``soon`` call (ending what an interrupted operation started) may take.
+SOON_SECONDS = 5.0
 # No answer of the API is this large (a page of 100 filters with the largest options is about
 # 100 MB): a larger one is refused rather than held in memory, several times over once parsed.
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
@@ -97,6 +99,8 @@ def _request(config: Config, call: Call, timeout: float) -> dict[str, Any]:
             raise NotJson(
                 "A value to send is NaN or infinite, which JSON cannot hold: send it as a string."
             ) from None
+    if call.soon:
+        timeout = min(timeout, SOON_SECONDS)
     read = call.read_timeout if call.read_timeout is not None else timeout
     return {
         "method": call.method,
@@ -189,7 +193,7 @@ class SyncTransport:
 
     def send(self, call: Call) -> Reply:
         request = _request(self.config, call, self.timeout)
-        for attempt in range(self.retry.max_retries + 1):
+        for attempt in range(1 if call.soon else self.retry.max_retries + 1):
             reply, failure = None, None
             try:
                 with self.http.stream(**request) as response:
@@ -241,7 +245,7 @@ class AsyncTransport:
 
     async def send(self, call: Call) -> Reply:
         request = _request(self.config, call, self.timeout)
-        for attempt in range(self.retry.max_retries + 1):
+        for attempt in range(1 if call.soon else self.retry.max_retries + 1):
             reply, failure = None, None
             try:
                 async with self.http.stream(**request) as response:

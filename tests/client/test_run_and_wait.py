@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from dataferry_client import operations as ops
 from dataferry_client import transport
-from dataferry_client.errors import BadRequest
+from dataferry_client.config import Config
+from dataferry_client.errors import BadRequest, DataferryError
 from dataferry_client.operations import Call, Reply
 
 EXECUTION = {"id": "e1", "type": "executions", "attributes": {"execution_status": "completed"}}
@@ -101,3 +103,40 @@ def test_an_interrupt_between_two_calls_is_thrown_into_the_operation(monkeypatch
     with pytest.raises(KeyboardInterrupt):
         Answering().drive(operation())
     assert sent == ["/first", "/cleanup"]
+
+
+def test_what_an_interrupted_query_sends_to_end_its_execution_is_sent_once_and_soon():
+    """The review: a task cancelled by a timeout around ``query`` waited for the cancel's
+    retries (each up to a minute) before its cancellation went on."""
+    datasource = {"id": "ds", "type": "datasources", "attributes": {"name": "x"}}
+    running = {"id": "e1", "type": "executions", "attributes": {"execution_status": "running"}}
+    operation = ops.query("ds", "SELECT 1")
+    assert next(operation).path == "/datasources/ds"
+    run = operation.send(_reply(200, {"data": datasource}))
+    assert run.params == {"wait": "30"} and not run.soon
+    sent_again = operation.throw(KeyboardInterrupt())  # Ctrl-C while the run waits
+    assert (
+        sent_again.soon and sent_again.headers["Idempotency-Key"] == run.headers["Idempotency-Key"]
+    )
+    cancel = operation.send(_reply(200, {"data": running}))
+    assert cancel.soon and cancel.path == "/executions/e1/cancel"
+    assert transport.SOON_SECONDS <= 5
+
+
+def test_a_soon_call_is_sent_once_within_its_bound():
+    timeouts: list[dict] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions["timeout"])
+        raise httpx.ConnectError("down")
+
+    config = Config(api_url="http://127.0.0.1:9", api_key="k")
+    sender = transport.SyncTransport(config, timeout=60, retry=transport.RetryRule())
+    sender.http = httpx.Client(transport=httpx.MockTransport(down))
+    with pytest.raises(DataferryError):
+        sender.send(Call("GET", "/executions/e1", soon=True))
+    assert [timeout["read"] for timeout in timeouts] == [transport.SOON_SECONDS]
+    timeouts.clear()
+    with pytest.raises(DataferryError):
+        sender.send(Call("GET", "/executions/e1"))  # an ordinary read is sent again
+    assert len(timeouts) > 1 and timeouts[0]["read"] == 60
