@@ -441,16 +441,15 @@ class Settings(BaseModel):
         so a typo (``10.0.0.256``, ``10.0.0.5/24``, ``*`` beside others) trusted nobody, and
         the audit log kept the proxy's address for every client (outside probe)."""
         entries = [entry for entry in map(str.strip, text.split(",")) if entry]
-        if entries == ["*"]:
-            return text
         for entry in entries:
-            if entry == "*":
+            if entry == "*" and len(entries) > 1:
                 raise ValueError("* (every peer) stands alone")
             try:
-                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+                if entry != "*":
+                    ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
             except ValueError as error:  # "'x' does not appear to be an IPv4 or IPv6 address"
                 raise ValueError(str(error)) from None
-        return text
+        return ",".join(entries)  # uvicorn is given what was checked: "*," is "*" to it then
 
     @field_validator("datasource_allowed_networks")
     @classmethod

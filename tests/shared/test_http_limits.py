@@ -412,5 +412,5 @@ def test_a_target_in_absolute_form_is_routed_by_its_path(target, path, raw_path)
 
 def test_trusted_proxies_turn_on_uvicorns_forwarded_headers():
     options = http_limits.uvicorn_options(Settings(trusted_proxies="10.0.0.5, 10.1.0.0/16"))
-    assert options["proxy_headers"] and options["forwarded_allow_ips"] == "10.0.0.5, 10.1.0.0/16"
+    assert options["proxy_headers"] and options["forwarded_allow_ips"] == "10.0.0.5,10.1.0.0/16"
     assert http_limits.uvicorn_options(Settings())["proxy_headers"] is False

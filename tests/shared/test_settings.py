@@ -361,9 +361,16 @@ def test_a_trusted_proxy_uvicorn_could_not_read_is_refused(value):
         Settings.from_env({"DATAFERRY_TRUSTED_PROXIES": value})
 
 
-def test_trusted_proxies_uvicorn_reads_are_kept():
-    for value in ("10.0.0.5, 10.1.0.0/16", "::1, fd00::/8", "*", ""):
-        assert Settings.from_env({"DATAFERRY_TRUSTED_PROXIES": value}).trusted_proxies == value
+def test_trusted_proxies_uvicorn_reads_are_kept_as_it_reads_them():
+    """Blanks and empty entries go: uvicorn took "*," for a host named "*", trusting nobody."""
+    for value, kept in (
+        ("10.0.0.5, 10.1.0.0/16", "10.0.0.5,10.1.0.0/16"),
+        ("::1, fd00::/8,", "::1,fd00::/8"),
+        ("*", "*"),
+        (" * , ", "*"),
+        ("", ""),
+    ):
+        assert Settings.from_env({"DATAFERRY_TRUSTED_PROXIES": value}).trusted_proxies == kept
 
 
 @pytest.mark.parametrize("path", ["/abc", "/5x", "/-1", "/0/1"])
