@@ -149,28 +149,37 @@ def remove_orphaned_places(
         places = area / PLACES_FOLDER
         if not is_resource_id(area.name) or area.is_symlink() or not places.is_dir():
             continue
-        with sessions() as session:
-            datasources = session.execute(
-                select(Datasource.id, Datasource.database_type, Datasource.database).where(
-                    Datasource.organization_id == area.name
-                )
-            ).all()
-        live = {row.id for row in datasources}
-        held = [
-            path
-            for row in datasources
-            if row.database_type in FILE_DATABASE_TYPES
-            for path in held_paths(area, row.id, row.database_type, row.database)
-        ]
         for place in places.iterdir():
             owner = place.name.split(".", 1)[0]
-            if owner in live or not is_resource_id(owner) or place.lstat().st_mtime > cutoff:
+            try:
+                young = place.lstat().st_mtime > cutoff
+            except FileNotFoundError:  # removed meanwhile (another data server's janitor)
                 continue
-            if reads_in_or_around(place.resolve(), held):
+            # Asked again for each place, just before it goes: a datasource may have been made
+            # to read it since the last one.
+            if young or not is_resource_id(owner) or _held(sessions, area, owner, place):
                 continue
             remove_own_place(data_root, area.name, f"{PLACES_FOLDER}/{place.name}")
             removed += 1
     return removed
+
+
+def _held(sessions: sessionmaker[Session], area: Path, owner: str, place: Path) -> bool:
+    """Whether the place's datasource (``owner``) still exists, or another file datasource of
+    the area's organisation reads in or around it."""
+    with sessions() as session:
+        datasources = session.execute(
+            select(Datasource.id, Datasource.database_type, Datasource.database).where(
+                Datasource.organization_id == area.name
+            )
+        ).all()
+    held = [
+        path
+        for row in datasources
+        if row.database_type in FILE_DATABASE_TYPES
+        for path in held_paths(area, row.id, row.database_type, row.database)
+    ]
+    return owner in {row.id for row in datasources} or reads_in_or_around(place.resolve(), held)
 
 
 def remove_stale_scratch(store: ResultStore) -> int:

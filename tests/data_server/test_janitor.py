@@ -237,7 +237,14 @@ def test_a_place_a_deleted_datasource_left_goes_once_old_unless_another_reads_it
     sessions, settings = api.app.state.sessions, api.settings
     assert janitor.remove_orphaned_places(sessions, settings) == 0  # too young yet
     later = time.time() + janitor.ORPHAN_GRACE_SECONDS + 1
+    around = api.create_datasource(
+        org.key, name="everything", database_type="files", database="datasources"
+    )  # reads every place: while it does, none goes
+    assert janitor.remove_orphaned_places(sessions, settings, now=later) == 0
+    assert api.delete(f"/datasources/{around['id']}", org.key).status_code == 204
     assert janitor.remove_orphaned_places(sessions, settings, now=later) == 1
     assert not left.exists()
     assert adopted.is_dir() and own_place.is_dir()
-    assert reader["id"] != adopted.name
+    assert api.delete(f"/datasources/{reader['id']}", org.key).status_code == 204
+    assert janitor.remove_orphaned_places(sessions, settings, now=later) == 1  # read by none now
+    assert not adopted.exists() and own_place.is_dir()
