@@ -236,6 +236,7 @@ TOO_LARGE_TO_RUN = (
 RUN_REFUSALS: dict[int, str | None] = {
     400: "`wait` is out of range, another query parameter was sent, or the body is not JSON "
     "(`malformed_json`); nothing is queued.",
+    401: "The key is not valid, or (run-and-wait) it was deleted or disabled during the `wait`.",
     404: None,
     409: "The datasource is disabled (`datasource_disabled`).",
     413: f"The body exceeds its bound, or {TOO_LARGE_TO_RUN}.",
