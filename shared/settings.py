@@ -485,9 +485,11 @@ class Settings(BaseModel):
         return cls(**{**values, **overrides})
 
     def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with ``changes``, checked against the same bounds."""
-        current = {name: getattr(self, name) for name in type(self).model_fields}
-        return type(self)(**{**current, **changes})
+        """A copy with ``changes``, checked against the same bounds; what was derived from the
+        others (the public URLs from a port, say) is derived again (the review: ``serve --port``
+        kept the public URLs of the environment's port)."""
+        given = {name: getattr(self, name) for name in self.model_fields_set}
+        return type(self)(**{**given, **changes})
 
     @property
     def api_local_url(self) -> str:
@@ -496,6 +498,7 @@ class Settings(BaseModel):
 
     @property
     def data_local_url(self) -> str:
+        """The data server as this host reaches its bind address."""
         return f"http://{_reachable(self.data_host)}:{self.data_port}"
 
     @cached_property

@@ -392,3 +392,16 @@ def test_a_whole_number_setting_takes_ascii_digits_only(value):
         Settings.from_env({"DATAFERRY_RATE_LIMIT_PER_MINUTE": " 1000 "}).rate_limit_per_minute
         == 1000
     )
+
+
+def test_an_override_derives_again_what_was_derived_from_what_it_changes():
+    """The review: ``serve --port 9000`` kept the public URLs of the environment's port."""
+    settings = Settings.from_env({})
+    moved = settings.with_overrides(api_port=9000, data_port=9001)
+    assert (moved.public_api_url, moved.public_data_url) == (
+        "http://127.0.0.1:9000",
+        "http://127.0.0.1:9001",
+    )
+    assert moved.database_url == settings.database_url
+    given = Settings.from_env({"DATAFERRY_PUBLIC_API_URL": "https://api.example.com"})
+    assert given.with_overrides(api_port=9000).public_api_url == "https://api.example.com"
