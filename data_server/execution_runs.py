@@ -42,8 +42,11 @@ from shared.tokens import Scope, new_data_key
 
 logger = logging.getLogger(__name__)
 
-# The outcome of a run whose metadata connection was lost: back in the queue, not ended.
+# The outcome of a run whose metadata connection was lost, or whose data server stops: back in
+# the queue, not ended.
 HANDED_BACK = "handed_back"
+# The outcome of a run whose lease was lost (its row re-queued, cancelled or deleted meanwhile).
+LEASE_LOST = "lease_lost"
 
 
 @dataclass
@@ -97,7 +100,7 @@ class ExecutionRunner:
         except QueryFailed as failure:
             if self._abandoned(job):  # ended because it is another's now, not failed
                 logger.info("execution given up id=%s (%s)", claim.execution_id, self._why(job))
-                return HANDED_BACK
+                return LEASE_LOST if job.lease_lost else HANDED_BACK
             message = without_bound_values(failure.message, claim.bound_parameters)
             lifecycle.finish_unsuccessfully(self.sessions, claim, failure.code, message)
             logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)

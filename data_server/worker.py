@@ -136,7 +136,7 @@ class Worker:
                 self._stopping.wait(CONTENDED_RETRY_SECONDS)
                 continue
             except Exception as error:  # the DB may be briefly unavailable: back off, never die
-                log_failure(logger, "claiming failed", error)
+                log_failure(logger, error, "claiming failed")
                 self._stopping.wait(self._idle_wait)
                 continue  # and claim again: work that rang may still be queued
             if claim is None:
@@ -157,7 +157,7 @@ class Worker:
         try:
             return lifecycle.announce_if_work_waits(self.sessions.kw["bind"])
         except Exception as error:
-            log_failure(logger, "announcing the freed slot failed", error)
+            log_failure(logger, error, "announcing the freed slot failed")
             return True
 
     def organizations_at_their_share(self) -> frozenset[str]:
@@ -207,7 +207,7 @@ class Worker:
             try:
                 state = lifecycle.renew_lease(self.sessions, job.claim, self.settings)
             except Exception as error:
-                log_failure(logger, f"heartbeat failed id={job.claim.execution_id}", error)
+                log_failure(logger, error, "heartbeat failed id=%s", job.claim.execution_id)
                 continue
             if not state.held:
                 logger.warning(
@@ -233,7 +233,7 @@ class Worker:
                     if with_orphans:
                         last_orphan_sweep = last_janitor
             except Exception as error:
-                log_failure(logger, "maintenance failed", error)
+                log_failure(logger, error, "maintenance failed")
 
     def _schedule_loop(self) -> None:
         scheduler = Scheduler(self.sessions, self.settings, self.worker_id)
@@ -241,7 +241,7 @@ class Worker:
             try:
                 scheduler.run_pass()
             except Exception as error:
-                log_failure(logger, "scheduling failed", error)
+                log_failure(logger, error, "scheduling failed")
 
     # ------------------------------------------------------------------ one execution
 

@@ -73,11 +73,14 @@ class Topic(StrEnum):
     @property
     def socket_prefix(self) -> str:
         """What the names of the topic's mailboxes start with (none the start of another's)."""
-        return {
-            "dataferry_new_work": "work.",
-            "dataferry_execution_ended": "ended.",
-            "dataferry_cancel_requested": "cancel.",
-        }[self.value]
+        return _SOCKET_PREFIXES[self]
+
+
+_SOCKET_PREFIXES = {
+    Topic.NEW_WORK: "work.",
+    Topic.EXECUTION_ENDED: "ended.",
+    Topic.CANCEL_REQUESTED: "cancel.",
+}
 
 
 # ---------------------------------------------------------------------------- sending

@@ -39,6 +39,7 @@ from shared.setting_fields import (
     setting_docs,
     url_bounds,
 )
+from shared.text import WHOLE_NUMBER
 
 
 class Secret:
@@ -381,7 +382,7 @@ class Settings(BaseModel):
         ``1_000`` (found by the outside probe: the CLI refused what the settings took)."""
         field = cls.model_fields[info.field_name or ""]
         whole = int in (field.annotation, *get_args(field.annotation))
-        if whole and isinstance(value, str) and not re.fullmatch(r"\s*[-+]?[0-9]+\s*", value):
+        if whole and isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value.strip()):
             raise PydanticCustomError("int_parsing", "not a whole number")  # as int's own
         return value
 

@@ -1,6 +1,13 @@
-"""Whether text is UTF-8, in the two forms it reaches the servers undecoded."""
+"""Whether text is UTF-8, in the two forms it reaches the servers undecoded; what a whole number
+is when an operator types one."""
 
 from __future__ import annotations
+
+import re
+
+# A whole number as the API, the operator commands and the settings read one: ASCII digits only
+# (``int`` also takes other scripts' digits and underscores: ``٣``, ``1_000``).
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 def is_text(value: str) -> bool:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from shared.db.engine import create_metadata_engine, create_session_factory
 from shared.db.migrate import require_head
 from shared.errors import ConfigurationError
 from shared.settings import Settings
+from shared.text import WHOLE_NUMBER
 
 
 def emit(payload: dict[str, Any]) -> None:
@@ -57,9 +57,8 @@ def display_name(value: str) -> str:
 
 
 def whole_number(value: str) -> int:
-    """An argparse type for a count: ASCII digits only, as the API reads numbers (``int``
-    also takes other scripts' digits and underscores: ``٣``, ``1_000``)."""
-    if not re.fullmatch(r"-?[0-9]+", value):
+    """An argparse type for a count (``WHOLE_NUMBER``)."""
+    if not WHOLE_NUMBER.fullmatch(value):
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}")
     return int(value)
 

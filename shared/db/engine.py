@@ -158,14 +158,15 @@ def database_unavailable(error: BaseException) -> bool:
     return error.statement is None and type(error.orig).__module__.startswith("psycopg")
 
 
-def log_failure(logger: logging.Logger, what: str, error: BaseException) -> None:
-    """A background loop's failure (a worker claiming, a heartbeat, maintenance): with its
-    traceback, unless the database was unavailable, which is one line. An outage of 30 s made
-    4,700 lines of tracebacks of a data server's log (outside probe)."""
+def log_failure(logger: logging.Logger, error: BaseException, what: str, *args: Any) -> None:
+    """A background loop's failure (a worker claiming, a heartbeat, maintenance), ``what`` and
+    its ``args`` as a log call takes them: with its traceback, unless the database was
+    unavailable, which is one line. An outage of 30 s made 4,700 lines of tracebacks of a data
+    server's log (outside probe)."""
     if database_unavailable(error):
-        logger.error("%s: %s", what, unusable_database_line(error))
+        logger.error(f"{what}: %s", *args, unusable_database_line(error))
     else:
-        logger.error("%s", what, exc_info=error)
+        logger.error(what, *args, exc_info=error)
 
 
 def _ping_if_disturbed(engine: Engine, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

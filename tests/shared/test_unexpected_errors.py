@@ -220,11 +220,11 @@ def test_a_background_loop_logs_an_unavailable_database_in_one_line(caplog):
     finally:
         engine.dispose()
     with caplog.at_level(logging.ERROR, logger=logger.name):
-        log_failure(logger, "claiming failed", refused.value)
-        log_failure(logger, "maintenance failed", ValueError("a bug"))
+        log_failure(logger, refused.value, "claiming failed id=%s", "e1")
+        log_failure(logger, ValueError("a bug"), "maintenance failed")
     unavailable, bug = caplog.records
     assert unavailable.exc_info is None and "\n" not in unavailable.getMessage()
-    assert unavailable.getMessage().startswith("claiming failed: the metadata database")
+    assert unavailable.getMessage().startswith("claiming failed id=e1: the metadata database")
     assert f"port {port}" in unavailable.getMessage() and "hunter2" not in caplog.text
     assert bug.exc_info is not None and bug.getMessage() == "maintenance failed"
 
