@@ -349,6 +349,40 @@ def test_an_upload_in_progress_is_never_taken_for_an_orphan(api):
     assert (folder / "late.csv").read_bytes() == b"a\n1\n"
 
 
+def test_an_upload_is_held_by_the_server_until_its_file_is_removed_or_stored(api, monkeypatch):
+    """What the server's shutdown waits for (below): each upload, from its first byte until its
+    temporary file is gone or in place."""
+    org = api.create_org()
+    ds, _ = files_datasource(api, org)
+    held_while_checked: list[int] = []
+    real_check = uploads.check_file
+
+    def counted(*args, **kwargs):
+        held_while_checked.append(len(api.app.state.open_uploads))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(uploads, "check_file", counted)
+    assert put(api, org.key, f"/datasources/{ds}/files/h.csv", ORDERS_CSV).status_code == 201
+    assert held_while_checked == [1] and not api.app.state.open_uploads
+
+
+def test_the_api_servers_shutdown_waits_for_its_uploads(settings, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from api_server import app as api_app
+
+    waited: list[set] = []
+
+    async def recorded(open_uploads: set) -> None:
+        waited.append(open_uploads)
+
+    monkeypatch.setattr(api_app, "_uploads_closed", recorded)
+    app = api_app.create_app(settings)
+    with TestClient(app):
+        pass
+    assert waited == [app.state.open_uploads]
+
+
 def test_a_stopping_api_server_waits_for_its_cancelled_uploads_to_remove_their_files():
     """Found by the outside probe: uvicorn cancels the requests still running past its graceful
     time and then ends the process, before a cancelled upload's task ran again to remove its
