@@ -21,6 +21,7 @@ from shared.errors import AppError, ConfigurationError
 from shared.file_modes import keep_private
 from shared.logging import configure_logging
 from shared.secret_shapes import without_secrets
+from shared.setting_fields import HOST_BOUNDS
 from shared.settings import Settings
 from shared.text import is_text
 
@@ -50,8 +51,10 @@ def listen_options(serve: argparse.ArgumentParser) -> None:
 
 
 def _host(value: str) -> str:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("an empty address")
+    """As DATAFERRY_API_HOST and DATAFERRY_DATA_HOST take one (``HOST_BOUNDS``)."""
+    fits = re.fullmatch(HOST_BOUNDS["pattern"], value) and len(value) <= HOST_BOUNDS["max_length"]
+    if not fits:
+        raise argparse.ArgumentTypeError(f"not {HOST_BOUNDS['allowed']}: {value!r}")
     return value
 
 

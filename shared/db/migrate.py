@@ -59,15 +59,18 @@ def require_head(engine: Engine, *, may_create: bool = False) -> None:
         return
     migrate = "run `python -m api_server migrate` with this release first (deploy/README.md)"
     if current is None:
-        problem = f"has no dataferry schema: {migrate}"
+        problem = f"the metadata database has no dataferry schema: {migrate}"
     elif current in {revision.revision for revision in script.walk_revisions()}:
-        problem = f"schema is at revision {current}, this release's is {head}: {migrate}"
+        problem = (
+            f"the metadata database's schema is at revision {current}, this release's is "
+            f"{head}: {migrate}"
+        )
     else:
         problem = (
-            f"schema is at revision {current}, of a release newer than this one ({head}): "
-            "use that release's commands"
+            f"the metadata database's schema is at revision {current}, of a release newer than "
+            f"this one ({head}): use that release's commands"
         )
-    raise ConfigurationError(f"the metadata database's {problem}")
+    raise ConfigurationError(problem)
 
 
 @contextmanager

@@ -287,6 +287,7 @@ def test_a_mistyped_state_directory_gets_no_new_database(cli, tmp_path, command)
         ["serve", "--port", "0"],
         ["serve", "--port", "99999"],
         ["serve", "--host", ""],
+        ["serve", "--host", "a b"],  # blamed on DATAFERRY_API_HOST, which was not set
     ],
 )
 def test_an_argument_refused_is_one_error_line(cli, command):
