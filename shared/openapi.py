@@ -382,7 +382,8 @@ asks for a protocol upgrade), 404 (no such route), 405 (the path does not take t
 431 (header fields above {MAX_HEADER_BYTES // 1024} KiB or {MAX_HEADER_FIELDS} fields; trailer \
 fields alike), 500, or 503: `too_many_connections` (the server holds its connection limit; \
 `Retry-After: 1`), `database_unavailable` (the server cannot reach its metadata database; no \
-`Retry-After`: a change may or may not have been made). Every response carries `X-Request-Id`, \
+`Retry-After`: a change may or may not have been made), `server_stopping` (the server stopped \
+before the request ended: a slow upload, a long wait; no `Retry-After` either). Every response carries `X-Request-Id`, \
 except the refusals made while the request is read (400, 414, 431) and `too_many_connections`, \
 which are answered before any route and close the connection. A request pipelined behind more \
 than {MAX_PIPELINED_REQUESTS} others is not answered: the connection closes after theirs. Every error is a JSON:API error document \

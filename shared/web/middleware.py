@@ -9,6 +9,8 @@ once under that id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -26,6 +28,7 @@ from shared.web.problems import (
     concurrent_change_response,
     database_unavailable_response,
     ended_for_another,
+    server_stopping_response,
     unexpected_error_response,
 )
 
@@ -99,6 +102,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:  # the server stops (its grace ran out): answered, then
+            if not status["started"]:  # the cancellation goes on
+                with contextlib.suppress(Exception):  # a connection gone meanwhile
+                    await server_stopping_response()(scope, receive, send_with_id)
+            raise
         except Exception as exc:
             if status["started"]:
                 raise  # a body cut short: the server drops the connection

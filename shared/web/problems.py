@@ -69,6 +69,19 @@ def ended_for_another(exc: BaseException) -> bool:
     )
 
 
+def server_stopping_response() -> Response:
+    """A request still running when the stopping server's grace ran out (a slow upload, a long
+    wait): uvicorn cancels it and would answer a plain-text 500. No ``Retry-After``: an upload
+    cut off stored nothing, but what else ran may or may not have been done."""
+    return error_response(
+        ServiceUnavailable(
+            "The server stopped before this request ended. Another server of the region may "
+            "answer it: read before sending a change again.",
+            code="server_stopping",
+        )
+    )
+
+
 def database_unavailable_response() -> Response:
     """No ``Retry-After``: a connection lost while committing may have kept a change, so a
     client does not send a change again by itself (dataferry's client resends a 503's change

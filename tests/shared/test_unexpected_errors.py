@@ -3,6 +3,8 @@ carries the request's id, and its traceback is logged once, under that id."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import socket
 import sqlite3
@@ -238,3 +240,33 @@ def test_only_a_database_that_cannot_be_used_is_told_in_one_line_by_a_command():
     assert not unusable_database(clash)
     refused_url = ProgrammingError(None, None, psycopg.ProgrammingError("bad value"))
     assert unusable_database(refused_url)
+
+
+def test_a_request_the_stopping_server_cancels_is_answered_503_then_cancelled():
+    """Found by the probe of this stop's changes: a slow upload or a long wait still running
+    when the stopping server's grace ran out got uvicorn's plain-text 500."""
+    sent: list[dict] = []
+
+    async def forever(scope, receive, send) -> None:
+        await asyncio.Event().wait()
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "PUT", "path": "/x", "raw_path": b"/x", "headers": []}
+
+    async def stopping() -> None:
+        request = asyncio.create_task(RequestContextMiddleware(forever)(scope, receive, send))
+        await asyncio.sleep(0.05)
+        request.cancel("timeout graceful shutdown exceeded")  # as uvicorn does
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    asyncio.run(stopping())
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    assert start["status"] == 503
+    assert (b"content-type", b"application/vnd.api+json") in start["headers"]
+    assert json.loads(body)["errors"][0]["code"] == "server_stopping"
