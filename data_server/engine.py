@@ -74,6 +74,10 @@ def classify(error: duckdb.Error, interrupted_for: str | None) -> str:
 # ---------------------------------------------------------------------------- running
 
 
+# How often a fired deadline fires again while its call has not ended (``_Deadlines``).
+REFIRE_SECONDS = 0.2
+
+
 class _Deadline:
     """Interrupts the connection when the time limit passes; the parent kills us if that fails."""
 
@@ -138,7 +142,7 @@ class _Deadlines:
         with self._changed:
             self._all_ended = True
             armed = list(self._armed)
-            self._armed.clear()
+            self._fire_again_soon(armed)
         _fired(armed)
 
     def _run(self) -> None:
@@ -146,11 +150,20 @@ class _Deadlines:
             with self._changed:
                 now = time.monotonic()
                 due = [deadline for deadline, at in self._armed.items() if at <= now]
-                for deadline in due:
-                    del self._armed[deadline]
+                self._fire_again_soon(due)
                 if not due:
                     self._changed.wait(min(self._armed.values(), default=now + 60) - now)
             _fired(due)  # outside the lock: a remote cancel may take a while
+
+    def _fire_again_soon(self, fired: list[_Deadline]) -> None:
+        """A fired deadline stays armed, and fires again every ``REFIRE_SECONDS`` until its call
+        ends: an interrupt (or a remote cancel) that came before its query ran reached nothing,
+        and the query then ran on until the pool killed the process (found by the probe of a
+        cancel sent as the query started)."""
+        again = time.monotonic() + REFIRE_SECONDS
+        for deadline in fired:
+            self._armed[deadline] = again
+        self._changed.notify()
 
 
 def _fired(deadlines: list[_Deadline]) -> None:

@@ -316,16 +316,48 @@ def test_a_call_cancelled_before_its_deadline_is_armed_never_starts():
     fired: list[str] = []
 
     class Recorded:
-        def fire(self) -> None:
-            fired.append("fired")
+        def __init__(self, name: str) -> None:
+            self.name = name
 
-    deadlines.arm(Recorded(), time.monotonic() + 60)  # type: ignore[arg-type]
+        def fire(self) -> None:
+            fired.append(self.name)
+
+    running = Recorded("running")
+    deadlines.arm(running, time.monotonic() + 60)  # type: ignore[arg-type]
     deadlines.end_all()
-    assert fired == ["fired"]
+    assert fired[:1] == ["running"]
     with pytest.raises(QueryFailed) as refused:
-        deadlines.arm(Recorded(), time.monotonic() + 60)  # type: ignore[arg-type]
+        deadlines.arm(Recorded("later"), time.monotonic() + 60)  # type: ignore[arg-type]
     assert refused.value.code == "cancelled"
-    assert fired == ["fired"]
+    deadlines.disarm(running)  # type: ignore[arg-type]
+    assert "later" not in fired
+
+
+def test_a_fired_deadline_fires_again_until_its_call_ends():
+    """Found by the probe of this stop's changes: a cancel that came as the query started
+    interrupted a connection that ran nothing yet, and the query ran on until the pool killed
+    the child 3 s later."""
+    from data_server import engine
+
+    deadlines = engine._Deadlines()
+    net_used = threading.Event()
+
+    def safety_net(connection: duckdb.DuckDBPyConnection) -> None:  # the test ends, whatever
+        net_used.set()
+        connection.interrupt()
+
+    with duckdb.connect() as connection:
+        deadline = engine._Deadline(connection, 60)
+        deadlines.arm(deadline, time.monotonic())  # fired before its query starts
+        time.sleep(0.1)
+        assert deadline.fired
+        net = threading.Timer(20, safety_net, args=(connection,))
+        net.start()
+        with pytest.raises(duckdb.InterruptException):
+            connection.execute(ENDLESS)
+        net.cancel()
+        deadlines.disarm(deadline)
+    assert not net_used.is_set(), "the deadline fired once, before the query: it ran on"
 
 
 @pytest.mark.parametrize("value", ["1::UHUGEINT", "1::BIGNUM"])
