@@ -39,7 +39,7 @@ from shared.setting_fields import (
     setting_docs,
     url_bounds,
 )
-from shared.text import WHOLE_NUMBER
+from shared.text import DECIMAL_NUMBER, WHOLE_NUMBER
 
 
 class Secret:
@@ -377,13 +377,20 @@ class Settings(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _whole_numbers_in_ascii_digits(cls, value: Any, info: ValidationInfo) -> Any:
-        """A whole number as the operator commands and the API read one: ``int`` also takes
-        ``1_000`` (found by the outside probe: the CLI refused what the settings took)."""
+    def _numbers_in_ascii_digits(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number as the operator commands and the API read one: ``int`` and ``float`` also
+        take ``1_000`` (found by the outside probes: the CLI refused what the settings took)."""
         field = cls.model_fields[info.field_name or ""]
-        whole = int in (field.annotation, *get_args(field.annotation))
-        if whole and isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value.strip()):
+        kinds = (field.annotation, *get_args(field.annotation))
+        if not isinstance(value, str):
+            return value
+        if int in kinds and not WHOLE_NUMBER.fullmatch(value.strip()):
             raise PydanticCustomError("int_parsing", "not a whole number")  # as int's own
+        if float in kinds and not DECIMAL_NUMBER.fullmatch(value.strip()):
+            infinite = value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan")
+            raise PydanticCustomError(  # as float's own
+                "finite_number" if infinite else "float_parsing", "not a finite number"
+            )
         return value
 
     @field_validator("log_level", mode="before")

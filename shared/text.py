@@ -8,6 +8,8 @@ import re
 # A whole number as the API, the operator commands and the settings read one: ASCII digits only
 # (``int`` also takes other scripts' digits and underscores: ``٣``, ``1_000``).
 WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+# And a number with decimals (a setting's seconds): digits, a point, an exponent.
+DECIMAL_NUMBER = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
 def is_text(value: str) -> bool:

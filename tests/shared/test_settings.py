@@ -405,3 +405,12 @@ def test_an_override_derives_again_what_was_derived_from_what_it_changes():
     assert moved.database_url == settings.database_url
     given = Settings.from_env({"DATAFERRY_PUBLIC_API_URL": "https://api.example.com"})
     assert given.with_overrides(api_port=9000).public_api_url == "https://api.example.com"
+
+
+def test_a_setting_in_seconds_takes_ascii_digits_only():
+    """The probe of this stop's changes: ``DATAFERRY_LEASE_SECONDS=1_0`` started with 10 s."""
+    for value in ("1_0", "٣", "1,5"):
+        with pytest.raises(ConfigurationError, match="DATAFERRY_LEASE_SECONDS"):
+            Settings.from_env({"DATAFERRY_LEASE_SECONDS": value})
+    for value, seconds in (("10", 10.0), ("2.5", 2.5), ("1e2", 100.0)):
+        assert Settings.from_env({"DATAFERRY_LEASE_SECONDS": value}).lease_seconds == seconds
