@@ -5,8 +5,8 @@ in a sandboxed DuckDB child process of the pool. A heartbeat thread renews the l
 executions and relays cancel requests; a maintenance thread reaps expired leases and runs the
 janitor. Listener threads (shared.notifications) wake idle executors when new work is announced,
 their poll a safety net, and relay a cancel as soon as it is announced, the heartbeat the safety
-net. A scheduler thread queues the dashboard
-refreshes that are due (data_server.scheduler), which one data server of the region claims.
+net. A scheduler thread queues the dashboard refreshes that are due (data_server.scheduler),
+which one data server of the region claims.
 
 A data server has one executor more than ``DATAFERRY_WORKER_PROCESSES``, and one organisation may
 fill only that many (shared.lifecycle.claims): alone it keeps every configured worker busy, and
