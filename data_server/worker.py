@@ -210,6 +210,9 @@ class Worker:
                 log_failure(logger, error, "heartbeat failed id=%s", job.claim.execution_id)
                 continue
             if not state.held:
+                with self._lock:  # its run ended meanwhile (a cancel racing it): nothing lost
+                    if self._running.get(job.claim.execution_id) is not job:
+                        continue
                 logger.warning(
                     "lease lost id=%s attempt=%d", job.claim.execution_id, job.claim.attempt
                 )

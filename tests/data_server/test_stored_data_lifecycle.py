@@ -556,3 +556,14 @@ def test_a_run_its_data_server_gave_back_is_logged_as_given_up_not_failed(
     assert "execution given up" in caplog.text and "data server stops" in caplog.text
     assert "execution failed" not in caplog.text
     assert _row(api, execution_id).status == "running"  # left as it was, for the hand-back
+
+
+def test_a_renewal_racing_its_runs_end_is_no_lost_lease(api, org, worker, caplog):
+    """The probe of this stop's changes: a cancel announced as its execution completed renewed
+    a lease whose row had just ended, and the log said "lease lost" for a run that ended well."""
+    claim = _claim(api, _run_sql(api, org))
+    job = worker._track(claim)
+    worker._run(job)  # completed, and no longer running here
+    with caplog.at_level(logging.WARNING, logger="data_server.worker"):
+        worker._renew([job])
+    assert "lease lost" not in caplog.text and not job.lease_lost
