@@ -74,6 +74,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         if not is_text(argument):
             return _refused(f"argument {position} is not UTF-8 text")
     args = parser.parse_args(arguments)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         keep_private(settings)
@@ -89,8 +90,17 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     except OSError as exc:
         _logger.debug("the command stopped", exc_info=True)  # DATAFERRY_LOG_LEVEL=DEBUG shows it
         where = f": {exc.filename}" if exc.filename is not None else ""
-        return _refused(f"{exc.strerror or type(exc).__name__}{where}")
+        return _refused(f"{exc.strerror or type(exc).__name__}{where}{_set_by(exc, settings)}")
     return 0
+
+
+def _set_by(error: OSError, settings: Settings | None) -> str:
+    """Which setting put the file where it is, when it lies in the state directory (the outside
+    probe: a state directory too long for a file name was refused naming the file only)."""
+    if settings is None or error.filename is None:
+        return ""
+    inside = str(error.filename).startswith(str(settings.state_dir))
+    return " (in DATAFERRY_STATE_DIR)" if inside else ""
 
 
 def _refused(detail: str) -> int:

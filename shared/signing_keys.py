@@ -107,8 +107,14 @@ class SigningKeyring:
 
     def _load(self) -> list[tuple[KeySchedule, SigningKey]]:
         self._watch.changed()
-        if self._settings.signing_key_file is not None:
-            private = _read_private_key(self._settings.signing_key_file)
+        key_file = self._settings.signing_key_file
+        if key_file is not None:
+            try:
+                private = _read_private_key(key_file)
+            except FileNotFoundError:  # named by its setting (outside probe: the path alone)
+                raise ConfigurationError(
+                    f"DATAFERRY_SIGNING_KEY_FILE={key_file}: no such file"
+                ) from None
             return [(KeySchedule(), _publish(self._settings, private))]
         return _directory_signing_keys(self._settings)
 

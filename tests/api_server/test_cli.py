@@ -211,12 +211,13 @@ def test_a_secret_typed_in_the_wrong_place_is_masked_in_the_error(cli, capsys):
 
 
 def test_a_state_directory_that_is_a_file_is_one_error_line(tmp_path, operator_command):
-    """Both servers' commands: the file system's refusal, named with its path, not a traceback."""
+    """Both servers' commands: the file system's refusal, named with its path and the setting
+    that put it there (the outside probe: the path only), not a traceback."""
     (tmp_path / "state").write_text("not a directory")
     cli = operator_command({"DATAFERRY_STATE_DIR": str(tmp_path / "state")})
     result = cli("migrate")
     assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr == f"error: File exists: {tmp_path / 'state'}\n"
+    assert result.stderr == f"error: File exists: {tmp_path / 'state'} (in DATAFERRY_STATE_DIR)\n"
 
 
 def test_an_argument_that_is_no_utf8_text_is_refused_before_anything_runs(cli, tmp_path):

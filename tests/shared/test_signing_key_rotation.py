@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.testclient import TestClient
 
 from data_server.app import create_app as create_data_app
+from shared.errors import ConfigurationError
 from shared.file_modes import keep_private
 from shared.results import ResultGone
 from shared.settings import Settings
@@ -233,3 +234,10 @@ def test_a_loose_state_directory_is_made_private_at_start(tmp_path):
     for path in (state, state / "secrets", state / "keys", state / "keys" / "eu"):
         assert path.stat().st_mode & 0o077 == 0, path
     assert (state / "secrets" / "api_key_pepper").stat().st_mode & 0o077 == 0
+
+
+def test_a_key_file_that_is_not_there_is_named_by_its_setting(tmp_path):
+    """Found by the outside probe: the refusal named the path only, not what set it."""
+    missing = tmp_path / "nowhere" / "key.pem"
+    with pytest.raises(ConfigurationError, match=r"DATAFERRY_SIGNING_KEY_FILE=.*no such file"):
+        SigningKeyring(Settings(state_dir=tmp_path / "state", signing_key_file=missing))
