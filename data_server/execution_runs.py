@@ -99,8 +99,13 @@ class ExecutionRunner:
                 self._complete_without_result(job)
         except QueryFailed as failure:
             if self._abandoned(job):  # ended because it is another's now, not failed
-                logger.info("execution given up id=%s (%s)", claim.execution_id, self._why(job))
-                return LEASE_LOST if job.lease_lost else HANDED_BACK
+                outcome, why = (
+                    (LEASE_LOST, "its lease was lost")
+                    if job.lease_lost
+                    else (HANDED_BACK, "handed back: this data server stops")
+                )
+                logger.info("execution given up id=%s (%s)", claim.execution_id, why)
+                return outcome
             message = without_bound_values(failure.message, claim.bound_parameters)
             lifecycle.finish_unsuccessfully(self.sessions, claim, failure.code, message)
             logger.info("execution failed id=%s code=%s", claim.execution_id, failure.code)
@@ -147,9 +152,6 @@ class ExecutionRunner:
         """The row is no longer this attempt's to write: its lease was lost, or it was handed
         back to the queue because this data server stops."""
         return job.lease_lost or self._stopping.is_set()
-
-    def _why(self, job: Job) -> str:
-        return "its lease was lost" if job.lease_lost else "handed back: this data server stops"
 
     def _run_query(self, job: Job, spec: DatasourceSpec) -> None:
         claim = job.claim

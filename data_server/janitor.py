@@ -12,8 +12,9 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select, true
+from sqlalchemy import Row, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import lifecycle
@@ -149,30 +150,39 @@ def remove_orphaned_places(
         places = area / PLACES_FOLDER
         if not is_resource_id(area.name) or area.is_symlink() or not places.is_dir():
             continue
+        live = {row.id for row in _datasources(sessions, area.name)}
         for place in places.iterdir():
             owner = place.name.split(".", 1)[0]
+            if owner in live or not is_resource_id(owner):
+                continue
             try:
                 young = place.lstat().st_mtime > cutoff
             except FileNotFoundError:  # removed meanwhile (another data server's janitor)
                 continue
-            # Asked again for each place, just before it goes: a datasource may have been made
-            # to read it since the last one.
-            if young or not is_resource_id(owner) or _held(sessions, area, owner, place):
+            # Asked again just before it goes: a datasource may have been made to read it since.
+            if young or _held(sessions, area, owner, place):
                 continue
             remove_own_place(data_root, area.name, f"{PLACES_FOLDER}/{place.name}")
             removed += 1
     return removed
 
 
-def _held(sessions: sessionmaker[Session], area: Path, owner: str, place: Path) -> bool:
-    """Whether the place's datasource (``owner``) still exists, or another file datasource of
-    the area's organisation reads in or around it."""
+def _datasources(sessions: sessionmaker[Session], organization_id: str) -> list[Row[Any]]:
+    """The organisation's datasources (of any type: one that became another keeps its place)."""
     with sessions() as session:
-        datasources = session.execute(
-            select(Datasource.id, Datasource.database_type, Datasource.database).where(
-                Datasource.organization_id == area.name
+        return list(
+            session.execute(
+                select(Datasource.id, Datasource.database_type, Datasource.database).where(
+                    Datasource.organization_id == organization_id
+                )
             )
-        ).all()
+        )
+
+
+def _held(sessions: sessionmaker[Session], area: Path, owner: str, place: Path) -> bool:
+    """Whether the place's datasource (``owner``) exists again, or another file datasource of
+    the area's organisation reads in or around it."""
+    datasources = _datasources(sessions, area.name)
     held = [
         path
         for row in datasources

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +49,34 @@ def _spec(raw: dict[str, Any]) -> engine.DatasourceSpec:
     return engine.DatasourceSpec(**raw)
 
 
-OPERATIONS = ("query", "schema", "check")  # what ``handle`` runs
+def _query(request: dict[str, Any], sandboxes: WarmSandboxes) -> Any:
+    job = dict(request["job"])
+    job["datasource"] = _spec(job["datasource"])
+    job["limits"] = _limits(job["limits"])
+    return engine.run_query(engine.QueryJob(**job), sandboxes)  # orjson writes it as is
+
+
+def _schema(request: dict[str, Any], _sandboxes: WarmSandboxes) -> Any:
+    return engine.schema_of(_spec(request["spec"]), _limits(request["limits"]), request["temp_dir"])
+
+
+def _check(request: dict[str, Any], _sandboxes: WarmSandboxes) -> None:
+    engine.check_connection(_spec(request["spec"]), _limits(request["limits"]), request["temp_dir"])
+
+
+# What a call's ``op`` runs.
+OPERATIONS: dict[str, Callable[[dict[str, Any], WarmSandboxes], Any]] = {
+    "query": _query,
+    "schema": _schema,
+    "check": _check,
+}
 
 
 def handle(request: dict[str, Any], sandboxes: WarmSandboxes) -> Any:
-    operation = request["op"]
-    if operation == "query":
-        job = dict(request["job"])
-        job["datasource"] = _spec(job["datasource"])
-        job["limits"] = _limits(job["limits"])
-        return engine.run_query(engine.QueryJob(**job), sandboxes)  # orjson writes it as is
-    spec, limits, temp_dir = _spec(request["spec"]), _limits(request["limits"]), request["temp_dir"]
-    if operation == "schema":
-        return engine.schema_of(spec, limits, temp_dir)
-    if operation == "check":
-        engine.check_connection(spec, limits, temp_dir)
-        return None
-    raise ValueError(f"unknown operation {operation!r}")
+    operation = OPERATIONS.get(request["op"])
+    if operation is None:
+        raise ValueError(f"unknown operation {request['op']!r}")
+    return operation(request, sandboxes)
 
 
 def _exit_with_parent(parent: int) -> None:

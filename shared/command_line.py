@@ -21,7 +21,7 @@ from shared.errors import AppError, ConfigurationError
 from shared.file_modes import keep_private
 from shared.logging import configure_logging
 from shared.secret_shapes import without_secrets
-from shared.setting_fields import HOST_BOUNDS
+from shared.setting_fields import HOST_BOUNDS, PORT_BOUNDS
 from shared.settings import Settings
 from shared.text import is_text
 
@@ -59,8 +59,10 @@ def _host(value: str) -> str:
 
 
 def _port(value: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,5}", value) or not 1 <= int(value) <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port from 1 to 65535: {value!r}")
+    """As DATAFERRY_API_PORT and DATAFERRY_DATA_PORT take one (``PORT_BOUNDS``)."""
+    low, high = PORT_BOUNDS["ge"], PORT_BOUNDS["le"]
+    if not re.fullmatch(r"[0-9]{1,5}", value) or not low <= int(value) <= high:
+        raise argparse.ArgumentTypeError(f"not a port from {low} to {high}: {value!r}")
     return int(value)
 
 

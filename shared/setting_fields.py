@@ -42,6 +42,9 @@ def setting(
 
 
 # Bounds of a host a server binds to: a name or an IPv4/IPv6 address (a zone index included).
+# A port to listen on: the servers' settings, and serve's --port (shared/command_line.py).
+PORT_BOUNDS: dict[str, Any] = {"ge": 1, "le": 65535}
+
 HOST_BOUNDS: dict[str, Any] = {
     "pattern": r"^[A-Za-z0-9._:%-]+$",
     "max_length": 253,

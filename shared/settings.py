@@ -33,6 +33,7 @@ from shared.errors import ConfigurationError
 from shared.host_resolution import url_host
 from shared.setting_fields import (
     HOST_BOUNDS,
+    PORT_BOUNDS,
     SettingDoc,
     refusal,
     setting,
@@ -121,13 +122,13 @@ class Settings(BaseModel):
         "Address the API server binds to.",
         **HOST_BOUNDS,
     )
-    api_port: int = setting(8000, "Port the API server listens on.", ge=1, le=65535)
+    api_port: int = setting(8000, "Port the API server listens on.", **PORT_BOUNDS)
     data_host: str = setting(
         "127.0.0.1",
         "Address the data server binds to.",
         **HOST_BOUNDS,
     )
-    data_port: int = setting(8001, "Port the data server listens on.", ge=1, le=65535)
+    data_port: int = setting(8001, "Port the data server listens on.", **PORT_BOUNDS)
     public_api_url: str = setting(
         "",
         "Base URL clients use for the API server, which the launcher prints and its curl "
@@ -380,14 +381,14 @@ class Settings(BaseModel):
     def _numbers_in_ascii_digits(cls, value: Any, info: ValidationInfo) -> Any:
         """A number as the operator commands and the API read one: ``int`` and ``float`` also
         take ``1_000`` (found by the outside probes: the CLI refused what the settings took)."""
-        field = cls.model_fields[info.field_name or ""]
-        kinds = (field.annotation, *get_args(field.annotation))
         if not isinstance(value, str):
             return value
-        if int in kinds and not WHOLE_NUMBER.fullmatch(value.strip()):
+        field = cls.model_fields[info.field_name or ""]
+        kinds, text = (field.annotation, *get_args(field.annotation)), value.strip()
+        if int in kinds and not WHOLE_NUMBER.fullmatch(text):
             raise PydanticCustomError("int_parsing", "not a whole number")  # as int's own
-        if float in kinds and not DECIMAL_NUMBER.fullmatch(value.strip()):
-            infinite = value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan")
+        if float in kinds and not DECIMAL_NUMBER.fullmatch(text):
+            infinite = text.lower().lstrip("+-") in ("inf", "infinity", "nan")
             raise PydanticCustomError(  # as float's own
                 "finite_number" if infinite else "float_parsing", "not a finite number"
             )
@@ -449,12 +450,11 @@ class Settings(BaseModel):
         so a typo (``10.0.0.256``, ``10.0.0.5/24``, ``*`` beside others) trusted nobody, and
         the audit log kept the proxy's address for every client (outside probe)."""
         entries = [entry for entry in map(str.strip, text.split(",")) if entry]
-        for entry in entries:
-            if entry == "*" and len(entries) > 1:
-                raise ValueError("* (every peer) stands alone")
+        if "*" in entries and len(entries) > 1:
+            raise ValueError("* (every peer) stands alone")
+        for entry in (entry for entry in entries if entry != "*"):
             try:
-                if entry != "*":
-                    ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
             except ValueError as error:  # "'x' does not appear to be an IPv4 or IPv6 address"
                 raise ValueError(str(error)) from None
         return ",".join(entries)  # uvicorn is given what was checked: "*," is "*" to it then

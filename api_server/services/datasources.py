@@ -23,6 +23,7 @@ from shared.datapaths import (
     PathNotFound,
     default_datasource_path,
     ensure_organization_area,
+    held_paths,
     organization_area,
     reads_in_or_around,
     resolve_datasource_path,
@@ -522,7 +523,7 @@ def _read_by_another(
         )
     )
     for other_id, database_type, database in others:
-        held = [(area / default_datasource_path(database_type, other_id)).resolve()]
+        held = held_paths(area, other_id, database_type, None)  # where it leads: _located
         located = _located(session, settings, organization_id, database_type, database or "")
         if reads_in_or_around(path, held if located is None else [*held, located]):
             return True

@@ -73,8 +73,8 @@ class Call:
     expect: tuple[int, ...] = (200,)
     read_timeout: float | None = None
     data_token: str | None = None  # set: a data-server request with this token
-    # Sent once, given ``transport.SOON_SECONDS`` at most: what ends another call's work after an interrupt
-    # (Ctrl-C, a cancelled task), which must not hold its caller for a server's retries.
+    # Sent once, given ``transport.SOON_SECONDS`` at most: what ends another call's work after
+    # an interrupt (Ctrl-C, a cancelled task), which must not hold its caller for retries.
     soon: bool = False
 
     @property

@@ -48,8 +48,9 @@ class RetryRule:
     max_retry_wait: float = 60.0  # seconds; a longer Retry-After is not waited for
 
     def delay(self, call: Call, reply: Reply | None, attempt: int) -> float | None:
-        """Seconds to wait before resending, or None to give up now."""
-        if attempt >= self.max_retries:
+        """Seconds to wait before resending, or None to give up now (a ``soon`` call is sent
+        once)."""
+        if call.soon or attempt >= self.max_retries:
             return None
         if reply is None:  # the connection failed: a restarting server is back soon, or not
             return 0.2 * 2**attempt if call.retry_safe and attempt < 3 else None
@@ -193,7 +194,7 @@ class SyncTransport:
 
     def send(self, call: Call) -> Reply:
         request = _request(self.config, call, self.timeout)
-        for attempt in range(1 if call.soon else self.retry.max_retries + 1):
+        for attempt in range(self.retry.max_retries + 1):
             reply, failure = None, None
             try:
                 with self.http.stream(**request) as response:
@@ -245,7 +246,7 @@ class AsyncTransport:
 
     async def send(self, call: Call) -> Reply:
         request = _request(self.config, call, self.timeout)
-        for attempt in range(1 if call.soon else self.retry.max_retries + 1):
+        for attempt in range(self.retry.max_retries + 1):
             reply, failure = None, None
             try:
                 async with self.http.stream(**request) as response:
